@@ -1,0 +1,185 @@
+//! Applying data Regions' commands: pure functions from (Region, command) to a write batch.
+
+use crate::command::{cf_from_code, RaftCommand};
+use crate::error::RaftstoreError;
+use scandium_storage::WriteBatch;
+use scandium_types::{Peer, Region};
+
+/// What applying one command did.
+pub(crate) enum Applied {
+    /// The writes were added to the batch.
+    Written,
+    /// The Region was split; the left part keeps the id.
+    Split {
+        /// The original Region, now ending at the split key.
+        left: Region,
+        /// The new Region, starting at the split key.
+        right: Region,
+    },
+}
+
+/// Applies `command` to `region`, adding its writes to `batch`. Deterministic: every replica
+/// reaches the same outcome. A rejected command changes nothing.
+pub(crate) fn apply_command(
+    region: &Region,
+    mut command: RaftCommand,
+    batch: &mut WriteBatch,
+) -> Result<Applied, RaftstoreError> {
+    if command.region_id != region.id {
+        return Err(RaftstoreError::InvalidCommand(format!(
+            "command for region {} in the log of region {}",
+            command.region_id, region.id
+        )));
+    }
+    match command.split.take() {
+        Some(split) => apply_split(region, &command, split),
+        None => apply_writes(region, command, batch),
+    }
+}
+
+fn apply_writes(
+    region: &Region,
+    command: RaftCommand,
+    batch: &mut WriteBatch,
+) -> Result<Applied, RaftstoreError> {
+    // A split may have committed between proposal and apply; keys that moved to another
+    // Region are refused, and the client retries against the new layout.
+    if let Some(op) = command.writes.iter().find(|op| !region.contains(&op.key)) {
+        return Err(if command.version != region.version {
+            RaftstoreError::EpochNotMatch { current: vec![region.clone()] }
+        } else {
+            RaftstoreError::KeyNotInRegion { key: op.key.clone(), region: region.clone() }
+        });
+    }
+    let mut writes = WriteBatch::new();
+    for op in command.writes {
+        let cf = cf_from_code(op.cf).ok_or_else(|| {
+            RaftstoreError::InvalidCommand(format!("unknown column family {}", op.cf))
+        })?;
+        if op.delete {
+            writes.delete(cf, op.key);
+        } else {
+            writes.put(cf, op.key, op.value);
+        }
+    }
+    batch.extend(writes);
+    Ok(Applied::Written)
+}
+
+fn apply_split(
+    region: &Region,
+    command: &RaftCommand,
+    split: crate::command::SplitRequest,
+) -> Result<Applied, RaftstoreError> {
+    if command.version != region.version || command.conf_ver != region.conf_ver {
+        return Err(RaftstoreError::EpochNotMatch { current: vec![region.clone()] });
+    }
+    let key = split.split_key;
+    if key.is_empty() || key <= region.start_key || !region.contains(&key) {
+        return Err(RaftstoreError::InvalidCommand(format!(
+            "split key {key:?} is not strictly inside region {}",
+            region.id
+        )));
+    }
+    if split.new_peer_ids.len() != region.peers.len() {
+        return Err(RaftstoreError::InvalidCommand(format!(
+            "split of region {} names {} new peers for {} peers",
+            region.id,
+            split.new_peer_ids.len(),
+            region.peers.len()
+        )));
+    }
+    let mut left = region.clone();
+    left.end_key = key.clone();
+    left.version += 1;
+    let right = Region {
+        id: split.new_region_id,
+        start_key: key,
+        end_key: region.end_key.clone(),
+        conf_ver: region.conf_ver,
+        version: region.version + 1,
+        peers: region
+            .peers
+            .iter()
+            .zip(&split.new_peer_ids)
+            .map(|(p, &id)| Peer { id, store_id: p.store_id })
+            .collect(),
+    };
+    Ok(Applied::Split { left, right })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::SplitRequest;
+    use scandium_storage::Cf;
+
+    fn region() -> Region {
+        Region {
+            id: 2,
+            start_key: b"b".to_vec(),
+            end_key: b"f".to_vec(),
+            conf_ver: 1,
+            version: 3,
+            peers: vec![Peer { id: 10, store_id: 1 }],
+        }
+    }
+
+    #[test]
+    fn writes_inside_the_region_apply() {
+        let mut batch = WriteBatch::new();
+        batch.put(Cf::Raw, b"c".to_vec(), b"v".to_vec());
+        let mut out = WriteBatch::new();
+        let applied = apply_command(&region(), RaftCommand::write(&region(), batch), &mut out);
+        assert!(matches!(applied, Ok(Applied::Written)));
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn writes_that_raced_a_split_are_refused() {
+        let mut batch = WriteBatch::new();
+        batch.put(Cf::Raw, b"e".to_vec(), b"v".to_vec());
+        let mut old = region();
+        old.end_key = b"f".to_vec();
+        let command = RaftCommand::write(&old, batch);
+        let mut split = region();
+        split.end_key = b"d".to_vec();
+        split.version += 1;
+        let mut out = WriteBatch::new();
+        let result = apply_command(&split, command, &mut out);
+        assert!(matches!(result, Err(RaftstoreError::EpochNotMatch { .. })));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn split_bumps_both_versions() {
+        let split =
+            SplitRequest { split_key: b"d".to_vec(), new_region_id: 7, new_peer_ids: vec![11] };
+        let command = RaftCommand::split(&region(), split);
+        let Ok(Applied::Split { left, right }) =
+            apply_command(&region(), command, &mut WriteBatch::new())
+        else {
+            panic!("split must succeed")
+        };
+        assert_eq!((left.end_key.as_slice(), left.version), (&b"d"[..], 4));
+        assert_eq!(
+            (right.start_key.as_slice(), right.end_key.as_slice(), right.version),
+            (&b"d"[..], &b"f"[..], 4)
+        );
+        assert_eq!(right.peers, vec![Peer { id: 11, store_id: 1 }]);
+    }
+
+    #[test]
+    fn split_at_the_edge_is_refused() {
+        for key in [&b"b"[..], b"f", b"a", b""] {
+            let split =
+                SplitRequest { split_key: key.to_vec(), new_region_id: 7, new_peer_ids: vec![11] };
+            let result = apply_command(
+                &region(),
+                RaftCommand::split(&region(), split),
+                &mut WriteBatch::new(),
+            );
+            assert!(matches!(result, Err(RaftstoreError::InvalidCommand(_))), "{key:?}");
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Creating groups: the initial persistent state of a new Raft group.
+
+use crate::keys;
+use crate::state::{
+    ApplyState, PeerState, RaftLocalState, RegionLocalState, INIT_INDEX, INIT_TERM,
+};
+use prost::Message as _;
+use scandium_storage::{Cf, WriteBatch};
+use scandium_types::Region;
+
+/// Writes the state of a new group for `region` into `batch`: its log starts truncated at
+/// [`INIT_INDEX`], already committed and applied, with the Region's peers as voters.
+pub fn write_initial_group(batch: &mut WriteBatch, region: &Region) {
+    let raft_state =
+        RaftLocalState { term: INIT_TERM, vote: 0, commit: INIT_INDEX, last_index: INIT_INDEX };
+    batch.put(Cf::RaftState, keys::raft_state_key(region.id), raft_state.encode_to_vec());
+    batch.put(
+        Cf::RaftState,
+        keys::apply_state_key(region.id),
+        ApplyState::initial().encode_to_vec(),
+    );
+    write_region_state(batch, region);
+}
+
+/// Writes a peer's view of its Region into `batch`.
+pub fn write_region_state(batch: &mut WriteBatch, region: &Region) {
+    let state = RegionLocalState { region: Some(region.clone()), state: PeerState::Normal as i32 };
+    batch.put(Cf::RaftState, keys::region_state_key(region.id), state.encode_to_vec());
+}

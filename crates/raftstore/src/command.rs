@@ -1,0 +1,123 @@
+//! What a data Region's Raft log carries: [`RaftCommand`]s, written by the layers above and
+//! applied here.
+//!
+//! A command is either a batch of writes to the data column families, computed by the
+//! caller against a snapshot while it held latches on the keys, or an admin command (split).
+//! Commands carry the Region epoch they were proposed under; apply re-checks them so a write
+//! that raced a split never lands outside its Region.
+
+use scandium_storage::{Cf, WriteBatch};
+use scandium_types::Region;
+
+/// One change to a data column family.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WriteOp {
+    /// Column family, as [`cf_code`] encodes it.
+    #[prost(uint32, tag = "1")]
+    pub cf: u32,
+    /// Delete instead of put.
+    #[prost(bool, tag = "2")]
+    pub delete: bool,
+    /// Key written.
+    #[prost(bytes = "vec", tag = "3")]
+    pub key: Vec<u8>,
+    /// Value (empty for deletes).
+    #[prost(bytes = "vec", tag = "4")]
+    pub value: Vec<u8>,
+}
+
+/// Splits a Region at `split_key`: the original keeps `[start, split_key)`, the new Region
+/// gets `[split_key, end)`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SplitRequest {
+    /// First key of the new Region (unencoded).
+    #[prost(bytes = "vec", tag = "1")]
+    pub split_key: Vec<u8>,
+    /// Id of the new Region, allocated by placement beforehand.
+    #[prost(uint64, tag = "2")]
+    pub new_region_id: u64,
+    /// Peer ids of the new Region, one per existing peer, in the order of the peers.
+    #[prost(uint64, repeated, tag = "3")]
+    pub new_peer_ids: Vec<u64>,
+}
+
+/// An entry in a data Region's log.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RaftCommand {
+    /// Region the command was proposed to.
+    #[prost(uint64, tag = "1")]
+    pub region_id: u64,
+    /// Epoch at proposal (see `RegionEpoch::conf_ver`).
+    #[prost(uint64, tag = "2")]
+    pub conf_ver: u64,
+    /// Epoch at proposal (see `RegionEpoch::version`).
+    #[prost(uint64, tag = "3")]
+    pub version: u64,
+    /// Data writes, applied atomically.
+    #[prost(message, repeated, tag = "4")]
+    pub writes: Vec<WriteOp>,
+    /// Admin command; when set, `writes` is empty.
+    #[prost(message, optional, tag = "5")]
+    pub split: Option<SplitRequest>,
+}
+
+impl RaftCommand {
+    /// A command writing `batch` to `region`. The batch may only touch data column families.
+    pub fn write(region: &Region, batch: WriteBatch) -> RaftCommand {
+        let writes = batch
+            .into_mutations()
+            .into_iter()
+            .map(|m| match m {
+                scandium_storage::Mutation::Put { cf, key, value } => {
+                    WriteOp { cf: cf_code(cf), delete: false, key, value }
+                }
+                scandium_storage::Mutation::Delete { cf, key } => {
+                    WriteOp { cf: cf_code(cf), delete: true, key, value: Vec::new() }
+                }
+            })
+            .collect();
+        RaftCommand {
+            region_id: region.id,
+            conf_ver: region.conf_ver,
+            version: region.version,
+            writes,
+            split: None,
+        }
+    }
+
+    /// A command splitting `region`.
+    pub fn split(region: &Region, split: SplitRequest) -> RaftCommand {
+        RaftCommand {
+            region_id: region.id,
+            conf_ver: region.conf_ver,
+            version: region.version,
+            writes: Vec::new(),
+            split: Some(split),
+        }
+    }
+}
+
+/// Stable wire code of a data column family. Raft logs outlive binaries, so these numbers
+/// never change.
+pub fn cf_code(cf: Cf) -> u32 {
+    match cf {
+        Cf::Raw => 1,
+        Cf::Default => 2,
+        Cf::Lock => 3,
+        Cf::Write => 4,
+        Cf::RaftLog | Cf::RaftState | Cf::Placement => {
+            panic!("{cf:?} is not a data column family and is never written by commands")
+        }
+    }
+}
+
+/// Inverse of [`cf_code`]; `None` for anything that is not a data column family.
+pub fn cf_from_code(code: u32) -> Option<Cf> {
+    match code {
+        1 => Some(Cf::Raw),
+        2 => Some(Cf::Default),
+        3 => Some(Cf::Lock),
+        4 => Some(Cf::Write),
+        _ => None,
+    }
+}

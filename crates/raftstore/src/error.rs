@@ -1,0 +1,56 @@
+//! Errors of the raftstore, each of which maps to one kvproto region error.
+
+use scandium_storage::StorageError;
+use scandium_types::{Peer, Region, RegionId};
+use thiserror::Error;
+
+/// Why a proposal or a read was refused, or why a command failed at apply.
+#[derive(Debug, Error)]
+pub enum RaftstoreError {
+    /// No peer of this Region lives on this store.
+    #[error("region {0} not found")]
+    RegionNotFound(RegionId),
+    /// This store's peer is not the Region's leader (or not ready to serve as one yet).
+    #[error("peer of region {region_id} is not leader")]
+    NotLeader {
+        /// The Region asked for.
+        region_id: RegionId,
+        /// The leader, if known.
+        leader: Option<Peer>,
+    },
+    /// The request's Region epoch is stale; `current` describes the Regions now covering
+    /// the old range.
+    #[error("region epoch does not match")]
+    EpochNotMatch {
+        /// Current Regions, for the client's cache.
+        current: Vec<Region>,
+    },
+    /// A key of the request lies outside the Region.
+    #[error("key is not in region {}", region.id)]
+    KeyNotInRegion {
+        /// The offending key.
+        key: Vec<u8>,
+        /// The Region as it is now.
+        region: Region,
+    },
+    /// The command is larger than a Raft entry may be.
+    #[error("raft entry of {size} bytes exceeds the limit of {limit} bytes")]
+    EntryTooLarge {
+        /// The Region proposed to.
+        region_id: RegionId,
+        /// Size of the encoded command.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The command was superseded by a leader change before it committed; its outcome is
+    /// "not applied".
+    #[error("command was dropped by a leader change")]
+    StaleCommand,
+    /// The command is malformed (a programming error of the proposer, or a bad split key).
+    #[error("invalid command: {0}")]
+    InvalidCommand(String),
+    /// The engine failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}

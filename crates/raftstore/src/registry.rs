@@ -1,0 +1,111 @@
+//! [`Registry`]: what request handlers may know about the Regions on this node without
+//! talking to the Raft thread.
+//!
+//! The Raft thread owns the peers; after every round it publishes each changed peer's
+//! Region and leadership here. Handlers read it to validate requests (Region exists, epoch
+//! current, key in range, this peer leads and has applied everything from earlier terms).
+
+use scandium_types::{Peer, Region, RegionId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+/// A Region as its local peer last saw it.
+#[derive(Clone, Debug)]
+pub struct RegionStatus {
+    /// The Region's range, epoch and peers.
+    pub region: Region,
+    /// This store's peer of the Region.
+    pub peer: Peer,
+    /// The leader's peer, if known.
+    pub leader: Option<Peer>,
+    /// The local peer is leader and has applied every entry of earlier terms, so its state
+    /// machine reflects every acknowledged write.
+    pub ready_for_reads: bool,
+}
+
+/// Leadership of the placement group's local peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The local peer leads the group.
+    pub is_leader: bool,
+    /// See [`RegionStatus::ready_for_reads`].
+    pub ready_for_reads: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    meta: GroupStatus,
+    by_id: HashMap<RegionId, RegionStatus>,
+    /// Start key to Region id, for routing by key.
+    by_start: BTreeMap<Vec<u8>, RegionId>,
+}
+
+/// Shared, cheaply cloned view of the Regions on this node.
+#[derive(Clone, Default)]
+pub struct Registry {
+    inner: Arc<RwLock<Inner>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// The status of Region `id`.
+    pub fn get(&self, id: RegionId) -> Option<RegionStatus> {
+        self.read().by_id.get(&id).cloned()
+    }
+
+    /// The Region containing `key`.
+    pub fn find_by_key(&self, key: &[u8]) -> Option<RegionStatus> {
+        let inner = self.read();
+        let (_, id) = inner.by_start.range(..=key.to_vec()).next_back()?;
+        let status = inner.by_id.get(id)?;
+        status.region.contains(key).then(|| status.clone())
+    }
+
+    /// Every Region, in key order.
+    pub fn all(&self) -> Vec<RegionStatus> {
+        let inner = self.read();
+        inner.by_start.values().filter_map(|id| inner.by_id.get(id).cloned()).collect()
+    }
+
+    /// Regions overlapping `[start, end)` (empty `end` = unbounded), in key order.
+    pub fn overlapping(&self, start: &[u8], end: &[u8]) -> Vec<RegionStatus> {
+        self.all()
+            .into_iter()
+            .filter(|s| {
+                (end.is_empty() || s.region.start_key.as_slice() < end)
+                    && (s.region.end_key.is_empty() || start < s.region.end_key.as_slice())
+            })
+            .collect()
+    }
+
+    /// Publishes a Region's status, replacing what was known of it.
+    pub fn publish(&self, status: RegionStatus) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = inner.by_id.get(&status.region.id) {
+            let old_start = old.region.start_key.clone();
+            if inner.by_start.get(&old_start) == Some(&status.region.id) {
+                inner.by_start.remove(&old_start);
+            }
+        }
+        inner.by_start.insert(status.region.start_key.clone(), status.region.id);
+        inner.by_id.insert(status.region.id, status);
+    }
+
+    /// Leadership of the local placement peer.
+    pub fn meta(&self) -> GroupStatus {
+        self.read().meta
+    }
+
+    /// Publishes the local placement peer's leadership.
+    pub fn publish_meta(&self, status: GroupStatus) {
+        self.inner.write().unwrap_or_else(|e| e.into_inner()).meta = status;
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,167 @@
+//! The store's lifecycle on an in-memory engine: bootstrap, election, proposals, group
+//! commit, split, restart.
+
+use prost::Message as _;
+use scandium_raftstore::bootstrap::write_initial_group;
+use scandium_raftstore::{
+    ApplyOutput, MetaStateMachine, RaftCommand, RaftConfig, RaftstoreError, Registry, SplitRequest,
+    Store, META_GROUP_ID,
+};
+use scandium_storage::{Cf, EngineRef, MemoryEngine, WriteBatch};
+use scandium_types::{Peer, Region};
+use std::any::Any;
+use std::sync::{Arc, Mutex};
+
+/// Counts applied placement commands, persisting the count.
+struct CountingMeta;
+
+impl MetaStateMachine for CountingMeta {
+    fn apply(&mut self, index: u64, command: &[u8], batch: &mut WriteBatch) -> Box<dyn Any + Send> {
+        batch.put(Cf::Placement, b"last".to_vec(), command.to_vec());
+        Box::new(index)
+    }
+}
+
+fn bootstrap(engine: &EngineRef) {
+    let mut batch = WriteBatch::new();
+    let region = Region { id: 1, peers: vec![Peer { id: 2, store_id: 1 }], ..Default::default() };
+    write_initial_group(&mut batch, &region);
+    let meta = Region {
+        id: META_GROUP_ID,
+        peers: vec![Peer { id: 3, store_id: 1 }],
+        ..Default::default()
+    };
+    write_initial_group(&mut batch, &meta);
+    engine.write(batch).unwrap();
+}
+
+fn open(engine: &EngineRef, registry: &Registry) -> Store {
+    let mut store = Store::open(
+        1,
+        engine.clone(),
+        RaftConfig::default(),
+        Box::new(CountingMeta),
+        registry.clone(),
+    )
+    .unwrap();
+    drive(&mut store);
+    store
+}
+
+fn drive(store: &mut Store) {
+    for _ in 0..10 {
+        if !store.has_ready() {
+            return;
+        }
+        store.handle_ready().unwrap();
+    }
+    panic!("store did not settle");
+}
+
+type Results = Arc<Mutex<Vec<Result<ApplyOutput, RaftstoreError>>>>;
+
+fn propose(store: &mut Store, group: u64, data: Vec<u8>, results: &Results) {
+    let results = results.clone();
+    store.propose(group, data, Box::new(move |r| results.lock().unwrap().push(r)));
+}
+
+fn put_command(region: &Region, key: &[u8]) -> Vec<u8> {
+    let mut batch = WriteBatch::new();
+    batch.put(Cf::Raw, key.to_vec(), b"value".to_vec());
+    RaftCommand::write(region, batch).encode_to_vec()
+}
+
+#[test]
+fn single_voter_groups_elect_themselves_and_apply_in_one_round() {
+    let engine: EngineRef = Arc::new(MemoryEngine::new());
+    bootstrap(&engine);
+    let registry = Registry::new();
+    let mut store = open(&engine, &registry);
+    let status = registry.get(1).expect("region 1 is published");
+    assert!(status.ready_for_reads, "leader has applied its own-term entry");
+    assert!(registry.meta().is_leader);
+
+    let results = Results::default();
+    for i in 0..50u8 {
+        propose(&mut store, 1, put_command(&status.region, &[b'k', i]), &results);
+    }
+    propose(&mut store, META_GROUP_ID, b"hello".to_vec(), &results);
+    store.handle_ready().unwrap();
+    let results = results.lock().unwrap();
+    assert_eq!(results.len(), 51, "one round persists and applies every pending proposal");
+    assert!(results[..50].iter().all(|r| matches!(r, Ok(ApplyOutput::Written))));
+    assert!(matches!(&results[50], Ok(ApplyOutput::Meta(_))));
+    assert_eq!(engine.get(Cf::Raw, b"k\x31").unwrap(), Some(b"value".to_vec()));
+    assert_eq!(engine.get(Cf::Placement, b"last").unwrap(), Some(b"hello".to_vec()));
+}
+
+#[test]
+fn split_creates_a_serving_region_and_survives_restart() {
+    let engine: EngineRef = Arc::new(MemoryEngine::new());
+    bootstrap(&engine);
+    let registry = Registry::new();
+    let mut store = open(&engine, &registry);
+    let region = registry.get(1).unwrap().region;
+    let results = Results::default();
+    let split =
+        SplitRequest { split_key: b"m".to_vec(), new_region_id: 10, new_peer_ids: vec![11] };
+    propose(&mut store, 1, RaftCommand::split(&region, split).encode_to_vec(), &results);
+    // A write proposed under the old epoch for a key that moves to the new Region.
+    propose(&mut store, 1, put_command(&region, b"x"), &results);
+    drive(&mut store);
+    {
+        let results = results.lock().unwrap();
+        assert!(matches!(&results[0], Ok(ApplyOutput::Split { left, right })
+            if left.end_key == b"m" && right.start_key == b"m" && right.id == 10));
+        assert!(matches!(&results[1], Err(RaftstoreError::EpochNotMatch { .. })));
+    }
+    assert_eq!(engine.get(Cf::Raw, b"x").unwrap(), None, "refused write left no trace");
+    let right = registry.get(10).expect("new region published");
+    assert!(right.ready_for_reads);
+    assert_eq!(registry.find_by_key(b"z").unwrap().region.id, 10);
+    assert_eq!(registry.find_by_key(b"a").unwrap().region.id, 1);
+
+    let results = Results::default();
+    propose(&mut store, 10, put_command(&right.region, b"x"), &results);
+    drive(&mut store);
+    assert!(matches!(results.lock().unwrap()[0], Ok(ApplyOutput::Written)));
+    drop(store);
+
+    let registry = Registry::new();
+    let _store = open(&engine, &registry);
+    assert_eq!(registry.all().len(), 2);
+    assert_eq!(registry.get(1).unwrap().region.version, 1);
+    assert!(registry.get(10).unwrap().ready_for_reads);
+    assert_eq!(engine.get(Cf::Raw, b"x").unwrap(), Some(b"value".to_vec()));
+}
+
+#[test]
+fn unknown_groups_and_oversized_entries_are_refused() {
+    let engine: EngineRef = Arc::new(MemoryEngine::new());
+    bootstrap(&engine);
+    let registry = Registry::new();
+    let mut store = open(&engine, &registry);
+    let results = Results::default();
+    propose(&mut store, 99, vec![1], &results);
+    propose(&mut store, 1, vec![0; 9 << 20], &results);
+    let results = results.lock().unwrap();
+    assert!(matches!(results[0], Err(RaftstoreError::RegionNotFound(99))));
+    assert!(matches!(results[1], Err(RaftstoreError::EntryTooLarge { .. })));
+}
+
+#[test]
+fn log_is_truncated_after_apply() {
+    let engine: EngineRef = Arc::new(MemoryEngine::new());
+    bootstrap(&engine);
+    let registry = Registry::new();
+    let mut store = open(&engine, &registry);
+    let region = registry.get(1).unwrap().region;
+    let results = Results::default();
+    for i in 0..1000u32 {
+        propose(&mut store, 1, put_command(&region, &i.to_be_bytes()), &results);
+        store.handle_ready().unwrap();
+    }
+    let log_entries = engine.snapshot().scan(Cf::RaftLog, b"", b"", false).count();
+    assert!(log_entries <= 300, "log holds {log_entries} entries");
+    assert_eq!(results.lock().unwrap().len(), 1000);
+}

@@ -1,0 +1,123 @@
+//! The on-disk engine: one fjall database, one fjall keyspace per column family.
+
+use crate::{Cf, Engine, KvIter, Mutation, Result, Snapshot, WriteBatch};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Memory settings of the fjall engine. Every figure is a ceiling, not an allocation:
+/// an empty node uses almost none of it.
+#[derive(Clone, Debug)]
+pub struct FjallOptions {
+    /// Block cache shared by all column families, in bytes.
+    pub cache_size_bytes: u64,
+    /// Largest memtable of one column family before it is flushed, in bytes.
+    pub memtable_size_bytes: u64,
+}
+
+impl Default for FjallOptions {
+    fn default() -> Self {
+        FjallOptions { cache_size_bytes: 64 << 20, memtable_size_bytes: 16 << 20 }
+    }
+}
+
+/// [`Engine`] on fjall. Cheap to share: clones point at the same database.
+#[derive(Clone)]
+pub struct FjallEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    keyspaces: Vec<Keyspace>,
+}
+
+impl FjallEngine {
+    /// Opens (or creates) the engine in `dir`.
+    pub fn open(dir: &Path, options: &FjallOptions) -> Result<FjallEngine> {
+        let db = Database::builder(dir).cache_size(options.cache_size_bytes).open()?;
+        let keyspaces = Cf::ALL
+            .iter()
+            .map(|cf| {
+                let memtable = options.memtable_size_bytes;
+                db.keyspace(cf.name(), || {
+                    KeyspaceCreateOptions::default().max_memtable_size(memtable)
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(FjallEngine { inner: Arc::new(Inner { db, keyspaces }) })
+    }
+}
+
+impl Inner {
+    fn keyspace(&self, cf: Cf) -> &Keyspace {
+        &self.keyspaces[cf.index()]
+    }
+}
+
+impl Engine for FjallEngine {
+    fn write(&self, batch: WriteBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let mut fjall_batch = inner.db.batch();
+        for mutation in batch.into_mutations() {
+            match mutation {
+                Mutation::Put { cf, key, value } => {
+                    fjall_batch.insert(inner.keyspace(cf), key, value)
+                }
+                Mutation::Delete { cf, key } => fjall_batch.remove(inner.keyspace(cf), key),
+            }
+        }
+        fjall_batch.commit()?;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.inner.db.persist(PersistMode::SyncData)?;
+        Ok(())
+    }
+
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.inner.keyspace(cf).get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn snapshot(&self) -> Box<dyn Snapshot> {
+        Box::new(FjallSnapshot { snapshot: self.inner.db.snapshot(), inner: self.inner.clone() })
+    }
+
+    fn disk_size(&self) -> u64 {
+        self.inner.db.disk_space().unwrap_or(0)
+    }
+}
+
+struct FjallSnapshot {
+    snapshot: fjall::Snapshot,
+    inner: Arc<Inner>,
+}
+
+impl Snapshot for FjallSnapshot {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.snapshot.get(self.inner.keyspace(cf), key)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, cf: Cf, start: &[u8], end: &[u8], reverse: bool) -> KvIter<'_> {
+        let lower = Bound::Included(start);
+        let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end) };
+        if !end.is_empty() && start >= end {
+            return Box::new(std::iter::empty());
+        }
+        let iter = self.snapshot.range::<&[u8], _>(self.inner.keyspace(cf), (lower, upper));
+        let map = |guard: fjall::Guard| {
+            let (key, value) = guard.into_inner()?;
+            Ok((key.to_vec(), value.to_vec()))
+        };
+        if reverse {
+            Box::new(iter.rev().map(map))
+        } else {
+            Box::new(iter.map(map))
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The storage seam: everything above this crate reads and writes through [`Engine`].
+//!
+//! A node has one engine holding several column families ([`Cf`]): the Raft log and Raft
+//! state of every Region, Region metadata, placement metadata, raw key-value data and the
+//! three transactional column families. A [`WriteBatch`] is atomic across column families,
+//! which is what lets a peer write applied data together with its applied index.
+//!
+//! Durability is explicit: [`Engine::write`] makes a batch visible and crash-consistent with
+//! respect to process death (it is in the OS's hands), and [`Engine::sync`] makes everything
+//! written so far survive power loss. The raftstore calls `sync` once per batch of Raft
+//! log writes (group commit).
+//!
+//! Two engines implement the trait: [`FjallEngine`] (the real one, on disk) and
+//! [`MemoryEngine`] (for tests of the layers above).
+
+mod batch;
+mod fjall_engine;
+mod memory;
+
+pub use batch::{Mutation, WriteBatch};
+pub use fjall_engine::{FjallEngine, FjallOptions};
+pub use memory::MemoryEngine;
+
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Column families. Each is a separate LSM tree in fjall; together they share one journal,
+/// so a batch spanning several of them is atomic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cf {
+    /// Raw key-value data, keyed by the key as the client sends it.
+    Raw,
+    /// Transactional values too large to live inline in a write record.
+    Default,
+    /// Transactional locks, keyed by user key.
+    Lock,
+    /// Transactional commit and rollback records, keyed by user key and commit timestamp.
+    Write,
+    /// Raft log entries of every Raft group, keyed by group id and index.
+    RaftLog,
+    /// Raft hard state, apply state and Region state of every Raft group on this node.
+    RaftState,
+    /// The placement group's state machine: stores, Regions, ids, timestamps, keyspaces.
+    Placement,
+}
+
+impl Cf {
+    /// Every column family, in a fixed order.
+    pub const ALL: [Cf; 7] =
+        [Cf::Raw, Cf::Default, Cf::Lock, Cf::Write, Cf::RaftLog, Cf::RaftState, Cf::Placement];
+
+    /// The name of the column family on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Raw => "raw",
+            Cf::Default => "default",
+            Cf::Lock => "lock",
+            Cf::Write => "write",
+            Cf::RaftLog => "raft_log",
+            Cf::RaftState => "raft_state",
+            Cf::Placement => "placement",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Failures of the storage engine. Any of them on a write means the node can no longer
+/// guarantee durability and must stop accepting writes.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    /// The underlying engine failed (I/O error, corruption, poisoned after a failed fsync).
+    #[error("storage engine: {0}")]
+    Engine(#[from] fjall::Error),
+    /// A stored record could not be decoded.
+    #[error("corrupted record in {cf:?}: {reason}")]
+    Corrupted {
+        /// Where the record lives.
+        cf: Cf,
+        /// What was wrong with it.
+        reason: String,
+    },
+}
+
+/// Result of storage operations.
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// A key-value pair read from the engine.
+pub type KvPair = (Vec<u8>, Vec<u8>);
+
+/// Iterator over key-value pairs of one column family, in key order or reverse key order.
+pub type KvIter<'a> = Box<dyn Iterator<Item = Result<KvPair>> + Send + 'a>;
+
+/// A node's storage: atomic multi-column-family batches, point reads and snapshots.
+pub trait Engine: Send + Sync + 'static {
+    /// Applies `batch` atomically. Readers see all of it or none of it. Not synced: see
+    /// [`Engine::sync`].
+    fn write(&self, batch: WriteBatch) -> Result<()>;
+
+    /// Makes every write so far durable against power loss (one fsync of the journal).
+    fn sync(&self) -> Result<()>;
+
+    /// Reads the latest value of `key`.
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// A consistent read-only view of the engine as of now.
+    fn snapshot(&self) -> Box<dyn Snapshot>;
+
+    /// Bytes the engine occupies on disk (approximate; 0 for memory engines).
+    fn disk_size(&self) -> u64;
+}
+
+/// A consistent, read-only view of an engine.
+pub trait Snapshot: Send + Sync {
+    /// Reads `key` as of the snapshot.
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Iterates `[start, end)` (an empty `end` is unbounded) in ascending key order, or in
+    /// descending order when `reverse` is set.
+    fn scan(&self, cf: Cf, start: &[u8], end: &[u8], reverse: bool) -> KvIter<'_>;
+}
+
+/// Shared handle to a node's engine.
+pub type EngineRef = Arc<dyn Engine>;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,82 @@
+//! An in-memory engine for tests of the layers above storage.
+
+use crate::{Cf, Engine, KvIter, Mutation, Result, Snapshot, WriteBatch};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, RwLock};
+
+type Tables = [BTreeMap<Vec<u8>, Vec<u8>>; Cf::ALL.len()];
+
+/// [`Engine`] keeping everything in `BTreeMap`s. Snapshots copy the data, so it suits small
+/// test data sets only. `sync` is a no-op: nothing survives the process anyway.
+#[derive(Clone, Default)]
+pub struct MemoryEngine {
+    tables: Arc<RwLock<Tables>>,
+}
+
+impl MemoryEngine {
+    /// An empty engine.
+    pub fn new() -> MemoryEngine {
+        MemoryEngine::default()
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn write(&self, batch: WriteBatch) -> Result<()> {
+        let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        for mutation in batch.into_mutations() {
+            match mutation {
+                Mutation::Put { cf, key, value } => {
+                    tables[cf.index()].insert(key, value);
+                }
+                Mutation::Delete { cf, key } => {
+                    tables[cf.index()].remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let tables = self.tables.read().unwrap_or_else(|e| e.into_inner());
+        Ok(tables[cf.index()].get(key).cloned())
+    }
+
+    fn snapshot(&self) -> Box<dyn Snapshot> {
+        let tables = self.tables.read().unwrap_or_else(|e| e.into_inner());
+        Box::new(MemorySnapshot { tables: tables.clone() })
+    }
+
+    fn disk_size(&self) -> u64 {
+        0
+    }
+}
+
+struct MemorySnapshot {
+    tables: Tables,
+}
+
+impl Snapshot for MemorySnapshot {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.tables[cf.index()].get(key).cloned())
+    }
+
+    fn scan(&self, cf: Cf, start: &[u8], end: &[u8], reverse: bool) -> KvIter<'_> {
+        if !end.is_empty() && start >= end {
+            return Box::new(std::iter::empty());
+        }
+        let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end) };
+        let range = self.tables[cf.index()]
+            .range::<[u8], _>((Bound::Included(start), upper))
+            .map(|(k, v)| Ok((k.clone(), v.clone())));
+        if reverse {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        }
+    }
+}
