@@ -1,0 +1,208 @@
+//! `scandium bench`: concurrent clients driving a workload through `tikv-client`, against
+//! any cluster that speaks the TiKV protocol.
+//!
+//! Reports throughput, latency percentiles (from an HDR histogram), and the server's CPU
+//! time per operation and RSS. Server figures come from `--server-pid` (any server on this
+//! machine, Scandium or not) or else from a Scandium node's `/health` endpoint.
+
+use crate::kv::connect;
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use std::time::{Duration, Instant};
+use tikv_client::RawClient;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// Every operation writes a random key.
+    Put,
+    /// Every operation reads a random preloaded key.
+    Get,
+    /// Half reads, half writes.
+    Mixed,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Address of any node (the PD endpoint).
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    pd: String,
+    /// Use API V2 with this keyspace; without it, API V1.
+    #[arg(long)]
+    keyspace: Option<String>,
+    #[arg(long, value_enum, default_value_t = Workload::Put)]
+    workload: Workload,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds of measurement.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Process id of the server, to read its CPU time and RSS from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Seed of the key choice.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+struct ClientResult {
+    histogram: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("bench{i:012}").into_bytes()
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), String> {
+    if args.clients == 0 || args.keys == 0 || args.duration == 0 {
+        return Err("clients, keys and duration must be positive".into());
+    }
+    let client = connect(&args.pd, args.keyspace.as_deref()).await?;
+    if args.workload != Workload::Put {
+        preload(&client, &args).await?;
+    }
+    let before = server_stats(&args).await;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration);
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|i| {
+            tokio::spawn(client_loop(
+                client.clone(),
+                args.workload,
+                deadline,
+                args.keys,
+                args.value_size,
+                args.seed + i as u64,
+            ))
+        })
+        .collect();
+    let mut histogram = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    let (mut errors, mut first_error) = (0, None);
+    for task in tasks {
+        let result = task.await.map_err(|e| e.to_string())?;
+        histogram.add(&result.histogram).map_err(|e| e.to_string())?;
+        errors += result.errors;
+        first_error = first_error.or(result.first_error);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = server_stats(&args).await;
+    report(&args, &histogram, errors, elapsed, before.zip(after));
+    if let Some(error) = first_error {
+        eprintln!("first error: {error}");
+    }
+    Ok(())
+}
+
+async fn preload(client: &RawClient, args: &BenchArgs) -> Result<(), String> {
+    let value = vec![b'v'; args.value_size];
+    let batch = (16 * 1024 / (args.value_size + 20)).max(1) as u64;
+    let mut start = 0;
+    while start < args.keys {
+        let end = (start + batch).min(args.keys);
+        let pairs: Vec<_> = (start..end).map(|i| (key(i), value.clone())).collect();
+        client.batch_put(pairs).await.map_err(|e| format!("preload failed: {e}"))?;
+        start = end;
+    }
+    Ok(())
+}
+
+async fn client_loop(
+    client: RawClient,
+    workload: Workload,
+    deadline: Instant,
+    keys: u64,
+    value_size: usize,
+    seed: u64,
+) -> ClientResult {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let value = vec![b'v'; value_size];
+    let mut result = ClientResult {
+        histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+        errors: 0,
+        first_error: None,
+    };
+    while Instant::now() < deadline {
+        let k = key(rng.gen_range(0..keys));
+        let write = match workload {
+            Workload::Put => true,
+            Workload::Get => false,
+            Workload::Mixed => rng.gen_bool(0.5),
+        };
+        let begin = Instant::now();
+        let outcome = if write {
+            client.put(k, value.clone()).await
+        } else {
+            client.get(k).await.map(|_| ())
+        };
+        match outcome {
+            Ok(()) => {
+                let micros = begin.elapsed().as_micros() as u64;
+                let _ = result.histogram.record(micros.max(1));
+            }
+            Err(e) => {
+                result.errors += 1;
+                result.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    result
+}
+
+/// (cpu seconds, rss bytes) of the server.
+async fn server_stats(args: &BenchArgs) -> Option<(f64, u64)> {
+    if let Some(pid) = args.server_pid {
+        return scandium_server::process::read(Some(pid)).map(|s| (s.cpu_seconds, s.rss_bytes));
+    }
+    let url: hyper::Uri =
+        format!("http://{}/health", args.pd.trim_start_matches("http://")).parse().ok()?;
+    let response = hyper::Client::new().get(url).await.ok()?;
+    let body = hyper::body::to_bytes(response.into_body()).await.ok()?;
+    let health: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    let process = health.get("process")?;
+    Some((process.get("cpu_seconds")?.as_f64()?, process.get("rss_bytes")?.as_u64()?))
+}
+
+fn report(
+    args: &BenchArgs,
+    h: &Histogram<u64>,
+    errors: u64,
+    elapsed: f64,
+    server: Option<((f64, u64), (f64, u64))>,
+) {
+    let ops = h.len();
+    println!(
+        "workload={:?} clients={} duration={:.1}s value={}B keys={} api={}",
+        args.workload,
+        args.clients,
+        elapsed,
+        args.value_size,
+        args.keys,
+        if args.keyspace.is_some() { "v2" } else { "v1" }
+    );
+    println!("ops={ops} errors={errors} throughput={:.0} ops/s", ops as f64 / elapsed);
+    println!(
+        "latency_us p50={} p99={} p999={} max={}",
+        h.value_at_quantile(0.50),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    );
+    match server {
+        Some(((cpu_before, _), (cpu_after, rss))) if ops > 0 => println!(
+            "server cpu={:.2}s cpu_per_op={:.1}us rss={:.1}MB",
+            cpu_after - cpu_before,
+            (cpu_after - cpu_before) * 1e6 / ops as f64,
+            rss as f64 / (1 << 20) as f64
+        ),
+        _ => println!("server cpu=unknown rss=unknown (pass --server-pid)"),
+    }
+}

@@ -1,0 +1,67 @@
+//! `scandium`: one binary for the server and the tools around it.
+//!
+//! * `scandium server` runs a node (no flags needed: data in `./scandium-data`, listening on
+//!   `127.0.0.1:2379`).
+//! * `scandium kv` reads and writes keys through the TiKV client, like an application would.
+//! * `scandium ctl` inspects and operates the cluster through the placement API.
+//! * `scandium bench` measures throughput and latency against any cluster.
+
+mod bench;
+mod ctl;
+mod kv;
+mod server;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "scandium",
+    version,
+    about = "A lightweight distributed transactional key-value database"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a node.
+    Server(server::ServerArgs),
+    /// Reads and writes raw keys.
+    Kv(kv::KvArgs),
+    /// Inspects and operates the cluster.
+    Ctl(ctl::CtlArgs),
+    /// Measures throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => server::run(args).await,
+            Command::Kv(args) => kv::run(args).await,
+            Command::Ctl(args) => ctl::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,108 @@
+use super::*;
+use crate::command::Kind;
+use scandium_storage::MemoryEngine;
+use scandium_types::Peer;
+use std::sync::Arc;
+
+fn region(id: u64, start: &[u8], end: &[u8], version: u64) -> Region {
+    Region {
+        id,
+        start_key: start.to_vec(),
+        end_key: end.to_vec(),
+        conf_ver: 1,
+        version,
+        peers: vec![Peer { id: id + 100, store_id: 1 }],
+    }
+}
+
+fn store() -> Store {
+    Store { id: 1, address: "127.0.0.1:2379".into(), ..Default::default() }
+}
+
+fn bootstrapped() -> PlacementState {
+    PlacementState::bootstrap(
+        7,
+        10,
+        store(),
+        vec![region(1, b"", b"m", 1), region(2, b"m", b"", 1)],
+        vec![KeyspaceMeta { id: 0, name: "DEFAULT".into(), state: 0, created_at: 0 }],
+    )
+    .0
+}
+
+fn apply(state: &mut PlacementState, kind: Kind) -> Response {
+    state.apply(&prost::Message::encode_to_vec(&Command::new(kind)), &mut WriteBatch::new())
+}
+
+#[test]
+fn lookups_by_key() {
+    let state = bootstrapped();
+    assert_eq!(state.region_by_key(b"").unwrap().id, 1);
+    assert_eq!(state.region_by_key(b"l\xff").unwrap().id, 1);
+    assert_eq!(state.region_by_key(b"m").unwrap().id, 2);
+    assert_eq!(state.prev_region(b"z").unwrap().id, 1);
+    assert!(state.prev_region(b"a").is_none());
+    let ids = |rs: Vec<&Region>| rs.iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(state.scan_regions(b"c", b"", 0)), vec![1, 2]);
+    assert_eq!(ids(state.scan_regions(b"c", b"m", 0)), vec![1]);
+    assert_eq!(ids(state.scan_regions(b"", b"", 1)), vec![1]);
+    assert_eq!(state.keyspace_by_name("DEFAULT").unwrap().id, 0);
+}
+
+#[test]
+fn split_reports_replace_the_old_region_and_stale_reports_are_ignored() {
+    let mut state = bootstrapped();
+    // Region 2 [m, "") splits at t: 2 becomes [m, t), 3 is [t, "").
+    assert_eq!(apply(&mut state, Kind::PutRegion(region(3, b"t", b"", 2))), Response::Done);
+    assert_eq!(apply(&mut state, Kind::PutRegion(region(2, b"m", b"t", 2))), Response::Done);
+    assert_eq!(state.region_by_key(b"u").unwrap().id, 3);
+    assert_eq!(state.region_by_key(b"n").unwrap().id, 2);
+    assert_eq!(apply(&mut state, Kind::PutRegion(region(2, b"m", b"", 1))), Response::StaleRegion);
+    assert_eq!(state.regions().count(), 3);
+}
+
+#[test]
+fn new_region_reported_before_its_parent_evicts_the_parent() {
+    let mut state = bootstrapped();
+    assert_eq!(apply(&mut state, Kind::PutRegion(region(3, b"t", b"", 2))), Response::Done);
+    assert!(state.region(2).is_none(), "the stale parent overlapped and was removed");
+    assert_eq!(state.region_by_key(b"z").unwrap().id, 3);
+}
+
+#[test]
+fn ids_timestamps_and_safe_points_only_move_forward() {
+    let mut state = bootstrapped();
+    assert_eq!(apply(&mut state, Kind::AllocIds(3)), Response::Ids { first: 10 });
+    assert_eq!(apply(&mut state, Kind::AllocIds(1)), Response::Ids { first: 13 });
+    assert_eq!(apply(&mut state, Kind::RaiseTsoLimit(500)), Response::TsoLimit(500));
+    assert_eq!(apply(&mut state, Kind::RaiseTsoLimit(100)), Response::TsoLimit(500));
+    assert_eq!(apply(&mut state, Kind::UpdateGcSafePoint(9)), Response::GcSafePoint(9));
+    assert_eq!(apply(&mut state, Kind::UpdateGcSafePoint(3)), Response::GcSafePoint(9));
+    assert!(matches!(state.apply(b"\xff\xff", &mut WriteBatch::new()), Response::Invalid(_)));
+}
+
+#[test]
+fn state_round_trips_through_the_engine() {
+    let engine: scandium_storage::EngineRef = Arc::new(MemoryEngine::new());
+    assert!(PlacementState::load(&engine).unwrap().is_none());
+    let (mut state, batch) = PlacementState::bootstrap(
+        7,
+        10,
+        store(),
+        vec![region(1, b"", b"m", 1), region(2, b"m", b"", 1)],
+        vec![],
+    );
+    engine.write(batch).unwrap();
+    let mut batch = WriteBatch::new();
+    let split = Command::new(Kind::PutRegion(region(3, b"t", b"", 2)));
+    state.apply(&prost::Message::encode_to_vec(&split), &mut batch);
+    let ids = Command::new(Kind::AllocIds(5));
+    state.apply(&prost::Message::encode_to_vec(&ids), &mut batch);
+    engine.write(batch).unwrap();
+    let loaded = PlacementState::load(&engine).unwrap().unwrap();
+    assert_eq!(loaded.cluster_id(), 7);
+    assert_eq!(loaded.regions().map(|r| r.id).collect::<Vec<_>>(), vec![1, 3]);
+    assert_eq!(loaded.store(1).unwrap().address, "127.0.0.1:2379");
+    let mut loaded = loaded;
+    assert_eq!(apply(&mut loaded, Kind::AllocIds(1)), Response::Ids { first: 15 });
+}

@@ -1,0 +1,182 @@
+//! [`NodeContext`]: what every request handler shares, and the checks every storage request
+//! goes through before it touches data.
+
+use crate::config::Config;
+use crate::error::{store_not_match, RequestError};
+use crate::placement::Placement;
+use crate::raft_driver::RaftHandle;
+use scandium_protocol::kvrpcpb;
+use scandium_raftstore::{RaftstoreError, RegionStatus, Registry};
+use scandium_storage::EngineRef;
+use scandium_txn::Latches;
+use scandium_types::keyspace::{ApiVersion, PREFIX_LEN};
+use scandium_types::{Region, StoreId, MAX_KEY_SIZE};
+use std::sync::Arc;
+
+/// Everything a request handler needs, shared by all of them.
+pub struct NodeContext {
+    /// The node's settings.
+    pub config: Config,
+    /// This node's store.
+    pub store_id: StoreId,
+    /// The address clients reach this node at.
+    pub advertise_addr: String,
+    /// The node's storage.
+    pub engine: EngineRef,
+    /// Regions with a peer on this node.
+    pub registry: Registry,
+    /// Proposals to the Raft thread.
+    pub raft: RaftHandle,
+    /// The placement group.
+    pub placement: Arc<Placement>,
+    /// Serialises writes to the same keys.
+    pub latches: Latches,
+}
+
+/// The key space a request addresses; API V2 keys must carry its mode byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyMode {
+    /// Raw requests: V2 keys start with `r`.
+    Raw,
+}
+
+/// A storage request that passed the Region checks.
+pub struct Checked {
+    /// The Region as it is now (its epoch equals the request's).
+    pub region: Region,
+    /// The API version the request was made with.
+    pub api_version: ApiVersion,
+}
+
+impl NodeContext {
+    /// Checks a request's context: the Region exists here, the epoch is current, this peer
+    /// leads and has caught up, and the API version is known.
+    pub fn check_context(
+        &self,
+        context: Option<&kvrpcpb::Context>,
+    ) -> Result<Checked, RequestError> {
+        let context = context.ok_or_else(|| RequestError::invalid("request has no context"))?;
+        let api_version = ApiVersion::from_wire(context.api_version).ok_or_else(|| {
+            RequestError::invalid(format!("unknown API version {}", context.api_version))
+        })?;
+        if let Some(peer) = &context.peer {
+            if peer.store_id != 0 && peer.store_id != self.store_id {
+                return Err(store_not_match(peer.store_id, self.store_id));
+            }
+        }
+        let status = self
+            .registry
+            .get(context.region_id)
+            .ok_or(RaftstoreError::RegionNotFound(context.region_id))?;
+        let current = status.region.epoch();
+        let matches = context
+            .region_epoch
+            .as_ref()
+            .is_some_and(|e| e.version == current.version && e.conf_ver == current.conf_ver);
+        if !matches {
+            return Err(RaftstoreError::EpochNotMatch { current: vec![status.region] }.into());
+        }
+        let RegionStatus { region, leader, ready_for_reads, .. } = status;
+        if !ready_for_reads {
+            return Err(RaftstoreError::NotLeader { region_id: region.id, leader }.into());
+        }
+        Ok(Checked { region, api_version })
+    }
+
+    /// Checks one key of a request: size, API V2 prefix, and that it lies in the Region.
+    pub fn check_key(
+        &self,
+        checked: &Checked,
+        mode: KeyMode,
+        key: &[u8],
+    ) -> Result<(), RequestError> {
+        check_key_shape(checked.api_version, mode, key)?;
+        if !checked.region.contains(key) {
+            return Err(RaftstoreError::KeyNotInRegion {
+                key: key.to_vec(),
+                region: checked.region.clone(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Checks the starting key of a range request and clamps `[start, end)` (empty `end` =
+    /// unbounded) to the Region. Inverted ranges are refused.
+    pub fn clamp_range(
+        &self,
+        checked: &Checked,
+        mode: KeyMode,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), RequestError> {
+        if !end.is_empty() && start > end {
+            return Err(RequestError::invalid(format!(
+                "invalid range: start key {start:?} is after end key {end:?}"
+            )));
+        }
+        self.check_key(checked, mode, start)?;
+        Ok(clamp_to_region(&checked.region, start, end))
+    }
+}
+
+/// Key size limit and API V2 prefix rules.
+pub fn check_key_shape(
+    api_version: ApiVersion,
+    mode: KeyMode,
+    key: &[u8],
+) -> Result<(), RequestError> {
+    if key.len() > MAX_KEY_SIZE {
+        return Err(RequestError::invalid(format!(
+            "key is too large: {} bytes, the limit is {MAX_KEY_SIZE}",
+            key.len()
+        )));
+    }
+    if api_version == ApiVersion::V2 {
+        let prefix_ok = match mode {
+            KeyMode::Raw => key.first() == Some(&scandium_types::keyspace::RAW_MODE),
+        };
+        if !prefix_ok || key.len() < PREFIX_LEN {
+            return Err(RequestError::invalid(format!(
+                "API V2 {mode:?} key {key:?} does not carry a keyspace prefix"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `[start, end) ∩ region` (empty `end` = unbounded on either side).
+pub fn clamp_to_region(region: &Region, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let start = start.max(region.start_key.as_slice()).to_vec();
+    let end = match (end.is_empty(), region.end_key.is_empty()) {
+        (true, _) => region.end_key.clone(),
+        (false, true) => end.to_vec(),
+        (false, false) => end.min(region.end_key.as_slice()).to_vec(),
+    };
+    (start, end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clamping() {
+        let region =
+            Region { start_key: b"b".to_vec(), end_key: b"m".to_vec(), ..Default::default() };
+        assert_eq!(clamp_to_region(&region, b"a", b""), (b"b".to_vec(), b"m".to_vec()));
+        assert_eq!(clamp_to_region(&region, b"c", b"d"), (b"c".to_vec(), b"d".to_vec()));
+        let open = Region { start_key: b"b".to_vec(), ..Default::default() };
+        assert_eq!(clamp_to_region(&open, b"c", b""), (b"c".to_vec(), b"".to_vec()));
+        assert_eq!(clamp_to_region(&open, b"c", b"z"), (b"c".to_vec(), b"z".to_vec()));
+    }
+
+    #[test]
+    fn v2_raw_keys_need_their_prefix() {
+        assert!(check_key_shape(ApiVersion::V2, KeyMode::Raw, b"r\0\0\0k").is_ok());
+        assert!(check_key_shape(ApiVersion::V2, KeyMode::Raw, b"x\0\0\0k").is_err());
+        assert!(check_key_shape(ApiVersion::V2, KeyMode::Raw, b"r\0").is_err());
+        assert!(check_key_shape(ApiVersion::V1, KeyMode::Raw, b"anything").is_ok());
+        assert!(check_key_shape(ApiVersion::V1, KeyMode::Raw, &vec![0; MAX_KEY_SIZE + 1]).is_err());
+    }
+}

@@ -1,0 +1,71 @@
+//! `keyspacepb.Keyspace`: keyspace lookup for API V2 clients.
+
+use crate::grpc::pd::PdService;
+use scandium_placement::KeyspaceMeta;
+use scandium_protocol::keyspacepb::{self, keyspace_server::Keyspace};
+use scandium_protocol::pdpb;
+use tonic::{Request, Response, Status};
+
+/// The keyspace service; shares headers with the placement service.
+pub struct KeyspaceService {
+    pd: PdService,
+}
+
+impl KeyspaceService {
+    /// Serves keyspace requests with `pd`'s view of the cluster.
+    pub fn new(pd: PdService) -> KeyspaceService {
+        KeyspaceService { pd }
+    }
+}
+
+fn to_meta(keyspace: &KeyspaceMeta) -> keyspacepb::KeyspaceMeta {
+    keyspacepb::KeyspaceMeta {
+        id: keyspace.id,
+        name: keyspace.name.clone(),
+        state: keyspace.state,
+        created_at: keyspace.created_at,
+        state_changed_at: keyspace.created_at,
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl Keyspace for KeyspaceService {
+    async fn load_keyspace(
+        &self,
+        request: Request<keyspacepb::LoadKeyspaceRequest>,
+    ) -> Result<Response<keyspacepb::LoadKeyspaceResponse>, Status> {
+        let name = &request.get_ref().name;
+        let keyspace = self.pd.node().placement.read().keyspace_by_name(name).map(to_meta);
+        let header = match keyspace {
+            Some(_) => self.pd.ok_header(),
+            None => self.pd.error_header(
+                pdpb::ErrorType::EntryNotFound,
+                format!("keyspace {name:?} not found"),
+            ),
+        };
+        Ok(Response::new(keyspacepb::LoadKeyspaceResponse { header, keyspace }))
+    }
+
+    async fn get_all_keyspaces(
+        &self,
+        request: Request<keyspacepb::GetAllKeyspacesRequest>,
+    ) -> Result<Response<keyspacepb::GetAllKeyspacesResponse>, Status> {
+        let req = request.get_ref();
+        let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
+        let keyspaces = self
+            .pd
+            .node()
+            .placement
+            .read()
+            .keyspaces()
+            .filter(|k| k.id >= req.start_id)
+            .take(limit)
+            .map(to_meta)
+            .collect();
+        Ok(Response::new(keyspacepb::GetAllKeyspacesResponse {
+            header: self.pd.ok_header(),
+            keyspaces,
+        }))
+    }
+}

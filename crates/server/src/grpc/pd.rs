@@ -1,0 +1,335 @@
+//! `pdpb.PD`: the placement API, answered by this node itself. Every response carries a
+//! header with the cluster id; failures go into the header's error (clients unwrap the
+//! header and would crash without one).
+
+use crate::context::NodeContext;
+use crate::convert::{decode_client_key, peer_to_meta, region_to_meta, store_to_meta};
+use crate::error::RequestError;
+use futures::Stream;
+use scandium_protocol::pdpb::{self, pd_server::Pd};
+use scandium_types::Region;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::StreamExt as _;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The placement service of one node.
+pub struct PdService {
+    node: Arc<NodeContext>,
+}
+
+impl PdService {
+    /// Serves placement requests from `node`.
+    pub fn new(node: Arc<NodeContext>) -> PdService {
+        PdService { node }
+    }
+
+    /// The node served.
+    pub fn node(&self) -> &NodeContext {
+        &self.node
+    }
+
+    fn cluster_id(&self) -> u64 {
+        self.node.placement.read().cluster_id()
+    }
+
+    /// A header for a successful response.
+    pub fn ok_header(&self) -> Option<pdpb::ResponseHeader> {
+        Some(pdpb::ResponseHeader { cluster_id: self.cluster_id(), error: None })
+    }
+
+    /// A header carrying an error.
+    pub fn error_header(
+        &self,
+        kind: pdpb::ErrorType,
+        message: impl Into<String>,
+    ) -> Option<pdpb::ResponseHeader> {
+        let error = pdpb::Error { r#type: kind as i32, message: message.into() };
+        Some(pdpb::ResponseHeader { cluster_id: self.cluster_id(), error: Some(error) })
+    }
+
+    /// Refuses requests meant for another cluster (a zero id means "not known yet").
+    fn check_header(
+        &self,
+        header: Option<&pdpb::RequestHeader>,
+    ) -> Result<(), Option<pdpb::ResponseHeader>> {
+        let ours = self.cluster_id();
+        match header {
+            Some(h) if h.cluster_id != 0 && h.cluster_id != ours => Err(self.error_header(
+                pdpb::ErrorType::Unknown,
+                format!("request for cluster {} reached cluster {ours}", h.cluster_id),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn region_response(&self, region: Option<Region>) -> pdpb::GetRegionResponse {
+        match region {
+            Some(region) => pdpb::GetRegionResponse {
+                header: self.ok_header(),
+                leader: self.leader_of(&region),
+                region: Some(region_to_meta(&region)),
+                ..Default::default()
+            },
+            None => pdpb::GetRegionResponse {
+                header: self.error_header(pdpb::ErrorType::RegionNotFound, "region not found"),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The leader peer of a Region: the local peer's view, or the first peer if this node
+    /// has no peer of the Region.
+    fn leader_of(&self, region: &Region) -> Option<scandium_protocol::metapb::Peer> {
+        let leader = self.node.registry.get(region.id).and_then(|s| s.leader);
+        leader.or_else(|| region.peers.first().cloned()).map(|p| peer_to_meta(&p))
+    }
+
+    fn member(&self) -> pdpb::Member {
+        let url = format!("http://{}", self.node.advertise_addr);
+        pdpb::Member {
+            name: format!("scandium-{}", self.node.store_id),
+            member_id: self.node.store_id,
+            peer_urls: vec![url.clone()],
+            client_urls: vec![url],
+            binary_version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        }
+    }
+}
+
+type TsoStream = Pin<Box<dyn Stream<Item = Result<pdpb::TsoResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Pd for PdService {
+    async fn get_members(
+        &self,
+        _request: Request<pdpb::GetMembersRequest>,
+    ) -> Result<Response<pdpb::GetMembersResponse>, Status> {
+        let member = self.member();
+        let leader = self.node.placement.is_serving().then(|| member.clone());
+        Ok(Response::new(pdpb::GetMembersResponse {
+            header: self.ok_header(),
+            members: vec![member.clone()],
+            etcd_leader: leader.clone(),
+            leader,
+            ..Default::default()
+        }))
+    }
+
+    async fn tso(
+        &self,
+        request: Request<Streaming<pdpb::TsoRequest>>,
+    ) -> Result<Response<TsoStream>, Status> {
+        let mut requests = request.into_inner();
+        let placement = self.node.placement.clone();
+        let cluster_id = self.cluster_id();
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            // One request at a time, in order: the client matches responses to requests FIFO.
+            while let Some(Ok(request)) = requests.next().await {
+                let response = match placement.timestamp(request.count).await {
+                    Ok(ts) => Ok(pdpb::TsoResponse {
+                        header: Some(pdpb::ResponseHeader { cluster_id, error: None }),
+                        count: request.count,
+                        timestamp: Some(pdpb::Timestamp {
+                            physical: ts.physical() as i64,
+                            logical: ts.logical() as i64,
+                            suffix_bits: 0,
+                        }),
+                    }),
+                    Err(e) => Err(Status::unavailable(e.to_string())),
+                };
+                let failed = response.is_err();
+                if sender.send(response).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+
+    async fn is_bootstrapped(
+        &self,
+        _request: Request<pdpb::IsBootstrappedRequest>,
+    ) -> Result<Response<pdpb::IsBootstrappedResponse>, Status> {
+        Ok(Response::new(pdpb::IsBootstrappedResponse {
+            header: self.ok_header(),
+            bootstrapped: true,
+        }))
+    }
+
+    async fn alloc_id(
+        &self,
+        request: Request<pdpb::AllocIdRequest>,
+    ) -> Result<Response<pdpb::AllocIdResponse>, Status> {
+        if let Err(header) = self.check_header(request.get_ref().header.as_ref()) {
+            return Ok(Response::new(pdpb::AllocIdResponse { header, id: 0 }));
+        }
+        let response = match self.node.placement.alloc_ids(1).await {
+            Ok(id) => pdpb::AllocIdResponse { header: self.ok_header(), id },
+            Err(e) => pdpb::AllocIdResponse {
+                header: self.error_header(pdpb::ErrorType::Unknown, e.to_string()),
+                id: 0,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn get_store(
+        &self,
+        request: Request<pdpb::GetStoreRequest>,
+    ) -> Result<Response<pdpb::GetStoreResponse>, Status> {
+        let req = request.into_inner();
+        if let Err(header) = self.check_header(req.header.as_ref()) {
+            return Ok(Response::new(pdpb::GetStoreResponse { header, store: None }));
+        }
+        let store = self.node.placement.read().store(req.store_id).map(store_to_meta);
+        let header = match store {
+            Some(_) => self.ok_header(),
+            None => self.error_header(
+                pdpb::ErrorType::Unknown,
+                format!("store {} not found", req.store_id),
+            ),
+        };
+        Ok(Response::new(pdpb::GetStoreResponse { header, store }))
+    }
+
+    async fn get_all_stores(
+        &self,
+        request: Request<pdpb::GetAllStoresRequest>,
+    ) -> Result<Response<pdpb::GetAllStoresResponse>, Status> {
+        let exclude_tombstones = request.get_ref().exclude_tombstone_stores;
+        let stores = self
+            .node
+            .placement
+            .read()
+            .stores()
+            .map(store_to_meta)
+            .filter(|s| {
+                !(exclude_tombstones
+                    && s.state == scandium_protocol::metapb::StoreState::Tombstone as i32)
+            })
+            .collect();
+        Ok(Response::new(pdpb::GetAllStoresResponse { header: self.ok_header(), stores }))
+    }
+
+    async fn get_region(
+        &self,
+        request: Request<pdpb::GetRegionRequest>,
+    ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
+        let key = decode_client_key(&request.get_ref().region_key);
+        let region = self.node.placement.read().region_by_key(&key).cloned();
+        Ok(Response::new(self.region_response(region)))
+    }
+
+    async fn get_prev_region(
+        &self,
+        request: Request<pdpb::GetRegionRequest>,
+    ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
+        let key = decode_client_key(&request.get_ref().region_key);
+        let region = self.node.placement.read().prev_region(&key).cloned();
+        Ok(Response::new(self.region_response(region)))
+    }
+
+    async fn get_region_by_id(
+        &self,
+        request: Request<pdpb::GetRegionByIdRequest>,
+    ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
+        let region = self.node.placement.read().region(request.get_ref().region_id).cloned();
+        Ok(Response::new(self.region_response(region)))
+    }
+
+    async fn scan_regions(
+        &self,
+        request: Request<pdpb::ScanRegionsRequest>,
+    ) -> Result<Response<pdpb::ScanRegionsResponse>, Status> {
+        let req = request.into_inner();
+        let start = decode_client_key(&req.start_key);
+        let end = decode_client_key(&req.end_key);
+        let limit = usize::try_from(req.limit.max(0)).unwrap_or(0);
+        let found: Vec<Region> = self
+            .node
+            .placement
+            .read()
+            .scan_regions(&start, &end, limit)
+            .into_iter()
+            .cloned()
+            .collect();
+        let mut response =
+            pdpb::ScanRegionsResponse { header: self.ok_header(), ..Default::default() };
+        for region in &found {
+            let meta = region_to_meta(region);
+            let leader = self.leader_of(region);
+            response.region_metas.push(meta.clone());
+            response.leaders.push(leader.clone().unwrap_or_default());
+            response.regions.push(pdpb::Region {
+                region: Some(meta),
+                leader,
+                ..Default::default()
+            });
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn get_gc_safe_point(
+        &self,
+        _request: Request<pdpb::GetGcSafePointRequest>,
+    ) -> Result<Response<pdpb::GetGcSafePointResponse>, Status> {
+        let safe_point = self.node.placement.read().gc_safe_point();
+        Ok(Response::new(pdpb::GetGcSafePointResponse { header: self.ok_header(), safe_point }))
+    }
+
+    async fn update_gc_safe_point(
+        &self,
+        request: Request<pdpb::UpdateGcSafePointRequest>,
+    ) -> Result<Response<pdpb::UpdateGcSafePointResponse>, Status> {
+        let req = request.into_inner();
+        if let Err(header) = self.check_header(req.header.as_ref()) {
+            return Ok(Response::new(pdpb::UpdateGcSafePointResponse {
+                header,
+                new_safe_point: 0,
+            }));
+        }
+        let response = match self.node.placement.update_gc_safe_point(req.safe_point).await {
+            Ok(new_safe_point) => {
+                pdpb::UpdateGcSafePointResponse { header: self.ok_header(), new_safe_point }
+            }
+            Err(e) => pdpb::UpdateGcSafePointResponse {
+                header: self.error_header(pdpb::ErrorType::Unknown, e.to_string()),
+                new_safe_point: 0,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn split_regions(
+        &self,
+        request: Request<pdpb::SplitRegionsRequest>,
+    ) -> Result<Response<pdpb::SplitRegionsResponse>, Status> {
+        let req = request.into_inner();
+        if let Err(header) = self.check_header(req.header.as_ref()) {
+            return Ok(Response::new(pdpb::SplitRegionsResponse { header, ..Default::default() }));
+        }
+        let keys = req.split_keys.iter().map(|k| decode_client_key(k)).collect();
+        let response = match crate::split::split_at_keys(&self.node, keys).await {
+            Ok(regions) => pdpb::SplitRegionsResponse {
+                header: self.ok_header(),
+                finished_percentage: 100,
+                regions_id: regions.iter().map(|r| r.id).collect(),
+            },
+            Err(e) => pdpb::SplitRegionsResponse {
+                header: self.error_header(error_type(&e), e.to_string()),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(response))
+    }
+}
+
+fn error_type(error: &RequestError) -> pdpb::ErrorType {
+    match error {
+        RequestError::Invalid(_) => pdpb::ErrorType::InvalidValue,
+        _ => pdpb::ErrorType::Unknown,
+    }
+}

@@ -1,0 +1,25 @@
+//! A Scandium node: the one place that owns threads, sockets and the wall clock.
+//!
+//! [`Node::start`] opens the engine, bootstraps a single-node cluster on first start, runs
+//! the Raft thread over every Region and the placement group, and serves three gRPC
+//! services (`tikvpb.Tikv`, `pdpb.PD`, `keyspacepb.Keyspace`) and an HTTP/1.1 API on one
+//! port. Request handlers validate against the Region registry, take latches, read a
+//! snapshot, and propose write batches to Raft.
+
+pub mod clock;
+pub mod config;
+pub mod context;
+pub mod convert;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod node;
+pub mod placement;
+pub mod process;
+pub mod raft_driver;
+pub mod raw;
+pub mod split;
+pub mod ttl;
+
+pub use config::Config;
+pub use node::{Node, NodeError};

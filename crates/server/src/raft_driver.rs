@@ -1,0 +1,121 @@
+//! The Raft thread: the only thread that touches the [`Store`].
+//!
+//! Requests reach it through a bounded channel. Each loop iteration takes every message
+//! waiting (up to a bound), ticks when a tick is due, and runs one round of Ready handling,
+//! so all proposals that queued up during the previous round's fsync share the next one.
+//! A full channel makes proposers wait: that is the node's write backpressure.
+
+use scandium_raftstore::{ApplyOutput, Callback, RaftstoreError, Store};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Messages queued for the Raft thread at most.
+const CHANNEL_CAPACITY: usize = 8192;
+/// Messages handled before a round runs, at most.
+const MAX_MESSAGES_PER_ROUND: usize = 4096;
+
+enum RaftMessage {
+    Propose { group_id: u64, data: Vec<u8>, callback: Callback },
+    Stop,
+}
+
+/// Cloneable handle for proposing to the Raft thread.
+#[derive(Clone)]
+pub struct RaftHandle {
+    sender: flume::Sender<RaftMessage>,
+}
+
+impl RaftHandle {
+    /// Proposes `data` to group `group_id` and waits until it is applied (or refused).
+    pub async fn propose(
+        &self,
+        group_id: u64,
+        data: Vec<u8>,
+    ) -> Result<ApplyOutput, RaftstoreError> {
+        let (sender, receiver) = oneshot::channel();
+        let callback: Callback = Box::new(move |result| {
+            let _ = sender.send(result);
+        });
+        let message = RaftMessage::Propose { group_id, data, callback };
+        if self.sender.send_async(message).await.is_err() {
+            return Err(RaftstoreError::StaleCommand);
+        }
+        receiver.await.unwrap_or(Err(RaftstoreError::StaleCommand))
+    }
+}
+
+/// The running Raft thread.
+pub struct RaftDriver {
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RaftDriver {
+    /// Starts the thread that drives `store`, ticking every `tick`.
+    pub fn start(store: Store, tick: Duration) -> std::io::Result<(RaftDriver, RaftHandle)> {
+        let (sender, receiver) = flume::bounded(CHANNEL_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name("raft".into())
+            .spawn(move || run(store, receiver, tick))?;
+        Ok((RaftDriver { thread: Some(thread) }, RaftHandle { sender }))
+    }
+
+    /// Asks the thread to stop after the messages already queued.
+    pub fn stop(&self, handle: &RaftHandle) {
+        let _ = handle.sender.send(RaftMessage::Stop);
+    }
+
+    /// Waits for the thread to finish.
+    pub fn join(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(mut store: Store, receiver: flume::Receiver<RaftMessage>, tick: Duration) {
+    let mut next_tick = Instant::now() + tick;
+    loop {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        match receiver.recv_timeout(wait) {
+            Ok(message) => {
+                let mut stop = handle(&mut store, message);
+                for message in receiver.try_iter().take(MAX_MESSAGES_PER_ROUND) {
+                    stop |= handle(&mut store, message);
+                }
+                if stop {
+                    // Finish what was proposed, then drop the store (failing anything left).
+                    while store.has_ready() && store.handle_ready().is_ok() {}
+                    break;
+                }
+            }
+            Err(flume::RecvTimeoutError::Timeout) => {}
+            Err(flume::RecvTimeoutError::Disconnected) => break,
+        }
+        if Instant::now() >= next_tick {
+            store.tick();
+            next_tick = Instant::now() + tick;
+        }
+        if store.has_ready() {
+            if let Err(error) = store.handle_ready() {
+                // The log or the state machine could not be written: the node can no longer
+                // promise durability. Crash rather than diverge; a restart recovers from the
+                // last durable state.
+                tracing::error!(%error, "raft storage failed; stopping the node");
+                std::process::exit(70);
+            }
+        }
+    }
+    tracing::info!("raft thread stopped");
+}
+
+/// Handles one message; returns whether the thread should stop.
+fn handle(store: &mut Store, message: RaftMessage) -> bool {
+    match message {
+        RaftMessage::Propose { group_id, data, callback } => {
+            store.propose(group_id, data, callback);
+            false
+        }
+        RaftMessage::Stop => true,
+    }
+}

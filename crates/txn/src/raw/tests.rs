@@ -1,0 +1,81 @@
+use super::*;
+use proptest::prelude::*;
+use scandium_storage::{Engine, MemoryEngine};
+
+fn engine_with(pairs: &[(&[u8], &[u8], u64)], now: u64) -> MemoryEngine {
+    let engine = MemoryEngine::new();
+    let mut batch = WriteBatch::new();
+    for (key, value, ttl) in pairs {
+        put(&mut batch, key.to_vec(), value, *ttl, now);
+    }
+    engine.write(batch).unwrap();
+    engine
+}
+
+#[test]
+fn expired_values_are_invisible_to_every_read() {
+    let engine = engine_with(&[(b"a", b"1", 0), (b"b", b"2", 10), (b"c", b"3", 0)], 100);
+    let snap = engine.snapshot();
+    assert_eq!(get(&*snap, b"b", 109).unwrap(), Some(b"2".to_vec()));
+    assert_eq!(get_ttl(&*snap, b"b", 105).unwrap(), Some(5));
+    assert_eq!(get_ttl(&*snap, b"a", 105).unwrap(), Some(0), "no TTL reads as 0");
+    assert_eq!(get(&*snap, b"b", 110).unwrap(), None);
+    assert_eq!(get_ttl(&*snap, b"b", 110).unwrap(), None);
+    let keys = |pairs: Vec<KvPair>| pairs.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(
+        keys(scan(&*snap, b"", b"", 10, false, false, 110).unwrap()),
+        vec![b"a".to_vec(), b"c".to_vec()]
+    );
+    assert_eq!(checksum(&*snap, &[(vec![], vec![])], 110).unwrap().total_kvs, 2);
+    assert_eq!(expired_keys(&*snap, b"", b"", 10, 110).unwrap().keys, vec![b"b".to_vec()]);
+}
+
+#[test]
+fn scans_honour_limit_direction_and_key_only() {
+    let engine = engine_with(&[(b"a", b"1", 0), (b"b", b"2", 0), (b"c", b"3", 0)], 0);
+    let snap = engine.snapshot();
+    let pairs = scan(&*snap, b"", b"c", 10, true, true, 0).unwrap();
+    assert_eq!(pairs, vec![(b"b".to_vec(), vec![]), (b"a".to_vec(), vec![])]);
+    assert!(scan(&*snap, b"", b"", 0, false, false, 0).unwrap().is_empty());
+    assert_eq!(scan(&*snap, b"", b"", 2, false, false, 0).unwrap().len(), 2);
+}
+
+#[test]
+fn compare_and_swap_compares_live_values() {
+    let engine = engine_with(&[(b"k", b"old", 5)], 100);
+    let snap = engine.snapshot();
+    let mut batch = WriteBatch::new();
+    let outcome = compare_and_swap(&*snap, b"k", Some(b"old"), b"new", 0, 101, &mut batch).unwrap();
+    assert_eq!(outcome, CasOutcome { succeeded: true, previous: Some(b"old".to_vec()) });
+    assert_eq!(batch.len(), 1);
+    let mut batch = WriteBatch::new();
+    let outcome = compare_and_swap(&*snap, b"k", Some(b"old"), b"new", 0, 200, &mut batch).unwrap();
+    assert_eq!(
+        outcome,
+        CasOutcome { succeeded: false, previous: None },
+        "expired counts as absent"
+    );
+    assert!(batch.is_empty());
+    let outcome = compare_and_swap(&*snap, b"k", None, b"new", 0, 200, &mut batch).unwrap();
+    assert!(outcome.succeeded);
+}
+
+#[test]
+fn malformed_trailers_are_reported() {
+    assert_eq!(decode_value(b""), None);
+    assert_eq!(decode_value(b"\x07"), None);
+    assert_eq!(decode_value(b"short\x01"), None);
+    let engine = MemoryEngine::new();
+    let mut batch = WriteBatch::new();
+    batch.put(Cf::Raw, b"bad".to_vec(), b"\x09".to_vec());
+    engine.write(batch).unwrap();
+    assert!(matches!(get(&*engine.snapshot(), b"bad", 0), Err(RawError::Corrupted { .. })));
+}
+
+proptest! {
+    #[test]
+    fn values_round_trip(value in proptest::collection::vec(any::<u8>(), 0..64), at in proptest::option::of(any::<u64>())) {
+        let stored = encode_value(&value, at);
+        prop_assert_eq!(decode_value(&stored), Some(RawValue { value: &value, expire_at_secs: at }));
+    }
+}

@@ -1,0 +1,218 @@
+//! End-to-end tests of the real `scandium` binary: started as a process, driven through
+//! `tikv-client` and the `scandium` CLI, killed with SIGKILL and restarted.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tikv_client::RawClient;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_scandium");
+
+/// A `scandium server` child process.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    /// Starts the binary in `cwd` with `args` and waits for its "serving" line.
+    fn start(cwd: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(BINARY)
+            .arg("server")
+            .args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("scandium starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("scandium serving on ") {
+                    let addr = addr.split_whitespace().next().unwrap_or_default().to_string();
+                    let _ = sender.send(addr);
+                }
+            }
+        });
+        let addr =
+            receiver.recv_timeout(Duration::from_secs(30)).expect("server reports it is serving");
+        Server { child, addr }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL delivered");
+        self.child.wait().expect("child reaped");
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("child state") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let output =
+        Command::new(BINARY).args(args).env("RUST_LOG", "warn").output().expect("scandium runs");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+async fn client(addr: &str) -> RawClient {
+    let config = tikv_client::Config::default().with_timeout(Duration::from_secs(5));
+    RawClient::new_with_config(vec![addr.to_string()], config).await.expect("client connects")
+}
+
+/// Writers put single keys and 3-key batches as fast as they can; the server is killed with
+/// SIGKILL mid-stream and restarted. Every acknowledged put must be there, and every batch
+/// must be there completely or not at all.
+///
+/// Batches are checked for atomicity only: `tikv-client` 0.4's `batch_put` reports success
+/// even when no server is reachable (it returns `Ok` within milliseconds against a stopped
+/// node), so its acknowledgements are no evidence of a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_write_load_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let server = Server::start(dir.path(), &["--data-dir", data, "--addr", "127.0.0.1:0"]);
+    let raw = client(&server.addr).await;
+
+    let acked: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let attempted: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for writer in 0..16u64 {
+        let (raw, acked, attempted, stop) =
+            (raw.clone(), acked.clone(), attempted.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            for seq in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let id = writer << 32 | seq;
+                attempted.lock().unwrap().insert(id);
+                let keys = batch_keys(id);
+                if writer % 2 == 0 {
+                    if raw.put(keys[0].clone(), id.to_be_bytes().to_vec()).await.is_err() {
+                        return;
+                    }
+                    acked.lock().unwrap().insert(id);
+                } else {
+                    let pairs: Vec<_> =
+                        keys.iter().map(|k| (k.clone(), id.to_be_bytes().to_vec())).collect();
+                    let _ = raw.batch_put(pairs).await;
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 2000 {
+        assert!(Instant::now() < deadline, "writers made too little progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.kill();
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let attempted = attempted.lock().unwrap().clone();
+
+    let server = Server::start(dir.path(), &["--data-dir", data, "--addr", "127.0.0.1:0"]);
+    let raw = client(&server.addr).await;
+    let (mut lost, mut batches_found) = (0, 0);
+    for &id in &attempted {
+        let batch = (id >> 32) % 2 == 1;
+        let keys = batch_keys(id);
+        let expected = if batch { 3 } else { 1 };
+        let found = raw.batch_get(keys[..expected].to_vec()).await.unwrap().len();
+        assert!(
+            found == 0 || found == expected,
+            "write {id:x} is half applied: {found} of {expected}"
+        );
+        batches_found += usize::from(batch && found == expected);
+        lost += usize::from(found == 0 && acked.contains(&id));
+    }
+    assert_eq!(lost, 0, "{lost} of {} acknowledged puts were lost", acked.len());
+    assert!(batches_found > 100, "batches were written ({batches_found})");
+    server.kill();
+}
+
+fn batch_keys(id: u64) -> Vec<Vec<u8>> {
+    (0..3).map(|i| format!("w{id:016x}-{i}").into_bytes()).collect()
+}
+
+/// `scandium server` with no flags serves on 127.0.0.1:2379 with data in ./scandium-data;
+/// the CLI reads, writes, lists and splits through it; SIGTERM stops it cleanly; a restart
+/// resumes the same cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_config_server_and_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(server.addr, "127.0.0.1:2379");
+    assert!(dir.path().join("scandium-data").is_dir());
+
+    let (ok, out) = cli(&["kv", "put", "greeting", "hello"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["kv", "get", "greeting"]);
+    assert!(ok && out.contains("hello"), "{out}");
+    let (ok, out) = cli(&["kv", "--keyspace", "DEFAULT", "put", "v2key", "v2value"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["kv", "--keyspace", "DEFAULT", "scan"]);
+    assert!(ok && out.contains("v2key\tv2value"), "{out}");
+    let (ok, out) = cli(&["ctl", "stores"]);
+    assert!(ok && out.contains("127.0.0.1:2379"), "{out}");
+    let (ok, out) = cli(&["ctl", "regions"]);
+    assert!(ok && out.contains("\"count\": 5"), "{out}");
+    let (ok, out) = cli(&["ctl", "split", "greeting"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["ctl", "regions"]);
+    assert!(ok && out.contains("\"count\": 6"), "{out}");
+    let (ok, out) = cli(&["kv", "get", "greeting"]);
+    assert!(ok && out.contains("hello"), "reads work across the split: {out}");
+    let (ok, out) = cli(&["kv", "get", "absent"]);
+    assert!(!ok && out.contains("not found"), "{out}");
+
+    let status = server.terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    let server = Server::start(dir.path(), &[]);
+    let (ok, out) = cli(&["kv", "get", "greeting"]);
+    assert!(ok && out.contains("hello"), "{out}");
+    let (ok, out) = cli(&["ctl", "regions"]);
+    assert!(ok && out.contains("\"count\": 6"), "split survives restart: {out}");
+    drop(server);
+}
+
+/// A bad configuration is refused with a clear message, not a panic.
+#[test]
+fn bad_configuration_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "raft_tick_ms = 0\n").unwrap();
+    let (ok, out) = cli(&["server", "--config", config.to_str().unwrap()]);
+    assert!(!ok && out.contains("raft_tick_ms"), "{out}");
+    let (ok, out) =
+        cli(&["server", "--addr", "not-an-address", "--data-dir", dir.path().to_str().unwrap()]);
+    assert!(!ok && out.contains("cannot listen"), "{out}");
+}
