@@ -89,8 +89,9 @@ fn single_voter_groups_elect_themselves_and_apply_in_one_round() {
     store.handle_ready().unwrap();
     let results = results.lock().unwrap();
     assert_eq!(results.len(), 51, "one round persists and applies every pending proposal");
-    assert!(results[..50].iter().all(|r| matches!(r, Ok(ApplyOutput::Written))));
-    assert!(matches!(&results[50], Ok(ApplyOutput::Meta(_))));
+    // Groups are handled in no particular order; count the outcomes by kind.
+    assert_eq!(results.iter().filter(|r| matches!(r, Ok(ApplyOutput::Written))).count(), 50);
+    assert_eq!(results.iter().filter(|r| matches!(r, Ok(ApplyOutput::Meta(_)))).count(), 1);
     assert_eq!(engine.get(Cf::Raw, b"k\x31").unwrap(), Some(b"value".to_vec()));
     assert_eq!(engine.get(Cf::Placement, b"last").unwrap(), Some(b"hello".to_vec()));
 }

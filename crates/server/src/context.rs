@@ -115,7 +115,15 @@ impl NodeContext {
                 "invalid range: start key {start:?} is after end key {end:?}"
             )));
         }
-        self.check_key(checked, mode, start)?;
+        if start.is_empty() && checked.api_version != ApiVersion::V2 {
+            // The unbounded start: only the first Region holds it.
+            if !checked.region.start_key.is_empty() {
+                let region = checked.region.clone();
+                return Err(RaftstoreError::KeyNotInRegion { key: Vec::new(), region }.into());
+            }
+        } else {
+            self.check_key(checked, mode, start)?;
+        }
         Ok(clamp_to_region(&checked.region, start, end))
     }
 }
@@ -126,6 +134,9 @@ pub fn check_key_shape(
     mode: KeyMode,
     key: &[u8],
 ) -> Result<(), RequestError> {
+    if key.is_empty() {
+        return Err(RequestError::invalid("key must not be empty"));
+    }
     if key.len() > MAX_KEY_SIZE {
         return Err(RequestError::invalid(format!(
             "key is too large: {} bytes, the limit is {MAX_KEY_SIZE}",
@@ -177,6 +188,7 @@ mod tests {
         assert!(check_key_shape(ApiVersion::V2, KeyMode::Raw, b"x\0\0\0k").is_err());
         assert!(check_key_shape(ApiVersion::V2, KeyMode::Raw, b"r\0").is_err());
         assert!(check_key_shape(ApiVersion::V1, KeyMode::Raw, b"anything").is_ok());
+        assert!(check_key_shape(ApiVersion::V1, KeyMode::Raw, b"").is_err());
         assert!(check_key_shape(ApiVersion::V1, KeyMode::Raw, &vec![0; MAX_KEY_SIZE + 1]).is_err());
     }
 }

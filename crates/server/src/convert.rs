@@ -1,10 +1,17 @@
 //! Conversions between Scandium's metadata records and kvproto messages.
 //!
-//! Region boundaries are stored unencoded. Transactional clients and API V2 clients expect
-//! them memcomparable-encoded (they decode every boundary they receive), so boundaries sent
-//! to clients are encoded, and keys clients send to the placement API are decoded when
-//! they are valid encodings. An API V1 raw client sends plain keys, which are almost never
-//! valid encodings and are then used as they are (see docs/architecture/server.md).
+//! Region boundaries are stored unencoded. Clients come in two kinds:
+//!
+//! * transactional clients and API V2 raw clients encode every key they send to the
+//!   placement API (memcomparable encoding) and decode every boundary they receive;
+//! * API V1 raw clients send and expect plain keys.
+//!
+//! The placement API cannot ask which kind is calling, but the key tells: a key that is a
+//! valid memcomparable encoding came from an encoding client (a plain key is one only by
+//! accident: its length must be a multiple of 9 with valid marker bytes). So lookups by key
+//! answer in the encoding the question came in ([`ClientKey`]). Lookups without a key
+//! (`GetRegionByID`) and Region errors answer encoded, which is what every client but a V1
+//! raw client expects (see docs/architecture/server.md).
 
 use scandium_protocol::metapb;
 use scandium_types::codec::{decode_bytes, encode_bytes};
@@ -19,12 +26,21 @@ pub fn encode_boundary(key: &[u8]) -> Vec<u8> {
     }
 }
 
+/// A key a client sent to the placement API, and whether that client encodes keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientKey {
+    /// The unencoded key.
+    pub key: Vec<u8>,
+    /// The client sent it memcomparable-encoded and expects encoded boundaries back.
+    pub encoded: bool,
+}
+
 /// Interprets a key a client sent to the placement API.
-pub fn decode_client_key(key: &[u8]) -> Vec<u8> {
-    if key.is_empty() {
-        return Vec::new();
+pub fn decode_client_key(key: &[u8]) -> ClientKey {
+    match decode_bytes(key) {
+        Ok(decoded) => ClientKey { key: decoded, encoded: true },
+        Err(_) => ClientKey { key: key.to_vec(), encoded: false },
     }
-    decode_bytes(key).unwrap_or_else(|_| key.to_vec())
 }
 
 /// A peer as kvproto describes it (every Scandium peer is a voter).
@@ -39,10 +55,16 @@ pub fn peer_to_meta(peer: &Peer) -> metapb::Peer {
 
 /// A Region as kvproto describes it, with encoded boundaries.
 pub fn region_to_meta(region: &Region) -> metapb::Region {
+    region_to_meta_as(region, true)
+}
+
+/// A Region as kvproto describes it, with boundaries encoded or not.
+pub fn region_to_meta_as(region: &Region, encoded: bool) -> metapb::Region {
+    let boundary = |key: &[u8]| if encoded { encode_boundary(key) } else { key.to_vec() };
     metapb::Region {
         id: region.id,
-        start_key: encode_boundary(&region.start_key),
-        end_key: encode_boundary(&region.end_key),
+        start_key: boundary(&region.start_key),
+        end_key: boundary(&region.end_key),
         region_epoch: Some(metapb::RegionEpoch {
             conf_ver: region.conf_ver,
             version: region.version,
@@ -76,9 +98,23 @@ mod tests {
 
     #[test]
     fn client_keys_decode_only_when_encoded() {
-        assert_eq!(decode_client_key(&encode_bytes(b"r\0\0\0k")), b"r\0\0\0k");
-        assert_eq!(decode_client_key(b"plain-key"), b"plain-key");
-        assert_eq!(decode_client_key(b""), b"");
+        let encoded = decode_client_key(&encode_bytes(b"r\0\0\0k"));
+        assert_eq!(encoded, ClientKey { key: b"r\0\0\0k".to_vec(), encoded: true });
+        let plain = decode_client_key(b"plain-key");
+        assert_eq!(plain, ClientKey { key: b"plain-key".to_vec(), encoded: false });
+        assert_eq!(decode_client_key(b""), ClientKey { key: Vec::new(), encoded: false });
         assert_eq!(encode_boundary(b""), b"");
+    }
+
+    #[test]
+    fn boundaries_follow_the_question() {
+        let region = Region {
+            id: 1,
+            start_key: b"a".to_vec(),
+            end_key: b"m".to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(region_to_meta_as(&region, false).end_key, b"m");
+        assert_eq!(region_to_meta_as(&region, true).end_key, encode_bytes(b"m"));
     }
 }

@@ -34,3 +34,58 @@ pub async fn raw_client(node: &Node, v2: bool) -> RawClient {
         .await
         .expect("client connects")
 }
+
+/// A raw gRPC client of the storage service, for requests `tikv-client` would never send.
+pub async fn tikv_grpc(
+    node: &Node,
+) -> scandium_protocol::tikvpb::tikv_client::TikvClient<tonic::transport::Channel> {
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", node.advertise_addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    scandium_protocol::tikvpb::tikv_client::TikvClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// A raw gRPC client of the placement service.
+pub async fn pd_grpc(
+    node: &Node,
+) -> scandium_protocol::pdpb::pd_client::PdClient<tonic::transport::Channel> {
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", node.advertise_addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    scandium_protocol::pdpb::pd_client::PdClient::new(channel)
+}
+
+/// The request context `tikv-client` would send for the Region holding `key`.
+pub fn context_for(node: &Node, key: &[u8]) -> scandium_protocol::kvrpcpb::Context {
+    let status = node.context().registry.find_by_key(key).expect("a region holds every key");
+    scandium_protocol::kvrpcpb::Context {
+        region_id: status.region.id,
+        region_epoch: Some(scandium_protocol::metapb::RegionEpoch {
+            conf_ver: status.region.conf_ver,
+            version: status.region.version,
+        }),
+        peer: Some(scandium_protocol::metapb::Peer {
+            id: status.peer.id,
+            store_id: status.peer.store_id,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds, failing after `timeout`.
+pub async fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

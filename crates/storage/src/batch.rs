@@ -77,6 +77,15 @@ impl WriteBatch {
         &self.mutations
     }
 
+    /// The column family of the first change that names the empty key, if any.
+    pub fn empty_key_cf(&self) -> Option<Cf> {
+        self.mutations.iter().find_map(|m| match m {
+            Mutation::Put { cf, key, .. } | Mutation::Delete { cf, key } => {
+                key.is_empty().then_some(*cf)
+            }
+        })
+    }
+
     /// Takes the changes out.
     pub fn into_mutations(self) -> Vec<Mutation> {
         self.mutations

@@ -58,6 +58,9 @@ impl Inner {
 
 impl Engine for FjallEngine {
     fn write(&self, batch: WriteBatch) -> Result<()> {
+        if let Some(cf) = batch.empty_key_cf() {
+            return Err(crate::StorageError::EmptyKey(cf));
+        }
         if batch.is_empty() {
             return Ok(());
         }

@@ -74,6 +74,10 @@ pub enum StorageError {
     /// The underlying engine failed (I/O error, corruption, poisoned after a failed fsync).
     #[error("storage engine: {0}")]
     Engine(#[from] fjall::Error),
+    /// A write named the empty key, which no column family can hold. Callers validate keys
+    /// first; this is the last line of defence.
+    #[error("empty key written to {0:?}")]
+    EmptyKey(Cf),
     /// A stored record could not be decoded.
     #[error("corrupted record in {cf:?}: {reason}")]
     Corrupted {
@@ -96,7 +100,7 @@ pub type KvIter<'a> = Box<dyn Iterator<Item = Result<KvPair>> + Send + 'a>;
 /// A node's storage: atomic multi-column-family batches, point reads and snapshots.
 pub trait Engine: Send + Sync + 'static {
     /// Applies `batch` atomically. Readers see all of it or none of it. Not synced: see
-    /// [`Engine::sync`].
+    /// [`Engine::sync`]. A batch writing the empty key is refused whole.
     fn write(&self, batch: WriteBatch) -> Result<()>;
 
     /// Makes every write so far durable against power loss (one fsync of the journal).

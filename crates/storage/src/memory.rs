@@ -23,6 +23,9 @@ impl MemoryEngine {
 
 impl Engine for MemoryEngine {
     fn write(&self, batch: WriteBatch) -> Result<()> {
+        if let Some(cf) = batch.empty_key_cf() {
+            return Err(crate::StorageError::EmptyKey(cf));
+        }
         let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
         for mutation in batch.into_mutations() {
             match mutation {

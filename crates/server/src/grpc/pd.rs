@@ -3,7 +3,7 @@
 //! header and would crash without one).
 
 use crate::context::NodeContext;
-use crate::convert::{decode_client_key, peer_to_meta, region_to_meta, store_to_meta};
+use crate::convert::{decode_client_key, peer_to_meta, region_to_meta_as, store_to_meta};
 use crate::error::RequestError;
 use futures::Stream;
 use scandium_protocol::pdpb::{self, pd_server::Pd};
@@ -63,12 +63,12 @@ impl PdService {
         }
     }
 
-    fn region_response(&self, region: Option<Region>) -> pdpb::GetRegionResponse {
+    fn region_response(&self, region: Option<Region>, encoded: bool) -> pdpb::GetRegionResponse {
         match region {
             Some(region) => pdpb::GetRegionResponse {
                 header: self.ok_header(),
                 leader: self.leader_of(&region),
-                region: Some(region_to_meta(&region)),
+                region: Some(region_to_meta_as(&region, encoded)),
                 ..Default::default()
             },
             None => pdpb::GetRegionResponse {
@@ -219,8 +219,8 @@ impl Pd for PdService {
         request: Request<pdpb::GetRegionRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
         let key = decode_client_key(&request.get_ref().region_key);
-        let region = self.node.placement.read().region_by_key(&key).cloned();
-        Ok(Response::new(self.region_response(region)))
+        let region = self.node.placement.read().region_by_key(&key.key).cloned();
+        Ok(Response::new(self.region_response(region, key.encoded)))
     }
 
     async fn get_prev_region(
@@ -228,16 +228,18 @@ impl Pd for PdService {
         request: Request<pdpb::GetRegionRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
         let key = decode_client_key(&request.get_ref().region_key);
-        let region = self.node.placement.read().prev_region(&key).cloned();
-        Ok(Response::new(self.region_response(region)))
+        let region = self.node.placement.read().prev_region(&key.key).cloned();
+        Ok(Response::new(self.region_response(region, key.encoded)))
     }
 
     async fn get_region_by_id(
         &self,
         request: Request<pdpb::GetRegionByIdRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
+        // No key tells how this client reads boundaries; encoding clients are the ones that
+        // look Regions up by id (API V1 raw clients only on a cache miss during scans).
         let region = self.node.placement.read().region(request.get_ref().region_id).cloned();
-        Ok(Response::new(self.region_response(region)))
+        Ok(Response::new(self.region_response(region, true)))
     }
 
     async fn scan_regions(
@@ -247,19 +249,20 @@ impl Pd for PdService {
         let req = request.into_inner();
         let start = decode_client_key(&req.start_key);
         let end = decode_client_key(&req.end_key);
+        let encoded = start.encoded || end.encoded;
         let limit = usize::try_from(req.limit.max(0)).unwrap_or(0);
         let found: Vec<Region> = self
             .node
             .placement
             .read()
-            .scan_regions(&start, &end, limit)
+            .scan_regions(&start.key, &end.key, limit)
             .into_iter()
             .cloned()
             .collect();
         let mut response =
             pdpb::ScanRegionsResponse { header: self.ok_header(), ..Default::default() };
         for region in &found {
-            let meta = region_to_meta(region);
+            let meta = region_to_meta_as(region, encoded);
             let leader = self.leader_of(region);
             response.region_metas.push(meta.clone());
             response.leaders.push(leader.clone().unwrap_or_default());
@@ -311,7 +314,7 @@ impl Pd for PdService {
         if let Err(header) = self.check_header(req.header.as_ref()) {
             return Ok(Response::new(pdpb::SplitRegionsResponse { header, ..Default::default() }));
         }
-        let keys = req.split_keys.iter().map(|k| decode_client_key(k)).collect();
+        let keys = req.split_keys.iter().map(|k| decode_client_key(k).key).collect();
         let response = match crate::split::split_at_keys(&self.node, keys).await {
             Ok(regions) => pdpb::SplitRegionsResponse {
                 header: self.ok_header(),

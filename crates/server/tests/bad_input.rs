@@ -1,0 +1,188 @@
+//! Bad input gets a clear error and leaves the node serving: oversized keys, values,
+//! batches and messages; inverted ranges; zero limits; unknown column families; keys
+//! without their API V2 prefix; malformed requests.
+
+mod common;
+
+use common::{context_for, pd_grpc, raw_client, start_node, tikv_grpc};
+use scandium_protocol::kvrpcpb::{
+    self, KeyRange, KvPair, RawBatchPutRequest, RawBatchScanRequest, RawDeleteRangeRequest,
+    RawGetRequest, RawPutRequest, RawScanRequest,
+};
+use scandium_protocol::pdpb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let mut tikv = tikv_grpc(&node).await;
+    let context = Some(context_for(&node, b"k"));
+    let put = |key: Vec<u8>, value: Vec<u8>| RawPutRequest {
+        context: context.clone(),
+        key,
+        value,
+        ..Default::default()
+    };
+
+    // Empty key (the storage engine cannot hold it).
+    let resp = tikv.raw_put(put(Vec::new(), b"v".to_vec())).await.unwrap().into_inner();
+    assert!(resp.error.contains("must not be empty"), "{resp:?}");
+
+    // Key over 8 KiB.
+    let resp =
+        tikv.raw_put(put(vec![b'k'; 8 * 1024 + 1], b"v".to_vec())).await.unwrap().into_inner();
+    assert!(resp.error.contains("key is too large"), "{resp:?}");
+    let get = RawGetRequest { context: context.clone(), key: vec![b'k'; 9000], cf: String::new() };
+    assert!(tikv.raw_get(get).await.unwrap().into_inner().error.contains("key is too large"));
+
+    // Value over the Raft entry limit (8 MiB) but under the gRPC limit (10 MiB).
+    let resp = tikv.raw_put(put(b"k".to_vec(), vec![0; 9 << 20])).await.unwrap().into_inner();
+    let too_large =
+        resp.region_error.expect("region error").raft_entry_too_large.expect("entry too large");
+    assert!(too_large.entry_size > 8 << 20);
+
+    // A batch over the Raft entry limit.
+    let pairs = (0..10u8)
+        .map(|i| KvPair { key: vec![b'k', i], value: vec![0; 900 << 10], error: None })
+        .collect();
+    let request = RawBatchPutRequest { context: context.clone(), pairs, ..Default::default() };
+    let resp = tikv.raw_batch_put(request).await.unwrap().into_inner();
+    assert!(resp.region_error.unwrap().raft_entry_too_large.is_some());
+
+    // A message over the gRPC limit.
+    let status = tikv.raw_put(put(b"k".to_vec(), vec![0; 11 << 20])).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+
+    // Inverted and empty ranges, zero limits.
+    let scan = |start: &[u8], end: &[u8], limit: u32| RawScanRequest {
+        context: context.clone(),
+        start_key: start.to_vec(),
+        end_key: end.to_vec(),
+        limit,
+        ..Default::default()
+    };
+    let status = tikv.raw_scan(scan(b"k9", b"k1", 10)).await.unwrap_err();
+    assert!(
+        status.message().contains("start key") && status.message().contains("after end key"),
+        "{status:?}"
+    );
+    let status = tikv.raw_scan(scan(b"k1", b"k9", 0)).await.unwrap_err();
+    assert!(status.message().contains("scan limit"), "{status:?}");
+    let status = tikv.raw_scan(scan(b"k1", b"k9", 1_000_000)).await.unwrap_err();
+    assert!(status.message().contains("scan limit"), "{status:?}");
+    let request = RawBatchScanRequest {
+        context: context.clone(),
+        ranges: vec![KeyRange { start_key: b"k5".to_vec(), end_key: b"k2".to_vec() }],
+        each_limit: 10,
+        ..Default::default()
+    };
+    assert!(tikv.raw_batch_scan(request).await.is_err());
+    let request = RawDeleteRangeRequest {
+        context: context.clone(),
+        start_key: b"k".to_vec(),
+        end_key: b"k".to_vec(),
+        cf: String::new(),
+    };
+    assert!(tikv
+        .raw_delete_range(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .error
+        .contains("start key < end key"));
+
+    // Unknown column family, TTL count mismatch, API V2 key without prefix, unknown API version.
+    let mut request = put(b"k".to_vec(), b"v".to_vec());
+    request.cf = "lock".into();
+    assert!(tikv.raw_put(request).await.unwrap().into_inner().error.contains("column family"));
+    let pairs = vec![KvPair { key: b"k1".to_vec(), value: b"v".to_vec(), error: None }];
+    let request = RawBatchPutRequest {
+        context: context.clone(),
+        pairs,
+        ttls: vec![1, 2],
+        ..Default::default()
+    };
+    assert!(tikv.raw_batch_put(request).await.unwrap().into_inner().error.contains("TTLs"));
+    let mut v2 = context.clone().unwrap();
+    v2.api_version = kvrpcpb::ApiVersion::V2 as i32;
+    let request = RawPutRequest {
+        context: Some(v2.clone()),
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
+    assert!(tikv.raw_put(request).await.unwrap().into_inner().error.contains("keyspace prefix"));
+    v2.api_version = 7;
+    let request = RawGetRequest { context: Some(v2), key: b"k".to_vec(), cf: String::new() };
+    assert!(tikv
+        .raw_get(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .error
+        .contains("unknown API version"));
+
+    // Missing context.
+    let request = RawGetRequest { context: None, key: b"k".to_vec(), cf: String::new() };
+    assert!(tikv.raw_get(request).await.unwrap().into_inner().error.contains("no context"));
+
+    // Unknown store and Region at the placement API: header errors, never a missing header.
+    let mut pd = pd_grpc(&node).await;
+    let resp = pd
+        .get_store(pdpb::GetStoreRequest { header: None, store_id: 77 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resp.store.is_none());
+    assert!(resp.header.unwrap().error.unwrap().message.contains("store 77"));
+    let resp = pd
+        .get_region_by_id(pdpb::GetRegionByIdRequest { region_id: 12345, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resp.header.unwrap().error.is_some());
+    let header = Some(pdpb::RequestHeader { cluster_id: 1, sender_id: 0 });
+    let resp = pd
+        .split_regions(pdpb::SplitRegionsRequest {
+            header,
+            split_keys: vec![b"x".to_vec()],
+            retry_limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resp.header.unwrap().error.unwrap().message.contains("cluster"));
+
+    // Malformed protobuf: bytes that are no RawGetRequest.
+    let status = malformed_call(&node).await;
+    assert_ne!(status, 0, "garbage is refused with a gRPC error");
+
+    // Still serving.
+    let client = raw_client(&node, false).await;
+    client.put(b"after".to_vec(), b"ok".to_vec()).await.unwrap();
+    assert_eq!(client.get(b"after".to_vec()).await.unwrap(), Some(b"ok".to_vec()));
+    node.stop().await;
+}
+
+/// Sends a gRPC frame whose body is not a valid message and returns the grpc-status code.
+async fn malformed_call(node: &scandium_server::Node) -> i32 {
+    use hyper::body::HttpBody as _;
+    let garbage: &[u8] = &[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01];
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(garbage.len() as u32).to_be_bytes());
+    frame.extend_from_slice(garbage);
+    let client = hyper::Client::builder().http2_only(true).build_http::<hyper::Body>();
+    let request =
+        hyper::Request::post(format!("http://{}/tikvpb.Tikv/RawGet", node.advertise_addr()))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(hyper::Body::from(frame))
+            .unwrap();
+    let mut response = client.request(request).await.unwrap();
+    let headers = response.headers().clone();
+    while response.body_mut().data().await.is_some() {}
+    let trailers = response.body_mut().trailers().await.unwrap().unwrap_or_default();
+    let status =
+        trailers.get("grpc-status").or_else(|| headers.get("grpc-status")).expect("grpc-status");
+    status.to_str().unwrap().parse().unwrap()
+}
