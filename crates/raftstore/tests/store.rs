@@ -7,9 +7,10 @@ use scandium_raftstore::{
     ApplyOutput, MetaStateMachine, RaftCommand, RaftConfig, RaftstoreError, Registry, SplitRequest,
     Store, META_GROUP_ID,
 };
-use scandium_storage::{Cf, EngineRef, MemoryEngine, WriteBatch};
+use scandium_storage::{Cf, Engine, EngineRef, MemoryEngine, WriteBatch};
 use scandium_types::{Peer, Region};
 use std::any::Any;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Counts applied placement commands, persisting the count.
@@ -19,6 +20,31 @@ impl MetaStateMachine for CountingMeta {
     fn apply(&mut self, index: u64, command: &[u8], batch: &mut WriteBatch) -> Box<dyn Any + Send> {
         batch.put(Cf::Placement, b"last".to_vec(), command.to_vec());
         Box::new(index)
+    }
+}
+
+/// An engine that counts fsyncs.
+struct CountingEngine {
+    inner: MemoryEngine,
+    syncs: AtomicUsize,
+}
+
+impl Engine for CountingEngine {
+    fn write(&self, batch: WriteBatch) -> scandium_storage::Result<()> {
+        self.inner.write(batch)
+    }
+    fn sync(&self) -> scandium_storage::Result<()> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        self.inner.sync()
+    }
+    fn get(&self, cf: Cf, key: &[u8]) -> scandium_storage::Result<Option<Vec<u8>>> {
+        self.inner.get(cf, key)
+    }
+    fn snapshot(&self) -> Box<dyn scandium_storage::Snapshot> {
+        self.inner.snapshot()
+    }
+    fn disk_size(&self) -> u64 {
+        0
     }
 }
 
@@ -94,6 +120,32 @@ fn single_voter_groups_elect_themselves_and_apply_in_one_round() {
     assert_eq!(results.iter().filter(|r| matches!(r, Ok(ApplyOutput::Meta(_)))).count(), 1);
     assert_eq!(engine.get(Cf::Raw, b"k\x31").unwrap(), Some(b"value".to_vec()));
     assert_eq!(engine.get(Cf::Placement, b"last").unwrap(), Some(b"hello".to_vec()));
+}
+
+/// Group commit: however many proposals are waiting, across however many groups, a round
+/// persists them with one fsync.
+#[test]
+fn one_round_syncs_once_for_all_waiting_proposals() {
+    let counting =
+        Arc::new(CountingEngine { inner: MemoryEngine::new(), syncs: AtomicUsize::new(0) });
+    let engine: EngineRef = counting.clone();
+    bootstrap(&engine);
+    let registry = Registry::new();
+    let mut store = open(&engine, &registry);
+    let region = registry.get(1).unwrap().region;
+    let results = Results::default();
+    let before = counting.syncs.load(Ordering::SeqCst);
+    for i in 0..200u32 {
+        propose(&mut store, 1, put_command(&region, &i.to_be_bytes()), &results);
+    }
+    propose(&mut store, META_GROUP_ID, b"x".to_vec(), &results);
+    store.handle_ready().unwrap();
+    assert_eq!(results.lock().unwrap().len(), 201);
+    assert_eq!(
+        counting.syncs.load(Ordering::SeqCst) - before,
+        1,
+        "one fsync for 201 writes in two groups"
+    );
 }
 
 #[test]

@@ -117,3 +117,24 @@ async fn v1_and_v2_share_a_node() {
     assert_eq!(v2.get(k("shared")).await.unwrap(), Some(k("from v2")));
     node.stop().await;
 }
+
+/// `RawChecksum` is not reachable from `tikv-client`; call it directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_checksum_over_a_region() {
+    use scandium_protocol::kvrpcpb::{KeyRange, RawChecksumRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let client = raw_client(&node, false).await;
+    client.batch_put(vec![(k("c1"), k("aa")), (k("c2"), k("bbb"))]).await.unwrap();
+    let mut tikv = common::tikv_grpc(&node).await;
+    let request = RawChecksumRequest {
+        context: Some(common::context_for(&node, b"c1")),
+        ranges: vec![KeyRange { start_key: k("c"), end_key: k("d") }],
+        ..Default::default()
+    };
+    let resp = tikv.raw_checksum(request).await.unwrap().into_inner();
+    assert!(resp.error.is_empty() && resp.region_error.is_none(), "{resp:?}");
+    assert_eq!((resp.total_kvs, resp.total_bytes), (2, 9));
+    assert_ne!(resp.checksum, 0);
+    node.stop().await;
+}

@@ -79,3 +79,24 @@ proptest! {
         prop_assert_eq!(decode_value(&stored), Some(RawValue { value: &value, expire_at_secs: at }));
     }
 }
+
+/// The stored format is part of the on-disk contract; these bytes must not change.
+#[test]
+fn stored_value_format_is_stable() {
+    assert_eq!(encode_value(b"v", None), b"v\x00".to_vec());
+    assert_eq!(encode_value(b"v", Some(0x0102)), b"v\x00\x00\x00\x00\x00\x00\x01\x02\x01".to_vec());
+    assert_eq!(encode_value(b"", None), b"\x00".to_vec());
+}
+
+#[test]
+fn checksum_is_order_independent_and_counts_live_pairs() {
+    let a = engine_with(&[(b"a", b"1", 0), (b"b", b"22", 0)], 0);
+    let b = engine_with(&[(b"b", b"22", 0), (b"a", b"1", 0), (b"c", b"x", 5)], 0);
+    let sum_a = checksum(&*a.snapshot(), &[(vec![], vec![])], 10).unwrap();
+    let sum_b = checksum(&*b.snapshot(), &[(vec![], vec![])], 10).unwrap();
+    assert_eq!(sum_a, sum_b, "the expired pair does not count");
+    assert_eq!((sum_a.total_kvs, sum_a.total_bytes), (2, 5));
+    assert_ne!(sum_a.crc64_xor, 0);
+    let only_a = checksum(&*a.snapshot(), &[(b"a".to_vec(), b"b".to_vec())], 10).unwrap();
+    assert_eq!(only_a.total_kvs, 1);
+}
