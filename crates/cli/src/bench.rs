@@ -71,6 +71,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         preload(&client, &args).await?;
     }
     let before = server_stats(&args).await;
+    let client_before = scandium_server::process::read(None);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
     let tasks: Vec<_> = (0..args.clients)
@@ -95,7 +96,10 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let after = server_stats(&args).await;
-    report(&args, &histogram, errors, elapsed, before.zip(after));
+    let client_cpu = scandium_server::process::read(None)
+        .zip(client_before)
+        .map(|(after, before)| after.cpu_seconds - before.cpu_seconds);
+    report(&args, &histogram, errors, elapsed, before.zip(after), client_cpu);
     if let Some(error) = first_error {
         eprintln!("first error: {error}");
     }
@@ -177,6 +181,7 @@ fn report(
     errors: u64,
     elapsed: f64,
     server: Option<((f64, u64), (f64, u64))>,
+    client_cpu: Option<f64>,
 ) {
     let ops = h.len();
     println!(
@@ -204,5 +209,8 @@ fn report(
             rss as f64 / (1 << 20) as f64
         ),
         _ => println!("server cpu=unknown rss=unknown (pass --server-pid)"),
+    }
+    if let (Some(cpu), true) = (client_cpu, ops > 0) {
+        println!("client cpu={cpu:.2}s cpu_per_op={:.1}us", cpu * 1e6 / ops as f64);
     }
 }
