@@ -2,8 +2,10 @@
 
 use crate::command::{cf_from_code, RaftCommand};
 use crate::error::RaftstoreError;
-use scandium_storage::WriteBatch;
+use scandium_storage::{Cf, WriteBatch};
+use scandium_types::mvcc::split_versioned_key;
 use scandium_types::{Peer, Region};
+use std::borrow::Cow;
 
 /// What applying one command did.
 pub(crate) enum Applied {
@@ -42,20 +44,22 @@ fn apply_writes(
     command: RaftCommand,
     batch: &mut WriteBatch,
 ) -> Result<Applied, RaftstoreError> {
-    // A split may have committed between proposal and apply; keys that moved to another
-    // Region are refused, and the client retries against the new layout.
-    if let Some(op) = command.writes.iter().find(|op| !region.contains(&op.key)) {
-        return Err(if command.version != region.version {
-            RaftstoreError::EpochNotMatch { current: vec![region.clone()] }
-        } else {
-            RaftstoreError::KeyNotInRegion { key: op.key.clone(), region: region.clone() }
-        });
-    }
     let mut writes = WriteBatch::new();
     for op in command.writes {
         let cf = cf_from_code(op.cf).ok_or_else(|| {
             RaftstoreError::InvalidCommand(format!("unknown column family {}", op.cf))
         })?;
+        // A split may have committed between proposal and apply; keys that moved to another
+        // Region are refused, and the client retries against the new layout.
+        let user_key = user_key_of(cf, &op.key)?;
+        if !region.contains(&user_key) {
+            return Err(if command.version != region.version {
+                RaftstoreError::EpochNotMatch { current: vec![region.clone()] }
+            } else {
+                let key = user_key.into_owned();
+                RaftstoreError::KeyNotInRegion { key, region: region.clone() }
+            });
+        }
         if op.delete {
             writes.delete(cf, op.key);
         } else {
@@ -64,6 +68,19 @@ fn apply_writes(
     }
     batch.extend(writes);
     Ok(Applied::Written)
+}
+
+/// The key that decides which Region a record belongs to: the user key inside a versioned
+/// transactional key, the key itself elsewhere.
+fn user_key_of(cf: Cf, key: &[u8]) -> Result<Cow<'_, [u8]>, RaftstoreError> {
+    match cf {
+        Cf::Write | Cf::Default => {
+            split_versioned_key(key).map(|(user_key, _)| Cow::Owned(user_key)).ok_or_else(|| {
+                RaftstoreError::InvalidCommand(format!("malformed versioned key {key:?}"))
+            })
+        }
+        _ => Ok(Cow::Borrowed(key)),
+    }
 }
 
 fn apply_split(
@@ -112,7 +129,6 @@ fn apply_split(
 mod tests {
     use super::*;
     use crate::command::SplitRequest;
-    use scandium_storage::Cf;
 
     fn region() -> Region {
         Region {
@@ -149,6 +165,25 @@ mod tests {
         let result = apply_command(&split, command, &mut out);
         assert!(matches!(result, Err(RaftstoreError::EpochNotMatch { .. })));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn versioned_keys_are_checked_by_their_user_key() {
+        let apply = |cf, key: Vec<u8>| {
+            let mut batch = WriteBatch::new();
+            batch.put(cf, key, b"w".to_vec());
+            apply_command(&region(), RaftCommand::write(&region(), batch), &mut WriteBatch::new())
+        };
+        let inside = scandium_types::mvcc::versioned_key(b"c", scandium_types::TimeStamp(9));
+        assert!(matches!(apply(Cf::Write, inside), Ok(Applied::Written)));
+        let outside = scandium_types::mvcc::versioned_key(b"x", scandium_types::TimeStamp(9));
+        assert!(
+            matches!(apply(Cf::Default, outside), Err(RaftstoreError::KeyNotInRegion { key, .. }) if key == b"x")
+        );
+        assert!(matches!(
+            apply(Cf::Write, b"garbage".to_vec()),
+            Err(RaftstoreError::InvalidCommand(_))
+        ));
     }
 
     #[test]

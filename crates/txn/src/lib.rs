@@ -3,12 +3,23 @@
 //!
 //! * [`raw`]: the raw key-value API: values with TTL, reads that hide expired keys, scans,
 //!   compare-and-swap, checksums.
+//! * [`mvcc`]: multi-version storage for transactions (locks, commit records, values).
+//! * [`actions`]: Percolator's actions (prewrite, commit, rollback, status checks, lock
+//!   resolution, pessimistic locks, GC) as pure functions over a snapshot.
+//! * [`concurrency`]: the highest read timestamp and in-memory locks that keep async
+//!   commit and one-phase commit correct.
 //! * [`latches`]: serialise commands touching the same keys, so that a command's reads and
 //!   the write it proposes are atomic with respect to every other command.
 //!
 //! Nothing here knows about Raft or the network; the server composes the pieces.
 
+pub mod actions;
+pub mod concurrency;
+pub mod error;
 pub mod latches;
+pub mod mvcc;
 pub mod raw;
 
+pub use concurrency::ConcurrencyManager;
+pub use error::{Result, TxnError};
 pub use latches::{LatchGuard, Latches};

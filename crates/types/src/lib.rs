@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod keyspace;
 pub mod meta;
+pub mod mvcc;
 pub mod timestamp;
 
 pub use meta::{Peer, Region, RegionEpoch, Store, StoreState};

@@ -1,0 +1,170 @@
+//! [`MvccReader`]: reads of locks, versions and values from a snapshot.
+
+use crate::error::{Result, TxnError};
+use crate::mvcc::{Lock, Write, WriteType};
+use scandium_storage::{Cf, Snapshot};
+use scandium_types::mvcc::{split_versioned_key, versioned_key, versions_range};
+use scandium_types::TimeStamp;
+
+/// What a transaction left on a key, found in the Write CF.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnCommitRecord {
+    /// The transaction committed the key at this timestamp.
+    Committed(TimeStamp, Write),
+    /// The transaction was rolled back on the key.
+    RolledBack,
+    /// No record: the transaction neither committed nor was rolled back here.
+    None,
+}
+
+/// Reads of the transactional column families at a snapshot.
+pub struct MvccReader<'a> {
+    snapshot: &'a dyn Snapshot,
+}
+
+impl<'a> MvccReader<'a> {
+    /// Reads from `snapshot`.
+    pub fn new(snapshot: &'a dyn Snapshot) -> MvccReader<'a> {
+        MvccReader { snapshot }
+    }
+
+    /// The lock on `key`, if any.
+    pub fn load_lock(&self, key: &[u8]) -> Result<Option<Lock>> {
+        match self.snapshot.get(Cf::Lock, key)? {
+            Some(bytes) => Ok(Some(Lock::from_bytes(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records of `key` with commit timestamp at most `ts`, newest first.
+    pub fn writes_at_or_below(
+        &self,
+        key: &[u8],
+        ts: TimeStamp,
+    ) -> impl Iterator<Item = Result<(TimeStamp, Write)>> + '_ {
+        let (_, end) = versions_range(key);
+        let start = versioned_key(key, ts);
+        self.snapshot.scan(Cf::Write, &start, &end, false).map(|item| {
+            let (k, v) = item?;
+            let (_, commit_ts) = split_versioned_key(&k)
+                .ok_or_else(|| TxnError::Corrupted(format!("write key {k:?}")))?;
+            Ok((commit_ts, Write::from_bytes(&v)?))
+        })
+    }
+
+    /// The newest record of `key` with commit timestamp at most `ts`.
+    pub fn seek_write(&self, key: &[u8], ts: TimeStamp) -> Result<Option<(TimeStamp, Write)>> {
+        self.writes_at_or_below(key, ts).next().transpose()
+    }
+
+    /// The newest Put or Delete of `key` committed at or below `ts` (Lock and Rollback
+    /// records are looked past).
+    pub fn get_write(&self, key: &[u8], ts: TimeStamp) -> Result<Option<(TimeStamp, Write)>> {
+        for item in self.writes_at_or_below(key, ts) {
+            let (commit_ts, write) = item?;
+            match write.kind() {
+                WriteType::Put | WriteType::Delete => return Ok(Some((commit_ts, write))),
+                WriteType::Lock | WriteType::Rollback => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// The value of `key` visible at `ts`, ignoring locks.
+    pub fn get_value(&self, key: &[u8], ts: TimeStamp) -> Result<Option<Vec<u8>>> {
+        match self.get_write(key, ts)? {
+            Some((_, write)) if write.kind() == WriteType::Put => {
+                Ok(Some(self.load_data(key, write)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The value a Put record stands for: inline, or in the Default CF.
+    pub fn load_data(&self, key: &[u8], write: Write) -> Result<Vec<u8>> {
+        if let Some(value) = write.short_value {
+            return Ok(value);
+        }
+        let start_ts = TimeStamp(write.start_ts);
+        self.snapshot.get(Cf::Default, &versioned_key(key, start_ts))?.ok_or_else(|| {
+            TxnError::Corrupted(format!("value of {key:?} at {start_ts} is missing"))
+        })
+    }
+
+    /// What transaction `start_ts` left on `key`: a commit, a rollback, or nothing.
+    pub fn get_txn_commit_record(
+        &self,
+        key: &[u8],
+        start_ts: TimeStamp,
+    ) -> Result<TxnCommitRecord> {
+        for item in self.writes_at_or_below(key, TimeStamp::MAX) {
+            let (commit_ts, write) = item?;
+            if commit_ts < start_ts {
+                break;
+            }
+            if write.start_ts == start_ts.0 {
+                return Ok(match write.kind() {
+                    WriteType::Rollback => TxnCommitRecord::RolledBack,
+                    _ => TxnCommitRecord::Committed(commit_ts, write),
+                });
+            }
+            if commit_ts == start_ts && write.has_overlapped_rollback {
+                return Ok(TxnCommitRecord::RolledBack);
+            }
+        }
+        Ok(TxnCommitRecord::None)
+    }
+
+    /// Locks in `[start, end)` (empty `end` = unbounded), in key order, at most `limit`
+    /// (0 = no limit), that satisfy `keep`.
+    pub fn scan_locks(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        keep: impl Fn(&Lock) -> bool,
+    ) -> Result<Vec<(Vec<u8>, Lock)>> {
+        let mut locks = Vec::new();
+        for item in self.snapshot.scan(Cf::Lock, start, end, false) {
+            let (key, bytes) = item?;
+            let lock = Lock::from_bytes(&bytes)?;
+            if keep(&lock) {
+                locks.push((key, lock));
+                if limit != 0 && locks.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(locks)
+    }
+
+    /// Distinct user keys having any Write record in `[start, end)`, ascending or
+    /// descending, at most `limit`.
+    pub fn keys_with_writes(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let lower = scandium_types::mvcc::versioned_lower_bound(start);
+        let upper = if end.is_empty() {
+            Vec::new()
+        } else {
+            scandium_types::mvcc::versioned_lower_bound(end)
+        };
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for item in self.snapshot.scan(Cf::Write, &lower, &upper, reverse) {
+            let (k, _) = item?;
+            let (user_key, _) = split_versioned_key(&k)
+                .ok_or_else(|| TxnError::Corrupted(format!("write key {k:?}")))?;
+            if keys.last() != Some(&user_key) {
+                if keys.len() >= limit {
+                    break;
+                }
+                keys.push(user_key);
+            }
+        }
+        Ok(keys)
+    }
+}

@@ -1,0 +1,67 @@
+//! [`MvccTxn`]: the changes one command makes, gathered into a write batch.
+
+use crate::mvcc::{Lock, Write};
+use scandium_storage::{Cf, WriteBatch};
+use scandium_types::mvcc::versioned_key;
+use scandium_types::TimeStamp;
+
+/// Changes to the transactional column families, applied atomically as one Raft command.
+#[derive(Default)]
+pub struct MvccTxn {
+    batch: WriteBatch,
+    /// Keys whose locks this command removes (their waiters can retry).
+    released: Vec<Vec<u8>>,
+}
+
+impl MvccTxn {
+    /// No changes yet.
+    pub fn new() -> MvccTxn {
+        MvccTxn::default()
+    }
+
+    /// Writes (or replaces) the lock on `key`.
+    pub fn put_lock(&mut self, key: &[u8], lock: &Lock) {
+        self.batch.put(Cf::Lock, key.to_vec(), lock.to_bytes());
+    }
+
+    /// Removes the lock on `key`.
+    pub fn unlock(&mut self, key: &[u8]) {
+        self.batch.delete(Cf::Lock, key.to_vec());
+        self.released.push(key.to_vec());
+    }
+
+    /// Writes a Write record at `commit_ts`.
+    pub fn put_write(&mut self, key: &[u8], commit_ts: TimeStamp, write: &Write) {
+        self.batch.put(Cf::Write, versioned_key(key, commit_ts), write.to_bytes());
+    }
+
+    /// Removes the Write record at `commit_ts`.
+    pub fn delete_write(&mut self, key: &[u8], commit_ts: TimeStamp) {
+        self.batch.delete(Cf::Write, versioned_key(key, commit_ts));
+    }
+
+    /// Stores a long value written by transaction `start_ts`.
+    pub fn put_value(&mut self, key: &[u8], start_ts: TimeStamp, value: Vec<u8>) {
+        self.batch.put(Cf::Default, versioned_key(key, start_ts), value);
+    }
+
+    /// Removes the long value of transaction `start_ts`.
+    pub fn delete_value(&mut self, key: &[u8], start_ts: TimeStamp) {
+        self.batch.delete(Cf::Default, versioned_key(key, start_ts));
+    }
+
+    /// Whether nothing was changed.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    /// Keys whose locks were removed.
+    pub fn released_keys(&self) -> &[Vec<u8>] {
+        &self.released
+    }
+
+    /// The changes, for proposal.
+    pub fn into_batch(self) -> WriteBatch {
+        self.batch
+    }
+}
