@@ -8,7 +8,7 @@ use crate::raft_driver::RaftHandle;
 use scandium_protocol::kvrpcpb;
 use scandium_raftstore::{RaftstoreError, RegionStatus, Registry};
 use scandium_storage::EngineRef;
-use scandium_txn::Latches;
+use scandium_txn::{ConcurrencyManager, Latches};
 use scandium_types::keyspace::{ApiVersion, PREFIX_LEN};
 use scandium_types::{Region, StoreId, MAX_KEY_SIZE};
 use std::sync::Arc;
@@ -31,6 +31,10 @@ pub struct NodeContext {
     pub placement: Arc<Placement>,
     /// Serialises writes to the same keys.
     pub latches: Latches,
+    /// The highest read timestamp and in-flight async-commit locks.
+    pub concurrency: Arc<ConcurrencyManager>,
+    /// Pessimistic lock requests waiting for other transactions' locks.
+    pub lock_waits: crate::lock_wait::LockWaits,
 }
 
 /// The key space a request addresses; API V2 keys must carry its mode byte.
@@ -38,6 +42,8 @@ pub struct NodeContext {
 pub enum KeyMode {
     /// Raw requests: V2 keys start with `r`.
     Raw,
+    /// Transactional requests: V2 keys start with `x` (or TiDB's `m`/`t`).
+    Txn,
 }
 
 /// A storage request that passed the Region checks.
@@ -146,6 +152,10 @@ pub fn check_key_shape(
     if api_version == ApiVersion::V2 {
         let prefix_ok = match mode {
             KeyMode::Raw => key.first() == Some(&scandium_types::keyspace::RAW_MODE),
+            KeyMode::Txn => key.first().is_some_and(|m| {
+                *m == scandium_types::keyspace::TXN_MODE
+                    || scandium_types::keyspace::TIDB_MODES.contains(m)
+            }),
         };
         if !prefix_ok || key.len() < PREFIX_LEN {
             return Err(RequestError::invalid(format!(

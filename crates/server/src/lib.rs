@@ -13,6 +13,7 @@ pub mod convert;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod lock_wait;
 pub mod node;
 pub mod placement;
 pub mod process;
@@ -20,6 +21,8 @@ pub mod raft_driver;
 pub mod raw;
 pub mod split;
 pub mod ttl;
+pub mod txn;
+pub mod txn_error;
 
 pub use config::Config;
 pub use node::{Node, NodeError};

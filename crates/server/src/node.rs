@@ -16,7 +16,7 @@ use scandium_protocol::tikvpb::tikv_server::TikvServer;
 use scandium_raftstore::bootstrap::write_initial_group;
 use scandium_raftstore::{RaftConfig, Registry, Store, META_GROUP_ID};
 use scandium_storage::{Cf, EngineRef, FjallEngine, FjallOptions, WriteBatch};
-use scandium_txn::Latches;
+use scandium_txn::{ConcurrencyManager, Latches};
 use scandium_types::keyspace::{keyspace_edges, DEFAULT_KEYSPACE_ID, DEFAULT_KEYSPACE_NAME};
 use scandium_types::{Peer, Region, Store as StoreMeta, StoreState};
 use std::net::SocketAddr;
@@ -117,8 +117,13 @@ impl Node {
         wait_until_ready(&registry).await?;
 
         let placement = Arc::new(Placement::new(state, raft.clone(), registry.clone()));
+        // Reads before a restart used timestamps below the oracle's current value; starting
+        // max_ts there keeps async-commit transactions above them.
+        let now = placement.timestamp(1).await.map_err(|e| NodeError::NotReady(e.to_string()))?;
         let context = Arc::new(NodeContext {
             latches: Latches::new(config.latch_slots),
+            concurrency: Arc::new(ConcurrencyManager::new(now)),
+            lock_waits: crate::lock_wait::LockWaits::default(),
             config,
             store_id: ident.store_id,
             advertise_addr,

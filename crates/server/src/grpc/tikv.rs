@@ -1,11 +1,14 @@
-//! `tikvpb.Tikv`: the storage service. Raw methods are served here; transactional methods
-//! answer UNIMPLEMENTED until the transaction layer lands.
+//! `tikvpb.Tikv`: the storage service, raw and transactional. Handlers translate between
+//! kvproto and the node's commands (`raw.rs`, `txn.rs`); failures go into the response's
+//! error fields, never into the gRPC status (except where a response has no error field).
 
 use crate::context::NodeContext;
 use crate::convert::region_to_meta;
 use crate::error::RequestError;
+use crate::txn_error::{key_error, lock_info, Failure};
 use scandium_protocol::kvrpcpb::{self, KvPair};
 use scandium_protocol::tikvpb::tikv_server::Tikv;
+use scandium_txn::actions::cleanup::{SecondaryStatus, StatusAction, TxnStatus};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -36,6 +39,23 @@ macro_rules! respond {
         }
         Ok(Response::new($resp))
     }};
+}
+
+/// Like `respond!` for transactional responses, whose `error` is a `KeyError`.
+macro_rules! txn_respond {
+    ($response:ty, $result:expr, |$resp:ident, $value:ident| $fill:expr) => {{
+        let mut $resp = <$response>::default();
+        match $result {
+            Ok($value) => $fill,
+            Err(Failure::Region(e)) => $resp.region_error = Some(*e),
+            Err(Failure::Key(e)) => $resp.error = Some(*e),
+        }
+        Ok(Response::new($resp))
+    }};
+}
+
+fn lock_infos(locks: &[(Vec<u8>, scandium_txn::mvcc::Lock)]) -> Vec<kvrpcpb::LockInfo> {
+    locks.iter().map(|(key, lock)| lock_info(key, lock)).collect()
 }
 
 #[tonic::async_trait]
@@ -186,6 +206,217 @@ impl Tikv for TikvService {
             Ok(regions) => resp.regions = regions.iter().map(region_to_meta).collect(),
             Err(RequestError::Region(e)) => resp.region_error = Some(*e),
             Err(e) => return Err(Status::invalid_argument(e.to_string())),
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn kv_get(
+        &self,
+        request: Request<kvrpcpb::GetRequest>,
+    ) -> Result<Response<kvrpcpb::GetResponse>, Status> {
+        let result = self.node.kv_get(request.get_ref()).await;
+        txn_respond!(kvrpcpb::GetResponse, result, |resp, value| match value {
+            Some(value) => resp.value = value,
+            None => resp.not_found = true,
+        })
+    }
+
+    async fn kv_batch_get(
+        &self,
+        request: Request<kvrpcpb::BatchGetRequest>,
+    ) -> Result<Response<kvrpcpb::BatchGetResponse>, Status> {
+        let result = self.node.kv_batch_get(request.get_ref()).await;
+        txn_respond!(kvrpcpb::BatchGetResponse, result, |resp, pairs| resp.pairs = pairs)
+    }
+
+    async fn kv_scan(
+        &self,
+        request: Request<kvrpcpb::ScanRequest>,
+    ) -> Result<Response<kvrpcpb::ScanResponse>, Status> {
+        let result = self.node.kv_scan(request.get_ref()).await;
+        txn_respond!(kvrpcpb::ScanResponse, result, |resp, pairs| resp.pairs = pairs)
+    }
+
+    async fn kv_prewrite(
+        &self,
+        request: Request<kvrpcpb::PrewriteRequest>,
+    ) -> Result<Response<kvrpcpb::PrewriteResponse>, Status> {
+        let mut resp = kvrpcpb::PrewriteResponse::default();
+        match self.node.kv_prewrite(request.into_inner()).await {
+            Ok(result) => {
+                resp.errors = result.errors.iter().map(key_error).collect();
+                resp.min_commit_ts = result.min_commit_ts;
+                resp.one_pc_commit_ts = result.one_pc_commit_ts;
+            }
+            Err(Failure::Region(e)) => resp.region_error = Some(*e),
+            Err(Failure::Key(e)) => resp.errors = vec![*e],
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn kv_commit(
+        &self,
+        request: Request<kvrpcpb::CommitRequest>,
+    ) -> Result<Response<kvrpcpb::CommitResponse>, Status> {
+        let result = self.node.kv_commit(request.into_inner()).await;
+        txn_respond!(kvrpcpb::CommitResponse, result, |resp, commit_ts| resp.commit_version =
+            commit_ts)
+    }
+
+    async fn kv_batch_rollback(
+        &self,
+        request: Request<kvrpcpb::BatchRollbackRequest>,
+    ) -> Result<Response<kvrpcpb::BatchRollbackResponse>, Status> {
+        let result = self.node.kv_batch_rollback(request.into_inner()).await;
+        txn_respond!(kvrpcpb::BatchRollbackResponse, result, |_resp, _unit| ())
+    }
+
+    async fn kv_cleanup(
+        &self,
+        request: Request<kvrpcpb::CleanupRequest>,
+    ) -> Result<Response<kvrpcpb::CleanupResponse>, Status> {
+        let mut resp = kvrpcpb::CleanupResponse::default();
+        match self.node.kv_cleanup(request.into_inner()).await {
+            Ok(()) => {}
+            Err((Failure::Region(e), _)) => resp.region_error = Some(*e),
+            Err((Failure::Key(e), commit_ts)) => {
+                resp.error = Some(*e);
+                resp.commit_version = commit_ts;
+            }
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn kv_check_txn_status(
+        &self,
+        request: Request<kvrpcpb::CheckTxnStatusRequest>,
+    ) -> Result<Response<kvrpcpb::CheckTxnStatusResponse>, Status> {
+        let result = self.node.kv_check_txn_status(request.into_inner()).await;
+        txn_respond!(kvrpcpb::CheckTxnStatusResponse, result, |resp, outcome| {
+            let (status, action) = outcome;
+            resp.action = match action {
+                StatusAction::NoAction => kvrpcpb::Action::NoAction,
+                StatusAction::TtlExpireRollback => kvrpcpb::Action::TtlExpireRollback,
+                StatusAction::LockNotExistRollback => kvrpcpb::Action::LockNotExistRollback,
+                StatusAction::MinCommitTsPushed => kvrpcpb::Action::MinCommitTsPushed,
+                StatusAction::TtlExpirePessimisticRollback => {
+                    kvrpcpb::Action::TtlExpirePessimisticRollback
+                }
+                StatusAction::LockNotExistDoNothing => kvrpcpb::Action::LockNotExistDoNothing,
+            } as i32;
+            // Exactly one of the three encodings the client accepts.
+            match status {
+                TxnStatus::RolledBack => {}
+                TxnStatus::Committed(ts) => resp.commit_version = ts.0,
+                TxnStatus::Locked(lock) => {
+                    resp.lock_ttl = lock.ttl.max(1);
+                    resp.lock_info = Some(lock_info(&lock.primary, &lock));
+                }
+            }
+        })
+    }
+
+    async fn kv_check_secondary_locks(
+        &self,
+        request: Request<kvrpcpb::CheckSecondaryLocksRequest>,
+    ) -> Result<Response<kvrpcpb::CheckSecondaryLocksResponse>, Status> {
+        let result = self.node.kv_check_secondary_locks(request.into_inner()).await;
+        txn_respond!(kvrpcpb::CheckSecondaryLocksResponse, result, |resp, status| match status {
+            SecondaryStatus::Locked(locks) => resp.locks = lock_infos(&locks),
+            SecondaryStatus::Committed(ts) => resp.commit_ts = ts.0,
+            SecondaryStatus::RolledBack => {}
+        })
+    }
+
+    async fn kv_txn_heart_beat(
+        &self,
+        request: Request<kvrpcpb::TxnHeartBeatRequest>,
+    ) -> Result<Response<kvrpcpb::TxnHeartBeatResponse>, Status> {
+        let result = self.node.kv_txn_heart_beat(request.into_inner()).await;
+        txn_respond!(kvrpcpb::TxnHeartBeatResponse, result, |resp, ttl| resp.lock_ttl = ttl)
+    }
+
+    async fn kv_pessimistic_rollback(
+        &self,
+        request: Request<kvrpcpb::PessimisticRollbackRequest>,
+    ) -> Result<Response<kvrpcpb::PessimisticRollbackResponse>, Status> {
+        let mut resp = kvrpcpb::PessimisticRollbackResponse::default();
+        match self.node.kv_pessimistic_rollback(request.into_inner()).await {
+            Ok(()) => {}
+            Err(Failure::Region(e)) => resp.region_error = Some(*e),
+            Err(Failure::Key(e)) => resp.errors = vec![*e],
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn kv_pessimistic_lock(
+        &self,
+        request: Request<kvrpcpb::PessimisticLockRequest>,
+    ) -> Result<Response<kvrpcpb::PessimisticLockResponse>, Status> {
+        let req = request.into_inner();
+        let return_values = req.return_values;
+        let mut resp = kvrpcpb::PessimisticLockResponse::default();
+        match self.node.kv_pessimistic_lock(req).await {
+            // Values only when asked, then exactly one per key, with not_founds alongside.
+            Ok(values) if return_values => {
+                resp.not_founds = values.iter().map(Option::is_none).collect();
+                resp.values = values.into_iter().map(Option::unwrap_or_default).collect();
+            }
+            Ok(_) => {}
+            Err(Failure::Region(e)) => resp.region_error = Some(*e),
+            Err(Failure::Key(e)) => resp.errors = vec![*e],
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn kv_resolve_lock(
+        &self,
+        request: Request<kvrpcpb::ResolveLockRequest>,
+    ) -> Result<Response<kvrpcpb::ResolveLockResponse>, Status> {
+        let result = self.node.kv_resolve_lock(request.into_inner()).await;
+        txn_respond!(kvrpcpb::ResolveLockResponse, result, |_resp, _unit| ())
+    }
+
+    async fn kv_scan_lock(
+        &self,
+        request: Request<kvrpcpb::ScanLockRequest>,
+    ) -> Result<Response<kvrpcpb::ScanLockResponse>, Status> {
+        let result = self.node.kv_scan_lock(request.get_ref()).await;
+        txn_respond!(kvrpcpb::ScanLockResponse, result, |resp, locks| resp.locks = locks)
+    }
+
+    async fn kv_gc(
+        &self,
+        request: Request<kvrpcpb::GcRequest>,
+    ) -> Result<Response<kvrpcpb::GcResponse>, Status> {
+        let result = self.node.kv_gc(request.get_ref()).await;
+        txn_respond!(kvrpcpb::GcResponse, result, |_resp, _deleted| ())
+    }
+
+    async fn kv_delete_range(
+        &self,
+        request: Request<kvrpcpb::DeleteRangeRequest>,
+    ) -> Result<Response<kvrpcpb::DeleteRangeResponse>, Status> {
+        let mut resp = kvrpcpb::DeleteRangeResponse::default();
+        match self.node.kv_delete_range(request.get_ref()).await {
+            Ok(()) => {}
+            Err(Failure::Region(e)) => resp.region_error = Some(*e),
+            Err(Failure::Key(e)) => resp.error = format!("{e:?}"),
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn unsafe_destroy_range(
+        &self,
+        request: Request<kvrpcpb::UnsafeDestroyRangeRequest>,
+    ) -> Result<Response<kvrpcpb::UnsafeDestroyRangeResponse>, Status> {
+        let req = request.into_inner();
+        let mut resp = kvrpcpb::UnsafeDestroyRangeResponse::default();
+        if let Err(e) = self.node.unsafe_destroy_range(&req.start_key, &req.end_key).await {
+            resp.error = match e {
+                Failure::Region(e) => e.message,
+                Failure::Key(e) => format!("{e:?}"),
+            };
         }
         Ok(Response::new(resp))
     }

@@ -1,0 +1,664 @@
+//! The transactional API on this node: one command per RPC, each composing Percolator
+//! actions (`scandium_txn::actions`) with request checks, latches and Raft.
+//!
+//! A write command takes the latches of its keys, reads a snapshot taken after them, runs
+//! its actions into one `MvccTxn`, proposes the result as one Raft command (so each
+//! request is all-or-nothing) and releases the latches once it is applied, waking lock
+//! waiters of every key whose lock it removed. Reads raise `max_ts` and check in-flight
+//! async-commit locks before reading the snapshot.
+
+use crate::context::{Checked, KeyMode, NodeContext};
+use crate::txn_error::Failure;
+use prost::Message as _;
+use scandium_protocol::kvrpcpb;
+use scandium_raftstore::RaftCommand;
+use scandium_txn::actions::cleanup::{
+    self, CheckTxnStatus, SecondaryStatus, StatusAction, TxnStatus,
+};
+use scandium_txn::actions::pessimistic::{self, PessimisticLockRequest};
+use scandium_txn::actions::prewrite::{
+    self, Mutation, MutationOp, PessimisticAction, PrewriteOutcome, TxnProps,
+};
+use scandium_txn::actions::{commit, gc, read};
+use scandium_txn::mvcc::{Lock, MvccReader, MvccTxn};
+use scandium_txn::TxnError;
+use scandium_types::{Region, TimeStamp};
+use std::time::{Duration, Instant};
+
+/// Keys handled per proposal by commands that sweep a range (resolve, GC, delete range).
+const SWEEP_BATCH: usize = 256;
+/// Longest a pessimistic lock request waits in total, below the client's 2 s deadline.
+const MAX_LOCK_WAIT: Duration = Duration::from_millis(1500);
+
+/// Result of a transactional command.
+pub type TxnResult<T> = Result<T, Failure>;
+
+/// The outcome of a prewrite.
+#[derive(Debug, Default)]
+pub struct PrewriteResult {
+    /// Per-key errors; when non-empty nothing was written.
+    pub errors: Vec<TxnError>,
+    /// For async commit: the transaction may not commit below this.
+    pub min_commit_ts: u64,
+    /// For one-phase commit: the commit timestamp, 0 if 1PC was not done.
+    pub one_pc_commit_ts: u64,
+}
+
+impl NodeContext {
+    fn check_keys<'a>(
+        &self,
+        checked: &Checked,
+        keys: impl IntoIterator<Item = &'a Vec<u8>>,
+    ) -> TxnResult<()> {
+        for key in keys {
+            self.check_key(checked, KeyMode::Txn, key)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `action` under the latches of `keys` on a snapshot taken after them, proposes
+    /// its changes, and wakes waiters of the locks it removed.
+    async fn txn_write<T>(
+        &self,
+        region: &Region,
+        keys: &[Vec<u8>],
+        action: impl FnOnce(&MvccReader<'_>, &mut MvccTxn) -> Result<T, Failure>,
+    ) -> TxnResult<T> {
+        let _latches = self.latches.acquire(keys.iter()).await;
+        let snapshot = self.engine.snapshot();
+        let mut txn = MvccTxn::new();
+        let output = action(&MvccReader::new(&*snapshot), &mut txn)?;
+        self.propose_txn(region, txn).await?;
+        Ok(output)
+    }
+
+    async fn propose_txn(&self, region: &Region, txn: MvccTxn) -> TxnResult<()> {
+        if txn.is_empty() {
+            return Ok(());
+        }
+        let released = txn.released_keys().to_vec();
+        let command = RaftCommand::write(region, txn.into_batch()).encode_to_vec();
+        self.raft.propose(region.id, command).await?;
+        self.lock_waits.wake(&released);
+        Ok(())
+    }
+
+    /// `KvGet`.
+    pub async fn kv_get(&self, req: &kvrpcpb::GetRequest) -> TxnResult<Option<Vec<u8>>> {
+        let checked = self.check_context(req.context.as_ref())?;
+        self.check_keys(&checked, [&req.key])?;
+        let ts = TimeStamp(req.version);
+        self.concurrency.read_key_check(&req.key, ts)?;
+        let snapshot = self.engine.snapshot();
+        Ok(read::point_get(&MvccReader::new(&*snapshot), &req.key, ts)?)
+    }
+
+    /// `KvBatchGet`: found pairs, and a locked key as a pair carrying its error.
+    pub async fn kv_batch_get(
+        &self,
+        req: &kvrpcpb::BatchGetRequest,
+    ) -> TxnResult<Vec<kvrpcpb::KvPair>> {
+        let checked = self.check_context(req.context.as_ref())?;
+        self.check_keys(&checked, &req.keys)?;
+        let ts = TimeStamp(req.version);
+        let snapshot = self.engine.snapshot();
+        let reader = MvccReader::new(&*snapshot);
+        let mut pairs = Vec::new();
+        for key in &req.keys {
+            let result = self
+                .concurrency
+                .read_key_check(key, ts)
+                .and_then(|()| read::point_get(&reader, key, ts));
+            match result {
+                Ok(Some(value)) => {
+                    pairs.push(kvrpcpb::KvPair { key: key.clone(), value, error: None })
+                }
+                Ok(None) => {}
+                Err(e @ TxnError::KeyIsLocked { .. }) => pairs.push(kvrpcpb::KvPair {
+                    key: key.clone(),
+                    value: Vec::new(),
+                    error: Some(crate::txn_error::key_error(&e)),
+                }),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(pairs)
+    }
+
+    /// `KvScan`, with the client's swapped bounds for reverse scans.
+    pub async fn kv_scan(&self, req: &kvrpcpb::ScanRequest) -> TxnResult<Vec<kvrpcpb::KvPair>> {
+        let checked = self.check_context(req.context.as_ref())?;
+        let limit = self.scan_limit(req.limit)?;
+        let (lower, upper) = if req.reverse {
+            (&req.end_key, &req.start_key)
+        } else {
+            (&req.start_key, &req.end_key)
+        };
+        let (start, end) = self.clamp_range(&checked, KeyMode::Txn, lower, upper)?;
+        let ts = TimeStamp(req.version);
+        self.concurrency.read_range_check(&start, &end, ts)?;
+        let snapshot = self.engine.snapshot();
+        let items = read::scan(
+            &MvccReader::new(&*snapshot),
+            &start,
+            &end,
+            limit,
+            ts,
+            req.key_only,
+            req.reverse,
+        )?;
+        Ok(items
+            .into_iter()
+            .map(|(key, value)| match value {
+                Ok(value) => kvrpcpb::KvPair { key, value, error: None },
+                Err(e) => kvrpcpb::KvPair {
+                    key,
+                    value: Vec::new(),
+                    error: Some(crate::txn_error::key_error(&e)),
+                },
+            })
+            .collect())
+    }
+
+    fn scan_limit(&self, limit: u32) -> TxnResult<usize> {
+        if limit == 0 || limit > self.config.max_scan_limit {
+            let message = format!(
+                "scan limit must be between 1 and {}, not {limit}",
+                self.config.max_scan_limit
+            );
+            return Err(crate::error::RequestError::invalid(message).into());
+        }
+        Ok(limit as usize)
+    }
+
+    /// `KvPrewrite`.
+    pub async fn kv_prewrite(&self, req: kvrpcpb::PrewriteRequest) -> TxnResult<PrewriteResult> {
+        let checked = self.check_context(req.context.as_ref())?;
+        let mutations = mutations(&req.mutations)?;
+        self.check_keys(&checked, mutations.iter().map(|m| &m.key))?;
+        let actions = pessimistic_actions(&req, mutations.len())?;
+        let props = TxnProps {
+            start_ts: TimeStamp(req.start_version),
+            primary: req.primary_lock.clone(),
+            lock_ttl: req.lock_ttl,
+            txn_size: req.txn_size,
+            for_update_ts: TimeStamp(req.for_update_ts),
+            use_async_commit: req.use_async_commit,
+            secondaries: req.secondaries.clone(),
+            min_commit_ts: TimeStamp(req.min_commit_ts),
+        };
+        let keys: Vec<Vec<u8>> = mutations.iter().map(|m| m.key.clone()).collect();
+        let _latches = self.latches.acquire(keys.iter()).await;
+        let snapshot = self.engine.snapshot();
+        let reader = MvccReader::new(&*snapshot);
+        let mut txn = MvccTxn::new();
+        let mut result = PrewriteResult::default();
+        let mut locks: Vec<(Vec<u8>, Lock)> = Vec::new();
+        let mut existing_min_commit_ts = 0;
+        for (mutation, action) in mutations.iter().zip(actions) {
+            match prewrite::prewrite_key(&reader, &mut txn, &props, mutation, action) {
+                Ok(PrewriteOutcome::Lock(lock)) => locks.push((mutation.key.clone(), lock)),
+                Ok(PrewriteOutcome::AlreadyLocked(lock)) => {
+                    existing_min_commit_ts = existing_min_commit_ts.max(lock.min_commit_ts)
+                }
+                Ok(PrewriteOutcome::AlreadyCommitted | PrewriteOutcome::Checked) => {}
+                Err(e) => result.errors.push(e),
+            }
+        }
+        if !result.errors.is_empty() {
+            return Ok(result);
+        }
+        let one_pc = req.try_one_pc;
+        let mut commit_ts = TimeStamp::ZERO;
+        let _memory_locks = (props.use_async_commit || one_pc).then(|| {
+            self.concurrency.lock_for_commit_ts(&mut locks, |max_ts, locks| {
+                commit_ts = prewrite::async_min_commit_ts(&props, max_ts);
+                for (_, lock) in locks.iter_mut() {
+                    lock.min_commit_ts = commit_ts.0;
+                }
+            })
+        });
+        if req.max_commit_ts != 0 && commit_ts.0 > req.max_commit_ts {
+            result.errors.push(TxnError::Invalid(format!(
+                "commit timestamp {commit_ts} would exceed max_commit_ts {}",
+                req.max_commit_ts
+            )));
+            return Ok(result);
+        }
+        if one_pc {
+            for (key, lock) in locks {
+                cleanup::resolve_lock(&reader, &mut txn, &key, lock, commit_ts)?;
+            }
+            result.one_pc_commit_ts = commit_ts.0;
+        } else {
+            for (key, lock) in &locks {
+                txn.put_lock(key, lock);
+            }
+            if props.use_async_commit {
+                result.min_commit_ts = commit_ts.0.max(existing_min_commit_ts);
+            }
+        }
+        drop(snapshot);
+        self.propose_txn(&checked.region, txn).await?;
+        Ok(result)
+    }
+
+    /// `KvCommit`.
+    pub async fn kv_commit(&self, req: kvrpcpb::CommitRequest) -> TxnResult<u64> {
+        let checked = self.check_context(req.context.as_ref())?;
+        self.check_keys(&checked, &req.keys)?;
+        let (start_ts, commit_ts) = (TimeStamp(req.start_version), TimeStamp(req.commit_version));
+        self.txn_write(&checked.region, &req.keys, |reader, txn| {
+            for key in &req.keys {
+                commit::commit(reader, txn, key, start_ts, commit_ts)?;
+            }
+            Ok(commit_ts.0)
+        })
+        .await
+    }
+
+    /// `KvBatchRollback`.
+    pub async fn kv_batch_rollback(&self, req: kvrpcpb::BatchRollbackRequest) -> TxnResult<()> {
+        let checked = self.check_context(req.context.as_ref())?;
+        self.check_keys(&checked, &req.keys)?;
+        let start_ts = TimeStamp(req.start_version);
+        self.txn_write(&checked.region, &req.keys, |reader, txn| {
+            req.keys
+                .iter()
+                .try_for_each(|key| cleanup::rollback(reader, txn, key, start_ts))
+                .map_err(Failure::from)
+        })
+        .await
+    }
+
+    /// `KvCleanup`: on failure because the transaction committed, its commit timestamp.
+    pub async fn kv_cleanup(&self, req: kvrpcpb::CleanupRequest) -> Result<(), (Failure, u64)> {
+        let checked = self.check_context(req.context.as_ref()).map_err(|e| (e.into(), 0))?;
+        self.check_keys(&checked, [&req.key]).map_err(|e| (e, 0))?;
+        let (start_ts, current_ts) = (TimeStamp(req.start_version), TimeStamp(req.current_ts));
+        let mut committed_at = 0;
+        let keys = [req.key.clone()];
+        let result = self
+            .txn_write(&checked.region, &keys, |reader, txn| {
+                cleanup::cleanup(reader, txn, &req.key, start_ts, current_ts).map_err(|e| {
+                    if let TxnError::Committed { commit_ts, .. } = &e {
+                        committed_at = commit_ts.0;
+                    }
+                    Failure::from(e)
+                })
+            })
+            .await;
+        result.map_err(|e| (e, committed_at))
+    }
+
+    /// `KvCheckTxnStatus`.
+    pub async fn kv_check_txn_status(
+        &self,
+        req: kvrpcpb::CheckTxnStatusRequest,
+    ) -> TxnResult<(TxnStatus, StatusAction)> {
+        let checked = self.check_context(req.context.as_ref())?;
+        self.check_keys(&checked, [&req.primary_key])?;
+        let status = CheckTxnStatus {
+            primary: req.primary_key.clone(),
+            lock_ts: TimeStamp(req.lock_ts),
+            caller_start_ts: TimeStamp(req.caller_start_ts),
+            current_ts: TimeStamp(req.current_ts),
+            rollback_if_not_exist: req.rollback_if_not_exist,
+            force_sync_commit: req.force_sync_commit,
+            resolving_pessimistic_lock: req.resolving_pessimistic_lock,
+            verify_is_primary: req.verify_is_primary,
+        };
+        let keys = [req.primary_key.clone()];
+        self.txn_write(&checked.region, &keys, |reader, txn| {
+            Ok(cleanup::check_txn_status(reader, txn, &self.concurrency, &status)?)
+        })
+        .await
+    }
+
+    /// `KvCheckSecondaryLocks`.
+    pub async fn kv_check_secondary_locks(
+        &self,
+        req: kvrpcpb::CheckSecondaryLocksRequest,
+    ) -> TxnResult<SecondaryStatus> {
+        let checked = self.check_context(req.context.as_ref())?;
+        self.check_keys(&checked, &req.keys)?;
+        let start_ts = TimeStamp(req.start_version);
+        self.txn_write(&checked.region, &req.keys, |reader, txn| {
+            Ok(cleanup::check_secondary_locks(reader, txn, &req.keys, start_ts)?)
+        })
+        .await
+    }
+
+    /// `KvTxnHeartBeat`: the primary lock's TTL now in force.
+    pub async fn kv_txn_heart_beat(&self, req: kvrpcpb::TxnHeartBeatRequest) -> TxnResult<u64> {
+        let checked = self.check_context(req.context.as_ref())?;
+        self.check_keys(&checked, [&req.primary_lock])?;
+        let keys = [req.primary_lock.clone()];
+        self.txn_write(&checked.region, &keys, |reader, txn| {
+            let start_ts = TimeStamp(req.start_version);
+            Ok(pessimistic::txn_heart_beat(
+                reader,
+                txn,
+                &req.primary_lock,
+                start_ts,
+                req.advise_lock_ttl,
+            )?)
+        })
+        .await
+    }
+
+    /// `KVPessimisticRollback`.
+    pub async fn kv_pessimistic_rollback(
+        &self,
+        req: kvrpcpb::PessimisticRollbackRequest,
+    ) -> TxnResult<()> {
+        let checked = self.check_context(req.context.as_ref())?;
+        self.check_keys(&checked, &req.keys)?;
+        let (start_ts, for_update_ts) =
+            (TimeStamp(req.start_version), TimeStamp(req.for_update_ts));
+        self.txn_write(&checked.region, &req.keys, |reader, txn| {
+            for key in &req.keys {
+                pessimistic::pessimistic_rollback(reader, txn, key, start_ts, for_update_ts)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// `KvPessimisticLock`: all keys locked or none. With a positive `wait_timeout`, a
+    /// request that meets another transaction's lock waits for it (bounded), refusing
+    /// waits that would deadlock. Returns each key's value when asked.
+    pub async fn kv_pessimistic_lock(
+        &self,
+        req: kvrpcpb::PessimisticLockRequest,
+    ) -> TxnResult<Vec<Option<Vec<u8>>>> {
+        let checked = self.check_context(req.context.as_ref())?;
+        for mutation in &req.mutations {
+            if mutation.op != kvrpcpb::Op::PessimisticLock as i32 {
+                return Err(crate::error::RequestError::invalid(
+                    "pessimistic lock mutations must be PessimisticLock",
+                )
+                .into());
+            }
+        }
+        let keys: Vec<Vec<u8>> = req.mutations.iter().map(|m| m.key.clone()).collect();
+        self.check_keys(&checked, &keys)?;
+        let start_ts = TimeStamp(req.start_version);
+        self.concurrency.update_max_ts(TimeStamp(req.for_update_ts));
+        let deadline = Instant::now()
+            + Duration::from_millis(req.wait_timeout.max(0) as u64).min(MAX_LOCK_WAIT);
+        loop {
+            let _latches = self.latches.acquire(keys.iter()).await;
+            let snapshot = self.engine.snapshot();
+            let reader = MvccReader::new(&*snapshot);
+            let mut txn = MvccTxn::new();
+            let mut values = Vec::with_capacity(keys.len());
+            let mut blocked = None;
+            for mutation in &req.mutations {
+                let lock = PessimisticLockRequest {
+                    key: mutation.key.clone(),
+                    primary: req.primary_lock.clone(),
+                    start_ts,
+                    lock_ttl: req.lock_ttl,
+                    for_update_ts: TimeStamp(req.for_update_ts),
+                    should_not_exist: mutation.assertion == kvrpcpb::Assertion::NotExist as i32,
+                    min_commit_ts: TimeStamp(req.min_commit_ts),
+                };
+                match pessimistic::acquire_pessimistic_lock(&reader, &mut txn, &lock) {
+                    Ok(value) => values.push(value),
+                    Err(TxnError::KeyIsLocked { key, lock }) => {
+                        blocked = Some((key, lock));
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let Some((key, lock)) = blocked else {
+                drop(snapshot);
+                self.propose_txn(&checked.region, txn).await?;
+                return Ok(values);
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(TxnError::KeyIsLocked { key, lock }.into());
+            }
+            // Register while the latch is held, so the release cannot be missed.
+            let wait = self.lock_waits.register(start_ts, lock.ts(), &key).map_err(|deadlock| {
+                Failure::from(TxnError::Deadlock {
+                    lock_ts: lock.ts(),
+                    lock_key: key.clone(),
+                    deadlock_key_hash: deadlock.key_hash,
+                })
+            })?;
+            drop(snapshot);
+            drop(_latches);
+            wait.wait(deadline - now).await;
+        }
+    }
+
+    /// `KvResolveLock`: commits or rolls back the locks of one transaction (or of each in
+    /// `txn_infos`), on the given keys or on the whole Region.
+    pub async fn kv_resolve_lock(&self, req: kvrpcpb::ResolveLockRequest) -> TxnResult<()> {
+        let checked = self.check_context(req.context.as_ref())?;
+        let mut fates: Vec<(u64, u64)> = req.txn_infos.iter().map(|t| (t.txn, t.status)).collect();
+        if fates.is_empty() {
+            fates.push((req.start_version, req.commit_version));
+        }
+        let fate_of =
+            |start_ts: u64| fates.iter().find(|(ts, _)| *ts == start_ts).map(|(_, commit)| *commit);
+        if !req.keys.is_empty() {
+            self.check_keys(&checked, &req.keys)?;
+            return self.resolve_keys(&checked.region, &req.keys, &fate_of).await;
+        }
+        let region = &checked.region;
+        let mut start = region.start_key.clone();
+        loop {
+            let snapshot = self.engine.snapshot();
+            let found = MvccReader::new(&*snapshot).scan_locks(
+                &start,
+                &region.end_key,
+                SWEEP_BATCH,
+                |lock| fate_of(lock.start_ts).is_some(),
+            )?;
+            drop(snapshot);
+            let keys: Vec<Vec<u8>> = found.into_iter().map(|(key, _)| key).collect();
+            let Some(last) = keys.last().cloned() else { return Ok(()) };
+            self.resolve_keys(region, &keys, &fate_of).await?;
+            if keys.len() < SWEEP_BATCH {
+                return Ok(());
+            }
+            start = last;
+            start.push(0);
+        }
+    }
+
+    async fn resolve_keys(
+        &self,
+        region: &Region,
+        keys: &[Vec<u8>],
+        fate_of: &impl Fn(u64) -> Option<u64>,
+    ) -> TxnResult<()> {
+        self.txn_write(region, keys, |reader, txn| {
+            for key in keys {
+                // Re-read under the latch: the lock may have been resolved meanwhile.
+                let Some(lock) = reader.load_lock(key)? else { continue };
+                if let Some(commit_ts) = fate_of(lock.start_ts) {
+                    cleanup::resolve_lock(reader, txn, key, lock, TimeStamp(commit_ts))?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// `KvScanLock`: locks with `start_ts <= max_version` in the range, in key order.
+    pub async fn kv_scan_lock(
+        &self,
+        req: &kvrpcpb::ScanLockRequest,
+    ) -> TxnResult<Vec<kvrpcpb::LockInfo>> {
+        let checked = self.check_context(req.context.as_ref())?;
+        let (start, end) =
+            self.clamp_range(&checked, KeyMode::Txn, &req.start_key, &req.end_key)?;
+        let limit =
+            if req.limit == 0 { self.config.max_scan_limit as usize } else { req.limit as usize };
+        let snapshot = self.engine.snapshot();
+        let locks = MvccReader::new(&*snapshot)
+            .scan_locks(&start, &end, limit, |lock| lock.start_ts <= req.max_version)?;
+        Ok(locks.iter().map(|(key, lock)| crate::txn_error::lock_info(key, lock)).collect())
+    }
+
+    /// `KvGC`: removes versions of the Region's keys invisible at or above `safe_point`.
+    pub async fn kv_gc(&self, req: &kvrpcpb::GcRequest) -> TxnResult<usize> {
+        let checked = self.check_context(req.context.as_ref())?;
+        self.gc_region(&checked.region, TimeStamp(req.safe_point)).await
+    }
+
+    /// Garbage-collects one Region's versions (the caller has resolved old locks).
+    pub async fn gc_region(&self, region: &Region, safe_point: TimeStamp) -> TxnResult<usize> {
+        let mut start = region.start_key.clone();
+        let mut deleted = 0;
+        loop {
+            let snapshot = self.engine.snapshot();
+            let keys = MvccReader::new(&*snapshot).keys_with_writes(
+                &start,
+                &region.end_key,
+                false,
+                SWEEP_BATCH,
+            )?;
+            drop(snapshot);
+            let Some(last) = keys.last().cloned() else { return Ok(deleted) };
+            deleted += self
+                .txn_write(region, &keys, |reader, txn| {
+                    keys.iter()
+                        .try_fold(0, |n, key| Ok(n + gc::gc_key(reader, txn, key, safe_point)?))
+                })
+                .await?;
+            if keys.len() < SWEEP_BATCH {
+                return Ok(deleted);
+            }
+            start = last;
+            start.push(0);
+        }
+    }
+
+    /// `KvDeleteRange`: deletes every transactional record in the range (within the
+    /// Region).
+    pub async fn kv_delete_range(&self, req: &kvrpcpb::DeleteRangeRequest) -> TxnResult<()> {
+        let checked = self.check_context(req.context.as_ref())?;
+        if !req.end_key.is_empty() && req.start_key >= req.end_key {
+            return Err(crate::error::RequestError::invalid(
+                "delete range needs start key < end key",
+            )
+            .into());
+        }
+        let (start, end) =
+            self.clamp_range(&checked, KeyMode::Txn, &req.start_key, &req.end_key)?;
+        if req.notify_only {
+            return Ok(());
+        }
+        self.destroy_range(&checked.region, &start, &end).await
+    }
+
+    /// `UnsafeDestroyRange`: deletes every transactional record in the range on every
+    /// Region of this node (the request names no Region).
+    pub async fn unsafe_destroy_range(&self, start: &[u8], end: &[u8]) -> TxnResult<()> {
+        if !end.is_empty() && start >= end {
+            return Err(crate::error::RequestError::invalid(
+                "destroy range needs start key < end key",
+            )
+            .into());
+        }
+        for status in self.registry.overlapping(start, end) {
+            let (from, to) = crate::context::clamp_to_region(&status.region, start, end);
+            self.destroy_range(&status.region, &from, &to).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every transactional record of user keys in `[start, end)` of `region`.
+    pub async fn destroy_range(&self, region: &Region, start: &[u8], end: &[u8]) -> TxnResult<()> {
+        let mut start = start.to_vec();
+        loop {
+            let snapshot = self.engine.snapshot();
+            let reader = MvccReader::new(&*snapshot);
+            let mut keys = reader.keys_with_writes(&start, end, false, SWEEP_BATCH)?;
+            keys.extend(
+                reader.scan_locks(&start, end, SWEEP_BATCH, |_| true)?.into_iter().map(|(k, _)| k),
+            );
+            drop(snapshot);
+            keys.sort();
+            keys.dedup();
+            keys.truncate(SWEEP_BATCH);
+            let Some(last) = keys.last().cloned() else { return Ok(()) };
+            self.txn_write(region, &keys, |reader, txn| {
+                for key in &keys {
+                    if reader.load_lock(key)?.is_some() {
+                        txn.unlock(key);
+                    }
+                    for item in reader.writes_at_or_below(key, TimeStamp::MAX) {
+                        let (commit_ts, write) = item?;
+                        if write.short_value.is_none() {
+                            txn.delete_value(key, TimeStamp(write.start_ts));
+                        }
+                        txn.delete_write(key, commit_ts);
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            start = last;
+            start.push(0);
+        }
+    }
+}
+
+fn mutations(raw: &[kvrpcpb::Mutation]) -> TxnResult<Vec<Mutation>> {
+    raw.iter()
+        .map(|m| {
+            let op = match kvrpcpb::Op::try_from(m.op) {
+                Ok(kvrpcpb::Op::Put) => MutationOp::Put,
+                Ok(kvrpcpb::Op::Del) => MutationOp::Delete,
+                Ok(kvrpcpb::Op::Lock) => MutationOp::Lock,
+                Ok(kvrpcpb::Op::Insert) => MutationOp::Insert,
+                Ok(kvrpcpb::Op::CheckNotExists) => MutationOp::CheckNotExists,
+                _ => {
+                    let message = format!("mutation op {} is not allowed in a prewrite", m.op);
+                    return Err(crate::error::RequestError::invalid(message).into());
+                }
+            };
+            Ok(Mutation { op, key: m.key.clone(), value: m.value.clone() })
+        })
+        .collect()
+}
+
+fn pessimistic_actions(
+    req: &kvrpcpb::PrewriteRequest,
+    count: usize,
+) -> TxnResult<Vec<PessimisticAction>> {
+    if req.pessimistic_actions.is_empty() {
+        return Ok(vec![PessimisticAction::SkipPessimisticCheck; count]);
+    }
+    if req.pessimistic_actions.len() != count {
+        let message =
+            format!("{} pessimistic actions for {count} mutations", req.pessimistic_actions.len());
+        return Err(crate::error::RequestError::invalid(message).into());
+    }
+    req.pessimistic_actions
+        .iter()
+        .map(|&a| match kvrpcpb::prewrite_request::PessimisticAction::try_from(a) {
+            Ok(kvrpcpb::prewrite_request::PessimisticAction::SkipPessimisticCheck) => {
+                Ok(PessimisticAction::SkipPessimisticCheck)
+            }
+            Ok(kvrpcpb::prewrite_request::PessimisticAction::DoPessimisticCheck) => {
+                Ok(PessimisticAction::DoPessimisticCheck)
+            }
+            Ok(kvrpcpb::prewrite_request::PessimisticAction::DoConstraintCheck) => {
+                Ok(PessimisticAction::DoConstraintCheck)
+            }
+            Err(_) => {
+                Err(crate::error::RequestError::invalid(format!("unknown pessimistic action {a}"))
+                    .into())
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,219 @@
+//! Transactions through the real `tikv-client` 0.4 `TransactionClient` against an
+//! in-process node: optimistic, pessimistic, async commit and 1PC; conflicts, inserts,
+//! scans across Regions, lock resolution after a client vanished, and GC.
+
+mod common;
+
+use common::start_node;
+use scandium_server::Node;
+use std::time::Duration;
+use tikv_client::{CheckLevel, Key, TimestampExt as _, TransactionClient, TransactionOptions};
+
+async fn client(node: &Node, v2: bool) -> TransactionClient {
+    let mut config = tikv_client::Config::default().with_timeout(Duration::from_secs(5));
+    if v2 {
+        config = config.with_default_keyspace();
+    }
+    TransactionClient::new_with_config(vec![node.advertise_addr().to_string()], config)
+        .await
+        .expect("client connects")
+}
+
+fn k(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+fn options() -> [(&'static str, TransactionOptions); 5] {
+    [
+        ("optimistic", TransactionOptions::new_optimistic()),
+        ("pessimistic", TransactionOptions::new_pessimistic()),
+        ("async commit", TransactionOptions::new_optimistic().use_async_commit()),
+        ("pessimistic async commit", TransactionOptions::new_pessimistic().use_async_commit()),
+        ("1PC", TransactionOptions::new_optimistic().try_one_pc()),
+    ]
+}
+
+async fn read_your_writes_and_commit(client: &TransactionClient) {
+    for (name, options) in options() {
+        let prefix = name.replace(' ', "_");
+        let key = |s: &str| k(&format!("{prefix}/{s}"));
+        let mut txn = client.begin_with_options(options.clone()).await.unwrap();
+        txn.put(key("a"), k("1")).await.unwrap();
+        txn.put(key("b"), k("2")).await.unwrap();
+        txn.put(key("c"), vec![7u8; 1000]).await.unwrap();
+        assert_eq!(txn.get(key("a")).await.unwrap(), Some(k("1")), "{name}: reads its own write");
+        txn.commit().await.unwrap();
+
+        let mut txn = client.begin_with_options(options.clone()).await.unwrap();
+        assert_eq!(txn.get(key("a")).await.unwrap(), Some(k("1")), "{name}");
+        assert_eq!(txn.get(key("c")).await.unwrap(), Some(vec![7u8; 1000]), "{name}: long value");
+        let all = txn.scan(key("")..key("z"), 10).await.unwrap().collect::<Vec<_>>();
+        assert_eq!(all.len(), 3, "{name}");
+        let reverse =
+            txn.scan_reverse(key("")..key("z"), 2).await.unwrap().map(|p| p.0).collect::<Vec<_>>();
+        assert_eq!(reverse, vec![Key::from(key("c")), Key::from(key("b"))], "{name}");
+        txn.delete(key("b")).await.unwrap();
+        txn.commit().await.unwrap();
+
+        let mut txn = client.begin_with_options(options).await.unwrap();
+        assert_eq!(txn.get(key("b")).await.unwrap(), None, "{name}: deleted");
+        txn.rollback().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_protocol_commits_v1() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    read_your_writes_and_commit(&client(&node, false).await).await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_protocol_commits_v2() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    read_your_writes_and_commit(&client(&node, true).await).await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_and_inserts() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let client = client(&node, false).await;
+
+    // Optimistic: the second writer of a key fails at commit.
+    let mut first = client.begin_optimistic().await.unwrap();
+    let mut second = client.begin_optimistic().await.unwrap();
+    first.put(k("x"), k("first")).await.unwrap();
+    second.put(k("x"), k("second")).await.unwrap();
+    first.commit().await.unwrap();
+    assert!(second.commit().await.is_err(), "write conflict");
+    let _ = second.rollback().await;
+    let mut check = client.begin_optimistic().await.unwrap();
+    assert_eq!(check.get(k("x")).await.unwrap(), Some(k("first")));
+    check.rollback().await.unwrap();
+
+    // Insert of an existing key fails, in both modes.
+    for options in [TransactionOptions::new_optimistic(), TransactionOptions::new_pessimistic()] {
+        let mut txn = client.begin_with_options(options).await.unwrap();
+        let inserted = txn.insert(k("x"), k("again")).await;
+        let outcome = match inserted {
+            Ok(()) => txn.commit().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        assert!(outcome.is_err(), "insert over an existing key");
+        let _ = txn.rollback().await;
+    }
+
+    // Pessimistic: a second locker of the key fails at once (wait_timeout 0).
+    let mut holder = client.begin_pessimistic().await.unwrap();
+    holder.put(k("p"), k("held")).await.unwrap();
+    let mut other = client.begin_pessimistic().await.unwrap();
+    assert!(other.put(k("p"), k("nope")).await.is_err(), "locked");
+    let _ = other.rollback().await;
+    holder.commit().await.unwrap();
+    let mut txn = client.begin_pessimistic().await.unwrap();
+    assert_eq!(txn.get_for_update(k("p")).await.unwrap(), Some(k("held")));
+    txn.commit().await.unwrap();
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_cross_regions_and_transactions_span_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let client = client(&node, true).await;
+    let mut txn = client.begin_optimistic().await.unwrap();
+    for i in 0..30 {
+        txn.put(k(&format!("k{i:02}")), k(&format!("v{i}"))).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    for split in ["k10", "k20"] {
+        let mut wire = b"x\0\0\0".to_vec();
+        wire.extend_from_slice(split.as_bytes());
+        scandium_server::split::split_at(node.context(), wire).await.unwrap();
+    }
+    // One transaction writing into three Regions.
+    let mut txn = client
+        .begin_with_options(TransactionOptions::new_optimistic().use_async_commit())
+        .await
+        .unwrap();
+    for i in [5, 15, 25] {
+        txn.put(k(&format!("k{i:02}")), k("updated")).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    let mut snapshot = client
+        .snapshot(client.current_timestamp().await.unwrap(), TransactionOptions::new_optimistic());
+    let all: Vec<_> = snapshot.scan(k("k")..k("l"), 100).await.unwrap().collect();
+    assert_eq!(all.len(), 30);
+    assert_eq!(all.iter().filter(|p| p.1 == k("updated")).count(), 3);
+    let last: Vec<_> =
+        snapshot.scan_reverse(k("k")..k("l"), 3).await.unwrap().map(|p| p.0).collect();
+    assert_eq!(last[0], Key::from(k("k29")));
+    node.stop().await;
+}
+
+/// A client prewrites and vanishes before committing; once its locks expire, readers
+/// resolve them (roll the transaction back) and proceed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_of_a_vanished_client_are_resolved() {
+    use scandium_protocol::kvrpcpb;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let client = client(&node, false).await;
+    let start = client.current_timestamp().await.unwrap().version();
+    let mut tikv = common::tikv_grpc(&node).await;
+    let mutation = |key: &str| kvrpcpb::Mutation {
+        op: kvrpcpb::Op::Put as i32,
+        key: k(key),
+        value: k("orphan"),
+        ..Default::default()
+    };
+    let request = kvrpcpb::PrewriteRequest {
+        context: Some(common::context_for(&node, b"orphan1")),
+        mutations: vec![mutation("orphan1"), mutation("orphan2")],
+        primary_lock: k("orphan1"),
+        start_version: start,
+        lock_ttl: 1,
+        txn_size: 2,
+        ..Default::default()
+    };
+    let resp = tikv.kv_prewrite(request).await.unwrap().into_inner();
+    assert!(resp.errors.is_empty() && resp.region_error.is_none(), "{resp:?}");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut txn = client.begin_optimistic().await.unwrap();
+    assert_eq!(txn.get(k("orphan2")).await.unwrap(), None, "the expired lock was resolved");
+    txn.put(k("orphan1"), k("mine")).await.unwrap();
+    txn.commit().await.unwrap();
+    let locks = client
+        .scan_locks(&client.current_timestamp().await.unwrap(), Vec::<u8>::new().., 100)
+        .await
+        .unwrap();
+    assert!(locks.is_empty(), "no lock is left: {locks:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_safe_point_and_drop_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let client = client(&node, false).await;
+    let safe_point = client.current_timestamp().await.unwrap();
+    assert!(client.gc(safe_point).await.unwrap(), "the new safe point is in force");
+    let mut txn = client
+        .begin_with_options(TransactionOptions::new_optimistic().drop_check(CheckLevel::None))
+        .await
+        .unwrap();
+    txn.put(k("dropped"), k("v")).await.unwrap();
+    drop(txn);
+    let mut txn = client.begin_optimistic().await.unwrap();
+    assert_eq!(
+        txn.get(k("dropped")).await.unwrap(),
+        None,
+        "an uncommitted transaction leaves nothing"
+    );
+    txn.rollback().await.unwrap();
+    node.stop().await;
+}
