@@ -27,6 +27,8 @@ pub struct Config {
     pub max_scan_limit: u32,
     /// Seconds between sweeps that delete expired raw keys.
     pub ttl_sweep_interval_secs: u64,
+    /// Seconds between checks of the GC safe point.
+    pub gc_interval_secs: u64,
     /// Block cache of the storage engine, in bytes.
     pub cache_size_bytes: u64,
     /// Memtable size per column family, in bytes.
@@ -46,6 +48,7 @@ impl Default for Config {
             max_response_bytes: 4 << 20,
             max_scan_limit: 10_240,
             ttl_sweep_interval_secs: 60,
+            gc_interval_secs: 10,
             cache_size_bytes: 64 << 20,
             memtable_size_bytes: 16 << 20,
             latch_slots: 4096,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod context;
 pub mod convert;
 pub mod error;
+pub mod gc_worker;
 pub mod grpc;
 pub mod http;
 pub mod lock_wait;

@@ -75,7 +75,8 @@ pub struct Node {
     driver: Option<RaftDriver>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
-    sweeper: JoinHandle<()>,
+    /// The TTL sweeper and the GC worker.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Node {
@@ -136,6 +137,8 @@ impl Node {
         let (shutdown, server) = serve(context.clone(), listener)?;
         let interval = Duration::from_secs(context.config.ttl_sweep_interval_secs);
         let sweeper = tokio::spawn(crate::ttl::run(context.clone(), interval));
+        let gc_interval = Duration::from_secs(context.config.gc_interval_secs);
+        let gc_worker = tokio::spawn(crate::gc_worker::run(context.clone(), gc_interval));
         tracing::info!(
             addr = %context.advertise_addr,
             store_id = context.store_id,
@@ -149,7 +152,7 @@ impl Node {
             driver: Some(driver),
             shutdown: Some(shutdown),
             server: Some(server),
-            sweeper,
+            background: vec![sweeper, gc_worker],
         })
     }
 
@@ -174,7 +177,9 @@ impl Node {
     }
 
     async fn shutdown_now(&mut self) {
-        self.sweeper.abort();
+        for task in &self.background {
+            task.abort();
+        }
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }

@@ -72,6 +72,28 @@ impl NodeContext {
         Ok(output)
     }
 
+    /// [`NodeContext::txn_write`] for node-internal callers (the GC worker).
+    pub(crate) async fn write_txn_keys<T>(
+        &self,
+        region: &Region,
+        keys: &[Vec<u8>],
+        action: impl FnOnce(&MvccReader<'_>, &mut MvccTxn) -> Result<T, Failure>,
+    ) -> TxnResult<T> {
+        self.txn_write(region, keys, action).await
+    }
+
+    /// Resolves the locks of transaction `start_ts` on `keys` (commit at `commit_ts`, or
+    /// roll back if it is zero).
+    pub(crate) async fn resolve_keys_of(
+        &self,
+        region: &Region,
+        keys: &[Vec<u8>],
+        start_ts: u64,
+        commit_ts: TimeStamp,
+    ) -> TxnResult<()> {
+        self.resolve_keys(region, keys, &|ts| (ts == start_ts).then_some(commit_ts.0)).await
+    }
+
     async fn propose_txn(&self, region: &Region, txn: MvccTxn) -> TxnResult<()> {
         if txn.is_empty() {
             return Ok(());

@@ -1,0 +1,134 @@
+//! The GC worker: when the GC safe point advances, resolves the locks of transactions that
+//! started at or below it and removes versions no reader at or above it can see.
+//!
+//! Locks go first: a lock below the safe point whose transaction is over (committed,
+//! rolled back, or expired) is resolved the way a reader would resolve it, asking the
+//! transaction's primary (and, for async commit, its secondaries). Locks of transactions
+//! still alive are left for their owners.
+
+use crate::clock::now_ms;
+use crate::context::NodeContext;
+use crate::txn::TxnResult;
+use crate::txn_error::Failure;
+use scandium_txn::actions::cleanup::{self, CheckTxnStatus, SecondaryStatus, TxnStatus};
+use scandium_txn::mvcc::{Lock, MvccReader};
+use scandium_types::{Region, TimeStamp};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Locks examined per Region per pass.
+const LOCKS_PER_PASS: usize = 1024;
+
+/// Runs forever: every `interval`, collects garbage if the safe point moved.
+pub async fn run(node: Arc<NodeContext>, interval: Duration) {
+    let mut done = TimeStamp::ZERO;
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let safe_point = TimeStamp(node.placement.read().gc_safe_point());
+        if safe_point <= done {
+            continue;
+        }
+        match collect(&node, safe_point).await {
+            Ok(deleted) => {
+                tracing::info!(safe_point = safe_point.0, deleted, "garbage collected");
+                done = safe_point;
+            }
+            Err(error) => tracing::warn!(?error, "GC pass failed; will retry"),
+        }
+    }
+}
+
+/// One pass over every Region led here; returns how many versions were deleted.
+pub async fn collect(node: &NodeContext, safe_point: TimeStamp) -> TxnResult<usize> {
+    let mut deleted = 0;
+    for status in node.registry.all() {
+        if !status.ready_for_reads {
+            continue;
+        }
+        resolve_old_locks(node, &status.region, safe_point).await?;
+        deleted += node.gc_region(&status.region, safe_point).await?;
+    }
+    Ok(deleted)
+}
+
+async fn resolve_old_locks(
+    node: &NodeContext,
+    region: &Region,
+    safe_point: TimeStamp,
+) -> TxnResult<()> {
+    let snapshot = node.engine.snapshot();
+    let locks = MvccReader::new(&*snapshot).scan_locks(
+        &region.start_key,
+        &region.end_key,
+        LOCKS_PER_PASS,
+        |lock| lock.start_ts <= safe_point.0,
+    )?;
+    drop(snapshot);
+    let now = TimeStamp::compose(now_ms(), 0);
+    for (key, lock) in locks {
+        if let Some(commit_ts) = fate(node, &lock, now).await? {
+            node.resolve_keys_of(region, &[key], lock.start_ts, commit_ts).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The commit timestamp (0 = rolled back) of the transaction owning `lock`, or `None` if
+/// it is still running.
+async fn fate(node: &NodeContext, lock: &Lock, now: TimeStamp) -> TxnResult<Option<TimeStamp>> {
+    let request = CheckTxnStatus {
+        primary: lock.primary.clone(),
+        lock_ts: lock.ts(),
+        current_ts: now,
+        rollback_if_not_exist: true,
+        verify_is_primary: true,
+        ..Default::default()
+    };
+    let primary_region = region_of(node, &lock.primary)?;
+    let keys = [lock.primary.clone()];
+    let status = node
+        .write_txn_keys(&primary_region, &keys, |reader, txn| {
+            Ok(cleanup::check_txn_status(reader, txn, &node.concurrency, &request)?.0)
+        })
+        .await?;
+    match status {
+        TxnStatus::Committed(ts) => Ok(Some(ts)),
+        TxnStatus::RolledBack => Ok(Some(TimeStamp::ZERO)),
+        TxnStatus::Locked(primary) if primary.use_async_commit && primary.is_expired(now) => {
+            async_commit_fate(node, &primary).await
+        }
+        TxnStatus::Locked(_) => Ok(None),
+    }
+}
+
+/// An expired async-commit transaction committed iff every secondary holds its lock; it
+/// then committed at the largest `min_commit_ts`.
+async fn async_commit_fate(node: &NodeContext, primary: &Lock) -> TxnResult<Option<TimeStamp>> {
+    let mut commit_ts = TimeStamp(primary.min_commit_ts);
+    for key in &primary.secondaries {
+        let region = region_of(node, key)?;
+        let keys = [key.clone()];
+        let status = node
+            .write_txn_keys(&region, &keys, |reader, txn| {
+                Ok(cleanup::check_secondary_locks(reader, txn, &keys, primary.ts())?)
+            })
+            .await?;
+        match status {
+            SecondaryStatus::Locked(locks) => {
+                for (_, lock) in locks {
+                    commit_ts = commit_ts.max(TimeStamp(lock.min_commit_ts));
+                }
+            }
+            SecondaryStatus::Committed(ts) => return Ok(Some(ts)),
+            SecondaryStatus::RolledBack => return Ok(Some(TimeStamp::ZERO)),
+        }
+    }
+    Ok(Some(commit_ts))
+}
+
+fn region_of(node: &NodeContext, key: &[u8]) -> TxnResult<Region> {
+    node.registry.find_by_key(key).map(|status| status.region).ok_or_else(|| {
+        Failure::from(crate::error::RequestError::Internal(format!("no region holds {key:?}")))
+    })
+}

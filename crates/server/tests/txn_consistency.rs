@@ -1,0 +1,237 @@
+//! Consistency under concurrency: a bank whose total never changes, lock waits with
+//! deadlock detection, and GC that stops an overwritten key's versions from piling up.
+
+mod common;
+
+use common::{context_for, start_with, tikv_grpc, wait_for};
+use scandium_protocol::kvrpcpb;
+use scandium_server::Node;
+use scandium_storage::Cf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tikv_client::{TransactionClient, TransactionOptions};
+
+const ACCOUNTS: usize = 8;
+const INITIAL: u64 = 1000;
+
+async fn client(node: &Node) -> TransactionClient {
+    let config = tikv_client::Config::default().with_timeout(Duration::from_secs(5));
+    TransactionClient::new_with_config(vec![node.advertise_addr().to_string()], config)
+        .await
+        .unwrap()
+}
+
+fn account(i: usize) -> Vec<u8> {
+    format!("acct{i}").into_bytes()
+}
+
+fn amount(value: Option<Vec<u8>>) -> u64 {
+    u64::from_be_bytes(value.expect("account exists").try_into().expect("8 bytes"))
+}
+
+/// Moves money between random accounts from several clients at once, half of them
+/// optimistic and half pessimistic (with async commit and 1PC in the mix), while readers
+/// check that every snapshot sees the same total. Failed transfers (conflicts) are
+/// rolled back and retried with new random accounts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_total_never_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(dir.path(), |_| {}).await;
+    let client = client(&node).await;
+    let mut setup = client.begin_optimistic().await.unwrap();
+    for i in 0..ACCOUNTS {
+        setup.put(account(i), INITIAL.to_be_bytes().to_vec()).await.unwrap();
+    }
+    setup.commit().await.unwrap();
+
+    let seed: u64 = rand::random();
+    eprintln!("bank seed {seed}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..6u64 {
+        let (client, stop, committed) = (client.clone(), stop.clone(), committed.clone());
+        tasks.push(tokio::spawn(async move {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed + worker);
+            let options = match worker % 4 {
+                0 => TransactionOptions::new_optimistic(),
+                1 => TransactionOptions::new_pessimistic(),
+                2 => TransactionOptions::new_optimistic().use_async_commit(),
+                _ => TransactionOptions::new_pessimistic().try_one_pc(),
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let (from, to) = (rng.gen_range(0..ACCOUNTS), rng.gen_range(0..ACCOUNTS));
+                if from == to {
+                    continue;
+                }
+                let mut txn = client.begin_with_options(options.clone()).await.unwrap();
+                let result = async {
+                    let a = amount(txn.get_for_update(account(from)).await?);
+                    let b = amount(txn.get_for_update(account(to)).await?);
+                    let moved = rng.gen_range(0..=a.min(50));
+                    txn.put(account(from), (a - moved).to_be_bytes().to_vec()).await?;
+                    txn.put(account(to), (b + moved).to_be_bytes().to_vec()).await?;
+                    txn.commit().await
+                }
+                .await;
+                match result {
+                    Ok(_) => {
+                        committed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        let _ = txn.rollback().await;
+                    }
+                }
+            }
+        }));
+    }
+    let mut snapshots = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < deadline {
+        let ts = client.current_timestamp().await.unwrap();
+        let mut snapshot = client.snapshot(ts, TransactionOptions::new_optimistic());
+        let keys: Vec<Vec<u8>> = (0..ACCOUNTS).map(account).collect();
+        let pairs: Vec<_> = snapshot.batch_get(keys).await.unwrap().collect();
+        assert_eq!(pairs.len(), ACCOUNTS);
+        let total: u64 = pairs.into_iter().map(|p| amount(Some(p.1))).sum();
+        assert_eq!(
+            total,
+            INITIAL * ACCOUNTS as u64,
+            "snapshot {snapshots} sees a consistent total (seed {seed})"
+        );
+        snapshots += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let done = committed.load(Ordering::Relaxed);
+    assert!(done > 20, "transfers committed: {done}");
+    assert!(snapshots > 10, "snapshots checked: {snapshots}");
+    eprintln!("{done} transfers committed, {snapshots} snapshots checked");
+    node.stop().await;
+}
+
+fn lock_request(
+    node: &Node,
+    key: &[u8],
+    start: u64,
+    wait_ms: i64,
+) -> kvrpcpb::PessimisticLockRequest {
+    kvrpcpb::PessimisticLockRequest {
+        context: Some(context_for(node, key)),
+        mutations: vec![kvrpcpb::Mutation {
+            op: kvrpcpb::Op::PessimisticLock as i32,
+            key: key.to_vec(),
+            ..Default::default()
+        }],
+        primary_lock: key.to_vec(),
+        start_version: start,
+        lock_ttl: 20_000,
+        for_update_ts: start,
+        wait_timeout: wait_ms,
+        ..Default::default()
+    }
+}
+
+/// A lock request with a positive wait_timeout waits for the holder to finish; one that
+/// would close a cycle of waiters gets a deadlock error; with wait_timeout 0 it fails at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_waits_and_deadlocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(dir.path(), |_| {}).await;
+    let mut tikv = tikv_grpc(&node).await;
+    let ok = |resp: kvrpcpb::PessimisticLockResponse| {
+        resp.errors.is_empty() && resp.region_error.is_none()
+    };
+    assert!(ok(tikv
+        .kv_pessimistic_lock(lock_request(&node, b"ka", 10, 0))
+        .await
+        .unwrap()
+        .into_inner()));
+    assert!(ok(tikv
+        .kv_pessimistic_lock(lock_request(&node, b"kb", 20, 0))
+        .await
+        .unwrap()
+        .into_inner()));
+
+    // Immediate failure without waiting.
+    let resp =
+        tikv.kv_pessimistic_lock(lock_request(&node, b"ka", 20, 0)).await.unwrap().into_inner();
+    assert!(resp.errors[0].locked.is_some());
+
+    // 20 waits for 10 on ka...
+    let mut waiter = tikv.clone();
+    let request = lock_request(&node, b"ka", 20, 1000);
+    let waiting =
+        tokio::spawn(
+            async move { waiter.kv_pessimistic_lock(request).await.unwrap().into_inner() },
+        );
+    wait_for("the waiter to register", Duration::from_secs(5), || !waiting.is_finished()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // ...so 10 waiting for 20 on kb would deadlock.
+    let resp =
+        tikv.kv_pessimistic_lock(lock_request(&node, b"kb", 10, 1000)).await.unwrap().into_inner();
+    assert!(resp.errors[0].deadlock.is_some(), "{resp:?}");
+    // 10 rolls back; 20's wait ends with the lock.
+    let rollback = kvrpcpb::PessimisticRollbackRequest {
+        context: Some(context_for(&node, b"ka")),
+        start_version: 10,
+        for_update_ts: 10,
+        keys: vec![b"ka".to_vec()],
+    };
+    tikv.kv_pessimistic_rollback(rollback).await.unwrap();
+    let resp = waiting.await.unwrap();
+    assert!(ok(resp.clone()), "the waiter got the lock: {resp:?}");
+    node.stop().await;
+}
+
+/// After the safe point passes, an overwritten key keeps one version; a lock left below
+/// the safe point by a vanished client is resolved first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_stops_versions_from_piling_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(dir.path(), |c| c.gc_interval_secs = 1).await;
+    let client = client(&node).await;
+    for i in 0..50u32 {
+        let mut txn = client.begin_optimistic().await.unwrap();
+        txn.put(b"hot".to_vec(), i.to_be_bytes().to_vec()).await.unwrap();
+        txn.commit().await.unwrap();
+    }
+    // An orphan lock of an expired transaction.
+    let mut tikv = tikv_grpc(&node).await;
+    let start = client.current_timestamp().await.unwrap();
+    let prewrite = kvrpcpb::PrewriteRequest {
+        context: Some(context_for(&node, b"orphan")),
+        mutations: vec![kvrpcpb::Mutation {
+            op: kvrpcpb::Op::Put as i32,
+            key: b"orphan".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        }],
+        primary_lock: b"orphan".to_vec(),
+        start_version: tikv_client::TimestampExt::version(&start),
+        lock_ttl: 1,
+        ..Default::default()
+    };
+    assert!(tikv.kv_prewrite(prewrite).await.unwrap().into_inner().errors.is_empty());
+    let versions = |engine: &scandium_storage::EngineRef| {
+        let (from, to) = scandium_types::mvcc::versions_range(b"hot");
+        engine.snapshot().scan(Cf::Write, &from, &to, false).count()
+    };
+    let engine = node.context().engine.clone();
+    assert_eq!(versions(&engine), 50);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(client.gc(client.current_timestamp().await.unwrap()).await.unwrap());
+    wait_for("GC to remove old versions and the orphan lock", Duration::from_secs(15), || {
+        versions(&engine) == 1 && engine.get(Cf::Lock, b"orphan").unwrap().is_none()
+    })
+    .await;
+    let mut txn = client.begin_optimistic().await.unwrap();
+    assert_eq!(txn.get(b"hot".to_vec()).await.unwrap(), Some(49u32.to_be_bytes().to_vec()));
+    txn.rollback().await.unwrap();
+    node.stop().await;
+}
