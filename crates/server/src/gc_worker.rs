@@ -3,14 +3,13 @@
 //!
 //! Locks go first: a lock below the safe point whose transaction is over (committed,
 //! rolled back, or expired) is resolved the way a reader would resolve it, asking the
-//! transaction's primary (and, for async commit, its secondaries). Locks of transactions
-//! still alive are left for their owners.
+//! transaction's primary (and, for async commit, its secondaries: see `resolver.rs`).
+//! Locks of transactions still alive are left for their owners.
 
 use crate::clock::now_ms;
 use crate::context::NodeContext;
 use crate::txn::TxnResult;
-use crate::txn_error::Failure;
-use scandium_txn::actions::cleanup::{self, CheckTxnStatus, SecondaryStatus, TxnStatus};
+use scandium_txn::actions::cleanup::{self, CheckTxnStatus, TxnStatus};
 use scandium_txn::mvcc::{Lock, MvccReader};
 use scandium_types::{Region, TimeStamp};
 use std::sync::Arc;
@@ -85,7 +84,7 @@ async fn fate(node: &NodeContext, lock: &Lock, now: TimeStamp) -> TxnResult<Opti
         verify_is_primary: true,
         ..Default::default()
     };
-    let primary_region = region_of(node, &lock.primary)?;
+    let primary_region = node.region_of(&lock.primary)?;
     let keys = [lock.primary.clone()];
     let status = node
         .write_txn_keys(&primary_region, &keys, |reader, txn| {
@@ -96,39 +95,8 @@ async fn fate(node: &NodeContext, lock: &Lock, now: TimeStamp) -> TxnResult<Opti
         TxnStatus::Committed(ts) => Ok(Some(ts)),
         TxnStatus::RolledBack => Ok(Some(TimeStamp::ZERO)),
         TxnStatus::Locked(primary) if primary.use_async_commit && primary.is_expired(now) => {
-            async_commit_fate(node, &primary).await
+            Ok(Some(node.resolve_async_commit(&lock.primary, &primary).await?))
         }
         TxnStatus::Locked(_) => Ok(None),
     }
-}
-
-/// An expired async-commit transaction committed iff every secondary holds its lock; it
-/// then committed at the largest `min_commit_ts`.
-async fn async_commit_fate(node: &NodeContext, primary: &Lock) -> TxnResult<Option<TimeStamp>> {
-    let mut commit_ts = TimeStamp(primary.min_commit_ts);
-    for key in &primary.secondaries {
-        let region = region_of(node, key)?;
-        let keys = [key.clone()];
-        let status = node
-            .write_txn_keys(&region, &keys, |reader, txn| {
-                Ok(cleanup::check_secondary_locks(reader, txn, &keys, primary.ts())?)
-            })
-            .await?;
-        match status {
-            SecondaryStatus::Locked(locks) => {
-                for (_, lock) in locks {
-                    commit_ts = commit_ts.max(TimeStamp(lock.min_commit_ts));
-                }
-            }
-            SecondaryStatus::Committed(ts) => return Ok(Some(ts)),
-            SecondaryStatus::RolledBack => return Ok(Some(TimeStamp::ZERO)),
-        }
-    }
-    Ok(Some(commit_ts))
-}
-
-fn region_of(node: &NodeContext, key: &[u8]) -> TxnResult<Region> {
-    node.registry.find_by_key(key).map(|status| status.region).ok_or_else(|| {
-        Failure::from(crate::error::RequestError::Internal(format!("no region holds {key:?}")))
-    })
 }

@@ -20,6 +20,7 @@ pub mod placement;
 pub mod process;
 pub mod raft_driver;
 pub mod raw;
+pub mod resolver;
 pub mod split;
 pub mod ttl;
 pub mod txn;

@@ -331,10 +331,22 @@ impl NodeContext {
             verify_is_primary: req.verify_is_primary,
         };
         let keys = [req.primary_key.clone()];
-        self.txn_write(&checked.region, &keys, |reader, txn| {
-            Ok(cleanup::check_txn_status(reader, txn, &self.concurrency, &status)?)
-        })
-        .await
+        let outcome = self
+            .txn_write(&checked.region, &keys, |reader, txn| {
+                Ok(cleanup::check_txn_status(reader, txn, &self.concurrency, &status)?)
+            })
+            .await?;
+        // An abandoned async-commit transaction: decide its fate from its secondaries.
+        if let (TxnStatus::Locked(lock), _) = &outcome {
+            if lock.use_async_commit && lock.is_expired(status.current_ts) {
+                let commit_ts = self.resolve_async_commit(&req.primary_key, lock).await?;
+                return Ok(match commit_ts {
+                    TimeStamp::ZERO => (TxnStatus::RolledBack, StatusAction::TtlExpireRollback),
+                    ts => (TxnStatus::Committed(ts), StatusAction::NoAction),
+                });
+            }
+        }
+        Ok(outcome)
     }
 
     /// `KvCheckSecondaryLocks`.

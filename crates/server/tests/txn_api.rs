@@ -217,3 +217,69 @@ async fn gc_safe_point_and_drop_check() {
     txn.rollback().await.unwrap();
     node.stop().await;
 }
+
+/// An async-commit transaction whose client vanished after prewriting every key is
+/// committed by the first reader that meets it; one that vanished before prewriting every
+/// key is rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_async_commit_transactions_are_decided_by_their_secondaries() {
+    use scandium_protocol::kvrpcpb;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let client = client(&node, false).await;
+    let mut tikv = common::tikv_grpc(&node).await;
+    let prewrite = |start: u64, keys: &[&str], secondaries: &[&str]| {
+        let request = kvrpcpb::PrewriteRequest {
+            context: Some(common::context_for(&node, keys[0].as_bytes())),
+            mutations: keys
+                .iter()
+                .map(|key| kvrpcpb::Mutation {
+                    op: kvrpcpb::Op::Put as i32,
+                    key: k(key),
+                    value: k("async"),
+                    ..Default::default()
+                })
+                .collect(),
+            primary_lock: k(keys[0]),
+            start_version: start,
+            lock_ttl: 1,
+            use_async_commit: true,
+            secondaries: secondaries.iter().map(|s| k(s)).collect(),
+            ..Default::default()
+        };
+        let mut tikv = tikv.clone();
+        async move { tikv.kv_prewrite(request).await.unwrap().into_inner() }
+    };
+    // Every key prewritten: committed.
+    let start = client.current_timestamp().await.unwrap().version();
+    let resp = prewrite(start, &["done-p", "done-s"], &["done-s"]).await;
+    assert!(resp.errors.is_empty() && resp.min_commit_ts > start, "{resp:?}");
+    // The secondary never prewritten: rolled back.
+    let start = client.current_timestamp().await.unwrap().version();
+    let resp = prewrite(start, &["half-p"], &["half-s"]).await;
+    assert!(resp.errors.is_empty());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut txn = client.begin_optimistic().await.unwrap();
+    assert_eq!(txn.get(k("done-s")).await.unwrap(), Some(k("async")));
+    assert_eq!(txn.get(k("done-p")).await.unwrap(), Some(k("async")));
+    assert_eq!(txn.get(k("half-p")).await.unwrap(), None);
+    txn.rollback().await.unwrap();
+    // A late prewrite of the missing secondary is refused.
+    let late = kvrpcpb::PrewriteRequest {
+        context: Some(common::context_for(&node, b"half-s")),
+        mutations: vec![kvrpcpb::Mutation {
+            op: kvrpcpb::Op::Put as i32,
+            key: k("half-s"),
+            value: k("late"),
+            ..Default::default()
+        }],
+        primary_lock: k("half-p"),
+        start_version: start,
+        lock_ttl: 1,
+        use_async_commit: true,
+        ..Default::default()
+    };
+    let resp = tikv.kv_prewrite(late).await.unwrap().into_inner();
+    assert!(resp.errors.first().and_then(|e| e.conflict.as_ref()).is_some(), "{resp:?}");
+    node.stop().await;
+}
