@@ -1,6 +1,10 @@
 //! `scandium bench`: concurrent clients driving a workload through `tikv-client`, against
 //! any cluster that speaks the TiKV protocol.
 //!
+//! Raw workloads (put, get, mixed) use `RawClient`; the transactional workload (`txn`) runs
+//! read-modify-write transactions of `--txn-keys` keys with `TransactionClient`, optimistic
+//! or pessimistic, optionally with async commit or one-phase commit, and counts aborts.
+//!
 //! Reports throughput, latency percentiles (from an HDR histogram), and the server's CPU
 //! time per operation and RSS. Server figures come from `--server-pid` (any server on this
 //! machine, Scandium or not) or else from a Scandium node's `/health` endpoint.
@@ -10,7 +14,7 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
-use tikv_client::RawClient;
+use tikv_client::{RawClient, TransactionClient, TransactionOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Workload {
@@ -20,6 +24,8 @@ enum Workload {
     Get,
     /// Half reads, half writes.
     Mixed,
+    /// Read-modify-write transactions over preloaded keys.
+    Txn,
 }
 
 #[derive(Args)]
@@ -50,12 +56,144 @@ pub struct BenchArgs {
     /// Seed of the key choice.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Keys read and written per transaction (txn workload).
+    #[arg(long, default_value_t = 1)]
+    txn_keys: usize,
+    /// Pessimistic transactions (txn workload); optimistic otherwise.
+    #[arg(long)]
+    pessimistic: bool,
+    /// Async commit (txn workload).
+    #[arg(long)]
+    async_commit: bool,
+    /// Try one-phase commit (txn workload).
+    #[arg(long)]
+    one_pc: bool,
+}
+
+/// The client a workload drives.
+#[derive(Clone)]
+enum Driver {
+    Raw(RawClient),
+    Txn { client: TransactionClient, options: TransactionOptions, keys: usize, pessimistic: bool },
 }
 
 struct ClientResult {
     histogram: Histogram<u64>,
     errors: u64,
     first_error: Option<String>,
+}
+
+async fn connect_driver(args: &BenchArgs) -> Result<Driver, String> {
+    if args.workload != Workload::Txn {
+        return Ok(Driver::Raw(connect(&args.pd, args.keyspace.as_deref()).await?));
+    }
+    if args.txn_keys == 0 || args.txn_keys as u64 > args.keys {
+        return Err("--txn-keys must be between 1 and --keys".into());
+    }
+    let mut config = tikv_client::Config::default();
+    if let Some(keyspace) = &args.keyspace {
+        config = config.with_keyspace(keyspace);
+    }
+    let client = TransactionClient::new_with_config(vec![args.pd.clone()], config)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", args.pd))?;
+    let mut options = if args.pessimistic {
+        TransactionOptions::new_pessimistic()
+    } else {
+        TransactionOptions::new_optimistic()
+    };
+    if args.async_commit {
+        options = options.use_async_commit();
+    }
+    if args.one_pc {
+        options = options.try_one_pc();
+    }
+    let options = options.drop_check(tikv_client::CheckLevel::Warn);
+    Ok(Driver::Txn { client, options, keys: args.txn_keys, pessimistic: args.pessimistic })
+}
+
+impl Driver {
+    async fn preload(&self, args: &BenchArgs) -> Result<(), String> {
+        let value = vec![b'v'; args.value_size];
+        let batch = (16 * 1024 / (args.value_size + 20)).max(1) as u64;
+        let mut start = 0;
+        while start < args.keys {
+            let end = (start + batch).min(args.keys);
+            let pairs: Vec<_> = (start..end).map(|i| (key(i), value.clone())).collect();
+            let result = match self {
+                Driver::Raw(client) => client.batch_put(pairs).await,
+                Driver::Txn { client, .. } => {
+                    async {
+                        let mut txn = client.begin_optimistic().await?;
+                        for (k, v) in pairs {
+                            txn.put(k, v).await?;
+                        }
+                        txn.commit().await.map(|_| ())
+                    }
+                    .await
+                }
+            };
+            result.map_err(|e| format!("preload failed: {e}"))?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// One operation of the workload.
+    async fn operate(
+        &self,
+        workload: Workload,
+        rng: &mut impl Rng,
+        keys: u64,
+        value: &[u8],
+    ) -> Result<(), String> {
+        let fail = |e: tikv_client::Error| e.to_string();
+        match self {
+            Driver::Raw(client) => {
+                let k = key(rng.gen_range(0..keys));
+                let write = match workload {
+                    Workload::Put => true,
+                    Workload::Get | Workload::Txn => false,
+                    Workload::Mixed => rng.gen_bool(0.5),
+                };
+                if write {
+                    client.put(k, value.to_vec()).await.map_err(fail)
+                } else {
+                    client.get(k).await.map(|_| ()).map_err(fail)
+                }
+            }
+            Driver::Txn { client, options, keys: count, pessimistic } => {
+                let mut chosen: Vec<u64> = Vec::with_capacity(*count);
+                while chosen.len() < *count {
+                    let k = rng.gen_range(0..keys);
+                    if !chosen.contains(&k) {
+                        chosen.push(k);
+                    }
+                }
+                let mut txn = client.begin_with_options(options.clone()).await.map_err(fail)?;
+                let result = async {
+                    for &k in &chosen {
+                        let current = if *pessimistic {
+                            txn.get_for_update(key(k)).await?
+                        } else {
+                            txn.get(key(k)).await?
+                        };
+                        let mut next = current.unwrap_or_default();
+                        next.truncate(value.len());
+                        next.resize(value.len(), 0);
+                        next[0] = next[0].wrapping_add(1);
+                        txn.put(key(k), next).await?;
+                    }
+                    txn.commit().await.map(|_| ())
+                }
+                .await;
+                if result.is_err() {
+                    let _ = txn.rollback().await;
+                }
+                result.map_err(fail)
+            }
+        }
+    }
 }
 
 fn key(i: u64) -> Vec<u8> {
@@ -66,9 +204,9 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     if args.clients == 0 || args.keys == 0 || args.duration == 0 {
         return Err("clients, keys and duration must be positive".into());
     }
-    let client = connect(&args.pd, args.keyspace.as_deref()).await?;
+    let driver = connect_driver(&args).await?;
     if args.workload != Workload::Put {
-        preload(&client, &args).await?;
+        driver.preload(&args).await?;
     }
     let before = server_stats(&args).await;
     let client_before = scandium_server::process::read(None);
@@ -77,7 +215,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let tasks: Vec<_> = (0..args.clients)
         .map(|i| {
             tokio::spawn(client_loop(
-                client.clone(),
+                driver.clone(),
                 args.workload,
                 deadline,
                 args.keys,
@@ -106,21 +244,8 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn preload(client: &RawClient, args: &BenchArgs) -> Result<(), String> {
-    let value = vec![b'v'; args.value_size];
-    let batch = (16 * 1024 / (args.value_size + 20)).max(1) as u64;
-    let mut start = 0;
-    while start < args.keys {
-        let end = (start + batch).min(args.keys);
-        let pairs: Vec<_> = (start..end).map(|i| (key(i), value.clone())).collect();
-        client.batch_put(pairs).await.map_err(|e| format!("preload failed: {e}"))?;
-        start = end;
-    }
-    Ok(())
-}
-
 async fn client_loop(
-    client: RawClient,
+    driver: Driver,
     workload: Workload,
     deadline: Instant,
     keys: u64,
@@ -135,26 +260,15 @@ async fn client_loop(
         first_error: None,
     };
     while Instant::now() < deadline {
-        let k = key(rng.gen_range(0..keys));
-        let write = match workload {
-            Workload::Put => true,
-            Workload::Get => false,
-            Workload::Mixed => rng.gen_bool(0.5),
-        };
         let begin = Instant::now();
-        let outcome = if write {
-            client.put(k, value.clone()).await
-        } else {
-            client.get(k).await.map(|_| ())
-        };
-        match outcome {
+        match driver.operate(workload, &mut rng, keys, &value).await {
             Ok(()) => {
                 let micros = begin.elapsed().as_micros() as u64;
                 let _ = result.histogram.record(micros.max(1));
             }
             Err(e) => {
                 result.errors += 1;
-                result.first_error.get_or_insert_with(|| e.to_string());
+                result.first_error.get_or_insert(e);
             }
         }
     }
@@ -193,7 +307,23 @@ fn report(
         args.keys,
         if args.keyspace.is_some() { "v2" } else { "v1" }
     );
-    println!("ops={ops} errors={errors} throughput={:.0} ops/s", ops as f64 / elapsed);
+    if args.workload == Workload::Txn {
+        println!(
+            "txn keys={} mode={} async_commit={} one_pc={}",
+            args.txn_keys,
+            if args.pessimistic { "pessimistic" } else { "optimistic" },
+            args.async_commit,
+            args.one_pc
+        );
+        let attempts = ops + errors;
+        let abort_rate = if attempts == 0 { 0.0 } else { errors as f64 * 100.0 / attempts as f64 };
+        println!(
+            "commits={ops} aborts={errors} abort_rate={abort_rate:.2}% throughput={:.0} commits/s",
+            ops as f64 / elapsed
+        );
+    } else {
+        println!("ops={ops} errors={errors} throughput={:.0} ops/s", ops as f64 / elapsed);
+    }
     println!(
         "latency_us p50={} p99={} p999={} max={}",
         h.value_at_quantile(0.50),

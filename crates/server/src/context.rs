@@ -35,6 +35,8 @@ pub struct NodeContext {
     pub concurrency: Arc<ConcurrencyManager>,
     /// Pessimistic lock requests waiting for other transactions' locks.
     pub lock_waits: crate::lock_wait::LockWaits,
+    /// Which keys hold transactional locks (kept in memory; see `scandium_txn::LockIndex`).
+    pub lock_index: scandium_txn::LockIndex,
 }
 
 /// The key space a request addresses; API V2 keys must carry its mode byte.

@@ -56,13 +56,17 @@ async fn resolve_old_locks(
     region: &Region,
     safe_point: TimeStamp,
 ) -> TxnResult<()> {
+    let keys = node
+        .lock_index
+        .keys(&region.start_key, &region.end_key, LOCKS_PER_PASS, |ts| ts <= safe_point.0);
     let snapshot = node.engine.snapshot();
-    let locks = MvccReader::new(&*snapshot).scan_locks(
-        &region.start_key,
-        &region.end_key,
-        LOCKS_PER_PASS,
-        |lock| lock.start_ts <= safe_point.0,
-    )?;
+    let reader = MvccReader::new(&*snapshot);
+    let mut locks = Vec::with_capacity(keys.len());
+    for key in keys {
+        if let Some(lock) = reader.load_lock(&key)? {
+            locks.push((key, lock));
+        }
+    }
     drop(snapshot);
     let now = TimeStamp::compose(now_ms(), 0);
     for (key, lock) in locks {

@@ -125,6 +125,8 @@ impl Node {
             latches: Latches::new(config.latch_slots),
             concurrency: Arc::new(ConcurrencyManager::new(now)),
             lock_waits: crate::lock_wait::LockWaits::default(),
+            lock_index: scandium_txn::LockIndex::load(&engine)
+                .map_err(|e| data_dir_error(&config, e))?,
             config,
             store_id: ident.store_id,
             advertise_addr,

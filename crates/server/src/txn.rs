@@ -99,8 +99,10 @@ impl NodeContext {
             return Ok(());
         }
         let released = txn.released_keys().to_vec();
+        let lock_changes = txn.lock_changes().to_vec();
         let command = RaftCommand::write(region, txn.into_batch()).encode_to_vec();
         self.raft.propose(region.id, command).await?;
+        self.lock_index.apply(&lock_changes);
         self.lock_waits.wake(&released);
         Ok(())
     }

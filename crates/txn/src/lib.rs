@@ -17,9 +17,11 @@ pub mod actions;
 pub mod concurrency;
 pub mod error;
 pub mod latches;
+pub mod lock_index;
 pub mod mvcc;
 pub mod raw;
 
 pub use concurrency::ConcurrencyManager;
 pub use error::{Result, TxnError};
 pub use latches::{LatchGuard, Latches};
+pub use lock_index::LockIndex;

@@ -5,7 +5,9 @@
 use proptest::prelude::*;
 use scandium_storage::{Engine, MemoryEngine};
 use scandium_txn::actions::cleanup;
-use scandium_txn::actions::prewrite::{self, Mutation, MutationOp, PessimisticAction, PrewriteOutcome, TxnProps};
+use scandium_txn::actions::prewrite::{
+    self, Mutation, MutationOp, PessimisticAction, PrewriteOutcome, TxnProps,
+};
 use scandium_txn::actions::{commit, gc, read};
 use scandium_txn::mvcc::{MvccReader, MvccTxn};
 use scandium_types::TimeStamp;
@@ -35,13 +37,19 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn value_bytes(v: u8, long: bool) -> Vec<u8> {
-    if long { vec![v; 300] } else { vec![v] }
+    if long {
+        vec![v; 300]
+    } else {
+        vec![v]
+    }
 }
 
-/// Committed versions per key: (commit_ts, value or None for delete).
+/// A key's committed versions, oldest first: (commit_ts, value or None for a delete).
+type Versions = Vec<(u64, Option<Vec<u8>>)>;
+
 #[derive(Default)]
 struct Model {
-    versions: BTreeMap<Vec<u8>, Vec<(u64, Option<Vec<u8>>)>>,
+    versions: BTreeMap<Vec<u8>, Versions>,
     safe_point: u64,
 }
 
@@ -64,16 +72,31 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let mutations: Vec<Mutation> = writes
                     .iter()
                     .map(|(k, v)| match v {
-                        Some((v, long)) => Mutation { op: MutationOp::Put, key: vec![*k], value: value_bytes(*v, *long) },
+                        Some((v, long)) => Mutation {
+                            op: MutationOp::Put,
+                            key: vec![*k],
+                            value: value_bytes(*v, *long),
+                        },
                         None => Mutation { op: MutationOp::Delete, key: vec![*k], value: vec![] },
                     })
                     .collect();
-                let props = TxnProps { start_ts: start, primary: mutations[0].key.clone(), lock_ttl: 100, ..Default::default() };
+                let props = TxnProps {
+                    start_ts: start,
+                    primary: mutations[0].key.clone(),
+                    lock_ttl: 100,
+                    ..Default::default()
+                };
                 let snapshot = engine.snapshot();
                 let reader = MvccReader::new(&*snapshot);
                 let mut txn = MvccTxn::new();
                 for m in &mutations {
-                    match prewrite::prewrite_key(&reader, &mut txn, &props, m, PessimisticAction::SkipPessimisticCheck) {
+                    match prewrite::prewrite_key(
+                        &reader,
+                        &mut txn,
+                        &props,
+                        m,
+                        PessimisticAction::SkipPessimisticCheck,
+                    ) {
                         Ok(PrewriteOutcome::Lock(lock)) => txn.put_lock(&m.key, &lock),
                         other => prop_assert!(false, "sequential prewrite must succeed: {other:?}"),
                     }
@@ -104,16 +127,30 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Read { key, back } => {
                 let ts = now.saturating_sub(back).max(model.safe_point);
                 let snapshot = engine.snapshot();
-                let got = read::point_get(&MvccReader::new(&*snapshot), &[key], TimeStamp(ts)).unwrap();
+                let got =
+                    read::point_get(&MvccReader::new(&*snapshot), &[key], TimeStamp(ts)).unwrap();
                 prop_assert_eq!(got, model.get(&[key], ts), "read of {} at {}", key, ts);
             }
             Op::Scan { back, reverse } => {
                 let ts = now.saturating_sub(back).max(model.safe_point);
                 let snapshot = engine.snapshot();
-                let items = read::scan(&MvccReader::new(&*snapshot), b"", b"", 100, TimeStamp(ts), false, reverse).unwrap();
-                let got: Vec<(Vec<u8>, Vec<u8>)> = items.into_iter().map(|(k, v)| (k, v.unwrap())).collect();
-                let mut expected: Vec<(Vec<u8>, Vec<u8>)> =
-                    model.versions.keys().filter_map(|k| model.get(k, ts).map(|v| (k.clone(), v))).collect();
+                let items = read::scan(
+                    &MvccReader::new(&*snapshot),
+                    b"",
+                    b"",
+                    100,
+                    TimeStamp(ts),
+                    false,
+                    reverse,
+                )
+                .unwrap();
+                let got: Vec<(Vec<u8>, Vec<u8>)> =
+                    items.into_iter().map(|(k, v)| (k, v.unwrap())).collect();
+                let mut expected: Vec<(Vec<u8>, Vec<u8>)> = model
+                    .versions
+                    .keys()
+                    .filter_map(|k| model.get(k, ts).map(|v| (k.clone(), v)))
+                    .collect();
                 if reverse {
                     expected.reverse();
                 }
@@ -137,7 +174,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let reader = MvccReader::new(&*snapshot);
     for key in model.versions.keys() {
         for ts in model.safe_point..=now {
-            prop_assert_eq!(read::point_get(&reader, key, TimeStamp(ts)).unwrap(), model.get(key, ts));
+            prop_assert_eq!(
+                read::point_get(&reader, key, TimeStamp(ts)).unwrap(),
+                model.get(key, ts)
+            );
         }
     }
     Ok(())

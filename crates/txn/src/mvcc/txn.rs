@@ -11,6 +11,8 @@ pub struct MvccTxn {
     batch: WriteBatch,
     /// Keys whose locks this command removes (their waiters can retry).
     released: Vec<Vec<u8>>,
+    /// Lock changes in order: the owner's start timestamp, or `None` for a removal.
+    lock_changes: Vec<(Vec<u8>, Option<u64>)>,
 }
 
 impl MvccTxn {
@@ -22,12 +24,14 @@ impl MvccTxn {
     /// Writes (or replaces) the lock on `key`.
     pub fn put_lock(&mut self, key: &[u8], lock: &Lock) {
         self.batch.put(Cf::Lock, key.to_vec(), lock.to_bytes());
+        self.lock_changes.push((key.to_vec(), Some(lock.start_ts)));
     }
 
     /// Removes the lock on `key`.
     pub fn unlock(&mut self, key: &[u8]) {
         self.batch.delete(Cf::Lock, key.to_vec());
         self.released.push(key.to_vec());
+        self.lock_changes.push((key.to_vec(), None));
     }
 
     /// Writes a Write record at `commit_ts`.
@@ -58,6 +62,12 @@ impl MvccTxn {
     /// Keys whose locks were removed.
     pub fn released_keys(&self) -> &[Vec<u8>] {
         &self.released
+    }
+
+    /// Lock changes in order: `(key, Some(start_ts))` for a lock written, `(key, None)` for
+    /// one removed.
+    pub fn lock_changes(&self) -> &[(Vec<u8>, Option<u64>)] {
+        &self.lock_changes
     }
 
     /// The changes, for proposal.
