@@ -489,15 +489,9 @@ impl NodeContext {
         let region = &checked.region;
         let mut start = region.start_key.clone();
         loop {
-            let snapshot = self.engine.snapshot();
-            let found = MvccReader::new(&*snapshot).scan_locks(
-                &start,
-                &region.end_key,
-                SWEEP_BATCH,
-                |lock| fate_of(lock.start_ts).is_some(),
-            )?;
-            drop(snapshot);
-            let keys: Vec<Vec<u8>> = found.into_iter().map(|(key, _)| key).collect();
+            let keys = self
+                .lock_index
+                .keys(&start, &region.end_key, SWEEP_BATCH, |ts| fate_of(ts).is_some());
             let Some(last) = keys.last().cloned() else { return Ok(()) };
             self.resolve_keys(region, &keys, &fate_of).await?;
             if keys.len() < SWEEP_BATCH {
@@ -537,10 +531,17 @@ impl NodeContext {
             self.clamp_range(&checked, KeyMode::Txn, &req.start_key, &req.end_key)?;
         let limit =
             if req.limit == 0 { self.config.max_scan_limit as usize } else { req.limit as usize };
+        let keys = self.lock_index.keys(&start, &end, limit, |ts| ts <= req.max_version);
         let snapshot = self.engine.snapshot();
-        let locks = MvccReader::new(&*snapshot)
-            .scan_locks(&start, &end, limit, |lock| lock.start_ts <= req.max_version)?;
-        Ok(locks.iter().map(|(key, lock)| crate::txn_error::lock_info(key, lock)).collect())
+        let reader = MvccReader::new(&*snapshot);
+        let mut locks = Vec::with_capacity(keys.len());
+        for key in keys {
+            // The index narrows the search; storage has the lock itself.
+            if let Some(lock) = reader.load_lock(&key)?.filter(|l| l.start_ts <= req.max_version) {
+                locks.push(crate::txn_error::lock_info(&key, &lock));
+            }
+        }
+        Ok(locks)
     }
 
     /// `KvGC`: removes versions of the Region's keys invisible at or above `safe_point`.
@@ -618,9 +619,7 @@ impl NodeContext {
             let snapshot = self.engine.snapshot();
             let reader = MvccReader::new(&*snapshot);
             let mut keys = reader.keys_with_writes(&start, end, false, SWEEP_BATCH)?;
-            keys.extend(
-                reader.scan_locks(&start, end, SWEEP_BATCH, |_| true)?.into_iter().map(|(k, _)| k),
-            );
+            keys.extend(self.lock_index.keys(&start, end, SWEEP_BATCH, |_| true));
             drop(snapshot);
             keys.sort();
             keys.dedup();
