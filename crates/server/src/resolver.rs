@@ -16,7 +16,7 @@ use crate::context::NodeContext;
 use crate::txn::TxnResult;
 use crate::txn_error::Failure;
 use scandium_txn::actions::cleanup::{self, SecondaryStatus};
-use scandium_txn::mvcc::Lock;
+use scandium_txn::mvcc::{Lock, LockType, MvccReader, TxnCommitRecord};
 use scandium_types::{Region, TimeStamp};
 
 impl NodeContext {
@@ -63,6 +63,48 @@ impl NodeContext {
             "resolved an abandoned async-commit transaction"
         );
         Ok(commit_ts)
+    }
+
+    /// For an async-commit transaction that is still within its TTL: if every secondary
+    /// already holds its prewrite lock (or was committed), the transaction is committed (at
+    /// the largest `min_commit_ts`), so commit every key now rather than make readers wait
+    /// for the client's background commit. Returns the commit timestamp, or `None` if some
+    /// secondary is not prewritten yet (nothing is changed then).
+    pub async fn commit_async_if_complete(
+        &self,
+        primary_key: &[u8],
+        primary: &Lock,
+    ) -> TxnResult<Option<TimeStamp>> {
+        let start_ts = primary.ts();
+        let mut commit_ts = TimeStamp(primary.min_commit_ts);
+        {
+            let snapshot = self.engine.snapshot();
+            let reader = MvccReader::new(&*snapshot);
+            for key in &primary.secondaries {
+                match reader.load_lock(key).map_err(Failure::from)? {
+                    Some(lock)
+                        if lock.start_ts == start_ts.0 && lock.kind() != LockType::Pessimistic =>
+                    {
+                        commit_ts = commit_ts.max(TimeStamp(lock.min_commit_ts));
+                    }
+                    _ => {
+                        match reader.get_txn_commit_record(key, start_ts).map_err(Failure::from)? {
+                            TxnCommitRecord::Committed(ts, _) => {
+                                commit_ts = ts;
+                                break;
+                            }
+                            _ => return Ok(None),
+                        }
+                    }
+                }
+            }
+        }
+        for key in std::iter::once(primary_key).chain(primary.secondaries.iter().map(Vec::as_slice))
+        {
+            let region = self.region_of(key)?;
+            self.resolve_keys_of(&region, &[key.to_vec()], start_ts.0, commit_ts).await?;
+        }
+        Ok(Some(commit_ts))
     }
 
     /// The Region on this node holding `key`.

@@ -333,19 +333,31 @@ impl NodeContext {
             verify_is_primary: req.verify_is_primary,
         };
         let keys = [req.primary_key.clone()];
+        let grace_ms = self.lock_ttl_of(status.lock_ts);
         let outcome = self
             .txn_write(&checked.region, &keys, |reader, txn| {
-                Ok(cleanup::check_txn_status(reader, txn, &self.concurrency, &status)?)
+                match cleanup::check_txn_status(reader, txn, &self.concurrency, &status) {
+                    Err(TxnError::TxnNotFound { .. }) if !status.resolving_pessimistic_lock => Ok(
+                        primary_not_written_yet(reader, txn, &self.concurrency, &status, grace_ms)?,
+                    ),
+                    other => Ok(other?),
+                }
             })
             .await?;
-        // An abandoned async-commit transaction: decide its fate from its secondaries.
+        // An async-commit transaction's fate is in its secondaries: an abandoned one is
+        // decided from them; a live one whose prewrite is complete is committed now.
         if let (TxnStatus::Locked(lock), _) = &outcome {
-            if lock.use_async_commit && lock.is_expired(status.current_ts) {
-                let commit_ts = self.resolve_async_commit(&req.primary_key, lock).await?;
-                return Ok(match commit_ts {
-                    TimeStamp::ZERO => (TxnStatus::RolledBack, StatusAction::TtlExpireRollback),
-                    ts => (TxnStatus::Committed(ts), StatusAction::NoAction),
-                });
+            if lock.use_async_commit && !status.force_sync_commit {
+                if lock.is_expired(status.current_ts) {
+                    let commit_ts = self.resolve_async_commit(&req.primary_key, lock).await?;
+                    return Ok(match commit_ts {
+                        TimeStamp::ZERO => (TxnStatus::RolledBack, StatusAction::TtlExpireRollback),
+                        ts => (TxnStatus::Committed(ts), StatusAction::NoAction),
+                    });
+                }
+                if let Some(ts) = self.commit_async_if_complete(&req.primary_key, lock).await? {
+                    return Ok((TxnStatus::Committed(ts), StatusAction::NoAction));
+                }
             }
         }
         Ok(outcome)
@@ -645,6 +657,48 @@ impl NodeContext {
             start.push(0);
         }
     }
+}
+
+/// How long a transaction may take between prewriting a secondary and its primary before a
+/// reader may roll it back, when none of its locks tells: the longest lock TTL clients use.
+const PRIMARY_GRACE_MS: u64 = 20_000;
+
+impl NodeContext {
+    /// The TTL of some lock of transaction `start_ts` on this node, if any is held.
+    fn lock_ttl_of(&self, start_ts: TimeStamp) -> u64 {
+        let keys = self.lock_index.keys(b"", b"", 1, |ts| ts == start_ts.0);
+        let snapshot = self.engine.snapshot();
+        let reader = MvccReader::new(&*snapshot);
+        keys.first()
+            .and_then(|key| reader.load_lock(key).ok().flatten())
+            .map_or(PRIMARY_GRACE_MS, |lock| lock.ttl)
+    }
+}
+
+/// `CheckTxnStatus` found neither lock nor record at the primary: its prewrite may simply
+/// not have arrived yet (prewrites of different Regions run in parallel). TiKV answers
+/// `TxnNotFound`, which `tikv-client` 0.4 cannot handle (it fails the read); so while the
+/// transaction's locks are within their TTL (`grace_ms`) it is reported as running, and
+/// after that it is rolled back, which also refuses its primary's late prewrite.
+fn primary_not_written_yet(
+    reader: &MvccReader<'_>,
+    txn: &mut MvccTxn,
+    cm: &scandium_txn::ConcurrencyManager,
+    status: &CheckTxnStatus,
+    grace_ms: u64,
+) -> Result<(TxnStatus, StatusAction), TxnError> {
+    let age_ms = status.current_ts.physical().saturating_sub(status.lock_ts.physical());
+    if age_ms <= grace_ms {
+        let lock = Lock {
+            primary: status.primary.clone(),
+            start_ts: status.lock_ts.0,
+            ttl: grace_ms.max(1),
+            ..Default::default()
+        };
+        return Ok((TxnStatus::Locked(Box::new(lock)), StatusAction::NoAction));
+    }
+    let rollback = CheckTxnStatus { rollback_if_not_exist: true, ..status.clone() };
+    cleanup::check_txn_status(reader, txn, cm, &rollback)
 }
 
 fn mutations(raw: &[kvrpcpb::Mutation]) -> TxnResult<Vec<Mutation>> {
