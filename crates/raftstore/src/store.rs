@@ -29,10 +29,9 @@ use std::collections::HashMap;
 /// What a round produced for the server to act on.
 #[derive(Default)]
 pub struct RoundOutput {
-    /// Raft messages for peers on other nodes.
+    /// Raft messages for peers on other nodes (none while every group has one replica;
+    /// the server has no transport for them yet).
     pub messages: Vec<Message>,
-    /// Regions whose range or epoch changed (splits), for placement to learn.
-    pub changed_regions: Vec<Region>,
 }
 
 /// Every Raft group replica on one node.
@@ -193,8 +192,7 @@ impl Store {
             }
             for entry in entries {
                 let result = apply_entry(peer, meta.as_mut(), &entry, &mut apply_batch);
-                if let Ok(ApplyOutput::Split { left, right }) = &result {
-                    output.changed_regions.extend([left.clone(), right.clone()]);
+                if let Ok(ApplyOutput::Split { right, .. }) = &result {
                     new_regions.push((right.clone(), peer.is_leader()));
                 }
                 peer.raw.mut_store().set_applied(entry.index, entry.term);

@@ -35,17 +35,20 @@ pub async fn raw_client(node: &Node, v2: bool) -> RawClient {
         .expect("client connects")
 }
 
+/// A gRPC channel to the node.
+pub async fn channel(node: &Node) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{}", node.advertise_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// A raw gRPC client of the storage service, for requests `tikv-client` would never send.
 pub async fn tikv_grpc(
     node: &Node,
 ) -> scandium_protocol::tikvpb::tikv_client::TikvClient<tonic::transport::Channel> {
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", node.advertise_addr()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    scandium_protocol::tikvpb::tikv_client::TikvClient::new(channel)
+    scandium_protocol::tikvpb::tikv_client::TikvClient::new(channel(node).await)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20)
 }
@@ -54,13 +57,7 @@ pub async fn tikv_grpc(
 pub async fn pd_grpc(
     node: &Node,
 ) -> scandium_protocol::pdpb::pd_client::PdClient<tonic::transport::Channel> {
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", node.advertise_addr()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    scandium_protocol::pdpb::pd_client::PdClient::new(channel)
+    scandium_protocol::pdpb::pd_client::PdClient::new(channel(node).await)
 }
 
 /// The request context `tikv-client` would send for the Region holding `key`.

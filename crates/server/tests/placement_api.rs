@@ -121,12 +121,7 @@ async fn placement_reads_and_writes() {
     assert!(alloc.id > 0);
 
     // Keyspaces: DEFAULT is id 0; unknown names are a header error.
-    let channel = Channel::from_shared(format!("http://{}", node.advertise_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut keyspaces = KeyspaceClient::new(channel);
+    let mut keyspaces = KeyspaceClient::new(common::channel(&node).await);
     let resp = keyspaces
         .load_keyspace(LoadKeyspaceRequest { header: header.clone(), name: "DEFAULT".into() })
         .await
