@@ -7,12 +7,15 @@ use crate::convert::region_to_meta;
 use crate::error::RequestError;
 use crate::txn_error::{key_error, lock_info, Failure};
 use scandium_protocol::kvrpcpb::{self, KvPair};
+use scandium_protocol::tikvpb;
 use scandium_protocol::tikvpb::tikv_server::Tikv;
 use scandium_txn::actions::cleanup::{SecondaryStatus, StatusAction, TxnStatus};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-/// The storage service of one node.
+/// The storage service of one node. Cheap to clone: `BatchCommands` runs each command
+/// on its own task with a clone.
+#[derive(Clone)]
 pub struct TikvService {
     node: Arc<NodeContext>,
 }
@@ -419,5 +422,12 @@ impl Tikv for TikvService {
             };
         }
         Ok(Response::new(resp))
+    }
+
+    async fn batch_commands(
+        &self,
+        request: Request<tonic::Streaming<tikvpb::BatchCommandsRequest>>,
+    ) -> Result<Response<super::batch::BatchCommandsStream>, Status> {
+        Ok(Response::new(super::batch::serve(self.clone(), request.into_inner())))
     }
 }

@@ -1,0 +1,168 @@
+//! `Tikv.BatchCommands`: many commands multiplexed over one bidirectional stream, the way
+//! client-go talks to TiKV. Each command runs as its own task through the same handler as
+//! its unary RPC, so the answers are identical; finished answers are sent back in whatever
+//! order they complete, packed into as few messages as the stream allows. The gain is in
+//! the transport: one HTTP/2 message, one set of frames and one syscall carry many commands
+//! instead of one each.
+
+use super::tikv::TikvService;
+use futures::{Stream, StreamExt};
+use scandium_protocol::tikvpb::batch_commands_request::request::Cmd as Req;
+use scandium_protocol::tikvpb::batch_commands_response::response::Cmd as Resp;
+use scandium_protocol::tikvpb::tikv_server::Tikv;
+use scandium_protocol::tikvpb::{
+    batch_commands_response, BatchCommandsEmptyResponse, BatchCommandsRequest,
+    BatchCommandsResponse,
+};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use tonic::{Request, Status, Streaming};
+
+/// Commands of one stream executing at once. Past it the stream stops reading, so HTTP/2
+/// flow control pushes back on the client instead of tasks piling up here.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// Most answers packed into one response message.
+pub const MAX_RESPONSES_PER_MESSAGE: usize = 256;
+
+/// Longest delay an `Empty` test command may ask for.
+pub const MAX_EMPTY_DELAY: Duration = Duration::from_secs(10);
+
+/// The response stream of `BatchCommands`.
+pub type BatchCommandsStream =
+    Pin<Box<dyn Stream<Item = Result<BatchCommandsResponse, Status>> + Send>>;
+
+type Answer = Result<(u64, batch_commands_response::Response), Status>;
+
+/// Serves one `BatchCommands` stream. A malformed message or a command this server does
+/// not serve ends the stream with that status; commands already running still finish
+/// (their effects stand) but their answers are not sent.
+pub fn serve(
+    service: TikvService,
+    inbound: Streaming<BatchCommandsRequest>,
+) -> BatchCommandsStream {
+    let (answers, received) = mpsc::channel::<Answer>(MAX_IN_FLIGHT);
+    tokio::spawn(read_commands(service, inbound, answers));
+    Box::pin(futures::stream::unfold(Outbound { received, failed: false }, Outbound::next))
+}
+
+async fn read_commands(
+    service: TikvService,
+    mut inbound: Streaming<BatchCommandsRequest>,
+    answers: mpsc::Sender<Answer>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(Ok(batch)) = inbound.next().await {
+        if batch.requests.len() != batch.request_ids.len() {
+            let status = Status::invalid_argument(format!(
+                "BatchCommands message has {} requests but {} request ids",
+                batch.requests.len(),
+                batch.request_ids.len()
+            ));
+            let _ = answers.send(Err(status)).await;
+            return;
+        }
+        for (request, id) in batch.requests.into_iter().zip(batch.request_ids) {
+            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            if answers.is_closed() {
+                return;
+            }
+            let (service, answers) = (service.clone(), answers.clone());
+            tokio::spawn(async move {
+                let answer = execute(&service, request.cmd).await;
+                let answer =
+                    answer.map(|cmd| (id, batch_commands_response::Response { cmd: Some(cmd) }));
+                let _ = answers.send(answer).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// The sending half: waits for one answer, then packs every other answer already
+/// finished into the same message.
+struct Outbound {
+    received: mpsc::Receiver<Answer>,
+    failed: bool,
+}
+
+impl Outbound {
+    async fn next(mut self) -> Option<(Result<BatchCommandsResponse, Status>, Outbound)> {
+        if self.failed {
+            return None;
+        }
+        let mut message = BatchCommandsResponse::default();
+        let mut answer = self.received.recv().await?;
+        loop {
+            match answer {
+                Ok((id, response)) => {
+                    message.request_ids.push(id);
+                    message.responses.push(response);
+                }
+                Err(status) => {
+                    self.failed = true;
+                    // Answers gathered so far are dropped with the stream: the client
+                    // sees the status and fails every pending command of it.
+                    return Some((Err(status), self));
+                }
+            }
+            if message.responses.len() >= MAX_RESPONSES_PER_MESSAGE {
+                break;
+            }
+            match self.received.try_recv() {
+                Ok(next) => answer = next,
+                Err(_) => break,
+            }
+        }
+        Some((Ok(message), self))
+    }
+}
+
+/// Runs one command through the handler of its unary RPC.
+async fn execute(service: &TikvService, cmd: Option<Req>) -> Result<Resp, Status> {
+    macro_rules! route {
+        ($cmd:expr, $($variant:ident => $method:ident),* $(,)?) => {
+            match $cmd {
+                $(Some(Req::$variant(r)) => {
+                    Ok(Resp::$variant(service.$method(Request::new(r)).await?.into_inner()))
+                })*
+                Some(Req::Empty(r)) => {
+                    tokio::time::sleep(Duration::from_millis(r.delay_time).min(MAX_EMPTY_DELAY)).await;
+                    Ok(Resp::Empty(BatchCommandsEmptyResponse { test_id: r.test_id }))
+                }
+                None => Err(Status::unimplemented(
+                    "BatchCommands: a request carries no command, or one this server does not serve",
+                )),
+            }
+        };
+    }
+    route!(cmd,
+        Get => kv_get,
+        Scan => kv_scan,
+        Prewrite => kv_prewrite,
+        Commit => kv_commit,
+        Cleanup => kv_cleanup,
+        BatchGet => kv_batch_get,
+        BatchRollback => kv_batch_rollback,
+        ScanLock => kv_scan_lock,
+        ResolveLock => kv_resolve_lock,
+        Gc => kv_gc,
+        DeleteRange => kv_delete_range,
+        RawGet => raw_get,
+        RawBatchGet => raw_batch_get,
+        RawPut => raw_put,
+        RawBatchPut => raw_batch_put,
+        RawDelete => raw_delete,
+        RawBatchDelete => raw_batch_delete,
+        RawScan => raw_scan,
+        RawDeleteRange => raw_delete_range,
+        RawBatchScan => raw_batch_scan,
+        PessimisticLock => kv_pessimistic_lock,
+        PessimisticRollback => kv_pessimistic_rollback,
+        CheckTxnStatus => kv_check_txn_status,
+        TxnHeartBeat => kv_txn_heart_beat,
+        CheckSecondaryLocks => kv_check_secondary_locks,
+    )
+}
