@@ -76,8 +76,8 @@ pub(crate) fn commit_lock(
     };
     let mut write = Write::new(write_type, lock.ts(), lock.short_value);
     // Another transaction starting at our commit timestamp may have been rolled back here.
-    if let Some((ts, existing)) = reader.seek_write(key, commit_ts)? {
-        if ts == commit_ts && existing.kind() == WriteType::Rollback {
+    if let Some(existing) = reader.write_at(key, commit_ts)? {
+        if existing.kind() == WriteType::Rollback {
             write.has_overlapped_rollback = true;
         }
     }

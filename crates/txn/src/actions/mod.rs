@@ -23,13 +23,11 @@ pub(crate) fn write_rollback_record(
     key: &[u8],
     start_ts: TimeStamp,
 ) -> crate::Result<()> {
-    match reader.seek_write(key, start_ts)? {
-        Some((commit_ts, mut write))
-            if commit_ts == start_ts && write.kind() != WriteType::Rollback =>
-        {
+    match reader.write_at(key, start_ts)? {
+        Some(mut write) if write.kind() != WriteType::Rollback => {
             if !write.has_overlapped_rollback {
                 write.has_overlapped_rollback = true;
-                txn.put_write(key, commit_ts, &write);
+                txn.put_write(key, start_ts, &write);
             }
         }
         _ => txn.put_write(key, start_ts, &Write::new(WriteType::Rollback, start_ts, None)),

@@ -44,10 +44,21 @@ pub fn acquire_pessimistic_lock(
         }
         return reader.get_value(key, TimeStamp::MAX);
     }
+    // One pass over the key's records, newest first: those at or after our start are
+    // checked for conflicts, and the first Put or Delete is the latest value (one
+    // iterator instead of two; positioning one is the dearest part of a lookup).
+    let mut latest = None;
     for item in reader.writes_at_or_below(key, TimeStamp::MAX) {
         let (commit_ts, write) = item?;
         if commit_ts < req.start_ts {
-            break;
+            if latest.is_some() {
+                break;
+            }
+            if matches!(write.kind(), WriteType::Put | WriteType::Delete) {
+                latest = Some(write);
+                break;
+            }
+            continue;
         }
         if write.start_ts == req.start_ts.0 {
             if write.kind() == WriteType::Rollback {
@@ -69,8 +80,14 @@ pub fn acquire_pessimistic_lock(
                 self_rolled_back: false,
             });
         }
+        if latest.is_none() && matches!(write.kind(), WriteType::Put | WriteType::Delete) {
+            latest = Some(write);
+        }
     }
-    let value = reader.get_value(key, TimeStamp::MAX)?;
+    let value = match latest {
+        Some(write) if write.kind() == WriteType::Put => Some(reader.load_data(key, write)?),
+        _ => None,
+    };
     if req.should_not_exist && value.is_some() {
         return Err(TxnError::AlreadyExist { key: key.clone() });
     }
