@@ -327,6 +327,60 @@ async fn zero_config_server_and_cli() {
     drop(server);
 }
 
+/// `scandium bench` runs every workload with both clients; afterwards every key still
+/// reads back through `tikv-client` (so no run left the store unreadable) and holds the
+/// value shape the workload writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_every_workload_with_both_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let server = Server::start(dir.path(), &["--data-dir", data, "--addr", "127.0.0.1:0"]);
+    let runs: &[&[&str]] = &[
+        &["--workload", "put"],
+        &["--workload", "get"],
+        &["--workload", "txn", "--txn-keys", "2"],
+        &["--workload", "txn", "--txn-keys", "1", "--one-pc"],
+        &["--workload", "txn", "--txn-keys", "3", "--async-commit"],
+        &["--workload", "txn", "--txn-keys", "2", "--pessimistic"],
+    ];
+    for client in ["batch", "tikv"] {
+        for run in runs {
+            let mut args = vec!["bench", "--pd", &server.addr, "--client", client];
+            args.extend_from_slice(&["--clients", "8", "--duration", "1", "--keys", "300"]);
+            args.extend_from_slice(run);
+            let (ok, out) = cli(&args);
+            assert!(ok, "{args:?}: {out}");
+            let count = |name: &str| -> u64 {
+                let field = out.split_whitespace().find_map(|w| w.strip_prefix(name));
+                field.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{name} in {out}"))
+            };
+            if run[1] == "txn" {
+                let (commits, aborts) = (count("commits="), count("aborts="));
+                assert!(commits > 0 && aborts * 2 < commits, "{args:?}: {out}");
+            } else {
+                let (ops, errors) = (count("ops="), count("errors="));
+                assert!(ops > 0 && errors == 0, "{args:?}: {out}");
+            }
+        }
+    }
+    let config = tikv_client::Config::default().with_timeout(Duration::from_secs(10));
+    let txn_client =
+        tikv_client::TransactionClient::new_with_config(vec![server.addr.clone()], config)
+            .await
+            .unwrap();
+    let mut snapshot = txn_client.snapshot(
+        txn_client.current_timestamp().await.unwrap(),
+        tikv_client::TransactionOptions::new_optimistic(),
+    );
+    for i in 0..300u64 {
+        let key = format!("bench{i:012}").into_bytes();
+        let value = snapshot.get(key).await.unwrap().expect("every key was preloaded");
+        assert_eq!(value.len(), 100, "key {i}");
+    }
+    drop(server);
+}
+
 /// A bad configuration is refused with a clear message, not a panic.
 #[test]
 fn bad_configuration_is_refused() {

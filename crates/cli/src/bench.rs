@@ -1,5 +1,6 @@
-//! `scandium bench`: concurrent clients driving a workload through `tikv-client`, against
-//! any cluster that speaks the TiKV protocol.
+//! `scandium bench`: concurrent clients driving a workload through `tikv-client` (or,
+//! with `--client batch`, through the lean `BatchCommands` client of `batch_client.rs`),
+//! against any cluster that speaks the TiKV protocol.
 //!
 //! Raw workloads (put, get, mixed) use `RawClient`; the transactional workload (`txn`) runs
 //! read-modify-write transactions of `--txn-keys` keys with `TransactionClient`, optimistic
@@ -9,10 +10,12 @@
 //! time per operation and RSS. Server figures come from `--server-pid` (any server on this
 //! machine, Scandium or not) or else from a Scandium node's `/health` endpoint.
 
+use crate::batch_client::{BatchClient, TxnMode};
 use crate::kv::connect;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tikv_client::{RawClient, TransactionClient, TransactionOptions};
 
@@ -28,6 +31,16 @@ enum Workload {
     Txn,
 }
 
+/// Which client drives the workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ClientKind {
+    /// `tikv-client` 0.4: one unary gRPC call per command, as Rust applications send.
+    Tikv,
+    /// Scandium's lean client: commands batched over one `BatchCommands` stream, as
+    /// client-go sends them (see `batch_client.rs`). API V1 only.
+    Batch,
+}
+
 #[derive(Args)]
 pub struct BenchArgs {
     /// Address of any node (the PD endpoint).
@@ -38,6 +51,9 @@ pub struct BenchArgs {
     keyspace: Option<String>,
     #[arg(long, value_enum, default_value_t = Workload::Put)]
     workload: Workload,
+    /// The client that sends the workload's commands (preloading always uses tikv-client).
+    #[arg(long, value_enum, default_value_t = ClientKind::Tikv)]
+    client: ClientKind,
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -75,6 +91,7 @@ pub struct BenchArgs {
 enum Driver {
     Raw(RawClient),
     Txn { client: TransactionClient, options: TransactionOptions, keys: usize, pessimistic: bool },
+    Batch { client: Arc<BatchClient>, keys: usize, mode: TxnMode },
 }
 
 struct ClientResult {
@@ -121,6 +138,7 @@ impl Driver {
             let end = (start + batch).min(args.keys);
             let pairs: Vec<_> = (start..end).map(|i| (key(i), value.clone())).collect();
             let result = match self {
+                Driver::Batch { .. } => unreachable!("preloading uses tikv-client"),
                 Driver::Raw(client) => client.batch_put(pairs).await,
                 Driver::Txn { client, .. } => {
                     async {
@@ -149,13 +167,21 @@ impl Driver {
     ) -> Result<(), String> {
         let fail = |e: tikv_client::Error| e.to_string();
         match self {
+            Driver::Batch { client, keys: count, mode } => {
+                if workload == Workload::Txn {
+                    let chosen = choose_keys(rng, keys, *count);
+                    let chosen: Vec<Vec<u8>> = chosen.into_iter().map(key).collect();
+                    return client.read_modify_write(&chosen, value.len(), *mode).await;
+                }
+                let (k, write) = raw_op(workload, rng, keys);
+                if write {
+                    client.raw_put(k, value.to_vec()).await
+                } else {
+                    client.raw_get(k).await.map(|_| ())
+                }
+            }
             Driver::Raw(client) => {
-                let k = key(rng.gen_range(0..keys));
-                let write = match workload {
-                    Workload::Put => true,
-                    Workload::Get | Workload::Txn => false,
-                    Workload::Mixed => rng.gen_bool(0.5),
-                };
+                let (k, write) = raw_op(workload, rng, keys);
                 if write {
                     client.put(k, value.to_vec()).await.map_err(fail)
                 } else {
@@ -163,13 +189,7 @@ impl Driver {
                 }
             }
             Driver::Txn { client, options, keys: count, pessimistic } => {
-                let mut chosen: Vec<u64> = Vec::with_capacity(*count);
-                while chosen.len() < *count {
-                    let k = rng.gen_range(0..keys);
-                    if !chosen.contains(&k) {
-                        chosen.push(k);
-                    }
-                }
+                let chosen = choose_keys(rng, keys, *count);
                 let mut txn = client.begin_with_options(options.clone()).await.map_err(fail)?;
                 let result = async {
                     for &k in &chosen {
@@ -196,6 +216,29 @@ impl Driver {
     }
 }
 
+/// The key of one raw operation and whether it writes.
+fn raw_op(workload: Workload, rng: &mut impl Rng, keys: u64) -> (Vec<u8>, bool) {
+    let k = key(rng.gen_range(0..keys));
+    let write = match workload {
+        Workload::Put => true,
+        Workload::Get | Workload::Txn => false,
+        Workload::Mixed => rng.gen_bool(0.5),
+    };
+    (k, write)
+}
+
+/// `count` distinct random key numbers below `keys`.
+fn choose_keys(rng: &mut impl Rng, keys: u64, count: usize) -> Vec<u64> {
+    let mut chosen: Vec<u64> = Vec::with_capacity(count);
+    while chosen.len() < count {
+        let k = rng.gen_range(0..keys);
+        if !chosen.contains(&k) {
+            chosen.push(k);
+        }
+    }
+    chosen
+}
+
 fn key(i: u64) -> Vec<u8> {
     format!("bench{i:012}").into_bytes()
 }
@@ -208,6 +251,22 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     if args.workload != Workload::Put {
         driver.preload(&args).await?;
     }
+    let driver = match args.client {
+        ClientKind::Tikv => driver,
+        ClientKind::Batch => {
+            if args.keyspace.is_some() {
+                return Err("--client batch speaks API V1 only; drop --keyspace".into());
+            }
+            let txn = args.workload == Workload::Txn;
+            let client = BatchClient::connect(&args.pd, txn).await?;
+            let mode = TxnMode {
+                pessimistic: args.pessimistic,
+                async_commit: args.async_commit,
+                one_pc: args.one_pc,
+            };
+            Driver::Batch { client, keys: args.txn_keys, mode }
+        }
+    };
     let before = server_stats(&args).await;
     let client_before = scandium_server::process::read(None);
     let started = Instant::now();
@@ -299,8 +358,9 @@ fn report(
 ) {
     let ops = h.len();
     println!(
-        "workload={:?} clients={} duration={:.1}s value={}B keys={} api={}",
+        "workload={:?} client={:?} clients={} duration={:.1}s value={}B keys={} api={}",
         args.workload,
+        args.client,
         args.clients,
         elapsed,
         args.value_size,

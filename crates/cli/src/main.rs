@@ -6,6 +6,7 @@
 //! * `scandium ctl` inspects and operates the cluster through the placement API.
 //! * `scandium bench` measures throughput and latency against any cluster.
 
+mod batch_client;
 mod bench;
 mod ctl;
 mod kv;
