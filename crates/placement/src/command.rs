@@ -6,7 +6,7 @@ use scandium_types::{Region, Store};
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
     /// The change.
-    #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5, 6")]
     pub kind: Option<Kind>,
 }
 
@@ -29,6 +29,19 @@ pub enum Kind {
     /// Raises the GC safe point; never lowers it.
     #[prost(uint64, tag = "5")]
     UpdateGcSafePoint(u64),
+    /// Records several Regions at once, each as `PutRegion` does: the two halves of a
+    /// split, so no lookup ever falls between them (one half alone replaces the old
+    /// Region it overlaps and leaves the other half's keys without a Region).
+    #[prost(message, tag = "6")]
+    PutRegions(Regions),
+}
+
+/// Regions reported together.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Regions {
+    /// In the order they are recorded.
+    #[prost(message, repeated, tag = "1")]
+    pub regions: Vec<Region>,
 }
 
 impl Command {

@@ -14,6 +14,6 @@ pub mod command;
 pub mod state;
 pub mod tso;
 
-pub use command::{Command, Kind, Response};
+pub use command::{Command, Kind, Regions, Response};
 pub use state::{ApplyError, KeyspaceMeta, PlacementState};
 pub use tso::{TsoAllocator, TsoError};

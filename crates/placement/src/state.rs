@@ -9,7 +9,7 @@
 //! b"k" | keyspace   -> KeyspaceMeta
 //! ```
 
-use crate::command::{Command, Kind, Response};
+use crate::command::{Command, Kind, Regions, Response};
 use prost::Message as _;
 use scandium_storage::{Cf, EngineRef, StorageError, WriteBatch};
 use scandium_types::{Region, RegionId, Store, StoreId};
@@ -160,6 +160,15 @@ impl PlacementState {
                 Response::Done
             }
             Kind::PutRegion(region) => self.put_region(region, batch),
+            Kind::PutRegions(Regions { regions }) => {
+                let outcomes: Vec<Response> =
+                    regions.into_iter().map(|region| self.put_region(region, batch)).collect();
+                if !outcomes.is_empty() && outcomes.iter().all(|r| *r == Response::StaleRegion) {
+                    Response::StaleRegion
+                } else {
+                    Response::Done
+                }
+            }
             Kind::AllocIds(count) => {
                 let first = self.cluster.next_id;
                 self.cluster.next_id = first.saturating_add(count);

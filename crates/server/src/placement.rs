@@ -5,8 +5,8 @@ use crate::clock::now_ms;
 use crate::error::RequestError;
 use crate::raft_driver::RaftHandle;
 use prost::Message as _;
-use scandium_placement::Kind;
 use scandium_placement::{Command, PlacementState, Response, TsoAllocator, TsoError};
+use scandium_placement::{Kind, Regions};
 use scandium_raftstore::{ApplyOutput, MetaStateMachine, Registry, META_GROUP_ID};
 use scandium_storage::WriteBatch;
 use scandium_types::{Region, TimeStamp};
@@ -101,6 +101,12 @@ impl Placement {
     /// Records a Region's new shape; stale reports are ignored.
     pub async fn put_region(&self, region: Region) -> Result<(), RequestError> {
         self.propose(Kind::PutRegion(region)).await.map(|_| ())
+    }
+
+    /// Records both halves of a split in one command, so lookups never miss a key.
+    pub async fn put_split(&self, left: Region, right: Region) -> Result<(), RequestError> {
+        let regions = Regions { regions: vec![right, left] };
+        self.propose(Kind::PutRegions(regions)).await.map(|_| ())
     }
 
     /// Issues `count` timestamps and returns the largest.

@@ -2,8 +2,9 @@
 //! `SplitRegion`).
 //!
 //! A split allocates the new Region's ids from placement, proposes the split to the Region's
-//! Raft group, and reports both halves to placement before answering, so that a client
-//! asking placement right after sees the new layout.
+//! Raft group, and reports both halves to placement in one command before answering, so
+//! that a client asking placement right after sees the new layout, and one asking during
+//! the report sees the old or the new layout, never a gap.
 
 use crate::context::NodeContext;
 use crate::error::RequestError;
@@ -53,8 +54,7 @@ pub async fn split_at(node: &NodeContext, key: Vec<u8>) -> Result<Region, Reques
         let command = RaftCommand::split(&status.region, request).encode_to_vec();
         match node.raft.propose(status.region.id, command).await {
             Ok(ApplyOutput::Split { left, right }) => {
-                node.placement.put_region(right.clone()).await?;
-                node.placement.put_region(left).await?;
+                node.placement.put_split(left, right.clone()).await?;
                 tracing::info!(region = right.id, key = ?key, "split region");
                 return Ok(right);
             }

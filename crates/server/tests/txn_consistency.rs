@@ -57,8 +57,12 @@ async fn bank(split_while_running: bool) {
     }
     setup.commit().await.unwrap();
 
-    let seed: u64 = rand::random();
-    eprintln!("bank seed {seed}");
+    // BANK_SEED=<seed> replays a run's choices (thread timing still varies).
+    let seed: u64 = match std::env::var("BANK_SEED") {
+        Ok(seed) => seed.parse().expect("BANK_SEED is a number"),
+        Err(_) => rand::random(),
+    };
+    eprintln!("bank seed {seed} (replay with BANK_SEED={seed})");
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();

@@ -1,5 +1,5 @@
 use super::*;
-use crate::command::Kind;
+use crate::command::{Kind, Regions};
 use scandium_storage::MemoryEngine;
 use scandium_types::Peer;
 use std::sync::Arc;
@@ -67,6 +67,18 @@ fn new_region_reported_before_its_parent_evicts_the_parent() {
     assert_eq!(apply(&mut state, Kind::PutRegion(region(3, b"t", b"", 2))), Response::Done);
     assert!(state.region(2).is_none(), "the stale parent overlapped and was removed");
     assert_eq!(state.region_by_key(b"z").unwrap().id, 3);
+}
+
+#[test]
+fn both_halves_of_a_split_are_recorded_at_once() {
+    let mut state = bootstrapped();
+    let halves = Regions { regions: vec![region(3, b"t", b"", 2), region(2, b"m", b"t", 2)] };
+    assert_eq!(apply(&mut state, Kind::PutRegions(halves)), Response::Done);
+    assert_eq!(state.region_by_key(b"n").unwrap().id, 2, "no gap on the left half");
+    assert_eq!(state.region_by_key(b"u").unwrap().id, 3);
+    assert_eq!(state.regions().count(), 3);
+    let stale = Regions { regions: vec![region(2, b"m", b"", 1)] };
+    assert_eq!(apply(&mut state, Kind::PutRegions(stale)), Response::StaleRegion);
 }
 
 #[test]
