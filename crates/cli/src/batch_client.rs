@@ -5,11 +5,11 @@
 //! `tikv-client` 0.4 sends one unary RPC per command and spends more CPU per transaction
 //! than Scandium does.
 //!
-//! It runs the same transactions as the `tikv-client` driver (the same requests in the
-//! same order: read or lock each key, prewrite, commit primary, secondaries in the
+//! It runs the same transactions as the `tikv-client` driver, in the same sequence of
+//! requests (read or lock each key, prewrite, commit primary, secondaries in the
 //! background), but it only knows what a benchmark needs: it talks to the node given as
-//! `--pd` for every Region, backs off briefly on a lock instead of resolving it, and
-//! rolls back and reports an abort on any other failure.
+//! `--pd` for every Region, backs off briefly on a lock instead of resolving it, and on
+//! any other failure rolls back what it may have written and reports an abort.
 
 use futures::StreamExt;
 use scandium_protocol::kvrpcpb::{self, Context};
@@ -171,20 +171,19 @@ impl BatchClient {
         self.regions.lock().expect("region cache lock").remove(&region.start);
     }
 
-    /// Sends the command `build` makes for the Region of `key`, refreshing the Region and
-    /// retrying on a Region error.
-    async fn call_region<T: RegionErrored>(
+    /// Sends `request` to the Region of `key`, refreshing the Region and retrying on a
+    /// Region error.
+    async fn call_region<R: BatchCommand>(
         &self,
         key: &[u8],
-        build: impl Fn(Context) -> Req,
-        take: fn(Resp) -> Option<T>,
-    ) -> Result<T, String> {
+        request: R,
+    ) -> Result<R::Answer, String> {
         let mut last = String::new();
         for _ in 0..3 {
             let region = self.region(key).await?;
-            let answer = self.call(build(region.context.clone())).await?;
-            let answer = take(answer).ok_or("an answer of another kind")?;
-            match answer.region_error() {
+            let answer = self.call(request.clone().into_cmd(region.context.clone())).await?;
+            let answer = R::answer(answer).ok_or("an answer of another kind")?;
+            match R::region_error(&answer) {
                 Some(error) => {
                     last = error.message.clone();
                     self.forget(&region);
@@ -213,15 +212,7 @@ impl BatchClient {
         let answer = self
             .call_region(
                 &key,
-                |context| {
-                    Req::RawPut(kvrpcpb::RawPutRequest {
-                        context: Some(context),
-                        key: key.clone(),
-                        value: value.clone(),
-                        ..Default::default()
-                    })
-                },
-                |r| if let Resp::RawPut(r) = r { Some(r) } else { None },
+                kvrpcpb::RawPutRequest { key: key.clone(), value, ..Default::default() },
             )
             .await?;
         if answer.error.is_empty() {
@@ -234,17 +225,7 @@ impl BatchClient {
     /// Raw get of one key.
     pub async fn raw_get(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, String> {
         let answer = self
-            .call_region(
-                &key,
-                |context| {
-                    Req::RawGet(kvrpcpb::RawGetRequest {
-                        context: Some(context),
-                        key: key.clone(),
-                        ..Default::default()
-                    })
-                },
-                |r| if let Resp::RawGet(r) = r { Some(r) } else { None },
-            )
+            .call_region(&key, kvrpcpb::RawGetRequest { key: key.clone(), ..Default::default() })
             .await?;
         if !answer.error.is_empty() {
             return Err(answer.error);
@@ -258,14 +239,7 @@ impl BatchClient {
             let answer = self
                 .call_region(
                     key,
-                    |context| {
-                        Req::Get(kvrpcpb::GetRequest {
-                            context: Some(context),
-                            key: key.to_vec(),
-                            version: ts,
-                        })
-                    },
-                    |r| if let Resp::Get(r) = r { Some(r) } else { None },
+                    kvrpcpb::GetRequest { key: key.to_vec(), version: ts, context: None },
                 )
                 .await?;
             match answer.error {
@@ -291,10 +265,13 @@ impl BatchClient {
         let start_ts = self.timestamp().await?;
         let mut for_update_ts = 0;
         let mut mutations = Vec::with_capacity(keys.len());
+        // Reads write nothing; a pessimistic lock or a prewrite may have, even if it failed.
+        let mut may_have_written = false;
         let result = async {
             for key in keys {
                 let current = if mode.pessimistic {
                     for_update_ts = self.timestamp().await?;
+                    may_have_written = true;
                     self.lock_for_update(key, &keys[0], start_ts, for_update_ts).await?
                 } else {
                     self.txn_get(key, start_ts).await?
@@ -309,10 +286,11 @@ impl BatchClient {
                     ..Default::default()
                 });
             }
+            may_have_written = true;
             self.commit(mutations, start_ts, for_update_ts, mode).await
         }
         .await;
-        if result.is_err() {
+        if result.is_err() && may_have_written {
             self.rollback(keys, start_ts).await;
         }
         result
@@ -328,23 +306,19 @@ impl BatchClient {
         let answer = self
             .call_region(
                 key,
-                |context| {
-                    Req::PessimisticLock(kvrpcpb::PessimisticLockRequest {
-                        context: Some(context),
-                        mutations: vec![kvrpcpb::Mutation {
-                            op: kvrpcpb::Op::PessimisticLock as i32,
-                            key: key.to_vec(),
-                            ..Default::default()
-                        }],
-                        primary_lock: primary.to_vec(),
-                        start_version: start_ts,
-                        lock_ttl: LOCK_TTL_MS,
-                        for_update_ts,
-                        return_values: true,
+                kvrpcpb::PessimisticLockRequest {
+                    mutations: vec![kvrpcpb::Mutation {
+                        op: kvrpcpb::Op::PessimisticLock as i32,
+                        key: key.to_vec(),
                         ..Default::default()
-                    })
+                    }],
+                    primary_lock: primary.to_vec(),
+                    start_version: start_ts,
+                    lock_ttl: LOCK_TTL_MS,
+                    for_update_ts,
+                    return_values: true,
+                    ..Default::default()
                 },
-                |r| if let Resp::PessimisticLock(r) = r { Some(r) } else { None },
             )
             .await?;
         if let Some(error) = answer.errors.first() {
@@ -378,7 +352,6 @@ impl BatchClient {
             };
             let secondaries = if mode.async_commit { keys[1..].to_vec() } else { Vec::new() };
             let request = kvrpcpb::PrewriteRequest {
-                context: None,
                 mutations,
                 primary_lock: primary.clone(),
                 start_version: start_ts,
@@ -392,19 +365,7 @@ impl BatchClient {
                 ..Default::default()
             };
             let first = group[0].clone();
-            async move {
-                self.call_region(
-                    &first,
-                    |context| {
-                        Req::Prewrite(kvrpcpb::PrewriteRequest {
-                            context: Some(context),
-                            ..request.clone()
-                        })
-                    },
-                    |r| if let Resp::Prewrite(r) = r { Some(r) } else { None },
-                )
-                .await
-            }
+            async move { self.call_region(&first, request).await }
         });
         let mut min_commit_ts = 0;
         for answer in futures::future::join_all(prewrites).await {
@@ -447,16 +408,12 @@ impl BatchClient {
             let answer = self
                 .call_region(
                     &group[0],
-                    |context| {
-                        Req::Commit(kvrpcpb::CommitRequest {
-                            context: Some(context),
-                            start_version: start_ts,
-                            keys: group.clone(),
-                            commit_version: commit_ts,
-                            ..Default::default()
-                        })
+                    kvrpcpb::CommitRequest {
+                        start_version: start_ts,
+                        keys: group.clone(),
+                        commit_version: commit_ts,
+                        ..Default::default()
                     },
-                    |r| if let Resp::Commit(r) = r { Some(r) } else { None },
                 )
                 .await?;
             if let Some(error) = answer.error {
@@ -473,44 +430,57 @@ impl BatchClient {
             let _ = self
                 .call_region(
                     &group[0],
-                    |context| {
-                        Req::BatchRollback(kvrpcpb::BatchRollbackRequest {
-                            context: Some(context),
-                            start_version: start_ts,
-                            keys: group.clone(),
-                            ..Default::default()
-                        })
+                    kvrpcpb::BatchRollbackRequest {
+                        start_version: start_ts,
+                        keys: group.clone(),
+                        ..Default::default()
                     },
-                    |r| if let Resp::BatchRollback(r) = r { Some(r) } else { None },
                 )
                 .await;
         }
     }
 }
 
-/// Answers that may carry a Region error.
-trait RegionErrored {
-    fn region_error(&self) -> Option<&scandium_protocol::errorpb::Error>;
+/// A request this client sends, tied to its `BatchCommands` variant and answer.
+trait BatchCommand: Clone {
+    type Answer;
+    /// The command, addressed to the Region of `context`.
+    fn into_cmd(self, context: Context) -> Req;
+    /// This request's answer, if `resp` is one.
+    fn answer(resp: Resp) -> Option<Self::Answer>;
+    /// The answer's Region error.
+    fn region_error(answer: &Self::Answer) -> Option<&scandium_protocol::errorpb::Error>;
 }
 
-macro_rules! region_errored {
-    ($($t:ty),* $(,)?) => {
-        $(impl RegionErrored for $t {
-            fn region_error(&self) -> Option<&scandium_protocol::errorpb::Error> {
-                self.region_error.as_ref()
+macro_rules! batch_commands {
+    ($($variant:ident: $request:ty => $answer:ty),* $(,)?) => {
+        $(impl BatchCommand for $request {
+            type Answer = $answer;
+            fn into_cmd(mut self, context: Context) -> Req {
+                self.context = Some(context);
+                Req::$variant(self)
+            }
+            fn answer(resp: Resp) -> Option<$answer> {
+                match resp {
+                    Resp::$variant(answer) => Some(answer),
+                    _ => None,
+                }
+            }
+            fn region_error(answer: &$answer) -> Option<&scandium_protocol::errorpb::Error> {
+                answer.region_error.as_ref()
             }
         })*
     };
 }
 
-region_errored!(
-    kvrpcpb::RawPutResponse,
-    kvrpcpb::RawGetResponse,
-    kvrpcpb::GetResponse,
-    kvrpcpb::PessimisticLockResponse,
-    kvrpcpb::PrewriteResponse,
-    kvrpcpb::CommitResponse,
-    kvrpcpb::BatchRollbackResponse,
+batch_commands!(
+    RawPut: kvrpcpb::RawPutRequest => kvrpcpb::RawPutResponse,
+    RawGet: kvrpcpb::RawGetRequest => kvrpcpb::RawGetResponse,
+    Get: kvrpcpb::GetRequest => kvrpcpb::GetResponse,
+    PessimisticLock: kvrpcpb::PessimisticLockRequest => kvrpcpb::PessimisticLockResponse,
+    Prewrite: kvrpcpb::PrewriteRequest => kvrpcpb::PrewriteResponse,
+    Commit: kvrpcpb::CommitRequest => kvrpcpb::CommitResponse,
+    BatchRollback: kvrpcpb::BatchRollbackRequest => kvrpcpb::BatchRollbackResponse,
 );
 
 /// Waiting callers by request id; `None` once the stream has ended.

@@ -138,7 +138,7 @@ impl Driver {
             let end = (start + batch).min(args.keys);
             let pairs: Vec<_> = (start..end).map(|i| (key(i), value.clone())).collect();
             let result = match self {
-                Driver::Batch { .. } => unreachable!("preloading uses tikv-client"),
+                Driver::Batch { .. } => return Err("preloading goes through tikv-client".into()),
                 Driver::Raw(client) => client.batch_put(pairs).await,
                 Driver::Txn { client, .. } => {
                     async {

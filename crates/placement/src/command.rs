@@ -17,7 +17,8 @@ pub enum Kind {
     #[prost(message, tag = "1")]
     PutStore(Store),
     /// Records a Region's new shape, as its leader reports it (after a split). Ignored
-    /// if placement already knows a newer epoch.
+    /// if placement already knows a newer epoch. The node now sends `PutRegions`; this
+    /// stays for logs written before it.
     #[prost(message, tag = "2")]
     PutRegion(Region),
     /// Reserves `count` consecutive ids.

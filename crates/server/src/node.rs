@@ -320,11 +320,17 @@ async fn register(node: &NodeContext) -> Result<(), NodeError> {
     };
     let not_ready = |e: crate::error::RequestError| NodeError::NotReady(e.to_string());
     node.placement.propose(Kind::PutStore(store)).await.map_err(not_ready)?;
-    for status in node.registry.all() {
-        let known = node.placement.read().region(status.region.id).map(|r| r.epoch());
-        if known != Some(status.region.epoch()) {
-            node.placement.put_region(status.region).await.map_err(not_ready)?;
-        }
+    let unknown: Vec<_> = {
+        let placement = node.placement.read();
+        node.registry
+            .all()
+            .into_iter()
+            .map(|status| status.region)
+            .filter(|region| placement.region(region.id).map(|r| r.epoch()) != Some(region.epoch()))
+            .collect()
+    };
+    if !unknown.is_empty() {
+        node.placement.put_regions(unknown).await.map_err(not_ready)?;
     }
     Ok(())
 }

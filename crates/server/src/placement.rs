@@ -98,15 +98,11 @@ impl Placement {
         }
     }
 
-    /// Records a Region's new shape; stale reports are ignored.
-    pub async fn put_region(&self, region: Region) -> Result<(), RequestError> {
-        self.propose(Kind::PutRegion(region)).await.map(|_| ())
-    }
-
-    /// Records both halves of a split in one command, so lookups never miss a key.
-    pub async fn put_split(&self, left: Region, right: Region) -> Result<(), RequestError> {
-        let regions = Regions { regions: vec![right, left] };
-        self.propose(Kind::PutRegions(regions)).await.map(|_| ())
+    /// Records Regions' new shapes in one command (stale reports are ignored), so a
+    /// lookup sees all of them or none: reported one by one, the halves of a split would
+    /// leave a moment when one half's keys have no Region.
+    pub async fn put_regions(&self, regions: Vec<Region>) -> Result<(), RequestError> {
+        self.propose(Kind::PutRegions(Regions { regions })).await.map(|_| ())
     }
 
     /// Issues `count` timestamps and returns the largest.

@@ -54,7 +54,7 @@ pub async fn split_at(node: &NodeContext, key: Vec<u8>) -> Result<Region, Reques
         let command = RaftCommand::split(&status.region, request).encode_to_vec();
         match node.raft.propose(status.region.id, command).await {
             Ok(ApplyOutput::Split { left, right }) => {
-                node.placement.put_split(left, right.clone()).await?;
+                node.placement.put_regions(vec![right.clone(), left]).await?;
                 tracing::info!(region = right.id, key = ?key, "split region");
                 return Ok(right);
             }

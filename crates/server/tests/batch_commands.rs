@@ -12,6 +12,7 @@ use scandium_protocol::tikvpb::batch_commands_response::response::Cmd as Resp;
 use scandium_protocol::tikvpb::{BatchCommandsEmptyRequest, BatchCommandsRequest};
 use std::collections::HashMap;
 use std::time::Duration;
+use tikv_client::TimestampExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -58,16 +59,6 @@ async fn collect(
         }
     }
     (by_id, order)
-}
-
-/// A fresh timestamp from the node's oracle.
-async fn timestamp(node: &scandium_server::Node) -> u64 {
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(scandium_protocol::pdpb::TsoRequest { count: 1, ..Default::default() }).await.unwrap();
-    let mut pd = common::pd_grpc(node).await;
-    let mut stream = pd.tso(ReceiverStream::new(rx)).await.unwrap().into_inner();
-    let t = stream.next().await.unwrap().unwrap().timestamp.unwrap();
-    (t.physical as u64) << 18 | t.logical as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,7 +119,10 @@ async fn raw_and_transactional_commands_over_one_stream() {
 
     // A transaction: prewrite, then a read meets the lock exactly as KvGet would report it,
     // then commit, then the read sees the value.
-    let start = timestamp(&node).await;
+    let oracle =
+        tikv_client::TransactionClient::new(vec![node.advertise_addr().to_string()]).await.unwrap();
+    let timestamp = || async { oracle.current_timestamp().await.unwrap().version() };
+    let start = timestamp().await;
     let prewrite = request(Req::Prewrite(kvrpcpb::PrewriteRequest {
         context: context.clone(),
         mutations: vec![kvrpcpb::Mutation {
@@ -152,7 +146,7 @@ async fn raw_and_transactional_commands_over_one_stream() {
         Resp::Prewrite(r) => assert!(r.errors.is_empty() && r.region_error.is_none(), "{r:?}"),
         other => panic!("unexpected {other:?}"),
     }
-    let read_at = timestamp(&node).await;
+    let read_at = timestamp().await;
     let get = |version: u64| {
         request(Req::Get(kvrpcpb::GetRequest {
             context: context.clone(),
@@ -172,7 +166,7 @@ async fn raw_and_transactional_commands_over_one_stream() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    let commit_ts = timestamp(&node).await;
+    let commit_ts = timestamp().await;
     let commit = request(Req::Commit(kvrpcpb::CommitRequest {
         context: context.clone(),
         start_version: start,
@@ -185,7 +179,7 @@ async fn raw_and_transactional_commands_over_one_stream() {
         .await
         .unwrap();
     collect(&mut answers, 1).await;
-    let after = timestamp(&node).await;
+    let after = timestamp().await;
     sender
         .send(BatchCommandsRequest { requests: vec![get(after)], request_ids: vec![4] })
         .await
