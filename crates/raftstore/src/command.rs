@@ -105,6 +105,7 @@ pub fn cf_code(cf: Cf) -> u32 {
         Cf::Default => 2,
         Cf::Lock => 3,
         Cf::Write => 4,
+        Cf::Latest => 5,
         Cf::RaftLog | Cf::RaftState | Cf::Placement => {
             panic!("{cf:?} is not a data column family and is never written by commands")
         }
@@ -118,6 +119,7 @@ pub fn cf_from_code(code: u32) -> Option<Cf> {
         2 => Some(Cf::Default),
         3 => Some(Cf::Lock),
         4 => Some(Cf::Write),
+        5 => Some(Cf::Latest),
         _ => None,
     }
 }

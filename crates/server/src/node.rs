@@ -29,6 +29,9 @@ use tokio::task::JoinHandle;
 /// How long a starting node waits for its Raft groups to elect and catch up.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const IDENT_KEY: &[u8] = b"ident";
+/// Present once the Latest CF indexes every key of the Write CF (see
+/// [`ensure_latest_index`]).
+const LATEST_INDEX_KEY: &[u8] = b"latest_index";
 /// How long a stopping node lets in-flight requests finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
@@ -116,6 +119,7 @@ impl Node {
         let (driver, raft) = RaftDriver::start(store, config.raft_tick())
             .map_err(|e| NodeError::NotReady(format!("cannot start the raft thread: {e}")))?;
         wait_until_ready(&registry).await?;
+        ensure_latest_index(&engine, &config)?;
 
         let placement = Arc::new(Placement::new(state, raft.clone(), registry.clone()));
         // Reads before a restart used timestamps below the oracle's current value; starting
@@ -288,6 +292,26 @@ fn load_or_bootstrap(engine: &EngineRef, config: &Config) -> Result<StoreIdent, 
     engine.write(batch).and_then(|()| engine.sync()).map_err(|e| data_dir_error(config, e))?;
     tracing::info!(cluster_id, regions = regions.len(), "bootstrapped a new cluster");
     Ok(ident)
+}
+
+/// Builds the Latest CF from the Write CF if this data directory predates it. Runs once
+/// every committed entry is applied and before anything is served, so nothing else writes
+/// the transactional column families meanwhile; the marker is written only after the
+/// whole index, so a crash midway rebuilds again.
+fn ensure_latest_index(engine: &EngineRef, config: &Config) -> Result<(), NodeError> {
+    if engine.get(Cf::RaftState, LATEST_INDEX_KEY).map_err(|e| data_dir_error(config, e))?.is_some()
+    {
+        return Ok(());
+    }
+    let keys = scandium_txn::mvcc::latest::rebuild(engine.as_ref())
+        .map_err(|e| data_dir_error(config, e))?;
+    let mut batch = WriteBatch::new();
+    batch.put(Cf::RaftState, LATEST_INDEX_KEY.to_vec(), vec![1]);
+    engine.write(batch).and_then(|()| engine.sync()).map_err(|e| data_dir_error(config, e))?;
+    if keys > 0 {
+        tracing::info!(keys, "built the index of newest versions");
+    }
+    Ok(())
 }
 
 async fn wait_until_ready(registry: &Registry) -> Result<(), NodeError> {

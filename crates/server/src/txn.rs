@@ -66,9 +66,10 @@ impl NodeContext {
     ) -> TxnResult<T> {
         let _latches = self.latches.acquire(keys.iter()).await;
         let snapshot = self.engine.snapshot();
+        let reader = MvccReader::new(&*snapshot);
         let mut txn = MvccTxn::new();
-        let output = action(&MvccReader::new(&*snapshot), &mut txn)?;
-        self.propose_txn(region, txn).await?;
+        let output = action(&reader, &mut txn)?;
+        self.propose_txn(region, &reader, txn).await?;
         Ok(output)
     }
 
@@ -94,13 +95,19 @@ impl NodeContext {
         self.resolve_keys(region, keys, &|ts| (ts == start_ts).then_some(commit_ts.0)).await
     }
 
-    async fn propose_txn(&self, region: &Region, txn: MvccTxn) -> TxnResult<()> {
+    /// Proposes `txn`'s changes, computed from `reader`'s snapshot under latches still held.
+    async fn propose_txn(
+        &self,
+        region: &Region,
+        reader: &MvccReader<'_>,
+        txn: MvccTxn,
+    ) -> TxnResult<()> {
         if txn.is_empty() {
             return Ok(());
         }
         let released = txn.released_keys().to_vec();
         let lock_changes = txn.lock_changes().to_vec();
-        let command = RaftCommand::write(region, txn.into_batch()).encode_to_vec();
+        let command = RaftCommand::write(region, txn.into_batch(reader)?).encode_to_vec();
         self.raft.propose(region.id, command).await?;
         self.lock_index.apply(&lock_changes);
         self.lock_waits.wake(&released);
@@ -262,8 +269,7 @@ impl NodeContext {
                 result.min_commit_ts = commit_ts.0.max(existing_min_commit_ts);
             }
         }
-        drop(snapshot);
-        self.propose_txn(&checked.region, txn).await?;
+        self.propose_txn(&checked.region, &reader, txn).await?;
         Ok(result)
     }
 
@@ -462,8 +468,7 @@ impl NodeContext {
                 }
             }
             let Some((key, lock)) = blocked else {
-                drop(snapshot);
-                self.propose_txn(&checked.region, txn).await?;
+                self.propose_txn(&checked.region, &reader, txn).await?;
                 return Ok(values);
             };
             let now = Instant::now();

@@ -283,3 +283,79 @@ async fn abandoned_async_commit_transactions_are_decided_by_their_secondaries() 
     assert!(resp.errors.first().and_then(|e| e.conflict.as_ref()).is_some(), "{resp:?}");
     node.stop().await;
 }
+
+/// A data directory written before the Latest CF existed (simulated by removing the index
+/// and its marker) is indexed when the node starts: its data reads back, and a write that
+/// conflicts with it is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_written_before_the_latest_index_is_indexed_at_start() {
+    use common::{context_for, tikv_grpc, wait_for};
+    use scandium_protocol::kvrpcpb;
+    use scandium_storage::{Cf, Engine as _, FjallEngine, FjallOptions, WriteBatch};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let txns = client(&node, false).await;
+    for i in 0..3u8 {
+        let mut txn = txns.begin_optimistic().await.unwrap();
+        txn.put(k("kept"), vec![i]).await.unwrap();
+        txn.put(k("deleted"), vec![i]).await.unwrap();
+        txn.commit().await.unwrap();
+    }
+    let mut txn = txns.begin_optimistic().await.unwrap();
+    txn.delete(k("deleted")).await.unwrap();
+    txn.commit().await.unwrap();
+    let stale_ts = txns.current_timestamp().await.unwrap().version();
+    let mut newer = txns.begin_optimistic().await.unwrap();
+    newer.put(k("kept"), k("newer")).await.unwrap();
+    newer.commit().await.unwrap();
+    drop((txn, newer, txns));
+
+    node.stop().await;
+    // The server's connection tasks end a moment after the client's connections close.
+    let path = dir.path().join("db");
+    let mut engine = None;
+    wait_for("the stopped node to close its storage", Duration::from_secs(10), || {
+        engine = FjallEngine::open(&path, &FjallOptions::default()).ok();
+        engine.is_some()
+    })
+    .await;
+    let engine = engine.unwrap();
+    let mut batch = WriteBatch::new();
+    for item in engine.snapshot().scan(Cf::Latest, b"", b"", false) {
+        batch.delete(Cf::Latest, item.unwrap().0);
+    }
+    assert_eq!(batch.len(), 2, "one index entry per key");
+    batch.delete(Cf::RaftState, b"latest_index".to_vec());
+    engine.write(batch).and_then(|()| engine.sync()).unwrap();
+    drop(engine);
+
+    let node = start_node(dir.path()).await;
+    scandium_txn::mvcc::latest::verify(&*node.context().engine.snapshot()).unwrap();
+    let txns = client(&node, false).await;
+    let mut txn = txns.begin_optimistic().await.unwrap();
+    assert_eq!(txn.get(k("kept")).await.unwrap(), Some(k("newer")));
+    assert_eq!(txn.get(k("deleted")).await.unwrap(), None);
+    let keys = txn.scan(k("")..k("z"), 10).await.unwrap().count();
+    assert_eq!(keys, 1, "the deleted key is not scanned");
+    txn.rollback().await.unwrap();
+    // A transaction that started before `newer` committed conflicts with it.
+    let prewrite = kvrpcpb::PrewriteRequest {
+        context: Some(context_for(&node, b"kept")),
+        mutations: vec![kvrpcpb::Mutation {
+            op: kvrpcpb::Op::Put as i32,
+            key: k("kept"),
+            value: k("stale"),
+            ..Default::default()
+        }],
+        primary_lock: k("kept"),
+        start_version: stale_ts,
+        lock_ttl: 1000,
+        ..Default::default()
+    };
+    let answer = tikv_grpc(&node).await.kv_prewrite(prewrite).await.unwrap().into_inner();
+    assert!(
+        answer.errors.first().is_some_and(|e| e.conflict.is_some()),
+        "the conflict is found through the rebuilt index: {answer:?}"
+    );
+    node.stop().await;
+}

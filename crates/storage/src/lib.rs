@@ -42,12 +42,24 @@ pub enum Cf {
     RaftState,
     /// The placement group's state machine: stores, Regions, ids, timestamps, keyspaces.
     Placement,
+    /// The newest Write record of each transactional key, keyed by user key: a derived
+    /// index of the Write CF that turns "the key's latest version" into a point lookup
+    /// (fjall has no prefix filters, so a seek positions an iterator in every table).
+    Latest,
 }
 
 impl Cf {
     /// Every column family, in a fixed order.
-    pub const ALL: [Cf; 7] =
-        [Cf::Raw, Cf::Default, Cf::Lock, Cf::Write, Cf::RaftLog, Cf::RaftState, Cf::Placement];
+    pub const ALL: [Cf; 8] = [
+        Cf::Raw,
+        Cf::Default,
+        Cf::Lock,
+        Cf::Write,
+        Cf::RaftLog,
+        Cf::RaftState,
+        Cf::Placement,
+        Cf::Latest,
+    ];
 
     /// The name of the column family on disk.
     pub fn name(self) -> &'static str {
@@ -59,6 +71,7 @@ impl Cf {
             Cf::RaftLog => "raft_log",
             Cf::RaftState => "raft_state",
             Cf::Placement => "placement",
+            Cf::Latest => "latest",
         }
     }
 

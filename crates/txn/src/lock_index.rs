@@ -86,7 +86,7 @@ impl LockIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mvcc::MvccTxn;
+    use crate::mvcc::{MvccReader, MvccTxn};
     use scandium_storage::MemoryEngine;
     use std::sync::Arc;
 
@@ -100,7 +100,8 @@ mod tests {
         txn.put_lock(b"c", &Lock { start_ts: 5, ..Default::default() });
         txn.unlock(b"c");
         index.apply(txn.lock_changes());
-        engine.write(txn.into_batch()).unwrap();
+        let snapshot = engine.snapshot();
+        engine.write(txn.into_batch(&MvccReader::new(&*snapshot)).unwrap()).unwrap();
         assert_eq!(index.keys(b"", b"", 10, |ts| ts == 5), vec![b"a".to_vec()]);
         assert_eq!(index.keys(b"b", b"", 10, |_| true), vec![b"b".to_vec()]);
         let rebuilt = LockIndex::load(&engine).unwrap();

@@ -9,7 +9,7 @@ use scandium_txn::actions::prewrite::{
     self, Mutation, MutationOp, PessimisticAction, PrewriteOutcome, TxnProps,
 };
 use scandium_txn::actions::{commit, gc, read};
-use scandium_txn::mvcc::{MvccReader, MvccTxn};
+use scandium_txn::mvcc::{latest, MvccReader, MvccTxn};
 use scandium_types::TimeStamp;
 use std::collections::BTreeMap;
 
@@ -101,7 +101,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         other => prop_assert!(false, "sequential prewrite must succeed: {other:?}"),
                     }
                 }
-                engine.write(txn.into_batch()).unwrap();
+                engine.write(txn.into_batch(&reader).unwrap()).unwrap();
+                latest::verify(&*engine.snapshot()).map_err(TestCaseError::fail)?;
                 let snapshot = engine.snapshot();
                 let reader = MvccReader::new(&*snapshot);
                 let mut txn = MvccTxn::new();
@@ -112,7 +113,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         cleanup::rollback(&reader, &mut txn, &m.key, start).unwrap();
                     }
                 }
-                engine.write(txn.into_batch()).unwrap();
+                engine.write(txn.into_batch(&reader).unwrap()).unwrap();
+                latest::verify(&*engine.snapshot()).map_err(TestCaseError::fail)?;
                 if do_commit {
                     // Later mutations of the same key in one transaction win.
                     let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
@@ -165,7 +167,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 for key in reader.keys_with_writes(b"", b"", false, usize::MAX).unwrap() {
                     gc::gc_key(&reader, &mut txn, &key, TimeStamp(safe_point)).unwrap();
                 }
-                engine.write(txn.into_batch()).unwrap();
+                engine.write(txn.into_batch(&reader).unwrap()).unwrap();
+                latest::verify(&*engine.snapshot()).map_err(TestCaseError::fail)?;
             }
         }
     }

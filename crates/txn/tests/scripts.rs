@@ -24,7 +24,7 @@ use scandium_txn::actions::prewrite::{
     self, Mutation, MutationOp, PessimisticAction, PrewriteOutcome, TxnProps,
 };
 use scandium_txn::actions::{commit, gc, pessimistic, read};
-use scandium_txn::mvcc::{Lock, MvccReader, MvccTxn, Write};
+use scandium_txn::mvcc::{latest, Lock, MvccReader, MvccTxn, Write};
 use scandium_txn::{ConcurrencyManager, TxnError};
 use scandium_types::mvcc::split_versioned_key;
 use scandium_types::TimeStamp;
@@ -157,7 +157,8 @@ impl Runner {
         let reader = MvccReader::new(&*snapshot);
         let mut txn = MvccTxn::new();
         let out = f(&reader, &mut txn)?;
-        self.engine.write(txn.into_batch()).unwrap();
+        self.engine.write(txn.into_batch(&reader).unwrap()).unwrap();
+        latest::verify(&*self.engine.snapshot()).unwrap();
         Ok(out)
     }
 

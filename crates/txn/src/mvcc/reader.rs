@@ -1,7 +1,7 @@
 //! [`MvccReader`]: reads of locks, versions and values from a snapshot.
 
 use crate::error::{Result, TxnError};
-use crate::mvcc::{Lock, Write, WriteType};
+use crate::mvcc::{latest, Lock, Write, WriteType};
 use scandium_storage::{Cf, Snapshot};
 use scandium_types::mvcc::{split_versioned_key, versioned_key, versions_range};
 use scandium_types::TimeStamp;
@@ -36,8 +36,50 @@ impl<'a> MvccReader<'a> {
         }
     }
 
+    /// The newest Write record of `key` (of any type), from the [`Cf::Latest`] index: one
+    /// point lookup, which the engine answers from its filters for keys it does not hold.
+    pub fn newest_write(&self, key: &[u8]) -> Result<Option<(TimeStamp, Write)>> {
+        match self.snapshot.get(Cf::Latest, key)? {
+            Some(bytes) => Ok(Some(latest::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Records of `key` with commit timestamp at most `ts`, newest first.
+    ///
+    /// The newest record comes from the index; the Write CF is only searched when the
+    /// caller asks for more (most stop at the first), or when the newest record is above
+    /// `ts`. A key the index does not hold has no records at all.
     pub fn writes_at_or_below(
+        &self,
+        key: &[u8],
+        ts: TimeStamp,
+    ) -> Box<dyn Iterator<Item = Result<(TimeStamp, Write)>> + '_> {
+        let newest = match self.newest_write(key) {
+            Ok(newest) => newest,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        match newest {
+            None => Box::new(std::iter::empty()),
+            Some((commit_ts, write)) if commit_ts <= ts => {
+                let key = key.to_vec();
+                let mut older = None;
+                let rest = std::iter::from_fn(move || {
+                    if commit_ts == TimeStamp::ZERO {
+                        return None;
+                    }
+                    older
+                        .get_or_insert_with(|| self.scan_writes(&key, TimeStamp(commit_ts.0 - 1)))
+                        .next()
+                });
+                Box::new(std::iter::once(Ok((commit_ts, write))).chain(rest))
+            }
+            Some(_) => Box::new(self.scan_writes(key, ts)),
+        }
+    }
+
+    /// [`MvccReader::writes_at_or_below`] from the Write CF alone, without the index.
+    pub(crate) fn scan_writes(
         &self,
         key: &[u8],
         ts: TimeStamp,
@@ -148,8 +190,9 @@ impl<'a> MvccReader<'a> {
         Ok(locks)
     }
 
-    /// Distinct user keys having any Write record in `[start, end)`, ascending or
-    /// descending, at most `limit`.
+    /// Distinct user keys having any Write record in `[start, end)` (empty `end` =
+    /// unbounded), ascending or descending, at most `limit`: one index entry per key,
+    /// however many versions it has.
     pub fn keys_with_writes(
         &self,
         start: &[u8],
@@ -157,24 +200,10 @@ impl<'a> MvccReader<'a> {
         reverse: bool,
         limit: usize,
     ) -> Result<Vec<Vec<u8>>> {
-        let lower = scandium_types::mvcc::versioned_lower_bound(start);
-        let upper = if end.is_empty() {
-            Vec::new()
-        } else {
-            scandium_types::mvcc::versioned_lower_bound(end)
-        };
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        for item in self.snapshot.scan(Cf::Write, &lower, &upper, reverse) {
-            let (k, _) = item?;
-            let (user_key, _) = split_versioned_key(&k)
-                .ok_or_else(|| TxnError::Corrupted(format!("write key {k:?}")))?;
-            if keys.last() != Some(&user_key) {
-                if keys.len() >= limit {
-                    break;
-                }
-                keys.push(user_key);
-            }
-        }
-        Ok(keys)
+        self.snapshot
+            .scan(Cf::Latest, start, end, reverse)
+            .take(limit)
+            .map(|item| Ok(item?.0))
+            .collect()
     }
 }

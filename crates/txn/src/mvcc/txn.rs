@@ -1,9 +1,12 @@
 //! [`MvccTxn`]: the changes one command makes, gathered into a write batch.
 
-use crate::mvcc::{Lock, Write};
+use crate::error::Result;
+use crate::mvcc::latest::KeyWrites;
+use crate::mvcc::{Lock, MvccReader, Write};
 use scandium_storage::{Cf, WriteBatch};
 use scandium_types::mvcc::versioned_key;
 use scandium_types::TimeStamp;
+use std::collections::BTreeMap;
 
 /// Changes to the transactional column families, applied atomically as one Raft command.
 #[derive(Default)]
@@ -13,6 +16,8 @@ pub struct MvccTxn {
     released: Vec<Vec<u8>>,
     /// Lock changes in order: the owner's start timestamp, or `None` for a removal.
     lock_changes: Vec<(Vec<u8>, Option<u64>)>,
+    /// Write CF changes by user key, from which sealing derives the Latest CF's.
+    writes: BTreeMap<Vec<u8>, KeyWrites>,
 }
 
 impl MvccTxn {
@@ -37,11 +42,13 @@ impl MvccTxn {
     /// Writes a Write record at `commit_ts`.
     pub fn put_write(&mut self, key: &[u8], commit_ts: TimeStamp, write: &Write) {
         self.batch.put(Cf::Write, versioned_key(key, commit_ts), write.to_bytes());
+        self.writes.entry(key.to_vec()).or_default().put(commit_ts, write);
     }
 
     /// Removes the Write record at `commit_ts`.
     pub fn delete_write(&mut self, key: &[u8], commit_ts: TimeStamp) {
         self.batch.delete(Cf::Write, versioned_key(key, commit_ts));
+        self.writes.entry(key.to_vec()).or_default().delete(commit_ts);
     }
 
     /// Stores a long value written by transaction `start_ts`.
@@ -70,8 +77,14 @@ impl MvccTxn {
         &self.lock_changes
     }
 
-    /// The changes, for proposal.
-    pub fn into_batch(self) -> WriteBatch {
-        self.batch
+    /// The changes, for proposal, with the Latest CF changes they imply. `reader` must
+    /// read the snapshot the changes were computed from, and the keys' latches must still
+    /// be held, so that the index is derived from the records the batch will change.
+    pub fn into_batch(self, reader: &MvccReader<'_>) -> Result<WriteBatch> {
+        let mut batch = self.batch;
+        for (key, writes) in &self.writes {
+            writes.seal(reader, key, &mut batch)?;
+        }
+        Ok(batch)
     }
 }
