@@ -5,6 +5,8 @@ use crate::mvcc::{latest, Lock, Write, WriteType};
 use scandium_storage::{Cf, Snapshot};
 use scandium_types::mvcc::{split_versioned_key, versioned_key, versions_range};
 use scandium_types::TimeStamp;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 
 /// What a transaction left on a key, found in the Write CF.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,15 +19,30 @@ pub enum TxnCommitRecord {
     None,
 }
 
+/// Keys whose newest record one reader remembers, at most (a scan reads many keys once
+/// each; a write command reads a few keys several times).
+const NEWEST_CACHE_KEYS: usize = 1024;
+
+/// A key's newest record as the Latest CF holds it: commit timestamp and record.
+type Newest = Option<(TimeStamp, Write)>;
+
 /// Reads of the transactional column families at a snapshot.
 pub struct MvccReader<'a> {
     snapshot: &'a dyn Snapshot,
+    /// Newest records already looked up. The snapshot never changes, and a write command
+    /// asks for a key's newest record several times: its checks, the exact-version checks
+    /// (`write_at`), and sealing its changes into the Latest CF.
+    newest: Mutex<HashMap<Vec<u8>, Newest>>,
 }
 
 impl<'a> MvccReader<'a> {
     /// Reads from `snapshot`.
     pub fn new(snapshot: &'a dyn Snapshot) -> MvccReader<'a> {
-        MvccReader { snapshot }
+        MvccReader { snapshot, newest: Mutex::default() }
+    }
+
+    fn newest_cache(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Newest>> {
+        self.newest.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The lock on `key`, if any.
@@ -38,11 +55,19 @@ impl<'a> MvccReader<'a> {
 
     /// The newest Write record of `key` (of any type), from the [`Cf::Latest`] index: one
     /// point lookup, which the engine answers from its filters for keys it does not hold.
-    pub fn newest_write(&self, key: &[u8]) -> Result<Option<(TimeStamp, Write)>> {
-        match self.snapshot.get(Cf::Latest, key)? {
-            Some(bytes) => Ok(Some(latest::decode(&bytes)?)),
-            None => Ok(None),
+    pub fn newest_write(&self, key: &[u8]) -> Result<Newest> {
+        if let Some(newest) = self.newest_cache().get(key) {
+            return Ok(newest.clone());
         }
+        let newest = match self.snapshot.get(Cf::Latest, key)? {
+            Some(bytes) => Some(latest::decode(&bytes)?),
+            None => None,
+        };
+        let mut cache = self.newest_cache();
+        if cache.len() < NEWEST_CACHE_KEYS {
+            cache.insert(key.to_vec(), newest.clone());
+        }
+        Ok(newest)
     }
 
     /// Records of `key` with commit timestamp at most `ts`, newest first.
@@ -94,10 +119,16 @@ impl<'a> MvccReader<'a> {
         })
     }
 
-    /// The record of `key` at exactly `commit_ts`. A point lookup, much cheaper than a
-    /// seek: the engine checks its filters instead of positioning an iterator in every
-    /// table.
+    /// The record of `key` at exactly `commit_ts`. The newest record usually answers (a
+    /// commit timestamp above it has no record yet); otherwise a point lookup, which the
+    /// engine answers from its filters.
     pub fn write_at(&self, key: &[u8], commit_ts: TimeStamp) -> Result<Option<Write>> {
+        match self.newest_write(key)? {
+            None => return Ok(None),
+            Some((ts, _)) if ts < commit_ts => return Ok(None),
+            Some((ts, write)) if ts == commit_ts => return Ok(Some(write)),
+            Some(_) => {}
+        }
         match self.snapshot.get(Cf::Write, &versioned_key(key, commit_ts))? {
             Some(bytes) => Ok(Some(Write::from_bytes(&bytes)?)),
             None => Ok(None),
