@@ -36,7 +36,12 @@ struct Inner {
 impl FjallEngine {
     /// Opens (or creates) the engine in `dir`.
     pub fn open(dir: &Path, options: &FjallOptions) -> Result<FjallEngine> {
-        let db = Database::builder(dir).cache_size(options.cache_size_bytes).open()?;
+        // One background worker. With more, fjall keeps worker 0 for flushes by putting
+        // every compaction it receives back on the queue, which it then receives again: a
+        // busy loop for as long as another worker compacts (measured at ~11% of the
+        // server's CPU on two cores). One worker flushes and compacts in turn.
+        let db =
+            Database::builder(dir).cache_size(options.cache_size_bytes).worker_threads(1).open()?;
         let keyspaces = Cf::ALL
             .iter()
             .map(|cf| {
