@@ -41,11 +41,6 @@ pub fn versions_range(user_key: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
-/// The first versioned key of any user key at or after `user_key`.
-pub fn versioned_lower_bound(user_key: &[u8]) -> Vec<u8> {
-    encode_bytes(user_key)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
