@@ -86,6 +86,17 @@ pub struct BenchArgs {
     one_pc: bool,
 }
 
+impl BenchArgs {
+    /// Whether the benchmark should run on a single-threaded runtime. The batch client
+    /// needs well under one core (its work is a few channel sends per command), and on one
+    /// thread it wakes no other threads: a quarter less client CPU per commit, which on a
+    /// shared machine goes to the server. `tikv-client` needs more than a core for some
+    /// workloads, so it keeps the multi-threaded runtime.
+    pub fn single_threaded(&self) -> bool {
+        self.client == ClientKind::Batch
+    }
+}
+
 /// The client a workload drives.
 #[derive(Clone)]
 enum Driver {
