@@ -97,6 +97,23 @@ impl RaftCommand {
     }
 }
 
+/// A data command together with its encoding, made once by the proposer: the encoding
+/// goes into the Raft log, and when the entry commits on the node that proposed it the
+/// command is applied as it is, without decoding the entry back (decoding copies every key
+/// and value, and was ~5% of the node's CPU under transactional load).
+pub struct EncodedCommand {
+    pub(crate) command: RaftCommand,
+    pub(crate) data: Vec<u8>,
+}
+
+impl EncodedCommand {
+    /// Encodes `command`.
+    pub fn new(command: RaftCommand) -> EncodedCommand {
+        let data = prost::Message::encode_to_vec(&command);
+        EncodedCommand { command, data }
+    }
+}
+
 /// Stable wire code of a data column family. Raft logs outlive binaries, so these numbers
 /// never change.
 pub fn cf_code(cf: Cf) -> u32 {

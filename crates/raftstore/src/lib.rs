@@ -28,7 +28,7 @@ pub mod state;
 pub mod storage;
 pub mod store;
 
-pub use command::{RaftCommand, SplitRequest};
+pub use command::{EncodedCommand, RaftCommand, SplitRequest};
 pub use error::RaftstoreError;
 pub use peer::RaftConfig;
 pub use registry::{GroupStatus, RegionStatus, Registry};

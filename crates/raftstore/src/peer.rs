@@ -1,6 +1,7 @@
 //! [`Peer`]: one replica of one Raft group, a raft-rs `RawNode` plus the proposals waiting
 //! for it to apply them.
 
+use crate::command::RaftCommand;
 use crate::error::RaftstoreError;
 use crate::storage::PeerStorage;
 use crate::Callback;
@@ -36,6 +37,8 @@ pub(crate) struct Proposal {
     pub index: u64,
     pub term: u64,
     pub callback: Callback,
+    /// The proposed data command, applied instead of decoding the entry.
+    pub command: Option<RaftCommand>,
 }
 
 /// One replica of a Raft group on this store.
@@ -90,7 +93,12 @@ impl Peer {
         self.region.peers.iter().find(|p| p.id == leader_id).cloned()
     }
 
-    pub(crate) fn propose(&mut self, data: Vec<u8>, callback: Callback) {
+    pub(crate) fn propose(
+        &mut self,
+        data: Vec<u8>,
+        command: Option<RaftCommand>,
+        callback: Callback,
+    ) {
         if !self.is_leader() {
             let error =
                 RaftstoreError::NotLeader { region_id: self.region.id, leader: self.leader() };
@@ -109,19 +117,20 @@ impl Peer {
                 RaftstoreError::NotLeader { region_id: self.region.id, leader: self.leader() };
             return callback(Err(error));
         }
-        self.proposals.push_back(Proposal { index, term: self.raw.raft.term, callback });
+        self.proposals.push_back(Proposal { index, term: self.raw.raft.term, callback, command });
     }
 
-    /// Takes the callback waiting for entry `(index, term)`, failing those that the log
-    /// skipped over (their entries were replaced by a new leader's).
-    pub(crate) fn take_callback(&mut self, index: u64, term: u64) -> Option<Callback> {
+    /// Takes the proposal of entry `(index, term)`, failing those that the log skipped
+    /// over (their entries were replaced by a new leader's). An index and a term name one
+    /// entry, so the proposal's command is the entry's.
+    pub(crate) fn take_proposal(&mut self, index: u64, term: u64) -> Option<Proposal> {
         while let Some(front) = self.proposals.front() {
             if front.index > index {
                 return None;
             }
             let proposal = self.proposals.pop_front()?;
             if proposal.index == index && proposal.term == term {
-                return Some(proposal.callback);
+                return Some(proposal);
             }
             (proposal.callback)(Err(RaftstoreError::StaleCommand));
         }

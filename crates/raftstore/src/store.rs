@@ -11,7 +11,7 @@
 
 use crate::apply::{apply_command, Applied};
 use crate::bootstrap::{write_initial_group, write_region_state};
-use crate::command::RaftCommand;
+use crate::command::{EncodedCommand, RaftCommand};
 use crate::error::RaftstoreError;
 use crate::keys;
 use crate::logger::raft_logger;
@@ -114,6 +114,22 @@ impl Store {
     /// Proposes `data` (an encoded [`RaftCommand`], or a placement command for
     /// [`META_GROUP_ID`]) to a group; `callback` runs once the entry is applied or refused.
     pub fn propose(&mut self, group_id: u64, data: Vec<u8>, callback: Callback) {
+        self.propose_entry(group_id, data, None, callback);
+    }
+
+    /// Proposes a data command to a data Region's group; see [`EncodedCommand`].
+    pub fn propose_command(&mut self, group_id: u64, command: EncodedCommand, callback: Callback) {
+        let EncodedCommand { command, data } = command;
+        self.propose_entry(group_id, data, Some(command), callback);
+    }
+
+    fn propose_entry(
+        &mut self,
+        group_id: u64,
+        data: Vec<u8>,
+        command: Option<RaftCommand>,
+        callback: Callback,
+    ) {
         let size = data.len() as u64;
         if size > self.config.max_entry_bytes {
             let limit = self.config.max_entry_bytes;
@@ -124,7 +140,7 @@ impl Store {
             }));
         }
         match self.peers.get_mut(&group_id) {
-            Some(peer) => peer.propose(data, callback),
+            Some(peer) => peer.propose(data, command, callback),
             None => callback(Err(RaftstoreError::RegionNotFound(group_id))),
         }
     }
@@ -191,12 +207,17 @@ impl Store {
                 continue;
             }
             for entry in entries {
-                let result = apply_entry(peer, meta.as_mut(), &entry, &mut apply_batch);
+                let proposal = peer.take_proposal(entry.index, entry.term);
+                let (callback, command) = match proposal {
+                    Some(p) => (Some(p.callback), p.command),
+                    None => (None, None),
+                };
+                let result = apply_entry(peer, meta.as_mut(), &entry, command, &mut apply_batch);
                 if let Ok(ApplyOutput::Split { right, .. }) = &result {
                     new_regions.push((right.clone(), peer.is_leader()));
                 }
                 peer.raw.mut_store().set_applied(entry.index, entry.term);
-                if let Some(callback) = peer.take_callback(entry.index, entry.term) {
+                if let Some(callback) = callback {
                     replies.push((callback, result));
                 }
             }
@@ -254,11 +275,13 @@ impl Drop for Store {
     }
 }
 
-/// Applies one committed entry of `peer`'s group, adding its writes to `batch`.
+/// Applies one committed entry of `peer`'s group, adding its writes to `batch`. `local` is
+/// the entry's command when this node proposed it (see [`EncodedCommand`]).
 fn apply_entry(
     peer: &mut Peer,
     meta: &mut dyn MetaStateMachine,
     entry: &Entry,
+    local: Option<RaftCommand>,
     batch: &mut WriteBatch,
 ) -> Result<ApplyOutput, RaftstoreError> {
     if entry.get_entry_type() != EntryType::EntryNormal {
@@ -273,8 +296,11 @@ fn apply_entry(
     if peer.region.id == META_GROUP_ID {
         return Ok(ApplyOutput::Meta(meta.apply(entry.index, &entry.data, batch)));
     }
-    let command = RaftCommand::decode(entry.data.as_ref())
-        .map_err(|e| RaftstoreError::InvalidCommand(format!("undecodable command: {e}")))?;
+    let command = match local {
+        Some(command) => command,
+        None => RaftCommand::decode(entry.data.as_ref())
+            .map_err(|e| RaftstoreError::InvalidCommand(format!("undecodable command: {e}")))?,
+    };
     match apply_command(&peer.region, command, batch)? {
         Applied::Written => Ok(ApplyOutput::Written),
         Applied::Split { left, right } => {

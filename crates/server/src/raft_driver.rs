@@ -5,7 +5,9 @@
 //! so all proposals that queued up during the previous round's fsync share the next one.
 //! A full channel makes proposers wait: that is the node's write backpressure.
 
-use scandium_raftstore::{ApplyOutput, Callback, RaftstoreError, Store};
+use scandium_raftstore::{
+    ApplyOutput, Callback, EncodedCommand, RaftCommand, RaftstoreError, Store,
+};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -17,6 +19,7 @@ const MAX_MESSAGES_PER_ROUND: usize = 4096;
 
 enum RaftMessage {
     Propose { group_id: u64, data: Vec<u8>, callback: Callback },
+    ProposeCommand { group_id: u64, command: EncodedCommand, callback: Callback },
     Stop,
 }
 
@@ -33,12 +36,30 @@ impl RaftHandle {
         group_id: u64,
         data: Vec<u8>,
     ) -> Result<ApplyOutput, RaftstoreError> {
+        self.send(|callback| RaftMessage::Propose { group_id, data, callback }).await
+    }
+
+    /// Proposes a data command to Region `region_id` and waits until it is applied (or
+    /// refused). It is encoded here, on the caller's thread, not on the Raft thread.
+    pub async fn propose_command(
+        &self,
+        region_id: u64,
+        command: RaftCommand,
+    ) -> Result<ApplyOutput, RaftstoreError> {
+        let command = EncodedCommand::new(command);
+        self.send(|callback| RaftMessage::ProposeCommand { group_id: region_id, command, callback })
+            .await
+    }
+
+    async fn send(
+        &self,
+        message: impl FnOnce(Callback) -> RaftMessage,
+    ) -> Result<ApplyOutput, RaftstoreError> {
         let (sender, receiver) = oneshot::channel();
         let callback: Callback = Box::new(move |result| {
             let _ = sender.send(result);
         });
-        let message = RaftMessage::Propose { group_id, data, callback };
-        if self.sender.send_async(message).await.is_err() {
+        if self.sender.send_async(message(callback)).await.is_err() {
             return Err(RaftstoreError::StaleCommand);
         }
         receiver.await.unwrap_or(Err(RaftstoreError::StaleCommand))
@@ -114,6 +135,10 @@ fn handle(store: &mut Store, message: RaftMessage) -> bool {
     match message {
         RaftMessage::Propose { group_id, data, callback } => {
             store.propose(group_id, data, callback);
+            false
+        }
+        RaftMessage::ProposeCommand { group_id, command, callback } => {
+            store.propose_command(group_id, command, callback);
             false
         }
         RaftMessage::Stop => true,

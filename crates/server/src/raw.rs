@@ -9,7 +9,6 @@
 use crate::clock::now_secs;
 use crate::context::{KeyMode, NodeContext};
 use crate::error::RequestError;
-use prost::Message as _;
 use scandium_protocol::kvrpcpb;
 use scandium_raftstore::RaftCommand;
 use scandium_storage::{KvPair, Snapshot, WriteBatch};
@@ -75,8 +74,7 @@ impl NodeContext {
         let mut batch = WriteBatch::new();
         let output = build(&*self.engine.snapshot(), &mut batch)?;
         if !batch.is_empty() {
-            let command = RaftCommand::write(region, batch).encode_to_vec();
-            self.raft.propose(region.id, command).await?;
+            self.raft.propose_command(region.id, RaftCommand::write(region, batch)).await?;
         }
         Ok(output)
     }

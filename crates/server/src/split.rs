@@ -8,7 +8,6 @@
 
 use crate::context::NodeContext;
 use crate::error::RequestError;
-use prost::Message as _;
 use scandium_raftstore::{ApplyOutput, RaftCommand, RaftstoreError, SplitRequest};
 use scandium_types::Region;
 
@@ -51,8 +50,8 @@ pub async fn split_at(node: &NodeContext, key: Vec<u8>) -> Result<Region, Reques
             new_region_id: first_id,
             new_peer_ids: (1..=status.region.peers.len() as u64).map(|i| first_id + i).collect(),
         };
-        let command = RaftCommand::split(&status.region, request).encode_to_vec();
-        match node.raft.propose(status.region.id, command).await {
+        let command = RaftCommand::split(&status.region, request);
+        match node.raft.propose_command(status.region.id, command).await {
             Ok(ApplyOutput::Split { left, right }) => {
                 node.placement.put_regions(vec![right.clone(), left]).await?;
                 tracing::info!(region = right.id, key = ?key, "split region");

@@ -9,7 +9,6 @@
 
 use crate::context::{Checked, KeyMode, NodeContext};
 use crate::txn_error::Failure;
-use prost::Message as _;
 use scandium_protocol::kvrpcpb;
 use scandium_raftstore::RaftCommand;
 use scandium_txn::actions::cleanup::{
@@ -107,8 +106,8 @@ impl NodeContext {
         }
         let released = txn.released_keys().to_vec();
         let lock_changes = txn.lock_changes().to_vec();
-        let command = RaftCommand::write(region, txn.into_batch(reader)?).encode_to_vec();
-        self.raft.propose(region.id, command).await?;
+        let command = RaftCommand::write(region, txn.into_batch(reader)?);
+        self.raft.propose_command(region.id, command).await?;
         self.lock_index.apply(&lock_changes);
         self.lock_waits.wake(&released);
         Ok(())
