@@ -23,6 +23,31 @@ fn k(s: &str) -> Vec<u8> {
     s.as_bytes().to_vec()
 }
 
+/// A prewrite of one Put, as `tikv-client` would send it, for requests it would never send
+/// on its own (late, or with a chosen start timestamp).
+fn put_prewrite(
+    node: &Node,
+    key: &str,
+    value: &str,
+    primary: &str,
+    start_version: u64,
+) -> scandium_protocol::kvrpcpb::PrewriteRequest {
+    use scandium_protocol::kvrpcpb;
+    kvrpcpb::PrewriteRequest {
+        context: Some(common::context_for(node, key.as_bytes())),
+        mutations: vec![kvrpcpb::Mutation {
+            op: kvrpcpb::Op::Put as i32,
+            key: k(key),
+            value: k(value),
+            ..Default::default()
+        }],
+        primary_lock: k(primary),
+        start_version,
+        lock_ttl: 1000,
+        ..Default::default()
+    }
+}
+
 fn options() -> [(&'static str, TransactionOptions); 5] {
     [
         ("optimistic", TransactionOptions::new_optimistic()),
@@ -266,18 +291,9 @@ async fn abandoned_async_commit_transactions_are_decided_by_their_secondaries() 
     txn.rollback().await.unwrap();
     // A late prewrite of the missing secondary is refused.
     let late = kvrpcpb::PrewriteRequest {
-        context: Some(common::context_for(&node, b"half-s")),
-        mutations: vec![kvrpcpb::Mutation {
-            op: kvrpcpb::Op::Put as i32,
-            key: k("half-s"),
-            value: k("late"),
-            ..Default::default()
-        }],
-        primary_lock: k("half-p"),
-        start_version: start,
         lock_ttl: 1,
         use_async_commit: true,
-        ..Default::default()
+        ..put_prewrite(&node, "half-s", "late", "half-p", start)
     };
     let resp = tikv.kv_prewrite(late).await.unwrap().into_inner();
     assert!(resp.errors.first().and_then(|e| e.conflict.as_ref()).is_some(), "{resp:?}");
@@ -289,8 +305,7 @@ async fn abandoned_async_commit_transactions_are_decided_by_their_secondaries() 
 /// conflicts with it is still refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_written_before_the_latest_index_is_indexed_at_start() {
-    use common::{context_for, tikv_grpc, wait_for};
-    use scandium_protocol::kvrpcpb;
+    use common::{tikv_grpc, wait_for};
     use scandium_storage::{Cf, Engine as _, FjallEngine, FjallOptions, WriteBatch};
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(dir.path()).await;
@@ -339,19 +354,7 @@ async fn data_written_before_the_latest_index_is_indexed_at_start() {
     assert_eq!(keys, 1, "the deleted key is not scanned");
     txn.rollback().await.unwrap();
     // A transaction that started before `newer` committed conflicts with it.
-    let prewrite = kvrpcpb::PrewriteRequest {
-        context: Some(context_for(&node, b"kept")),
-        mutations: vec![kvrpcpb::Mutation {
-            op: kvrpcpb::Op::Put as i32,
-            key: k("kept"),
-            value: k("stale"),
-            ..Default::default()
-        }],
-        primary_lock: k("kept"),
-        start_version: stale_ts,
-        lock_ttl: 1000,
-        ..Default::default()
-    };
+    let prewrite = put_prewrite(&node, "kept", "stale", "kept", stale_ts);
     let answer = tikv_grpc(&node).await.kv_prewrite(prewrite).await.unwrap().into_inner();
     assert!(
         answer.errors.first().is_some_and(|e| e.conflict.is_some()),

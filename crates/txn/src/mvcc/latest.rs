@@ -70,26 +70,29 @@ impl KeyWrites {
         let newest_put =
             self.changes.iter().rev().find_map(|(ts, w)| w.as_ref().map(|w| (*ts, w.clone())));
         let newest = match current {
-            // The newest record stays unless one at or above it was written.
-            Some((ts, _)) if !self.changes.contains_key(&ts) => match newest_put {
-                Some(put) if put.0 > ts => Some(put),
-                _ => return Ok(()),
-            },
-            // It was replaced or deleted: the newest is whichever is higher of what this
-            // command wrote and what it left of the older records.
-            Some((ts, _)) => {
-                let survivor = reader
-                    .scan_writes(key, ts)
-                    .find(|item| !matches!(item, Ok((ts, _)) if self.changes.contains_key(ts)))
-                    .transpose()?;
-                match (survivor, newest_put) {
-                    (Some(old), Some(put)) => Some(if put.0 > old.0 { put } else { old }),
-                    (old, put) => old.or(put),
+            // A first record: the newest written, if any.
+            None if newest_put.is_none() => return Ok(()),
+            None => newest_put,
+            Some((ts, _)) => match self.changes.get(&ts) {
+                // Untouched: it stays the newest unless a newer record was written.
+                None => match newest_put {
+                    Some(put) if put.0 > ts => Some(put),
+                    _ => return Ok(()),
+                },
+                // Rewritten: the rewrite, or a newer record, is the newest.
+                Some(Some(_)) => newest_put,
+                // Deleted: whichever is higher of what this command wrote and what it
+                // left of the older records.
+                Some(None) => {
+                    let survivor = reader
+                        .scan_writes(key, ts)
+                        .find(|item| !matches!(item, Ok((ts, _)) if self.changes.contains_key(ts)))
+                        .transpose()?;
+                    match (survivor, newest_put) {
+                        (Some(old), Some(put)) => Some(if put.0 > old.0 { put } else { old }),
+                        (old, put) => old.or(put),
+                    }
                 }
-            }
-            None => match newest_put {
-                Some(put) => Some(put),
-                None => return Ok(()),
             },
         };
         match newest {
