@@ -113,6 +113,8 @@ impl Store {
 
     /// Proposes `data` (an encoded [`RaftCommand`], or a placement command for
     /// [`META_GROUP_ID`]) to a group; `callback` runs once the entry is applied or refused.
+    /// Data commands are cheaper through [`Store::propose_command`], which spares apply
+    /// from decoding them.
     pub fn propose(&mut self, group_id: u64, data: Vec<u8>, callback: Callback) {
         self.propose_entry(group_id, data, None, callback);
     }

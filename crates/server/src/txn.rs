@@ -43,6 +43,26 @@ pub struct PrewriteResult {
     pub one_pc_commit_ts: u64,
 }
 
+/// A command's changes, sealed against the snapshot they were computed from (see
+/// `MvccTxn::into_batch`), so the snapshot can be released before the Raft round.
+struct Sealed {
+    /// What to propose; `None` when the command changed nothing.
+    batch: Option<scandium_storage::WriteBatch>,
+    /// Keys whose locks the command removes.
+    released: Vec<Vec<u8>>,
+    /// Lock changes for the lock index.
+    lock_changes: Vec<(Vec<u8>, Option<u64>)>,
+}
+
+impl Sealed {
+    fn new(reader: &MvccReader<'_>, txn: MvccTxn) -> TxnResult<Sealed> {
+        let released = txn.released_keys().to_vec();
+        let lock_changes = txn.lock_changes().to_vec();
+        let batch = if txn.is_empty() { None } else { Some(txn.into_batch(reader)?) };
+        Ok(Sealed { batch, released, lock_changes })
+    }
+}
+
 impl NodeContext {
     fn check_keys<'a>(
         &self,
@@ -68,7 +88,10 @@ impl NodeContext {
         let reader = MvccReader::new(&*snapshot);
         let mut txn = MvccTxn::new();
         let output = action(&reader, &mut txn)?;
-        self.propose_txn(region, &reader, txn).await?;
+        let sealed = Sealed::new(&reader, txn)?;
+        drop(reader);
+        drop(snapshot);
+        self.propose_txn(region, sealed).await?;
         Ok(output)
     }
 
@@ -94,22 +117,13 @@ impl NodeContext {
         self.resolve_keys(region, keys, &|ts| (ts == start_ts).then_some(commit_ts.0)).await
     }
 
-    /// Proposes `txn`'s changes, computed from `reader`'s snapshot under latches still held.
-    async fn propose_txn(
-        &self,
-        region: &Region,
-        reader: &MvccReader<'_>,
-        txn: MvccTxn,
-    ) -> TxnResult<()> {
-        if txn.is_empty() {
-            return Ok(());
-        }
-        let released = txn.released_keys().to_vec();
-        let lock_changes = txn.lock_changes().to_vec();
-        let command = RaftCommand::write(region, txn.into_batch(reader)?);
-        self.raft.propose_command(region.id, command).await?;
-        self.lock_index.apply(&lock_changes);
-        self.lock_waits.wake(&released);
+    /// Proposes a command's sealed changes (the caller still holds the keys' latches) and,
+    /// once applied, updates the lock index and wakes waiters of the locks it removed.
+    async fn propose_txn(&self, region: &Region, sealed: Sealed) -> TxnResult<()> {
+        let Some(batch) = sealed.batch else { return Ok(()) };
+        self.raft.propose_command(region.id, RaftCommand::write(region, batch)).await?;
+        self.lock_index.apply(&sealed.lock_changes);
+        self.lock_waits.wake(&sealed.released);
         Ok(())
     }
 
@@ -268,7 +282,10 @@ impl NodeContext {
                 result.min_commit_ts = commit_ts.0.max(existing_min_commit_ts);
             }
         }
-        self.propose_txn(&checked.region, &reader, txn).await?;
+        let sealed = Sealed::new(&reader, txn)?;
+        drop(reader);
+        drop(snapshot);
+        self.propose_txn(&checked.region, sealed).await?;
         Ok(result)
     }
 
@@ -467,7 +484,10 @@ impl NodeContext {
                 }
             }
             let Some((key, lock)) = blocked else {
-                self.propose_txn(&checked.region, &reader, txn).await?;
+                let sealed = Sealed::new(&reader, txn)?;
+                drop(reader);
+                drop(snapshot);
+                self.propose_txn(&checked.region, sealed).await?;
                 return Ok(values);
             };
             let now = Instant::now();
