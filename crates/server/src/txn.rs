@@ -751,12 +751,16 @@ fn pessimistic_actions(
     if req.pessimistic_actions.is_empty() {
         return Ok(vec![PessimisticAction::SkipPessimisticCheck; count]);
     }
-    if req.pessimistic_actions.len() != count {
+    // tikv-client 0.4 splits a prewrite's mutations by Region but sends every shard the
+    // whole transaction's action list (all DoPessimisticCheck), so a shard can carry more
+    // actions than mutations. TiKV pairs them by position and ignores the rest; so do we.
+    // Fewer actions than mutations would leave mutations without one: that is refused.
+    if req.pessimistic_actions.len() < count {
         let message =
             format!("{} pessimistic actions for {count} mutations", req.pessimistic_actions.len());
         return Err(crate::error::RequestError::invalid(message).into());
     }
-    req.pessimistic_actions
+    req.pessimistic_actions[..count]
         .iter()
         .map(|&a| match kvrpcpb::prewrite_request::PessimisticAction::try_from(a) {
             Ok(kvrpcpb::prewrite_request::PessimisticAction::SkipPessimisticCheck) => {

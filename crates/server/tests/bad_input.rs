@@ -122,6 +122,31 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         .error
         .contains("unknown API version"));
 
+    // A pessimistic prewrite with fewer actions than mutations (more are allowed: tikv-client
+    // sends every Region's shard the whole list).
+    let prewrite = |actions: Vec<i32>| kvrpcpb::PrewriteRequest {
+        context: context.clone(),
+        mutations: ["p1", "p2"]
+            .map(|key| kvrpcpb::Mutation {
+                op: kvrpcpb::Op::Put as i32,
+                key: key.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+            .to_vec(),
+        primary_lock: b"p1".to_vec(),
+        start_version: 10,
+        for_update_ts: 10,
+        lock_ttl: 1000,
+        pessimistic_actions: actions,
+        ..Default::default()
+    };
+    let skip = kvrpcpb::prewrite_request::PessimisticAction::SkipPessimisticCheck as i32;
+    let resp = tikv.kv_prewrite(prewrite(vec![skip])).await.unwrap().into_inner();
+    assert!(resp.errors[0].abort.contains("1 pessimistic actions for 2 mutations"), "{resp:?}");
+    let resp = tikv.kv_prewrite(prewrite(vec![skip; 3])).await.unwrap().into_inner();
+    assert!(resp.errors.is_empty() && resp.region_error.is_none(), "{resp:?}");
+
     // Missing context.
     let request = RawGetRequest { context: None, key: b"k".to_vec(), cf: String::new() };
     assert!(tikv.raw_get(request).await.unwrap().into_inner().error.contains("no context"));

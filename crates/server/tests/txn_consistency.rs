@@ -104,25 +104,48 @@ async fn bank(split_while_running: bool) {
         }));
     }
     let splitter = split_while_running.then(|| {
-        let context = node.context().clone();
+        let (context, committed) = (node.context().clone(), committed.clone());
         tokio::spawn(async move {
-            for i in [4, 2, 6, 1, 3, 5, 7] {
-                tokio::time::sleep(Duration::from_millis(400)).await;
+            // Each split waits for ten more transfers, so every split lands among them.
+            for (n, i) in [4, 2, 6, 1, 3, 5, 7].into_iter().enumerate() {
+                let after = 10 * (n + 1);
+                wait_for("transfers between splits", Duration::from_secs(60), || {
+                    committed.load(Ordering::Relaxed) >= after
+                })
+                .await;
                 scandium_server::split::split_at(&context, account(i)).await.expect("split");
             }
         })
     });
+    // Readers check snapshots until the transfers have made progress and the splits are
+    // done. The run is bounded by progress, not by a fixed window: tikv-client 0.4 never
+    // waits for a lock on the server (wait_timeout 0), so two transactions that each hold
+    // a key the other wants (pessimistic locks, or an optimistic prewrite split by Region)
+    // both back off until the client gives up, about 4 s, before either moves again.
+    const TRANSFERS: usize = 100;
+    const SNAPSHOTS: usize = 50;
     let (mut snapshots, mut unresolved) = (0, 0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
-    while tokio::time::Instant::now() < deadline {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let splits_done = splitter.as_ref().is_none_or(|s| s.is_finished());
+        let done = committed.load(Ordering::Relaxed);
+        if splits_done && done >= TRANSFERS && snapshots >= SNAPSHOTS {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress (seed {seed}): {done} transfers committed, {snapshots} snapshots \
+             checked, {unresolved} reads gave up on a lock, splits done: {splits_done}"
+        );
         let ts = client.current_timestamp().await.unwrap();
         let mut snapshot = client.snapshot(ts, TransactionOptions::new_optimistic());
         let keys: Vec<Vec<u8>> = (0..ACCOUNTS).map(account).collect();
         let pairs: Vec<_> = match snapshot.batch_get(keys).await {
             Ok(pairs) => pairs.collect(),
-            // Under split churn a reader can give up on a lock (the client resolves for
-            // about 1.5 s); that is an error to the reader, never a wrong answer.
-            Err(tikv_client::Error::ResolveLockError(_)) if split_while_running => {
+            // A reader can give up on a lock held through such a standoff (the client
+            // resolves for about 1.5 s); that is an error to the reader, never a wrong
+            // answer.
+            Err(tikv_client::Error::ResolveLockError(_)) => {
                 unresolved += 1;
                 continue;
             }
@@ -147,10 +170,6 @@ async fn bank(split_while_running: bool) {
         assert_eq!(regions.len(), ACCOUNTS, "every account ended up in its own Region");
     }
     let done = committed.load(Ordering::Relaxed);
-    // Splits stall transfers while clients refresh their Region caches; fewer commit.
-    let minimum = if split_while_running { 5 } else { 20 };
-    assert!(done > minimum, "transfers committed: {done}");
-    assert!(snapshots > 10, "snapshots checked: {snapshots}");
     assert!(
         unresolved <= snapshots,
         "most reads succeed: {unresolved} gave up, {snapshots} checked"
