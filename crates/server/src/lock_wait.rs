@@ -89,6 +89,12 @@ impl LockWaits {
         }
     }
 
+    /// Whether `txn` is waiting for a lock now; lets tests and diagnostics observe a wait
+    /// instead of guessing when it began.
+    pub fn is_waiting(&self, txn: TimeStamp) -> bool {
+        self.lock().waits_for.contains_key(&txn.0)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

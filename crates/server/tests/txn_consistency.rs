@@ -234,8 +234,11 @@ async fn lock_waits_and_deadlocks() {
         tokio::spawn(
             async move { waiter.kv_pessimistic_lock(request).await.unwrap().into_inner() },
         );
-    wait_for("the waiter to register", Duration::from_secs(5), || !waiting.is_finished()).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let waits = node.context().lock_waits.clone();
+    wait_for("20 to wait for ka", Duration::from_secs(5), || {
+        waits.is_waiting(scandium_types::TimeStamp(20))
+    })
+    .await;
     // ...so 10 waiting for 20 on kb would deadlock.
     let resp =
         tikv.kv_pessimistic_lock(lock_request(&node, b"kb", 10, 1000)).await.unwrap().into_inner();
