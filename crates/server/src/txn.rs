@@ -84,8 +84,9 @@ impl NodeContext {
         action: impl FnOnce(&MvccReader<'_>, &mut MvccTxn) -> Result<T, Failure>,
     ) -> TxnResult<T> {
         let _latches = self.latches.acquire(keys.iter()).await;
+        let hint = self.lock_index.hint_keys(keys);
         let snapshot = self.engine.snapshot();
-        let reader = MvccReader::new(&*snapshot);
+        let reader = MvccReader::with_hint(&*snapshot, hint);
         let mut txn = MvccTxn::new();
         let output = action(&reader, &mut txn)?;
         let sealed = Sealed::new(&reader, txn)?;
@@ -118,9 +119,12 @@ impl NodeContext {
     }
 
     /// Proposes a command's sealed changes (the caller still holds the keys' latches) and,
-    /// once applied, updates the lock index and wakes waiters of the locks it removed.
+    /// once applied, updates the lock index and wakes waiters of the locks it removed. The
+    /// index learns of new locks before they are proposed: it must never miss a lock that
+    /// storage holds (see [`scandium_txn::LockHint`]).
     async fn propose_txn(&self, region: &Region, sealed: Sealed) -> TxnResult<()> {
         let Some(batch) = sealed.batch else { return Ok(()) };
+        self.lock_index.add_proposed(&sealed.lock_changes);
         self.raft.propose_command(region.id, RaftCommand::write(region, batch)).await?;
         self.lock_index.apply(&sealed.lock_changes);
         self.lock_waits.wake(&sealed.released);
@@ -132,9 +136,11 @@ impl NodeContext {
         let checked = self.check_context(req.context.as_ref())?;
         self.check_keys(&checked, [&req.key])?;
         let ts = TimeStamp(req.version);
+        // In this order: max_ts, then the lock index, then the snapshot (see LockHint).
         self.concurrency.read_key_check(&req.key, ts)?;
+        let hint = self.lock_index.hint_keys([&req.key]);
         let snapshot = self.engine.snapshot();
-        Ok(read::point_get(&MvccReader::new(&*snapshot), &req.key, ts)?)
+        Ok(read::point_get(&MvccReader::with_hint(&*snapshot, hint), &req.key, ts)?)
     }
 
     /// `KvBatchGet`: found pairs, and a locked key as a pair carrying its error.
@@ -145,14 +151,15 @@ impl NodeContext {
         let checked = self.check_context(req.context.as_ref())?;
         self.check_keys(&checked, &req.keys)?;
         let ts = TimeStamp(req.version);
+        // In this order: max_ts, then the lock index, then the snapshot (see LockHint).
+        let checks: Vec<_> =
+            req.keys.iter().map(|key| self.concurrency.read_key_check(key, ts)).collect();
+        let hint = self.lock_index.hint_keys(&req.keys);
         let snapshot = self.engine.snapshot();
-        let reader = MvccReader::new(&*snapshot);
+        let reader = MvccReader::with_hint(&*snapshot, hint);
         let mut pairs = Vec::new();
-        for key in &req.keys {
-            let result = self
-                .concurrency
-                .read_key_check(key, ts)
-                .and_then(|()| read::point_get(&reader, key, ts));
+        for (key, check) in req.keys.iter().zip(checks) {
+            let result = check.and_then(|()| read::point_get(&reader, key, ts));
             match result {
                 Ok(Some(value)) => {
                     pairs.push(kvrpcpb::KvPair { key: key.clone(), value, error: None })
@@ -180,10 +187,12 @@ impl NodeContext {
         };
         let (start, end) = self.clamp_range(&checked, KeyMode::Txn, lower, upper)?;
         let ts = TimeStamp(req.version);
+        // In this order: max_ts, then the lock index, then the snapshot (see LockHint).
         self.concurrency.read_range_check(&start, &end, ts)?;
+        let hint = self.lock_index.hint_range(&start, &end);
         let snapshot = self.engine.snapshot();
         let items = read::scan(
-            &MvccReader::new(&*snapshot),
+            &MvccReader::with_hint(&*snapshot, hint),
             &start,
             &end,
             limit,
@@ -233,8 +242,9 @@ impl NodeContext {
         };
         let keys: Vec<Vec<u8>> = mutations.iter().map(|m| m.key.clone()).collect();
         let _latches = self.latches.acquire(keys.iter()).await;
+        let hint = self.lock_index.hint_keys(&keys);
         let snapshot = self.engine.snapshot();
-        let reader = MvccReader::new(&*snapshot);
+        let reader = MvccReader::with_hint(&*snapshot, hint);
         let mut txn = MvccTxn::new();
         let mut result = PrewriteResult::default();
         let mut locks: Vec<(Vec<u8>, Lock)> = Vec::new();

@@ -24,4 +24,4 @@ pub mod raw;
 pub use concurrency::ConcurrencyManager;
 pub use error::{Result, TxnError};
 pub use latches::{LatchGuard, Latches};
-pub use lock_index::LockIndex;
+pub use lock_index::{LockHint, LockIndex};

@@ -1,6 +1,7 @@
 //! [`MvccReader`]: reads of locks, versions and values from a snapshot.
 
 use crate::error::{Result, TxnError};
+use crate::lock_index::LockHint;
 use crate::mvcc::{latest, Lock, Write, WriteType};
 use scandium_storage::{Cf, Snapshot};
 use scandium_types::mvcc::{split_versioned_key, versioned_key, versions_range};
@@ -33,12 +34,20 @@ pub struct MvccReader<'a> {
     /// asks for a key's newest record several times: its checks, the exact-version checks
     /// (`write_at`), and sealing its changes into the Latest CF.
     newest: Mutex<HashMap<Vec<u8>, Newest>>,
+    /// Keys whose Lock CF lookup can be skipped.
+    hint: LockHint,
 }
 
 impl<'a> MvccReader<'a> {
     /// Reads from `snapshot`.
     pub fn new(snapshot: &'a dyn Snapshot) -> MvccReader<'a> {
-        MvccReader { snapshot, newest: Mutex::default() }
+        MvccReader::with_hint(snapshot, LockHint::default())
+    }
+
+    /// Reads from `snapshot`, trusting `hint` (taken before the snapshot) that its keys
+    /// hold no locks.
+    pub fn with_hint(snapshot: &'a dyn Snapshot, hint: LockHint) -> MvccReader<'a> {
+        MvccReader { snapshot, newest: Mutex::default(), hint }
     }
 
     fn newest_cache(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Newest>> {
@@ -47,6 +56,9 @@ impl<'a> MvccReader<'a> {
 
     /// The lock on `key`, if any.
     pub fn load_lock(&self, key: &[u8]) -> Result<Option<Lock>> {
+        if self.hint.is_unlocked(key) {
+            return Ok(None);
+        }
         match self.snapshot.get(Cf::Lock, key)? {
             Some(bytes) => Ok(Some(Lock::from_bytes(&bytes)?)),
             None => Ok(None),
@@ -208,6 +220,19 @@ impl<'a> MvccReader<'a> {
         keep: impl Fn(&Lock) -> bool,
     ) -> Result<Vec<(Vec<u8>, Lock)>> {
         let mut locks = Vec::new();
+        if let Some(keys) = self.hint.maybe_locked_in(start, end) {
+            for key in keys {
+                let Some(bytes) = self.snapshot.get(Cf::Lock, key)? else { continue };
+                let lock = Lock::from_bytes(&bytes)?;
+                if keep(&lock) {
+                    locks.push((key.to_vec(), lock));
+                    if limit != 0 && locks.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            return Ok(locks);
+        }
         for item in self.snapshot.scan(Cf::Lock, start, end, false) {
             let (key, bytes) = item?;
             let lock = Lock::from_bytes(&bytes)?;
