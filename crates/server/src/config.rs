@@ -35,6 +35,8 @@ pub struct Config {
     pub memtable_size_bytes: u64,
     /// Number of latch slots serialising writes to the same keys.
     pub latch_slots: usize,
+    /// Memory for recently written keys' newest records, in bytes (0 disables the cache).
+    pub newest_cache_bytes: u64,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             cache_size_bytes: 64 << 20,
             memtable_size_bytes: 16 << 20,
             latch_slots: 4096,
+            newest_cache_bytes: 32 << 20,
         }
     }
 }

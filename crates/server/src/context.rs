@@ -36,7 +36,9 @@ pub struct NodeContext {
     /// Pessimistic lock requests waiting for other transactions' locks.
     pub lock_waits: crate::lock_wait::LockWaits,
     /// Which keys hold transactional locks (kept in memory; see `scandium_txn::LockIndex`).
-    pub lock_index: scandium_txn::LockIndex,
+    pub lock_index: Arc<scandium_txn::LockIndex>,
+    /// Recently written keys' newest records (see `scandium_txn::NewestCache`).
+    pub newest: Arc<scandium_txn::NewestCache>,
 }
 
 /// The key space a request addresses; API V2 keys must carry its mode byte.

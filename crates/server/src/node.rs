@@ -129,8 +129,10 @@ impl Node {
             latches: Latches::new(config.latch_slots),
             concurrency: Arc::new(ConcurrencyManager::new(now)),
             lock_waits: crate::lock_wait::LockWaits::default(),
-            lock_index: scandium_txn::LockIndex::load(&engine)
-                .map_err(|e| data_dir_error(&config, e))?,
+            lock_index: Arc::new(
+                scandium_txn::LockIndex::load(&engine).map_err(|e| data_dir_error(&config, e))?,
+            ),
+            newest: Arc::new(scandium_txn::NewestCache::new(config.newest_cache_bytes)),
             config,
             store_id: ident.store_id,
             advertise_addr,

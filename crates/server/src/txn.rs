@@ -10,7 +10,7 @@
 use crate::context::{Checked, KeyMode, NodeContext};
 use crate::txn_error::Failure;
 use scandium_protocol::kvrpcpb;
-use scandium_raftstore::RaftCommand;
+use scandium_raftstore::{RaftCommand, RaftstoreError};
 use scandium_txn::actions::cleanup::{
     self, CheckTxnStatus, SecondaryStatus, StatusAction, TxnStatus,
 };
@@ -19,8 +19,8 @@ use scandium_txn::actions::prewrite::{
     self, Mutation, MutationOp, PessimisticAction, PrewriteOutcome, TxnProps,
 };
 use scandium_txn::actions::{commit, gc, read};
-use scandium_txn::mvcc::{Lock, MvccReader, MvccTxn};
-use scandium_txn::TxnError;
+use scandium_txn::mvcc::{Lock, MvccReader, MvccTxn, Newest};
+use scandium_txn::{LatchGuard, TxnError};
 use scandium_types::{Region, TimeStamp};
 use std::time::{Duration, Instant};
 
@@ -52,14 +52,19 @@ struct Sealed {
     released: Vec<Vec<u8>>,
     /// Lock changes for the lock index.
     lock_changes: Vec<(Vec<u8>, Option<u64>)>,
+    /// Keys whose newest record changes, with that record, for the newest-record cache.
+    newest: Vec<(Vec<u8>, Newest)>,
 }
 
 impl Sealed {
     fn new(reader: &MvccReader<'_>, txn: MvccTxn) -> TxnResult<Sealed> {
         let released = txn.released_keys().to_vec();
         let lock_changes = txn.lock_changes().to_vec();
-        let batch = if txn.is_empty() { None } else { Some(txn.into_batch(reader)?) };
-        Ok(Sealed { batch, released, lock_changes })
+        if txn.is_empty() {
+            return Ok(Sealed { batch: None, released, lock_changes, newest: Vec::new() });
+        }
+        let (batch, newest) = txn.seal(reader)?;
+        Ok(Sealed { batch: Some(batch), released, lock_changes, newest })
     }
 }
 
@@ -83,8 +88,8 @@ impl NodeContext {
         keys: &[Vec<u8>],
         action: impl FnOnce(&MvccReader<'_>, &mut MvccTxn) -> Result<T, Failure>,
     ) -> TxnResult<T> {
-        let _latches = self.latches.acquire(keys.iter()).await;
-        let hint = self.lock_index.hint_keys(keys);
+        let latches = self.latches.acquire(keys.iter()).await;
+        let hint = self.lock_index.hint_for_write(keys, &self.newest);
         let snapshot = self.engine.snapshot();
         let reader = MvccReader::with_hint(&*snapshot, hint);
         let mut txn = MvccTxn::new();
@@ -92,7 +97,7 @@ impl NodeContext {
         let sealed = Sealed::new(&reader, txn)?;
         drop(reader);
         drop(snapshot);
-        self.propose_txn(region, sealed).await?;
+        self.propose_txn(region, sealed, latches).await?;
         Ok(output)
     }
 
@@ -118,16 +123,41 @@ impl NodeContext {
         self.resolve_keys(region, keys, &|ts| (ts == start_ts).then_some(commit_ts.0)).await
     }
 
-    /// Proposes a command's sealed changes (the caller still holds the keys' latches) and,
-    /// once applied, updates the lock index and wakes waiters of the locks it removed. The
-    /// index learns of new locks before they are proposed: it must never miss a lock that
-    /// storage holds (see [`scandium_txn::LockHint`]).
-    async fn propose_txn(&self, region: &Region, sealed: Sealed) -> TxnResult<()> {
+    /// Proposes a command's sealed changes under the keys' `latches` and, once applied,
+    /// updates the lock index and the newest-record cache, wakes waiters of the locks it
+    /// removed, and releases the latches.
+    ///
+    /// The lock index learns of new locks before they are proposed: it must never miss a
+    /// lock that storage holds (see [`scandium_txn::LockHint`]). The cache forgets the keys
+    /// before, and learns their new records after (see [`scandium_txn::NewestCache`]).
+    ///
+    /// The proposal and what follows it run as a task of their own, so a request whose
+    /// client goes away cannot cut them short: the latches stay held until the change is
+    /// applied, and the indexes learn of it.
+    async fn propose_txn(
+        &self,
+        region: &Region,
+        sealed: Sealed,
+        latches: LatchGuard,
+    ) -> TxnResult<()> {
         let Some(batch) = sealed.batch else { return Ok(()) };
         self.lock_index.add_proposed(&sealed.lock_changes);
-        self.raft.propose_command(region.id, RaftCommand::write(region, batch)).await?;
-        self.lock_index.apply(&sealed.lock_changes);
-        self.lock_waits.wake(&sealed.released);
+        self.newest.forget(&sealed.newest);
+        let command = RaftCommand::write(region, batch);
+        let region_id = region.id;
+        let raft = self.raft.clone();
+        let (lock_index, newest) = (self.lock_index.clone(), self.newest.clone());
+        let lock_waits = self.lock_waits.clone();
+        let applied = tokio::spawn(async move {
+            raft.propose_command(region_id, command).await?;
+            lock_index.apply(&sealed.lock_changes);
+            newest.record(sealed.newest);
+            lock_waits.wake(&sealed.released);
+            drop(latches);
+            Ok::<_, RaftstoreError>(())
+        });
+        // The task only fails to finish if the runtime is shutting down.
+        applied.await.unwrap_or(Err(RaftstoreError::StaleCommand))?;
         Ok(())
     }
 
@@ -138,7 +168,7 @@ impl NodeContext {
         let ts = TimeStamp(req.version);
         // In this order: max_ts, then the lock index, then the snapshot (see LockHint).
         self.concurrency.read_key_check(&req.key, ts)?;
-        let hint = self.lock_index.hint_keys([&req.key]);
+        let hint = self.lock_index.hint_for_read([&req.key], &self.newest);
         let snapshot = self.engine.snapshot();
         Ok(read::point_get(&MvccReader::with_hint(&*snapshot, hint), &req.key, ts)?)
     }
@@ -154,7 +184,7 @@ impl NodeContext {
         // In this order: max_ts, then the lock index, then the snapshot (see LockHint).
         let checks: Vec<_> =
             req.keys.iter().map(|key| self.concurrency.read_key_check(key, ts)).collect();
-        let hint = self.lock_index.hint_keys(&req.keys);
+        let hint = self.lock_index.hint_for_read(&req.keys, &self.newest);
         let snapshot = self.engine.snapshot();
         let reader = MvccReader::with_hint(&*snapshot, hint);
         let mut pairs = Vec::new();
@@ -241,8 +271,8 @@ impl NodeContext {
             min_commit_ts: TimeStamp(req.min_commit_ts),
         };
         let keys: Vec<Vec<u8>> = mutations.iter().map(|m| m.key.clone()).collect();
-        let _latches = self.latches.acquire(keys.iter()).await;
-        let hint = self.lock_index.hint_keys(&keys);
+        let latches = self.latches.acquire(keys.iter()).await;
+        let hint = self.lock_index.hint_for_write(&keys, &self.newest);
         let snapshot = self.engine.snapshot();
         let reader = MvccReader::with_hint(&*snapshot, hint);
         let mut txn = MvccTxn::new();
@@ -295,7 +325,7 @@ impl NodeContext {
         let sealed = Sealed::new(&reader, txn)?;
         drop(reader);
         drop(snapshot);
-        self.propose_txn(&checked.region, sealed).await?;
+        self.propose_txn(&checked.region, sealed, latches).await?;
         Ok(result)
     }
 
@@ -468,9 +498,10 @@ impl NodeContext {
         let deadline = Instant::now()
             + Duration::from_millis(req.wait_timeout.max(0) as u64).min(MAX_LOCK_WAIT);
         loop {
-            let _latches = self.latches.acquire(keys.iter()).await;
+            let latches = self.latches.acquire(keys.iter()).await;
+            let hint = self.lock_index.hint_for_write(&keys, &self.newest);
             let snapshot = self.engine.snapshot();
-            let reader = MvccReader::new(&*snapshot);
+            let reader = MvccReader::with_hint(&*snapshot, hint);
             let mut txn = MvccTxn::new();
             let mut values = Vec::with_capacity(keys.len());
             let mut blocked = None;
@@ -497,7 +528,7 @@ impl NodeContext {
                 let sealed = Sealed::new(&reader, txn)?;
                 drop(reader);
                 drop(snapshot);
-                self.propose_txn(&checked.region, sealed).await?;
+                self.propose_txn(&checked.region, sealed, latches).await?;
                 return Ok(values);
             };
             let now = Instant::now();
@@ -513,7 +544,7 @@ impl NodeContext {
                 })
             })?;
             drop(snapshot);
-            drop(_latches);
+            drop(latches);
             wait.wait(deadline - now).await;
         }
     }

@@ -302,3 +302,98 @@ async fn gc_stops_versions_from_piling_up() {
     txn.rollback().await.unwrap();
     node.stop().await;
 }
+
+/// Requests cancelled at any point (their client went away) leave the in-memory indexes
+/// true: every lock storage holds is in the lock index, every cached newest record equals
+/// the Latest CF's, and the Latest CF matches the Write CF. A cancelled request's change
+/// still completes under its latches, so the next command on its keys sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_requests_leave_the_indexes_true() {
+    async fn turns(n: usize) {
+        for _ in 0..n {
+            tokio::task::yield_now().await;
+        }
+    }
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(dir.path(), |_| {}).await;
+    let context = node.context().clone();
+    let seed: u64 = match std::env::var("CANCEL_SEED") {
+        Ok(seed) => seed.parse().expect("CANCEL_SEED is a number"),
+        Err(_) => rand::random(),
+    };
+    eprintln!("cancellation seed {seed} (replay with CANCEL_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // A key per round: a commit cancelled before it was proposed leaves its lock behind.
+    let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("cancel{i:03}").into_bytes()).collect();
+    let mut cancelled = 0;
+    for (round, key) in (0u64..).zip(keys.iter().cloned()) {
+        let start = 1_000 + round * 10;
+        let prewrite = kvrpcpb::PrewriteRequest {
+            context: Some(context_for(&node, &key)),
+            mutations: vec![kvrpcpb::Mutation {
+                op: kvrpcpb::Op::Put as i32,
+                key: key.clone(),
+                value: round.to_be_bytes().to_vec(),
+                ..Default::default()
+            }],
+            primary_lock: key.clone(),
+            start_version: start,
+            lock_ttl: 1,
+            ..Default::default()
+        };
+        let commit = kvrpcpb::CommitRequest {
+            context: Some(context_for(&node, &key)),
+            start_version: start,
+            keys: vec![key.clone()],
+            commit_version: start + 5,
+            ..Default::default()
+        };
+        // Half the requests are dropped after a random number of scheduler turns, if
+        // unfinished.
+        let patience = |rng: &mut rand::rngs::StdRng| {
+            if rng.gen_bool(0.5) {
+                rng.gen_range(0..8)
+            } else {
+                usize::MAX
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = context.kv_prewrite(prewrite) => {}
+            _ = turns(patience(&mut rng)) => cancelled += 1,
+        }
+        tokio::select! {
+            biased;
+            _ = context.kv_commit(commit) => {}
+            _ = turns(patience(&mut rng)) => cancelled += 1,
+        }
+        // A rollback record below the commit: written from a snapshot that missed a
+        // cancelled commit, it would become the key's newest record in the Latest CF.
+        let rollback = kvrpcpb::BatchRollbackRequest {
+            context: Some(context_for(&node, &key)),
+            start_version: start + 2,
+            keys: vec![key.clone()],
+            ..Default::default()
+        };
+        context.kv_batch_rollback(rollback).await.expect("rollback");
+    }
+    eprintln!("{cancelled} of 600 prewrites and commits cancelled");
+    assert!(cancelled > 0, "the test cancels some requests (seed {seed})");
+    let indexes_true = || {
+        let snapshot = context.engine.snapshot();
+        let stored_locks: Vec<Vec<u8>> =
+            snapshot.scan(Cf::Lock, b"", b"", false).map(|item| item.unwrap().0).collect();
+        let indexed = context.lock_index.keys(b"", b"", usize::MAX, |_| true);
+        let reader = scandium_txn::mvcc::MvccReader::new(&*snapshot);
+        stored_locks.iter().all(|key| indexed.contains(key))
+            && keys.iter().all(|key| {
+                context.newest.get(key).is_none_or(|cached| {
+                    cached == reader.newest_write(key).expect("stored newest record")
+                })
+            })
+            && scandium_txn::mvcc::latest::verify(&*snapshot).is_ok()
+    };
+    wait_for("the indexes to agree with storage", Duration::from_secs(10), indexes_true).await;
+    node.stop().await;
+}

@@ -19,9 +19,11 @@ pub mod error;
 pub mod latches;
 pub mod lock_index;
 pub mod mvcc;
+pub mod newest_cache;
 pub mod raw;
 
 pub use concurrency::ConcurrencyManager;
 pub use error::{Result, TxnError};
 pub use latches::{LatchGuard, Latches};
 pub use lock_index::{LockHint, LockIndex};
+pub use newest_cache::NewestCache;

@@ -20,9 +20,10 @@
 //! storage before acting on it. It stays until a command on that key removes a lock, or
 //! the node restarts.
 
-use crate::mvcc::Lock;
+use crate::mvcc::{Lock, Newest};
+use crate::NewestCache;
 use scandium_storage::{Cf, EngineRef, StorageError};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
@@ -94,7 +95,30 @@ impl LockIndex {
     pub fn hint_keys<'k>(&self, keys: impl IntoIterator<Item = &'k Vec<u8>>) -> LockHint {
         let locks = self.lock();
         let unlocked = keys.into_iter().filter(|k| !locks.contains_key(*k)).cloned().collect();
-        LockHint { unlocked, range: None }
+        LockHint { unlocked, ..LockHint::default() }
+    }
+
+    /// [`LockIndex::hint_keys`] for a write command holding the latches of `keys`, with
+    /// their cached newest records: no other command can change them until it is done.
+    pub fn hint_for_write(&self, keys: &[Vec<u8>], cache: &NewestCache) -> LockHint {
+        let mut hint = self.hint_keys(keys);
+        hint.newest = keys.iter().filter_map(|k| Some((k.clone(), cache.get(k)?))).collect();
+        hint
+    }
+
+    /// [`LockHint::hint_keys`] for a read, with the cached newest records of the keys
+    /// proved unlocked: a record missing from the cache then that the read should see
+    /// would have had its lock in the index (see `docs/architecture/txn.md`). Take it after
+    /// raising `max_ts` and checking the in-memory locks.
+    pub fn hint_for_read<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k Vec<u8>>,
+        cache: &NewestCache,
+    ) -> LockHint {
+        let mut hint = self.hint_keys(keys);
+        hint.newest =
+            hint.unlocked.iter().filter_map(|k| Some((k.clone(), cache.get(k)?))).collect();
+        hint
     }
 
     /// What the index proves about the keys of `[start, end)` (empty `end` = unbounded),
@@ -102,7 +126,7 @@ impl LockIndex {
     pub fn hint_range(&self, start: &[u8], end: &[u8]) -> LockHint {
         let locked = self.keys(start, end, usize::MAX, |_| true).into_iter().collect();
         let range = RangeHint { start: start.to_vec(), end: end.to_vec(), locked };
-        LockHint { unlocked: HashSet::new(), range: Some(range) }
+        LockHint { range: Some(range), ..LockHint::default() }
     }
 
     /// Number of locked keys.
@@ -129,6 +153,8 @@ pub struct LockHint {
     unlocked: HashSet<Vec<u8>>,
     /// A range in which only the listed keys may hold locks.
     range: Option<RangeHint>,
+    /// Newest records known from the [`NewestCache`], handed to the reader.
+    pub(crate) newest: HashMap<Vec<u8>, Newest>,
 }
 
 #[derive(Clone, Debug)]

@@ -1,6 +1,10 @@
 //! Model-based test of MVCC: random transactions (committed or rolled back, short and long
 //! values), reads at random timestamps, scans, and GC, checked against a `BTreeMap` of
 //! committed versions. Proptest shrinks a failure to a minimal sequence and prints it.
+//!
+//! Commands run as the server runs them: with the lock index and the newest-record cache
+//! handing hints to the reader, and both kept up around each write. After every write the
+//! Latest CF must match the Write CF, and every cached record the Latest CF.
 
 use proptest::prelude::*;
 use scandium_storage::{Engine, MemoryEngine};
@@ -10,8 +14,47 @@ use scandium_txn::actions::prewrite::{
 };
 use scandium_txn::actions::{commit, gc, read};
 use scandium_txn::mvcc::{latest, MvccReader, MvccTxn};
+use scandium_txn::{LockIndex, NewestCache};
 use scandium_types::TimeStamp;
 use std::collections::BTreeMap;
+
+/// Storage with the server's in-memory indexes.
+struct Store {
+    engine: MemoryEngine,
+    locks: LockIndex,
+    newest: NewestCache,
+}
+
+impl Store {
+    /// Runs one write command on `keys` the way the server does, and checks the indexes.
+    fn write(
+        &self,
+        keys: &[Vec<u8>],
+        action: impl FnOnce(&MvccReader<'_>, &mut MvccTxn) -> Result<(), TestCaseError>,
+    ) -> Result<(), TestCaseError> {
+        let hint = self.locks.hint_for_write(keys, &self.newest);
+        let snapshot = self.engine.snapshot();
+        let reader = MvccReader::with_hint(&*snapshot, hint);
+        let mut txn = MvccTxn::new();
+        action(&reader, &mut txn)?;
+        let lock_changes = txn.lock_changes().to_vec();
+        let (batch, newest) = txn.seal(&reader).unwrap();
+        self.locks.add_proposed(&lock_changes);
+        self.newest.forget(&newest);
+        self.engine.write(batch).unwrap();
+        self.locks.apply(&lock_changes);
+        self.newest.record(newest);
+        let snapshot = self.engine.snapshot();
+        latest::verify(&*snapshot).map_err(TestCaseError::fail)?;
+        for key in (0u8..6).map(|k| vec![k]) {
+            if let Some(cached) = self.newest.get(&key) {
+                let stored = MvccReader::new(&*snapshot).newest_write(&key).unwrap();
+                prop_assert_eq!(cached, stored, "cached newest record of {:?}", key);
+            }
+        }
+        Ok(())
+    }
+}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -60,7 +103,12 @@ impl Model {
 }
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let engine = MemoryEngine::new();
+    let store = Store {
+        engine: MemoryEngine::new(),
+        locks: LockIndex::default(),
+        newest: NewestCache::new(1 << 20),
+    };
+    let engine = &store.engine;
     let mut model = Model::default();
     let mut now = 10u64;
     for op in ops {
@@ -86,35 +134,34 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     lock_ttl: 100,
                     ..Default::default()
                 };
-                let snapshot = engine.snapshot();
-                let reader = MvccReader::new(&*snapshot);
-                let mut txn = MvccTxn::new();
-                for m in &mutations {
-                    match prewrite::prewrite_key(
-                        &reader,
-                        &mut txn,
-                        &props,
-                        m,
-                        PessimisticAction::SkipPessimisticCheck,
-                    ) {
-                        Ok(PrewriteOutcome::Lock(lock)) => txn.put_lock(&m.key, &lock),
-                        other => prop_assert!(false, "sequential prewrite must succeed: {other:?}"),
+                let keys: Vec<Vec<u8>> = mutations.iter().map(|m| m.key.clone()).collect();
+                store.write(&keys, |reader, txn| {
+                    for m in &mutations {
+                        match prewrite::prewrite_key(
+                            reader,
+                            txn,
+                            &props,
+                            m,
+                            PessimisticAction::SkipPessimisticCheck,
+                        ) {
+                            Ok(PrewriteOutcome::Lock(lock)) => txn.put_lock(&m.key, &lock),
+                            other => {
+                                prop_assert!(false, "sequential prewrite must succeed: {other:?}")
+                            }
+                        }
                     }
-                }
-                engine.write(txn.into_batch(&reader).unwrap()).unwrap();
-                latest::verify(&*engine.snapshot()).map_err(TestCaseError::fail)?;
-                let snapshot = engine.snapshot();
-                let reader = MvccReader::new(&*snapshot);
-                let mut txn = MvccTxn::new();
-                for m in &mutations {
-                    if do_commit {
-                        commit::commit(&reader, &mut txn, &m.key, start, commit_ts).unwrap();
-                    } else {
-                        cleanup::rollback(&reader, &mut txn, &m.key, start).unwrap();
+                    Ok(())
+                })?;
+                store.write(&keys, |reader, txn| {
+                    for m in &mutations {
+                        if do_commit {
+                            commit::commit(reader, txn, &m.key, start, commit_ts).unwrap();
+                        } else {
+                            cleanup::rollback(reader, txn, &m.key, start).unwrap();
+                        }
                     }
-                }
-                engine.write(txn.into_batch(&reader).unwrap()).unwrap();
-                latest::verify(&*engine.snapshot()).map_err(TestCaseError::fail)?;
+                    Ok(())
+                })?;
                 if do_commit {
                     // Later mutations of the same key in one transaction win.
                     let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
@@ -128,16 +175,18 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Read { key, back } => {
                 let ts = now.saturating_sub(back).max(model.safe_point);
+                let hint = store.locks.hint_for_read([&vec![key]], &store.newest);
                 let snapshot = engine.snapshot();
-                let got =
-                    read::point_get(&MvccReader::new(&*snapshot), &[key], TimeStamp(ts)).unwrap();
+                let reader = MvccReader::with_hint(&*snapshot, hint);
+                let got = read::point_get(&reader, &[key], TimeStamp(ts)).unwrap();
                 prop_assert_eq!(got, model.get(&[key], ts), "read of {} at {}", key, ts);
             }
             Op::Scan { back, reverse } => {
                 let ts = now.saturating_sub(back).max(model.safe_point);
+                let hint = store.locks.hint_range(b"", b"");
                 let snapshot = engine.snapshot();
                 let items = read::scan(
-                    &MvccReader::new(&*snapshot),
+                    &MvccReader::with_hint(&*snapshot, hint),
                     b"",
                     b"",
                     100,
@@ -161,14 +210,15 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Gc { back } => {
                 let safe_point = now.saturating_sub(back).max(model.safe_point);
                 model.safe_point = safe_point;
-                let snapshot = engine.snapshot();
-                let reader = MvccReader::new(&*snapshot);
-                let mut txn = MvccTxn::new();
-                for key in reader.keys_with_writes(b"", b"", false, usize::MAX).unwrap() {
-                    gc::gc_key(&reader, &mut txn, &key, TimeStamp(safe_point)).unwrap();
-                }
-                engine.write(txn.into_batch(&reader).unwrap()).unwrap();
-                latest::verify(&*engine.snapshot()).map_err(TestCaseError::fail)?;
+                let keys = MvccReader::new(&*engine.snapshot())
+                    .keys_with_writes(b"", b"", false, usize::MAX)
+                    .unwrap();
+                store.write(&keys, |reader, txn| {
+                    for key in &keys {
+                        gc::gc_key(reader, txn, key, TimeStamp(safe_point)).unwrap();
+                    }
+                    Ok(())
+                })?;
             }
         }
     }

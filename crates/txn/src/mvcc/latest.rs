@@ -18,7 +18,7 @@
 //! [`MvccTxn`]: crate::mvcc::MvccTxn
 
 use crate::error::{Result, TxnError};
-use crate::mvcc::{MvccReader, Write};
+use crate::mvcc::{MvccReader, Newest, Write};
 use scandium_storage::{Cf, Engine, Snapshot, StorageError, WriteBatch};
 use scandium_types::mvcc::split_versioned_key;
 use scandium_types::TimeStamp;
@@ -59,25 +59,26 @@ impl KeyWrites {
     }
 
     /// Adds to `batch` the index change these record changes imply for `key`, given the
-    /// records in `reader`'s snapshot.
+    /// records in `reader`'s snapshot, and returns the key's newest record after it (`None`
+    /// if the index entry is unchanged).
     pub(crate) fn seal(
         &self,
         reader: &MvccReader<'_>,
         key: &[u8],
         batch: &mut WriteBatch,
-    ) -> Result<()> {
+    ) -> Result<Option<Newest>> {
         let current = reader.newest_write(key)?;
         let newest_put =
             self.changes.iter().rev().find_map(|(ts, w)| w.as_ref().map(|w| (*ts, w.clone())));
         let newest = match current {
             // A first record: the newest written, if any.
-            None if newest_put.is_none() => return Ok(()),
+            None if newest_put.is_none() => return Ok(None),
             None => newest_put,
             Some((ts, _)) => match self.changes.get(&ts) {
                 // Untouched: it stays the newest unless a newer record was written.
                 None => match newest_put {
                     Some(put) if put.0 > ts => Some(put),
-                    _ => return Ok(()),
+                    _ => return Ok(None),
                 },
                 // Rewritten: the rewrite, or a newer record, is the newest.
                 Some(Some(_)) => newest_put,
@@ -95,11 +96,11 @@ impl KeyWrites {
                 }
             },
         };
-        match newest {
-            Some((ts, write)) => batch.put(Cf::Latest, key.to_vec(), encode(ts, &write)),
+        match &newest {
+            Some((ts, write)) => batch.put(Cf::Latest, key.to_vec(), encode(*ts, write)),
             None => batch.delete(Cf::Latest, key.to_vec()),
         }
-        Ok(())
+        Ok(Some(newest))
     }
 }
 

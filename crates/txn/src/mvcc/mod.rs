@@ -19,6 +19,6 @@ mod reader;
 mod records;
 mod txn;
 
-pub use reader::{MvccReader, TxnCommitRecord};
+pub use reader::{MvccReader, Newest, TxnCommitRecord};
 pub use records::{Lock, LockType, Write, WriteType, SHORT_VALUE_MAX_LEN};
 pub use txn::MvccTxn;

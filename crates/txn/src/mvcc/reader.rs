@@ -24,8 +24,9 @@ pub enum TxnCommitRecord {
 /// each; a write command reads a few keys several times).
 const NEWEST_CACHE_KEYS: usize = 1024;
 
-/// A key's newest record as the Latest CF holds it: commit timestamp and record.
-type Newest = Option<(TimeStamp, Write)>;
+/// A key's newest record as the Latest CF holds it: commit timestamp and record (`None`:
+/// the key has no record).
+pub type Newest = Option<(TimeStamp, Write)>;
 
 /// Reads of the transactional column families at a snapshot.
 pub struct MvccReader<'a> {
@@ -46,8 +47,9 @@ impl<'a> MvccReader<'a> {
 
     /// Reads from `snapshot`, trusting `hint` (taken before the snapshot) that its keys
     /// hold no locks.
-    pub fn with_hint(snapshot: &'a dyn Snapshot, hint: LockHint) -> MvccReader<'a> {
-        MvccReader { snapshot, newest: Mutex::default(), hint }
+    pub fn with_hint(snapshot: &'a dyn Snapshot, mut hint: LockHint) -> MvccReader<'a> {
+        let newest = Mutex::new(std::mem::take(&mut hint.newest));
+        MvccReader { snapshot, newest, hint }
     }
 
     fn newest_cache(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Newest>> {

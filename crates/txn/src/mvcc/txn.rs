@@ -2,11 +2,14 @@
 
 use crate::error::Result;
 use crate::mvcc::latest::KeyWrites;
-use crate::mvcc::{Lock, MvccReader, Write};
+use crate::mvcc::{Lock, MvccReader, Newest, Write};
 use scandium_storage::{Cf, WriteBatch};
 use scandium_types::mvcc::versioned_key;
 use scandium_types::TimeStamp;
 use std::collections::BTreeMap;
+
+/// Keys whose newest record a sealed command changes, each with its new newest record.
+pub type NewestChanges = Vec<(Vec<u8>, Newest)>;
 
 /// Changes to the transactional column families, applied atomically as one Raft command.
 #[derive(Default)]
@@ -81,10 +84,19 @@ impl MvccTxn {
     /// read the snapshot the changes were computed from, and the keys' latches must still
     /// be held, so that the index is derived from the records the batch will change.
     pub fn into_batch(self, reader: &MvccReader<'_>) -> Result<WriteBatch> {
+        Ok(self.seal(reader)?.0)
+    }
+
+    /// [`MvccTxn::into_batch`], also returning each key whose newest record the batch
+    /// changes, with that record (for the [`NewestCache`](crate::NewestCache)).
+    pub fn seal(self, reader: &MvccReader<'_>) -> Result<(WriteBatch, NewestChanges)> {
         let mut batch = self.batch;
-        for (key, writes) in &self.writes {
-            writes.seal(reader, key, &mut batch)?;
+        let mut newest = Vec::new();
+        for (key, writes) in self.writes {
+            if let Some(record) = writes.seal(reader, &key, &mut batch)? {
+                newest.push((key, record));
+            }
         }
-        Ok(batch)
+        Ok((batch, newest))
     }
 }
