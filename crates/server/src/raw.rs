@@ -10,7 +10,7 @@ use crate::clock::now_secs;
 use crate::context::{KeyMode, NodeContext};
 use crate::error::RequestError;
 use scandium_protocol::kvrpcpb;
-use scandium_raftstore::RaftCommand;
+use scandium_raftstore::{RaftCommand, RaftstoreError};
 use scandium_storage::{KvPair, Snapshot, WriteBatch};
 use scandium_txn::raw;
 use scandium_types::Region;
@@ -64,17 +64,29 @@ impl NodeContext {
 
     /// Runs a write under the latches of `keys`: `build` reads `snapshot` (taken after the
     /// latches) and fills the batch, which is then proposed and applied.
+    ///
+    /// The proposal runs as a task that owns the latches, so a request cancelled because
+    /// its client went away holds them until its write is applied: a compare-and-swap
+    /// after it must see it.
     pub(crate) async fn write_with<T>(
         &self,
         region: &Region,
         keys: &[Vec<u8>],
         build: impl FnOnce(&dyn Snapshot, &mut WriteBatch) -> Result<T, RequestError>,
     ) -> Result<T, RequestError> {
-        let _latches = self.latches.acquire(keys.iter()).await;
+        let latches = self.latches.acquire(keys.iter()).await;
         let mut batch = WriteBatch::new();
         let output = build(&*self.engine.snapshot(), &mut batch)?;
         if !batch.is_empty() {
-            self.raft.propose_command(region.id, RaftCommand::write(region, batch)).await?;
+            let (raft, region_id) = (self.raft.clone(), region.id);
+            let command = RaftCommand::write(region, batch);
+            let applied = tokio::spawn(async move {
+                let result = raft.propose_command(region_id, command).await;
+                drop(latches);
+                result
+            });
+            // The task only fails to finish if the runtime is shutting down.
+            applied.await.unwrap_or(Err(RaftstoreError::StaleCommand))?;
         }
         Ok(output)
     }

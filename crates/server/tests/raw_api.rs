@@ -138,3 +138,40 @@ async fn raw_checksum_over_a_region() {
     assert_ne!(resp.checksum, 0);
     node.stop().await;
 }
+
+/// A raw put whose request is dropped once its proposal is under way (its client went
+/// away) still holds the key's latch until it is applied: a compare-and-swap right after
+/// it sees the put's value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_put_is_seen_by_the_next_compare_and_swap() {
+    use scandium_protocol::kvrpcpb;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let context = node.context().clone();
+    for round in 0..50u32 {
+        let key = b"cas-after-cancel".to_vec();
+        let value = round.to_be_bytes().to_vec();
+        let put = kvrpcpb::RawPutRequest {
+            context: Some(common::context_for(&node, &key)),
+            key: key.clone(),
+            value: value.clone(),
+            ..Default::default()
+        };
+        // Polled once (latch, batch, proposal), then dropped.
+        tokio::select! {
+            biased;
+            _ = context.raw_put(put) => {}
+            _ = std::future::ready(()) => {}
+        }
+        let cas = kvrpcpb::RawCasRequest {
+            context: Some(common::context_for(&node, &key)),
+            key: key.clone(),
+            value: b"swapped".to_vec(),
+            previous_value: value.clone(),
+            ..Default::default()
+        };
+        let outcome = context.raw_compare_and_swap(cas).await.unwrap();
+        assert!(outcome.succeeded, "round {round}: the CAS saw {:?}", outcome.previous);
+    }
+    node.stop().await;
+}
