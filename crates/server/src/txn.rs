@@ -20,7 +20,7 @@ use scandium_txn::actions::prewrite::{
 };
 use scandium_txn::actions::{commit, gc, read};
 use scandium_txn::mvcc::{Lock, MvccReader, MvccTxn, Newest};
-use scandium_txn::{LatchGuard, TxnError};
+use scandium_txn::TxnError;
 use scandium_types::{Region, TimeStamp};
 use std::time::{Duration, Instant};
 
@@ -123,22 +123,23 @@ impl NodeContext {
         self.resolve_keys(region, keys, &|ts| (ts == start_ts).then_some(commit_ts.0)).await
     }
 
-    /// Proposes a command's sealed changes under the keys' `latches` and, once applied,
+    /// Proposes a command's sealed changes under the keys' latches (in `held`, with
+    /// anything else the command holds until its change is applied) and, once applied,
     /// updates the lock index and the newest-record cache, wakes waiters of the locks it
-    /// removed, and releases the latches.
+    /// removed, and releases `held`.
     ///
     /// The lock index learns of new locks before they are proposed: it must never miss a
     /// lock that storage holds (see [`scandium_txn::LockHint`]). The cache forgets the keys
     /// before, and learns their new records after (see [`scandium_txn::NewestCache`]).
     ///
     /// The proposal and what follows it run as a task of their own, so a request whose
-    /// client goes away cannot cut them short: the latches stay held until the change is
-    /// applied, and the indexes learn of it.
+    /// client goes away cannot cut them short: the latches (and a prewrite's in-memory
+    /// locks) stay held until the change is applied, and the indexes learn of it.
     async fn propose_txn(
         &self,
         region: &Region,
         sealed: Sealed,
-        latches: LatchGuard,
+        held: impl Send + 'static,
     ) -> TxnResult<()> {
         let Some(batch) = sealed.batch else { return Ok(()) };
         self.lock_index.add_proposed(&sealed.lock_changes);
@@ -153,7 +154,7 @@ impl NodeContext {
             lock_index.apply(&sealed.lock_changes);
             newest.record(sealed.newest);
             lock_waits.wake(&sealed.released);
-            drop(latches);
+            drop(held);
             Ok::<_, RaftstoreError>(())
         });
         // The task only fails to finish if the runtime is shutting down.
@@ -294,7 +295,7 @@ impl NodeContext {
         }
         let one_pc = req.try_one_pc;
         let mut commit_ts = TimeStamp::ZERO;
-        let _memory_locks = (props.use_async_commit || one_pc).then(|| {
+        let memory_locks = (props.use_async_commit || one_pc).then(|| {
             self.concurrency.lock_for_commit_ts(&mut locks, |max_ts, locks| {
                 commit_ts = prewrite::async_min_commit_ts(&props, max_ts);
                 for (_, lock) in locks.iter_mut() {
@@ -325,7 +326,8 @@ impl NodeContext {
         let sealed = Sealed::new(&reader, txn)?;
         drop(reader);
         drop(snapshot);
-        self.propose_txn(&checked.region, sealed, latches).await?;
+        // In-memory locks, like latches, are held until the change is applied.
+        self.propose_txn(&checked.region, sealed, (latches, memory_locks)).await?;
         Ok(result)
     }
 

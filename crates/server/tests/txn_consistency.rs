@@ -397,3 +397,51 @@ async fn cancelled_requests_leave_the_indexes_true() {
     wait_for("the indexes to agree with storage", Duration::from_secs(10), indexes_true).await;
     node.stop().await;
 }
+
+/// An async-commit or 1PC prewrite dropped once its proposal is under way keeps its
+/// in-memory locks until it is applied: a read at a newer timestamp right after it either
+/// meets the lock or sees the 1PC write, never the value from before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_async_prewrites_are_never_read_past() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(dir.path(), |_| {}).await;
+    let context = node.context().clone();
+    for round in 0..40u64 {
+        let key = format!("async-cancel{round:02}").into_bytes();
+        let one_pc = round % 2 == 1;
+        let start = context.placement.timestamp(1).await.unwrap();
+        let prewrite = kvrpcpb::PrewriteRequest {
+            context: Some(context_for(&node, &key)),
+            mutations: vec![kvrpcpb::Mutation {
+                op: kvrpcpb::Op::Put as i32,
+                key: key.clone(),
+                value: b"new".to_vec(),
+                ..Default::default()
+            }],
+            primary_lock: key.clone(),
+            start_version: start.0,
+            lock_ttl: 20_000,
+            use_async_commit: !one_pc,
+            try_one_pc: one_pc,
+            ..Default::default()
+        };
+        // Polled once (latches, memory locks, proposal), then dropped.
+        tokio::select! {
+            biased;
+            _ = context.kv_prewrite(prewrite) => {}
+            _ = std::future::ready(()) => {}
+        }
+        let read_ts = context.placement.timestamp(1).await.unwrap();
+        let get = kvrpcpb::GetRequest {
+            context: Some(context_for(&node, &key)),
+            key: key.clone(),
+            version: read_ts.0,
+        };
+        match context.kv_get(&get).await {
+            Err(scandium_server::txn_error::Failure::Key(e)) if e.locked.is_some() => {}
+            Ok(Some(value)) if one_pc => assert_eq!(value, b"new"),
+            other => panic!("round {round} (1PC: {one_pc}): read past the prewrite: {other:?}"),
+        }
+    }
+    node.stop().await;
+}

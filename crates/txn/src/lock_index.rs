@@ -4,8 +4,8 @@
 //! by iterating the Lock column family costs time proportional to every lock ever written
 //! and deleted there recently: the LSM keeps the tombstones until compaction drops them,
 //! and an iterator walks over all of them. Live locks are few, so the node keeps them in a
-//! map, updated after each command's changes are applied and rebuilt from the column
-//! family at start.
+//! map, updated around each command's proposal and rebuilt from the column family at
+//! start.
 //!
 //! The index holds every lock that storage holds, and possibly a few more: a command adds
 //! its new locks before it proposes them, and removes the locks it deleted only once that
@@ -15,8 +15,8 @@
 //! [`LockHint`] relies on: taken before the snapshot, it lets readers skip the Lock CF for
 //! the keys it proves unlocked (the argument is in `docs/architecture/txn.md`).
 //!
-//! An extra entry (a lock proposed but never applied, say after a Raft timeout) costs a
-//! storage lookup and nothing else: every user of the index reads the lock itself from
+//! An extra entry (a lock whose proposal was refused after it was added, say because the
+//! Region's leadership changed) costs a storage lookup and nothing else: every user of the index reads the lock itself from
 //! storage before acting on it. It stays until a command on that key removes a lock, or
 //! the node restarts.
 
@@ -106,7 +106,7 @@ impl LockIndex {
         hint
     }
 
-    /// [`LockHint::hint_keys`] for a read, with the cached newest records of the keys
+    /// [`LockIndex::hint_keys`] for a read, with the cached newest records of the keys
     /// proved unlocked: a record missing from the cache then that the read should see
     /// would have had its lock in the index (see `docs/architecture/txn.md`). Take it after
     /// raising `max_ts` and checking the in-memory locks.
@@ -145,8 +145,9 @@ impl LockIndex {
 }
 
 /// Keys a [`LockIndex`] proved to hold no lock in a snapshot taken after it, so that an
-/// [`MvccReader`](crate::mvcc::MvccReader) can skip their Lock CF lookups: most keys are
-/// unlocked, and those lookups were a third of the point reads of a transaction.
+/// [`MvccReader`](crate::mvcc::MvccReader) can skip their Lock CF lookups (most keys are
+/// unlocked, and those lookups were a third of the point reads of a transaction), and the
+/// newest records the [`NewestCache`] knows for keys it may trust them for.
 #[derive(Clone, Debug, Default)]
 pub struct LockHint {
     /// Keys without a lock.
