@@ -51,6 +51,29 @@ impl RaftHandle {
             .await
     }
 
+    /// [`RaftHandle::propose_command`] for a write made under `held` (its latches, and
+    /// anything else it must hold until applied): runs `applied` once the command is
+    /// applied, then releases `held`. Both happen in a task of their own, so a caller that
+    /// is dropped (its client went away) cannot release `held` before the write lands, nor
+    /// skip `applied`.
+    pub async fn propose_holding<H: Send + 'static>(
+        &self,
+        region_id: u64,
+        command: RaftCommand,
+        held: H,
+        applied: impl FnOnce() + Send + 'static,
+    ) -> Result<(), RaftstoreError> {
+        let raft = self.clone();
+        let task = tokio::spawn(async move {
+            raft.propose_command(region_id, command).await?;
+            applied();
+            drop(held);
+            Ok(())
+        });
+        // The task only fails to finish if the runtime is shutting down.
+        task.await.unwrap_or(Err(RaftstoreError::StaleCommand))
+    }
+
     async fn send(
         &self,
         message: impl FnOnce(Callback) -> RaftMessage,

@@ -10,7 +10,7 @@ use crate::clock::now_secs;
 use crate::context::{KeyMode, NodeContext};
 use crate::error::RequestError;
 use scandium_protocol::kvrpcpb;
-use scandium_raftstore::{RaftCommand, RaftstoreError};
+use scandium_raftstore::RaftCommand;
 use scandium_storage::{KvPair, Snapshot, WriteBatch};
 use scandium_txn::raw;
 use scandium_types::Region;
@@ -65,9 +65,9 @@ impl NodeContext {
     /// Runs a write under the latches of `keys`: `build` reads `snapshot` (taken after the
     /// latches) and fills the batch, which is then proposed and applied.
     ///
-    /// The proposal runs as a task that owns the latches, so a request cancelled because
-    /// its client went away holds them until its write is applied: a compare-and-swap
-    /// after it must see it.
+    /// The latches are held until the write is applied even if the request is cancelled
+    /// (see [`RaftHandle::propose_holding`](crate::raft_driver::RaftHandle::propose_holding)):
+    /// a compare-and-swap after it must see it.
     pub(crate) async fn write_with<T>(
         &self,
         region: &Region,
@@ -78,15 +78,8 @@ impl NodeContext {
         let mut batch = WriteBatch::new();
         let output = build(&*self.engine.snapshot(), &mut batch)?;
         if !batch.is_empty() {
-            let (raft, region_id) = (self.raft.clone(), region.id);
             let command = RaftCommand::write(region, batch);
-            let applied = tokio::spawn(async move {
-                let result = raft.propose_command(region_id, command).await;
-                drop(latches);
-                result
-            });
-            // The task only fails to finish if the runtime is shutting down.
-            applied.await.unwrap_or(Err(RaftstoreError::StaleCommand))?;
+            self.raft.propose_holding(region.id, command, latches, || {}).await?;
         }
         Ok(output)
     }

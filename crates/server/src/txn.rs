@@ -10,7 +10,7 @@
 use crate::context::{Checked, KeyMode, NodeContext};
 use crate::txn_error::Failure;
 use scandium_protocol::kvrpcpb;
-use scandium_raftstore::{RaftCommand, RaftstoreError};
+use scandium_raftstore::RaftCommand;
 use scandium_txn::actions::cleanup::{
     self, CheckTxnStatus, SecondaryStatus, StatusAction, TxnStatus,
 };
@@ -132,9 +132,10 @@ impl NodeContext {
     /// lock that storage holds (see [`scandium_txn::LockHint`]). The cache forgets the keys
     /// before, and learns their new records after (see [`scandium_txn::NewestCache`]).
     ///
-    /// The proposal and what follows it run as a task of their own, so a request whose
-    /// client goes away cannot cut them short: the latches (and a prewrite's in-memory
-    /// locks) stay held until the change is applied, and the indexes learn of it.
+    /// A request whose client goes away cannot cut this short (see
+    /// [`RaftHandle::propose_holding`](crate::raft_driver::RaftHandle::propose_holding)):
+    /// the latches (and a prewrite's in-memory locks) stay held until the change is
+    /// applied, and the indexes learn of it.
     async fn propose_txn(
         &self,
         region: &Region,
@@ -145,20 +146,14 @@ impl NodeContext {
         self.lock_index.add_proposed(&sealed.lock_changes);
         self.newest.forget(&sealed.newest);
         let command = RaftCommand::write(region, batch);
-        let region_id = region.id;
-        let raft = self.raft.clone();
         let (lock_index, newest) = (self.lock_index.clone(), self.newest.clone());
         let lock_waits = self.lock_waits.clone();
-        let applied = tokio::spawn(async move {
-            raft.propose_command(region_id, command).await?;
+        let applied = move || {
             lock_index.apply(&sealed.lock_changes);
             newest.record(sealed.newest);
             lock_waits.wake(&sealed.released);
-            drop(held);
-            Ok::<_, RaftstoreError>(())
-        });
-        // The task only fails to finish if the runtime is shutting down.
-        applied.await.unwrap_or(Err(RaftstoreError::StaleCommand))?;
+        };
+        self.raft.propose_holding(region.id, command, held, applied).await?;
         Ok(())
     }
 

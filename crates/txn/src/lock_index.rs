@@ -102,7 +102,7 @@ impl LockIndex {
     /// their cached newest records: no other command can change them until it is done.
     pub fn hint_for_write(&self, keys: &[Vec<u8>], cache: &NewestCache) -> LockHint {
         let mut hint = self.hint_keys(keys);
-        hint.newest = keys.iter().filter_map(|k| Some((k.clone(), cache.get(k)?))).collect();
+        hint.newest = cached(keys, cache);
         hint
     }
 
@@ -116,8 +116,7 @@ impl LockIndex {
         cache: &NewestCache,
     ) -> LockHint {
         let mut hint = self.hint_keys(keys);
-        hint.newest =
-            hint.unlocked.iter().filter_map(|k| Some((k.clone(), cache.get(k)?))).collect();
+        hint.newest = cached(&hint.unlocked, cache);
         hint
     }
 
@@ -142,6 +141,14 @@ impl LockIndex {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<Vec<u8>, u64>> {
         self.locks.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The cached newest records of those of `keys` the cache holds.
+fn cached<'k>(
+    keys: impl IntoIterator<Item = &'k Vec<u8>>,
+    cache: &NewestCache,
+) -> HashMap<Vec<u8>, Newest> {
+    keys.into_iter().filter_map(|k| Some((k.clone(), cache.get(k)?))).collect()
 }
 
 /// Keys a [`LockIndex`] proved to hold no lock in a snapshot taken after it, so that an
