@@ -386,10 +386,20 @@ async fn bench_runs_every_workload_with_both_clients() {
 fn bad_configuration_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
-    std::fs::write(&config, "raft_tick_ms = 0\n").unwrap();
-    let (ok, out) = cli(&["server", "--config", config.to_str().unwrap()]);
-    assert!(!ok && out.contains("raft_tick_ms"), "{out}");
+    for (setting, message) in [
+        ("raft_tick_ms = 0", "raft_tick_ms: must be between 1 and 10000, not 0"),
+        // Once accepted, and then a panic in the GC task while the node served on.
+        ("gc_interval_secs = 0", "gc_interval_secs: must be between 1 and 86400, not 0"),
+    ] {
+        std::fs::write(&config, format!("{setting}\n")).unwrap();
+        let (ok, out) = cli(&["server", "--config", config.to_str().unwrap()]);
+        assert!(!ok && out.contains(message), "{setting}: {out}");
+        assert!(!out.contains("panicked"), "{out}");
+    }
     let (ok, out) =
         cli(&["server", "--addr", "not-an-address", "--data-dir", dir.path().to_str().unwrap()]);
+    assert!(!ok && out.contains("invalid setting addr: must be HOST:PORT"), "{out}");
+    let (ok, out) =
+        cli(&["server", "--addr", "256.0.0.1:1", "--data-dir", dir.path().to_str().unwrap()]);
     assert!(!ok && out.contains("cannot listen"), "{out}");
 }

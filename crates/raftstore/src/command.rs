@@ -123,6 +123,8 @@ pub fn cf_code(cf: Cf) -> u32 {
         Cf::Lock => 3,
         Cf::Write => 4,
         Cf::Latest => 5,
+        Cf::RawLock => 6,
+        Cf::RawWrite => 7,
         Cf::RaftLog | Cf::RaftState | Cf::Placement => {
             panic!("{cf:?} is not a data column family and is never written by commands")
         }
@@ -137,6 +139,8 @@ pub fn cf_from_code(code: u32) -> Option<Cf> {
         3 => Some(Cf::Lock),
         4 => Some(Cf::Write),
         5 => Some(Cf::Latest),
+        6 => Some(Cf::RawLock),
+        7 => Some(Cf::RawWrite),
         _ => None,
     }
 }

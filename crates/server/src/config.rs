@@ -88,6 +88,33 @@ pub enum ConfigError {
     },
 }
 
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const DAY_SECS: u64 = 86_400;
+
+fn invalid(name: &'static str, reason: String) -> ConfigError {
+    ConfigError::Invalid { name, reason }
+}
+
+/// `Ok` if `min <= value <= max`, else an error naming the setting and its range.
+fn in_range(name: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(invalid(name, format!("must be between {min} and {max}, not {value}")))
+}
+
+impl ConfigError {
+    /// Adds why the range is what it is.
+    fn because(self, why: &str) -> ConfigError {
+        match self {
+            ConfigError::Invalid { name, reason } => invalid(name, format!("{reason} ({why})")),
+            other => other,
+        }
+    }
+}
+
 impl Config {
     /// Reads a TOML file; unset fields keep their defaults.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -96,31 +123,31 @@ impl Config {
         toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
     }
 
-    /// Checks the settings against each other and their limits.
+    /// Checks every setting against its allowed range (and the settings that bound each
+    /// other), so that a bad value stops the node at start with a message naming it, never
+    /// later in a background task.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid =
-            |name, reason: &str| Err(ConfigError::Invalid { name, reason: reason.into() });
-        if self.raft_tick_ms == 0 {
-            return invalid("raft_tick_ms", "must be positive");
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must name a directory".into()));
         }
-        if self.max_raft_entry_bytes < 1 << 20 {
-            return invalid("max_raft_entry_bytes", "must be at least 1 MiB");
+        let port = self.addr.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+        if !matches!(port, Some(Ok(_))) {
+            return Err(invalid("addr", format!("must be HOST:PORT, not {:?}", self.addr)));
         }
-        if (self.max_grpc_message_bytes as u64) < self.max_raft_entry_bytes {
-            return invalid("max_grpc_message_bytes", "must be at least max_raft_entry_bytes");
-        }
-        if self.max_response_bytes < 64 << 10 || self.max_scan_limit == 0 {
-            return invalid(
-                "max_response_bytes",
-                "must be at least 64 KiB, with a positive scan limit",
-            );
-        }
-        if self.latch_slots == 0 || self.ttl_sweep_interval_secs == 0 {
-            return invalid(
-                "latch_slots",
-                "latch_slots and ttl_sweep_interval_secs must be positive",
-            );
-        }
+        let grpc = self.max_grpc_message_bytes as u64;
+        in_range("raft_tick_ms", self.raft_tick_ms, 1, 10_000)?;
+        in_range("max_raft_entry_bytes", self.max_raft_entry_bytes, MIB, 256 * MIB)?;
+        in_range("max_grpc_message_bytes", grpc, self.max_raft_entry_bytes, GIB)
+            .map_err(|e| e.because("it must hold the largest Raft entry"))?;
+        in_range("max_response_bytes", self.max_response_bytes as u64, 64 * KIB, grpc)
+            .map_err(|e| e.because("a response must fit in a gRPC message"))?;
+        in_range("max_scan_limit", u64::from(self.max_scan_limit), 1, 1_000_000)?;
+        in_range("ttl_sweep_interval_secs", self.ttl_sweep_interval_secs, 1, 7 * DAY_SECS)?;
+        in_range("gc_interval_secs", self.gc_interval_secs, 1, DAY_SECS)?;
+        in_range("cache_size_bytes", self.cache_size_bytes, MIB, 1 << 40)?;
+        in_range("memtable_size_bytes", self.memtable_size_bytes, MIB, GIB)?;
+        in_range("latch_slots", self.latch_slots as u64, 1, 1 << 24)?;
+        in_range("newest_cache_bytes", self.newest_cache_bytes, 0, 64 * GIB)?;
         Ok(())
     }
 
@@ -152,7 +179,53 @@ mod tests {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "adress = \"x\"\n").unwrap();
         assert!(matches!(Config::from_file(&path), Err(ConfigError::Parse { .. })));
-        let config = Config { raft_tick_ms: 0, ..Config::default() };
-        assert!(config.validate().is_err());
+    }
+
+    /// Every setting, with a value outside its range: each must be refused by name.
+    #[test]
+    fn every_setting_is_checked() {
+        type Bad = (&'static str, fn(&mut Config));
+        let bad: &[Bad] = &[
+            ("data_dir", |c| c.data_dir = PathBuf::new()),
+            ("addr", |c| c.addr = "localhost".into()),
+            ("addr", |c| c.addr = "127.0.0.1:99999".into()),
+            ("raft_tick_ms", |c| c.raft_tick_ms = 0),
+            ("raft_tick_ms", |c| c.raft_tick_ms = 10_001),
+            ("max_raft_entry_bytes", |c| c.max_raft_entry_bytes = 1000),
+            ("max_grpc_message_bytes", |c| c.max_grpc_message_bytes = 2 << 20),
+            ("max_response_bytes", |c| c.max_response_bytes = 1024),
+            ("max_response_bytes", |c| c.max_response_bytes = 11 << 20),
+            ("max_scan_limit", |c| c.max_scan_limit = 0),
+            ("ttl_sweep_interval_secs", |c| c.ttl_sweep_interval_secs = 0),
+            ("gc_interval_secs", |c| c.gc_interval_secs = 0),
+            ("cache_size_bytes", |c| c.cache_size_bytes = 0),
+            ("memtable_size_bytes", |c| c.memtable_size_bytes = 10),
+            ("latch_slots", |c| c.latch_slots = 0),
+            ("newest_cache_bytes", |c| c.newest_cache_bytes = u64::MAX),
+        ];
+        Config::default().validate().expect("the defaults are valid");
+        for (name, spoil) in bad {
+            let mut config = Config::default();
+            spoil(&mut config);
+            match config.validate() {
+                Err(ConfigError::Invalid { name: reported, reason }) => {
+                    assert_eq!(reported, *name, "{reason}");
+                    assert!(reason.contains("must"), "{name}: {reason}");
+                }
+                other => panic!("{name}: expected a refusal, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_zero_gc_interval_in_a_file_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gc.toml");
+        std::fs::write(&path, "gc_interval_secs = 0\n").unwrap();
+        let error = Config::from_file(&path).unwrap().validate().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid setting gc_interval_secs: must be between 1 and 86400, not 0"
+        );
     }
 }

@@ -111,8 +111,30 @@ impl NodeContext {
         Ok(())
     }
 
+    /// Checks a key a read looks up: as [`NodeContext::check_key`], except that a key over
+    /// the size limit is no error (TiKV limits only what is written): it cannot be stored,
+    /// so the answer is `false` and the read finds nothing without asking storage.
+    pub fn check_read_key(
+        &self,
+        checked: &Checked,
+        mode: KeyMode,
+        key: &[u8],
+    ) -> Result<bool, RequestError> {
+        if key.len() > MAX_KEY_SIZE {
+            check_key_prefix(checked.api_version, mode, key)?;
+            if !checked.region.contains(key) {
+                let region = checked.region.clone();
+                return Err(RaftstoreError::KeyNotInRegion { key: key.to_vec(), region }.into());
+            }
+            return Ok(false);
+        }
+        self.check_key(checked, mode, key)?;
+        Ok(true)
+    }
+
     /// Checks the starting key of a range request and clamps `[start, end)` (empty `end` =
-    /// unbounded) to the Region. Inverted ranges are refused.
+    /// unbounded) to the Region. An inverted range is no error: as in TiKV, it holds
+    /// nothing, and the clamped range is inverted or empty too.
     pub fn clamp_range(
         &self,
         checked: &Checked,
@@ -120,11 +142,6 @@ impl NodeContext {
         start: &[u8],
         end: &[u8],
     ) -> Result<(Vec<u8>, Vec<u8>), RequestError> {
-        if !end.is_empty() && start > end {
-            return Err(RequestError::invalid(format!(
-                "invalid range: start key {start:?} is after end key {end:?}"
-            )));
-        }
         if start.is_empty() && checked.api_version != ApiVersion::V2 {
             // The unbounded start: only the first Region holds it.
             if !checked.region.start_key.is_empty() {
@@ -153,6 +170,15 @@ pub fn check_key_shape(
             key.len()
         )));
     }
+    check_key_prefix(api_version, mode, key)
+}
+
+/// API V2 keys must carry the keyspace prefix of their mode.
+fn check_key_prefix(
+    api_version: ApiVersion,
+    mode: KeyMode,
+    key: &[u8],
+) -> Result<(), RequestError> {
     if api_version == ApiVersion::V2 {
         let prefix_ok = match mode {
             KeyMode::Raw => key.first() == Some(&scandium_types::keyspace::RAW_MODE),

@@ -7,7 +7,9 @@
 
 use crate::clock::now_secs;
 use crate::context::NodeContext;
+use scandium_storage::Cf;
 use scandium_txn::raw;
+use scandium_types::Region;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +30,9 @@ pub async fn run(node: Arc<NodeContext>, interval: Duration) {
     }
 }
 
+/// The column families holding raw values (see `scandium_txn::raw`).
+const RAW_CFS: [Cf; 3] = [Cf::Raw, Cf::RawLock, Cf::RawWrite];
+
 /// One pass over every Region led here; returns how many values were deleted.
 pub async fn sweep(node: &NodeContext) -> Result<usize, crate::error::RequestError> {
     let mut deleted = 0;
@@ -35,41 +40,52 @@ pub async fn sweep(node: &NodeContext) -> Result<usize, crate::error::RequestErr
         if !status.ready_for_reads {
             continue;
         }
-        let region = status.region;
-        let mut start = region.start_key.clone();
-        loop {
-            let now = now_secs();
-            let raw::KeyPage { keys, resume_from } = raw::expired_keys(
-                &*node.engine.snapshot(),
-                &start,
-                &region.end_key,
-                KEYS_PER_STEP,
-                now,
-            )?;
-            if !keys.is_empty() {
-                deleted += node
-                    .write_with(&region, &keys, |snapshot, batch| {
-                        let mut count = 0;
-                        for key in &keys {
-                            let stored = snapshot.get(scandium_storage::Cf::Raw, key)?;
-                            let expired = stored
-                                .as_deref()
-                                .and_then(raw::decode_value)
-                                .is_some_and(|v| v.is_expired(now));
-                            if expired {
-                                raw::delete(batch, key.clone());
-                                count += 1;
-                            }
-                        }
-                        Ok(count)
-                    })
-                    .await?;
-            }
-            match resume_from {
-                Some(next) => start = next,
-                None => break,
-            }
+        for cf in RAW_CFS {
+            deleted += sweep_region(node, &status.region, cf).await?;
         }
     }
     Ok(deleted)
+}
+
+async fn sweep_region(
+    node: &NodeContext,
+    region: &Region,
+    cf: Cf,
+) -> Result<usize, crate::error::RequestError> {
+    let mut deleted = 0;
+    let mut start = region.start_key.clone();
+    loop {
+        let now = now_secs();
+        let raw::KeyPage { keys, resume_from } = raw::expired_keys(
+            &*node.engine.snapshot(),
+            cf,
+            &start,
+            &region.end_key,
+            KEYS_PER_STEP,
+            now,
+        )?;
+        if !keys.is_empty() {
+            deleted += node
+                .write_with(region, &keys, |snapshot, batch| {
+                    let mut count = 0;
+                    for key in &keys {
+                        let stored = snapshot.get(cf, key)?;
+                        let expired = stored
+                            .as_deref()
+                            .and_then(raw::decode_value)
+                            .is_some_and(|v| v.is_expired(now));
+                        if expired {
+                            raw::delete(batch, cf, key.clone());
+                            count += 1;
+                        }
+                    }
+                    Ok(count)
+                })
+                .await?;
+        }
+        match resume_from {
+            Some(next) => start = next,
+            None => return Ok(deleted),
+        }
+    }
 }

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 /// Keys handled per proposal by commands that sweep a range (resolve, GC, delete range).
 const SWEEP_BATCH: usize = 256;
+/// Keys a transactional scan reads per step.
+const SCAN_PAGE: usize = 1024;
 /// Longest a pessimistic lock request waits in total, below the client's 2 s deadline.
 const MAX_LOCK_WAIT: Duration = Duration::from_millis(1500);
 
@@ -157,10 +159,12 @@ impl NodeContext {
         Ok(())
     }
 
-    /// `KvGet`.
+    /// `KvGet`. A key longer than any stored key is simply not found, as in TiKV.
     pub async fn kv_get(&self, req: &kvrpcpb::GetRequest) -> TxnResult<Option<Vec<u8>>> {
         let checked = self.check_context(req.context.as_ref())?;
-        self.check_keys(&checked, [&req.key])?;
+        if !self.check_read_key(&checked, KeyMode::Txn, &req.key)? {
+            return Ok(None);
+        }
         let ts = TimeStamp(req.version);
         // In this order: max_ts, then the lock index, then the snapshot (see LockHint).
         self.concurrency.read_key_check(&req.key, ts)?;
@@ -175,16 +179,21 @@ impl NodeContext {
         req: &kvrpcpb::BatchGetRequest,
     ) -> TxnResult<Vec<kvrpcpb::KvPair>> {
         let checked = self.check_context(req.context.as_ref())?;
-        self.check_keys(&checked, &req.keys)?;
+        let mut keys = Vec::with_capacity(req.keys.len());
+        for key in &req.keys {
+            if self.check_read_key(&checked, KeyMode::Txn, key)? {
+                keys.push(key.clone());
+            }
+        }
         let ts = TimeStamp(req.version);
         // In this order: max_ts, then the lock index, then the snapshot (see LockHint).
         let checks: Vec<_> =
-            req.keys.iter().map(|key| self.concurrency.read_key_check(key, ts)).collect();
-        let hint = self.lock_index.hint_for_read(&req.keys, &self.newest);
+            keys.iter().map(|key| self.concurrency.read_key_check(key, ts)).collect();
+        let hint = self.lock_index.hint_for_read(&keys, &self.newest);
         let snapshot = self.engine.snapshot();
         let reader = MvccReader::with_hint(&*snapshot, hint);
         let mut pairs = Vec::new();
-        for (key, check) in req.keys.iter().zip(checks) {
+        for (key, check) in keys.iter().zip(checks) {
             let result = check.and_then(|()| read::point_get(&reader, key, ts));
             match result {
                 Ok(Some(value)) => {
@@ -202,52 +211,59 @@ impl NodeContext {
         Ok(pairs)
     }
 
-    /// `KvScan`, with the client's swapped bounds for reverse scans.
+    /// `KvScan`, with the client's swapped bounds for reverse scans. As in TiKV, any limit
+    /// is accepted (`tikv-client` 0.4 does not cap transactional scans, and adds the keys
+    /// it deleted in its buffer to the user's limit) and 0 finds nothing; what bounds the
+    /// answer is its size: a scan whose answer would not fit in a response is refused
+    /// whole (a shorter one would let the client miss keys when it merges Regions).
     pub async fn kv_scan(&self, req: &kvrpcpb::ScanRequest) -> TxnResult<Vec<kvrpcpb::KvPair>> {
         let checked = self.check_context(req.context.as_ref())?;
-        let limit = self.scan_limit(req.limit)?;
         let (lower, upper) = if req.reverse {
             (&req.end_key, &req.start_key)
         } else {
             (&req.start_key, &req.end_key)
         };
-        let (start, end) = self.clamp_range(&checked, KeyMode::Txn, lower, upper)?;
+        let (mut start, mut end) = self.clamp_range(&checked, KeyMode::Txn, lower, upper)?;
         let ts = TimeStamp(req.version);
         // In this order: max_ts, then the lock index, then the snapshot (see LockHint).
         self.concurrency.read_range_check(&start, &end, ts)?;
         let hint = self.lock_index.hint_range(&start, &end);
         let snapshot = self.engine.snapshot();
-        let items = read::scan(
-            &MvccReader::with_hint(&*snapshot, hint),
-            &start,
-            &end,
-            limit,
-            ts,
-            req.key_only,
-            req.reverse,
-        )?;
-        Ok(items
-            .into_iter()
-            .map(|(key, value)| match value {
-                Ok(value) => kvrpcpb::KvPair { key, value, error: None },
-                Err(e) => kvrpcpb::KvPair {
-                    key,
-                    value: Vec::new(),
-                    error: Some(crate::txn_error::key_error(&e)),
-                },
-            })
-            .collect())
-    }
-
-    fn scan_limit(&self, limit: u32) -> TxnResult<usize> {
-        if limit == 0 || limit > self.config.max_scan_limit {
-            let message = format!(
-                "scan limit must be between 1 and {}, not {limit}",
-                self.config.max_scan_limit
-            );
-            return Err(crate::error::RequestError::invalid(message).into());
+        let reader = MvccReader::with_hint(&*snapshot, hint);
+        let mut remaining = req.limit as usize;
+        let (mut pairs, mut budget) = (Vec::new(), self.budget());
+        // In pages, so that a large limit never holds more than one page beyond the answer.
+        while remaining > 0 {
+            let page_limit = remaining.min(SCAN_PAGE);
+            let page =
+                read::scan(&reader, &start, &end, page_limit, ts, req.key_only, req.reverse)?;
+            let full = page.len() == page_limit;
+            if let Some((last, _)) = page.last() {
+                if req.reverse {
+                    end = last.clone();
+                } else {
+                    start = last.clone();
+                    start.push(0);
+                }
+            }
+            remaining -= page.len();
+            for (key, value) in page {
+                let pair = match value {
+                    Ok(value) => kvrpcpb::KvPair { key, value, error: None },
+                    Err(e) => kvrpcpb::KvPair {
+                        value: Vec::new(),
+                        error: Some(crate::txn_error::key_error(&e)),
+                        key,
+                    },
+                };
+                budget.charge_bytes(pair.key.len() + pair.value.len() + 16)?;
+                pairs.push(pair);
+            }
+            if !full {
+                break;
+            }
         }
-        Ok(limit as usize)
+        Ok(pairs)
     }
 
     /// `KvPrewrite`.
@@ -595,7 +611,8 @@ impl NodeContext {
         .await
     }
 
-    /// `KvScanLock`: locks with `start_ts <= max_version` in the range, in key order.
+    /// `KvScanLock`: locks with `start_ts <= max_version` in the range, in key order; a
+    /// zero limit means all of them, as in TiKV (bounded by the response size).
     pub async fn kv_scan_lock(
         &self,
         req: &kvrpcpb::ScanLockRequest,
@@ -603,16 +620,18 @@ impl NodeContext {
         let checked = self.check_context(req.context.as_ref())?;
         let (start, end) =
             self.clamp_range(&checked, KeyMode::Txn, &req.start_key, &req.end_key)?;
-        let limit =
-            if req.limit == 0 { self.config.max_scan_limit as usize } else { req.limit as usize };
+        let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
         let keys = self.lock_index.keys(&start, &end, limit, |ts| ts <= req.max_version);
         let snapshot = self.engine.snapshot();
         let reader = MvccReader::new(&*snapshot);
         let mut locks = Vec::with_capacity(keys.len());
+        let mut budget = self.budget();
         for key in keys {
             // The index narrows the search; storage has the lock itself.
             if let Some(lock) = reader.load_lock(&key)?.filter(|l| l.start_ts <= req.max_version) {
-                locks.push(crate::txn_error::lock_info(&key, &lock));
+                let info = crate::txn_error::lock_info(&key, &lock);
+                budget.charge_bytes(prost::Message::encoded_len(&info))?;
+                locks.push(info);
             }
         }
         Ok(locks)
@@ -671,13 +690,17 @@ impl NodeContext {
     }
 
     /// `UnsafeDestroyRange`: deletes every transactional record in the range on every
-    /// Region of this node (the request names no Region).
+    /// Region of this node (the request names no Region). Both keys must be given (TiKV
+    /// crashes on an empty one); an inverted range deletes nothing, as in TiKV.
     pub async fn unsafe_destroy_range(&self, start: &[u8], end: &[u8]) -> TxnResult<()> {
-        if !end.is_empty() && start >= end {
+        if start.is_empty() || end.is_empty() {
             return Err(crate::error::RequestError::invalid(
-                "destroy range needs start key < end key",
+                "destroy range needs both a start and an end key",
             )
             .into());
+        }
+        if start >= end {
+            return Ok(());
         }
         for status in self.registry.overlapping(start, end) {
             let (from, to) = crate::context::clamp_to_region(&status.region, start, end);

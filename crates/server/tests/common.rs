@@ -5,7 +5,7 @@
 use scandium_server::{Config, Node};
 use std::path::Path;
 use std::time::Duration;
-use tikv_client::RawClient;
+use tikv_client::{RawClient, TransactionClient};
 
 /// Starts a node on a free port with its data in `dir`.
 pub async fn start_node(dir: &Path) -> Node {
@@ -31,6 +31,17 @@ pub async fn raw_client(node: &Node, v2: bool) -> RawClient {
         config = config.with_default_keyspace();
     }
     RawClient::new_with_config(vec![node.advertise_addr().to_string()], config)
+        .await
+        .expect("client connects")
+}
+
+/// A transactional client in API V1 (no keyspace) or V2 (keyspace DEFAULT).
+pub async fn txn_client(node: &Node, v2: bool) -> TransactionClient {
+    let mut config = tikv_client::Config::default().with_timeout(Duration::from_secs(5));
+    if v2 {
+        config = config.with_default_keyspace();
+    }
+    TransactionClient::new_with_config(vec![node.advertise_addr().to_string()], config)
         .await
         .expect("client connects")
 }

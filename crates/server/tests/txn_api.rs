@@ -4,20 +4,10 @@
 
 mod common;
 
-use common::start_node;
+use common::{start_node, txn_client as client};
 use scandium_server::Node;
 use std::time::Duration;
 use tikv_client::{CheckLevel, Key, TimestampExt as _, TransactionClient, TransactionOptions};
-
-async fn client(node: &Node, v2: bool) -> TransactionClient {
-    let mut config = tikv_client::Config::default().with_timeout(Duration::from_secs(5));
-    if v2 {
-        config = config.with_default_keyspace();
-    }
-    TransactionClient::new_with_config(vec![node.advertise_addr().to_string()], config)
-        .await
-        .expect("client connects")
-}
 
 fn k(s: &str) -> Vec<u8> {
     s.as_bytes().to_vec()

@@ -46,11 +46,16 @@ pub enum Cf {
     /// index of the Write CF that turns "the key's latest version" into a point lookup
     /// (fjall has no prefix filters, so a seek positions an iterator in every table).
     Latest,
+    /// Raw data a V1 client wrote with column family `lock` (TiKV keeps a raw namespace
+    /// per column family in API V1; `tikv-client`'s `with_cf` selects one).
+    RawLock,
+    /// Raw data a V1 client wrote with column family `write`; see [`Cf::RawLock`].
+    RawWrite,
 }
 
 impl Cf {
     /// Every column family, in a fixed order.
-    pub const ALL: [Cf; 8] = [
+    pub const ALL: [Cf; 10] = [
         Cf::Raw,
         Cf::Default,
         Cf::Lock,
@@ -59,7 +64,14 @@ impl Cf {
         Cf::RaftState,
         Cf::Placement,
         Cf::Latest,
+        Cf::RawLock,
+        Cf::RawWrite,
     ];
+
+    /// The column families holding a Region's data (everything but Raft and placement
+    /// state): what a split divides, a snapshot carries and a destroyed replica deletes.
+    pub const DATA: [Cf; 7] =
+        [Cf::Raw, Cf::RawLock, Cf::RawWrite, Cf::Default, Cf::Lock, Cf::Write, Cf::Latest];
 
     /// The name of the column family on disk.
     pub fn name(self) -> &'static str {
@@ -72,6 +84,8 @@ impl Cf {
             Cf::RaftState => "raft_state",
             Cf::Placement => "placement",
             Cf::Latest => "latest",
+            Cf::RawLock => "raw_lock",
+            Cf::RawWrite => "raw_write",
         }
     }
 

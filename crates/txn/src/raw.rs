@@ -2,8 +2,10 @@
 //! expired values, compare-and-swap, checksums.
 //!
 //! Raw data lives in [`Cf::Raw`], apart from transactional data, keyed by the key exactly as
-//! the client sends it (API V2 keys keep their keyspace prefix). A stored value is the
-//! client's value followed by a small trailer:
+//! the client sends it (API V2 keys keep their keyspace prefix). API V1 clients may name
+//! TiKV's other column families, `lock` and `write`, which are separate raw namespaces
+//! ([`Cf::RawLock`], [`Cf::RawWrite`]); every function here takes the one to use. A stored
+//! value is the client's value followed by a small trailer:
 //!
 //! ```text
 //! value bytes | [expire_at: u64 BE, unix seconds, only if flags & TTL] | flags: u8
@@ -96,21 +98,23 @@ fn live<'a>(key: &[u8], stored: &'a [u8], now_secs: u64) -> Result<Option<RawVal
 }
 
 /// Reads the live value of `key`.
-pub fn get(snapshot: &dyn Snapshot, key: &[u8], now_secs: u64) -> Result<Option<Vec<u8>>> {
-    let Some(stored) = snapshot.get(Cf::Raw, key)? else { return Ok(None) };
+pub fn get(snapshot: &dyn Snapshot, cf: Cf, key: &[u8], now_secs: u64) -> Result<Option<Vec<u8>>> {
+    let Some(stored) = snapshot.get(cf, key)? else { return Ok(None) };
     Ok(live(key, &stored, now_secs)?.map(|v| v.value.to_vec()))
 }
 
 /// Remaining TTL of `key` in seconds (0 = no TTL), or `None` if there is no live value.
-pub fn get_ttl(snapshot: &dyn Snapshot, key: &[u8], now_secs: u64) -> Result<Option<u64>> {
-    let Some(stored) = snapshot.get(Cf::Raw, key)? else { return Ok(None) };
+pub fn get_ttl(snapshot: &dyn Snapshot, cf: Cf, key: &[u8], now_secs: u64) -> Result<Option<u64>> {
+    let Some(stored) = snapshot.get(cf, key)? else { return Ok(None) };
     Ok(live(key, &stored, now_secs)?.map(|v| v.remaining_ttl(now_secs)))
 }
 
 /// Up to `limit` live pairs in `[start, end)` (empty `end` = unbounded), ascending, or
 /// descending when `reverse`. With `key_only`, values are empty.
+#[allow(clippy::too_many_arguments)]
 pub fn scan(
     snapshot: &dyn Snapshot,
+    cf: Cf,
     start: &[u8],
     end: &[u8],
     limit: usize,
@@ -122,7 +126,7 @@ pub fn scan(
     if limit == 0 {
         return Ok(pairs);
     }
-    for item in snapshot.scan(Cf::Raw, start, end, reverse) {
+    for item in snapshot.scan(cf, start, end, reverse) {
         let (key, stored) = item?;
         let Some(value) = live(&key, &stored, now_secs)? else { continue };
         let value = if key_only { Vec::new() } else { value.value.to_vec() };
@@ -135,13 +139,20 @@ pub fn scan(
 }
 
 /// Adds a put of `value` with a TTL of `ttl_secs` (0 = none) to `batch`.
-pub fn put(batch: &mut WriteBatch, key: Vec<u8>, value: &[u8], ttl_secs: u64, now_secs: u64) {
-    batch.put(Cf::Raw, key, encode_value(value, expire_at(ttl_secs, now_secs)));
+pub fn put(
+    batch: &mut WriteBatch,
+    cf: Cf,
+    key: Vec<u8>,
+    value: &[u8],
+    ttl_secs: u64,
+    now_secs: u64,
+) {
+    batch.put(cf, key, encode_value(value, expire_at(ttl_secs, now_secs)));
 }
 
 /// Adds a delete of `key` to `batch`.
-pub fn delete(batch: &mut WriteBatch, key: Vec<u8>) {
-    batch.delete(Cf::Raw, key);
+pub fn delete(batch: &mut WriteBatch, cf: Cf, key: Vec<u8>) {
+    batch.delete(cf, key);
 }
 
 /// What a compare-and-swap found.
@@ -155,8 +166,10 @@ pub struct CasOutcome {
 
 /// Sets `key` to `new_value` if its live value equals `expected` (`None` = must not exist).
 /// The caller must hold the key's latch from this read until the batch is applied.
+#[allow(clippy::too_many_arguments)]
 pub fn compare_and_swap(
     snapshot: &dyn Snapshot,
+    cf: Cf,
     key: &[u8],
     expected: Option<&[u8]>,
     new_value: &[u8],
@@ -164,10 +177,10 @@ pub fn compare_and_swap(
     now_secs: u64,
     batch: &mut WriteBatch,
 ) -> Result<CasOutcome> {
-    let previous = get(snapshot, key, now_secs)?;
+    let previous = get(snapshot, cf, key, now_secs)?;
     let succeeded = previous.as_deref() == expected;
     if succeeded {
-        put(batch, key.to_vec(), new_value, ttl_secs, now_secs);
+        put(batch, cf, key.to_vec(), new_value, ttl_secs, now_secs);
     }
     Ok(CasOutcome { succeeded, previous })
 }
@@ -218,13 +231,14 @@ pub struct KeyPage {
 /// Up to `limit` stored keys in `[start, end)` (expired or not) that satisfy `keep`.
 fn list_keys(
     snapshot: &dyn Snapshot,
+    cf: Cf,
     start: &[u8],
     end: &[u8],
     limit: usize,
     keep: impl Fn(&[u8]) -> bool,
 ) -> Result<KeyPage> {
     let mut page = KeyPage::default();
-    for item in snapshot.scan(Cf::Raw, start, end, false) {
+    for item in snapshot.scan(cf, start, end, false) {
         let (key, stored) = item?;
         if page.keys.len() >= limit {
             page.resume_from = Some(key);
@@ -240,12 +254,13 @@ fn list_keys(
 /// Up to `limit` keys in `[start, end)` whose values have expired at `now_secs`.
 pub fn expired_keys(
     snapshot: &dyn Snapshot,
+    cf: Cf,
     start: &[u8],
     end: &[u8],
     limit: usize,
     now_secs: u64,
 ) -> Result<KeyPage> {
-    list_keys(snapshot, start, end, limit, |stored| {
+    list_keys(snapshot, cf, start, end, limit, |stored| {
         decode_value(stored).is_some_and(|v| v.is_expired(now_secs))
     })
 }
@@ -253,11 +268,12 @@ pub fn expired_keys(
 /// Up to `limit` stored keys in `[start, end)`, expired or not.
 pub fn keys_in_range(
     snapshot: &dyn Snapshot,
+    cf: Cf,
     start: &[u8],
     end: &[u8],
     limit: usize,
 ) -> Result<KeyPage> {
-    list_keys(snapshot, start, end, limit, |_| true)
+    list_keys(snapshot, cf, start, end, limit, |_| true)
 }
 
 #[cfg(test)]

@@ -138,6 +138,10 @@ impl Pd for PdService {
                             suffix_bits: 0,
                         }),
                     }),
+                    // A bad count will fail again; anything else may pass on a retry.
+                    Err(e @ RequestError::Invalid(_)) => {
+                        Err(Status::invalid_argument(e.to_string()))
+                    }
                     Err(e) => Err(Status::unavailable(e.to_string())),
                 };
                 let failed = response.is_err();

@@ -57,6 +57,18 @@ macro_rules! txn_respond {
     }};
 }
 
+/// A failed scan or batch get's answer. tikv-client 0.4 reads only the pairs' errors of
+/// these responses, never the response's own `error`: an error there alone would reach the
+/// application as an empty answer. So it goes in both, on one pair (the locked key, or the
+/// request's first key).
+fn pairs_carrying(
+    key: Vec<u8>,
+    error: kvrpcpb::KeyError,
+) -> (Vec<KvPair>, Option<kvrpcpb::KeyError>) {
+    let key = error.locked.as_ref().map_or(key, |lock| lock.key.clone());
+    (vec![KvPair { key, value: Vec::new(), error: Some(error.clone()) }], Some(error))
+}
+
 fn lock_infos(locks: &[(Vec<u8>, scandium_txn::mvcc::Lock)]) -> Vec<kvrpcpb::LockInfo> {
     locks.iter().map(|(key, lock)| lock_info(key, lock)).collect()
 }
@@ -228,16 +240,34 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::BatchGetRequest>,
     ) -> Result<Response<kvrpcpb::BatchGetResponse>, Status> {
-        let result = self.node.kv_batch_get(request.get_ref()).await;
-        txn_respond!(kvrpcpb::BatchGetResponse, result, |resp, pairs| resp.pairs = pairs)
+        let req = request.into_inner();
+        let mut resp = kvrpcpb::BatchGetResponse::default();
+        match self.node.kv_batch_get(&req).await {
+            Ok(pairs) => resp.pairs = pairs,
+            Err(Failure::Region(e)) => resp.region_error = Some(*e),
+            Err(Failure::Key(e)) => {
+                let key = req.keys.first().cloned().unwrap_or_default();
+                (resp.pairs, resp.error) = pairs_carrying(key, *e);
+            }
+        }
+        Ok(Response::new(resp))
     }
 
     async fn kv_scan(
         &self,
         request: Request<kvrpcpb::ScanRequest>,
     ) -> Result<Response<kvrpcpb::ScanResponse>, Status> {
-        let result = self.node.kv_scan(request.get_ref()).await;
-        txn_respond!(kvrpcpb::ScanResponse, result, |resp, pairs| resp.pairs = pairs)
+        let req = request.into_inner();
+        let mut resp = kvrpcpb::ScanResponse::default();
+        match self.node.kv_scan(&req).await {
+            Ok(pairs) => resp.pairs = pairs,
+            Err(Failure::Region(e)) => resp.region_error = Some(*e),
+            Err(Failure::Key(e)) => {
+                let key = if req.reverse { &req.end_key } else { &req.start_key };
+                (resp.pairs, resp.error) = pairs_carrying(key.clone(), *e);
+            }
+        }
+        Ok(Response::new(resp))
     }
 
     async fn kv_prewrite(
