@@ -16,7 +16,7 @@ fn region(id: u64, start: &[u8], end: &[u8], version: u64) -> Region {
         end_key: end.to_vec(),
         conf_ver: 1,
         version,
-        peers: vec![Peer { id: id + 1, store_id: 1 }],
+        peers: vec![Peer::new(id + 1, 1)],
     }
 }
 

@@ -57,7 +57,7 @@ fn apply_writes(
                 RaftstoreError::EpochNotMatch { current: vec![region.clone()] }
             } else {
                 let key = user_key.into_owned();
-                RaftstoreError::KeyNotInRegion { key, region: region.clone() }
+                RaftstoreError::KeyNotInRegion { key, region: Box::new(region.clone()) }
             });
         }
         if op.delete {
@@ -91,6 +91,18 @@ fn apply_split(
     if command.version != region.version || command.conf_ver != region.conf_ver {
         return Err(RaftstoreError::EpochNotMatch { current: vec![region.clone()] });
     }
+    let joint = region.peers.iter().any(|p| {
+        matches!(
+            p.role(),
+            scandium_types::PeerRole::IncomingVoter | scandium_types::PeerRole::DemotingVoter
+        )
+    });
+    if joint {
+        return Err(RaftstoreError::ChangeRefused(format!(
+            "region {} is changing its membership; split it afterwards",
+            region.id
+        )));
+    }
     let key = split.split_key;
     if key.is_empty() || key <= region.start_key || !region.contains(&key) {
         return Err(RaftstoreError::InvalidCommand(format!(
@@ -119,7 +131,7 @@ fn apply_split(
             .peers
             .iter()
             .zip(&split.new_peer_ids)
-            .map(|(p, &id)| Peer { id, store_id: p.store_id })
+            .map(|(p, &id)| Peer { id, store_id: p.store_id, role: p.role })
             .collect(),
     };
     Ok(Applied::Split { left, right })
@@ -137,7 +149,7 @@ mod tests {
             end_key: b"f".to_vec(),
             conf_ver: 1,
             version: 3,
-            peers: vec![Peer { id: 10, store_id: 1 }],
+            peers: vec![Peer::new(10, 1)],
         }
     }
 
@@ -201,7 +213,7 @@ mod tests {
             (right.start_key.as_slice(), right.end_key.as_slice(), right.version),
             (&b"d"[..], &b"f"[..], 4)
         );
-        assert_eq!(right.peers, vec![Peer { id: 11, store_id: 1 }]);
+        assert_eq!(right.peers, vec![Peer::new(11, 1)]);
     }
 
     #[test]

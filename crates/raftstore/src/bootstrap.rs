@@ -2,14 +2,15 @@
 
 use crate::keys;
 use crate::state::{
-    ApplyState, PeerState, RaftLocalState, RegionLocalState, INIT_INDEX, INIT_TERM,
+    ApplyState, ConfStateRecord, PeerState, RaftLocalState, RegionLocalState, INIT_INDEX, INIT_TERM,
 };
 use prost::Message as _;
 use scandium_storage::{Cf, WriteBatch};
 use scandium_types::Region;
 
 /// Writes the state of a new group for `region` into `batch`: its log starts truncated at
-/// [`INIT_INDEX`], already committed and applied, with the Region's peers as voters.
+/// [`INIT_INDEX`], already committed and applied, with the Region's voters and learners as
+/// its configuration.
 pub fn write_initial_group(batch: &mut WriteBatch, region: &Region) {
     let raft_state =
         RaftLocalState { term: INIT_TERM, vote: 0, commit: INIT_INDEX, last_index: INIT_INDEX };
@@ -19,11 +20,28 @@ pub fn write_initial_group(batch: &mut WriteBatch, region: &Region) {
         keys::apply_state_key(region.id),
         ApplyState::initial().encode_to_vec(),
     );
-    write_region_state(batch, region);
+    write_region_state(batch, region, &ConfStateRecord::of_region(region));
 }
 
-/// Writes a peer's view of its Region into `batch`.
-pub fn write_region_state(batch: &mut WriteBatch, region: &Region) {
-    let state = RegionLocalState { region: Some(region.clone()), state: PeerState::Normal as i32 };
+/// Writes a peer's view of its Region and configuration into `batch`.
+pub fn write_region_state(batch: &mut WriteBatch, region: &Region, conf_state: &ConfStateRecord) {
+    let state = RegionLocalState {
+        region: Some(region.clone()),
+        state: PeerState::Normal as i32,
+        conf_state: Some(conf_state.clone()),
+        removed_peer_id: 0,
+    };
+    batch.put(Cf::RaftState, keys::region_state_key(region.id), state.encode_to_vec());
+}
+
+/// Writes the tombstone of destroyed replica `peer_id`: it remembers the Region as last
+/// known and the replica's id, so that stale messages to it are recognised and dropped.
+pub fn write_tombstone(batch: &mut WriteBatch, region: &Region, peer_id: u64) {
+    let state = RegionLocalState {
+        region: Some(region.clone()),
+        state: PeerState::Tombstone as i32,
+        conf_state: None,
+        removed_peer_id: peer_id,
+    };
     batch.put(Cf::RaftState, keys::region_state_key(region.id), state.encode_to_vec());
 }

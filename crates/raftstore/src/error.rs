@@ -31,7 +31,7 @@ pub enum RaftstoreError {
         /// The offending key.
         key: Vec<u8>,
         /// The Region as it is now.
-        region: Region,
+        region: Box<Region>,
     },
     /// The command is larger than a Raft entry may be.
     #[error("raft entry of {size} bytes exceeds the limit of {limit} bytes")]
@@ -50,6 +50,10 @@ pub enum RaftstoreError {
     /// The command is malformed (a programming error of the proposer, or a bad split key).
     #[error("invalid command: {0}")]
     InvalidCommand(String),
+    /// A membership change or leader transfer cannot be made now (another change is in
+    /// progress, it would remove the leader, or it names an unknown peer); retry later.
+    #[error("membership change refused: {0}")]
+    ChangeRefused(String),
     /// The engine failed.
     #[error(transparent)]
     Storage(#[from] StorageError),

@@ -12,29 +12,40 @@
 //! * Data Regions carry [`RaftCommand`]s: write batches computed by the layers above, or a
 //!   split. The placement group carries opaque commands that a [`MetaStateMachine`]
 //!   supplied by the server applies.
-//! * [`Registry`] publishes each Region's range, epoch and leadership to request handlers.
+//! * [`Registry`] publishes each Region's range, epoch, leadership and lease to request
+//!   handlers.
+//! * Replicas on other stores exchange [`PeerMessage`]s, which the server's transport
+//!   carries; snapshots travel apart, in chunks ([`snapshot`]).
+//! * Membership changes ([`PeerChange`]) add learners, promote them, remove peers.
 //!
-//! The crate is synchronous; the server owns the thread that drives the store.
+//! The crate is synchronous and owns no clock: the server drives the store from one
+//! thread and passes the time in.
 
 pub mod apply;
 pub mod bootstrap;
 pub mod command;
+pub mod conf_change;
 pub mod error;
 pub mod keys;
 pub mod logger;
+pub mod message;
 pub mod peer;
 pub mod registry;
+pub mod snapshot;
 pub mod state;
 pub mod storage;
 pub mod store;
 
 pub use command::{EncodedCommand, RaftCommand, SplitRequest};
+pub use conf_change::PeerChange;
 pub use error::RaftstoreError;
-pub use peer::RaftConfig;
+pub use message::PeerMessage;
+pub use peer::{RaftConfig, ReadCallback};
 pub use registry::{GroupStatus, RegionStatus, Registry};
-pub use store::{RoundOutput, Store};
+pub use snapshot::{SnapshotData, SnapshotSources};
+pub use store::{Event, RoundOutput, StepError, Store};
 
-use scandium_storage::WriteBatch;
+use scandium_storage::{EngineRef, WriteBatch};
 use scandium_types::Region;
 use std::any::Any;
 
@@ -55,6 +66,8 @@ pub enum ApplyOutput {
     },
     /// The placement state machine's answer to a placement command.
     Meta(Box<dyn Any + Send>),
+    /// The membership changed; the Region as it is now.
+    ConfChanged(Region),
 }
 
 impl std::fmt::Debug for ApplyOutput {
@@ -63,6 +76,7 @@ impl std::fmt::Debug for ApplyOutput {
             ApplyOutput::Written => write!(f, "Written"),
             ApplyOutput::Split { left, right } => write!(f, "Split({}, {})", left.id, right.id),
             ApplyOutput::Meta(_) => write!(f, "Meta"),
+            ApplyOutput::ConfChanged(region) => write!(f, "ConfChanged({})", region.id),
         }
     }
 }
@@ -76,4 +90,29 @@ pub trait MetaStateMachine: Send {
     /// Applies the placement command committed at `index`, adding its persistent effects to
     /// `batch` (written atomically with the group's apply state). Must be deterministic.
     fn apply(&mut self, index: u64, command: &[u8], batch: &mut WriteBatch) -> Box<dyn Any + Send>;
+
+    /// The group's state was replaced by a snapshot, now in `engine`: reload from it.
+    fn restore(&mut self, engine: &EngineRef);
+}
+
+/// Learns what every replica applies, for in-memory indexes that must follow the data on
+/// every replica, not only on the node that proposed a change (the server's lock index
+/// and newest-record cache). Runs on the Raft thread after the applied data is written,
+/// in log order with the proposers' callbacks: it must not block.
+pub trait ApplyObserver: Send {
+    /// `command` was applied to `region` and no callback of this node saw it (another
+    /// node proposed it, or this node's proposal had been given up).
+    fn on_applied(&mut self, region: &Region, command: &RaftCommand);
+
+    /// `region`'s data was replaced wholesale (a snapshot installed, or the replica
+    /// destroyed and its data deleted).
+    fn on_replaced(&mut self, region: &Region);
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+
+impl ApplyObserver for NoObserver {
+    fn on_applied(&mut self, _: &Region, _: &RaftCommand) {}
+    fn on_replaced(&mut self, _: &Region) {}
 }

@@ -1,35 +1,67 @@
-//! [`Peer`]: one replica of one Raft group, a raft-rs `RawNode` plus the proposals waiting
-//! for it to apply them.
+//! [`Peer`]: one replica of one Raft group, a raft-rs `RawNode` plus what waits on it:
+//! proposals until they apply, reads until the leader has confirmed it still leads, and
+//! the leader's lease.
 
 use crate::command::RaftCommand;
 use crate::error::RaftstoreError;
+use crate::snapshot::SnapshotData;
 use crate::storage::PeerStorage;
 use crate::Callback;
 use raft::{RawNode, StateRole};
 use scandium_types::{Peer as PeerMeta, Region};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 /// Raft timing and size settings shared by every group.
 #[derive(Clone, Debug)]
 pub struct RaftConfig {
-    /// Ticks without a leader before a follower campaigns.
+    /// Milliseconds per tick (the driver's period; used for leases and timeouts).
+    pub tick_ms: u64,
+    /// Ticks without hearing from a leader before a follower campaigns. Followers that have
+    /// heard from a leader within this many ticks refuse to vote for another, which is what
+    /// makes a leader's lease safe.
     pub election_ticks: usize,
+    /// Ticks of the randomised election timeout, at most (exclusive); 0 means twice
+    /// `election_ticks` (raft-rs's default). A narrower range gives faster failover.
+    pub max_election_ticks: usize,
     /// Ticks between leader heartbeats.
     pub heartbeat_ticks: usize,
     /// Largest encoded command accepted for proposal, in bytes.
     pub max_entry_bytes: u64,
     /// Applied entries kept in the log before it is truncated.
     pub log_gc_threshold: u64,
+    /// Entries a leader keeps for lagging followers at most; past it (or past
+    /// `max_log_bytes`) it truncates anyway and sends them a snapshot.
+    pub max_log_entries: u64,
+    /// Bytes a leader keeps for lagging followers at most; see `max_log_entries`.
+    pub max_log_bytes: u64,
 }
 
 impl Default for RaftConfig {
     fn default() -> Self {
         RaftConfig {
+            tick_ms: 100,
             election_ticks: 10,
+            max_election_ticks: 0,
             heartbeat_ticks: 2,
             max_entry_bytes: 8 << 20,
             log_gc_threshold: 256,
+            max_log_entries: 8192,
+            max_log_bytes: 64 << 20,
         }
+    }
+}
+
+impl RaftConfig {
+    /// How long a leader may serve reads after a quorum accepted something it sent: the
+    /// election timeout less two ticks (one for a follower's tick that may come right
+    /// after it heard from the leader, one for clock drift and scheduling delays).
+    pub fn lease_ms(&self) -> u64 {
+        (self.election_ticks as u64).saturating_sub(2) * self.tick_ms
+    }
+
+    /// The election timeout in milliseconds (the shortest one).
+    pub fn election_ms(&self) -> u64 {
+        self.election_ticks as u64 * self.tick_ms
     }
 }
 
@@ -39,6 +71,21 @@ pub(crate) struct Proposal {
     pub callback: Callback,
     /// The proposed data command, applied instead of decoding the entry.
     pub command: Option<RaftCommand>,
+    /// When it was proposed (store clock); its commit proves leadership until then plus
+    /// the lease.
+    pub proposed_ms: u64,
+}
+
+/// Runs once a read may be served from the leader's state machine (or cannot be).
+pub type ReadCallback = Box<dyn FnOnce(Result<(), RaftstoreError>) + Send>;
+
+/// A ReadIndex round in flight: the reads that asked before it was sent.
+pub(crate) struct PendingRead {
+    pub context: u64,
+    pub issued_ms: u64,
+    /// The commit index the leader confirmed, once a quorum answered.
+    pub index: Option<u64>,
+    pub callbacks: Vec<ReadCallback>,
 }
 
 /// One replica of a Raft group on this store.
@@ -47,7 +94,23 @@ pub struct Peer {
     /// The Region as applied here (for the placement group: a pseudo-Region naming members).
     pub(crate) region: Region,
     pub(crate) meta: PeerMeta,
+    /// False for a replica created by a leader's message, until its snapshot arrives.
+    pub(crate) initialized: bool,
     pub(crate) proposals: VecDeque<Proposal>,
+    /// Until when (store clock) this leader may serve reads without asking a quorum.
+    pub(crate) lease_until_ms: u64,
+    /// Reads waiting for the next ReadIndex round.
+    pub(crate) read_batch: Vec<ReadCallback>,
+    pub(crate) reads: VecDeque<PendingRead>,
+    pub(crate) next_read_context: u64,
+    /// The data of a snapshot being delivered, for the Ready that installs it.
+    pub(crate) pending_snapshot: Option<SnapshotData>,
+    /// Votes are refused until the store's clock reaches this (a restarted replica may
+    /// have forgotten that it heard from a leader, whose lease it must still respect).
+    pub(crate) votes_refused_until_ms: u64,
+    /// Peers of other stores learnt from their messages, for replicas that do not know
+    /// their Region's members yet.
+    pub(crate) known_peers: HashMap<u64, PeerMeta>,
 }
 
 impl Peer {
@@ -55,12 +118,19 @@ impl Peer {
         storage: PeerStorage,
         region: Region,
         meta: PeerMeta,
+        initialized: bool,
         config: &RaftConfig,
         logger: &slog::Logger,
     ) -> Result<Peer, RaftstoreError> {
+        let max_election = match config.max_election_ticks {
+            0 => 2 * config.election_ticks,
+            n => n,
+        };
         let raft_config = raft::Config {
             id: meta.id,
             election_tick: config.election_ticks,
+            min_election_tick: config.election_ticks,
+            max_election_tick: max_election,
             heartbeat_tick: config.heartbeat_ticks,
             applied: storage.apply_state().applied_index,
             max_size_per_msg: 1 << 20,
@@ -72,7 +142,20 @@ impl Peer {
         let logger = logger.new(slog::o!("group" => region.id, "peer" => meta.id));
         let raw = RawNode::new(&raft_config, storage, &logger)
             .map_err(|e| RaftstoreError::InvalidCommand(format!("cannot start raft peer: {e}")))?;
-        Ok(Peer { raw, region, meta, proposals: VecDeque::new() })
+        Ok(Peer {
+            raw,
+            region,
+            meta,
+            initialized,
+            proposals: VecDeque::new(),
+            lease_until_ms: 0,
+            read_batch: Vec::new(),
+            reads: VecDeque::new(),
+            next_read_context: 0,
+            pending_snapshot: None,
+            votes_refused_until_ms: 0,
+            known_peers: HashMap::new(),
+        })
     }
 
     /// Whether this replica is the group's leader.
@@ -89,8 +172,45 @@ impl Peer {
 
     /// The leader's peer, if known.
     pub fn leader(&self) -> Option<PeerMeta> {
-        let leader_id = self.raw.raft.leader_id;
-        self.region.peers.iter().find(|p| p.id == leader_id).cloned()
+        self.peer_by_id(self.raw.raft.leader_id)
+    }
+
+    /// A member (or a peer known from its messages) by Raft id.
+    pub(crate) fn peer_by_id(&self, id: u64) -> Option<PeerMeta> {
+        if id == self.meta.id {
+            return Some(self.meta.clone());
+        }
+        self.region.peer(id).cloned().or_else(|| self.known_peers.get(&id).cloned())
+    }
+
+    /// Whether this replica is the only voter: then nobody else can be elected and its
+    /// reads need no lease.
+    pub(crate) fn sole_voter(&self) -> bool {
+        let cs = self.raw.store().conf_state();
+        cs.voters == [self.meta.id]
+            && (cs.voters_outgoing.is_empty() || cs.voters_outgoing == [self.meta.id])
+    }
+
+    /// Until when this leader may serve reads locally (0 = it may not).
+    pub fn lease_until_ms(&self) -> u64 {
+        if !self.ready_for_reads() {
+            0
+        } else if self.sole_voter() {
+            u64::MAX
+        } else {
+            self.lease_until_ms
+        }
+    }
+
+    /// Extends the lease: a quorum accepted something this leader sent at `sent_ms`.
+    pub(crate) fn renew_lease(&mut self, sent_ms: u64, lease_ms: u64) {
+        if self.is_leader() && self.raw.raft.lead_transferee.is_none() {
+            self.lease_until_ms = self.lease_until_ms.max(sent_ms + lease_ms);
+        }
+    }
+
+    pub(crate) fn not_leader(&self) -> RaftstoreError {
+        RaftstoreError::NotLeader { region_id: self.region.id, leader: self.leader() }
     }
 
     pub(crate) fn propose(
@@ -98,26 +218,22 @@ impl Peer {
         data: Vec<u8>,
         command: Option<RaftCommand>,
         callback: Callback,
+        now_ms: u64,
     ) {
         if !self.is_leader() {
-            let error =
-                RaftstoreError::NotLeader { region_id: self.region.id, leader: self.leader() };
-            return callback(Err(error));
+            return callback(Err(self.not_leader()));
         }
         let before = self.raw.raft.raft_log.last_index();
         if let Err(e) = self.raw.propose(Vec::new(), data) {
             tracing::debug!(group = self.region.id, error = %e, "proposal dropped");
-            let error =
-                RaftstoreError::NotLeader { region_id: self.region.id, leader: self.leader() };
-            return callback(Err(error));
+            return callback(Err(self.not_leader()));
         }
         let index = self.raw.raft.raft_log.last_index();
         if index == before {
-            let error =
-                RaftstoreError::NotLeader { region_id: self.region.id, leader: self.leader() };
-            return callback(Err(error));
+            return callback(Err(self.not_leader()));
         }
-        self.proposals.push_back(Proposal { index, term: self.raw.raft.term, callback, command });
+        let term = self.raw.raft.term;
+        self.proposals.push_back(Proposal { index, term, callback, command, proposed_ms: now_ms });
     }
 
     /// Takes the proposal of entry `(index, term)`, failing those that the log skipped
@@ -137,10 +253,81 @@ impl Peer {
         None
     }
 
-    /// Fails every pending proposal (the peer is going away).
+    /// Fails every pending proposal and read (the peer lost leadership or is going away).
     pub(crate) fn fail_all(&mut self, error: impl Fn() -> RaftstoreError) {
         for proposal in self.proposals.drain(..) {
             (proposal.callback)(Err(error()));
         }
+        self.fail_reads(&error);
+    }
+
+    pub(crate) fn fail_reads(&mut self, error: &impl Fn() -> RaftstoreError) {
+        for callback in self.read_batch.drain(..) {
+            callback(Err(error()));
+        }
+        for read in self.reads.drain(..) {
+            for callback in read.callbacks {
+                callback(Err(error()));
+            }
+        }
+    }
+
+    /// Sends one ReadIndex round for the reads batched since the last one.
+    pub(crate) fn flush_reads(&mut self, now_ms: u64) {
+        if self.read_batch.is_empty() {
+            return;
+        }
+        if !self.ready_for_reads() {
+            for callback in std::mem::take(&mut self.read_batch) {
+                callback(Err(self.not_leader()));
+            }
+            return;
+        }
+        self.next_read_context += 1;
+        let context = self.next_read_context;
+        self.raw.read_index(context.to_be_bytes().to_vec());
+        let callbacks = std::mem::take(&mut self.read_batch);
+        self.reads.push_back(PendingRead { context, issued_ms: now_ms, index: None, callbacks });
+    }
+
+    /// Records the commit indexes a quorum confirmed for ReadIndex rounds.
+    pub(crate) fn on_read_states(&mut self, states: Vec<raft::ReadState>) {
+        for state in states {
+            let Ok(bytes) = <[u8; 8]>::try_from(state.request_ctx.as_slice()) else { continue };
+            let context = u64::from_be_bytes(bytes);
+            if let Some(read) = self.reads.iter_mut().find(|r| r.context == context) {
+                read.index = Some(state.index);
+            }
+        }
+    }
+
+    /// Answers the reads whose confirmed index has been applied; renews the lease.
+    pub(crate) fn complete_reads(&mut self, lease_ms: u64) {
+        let applied = self.raw.store().apply_state().applied_index;
+        while let Some(read) = self.reads.front() {
+            match read.index {
+                Some(index) if index <= applied => {}
+                _ => break,
+            }
+            let read = self.reads.pop_front().expect("checked non-empty");
+            self.renew_lease(read.issued_ms, lease_ms);
+            for callback in read.callbacks {
+                callback(Ok(()));
+            }
+        }
+    }
+
+    /// Fails ReadIndex rounds older than `timeout_ms` (raft-rs drops some silently).
+    pub(crate) fn expire_reads(&mut self, now_ms: u64, timeout_ms: u64) {
+        while self.reads.front().is_some_and(|r| r.issued_ms + timeout_ms < now_ms) {
+            let read = self.reads.pop_front().expect("checked non-empty");
+            for callback in read.callbacks {
+                callback(Err(RaftstoreError::StaleCommand));
+            }
+        }
+    }
+
+    pub(crate) fn has_pending_work(&self) -> bool {
+        !self.read_batch.is_empty()
     }
 }

@@ -3,14 +3,16 @@
 //!
 //! The Raft thread owns the peers; after every round it publishes each changed peer's
 //! Region and leadership here. Handlers read it to validate requests (Region exists, epoch
-//! current, key in range, this peer leads and has applied everything from earlier terms).
+//! current, key in range, this peer leads and has applied everything from earlier terms)
+//! and to decide whether a read may be served at once (the leader's lease) or needs a
+//! ReadIndex round first.
 
 use scandium_types::{Peer, Region, RegionId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 /// A Region as its local peer last saw it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RegionStatus {
     /// The Region's range, epoch and peers.
     pub region: Region,
@@ -21,15 +23,33 @@ pub struct RegionStatus {
     /// The local peer is leader and has applied every entry of earlier terms, so its state
     /// machine reflects every acknowledged write.
     pub ready_for_reads: bool,
+    /// The local peer's Raft term.
+    pub term: u64,
+    /// Until when (the store's clock, milliseconds) the local leader may serve reads
+    /// without a ReadIndex round; 0 when it may not.
+    pub lease_until_ms: u64,
+    /// For a leader: peers that are behind (learners not caught up, lagging voters).
+    pub pending_peers: Vec<Peer>,
+    /// For a leader: peers it has not heard from within an election timeout.
+    pub down_peers: Vec<Peer>,
+}
+
+impl RegionStatus {
+    /// Whether the local leader may serve a read at `now_ms` from its state machine.
+    pub fn lease_valid(&self, now_ms: u64) -> bool {
+        self.ready_for_reads && now_ms < self.lease_until_ms
+    }
 }
 
 /// Leadership of the placement group's local peer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct GroupStatus {
     /// The local peer leads the group.
     pub is_leader: bool,
     /// See [`RegionStatus::ready_for_reads`].
     pub ready_for_reads: bool,
+    /// The group as the local peer sees it (members, leader, lease).
+    pub status: Option<RegionStatus>,
 }
 
 #[derive(Default)]
@@ -85,19 +105,30 @@ impl Registry {
     /// Publishes a Region's status, replacing what was known of it.
     pub fn publish(&self, status: RegionStatus) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = inner.by_id.get(&status.region.id) {
-            let old_start = old.region.start_key.clone();
-            if inner.by_start.get(&old_start) == Some(&status.region.id) {
-                inner.by_start.remove(&old_start);
-            }
-        }
+        Self::unindex(&mut inner, status.region.id);
         inner.by_start.insert(status.region.start_key.clone(), status.region.id);
         inner.by_id.insert(status.region.id, status);
     }
 
+    /// Forgets a Region whose local replica was destroyed.
+    pub fn remove(&self, id: RegionId) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        Self::unindex(&mut inner, id);
+        inner.by_id.remove(&id);
+    }
+
+    fn unindex(inner: &mut Inner, id: RegionId) {
+        if let Some(old) = inner.by_id.get(&id) {
+            let old_start = old.region.start_key.clone();
+            if inner.by_start.get(&old_start) == Some(&id) {
+                inner.by_start.remove(&old_start);
+            }
+        }
+    }
+
     /// Leadership of the local placement peer.
     pub fn meta(&self) -> GroupStatus {
-        self.read().meta
+        self.read().meta.clone()
     }
 
     /// Publishes the local placement peer's leadership.

@@ -76,4 +76,94 @@ pub struct RegionLocalState {
     /// See [`PeerState`].
     #[prost(enumeration = "PeerState", tag = "2")]
     pub state: i32,
+    /// The group's Raft configuration as of the same applied index. Absent in records
+    /// written before membership changes existed: then every peer of `region` votes.
+    #[prost(message, optional, tag = "3")]
+    pub conf_state: Option<ConfStateRecord>,
+    /// For a tombstone: the id the destroyed replica had. Messages to it, or to older ids,
+    /// are stale.
+    #[prost(uint64, tag = "4")]
+    pub removed_peer_id: u64,
+}
+
+/// raft-rs's `ConfState`, persisted with the Region it describes: raft-rs rebuilds its
+/// membership from it at restart and refuses to start if it disagrees with the log.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ConfStateRecord {
+    /// Voters of the (incoming) configuration.
+    #[prost(uint64, repeated, tag = "1")]
+    pub voters: Vec<u64>,
+    /// Learners.
+    #[prost(uint64, repeated, tag = "2")]
+    pub learners: Vec<u64>,
+    /// Voters of the outgoing configuration; non-empty while a joint change is in progress.
+    #[prost(uint64, repeated, tag = "3")]
+    pub voters_outgoing: Vec<u64>,
+    /// Outgoing voters that become learners when the joint change ends.
+    #[prost(uint64, repeated, tag = "4")]
+    pub learners_next: Vec<u64>,
+    /// Whether raft-rs leaves the joint configuration by itself (never set here: the
+    /// leader leaves explicitly).
+    #[prost(bool, tag = "5")]
+    pub auto_leave: bool,
+}
+
+impl ConfStateRecord {
+    /// The configuration of a Region that is not in a joint change: its learners learn,
+    /// every other peer votes.
+    pub fn of_region(region: &Region) -> ConfStateRecord {
+        let (learners, voters): (Vec<_>, Vec<_>) =
+            region.peers.iter().partition(|p| p.is_learner());
+        ConfStateRecord {
+            voters: voters.iter().map(|p| p.id).collect(),
+            learners: learners.iter().map(|p| p.id).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Whether a joint change is in progress.
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
+    }
+
+    /// Every peer the configuration names.
+    pub fn members(&self) -> impl Iterator<Item = u64> + '_ {
+        self.voters.iter().chain(&self.learners).chain(&self.voters_outgoing).copied()
+    }
+}
+
+impl From<&raft::prelude::ConfState> for ConfStateRecord {
+    fn from(cs: &raft::prelude::ConfState) -> ConfStateRecord {
+        ConfStateRecord {
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+            voters_outgoing: cs.voters_outgoing.clone(),
+            learners_next: cs.learners_next.clone(),
+            auto_leave: cs.auto_leave,
+        }
+    }
+}
+
+impl From<&ConfStateRecord> for raft::prelude::ConfState {
+    fn from(record: &ConfStateRecord) -> raft::prelude::ConfState {
+        raft::prelude::ConfState {
+            voters: record.voters.clone(),
+            learners: record.learners.clone(),
+            voters_outgoing: record.voters_outgoing.clone(),
+            learners_next: record.learners_next.clone(),
+            auto_leave: record.auto_leave,
+            ..Default::default()
+        }
+    }
+}
+
+impl RegionLocalState {
+    /// The persisted configuration, or the one implied by the Region's peers.
+    pub fn conf_state(&self) -> ConfStateRecord {
+        match (&self.conf_state, &self.region) {
+            (Some(cs), _) => cs.clone(),
+            (None, Some(region)) => ConfStateRecord::of_region(region),
+            (None, None) => ConfStateRecord::default(),
+        }
+    }
 }

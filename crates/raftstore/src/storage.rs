@@ -7,12 +7,16 @@
 //! together and synced once.
 
 use crate::keys;
-use crate::state::{ApplyState, RaftLocalState};
+use crate::snapshot::{SnapshotHeader, SnapshotSources};
+use crate::state::{ApplyState, ConfStateRecord, RaftLocalState};
 use protobuf::Message as _;
-use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 use scandium_storage::{Cf, EngineRef, StorageError, WriteBatch};
+use scandium_types::Region;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Entries kept in memory per group; older ones are read from the engine.
 const MAX_CACHED_ENTRIES: usize = 1024;
@@ -24,18 +28,39 @@ pub struct PeerStorage {
     raft_state: RaftLocalState,
     apply_state: ApplyState,
     conf_state: ConfState,
+    /// The Region as of the applied index (what a snapshot taken now describes).
+    region: Region,
     /// Contiguous entries ending at `raft_state.last_index` (or empty).
     cache: VecDeque<Entry>,
+    /// Where outgoing snapshots' engine snapshots wait for the transport.
+    snapshots: SnapshotSources,
+    /// The store's clock (milliseconds), for stamping snapshots.
+    clock: Arc<AtomicU64>,
+    /// Bytes appended to the log since it was last truncated (an estimate).
+    log_bytes: u64,
+}
+
+/// What a [`PeerStorage`] is built from, besides its own records.
+#[derive(Clone)]
+pub struct StorageContext {
+    /// The node's engine.
+    pub engine: EngineRef,
+    /// Engine snapshots waiting for the transport.
+    pub snapshots: SnapshotSources,
+    /// The store's clock (milliseconds).
+    pub clock: Arc<AtomicU64>,
 }
 
 impl PeerStorage {
     /// Loads a group's state from the engine. The group must have been created (see
     /// [`crate::bootstrap`]).
     pub fn load(
-        engine: EngineRef,
-        group_id: u64,
-        voters: Vec<u64>,
+        context: &StorageContext,
+        region: Region,
+        conf_state: &ConfStateRecord,
     ) -> Result<PeerStorage, StorageError> {
+        let engine = context.engine.clone();
+        let group_id = region.id;
         let raft_state: RaftLocalState = read_record(&engine, &keys::raft_state_key(group_id))?
             .ok_or_else(|| missing("raft state", group_id))?;
         let apply_state: ApplyState = read_record(&engine, &keys::apply_state_key(group_id))?
@@ -45,8 +70,12 @@ impl PeerStorage {
             group_id,
             raft_state,
             apply_state,
-            conf_state: ConfState::from((voters, vec![])),
+            conf_state: conf_state.into(),
+            region,
             cache: VecDeque::new(),
+            snapshots: context.snapshots.clone(),
+            clock: context.clock.clone(),
+            log_bytes: 0,
         };
         // The commit index is persisted lazily; applied entries are certainly committed.
         storage.raft_state.commit =
@@ -54,19 +83,86 @@ impl PeerStorage {
         Ok(storage)
     }
 
+    /// The storage of a replica that exists only because a leader wrote to it: an empty
+    /// log (first index 1, last 0), no configuration, nothing persisted. It can only be
+    /// initialized by a snapshot (or replaced by a split creating it).
+    pub fn uninitialized(context: &StorageContext, region_id: u64) -> PeerStorage {
+        PeerStorage {
+            engine: context.engine.clone(),
+            group_id: region_id,
+            raft_state: RaftLocalState::default(),
+            apply_state: ApplyState::default(),
+            conf_state: ConfState::default(),
+            region: Region { id: region_id, ..Default::default() },
+            cache: VecDeque::new(),
+            snapshots: context.snapshots.clone(),
+            clock: context.clock.clone(),
+            log_bytes: 0,
+        }
+    }
+
     /// The persisted apply state.
     pub fn apply_state(&self) -> &ApplyState {
         &self.apply_state
     }
 
+    /// The configuration as of the applied index.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// Records the configuration and Region a change applied (persisted by the caller).
+    pub fn set_region(&mut self, region: Region, conf_state: Option<&ConfStateRecord>) {
+        if let Some(cs) = conf_state {
+            self.conf_state = cs.into();
+        }
+        self.region = region;
+    }
+
+    /// Installs a received snapshot into `batch`: the log is emptied and starts after the
+    /// snapshot's index, which becomes the applied (and truncated) position; the caller adds
+    /// the data and the Region state to the same batch.
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot, region: Region, batch: &mut WriteBatch) {
+        let meta = snapshot.get_metadata();
+        for stale in self.apply_state.truncated_index + 1..=self.raft_state.last_index {
+            batch.delete(Cf::RaftLog, keys::log_key(self.group_id, stale));
+        }
+        self.cache.clear();
+        self.log_bytes = 0;
+        self.raft_state.last_index = meta.index;
+        self.raft_state.commit = self.raft_state.commit.max(meta.index);
+        self.raft_state.term = self.raft_state.term.max(meta.term);
+        self.apply_state = ApplyState {
+            applied_index: meta.index,
+            applied_term: meta.term,
+            truncated_index: meta.index,
+            truncated_term: meta.term,
+        };
+        self.conf_state = meta.get_conf_state().clone();
+        self.region = region;
+        self.write_raft_state(batch);
+        self.write_apply_state(batch);
+    }
+
+    /// Deletes the group's log and Raft records into `batch` (the replica is destroyed;
+    /// the caller writes its tombstone).
+    pub fn destroy(&mut self, batch: &mut WriteBatch) {
+        for index in self.apply_state.truncated_index + 1..=self.raft_state.last_index {
+            batch.delete(Cf::RaftLog, keys::log_key(self.group_id, index));
+        }
+        batch.delete(Cf::RaftState, keys::raft_state_key(self.group_id));
+        batch.delete(Cf::RaftState, keys::apply_state_key(self.group_id));
+        self.cache.clear();
+    }
+
+    /// Estimated bytes held by the untruncated log.
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes
+    }
+
     /// Index of the last log entry.
     pub fn last_index_value(&self) -> u64 {
         self.raft_state.last_index
-    }
-
-    /// Replaces the voters raft-rs sees at restart (after a membership change).
-    pub fn set_voters(&mut self, voters: Vec<u64>) {
-        self.conf_state = ConfState::from((voters, vec![]));
     }
 
     /// Appends entries from a Ready, replacing any conflicting suffix, into `batch`.
@@ -85,6 +181,7 @@ impl PeerStorage {
         }
         for entry in entries {
             let bytes = entry.write_to_bytes().expect("encoding an entry cannot fail");
+            self.log_bytes += bytes.len() as u64;
             batch.put(Cf::RaftLog, keys::log_key(self.group_id, entry.index), bytes);
             self.cache.push_back(entry.clone());
         }
@@ -142,6 +239,9 @@ impl PeerStorage {
         while self.cache.front().is_some_and(|e| e.index <= index) {
             self.cache.pop_front();
         }
+        let before = self.log_len().max(1);
+        let remaining = self.raft_state.last_index - index;
+        self.log_bytes = self.log_bytes * remaining / before;
         self.apply_state.truncated_index = index;
         self.apply_state.truncated_term = term;
         self.write_apply_state(batch);
@@ -249,9 +349,28 @@ impl raft::Storage for PeerStorage {
         Ok(self.raft_state.last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Only single-replica groups exist so far; nobody can lag behind a truncated log.
-        Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable))
+    /// A snapshot at the applied index. The engine holds exactly the applied state
+    /// whenever raft-rs can call this (between rounds, on the Raft thread), so one engine
+    /// snapshot taken now is the Region's data at that index; it waits in
+    /// [`SnapshotSources`] for the transport, and the Raft snapshot names it by token.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let applied = &self.apply_state;
+        if applied.applied_index < request_index {
+            return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
+        }
+        let now = self.clock.load(Ordering::Relaxed);
+        let token = self.snapshots.register(self.region.clone(), self.engine.snapshot(), now);
+        let header = SnapshotHeader { region: Some(self.region.clone()), token };
+        let mut snapshot =
+            Snapshot { data: prost::Message::encode_to_vec(&header).into(), ..Default::default() };
+        let mut meta = SnapshotMetadata {
+            index: applied.applied_index,
+            term: applied.applied_term,
+            ..Default::default()
+        };
+        meta.set_conf_state(self.conf_state.clone());
+        snapshot.set_metadata(meta);
+        Ok(snapshot)
     }
 }
 

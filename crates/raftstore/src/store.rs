@@ -1,37 +1,86 @@
 //! [`Store`]: every Raft group replica on this node, driven in rounds.
 //!
 //! A round ([`Store::handle_ready`]) collects the `Ready` of every group that has one,
-//! writes all their new log entries and hard states in one batch with one fsync (group
-//! commit), then applies every newly committed entry in a second batch that also carries
-//! each group's apply state, and finally answers the proposers. Proposals that arrive while
-//! a round's fsync is in progress are all persisted by the next round's single fsync.
+//! writes all their new log entries, hard states and received snapshots in one batch with
+//! one fsync (group commit), then applies every newly committed entry in a second batch
+//! that also carries each group's apply state, and finally answers the proposers. Messages
+//! for replicas on other stores come out of the round for the server's transport to carry:
+//! a leader's before its fsync, the others' after (raft-rs's rule).
 //!
-//! The store is synchronous and owns no thread or clock: the server calls `propose`,
-//! `tick` and `handle_ready` from its Raft thread.
+//! Messages from other stores come in through [`Store::step`], which also creates the
+//! replica a leader is writing to if this store has none yet, and destroys replicas that
+//! were removed from their Region.
+//!
+//! The store is synchronous and owns no thread or clock: the server calls its methods from
+//! its Raft thread and passes the time in ([`Store::tick`]).
 
 use crate::apply::{apply_command, Applied};
-use crate::bootstrap::{write_initial_group, write_region_state};
+use crate::bootstrap::{write_initial_group, write_region_state, write_tombstone};
 use crate::command::{EncodedCommand, RaftCommand};
+use crate::conf_change::{self, PeerChange};
 use crate::error::RaftstoreError;
 use crate::keys;
 use crate::logger::raft_logger;
-use crate::peer::{Peer, RaftConfig};
+use crate::message::PeerMessage;
+use crate::peer::{Peer, RaftConfig, ReadCallback};
 use crate::registry::{GroupStatus, RegionStatus, Registry};
-use crate::state::{PeerState, RegionLocalState};
-use crate::storage::PeerStorage;
-use crate::{ApplyOutput, Callback, MetaStateMachine, META_GROUP_ID};
+use crate::snapshot::{self, SnapshotData, SnapshotHeader, SnapshotSources};
+use crate::state::{ConfStateRecord, PeerState, RegionLocalState};
+use crate::storage::{PeerStorage, StorageContext};
+use crate::{ApplyObserver, ApplyOutput, Callback, MetaStateMachine, NoObserver, META_GROUP_ID};
 use prost::Message as _;
-use raft::prelude::{Entry, EntryType, Message};
+use raft::prelude::{Entry, EntryType, Message, MessageType};
+use raft::{ProgressState, SnapshotStatus, StateRole};
 use scandium_storage::{Cf, EngineRef, WriteBatch};
 use scandium_types::{Region, StoreId};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Something the server should react to, produced by a round.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The local replica became leader of a group, or stopped being its leader.
+    Role {
+        /// The group.
+        region_id: u64,
+        /// Whether the local replica now leads.
+        is_leader: bool,
+        /// Its term.
+        term: u64,
+    },
+    /// A group's Region changed shape (membership, split, snapshot) on this replica.
+    RegionChanged(Region),
+    /// The local replica of a group was destroyed.
+    Destroyed(u64),
+}
 
 /// What a round produced for the server to act on.
 #[derive(Default)]
 pub struct RoundOutput {
-    /// Raft messages for peers on other nodes (none while every group has one replica;
-    /// the server has no transport for them yet).
-    pub messages: Vec<Message>,
+    /// Raft messages for replicas on other stores.
+    pub messages: Vec<PeerMessage>,
+    /// Role and Region changes.
+    pub events: Vec<Event>,
+}
+
+/// Why an incoming message was not delivered. Each is counted by the server; none is an
+/// error of this node.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// Addressed to another store.
+    #[error("message for store {0}")]
+    WrongStore(u64),
+    /// Addressed to a replica that was replaced or destroyed here.
+    #[error("message for a stale replica")]
+    StaleReplica,
+    /// For a group this store has no replica of, and not one that creates it.
+    #[error("message for an unknown group")]
+    UnknownGroup,
+    /// A snapshot this replica cannot take (overlapping another Region here, older than
+    /// what it holds, or without its data).
+    #[error("snapshot refused: {0}")]
+    SnapshotRefused(String),
 }
 
 /// Every Raft group replica on one node.
@@ -41,14 +90,32 @@ pub struct Store {
     config: RaftConfig,
     logger: slog::Logger,
     peers: HashMap<u64, Peer>,
+    /// Destroyed replicas: group id to the replica's id.
+    tombstones: HashMap<u64, u64>,
     meta: Box<dyn MetaStateMachine>,
+    observer: Box<dyn ApplyObserver>,
     registry: Registry,
+    storage: StorageContext,
+    now_ms: u64,
+    ticks: u64,
+    /// Messages produced outside rounds (answers to stale replicas).
+    outbox: Vec<PeerMessage>,
+    events: Vec<Event>,
 }
 
 type PendingReply = (Callback, Result<ApplyOutput, RaftstoreError>);
 
+/// What runs after an apply batch is written, in log order.
+enum PostApply {
+    Reply(PendingReply),
+    Observe(Region, RaftCommand),
+}
+
+/// Ticks between publications of every leader's status (lease, lagging peers).
+const PUBLISH_EVERY_TICKS: u64 = 5;
+
 impl Store {
-    /// Loads every group with a peer on `store_id` from the engine and starts its peer.
+    /// Loads every group with a replica on `store_id` from the engine and starts it.
     /// Groups with a single voter elect themselves at once.
     pub fn open(
         store_id: StoreId,
@@ -57,14 +124,26 @@ impl Store {
         meta: Box<dyn MetaStateMachine>,
         registry: Registry,
     ) -> Result<Store, RaftstoreError> {
+        let storage = StorageContext {
+            engine: engine.clone(),
+            snapshots: SnapshotSources::default(),
+            clock: Arc::new(AtomicU64::new(0)),
+        };
         let mut store = Store {
             store_id,
             engine,
             config,
             logger: raft_logger(),
             peers: HashMap::new(),
+            tombstones: HashMap::new(),
             meta,
+            observer: Box::new(NoObserver),
             registry,
+            storage,
+            now_ms: 0,
+            ticks: 0,
+            outbox: Vec::new(),
+            events: Vec::new(),
         };
         let snapshot = store.engine.snapshot();
         let prefix = [keys::REGION_STATE_PREFIX];
@@ -79,11 +158,18 @@ impl Store {
                 }
             })?;
             if state.state == PeerState::Tombstone as i32 {
+                store.tombstones.insert(group_id, state.removed_peer_id);
                 continue;
             }
+            let conf_state = state.conf_state();
             let region = state.region.unwrap_or_default();
             debug_assert_eq!(region.id, group_id);
-            store.start_peer(region, false)?;
+            if let Some(peer) = store.start_peer(region, &conf_state, false)? {
+                // A restarted replica may have heard from a leader just before it went
+                // down; it must not help elect another one until that leader's lease has
+                // surely run out (the deadline is set by the first clock reading).
+                peer.votes_refused_until_ms = u64::MAX;
+            }
         }
         for id in store.peers.keys().copied().collect::<Vec<_>>() {
             store.publish(id);
@@ -91,19 +177,39 @@ impl Store {
         Ok(store)
     }
 
-    fn start_peer(&mut self, region: Region, campaign: bool) -> Result<(), RaftstoreError> {
+    /// Replaces the observer of applied commands (none by default).
+    pub fn set_observer(&mut self, observer: Box<dyn ApplyObserver>) {
+        self.observer = observer;
+    }
+
+    /// Where outgoing snapshots' data waits for the transport.
+    pub fn snapshot_sources(&self) -> SnapshotSources {
+        self.storage.snapshots.clone()
+    }
+
+    /// This store's id.
+    pub fn store_id(&self) -> StoreId {
+        self.store_id
+    }
+
+    fn start_peer(
+        &mut self,
+        region: Region,
+        conf_state: &ConfStateRecord,
+        campaign: bool,
+    ) -> Result<Option<&mut Peer>, RaftstoreError> {
         let Some(meta) = region.peer_on_store(self.store_id).cloned() else {
-            return Ok(());
+            return Ok(None);
         };
-        let voters = region.peers.iter().map(|p| p.id).collect();
-        let storage = PeerStorage::load(self.engine.clone(), region.id, voters)?;
-        let single_voter = region.peers.len() == 1;
-        let mut peer = Peer::new(storage, region, meta, &self.config, &self.logger)?;
-        if campaign || single_voter {
+        let storage = PeerStorage::load(&self.storage, region.clone(), conf_state)?;
+        let sole_voter = conf_state.voters == [meta.id] && !conf_state.is_joint();
+        let mut peer = Peer::new(storage, region, meta, true, &self.config, &self.logger)?;
+        if campaign || sole_voter {
             peer.raw.campaign().map_err(|e| RaftstoreError::InvalidCommand(e.to_string()))?;
         }
-        self.peers.insert(peer.region.id, peer);
-        Ok(())
+        let id = peer.region.id;
+        self.peers.insert(id, peer);
+        Ok(self.peers.get_mut(&id))
     }
 
     /// Ids of the groups with a replica here (including the placement group).
@@ -141,68 +247,378 @@ impl Store {
                 limit,
             }));
         }
+        let now = self.now_ms;
         match self.peers.get_mut(&group_id) {
-            Some(peer) => peer.propose(data, command, callback),
+            Some(peer) if peer.initialized => peer.propose(data, command, callback, now),
+            _ => callback(Err(RaftstoreError::RegionNotFound(group_id))),
+        }
+    }
+
+    /// Proposes a membership change of a group; `callback` gets
+    /// [`ApplyOutput::ConfChanged`] once it is applied. Refused (with
+    /// [`RaftstoreError::ChangeRefused`]) while another change is in progress, if it would
+    /// remove the leader, or if the new configuration would lack a quorum of replicas the
+    /// leader has heard from recently.
+    pub fn propose_conf_change(
+        &mut self,
+        group_id: u64,
+        changes: Vec<PeerChange>,
+        callback: Callback,
+    ) {
+        let now = self.now_ms;
+        let Some(peer) = self.peers.get_mut(&group_id).filter(|p| p.initialized) else {
+            return callback(Err(RaftstoreError::RegionNotFound(group_id)));
+        };
+        if !peer.is_leader() {
+            return callback(Err(peer.not_leader()));
+        }
+        if let Err(reason) = check_conf_change(peer, &changes) {
+            return callback(Err(RaftstoreError::ChangeRefused(reason)));
+        }
+        let before = peer.raw.raft.raft_log.last_index();
+        let cc = conf_change::to_conf_change(&changes);
+        if let Err(e) = peer.raw.propose_conf_change(Vec::new(), cc) {
+            return callback(Err(RaftstoreError::ChangeRefused(e.to_string())));
+        }
+        let index = peer.raw.raft.raft_log.last_index();
+        if index == before {
+            return callback(Err(peer.not_leader()));
+        }
+        let term = peer.raw.raft.term;
+        peer.proposals.push_back(crate::peer::Proposal {
+            index,
+            term,
+            callback,
+            command: None,
+            proposed_ms: now,
+        });
+    }
+
+    /// Asks the local leader of a group to hand leadership to `peer_id`. It stops serving
+    /// reads from its lease at once: the new leader may be elected before the lease would
+    /// have run out.
+    pub fn transfer_leader(&mut self, group_id: u64, peer_id: u64) -> Result<(), RaftstoreError> {
+        let peer = self
+            .peers
+            .get_mut(&group_id)
+            .filter(|p| p.initialized)
+            .ok_or(RaftstoreError::RegionNotFound(group_id))?;
+        if !peer.is_leader() {
+            return Err(peer.not_leader());
+        }
+        if peer_id == peer.meta.id {
+            return Ok(());
+        }
+        let target = peer.region.peer(peer_id).cloned();
+        if target.as_ref().is_none_or(|t| t.is_learner()) {
+            return Err(RaftstoreError::ChangeRefused(format!(
+                "peer {peer_id} is not a voter of group {group_id}"
+            )));
+        }
+        peer.lease_until_ms = 0;
+        peer.raw.transfer_leader(peer_id);
+        self.publish(group_id);
+        Ok(())
+    }
+
+    /// Asks for a read of a group at its current state: `callback` runs once this replica
+    /// has confirmed with a quorum that it still leads and has applied everything committed
+    /// before the request (a ReadIndex round), or with an error. Reads queued in one round
+    /// share one ReadIndex round.
+    pub fn read_index(&mut self, group_id: u64, callback: ReadCallback) {
+        match self.peers.get_mut(&group_id).filter(|p| p.initialized) {
+            Some(peer) if peer.ready_for_reads() => peer.read_batch.push(callback),
+            Some(peer) => callback(Err(peer.not_leader())),
             None => callback(Err(RaftstoreError::RegionNotFound(group_id))),
         }
     }
 
-    /// Advances every group's logical clock by one tick.
-    pub fn tick(&mut self) {
+    /// Delivers a message from a replica on another store, with the data of the snapshot
+    /// it carries, if any. May create the receiving replica (a leader writing to a replica
+    /// this store does not have yet: a new learner, or a Region split off elsewhere
+    /// first), or destroy one that was removed.
+    pub fn step(
+        &mut self,
+        message: PeerMessage,
+        snapshot: Option<SnapshotData>,
+    ) -> Result<(), StepError> {
+        if message.to.store_id != self.store_id {
+            return Err(StepError::WrongStore(message.to.store_id));
+        }
+        let region_id = message.region_id;
+        if message.is_tombstone {
+            return self.on_tombstone(message);
+        }
+        let local_id = self.peers.get(&region_id).map(|p| p.meta.id);
+        match local_id {
+            Some(id) if id == message.to.id => {}
+            Some(id) if id > message.to.id => return Err(StepError::StaleReplica),
+            Some(_) => {
+                // Our replica was removed and a new one added here since: it is obsolete.
+                self.destroy_peer(region_id).map_err(|_| StepError::StaleReplica)?;
+                self.create_peer(&message)?;
+            }
+            None => {
+                if self.tombstones.get(&region_id).is_some_and(|&removed| removed >= message.to.id)
+                {
+                    return Err(StepError::StaleReplica);
+                }
+                self.create_peer(&message)?;
+            }
+        }
+        self.deliver(message, snapshot)
+    }
+
+    fn create_peer(&mut self, message: &PeerMessage) -> Result<(), StepError> {
+        let from_leader = matches!(
+            message.message.get_msg_type(),
+            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+        );
+        if !from_leader {
+            return Err(StepError::UnknownGroup);
+        }
+        let storage = PeerStorage::uninitialized(&self.storage, message.region_id);
+        let region = Region { id: message.region_id, ..Default::default() };
+        let peer =
+            Peer::new(storage, region, message.to.clone(), false, &self.config, &self.logger)
+                .map_err(|_| StepError::UnknownGroup)?;
+        tracing::info!(
+            group = message.region_id,
+            peer = message.to.id,
+            "created a replica for a leader's message; it waits for a snapshot"
+        );
+        self.tombstones.remove(&message.region_id);
+        self.peers.insert(message.region_id, peer);
+        Ok(())
+    }
+
+    fn deliver(
+        &mut self,
+        message: PeerMessage,
+        snapshot: Option<SnapshotData>,
+    ) -> Result<(), StepError> {
+        let region_id = message.region_id;
+        let now = self.now_ms;
+        if message.is_snapshot() {
+            self.check_snapshot(&message, snapshot.is_some())?;
+        }
+        let peer = self.peers.get_mut(&region_id).expect("the receiving replica exists");
+        let kind = message.message.get_msg_type();
+        let vote = matches!(kind, MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
+        if vote && (!peer.initialized || now < peer.votes_refused_until_ms) {
+            return Ok(());
+        }
+        let from_member = peer.region.peer(message.from.id).is_some();
+        if !from_member
+            && peer.initialized
+            && peer.is_leader()
+            && message.epoch.conf_ver < peer.region.conf_ver
+        {
+            // A replica that missed its own removal: tell it, so it destroys itself.
+            self.outbox.push(PeerMessage {
+                region_id,
+                from: peer.meta.clone(),
+                to: message.from,
+                epoch: peer.region.epoch(),
+                is_tombstone: true,
+                message: Message::default(),
+            });
+            return Ok(());
+        }
+        peer.known_peers.insert(message.from.id, message.from.clone());
+        if let Some(data) = snapshot {
+            peer.pending_snapshot = Some(data);
+        }
+        match peer.raw.step(message.message) {
+            Ok(()) | Err(raft::Error::StepPeerNotFound) => Ok(()),
+            Err(e) => {
+                tracing::debug!(group = region_id, error = %e, "raft refused a message");
+                Ok(())
+            }
+        }
+    }
+
+    fn check_snapshot(&self, message: &PeerMessage, has_data: bool) -> Result<(), StepError> {
+        let refuse = |why: &str| Err(StepError::SnapshotRefused(why.to_string()));
+        if !has_data {
+            return refuse("its data did not arrive");
+        }
+        let Some(snapshot) = message.message.snapshot.as_ref() else {
+            return refuse("no snapshot in the message");
+        };
+        let Ok(header) = SnapshotHeader::decode(snapshot.data.as_ref()) else {
+            return refuse("undecodable header");
+        };
+        let Some(region) = header.region else { return refuse("no Region in the header") };
+        if region.id != message.region_id || region.peer(message.to.id).is_none() {
+            return refuse("for another Region or replica");
+        }
+        let local = &self.peers[&message.region_id];
+        if local.initialized && region.epoch().is_stale_against(&local.region.epoch()) {
+            return refuse("older than the Region here");
+        }
+        let overlapping = self.peers.values().any(|p| {
+            p.initialized
+                && p.region.id != region.id
+                && p.region.id != META_GROUP_ID
+                && overlaps(&p.region, &region)
+        });
+        if region.id != META_GROUP_ID && overlapping {
+            return refuse("overlaps another Region here (a split not applied here yet)");
+        }
+        Ok(())
+    }
+
+    fn on_tombstone(&mut self, message: PeerMessage) -> Result<(), StepError> {
+        let Some(peer) = self.peers.get(&message.region_id) else { return Ok(()) };
+        let obsolete = peer.meta.id == message.to.id
+            && (!peer.initialized || peer.region.epoch().conf_ver < message.epoch.conf_ver);
+        if obsolete {
+            tracing::info!(
+                group = message.region_id,
+                peer = peer.meta.id,
+                "removed from its Region"
+            );
+            self.destroy_peer(message.region_id).map_err(|_| StepError::StaleReplica)?;
+        }
+        Ok(())
+    }
+
+    /// The transport could not deliver a message to `peer_id` of a group.
+    pub fn report_unreachable(&mut self, group_id: u64, peer_id: u64) {
+        if let Some(peer) = self.peers.get_mut(&group_id) {
+            peer.raw.report_unreachable(peer_id);
+        }
+    }
+
+    /// The transport finished (or failed) sending a snapshot to `peer_id` of a group.
+    pub fn report_snapshot(&mut self, group_id: u64, peer_id: u64, delivered: bool) {
+        if let Some(peer) = self.peers.get_mut(&group_id) {
+            let status = if delivered { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+            peer.raw.report_snapshot(peer_id, status);
+        }
+    }
+
+    /// Advances every group's logical clock by one tick; `now_ms` is the store's clock
+    /// (monotonic milliseconds).
+    pub fn tick(&mut self, now_ms: u64) {
+        self.set_time(now_ms);
+        self.ticks += 1;
+        let timeout = 2 * self.config.election_ms();
         for peer in self.peers.values_mut() {
             peer.raw.tick();
+            peer.expire_reads(now_ms, timeout);
+            if peer.is_leader() && !peer.raw.raft.has_pending_conf() {
+                let cs = peer.raw.store().conf_state();
+                if !cs.voters_outgoing.is_empty() {
+                    // A joint configuration whose leave was lost (a leader change).
+                    let _ = peer.raw.propose_conf_change(Vec::new(), conf_change::leave_joint());
+                }
+            }
+        }
+        if self.ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
+            let leaders: Vec<u64> =
+                self.peers.iter().filter(|(_, p)| p.is_leader()).map(|(id, _)| *id).collect();
+            for id in leaders {
+                self.publish(id);
+            }
+        }
+    }
+
+    /// Sets the store's clock without ticking.
+    pub fn set_time(&mut self, now_ms: u64) {
+        let first = self.ticks == 0 && self.now_ms == 0;
+        self.now_ms = self.now_ms.max(now_ms);
+        self.storage.clock.store(self.now_ms, Ordering::Relaxed);
+        if first {
+            let until = self.now_ms + self.config.election_ms();
+            for peer in self.peers.values_mut() {
+                if peer.votes_refused_until_ms == u64::MAX {
+                    peer.votes_refused_until_ms = until;
+                }
+            }
         }
     }
 
     /// Whether any group has work for [`Store::handle_ready`].
     pub fn has_ready(&self) -> bool {
-        self.peers.values().any(|p| p.raw.has_ready())
+        !self.outbox.is_empty()
+            || !self.events.is_empty()
+            || self.peers.values().any(|p| p.has_pending_work() || p.raw.has_ready())
     }
 
     /// Runs one round: persist (one fsync), apply, answer proposers. See the module docs.
     pub fn handle_ready(&mut self) -> Result<RoundOutput, RaftstoreError> {
-        let mut output = RoundOutput::default();
+        let now = self.now_ms;
+        let mut output = RoundOutput {
+            messages: std::mem::take(&mut self.outbox),
+            events: std::mem::take(&mut self.events),
+        };
+        for peer in self.peers.values_mut() {
+            peer.flush_reads(now);
+        }
         let mut log_batch = WriteBatch::new();
+        let mut must_sync = false;
         let mut readies = Vec::new();
-        for (&id, peer) in self.peers.iter_mut() {
+        let mut installed = Vec::new();
+        let ids: Vec<u64> = self.peers.keys().copied().collect();
+        for id in ids {
+            let peer = self.peers.get_mut(&id).expect("listed peer exists");
             if !peer.raw.has_ready() {
                 continue;
             }
             let mut ready = peer.raw.ready();
-            output.messages.extend(ready.take_messages());
+            let role = ready.ss().map(|ss| ss.raft_state);
+            output.messages.extend(to_peer_messages(peer, ready.take_messages()));
             if !ready.snapshot().is_empty() {
-                return Err(RaftstoreError::InvalidCommand(format!(
-                    "group {id} received a snapshot, which this version cannot apply"
-                )));
+                let region =
+                    install_snapshot(peer, ready.snapshot(), &*self.engine, &mut log_batch)?;
+                installed.push(region);
+                must_sync = true;
             }
             let committed = ready.take_committed_entries();
             peer.raw.mut_store().append(ready.entries(), &mut log_batch);
             if let Some(hs) = ready.hs() {
                 peer.raw.mut_store().set_hard_state(hs, &mut log_batch);
             }
-            readies.push((id, ready, committed));
+            must_sync |= ready.must_sync();
+            peer.on_read_states(ready.take_read_states());
+            readies.push((id, ready, committed, role));
+        }
+        for (id, _, _, role) in &readies {
+            if let Some(role) = role {
+                self.on_role_change(*id, *role);
+            }
         }
         if readies.is_empty() {
+            output.events.append(&mut self.events);
             return Ok(output);
         }
         if !log_batch.is_empty() {
             self.engine.write(log_batch)?;
+        }
+        if must_sync {
             self.engine.sync()?;
+        }
+        for region in installed {
+            self.after_snapshot(region);
         }
 
         let mut apply_batch = WriteBatch::new();
-        let mut replies: Vec<PendingReply> = Vec::new();
+        let mut post: Vec<PostApply> = Vec::new();
         let mut new_regions = Vec::new();
+        let mut removed = Vec::new();
         let mut touched = Vec::with_capacity(readies.len());
-        for (id, mut ready, mut entries) in readies {
-            let Store { peers, meta, config, .. } = self;
+        let lease_ms = self.config.lease_ms();
+        for (id, mut ready, mut entries, _) in readies {
+            let Store { peers, meta, config, events, store_id, .. } = self;
             let peer = peers.get_mut(&id).expect("peer of a ready exists");
-            output.messages.extend(ready.take_persisted_messages());
+            output.messages.extend(to_peer_messages(peer, ready.take_persisted_messages()));
             let mut light = peer.raw.advance(ready);
             if let Some(commit) = light.commit_index() {
                 peer.raw.mut_store().set_commit(commit, &mut apply_batch);
             }
-            output.messages.extend(light.take_messages());
+            output.messages.extend(to_peer_messages(peer, light.take_messages()));
             entries.extend(light.take_committed_entries());
             if entries.is_empty() {
                 touched.push(id);
@@ -211,23 +627,49 @@ impl Store {
             for entry in entries {
                 let proposal = peer.take_proposal(entry.index, entry.term);
                 let (callback, command) = match proposal {
-                    Some(p) => (Some(p.callback), p.command),
+                    Some(p) => {
+                        if p.term == peer.raw.raft.term {
+                            peer.renew_lease(p.proposed_ms, lease_ms);
+                        }
+                        (Some(p.callback), p.command)
+                    }
                     None => (None, None),
                 };
-                let result = apply_entry(peer, meta.as_mut(), &entry, command, &mut apply_batch);
-                if let Ok(ApplyOutput::Split { right, .. }) = &result {
-                    new_regions.push((right.clone(), peer.is_leader()));
+                let observe = callback.is_none();
+                let applied =
+                    apply_entry(peer, meta.as_mut(), &entry, command, observe, &mut apply_batch);
+                let result = match applied {
+                    Ok(Outcome::Data(command)) => {
+                        if let Some(command) = command {
+                            post.push(PostApply::Observe(peer.region.clone(), command));
+                        }
+                        Ok(ApplyOutput::Written)
+                    }
+                    Ok(Outcome::Done(output)) => Ok(output),
+                    Err(e) => Err(e),
+                };
+                match &result {
+                    Ok(ApplyOutput::Split { left, right }) => {
+                        new_regions.push((right.clone(), peer.is_leader()));
+                        events.push(Event::RegionChanged(left.clone()));
+                    }
+                    Ok(ApplyOutput::ConfChanged(region)) => {
+                        events.push(Event::RegionChanged(region.clone()));
+                        if region.peer_on_store(*store_id).is_none_or(|p| p.id != peer.meta.id) {
+                            removed.push(id);
+                        }
+                    }
+                    _ => {}
                 }
                 peer.raw.mut_store().set_applied(entry.index, entry.term);
                 if let Some(callback) = callback {
-                    replies.push((callback, result));
+                    post.push(PostApply::Reply((callback, result)));
                 }
             }
             let storage = peer.raw.mut_store();
             storage.persist_apply_state(&mut apply_batch);
-            if storage.log_len() > config.log_gc_threshold {
-                let applied = storage.apply_state().applied_index;
-                storage.compact_to(applied, &mut apply_batch);
+            if let Some(index) = compact_target(peer, config) {
+                peer.raw.mut_store().compact_to(index, &mut apply_batch);
             }
             touched.push(id);
         }
@@ -236,36 +678,134 @@ impl Store {
             let peer = self.peers.get_mut(id).expect("touched peer exists");
             let applied = peer.raw.store().apply_state().applied_index;
             peer.raw.advance_apply_to(applied);
+            peer.complete_reads(lease_ms);
+            if peer.is_leader() && !peer.raw.store().conf_state().voters_outgoing.is_empty() {
+                // Entered a joint configuration: leave it as soon as possible.
+                if !peer.raw.raft.has_pending_conf() {
+                    let _ = peer.raw.propose_conf_change(Vec::new(), conf_change::leave_joint());
+                }
+            }
         }
-        for (callback, result) in replies {
-            callback(result);
+        for item in post {
+            match item {
+                PostApply::Reply((callback, result)) => callback(result),
+                PostApply::Observe(region, command) => self.observer.on_applied(&region, &command),
+            }
+        }
+        for id in removed {
+            self.destroy_peer(id)?;
         }
         for (region, campaign) in new_regions {
             let id = region.id;
-            self.start_peer(region, campaign)?;
+            self.start_split_peer(region, campaign)?;
             touched.push(id);
         }
         for id in touched {
             self.publish(id);
         }
+        output.events.append(&mut self.events);
+        output.messages.append(&mut self.outbox);
         Ok(output)
     }
 
+    fn on_role_change(&mut self, id: u64, role: StateRole) {
+        let Some(peer) = self.peers.get_mut(&id) else { return };
+        let is_leader = role == StateRole::Leader;
+        if !is_leader {
+            peer.lease_until_ms = 0;
+            let leader = peer.leader();
+            let region_id = peer.region.id;
+            peer.fail_all(|| RaftstoreError::NotLeader { region_id, leader: leader.clone() });
+        }
+        if peer.initialized {
+            self.events.push(Event::Role { region_id: id, is_leader, term: peer.raw.raft.term });
+        }
+    }
+
+    /// After a snapshot's batch is durable: the replica serves its new Region.
+    fn after_snapshot(&mut self, region: Region) {
+        if region.id == META_GROUP_ID {
+            self.meta.restore(&self.engine);
+        } else {
+            self.observer.on_replaced(&region);
+        }
+        tracing::info!(group = region.id, "installed a snapshot");
+        self.events.push(Event::RegionChanged(region));
+    }
+
+    fn start_split_peer(&mut self, region: Region, campaign: bool) -> Result<(), RaftstoreError> {
+        let Some(local) = region.peer_on_store(self.store_id).cloned() else { return Ok(()) };
+        if self.tombstones.get(&region.id).is_some_and(|&removed| removed >= local.id) {
+            return Ok(());
+        }
+        match self.peers.get(&region.id) {
+            // A leader of the new Region reached this store before the split applied here.
+            Some(existing) if !existing.initialized => {
+                self.peers.remove(&region.id);
+            }
+            Some(_) => return Ok(()),
+            None => {}
+        }
+        let conf_state = ConfStateRecord::of_region(&region);
+        self.start_peer(region, &conf_state, campaign)?;
+        Ok(())
+    }
+
+    /// Destroys the local replica of a group: its log, Raft state and data go, a tombstone
+    /// stays. Its pending proposals fail with `RegionNotFound`.
+    fn destroy_peer(&mut self, id: u64) -> Result<(), RaftstoreError> {
+        let Some(mut peer) = self.peers.remove(&id) else { return Ok(()) };
+        let mut batch = WriteBatch::new();
+        peer.raw.mut_store().destroy(&mut batch);
+        if peer.initialized && id != META_GROUP_ID {
+            snapshot::clear(&*self.engine.snapshot(), &peer.region, &mut batch)?;
+        }
+        write_tombstone(&mut batch, &peer.region, peer.meta.id);
+        self.engine.write(batch)?;
+        peer.fail_all(|| RaftstoreError::RegionNotFound(id));
+        self.tombstones.insert(id, peer.meta.id);
+        if id == META_GROUP_ID {
+            self.registry.publish_meta(GroupStatus::default());
+        } else {
+            self.registry.remove(id);
+            if peer.initialized {
+                self.observer.on_replaced(&peer.region);
+            }
+        }
+        self.events.push(Event::Destroyed(id));
+        tracing::info!(group = id, peer = peer.meta.id, "destroyed a replica");
+        Ok(())
+    }
+
+    /// Publishes a group's status to the registry.
     fn publish(&self, id: u64) {
         let Some(peer) = self.peers.get(&id) else { return };
+        if !peer.initialized {
+            return;
+        }
+        let status = status_of(peer);
         if id == META_GROUP_ID {
             self.registry.publish_meta(GroupStatus {
                 is_leader: peer.is_leader(),
                 ready_for_reads: peer.ready_for_reads(),
+                status: Some(status),
             });
             return;
         }
-        self.registry.publish(RegionStatus {
-            region: peer.region.clone(),
-            peer: peer.meta.clone(),
-            leader: peer.leader(),
-            ready_for_reads: peer.ready_for_reads(),
-        });
+        self.registry.publish(status);
+    }
+
+    /// The current status of a group's local replica (for tests and tools).
+    pub fn status(&self, id: u64) -> Option<RegionStatus> {
+        self.peers.get(&id).filter(|p| p.initialized).map(status_of)
+    }
+
+    /// The leader's view of each peer's replication progress: `(peer id, matched index)`,
+    /// and the leader's last index. `None` unless the local replica leads.
+    pub fn progress(&self, id: u64) -> Option<(Vec<(u64, u64)>, u64)> {
+        let peer = self.peers.get(&id).filter(|p| p.is_leader())?;
+        let matched = peer.raw.raft.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect();
+        Some((matched, peer.raw.raft.raft_log.last_index()))
     }
 }
 
@@ -277,39 +817,262 @@ impl Drop for Store {
     }
 }
 
+fn overlaps(a: &Region, b: &Region) -> bool {
+    (b.end_key.is_empty() || a.start_key < b.end_key)
+        && (a.end_key.is_empty() || b.start_key < a.end_key)
+}
+
+fn status_of(peer: &Peer) -> RegionStatus {
+    let (mut pending_peers, mut down_peers) = (Vec::new(), Vec::new());
+    if peer.is_leader() {
+        let commit = peer.raw.raft.raft_log.committed;
+        for (id, pr) in peer.raw.raft.prs().iter() {
+            if *id == peer.meta.id {
+                continue;
+            }
+            let Some(member) = peer.region.peer(*id) else { continue };
+            if !pr.recent_active {
+                down_peers.push(member.clone());
+            }
+            if pr.matched < commit || pr.state != ProgressState::Replicate {
+                pending_peers.push(member.clone());
+            }
+        }
+    }
+    RegionStatus {
+        region: peer.region.clone(),
+        peer: peer.meta.clone(),
+        leader: peer.leader(),
+        ready_for_reads: peer.ready_for_reads(),
+        term: peer.raw.raft.term,
+        lease_until_ms: peer.lease_until_ms(),
+        pending_peers,
+        down_peers,
+    }
+}
+
+/// Whether a change may be proposed now, and if not, why.
+fn check_conf_change(peer: &Peer, changes: &[PeerChange]) -> Result<(), String> {
+    if peer.raw.raft.has_pending_conf() {
+        return Err("another membership change is in progress".into());
+    }
+    let cs = peer.raw.store().conf_state();
+    if !cs.voters_outgoing.is_empty() {
+        return Err("the group is in a joint configuration".into());
+    }
+    if changes.is_empty() {
+        return Err("no change given".into());
+    }
+    let mut voters: Vec<u64> = cs.voters.clone();
+    for change in changes {
+        let id = change.peer().id;
+        match change {
+            PeerChange::Remove(p) if p.id == peer.meta.id => {
+                return Err("the leader cannot remove itself; transfer leadership first".into());
+            }
+            PeerChange::Remove(_) => voters.retain(|v| *v != id),
+            PeerChange::AddLearner(_) if cs.voters.contains(&id) => {
+                return Err(format!("peer {id} is a voter; demotion is not supported"));
+            }
+            PeerChange::AddLearner(_) | PeerChange::AddVoter(_) => {
+                if change.peer().store_id == 0 {
+                    return Err(format!("peer {id} names no store"));
+                }
+                if peer
+                    .region
+                    .peers
+                    .iter()
+                    .any(|p| p.store_id == change.peer().store_id && p.id != id)
+                {
+                    return Err(format!(
+                        "store {} already holds a replica",
+                        change.peer().store_id
+                    ));
+                }
+                if matches!(change, PeerChange::AddVoter(_)) && !voters.contains(&id) {
+                    voters.push(id);
+                }
+            }
+        }
+    }
+    // The new configuration must be able to commit: a quorum of its voters must be peers
+    // the leader hears from (a new voter counts only if it has caught up to the commit).
+    let healthy = voters
+        .iter()
+        .filter(|v| {
+            **v == peer.meta.id || peer.raw.raft.prs().get(**v).is_some_and(|pr| pr.recent_active)
+        })
+        .count();
+    if healthy < voters.len() / 2 + 1 {
+        return Err(format!(
+            "only {healthy} of the {} voters after the change are reachable",
+            voters.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Where to truncate a group's log after a round, if anywhere: a leader keeps what its
+/// recently active followers still need, up to the size caps; a follower keeps half the
+/// threshold.
+fn compact_target(peer: &Peer, config: &RaftConfig) -> Option<u64> {
+    let storage = peer.raw.store();
+    if storage.log_len() <= config.log_gc_threshold {
+        return None;
+    }
+    let applied = storage.apply_state().applied_index;
+    let target = if peer.is_leader() {
+        let over_cap = storage.log_len() > config.max_log_entries
+            || storage.log_bytes() > config.max_log_bytes;
+        let needed = peer
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, pr)| **id != peer.meta.id && pr.recent_active)
+            .map(|(_, pr)| pr.matched)
+            .min()
+            .unwrap_or(applied);
+        if over_cap {
+            applied
+        } else {
+            applied.min(needed)
+        }
+    } else {
+        applied.saturating_sub(config.log_gc_threshold / 2)
+    };
+    (target > storage.apply_state().truncated_index).then_some(target)
+}
+
+/// Wraps raft-rs messages for the transport, addressed by peer and store.
+fn to_peer_messages(peer: &Peer, messages: Vec<Message>) -> Vec<PeerMessage> {
+    messages
+        .into_iter()
+        .filter_map(|message| {
+            let Some(to) = peer.peer_by_id(message.to) else {
+                tracing::debug!(group = peer.region.id, to = message.to, "no store known for peer");
+                return None;
+            };
+            Some(PeerMessage {
+                region_id: peer.region.id,
+                from: peer.meta.clone(),
+                to,
+                epoch: peer.region.epoch(),
+                is_tombstone: false,
+                message,
+            })
+        })
+        .collect()
+}
+
+/// Installs a received snapshot into `batch` (data, log position, configuration, Region),
+/// returning the Region it describes.
+fn install_snapshot(
+    peer: &mut Peer,
+    snapshot: &raft::prelude::Snapshot,
+    engine: &dyn scandium_storage::Engine,
+    batch: &mut WriteBatch,
+) -> Result<Region, RaftstoreError> {
+    let header = SnapshotHeader::decode(snapshot.data.as_ref())
+        .map_err(|e| RaftstoreError::InvalidCommand(format!("snapshot header: {e}")))?;
+    let region = header.region.unwrap_or_default();
+    let data = peer.pending_snapshot.take().ok_or_else(|| {
+        RaftstoreError::InvalidCommand(format!(
+            "snapshot of group {} arrived without data",
+            region.id
+        ))
+    })?;
+    let old = peer.initialized.then(|| peer.region.clone());
+    if region.id == META_GROUP_ID {
+        snapshot::install(&*engine.snapshot(), None, &region, data, batch)?;
+    } else {
+        snapshot::install(&*engine.snapshot(), old.as_ref(), &region, data, batch)?;
+    }
+    let conf_state = ConfStateRecord::from(snapshot.get_metadata().get_conf_state());
+    peer.raw.mut_store().apply_snapshot(snapshot, region.clone(), batch);
+    write_region_state(batch, &region, &conf_state);
+    peer.region = region.clone();
+    if let Some(local) = region.peer(peer.meta.id) {
+        peer.meta = local.clone();
+    }
+    peer.initialized = true;
+    Ok(region)
+}
+
+/// What applying one entry produced.
+enum Outcome {
+    /// A data write, applied; the command, if kept for observers.
+    Data(Option<RaftCommand>),
+    /// Anything else, with its output.
+    Done(ApplyOutput),
+}
+
 /// Applies one committed entry of `peer`'s group, adding its writes to `batch`. `local` is
-/// the entry's command when this node proposed it (see [`EncodedCommand`]).
+/// the entry's command when this node proposed it (see [`EncodedCommand`]); with
+/// `observe`, a write's command is kept for the observer.
 fn apply_entry(
     peer: &mut Peer,
     meta: &mut dyn MetaStateMachine,
     entry: &Entry,
     local: Option<RaftCommand>,
+    observe: bool,
     batch: &mut WriteBatch,
-) -> Result<ApplyOutput, RaftstoreError> {
+) -> Result<Outcome, RaftstoreError> {
     if entry.get_entry_type() != EntryType::EntryNormal {
-        // Membership changes are not proposed yet; skipping keeps every replica identical.
-        tracing::error!(group = peer.region.id, index = entry.index, "ignoring conf change entry");
-        return Ok(ApplyOutput::Written);
+        return apply_conf_change(peer, entry, batch)
+            .map(|r| Outcome::Done(ApplyOutput::ConfChanged(r)));
     }
     if entry.data.is_empty() {
         // A new leader's empty entry.
-        return Ok(ApplyOutput::Written);
+        return Ok(Outcome::Done(ApplyOutput::Written));
     }
     if peer.region.id == META_GROUP_ID {
-        return Ok(ApplyOutput::Meta(meta.apply(entry.index, &entry.data, batch)));
+        return Ok(Outcome::Done(ApplyOutput::Meta(meta.apply(entry.index, &entry.data, batch))));
     }
     let command = match local {
         Some(command) => command,
         None => RaftCommand::decode(entry.data.as_ref())
             .map_err(|e| RaftstoreError::InvalidCommand(format!("undecodable command: {e}")))?,
     };
+    let kept = (observe && command.split.is_none()).then(|| command.clone());
     match apply_command(&peer.region, command, batch)? {
-        Applied::Written => Ok(ApplyOutput::Written),
+        Applied::Written => Ok(Outcome::Data(kept)),
         Applied::Split { left, right } => {
-            write_region_state(batch, &left);
+            let conf_state = ConfStateRecord::from(peer.raw.store().conf_state());
+            write_region_state(batch, &left, &conf_state);
             write_initial_group(batch, &right);
             peer.region = left.clone();
-            Ok(ApplyOutput::Split { left, right })
+            peer.raw.mut_store().set_region(left.clone(), None);
+            Ok(Outcome::Done(ApplyOutput::Split { left, right }))
         }
     }
+}
+
+fn apply_conf_change(
+    peer: &mut Peer,
+    entry: &Entry,
+    batch: &mut WriteBatch,
+) -> Result<Region, RaftstoreError> {
+    let cc = conf_change::decode(entry).map_err(RaftstoreError::InvalidCommand)?;
+    let conf_state = peer
+        .raw
+        .apply_conf_change(&cc)
+        .map_err(|e| RaftstoreError::ChangeRefused(e.to_string()))?;
+    let record = ConfStateRecord::from(&conf_state);
+    let region = conf_change::apply_to_region(&peer.region, &cc, &record);
+    write_region_state(batch, &region, &record);
+    peer.region = region.clone();
+    peer.raw.mut_store().set_region(region.clone(), Some(&record));
+    if let Some(local) = region.peer(peer.meta.id) {
+        peer.meta = local.clone();
+    }
+    tracing::info!(
+        group = region.id,
+        conf_ver = region.conf_ver,
+        voters = ?record.voters,
+        learners = ?record.learners,
+        joint = record.is_joint(),
+        "membership changed"
+    );
+    Ok(region)
 }

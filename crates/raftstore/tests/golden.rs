@@ -23,6 +23,7 @@ impl MetaStateMachine for NoMeta {
     fn apply(&mut self, _: u64, _: &[u8], _: &mut WriteBatch) -> Box<dyn Any + Send> {
         Box::new(())
     }
+    fn restore(&mut self, _: &EngineRef) {}
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -54,15 +55,11 @@ fn store_layout() {
         id: 1,
         conf_ver: 1,
         version: 1,
-        peers: vec![Peer { id: 2, store_id: 1 }],
+        peers: vec![Peer::new(2, 1)],
         ..Default::default()
     };
     write_initial_group(&mut batch, &region);
-    let meta = Region {
-        id: META_GROUP_ID,
-        peers: vec![Peer { id: 3, store_id: 1 }],
-        ..Default::default()
-    };
+    let meta = Region { id: META_GROUP_ID, peers: vec![Peer::new(3, 1)], ..Default::default() };
     write_initial_group(&mut batch, &meta);
     engine.write(batch).unwrap();
 

@@ -21,6 +21,7 @@ impl MetaStateMachine for CountingMeta {
         batch.put(Cf::Placement, b"last".to_vec(), command.to_vec());
         Box::new(index)
     }
+    fn restore(&mut self, _: &EngineRef) {}
 }
 
 /// An engine that counts fsyncs.
@@ -50,13 +51,9 @@ impl Engine for CountingEngine {
 
 fn bootstrap(engine: &EngineRef) {
     let mut batch = WriteBatch::new();
-    let region = Region { id: 1, peers: vec![Peer { id: 2, store_id: 1 }], ..Default::default() };
+    let region = Region { id: 1, peers: vec![Peer::new(2, 1)], ..Default::default() };
     write_initial_group(&mut batch, &region);
-    let meta = Region {
-        id: META_GROUP_ID,
-        peers: vec![Peer { id: 3, store_id: 1 }],
-        ..Default::default()
-    };
+    let meta = Region { id: META_GROUP_ID, peers: vec![Peer::new(3, 1)], ..Default::default() };
     write_initial_group(&mut batch, &meta);
     engine.write(batch).unwrap();
 }

@@ -104,7 +104,7 @@ impl NodeContext {
         if !checked.region.contains(key) {
             return Err(RaftstoreError::KeyNotInRegion {
                 key: key.to_vec(),
-                region: checked.region.clone(),
+                region: Box::new(checked.region.clone()),
             }
             .into());
         }
@@ -124,7 +124,11 @@ impl NodeContext {
             check_key_prefix(checked.api_version, mode, key)?;
             if !checked.region.contains(key) {
                 let region = checked.region.clone();
-                return Err(RaftstoreError::KeyNotInRegion { key: key.to_vec(), region }.into());
+                return Err(RaftstoreError::KeyNotInRegion {
+                    key: key.to_vec(),
+                    region: Box::new(region),
+                }
+                .into());
             }
             return Ok(false);
         }
@@ -146,7 +150,11 @@ impl NodeContext {
             // The unbounded start: only the first Region holds it.
             if !checked.region.start_key.is_empty() {
                 let region = checked.region.clone();
-                return Err(RaftstoreError::KeyNotInRegion { key: Vec::new(), region }.into());
+                return Err(RaftstoreError::KeyNotInRegion {
+                    key: Vec::new(),
+                    region: Box::new(region),
+                }
+                .into());
             }
         } else {
             self.check_key(checked, mode, start)?;

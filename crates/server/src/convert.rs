@@ -45,12 +45,7 @@ pub fn decode_client_key(key: &[u8]) -> ClientKey {
 
 /// A peer as kvproto describes it (every Scandium peer is a voter).
 pub fn peer_to_meta(peer: &Peer) -> metapb::Peer {
-    metapb::Peer {
-        id: peer.id,
-        store_id: peer.store_id,
-        role: metapb::PeerRole::Voter as i32,
-        is_witness: false,
-    }
+    metapb::Peer { id: peer.id, store_id: peer.store_id, role: peer.role, is_witness: false }
 }
 
 /// A Region as kvproto describes it, with encoded boundaries.

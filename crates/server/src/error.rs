@@ -73,6 +73,7 @@ impl From<RaftstoreError> for RequestError {
             }
             RaftstoreError::StaleCommand => error.stale_command = Some(errorpb::StaleCommand {}),
             RaftstoreError::InvalidCommand(m) => return RequestError::Invalid(m),
+            RaftstoreError::ChangeRefused(m) => return RequestError::Internal(m),
             RaftstoreError::Storage(e) => return RequestError::Internal(e.to_string()),
         }
         RequestError::Region(Box::new(error))

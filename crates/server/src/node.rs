@@ -251,11 +251,8 @@ fn load_or_bootstrap(engine: &EngineRef, config: &Config) -> Result<StoreIdent, 
         next_id += 1;
         next_id - 1
     };
-    let meta = Region {
-        id: META_GROUP_ID,
-        peers: vec![Peer { id: alloc(), store_id: 1 }],
-        ..Default::default()
-    };
+    let meta =
+        Region { id: META_GROUP_ID, peers: vec![Peer::new(alloc(), 1)], ..Default::default() };
     let mut bounds = vec![Vec::new()];
     bounds.extend(keyspace_edges(DEFAULT_KEYSPACE_ID));
     bounds.push(Vec::new());
@@ -267,7 +264,7 @@ fn load_or_bootstrap(engine: &EngineRef, config: &Config) -> Result<StoreIdent, 
             end_key: w[1].clone(),
             conf_ver: 1,
             version: 1,
-            peers: vec![Peer { id: alloc(), store_id: 1 }],
+            peers: vec![Peer::new(alloc(), 1)],
         })
         .collect();
     let store = StoreMeta {

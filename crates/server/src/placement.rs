@@ -8,7 +8,7 @@ use prost::Message as _;
 use scandium_placement::{Command, PlacementState, Response, TsoAllocator, TsoError};
 use scandium_placement::{Kind, Regions};
 use scandium_raftstore::{ApplyOutput, MetaStateMachine, Registry, META_GROUP_ID};
-use scandium_storage::WriteBatch;
+use scandium_storage::{EngineRef, WriteBatch};
 use scandium_types::{Region, TimeStamp};
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +35,14 @@ impl MetaStateMachine for MetaApplier {
     ) -> Box<dyn Any + Send> {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         Box::new(state.apply(command, batch))
+    }
+
+    fn restore(&mut self, engine: &EngineRef) {
+        match PlacementState::load(engine) {
+            Ok(Some(loaded)) => *self.state.write().unwrap_or_else(|e| e.into_inner()) = loaded,
+            Ok(None) => tracing::error!("a placement snapshot left no placement state"),
+            Err(error) => tracing::error!(%error, "cannot load the placement state of a snapshot"),
+        }
     }
 }
 

@@ -123,6 +123,7 @@ fn run(mut store: Store, receiver: flume::Receiver<RaftMessage>, tick: Duration)
         let wait = next_tick.saturating_duration_since(Instant::now());
         match receiver.recv_timeout(wait) {
             Ok(message) => {
+                store.set_time(crate::clock::monotonic_ms());
                 let mut stop = handle(&mut store, message);
                 for message in receiver.try_iter().take(MAX_MESSAGES_PER_ROUND) {
                     stop |= handle(&mut store, message);
@@ -137,7 +138,7 @@ fn run(mut store: Store, receiver: flume::Receiver<RaftMessage>, tick: Duration)
             Err(flume::RecvTimeoutError::Disconnected) => break,
         }
         if Instant::now() >= next_tick {
-            store.tick();
+            store.tick(crate::clock::monotonic_ms());
             next_tick = Instant::now() + tick;
         }
         if store.has_ready() {

@@ -27,6 +27,22 @@ impl RegionEpoch {
     }
 }
 
+/// What a replica does in its Raft group, with kvproto's `PeerRole` numbering. Records
+/// written before roles existed decode as voters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, prost::Enumeration)]
+#[repr(i32)]
+pub enum PeerRole {
+    /// Votes and counts towards the quorum.
+    Voter = 0,
+    /// Receives the log but neither votes nor counts: how a new replica catches up before
+    /// it is promoted.
+    Learner = 1,
+    /// A voter of the incoming configuration only, while a joint change is in progress.
+    IncomingVoter = 2,
+    /// A voter of the outgoing configuration only, while a joint change is in progress.
+    DemotingVoter = 3,
+}
+
 /// One replica of a Region, living on a store.
 #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
 pub struct Peer {
@@ -36,6 +52,26 @@ pub struct Peer {
     /// Store the replica lives on.
     #[prost(uint64, tag = "2")]
     pub store_id: StoreId,
+    /// See [`PeerRole`].
+    #[prost(enumeration = "PeerRole", tag = "3")]
+    pub role: i32,
+}
+
+impl Peer {
+    /// A voter `id` on `store_id`.
+    pub fn new(id: PeerId, store_id: StoreId) -> Peer {
+        Peer { id, store_id, role: PeerRole::Voter as i32 }
+    }
+
+    /// A learner `id` on `store_id`.
+    pub fn learner(id: PeerId, store_id: StoreId) -> Peer {
+        Peer { id, store_id, role: PeerRole::Learner as i32 }
+    }
+
+    /// Whether the replica is a learner (receives the log, does not vote).
+    pub fn is_learner(&self) -> bool {
+        self.role() == PeerRole::Learner
+    }
 }
 
 /// A contiguous key range `[start_key, end_key)` and the Raft group replicating it. An empty
@@ -88,6 +124,16 @@ impl Region {
     /// The peer of this Region on `store_id`, if any.
     pub fn peer_on_store(&self, store_id: StoreId) -> Option<&Peer> {
         self.peers.iter().find(|p| p.store_id == store_id)
+    }
+
+    /// The peer with Raft id `id`, if it is a member.
+    pub fn peer(&self, id: PeerId) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.id == id)
+    }
+
+    /// The members that vote (in either half of a joint configuration).
+    pub fn voters(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.iter().filter(|p| !p.is_learner())
     }
 }
 

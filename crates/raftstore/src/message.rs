@@ -1,0 +1,126 @@
+//! [`PeerMessage`]: a Raft message between replicas on different stores, with the envelope
+//! raft-rs's own message lacks (which Region, which peers on which stores, the sender's
+//! epoch), and its wire encoding.
+
+use protobuf::Message as _;
+use raft::prelude::{Message, MessageType};
+use scandium_types::{Peer, RegionEpoch};
+
+/// The wire form of a [`PeerMessage`]. The raft-rs message inside is protobuf-encoded by
+/// raft-rs's own codec.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Envelope {
+    #[prost(uint64, tag = "1")]
+    region_id: u64,
+    #[prost(message, optional, tag = "2")]
+    from: Option<Peer>,
+    #[prost(message, optional, tag = "3")]
+    to: Option<Peer>,
+    #[prost(uint64, tag = "4")]
+    conf_ver: u64,
+    #[prost(uint64, tag = "5")]
+    version: u64,
+    #[prost(bool, tag = "6")]
+    is_tombstone: bool,
+    #[prost(bytes = "vec", tag = "7")]
+    message: Vec<u8>,
+}
+
+/// A Raft message for one replica.
+#[derive(Clone, Debug)]
+pub struct PeerMessage {
+    /// The Raft group (Region id, or [`crate::META_GROUP_ID`]).
+    pub region_id: u64,
+    /// The sending replica.
+    pub from: Peer,
+    /// The receiving replica; `to.store_id` names the store to deliver to.
+    pub to: Peer,
+    /// The sender's Region epoch.
+    pub epoch: RegionEpoch,
+    /// Set by a leader answering a replica that is no longer a member: the receiver, if
+    /// its epoch is older, destroys itself. `message` is then empty.
+    pub is_tombstone: bool,
+    /// raft-rs's message.
+    pub message: Message,
+}
+
+/// Why bytes are not a [`PeerMessage`].
+#[derive(Debug, thiserror::Error)]
+#[error("malformed raft message: {0}")]
+pub struct DecodeError(String);
+
+impl PeerMessage {
+    /// The wire encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let envelope = Envelope {
+            region_id: self.region_id,
+            from: Some(self.from.clone()),
+            to: Some(self.to.clone()),
+            conf_ver: self.epoch.conf_ver,
+            version: self.epoch.version,
+            is_tombstone: self.is_tombstone,
+            message: self.message.write_to_bytes().expect("encoding a raft message cannot fail"),
+        };
+        prost::Message::encode_to_vec(&envelope)
+    }
+
+    /// Decodes [`PeerMessage::encode`]'s output.
+    pub fn decode(bytes: &[u8]) -> Result<PeerMessage, DecodeError> {
+        let envelope: Envelope =
+            prost::Message::decode(bytes).map_err(|e| DecodeError(e.to_string()))?;
+        let (Some(from), Some(to)) = (envelope.from, envelope.to) else {
+            return Err(DecodeError("sender or receiver missing".into()));
+        };
+        let message =
+            Message::parse_from_bytes(&envelope.message).map_err(|e| DecodeError(e.to_string()))?;
+        Ok(PeerMessage {
+            region_id: envelope.region_id,
+            from,
+            to,
+            epoch: RegionEpoch { conf_ver: envelope.conf_ver, version: envelope.version },
+            is_tombstone: envelope.is_tombstone,
+            message,
+        })
+    }
+
+    /// Whether this carries a Raft snapshot (whose data the transport sends apart).
+    pub fn is_snapshot(&self) -> bool {
+        self.message.get_msg_type() == MessageType::MsgSnapshot
+    }
+
+    /// Approximate encoded size, for batching.
+    pub fn approximate_size(&self) -> usize {
+        64 + self.message.entries.iter().map(|e| e.data.len() + 32).sum::<usize>()
+            + self.message.snapshot.as_ref().map_or(0, |s| s.data.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::prelude::Entry;
+
+    #[test]
+    fn round_trip() {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgAppend);
+        message.term = 7;
+        message.entries =
+            vec![Entry { index: 9, term: 7, data: b"x".to_vec().into(), ..Default::default() }]
+                .into();
+        let original = PeerMessage {
+            region_id: 3,
+            from: Peer::new(10, 1),
+            to: Peer::learner(11, 2),
+            epoch: RegionEpoch { conf_ver: 4, version: 5 },
+            is_tombstone: false,
+            message,
+        };
+        let decoded = PeerMessage::decode(&original.encode()).unwrap();
+        assert_eq!((decoded.region_id, decoded.from, decoded.to), (3, original.from, original.to));
+        assert_eq!(decoded.epoch, original.epoch);
+        assert_eq!(decoded.message, original.message);
+        assert!(PeerMessage::decode(b"\xff\xff").is_err());
+        assert!(PeerMessage::decode(&[]).is_err(), "no peers");
+    }
+}

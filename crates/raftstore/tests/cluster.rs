@@ -1,0 +1,551 @@
+//! Several stores in one test, on in-memory engines, exchanging messages through a router
+//! that can cut any link: membership changes (learner, joint promotion, removal), leader
+//! failure and election, a minority that must serve nothing, a lagging replica caught up
+//! by snapshot after log truncation, removed replicas destroyed, leader transfer, restart,
+//! and a split of a replicated Region. The TinyKV 2B/2C/3B scenarios, at the raftstore
+//! level (the server-level ones drive whole nodes).
+
+use prost::Message as _;
+use scandium_raftstore::bootstrap::write_initial_group;
+use scandium_raftstore::snapshot::{for_each_chunk, SnapshotAssembler, SnapshotHeader};
+use scandium_raftstore::{
+    ApplyOutput, Event, MetaStateMachine, PeerChange, PeerMessage, RaftCommand, RaftConfig,
+    RaftstoreError, Registry, SplitRequest, Store,
+};
+use scandium_storage::{Cf, EngineRef, MemoryEngine, WriteBatch};
+use scandium_types::{Peer, PeerRole, Region};
+use std::any::Any;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+struct NoMeta;
+
+impl MetaStateMachine for NoMeta {
+    fn apply(&mut self, _: u64, _: &[u8], _: &mut WriteBatch) -> Box<dyn Any + Send> {
+        Box::new(())
+    }
+    fn restore(&mut self, _: &EngineRef) {}
+}
+
+const TICK_MS: u64 = 10;
+const REGION: u64 = 1;
+
+fn config() -> RaftConfig {
+    RaftConfig {
+        tick_ms: TICK_MS,
+        log_gc_threshold: 8,
+        max_log_entries: 20,
+        ..RaftConfig::default()
+    }
+}
+
+struct Node {
+    store: Option<Store>,
+    engine: EngineRef,
+    registry: Registry,
+}
+
+type Result<T> = std::result::Result<T, RaftstoreError>;
+type Slot<T> = Arc<Mutex<Option<T>>>;
+
+/// A cluster of stores 1..=n; store 1 starts with the only replica (peer 1) of Region 1,
+/// covering every key.
+struct Cluster {
+    nodes: Vec<Node>,
+    now: u64,
+    /// Links `(from, to)` that drop everything.
+    cut: HashSet<(u64, u64)>,
+    events: Vec<(u64, Event)>,
+    /// Snapshots delivered to each store.
+    snapshots: Vec<usize>,
+}
+
+impl Cluster {
+    fn new(n: u64) -> Cluster {
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            let engine: EngineRef = Arc::new(MemoryEngine::new());
+            if id == 1 {
+                let mut batch = WriteBatch::new();
+                let region =
+                    Region { id: REGION, peers: vec![Peer::new(1, 1)], ..Default::default() };
+                write_initial_group(&mut batch, &region);
+                engine.write(batch).unwrap();
+            }
+            nodes.push(Node { store: None, engine, registry: Registry::new() });
+        }
+        let mut cluster = Cluster {
+            nodes,
+            now: 0,
+            cut: HashSet::new(),
+            events: Vec::new(),
+            snapshots: vec![0; n as usize + 1],
+        };
+        for id in 1..=n {
+            cluster.start(id);
+        }
+        cluster.run();
+        cluster
+    }
+
+    fn node(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    fn store(&mut self, id: u64) -> &mut Store {
+        self.node(id).store.as_mut().expect("store is running")
+    }
+
+    fn start(&mut self, id: u64) {
+        let now = self.now;
+        let node = self.node(id);
+        let mut store =
+            Store::open(id, node.engine.clone(), config(), Box::new(NoMeta), node.registry.clone())
+                .unwrap();
+        store.set_time(now);
+        node.store = Some(store);
+    }
+
+    fn stop(&mut self, id: u64) {
+        self.node(id).store = None;
+    }
+
+    fn isolate(&mut self, id: u64) {
+        for other in 1..=self.nodes.len() as u64 {
+            self.cut.insert((id, other));
+            self.cut.insert((other, id));
+        }
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Runs rounds and delivers messages until nothing moves.
+    fn run(&mut self) {
+        for _ in 0..1000 {
+            let mut moved = false;
+            let mut outbox: Vec<(u64, PeerMessage)> = Vec::new();
+            for i in 0..self.nodes.len() {
+                let id = i as u64 + 1;
+                let Some(store) = self.nodes[i].store.as_mut() else { continue };
+                while store.has_ready() {
+                    moved = true;
+                    let out = store.handle_ready().unwrap();
+                    outbox.extend(out.messages.into_iter().map(|m| (id, m)));
+                    self.events.extend(out.events.into_iter().map(|e| (id, e)));
+                }
+            }
+            for (from, message) in outbox {
+                moved = true;
+                self.deliver(from, message);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the cluster never settled");
+    }
+
+    fn deliver(&mut self, from: u64, message: PeerMessage) {
+        let to = message.to.store_id;
+        let (region, peer) = (message.region_id, message.to.id);
+        if self.cut.contains(&(from, to)) || self.node(to).store.is_none() {
+            if let Some(sender) = self.node(from).store.as_mut() {
+                if message.is_snapshot() {
+                    sender.report_snapshot(region, peer, false);
+                }
+                sender.report_unreachable(region, peer);
+            }
+            return;
+        }
+        let snapshot = if message.is_snapshot() {
+            let header =
+                SnapshotHeader::decode(message.message.snapshot.as_ref().unwrap().data.as_ref())
+                    .unwrap();
+            let sender = self.store(from);
+            let (region, engine_snapshot) =
+                sender.snapshot_sources().take(header.token).expect("snapshot registered");
+            let mut assembler = SnapshotAssembler::new(64 << 20);
+            for_each_chunk(&region, &*engine_snapshot, 1024, |c| assembler.push(c).is_ok())
+                .unwrap();
+            Some(assembler.finish())
+        } else {
+            None
+        };
+        let was_snapshot = snapshot.is_some();
+        let delivered = self.store(to).step(message, snapshot).is_ok();
+        if was_snapshot {
+            self.store(from).report_snapshot(region, peer, delivered);
+            self.snapshots[to as usize] += usize::from(delivered);
+        }
+    }
+
+    fn tick(&mut self, ticks: usize) {
+        for _ in 0..ticks {
+            self.now += TICK_MS;
+            let now = self.now;
+            for node in &mut self.nodes {
+                if let Some(store) = node.store.as_mut() {
+                    store.tick(now);
+                }
+            }
+            self.run();
+        }
+    }
+
+    /// Ticks until `condition` holds, at most `ticks` times.
+    fn tick_until(
+        &mut self,
+        ticks: usize,
+        what: &str,
+        mut condition: impl FnMut(&mut Cluster) -> bool,
+    ) {
+        for _ in 0..ticks {
+            if condition(self) {
+                return;
+            }
+            self.tick(1);
+        }
+        assert!(condition(self), "timed out waiting for {what}");
+    }
+
+    fn leader(&mut self) -> Option<u64> {
+        (1..=self.nodes.len() as u64).find(|&id| {
+            let node = self.node(id);
+            node.store.is_some() && node.registry.get(REGION).is_some_and(|s| s.ready_for_reads)
+        })
+    }
+
+    fn wait_leader(&mut self) -> u64 {
+        self.tick_until(500, "a leader", |c| c.leader().is_some());
+        self.leader().unwrap()
+    }
+
+    fn region(&mut self, store: u64) -> Option<Region> {
+        self.node(store).registry.get(REGION).map(|s| s.region)
+    }
+
+    /// Proposes through `store` and runs until the proposal is answered.
+    fn propose_on(&mut self, store: u64, command: RaftCommand) -> Result<ApplyOutput> {
+        let slot: Slot<Result<ApplyOutput>> = Arc::default();
+        let answer = slot.clone();
+        let encoded = scandium_raftstore::EncodedCommand::new(command);
+        self.store(store).propose_command(
+            REGION,
+            encoded,
+            Box::new(move |r| *answer.lock().unwrap() = Some(r)),
+        );
+        self.run_until_answered(&slot)
+    }
+
+    fn run_until_answered<T>(&mut self, slot: &Slot<T>) -> T {
+        for _ in 0..500 {
+            self.run();
+            if let Some(result) = slot.lock().unwrap().take() {
+                return result;
+            }
+            self.tick(1);
+        }
+        panic!("no answer");
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let leader = self.wait_leader();
+        let region = self.region(leader).unwrap();
+        let mut batch = WriteBatch::new();
+        batch.put(Cf::Raw, key.to_vec(), value.to_vec());
+        self.propose_on(leader, RaftCommand::write(&region, batch)).map(|_| ())
+    }
+
+    fn change(&mut self, changes: Vec<PeerChange>) -> Result<Region> {
+        let leader = self.wait_leader();
+        let slot: Slot<Result<ApplyOutput>> = Arc::default();
+        let answer = slot.clone();
+        self.store(leader).propose_conf_change(
+            REGION,
+            changes,
+            Box::new(move |r| *answer.lock().unwrap() = Some(r)),
+        );
+        match self.run_until_answered(&slot)? {
+            ApplyOutput::ConfChanged(region) => Ok(region),
+            other => panic!("unexpected output {other:?}"),
+        }
+    }
+
+    fn value(&mut self, store: u64, key: &[u8]) -> Option<Vec<u8>> {
+        self.node(store).engine.get(Cf::Raw, key).unwrap()
+    }
+
+    /// Grows Region 1 to voters on stores 1..=n (learners first, one joint promotion).
+    fn replicate(&mut self, n: u64) {
+        for id in 2..=n {
+            self.change(vec![PeerChange::AddLearner(Peer::learner(id, id))]).unwrap();
+        }
+        for id in 2..=n {
+            self.tick_until(200, "learner caught up", |c| c.region(id).is_some());
+        }
+        let promotions = (2..=n).map(|id| PeerChange::AddVoter(Peer::new(id, id))).collect();
+        self.change(promotions).unwrap();
+        self.tick_until(200, "joint configuration left", |c| {
+            (1..=n).all(|s| {
+                c.region(s).is_some_and(|r| {
+                    r.peers.len() == n as usize
+                        && r.peers.iter().all(|p| p.role() == PeerRole::Voter)
+                })
+            })
+        });
+    }
+}
+
+#[test]
+fn learners_catch_up_by_snapshot_and_are_promoted_jointly() {
+    let mut cluster = Cluster::new(3);
+    assert_eq!(cluster.wait_leader(), 1);
+    cluster.put(b"before", b"1").unwrap();
+    cluster.replicate(3);
+    let region = cluster.region(1).unwrap();
+    assert_eq!(region.conf_ver, 2 + 1 + 1, "two learners, one joint entry, one leave");
+    for store in 1..=3 {
+        assert_eq!(cluster.value(store, b"before"), Some(b"1".to_vec()), "store {store}");
+    }
+    assert_eq!(&cluster.snapshots[2..], &[1, 1], "each learner started from a snapshot");
+    cluster.put(b"after", b"2").unwrap();
+    cluster.tick(5);
+    for store in 1..=3 {
+        assert_eq!(cluster.value(store, b"after"), Some(b"2".to_vec()), "store {store}");
+    }
+}
+
+#[test]
+fn a_dead_leader_is_replaced_and_no_acknowledged_write_is_lost() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    for i in 0..10u8 {
+        cluster.put(&[b'k', i], b"v").unwrap();
+    }
+    let old = cluster.wait_leader();
+    cluster.stop(old);
+    let started = cluster.now;
+    let new = cluster.wait_leader();
+    assert_ne!(new, old);
+    let elapsed_ticks = (cluster.now - started) / TICK_MS;
+    assert!(elapsed_ticks <= 2 * 10 + 10, "elected after {elapsed_ticks} ticks");
+    cluster.put(b"k-new", b"v").unwrap();
+    for i in 0..10u8 {
+        assert_eq!(cluster.value(new, &[b'k', i]), Some(b"v".to_vec()));
+    }
+    // The old leader comes back as a follower and catches up.
+    cluster.start(old);
+    cluster.tick_until(300, "old leader caught up", |c| c.value(old, b"k-new").is_some());
+}
+
+#[test]
+fn an_isolated_leader_stops_serving_and_fails_its_proposals() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    let old = cluster.wait_leader();
+    cluster.isolate(old);
+    // A write proposed to the isolated leader cannot commit; it fails once the leader
+    // steps down (check-quorum), rather than waiting forever.
+    let region = cluster.region(old).unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put(Cf::Raw, b"lost".to_vec(), b"v".to_vec());
+    let result = cluster.propose_on(old, RaftCommand::write(&region, batch));
+    assert!(
+        matches!(result, Err(RaftstoreError::NotLeader { .. } | RaftstoreError::StaleCommand)),
+        "{result:?}"
+    );
+    let status = cluster.node(old).registry.get(REGION).unwrap();
+    assert!(!status.ready_for_reads && !status.lease_valid(cluster.now), "{status:?}");
+    // The majority elected a leader of its own and goes on.
+    let new = (1..=3).find(|&s| {
+        s != old && { cluster.node(s).registry.get(REGION).is_some_and(|st| st.ready_for_reads) }
+    });
+    let new = new.expect("the majority has a leader");
+    let region = cluster.region(new).unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put(Cf::Raw, b"majority".to_vec(), b"v".to_vec());
+    cluster.propose_on(new, RaftCommand::write(&region, batch)).unwrap();
+    assert_eq!(cluster.value(old, b"lost"), None);
+    cluster.heal();
+    cluster.tick_until(300, "old leader caught up", |c| c.value(old, b"majority").is_some());
+    assert_eq!(cluster.value(old, b"lost"), None, "the unacknowledged write never applied");
+}
+
+#[test]
+fn a_lagging_follower_is_caught_up_by_snapshot_after_log_truncation() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    let leader = cluster.wait_leader();
+    let lagging = (1..=3).find(|&s| s != leader).unwrap();
+    cluster.isolate(lagging);
+    let before = cluster.snapshots[lagging as usize];
+    // More than `max_log_entries` (20): the leader truncates past what the follower has.
+    for i in 0..60u8 {
+        cluster.put(&[b'g', i], &[i]).unwrap();
+    }
+    cluster.heal();
+    cluster.tick_until(300, "follower caught up", |c| c.value(lagging, &[b'g', 59]).is_some());
+    for i in 0..60u8 {
+        assert_eq!(cluster.value(lagging, &[b'g', i]), Some(vec![i]));
+    }
+    assert_eq!(cluster.snapshots[lagging as usize], before + 1, "caught up by a snapshot");
+}
+
+#[test]
+fn a_removed_replica_is_destroyed_and_its_data_deleted() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    cluster.put(b"k", b"v").unwrap();
+    let leader = cluster.wait_leader();
+    let victim = (1..=3).find(|&s| s != leader).unwrap();
+    let region = cluster.change(vec![PeerChange::Remove(Peer::new(victim, victim))]).unwrap();
+    assert!(region.peer_on_store(victim).is_none());
+    cluster.tick_until(100, "replica destroyed", |c| c.region(victim).is_none());
+    assert_eq!(cluster.value(victim, b"k"), None, "its data is gone");
+    assert!(cluster
+        .events
+        .iter()
+        .any(|(s, e)| *s == victim && matches!(e, Event::Destroyed(REGION))));
+    // The two remaining voters go on.
+    cluster.put(b"k2", b"v").unwrap();
+    // Removing the leader is refused: leadership must move first.
+    let leader = cluster.wait_leader();
+    let result = cluster.change(vec![PeerChange::Remove(Peer::new(leader, leader))]);
+    assert!(matches!(result, Err(RaftstoreError::ChangeRefused(_))), "{result:?}");
+}
+
+#[test]
+fn a_replica_that_missed_its_removal_learns_it_from_the_leader() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    let leader = cluster.wait_leader();
+    let victim = (1..=3).find(|&s| s != leader).unwrap();
+    cluster.isolate(victim);
+    cluster.change(vec![PeerChange::Remove(Peer::new(victim, victim))]).unwrap();
+    assert!(cluster.region(victim).is_some(), "it does not know yet");
+    cluster.heal();
+    // Its pre-votes reach the leader, whose answer tells it it is gone.
+    cluster.tick_until(300, "stale replica destroyed", |c| c.region(victim).is_none());
+}
+
+#[test]
+fn leadership_moves_on_request_and_the_old_leader_drops_its_lease_at_once() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    let leader = cluster.wait_leader();
+    cluster.put(b"k", b"v").unwrap();
+    let target = (1..=3).find(|&s| s != leader).unwrap();
+    cluster.store(leader).transfer_leader(REGION, target).unwrap();
+    assert!(!cluster.store(leader).status(REGION).unwrap().lease_valid(cluster.now));
+    cluster.tick_until(100, "transfer", |c| c.leader() == Some(target));
+    cluster.put(b"k2", b"v").unwrap();
+}
+
+#[test]
+fn reads_need_a_lease_or_a_quorum() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    let leader = cluster.wait_leader();
+    cluster.put(b"k", b"v").unwrap();
+    let status = cluster.node(leader).registry.get(REGION).unwrap();
+    assert!(status.lease_valid(cluster.now), "a commit just renewed the lease");
+    // Idle past the lease: a ReadIndex round confirms leadership and renews it.
+    cluster.tick(12);
+    assert!(!cluster.node(leader).registry.get(REGION).unwrap().lease_valid(cluster.now));
+    let slot: Slot<Result<()>> = Arc::default();
+    let answer = slot.clone();
+    cluster.store(leader).read_index(REGION, Box::new(move |r| *answer.lock().unwrap() = Some(r)));
+    cluster.run_until_answered(&slot).unwrap();
+    cluster.tick(0);
+    assert!(cluster.store(leader).status(REGION).unwrap().lease_valid(cluster.now));
+    // An isolated leader's ReadIndex never succeeds.
+    cluster.isolate(leader);
+    cluster.tick(12);
+    let slot: Slot<Result<()>> = Arc::default();
+    let answer = slot.clone();
+    cluster.store(leader).read_index(REGION, Box::new(move |r| *answer.lock().unwrap() = Some(r)));
+    assert!(cluster.run_until_answered(&slot).is_err());
+}
+
+#[test]
+fn a_restarted_store_rejoins_with_its_data() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    cluster.put(b"k", b"v").unwrap();
+    let leader = cluster.wait_leader();
+    let follower = (1..=3).find(|&s| s != leader).unwrap();
+    cluster.stop(follower);
+    cluster.put(b"while-down", b"v").unwrap();
+    cluster.start(follower);
+    cluster.tick_until(300, "caught up", |c| c.value(follower, b"while-down").is_some());
+    // All three restart at once: the group elects again and keeps everything.
+    for s in 1..=3 {
+        cluster.stop(s);
+    }
+    for s in 1..=3 {
+        cluster.start(s);
+    }
+    cluster.put(b"after-restart", b"v").unwrap();
+    for s in 1..=3 {
+        assert_eq!(cluster.value(s, b"k"), Some(b"v".to_vec()));
+    }
+}
+
+#[test]
+fn a_replicated_region_splits_on_every_store() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    cluster.put(b"a", b"1").unwrap();
+    cluster.put(b"x", b"2").unwrap();
+    let leader = cluster.wait_leader();
+    let region = cluster.region(leader).unwrap();
+    let split = SplitRequest {
+        split_key: b"m".to_vec(),
+        new_region_id: 100,
+        new_peer_ids: vec![101, 102, 103],
+    };
+    let output = cluster.propose_on(leader, RaftCommand::split(&region, split)).unwrap();
+    let ApplyOutput::Split { right, .. } = output else { panic!("{output:?}") };
+    assert_eq!(right.peers.len(), 3);
+    cluster.tick_until(300, "the new Region has a leader", |c| {
+        (1..=3).any(|s| c.node(s).registry.get(100).is_some_and(|st| st.ready_for_reads))
+    });
+    for s in 1..=3 {
+        let status = cluster.node(s).registry.get(100).expect("every store has the new Region");
+        assert_eq!(status.region.start_key, b"m");
+    }
+}
+
+/// TinyKV's OneSplit: a store partitioned during the split learns of the new Region from
+/// its leader before it applies the split itself; the snapshot that would overlap its old
+/// Region is refused, and the split, once applied, creates the replica.
+#[test]
+fn a_store_partitioned_during_a_split_catches_up() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    cluster.put(b"a", b"1").unwrap();
+    cluster.put(b"x", b"2").unwrap();
+    let leader = cluster.wait_leader();
+    let lagging = (1..=3).find(|&s| s != leader).unwrap();
+    cluster.isolate(lagging);
+    let region = cluster.region(leader).unwrap();
+    let split = SplitRequest {
+        split_key: b"m".to_vec(),
+        new_region_id: 100,
+        new_peer_ids: vec![101, 102, 103],
+    };
+    cluster.propose_on(leader, RaftCommand::split(&region, split)).unwrap();
+    cluster.tick_until(300, "the new Region has a leader", |c| {
+        (1..=3).any(|s| {
+            s != lagging && c.node(s).registry.get(100).is_some_and(|st| st.ready_for_reads)
+        })
+    });
+    cluster.heal();
+    cluster.tick_until(300, "the lagging store has both Regions", |c| {
+        c.node(lagging).registry.get(100).is_some()
+            && c.region(lagging).is_some_and(|r| r.end_key == b"m")
+    });
+    assert_eq!(cluster.value(lagging, b"x"), Some(b"2".to_vec()));
+}
