@@ -2,11 +2,44 @@
 
 use scandium_types::{Region, Store};
 
+/// A Region as its leader reports it: its shape and who leads it, at which term.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RegionReport {
+    /// The Region.
+    #[prost(message, optional, tag = "1")]
+    pub region: Option<Region>,
+    /// Peer id of the leader.
+    #[prost(uint64, tag = "2")]
+    pub leader_peer_id: u64,
+    /// The leader's term; a report of an older term does not replace a newer one.
+    #[prost(uint64, tag = "3")]
+    pub term: u64,
+}
+
+/// Regions' shapes and leaders, reported together.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Reports {
+    /// The reports.
+    #[prost(message, repeated, tag = "1")]
+    pub reports: Vec<RegionReport>,
+}
+
+/// A change of a store's lifecycle state.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoreStateChange {
+    /// The store.
+    #[prost(uint64, tag = "1")]
+    pub store_id: u64,
+    /// The new `StoreState`.
+    #[prost(enumeration = "scandium_types::StoreState", tag = "2")]
+    pub state: i32,
+}
+
 /// A change to the placement state. Encoded with protobuf into the placement group's log.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
     /// The change.
-    #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub kind: Option<Kind>,
 }
 
@@ -35,6 +68,19 @@ pub enum Kind {
     /// Region it overlaps and leaves the other half's keys without a Region).
     #[prost(message, tag = "6")]
     PutRegions(Regions),
+    /// Records Regions' shapes as `PutRegions` does, and their leaders (a report of an
+    /// older term is ignored for the leader).
+    #[prost(message, tag = "7")]
+    ReportRegions(Reports),
+    /// Admits a new store: allocates its id and records it with the given address.
+    #[prost(message, tag = "8")]
+    JoinStore(Store),
+    /// Changes a store's state (`Offline` drains it; `Tombstone` retires it for good).
+    #[prost(message, tag = "9")]
+    SetStoreState(StoreStateChange),
+    /// Sets how many voters every data Region should have.
+    #[prost(uint64, tag = "10")]
+    SetReplicas(u64),
 }
 
 /// Regions reported together.
@@ -68,6 +114,47 @@ pub enum Response {
     GcSafePoint(u64),
     /// The Region report was older than what placement knows, and was ignored.
     StaleRegion,
-    /// The command could not be decoded; nothing changed.
+    /// The command could not be decoded, or is refused; nothing changed.
     Invalid(String),
+}
+
+/// [`Response`] on the wire, for commands forwarded to the placement leader.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ResponseRecord {
+    /// What the response is.
+    #[prost(uint32, tag = "1")]
+    pub kind: u32,
+    /// Its number, if any.
+    #[prost(uint64, tag = "2")]
+    pub value: u64,
+    /// Its message, if any.
+    #[prost(string, tag = "3")]
+    pub message: String,
+}
+
+impl From<&Response> for ResponseRecord {
+    fn from(response: &Response) -> ResponseRecord {
+        let (kind, value, message) = match response {
+            Response::Done => (0, 0, String::new()),
+            Response::Ids { first } => (1, *first, String::new()),
+            Response::TsoLimit(limit) => (2, *limit, String::new()),
+            Response::GcSafePoint(ts) => (3, *ts, String::new()),
+            Response::StaleRegion => (4, 0, String::new()),
+            Response::Invalid(reason) => (5, 0, reason.clone()),
+        };
+        ResponseRecord { kind, value, message }
+    }
+}
+
+impl From<ResponseRecord> for Response {
+    fn from(record: ResponseRecord) -> Response {
+        match record.kind {
+            0 => Response::Done,
+            1 => Response::Ids { first: record.value },
+            2 => Response::TsoLimit(record.value),
+            3 => Response::GcSafePoint(record.value),
+            4 => Response::StaleRegion,
+            _ => Response::Invalid(record.message),
+        }
+    }
 }

@@ -11,9 +11,12 @@
 //! Both are pure: no threads, no clock. The server supplies wall time and drives the group.
 
 pub mod command;
+pub mod scheduler;
 pub mod state;
 pub mod tso;
 
-pub use command::{Command, Kind, Regions, Response};
+pub use command::{
+    Command, Kind, RegionReport, Regions, Reports, Response, ResponseRecord, StoreStateChange,
+};
 pub use state::{ApplyError, KeyspaceMeta, PlacementState};
 pub use tso::{TsoAllocator, TsoError};

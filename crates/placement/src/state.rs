@@ -7,12 +7,13 @@
 //! b"s" | store id   -> Store
 //! b"g" | region id  -> Region
 //! b"k" | keyspace   -> KeyspaceMeta
+//! b"l" | region id  -> RegionLeader (who leads the Region, at which term)
 //! ```
 
-use crate::command::{Command, Kind, Regions, Response};
+use crate::command::{Command, Kind, RegionReport, Regions, Reports, Response};
 use prost::Message as _;
 use scandium_storage::{Cf, EngineRef, StorageError, WriteBatch};
-use scandium_types::{Region, RegionId, Store, StoreId};
+use scandium_types::{Region, RegionId, Store, StoreId, StoreState};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use thiserror::Error;
@@ -21,6 +22,20 @@ const CLUSTER_KEY: &[u8] = b"cluster";
 const STORE_TAG: u8 = b's';
 const REGION_TAG: u8 = b'g';
 const KEYSPACE_TAG: u8 = b'k';
+const LEADER_TAG: u8 = b'l';
+/// Voters of every data Region when the cluster does not say.
+pub const DEFAULT_REPLICAS: u64 = 3;
+
+/// Who leads a Region, as its leader last reported.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct RegionLeader {
+    /// The leader's peer id.
+    #[prost(uint64, tag = "1")]
+    pub peer_id: u64,
+    /// Its term.
+    #[prost(uint64, tag = "2")]
+    pub term: u64,
+}
 
 /// Scalars of the cluster, kept in one record.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -33,6 +48,9 @@ struct ClusterRecord {
     tso_limit_ms: u64,
     #[prost(uint64, tag = "4")]
     gc_safe_point: u64,
+    /// Voters per data Region (0 = [`DEFAULT_REPLICAS`]).
+    #[prost(uint64, tag = "5")]
+    replicas: u64,
 }
 
 /// A keyspace: a named, isolated part of the API V2 key space.
@@ -70,6 +88,7 @@ pub struct PlacementState {
     /// Start key to Region id.
     by_start: BTreeMap<Vec<u8>, RegionId>,
     keyspaces: BTreeMap<u32, KeyspaceMeta>,
+    leaders: BTreeMap<RegionId, RegionLeader>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -78,6 +97,7 @@ struct ClusterRecordView {
     next_id: u64,
     tso_limit_ms: u64,
     gc_safe_point: u64,
+    replicas: u64,
 }
 
 impl PlacementState {
@@ -91,7 +111,13 @@ impl PlacementState {
         keyspaces: Vec<KeyspaceMeta>,
     ) -> (PlacementState, WriteBatch) {
         let mut state = PlacementState {
-            cluster: ClusterRecordView { cluster_id, next_id, tso_limit_ms: 0, gc_safe_point: 0 },
+            cluster: ClusterRecordView {
+                cluster_id,
+                next_id,
+                tso_limit_ms: 0,
+                gc_safe_point: 0,
+                replicas: 0,
+            },
             ..Default::default()
         };
         let mut batch = WriteBatch::new();
@@ -122,6 +148,7 @@ impl PlacementState {
                 next_id: cluster.next_id,
                 tso_limit_ms: cluster.tso_limit_ms,
                 gc_safe_point: cluster.gc_safe_point,
+                replicas: cluster.replicas,
             },
             ..Default::default()
         };
@@ -141,6 +168,10 @@ impl PlacementState {
                     let keyspace: KeyspaceMeta = decode(&value)?;
                     state.keyspaces.insert(keyspace.id, keyspace);
                 }
+                Some(&LEADER_TAG) if key.len() == 9 => {
+                    let id = u64::from_be_bytes(key[1..9].try_into().expect("nine bytes"));
+                    state.leaders.insert(id, decode(&value)?);
+                }
                 _ => {}
             }
         }
@@ -155,8 +186,55 @@ impl PlacementState {
             Err(e) => return Response::Invalid(ApplyError::Undecodable(e.to_string()).to_string()),
         };
         match kind {
-            Kind::PutStore(store) => {
+            Kind::PutStore(mut store) => {
+                match self.stores.get(&store.id).map(|s| s.state()) {
+                    Some(StoreState::Tombstone) => {
+                        return Response::Invalid(format!(
+                            "store {} was removed from the cluster",
+                            store.id
+                        ))
+                    }
+                    // A draining store keeps draining across restarts.
+                    Some(StoreState::Offline) => store.state = StoreState::Offline as i32,
+                    _ => {}
+                }
                 self.put_store(store, batch);
+                Response::Done
+            }
+            Kind::JoinStore(mut store) => {
+                store.id = self.cluster.next_id;
+                store.state = StoreState::Up as i32;
+                self.cluster.next_id += 1;
+                self.write_cluster(batch);
+                let first = store.id;
+                self.put_store(store, batch);
+                Response::Ids { first }
+            }
+            Kind::SetStoreState(change) => {
+                let Some(mut store) = self.stores.get(&change.store_id).cloned() else {
+                    return Response::Invalid(format!("store {} not found", change.store_id));
+                };
+                if store.state() == StoreState::Tombstone && change.state != store.state {
+                    return Response::Invalid(format!("store {} is a tombstone", store.id));
+                }
+                store.state = change.state;
+                self.put_store(store, batch);
+                Response::Done
+            }
+            Kind::SetReplicas(replicas) => {
+                if !(1..=7).contains(&replicas) {
+                    return Response::Invalid(format!(
+                        "replicas must be between 1 and 7, not {replicas}"
+                    ));
+                }
+                self.cluster.replicas = replicas;
+                self.write_cluster(batch);
+                Response::Done
+            }
+            Kind::ReportRegions(Reports { reports }) => {
+                for report in reports {
+                    self.report_region(report, batch);
+                }
                 Response::Done
             }
             Kind::PutRegion(region) => self.put_region(region, batch),
@@ -205,6 +283,39 @@ impl PlacementState {
     /// The GC safe point.
     pub fn gc_safe_point(&self) -> u64 {
         self.cluster.gc_safe_point
+    }
+
+    /// Voters every data Region should have.
+    pub fn replicas(&self) -> u64 {
+        match self.cluster.replicas {
+            0 => DEFAULT_REPLICAS,
+            n => n,
+        }
+    }
+
+    /// The leader of Region `id`, as last reported (its peer, if still a member).
+    pub fn leader_of(&self, id: RegionId) -> Option<&scandium_types::Peer> {
+        let leader = self.leaders.get(&id)?;
+        self.regions.get(&id)?.peer(leader.peer_id)
+    }
+
+    /// The last reported leader record of Region `id`.
+    pub fn leader_record(&self, id: RegionId) -> Option<RegionLeader> {
+        self.leaders.get(&id).copied()
+    }
+
+    /// A state with nothing but the cluster id: what a node that joined but has not
+    /// received the placement group's snapshot yet knows.
+    pub fn empty(cluster_id: u64) -> PlacementState {
+        PlacementState {
+            cluster: ClusterRecordView { cluster_id, ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    /// Whether this is [`PlacementState::empty`] (no store is known).
+    pub fn is_empty(&self) -> bool {
+        self.stores.is_empty()
     }
 
     /// A store by id.
@@ -303,6 +414,26 @@ impl PlacementState {
         Response::Done
     }
 
+    fn report_region(&mut self, report: RegionReport, batch: &mut WriteBatch) {
+        let Some(region) = report.region else { return };
+        let id = region.id;
+        let known = self.regions.get(&id).map(|r| r.epoch());
+        if known.is_none_or(|epoch| epoch != region.epoch()) {
+            self.put_region(region, batch);
+        }
+        if !self.regions.contains_key(&id) {
+            return;
+        }
+        let newer = self.leaders.get(&id).is_none_or(|l| {
+            report.term > l.term || (report.term == l.term && report.leader_peer_id != l.peer_id)
+        });
+        if newer && report.leader_peer_id != 0 {
+            let leader = RegionLeader { peer_id: report.leader_peer_id, term: report.term };
+            batch.put(Cf::Placement, tagged(LEADER_TAG, id), leader.encode_to_vec());
+            self.leaders.insert(id, leader);
+        }
+    }
+
     fn insert_region(&mut self, region: Region, batch: &mut WriteBatch) {
         batch.put(Cf::Placement, tagged(REGION_TAG, region.id), region.encode_to_vec());
         self.by_start.insert(region.start_key.clone(), region.id);
@@ -316,6 +447,9 @@ impl PlacementState {
             }
             batch.delete(Cf::Placement, tagged(REGION_TAG, id));
         }
+        if self.leaders.remove(&id).is_some() {
+            batch.delete(Cf::Placement, tagged(LEADER_TAG, id));
+        }
     }
 
     fn write_cluster(&self, batch: &mut WriteBatch) {
@@ -324,6 +458,7 @@ impl PlacementState {
             next_id: self.cluster.next_id,
             tso_limit_ms: self.cluster.tso_limit_ms,
             gc_safe_point: self.cluster.gc_safe_point,
+            replicas: self.cluster.replicas,
         };
         batch.put(Cf::Placement, CLUSTER_KEY.to_vec(), record.encode_to_vec());
     }

@@ -118,3 +118,62 @@ fn state_round_trips_through_the_engine() {
     let mut loaded = loaded;
     assert_eq!(apply(&mut loaded, Kind::AllocIds(1)), Response::Ids { first: 15 });
 }
+
+#[test]
+fn joining_stores_get_fresh_ids_and_retired_ones_stay_retired() {
+    use crate::command::StoreStateChange;
+    use scandium_types::StoreState;
+    let mut state = bootstrapped();
+    let joined = apply(
+        &mut state,
+        Kind::JoinStore(Store { address: "127.0.0.1:2380".into(), ..Default::default() }),
+    );
+    assert_eq!(joined, Response::Ids { first: 10 });
+    assert_eq!(state.store(10).unwrap().address, "127.0.0.1:2380");
+    assert_eq!(
+        apply(&mut state, Kind::AllocIds(1)),
+        Response::Ids { first: 11 },
+        "ids never reused"
+    );
+    let offline = StoreStateChange { store_id: 10, state: StoreState::Offline as i32 };
+    assert_eq!(apply(&mut state, Kind::SetStoreState(offline)), Response::Done);
+    // A draining store that restarts keeps draining.
+    let restarted = Store { id: 10, address: "127.0.0.1:2380".into(), ..Default::default() };
+    apply(&mut state, Kind::PutStore(restarted.clone()));
+    assert_eq!(state.store(10).unwrap().state(), StoreState::Offline);
+    let gone = StoreStateChange { store_id: 10, state: StoreState::Tombstone as i32 };
+    assert_eq!(apply(&mut state, Kind::SetStoreState(gone)), Response::Done);
+    assert!(matches!(apply(&mut state, Kind::PutStore(restarted)), Response::Invalid(_)));
+    let revive = StoreStateChange { store_id: 10, state: StoreState::Up as i32 };
+    assert!(matches!(apply(&mut state, Kind::SetStoreState(revive)), Response::Invalid(_)));
+}
+
+#[test]
+fn reported_leaders_follow_the_newest_term_and_survive_a_reload() {
+    use crate::command::{RegionReport, Reports};
+    let engine: scandium_storage::EngineRef = Arc::new(MemoryEngine::new());
+    let (mut state, batch) = PlacementState::bootstrap(
+        7,
+        10,
+        store(),
+        vec![region(1, b"", b"m", 1), region(2, b"m", b"", 1)],
+        vec![],
+    );
+    engine.write(batch).unwrap();
+    let report = |term, leader| RegionReport {
+        region: Some(region(1, b"", b"m", 1)),
+        leader_peer_id: leader,
+        term,
+    };
+    let mut batch = WriteBatch::new();
+    let command = |reports| {
+        prost::Message::encode_to_vec(&Command::new(Kind::ReportRegions(Reports { reports })))
+    };
+    state.apply(&command(vec![report(6, 101)]), &mut batch);
+    state.apply(&command(vec![report(5, 999)]), &mut batch);
+    engine.write(batch).unwrap();
+    assert_eq!(state.leader_of(1).map(|p| p.id), Some(101), "the older term is ignored");
+    let reloaded = PlacementState::load(&engine).unwrap().unwrap();
+    assert_eq!(reloaded.leader_record(1).map(|l| (l.peer_id, l.term)), Some((101, 6)));
+    assert_eq!(reloaded.leader_of(2), None);
+}

@@ -1,0 +1,356 @@
+//! The replica scheduler: what a Region's membership should change next, decided from the
+//! placement state, the stores' liveness and what the Region's leader reports.
+//!
+//! Pure and deterministic: the placement leader calls [`decide`] for every Region a
+//! heartbeat reports and hands the answer back to the Region's leader, which carries it
+//! out as a Raft membership change. One step at a time, each safe on its own:
+//!
+//! 1. promote learners that have caught up while the Region has fewer voters than it
+//!    should (several at once enter a joint configuration);
+//! 2. add a learner on the best store while voters and learners together are too few;
+//! 3. once enough healthy voters exist, remove replicas on stores that are down, draining
+//!    (`Offline`) or retired, moving leadership away first if the leader is one of them;
+//! 4. remove surplus voters, and (data Regions) learners nobody needs.
+//!
+//! Data Regions want `replicas` voters (fewer while fewer stores are up). The placement
+//! group wants 3 voters once 3 stores are up (5 at 5 with `meta_voters = 5`), 1 before, and
+//! a learner on every other store, so that every node holds the placement state.
+
+use crate::state::PlacementState;
+use scandium_types::{Peer, PeerId, PeerRole, Region, Store, StoreId, StoreState};
+use std::collections::BTreeMap;
+
+/// How stores' heartbeats are judged, and how many replicas are wanted.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Voters of the placement group once enough stores are up (3 or 5).
+    pub meta_voters: usize,
+    /// A store not heard from for this long is disconnected: nothing new goes there.
+    pub disconnect_ms: u64,
+    /// A store not heard from for this long is down: its replicas are replaced.
+    pub down_ms: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { meta_voters: 3, disconnect_ms: 5_000, down_ms: 30 * 60_000 }
+    }
+}
+
+/// When each store was last heard from (the placement leader's clock), and the time now.
+#[derive(Clone, Debug, Default)]
+pub struct Liveness {
+    /// Last heartbeat per store, in milliseconds.
+    pub last_heartbeat_ms: BTreeMap<StoreId, u64>,
+    /// Now, in the same clock.
+    pub now_ms: u64,
+}
+
+/// What a store is, for placing replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreStatus {
+    /// Heartbeating and accepting replicas.
+    Up,
+    /// Not heard from lately (or never, by this leader): left alone.
+    Disconnected,
+    /// Not heard from for `down_ms`: its replicas are replaced.
+    Down,
+    /// Being drained (`scandium ctl store remove`).
+    Offline,
+    /// Retired.
+    Tombstone,
+}
+
+impl StoreStatus {
+    /// kvproto-style name, as the PD HTTP API shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreStatus::Up => "Up",
+            StoreStatus::Disconnected => "Disconnected",
+            StoreStatus::Down => "Down",
+            StoreStatus::Offline => "Offline",
+            StoreStatus::Tombstone => "Tombstone",
+        }
+    }
+}
+
+/// The status of `store` given its heartbeats.
+pub fn store_status(store: &Store, live: &Liveness, config: &SchedulerConfig) -> StoreStatus {
+    match store.state() {
+        StoreState::Tombstone => return StoreStatus::Tombstone,
+        StoreState::Offline => return StoreStatus::Offline,
+        StoreState::Up => {}
+    }
+    match live.last_heartbeat_ms.get(&store.id) {
+        Some(&at) if live.now_ms.saturating_sub(at) <= config.disconnect_ms => StoreStatus::Up,
+        Some(&at) if live.now_ms.saturating_sub(at) > config.down_ms => StoreStatus::Down,
+        _ => StoreStatus::Disconnected,
+    }
+}
+
+/// What a Region's leader reports about its replication.
+#[derive(Clone, Debug, Default)]
+pub struct RegionHealth {
+    /// The leader's peer id.
+    pub leader: PeerId,
+    /// Peers that are behind (learners not caught up, lagging voters).
+    pub pending: Vec<PeerId>,
+}
+
+/// One step of a Region's membership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Add a learner on this store (the caller allocates its peer id).
+    AddLearner(StoreId),
+    /// Make these learners voters.
+    Promote(Vec<Peer>),
+    /// Remove this replica.
+    Remove(Peer),
+    /// Hand leadership to this voter first.
+    TransferLeader(Peer),
+}
+
+/// The next step for `region`, if any. `is_meta` selects the placement group's rules.
+pub fn decide(
+    state: &PlacementState,
+    live: &Liveness,
+    config: &SchedulerConfig,
+    region: &Region,
+    health: &RegionHealth,
+    is_meta: bool,
+) -> Option<Decision> {
+    if region
+        .peers
+        .iter()
+        .any(|p| matches!(p.role(), PeerRole::IncomingVoter | PeerRole::DemotingVoter))
+    {
+        return None; // a joint change is in progress; its leader leaves it by itself
+    }
+    let status = |store: StoreId| {
+        state.store(store).map_or(StoreStatus::Tombstone, |s| store_status(s, live, config))
+    };
+    let usable: Vec<&Store> = state.stores().filter(|s| status(s.id) == StoreStatus::Up).collect();
+    let bad = |p: &Peer| {
+        matches!(
+            status(p.store_id),
+            StoreStatus::Down | StoreStatus::Offline | StoreStatus::Tombstone
+        )
+    };
+    let target = if is_meta {
+        match usable.len() {
+            n if n >= 5 && config.meta_voters >= 5 => 5,
+            n if n >= 3 => 3,
+            _ => 1,
+        }
+    } else {
+        (state.replicas() as usize).min(usable.len()).max(1)
+    };
+    let good_voters: Vec<&Peer> = region.voters().filter(|p| !bad(p)).collect();
+    let good_learners: Vec<&Peer> =
+        region.peers.iter().filter(|p| p.is_learner() && !bad(p)).collect();
+    let caught_up: Vec<&Peer> = good_learners
+        .iter()
+        .copied()
+        .filter(|p| !health.pending.contains(&p.id) && status(p.store_id) == StoreStatus::Up)
+        .collect();
+
+    // 1. Promote learners that have caught up.
+    if good_voters.len() < target && !caught_up.is_empty() {
+        let wanted = target - good_voters.len();
+        let promoted = caught_up.iter().take(wanted).map(|p| Peer::new(p.id, p.store_id)).collect();
+        return Some(Decision::Promote(promoted));
+    }
+    // 2. Add a learner where one is missing.
+    let placed = good_voters.len() + good_learners.len();
+    let meta_missing = is_meta && usable.iter().any(|s| region.peer_on_store(s.id).is_none());
+    if placed < target || meta_missing {
+        if let Some(store) = pick_store(state, &usable, region) {
+            return Some(Decision::AddLearner(store));
+        }
+    }
+    // 3. Remove replicas on bad stores once the healthy voters suffice.
+    if let Some(victim) = region.peers.iter().find(|p| bad(p)) {
+        if victim.is_learner() || good_voters.len() >= target {
+            return Some(remove_or_move_leader(region, health, victim));
+        }
+    }
+    // 4. Surplus voters; learners of data Regions that nobody will promote.
+    if good_voters.len() > target {
+        let victim = good_voters
+            .iter()
+            .filter(|p| p.id != health.leader)
+            .max_by_key(|p| (replica_count(state, p.store_id), p.store_id))?;
+        return Some(Decision::Remove((*victim).clone()));
+    }
+    if !is_meta && good_voters.len() >= target {
+        if let Some(extra) = good_learners.first() {
+            return Some(Decision::Remove((*extra).clone()));
+        }
+    }
+    None
+}
+
+fn remove_or_move_leader(region: &Region, health: &RegionHealth, victim: &Peer) -> Decision {
+    if victim.id != health.leader {
+        return Decision::Remove(victim.clone());
+    }
+    let successor =
+        region.voters().find(|p| p.id != victim.id && !health.pending.contains(&p.id)).cloned();
+    match successor {
+        Some(next) => Decision::TransferLeader(next),
+        None => Decision::Remove(victim.clone()),
+    }
+}
+
+/// The usable store without a replica of `region` holding the fewest replicas (lowest id
+/// on ties).
+fn pick_store(state: &PlacementState, usable: &[&Store], region: &Region) -> Option<StoreId> {
+    usable
+        .iter()
+        .filter(|s| region.peer_on_store(s.id).is_none())
+        .min_by_key(|s| (replica_count(state, s.id), s.id))
+        .map(|s| s.id)
+}
+
+fn replica_count(state: &PlacementState, store: StoreId) -> usize {
+    state.regions().filter(|r| r.peer_on_store(store).is_some()).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, Kind};
+    use crate::state::KeyspaceMeta;
+    use scandium_storage::WriteBatch;
+
+    fn store(id: u64) -> Store {
+        Store { id, address: format!("127.0.0.1:{id}"), ..Default::default() }
+    }
+
+    fn cluster(stores: u64, region: Region) -> PlacementState {
+        let (mut state, _) = PlacementState::bootstrap(
+            1,
+            100,
+            store(1),
+            vec![region],
+            vec![KeyspaceMeta { id: 0, name: "DEFAULT".into(), state: 0, created_at: 0 }],
+        );
+        for id in 2..=stores {
+            let command = prost::Message::encode_to_vec(&Command::new(Kind::PutStore(store(id))));
+            state.apply(&command, &mut WriteBatch::new());
+        }
+        state
+    }
+
+    fn alive(stores: &[u64]) -> Liveness {
+        Liveness {
+            last_heartbeat_ms: stores.iter().map(|&s| (s, 1_000_000)).collect(),
+            now_ms: 1_000_000,
+        }
+    }
+
+    fn region(peers: Vec<Peer>) -> Region {
+        Region { id: 10, peers, ..Default::default() }
+    }
+
+    fn run(
+        state: &PlacementState,
+        live: &Liveness,
+        r: &Region,
+        pending: &[u64],
+    ) -> Option<Decision> {
+        let health = RegionHealth { leader: r.peers[0].id, pending: pending.to_vec() };
+        decide(state, live, &SchedulerConfig::default(), r, &health, false)
+    }
+
+    #[test]
+    fn one_replica_grows_to_three_through_learners() {
+        let r = region(vec![Peer::new(1, 1)]);
+        let state = cluster(3, r.clone());
+        let live = alive(&[1, 2, 3]);
+        assert_eq!(run(&state, &live, &r, &[]), Some(Decision::AddLearner(2)));
+        let r2 = region(vec![Peer::new(1, 1), Peer::learner(2, 2)]);
+        // The learner is not caught up yet: a second one is added meanwhile.
+        assert_eq!(run(&state, &live, &r2, &[2]), Some(Decision::AddLearner(3)));
+        let r3 = region(vec![Peer::new(1, 1), Peer::learner(2, 2), Peer::learner(3, 3)]);
+        assert_eq!(run(&state, &live, &r3, &[3]), Some(Decision::Promote(vec![Peer::new(2, 2)])));
+        assert_eq!(
+            run(&state, &live, &r3, &[]),
+            Some(Decision::Promote(vec![Peer::new(2, 2), Peer::new(3, 3)])),
+            "both at once: a joint change"
+        );
+        let full = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
+        assert_eq!(run(&state, &live, &full, &[]), None);
+    }
+
+    #[test]
+    fn fewer_stores_mean_fewer_voters() {
+        let r = region(vec![Peer::new(1, 1)]);
+        let state = cluster(1, r.clone());
+        assert_eq!(run(&state, &alive(&[1]), &r, &[]), None);
+        let state = cluster(2, r.clone());
+        assert_eq!(run(&state, &alive(&[1, 2]), &r, &[]), Some(Decision::AddLearner(2)));
+        // A store that never heartbeat gets nothing.
+        assert_eq!(run(&state, &alive(&[1]), &r, &[]), None);
+    }
+
+    #[test]
+    fn replicas_of_a_drained_store_are_replaced_then_removed() {
+        let full = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
+        let mut state = cluster(4, full.clone());
+        let command = prost::Message::encode_to_vec(&Command::new(Kind::SetStoreState(
+            crate::command::StoreStateChange { store_id: 3, state: StoreState::Offline as i32 },
+        )));
+        state.apply(&command, &mut WriteBatch::new());
+        let live = alive(&[1, 2, 3, 4]);
+        assert_eq!(run(&state, &live, &full, &[]), Some(Decision::AddLearner(4)));
+        let with_learner =
+            region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3), Peer::learner(4, 4)]);
+        assert_eq!(
+            run(&state, &live, &with_learner, &[]),
+            Some(Decision::Promote(vec![Peer::new(4, 4)]))
+        );
+        let four = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3), Peer::new(4, 4)]);
+        assert_eq!(run(&state, &live, &four, &[]), Some(Decision::Remove(Peer::new(3, 3))));
+        // If the drained store leads, leadership moves first.
+        let led_by_3 = RegionHealth { leader: 3, pending: vec![] };
+        let decision = decide(&state, &live, &SchedulerConfig::default(), &four, &led_by_3, false);
+        assert_eq!(decision, Some(Decision::TransferLeader(Peer::new(1, 1))));
+    }
+
+    #[test]
+    fn the_placement_group_has_three_voters_and_learners_elsewhere() {
+        let meta = region(vec![Peer::new(1, 1)]);
+        let state = cluster(4, meta.clone());
+        let live = alive(&[1, 2, 3, 4]);
+        let decide_meta = |r: &Region, pending: &[u64]| {
+            let health = RegionHealth { leader: 1, pending: pending.to_vec() };
+            decide(&state, &live, &SchedulerConfig::default(), r, &health, true)
+        };
+        assert_eq!(decide_meta(&meta, &[]), Some(Decision::AddLearner(2)));
+        let all = region(vec![
+            Peer::new(1, 1),
+            Peer::learner(2, 2),
+            Peer::learner(3, 3),
+            Peer::learner(4, 4),
+        ]);
+        assert_eq!(
+            decide_meta(&all, &[]),
+            Some(Decision::Promote(vec![Peer::new(2, 2), Peer::new(3, 3)]))
+        );
+        let three =
+            region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3), Peer::learner(4, 4)]);
+        assert_eq!(decide_meta(&three, &[]), None, "the fourth stays a learner");
+    }
+
+    #[test]
+    fn down_and_disconnected_stores() {
+        let config = SchedulerConfig { down_ms: 10_000, ..Default::default() };
+        let s = store(2);
+        let live = |at| Liveness { last_heartbeat_ms: [(2, at)].into(), now_ms: 20_000 };
+        assert_eq!(store_status(&s, &live(19_000), &config), StoreStatus::Up);
+        assert_eq!(store_status(&s, &live(12_000), &config), StoreStatus::Disconnected);
+        assert_eq!(store_status(&s, &live(5_000), &config), StoreStatus::Down);
+        assert_eq!(store_status(&s, &Liveness::default(), &config), StoreStatus::Disconnected);
+    }
+}
