@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 fn main() {
     let proto_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["metapb", "errorpb", "kvrpcpb", "tikvpb", "pdpb", "keyspacepb"]
+    let files = ["metapb", "errorpb", "kvrpcpb", "tikvpb", "pdpb", "keyspacepb", "scandium"]
         .map(|name| proto_dir.join(format!("{name}.proto")));
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());

@@ -129,21 +129,23 @@ pub fn decide(
     let status = |store: StoreId| {
         state.store(store).map_or(StoreStatus::Tombstone, |s| store_status(s, live, config))
     };
-    let usable: Vec<&Store> = state.stores().filter(|s| status(s.id) == StoreStatus::Up).collect();
-    let bad = |p: &Peer| {
-        matches!(
-            status(p.store_id),
-            StoreStatus::Down | StoreStatus::Offline | StoreStatus::Tombstone
-        )
+    let bad_store = |store: StoreId| {
+        matches!(status(store), StoreStatus::Down | StoreStatus::Offline | StoreStatus::Tombstone)
     };
+    let bad = |p: &Peer| bad_store(p.store_id);
+    // New replicas go only to stores heard from lately; but only stores known to be gone
+    // lower the number of replicas wanted (a store that missed a few heartbeats must not
+    // make the scheduler remove voters).
+    let usable: Vec<&Store> = state.stores().filter(|s| status(s.id) == StoreStatus::Up).collect();
+    let alive = state.stores().filter(|s| !bad_store(s.id)).count();
     let target = if is_meta {
-        match usable.len() {
+        match alive {
             n if n >= 5 && config.meta_voters >= 5 => 5,
             n if n >= 3 => 3,
             _ => 1,
         }
     } else {
-        (state.replicas() as usize).min(usable.len()).max(1)
+        (state.replicas() as usize).min(alive).max(1)
     };
     let good_voters: Vec<&Peer> = region.voters().filter(|p| !bad(p)).collect();
     let good_learners: Vec<&Peer> =
@@ -292,6 +294,19 @@ mod tests {
         assert_eq!(run(&state, &alive(&[1, 2]), &r, &[]), Some(Decision::AddLearner(2)));
         // A store that never heartbeat gets nothing.
         assert_eq!(run(&state, &alive(&[1]), &r, &[]), None);
+    }
+
+    #[test]
+    fn a_store_that_missed_heartbeats_costs_no_voter() {
+        let full = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
+        let state = cluster(3, full.clone());
+        // Store 3 is disconnected (not down): nothing changes.
+        assert_eq!(run(&state, &alive(&[1, 2]), &full, &[]), None);
+        assert_eq!(
+            run(&state, &Liveness::default(), &full, &[]),
+            None,
+            "a new leader knows nobody"
+        );
     }
 
     #[test]

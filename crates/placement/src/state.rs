@@ -137,6 +137,12 @@ impl PlacementState {
         (state, batch)
     }
 
+    /// Sets how many voters data Regions want, at bootstrap (later: `Kind::SetReplicas`).
+    pub fn set_replicas(&mut self, replicas: u64, batch: &mut WriteBatch) {
+        self.cluster.replicas = replicas;
+        self.write_cluster(batch);
+    }
+
     /// Loads the state from the engine; `None` if the node was never bootstrapped.
     pub fn load(engine: &EngineRef) -> Result<Option<PlacementState>, StorageError> {
         let snapshot = engine.snapshot();

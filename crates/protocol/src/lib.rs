@@ -30,3 +30,8 @@ pub mod pdpb {
 pub mod keyspacepb {
     tonic::include_proto!("keyspacepb");
 }
+/// Scandium's own node-to-node service (Raft transport, joining, forwarding to the
+/// placement leader); no TiKV client calls it.
+pub mod scandium {
+    tonic::include_proto!("scandium");
+}

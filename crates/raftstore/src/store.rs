@@ -800,6 +800,16 @@ impl Store {
         self.peers.get(&id).filter(|p| p.initialized).map(status_of)
     }
 
+    /// A consistent view of the engine as of the last round: every group's applied state.
+    pub fn engine_snapshot(&self) -> Box<dyn scandium_storage::Snapshot> {
+        self.engine.snapshot()
+    }
+
+    /// The applied index of a group's local replica.
+    pub fn applied_index(&self, id: u64) -> Option<u64> {
+        self.peers.get(&id).map(|p| p.raw.store().apply_state().applied_index)
+    }
+
     /// The leader's view of each peer's replication progress: `(peer id, matched index)`,
     /// and the leader's last index. `None` unless the local replica leads.
     pub fn progress(&self, id: u64) -> Option<(Vec<(u64, u64)>, u64)> {

@@ -15,8 +15,29 @@ pub struct Config {
     /// `HOST:PORT` the node listens on and advertises to clients. Port 0 picks a free port
     /// (the advertised address then carries the chosen port).
     pub addr: String,
+    /// Nodes of an existing cluster to join through (`HOST:PORT`), for a node whose data
+    /// directory is empty. Ignored once the node belongs to a cluster (it is checked to be
+    /// the same cluster, if reachable).
+    pub join: Vec<String>,
+    /// Voters each data Region should have, recorded when a new cluster is created
+    /// (fewer while fewer nodes exist).
+    pub replicas: u64,
+    /// Voters of the placement group once the cluster has enough nodes: 3 or 5.
+    pub meta_voters: usize,
     /// Milliseconds per Raft tick.
     pub raft_tick_ms: u64,
+    /// Ticks without a leader before a follower campaigns (the shortest election
+    /// timeout); the leader's lease is two ticks shorter.
+    pub election_ticks: usize,
+    /// Longest randomised election timeout, in ticks (exclusive).
+    pub max_election_ticks: usize,
+    /// Milliseconds between a node's heartbeats to the placement leader.
+    pub heartbeat_interval_ms: u64,
+    /// Seconds without a heartbeat after which a store counts as down and its replicas
+    /// are re-created elsewhere.
+    pub store_down_secs: u64,
+    /// Largest snapshot a node accepts, in bytes (held in memory until installed).
+    pub max_snapshot_bytes: u64,
     /// Largest Raft entry (one write command), in bytes.
     pub max_raft_entry_bytes: u64,
     /// Largest gRPC message accepted or sent, in bytes.
@@ -44,7 +65,15 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("scandium-data"),
             addr: "127.0.0.1:2379".into(),
-            raft_tick_ms: 100,
+            join: Vec::new(),
+            replicas: 3,
+            meta_voters: 3,
+            raft_tick_ms: 50,
+            election_ticks: 10,
+            max_election_ticks: 16,
+            heartbeat_interval_ms: 1000,
+            store_down_secs: 1800,
+            max_snapshot_bytes: 1 << 30,
             max_raft_entry_bytes: 8 << 20,
             max_grpc_message_bytes: 10 << 20,
             max_response_bytes: 4 << 20,
@@ -134,8 +163,35 @@ impl Config {
         if !matches!(port, Some(Ok(_))) {
             return Err(invalid("addr", format!("must be HOST:PORT, not {:?}", self.addr)));
         }
+        for address in &self.join {
+            let port = address.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+            if !matches!(port, Some(Ok(_))) {
+                return Err(invalid(
+                    "join",
+                    format!("must list HOST:PORT addresses, not {address:?}"),
+                ));
+            }
+        }
         let grpc = self.max_grpc_message_bytes as u64;
+        in_range("replicas", self.replicas, 1, 7)?;
+        if ![3, 5].contains(&self.meta_voters) {
+            return Err(invalid(
+                "meta_voters",
+                format!("must be 3 or 5, not {}", self.meta_voters),
+            ));
+        }
         in_range("raft_tick_ms", self.raft_tick_ms, 1, 10_000)?;
+        in_range("election_ticks", self.election_ticks as u64, 5, 1_000)?;
+        in_range(
+            "max_election_ticks",
+            self.max_election_ticks as u64,
+            self.election_ticks as u64 + 1,
+            10_000,
+        )
+        .map_err(|e| e.because("it must exceed election_ticks"))?;
+        in_range("heartbeat_interval_ms", self.heartbeat_interval_ms, 10, 60_000)?;
+        in_range("store_down_secs", self.store_down_secs, 1, 30 * DAY_SECS)?;
+        in_range("max_snapshot_bytes", self.max_snapshot_bytes, MIB, 1 << 40)?;
         in_range("max_raft_entry_bytes", self.max_raft_entry_bytes, MIB, 256 * MIB)?;
         in_range("max_grpc_message_bytes", grpc, self.max_raft_entry_bytes, GIB)
             .map_err(|e| e.because("it must hold the largest Raft entry"))?;
@@ -169,7 +225,7 @@ mod tests {
         let config = Config::from_file(&path).unwrap();
         assert_eq!(config.addr, "127.0.0.1:3000");
         assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
-        assert_eq!(config.raft_tick_ms, 100);
+        assert_eq!(config.raft_tick_ms, 50);
         config.validate().unwrap();
     }
 
@@ -189,6 +245,14 @@ mod tests {
             ("data_dir", |c| c.data_dir = PathBuf::new()),
             ("addr", |c| c.addr = "localhost".into()),
             ("addr", |c| c.addr = "127.0.0.1:99999".into()),
+            ("join", |c| c.join = vec!["nowhere".into()]),
+            ("replicas", |c| c.replicas = 0),
+            ("meta_voters", |c| c.meta_voters = 4),
+            ("election_ticks", |c| c.election_ticks = 2),
+            ("max_election_ticks", |c| c.max_election_ticks = 10),
+            ("heartbeat_interval_ms", |c| c.heartbeat_interval_ms = 0),
+            ("store_down_secs", |c| c.store_down_secs = 0),
+            ("max_snapshot_bytes", |c| c.max_snapshot_bytes = 10),
             ("raft_tick_ms", |c| c.raft_tick_ms = 0),
             ("raft_tick_ms", |c| c.raft_tick_ms = 10_001),
             ("max_raft_entry_bytes", |c| c.max_raft_entry_bytes = 1000),

@@ -3,15 +3,22 @@
 
 use crate::config::Config;
 use crate::error::{store_not_match, RequestError};
+use crate::heartbeat::Coordinator;
+use crate::network::{Clients, Directory, Links};
 use crate::placement::Placement;
 use crate::raft_driver::RaftHandle;
+use crate::replica::MaxTsSync;
+use crate::transport::Transport;
 use scandium_protocol::kvrpcpb;
+use scandium_protocol::scandium::{RegionDigest, StoreLiveness};
 use scandium_raftstore::{RaftstoreError, RegionStatus, Registry};
 use scandium_storage::EngineRef;
 use scandium_txn::{ConcurrencyManager, Latches};
 use scandium_types::keyspace::{ApiVersion, PREFIX_LEN};
 use scandium_types::{Region, StoreId, MAX_KEY_SIZE};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use tokio::sync::Notify;
 
 /// Everything a request handler needs, shared by all of them.
 pub struct NodeContext {
@@ -39,6 +46,26 @@ pub struct NodeContext {
     pub lock_index: Arc<scandium_txn::LockIndex>,
     /// Recently written keys' newest records (see `scandium_txn::NewestCache`).
     pub newest: Arc<scandium_txn::NewestCache>,
+    /// The cluster this node belongs to.
+    pub cluster_id: u64,
+    /// Where other stores are.
+    pub directory: Arc<Directory>,
+    /// Channels to other nodes.
+    pub clients: Arc<Clients>,
+    /// Links to other nodes (tests cut them).
+    pub links: Arc<Links>,
+    /// Raft messages to other nodes.
+    pub transport: Transport,
+    /// The placement leader's view of stores and operators (used while this node leads
+    /// the placement group).
+    pub coordinator: Coordinator,
+    /// Notified to send a heartbeat now (leadership or Region changed here).
+    pub heartbeat_now: Notify,
+    /// Regions whose `max_ts` is synchronised since they gained leadership here.
+    pub max_ts_sync: MaxTsSync,
+    /// Messages and requests refused: from another cluster, for another store,
+    /// malformed, or dropped because the Raft thread was saturated.
+    pub refused: AtomicU64,
 }
 
 /// The key space a request addresses; API V2 keys must carry its mode byte.
@@ -56,6 +83,10 @@ pub struct Checked {
     pub region: Region,
     /// The API version the request was made with.
     pub api_version: ApiVersion,
+    /// The local leader's term.
+    pub term: u64,
+    /// Whether the leader's lease covers reads right now.
+    pub lease_valid: bool,
 }
 
 impl NodeContext {
@@ -86,11 +117,106 @@ impl NodeContext {
         if !matches {
             return Err(RaftstoreError::EpochNotMatch { current: vec![status.region] }.into());
         }
-        let RegionStatus { region, leader, ready_for_reads, .. } = status;
+        let lease_valid = status.lease_valid(crate::clock::monotonic_ms());
+        let RegionStatus { region, leader, ready_for_reads, term, .. } = status;
         if !ready_for_reads {
             return Err(RaftstoreError::NotLeader { region_id: region.id, leader }.into());
         }
-        Ok(Checked { region, api_version })
+        Ok(Checked { region, api_version, term, lease_valid })
+    }
+
+    /// [`NodeContext::check_context`] for a read: it must also be linearizable, so unless
+    /// the leader's lease covers it, the leader first confirms with a quorum that it still
+    /// leads (a ReadIndex round, which renews the lease). A partitioned or paused old
+    /// leader thus never answers from stale state.
+    pub async fn check_read_context(
+        &self,
+        context: Option<&kvrpcpb::Context>,
+    ) -> Result<Checked, RequestError> {
+        let mut checked = self.check_context(context)?;
+        if !checked.lease_valid {
+            self.raft.read_index(checked.region.id).await?;
+            checked.lease_valid = true;
+        }
+        Ok(checked)
+    }
+
+    /// Makes sure reads of `status`'s Region here are linearizable now (lease or ReadIndex).
+    pub async fn ensure_read_lease(&self, status: &RegionStatus) -> Result<(), RequestError> {
+        if !status.ready_for_reads {
+            let leader = status.leader.clone();
+            return Err(RaftstoreError::NotLeader { region_id: status.region.id, leader }.into());
+        }
+        if !status.lease_valid(crate::clock::monotonic_ms()) {
+            self.raft.read_index(status.region.id).await?;
+        }
+        Ok(())
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// What this node, as placement leader, knows of each store's heartbeats.
+    pub fn store_liveness(&self) -> Vec<StoreLiveness> {
+        let live = self.coordinator.liveness();
+        self.placement
+            .read()
+            .stores()
+            .map(|store| {
+                let status = scandium_placement::scheduler::store_status(
+                    store,
+                    &live,
+                    self.coordinator.config(),
+                );
+                StoreLiveness {
+                    store_id: store.id,
+                    last_heartbeat_ms_ago: live
+                        .last_heartbeat_ms
+                        .get(&store.id)
+                        .map_or(-1, |at| live.now_ms.saturating_sub(*at) as i64),
+                    status: status.name().to_string(),
+                }
+            })
+            .collect()
+    }
+
+    /// A digest of every data column family of each Region held here, with the index it
+    /// was taken at (replicas of a Region at the same index must agree).
+    pub async fn region_digests(&self) -> Result<Vec<RegionDigest>, RequestError> {
+        let taken = self
+            .raft
+            .with_store(|store| {
+                let snapshot = store.engine_snapshot();
+                let regions: Vec<(RegionStatus, u64)> = store
+                    .group_ids()
+                    .into_iter()
+                    .filter(|id| *id != scandium_raftstore::META_GROUP_ID)
+                    .filter_map(|id| store.status(id).zip(store.applied_index(id)))
+                    .collect();
+                (snapshot, regions)
+            })
+            .await?;
+        let (snapshot, regions) = taken;
+        tokio::task::spawn_blocking(move || {
+            regions
+                .into_iter()
+                .map(|(status, applied_index)| {
+                    let digests =
+                        scandium_raftstore::snapshot::digests(&status.region, &*snapshot)?;
+                    Ok(RegionDigest {
+                        region_id: status.region.id,
+                        applied_index,
+                        is_leader: status.leader.as_ref().is_some_and(|l| l.id == status.peer.id),
+                        digests,
+                    })
+                })
+                .collect::<Result<Vec<_>, scandium_storage::StorageError>>()
+        })
+        .await
+        .map_err(|e| RequestError::Internal(e.to_string()))?
+        .map_err(RequestError::from)
     }
 
     /// Checks one key of a request: size, API V2 prefix, and that it lies in the Region.

@@ -86,6 +86,12 @@ impl From<RawError> for RequestError {
     }
 }
 
+impl From<scandium_txn::TxnError> for RequestError {
+    fn from(e: scandium_txn::TxnError) -> RequestError {
+        RequestError::Internal(e.to_string())
+    }
+}
+
 impl From<scandium_storage::StorageError> for RequestError {
     fn from(e: scandium_storage::StorageError) -> RequestError {
         RequestError::Internal(e.to_string())

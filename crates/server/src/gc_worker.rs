@@ -9,7 +9,7 @@
 use crate::clock::now_ms;
 use crate::context::NodeContext;
 use crate::txn::TxnResult;
-use scandium_txn::actions::cleanup::{self, CheckTxnStatus, TxnStatus};
+use scandium_txn::actions::cleanup::{CheckTxnStatus, TxnStatus};
 use scandium_txn::mvcc::{Lock, MvccReader};
 use scandium_types::{Region, TimeStamp};
 use std::sync::Arc;
@@ -88,13 +88,7 @@ async fn fate(node: &NodeContext, lock: &Lock, now: TimeStamp) -> TxnResult<Opti
         verify_is_primary: true,
         ..Default::default()
     };
-    let primary_region = node.region_of(&lock.primary)?;
-    let keys = [lock.primary.clone()];
-    let status = node
-        .write_txn_keys(&primary_region, &keys, |reader, txn| {
-            Ok(cleanup::check_txn_status(reader, txn, &node.concurrency, &request)?.0)
-        })
-        .await?;
+    let status = node.check_txn_status_anywhere(request).await?;
     match status {
         TxnStatus::Committed(ts) => Ok(Some(ts)),
         TxnStatus::RolledBack => Ok(Some(TimeStamp::ZERO)),

@@ -89,6 +89,15 @@ impl LockWaits {
         }
     }
 
+    /// Wakes every waiter (this node lost leadership of some Region: waiters re-check
+    /// and answer `NotLeader` rather than wait for a lock release that will not come here).
+    pub fn wake_all(&self) {
+        let mut inner = self.lock();
+        for (_, notify) in inner.keys.drain() {
+            notify.notify_waiters();
+        }
+    }
+
     /// Whether `txn` is waiting for a lock now; lets tests and diagnostics observe a wait
     /// instead of guessing when it began.
     pub fn is_waiting(&self, txn: TimeStamp) -> bool {

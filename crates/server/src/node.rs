@@ -5,21 +5,30 @@ use crate::clock::now_ms;
 use crate::config::{Config, ConfigError};
 use crate::context::NodeContext;
 use crate::grpc::{keyspace::KeyspaceService, pd::PdService, tikv::TikvService};
-use crate::placement::{MetaApplier, Placement};
-use crate::raft_driver::RaftDriver;
+use crate::heartbeat::Coordinator;
+use crate::network::{Clients, Directory, Links};
+use crate::placement::{MetaApplier, Placement, PlacementNetwork};
+use crate::raft_driver::{Outputs, RaftDriver};
+use crate::replica::{MaxTsSync, ReplicaObserver};
+use crate::transport::{Transport, TransportConfig};
 use prost::Message as _;
+use scandium_placement::scheduler::SchedulerConfig;
 use scandium_placement::Kind;
 use scandium_placement::{KeyspaceMeta, PlacementState};
 use scandium_protocol::keyspacepb::keyspace_server::KeyspaceServer;
 use scandium_protocol::pdpb::pd_server::PdServer;
+use scandium_protocol::scandium::cluster_server::ClusterServer;
+use scandium_protocol::scandium::{InfoRequest, JoinRequest};
 use scandium_protocol::tikvpb::tikv_server::TikvServer;
 use scandium_raftstore::bootstrap::write_initial_group;
 use scandium_raftstore::{RaftConfig, Registry, Store, META_GROUP_ID};
 use scandium_storage::{Cf, EngineRef, FjallEngine, FjallOptions, WriteBatch};
 use scandium_txn::{ConcurrencyManager, Latches};
 use scandium_types::keyspace::{keyspace_edges, DEFAULT_KEYSPACE_ID, DEFAULT_KEYSPACE_NAME};
+use scandium_types::TimeStamp;
 use scandium_types::{Peer, Region, Store as StoreMeta, StoreState};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -83,7 +92,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts a node. Returns once it serves requests.
+    /// Starts a node: bootstraps a new cluster, joins one (`config.join`), or resumes the
+    /// one its data directory belongs to. Returns once it serves requests.
     pub async fn start(config: Config) -> Result<Node, NodeError> {
         config.validate()?;
         let started = Instant::now();
@@ -94,21 +104,44 @@ impl Node {
             .map_err(|source| NodeError::Listen { addr: config.addr.clone(), source })?;
         let advertise_addr = advertised(&config.addr, local_addr);
         let engine = open_engine(&config)?;
-        let ident = load_or_bootstrap(&engine, &config)?;
-        let state = PlacementState::load(&engine)
-            .map_err(|e| data_dir_error(&config, e))?
-            .ok_or_else(|| data_dir_error(&config, "placement state is missing"))?;
-        if state.cluster_id() != ident.cluster_id {
-            return Err(data_dir_error(
-                &config,
-                "store and placement belong to different clusters",
-            ));
-        }
+        let links = Arc::new(Links::default());
+        let clients = Arc::new(Clients::new(links.clone()));
+        let ident = match load_ident(&engine, &config)? {
+            Some(ident) => {
+                if !config.join.is_empty() {
+                    check_same_cluster(&config, &clients, ident.cluster_id).await?;
+                }
+                ident
+            }
+            None if config.join.is_empty() => bootstrap(&engine, &config, &advertise_addr)?,
+            None => join(&engine, &config, &clients, &advertise_addr).await?,
+        };
+        let state = match PlacementState::load(&engine).map_err(|e| data_dir_error(&config, e))? {
+            Some(state) if state.cluster_id() != ident.cluster_id => {
+                return Err(data_dir_error(
+                    &config,
+                    "store and placement belong to different clusters",
+                ))
+            }
+            Some(state) => state,
+            // Joined, and the placement group's snapshot has not arrived yet.
+            None => PlacementState::empty(ident.cluster_id),
+        };
         let state = Arc::new(RwLock::new(state));
         let registry = Registry::new();
-        let raft_config =
-            RaftConfig { max_entry_bytes: config.max_raft_entry_bytes, ..RaftConfig::default() };
-        let store = Store::open(
+        // Before the Raft thread applies anything: the index then follows every apply.
+        let lock_index = Arc::new(
+            scandium_txn::LockIndex::load(&engine).map_err(|e| data_dir_error(&config, e))?,
+        );
+        let newest = Arc::new(scandium_txn::NewestCache::new(config.newest_cache_bytes));
+        let raft_config = RaftConfig {
+            tick_ms: config.raft_tick_ms,
+            election_ticks: config.election_ticks,
+            max_election_ticks: config.max_election_ticks,
+            max_entry_bytes: config.max_raft_entry_bytes,
+            ..RaftConfig::default()
+        };
+        let mut store = Store::open(
             ident.store_id,
             engine.clone(),
             raft_config,
@@ -116,23 +149,47 @@ impl Node {
             registry.clone(),
         )
         .map_err(|e| data_dir_error(&config, e))?;
-        let (driver, raft) = RaftDriver::start(store, config.raft_tick())
+        store.set_observer(Box::new(ReplicaObserver::new(
+            engine.clone(),
+            lock_index.clone(),
+            newest.clone(),
+        )));
+        let directory = Arc::new(Directory::new(state.clone()));
+        let transport = Transport::new(
+            TransportConfig {
+                cluster_id: ident.cluster_id,
+                store_id: ident.store_id,
+                address: advertise_addr.clone(),
+            },
+            directory.clone(),
+            clients.clone(),
+            links.clone(),
+            store.snapshot_sources(),
+        );
+        let (events, event_receiver) = tokio::sync::mpsc::unbounded_channel();
+        let outputs = Outputs { transport: transport.clone(), events };
+        let (driver, raft) = RaftDriver::start(store, config.raft_tick(), outputs)
             .map_err(|e| NodeError::NotReady(format!("cannot start the raft thread: {e}")))?;
-        wait_until_ready(&registry).await?;
-        ensure_latest_index(&engine, &config)?;
-
-        let placement = Arc::new(Placement::new(state, raft.clone(), registry.clone()));
-        // Reads before a restart used timestamps below the oracle's current value; starting
-        // max_ts there keeps async-commit transactions above them.
-        let now = placement.timestamp(1).await.map_err(|e| NodeError::NotReady(e.to_string()))?;
+        transport.set_raft(raft.clone());
+        let network = PlacementNetwork {
+            store_id: ident.store_id,
+            address: advertise_addr.clone(),
+            directory: directory.clone(),
+            clients: clients.clone(),
+            seeds: config.join.clone(),
+        };
+        let placement = Arc::new(Placement::new(state, raft.clone(), registry.clone(), network));
+        let scheduler = SchedulerConfig {
+            meta_voters: config.meta_voters,
+            disconnect_ms: (5 * config.heartbeat_interval_ms).max(2_000),
+            down_ms: config.store_down_secs * 1000,
+        };
         let context = Arc::new(NodeContext {
             latches: Latches::new(config.latch_slots),
-            concurrency: Arc::new(ConcurrencyManager::new(now)),
+            concurrency: Arc::new(ConcurrencyManager::new(TimeStamp::ZERO)),
             lock_waits: crate::lock_wait::LockWaits::default(),
-            lock_index: Arc::new(
-                scandium_txn::LockIndex::load(&engine).map_err(|e| data_dir_error(&config, e))?,
-            ),
-            newest: Arc::new(scandium_txn::NewestCache::new(config.newest_cache_bytes)),
+            lock_index,
+            newest,
             config,
             store_id: ident.store_id,
             advertise_addr,
@@ -140,13 +197,54 @@ impl Node {
             registry,
             raft,
             placement,
+            cluster_id: ident.cluster_id,
+            directory,
+            clients,
+            links,
+            transport,
+            coordinator: Coordinator::new(scheduler),
+            heartbeat_now: tokio::sync::Notify::new(),
+            max_ts_sync: MaxTsSync::default(),
+            refused: AtomicU64::new(0),
         });
-        register(&context).await?;
+        // Serve at once: other nodes' Raft messages (the placement group's snapshot for a
+        // node that just joined) are what makes this one ready.
         let (shutdown, server) = serve(context.clone(), listener)?;
+        let events = tokio::spawn(crate::replica::on_events(context.clone(), event_receiver));
+        let heartbeat_interval = Duration::from_millis(context.config.heartbeat_interval_ms);
+        let heartbeats = tokio::spawn(crate::heartbeat::run(context.clone(), heartbeat_interval));
+        let mut background = vec![events, heartbeats];
+        if let Err(error) = wait_until_ready(&context).await {
+            for task in &background {
+                task.abort();
+            }
+            let _ = shutdown.send(());
+            driver.stop(&context.raft);
+            let _ = tokio::task::spawn_blocking(move || driver.join()).await;
+            return Err(error);
+        }
+        ensure_latest_index(&context.engine, &context.config)?;
+        // Reads before a restart used timestamps below the oracle's current value; starting
+        // max_ts there keeps async-commit transactions above them (each Region led here
+        // also takes one when it gains leadership).
+        if let Ok(Ok(now)) =
+            tokio::time::timeout(Duration::from_secs(5), context.placement.timestamp(1)).await
+        {
+            context.concurrency.update_max_ts(now);
+        }
+        // Record this node's (possibly new) address before serving, if the placement leader
+        // answers soon; otherwise keep trying in the background.
+        let (registered, done) = oneshot::channel();
+        let registering = context.clone();
+        background.push(tokio::spawn(async move {
+            register(registering).await;
+            let _ = registered.send(());
+        }));
+        let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
         let interval = Duration::from_secs(context.config.ttl_sweep_interval_secs);
-        let sweeper = tokio::spawn(crate::ttl::run(context.clone(), interval));
+        background.push(tokio::spawn(crate::ttl::run(context.clone(), interval)));
         let gc_interval = Duration::from_secs(context.config.gc_interval_secs);
-        let gc_worker = tokio::spawn(crate::gc_worker::run(context.clone(), gc_interval));
+        background.push(tokio::spawn(crate::gc_worker::run(context.clone(), gc_interval)));
         tracing::info!(
             addr = %context.advertise_addr,
             store_id = context.store_id,
@@ -160,7 +258,7 @@ impl Node {
             driver: Some(driver),
             shutdown: Some(shutdown),
             server: Some(server),
-            background: vec![sweeper, gc_worker],
+            background,
         })
     }
 
@@ -182,6 +280,48 @@ impl Node {
     /// Stops serving, stops the Raft thread and closes storage.
     pub async fn stop(mut self) {
         self.shutdown_now().await;
+    }
+
+    /// Stops the node like [`Node::stop`], but first hands leadership of every group it
+    /// leads to another voter (bounded: a few seconds), so clients see no election.
+    pub async fn stop_gracefully(mut self) {
+        self.transfer_leaders_away(Duration::from_secs(3)).await;
+        self.shutdown_now().await;
+    }
+
+    async fn transfer_leaders_away(&self, within: Duration) {
+        let node = &self.context;
+        let mut led: Vec<scandium_raftstore::RegionStatus> =
+            node.registry.all().into_iter().filter(|s| s.ready_for_reads).collect();
+        led.extend(node.registry.meta().status.filter(|s| s.ready_for_reads));
+        let mut moving = Vec::new();
+        for status in led {
+            let target = status.region.voters().find(|p| p.store_id != node.store_id).cloned();
+            let Some(target) = target else { continue };
+            let (region, peer) = (status.region.id, target.id);
+            let moved =
+                node.raft.with_store(move |store| store.transfer_leader(region, peer)).await;
+            if matches!(moved, Ok(Ok(()))) {
+                moving.push(region);
+            }
+        }
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let still = moving.iter().any(|&id| {
+                if id == META_GROUP_ID {
+                    node.registry.meta().is_leader
+                } else {
+                    node.registry.get(id).is_some_and(|s| s.ready_for_reads)
+                }
+            });
+            if !still {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !moving.is_empty() {
+            tracing::info!(groups = moving.len(), "handed leadership away before stopping");
+        }
     }
 
     async fn shutdown_now(&mut self) {
@@ -231,14 +371,32 @@ fn open_engine(config: &Config) -> Result<EngineRef, NodeError> {
     Ok(Arc::new(engine))
 }
 
-/// Loads the node's identity, or creates a new single-node cluster: the placement state,
-/// the placement group and one Region per keyspace edge, written in one synced batch.
-fn load_or_bootstrap(engine: &EngineRef, config: &Config) -> Result<StoreIdent, NodeError> {
-    if let Some(bytes) =
+/// The node's identity, if its data directory belongs to a cluster.
+fn load_ident(engine: &EngineRef, config: &Config) -> Result<Option<StoreIdent>, NodeError> {
+    let Some(bytes) =
         engine.get(Cf::RaftState, IDENT_KEY).map_err(|e| data_dir_error(config, e))?
-    {
-        return StoreIdent::decode(bytes.as_slice()).map_err(|e| data_dir_error(config, e));
-    }
+    else {
+        return Ok(None);
+    };
+    StoreIdent::decode(bytes.as_slice()).map(Some).map_err(|e| data_dir_error(config, e))
+}
+
+/// Writes the node's identity (and, the directory being new, the marker that its Latest CF
+/// is complete), synced.
+fn write_ident(
+    engine: &EngineRef,
+    config: &Config,
+    ident: &StoreIdent,
+    mut batch: WriteBatch,
+) -> Result<(), NodeError> {
+    batch.put(Cf::RaftState, IDENT_KEY.to_vec(), ident.encode_to_vec());
+    batch.put(Cf::RaftState, LATEST_INDEX_KEY.to_vec(), vec![1]);
+    engine.write(batch).and_then(|()| engine.sync()).map_err(|e| data_dir_error(config, e))
+}
+
+/// Creates a new single-node cluster: the placement state, the placement group and one
+/// Region per keyspace edge, written in one synced batch.
+fn bootstrap(engine: &EngineRef, config: &Config, address: &str) -> Result<StoreIdent, NodeError> {
     let cluster_id = loop {
         let id: u64 = rand::random();
         if id != 0 {
@@ -269,7 +427,7 @@ fn load_or_bootstrap(engine: &EngineRef, config: &Config) -> Result<StoreIdent, 
         .collect();
     let store = StoreMeta {
         id: 1,
-        address: config.addr.clone(),
+        address: address.to_string(),
         state: StoreState::Up as i32,
         ..Default::default()
     };
@@ -279,18 +437,97 @@ fn load_or_bootstrap(engine: &EngineRef, config: &Config) -> Result<StoreIdent, 
         state: 0,
         created_at: (now_ms() / 1000) as i64,
     };
-    let (_, mut batch) =
+    let (mut state, mut batch) =
         PlacementState::bootstrap(cluster_id, next_id, store, regions.clone(), vec![keyspace]);
+    state.set_replicas(config.replicas, &mut batch);
     write_initial_group(&mut batch, &meta);
     for region in &regions {
         write_initial_group(&mut batch, region);
     }
-    let mut ident_batch = WriteBatch::new();
-    ident_batch.put(Cf::RaftState, IDENT_KEY.to_vec(), ident.encode_to_vec());
-    batch.extend(ident_batch);
-    engine.write(batch).and_then(|()| engine.sync()).map_err(|e| data_dir_error(config, e))?;
+    write_ident(engine, config, &ident, batch)?;
     tracing::info!(cluster_id, regions = regions.len(), "bootstrapped a new cluster");
     Ok(ident)
+}
+
+/// Joins the cluster of one of `config.join`'s nodes: gets a store id from its placement
+/// leader and records it. Retries with backoff, saying so, until one answers.
+async fn join(
+    engine: &EngineRef,
+    config: &Config,
+    clients: &Clients,
+    address: &str,
+) -> Result<StoreIdent, NodeError> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut failures = Vec::new();
+        for seed in &config.join {
+            let request = JoinRequest {
+                cluster_id: 0,
+                address: address.to_string(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            };
+            let answer = match clients.cluster(seed) {
+                Ok(mut client) => {
+                    match tokio::time::timeout(Duration::from_secs(5), client.join(request)).await {
+                        Ok(Ok(answer)) => Ok(answer.into_inner()),
+                        Ok(Err(status)) => Err(status.message().to_string()),
+                        Err(_) => Err("timed out".to_string()),
+                    }
+                }
+                Err(error) => Err(error),
+            };
+            match answer {
+                Ok(answer) if answer.error.is_empty() && answer.store_id != 0 => {
+                    let ident =
+                        StoreIdent { cluster_id: answer.cluster_id, store_id: answer.store_id };
+                    write_ident(engine, config, &ident, WriteBatch::new())?;
+                    tracing::info!(
+                        cluster_id = ident.cluster_id,
+                        store_id = ident.store_id,
+                        through = %seed,
+                        "joined the cluster"
+                    );
+                    return Ok(ident);
+                }
+                Ok(answer) => failures.push(format!("{seed}: {}", answer.error)),
+                Err(error) => failures.push(format!("{seed}: {error}")),
+            }
+        }
+        tracing::warn!(
+            "cannot join the cluster yet ({}); retrying in {} ms",
+            failures.join("; "),
+            backoff.as_millis()
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A node that belongs to a cluster was pointed at `config.join`: refuse to start if those
+/// nodes belong to another cluster (best effort: unreachable nodes prove nothing).
+async fn check_same_cluster(
+    config: &Config,
+    clients: &Clients,
+    ours: u64,
+) -> Result<(), NodeError> {
+    for seed in &config.join {
+        let Ok(mut client) = clients.cluster(seed) else { continue };
+        let info = tokio::time::timeout(Duration::from_secs(2), client.info(InfoRequest {})).await;
+        if let Ok(Ok(info)) = info {
+            let theirs = info.into_inner().cluster_id;
+            if theirs != ours && theirs != 0 {
+                return Err(data_dir_error(
+                    config,
+                    format!(
+                        "this data directory belongs to cluster {ours}, but {seed} belongs to \
+                         cluster {theirs}; use an empty data directory to join that cluster"
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// Builds the Latest CF from the Write CF if this data directory predates it. Runs once
@@ -313,27 +550,54 @@ fn ensure_latest_index(engine: &EngineRef, config: &Config) -> Result<(), NodeEr
     Ok(())
 }
 
-async fn wait_until_ready(registry: &Registry) -> Result<(), NodeError> {
+/// Waits until the node can serve: a single-node cluster once every group here leads; a
+/// node of a larger cluster once it holds the placement state and knows a placement
+/// leader. A node whose peers are down still starts after `READY_TIMEOUT` (it serves what
+/// it can, and says so).
+async fn wait_until_ready(node: &NodeContext) -> Result<(), NodeError> {
     let deadline = Instant::now() + READY_TIMEOUT;
+    let mut warned = false;
     loop {
-        let regions = registry.all();
-        if registry.meta().ready_for_reads
-            && !regions.is_empty()
-            && regions.iter().all(|s| s.ready_for_reads)
-        {
+        let meta = node.registry.meta();
+        let sole = meta.status.as_ref().is_some_and(|s| s.region.voters().count() == 1);
+        if sole {
+            let regions = node.registry.all();
+            if meta.ready_for_reads && regions.iter().all(|s| s.ready_for_reads) {
+                return Ok(());
+            }
+        } else if node.placement.has_state() && node.placement.leader_address().is_some() {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(NodeError::NotReady("raft groups did not elect a leader in time".into()));
+            if !node.placement.has_state() {
+                if !warned {
+                    tracing::warn!(
+                        "still waiting for the placement group's data from the cluster; \
+                         is its placement leader reachable?"
+                    );
+                    warned = true;
+                }
+            } else if sole {
+                return Err(NodeError::NotReady(
+                    "raft groups did not elect a leader in time".into(),
+                ));
+            } else {
+                tracing::warn!(
+                    "no placement leader after {}s: serving what this node can (a majority of \
+                     the placement group may be down)",
+                    READY_TIMEOUT.as_secs()
+                );
+                return Ok(());
+            }
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
-/// Records this store's address and version, and makes placement's view of the local
-/// Regions at least as new as the Regions themselves (a crash may have come between a
-/// split and its report).
-async fn register(node: &NodeContext) -> Result<(), NodeError> {
+/// Records this store's address and version, and makes placement's view of the Regions
+/// led here at least as new as the Regions themselves (a crash may have come between a
+/// split and its report). Retries until the placement leader answers.
+async fn register(node: Arc<NodeContext>) {
     let store = StoreMeta {
         id: node.store_id,
         address: node.advertise_addr.clone(),
@@ -341,21 +605,40 @@ async fn register(node: &NodeContext) -> Result<(), NodeError> {
         version: env!("CARGO_PKG_VERSION").into(),
         start_timestamp: (now_ms() / 1000) as i64,
     };
-    let not_ready = |e: crate::error::RequestError| NodeError::NotReady(e.to_string());
-    node.placement.propose(Kind::PutStore(store)).await.map_err(not_ready)?;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match node.placement.propose(Kind::PutStore(store.clone())).await {
+            Ok(_) => break,
+            Err(error) if error.to_string().contains("removed from the cluster") => {
+                tracing::error!(
+                    store_id = node.store_id,
+                    "this store was removed from the cluster (tombstone); it serves nothing. \
+                     Start a node with an empty data directory to add capacity."
+                );
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot record this store yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
     let unknown: Vec<_> = {
         let placement = node.placement.read();
         node.registry
             .all()
             .into_iter()
+            .filter(|status| status.ready_for_reads)
             .map(|status| status.region)
             .filter(|region| placement.region(region.id).map(|r| r.epoch()) != Some(region.epoch()))
             .collect()
     };
     if !unknown.is_empty() {
-        node.placement.put_regions(unknown).await.map_err(not_ready)?;
+        if let Err(error) = node.placement.put_regions(unknown).await {
+            tracing::warn!(%error, "could not report this node's Regions");
+        }
     }
-    Ok(())
 }
 
 type ServeResult = Result<(oneshot::Sender<()>, JoinHandle<()>), NodeError>;
@@ -369,9 +652,13 @@ fn serve(node: Arc<NodeContext>, listener: std::net::TcpListener) -> ServeResult
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let keyspace = KeyspaceServer::new(KeyspaceService::new(PdService::new(node.clone())));
+    let cluster = ClusterServer::new(crate::grpc::cluster::ClusterService::new(node.clone()))
+        .max_decoding_message_size(crate::network::MAX_NODE_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::network::MAX_NODE_MESSAGE_BYTES);
     let grpc = tonic::transport::server::Routes::new(tikv)
         .add_service(pd)
         .add_service(keyspace)
+        .add_service(cluster)
         .into_router();
     let app = crate::http::routes(grpc, node.clone());
 

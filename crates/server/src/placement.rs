@@ -1,18 +1,40 @@
-//! The node's side of the placement group: proposing placement commands, reading the
-//! placement state, and the timestamp oracle.
+//! The node's side of the placement group: reading the placement state, proposing
+//! placement commands, and the timestamp oracle, on every node.
+//!
+//! Every node holds a replica of the placement group (a voter on up to three or five
+//! nodes, a learner on the others), so reads are answered from the local state, on any
+//! node, during a failover too (a lookup that failed would let `tikv-client` 0.4 report a
+//! commit it never sent). Commands and timestamps come from the placement leader: on
+//! another node, they are forwarded to it (`scandium.Cluster`), waiting a little for an
+//! election when no leader is known.
+//!
+//! The leader hands out timestamps only while it holds its lease over the group (a new
+//! leader cannot be elected before the lease runs out), and starts every term's
+//! allocator at the persisted high-water mark, which is above anything any earlier leader
+//! handed out.
 
-use crate::clock::now_ms;
+use crate::clock::{monotonic_ms, now_ms};
 use crate::error::RequestError;
+use crate::network::{Clients, Directory};
 use crate::raft_driver::RaftHandle;
 use prost::Message as _;
-use scandium_placement::{Command, PlacementState, Response, TsoAllocator, TsoError};
-use scandium_placement::{Kind, Regions};
+use scandium_placement::{
+    Command, Kind, PlacementState, RegionReport, Regions, Reports, Response, ResponseRecord,
+    TsoAllocator, TsoError,
+};
+use scandium_protocol::scandium::{InfoRequest, ProposeMetaRequest, TimestampRequest};
 use scandium_raftstore::{ApplyOutput, MetaStateMachine, Registry, META_GROUP_ID};
 use scandium_storage::{EngineRef, WriteBatch};
-use scandium_types::{Region, TimeStamp};
+use scandium_types::{Region, StoreId, TimeStamp};
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+/// How long a request waits for a placement leader to be known (an election).
+const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// How long one forwarded call may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The placement state machine as the Raft thread applies it; readers share the state.
 pub struct MetaApplier {
@@ -46,56 +68,205 @@ impl MetaStateMachine for MetaApplier {
     }
 }
 
+/// The allocator of the current leader term.
+struct Tso {
+    term: u64,
+    allocator: TsoAllocator,
+}
+
 /// Placement as the rest of the server uses it.
 pub struct Placement {
     state: Arc<RwLock<PlacementState>>,
     raft: RaftHandle,
     registry: Registry,
-    tso: Mutex<TsoAllocator>,
+    store_id: StoreId,
+    address: String,
+    directory: Arc<Directory>,
+    clients: Arc<Clients>,
+    /// Nodes to ask where the leader is when this node knows none (its `--join` list).
+    seeds: Vec<String>,
+    tso: Mutex<Option<Tso>>,
     raising_limit: AtomicBool,
 }
 
+/// Where this node reaches the rest of the cluster from.
+pub struct PlacementNetwork {
+    /// This store.
+    pub store_id: StoreId,
+    /// This node's address.
+    pub address: String,
+    /// Store addresses.
+    pub directory: Arc<Directory>,
+    /// Channels to other nodes.
+    pub clients: Arc<Clients>,
+    /// Addresses to ask for the leader as a last resort.
+    pub seeds: Vec<String>,
+}
+
 impl Placement {
-    /// Wraps the shared state; the TSO resumes at the persisted high-water mark.
+    /// Wraps the shared state.
     pub fn new(
         state: Arc<RwLock<PlacementState>>,
         raft: RaftHandle,
         registry: Registry,
+        network: PlacementNetwork,
     ) -> Placement {
-        let limit = state.read().unwrap_or_else(|e| e.into_inner()).tso_limit_ms();
         Placement {
             state,
             raft,
             registry,
-            tso: Mutex::new(TsoAllocator::new(limit)),
+            store_id: network.store_id,
+            address: network.address,
+            directory: network.directory,
+            clients: network.clients,
+            seeds: network.seeds,
+            tso: Mutex::new(None),
             raising_limit: AtomicBool::new(false),
         }
     }
 
-    /// The placement state as of the last applied command.
+    /// The placement state as of the last command applied here.
     pub fn read(&self) -> RwLockReadGuard<'_, PlacementState> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The shared state (for the directory of store addresses).
+    pub fn shared_state(&self) -> Arc<RwLock<PlacementState>> {
+        self.state.clone()
+    }
+
     /// Whether this node leads the placement group and has applied everything committed
-    /// before its term, so it may answer placement reads and hand out timestamps.
+    /// before its term, so it may answer placement writes and hand out timestamps.
     pub fn is_serving(&self) -> bool {
         self.registry.meta().ready_for_reads
     }
 
-    /// Proposes a placement command and waits for its result.
+    /// Whether this node holds a replica of the placement group with its state.
+    pub fn has_state(&self) -> bool {
+        !self.read().is_empty()
+    }
+
+    /// The placement leader's store, as this node's replica knows it.
+    pub fn leader_store(&self) -> Option<StoreId> {
+        let meta = self.registry.meta();
+        if meta.is_leader {
+            return Some(self.store_id);
+        }
+        meta.status.and_then(|s| s.leader).map(|p| p.store_id)
+    }
+
+    /// Where the placement leader is, as this node's replica knows it.
+    pub fn leader_address(&self) -> Option<String> {
+        match self.leader_store()? {
+            store if store == self.store_id => Some(self.address.clone()),
+            store => self.directory.address(store),
+        }
+    }
+
+    /// The leader's address, waiting up to `LEADER_WAIT` for one (an election), asking
+    /// other nodes if this one has no replica of the group yet.
+    pub async fn wait_leader(&self) -> Result<String, RequestError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            if let Some(address) = self.leader_address() {
+                return Ok(address);
+            }
+            if !self.has_state() {
+                if let Some(address) = self.ask_for_leader().await {
+                    return Ok(address);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(RequestError::Internal(
+                    "no placement leader is known (an election may be in progress, or a \
+                     majority of the placement group is unreachable)"
+                        .into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn ask_for_leader(&self) -> Option<String> {
+        let mut candidates: Vec<String> = self.seeds.clone();
+        candidates.extend(self.read().stores().map(|s| s.address.clone()));
+        for address in candidates.into_iter().filter(|a| *a != self.address) {
+            let Ok(mut client) = self.clients.cluster(&address) else { continue };
+            let call = tokio::time::timeout(FORWARD_TIMEOUT, client.info(InfoRequest {}));
+            if let Ok(Ok(info)) = call.await {
+                let info = info.into_inner();
+                if !info.leader_address.is_empty() {
+                    self.directory.heard_from(info.leader_store, &info.leader_address);
+                    return Some(info.leader_address);
+                }
+            }
+        }
+        None
+    }
+
+    /// Proposes a placement command (on the leader, wherever it is) and waits for its
+    /// result.
     pub async fn propose(&self, kind: Kind) -> Result<Response, RequestError> {
-        let data = Command::new(kind).encode_to_vec();
-        match self.raft.propose(META_GROUP_ID, data).await? {
+        let command = Command::new(kind).encode_to_vec();
+        let mut hint: Option<String> = None;
+        for _ in 0..4 {
+            if self.registry.meta().is_leader {
+                match self.propose_local(command.clone()).await {
+                    Err(RequestError::Region(_)) => {}
+                    other => return other,
+                }
+            }
+            let address = match hint.take() {
+                Some(address) => address,
+                None => self.wait_leader().await?,
+            };
+            if address == self.address {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            let mut client = self.clients.cluster(&address).map_err(RequestError::Internal)?;
+            let request =
+                ProposeMetaRequest { cluster_id: self.cluster_id(), command: command.clone() };
+            let reply = tokio::time::timeout(FORWARD_TIMEOUT, client.propose_meta(request)).await;
+            match reply {
+                Ok(Ok(reply)) => {
+                    let reply = reply.into_inner();
+                    if !reply.error.is_empty() {
+                        if !reply.leader_address.is_empty() {
+                            hint = Some(reply.leader_address);
+                            continue;
+                        }
+                        return Err(RequestError::Internal(reply.error));
+                    }
+                    let record = ResponseRecord::decode(reply.response.as_slice())
+                        .map_err(|e| RequestError::Internal(e.to_string()))?;
+                    return into_result(record.into());
+                }
+                Ok(Err(status)) => {
+                    tracing::debug!(%status, "forwarding to the placement leader failed")
+                }
+                Err(_) => tracing::debug!("forwarding to the placement leader timed out"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(RequestError::Internal("the placement leader could not be reached".into()))
+    }
+
+    /// Proposes an encoded placement command to the local replica, which must lead.
+    /// A `Region` error means it does not (any more).
+    pub async fn propose_local(&self, command: Vec<u8>) -> Result<Response, RequestError> {
+        match self.raft.propose(META_GROUP_ID, command).await? {
             ApplyOutput::Meta(output) => match output.downcast::<Response>() {
-                Ok(response) => match *response {
-                    Response::Invalid(reason) => Err(RequestError::Internal(reason)),
-                    response => Ok(response),
-                },
+                Ok(response) => into_result(*response),
                 Err(_) => Err(RequestError::Internal("unexpected placement output".into())),
             },
             other => Err(RequestError::Internal(format!("unexpected placement output {other:?}"))),
         }
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> u64 {
+        self.read().cluster_id()
     }
 
     /// Reserves `count` consecutive ids and returns the first.
@@ -113,16 +284,80 @@ impl Placement {
         self.propose(Kind::PutRegions(Regions { regions })).await.map(|_| ())
     }
 
-    /// Issues `count` timestamps and returns the largest.
+    /// Records Regions' shapes and leaders in one command.
+    pub async fn report_regions(&self, reports: Vec<RegionReport>) -> Result<(), RequestError> {
+        self.propose(Kind::ReportRegions(Reports { reports })).await.map(|_| ())
+    }
+
+    /// Issues `count` timestamps and returns the largest, from the placement leader.
     pub async fn timestamp(self: &Arc<Self>, count: u32) -> Result<TimeStamp, RequestError> {
-        if !self.is_serving() {
-            return Err(RequestError::Internal("this node is not the placement leader".into()));
+        let mut hint: Option<String> = None;
+        for _ in 0..4 {
+            if self.registry.meta().is_leader {
+                match self.timestamp_local(count).await {
+                    Err(RequestError::Region(_)) => {}
+                    other => return other,
+                }
+            }
+            let address = match hint.take() {
+                Some(address) => address,
+                None => self.wait_leader().await?,
+            };
+            if address == self.address {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            let mut client = self.clients.cluster(&address).map_err(RequestError::Internal)?;
+            let request = TimestampRequest { cluster_id: self.cluster_id(), count };
+            match tokio::time::timeout(FORWARD_TIMEOUT, client.timestamp(request)).await {
+                Ok(Ok(reply)) => {
+                    let reply = reply.into_inner();
+                    if reply.error.is_empty() {
+                        return Ok(TimeStamp(reply.timestamp));
+                    }
+                    if reply.leader_address.is_empty() {
+                        return Err(RequestError::Internal(reply.error));
+                    }
+                    hint = Some(reply.leader_address);
+                    continue;
+                }
+                Ok(Err(status)) => tracing::debug!(%status, "timestamp from the leader failed"),
+                Err(_) => tracing::debug!("timestamp from the leader timed out"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(RequestError::Internal("no placement leader could hand out timestamps".into()))
+    }
+
+    /// Issues timestamps on this node, which must lead the placement group (a `Region`
+    /// error if it does not). Only under the lease: a leader that cannot prove it still
+    /// leads (a partition, a pause) must not hand out timestamps a newer leader may
+    /// already have passed.
+    pub async fn timestamp_local(self: &Arc<Self>, count: u32) -> Result<TimeStamp, RequestError> {
+        let meta = self.registry.meta();
+        let Some(status) = meta.status.filter(|s| s.ready_for_reads) else {
+            return Err(scandium_raftstore::RaftstoreError::NotLeader {
+                region_id: META_GROUP_ID,
+                leader: None,
+            }
+            .into());
+        };
+        if !status.lease_valid(monotonic_ms()) {
+            // Confirm leadership with a quorum (which renews the lease).
+            self.raft.read_index(META_GROUP_ID).await?;
         }
         for _ in 0..3 {
             let (result, wanted) = {
                 let mut tso = self.tso.lock().unwrap_or_else(|e| e.into_inner());
+                if tso.as_ref().is_none_or(|t| t.term != status.term) {
+                    // A new term: start above everything persisted, so above anything any
+                    // earlier leader (this node included) handed out.
+                    let limit = self.read().tso_limit_ms();
+                    *tso = Some(Tso { term: status.term, allocator: TsoAllocator::new(limit) });
+                }
+                let allocator = &mut tso.as_mut().expect("just set").allocator;
                 let now = now_ms();
-                (tso.allocate(now, count), tso.wanted_limit(now))
+                (allocator.allocate(now, count), allocator.wanted_limit(now))
             };
             match result {
                 Ok(ts) => {
@@ -131,16 +366,20 @@ impl Placement {
                     }
                     return Ok(ts);
                 }
-                Err(TsoError::LimitReached(limit)) => self.raise_limit(limit).await?,
+                Err(TsoError::LimitReached(limit)) => self.raise_limit(limit, status.term).await?,
                 Err(e @ TsoError::BadCount(_)) => return Err(RequestError::invalid(e.to_string())),
             }
         }
         Err(RequestError::Internal("timestamp high-water mark could not be raised".into()))
     }
 
-    async fn raise_limit(&self, limit: u64) -> Result<(), RequestError> {
-        if let Response::TsoLimit(persisted) = self.propose(Kind::RaiseTsoLimit(limit)).await? {
-            self.tso.lock().unwrap_or_else(|e| e.into_inner()).set_limit(persisted);
+    async fn raise_limit(&self, limit: u64, term: u64) -> Result<(), RequestError> {
+        let command = Command::new(Kind::RaiseTsoLimit(limit)).encode_to_vec();
+        if let Response::TsoLimit(persisted) = self.propose_local(command).await? {
+            let mut tso = self.tso.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(tso) = tso.as_mut().filter(|t| t.term == term) {
+                tso.allocator.set_limit(persisted);
+            }
         }
         Ok(())
     }
@@ -149,9 +388,13 @@ impl Placement {
         if self.raising_limit.swap(true, Ordering::AcqRel) {
             return;
         }
+        let Some(term) = self.registry.meta().status.map(|s| s.term) else {
+            self.raising_limit.store(false, Ordering::Release);
+            return;
+        };
         let placement = self.clone();
         tokio::spawn(async move {
-            if let Err(error) = placement.raise_limit(limit).await {
+            if let Err(error) = placement.raise_limit(limit, term).await {
                 tracing::warn!(%error, "could not raise the timestamp high-water mark");
             }
             placement.raising_limit.store(false, Ordering::Release);
@@ -164,5 +407,12 @@ impl Placement {
             Response::GcSafePoint(now) => Ok(now),
             other => Err(RequestError::Internal(format!("unexpected safe point result {other:?}"))),
         }
+    }
+}
+
+fn into_result(response: Response) -> Result<Response, RequestError> {
+    match response {
+        Response::Invalid(reason) => Err(RequestError::Internal(reason)),
+        response => Ok(response),
     }
 }

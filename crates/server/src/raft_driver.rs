@@ -3,27 +3,68 @@
 //! Requests reach it through a bounded channel. Each loop iteration takes every message
 //! waiting (up to a bound), ticks when a tick is due, and runs one round of Ready handling,
 //! so all proposals that queued up during the previous round's fsync share the next one.
-//! A full channel makes proposers wait: that is the node's write backpressure.
+//! A full channel makes proposers wait: that is the node's write backpressure. Messages
+//! from other nodes never wait: when the channel is full they are dropped, as a lossy
+//! network would (Raft retransmits).
+//!
+//! A round's Raft messages go to the [`Transport`]; its events (leadership and Region
+//! changes) to the node's event handler.
 
+use crate::transport::Transport;
 use scandium_raftstore::{
-    ApplyOutput, Callback, EncodedCommand, RaftCommand, RaftstoreError, Store,
+    ApplyOutput, Callback, EncodedCommand, Event, PeerChange, PeerMessage, RaftCommand,
+    RaftstoreError, ReadCallback, SnapshotData, StepError, Store,
 };
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// Messages queued for the Raft thread at most.
 const CHANNEL_CAPACITY: usize = 8192;
 /// Messages handled before a round runs, at most.
 const MAX_MESSAGES_PER_ROUND: usize = 4096;
 
+type StoreTask = Box<dyn FnOnce(&mut Store) + Send>;
+
 enum RaftMessage {
-    Propose { group_id: u64, data: Vec<u8>, callback: Callback },
-    ProposeCommand { group_id: u64, command: EncodedCommand, callback: Callback },
+    Propose {
+        group_id: u64,
+        data: Vec<u8>,
+        callback: Callback,
+    },
+    ProposeCommand {
+        group_id: u64,
+        command: EncodedCommand,
+        callback: Callback,
+    },
+    ConfChange {
+        group_id: u64,
+        changes: Vec<PeerChange>,
+        callback: Callback,
+    },
+    ReadIndex {
+        group_id: u64,
+        callback: ReadCallback,
+    },
+    Step {
+        message: Box<PeerMessage>,
+        snapshot: Option<SnapshotData>,
+        reply: Option<oneshot::Sender<Result<(), StepError>>>,
+    },
+    Unreachable {
+        group_id: u64,
+        peer_id: u64,
+    },
+    SnapshotSent {
+        group_id: u64,
+        peer_id: u64,
+        delivered: bool,
+    },
+    WithStore(StoreTask),
     Stop,
 }
 
-/// Cloneable handle for proposing to the Raft thread.
+/// Cloneable handle for talking to the Raft thread.
 #[derive(Clone)]
 pub struct RaftHandle {
     sender: flume::Sender<RaftMessage>,
@@ -52,10 +93,13 @@ impl RaftHandle {
     }
 
     /// [`RaftHandle::propose_command`] for a write made under `held` (its latches, and
-    /// anything else it must hold until applied): runs `applied` once the command is
-    /// applied, then releases `held`. Both happen in a task of their own, so a caller that
-    /// is dropped (its client went away) cannot release `held` before the write lands, nor
-    /// skip `applied`.
+    /// anything else it must hold until applied): once the command is applied, `applied`
+    /// runs and then `held` is released, both on the Raft thread right after the applied
+    /// data is written, in log order with everything else applied there (so in-memory
+    /// indexes updated by `applied` never fall out of order with what other replicas'
+    /// commands do to the same keys). A caller that is dropped (its client went away)
+    /// cannot release `held` before the write lands, nor skip `applied`: the callback owns
+    /// both.
     pub async fn propose_holding<H: Send + 'static>(
         &self,
         region_id: u64,
@@ -63,15 +107,96 @@ impl RaftHandle {
         held: H,
         applied: impl FnOnce() + Send + 'static,
     ) -> Result<(), RaftstoreError> {
-        let raft = self.clone();
-        let task = tokio::spawn(async move {
-            raft.propose_command(region_id, command).await?;
-            applied();
+        let (sender, receiver) = oneshot::channel();
+        let callback: Callback = Box::new(move |result| {
+            if result.is_ok() {
+                applied();
+            }
             drop(held);
-            Ok(())
+            let _ = sender.send(result.map(|_| ()));
         });
-        // The task only fails to finish if the runtime is shutting down.
-        task.await.unwrap_or(Err(RaftstoreError::StaleCommand))
+        let command = EncodedCommand::new(command);
+        let message = RaftMessage::ProposeCommand { group_id: region_id, command, callback };
+        if self.sender.send_async(message).await.is_err() {
+            return Err(RaftstoreError::StaleCommand);
+        }
+        receiver.await.unwrap_or(Err(RaftstoreError::StaleCommand))
+    }
+
+    /// Proposes a membership change and waits until it is applied (or refused).
+    pub async fn change_peers(
+        &self,
+        group_id: u64,
+        changes: Vec<PeerChange>,
+    ) -> Result<ApplyOutput, RaftstoreError> {
+        self.send(|callback| RaftMessage::ConfChange { group_id, changes, callback }).await
+    }
+
+    /// Waits until the local leader of `group_id` has confirmed with a quorum that it
+    /// still leads and has applied everything committed before now.
+    pub async fn read_index(&self, group_id: u64) -> Result<(), RaftstoreError> {
+        let (sender, receiver) = oneshot::channel();
+        let callback: ReadCallback = Box::new(move |result| {
+            let _ = sender.send(result);
+        });
+        if self.sender.send_async(RaftMessage::ReadIndex { group_id, callback }).await.is_err() {
+            return Err(RaftstoreError::StaleCommand);
+        }
+        receiver.await.unwrap_or(Err(RaftstoreError::StaleCommand))
+    }
+
+    /// Delivers a message from another node; dropped if the Raft thread is saturated.
+    /// Returns whether it was queued.
+    pub fn step(&self, message: PeerMessage) -> bool {
+        let message = RaftMessage::Step { message: Box::new(message), snapshot: None, reply: None };
+        self.sender.try_send(message).is_ok()
+    }
+
+    /// Delivers a message carrying a snapshot, with its data, and waits for the store's
+    /// verdict.
+    pub async fn step_snapshot(
+        &self,
+        message: PeerMessage,
+        data: SnapshotData,
+    ) -> Result<(), String> {
+        let (reply, receiver) = oneshot::channel();
+        let message = RaftMessage::Step {
+            message: Box::new(message),
+            snapshot: Some(data),
+            reply: Some(reply),
+        };
+        self.sender.send_async(message).await.map_err(|_| "the node is stopping".to_string())?;
+        match receiver.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("the node is stopping".into()),
+        }
+    }
+
+    /// Tells raft-rs a message to `peer_id` could not be sent.
+    pub fn report_unreachable(&self, group_id: u64, peer_id: u64) {
+        let _ = self.sender.try_send(RaftMessage::Unreachable { group_id, peer_id });
+    }
+
+    /// Tells raft-rs how sending a snapshot to `peer_id` ended. Waits for room in the
+    /// channel: a lost report would leave the follower paused.
+    pub async fn report_snapshot(&self, group_id: u64, peer_id: u64, delivered: bool) {
+        let message = RaftMessage::SnapshotSent { group_id, peer_id, delivered };
+        let _ = self.sender.send_async(message).await;
+    }
+
+    /// Runs `task` on the Raft thread with the store, and returns its result.
+    pub async fn with_store<T: Send + 'static>(
+        &self,
+        task: impl FnOnce(&mut Store) -> T + Send + 'static,
+    ) -> Result<T, RaftstoreError> {
+        let (sender, receiver) = oneshot::channel();
+        let task: StoreTask = Box::new(move |store| {
+            let _ = sender.send(task(store));
+        });
+        if self.sender.send_async(RaftMessage::WithStore(task)).await.is_err() {
+            return Err(RaftstoreError::StaleCommand);
+        }
+        receiver.await.map_err(|_| RaftstoreError::StaleCommand)
     }
 
     async fn send(
@@ -94,13 +219,25 @@ pub struct RaftDriver {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Where a round's output goes.
+pub struct Outputs {
+    /// Raft messages for other nodes.
+    pub transport: Transport,
+    /// Leadership and Region changes, for the node's event handler.
+    pub events: mpsc::UnboundedSender<Vec<Event>>,
+}
+
 impl RaftDriver {
     /// Starts the thread that drives `store`, ticking every `tick`.
-    pub fn start(store: Store, tick: Duration) -> std::io::Result<(RaftDriver, RaftHandle)> {
+    pub fn start(
+        store: Store,
+        tick: Duration,
+        outputs: Outputs,
+    ) -> std::io::Result<(RaftDriver, RaftHandle)> {
         let (sender, receiver) = flume::bounded(CHANNEL_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("raft".into())
-            .spawn(move || run(store, receiver, tick))?;
+            .spawn(move || run(store, receiver, tick, outputs))?;
         Ok((RaftDriver { thread: Some(thread) }, RaftHandle { sender }))
     }
 
@@ -117,8 +254,9 @@ impl RaftDriver {
     }
 }
 
-fn run(mut store: Store, receiver: flume::Receiver<RaftMessage>, tick: Duration) {
+fn run(mut store: Store, receiver: flume::Receiver<RaftMessage>, tick: Duration, outputs: Outputs) {
     let mut next_tick = Instant::now() + tick;
+    store.set_time(crate::clock::monotonic_ms());
     loop {
         let wait = next_tick.saturating_duration_since(Instant::now());
         match receiver.recv_timeout(wait) {
@@ -130,7 +268,12 @@ fn run(mut store: Store, receiver: flume::Receiver<RaftMessage>, tick: Duration)
                 }
                 if stop {
                     // Finish what was proposed, then drop the store (failing anything left).
-                    while store.has_ready() && store.handle_ready().is_ok() {}
+                    while store.has_ready() {
+                        match store.handle_ready() {
+                            Ok(output) => deliver(&outputs, output),
+                            Err(_) => break,
+                        }
+                    }
                     break;
                 }
             }
@@ -142,29 +285,60 @@ fn run(mut store: Store, receiver: flume::Receiver<RaftMessage>, tick: Duration)
             next_tick = Instant::now() + tick;
         }
         if store.has_ready() {
-            if let Err(error) = store.handle_ready() {
-                // The log or the state machine could not be written: the node can no longer
-                // promise durability. Crash rather than diverge; a restart recovers from the
-                // last durable state.
-                tracing::error!(%error, "raft storage failed; stopping the node");
-                std::process::exit(70);
+            match store.handle_ready() {
+                Ok(output) => deliver(&outputs, output),
+                Err(error) => {
+                    // The log or the state machine could not be written: the node can no
+                    // longer promise durability. Crash rather than diverge; a restart
+                    // recovers from the last durable state.
+                    tracing::error!(%error, "raft storage failed; stopping the node");
+                    std::process::exit(70);
+                }
             }
         }
     }
-    tracing::info!("raft thread stopped");
+    tracing::debug!("raft thread stopped");
+}
+
+fn deliver(outputs: &Outputs, output: scandium_raftstore::RoundOutput) {
+    if !output.messages.is_empty() {
+        outputs.transport.send(output.messages);
+    }
+    if !output.events.is_empty() {
+        let _ = outputs.events.send(output.events);
+    }
 }
 
 /// Handles one message; returns whether the thread should stop.
 fn handle(store: &mut Store, message: RaftMessage) -> bool {
     match message {
         RaftMessage::Propose { group_id, data, callback } => {
-            store.propose(group_id, data, callback);
-            false
+            store.propose(group_id, data, callback)
         }
         RaftMessage::ProposeCommand { group_id, command, callback } => {
-            store.propose_command(group_id, command, callback);
-            false
+            store.propose_command(group_id, command, callback)
         }
-        RaftMessage::Stop => true,
+        RaftMessage::ConfChange { group_id, changes, callback } => {
+            store.propose_conf_change(group_id, changes, callback)
+        }
+        RaftMessage::ReadIndex { group_id, callback } => store.read_index(group_id, callback),
+        RaftMessage::Step { message, snapshot, reply } => {
+            let result = store.step(*message, snapshot);
+            if let Err(error) = &result {
+                tracing::debug!(%error, "raft message not delivered");
+            }
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        }
+        RaftMessage::Unreachable { group_id, peer_id } => {
+            store.report_unreachable(group_id, peer_id)
+        }
+        RaftMessage::SnapshotSent { group_id, peer_id, delivered } => {
+            store.report_snapshot(group_id, peer_id, delivered)
+        }
+        RaftMessage::WithStore(task) => task(store),
+        RaftMessage::Stop => return true,
     }
+    false
 }

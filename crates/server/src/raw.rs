@@ -106,7 +106,7 @@ impl NodeContext {
         &self,
         req: &kvrpcpb::RawGetRequest,
     ) -> Result<Option<Vec<u8>>, RequestError> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         let cf = raw_cf(&req.cf, checked.api_version)?;
         if !self.check_read_key(&checked, KeyMode::Raw, &req.key)? {
             return Ok(None);
@@ -119,7 +119,7 @@ impl NodeContext {
         &self,
         req: &kvrpcpb::RawBatchGetRequest,
     ) -> Result<Vec<KvPair>, RequestError> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         let cf = raw_cf(&req.cf, checked.api_version)?;
         let mut storable = Vec::with_capacity(req.keys.len());
         for key in &req.keys {
@@ -144,7 +144,7 @@ impl NodeContext {
         &self,
         req: &kvrpcpb::RawGetKeyTtlRequest,
     ) -> Result<Option<u64>, RequestError> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         let cf = raw_cf(&req.cf, checked.api_version)?;
         if !self.check_read_key(&checked, KeyMode::Raw, &req.key)? {
             return Ok(None);
@@ -239,7 +239,7 @@ impl NodeContext {
         &self,
         req: &kvrpcpb::RawScanRequest,
     ) -> Result<Vec<KvPair>, RequestError> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         let cf = raw_cf(&req.cf, checked.api_version)?;
         let limit = self.check_limit(req.limit)?;
         let (lower, upper) = if req.reverse {
@@ -270,7 +270,7 @@ impl NodeContext {
         &self,
         req: &kvrpcpb::RawBatchScanRequest,
     ) -> Result<Vec<KvPair>, RequestError> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         let cf = raw_cf(&req.cf, checked.api_version)?;
         let limit = self.check_limit(req.each_limit)?;
         let snapshot = self.engine.snapshot();
@@ -362,7 +362,7 @@ impl NodeContext {
         &self,
         req: &kvrpcpb::RawChecksumRequest,
     ) -> Result<raw::Checksum, RequestError> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         let mut ranges = Vec::with_capacity(req.ranges.len());
         for range in &req.ranges {
             ranges.push(self.clamp_range(

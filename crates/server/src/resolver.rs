@@ -13,15 +13,16 @@
 //! `CheckTxnStatus` reports as finished.
 
 use crate::context::NodeContext;
+use crate::remote::SecondaryFate;
 use crate::txn::TxnResult;
 use crate::txn_error::Failure;
-use scandium_txn::actions::cleanup::{self, SecondaryStatus};
-use scandium_txn::mvcc::{Lock, LockType, MvccReader, TxnCommitRecord};
+use scandium_txn::mvcc::Lock;
 use scandium_types::{Region, TimeStamp};
 
 impl NodeContext {
     /// Decides and carries out the fate of the async-commit transaction whose (expired)
     /// primary lock is `primary`: returns its commit timestamp, or zero if rolled back.
+    /// Each secondary is asked on its Region's leader, wherever that is.
     pub async fn resolve_async_commit(
         &self,
         primary_key: &[u8],
@@ -30,33 +31,21 @@ impl NodeContext {
         let start_ts = primary.ts();
         let mut commit_ts = TimeStamp(primary.min_commit_ts);
         for key in &primary.secondaries {
-            let keys = [key.clone()];
-            let status = self
-                .write_txn_keys(&self.region_of(key)?, &keys, |reader, txn| {
-                    Ok(cleanup::check_secondary_locks(reader, txn, &keys, start_ts)?)
-                })
-                .await?;
-            match status {
-                SecondaryStatus::Locked(locks) => {
-                    for (_, lock) in locks {
-                        commit_ts = commit_ts.max(TimeStamp(lock.min_commit_ts));
-                    }
+            match self.check_secondary_anywhere(key, start_ts).await? {
+                SecondaryFate::Locked(min_commit_ts) => {
+                    commit_ts = commit_ts.max(TimeStamp(min_commit_ts));
                 }
-                SecondaryStatus::Committed(ts) => {
+                SecondaryFate::Committed(ts) => {
                     commit_ts = ts;
                     break;
                 }
-                SecondaryStatus::RolledBack => {
+                SecondaryFate::RolledBack => {
                     commit_ts = TimeStamp::ZERO;
                     break;
                 }
             }
         }
-        for key in std::iter::once(primary_key).chain(primary.secondaries.iter().map(Vec::as_slice))
-        {
-            let region = self.region_of(key)?;
-            self.resolve_keys_of(&region, &[key.to_vec()], start_ts.0, commit_ts).await?;
-        }
+        self.resolve_everywhere(primary_key, primary, commit_ts).await?;
         tracing::info!(
             start_ts = start_ts.0,
             commit_ts = commit_ts.0,
@@ -69,7 +58,8 @@ impl NodeContext {
     /// already holds its prewrite lock (or was committed), the transaction is committed (at
     /// the largest `min_commit_ts`), so commit every key now rather than make readers wait
     /// for the client's background commit. Returns the commit timestamp, or `None` if some
-    /// secondary is not prewritten yet (nothing is changed then).
+    /// secondary is not prewritten yet (nothing is changed then). Secondaries are read on
+    /// their Regions' leaders.
     pub async fn commit_async_if_complete(
         &self,
         primary_key: &[u8],
@@ -77,34 +67,33 @@ impl NodeContext {
     ) -> TxnResult<Option<TimeStamp>> {
         let start_ts = primary.ts();
         let mut commit_ts = TimeStamp(primary.min_commit_ts);
-        {
-            let snapshot = self.engine.snapshot();
-            let reader = MvccReader::new(&*snapshot);
-            for key in &primary.secondaries {
-                match reader.load_lock(key).map_err(Failure::from)? {
-                    Some(lock)
-                        if lock.start_ts == start_ts.0 && lock.kind() != LockType::Pessimistic =>
-                    {
-                        commit_ts = commit_ts.max(TimeStamp(lock.min_commit_ts));
-                    }
-                    _ => {
-                        match reader.get_txn_commit_record(key, start_ts).map_err(Failure::from)? {
-                            TxnCommitRecord::Committed(ts, _) => {
-                                commit_ts = ts;
-                                break;
-                            }
-                            _ => return Ok(None),
-                        }
-                    }
+        for key in &primary.secondaries {
+            let state = self.read_txn_key_anywhere(key, start_ts).await?;
+            match state.state {
+                PREWRITTEN => commit_ts = commit_ts.max(TimeStamp(state.min_commit_ts)),
+                COMMITTED => {
+                    commit_ts = TimeStamp(state.commit_ts);
+                    break;
                 }
+                _ => return Ok(None),
             }
         }
+        self.resolve_everywhere(primary_key, primary, commit_ts).await?;
+        Ok(Some(commit_ts))
+    }
+
+    async fn resolve_everywhere(
+        &self,
+        primary_key: &[u8],
+        primary: &Lock,
+        commit_ts: TimeStamp,
+    ) -> TxnResult<()> {
+        let start_ts = primary.ts();
         for key in std::iter::once(primary_key).chain(primary.secondaries.iter().map(Vec::as_slice))
         {
-            let region = self.region_of(key)?;
-            self.resolve_keys_of(&region, &[key.to_vec()], start_ts.0, commit_ts).await?;
+            self.resolve_key_anywhere(key, start_ts, commit_ts).await?;
         }
-        Ok(Some(commit_ts))
+        Ok(())
     }
 
     /// The Region on this node holding `key`.
@@ -117,3 +106,8 @@ impl NodeContext {
         })
     }
 }
+
+/// `TxnKeyState.state` of a key holding the transaction's prewrite lock.
+const PREWRITTEN: u32 = 1;
+/// `TxnKeyState.state` of a key the transaction committed.
+const COMMITTED: u32 = 3;

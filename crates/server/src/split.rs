@@ -37,10 +37,28 @@ pub async fn split_at(node: &NodeContext, key: Vec<u8>) -> Result<Region, Reques
     if key.len() > scandium_types::MAX_KEY_SIZE {
         return Err(RequestError::invalid("split key is longer than the key size limit"));
     }
-    for _ in 0..ATTEMPTS {
-        let status = node.registry.find_by_key(&key).ok_or_else(|| {
-            RequestError::Internal(format!("no region on this node holds {key:?}"))
-        })?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut attempts = 0;
+    while attempts < ATTEMPTS {
+        let status = match node.registry.find_by_key(&key) {
+            Some(status) if status.ready_for_reads => status,
+            // The Region is led elsewhere: its leader splits it.
+            Some(status) if status.leader.as_ref().is_some_and(|l| l.store_id != node.store_id) => {
+                return split_elsewhere(node, &key).await;
+            }
+            None if node.placement.read().region_by_key(&key).is_some() => {
+                return split_elsewhere(node, &key).await;
+            }
+            // An election is under way here (a Region just split off): wait for it.
+            _ if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+            _ => {
+                return Err(RequestError::Internal(format!("the region of {key:?} has no leader")))
+            }
+        };
+        attempts += 1;
         if status.region.start_key == key {
             return Ok(status.region);
         }
@@ -65,4 +83,52 @@ pub async fn split_at(node: &NodeContext, key: Vec<u8>) -> Result<Region, Reques
         }
     }
     Err(RequestError::Internal(format!("region of {key:?} kept changing; split not done")))
+}
+
+/// Asks the node leading the Region of `key` to split it there.
+async fn split_elsewhere(node: &NodeContext, key: &[u8]) -> Result<Region, RequestError> {
+    let (region, leader) = {
+        let placement = node.placement.read();
+        let region = placement
+            .region_by_key(key)
+            .cloned()
+            .ok_or_else(|| RequestError::Internal(format!("no region holds {key:?}")))?;
+        let leader = placement.leader_of(region.id).cloned();
+        (region, leader)
+    };
+    if region.start_key == key {
+        return Ok(region);
+    }
+    let leader = leader.filter(|l| l.store_id != node.store_id).ok_or_else(|| {
+        RequestError::Internal(format!("region {} has no known leader", region.id))
+    })?;
+    let address = node.directory.address(leader.store_id).ok_or_else(|| {
+        RequestError::Internal(format!("no address for store {}", leader.store_id))
+    })?;
+    let channel = node.clients.channel(&address).map_err(RequestError::Internal)?;
+    let mut pd = scandium_protocol::pdpb::pd_client::PdClient::new(channel);
+    let request = scandium_protocol::pdpb::SplitRegionsRequest {
+        header: Some(scandium_protocol::pdpb::RequestHeader {
+            cluster_id: node.cluster_id(),
+            sender_id: 0,
+        }),
+        // Encoded, so the leader reads it back as exactly this key.
+        split_keys: vec![scandium_types::codec::encode_bytes(key)],
+        retry_limit: 0,
+    };
+    let reply = pd
+        .split_regions(request)
+        .await
+        .map_err(|s| RequestError::Internal(s.message().to_string()))?
+        .into_inner();
+    if let Some(error) = reply.header.and_then(|h| h.error) {
+        return Err(RequestError::Internal(error.message));
+    }
+    let id = reply.regions_id.first().copied().unwrap_or(0);
+    let placement = node.placement.read();
+    Ok(placement.region(id).cloned().unwrap_or_else(|| Region {
+        id,
+        start_key: key.to_vec(),
+        ..Default::default()
+    }))
 }

@@ -161,7 +161,7 @@ impl NodeContext {
 
     /// `KvGet`. A key longer than any stored key is simply not found, as in TiKV.
     pub async fn kv_get(&self, req: &kvrpcpb::GetRequest) -> TxnResult<Option<Vec<u8>>> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         if !self.check_read_key(&checked, KeyMode::Txn, &req.key)? {
             return Ok(None);
         }
@@ -178,7 +178,7 @@ impl NodeContext {
         &self,
         req: &kvrpcpb::BatchGetRequest,
     ) -> TxnResult<Vec<kvrpcpb::KvPair>> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         let mut keys = Vec::with_capacity(req.keys.len());
         for key in &req.keys {
             if self.check_read_key(&checked, KeyMode::Txn, key)? {
@@ -217,7 +217,7 @@ impl NodeContext {
     /// answer is its size: a scan whose answer would not fit in a response is refused
     /// whole (a shorter one would let the client miss keys when it merges Regions).
     pub async fn kv_scan(&self, req: &kvrpcpb::ScanRequest) -> TxnResult<Vec<kvrpcpb::KvPair>> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         let (lower, upper) = if req.reverse {
             (&req.end_key, &req.start_key)
         } else {
@@ -269,6 +269,11 @@ impl NodeContext {
     /// `KvPrewrite`.
     pub async fn kv_prewrite(&self, req: kvrpcpb::PrewriteRequest) -> TxnResult<PrewriteResult> {
         let checked = self.check_context(req.context.as_ref())?;
+        if req.use_async_commit || req.try_one_pc {
+            // A new leader takes a timestamp into max_ts first (see `replica.rs`); hold the
+            // prewrite meanwhile: tikv-client 0.4 gives up on MaxTimestampNotSynced.
+            self.wait_max_ts_synced(&checked).await?;
+        }
         let mutations = mutations(&req.mutations)?;
         self.check_keys(&checked, mutations.iter().map(|m| &m.key))?;
         let actions = pessimistic_actions(&req, mutations.len())?;
@@ -305,6 +310,11 @@ impl NodeContext {
             return Ok(result);
         }
         let one_pc = req.try_one_pc;
+        if (props.use_async_commit || one_pc)
+            && !self.max_ts_sync.is_synced(checked.region.id, checked.term)
+        {
+            return Err(scandium_raftstore::RaftstoreError::StaleCommand.into());
+        }
         let mut commit_ts = TimeStamp::ZERO;
         let memory_locks = (props.use_async_commit || one_pc).then(|| {
             self.concurrency.lock_for_commit_ts(&mut locks, |max_ts, locks| {
@@ -559,6 +569,8 @@ impl NodeContext {
             drop(snapshot);
             drop(latches);
             wait.wait(deadline - now).await;
+            // Leadership may have moved while waiting: then answer NotLeader.
+            self.check_context(req.context.as_ref())?;
         }
     }
 
@@ -617,7 +629,7 @@ impl NodeContext {
         &self,
         req: &kvrpcpb::ScanLockRequest,
     ) -> TxnResult<Vec<kvrpcpb::LockInfo>> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         let (start, end) =
             self.clamp_range(&checked, KeyMode::Txn, &req.start_key, &req.end_key)?;
         let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
@@ -702,7 +714,10 @@ impl NodeContext {
         if start >= end {
             return Ok(());
         }
-        for status in self.registry.overlapping(start, end) {
+        // Every store receives the request; each destroys what it leads.
+        for status in
+            self.registry.overlapping(start, end).into_iter().filter(|s| s.ready_for_reads)
+        {
             let (from, to) = crate::context::clamp_to_region(&status.region, start, end);
             self.destroy_range(&status.region, &from, &to).await?;
         }
@@ -740,6 +755,22 @@ impl NodeContext {
             .await?;
             start = last;
             start.push(0);
+        }
+    }
+}
+
+/// How long an async-commit or 1PC prewrite waits for a new leader's `max_ts`.
+const MAX_TS_SYNC_WAIT: Duration = Duration::from_millis(1500);
+
+impl NodeContext {
+    async fn wait_max_ts_synced(&self, checked: &Checked) -> TxnResult<()> {
+        let (region, term) = (checked.region.id, checked.term);
+        if self.max_ts_sync.wait(region, term, MAX_TS_SYNC_WAIT).await {
+            Ok(())
+        } else {
+            // StaleCommand: the client backs off and retries (it gives up on
+            // MaxTimestampNotSynced).
+            Err(scandium_raftstore::RaftstoreError::StaleCommand.into())
         }
     }
 }

@@ -72,6 +72,33 @@ impl LockIndex {
         }
     }
 
+    /// Replaces what the index holds for `[start, end)` (empty `end` = unbounded) with the
+    /// locks `snapshot` holds there: a Region's data was replaced wholesale (a snapshot
+    /// installed, a replica destroyed).
+    pub fn reload_range(
+        &self,
+        snapshot: &dyn scandium_storage::Snapshot,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<(), StorageError> {
+        let mut fresh = Vec::new();
+        for item in snapshot.scan(Cf::Lock, start, end, false) {
+            let (key, value) = item?;
+            let lock = Lock::from_bytes(&value)
+                .map_err(|e| StorageError::Corrupted { cf: Cf::Lock, reason: e.to_string() })?;
+            fresh.push((key, lock.start_ts));
+        }
+        let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end.to_vec()) };
+        let mut locks = self.lock();
+        let stale: Vec<Vec<u8>> =
+            locks.range((Bound::Included(start.to_vec()), upper)).map(|(k, _)| k.clone()).collect();
+        for key in stale {
+            locks.remove(&key);
+        }
+        locks.extend(fresh);
+        Ok(())
+    }
+
     /// Up to `limit` locked keys in `[start, end)` (empty `end` = unbounded) whose owner's
     /// start timestamp satisfies `keep`, in key order.
     pub fn keys(

@@ -71,6 +71,21 @@ impl NewestCache {
         }
     }
 
+    /// Forgets `keys` (another replica's command changed their newest records).
+    pub fn forget_keys<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) {
+        let Some(cache) = &self.cache else { return };
+        for key in keys {
+            cache.remove(key);
+        }
+    }
+
+    /// Forgets everything (a Region's data was replaced wholesale).
+    pub fn clear(&self) {
+        if let Some(cache) = &self.cache {
+            cache.clear();
+        }
+    }
+
     /// Bytes held now.
     pub fn weight(&self) -> u64 {
         self.cache.as_ref().map_or(0, Cache::weight)

@@ -78,23 +78,32 @@ impl PdService {
         }
     }
 
-    /// The leader peer of a Region: the local peer's view, or the first peer if this node
-    /// has no peer of the Region.
+    /// The leader peer of a Region: as its leader last reported to placement, else as the
+    /// local replica sees it; none while unknown (the client then backs off and asks
+    /// again, where a wrong guess could send it to a dead store).
     fn leader_of(&self, region: &Region) -> Option<scandium_protocol::metapb::Peer> {
-        let leader = self.node.registry.get(region.id).and_then(|s| s.leader);
-        leader.or_else(|| region.peers.first().cloned()).map(|p| peer_to_meta(&p))
+        let reported = self.node.placement.read().leader_of(region.id).cloned();
+        let local = || self.node.registry.get(region.id).and_then(|s| s.leader);
+        let leader = match (reported, local()) {
+            // A local leader that has taken over knows better than an older report.
+            (_, Some(here)) if here.store_id == self.node.store_id => Some(here),
+            (Some(reported), _) => Some(reported),
+            (None, local) => local,
+        };
+        leader.map(|p| peer_to_meta(&p))
     }
+}
 
-    fn member(&self) -> pdpb::Member {
-        let url = format!("http://{}", self.node.advertise_addr);
-        pdpb::Member {
-            name: format!("scandium-{}", self.node.store_id),
-            member_id: self.node.store_id,
-            peer_urls: vec![url.clone()],
-            client_urls: vec![url],
-            binary_version: env!("CARGO_PKG_VERSION").into(),
-            ..Default::default()
-        }
+/// A store as a PD member: every node serves the PD API.
+fn member(id: u64, address: &str) -> pdpb::Member {
+    let url = format!("http://{address}");
+    pdpb::Member {
+        name: format!("scandium-{id}"),
+        member_id: id,
+        peer_urls: vec![url.clone()],
+        client_urls: vec![url],
+        binary_version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
     }
 }
 
@@ -106,13 +115,31 @@ impl Pd for PdService {
         &self,
         _request: Request<pdpb::GetMembersRequest>,
     ) -> Result<Response<pdpb::GetMembersResponse>, Status> {
-        let member = self.member();
-        let leader = self.node.placement.is_serving().then(|| member.clone());
+        let node = &self.node;
+        let mut members: Vec<pdpb::Member> = node
+            .placement
+            .read()
+            .stores()
+            .filter(|s| s.state() != scandium_types::StoreState::Tombstone)
+            .map(|s| member(s.id, &s.address))
+            .collect();
+        let own = member(node.store_id, &node.advertise_addr);
+        if !members.iter().any(|m| m.member_id == node.store_id) {
+            members.push(own.clone());
+        }
+        // The placement leader if known; otherwise this node, which forwards every call to
+        // the leader once there is one (a header error would make tikv-client sleep a
+        // second per retry).
+        let leader = node
+            .placement
+            .leader_store()
+            .and_then(|id| members.iter().find(|m| m.member_id == id).cloned())
+            .unwrap_or(own);
         Ok(Response::new(pdpb::GetMembersResponse {
             header: self.ok_header(),
-            members: vec![member.clone()],
-            etcd_leader: leader.clone(),
-            leader,
+            members,
+            etcd_leader: Some(leader.clone()),
+            leader: Some(leader),
             ..Default::default()
         }))
     }

@@ -1,0 +1,318 @@
+//! Raft messages to other nodes, on the node's one port (`scandium.Cluster`).
+//!
+//! One connection per destination store: a task that batches whatever is queued for it
+//! into one `RaftBatch` (up to a count and a size) on a long-lived client stream, and
+//! reconnects with backoff when the stream breaks. Queues are bounded; a full one drops
+//! the message (Raft retransmits) and tells raft-rs the peer is unreachable, so a dead
+//! node costs memory for at most one queue. Snapshots travel apart, each on its own
+//! stream of bounded chunks read from the engine snapshot the store registered, and their
+//! outcome is reported back to raft-rs.
+
+use crate::network::{Clients, Directory, Links};
+use crate::raft_driver::RaftHandle;
+use prost::Message as _;
+use scandium_protocol::scandium::{RaftBatch, SnapshotChunk};
+use scandium_raftstore::snapshot::{for_each_chunk, SnapshotHeader};
+use scandium_raftstore::{PeerMessage, SnapshotSources};
+use scandium_types::StoreId;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Messages queued per destination store at most.
+const QUEUE_CAPACITY: usize = 4096;
+/// Messages per batch at most.
+const BATCH_MESSAGES: usize = 512;
+/// Bytes per batch, about, at most.
+const BATCH_BYTES: usize = 4 << 20;
+/// Bytes of records per snapshot chunk, about.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Snapshots sent at once at most.
+const CONCURRENT_SNAPSHOTS: usize = 4;
+/// Longest a snapshot transfer may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Counters of what the transport did, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Messages handed to a connection.
+    pub sent: AtomicU64,
+    /// Messages dropped: queue full, no address, link cut.
+    pub dropped: AtomicU64,
+    /// Snapshots delivered.
+    pub snapshots_sent: AtomicU64,
+    /// Snapshots that failed.
+    pub snapshots_failed: AtomicU64,
+}
+
+struct Inner {
+    cluster_id: u64,
+    store_id: StoreId,
+    address: String,
+    directory: Arc<Directory>,
+    clients: Arc<Clients>,
+    links: Arc<Links>,
+    sources: SnapshotSources,
+    raft: OnceLock<RaftHandle>,
+    runtime: tokio::runtime::Handle,
+    queues: Mutex<HashMap<StoreId, mpsc::Sender<PeerMessage>>>,
+    snapshots: Arc<Semaphore>,
+    stats: TransportStats,
+}
+
+/// Sends this node's Raft messages. Cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+/// What the transport needs to know about this node.
+pub struct TransportConfig {
+    /// The cluster's id, stamped on every batch.
+    pub cluster_id: u64,
+    /// This store.
+    pub store_id: StoreId,
+    /// Where this node is reached.
+    pub address: String,
+}
+
+impl Transport {
+    /// A transport sending from this node; call [`Transport::set_raft`] once the Raft
+    /// thread runs. Must be created inside the node's tokio runtime.
+    pub fn new(
+        config: TransportConfig,
+        directory: Arc<Directory>,
+        clients: Arc<Clients>,
+        links: Arc<Links>,
+        sources: SnapshotSources,
+    ) -> Transport {
+        Transport {
+            inner: Arc::new(Inner {
+                cluster_id: config.cluster_id,
+                store_id: config.store_id,
+                address: config.address,
+                directory,
+                clients,
+                links,
+                sources,
+                raft: OnceLock::new(),
+                runtime: tokio::runtime::Handle::current(),
+                queues: Mutex::default(),
+                snapshots: Arc::new(Semaphore::new(CONCURRENT_SNAPSHOTS)),
+                stats: TransportStats::default(),
+            }),
+        }
+    }
+
+    /// Connects the transport to the Raft thread it reports to.
+    pub fn set_raft(&self, raft: RaftHandle) {
+        let _ = self.inner.raft.set(raft);
+    }
+
+    /// What the transport has done so far.
+    pub fn stats(&self) -> &TransportStats {
+        &self.inner.stats
+    }
+
+    /// Queues messages for their stores; never blocks (called from the Raft thread).
+    pub fn send(&self, messages: Vec<PeerMessage>) {
+        for message in messages {
+            let to = message.to.store_id;
+            if !self.inner.links.allows(to) {
+                self.dropped(&message);
+                continue;
+            }
+            if message.is_snapshot() {
+                self.send_snapshot(message);
+                continue;
+            }
+            let queue = self.queue(to);
+            match queue.try_send(message) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(message))
+                | Err(mpsc::error::TrySendError::Closed(message)) => self.dropped(&message),
+            }
+        }
+    }
+
+    fn dropped(&self, message: &PeerMessage) {
+        self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(raft) = self.inner.raft.get() {
+            raft.report_unreachable(message.region_id, message.to.id);
+            if message.is_snapshot() {
+                let (raft, region, peer) = (raft.clone(), message.region_id, message.to.id);
+                self.inner
+                    .runtime
+                    .spawn(async move { raft.report_snapshot(region, peer, false).await });
+            }
+        }
+    }
+
+    fn queue(&self, store: StoreId) -> mpsc::Sender<PeerMessage> {
+        let mut queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(queue) = queues.get(&store).filter(|q| !q.is_closed()) {
+            return queue.clone();
+        }
+        let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        queues.insert(store, sender.clone());
+        let inner = self.inner.clone();
+        self.inner.runtime.spawn(connection(inner, store, receiver));
+        sender
+    }
+
+    fn send_snapshot(&self, message: PeerMessage) {
+        let inner = self.inner.clone();
+        self.inner.runtime.spawn(async move {
+            let (region, peer) = (message.region_id, message.to.id);
+            let result = match inner.snapshots.clone().acquire_owned().await {
+                Ok(_permit) => {
+                    tokio::time::timeout(SNAPSHOT_TIMEOUT, transfer_snapshot(&inner, message))
+                        .await
+                        .unwrap_or_else(|_| Err("timed out".into()))
+                }
+                Err(_) => Err("the node is stopping".into()),
+            };
+            let delivered = result.is_ok();
+            match result {
+                Ok(()) => {
+                    inner.stats.snapshots_sent.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(region, peer, "sent a snapshot");
+                }
+                Err(error) => {
+                    inner.stats.snapshots_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(region, peer, %error, "could not send a snapshot; raft will retry");
+                }
+            }
+            if let Some(raft) = inner.raft.get() {
+                raft.report_snapshot(region, peer, delivered).await;
+            }
+        });
+    }
+}
+
+/// The connection to one store: batches its queue onto a client stream, reconnecting
+/// with backoff.
+async fn connection(inner: Arc<Inner>, store: StoreId, mut queue: mpsc::Receiver<PeerMessage>) {
+    let mut backoff = MIN_BACKOFF;
+    let mut pending: Option<PeerMessage> = None;
+    loop {
+        let first = match pending.take() {
+            Some(message) => message,
+            None => match queue.recv().await {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        let Some(address) = inner.directory.address(store) else {
+            tracing::debug!(store, "no address known for store; dropping a raft message");
+            inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        };
+        let mut client = match inner.clients.cluster(&address) {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::warn!(store, %error, "cannot reach store");
+                tokio::time::sleep(MAX_BACKOFF).await;
+                continue;
+            }
+        };
+        let (batches, receiver) = mpsc::channel::<RaftBatch>(8);
+        let call = tokio::spawn(async move { client.raft(ReceiverStream::new(receiver)).await });
+        let connected_at = Instant::now();
+        let mut next = Some(first);
+        loop {
+            let message = match next.take() {
+                Some(message) => message,
+                None => match queue.recv().await {
+                    Some(message) => message,
+                    None => return,
+                },
+            };
+            if !inner.links.allows(store) {
+                inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let mut bytes = message.approximate_size();
+            let mut encoded = vec![message.encode()];
+            while encoded.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
+                match queue.try_recv() {
+                    Ok(more) => {
+                        bytes += more.approximate_size();
+                        encoded.push(more.encode());
+                    }
+                    Err(_) => break,
+                }
+            }
+            let count = encoded.len() as u64;
+            let batch = RaftBatch {
+                cluster_id: inner.cluster_id,
+                from_store: inner.store_id,
+                from_address: inner.address.clone(),
+                messages: encoded,
+            };
+            if batches.send(batch).await.is_err() || call.is_finished() {
+                inner.stats.dropped.fetch_add(count, Ordering::Relaxed);
+                break;
+            }
+            inner.stats.sent.fetch_add(count, Ordering::Relaxed);
+        }
+        drop(batches);
+        if let Ok(Err(status)) = call.await {
+            tracing::debug!(store, %status, "raft stream to store ended");
+        }
+        if connected_at.elapsed() > Duration::from_secs(1) {
+            backoff = MIN_BACKOFF;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        // Messages queued while disconnected are stale by now; Raft will resend what
+        // matters.
+        while let Ok(stale) = queue.try_recv() {
+            inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            pending = Some(stale);
+        }
+    }
+}
+
+async fn transfer_snapshot(inner: &Arc<Inner>, message: PeerMessage) -> Result<(), String> {
+    let snapshot = message.message.snapshot.as_ref().ok_or("no snapshot in the message")?;
+    let header = SnapshotHeader::decode(snapshot.data.as_ref()).map_err(|e| e.to_string())?;
+    let (region, engine_snapshot) = inner
+        .sources
+        .take(header.token)
+        .ok_or("the snapshot's engine snapshot expired before it was sent")?;
+    let store = message.to.store_id;
+    let address = inner.directory.address(store).ok_or(format!("no address for store {store}"))?;
+    let mut client = inner.clients.cluster(&address)?;
+    let (chunks, receiver) = mpsc::channel::<SnapshotChunk>(4);
+    let first = SnapshotChunk {
+        cluster_id: inner.cluster_id,
+        from_store: inner.store_id,
+        from_address: inner.address.clone(),
+        message: message.encode(),
+        data: Vec::new(),
+    };
+    chunks.send(first).await.map_err(|_| "stream closed")?;
+    let reader = tokio::task::spawn_blocking(move || {
+        for_each_chunk(&region, &*engine_snapshot, SNAPSHOT_CHUNK_BYTES, |chunk| {
+            let chunk = SnapshotChunk { data: chunk.encode_to_vec(), ..Default::default() };
+            chunks.blocking_send(chunk).is_ok()
+        })
+    });
+    let response = client.snapshot(ReceiverStream::new(receiver)).await;
+    let read = reader.await.map_err(|e| e.to_string())?;
+    let done = response.map_err(|status| status.message().to_string())?.into_inner();
+    match read {
+        Err(error) => Err(format!("reading the snapshot failed: {error}")),
+        Ok(false) => Err("the receiver stopped reading".into()),
+        Ok(true) if done.error.is_empty() => Ok(()),
+        Ok(true) => Err(done.error),
+    }
+}
