@@ -20,6 +20,9 @@ pub struct RegionStatus {
     pub peer: Peer,
     /// The leader's peer, if known.
     pub leader: Option<Peer>,
+    /// Whether the local peer heard from that leader lately (a few heartbeats): a leader
+    /// it has not heard from may be dead, and is better not named to clients.
+    pub leader_alive: bool,
     /// The local peer is leader and has applied every entry of earlier terms, so its state
     /// machine reflects every acknowledged write.
     pub ready_for_reads: bool,

@@ -30,7 +30,7 @@ use crate::storage::{PeerStorage, StorageContext};
 use crate::{ApplyObserver, ApplyOutput, Callback, MetaStateMachine, NoObserver, META_GROUP_ID};
 use prost::Message as _;
 use raft::prelude::{Entry, EntryType, Message, MessageType};
-use raft::{ProgressState, SnapshotStatus, StateRole};
+use raft::{SnapshotStatus, StateRole};
 use scandium_storage::{Cf, EngineRef, WriteBatch};
 use scandium_types::{Region, StoreId};
 use std::collections::HashMap;
@@ -111,7 +111,8 @@ enum PostApply {
     Observe(Region, RaftCommand),
 }
 
-/// Ticks between publications of every leader's status (lease, lagging peers).
+/// Ticks between publications of every replica's status (lease, lagging peers, whether
+/// the leader is heard).
 const PUBLISH_EVERY_TICKS: u64 = 5;
 
 impl Store {
@@ -517,9 +518,10 @@ impl Store {
             }
         }
         if self.ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
-            let leaders: Vec<u64> =
-                self.peers.iter().filter(|(_, p)| p.is_leader()).map(|(id, _)| *id).collect();
-            for id in leaders {
+            // Leases, lagging peers and whether followers still hear their leader change
+            // without rounds.
+            let ids: Vec<u64> = self.peers.keys().copied().collect();
+            for id in ids {
                 self.publish(id);
             }
         }
@@ -783,7 +785,7 @@ impl Store {
         if !peer.initialized {
             return;
         }
-        let status = status_of(peer);
+        let status = status_of(peer, self.config.heartbeat_ticks);
         if id == META_GROUP_ID {
             self.registry.publish_meta(GroupStatus {
                 is_leader: peer.is_leader(),
@@ -797,7 +799,8 @@ impl Store {
 
     /// The current status of a group's local replica (for tests and tools).
     pub fn status(&self, id: u64) -> Option<RegionStatus> {
-        self.peers.get(&id).filter(|p| p.initialized).map(status_of)
+        let ticks = self.config.heartbeat_ticks;
+        self.peers.get(&id).filter(|p| p.initialized).map(|p| status_of(p, ticks))
     }
 
     /// A consistent view of the engine as of the last round: every group's applied state.
@@ -832,7 +835,7 @@ fn overlaps(a: &Region, b: &Region) -> bool {
         && (a.end_key.is_empty() || b.start_key < a.end_key)
 }
 
-fn status_of(peer: &Peer) -> RegionStatus {
+fn status_of(peer: &Peer, heartbeat_ticks: usize) -> RegionStatus {
     let (mut pending_peers, mut down_peers) = (Vec::new(), Vec::new());
     if peer.is_leader() {
         let commit = peer.raw.raft.raft_log.committed;
@@ -844,15 +847,21 @@ fn status_of(peer: &Peer) -> RegionStatus {
             if !pr.recent_active {
                 down_peers.push(member.clone());
             }
-            if pr.matched < commit || pr.state != ProgressState::Replicate {
+            // Behind the commit index. (Not "not replicating": an idle group leaves a
+            // caught-up follower probing for ever, as raft-rs sends it nothing new.)
+            if pr.matched < commit {
                 pending_peers.push(member.clone());
             }
         }
     }
+    let raft = &peer.raw.raft;
+    let leader_alive =
+        peer.is_leader() || (raft.leader_id != 0 && raft.election_elapsed <= 3 * heartbeat_ticks);
     RegionStatus {
         region: peer.region.clone(),
         peer: peer.meta.clone(),
         leader: peer.leader(),
+        leader_alive,
         ready_for_reads: peer.ready_for_reads(),
         term: peer.raw.raft.term,
         lease_until_ms: peer.lease_until_ms(),

@@ -63,6 +63,8 @@ pub struct NodeContext {
     pub heartbeat_now: Notify,
     /// Regions whose `max_ts` is synchronised since they gained leadership here.
     pub max_ts_sync: MaxTsSync,
+    /// Every task the node runs, ended when it stops.
+    pub tasks: crate::tasks::Tasks,
     /// Messages and requests refused: from another cluster, for another store,
     /// malformed, or dropped because the Raft thread was saturated.
     pub refused: AtomicU64,

@@ -121,10 +121,7 @@ pub async fn beat(node: &Arc<NodeContext>) -> Result<(), RequestError> {
         schedule_meta(node).await;
         operators
     } else {
-        let address = node
-            .placement
-            .leader_address()
-            .ok_or_else(|| RequestError::Internal("no placement leader is known".into()))?;
+        let address = node.placement.wait_leader().await?;
         let mut client = node.clients.cluster(&address).map_err(RequestError::Internal)?;
         let call = tokio::time::timeout(Duration::from_secs(2), client.heartbeat(request));
         let reply = call
@@ -139,7 +136,7 @@ pub async fn beat(node: &Arc<NodeContext>) -> Result<(), RequestError> {
     };
     for operator in operators {
         let node = node.clone();
-        tokio::spawn(async move { execute(&node, operator).await });
+        node.clone().tasks.spawn(async move { execute(&node, operator).await });
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ pub mod remote;
 pub mod replica;
 pub mod resolver;
 pub mod split;
+pub mod tasks;
 pub mod transport;
 pub mod ttl;
 pub mod txn;

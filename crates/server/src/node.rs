@@ -155,6 +155,7 @@ impl Node {
             newest.clone(),
         )));
         let directory = Arc::new(Directory::new(state.clone()));
+        let tasks = crate::tasks::Tasks::new();
         let transport = Transport::new(
             TransportConfig {
                 cluster_id: ident.cluster_id,
@@ -165,6 +166,7 @@ impl Node {
             clients.clone(),
             links.clone(),
             store.snapshot_sources(),
+            tasks.clone(),
         );
         let (events, event_receiver) = tokio::sync::mpsc::unbounded_channel();
         let outputs = Outputs { transport: transport.clone(), events };
@@ -177,6 +179,7 @@ impl Node {
             directory: directory.clone(),
             clients: clients.clone(),
             seeds: config.join.clone(),
+            tasks: tasks.clone(),
         };
         let placement = Arc::new(Placement::new(state, raft.clone(), registry.clone(), network));
         let scheduler = SchedulerConfig {
@@ -205,19 +208,20 @@ impl Node {
             coordinator: Coordinator::new(scheduler),
             heartbeat_now: tokio::sync::Notify::new(),
             max_ts_sync: MaxTsSync::default(),
+            tasks,
             refused: AtomicU64::new(0),
         });
         // Serve at once: other nodes' Raft messages (the placement group's snapshot for a
         // node that just joined) are what makes this one ready.
         let (shutdown, server) = serve(context.clone(), listener)?;
-        let events = tokio::spawn(crate::replica::on_events(context.clone(), event_receiver));
+        let events =
+            context.tasks.spawn(crate::replica::on_events(context.clone(), event_receiver));
         let heartbeat_interval = Duration::from_millis(context.config.heartbeat_interval_ms);
-        let heartbeats = tokio::spawn(crate::heartbeat::run(context.clone(), heartbeat_interval));
+        let heartbeats =
+            context.tasks.spawn(crate::heartbeat::run(context.clone(), heartbeat_interval));
         let mut background = vec![events, heartbeats];
         if let Err(error) = wait_until_ready(&context).await {
-            for task in &background {
-                task.abort();
-            }
+            context.tasks.abort_all();
             let _ = shutdown.send(());
             driver.stop(&context.raft);
             let _ = tokio::task::spawn_blocking(move || driver.join()).await;
@@ -236,15 +240,15 @@ impl Node {
         // answers soon; otherwise keep trying in the background.
         let (registered, done) = oneshot::channel();
         let registering = context.clone();
-        background.push(tokio::spawn(async move {
+        background.push(context.tasks.spawn(async move {
             register(registering).await;
             let _ = registered.send(());
         }));
         let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
         let interval = Duration::from_secs(context.config.ttl_sweep_interval_secs);
-        background.push(tokio::spawn(crate::ttl::run(context.clone(), interval)));
+        background.push(context.tasks.spawn(crate::ttl::run(context.clone(), interval)));
         let gc_interval = Duration::from_secs(context.config.gc_interval_secs);
-        background.push(tokio::spawn(crate::gc_worker::run(context.clone(), gc_interval)));
+        background.push(context.tasks.spawn(crate::gc_worker::run(context.clone(), gc_interval)));
         tracing::info!(
             addr = %context.advertise_addr,
             store_id = context.store_id,
@@ -338,6 +342,9 @@ impl Node {
                 server.abort();
             }
         }
+        // Connections, their streams, transport connections, background work: all of it
+        // holds the node's state, storage included.
+        self.context.tasks.abort_all();
         if let Some(driver) = self.driver.take() {
             driver.stop(&self.context.raft);
             let _ = tokio::task::spawn_blocking(move || driver.join()).await;
@@ -559,7 +566,10 @@ async fn wait_until_ready(node: &NodeContext) -> Result<(), NodeError> {
     let mut warned = false;
     loop {
         let meta = node.registry.meta();
-        let sole = meta.status.as_ref().is_some_and(|s| s.region.voters().count() == 1);
+        // This node is the cluster's only voter: it serves once it leads everything here.
+        let sole = meta.status.as_ref().is_some_and(|s| {
+            s.region.voters().map(|p| p.store_id).eq(std::iter::once(node.store_id))
+        });
         if sole {
             let regions = node.registry.all();
             if meta.ready_for_reads && regions.iter().all(|s| s.ready_for_reads) {
@@ -673,11 +683,12 @@ fn serve(node: Arc<NodeContext>, listener: std::net::TcpListener) -> ServeResult
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
     let server = hyper::Server::builder(incoming)
         .http2_max_concurrent_streams(1024)
+        .executor(node.tasks.clone())
         .serve(app.into_make_service())
         .with_graceful_shutdown(async {
             let _ = shutdown_signal.await;
         });
-    let handle = tokio::spawn(async move {
+    let handle = node.tasks.spawn(async move {
         if let Err(error) = server.await {
             tracing::error!(%error, "server failed");
         }

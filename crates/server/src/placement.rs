@@ -87,6 +87,7 @@ pub struct Placement {
     seeds: Vec<String>,
     tso: Mutex<Option<Tso>>,
     raising_limit: AtomicBool,
+    tasks: crate::tasks::Tasks,
 }
 
 /// Where this node reaches the rest of the cluster from.
@@ -101,6 +102,8 @@ pub struct PlacementNetwork {
     pub clients: Arc<Clients>,
     /// Addresses to ask for the leader as a last resort.
     pub seeds: Vec<String>,
+    /// The node's tasks.
+    pub tasks: crate::tasks::Tasks,
 }
 
 impl Placement {
@@ -122,6 +125,7 @@ impl Placement {
             seeds: network.seeds,
             tso: Mutex::new(None),
             raising_limit: AtomicBool::new(false),
+            tasks: network.tasks,
         }
     }
 
@@ -153,6 +157,16 @@ impl Placement {
             return Some(self.store_id);
         }
         meta.status.and_then(|s| s.leader).map(|p| p.store_id)
+    }
+
+    /// The placement leader's store, if this node's replica has heard from it lately
+    /// (what `GetMembers` names: a client given a dead leader gives up within a second).
+    pub fn live_leader_store(&self) -> Option<StoreId> {
+        let meta = self.registry.meta();
+        if meta.is_leader {
+            return Some(self.store_id);
+        }
+        meta.status.filter(|s| s.leader_alive).and_then(|s| s.leader).map(|p| p.store_id)
     }
 
     /// Where the placement leader is, as this node's replica knows it.
@@ -393,7 +407,7 @@ impl Placement {
             return;
         };
         let placement = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(error) = placement.raise_limit(limit, term).await {
                 tracing::warn!(%error, "could not raise the timestamp high-water mark");
             }

@@ -118,7 +118,8 @@ pub async fn on_events(node: Arc<NodeContext>, mut events: mpsc::UnboundedReceiv
                         continue;
                     }
                     let node = node.clone();
-                    tokio::spawn(async move { sync_max_ts(&node, region_id, term).await });
+                    let tasks = node.tasks.clone();
+                    tasks.spawn(async move { sync_max_ts(&node, region_id, term).await });
                 }
                 Event::Role { region_id, is_leader: false, .. } => {
                     node.max_ts_sync.forget(region_id);

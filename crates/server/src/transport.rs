@@ -10,6 +10,7 @@
 
 use crate::network::{Clients, Directory, Links};
 use crate::raft_driver::RaftHandle;
+use crate::tasks::Tasks;
 use prost::Message as _;
 use scandium_protocol::scandium::{RaftBatch, SnapshotChunk};
 use scandium_raftstore::snapshot::{for_each_chunk, SnapshotHeader};
@@ -59,7 +60,7 @@ struct Inner {
     links: Arc<Links>,
     sources: SnapshotSources,
     raft: OnceLock<RaftHandle>,
-    runtime: tokio::runtime::Handle,
+    tasks: Tasks,
     queues: Mutex<HashMap<StoreId, mpsc::Sender<PeerMessage>>>,
     snapshots: Arc<Semaphore>,
     stats: TransportStats,
@@ -90,6 +91,7 @@ impl Transport {
         clients: Arc<Clients>,
         links: Arc<Links>,
         sources: SnapshotSources,
+        tasks: Tasks,
     ) -> Transport {
         Transport {
             inner: Arc::new(Inner {
@@ -101,7 +103,7 @@ impl Transport {
                 links,
                 sources,
                 raft: OnceLock::new(),
-                runtime: tokio::runtime::Handle::current(),
+                tasks,
                 queues: Mutex::default(),
                 snapshots: Arc::new(Semaphore::new(CONCURRENT_SNAPSHOTS)),
                 stats: TransportStats::default(),
@@ -146,9 +148,11 @@ impl Transport {
             raft.report_unreachable(message.region_id, message.to.id);
             if message.is_snapshot() {
                 let (raft, region, peer) = (raft.clone(), message.region_id, message.to.id);
-                self.inner
-                    .runtime
-                    .spawn(async move { raft.report_snapshot(region, peer, false).await });
+                drop(
+                    self.inner
+                        .tasks
+                        .spawn(async move { raft.report_snapshot(region, peer, false).await }),
+                );
             }
         }
     }
@@ -161,13 +165,13 @@ impl Transport {
         let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
         queues.insert(store, sender.clone());
         let inner = self.inner.clone();
-        self.inner.runtime.spawn(connection(inner, store, receiver));
+        drop(self.inner.tasks.spawn(connection(inner, store, receiver)));
         sender
     }
 
     fn send_snapshot(&self, message: PeerMessage) {
         let inner = self.inner.clone();
-        self.inner.runtime.spawn(async move {
+        drop(self.inner.tasks.spawn(async move {
             let (region, peer) = (message.region_id, message.to.id);
             let result = match inner.snapshots.clone().acquire_owned().await {
                 Ok(_permit) => {
@@ -191,7 +195,7 @@ impl Transport {
             if let Some(raft) = inner.raft.get() {
                 raft.report_snapshot(region, peer, delivered).await;
             }
-        });
+        }));
     }
 }
 
@@ -224,7 +228,8 @@ async fn connection(inner: Arc<Inner>, store: StoreId, mut queue: mpsc::Receiver
             }
         };
         let (batches, receiver) = mpsc::channel::<RaftBatch>(8);
-        let call = tokio::spawn(async move { client.raft(ReceiverStream::new(receiver)).await });
+        let call =
+            inner.tasks.spawn(async move { client.raft(ReceiverStream::new(receiver)).await });
         let connected_at = Instant::now();
         let mut next = Some(first);
         loop {

@@ -44,7 +44,8 @@ pub fn serve(
     inbound: Streaming<BatchCommandsRequest>,
 ) -> BatchCommandsStream {
     let (answers, received) = mpsc::channel::<Answer>(MAX_IN_FLIGHT);
-    tokio::spawn(read_commands(service, inbound, answers));
+    let tasks = service.node().tasks.clone();
+    tasks.spawn(read_commands(service, inbound, answers));
     Box::pin(futures::stream::unfold(Outbound { received, failed: false }, Outbound::next))
 }
 
@@ -70,7 +71,8 @@ async fn read_commands(
                 return;
             }
             let (service, answers) = (service.clone(), answers.clone());
-            tokio::spawn(async move {
+            let tasks = service.node().tasks.clone();
+            tasks.spawn(async move {
                 let answer = execute(&service, request.cmd).await;
                 let answer =
                     answer.map(|cmd| (id, batch_commands_response::Response { cmd: Some(cmd) }));

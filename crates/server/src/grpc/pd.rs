@@ -82,13 +82,12 @@ impl PdService {
     /// local replica sees it; none while unknown (the client then backs off and asks
     /// again, where a wrong guess could send it to a dead store).
     fn leader_of(&self, region: &Region) -> Option<scandium_protocol::metapb::Peer> {
-        let reported = self.node.placement.read().leader_of(region.id).cloned();
-        let local = || self.node.registry.get(region.id).and_then(|s| s.leader);
-        let leader = match (reported, local()) {
-            // A local leader that has taken over knows better than an older report.
-            (_, Some(here)) if here.store_id == self.node.store_id => Some(here),
-            (Some(reported), _) => Some(reported),
-            (None, local) => local,
+        let leader = match self.node.registry.get(region.id) {
+            // A local replica knows best: the leader it hears from now, or none while it
+            // hears none (an election: better no answer than a dead store).
+            Some(local) if local.leader_alive => local.leader,
+            Some(_) => None,
+            None => self.node.placement.read().leader_of(region.id).cloned(),
         };
         leader.map(|p| peer_to_meta(&p))
     }
@@ -132,7 +131,7 @@ impl Pd for PdService {
         // second per retry).
         let leader = node
             .placement
-            .leader_store()
+            .live_leader_store()
             .and_then(|id| members.iter().find(|m| m.member_id == id).cloned())
             .unwrap_or(own);
         Ok(Response::new(pdpb::GetMembersResponse {
@@ -152,7 +151,7 @@ impl Pd for PdService {
         let placement = self.node.placement.clone();
         let cluster_id = self.cluster_id();
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
+        self.node.tasks.spawn(async move {
             // One request at a time, in order: the client matches responses to requests FIFO.
             while let Some(Ok(request)) = requests.next().await {
                 let response = match placement.timestamp(request.count).await {

@@ -25,6 +25,11 @@ impl TikvService {
     pub fn new(node: Arc<NodeContext>) -> TikvService {
         TikvService { node }
     }
+
+    /// The node served.
+    pub fn node(&self) -> &Arc<NodeContext> {
+        &self.node
+    }
 }
 
 fn pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<KvPair> {

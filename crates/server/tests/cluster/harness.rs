@@ -1,0 +1,261 @@
+//! An in-process cluster of real nodes (each a `Node` with its own data directory and
+//! port) with short Raft ticks, whose links can be cut: TiKV's `SimulateTransport`
+//! filters, at the transport boundary.
+
+#![allow(dead_code)]
+
+use scandium_raftstore::META_GROUP_ID;
+use scandium_server::{Config, Node};
+use scandium_types::PeerRole;
+use std::path::PathBuf;
+use std::time::Duration;
+use tikv_client::{RawClient, TransactionClient};
+
+/// Milliseconds per Raft tick in these tests (elections in 100–160 ms).
+pub const TICK_MS: u64 = 10;
+
+pub struct Cluster {
+    pub nodes: Vec<Option<Node>>,
+    pub dirs: Vec<tempfile::TempDir>,
+    pub addrs: Vec<String>,
+}
+
+pub fn config(dir: PathBuf, addr: &str, join: Vec<String>) -> Config {
+    Config {
+        data_dir: dir,
+        addr: addr.to_string(),
+        join,
+        raft_tick_ms: TICK_MS,
+        election_ticks: 10,
+        max_election_ticks: 16,
+        heartbeat_interval_ms: 100,
+        gc_interval_secs: 3600,
+        ..Config::default()
+    }
+}
+
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+impl Cluster {
+    /// Starts `n` nodes: the first bootstraps, the others join through it; returns once
+    /// every Region and the placement group have `min(n, 3)` voters.
+    pub async fn start(n: usize) -> Cluster {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let mut cluster = Cluster { nodes: Vec::new(), dirs: Vec::new(), addrs: Vec::new() };
+        for i in 0..n {
+            let dir = tempfile::tempdir().unwrap();
+            let addr = free_addr();
+            let join = if i == 0 { Vec::new() } else { vec![cluster.addrs[0].clone()] };
+            let node = Node::start(config(dir.path().to_path_buf(), &addr, join))
+                .await
+                .expect("node starts");
+            cluster.nodes.push(Some(node));
+            cluster.dirs.push(dir);
+            cluster.addrs.push(addr);
+        }
+        cluster.wait_replicated(n.min(3), Duration::from_secs(30)).await;
+        cluster
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = (usize, &Node)> {
+        self.nodes.iter().enumerate().filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
+    }
+
+    /// Waits until every Region placement knows, and the placement group, have `voters`
+    /// voters and no learner, on every running node's view.
+    pub async fn wait_replicated(&self, voters: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.replicated(voters) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not replicated in time: {}",
+                self.describe()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn replicated(&self, voters: usize) -> bool {
+        let (_, any) = self.running().next().unwrap();
+        let placement = any.context().placement.read();
+        let regions: Vec<_> = placement.regions().cloned().collect();
+        drop(placement);
+        let full = |peers: &[scandium_types::Peer]| {
+            peers.len() >= voters
+                && peers.iter().filter(|p| p.role() == PeerRole::Voter).count() == voters
+        };
+        let meta_ok = self.running().any(|(_, n)| {
+            n.context()
+                .registry
+                .meta()
+                .status
+                .is_some_and(|s| s.ready_for_reads && full(&s.region.peers))
+        });
+        meta_ok
+            && regions.iter().all(|region| {
+                full(&region.peers)
+                    && self.running().any(|(_, n)| {
+                        n.context()
+                            .registry
+                            .get(region.id)
+                            .is_some_and(|s| s.ready_for_reads && full(&s.region.peers))
+                    })
+            })
+    }
+
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (i, node) in self.running() {
+            let ctx = node.context();
+            out.push_str(&format!(
+                "\nnode {i} (store {}): meta {:?}",
+                ctx.store_id,
+                ctx.registry.meta().status.map(|s| (s.ready_for_reads, s.region.peers))
+            ));
+            for s in ctx.registry.all() {
+                out.push_str(&format!(
+                    "\n  region {} leader={} peers={:?}",
+                    s.region.id, s.ready_for_reads, s.region.peers
+                ));
+            }
+        }
+        out
+    }
+
+    /// The index of the node leading the placement group.
+    pub fn meta_leader(&self) -> Option<usize> {
+        self.running().find(|(_, n)| n.context().registry.meta().ready_for_reads).map(|(i, _)| i)
+    }
+
+    /// The index of the node leading Region `id`.
+    pub fn leader_of(&self, id: u64) -> Option<usize> {
+        if id == META_GROUP_ID {
+            return self.meta_leader();
+        }
+        self.running()
+            .find(|(_, n)| n.context().registry.get(id).is_some_and(|s| s.ready_for_reads))
+            .map(|(i, _)| i)
+    }
+
+    /// The id of the Region holding `key` (unencoded).
+    pub fn region_of(&self, key: &[u8]) -> u64 {
+        let (_, node) = self.running().next().unwrap();
+        node.context().placement.read().region_by_key(key).unwrap().id
+    }
+
+    pub async fn wait_leader(&self, id: u64, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.leader_of(id) {
+                return i;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no leader of {id}: {}",
+                self.describe()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops node `i` at once (as a crash would, but flushing storage).
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.stop().await;
+        }
+    }
+
+    /// Restarts node `i` on its data directory and address.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none());
+        let others: Vec<String> = self
+            .addrs
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, a)| a.clone())
+            .collect();
+        let config = config(self.dirs[i].path().to_path_buf(), &self.addrs[i], others);
+        let mut last = None;
+        for _ in 0..50 {
+            match Node::start(config.clone()).await {
+                Ok(node) => {
+                    self.nodes[i] = Some(node);
+                    return;
+                }
+                // The previous instance's port or storage may take a moment to be released.
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("node {i} did not restart: {last:?}");
+    }
+
+    /// Cuts node `i` off from every other node, both ways.
+    pub fn isolate(&self, i: usize) {
+        let others: Vec<usize> = (0..self.nodes.len()).filter(|j| *j != i).collect();
+        self.partition(&[i], &others);
+    }
+
+    /// Cuts every link between the two groups, both ways.
+    pub fn partition(&self, a: &[usize], b: &[usize]) {
+        let target = |group: &[usize]| -> Vec<(u64, String)> {
+            group
+                .iter()
+                .filter_map(|&j| {
+                    self.nodes[j].as_ref().map(|n| (n.context().store_id, self.addrs[j].clone()))
+                })
+                .collect()
+        };
+        let (to_b, to_a) = (target(b), target(a));
+        for &i in a {
+            if let Some(node) = &self.nodes[i] {
+                node.context().links.block(&to_b);
+            }
+        }
+        for &j in b {
+            if let Some(node) = &self.nodes[j] {
+                node.context().links.block(&to_a);
+            }
+        }
+    }
+
+    pub fn heal(&self) {
+        for (_, node) in self.running() {
+            node.context().links.heal();
+        }
+    }
+
+    /// A raw client given every node as PD endpoint.
+    pub async fn raw_client(&self) -> RawClient {
+        let config = tikv_client::Config::default().with_timeout(Duration::from_secs(2));
+        let endpoints: Vec<String> = self.running().map(|(i, _)| self.addrs[i].clone()).collect();
+        RawClient::new_with_config(endpoints, config).await.expect("client connects")
+    }
+
+    /// A transactional client given every node as PD endpoint.
+    pub async fn txn_client(&self) -> TransactionClient {
+        let config = tikv_client::Config::default().with_timeout(Duration::from_secs(2));
+        let endpoints: Vec<String> = self.running().map(|(i, _)| self.addrs[i].clone()).collect();
+        TransactionClient::new_with_config(endpoints, config).await.expect("client connects")
+    }
+
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+}
