@@ -21,12 +21,36 @@ enum CtlCommand {
     Regions,
     /// Lists stores as JSON.
     Stores,
+    /// Lists the cluster's members (every node) and the placement leader as JSON.
+    Members,
+    /// Moves leadership of a Region to its replica on STORE.
+    TransferLeader {
+        /// The Region's id.
+        region: u64,
+        /// The store to lead it.
+        store: u64,
+    },
+    /// Operates on stores.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Splits the Region containing KEY so that a Region starts at KEY.
     Split {
         /// The split key, as text; with --hex, as hexadecimal bytes.
         key: String,
         #[arg(long)]
         hex: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Retires a store: its replicas are re-created on other stores, then it becomes a
+    /// tombstone and never serves again.
+    Remove {
+        /// The store's id.
+        id: u64,
     },
 }
 
@@ -109,9 +133,70 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             let stores: Vec<_> = response
                 .stores
                 .iter()
-                .map(|s| json!({ "id": s.id, "address": s.address, "state": s.state, "version": s.version }))
+                .map(|s| {
+                    let state = match s.state {
+                        0 => "Up",
+                        1 => "Offline",
+                        _ => "Tombstone",
+                    };
+                    json!({ "id": s.id, "address": s.address, "state": state, "version": s.version })
+                })
                 .collect();
             json!({ "count": stores.len(), "stores": stores })
+        }
+        CtlCommand::Members => {
+            let list: Vec<_> = members
+                .members
+                .iter()
+                .map(|m| json!({ "id": m.member_id, "name": m.name, "client_urls": m.client_urls }))
+                .collect();
+            json!({ "members": list, "leader": members.leader.as_ref().map(|l| l.member_id) })
+        }
+        CtlCommand::TransferLeader { region, store } => {
+            let request = pdpb::GetRegionByIdRequest {
+                header: header(cluster_id),
+                region_id: region,
+                ..Default::default()
+            };
+            let response =
+                pd.get_region_by_id(request).await.map_err(|e| e.to_string())?.into_inner();
+            check(response.header)?;
+            let leader =
+                response.leader.ok_or("the Region has no leader now; retry in a moment")?;
+            let address = store_address(&mut pd, cluster_id, leader.store_id).await?;
+            let mut cluster = cluster_client(&address).await?;
+            let request = scandium_protocol::scandium::TransferLeaderRequest {
+                cluster_id,
+                region_id: region,
+                to_store: store,
+            };
+            let reply =
+                cluster.transfer_leader(request).await.map_err(|e| e.to_string())?.into_inner();
+            if !reply.error.is_empty() {
+                return Err(reply.error);
+            }
+            json!({ "region": region, "leader_store": store, "requested": true })
+        }
+        CtlCommand::Store { command: StoreCommand::Remove { id } } => {
+            use prost::Message as _;
+            use scandium_placement::{Command, Kind, StoreStateChange};
+            let change = StoreStateChange {
+                store_id: id,
+                state: scandium_types::StoreState::Offline as i32,
+            };
+            let leader = members.leader.as_ref().and_then(|l| l.client_urls.first().cloned());
+            let leader = leader.ok_or("no placement leader is known")?;
+            let mut cluster = cluster_client(leader.trim_start_matches("http://")).await?;
+            let request = scandium_protocol::scandium::ProposeMetaRequest {
+                cluster_id,
+                command: Command::new(Kind::SetStoreState(change)).encode_to_vec(),
+            };
+            let reply =
+                cluster.propose_meta(request).await.map_err(|e| e.to_string())?.into_inner();
+            if !reply.error.is_empty() {
+                return Err(reply.error);
+            }
+            json!({ "store": id, "state": "Offline", "note": "its replicas move to other stores, then it becomes a Tombstone" })
         }
         CtlCommand::Split { key, hex } => {
             let key = if hex { parse_hex(&key)? } else { key.into_bytes() };
@@ -127,4 +212,26 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
     };
     println!("{}", serde_json::to_string_pretty(&output).map_err(|e| e.to_string())?);
     Ok(())
+}
+
+async fn store_address(
+    pd: &mut PdClient<Channel>,
+    cluster_id: u64,
+    store: u64,
+) -> Result<String, String> {
+    let request = pdpb::GetStoreRequest { header: header(cluster_id), store_id: store };
+    let response = pd.get_store(request).await.map_err(|e| e.to_string())?.into_inner();
+    check(response.header)?;
+    response.store.map(|s| s.address).ok_or_else(|| format!("store {store} not found"))
+}
+
+async fn cluster_client(
+    address: &str,
+) -> Result<scandium_protocol::scandium::cluster_client::ClusterClient<Channel>, String> {
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    Ok(scandium_protocol::scandium::cluster_client::ClusterClient::new(channel))
 }

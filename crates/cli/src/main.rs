@@ -1,7 +1,8 @@
 //! `scandium`: one binary for the server and the tools around it.
 //!
 //! * `scandium server` runs a node (no flags needed: data in `./scandium-data`, listening on
-//!   `127.0.0.1:2379`).
+//!   `127.0.0.1:2379`); `--join` adds it to an existing cluster.
+//! * `scandium playground` runs a local cluster of several nodes.
 //! * `scandium kv` reads and writes keys through the TiKV client, like an application would.
 //! * `scandium ctl` inspects and operates the cluster through the placement API.
 //! * `scandium bench` measures throughput and latency against any cluster.
@@ -10,6 +11,7 @@ mod batch_client;
 mod bench;
 mod ctl;
 mod kv;
+mod playground;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +32,8 @@ struct Cli {
 enum Command {
     /// Runs a node.
     Server(server::ServerArgs),
+    /// Runs a local cluster of several nodes (child processes) until Ctrl-C.
+    Playground(playground::PlaygroundArgs),
     /// Reads and writes raw keys.
     Kv(kv::KvArgs),
     /// Inspects and operates the cluster.
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(args).await,
+            Command::Playground(args) => playground::run(args).await,
             Command::Kv(args) => kv::run(args).await,
             Command::Ctl(args) => ctl::run(args).await,
             Command::Bench(args) => bench::run(args).await,

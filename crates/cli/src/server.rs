@@ -12,6 +12,10 @@ pub struct ServerArgs {
     /// Address to listen on and advertise, HOST:PORT [default: 127.0.0.1:2379].
     #[arg(long)]
     addr: Option<String>,
+    /// Nodes of an existing cluster to join through, HOST:PORT[,HOST:PORT...]; needed only
+    /// the first time (a node that belongs to a cluster resumes it).
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
     /// TOML file with settings; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -28,15 +32,20 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
     if let Some(addr) = args.addr {
         config.addr = addr;
     }
+    if !args.join.is_empty() {
+        config.join = args.join;
+    }
     let node = Node::start(config).await.map_err(|e| e.to_string())?;
     eprintln!("scandium serving on {} (PD endpoint and store address)", node.advertise_addr());
     wait_for_signal().await;
     eprintln!("shutting down");
-    node.stop().await;
+    // Leadership moves to other nodes first, so clients see no election.
+    node.stop_gracefully().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

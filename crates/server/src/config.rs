@@ -38,6 +38,9 @@ pub struct Config {
     pub store_down_secs: u64,
     /// Largest snapshot a node accepts, in bytes (held in memory until installed).
     pub max_snapshot_bytes: u64,
+    /// Log entries a Region's leader keeps for lagging followers at most; past it, they
+    /// are caught up by a snapshot instead.
+    pub raft_log_max_entries: u64,
     /// Largest Raft entry (one write command), in bytes.
     pub max_raft_entry_bytes: u64,
     /// Largest gRPC message accepted or sent, in bytes.
@@ -74,6 +77,7 @@ impl Default for Config {
             heartbeat_interval_ms: 1000,
             store_down_secs: 1800,
             max_snapshot_bytes: 1 << 30,
+            raft_log_max_entries: 8192,
             max_raft_entry_bytes: 8 << 20,
             max_grpc_message_bytes: 10 << 20,
             max_response_bytes: 4 << 20,
@@ -192,6 +196,7 @@ impl Config {
         in_range("heartbeat_interval_ms", self.heartbeat_interval_ms, 10, 60_000)?;
         in_range("store_down_secs", self.store_down_secs, 1, 30 * DAY_SECS)?;
         in_range("max_snapshot_bytes", self.max_snapshot_bytes, MIB, 1 << 40)?;
+        in_range("raft_log_max_entries", self.raft_log_max_entries, 16, 1 << 24)?;
         in_range("max_raft_entry_bytes", self.max_raft_entry_bytes, MIB, 256 * MIB)?;
         in_range("max_grpc_message_bytes", grpc, self.max_raft_entry_bytes, GIB)
             .map_err(|e| e.because("it must hold the largest Raft entry"))?;
@@ -253,6 +258,7 @@ mod tests {
             ("heartbeat_interval_ms", |c| c.heartbeat_interval_ms = 0),
             ("store_down_secs", |c| c.store_down_secs = 0),
             ("max_snapshot_bytes", |c| c.max_snapshot_bytes = 10),
+            ("raft_log_max_entries", |c| c.raft_log_max_entries = 1),
             ("raft_tick_ms", |c| c.raft_tick_ms = 0),
             ("raft_tick_ms", |c| c.raft_tick_ms = 10_001),
             ("max_raft_entry_bytes", |c| c.max_raft_entry_bytes = 1000),

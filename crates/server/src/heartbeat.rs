@@ -96,6 +96,7 @@ pub async fn run(node: Arc<NodeContext>, interval: Duration) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        node.placement.cut_off();
         if let Err(error) = beat(&node).await {
             tracing::debug!(%error, "heartbeat failed");
         }
@@ -222,8 +223,37 @@ async fn to_operator(
     })
 }
 
+/// Drained (`Offline`) stores that hold no replica any more become tombstones.
+async fn retire_drained_stores(node: &Arc<NodeContext>) {
+    let drained: Vec<StoreId> = {
+        let state = node.placement.read();
+        let meta_peers = node.registry.meta().status.map(|s| s.region.peers).unwrap_or_default();
+        state
+            .stores()
+            .filter(|s| s.state() == scandium_types::StoreState::Offline)
+            .filter(|s| state.regions().all(|r| r.peer_on_store(s.id).is_none()))
+            .filter(|s| meta_peers.iter().all(|p| p.store_id != s.id))
+            .map(|s| s.id)
+            .collect()
+    };
+    for store_id in drained {
+        let change = scandium_placement::StoreStateChange {
+            store_id,
+            state: scandium_types::StoreState::Tombstone as i32,
+        };
+        match node.placement.propose(scandium_placement::Kind::SetStoreState(change)).await {
+            Ok(_) => tracing::info!(
+                store_id,
+                "a drained store holds no replica any more: it is now a tombstone"
+            ),
+            Err(error) => tracing::debug!(store_id, %error, "cannot retire store yet"),
+        }
+    }
+}
+
 /// The placement leader schedules its own group from its own view of it.
 async fn schedule_meta(node: &Arc<NodeContext>) {
+    retire_drained_stores(node).await;
     let Some(status) = node.registry.meta().status.filter(|s| s.ready_for_reads) else { return };
     let live = node.coordinator.liveness();
     let decision = {

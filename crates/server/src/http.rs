@@ -16,6 +16,8 @@ pub fn routes(router: Router, node: Arc<NodeContext>) -> Router {
         .route("/pd/api/v1/regions", get(regions))
         .route("/pd/api/v1/stores", get(stores))
         .route("/pd/api/v1/health", get(members_health))
+        .route("/pd/api/v1/members", get(members))
+        .route("/pd/api/v1/leader", get(leader))
         .route("/health", get(health))
         .with_state(node);
     router.merge(http)
@@ -27,7 +29,12 @@ fn hex(key: &[u8]) -> String {
 }
 
 fn region_json(node: &NodeContext, region: &Region) -> Value {
-    let leader = node.registry.get(region.id).and_then(|s| s.leader);
+    let leader = node
+        .registry
+        .get(region.id)
+        .filter(|s| s.leader_alive)
+        .and_then(|s| s.leader)
+        .or_else(|| node.placement.read().leader_of(region.id).cloned());
     json!({
         "id": region.id,
         "start_key": hex(&region.start_key),
@@ -45,16 +52,23 @@ async fn regions(State(node): State<Arc<NodeContext>>) -> Json<Value> {
 }
 
 async fn stores(State(node): State<Arc<NodeContext>>) -> Json<Value> {
+    let liveness = liveness(&node).await;
     let placement = node.placement.read();
     let list: Vec<Value> = placement
         .stores()
         .map(|store| {
             let regions =
                 placement.regions().filter(|r| r.peer_on_store(store.id).is_some()).count();
-            let state = match store.state {
-                0 => "Up",
-                1 => "Offline",
-                _ => "Tombstone",
+            let leaders = placement
+                .regions()
+                .filter(|r| placement.leader_of(r.id).is_some_and(|l| l.store_id == store.id))
+                .count();
+            let live = liveness.iter().find(|l| l.store_id == store.id);
+            let state = match (store.state, live) {
+                (1, _) => "Offline".to_string(),
+                (2, _) => "Tombstone".to_string(),
+                (_, Some(live)) => live.status.clone(),
+                (_, None) => "Up".to_string(),
             };
             json!({
                 "store": {
@@ -64,21 +78,81 @@ async fn stores(State(node): State<Arc<NodeContext>>) -> Json<Value> {
                     "version": store.version,
                     "start_timestamp": store.start_timestamp,
                 },
-                "status": { "region_count": regions, "leader_count": regions },
+                "status": {
+                    "region_count": regions,
+                    "leader_count": leaders,
+                    "last_heartbeat_ms_ago": live.map(|l| l.last_heartbeat_ms_ago),
+                },
             })
         })
         .collect();
     Json(json!({ "count": list.len(), "stores": list }))
 }
 
-async fn members_health(State(node): State<Arc<NodeContext>>) -> Json<Value> {
-    let url = format!("http://{}", node.advertise_addr);
-    Json(json!([{
-        "name": format!("scandium-{}", node.store_id),
-        "member_id": node.store_id,
+/// What the placement leader knows of stores' heartbeats (asked of it when it is another
+/// node; nothing if it cannot be reached).
+async fn liveness(node: &NodeContext) -> Vec<scandium_protocol::scandium::StoreLiveness> {
+    if node.placement.is_serving() {
+        return node.store_liveness();
+    }
+    let Some(address) = node.placement.leader_address() else { return Vec::new() };
+    let Ok(mut client) = node.clients.cluster(&address) else { return Vec::new() };
+    let request = scandium_protocol::scandium::InfoRequest {};
+    match tokio::time::timeout(std::time::Duration::from_secs(2), client.info(request)).await {
+        Ok(Ok(info)) => info.into_inner().liveness,
+        _ => Vec::new(),
+    }
+}
+
+fn member_json(id: u64, address: &str) -> Value {
+    let url = format!("http://{address}");
+    json!({
+        "name": format!("scandium-{id}"),
+        "member_id": id,
+        "peer_urls": [url.clone()],
         "client_urls": [url],
-        "health": node.placement.is_serving(),
-    }]))
+    })
+}
+
+/// `GET /pd/api/v1/members`, as PD answers it.
+async fn members(State(node): State<Arc<NodeContext>>) -> Json<Value> {
+    let placement = node.placement.read();
+    let members: Vec<Value> = placement
+        .stores()
+        .filter(|s| s.state() != scandium_types::StoreState::Tombstone)
+        .map(|s| member_json(s.id, &s.address))
+        .collect();
+    let leader = node
+        .placement
+        .live_leader_store()
+        .and_then(|id| placement.store(id).map(|s| member_json(s.id, &s.address)));
+    Json(json!({ "members": members, "leader": leader, "etcd_leader": leader }))
+}
+
+/// `GET /pd/api/v1/leader`: the placement leader, as PD answers it.
+async fn leader(
+    State(node): State<Arc<NodeContext>>,
+) -> Result<Json<Value>, axum::http::StatusCode> {
+    let placement = node.placement.read();
+    node.placement
+        .live_leader_store()
+        .and_then(|id| placement.store(id).map(|s| Json(member_json(s.id, &s.address))))
+        .ok_or(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+}
+
+async fn members_health(State(node): State<Arc<NodeContext>>) -> Json<Value> {
+    let placement = node.placement.read();
+    let leader = node.placement.live_leader_store();
+    let list: Vec<Value> = placement
+        .stores()
+        .filter(|s| s.state() != scandium_types::StoreState::Tombstone)
+        .map(|s| {
+            let mut member = member_json(s.id, &s.address);
+            member["health"] = json!(Some(s.id) == leader || s.id == node.store_id);
+            member
+        })
+        .collect();
+    Json(json!(list))
 }
 
 async fn health(State(node): State<Arc<NodeContext>>) -> Json<Value> {

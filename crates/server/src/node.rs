@@ -139,6 +139,8 @@ impl Node {
             election_ticks: config.election_ticks,
             max_election_ticks: config.max_election_ticks,
             max_entry_bytes: config.max_raft_entry_bytes,
+            max_log_entries: config.raft_log_max_entries,
+            log_gc_threshold: (config.raft_log_max_entries / 4).clamp(4, 256),
             ..RaftConfig::default()
         };
         let mut store = Store::open(

@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 
 /// How long a request waits for a placement leader to be known (an election).
 const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// How long a node's placement replica hears no leader before it counts as cut off.
+const CUT_OFF_MS: u64 = 3_000;
 /// How long one forwarded call may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -88,6 +90,8 @@ pub struct Placement {
     tso: Mutex<Option<Tso>>,
     raising_limit: AtomicBool,
     tasks: crate::tasks::Tasks,
+    /// Since when this node's placement replica has heard no leader (see `cut_off`).
+    leaderless_since: Mutex<Option<u64>>,
 }
 
 /// Where this node reaches the rest of the cluster from.
@@ -126,6 +130,7 @@ impl Placement {
             tso: Mutex::new(None),
             raising_limit: AtomicBool::new(false),
             tasks: network.tasks,
+            leaderless_since: Mutex::new(None),
         }
     }
 
@@ -157,6 +162,24 @@ impl Placement {
             return Some(self.store_id);
         }
         meta.status.and_then(|s| s.leader).map(|p| p.store_id)
+    }
+
+    /// Whether this node's replica of the placement group has heard from no leader for
+    /// longer than an election would take: it is cut off from the group's majority. (The
+    /// heartbeat loop calls this every beat, which keeps the clock of it running.)
+    pub fn cut_off(&self) -> bool {
+        let leaderless = self
+            .registry
+            .meta()
+            .status
+            .is_some_and(|s| !s.leader_alive && s.region.voters().count() > 1);
+        let mut since = self.leaderless_since.lock().unwrap_or_else(|e| e.into_inner());
+        if !leaderless {
+            *since = None;
+            return false;
+        }
+        let now = monotonic_ms();
+        now.saturating_sub(*since.get_or_insert(now)) > CUT_OFF_MS
     }
 
     /// The placement leader's store, if this node's replica has heard from it lately

@@ -126,14 +126,25 @@ impl Pd for PdService {
         if !members.iter().any(|m| m.member_id == node.store_id) {
             members.push(own.clone());
         }
-        // The placement leader if known; otherwise this node, which forwards every call to
-        // the leader once there is one (a header error would make tikv-client sleep a
-        // second per retry).
-        let leader = node
-            .placement
-            .live_leader_store()
-            .and_then(|id| members.iter().find(|m| m.member_id == id).cloned())
-            .unwrap_or(own);
+        // The placement leader if this node hears it; otherwise this node, which forwards
+        // every call to the leader once there is one (a header error would make
+        // tikv-client sleep a second per retry) -- unless this node has been cut off from
+        // the placement group for a while: then a header error sends the client to
+        // another member.
+        let leader = match node.placement.live_leader_store() {
+            Some(id) => members.iter().find(|m| m.member_id == id).cloned().unwrap_or(own),
+            None if node.placement.cut_off() => {
+                return Ok(Response::new(pdpb::GetMembersResponse {
+                    header: self.error_header(
+                        pdpb::ErrorType::Unknown,
+                        "this node hears no placement leader; ask another member",
+                    ),
+                    members,
+                    ..Default::default()
+                }));
+            }
+            None => own,
+        };
         Ok(Response::new(pdpb::GetMembersResponse {
             header: self.ok_header(),
             members,

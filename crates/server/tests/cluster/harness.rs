@@ -8,6 +8,7 @@ use scandium_raftstore::META_GROUP_ID;
 use scandium_server::{Config, Node};
 use scandium_types::PeerRole;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tikv_client::{RawClient, TransactionClient};
 
@@ -18,6 +19,8 @@ pub struct Cluster {
     pub nodes: Vec<Option<Node>>,
     pub dirs: Vec<tempfile::TempDir>,
     pub addrs: Vec<String>,
+    /// Applied to every node's settings, at start and restart.
+    adjust: Arc<dyn Fn(&mut Config) + Send + Sync>,
 }
 
 pub fn config(dir: PathBuf, addr: &str, join: Vec<String>) -> Config {
@@ -43,18 +46,31 @@ impl Cluster {
     /// Starts `n` nodes: the first bootstraps, the others join through it; returns once
     /// every Region and the placement group have `min(n, 3)` voters.
     pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, |_| {}).await
+    }
+
+    /// [`Cluster::start`] with every node's settings adjusted by `adjust`.
+    pub async fn start_with(
+        n: usize,
+        adjust: impl Fn(&mut Config) + Send + Sync + 'static,
+    ) -> Cluster {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let mut cluster = Cluster { nodes: Vec::new(), dirs: Vec::new(), addrs: Vec::new() };
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            dirs: Vec::new(),
+            addrs: Vec::new(),
+            adjust: Arc::new(adjust),
+        };
         for i in 0..n {
             let dir = tempfile::tempdir().unwrap();
             let addr = free_addr();
             let join = if i == 0 { Vec::new() } else { vec![cluster.addrs[0].clone()] };
-            let node = Node::start(config(dir.path().to_path_buf(), &addr, join))
-                .await
-                .expect("node starts");
+            let mut settings = config(dir.path().to_path_buf(), &addr, join);
+            (cluster.adjust)(&mut settings);
+            let node = Node::start(settings).await.expect("node starts");
             cluster.nodes.push(Some(node));
             cluster.dirs.push(dir);
             cluster.addrs.push(addr);
@@ -188,7 +204,8 @@ impl Cluster {
             .filter(|(j, _)| *j != i)
             .map(|(_, a)| a.clone())
             .collect();
-        let config = config(self.dirs[i].path().to_path_buf(), &self.addrs[i], others);
+        let mut config = config(self.dirs[i].path().to_path_buf(), &self.addrs[i], others);
+        (self.adjust)(&mut config);
         let mut last = None;
         for _ in 0..50 {
             match Node::start(config.clone()).await {
@@ -202,6 +219,50 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("node {i} did not restart: {last:?}");
+    }
+
+    /// Moves leadership of Region `id` to node `to`, and waits until it leads.
+    pub async fn transfer_leader(&self, id: u64, to: usize) {
+        let target = self.node(to).context().store_id;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.leader_of(id) != Some(to) {
+            if let Some(from) = self.leader_of(id) {
+                let _ = self.node(from).context().transfer_leader_here(id, target).await;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "leadership of {id} did not move");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A gRPC client of node `i`'s storage service.
+    pub async fn tikv(
+        &self,
+        i: usize,
+    ) -> scandium_protocol::tikvpb::tikv_client::TikvClient<tonic::transport::Channel> {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.addrs[i]))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        scandium_protocol::tikvpb::tikv_client::TikvClient::new(channel)
+    }
+
+    /// The request context node `i` would accept for Region `id` (its local view).
+    pub fn context(&self, i: usize, id: u64) -> scandium_protocol::kvrpcpb::Context {
+        let status = self.node(i).context().registry.get(id).expect("a replica here");
+        scandium_protocol::kvrpcpb::Context {
+            region_id: id,
+            region_epoch: Some(scandium_protocol::metapb::RegionEpoch {
+                conf_ver: status.region.conf_ver,
+                version: status.region.version,
+            }),
+            peer: Some(scandium_protocol::metapb::Peer {
+                id: status.peer.id,
+                store_id: status.peer.store_id,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 
     /// Cuts node `i` off from every other node, both ways.
@@ -251,6 +312,19 @@ impl Cluster {
         let config = tikv_client::Config::default().with_timeout(Duration::from_secs(2));
         let endpoints: Vec<String> = self.running().map(|(i, _)| self.addrs[i].clone()).collect();
         TransactionClient::new_with_config(endpoints, config).await.expect("client connects")
+    }
+
+    /// Snapshots every running node's transport has sent.
+    pub fn snapshots_sent(&self) -> u64 {
+        self.running()
+            .map(|(_, n)| {
+                n.context()
+                    .transport
+                    .stats()
+                    .snapshots_sent
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
     }
 
     pub async fn shutdown(mut self) {

@@ -98,3 +98,123 @@ async fn writes_resume_after_the_leader_dies_and_nothing_acknowledged_is_lost() 
     assert_replicas_agree(&cluster).await;
     cluster.shutdown().await;
 }
+
+/// A leader cut off from the others serves nothing once the others can have moved on: no
+/// stale read, no acknowledged write; the majority elects a leader and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_serves_nothing_while_the_majority_goes_on() {
+    use scandium_raftstore::META_GROUP_ID;
+    let cluster = Cluster::start(3).await;
+    let region = cluster.region_of(b"k");
+    let old = cluster.wait_leader(region, Duration::from_secs(5)).await;
+    // The client's placement connection is on the majority side: tikv-client 0.4 moves it
+    // only when a placement call fails, and a cut-off node keeps answering lookups from
+    // what it knows (failing them would let the client report unsent commits as done).
+    let other = (0..3).find(|&i| i != old).unwrap();
+    cluster.transfer_leader(META_GROUP_ID, other).await;
+    let raw = cluster.raw_client().await;
+    raw.put(k("k"), k("v1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    cluster.isolate(old);
+    if let Err(e) = raw.put(k("k"), k("v2")).await {
+        panic!("the majority takes the write: {e:?}\n{}", cluster.describe());
+    }
+    let new = cluster.wait_leader(region, Duration::from_secs(5)).await;
+    assert_ne!(new, old);
+    // Asked directly, the isolated node answers neither the old value nor a write.
+    let mut isolated = cluster.tikv(old).await;
+    let read = scandium_protocol::kvrpcpb::RawGetRequest {
+        context: Some(cluster.context(old, region)),
+        key: k("k"),
+        ..Default::default()
+    };
+    let resp = isolated.raw_get(read.clone()).await.unwrap().into_inner();
+    assert!(resp.region_error.is_some(), "an isolated node must not answer reads: {resp:?}");
+    let write = scandium_protocol::kvrpcpb::RawPutRequest {
+        context: Some(cluster.context(old, region)),
+        key: k("k"),
+        value: k("lost"),
+        ..Default::default()
+    };
+    let resp = isolated.raw_put(write).await.unwrap().into_inner();
+    assert!(resp.region_error.is_some(), "nor acknowledge writes: {resp:?}");
+    cluster.heal();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster
+        .node(old)
+        .context()
+        .engine
+        .get(scandium_storage::Cf::Raw, b"k")
+        .unwrap()
+        .is_none_or(|v| !v.starts_with(b"v2"))
+    {
+        assert!(Instant::now() < deadline, "the old leader did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(raw.get(k("k")).await.unwrap(), Some(k("v2")));
+    assert_replicas_agree(&cluster).await;
+    cluster.shutdown().await;
+}
+
+/// TinyKV 2C: a follower that missed more than the leader keeps in its log is caught up
+/// by a snapshot, and ends up with the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_is_caught_up_by_snapshot() {
+    let cluster = Cluster::start_with(3, |c| c.raft_log_max_entries = 32).await;
+    let raw = cluster.raw_client().await;
+    let region = cluster.region_of(b"lag");
+    let leader = cluster.wait_leader(region, Duration::from_secs(5)).await;
+    let lagging = (0..3)
+        .find(|&i| i != leader && Some(i) != cluster.meta_leader())
+        .unwrap_or((leader + 1) % 3);
+    let sent_before = cluster.snapshots_sent();
+    cluster.isolate(lagging);
+    for i in 0..100 {
+        raw.put(format!("lag{i:03}").into_bytes(), vec![i as u8; 64]).await.unwrap();
+    }
+    cluster.heal();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cluster
+        .node(lagging)
+        .context()
+        .engine
+        .get(scandium_storage::Cf::Raw, b"lag099")
+        .unwrap()
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the follower did not catch up: {}", cluster.describe());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cluster.snapshots_sent() > sent_before, "caught up by a snapshot, not the log");
+    assert_replicas_agree(&cluster).await;
+    cluster.shutdown().await;
+}
+
+/// Timestamps strictly increase across kills of the placement leader, and are served
+/// again soon after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_increase_across_placement_leader_kills() {
+    let mut cluster = Cluster::start(3).await;
+    let mut last = 0u64;
+    for _ in 0..2 {
+        let leader = cluster.meta_leader().unwrap();
+        let survivor = (0..3).find(|&i| i != leader && cluster.nodes[i].is_some()).unwrap();
+        let placement = cluster.node(survivor).context().placement.clone();
+        let ts = placement.timestamp(10).await.unwrap().0;
+        assert!(ts > last);
+        last = ts;
+        cluster.stop(leader).await;
+        let killed = Instant::now();
+        let ts = loop {
+            match placement.timestamp(1).await {
+                Ok(ts) => break ts.0,
+                Err(_) => assert!(killed.elapsed() < Duration::from_secs(10), "no timestamps"),
+            }
+        };
+        assert!(ts > last, "{ts} after {last}: time went back across the failover");
+        last = ts;
+        cluster.restart(leader).await;
+        cluster.wait_replicated(3, Duration::from_secs(30)).await;
+    }
+    cluster.shutdown().await;
+}

@@ -1,0 +1,127 @@
+//! `scandium playground`: a local cluster of N nodes in one command, as `tiup playground`
+//! gives TiKV. Each node is a child process (`scandium server`) with its data under one
+//! directory and consecutive ports; the first creates the cluster, the others join it.
+//! Ctrl-C stops them all.
+
+use clap::Args;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+#[derive(Args)]
+pub struct PlaygroundArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u16,
+    /// Directory holding every node's data (node-1, node-2, ...).
+    #[arg(long, default_value = "scandium-playground")]
+    dir: PathBuf,
+    /// Port of the first node; the others take the next ones.
+    #[arg(long, default_value_t = 2379)]
+    port: u16,
+    /// Host to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+}
+
+/// How long a node may take to start serving.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub async fn run(args: PlaygroundArgs) -> Result<(), String> {
+    if args.nodes == 0 {
+        return Err("a playground needs at least one node".into());
+    }
+    let binary = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let addrs: Vec<String> = (0..args.nodes)
+        .map(|i| {
+            args.port
+                .checked_add(i)
+                .map(|port| format!("{}:{port}", args.host))
+                .ok_or_else(|| "ports run past 65535".to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    let mut children: Vec<Child> = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let data_dir = args.dir.join(format!("node-{}", i + 1));
+        let mut command = Command::new(&binary);
+        command
+            .arg("server")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--addr")
+            .arg(addr)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if i > 0 {
+            command.arg("--join").arg(addrs[..i].join(","));
+        }
+        eprintln!("starting node {} on {addr} (data in {})", i + 1, data_dir.display());
+        let mut child = command.spawn().map_err(|e| format!("cannot start node {}: {e}", i + 1))?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let started = tokio::time::timeout(START_TIMEOUT, wait_serving(i + 1, stderr)).await;
+        match started {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error),
+            Err(_) => return Err(format!("node {} did not start within {START_TIMEOUT:?}", i + 1)),
+        }
+        children.push(child);
+    }
+    let endpoints = addrs.join(",");
+    println!("playground of {} nodes serving", args.nodes);
+    println!("  PD endpoints (give any or all to a TiKV client): {endpoints}");
+    println!("  try: scandium kv --pd {} put hello world", addrs[0]);
+    println!("  Ctrl-C stops every node");
+    crate::server::wait_for_signal().await;
+    eprintln!("stopping {} nodes", children.len());
+    for child in &children {
+        if let Some(pid) = child.id() {
+            // SIGTERM: each node hands its leaderships away and stops cleanly.
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+    }
+    for (i, child) in children.iter_mut().enumerate() {
+        match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("node {} did not stop in time; killing it", i + 1);
+                let _ = child.kill().await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Forwards a node's log lines, prefixed, until it says it serves (then keeps forwarding
+/// warnings and errors in the background).
+async fn wait_serving(node: usize, stderr: tokio::process::ChildStderr) -> Result<(), String> {
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => {
+                let serving = line.contains("scandium serving on");
+                if serving
+                    || line.contains("WARN")
+                    || line.contains("ERROR")
+                    || line.starts_with("error")
+                {
+                    eprintln!("[node {node}] {line}");
+                }
+                if serving {
+                    tokio::spawn(async move {
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            if line.contains("WARN") || line.contains("ERROR") {
+                                eprintln!("[node {node}] {line}");
+                            }
+                        }
+                    });
+                    return Ok(());
+                }
+            }
+            Ok(None) => return Err(format!("node {node} exited before serving")),
+            Err(e) => return Err(format!("cannot read node {node}'s output: {e}")),
+        }
+    }
+}
