@@ -79,6 +79,19 @@ impl Cluster {
         cluster
     }
 
+    /// Starts one more node, joining through the first.
+    pub async fn add_node(&mut self) -> usize {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = free_addr();
+        let mut settings = config(dir.path().to_path_buf(), &addr, vec![self.addrs[0].clone()]);
+        (self.adjust)(&mut settings);
+        let node = Node::start(settings).await.expect("node starts");
+        self.nodes.push(Some(node));
+        self.dirs.push(dir);
+        self.addrs.push(addr);
+        self.nodes.len() - 1
+    }
+
     pub fn node(&self, i: usize) -> &Node {
         self.nodes[i].as_ref().expect("node is running")
     }

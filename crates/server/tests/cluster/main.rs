@@ -218,3 +218,220 @@ async fn timestamps_increase_across_placement_leader_kills() {
     }
     cluster.shutdown().await;
 }
+
+fn put_mutation(key: &[u8], value: &[u8]) -> scandium_protocol::kvrpcpb::Mutation {
+    scandium_protocol::kvrpcpb::Mutation {
+        op: scandium_protocol::kvrpcpb::Op::Put as i32,
+        key: key.to_vec(),
+        value: value.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A lock written under one leader is there for the next: a read on the new leader
+/// meets it (its lock index followed the old leader's commands), and it can be
+/// committed there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_taken_under_the_old_leader_binds_the_new_one() {
+    use scandium_protocol::kvrpcpb;
+    let cluster = Cluster::start(3).await;
+    let region = cluster.region_of(b"locked");
+    let old = cluster.wait_leader(region, Duration::from_secs(5)).await;
+    let placement = cluster.node(old).context().placement.clone();
+    let start_ts = placement.timestamp(1).await.unwrap().0;
+    let mut client = cluster.tikv(old).await;
+    let prewrite = kvrpcpb::PrewriteRequest {
+        context: Some(cluster.context(old, region)),
+        mutations: vec![put_mutation(b"locked", b"v")],
+        primary_lock: k("locked"),
+        start_version: start_ts,
+        lock_ttl: 60_000,
+        ..Default::default()
+    };
+    let resp = client.kv_prewrite(prewrite).await.unwrap().into_inner();
+    assert!(resp.errors.is_empty() && resp.region_error.is_none(), "{resp:?}");
+    let new = (0..3).find(|&i| i != old).unwrap();
+    cluster.transfer_leader(region, new).await;
+    let read_ts = placement.timestamp(1).await.unwrap().0;
+    let mut client = cluster.tikv(new).await;
+    let get = kvrpcpb::GetRequest {
+        context: Some(cluster.context(new, region)),
+        key: k("locked"),
+        version: read_ts,
+    };
+    let resp = client.kv_get(get.clone()).await.unwrap().into_inner();
+    let locked = resp.error.and_then(|e| e.locked).expect("the new leader sees the lock");
+    assert_eq!(locked.lock_version, start_ts);
+    let scan = kvrpcpb::ScanLockRequest {
+        context: Some(cluster.context(new, region)),
+        max_version: read_ts,
+        start_key: k("locked"),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(client.kv_scan_lock(scan).await.unwrap().into_inner().locks.len(), 1);
+    let commit_ts = placement.timestamp(1).await.unwrap().0;
+    let commit = kvrpcpb::CommitRequest {
+        context: Some(cluster.context(new, region)),
+        start_version: start_ts,
+        keys: vec![k("locked")],
+        commit_version: commit_ts,
+        ..Default::default()
+    };
+    let resp = client.kv_commit(commit).await.unwrap().into_inner();
+    assert!(resp.error.is_none() && resp.region_error.is_none(), "{resp:?}");
+    let get = kvrpcpb::GetRequest { version: commit_ts + 1, ..get };
+    assert_eq!(client.kv_get(get).await.unwrap().into_inner().value, k("v"));
+    cluster.shutdown().await;
+}
+
+/// A new leader takes a timestamp into max_ts before it accepts async-commit prewrites:
+/// a read served by the old leader at ts R is never overtaken by an async-commit
+/// transaction committing at or below R on the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_commit_on_a_new_leader_commits_above_reads_served_by_the_old_one() {
+    use scandium_protocol::kvrpcpb;
+    let cluster = Cluster::start(3).await;
+    let region = cluster.region_of(b"ac");
+    let old = cluster.wait_leader(region, Duration::from_secs(5)).await;
+    let placement = cluster.node(old).context().placement.clone();
+    let start_ts = placement.timestamp(1).await.unwrap().0;
+    // A read far in the future of start_ts, on the old leader (as a reader that took a
+    // timestamp just now would make).
+    let read_ts = placement.timestamp(1).await.unwrap().0;
+    let mut client = cluster.tikv(old).await;
+    let get = kvrpcpb::GetRequest {
+        context: Some(cluster.context(old, region)),
+        key: k("ac"),
+        version: read_ts,
+    };
+    assert!(client.kv_get(get).await.unwrap().into_inner().not_found);
+    let new = (0..3).find(|&i| i != old).unwrap();
+    cluster.transfer_leader(region, new).await;
+    let mut client = cluster.tikv(new).await;
+    let prewrite = kvrpcpb::PrewriteRequest {
+        context: Some(cluster.context(new, region)),
+        mutations: vec![put_mutation(b"ac", b"v")],
+        primary_lock: k("ac"),
+        start_version: start_ts,
+        lock_ttl: 3_000,
+        use_async_commit: true,
+        secondaries: vec![],
+        ..Default::default()
+    };
+    let resp = client.kv_prewrite(prewrite).await.unwrap().into_inner();
+    assert!(resp.errors.is_empty() && resp.region_error.is_none(), "{resp:?}");
+    assert!(
+        resp.min_commit_ts > read_ts,
+        "{} must be above the read at {read_ts}",
+        resp.min_commit_ts
+    );
+    cluster.shutdown().await;
+}
+
+/// An abandoned async-commit transaction whose keys are led by different nodes is decided
+/// by asking each secondary on its own leader, and resolved everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_async_commit_transaction_is_resolved_across_nodes() {
+    use scandium_protocol::kvrpcpb;
+    let cluster = Cluster::start(3).await;
+    let txns = cluster.txn_client().await;
+    // Two Regions, led by different nodes.
+    let leader = cluster.wait_leader(cluster.region_of(b"pa"), Duration::from_secs(5)).await;
+    scandium_server::split::split_at(cluster.node(leader).context(), k("pm")).await.unwrap();
+    let primary_region = cluster.region_of(b"pa");
+    let secondary_region = cluster.region_of(b"pz");
+    assert_ne!(primary_region, secondary_region);
+    let p_leader = cluster.wait_leader(primary_region, Duration::from_secs(5)).await;
+    let s_leader = (0..3).find(|&i| i != p_leader).unwrap();
+    cluster.transfer_leader(secondary_region, s_leader).await;
+    let placement = cluster.node(p_leader).context().placement.clone();
+    let start_ts = placement.timestamp(1).await.unwrap().0;
+    // The client prewrites both keys with async commit and vanishes before committing.
+    for (node, region, key) in
+        [(p_leader, primary_region, "pa"), (s_leader, secondary_region, "pz")]
+    {
+        let mut client = cluster.tikv(node).await;
+        let prewrite = kvrpcpb::PrewriteRequest {
+            context: Some(cluster.context(node, region)),
+            mutations: vec![put_mutation(key.as_bytes(), b"async")],
+            primary_lock: k("pa"),
+            start_version: start_ts,
+            lock_ttl: 100,
+            use_async_commit: true,
+            secondaries: if key == "pa" { vec![k("pz")] } else { vec![] },
+            ..Default::default()
+        };
+        let resp = client.kv_prewrite(prewrite).await.unwrap().into_inner();
+        assert!(resp.errors.is_empty() && resp.region_error.is_none(), "{resp:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A reader meets the secondary's lock; the primary's status check decides from both.
+    let mut snapshot = txns.snapshot(txns.current_timestamp().await.unwrap(), Default::default());
+    assert_eq!(
+        snapshot.get(k("pz")).await.unwrap(),
+        Some(k("async")),
+        "committed: all locks were written"
+    );
+    assert_eq!(snapshot.get(k("pa")).await.unwrap(), Some(k("async")));
+    cluster.shutdown().await;
+}
+
+/// Membership changes under load: a fourth node joins, then the store that leads the
+/// Regions is retired (`ctl store remove`): its replicas move to the others (leadership
+/// first), it becomes a tombstone, and no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_move_off_a_retired_store_under_load() {
+    use scandium_placement::{Kind, StoreStateChange};
+    use scandium_types::StoreState;
+    let mut cluster = Cluster::start(3).await;
+    cluster.add_node().await;
+    let raw = cluster.raw_client().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (raw, stop) = (raw.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("load{i:05}").into_bytes();
+                if raw.put(key.clone(), k("v")).await.is_ok() {
+                    acknowledged.push(key);
+                }
+                i += 1;
+            }
+            acknowledged
+        })
+    };
+    let victim = cluster.leader_of(cluster.region_of(b"load")).unwrap();
+    let victim_store = cluster.node(victim).context().store_id;
+    let change = StoreStateChange { store_id: victim_store, state: StoreState::Offline as i32 };
+    let other = (0..4).find(|&i| i != victim).unwrap();
+    cluster.node(other).context().placement.propose(Kind::SetStoreState(change)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state =
+            cluster.node(other).context().placement.read().store(victim_store).map(|s| s.state());
+        if state == Some(StoreState::Tombstone) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the store was not drained: {}", cluster.describe());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged = writer.await.unwrap();
+    assert!(acknowledged.len() > 20, "the load went on: {} writes", acknowledged.len());
+    cluster.stop(victim).await;
+    for key in &acknowledged {
+        assert_eq!(raw.get(key.clone()).await.unwrap(), Some(k("v")), "{}", key.escape_ascii());
+    }
+    let regions: Vec<_> =
+        cluster.node(other).context().placement.read().regions().cloned().collect();
+    for region in regions {
+        assert!(region.peer_on_store(victim_store).is_none(), "{region:?}");
+        assert_eq!(region.peers.len(), 3, "{region:?}");
+    }
+    assert_replicas_agree(&cluster).await;
+    cluster.shutdown().await;
+}
