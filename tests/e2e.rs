@@ -2,86 +2,13 @@
 //! `tikv-client` and the `scandium` CLI, killed with SIGKILL and restarted.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tikv_client::RawClient;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_scandium");
+mod support;
 
-/// A `scandium server` child process.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    /// Starts the binary in `cwd` with `args` and waits for its "serving" line.
-    fn start(cwd: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(BINARY)
-            .arg("server")
-            .args(args)
-            .current_dir(cwd)
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("scandium starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("scandium serving on ") {
-                    let addr = addr.split_whitespace().next().unwrap_or_default().to_string();
-                    let _ = sender.send(addr);
-                }
-            }
-        });
-        let addr =
-            receiver.recv_timeout(Duration::from_secs(30)).expect("server reports it is serving");
-        Server { child, addr }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL delivered");
-        self.child.wait().expect("child reaped");
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("child state") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "server did not stop after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn cli(args: &[&str]) -> (bool, String) {
-    let output =
-        Command::new(BINARY).args(args).env("RUST_LOG", "warn").output().expect("scandium runs");
-    let text = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
-}
-
-async fn client(addr: &str) -> RawClient {
-    let config = tikv_client::Config::default().with_timeout(Duration::from_secs(5));
-    RawClient::new_with_config(vec![addr.to_string()], config).await.expect("client connects")
-}
+use support::{cli, client, Server};
 
 /// Writers put single keys and 3-key batches as fast as they can; the server is killed with
 /// SIGKILL mid-stream and restarted. Every acknowledged put must be there, and every batch

@@ -23,10 +23,10 @@ enum CtlCommand {
     Stores,
     /// Lists the cluster's members (every node) and the placement leader as JSON.
     Members,
-    /// Moves leadership of a Region to its replica on STORE.
+    /// Moves leadership of a Region (or of the placement group) to its replica on STORE.
     TransferLeader {
-        /// The Region's id.
-        region: u64,
+        /// The Region's id, or `placement` for the placement group.
+        region: String,
         /// The store to lead it.
         store: u64,
     },
@@ -153,17 +153,26 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             json!({ "members": list, "leader": members.leader.as_ref().map(|l| l.member_id) })
         }
         CtlCommand::TransferLeader { region, store } => {
-            let request = pdpb::GetRegionByIdRequest {
-                header: header(cluster_id),
-                region_id: region,
-                ..Default::default()
+            let (region, address) = if region == "placement" {
+                let leader = members.leader.as_ref().and_then(|l| l.client_urls.first().cloned());
+                let leader = leader.ok_or("no placement leader is known")?;
+                (u64::MAX, leader.trim_start_matches("http://").to_string())
+            } else {
+                let region: u64 = region
+                    .parse()
+                    .map_err(|_| format!("{region:?} is neither a Region id nor `placement`"))?;
+                let request = pdpb::GetRegionByIdRequest {
+                    header: header(cluster_id),
+                    region_id: region,
+                    ..Default::default()
+                };
+                let response =
+                    pd.get_region_by_id(request).await.map_err(|e| e.to_string())?.into_inner();
+                check(response.header)?;
+                let leader =
+                    response.leader.ok_or("the Region has no leader now; retry in a moment")?;
+                (region, store_address(&mut pd, cluster_id, leader.store_id).await?)
             };
-            let response =
-                pd.get_region_by_id(request).await.map_err(|e| e.to_string())?.into_inner();
-            check(response.header)?;
-            let leader =
-                response.leader.ok_or("the Region has no leader now; retry in a moment")?;
-            let address = store_address(&mut pd, cluster_id, leader.store_id).await?;
             let mut cluster = cluster_client(&address).await?;
             let request = scandium_protocol::scandium::TransferLeaderRequest {
                 cluster_id,
@@ -175,7 +184,7 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             if !reply.error.is_empty() {
                 return Err(reply.error);
             }
-            json!({ "region": region, "leader_store": store, "requested": true })
+            json!({ "region": region, "to_store": store, "requested": true })
         }
         CtlCommand::Store { command: StoreCommand::Remove { id } } => {
             use prost::Message as _;

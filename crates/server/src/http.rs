@@ -40,7 +40,11 @@ fn region_json(node: &NodeContext, region: &Region) -> Value {
         "start_key": hex(&region.start_key),
         "end_key": hex(&region.end_key),
         "epoch": { "conf_ver": region.conf_ver, "version": region.version },
-        "peers": region.peers.iter().map(|p| json!({ "id": p.id, "store_id": p.store_id })).collect::<Vec<_>>(),
+        "peers": region.peers.iter().map(|p| json!({
+            "id": p.id,
+            "store_id": p.store_id,
+            "role_name": format!("{:?}", p.role()),
+        })).collect::<Vec<_>>(),
         "leader": leader.map(|p| json!({ "id": p.id, "store_id": p.store_id })),
     })
 }

@@ -1,0 +1,396 @@
+//! End-to-end tests of a replicated cluster of real `scandium` processes: three nodes
+//! started with `--join`, raw and transactional load through `tikv-client` with every node
+//! given as the PD endpoint, SIGKILL of a Region's leader and of the placement leader,
+//! SIGSTOP of a leader, restarts. Acknowledgements are checked against what the servers
+//! answer afterwards, not taken as proof.
+
+mod support;
+
+use serde_json::Value;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{free_addr, Server};
+use tikv_client::{RawClient, TimestampExt as _, TransactionClient};
+
+struct Node {
+    dir: tempfile::TempDir,
+    addr: String,
+    server: Option<Server>,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Three nodes: the first creates the cluster, the others join it.
+    fn start() -> Cluster {
+        let mut nodes: Vec<Node> = Vec::new();
+        for i in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let addr = free_addr();
+            let join = (i > 0).then(|| nodes[0].addr.clone());
+            let server = start_node(dir.path(), &addr, join.as_deref());
+            nodes.push(Node { dir, addr, server: Some(server) });
+        }
+        Cluster { nodes }
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    fn live(&self) -> &Node {
+        self.nodes.iter().find(|n| n.server.is_some()).expect("a node runs")
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.nodes[i].server.take().expect("running").kill();
+    }
+
+    fn restart(&mut self, i: usize) {
+        let others: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| n.addr.clone())
+            .collect();
+        let node = &mut self.nodes[i];
+        node.server = Some(start_node(node.dir.path(), &node.addr, Some(&others.join(","))));
+    }
+
+    /// The node holding store `id`.
+    async fn node_of_store(&self, id: u64) -> usize {
+        let stores = get_json(&self.live().addr, "/pd/api/v1/stores").await;
+        let address = stores["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["store"]["id"] == id)
+            .map(|s| s["store"]["address"].as_str().unwrap().to_string())
+            .expect("the store is known");
+        self.nodes.iter().position(|n| n.addr == address).expect("one of ours")
+    }
+
+    /// Waits until every Region has three voters and a leader.
+    async fn wait_replicated(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let regions = get_json(&self.live().addr, "/pd/api/v1/regions").await;
+            let done = regions["regions"].as_array().is_some_and(|list| {
+                !list.is_empty()
+                    && list.iter().all(|r| {
+                        let peers = r["peers"].as_array().unwrap();
+                        peers.len() == 3
+                            && peers.iter().all(|p| p["role_name"] == "Voter")
+                            && !r["leader"].is_null()
+                    })
+            });
+            if done {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not replicated: {regions}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The node leading the Region that holds raw key `key`.
+    async fn leader_of_key(&self, key: &str) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let regions = get_json(&self.live().addr, "/pd/api/v1/regions").await;
+            let hex: String = scandium_types::codec::encode_bytes(key.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02X}"))
+                .collect();
+            let leader = regions["regions"].as_array().unwrap().iter().find_map(|r| {
+                let start = r["start_key"].as_str().unwrap();
+                let end = r["end_key"].as_str().unwrap();
+                let inside = start <= hex.as_str() && (end.is_empty() || hex.as_str() < end);
+                inside.then(|| r["leader"]["store_id"].as_u64()).flatten()
+            });
+            if let Some(store) = leader {
+                return self.node_of_store(store).await;
+            }
+            assert!(Instant::now() < deadline, "no leader for {key}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The node leading the placement group.
+    async fn placement_leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let leader = get_json(&self.live().addr, "/pd/api/v1/leader").await;
+            if let Some(id) = leader["member_id"].as_u64() {
+                return self.node_of_store(id).await;
+            }
+            assert!(Instant::now() < deadline, "no placement leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn start_node(dir: &std::path::Path, addr: &str, join: Option<&str>) -> Server {
+    let data = dir.join("data");
+    let data = data.to_str().unwrap().to_string();
+    let mut args = vec!["--data-dir", &data, "--addr", addr];
+    if let Some(join) = join {
+        args.extend(["--join", join]);
+    }
+    Server::start(dir, &args)
+}
+
+async fn get_json(addr: &str, path: &str) -> Value {
+    let client = hyper::Client::new();
+    for _ in 0..50 {
+        let uri: hyper::Uri = format!("http://{addr}{path}").parse().unwrap();
+        if let Ok(response) = client.get(uri).await {
+            let body = hyper::body::to_bytes(response.into_body()).await.unwrap();
+            if let Ok(value) = serde_json::from_slice(&body) {
+                return value;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{addr}{path} did not answer");
+}
+
+fn config() -> tikv_client::Config {
+    tikv_client::Config::default().with_timeout(Duration::from_secs(2))
+}
+
+/// Raw writers and bank transfers run while the leader of their Region is killed with
+/// SIGKILL, restarted, and then the placement leader is killed too. Writes resume after
+/// each kill through the client's own retries; afterwards every acknowledged write is
+/// there, and the bank's total never changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_survives_sigkill_of_a_leader_and_of_the_placement_leader() {
+    let mut cluster = Cluster::start();
+    cluster.wait_replicated().await;
+    let raw = RawClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
+    let txns = TransactionClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
+    const ACCOUNTS: u32 = 10;
+    let mut setup = txns.begin_optimistic().await.unwrap();
+    for i in 0..ACCOUNTS {
+        setup.put(format!("acct{i}").into_bytes(), 100u64.to_be_bytes().to_vec()).await.unwrap();
+    }
+    setup.commit().await.unwrap();
+    // tikv-client reconnects to PD at most once a second: let the connection age.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let acked: Arc<Acks> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for writer in 0..4u32 {
+        let (raw, acked, stop) = (raw.clone(), acked.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            for seq in 0u32.. {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let key = format!("w{writer}-{seq:06}").into_bytes();
+                if raw.put(key.clone(), b"v".to_vec()).await.is_ok() {
+                    acked.lock().unwrap().push((key, Instant::now()));
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    for transfer in 0..2u32 {
+        let (txns, stop) = (txns.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = transfer;
+            while !stop.load(Ordering::Relaxed) {
+                n = n.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                let (from, to) = (n % ACCOUNTS, (n / 7 + 1 + n % (ACCOUNTS - 1)) % ACCOUNTS);
+                if from == to {
+                    continue;
+                }
+                let _ = transfer_one(&txns, from, to).await;
+            }
+        }));
+    }
+    let wait_acks = |count: usize| {
+        let acked = acked.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while acked.lock().unwrap().len() < count {
+                assert!(Instant::now() < deadline, "writers made too little progress");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_acks(200).await;
+
+    let victim = cluster.leader_of_key("w0-000000").await;
+    let before = acked.lock().unwrap().len();
+    let killed = Instant::now();
+    cluster.kill(victim);
+    wait_acks(before + 50).await;
+    let resumed = first_ack_after(&acked, killed).duration_since(killed);
+    eprintln!("writes resumed {resumed:?} after SIGKILL of a Region leader");
+    assert!(resumed < Duration::from_secs(10), "writes resumed only after {resumed:?}");
+    cluster.restart(victim);
+    cluster.wait_replicated().await;
+
+    let victim = cluster.placement_leader().await;
+    let killed = Instant::now();
+    cluster.kill(victim);
+    let timestamp = loop {
+        match txns.current_timestamp().await {
+            Ok(ts) => break ts,
+            Err(_) => assert!(killed.elapsed() < Duration::from_secs(30), "no timestamps"),
+        }
+    };
+    eprintln!(
+        "timestamps served again {:?} after SIGKILL of the placement leader",
+        killed.elapsed()
+    );
+    assert!(timestamp.version() > 0);
+    let before = acked.lock().unwrap().len();
+    wait_acks(before + 50).await;
+    cluster.restart(victim);
+    cluster.wait_replicated().await;
+
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // Checked with a fresh client, against what the servers hold.
+    let raw = RawClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
+    let acked: Vec<Vec<u8>> = acked.lock().unwrap().iter().map(|(k, _)| k.clone()).collect();
+    let found: HashSet<Vec<u8>> = raw
+        .scan(b"w".to_vec()..b"x".to_vec(), 10_240)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|pair| pair.0.into())
+        .collect();
+    let lost: Vec<_> = acked.iter().filter(|k| !found.contains(*k)).collect();
+    assert!(lost.is_empty(), "{} of {} acknowledged writes lost", lost.len(), acked.len());
+    let txns = TransactionClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
+    let mut snapshot = txns.snapshot(txns.current_timestamp().await.unwrap(), Default::default());
+    let mut total = 0u64;
+    for i in 0..ACCOUNTS {
+        let value = snapshot.get(format!("acct{i}").into_bytes()).await.unwrap().expect("account");
+        total += u64::from_be_bytes(value.try_into().unwrap());
+    }
+    assert_eq!(total, 100 * u64::from(ACCOUNTS), "the bank's total changed");
+}
+
+/// Acknowledged keys, with when they were acknowledged.
+type Acks = Mutex<Vec<(Vec<u8>, Instant)>>;
+
+fn first_ack_after(acked: &Acks, at: Instant) -> Instant {
+    acked.lock().unwrap().iter().map(|(_, when)| *when).filter(|when| *when > at).min().unwrap()
+}
+
+async fn transfer_one(txns: &TransactionClient, from: u32, to: u32) -> tikv_client::Result<()> {
+    // A transfer that fails midway is abandoned: its locks are resolved by later readers.
+    let options = tikv_client::TransactionOptions::new_pessimistic()
+        .drop_check(tikv_client::CheckLevel::Warn);
+    let mut txn = txns.begin_with_options(options).await?;
+    let (a, b) = (format!("acct{from}").into_bytes(), format!("acct{to}").into_bytes());
+    let read =
+        |v: Option<Vec<u8>>| u64::from_be_bytes(v.unwrap_or_default().try_into().unwrap_or([0; 8]));
+    let balance_a = read(txn.get_for_update(a.clone()).await?);
+    let balance_b = read(txn.get_for_update(b.clone()).await?);
+    if balance_a == 0 {
+        return txn.rollback().await;
+    }
+    txn.put(a, (balance_a - 1).to_be_bytes().to_vec()).await?;
+    txn.put(b, (balance_b + 1).to_be_bytes().to_vec()).await?;
+    match txn.commit().await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let _ = txn.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// A leader paused with SIGSTOP for longer than the election timeout: the others elect a
+/// new leader and take writes; resumed, the old leader never answers with what it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_never_answers_stale_reads() {
+    let cluster = Cluster::start();
+    cluster.wait_replicated().await;
+    let raw = RawClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
+    raw.put(b"paused".to_vec(), b"old".to_vec()).await.unwrap();
+    let victim = cluster.leader_of_key("paused").await;
+    // Its own view of the Region, to ask it directly later.
+    let placement_node = (0..3).find(|&i| i != victim).unwrap();
+    let regions = get_json(&cluster.nodes[placement_node].addr, "/pd/api/v1/regions").await;
+    let region = regions["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["start_key"].as_str().unwrap().is_empty())
+        .unwrap()
+        .clone();
+    let mut peer = None;
+    for candidate in region["peers"].as_array().unwrap() {
+        if cluster.node_of_store(candidate["store_id"].as_u64().unwrap()).await == victim {
+            peer = Some(candidate.clone());
+        }
+    }
+    let peer = peer.expect("the victim holds a replica");
+    // Keep the placement leader elsewhere (through the CLI), so the client's placement
+    // calls do not wait on the paused node.
+    if cluster.placement_leader().await == victim {
+        let to = cluster.nodes[placement_node].addr.clone();
+        let stores = get_json(&to, "/pd/api/v1/stores").await;
+        let store = stores["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["store"]["address"] == to.as_str())
+            .map(|s| s["store"]["id"].as_u64().unwrap())
+            .unwrap();
+        let (ok, out) =
+            support::cli(&["ctl", "--pd", &to, "transfer-leader", "placement", &store.to_string()]);
+        assert!(ok, "{out}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cluster.placement_leader().await == victim {
+            assert!(Instant::now() < deadline, "placement leadership did not move");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let server = cluster.nodes[victim].server.as_ref().unwrap();
+    server.signal("STOP");
+    raw.put(b"paused".to_vec(), b"new".to_vec()).await.expect("the others take the write");
+    server.signal("CONT");
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", cluster.nodes[victim].addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut tikv = scandium_protocol::tikvpb::tikv_client::TikvClient::new(channel);
+    let request = scandium_protocol::kvrpcpb::RawGetRequest {
+        context: Some(scandium_protocol::kvrpcpb::Context {
+            region_id: region["id"].as_u64().unwrap(),
+            region_epoch: Some(scandium_protocol::metapb::RegionEpoch {
+                conf_ver: region["epoch"]["conf_ver"].as_u64().unwrap(),
+                version: region["epoch"]["version"].as_u64().unwrap(),
+            }),
+            peer: Some(scandium_protocol::metapb::Peer {
+                id: peer["id"].as_u64().unwrap(),
+                store_id: peer["store_id"].as_u64().unwrap(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        key: b"paused".to_vec(),
+        ..Default::default()
+    };
+    let answer = tikv.raw_get(request).await.unwrap().into_inner();
+    assert!(answer.value != b"old" || answer.region_error.is_some(), "a stale read: {answer:?}");
+    assert_eq!(raw.get(b"paused".to_vec()).await.unwrap(), Some(b"new".to_vec()));
+}
