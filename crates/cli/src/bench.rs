@@ -66,9 +66,10 @@ pub struct BenchArgs {
     /// Distinct keys.
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
-    /// Process id of the server, to read its CPU time and RSS from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// Process ids of the server's nodes (comma-separated, or the flag repeated), to read
+    /// their CPU time and RSS from /proc; without it, every node's `/health` is read.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Seed of the key choice.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -345,18 +346,50 @@ async fn client_loop(
     result
 }
 
-/// (cpu seconds, rss bytes) of the server.
-async fn server_stats(args: &BenchArgs) -> Option<(f64, u64)> {
-    if let Some(pid) = args.server_pid {
-        return scandium_server::process::read(Some(pid)).map(|s| (s.cpu_seconds, s.rss_bytes));
+/// One server process: what it is called in the report, its CPU seconds and RSS.
+type NodeStats = (String, f64, u64);
+
+/// Every server process's CPU time and RSS: from /proc for `--server-pid`s, else from
+/// each cluster member's `/health` (members from the PD HTTP API of `--pd`).
+async fn server_stats(args: &BenchArgs) -> Option<Vec<NodeStats>> {
+    if !args.server_pid.is_empty() {
+        return args
+            .server_pid
+            .iter()
+            .map(|&pid| {
+                scandium_server::process::read(Some(pid))
+                    .map(|s| (format!("pid {pid}"), s.cpu_seconds, s.rss_bytes))
+            })
+            .collect();
     }
-    let url: hyper::Uri =
-        format!("http://{}/health", args.pd.trim_start_matches("http://")).parse().ok()?;
+    let pd = args.pd.trim_start_matches("http://");
+    let members = get_json(&format!("http://{pd}/pd/api/v1/members")).await;
+    let mut addresses: Vec<String> = members
+        .as_ref()
+        .and_then(|m| m.get("members")?.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| m.get("client_urls")?.get(0)?.as_str().map(str::to_string))
+        .collect();
+    if addresses.is_empty() {
+        addresses.push(format!("http://{pd}"));
+    }
+    let mut stats = Vec::new();
+    for address in addresses {
+        let health = get_json(&format!("{address}/health")).await?;
+        let process = health.get("process")?;
+        let (cpu, rss) =
+            (process.get("cpu_seconds")?.as_f64()?, process.get("rss_bytes")?.as_u64()?);
+        stats.push((address.trim_start_matches("http://").to_string(), cpu, rss));
+    }
+    Some(stats)
+}
+
+async fn get_json(url: &str) -> Option<serde_json::Value> {
+    let url: hyper::Uri = url.parse().ok()?;
     let response = hyper::Client::new().get(url).await.ok()?;
     let body = hyper::body::to_bytes(response.into_body()).await.ok()?;
-    let health: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    let process = health.get("process")?;
-    Some((process.get("cpu_seconds")?.as_f64()?, process.get("rss_bytes")?.as_u64()?))
+    serde_json::from_slice(&body).ok()
 }
 
 fn report(
@@ -364,7 +397,7 @@ fn report(
     h: &Histogram<u64>,
     errors: u64,
     elapsed: f64,
-    server: Option<((f64, u64), (f64, u64))>,
+    server: Option<(Vec<NodeStats>, Vec<NodeStats>)>,
     client_cpu: Option<f64>,
 ) {
     let ops = h.len();
@@ -403,12 +436,32 @@ fn report(
         h.max()
     );
     match server {
-        Some(((cpu_before, _), (cpu_after, rss))) if ops > 0 => println!(
-            "server cpu={:.2}s cpu_per_op={:.1}us rss={:.1}MB",
-            cpu_after - cpu_before,
-            (cpu_after - cpu_before) * 1e6 / ops as f64,
-            rss as f64 / (1 << 20) as f64
-        ),
+        Some((before, after)) if ops > 0 && before.len() == after.len() => {
+            let mb = |rss: u64| rss as f64 / (1 << 20) as f64;
+            let mut total = 0.0;
+            for ((name, cpu_before, _), (_, cpu_after, rss)) in before.iter().zip(&after) {
+                let cpu = cpu_after - cpu_before;
+                total += cpu;
+                if after.len() > 1 {
+                    println!(
+                        "server[{name}] cpu={cpu:.2}s cpu_per_op={:.1}us rss={:.1}MB",
+                        cpu * 1e6 / ops as f64,
+                        mb(*rss)
+                    );
+                }
+            }
+            let rss: u64 = after.iter().map(|(_, _, rss)| rss).sum();
+            println!(
+                "server cpu={total:.2}s cpu_per_op={:.1}us rss={:.1}MB{}",
+                total * 1e6 / ops as f64,
+                mb(rss),
+                if after.len() > 1 {
+                    format!(" (summed over {} nodes)", after.len())
+                } else {
+                    String::new()
+                }
+            );
+        }
         _ => println!("server cpu=unknown rss=unknown (pass --server-pid)"),
     }
     if let (Some(cpu), true) = (client_cpu, ops > 0) {

@@ -173,7 +173,7 @@ pub fn decide(
     // 3. Remove replicas on bad stores once the healthy voters suffice.
     if let Some(victim) = region.peers.iter().find(|p| bad(p)) {
         if victim.is_learner() || good_voters.len() >= target {
-            return Some(remove_or_move_leader(region, health, victim));
+            return remove_or_move_leader(region, health, victim);
         }
     }
     // 4. Surplus voters; learners of data Regions that nobody will promote.
@@ -192,16 +192,21 @@ pub fn decide(
     None
 }
 
-fn remove_or_move_leader(region: &Region, health: &RegionHealth, victim: &Peer) -> Decision {
+/// Removes `victim`, or, if it leads, first hands leadership to a caught-up voter (none
+/// yet: wait; a leader cannot remove itself).
+fn remove_or_move_leader(
+    region: &Region,
+    health: &RegionHealth,
+    victim: &Peer,
+) -> Option<Decision> {
     if victim.id != health.leader {
-        return Decision::Remove(victim.clone());
+        return Some(Decision::Remove(victim.clone()));
     }
-    let successor =
-        region.voters().find(|p| p.id != victim.id && !health.pending.contains(&p.id)).cloned();
-    match successor {
-        Some(next) => Decision::TransferLeader(next),
-        None => Decision::Remove(victim.clone()),
-    }
+    region
+        .voters()
+        .find(|p| p.id != victim.id && !health.pending.contains(&p.id))
+        .cloned()
+        .map(Decision::TransferLeader)
 }
 
 /// The usable store without a replica of `region` holding the fewest replicas (lowest id

@@ -30,7 +30,7 @@ use crate::storage::{PeerStorage, StorageContext};
 use crate::{ApplyObserver, ApplyOutput, Callback, MetaStateMachine, NoObserver, META_GROUP_ID};
 use prost::Message as _;
 use raft::prelude::{Entry, EntryType, Message, MessageType};
-use raft::{SnapshotStatus, StateRole};
+use raft::{ProgressState, SnapshotStatus, StateRole};
 use scandium_storage::{Cf, EngineRef, WriteBatch};
 use scandium_types::{Region, StoreId};
 use std::collections::HashMap;
@@ -110,6 +110,9 @@ enum PostApply {
     Reply(PendingReply),
     Observe(Region, RaftCommand),
 }
+
+/// Entries a follower may be behind the commit index and still count as caught up.
+const PENDING_LAG: u64 = 64;
 
 /// Ticks between publications of every replica's status (lease, lagging peers, whether
 /// the leader is heard).
@@ -847,9 +850,11 @@ fn status_of(peer: &Peer, heartbeat_ticks: usize) -> RegionStatus {
             if !pr.recent_active {
                 down_peers.push(member.clone());
             }
-            // Behind the commit index. (Not "not replicating": an idle group leaves a
-            // caught-up follower probing for ever, as raft-rs sends it nothing new.)
-            if pr.matched < commit {
+            // Receiving a snapshot, or well behind the commit index. (Not "any entry
+            // behind": under load a healthy follower always has appends in flight. Nor
+            // "not replicating": an idle group leaves a caught-up follower probing for
+            // ever, as raft-rs sends it nothing new.)
+            if pr.state == ProgressState::Snapshot || pr.matched + PENDING_LAG < commit {
                 pending_peers.push(member.clone());
             }
         }
