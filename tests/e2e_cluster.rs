@@ -20,13 +20,18 @@ struct Node {
     server: Option<Server>,
 }
 
+/// One cluster at a time (six processes on a 2-core machine are plenty).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Cluster {
     nodes: Vec<Node>,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Cluster {
     /// Three nodes: the first creates the cluster, the others join it.
     fn start() -> Cluster {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let mut nodes: Vec<Node> = Vec::new();
         for i in 0..3 {
             let dir = tempfile::tempdir().unwrap();
@@ -35,7 +40,7 @@ impl Cluster {
             let server = start_node(dir.path(), &addr, join.as_deref());
             nodes.push(Node { dir, addr, server: Some(server) });
         }
-        Cluster { nodes }
+        Cluster { nodes, _turn: turn }
     }
 
     fn endpoints(&self) -> Vec<String> {

@@ -173,7 +173,9 @@ pub fn decide(
     // 3. Remove replicas on bad stores once the healthy voters suffice.
     if let Some(victim) = region.peers.iter().find(|p| bad(p)) {
         if victim.is_learner() || good_voters.len() >= target {
-            return remove_or_move_leader(region, health, victim);
+            return remove_or_move_leader(region, health, victim, |p| {
+                status(p.store_id) == StoreStatus::Up
+            });
         }
     }
     // 4. Surplus voters; learners of data Regions that nobody will promote.
@@ -192,21 +194,24 @@ pub fn decide(
     None
 }
 
-/// Removes `victim`, or, if it leads, first hands leadership to a caught-up voter (none
-/// yet: wait; a leader cannot remove itself).
+/// Removes `victim`, or, if it leads, first hands leadership to another voter (a leader
+/// cannot remove itself): a caught-up one if any; raft-rs brings a lagging one up to date
+/// before it hands over.
 fn remove_or_move_leader(
     region: &Region,
     health: &RegionHealth,
     victim: &Peer,
+    usable: impl Fn(&Peer) -> bool,
 ) -> Option<Decision> {
     if victim.id != health.leader {
         return Some(Decision::Remove(victim.clone()));
     }
-    region
-        .voters()
-        .find(|p| p.id != victim.id && !health.pending.contains(&p.id))
-        .cloned()
-        .map(Decision::TransferLeader)
+    let others: Vec<&Peer> = region.voters().filter(|p| p.id != victim.id && usable(p)).collect();
+    others
+        .iter()
+        .find(|p| !health.pending.contains(&p.id))
+        .or(others.first())
+        .map(|p| Decision::TransferLeader((*p).clone()))
 }
 
 /// The usable store without a replica of `region` holding the fewest replicas (lowest id

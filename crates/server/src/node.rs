@@ -354,6 +354,20 @@ impl Node {
     }
 }
 
+/// A node dropped without [`Node::stop`] (a panicking test, say) still stops: its tasks
+/// end and its Raft thread is told to stop (without waiting for it).
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.context.tasks.abort_all();
+        if let Some(driver) = self.driver.take() {
+            driver.stop(&self.context.raft);
+        }
+    }
+}
+
 fn advertised(configured: &str, local: SocketAddr) -> String {
     if local.ip().is_unspecified() {
         // Clients cannot connect to 0.0.0.0; advertise loopback with the real port.

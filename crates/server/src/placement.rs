@@ -203,12 +203,16 @@ impl Placement {
     /// The leader's address, waiting up to `LEADER_WAIT` for one (an election), asking
     /// other nodes if this one has no replica of the group yet.
     pub async fn wait_leader(&self) -> Result<String, RequestError> {
-        let deadline = Instant::now() + LEADER_WAIT;
+        let started = Instant::now();
+        let deadline = started + LEADER_WAIT;
         loop {
             if let Some(address) = self.leader_address() {
                 return Ok(address);
             }
-            if !self.has_state() {
+            // No replica of the group here (a node that just joined, or one being drained),
+            // or none that knows a leader for a while: ask the others.
+            let no_replica = self.registry.meta().status.is_none();
+            if no_replica || started.elapsed() > Duration::from_millis(500) {
                 if let Some(address) = self.ask_for_leader().await {
                     return Ok(address);
                 }

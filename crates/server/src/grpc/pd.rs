@@ -108,6 +108,29 @@ fn member(id: u64, address: &str) -> pdpb::Member {
 
 type TsoStream = Pin<Box<dyn Stream<Item = Result<pdpb::TsoResponse, Status>> + Send>>;
 
+impl PdService {
+    /// On a node holding no replica of the placement group (being drained, or joined a
+    /// moment ago), whose state is not kept up to date, a placement read is answered by
+    /// the placement leader instead; `None` if this node answers itself (it has a
+    /// replica, or the leader cannot be reached: a lookup must not fail).
+    async fn forwarded<T, F, Fut>(&self, call: F) -> Option<Response<T>>
+    where
+        F: FnOnce(pdpb::pd_client::PdClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        if self.node.registry.meta().status.is_some() {
+            return None;
+        }
+        let address = self.node.placement.wait_leader().await.ok()?;
+        if address == self.node.advertise_addr {
+            return None;
+        }
+        let channel = self.node.clients.channel(&address).ok()?;
+        let call = call(pdpb::pd_client::PdClient::new(channel));
+        tokio::time::timeout(std::time::Duration::from_secs(2), call).await.ok()?.ok()
+    }
+}
+
 #[tonic::async_trait]
 impl Pd for PdService {
     async fn get_members(
@@ -221,6 +244,12 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetStoreRequest>,
     ) -> Result<Response<pdpb::GetStoreResponse>, Status> {
+        let forwarded = request.get_ref().clone();
+        if let Some(answer) =
+            self.forwarded(|mut pd| async move { pd.get_store(forwarded).await }).await
+        {
+            return Ok(answer);
+        }
         let req = request.into_inner();
         if let Err(header) = self.check_header(req.header.as_ref()) {
             return Ok(Response::new(pdpb::GetStoreResponse { header, store: None }));
@@ -240,6 +269,12 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetAllStoresRequest>,
     ) -> Result<Response<pdpb::GetAllStoresResponse>, Status> {
+        let forwarded = request.get_ref().clone();
+        if let Some(answer) =
+            self.forwarded(|mut pd| async move { pd.get_all_stores(forwarded).await }).await
+        {
+            return Ok(answer);
+        }
         let exclude_tombstones = request.get_ref().exclude_tombstone_stores;
         let stores = self
             .node
@@ -259,6 +294,12 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetRegionRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
+        let forwarded = request.get_ref().clone();
+        if let Some(answer) =
+            self.forwarded(|mut pd| async move { pd.get_region(forwarded).await }).await
+        {
+            return Ok(answer);
+        }
         let key = decode_client_key(&request.get_ref().region_key);
         let region = self.node.placement.read().region_by_key(&key.key).cloned();
         Ok(Response::new(self.region_response(region, key.encoded)))
@@ -268,6 +309,12 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetRegionRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
+        let forwarded = request.get_ref().clone();
+        if let Some(answer) =
+            self.forwarded(|mut pd| async move { pd.get_prev_region(forwarded).await }).await
+        {
+            return Ok(answer);
+        }
         let key = decode_client_key(&request.get_ref().region_key);
         let region = self.node.placement.read().prev_region(&key.key).cloned();
         Ok(Response::new(self.region_response(region, key.encoded)))
@@ -277,6 +324,12 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetRegionByIdRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
+        let forwarded = request.get_ref().clone();
+        if let Some(answer) =
+            self.forwarded(|mut pd| async move { pd.get_region_by_id(forwarded).await }).await
+        {
+            return Ok(answer);
+        }
         // No key tells how this client reads boundaries; encoding clients are the ones that
         // look Regions up by id (API V1 raw clients only on a cache miss during scans).
         let region = self.node.placement.read().region(request.get_ref().region_id).cloned();
@@ -287,6 +340,12 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::ScanRegionsRequest>,
     ) -> Result<Response<pdpb::ScanRegionsResponse>, Status> {
+        let forwarded = request.get_ref().clone();
+        if let Some(answer) =
+            self.forwarded(|mut pd| async move { pd.scan_regions(forwarded).await }).await
+        {
+            return Ok(answer);
+        }
         let req = request.into_inner();
         let start = decode_client_key(&req.start_key);
         let end = decode_client_key(&req.end_key);
@@ -318,8 +377,14 @@ impl Pd for PdService {
 
     async fn get_gc_safe_point(
         &self,
-        _request: Request<pdpb::GetGcSafePointRequest>,
+        request: Request<pdpb::GetGcSafePointRequest>,
     ) -> Result<Response<pdpb::GetGcSafePointResponse>, Status> {
+        let forwarded = request.get_ref().clone();
+        if let Some(answer) =
+            self.forwarded(|mut pd| async move { pd.get_gc_safe_point(forwarded).await }).await
+        {
+            return Ok(answer);
+        }
         let safe_point = self.node.placement.read().gc_safe_point();
         Ok(Response::new(pdpb::GetGcSafePointResponse { header: self.ok_header(), safe_point }))
     }

@@ -15,12 +15,19 @@ use tikv_client::{RawClient, TransactionClient};
 /// Milliseconds per Raft tick in these tests (elections in 100–160 ms).
 pub const TICK_MS: u64 = 10;
 
+/// One cluster at a time: several at once on a 2-core machine starve each other's Raft
+/// ticks into spurious elections.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub struct Cluster {
     pub nodes: Vec<Option<Node>>,
     pub dirs: Vec<tempfile::TempDir>,
     pub addrs: Vec<String>,
     /// Applied to every node's settings, at start and restart.
     adjust: Arc<dyn Fn(&mut Config) + Send + Sync>,
+    /// Held while the cluster exists (see [`ONE_AT_A_TIME`]); the last field, so it is
+    /// dropped after the nodes.
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 pub fn config(dir: PathBuf, addr: &str, join: Vec<String>) -> Config {
@@ -58,11 +65,13 @@ impl Cluster {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
+        let turn = ONE_AT_A_TIME.lock().await;
         let mut cluster = Cluster {
             nodes: Vec::new(),
             dirs: Vec::new(),
             addrs: Vec::new(),
             adjust: Arc::new(adjust),
+            _turn: turn,
         };
         for i in 0..n {
             let dir = tempfile::tempdir().unwrap();

@@ -389,8 +389,9 @@ async fn replicas_move_off_a_retired_store_under_load() {
     let raw = cluster.raw_client().await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
-        let (raw, stop) = (raw.clone(), stop.clone());
+        let (raw, stop, acks) = (raw.clone(), stop.clone(), acks.clone());
         tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             let mut i = 0u32;
@@ -398,6 +399,7 @@ async fn replicas_move_off_a_retired_store_under_load() {
                 let key = format!("load{i:05}").into_bytes();
                 if raw.put(key.clone(), k("v")).await.is_ok() {
                     acknowledged.push(key);
+                    acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 i += 1;
             }
@@ -418,6 +420,15 @@ async fn replicas_move_off_a_retired_store_under_load() {
         }
         assert!(Instant::now() < deadline, "the store was not drained: {}", cluster.describe());
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The load goes on after the move, too.
+    let moved_at = acks.load(std::sync::atomic::Ordering::Relaxed);
+    while acks.load(std::sync::atomic::Ordering::Relaxed) < moved_at + 50 {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(30),
+            "writes stopped after the move"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acknowledged = writer.await.unwrap();
