@@ -399,3 +399,170 @@ async fn a_paused_leader_never_answers_stale_reads() {
     assert!(answer.value != b"old" || answer.region_error.is_some(), "a stale read: {answer:?}");
     assert_eq!(raw.get(b"paused".to_vec()).await.unwrap(), Some(b"new".to_vec()));
 }
+
+/// The node leading a transaction's primary is killed after the transaction locked its
+/// keys and before it commits: the client either reports an error or the transaction is
+/// whole, as the servers answer afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_s_leader_killed_before_commit_leaves_the_transaction_whole() {
+    let mut cluster = Cluster::start();
+    cluster.wait_replicated().await;
+    let txns = TransactionClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
+    // The two keys' Regions led by different nodes.
+    let primary_node = cluster.leader_of_key("primary").await;
+    let secondary_region = {
+        let regions = get_json(&cluster.live().addr, "/pd/api/v1/regions").await;
+        let hex: String = scandium_types::codec::encode_bytes(b"secondary")
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect();
+        regions["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| {
+                let (start, end) =
+                    (r["start_key"].as_str().unwrap(), r["end_key"].as_str().unwrap());
+                start <= hex.as_str() && (end.is_empty() || hex.as_str() < end)
+            })
+            .unwrap()["id"]
+            .as_u64()
+            .unwrap()
+    };
+    let other = (0..3).find(|&i| i != primary_node).unwrap();
+    let stores = get_json(&cluster.nodes[other].addr, "/pd/api/v1/stores").await;
+    let other_store = stores["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["store"]["address"] == cluster.nodes[other].addr.as_str())
+        .map(|s| s["store"]["id"].as_u64().unwrap())
+        .unwrap();
+    let (ok, out) = support::cli(&[
+        "ctl",
+        "--pd",
+        &cluster.nodes[other].addr,
+        "transfer-leader",
+        &secondary_region.to_string(),
+        &other_store.to_string(),
+    ]);
+    assert!(ok, "{out}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let options = tikv_client::TransactionOptions::new_pessimistic()
+        .drop_check(tikv_client::CheckLevel::Warn);
+    let mut txn = txns.begin_with_options(options).await.unwrap();
+    txn.get_for_update(b"primary".to_vec()).await.unwrap();
+    txn.get_for_update(b"secondary".to_vec()).await.unwrap();
+    txn.put(b"primary".to_vec(), b"both".to_vec()).await.unwrap();
+    txn.put(b"secondary".to_vec(), b"both".to_vec()).await.unwrap();
+    cluster.kill(primary_node);
+    let committed = txn.commit().await;
+    eprintln!("commit after the primary's leader died: {committed:?}");
+    let txns = TransactionClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
+    // Locks left by a failed commit resolve once they expire (20 s TTL): read until decided.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (primary, secondary) = loop {
+        let mut snapshot =
+            txns.snapshot(txns.current_timestamp().await.unwrap(), Default::default());
+        match (snapshot.get(b"primary".to_vec()).await, snapshot.get(b"secondary".to_vec()).await) {
+            (Ok(p), Ok(s)) => break (p, s),
+            _ => assert!(Instant::now() < deadline, "the keys stayed locked"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(primary, secondary, "half a transaction is visible");
+    if committed.is_ok() {
+        assert_eq!(primary, Some(b"both".to_vec()), "an acknowledged commit is whole");
+    }
+}
+
+/// `scandium playground` starts a local cluster that serves, and stops every node on
+/// SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard serialises this test with the other clusters on purpose; nothing else locks it.
+#[allow(clippy::await_holding_lock)]
+async fn playground_starts_a_cluster_and_stops_it() {
+    use std::io::{BufRead, BufReader};
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let port = loop {
+        let base = free_addr().rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
+        let free = (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if base < 65_000 && free {
+            break base;
+        }
+    };
+    let mut child = std::process::Command::new(support::BINARY)
+        .args(["playground", "--nodes", "3", "--port", &port.to_string()])
+        .arg("--dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let serving = receiver.recv_timeout(Duration::from_secs(60)).expect("the playground reports");
+    assert!(serving.contains("playground of 3 nodes serving"), "{serving}");
+    let endpoints: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", port + i)).collect();
+    let raw = RawClient::new_with_config(endpoints.clone(), config()).await.unwrap();
+    raw.put(b"played".to_vec(), b"yes".to_vec()).await.unwrap();
+    assert_eq!(raw.get(b"played".to_vec()).await.unwrap(), Some(b"yes".to_vec()));
+    let members = get_json(&endpoints[2], "/pd/api/v1/members").await;
+    assert_eq!(members["members"].as_array().map(Vec::len), Some(3), "{members}");
+    drop(raw);
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the playground did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for endpoint in &endpoints {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(endpoint).is_ok() {
+            assert!(Instant::now() < deadline, "{endpoint} still serves");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A node that cannot reach any node it was told to join keeps trying, and says so.
+#[test]
+fn a_node_that_cannot_join_retries_and_says_so() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = free_addr();
+    let mut child = std::process::Command::new(support::BINARY)
+        .args(["server", "--addr", &free_addr(), "--join", &nowhere])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let mut warnings = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while warnings < 2 {
+        let line = receiver.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        let line = line.expect("the node says it cannot join");
+        if line.contains("cannot join the cluster yet") && line.contains(&nowhere) {
+            warnings += 1;
+        }
+    }
+    assert!(child.try_wait().unwrap().is_none(), "it keeps trying");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

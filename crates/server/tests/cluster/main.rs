@@ -446,3 +446,106 @@ async fn replicas_move_off_a_retired_store_under_load() {
     assert_replicas_agree(&cluster).await;
     cluster.shutdown().await;
 }
+
+/// A node of one cluster pointed at another refuses to start; messages and requests that
+/// name another cluster are refused and counted, never acted on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_cluster_is_refused() {
+    use scandium_protocol::scandium::{cluster_client::ClusterClient, JoinRequest, RaftBatch};
+    let a = Cluster::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = scandium_server::Node::start(harness::config(dir.path().into(), "127.0.0.1:0", vec![]))
+        .await
+        .unwrap();
+    let b_addr = b.advertise_addr().to_string();
+    b.stop().await;
+    // B's data directory, pointed at A.
+    let mut config = harness::config(dir.path().into(), &b_addr, vec![a.addrs[0].clone()]);
+    config.addr = "127.0.0.1:0".into();
+    let error = loop {
+        match scandium_server::Node::start(config.clone()).await {
+            Err(scandium_server::NodeError::DataDir { reason, .. })
+                if reason.contains("Locked") =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => break error,
+            Ok(_) => panic!("a node of another cluster joined"),
+        }
+    };
+    assert!(error.to_string().contains("belongs to cluster"), "{error}");
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", a.addrs[0]))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ClusterClient::new(channel);
+    let refused_before = a.node(0).context().refused.load(std::sync::atomic::Ordering::Relaxed);
+    let batch = RaftBatch {
+        cluster_id: 42,
+        from_store: 99,
+        from_address: "x:1".into(),
+        messages: vec![vec![1, 2, 3]],
+    };
+    let status = client.raft(tokio_stream::iter(vec![batch])).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let join =
+        JoinRequest { cluster_id: 42, address: "127.0.0.1:1".into(), version: String::new() };
+    assert!(client.join(join).await.is_err());
+    // Malformed messages of the right cluster are refused too.
+    let cluster_id = a.node(0).context().cluster_id;
+    let batch = RaftBatch {
+        cluster_id,
+        from_store: 99,
+        from_address: "x:1".into(),
+        messages: vec![vec![0xff; 5]],
+    };
+    client.raft(tokio_stream::iter(vec![batch])).await.unwrap();
+    let refused = a.node(0).context().refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(refused >= refused_before + 3, "{refused} refused");
+    // A's placement never heard of store 99.
+    assert!(a.node(0).context().placement.read().store(99).is_none());
+    a.shutdown().await;
+}
+
+/// A node whose data directory was lost comes back with the same address as a new store;
+/// `ctl store remove` of the old one re-creates its replicas on the new store and retires
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_data_rejoins_as_a_new_store_and_the_old_one_is_retired() {
+    use scandium_placement::{Kind, StoreStateChange};
+    use scandium_types::StoreState;
+    let mut cluster = Cluster::start(3).await;
+    let raw = cluster.raw_client().await;
+    for i in 0..20 {
+        raw.put(format!("kept{i:02}").into_bytes(), k("v")).await.unwrap();
+    }
+    let victim = (0..3).find(|&i| Some(i) != cluster.meta_leader()).unwrap();
+    let old_store = cluster.node(victim).context().store_id;
+    cluster.stop(victim).await;
+    // The disk is gone: an empty directory, the same address.
+    cluster.dirs[victim] = tempfile::tempdir().unwrap();
+    cluster.restart(victim).await;
+    let new_store = cluster.node(victim).context().store_id;
+    assert_ne!(new_store, old_store, "a new store");
+    let leader = cluster.meta_leader().unwrap();
+    let change = StoreStateChange { store_id: old_store, state: StoreState::Offline as i32 };
+    cluster.node(leader).context().placement.propose(Kind::SetStoreState(change)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state =
+            cluster.node(leader).context().placement.read().store(old_store).map(|s| s.state());
+        if state == Some(StoreState::Tombstone) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old store was not retired: {}", cluster.describe());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.wait_replicated(3, Duration::from_secs(30)).await;
+    for i in 0..20 {
+        assert_eq!(raw.get(format!("kept{i:02}").into_bytes()).await.unwrap(), Some(k("v")));
+    }
+    assert_replicas_agree(&cluster).await;
+    cluster.shutdown().await;
+}
