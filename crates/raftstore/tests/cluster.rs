@@ -358,11 +358,14 @@ fn an_isolated_leader_stops_serving_and_fails_its_proposals() {
     );
     let status = cluster.node(old).registry.get(REGION).unwrap();
     assert!(!status.ready_for_reads && !status.lease_valid(cluster.now), "{status:?}");
-    // The majority elected a leader of its own and goes on.
-    let new = (1..=3).find(|&s| {
-        s != old && { cluster.node(s).registry.get(REGION).is_some_and(|st| st.ready_for_reads) }
-    });
-    let new = new.expect("the majority has a leader");
+    // The majority elects a leader of its own and goes on.
+    let majority_leader = |c: &mut Cluster| {
+        (1..=3).find(|&s| {
+            s != old && c.node(s).registry.get(REGION).is_some_and(|st| st.ready_for_reads)
+        })
+    };
+    cluster.tick_until(300, "a majority leader", |c| majority_leader(c).is_some());
+    let new = majority_leader(&mut cluster).unwrap();
     let region = cluster.region(new).unwrap();
     let mut batch = WriteBatch::new();
     batch.put(Cf::Raw, b"majority".to_vec(), b"v".to_vec());
