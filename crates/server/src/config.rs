@@ -41,6 +41,9 @@ pub struct Config {
     /// Log entries a Region's leader keeps for lagging followers at most; past it, they
     /// are caught up by a snapshot instead.
     pub raft_log_max_entries: u64,
+    /// Milliseconds added to this node's wall clock where it stamps timestamps: a way to
+    /// test nodes whose clocks disagree. Leave it 0.
+    pub wall_clock_offset_ms: i64,
     /// Largest Raft entry (one write command), in bytes.
     pub max_raft_entry_bytes: u64,
     /// Largest gRPC message accepted or sent, in bytes.
@@ -78,6 +81,7 @@ impl Default for Config {
             store_down_secs: 1800,
             max_snapshot_bytes: 1 << 30,
             raft_log_max_entries: 8192,
+            wall_clock_offset_ms: 0,
             max_raft_entry_bytes: 8 << 20,
             max_grpc_message_bytes: 10 << 20,
             max_response_bytes: 4 << 20,
@@ -197,6 +201,12 @@ impl Config {
         in_range("store_down_secs", self.store_down_secs, 1, 30 * DAY_SECS)?;
         in_range("max_snapshot_bytes", self.max_snapshot_bytes, MIB, 1 << 40)?;
         in_range("raft_log_max_entries", self.raft_log_max_entries, 16, 1 << 24)?;
+        in_range(
+            "wall_clock_offset_ms",
+            self.wall_clock_offset_ms.unsigned_abs(),
+            0,
+            DAY_SECS * 1000,
+        )?;
         in_range("max_raft_entry_bytes", self.max_raft_entry_bytes, MIB, 256 * MIB)?;
         in_range("max_grpc_message_bytes", grpc, self.max_raft_entry_bytes, GIB)
             .map_err(|e| e.because("it must hold the largest Raft entry"))?;

@@ -182,6 +182,7 @@ impl Node {
             clients: clients.clone(),
             seeds: config.join.clone(),
             tasks: tasks.clone(),
+            clock_offset_ms: config.wall_clock_offset_ms,
         };
         let placement = Arc::new(Placement::new(state, raft.clone(), registry.clone(), network));
         let scheduler = SchedulerConfig {

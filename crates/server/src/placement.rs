@@ -92,6 +92,8 @@ pub struct Placement {
     tasks: crate::tasks::Tasks,
     /// Since when this node's placement replica has heard no leader (see `cut_off`).
     leaderless_since: Mutex<Option<u64>>,
+    /// See `Config::wall_clock_offset_ms`.
+    clock_offset_ms: i64,
 }
 
 /// Where this node reaches the rest of the cluster from.
@@ -108,6 +110,8 @@ pub struct PlacementNetwork {
     pub seeds: Vec<String>,
     /// The node's tasks.
     pub tasks: crate::tasks::Tasks,
+    /// Added to the wall clock where timestamps are stamped (tests of clock skew).
+    pub clock_offset_ms: i64,
 }
 
 impl Placement {
@@ -131,6 +135,7 @@ impl Placement {
             raising_limit: AtomicBool::new(false),
             tasks: network.tasks,
             leaderless_since: Mutex::new(None),
+            clock_offset_ms: network.clock_offset_ms,
         }
     }
 
@@ -397,7 +402,7 @@ impl Placement {
                     *tso = Some(Tso { term: status.term, allocator: TsoAllocator::new(limit) });
                 }
                 let allocator = &mut tso.as_mut().expect("just set").allocator;
-                let now = now_ms();
+                let now = now_ms().saturating_add_signed(self.clock_offset_ms);
                 (allocator.allocate(now, count), allocator.wanted_limit(now))
             };
             match result {

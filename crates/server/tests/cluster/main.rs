@@ -549,3 +549,55 @@ async fn a_node_that_lost_its_data_rejoins_as_a_new_store_and_the_old_one_is_ret
     assert_replicas_agree(&cluster).await;
     cluster.shutdown().await;
 }
+
+/// Wall clocks seconds apart: timestamps still strictly increase as the placement
+/// leadership moves between the nodes (each new leader starts above the persisted mark,
+/// whatever its clock says).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_increase_when_clocks_disagree() {
+    use scandium_raftstore::META_GROUP_ID;
+    static OFFSETS: [i64; 3] = [0, -7_000, 5_000];
+    let started = std::sync::atomic::AtomicUsize::new(0);
+    let cluster = Cluster::start_with(3, move |c| {
+        // One skew per node, in start order: node 1 runs 7 s behind, node 2 5 s ahead.
+        let i = started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        c.wall_clock_offset_ms = OFFSETS[i % 3];
+    })
+    .await;
+    let mut last = 0u64;
+    for round in 0..6 {
+        let to = round % 3;
+        cluster.transfer_leader(META_GROUP_ID, to).await;
+        for (_, node) in cluster.running() {
+            let ts = node.context().placement.timestamp(3).await.unwrap().0;
+            assert!(ts > last, "round {round}: {ts} after {last}");
+            last = ts;
+        }
+    }
+    cluster.shutdown().await;
+}
+
+/// A node stopped gracefully (SIGTERM) first hands its leaderships to others: writes go
+/// on without the client seeing an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_hands_leadership_away_first() {
+    let mut cluster = Cluster::start(3).await;
+    let region = cluster.region_of(b"graceful");
+    let leader = cluster.wait_leader(region, Duration::from_secs(5)).await;
+    let other = (0..3).find(|&i| i != leader).unwrap();
+    cluster.transfer_leader(scandium_raftstore::META_GROUP_ID, other).await;
+    let raw = cluster.raw_client().await;
+    raw.put(k("graceful"), k("1")).await.unwrap();
+    let node = cluster.nodes[leader].take().unwrap();
+    let stopping = tokio::spawn(node.stop_gracefully());
+    let started = Instant::now();
+    for i in 0..20 {
+        raw.put(format!("graceful{i}").into_bytes(), k("v"))
+            .await
+            .expect("no error during a graceful stop");
+    }
+    stopping.await.unwrap();
+    assert!(cluster.leader_of(region).is_some_and(|i| i != leader));
+    eprintln!("20 writes during a graceful stop took {:?}", started.elapsed());
+    cluster.shutdown().await;
+}
