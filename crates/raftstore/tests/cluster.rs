@@ -552,3 +552,77 @@ fn a_store_partitioned_during_a_split_catches_up() {
     });
     assert_eq!(cluster.value(lagging, b"x"), Some(b"2".to_vec()));
 }
+
+/// A leader hands its appends to the transport before writing them itself, so followers
+/// persist alongside it; the followers' acknowledgements leave once they have persisted.
+#[test]
+fn a_leader_sends_its_appends_before_persisting_them() {
+    use raft::prelude::MessageType;
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    let leader = cluster.wait_leader();
+    let region = cluster.region(leader).unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put(Cf::Raw, b"early".to_vec(), b"v".to_vec());
+    let slot: Slot<Result<ApplyOutput>> = Arc::default();
+    let answer = slot.clone();
+    cluster.store(leader).propose_command(
+        REGION,
+        scandium_raftstore::EncodedCommand::new(RaftCommand::write(&region, batch)),
+        Box::new(move |r| *answer.lock().unwrap() = Some(r)),
+    );
+
+    let engine = cluster.node(leader).engine.clone();
+    let mut sent_before_write = Vec::new();
+    let mut sent_early = Vec::new();
+    let output = cluster
+        .store(leader)
+        .handle_ready_sending(&mut |messages| {
+            for m in &messages {
+                if let Some(entry) = m.message.entries.last() {
+                    let logged = engine
+                        .get(Cf::RaftLog, &scandium_raftstore::keys::log_key(REGION, entry.index))
+                        .unwrap();
+                    sent_before_write.push(logged.is_none());
+                }
+            }
+            sent_early.extend(messages);
+        })
+        .unwrap();
+    let appends = |ms: &[PeerMessage]| {
+        ms.iter()
+            .filter(|m| m.message.get_msg_type() == MessageType::MsgAppend)
+            .filter(|m| !m.message.entries.is_empty())
+            .count()
+    };
+    assert_eq!(appends(&sent_early), 2, "one append per follower, sent early");
+    assert_eq!(appends(&output.messages), 0);
+    assert!(sent_before_write.iter().all(|&b| b), "appends left before the leader's write");
+
+    // A follower's acknowledgement leaves through the early path too, once it is durable.
+    let follower = (1..=3).find(|&s| s != leader).unwrap();
+    let to_follower = sent_early.iter().find(|m| m.to.store_id == follower).unwrap().clone();
+    cluster.store(follower).step(to_follower, None).unwrap();
+    let mut acks = Vec::new();
+    let output = cluster
+        .store(follower)
+        .handle_ready_sending(&mut |messages| acks.extend(messages))
+        .unwrap();
+    assert!(acks.iter().any(|m| m.message.get_msg_type() == MessageType::MsgAppendResponse));
+    assert!(output
+        .messages
+        .iter()
+        .all(|m| m.message.get_msg_type() != MessageType::MsgAppendResponse));
+
+    // The rest of the cluster finishes the write as usual.
+    for message in sent_early.into_iter().chain(output.messages) {
+        if message.to.store_id != follower {
+            cluster.deliver(leader, message);
+        }
+    }
+    for message in acks {
+        cluster.deliver(follower, message);
+    }
+    cluster.run_until_answered(&slot).unwrap();
+    assert_eq!(cluster.value(leader, b"early"), Some(b"v".to_vec()));
+}

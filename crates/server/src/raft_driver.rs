@@ -269,7 +269,7 @@ fn run(mut store: Store, receiver: flume::Receiver<RaftMessage>, tick: Duration,
                 if stop {
                     // Finish what was proposed, then drop the store (failing anything left).
                     while store.has_ready() {
-                        match store.handle_ready() {
+                        match round(&mut store, &outputs) {
                             Ok(output) => deliver(&outputs, output),
                             Err(_) => break,
                         }
@@ -285,7 +285,7 @@ fn run(mut store: Store, receiver: flume::Receiver<RaftMessage>, tick: Duration,
             next_tick = Instant::now() + tick;
         }
         if store.has_ready() {
-            match store.handle_ready() {
+            match round(&mut store, &outputs) {
                 Ok(output) => deliver(&outputs, output),
                 Err(error) => {
                     // The log or the state machine could not be written: the node can no
@@ -298,6 +298,15 @@ fn run(mut store: Store, receiver: flume::Receiver<RaftMessage>, tick: Duration,
         }
     }
     tracing::debug!("raft thread stopped");
+}
+
+/// One round, its messages leaving as soon as the store lets them (see
+/// `Store::handle_ready_sending`).
+fn round(
+    store: &mut Store,
+    outputs: &Outputs,
+) -> Result<scandium_raftstore::RoundOutput, scandium_raftstore::RaftstoreError> {
+    store.handle_ready_sending(&mut |messages| outputs.transport.send(messages))
 }
 
 fn deliver(outputs: &Outputs, output: scandium_raftstore::RoundOutput) {
