@@ -1,6 +1,8 @@
 //! `scandium bench`: concurrent clients driving a workload through `tikv-client` (or,
 //! with `--client batch`, through the lean `BatchCommands` client of `batch_client.rs`),
-//! against any cluster that speaks the TiKV protocol.
+//! against any cluster that speaks the TiKV protocol; with `--client etcd`, the raw
+//! workloads go to an etcd member instead (`etcd_client.rs`), the yardstick the targets
+//! in docs/performance.md are set against.
 //!
 //! Raw workloads (put, get, mixed) use `RawClient`; the transactional workload (`txn`) runs
 //! read-modify-write transactions of `--txn-keys` keys with `TransactionClient`, optimistic
@@ -11,6 +13,7 @@
 //! machine, Scandium or not) or else from a Scandium node's `/health` endpoint.
 
 use crate::batch_client::{BatchClient, TxnMode};
+use crate::etcd_client::EtcdClient;
 use crate::kv::connect;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
@@ -39,6 +42,9 @@ enum ClientKind {
     /// Scandium's lean client: commands batched over one `BatchCommands` stream, as
     /// client-go sends them (see `batch_client.rs`). API V1 only.
     Batch,
+    /// etcd v3's own API (`KV/Put`, linearizable `KV/Range`) against an etcd member given
+    /// as `--pd`: the yardstick, measured by the same harness. Raw workloads only.
+    Etcd,
 }
 
 #[derive(Args)]
@@ -104,6 +110,7 @@ enum Driver {
     Raw(RawClient),
     Txn { client: TransactionClient, options: TransactionOptions, keys: usize, pessimistic: bool },
     Batch { client: Arc<BatchClient>, keys: usize, mode: TxnMode },
+    Etcd(EtcdClient),
 }
 
 struct ClientResult {
@@ -113,6 +120,12 @@ struct ClientResult {
 }
 
 async fn connect_driver(args: &BenchArgs) -> Result<Driver, String> {
+    if args.client == ClientKind::Etcd {
+        if args.workload == Workload::Txn || args.keyspace.is_some() {
+            return Err("--client etcd runs the raw workloads only, without --keyspace".into());
+        }
+        return Ok(Driver::Etcd(EtcdClient::connect(&args.pd).await?));
+    }
     if args.workload != Workload::Txn {
         return Ok(Driver::Raw(connect(&args.pd, args.keyspace.as_deref()).await?));
     }
@@ -144,13 +157,18 @@ async fn connect_driver(args: &BenchArgs) -> Result<Driver, String> {
 impl Driver {
     async fn preload(&self, args: &BenchArgs) -> Result<(), String> {
         let value = vec![b'v'; args.value_size];
+        if let Driver::Etcd(client) = self {
+            return preload_etcd(client, args.keys, &value).await;
+        }
         let batch = (16 * 1024 / (args.value_size + 20)).max(1) as u64;
         let mut start = 0;
         while start < args.keys {
             let end = (start + batch).min(args.keys);
             let pairs: Vec<_> = (start..end).map(|i| (key(i), value.clone())).collect();
             let result = match self {
-                Driver::Batch { .. } => return Err("preloading goes through tikv-client".into()),
+                Driver::Batch { .. } | Driver::Etcd(_) => {
+                    return Err("preloading goes through tikv-client".into())
+                }
                 Driver::Raw(client) => client.batch_put(pairs).await,
                 Driver::Txn { client, .. } => {
                     async {
@@ -192,6 +210,14 @@ impl Driver {
                     client.raw_get(k).await.map(|_| ())
                 }
             }
+            Driver::Etcd(client) => {
+                let (k, write) = raw_op(workload, rng, keys);
+                if write {
+                    client.put(k, value.to_vec()).await
+                } else {
+                    client.get(k).await.map(|_| ())
+                }
+            }
             Driver::Raw(client) => {
                 let (k, write) = raw_op(workload, rng, keys);
                 if write {
@@ -226,6 +252,25 @@ impl Driver {
             }
         }
     }
+}
+
+/// etcd has no batch put outside transactions, whose size it limits; 64 concurrent
+/// writers load 100,000 keys in seconds.
+async fn preload_etcd(client: &EtcdClient, keys: u64, value: &[u8]) -> Result<(), String> {
+    const WRITERS: u64 = 64;
+    let writers = (0..WRITERS).map(|first| {
+        let (client, value) = (client.clone(), value.to_vec());
+        tokio::spawn(async move {
+            for i in (first..keys).step_by(WRITERS as usize) {
+                client.put(key(i), value.clone()).await?;
+            }
+            Ok::<(), String>(())
+        })
+    });
+    for writer in writers.collect::<Vec<_>>() {
+        writer.await.map_err(|e| e.to_string())?.map_err(|e| format!("preload failed: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The key of one raw operation and whether it writes.
@@ -264,7 +309,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         driver.preload(&args).await?;
     }
     let driver = match args.client {
-        ClientKind::Tikv => driver,
+        ClientKind::Tikv | ClientKind::Etcd => driver,
         ClientKind::Batch => {
             if args.keyspace.is_some() {
                 return Err("--client batch speaks API V1 only; drop --keyspace".into());
