@@ -10,14 +10,17 @@
 //! written so far survive power loss. The raftstore calls `sync` once per batch of Raft
 //! log writes (group commit).
 //!
-//! Two engines implement the trait: [`FjallEngine`] (the real one, on disk) and
-//! [`MemoryEngine`] (for tests of the layers above).
+//! Three engines implement the trait: [`FjallEngine`] (the real one, on disk),
+//! [`MemoryEngine`] (for tests of the layers above) and [`FaultEngine`] (in memory, losing
+//! unsynced writes on a simulated crash and failing on demand: for the simulator).
 
 mod batch;
+mod fault;
 mod fjall_engine;
 mod memory;
 
 pub use batch::{Mutation, WriteBatch};
+pub use fault::{FaultEngine, Faults};
 pub use fjall_engine::{FjallEngine, FjallOptions};
 pub use memory::MemoryEngine;
 
@@ -113,6 +116,9 @@ pub enum StorageError {
         /// What was wrong with it.
         reason: String,
     },
+    /// A fault [`FaultEngine`] was set to produce: a failed fsync or write, a full disk.
+    #[error("{0} (injected)")]
+    Injected(&'static str),
 }
 
 /// Result of storage operations.

@@ -19,6 +19,12 @@ impl MemoryEngine {
     pub fn new() -> MemoryEngine {
         MemoryEngine::default()
     }
+
+    /// An independent engine holding a copy of this one's data (a clone shares it).
+    pub(crate) fn deep_copy(&self) -> MemoryEngine {
+        let tables = self.tables.read().unwrap_or_else(|e| e.into_inner());
+        MemoryEngine { tables: Arc::new(RwLock::new(tables.clone())) }
+    }
 }
 
 impl Engine for MemoryEngine {

@@ -1,4 +1,4 @@
-//! Both engines must behave identically; every test runs against each.
+//! Every engine must behave identically; every test runs against each.
 
 use super::*;
 use proptest::prelude::*;
@@ -6,7 +6,11 @@ use proptest::prelude::*;
 fn engines() -> Vec<(Box<dyn Engine>, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
     let fjall = FjallEngine::open(dir.path(), &FjallOptions::default()).unwrap();
-    vec![(Box::new(MemoryEngine::new()), None), (Box::new(fjall), Some(dir))]
+    vec![
+        (Box::new(MemoryEngine::new()), None),
+        (Box::new(FaultEngine::new()), None),
+        (Box::new(fjall), Some(dir)),
+    ]
 }
 
 fn collect(iter: KvIter<'_>) -> Vec<KvPair> {
