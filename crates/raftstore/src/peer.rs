@@ -23,6 +23,12 @@ pub struct RaftConfig {
     /// Ticks of the randomised election timeout, at most (exclusive); 0 means twice
     /// `election_ticks` (raft-rs's default). A narrower range gives faster failover.
     pub max_election_ticks: usize,
+    /// Ticks of the randomised election timeout, at least; 0 means `election_ticks`. With
+    /// `max_election_ticks` one above it the timeout is fixed: raft-rs draws it from a
+    /// thread-local generator, and the simulator gives each node its own fixed timeout
+    /// (drawn from its seed) to keep runs reproducible. Never below `election_ticks`,
+    /// which alone sets leases and vote refusal.
+    pub min_election_ticks: usize,
     /// Ticks between leader heartbeats.
     pub heartbeat_ticks: usize,
     /// Largest encoded command accepted for proposal, in bytes.
@@ -42,6 +48,7 @@ impl Default for RaftConfig {
             tick_ms: 100,
             election_ticks: 10,
             max_election_ticks: 0,
+            min_election_ticks: 0,
             heartbeat_ticks: 2,
             max_entry_bytes: 8 << 20,
             log_gc_threshold: 256,
@@ -122,14 +129,16 @@ impl Peer {
         config: &RaftConfig,
         logger: &slog::Logger,
     ) -> Result<Peer, RaftstoreError> {
+        let min_election = config.min_election_ticks.max(config.election_ticks);
         let max_election = match config.max_election_ticks {
             0 => 2 * config.election_ticks,
             n => n,
-        };
+        }
+        .max(min_election + 1);
         let raft_config = raft::Config {
             id: meta.id,
             election_tick: config.election_ticks,
-            min_election_tick: config.election_ticks,
+            min_election_tick: min_election,
             max_election_tick: max_election,
             heartbeat_tick: config.heartbeat_ticks,
             applied: storage.apply_state().applied_index,

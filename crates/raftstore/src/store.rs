@@ -34,7 +34,7 @@ use raft::prelude::{Entry, EntryType, Message, MessageType};
 use raft::{ProgressState, SnapshotStatus, StateRole};
 use scandium_storage::{Cf, EngineRef, WriteBatch};
 use scandium_types::{Region, StoreId};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -90,9 +90,12 @@ pub struct Store {
     engine: EngineRef,
     config: RaftConfig,
     logger: slog::Logger,
-    peers: HashMap<u64, Peer>,
+    /// By group id, in order: rounds visit groups in this order, so that the batches
+    /// written and the messages sent are the same from one run to the next (the simulator
+    /// depends on it).
+    peers: BTreeMap<u64, Peer>,
     /// Destroyed replicas: group id to the replica's id.
-    tombstones: HashMap<u64, u64>,
+    tombstones: BTreeMap<u64, u64>,
     meta: Box<dyn MetaStateMachine>,
     observer: Box<dyn ApplyObserver>,
     registry: Registry,
@@ -139,8 +142,8 @@ impl Store {
             engine,
             config,
             logger: raft_logger(),
-            peers: HashMap::new(),
-            tombstones: HashMap::new(),
+            peers: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
             meta,
             observer: Box::new(NoObserver),
             registry,
