@@ -19,4 +19,4 @@ pub use command::{
     Command, Kind, RegionReport, Regions, Reports, Response, ResponseRecord, StoreStateChange,
 };
 pub use state::{ApplyError, KeyspaceMeta, PlacementState};
-pub use tso::{TsoAllocator, TsoError};
+pub use tso::{Allocation, LeaderTso, TsoAllocator, TsoError};

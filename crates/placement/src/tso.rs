@@ -81,8 +81,85 @@ impl TsoAllocator {
     }
 }
 
+/// The allocator of the placement leader's current term. A new term (this node newly
+/// elected, or elected again after a partition) starts a new allocator at the persisted
+/// mark, so it issues above anything any earlier leader (this node included) can have
+/// handed out. Shared by the server and the simulator, so both run the same rules.
+#[derive(Debug, Default)]
+pub struct LeaderTso {
+    current: Option<(u64, TsoAllocator)>,
+}
+
+/// What one allocation attempt produced.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Allocation {
+    /// The largest timestamp of the batch, or why none could be issued.
+    pub result: Result<TimeStamp, TsoError>,
+    /// A raise of the mark to propose in the background, if the clock nears it.
+    pub wanted_limit: Option<u64>,
+}
+
+impl LeaderTso {
+    /// Issues `count` timestamps as the leader of `term`, whose persisted mark (in the
+    /// placement state this node has applied) is `persisted_limit_ms`, at wall-clock time
+    /// `now_ms`. The caller has made sure it still leads (a lease or a ReadIndex round).
+    pub fn allocate(
+        &mut self,
+        term: u64,
+        persisted_limit_ms: u64,
+        now_ms: u64,
+        count: u32,
+    ) -> Allocation {
+        if self.current.as_ref().is_none_or(|(t, _)| *t != term) {
+            self.current = Some((term, TsoAllocator::new(persisted_limit_ms)));
+        }
+        let (_, allocator) = self.current.as_mut().expect("just set");
+        Allocation {
+            result: allocator.allocate(now_ms, count),
+            wanted_limit: allocator.wanted_limit(now_ms),
+        }
+    }
+
+    /// The mark was persisted at `limit_ms` by a proposal made in `term`; a later term's
+    /// allocator already starts from what it finds persisted.
+    pub fn set_limit(&mut self, term: u64, limit_ms: u64) {
+        if let Some((t, allocator)) = self.current.as_mut() {
+            if *t == term {
+                allocator.set_limit(limit_ms);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_new_term_starts_at_the_persisted_mark() {
+        let mut tso = LeaderTso::default();
+        assert_eq!(tso.allocate(5, 0, 1_000, 1).result, Err(TsoError::LimitReached(4_000)));
+        tso.set_limit(5, 4_000);
+        let first = tso.allocate(5, 4_000, 1_000, 1).result.unwrap();
+        tso.set_limit(4, 9_000);
+        assert!(
+            tso.allocate(5, 4_000, 3_999, 1).result.is_ok(),
+            "an older term's raise is ignored"
+        );
+        assert_eq!(
+            tso.allocate(5, 4_000, 4_000, 1).result,
+            Err(TsoError::LimitReached(7_000)),
+            "the mark of term 5 was not raised"
+        );
+        // Elected again in term 7, with the clock far behind: it starts at the mark term
+        // 5 persisted, above everything term 5 handed out.
+        tso.set_limit(7, 10_000);
+        let later = tso.allocate(7, 4_000, 100, 1);
+        assert_eq!(later.result, Err(TsoError::LimitReached(7_000)));
+        tso.set_limit(7, 7_000);
+        let ts = tso.allocate(7, 4_000, 100, 1).result.unwrap();
+        assert!(ts > first && ts.physical() >= 4_000);
+    }
+
     use super::*;
 
     #[test]

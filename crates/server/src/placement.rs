@@ -19,8 +19,8 @@ use crate::network::{Clients, Directory};
 use crate::raft_driver::RaftHandle;
 use prost::Message as _;
 use scandium_placement::{
-    Command, Kind, PlacementState, RegionReport, Regions, Reports, Response, ResponseRecord,
-    TsoAllocator, TsoError,
+    Allocation, Command, Kind, LeaderTso, PlacementState, RegionReport, Regions, Reports, Response,
+    ResponseRecord, TsoError,
 };
 use scandium_protocol::scandium::{InfoRequest, ProposeMetaRequest, TimestampRequest};
 use scandium_raftstore::{ApplyOutput, MetaStateMachine, Registry, META_GROUP_ID};
@@ -70,12 +70,6 @@ impl MetaStateMachine for MetaApplier {
     }
 }
 
-/// The allocator of the current leader term.
-struct Tso {
-    term: u64,
-    allocator: TsoAllocator,
-}
-
 /// Placement as the rest of the server uses it.
 pub struct Placement {
     state: Arc<RwLock<PlacementState>>,
@@ -87,7 +81,7 @@ pub struct Placement {
     clients: Arc<Clients>,
     /// Nodes to ask where the leader is when this node knows none (its `--join` list).
     seeds: Vec<String>,
-    tso: Mutex<Option<Tso>>,
+    tso: Mutex<LeaderTso>,
     raising_limit: AtomicBool,
     tasks: crate::tasks::Tasks,
     /// Since when this node's placement replica has heard no leader (see `cut_off`).
@@ -131,7 +125,7 @@ impl Placement {
             directory: network.directory,
             clients: network.clients,
             seeds: network.seeds,
-            tso: Mutex::new(None),
+            tso: Mutex::new(LeaderTso::default()),
             raising_limit: AtomicBool::new(false),
             tasks: network.tasks,
             leaderless_since: Mutex::new(None),
@@ -393,17 +387,11 @@ impl Placement {
             self.raft.read_index(META_GROUP_ID).await?;
         }
         for _ in 0..3 {
-            let (result, wanted) = {
+            let Allocation { result, wanted_limit: wanted } = {
                 let mut tso = self.tso.lock().unwrap_or_else(|e| e.into_inner());
-                if tso.as_ref().is_none_or(|t| t.term != status.term) {
-                    // A new term: start above everything persisted, so above anything any
-                    // earlier leader (this node included) handed out.
-                    let limit = self.read().tso_limit_ms();
-                    *tso = Some(Tso { term: status.term, allocator: TsoAllocator::new(limit) });
-                }
-                let allocator = &mut tso.as_mut().expect("just set").allocator;
+                let persisted = self.read().tso_limit_ms();
                 let now = now_ms().saturating_add_signed(self.clock_offset_ms);
-                (allocator.allocate(now, count), allocator.wanted_limit(now))
+                tso.allocate(status.term, persisted, now, count)
             };
             match result {
                 Ok(ts) => {
@@ -422,10 +410,7 @@ impl Placement {
     async fn raise_limit(&self, limit: u64, term: u64) -> Result<(), RequestError> {
         let command = Command::new(Kind::RaiseTsoLimit(limit)).encode_to_vec();
         if let Response::TsoLimit(persisted) = self.propose_local(command).await? {
-            let mut tso = self.tso.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(tso) = tso.as_mut().filter(|t| t.term == term) {
-                tso.allocator.set_limit(persisted);
-            }
+            self.tso.lock().unwrap_or_else(|e| e.into_inner()).set_limit(term, persisted);
         }
         Ok(())
     }
