@@ -430,7 +430,8 @@ async fn server_stats(args: &BenchArgs) -> Option<Vec<NodeStats>> {
     Some(stats)
 }
 
-async fn get_json(url: &str) -> Option<serde_json::Value> {
+/// GETs `url` and parses its body as JSON; `None` on any failure.
+pub(crate) async fn get_json(url: &str) -> Option<serde_json::Value> {
     let url: hyper::Uri = url.parse().ok()?;
     let response = hyper::Client::new().get(url).await.ok()?;
     let body = hyper::body::to_bytes(response.into_body()).await.ok()?;

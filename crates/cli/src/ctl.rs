@@ -4,6 +4,7 @@ use clap::{Args, Subcommand};
 use scandium_protocol::pdpb::{self, pd_client::PdClient};
 use scandium_types::codec::decode_bytes;
 use serde_json::json;
+use std::collections::BTreeMap;
 use tonic::transport::Channel;
 
 #[derive(Args)]
@@ -35,6 +36,10 @@ enum CtlCommand {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Compares every Region's replicas: those that have applied the same log index must
+    /// hold the same data (a digest per column family, as TiKV's consistency check
+    /// compares). Exits non-zero if any differ.
+    CheckConsistency,
     /// Splits the Region containing KEY so that a Region starts at KEY.
     Split {
         /// The split key, as text; with --hex, as hexadecimal bytes.
@@ -207,6 +212,26 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             }
             json!({ "store": id, "state": "Offline", "note": "its replicas move to other stores, then it becomes a Tombstone" })
         }
+        CtlCommand::CheckConsistency => {
+            let request = pdpb::GetAllStoresRequest {
+                header: header(cluster_id),
+                exclude_tombstone_stores: true,
+            };
+            let response =
+                pd.get_all_stores(request).await.map_err(|e| e.to_string())?.into_inner();
+            check(response.header)?;
+            let addresses: Vec<(u64, String)> =
+                response.stores.iter().map(|s| (s.id, s.address.clone())).collect();
+            let verdicts = check_consistency(&addresses).await;
+            let output = consistency_json(&verdicts);
+            let bad =
+                verdicts.values().filter(|v| matches!(v, Verdict::Inconsistent { .. })).count();
+            if bad > 0 {
+                println!("{}", serde_json::to_string_pretty(&output).map_err(|e| e.to_string())?);
+                return Err(format!("{bad} Region(s) have replicas that differ"));
+            }
+            output
+        }
         CtlCommand::Split { key, hex } => {
             let key = if hex { parse_hex(&key)? } else { key.into_bytes() };
             let request = pdpb::SplitRegionsRequest {
@@ -243,4 +268,140 @@ async fn cluster_client(
         .await
         .map_err(|e| format!("cannot connect to {address}: {e}"))?;
     Ok(scandium_protocol::scandium::cluster_client::ClusterClient::new(channel))
+}
+
+/// One replica's answer: its store, applied index and digests.
+#[derive(Clone, Debug, PartialEq)]
+struct ReplicaDigest {
+    store: u64,
+    applied: u64,
+    digests: Vec<u64>,
+}
+
+/// What the comparison of one Region's replicas found.
+#[derive(Clone, Debug, PartialEq)]
+enum Verdict {
+    /// Every replica that answered is at `applied` with the same data.
+    Consistent { applied: u64, replicas: usize },
+    /// Replicas at the same index hold different data.
+    Inconsistent { applied: u64, replicas: Vec<ReplicaDigest> },
+    /// The replicas never stood at one index while asked (writes kept coming).
+    Unsettled { replicas: Vec<ReplicaDigest> },
+}
+
+/// Compares the replicas of each Region. Replicas at different indexes prove nothing
+/// either way; any two at the same index must agree.
+fn compare(answers: &[ReplicaDigest], region_of: &[u64]) -> BTreeMap<u64, Verdict> {
+    let mut by_region: BTreeMap<u64, Vec<ReplicaDigest>> = BTreeMap::new();
+    for (answer, region) in answers.iter().zip(region_of) {
+        by_region.entry(*region).or_default().push(answer.clone());
+    }
+    by_region
+        .into_iter()
+        .map(|(region, replicas)| {
+            let mut by_index: BTreeMap<u64, Vec<&ReplicaDigest>> = BTreeMap::new();
+            for replica in &replicas {
+                by_index.entry(replica.applied).or_default().push(replica);
+            }
+            let differing =
+                by_index.iter().find(|(_, at)| at.iter().any(|r| r.digests != at[0].digests));
+            let verdict = match differing {
+                Some((&applied, at)) => Verdict::Inconsistent {
+                    applied,
+                    replicas: at.iter().map(|r| (*r).clone()).collect(),
+                },
+                None if by_index.len() == 1 => {
+                    Verdict::Consistent { applied: replicas[0].applied, replicas: replicas.len() }
+                }
+                None => Verdict::Unsettled { replicas },
+            };
+            (region, verdict)
+        })
+        .collect()
+}
+
+/// Asks every store for its replicas' digests, again while some Region's replicas stand
+/// at different indexes (up to about five seconds).
+async fn check_consistency(stores: &[(u64, String)]) -> BTreeMap<u64, Verdict> {
+    let mut verdicts = BTreeMap::new();
+    for attempt in 0..20 {
+        let (mut answers, mut regions) = (Vec::new(), Vec::new());
+        for (store, address) in stores {
+            let url = format!("http://{address}/debug/digests");
+            let Some(reply) = crate::bench::get_json(&url).await else { continue };
+            for replica in reply["replicas"].as_array().into_iter().flatten() {
+                let digests: Option<Vec<u64>> = replica["digests"]
+                    .as_array()
+                    .map(|d| d.iter().filter_map(|x| x.as_u64()).collect());
+                let (Some(region), Some(applied), Some(digests)) =
+                    (replica["region_id"].as_u64(), replica["applied_index"].as_u64(), digests)
+                else {
+                    continue;
+                };
+                answers.push(ReplicaDigest { store: *store, applied, digests });
+                regions.push(region);
+            }
+        }
+        verdicts = compare(&answers, &regions);
+        let settled = verdicts.values().all(|v| !matches!(v, Verdict::Unsettled { .. }));
+        if settled || attempt == 19 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    verdicts
+}
+
+fn consistency_json(verdicts: &BTreeMap<u64, Verdict>) -> serde_json::Value {
+    let replica_json = |r: &ReplicaDigest| json!({ "store": r.store, "applied_index": r.applied, "digests": r.digests });
+    let regions: Vec<_> = verdicts
+        .iter()
+        .map(|(id, verdict)| match verdict {
+            Verdict::Consistent { applied, replicas } => json!({
+                "id": id, "status": "consistent", "applied_index": applied, "replicas": replicas,
+            }),
+            Verdict::Inconsistent { applied, replicas } => json!({
+                "id": id, "status": "inconsistent", "applied_index": applied,
+                "replicas": replicas.iter().map(replica_json).collect::<Vec<_>>(),
+            }),
+            Verdict::Unsettled { replicas } => json!({
+                "id": id, "status": "unsettled (writes kept the replicas at different indexes)",
+                "replicas": replicas.iter().map(replica_json).collect::<Vec<_>>(),
+            }),
+        })
+        .collect();
+    json!({ "regions": regions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(store: u64, applied: u64, digest: u64) -> ReplicaDigest {
+        ReplicaDigest { store, applied, digests: vec![digest, 7] }
+    }
+
+    #[test]
+    fn replicas_at_one_index_with_the_same_data_are_consistent() {
+        let verdicts = compare(&[replica(1, 9, 5), replica(2, 9, 5), replica(3, 9, 5)], &[4, 4, 4]);
+        assert_eq!(verdicts[&4], Verdict::Consistent { applied: 9, replicas: 3 });
+    }
+
+    #[test]
+    fn replicas_at_one_index_with_different_data_are_reported() {
+        let answers = [replica(1, 9, 5), replica(2, 9, 6), replica(3, 8, 1)];
+        let verdicts = compare(&answers, &[4, 4, 4]);
+        let Verdict::Inconsistent { applied, replicas } = &verdicts[&4] else {
+            panic!("{verdicts:?}");
+        };
+        assert_eq!((*applied, replicas.len()), (9, 2));
+    }
+
+    #[test]
+    fn replicas_at_different_indexes_prove_nothing() {
+        let verdicts = compare(&[replica(1, 9, 5), replica(2, 8, 6)], &[4, 4]);
+        assert!(matches!(verdicts[&4], Verdict::Unsettled { .. }));
+        let two = compare(&[replica(1, 3, 1), replica(2, 5, 2)], &[1, 2]);
+        assert_eq!(two.len(), 2, "Regions are compared separately");
+    }
 }

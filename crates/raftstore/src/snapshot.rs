@@ -236,6 +236,26 @@ pub fn digests(region: &Region, snapshot: &dyn Snapshot) -> Result<Vec<u64>, Sto
     Ok(out)
 }
 
+/// A replica's applied index and [`digests`], read from one engine snapshot: the apply
+/// state is written in the batch of the data it covers, so the two always agree, and two
+/// replicas at the same index must have the same digests (`scandium ctl
+/// check-consistency` compares them).
+pub fn replica_digest(
+    region: &Region,
+    snapshot: &dyn Snapshot,
+) -> Result<(u64, Vec<u64>), StorageError> {
+    use prost::Message as _;
+    let applied = match snapshot.get(Cf::RaftState, &crate::keys::apply_state_key(region.id))? {
+        Some(bytes) => {
+            crate::state::ApplyState::decode(bytes.as_slice())
+                .map_err(|e| StorageError::Corrupted { cf: Cf::RaftState, reason: e.to_string() })?
+                .applied_index
+        }
+        None => 0,
+    };
+    Ok((applied, digests(region, snapshot)?))
+}
+
 /// How long an engine snapshot waits for the transport to take it.
 const SOURCE_TTL_MS: u64 = 60_000;
 /// Engine snapshots kept waiting at most; the oldest goes first.

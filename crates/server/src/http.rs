@@ -1,5 +1,6 @@
 //! The HTTP/1.1 face of the node, on the same port as gRPC: the subset of PD's HTTP API
-//! that tools use, and a health check.
+//! that tools use, a health check, and the replicas' digests that `scandium ctl
+//! check-consistency` compares.
 
 use crate::context::NodeContext;
 use crate::convert::encode_boundary;
@@ -19,6 +20,7 @@ pub fn routes(router: Router, node: Arc<NodeContext>) -> Router {
         .route("/pd/api/v1/members", get(members))
         .route("/pd/api/v1/leader", get(leader))
         .route("/health", get(health))
+        .route("/debug/digests", get(digests))
         .with_state(node);
     router.merge(http)
 }
@@ -174,4 +176,29 @@ async fn health(State(node): State<Arc<NodeContext>>) -> Json<Value> {
             "rss_bytes": p.rss_bytes,
         })),
     }))
+}
+
+/// Every local replica's applied index and per-column-family digests, from one engine
+/// snapshot. Reads all of each Region's data: a tool's request, not a monitoring one.
+async fn digests(State(node): State<Arc<NodeContext>>) -> Json<Value> {
+    let engine = node.engine.clone();
+    let regions: Vec<Region> = node.registry.all().into_iter().map(|s| s.region).collect();
+    let store_id = node.store_id;
+    let computed = tokio::task::spawn_blocking(move || {
+        let snapshot = engine.snapshot();
+        regions
+            .iter()
+            .map(|region| match scandium_raftstore::snapshot::replica_digest(region, &*snapshot) {
+                Ok((applied, digests)) => json!({
+                    "region_id": region.id,
+                    "applied_index": applied,
+                    "digests": digests,
+                }),
+                Err(error) => json!({ "region_id": region.id, "error": error.to_string() }),
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    Json(json!({ "store_id": store_id, "replicas": computed }))
 }
