@@ -1,8 +1,9 @@
 //! End-to-end tests of a replicated cluster of real `scandium` processes: three nodes
 //! started with `--join`, raw and transactional load through `tikv-client` with every node
 //! given as the PD endpoint, SIGKILL of a Region's leader and of the placement leader,
-//! SIGSTOP of a leader, restarts. Acknowledgements are checked against what the servers
-//! answer afterwards, not taken as proof.
+//! SIGSTOP of a leader, restarts; and a short chaos run whose histories go through the
+//! simulator's checkers. Acknowledgements are checked against what the servers answer
+//! afterwards, not taken as proof.
 
 mod support;
 
@@ -565,4 +566,227 @@ fn a_node_that_cannot_join_retries_and_says_so() {
     assert!(child.try_wait().unwrap().is_none(), "it keeps trying");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// How long the chaos test runs its faults: `SCANDIUM_CHAOS_SECS` (CI: the default).
+fn chaos_seconds() -> u64 {
+    std::env::var("SCANDIUM_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(15)
+}
+
+/// Keys of the list-append workload.
+const APPEND_KEYS: u64 = 6;
+
+fn append_key(k: u64) -> Vec<u8> {
+    format!("chaos-list-{k}").into_bytes()
+}
+
+fn decode_list(value: Option<Vec<u8>>) -> Vec<u64> {
+    let text = String::from_utf8(value.unwrap_or_default()).expect("lists are text");
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("elements are numbers"))
+        .collect()
+}
+
+/// One list-append transaction: read two keys, append a unique element to each.
+async fn append_txn(
+    txns: &TransactionClient,
+    pessimistic: bool,
+    keys: [u64; 2],
+    elements: [u64; 2],
+) -> scandium_sim::check::elle::Txn {
+    use scandium_sim::check::elle::{MicroOp, Outcome, Txn};
+    let options = if pessimistic {
+        tikv_client::TransactionOptions::new_pessimistic()
+    } else {
+        tikv_client::TransactionOptions::new_optimistic()
+    }
+    .drop_check(tikv_client::CheckLevel::None);
+    let mut ops = Vec::new();
+    let Ok(mut txn) = txns.begin_with_options(options).await else {
+        return Txn { ops, outcome: Outcome::Aborted };
+    };
+    for (key, element) in keys.into_iter().zip(elements) {
+        let read = if pessimistic {
+            txn.get_for_update(append_key(key)).await
+        } else {
+            txn.get(append_key(key)).await
+        };
+        let Ok(value) = read else {
+            let _ = txn.rollback().await;
+            return Txn { ops, outcome: Outcome::Aborted };
+        };
+        let mut list = decode_list(value);
+        ops.push(MicroOp::Read { key, list: list.clone() });
+        list.push(element);
+        let text: Vec<String> = list.iter().map(u64::to_string).collect();
+        if txn.put(append_key(key), text.join(",").into_bytes()).await.is_err() {
+            let _ = txn.rollback().await;
+            return Txn { ops, outcome: Outcome::Aborted };
+        }
+        ops.push(MicroOp::Append { key, value: element });
+    }
+    // An error from commit does not say whether the primary committed.
+    let outcome = match txn.commit().await {
+        Ok(_) => Outcome::Committed,
+        Err(_) => Outcome::Indeterminate,
+    };
+    Txn { ops, outcome }
+}
+
+/// The chaos suite in miniature: list-append transactions (optimistic and pessimistic)
+/// and raw registers run through `tikv-client` while the leaders of their Regions and of
+/// placement are killed with SIGKILL and restarted, or paused with SIGSTOP; then every
+/// history goes through the simulator's checkers: snapshot isolation by cycle search
+/// (Elle's G0, G1a, G1b, G1c, G-single), linearizability of the registers, every
+/// committed append present at the end, and `scandium ctl check-consistency`. `SCANDIUM_CHAOS_SECS` makes it longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable() {
+    use scandium_sim::check::elle::{self, MicroOp, Outcome, Txn};
+    use scandium_sim::check::history::Timing;
+    use scandium_sim::check::linearizable::{self, Op, Operation};
+    let mut cluster = Cluster::start();
+    cluster.wait_replicated().await;
+    let raw = RawClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
+    let txns = TransactionClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = Instant::now();
+    let clock = move || started.elapsed().as_micros() as u64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let txn_history: Arc<Mutex<Vec<Txn>>> = Arc::default();
+    let raw_history: Arc<Mutex<Vec<Operation>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for client in 0..4u64 {
+        let (txns, stop, history) = (txns.clone(), stop.clone(), txn_history.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = client.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            for seq in 0u64.. {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                n ^= n << 13;
+                n ^= n >> 7;
+                n ^= n << 17;
+                let first = n % APPEND_KEYS;
+                let second = (first + 1 + (n >> 8) % (APPEND_KEYS - 1)) % APPEND_KEYS;
+                let element = (client << 40) | (seq << 1);
+                let txn =
+                    append_txn(&txns, client % 2 == 1, [first, second], [element, element | 1])
+                        .await;
+                if txn.outcome != Outcome::Committed {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                history.lock().unwrap().push(txn);
+            }
+        }));
+    }
+    for client in 0..2u64 {
+        let (raw, stop, history) = (raw.clone(), stop.clone(), raw_history.clone());
+        tasks.push(tokio::spawn(async move {
+            for seq in 0u64.. {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let key = format!("chaos-reg-{}", seq % 3).into_bytes();
+                let invoke = clock();
+                if seq % 2 == 0 {
+                    let value = format!("{client}.{seq}").into_bytes();
+                    let result = raw.put(key.clone(), value.clone()).await;
+                    let timing = Timing { invoke, complete: result.is_ok().then(clock) };
+                    history.lock().unwrap().push(Operation { key, op: Op::Put(value), timing });
+                    if result.is_err() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                } else if let Ok(value) = raw.get(key.clone()).await {
+                    let timing = Timing::completed(invoke, clock());
+                    history.lock().unwrap().push(Operation { key, op: Op::Get(value), timing });
+                }
+            }
+        }));
+    }
+
+    // Faults: the leader of a list's Region, or of placement, killed and restarted, or
+    // paused past the election timeout; one at a time, every couple of seconds.
+    let mut faults = Vec::new();
+    let end = Instant::now() + Duration::from_secs(chaos_seconds());
+    let mut round = 0u64;
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let victim = if round % 3 == 2 {
+            cluster.placement_leader().await
+        } else {
+            cluster.leader_of_key("chaos-list-0").await
+        };
+        if round.is_multiple_of(2) {
+            faults.push(format!("SIGKILL node {victim}"));
+            cluster.kill(victim);
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            cluster.restart(victim);
+        } else {
+            faults.push(format!("SIGSTOP node {victim} for 2 s"));
+            let server = cluster.nodes[victim].server.as_ref().unwrap();
+            server.signal("STOP");
+            tokio::time::sleep(Duration::from_millis(2000)).await;
+            cluster.nodes[victim].server.as_ref().unwrap().signal("CONT");
+        }
+        round += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    cluster.wait_replicated().await;
+
+    // The final state of every list, read in one transaction after the faults.
+    let mut last = txns.begin_optimistic().await.unwrap();
+    let mut final_read = Vec::new();
+    for key in 0..APPEND_KEYS {
+        let list = decode_list(last.get(append_key(key)).await.unwrap());
+        final_read.push(MicroOp::Read { key, list });
+    }
+    last.rollback().await.unwrap();
+    let mut history = std::mem::take(&mut *txn_history.lock().unwrap());
+    let committed = history.iter().filter(|t| t.outcome == Outcome::Committed).count();
+    assert!(committed > 20, "only {committed} transactions committed; faults: {faults:?}");
+    let present: HashSet<(u64, u64)> = final_read
+        .iter()
+        .flat_map(|op| match op {
+            MicroOp::Read { key, list } => list.iter().map(|e| (*key, *e)).collect::<Vec<_>>(),
+            MicroOp::Append { .. } => Vec::new(),
+        })
+        .collect();
+    for txn in history.iter().filter(|t| t.outcome == Outcome::Committed) {
+        for op in &txn.ops {
+            if let MicroOp::Append { key, value } = op {
+                assert!(
+                    present.contains(&(*key, *value)),
+                    "committed append {value} to list {key} is missing; faults: {faults:?}"
+                );
+            }
+        }
+    }
+    let count = |o: Outcome| history.iter().filter(|t| t.outcome == o).count();
+    eprintln!(
+        "chaos: {} s, {} faults, transactions committed {committed}, aborted {}, indeterminate {}",
+        chaos_seconds(),
+        faults.len(),
+        count(Outcome::Aborted),
+        count(Outcome::Indeterminate),
+    );
+    history.push(Txn { ops: final_read, outcome: Outcome::Committed });
+    let report = elle::check(&history);
+    assert!(report.is_valid_si(), "{report}\nfaults: {faults:?}");
+
+    let registers = std::mem::take(&mut *raw_history.lock().unwrap());
+    assert!(registers.len() > 50, "only {} register operations", registers.len());
+    eprintln!("chaos: {} register operations", registers.len());
+    let verdict = linearizable::check(&registers);
+    assert!(verdict.is_ok(), "{verdict:?}\nfaults: {faults:?}");
+
+    // Every Region's replicas hold the same data once they stand at the same index.
+    let addr = cluster.live().addr.clone();
+    let (ok, output) = support::cli(&["ctl", "--pd", &addr, "check-consistency"]);
+    assert!(ok, "{output}");
+    assert!(output.contains("\"consistent\"") && !output.contains("unsettled"), "{output}");
 }

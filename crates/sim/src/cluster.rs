@@ -1,0 +1,818 @@
+//! The simulated cluster: real [`Store`]s on [`FaultEngine`]s, a network of delayed,
+//! dropped, duplicated and partitioned messages, and one event queue ordered by simulated
+//! time. Nothing here reads a wall clock or spawns a thread; every random choice comes from
+//! the one generator the caller passes in, so a seed replays a run exactly.
+//!
+//! A node is driven as the server's Raft thread drives it: ticks every `tick_ms`, messages
+//! stepped in as they arrive, and after each event rounds of `handle_ready_sending` until
+//! nothing is left, its messages leaving as the round hands them out. A round that fails
+//! (a failed fsync, a full disk) stops the node, as `raft_driver` exits the process.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use scandium_placement::{Command, Kind, LeaderTso, PlacementState, Response};
+use scandium_raftstore::snapshot::{for_each_chunk, SnapshotAssembler, SnapshotHeader};
+use scandium_raftstore::META_GROUP_ID;
+use scandium_raftstore::{
+    ApplyOutput, EncodedCommand, MetaStateMachine, PeerChange, PeerMessage, RaftCommand,
+    RaftConfig, RaftstoreError, ReadCallback, Registry, SnapshotData, Store,
+};
+use scandium_storage::{Cf, Engine, EngineRef, FaultEngine, Faults, WriteBatch};
+use scandium_types::{Peer, Region, StoreState, TimeStamp};
+use std::any::Any;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::RwLock;
+use std::sync::{Arc, Mutex};
+
+/// The one data Region of the simulated cluster.
+pub const REGION: u64 = 1;
+/// Simulated milliseconds per Raft tick.
+pub const TICK_MS: u64 = 10;
+/// Election timeout in ticks shared by every node (leases and vote refusal follow it);
+/// each node's actual timeout is fixed a few ticks above it, from the seed.
+pub const ELECTION_TICKS: usize = 10;
+
+/// The placement group's state machine, as the server's `MetaApplier` runs it.
+struct SimMeta {
+    state: Arc<RwLock<PlacementState>>,
+}
+
+impl MetaStateMachine for SimMeta {
+    fn apply(&mut self, _: u64, command: &[u8], batch: &mut WriteBatch) -> Box<dyn Any + Send> {
+        Box::new(self.state.write().unwrap_or_else(|e| e.into_inner()).apply(command, batch))
+    }
+    fn restore(&mut self, engine: &EngineRef) {
+        if let Ok(Some(loaded)) = PlacementState::load(engine) {
+            *self.state.write().unwrap_or_else(|e| e.into_inner()) = loaded;
+        }
+    }
+}
+
+/// Where every node's wall clock starts, in milliseconds.
+const WALL_EPOCH_MS: u64 = 1_000_000;
+
+/// Network behaviour, fixed for a run.
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    /// One-way delay of a message, uniformly in this range of milliseconds.
+    pub delay_ms: (u64, u64),
+    /// Probability that a message is lost.
+    pub drop: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+}
+
+/// An answer a store gave to something the simulation asked of it, collected from the
+/// store's callbacks (which must be `Send`, hence the mutex) and handled after the call.
+pub enum Answer {
+    /// A proposal was applied or refused.
+    Proposed {
+        /// The operation that proposed it.
+        op: u64,
+        /// The store's answer.
+        result: Result<ApplyOutput, RaftstoreError>,
+    },
+    /// A ReadIndex round finished on `node`.
+    ReadReady {
+        /// The operation that asked.
+        op: u64,
+        /// The node that served it.
+        node: u64,
+        /// Whether the read may go ahead.
+        result: Result<(), RaftstoreError>,
+    },
+    /// A timestamp request finished: the timestamp, or `None` if it failed.
+    Timestamp {
+        /// The operation that asked.
+        op: u64,
+        /// What it got.
+        ts: Option<TimeStamp>,
+    },
+    /// Steps of a timestamp request inside the cluster; never handed out.
+    #[doc(hidden)]
+    TsoConfirmed { op: u64, node: u64, term: u64, result: Result<(), RaftstoreError> },
+    #[doc(hidden)]
+    TsoRaised {
+        op: Option<u64>,
+        node: u64,
+        term: u64,
+        tries: u32,
+        result: Result<ApplyOutput, RaftstoreError>,
+    },
+}
+
+type Answers = Arc<Mutex<Vec<Answer>>>;
+
+struct Node {
+    store: Option<Store>,
+    engine: FaultEngine,
+    registry: Registry,
+    config: RaftConfig,
+    /// Added to the simulated time to give this node's monotonic clock: forward jumps
+    /// model a suspended machine whose clock ran on.
+    clock_offset_ms: u64,
+    /// Until when the node is paused (SIGSTOP): events for it wait until then.
+    paused_until: u64,
+    /// How long each round's fsync takes, in milliseconds (a slow disk).
+    disk_ms: u64,
+    crashes: u64,
+    /// The placement state this node has applied.
+    placement: Arc<RwLock<PlacementState>>,
+    /// The timestamp allocator of its current placement-leader term.
+    tso: LeaderTso,
+    /// Whether a background raise of the timestamp mark is in flight.
+    raising: bool,
+    /// Added to the simulated time to give the wall clock (it may jump back).
+    wall_offset_ms: i64,
+}
+
+/// Something scheduled to happen at a simulated time.
+enum Event {
+    Tick(u64),
+    Deliver {
+        from: u64,
+        message: Box<PeerMessage>,
+        snapshot: Option<Arc<SnapshotData>>,
+    },
+    /// Hands the event to the caller of [`Cluster::next`] (client and fault events).
+    External(u64),
+}
+
+/// The simulated cluster and its event queue.
+pub struct Cluster {
+    nodes: Vec<Node>,
+    now: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    events: BTreeMap<u64, Event>,
+    next_seq: u64,
+    /// Links `(from, to)` that lose every message.
+    blocked: BTreeSet<(u64, u64)>,
+    network: NetworkConfig,
+    answers: Answers,
+    /// A deliberately broken read path, to prove the checks catch one: any node that
+    /// believes it leads serves reads from its state, with no lease and no ReadIndex.
+    pub unsafe_reads: bool,
+    /// A deliberately broken timestamp oracle: a new placement leader starts from its own
+    /// wall clock instead of the persisted mark.
+    pub unsafe_tso: bool,
+    /// Messages handed to the network and delivered, for the run's statistics.
+    pub sent: u64,
+    /// Messages delivered.
+    pub delivered: u64,
+}
+
+impl Cluster {
+    /// `n` nodes, the first `replicas` of them with a replica of [`REGION`] (every key),
+    /// each with its own fixed election timeout drawn from `rng`. Peer ids of the first
+    /// replicas are their store ids.
+    pub fn new(n: u64, replicas: u64, network: NetworkConfig, rng: &mut StdRng) -> Cluster {
+        let region = Region {
+            id: REGION,
+            peers: (1..=replicas.min(n)).map(|id| Peer::new(id, id)).collect(),
+            ..Default::default()
+        };
+        // The placement group on the same replicas, peer ids 100 + store id, its state
+        // bootstrapped as a one-store cluster holding the data Region.
+        let meta = Region {
+            id: META_GROUP_ID,
+            peers: region.peers.iter().map(|p| Peer::new(100 + p.store_id, p.store_id)).collect(),
+            ..Default::default()
+        };
+        let store = scandium_types::Store {
+            id: 1,
+            address: "sim".into(),
+            state: StoreState::Up as i32,
+            ..Default::default()
+        };
+        let (_, placement) =
+            PlacementState::bootstrap(1, 10_000, store, vec![region.clone()], Vec::new());
+        let mut timeouts: Vec<usize> = (0..n as usize).map(|i| ELECTION_TICKS + 2 * i).collect();
+        for i in (1..timeouts.len()).rev() {
+            timeouts.swap(i, rng.gen_range(0..=i));
+        }
+        let nodes = (1..=n)
+            .map(|id| {
+                let engine = FaultEngine::new();
+                if region.peer_on_store(id).is_some() {
+                    let mut batch = WriteBatch::new();
+                    scandium_raftstore::bootstrap::write_initial_group(&mut batch, &region);
+                    scandium_raftstore::bootstrap::write_initial_group(&mut batch, &meta);
+                    batch.extend(placement.clone());
+                    engine.write(batch).expect("a fresh engine accepts the bootstrap");
+                    engine.sync().expect("a fresh engine syncs");
+                }
+                let timeout = timeouts[id as usize - 1];
+                Node {
+                    store: None,
+                    engine,
+                    registry: Registry::new(),
+                    config: RaftConfig {
+                        tick_ms: TICK_MS,
+                        election_ticks: ELECTION_TICKS,
+                        min_election_ticks: timeout,
+                        max_election_ticks: timeout + 1,
+                        heartbeat_ticks: 2,
+                        log_gc_threshold: 16,
+                        max_log_entries: 64,
+                        ..RaftConfig::default()
+                    },
+                    clock_offset_ms: 0,
+                    paused_until: 0,
+                    disk_ms: 0,
+                    crashes: 0,
+                    placement: Arc::default(),
+                    tso: LeaderTso::default(),
+                    raising: false,
+                    wall_offset_ms: 0,
+                }
+            })
+            .collect();
+        let mut cluster = Cluster {
+            nodes,
+            now: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            next_seq: 0,
+            blocked: BTreeSet::new(),
+            network,
+            answers: Arc::default(),
+            unsafe_reads: false,
+            unsafe_tso: false,
+            sent: 0,
+            delivered: 0,
+        };
+        for id in 1..=n {
+            cluster.start(id);
+            // Ticks of different nodes are out of phase, as their timers would be.
+            let phase = rng.gen_range(0..TICK_MS);
+            cluster.schedule(phase, Event::Tick(id));
+        }
+        cluster
+    }
+
+    /// The simulated time, in milliseconds.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Node ids, 1-based.
+    pub fn ids(&self) -> std::ops::RangeInclusive<u64> {
+        1..=self.nodes.len() as u64
+    }
+
+    fn node(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    fn clock(&self, id: u64) -> u64 {
+        self.now + self.nodes[id as usize - 1].clock_offset_ms
+    }
+
+    /// Whether the node's process is running (it may be paused).
+    pub fn is_up(&self, id: u64) -> bool {
+        self.nodes[id as usize - 1].store.is_some()
+    }
+
+    /// How often the node crashed (or stopped on a storage failure).
+    pub fn crashes(&self, id: u64) -> u64 {
+        self.nodes[id as usize - 1].crashes
+    }
+
+    fn schedule(&mut self, delay: u64, event: Event) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.events.insert(seq, event);
+        self.queue.push(Reverse((self.now + delay, seq)));
+    }
+
+    /// Schedules external event `token` (a client's or a fault's) after `delay` ms.
+    pub fn schedule_external(&mut self, delay: u64, token: u64) {
+        self.schedule(delay, Event::External(token));
+    }
+
+    /// Runs internal events until the next external one, which it returns with the
+    /// answers stores gave meanwhile; `None` when the queue is empty or `until` is reached.
+    pub fn next(&mut self, until: u64, rng: &mut StdRng) -> (Option<u64>, Vec<Answer>) {
+        loop {
+            let Some(&Reverse((time, seq))) = self.queue.peek() else {
+                return (None, self.take_answers_with(rng));
+            };
+            if time > until {
+                self.now = until;
+                return (None, self.take_answers_with(rng));
+            }
+            self.queue.pop();
+            self.now = self.now.max(time);
+            let event = self.events.remove(&seq).expect("queued events are kept");
+            match event {
+                Event::External(token) => return (Some(token), self.take_answers_with(rng)),
+                Event::Tick(id) => {
+                    self.schedule(TICK_MS, Event::Tick(id));
+                    if !self.is_serving(id) {
+                        // A paused process misses its timer; it ticks again on the first
+                        // period after it resumes, as the Raft thread's timer would.
+                        continue;
+                    }
+                    let now = self.clock(id);
+                    if let Some(store) = self.node(id).store.as_mut() {
+                        store.tick(now);
+                    }
+                    self.pump(id, rng);
+                }
+                Event::Deliver { from, message, snapshot } => {
+                    let to = message.to.store_id;
+                    if self.nodes[to as usize - 1].paused_until > self.now {
+                        // Held in the socket's buffers until the process resumes, and then
+                        // worked through over a few milliseconds: requests that waited as
+                        // well may be served first.
+                        let delay = self.nodes[to as usize - 1].paused_until - self.now
+                            + rng.gen_range(0..10);
+                        self.schedule(delay, Event::Deliver { from, message, snapshot });
+                        continue;
+                    }
+                    self.deliver(from, *message, snapshot);
+                    self.pump(to, rng);
+                }
+            }
+            let answers = self.take_answers_with(rng);
+            if !answers.is_empty() {
+                return (None, answers);
+            }
+        }
+    }
+
+    /// The answers for the caller; the steps of timestamp requests are taken here, and
+    /// may produce further answers.
+    fn take_answers_with(&mut self, rng: &mut StdRng) -> Vec<Answer> {
+        let mut out = Vec::new();
+        loop {
+            let answers = std::mem::take(&mut *lock(&self.answers));
+            if answers.is_empty() {
+                return out;
+            }
+            for answer in answers {
+                match answer {
+                    Answer::TsoConfirmed { op, node, term, result } => match result {
+                        Ok(()) => self.allocate(node, op, term, 0, rng),
+                        Err(_) => out.push(Answer::Timestamp { op, ts: None }),
+                    },
+                    Answer::TsoRaised { op, node, term, tries, result } => {
+                        let persisted = match &result {
+                            Ok(ApplyOutput::Meta(any)) => match any.downcast_ref::<Response>() {
+                                Some(Response::TsoLimit(limit)) => Some(*limit),
+                                _ => None,
+                            },
+                            _ => None,
+                        };
+                        let n = self.node(node);
+                        if let (Some(limit), true) = (persisted, n.store.is_some()) {
+                            n.tso.set_limit(term, limit);
+                        }
+                        match op {
+                            None => n.raising = false,
+                            Some(op) if persisted.is_some() && n.store.is_some() => {
+                                self.allocate(node, op, term, tries + 1, rng)
+                            }
+                            Some(op) => out.push(Answer::Timestamp { op, ts: None }),
+                        }
+                    }
+                    other => out.push(other),
+                }
+            }
+        }
+    }
+
+    /// The node's wall clock.
+    fn wall(&self, id: u64) -> u64 {
+        (self.now + WALL_EPOCH_MS).saturating_add_signed(self.nodes[id as usize - 1].wall_offset_ms)
+    }
+
+    /// Moves the node's wall clock by `ms`, either way (the TSO must not follow it back).
+    pub fn jump_wall_clock(&mut self, id: u64, ms: i64) {
+        self.node(id).wall_offset_ms += ms;
+    }
+
+    /// Asks node `id` for a timestamp as the server's `timestamp_local` serves one: only
+    /// the placement leader, under its lease or after a ReadIndex round; a new term
+    /// starts at the persisted mark; the mark is raised through the group when reached.
+    /// The answer comes back as [`Answer::Timestamp`]; `false` if the node cannot serve
+    /// (down, paused, not the leader).
+    pub fn timestamp(&mut self, id: u64, op: u64, rng: &mut StdRng) -> bool {
+        if !self.is_serving(id) {
+            return false;
+        }
+        let now = self.clock(id);
+        let Some(status) = self.node(id).registry.meta().status.filter(|s| s.ready_for_reads)
+        else {
+            return false;
+        };
+        let term = status.term;
+        if status.lease_valid(now) {
+            self.allocate(id, op, term, 0, rng);
+            return true;
+        }
+        let answers = self.answers.clone();
+        let callback: ReadCallback = Box::new(move |result| {
+            lock(&answers).push(Answer::TsoConfirmed { op, node: id, term, result })
+        });
+        self.node(id).store.as_mut().expect("checked up").read_index(META_GROUP_ID, callback);
+        self.pump(id, rng);
+        true
+    }
+
+    fn allocate(&mut self, id: u64, op: u64, term: u64, tries: u32, rng: &mut StdRng) {
+        let wall = self.wall(id);
+        let answers = self.answers.clone();
+        let node = self.node(id);
+        if node.store.is_none() {
+            return lock(&answers).push(Answer::Timestamp { op, ts: None });
+        }
+        let mut persisted = node.placement.read().unwrap_or_else(|e| e.into_inner()).tso_limit_ms();
+        if self.unsafe_tso {
+            persisted = 0;
+        }
+        let node = &mut self.nodes[id as usize - 1];
+        let allocation = node.tso.allocate(term, persisted, wall, 1);
+        match allocation.result {
+            Ok(ts) => {
+                lock(&answers).push(Answer::Timestamp { op, ts: Some(ts) });
+                if let (Some(limit), false) = (allocation.wanted_limit, node.raising) {
+                    node.raising = true;
+                    self.raise(id, None, term, tries, limit, rng);
+                }
+            }
+            Err(scandium_placement::TsoError::LimitReached(limit)) if tries < 3 => {
+                self.raise(id, Some(op), term, tries, limit, rng)
+            }
+            Err(_) => lock(&answers).push(Answer::Timestamp { op, ts: None }),
+        }
+    }
+
+    fn raise(
+        &mut self,
+        id: u64,
+        op: Option<u64>,
+        term: u64,
+        tries: u32,
+        limit: u64,
+        rng: &mut StdRng,
+    ) {
+        use prost::Message as _;
+        let command = Command::new(Kind::RaiseTsoLimit(limit)).encode_to_vec();
+        let answers = self.answers.clone();
+        let callback: scandium_raftstore::Callback = Box::new(move |result| {
+            lock(&answers).push(Answer::TsoRaised { op, node: id, term, tries, result })
+        });
+        if let Some(store) = self.node(id).store.as_mut() {
+            store.propose(META_GROUP_ID, command, callback);
+        }
+        self.pump(id, rng);
+    }
+
+    fn start(&mut self, id: u64) {
+        let now = self.clock(id);
+        let node = self.node(id);
+        let engine: EngineRef = Arc::new(node.engine.clone());
+        let loaded = PlacementState::load(&engine).expect("memory engines read");
+        node.placement = Arc::new(RwLock::new(loaded.unwrap_or_default()));
+        node.tso = LeaderTso::default();
+        node.raising = false;
+        let meta = Box::new(SimMeta { state: node.placement.clone() });
+        let mut store = Store::open(id, engine, node.config.clone(), meta, node.registry.clone())
+            .expect("a simulated node's disk always opens");
+        store.set_time(now);
+        node.store = Some(store);
+    }
+
+    /// Kills the node's process: unsynced writes are lost, except a random prefix of
+    /// whole batches. Its pending callbacks are dropped unanswered, as a client's calls to
+    /// a dead node time out.
+    pub fn crash(&mut self, id: u64, rng: &mut StdRng) {
+        let node = self.node(id);
+        if node.store.take().is_none() {
+            return;
+        }
+        node.crashes += 1;
+        let kept = rng.gen_range(0..=node.engine.unsynced_batches());
+        node.engine = node.engine.crash(kept);
+        node.registry = Registry::new();
+        node.paused_until = 0;
+    }
+
+    /// Starts a crashed node again on what its disk kept.
+    pub fn restart(&mut self, id: u64) {
+        if !self.is_up(id) {
+            self.start(id);
+        }
+    }
+
+    /// Pauses the node (SIGSTOP) for `ms`: it handles nothing meanwhile, its clock runs on.
+    pub fn pause(&mut self, id: u64, ms: u64) {
+        let until = self.now + ms;
+        let node = self.node(id);
+        node.paused_until = node.paused_until.max(until);
+    }
+
+    /// Moves the node's monotonic clock forward by `ms` (a machine suspended and resumed).
+    pub fn jump_clock(&mut self, id: u64, ms: u64) {
+        self.node(id).clock_offset_ms += ms;
+    }
+
+    /// Sets how long each of the node's rounds spends in fsync.
+    pub fn set_disk_latency(&mut self, id: u64, ms: u64) {
+        self.node(id).disk_ms = ms;
+    }
+
+    /// Clears every disk fault set on the node (a replaced disk, at the end of a run).
+    pub fn clear_disk_faults(&mut self, id: u64) {
+        let node = self.node(id);
+        node.engine.set_faults(Faults::default());
+        node.disk_ms = 0;
+    }
+
+    /// Makes the node's next sync fail: it stops, as a node must after a failed fsync.
+    pub fn fail_next_sync(&mut self, id: u64) {
+        let node = self.node(id);
+        node.engine.set_faults(Faults { fail_syncs: 1, ..Faults::default() });
+    }
+
+    /// Loses every message from `from` to `to` until healed.
+    pub fn block(&mut self, from: u64, to: u64) {
+        self.blocked.insert((from, to));
+    }
+
+    /// Cuts the cluster in two: no message crosses between `side` and the rest.
+    pub fn partition(&mut self, side: &[u64]) {
+        for a in self.ids() {
+            for b in self.ids() {
+                if side.contains(&a) != side.contains(&b) {
+                    self.blocked.insert((a, b));
+                }
+            }
+        }
+    }
+
+    /// Every link works again.
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+    }
+
+    /// The first running node that believes it leads the Region and may serve reads.
+    pub fn leader(&self) -> Option<u64> {
+        self.ids().find(|&id| {
+            self.is_serving(id)
+                && self.nodes[id as usize - 1]
+                    .registry
+                    .get(REGION)
+                    .is_some_and(|s| s.ready_for_reads)
+        })
+    }
+
+    /// Proposes a write of `batch` through node `id`; the answer comes back tagged `op`.
+    /// Returns `false` if nothing entered the log: the node is down or paused, or refused
+    /// the proposal at once (not the leader). Errors that come later are not proof that
+    /// the write was not applied (a leader that stepped down may see its entry committed
+    /// by the next one).
+    pub fn propose(&mut self, id: u64, op: u64, batch: WriteBatch, rng: &mut StdRng) -> bool {
+        if !self.is_serving(id) {
+            return false;
+        }
+        let Some(region) = self.node(id).registry.get(REGION).map(|s| s.region) else {
+            return false;
+        };
+        let answers = self.answers.clone();
+        let Some(store) = self.node(id).store.as_mut() else { return false };
+        let command = EncodedCommand::new(RaftCommand::write(&region, batch));
+        store.propose_command(
+            REGION,
+            command,
+            Box::new(move |result| lock(&answers).push(Answer::Proposed { op, result })),
+        );
+        if self.take_answer_of(op) {
+            return false;
+        }
+        self.pump(id, rng);
+        true
+    }
+
+    /// Removes the answer to `op` if the store gave it at once (a refusal).
+    fn take_answer_of(&mut self, op: u64) -> bool {
+        let mut answers = lock(&self.answers);
+        let position = answers.iter().position(|answer| match answer {
+            Answer::Proposed { op: o, .. } | Answer::ReadReady { op: o, .. } => *o == op,
+            _ => false,
+        });
+        position.map(|i| answers.remove(i)).is_some()
+    }
+
+    /// Serves a read on node `id` as the server does: from the leader's state under its
+    /// lease, else after a ReadIndex round. `Some(value)` when the read was served at
+    /// once; otherwise the answer comes back as [`Answer::ReadReady`] and the caller reads
+    /// with [`Cluster::read_local`]. `None` as well when the node is down.
+    pub fn read(&mut self, id: u64, op: u64, key: &[u8], rng: &mut StdRng) -> ReadStart {
+        if !self.is_serving(id) {
+            return ReadStart::Unavailable;
+        }
+        let now = self.clock(id);
+        let status = self.node(id).registry.get(REGION);
+        let trusted = |s: &scandium_raftstore::RegionStatus| {
+            s.lease_valid(now) || (self.unsafe_reads && s.ready_for_reads)
+        };
+        if status.as_ref().is_some_and(trusted) {
+            return ReadStart::Served(self.read_local(id, key));
+        }
+        let answers = self.answers.clone();
+        let callback: ReadCallback =
+            Box::new(move |result| lock(&answers).push(Answer::ReadReady { op, node: id, result }));
+        let store = self.node(id).store.as_mut().expect("checked up");
+        store.read_index(REGION, callback);
+        if self.take_answer_of(op) {
+            return ReadStart::Unavailable;
+        }
+        self.pump(id, rng);
+        ReadStart::Waiting
+    }
+
+    /// Reads `key` from node `id`'s applied state; `None` if the node is down.
+    pub fn read_local(&self, id: u64, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        let store = self.nodes[id as usize - 1].store.as_ref()?;
+        Some(store.engine_snapshot().get(Cf::Raw, key).expect("memory engines read"))
+    }
+
+    /// Until when node `id` is paused (a time in the past if it is not).
+    pub fn paused_until(&self, id: u64) -> u64 {
+        self.nodes[id as usize - 1].paused_until
+    }
+
+    /// Whether node `id` can take requests now (up and not paused).
+    pub fn is_serving(&self, id: u64) -> bool {
+        self.is_up(id) && self.nodes[id as usize - 1].paused_until <= self.now
+    }
+
+    /// The Region as its leader sees it, if a running node leads it.
+    pub fn leader_region(&self) -> Option<Region> {
+        let leader = self.leader()?;
+        self.nodes[leader as usize - 1].registry.get(REGION).map(|s| s.region)
+    }
+
+    /// Proposes a membership change through the leader `id`; the answer is ignored (the
+    /// next change looks at the Region as it then is).
+    pub fn change_peers(&mut self, id: u64, changes: Vec<PeerChange>, rng: &mut StdRng) {
+        if !self.is_serving(id) {
+            return;
+        }
+        if let Some(store) = self.node(id).store.as_mut() {
+            store.propose_conf_change(REGION, changes, Box::new(|_| {}));
+        }
+        self.pump(id, rng);
+    }
+
+    /// Asks the leader `id` to hand leadership to peer `to`.
+    pub fn transfer_leader(&mut self, id: u64, to: u64, rng: &mut StdRng) {
+        if !self.is_serving(id) {
+            return;
+        }
+        if let Some(store) = self.node(id).store.as_mut() {
+            let _ = store.transfer_leader(REGION, to);
+        }
+        self.pump(id, rng);
+    }
+
+    /// For each replica in the leader's view of the Region: its node, whether it runs a
+    /// replica, its applied index and its data digests (one per column family).
+    /// Replicas removed from the Region are not listed.
+    pub fn replica_states(&self) -> Vec<(u64, Option<ReplicaState>)> {
+        let Some(region) = self.leader_region() else { return Vec::new() };
+        region
+            .peers
+            .iter()
+            .map(|peer| {
+                let id = peer.store_id;
+                let state = self.nodes[id as usize - 1].store.as_ref().and_then(|store| {
+                    let local = store.status(REGION)?.region;
+                    let applied = store.applied_index(REGION)?;
+                    let digests =
+                        scandium_raftstore::snapshot::digests(&local, &*store.engine_snapshot())
+                            .expect("memory engines read");
+                    Some((applied, digests))
+                });
+                (id, state)
+            })
+            .collect()
+    }
+
+    /// Rounds on node `id` until it has nothing left; its messages go to the network.
+    fn pump(&mut self, id: u64, rng: &mut StdRng) {
+        let mut outgoing = Vec::new();
+        let mut failed = false;
+        if let Some(store) = self.node(id).store.as_mut() {
+            while store.has_ready() {
+                match store.handle_ready_sending(&mut |mut m| outgoing.append(&mut m)) {
+                    Ok(mut output) => outgoing.append(&mut output.messages),
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let disk_ms = self.nodes[id as usize - 1].disk_ms;
+        for message in outgoing {
+            self.send(id, message, disk_ms, rng);
+        }
+        if failed {
+            // As the server's Raft thread exits the process on a storage failure.
+            self.crash(id, rng);
+        }
+    }
+
+    fn send(&mut self, from: u64, message: PeerMessage, extra_ms: u64, rng: &mut StdRng) {
+        self.sent += 1;
+        let snapshot =
+            if message.is_snapshot() { self.take_snapshot(from, &message) } else { None };
+        if message.is_snapshot() && snapshot.is_none() {
+            return;
+        }
+        if rng.gen_bool(self.network.drop) {
+            if message.is_snapshot() {
+                self.report_snapshot(from, &message, false);
+            }
+            return;
+        }
+        let copies = if rng.gen_bool(self.network.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let (low, high) = self.network.delay_ms;
+            let delay = extra_ms + rng.gen_range(low..=high);
+            self.schedule(
+                delay,
+                Event::Deliver {
+                    from,
+                    message: Box::new(message.clone()),
+                    snapshot: snapshot.clone(),
+                },
+            );
+        }
+    }
+
+    /// The data of an outgoing snapshot, streamed out of the sender's engine snapshot at
+    /// once (the real transport streams it in chunks; the receiver sees the same data).
+    fn take_snapshot(&mut self, from: u64, message: &PeerMessage) -> Option<Arc<SnapshotData>> {
+        use prost::Message as _;
+        let data = message.message.snapshot.as_ref()?.data.as_ref();
+        let header = SnapshotHeader::decode(data).ok()?;
+        let store = self.node(from).store.as_ref()?;
+        let (region, engine_snapshot) = store.snapshot_sources().take(header.token)?;
+        let mut assembler = SnapshotAssembler::new(64 << 20);
+        for_each_chunk(&region, &*engine_snapshot, 4096, |chunk| assembler.push(chunk).is_ok())
+            .ok()?;
+        Some(Arc::new(assembler.finish()))
+    }
+
+    fn report_snapshot(&mut self, from: u64, message: &PeerMessage, delivered: bool) {
+        if let Some(store) = self.node(from).store.as_mut() {
+            store.report_snapshot(message.region_id, message.to.id, delivered);
+        }
+    }
+
+    fn deliver(&mut self, from: u64, message: PeerMessage, snapshot: Option<Arc<SnapshotData>>) {
+        let to = message.to.store_id;
+        if self.blocked.contains(&(from, to)) || !self.is_up(to) {
+            if let Some(store) = self.node(from).store.as_mut() {
+                if message.is_snapshot() {
+                    store.report_snapshot(message.region_id, message.to.id, false);
+                }
+                store.report_unreachable(message.region_id, message.to.id);
+            }
+            return;
+        }
+        self.delivered += 1;
+        let is_snapshot = message.is_snapshot();
+        let data = snapshot.map(|s| SnapshotData { entries: s.entries.clone() });
+        let report = (message.region_id, message.to.id);
+        let accepted =
+            self.node(to).store.as_mut().expect("checked up").step(message, data).is_ok();
+        if is_snapshot {
+            if let Some(store) = self.node(from).store.as_mut() {
+                store.report_snapshot(report.0, report.1, accepted);
+            }
+        }
+    }
+}
+
+/// A replica's applied index and data digests (one per column family).
+pub type ReplicaState = (u64, Vec<u64>);
+
+/// How a read started; see [`Cluster::read`].
+pub enum ReadStart {
+    /// Served at once from the lease: the value (the outer `Option` is always `Some`).
+    Served(Option<Option<Vec<u8>>>),
+    /// A ReadIndex round is under way.
+    Waiting,
+    /// The node is down, paused or not the leader: nothing was read.
+    Unavailable,
+}
+
+fn lock(answers: &Answers) -> std::sync::MutexGuard<'_, Vec<Answer>> {
+    answers.lock().unwrap_or_else(|e| e.into_inner())
+}

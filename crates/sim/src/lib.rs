@@ -1,0 +1,11 @@
+//! Proof under faults: a deterministic simulator of a Scandium cluster, and the checkers
+//! that judge the histories it (and the chaos suite of real processes) records.
+//!
+//! The simulator ([`cluster`], [`run`]) drives real [`Store`](scandium_raftstore::Store)s
+//! on [`FaultEngine`](scandium_storage::FaultEngine)s from one thread, one simulated
+//! clock and one seeded generator, so that a seed is a complete description of a run and
+//! replays it byte for byte. The checkers ([`check`]) know nothing of the simulator.
+
+pub mod check;
+pub mod cluster;
+pub mod run;

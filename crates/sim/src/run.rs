@@ -1,0 +1,690 @@
+//! One simulated run: a seed, a cluster, clients reading and writing a few registers,
+//! faults, then healing and the checks.
+//!
+//! Clients run closed loops: each sends one operation, waits for its answer (or gives up
+//! after a timeout), thinks a little and sends the next. A write that was refused at once
+//! is left out of the history (it cannot have taken effect); one whose answer never came,
+//! or came as an error after it entered the log, is indeterminate: the checker may place
+//! it anywhere after its start, or nowhere. Reads that failed are left out.
+//!
+//! Faults come from the seed too: crashes (losing unsynced writes) and restarts, pauses
+//! longer than the election timeout, partitions (halves, an isolated node, one-way
+//! links), clock jumps, slow disks and failed fsyncs; message loss, duplication and delay
+//! run throughout. At the end the network heals, every node is restarted, and the run
+//! waits until every replica has applied the same log; the replicas' data must then be
+//! equal, and the history linearizable.
+
+use crate::check::history::Timing;
+use crate::check::linearizable::{self, Op, Verdict};
+use crate::check::timestamps::{self, TsObservation};
+use crate::cluster::{Answer, Cluster, NetworkConfig, ReadStart};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use scandium_raftstore::PeerChange;
+use scandium_storage::{Cf, WriteBatch};
+use scandium_types::Peer;
+use std::fmt::Write as _;
+
+/// The shape of a run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Nodes in the cluster.
+    pub nodes: u64,
+    /// Replicas of the Region (the other nodes start empty; moves bring them in).
+    pub replicas: u64,
+    /// Concurrent clients of the registers.
+    pub clients: u64,
+    /// Concurrent clients asking for timestamps.
+    pub tso_clients: u64,
+    /// Registers (keys) they share.
+    pub keys: u64,
+    /// Simulated milliseconds of load with faults, before healing.
+    pub duration_ms: u64,
+    /// Whether faults are injected (message loss and delay always are).
+    pub faults: bool,
+    /// Breaks the read path on purpose (see [`Cluster::unsafe_reads`]): the checks must
+    /// then find stale reads.
+    pub unsafe_reads: bool,
+    /// Breaks the timestamp oracle on purpose (see [`Cluster::unsafe_tso`]).
+    pub unsafe_tso: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            nodes: 4,
+            replicas: 3,
+            clients: 5,
+            tso_clients: 2,
+            keys: 3,
+            duration_ms: 20_000,
+            faults: true,
+            unsafe_reads: false,
+            unsafe_tso: false,
+        }
+    }
+}
+
+/// What one operation did, as the client saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operation {
+    /// The client that ran it.
+    pub client: u64,
+    /// The node it was sent to.
+    pub node: u64,
+    /// The register.
+    pub key: u64,
+    /// A write of this value, or a read (`None`).
+    pub write: Option<Vec<u8>>,
+    /// For a read that completed: the value it returned.
+    pub read: Option<Option<Vec<u8>>>,
+    /// When it was sent (simulated ms).
+    pub invoke: u64,
+    /// When its answer came; `None` if it is indeterminate.
+    pub complete: Option<u64>,
+}
+
+/// Everything a run produced.
+#[derive(Debug)]
+pub struct RunReport {
+    /// The seed that replays it.
+    pub seed: u64,
+    /// Operations, in the order they were sent.
+    pub history: Vec<Operation>,
+    /// Timestamp requests: when sent, and when answered with which timestamp.
+    pub timestamps: Vec<(u64, Option<(u64, u64)>)>,
+    /// What went wrong: empty when every check passed.
+    pub anomalies: Vec<String>,
+    /// What the run injected, in order, for reading a failure.
+    pub faults: Vec<String>,
+    /// Simulated milliseconds, healing included.
+    pub simulated_ms: u64,
+    /// Messages sent over the simulated network.
+    pub messages: u64,
+}
+
+impl RunReport {
+    /// The history as text, one operation per line: two runs of a seed must give the same
+    /// bytes.
+    pub fn history_text(&self) -> String {
+        let mut text = String::new();
+        for op in &self.history {
+            let _ = writeln!(text, "{op:?}");
+        }
+        for (invoke, answer) in &self.timestamps {
+            let _ = writeln!(text, "timestamp sent {invoke}: {answer:?}");
+        }
+        text
+    }
+}
+
+/// How long a client waits for an answer before it gives up on an operation.
+const CLIENT_TIMEOUT_MS: u64 = 1_000;
+/// Simulated time allowed for the cluster to converge after healing.
+const HEAL_MS: u64 = 30_000;
+
+/// External events, as tokens through the cluster's queue.
+const CLIENT: u64 = 1 << 40;
+const TIMEOUT: u64 = 2 << 40;
+const FAULT: u64 = 3 << 40;
+const TSO_CLIENT: u64 = 4 << 40;
+const TSO_TIMEOUT: u64 = 5 << 40;
+/// Marks the op ids of timestamp requests in the cluster's answers.
+const TSO_OP: u64 = 1 << 32;
+const KIND: u64 = 0xff << 40;
+
+struct Client {
+    pending: Option<usize>,
+    node: u64,
+    written: u64,
+    /// When the client sent a request that sits in a paused node's socket buffer.
+    sent_at: Option<u64>,
+}
+
+/// Runs the simulation of `seed`.
+pub fn run(seed: u64, config: &RunConfig) -> RunReport {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let network = if config.faults {
+        NetworkConfig { delay_ms: (1, 20), drop: 0.02, duplicate: 0.01 }
+    } else {
+        NetworkConfig { delay_ms: (1, 5), drop: 0.0, duplicate: 0.0 }
+    };
+    let mut cluster = Cluster::new(config.nodes, config.replicas, network, &mut rng);
+    cluster.unsafe_reads = config.unsafe_reads;
+    cluster.unsafe_tso = config.unsafe_tso;
+    let mut clients: Vec<Client> = (0..config.clients)
+        .map(|_| Client {
+            pending: None,
+            node: rng.gen_range(1..=config.nodes),
+            written: 0,
+            sent_at: None,
+        })
+        .collect();
+    for c in 0..config.clients {
+        cluster.schedule_external(rng.gen_range(0..50), CLIENT | c);
+    }
+    let mut tso = Tso {
+        clients: (0..config.tso_clients)
+            .map(|_| TsoClient { pending: None, node: rng.gen_range(1..=config.nodes) })
+            .collect(),
+        requests: Vec::new(),
+    };
+    for c in 0..config.tso_clients {
+        cluster.schedule_external(rng.gen_range(0..50), TSO_CLIENT | c);
+    }
+    if config.faults {
+        cluster.schedule_external(rng.gen_range(500..3_000), FAULT);
+    }
+    let mut history: Vec<Operation> = Vec::new();
+    let mut faults = Vec::new();
+    let mut recovery: Vec<Recovery> = Vec::new();
+    // Peers added by replica moves get ids above every store id.
+    let mut next_peer_id = 1_000;
+    let end = config.duration_ms;
+    loop {
+        let (token, answers) = cluster.next(end, &mut rng);
+        for answer in answers {
+            if !tso.on_answer(&mut cluster, &answer, &mut rng) {
+                on_answer(&mut cluster, &mut clients, &mut history, answer, &mut rng);
+            }
+        }
+        let Some(token) = token else {
+            if cluster.now() >= end {
+                break;
+            }
+            continue;
+        };
+        match token & KIND {
+            CLIENT => {
+                let c = token & !KIND;
+                send_next(&mut cluster, &mut clients, c, &mut history, config, &mut rng);
+            }
+            TIMEOUT => {
+                let op = (token & !KIND) as usize;
+                let client = history[op].client as usize;
+                if clients[client].pending == Some(op) {
+                    give_up(&mut cluster, &mut clients[client], &history, op, config, &mut rng);
+                }
+            }
+            TSO_CLIENT => tso.send(&mut cluster, token & !KIND, config, &mut rng),
+            TSO_TIMEOUT => {
+                let request = (token & !KIND) as usize;
+                tso.give_up(&mut cluster, request, config, &mut rng);
+            }
+            FAULT => {
+                let recovered = recovery.iter().position(|r| r.at <= cluster.now());
+                if let Some(i) = recovered {
+                    let r = recovery.remove(i);
+                    faults.push(format!("{} ms: {}", cluster.now(), r.describe()));
+                    r.apply(&mut cluster);
+                } else {
+                    let (what, undo) = inject(&mut cluster, &mut next_peer_id, &mut rng);
+                    faults.push(format!("{} ms: {what}", cluster.now()));
+                    if let Some(undo) = undo {
+                        let at = undo.at;
+                        recovery.push(undo);
+                        cluster.schedule_external(at - cluster.now(), FAULT);
+                    }
+                    cluster.schedule_external(rng.gen_range(1_000..4_000), FAULT);
+                }
+            }
+            _ => unreachable!("only the run schedules external events"),
+        }
+    }
+
+    // Heal: every link back, every node up, no more load; wait for the replicas to agree.
+    cluster.heal();
+    for id in cluster.ids() {
+        cluster.clear_disk_faults(id);
+        cluster.restart(id);
+    }
+    faults.push(format!("{} ms: healed; every node restarted", cluster.now()));
+    for c in &mut clients {
+        c.pending = None;
+    }
+    let mut anomalies = Vec::new();
+    let deadline = cluster.now() + HEAL_MS;
+    let converged = loop {
+        let states = cluster.replica_states();
+        let first = states.first().and_then(|(_, state)| state.clone());
+        let agreed = first.is_some() && states.iter().all(|(_, state)| *state == first);
+        if agreed {
+            break true;
+        }
+        if cluster.now() >= deadline {
+            break false;
+        }
+        let until = cluster.now() + 100;
+        while cluster.now() < until {
+            let (token, answers) = cluster.next(until, &mut rng);
+            for answer in answers {
+                if !tso.on_answer(&mut cluster, &answer, &mut rng) {
+                    on_answer(&mut cluster, &mut clients, &mut history, answer, &mut rng);
+                }
+            }
+            if token.is_none() && cluster.now() >= until {
+                break;
+            }
+        }
+    };
+    if !converged {
+        let states = cluster.replica_states();
+        anomalies.push(format!(
+            "replicas did not converge within {HEAL_MS} ms of healing: (node, (applied index, digests)) {states:?}"
+        ));
+    }
+    // Writes still pending never got an answer: they stay indeterminate.
+    anomalies.extend(check_history(&history));
+    anomalies.extend(check_timestamps(&tso.requests));
+    RunReport {
+        seed,
+        history,
+        timestamps: tso.requests,
+        anomalies,
+        faults,
+        simulated_ms: cluster.now(),
+        messages: cluster.sent,
+    }
+}
+
+fn key_of(k: u64) -> Vec<u8> {
+    format!("k{k}").into_bytes()
+}
+
+fn send_next(
+    cluster: &mut Cluster,
+    clients: &mut [Client],
+    c: u64,
+    history: &mut Vec<Operation>,
+    config: &RunConfig,
+    rng: &mut StdRng,
+) {
+    let client = &mut clients[c as usize];
+    if client.pending.is_some() {
+        return;
+    }
+    let node = client.node;
+    let paused_until = cluster.paused_until(node);
+    if cluster.is_up(node) && paused_until > cluster.now() {
+        // The request waits in the paused node's socket until it resumes, and may then be
+        // served before the Raft messages queued behind it: the moment a deposed leader
+        // would answer from its old state if its lease did not stop it. Some clients wait
+        // that long; the others give up and go elsewhere, so the rest of the cluster has
+        // load meanwhile.
+        let sent = *client.sent_at.get_or_insert(cluster.now());
+        let patience = rng.gen_range(0..2 * CLIENT_TIMEOUT_MS);
+        if paused_until <= sent + patience {
+            cluster.schedule_external(paused_until - cluster.now(), CLIENT | c);
+        } else {
+            client.sent_at = None;
+            let waited = (sent + patience).saturating_sub(cluster.now());
+            client.node = rng.gen_range(1..=config.nodes);
+            cluster.schedule_external(waited.max(1), CLIENT | c);
+        }
+        return;
+    }
+    let key = rng.gen_range(0..config.keys);
+    let op = history.len();
+    let now = client.sent_at.take().unwrap_or(cluster.now());
+    if rng.gen_bool(0.5) {
+        client.written += 1;
+        let value = format!("c{c}.{}", client.written).into_bytes();
+        let mut batch = WriteBatch::new();
+        batch.put(Cf::Raw, key_of(key), value.clone());
+        if cluster.propose(node, op as u64, batch, rng) {
+            history.push(Operation {
+                client: c,
+                node,
+                key,
+                write: Some(value),
+                read: None,
+                invoke: now,
+                complete: None,
+            });
+            client.pending = Some(op);
+            cluster.schedule_external(CLIENT_TIMEOUT_MS, TIMEOUT | op as u64);
+        } else {
+            retry_elsewhere(cluster, client, c, config, rng);
+        }
+        return;
+    }
+    let read =
+        Operation { client: c, node, key, write: None, read: None, invoke: now, complete: None };
+    match cluster.read(node, op as u64, &key_of(key), rng) {
+        ReadStart::Served(value) => {
+            let value = value.expect("served by a running node");
+            history.push(Operation { read: Some(value), complete: Some(cluster.now()), ..read });
+            cluster.schedule_external(rng.gen_range(1..10), CLIENT | c);
+        }
+        ReadStart::Waiting => {
+            history.push(read);
+            client.pending = Some(op);
+            cluster.schedule_external(CLIENT_TIMEOUT_MS, TIMEOUT | op as u64);
+        }
+        ReadStart::Unavailable => retry_elsewhere(cluster, client, c, config, rng),
+    }
+}
+
+/// The node refused or is gone: try another one soon, as a client does when its cached
+/// leader fails it: the one placement names (a node that believes it leads), or any.
+fn retry_elsewhere(
+    cluster: &mut Cluster,
+    client: &mut Client,
+    c: u64,
+    config: &RunConfig,
+    rng: &mut StdRng,
+) {
+    let failed = client.node;
+    client.node = match cluster.leader() {
+        Some(leader) if leader != failed && rng.gen_bool(0.8) => leader,
+        _ => rng.gen_range(1..=config.nodes),
+    };
+    cluster.schedule_external(rng.gen_range(5..30), CLIENT | c);
+}
+
+/// The client stops waiting: a write stays in the history as indeterminate; a read that
+/// never answered says nothing and is left out by the checker (it has no result).
+fn give_up(
+    cluster: &mut Cluster,
+    client: &mut Client,
+    history: &[Operation],
+    op: usize,
+    config: &RunConfig,
+    rng: &mut StdRng,
+) {
+    client.pending = None;
+    retry_elsewhere(cluster, client, history[op].client, config, rng);
+}
+
+fn on_answer(
+    cluster: &mut Cluster,
+    clients: &mut [Client],
+    history: &mut [Operation],
+    answer: Answer,
+    rng: &mut StdRng,
+) {
+    let now = cluster.now();
+    match answer {
+        Answer::Proposed { op, result } => {
+            let op = op as usize;
+            let Some(c) = take_pending(clients, history, op) else { return };
+            if result.is_ok() {
+                history[op].complete = Some(now);
+            }
+            // An error after the entry was proposed leaves the write indeterminate.
+            cluster.schedule_external(rng.gen_range(1..10), CLIENT | c);
+        }
+        Answer::ReadReady { op, node, result } => {
+            let op = op as usize;
+            let Some(c) = take_pending(clients, history, op) else { return };
+            // A node that stopped in the same round has no state to read from.
+            if let (Ok(()), Some(value)) =
+                (result, cluster.read_local(node, &key_of(history[op].key)))
+            {
+                history[op].read = Some(value);
+                history[op].complete = Some(now);
+            }
+            cluster.schedule_external(rng.gen_range(1..10), CLIENT | c);
+        }
+        // Timestamps are taken by `Tso::on_answer`; the cluster keeps its own steps.
+        _ => {}
+    }
+}
+
+/// The client waiting for `op`, which stops waiting; `None` if it gave up on it already
+/// (a late answer changes nothing: the operation stays indeterminate).
+fn take_pending(clients: &mut [Client], history: &[Operation], op: usize) -> Option<u64> {
+    let c = history[op].client;
+    let client = &mut clients[c as usize];
+    (client.pending == Some(op)).then(|| {
+        client.pending = None;
+        c
+    })
+}
+
+/// The clients asking for timestamps, and what they got.
+struct Tso {
+    clients: Vec<TsoClient>,
+    requests: Vec<(u64, Option<(u64, u64)>)>,
+}
+
+struct TsoClient {
+    pending: Option<usize>,
+    node: u64,
+}
+
+impl Tso {
+    fn send(&mut self, cluster: &mut Cluster, c: u64, config: &RunConfig, rng: &mut StdRng) {
+        let client = &mut self.clients[c as usize];
+        if client.pending.is_some() {
+            return;
+        }
+        let request = self.requests.len();
+        if cluster.timestamp(client.node, TSO_OP | request as u64, rng) {
+            self.requests.push((cluster.now(), None));
+            client.pending = Some(request);
+            cluster.schedule_external(CLIENT_TIMEOUT_MS, TSO_TIMEOUT | request as u64);
+        } else {
+            // Not the placement leader, or down: ask another node soon.
+            client.node = rng.gen_range(1..=config.nodes);
+            cluster.schedule_external(rng.gen_range(5..30), TSO_CLIENT | c);
+        }
+    }
+
+    fn give_up(
+        &mut self,
+        cluster: &mut Cluster,
+        request: usize,
+        config: &RunConfig,
+        rng: &mut StdRng,
+    ) {
+        if let Some(c) = self.clients.iter().position(|c| c.pending == Some(request)) {
+            self.clients[c].pending = None;
+            self.clients[c].node = rng.gen_range(1..=config.nodes);
+            cluster.schedule_external(rng.gen_range(5..30), TSO_CLIENT | c as u64);
+        }
+    }
+
+    /// Takes the answer if it is to a timestamp request.
+    fn on_answer(&mut self, cluster: &mut Cluster, answer: &Answer, rng: &mut StdRng) -> bool {
+        let Answer::Timestamp { op, ts } = answer else { return false };
+        let request = (op & !TSO_OP) as usize;
+        let Some(c) = self.clients.iter().position(|c| c.pending == Some(request)) else {
+            return true;
+        };
+        self.clients[c].pending = None;
+        if let Some(ts) = ts {
+            self.requests[request].1 = Some((cluster.now(), ts.0));
+        }
+        cluster.schedule_external(rng.gen_range(1..20), TSO_CLIENT | c as u64);
+        true
+    }
+}
+
+/// Timestamps unique and increasing in real time.
+fn check_timestamps(requests: &[(u64, Option<(u64, u64)>)]) -> Vec<String> {
+    let observations: Vec<TsObservation> = requests
+        .iter()
+        .filter_map(|&(invoke, answer)| {
+            answer.map(|(complete, ts)| TsObservation { invoke, complete, ts })
+        })
+        .collect();
+    let report = timestamps::check(&observations);
+    if report.is_valid() {
+        return Vec::new();
+    }
+    let text = report.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    let more = lines.len().saturating_sub(5);
+    let mut summary = format!("timestamps: {}", lines[..lines.len().min(5)].join("; "));
+    if more > 0 {
+        summary.push_str(&format!("; and {more} more"));
+    }
+    vec![summary]
+}
+
+/// Undoing a fault, due at a time.
+struct Recovery {
+    at: u64,
+    action: Undo,
+}
+
+enum Undo {
+    Restart(u64),
+    Heal,
+    DiskBack(u64),
+}
+
+impl Recovery {
+    fn describe(&self) -> String {
+        match self.action {
+            Undo::Restart(id) => format!("restart node {id}"),
+            Undo::Heal => "heal the network".into(),
+            Undo::DiskBack(id) => format!("node {id}'s disk is fast again"),
+        }
+    }
+
+    fn apply(&self, cluster: &mut Cluster) {
+        match self.action {
+            Undo::Restart(id) => cluster.restart(id),
+            Undo::Heal => cluster.heal(),
+            Undo::DiskBack(id) => cluster.set_disk_latency(id, 0),
+        }
+    }
+}
+
+/// Injects one fault chosen by the seed; returns what it was and how it ends. Besides
+/// failures, the "faults" include what a scheduler does under load: moving a replica to
+/// the node without one (a learner first, then one joint change promoting it and removing
+/// a voter) and transferring leadership.
+fn inject(
+    cluster: &mut Cluster,
+    next_peer_id: &mut u64,
+    rng: &mut StdRng,
+) -> (String, Option<Recovery>) {
+    let n = cluster.ids().count() as u64;
+    let now = cluster.now();
+    let target = match (rng.gen_bool(0.6), cluster.leader()) {
+        (true, Some(leader)) => leader,
+        _ => rng.gen_range(1..=n),
+    };
+    let later = |rng: &mut StdRng, low: u64, high: u64| now + rng.gen_range(low..high);
+    match rng.gen_range(0..10) {
+        9 => {
+            let ms = rng.gen_range(100..5_000) * if rng.gen_bool(0.5) { 1 } else { -1 };
+            cluster.jump_wall_clock(target, ms);
+            (format!("node {target}'s wall clock jumps {ms} ms"), None)
+        }
+        7 => {
+            let (Some(leader), Some(region)) = (cluster.leader(), cluster.leader_region()) else {
+                return ("no leader to move a replica".into(), None);
+            };
+            if let Some(learner) = region.peers.iter().find(|p| p.is_learner()).cloned() {
+                let voters: Vec<Peer> =
+                    region.voters().filter(|p| p.store_id != leader).cloned().collect();
+                let victim = voters[rng.gen_range(0..voters.len())].clone();
+                let what = format!(
+                    "promote peer {} on node {} and remove peer {} on node {}",
+                    learner.id, learner.store_id, victim.id, victim.store_id
+                );
+                let promote = Peer::new(learner.id, learner.store_id);
+                cluster.change_peers(
+                    leader,
+                    vec![PeerChange::AddVoter(promote), PeerChange::Remove(victim)],
+                    rng,
+                );
+                return (what, None);
+            }
+            let Some(store) = cluster.ids().find(|&id| region.peer_on_store(id).is_none()) else {
+                return ("no node free for a replica".into(), None);
+            };
+            *next_peer_id += 1;
+            let learner = Peer::learner(*next_peer_id, store);
+            cluster.change_peers(leader, vec![PeerChange::AddLearner(learner)], rng);
+            (format!("add learner peer {next_peer_id} on node {store}"), None)
+        }
+        8 => {
+            let (Some(leader), Some(region)) = (cluster.leader(), cluster.leader_region()) else {
+                return ("no leader to transfer from".into(), None);
+            };
+            let others: Vec<Peer> =
+                region.voters().filter(|p| p.store_id != leader).cloned().collect();
+            let to = others[rng.gen_range(0..others.len())].clone();
+            cluster.transfer_leader(leader, to.id, rng);
+            (format!("transfer leadership from node {leader} to node {}", to.store_id), None)
+        }
+        0 => {
+            cluster.crash(target, rng);
+            let at = later(rng, 200, 3_000);
+            (format!("crash node {target}"), Some(Recovery { at, action: Undo::Restart(target) }))
+        }
+        1 => {
+            let ms = rng.gen_range(200..3_000);
+            cluster.pause(target, ms);
+            (format!("pause node {target} for {ms} ms"), None)
+        }
+        2 => {
+            cluster.partition(&[target]);
+            let at = later(rng, 500, 4_000);
+            (format!("isolate node {target}"), Some(Recovery { at, action: Undo::Heal }))
+        }
+        3 => {
+            let other = (target % n) + 1;
+            cluster.block(target, other);
+            let at = later(rng, 500, 4_000);
+            (
+                format!("lose messages from node {target} to node {other}"),
+                Some(Recovery { at, action: Undo::Heal }),
+            )
+        }
+        4 => {
+            let ms = rng.gen_range(100..5_000);
+            cluster.jump_clock(target, ms);
+            (format!("node {target}'s clock jumps {ms} ms forward"), None)
+        }
+        5 => {
+            let ms = rng.gen_range(20..300);
+            cluster.set_disk_latency(target, ms);
+            let at = later(rng, 500, 3_000);
+            (
+                format!("node {target}'s fsyncs take {ms} ms"),
+                Some(Recovery { at, action: Undo::DiskBack(target) }),
+            )
+        }
+        _ => {
+            cluster.fail_next_sync(target);
+            let at = later(rng, 200, 3_000);
+            (
+                format!("node {target}'s next fsync fails"),
+                Some(Recovery { at, action: Undo::Restart(target) }),
+            )
+        }
+    }
+}
+
+/// Linearizability of every register of a run's history: one line per violation.
+pub fn check_history(history: &[Operation]) -> Vec<String> {
+    let ops: Vec<linearizable::Operation> = history
+        .iter()
+        .filter_map(|op| {
+            let timing = Timing { invoke: op.invoke, complete: op.complete };
+            let checked = match (&op.write, &op.read) {
+                (Some(value), _) => Op::Put(value.clone()),
+                (None, Some(read)) => Op::Get(read.clone()),
+                // A read that never answered says nothing.
+                (None, None) => return None,
+            };
+            Some(linearizable::Operation { key: key_of(op.key), op: checked, timing })
+        })
+        .collect();
+    match linearizable::check(&ops) {
+        Verdict::Ok => Vec::new(),
+        Verdict::Violation { key, message, .. } => {
+            vec![format!("register {}: {message}", String::from_utf8_lossy(&key))]
+        }
+        Verdict::Unknown { key } => vec![format!(
+            "register {}: the linearizability search ran out of budget",
+            String::from_utf8_lossy(&key)
+        )],
+    }
+}
