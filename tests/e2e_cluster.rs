@@ -588,10 +588,13 @@ fn decode_list(value: Option<Vec<u8>>) -> Vec<u64> {
         .collect()
 }
 
-/// One list-append transaction: read two keys, append a unique element to each.
+/// One list-append transaction: read two keys, append a unique element to each. With
+/// `abandon`, the client walks away before committing, as one that crashed would: a
+/// pessimistic transaction leaves its locks for the others to resolve once they expire.
 async fn append_txn(
     txns: &TransactionClient,
     pessimistic: bool,
+    abandon: bool,
     keys: [u64; 2],
     elements: [u64; 2],
 ) -> scandium_sim::check::elle::Txn {
@@ -626,6 +629,10 @@ async fn append_txn(
         }
         ops.push(MicroOp::Append { key, value: element });
     }
+    if abandon {
+        drop(txn);
+        return Txn { ops, outcome: Outcome::Aborted };
+    }
     // An error from commit does not say whether the primary committed.
     let outcome = match txn.commit().await {
         Ok(_) => Outcome::Committed,
@@ -634,8 +641,9 @@ async fn append_txn(
     Txn { ops, outcome }
 }
 
-/// The chaos suite in miniature: list-append transactions (optimistic and pessimistic)
-/// and raw registers run through `tikv-client` while the leaders of their Regions and of
+/// The chaos suite in miniature: list-append transactions (optimistic and pessimistic,
+/// some pessimistic ones abandoned with their locks held, as by a crashed client) and raw
+/// registers run through `tikv-client` while the leaders of their Regions and of
 /// placement are killed with SIGKILL and restarted, or paused with SIGSTOP; then every
 /// history goes through the simulator's checkers: snapshot isolation by cycle search
 /// (Elle's G0, G1a, G1b, G1c, G-single), linearizability of the registers, every
@@ -670,9 +678,16 @@ async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable()
                 let first = n % APPEND_KEYS;
                 let second = (first + 1 + (n >> 8) % (APPEND_KEYS - 1)) % APPEND_KEYS;
                 let element = (client << 40) | (seq << 1);
-                let txn =
-                    append_txn(&txns, client % 2 == 1, [first, second], [element, element | 1])
-                        .await;
+                let pessimistic = client % 2 == 1;
+                let abandon = pessimistic && seq % 25 == 24;
+                let txn = append_txn(
+                    &txns,
+                    pessimistic,
+                    abandon,
+                    [first, second],
+                    [element, element | 1],
+                )
+                .await;
                 if txn.outcome != Outcome::Committed {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }

@@ -82,10 +82,12 @@ fn a_stale_read_in_a_real_history_is_caught() {
 fn a_read_path_without_leases_is_caught() {
     // Reads served by whichever node believes it leads, without a lease or a ReadIndex
     // round: a deposed leader answers from its old state. Some seed must show it.
-    // (At the time of writing, seeds 11 and 31 of the first hundred show it.)
+    // The window is narrow (a request queued at a paused leader, served on resuming
+    // before the messages that depose it): at the time of writing seed 77 is the first
+    // to show it, about one seed in a hundred.
     let config = RunConfig { unsafe_reads: true, ..RunConfig::default() };
-    let caught = (0..100).find(|&seed| !run(seed, &config).anomalies.is_empty());
-    assert!(caught.is_some(), "no seed of 100 caught stale reads");
+    let caught = (0..300).find(|&seed| !run(seed, &config).anomalies.is_empty());
+    assert!(caught.is_some(), "no seed of 300 caught stale reads");
 }
 
 #[test]
