@@ -646,13 +646,15 @@ async fn append_txn(
 /// registers run through `tikv-client` while the leaders of their Regions and of
 /// placement are killed with SIGKILL and restarted, or paused with SIGSTOP; then every
 /// history goes through the simulator's checkers: snapshot isolation by cycle search
-/// (Elle's G0, G1a, G1b, G1c, G-single), linearizability of the registers, every
+/// (Elle's G0, G1a, G1b, G1c, G-single), linearizability of the registers, timestamps
+/// unique and increasing in real time across placement-leader kills, every
 /// committed append present at the end, and `scandium ctl check-consistency`. `SCANDIUM_CHAOS_SECS` makes it longer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable() {
     use scandium_sim::check::elle::{self, MicroOp, Outcome, Txn};
     use scandium_sim::check::history::Timing;
     use scandium_sim::check::linearizable::{self, Op, Operation};
+    use scandium_sim::check::timestamps::{self, TsObservation};
     let mut cluster = Cluster::start();
     cluster.wait_replicated().await;
     let raw = RawClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
@@ -663,7 +665,24 @@ async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable()
     let stop = Arc::new(AtomicBool::new(false));
     let txn_history: Arc<Mutex<Vec<Txn>>> = Arc::default();
     let raw_history: Arc<Mutex<Vec<Operation>>> = Arc::default();
+    let ts_history: Arc<Mutex<Vec<TsObservation>>> = Arc::default();
     let mut tasks = Vec::new();
+    {
+        let (txns, stop, history) = (txns.clone(), stop.clone(), ts_history.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let invoke = clock();
+                match txns.current_timestamp().await {
+                    Ok(ts) => history.lock().unwrap().push(TsObservation {
+                        invoke,
+                        complete: clock(),
+                        ts: ts.version(),
+                    }),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }));
+    }
     for client in 0..4u64 {
         let (txns, stop, history) = (txns.clone(), stop.clone(), txn_history.clone());
         tasks.push(tokio::spawn(async move {
@@ -798,6 +817,12 @@ async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable()
     eprintln!("chaos: {} register operations", registers.len());
     let verdict = linearizable::check(&registers);
     assert!(verdict.is_ok(), "{verdict:?}\nfaults: {faults:?}");
+
+    let observed = std::mem::take(&mut *ts_history.lock().unwrap());
+    assert!(observed.len() > 50, "only {} timestamps", observed.len());
+    let report = timestamps::check(&observed);
+    assert!(report.is_valid(), "{report}\nfaults: {faults:?}");
+    eprintln!("chaos: {} timestamps", observed.len());
 
     // Every Region's replicas hold the same data once they stand at the same index.
     let addr = cluster.live().addr.clone();
