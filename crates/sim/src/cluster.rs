@@ -89,10 +89,18 @@ pub enum Answer {
         /// What it got.
         ts: Option<TimeStamp>,
     },
-    /// Steps of a timestamp request inside the cluster; never handed out.
-    #[doc(hidden)]
-    TsoConfirmed { op: u64, node: u64, term: u64, result: Result<(), RaftstoreError> },
-    #[doc(hidden)]
+}
+
+/// What stores' callbacks leave: answers for the caller, and the steps of timestamp
+/// requests, which the cluster takes itself.
+enum Reply {
+    Answer(Answer),
+    TsoConfirmed {
+        op: u64,
+        node: u64,
+        term: u64,
+        result: Result<(), RaftstoreError>,
+    },
     TsoRaised {
         op: Option<u64>,
         node: u64,
@@ -102,7 +110,7 @@ pub enum Answer {
     },
 }
 
-type Answers = Arc<Mutex<Vec<Answer>>>;
+type Answers = Arc<Mutex<Vec<Reply>>>;
 
 struct Node {
     store: Option<Store>,
@@ -353,11 +361,11 @@ impl Cluster {
             }
             for answer in answers {
                 match answer {
-                    Answer::TsoConfirmed { op, node, term, result } => match result {
+                    Reply::TsoConfirmed { op, node, term, result } => match result {
                         Ok(()) => self.allocate(node, op, term, 0, rng),
                         Err(_) => out.push(Answer::Timestamp { op, ts: None }),
                     },
-                    Answer::TsoRaised { op, node, term, tries, result } => {
+                    Reply::TsoRaised { op, node, term, tries, result } => {
                         let persisted = match &result {
                             Ok(ApplyOutput::Meta(any)) => match any.downcast_ref::<Response>() {
                                 Some(Response::TsoLimit(limit)) => Some(*limit),
@@ -377,7 +385,7 @@ impl Cluster {
                             Some(op) => out.push(Answer::Timestamp { op, ts: None }),
                         }
                     }
-                    other => out.push(other),
+                    Reply::Answer(answer) => out.push(answer),
                 }
             }
         }
@@ -414,7 +422,7 @@ impl Cluster {
         }
         let answers = self.answers.clone();
         let callback: ReadCallback = Box::new(move |result| {
-            lock(&answers).push(Answer::TsoConfirmed { op, node: id, term, result })
+            lock(&answers).push(Reply::TsoConfirmed { op, node: id, term, result })
         });
         self.node(id).store.as_mut().expect("checked up").read_index(META_GROUP_ID, callback);
         self.pump(id, rng);
@@ -426,7 +434,7 @@ impl Cluster {
         let answers = self.answers.clone();
         let node = self.node(id);
         if node.store.is_none() {
-            return lock(&answers).push(Answer::Timestamp { op, ts: None });
+            return lock(&answers).push(Reply::Answer(Answer::Timestamp { op, ts: None }));
         }
         let mut persisted = node.placement.read().unwrap_or_else(|e| e.into_inner()).tso_limit_ms();
         if self.unsafe_tso {
@@ -436,7 +444,7 @@ impl Cluster {
         let allocation = node.tso.allocate(term, persisted, wall, 1);
         match allocation.result {
             Ok(ts) => {
-                lock(&answers).push(Answer::Timestamp { op, ts: Some(ts) });
+                lock(&answers).push(Reply::Answer(Answer::Timestamp { op, ts: Some(ts) }));
                 if let (Some(limit), false) = (allocation.wanted_limit, node.raising) {
                     node.raising = true;
                     self.raise(id, None, term, tries, limit, rng);
@@ -445,7 +453,7 @@ impl Cluster {
             Err(scandium_placement::TsoError::LimitReached(limit)) if tries < 3 => {
                 self.raise(id, Some(op), term, tries, limit, rng)
             }
-            Err(_) => lock(&answers).push(Answer::Timestamp { op, ts: None }),
+            Err(_) => lock(&answers).push(Reply::Answer(Answer::Timestamp { op, ts: None })),
         }
     }
 
@@ -462,7 +470,7 @@ impl Cluster {
         let command = Command::new(Kind::RaiseTsoLimit(limit)).encode_to_vec();
         let answers = self.answers.clone();
         let callback: scandium_raftstore::Callback = Box::new(move |result| {
-            lock(&answers).push(Answer::TsoRaised { op, node: id, term, tries, result })
+            lock(&answers).push(Reply::TsoRaised { op, node: id, term, tries, result })
         });
         if let Some(store) = self.node(id).store.as_mut() {
             store.propose(META_GROUP_ID, command, callback);
@@ -587,7 +595,9 @@ impl Cluster {
         store.propose_command(
             REGION,
             command,
-            Box::new(move |result| lock(&answers).push(Answer::Proposed { op, result })),
+            Box::new(move |result| {
+                lock(&answers).push(Reply::Answer(Answer::Proposed { op, result }))
+            }),
         );
         if self.take_answer_of(op) {
             return false;
@@ -600,7 +610,9 @@ impl Cluster {
     fn take_answer_of(&mut self, op: u64) -> bool {
         let mut answers = lock(&self.answers);
         let position = answers.iter().position(|answer| match answer {
-            Answer::Proposed { op: o, .. } | Answer::ReadReady { op: o, .. } => *o == op,
+            Reply::Answer(Answer::Proposed { op: o, .. } | Answer::ReadReady { op: o, .. }) => {
+                *o == op
+            }
             _ => false,
         });
         position.map(|i| answers.remove(i)).is_some()
@@ -623,8 +635,9 @@ impl Cluster {
             return ReadStart::Served(self.read_local(id, key));
         }
         let answers = self.answers.clone();
-        let callback: ReadCallback =
-            Box::new(move |result| lock(&answers).push(Answer::ReadReady { op, node: id, result }));
+        let callback: ReadCallback = Box::new(move |result| {
+            lock(&answers).push(Reply::Answer(Answer::ReadReady { op, node: id, result }))
+        });
         let store = self.node(id).store.as_mut().expect("checked up");
         store.read_index(REGION, callback);
         if self.take_answer_of(op) {
@@ -813,6 +826,6 @@ pub enum ReadStart {
     Unavailable,
 }
 
-fn lock(answers: &Answers) -> std::sync::MutexGuard<'_, Vec<Answer>> {
+fn lock(answers: &Answers) -> std::sync::MutexGuard<'_, Vec<Reply>> {
     answers.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -426,8 +426,8 @@ fn on_answer(
             }
             cluster.schedule_external(rng.gen_range(1..10), CLIENT | c);
         }
-        // Timestamps are taken by `Tso::on_answer`; the cluster keeps its own steps.
-        _ => {}
+        // Taken by `Tso::on_answer` before this is called.
+        Answer::Timestamp { .. } => {}
     }
 }
 
