@@ -172,7 +172,8 @@ fn config() -> tikv_client::Config {
 /// Raw writers and bank transfers run while the leader of their Region is killed with
 /// SIGKILL, restarted, and then the placement leader is killed too. Writes resume after
 /// each kill through the client's own retries; afterwards every acknowledged write is
-/// there, and the bank's total never changed.
+/// there, and the bank's total never changed, neither at the end nor in any snapshot read
+/// taken during the kills (the simulator's bank checker).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_survives_sigkill_of_a_leader_and_of_the_placement_leader() {
     let mut cluster = Cluster::start();
@@ -218,6 +219,19 @@ async fn a_cluster_survives_sigkill_of_a_leader_and_of_the_placement_leader() {
                     continue;
                 }
                 let _ = transfer_one(&txns, from, to).await;
+            }
+        }));
+    }
+    // Snapshot reads of every account throughout the kills, for the bank checker.
+    let bank_reads: Arc<Mutex<Vec<scandium_sim::check::bank::Snapshot>>> = Arc::default();
+    {
+        let (txns, stop, reads) = (txns.clone(), stop.clone(), bank_reads.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(read) = read_accounts(&txns, ACCOUNTS).await {
+                    reads.lock().unwrap().push(read);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }));
     }
@@ -287,6 +301,27 @@ async fn a_cluster_survives_sigkill_of_a_leader_and_of_the_placement_leader() {
         total += u64::from_be_bytes(value.try_into().unwrap());
     }
     assert_eq!(total, 100 * u64::from(ACCOUNTS), "the bank's total changed");
+    let reads = std::mem::take(&mut *bank_reads.lock().unwrap());
+    let accounts: Vec<u64> = (0..u64::from(ACCOUNTS)).collect();
+    let report = scandium_sim::check::bank::check(&accounts, 100 * i64::from(ACCOUNTS), &reads);
+    assert!(report.is_valid(), "{report}");
+    assert!(reads.len() > 10, "only {} bank reads during the kills", reads.len());
+}
+
+/// Every account's balance in one snapshot, or `None` if the read failed (a fault).
+async fn read_accounts(
+    txns: &TransactionClient,
+    accounts: u32,
+) -> Option<scandium_sim::check::bank::Snapshot> {
+    let ts = txns.current_timestamp().await.ok()?;
+    let mut snapshot = txns.snapshot(ts, Default::default());
+    let mut read = scandium_sim::check::bank::Snapshot::new();
+    for i in 0..accounts {
+        let value = snapshot.get(format!("acct{i}").into_bytes()).await.ok()??;
+        let balance = u64::from_be_bytes(value.try_into().ok()?);
+        read.insert(u64::from(i), balance as i64);
+    }
+    Some(read)
 }
 
 /// Acknowledged keys, with when they were acknowledged.
