@@ -20,7 +20,18 @@ pub struct Server {
 impl Server {
     /// Starts the binary in `cwd` with `args` and waits for its "serving" line.
     pub fn start(cwd: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(BINARY)
+        Server::spawn(Command::new(BINARY), cwd, args)
+    }
+
+    /// As [`Server::start`], inside network namespace `netns` (`ip netns exec`).
+    pub fn start_in_netns(netns: &str, cwd: &Path, args: &[&str]) -> Server {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns, BINARY]);
+        Server::spawn(command, cwd, args)
+    }
+
+    fn spawn(mut command: Command, cwd: &Path, args: &[&str]) -> Server {
+        let mut child = command
             .arg("server")
             .args(args)
             .current_dir(cwd)
