@@ -26,6 +26,8 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 struct Cluster {
     nodes: Vec<Node>,
+    /// When the nodes run in network namespaces (one each), which can be cut apart.
+    netns: Option<Netns>,
     _turn: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -41,7 +43,28 @@ impl Cluster {
             let server = start_node(dir.path(), &addr, join.as_deref());
             nodes.push(Node { dir, addr, server: Some(server) });
         }
-        Cluster { nodes, _turn: turn }
+        Cluster { nodes, netns: None, _turn: turn }
+    }
+
+    /// Three nodes, each in its own network namespace (see [`Netns`]) if they can be
+    /// made here, else on loopback as [`Cluster::start`].
+    fn start_in_namespaces() -> Cluster {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(netns) = Netns::create() else {
+            drop(turn);
+            eprintln!("network namespaces cannot be created here: nodes run on loopback");
+            return Cluster::start();
+        };
+        let mut nodes: Vec<Node> = Vec::new();
+        let first = format!("{}:20160", Netns::address(0));
+        for i in 0..Netns::NODES {
+            let dir = tempfile::tempdir().unwrap();
+            let addr = format!("{}:20160", Netns::address(i));
+            let join = (i > 0).then_some(first.as_str());
+            let server = start_node_in(Some(&netns.names[i]), dir.path(), &addr, join);
+            nodes.push(Node { dir, addr, server: Some(server) });
+        }
+        Cluster { nodes, netns: Some(netns), _turn: turn }
     }
 
     fn endpoints(&self) -> Vec<String> {
@@ -64,8 +87,11 @@ impl Cluster {
             .filter(|(j, _)| *j != i)
             .map(|(_, n)| n.addr.clone())
             .collect();
+        let netns = self.netns.as_ref().map(|n| n.names[i].clone());
         let node = &mut self.nodes[i];
-        node.server = Some(start_node(node.dir.path(), &node.addr, Some(&others.join(","))));
+        let join = others.join(",");
+        node.server =
+            Some(start_node_in(netns.as_deref(), node.dir.path(), &node.addr, Some(&join)));
     }
 
     /// The node holding store `id`.
@@ -141,13 +167,26 @@ impl Cluster {
 }
 
 fn start_node(dir: &std::path::Path, addr: &str, join: Option<&str>) -> Server {
+    start_node_in(None, dir, addr, join)
+}
+
+/// Starts a node, inside network namespace `netns` if one is given.
+fn start_node_in(
+    netns: Option<&str>,
+    dir: &std::path::Path,
+    addr: &str,
+    join: Option<&str>,
+) -> Server {
     let data = dir.join("data");
     let data = data.to_str().unwrap().to_string();
     let mut args = vec!["--data-dir", &data, "--addr", addr];
     if let Some(join) = join {
         args.extend(["--join", join]);
     }
-    Server::start(dir, &args)
+    match netns {
+        Some(netns) => Server::start_in_netns(netns, dir, &args),
+        None => Server::start(dir, &args),
+    }
 }
 
 async fn get_json(addr: &str, path: &str) -> Value {
@@ -679,7 +718,8 @@ async fn append_txn(
 /// The chaos suite in miniature: list-append transactions (optimistic and pessimistic,
 /// some pessimistic ones abandoned with their locks held, as by a crashed client) and raw
 /// registers run through `tikv-client` while the leaders of their Regions and of
-/// placement are killed with SIGKILL and restarted, or paused with SIGSTOP; then every
+/// placement are killed with SIGKILL and restarted, paused with SIGSTOP, or (where network
+/// namespaces can be made, as root) cut off from their peers by a partition; then every
 /// history goes through the simulator's checkers: snapshot isolation by cycle search
 /// (Elle's G0, G1a, G1b, G1c, G-single), linearizability of the registers, timestamps
 /// unique and increasing in real time across placement-leader kills, every
@@ -690,7 +730,7 @@ async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable()
     use scandium_sim::check::history::Timing;
     use scandium_sim::check::linearizable::{self, Op, Operation};
     use scandium_sim::check::timestamps::{self, TsObservation};
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start_in_namespaces();
     cluster.wait_replicated().await;
     let raw = RawClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
     let txns = TransactionClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
@@ -786,7 +826,17 @@ async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable()
         } else {
             cluster.leader_of_key("chaos-list-0").await
         };
-        if round.is_multiple_of(2) {
+        if let (Some(netns), 1) = (cluster.netns.as_ref(), round % 4) {
+            faults.push(format!("cut node {victim} off from its peers for 2 s"));
+            let others: Vec<usize> = (0..Netns::NODES).filter(|&i| i != victim).collect();
+            for &other in &others {
+                netns.cut(victim, other);
+            }
+            tokio::time::sleep(Duration::from_millis(2000)).await;
+            for &other in &others {
+                netns.connect(victim, other);
+            }
+        } else if round.is_multiple_of(2) {
             faults.push(format!("SIGKILL node {victim}"));
             cluster.kill(victim);
             tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -836,6 +886,7 @@ async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable()
         }
     }
     let count = |o: Outcome| history.iter().filter(|t| t.outcome == o).count();
+    eprintln!("chaos: faults {faults:?}");
     eprintln!(
         "chaos: {} s, {} faults, transactions committed {committed}, aborted {}, indeterminate {}",
         chaos_seconds(),
@@ -891,7 +942,9 @@ impl Netns {
 
     /// `None` where namespaces cannot be made (not root, no `ip`).
     fn create() -> Option<Netns> {
-        let tag = std::process::id() % 10_000;
+        // Names unique to this creation: the previous set may still be going away.
+        static CREATED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let tag = std::process::id() % 1_000 * 100 + CREATED.fetch_add(1, Ordering::Relaxed) % 100;
         let names: Vec<String> = (0..Self::NODES).map(|i| format!("scn{tag}-{i}")).collect();
         let netns = Netns { names };
         for (i, ns) in netns.names.iter().enumerate() {
@@ -905,7 +958,7 @@ impl Netns {
                 ])
                 && Self::ip(&["link", "set", &root_end, "up"])
                 && Self::ip(&["-n", ns, "link", "set", "eth0", "up"])
-                && Self::ip(&["route", "add", &address, "dev", &root_end])
+                && Self::ip(&["route", "replace", &address, "dev", &root_end])
                 && Self::ip(&["-n", ns, "route", "add", "default", "dev", "eth0"]);
             if !ok {
                 return None;
@@ -970,25 +1023,11 @@ impl Drop for Netns {
 async fn a_leader_cut_off_by_a_network_partition_serves_nothing_stale() {
     use scandium_sim::check::history::Timing;
     use scandium_sim::check::linearizable::{self, Op, Operation};
-    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(netns) = Netns::create() else {
+    let cluster = Cluster::start_in_namespaces();
+    let Some(netns) = cluster.netns.as_ref() else {
         eprintln!("skipped: network namespaces cannot be created here (needs root and `ip`)");
         return;
     };
-    let mut nodes: Vec<Node> = Vec::new();
-    for i in 0..Netns::NODES {
-        let dir = tempfile::tempdir().unwrap();
-        let addr = format!("{}:20160", Netns::address(i));
-        let data = dir.path().join("data").to_str().unwrap().to_string();
-        let first = format!("{}:20160", Netns::address(0));
-        let mut args = vec!["--data-dir", data.as_str(), "--addr", addr.as_str()];
-        if i > 0 {
-            args.extend(["--join", first.as_str()]);
-        }
-        let server = Server::start_in_netns(&netns.names[i], dir.path(), &args);
-        nodes.push(Node { dir, addr, server: Some(server) });
-    }
-    let cluster = Cluster { nodes, _turn: turn };
     cluster.wait_replicated().await;
     let raw = RawClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
     raw.put(b"part-0".to_vec(), b"start".to_vec()).await.unwrap();
