@@ -715,6 +715,48 @@ async fn append_txn(
     Txn { ops, outcome }
 }
 
+/// A client of raw registers `{prefix}0` .. `{prefix}{keys - 1}` until `stop`: puts of
+/// unique values where `writes(client, seq)`, gets otherwise, each recorded (with times
+/// since `started`) for the linearizability checker. A put that failed is indeterminate;
+/// a get that failed says nothing and is left out.
+#[allow(clippy::too_many_arguments)]
+fn register_client(
+    raw: &RawClient,
+    stop: &Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<scandium_sim::check::linearizable::Operation>>>,
+    started: Instant,
+    prefix: &'static str,
+    keys: u64,
+    client: u64,
+    writes: fn(u64, u64) -> bool,
+) -> tokio::task::JoinHandle<()> {
+    use scandium_sim::check::history::Timing;
+    use scandium_sim::check::linearizable::{Op, Operation};
+    let (raw, stop) = (raw.clone(), stop.clone());
+    let clock = move || started.elapsed().as_micros() as u64;
+    tokio::spawn(async move {
+        for seq in 0u64.. {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let key = format!("{prefix}{}", seq % keys).into_bytes();
+            let invoke = clock();
+            if writes(client, seq) {
+                let value = format!("{client}.{seq}").into_bytes();
+                let result = raw.put(key.clone(), value.clone()).await;
+                let timing = Timing { invoke, complete: result.is_ok().then(clock) };
+                history.lock().unwrap().push(Operation { key, op: Op::Put(value), timing });
+                if result.is_err() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            } else if let Ok(value) = raw.get(key.clone()).await {
+                let timing = Timing::completed(invoke, clock());
+                history.lock().unwrap().push(Operation { key, op: Op::Get(value), timing });
+            }
+        }
+    })
+}
+
 /// The chaos suite in miniature: list-append transactions (optimistic and pessimistic,
 /// some pessimistic ones abandoned with their locks held, as by a crashed client) and raw
 /// registers run through `tikv-client` while the leaders of their Regions and of
@@ -727,8 +769,7 @@ async fn append_txn(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable() {
     use scandium_sim::check::elle::{self, MicroOp, Outcome, Txn};
-    use scandium_sim::check::history::Timing;
-    use scandium_sim::check::linearizable::{self, Op, Operation};
+    use scandium_sim::check::linearizable::{self, Operation};
     use scandium_sim::check::timestamps::{self, TsObservation};
     let mut cluster = Cluster::start_in_namespaces();
     cluster.wait_replicated().await;
@@ -790,28 +831,12 @@ async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable()
         }));
     }
     for client in 0..2u64 {
-        let (raw, stop, history) = (raw.clone(), stop.clone(), raw_history.clone());
-        tasks.push(tokio::spawn(async move {
-            for seq in 0u64.. {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let key = format!("chaos-reg-{}", seq % 3).into_bytes();
-                let invoke = clock();
-                if seq % 2 == 0 {
-                    let value = format!("{client}.{seq}").into_bytes();
-                    let result = raw.put(key.clone(), value.clone()).await;
-                    let timing = Timing { invoke, complete: result.is_ok().then(clock) };
-                    history.lock().unwrap().push(Operation { key, op: Op::Put(value), timing });
-                    if result.is_err() {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                } else if let Ok(value) = raw.get(key.clone()).await {
-                    let timing = Timing::completed(invoke, clock());
-                    history.lock().unwrap().push(Operation { key, op: Op::Get(value), timing });
-                }
-            }
-        }));
+        let history = raw_history.clone();
+        let task =
+            register_client(&raw, &stop, history, started, "chaos-reg-", 3, client, |_, seq| {
+                seq % 2 == 0
+            });
+        tasks.push(task);
     }
 
     // Faults: the leader of a list's Region, or of placement, killed and restarted, or
@@ -1021,8 +1046,7 @@ impl Drop for Netns {
 /// (not root).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_by_a_network_partition_serves_nothing_stale() {
-    use scandium_sim::check::history::Timing;
-    use scandium_sim::check::linearizable::{self, Op, Operation};
+    use scandium_sim::check::linearizable::{self, Operation};
     let cluster = Cluster::start_in_namespaces();
     let Some(netns) = cluster.netns.as_ref() else {
         eprintln!("skipped: network namespaces cannot be created here (needs root and `ip`)");
@@ -1033,33 +1057,15 @@ async fn a_leader_cut_off_by_a_network_partition_serves_nothing_stale() {
     raw.put(b"part-0".to_vec(), b"start".to_vec()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let started = Instant::now();
-    let clock = move || started.elapsed().as_micros() as u64;
     let stop = Arc::new(AtomicBool::new(false));
     let history: Arc<Mutex<Vec<Operation>>> = Arc::default();
     let mut tasks = Vec::new();
     for client in 0..4u64 {
-        let (raw, stop, history) = (raw.clone(), stop.clone(), history.clone());
-        tasks.push(tokio::spawn(async move {
-            for seq in 0u64.. {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let key = format!("part-{}", seq % 2).into_bytes();
-                let invoke = clock();
-                if client % 2 == 0 {
-                    let value = format!("{client}.{seq}").into_bytes();
-                    let result = raw.put(key.clone(), value.clone()).await;
-                    let timing = Timing { invoke, complete: result.is_ok().then(clock) };
-                    history.lock().unwrap().push(Operation { key, op: Op::Put(value), timing });
-                    if result.is_err() {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                } else if let Ok(value) = raw.get(key.clone()).await {
-                    let timing = Timing::completed(invoke, clock());
-                    history.lock().unwrap().push(Operation { key, op: Op::Get(value), timing });
-                }
-            }
-        }));
+        let task =
+            register_client(&raw, &stop, history.clone(), started, "part-", 2, client, |c, _| {
+                c % 2 == 0
+            });
+        tasks.push(task);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let leader = cluster.leader_of_key("part-0").await;

@@ -128,15 +128,8 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             json!({ "count": regions.len(), "regions": regions })
         }
         CtlCommand::Stores => {
-            let request = pdpb::GetAllStoresRequest {
-                header: header(cluster_id),
-                exclude_tombstone_stores: false,
-            };
-            let response =
-                pd.get_all_stores(request).await.map_err(|e| e.to_string())?.into_inner();
-            check(response.header)?;
-            let stores: Vec<_> = response
-                .stores
+            let stores: Vec<_> = all_stores(&mut pd, cluster_id, false)
+                .await?
                 .iter()
                 .map(|s| {
                     let state = match s.state {
@@ -213,15 +206,11 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             json!({ "store": id, "state": "Offline", "note": "its replicas move to other stores, then it becomes a Tombstone" })
         }
         CtlCommand::CheckConsistency => {
-            let request = pdpb::GetAllStoresRequest {
-                header: header(cluster_id),
-                exclude_tombstone_stores: true,
-            };
-            let response =
-                pd.get_all_stores(request).await.map_err(|e| e.to_string())?.into_inner();
-            check(response.header)?;
-            let addresses: Vec<(u64, String)> =
-                response.stores.iter().map(|s| (s.id, s.address.clone())).collect();
+            let addresses: Vec<(u64, String)> = all_stores(&mut pd, cluster_id, true)
+                .await?
+                .into_iter()
+                .map(|s| (s.id, s.address))
+                .collect();
             let verdicts = check_consistency(&addresses).await;
             let output = consistency_json(&verdicts);
             let bad =
@@ -246,6 +235,18 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
     };
     println!("{}", serde_json::to_string_pretty(&output).map_err(|e| e.to_string())?);
     Ok(())
+}
+
+async fn all_stores(
+    pd: &mut PdClient<Channel>,
+    cluster_id: u64,
+    exclude_tombstone_stores: bool,
+) -> Result<Vec<scandium_protocol::metapb::Store>, String> {
+    let request =
+        pdpb::GetAllStoresRequest { header: header(cluster_id), exclude_tombstone_stores };
+    let response = pd.get_all_stores(request).await.map_err(|e| e.to_string())?.into_inner();
+    check(response.header)?;
+    Ok(response.stores)
 }
 
 async fn store_address(

@@ -100,18 +100,19 @@ pub struct Allocation {
 }
 
 impl LeaderTso {
-    /// Issues `count` timestamps as the leader of `term`, whose persisted mark (in the
-    /// placement state this node has applied) is `persisted_limit_ms`, at wall-clock time
-    /// `now_ms`. The caller has made sure it still leads (a lease or a ReadIndex round).
+    /// Issues `count` timestamps as the leader of `term` at wall-clock time `now_ms`.
+    /// `persisted_limit_ms` reads the persisted mark (in the placement state this node has
+    /// applied); it is called only when `term` is new, so the steady state reads nothing
+    /// shared. The caller has made sure it still leads (a lease or a ReadIndex round).
     pub fn allocate(
         &mut self,
         term: u64,
-        persisted_limit_ms: u64,
+        persisted_limit_ms: impl FnOnce() -> u64,
         now_ms: u64,
         count: u32,
     ) -> Allocation {
         if self.current.as_ref().is_none_or(|(t, _)| *t != term) {
-            self.current = Some((term, TsoAllocator::new(persisted_limit_ms)));
+            self.current = Some((term, TsoAllocator::new(persisted_limit_ms())));
         }
         let (_, allocator) = self.current.as_mut().expect("just set");
         Allocation {
@@ -137,26 +138,26 @@ mod tests {
     #[test]
     fn a_new_term_starts_at_the_persisted_mark() {
         let mut tso = LeaderTso::default();
-        assert_eq!(tso.allocate(5, 0, 1_000, 1).result, Err(TsoError::LimitReached(4_000)));
+        assert_eq!(tso.allocate(5, || 0, 1_000, 1).result, Err(TsoError::LimitReached(4_000)));
         tso.set_limit(5, 4_000);
-        let first = tso.allocate(5, 4_000, 1_000, 1).result.unwrap();
+        let first = tso.allocate(5, || 4_000, 1_000, 1).result.unwrap();
         tso.set_limit(4, 9_000);
         assert!(
-            tso.allocate(5, 4_000, 3_999, 1).result.is_ok(),
+            tso.allocate(5, || 4_000, 3_999, 1).result.is_ok(),
             "an older term's raise is ignored"
         );
         assert_eq!(
-            tso.allocate(5, 4_000, 4_000, 1).result,
+            tso.allocate(5, || 4_000, 4_000, 1).result,
             Err(TsoError::LimitReached(7_000)),
             "the mark of term 5 was not raised"
         );
         // Elected again in term 7, with the clock far behind: it starts at the mark term
         // 5 persisted, above everything term 5 handed out.
         tso.set_limit(7, 10_000);
-        let later = tso.allocate(7, 4_000, 100, 1);
+        let later = tso.allocate(7, || 4_000, 100, 1);
         assert_eq!(later.result, Err(TsoError::LimitReached(7_000)));
         tso.set_limit(7, 7_000);
-        let ts = tso.allocate(7, 4_000, 100, 1).result.unwrap();
+        let ts = tso.allocate(7, || 4_000, 100, 1).result.unwrap();
         assert!(ts > first && ts.physical() >= 4_000);
     }
 

@@ -389,9 +389,8 @@ impl Placement {
         for _ in 0..3 {
             let Allocation { result, wanted_limit: wanted } = {
                 let mut tso = self.tso.lock().unwrap_or_else(|e| e.into_inner());
-                let persisted = self.read().tso_limit_ms();
                 let now = now_ms().saturating_add_signed(self.clock_offset_ms);
-                tso.allocate(status.term, persisted, now, count)
+                tso.allocate(status.term, || self.read().tso_limit_ms(), now, count)
             };
             match result {
                 Ok(ts) => {

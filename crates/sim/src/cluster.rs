@@ -436,10 +436,12 @@ impl Cluster {
         if node.store.is_none() {
             return lock(&answers).push(Reply::Answer(Answer::Timestamp { op, ts: None }));
         }
-        let mut persisted = node.placement.read().unwrap_or_else(|e| e.into_inner()).tso_limit_ms();
-        if self.unsafe_tso {
-            persisted = 0;
-        }
+        let placement = node.placement.clone();
+        let unsafe_tso = self.unsafe_tso;
+        let persisted = move || match unsafe_tso {
+            true => 0,
+            false => placement.read().unwrap_or_else(|e| e.into_inner()).tso_limit_ms(),
+        };
         let node = &mut self.nodes[id as usize - 1];
         let allocation = node.tso.allocate(term, persisted, wall, 1);
         match allocation.result {
