@@ -18,6 +18,8 @@ use scandium_raftstore::{
     RaftConfig, RaftstoreError, ReadCallback, Registry, SnapshotData, Store,
 };
 use scandium_storage::{Cf, Engine, EngineRef, FaultEngine, Faults, WriteBatch};
+use scandium_txn::mvcc::{LockType, MvccReader, MvccTxn};
+use scandium_txn::TxnError;
 use scandium_types::{Peer, Region, StoreState, TimeStamp};
 use std::any::Any;
 use std::cmp::Reverse;
@@ -133,6 +135,9 @@ struct Node {
     raising: bool,
     /// Added to the simulated time to give the wall clock (it may jump back).
     wall_offset_ms: i64,
+    /// Latches of transactional commands in flight: key to the operation that holds it
+    /// until its proposal is answered (the server's latches, held until applied).
+    latches: BTreeMap<Vec<u8>, u64>,
 }
 
 /// Something scheduled to happen at a simulated time.
@@ -164,6 +169,9 @@ pub struct Cluster {
     /// A deliberately broken timestamp oracle: a new placement leader starts from its own
     /// wall clock instead of the persisted mark.
     pub unsafe_tso: bool,
+    /// A deliberately broken transaction layer: commands take no latches, so two of them
+    /// may both decide on the same state before either is applied.
+    pub unsafe_latches: bool,
     /// Messages handed to the network and delivered, for the run's statistics.
     pub sent: u64,
     /// Messages delivered.
@@ -233,6 +241,7 @@ impl Cluster {
                     tso: LeaderTso::default(),
                     raising: false,
                     wall_offset_ms: 0,
+                    latches: BTreeMap::new(),
                 }
             })
             .collect();
@@ -247,6 +256,7 @@ impl Cluster {
             answers: Arc::default(),
             unsafe_reads: false,
             unsafe_tso: false,
+            unsafe_latches: false,
             sent: 0,
             delivered: 0,
         };
@@ -385,7 +395,14 @@ impl Cluster {
                             Some(op) => out.push(Answer::Timestamp { op, ts: None }),
                         }
                     }
-                    Reply::Answer(answer) => out.push(answer),
+                    Reply::Answer(answer) => {
+                        if let Answer::Proposed { op, .. } = &answer {
+                            for node in &mut self.nodes {
+                                node.latches.retain(|_, holder| holder != op);
+                            }
+                        }
+                        out.push(answer)
+                    }
                 }
             }
         }
@@ -508,6 +525,7 @@ impl Cluster {
         node.engine = node.engine.crash(kept);
         node.registry = Registry::new();
         node.paused_until = 0;
+        node.latches.clear();
     }
 
     /// Starts a crashed node again on what its disk kept.
@@ -591,9 +609,20 @@ impl Cluster {
         let Some(region) = self.node(id).registry.get(REGION).map(|s| s.region) else {
             return false;
         };
+        self.propose_on(id, op, &region, batch, rng)
+    }
+
+    fn propose_on(
+        &mut self,
+        id: u64,
+        op: u64,
+        region: &Region,
+        batch: WriteBatch,
+        rng: &mut StdRng,
+    ) -> bool {
         let answers = self.answers.clone();
         let Some(store) = self.node(id).store.as_mut() else { return false };
-        let command = EncodedCommand::new(RaftCommand::write(&region, batch));
+        let command = EncodedCommand::new(RaftCommand::write(region, batch));
         store.propose_command(
             REGION,
             command,
@@ -606,6 +635,91 @@ impl Cluster {
         }
         self.pump(id, rng);
         true
+    }
+
+    /// Runs a transactional write command on node `id` as the server's `txn_write` does:
+    /// only on a leader that has applied its earlier terms, under latches on `keys` held
+    /// until the proposal is answered, `action` reading a snapshot of the node's state
+    /// and its changes proposed as one Raft command.
+    pub fn txn_write<T>(
+        &mut self,
+        id: u64,
+        op: u64,
+        keys: &[Vec<u8>],
+        action: impl FnOnce(&MvccReader<'_>, &mut MvccTxn) -> Result<T, TxnError>,
+        rng: &mut StdRng,
+    ) -> TxnStart<T> {
+        if !self.is_serving(id) {
+            return TxnStart::Unavailable;
+        }
+        let latched = !self.unsafe_latches;
+        let node = self.node(id);
+        let Some(status) = node.registry.get(REGION).filter(|s| s.ready_for_reads) else {
+            return TxnStart::Unavailable;
+        };
+        if latched && keys.iter().any(|key| node.latches.contains_key(key)) {
+            return TxnStart::Busy;
+        }
+        let Some(store) = node.store.as_ref() else { return TxnStart::Unavailable };
+        let snapshot = store.engine_snapshot();
+        let reader = MvccReader::new(&*snapshot);
+        let mut txn = MvccTxn::new();
+        let output = match action(&reader, &mut txn) {
+            Ok(output) => output,
+            Err(e) => return TxnStart::Failed(e),
+        };
+        if txn.is_empty() {
+            return TxnStart::Done(output);
+        }
+        let batch = match txn.into_batch(&reader) {
+            Ok(batch) => batch,
+            Err(e) => return TxnStart::Failed(e),
+        };
+        drop(reader);
+        drop(snapshot);
+        if !self.propose_on(id, op, &status.region, batch, rng) {
+            return TxnStart::Unavailable;
+        }
+        let node = self.node(id);
+        for key in keys {
+            node.latches.insert(key.clone(), op);
+        }
+        TxnStart::Proposed(output)
+    }
+
+    /// A snapshot read of `key` at `ts` from node `id`'s applied state, once
+    /// [`Cluster::read_gate`] allowed it; `None` if the node is down. A lock that may
+    /// commit at or below `ts` comes back as `KeyIsLocked`.
+    pub fn txn_get_local(
+        &self,
+        id: u64,
+        key: &[u8],
+        ts: TimeStamp,
+    ) -> Option<Result<Option<Vec<u8>>, TxnError>> {
+        let store = self.nodes[id as usize - 1].store.as_ref()?;
+        let snapshot = store.engine_snapshot();
+        Some(scandium_txn::actions::read::point_get(&MvccReader::new(&*snapshot), key, ts))
+    }
+
+    /// The newest value of `key` on node `id` with every transaction's fate settled: a
+    /// lock whose primary committed counts as committed, any other lock as rolled back
+    /// (for the final check, after the run; `None` if the node is down).
+    pub fn txn_final_value(&self, id: u64, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        use scandium_txn::mvcc::{TxnCommitRecord, Write, WriteType};
+        let store = self.nodes[id as usize - 1].store.as_ref()?;
+        let snapshot = store.engine_snapshot();
+        let reader = MvccReader::new(&*snapshot);
+        let read = || -> Result<Option<Vec<u8>>, TxnError> {
+            if let Some(lock) = reader.load_lock(key)? {
+                let fate = reader.get_txn_commit_record(&lock.primary, lock.ts())?;
+                if let (TxnCommitRecord::Committed(..), LockType::Put) = (fate, lock.kind()) {
+                    let write = Write::new(WriteType::Put, lock.ts(), lock.short_value.clone());
+                    return reader.load_data(key, write).map(Some);
+                }
+            }
+            reader.get_value(key, TimeStamp::MAX)
+        };
+        Some(read().expect("memory engines read"))
     }
 
     /// Removes the answer to `op` if the store gave it at once (a refusal).
@@ -625,8 +739,18 @@ impl Cluster {
     /// once; otherwise the answer comes back as [`Answer::ReadReady`] and the caller reads
     /// with [`Cluster::read_local`]. `None` as well when the node is down.
     pub fn read(&mut self, id: u64, op: u64, key: &[u8], rng: &mut StdRng) -> ReadStart {
+        match self.read_gate(id, op, rng) {
+            Gate::Open => ReadStart::Served(self.read_local(id, key)),
+            Gate::Waiting => ReadStart::Waiting,
+            Gate::Closed => ReadStart::Unavailable,
+        }
+    }
+
+    /// Whether node `id` may serve a read now: open under the leader's lease; otherwise a
+    /// ReadIndex round starts and its answer comes back as [`Answer::ReadReady`].
+    pub fn read_gate(&mut self, id: u64, op: u64, rng: &mut StdRng) -> Gate {
         if !self.is_serving(id) {
-            return ReadStart::Unavailable;
+            return Gate::Closed;
         }
         let now = self.clock(id);
         let status = self.node(id).registry.get(REGION);
@@ -634,7 +758,7 @@ impl Cluster {
             s.lease_valid(now) || (self.unsafe_reads && s.ready_for_reads)
         };
         if status.as_ref().is_some_and(trusted) {
-            return ReadStart::Served(self.read_local(id, key));
+            return Gate::Open;
         }
         let answers = self.answers.clone();
         let callback: ReadCallback = Box::new(move |result| {
@@ -643,10 +767,10 @@ impl Cluster {
         let store = self.node(id).store.as_mut().expect("checked up");
         store.read_index(REGION, callback);
         if self.take_answer_of(op) {
-            return ReadStart::Unavailable;
+            return Gate::Closed;
         }
         self.pump(id, rng);
-        ReadStart::Waiting
+        Gate::Waiting
     }
 
     /// Reads `key` from node `id`'s applied state; `None` if the node is down.
@@ -817,6 +941,31 @@ impl Cluster {
 
 /// A replica's applied index and data digests (one per column family).
 pub type ReplicaState = (u64, Vec<u64>);
+
+/// How a transactional write command started; see [`Cluster::txn_write`].
+pub enum TxnStart<T> {
+    /// Proposed; the answer comes back as [`Answer::Proposed`]. The action's output is
+    /// good only if that answer is a success.
+    Proposed(T),
+    /// The action changed nothing: its output stands now.
+    Done(T),
+    /// The action refused (a conflict, a lock in the way); nothing was proposed.
+    Failed(TxnError),
+    /// A command in flight holds a latch on one of the keys: try again shortly.
+    Busy,
+    /// Down, paused, or not a leader ready to serve: nothing was done.
+    Unavailable,
+}
+
+/// Whether a read may go ahead; see [`Cluster::read_gate`].
+pub enum Gate {
+    /// Now, from the node's state.
+    Open,
+    /// After a ReadIndex round, answered as [`Answer::ReadReady`].
+    Waiting,
+    /// Not on this node: down, paused or not the leader.
+    Closed,
+}
 
 /// How a read started; see [`Cluster::read`].
 pub enum ReadStart {

@@ -4,8 +4,9 @@
 //! The simulator ([`cluster`], [`run`]) drives real [`Store`](scandium_raftstore::Store)s
 //! on [`FaultEngine`](scandium_storage::FaultEngine)s from one thread, one simulated
 //! clock and one seeded generator, so that a seed is a complete description of a run and
-//! replays it byte for byte. The checkers ([`check`]) know nothing of the simulator.
+//! replays it byte for byte; [`txn`] has its transactional clients. The checkers ([`check`]) know nothing of the simulator.
 
 pub mod check;
 pub mod cluster;
 pub mod run;
+pub mod txn;

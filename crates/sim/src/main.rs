@@ -7,6 +7,7 @@
 //! ```
 
 use clap::Parser;
+use scandium_sim::check::elle::{MicroOp, Outcome};
 use scandium_sim::run::{run, RunConfig};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,9 @@ struct Args {
     /// Simulated milliseconds of load per seed, before healing.
     #[arg(long, default_value_t = 20_000)]
     duration_ms: u64,
+    /// Clients running list-append transactions (0 for registers and timestamps only).
+    #[arg(long, default_value_t = RunConfig::default().txn_clients)]
+    txn_clients: u64,
     /// Print each run's faults and history.
     #[arg(long)]
     verbose: bool,
@@ -37,6 +41,9 @@ struct Args {
     /// Break the timestamp oracle on purpose (a new leader ignores the persisted mark).
     #[arg(long)]
     unsafe_tso: bool,
+    /// Break the transaction layer on purpose (commands take no latches).
+    #[arg(long)]
+    unsafe_latches: bool,
 }
 
 fn main() {
@@ -45,6 +52,8 @@ fn main() {
         duration_ms: args.duration_ms,
         unsafe_reads: args.unsafe_reads,
         unsafe_tso: args.unsafe_tso,
+        unsafe_latches: args.unsafe_latches,
+        txn_clients: args.txn_clients,
         ..RunConfig::default()
     };
     let started = Instant::now();
@@ -55,6 +64,7 @@ fn main() {
         (None, None) => Box::new(args.first..args.first + args.seeds),
     };
     let (mut ran, mut simulated_ms, mut operations) = (0u64, 0u64, 0usize);
+    let (mut committed, mut transactions) = (0usize, 0usize);
     let mut failed = Vec::new();
     let mut last_progress = Instant::now();
     for seed in seeds {
@@ -65,6 +75,15 @@ fn main() {
         ran += 1;
         simulated_ms += report.simulated_ms;
         operations += report.history.len();
+        // Not counted: the final read of every list, which appends nothing.
+        let appending = || {
+            report
+                .transactions
+                .iter()
+                .filter(|t| t.ops.iter().any(|op| matches!(op, MicroOp::Append { .. })))
+        };
+        transactions += appending().count();
+        committed += appending().filter(|t| t.outcome == Outcome::Committed).count();
         if args.verbose {
             for fault in &report.faults {
                 println!("seed {seed}: {fault}");
@@ -89,7 +108,7 @@ fn main() {
     }
     let wall = started.elapsed().as_secs_f64();
     println!(
-        "{ran} seeds in {wall:.1} s: {operations} operations, {:.0} simulated s ({:.0} simulated s per wall-clock minute), {} failed{}",
+        "{ran} seeds in {wall:.1} s: {operations} operations, {transactions} transactions ({committed} committed), {:.0} simulated s ({:.0} simulated s per wall-clock minute), {} failed{}",
         simulated_ms as f64 / 1000.0,
         simulated_ms as f64 / 1000.0 / wall * 60.0,
         failed.len(),

@@ -14,10 +14,12 @@
 //! waits until every replica has applied the same log; the replicas' data must then be
 //! equal, and the history linearizable.
 
+use crate::check::elle::{self, MicroOp, Outcome};
 use crate::check::history::Timing;
 use crate::check::linearizable::{self, Op, Verdict};
 use crate::check::timestamps::{self, TsObservation};
 use crate::cluster::{Answer, Cluster, NetworkConfig, ReadStart};
+use crate::txn::{decode_list, list_key, TxnClients, Wake};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scandium_raftstore::PeerChange;
@@ -38,6 +40,10 @@ pub struct RunConfig {
     pub tso_clients: u64,
     /// Registers (keys) they share.
     pub keys: u64,
+    /// Concurrent clients running list-append transactions.
+    pub txn_clients: u64,
+    /// Lists the transactions share.
+    pub lists: u64,
     /// Simulated milliseconds of load with faults, before healing.
     pub duration_ms: u64,
     /// Whether faults are injected (message loss and delay always are).
@@ -47,6 +53,8 @@ pub struct RunConfig {
     pub unsafe_reads: bool,
     /// Breaks the timestamp oracle on purpose (see [`Cluster::unsafe_tso`]).
     pub unsafe_tso: bool,
+    /// Breaks the transaction layer on purpose (see [`Cluster::unsafe_latches`]).
+    pub unsafe_latches: bool,
 }
 
 impl Default for RunConfig {
@@ -57,10 +65,13 @@ impl Default for RunConfig {
             clients: 5,
             tso_clients: 2,
             keys: 3,
+            txn_clients: 3,
+            lists: 4,
             duration_ms: 20_000,
             faults: true,
             unsafe_reads: false,
             unsafe_tso: false,
+            unsafe_latches: false,
         }
     }
 }
@@ -93,6 +104,9 @@ pub struct RunReport {
     pub history: Vec<Operation>,
     /// Timestamp requests: when sent, and when answered with which timestamp.
     pub timestamps: Vec<(u64, Option<(u64, u64)>)>,
+    /// The list-append transactions, in the order they began, and last a read of every
+    /// list after healing (with every transaction's fate settled).
+    pub transactions: Vec<elle::Txn>,
     /// What went wrong: empty when every check passed.
     pub anomalies: Vec<String>,
     /// What the run injected, in order, for reading a failure.
@@ -114,6 +128,9 @@ impl RunReport {
         for (invoke, answer) in &self.timestamps {
             let _ = writeln!(text, "timestamp sent {invoke}: {answer:?}");
         }
+        for txn in &self.transactions {
+            let _ = writeln!(text, "{txn:?}");
+        }
         text
     }
 }
@@ -129,6 +146,8 @@ const TIMEOUT: u64 = 2 << 40;
 const FAULT: u64 = 3 << 40;
 const TSO_CLIENT: u64 = 4 << 40;
 const TSO_TIMEOUT: u64 = 5 << 40;
+const TXN_CLIENT: u64 = 6 << 40;
+const TXN_TIMEOUT: u64 = 7 << 40;
 /// Marks the op ids of timestamp requests in the cluster's answers.
 const TSO_OP: u64 = 1 << 32;
 const KIND: u64 = 0xff << 40;
@@ -152,6 +171,7 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
     let mut cluster = Cluster::new(config.nodes, config.replicas, network, &mut rng);
     cluster.unsafe_reads = config.unsafe_reads;
     cluster.unsafe_tso = config.unsafe_tso;
+    cluster.unsafe_latches = config.unsafe_latches;
     let mut clients: Vec<Client> = (0..config.clients)
         .map(|_| Client {
             pending: None,
@@ -172,6 +192,10 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
     for c in 0..config.tso_clients {
         cluster.schedule_external(rng.gen_range(0..50), TSO_CLIENT | c);
     }
+    let mut txns = TxnClients::new(config.txn_clients, config.lists, config.nodes, &mut rng);
+    for c in 0..config.txn_clients {
+        cluster.schedule_external(rng.gen_range(0..50), TXN_CLIENT | c);
+    }
     if config.faults {
         cluster.schedule_external(rng.gen_range(500..3_000), FAULT);
     }
@@ -183,12 +207,16 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
     let end = config.duration_ms;
     loop {
         let (token, answers) = cluster.next(end, &mut rng);
+        let mut wake = Wake::default();
         for answer in answers {
-            if !tso.on_answer(&mut cluster, &answer, &mut rng) {
+            if !txns.on_answer(&mut cluster, &answer, &mut rng, &mut wake)
+                && !tso.on_answer(&mut cluster, &answer, &mut rng)
+            {
                 on_answer(&mut cluster, &mut clients, &mut history, answer, &mut rng);
             }
         }
         let Some(token) = token else {
+            schedule_wake(&mut cluster, wake);
             if cluster.now() >= end {
                 break;
             }
@@ -207,6 +235,8 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
                 }
             }
             TSO_CLIENT => tso.send(&mut cluster, token & !KIND, config, &mut rng),
+            TXN_CLIENT => txns.act(&mut cluster, (token & !KIND) as usize, &mut rng, &mut wake),
+            TXN_TIMEOUT => txns.on_timeout(token & !KIND, &mut rng, &mut wake),
             TSO_TIMEOUT => {
                 let request = (token & !KIND) as usize;
                 tso.give_up(&mut cluster, request, config, &mut rng);
@@ -230,6 +260,7 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
             }
             _ => unreachable!("only the run schedules external events"),
         }
+        schedule_wake(&mut cluster, wake);
     }
 
     // Heal: every link back, every node up, no more load; wait for the replicas to agree.
@@ -257,8 +288,12 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
         let until = cluster.now() + 100;
         while cluster.now() < until {
             let (token, answers) = cluster.next(until, &mut rng);
+            // No more load: the clients' next turns are not scheduled.
+            let mut wake = Wake::default();
             for answer in answers {
-                if !tso.on_answer(&mut cluster, &answer, &mut rng) {
+                if !txns.on_answer(&mut cluster, &answer, &mut rng, &mut wake)
+                    && !tso.on_answer(&mut cluster, &answer, &mut rng)
+                {
                     on_answer(&mut cluster, &mut clients, &mut history, answer, &mut rng);
                 }
             }
@@ -276,10 +311,25 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
     // Writes still pending never got an answer: they stay indeterminate.
     anomalies.extend(check_history(&history));
     anomalies.extend(check_timestamps(&tso.requests));
+    txns.finish();
+    let mut transactions = txns.history;
+    if converged {
+        let leader = cluster.leader().expect("a converged cluster has a leader");
+        let ops = (0..config.lists.max(2))
+            .map(|key| {
+                let value = cluster.txn_final_value(leader, &list_key(key));
+                let value = value.expect("the leader is up");
+                MicroOp::Read { key, list: decode_list(value.as_deref()) }
+            })
+            .collect();
+        transactions.push(elle::Txn { ops, outcome: Outcome::Committed });
+        anomalies.extend(check_transactions(&transactions));
+    }
     RunReport {
         seed,
         history,
         timestamps: tso.requests,
+        transactions,
         anomalies,
         faults,
         simulated_ms: cluster.now(),
@@ -499,6 +549,49 @@ impl Tso {
         cluster.schedule_external(rng.gen_range(1..20), TSO_CLIENT | c as u64);
         true
     }
+}
+
+fn schedule_wake(cluster: &mut Cluster, wake: Wake) {
+    for (delay, c) in wake.turns {
+        cluster.schedule_external(delay.max(1), TXN_CLIENT | c as u64);
+    }
+    for (delay, op) in wake.timeouts {
+        cluster.schedule_external(delay, TXN_TIMEOUT | op);
+    }
+}
+
+/// Snapshot isolation of the transactions (the last of which is the final read of
+/// every list), and every committed append in the final lists.
+pub fn check_transactions(transactions: &[elle::Txn]) -> Vec<String> {
+    let mut anomalies = Vec::new();
+    let report = elle::check(transactions);
+    for anomaly in report.anomalies.iter().filter(|a| !a.kind.allowed_under_si()).take(5) {
+        anomalies.push(format!("transactions: {anomaly}"));
+    }
+    let Some((last, earlier)) = transactions.split_last() else { return anomalies };
+    let finals: Vec<(u64, &Vec<u64>)> = last
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            MicroOp::Read { key, list } => Some((*key, list)),
+            _ => None,
+        })
+        .collect();
+    for (i, txn) in earlier.iter().enumerate() {
+        if txn.outcome != Outcome::Committed {
+            continue;
+        }
+        for op in &txn.ops {
+            let MicroOp::Append { key, value } = op else { continue };
+            let kept = finals.iter().any(|(k, list)| k == key && list.contains(value));
+            if !kept && anomalies.len() < 10 {
+                anomalies.push(format!(
+                    "transactions: committed transaction {i}'s append of {value} to list {key} is not in the final list"
+                ));
+            }
+        }
+    }
+    anomalies
 }
 
 /// Timestamps unique and increasing in real time.

@@ -1,7 +1,14 @@
 //! The simulator's own guarantees: a seed replays byte for byte, a fixed set of seeds
 //! under every fault finds no anomaly, and the checks it runs do catch a wrong answer.
 
-use scandium_sim::run::{check_history, run, RunConfig};
+use scandium_sim::check::elle::Outcome;
+use scandium_sim::run::{check_history, run, RunConfig, RunReport};
+
+/// Transactions of a run that committed (the final read of every list not counted).
+fn committed(report: &RunReport) -> usize {
+    let n = report.transactions.iter().filter(|t| t.outcome == Outcome::Committed).count();
+    n.saturating_sub(1)
+}
 
 /// Seeds every CI run covers. A failing seed prints the command that replays it.
 const CI_SEEDS: u64 = 24;
@@ -13,6 +20,7 @@ fn a_seed_replays_byte_for_byte() {
     let second = run(7, &config);
     assert!(first.history.len() > 100, "the run did something: {} operations", first.history.len());
     assert!(first.timestamps.len() > 100, "timestamps were asked for");
+    assert!(committed(&first) > 50, "transactions committed: {}", committed(&first));
     assert_eq!(first.faults, second.faults);
     assert_eq!(first.history_text(), second.history_text());
     assert_eq!(first.messages, second.messages);
@@ -28,6 +36,8 @@ fn fixed_seeds_under_faults_find_no_anomaly() {
         let report = run(seed, &config);
         let completed = report.history.iter().filter(|op| op.complete.is_some()).count();
         assert!(completed > 50, "seed {seed}: only {completed} operations completed");
+        let txns = committed(&report);
+        assert!(txns > 20, "seed {seed}: only {txns} transactions committed");
         if !report.anomalies.is_empty() {
             eprintln!("seed {seed}: {:#?}\nfaults: {:#?}", report.anomalies, report.faults);
             eprintln!("replay: cargo run --release -p scandium-sim -- --seed {seed} --verbose");
@@ -47,6 +57,20 @@ fn without_faults_nothing_is_indeterminate_and_every_read_is_served() {
     let lost = writes.iter().filter(|op| op.complete.is_none()).count();
     // Only the writes still in flight when the load stopped may lack an answer.
     assert!(lost <= 5, "{lost} writes unanswered without faults");
+    let unknown =
+        report.transactions.iter().filter(|t| t.outcome == Outcome::Indeterminate).count();
+    assert_eq!(unknown, 0, "no transaction is indeterminate without faults");
+    let aborted = report.transactions.iter().filter(|t| t.outcome == Outcome::Aborted).count();
+    assert!(committed(&report) > 50, "committed {} aborted {aborted}", committed(&report));
+}
+
+#[test]
+fn transactions_without_latches_are_caught() {
+    // Two commands deciding on the same state before either applies: a prewrite
+    // overwrites another transaction's lock, and a committed append is lost.
+    let config = RunConfig { unsafe_latches: true, duration_ms: 5_000, ..RunConfig::default() };
+    let caught = (0..10).find(|&seed| !run(seed, &config).anomalies.is_empty());
+    assert!(caught.is_some(), "no seed of 0..10 caught transactions without latches");
 }
 
 #[test]

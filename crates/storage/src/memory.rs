@@ -1,14 +1,17 @@
 //! An in-memory engine for tests of the layers above storage.
 
 use crate::{Cf, Engine, KvIter, Mutation, Result, Snapshot, WriteBatch};
-use std::collections::BTreeMap;
+use imbl::OrdMap;
 use std::ops::Bound;
 use std::sync::{Arc, RwLock};
 
-type Tables = [BTreeMap<Vec<u8>, Vec<u8>>; Cf::ALL.len()];
+/// Persistent maps: a snapshot shares the data with the engine and costs O(1), however
+/// large the data (the simulator takes one per transactional command).
+type Tables = [OrdMap<Vec<u8>, Vec<u8>>; Cf::ALL.len()];
 
-/// [`Engine`] keeping everything in `BTreeMap`s. Snapshots copy the data, so it suits small
-/// test data sets only. `sync` is a no-op: nothing survives the process anyway.
+/// [`Engine`] keeping everything in memory, in persistent ordered maps, for tests of the
+/// layers above storage and for the simulator. `sync` is a no-op: nothing survives the
+/// process anyway.
 #[derive(Clone, Default)]
 pub struct MemoryEngine {
     tables: Arc<RwLock<Tables>>,
@@ -80,7 +83,7 @@ impl Snapshot for MemorySnapshot {
         }
         let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end) };
         let range = self.tables[cf.index()]
-            .range::<[u8], _>((Bound::Included(start), upper))
+            .range::<_, [u8]>((Bound::Included(start), upper))
             .map(|(k, v)| Ok((k.clone(), v.clone())));
         if reverse {
             Box::new(range.rev())

@@ -1,0 +1,582 @@
+//! Simulated transactional clients: list-append transactions over Percolator, as
+//! tikv-client runs them, against [`Cluster::txn_write`] and the snapshot read path.
+//!
+//! A transaction takes a start timestamp from the placement leader, reads two lists at
+//! it, prewrites both with an element appended (the first key is the primary), takes a
+//! commit timestamp, commits the primary, then the secondary. A lock in the way of a read
+//! or a prewrite is resolved as the client does: `check_txn_status` at its primary (rolling
+//! back an expired transaction, pushing a live one's `min_commit_ts` past the reader),
+//! then the lock itself committed or rolled back by what the primary says. Some clients
+//! "crash" mid-transaction: after the prewrite (locks left until their TTL runs out and a
+//! reader rolls them back) or after committing the primary (the secondary left for a
+//! reader to roll forward).
+//!
+//! The commands compose the same Percolator actions (`scandium_txn::actions`) as the
+//! server's; what the simulator does not share with the server is the glue around them
+//! (its own latches, no lock index or newest-record cache, no async commit or 1PC).
+//!
+//! What a transaction's client learned decides its outcome for the checker: committed
+//! once the primary's commit is answered; aborted if it never sent the commit of its
+//! primary, or the commit was refused because the transaction was rolled back;
+//! indeterminate when the commit's answer never came.
+
+use crate::check::elle::{self, MicroOp, Outcome};
+use crate::cluster::{Answer, Cluster, Gate, TxnStart};
+use rand::rngs::StdRng;
+use rand::Rng;
+use scandium_txn::actions::cleanup::{self, CheckTxnStatus, TxnStatus};
+use scandium_txn::actions::commit;
+use scandium_txn::actions::prewrite::{self, Mutation, MutationOp, PessimisticAction, TxnProps};
+use scandium_txn::mvcc::Lock;
+use scandium_txn::{ConcurrencyManager, TxnError};
+use scandium_types::TimeStamp;
+
+/// Marks the operation ids of transactional requests in the cluster's answers.
+pub const TXN_OP: u64 = 1 << 33;
+/// A lock's time to live: an abandoned transaction's locks may be rolled back after it
+/// (shorter than tikv-client's 3 s, so that abandoned locks block a short run less).
+const LOCK_TTL_MS: u64 = 1_000;
+/// How long a client waits for one request's answer.
+const REQUEST_TIMEOUT_MS: u64 = 1_000;
+/// Attempts at committing the primary before the client gives up (indeterminate).
+const COMMIT_TRIES: u32 = 8;
+/// Times a transaction waits on a live lock before it gives up (aborted: it wrote
+/// nothing yet) and starts again with a newer timestamp.
+const LOCK_WAITS: u32 = 10;
+/// How long a transaction waits before looking again at a live lock, in milliseconds.
+const LOCK_BACKOFF_MS: (u64, u64) = (10, 40);
+/// One transaction in this many is abandoned after its prewrite, and one in this many
+/// after its primary's commit, as by a client that crashed.
+const ABANDON_ONE_IN: u32 = 40;
+
+/// Where a transaction is.
+#[derive(Clone, Debug)]
+enum Step {
+    StartTs,
+    Read(usize),
+    /// Resolving `lock`, met at `key`, before going back to `resume`.
+    CheckStatus {
+        key: Vec<u8>,
+        lock: Box<Lock>,
+        resume: Box<Step>,
+    },
+    Resolve {
+        key: Vec<u8>,
+        lock: Box<Lock>,
+        commit_ts: TimeStamp,
+        resume: Box<Step>,
+    },
+    Prewrite,
+    CommitTs,
+    CommitPrimary,
+    CommitSecondary,
+}
+
+/// What a request's answer carries for the step that sent it.
+enum Pending {
+    Timestamp,
+    Read,
+    /// A write command; its output counts once the proposal succeeds.
+    Write(Output),
+}
+
+enum Output {
+    Status(TxnStatus),
+    Done,
+}
+
+struct Current {
+    /// Index in the history.
+    index: usize,
+    keys: [u64; 2],
+    start_ts: TimeStamp,
+    commit_ts: TimeStamp,
+    step: Step,
+    lock_waits: u32,
+    commit_tries: u32,
+    /// Set when the next turn should wait (a live lock in the way).
+    backoff_ms: u64,
+}
+
+struct Client {
+    /// The node it sends data requests to, and the one it asks for timestamps.
+    node: u64,
+    tso_node: u64,
+    /// The request it waits for.
+    waiting: Option<(u64, Pending)>,
+    txn: Option<Current>,
+}
+
+/// The transactional clients of a run, and the history they record.
+pub struct TxnClients {
+    clients: Vec<Client>,
+    /// Every transaction begun, in order, as the checker takes them.
+    pub history: Vec<elle::Txn>,
+    next_op: u64,
+    nodes: u64,
+    keys: u64,
+    /// The manager `check_txn_status` is given (it only raises `max_ts`, which matters
+    /// for async commit, not simulated).
+    concurrency: ConcurrencyManager,
+}
+
+/// The key of list `k`.
+pub fn list_key(k: u64) -> Vec<u8> {
+    format!("list{k}").into_bytes()
+}
+
+/// A list's stored form: its elements, comma-separated.
+pub fn decode_list(value: Option<&[u8]>) -> Vec<u64> {
+    let Some(value) = value else { return Vec::new() };
+    String::from_utf8_lossy(value).split(',').filter_map(|e| e.parse().ok()).collect()
+}
+
+fn encode_list(list: &[u64]) -> Vec<u8> {
+    list.iter().map(u64::to_string).collect::<Vec<_>>().join(",").into_bytes()
+}
+
+impl TxnClients {
+    /// `clients` clients over `keys` lists on a cluster of `nodes`.
+    pub fn new(clients: u64, keys: u64, nodes: u64, rng: &mut StdRng) -> TxnClients {
+        TxnClients {
+            clients: (0..clients)
+                .map(|_| Client {
+                    node: rng.gen_range(1..=nodes),
+                    tso_node: rng.gen_range(1..=nodes),
+                    waiting: None,
+                    txn: None,
+                })
+                .collect(),
+            history: Vec::new(),
+            next_op: 0,
+            nodes,
+            keys: keys.max(2),
+            concurrency: ConcurrencyManager::new(TimeStamp::ZERO),
+        }
+    }
+
+    /// Client `c`'s turn: it sends its next request (starting a transaction if it has
+    /// none). `wake(delay)` schedules its next turn; `timeout(delay, op)` the end of its
+    /// wait for `op`.
+    pub fn act(&mut self, cluster: &mut Cluster, c: usize, rng: &mut StdRng, wake: &mut Wake) {
+        if self.clients[c].waiting.is_some() {
+            return;
+        }
+        if self.clients[c].txn.is_none() {
+            self.begin(c, rng);
+        }
+        let op = TXN_OP | self.next_op;
+        self.next_op += 1;
+        let client = &mut self.clients[c];
+        let txn = client.txn.as_mut().expect("begun above");
+        let (a, b) = (list_key(txn.keys[0]), list_key(txn.keys[1]));
+        let (start_ts, commit_ts) = (txn.start_ts, txn.commit_ts);
+        let started = match txn.step.clone() {
+            Step::StartTs | Step::CommitTs => {
+                if cluster.timestamp(client.tso_node, op, rng) {
+                    Started::Waiting(Pending::Timestamp)
+                } else {
+                    client.tso_node = rng.gen_range(1..=self.nodes);
+                    Started::Unavailable
+                }
+            }
+            Step::Read(i) => {
+                let key = if i == 0 { &a } else { &b };
+                match cluster.read_gate(client.node, op, rng) {
+                    Gate::Open => match cluster.txn_get_local(client.node, key, start_ts) {
+                        Some(read) => {
+                            self.on_read(c, read);
+                            return wake.at(rng.gen_range(0..3), c);
+                        }
+                        None => Started::Unavailable,
+                    },
+                    Gate::Waiting => Started::Waiting(Pending::Read),
+                    Gate::Closed => Started::Unavailable,
+                }
+            }
+            Step::CheckStatus { lock, .. } => {
+                let request = CheckTxnStatus {
+                    primary: lock.primary.clone(),
+                    lock_ts: lock.ts(),
+                    caller_start_ts: start_ts,
+                    current_ts: start_ts,
+                    rollback_if_not_exist: true,
+                    ..CheckTxnStatus::default()
+                };
+                let concurrency = &self.concurrency;
+                let keys = [lock.primary.clone()];
+                Started::of(cluster.txn_write(
+                    client.node,
+                    op,
+                    &keys,
+                    |reader, txn| {
+                        let (status, _) =
+                            cleanup::check_txn_status(reader, txn, concurrency, &request)?;
+                        Ok(Output::Status(status))
+                    },
+                    rng,
+                ))
+            }
+            Step::Resolve { key, lock, commit_ts: fate, .. } => {
+                let keys = [key.clone()];
+                Started::of(cluster.txn_write(
+                    client.node,
+                    op,
+                    &keys,
+                    |reader, txn| {
+                        match reader.load_lock(&key)? {
+                            Some(held) if held.start_ts == lock.start_ts => {
+                                cleanup::resolve_lock(reader, txn, &key, held, fate)?
+                            }
+                            _ => {}
+                        }
+                        Ok(Output::Done)
+                    },
+                    rng,
+                ))
+            }
+            Step::Prewrite => {
+                let element = self.history[txn.index].ops.iter().find_map(|op| match op {
+                    MicroOp::Append { value, .. } => Some(*value),
+                    _ => None,
+                });
+                let element = element.expect("a transaction appends");
+                let lists: Vec<Vec<u64>> = self.history[txn.index]
+                    .ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        MicroOp::Read { list, .. } => Some(list.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let props = TxnProps {
+                    start_ts,
+                    primary: a.clone(),
+                    lock_ttl: LOCK_TTL_MS,
+                    txn_size: 2,
+                    ..TxnProps::default()
+                };
+                let keys = [a.clone(), b.clone()];
+                Started::of(cluster.txn_write(
+                    client.node,
+                    op,
+                    &keys,
+                    |reader, txn| {
+                        for (key, list) in keys.iter().zip(&lists) {
+                            let mut list = list.clone();
+                            list.push(element);
+                            let mutation = Mutation {
+                                op: MutationOp::Put,
+                                key: key.clone(),
+                                value: encode_list(&list),
+                            };
+                            let action = PessimisticAction::SkipPessimisticCheck;
+                            if let prewrite::PrewriteOutcome::Lock(lock) =
+                                prewrite::prewrite_key(reader, txn, &props, &mutation, action)?
+                            {
+                                txn.put_lock(key, &lock);
+                            }
+                        }
+                        Ok(Output::Done)
+                    },
+                    rng,
+                ))
+            }
+            Step::CommitPrimary | Step::CommitSecondary => {
+                let key = if matches!(txn.step, Step::CommitPrimary) { a } else { b };
+                let keys = [key.clone()];
+                Started::of(cluster.txn_write(
+                    client.node,
+                    op,
+                    &keys,
+                    |reader, txn| {
+                        commit::commit(reader, txn, &key, start_ts, commit_ts)?;
+                        Ok(Output::Done)
+                    },
+                    rng,
+                ))
+            }
+        };
+        match started {
+            Started::Waiting(pending) => {
+                client.waiting = Some((op, pending));
+                wake.timeout(REQUEST_TIMEOUT_MS, op);
+            }
+            Started::Now(Ok(output)) => {
+                self.on_success(c, Some(output), rng);
+                let delay = self.backoff(c).unwrap_or_else(|| rng.gen_range(0..3));
+                wake.at(delay, c);
+            }
+            Started::Now(Err(e)) => {
+                self.on_refused(c, e);
+                wake.at(rng.gen_range(1..5), c);
+            }
+            Started::Busy => wake.at(rng.gen_range(1..5), c),
+            Started::Unavailable => {
+                client.node = match cluster.leader() {
+                    Some(leader) if leader != client.node && rng.gen_bool(0.8) => leader,
+                    _ => rng.gen_range(1..=self.nodes),
+                };
+                wake.at(rng.gen_range(5..30), c);
+            }
+        }
+    }
+
+    /// Takes the answer if it is to a transactional request; returns whether it was.
+    pub fn on_answer(
+        &mut self,
+        cluster: &mut Cluster,
+        answer: &Answer,
+        rng: &mut StdRng,
+        wake: &mut Wake,
+    ) -> bool {
+        let op = match answer {
+            Answer::Proposed { op, .. }
+            | Answer::ReadReady { op, .. }
+            | Answer::Timestamp { op, .. } => *op,
+        };
+        if op & TXN_OP == 0 {
+            return false;
+        }
+        let Some(c) =
+            self.clients.iter().position(|c| c.waiting.as_ref().is_some_and(|w| w.0 == op))
+        else {
+            return true; // late: the client gave up on it
+        };
+        let (_, pending) = self.clients[c].waiting.take().expect("found waiting");
+        match (answer, pending) {
+            (Answer::Timestamp { ts: Some(ts), .. }, Pending::Timestamp) => {
+                let txn = self.clients[c].txn.as_mut().expect("waiting in a transaction");
+                match txn.step {
+                    Step::StartTs => txn.start_ts = *ts,
+                    _ => txn.commit_ts = *ts,
+                }
+                self.on_success(c, None, rng);
+            }
+            (Answer::ReadReady { node, result: Ok(()), .. }, Pending::Read) => {
+                let key = {
+                    let txn = self.clients[c].txn.as_ref().expect("waiting in a transaction");
+                    let Step::Read(i) = txn.step else { unreachable!("a read waits in Read") };
+                    list_key(txn.keys[i])
+                };
+                let start_ts = self.clients[c].txn.as_ref().map(|t| t.start_ts).unwrap_or_default();
+                match cluster.txn_get_local(*node, &key, start_ts) {
+                    Some(read) => self.on_read(c, read),
+                    None => self.on_lost(c, rng),
+                }
+            }
+            (Answer::Proposed { result: Ok(_), .. }, Pending::Write(output)) => {
+                self.on_success(c, Some(output), rng)
+            }
+            _ => self.on_lost(c, rng),
+        }
+        let delay = self.backoff(c).unwrap_or_else(|| rng.gen_range(1..10));
+        wake.at(delay, c);
+        true
+    }
+
+    /// The wait a live lock asked for before the client's next turn, if any.
+    fn backoff(&mut self, c: usize) -> Option<u64> {
+        let txn = self.clients[c].txn.as_mut()?;
+        Some(std::mem::take(&mut txn.backoff_ms)).filter(|&ms| ms > 0)
+    }
+
+    /// The client stops waiting for `op`, if it still does: as if the answer were lost.
+    pub fn on_timeout(&mut self, op: u64, rng: &mut StdRng, wake: &mut Wake) {
+        let Some(c) =
+            self.clients.iter().position(|c| c.waiting.as_ref().is_some_and(|w| w.0 == op))
+        else {
+            return;
+        };
+        self.clients[c].waiting = None;
+        self.on_lost(c, rng);
+        wake.at(rng.gen_range(5..30), c);
+    }
+
+    /// The run is over: a transaction whose primary's commit was sent but not answered
+    /// is indeterminate; one that never sent it did not commit.
+    pub fn finish(&mut self) {
+        for client in &mut self.clients {
+            let waiting = client.waiting.take();
+            let Some(txn) = client.txn.take() else { continue };
+            let outcome = match txn.step {
+                Step::CommitSecondary => Outcome::Committed,
+                Step::CommitPrimary
+                    if txn.commit_tries > 0 || matches!(waiting, Some((_, Pending::Write(_)))) =>
+                {
+                    Outcome::Indeterminate
+                }
+                _ => Outcome::Aborted,
+            };
+            self.history[txn.index].outcome = outcome;
+        }
+    }
+
+    fn begin(&mut self, c: usize, rng: &mut StdRng) {
+        let first = rng.gen_range(0..self.keys);
+        let second = (first + rng.gen_range(1..self.keys)) % self.keys;
+        let index = self.history.len();
+        // Unique per list across the history: the checker names versions by them.
+        let element = index as u64 + 1;
+        self.history.push(elle::Txn {
+            ops: vec![
+                MicroOp::Append { key: first, value: element },
+                MicroOp::Append { key: second, value: element },
+            ],
+            outcome: Outcome::Aborted,
+        });
+        self.clients[c].txn = Some(Current {
+            index,
+            keys: [first, second],
+            start_ts: TimeStamp::ZERO,
+            commit_ts: TimeStamp::ZERO,
+            step: Step::StartTs,
+            lock_waits: 0,
+            commit_tries: 0,
+            backoff_ms: 0,
+        });
+    }
+
+    fn on_read(&mut self, c: usize, read: Result<Option<Vec<u8>>, TxnError>) {
+        let txn = self.clients[c].txn.as_mut().expect("reading in a transaction");
+        let Step::Read(i) = txn.step else { unreachable!("read in Read") };
+        match read {
+            Ok(value) => {
+                let key = txn.keys[i];
+                let list = decode_list(value.as_deref());
+                // Reads go before the appends, in the order they ran.
+                self.history[txn.index].ops.insert(i, MicroOp::Read { key, list });
+                txn.step = if i == 0 { Step::Read(1) } else { Step::Prewrite };
+            }
+            Err(e) => self.on_refused(c, e),
+        }
+    }
+
+    /// A request succeeded: on to the next step.
+    fn on_success(&mut self, c: usize, output: Option<Output>, rng: &mut StdRng) {
+        let txn = self.clients[c].txn.as_mut().expect("a step of a transaction");
+        txn.step = match std::mem::replace(&mut txn.step, Step::StartTs) {
+            Step::StartTs => Step::Read(0),
+            Step::Read(i) => Step::Read(i), // reads finish in `on_read`
+            Step::CheckStatus { key, lock, resume } => match output {
+                Some(Output::Status(TxnStatus::Committed(ts))) => {
+                    Step::Resolve { key, lock, commit_ts: ts, resume }
+                }
+                Some(Output::Status(TxnStatus::RolledBack)) => {
+                    Step::Resolve { key, lock, commit_ts: TimeStamp::ZERO, resume }
+                }
+                // Alive (its min_commit_ts now above us, so it no longer hides what we
+                // read), or not answered as expected: go back and look again.
+                _ => {
+                    txn.lock_waits += 1;
+                    txn.backoff_ms = rng.gen_range(LOCK_BACKOFF_MS.0..LOCK_BACKOFF_MS.1);
+                    if txn.lock_waits > LOCK_WAITS && !matches!(*resume, Step::CommitPrimary) {
+                        return self.end(c, Outcome::Aborted);
+                    }
+                    *resume
+                }
+            },
+            Step::Resolve { resume, .. } => *resume,
+            Step::Prewrite => {
+                if rng.gen_ratio(1, ABANDON_ONE_IN) {
+                    return self.end(c, Outcome::Aborted);
+                }
+                Step::CommitTs
+            }
+            Step::CommitTs => Step::CommitPrimary,
+            Step::CommitPrimary => {
+                self.history[txn.index].outcome = Outcome::Committed;
+                if rng.gen_ratio(1, ABANDON_ONE_IN) {
+                    return self.end(c, Outcome::Committed);
+                }
+                Step::CommitSecondary
+            }
+            Step::CommitSecondary => return self.end(c, Outcome::Committed),
+        };
+    }
+
+    /// A command refused at once: resolve a lock in the way, or end the transaction.
+    fn on_refused(&mut self, c: usize, error: TxnError) {
+        let txn = self.clients[c].txn.as_mut().expect("a step of a transaction");
+        let step = txn.step.clone();
+
+        match (error, step) {
+            (TxnError::KeyIsLocked { key, lock }, resume) => {
+                txn.step = Step::CheckStatus { key, lock, resume: Box::new(resume) };
+            }
+            // A reader pushed the primary's min_commit_ts past our commit timestamp.
+            (TxnError::CommitTsExpired { .. }, Step::CommitPrimary) => txn.step = Step::CommitTs,
+            // The secondary is committed by whoever reads it next, whatever went wrong.
+            (_, Step::CommitSecondary) => self.end(c, Outcome::Committed),
+            // Rolled back by a reader (the commit), a write conflict (the prewrite): in
+            // each case the transaction did not commit.
+            (_, _) => self.end(c, Outcome::Aborted),
+        }
+    }
+
+    /// The answer never came or came as a failure.
+    fn on_lost(&mut self, c: usize, rng: &mut StdRng) {
+        let client = &mut self.clients[c];
+        client.node = rng.gen_range(1..=self.nodes);
+        client.tso_node = rng.gen_range(1..=self.nodes);
+        let txn = client.txn.as_mut().expect("a step of a transaction");
+        match txn.step {
+            // Its locks, if the prewrite took effect, are left for readers to roll back:
+            // it never commits.
+            Step::Prewrite => self.end(c, Outcome::Aborted),
+            Step::CommitPrimary => {
+                txn.commit_tries += 1;
+                if txn.commit_tries >= COMMIT_TRIES {
+                    self.end(c, Outcome::Indeterminate);
+                }
+            }
+            Step::CommitSecondary => self.end(c, Outcome::Committed),
+            // Timestamps, reads and lock resolution are simply tried again.
+            _ => {}
+        }
+    }
+
+    fn end(&mut self, c: usize, outcome: Outcome) {
+        if let Some(txn) = self.clients[c].txn.take() {
+            self.history[txn.index].outcome = outcome;
+        }
+    }
+}
+
+/// How a request started.
+enum Started {
+    Waiting(Pending),
+    Now(Result<Output, TxnError>),
+    Busy,
+    Unavailable,
+}
+
+impl Started {
+    fn of(start: TxnStart<Output>) -> Started {
+        match start {
+            TxnStart::Proposed(output) => Started::Waiting(Pending::Write(output)),
+            TxnStart::Done(output) => Started::Now(Ok(output)),
+            TxnStart::Failed(e) => Started::Now(Err(e)),
+            TxnStart::Busy => Started::Busy,
+            TxnStart::Unavailable => Started::Unavailable,
+        }
+    }
+}
+
+/// What the clients ask the run to schedule: their next turns and their timeouts.
+#[derive(Default)]
+pub struct Wake {
+    /// (delay, client) pairs.
+    pub turns: Vec<(u64, usize)>,
+    /// (delay, op) pairs.
+    pub timeouts: Vec<(u64, u64)>,
+}
+
+impl Wake {
+    fn at(&mut self, delay: u64, c: usize) {
+        self.turns.push((delay, c));
+    }
+    fn timeout(&mut self, delay: u64, op: u64) {
+        self.timeouts.push((delay, op));
+    }
+}
