@@ -330,3 +330,65 @@ fn bad_configuration_is_refused() {
         cli(&["server", "--addr", "256.0.0.1:1", "--data-dir", dir.path().to_str().unwrap()]);
     assert!(!ok && out.contains("cannot listen"), "{out}");
 }
+
+/// A disk below its reserve refuses writes that add data (puts, compare-and-swap,
+/// prewrites) with one clear error through `tikv-client`, while reads and deletes go on;
+/// with space again, writes are accepted. "Below the reserve" is made by
+/// restarting the node with a reserve larger than any disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_and_keeps_serving_reads() {
+    use tikv_client::{TransactionClient, TransactionOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let addr = support::free_addr();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let server = Server::start(dir.path(), &["--addr", &addr, "--data-dir", data]);
+    let raw = client(&addr).await;
+    raw.put("kept".to_owned(), "v1".to_owned()).await.unwrap();
+    raw.put("doomed".to_owned(), "v1".to_owned()).await.unwrap();
+    let txns = TransactionClient::new(vec![addr.clone()]).await.unwrap();
+    let mut txn = txns.begin_optimistic().await.unwrap();
+    txn.put("account".to_owned(), "100".to_owned()).await.unwrap();
+    txn.commit().await.unwrap();
+    drop(server);
+
+    let full = dir.path().join("full.toml");
+    std::fs::write(&full, "reserve_space_bytes = 9000000000000000000\n").unwrap();
+    let config = full.to_str().unwrap();
+    let server =
+        Server::start(dir.path(), &["--addr", &addr, "--data-dir", data, "--config", config]);
+    let raw = client(&addr).await;
+    let refused =
+        raw.put("new".to_owned(), "v".to_owned()).await.expect_err("a full disk refuses a put");
+    let message = format!("{refused:?}");
+    assert!(message.contains("disk full on store"), "a clear error: {message}");
+    assert!(message.contains("writes are refused until space is freed"), "{message}");
+    let cas =
+        raw.with_atomic_for_cas().compare_and_swap("kept".to_owned(), None, "x".to_owned()).await;
+    assert!(cas.is_err(), "compare-and-swap adds data: refused");
+    assert_eq!(raw.get("kept".to_owned()).await.unwrap(), Some(b"v1".to_vec()), "reads go on");
+    raw.delete("doomed".to_owned()).await.expect("deletes free space: accepted");
+    assert_eq!(raw.get("doomed".to_owned()).await.unwrap(), None);
+    let txns = TransactionClient::new(vec![addr.clone()]).await.unwrap();
+    let mut reader =
+        txns.begin_with_options(TransactionOptions::new_optimistic().read_only()).await.unwrap();
+    assert_eq!(reader.get("account".to_owned()).await.unwrap(), Some(b"100".to_vec()));
+    let mut writer = txns.begin_optimistic().await.unwrap();
+    writer.put("account".to_owned(), "50".to_owned()).await.unwrap();
+    let refused = writer.commit().await.expect_err("a prewrite adds data: refused");
+    assert!(format!("{refused:?}").contains("disk full on store"), "{refused:?}");
+    drop(server);
+
+    let server = Server::start(dir.path(), &["--addr", &addr, "--data-dir", data]);
+    let raw = client(&addr).await;
+    raw.put("new".to_owned(), "v".to_owned()).await.expect("space again: writes accepted");
+    let txns = TransactionClient::new(vec![addr.clone()]).await.unwrap();
+    let mut reader = txns.begin_optimistic().await.unwrap();
+    assert_eq!(
+        reader.get("account".to_owned()).await.unwrap(),
+        Some(b"100".to_vec()),
+        "the refused transaction left nothing"
+    );
+    reader.rollback().await.unwrap();
+    drop(server);
+}

@@ -139,6 +139,18 @@ pub enum SnapshotError {
     /// A record names a column family that snapshots do not carry.
     #[error("snapshot record in unknown column family {0}")]
     UnknownCf(u32),
+    /// The stream ended before its end marker, or with fewer records than the marker
+    /// announced: the transfer was cut short, and installing it would lose the rest.
+    #[error("snapshot cut short: {received} records received, {}", match .announced {
+        Some(n) => format!("{n} announced"),
+        None => "and no end marker".to_string(),
+    })]
+    Incomplete {
+        /// Records that arrived.
+        received: usize,
+        /// Records the sender's end marker announced, if one came.
+        announced: Option<u64>,
+    },
 }
 
 /// Collects chunks into [`SnapshotData`], refusing more than `limit` bytes in all.
@@ -170,6 +182,16 @@ impl SnapshotAssembler {
     /// The assembled records.
     pub fn finish(self) -> SnapshotData {
         self.data
+    }
+
+    /// The assembled records, if they are all the sender announced in its end marker
+    /// (`None` when no marker came).
+    pub fn finish_complete(self, announced: Option<u64>) -> Result<SnapshotData, SnapshotError> {
+        let received = self.data.entries.len();
+        match announced {
+            Some(n) if n == received as u64 => Ok(self.data),
+            _ => Err(SnapshotError::Incomplete { received, announced }),
+        }
     }
 }
 
@@ -336,6 +358,36 @@ mod tests {
         }
         engine.write(batch).unwrap();
         engine
+    }
+
+    #[test]
+    fn a_transfer_cut_short_is_refused() {
+        let keys: Vec<(Cf, Vec<u8>)> =
+            (0..10).map(|i| (Cf::Raw, format!("k{i}").into_bytes())).collect();
+        let engine = engine_with(&keys);
+        let region = region(b"", b"");
+        let mut chunks = Vec::new();
+        for_each_chunk(&region, &*engine.snapshot(), 1, |chunk| {
+            chunks.push(chunk);
+            true
+        })
+        .unwrap();
+        let sent: usize = chunks.iter().map(|c| c.entries.len()).sum();
+        assert_eq!(sent, 10);
+        let assemble = |chunks: &[SnapshotChunk]| {
+            let mut assembler = SnapshotAssembler::new(1 << 20);
+            for chunk in chunks {
+                assembler.push(chunk.clone()).unwrap();
+            }
+            assembler
+        };
+        assert_eq!(assemble(&chunks).finish_complete(Some(10)).unwrap().entries.len(), 10);
+        // No end marker: the stream stopped, whatever arrived.
+        let error = assemble(&chunks).finish_complete(None).unwrap_err();
+        assert_eq!(error, SnapshotError::Incomplete { received: 10, announced: None });
+        assert!(error.to_string().contains("no end marker"), "{error}");
+        let error = assemble(&chunks[..3]).finish_complete(Some(10)).unwrap_err();
+        assert!(error.to_string().contains("3 records received, 10 announced"), "{error}");
     }
 
     #[test]

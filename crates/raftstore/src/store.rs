@@ -1092,6 +1092,11 @@ fn apply_entry(
             .map_err(|e| RaftstoreError::InvalidCommand(format!("undecodable command: {e}")))?,
     };
     let kept = (observe && command.split.is_none()).then(|| command.clone());
+    if command.split.is_some() {
+        // Tests hold one store's apply of a split (`apply_split_<store id>` = "pause")
+        // while the rest of the cluster moves on.
+        fail::fail_point!(&format!("apply_split_{}", peer.meta.store_id));
+    }
     match apply_command(&peer.region, command, batch)? {
         Applied::Written => Ok(Outcome::Data(kept)),
         Applied::Split { left, right } => {

@@ -64,6 +64,9 @@ pub struct Config {
     pub latch_slots: usize,
     /// Memory for recently written keys' newest records, in bytes (0 disables the cache).
     pub newest_cache_bytes: u64,
+    /// Free space, in bytes, below which writes that add data are refused, so that Raft's
+    /// own writes never meet a full disk (see `disk`); 0 turns the guard off.
+    pub reserve_space_bytes: u64,
 }
 
 impl Default for Config {
@@ -92,6 +95,7 @@ impl Default for Config {
             memtable_size_bytes: 16 << 20,
             latch_slots: 4096,
             newest_cache_bytes: 32 << 20,
+            reserve_space_bytes: 100 << 20,
         }
     }
 }

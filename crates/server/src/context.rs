@@ -65,6 +65,8 @@ pub struct NodeContext {
     pub max_ts_sync: MaxTsSync,
     /// Every task the node runs, ended when it stops.
     pub tasks: crate::tasks::Tasks,
+    /// The free space of the data directory, against its reserve.
+    pub disk: Arc<crate::disk::DiskSpace>,
     /// Messages and requests refused: from another cluster, for another store,
     /// malformed, or dropped because the Raft thread was saturated.
     pub refused: AtomicU64,

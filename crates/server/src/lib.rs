@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod convert;
+pub mod disk;
 pub mod error;
 pub mod gc_worker;
 pub mod grpc;

@@ -190,7 +190,11 @@ impl Node {
             disconnect_ms: (5 * config.heartbeat_interval_ms).max(2_000),
             down_ms: config.store_down_secs * 1000,
         };
+        let disk =
+            Arc::new(crate::disk::DiskSpace::new(&config.data_dir, config.reserve_space_bytes));
+        tasks.spawn(crate::disk::run(disk.clone()));
         let context = Arc::new(NodeContext {
+            disk,
             latches: Latches::new(config.latch_slots),
             concurrency: Arc::new(ConcurrencyManager::new(TimeStamp::ZERO)),
             lock_waits: crate::lock_wait::LockWaits::default(),

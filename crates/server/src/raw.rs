@@ -155,6 +155,7 @@ impl NodeContext {
     /// `RawPut`.
     pub async fn raw_put(&self, req: kvrpcpb::RawPutRequest) -> Result<(), RequestError> {
         let checked = self.check_context(req.context.as_ref())?;
+        self.disk.check_write(self.store_id)?;
         let cf = raw_cf(&req.cf, checked.api_version)?;
         self.check_key(&checked, KeyMode::Raw, &req.key)?;
         let keys = [req.key.clone()];
@@ -172,6 +173,7 @@ impl NodeContext {
         req: kvrpcpb::RawBatchPutRequest,
     ) -> Result<(), RequestError> {
         let checked = self.check_context(req.context.as_ref())?;
+        self.disk.check_write(self.store_id)?;
         let cf = raw_cf(&req.cf, checked.api_version)?;
         let ttl_of = match req.ttls.len() {
             0 => None,
@@ -338,6 +340,7 @@ impl NodeContext {
         req: kvrpcpb::RawCasRequest,
     ) -> Result<raw::CasOutcome, RequestError> {
         let checked = self.check_context(req.context.as_ref())?;
+        self.disk.check_write(self.store_id)?;
         let cf = raw_cf(&req.cf, checked.api_version)?;
         self.check_key(&checked, KeyMode::Raw, &req.key)?;
         let expected = (!req.previous_not_exist).then_some(req.previous_value.as_slice());

@@ -269,6 +269,7 @@ impl NodeContext {
     /// `KvPrewrite`.
     pub async fn kv_prewrite(&self, req: kvrpcpb::PrewriteRequest) -> TxnResult<PrewriteResult> {
         let checked = self.check_context(req.context.as_ref())?;
+        self.disk.check_write(self.store_id)?;
         if req.use_async_commit || req.try_one_pc {
             // A new leader takes a timestamp into max_ts first (see `replica.rs`); hold the
             // prewrite meanwhile: tikv-client 0.4 gives up on MaxTimestampNotSynced.
@@ -354,6 +355,11 @@ impl NodeContext {
 
     /// `KvCommit`.
     pub async fn kv_commit(&self, req: kvrpcpb::CommitRequest) -> TxnResult<u64> {
+        // Tests fail commits here, before anything reaches Raft, as a node that died
+        // between a transaction's prewrite and its commit would.
+        fail::fail_point!("kv_commit", |_| Err(
+            scandium_raftstore::RaftstoreError::StaleCommand.into()
+        ));
         let checked = self.check_context(req.context.as_ref())?;
         self.check_keys(&checked, &req.keys)?;
         let (start_ts, commit_ts) = (TimeStamp(req.start_version), TimeStamp(req.commit_version));
@@ -506,6 +512,7 @@ impl NodeContext {
         req: kvrpcpb::PessimisticLockRequest,
     ) -> TxnResult<Vec<Option<Vec<u8>>>> {
         let checked = self.check_context(req.context.as_ref())?;
+        self.disk.check_write(self.store_id)?;
         for mutation in &req.mutations {
             if mutation.op != kvrpcpb::Op::PessimisticLock as i32 {
                 return Err(crate::error::RequestError::invalid(

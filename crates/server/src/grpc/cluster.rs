@@ -111,14 +111,26 @@ impl Cluster for ClusterService {
                 Status::invalid_argument("the first chunk carries no snapshot for this store")
             })?;
         let mut assembler = SnapshotAssembler::new(self.node.config.max_snapshot_bytes as usize);
+        let mut announced = None;
         while let Some(chunk) = chunks.message().await? {
+            if chunk.end {
+                announced = Some(chunk.records);
+                break;
+            }
             let data = DataChunk::decode(chunk.data.as_slice())
                 .map_err(|e| Status::invalid_argument(format!("malformed snapshot chunk: {e}")))?;
             if let Err(error) = assembler.push(data) {
                 return Ok(Response::new(SnapshotDone { error: error.to_string() }));
             }
         }
-        let error = match self.node.raft.step_snapshot(message, assembler.finish()).await {
+        let data = match assembler.finish_complete(announced) {
+            Ok(data) => data,
+            Err(error) => {
+                tracing::warn!(%error, from = first.from_store, "refused a snapshot");
+                return Ok(Response::new(SnapshotDone { error: error.to_string() }));
+            }
+        };
+        let error = match self.node.raft.step_snapshot(message, data).await {
             Ok(()) => String::new(),
             Err(error) => error,
         };

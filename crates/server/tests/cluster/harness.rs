@@ -7,9 +7,10 @@
 use scandium_raftstore::META_GROUP_ID;
 use scandium_server::{Config, Node};
 use scandium_types::PeerRole;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tikv_client::{RawClient, TransactionClient};
 
 /// Milliseconds per Raft tick in these tests (elections in 100–160 ms).
@@ -338,20 +339,41 @@ impl Cluster {
 
     /// Snapshots every running node's transport has sent.
     pub fn snapshots_sent(&self) -> u64 {
-        self.running()
-            .map(|(_, n)| {
-                n.context()
-                    .transport
-                    .stats()
-                    .snapshots_sent
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .sum()
+        let stats = self.running().map(|(_, n)| n.context().transport.stats());
+        stats.map(|s| s.snapshots_sent.load(std::sync::atomic::Ordering::Relaxed)).sum()
+    }
+
+    /// Snapshot transfers every running node's transport saw fail.
+    pub fn snapshots_failed(&self) -> u64 {
+        let stats = self.running().map(|(_, n)| n.context().transport.stats());
+        stats.map(|s| s.snapshots_failed.load(std::sync::atomic::Ordering::Relaxed)).sum()
     }
 
     pub async fn shutdown(mut self) {
         for i in 0..self.nodes.len() {
             self.stop(i).await;
         }
+    }
+}
+
+/// Every replica of every Region holds the same data (at the same applied index).
+pub async fn assert_replicas_agree(cluster: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut by_region: HashMap<u64, Vec<(u64, Vec<u64>)>> = HashMap::new();
+        for (_, node) in cluster.running() {
+            for digest in node.context().region_digests().await.unwrap() {
+                by_region
+                    .entry(digest.region_id)
+                    .or_default()
+                    .push((digest.applied_index, digest.digests));
+            }
+        }
+        let agree = by_region.values().all(|replicas| replicas.windows(2).all(|w| w[0] == w[1]));
+        if agree {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replicas disagree: {by_region:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

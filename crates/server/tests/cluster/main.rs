@@ -4,34 +4,11 @@
 
 mod harness;
 
-use harness::Cluster;
-use std::collections::HashMap;
+use harness::{assert_replicas_agree, Cluster};
 use std::time::{Duration, Instant};
 
 fn k(s: &str) -> Vec<u8> {
     s.as_bytes().to_vec()
-}
-
-/// Every replica of every Region holds the same data (at the same applied index).
-async fn assert_replicas_agree(cluster: &Cluster) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut by_region: HashMap<u64, Vec<(u64, Vec<u64>)>> = HashMap::new();
-        for (_, node) in cluster.running() {
-            for digest in node.context().region_digests().await.unwrap() {
-                by_region
-                    .entry(digest.region_id)
-                    .or_default()
-                    .push((digest.applied_index, digest.digests));
-            }
-        }
-        let agree = by_region.values().all(|replicas| replicas.windows(2).all(|w| w[0] == w[1]));
-        if agree {
-            return;
-        }
-        assert!(Instant::now() < deadline, "replicas disagree: {by_region:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
