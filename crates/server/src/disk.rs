@@ -31,9 +31,21 @@ impl DiskSpace {
     /// Measures the file system holding `path` now; writes are refused below `reserve`
     /// bytes (0 never refuses).
     pub fn new(path: &Path, reserve: u64) -> DiskSpace {
-        let space = DiskSpace { path: path.to_path_buf(), reserve, free: AtomicU64::new(0) };
-        space.refresh();
+        let free = available_bytes(path).unwrap_or(u64::MAX);
+        let space = DiskSpace { path: path.to_path_buf(), reserve, free: AtomicU64::new(free) };
+        if space.is_full() {
+            space.warn_full();
+        }
         space
+    }
+
+    fn warn_full(&self) {
+        tracing::warn!(
+            free_mib = self.free() >> 20,
+            reserve_mib = self.reserve >> 20,
+            path = %self.path.display(),
+            "disk almost full: refusing writes that add data until space is freed (reads, deletes and commits go on)"
+        );
     }
 
     /// Measures again.
@@ -52,12 +64,7 @@ impl DiskSpace {
         let was_full = self.is_full();
         self.free.store(free, Ordering::Relaxed);
         match (was_full, self.is_full()) {
-            (false, true) => tracing::warn!(
-                free_mib = free >> 20,
-                reserve_mib = self.reserve >> 20,
-                path = %self.path.display(),
-                "disk almost full: refusing writes that add data until space is freed (reads, deletes and commits go on)"
-            ),
+            (false, true) => self.warn_full(),
             (true, false) => {
                 tracing::warn!(free_mib = free >> 20, "disk space freed: accepting writes again")
             }

@@ -96,6 +96,15 @@ impl Node {
     /// one its data directory belongs to. Returns once it serves requests.
     pub async fn start(config: Config) -> Result<Node, NodeError> {
         config.validate()?;
+        let engine = open_engine(&config)?;
+        Node::start_on(config, engine).await
+    }
+
+    /// [`Node::start`] on `engine` instead of the fjall engine in `config.data_dir`: for
+    /// an in-process test node on an in-memory engine (`scandium::testing`), which starts
+    /// without a single fsync.
+    pub async fn start_on(config: Config, engine: EngineRef) -> Result<Node, NodeError> {
+        config.validate()?;
         let started = Instant::now();
         let listener = std::net::TcpListener::bind(&config.addr)
             .map_err(|source| NodeError::Listen { addr: config.addr.clone(), source })?;
@@ -103,7 +112,6 @@ impl Node {
             .local_addr()
             .map_err(|source| NodeError::Listen { addr: config.addr.clone(), source })?;
         let advertise_addr = advertised(&config.addr, local_addr);
-        let engine = open_engine(&config)?;
         let links = Arc::new(Links::default());
         let clients = Arc::new(Clients::new(links.clone()));
         let ident = match load_ident(&engine, &config)? {
@@ -256,7 +264,8 @@ impl Node {
         background.push(context.tasks.spawn(crate::ttl::run(context.clone(), interval)));
         let gc_interval = Duration::from_secs(context.config.gc_interval_secs);
         background.push(context.tasks.spawn(crate::gc_worker::run(context.clone(), gc_interval)));
-        tracing::info!(
+        // `scandium server` announces it at info, in its own words.
+        tracing::debug!(
             addr = %context.advertise_addr,
             store_id = context.store_id,
             cluster_id = ident.cluster_id,
@@ -573,7 +582,7 @@ fn ensure_latest_index(engine: &EngineRef, config: &Config) -> Result<(), NodeEr
     batch.put(Cf::RaftState, LATEST_INDEX_KEY.to_vec(), vec![1]);
     engine.write(batch).and_then(|()| engine.sync()).map_err(|e| data_dir_error(config, e))?;
     if keys > 0 {
-        tracing::info!(keys, "built the index of newest versions");
+        tracing::debug!(keys, "built the index of newest versions");
     }
     Ok(())
 }

@@ -258,7 +258,12 @@ fn run(mut store: Store, receiver: flume::Receiver<RaftMessage>, tick: Duration,
     let mut next_tick = Instant::now() + tick;
     store.set_time(crate::clock::monotonic_ms());
     loop {
-        let wait = next_tick.saturating_duration_since(Instant::now());
+        // Work already waiting (a sole voter's election at start, a round that left more)
+        // is done now, not after the next message or tick.
+        let wait = match store.has_ready() {
+            true => Duration::ZERO,
+            false => next_tick.saturating_duration_since(Instant::now()),
+        };
         match receiver.recv_timeout(wait) {
             Ok(message) => {
                 store.set_time(crate::clock::monotonic_ms());
