@@ -232,25 +232,70 @@ async fn zero_config_server_and_cli() {
     let (ok, out) = cli(&["kv", "--keyspace", "DEFAULT", "scan"]);
     assert!(ok && out.contains("v2key\tv2value"), "{out}");
     let (ok, out) = cli(&["ctl", "stores"]);
-    assert!(ok && out.contains("127.0.0.1:2379"), "{out}");
+    assert!(ok && out.contains("127.0.0.1:2379") && out.contains("STATE"), "{out}");
+    assert!(out.lines().nth(1).is_some_and(|row| row.contains("Up")), "a table: {out}");
+    let (ok, out) = cli(&["ctl", "--json", "stores"]);
+    assert!(ok && out.contains("\"state\": \"Up\""), "{out}");
+    let (ok, out) = cli(&["ctl", "members"]);
+    assert!(ok && out.contains("leader"), "{out}");
     let (ok, out) = cli(&["ctl", "regions"]);
+    assert!(ok && out.contains("5 Region(s)"), "{out}");
+    let (ok, out) = cli(&["ctl", "--json", "regions"]);
     assert!(ok && out.contains("\"count\": 5"), "{out}");
     let (ok, out) = cli(&["ctl", "split", "greeting"]);
-    assert!(ok, "{out}");
+    assert!(ok && out.contains("split: new Region"), "{out}");
     let (ok, out) = cli(&["ctl", "regions"]);
-    assert!(ok && out.contains("\"count\": 6"), "{out}");
+    assert!(ok && out.contains("6 Region(s)"), "{out}");
+    let (ok, out) = cli(&["ctl", "regions", "--key", "greeting"]);
+    assert!(ok && out.contains("1 Region(s)") && out.contains("greeting  "), "{out}");
     let (ok, out) = cli(&["kv", "get", "greeting"]);
     assert!(ok && out.contains("hello"), "reads work across the split: {out}");
     let (ok, out) = cli(&["kv", "get", "absent"]);
-    assert!(!ok && out.contains("not found"), "{out}");
+    assert!(!ok && out.trim() == "error: not found", "one clear line: {out}");
+
+    // The rest of `scandium kv`: TTLs, compare-and-swap, delete-range, batches, and a
+    // transaction.
+    let (ok, out) = cli(&["kv", "ttl", "greeting"]);
+    assert!(ok && out.trim() == "none", "{out}");
+    let (ok, out) = cli(&["kv", "put", "--ttl", "600", "brief", "x"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["kv", "ttl", "brief"]);
+    assert!(ok && out.trim().parse::<u64>().is_ok_and(|s| s > 500 && s <= 600), "{out}");
+    let (ok, out) = cli(&["kv", "cas", "greeting", "bye", "--expect", "hello"]);
+    assert!(ok && out.contains("it held hello"), "{out}");
+    let (ok, out) = cli(&["kv", "cas", "greeting", "again", "--expect", "hello"]);
+    assert!(!ok && out.contains("not swapped: the key holds bye"), "{out}");
+    let (ok, out) = cli(&["kv", "cas", "--absent", "fresh", "new"]);
+    assert!(ok && out.contains("(absent)"), "{out}");
+    let batch = dir.path().join("batch.txt");
+    std::fs::write(&batch, "# fixtures\nput b1 one\nput b2 two\nput b3 three\ndelete fresh\n")
+        .unwrap();
+    let (ok, out) = cli(&["kv", "batch", batch.to_str().unwrap()]);
+    assert!(ok && out.contains("3 put(s), 1 delete(s)"), "{out}");
+    let (ok, out) = cli(&["kv", "delete-range", "b2", "b3"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["kv", "scan", "b", "c"]);
+    assert!(
+        ok && out.contains("b1\tone") && !out.contains("b2") && out.contains("b3\tthree"),
+        "{out}"
+    );
+    let (ok, out) = cli(&["kv", "txn", "get", "t1", "put", "t1", "v1", "put", "t2", "v2"]);
+    assert!(ok && out.contains("t1\t(absent)") && out.contains("committed at"), "{out}");
+    let (ok, out) = cli(&["kv", "txn", "get", "t1", "get", "t2"]);
+    assert!(ok && out.contains("t1\tv1") && out.contains("t2\tv2"), "{out}");
+    let (ok, out) = cli(&["kv", "txn", "put", "t1"]);
+    assert!(!ok && out.trim() == "error: `put` needs a value after the key", "{out}");
+    let (ok, out) = cli(&["kv", "--pd", "127.0.0.1:1", "get", "x"]);
+    assert!(!ok && out.trim().starts_with("error: cannot connect to 127.0.0.1:1"), "{out}");
+    assert!(out.trim().lines().count() == 1 && !out.contains("panicked"), "{out}");
 
     let status = server.terminate();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
     let server = Server::start(dir.path(), &[]);
     let (ok, out) = cli(&["kv", "get", "greeting"]);
-    assert!(ok && out.contains("hello"), "{out}");
+    assert!(ok && out.contains("bye"), "{out}");
     let (ok, out) = cli(&["ctl", "regions"]);
-    assert!(ok && out.contains("\"count\": 6"), "split survives restart: {out}");
+    assert!(ok && out.contains("6 Region(s)"), "split survives restart: {out}");
     drop(server);
 }
 
@@ -391,4 +436,60 @@ async fn a_full_disk_refuses_writes_and_keeps_serving_reads() {
     );
     reader.rollback().await.unwrap();
     drop(server);
+}
+
+/// Runs `scandium server ARGS` with no RUST_LOG until it serves, stops it with SIGTERM,
+/// and returns every line it wrote to stderr.
+fn server_stderr(dir: &std::path::Path, args: &[&str]) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let addr = support::free_addr();
+    let mut child = std::process::Command::new(support::BINARY)
+        .args(["server", "--addr", &addr])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (sender, lines) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("scandium serving")) {
+        seen.push(lines.recv_timeout(Duration::from_secs(30)).expect("the server says it serves"));
+    }
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    reader.join().unwrap();
+    seen.extend(lines.try_iter());
+    seen
+}
+
+/// A node's log is quiet unless asked: starting, serving and stopping take a line each
+/// (the first start also says it bootstrapped a cluster), with no library chatter;
+/// `--log-format json` makes every line a JSON object; `--log-level debug` shows more.
+#[test]
+fn logs_are_quiet_by_default_and_json_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = server_stderr(dir.path(), &[]);
+    assert!(text.len() <= 4, "a quiet start and stop: {text:#?}");
+    assert!(text.iter().any(|l| l.starts_with("scandium serving on 127.0.0.1:")), "{text:#?}");
+    assert!(text.iter().any(|l| l.contains("shutting down")), "{text:#?}");
+    assert!(!text.iter().any(|l| l.contains("fjall") || l.contains("lsm_tree")), "{text:#?}");
+
+    let json = server_stderr(dir.path(), &["--log-format", "json"]);
+    for line in &json {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(value["level"].is_string() && value["fields"]["message"].is_string(), "{line}");
+    }
+    let serving = json.iter().find(|l| l.contains("scandium serving")).unwrap();
+    assert!(serving.contains("\"addr\":\"127.0.0.1:"), "{serving}");
+
+    let debug = server_stderr(dir.path(), &["--log-level", "debug"]);
+    assert!(debug.len() > text.len(), "debug shows more: {debug:#?}");
 }

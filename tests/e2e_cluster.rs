@@ -937,7 +937,7 @@ async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable()
 
     // Every Region's replicas hold the same data once they stand at the same index.
     let addr = cluster.live().addr.clone();
-    let (ok, output) = support::cli(&["ctl", "--pd", &addr, "check-consistency"]);
+    let (ok, output) = support::cli(&["ctl", "--json", "--pd", &addr, "check-consistency"]);
     assert!(ok, "{output}");
     assert!(output.contains("\"consistent\"") && !output.contains("unsettled"), "{output}");
 }
@@ -1091,6 +1091,7 @@ async fn a_leader_cut_off_by_a_network_partition_serves_nothing_stale() {
     );
     let verdict = linearizable::check(&history);
     assert!(verdict.is_ok(), "{verdict:?}");
-    let (ok, output) = support::cli(&["ctl", "--pd", &cluster.nodes[0].addr, "check-consistency"]);
+    let (ok, output) =
+        support::cli(&["ctl", "--json", "--pd", &cluster.nodes[0].addr, "check-consistency"]);
     assert!(ok && !output.contains("unsettled"), "{output}");
 }

@@ -81,8 +81,9 @@ impl Drop for Server {
 }
 
 pub fn cli(args: &[&str]) -> (bool, String) {
+    // As a user runs it: the default, quiet logging.
     let output =
-        Command::new(BINARY).args(args).env("RUST_LOG", "warn").output().expect("scandium runs");
+        Command::new(BINARY).args(args).env_remove("RUST_LOG").output().expect("scandium runs");
     let text = String::from_utf8_lossy(&output.stdout).to_string()
         + &String::from_utf8_lossy(&output.stderr);
     (output.status.success(), text)

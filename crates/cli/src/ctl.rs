@@ -12,17 +12,26 @@ pub struct CtlArgs {
     /// Address of any node.
     #[arg(long, default_value = "127.0.0.1:2379", global = true)]
     pd: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: CtlCommand,
 }
 
 #[derive(Subcommand)]
 enum CtlCommand {
-    /// Lists Regions as JSON.
-    Regions,
-    /// Lists stores as JSON.
+    /// Lists Regions: range, leader, replicas.
+    Regions {
+        /// Only the Region holding this key (as text; with --hex, hexadecimal bytes).
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, requires = "key")]
+        hex: bool,
+    },
+    /// Lists stores: address, state, Regions and leaders on each.
     Stores,
-    /// Lists the cluster's members (every node) and the placement leader as JSON.
+    /// Lists the cluster's members (every node) and which leads placement.
     Members,
     /// Moves leadership of a Region (or of the placement group) to its replica on STORE.
     TransferLeader {
@@ -70,13 +79,22 @@ fn check(header: Option<pdpb::ResponseHeader>) -> Result<(), String> {
     }
 }
 
-fn show_key(encoded: &[u8]) -> String {
-    let key = if encoded.is_empty() {
+/// A Region boundary as the user's key: placement keeps them memcomparable-encoded.
+fn decode_key(encoded: &[u8]) -> Vec<u8> {
+    if encoded.is_empty() {
         Vec::new()
     } else {
         decode_bytes(encoded).unwrap_or_else(|_| encoded.to_vec())
-    };
-    key.escape_ascii().to_string()
+    }
+}
+
+/// A key as text, non-printable bytes escaped; `empty` for the unbounded end.
+fn show(key: &[u8], empty: &str) -> String {
+    if key.is_empty() {
+        empty.to_string()
+    } else {
+        key.escape_ascii().to_string()
+    }
 }
 
 fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
@@ -104,51 +122,100 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
         .into_inner();
     let cluster_id = members.header.map(|h| h.cluster_id).unwrap_or_default();
     let output = match args.command {
-        CtlCommand::Regions => {
-            let request =
-                pdpb::ScanRegionsRequest { header: header(cluster_id), ..Default::default() };
-            let response = pd.scan_regions(request).await.map_err(|e| e.to_string())?.into_inner();
-            check(response.header)?;
-            let regions: Vec<_> = response
-                .regions
+        CtlCommand::Regions { key, hex } => {
+            let wanted = match key {
+                Some(key) if hex => Some(parse_hex(&key)?),
+                Some(key) => Some(key.into_bytes()),
+                None => None,
+            };
+            let regions: Vec<_> = scan_regions(&mut pd, cluster_id)
+                .await?
+                .into_iter()
+                .filter(|r| wanted.as_deref().is_none_or(|key| r.contains(key)))
+                .collect();
+            if let (Some(key), true) = (&wanted, regions.is_empty()) {
+                return Err(format!("no Region holds key {}", key.escape_ascii()));
+            }
+            let rows = regions.iter().map(|r| {
+                let peers: Vec<String> =
+                    r.peers.iter().map(|(id, store)| format!("{id}@{store}")).collect();
+                vec![
+                    r.id.to_string(),
+                    show(&r.start_key, "-inf"),
+                    show(&r.end_key, "+inf"),
+                    r.leader_store.map_or("none".into(), |s| format!("store {s}")),
+                    peers.join(" "),
+                    format!("{}/{}", r.conf_ver, r.version),
+                ]
+            });
+            let text = table(&["ID", "START", "END", "LEADER", "PEERS (id@store)", "EPOCH"], rows)
+                + &format!("{} Region(s)\n", regions.len());
+            let regions: Vec<_> = regions
                 .iter()
-                .filter_map(|r| r.region.as_ref().map(|region| (region, r.leader.as_ref())))
-                .map(|(region, leader)| {
-                    let epoch = region.region_epoch.clone().unwrap_or_default();
+                .map(|r| {
                     json!({
-                        "id": region.id,
-                        "start_key": show_key(&region.start_key),
-                        "end_key": show_key(&region.end_key),
-                        "epoch": { "conf_ver": epoch.conf_ver, "version": epoch.version },
-                        "peers": region.peers.iter().map(|p| json!({ "id": p.id, "store_id": p.store_id })).collect::<Vec<_>>(),
-                        "leader": leader.map(|p| p.id),
+                        "id": r.id,
+                        "start_key": show(&r.start_key, ""),
+                        "end_key": show(&r.end_key, ""),
+                        "epoch": { "conf_ver": r.conf_ver, "version": r.version },
+                        "peers": r.peers.iter().map(|(id, store)| json!({ "id": id, "store_id": store })).collect::<Vec<_>>(),
+                        "leader": r.leader_peer,
                     })
                 })
                 .collect();
-            json!({ "count": regions.len(), "regions": regions })
+            Output { json: json!({ "count": regions.len(), "regions": regions }), text }
         }
         CtlCommand::Stores => {
-            let stores: Vec<_> = all_stores(&mut pd, cluster_id, false)
-                .await?
+            let stores = all_stores(&mut pd, cluster_id, false).await?;
+            let regions = scan_regions(&mut pd, cluster_id).await?;
+            let count = |id: u64, leaders: bool| {
+                regions
+                    .iter()
+                    .filter(|r| match leaders {
+                        true => r.leader_store == Some(id),
+                        false => r.peers.iter().any(|(_, store)| *store == id),
+                    })
+                    .count()
+            };
+            let state = |s: &scandium_protocol::metapb::Store| match s.state {
+                0 => "Up",
+                1 => "Offline",
+                _ => "Tombstone",
+            };
+            let rows = stores.iter().map(|s| {
+                vec![
+                    s.id.to_string(),
+                    s.address.clone(),
+                    state(s).to_string(),
+                    count(s.id, false).to_string(),
+                    count(s.id, true).to_string(),
+                    s.version.clone(),
+                ]
+            });
+            let text = table(&["ID", "ADDRESS", "STATE", "REGIONS", "LEADERS", "VERSION"], rows);
+            let stores: Vec<_> = stores
                 .iter()
-                .map(|s| {
-                    let state = match s.state {
-                        0 => "Up",
-                        1 => "Offline",
-                        _ => "Tombstone",
-                    };
-                    json!({ "id": s.id, "address": s.address, "state": state, "version": s.version })
-                })
+                .map(|s| json!({ "id": s.id, "address": s.address, "state": state(s), "version": s.version, "regions": count(s.id, false), "leaders": count(s.id, true) }))
                 .collect();
-            json!({ "count": stores.len(), "stores": stores })
+            Output { json: json!({ "count": stores.len(), "stores": stores }), text }
         }
         CtlCommand::Members => {
+            let leader = members.leader.as_ref().map(|l| l.member_id);
+            let rows = members.members.iter().map(|m| {
+                vec![
+                    m.member_id.to_string(),
+                    m.name.clone(),
+                    m.client_urls.join(","),
+                    if Some(m.member_id) == leader { "leader".into() } else { String::new() },
+                ]
+            });
+            let text = table(&["ID", "NAME", "URL", "PLACEMENT"], rows);
             let list: Vec<_> = members
                 .members
                 .iter()
                 .map(|m| json!({ "id": m.member_id, "name": m.name, "client_urls": m.client_urls }))
                 .collect();
-            json!({ "members": list, "leader": members.leader.as_ref().map(|l| l.member_id) })
+            Output { json: json!({ "members": list, "leader": leader }), text }
         }
         CtlCommand::TransferLeader { region, store } => {
             let (region, address) = if region == "placement" {
@@ -182,7 +249,12 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             if !reply.error.is_empty() {
                 return Err(reply.error);
             }
-            json!({ "region": region, "to_store": store, "requested": true })
+            let what =
+                if region == u64::MAX { "placement".into() } else { format!("Region {region}") };
+            Output::new(
+                json!({ "region": region, "to_store": store, "requested": true }),
+                format!("asked {what} to move its leadership to store {store}"),
+            )
         }
         CtlCommand::Store { command: StoreCommand::Remove { id } } => {
             use prost::Message as _;
@@ -203,7 +275,10 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             if !reply.error.is_empty() {
                 return Err(reply.error);
             }
-            json!({ "store": id, "state": "Offline", "note": "its replicas move to other stores, then it becomes a Tombstone" })
+            Output::new(
+                json!({ "store": id, "state": "Offline", "note": "its replicas move to other stores, then it becomes a Tombstone" }),
+                format!("store {id} is Offline: its replicas move to other stores, then it becomes a Tombstone (see `scandium ctl stores`)"),
+            )
         }
         CtlCommand::CheckConsistency => {
             let addresses: Vec<(u64, String)> = all_stores(&mut pd, cluster_id, true)
@@ -212,11 +287,12 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 .map(|s| (s.id, s.address))
                 .collect();
             let verdicts = check_consistency(&addresses).await;
-            let output = consistency_json(&verdicts);
+            let output =
+                Output { json: consistency_json(&verdicts), text: consistency_table(&verdicts) };
             let bad =
                 verdicts.values().filter(|v| matches!(v, Verdict::Inconsistent { .. })).count();
             if bad > 0 {
-                println!("{}", serde_json::to_string_pretty(&output).map_err(|e| e.to_string())?);
+                output.print(args.json)?;
                 return Err(format!("{bad} Region(s) have replicas that differ"));
             }
             output
@@ -230,11 +306,120 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             };
             let response = pd.split_regions(request).await.map_err(|e| e.to_string())?.into_inner();
             check(response.header)?;
-            json!({ "regions_id": response.regions_id })
+            let ids: Vec<String> = response.regions_id.iter().map(u64::to_string).collect();
+            Output::new(
+                json!({ "regions_id": response.regions_id }),
+                format!("split: new Region(s) {}", ids.join(", ")),
+            )
         }
     };
-    println!("{}", serde_json::to_string_pretty(&output).map_err(|e| e.to_string())?);
-    Ok(())
+    output.print(args.json)
+}
+
+/// What a command prints: a table or sentence for people, JSON with `--json`.
+struct Output {
+    json: serde_json::Value,
+    text: String,
+}
+
+impl Output {
+    fn new(json: serde_json::Value, line: String) -> Output {
+        Output { json, text: line + "\n" }
+    }
+
+    fn print(&self, json: bool) -> Result<(), String> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&self.json).map_err(|e| e.to_string())?);
+        } else {
+            print!("{}", self.text);
+        }
+        Ok(())
+    }
+}
+
+/// Left-aligned columns, two spaces apart, under a header row.
+fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> =
+        std::iter::once(headers.iter().map(|h| h.to_string()).collect()).chain(rows).collect();
+    let mut widths = vec![0; headers.len()];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    for row in &rows {
+        let cells: Vec<String> =
+            row.iter().zip(&widths).map(|(cell, width)| format!("{cell:width$}")).collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// A Region as `ctl` shows it, its keys decoded.
+struct RegionRow {
+    id: u64,
+    start_key: Vec<u8>,
+    end_key: Vec<u8>,
+    conf_ver: u64,
+    version: u64,
+    /// (peer id, store id)
+    peers: Vec<(u64, u64)>,
+    leader_peer: Option<u64>,
+    leader_store: Option<u64>,
+}
+
+impl RegionRow {
+    fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start_key.as_slice()
+            && (self.end_key.is_empty() || key < self.end_key.as_slice())
+    }
+}
+
+async fn scan_regions(
+    pd: &mut PdClient<Channel>,
+    cluster_id: u64,
+) -> Result<Vec<RegionRow>, String> {
+    let request = pdpb::ScanRegionsRequest { header: header(cluster_id), ..Default::default() };
+    let response = pd.scan_regions(request).await.map_err(|e| e.to_string())?.into_inner();
+    check(response.header)?;
+    Ok(response
+        .regions
+        .iter()
+        .filter_map(|r| {
+            let region = r.region.as_ref()?;
+            let epoch = region.region_epoch.clone().unwrap_or_default();
+            Some(RegionRow {
+                id: region.id,
+                start_key: decode_key(&region.start_key),
+                end_key: decode_key(&region.end_key),
+                conf_ver: epoch.conf_ver,
+                version: epoch.version,
+                peers: region.peers.iter().map(|p| (p.id, p.store_id)).collect(),
+                leader_peer: r.leader.as_ref().map(|p| p.id),
+                leader_store: r.leader.as_ref().map(|p| p.store_id),
+            })
+        })
+        .collect())
+}
+
+fn consistency_table(verdicts: &BTreeMap<u64, Verdict>) -> String {
+    let rows = verdicts.iter().map(|(id, verdict)| {
+        let (status, applied, replicas) = match verdict {
+            Verdict::Consistent { applied, replicas } => {
+                ("consistent", applied.to_string(), *replicas)
+            }
+            Verdict::Inconsistent { applied, replicas } => {
+                ("INCONSISTENT", applied.to_string(), replicas.len())
+            }
+            Verdict::Unsettled { replicas } => {
+                ("unsettled (writes kept its replicas apart)", "-".into(), replicas.len())
+            }
+        };
+        vec![id.to_string(), status.to_string(), applied, replicas.to_string()]
+    });
+    table(&["REGION", "STATUS", "APPLIED", "REPLICAS"], rows)
 }
 
 async fn all_stores(

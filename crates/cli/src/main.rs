@@ -27,6 +27,52 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Level of Scandium's own log messages: error, warn, info, debug or trace. Other
+    /// libraries' messages show from warn up (error up for kv, ctl and bench). RUST_LOG,
+    /// when set, decides everything.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: tracing_subscriber::filter::LevelFilter,
+    /// Log lines as text or as JSON objects (one per line, on stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people: time, level, where, message, fields.
+    Text,
+    /// For machines: one JSON object per line.
+    Json,
+}
+
+/// Scandium's own crates, whose messages follow `--log-level`.
+const OWN_TARGETS: [&str; 8] = [
+    "scandium",
+    "scandium_cli",
+    "scandium_server",
+    "scandium_raftstore",
+    "scandium_placement",
+    "scandium_txn",
+    "scandium_storage",
+    "scandium_types",
+];
+
+/// Quiet by default: Scandium's messages at `level`, everyone else's (fjall's flushes,
+/// tikv-client's connections, raft-rs's elections) only from `others` (warn for a node,
+/// error for the client commands, which report failures in their own words), unless
+/// RUST_LOG says otherwise.
+fn init_logging(level: tracing_subscriber::filter::LevelFilter, format: LogFormat, others: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let own: Vec<String> = OWN_TARGETS.iter().map(|t| format!("{t}={level}")).collect();
+        EnvFilter::new(format!("{others},{}", own.join(",")))
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -55,10 +101,12 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
+    let others = match cli.command {
+        Command::Server(_) | Command::Playground(_) => "warn",
+        _ => "error",
+    };
+    init_logging(cli.log_level, cli.log_format, others);
     let mut builder = match &cli.command {
         Command::Bench(args) if args.single_threaded() => {
             tokio::runtime::Builder::new_current_thread()
@@ -74,7 +122,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Server(args) => server::run(args).await,
+            Command::Server(args) => server::run(args, cli.log_format).await,
             Command::Playground(args) => playground::run(args).await,
             Command::Kv(args) => kv::run(args).await,
             Command::Ctl(args) => ctl::run(args).await,
@@ -87,5 +135,16 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Clap's own consistency checks of every subcommand's arguments (they otherwise
+    /// panic only when that subcommand is run).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -21,7 +21,7 @@ pub struct ServerArgs {
     config: Option<PathBuf>,
 }
 
-pub async fn run(args: ServerArgs) -> Result<(), String> {
+pub async fn run(args: ServerArgs, log_format: crate::LogFormat) -> Result<(), String> {
     let mut config = match &args.config {
         Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
         None => Config::default(),
@@ -35,10 +35,31 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
     if !args.join.is_empty() {
         config.join = args.join;
     }
+    let data_dir = config.data_dir.clone();
+    let started = std::time::Instant::now();
     let node = Node::start(config).await.map_err(|e| e.to_string())?;
-    eprintln!("scandium serving on {} (PD endpoint and store address)", node.advertise_addr());
+    let (addr, context) = (node.advertise_addr(), node.context());
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    // The node's one line at start; `playground` and the end-to-end tests read the text
+    // form's address.
+    match log_format {
+        crate::LogFormat::Text => eprintln!(
+            "scandium serving on {addr} (PD endpoint and store address): store {} of cluster {}, data in {}, started in {elapsed_ms} ms",
+            context.store_id,
+            context.cluster_id,
+            data_dir.display()
+        ),
+        crate::LogFormat::Json => tracing::info!(
+            addr,
+            store_id = context.store_id,
+            cluster_id = context.cluster_id,
+            data_dir = %data_dir.display(),
+            elapsed_ms,
+            "scandium serving"
+        ),
+    }
     wait_for_signal().await;
-    eprintln!("shutting down");
+    tracing::info!("shutting down: leadership moves to other nodes first");
     // Leadership moves to other nodes first, so clients see no election.
     node.stop_gracefully().await;
     Ok(())

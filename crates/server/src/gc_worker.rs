@@ -30,7 +30,7 @@ pub async fn run(node: Arc<NodeContext>, interval: Duration) {
         }
         match collect(&node, safe_point).await {
             Ok(deleted) => {
-                tracing::info!(safe_point = safe_point.0, deleted, "garbage collected");
+                tracing::debug!(safe_point = safe_point.0, deleted, "garbage collected");
                 done = safe_point;
             }
             Err(error) => tracing::warn!(?error, "GC pass failed; will retry"),

@@ -115,13 +115,20 @@ pub async fn on_events(node: Arc<NodeContext>, mut events: mpsc::UnboundedReceiv
                 Event::Role { region_id, is_leader: true, term } => {
                     report = true;
                     if region_id == META_GROUP_ID {
+                        tracing::info!(
+                            term,
+                            "this node leads placement now (timestamps, scheduling, metadata)"
+                        );
                         continue;
                     }
                     let node = node.clone();
                     let tasks = node.tasks.clone();
                     tasks.spawn(async move { sync_max_ts(&node, region_id, term).await });
                 }
-                Event::Role { region_id, is_leader: false, .. } => {
+                Event::Role { region_id, is_leader: false, term } => {
+                    if region_id == META_GROUP_ID {
+                        tracing::info!(term, "this node no longer leads placement");
+                    }
                     node.max_ts_sync.forget(region_id);
                     node.lock_waits.wake_all();
                 }

@@ -185,7 +185,7 @@ impl Transport {
             match result {
                 Ok(()) => {
                     inner.stats.snapshots_sent.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(region, peer, "sent a snapshot");
+                    tracing::debug!(region, peer, "sent a snapshot");
                 }
                 Err(error) => {
                     inner.stats.snapshots_failed.fetch_add(1, Ordering::Relaxed);

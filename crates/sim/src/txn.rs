@@ -508,6 +508,11 @@ impl TxnClients {
             (TxnError::CommitTsExpired { .. }, Step::CommitPrimary) => txn.step = Step::CommitTs,
             // The secondary is committed by whoever reads it next, whatever went wrong.
             (_, Step::CommitSecondary) => self.end(c, Outcome::Committed),
+            // An earlier attempt's answer was lost: it may have committed, and this refusal
+            // (from a node that had not applied it, or from after a reader's roll-forward
+            // check) proves nothing. Found by seed 7582: such a transaction was counted
+            // as aborted while readers saw its appends.
+            (_, Step::CommitPrimary) if txn.commit_tries > 0 => self.end(c, Outcome::Indeterminate),
             // Rolled back by a reader (the commit), a write conflict (the prewrite): in
             // each case the transaction did not commit.
             (_, _) => self.end(c, Outcome::Aborted),
