@@ -300,13 +300,26 @@ fn key(i: u64) -> Vec<u8> {
     format!("bench{i:012}").into_bytes()
 }
 
+/// A line on stderr every 5 s of a run, so a long one shows it is alive.
+async fn show_progress(duration: u64) {
+    let mut interval = tokio::time::interval(Duration::from_secs(5));
+    interval.tick().await;
+    for elapsed in (5..duration).step_by(5) {
+        interval.tick().await;
+        eprintln!("bench: {elapsed} s of {duration}");
+    }
+}
+
 pub async fn run(args: BenchArgs) -> Result<(), String> {
     if args.clients == 0 || args.keys == 0 || args.duration == 0 {
         return Err("clients, keys and duration must be positive".into());
     }
     let driver = connect_driver(&args).await?;
     if args.workload != Workload::Put {
+        let began = Instant::now();
+        eprintln!("bench: preloading {} keys", args.keys);
         driver.preload(&args).await?;
+        eprintln!("bench: preloaded in {:.1} s", began.elapsed().as_secs_f64());
     }
     let driver = match args.client {
         ClientKind::Tikv | ClientKind::Etcd => driver,
@@ -340,6 +353,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             ))
         })
         .collect();
+    let progress = tokio::spawn(show_progress(args.duration));
     let mut histogram = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let (mut errors, mut first_error) = (0, None);
     for task in tasks {
@@ -348,6 +362,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         errors += result.errors;
         first_error = first_error.or(result.first_error);
     }
+    progress.abort();
     let elapsed = started.elapsed().as_secs_f64();
     let after = server_stats(&args).await;
     let client_cpu = scandium_server::process::read(None)
