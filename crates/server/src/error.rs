@@ -37,7 +37,10 @@ impl RequestError {
     /// Writes the error into a response's `region_error` and `error` fields.
     pub fn fill(self, region_error: &mut Option<errorpb::Error>, error: &mut String) {
         match self {
-            RequestError::Region(e) => *region_error = Some(*e),
+            RequestError::Region(e) => {
+                crate::metrics::METRICS.region_error(&e);
+                *region_error = Some(*e)
+            }
             other => *error = other.to_string(),
         }
     }

@@ -31,6 +31,7 @@ pub async fn run(node: Arc<NodeContext>, interval: Duration) {
         match collect(&node, safe_point).await {
             Ok(deleted) => {
                 tracing::debug!(safe_point = safe_point.0, deleted, "garbage collected");
+                crate::metrics::METRICS.gc_deleted.inc_by(deleted as u64);
                 done = safe_point;
             }
             Err(error) => tracing::warn!(?error, "GC pass failed; will retry"),

@@ -21,6 +21,7 @@ pub fn routes(router: Router, node: Arc<NodeContext>) -> Router {
         .route("/pd/api/v1/leader", get(leader))
         .route("/health", get(health))
         .route("/debug/digests", get(digests))
+        .route("/metrics", get(metrics))
         .with_state(node);
     router.merge(http)
 }
@@ -176,6 +177,12 @@ async fn health(State(node): State<Arc<NodeContext>>) -> Json<Value> {
             "rss_bytes": p.rss_bytes,
         })),
     }))
+}
+
+/// `GET /metrics`: Prometheus' text format (see `metrics.rs`).
+async fn metrics(State(node): State<Arc<NodeContext>>) -> impl axum::response::IntoResponse {
+    let text = crate::metrics::render(&node);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// Every local replica's applied index and per-column-family digests, from one engine

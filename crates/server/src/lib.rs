@@ -17,6 +17,7 @@ pub mod grpc;
 pub mod heartbeat;
 pub mod http;
 pub mod lock_wait;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod placement;

@@ -61,6 +61,7 @@ impl LockWaits {
             if next == waiter.0 {
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();
                 key.hash(&mut hasher);
+                crate::metrics::METRICS.deadlocks.inc();
                 return Err(Deadlock { key_hash: hasher.finish() });
             }
             match inner.waits_for.get(&next) {
@@ -69,6 +70,7 @@ impl LockWaits {
             }
         }
         inner.waits_for.insert(waiter.0, holder.0);
+        crate::metrics::METRICS.lock_waits.inc();
         let notify = inner.keys.entry(key.to_vec()).or_default().clone();
         // Enabled now, under the latch, so a wake-up that comes before the wait is kept.
         let mut notified = Box::pin(notify.notified_owned());

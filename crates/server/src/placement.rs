@@ -331,6 +331,16 @@ impl Placement {
 
     /// Issues `count` timestamps and returns the largest, from the placement leader.
     pub async fn timestamp(self: &Arc<Self>, count: u32) -> Result<TimeStamp, RequestError> {
+        let metrics = &crate::metrics::METRICS;
+        metrics.tso_requests.inc();
+        metrics.tso_batch.observe(f64::from(count));
+        let started = std::time::Instant::now();
+        let result = self.timestamp_anywhere(count).await;
+        metrics.tso_seconds.observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn timestamp_anywhere(self: &Arc<Self>, count: u32) -> Result<TimeStamp, RequestError> {
         let mut hint: Option<String> = None;
         for _ in 0..4 {
             if self.registry.meta().is_leader {

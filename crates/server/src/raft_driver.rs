@@ -311,7 +311,10 @@ fn round(
     store: &mut Store,
     outputs: &Outputs,
 ) -> Result<scandium_raftstore::RoundOutput, scandium_raftstore::RaftstoreError> {
-    store.handle_ready_sending(&mut |messages| outputs.transport.send(messages))
+    let started = Instant::now();
+    let output = store.handle_ready_sending(&mut |messages| outputs.transport.send(messages));
+    crate::metrics::METRICS.raft_round_seconds.observe(started.elapsed().as_secs_f64());
+    output
 }
 
 fn deliver(outputs: &Outputs, output: scandium_raftstore::RoundOutput) {
@@ -327,9 +330,11 @@ fn deliver(outputs: &Outputs, output: scandium_raftstore::RoundOutput) {
 fn handle(store: &mut Store, message: RaftMessage) -> bool {
     match message {
         RaftMessage::Propose { group_id, data, callback } => {
+            crate::metrics::METRICS.raft_proposals.inc();
             store.propose(group_id, data, callback)
         }
         RaftMessage::ProposeCommand { group_id, command, callback } => {
+            crate::metrics::METRICS.raft_proposals.inc();
             store.propose_command(group_id, command, callback)
         }
         RaftMessage::ConfChange { group_id, changes, callback } => {

@@ -64,6 +64,12 @@ pub fn lock_info(key: &[u8], lock: &Lock) -> kvrpcpb::LockInfo {
 
 /// The `KeyError` for a transactional failure (TiKV's mapping).
 pub fn key_error(e: &TxnError) -> kvrpcpb::KeyError {
+    let error = build_key_error(e);
+    crate::metrics::METRICS.key_error(&error);
+    error
+}
+
+fn build_key_error(e: &TxnError) -> kvrpcpb::KeyError {
     let mut error = kvrpcpb::KeyError::default();
     match e {
         TxnError::KeyIsLocked { key, lock } => error.locked = Some(lock_info(key, lock)),

@@ -1,0 +1,357 @@
+//! Prometheus metrics, served at `GET /metrics` in the text exposition format.
+//!
+//! Two kinds, gathered into one answer:
+//! * **Events** (requests, Raft rounds, timestamps, transaction errors, lock waits) are
+//!   counted where they happen, in the process-wide [`METRICS`] (a node is one process;
+//!   several in-process test nodes share it).
+//! * **State** (Regions and leaders here, pending peers, disk use, transport counters,
+//!   the GC safe point) is read from the node when it is scraped, so it is always this
+//!   node's.
+//!
+//! Labels are bounded by the code, never by what a client sends: request kinds are the
+//! handlers' names, error reasons the protocol's error kinds. No key and no Region id is
+//! ever a label.
+
+use crate::context::NodeContext;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+use std::sync::atomic::Ordering;
+use std::sync::LazyLock;
+use std::time::Instant;
+
+/// The request kinds: the storage service's handlers (BatchCommands' commands are counted
+/// by the handler each one runs through). Every kind is exported from the start, at zero.
+pub const REQUEST_KINDS: [&str; 30] = [
+    "raw_get",
+    "raw_batch_get",
+    "raw_put",
+    "raw_batch_put",
+    "raw_delete",
+    "raw_batch_delete",
+    "raw_scan",
+    "raw_batch_scan",
+    "raw_delete_range",
+    "raw_get_key_ttl",
+    "raw_compare_and_swap",
+    "raw_checksum",
+    "split_region",
+    "kv_get",
+    "kv_batch_get",
+    "kv_scan",
+    "kv_prewrite",
+    "kv_commit",
+    "kv_batch_rollback",
+    "kv_cleanup",
+    "kv_check_txn_status",
+    "kv_check_secondary_locks",
+    "kv_txn_heart_beat",
+    "kv_pessimistic_rollback",
+    "kv_pessimistic_lock",
+    "kv_resolve_lock",
+    "kv_scan_lock",
+    "kv_gc",
+    "kv_delete_range",
+    "unsafe_destroy_range",
+];
+
+const REGION_ERROR_REASONS: [&str; 11] = [
+    "not_leader",
+    "epoch_not_match",
+    "disk_full",
+    "server_is_busy",
+    "region_not_found",
+    "key_not_in_region",
+    "stale_command",
+    "store_not_match",
+    "raft_entry_too_large",
+    "max_timestamp_not_synced",
+    "other",
+];
+
+const KEY_ERROR_REASONS: [&str; 9] = [
+    "locked",
+    "conflict",
+    "deadlock",
+    "already_exist",
+    "commit_ts_expired",
+    "txn_not_found",
+    "retryable",
+    "abort",
+    "other",
+];
+
+/// Latency buckets, in seconds: 50 µs to about 13 s.
+fn latency_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.00005, 2.0, 19).expect("valid buckets")
+}
+
+/// The process-wide event metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests handled, by kind (the RPC's handler).
+    pub requests: IntCounterVec,
+    /// How long requests took, by kind.
+    pub request_seconds: HistogramVec,
+    /// Region errors answered, by reason (`not_leader`, `epoch_not_match`, `disk_full`, ...).
+    pub region_errors: IntCounterVec,
+    /// Key errors answered, by reason (`conflict`, `locked`, `deadlock`, ...).
+    pub key_errors: IntCounterVec,
+    /// Raft rounds (append, fsync, apply of every group with work).
+    pub raft_round_seconds: Histogram,
+    /// Proposals handed to the Raft thread.
+    pub raft_proposals: IntCounter,
+    /// Timestamp requests served here (as placement leader or forwarded).
+    pub tso_requests: IntCounter,
+    /// Timestamps per request (clients batch them).
+    pub tso_batch: Histogram,
+    /// How long a timestamp request took.
+    pub tso_seconds: Histogram,
+    /// Pessimistic lock requests that waited for another transaction's lock.
+    pub lock_waits: IntCounter,
+    /// Lock waits that ended in a deadlock error.
+    pub deadlocks: IntCounter,
+    /// Versions deleted by garbage collection.
+    pub gc_deleted: IntCounter,
+}
+
+/// The process's event metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("registered once");
+            metric
+        };
+        let counter = |name: &str, help: &str| {
+            let metric = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("registered once");
+            metric
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid");
+            registry.register(Box::new(metric.clone())).expect("registered once");
+            metric
+        };
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "scandium_request_duration_seconds",
+                "Time to handle a request, by kind.",
+            )
+            .buckets(latency_buckets()),
+            &["kind"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(request_seconds.clone())).expect("registered once");
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("registered once");
+        let metrics = Metrics {
+            requests: counter_vec(
+                "scandium_requests_total",
+                "Requests handled, by kind.",
+                &["kind"],
+            ),
+            request_seconds,
+            region_errors: counter_vec(
+                "scandium_region_errors_total",
+                "Region errors answered, by reason.",
+                &["reason"],
+            ),
+            key_errors: counter_vec(
+                "scandium_key_errors_total",
+                "Transaction key errors answered, by reason.",
+                &["reason"],
+            ),
+            raft_round_seconds: histogram(
+                "scandium_raft_round_duration_seconds",
+                "Time of one Raft round: append, fsync and apply of every group with work.",
+                latency_buckets(),
+            ),
+            raft_proposals: counter("scandium_raft_proposals_total", "Proposals to Raft groups."),
+            tso_requests: counter("scandium_tso_requests_total", "Timestamp requests served."),
+            tso_batch: histogram(
+                "scandium_tso_batch_size",
+                "Timestamps asked for per request.",
+                prometheus::exponential_buckets(1.0, 2.0, 12).expect("valid buckets"),
+            ),
+            tso_seconds: histogram(
+                "scandium_tso_duration_seconds",
+                "Time to serve a timestamp request.",
+                latency_buckets(),
+            ),
+            lock_waits: counter(
+                "scandium_lock_waits_total",
+                "Pessimistic lock requests that waited for another transaction.",
+            ),
+            deadlocks: counter("scandium_deadlocks_total", "Lock waits that found a deadlock."),
+            gc_deleted: counter(
+                "scandium_gc_deleted_versions_total",
+                "Old versions deleted by garbage collection.",
+            ),
+            registry,
+        };
+        for kind in REQUEST_KINDS {
+            metrics.requests.with_label_values(&[kind]);
+            metrics.request_seconds.with_label_values(&[kind]);
+        }
+        for reason in REGION_ERROR_REASONS {
+            metrics.region_errors.with_label_values(&[reason]);
+        }
+        for reason in KEY_ERROR_REASONS {
+            metrics.key_errors.with_label_values(&[reason]);
+        }
+        metrics
+    }
+
+    /// Starts timing a request of `kind`; the time is recorded when the guard is dropped.
+    pub fn request(&self, kind: &'static str) -> RequestTimer {
+        debug_assert!(REQUEST_KINDS.contains(&kind), "request kind {kind} is listed");
+        RequestTimer { kind, started: Instant::now() }
+    }
+
+    /// Counts a Region error by the kind of error it is.
+    pub fn region_error(&self, error: &scandium_protocol::errorpb::Error) {
+        let reason = match error {
+            e if e.not_leader.is_some() => "not_leader",
+            e if e.epoch_not_match.is_some() => "epoch_not_match",
+            e if e.disk_full.is_some() => "disk_full",
+            e if e.server_is_busy.is_some() => "server_is_busy",
+            e if e.region_not_found.is_some() => "region_not_found",
+            e if e.key_not_in_region.is_some() => "key_not_in_region",
+            e if e.stale_command.is_some() => "stale_command",
+            e if e.store_not_match.is_some() => "store_not_match",
+            e if e.raft_entry_too_large.is_some() => "raft_entry_too_large",
+            e if e.max_timestamp_not_synced.is_some() => "max_timestamp_not_synced",
+            _ => "other",
+        };
+        self.region_errors.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a key error by the kind of error it is.
+    pub fn key_error(&self, error: &scandium_protocol::kvrpcpb::KeyError) {
+        let reason = match error {
+            e if e.locked.is_some() => "locked",
+            e if e.conflict.is_some() => "conflict",
+            e if e.deadlock.is_some() => "deadlock",
+            e if e.already_exist.is_some() => "already_exist",
+            e if e.commit_ts_expired.is_some() => "commit_ts_expired",
+            e if e.txn_not_found.is_some() => "txn_not_found",
+            e if !e.retryable.is_empty() => "retryable",
+            e if !e.abort.is_empty() => "abort",
+            _ => "other",
+        };
+        self.key_errors.with_label_values(&[reason]).inc();
+    }
+}
+
+/// Times one request; records its kind and duration when dropped.
+pub struct RequestTimer {
+    kind: &'static str,
+    started: Instant,
+}
+
+impl Drop for RequestTimer {
+    fn drop(&mut self) {
+        METRICS.requests.with_label_values(&[self.kind]).inc();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        METRICS.request_seconds.with_label_values(&[self.kind]).observe(elapsed);
+    }
+}
+
+/// The node's state as gauges and counters, read now.
+fn node_state(node: &NodeContext) -> Registry {
+    let registry = Registry::new();
+    let gauge = |name: &str, help: &str, value: i64| {
+        let metric = IntGauge::new(name, help).expect("valid metric");
+        metric.set(value);
+        registry.register(Box::new(metric)).expect("registered once");
+    };
+    let counter = |name: &str, help: &str, value: u64| {
+        let metric = IntCounter::new(name, help).expect("valid metric");
+        metric.inc_by(value);
+        registry.register(Box::new(metric)).expect("registered once");
+    };
+    let regions = node.registry.all();
+    let leaders = regions.iter().filter(|s| s.ready_for_reads).count();
+    let pending: usize = regions.iter().map(|s| s.pending_peers.len()).sum();
+    let down: usize = regions.iter().map(|s| s.down_peers.len()).sum();
+    gauge("scandium_regions", "Regions with a replica on this node.", regions.len() as i64);
+    gauge("scandium_region_leaders", "Regions this node leads and serves.", leaders as i64);
+    gauge("scandium_pending_peers", "Lagging peers of Regions led here.", pending as i64);
+    gauge("scandium_down_peers", "Unresponsive peers of Regions led here.", down as i64);
+    gauge(
+        "scandium_placement_leader",
+        "1 if this node leads the placement group.",
+        i64::from(node.placement.is_serving()),
+    );
+    gauge("scandium_store_id", "This node's store id.", node.store_id as i64);
+    gauge(
+        "scandium_storage_disk_bytes",
+        "Bytes the storage engine uses on disk.",
+        node.engine.disk_size() as i64,
+    );
+    let free = node.disk.free();
+    if free != u64::MAX {
+        gauge(
+            "scandium_storage_free_bytes",
+            "Free space of the data directory's file system.",
+            free as i64,
+        );
+    }
+    gauge(
+        "scandium_storage_disk_full",
+        "1 while writes are refused for lack of free space.",
+        i64::from(node.disk.is_full()),
+    );
+    let stats = node.transport.stats();
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    counter(
+        "scandium_raft_messages_sent_total",
+        "Raft messages sent to other nodes.",
+        load(&stats.sent),
+    );
+    counter(
+        "scandium_raft_messages_dropped_total",
+        "Raft messages dropped (queue full, peer unreachable).",
+        load(&stats.dropped),
+    );
+    counter(
+        "scandium_raft_snapshots_sent_total",
+        "Snapshots sent to other nodes.",
+        load(&stats.snapshots_sent),
+    );
+    counter(
+        "scandium_raft_snapshots_failed_total",
+        "Snapshot transfers that failed.",
+        load(&stats.snapshots_failed),
+    );
+    counter(
+        "scandium_refused_total",
+        "Messages and requests refused (other cluster, other store, malformed, saturated).",
+        node.refused.load(Ordering::Relaxed),
+    );
+    gauge(
+        "scandium_gc_safe_point",
+        "The cluster's GC safe point (a timestamp), as this node's placement replica holds it.",
+        node.placement.read().gc_safe_point() as i64,
+    );
+    registry
+}
+
+/// The text exposition of every metric, for `GET /metrics`.
+pub fn render(node: &NodeContext) -> String {
+    let mut families = METRICS.registry.gather();
+    families.extend(node_state(node).gather());
+    let mut text = Vec::new();
+    if TextEncoder::new().encode(&families, &mut text).is_err() {
+        return String::new();
+    }
+    String::from_utf8(text).unwrap_or_default()
+}
