@@ -19,6 +19,8 @@ pub fn routes(router: Router, node: Arc<NodeContext>) -> Router {
         .route("/pd/api/v1/health", get(members_health))
         .route("/pd/api/v1/members", get(members))
         .route("/pd/api/v1/leader", get(leader))
+        .route("/", get(status_page))
+        .route("/api/v1/regions", get(regions_page))
         .route("/health", get(health))
         .route("/debug/digests", get(digests))
         .route("/metrics", get(metrics))
@@ -162,7 +164,74 @@ async fn members_health(State(node): State<Arc<NodeContext>>) -> Json<Value> {
     Json(json!(list))
 }
 
-async fn health(State(node): State<Arc<NodeContext>>) -> Json<Value> {
+/// `GET /`: the status page, one file embedded in the binary; everything it shows comes
+/// from the JSON endpoints on the same port (docs/status-page.md).
+async fn status_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("status/index.html"))
+}
+
+/// Paging and search of `GET /api/v1/regions`.
+#[derive(serde::Deserialize)]
+struct RegionsQuery {
+    /// Only the Region holding this key (as text).
+    key: Option<String>,
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+/// The most Regions one page holds.
+const MAX_PAGE: usize = 1000;
+
+/// `GET /api/v1/regions?offset=N&limit=M[&key=K]`: Regions in key order as placement knows
+/// them, a page at a time, or the one holding key K. Keys are shown as text, bytes that
+/// are not printable escaped.
+async fn regions_page(
+    State(node): State<Arc<NodeContext>>,
+    axum::extract::Query(query): axum::extract::Query<RegionsQuery>,
+) -> Json<Value> {
+    let mut regions: Vec<Region> = node.placement.read().regions().cloned().collect();
+    regions.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+    if let Some(key) = &query.key {
+        let key = key.as_bytes();
+        regions.retain(|r| {
+            key >= r.start_key.as_slice() && (r.end_key.is_empty() || key < r.end_key.as_slice())
+        });
+    }
+    let total = regions.len();
+    let limit = query.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+    let page: Vec<Value> = regions
+        .iter()
+        .skip(query.offset)
+        .take(limit)
+        .map(|region| {
+            let leader = node.placement.read().leader_of(region.id).cloned();
+            json!({
+                "id": region.id,
+                "start_key": region.start_key.escape_ascii().to_string(),
+                "end_key": region.end_key.escape_ascii().to_string(),
+                "epoch": { "conf_ver": region.conf_ver, "version": region.version },
+                "leader_store": leader.map(|p| p.store_id),
+                "peers": region.peers.iter().map(|p| json!({
+                    "id": p.id,
+                    "store_id": p.store_id,
+                    "role": format!("{:?}", p.role()),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({ "total": total, "offset": query.offset, "regions": page }))
+}
+
+async fn health(
+    State(node): State<Arc<NodeContext>>,
+) -> ([(axum::http::HeaderName, &'static str); 1], Json<Value>) {
+    // The status page of any node reads every node's /health.
+    let cors = [(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")];
+    (cors, health_json(&node))
+}
+
+fn health_json(node: &NodeContext) -> Json<Value> {
     let regions = node.registry.all();
     let serving = regions.iter().filter(|s| s.ready_for_reads).count();
     Json(json!({
@@ -172,6 +241,8 @@ async fn health(State(node): State<Arc<NodeContext>>) -> Json<Value> {
         "regions_serving": serving,
         "placement_leader": node.placement.is_serving(),
         "disk_bytes": node.engine.disk_size(),
+        "disk_free_bytes": Some(node.disk.free()).filter(|&free| free != u64::MAX),
+        "disk_full": node.disk.is_full(),
         "process": crate::process::read(None).map(|p| json!({
             "cpu_seconds": p.cpu_seconds,
             "rss_bytes": p.rss_bytes,
