@@ -310,6 +310,52 @@ fn node_state(node: &NodeContext) -> Registry {
         "1 while writes are refused for lack of free space.",
         i64::from(node.disk.is_full()),
     );
+    let engine = node.engine.stats();
+    let cf_bytes = prometheus::IntGaugeVec::new(
+        Opts::new("scandium_storage_cf_disk_bytes", "Bytes on disk, per column family."),
+        &["cf"],
+    )
+    .expect("valid metric");
+    for (cf, bytes) in &engine.cf_disk_bytes {
+        cf_bytes.with_label_values(&[cf.name()]).set(*bytes as i64);
+    }
+    registry.register(Box::new(cf_bytes)).expect("registered once");
+    gauge(
+        "scandium_storage_memtable_bytes",
+        "Bytes in memtables, active and sealed.",
+        engine.memtable_bytes as i64,
+    );
+    gauge("scandium_storage_cache_bytes", "Bytes in the block cache.", engine.cache_bytes as i64);
+    gauge(
+        "scandium_storage_cache_capacity_bytes",
+        "Capacity of the block cache.",
+        engine.cache_capacity_bytes as i64,
+    );
+    counter(
+        "scandium_storage_compactions_total",
+        "Compactions finished since the node started.",
+        engine.compactions_completed,
+    );
+    gauge(
+        "scandium_storage_active_compactions",
+        "Compactions running now.",
+        engine.active_compactions as i64,
+    );
+    gauge(
+        "scandium_storage_pending_flushes",
+        "Sealed memtables waiting to be flushed.",
+        engine.pending_flushes as i64,
+    );
+    gauge(
+        "scandium_storage_journals",
+        "Journal files (many: flushes are behind).",
+        engine.journals as i64,
+    );
+    counter(
+        "scandium_storage_slow_writes_total",
+        "Engine writes that took 50 ms or more (write stalls while flushes catch up, or a slow disk).",
+        engine.slow_writes,
+    );
     let stats = node.transport.stats();
     let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
     counter(

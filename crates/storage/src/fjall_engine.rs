@@ -1,10 +1,12 @@
 //! The on-disk engine: one fjall database, one fjall keyspace per column family.
 
-use crate::{Cf, Engine, KvIter, Mutation, Result, Snapshot, WriteBatch};
+use crate::{Cf, Engine, EngineStats, KvIter, Mutation, Result, Snapshot, WriteBatch};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Memory settings of the fjall engine. Every figure is a ceiling, not an allocation:
 /// an empty node uses almost none of it.
@@ -31,7 +33,12 @@ pub struct FjallEngine {
 struct Inner {
     db: Database,
     keyspaces: Vec<Keyspace>,
+    /// Writes that took [`SLOW_WRITE`] or more.
+    slow_writes: AtomicU64,
 }
+
+/// A write this slow counts as stalled (see [`EngineStats::slow_writes`]).
+const SLOW_WRITE: Duration = Duration::from_millis(50);
 
 impl FjallEngine {
     /// Opens (or creates) the engine in `dir`.
@@ -51,7 +58,7 @@ impl FjallEngine {
                 })
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(FjallEngine { inner: Arc::new(Inner { db, keyspaces }) })
+        Ok(FjallEngine { inner: Arc::new(Inner { db, keyspaces, slow_writes: AtomicU64::new(0) }) })
     }
 }
 
@@ -79,7 +86,11 @@ impl Engine for FjallEngine {
                 Mutation::Delete { cf, key } => fjall_batch.remove(inner.keyspace(cf), key),
             }
         }
+        let started = Instant::now();
         fjall_batch.commit()?;
+        if started.elapsed() >= SLOW_WRITE {
+            inner.slow_writes.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -98,6 +109,24 @@ impl Engine for FjallEngine {
 
     fn disk_size(&self) -> u64 {
         self.inner.db.disk_space().unwrap_or(0)
+    }
+
+    fn stats(&self) -> EngineStats {
+        let db = &self.inner.db;
+        EngineStats {
+            cf_disk_bytes: Cf::ALL
+                .iter()
+                .map(|&cf| (cf, self.inner.keyspace(cf).disk_space()))
+                .collect(),
+            memtable_bytes: db.write_buffer_size(),
+            cache_bytes: db.cache_size(),
+            cache_capacity_bytes: db.cache_capacity(),
+            compactions_completed: db.compactions_completed() as u64,
+            active_compactions: db.active_compactions() as u64,
+            pending_flushes: db.outstanding_flushes() as u64,
+            journals: db.journal_count() as u64,
+            slow_writes: self.inner.slow_writes.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -147,6 +147,35 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Bytes the engine occupies on disk (approximate; 0 for memory engines).
     fn disk_size(&self) -> u64;
+
+    /// What the engine reports of itself, for metrics (empty for memory engines).
+    fn stats(&self) -> EngineStats {
+        EngineStats::default()
+    }
+}
+
+/// An engine's own figures, read at once (for `/metrics`).
+#[derive(Clone, Debug, Default)]
+pub struct EngineStats {
+    /// Bytes on disk, per column family.
+    pub cf_disk_bytes: Vec<(Cf, u64)>,
+    /// Bytes in memtables, active and sealed.
+    pub memtable_bytes: u64,
+    /// Bytes in the block cache, and its capacity.
+    pub cache_bytes: u64,
+    /// The block cache's capacity.
+    pub cache_capacity_bytes: u64,
+    /// Compactions finished since the engine opened.
+    pub compactions_completed: u64,
+    /// Compactions running now.
+    pub active_compactions: u64,
+    /// Sealed memtables waiting to be flushed.
+    pub pending_flushes: u64,
+    /// Journal files (more than a few: flushes are behind).
+    pub journals: u64,
+    /// Writes that took 50 ms or more: the engine throttling writers while flushes catch
+    /// up (a write stall), or a slow disk.
+    pub slow_writes: u64,
 }
 
 /// A consistent, read-only view of an engine.
