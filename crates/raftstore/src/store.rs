@@ -63,6 +63,19 @@ pub struct RoundOutput {
     pub messages: Vec<PeerMessage>,
     /// Role and Region changes.
     pub events: Vec<Event>,
+    /// How long the round's steps took, for metrics (`None`: the step had nothing to do).
+    pub timings: RoundTimings,
+}
+
+/// The time of each step of a round that had work.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RoundTimings {
+    /// Writing every group's new entries and hard state (one batch).
+    pub append: Option<std::time::Duration>,
+    /// The fsync that makes them durable.
+    pub sync: Option<std::time::Duration>,
+    /// Applying the committed entries of every group (one batch, written, not synced).
+    pub apply: Option<std::time::Duration>,
 }
 
 /// Why an incoming message was not delivered. Each is counted by the server; none is an
@@ -581,6 +594,7 @@ impl Store {
         let mut output = RoundOutput {
             messages: std::mem::take(&mut self.outbox),
             events: std::mem::take(&mut self.events),
+            timings: RoundTimings::default(),
         };
         for peer in self.peers.values_mut() {
             peer.flush_reads(now);
@@ -626,11 +640,16 @@ impl Store {
             send(std::mem::take(&mut output.messages));
         }
         if !log_batch.is_empty() {
+            let started = std::time::Instant::now();
             self.engine.write(log_batch)?;
+            output.timings.append = Some(started.elapsed());
         }
         if must_sync {
+            let started = std::time::Instant::now();
             self.engine.sync()?;
+            output.timings.sync = Some(started.elapsed());
         }
+        let applying = std::time::Instant::now();
         let mut persisted = Vec::new();
         for (id, ready, _, _) in &mut readies {
             let peer = self.peers.get(id).expect("peer of a ready exists");
@@ -712,6 +731,7 @@ impl Store {
             touched.push(id);
         }
         self.engine.write(apply_batch)?;
+        output.timings.apply = Some(applying.elapsed());
         for id in &touched {
             let peer = self.peers.get_mut(id).expect("touched peer exists");
             let applied = peer.raw.store().apply_state().applied_index;

@@ -90,7 +90,7 @@ fn latency_buckets() -> Vec<f64> {
 /// The process-wide event metrics.
 pub struct Metrics {
     registry: Registry,
-    /// Requests handled, by kind (the RPC's handler).
+    /// Requests handled, by kind (the RPC's handler) and outcome.
     pub requests: IntCounterVec,
     /// How long requests took, by kind.
     pub request_seconds: HistogramVec,
@@ -114,6 +114,15 @@ pub struct Metrics {
     pub deadlocks: IntCounter,
     /// Versions deleted by garbage collection.
     pub gc_deleted: IntCounter,
+    /// Locks committed or rolled back on behalf of their transactions (resolve-lock
+    /// requests, GC).
+    pub resolved_locks: IntCounter,
+    /// Writing a round's new log entries (every group's, one batch).
+    pub raft_append_seconds: Histogram,
+    /// The fsync that makes a round's log writes durable.
+    pub raft_sync_seconds: Histogram,
+    /// Applying a round's committed entries.
+    pub raft_apply_seconds: Histogram,
 }
 
 /// The process's event metrics.
@@ -155,8 +164,8 @@ impl Metrics {
         let metrics = Metrics {
             requests: counter_vec(
                 "scandium_requests_total",
-                "Requests handled, by kind.",
-                &["kind"],
+                "Requests handled, by kind and outcome.",
+                &["kind", "outcome"],
             ),
             request_seconds,
             region_errors: counter_vec(
@@ -195,10 +204,31 @@ impl Metrics {
                 "scandium_gc_deleted_versions_total",
                 "Old versions deleted by garbage collection.",
             ),
+            resolved_locks: counter(
+                "scandium_resolved_locks_total",
+                "Locks committed or rolled back for their transactions (resolve-lock, GC).",
+            ),
+            raft_append_seconds: histogram(
+                "scandium_raft_append_duration_seconds",
+                "Time to write a round's new log entries (every group's, one batch).",
+                latency_buckets(),
+            ),
+            raft_sync_seconds: histogram(
+                "scandium_raft_fsync_duration_seconds",
+                "Time of the fsync that makes a round's log writes durable.",
+                latency_buckets(),
+            ),
+            raft_apply_seconds: histogram(
+                "scandium_raft_apply_duration_seconds",
+                "Time to apply a round's committed entries (one batch).",
+                latency_buckets(),
+            ),
             registry,
         };
         for kind in REQUEST_KINDS {
-            metrics.requests.with_label_values(&[kind]);
+            for outcome in Outcome::ALL {
+                metrics.requests.with_label_values(&[kind, outcome.label()]);
+            }
             metrics.request_seconds.with_label_values(&[kind]);
         }
         for reason in REGION_ERROR_REASONS {
@@ -210,10 +240,11 @@ impl Metrics {
         metrics
     }
 
-    /// Starts timing a request of `kind`; the time is recorded when the guard is dropped.
+    /// Starts timing a request of `kind`; its kind, outcome and duration are recorded when
+    /// the guard is dropped (the outcome is `ok` unless the handler says otherwise).
     pub fn request(&self, kind: &'static str) -> RequestTimer {
         debug_assert!(REQUEST_KINDS.contains(&kind), "request kind {kind} is listed");
-        RequestTimer { kind, started: Instant::now() }
+        RequestTimer { kind, started: Instant::now(), outcome: std::cell::Cell::new(Outcome::Ok) }
     }
 
     /// Counts a Region error by the kind of error it is.
@@ -251,15 +282,77 @@ impl Metrics {
     }
 }
 
-/// Times one request; records its kind and duration when dropped.
+/// How a request ended, as its answer tells the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Served.
+    Ok,
+    /// Answered with a Region error (the client retries elsewhere or later).
+    RegionError,
+    /// Answered with a key error (a lock, a conflict, ...).
+    KeyError,
+    /// Refused: an invalid request, or a failure of this node.
+    Error,
+}
+
+impl Outcome {
+    /// Every outcome, as exported from the start.
+    pub const ALL: [Outcome; 4] =
+        [Outcome::Ok, Outcome::RegionError, Outcome::KeyError, Outcome::Error];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::RegionError => "region_error",
+            Outcome::KeyError => "key_error",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Times one request; records its kind, outcome and duration when dropped.
 pub struct RequestTimer {
     kind: &'static str,
     started: Instant,
+    outcome: std::cell::Cell<Outcome>,
+}
+
+impl RequestTimer {
+    /// Records how the request ended.
+    pub fn set(&self, outcome: Outcome) {
+        self.outcome.set(outcome);
+    }
+
+    /// Marks the request answered with `error`, counting it by reason.
+    pub fn region_error(
+        &self,
+        error: scandium_protocol::errorpb::Error,
+    ) -> scandium_protocol::errorpb::Error {
+        self.set(Outcome::RegionError);
+        METRICS.region_error(&error);
+        error
+    }
+
+    /// Marks the request refused with `status`.
+    pub fn refused(&self, status: tonic::Status) -> tonic::Status {
+        self.set(Outcome::Error);
+        status
+    }
+
+    /// Records the outcome a request error stands for.
+    pub fn failed(&self, error: &crate::error::RequestError) {
+        self.set(match error {
+            crate::error::RequestError::Region(_) => Outcome::RegionError,
+            _ => Outcome::Error,
+        });
+    }
 }
 
 impl Drop for RequestTimer {
     fn drop(&mut self) {
-        METRICS.requests.with_label_values(&[self.kind]).inc();
+        let outcome = self.outcome.get().label();
+        METRICS.requests.with_label_values(&[self.kind, outcome]).inc();
         let elapsed = self.started.elapsed().as_secs_f64();
         METRICS.request_seconds.with_label_values(&[self.kind]).observe(elapsed);
     }

@@ -313,7 +313,20 @@ fn round(
 ) -> Result<scandium_raftstore::RoundOutput, scandium_raftstore::RaftstoreError> {
     let started = Instant::now();
     let output = store.handle_ready_sending(&mut |messages| outputs.transport.send(messages));
-    crate::metrics::METRICS.raft_round_seconds.observe(started.elapsed().as_secs_f64());
+    let metrics = &crate::metrics::METRICS;
+    metrics.raft_round_seconds.observe(started.elapsed().as_secs_f64());
+    if let Ok(output) = &output {
+        let timings = output.timings;
+        for (histogram, took) in [
+            (&metrics.raft_append_seconds, timings.append),
+            (&metrics.raft_sync_seconds, timings.sync),
+            (&metrics.raft_apply_seconds, timings.apply),
+        ] {
+            if let Some(took) = took {
+                histogram.observe(took.as_secs_f64());
+            }
+        }
+    }
     output
 }
 

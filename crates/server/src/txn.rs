@@ -617,17 +617,22 @@ impl NodeContext {
         keys: &[Vec<u8>],
         fate_of: &impl Fn(u64) -> Option<u64>,
     ) -> TxnResult<()> {
-        self.txn_write(region, keys, |reader, txn| {
-            for key in keys {
-                // Re-read under the latch: the lock may have been resolved meanwhile.
-                let Some(lock) = reader.load_lock(key)? else { continue };
-                if let Some(commit_ts) = fate_of(lock.start_ts) {
-                    cleanup::resolve_lock(reader, txn, key, lock, TimeStamp(commit_ts))?;
+        let resolved = self
+            .txn_write(region, keys, |reader, txn| {
+                let mut resolved = 0;
+                for key in keys {
+                    // Re-read under the latch: the lock may have been resolved meanwhile.
+                    let Some(lock) = reader.load_lock(key)? else { continue };
+                    if let Some(commit_ts) = fate_of(lock.start_ts) {
+                        cleanup::resolve_lock(reader, txn, key, lock, TimeStamp(commit_ts))?;
+                        resolved += 1;
+                    }
                 }
-            }
-            Ok(())
-        })
-        .await
+                Ok(resolved)
+            })
+            .await?;
+        crate::metrics::METRICS.resolved_locks.inc_by(resolved);
+        Ok(())
     }
 
     /// `KvScanLock`: locks with `start_ts <= max_version` in the range, in key order; a

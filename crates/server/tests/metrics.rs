@@ -54,11 +54,23 @@ async fn metrics_count_requests_and_show_the_node_state() {
     let mut txn = txns.begin_optimistic().await.unwrap();
     txn.put(b"mt".to_vec(), b"v".to_vec()).await.unwrap();
     txn.commit().await.unwrap();
+    // A write conflict: a key error, counted by outcome and by reason.
+    let mut first = txns.begin_optimistic().await.unwrap();
+    let mut second = txns.begin_optimistic().await.unwrap();
+    first.put(b"mc".to_vec(), b"1".to_vec()).await.unwrap();
+    second.put(b"mc".to_vec(), b"2".to_vec()).await.unwrap();
+    first.commit().await.unwrap();
+    assert!(second.commit().await.is_err(), "the later commit conflicts");
 
     let text = scrape(&node).await;
-    let puts = sample(&text, "scandium_requests_total{kind=\"raw_put\"}").unwrap_or(0.0);
-    assert!(puts >= 5.0, "raw puts counted: {puts}\n{text}");
-    assert!(sample(&text, "scandium_requests_total{kind=\"kv_prewrite\"}").is_some(), "{text}");
+    let puts = sample(&text, "scandium_requests_total{kind=\"raw_put\",outcome=\"ok\"}");
+    assert!(puts.unwrap_or(0.0) >= 5.0, "raw puts counted: {puts:?}\n{text}");
+    let conflicted =
+        sample(&text, "scandium_requests_total{kind=\"kv_prewrite\",outcome=\"key_error\"}");
+    assert!(conflicted.unwrap_or(0.0) >= 1.0, "a conflicting prewrite: {conflicted:?}\n{text}");
+    let conflicts = sample(&text, "scandium_key_errors_total{reason=\"conflict\"}");
+    assert!(conflicts.unwrap_or(0.0) >= 1.0, "{text}");
+    assert!(sample(&text, "scandium_raft_fsync_duration_seconds_count").unwrap() >= 1.0);
     assert!(text.contains("scandium_request_duration_seconds_bucket{kind=\"raw_put\",le="));
     assert!(sample(&text, "scandium_regions").unwrap() >= 1.0, "{text}");
     assert_eq!(sample(&text, "scandium_placement_leader"), Some(1.0));

@@ -5,7 +5,7 @@
 use crate::context::NodeContext;
 use crate::convert::region_to_meta;
 use crate::error::RequestError;
-use crate::metrics::METRICS;
+use crate::metrics::{Outcome, METRICS};
 use crate::txn_error::{key_error, lock_info, Failure};
 use scandium_protocol::kvrpcpb::{self, KvPair};
 use scandium_protocol::tikvpb;
@@ -13,12 +13,6 @@ use scandium_protocol::tikvpb::tikv_server::Tikv;
 use scandium_txn::actions::cleanup::{SecondaryStatus, StatusAction, TxnStatus};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-
-/// A Region error about to be answered, counted by reason.
-fn counted(error: scandium_protocol::errorpb::Error) -> scandium_protocol::errorpb::Error {
-    METRICS.region_error(&error);
-    error
-}
 
 /// The storage service of one node. Cheap to clone: `BatchCommands` runs each command
 /// on its own task with a clone.
@@ -46,11 +40,14 @@ fn pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<KvPair> {
 /// Builds a response: `fill` sets the success fields; a failure goes to the response's
 /// `region_error` / `error` fields, never to the gRPC status.
 macro_rules! respond {
-    ($response:ty, $result:expr, |$resp:ident, $value:ident| $fill:expr) => {{
+    ($timer:ident, $response:ty, $result:expr, |$resp:ident, $value:ident| $fill:expr) => {{
         let mut $resp = <$response>::default();
         match $result {
             Ok($value) => $fill,
-            Err(e) => RequestError::fill(e, &mut $resp.region_error, &mut $resp.error),
+            Err(e) => {
+                $timer.failed(&e);
+                RequestError::fill(e, &mut $resp.region_error, &mut $resp.error)
+            }
         }
         Ok(Response::new($resp))
     }};
@@ -58,12 +55,15 @@ macro_rules! respond {
 
 /// Like `respond!` for transactional responses, whose `error` is a `KeyError`.
 macro_rules! txn_respond {
-    ($response:ty, $result:expr, |$resp:ident, $value:ident| $fill:expr) => {{
+    ($timer:ident, $response:ty, $result:expr, |$resp:ident, $value:ident| $fill:expr) => {{
         let mut $resp = <$response>::default();
         match $result {
             Ok($value) => $fill,
-            Err(Failure::Region(e)) => $resp.region_error = Some(counted(*e)),
-            Err(Failure::Key(e)) => $resp.error = Some(*e),
+            Err(Failure::Region(e)) => $resp.region_error = Some($timer.region_error(*e)),
+            Err(Failure::Key(e)) => {
+                $timer.set(Outcome::KeyError);
+                $resp.error = Some(*e)
+            }
         }
         Ok(Response::new($resp))
     }};
@@ -91,9 +91,9 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::RawGetRequest>,
     ) -> Result<Response<kvrpcpb::RawGetResponse>, Status> {
-        let _timer = METRICS.request("raw_get");
+        let timer = METRICS.request("raw_get");
         let result = self.node.raw_get(request.get_ref()).await;
-        respond!(kvrpcpb::RawGetResponse, result, |resp, value| match value {
+        respond!(timer, kvrpcpb::RawGetResponse, result, |resp, value| match value {
             Some(value) => resp.value = value,
             None => resp.not_found = true,
         })
@@ -103,15 +103,15 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::RawBatchGetRequest>,
     ) -> Result<Response<kvrpcpb::RawBatchGetResponse>, Status> {
-        let _timer = METRICS.request("raw_batch_get");
+        let timer = METRICS.request("raw_batch_get");
         let result = self.node.raw_batch_get(request.get_ref()).await;
         let mut resp = kvrpcpb::RawBatchGetResponse::default();
         match result {
             Ok(found) => resp.pairs = pairs(found),
-            Err(RequestError::Region(e)) => resp.region_error = Some(counted(*e)),
+            Err(RequestError::Region(e)) => resp.region_error = Some(timer.region_error(*e)),
             // The response has no error field; a pair carrying an error but no key would
             // crash API V2 clients, which strip a prefix from every key.
-            Err(e) => return Err(Status::invalid_argument(e.to_string())),
+            Err(e) => return Err(timer.refused(Status::invalid_argument(e.to_string()))),
         }
         Ok(Response::new(resp))
     }
@@ -120,49 +120,49 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::RawPutRequest>,
     ) -> Result<Response<kvrpcpb::RawPutResponse>, Status> {
-        let _timer = METRICS.request("raw_put");
+        let timer = METRICS.request("raw_put");
         let result = self.node.raw_put(request.into_inner()).await;
-        respond!(kvrpcpb::RawPutResponse, result, |_resp, _unit| ())
+        respond!(timer, kvrpcpb::RawPutResponse, result, |_resp, _unit| ())
     }
 
     async fn raw_batch_put(
         &self,
         request: Request<kvrpcpb::RawBatchPutRequest>,
     ) -> Result<Response<kvrpcpb::RawBatchPutResponse>, Status> {
-        let _timer = METRICS.request("raw_batch_put");
+        let timer = METRICS.request("raw_batch_put");
         let result = self.node.raw_batch_put(request.into_inner()).await;
-        respond!(kvrpcpb::RawBatchPutResponse, result, |_resp, _unit| ())
+        respond!(timer, kvrpcpb::RawBatchPutResponse, result, |_resp, _unit| ())
     }
 
     async fn raw_delete(
         &self,
         request: Request<kvrpcpb::RawDeleteRequest>,
     ) -> Result<Response<kvrpcpb::RawDeleteResponse>, Status> {
-        let _timer = METRICS.request("raw_delete");
+        let timer = METRICS.request("raw_delete");
         let result = self.node.raw_delete(request.into_inner()).await;
-        respond!(kvrpcpb::RawDeleteResponse, result, |_resp, _unit| ())
+        respond!(timer, kvrpcpb::RawDeleteResponse, result, |_resp, _unit| ())
     }
 
     async fn raw_batch_delete(
         &self,
         request: Request<kvrpcpb::RawBatchDeleteRequest>,
     ) -> Result<Response<kvrpcpb::RawBatchDeleteResponse>, Status> {
-        let _timer = METRICS.request("raw_batch_delete");
+        let timer = METRICS.request("raw_batch_delete");
         let result = self.node.raw_batch_delete(request.into_inner()).await;
-        respond!(kvrpcpb::RawBatchDeleteResponse, result, |_resp, _unit| ())
+        respond!(timer, kvrpcpb::RawBatchDeleteResponse, result, |_resp, _unit| ())
     }
 
     async fn raw_scan(
         &self,
         request: Request<kvrpcpb::RawScanRequest>,
     ) -> Result<Response<kvrpcpb::RawScanResponse>, Status> {
-        let _timer = METRICS.request("raw_scan");
+        let timer = METRICS.request("raw_scan");
         let result = self.node.raw_scan(request.get_ref()).await;
         let mut resp = kvrpcpb::RawScanResponse::default();
         match result {
             Ok(found) => resp.kvs = pairs(found),
-            Err(RequestError::Region(e)) => resp.region_error = Some(counted(*e)),
-            Err(e) => return Err(Status::invalid_argument(e.to_string())),
+            Err(RequestError::Region(e)) => resp.region_error = Some(timer.region_error(*e)),
+            Err(e) => return Err(timer.refused(Status::invalid_argument(e.to_string()))),
         }
         Ok(Response::new(resp))
     }
@@ -171,13 +171,13 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::RawBatchScanRequest>,
     ) -> Result<Response<kvrpcpb::RawBatchScanResponse>, Status> {
-        let _timer = METRICS.request("raw_batch_scan");
+        let timer = METRICS.request("raw_batch_scan");
         let result = self.node.raw_batch_scan(request.get_ref()).await;
         let mut resp = kvrpcpb::RawBatchScanResponse::default();
         match result {
             Ok(found) => resp.kvs = pairs(found),
-            Err(RequestError::Region(e)) => resp.region_error = Some(counted(*e)),
-            Err(e) => return Err(Status::invalid_argument(e.to_string())),
+            Err(RequestError::Region(e)) => resp.region_error = Some(timer.region_error(*e)),
+            Err(e) => return Err(timer.refused(Status::invalid_argument(e.to_string()))),
         }
         Ok(Response::new(resp))
     }
@@ -186,18 +186,18 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::RawDeleteRangeRequest>,
     ) -> Result<Response<kvrpcpb::RawDeleteRangeResponse>, Status> {
-        let _timer = METRICS.request("raw_delete_range");
+        let timer = METRICS.request("raw_delete_range");
         let result = self.node.raw_delete_range(request.get_ref()).await;
-        respond!(kvrpcpb::RawDeleteRangeResponse, result, |_resp, _unit| ())
+        respond!(timer, kvrpcpb::RawDeleteRangeResponse, result, |_resp, _unit| ())
     }
 
     async fn raw_get_key_ttl(
         &self,
         request: Request<kvrpcpb::RawGetKeyTtlRequest>,
     ) -> Result<Response<kvrpcpb::RawGetKeyTtlResponse>, Status> {
-        let _timer = METRICS.request("raw_get_key_ttl");
+        let timer = METRICS.request("raw_get_key_ttl");
         let result = self.node.raw_get_key_ttl(request.get_ref()).await;
-        respond!(kvrpcpb::RawGetKeyTtlResponse, result, |resp, ttl| match ttl {
+        respond!(timer, kvrpcpb::RawGetKeyTtlResponse, result, |resp, ttl| match ttl {
             Some(ttl) => resp.ttl = ttl,
             None => resp.not_found = true,
         })
@@ -207,9 +207,9 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::RawCasRequest>,
     ) -> Result<Response<kvrpcpb::RawCasResponse>, Status> {
-        let _timer = METRICS.request("raw_compare_and_swap");
+        let timer = METRICS.request("raw_compare_and_swap");
         let result = self.node.raw_compare_and_swap(request.into_inner()).await;
-        respond!(kvrpcpb::RawCasResponse, result, |resp, outcome| {
+        respond!(timer, kvrpcpb::RawCasResponse, result, |resp, outcome| {
             resp.succeed = outcome.succeeded;
             match outcome.previous {
                 Some(previous) => resp.previous_value = previous,
@@ -222,9 +222,9 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::RawChecksumRequest>,
     ) -> Result<Response<kvrpcpb::RawChecksumResponse>, Status> {
-        let _timer = METRICS.request("raw_checksum");
+        let timer = METRICS.request("raw_checksum");
         let result = self.node.raw_checksum(request.get_ref()).await;
-        respond!(kvrpcpb::RawChecksumResponse, result, |resp, sum| {
+        respond!(timer, kvrpcpb::RawChecksumResponse, result, |resp, sum| {
             resp.checksum = sum.crc64_xor;
             resp.total_kvs = sum.total_kvs;
             resp.total_bytes = sum.total_bytes;
@@ -235,7 +235,7 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::SplitRegionRequest>,
     ) -> Result<Response<kvrpcpb::SplitRegionResponse>, Status> {
-        let _timer = METRICS.request("split_region");
+        let timer = METRICS.request("split_region");
         let req = request.into_inner();
         let mut keys = req.split_keys;
         if !req.split_key.is_empty() {
@@ -244,8 +244,8 @@ impl Tikv for TikvService {
         let mut resp = kvrpcpb::SplitRegionResponse::default();
         match crate::split::split_at_keys(&self.node, keys).await {
             Ok(regions) => resp.regions = regions.iter().map(region_to_meta).collect(),
-            Err(RequestError::Region(e)) => resp.region_error = Some(counted(*e)),
-            Err(e) => return Err(Status::invalid_argument(e.to_string())),
+            Err(RequestError::Region(e)) => resp.region_error = Some(timer.region_error(*e)),
+            Err(e) => return Err(timer.refused(Status::invalid_argument(e.to_string()))),
         }
         Ok(Response::new(resp))
     }
@@ -254,9 +254,9 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::GetRequest>,
     ) -> Result<Response<kvrpcpb::GetResponse>, Status> {
-        let _timer = METRICS.request("kv_get");
+        let timer = METRICS.request("kv_get");
         let result = self.node.kv_get(request.get_ref()).await;
-        txn_respond!(kvrpcpb::GetResponse, result, |resp, value| match value {
+        txn_respond!(timer, kvrpcpb::GetResponse, result, |resp, value| match value {
             Some(value) => resp.value = value,
             None => resp.not_found = true,
         })
@@ -266,13 +266,14 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::BatchGetRequest>,
     ) -> Result<Response<kvrpcpb::BatchGetResponse>, Status> {
-        let _timer = METRICS.request("kv_batch_get");
+        let timer = METRICS.request("kv_batch_get");
         let req = request.into_inner();
         let mut resp = kvrpcpb::BatchGetResponse::default();
         match self.node.kv_batch_get(&req).await {
             Ok(pairs) => resp.pairs = pairs,
-            Err(Failure::Region(e)) => resp.region_error = Some(counted(*e)),
+            Err(Failure::Region(e)) => resp.region_error = Some(timer.region_error(*e)),
             Err(Failure::Key(e)) => {
+                timer.set(Outcome::KeyError);
                 let key = req.keys.first().cloned().unwrap_or_default();
                 (resp.pairs, resp.error) = pairs_carrying(key, *e);
             }
@@ -284,13 +285,14 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::ScanRequest>,
     ) -> Result<Response<kvrpcpb::ScanResponse>, Status> {
-        let _timer = METRICS.request("kv_scan");
+        let timer = METRICS.request("kv_scan");
         let req = request.into_inner();
         let mut resp = kvrpcpb::ScanResponse::default();
         match self.node.kv_scan(&req).await {
             Ok(pairs) => resp.pairs = pairs,
-            Err(Failure::Region(e)) => resp.region_error = Some(counted(*e)),
+            Err(Failure::Region(e)) => resp.region_error = Some(timer.region_error(*e)),
             Err(Failure::Key(e)) => {
+                timer.set(Outcome::KeyError);
                 let key = if req.reverse { &req.end_key } else { &req.start_key };
                 (resp.pairs, resp.error) = pairs_carrying(key.clone(), *e);
             }
@@ -302,16 +304,22 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::PrewriteRequest>,
     ) -> Result<Response<kvrpcpb::PrewriteResponse>, Status> {
-        let _timer = METRICS.request("kv_prewrite");
+        let timer = METRICS.request("kv_prewrite");
         let mut resp = kvrpcpb::PrewriteResponse::default();
         match self.node.kv_prewrite(request.into_inner()).await {
             Ok(result) => {
                 resp.errors = result.errors.iter().map(key_error).collect();
+                if !resp.errors.is_empty() {
+                    timer.set(Outcome::KeyError);
+                }
                 resp.min_commit_ts = result.min_commit_ts;
                 resp.one_pc_commit_ts = result.one_pc_commit_ts;
             }
-            Err(Failure::Region(e)) => resp.region_error = Some(counted(*e)),
-            Err(Failure::Key(e)) => resp.errors = vec![*e],
+            Err(Failure::Region(e)) => resp.region_error = Some(timer.region_error(*e)),
+            Err(Failure::Key(e)) => {
+                timer.set(Outcome::KeyError);
+                resp.errors = vec![*e]
+            }
         }
         Ok(Response::new(resp))
     }
@@ -320,9 +328,10 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::CommitRequest>,
     ) -> Result<Response<kvrpcpb::CommitResponse>, Status> {
-        let _timer = METRICS.request("kv_commit");
+        let timer = METRICS.request("kv_commit");
         let result = self.node.kv_commit(request.into_inner()).await;
-        txn_respond!(kvrpcpb::CommitResponse, result, |resp, commit_ts| resp.commit_version =
+        txn_respond!(timer, kvrpcpb::CommitResponse, result, |resp, commit_ts| resp
+            .commit_version =
             commit_ts)
     }
 
@@ -330,21 +339,22 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::BatchRollbackRequest>,
     ) -> Result<Response<kvrpcpb::BatchRollbackResponse>, Status> {
-        let _timer = METRICS.request("kv_batch_rollback");
+        let timer = METRICS.request("kv_batch_rollback");
         let result = self.node.kv_batch_rollback(request.into_inner()).await;
-        txn_respond!(kvrpcpb::BatchRollbackResponse, result, |_resp, _unit| ())
+        txn_respond!(timer, kvrpcpb::BatchRollbackResponse, result, |_resp, _unit| ())
     }
 
     async fn kv_cleanup(
         &self,
         request: Request<kvrpcpb::CleanupRequest>,
     ) -> Result<Response<kvrpcpb::CleanupResponse>, Status> {
-        let _timer = METRICS.request("kv_cleanup");
+        let timer = METRICS.request("kv_cleanup");
         let mut resp = kvrpcpb::CleanupResponse::default();
         match self.node.kv_cleanup(request.into_inner()).await {
             Ok(()) => {}
-            Err((Failure::Region(e), _)) => resp.region_error = Some(counted(*e)),
+            Err((Failure::Region(e), _)) => resp.region_error = Some(timer.region_error(*e)),
             Err((Failure::Key(e), commit_ts)) => {
+                timer.set(Outcome::KeyError);
                 resp.error = Some(*e);
                 resp.commit_version = commit_ts;
             }
@@ -356,9 +366,9 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::CheckTxnStatusRequest>,
     ) -> Result<Response<kvrpcpb::CheckTxnStatusResponse>, Status> {
-        let _timer = METRICS.request("kv_check_txn_status");
+        let timer = METRICS.request("kv_check_txn_status");
         let result = self.node.kv_check_txn_status(request.into_inner()).await;
-        txn_respond!(kvrpcpb::CheckTxnStatusResponse, result, |resp, outcome| {
+        txn_respond!(timer, kvrpcpb::CheckTxnStatusResponse, result, |resp, outcome| {
             let (status, action) = outcome;
             resp.action = match action {
                 StatusAction::NoAction => kvrpcpb::Action::NoAction,
@@ -386,12 +396,14 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::CheckSecondaryLocksRequest>,
     ) -> Result<Response<kvrpcpb::CheckSecondaryLocksResponse>, Status> {
-        let _timer = METRICS.request("kv_check_secondary_locks");
+        let timer = METRICS.request("kv_check_secondary_locks");
         let result = self.node.kv_check_secondary_locks(request.into_inner()).await;
-        txn_respond!(kvrpcpb::CheckSecondaryLocksResponse, result, |resp, status| match status {
-            SecondaryStatus::Locked(locks) => resp.locks = lock_infos(&locks),
-            SecondaryStatus::Committed(ts) => resp.commit_ts = ts.0,
-            SecondaryStatus::RolledBack => {}
+        txn_respond!(timer, kvrpcpb::CheckSecondaryLocksResponse, result, |resp, status| {
+            match status {
+                SecondaryStatus::Locked(locks) => resp.locks = lock_infos(&locks),
+                SecondaryStatus::Committed(ts) => resp.commit_ts = ts.0,
+                SecondaryStatus::RolledBack => {}
+            }
         })
     }
 
@@ -399,21 +411,24 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::TxnHeartBeatRequest>,
     ) -> Result<Response<kvrpcpb::TxnHeartBeatResponse>, Status> {
-        let _timer = METRICS.request("kv_txn_heart_beat");
+        let timer = METRICS.request("kv_txn_heart_beat");
         let result = self.node.kv_txn_heart_beat(request.into_inner()).await;
-        txn_respond!(kvrpcpb::TxnHeartBeatResponse, result, |resp, ttl| resp.lock_ttl = ttl)
+        txn_respond!(timer, kvrpcpb::TxnHeartBeatResponse, result, |resp, ttl| resp.lock_ttl = ttl)
     }
 
     async fn kv_pessimistic_rollback(
         &self,
         request: Request<kvrpcpb::PessimisticRollbackRequest>,
     ) -> Result<Response<kvrpcpb::PessimisticRollbackResponse>, Status> {
-        let _timer = METRICS.request("kv_pessimistic_rollback");
+        let timer = METRICS.request("kv_pessimistic_rollback");
         let mut resp = kvrpcpb::PessimisticRollbackResponse::default();
         match self.node.kv_pessimistic_rollback(request.into_inner()).await {
             Ok(()) => {}
-            Err(Failure::Region(e)) => resp.region_error = Some(counted(*e)),
-            Err(Failure::Key(e)) => resp.errors = vec![*e],
+            Err(Failure::Region(e)) => resp.region_error = Some(timer.region_error(*e)),
+            Err(Failure::Key(e)) => {
+                timer.set(Outcome::KeyError);
+                resp.errors = vec![*e]
+            }
         }
         Ok(Response::new(resp))
     }
@@ -422,7 +437,7 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::PessimisticLockRequest>,
     ) -> Result<Response<kvrpcpb::PessimisticLockResponse>, Status> {
-        let _timer = METRICS.request("kv_pessimistic_lock");
+        let timer = METRICS.request("kv_pessimistic_lock");
         let req = request.into_inner();
         let return_values = req.return_values;
         let mut resp = kvrpcpb::PessimisticLockResponse::default();
@@ -433,8 +448,11 @@ impl Tikv for TikvService {
                 resp.values = values.into_iter().map(Option::unwrap_or_default).collect();
             }
             Ok(_) => {}
-            Err(Failure::Region(e)) => resp.region_error = Some(counted(*e)),
-            Err(Failure::Key(e)) => resp.errors = vec![*e],
+            Err(Failure::Region(e)) => resp.region_error = Some(timer.region_error(*e)),
+            Err(Failure::Key(e)) => {
+                timer.set(Outcome::KeyError);
+                resp.errors = vec![*e]
+            }
         }
         Ok(Response::new(resp))
     }
@@ -443,39 +461,42 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::ResolveLockRequest>,
     ) -> Result<Response<kvrpcpb::ResolveLockResponse>, Status> {
-        let _timer = METRICS.request("kv_resolve_lock");
+        let timer = METRICS.request("kv_resolve_lock");
         let result = self.node.kv_resolve_lock(request.into_inner()).await;
-        txn_respond!(kvrpcpb::ResolveLockResponse, result, |_resp, _unit| ())
+        txn_respond!(timer, kvrpcpb::ResolveLockResponse, result, |_resp, _unit| ())
     }
 
     async fn kv_scan_lock(
         &self,
         request: Request<kvrpcpb::ScanLockRequest>,
     ) -> Result<Response<kvrpcpb::ScanLockResponse>, Status> {
-        let _timer = METRICS.request("kv_scan_lock");
+        let timer = METRICS.request("kv_scan_lock");
         let result = self.node.kv_scan_lock(request.get_ref()).await;
-        txn_respond!(kvrpcpb::ScanLockResponse, result, |resp, locks| resp.locks = locks)
+        txn_respond!(timer, kvrpcpb::ScanLockResponse, result, |resp, locks| resp.locks = locks)
     }
 
     async fn kv_gc(
         &self,
         request: Request<kvrpcpb::GcRequest>,
     ) -> Result<Response<kvrpcpb::GcResponse>, Status> {
-        let _timer = METRICS.request("kv_gc");
+        let timer = METRICS.request("kv_gc");
         let result = self.node.kv_gc(request.get_ref()).await;
-        txn_respond!(kvrpcpb::GcResponse, result, |_resp, _deleted| ())
+        txn_respond!(timer, kvrpcpb::GcResponse, result, |_resp, _deleted| ())
     }
 
     async fn kv_delete_range(
         &self,
         request: Request<kvrpcpb::DeleteRangeRequest>,
     ) -> Result<Response<kvrpcpb::DeleteRangeResponse>, Status> {
-        let _timer = METRICS.request("kv_delete_range");
+        let timer = METRICS.request("kv_delete_range");
         let mut resp = kvrpcpb::DeleteRangeResponse::default();
         match self.node.kv_delete_range(request.get_ref()).await {
             Ok(()) => {}
-            Err(Failure::Region(e)) => resp.region_error = Some(counted(*e)),
-            Err(Failure::Key(e)) => resp.error = format!("{e:?}"),
+            Err(Failure::Region(e)) => resp.region_error = Some(timer.region_error(*e)),
+            Err(Failure::Key(e)) => {
+                timer.set(Outcome::KeyError);
+                resp.error = format!("{e:?}")
+            }
         }
         Ok(Response::new(resp))
     }
@@ -484,10 +505,11 @@ impl Tikv for TikvService {
         &self,
         request: Request<kvrpcpb::UnsafeDestroyRangeRequest>,
     ) -> Result<Response<kvrpcpb::UnsafeDestroyRangeResponse>, Status> {
-        let _timer = METRICS.request("unsafe_destroy_range");
+        let timer = METRICS.request("unsafe_destroy_range");
         let req = request.into_inner();
         let mut resp = kvrpcpb::UnsafeDestroyRangeResponse::default();
         if let Err(e) = self.node.unsafe_destroy_range(&req.start_key, &req.end_key).await {
+            timer.set(Outcome::Error);
             resp.error = match e {
                 Failure::Region(e) => e.message,
                 Failure::Key(e) => format!("{e:?}"),
