@@ -53,9 +53,9 @@ fn seeds_that_found_bugs_pass() {
     // 7582: a transaction whose first commit of the primary went unanswered (it had been
     // applied) was refused on the retry by a deposed leader that never saw the prewrite,
     // and the simulated client counted it aborted while readers saw its appends (G1a).
-    // A refusal after a lost attempt now leaves the transaction indeterminate. 16303: the
-    // same, found by the same sweep.
-    let seeds: &[u64] = &[7582, 16303];
+    // A refusal after a lost attempt now leaves the transaction indeterminate. 16303,
+    // 26948 and 27383: the same, found by the same sweep.
+    let seeds: &[u64] = &[7582, 16303, 26948, 27383];
     for &seed in seeds {
         let report = run(seed, &RunConfig::default());
         assert!(report.anomalies.is_empty(), "seed {seed}: {:#?}", report.anomalies);
