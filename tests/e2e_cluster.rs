@@ -1058,7 +1058,13 @@ async fn a_leader_cut_off_by_a_network_partition_serves_nothing_stale() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let history: Arc<Mutex<Vec<Operation>>> = Arc::default();
+    // The put above is the register's first write: readers may see it before any other.
+    let initial = Operation {
+        key: b"part-0".to_vec(),
+        op: linearizable::Op::Put(b"start".to_vec()),
+        timing: scandium_sim::check::history::Timing { invoke: 0, complete: Some(0) },
+    };
+    let history: Arc<Mutex<Vec<Operation>>> = Arc::new(Mutex::new(vec![initial]));
     let mut tasks = Vec::new();
     for client in 0..4u64 {
         let task =
