@@ -927,6 +927,13 @@ async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable()
     assert!(registers.len() > 50, "only {} register operations", registers.len());
     eprintln!("chaos: {} register operations", registers.len());
     let verdict = linearizable::check(&registers);
+    if !verdict.is_ok() {
+        // Kept for the investigation: every register operation, in the order recorded.
+        let path = std::env::temp_dir().join(format!("chaos-registers-{}.txt", std::process::id()));
+        let text: String = registers.iter().map(|op| format!("{op:?}\n")).collect();
+        let _ = std::fs::write(&path, text);
+        eprintln!("register history written to {}", path.display());
+    }
     assert!(verdict.is_ok(), "{verdict:?}\nfaults: {faults:?}");
 
     let observed = std::mem::take(&mut *ts_history.lock().unwrap());
