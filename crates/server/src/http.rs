@@ -190,7 +190,8 @@ async fn regions_page(
     State(node): State<Arc<NodeContext>>,
     axum::extract::Query(query): axum::extract::Query<RegionsQuery>,
 ) -> Json<Value> {
-    let mut regions: Vec<Region> = node.placement.read().regions().cloned().collect();
+    let placement = node.placement.read();
+    let mut regions: Vec<&Region> = placement.regions().collect();
     regions.sort_by(|a, b| a.start_key.cmp(&b.start_key));
     if let Some(key) = &query.key {
         let key = key.as_bytes();
@@ -205,7 +206,7 @@ async fn regions_page(
         .skip(query.offset)
         .take(limit)
         .map(|region| {
-            let leader = node.placement.read().leader_of(region.id).cloned();
+            let leader = placement.leader_of(region.id);
             json!({
                 "id": region.id,
                 "start_key": region.start_key.escape_ascii().to_string(),

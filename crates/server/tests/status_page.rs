@@ -17,8 +17,14 @@ fn chromium() -> Option<&'static str> {
         .find(|name| Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()))
 }
 
-/// The page's DOM after its scripts ran (a few seconds of virtual time).
-fn rendered(browser: &str, url: &str) -> String {
+/// The page's DOM after its scripts ran (a few seconds of virtual time), the browser run
+/// off the test's runtime (the cluster serves it on that runtime).
+async fn rendered(browser: &str, url: String) -> String {
+    let browser = browser.to_string();
+    tokio::task::spawn_blocking(move || render(&browser, &url)).await.unwrap()
+}
+
+fn render(browser: &str, url: &str) -> String {
     let output = Command::new(browser)
         .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
         .args(["--virtual-time-budget=5000", "--dump-dom", url])
@@ -56,12 +62,7 @@ async fn the_status_page_shows_the_cluster_and_finds_a_region_by_key() {
     let region = cluster.region_of(b"k7");
     let addr = cluster.addrs[1].clone();
 
-    let dom = tokio::task::spawn_blocking({
-        let (browser, url) = (browser.to_string(), format!("http://{addr}/"));
-        move || rendered(&browser, &url)
-    })
-    .await
-    .unwrap();
+    let dom = rendered(browser, format!("http://{addr}/")).await;
     assert_eq!(element(&dom, "errors").trim(), "", "no script errors");
     let stores = element(&dom, "stores");
     for addr in &cluster.addrs {
@@ -70,12 +71,7 @@ async fn the_status_page_shows_the_cluster_and_finds_a_region_by_key() {
     assert!(stores.matches(">Up<").count() >= 3, "every store up: {stores}");
     assert!(element(&dom, "members").contains("leader"), "the placement leader is named");
 
-    let dom = tokio::task::spawn_blocking({
-        let (browser, url) = (browser.to_string(), format!("http://{addr}/?key=k7"));
-        move || rendered(&browser, &url)
-    })
-    .await
-    .unwrap();
+    let dom = rendered(browser, format!("http://{addr}/?key=k7")).await;
     assert_eq!(element(&dom, "errors").trim(), "", "no script errors");
     let regions = element(&dom, "regions");
     let rows = regions.matches("<tr>").count() - 1;
