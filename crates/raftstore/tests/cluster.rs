@@ -30,11 +30,18 @@ impl MetaStateMachine for NoMeta {
 const TICK_MS: u64 = 10;
 const REGION: u64 = 1;
 
-fn config() -> RaftConfig {
+/// Store `id`'s settings. Each store's election timeout is fixed and its own (10, 12,
+/// 14, … ticks): raft-rs draws randomised timeouts from a thread-local generator, and two
+/// stores drawing close ones could split the vote and, now and then, push an election
+/// past the failover bound the tests assert.
+fn config(id: u64) -> RaftConfig {
+    let timeout = 10 + 2 * (id as usize - 1);
     RaftConfig {
         tick_ms: TICK_MS,
         log_gc_threshold: 8,
         max_log_entries: 20,
+        min_election_ticks: timeout,
+        max_election_ticks: timeout + 1,
         ..RaftConfig::default()
     }
 }
@@ -99,9 +106,14 @@ impl Cluster {
     fn start(&mut self, id: u64) {
         let now = self.now;
         let node = self.node(id);
-        let mut store =
-            Store::open(id, node.engine.clone(), config(), Box::new(NoMeta), node.registry.clone())
-                .unwrap();
+        let mut store = Store::open(
+            id,
+            node.engine.clone(),
+            config(id),
+            Box::new(NoMeta),
+            node.registry.clone(),
+        )
+        .unwrap();
         store.set_time(now);
         node.store = Some(store);
     }
