@@ -106,6 +106,10 @@ pub struct Peer {
     pub(crate) proposals: VecDeque<Proposal>,
     /// Until when (store clock) this leader may serve reads without asking a quorum.
     pub(crate) lease_until_ms: u64,
+    /// A term in which this leader sent a TimeoutNow: it holds no lease for the rest of
+    /// that term (0: none). The message lets its receiver be elected at once whenever it
+    /// arrives, even after the transfer was given up, so no span of time is safe.
+    pub(crate) lease_barred_term: u64,
     /// Reads waiting for the next ReadIndex round.
     pub(crate) read_batch: Vec<ReadCallback>,
     pub(crate) reads: VecDeque<PendingRead>,
@@ -164,6 +168,7 @@ impl Peer {
             initialized,
             proposals: VecDeque::new(),
             lease_until_ms: 0,
+            lease_barred_term: 0,
             read_batch: Vec::new(),
             reads: VecDeque::new(),
             next_read_context: 0,
@@ -219,9 +224,24 @@ impl Peer {
 
     /// Extends the lease: a quorum accepted something this leader sent at `sent_ms`.
     pub(crate) fn renew_lease(&mut self, sent_ms: u64, lease_ms: u64) {
-        if self.is_leader() && self.raw.raft.lead_transferee.is_none() {
+        if self.is_leader()
+            && self.raw.raft.lead_transferee.is_none()
+            && self.lease_barred_term != self.raw.raft.term
+        {
             self.lease_until_ms = self.lease_until_ms.max(sent_ms + lease_ms);
         }
+    }
+
+    /// Looks at what this replica is about to send: a TimeoutNow ends its lease for the
+    /// term. Returns whether it did.
+    pub(crate) fn note_outgoing(&mut self, messages: &[raft::prelude::Message]) -> bool {
+        let handing_over =
+            messages.iter().any(|m| m.get_msg_type() == raft::prelude::MessageType::MsgTimeoutNow);
+        if handing_over {
+            self.lease_until_ms = 0;
+            self.lease_barred_term = self.raw.raft.term;
+        }
+        handing_over
     }
 
     pub(crate) fn not_leader(&self) -> RaftstoreError {

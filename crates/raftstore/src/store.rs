@@ -603,6 +603,7 @@ impl Store {
         let mut must_sync = false;
         let mut readies = Vec::new();
         let mut installed = Vec::new();
+        let mut handing_over = Vec::new();
         let ids: Vec<u64> = self.peers.keys().copied().collect();
         for id in ids {
             let peer = self.peers.get_mut(&id).expect("listed peer exists");
@@ -611,7 +612,11 @@ impl Store {
             }
             let mut ready = peer.raw.ready();
             let role = ready.ss().map(|ss| ss.raft_state);
-            output.messages.extend(to_peer_messages(peer, ready.take_messages()));
+            let messages = ready.take_messages();
+            if peer.note_outgoing(&messages) {
+                handing_over.push(id);
+            }
+            output.messages.extend(to_peer_messages(peer, messages));
             if !ready.snapshot().is_empty() {
                 let region =
                     install_snapshot(peer, ready.snapshot(), &*self.engine, &mut log_batch)?;
@@ -635,6 +640,10 @@ impl Store {
         if readies.is_empty() {
             output.events.append(&mut self.events);
             return Ok(output);
+        }
+        for id in handing_over {
+            // Readers must see the lease gone before the TimeoutNow can be received.
+            self.publish(id);
         }
         if !output.messages.is_empty() {
             send(std::mem::take(&mut output.messages));
@@ -675,7 +684,10 @@ impl Store {
             if let Some(commit) = light.commit_index() {
                 peer.raw.mut_store().set_commit(commit, &mut apply_batch);
             }
-            output.messages.extend(to_peer_messages(peer, light.take_messages()));
+            let messages = light.take_messages();
+            // Published with the rest of the round, before its messages go out.
+            peer.note_outgoing(&messages);
+            output.messages.extend(to_peer_messages(peer, messages));
             entries.extend(light.take_committed_entries());
             if entries.is_empty() {
                 touched.push(id);

@@ -62,6 +62,10 @@ struct Cluster {
     now: u64,
     /// Links `(from, to)` that drop everything.
     cut: HashSet<(u64, u64)>,
+    /// Stores stopped (`SIGSTOP`): they do not tick, and what is sent to them waits.
+    paused: HashSet<u64>,
+    /// Messages waiting for a paused store, in the order they were sent.
+    held: Vec<(u64, PeerMessage)>,
     events: Vec<(u64, Event)>,
     /// Snapshots delivered to each store.
     snapshots: Vec<usize>,
@@ -85,6 +89,8 @@ impl Cluster {
             nodes,
             now: 0,
             cut: HashSet::new(),
+            paused: HashSet::new(),
+            held: Vec::new(),
             events: Vec::new(),
             snapshots: vec![0; n as usize + 1],
         };
@@ -133,6 +139,23 @@ impl Cluster {
         self.cut.clear();
     }
 
+    /// Stops store `id` as `SIGSTOP` does: no ticks, messages to it wait in its socket.
+    fn pause(&mut self, id: u64) {
+        self.paused.insert(id);
+    }
+
+    /// Lets store `id` go on: it works through what waited for it.
+    fn resume(&mut self, id: u64) {
+        self.paused.remove(&id);
+        let (waiting, held): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.held).into_iter().partition(|(_, m)| m.to.store_id == id);
+        self.held = held;
+        for (from, message) in waiting {
+            self.deliver(from, message);
+        }
+        self.run();
+    }
+
     /// Runs rounds and delivers messages until nothing moves.
     fn run(&mut self) {
         for _ in 0..1000 {
@@ -140,6 +163,9 @@ impl Cluster {
             let mut outbox: Vec<(u64, PeerMessage)> = Vec::new();
             for i in 0..self.nodes.len() {
                 let id = i as u64 + 1;
+                if self.paused.contains(&id) {
+                    continue;
+                }
                 let Some(store) = self.nodes[i].store.as_mut() else { continue };
                 while store.has_ready() {
                     moved = true;
@@ -150,7 +176,11 @@ impl Cluster {
             }
             for (from, message) in outbox {
                 moved = true;
-                self.deliver(from, message);
+                if self.paused.contains(&message.to.store_id) {
+                    self.held.push((from, message));
+                } else {
+                    self.deliver(from, message);
+                }
             }
             if !moved {
                 return;
@@ -197,7 +227,10 @@ impl Cluster {
         for _ in 0..ticks {
             self.now += TICK_MS;
             let now = self.now;
-            for node in &mut self.nodes {
+            for (i, node) in self.nodes.iter_mut().enumerate() {
+                if self.paused.contains(&(i as u64 + 1)) {
+                    continue;
+                }
                 if let Some(store) = node.store.as_mut() {
                     store.tick(now);
                 }
@@ -260,6 +293,14 @@ impl Cluster {
             self.tick(1);
         }
         panic!("no answer");
+    }
+
+    /// A ReadIndex round on `store`, run until it is answered.
+    fn read_index(&mut self, store: u64) -> Result<()> {
+        let slot: Slot<Result<()>> = Arc::default();
+        let answer = slot.clone();
+        self.store(store).read_index(REGION, Box::new(move |r| *answer.lock().unwrap() = Some(r)));
+        self.run_until_answered(&slot)
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
@@ -458,6 +499,45 @@ fn leadership_moves_on_request_and_the_old_leader_drops_its_lease_at_once() {
     cluster.put(b"k2", b"v").unwrap();
 }
 
+/// raft-rs hands leadership over with a TimeoutNow message, which lets its receiver win
+/// an election at once: voters grant it even though they hear from the leader. If the
+/// message arrives late (the transferee was stopped), the leader has meanwhile given up
+/// the transfer and carried on; the late election must not find it serving reads from a
+/// lease, or it answers with what the new leader has overwritten.
+#[test]
+fn a_late_transfer_message_finds_the_old_leader_without_a_lease() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    let leader = cluster.wait_leader();
+    cluster.put(b"k", b"v1").unwrap();
+    let target = (1..=3).find(|&s| s != leader).unwrap();
+    cluster.pause(target);
+    cluster.store(leader).transfer_leader(REGION, target).unwrap();
+    cluster.run();
+    // The transfer times out after an election timeout; the leader goes on serving
+    // reads, renewing its lease with a ReadIndex round (a write would not do: the
+    // transferee's log would then be behind and nobody would vote for it).
+    cluster.tick(15);
+    assert_eq!(cluster.leader(), Some(leader));
+    cluster.read_index(leader).unwrap();
+    // The transferee resumes, takes the held TimeoutNow and is elected; the old leader
+    // does not hear of it yet.
+    cluster.cut.insert((target, leader));
+    cluster.resume(target);
+    cluster.tick_until(20, "the transferee elected", |c| {
+        c.node(target).registry.get(REGION).is_some_and(|s| s.ready_for_reads)
+    });
+    let region = cluster.region(target).unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put(Cf::Raw, b"k".to_vec(), b"v3".to_vec());
+    cluster.propose_on(target, RaftCommand::write(&region, batch)).unwrap();
+    let old = cluster.node(leader).registry.get(REGION).unwrap();
+    assert!(
+        !old.lease_valid(cluster.now),
+        "the old leader (store {leader}) still holds a lease after store {target} was elected"
+    );
+}
+
 #[test]
 fn reads_need_a_lease_or_a_quorum() {
     let mut cluster = Cluster::new(3);
@@ -469,10 +549,7 @@ fn reads_need_a_lease_or_a_quorum() {
     // Idle past the lease: a ReadIndex round confirms leadership and renews it.
     cluster.tick(12);
     assert!(!cluster.node(leader).registry.get(REGION).unwrap().lease_valid(cluster.now));
-    let slot: Slot<Result<()>> = Arc::default();
-    let answer = slot.clone();
-    cluster.store(leader).read_index(REGION, Box::new(move |r| *answer.lock().unwrap() = Some(r)));
-    cluster.run_until_answered(&slot).unwrap();
+    cluster.read_index(leader).unwrap();
     cluster.tick(0);
     assert!(cluster.store(leader).status(REGION).unwrap().lease_valid(cluster.now));
     // An isolated leader's ReadIndex never succeeds.

@@ -18,7 +18,7 @@ use crate::check::elle::{self, MicroOp, Outcome};
 use crate::check::history::Timing;
 use crate::check::linearizable::{self, Op, Verdict};
 use crate::check::timestamps::{self, TsObservation};
-use crate::cluster::{Answer, Cluster, NetworkConfig, ReadStart};
+use crate::cluster::{Answer, Cluster, NetworkConfig, ReadStart, ELECTION_TICKS, TICK_MS};
 use crate::txn::{decode_list, list_key, TxnClients, Wake};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -704,7 +704,18 @@ fn inject(
                 region.voters().filter(|p| p.store_id != leader).cloned().collect();
             let to = others[rng.gen_range(0..others.len())].clone();
             cluster.transfer_leader(leader, to.id, rng);
-            (format!("transfer leadership from node {leader} to node {}", to.store_id), None)
+            let what = format!("transfer leadership from node {leader} to node {}", to.store_id);
+            if rng.gen_bool(0.3) {
+                // The transferee stalls before it hears the leader's TimeoutNow, for about
+                // as long as the leader waits for the transfer: the leader gives up and
+                // carries on, and the late message then starts an election that voters
+                // may not refuse, won if it comes before the leader's next write.
+                let wait = ELECTION_TICKS as u64 * TICK_MS;
+                let ms = rng.gen_range(wait - 20..wait + 60);
+                cluster.pause(to.store_id, ms);
+                return (format!("{what}, which stalls for {ms} ms"), None);
+            }
+            (what, None)
         }
         0 => {
             cluster.crash(target, rng);
