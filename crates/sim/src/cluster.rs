@@ -565,6 +565,14 @@ impl Cluster {
         node.engine.set_faults(Faults { fail_syncs: 1, ..Faults::default() });
     }
 
+    /// Fills the node's disk: its next write fails and it stops, as a node must when it
+    /// cannot persist Raft's own records (the server refuses client writes well before,
+    /// at its reserve; this is the disk filled by something else).
+    pub fn fill_disk(&mut self, id: u64) {
+        let node = self.node(id);
+        node.engine.set_faults(Faults { disk_full: true, ..Faults::default() });
+    }
+
     /// Loses every message from `from` to `to` until healed.
     pub fn block(&mut self, from: u64, to: u64) {
         self.blocked.insert((from, to));

@@ -9,8 +9,9 @@
 //!
 //! Faults come from the seed too: crashes (losing unsynced writes) and restarts, pauses
 //! longer than the election timeout, partitions (halves, an isolated node, one-way
-//! links), clock jumps, slow disks and failed fsyncs; message loss, duplication and delay
-//! run throughout. At the end the network heals, every node is restarted, and the run
+//! links), clock jumps, slow disks, failed fsyncs and full disks, leadership transfers
+//! (some to a node that stalls before it hears of them); message loss, duplication and
+//! delay run throughout. At the end the network heals, every node is restarted, and the run
 //! waits until every replica has applied the same log; the replicas' data must then be
 //! equal, and the history linearizable.
 
@@ -626,6 +627,7 @@ enum Undo {
     Restart(u64),
     Heal,
     DiskBack(u64),
+    FreeSpace(u64),
 }
 
 impl Recovery {
@@ -634,6 +636,7 @@ impl Recovery {
             Undo::Restart(id) => format!("restart node {id}"),
             Undo::Heal => "heal the network".into(),
             Undo::DiskBack(id) => format!("node {id}'s disk is fast again"),
+            Undo::FreeSpace(id) => format!("free node {id}'s disk and restart it"),
         }
     }
 
@@ -642,6 +645,10 @@ impl Recovery {
             Undo::Restart(id) => cluster.restart(id),
             Undo::Heal => cluster.heal(),
             Undo::DiskBack(id) => cluster.set_disk_latency(id, 0),
+            Undo::FreeSpace(id) => {
+                cluster.clear_disk_faults(id);
+                cluster.restart(id);
+            }
         }
     }
 }
@@ -753,6 +760,14 @@ fn inject(
             (
                 format!("node {target}'s fsyncs take {ms} ms"),
                 Some(Recovery { at, action: Undo::DiskBack(target) }),
+            )
+        }
+        _ if rng.gen_bool(0.5) => {
+            cluster.fill_disk(target);
+            let at = later(rng, 200, 3_000);
+            (
+                format!("node {target}'s disk fills up"),
+                Some(Recovery { at, action: Undo::FreeSpace(target) }),
             )
         }
         _ => {
