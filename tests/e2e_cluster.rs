@@ -219,12 +219,7 @@ async fn a_cluster_survives_sigkill_of_a_leader_and_of_the_placement_leader() {
     cluster.wait_replicated().await;
     let raw = RawClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
     let txns = TransactionClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
-    const ACCOUNTS: u32 = 10;
-    let mut setup = txns.begin_optimistic().await.unwrap();
-    for i in 0..ACCOUNTS {
-        setup.put(format!("acct{i}").into_bytes(), 100u64.to_be_bytes().to_vec()).await.unwrap();
-    }
-    setup.commit().await.unwrap();
+    open_accounts(&txns).await;
     // tikv-client reconnects to PD at most once a second: let the connection age.
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
@@ -247,33 +242,7 @@ async fn a_cluster_survives_sigkill_of_a_leader_and_of_the_placement_leader() {
             }
         }));
     }
-    for transfer in 0..2u32 {
-        let (txns, stop) = (txns.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut n = transfer;
-            while !stop.load(Ordering::Relaxed) {
-                n = n.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-                let (from, to) = (n % ACCOUNTS, (n / 7 + 1 + n % (ACCOUNTS - 1)) % ACCOUNTS);
-                if from == to {
-                    continue;
-                }
-                let _ = transfer_one(&txns, from, to).await;
-            }
-        }));
-    }
-    // Snapshot reads of every account throughout the kills, for the bank checker.
-    let bank_reads: Arc<Mutex<Vec<scandium_sim::check::bank::Snapshot>>> = Arc::default();
-    {
-        let (txns, stop, reads) = (txns.clone(), stop.clone(), bank_reads.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(read) = read_accounts(&txns, ACCOUNTS).await {
-                    reads.lock().unwrap().push(read);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }));
-    }
+    let bank_reads = run_bank(&txns, &stop, &mut tasks);
     let wait_acks = |count: usize| {
         let acked = acked.clone();
         async move {
@@ -332,6 +301,62 @@ async fn a_cluster_survives_sigkill_of_a_leader_and_of_the_placement_leader() {
         .collect();
     let lost: Vec<_> = acked.iter().filter(|k| !found.contains(*k)).collect();
     assert!(lost.is_empty(), "{} of {} acknowledged writes lost", lost.len(), acked.len());
+    let reads = check_bank(&cluster, &bank_reads, "").await;
+    assert!(reads > 0, "no bank read succeeded during the kills");
+}
+
+/// Accounts of the bank workload, 100 each to start.
+const ACCOUNTS: u32 = 10;
+
+async fn open_accounts(txns: &TransactionClient) {
+    let mut setup = txns.begin_optimistic().await.unwrap();
+    for i in 0..ACCOUNTS {
+        setup.put(format!("acct{i}").into_bytes(), 100u64.to_be_bytes().to_vec()).await.unwrap();
+    }
+    setup.commit().await.unwrap();
+}
+
+/// Snapshot reads of every account, taken while the bank workload runs.
+type BankReads = Arc<Mutex<Vec<scandium_sim::check::bank::Snapshot>>>;
+
+/// The bank workload until `stop`: two clients moving 1 between random accounts in
+/// pessimistic transactions, and one reading every account in one snapshot every 20 ms.
+fn run_bank(
+    txns: &TransactionClient,
+    stop: &Arc<AtomicBool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> BankReads {
+    for transfer in 0..2u32 {
+        let (txns, stop) = (txns.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = transfer;
+            while !stop.load(Ordering::Relaxed) {
+                n = n.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                let (from, to) = (n % ACCOUNTS, (n / 7 + 1 + n % (ACCOUNTS - 1)) % ACCOUNTS);
+                if from == to {
+                    continue;
+                }
+                let _ = transfer_one(&txns, from, to).await;
+            }
+        }));
+    }
+    let reads = BankReads::default();
+    let (txns, stop, taken) = (txns.clone(), stop.clone(), reads.clone());
+    tasks.push(tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(read) = read_accounts(&txns).await {
+                taken.lock().unwrap().push(read);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }));
+    reads
+}
+
+/// Checks the bank after the faults, with a fresh client: the total is what it was, in a
+/// snapshot read now and in every one taken meanwhile (the simulator's bank checker).
+/// Returns how many were taken meanwhile. `context` goes into failure messages.
+async fn check_bank(cluster: &Cluster, reads: &BankReads, context: &str) -> usize {
     let txns = TransactionClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
     let mut snapshot = txns.snapshot(txns.current_timestamp().await.unwrap(), Default::default());
     let mut total = 0u64;
@@ -339,23 +364,20 @@ async fn a_cluster_survives_sigkill_of_a_leader_and_of_the_placement_leader() {
         let value = snapshot.get(format!("acct{i}").into_bytes()).await.unwrap().expect("account");
         total += u64::from_be_bytes(value.try_into().unwrap());
     }
-    assert_eq!(total, 100 * u64::from(ACCOUNTS), "the bank's total changed");
-    let reads = std::mem::take(&mut *bank_reads.lock().unwrap());
+    assert_eq!(total, 100 * u64::from(ACCOUNTS), "the bank's total changed{context}");
+    let reads = std::mem::take(&mut *reads.lock().unwrap());
     let accounts: Vec<u64> = (0..u64::from(ACCOUNTS)).collect();
     let report = scandium_sim::check::bank::check(&accounts, 100 * i64::from(ACCOUNTS), &reads);
-    assert!(report.is_valid(), "{report}");
-    assert!(!reads.is_empty(), "no bank read succeeded during the kills");
+    assert!(report.is_valid(), "{report}{context}");
+    reads.len()
 }
 
 /// Every account's balance in one snapshot, or `None` if the read failed (a fault).
-async fn read_accounts(
-    txns: &TransactionClient,
-    accounts: u32,
-) -> Option<scandium_sim::check::bank::Snapshot> {
+async fn read_accounts(txns: &TransactionClient) -> Option<scandium_sim::check::bank::Snapshot> {
     let ts = txns.current_timestamp().await.ok()?;
     let mut snapshot = txns.snapshot(ts, Default::default());
     let mut read = scandium_sim::check::bank::Snapshot::new();
-    for i in 0..accounts {
+    for i in 0..ACCOUNTS {
         let value = snapshot.get(format!("acct{i}").into_bytes()).await.ok()??;
         let balance = u64::from_be_bytes(value.try_into().ok()?);
         read.insert(u64::from(i), balance as i64);
@@ -758,14 +780,15 @@ fn register_client(
 }
 
 /// The chaos suite in miniature: list-append transactions (optimistic and pessimistic,
-/// some pessimistic ones abandoned with their locks held, as by a crashed client) and raw
-/// registers run through `tikv-client` while the leaders of their Regions and of
+/// some pessimistic ones abandoned with their locks held, as by a crashed client), bank
+/// transfers and raw registers run through `tikv-client` while the leaders of their Regions and of
 /// placement are killed with SIGKILL and restarted, paused with SIGSTOP, or (where network
 /// namespaces can be made, as root) cut off from their peers by a partition; then every
 /// history goes through the simulator's checkers: snapshot isolation by cycle search
 /// (Elle's G0, G1a, G1b, G1c, G-single), linearizability of the registers, timestamps
 /// unique and increasing in real time across placement-leader kills, every
-/// committed append present at the end, and `scandium ctl check-consistency`. `SCANDIUM_CHAOS_SECS` makes it longer.
+/// committed append present at the end, the bank's total in every snapshot, and
+/// `scandium ctl check-consistency`. `SCANDIUM_CHAOS_SECS` makes it longer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable() {
     use scandium_sim::check::elle::{self, MicroOp, Outcome, Txn};
@@ -775,6 +798,7 @@ async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable()
     cluster.wait_replicated().await;
     let raw = RawClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
     let txns = TransactionClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
+    open_accounts(&txns).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let started = Instant::now();
     let clock = move || started.elapsed().as_micros() as u64;
@@ -838,6 +862,7 @@ async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable()
             });
         tasks.push(task);
     }
+    let bank_reads = run_bank(&txns, &stop, &mut tasks);
 
     // Faults: the leader of a list's Region, or of placement, killed and restarted, or
     // paused past the election timeout; one at a time, every couple of seconds.
@@ -941,6 +966,8 @@ async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable()
     let report = timestamps::check(&observed);
     assert!(report.is_valid(), "{report}\nfaults: {faults:?}");
     eprintln!("chaos: {} timestamps", observed.len());
+    let bank = check_bank(&cluster, &bank_reads, &format!("\nfaults: {faults:?}")).await;
+    eprintln!("chaos: {bank} bank snapshots, total unchanged");
 
     // Every Region's replicas hold the same data once they stand at the same index.
     let addr = cluster.live().addr.clone();
