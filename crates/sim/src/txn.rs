@@ -11,6 +11,12 @@
 //! reader rolls them back) or after committing the primary (the secondary left for a
 //! reader to roll forward).
 //!
+//! Half the clients run pessimistic transactions, as tikv-client's `get_for_update` does:
+//! after the start timestamp, a `for_update_ts` from the placement leader, then a
+//! pessimistic lock of each key that returns its latest value (the read the checker
+//! sees), then a prewrite that must find those locks. One in 40 of them is abandoned with
+//! its pessimistic locks held, for others to roll back once they expire.
+//!
 //! The commands compose the same Percolator actions (`scandium_txn::actions`) as the
 //! server's; what the simulator does not share with the server is the glue around them
 //! (its own latches, no lock index or newest-record cache, no async commit or 1PC).
@@ -26,6 +32,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use scandium_txn::actions::cleanup::{self, CheckTxnStatus, TxnStatus};
 use scandium_txn::actions::commit;
+use scandium_txn::actions::pessimistic::{self, PessimisticLockRequest};
 use scandium_txn::actions::prewrite::{self, Mutation, MutationOp, PessimisticAction, TxnProps};
 use scandium_txn::mvcc::Lock;
 use scandium_txn::{ConcurrencyManager, TxnError};
@@ -54,6 +61,10 @@ const ABANDON_ONE_IN: u32 = 40;
 enum Step {
     StartTs,
     Read(usize),
+    /// Pessimistic transactions: the timestamp their locks are taken at.
+    ForUpdateTs,
+    /// Pessimistic transactions: locking key `i` and reading its latest value.
+    Lock(usize),
     /// Resolving `lock`, met at `key`, before going back to `resume`.
     CheckStatus {
         key: Vec<u8>,
@@ -82,6 +93,8 @@ enum Pending {
 
 enum Output {
     Status(TxnStatus),
+    /// A pessimistic lock's read of the key's latest value.
+    Value(Option<Vec<u8>>),
     Done,
 }
 
@@ -90,6 +103,10 @@ struct Current {
     index: usize,
     keys: [u64; 2],
     start_ts: TimeStamp,
+    /// Pessimistic transactions only; zero for optimistic ones.
+    for_update_ts: TimeStamp,
+    /// The key to lock again once a newer `for_update_ts` comes (after a write conflict).
+    relock: Option<usize>,
     commit_ts: TimeStamp,
     step: Step,
     lock_waits: u32,
@@ -102,6 +119,8 @@ struct Client {
     /// The node it sends data requests to, and the one it asks for timestamps.
     node: u64,
     tso_node: u64,
+    /// Whether its transactions lock keys as they read them.
+    pessimistic: bool,
     /// The request it waits for.
     waiting: Option<(u64, Pending)>,
     txn: Option<Current>,
@@ -140,9 +159,10 @@ impl TxnClients {
     pub fn new(clients: u64, keys: u64, nodes: u64, rng: &mut StdRng) -> TxnClients {
         TxnClients {
             clients: (0..clients)
-                .map(|_| Client {
+                .map(|i| Client {
                     node: rng.gen_range(1..=nodes),
                     tso_node: rng.gen_range(1..=nodes),
+                    pessimistic: i % 2 == 1,
                     waiting: None,
                     txn: None,
                 })
@@ -171,8 +191,9 @@ impl TxnClients {
         let txn = client.txn.as_mut().expect("begun above");
         let (a, b) = (list_key(txn.keys[0]), list_key(txn.keys[1]));
         let (start_ts, commit_ts) = (txn.start_ts, txn.commit_ts);
+        let for_update_ts = txn.for_update_ts;
         let started = match txn.step.clone() {
-            Step::StartTs | Step::CommitTs => {
+            Step::StartTs | Step::ForUpdateTs | Step::CommitTs => {
                 if cluster.timestamp(client.tso_node, op, rng) {
                     Started::Waiting(Pending::Timestamp)
                 } else {
@@ -193,6 +214,27 @@ impl TxnClients {
                     Gate::Waiting => Started::Waiting(Pending::Read),
                     Gate::Closed => Started::Unavailable,
                 }
+            }
+            Step::Lock(i) => {
+                let key = if i == 0 { a.clone() } else { b.clone() };
+                let request = PessimisticLockRequest {
+                    key: key.clone(),
+                    primary: a.clone(),
+                    start_ts,
+                    lock_ttl: LOCK_TTL_MS,
+                    for_update_ts,
+                    ..PessimisticLockRequest::default()
+                };
+                Started::of(cluster.txn_write(
+                    client.node,
+                    op,
+                    &[key],
+                    |reader, txn| {
+                        let value = pessimistic::acquire_pessimistic_lock(reader, txn, &request)?;
+                        Ok(Output::Value(value))
+                    },
+                    rng,
+                ))
             }
             Step::CheckStatus { lock, .. } => {
                 let request = CheckTxnStatus {
@@ -254,7 +296,13 @@ impl TxnClients {
                     primary: a.clone(),
                     lock_ttl: LOCK_TTL_MS,
                     txn_size: 2,
+                    for_update_ts,
                     ..TxnProps::default()
+                };
+                let action = if for_update_ts > TimeStamp::ZERO {
+                    PessimisticAction::DoPessimisticCheck
+                } else {
+                    PessimisticAction::SkipPessimisticCheck
                 };
                 let keys = [a.clone(), b.clone()];
                 Started::of(cluster.txn_write(
@@ -270,7 +318,6 @@ impl TxnClients {
                                 key: key.clone(),
                                 value: encode_list(&list),
                             };
-                            let action = PessimisticAction::SkipPessimisticCheck;
                             if let prewrite::PrewriteOutcome::Lock(lock) =
                                 prewrite::prewrite_key(reader, txn, &props, &mutation, action)?
                             {
@@ -349,6 +396,7 @@ impl TxnClients {
                 let txn = self.clients[c].txn.as_mut().expect("waiting in a transaction");
                 match txn.step {
                     Step::StartTs => txn.start_ts = *ts,
+                    Step::ForUpdateTs => txn.for_update_ts = *ts,
                     _ => txn.commit_ts = *ts,
                 }
                 self.on_success(c, None, rng);
@@ -429,6 +477,8 @@ impl TxnClients {
             index,
             keys: [first, second],
             start_ts: TimeStamp::ZERO,
+            for_update_ts: TimeStamp::ZERO,
+            relock: None,
             commit_ts: TimeStamp::ZERO,
             step: Step::StartTs,
             lock_waits: 0,
@@ -454,10 +504,29 @@ impl TxnClients {
 
     /// A request succeeded: on to the next step.
     fn on_success(&mut self, c: usize, output: Option<Output>, rng: &mut StdRng) {
+        let pessimistic = self.clients[c].pessimistic;
         let txn = self.clients[c].txn.as_mut().expect("a step of a transaction");
         txn.step = match std::mem::replace(&mut txn.step, Step::StartTs) {
+            Step::StartTs if pessimistic => Step::ForUpdateTs,
             Step::StartTs => Step::Read(0),
             Step::Read(i) => Step::Read(i), // reads finish in `on_read`
+            Step::ForUpdateTs => Step::Lock(txn.relock.take().unwrap_or(0)),
+            Step::Lock(i) => {
+                let Some(Output::Value(value)) = output else {
+                    unreachable!("a pessimistic lock answers with the key's value")
+                };
+                let key = txn.keys[i];
+                let list = decode_list(value.as_deref());
+                self.history[txn.index].ops.insert(i, MicroOp::Read { key, list });
+                if i == 0 {
+                    Step::Lock(1)
+                } else if rng.gen_ratio(1, ABANDON_ONE_IN) {
+                    // Gone with both keys locked: others wait until the locks expire.
+                    return self.end(c, Outcome::Aborted);
+                } else {
+                    Step::Prewrite
+                }
+            }
             Step::CheckStatus { key, lock, resume } => match output {
                 Some(Output::Status(TxnStatus::Committed(ts))) => {
                     Step::Resolve { key, lock, commit_ts: ts, resume }
@@ -503,6 +572,14 @@ impl TxnClients {
         match (error, step) {
             (TxnError::KeyIsLocked { key, lock }, resume) => {
                 txn.step = Step::CheckStatus { key, lock, resume: Box::new(resume) };
+            }
+            // A pessimistic lock met a write newer than its for_update_ts: taken again at a
+            // newer one, as TiDB retries a locking read (the keys locked so far stay
+            // locked, so what was read of them still holds).
+            (TxnError::WriteConflict { .. }, Step::Lock(i)) if txn.lock_waits < LOCK_WAITS => {
+                txn.lock_waits += 1;
+                txn.step = Step::ForUpdateTs;
+                txn.relock = Some(i);
             }
             // A reader pushed the primary's min_commit_ts past our commit timestamp.
             (TxnError::CommitTsExpired { .. }, Step::CommitPrimary) => txn.step = Step::CommitTs,
