@@ -61,8 +61,9 @@ const ABANDON_ONE_IN: u32 = 40;
 enum Step {
     StartTs,
     Read(usize),
-    /// Pessimistic transactions: the timestamp their locks are taken at.
-    ForUpdateTs,
+    /// Pessimistic transactions: the timestamp their locks are taken at, before locking
+    /// key `i` (0 at first; the key that met a write conflict when taken again).
+    ForUpdateTs(usize),
     /// Pessimistic transactions: locking key `i` and reading its latest value.
     Lock(usize),
     /// Resolving `lock`, met at `key`, before going back to `resume`.
@@ -105,8 +106,6 @@ struct Current {
     start_ts: TimeStamp,
     /// Pessimistic transactions only; zero for optimistic ones.
     for_update_ts: TimeStamp,
-    /// The key to lock again once a newer `for_update_ts` comes (after a write conflict).
-    relock: Option<usize>,
     commit_ts: TimeStamp,
     step: Step,
     lock_waits: u32,
@@ -193,7 +192,7 @@ impl TxnClients {
         let (start_ts, commit_ts) = (txn.start_ts, txn.commit_ts);
         let for_update_ts = txn.for_update_ts;
         let started = match txn.step.clone() {
-            Step::StartTs | Step::ForUpdateTs | Step::CommitTs => {
+            Step::StartTs | Step::ForUpdateTs(_) | Step::CommitTs => {
                 if cluster.timestamp(client.tso_node, op, rng) {
                     Started::Waiting(Pending::Timestamp)
                 } else {
@@ -396,7 +395,7 @@ impl TxnClients {
                 let txn = self.clients[c].txn.as_mut().expect("waiting in a transaction");
                 match txn.step {
                     Step::StartTs => txn.start_ts = *ts,
-                    Step::ForUpdateTs => txn.for_update_ts = *ts,
+                    Step::ForUpdateTs(_) => txn.for_update_ts = *ts,
                     _ => txn.commit_ts = *ts,
                 }
                 self.on_success(c, None, rng);
@@ -478,7 +477,6 @@ impl TxnClients {
             keys: [first, second],
             start_ts: TimeStamp::ZERO,
             for_update_ts: TimeStamp::ZERO,
-            relock: None,
             commit_ts: TimeStamp::ZERO,
             step: Step::StartTs,
             lock_waits: 0,
@@ -507,10 +505,10 @@ impl TxnClients {
         let pessimistic = self.clients[c].pessimistic;
         let txn = self.clients[c].txn.as_mut().expect("a step of a transaction");
         txn.step = match std::mem::replace(&mut txn.step, Step::StartTs) {
-            Step::StartTs if pessimistic => Step::ForUpdateTs,
+            Step::StartTs if pessimistic => Step::ForUpdateTs(0),
             Step::StartTs => Step::Read(0),
             Step::Read(i) => Step::Read(i), // reads finish in `on_read`
-            Step::ForUpdateTs => Step::Lock(txn.relock.take().unwrap_or(0)),
+            Step::ForUpdateTs(i) => Step::Lock(i),
             Step::Lock(i) => {
                 let Some(Output::Value(value)) = output else {
                     unreachable!("a pessimistic lock answers with the key's value")
@@ -578,8 +576,7 @@ impl TxnClients {
             // locked, so what was read of them still holds).
             (TxnError::WriteConflict { .. }, Step::Lock(i)) if txn.lock_waits < LOCK_WAITS => {
                 txn.lock_waits += 1;
-                txn.step = Step::ForUpdateTs;
-                txn.relock = Some(i);
+                txn.step = Step::ForUpdateTs(i);
             }
             // A reader pushed the primary's min_commit_ts past our commit timestamp.
             (TxnError::CommitTsExpired { .. }, Step::CommitPrimary) => txn.step = Step::CommitTs,
