@@ -14,7 +14,8 @@
 //! Half the clients run pessimistic transactions, as tikv-client's `get_for_update` does:
 //! after the start timestamp, a `for_update_ts` from the placement leader, then a
 //! pessimistic lock of each key that returns its latest value (the read the checker
-//! sees), then a prewrite that must find those locks. One in 40 of them is abandoned with
+//! sees; a write conflict takes it again at a newer `for_update_ts`), then a prewrite
+//! that must find those locks. One in 40 of them is abandoned with
 //! its pessimistic locks held, for others to roll back once they expire.
 //!
 //! The commands compose the same Percolator actions (`scandium_txn::actions`) as the
