@@ -739,8 +739,17 @@ async fn append_txn(
 
 /// A client of raw registers `{prefix}0` .. `{prefix}{keys - 1}` until `stop`: puts of
 /// unique values where `writes(client, seq)`, gets otherwise, each recorded (with times
-/// since `started`) for the linearizability checker. A put that failed is indeterminate;
-/// a get that failed says nothing and is left out.
+/// since `started`) for the linearizability checker. A get that failed says nothing and
+/// is left out.
+///
+/// Puts are sent once, without tikv-client's retries: a put retried after its first
+/// attempt was applied but not answered (the leader was killed, or cut off, in between)
+/// is applied twice, around other clients' writes, and no server can tell the retry from
+/// a new put. So the history holds exactly what the servers promised: a put answered
+/// with an error that says it was not applied (the errors the client would retry on) is
+/// left out, and a read of its value is an anomaly; one whose answer was lost, or said
+/// its outcome is unknown, is indeterminate. Gets keep the client's retries, which also
+/// keep its Region cache fresh for the puts.
 #[allow(clippy::too_many_arguments)]
 fn register_client(
     raw: &RawClient,
@@ -755,6 +764,7 @@ fn register_client(
     use scandium_sim::check::history::Timing;
     use scandium_sim::check::linearizable::{Op, Operation};
     let (raw, stop) = (raw.clone(), stop.clone());
+    let once = raw.with_backoff(tikv_client::Backoff::no_backoff());
     let clock = move || started.elapsed().as_micros() as u64;
     tokio::spawn(async move {
         for seq in 0u64.. {
@@ -765,9 +775,11 @@ fn register_client(
             let invoke = clock();
             if writes(client, seq) {
                 let value = format!("{client}.{seq}").into_bytes();
-                let result = raw.put(key.clone(), value.clone()).await;
+                let result = once.put(key.clone(), value.clone()).await;
                 let timing = Timing { invoke, complete: result.is_ok().then(clock) };
-                history.lock().unwrap().push(Operation { key, op: Op::Put(value), timing });
+                if !result.as_ref().is_err_and(not_applied) {
+                    history.lock().unwrap().push(Operation { key, op: Op::Put(value), timing });
+                }
                 if result.is_err() {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -777,6 +789,30 @@ fn register_client(
             }
         }
     })
+}
+
+/// Whether a failed request certainly did not take effect: it was never sent (no
+/// leader known), or a store answered with a Region error that says it did not apply it
+/// (those tikv-client retries on, and a full disk).
+fn not_applied(error: &tikv_client::Error) -> bool {
+    use tikv_client::Error;
+    match error {
+        Error::LeaderNotFound { .. } => true,
+        Error::RegionError(e) => {
+            e.not_leader.is_some()
+                || e.stale_command.is_some()
+                || e.epoch_not_match.is_some()
+                || e.region_not_found.is_some()
+                || e.key_not_in_region.is_some()
+                || e.store_not_match.is_some()
+                || e.raft_entry_too_large.is_some()
+                || e.disk_full.is_some()
+        }
+        Error::MultipleKeyErrors(errors) | Error::ExtractedErrors(errors) => {
+            !errors.is_empty() && errors.iter().all(not_applied)
+        }
+        _ => false,
+    }
 }
 
 /// The chaos suite in miniature: list-append transactions (optimistic and pessimistic,

@@ -47,6 +47,18 @@ pub enum RaftstoreError {
     /// "not applied".
     #[error("command was dropped by a leader change")]
     StaleCommand,
+    /// The command entered the log, but the replica that proposed it can no longer tell
+    /// whether it will commit: it stopped leading and did not hear the outcome in time,
+    /// it is being destroyed, or a snapshot replaced the entries around it. The command
+    /// may have been applied, or may still be; retrying it may apply it twice.
+    #[error(
+        "the outcome of the command in region {region_id} is unknown: its proposer lost \
+         leadership before learning whether it was committed"
+    )]
+    OutcomeUnknown {
+        /// The Region proposed to.
+        region_id: RegionId,
+    },
     /// The command is malformed (a programming error of the proposer, or a bad split key).
     #[error("invalid command: {0}")]
     InvalidCommand(String),
@@ -57,4 +69,13 @@ pub enum RaftstoreError {
     /// The engine failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+impl RaftstoreError {
+    /// Whether the error promises that the command did not take effect, so that sending
+    /// it again cannot apply it twice. Only an unknown outcome and an engine failure (which
+    /// may come after the command was written) leave it open; clients retry the others.
+    pub fn is_definite(&self) -> bool {
+        !matches!(self, RaftstoreError::OutcomeUnknown { .. } | RaftstoreError::Storage(_))
+    }
 }

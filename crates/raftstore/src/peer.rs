@@ -103,7 +103,10 @@ pub struct Peer {
     pub(crate) meta: PeerMeta,
     /// False for a replica created by a leader's message, until its snapshot arrives.
     pub(crate) initialized: bool,
+    /// In proposing order, hence by term and then index.
     pub(crate) proposals: VecDeque<Proposal>,
+    /// When this replica stopped leading with proposals still waiting (store clock).
+    pub(crate) deposed_ms: Option<u64>,
     /// Until when (store clock) this leader may serve reads without asking a quorum.
     pub(crate) lease_until_ms: u64,
     /// A term in which this leader sent a TimeoutNow: it holds no lease for the rest of
@@ -167,6 +170,7 @@ impl Peer {
             meta,
             initialized,
             proposals: VecDeque::new(),
+            deposed_ms: None,
             lease_until_ms: 0,
             lease_barred_term: 0,
             read_batch: Vec::new(),
@@ -271,16 +275,24 @@ impl Peer {
         self.proposals.push_back(Proposal { index, term, callback, command, proposed_ms: now_ms });
     }
 
-    /// Takes the proposal of entry `(index, term)`, failing those that the log skipped
-    /// over (their entries were replaced by a new leader's). An index and a term name one
-    /// entry, so the proposal's command is the entry's.
+    /// Takes the proposal of entry `(index, term)`, which has just been committed and is
+    /// being applied, and fails those it proves can never commit: a proposal at or below
+    /// `index` that is not this entry, or one of an older term (every entry committed
+    /// after this one has a term at least `term`). The queue is in proposing order, so
+    /// by term and then index: only its front needs looking at. An index and a term
+    /// name one entry, so the proposal's command is the entry's.
+    ///
+    /// Proposals are answered here and nowhere else while their outcome can still be
+    /// learnt, even by a replica that has stopped leading: an error would make a client
+    /// retry a command that may yet commit, and apply it twice.
     pub(crate) fn take_proposal(&mut self, index: u64, term: u64) -> Option<Proposal> {
         while let Some(front) = self.proposals.front() {
-            if front.index > index {
+            let matched = front.index == index && front.term == term;
+            if !matched && front.index > index && front.term >= term {
                 return None;
             }
             let proposal = self.proposals.pop_front()?;
-            if proposal.index == index && proposal.term == term {
+            if matched {
                 return Some(proposal);
             }
             (proposal.callback)(Err(RaftstoreError::StaleCommand));
@@ -288,7 +300,55 @@ impl Peer {
         None
     }
 
-    /// Fails every pending proposal and read (the peer lost leadership or is going away).
+    /// A snapshot up to entry `(index, term)` replaced the log. Proposals it covers fail
+    /// with an unknown outcome (which entries it holds is not known here); later ones of
+    /// an older term can never commit (every entry after the snapshot's has a term at
+    /// least `term`); the rest wait on.
+    pub(crate) fn on_snapshot_installed(&mut self, index: u64, term: u64) {
+        let region_id = self.region.id;
+        for proposal in std::mem::take(&mut self.proposals) {
+            let error = if proposal.index <= index {
+                RaftstoreError::OutcomeUnknown { region_id }
+            } else if proposal.term < term {
+                RaftstoreError::StaleCommand
+            } else {
+                self.proposals.push_back(proposal);
+                continue;
+            };
+            (proposal.callback)(Err(error));
+        }
+    }
+
+    /// This replica stopped leading at `now_ms`: its reads fail, its proposals wait to
+    /// learn their outcome from the next leader (see [`Peer::expire_proposals`]).
+    pub(crate) fn on_deposed(&mut self, now_ms: u64) {
+        self.lease_until_ms = 0;
+        if !self.proposals.is_empty() && self.deposed_ms.is_none() {
+            self.deposed_ms = Some(now_ms);
+        }
+        let leader = self.leader();
+        let region_id = self.region.id;
+        self.fail_reads(&|| RaftstoreError::NotLeader { region_id, leader: leader.clone() });
+    }
+
+    /// Gives up on the proposals of a replica that stopped leading more than `timeout_ms`
+    /// ago and has not learnt their outcome (it hears no leader, or no leader commits
+    /// past them): they fail with an unknown outcome rather than hold their callers.
+    pub(crate) fn expire_proposals(&mut self, now_ms: u64, timeout_ms: u64) {
+        if self.is_leader() || self.proposals.is_empty() {
+            self.deposed_ms = None;
+            return;
+        }
+        if self.deposed_ms.is_some_and(|since| since + timeout_ms <= now_ms) {
+            self.deposed_ms = None;
+            let region_id = self.region.id;
+            for proposal in self.proposals.drain(..) {
+                (proposal.callback)(Err(RaftstoreError::OutcomeUnknown { region_id }));
+            }
+        }
+    }
+
+    /// Fails every pending proposal and read (the peer is going away).
     pub(crate) fn fail_all(&mut self, error: impl Fn() -> RaftstoreError) {
         for proposal in self.proposals.drain(..) {
             (proposal.callback)(Err(error()));

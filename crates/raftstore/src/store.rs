@@ -529,6 +529,9 @@ impl Store {
         for peer in self.peers.values_mut() {
             peer.raw.tick();
             peer.expire_reads(now_ms, timeout);
+            // Long enough for a replica deposed without a successor (check-quorum) to
+            // hear the next leader, elected after its own election timeout.
+            peer.expire_proposals(now_ms, timeout);
             if peer.is_leader() && !peer.raw.raft.has_pending_conf() {
                 let cs = peer.raw.store().conf_state();
                 if !cs.voters_outgoing.is_empty() {
@@ -782,10 +785,7 @@ impl Store {
         let Some(peer) = self.peers.get_mut(&id) else { return };
         let is_leader = role == StateRole::Leader;
         if !is_leader {
-            peer.lease_until_ms = 0;
-            let leader = peer.leader();
-            let region_id = peer.region.id;
-            peer.fail_all(|| RaftstoreError::NotLeader { region_id, leader: leader.clone() });
+            peer.on_deposed(self.now_ms);
         }
         if peer.initialized {
             self.events.push(Event::Role { region_id: id, is_leader, term: peer.raw.raft.term });
@@ -822,7 +822,8 @@ impl Store {
     }
 
     /// Destroys the local replica of a group: its log, Raft state and data go, a tombstone
-    /// stays. Its pending proposals fail with `RegionNotFound`.
+    /// stays. Its pending proposals fail with an unknown outcome: the group may commit
+    /// them without this replica.
     fn destroy_peer(&mut self, id: u64) -> Result<(), RaftstoreError> {
         let Some(mut peer) = self.peers.remove(&id) else { return Ok(()) };
         let mut batch = WriteBatch::new();
@@ -832,7 +833,8 @@ impl Store {
         }
         write_tombstone(&mut batch, &peer.region, peer.meta.id);
         self.engine.write(batch)?;
-        peer.fail_all(|| RaftstoreError::RegionNotFound(id));
+        let region_id = peer.region.id;
+        peer.fail_all(|| RaftstoreError::OutcomeUnknown { region_id });
         self.tombstones.insert(id, peer.meta.id);
         if id == META_GROUP_ID {
             self.registry.publish_meta(GroupStatus::default());
@@ -893,7 +895,8 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         for peer in self.peers.values_mut() {
-            peer.fail_all(|| RaftstoreError::StaleCommand);
+            let region_id = peer.region.id;
+            peer.fail_all(|| RaftstoreError::OutcomeUnknown { region_id });
         }
     }
 }
@@ -1085,6 +1088,8 @@ fn install_snapshot(
         peer.meta = local.clone();
     }
     peer.initialized = true;
+    let metadata = snapshot.get_metadata();
+    peer.on_snapshot_installed(metadata.index, metadata.term);
     Ok(region)
 }
 

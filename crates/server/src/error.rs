@@ -75,6 +75,14 @@ impl From<RaftstoreError> for RequestError {
                     Some(errorpb::RaftEntryTooLarge { region_id, entry_size: size });
             }
             RaftstoreError::StaleCommand => error.stale_command = Some(errorpb::StaleCommand {}),
+            // The one Region error tikv-client 0.4 hands to the user instead of retrying:
+            // sending the command again could apply it twice.
+            RaftstoreError::OutcomeUnknown { .. } => {
+                error.server_is_busy = Some(errorpb::ServerIsBusy {
+                    reason: error.message.clone(),
+                    ..Default::default()
+                });
+            }
             RaftstoreError::InvalidCommand(m) => return RequestError::Invalid(m),
             RaftstoreError::ChangeRefused(m) => return RequestError::Internal(m),
             RaftstoreError::Storage(e) => return RequestError::Internal(e.to_string()),

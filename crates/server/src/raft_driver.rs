@@ -77,7 +77,7 @@ impl RaftHandle {
         group_id: u64,
         data: Vec<u8>,
     ) -> Result<ApplyOutput, RaftstoreError> {
-        self.send(|callback| RaftMessage::Propose { group_id, data, callback }).await
+        self.send(group_id, |callback| RaftMessage::Propose { group_id, data, callback }).await
     }
 
     /// Proposes a data command to Region `region_id` and waits until it is applied (or
@@ -88,8 +88,12 @@ impl RaftHandle {
         command: RaftCommand,
     ) -> Result<ApplyOutput, RaftstoreError> {
         let command = EncodedCommand::new(command);
-        self.send(|callback| RaftMessage::ProposeCommand { group_id: region_id, command, callback })
-            .await
+        self.send(region_id, |callback| RaftMessage::ProposeCommand {
+            group_id: region_id,
+            command,
+            callback,
+        })
+        .await
     }
 
     /// [`RaftHandle::propose_command`] for a write made under `held` (its latches, and
@@ -120,7 +124,7 @@ impl RaftHandle {
         if self.sender.send_async(message).await.is_err() {
             return Err(RaftstoreError::StaleCommand);
         }
-        receiver.await.unwrap_or(Err(RaftstoreError::StaleCommand))
+        receiver.await.unwrap_or(Err(RaftstoreError::OutcomeUnknown { region_id }))
     }
 
     /// Proposes a membership change and waits until it is applied (or refused).
@@ -129,7 +133,8 @@ impl RaftHandle {
         group_id: u64,
         changes: Vec<PeerChange>,
     ) -> Result<ApplyOutput, RaftstoreError> {
-        self.send(|callback| RaftMessage::ConfChange { group_id, changes, callback }).await
+        self.send(group_id, |callback| RaftMessage::ConfChange { group_id, changes, callback })
+            .await
     }
 
     /// Waits until the local leader of `group_id` has confirmed with a quorum that it
@@ -199,8 +204,11 @@ impl RaftHandle {
         receiver.await.map_err(|_| RaftstoreError::StaleCommand)
     }
 
+    /// Sends a proposal to group `group_id` and waits for its answer. One that the Raft
+    /// thread dropped unanswered (it stopped) may have entered the log: unknown outcome.
     async fn send(
         &self,
+        group_id: u64,
         message: impl FnOnce(Callback) -> RaftMessage,
     ) -> Result<ApplyOutput, RaftstoreError> {
         let (sender, receiver) = oneshot::channel();
@@ -210,7 +218,7 @@ impl RaftHandle {
         if self.sender.send_async(message(callback)).await.is_err() {
             return Err(RaftstoreError::StaleCommand);
         }
-        receiver.await.unwrap_or(Err(RaftstoreError::StaleCommand))
+        receiver.await.unwrap_or(Err(RaftstoreError::OutcomeUnknown { region_id: group_id }))
     }
 }
 

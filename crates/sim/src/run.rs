@@ -3,9 +3,12 @@
 //!
 //! Clients run closed loops: each sends one operation, waits for its answer (or gives up
 //! after a timeout), thinks a little and sends the next. A write that was refused at once
-//! is left out of the history (it cannot have taken effect); one whose answer never came,
-//! or came as an error after it entered the log, is indeterminate: the checker may place
-//! it anywhere after its start, or nowhere. Reads that failed are left out.
+//! is left out of the history (it cannot have taken effect), and so is one that failed
+//! later with an error that says it did not take effect (a stale command, a lost
+//! leadership): clients retry on those, so a value written by one must never be read.
+//! A write whose answer never came, or came as an unknown outcome, is indeterminate: the
+//! checker may place it anywhere after its start, or nowhere. Reads that failed are left
+//! out.
 //!
 //! Faults come from the seed too: crashes (losing unsynced writes) and restarts, pauses
 //! longer than the election timeout, partitions (halves, an isolated node, one-way
@@ -94,6 +97,8 @@ pub struct Operation {
     pub invoke: u64,
     /// When its answer came; `None` if it is indeterminate.
     pub complete: Option<u64>,
+    /// A write the store answered with an error promising it did not take effect.
+    pub refused: bool,
 }
 
 /// Everything a run produced.
@@ -391,6 +396,7 @@ fn send_next(
                 read: None,
                 invoke: now,
                 complete: None,
+                refused: false,
             });
             client.pending = Some(op);
             cluster.schedule_external(CLIENT_TIMEOUT_MS, TIMEOUT | op as u64);
@@ -399,8 +405,16 @@ fn send_next(
         }
         return;
     }
-    let read =
-        Operation { client: c, node, key, write: None, read: None, invoke: now, complete: None };
+    let read = Operation {
+        client: c,
+        node,
+        key,
+        write: None,
+        read: None,
+        invoke: now,
+        complete: None,
+        refused: false,
+    };
     match cluster.read(node, op as u64, &key_of(key), rng) {
         ReadStart::Served(value) => {
             let value = value.expect("served by a running node");
@@ -459,10 +473,12 @@ fn on_answer(
         Answer::Proposed { op, result } => {
             let op = op as usize;
             let Some(c) = take_pending(clients, history, op) else { return };
-            if result.is_ok() {
-                history[op].complete = Some(now);
+            match result {
+                Ok(_) => history[op].complete = Some(now),
+                Err(e) if e.is_definite() => history[op].refused = true,
+                // An unknown outcome leaves the write indeterminate.
+                Err(_) => {}
             }
-            // An error after the entry was proposed leaves the write indeterminate.
             cluster.schedule_external(rng.gen_range(1..10), CLIENT | c);
         }
         Answer::ReadReady { op, node, result } => {
@@ -785,6 +801,7 @@ fn inject(
 pub fn check_history(history: &[Operation]) -> Vec<String> {
     let ops: Vec<linearizable::Operation> = history
         .iter()
+        .filter(|op| !op.refused)
         .filter_map(|op| {
             let timing = Timing { invoke: op.invoke, complete: op.complete };
             let checked = match (&op.write, &op.read) {

@@ -55,7 +55,15 @@ fn seeds_that_found_bugs_pass() {
     // and the simulated client counted it aborted while readers saw its appends (G1a).
     // A refusal after a lost attempt now leaves the transaction indeterminate. 16303,
     // 26948 and 27383: the same, found by the same sweep.
-    let seeds: &[u64] = &[7582, 16303, 26948, 27383];
+    //
+    // 66: a leader paused with writes in flight was deposed when it resumed and caught
+    // up by a snapshot; it answered its writes "stale" (not applied), although the next
+    // leader had committed them, and readers saw values whose writes a client would
+    // have retried. (Until then every deposed leader failed its writes as "not leader":
+    // 137 of seeds 0..200 read such a value once a refused write counted as not
+    // applied, seeds 0, 2 and 3 among those CI runs.) A snapshot now leaves the writes
+    // it covers with an unknown outcome. Seeds 3 and 11 found the same.
+    let seeds: &[u64] = &[7582, 16303, 26948, 27383, 66];
     for &seed in seeds {
         let report = run(seed, &RunConfig::default());
         assert!(report.anomalies.is_empty(), "seed {seed}: {:#?}", report.anomalies);
