@@ -15,9 +15,7 @@ use scandium_txn::actions::cleanup::{
     self, CheckTxnStatus, SecondaryStatus, StatusAction, TxnStatus,
 };
 use scandium_txn::actions::pessimistic::{self, PessimisticLockRequest};
-use scandium_txn::actions::prewrite::{
-    self, Mutation, MutationOp, PessimisticAction, PrewriteOutcome, TxnProps,
-};
+use scandium_txn::actions::prewrite::{self, Mutation, MutationOp, PessimisticAction, TxnProps};
 use scandium_txn::actions::{commit, gc, read};
 use scandium_txn::mvcc::{Lock, MvccReader, MvccTxn, Newest};
 use scandium_txn::TxnError;
@@ -33,17 +31,6 @@ const MAX_LOCK_WAIT: Duration = Duration::from_millis(1500);
 
 /// Result of a transactional command.
 pub type TxnResult<T> = Result<T, Failure>;
-
-/// The outcome of a prewrite.
-#[derive(Debug, Default)]
-pub struct PrewriteResult {
-    /// Per-key errors; when non-empty nothing was written.
-    pub errors: Vec<TxnError>,
-    /// For async commit: the transaction may not commit below this.
-    pub min_commit_ts: u64,
-    /// For one-phase commit: the commit timestamp, 0 if 1PC was not done.
-    pub one_pc_commit_ts: u64,
-}
 
 /// A command's changes, sealed against the snapshot they were computed from (see
 /// `MvccTxn::into_batch`), so the snapshot can be released before the Raft round.
@@ -267,7 +254,10 @@ impl NodeContext {
     }
 
     /// `KvPrewrite`.
-    pub async fn kv_prewrite(&self, req: kvrpcpb::PrewriteRequest) -> TxnResult<PrewriteResult> {
+    pub async fn kv_prewrite(
+        &self,
+        req: kvrpcpb::PrewriteRequest,
+    ) -> TxnResult<prewrite::Prewritten> {
         let checked = self.check_context(req.context.as_ref())?;
         self.disk.check_write(self.store_id)?;
         if req.use_async_commit || req.try_one_pc {
@@ -289,62 +279,28 @@ impl NodeContext {
             min_commit_ts: TimeStamp(req.min_commit_ts),
         };
         let keys: Vec<Vec<u8>> = mutations.iter().map(|m| m.key.clone()).collect();
+        let mutations: Vec<_> = mutations.into_iter().zip(actions).collect();
+        let request = prewrite::PrewriteRequest {
+            props: &props,
+            mutations: &mutations,
+            try_one_pc: req.try_one_pc,
+            max_commit_ts: req.max_commit_ts,
+        };
         let latches = self.latches.acquire(keys.iter()).await;
-        let hint = self.lock_index.hint_for_write(&keys, &self.newest);
-        let snapshot = self.engine.snapshot();
-        let reader = MvccReader::with_hint(&*snapshot, hint);
-        let mut txn = MvccTxn::new();
-        let mut result = PrewriteResult::default();
-        let mut locks: Vec<(Vec<u8>, Lock)> = Vec::new();
-        let mut existing_min_commit_ts = 0;
-        for (mutation, action) in mutations.iter().zip(actions) {
-            match prewrite::prewrite_key(&reader, &mut txn, &props, mutation, action) {
-                Ok(PrewriteOutcome::Lock(lock)) => locks.push((mutation.key.clone(), lock)),
-                Ok(PrewriteOutcome::AlreadyLocked(lock)) => {
-                    existing_min_commit_ts = existing_min_commit_ts.max(lock.min_commit_ts)
-                }
-                Ok(PrewriteOutcome::AlreadyCommitted | PrewriteOutcome::Checked) => {}
-                Err(e) => result.errors.push(e),
-            }
-        }
-        if !result.errors.is_empty() {
-            return Ok(result);
-        }
-        let one_pc = req.try_one_pc;
-        if (props.use_async_commit || one_pc)
+        if (props.use_async_commit || req.try_one_pc)
             && !self.max_ts_sync.is_synced(checked.region.id, checked.term)
         {
             return Err(scandium_raftstore::RaftstoreError::StaleCommand.into());
         }
-        let mut commit_ts = TimeStamp::ZERO;
-        let memory_locks = (props.use_async_commit || one_pc).then(|| {
-            self.concurrency.lock_for_commit_ts(&mut locks, |max_ts, locks| {
-                commit_ts = prewrite::async_min_commit_ts(&props, max_ts);
-                for (_, lock) in locks.iter_mut() {
-                    lock.min_commit_ts = commit_ts.0;
-                }
-            })
-        });
-        if req.max_commit_ts != 0 && commit_ts.0 > req.max_commit_ts {
-            result.errors.push(TxnError::Invalid(format!(
-                "commit timestamp {commit_ts} would exceed max_commit_ts {}",
-                req.max_commit_ts
-            )));
+        let hint = self.lock_index.hint_for_write(&keys, &self.newest);
+        let snapshot = self.engine.snapshot();
+        let reader = MvccReader::with_hint(&*snapshot, hint);
+        let mut txn = MvccTxn::new();
+        let mut result = prewrite::prewrite(&reader, &mut txn, &self.concurrency, request)?;
+        if !result.errors.is_empty() {
             return Ok(result);
         }
-        if one_pc {
-            for (key, lock) in locks {
-                cleanup::resolve_lock(&reader, &mut txn, &key, lock, commit_ts)?;
-            }
-            result.one_pc_commit_ts = commit_ts.0;
-        } else {
-            for (key, lock) in &locks {
-                txn.put_lock(key, lock);
-            }
-            if props.use_async_commit {
-                result.min_commit_ts = commit_ts.0.max(existing_min_commit_ts);
-            }
-        }
+        let memory_locks = result.memory_locks.take();
         let sealed = Sealed::new(&reader, txn)?;
         drop(reader);
         drop(snapshot);

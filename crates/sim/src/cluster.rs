@@ -18,8 +18,10 @@ use scandium_raftstore::{
     RaftConfig, RaftstoreError, ReadCallback, Registry, SnapshotData, Store,
 };
 use scandium_storage::{Cf, Engine, EngineRef, FaultEngine, Faults, WriteBatch};
+use scandium_txn::actions::prewrite::{self, PrewriteRequest};
+use scandium_txn::concurrency::MemoryLockGuard;
 use scandium_txn::mvcc::{LockType, MvccReader, MvccTxn};
-use scandium_txn::TxnError;
+use scandium_txn::{ConcurrencyManager, TxnError};
 use scandium_types::{Peer, Region, StoreState, TimeStamp};
 use std::any::Any;
 use std::cmp::Reverse;
@@ -50,6 +52,12 @@ impl MetaStateMachine for SimMeta {
         }
     }
 }
+
+/// Marks the timestamp requests a node makes to synchronise `max_ts` after it gains
+/// leadership of the data Region (see [`Cluster::txn_prewrite`]).
+const SYNC_OP: u64 = 1 << 34;
+/// How long a node waits for its `max_ts` timestamp before it asks again.
+const SYNC_TIMEOUT_MS: u64 = 1_000;
 
 /// Where every node's wall clock starts, in milliseconds.
 const WALL_EPOCH_MS: u64 = 1_000_000;
@@ -138,6 +146,17 @@ struct Node {
     /// Latches of transactional commands in flight: key to the operation that holds it
     /// until its proposal is answered (the server's latches, held until applied).
     latches: BTreeMap<Vec<u8>, u64>,
+    /// `max_ts` and the in-memory locks of async-commit and 1PC prewrites; a process's
+    /// memory, new on every start.
+    concurrency: Arc<ConcurrencyManager>,
+    /// In-memory locks of prewrites in flight, by operation, until their proposals are
+    /// answered (held with the latches, as the server holds them).
+    memory_locks: BTreeMap<u64, MemoryLockGuard>,
+    /// The data Region's term in which this node last raised `max_ts` to a fresh
+    /// timestamp: async commit and 1PC are served only in that term.
+    max_ts_synced: Option<u64>,
+    /// A synchronisation in flight: its operation, its term and when it was asked.
+    max_ts_syncing: Option<(u64, u64, u64)>,
 }
 
 /// Something scheduled to happen at a simulated time.
@@ -172,6 +191,11 @@ pub struct Cluster {
     /// A deliberately broken transaction layer: commands take no latches, so two of them
     /// may both decide on the same state before either is applied.
     pub unsafe_latches: bool,
+    /// A deliberately broken async commit: a new leader serves async-commit and 1PC
+    /// prewrites without first raising `max_ts` to a fresh timestamp.
+    pub unsafe_max_ts: bool,
+    /// Numbers the `max_ts` synchronisations.
+    next_sync: u64,
     /// Messages handed to the network and delivered, for the run's statistics.
     pub sent: u64,
     /// Messages delivered.
@@ -242,6 +266,10 @@ impl Cluster {
                     raising: false,
                     wall_offset_ms: 0,
                     latches: BTreeMap::new(),
+                    concurrency: Arc::default(),
+                    memory_locks: BTreeMap::new(),
+                    max_ts_synced: None,
+                    max_ts_syncing: None,
                 }
             })
             .collect();
@@ -257,6 +285,8 @@ impl Cluster {
             unsafe_reads: false,
             unsafe_tso: false,
             unsafe_latches: false,
+            unsafe_max_ts: false,
+            next_sync: 0,
             sent: 0,
             delivered: 0,
         };
@@ -363,6 +393,33 @@ impl Cluster {
     /// The answers for the caller; the steps of timestamp requests are taken here, and
     /// may produce further answers.
     fn take_answers_with(&mut self, rng: &mut StdRng) -> Vec<Answer> {
+        let mut answers = self.take_replies(rng);
+        answers.retain(|answer| match answer {
+            Answer::Timestamp { op, ts } if op & SYNC_OP != 0 => {
+                self.on_max_ts_timestamp(*op, *ts);
+                false
+            }
+            _ => true,
+        });
+        answers
+    }
+
+    /// A `max_ts` synchronisation's timestamp arrived: the node may serve async commit and
+    /// 1PC in the term it asked for.
+    fn on_max_ts_timestamp(&mut self, op: u64, ts: Option<TimeStamp>) {
+        for node in &mut self.nodes {
+            if let Some((_, term, _)) = node.max_ts_syncing.filter(|s| s.0 == op) {
+                node.max_ts_syncing = None;
+                if let (Some(ts), Some(_)) = (ts, node.store.as_ref()) {
+                    node.concurrency.update_max_ts(ts);
+                    node.max_ts_synced = Some(term);
+                }
+            }
+        }
+    }
+
+    /// The stores' replies: answers for the caller, timestamp steps taken here.
+    fn take_replies(&mut self, rng: &mut StdRng) -> Vec<Answer> {
         let mut out = Vec::new();
         loop {
             let answers = std::mem::take(&mut *lock(&self.answers));
@@ -399,6 +456,7 @@ impl Cluster {
                         if let Answer::Proposed { op, .. } = &answer {
                             for node in &mut self.nodes {
                                 node.latches.retain(|_, holder| holder != op);
+                                node.memory_locks.remove(op);
                             }
                         }
                         out.push(answer)
@@ -505,6 +563,9 @@ impl Cluster {
         node.placement = Arc::new(RwLock::new(loaded.unwrap_or_default()));
         node.tso = LeaderTso::default();
         node.raising = false;
+        node.concurrency = Arc::default();
+        node.max_ts_synced = None;
+        node.max_ts_syncing = None;
         let meta = Box::new(SimMeta { state: node.placement.clone() });
         let mut store = Store::open(id, engine, node.config.clone(), meta, node.registry.clone())
             .expect("a simulated node's disk always opens");
@@ -526,6 +587,7 @@ impl Cluster {
         node.registry = Registry::new();
         node.paused_until = 0;
         node.latches.clear();
+        node.memory_locks.clear();
     }
 
     /// Starts a crashed node again on what its disk kept.
@@ -648,13 +710,102 @@ impl Cluster {
     /// Runs a transactional write command on node `id` as the server's `txn_write` does:
     /// only on a leader that has applied its earlier terms, under latches on `keys` held
     /// until the proposal is answered, `action` reading a snapshot of the node's state
-    /// and its changes proposed as one Raft command.
+    /// (and given its `max_ts`, which status checks raise) and its changes proposed as
+    /// one Raft command.
     pub fn txn_write<T>(
         &mut self,
         id: u64,
         op: u64,
         keys: &[Vec<u8>],
-        action: impl FnOnce(&MvccReader<'_>, &mut MvccTxn) -> Result<T, TxnError>,
+        action: impl FnOnce(&MvccReader<'_>, &mut MvccTxn, &ConcurrencyManager) -> Result<T, TxnError>,
+        rng: &mut StdRng,
+    ) -> TxnStart<T> {
+        self.txn_command(
+            id,
+            op,
+            keys,
+            |reader, txn, concurrency| Ok((action(reader, txn, concurrency)?, None)),
+            rng,
+        )
+    }
+
+    /// A prewrite on node `id`, as the server's `kv_prewrite` runs it: an async-commit or
+    /// 1PC one only once the node has raised `max_ts` to a timestamp taken since it gained
+    /// leadership (until then it is busy, and asks the placement leader for one). The
+    /// output is the `min_commit_ts` of async commit and the commit timestamp of 1PC.
+    pub fn txn_prewrite(
+        &mut self,
+        id: u64,
+        op: u64,
+        request: PrewriteRequest<'_>,
+        rng: &mut StdRng,
+    ) -> TxnStart<(u64, u64)> {
+        let keys: Vec<Vec<u8>> = request.mutations.iter().map(|(m, _)| m.key.clone()).collect();
+        let needs_max_ts = request.props.use_async_commit || request.try_one_pc;
+        if needs_max_ts && !self.unsafe_max_ts && !self.max_ts_synced(id, rng) {
+            return TxnStart::Busy;
+        }
+        self.txn_command(
+            id,
+            op,
+            &keys,
+            |reader, txn, concurrency| {
+                let mut done = prewrite::prewrite(reader, txn, concurrency, request)?;
+                if let Some(error) = done.errors.drain(..).next() {
+                    return Err(error);
+                }
+                let output = (done.min_commit_ts, done.one_pc_commit_ts);
+                Ok((output, done.memory_locks.take()))
+            },
+            rng,
+        )
+    }
+
+    /// Whether node `id` raised `max_ts` in its current term as the data Region's leader;
+    /// if not, it asks the placement leader for a timestamp (once at a time).
+    fn max_ts_synced(&mut self, id: u64, rng: &mut StdRng) -> bool {
+        let Some(term) = self.node(id).registry.get(REGION).map(|s| s.term) else {
+            return false;
+        };
+        let now = self.now;
+        let node = self.node(id);
+        if node.max_ts_synced == Some(term) {
+            return true;
+        }
+        let asking =
+            node.max_ts_syncing.is_some_and(|(_, t, at)| t == term && now < at + SYNC_TIMEOUT_MS);
+        if asking {
+            return false;
+        }
+        let Some(placement_leader) = self.ids().find(|&p| {
+            self.is_serving(p)
+                && self.nodes[p as usize - 1]
+                    .registry
+                    .meta()
+                    .status
+                    .is_some_and(|s| s.ready_for_reads)
+        }) else {
+            return false;
+        };
+        let op = SYNC_OP | self.next_sync;
+        self.next_sync += 1;
+        self.node(id).max_ts_syncing = Some((op, term, now));
+        self.timestamp(placement_leader, op, rng);
+        false
+    }
+
+    /// The body of [`Cluster::txn_write`] and [`Cluster::txn_prewrite`]: `action` may
+    /// also hand back in-memory locks, held until the proposal is answered.
+    fn txn_command<T>(
+        &mut self,
+        id: u64,
+        op: u64,
+        keys: &[Vec<u8>],
+        action: impl FnOnce(
+            &MvccReader<'_>,
+            &mut MvccTxn,
+            &Arc<ConcurrencyManager>,
+        ) -> Result<(T, Option<MemoryLockGuard>), TxnError>,
         rng: &mut StdRng,
     ) -> TxnStart<T> {
         if !self.is_serving(id) {
@@ -668,11 +819,12 @@ impl Cluster {
         if latched && keys.iter().any(|key| node.latches.contains_key(key)) {
             return TxnStart::Busy;
         }
+        let concurrency = node.concurrency.clone();
         let Some(store) = node.store.as_ref() else { return TxnStart::Unavailable };
         let snapshot = store.engine_snapshot();
         let reader = MvccReader::new(&*snapshot);
         let mut txn = MvccTxn::new();
-        let output = match action(&reader, &mut txn) {
+        let (output, memory_locks) = match action(&reader, &mut txn, &concurrency) {
             Ok(output) => output,
             Err(e) => return TxnStart::Failed(e),
         };
@@ -692,6 +844,9 @@ impl Cluster {
         for key in keys {
             node.latches.insert(key.clone(), op);
         }
+        if let Some(guard) = memory_locks {
+            node.memory_locks.insert(op, guard);
+        }
         TxnStart::Proposed(output)
     }
 
@@ -704,23 +859,29 @@ impl Cluster {
         key: &[u8],
         ts: TimeStamp,
     ) -> Option<Result<Option<Vec<u8>>, TxnError>> {
-        let store = self.nodes[id as usize - 1].store.as_ref()?;
+        let node = &self.nodes[id as usize - 1];
+        let store = node.store.as_ref()?;
+        // As the server reads: max_ts and in-memory locks first, then the snapshot.
+        if let Err(e) = node.concurrency.read_key_check(key, ts) {
+            return Some(Err(e));
+        }
         let snapshot = store.engine_snapshot();
         Some(scandium_txn::actions::read::point_get(&MvccReader::new(&*snapshot), key, ts))
     }
 
-    /// The newest value of `key` on node `id` with every transaction's fate settled: a
-    /// lock whose primary committed counts as committed, any other lock as rolled back
-    /// (for the final check, after the run; `None` if the node is down).
+    /// The newest value of `key` on node `id` with every transaction's fate settled as a
+    /// reader resolving its lock would settle it: committed if its primary committed, or
+    /// if it is an async-commit transaction whose every key is prewritten (or any key
+    /// committed); rolled back otherwise (for the final check, after the run; `None` if
+    /// the node is down).
     pub fn txn_final_value(&self, id: u64, key: &[u8]) -> Option<Option<Vec<u8>>> {
-        use scandium_txn::mvcc::{TxnCommitRecord, Write, WriteType};
+        use scandium_txn::mvcc::{Write, WriteType};
         let store = self.nodes[id as usize - 1].store.as_ref()?;
         let snapshot = store.engine_snapshot();
         let reader = MvccReader::new(&*snapshot);
         let read = || -> Result<Option<Vec<u8>>, TxnError> {
             if let Some(lock) = reader.load_lock(key)? {
-                let fate = reader.get_txn_commit_record(&lock.primary, lock.ts())?;
-                if let (TxnCommitRecord::Committed(..), LockType::Put) = (fate, lock.kind()) {
+                if lock.kind() == LockType::Put && lock_committed(&reader, &lock)? {
                     let write = Write::new(WriteType::Put, lock.ts(), lock.short_value.clone());
                     return reader.load_data(key, write).map(Some);
                 }
@@ -947,6 +1108,32 @@ impl Cluster {
     }
 }
 
+/// Whether the transaction holding `lock` committed (see [`Cluster::txn_final_value`]).
+fn lock_committed(
+    reader: &MvccReader<'_>,
+    lock: &scandium_txn::mvcc::Lock,
+) -> Result<bool, TxnError> {
+    use scandium_txn::mvcc::TxnCommitRecord;
+    let committed = |key: &[u8]| -> Result<bool, TxnError> {
+        let record = reader.get_txn_commit_record(key, lock.ts())?;
+        Ok(matches!(record, TxnCommitRecord::Committed(..)))
+    };
+    let ours = |l: &scandium_txn::mvcc::Lock| l.start_ts == lock.start_ts;
+    match reader.load_lock(&lock.primary)?.filter(ours) {
+        Some(primary) if primary.use_async_commit => {
+            for secondary in &primary.secondaries {
+                let held = reader.load_lock(secondary)?;
+                if !held.is_some_and(|l| ours(&l) && l.kind() != LockType::Pessimistic) {
+                    return committed(secondary);
+                }
+            }
+            Ok(true)
+        }
+        Some(_) => Ok(false),
+        None => committed(&lock.primary),
+    }
+}
+
 /// A replica's applied index and data digests (one per column family).
 pub type ReplicaState = (u64, Vec<u64>);
 
@@ -963,6 +1150,19 @@ pub enum TxnStart<T> {
     Busy,
     /// Down, paused, or not a leader ready to serve: nothing was done.
     Unavailable,
+}
+
+impl<T> TxnStart<T> {
+    /// The same start with the output mapped.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> TxnStart<U> {
+        match self {
+            TxnStart::Proposed(output) => TxnStart::Proposed(f(output)),
+            TxnStart::Done(output) => TxnStart::Done(f(output)),
+            TxnStart::Failed(e) => TxnStart::Failed(e),
+            TxnStart::Busy => TxnStart::Busy,
+            TxnStart::Unavailable => TxnStart::Unavailable,
+        }
+    }
 }
 
 /// Whether a read may go ahead; see [`Cluster::read_gate`].

@@ -44,6 +44,9 @@ struct Args {
     /// Break the transaction layer on purpose (commands take no latches).
     #[arg(long)]
     unsafe_latches: bool,
+    /// Break async commit on purpose (a new leader does not raise max_ts first).
+    #[arg(long)]
+    unsafe_max_ts: bool,
 }
 
 fn main() {
@@ -53,6 +56,7 @@ fn main() {
         unsafe_reads: args.unsafe_reads,
         unsafe_tso: args.unsafe_tso,
         unsafe_latches: args.unsafe_latches,
+        unsafe_max_ts: args.unsafe_max_ts,
         txn_clients: args.txn_clients,
         ..RunConfig::default()
     };

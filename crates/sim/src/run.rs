@@ -59,6 +59,8 @@ pub struct RunConfig {
     pub unsafe_tso: bool,
     /// Breaks the transaction layer on purpose (see [`Cluster::unsafe_latches`]).
     pub unsafe_latches: bool,
+    /// Breaks async commit on purpose (see [`Cluster::unsafe_max_ts`]).
+    pub unsafe_max_ts: bool,
 }
 
 impl Default for RunConfig {
@@ -76,6 +78,7 @@ impl Default for RunConfig {
             unsafe_reads: false,
             unsafe_tso: false,
             unsafe_latches: false,
+            unsafe_max_ts: false,
         }
     }
 }
@@ -178,6 +181,7 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
     cluster.unsafe_reads = config.unsafe_reads;
     cluster.unsafe_tso = config.unsafe_tso;
     cluster.unsafe_latches = config.unsafe_latches;
+    cluster.unsafe_max_ts = config.unsafe_max_ts;
     let mut clients: Vec<Client> = (0..config.clients)
         .map(|_| Client {
             pending: None,

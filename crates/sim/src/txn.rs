@@ -18,25 +18,32 @@
 //! that must find those locks. One in 40 of them is abandoned with
 //! its pessimistic locks held, for others to roll back once they expire.
 //!
+//! Each transaction commits one of three ways, drawn from the seed: two-phase as above;
+//! async commit (committed once the prewrite is answered, at its `min_commit_ts`; a reader
+//! meeting its lock settles it by `check_secondary_locks`); or one-phase (the prewrite
+//! commits).
+//!
 //! The commands compose the same Percolator actions (`scandium_txn::actions`) as the
-//! server's; what the simulator does not share with the server is the glue around them
-//! (its own latches, no lock index or newest-record cache, no async commit or 1PC).
+//! server's, the prewrite included; what the simulator does not share with the server is
+//! the glue around them (its own latches and `max_ts` synchronisation, no lock index or
+//! newest-record cache).
 //!
 //! What a transaction's client learned decides its outcome for the checker: committed
-//! once the primary's commit is answered; aborted if it never sent the commit of its
-//! primary, or the commit was refused because the transaction was rolled back;
-//! indeterminate when the commit's answer never came.
+//! once the primary's commit is answered (async commit and 1PC: the prewrite); aborted if
+//! it never sent the commit of its primary, or the commit was refused because the
+//! transaction was rolled back; indeterminate when that answer never came.
 
 use crate::check::elle::{self, MicroOp, Outcome};
 use crate::cluster::{Answer, Cluster, Gate, TxnStart};
 use rand::rngs::StdRng;
 use rand::Rng;
-use scandium_txn::actions::cleanup::{self, CheckTxnStatus, TxnStatus};
+use scandium_txn::actions::cleanup::{self, CheckTxnStatus, SecondaryStatus, TxnStatus};
 use scandium_txn::actions::commit;
 use scandium_txn::actions::pessimistic::{self, PessimisticLockRequest};
-use scandium_txn::actions::prewrite::{self, Mutation, MutationOp, PessimisticAction, TxnProps};
+use scandium_txn::actions::prewrite::TxnProps;
+use scandium_txn::actions::prewrite::{Mutation, MutationOp, PessimisticAction, PrewriteRequest};
 use scandium_txn::mvcc::Lock;
-use scandium_txn::{ConcurrencyManager, TxnError};
+use scandium_txn::TxnError;
 use scandium_types::TimeStamp;
 
 /// Marks the operation ids of transactional requests in the cluster's answers.
@@ -57,6 +64,18 @@ const LOCK_BACKOFF_MS: (u64, u64) = (10, 40);
 /// after its primary's commit, as by a client that crashed.
 const ABANDON_ONE_IN: u32 = 40;
 
+/// How a transaction commits, drawn for each one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Commit {
+    /// Two-phase: a commit timestamp from the oracle, then the primary's commit decides.
+    TwoPhase,
+    /// Async commit: committed once both keys are prewritten, at their `min_commit_ts`,
+    /// which the leader chose above every timestamp it served a read at.
+    Async,
+    /// One-phase: the prewrite commits, at a timestamp chosen as async commit's.
+    OnePc,
+}
+
 /// Where a transaction is.
 #[derive(Clone, Debug)]
 enum Step {
@@ -71,6 +90,14 @@ enum Step {
     CheckStatus {
         key: Vec<u8>,
         lock: Box<Lock>,
+        resume: Box<Step>,
+    },
+    /// `lock`, met at `key`, belongs to an async-commit transaction whose primary lock is
+    /// `primary`: its secondaries decide its fate.
+    CheckSecondaries {
+        key: Vec<u8>,
+        lock: Box<Lock>,
+        primary: Box<Lock>,
         resume: Box<Step>,
     },
     Resolve {
@@ -95,6 +122,9 @@ enum Pending {
 
 enum Output {
     Status(TxnStatus),
+    Secondaries(SecondaryStatus),
+    /// A prewrite's `min_commit_ts` (async commit; 0 otherwise).
+    Prewritten(u64),
     /// A pessimistic lock's read of the key's latest value.
     Value(Option<Vec<u8>>),
     Done,
@@ -108,6 +138,7 @@ struct Current {
     /// Pessimistic transactions only; zero for optimistic ones.
     for_update_ts: TimeStamp,
     commit_ts: TimeStamp,
+    commit: Commit,
     step: Step,
     lock_waits: u32,
     commit_tries: u32,
@@ -134,9 +165,6 @@ pub struct TxnClients {
     next_op: u64,
     nodes: u64,
     keys: u64,
-    /// The manager `check_txn_status` is given (it only raises `max_ts`, which matters
-    /// for async commit, not simulated).
-    concurrency: ConcurrencyManager,
 }
 
 /// The key of list `k`.
@@ -171,7 +199,6 @@ impl TxnClients {
             next_op: 0,
             nodes,
             keys: keys.max(2),
-            concurrency: ConcurrencyManager::new(TimeStamp::ZERO),
         }
     }
 
@@ -229,7 +256,9 @@ impl TxnClients {
                     client.node,
                     op,
                     &[key],
-                    |reader, txn| {
+                    |reader, txn, concurrency| {
+                        // As the server does: async commit must stay above this read too.
+                        concurrency.update_max_ts(for_update_ts);
                         let value = pessimistic::acquire_pessimistic_lock(reader, txn, &request)?;
                         Ok(Output::Value(value))
                     },
@@ -245,16 +274,28 @@ impl TxnClients {
                     rollback_if_not_exist: true,
                     ..CheckTxnStatus::default()
                 };
-                let concurrency = &self.concurrency;
                 let keys = [lock.primary.clone()];
                 Started::of(cluster.txn_write(
                     client.node,
                     op,
                     &keys,
-                    |reader, txn| {
+                    |reader, txn, concurrency| {
                         let (status, _) =
                             cleanup::check_txn_status(reader, txn, concurrency, &request)?;
                         Ok(Output::Status(status))
+                    },
+                    rng,
+                ))
+            }
+            Step::CheckSecondaries { primary, .. } => {
+                let (keys, lock_ts) = (primary.secondaries.clone(), primary.ts());
+                Started::of(cluster.txn_write(
+                    client.node,
+                    op,
+                    &keys,
+                    |reader, txn, _| {
+                        let status = cleanup::check_secondary_locks(reader, txn, &keys, lock_ts)?;
+                        Ok(Output::Secondaries(status))
                     },
                     rng,
                 ))
@@ -265,7 +306,7 @@ impl TxnClients {
                     client.node,
                     op,
                     &keys,
-                    |reader, txn| {
+                    |reader, txn, _| {
                         match reader.load_lock(&key)? {
                             Some(held) if held.start_ts == lock.start_ts => {
                                 cleanup::resolve_lock(reader, txn, &key, held, fate)?
@@ -291,12 +332,15 @@ impl TxnClients {
                         _ => None,
                     })
                     .collect();
+                let commit = txn.commit;
                 let props = TxnProps {
                     start_ts,
                     primary: a.clone(),
                     lock_ttl: LOCK_TTL_MS,
                     txn_size: 2,
                     for_update_ts,
+                    use_async_commit: commit == Commit::Async,
+                    secondaries: if commit == Commit::Async { vec![b.clone()] } else { Vec::new() },
                     ..TxnProps::default()
                 };
                 let action = if for_update_ts > TimeStamp::ZERO {
@@ -304,30 +348,24 @@ impl TxnClients {
                 } else {
                     PessimisticAction::SkipPessimisticCheck
                 };
-                let keys = [a.clone(), b.clone()];
-                Started::of(cluster.txn_write(
-                    client.node,
-                    op,
-                    &keys,
-                    |reader, txn| {
-                        for (key, list) in keys.iter().zip(&lists) {
-                            let mut list = list.clone();
-                            list.push(element);
-                            let mutation = Mutation {
-                                op: MutationOp::Put,
-                                key: key.clone(),
-                                value: encode_list(&list),
-                            };
-                            if let prewrite::PrewriteOutcome::Lock(lock) =
-                                prewrite::prewrite_key(reader, txn, &props, &mutation, action)?
-                            {
-                                txn.put_lock(key, &lock);
-                            }
-                        }
-                        Ok(Output::Done)
-                    },
-                    rng,
-                ))
+                let mutations: Vec<(Mutation, PessimisticAction)> = [a, b]
+                    .into_iter()
+                    .zip(&lists)
+                    .map(|(key, list)| {
+                        let mut list = list.clone();
+                        list.push(element);
+                        let value = encode_list(&list);
+                        (Mutation { op: MutationOp::Put, key, value }, action)
+                    })
+                    .collect();
+                let request = PrewriteRequest {
+                    props: &props,
+                    mutations: &mutations,
+                    try_one_pc: commit == Commit::OnePc,
+                    max_commit_ts: 0,
+                };
+                let started = cluster.txn_prewrite(client.node, op, request, rng);
+                Started::of(started.map(|(min_commit_ts, _)| Output::Prewritten(min_commit_ts)))
             }
             Step::CommitPrimary | Step::CommitSecondary => {
                 let key = if matches!(txn.step, Step::CommitPrimary) { a } else { b };
@@ -336,7 +374,7 @@ impl TxnClients {
                     client.node,
                     op,
                     &keys,
-                    |reader, txn| {
+                    |reader, txn, _| {
                         commit::commit(reader, txn, &key, start_ts, commit_ts)?;
                         Ok(Output::Done)
                     },
@@ -449,6 +487,13 @@ impl TxnClients {
             let Some(txn) = client.txn.take() else { continue };
             let outcome = match txn.step {
                 Step::CommitSecondary => Outcome::Committed,
+                Step::CommitPrimary if txn.commit == Commit::Async => Outcome::Committed,
+                Step::Prewrite
+                    if txn.commit != Commit::TwoPhase
+                        && matches!(waiting, Some((_, Pending::Write(_)))) =>
+                {
+                    Outcome::Indeterminate
+                }
                 Step::CommitPrimary
                     if txn.commit_tries > 0 || matches!(waiting, Some((_, Pending::Write(_)))) =>
                 {
@@ -464,6 +509,11 @@ impl TxnClients {
         let first = rng.gen_range(0..self.keys);
         let second = (first + rng.gen_range(1..self.keys)) % self.keys;
         let index = self.history.len();
+        let commit = match rng.gen_range(0..3) {
+            0 => Commit::TwoPhase,
+            1 => Commit::Async,
+            _ => Commit::OnePc,
+        };
         // Unique per list across the history: the checker names versions by them.
         let element = index as u64 + 1;
         self.history.push(elle::Txn {
@@ -479,6 +529,7 @@ impl TxnClients {
             start_ts: TimeStamp::ZERO,
             for_update_ts: TimeStamp::ZERO,
             commit_ts: TimeStamp::ZERO,
+            commit,
             step: Step::StartTs,
             lock_waits: 0,
             commit_tries: 0,
@@ -527,6 +578,12 @@ impl TxnClients {
                 }
             }
             Step::CheckStatus { key, lock, resume } => match output {
+                // Resolved at once, more eagerly than tikv-client (which waits for the
+                // lock's TTL): the fate of an async-commit transaction never depends on
+                // when it is asked.
+                Some(Output::Status(TxnStatus::Locked(primary))) if primary.use_async_commit => {
+                    Step::CheckSecondaries { key, lock, primary, resume }
+                }
                 Some(Output::Status(TxnStatus::Committed(ts))) => {
                     Step::Resolve { key, lock, commit_ts: ts, resume }
                 }
@@ -544,13 +601,39 @@ impl TxnClients {
                     *resume
                 }
             },
+            Step::CheckSecondaries { key, lock, primary, resume } => {
+                let commit_ts = match output {
+                    // Every key still locked: committed at the largest min_commit_ts.
+                    Some(Output::Secondaries(SecondaryStatus::Locked(locks))) => locks
+                        .iter()
+                        .map(|(_, l)| TimeStamp(l.min_commit_ts))
+                        .fold(TimeStamp(primary.min_commit_ts), TimeStamp::max),
+                    Some(Output::Secondaries(SecondaryStatus::Committed(ts))) => ts,
+                    Some(Output::Secondaries(SecondaryStatus::RolledBack)) => TimeStamp::ZERO,
+                    _ => unreachable!("a secondary check answers with the secondaries' state"),
+                };
+                Step::Resolve { key, lock, commit_ts, resume }
+            }
             Step::Resolve { resume, .. } => *resume,
-            Step::Prewrite => {
-                if rng.gen_ratio(1, ABANDON_ONE_IN) {
+            Step::Prewrite => match txn.commit {
+                Commit::TwoPhase if rng.gen_ratio(1, ABANDON_ONE_IN) => {
                     return self.end(c, Outcome::Aborted);
                 }
-                Step::CommitTs
-            }
+                Commit::TwoPhase => Step::CommitTs,
+                // Committed: both locks are written, and whoever meets them commits them.
+                Commit::Async => {
+                    let Some(Output::Prewritten(min_commit_ts)) = output else {
+                        unreachable!("a prewrite answers with its min_commit_ts")
+                    };
+                    self.history[txn.index].outcome = Outcome::Committed;
+                    if rng.gen_ratio(1, ABANDON_ONE_IN) {
+                        return self.end(c, Outcome::Committed);
+                    }
+                    txn.commit_ts = TimeStamp(min_commit_ts);
+                    Step::CommitPrimary
+                }
+                Commit::OnePc => return self.end(c, Outcome::Committed),
+            },
             Step::CommitTs => Step::CommitPrimary,
             Step::CommitPrimary => {
                 self.history[txn.index].outcome = Outcome::Committed;
@@ -569,6 +652,11 @@ impl TxnClients {
         let step = txn.step.clone();
 
         match (error, step) {
+            // An async-commit transaction committed with its prewrite: its commits only
+            // tidy up, whatever they meet.
+            (_, Step::CommitPrimary | Step::CommitSecondary) if txn.commit == Commit::Async => {
+                self.end(c, Outcome::Committed)
+            }
             (TxnError::KeyIsLocked { key, lock }, resume) => {
                 txn.step = Step::CheckStatus { key, lock, resume: Box::new(resume) };
             }
@@ -602,8 +690,10 @@ impl TxnClients {
         let txn = client.txn.as_mut().expect("a step of a transaction");
         match txn.step {
             // Its locks, if the prewrite took effect, are left for readers to roll back:
-            // it never commits.
-            Step::Prewrite => self.end(c, Outcome::Aborted),
+            // it never commits. Unless the prewrite alone commits it.
+            Step::Prewrite if txn.commit == Commit::TwoPhase => self.end(c, Outcome::Aborted),
+            Step::Prewrite => self.end(c, Outcome::Indeterminate),
+            Step::CommitPrimary if txn.commit == Commit::Async => self.end(c, Outcome::Committed),
             Step::CommitPrimary => {
                 txn.commit_tries += 1;
                 if txn.commit_tries >= COMMIT_TRIES {

@@ -30,6 +30,12 @@ pub struct MemoryLockGuard {
     keys: Vec<Vec<u8>>,
 }
 
+impl std::fmt::Debug for MemoryLockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryLockGuard").field("keys", &self.keys.len()).finish()
+    }
+}
+
 impl Drop for MemoryLockGuard {
     fn drop(&mut self) {
         let mut table = self.manager.table();

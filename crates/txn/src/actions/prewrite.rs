@@ -207,3 +207,93 @@ pub fn async_min_commit_ts(props: &TxnProps, max_ts: TimeStamp) -> TimeStamp {
     let floor = props.start_ts.max(props.for_update_ts).max(max_ts).next();
     floor.max(props.min_commit_ts)
 }
+
+/// One prewrite request: every key of one transaction in one Region.
+#[derive(Clone, Copy, Debug)]
+pub struct PrewriteRequest<'a> {
+    /// What the keys share.
+    pub props: &'a TxnProps,
+    /// Each key's mutation and how its pessimistic lock is checked.
+    pub mutations: &'a [(Mutation, PessimisticAction)],
+    /// Commit in this one step if the request holds every key of the transaction.
+    pub try_one_pc: bool,
+    /// Refuse a commit timestamp above this (0: no bound).
+    pub max_commit_ts: u64,
+}
+
+/// What a prewrite request decided.
+#[derive(Debug, Default)]
+pub struct Prewritten {
+    /// Per-key errors; when non-empty nothing was written.
+    pub errors: Vec<TxnError>,
+    /// For async commit: the transaction may not commit below this.
+    pub min_commit_ts: u64,
+    /// For one-phase commit: the commit timestamp, 0 if 1PC was not done.
+    pub one_pc_commit_ts: u64,
+    /// For async commit and 1PC: the locks readers must see before storage has them.
+    /// Hold it until the change is applied.
+    pub memory_locks: Option<crate::concurrency::MemoryLockGuard>,
+}
+
+/// Prewrites every key of `request` into `txn`, or none if any key fails (then `errors`
+/// says why). For async commit and 1PC the commit timestamp is chosen above `max_ts` while
+/// the locks are published in memory, so that no reader can take a snapshot at or above
+/// it without meeting them; with 1PC the locks are committed at once instead of written.
+///
+/// The caller must have synchronised `max_ts` since its peer became leader (a reader
+/// served by the previous leader raised only that node's): this function cannot tell.
+pub fn prewrite(
+    reader: &MvccReader<'_>,
+    txn: &mut MvccTxn,
+    concurrency: &std::sync::Arc<crate::ConcurrencyManager>,
+    request: PrewriteRequest<'_>,
+) -> Result<Prewritten> {
+    let props = request.props;
+    let mut result = Prewritten::default();
+    let mut locks: Vec<(Vec<u8>, Lock)> = Vec::new();
+    let mut existing_min_commit_ts = 0;
+    for (mutation, action) in request.mutations {
+        match prewrite_key(reader, txn, props, mutation, *action) {
+            Ok(PrewriteOutcome::Lock(lock)) => locks.push((mutation.key.clone(), lock)),
+            Ok(PrewriteOutcome::AlreadyLocked(lock)) => {
+                existing_min_commit_ts = existing_min_commit_ts.max(lock.min_commit_ts)
+            }
+            Ok(PrewriteOutcome::AlreadyCommitted | PrewriteOutcome::Checked) => {}
+            Err(e) => result.errors.push(e),
+        }
+    }
+    if !result.errors.is_empty() {
+        return Ok(result);
+    }
+    let mut commit_ts = TimeStamp::ZERO;
+    if props.use_async_commit || request.try_one_pc {
+        result.memory_locks = Some(concurrency.lock_for_commit_ts(&mut locks, |max_ts, locks| {
+            commit_ts = async_min_commit_ts(props, max_ts);
+            for (_, lock) in locks.iter_mut() {
+                lock.min_commit_ts = commit_ts.0;
+            }
+        }));
+    }
+    if request.max_commit_ts != 0 && commit_ts.0 > request.max_commit_ts {
+        result.errors.push(TxnError::Invalid(format!(
+            "commit timestamp {commit_ts} would exceed max_commit_ts {}",
+            request.max_commit_ts
+        )));
+        result.memory_locks = None;
+        return Ok(result);
+    }
+    if request.try_one_pc {
+        for (key, lock) in locks {
+            crate::actions::cleanup::resolve_lock(reader, txn, &key, lock, commit_ts)?;
+        }
+        result.one_pc_commit_ts = commit_ts.0;
+    } else {
+        for (key, lock) in &locks {
+            txn.put_lock(key, lock);
+        }
+        if props.use_async_commit {
+            result.min_commit_ts = commit_ts.0.max(existing_min_commit_ts);
+        }
+    }
+    Ok(result)
+}
