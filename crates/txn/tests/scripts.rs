@@ -20,9 +20,7 @@
 
 use scandium_storage::{Cf, Engine, MemoryEngine};
 use scandium_txn::actions::cleanup::{self, CheckTxnStatus, SecondaryStatus, TxnStatus};
-use scandium_txn::actions::prewrite::{
-    self, Mutation, MutationOp, PessimisticAction, PrewriteOutcome, TxnProps,
-};
+use scandium_txn::actions::prewrite::{self, Mutation, MutationOp, PessimisticAction, TxnProps};
 use scandium_txn::actions::{commit, gc, pessimistic, read};
 use scandium_txn::mvcc::{latest, Lock, MvccReader, MvccTxn, Write};
 use scandium_txn::{ConcurrencyManager, TxnError};
@@ -356,39 +354,23 @@ impl Runner {
         };
         let cm = self.cm.clone();
         let one_pc = args.has("one_pc");
+        let mutations: Vec<_> = mutations.into_iter().map(|m| (m, action)).collect();
+        let request = prewrite::PrewriteRequest {
+            props: &props,
+            mutations: &mutations,
+            try_one_pc: one_pc,
+            max_commit_ts: 0,
+        };
         let result = self.write(|r, t| {
-            let mut errors = Vec::new();
-            let mut locks = Vec::new();
-            for m in &mutations {
-                match prewrite::prewrite_key(r, t, &props, m, action) {
-                    Ok(PrewriteOutcome::Lock(lock)) => locks.push((m.key.clone(), lock)),
-                    Ok(_) => {}
-                    Err(e) => errors.push(show_error(&e)),
-                }
-            }
-            if !errors.is_empty() {
+            let done = prewrite::prewrite(r, t, &cm, request)?;
+            if !done.errors.is_empty() {
+                let errors: Vec<String> = done.errors.iter().map(show_error).collect();
                 return Err(TxnError::Invalid(errors.join("; ")));
             }
-            let mut commit_ts = TimeStamp::ZERO;
-            if props.use_async_commit || one_pc {
-                let _guard = cm.lock_for_commit_ts(&mut locks, |max_ts, locks| {
-                    commit_ts = prewrite::async_min_commit_ts(&props, max_ts);
-                    for (_, lock) in locks.iter_mut() {
-                        lock.min_commit_ts = commit_ts.0;
-                    }
-                });
-            }
-            if one_pc {
-                for (key, lock) in locks {
-                    cleanup::resolve_lock(r, t, &key, lock, commit_ts)?;
-                }
-                return Ok(format!("ok, committed at {commit_ts} (1PC)"));
-            }
-            for (key, lock) in &locks {
-                t.put_lock(key, lock);
-            }
-            Ok(if props.use_async_commit {
-                format!("ok, min_commit_ts {commit_ts}")
+            Ok(if one_pc {
+                format!("ok, committed at {} (1PC)", done.one_pc_commit_ts)
+            } else if props.use_async_commit {
+                format!("ok, min_commit_ts {}", done.min_commit_ts)
             } else {
                 "ok".into()
             })

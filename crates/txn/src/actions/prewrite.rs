@@ -72,8 +72,9 @@ pub enum PrewriteOutcome {
     Lock(Lock),
     /// The key already holds this transaction's prewrite lock (a retry): nothing to write.
     AlreadyLocked(Lock),
-    /// The transaction already committed this key (a retry after commit): nothing to do.
-    AlreadyCommitted,
+    /// The transaction already committed this key, at this timestamp (a retry after
+    /// commit): nothing to do.
+    AlreadyCommitted(TimeStamp),
     /// A `CheckNotExists` passed; nothing to write.
     Checked,
 }
@@ -105,7 +106,9 @@ pub fn prewrite_key(
         if action == PessimisticAction::DoPessimisticCheck {
             // The lock is gone: committed already (a retry), or lost/rolled back.
             return match reader.get_txn_commit_record(key, props.start_ts)? {
-                TxnCommitRecord::Committed(..) => Ok(PrewriteOutcome::AlreadyCommitted),
+                TxnCommitRecord::Committed(commit_ts, _) => {
+                    Ok(PrewriteOutcome::AlreadyCommitted(commit_ts))
+                }
                 _ => Err(TxnError::PessimisticLockNotFound {
                     start_ts: props.start_ts,
                     key: key.clone(),
@@ -170,7 +173,7 @@ fn check_for_newer_version(
             return Err(write_conflict(props, key, TimeStamp(write.start_ts), commit_ts, true));
         }
         if own {
-            return Ok(Some(PrewriteOutcome::AlreadyCommitted));
+            return Ok(Some(PrewriteOutcome::AlreadyCommitted(commit_ts)));
         }
         if write.kind() != WriteType::Rollback && conflict.is_none() {
             conflict =
@@ -251,24 +254,30 @@ pub fn prewrite(
     let props = request.props;
     let mut result = Prewritten::default();
     let mut locks: Vec<(Vec<u8>, Lock)> = Vec::new();
-    let mut existing_min_commit_ts = 0;
+    // What an earlier attempt of this request already decided (its answer was lost).
+    let mut decided = TimeStamp::ZERO;
     for (mutation, action) in request.mutations {
         match prewrite_key(reader, txn, props, mutation, *action) {
             Ok(PrewriteOutcome::Lock(lock)) => locks.push((mutation.key.clone(), lock)),
             Ok(PrewriteOutcome::AlreadyLocked(lock)) => {
-                existing_min_commit_ts = existing_min_commit_ts.max(lock.min_commit_ts)
+                decided = decided.max(TimeStamp(lock.min_commit_ts))
             }
-            Ok(PrewriteOutcome::AlreadyCommitted | PrewriteOutcome::Checked) => {}
+            Ok(PrewriteOutcome::AlreadyCommitted(commit_ts)) => decided = decided.max(commit_ts),
+            Ok(PrewriteOutcome::Checked) => {}
             Err(e) => result.errors.push(e),
         }
     }
     if !result.errors.is_empty() {
         return Ok(result);
     }
-    let mut commit_ts = TimeStamp::ZERO;
-    if props.use_async_commit || request.try_one_pc {
+    // A retry that finds every lock written, or committed, answers what they hold: a new
+    // commit timestamp above a later read would have the client commit above what a
+    // reader resolving the locks commits at.
+    let fresh = !locks.is_empty() || decided == TimeStamp::ZERO;
+    let mut commit_ts = decided;
+    if (props.use_async_commit || request.try_one_pc) && fresh {
         result.memory_locks = Some(concurrency.lock_for_commit_ts(&mut locks, |max_ts, locks| {
-            commit_ts = async_min_commit_ts(props, max_ts);
+            commit_ts = async_min_commit_ts(props, max_ts).max(decided);
             for (_, lock) in locks.iter_mut() {
                 lock.min_commit_ts = commit_ts.0;
             }
@@ -292,7 +301,7 @@ pub fn prewrite(
             txn.put_lock(key, lock);
         }
         if props.use_async_commit {
-            result.min_commit_ts = commit_ts.0.max(existing_min_commit_ts);
+            result.min_commit_ts = commit_ts.0;
         }
     }
     Ok(result)
