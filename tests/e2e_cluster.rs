@@ -684,12 +684,23 @@ fn decode_list(value: Option<Vec<u8>>) -> Vec<u64> {
         .collect()
 }
 
+/// How a chaos transaction commits.
+#[derive(Clone, Copy, Debug)]
+enum Commit {
+    TwoPhase,
+    /// Committed once the prewrite is answered, at the largest `min_commit_ts`.
+    Async,
+    /// The prewrite commits.
+    OnePc,
+}
+
 /// One list-append transaction: read two keys, append a unique element to each. With
 /// `abandon`, the client walks away before committing, as one that crashed would: a
 /// pessimistic transaction leaves its locks for the others to resolve once they expire.
 async fn append_txn(
     txns: &TransactionClient,
     pessimistic: bool,
+    commit: Commit,
     abandon: bool,
     keys: [u64; 2],
     elements: [u64; 2],
@@ -701,6 +712,11 @@ async fn append_txn(
         tikv_client::TransactionOptions::new_optimistic()
     }
     .drop_check(tikv_client::CheckLevel::None);
+    let options = match commit {
+        Commit::TwoPhase => options,
+        Commit::Async => options.use_async_commit(),
+        Commit::OnePc => options.try_one_pc(),
+    };
     let mut ops = Vec::new();
     let Ok(mut txn) = txns.begin_with_options(options).await else {
         return Txn { ops, outcome: Outcome::Aborted };
@@ -816,10 +832,11 @@ fn not_applied(error: &tikv_client::Error) -> bool {
 }
 
 /// The chaos suite in miniature: list-append transactions (optimistic and pessimistic,
-/// some pessimistic ones abandoned with their locks held, as by a crashed client), bank
-/// transfers and raw registers run through `tikv-client` while the leaders of their Regions and of
-/// placement are killed with SIGKILL and restarted, paused with SIGSTOP, or (where network
-/// namespaces can be made, as root) cut off from their peers by a partition; then every
+/// each committing two-phase, async or one-phase in turn, some pessimistic ones abandoned
+/// with their locks held, as by a crashed client), bank transfers and raw registers run
+/// through `tikv-client` while the leaders of their Regions and of placement are killed
+/// with SIGKILL and restarted, paused with SIGSTOP, or (where network namespaces can be
+/// made, as root) cut off from their peers by a partition; then every
 /// history goes through the simulator's checkers: snapshot isolation by cycle search
 /// (Elle's G0, G1a, G1b, G1c, G-single), linearizability of the registers, timestamps
 /// unique and increasing in real time across placement-leader kills, every
@@ -875,9 +892,11 @@ async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable()
                 let element = (client << 40) | (seq << 1);
                 let pessimistic = client % 2 == 1;
                 let abandon = pessimistic && seq % 25 == 24;
+                let commit = [Commit::TwoPhase, Commit::Async, Commit::OnePc][seq as usize % 3];
                 let txn = append_txn(
                     &txns,
                     pessimistic,
+                    commit,
                     abandon,
                     [first, second],
                     [element, element | 1],
