@@ -305,12 +305,15 @@ impl NodeContext {
 
     /// `RawDeleteRange`: deletes every key in `[start, end) ∩ Region`. Atomic for up to
     /// [`DELETE_RANGE_CHUNK`] keys; larger ranges are deleted in several steps. An empty or
-    /// inverted range is refused, as TiKV does.
+    /// inverted range is refused, as TiKV does. The keys are listed from this node's
+    /// state, so it must be a linearizable read (lease or ReadIndex): a deposed leader
+    /// that found nothing to delete would otherwise answer "done" over keys the new
+    /// leader holds.
     pub async fn raw_delete_range(
         &self,
         req: &kvrpcpb::RawDeleteRangeRequest,
     ) -> Result<(), RequestError> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         let cf = raw_cf(&req.cf, checked.api_version)?;
         if !req.end_key.is_empty() && req.start_key >= req.end_key {
             return Err(RequestError::invalid("delete range needs start key < end key"));
@@ -334,12 +337,16 @@ impl NodeContext {
         }
     }
 
-    /// `RawCompareAndSwap`.
+    /// `RawCompareAndSwap`. The comparison reads this node's state, so it is a
+    /// linearizable read first (lease or ReadIndex, then the latch): a swap that fails
+    /// proposes nothing, and a deposed leader would otherwise answer it from stale state
+    /// ("not swapped, the value is still the old one"). A swap that succeeds is proposed
+    /// and takes effect only if this node still leads.
     pub async fn raw_compare_and_swap(
         &self,
         req: kvrpcpb::RawCasRequest,
     ) -> Result<raw::CasOutcome, RequestError> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         self.disk.check_write(self.store_id)?;
         let cf = raw_cf(&req.cf, checked.api_version)?;
         self.check_key(&checked, KeyMode::Raw, &req.key)?;

@@ -17,7 +17,7 @@ use scandium_raftstore::{
     ApplyOutput, EncodedCommand, MetaStateMachine, PeerChange, PeerMessage, RaftCommand,
     RaftConfig, RaftstoreError, ReadCallback, Registry, SnapshotData, Store,
 };
-use scandium_storage::{Cf, Engine, EngineRef, FaultEngine, Faults, WriteBatch};
+use scandium_storage::{Cf, Engine, EngineRef, FaultEngine, Faults, Snapshot, WriteBatch};
 use scandium_txn::actions::prewrite::{self, PrewriteRequest};
 use scandium_txn::concurrency::MemoryLockGuard;
 use scandium_txn::mvcc::{LockType, MvccReader, MvccTxn};
@@ -808,6 +808,63 @@ impl Cluster {
         ) -> Result<(T, Option<MemoryLockGuard>), TxnError>,
         rng: &mut StdRng,
     ) -> TxnStart<T> {
+        self.latched_command(
+            id,
+            op,
+            keys,
+            |snapshot, concurrency| {
+                let reader = MvccReader::new(snapshot);
+                let mut txn = MvccTxn::new();
+                let (output, memory_locks) = action(&reader, &mut txn, concurrency)?;
+                let batch =
+                    if txn.is_empty() { WriteBatch::new() } else { txn.into_batch(&reader)? };
+                Ok((output, batch, memory_locks))
+            },
+            rng,
+        )
+    }
+
+    /// A raw write on node `id` as the server's `write_with` runs it: under the latch of
+    /// `key`, held until the proposal is answered, `build` reading the node's applied
+    /// state (a compare-and-swap does) and filling the batch. An empty batch proposes
+    /// nothing, and the output stands at once (a swap that failed).
+    pub fn raw_write<T>(
+        &mut self,
+        id: u64,
+        op: u64,
+        key: &[u8],
+        build: impl FnOnce(&dyn Snapshot, &mut WriteBatch) -> T,
+        rng: &mut StdRng,
+    ) -> TxnStart<T> {
+        self.latched_command(
+            id,
+            op,
+            &[key.to_vec()],
+            |snapshot, _| {
+                let mut batch = WriteBatch::new();
+                let output = build(snapshot, &mut batch);
+                Ok((output, batch, None))
+            },
+            rng,
+        )
+    }
+
+    /// What every write command does around its body: only on a leader that has applied
+    /// its earlier terms (the server's `check_context`), busy while a command in flight
+    /// holds a latch on one of `keys`, `build` run on a snapshot of the node's state, its
+    /// batch proposed as one Raft command, and the latches (and any in-memory locks)
+    /// held until the proposal is answered.
+    fn latched_command<T>(
+        &mut self,
+        id: u64,
+        op: u64,
+        keys: &[Vec<u8>],
+        build: impl FnOnce(
+            &dyn Snapshot,
+            &Arc<ConcurrencyManager>,
+        ) -> Result<(T, WriteBatch, Option<MemoryLockGuard>), TxnError>,
+        rng: &mut StdRng,
+    ) -> TxnStart<T> {
         if !self.is_serving(id) {
             return TxnStart::Unavailable;
         }
@@ -822,21 +879,14 @@ impl Cluster {
         let concurrency = node.concurrency.clone();
         let Some(store) = node.store.as_ref() else { return TxnStart::Unavailable };
         let snapshot = store.engine_snapshot();
-        let reader = MvccReader::new(&*snapshot);
-        let mut txn = MvccTxn::new();
-        let (output, memory_locks) = match action(&reader, &mut txn, &concurrency) {
-            Ok(output) => output,
+        let (output, batch, memory_locks) = match build(&*snapshot, &concurrency) {
+            Ok(built) => built,
             Err(e) => return TxnStart::Failed(e),
         };
-        if txn.is_empty() {
+        drop(snapshot);
+        if batch.is_empty() {
             return TxnStart::Done(output);
         }
-        let batch = match txn.into_batch(&reader) {
-            Ok(batch) => batch,
-            Err(e) => return TxnStart::Failed(e),
-        };
-        drop(reader);
-        drop(snapshot);
         if !self.propose_on(id, op, &status.region, batch, rng) {
             return TxnStart::Unavailable;
         }

@@ -47,6 +47,9 @@ struct Args {
     /// Break async commit on purpose (a new leader does not raise max_ts first).
     #[arg(long)]
     unsafe_max_ts: bool,
+    /// Break compare-and-swap on purpose (no linearizable read before the comparison).
+    #[arg(long)]
+    unsafe_cas: bool,
 }
 
 fn main() {
@@ -57,6 +60,7 @@ fn main() {
         unsafe_tso: args.unsafe_tso,
         unsafe_latches: args.unsafe_latches,
         unsafe_max_ts: args.unsafe_max_ts,
+        unsafe_cas: args.unsafe_cas,
         txn_clients: args.txn_clients,
         ..RunConfig::default()
     };

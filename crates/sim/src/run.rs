@@ -1,9 +1,9 @@
-//! One simulated run: a seed, a cluster, clients reading and writing a few registers,
-//! faults, then healing and the checks.
+//! One simulated run: a seed, a cluster, clients of a few registers (get, put, delete,
+//! compare-and-swap), faults, then healing and the checks.
 //!
 //! Clients run closed loops: each sends one operation, waits for its answer (or gives up
 //! after a timeout), thinks a little and sends the next. A write that was refused at once
-//! is left out of the history (it cannot have taken effect), and so is one that failed
+//! is left out of the check (it cannot have taken effect), and so is one that failed
 //! later with an error that says it did not take effect (a stale command, a lost
 //! leadership): clients retry on those, so a value written by one must never be read.
 //! A write whose answer never came, or came as an unknown outcome, is indeterminate: the
@@ -22,13 +22,16 @@ use crate::check::elle::{self, MicroOp, Outcome};
 use crate::check::history::Timing;
 use crate::check::linearizable::{self, Op, Verdict};
 use crate::check::timestamps::{self, TsObservation};
-use crate::cluster::{Answer, Cluster, NetworkConfig, ReadStart, ELECTION_TICKS, TICK_MS};
+use crate::cluster::{
+    Answer, Cluster, Gate, NetworkConfig, ReadStart, TxnStart, ELECTION_TICKS, TICK_MS,
+};
 use crate::txn::{decode_list, list_key, TxnClients, Wake};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scandium_raftstore::PeerChange;
-use scandium_storage::{Cf, WriteBatch};
+use scandium_storage::Cf;
 use scandium_types::Peer;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// The shape of a run.
@@ -61,6 +64,9 @@ pub struct RunConfig {
     pub unsafe_latches: bool,
     /// Breaks async commit on purpose (see [`Cluster::unsafe_max_ts`]).
     pub unsafe_max_ts: bool,
+    /// Compare-and-swap without a linearizable read first, as the server did before
+    /// 2026-12-03: a deposed leader answers a failed swap from its old state.
+    pub unsafe_cas: bool,
 }
 
 impl Default for RunConfig {
@@ -79,6 +85,7 @@ impl Default for RunConfig {
             unsafe_tso: false,
             unsafe_latches: false,
             unsafe_max_ts: false,
+            unsafe_cas: false,
         }
     }
 }
@@ -92,9 +99,10 @@ pub struct Operation {
     pub node: u64,
     /// The register.
     pub key: u64,
-    /// A write of this value, or a read (`None`).
-    pub write: Option<Vec<u8>>,
-    /// For a read that completed: the value it returned.
+    /// What the client asked for.
+    pub request: Request,
+    /// For a get that completed: the value it returned; for a compare-and-swap, the
+    /// value the store found (it swapped if that was the expected one).
     pub read: Option<Option<Vec<u8>>>,
     /// When it was sent (simulated ms).
     pub invoke: u64,
@@ -102,6 +110,35 @@ pub struct Operation {
     pub complete: Option<u64>,
     /// A write the store answered with an error promising it did not take effect.
     pub refused: bool,
+}
+
+/// An operation on a register, as the raw API has them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A get.
+    Get,
+    /// A put of a value no other operation writes.
+    Put(Vec<u8>),
+    /// A delete.
+    Delete,
+    /// A compare-and-swap (`RawCompareAndSwap`): `new` if the key holds `expected`
+    /// (`None`: absent).
+    Cas {
+        /// What the key must hold.
+        expected: Option<Vec<u8>>,
+        /// A value no other operation writes.
+        new: Vec<u8>,
+    },
+}
+
+impl Operation {
+    /// The value a put wrote.
+    pub fn put_value(&self) -> Option<&Vec<u8>> {
+        match &self.request {
+            Request::Put(value) => Some(value),
+            _ => None,
+        }
+    }
 }
 
 /// Everything a run produced.
@@ -165,6 +202,8 @@ struct Client {
     pending: Option<usize>,
     node: u64,
     written: u64,
+    /// What it last saw each register hold: what it expects in a compare-and-swap.
+    seen: BTreeMap<u64, Option<Vec<u8>>>,
     /// When the client sent a request that sits in a paused node's socket buffer.
     sent_at: Option<u64>,
 }
@@ -187,6 +226,7 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
             pending: None,
             node: rng.gen_range(1..=config.nodes),
             written: 0,
+            seen: BTreeMap::new(),
             sent_at: None,
         })
         .collect();
@@ -222,7 +262,7 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
             if !txns.on_answer(&mut cluster, &answer, &mut rng, &mut wake)
                 && !tso.on_answer(&mut cluster, &answer, &mut rng)
             {
-                on_answer(&mut cluster, &mut clients, &mut history, answer, &mut rng);
+                on_answer(&mut cluster, &mut clients, &mut history, answer, config, &mut rng);
             }
         }
         let Some(token) = token else {
@@ -304,7 +344,7 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
                 if !txns.on_answer(&mut cluster, &answer, &mut rng, &mut wake)
                     && !tso.on_answer(&mut cluster, &answer, &mut rng)
                 {
-                    on_answer(&mut cluster, &mut clients, &mut history, answer, &mut rng);
+                    on_answer(&mut cluster, &mut clients, &mut history, answer, config, &mut rng);
                 }
             }
             if token.is_none() && cluster.now() >= until {
@@ -386,51 +426,139 @@ fn send_next(
     let key = rng.gen_range(0..config.keys);
     let op = history.len();
     let now = client.sent_at.take().unwrap_or(cluster.now());
-    if rng.gen_bool(0.5) {
-        client.written += 1;
-        let value = format!("c{c}.{}", client.written).into_bytes();
-        let mut batch = WriteBatch::new();
-        batch.put(Cf::Raw, key_of(key), value.clone());
-        if cluster.propose(node, op as u64, batch, rng) {
-            history.push(Operation {
-                client: c,
-                node,
-                key,
-                write: Some(value),
-                read: None,
-                invoke: now,
-                complete: None,
-                refused: false,
-            });
-            client.pending = Some(op);
-            cluster.schedule_external(CLIENT_TIMEOUT_MS, TIMEOUT | op as u64);
-        } else {
-            retry_elsewhere(cluster, client, c, config, rng);
-        }
-        return;
-    }
-    let read = Operation {
+    let request = match rng.gen_range(0..20) {
+        0..=9 => Request::Get,
+        10..=14 => Request::Put(client.next_value(c)),
+        15..=16 => Request::Delete,
+        _ => Request::Cas {
+            expected: client.seen.get(&key).cloned().flatten(),
+            new: client.next_value(c),
+        },
+    };
+    let sent = Operation {
         client: c,
         node,
         key,
-        write: None,
+        request,
         read: None,
         invoke: now,
         complete: None,
         refused: false,
     };
-    match cluster.read(node, op as u64, &key_of(key), rng) {
-        ReadStart::Served(value) => {
-            let value = value.expect("served by a running node");
-            history.push(Operation { read: Some(value), complete: Some(cluster.now()), ..read });
-            cluster.schedule_external(rng.gen_range(1..10), CLIENT | c);
+    match &sent.request {
+        Request::Get => match cluster.read(node, op as u64, &key_of(key), rng) {
+            ReadStart::Served(value) => {
+                let value = value.expect("served by a running node");
+                client.seen.insert(key, value.clone());
+                history.push(Operation {
+                    read: Some(value),
+                    complete: Some(cluster.now()),
+                    ..sent
+                });
+                cluster.schedule_external(rng.gen_range(1..10), CLIENT | c);
+            }
+            ReadStart::Waiting => {
+                history.push(sent);
+                client.pending = Some(op);
+                cluster.schedule_external(CLIENT_TIMEOUT_MS, TIMEOUT | op as u64);
+            }
+            ReadStart::Unavailable => retry_elsewhere(cluster, client, c, config, rng),
+        },
+        // The comparison reads the node's state: as the server does, it waits for a
+        // linearizable read first (lease or ReadIndex), unless that is broken on purpose.
+        Request::Cas { .. } if !config.unsafe_cas => {
+            match cluster.read_gate(node, op as u64, rng) {
+                Gate::Open => {
+                    history.push(sent);
+                    write_register(cluster, clients, c, history, op, config, rng);
+                }
+                Gate::Waiting => {
+                    history.push(sent);
+                    client.pending = Some(op);
+                    cluster.schedule_external(CLIENT_TIMEOUT_MS, TIMEOUT | op as u64);
+                }
+                Gate::Closed => retry_elsewhere(cluster, client, c, config, rng),
+            }
         }
-        ReadStart::Waiting => {
-            history.push(read);
+        _ => {
+            history.push(sent);
+            write_register(cluster, clients, c, history, op, config, rng);
+        }
+    }
+}
+
+impl Client {
+    /// A value no other write of the run writes.
+    fn next_value(&mut self, c: u64) -> Vec<u8> {
+        self.written += 1;
+        format!("c{c}.{}", self.written).into_bytes()
+    }
+}
+
+/// Sends the write `history[op]` to the client's node. One refused at once is marked so
+/// (the checker leaves it out), and the client tries elsewhere.
+fn write_register(
+    cluster: &mut Cluster,
+    clients: &mut [Client],
+    c: u64,
+    history: &mut [Operation],
+    op: usize,
+    config: &RunConfig,
+    rng: &mut StdRng,
+) {
+    let client = &mut clients[c as usize];
+    let key = key_of(history[op].key);
+    let request = history[op].request.clone();
+    let started = cluster.raw_write(
+        client.node,
+        op as u64,
+        &key,
+        |snapshot, batch| match request {
+            Request::Put(value) => {
+                batch.put(Cf::Raw, key.clone(), value);
+                None
+            }
+            Request::Delete => {
+                batch.delete(Cf::Raw, key.clone());
+                None
+            }
+            Request::Cas { expected, new } => {
+                let found = snapshot.get(Cf::Raw, &key).expect("memory engines read");
+                if found == expected {
+                    batch.put(Cf::Raw, key.clone(), new);
+                }
+                Some(found)
+            }
+            Request::Get => unreachable!("gets are not writes"),
+        },
+        rng,
+    );
+    match started {
+        TxnStart::Proposed(found) => {
+            history[op].read = found;
             client.pending = Some(op);
             cluster.schedule_external(CLIENT_TIMEOUT_MS, TIMEOUT | op as u64);
         }
-        ReadStart::Unavailable => retry_elsewhere(cluster, client, c, config, rng),
+        // A swap that failed: the store answers with what it found.
+        TxnStart::Done(found) => {
+            client.seen.insert(history[op].key, found.clone().flatten());
+            history[op].read = found;
+            history[op].complete = Some(cluster.now());
+            client.pending = None;
+            cluster.schedule_external(rng.gen_range(1..10), CLIENT | c);
+        }
+        // Another write of the key holds its latch: the server would queue this one; the
+        // client sends another shortly instead.
+        TxnStart::Busy => {
+            history[op].refused = true;
+            client.pending = None;
+            cluster.schedule_external(rng.gen_range(1..10), CLIENT | c);
+        }
+        TxnStart::Unavailable | TxnStart::Failed(_) => {
+            history[op].refused = true;
+            client.pending = None;
+            retry_elsewhere(cluster, client, c, config, rng);
+        }
     }
 }
 
@@ -470,6 +598,7 @@ fn on_answer(
     clients: &mut [Client],
     history: &mut [Operation],
     answer: Answer,
+    config: &RunConfig,
     rng: &mut StdRng,
 ) {
     let now = cluster.now();
@@ -478,7 +607,16 @@ fn on_answer(
             let op = op as usize;
             let Some(c) = take_pending(clients, history, op) else { return };
             match result {
-                Ok(_) => history[op].complete = Some(now),
+                Ok(_) => {
+                    history[op].complete = Some(now);
+                    let seen = match &history[op].request {
+                        Request::Put(value) | Request::Cas { new: value, .. } => {
+                            Some(value.clone())
+                        }
+                        Request::Delete | Request::Get => None,
+                    };
+                    clients[c as usize].seen.insert(history[op].key, seen);
+                }
                 Err(e) if e.is_definite() => history[op].refused = true,
                 // An unknown outcome leaves the write indeterminate.
                 Err(_) => {}
@@ -488,10 +626,22 @@ fn on_answer(
         Answer::ReadReady { op, node, result } => {
             let op = op as usize;
             let Some(c) = take_pending(clients, history, op) else { return };
+            if matches!(history[op].request, Request::Cas { .. }) {
+                // The compare-and-swap's read is now linearizable: it goes ahead.
+                if result.is_ok() {
+                    write_register(cluster, clients, c, history, op, config, rng);
+                } else {
+                    history[op].refused = true;
+                    let client = &mut clients[c as usize];
+                    retry_elsewhere(cluster, client, c, config, rng);
+                }
+                return;
+            }
             // A node that stopped in the same round has no state to read from.
             if let (Ok(()), Some(value)) =
                 (result, cluster.read_local(node, &key_of(history[op].key)))
             {
+                clients[c as usize].seen.insert(history[op].key, value.clone());
                 history[op].read = Some(value);
                 history[op].complete = Some(now);
             }
@@ -801,18 +951,30 @@ fn inject(
     }
 }
 
-/// Linearizability of every register of a run's history: one line per violation.
+/// Linearizability of every register of a run's history: one line per violation. A
+/// compare-and-swap that failed is checked as a read of the value the store found
+/// (reported as a `Get`), which says more than "the key did not hold the expected value".
 pub fn check_history(history: &[Operation]) -> Vec<String> {
     let ops: Vec<linearizable::Operation> = history
         .iter()
         .filter(|op| !op.refused)
         .filter_map(|op| {
             let timing = Timing { invoke: op.invoke, complete: op.complete };
-            let checked = match (&op.write, &op.read) {
-                (Some(value), _) => Op::Put(value.clone()),
-                (None, Some(read)) => Op::Get(read.clone()),
+            let checked = match (&op.request, &op.read) {
+                (Request::Put(value), _) => Op::Put(value.clone()),
+                (Request::Delete, _) => Op::Delete,
+                (Request::Get, Some(read)) => Op::Get(read.clone()),
                 // A read that never answered says nothing.
-                (None, None) => return None,
+                (Request::Get, None) => return None,
+                // A swap that failed read what it found, and did nothing else.
+                (Request::Cas { expected, .. }, Some(found))
+                    if op.complete.is_some() && found != expected =>
+                {
+                    Op::Get(found.clone())
+                }
+                (Request::Cas { expected, new }, _) => {
+                    Op::Cas { expected: expected.clone(), new: Some(new.clone()), succeeded: true }
+                }
             };
             Some(linearizable::Operation { key: key_of(op.key), op: checked, timing })
         })

@@ -2,7 +2,7 @@
 //! under every fault finds no anomaly, and the checks it runs do catch a wrong answer.
 
 use scandium_sim::check::elle::Outcome;
-use scandium_sim::run::{check_history, run, RunConfig, RunReport};
+use scandium_sim::run::{check_history, run, Request, RunConfig, RunReport};
 
 /// Transactions of a run that committed (the final read of every list not counted).
 fn committed(report: &RunReport) -> usize {
@@ -63,7 +63,16 @@ fn seeds_that_found_bugs_pass() {
     // 137 of seeds 0..200 read such a value once a refused write counted as not
     // applied, seeds 0, 2 and 3 among those CI runs.) A snapshot now leaves the writes
     // it covers with an unknown outcome. Seeds 3 and 11 found the same.
-    let seeds: &[u64] = &[7582, 16303, 26948, 27383, 66];
+    //
+    // 633: a compare-and-swap reached a leader that had been paused and was deposed,
+    // which compared against its old state, found the swap failed, proposed nothing and
+    // answered "not swapped" with a value the new leader had overwritten (a stale read).
+    // The server compared after `check_context` alone; it now waits for a linearizable
+    // read (lease or ReadIndex) first, as a get does.
+    //
+    // (The workload has changed since the older seeds failed, so they no longer steer a
+    // run into the same corner; they stay as seeds that must pass.)
+    let seeds: &[u64] = &[7582, 16303, 26948, 27383, 66, 633];
     for &seed in seeds {
         let report = run(seed, &RunConfig::default());
         assert!(report.anomalies.is_empty(), "seed {seed}: {:#?}", report.anomalies);
@@ -75,7 +84,9 @@ fn without_faults_nothing_is_indeterminate_and_every_read_is_served() {
     let config = RunConfig { faults: false, duration_ms: 5_000, ..RunConfig::default() };
     let report = run(3, &config);
     assert!(report.anomalies.is_empty(), "{:?}", report.anomalies);
-    let writes: Vec<_> = report.history.iter().filter(|op| op.write.is_some()).collect();
+    // Writes refused at once (the key's latch was held) did nothing, and are left out.
+    let writes: Vec<_> =
+        report.history.iter().filter(|op| op.request != Request::Get && !op.refused).collect();
     assert!(writes.len() > 50);
     let lost = writes.iter().filter(|op| op.complete.is_none()).count();
     // Only the writes still in flight when the load stopped may lack an answer.
@@ -84,7 +95,7 @@ fn without_faults_nothing_is_indeterminate_and_every_read_is_served() {
         report.transactions.iter().filter(|t| t.outcome == Outcome::Indeterminate).count();
     assert_eq!(unknown, 0, "no transaction is indeterminate without faults");
     let aborted = report.transactions.iter().filter(|t| t.outcome == Outcome::Aborted).count();
-    assert!(committed(&report) > 50, "committed {} aborted {aborted}", committed(&report));
+    assert!(committed(&report) > 20, "committed {} aborted {aborted}", committed(&report));
 }
 
 #[test]
@@ -101,12 +112,21 @@ fn async_commit_without_max_ts_sync_is_caught() {
     // A new leader that does not raise max_ts before an async-commit or 1PC prewrite may
     // commit below a snapshot the old leader served without the transaction's locks: a
     // later transaction reading at that snapshot overwrites the list without its append.
-    // Seeds 24 and 39 of 0..200 caught it (6 of the 200 did); with the sync, none fails.
+    // Seeds 3 and 50 of 0..200 catch it (6 of the 200 do); with the sync, none fails.
     let config = RunConfig { unsafe_max_ts: true, ..RunConfig::default() };
-    for seed in [24, 39] {
+    for seed in [3, 50] {
         assert!(!run(seed, &config).anomalies.is_empty(), "seed {seed} missed the broken max_ts");
         assert!(run(seed, &RunConfig::default()).anomalies.is_empty(), "seed {seed}");
     }
+}
+
+#[test]
+fn a_compare_and_swap_without_a_linearizable_read_is_caught() {
+    // As the server ran it before 2026-12-03: a failed swap is answered from the node's
+    // state without a lease or a ReadIndex round. Seed 633 is the one of 0..800 that
+    // catches it (the window is a request served by a paused leader as it resumes).
+    let config = RunConfig { unsafe_cas: true, ..RunConfig::default() };
+    assert!(!run(633, &config).anomalies.is_empty(), "seed 633 missed the stale swap");
 }
 
 #[test]
@@ -121,16 +141,16 @@ fn a_stale_read_in_a_real_history_is_caught() {
     let target = (0..history.len()).find_map(|r| {
         let read = &history[r];
         let seen = read.read.as_ref()?.as_ref()?;
-        let writer = history.iter().position(|w| w.write.as_ref() == Some(seen))?;
+        let writer = history.iter().position(|w| w.put_value() == Some(seen))?;
         if history[writer].complete? >= read.invoke {
             return None;
         }
         let older = history[..writer].iter().rev().find(|w| {
             w.key == read.key
-                && w.write.is_some()
+                && w.put_value().is_some()
                 && w.complete.is_some_and(|c| c < history[writer].invoke)
         })?;
-        Some((r, older.write.clone()?))
+        Some((r, older.put_value()?.clone()))
     });
     let (r, stale) = target.expect("some read follows two writes of its key");
     report.history[r].read = Some(Some(stale));
@@ -143,8 +163,8 @@ fn a_read_path_without_leases_is_caught() {
     // Reads served by whichever node believes it leads, without a lease or a ReadIndex
     // round: a deposed leader answers from its old state. Some seed must show it.
     // The window is narrow (a request queued at a paused leader, served on resuming
-    // before the messages that depose it): at the time of writing seed 77 is the first
-    // to show it, about one seed in a hundred.
+    // before the messages that depose it): at the time of writing seed 10 is the first
+    // to show it, 7 of the first 300.
     let config = RunConfig { unsafe_reads: true, ..RunConfig::default() };
     let caught = (0..300).find(|&seed| !run(seed, &config).anomalies.is_empty());
     assert!(caught.is_some(), "no seed of 300 caught stale reads");

@@ -125,6 +125,30 @@ async fn a_minority_serves_nothing_while_the_majority_goes_on() {
     };
     let resp = isolated.raw_put(write).await.unwrap().into_inner();
     assert!(resp.region_error.is_some(), "nor acknowledge writes: {resp:?}");
+    // A compare-and-swap that would fail on its stale state proposes nothing: it must
+    // still not answer "not swapped, still v1" while the majority holds v2. (Here
+    // check-quorum has deposed the node already; the simulator's pauses reach the window
+    // before that, where only the read check stops it.)
+    let cas = scandium_protocol::kvrpcpb::RawCasRequest {
+        context: Some(cluster.context(old, region)),
+        key: k("k"),
+        value: k("v3"),
+        previous_value: k("v2"),
+        ..Default::default()
+    };
+    let resp = isolated.raw_compare_and_swap(cas).await.unwrap().into_inner();
+    assert!(resp.region_error.is_some(), "nor compare from stale state: {resp:?}");
+    // Nor may a delete-range that finds nothing here claim to have deleted a key the
+    // majority took after the cut.
+    raw.put(k("k-new"), k("v")).await.unwrap();
+    let delete = scandium_protocol::kvrpcpb::RawDeleteRangeRequest {
+        context: Some(cluster.context(old, region)),
+        start_key: k("k-new"),
+        end_key: k("k-new\0"),
+        ..Default::default()
+    };
+    let resp = isolated.raw_delete_range(delete).await.unwrap().into_inner();
+    assert!(resp.region_error.is_some(), "nor delete from stale state: {resp:?}");
     cluster.heal();
     let deadline = Instant::now() + Duration::from_secs(10);
     while cluster
