@@ -753,19 +753,21 @@ async fn append_txn(
     Txn { ops, outcome }
 }
 
-/// A client of raw registers `{prefix}0` .. `{prefix}{keys - 1}` until `stop`: puts of
-/// unique values where `writes(client, seq)`, gets otherwise, each recorded (with times
-/// since `started`) for the linearizability checker. A get that failed says nothing and
-/// is left out.
+/// A client of raw registers `{prefix}0` .. `{prefix}{keys - 1}` until `stop`: writes
+/// where `writes(client, seq)` (in turn three puts of unique values, a delete, and a
+/// compare-and-swap from the value the client last saw to a unique one, all in atomic
+/// mode), gets otherwise, each recorded (with times since `started`) for the
+/// linearizability checker. A get that failed says nothing and is left out; a swap that
+/// failed counts as a read of the value the store said it found.
 ///
-/// Puts are sent once, without tikv-client's retries: a put retried after its first
+/// Writes are sent once, without tikv-client's retries: a put retried after its first
 /// attempt was applied but not answered (the leader was killed, or cut off, in between)
 /// is applied twice, around other clients' writes, and no server can tell the retry from
-/// a new put. So the history holds exactly what the servers promised: a put answered
+/// a new put. So the history holds exactly what the servers promised: a write answered
 /// with an error that says it was not applied (the errors the client would retry on) is
 /// left out, and a read of its value is an anomaly; one whose answer was lost, or said
 /// its outcome is unknown, is indeterminate. Gets keep the client's retries, which also
-/// keep its Region cache fresh for the puts.
+/// keep its Region cache fresh for the writes.
 #[allow(clippy::too_many_arguments)]
 fn register_client(
     raw: &RawClient,
@@ -780,28 +782,69 @@ fn register_client(
     use scandium_sim::check::history::Timing;
     use scandium_sim::check::linearizable::{Op, Operation};
     let (raw, stop) = (raw.clone(), stop.clone());
-    let once = raw.with_backoff(tikv_client::Backoff::no_backoff());
+    let once = raw.with_backoff(tikv_client::Backoff::no_backoff()).with_atomic_for_cas();
+    let raw = raw.with_atomic_for_cas();
     let clock = move || started.elapsed().as_micros() as u64;
     tokio::spawn(async move {
+        let mut seen = std::collections::BTreeMap::<Vec<u8>, Option<Vec<u8>>>::new();
+        let mut written = 0u64;
         for seq in 0u64.. {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
             let key = format!("{prefix}{}", seq % keys).into_bytes();
             let invoke = clock();
-            if writes(client, seq) {
-                let value = format!("{client}.{seq}").into_bytes();
-                let result = once.put(key.clone(), value.clone()).await;
-                let timing = Timing { invoke, complete: result.is_ok().then(clock) };
-                if !result.as_ref().is_err_and(not_applied) {
-                    history.lock().unwrap().push(Operation { key, op: Op::Put(value), timing });
+            if !writes(client, seq) {
+                if let Ok(value) = raw.get(key.clone()).await {
+                    let timing = Timing::completed(invoke, clock());
+                    seen.insert(key.clone(), value.clone());
+                    history.lock().unwrap().push(Operation { key, op: Op::Get(value), timing });
                 }
-                if result.is_err() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            written += 1;
+            let value = format!("{client}.{seq}").into_bytes();
+            // What was asked, and (once answered) what it did: `Some(found)` for a swap.
+            let (asked, result) = match written % 5 {
+                3 => (Op::Delete, once.delete(key.clone()).await.map(|()| None)),
+                4 => {
+                    let expected = seen.get(&key).cloned().flatten();
+                    let asked = Op::Cas {
+                        expected: expected.clone(),
+                        new: Some(value.clone()),
+                        succeeded: true,
+                    };
+                    let swapped = once.compare_and_swap(key.clone(), expected, value.clone()).await;
+                    (asked, swapped.map(|(found, swapped)| (!swapped).then_some(found)))
                 }
-            } else if let Ok(value) = raw.get(key.clone()).await {
-                let timing = Timing::completed(invoke, clock());
-                history.lock().unwrap().push(Operation { key, op: Op::Get(value), timing });
+                _ => (
+                    Op::Put(value.clone()),
+                    once.put(key.clone(), value.clone()).await.map(|()| None),
+                ),
+            };
+            let timing = Timing { invoke, complete: result.is_ok().then(clock) };
+            let recorded = match &result {
+                // A swap that did not happen read what the store found.
+                Ok(Some(found)) => {
+                    seen.insert(key.clone(), found.clone());
+                    Some(Op::Get(found.clone()))
+                }
+                Ok(None) => {
+                    let now = match &asked {
+                        Op::Put(v) | Op::Cas { new: Some(v), .. } => Some(v.clone()),
+                        _ => None,
+                    };
+                    seen.insert(key.clone(), now);
+                    Some(asked)
+                }
+                Err(e) if not_applied(e) => None,
+                Err(_) => Some(asked),
+            };
+            if let Some(op) = recorded {
+                history.lock().unwrap().push(Operation { key, op, timing });
+            }
+            if result.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     })
@@ -1005,7 +1048,14 @@ async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable()
 
     let registers = std::mem::take(&mut *raw_history.lock().unwrap());
     assert!(registers.len() > 50, "only {} register operations", registers.len());
-    eprintln!("chaos: {} register operations", registers.len());
+    use scandium_sim::check::linearizable::Op;
+    let of_kind = |f: fn(&Op) -> bool| registers.iter().filter(|o| f(&o.op)).count();
+    eprintln!(
+        "chaos: {} register operations ({} swaps that took effect or may have, {} deletes)",
+        registers.len(),
+        of_kind(|op| matches!(op, Op::Cas { .. })),
+        of_kind(|op| matches!(op, Op::Delete)),
+    );
     let verdict = linearizable::check(&registers);
     if !verdict.is_ok() {
         // Kept for the investigation: every register operation, in the order recorded.
