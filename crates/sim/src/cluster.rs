@@ -667,21 +667,9 @@ impl Cluster {
         })
     }
 
-    /// Proposes a write of `batch` through node `id`; the answer comes back tagged `op`.
-    /// Returns `false` if nothing entered the log: the node is down or paused, or refused
-    /// the proposal at once (not the leader). Errors that come later are not proof that
-    /// the write was not applied (a leader that stepped down may see its entry committed
-    /// by the next one).
-    pub fn propose(&mut self, id: u64, op: u64, batch: WriteBatch, rng: &mut StdRng) -> bool {
-        if !self.is_serving(id) {
-            return false;
-        }
-        let Some(region) = self.node(id).registry.get(REGION).map(|s| s.region) else {
-            return false;
-        };
-        self.propose_on(id, op, &region, batch, rng)
-    }
-
+    /// Proposes a write of `batch` to `region` through node `id`; the answer comes back
+    /// tagged `op`. `false` if nothing entered the log (the store refused it at once).
+    /// Errors that come later are not proof that the write was not applied.
     fn propose_on(
         &mut self,
         id: u64,
@@ -995,7 +983,8 @@ impl Cluster {
     /// Reads `key` from node `id`'s applied state; `None` if the node is down.
     pub fn read_local(&self, id: u64, key: &[u8]) -> Option<Option<Vec<u8>>> {
         let store = self.nodes[id as usize - 1].store.as_ref()?;
-        Some(store.engine_snapshot().get(Cf::Raw, key).expect("memory engines read"))
+        let snapshot = store.engine_snapshot();
+        Some(scandium_txn::raw::get(&*snapshot, Cf::Raw, key, 0).expect("memory engines read"))
     }
 
     /// Until when node `id` is paused (a time in the past if it is not).

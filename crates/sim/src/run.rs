@@ -30,6 +30,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scandium_raftstore::PeerChange;
 use scandium_storage::Cf;
+use scandium_txn::raw;
 use scandium_types::Peer;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -513,21 +514,28 @@ fn write_register(
         client.node,
         op as u64,
         &key,
+        // The server's own raw commands, without TTLs (so the time does not matter).
         |snapshot, batch| match request {
             Request::Put(value) => {
-                batch.put(Cf::Raw, key.clone(), value);
+                raw::put(batch, Cf::Raw, key.clone(), &value, 0, 0);
                 None
             }
             Request::Delete => {
-                batch.delete(Cf::Raw, key.clone());
+                raw::delete(batch, Cf::Raw, key.clone());
                 None
             }
             Request::Cas { expected, new } => {
-                let found = snapshot.get(Cf::Raw, &key).expect("memory engines read");
-                if found == expected {
-                    batch.put(Cf::Raw, key.clone(), new);
-                }
-                Some(found)
+                let swap = raw::compare_and_swap(
+                    snapshot,
+                    Cf::Raw,
+                    &key,
+                    expected.as_deref(),
+                    &new,
+                    0,
+                    0,
+                    batch,
+                );
+                Some(swap.expect("memory engines read").previous)
             }
             Request::Get => unreachable!("gets are not writes"),
         },

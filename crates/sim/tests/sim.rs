@@ -81,8 +81,11 @@ fn seeds_that_found_bugs_pass() {
 
 #[test]
 fn without_faults_nothing_is_indeterminate_and_every_read_is_served() {
+    // Commits in 5 s vary with the seed's draws of keys and kinds of transaction (34 to
+    // 160 over seeds 0..12 at the time of writing; seed 3, used until the registers
+    // gained deletes and swaps, now gives 34): seed 0 gives 146.
     let config = RunConfig { faults: false, duration_ms: 5_000, ..RunConfig::default() };
-    let report = run(3, &config);
+    let report = run(0, &config);
     assert!(report.anomalies.is_empty(), "{:?}", report.anomalies);
     // Writes refused at once (the key's latch was held) did nothing, and are left out.
     let writes: Vec<_> =
@@ -95,7 +98,7 @@ fn without_faults_nothing_is_indeterminate_and_every_read_is_served() {
         report.transactions.iter().filter(|t| t.outcome == Outcome::Indeterminate).count();
     assert_eq!(unknown, 0, "no transaction is indeterminate without faults");
     let aborted = report.transactions.iter().filter(|t| t.outcome == Outcome::Aborted).count();
-    assert!(committed(&report) > 20, "committed {} aborted {aborted}", committed(&report));
+    assert!(committed(&report) > 50, "committed {} aborted {aborted}", committed(&report));
 }
 
 #[test]
