@@ -95,6 +95,15 @@ impl RaftCommand {
             split: Some(split),
         }
     }
+
+    /// The command's writes as (column family, key, value, delete), for observers of
+    /// applied commands; writes to a column family this build does not know (which apply
+    /// refuses) are left out.
+    pub fn data_writes(&self) -> impl Iterator<Item = (Cf, &[u8], &[u8], bool)> {
+        self.writes.iter().filter_map(|op| {
+            Some((cf_from_code(op.cf)?, op.key.as_slice(), op.value.as_slice(), op.delete))
+        })
+    }
 }
 
 /// A data command together with its encoding, made once by the proposer: the encoding

@@ -15,9 +15,8 @@
 
 use crate::context::NodeContext;
 use scandium_raftstore::{ApplyObserver, Event, RaftCommand, META_GROUP_ID};
-use scandium_storage::{Cf, EngineRef};
-use scandium_txn::mvcc::Lock;
-use scandium_txn::{LockIndex, NewestCache};
+use scandium_storage::EngineRef;
+use scandium_txn::{IndexFollower, LockIndex, NewestCache};
 use scandium_types::Region;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,44 +26,28 @@ use tokio::sync::{mpsc, Notify};
 /// Follows other replicas' commands into this node's indexes (see the module docs).
 pub struct ReplicaObserver {
     engine: EngineRef,
-    lock_index: Arc<LockIndex>,
-    newest: Arc<NewestCache>,
+    follower: IndexFollower,
 }
 
 impl ReplicaObserver {
     /// An observer updating these indexes.
     pub fn new(engine: EngineRef, lock_index: Arc<LockIndex>, newest: Arc<NewestCache>) -> Self {
-        ReplicaObserver { engine, lock_index, newest }
+        ReplicaObserver { engine, follower: IndexFollower::new(lock_index, newest) }
     }
 }
 
 impl ApplyObserver for ReplicaObserver {
     fn on_applied(&mut self, _region: &Region, command: &RaftCommand) {
-        let mut locks = Vec::new();
-        let mut newest = Vec::new();
-        for op in &command.writes {
-            match scandium_raftstore::command::cf_from_code(op.cf) {
-                Some(Cf::Lock) if op.delete => locks.push((op.key.clone(), None)),
-                Some(Cf::Lock) => match Lock::from_bytes(&op.value) {
-                    Ok(lock) => locks.push((op.key.clone(), Some(lock.start_ts))),
-                    Err(error) => tracing::error!(%error, "undecodable lock applied"),
-                },
-                Some(Cf::Latest) => newest.push(op.key.as_slice()),
-                _ => {}
-            }
+        if let Err(error) = self.follower.applied(command.data_writes()) {
+            tracing::error!(%error, "undecodable lock applied");
         }
-        self.lock_index.apply(&locks);
-        self.newest.forget_keys(newest);
     }
 
     fn on_replaced(&mut self, region: &Region) {
         let snapshot = self.engine.snapshot();
-        if let Err(error) =
-            self.lock_index.reload_range(&*snapshot, &region.start_key, &region.end_key)
-        {
+        if let Err(error) = self.follower.replaced(&*snapshot, &region.start_key, &region.end_key) {
             tracing::error!(%error, region = region.id, "cannot reload the lock index");
         }
-        self.newest.clear();
     }
 }
 

@@ -1,6 +1,12 @@
 //! The transactional API on this node: one command per RPC, each composing Percolator
 //! actions (`scandium_txn::actions`) with request checks, latches and Raft.
 //!
+//! Every command, writes included, first makes sure this node's state is linearizable
+//! (the leader's lease, or a ReadIndex round), as TiKV takes every command's snapshot: a
+//! write command can answer without proposing (a lock already there, a transaction's
+//! status, a swap of nothing), and a paused, deposed leader must not answer from state
+//! the new leader has moved past.
+//!
 //! A write command takes the latches of its keys, reads a snapshot taken after them, runs
 //! its actions into one `MvccTxn`, proposes the result as one Raft command (so each
 //! request is all-or-nothing) and releases the latches once it is applied, waking lock
@@ -258,7 +264,7 @@ impl NodeContext {
         &self,
         req: kvrpcpb::PrewriteRequest,
     ) -> TxnResult<prewrite::Prewritten> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         self.disk.check_write(self.store_id)?;
         if req.use_async_commit || req.try_one_pc {
             // A new leader takes a timestamp into max_ts first (see `replica.rs`); hold the
@@ -316,7 +322,7 @@ impl NodeContext {
         fail::fail_point!("kv_commit", |_| Err(
             scandium_raftstore::RaftstoreError::StaleCommand.into()
         ));
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         self.check_keys(&checked, &req.keys)?;
         let (start_ts, commit_ts) = (TimeStamp(req.start_version), TimeStamp(req.commit_version));
         self.txn_write(&checked.region, &req.keys, |reader, txn| {
@@ -330,7 +336,7 @@ impl NodeContext {
 
     /// `KvBatchRollback`.
     pub async fn kv_batch_rollback(&self, req: kvrpcpb::BatchRollbackRequest) -> TxnResult<()> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         self.check_keys(&checked, &req.keys)?;
         let start_ts = TimeStamp(req.start_version);
         self.txn_write(&checked.region, &req.keys, |reader, txn| {
@@ -344,7 +350,8 @@ impl NodeContext {
 
     /// `KvCleanup`: on failure because the transaction committed, its commit timestamp.
     pub async fn kv_cleanup(&self, req: kvrpcpb::CleanupRequest) -> Result<(), (Failure, u64)> {
-        let checked = self.check_context(req.context.as_ref()).map_err(|e| (e.into(), 0))?;
+        let checked =
+            self.check_read_context(req.context.as_ref()).await.map_err(|e| (e.into(), 0))?;
         self.check_keys(&checked, [&req.key]).map_err(|e| (e, 0))?;
         let (start_ts, current_ts) = (TimeStamp(req.start_version), TimeStamp(req.current_ts));
         let mut committed_at = 0;
@@ -367,7 +374,7 @@ impl NodeContext {
         &self,
         req: kvrpcpb::CheckTxnStatusRequest,
     ) -> TxnResult<(TxnStatus, StatusAction)> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         self.check_keys(&checked, [&req.primary_key])?;
         let status = CheckTxnStatus {
             primary: req.primary_key.clone(),
@@ -415,7 +422,7 @@ impl NodeContext {
         &self,
         req: kvrpcpb::CheckSecondaryLocksRequest,
     ) -> TxnResult<SecondaryStatus> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         self.check_keys(&checked, &req.keys)?;
         let start_ts = TimeStamp(req.start_version);
         self.txn_write(&checked.region, &req.keys, |reader, txn| {
@@ -426,7 +433,7 @@ impl NodeContext {
 
     /// `KvTxnHeartBeat`: the primary lock's TTL now in force.
     pub async fn kv_txn_heart_beat(&self, req: kvrpcpb::TxnHeartBeatRequest) -> TxnResult<u64> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         self.check_keys(&checked, [&req.primary_lock])?;
         let keys = [req.primary_lock.clone()];
         self.txn_write(&checked.region, &keys, |reader, txn| {
@@ -447,7 +454,7 @@ impl NodeContext {
         &self,
         req: kvrpcpb::PessimisticRollbackRequest,
     ) -> TxnResult<()> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         self.check_keys(&checked, &req.keys)?;
         let (start_ts, for_update_ts) =
             (TimeStamp(req.start_version), TimeStamp(req.for_update_ts));
@@ -467,7 +474,7 @@ impl NodeContext {
         &self,
         req: kvrpcpb::PessimisticLockRequest,
     ) -> TxnResult<Vec<Option<Vec<u8>>>> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         self.disk.check_write(self.store_id)?;
         for mutation in &req.mutations {
             if mutation.op != kvrpcpb::Op::PessimisticLock as i32 {
@@ -533,14 +540,14 @@ impl NodeContext {
             drop(latches);
             wait.wait(deadline - now).await;
             // Leadership may have moved while waiting: then answer NotLeader.
-            self.check_context(req.context.as_ref())?;
+            self.check_read_context(req.context.as_ref()).await?;
         }
     }
 
     /// `KvResolveLock`: commits or rolls back the locks of one transaction (or of each in
     /// `txn_infos`), on the given keys or on the whole Region.
     pub async fn kv_resolve_lock(&self, req: kvrpcpb::ResolveLockRequest) -> TxnResult<()> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         let mut fates: Vec<(u64, u64)> = req.txn_infos.iter().map(|t| (t.txn, t.status)).collect();
         if fates.is_empty() {
             fates.push((req.start_version, req.commit_version));
@@ -619,7 +626,7 @@ impl NodeContext {
 
     /// `KvGC`: removes versions of the Region's keys invisible at or above `safe_point`.
     pub async fn kv_gc(&self, req: &kvrpcpb::GcRequest) -> TxnResult<usize> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         self.gc_region(&checked.region, TimeStamp(req.safe_point)).await
     }
 
@@ -654,7 +661,7 @@ impl NodeContext {
     /// `KvDeleteRange`: deletes every transactional record in the range (within the
     /// Region).
     pub async fn kv_delete_range(&self, req: &kvrpcpb::DeleteRangeRequest) -> TxnResult<()> {
-        let checked = self.check_context(req.context.as_ref())?;
+        let checked = self.check_read_context(req.context.as_ref()).await?;
         if !req.end_key.is_empty() && req.start_key >= req.end_key {
             return Err(crate::error::RequestError::invalid(
                 "delete range needs start key < end key",

@@ -14,14 +14,14 @@ use scandium_placement::{Command, Kind, LeaderTso, PlacementState, Response};
 use scandium_raftstore::snapshot::{for_each_chunk, SnapshotAssembler, SnapshotHeader};
 use scandium_raftstore::META_GROUP_ID;
 use scandium_raftstore::{
-    ApplyOutput, EncodedCommand, MetaStateMachine, PeerChange, PeerMessage, RaftCommand,
-    RaftConfig, RaftstoreError, ReadCallback, Registry, SnapshotData, Store,
+    ApplyObserver, ApplyOutput, EncodedCommand, MetaStateMachine, PeerChange, PeerMessage,
+    RaftCommand, RaftConfig, RaftstoreError, ReadCallback, Registry, SnapshotData, Store,
 };
 use scandium_storage::{Cf, Engine, EngineRef, FaultEngine, Faults, Snapshot, WriteBatch};
 use scandium_txn::actions::prewrite::{self, PrewriteRequest};
 use scandium_txn::concurrency::MemoryLockGuard;
-use scandium_txn::mvcc::{LockType, MvccReader, MvccTxn};
-use scandium_txn::{ConcurrencyManager, TxnError};
+use scandium_txn::mvcc::{LockType, MvccReader, MvccTxn, Newest};
+use scandium_txn::{ConcurrencyManager, IndexFollower, LockHint, LockIndex, NewestCache, TxnError};
 use scandium_types::{Peer, Region, StoreState, TimeStamp};
 use std::any::Any;
 use std::cmp::Reverse;
@@ -51,6 +51,41 @@ impl MetaStateMachine for SimMeta {
             *self.state.write().unwrap_or_else(|e| e.into_inner()) = loaded;
         }
     }
+}
+
+/// Each node's newest-record cache: large enough that nothing is evicted, so that which
+/// keys it holds depends on nothing but the run.
+const NEWEST_CACHE_BYTES: u64 = 64 << 20;
+
+/// Follows replicated commands into a node's lock index and newest-record cache, as the
+/// server's `ReplicaObserver` does.
+struct SimObserver {
+    engine: EngineRef,
+    follower: IndexFollower,
+}
+
+impl ApplyObserver for SimObserver {
+    fn on_applied(&mut self, _: &Region, command: &RaftCommand) {
+        self.follower.applied(command.data_writes()).expect("the simulator writes valid locks");
+    }
+    fn on_replaced(&mut self, region: &Region) {
+        let snapshot = self.engine.snapshot();
+        let reloaded = self.follower.replaced(&*snapshot, &region.start_key, &region.end_key);
+        reloaded.expect("memory engines read");
+    }
+}
+
+/// What a write command built: its output, its batch, the in-memory locks it holds until
+/// answered, and its changes to the node's indexes (see [`IndexChanges`]).
+type Built<T> = (T, WriteBatch, Option<MemoryLockGuard>, IndexChanges);
+
+/// A transactional command's changes to the lock index and the newest-record cache, as
+/// the server's `Sealed` carries them: locks added before proposing, the rest applied
+/// once the proposal is.
+#[derive(Default)]
+struct IndexChanges {
+    locks: Vec<(Vec<u8>, Option<u64>)>,
+    newest: Vec<(Vec<u8>, Newest)>,
 }
 
 /// Marks the timestamp requests a node makes to synchronise `max_ts` after it gains
@@ -149,6 +184,10 @@ struct Node {
     /// `max_ts` and the in-memory locks of async-commit and 1PC prewrites; a process's
     /// memory, new on every start.
     concurrency: Arc<ConcurrencyManager>,
+    /// The server's lock index and newest-record cache: rebuilt from the disk and empty
+    /// on every start, kept by the node's own commands and by [`SimObserver`].
+    lock_index: Arc<LockIndex>,
+    newest: Arc<NewestCache>,
     /// In-memory locks of prewrites in flight, by operation, until their proposals are
     /// answered (held with the latches, as the server holds them).
     memory_locks: BTreeMap<u64, MemoryLockGuard>,
@@ -267,6 +306,8 @@ impl Cluster {
                     wall_offset_ms: 0,
                     latches: BTreeMap::new(),
                     concurrency: Arc::default(),
+                    lock_index: Arc::default(),
+                    newest: Arc::new(NewestCache::new(NEWEST_CACHE_BYTES)),
                     memory_locks: BTreeMap::new(),
                     max_ts_synced: None,
                     max_ts_syncing: None,
@@ -564,11 +605,16 @@ impl Cluster {
         node.tso = LeaderTso::default();
         node.raising = false;
         node.concurrency = Arc::default();
+        node.lock_index = Arc::new(LockIndex::load(&engine).expect("memory engines read"));
+        node.newest = Arc::new(NewestCache::new(NEWEST_CACHE_BYTES));
         node.max_ts_synced = None;
         node.max_ts_syncing = None;
         let meta = Box::new(SimMeta { state: node.placement.clone() });
-        let mut store = Store::open(id, engine, node.config.clone(), meta, node.registry.clone())
-            .expect("a simulated node's disk always opens");
+        let mut store =
+            Store::open(id, engine.clone(), node.config.clone(), meta, node.registry.clone())
+                .expect("a simulated node's disk always opens");
+        let follower = IndexFollower::new(node.lock_index.clone(), node.newest.clone());
+        store.set_observer(Box::new(SimObserver { engine: engine.clone(), follower }));
         store.set_time(now);
         node.store = Some(store);
     }
@@ -676,6 +722,7 @@ impl Cluster {
         op: u64,
         region: &Region,
         batch: WriteBatch,
+        applied: impl FnOnce() + Send + 'static,
         rng: &mut StdRng,
     ) -> bool {
         let answers = self.answers.clone();
@@ -684,7 +731,11 @@ impl Cluster {
         store.propose_command(
             REGION,
             command,
+            // As the server's `propose_holding`: on the Raft thread, in log order.
             Box::new(move |result| {
+                if result.is_ok() {
+                    applied();
+                }
                 lock(&answers).push(Reply::Answer(Answer::Proposed { op, result }))
             }),
         );
@@ -800,13 +851,20 @@ impl Cluster {
             id,
             op,
             keys,
-            |snapshot, concurrency| {
-                let reader = MvccReader::new(snapshot);
+            |snapshot, hint, concurrency| {
+                let reader = MvccReader::with_hint(snapshot, hint);
                 let mut txn = MvccTxn::new();
                 let (output, memory_locks) = action(&reader, &mut txn, concurrency)?;
-                let batch =
-                    if txn.is_empty() { WriteBatch::new() } else { txn.into_batch(&reader)? };
-                Ok((output, batch, memory_locks))
+                let mut changes =
+                    IndexChanges { locks: txn.lock_changes().to_vec(), newest: Vec::new() };
+                let batch = if txn.is_empty() {
+                    WriteBatch::new()
+                } else {
+                    let (batch, newest) = txn.seal(&reader)?;
+                    changes.newest = newest;
+                    batch
+                };
+                Ok((output, batch, memory_locks, changes))
             },
             rng,
         )
@@ -828,10 +886,10 @@ impl Cluster {
             id,
             op,
             &[key.to_vec()],
-            |snapshot, _| {
+            |snapshot, _, _| {
                 let mut batch = WriteBatch::new();
                 let output = build(snapshot, &mut batch);
-                Ok((output, batch, None))
+                Ok((output, batch, None, IndexChanges::default()))
             },
             rng,
         )
@@ -839,9 +897,10 @@ impl Cluster {
 
     /// What every write command does around its body: only on a leader that has applied
     /// its earlier terms (the server's `check_context`), busy while a command in flight
-    /// holds a latch on one of `keys`, `build` run on a snapshot of the node's state, its
-    /// batch proposed as one Raft command, and the latches (and any in-memory locks)
-    /// held until the proposal is answered.
+    /// holds a latch on one of `keys`, `build` run on a snapshot of the node's state with
+    /// the lock index's hint taken before it, its batch proposed as one Raft command, the
+    /// lock index and newest-record cache kept as the server's `propose_txn` keeps them,
+    /// and the latches (and any in-memory locks) held until the proposal is answered.
     fn latched_command<T>(
         &mut self,
         id: u64,
@@ -849,8 +908,9 @@ impl Cluster {
         keys: &[Vec<u8>],
         build: impl FnOnce(
             &dyn Snapshot,
+            LockHint,
             &Arc<ConcurrencyManager>,
-        ) -> Result<(T, WriteBatch, Option<MemoryLockGuard>), TxnError>,
+        ) -> Result<Built<T>, TxnError>,
         rng: &mut StdRng,
     ) -> TxnStart<T> {
         if !self.is_serving(id) {
@@ -865,9 +925,11 @@ impl Cluster {
             return TxnStart::Busy;
         }
         let concurrency = node.concurrency.clone();
+        let (lock_index, newest) = (node.lock_index.clone(), node.newest.clone());
+        let hint = lock_index.hint_for_write(keys, &newest);
         let Some(store) = node.store.as_ref() else { return TxnStart::Unavailable };
         let snapshot = store.engine_snapshot();
-        let (output, batch, memory_locks) = match build(&*snapshot, &concurrency) {
+        let (output, batch, memory_locks, changes) = match build(&*snapshot, hint, &concurrency) {
             Ok(built) => built,
             Err(e) => return TxnStart::Failed(e),
         };
@@ -875,7 +937,13 @@ impl Cluster {
         if batch.is_empty() {
             return TxnStart::Done(output);
         }
-        if !self.propose_on(id, op, &status.region, batch, rng) {
+        lock_index.add_proposed(&changes.locks);
+        newest.forget(&changes.newest);
+        let applied = move || {
+            lock_index.apply(&changes.locks);
+            newest.record(changes.newest);
+        };
+        if !self.propose_on(id, op, &status.region, batch, applied, rng) {
             return TxnStart::Unavailable;
         }
         let node = self.node(id);
@@ -899,12 +967,14 @@ impl Cluster {
     ) -> Option<Result<Option<Vec<u8>>, TxnError>> {
         let node = &self.nodes[id as usize - 1];
         let store = node.store.as_ref()?;
-        // As the server reads: max_ts and in-memory locks first, then the snapshot.
+        // As the server reads: max_ts and in-memory locks, the lock index, the snapshot.
         if let Err(e) = node.concurrency.read_key_check(key, ts) {
             return Some(Err(e));
         }
+        let hint = node.lock_index.hint_for_read([&key.to_vec()], &node.newest);
         let snapshot = store.engine_snapshot();
-        Some(scandium_txn::actions::read::point_get(&MvccReader::new(&*snapshot), key, ts))
+        let reader = MvccReader::with_hint(&*snapshot, hint);
+        Some(scandium_txn::actions::read::point_get(&reader, key, ts))
     }
 
     /// The newest value of `key` on node `id` with every transaction's fate settled as a

@@ -116,6 +116,8 @@ enum Step {
 enum Pending {
     Timestamp,
     Read,
+    /// A ReadIndex round before a write command (see [`Client::confirmed`]).
+    Confirm,
     /// A write command; its output counts once the proposal succeeds.
     Write(Output),
 }
@@ -154,6 +156,9 @@ struct Client {
     pessimistic: bool,
     /// The request it waits for.
     waiting: Option<(u64, Pending)>,
+    /// The node whose ReadIndex round just confirmed it may serve this client's next
+    /// write command: the server runs the command right after that round.
+    confirmed: Option<u64>,
     txn: Option<Current>,
 }
 
@@ -192,6 +197,7 @@ impl TxnClients {
                     tso_node: rng.gen_range(1..=nodes),
                     pessimistic: i % 2 == 1,
                     waiting: None,
+                    confirmed: None,
                     txn: None,
                 })
                 .collect(),
@@ -219,168 +225,187 @@ impl TxnClients {
         let (a, b) = (list_key(txn.keys[0]), list_key(txn.keys[1]));
         let (start_ts, commit_ts) = (txn.start_ts, txn.commit_ts);
         let for_update_ts = txn.for_update_ts;
-        let started = match txn.step.clone() {
-            Step::StartTs | Step::ForUpdateTs(_) | Step::CommitTs => {
-                if cluster.timestamp(client.tso_node, op, rng) {
-                    Started::Waiting(Pending::Timestamp)
-                } else {
-                    client.tso_node = rng.gen_range(1..=self.nodes);
-                    Started::Unavailable
+        // As the server does, a write command answers only from state a lease or a
+        // ReadIndex round shows current: some answer without proposing anything.
+        let writes = !matches!(
+            txn.step,
+            Step::StartTs | Step::ForUpdateTs(_) | Step::CommitTs | Step::Read(_)
+        );
+        let confirmed = client.confirmed.take() == Some(client.node);
+        let gate =
+            if writes && !confirmed { cluster.read_gate(client.node, op, rng) } else { Gate::Open };
+        let started = match (gate, txn.step.clone()) {
+            (Gate::Waiting, _) => Started::Waiting(Pending::Confirm),
+            (Gate::Closed, _) => Started::Unavailable,
+            (Gate::Open, step) => match step {
+                Step::StartTs | Step::ForUpdateTs(_) | Step::CommitTs => {
+                    if cluster.timestamp(client.tso_node, op, rng) {
+                        Started::Waiting(Pending::Timestamp)
+                    } else {
+                        client.tso_node = rng.gen_range(1..=self.nodes);
+                        Started::Unavailable
+                    }
                 }
-            }
-            Step::Read(i) => {
-                let key = if i == 0 { &a } else { &b };
-                match cluster.read_gate(client.node, op, rng) {
-                    Gate::Open => match cluster.txn_get_local(client.node, key, start_ts) {
-                        Some(read) => {
-                            self.on_read(c, read);
-                            return wake.at(rng.gen_range(0..3), c);
-                        }
-                        None => Started::Unavailable,
-                    },
-                    Gate::Waiting => Started::Waiting(Pending::Read),
-                    Gate::Closed => Started::Unavailable,
-                }
-            }
-            Step::Lock(i) => {
-                let key = if i == 0 { a.clone() } else { b.clone() };
-                let request = PessimisticLockRequest {
-                    key: key.clone(),
-                    primary: a.clone(),
-                    start_ts,
-                    lock_ttl: LOCK_TTL_MS,
-                    for_update_ts,
-                    ..PessimisticLockRequest::default()
-                };
-                Started::of(cluster.txn_write(
-                    client.node,
-                    op,
-                    &[key],
-                    |reader, txn, concurrency| {
-                        // As the server does: async commit must stay above this read too.
-                        concurrency.update_max_ts(for_update_ts);
-                        let value = pessimistic::acquire_pessimistic_lock(reader, txn, &request)?;
-                        Ok(Output::Value(value))
-                    },
-                    rng,
-                ))
-            }
-            Step::CheckStatus { lock, .. } => {
-                let request = CheckTxnStatus {
-                    primary: lock.primary.clone(),
-                    lock_ts: lock.ts(),
-                    caller_start_ts: start_ts,
-                    current_ts: start_ts,
-                    rollback_if_not_exist: true,
-                    ..CheckTxnStatus::default()
-                };
-                let keys = [lock.primary.clone()];
-                Started::of(cluster.txn_write(
-                    client.node,
-                    op,
-                    &keys,
-                    |reader, txn, concurrency| {
-                        let (status, _) =
-                            cleanup::check_txn_status(reader, txn, concurrency, &request)?;
-                        Ok(Output::Status(status))
-                    },
-                    rng,
-                ))
-            }
-            Step::CheckSecondaries { primary, .. } => {
-                let (keys, lock_ts) = (primary.secondaries.clone(), primary.ts());
-                Started::of(cluster.txn_write(
-                    client.node,
-                    op,
-                    &keys,
-                    |reader, txn, _| {
-                        let status = cleanup::check_secondary_locks(reader, txn, &keys, lock_ts)?;
-                        Ok(Output::Secondaries(status))
-                    },
-                    rng,
-                ))
-            }
-            Step::Resolve { key, lock, commit_ts: fate, .. } => {
-                let keys = [key.clone()];
-                Started::of(cluster.txn_write(
-                    client.node,
-                    op,
-                    &keys,
-                    |reader, txn, _| {
-                        match reader.load_lock(&key)? {
-                            Some(held) if held.start_ts == lock.start_ts => {
-                                cleanup::resolve_lock(reader, txn, &key, held, fate)?
+                Step::Read(i) => {
+                    let key = if i == 0 { &a } else { &b };
+                    match cluster.read_gate(client.node, op, rng) {
+                        Gate::Open => match cluster.txn_get_local(client.node, key, start_ts) {
+                            Some(read) => {
+                                self.on_read(c, read);
+                                return wake.at(rng.gen_range(0..3), c);
                             }
-                            _ => {}
-                        }
-                        Ok(Output::Done)
-                    },
-                    rng,
-                ))
-            }
-            Step::Prewrite => {
-                let element = self.history[txn.index].ops.iter().find_map(|op| match op {
-                    MicroOp::Append { value, .. } => Some(*value),
-                    _ => None,
-                });
-                let element = element.expect("a transaction appends");
-                let lists: Vec<Vec<u64>> = self.history[txn.index]
-                    .ops
-                    .iter()
-                    .filter_map(|op| match op {
-                        MicroOp::Read { list, .. } => Some(list.clone()),
+                            None => Started::Unavailable,
+                        },
+                        Gate::Waiting => Started::Waiting(Pending::Read),
+                        Gate::Closed => Started::Unavailable,
+                    }
+                }
+                Step::Lock(i) => {
+                    let key = if i == 0 { a.clone() } else { b.clone() };
+                    let request = PessimisticLockRequest {
+                        key: key.clone(),
+                        primary: a.clone(),
+                        start_ts,
+                        lock_ttl: LOCK_TTL_MS,
+                        for_update_ts,
+                        ..PessimisticLockRequest::default()
+                    };
+                    Started::of(cluster.txn_write(
+                        client.node,
+                        op,
+                        &[key],
+                        |reader, txn, concurrency| {
+                            // As the server does: async commit must stay above this read too.
+                            concurrency.update_max_ts(for_update_ts);
+                            let value =
+                                pessimistic::acquire_pessimistic_lock(reader, txn, &request)?;
+                            Ok(Output::Value(value))
+                        },
+                        rng,
+                    ))
+                }
+                Step::CheckStatus { lock, .. } => {
+                    let request = CheckTxnStatus {
+                        primary: lock.primary.clone(),
+                        lock_ts: lock.ts(),
+                        caller_start_ts: start_ts,
+                        current_ts: start_ts,
+                        rollback_if_not_exist: true,
+                        ..CheckTxnStatus::default()
+                    };
+                    let keys = [lock.primary.clone()];
+                    Started::of(cluster.txn_write(
+                        client.node,
+                        op,
+                        &keys,
+                        |reader, txn, concurrency| {
+                            let (status, _) =
+                                cleanup::check_txn_status(reader, txn, concurrency, &request)?;
+                            Ok(Output::Status(status))
+                        },
+                        rng,
+                    ))
+                }
+                Step::CheckSecondaries { primary, .. } => {
+                    let (keys, lock_ts) = (primary.secondaries.clone(), primary.ts());
+                    Started::of(cluster.txn_write(
+                        client.node,
+                        op,
+                        &keys,
+                        |reader, txn, _| {
+                            let status =
+                                cleanup::check_secondary_locks(reader, txn, &keys, lock_ts)?;
+                            Ok(Output::Secondaries(status))
+                        },
+                        rng,
+                    ))
+                }
+                Step::Resolve { key, lock, commit_ts: fate, .. } => {
+                    let keys = [key.clone()];
+                    Started::of(cluster.txn_write(
+                        client.node,
+                        op,
+                        &keys,
+                        |reader, txn, _| {
+                            match reader.load_lock(&key)? {
+                                Some(held) if held.start_ts == lock.start_ts => {
+                                    cleanup::resolve_lock(reader, txn, &key, held, fate)?
+                                }
+                                _ => {}
+                            }
+                            Ok(Output::Done)
+                        },
+                        rng,
+                    ))
+                }
+                Step::Prewrite => {
+                    let element = self.history[txn.index].ops.iter().find_map(|op| match op {
+                        MicroOp::Append { value, .. } => Some(*value),
                         _ => None,
-                    })
-                    .collect();
-                let commit = txn.commit;
-                let props = TxnProps {
-                    start_ts,
-                    primary: a.clone(),
-                    lock_ttl: LOCK_TTL_MS,
-                    txn_size: 2,
-                    for_update_ts,
-                    use_async_commit: commit == Commit::Async,
-                    secondaries: if commit == Commit::Async { vec![b.clone()] } else { Vec::new() },
-                    ..TxnProps::default()
-                };
-                let action = if for_update_ts > TimeStamp::ZERO {
-                    PessimisticAction::DoPessimisticCheck
-                } else {
-                    PessimisticAction::SkipPessimisticCheck
-                };
-                let mutations: Vec<(Mutation, PessimisticAction)> = [a, b]
-                    .into_iter()
-                    .zip(&lists)
-                    .map(|(key, list)| {
-                        let mut list = list.clone();
-                        list.push(element);
-                        let value = encode_list(&list);
-                        (Mutation { op: MutationOp::Put, key, value }, action)
-                    })
-                    .collect();
-                let request = PrewriteRequest {
-                    props: &props,
-                    mutations: &mutations,
-                    try_one_pc: commit == Commit::OnePc,
-                    max_commit_ts: 0,
-                };
-                let started = cluster.txn_prewrite(client.node, op, request, rng);
-                Started::of(started.map(|(min_commit_ts, _)| Output::Prewritten(min_commit_ts)))
-            }
-            Step::CommitPrimary | Step::CommitSecondary => {
-                let key = if matches!(txn.step, Step::CommitPrimary) { a } else { b };
-                let keys = [key.clone()];
-                Started::of(cluster.txn_write(
-                    client.node,
-                    op,
-                    &keys,
-                    |reader, txn, _| {
-                        commit::commit(reader, txn, &key, start_ts, commit_ts)?;
-                        Ok(Output::Done)
-                    },
-                    rng,
-                ))
-            }
+                    });
+                    let element = element.expect("a transaction appends");
+                    let lists: Vec<Vec<u64>> = self.history[txn.index]
+                        .ops
+                        .iter()
+                        .filter_map(|op| match op {
+                            MicroOp::Read { list, .. } => Some(list.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    let commit = txn.commit;
+                    let props = TxnProps {
+                        start_ts,
+                        primary: a.clone(),
+                        lock_ttl: LOCK_TTL_MS,
+                        txn_size: 2,
+                        for_update_ts,
+                        use_async_commit: commit == Commit::Async,
+                        secondaries: if commit == Commit::Async {
+                            vec![b.clone()]
+                        } else {
+                            Vec::new()
+                        },
+                        ..TxnProps::default()
+                    };
+                    let action = if for_update_ts > TimeStamp::ZERO {
+                        PessimisticAction::DoPessimisticCheck
+                    } else {
+                        PessimisticAction::SkipPessimisticCheck
+                    };
+                    let mutations: Vec<(Mutation, PessimisticAction)> = [a, b]
+                        .into_iter()
+                        .zip(&lists)
+                        .map(|(key, list)| {
+                            let mut list = list.clone();
+                            list.push(element);
+                            let value = encode_list(&list);
+                            (Mutation { op: MutationOp::Put, key, value }, action)
+                        })
+                        .collect();
+                    let request = PrewriteRequest {
+                        props: &props,
+                        mutations: &mutations,
+                        try_one_pc: commit == Commit::OnePc,
+                        max_commit_ts: 0,
+                    };
+                    let started = cluster.txn_prewrite(client.node, op, request, rng);
+                    Started::of(started.map(|(min_commit_ts, _)| Output::Prewritten(min_commit_ts)))
+                }
+                Step::CommitPrimary | Step::CommitSecondary => {
+                    let key = if matches!(txn.step, Step::CommitPrimary) { a } else { b };
+                    let keys = [key.clone()];
+                    Started::of(cluster.txn_write(
+                        client.node,
+                        op,
+                        &keys,
+                        |reader, txn, _| {
+                            commit::commit(reader, txn, &key, start_ts, commit_ts)?;
+                            Ok(Output::Done)
+                        },
+                        rng,
+                    ))
+                }
+            },
         };
         match started {
             Started::Waiting(pending) => {
@@ -450,6 +475,12 @@ impl TxnClients {
                     Some(read) => self.on_read(c, read),
                     None => self.on_lost(c, rng),
                 }
+            }
+            (Answer::ReadReady { node, result: Ok(()), .. }, Pending::Confirm) => {
+                // The write goes out at once, as the server runs it after the round.
+                self.clients[c].confirmed = Some(*node);
+                wake.at(0, c);
+                return true;
             }
             (Answer::Proposed { result: Ok(_), .. }, Pending::Write(output)) => {
                 self.on_success(c, Some(output), rng)

@@ -115,9 +115,9 @@ fn async_commit_without_max_ts_sync_is_caught() {
     // A new leader that does not raise max_ts before an async-commit or 1PC prewrite may
     // commit below a snapshot the old leader served without the transaction's locks: a
     // later transaction reading at that snapshot overwrites the list without its append.
-    // Seeds 3 and 50 of 0..200 catch it (6 of the 200 do); with the sync, none fails.
+    // Seeds 50 and 139 of 0..200 catch it (3 of the 200 do); with the sync, none fails.
     let config = RunConfig { unsafe_max_ts: true, ..RunConfig::default() };
-    for seed in [3, 50] {
+    for seed in [50, 139] {
         assert!(!run(seed, &config).anomalies.is_empty(), "seed {seed} missed the broken max_ts");
         assert!(run(seed, &RunConfig::default()).anomalies.is_empty(), "seed {seed}");
     }
@@ -126,10 +126,11 @@ fn async_commit_without_max_ts_sync_is_caught() {
 #[test]
 fn a_compare_and_swap_without_a_linearizable_read_is_caught() {
     // As the server ran it before 2026-12-03: a failed swap is answered from the node's
-    // state without a lease or a ReadIndex round. Seed 633 is the one of 0..800 that
-    // catches it (the window is a request served by a paused leader as it resumes).
+    // state without a lease or a ReadIndex round. Seeds 507 and 540 are the two of 0..800
+    // that catch it (the window is a request served by a paused leader as it resumes);
+    // seed 633 found it first, before the simulator ran the lock index.
     let config = RunConfig { unsafe_cas: true, ..RunConfig::default() };
-    assert!(!run(633, &config).anomalies.is_empty(), "seed 633 missed the stale swap");
+    assert!(!run(507, &config).anomalies.is_empty(), "seed 507 missed the stale swap");
 }
 
 #[test]

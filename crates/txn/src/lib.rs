@@ -25,5 +25,5 @@ pub mod raw;
 pub use concurrency::ConcurrencyManager;
 pub use error::{Result, TxnError};
 pub use latches::{LatchGuard, Latches};
-pub use lock_index::{LockHint, LockIndex};
+pub use lock_index::{IndexFollower, LockHint, LockIndex};
 pub use newest_cache::NewestCache;

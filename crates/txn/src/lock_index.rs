@@ -170,6 +170,64 @@ impl LockIndex {
     }
 }
 
+/// Keeps a replica's [`LockIndex`] and [`NewestCache`] following its data when a change
+/// reaches it by replication rather than through one of its own commands (another node
+/// proposed it, or this node gave its proposal up), so that both are exact the moment
+/// the replica leads. The server and the simulator run it on every applied write that
+/// no command of theirs saw, in log order with their own commands.
+pub struct IndexFollower {
+    lock_index: std::sync::Arc<LockIndex>,
+    newest: std::sync::Arc<NewestCache>,
+}
+
+impl IndexFollower {
+    /// A follower updating these indexes.
+    pub fn new(
+        lock_index: std::sync::Arc<LockIndex>,
+        newest: std::sync::Arc<NewestCache>,
+    ) -> IndexFollower {
+        IndexFollower { lock_index, newest }
+    }
+
+    /// Applies one replicated command's writes, given as (column family, key, value,
+    /// delete). A lock that does not decode is left out of the index (it costs a storage
+    /// lookup later, nothing else) and handed back for the caller to report.
+    pub fn applied<'w>(
+        &self,
+        writes: impl IntoIterator<Item = (Cf, &'w [u8], &'w [u8], bool)>,
+    ) -> Result<(), prost::DecodeError> {
+        let mut locks = Vec::new();
+        let mut newest = Vec::new();
+        let mut undecodable = None;
+        for (cf, key, value, delete) in writes {
+            match cf {
+                Cf::Lock if delete => locks.push((key.to_vec(), None)),
+                Cf::Lock => match Lock::from_bytes(value) {
+                    Ok(lock) => locks.push((key.to_vec(), Some(lock.start_ts))),
+                    Err(error) => undecodable = Some(error),
+                },
+                Cf::Latest => newest.push(key),
+                _ => {}
+            }
+        }
+        self.lock_index.apply(&locks);
+        self.newest.forget_keys(newest);
+        undecodable.map_or(Ok(()), Err)
+    }
+
+    /// A Region's data in `[start, end)` was replaced wholesale (a snapshot installed, a
+    /// replica destroyed): reloads the index there from `snapshot` and empties the cache.
+    pub fn replaced(
+        &self,
+        snapshot: &dyn scandium_storage::Snapshot,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<(), StorageError> {
+        self.newest.clear();
+        self.lock_index.reload_range(snapshot, start, end)
+    }
+}
+
 /// The cached newest records of those of `keys` the cache holds.
 fn cached<'k>(
     keys: impl IntoIterator<Item = &'k Vec<u8>>,
@@ -251,6 +309,35 @@ mod tests {
         assert_eq!(index.keys(b"b", b"", 10, |_| true), vec![b"b".to_vec()]);
         let rebuilt = LockIndex::load(&engine).unwrap();
         assert_eq!(rebuilt.keys(b"", b"", 10, |_| true), vec![b"a".to_vec(), b"b".to_vec()]);
+    }
+
+    #[test]
+    fn a_follower_applies_replicated_locks_and_forgets_cached_records() {
+        let index = Arc::new(LockIndex::default());
+        let cache = Arc::new(NewestCache::new(1 << 20));
+        index.apply(&[(b"a".to_vec(), Some(4))]);
+        cache.record(vec![(b"k".to_vec(), None), (b"m".to_vec(), None)]);
+        let follower = IndexFollower::new(index.clone(), cache.clone());
+        let lock = Lock { start_ts: 7, ..Default::default() }.to_bytes();
+        let writes = [
+            (Cf::Lock, &b"a"[..], &b""[..], true),
+            (Cf::Lock, &b"b"[..], &lock[..], false),
+            (Cf::Lock, &b"c"[..], &b"\xff\xff"[..], false),
+            (Cf::Latest, &b"k"[..], &b""[..], false),
+            (Cf::Default, &b"m"[..], &b""[..], false),
+        ];
+        assert!(follower.applied(writes).is_err(), "the undecodable lock is reported");
+        assert_eq!(index.keys(b"", b"", 10, |_| true), vec![b"b".to_vec()]);
+        assert_eq!(cache.get(b"k"), None, "a replicated newest record is forgotten");
+        assert_eq!(cache.get(b"m"), Some(None), "other column families leave the cache be");
+
+        let engine: EngineRef = Arc::new(MemoryEngine::new());
+        let mut txn = MvccTxn::new();
+        txn.put_lock(b"d", &Lock { start_ts: 9, ..Default::default() });
+        engine.write(txn.into_batch(&MvccReader::new(&*engine.snapshot())).unwrap()).unwrap();
+        follower.replaced(&*engine.snapshot(), b"c", b"").unwrap();
+        assert_eq!(index.keys(b"", b"", 10, |_| true), vec![b"b".to_vec(), b"d".to_vec()]);
+        assert_eq!(cache.get(b"m"), None, "a replaced Region empties the cache");
     }
 
     #[test]
