@@ -237,175 +237,167 @@ impl TxnClients {
         let started = match (gate, txn.step.clone()) {
             (Gate::Waiting, _) => Started::Waiting(Pending::Confirm),
             (Gate::Closed, _) => Started::Unavailable,
-            (Gate::Open, step) => match step {
-                Step::StartTs | Step::ForUpdateTs(_) | Step::CommitTs => {
-                    if cluster.timestamp(client.tso_node, op, rng) {
-                        Started::Waiting(Pending::Timestamp)
-                    } else {
-                        client.tso_node = rng.gen_range(1..=self.nodes);
-                        Started::Unavailable
-                    }
+            (_, Step::StartTs | Step::ForUpdateTs(_) | Step::CommitTs) => {
+                if cluster.timestamp(client.tso_node, op, rng) {
+                    Started::Waiting(Pending::Timestamp)
+                } else {
+                    client.tso_node = rng.gen_range(1..=self.nodes);
+                    Started::Unavailable
                 }
-                Step::Read(i) => {
-                    let key = if i == 0 { &a } else { &b };
-                    match cluster.read_gate(client.node, op, rng) {
-                        Gate::Open => match cluster.txn_get_local(client.node, key, start_ts) {
-                            Some(read) => {
-                                self.on_read(c, read);
-                                return wake.at(rng.gen_range(0..3), c);
+            }
+            (_, Step::Read(i)) => {
+                let key = if i == 0 { &a } else { &b };
+                match cluster.read_gate(client.node, op, rng) {
+                    Gate::Open => match cluster.txn_get_local(client.node, key, start_ts) {
+                        Some(read) => {
+                            self.on_read(c, read);
+                            return wake.at(rng.gen_range(0..3), c);
+                        }
+                        None => Started::Unavailable,
+                    },
+                    Gate::Waiting => Started::Waiting(Pending::Read),
+                    Gate::Closed => Started::Unavailable,
+                }
+            }
+            (_, Step::Lock(i)) => {
+                let key = if i == 0 { a.clone() } else { b.clone() };
+                let request = PessimisticLockRequest {
+                    key: key.clone(),
+                    primary: a.clone(),
+                    start_ts,
+                    lock_ttl: LOCK_TTL_MS,
+                    for_update_ts,
+                    ..PessimisticLockRequest::default()
+                };
+                Started::of(cluster.txn_write(
+                    client.node,
+                    op,
+                    &[key],
+                    |reader, txn, concurrency| {
+                        // As the server does: async commit must stay above this read too.
+                        concurrency.update_max_ts(for_update_ts);
+                        let value = pessimistic::acquire_pessimistic_lock(reader, txn, &request)?;
+                        Ok(Output::Value(value))
+                    },
+                    rng,
+                ))
+            }
+            (_, Step::CheckStatus { lock, .. }) => {
+                let request = CheckTxnStatus {
+                    primary: lock.primary.clone(),
+                    lock_ts: lock.ts(),
+                    caller_start_ts: start_ts,
+                    current_ts: start_ts,
+                    rollback_if_not_exist: true,
+                    ..CheckTxnStatus::default()
+                };
+                let keys = [lock.primary.clone()];
+                Started::of(cluster.txn_write(
+                    client.node,
+                    op,
+                    &keys,
+                    |reader, txn, concurrency| {
+                        let (status, _) =
+                            cleanup::check_txn_status(reader, txn, concurrency, &request)?;
+                        Ok(Output::Status(status))
+                    },
+                    rng,
+                ))
+            }
+            (_, Step::CheckSecondaries { primary, .. }) => {
+                let (keys, lock_ts) = (primary.secondaries.clone(), primary.ts());
+                Started::of(cluster.txn_write(
+                    client.node,
+                    op,
+                    &keys,
+                    |reader, txn, _| {
+                        let status = cleanup::check_secondary_locks(reader, txn, &keys, lock_ts)?;
+                        Ok(Output::Secondaries(status))
+                    },
+                    rng,
+                ))
+            }
+            (_, Step::Resolve { key, lock, commit_ts: fate, .. }) => {
+                let keys = [key.clone()];
+                Started::of(cluster.txn_write(
+                    client.node,
+                    op,
+                    &keys,
+                    |reader, txn, _| {
+                        match reader.load_lock(&key)? {
+                            Some(held) if held.start_ts == lock.start_ts => {
+                                cleanup::resolve_lock(reader, txn, &key, held, fate)?
                             }
-                            None => Started::Unavailable,
-                        },
-                        Gate::Waiting => Started::Waiting(Pending::Read),
-                        Gate::Closed => Started::Unavailable,
-                    }
-                }
-                Step::Lock(i) => {
-                    let key = if i == 0 { a.clone() } else { b.clone() };
-                    let request = PessimisticLockRequest {
-                        key: key.clone(),
-                        primary: a.clone(),
-                        start_ts,
-                        lock_ttl: LOCK_TTL_MS,
-                        for_update_ts,
-                        ..PessimisticLockRequest::default()
-                    };
-                    Started::of(cluster.txn_write(
-                        client.node,
-                        op,
-                        &[key],
-                        |reader, txn, concurrency| {
-                            // As the server does: async commit must stay above this read too.
-                            concurrency.update_max_ts(for_update_ts);
-                            let value =
-                                pessimistic::acquire_pessimistic_lock(reader, txn, &request)?;
-                            Ok(Output::Value(value))
-                        },
-                        rng,
-                    ))
-                }
-                Step::CheckStatus { lock, .. } => {
-                    let request = CheckTxnStatus {
-                        primary: lock.primary.clone(),
-                        lock_ts: lock.ts(),
-                        caller_start_ts: start_ts,
-                        current_ts: start_ts,
-                        rollback_if_not_exist: true,
-                        ..CheckTxnStatus::default()
-                    };
-                    let keys = [lock.primary.clone()];
-                    Started::of(cluster.txn_write(
-                        client.node,
-                        op,
-                        &keys,
-                        |reader, txn, concurrency| {
-                            let (status, _) =
-                                cleanup::check_txn_status(reader, txn, concurrency, &request)?;
-                            Ok(Output::Status(status))
-                        },
-                        rng,
-                    ))
-                }
-                Step::CheckSecondaries { primary, .. } => {
-                    let (keys, lock_ts) = (primary.secondaries.clone(), primary.ts());
-                    Started::of(cluster.txn_write(
-                        client.node,
-                        op,
-                        &keys,
-                        |reader, txn, _| {
-                            let status =
-                                cleanup::check_secondary_locks(reader, txn, &keys, lock_ts)?;
-                            Ok(Output::Secondaries(status))
-                        },
-                        rng,
-                    ))
-                }
-                Step::Resolve { key, lock, commit_ts: fate, .. } => {
-                    let keys = [key.clone()];
-                    Started::of(cluster.txn_write(
-                        client.node,
-                        op,
-                        &keys,
-                        |reader, txn, _| {
-                            match reader.load_lock(&key)? {
-                                Some(held) if held.start_ts == lock.start_ts => {
-                                    cleanup::resolve_lock(reader, txn, &key, held, fate)?
-                                }
-                                _ => {}
-                            }
-                            Ok(Output::Done)
-                        },
-                        rng,
-                    ))
-                }
-                Step::Prewrite => {
-                    let element = self.history[txn.index].ops.iter().find_map(|op| match op {
-                        MicroOp::Append { value, .. } => Some(*value),
+                            _ => {}
+                        }
+                        Ok(Output::Done)
+                    },
+                    rng,
+                ))
+            }
+            (_, Step::Prewrite) => {
+                let element = self.history[txn.index].ops.iter().find_map(|op| match op {
+                    MicroOp::Append { value, .. } => Some(*value),
+                    _ => None,
+                });
+                let element = element.expect("a transaction appends");
+                let lists: Vec<Vec<u64>> = self.history[txn.index]
+                    .ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        MicroOp::Read { list, .. } => Some(list.clone()),
                         _ => None,
-                    });
-                    let element = element.expect("a transaction appends");
-                    let lists: Vec<Vec<u64>> = self.history[txn.index]
-                        .ops
-                        .iter()
-                        .filter_map(|op| match op {
-                            MicroOp::Read { list, .. } => Some(list.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    let commit = txn.commit;
-                    let props = TxnProps {
-                        start_ts,
-                        primary: a.clone(),
-                        lock_ttl: LOCK_TTL_MS,
-                        txn_size: 2,
-                        for_update_ts,
-                        use_async_commit: commit == Commit::Async,
-                        secondaries: if commit == Commit::Async {
-                            vec![b.clone()]
-                        } else {
-                            Vec::new()
-                        },
-                        ..TxnProps::default()
-                    };
-                    let action = if for_update_ts > TimeStamp::ZERO {
-                        PessimisticAction::DoPessimisticCheck
-                    } else {
-                        PessimisticAction::SkipPessimisticCheck
-                    };
-                    let mutations: Vec<(Mutation, PessimisticAction)> = [a, b]
-                        .into_iter()
-                        .zip(&lists)
-                        .map(|(key, list)| {
-                            let mut list = list.clone();
-                            list.push(element);
-                            let value = encode_list(&list);
-                            (Mutation { op: MutationOp::Put, key, value }, action)
-                        })
-                        .collect();
-                    let request = PrewriteRequest {
-                        props: &props,
-                        mutations: &mutations,
-                        try_one_pc: commit == Commit::OnePc,
-                        max_commit_ts: 0,
-                    };
-                    let started = cluster.txn_prewrite(client.node, op, request, rng);
-                    Started::of(started.map(|(min_commit_ts, _)| Output::Prewritten(min_commit_ts)))
-                }
-                Step::CommitPrimary | Step::CommitSecondary => {
-                    let key = if matches!(txn.step, Step::CommitPrimary) { a } else { b };
-                    let keys = [key.clone()];
-                    Started::of(cluster.txn_write(
-                        client.node,
-                        op,
-                        &keys,
-                        |reader, txn, _| {
-                            commit::commit(reader, txn, &key, start_ts, commit_ts)?;
-                            Ok(Output::Done)
-                        },
-                        rng,
-                    ))
-                }
-            },
+                    })
+                    .collect();
+                let commit = txn.commit;
+                let props = TxnProps {
+                    start_ts,
+                    primary: a.clone(),
+                    lock_ttl: LOCK_TTL_MS,
+                    txn_size: 2,
+                    for_update_ts,
+                    use_async_commit: commit == Commit::Async,
+                    secondaries: if commit == Commit::Async { vec![b.clone()] } else { Vec::new() },
+                    ..TxnProps::default()
+                };
+                let action = if for_update_ts > TimeStamp::ZERO {
+                    PessimisticAction::DoPessimisticCheck
+                } else {
+                    PessimisticAction::SkipPessimisticCheck
+                };
+                let mutations: Vec<(Mutation, PessimisticAction)> = [a, b]
+                    .into_iter()
+                    .zip(&lists)
+                    .map(|(key, list)| {
+                        let mut list = list.clone();
+                        list.push(element);
+                        let value = encode_list(&list);
+                        (Mutation { op: MutationOp::Put, key, value }, action)
+                    })
+                    .collect();
+                let request = PrewriteRequest {
+                    props: &props,
+                    mutations: &mutations,
+                    try_one_pc: commit == Commit::OnePc,
+                    max_commit_ts: 0,
+                };
+                let started = cluster.txn_prewrite(client.node, op, request, rng);
+                Started::of(started.map(|(min_commit_ts, _)| Output::Prewritten(min_commit_ts)))
+            }
+            (_, Step::CommitPrimary | Step::CommitSecondary) => {
+                let key = if matches!(txn.step, Step::CommitPrimary) { a } else { b };
+                let keys = [key.clone()];
+                Started::of(cluster.txn_write(
+                    client.node,
+                    op,
+                    &keys,
+                    |reader, txn, _| {
+                        commit::commit(reader, txn, &key, start_ts, commit_ts)?;
+                        Ok(Output::Done)
+                    },
+                    rng,
+                ))
+            }
         };
         match started {
             Started::Waiting(pending) => {
