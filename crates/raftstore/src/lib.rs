@@ -41,7 +41,7 @@ pub use conf_change::PeerChange;
 pub use error::RaftstoreError;
 pub use message::PeerMessage;
 pub use peer::{RaftConfig, ReadCallback};
-pub use registry::{GroupStatus, RegionStatus, Registry};
+pub use registry::{GroupStatus, Led, RegionStatus, Registry};
 pub use snapshot::{SnapshotData, SnapshotSources};
 pub use store::{Event, RoundOutput, StepError, Store};
 

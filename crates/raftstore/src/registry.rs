@@ -7,7 +7,8 @@
 //! and to decide whether a read may be served at once (the leader's lease) or needs a
 //! ReadIndex round first.
 
-use scandium_types::{Peer, Region, RegionId};
+use crate::RaftstoreError;
+use scandium_types::{Peer, Region, RegionEpoch, RegionId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
@@ -44,6 +45,17 @@ impl RegionStatus {
     }
 }
 
+/// A Region led here, as a request's checks found it.
+#[derive(Clone, Debug)]
+pub struct Led {
+    /// The Region as it is now.
+    pub region: Region,
+    /// The local leader's term.
+    pub term: u64,
+    /// Whether the leader's lease covers reads at the time of the check.
+    pub lease_valid: bool,
+}
+
 /// Leadership of the placement group's local peer.
 #[derive(Clone, Debug, Default)]
 pub struct GroupStatus {
@@ -78,6 +90,28 @@ impl Registry {
     /// The status of Region `id`.
     pub fn get(&self, id: RegionId) -> Option<RegionStatus> {
         self.read().by_id.get(&id).cloned()
+    }
+
+    /// The checks every request on a Region passes before it touches data: the Region has
+    /// a peer here (`RegionNotFound`), at the request's epoch if it names one
+    /// (`EpochNotMatch`, with the Region as it is now), and that peer leads and has
+    /// applied every entry of earlier terms (`NotLeader`, with the leader if known).
+    pub fn check_led(
+        &self,
+        region_id: RegionId,
+        epoch: Option<RegionEpoch>,
+        now_ms: u64,
+    ) -> Result<Led, RaftstoreError> {
+        let status = self.get(region_id).ok_or(RaftstoreError::RegionNotFound(region_id))?;
+        if epoch.is_some_and(|epoch| epoch != status.region.epoch()) {
+            return Err(RaftstoreError::EpochNotMatch { current: vec![status.region] });
+        }
+        let lease_valid = status.lease_valid(now_ms);
+        let RegionStatus { region, leader, ready_for_reads, term, .. } = status;
+        if !ready_for_reads {
+            return Err(RaftstoreError::NotLeader { region_id: region.id, leader });
+        }
+        Ok(Led { region, term, lease_valid })
     }
 
     /// The Region containing `key`.

@@ -7,6 +7,7 @@
 //! snapshot, and propose write batches to Raft.
 
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod context;
 pub mod convert;
@@ -16,7 +17,6 @@ pub mod gc_worker;
 pub mod grpc;
 pub mod heartbeat;
 pub mod http;
-pub mod lock_wait;
 pub mod metrics;
 pub mod network;
 pub mod node;
@@ -26,7 +26,6 @@ pub mod raft_driver;
 pub mod raw;
 pub mod remote;
 pub mod replica;
-pub mod resolver;
 pub mod split;
 pub mod tasks;
 pub mod transport;

@@ -108,15 +108,8 @@ pub struct Metrics {
     pub tso_batch: Histogram,
     /// How long a timestamp request took.
     pub tso_seconds: Histogram,
-    /// Pessimistic lock requests that waited for another transaction's lock.
-    pub lock_waits: IntCounter,
-    /// Lock waits that ended in a deadlock error.
-    pub deadlocks: IntCounter,
     /// Versions deleted by garbage collection.
     pub gc_deleted: IntCounter,
-    /// Locks committed or rolled back on behalf of their transactions (resolve-lock
-    /// requests, GC).
-    pub resolved_locks: IntCounter,
     /// Writing a round's new log entries (every group's, one batch).
     pub raft_append_seconds: Histogram,
     /// The fsync that makes a round's log writes durable.
@@ -195,18 +188,9 @@ impl Metrics {
                 "Time to serve a timestamp request.",
                 latency_buckets(),
             ),
-            lock_waits: counter(
-                "scandium_lock_waits_total",
-                "Pessimistic lock requests that waited for another transaction.",
-            ),
-            deadlocks: counter("scandium_deadlocks_total", "Lock waits that found a deadlock."),
             gc_deleted: counter(
                 "scandium_gc_deleted_versions_total",
                 "Old versions deleted by garbage collection.",
-            ),
-            resolved_locks: counter(
-                "scandium_resolved_locks_total",
-                "Locks committed or rolled back for their transactions (resolve-lock, GC).",
             ),
             raft_append_seconds: histogram(
                 "scandium_raft_append_duration_seconds",
@@ -475,6 +459,21 @@ fn node_state(node: &NodeContext) -> Registry {
         "scandium_refused_total",
         "Messages and requests refused (other cluster, other store, malformed, saturated).",
         node.refused.load(Ordering::Relaxed),
+    );
+    counter(
+        "scandium_lock_waits_total",
+        "Pessimistic lock requests that waited for another transaction.",
+        node.txn.lock_waits.waited(),
+    );
+    counter(
+        "scandium_deadlocks_total",
+        "Lock waits that found a deadlock.",
+        node.txn.lock_waits.deadlocks(),
+    );
+    counter(
+        "scandium_resolved_locks_total",
+        "Locks committed or rolled back for their transactions (resolve-lock, GC).",
+        node.txn.resolved_locks(),
     );
     gauge(
         "scandium_gc_safe_point",

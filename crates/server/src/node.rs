@@ -9,7 +9,7 @@ use crate::heartbeat::Coordinator;
 use crate::network::{Clients, Directory, Links};
 use crate::placement::{MetaApplier, Placement, PlacementNetwork};
 use crate::raft_driver::{Outputs, RaftDriver};
-use crate::replica::{MaxTsSync, ReplicaObserver};
+use crate::replica::ReplicaObserver;
 use crate::transport::{Transport, TransportConfig};
 use prost::Message as _;
 use scandium_placement::scheduler::SchedulerConfig;
@@ -23,9 +23,8 @@ use scandium_protocol::tikvpb::tikv_server::TikvServer;
 use scandium_raftstore::bootstrap::write_initial_group;
 use scandium_raftstore::{RaftConfig, Registry, Store, META_GROUP_ID};
 use scandium_storage::{Cf, EngineRef, FjallEngine, FjallOptions, WriteBatch};
-use scandium_txn::{ConcurrencyManager, Latches};
+use scandium_txn::{Breakages, NodeSettings, TxnNode};
 use scandium_types::keyspace::{keyspace_edges, DEFAULT_KEYSPACE_ID, DEFAULT_KEYSPACE_NAME};
-use scandium_types::TimeStamp;
 use scandium_types::{Peer, Region, Store as StoreMeta, StoreState};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -201,13 +200,18 @@ impl Node {
         let disk =
             Arc::new(crate::disk::DiskSpace::new(&config.data_dir, config.reserve_space_bytes));
         tasks.spawn(crate::disk::run(disk.clone()));
+        let wakers = Arc::new(crate::commands::Wakers::default());
+        let settings = NodeSettings {
+            latch_slots: config.latch_slots,
+            max_response_bytes: config.max_response_bytes,
+            max_scan_limit: config.max_scan_limit,
+            breakages: Breakages::default(),
+        };
+        let txn = TxnNode::new(engine.clone(), lock_index, newest, settings, wakers.clone());
         let context = Arc::new(NodeContext {
             disk,
-            latches: Latches::new(config.latch_slots),
-            concurrency: Arc::new(ConcurrencyManager::new(TimeStamp::ZERO)),
-            lock_waits: crate::lock_wait::LockWaits::default(),
-            lock_index,
-            newest,
+            txn: Arc::new(txn),
+            wakers,
             config,
             store_id: ident.store_id,
             advertise_addr,
@@ -222,7 +226,6 @@ impl Node {
             transport,
             coordinator: Coordinator::new(scheduler),
             heartbeat_now: tokio::sync::Notify::new(),
-            max_ts_sync: MaxTsSync::default(),
             tasks,
             refused: AtomicU64::new(0),
         });
@@ -249,7 +252,7 @@ impl Node {
         if let Ok(Ok(now)) =
             tokio::time::timeout(Duration::from_secs(5), context.placement.timestamp(1)).await
         {
-            context.concurrency.update_max_ts(now);
+            context.txn.concurrency.update_max_ts(now);
         }
         // Record this node's (possibly new) address before serving, if the placement leader
         // answers soon; otherwise keep trying in the background.

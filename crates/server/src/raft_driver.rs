@@ -96,27 +96,26 @@ impl RaftHandle {
         .await
     }
 
-    /// [`RaftHandle::propose_command`] for a write made under `held` (its latches, and
-    /// anything else it must hold until applied): once the command is applied, `applied`
-    /// runs and then `held` is released, both on the Raft thread right after the applied
-    /// data is written, in log order with everything else applied there (so in-memory
-    /// indexes updated by `applied` never fall out of order with what other replicas'
-    /// commands do to the same keys). A caller that is dropped (its client went away)
-    /// cannot release `held` before the write lands, nor skip `applied`: the callback owns
-    /// both.
-    pub async fn propose_holding<H: Send + 'static>(
+    /// [`RaftHandle::propose_command`] for a command's write: once it is applied,
+    /// `applied` runs on the Raft thread right after the applied data is written, in log
+    /// order with everything else applied there (so the in-memory indexes it updates never
+    /// fall out of order with what other replicas' commands do to the same keys); if the
+    /// write fails, `applied` is dropped there instead. It owns what the command holds
+    /// until then (its latches, a prewrite's in-memory locks): a caller that is dropped
+    /// (its client went away) can neither release them before the write lands nor skip
+    /// the index updates.
+    pub async fn propose_completing(
         &self,
         region_id: u64,
         command: RaftCommand,
-        held: H,
         applied: impl FnOnce() + Send + 'static,
     ) -> Result<(), RaftstoreError> {
         let (sender, receiver) = oneshot::channel();
         let callback: Callback = Box::new(move |result| {
-            if result.is_ok() {
-                applied();
+            match result.is_ok() {
+                true => applied(),
+                false => drop(applied),
             }
-            drop(held);
             let _ = sender.send(result.map(|_| ()));
         });
         let command = EncodedCommand::new(command);

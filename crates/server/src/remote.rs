@@ -1,10 +1,11 @@
-//! Transactional work the node does on its own behalf (lock resolution of abandoned
-//! transactions, GC deciding a lock's fate) on keys whose Region this node may not lead:
-//! done locally when it leads the Region, otherwise sent to the leader (the storage
-//! service for writes, `scandium.Cluster/ReadTxnKeys` for read-only looks), with the
-//! retries a client would do on Region errors. Never from the local engine of a
-//! follower, whose state may lag the leader's.
+//! Remote calls of commands (`scandium_txn::command::RemoteCall`: lock resolution of
+//! abandoned transactions, GC deciding a lock's fate) on keys whose Region this node may
+//! not lead: run locally through the same command when it leads the Region, otherwise sent
+//! to the leader (the storage service for writes, `scandium.Cluster/ReadTxnKeys` for
+//! read-only looks), with the retries a client would do on Region errors. Never from the
+//! local engine of a follower, whose state may lag the leader's.
 
+use crate::commands::Target;
 use crate::context::NodeContext;
 use crate::error::RequestError;
 use crate::txn::TxnResult;
@@ -12,7 +13,10 @@ use crate::txn_error::Failure;
 use scandium_protocol::kvrpcpb::{self, Context};
 use scandium_protocol::metapb;
 use scandium_protocol::scandium::{ReadTxnKeysRequest, TxnKeyState};
-use scandium_txn::actions::cleanup::{self, CheckTxnStatus, SecondaryStatus, TxnStatus};
+use scandium_raftstore::RaftstoreError;
+use scandium_txn::actions::cleanup::TxnStatus;
+use scandium_txn::command::resolve::local_call;
+use scandium_txn::command::{KeyState, RemoteCall, RemoteReply, SecondaryFate};
 use scandium_txn::mvcc::{Lock, LockType};
 use scandium_types::{Region, TimeStamp};
 use std::time::Duration;
@@ -28,16 +32,6 @@ enum Route {
     Local(Region),
     /// Elsewhere: the Region as placement knows it, its leader, the leader's address.
     Remote { region: Region, leader: scandium_types::Peer, address: String },
-}
-
-/// What a secondary of an async-commit transaction holds.
-pub enum SecondaryFate {
-    /// Its prewrite lock, with the lock's `min_commit_ts`.
-    Locked(u64),
-    /// It was committed at this timestamp.
-    Committed(TimeStamp),
-    /// It was never prewritten (now rolled back for good) or was rolled back.
-    RolledBack,
 }
 
 impl NodeContext {
@@ -65,25 +59,31 @@ impl NodeContext {
         Ok(Route::Remote { region, leader, address })
     }
 
-    /// Retries `op` on Region errors and routing failures, with backoff.
-    async fn with_route<T, F, Fut>(&self, key: &[u8], mut op: F) -> TxnResult<T>
-    where
-        F: FnMut(Route) -> Fut,
-        Fut: std::future::Future<Output = TxnResult<T>>,
-    {
+    /// Carries out `call` on its key's Region's leader, retrying on Region errors and
+    /// routing failures with backoff, as a client would.
+    pub(crate) async fn remote_call(&self, call: RemoteCall) -> TxnResult<RemoteReply> {
         let mut last: Option<Failure> = None;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis((10u64 << attempt.min(5)).min(300))).await;
             }
-            let route = match self.route(key) {
+            let route = match self.route(call.key()) {
                 Ok(route) => route,
                 Err(e) => {
                     last = Some(e.into());
                     continue;
                 }
             };
-            match op(route).await {
+            let result = match route {
+                Route::Local(region) => {
+                    let command = local_call(&self.txn, call.clone());
+                    self.run(Target::Region(region.id), command).await.map_err(Failure::from)
+                }
+                Route::Remote { region, leader, address } => {
+                    self.call_leader(&call, &region, &leader, &address).await
+                }
+            };
+            match result {
                 Err(Failure::Region(e)) => last = Some(Failure::Region(e)),
                 other => return other,
             }
@@ -91,172 +91,111 @@ impl NodeContext {
         Err(last.unwrap_or_else(|| RequestError::Internal("no route".into()).into()))
     }
 
-    /// `KvCheckSecondaryLocks` of one key, on its Region's leader.
-    pub async fn check_secondary_anywhere(
+    /// `call` sent to the leader of `region` on another node, as a client would send it.
+    async fn call_leader(
         &self,
-        key: &[u8],
-        start_ts: TimeStamp,
-    ) -> TxnResult<SecondaryFate> {
-        self.with_route(key, |route| async move {
-            match route {
-                Route::Local(region) => {
-                    let keys = [key.to_vec()];
-                    let status = self
-                        .write_txn_keys(&region, &keys, |reader, txn| {
-                            Ok(cleanup::check_secondary_locks(reader, txn, &keys, start_ts)?)
-                        })
-                        .await?;
-                    Ok(match status {
-                        SecondaryStatus::Locked(locks) => SecondaryFate::Locked(
-                            locks.iter().map(|(_, l)| l.min_commit_ts).max().unwrap_or(0),
-                        ),
-                        SecondaryStatus::Committed(ts) => SecondaryFate::Committed(ts),
-                        SecondaryStatus::RolledBack => SecondaryFate::RolledBack,
-                    })
-                }
-                Route::Remote { region, leader, address } => {
-                    let mut client = self.clients.tikv(&address).map_err(RequestError::Internal)?;
-                    let request = kvrpcpb::CheckSecondaryLocksRequest {
-                        context: Some(context(&region, &leader)),
-                        keys: vec![key.to_vec()],
-                        start_version: start_ts.0,
-                    };
-                    let reply = timed(client.kv_check_secondary_locks(request)).await?;
-                    region_or_key_error(reply.region_error, reply.error)?;
-                    Ok(if reply.commit_ts > 0 {
-                        SecondaryFate::Committed(TimeStamp(reply.commit_ts))
-                    } else if let Some(lock) = reply.locks.first() {
-                        SecondaryFate::Locked(lock.min_commit_ts)
-                    } else {
-                        SecondaryFate::RolledBack
-                    })
-                }
-            }
-        })
-        .await
-    }
-
-    /// Resolves one key's lock of transaction `start_ts` (commit at `commit_ts`, or roll
-    /// back if zero), on its Region's leader.
-    pub async fn resolve_key_anywhere(
-        &self,
-        key: &[u8],
-        start_ts: TimeStamp,
-        commit_ts: TimeStamp,
-    ) -> TxnResult<()> {
-        self.with_route(key, |route| async move {
-            match route {
-                Route::Local(region) => {
-                    self.resolve_keys_of(&region, &[key.to_vec()], start_ts.0, commit_ts).await
-                }
-                Route::Remote { region, leader, address } => {
-                    let mut client = self.clients.tikv(&address).map_err(RequestError::Internal)?;
-                    let request = kvrpcpb::ResolveLockRequest {
-                        context: Some(context(&region, &leader)),
-                        start_version: start_ts.0,
-                        commit_version: commit_ts.0,
-                        keys: vec![key.to_vec()],
-                        ..Default::default()
-                    };
-                    let reply = timed(client.kv_resolve_lock(request)).await?;
-                    region_or_key_error(reply.region_error, reply.error)
-                }
-            }
-        })
-        .await
-    }
-
-    /// The state of `key` for transaction `start_ts`, read on its Region's leader
-    /// without changing anything.
-    pub async fn read_txn_key_anywhere(
-        &self,
-        key: &[u8],
-        start_ts: TimeStamp,
-    ) -> TxnResult<TxnKeyState> {
-        self.with_route(key, |route| async move {
-            let region_id = match &route {
-                Route::Local(region) => region.id,
-                Route::Remote { region, .. } => region.id,
+        call: &RemoteCall,
+        region: &Region,
+        leader: &scandium_types::Peer,
+        address: &str,
+    ) -> TxnResult<RemoteReply> {
+        let context = Some(context(region, leader));
+        if let RemoteCall::ReadTxnKey { key, start_ts } = call {
+            let mut client = self.clients.cluster(address).map_err(RequestError::Internal)?;
+            let request = ReadTxnKeysRequest {
+                cluster_id: self.cluster_id(),
+                region_id: region.id,
+                keys: vec![key.clone()],
+                start_ts: start_ts.0,
             };
-            let states = match route {
-                Route::Local(_) => {
-                    self.read_txn_keys_here(region_id, &[key.to_vec()], start_ts).await?
-                }
-                Route::Remote { address, .. } => {
-                    let mut client =
-                        self.clients.cluster(&address).map_err(RequestError::Internal)?;
-                    let request = ReadTxnKeysRequest {
-                        cluster_id: self.cluster_id(),
-                        region_id,
-                        keys: vec![key.to_vec()],
-                        start_ts: start_ts.0,
-                    };
-                    let reply = timed(client.read_txn_keys(request)).await?;
-                    if reply.not_leader {
-                        return Err(scandium_raftstore::RaftstoreError::NotLeader {
-                            region_id,
-                            leader: None,
-                        }
-                        .into());
-                    }
-                    if !reply.error.is_empty() {
-                        return Err(RequestError::Internal(reply.error).into());
-                    }
-                    reply.keys
-                }
-            };
-            states
-                .into_iter()
-                .next()
-                .ok_or_else(|| RequestError::Internal("no state returned".into()).into())
-        })
-        .await
-    }
-
-    /// `KvCheckTxnStatus` of a transaction's primary, on its Region's leader.
-    pub async fn check_txn_status_anywhere(&self, status: CheckTxnStatus) -> TxnResult<TxnStatus> {
-        let primary = status.primary.clone();
-        self.with_route(&primary, |route| {
-            let status = status.clone();
-            async move {
-                match route {
-                    Route::Local(region) => {
-                        let keys = [status.primary.clone()];
-                        self.write_txn_keys(&region, &keys, |reader, txn| {
-                            Ok(cleanup::check_txn_status(reader, txn, &self.concurrency, &status)?
-                                .0)
-                        })
-                        .await
-                    }
-                    Route::Remote { region, leader, address } => {
-                        let mut client =
-                            self.clients.tikv(&address).map_err(RequestError::Internal)?;
-                        let request = kvrpcpb::CheckTxnStatusRequest {
-                            context: Some(context(&region, &leader)),
-                            primary_key: status.primary.clone(),
-                            lock_ts: status.lock_ts.0,
-                            caller_start_ts: status.caller_start_ts.0,
-                            current_ts: status.current_ts.0,
-                            rollback_if_not_exist: status.rollback_if_not_exist,
-                            force_sync_commit: status.force_sync_commit,
-                            resolving_pessimistic_lock: status.resolving_pessimistic_lock,
-                            verify_is_primary: status.verify_is_primary,
-                            ..Default::default()
-                        };
-                        let reply = timed(client.kv_check_txn_status(request)).await?;
-                        region_or_key_error(reply.region_error, reply.error)?;
-                        Ok(if reply.commit_version > 0 {
-                            TxnStatus::Committed(TimeStamp(reply.commit_version))
-                        } else if let Some(info) = reply.lock_info.filter(|_| reply.lock_ttl > 0) {
-                            TxnStatus::Locked(Box::new(lock_of(&info)))
-                        } else {
-                            TxnStatus::RolledBack
-                        })
-                    }
-                }
+            let reply = timed(client.read_txn_keys(request)).await?;
+            if reply.not_leader {
+                let not_leader = RaftstoreError::NotLeader { region_id: region.id, leader: None };
+                return Err(not_leader.into());
             }
-        })
-        .await
+            if !reply.error.is_empty() {
+                return Err(RequestError::Internal(reply.error).into());
+            }
+            let state = reply.keys.first().map_or(KeyState::None, key_state_of);
+            return Ok(RemoteReply::KeyState(state));
+        }
+        let mut client = self.clients.tikv(address).map_err(RequestError::Internal)?;
+        match call.clone() {
+            RemoteCall::CheckSecondary { key, start_ts } => {
+                let request = kvrpcpb::CheckSecondaryLocksRequest {
+                    context,
+                    keys: vec![key],
+                    start_version: start_ts.0,
+                };
+                let reply = timed(client.kv_check_secondary_locks(request)).await?;
+                region_or_key_error(reply.region_error, reply.error)?;
+                Ok(RemoteReply::Secondary(if reply.commit_ts > 0 {
+                    SecondaryFate::Committed(TimeStamp(reply.commit_ts))
+                } else if let Some(lock) = reply.locks.first() {
+                    SecondaryFate::Locked(lock.min_commit_ts)
+                } else {
+                    SecondaryFate::RolledBack
+                }))
+            }
+            RemoteCall::ResolveKey { key, start_ts, commit_ts } => {
+                let request = kvrpcpb::ResolveLockRequest {
+                    context,
+                    start_version: start_ts.0,
+                    commit_version: commit_ts.0,
+                    keys: vec![key],
+                    ..Default::default()
+                };
+                let reply = timed(client.kv_resolve_lock(request)).await?;
+                region_or_key_error(reply.region_error, reply.error)?;
+                Ok(RemoteReply::Resolved)
+            }
+            RemoteCall::CheckTxnStatus(status) => {
+                let request = kvrpcpb::CheckTxnStatusRequest {
+                    context,
+                    primary_key: status.primary,
+                    lock_ts: status.lock_ts.0,
+                    caller_start_ts: status.caller_start_ts.0,
+                    current_ts: status.current_ts.0,
+                    rollback_if_not_exist: status.rollback_if_not_exist,
+                    force_sync_commit: status.force_sync_commit,
+                    resolving_pessimistic_lock: status.resolving_pessimistic_lock,
+                    verify_is_primary: status.verify_is_primary,
+                    ..Default::default()
+                };
+                let reply = timed(client.kv_check_txn_status(request)).await?;
+                region_or_key_error(reply.region_error, reply.error)?;
+                Ok(RemoteReply::Status(if reply.commit_version > 0 {
+                    TxnStatus::Committed(TimeStamp(reply.commit_version))
+                } else if let Some(info) = reply.lock_info.filter(|_| reply.lock_ttl > 0) {
+                    TxnStatus::Locked(Box::new(lock_of(&info)))
+                } else {
+                    TxnStatus::RolledBack
+                }))
+            }
+            RemoteCall::ReadTxnKey { .. } => unreachable!("answered above"),
+        }
+    }
+}
+
+/// A key's state on the wire (`scandium.Cluster/ReadTxnKeys`).
+pub fn key_state_record(key: Vec<u8>, state: KeyState) -> TxnKeyState {
+    let (state, min_commit_ts, commit_ts) = match state {
+        KeyState::None => (0, 0, 0),
+        KeyState::Prewritten(min_commit_ts) => (1, min_commit_ts, 0),
+        KeyState::PessimisticLocked => (2, 0, 0),
+        KeyState::Committed(ts) => (3, 0, ts.0),
+        KeyState::RolledBack => (4, 0, 0),
+    };
+    TxnKeyState { key, state, min_commit_ts, commit_ts }
+}
+
+fn key_state_of(state: &TxnKeyState) -> KeyState {
+    match state.state {
+        1 => KeyState::Prewritten(state.min_commit_ts),
+        2 => KeyState::PessimisticLocked,
+        3 => KeyState::Committed(TimeStamp(state.commit_ts)),
+        4 => KeyState::RolledBack,
+        _ => KeyState::None,
     }
 }
 

@@ -18,10 +18,9 @@ use scandium_raftstore::{ApplyObserver, Event, RaftCommand, META_GROUP_ID};
 use scandium_storage::EngineRef;
 use scandium_txn::{IndexFollower, LockIndex, NewestCache};
 use scandium_types::Region;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 /// Follows other replicas' commands into this node's indexes (see the module docs).
 pub struct ReplicaObserver {
@@ -51,44 +50,6 @@ impl ApplyObserver for ReplicaObserver {
     }
 }
 
-/// Which Regions have synchronised `max_ts` since they last gained leadership, by term.
-#[derive(Default)]
-pub struct MaxTsSync {
-    synced: Mutex<HashMap<u64, u64>>,
-    changed: Notify,
-}
-
-impl MaxTsSync {
-    /// Whether Region `region_id`, led here at `term`, may accept async-commit and 1PC
-    /// prewrites.
-    pub fn is_synced(&self, region_id: u64, term: u64) -> bool {
-        self.synced.lock().unwrap_or_else(|e| e.into_inner()).get(&region_id) == Some(&term)
-    }
-
-    /// Waits up to `timeout` for [`MaxTsSync::is_synced`].
-    pub async fn wait(&self, region_id: u64, term: u64, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let changed = self.changed.notified();
-            if self.is_synced(region_id, term) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return self.is_synced(region_id, term);
-            }
-        }
-    }
-
-    fn mark(&self, region_id: u64, term: u64) {
-        self.synced.lock().unwrap_or_else(|e| e.into_inner()).insert(region_id, term);
-        self.changed.notify_waiters();
-    }
-
-    fn forget(&self, region_id: u64) {
-        self.synced.lock().unwrap_or_else(|e| e.into_inner()).remove(&region_id);
-    }
-}
-
 /// Handles the Raft thread's events forever.
 pub async fn on_events(node: Arc<NodeContext>, mut events: mpsc::UnboundedReceiver<Vec<Event>>) {
     while let Some(batch) = events.recv().await {
@@ -112,11 +73,10 @@ pub async fn on_events(node: Arc<NodeContext>, mut events: mpsc::UnboundedReceiv
                     if region_id == META_GROUP_ID {
                         tracing::info!(term, "this node no longer leads placement");
                     }
-                    node.max_ts_sync.forget(region_id);
-                    node.lock_waits.wake_all();
+                    node.txn.leadership_lost(region_id);
                 }
                 Event::RegionChanged(_) => report = true,
-                Event::Destroyed(region_id) => node.max_ts_sync.forget(region_id),
+                Event::Destroyed(region_id) => node.txn.max_ts.forget(region_id),
             }
         }
         if report {
@@ -138,8 +98,7 @@ async fn sync_max_ts(node: &NodeContext, region_id: u64, term: u64) {
         }
         match node.placement.timestamp(1).await {
             Ok(ts) => {
-                node.concurrency.update_max_ts(ts);
-                node.max_ts_sync.mark(region_id, term);
+                node.txn.max_ts_synced(region_id, term, ts);
                 return;
             }
             Err(error) => {

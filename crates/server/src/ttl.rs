@@ -1,20 +1,15 @@
 //! The TTL sweeper: deletes expired raw values from disk.
 //!
 //! Expired values are already invisible to reads; the sweeper reclaims their space. It
-//! walks every Region this node leads, collects expired keys from a snapshot, and deletes
-//! them through Raft under their latches, re-checking under the latch that each is still
-//! expired (a client may have written a new value since the scan).
+//! runs the sweep command (`scandium_txn::command::raw::sweep_expired`) on every Region
+//! this node leads, for each raw namespace.
 
-use crate::clock::now_secs;
+use crate::commands::Target;
 use crate::context::NodeContext;
 use scandium_storage::Cf;
-use scandium_txn::raw;
-use scandium_types::Region;
+use scandium_txn::command::raw::sweep_expired;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Keys examined per step, so a sweep never holds many latches or builds a large command.
-const KEYS_PER_STEP: usize = 256;
 
 /// Runs sweeps forever, one every `interval`.
 pub async fn run(node: Arc<NodeContext>, interval: Duration) {
@@ -36,56 +31,11 @@ const RAW_CFS: [Cf; 3] = [Cf::Raw, Cf::RawLock, Cf::RawWrite];
 /// One pass over every Region led here; returns how many values were deleted.
 pub async fn sweep(node: &NodeContext) -> Result<usize, crate::error::RequestError> {
     let mut deleted = 0;
-    for status in node.registry.all() {
-        if !status.ready_for_reads {
-            continue;
-        }
+    for status in node.registry.all().into_iter().filter(|s| s.ready_for_reads) {
         for cf in RAW_CFS {
-            deleted += sweep_region(node, &status.region, cf).await?;
+            let command = sweep_expired(&node.txn, cf);
+            deleted += node.run(Target::Region(status.region.id), command).await?;
         }
     }
     Ok(deleted)
-}
-
-async fn sweep_region(
-    node: &NodeContext,
-    region: &Region,
-    cf: Cf,
-) -> Result<usize, crate::error::RequestError> {
-    let mut deleted = 0;
-    let mut start = region.start_key.clone();
-    loop {
-        let now = now_secs();
-        let raw::KeyPage { keys, resume_from } = raw::expired_keys(
-            &*node.engine.snapshot(),
-            cf,
-            &start,
-            &region.end_key,
-            KEYS_PER_STEP,
-            now,
-        )?;
-        if !keys.is_empty() {
-            deleted += node
-                .write_with(region, &keys, |snapshot, batch| {
-                    let mut count = 0;
-                    for key in &keys {
-                        let stored = snapshot.get(cf, key)?;
-                        let expired = stored
-                            .as_deref()
-                            .and_then(raw::decode_value)
-                            .is_some_and(|v| v.is_expired(now));
-                        if expired {
-                            raw::delete(batch, cf, key.clone());
-                            count += 1;
-                        }
-                    }
-                    Ok(count)
-                })
-                .await?;
-        }
-        match resume_from {
-            Some(next) => start = next,
-            None => return Ok(deleted),
-        }
-    }
 }

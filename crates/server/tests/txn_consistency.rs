@@ -234,7 +234,7 @@ async fn lock_waits_and_deadlocks() {
         tokio::spawn(
             async move { waiter.kv_pessimistic_lock(request).await.unwrap().into_inner() },
         );
-    let waits = node.context().lock_waits.clone();
+    let waits = node.context().txn.lock_waits.clone();
     wait_for("20 to wait for ka", Duration::from_secs(5), || {
         waits.is_waiting(scandium_types::TimeStamp(20))
     })
@@ -384,11 +384,11 @@ async fn cancelled_requests_leave_the_indexes_true() {
         let snapshot = context.engine.snapshot();
         let stored_locks: Vec<Vec<u8>> =
             snapshot.scan(Cf::Lock, b"", b"", false).map(|item| item.unwrap().0).collect();
-        let indexed = context.lock_index.keys(b"", b"", usize::MAX, |_| true);
+        let indexed = context.txn.lock_index.keys(b"", b"", usize::MAX, |_| true);
         let reader = scandium_txn::mvcc::MvccReader::new(&*snapshot);
         stored_locks.iter().all(|key| indexed.contains(key))
             && keys.iter().all(|key| {
-                context.newest.get(key).is_none_or(|cached| {
+                context.txn.newest.get(key).is_none_or(|cached| {
                     cached == reader.newest_write(key).expect("stored newest record")
                 })
             })

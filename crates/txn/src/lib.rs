@@ -10,20 +10,30 @@
 //!   commit and one-phase commit correct.
 //! * [`latches`]: serialise commands touching the same keys, so that a command's reads and
 //!   the write it proposes are atomic with respect to every other command.
+//! * [`waits`]: lock waits with deadlock detection, and a new leader's `max_ts`.
+//! * [`command`]: the logic of every raw and transactional RPC, as sans-I/O state machines
+//!   over one node's state ([`TxnNode`]), which the server and the simulator both drive.
 //!
-//! Nothing here knows about Raft or the network; the server composes the pieces.
+//! Nothing here knows about Raft, the network, threads or the clock: commands hand their
+//! driver effects (check the Region, wait, propose, ask another Region's leader) and are
+//! resumed with the outcome.
 
 pub mod actions;
+pub mod command;
 pub mod concurrency;
 pub mod error;
 pub mod latches;
 pub mod lock_index;
 pub mod mvcc;
 pub mod newest_cache;
+pub mod node;
 pub mod raw;
+pub mod waits;
 
+pub use command::{Command, CommandError, Effect, Input, Next, Wake};
 pub use concurrency::ConcurrencyManager;
 pub use error::{Result, TxnError};
 pub use latches::{LatchGuard, Latches};
 pub use lock_index::{IndexFollower, LockHint, LockIndex};
 pub use newest_cache::NewestCache;
+pub use node::{Breakages, NodeSettings, TxnNode};

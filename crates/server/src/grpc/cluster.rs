@@ -10,7 +10,6 @@ use scandium_protocol::scandium::cluster_server::Cluster;
 use scandium_protocol::scandium::*;
 use scandium_raftstore::snapshot::{SnapshotAssembler, SnapshotChunk as DataChunk};
 use scandium_raftstore::PeerMessage;
-use scandium_txn::mvcc::{LockType, MvccReader, TxnCommitRecord};
 use scandium_types::{Store, StoreState, TimeStamp};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -338,41 +337,11 @@ impl NodeContext {
         keys: &[Vec<u8>],
         start_ts: TimeStamp,
     ) -> Result<Vec<TxnKeyState>, RequestError> {
-        let status = self
-            .registry
-            .get(region_id)
-            .ok_or(scandium_raftstore::RaftstoreError::RegionNotFound(region_id))?;
-        self.ensure_read_lease(&status).await?;
-        for key in keys {
-            if !status.region.contains(key) {
-                return Err(scandium_raftstore::RaftstoreError::KeyNotInRegion {
-                    key: key.clone(),
-                    region: Box::new(status.region.clone()),
-                }
-                .into());
-            }
-        }
-        let snapshot = self.engine.snapshot();
-        let reader = MvccReader::new(&*snapshot);
-        let mut states = Vec::with_capacity(keys.len());
-        for key in keys {
-            let mut state = TxnKeyState { key: key.clone(), ..Default::default() };
-            match reader.load_lock(key)? {
-                Some(lock) if lock.start_ts == start_ts.0 => {
-                    state.state = if lock.kind() == LockType::Pessimistic { 2 } else { 1 };
-                    state.min_commit_ts = lock.min_commit_ts;
-                }
-                _ => match reader.get_txn_commit_record(key, start_ts)? {
-                    TxnCommitRecord::Committed(ts, _) => {
-                        state.state = 3;
-                        state.commit_ts = ts.0;
-                    }
-                    TxnCommitRecord::RolledBack => state.state = 4,
-                    TxnCommitRecord::None => state.state = 0,
-                },
-            }
-            states.push(state);
-        }
-        Ok(states)
+        let command = scandium_txn::command::txn::read_txn_keys(&self.txn, keys.to_vec(), start_ts);
+        let states = self.run(crate::commands::Target::Region(region_id), command).await?;
+        let records = keys.iter().zip(states);
+        Ok(records
+            .map(|(key, state)| crate::remote::key_state_record(key.clone(), state))
+            .collect())
     }
 }

@@ -1,0 +1,257 @@
+//! What commands wait for besides latches, sans-I/O: other transactions' locks (with the
+//! deadlock detector), and a new leader's `max_ts`.
+//!
+//! A waiting command is known by its id; whoever ends the wait calls the node's [`Wake`]
+//! with it, and the driver resumes the command, which then looks again (a wake-up is a
+//! hint, never a promise). How long a command waits at most is part of its wait effect:
+//! the driver's clock, not these tables, ends a wait that nobody ends.
+
+use crate::command::Wake;
+use scandium_types::{RegionId, TimeStamp};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Why a lock wait was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Deadlock {
+    /// Hash of the key, as kvproto reports it.
+    pub key_hash: u64,
+}
+
+#[derive(Default)]
+struct LockWaitsInner {
+    /// Commands waiting per locked key.
+    keys: HashMap<Vec<u8>, Vec<u64>>,
+    /// Waiting transaction -> the transaction it waits for.
+    waits_for: HashMap<u64, u64>,
+}
+
+/// Pessimistic lock requests waiting for other transactions' locks, and the graph of
+/// which transaction waits for which.
+///
+/// Wake-ups cannot be missed: a waiter registers while it still holds the latch of the
+/// key, and a lock can only be removed by a command holding that latch, which wakes the
+/// key's waiters once its change is applied.
+#[derive(Clone)]
+pub struct LockWaits {
+    inner: Arc<Mutex<LockWaitsInner>>,
+    wake: Arc<dyn Wake>,
+    waited: Arc<AtomicU64>,
+    deadlocks: Arc<AtomicU64>,
+}
+
+/// A registered wait: the edge in the wait graph and the command's place among the key's
+/// waiters, both removed when it is dropped.
+pub struct LockWait {
+    waits: LockWaits,
+    waiter: u64,
+    cid: u64,
+    key: Vec<u8>,
+}
+
+impl LockWaits {
+    /// Waits whose ends are told through `wake`.
+    pub fn new(wake: Arc<dyn Wake>) -> LockWaits {
+        LockWaits { inner: Arc::default(), wake, waited: Arc::default(), deadlocks: Arc::default() }
+    }
+
+    /// Registers command `cid` of transaction `waiter` as waiting for `holder`'s lock on
+    /// `key`, unless that closes a cycle of waiting transactions. Call while holding the
+    /// key's latch, then release the latch and wait.
+    pub fn register(
+        &self,
+        cid: u64,
+        waiter: TimeStamp,
+        holder: TimeStamp,
+        key: &[u8],
+    ) -> Result<LockWait, Deadlock> {
+        let mut inner = self.lock();
+        let mut next = holder.0;
+        for _ in 0..=inner.waits_for.len() {
+            if next == waiter.0 {
+                let mut hasher = DefaultHasher::new();
+                key.hash(&mut hasher);
+                self.deadlocks.fetch_add(1, Ordering::Relaxed);
+                return Err(Deadlock { key_hash: hasher.finish() });
+            }
+            match inner.waits_for.get(&next) {
+                Some(&further) => next = further,
+                None => break,
+            }
+        }
+        inner.waits_for.insert(waiter.0, holder.0);
+        inner.keys.entry(key.to_vec()).or_default().push(cid);
+        self.waited.fetch_add(1, Ordering::Relaxed);
+        Ok(LockWait { waits: self.clone(), waiter: waiter.0, cid, key: key.to_vec() })
+    }
+
+    /// Wakes every waiter of `keys` (their locks were removed).
+    pub fn wake(&self, keys: &[Vec<u8>]) {
+        if keys.is_empty() {
+            return;
+        }
+        let woken: Vec<u64> = {
+            let mut inner = self.lock();
+            if inner.keys.is_empty() {
+                return;
+            }
+            keys.iter().filter_map(|key| inner.keys.remove(key)).flatten().collect()
+        };
+        woken.into_iter().for_each(|cid| self.wake.wake(cid));
+    }
+
+    /// Wakes every waiter (this node lost leadership of some Region: waiters look at
+    /// their Region again and answer `NotLeader` rather than wait for a release that will
+    /// not come here).
+    pub fn wake_all(&self) {
+        let woken: Vec<u64> = self.lock().keys.drain().flat_map(|(_, cids)| cids).collect();
+        woken.into_iter().for_each(|cid| self.wake.wake(cid));
+    }
+
+    /// Whether `txn` is waiting for a lock now; lets tests and diagnostics observe a wait
+    /// instead of guessing when it began.
+    pub fn is_waiting(&self, txn: TimeStamp) -> bool {
+        self.lock().waits_for.contains_key(&txn.0)
+    }
+
+    /// Waits registered since the node started.
+    pub fn waited(&self) -> u64 {
+        self.waited.load(Ordering::Relaxed)
+    }
+
+    /// Waits refused as deadlocks since the node started.
+    pub fn deadlocks(&self) -> u64 {
+        self.deadlocks.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LockWaitsInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for LockWait {
+    fn drop(&mut self) {
+        let mut inner = self.waits.lock();
+        inner.waits_for.remove(&self.waiter);
+        if let Some(cids) = inner.keys.get_mut(&self.key) {
+            cids.retain(|&c| c != self.cid);
+            if cids.is_empty() {
+                inner.keys.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct MaxTsInner {
+    /// Region -> the term in which its leader here raised `max_ts`.
+    synced: HashMap<RegionId, u64>,
+    /// Commands waiting for a Region's synchronisation.
+    waiting: BTreeMap<RegionId, Vec<u64>>,
+}
+
+/// Which Regions led here have raised `max_ts` to a fresh timestamp since they gained
+/// leadership, by term.
+///
+/// Async commit and one-phase commit choose their commit timestamp from `max_ts`; reads
+/// the previous leader served raised only *its* `max_ts`. So a new leader first takes a
+/// timestamp from the oracle (issued after every one of those reads) into `max_ts`, and
+/// until then such prewrites wait.
+pub struct MaxTsSync {
+    inner: Mutex<MaxTsInner>,
+    wake: Arc<dyn Wake>,
+    /// Deliberately broken (the simulator proves its checks catch it): every Region
+    /// counts as synchronised.
+    disabled: bool,
+}
+
+impl MaxTsSync {
+    /// Synchronisations whose waiters are woken through `wake`.
+    pub fn new(wake: Arc<dyn Wake>, disabled: bool) -> MaxTsSync {
+        MaxTsSync { inner: Mutex::default(), wake, disabled }
+    }
+
+    /// Whether Region `region_id`, led here at `term`, may accept async-commit and 1PC
+    /// prewrites.
+    pub fn is_synced(&self, region_id: RegionId, term: u64) -> bool {
+        self.disabled || self.lock().synced.get(&region_id) == Some(&term)
+    }
+
+    /// Asks that command `cid` be woken when Region `region_id` is synchronised (or its
+    /// leadership lost).
+    pub fn wait(&self, region_id: RegionId, cid: u64) {
+        self.lock().waiting.entry(region_id).or_default().push(cid);
+    }
+
+    /// Region `region_id`, led here at `term`, has raised `max_ts`.
+    pub fn mark(&self, region_id: RegionId, term: u64) {
+        let woken = {
+            let mut inner = self.lock();
+            inner.synced.insert(region_id, term);
+            inner.waiting.remove(&region_id).unwrap_or_default()
+        };
+        woken.into_iter().for_each(|cid| self.wake.wake(cid));
+    }
+
+    /// Region `region_id` is no longer led here.
+    pub fn forget(&self, region_id: RegionId) {
+        let woken = {
+            let mut inner = self.lock();
+            inner.synced.remove(&region_id);
+            inner.waiting.remove(&region_id).unwrap_or_default()
+        };
+        woken.into_iter().for_each(|cid| self.wake.wake(cid));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MaxTsInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Recorded;
+
+    #[test]
+    fn a_cycle_is_refused() {
+        let waits = LockWaits::new(Arc::new(Recorded::default()));
+        let a = waits.register(1, TimeStamp(1), TimeStamp(2), b"k2").unwrap();
+        let b = waits.register(2, TimeStamp(2), TimeStamp(3), b"k3").unwrap();
+        assert!(waits.register(3, TimeStamp(3), TimeStamp(1), b"k1").is_err(), "3 -> 1 -> 2 -> 3");
+        assert_eq!(waits.deadlocks(), 1);
+        drop(b);
+        assert!(waits.register(3, TimeStamp(3), TimeStamp(1), b"k1").is_ok(), "the cycle is gone");
+        drop(a);
+    }
+
+    #[test]
+    fn a_release_wakes_the_keys_waiters_and_a_dropped_wait_is_forgotten() {
+        let woken = Arc::new(Recorded::default());
+        let waits = LockWaits::new(woken.clone());
+        let first = waits.register(7, TimeStamp(1), TimeStamp(2), b"k").unwrap();
+        let second = waits.register(8, TimeStamp(3), TimeStamp(2), b"k").unwrap();
+        drop(second);
+        assert!(waits.is_waiting(TimeStamp(1)));
+        waits.wake(&[b"k".to_vec()]);
+        assert_eq!(woken.take(), vec![7]);
+        drop(first);
+        assert!(!waits.is_waiting(TimeStamp(1)));
+    }
+
+    #[test]
+    fn max_ts_waiters_are_woken_by_the_mark_or_the_loss() {
+        let woken = Arc::new(Recorded::default());
+        let sync = MaxTsSync::new(woken.clone(), false);
+        sync.wait(5, 1);
+        sync.wait(6, 2);
+        assert!(!sync.is_synced(5, 3));
+        sync.mark(5, 3);
+        assert!(sync.is_synced(5, 3) && !sync.is_synced(5, 4));
+        sync.forget(6);
+        assert_eq!(woken.take(), vec![1, 2]);
+    }
+}
