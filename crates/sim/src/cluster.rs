@@ -8,20 +8,22 @@
 //! nothing is left, its messages leaving as the round hands them out. A round that fails
 //! (a failed fsync, a full disk) stops the node, as `raft_driver` exits the process.
 
+use crate::commands::{InFlight, SimWakes, Sync};
 use rand::rngs::StdRng;
 use rand::Rng;
 use scandium_placement::{Command, Kind, LeaderTso, PlacementState, Response};
 use scandium_raftstore::snapshot::{for_each_chunk, SnapshotAssembler, SnapshotHeader};
 use scandium_raftstore::META_GROUP_ID;
 use scandium_raftstore::{
-    ApplyObserver, ApplyOutput, EncodedCommand, MetaStateMachine, PeerChange, PeerMessage,
-    RaftCommand, RaftConfig, RaftstoreError, ReadCallback, Registry, SnapshotData, Store,
+    ApplyObserver, ApplyOutput, MetaStateMachine, PeerChange, PeerMessage, RaftCommand, RaftConfig,
+    RaftstoreError, ReadCallback, Registry, SnapshotData, Store,
 };
-use scandium_storage::{Cf, Engine, EngineRef, FaultEngine, Faults, Snapshot, WriteBatch};
-use scandium_txn::actions::prewrite::{self, PrewriteRequest};
-use scandium_txn::concurrency::MemoryLockGuard;
-use scandium_txn::mvcc::{LockType, MvccReader, MvccTxn, Newest};
-use scandium_txn::{ConcurrencyManager, IndexFollower, LockHint, LockIndex, NewestCache, TxnError};
+use scandium_storage::{Engine, EngineRef, FaultEngine, Faults, WriteBatch};
+use scandium_txn::command::RemoteCall;
+use scandium_txn::mvcc::{LockType, MvccReader};
+use scandium_txn::{
+    Breakages, IndexFollower, LockIndex, NewestCache, NodeSettings, TxnError, TxnNode,
+};
 use scandium_types::{Peer, Region, StoreState, TimeStamp};
 use std::any::Any;
 use std::cmp::Reverse;
@@ -75,24 +77,15 @@ impl ApplyObserver for SimObserver {
     }
 }
 
-/// What a write command built: its output, its batch, the in-memory locks it holds until
-/// answered, and its changes to the node's indexes (see [`IndexChanges`]).
-type Built<T> = (T, WriteBatch, Option<MemoryLockGuard>, IndexChanges);
-
-/// A transactional command's changes to the lock index and the newest-record cache, as
-/// the server's `Sealed` carries them: locks added before proposing, the rest applied
-/// once the proposal is.
-#[derive(Default)]
-struct IndexChanges {
-    locks: Vec<(Vec<u8>, Option<u64>)>,
-    newest: Vec<(Vec<u8>, Newest)>,
+/// A node's transactional state on `engine`, as the server builds it (its lock index
+/// loaded from the disk, an empty cache), broken as `breakages` says.
+fn new_txn_node(engine: &EngineRef, breakages: Breakages, woken: &Arc<SimWakes>) -> Arc<TxnNode> {
+    let engine = engine.clone();
+    let lock_index = Arc::new(LockIndex::load(&engine).expect("memory engines read"));
+    let newest = Arc::new(NewestCache::new(NEWEST_CACHE_BYTES));
+    let settings = NodeSettings { breakages, ..NodeSettings::default() };
+    Arc::new(TxnNode::new(engine, lock_index, newest, settings, woken.clone()))
 }
-
-/// Marks the timestamp requests a node makes to synchronise `max_ts` after it gains
-/// leadership of the data Region (see [`Cluster::txn_prewrite`]).
-const SYNC_OP: u64 = 1 << 34;
-/// How long a node waits for its `max_ts` timestamp before it asks again.
-const SYNC_TIMEOUT_MS: u64 = 1_000;
 
 /// Where every node's wall clock starts, in milliseconds.
 const WALL_EPOCH_MS: u64 = 1_000_000;
@@ -108,24 +101,16 @@ pub struct NetworkConfig {
     pub duplicate: f64,
 }
 
-/// An answer a store gave to something the simulation asked of it, collected from the
-/// store's callbacks (which must be `Send`, hence the mutex) and handled after the call.
+/// What the simulation learns of what it asked a node: a command's answer, or a
+/// timestamp. Collected from the nodes' callbacks (which must be `Send`, hence the mutex)
+/// and handed to the caller of [`Cluster::next`].
 pub enum Answer {
-    /// A proposal was applied or refused.
-    Proposed {
-        /// The operation that proposed it.
+    /// A command finished (see [`Cluster::submit`]).
+    Done {
+        /// The operation that submitted it.
         op: u64,
-        /// The store's answer.
-        result: Result<ApplyOutput, RaftstoreError>,
-    },
-    /// A ReadIndex round finished on `node`.
-    ReadReady {
-        /// The operation that asked.
-        op: u64,
-        /// The node that served it.
-        node: u64,
-        /// Whether the read may go ahead.
-        result: Result<(), RaftstoreError>,
+        /// Its output, or why it has none.
+        result: Result<crate::commands::Output, crate::commands::Failure>,
     },
     /// A timestamp request finished: the timestamp, or `None` if it failed.
     Timestamp {
@@ -137,8 +122,8 @@ pub enum Answer {
 }
 
 /// What stores' callbacks leave: answers for the caller, and the steps of timestamp
-/// requests, which the cluster takes itself.
-enum Reply {
+/// requests and of commands, which the cluster takes itself.
+pub(crate) enum Reply {
     Answer(Answer),
     TsoConfirmed {
         op: u64,
@@ -153,14 +138,28 @@ enum Reply {
         tries: u32,
         result: Result<ApplyOutput, RaftstoreError>,
     },
+    /// A command's ReadIndex round finished.
+    Gated {
+        node: u64,
+        incarnation: u64,
+        cid: u64,
+        result: Result<(), RaftstoreError>,
+    },
+    /// A command's proposal was applied or failed.
+    Applied {
+        node: u64,
+        incarnation: u64,
+        cid: u64,
+        result: Result<ApplyOutput, RaftstoreError>,
+    },
 }
 
 type Answers = Arc<Mutex<Vec<Reply>>>;
 
-struct Node {
-    store: Option<Store>,
+pub(crate) struct Node {
+    pub(crate) store: Option<Store>,
     engine: FaultEngine,
-    registry: Registry,
+    pub(crate) registry: Registry,
     config: RaftConfig,
     /// Added to the simulated time to give this node's monotonic clock: forward jumps
     /// model a suspended machine whose clock ran on.
@@ -169,37 +168,27 @@ struct Node {
     paused_until: u64,
     /// How long each round's fsync takes, in milliseconds (a slow disk).
     disk_ms: u64,
-    crashes: u64,
+    pub(crate) crashes: u64,
     /// The placement state this node has applied.
-    placement: Arc<RwLock<PlacementState>>,
+    pub(crate) placement: Arc<RwLock<PlacementState>>,
     /// The timestamp allocator of its current placement-leader term.
     tso: LeaderTso,
     /// Whether a background raise of the timestamp mark is in flight.
     raising: bool,
     /// Added to the simulated time to give the wall clock (it may jump back).
     wall_offset_ms: i64,
-    /// Latches of transactional commands in flight: key to the operation that holds it
-    /// until its proposal is answered (the server's latches, held until applied).
-    latches: BTreeMap<Vec<u8>, u64>,
-    /// `max_ts` and the in-memory locks of async-commit and 1PC prewrites; a process's
-    /// memory, new on every start.
-    concurrency: Arc<ConcurrencyManager>,
-    /// The server's lock index and newest-record cache: rebuilt from the disk and empty
-    /// on every start, kept by the node's own commands and by [`SimObserver`].
-    lock_index: Arc<LockIndex>,
-    newest: Arc<NewestCache>,
-    /// In-memory locks of prewrites in flight, by operation, until their proposals are
-    /// answered (held with the latches, as the server holds them).
-    memory_locks: BTreeMap<u64, MemoryLockGuard>,
-    /// The data Region's term in which this node last raised `max_ts` to a fresh
-    /// timestamp: async commit and 1PC are served only in that term.
-    max_ts_synced: Option<u64>,
-    /// A synchronisation in flight: its operation, its term and when it was asked.
-    max_ts_syncing: Option<(u64, u64, u64)>,
+    /// The node's transactional state (latches, `max_ts`, the lock index, the newest-
+    /// record cache, lock waits): the server's own, new on every start, its indexes
+    /// rebuilt from the disk and kept by the node's commands and by [`SimObserver`].
+    pub(crate) txn: Arc<TxnNode>,
+    /// Commands whose waits ended, for the cluster to resume.
+    pub(crate) woken: Arc<SimWakes>,
+    /// Commands in progress, by id.
+    pub(crate) commands: BTreeMap<u64, InFlight>,
 }
 
 /// Something scheduled to happen at a simulated time.
-enum Event {
+pub(crate) enum Event {
     Tick(u64),
     Deliver {
         from: u64,
@@ -208,33 +197,53 @@ enum Event {
     },
     /// Hands the event to the caller of [`Cluster::next`] (client and fault events).
     External(u64),
+    /// Something for a command in progress on `node` (see `commands.rs`).
+    Command {
+        node: u64,
+        incarnation: u64,
+        cid: u64,
+        step: crate::commands::Step,
+    },
+    /// A remote call arrives at the node leading its key's Region.
+    RemoteCall {
+        node: u64,
+        call: RemoteCall,
+        target: crate::commands::Target,
+        parent: crate::commands::Parent,
+    },
+    /// Asks again for the timestamp a new leader raises `max_ts` to.
+    SyncMaxTs {
+        node: u64,
+        incarnation: u64,
+        region: u64,
+        term: u64,
+        attempt: u32,
+    },
 }
 
 /// The simulated cluster and its event queue.
 pub struct Cluster {
-    nodes: Vec<Node>,
+    pub(crate) nodes: Vec<Node>,
     now: u64,
     queue: BinaryHeap<Reverse<(u64, u64)>>,
     events: BTreeMap<u64, Event>,
     next_seq: u64,
     /// Links `(from, to)` that lose every message.
-    blocked: BTreeSet<(u64, u64)>,
-    network: NetworkConfig,
-    answers: Answers,
+    pub(crate) blocked: BTreeSet<(u64, u64)>,
+    pub(crate) network: NetworkConfig,
+    pub(crate) answers: Answers,
     /// A deliberately broken read path, to prove the checks catch one: any node that
     /// believes it leads serves reads from its state, with no lease and no ReadIndex.
     pub unsafe_reads: bool,
     /// A deliberately broken timestamp oracle: a new placement leader starts from its own
     /// wall clock instead of the persisted mark.
     pub unsafe_tso: bool,
-    /// A deliberately broken transaction layer: commands take no latches, so two of them
-    /// may both decide on the same state before either is applied.
-    pub unsafe_latches: bool,
-    /// A deliberately broken async commit: a new leader serves async-commit and 1PC
-    /// prewrites without first raising `max_ts` to a fresh timestamp.
-    pub unsafe_max_ts: bool,
+    /// Deliberate breakages of the nodes' transactional state (see [`Breakages`]).
+    breakages: Breakages,
+    /// `max_ts` synchronisations waiting for their timestamps, by operation.
+    pub(crate) syncs: BTreeMap<u64, Sync>,
     /// Numbers the `max_ts` synchronisations.
-    next_sync: u64,
+    pub(crate) next_sync: u64,
     /// Messages handed to the network and delivered, for the run's statistics.
     pub sent: u64,
     /// Messages delivered.
@@ -244,8 +253,15 @@ pub struct Cluster {
 impl Cluster {
     /// `n` nodes, the first `replicas` of them with a replica of [`REGION`] (every key),
     /// each with its own fixed election timeout drawn from `rng`. Peer ids of the first
-    /// replicas are their store ids.
-    pub fn new(n: u64, replicas: u64, network: NetworkConfig, rng: &mut StdRng) -> Cluster {
+    /// replicas are their store ids. The nodes' transactional state is broken as
+    /// `breakages` says (nothing, for a real run).
+    pub fn new(
+        n: u64,
+        replicas: u64,
+        network: NetworkConfig,
+        breakages: Breakages,
+        rng: &mut StdRng,
+    ) -> Cluster {
         let region = Region {
             id: REGION,
             peers: (1..=replicas.min(n)).map(|id| Peer::new(id, id)).collect(),
@@ -282,6 +298,7 @@ impl Cluster {
                     engine.sync().expect("a fresh engine syncs");
                 }
                 let timeout = timeouts[id as usize - 1];
+                let txn_engine: EngineRef = Arc::new(engine.clone());
                 Node {
                     store: None,
                     engine,
@@ -304,13 +321,10 @@ impl Cluster {
                     tso: LeaderTso::default(),
                     raising: false,
                     wall_offset_ms: 0,
-                    latches: BTreeMap::new(),
-                    concurrency: Arc::default(),
-                    lock_index: Arc::default(),
-                    newest: Arc::new(NewestCache::new(NEWEST_CACHE_BYTES)),
-                    memory_locks: BTreeMap::new(),
-                    max_ts_synced: None,
-                    max_ts_syncing: None,
+                    // Replaced by `start`.
+                    txn: new_txn_node(&txn_engine, breakages, &SimWakes::new()),
+                    woken: SimWakes::new(),
+                    commands: BTreeMap::new(),
                 }
             })
             .collect();
@@ -325,8 +339,8 @@ impl Cluster {
             answers: Arc::default(),
             unsafe_reads: false,
             unsafe_tso: false,
-            unsafe_latches: false,
-            unsafe_max_ts: false,
+            breakages,
+            syncs: BTreeMap::new(),
             next_sync: 0,
             sent: 0,
             delivered: 0,
@@ -350,11 +364,11 @@ impl Cluster {
         1..=self.nodes.len() as u64
     }
 
-    fn node(&mut self, id: u64) -> &mut Node {
+    pub(crate) fn node(&mut self, id: u64) -> &mut Node {
         &mut self.nodes[id as usize - 1]
     }
 
-    fn clock(&self, id: u64) -> u64 {
+    pub(crate) fn clock(&self, id: u64) -> u64 {
         self.now + self.nodes[id as usize - 1].clock_offset_ms
     }
 
@@ -368,7 +382,7 @@ impl Cluster {
         self.nodes[id as usize - 1].crashes
     }
 
-    fn schedule(&mut self, delay: u64, event: Event) {
+    pub(crate) fn schedule(&mut self, delay: u64, event: Event) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.events.insert(seq, event);
@@ -383,6 +397,11 @@ impl Cluster {
     /// Runs internal events until the next external one, which it returns with the
     /// answers stores gave meanwhile; `None` when the queue is empty or `until` is reached.
     pub fn next(&mut self, until: u64, rng: &mut StdRng) -> (Option<u64>, Vec<Answer>) {
+        // Answers given while the caller acted (a command refused at once) come first.
+        let answers = self.take_answers_with(rng);
+        if !answers.is_empty() {
+            return (None, answers);
+        }
         loop {
             let Some(&Reverse((time, seq))) = self.queue.peek() else {
                 return (None, self.take_answers_with(rng));
@@ -423,6 +442,29 @@ impl Cluster {
                     self.deliver(from, *message, snapshot);
                     self.pump(to, rng);
                 }
+                Event::Command { node, incarnation, cid, step } => {
+                    if let Some(delay) = self.held_by_pause(node) {
+                        let event = Event::Command { node, incarnation, cid, step };
+                        self.schedule(delay + rng.gen_range(0..10), event);
+                        continue;
+                    }
+                    if self.nodes[node as usize - 1].crashes == incarnation {
+                        self.on_step(node, cid, step, rng);
+                    }
+                }
+                Event::RemoteCall { node, call, target, parent } => {
+                    if let Some(delay) = self.held_by_pause(node) {
+                        let event = Event::RemoteCall { node, call, target, parent };
+                        self.schedule(delay + rng.gen_range(0..10), event);
+                        continue;
+                    }
+                    self.serve_remote(node, call, target, parent, rng);
+                }
+                Event::SyncMaxTs { node, incarnation, region, term, attempt } => {
+                    if self.nodes[node as usize - 1].crashes == incarnation && self.is_up(node) {
+                        self.sync_max_ts(node, region, term, attempt, rng);
+                    }
+                }
             }
             let answers = self.take_answers_with(rng);
             if !answers.is_empty() {
@@ -431,13 +473,19 @@ impl Cluster {
         }
     }
 
-    /// The answers for the caller; the steps of timestamp requests are taken here, and
-    /// may produce further answers.
+    /// How much longer node `id` is paused, if it is: what arrives for it waits.
+    fn held_by_pause(&self, id: u64) -> Option<u64> {
+        let until = self.nodes[id as usize - 1].paused_until;
+        (until > self.now).then(|| until - self.now)
+    }
+
+    /// The answers for the caller; the steps of timestamp requests and of commands are
+    /// taken here, and may produce further answers.
     fn take_answers_with(&mut self, rng: &mut StdRng) -> Vec<Answer> {
         let mut answers = self.take_replies(rng);
         answers.retain(|answer| match answer {
-            Answer::Timestamp { op, ts } if op & SYNC_OP != 0 => {
-                self.on_max_ts_timestamp(*op, *ts);
+            Answer::Timestamp { op, ts } if self.syncs.contains_key(op) => {
+                self.on_sync_timestamp(*op, *ts);
                 false
             }
             _ => true,
@@ -445,26 +493,19 @@ impl Cluster {
         answers
     }
 
-    /// A `max_ts` synchronisation's timestamp arrived: the node may serve async commit and
-    /// 1PC in the term it asked for.
-    fn on_max_ts_timestamp(&mut self, op: u64, ts: Option<TimeStamp>) {
-        for node in &mut self.nodes {
-            if let Some((_, term, _)) = node.max_ts_syncing.filter(|s| s.0 == op) {
-                node.max_ts_syncing = None;
-                if let (Some(ts), Some(_)) = (ts, node.store.as_ref()) {
-                    node.concurrency.update_max_ts(ts);
-                    node.max_ts_synced = Some(term);
-                }
-            }
-        }
-    }
-
-    /// The stores' replies: answers for the caller, timestamp steps taken here.
+    /// The stores' replies and the commands' wake-ups, until none is left: answers for
+    /// the caller, the rest taken here.
     fn take_replies(&mut self, rng: &mut StdRng) -> Vec<Answer> {
         let mut out = Vec::new();
         loop {
             let answers = std::mem::take(&mut *lock(&self.answers));
-            if answers.is_empty() {
+            let woken: Vec<(u64, u64)> = self
+                .ids()
+                .flat_map(|id| {
+                    self.nodes[id as usize - 1].woken.take().into_iter().map(move |c| (id, c))
+                })
+                .collect();
+            if answers.is_empty() && woken.is_empty() {
                 return out;
             }
             for answer in answers {
@@ -493,22 +534,27 @@ impl Cluster {
                             Some(op) => out.push(Answer::Timestamp { op, ts: None }),
                         }
                     }
-                    Reply::Answer(answer) => {
-                        if let Answer::Proposed { op, .. } = &answer {
-                            for node in &mut self.nodes {
-                                node.latches.retain(|_, holder| holder != op);
-                                node.memory_locks.remove(op);
-                            }
+                    Reply::Gated { node, incarnation, cid, result } => {
+                        if self.nodes[node as usize - 1].crashes == incarnation {
+                            self.on_gated(node, cid, result, rng);
                         }
-                        out.push(answer)
                     }
+                    Reply::Applied { node, incarnation, cid, result } => {
+                        if self.nodes[node as usize - 1].crashes == incarnation {
+                            self.on_applied(node, cid, result, rng);
+                        }
+                    }
+                    Reply::Answer(answer) => out.push(answer),
                 }
+            }
+            for (node, cid) in woken {
+                self.on_woken(node, cid, rng);
             }
         }
     }
 
     /// The node's wall clock.
-    fn wall(&self, id: u64) -> u64 {
+    pub(crate) fn wall(&self, id: u64) -> u64 {
         (self.now + WALL_EPOCH_MS).saturating_add_signed(self.nodes[id as usize - 1].wall_offset_ms)
     }
 
@@ -598,22 +644,22 @@ impl Cluster {
 
     fn start(&mut self, id: u64) {
         let now = self.clock(id);
+        let breakages = self.breakages;
         let node = self.node(id);
         let engine: EngineRef = Arc::new(node.engine.clone());
         let loaded = PlacementState::load(&engine).expect("memory engines read");
         node.placement = Arc::new(RwLock::new(loaded.unwrap_or_default()));
         node.tso = LeaderTso::default();
         node.raising = false;
-        node.concurrency = Arc::default();
-        node.lock_index = Arc::new(LockIndex::load(&engine).expect("memory engines read"));
-        node.newest = Arc::new(NewestCache::new(NEWEST_CACHE_BYTES));
-        node.max_ts_synced = None;
-        node.max_ts_syncing = None;
+        node.woken = SimWakes::new();
+        node.txn = new_txn_node(&engine, breakages, &node.woken);
+        node.commands.clear();
         let meta = Box::new(SimMeta { state: node.placement.clone() });
         let mut store =
             Store::open(id, engine.clone(), node.config.clone(), meta, node.registry.clone())
                 .expect("a simulated node's disk always opens");
-        let follower = IndexFollower::new(node.lock_index.clone(), node.newest.clone());
+        let txn = &node.txn;
+        let follower = IndexFollower::new(txn.lock_index.clone(), txn.newest.clone());
         store.set_observer(Box::new(SimObserver { engine: engine.clone(), follower }));
         store.set_time(now);
         node.store = Some(store);
@@ -632,8 +678,8 @@ impl Cluster {
         node.engine = node.engine.crash(kept);
         node.registry = Registry::new();
         node.paused_until = 0;
-        node.latches.clear();
-        node.memory_locks.clear();
+        // Its commands die with it, unanswered (their clients time out).
+        node.commands.clear();
     }
 
     /// Starts a crashed node again on what its disk kept.
@@ -713,270 +759,6 @@ impl Cluster {
         })
     }
 
-    /// Proposes a write of `batch` to `region` through node `id`; the answer comes back
-    /// tagged `op`. `false` if nothing entered the log (the store refused it at once).
-    /// Errors that come later are not proof that the write was not applied.
-    fn propose_on(
-        &mut self,
-        id: u64,
-        op: u64,
-        region: &Region,
-        batch: WriteBatch,
-        applied: impl FnOnce() + Send + 'static,
-        rng: &mut StdRng,
-    ) -> bool {
-        let answers = self.answers.clone();
-        let Some(store) = self.node(id).store.as_mut() else { return false };
-        let command = EncodedCommand::new(RaftCommand::write(region, batch));
-        store.propose_command(
-            REGION,
-            command,
-            // As the server's `propose_holding`: on the Raft thread, in log order.
-            Box::new(move |result| {
-                if result.is_ok() {
-                    applied();
-                }
-                lock(&answers).push(Reply::Answer(Answer::Proposed { op, result }))
-            }),
-        );
-        if self.take_answer_of(op) {
-            return false;
-        }
-        self.pump(id, rng);
-        true
-    }
-
-    /// Runs a transactional write command on node `id` as the server's `txn_write` does:
-    /// only on a leader that has applied its earlier terms, under latches on `keys` held
-    /// until the proposal is answered, `action` reading a snapshot of the node's state
-    /// (and given its `max_ts`, which status checks raise) and its changes proposed as
-    /// one Raft command.
-    pub fn txn_write<T>(
-        &mut self,
-        id: u64,
-        op: u64,
-        keys: &[Vec<u8>],
-        action: impl FnOnce(&MvccReader<'_>, &mut MvccTxn, &ConcurrencyManager) -> Result<T, TxnError>,
-        rng: &mut StdRng,
-    ) -> TxnStart<T> {
-        self.txn_command(
-            id,
-            op,
-            keys,
-            |reader, txn, concurrency| Ok((action(reader, txn, concurrency)?, None)),
-            rng,
-        )
-    }
-
-    /// A prewrite on node `id`, as the server's `kv_prewrite` runs it: an async-commit or
-    /// 1PC one only once the node has raised `max_ts` to a timestamp taken since it gained
-    /// leadership (until then it is busy, and asks the placement leader for one). The
-    /// output is the `min_commit_ts` of async commit and the commit timestamp of 1PC.
-    pub fn txn_prewrite(
-        &mut self,
-        id: u64,
-        op: u64,
-        request: PrewriteRequest<'_>,
-        rng: &mut StdRng,
-    ) -> TxnStart<(u64, u64)> {
-        let keys: Vec<Vec<u8>> = request.mutations.iter().map(|(m, _)| m.key.clone()).collect();
-        let needs_max_ts = request.props.use_async_commit || request.try_one_pc;
-        if needs_max_ts && !self.unsafe_max_ts && !self.max_ts_synced(id, rng) {
-            return TxnStart::Busy;
-        }
-        self.txn_command(
-            id,
-            op,
-            &keys,
-            |reader, txn, concurrency| {
-                let mut done = prewrite::prewrite(reader, txn, concurrency, request)?;
-                if let Some(error) = done.errors.drain(..).next() {
-                    return Err(error);
-                }
-                let output = (done.min_commit_ts, done.one_pc_commit_ts);
-                Ok((output, done.memory_locks.take()))
-            },
-            rng,
-        )
-    }
-
-    /// Whether node `id` raised `max_ts` in its current term as the data Region's leader;
-    /// if not, it asks the placement leader for a timestamp (once at a time).
-    fn max_ts_synced(&mut self, id: u64, rng: &mut StdRng) -> bool {
-        let Some(term) = self.node(id).registry.get(REGION).map(|s| s.term) else {
-            return false;
-        };
-        let now = self.now;
-        let node = self.node(id);
-        if node.max_ts_synced == Some(term) {
-            return true;
-        }
-        let asking =
-            node.max_ts_syncing.is_some_and(|(_, t, at)| t == term && now < at + SYNC_TIMEOUT_MS);
-        if asking {
-            return false;
-        }
-        let Some(placement_leader) = self.ids().find(|&p| {
-            self.is_serving(p)
-                && self.nodes[p as usize - 1]
-                    .registry
-                    .meta()
-                    .status
-                    .is_some_and(|s| s.ready_for_reads)
-        }) else {
-            return false;
-        };
-        let op = SYNC_OP | self.next_sync;
-        self.next_sync += 1;
-        self.node(id).max_ts_syncing = Some((op, term, now));
-        self.timestamp(placement_leader, op, rng);
-        false
-    }
-
-    /// The body of [`Cluster::txn_write`] and [`Cluster::txn_prewrite`]: `action` may
-    /// also hand back in-memory locks, held until the proposal is answered.
-    fn txn_command<T>(
-        &mut self,
-        id: u64,
-        op: u64,
-        keys: &[Vec<u8>],
-        action: impl FnOnce(
-            &MvccReader<'_>,
-            &mut MvccTxn,
-            &Arc<ConcurrencyManager>,
-        ) -> Result<(T, Option<MemoryLockGuard>), TxnError>,
-        rng: &mut StdRng,
-    ) -> TxnStart<T> {
-        self.latched_command(
-            id,
-            op,
-            keys,
-            |snapshot, hint, concurrency| {
-                let reader = MvccReader::with_hint(snapshot, hint);
-                let mut txn = MvccTxn::new();
-                let (output, memory_locks) = action(&reader, &mut txn, concurrency)?;
-                let mut changes =
-                    IndexChanges { locks: txn.lock_changes().to_vec(), newest: Vec::new() };
-                let batch = if txn.is_empty() {
-                    WriteBatch::new()
-                } else {
-                    let (batch, newest) = txn.seal(&reader)?;
-                    changes.newest = newest;
-                    batch
-                };
-                Ok((output, batch, memory_locks, changes))
-            },
-            rng,
-        )
-    }
-
-    /// A raw write on node `id` as the server's `write_with` runs it: under the latch of
-    /// `key`, held until the proposal is answered, `build` reading the node's applied
-    /// state (a compare-and-swap does) and filling the batch. An empty batch proposes
-    /// nothing, and the output stands at once (a swap that failed).
-    pub fn raw_write<T>(
-        &mut self,
-        id: u64,
-        op: u64,
-        key: &[u8],
-        build: impl FnOnce(&dyn Snapshot, &mut WriteBatch) -> T,
-        rng: &mut StdRng,
-    ) -> TxnStart<T> {
-        self.latched_command(
-            id,
-            op,
-            &[key.to_vec()],
-            |snapshot, _, _| {
-                let mut batch = WriteBatch::new();
-                let output = build(snapshot, &mut batch);
-                Ok((output, batch, None, IndexChanges::default()))
-            },
-            rng,
-        )
-    }
-
-    /// What every write command does around its body: only on a leader that has applied
-    /// its earlier terms (the server's `check_context`), busy while a command in flight
-    /// holds a latch on one of `keys`, `build` run on a snapshot of the node's state with
-    /// the lock index's hint taken before it, its batch proposed as one Raft command, the
-    /// lock index and newest-record cache kept as the server's `propose_txn` keeps them,
-    /// and the latches (and any in-memory locks) held until the proposal is answered.
-    fn latched_command<T>(
-        &mut self,
-        id: u64,
-        op: u64,
-        keys: &[Vec<u8>],
-        build: impl FnOnce(
-            &dyn Snapshot,
-            LockHint,
-            &Arc<ConcurrencyManager>,
-        ) -> Result<Built<T>, TxnError>,
-        rng: &mut StdRng,
-    ) -> TxnStart<T> {
-        if !self.is_serving(id) {
-            return TxnStart::Unavailable;
-        }
-        let latched = !self.unsafe_latches;
-        let node = self.node(id);
-        let Some(status) = node.registry.get(REGION).filter(|s| s.ready_for_reads) else {
-            return TxnStart::Unavailable;
-        };
-        if latched && keys.iter().any(|key| node.latches.contains_key(key)) {
-            return TxnStart::Busy;
-        }
-        let concurrency = node.concurrency.clone();
-        let (lock_index, newest) = (node.lock_index.clone(), node.newest.clone());
-        let hint = lock_index.hint_for_write(keys, &newest);
-        let Some(store) = node.store.as_ref() else { return TxnStart::Unavailable };
-        let snapshot = store.engine_snapshot();
-        let (output, batch, memory_locks, changes) = match build(&*snapshot, hint, &concurrency) {
-            Ok(built) => built,
-            Err(e) => return TxnStart::Failed(e),
-        };
-        drop(snapshot);
-        if batch.is_empty() {
-            return TxnStart::Done(output);
-        }
-        lock_index.add_proposed(&changes.locks);
-        newest.forget(&changes.newest);
-        let applied = move || {
-            lock_index.apply(&changes.locks);
-            newest.record(changes.newest);
-        };
-        if !self.propose_on(id, op, &status.region, batch, applied, rng) {
-            return TxnStart::Unavailable;
-        }
-        let node = self.node(id);
-        for key in keys {
-            node.latches.insert(key.clone(), op);
-        }
-        if let Some(guard) = memory_locks {
-            node.memory_locks.insert(op, guard);
-        }
-        TxnStart::Proposed(output)
-    }
-
-    /// A snapshot read of `key` at `ts` from node `id`'s applied state, once
-    /// [`Cluster::read_gate`] allowed it; `None` if the node is down. A lock that may
-    /// commit at or below `ts` comes back as `KeyIsLocked`.
-    pub fn txn_get_local(
-        &self,
-        id: u64,
-        key: &[u8],
-        ts: TimeStamp,
-    ) -> Option<Result<Option<Vec<u8>>, TxnError>> {
-        let node = &self.nodes[id as usize - 1];
-        let store = node.store.as_ref()?;
-        // As the server reads: max_ts and in-memory locks, the lock index, the snapshot.
-        if let Err(e) = node.concurrency.read_key_check(key, ts) {
-            return Some(Err(e));
-        }
-        let hint = node.lock_index.hint_for_read([&key.to_vec()], &node.newest);
-        let snapshot = store.engine_snapshot();
-        let reader = MvccReader::with_hint(&*snapshot, hint);
-        Some(scandium_txn::actions::read::point_get(&reader, key, ts))
-    }
-
     /// The newest value of `key` on node `id` with every transaction's fate settled as a
     /// reader resolving its lock would settle it: committed if its primary committed, or
     /// if it is an async-commit transaction whose every key is prewritten (or any key
@@ -999,62 +781,18 @@ impl Cluster {
         Some(read().expect("memory engines read"))
     }
 
-    /// Removes the answer to `op` if the store gave it at once (a refusal).
-    fn take_answer_of(&mut self, op: u64) -> bool {
-        let mut answers = lock(&self.answers);
-        let position = answers.iter().position(|answer| match answer {
-            Reply::Answer(Answer::Proposed { op: o, .. } | Answer::ReadReady { op: o, .. }) => {
-                *o == op
-            }
-            _ => false,
-        });
-        position.map(|i| answers.remove(i)).is_some()
+    /// Node `id`'s transactional state, which its commands run against.
+    pub fn txn_node(&self, id: u64) -> Arc<TxnNode> {
+        self.nodes[id as usize - 1].txn.clone()
     }
 
-    /// Serves a read on node `id` as the server does: from the leader's state under its
-    /// lease, else after a ReadIndex round. `Some(value)` when the read was served at
-    /// once; otherwise the answer comes back as [`Answer::ReadReady`] and the caller reads
-    /// with [`Cluster::read_local`]. `None` as well when the node is down.
-    pub fn read(&mut self, id: u64, op: u64, key: &[u8], rng: &mut StdRng) -> ReadStart {
-        match self.read_gate(id, op, rng) {
-            Gate::Open => ReadStart::Served(self.read_local(id, key)),
-            Gate::Waiting => ReadStart::Waiting,
-            Gate::Closed => ReadStart::Unavailable,
-        }
-    }
-
-    /// Whether node `id` may serve a read now: open under the leader's lease; otherwise a
-    /// ReadIndex round starts and its answer comes back as [`Answer::ReadReady`].
-    pub fn read_gate(&mut self, id: u64, op: u64, rng: &mut StdRng) -> Gate {
-        if !self.is_serving(id) {
-            return Gate::Closed;
-        }
-        let now = self.clock(id);
-        let status = self.node(id).registry.get(REGION);
-        let trusted = |s: &scandium_raftstore::RegionStatus| {
-            s.lease_valid(now) || (self.unsafe_reads && s.ready_for_reads)
-        };
-        if status.as_ref().is_some_and(trusted) {
-            return Gate::Open;
-        }
-        let answers = self.answers.clone();
-        let callback: ReadCallback = Box::new(move |result| {
-            lock(&answers).push(Reply::Answer(Answer::ReadReady { op, node: id, result }))
-        });
-        let store = self.node(id).store.as_mut().expect("checked up");
-        store.read_index(REGION, callback);
-        if self.take_answer_of(op) {
-            return Gate::Closed;
-        }
-        self.pump(id, rng);
-        Gate::Waiting
-    }
-
-    /// Reads `key` from node `id`'s applied state; `None` if the node is down.
-    pub fn read_local(&self, id: u64, key: &[u8]) -> Option<Option<Vec<u8>>> {
-        let store = self.nodes[id as usize - 1].store.as_ref()?;
-        let snapshot = store.engine_snapshot();
-        Some(scandium_txn::raw::get(&*snapshot, Cf::Raw, key, 0).expect("memory engines read"))
+    /// The Region holding `key` as placement knows it, asked of the first running node
+    /// that holds the placement state (as a client asks its PD endpoint).
+    pub fn lookup_region(&self, key: &[u8]) -> Option<Region> {
+        self.ids().filter(|&id| self.is_serving(id)).find_map(|id| {
+            let placement = self.nodes[id as usize - 1].placement.read();
+            placement.unwrap_or_else(|e| e.into_inner()).region_by_key(key).cloned()
+        })
     }
 
     /// Until when node `id` is paused (a time in the past if it is not).
@@ -1120,13 +858,17 @@ impl Cluster {
     }
 
     /// Rounds on node `id` until it has nothing left; its messages go to the network.
-    fn pump(&mut self, id: u64, rng: &mut StdRng) {
+    pub(crate) fn pump(&mut self, id: u64, rng: &mut StdRng) {
         let mut outgoing = Vec::new();
+        let mut events = Vec::new();
         let mut failed = false;
         if let Some(store) = self.node(id).store.as_mut() {
             while store.has_ready() {
                 match store.handle_ready_sending(&mut |mut m| outgoing.append(&mut m)) {
-                    Ok(mut output) => outgoing.append(&mut output.messages),
+                    Ok(mut output) => {
+                        outgoing.append(&mut output.messages);
+                        events.append(&mut output.events);
+                    }
                     Err(_) => {
                         failed = true;
                         break;
@@ -1138,6 +880,7 @@ impl Cluster {
         for message in outgoing {
             self.send(id, message, disk_ms, rng);
         }
+        self.on_store_events(id, events, rng);
         if failed {
             // As the server's Raft thread exits the process on a storage failure.
             self.crash(id, rng);
@@ -1245,54 +988,6 @@ fn lock_committed(
 
 /// A replica's applied index and data digests (one per column family).
 pub type ReplicaState = (u64, Vec<u64>);
-
-/// How a transactional write command started; see [`Cluster::txn_write`].
-pub enum TxnStart<T> {
-    /// Proposed; the answer comes back as [`Answer::Proposed`]. The action's output is
-    /// good only if that answer is a success.
-    Proposed(T),
-    /// The action changed nothing: its output stands now.
-    Done(T),
-    /// The action refused (a conflict, a lock in the way); nothing was proposed.
-    Failed(TxnError),
-    /// A command in flight holds a latch on one of the keys: try again shortly.
-    Busy,
-    /// Down, paused, or not a leader ready to serve: nothing was done.
-    Unavailable,
-}
-
-impl<T> TxnStart<T> {
-    /// The same start with the output mapped.
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> TxnStart<U> {
-        match self {
-            TxnStart::Proposed(output) => TxnStart::Proposed(f(output)),
-            TxnStart::Done(output) => TxnStart::Done(f(output)),
-            TxnStart::Failed(e) => TxnStart::Failed(e),
-            TxnStart::Busy => TxnStart::Busy,
-            TxnStart::Unavailable => TxnStart::Unavailable,
-        }
-    }
-}
-
-/// Whether a read may go ahead; see [`Cluster::read_gate`].
-pub enum Gate {
-    /// Now, from the node's state.
-    Open,
-    /// After a ReadIndex round, answered as [`Answer::ReadReady`].
-    Waiting,
-    /// Not on this node: down, paused or not the leader.
-    Closed,
-}
-
-/// How a read started; see [`Cluster::read`].
-pub enum ReadStart {
-    /// Served at once from the lease: the value (the outer `Option` is always `Some`).
-    Served(Option<Option<Vec<u8>>>),
-    /// A ReadIndex round is under way.
-    Waiting,
-    /// The node is down, paused or not the leader: nothing was read.
-    Unavailable,
-}
 
 fn lock(answers: &Answers) -> std::sync::MutexGuard<'_, Vec<Reply>> {
     answers.lock().unwrap_or_else(|e| e.into_inner())

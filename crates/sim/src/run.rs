@@ -22,15 +22,17 @@ use crate::check::elle::{self, MicroOp, Outcome};
 use crate::check::history::Timing;
 use crate::check::linearizable::{self, Op, Verdict};
 use crate::check::timestamps::{self, TsObservation};
-use crate::cluster::{
-    Answer, Cluster, Gate, NetworkConfig, ReadStart, TxnStart, ELECTION_TICKS, TICK_MS,
-};
+use crate::cluster::{Answer, Cluster, NetworkConfig, ELECTION_TICKS, TICK_MS};
+use crate::commands::{Failure, Output, Target};
+use crate::routing::RegionCache;
 use crate::txn::{decode_list, list_key, TxnClients, Wake};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scandium_raftstore::PeerChange;
 use scandium_storage::Cf;
-use scandium_txn::raw;
+use scandium_txn::command::raw::{self, RawTarget};
+use scandium_txn::{Breakages, Command};
+use scandium_types::keyspace::ApiVersion;
 use scandium_types::Peer;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -207,6 +209,8 @@ struct Client {
     seen: BTreeMap<u64, Option<Vec<u8>>>,
     /// When the client sent a request that sits in a paused node's socket buffer.
     sent_at: Option<u64>,
+    /// The Regions it knows of.
+    regions: RegionCache,
 }
 
 /// Runs the simulation of `seed`.
@@ -217,11 +221,14 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
     } else {
         NetworkConfig { delay_ms: (1, 5), drop: 0.0, duplicate: 0.0 }
     };
-    let mut cluster = Cluster::new(config.nodes, config.replicas, network, &mut rng);
+    let breakages = Breakages {
+        unsafe_latches: config.unsafe_latches,
+        unsafe_max_ts: config.unsafe_max_ts,
+        unsafe_cas: config.unsafe_cas,
+    };
+    let mut cluster = Cluster::new(config.nodes, config.replicas, network, breakages, &mut rng);
     cluster.unsafe_reads = config.unsafe_reads;
     cluster.unsafe_tso = config.unsafe_tso;
-    cluster.unsafe_latches = config.unsafe_latches;
-    cluster.unsafe_max_ts = config.unsafe_max_ts;
     let mut clients: Vec<Client> = (0..config.clients)
         .map(|_| Client {
             pending: None,
@@ -229,6 +236,7 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
             written: 0,
             seen: BTreeMap::new(),
             sent_at: None,
+            regions: RegionCache::default(),
         })
         .collect();
     for c in 0..config.clients {
@@ -260,9 +268,10 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
         let (token, answers) = cluster.next(end, &mut rng);
         let mut wake = Wake::default();
         for answer in answers {
-            if !txns.on_answer(&mut cluster, &answer, &mut rng, &mut wake)
-                && !tso.on_answer(&mut cluster, &answer, &mut rng)
-            {
+            let Some(answer) = txns.on_answer(&mut cluster, answer, &mut rng, &mut wake) else {
+                continue;
+            };
+            if !tso.on_answer(&mut cluster, &answer, &mut rng) {
                 on_answer(&mut cluster, &mut clients, &mut history, answer, config, &mut rng);
             }
         }
@@ -342,9 +351,10 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
             // No more load: the clients' next turns are not scheduled.
             let mut wake = Wake::default();
             for answer in answers {
-                if !txns.on_answer(&mut cluster, &answer, &mut rng, &mut wake)
-                    && !tso.on_answer(&mut cluster, &answer, &mut rng)
-                {
+                let Some(answer) = txns.on_answer(&mut cluster, answer, &mut rng, &mut wake) else {
+                    continue;
+                };
+                if !tso.on_answer(&mut cluster, &answer, &mut rng) {
                     on_answer(&mut cluster, &mut clients, &mut history, answer, config, &mut rng);
                 }
             }
@@ -446,46 +456,28 @@ fn send_next(
         complete: None,
         refused: false,
     };
-    match &sent.request {
-        Request::Get => match cluster.read(node, op as u64, &key_of(key), rng) {
-            ReadStart::Served(value) => {
-                let value = value.expect("served by a running node");
-                client.seen.insert(key, value.clone());
-                history.push(Operation {
-                    read: Some(value),
-                    complete: Some(cluster.now()),
-                    ..sent
-                });
-                cluster.schedule_external(rng.gen_range(1..10), CLIENT | c);
-            }
-            ReadStart::Waiting => {
-                history.push(sent);
-                client.pending = Some(op);
-                cluster.schedule_external(CLIENT_TIMEOUT_MS, TIMEOUT | op as u64);
-            }
-            ReadStart::Unavailable => retry_elsewhere(cluster, client, c, config, rng),
-        },
-        // The comparison reads the node's state: as the server does, it waits for a
-        // linearizable read first (lease or ReadIndex), unless that is broken on purpose.
-        Request::Cas { .. } if !config.unsafe_cas => {
-            match cluster.read_gate(node, op as u64, rng) {
-                Gate::Open => {
-                    history.push(sent);
-                    write_register(cluster, clients, c, history, op, config, rng);
-                }
-                Gate::Waiting => {
-                    history.push(sent);
-                    client.pending = Some(op);
-                    cluster.schedule_external(CLIENT_TIMEOUT_MS, TIMEOUT | op as u64);
-                }
-                Gate::Closed => retry_elsewhere(cluster, client, c, config, rng),
-            }
+    // The server's own raw commands, without TTLs (so the time does not matter).
+    let txn = cluster.txn_node(node);
+    let target = RawTarget { api: ApiVersion::V1, cf: Cf::Raw };
+    let command: Command<Output> = match &sent.request {
+        Request::Get => raw::get(&txn, target, key_of(key)).map(Output::Value),
+        Request::Put(value) => {
+            raw::put(&txn, target, vec![(key_of(key), value.clone(), 0)]).map(|()| Output::Done)
         }
-        _ => {
-            history.push(sent);
-            write_register(cluster, clients, c, history, op, config, rng);
+        Request::Delete => raw::delete(&txn, target, vec![key_of(key)]).map(|()| Output::Done),
+        Request::Cas { expected, new } => {
+            let (expected, new) = (expected.clone(), new.clone());
+            raw::compare_and_swap(&txn, target, key_of(key), expected, new, 0).map(Output::Swapped)
         }
-    }
+    };
+    let Some(region) = client.regions.locate(cluster, &key_of(key)) else {
+        return retry_elsewhere(cluster, client, c, config, rng);
+    };
+    history.push(sent);
+    client.pending = Some(op);
+    let region = Target::Request { region_id: region.id, epoch: region.epoch() };
+    cluster.submit(node, op as u64, region, command, rng);
+    cluster.schedule_external(CLIENT_TIMEOUT_MS, TIMEOUT | op as u64);
 }
 
 impl Client {
@@ -493,80 +485,6 @@ impl Client {
     fn next_value(&mut self, c: u64) -> Vec<u8> {
         self.written += 1;
         format!("c{c}.{}", self.written).into_bytes()
-    }
-}
-
-/// Sends the write `history[op]` to the client's node. One refused at once is marked so
-/// (the checker leaves it out), and the client tries elsewhere.
-fn write_register(
-    cluster: &mut Cluster,
-    clients: &mut [Client],
-    c: u64,
-    history: &mut [Operation],
-    op: usize,
-    config: &RunConfig,
-    rng: &mut StdRng,
-) {
-    let client = &mut clients[c as usize];
-    let key = key_of(history[op].key);
-    let request = history[op].request.clone();
-    let started = cluster.raw_write(
-        client.node,
-        op as u64,
-        &key,
-        // The server's own raw commands, without TTLs (so the time does not matter).
-        |snapshot, batch| match request {
-            Request::Put(value) => {
-                raw::put(batch, Cf::Raw, key.clone(), &value, 0, 0);
-                None
-            }
-            Request::Delete => {
-                raw::delete(batch, Cf::Raw, key.clone());
-                None
-            }
-            Request::Cas { expected, new } => {
-                let swap = raw::compare_and_swap(
-                    snapshot,
-                    Cf::Raw,
-                    &key,
-                    expected.as_deref(),
-                    &new,
-                    0,
-                    0,
-                    batch,
-                );
-                Some(swap.expect("memory engines read").previous)
-            }
-            Request::Get => unreachable!("gets are not writes"),
-        },
-        rng,
-    );
-    match started {
-        TxnStart::Proposed(found) => {
-            history[op].read = found;
-            client.pending = Some(op);
-            cluster.schedule_external(CLIENT_TIMEOUT_MS, TIMEOUT | op as u64);
-        }
-        // A swap that failed: the store answers with what it found.
-        TxnStart::Done(found) => {
-            client.seen.insert(history[op].key, found.clone().flatten());
-            history[op].read = found;
-            history[op].complete = Some(cluster.now());
-            client.pending = None;
-            cluster.schedule_external(rng.gen_range(1..10), CLIENT | c);
-        }
-        // Another write of the key holds its latch: the server would queue this one; the
-        // client sends another shortly instead.
-        TxnStart::Busy => {
-            history[op].refused = true;
-            client.pending = None;
-            cluster.schedule_external(rng.gen_range(1..10), CLIENT | c);
-        }
-        TxnStart::Unavailable | TxnStart::Failed(_) => {
-            history[op].refused = true;
-            client.pending = None;
-            retry_elsewhere(cluster, client, c, config, rng);
-        }
     }
 }
 
@@ -610,53 +528,50 @@ fn on_answer(
     rng: &mut StdRng,
 ) {
     let now = cluster.now();
-    match answer {
-        Answer::Proposed { op, result } => {
-            let op = op as usize;
-            let Some(c) = take_pending(clients, history, op) else { return };
-            match result {
-                Ok(_) => {
-                    history[op].complete = Some(now);
-                    let seen = match &history[op].request {
-                        Request::Put(value) | Request::Cas { new: value, .. } => {
-                            Some(value.clone())
-                        }
-                        Request::Delete | Request::Get => None,
-                    };
-                    clients[c as usize].seen.insert(history[op].key, seen);
+    // Timestamps are taken by `Tso::on_answer` before this is called.
+    let Answer::Done { op, result } = answer else { return };
+    let op = op as usize;
+    let Some(c) = take_pending(clients, history, op) else { return };
+    let client = &mut clients[c as usize];
+    let key = history[op].key;
+    match result {
+        Ok(output) => {
+            history[op].complete = Some(now);
+            let seen = match (&history[op].request, output) {
+                (Request::Get, Output::Value(value)) => {
+                    history[op].read = Some(value.clone());
+                    value
                 }
-                Err(e) if e.is_definite() => history[op].refused = true,
-                // An unknown outcome leaves the write indeterminate.
-                Err(_) => {}
-            }
+                (Request::Put(value), _) => Some(value.clone()),
+                (Request::Delete, _) => None,
+                // The store says what it found; the swap happened if that was expected.
+                (Request::Cas { new, .. }, Output::Swapped(outcome)) => {
+                    history[op].read = Some(outcome.previous.clone());
+                    if outcome.succeeded {
+                        Some(new.clone())
+                    } else {
+                        outcome.previous
+                    }
+                }
+                (request, output) => unreachable!("{request:?} answered {output:?}"),
+            };
+            client.seen.insert(key, seen);
             cluster.schedule_external(rng.gen_range(1..10), CLIENT | c);
         }
-        Answer::ReadReady { op, node, result } => {
-            let op = op as usize;
-            let Some(c) = take_pending(clients, history, op) else { return };
-            if matches!(history[op].request, Request::Cas { .. }) {
-                // The compare-and-swap's read is now linearizable: it goes ahead.
-                if result.is_ok() {
-                    write_register(cluster, clients, c, history, op, config, rng);
-                } else {
-                    history[op].refused = true;
-                    let client = &mut clients[c as usize];
-                    retry_elsewhere(cluster, client, c, config, rng);
-                }
-                return;
-            }
-            // A node that stopped in the same round has no state to read from.
-            if let (Ok(()), Some(value)) =
-                (result, cluster.read_local(node, &key_of(history[op].key)))
-            {
-                clients[c as usize].seen.insert(history[op].key, value.clone());
-                history[op].read = Some(value);
-                history[op].complete = Some(now);
-            }
+        // A write that may still take effect stays indeterminate; a read says nothing.
+        Err(failure) if !failure.is_definite() => {
             cluster.schedule_external(rng.gen_range(1..10), CLIENT | c);
         }
-        // Taken by `Tso::on_answer` before this is called.
-        Answer::Timestamp { .. } => {}
+        // Nothing happened: left out of the check, and the client goes elsewhere.
+        Err(failure) => {
+            history[op].refused = history[op].request != Request::Get;
+            client.regions.on_failure(&failure);
+            if matches!(failure, Failure::Proposal(_)) {
+                cluster.schedule_external(rng.gen_range(1..10), CLIENT | c);
+            } else {
+                retry_elsewhere(cluster, client, c, config, rng);
+            }
+        }
     }
 }
 

@@ -34,17 +34,21 @@
 //! transaction was rolled back; indeterminate when that answer never came.
 
 use crate::check::elle::{self, MicroOp, Outcome};
-use crate::cluster::{Answer, Cluster, Gate, TxnStart};
+use crate::cluster::{Answer, Cluster};
+use crate::commands::{Failure, Output, Target};
+use crate::routing::RegionCache;
 use rand::rngs::StdRng;
 use rand::Rng;
-use scandium_txn::actions::cleanup::{self, CheckTxnStatus, SecondaryStatus, TxnStatus};
-use scandium_txn::actions::commit;
-use scandium_txn::actions::pessimistic::{self, PessimisticLockRequest};
-use scandium_txn::actions::prewrite::TxnProps;
-use scandium_txn::actions::prewrite::{Mutation, MutationOp, PessimisticAction, PrewriteRequest};
+use scandium_txn::actions::cleanup::{CheckTxnStatus, SecondaryStatus, TxnStatus};
+use scandium_txn::actions::prewrite::{Mutation, MutationOp, PessimisticAction, TxnProps};
+use scandium_txn::command::txn::{self as commands, PessimisticLock, Prewrite};
 use scandium_txn::mvcc::Lock;
-use scandium_txn::TxnError;
+use scandium_txn::{Command, CommandError, TxnError};
+use scandium_types::keyspace::ApiVersion;
 use scandium_types::TimeStamp;
+
+/// The simulated clients speak API V1.
+const V1: ApiVersion = ApiVersion::V1;
 
 /// Marks the operation ids of transactional requests in the cluster's answers.
 pub const TXN_OP: u64 = 1 << 33;
@@ -112,24 +116,11 @@ enum Step {
     CommitSecondary,
 }
 
-/// What a request's answer carries for the step that sent it.
+/// What a client waits for.
 enum Pending {
     Timestamp,
-    Read,
-    /// A ReadIndex round before a write command (see [`Client::confirmed`]).
-    Confirm,
-    /// A write command; its output counts once the proposal succeeds.
-    Write(Output),
-}
-
-enum Output {
-    Status(TxnStatus),
-    Secondaries(SecondaryStatus),
-    /// A prewrite's `min_commit_ts` (async commit; 0 otherwise).
-    Prewritten(u64),
-    /// A pessimistic lock's read of the key's latest value.
-    Value(Option<Vec<u8>>),
-    Done,
+    /// A command's answer.
+    Command,
 }
 
 struct Current {
@@ -156,9 +147,8 @@ struct Client {
     pessimistic: bool,
     /// The request it waits for.
     waiting: Option<(u64, Pending)>,
-    /// The node whose ReadIndex round just confirmed it may serve this client's next
-    /// write command: the server runs the command right after that round.
-    confirmed: Option<u64>,
+    /// The Regions it knows of.
+    regions: RegionCache,
     txn: Option<Current>,
 }
 
@@ -197,7 +187,7 @@ impl TxnClients {
                     tso_node: rng.gen_range(1..=nodes),
                     pessimistic: i % 2 == 1,
                     waiting: None,
-                    confirmed: None,
+                    regions: RegionCache::default(),
                     txn: None,
                 })
                 .collect(),
@@ -220,69 +210,77 @@ impl TxnClients {
         }
         let op = TXN_OP | self.next_op;
         self.next_op += 1;
+        let step = self.clients[c].txn.as_ref().expect("begun above").step.clone();
+        if matches!(step, Step::StartTs | Step::ForUpdateTs(_) | Step::CommitTs) {
+            let client = &mut self.clients[c];
+            if cluster.timestamp(client.tso_node, op, rng) {
+                client.waiting = Some((op, Pending::Timestamp));
+                wake.timeout(REQUEST_TIMEOUT_MS, op);
+            } else {
+                client.tso_node = rng.gen_range(1..=self.nodes);
+                wake.at(rng.gen_range(5..30), c);
+            }
+            return;
+        }
+        let command = self.command(c, &step, cluster, rng);
         let client = &mut self.clients[c];
-        let txn = client.txn.as_mut().expect("begun above");
+        let key = match &step {
+            Step::CheckStatus { lock, .. } => lock.primary.clone(),
+            Step::CheckSecondaries { primary, .. } => primary.secondaries[0].clone(),
+            Step::Resolve { key, .. } => key.clone(),
+            _ => {
+                let txn = client.txn.as_ref().expect("in a transaction");
+                let i = match step {
+                    Step::Read(i) | Step::Lock(i) => i,
+                    Step::CommitSecondary => 1,
+                    _ => 0,
+                };
+                list_key(txn.keys[i])
+            }
+        };
+        let Some(region) = client.regions.locate(cluster, &key) else {
+            return wake.at(rng.gen_range(5..30), c);
+        };
+        let target = Target::Request { region_id: region.id, epoch: region.epoch() };
+        cluster.submit(client.node, op, target, command, rng);
+        client.waiting = Some((op, Pending::Command));
+        wake.timeout(REQUEST_TIMEOUT_MS, op);
+    }
+
+    /// The command of a transaction's step: what tikv-client sends for it.
+    fn command(
+        &self,
+        c: usize,
+        step: &Step,
+        cluster: &Cluster,
+        rng: &mut StdRng,
+    ) -> Command<Output> {
+        let txn = self.clients[c].txn.as_ref().expect("in a transaction");
+        let node = cluster.txn_node(self.clients[c].node);
         let (a, b) = (list_key(txn.keys[0]), list_key(txn.keys[1]));
-        let (start_ts, commit_ts) = (txn.start_ts, txn.commit_ts);
-        let for_update_ts = txn.for_update_ts;
-        // As the server does, a write command answers only from state a lease or a
-        // ReadIndex round shows current: some answer without proposing anything.
-        let writes = !matches!(
-            txn.step,
-            Step::StartTs | Step::ForUpdateTs(_) | Step::CommitTs | Step::Read(_)
-        );
-        let confirmed = client.confirmed.take() == Some(client.node);
-        let gate =
-            if writes && !confirmed { cluster.read_gate(client.node, op, rng) } else { Gate::Open };
-        let started = match (gate, txn.step.clone()) {
-            (Gate::Waiting, _) => Started::Waiting(Pending::Confirm),
-            (Gate::Closed, _) => Started::Unavailable,
-            (_, Step::StartTs | Step::ForUpdateTs(_) | Step::CommitTs) => {
-                if cluster.timestamp(client.tso_node, op, rng) {
-                    Started::Waiting(Pending::Timestamp)
-                } else {
-                    client.tso_node = rng.gen_range(1..=self.nodes);
-                    Started::Unavailable
-                }
+        let (start_ts, commit_ts, for_update_ts) = (txn.start_ts, txn.commit_ts, txn.for_update_ts);
+        match step {
+            Step::Read(i) => {
+                let key = if *i == 0 { a } else { b };
+                commands::get(&node, V1, key, start_ts).map(Output::Value)
             }
-            (_, Step::Read(i)) => {
-                let key = if i == 0 { &a } else { &b };
-                match cluster.read_gate(client.node, op, rng) {
-                    Gate::Open => match cluster.txn_get_local(client.node, key, start_ts) {
-                        Some(read) => {
-                            self.on_read(c, read);
-                            return wake.at(rng.gen_range(0..3), c);
-                        }
-                        None => Started::Unavailable,
-                    },
-                    Gate::Waiting => Started::Waiting(Pending::Read),
-                    Gate::Closed => Started::Unavailable,
-                }
-            }
-            (_, Step::Lock(i)) => {
-                let key = if i == 0 { a.clone() } else { b.clone() };
-                let request = PessimisticLockRequest {
-                    key: key.clone(),
-                    primary: a.clone(),
+            Step::Lock(i) => {
+                let key = if *i == 0 { a.clone() } else { b };
+                // Half the locks wait a little for a lock in the way (the server's lock
+                // waiting queue); the others fail at once and the client resolves it.
+                let wait_timeout_ms = if rng.gen_bool(0.5) { rng.gen_range(50..300) } else { 0 };
+                let request = PessimisticLock {
+                    keys: vec![(key, false)],
+                    primary: a,
                     start_ts,
                     lock_ttl: LOCK_TTL_MS,
                     for_update_ts,
-                    ..PessimisticLockRequest::default()
+                    wait_timeout_ms,
+                    ..PessimisticLock::default()
                 };
-                Started::of(cluster.txn_write(
-                    client.node,
-                    op,
-                    &[key],
-                    |reader, txn, concurrency| {
-                        // As the server does: async commit must stay above this read too.
-                        concurrency.update_max_ts(for_update_ts);
-                        let value = pessimistic::acquire_pessimistic_lock(reader, txn, &request)?;
-                        Ok(Output::Value(value))
-                    },
-                    rng,
-                ))
+                commands::pessimistic_lock(&node, V1, request).map(Output::Values)
             }
-            (_, Step::CheckStatus { lock, .. }) => {
+            Step::CheckStatus { lock, .. } => {
                 let request = CheckTxnStatus {
                     primary: lock.primary.clone(),
                     lock_ts: lock.ts(),
@@ -291,197 +289,146 @@ impl TxnClients {
                     rollback_if_not_exist: true,
                     ..CheckTxnStatus::default()
                 };
-                let keys = [lock.primary.clone()];
-                Started::of(cluster.txn_write(
-                    client.node,
-                    op,
-                    &keys,
-                    |reader, txn, concurrency| {
-                        let (status, _) =
-                            cleanup::check_txn_status(reader, txn, concurrency, &request)?;
-                        Ok(Output::Status(status))
-                    },
-                    rng,
-                ))
+                commands::check_txn_status(&node, V1, request).map(|(s, _)| Output::Status(s))
             }
-            (_, Step::CheckSecondaries { primary, .. }) => {
-                let (keys, lock_ts) = (primary.secondaries.clone(), primary.ts());
-                Started::of(cluster.txn_write(
-                    client.node,
-                    op,
-                    &keys,
-                    |reader, txn, _| {
-                        let status = cleanup::check_secondary_locks(reader, txn, &keys, lock_ts)?;
-                        Ok(Output::Secondaries(status))
-                    },
-                    rng,
-                ))
+            Step::CheckSecondaries { primary, .. } => {
+                let keys = primary.secondaries.clone();
+                commands::check_secondary_locks(&node, V1, keys, primary.ts())
+                    .map(Output::Secondaries)
             }
-            (_, Step::Resolve { key, lock, commit_ts: fate, .. }) => {
-                let keys = [key.clone()];
-                Started::of(cluster.txn_write(
-                    client.node,
-                    op,
-                    &keys,
-                    |reader, txn, _| {
-                        match reader.load_lock(&key)? {
-                            Some(held) if held.start_ts == lock.start_ts => {
-                                cleanup::resolve_lock(reader, txn, &key, held, fate)?
-                            }
-                            _ => {}
-                        }
-                        Ok(Output::Done)
-                    },
-                    rng,
-                ))
+            Step::Resolve { key, lock, commit_ts: fate, .. } => {
+                let fates = vec![(lock.start_ts, fate.0)];
+                commands::resolve_lock(&node, V1, fates, vec![key.clone()]).map(|()| Output::Done)
             }
-            (_, Step::Prewrite) => {
-                let element = self.history[txn.index].ops.iter().find_map(|op| match op {
-                    MicroOp::Append { value, .. } => Some(*value),
-                    _ => None,
-                });
-                let element = element.expect("a transaction appends");
-                let lists: Vec<Vec<u64>> = self.history[txn.index]
-                    .ops
-                    .iter()
-                    .filter_map(|op| match op {
-                        MicroOp::Read { list, .. } => Some(list.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                let commit = txn.commit;
-                let props = TxnProps {
-                    start_ts,
-                    primary: a.clone(),
-                    lock_ttl: LOCK_TTL_MS,
-                    txn_size: 2,
-                    for_update_ts,
-                    use_async_commit: commit == Commit::Async,
-                    secondaries: if commit == Commit::Async { vec![b.clone()] } else { Vec::new() },
-                    ..TxnProps::default()
-                };
-                let action = if for_update_ts > TimeStamp::ZERO {
-                    PessimisticAction::DoPessimisticCheck
-                } else {
-                    PessimisticAction::SkipPessimisticCheck
-                };
-                let mutations: Vec<(Mutation, PessimisticAction)> = [a, b]
-                    .into_iter()
-                    .zip(&lists)
-                    .map(|(key, list)| {
-                        let mut list = list.clone();
-                        list.push(element);
-                        let value = encode_list(&list);
-                        (Mutation { op: MutationOp::Put, key, value }, action)
-                    })
-                    .collect();
-                let request = PrewriteRequest {
-                    props: &props,
-                    mutations: &mutations,
-                    try_one_pc: commit == Commit::OnePc,
-                    max_commit_ts: 0,
-                };
-                let started = cluster.txn_prewrite(client.node, op, request, rng);
-                Started::of(started.map(|(min_commit_ts, _)| Output::Prewritten(min_commit_ts)))
+            Step::Prewrite => {
+                let request = self.prewrite(c, a, b);
+                commands::prewrite(&node, V1, request).map(|p| Output::Prewritten {
+                    errors: p.errors,
+                    min_commit_ts: p.min_commit_ts,
+                    one_pc_commit_ts: p.one_pc_commit_ts,
+                })
             }
-            (_, Step::CommitPrimary | Step::CommitSecondary) => {
-                let key = if matches!(txn.step, Step::CommitPrimary) { a } else { b };
-                let keys = [key.clone()];
-                Started::of(cluster.txn_write(
-                    client.node,
-                    op,
-                    &keys,
-                    |reader, txn, _| {
-                        commit::commit(reader, txn, &key, start_ts, commit_ts)?;
-                        Ok(Output::Done)
-                    },
-                    rng,
-                ))
+            Step::CommitPrimary | Step::CommitSecondary => {
+                let key = if matches!(step, Step::CommitPrimary) { a } else { b };
+                commands::commit(&node, V1, vec![key], start_ts, commit_ts).map(Output::Committed)
             }
-        };
-        match started {
-            Started::Waiting(pending) => {
-                client.waiting = Some((op, pending));
-                wake.timeout(REQUEST_TIMEOUT_MS, op);
-            }
-            Started::Now(Ok(output)) => {
-                self.on_success(c, Some(output), rng);
-                let delay = self.backoff(c).unwrap_or_else(|| rng.gen_range(0..3));
-                wake.at(delay, c);
-            }
-            Started::Now(Err(e)) => {
-                self.on_refused(c, e);
-                wake.at(rng.gen_range(1..5), c);
-            }
-            Started::Busy => wake.at(rng.gen_range(1..5), c),
-            Started::Unavailable => {
-                client.node = match cluster.leader() {
-                    Some(leader) if leader != client.node && rng.gen_bool(0.8) => leader,
-                    _ => rng.gen_range(1..=self.nodes),
-                };
-                wake.at(rng.gen_range(5..30), c);
+            Step::StartTs | Step::ForUpdateTs(_) | Step::CommitTs => {
+                unreachable!("timestamps are not commands")
             }
         }
+    }
+
+    /// The prewrite of client `c`'s transaction: both lists with its element appended.
+    fn prewrite(&self, c: usize, a: Vec<u8>, b: Vec<u8>) -> Prewrite {
+        let txn = self.clients[c].txn.as_ref().expect("in a transaction");
+        let element = self.history[txn.index].ops.iter().find_map(|op| match op {
+            MicroOp::Append { value, .. } => Some(*value),
+            _ => None,
+        });
+        let element = element.expect("a transaction appends");
+        let lists: Vec<Vec<u64>> = self.history[txn.index]
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                MicroOp::Read { list, .. } => Some(list.clone()),
+                _ => None,
+            })
+            .collect();
+        let commit = txn.commit;
+        let props = TxnProps {
+            start_ts: txn.start_ts,
+            primary: a.clone(),
+            lock_ttl: LOCK_TTL_MS,
+            txn_size: 2,
+            for_update_ts: txn.for_update_ts,
+            use_async_commit: commit == Commit::Async,
+            secondaries: if commit == Commit::Async { vec![b.clone()] } else { Vec::new() },
+            ..TxnProps::default()
+        };
+        let action = if txn.for_update_ts > TimeStamp::ZERO {
+            PessimisticAction::DoPessimisticCheck
+        } else {
+            PessimisticAction::SkipPessimisticCheck
+        };
+        let mutations = [a, b]
+            .into_iter()
+            .zip(&lists)
+            .map(|(key, list)| {
+                let mut list = list.clone();
+                list.push(element);
+                let value = encode_list(&list);
+                (Mutation { op: MutationOp::Put, key, value }, action)
+            })
+            .collect();
+        Prewrite { props, mutations, try_one_pc: commit == Commit::OnePc, max_commit_ts: 0 }
     }
 
     /// Takes the answer if it is to a transactional request; returns whether it was.
     pub fn on_answer(
         &mut self,
         cluster: &mut Cluster,
-        answer: &Answer,
+        answer: Answer,
         rng: &mut StdRng,
         wake: &mut Wake,
-    ) -> bool {
-        let op = match answer {
-            Answer::Proposed { op, .. }
-            | Answer::ReadReady { op, .. }
-            | Answer::Timestamp { op, .. } => *op,
+    ) -> Option<Answer> {
+        let op = match &answer {
+            Answer::Done { op, .. } | Answer::Timestamp { op, .. } => *op,
         };
         if op & TXN_OP == 0 {
-            return false;
+            return Some(answer);
         }
         let Some(c) =
             self.clients.iter().position(|c| c.waiting.as_ref().is_some_and(|w| w.0 == op))
         else {
-            return true; // late: the client gave up on it
+            return None; // late: the client gave up on it
         };
         let (_, pending) = self.clients[c].waiting.take().expect("found waiting");
         match (answer, pending) {
             (Answer::Timestamp { ts: Some(ts), .. }, Pending::Timestamp) => {
                 let txn = self.clients[c].txn.as_mut().expect("waiting in a transaction");
                 match txn.step {
-                    Step::StartTs => txn.start_ts = *ts,
-                    Step::ForUpdateTs(_) => txn.for_update_ts = *ts,
-                    _ => txn.commit_ts = *ts,
+                    Step::StartTs => txn.start_ts = ts,
+                    Step::ForUpdateTs(_) => txn.for_update_ts = ts,
+                    _ => txn.commit_ts = ts,
                 }
                 self.on_success(c, None, rng);
             }
-            (Answer::ReadReady { node, result: Ok(()), .. }, Pending::Read) => {
-                let key = {
-                    let txn = self.clients[c].txn.as_ref().expect("waiting in a transaction");
-                    let Step::Read(i) = txn.step else { unreachable!("a read waits in Read") };
-                    list_key(txn.keys[i])
-                };
-                let start_ts = self.clients[c].txn.as_ref().map(|t| t.start_ts).unwrap_or_default();
-                match cluster.txn_get_local(*node, &key, start_ts) {
-                    Some(read) => self.on_read(c, read),
-                    None => self.on_lost(c, rng),
+            (Answer::Done { result, .. }, Pending::Command) => {
+                let reading =
+                    matches!(self.clients[c].txn.as_ref().map(|t| &t.step), Some(Step::Read(_)));
+                match result {
+                    Ok(Output::Value(value)) if reading => self.on_read(c, Ok(value)),
+                    Ok(Output::Prewritten { mut errors, .. }) if !errors.is_empty() => {
+                        self.on_refused(c, errors.swap_remove(0))
+                    }
+                    Ok(output) => self.on_success(c, Some(output), rng),
+                    Err(Failure::Command(CommandError::Txn(e))) if reading => {
+                        self.on_read(c, Err(e))
+                    }
+                    Err(Failure::Command(CommandError::Txn(e))) => self.on_refused(c, e),
+                    // Nothing happened (the node is down, or not the Region's leader, or
+                    // the client's Region is stale): another node, as a client would.
+                    Err(failure)
+                        if failure.is_region_error()
+                            && !matches!(failure, Failure::Proposal(_)) =>
+                    {
+                        let client = &mut self.clients[c];
+                        client.regions.on_failure(&failure);
+                        client.node = match cluster.leader() {
+                            Some(leader) if leader != client.node && rng.gen_bool(0.8) => leader,
+                            _ => rng.gen_range(1..=self.nodes),
+                        };
+                        wake.at(rng.gen_range(5..30), c);
+                        return None;
+                    }
+                    Err(_) => self.on_lost(c, rng),
                 }
-            }
-            (Answer::ReadReady { node, result: Ok(()), .. }, Pending::Confirm) => {
-                // The write goes out at once, as the server runs it after the round.
-                self.clients[c].confirmed = Some(*node);
-                wake.at(0, c);
-                return true;
-            }
-            (Answer::Proposed { result: Ok(_), .. }, Pending::Write(output)) => {
-                self.on_success(c, Some(output), rng)
             }
             _ => self.on_lost(c, rng),
         }
         let delay = self.backoff(c).unwrap_or_else(|| rng.gen_range(1..10));
         wake.at(delay, c);
-        true
+        None
     }
 
     /// The wait a live lock asked for before the client's next turn, if any.
@@ -513,12 +460,12 @@ impl TxnClients {
                 Step::CommitPrimary if txn.commit == Commit::Async => Outcome::Committed,
                 Step::Prewrite
                     if txn.commit != Commit::TwoPhase
-                        && matches!(waiting, Some((_, Pending::Write(_)))) =>
+                        && matches!(waiting, Some((_, Pending::Command))) =>
                 {
                     Outcome::Indeterminate
                 }
                 Step::CommitPrimary
-                    if txn.commit_tries > 0 || matches!(waiting, Some((_, Pending::Write(_)))) =>
+                    if txn.commit_tries > 0 || matches!(waiting, Some((_, Pending::Command))) =>
                 {
                     Outcome::Indeterminate
                 }
@@ -585,9 +532,10 @@ impl TxnClients {
             Step::Read(i) => Step::Read(i), // reads finish in `on_read`
             Step::ForUpdateTs(i) => Step::Lock(i),
             Step::Lock(i) => {
-                let Some(Output::Value(value)) = output else {
+                let Some(Output::Values(mut values)) = output else {
                     unreachable!("a pessimistic lock answers with the key's value")
                 };
+                let value = values.pop().flatten();
                 let key = txn.keys[i];
                 let list = decode_list(value.as_deref());
                 self.history[txn.index].ops.insert(i, MicroOp::Read { key, list });
@@ -645,7 +593,7 @@ impl TxnClients {
                 Commit::TwoPhase => Step::CommitTs,
                 // Committed: both locks are written, and whoever meets them commits them.
                 Commit::Async => {
-                    let Some(Output::Prewritten(min_commit_ts)) = output else {
+                    let Some(Output::Prewritten { min_commit_ts, .. }) = output else {
                         unreachable!("a prewrite answers with its min_commit_ts")
                     };
                     self.history[txn.index].outcome = Outcome::Committed;
@@ -732,26 +680,6 @@ impl TxnClients {
     fn end(&mut self, c: usize, outcome: Outcome) {
         if let Some(txn) = self.clients[c].txn.take() {
             self.history[txn.index].outcome = outcome;
-        }
-    }
-}
-
-/// How a request started.
-enum Started {
-    Waiting(Pending),
-    Now(Result<Output, TxnError>),
-    Busy,
-    Unavailable,
-}
-
-impl Started {
-    fn of(start: TxnStart<Output>) -> Started {
-        match start {
-            TxnStart::Proposed(output) => Started::Waiting(Pending::Write(output)),
-            TxnStart::Done(output) => Started::Now(Ok(output)),
-            TxnStart::Failed(e) => Started::Now(Err(e)),
-            TxnStart::Busy => Started::Busy,
-            TxnStart::Unavailable => Started::Unavailable,
         }
     }
 }
