@@ -39,7 +39,7 @@ pub struct StoreStateChange {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
     /// The change.
-    #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub kind: Option<Kind>,
 }
 
@@ -81,6 +81,28 @@ pub enum Kind {
     /// Sets how many voters every data Region should have.
     #[prost(uint64, tag = "10")]
     SetReplicas(u64),
+    /// Records when stores were last heard from (never moving a time back).
+    #[prost(message, tag = "11")]
+    StoresSeen(StoresSeen),
+}
+
+/// When stores were last heard from, by the placement leader's wall clock.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoresSeen {
+    /// One per store heard from since the last record.
+    #[prost(message, repeated, tag = "1")]
+    pub seen: Vec<StoreSeen>,
+}
+
+/// When one store was last heard from.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoreSeen {
+    /// The store.
+    #[prost(uint64, tag = "1")]
+    pub store_id: u64,
+    /// Wall-clock milliseconds of its last heartbeat.
+    #[prost(uint64, tag = "2")]
+    pub wall_ms: u64,
 }
 
 /// Regions reported together.

@@ -8,15 +8,25 @@
 //! * [`TsoAllocator`] hands out timestamps on the placement leader, never beyond the
 //!   high-water mark the state machine has persisted.
 //!
-//! Both are pure: no threads, no clock. The server supplies wall time and drives the group.
+//! * [`ControlPlane`] is what the placement leader makes of heartbeats: store liveness
+//!   that survives a change of leader, one [`operator`] per Region advanced by its
+//!   heartbeats, the [`scheduler`] that decides what each Region should become next.
+//!
+//! All are pure: no threads, no clock. The server (and the simulator) supply the time,
+//! carry heartbeats and steps over their network, and drive the group.
 
 pub mod command;
+pub mod control;
+pub mod operator;
 pub mod scheduler;
 pub mod state;
 pub mod tso;
 
 pub use command::{
-    Command, Kind, RegionReport, Regions, Reports, Response, ResponseRecord, StoreStateChange,
+    Command, Kind, RegionReport, Regions, Reports, Response, ResponseRecord, StoreSeen,
+    StoreStateChange, StoresSeen,
 };
+pub use control::{ControlConfig, ControlPlane, Intake, Now, OperatorCounts, RegionHeartbeat};
+pub use operator::{OperatorStep, StepAction};
 pub use state::{ApplyError, KeyspaceMeta, PlacementState};
 pub use tso::{Allocation, LeaderTso, TsoAllocator, TsoError};

@@ -10,7 +10,9 @@
 //! b"l" | region id  -> RegionLeader (who leads the Region, at which term)
 //! ```
 
-use crate::command::{Command, Kind, RegionReport, Regions, Reports, Response};
+use crate::command::{
+    Command, Kind, RegionReport, Regions, Reports, Response, StoreSeen, StoresSeen,
+};
 use prost::Message as _;
 use scandium_storage::{Cf, EngineRef, StorageError, WriteBatch};
 use scandium_types::{Region, RegionId, Store, StoreId, StoreState};
@@ -204,7 +206,19 @@ impl PlacementState {
                     Some(StoreState::Offline) => store.state = StoreState::Offline as i32,
                     _ => {}
                 }
+                let seen = self.stores.get(&store.id).map_or(0, |s| s.last_heartbeat_ms);
+                store.last_heartbeat_ms = store.last_heartbeat_ms.max(seen);
                 self.put_store(store, batch);
+                Response::Done
+            }
+            Kind::StoresSeen(StoresSeen { seen }) => {
+                for StoreSeen { store_id, wall_ms } in seen {
+                    let Some(mut store) = self.stores.get(&store_id).cloned() else { continue };
+                    if wall_ms > store.last_heartbeat_ms {
+                        store.last_heartbeat_ms = wall_ms;
+                        self.put_store(store, batch);
+                    }
+                }
                 Response::Done
             }
             Kind::JoinStore(mut store) => {

@@ -3,7 +3,9 @@
 //! Regenerate with `UPDATE_GOLDENFILES=1` and review the diff.
 
 use prost::Message as _;
-use scandium_placement::{Command, KeyspaceMeta, Kind, PlacementState, Response};
+use scandium_placement::{
+    Command, KeyspaceMeta, Kind, PlacementState, Response, StoreSeen, StoresSeen,
+};
 use scandium_storage::{Cf, EngineRef, MemoryEngine, WriteBatch};
 use scandium_types::{Peer, Region, Store};
 use std::fmt::Write as _;
@@ -47,6 +49,9 @@ fn placement_records() {
         Kind::PutRegion(region(3, b"r", b"t", 2)),
         Kind::RaiseTsoLimit(1_700_000_003_000),
         Kind::UpdateGcSafePoint(7),
+        Kind::StoresSeen(StoresSeen {
+            seen: vec![StoreSeen { store_id: 1, wall_ms: 1_700_000_004_000 }],
+        }),
     ] {
         responses.push(state.apply(&Command::new(kind).encode_to_vec(), &mut batch));
     }

@@ -3,7 +3,6 @@
 
 use crate::config::Config;
 use crate::error::{store_not_match, RequestError};
-use crate::heartbeat::Coordinator;
 use crate::network::{Clients, Directory, Links};
 use crate::placement::Placement;
 use crate::raft_driver::RaftHandle;
@@ -50,9 +49,9 @@ pub struct NodeContext {
     pub links: Arc<Links>,
     /// Raft messages to other nodes.
     pub transport: Transport,
-    /// The placement leader's view of stores and operators (used while this node leads
-    /// the placement group).
-    pub coordinator: Coordinator,
+    /// The placement leader's control plane: store liveness, operators, scheduling (idle
+    /// unless this node leads the placement group).
+    pub control: crate::heartbeat::Control,
     /// Notified to send a heartbeat now (leadership or Region changed here).
     pub heartbeat_now: Notify,
     /// Every task the node runs, ended when it stops.
@@ -107,7 +106,8 @@ impl NodeContext {
 
     /// What this node, as placement leader, knows of each store's heartbeats.
     pub fn store_liveness(&self) -> Vec<StoreLiveness> {
-        let live = self.coordinator.liveness();
+        let control = self.control.lock();
+        let live = control.liveness(crate::heartbeat::now());
         self.placement
             .read()
             .stores()
@@ -115,7 +115,7 @@ impl NodeContext {
                 let status = scandium_placement::scheduler::store_status(
                     store,
                     &live,
-                    self.coordinator.config(),
+                    &control.config().scheduler,
                 );
                 StoreLiveness {
                     store_id: store.id,

@@ -1,88 +1,54 @@
-//! Heartbeats: how the placement leader learns which stores are alive, which Regions
-//! each leads and how their replicas are doing, and how it tells Region leaders what to
-//! change.
+//! Heartbeats: the server's driver of the control plane (`scandium_placement::control`).
 //!
 //! Every node sends one heartbeat a second (and at once after a leadership or Region
-//! change here) to the placement leader, listing the Regions it leads. The leader notes
-//! the store alive, records in the placement group's log whatever changed (a Region's
-//! shape, its leader and term), and answers with one membership step per Region that
-//! needs one ([`scandium_placement::scheduler`]), which the Region's leader proposes. The
-//! placement group itself is scheduled by its own leader, from its own Raft state.
+//! change here) to the placement leader: its store, and the Regions it leads (shape,
+//! leader, term, lagging peers). The placement leader hands them to its
+//! [`ControlPlane`], records in the placement group's log what changed (in one
+//! `ReportRegions`), allocates ids for new replicas when it runs low, and answers with the
+//! operator steps for the sender's Regions, which the sender carries out as membership
+//! changes or leader transfers, each only if its Region is still at the epoch the step was
+//! planned against. On its own beat the leader also schedules the placement group itself
+//! and proposes what the control plane's clock wants (the stores' last heartbeats, drained
+//! stores retired).
 
 use crate::context::NodeContext;
 use crate::error::RequestError;
 use prost::Message as _;
-use scandium_placement::scheduler::{self, Decision, Liveness, RegionHealth, SchedulerConfig};
-use scandium_placement::RegionReport;
+use scandium_placement::{
+    ControlPlane, Kind, Now, OperatorStep, RegionHeartbeat as Heartbeat, RegionReport, StepAction,
+};
 use scandium_protocol::scandium::{HeartbeatRequest, Operator, RegionHeartbeat};
 use scandium_raftstore::{PeerChange, RegionStatus, META_GROUP_ID};
-use scandium_types::{Peer, Region, StoreId};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use scandium_types::{Peer, RegionEpoch};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-/// How long an operator for a Region is given before the scheduler may issue another
-/// one for the same epoch.
-const OPERATOR_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Operator kinds on the wire.
+/// Operator step kinds on the wire.
 const ADD_LEARNER: u32 = 1;
 const PROMOTE: u32 = 2;
 const REMOVE: u32 = 3;
 const TRANSFER_LEADER: u32 = 4;
 
-/// What the placement leader knows beyond the placement state: when each store was last
-/// heard from, and which operators it issued lately.
-pub struct Coordinator {
-    config: SchedulerConfig,
-    heard: Mutex<BTreeMap<StoreId, u64>>,
-    /// Region id to the epoch (`conf_ver`) an operator was issued at, and when.
-    issued: Mutex<HashMap<u64, (u64, Instant)>>,
+/// The placement leader's control plane on this node (idle unless it leads).
+pub struct Control {
+    plane: Mutex<ControlPlane>,
 }
 
-impl Coordinator {
-    /// A coordinator judging stores by `config`.
-    pub fn new(config: SchedulerConfig) -> Coordinator {
-        Coordinator { config, heard: Mutex::default(), issued: Mutex::default() }
+impl Control {
+    /// A control plane judging by `plane`'s settings.
+    pub fn new(plane: ControlPlane) -> Control {
+        Control { plane: Mutex::new(plane) }
     }
 
-    /// Notes a heartbeat from `store`.
-    pub fn heard(&self, store: StoreId) {
-        self.heard
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(store, crate::clock::monotonic_ms());
+    /// The control plane, locked (never across an await).
+    pub fn lock(&self) -> MutexGuard<'_, ControlPlane> {
+        self.plane.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
-    /// Stores' liveness as of now.
-    pub fn liveness(&self) -> Liveness {
-        Liveness {
-            last_heartbeat_ms: self.heard.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            now_ms: crate::clock::monotonic_ms(),
-        }
-    }
-
-    /// How stores are judged.
-    pub fn config(&self) -> &SchedulerConfig {
-        &self.config
-    }
-
-    /// Whether an operator for `region` may be issued now (none issued for its current
-    /// epoch lately); if so, records that one is.
-    fn may_issue(&self, region: &Region) -> bool {
-        let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
-        match issued.get(&region.id) {
-            Some((conf_ver, at))
-                if *conf_ver == region.conf_ver && at.elapsed() < OPERATOR_TIMEOUT =>
-            {
-                false
-            }
-            _ => {
-                issued.insert(region.id, (region.conf_ver, Instant::now()));
-                true
-            }
-        }
-    }
+/// The placement leader's clocks.
+pub fn now() -> Now {
+    Now { monotonic_ms: crate::clock::monotonic_ms(), wall_ms: crate::clock::now_ms() }
 }
 
 /// Sends heartbeats forever: every `interval`, and soon after `node.heartbeat_now` is
@@ -119,9 +85,10 @@ pub async fn beat(node: &Arc<NodeContext>) -> Result<(), RequestError> {
         HeartbeatRequest { cluster_id: node.cluster_id(), store_id: node.store_id, regions };
     let operators = if node.placement.is_serving() {
         let operators = handle(node, request).await?;
-        schedule_meta(node).await;
+        lead(node).await;
         operators
     } else {
+        node.control.lock().step_down();
         let address = node.placement.wait_leader().await?;
         let mut client = node.clients.cluster(&address).map_err(RequestError::Internal)?;
         let call = tokio::time::timeout(Duration::from_secs(2), client.heartbeat(request));
@@ -136,8 +103,12 @@ pub async fn beat(node: &Arc<NodeContext>) -> Result<(), RequestError> {
         reply.operators
     };
     for operator in operators {
+        let Some(step) = step_of(&operator) else {
+            tracing::warn!(region = operator.region_id, kind = operator.kind, "malformed operator");
+            continue;
+        };
         let node = node.clone();
-        node.clone().tasks.spawn(async move { execute(&node, operator).await });
+        node.clone().tasks.spawn(async move { execute(&node, step).await });
     }
     Ok(())
 }
@@ -150,165 +121,166 @@ fn report_of(status: &RegionStatus) -> RegionReport {
     }
 }
 
-/// The placement leader's side of a heartbeat: record what changed, decide what to do.
+fn heartbeat_of(status: &RegionStatus) -> Heartbeat {
+    Heartbeat {
+        report: report_of(status),
+        pending: status.pending_peers.iter().map(|p| p.id).collect(),
+    }
+}
+
+/// Makes sure the control plane runs for the placement term this node leads now (a new
+/// leader takes over from what the log records). `None` if it does not lead.
+fn leading_term(node: &NodeContext) -> Option<u64> {
+    let status = node.registry.meta().status.filter(|s| s.ready_for_reads)?;
+    let mut control = node.control.lock();
+    if !control.leads(status.term) {
+        control.take_over(status.term, &node.placement.read(), now());
+        tracing::debug!(term = status.term, "the control plane runs here now");
+    }
+    Some(status.term)
+}
+
+/// The placement leader's side of a heartbeat: note the store alive, record what changed,
+/// answer with the steps of the Regions' operators.
 pub async fn handle(
     node: &Arc<NodeContext>,
     request: HeartbeatRequest,
 ) -> Result<Vec<Operator>, RequestError> {
-    node.coordinator.heard(request.store_id);
-    let mut reports = Vec::with_capacity(request.regions.len());
-    for heartbeat in request.regions {
-        let Ok(report) = RegionReport::decode(heartbeat.report.as_slice()) else { continue };
-        if report.region.is_some() {
-            reports.push((report, heartbeat.pending_peers));
-        }
+    if leading_term(node).is_none() {
+        return Err(RequestError::Internal("this node does not lead placement".into()));
     }
-    let changed: Vec<RegionReport> = {
-        let state = node.placement.read();
-        reports
-            .iter()
-            .map(|(report, _)| report)
-            .filter(|report| {
-                let region = report.region.as_ref().expect("checked above");
-                let known = state.region(region.id).map(|r| r.epoch());
-                let leader = state.leader_record(region.id).map(|l| (l.peer_id, l.term));
-                known != Some(region.epoch())
-                    || leader != Some((report.leader_peer_id, report.term))
-            })
-            .cloned()
-            .collect()
+    let heartbeats: Vec<Heartbeat> = request
+        .regions
+        .iter()
+        .filter_map(|h| {
+            let report = RegionReport::decode(h.report.as_slice()).ok()?;
+            report.region.is_some().then(|| Heartbeat { report, pending: h.pending_peers.clone() })
+        })
+        .collect();
+    let (intake, wants_ids) = {
+        let mut control = node.control.lock();
+        let now = now();
+        control.store_heartbeat(request.store_id, now);
+        let intake = control.region_heartbeats(&node.placement.read(), &heartbeats, now);
+        (intake, control.wants_ids())
     };
-    if !changed.is_empty() {
-        node.placement.report_regions(changed).await?;
+    if !intake.changed.is_empty() {
+        node.placement.report_regions(intake.changed).await?;
     }
-    let live = node.coordinator.liveness();
-    let mut decisions = Vec::new();
-    {
-        let state = node.placement.read();
-        for (report, pending) in &reports {
-            let region = report.region.as_ref().expect("checked above");
-            let health = RegionHealth { leader: report.leader_peer_id, pending: pending.clone() };
-            let decision =
-                scheduler::decide(&state, &live, node.coordinator.config(), region, &health, false);
-            if let Some(decision) = decision {
-                if node.coordinator.may_issue(region) {
-                    decisions.push((region.id, decision));
-                }
-            }
-        }
+    if wants_ids {
+        supply_ids(node).await;
     }
-    let mut operators = Vec::with_capacity(decisions.len());
-    for (region_id, decision) in decisions {
-        operators.push(to_operator(node, region_id, decision).await?);
-    }
-    Ok(operators)
+    Ok(intake.steps.iter().map(operator_of).collect())
 }
 
-async fn to_operator(
-    node: &NodeContext,
-    region_id: u64,
-    decision: Decision,
-) -> Result<Operator, RequestError> {
-    let encode = |peers: Vec<Peer>| peers.iter().map(|p| p.encode_to_vec()).collect();
-    Ok(match decision {
-        Decision::AddLearner(store) => {
-            let id = node.placement.alloc_ids(1).await?;
-            Operator { region_id, kind: ADD_LEARNER, peers: encode(vec![Peer::learner(id, store)]) }
-        }
-        Decision::Promote(peers) => Operator { region_id, kind: PROMOTE, peers: encode(peers) },
-        Decision::Remove(peer) => Operator { region_id, kind: REMOVE, peers: encode(vec![peer]) },
-        Decision::TransferLeader(peer) => {
-            Operator { region_id, kind: TRANSFER_LEADER, peers: encode(vec![peer]) }
-        }
-    })
-}
-
-/// Drained (`Offline`) stores that hold no replica any more become tombstones.
-async fn retire_drained_stores(node: &Arc<NodeContext>) {
-    let drained: Vec<StoreId> = {
-        let state = node.placement.read();
-        let meta_peers = node.registry.meta().status.map(|s| s.region.peers).unwrap_or_default();
-        state
-            .stores()
-            .filter(|s| s.state() == scandium_types::StoreState::Offline)
-            .filter(|s| state.regions().all(|r| r.peer_on_store(s.id).is_none()))
-            .filter(|s| meta_peers.iter().all(|p| p.store_id != s.id))
-            .map(|s| s.id)
-            .collect()
-    };
-    for store_id in drained {
-        let change = scandium_placement::StoreStateChange {
-            store_id,
-            state: scandium_types::StoreState::Tombstone as i32,
-        };
-        match node.placement.propose(scandium_placement::Kind::SetStoreState(change)).await {
-            Ok(_) => tracing::info!(
-                store_id,
-                "a drained store holds no replica any more: it is now a tombstone"
-            ),
-            Err(error) => tracing::debug!(store_id, %error, "cannot retire store yet"),
-        }
+async fn supply_ids(node: &NodeContext) {
+    let count = scandium_placement::control::ID_BATCH;
+    match node.placement.alloc_ids(count).await {
+        Ok(first) => node.control.lock().supply_ids(first, count),
+        Err(error) => tracing::debug!(%error, "cannot reserve ids for new replicas yet"),
     }
 }
 
-/// The placement leader schedules its own group from its own view of it.
-async fn schedule_meta(node: &Arc<NodeContext>) {
-    retire_drained_stores(node).await;
+/// The placement leader's own beat: what the control plane's clock wants proposed, and
+/// the placement group's own operator.
+async fn lead(node: &Arc<NodeContext>) {
     let Some(status) = node.registry.meta().status.filter(|s| s.ready_for_reads) else { return };
-    let live = node.coordinator.liveness();
-    let decision = {
-        let state = node.placement.read();
-        let health = RegionHealth {
-            leader: status.peer.id,
-            pending: status.pending_peers.iter().map(|p| p.id).collect(),
-        };
-        scheduler::decide(&state, &live, node.coordinator.config(), &status.region, &health, true)
-    };
-    let Some(decision) = decision else { return };
-    if !node.coordinator.may_issue(&status.region) {
+    if leading_term(node).is_none() {
         return;
     }
-    match to_operator(node, META_GROUP_ID, decision).await {
-        Ok(operator) => execute(node, operator).await,
-        Err(error) => tracing::debug!(%error, "cannot schedule the placement group"),
+    let (proposals, step) = {
+        let mut control = node.control.lock();
+        let state = node.placement.read();
+        let now = now();
+        let proposals = control.tick(&state, &status.region.peers, now);
+        let step = control.meta_heartbeat(&state, &heartbeat_of(&status), now);
+        (proposals, step)
+    };
+    for kind in proposals {
+        if let Err(error) = node.placement.propose(kind.clone()).await {
+            tracing::debug!(%error, ?kind, "placement record not made yet");
+        } else if let Kind::SetStoreState(change) = kind {
+            tracing::info!(
+                store_id = change.store_id,
+                "a drained store holds no replica any more: it is now a tombstone"
+            );
+        }
+    }
+    if let Some(step) = step {
+        execute(node, step).await;
     }
 }
 
-/// Carries out an operator on the Region's local leader.
-async fn execute(node: &Arc<NodeContext>, operator: Operator) {
-    let peers: Vec<Peer> =
-        operator.peers.iter().filter_map(|bytes| Peer::decode(bytes.as_slice()).ok()).collect();
-    let region = operator.region_id;
-    let result = match (operator.kind, peers.as_slice()) {
-        (ADD_LEARNER, [peer]) => node
-            .raft
-            .change_peers(region, vec![PeerChange::AddLearner(peer.clone())])
-            .await
-            .map(|_| ()),
-        (PROMOTE, peers) if !peers.is_empty() => {
-            let changes = peers.iter().map(|p| PeerChange::AddVoter(p.clone())).collect();
-            node.raft.change_peers(region, changes).await.map(|_| ())
-        }
-        (REMOVE, [peer]) => {
-            node.raft.change_peers(region, vec![PeerChange::Remove(peer.clone())]).await.map(|_| ())
-        }
-        (TRANSFER_LEADER, [peer]) => {
+/// Carries out an operator step on the Region's local leader, if the Region is still at
+/// the epoch the step was planned against.
+async fn execute(node: &Arc<NodeContext>, step: OperatorStep) {
+    let region_id = step.region_id;
+    let status = match region_id {
+        META_GROUP_ID => node.registry.meta().status,
+        id => node.registry.get(id),
+    };
+    let Some(status) = status else { return };
+    if !step.applies_to(&status.region) {
+        tracing::debug!(region_id, ?step, "operator step planned against another epoch: refused");
+        return;
+    }
+    let result = match &step.action {
+        StepAction::TransferLeader(peer) => {
             let peer_id = peer.id;
-            node.raft
-                .with_store(move |store| store.transfer_leader(region, peer_id))
-                .await
-                .and_then(|r| r)
+            let transfer =
+                node.raft.with_store(move |store| store.transfer_leader(region_id, peer_id));
+            transfer.await.and_then(|r| r)
         }
-        _ => {
-            tracing::warn!(region, kind = operator.kind, "malformed operator");
-            return;
-        }
+        action => node.raft.change_peers(region_id, peer_changes(action)).await.map(|_| ()),
     };
     match result {
-        Ok(()) => {
-            tracing::info!(region, kind = operator.kind, peers = ?peers, "carried out a placement operator");
+        Ok(_) => {
+            tracing::info!(region_id, action = ?step.action, "carried out an operator step");
             node.heartbeat_now.notify_one();
         }
-        Err(error) => tracing::debug!(region, %error, "placement operator not carried out"),
+        Err(error) => tracing::debug!(region_id, %error, "operator step not carried out"),
     }
+}
+
+/// A membership step as the raftstore proposes it.
+fn peer_changes(action: &StepAction) -> Vec<PeerChange> {
+    match action {
+        StepAction::AddLearner(peer) => vec![PeerChange::AddLearner(peer.clone())],
+        StepAction::Promote(peers) => {
+            peers.iter().map(|p| PeerChange::AddVoter(p.clone())).collect()
+        }
+        StepAction::Remove(peer) => vec![PeerChange::Remove(peer.clone())],
+        StepAction::TransferLeader(_) => Vec::new(),
+    }
+}
+
+fn operator_of(step: &OperatorStep) -> Operator {
+    let encode = |peers: &[Peer]| peers.iter().map(|p| p.encode_to_vec()).collect();
+    let (kind, peers) = match &step.action {
+        StepAction::AddLearner(peer) => (ADD_LEARNER, encode(std::slice::from_ref(peer))),
+        StepAction::Promote(peers) => (PROMOTE, encode(peers)),
+        StepAction::Remove(peer) => (REMOVE, encode(std::slice::from_ref(peer))),
+        StepAction::TransferLeader(peer) => (TRANSFER_LEADER, encode(std::slice::from_ref(peer))),
+    };
+    Operator {
+        region_id: step.region_id,
+        kind,
+        peers,
+        conf_ver: step.epoch.conf_ver,
+        version: step.epoch.version,
+    }
+}
+
+fn step_of(operator: &Operator) -> Option<OperatorStep> {
+    let peers: Vec<Peer> =
+        operator.peers.iter().filter_map(|bytes| Peer::decode(bytes.as_slice()).ok()).collect();
+    let action = match (operator.kind, peers.as_slice()) {
+        (ADD_LEARNER, [peer]) => StepAction::AddLearner(peer.clone()),
+        (PROMOTE, peers) if !peers.is_empty() => StepAction::Promote(peers.to_vec()),
+        (REMOVE, [peer]) => StepAction::Remove(peer.clone()),
+        (TRANSFER_LEADER, [peer]) => StepAction::TransferLeader(peer.clone()),
+        _ => return None,
+    };
+    let epoch = RegionEpoch { conf_ver: operator.conf_ver, version: operator.version };
+    Some(OperatorStep { region_id: operator.region_id, epoch, action })
 }

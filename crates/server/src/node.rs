@@ -5,7 +5,6 @@ use crate::clock::now_ms;
 use crate::config::{Config, ConfigError};
 use crate::context::NodeContext;
 use crate::grpc::{keyspace::KeyspaceService, pd::PdService, tikv::TikvService};
-use crate::heartbeat::Coordinator;
 use crate::network::{Clients, Directory, Links};
 use crate::placement::{MetaApplier, Placement, PlacementNetwork};
 use crate::raft_driver::{Outputs, RaftDriver};
@@ -14,6 +13,7 @@ use crate::transport::{Transport, TransportConfig};
 use prost::Message as _;
 use scandium_placement::scheduler::SchedulerConfig;
 use scandium_placement::Kind;
+use scandium_placement::{ControlConfig, ControlPlane};
 use scandium_placement::{KeyspaceMeta, PlacementState};
 use scandium_protocol::keyspacepb::keyspace_server::KeyspaceServer;
 use scandium_protocol::pdpb::pd_server::PdServer;
@@ -197,6 +197,12 @@ impl Node {
             disconnect_ms: (5 * config.heartbeat_interval_ms).max(2_000),
             down_ms: config.store_down_secs * 1000,
         };
+        let control = ControlConfig {
+            scheduler,
+            // The stores' last heartbeats go into the log every ten beats.
+            record_liveness_ms: 10 * config.heartbeat_interval_ms,
+            ..ControlConfig::default()
+        };
         let disk =
             Arc::new(crate::disk::DiskSpace::new(&config.data_dir, config.reserve_space_bytes));
         tasks.spawn(crate::disk::run(disk.clone()));
@@ -224,7 +230,7 @@ impl Node {
             clients,
             links,
             transport,
-            coordinator: Coordinator::new(scheduler),
+            control: crate::heartbeat::Control::new(ControlPlane::new(control)),
             heartbeat_now: tokio::sync::Notify::new(),
             tasks,
             refused: AtomicU64::new(0),
@@ -647,6 +653,8 @@ async fn register(node: Arc<NodeContext>) {
         state: StoreState::Up as i32,
         version: env!("CARGO_PKG_VERSION").into(),
         start_timestamp: (now_ms() / 1000) as i64,
+        // Placement keeps what it recorded.
+        last_heartbeat_ms: 0,
     };
     let mut backoff = Duration::from_millis(100);
     loop {

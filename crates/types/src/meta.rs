@@ -167,6 +167,12 @@ pub struct Store {
     /// Unix seconds when the store last started.
     #[prost(int64, tag = "5")]
     pub start_timestamp: i64,
+    /// Wall-clock milliseconds of the store's last heartbeat, as a placement leader last
+    /// recorded it (every few seconds): what a new placement leader judges a store it has
+    /// not heard from yet by, so that a store that died before the leader changed still
+    /// comes to count as down.
+    #[prost(uint64, tag = "6")]
+    pub last_heartbeat_ms: u64,
 }
 
 #[cfg(test)]

@@ -1,0 +1,375 @@
+//! The control plane: what the placement leader makes of heartbeats.
+//!
+//! Every node reports, about once a second, that its store is alive and how each Region
+//! it leads is doing (shape, leader, term, lagging peers). The placement leader's
+//! [`ControlPlane`]:
+//!
+//! * notes when each store was last heard from (its *liveness*), and says which Region
+//!   reports changed what placement records (the driver records them in the placement
+//!   group's log);
+//! * keeps at most one [`Operator`] per Region: when a Region has none, asks the
+//!   scheduler (`scheduler::decide`) what it should become next and starts one; every
+//!   heartbeat of the Region then advances it, and what it wants sent goes back to the
+//!   Region's leader with the heartbeat's answer;
+//! * on its own clock ([`ControlPlane::tick`]): records the stores' last heartbeats in
+//!   the log every few seconds, and retires drained stores that hold no replica any more.
+//!
+//! Liveness survives a change of placement leader: a new leader starts from the times the
+//! log holds (at most a few seconds old), never from "everyone is alive", so a store that
+//! died before the change is still marked down once `down_ms` has passed since it was
+//! last heard, and one that is alive is heard again within a heartbeat interval.
+//!
+//! Sans-I/O, like every core: the driver (the server's heartbeat service, or the
+//! simulator's event queue) hands it heartbeats and the time, and carries out what it
+//! returns: records to propose, steps to send, ids to allocate.
+
+use crate::operator::{Ended, Operator, OperatorKind, OperatorStep, OperatorTimeouts, Progress};
+use crate::scheduler::{self, Decision, Liveness, RegionHealth, SchedulerConfig};
+use crate::{Kind, PlacementState, RegionReport, StoreSeen, StoreStateChange, StoresSeen};
+use scandium_types::{PeerId, Region, RegionId, StoreId, StoreState};
+use std::collections::{BTreeMap, VecDeque};
+
+/// How the control plane judges and acts.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// How stores are judged and how many replicas are wanted.
+    pub scheduler: SchedulerConfig,
+    /// How long operators' steps may take.
+    pub timeouts: OperatorTimeouts,
+    /// How often the stores' last heartbeats are recorded in the log.
+    pub record_liveness_ms: u64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            scheduler: SchedulerConfig::default(),
+            timeouts: OperatorTimeouts::default(),
+            record_liveness_ms: 10_000,
+        }
+    }
+}
+
+/// The two clocks of the placement leader.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic milliseconds: liveness and timeouts are measured on it.
+    pub monotonic_ms: u64,
+    /// Wall-clock milliseconds: what is recorded for the next leader.
+    pub wall_ms: u64,
+}
+
+/// A Region's leader's report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegionHeartbeat {
+    /// The Region's shape, leader and term.
+    pub report: RegionReport,
+    /// Peers that are behind (learners not caught up, lagging voters).
+    pub pending: Vec<PeerId>,
+}
+
+/// What the driver must do with a batch of Region heartbeats.
+#[derive(Debug, Default, PartialEq)]
+pub struct Intake {
+    /// Reports whose shape or leader placement does not record yet: propose them.
+    pub changed: Vec<RegionReport>,
+    /// Steps for the reporting store (the Regions' leader) to carry out.
+    pub steps: Vec<OperatorStep>,
+}
+
+/// Operators started and ended since the leader took over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OperatorCounts {
+    /// Started.
+    pub started: u64,
+    /// Every step took effect.
+    pub finished: u64,
+    /// A step took too long.
+    pub timed_out: u64,
+    /// The Region was split or merged meanwhile.
+    pub cancelled: u64,
+}
+
+/// The placement leader's control plane (see the module docs). On other nodes it is idle.
+#[derive(Debug)]
+pub struct ControlPlane {
+    config: ControlConfig,
+    /// The placement term this node leads in, if it does.
+    term: Option<u64>,
+    /// Each store's last heartbeat, monotonic milliseconds.
+    heard: BTreeMap<StoreId, u64>,
+    /// Each store's last heartbeat, wall-clock milliseconds, not yet recorded.
+    unrecorded: BTreeMap<StoreId, u64>,
+    recorded_ms: u64,
+    operators: BTreeMap<RegionId, Operator>,
+    /// The placement group's own operator.
+    meta_operator: Option<Operator>,
+    /// Peer ids reserved for new replicas.
+    ids: VecDeque<u64>,
+    counts: OperatorCounts,
+    /// Deliberately broken (the simulator proves its checks catch it): a new leader
+    /// forgets the recorded heartbeats and counts stores it has not heard from as never
+    /// seen, so a store that died before the change is never marked down.
+    forget_liveness: bool,
+}
+
+/// Ids reserved at a time for new replicas.
+pub const ID_BATCH: u64 = 16;
+
+impl ControlPlane {
+    /// An idle control plane.
+    pub fn new(config: ControlConfig) -> ControlPlane {
+        ControlPlane {
+            config,
+            term: None,
+            heard: BTreeMap::new(),
+            unrecorded: BTreeMap::new(),
+            recorded_ms: 0,
+            operators: BTreeMap::new(),
+            meta_operator: None,
+            ids: VecDeque::new(),
+            counts: OperatorCounts::default(),
+            forget_liveness: false,
+        }
+    }
+
+    /// The same, deliberately broken: see `forget_liveness`.
+    pub fn forgetting_liveness(config: ControlConfig) -> ControlPlane {
+        ControlPlane { forget_liveness: true, ..ControlPlane::new(config) }
+    }
+
+    /// How it judges.
+    pub fn config(&self) -> &ControlConfig {
+        &self.config
+    }
+
+    /// Whether this node leads the placement group in `term` (and runs the control plane).
+    pub fn leads(&self, term: u64) -> bool {
+        self.term == Some(term)
+    }
+
+    /// This node became placement leader in `term`: stores are judged from the
+    /// heartbeats the log records (each as if heard then, mapped onto this node's
+    /// monotonic clock), operators start afresh.
+    pub fn take_over(&mut self, term: u64, state: &PlacementState, now: Now) {
+        self.term = Some(term);
+        self.operators.clear();
+        self.meta_operator = None;
+        self.unrecorded.clear();
+        self.recorded_ms = now.monotonic_ms;
+        self.heard = state
+            .stores()
+            .filter(|_| !self.forget_liveness)
+            .map(|store| {
+                // Never recorded (a store from before this record existed): as if heard
+                // now, so that it still comes to count as down if it is gone.
+                let age = match store.last_heartbeat_ms {
+                    0 => 0,
+                    at => now.wall_ms.saturating_sub(at),
+                };
+                (store.id, now.monotonic_ms.saturating_sub(age))
+            })
+            .collect();
+    }
+
+    /// This node no longer leads the placement group.
+    pub fn step_down(&mut self) {
+        self.term = None;
+        self.operators.clear();
+        self.meta_operator = None;
+        self.heard.clear();
+        self.unrecorded.clear();
+    }
+
+    /// The stores' liveness as of `now`.
+    pub fn liveness(&self, now: Now) -> Liveness {
+        Liveness { last_heartbeat_ms: self.heard.clone(), now_ms: now.monotonic_ms }
+    }
+
+    /// Operators started and ended under this leader.
+    pub fn counts(&self) -> OperatorCounts {
+        self.counts
+    }
+
+    /// Operators in progress.
+    pub fn operators(&self) -> impl Iterator<Item = &Operator> {
+        self.operators.values().chain(self.meta_operator.as_ref())
+    }
+
+    /// Whether new replicas need ids: allocate [`ID_BATCH`] and [`supply_ids`].
+    ///
+    /// [`supply_ids`]: ControlPlane::supply_ids
+    pub fn wants_ids(&self) -> bool {
+        self.ids.len() < 4
+    }
+
+    /// Ids `first..first + count`, allocated for new replicas.
+    pub fn supply_ids(&mut self, first: u64, count: u64) {
+        self.ids.extend(first..first + count);
+    }
+
+    /// A heartbeat from `store`.
+    pub fn store_heartbeat(&mut self, store: StoreId, now: Now) {
+        self.heard.insert(store, now.monotonic_ms);
+        self.unrecorded.insert(store, now.wall_ms);
+    }
+
+    /// The Regions `store` leads, as it reports them: what placement must record, and the
+    /// steps of their operators for the store to carry out.
+    pub fn region_heartbeats(
+        &mut self,
+        state: &PlacementState,
+        heartbeats: &[RegionHeartbeat],
+        now: Now,
+    ) -> Intake {
+        let mut intake = Intake::default();
+        let live = self.liveness(now);
+        for heartbeat in heartbeats {
+            let Some(region) = heartbeat.report.region.as_ref() else { continue };
+            let known = state.region(region.id).map(|r| r.epoch());
+            let leader = state.leader_record(region.id).map(|l| (l.peer_id, l.term));
+            let report = &heartbeat.report;
+            if known != Some(region.epoch()) || leader != Some((report.leader_peer_id, report.term))
+            {
+                intake.changed.push(report.clone());
+            }
+            let pending = heartbeat.pending.clone();
+            let health = RegionHealth { leader: report.leader_peer_id, pending };
+            let operator = self.operators.remove(&region.id);
+            if let Some(step) = self.advance(state, &live, region, &health, operator, false, now) {
+                intake.steps.push(step);
+            }
+        }
+        intake
+    }
+
+    /// The placement group as its leader (this node) sees it: the step its own operator
+    /// wants carried out, if any.
+    pub fn meta_heartbeat(
+        &mut self,
+        state: &PlacementState,
+        heartbeat: &RegionHeartbeat,
+        now: Now,
+    ) -> Option<OperatorStep> {
+        let region = heartbeat.report.region.as_ref()?;
+        let live = self.liveness(now);
+        let leader = heartbeat.report.leader_peer_id;
+        let health = RegionHealth { leader, pending: heartbeat.pending.clone() };
+        let operator = self.meta_operator.take();
+        self.advance(state, &live, region, &health, operator, true, now)
+    }
+
+    /// Advances the Region's operator (or starts one), keeping it if it goes on. One that
+    /// ends makes way at once for the next, if the scheduler wants one.
+    #[allow(clippy::too_many_arguments)]
+    fn advance(
+        &mut self,
+        state: &PlacementState,
+        live: &Liveness,
+        region: &Region,
+        health: &RegionHealth,
+        operator: Option<Operator>,
+        is_meta: bool,
+        now: Now,
+    ) -> Option<OperatorStep> {
+        let (mut operator, fresh) = match operator {
+            Some(operator) => (operator, false),
+            None => {
+                let config = &self.config.scheduler;
+                let decision = scheduler::decide(state, live, config, region, health, is_meta)?;
+                (self.operator_for(region, health, decision, now)?, true)
+            }
+        };
+        let (leader, pending) = (health.leader, &health.pending);
+        let timeouts = self.config.timeouts;
+        let progress = operator.observe(region, leader, pending, now.monotonic_ms, timeouts);
+        let step = match progress {
+            Progress::Send(step) => Some(step),
+            Progress::Wait => None,
+            Progress::Ended(ended) => {
+                match ended {
+                    Ended::Finished => self.counts.finished += 1,
+                    Ended::TimedOut => self.counts.timed_out += 1,
+                    Ended::Cancelled => self.counts.cancelled += 1,
+                }
+                return match fresh {
+                    true => None,
+                    false => self.advance(state, live, region, health, None, is_meta, now),
+                };
+            }
+        };
+        match is_meta {
+            true => self.meta_operator = Some(operator),
+            false => {
+                self.operators.insert(region.id, operator);
+            }
+        }
+        step
+    }
+
+    /// The operator that carries out `decision`; `None` if it needs an id none is left of.
+    fn operator_for(
+        &mut self,
+        region: &Region,
+        health: &RegionHealth,
+        decision: Decision,
+        now: Now,
+    ) -> Option<Operator> {
+        let at = now.monotonic_ms;
+        let operator = match decision {
+            Decision::AddLearner(store) => {
+                let id = self.ids.pop_front()?;
+                Operator::add_replica(region, store, id, at)
+            }
+            Decision::Promote(peers) => Operator::new(
+                region,
+                OperatorKind::PromoteLearners,
+                vec![crate::operator::StepAction::Promote(peers)],
+                at,
+            ),
+            Decision::Remove(peer) => Operator::remove_replica(region, peer, None, at),
+            // The leader's own replica must go: leadership moves first.
+            Decision::TransferLeader(successor) => {
+                let victim = region.peer(health.leader)?.clone();
+                Operator::remove_replica(region, victim, Some(successor), at)
+            }
+        };
+        self.counts.started += 1;
+        Some(operator)
+    }
+
+    /// Work on the leader's own clock: the placement commands to propose now (the stores'
+    /// last heartbeats every `record_liveness_ms`; drained stores that hold no replica any
+    /// more, not even of the placement group (`meta_peers`), retired).
+    pub fn tick(
+        &mut self,
+        state: &PlacementState,
+        meta_peers: &[scandium_types::Peer],
+        now: Now,
+    ) -> Vec<Kind> {
+        let mut proposals = Vec::new();
+        let since = now.monotonic_ms.saturating_sub(self.recorded_ms);
+        let due = since >= self.config.record_liveness_ms;
+        if due && !self.unrecorded.is_empty() {
+            self.recorded_ms = now.monotonic_ms;
+            let seen = std::mem::take(&mut self.unrecorded)
+                .into_iter()
+                .map(|(store_id, wall_ms)| StoreSeen { store_id, wall_ms })
+                .collect();
+            proposals.push(Kind::StoresSeen(StoresSeen { seen }));
+        }
+        for store in state.stores().filter(|s| s.state() == StoreState::Offline) {
+            let holds = state.regions().any(|r| r.peer_on_store(store.id).is_some())
+                || meta_peers.iter().any(|p| p.store_id == store.id);
+            if !holds {
+                let tombstone = StoreState::Tombstone as i32;
+                let change = StoreStateChange { store_id: store.id, state: tombstone };
+                proposals.push(Kind::SetStoreState(change));
+            }
+        }
+        proposals
+    }
+}
+
+#[cfg(test)]
+mod tests;

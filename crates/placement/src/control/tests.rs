@@ -1,0 +1,123 @@
+use super::*;
+use crate::command::Command;
+use crate::operator::StepAction;
+use crate::state::KeyspaceMeta;
+use scandium_storage::WriteBatch;
+use scandium_types::{Peer, Store};
+
+fn store(id: u64) -> Store {
+    Store { id, address: format!("127.0.0.1:{id}"), ..Default::default() }
+}
+
+fn apply(state: &mut PlacementState, kind: Kind) {
+    let command = prost::Message::encode_to_vec(&Command::new(kind));
+    state.apply(&command, &mut WriteBatch::new());
+}
+
+fn region(peers: Vec<Peer>, conf_ver: u64) -> Region {
+    Region { id: 10, peers, conf_ver, version: 1, ..Default::default() }
+}
+
+fn cluster(stores: u64, region: Region) -> PlacementState {
+    let keyspace = KeyspaceMeta { id: 0, name: "DEFAULT".into(), state: 0, created_at: 0 };
+    let (mut state, _) = PlacementState::bootstrap(1, 100, store(1), vec![region], vec![keyspace]);
+    for id in 2..=stores {
+        apply(&mut state, Kind::PutStore(store(id)));
+    }
+    state
+}
+
+fn config() -> ControlConfig {
+    let scheduler = SchedulerConfig { meta_voters: 3, disconnect_ms: 2_000, down_ms: 10_000 };
+    ControlConfig { scheduler, record_liveness_ms: 1_000, ..ControlConfig::default() }
+}
+
+fn at(ms: u64) -> Now {
+    Now { monotonic_ms: ms, wall_ms: 1_000_000 + ms }
+}
+
+fn heartbeat(region: &Region, leader: u64, pending: &[u64]) -> RegionHeartbeat {
+    let report = RegionReport { region: Some(region.clone()), leader_peer_id: leader, term: 5 };
+    RegionHeartbeat { report, pending: pending.to_vec() }
+}
+
+#[test]
+fn a_store_that_died_before_the_leader_changed_is_still_marked_down() {
+    let full = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)], 3);
+    let mut state = cluster(4, full.clone());
+    let mut old = ControlPlane::new(config());
+    old.take_over(1, &state, at(0));
+    for s in 1..=4 {
+        old.store_heartbeat(s, at(0));
+    }
+    for kind in old.tick(&state, &[], at(1_000)) {
+        apply(&mut state, kind);
+    }
+    // Store 3 dies at 1 s; the placement leader changes at 5 s.
+    let mut new = ControlPlane::new(config());
+    new.take_over(2, &state, at(5_000));
+    for s in [1, 2, 4] {
+        new.store_heartbeat(s, at(5_500));
+    }
+    let status = |plane: &ControlPlane, now| {
+        let live = plane.liveness(now);
+        scheduler::store_status(state.store(3).unwrap(), &live, &plane.config().scheduler)
+    };
+    assert_eq!(status(&new, at(5_500)), scheduler::StoreStatus::Disconnected);
+    assert_eq!(
+        status(&new, at(10_500)),
+        scheduler::StoreStatus::Down,
+        "10 s after its last heartbeat"
+    );
+    // A leader that forgets what the log recorded never marks it down.
+    let mut forgetful = ControlPlane::forgetting_liveness(config());
+    forgetful.take_over(2, &state, at(5_000));
+    assert_eq!(status(&forgetful, at(60_000)), scheduler::StoreStatus::Disconnected);
+    // Its replica is replaced: a learner on store 4, then promoted, then store 3's removed.
+    new.supply_ids(200, ID_BATCH);
+    for s in [1, 2, 4] {
+        new.store_heartbeat(s, at(10_900));
+    }
+    let intake = new.region_heartbeats(&state, &[heartbeat(&full, 1, &[])], at(11_000));
+    assert_eq!(intake.steps.len(), 1);
+    assert_eq!(intake.steps[0].action, StepAction::AddLearner(Peer::learner(200, 4)));
+    let learner =
+        region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3), Peer::learner(200, 4)], 4);
+    let intake = new.region_heartbeats(&state, &[heartbeat(&learner, 1, &[])], at(11_100));
+    assert_eq!(intake.steps[0].action, StepAction::Promote(vec![Peer::new(200, 4)]));
+    let four =
+        region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3), Peer::new(200, 4)], 5);
+    let intake = new.region_heartbeats(&state, &[heartbeat(&four, 1, &[])], at(11_200));
+    assert_eq!(intake.steps[0].action, StepAction::Remove(Peer::new(3, 3)));
+    let counts = new.counts();
+    assert_eq!((counts.started, counts.finished), (2, 1), "the add is done, the removal begun");
+}
+
+#[test]
+fn changed_reports_are_returned_for_the_log() {
+    let full = region(vec![Peer::new(1, 1)], 1);
+    let state = cluster(1, full.clone());
+    let mut plane = ControlPlane::new(config());
+    plane.take_over(1, &state, at(0));
+    plane.store_heartbeat(1, at(0));
+    let intake = plane.region_heartbeats(&state, &[heartbeat(&full, 1, &[])], at(10));
+    assert_eq!(intake.changed.len(), 1, "no leader recorded yet");
+    assert!(intake.steps.is_empty(), "one store, one replica: nothing to do");
+}
+
+#[test]
+fn drained_stores_with_no_replica_are_retired() {
+    let only_on_1 = region(vec![Peer::new(1, 1)], 1);
+    let mut state = cluster(2, only_on_1);
+    apply(
+        &mut state,
+        Kind::SetStoreState(StoreStateChange { store_id: 2, state: StoreState::Offline as i32 }),
+    );
+    let mut plane = ControlPlane::new(config());
+    plane.take_over(1, &state, at(0));
+    let proposals = plane.tick(&state, &[Peer::new(102, 2)], at(10));
+    assert!(proposals.is_empty(), "still a member of the placement group");
+    let proposals = plane.tick(&state, &[Peer::new(101, 1)], at(20));
+    let tombstone = StoreStateChange { store_id: 2, state: StoreState::Tombstone as i32 };
+    assert_eq!(proposals, vec![Kind::SetStoreState(tombstone)]);
+}

@@ -1,0 +1,285 @@
+//! Operators: multi-step changes of one Region, tracked by the placement leader from the
+//! Region's heartbeats until they are done, time out or are cancelled.
+//!
+//! The scheduler decides *what* a Region should become next (a replica added, promoted or
+//! removed; its leadership moved); an operator turns that into steps its leader carries
+//! out one at a time, and watches each take effect:
+//!
+//! | operator | steps |
+//! |---|---|
+//! | add a replica | add a learner on the store; promote it once it has caught up |
+//! | promote learners | promote them (together: one joint change) |
+//! | remove a replica | (move leadership away first, if it leads) remove it |
+//! | transfer leadership | hand it to the peer |
+//!
+//! A step goes to the Region's leader with the epoch it was planned against; the leader
+//! carries it out only if its Region is still at that epoch ([`OperatorStep::applies_to`]),
+//! so a step that arrives late, after the Region changed, changes nothing. A step is sent
+//! again while it has not shown in the heartbeats for a while (the leader may have changed,
+//! the step may have been refused for a change already in progress), and the operator is
+//! given up if a step takes too long or the Region is split or merged meanwhile.
+
+use scandium_types::{Peer, PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId};
+
+/// One step of an operator, as the Region's leader carries it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepAction {
+    /// Add this (new) peer as a learner.
+    AddLearner(Peer),
+    /// Make these learners voters (more than one: a joint change).
+    Promote(Vec<Peer>),
+    /// Remove this peer.
+    Remove(Peer),
+    /// Hand leadership to this voter.
+    TransferLeader(Peer),
+}
+
+/// A step addressed to a Region's leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorStep {
+    /// The Region.
+    pub region_id: RegionId,
+    /// The Region's epoch the step was planned against.
+    pub epoch: RegionEpoch,
+    /// What to do.
+    pub action: StepAction,
+}
+
+impl OperatorStep {
+    /// Whether the leader may carry the step out on `region` as it holds it now: only at
+    /// the epoch the step was planned against. A step planned against an older shape (it
+    /// arrived late, or was sent again after it took effect) is refused.
+    pub fn applies_to(&self, region: &Region) -> bool {
+        region.id == self.region_id && region.epoch() == self.epoch
+    }
+}
+
+/// What an operator is for (for logs and counts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperatorKind {
+    /// A replica added on this store.
+    AddReplica(StoreId),
+    /// Learners promoted.
+    PromoteLearners,
+    /// This replica removed.
+    RemoveReplica(Peer),
+    /// Leadership moved to this peer.
+    TransferLeader(Peer),
+}
+
+/// How an operator ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Every step took effect.
+    Finished,
+    /// A step did not take effect in time.
+    TimedOut,
+    /// The Region was split or merged, or the operator was superseded.
+    Cancelled,
+}
+
+/// What an operator wants after looking at its Region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Send this step to the Region's leader.
+    Send(OperatorStep),
+    /// Nothing to send now (a step is under way, or a learner is still catching up).
+    Wait,
+    /// It is over.
+    Ended(Ended),
+}
+
+/// How long operators' steps may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OperatorTimeouts {
+    /// A step that has not taken effect after this long ends the operator.
+    pub step_ms: u64,
+    /// A step that has not shown in the heartbeats after this long is sent again.
+    pub resend_ms: u64,
+}
+
+impl Default for OperatorTimeouts {
+    fn default() -> Self {
+        // Adding a learner may need a snapshot of the whole Region: minutes, for a large one.
+        OperatorTimeouts { step_ms: 10 * 60_000, resend_ms: 5_000 }
+    }
+}
+
+/// A multi-step change of one Region (see the module docs).
+#[derive(Clone, Debug)]
+pub struct Operator {
+    region_id: RegionId,
+    kind: OperatorKind,
+    steps: Vec<StepAction>,
+    current: usize,
+    /// The Region's version when the operator began: a split or merge cancels it.
+    version: u64,
+    step_started_ms: u64,
+    /// When the current step was last sent, and at which epoch.
+    sent: Option<(u64, RegionEpoch)>,
+}
+
+impl Operator {
+    /// An operator of `kind` on `region`, whose steps are `steps`, beginning at `now_ms`.
+    pub fn new(region: &Region, kind: OperatorKind, steps: Vec<StepAction>, now_ms: u64) -> Self {
+        Operator {
+            region_id: region.id,
+            kind,
+            steps,
+            current: 0,
+            version: region.version,
+            step_started_ms: now_ms,
+            sent: None,
+        }
+    }
+
+    /// Adds a replica on a store: a learner with `peer_id`, promoted once caught up.
+    pub fn add_replica(region: &Region, store: StoreId, peer_id: PeerId, now_ms: u64) -> Self {
+        let learner = Peer::learner(peer_id, store);
+        let voter = Peer::new(peer_id, store);
+        let steps = vec![StepAction::AddLearner(learner), StepAction::Promote(vec![voter])];
+        Operator::new(region, OperatorKind::AddReplica(store), steps, now_ms)
+    }
+
+    /// Removes `victim`, moving leadership to `successor` first if the victim leads.
+    pub fn remove_replica(
+        region: &Region,
+        victim: Peer,
+        successor: Option<Peer>,
+        now: u64,
+    ) -> Self {
+        let mut steps: Vec<StepAction> =
+            successor.into_iter().map(StepAction::TransferLeader).collect();
+        steps.push(StepAction::Remove(victim.clone()));
+        Operator::new(region, OperatorKind::RemoveReplica(victim), steps, now)
+    }
+
+    /// The Region it changes.
+    pub fn region_id(&self) -> RegionId {
+        self.region_id
+    }
+
+    /// What it is for.
+    pub fn kind(&self) -> &OperatorKind {
+        &self.kind
+    }
+
+    /// Looks at the Region as its leader (`leader`) reports it, with its lagging peers
+    /// (`pending`): steps that took effect are passed, and the current one is sent when
+    /// it is due.
+    pub fn observe(
+        &mut self,
+        region: &Region,
+        leader: PeerId,
+        pending: &[PeerId],
+        now_ms: u64,
+        timeouts: OperatorTimeouts,
+    ) -> Progress {
+        if region.version != self.version {
+            return Progress::Ended(Ended::Cancelled);
+        }
+        while let Some(step) = self.steps.get(self.current) {
+            if !done(step, region, leader) {
+                break;
+            }
+            self.current += 1;
+            self.step_started_ms = now_ms;
+            self.sent = None;
+        }
+        let Some(step) = self.steps.get(self.current) else {
+            return Progress::Ended(Ended::Finished);
+        };
+        if now_ms.saturating_sub(self.step_started_ms) > timeouts.step_ms {
+            return Progress::Ended(Ended::TimedOut);
+        }
+        let in_joint = region
+            .peers
+            .iter()
+            .any(|p| matches!(p.role(), PeerRole::IncomingVoter | PeerRole::DemotingVoter));
+        let catching_up = match step {
+            StepAction::Promote(peers) => peers.iter().any(|p| pending.contains(&p.id)),
+            _ => false,
+        };
+        if in_joint || catching_up {
+            return Progress::Wait;
+        }
+        let epoch = region.epoch();
+        let due = match self.sent {
+            None => true,
+            Some((at, sent_epoch)) => {
+                sent_epoch != epoch || now_ms.saturating_sub(at) >= timeouts.resend_ms
+            }
+        };
+        if !due {
+            return Progress::Wait;
+        }
+        self.sent = Some((now_ms, epoch));
+        Progress::Send(OperatorStep { region_id: self.region_id, epoch, action: step.clone() })
+    }
+}
+
+/// Whether `step` shows as done in `region` led by `leader`.
+fn done(step: &StepAction, region: &Region, leader: PeerId) -> bool {
+    match step {
+        StepAction::AddLearner(peer) => region.peer(peer.id).is_some(),
+        StepAction::Promote(peers) => {
+            peers.iter().all(|p| region.peer(p.id).is_some_and(|p| p.role() == PeerRole::Voter))
+        }
+        StepAction::Remove(peer) => region.peer(peer.id).is_none(),
+        StepAction::TransferLeader(peer) => leader == peer.id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(peers: Vec<Peer>, conf_ver: u64) -> Region {
+        Region { id: 7, peers, conf_ver, version: 1, ..Default::default() }
+    }
+
+    const T: OperatorTimeouts = OperatorTimeouts { step_ms: 10_000, resend_ms: 1_000 };
+
+    #[test]
+    fn adding_a_replica_waits_for_the_learner_to_catch_up() {
+        let start = region(vec![Peer::new(1, 1), Peer::new(2, 2)], 2);
+        let mut op = Operator::add_replica(&start, 3, 30, 0);
+        let Progress::Send(step) = op.observe(&start, 1, &[], 0, T) else { panic!("first step") };
+        assert_eq!(step.action, StepAction::AddLearner(Peer::learner(30, 3)));
+        assert!(step.applies_to(&start));
+        assert_eq!(op.observe(&start, 1, &[], 100, T), Progress::Wait, "sent, not yet due");
+        let with_learner = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::learner(30, 3)], 3);
+        assert!(!step.applies_to(&with_learner), "a late copy of the step is stale");
+        assert_eq!(op.observe(&with_learner, 1, &[30], 200, T), Progress::Wait, "catching up");
+        let Progress::Send(step) = op.observe(&with_learner, 1, &[], 300, T) else {
+            panic!("promote once caught up")
+        };
+        assert_eq!(step.action, StepAction::Promote(vec![Peer::new(30, 3)]));
+        let full = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(30, 3)], 4);
+        assert_eq!(op.observe(&full, 1, &[], 400, T), Progress::Ended(Ended::Finished));
+    }
+
+    #[test]
+    fn a_leader_is_moved_before_its_replica_is_removed() {
+        let start = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)], 2);
+        let mut op = Operator::remove_replica(&start, Peer::new(1, 1), Some(Peer::new(2, 2)), 0);
+        let Progress::Send(step) = op.observe(&start, 1, &[], 0, T) else { panic!("transfer") };
+        assert_eq!(step.action, StepAction::TransferLeader(Peer::new(2, 2)));
+        let Progress::Send(step) = op.observe(&start, 2, &[], 10, T) else { panic!("remove") };
+        assert_eq!(step.action, StepAction::Remove(Peer::new(1, 1)));
+        let left = region(vec![Peer::new(2, 2), Peer::new(3, 3)], 3);
+        assert_eq!(op.observe(&left, 2, &[], 20, T), Progress::Ended(Ended::Finished));
+    }
+
+    #[test]
+    fn steps_are_sent_again_then_given_up_and_a_split_cancels() {
+        let start = region(vec![Peer::new(1, 1), Peer::new(2, 2)], 2);
+        let mut op = Operator::add_replica(&start, 3, 30, 0);
+        assert!(matches!(op.observe(&start, 1, &[], 0, T), Progress::Send(_)));
+        assert!(matches!(op.observe(&start, 1, &[], 1_000, T), Progress::Send(_)), "resent");
+        assert_eq!(op.observe(&start, 1, &[], 10_001, T), Progress::Ended(Ended::TimedOut));
+        let mut op = Operator::add_replica(&start, 3, 30, 0);
+        let split = Region { version: 2, ..start };
+        assert_eq!(op.observe(&split, 1, &[], 5, T), Progress::Ended(Ended::Cancelled));
+    }
+}
