@@ -124,7 +124,12 @@ pub struct Peer {
     pub(crate) votes_refused_until_ms: u64,
     /// Peers of other stores learnt from their messages, for replicas that do not know
     /// their Region's members yet.
-    pub(crate) known_peers: HashMap<u64, PeerMeta>,
+    pub(crate) known_peers: HashMap<u64, PeerMeta>, // lookups only
+    /// When each other member was last heard from (store clock, milliseconds): how a
+    /// leader tells a reachable follower. Not raft-rs's `recent_active`, which check-quorum
+    /// resets for every follower once per election timeout, so that right after each
+    /// reset a healthy group looks unreachable until the next answers arrive.
+    pub(crate) heard_ms: HashMap<u64, u64>, // lookups only
 }
 
 impl Peer {
@@ -179,6 +184,7 @@ impl Peer {
             pending_snapshot: None,
             votes_refused_until_ms: 0,
             known_peers: HashMap::new(),
+            heard_ms: HashMap::new(),
         })
     }
 

@@ -70,7 +70,7 @@ pub struct GroupStatus {
 #[derive(Default)]
 struct Inner {
     meta: GroupStatus,
-    by_id: HashMap<RegionId, RegionStatus>,
+    by_id: HashMap<RegionId, RegionStatus>, // lookups only
     /// Start key to Region id, for routing by key.
     by_start: BTreeMap<Vec<u8>, RegionId>,
 }

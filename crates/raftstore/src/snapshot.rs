@@ -292,7 +292,7 @@ struct Source {
 #[derive(Default)]
 struct Sources {
     next_token: u64,
-    by_token: HashMap<u64, Source>,
+    by_token: HashMap<u64, Source>, // lookups only
 }
 
 /// Engine snapshots taken for outgoing Raft snapshots, until the transport streams them.

@@ -293,7 +293,7 @@ impl Store {
         if !peer.is_leader() {
             return callback(Err(peer.not_leader()));
         }
-        if let Err(reason) = check_conf_change(peer, &changes) {
+        if let Err(reason) = check_conf_change(peer, &changes, &self.config, now) {
             return callback(Err(RaftstoreError::ChangeRefused(reason)));
         }
         let before = peer.raw.raft.raft_log.last_index();
@@ -390,12 +390,23 @@ impl Store {
         self.deliver(message, snapshot)
     }
 
+    /// Creates an uninitialized replica for a message to a peer of a group this store
+    /// does not hold yet: from a leader (it will send a snapshot), or from a candidate
+    /// asking for a vote (as TiKV does). A replica that never received the group's data
+    /// can vote safely: it was never part of a quorum that committed anything, so every
+    /// committed entry is on the other members of any majority it completes. Without it
+    /// a Region split off while one replica lagged, which then loses another replica,
+    /// could never elect a leader again (found by the simulator).
     fn create_peer(&mut self, message: &PeerMessage) -> Result<(), StepError> {
-        let from_leader = matches!(
+        let initial = matches!(
             message.message.get_msg_type(),
-            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+            MessageType::MsgAppend
+                | MessageType::MsgHeartbeat
+                | MessageType::MsgSnapshot
+                | MessageType::MsgRequestVote
+                | MessageType::MsgRequestPreVote
         );
-        if !from_leader {
+        if !initial {
             return Err(StepError::UnknownGroup);
         }
         let storage = PeerStorage::uninitialized(&self.storage, message.region_id);
@@ -406,7 +417,7 @@ impl Store {
         tracing::info!(
             group = message.region_id,
             peer = message.to.id,
-            "created a replica for a leader's message; it waits for a snapshot"
+            "created a replica for a leader's or candidate's message; it waits for a snapshot"
         );
         self.tombstones.remove(&message.region_id);
         self.peers.insert(message.region_id, peer);
@@ -424,9 +435,11 @@ impl Store {
             self.check_snapshot(&message, snapshot.is_some())?;
         }
         let peer = self.peers.get_mut(&region_id).expect("the receiving replica exists");
+        peer.heard_ms.insert(message.from.id, now);
         let kind = message.message.get_msg_type();
         let vote = matches!(kind, MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
-        if vote && (!peer.initialized || now < peer.votes_refused_until_ms) {
+        // An uninitialized replica votes too (see `create_peer`).
+        if vote && now < peer.votes_refused_until_ms {
             return Ok(());
         }
         let from_member = peer.region.peer(message.from.id).is_some();
@@ -681,7 +694,8 @@ impl Store {
         let mut touched = Vec::with_capacity(readies.len());
         let lease_ms = self.config.lease_ms();
         for (id, ready, mut entries, _) in readies {
-            let Store { peers, meta, config, events, store_id, .. } = self;
+            let Store { peers, meta, config, events, store_id, now_ms, .. } = self;
+            let now_ms = *now_ms;
             let peer = peers.get_mut(&id).expect("peer of a ready exists");
             let mut light = peer.raw.advance(ready);
             if let Some(commit) = light.commit_index() {
@@ -740,7 +754,7 @@ impl Store {
             }
             let storage = peer.raw.mut_store();
             storage.persist_apply_state(&mut apply_batch);
-            if let Some(index) = compact_target(peer, config) {
+            if let Some(index) = compact_target(peer, config, now_ms) {
                 peer.raw.mut_store().compact_to(index, &mut apply_batch);
             }
             touched.push(id);
@@ -855,7 +869,7 @@ impl Store {
         if !peer.initialized {
             return;
         }
-        let status = status_of(peer, self.config.heartbeat_ticks);
+        let status = status_of(peer, &self.config, self.now_ms);
         if id == META_GROUP_ID {
             self.registry.publish_meta(GroupStatus {
                 is_leader: peer.is_leader(),
@@ -869,8 +883,8 @@ impl Store {
 
     /// The current status of a group's local replica (for tests and tools).
     pub fn status(&self, id: u64) -> Option<RegionStatus> {
-        let ticks = self.config.heartbeat_ticks;
-        self.peers.get(&id).filter(|p| p.initialized).map(|p| status_of(p, ticks))
+        let (config, now) = (&self.config, self.now_ms);
+        self.peers.get(&id).filter(|p| p.initialized).map(|p| status_of(p, config, now))
     }
 
     /// A consistent view of the engine as of the last round: every group's applied state.
@@ -906,7 +920,16 @@ fn overlaps(a: &Region, b: &Region) -> bool {
         && (a.end_key.is_empty() || b.start_key < a.end_key)
 }
 
-fn status_of(peer: &Peer, heartbeat_ticks: usize) -> RegionStatus {
+/// Whether the leader `peer` heard from member `id` within an election timeout (itself:
+/// always).
+fn reachable(peer: &Peer, id: u64, config: &RaftConfig, now_ms: u64) -> bool {
+    let window_ms = config.election_ticks as u64 * config.tick_ms;
+    id == peer.meta.id
+        || peer.heard_ms.get(&id).is_some_and(|&at| now_ms.saturating_sub(at) <= window_ms)
+}
+
+fn status_of(peer: &Peer, config: &RaftConfig, now_ms: u64) -> RegionStatus {
+    let heartbeat_ticks = config.heartbeat_ticks;
     let (mut pending_peers, mut down_peers) = (Vec::new(), Vec::new());
     if peer.is_leader() {
         let commit = peer.raw.raft.raft_log.committed;
@@ -915,7 +938,7 @@ fn status_of(peer: &Peer, heartbeat_ticks: usize) -> RegionStatus {
                 continue;
             }
             let Some(member) = peer.region.peer(*id) else { continue };
-            if !pr.recent_active {
+            if !reachable(peer, *id, config, now_ms) {
                 down_peers.push(member.clone());
             }
             // Receiving a snapshot, or well behind the commit index. (Not "any entry
@@ -944,7 +967,12 @@ fn status_of(peer: &Peer, heartbeat_ticks: usize) -> RegionStatus {
 }
 
 /// Whether a change may be proposed now, and if not, why.
-fn check_conf_change(peer: &Peer, changes: &[PeerChange]) -> Result<(), String> {
+fn check_conf_change(
+    peer: &Peer,
+    changes: &[PeerChange],
+    config: &RaftConfig,
+    now_ms: u64,
+) -> Result<(), String> {
     if peer.raw.raft.has_pending_conf() {
         return Err("another membership change is in progress".into());
     }
@@ -989,12 +1017,7 @@ fn check_conf_change(peer: &Peer, changes: &[PeerChange]) -> Result<(), String> 
     }
     // The new configuration must be able to commit: a quorum of its voters must be peers
     // the leader hears from (a new voter counts only if it has caught up to the commit).
-    let healthy = voters
-        .iter()
-        .filter(|v| {
-            **v == peer.meta.id || peer.raw.raft.prs().get(**v).is_some_and(|pr| pr.recent_active)
-        })
-        .count();
+    let healthy = voters.iter().filter(|v| reachable(peer, **v, config, now_ms)).count();
     if healthy < voters.len() / 2 + 1 {
         return Err(format!(
             "only {healthy} of the {} voters after the change are reachable",
@@ -1007,7 +1030,7 @@ fn check_conf_change(peer: &Peer, changes: &[PeerChange]) -> Result<(), String> 
 /// Where to truncate a group's log after a round, if anywhere: a leader keeps what its
 /// recently active followers still need, up to the size caps; a follower keeps half the
 /// threshold.
-fn compact_target(peer: &Peer, config: &RaftConfig) -> Option<u64> {
+fn compact_target(peer: &Peer, config: &RaftConfig, now_ms: u64) -> Option<u64> {
     let storage = peer.raw.store();
     if storage.log_len() <= config.log_gc_threshold {
         return None;
@@ -1021,7 +1044,7 @@ fn compact_target(peer: &Peer, config: &RaftConfig) -> Option<u64> {
             .raft
             .prs()
             .iter()
-            .filter(|(id, pr)| **id != peer.meta.id && pr.recent_active)
+            .filter(|(id, _)| **id != peer.meta.id && reachable(peer, **id, config, now_ms))
             .map(|(_, pr)| pr.matched)
             .min()
             .unwrap_or(applied);
