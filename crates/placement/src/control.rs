@@ -27,7 +27,7 @@ use crate::operator::{Ended, Operator, OperatorKind, OperatorStep, OperatorTimeo
 use crate::scheduler::{self, Decision, Liveness, RegionHealth, SchedulerConfig};
 use crate::{Kind, PlacementState, RegionReport, StoreSeen, StoreStateChange, StoresSeen};
 use scandium_types::{PeerId, Region, RegionId, StoreId, StoreState};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 /// How the control plane judges and acts.
 #[derive(Clone, Debug)]
@@ -75,6 +75,9 @@ pub struct Intake {
     pub changed: Vec<RegionReport>,
     /// Steps for the reporting store (the Regions' leader) to carry out.
     pub steps: Vec<OperatorStep>,
+    /// Regions that need a new replica, and so a peer id allocated now (not earlier):
+    /// allocate one each and hand it over with [`ControlPlane::supply_id`].
+    pub need_ids: Vec<RegionId>,
 }
 
 /// Operators started and ended since the leader took over.
@@ -104,17 +107,31 @@ pub struct ControlPlane {
     operators: BTreeMap<RegionId, Operator>,
     /// The placement group's own operator.
     meta_operator: Option<Operator>,
-    /// Peer ids reserved for new replicas.
-    ids: VecDeque<u64>,
+    /// Peer ids allocated for the Regions that need a new replica, not used yet.
+    ids: BTreeMap<RegionId, u64>,
     counts: OperatorCounts,
+    /// The placement group's own operator waits for an id.
+    meta_needs_id: bool,
     /// Deliberately broken (the simulator proves its checks catch it): a new leader
     /// forgets the recorded heartbeats and counts stores it has not heard from as never
     /// seen, so a store that died before the change is never marked down.
     forget_liveness: bool,
 }
 
-/// Ids reserved at a time for new replicas.
-pub const ID_BATCH: u64 = 16;
+/// The key [`ControlPlane::supply_id`] takes the placement group's id under (the group
+/// has no Region id of its own here).
+pub const META_ID: RegionId = RegionId::MAX;
+
+/// What advancing a Region's operator came to.
+#[derive(Debug)]
+enum Advance {
+    /// Send this step.
+    Send(OperatorStep),
+    /// A new replica is wanted, and an id for it.
+    NeedsId,
+    /// Nothing to send.
+    Nothing,
+}
 
 impl ControlPlane {
     /// An idle control plane.
@@ -127,8 +144,9 @@ impl ControlPlane {
             recorded_ms: 0,
             operators: BTreeMap::new(),
             meta_operator: None,
-            ids: VecDeque::new(),
+            ids: BTreeMap::new(),
             counts: OperatorCounts::default(),
+            meta_needs_id: false,
             forget_liveness: false,
         }
     }
@@ -196,16 +214,17 @@ impl ControlPlane {
         self.operators.values().chain(self.meta_operator.as_ref())
     }
 
-    /// Whether new replicas need ids: allocate [`ID_BATCH`] and [`supply_ids`].
+    /// A peer id allocated for Region `region_id`'s new replica, after the scheduler
+    /// asked for it ([`Intake::need_ids`]); its operator starts at the Region's next
+    /// heartbeat.
     ///
-    /// [`supply_ids`]: ControlPlane::supply_ids
-    pub fn wants_ids(&self) -> bool {
-        self.ids.len() < 4
-    }
-
-    /// Ids `first..first + count`, allocated for new replicas.
-    pub fn supply_ids(&mut self, first: u64, count: u64) {
-        self.ids.extend(first..first + count);
+    /// Why not a pool of ids reserved ahead: a store refuses a peer of a Region with a
+    /// lower id than one it once held and removed (how a stale message is told from a
+    /// new replica, as in TiKV). An id allocated before a split gave that store a peer of
+    /// the new Region with a higher id would be refused there for ever; one allocated
+    /// after the decision is above every id the Region's replicas ever had.
+    pub fn supply_id(&mut self, region_id: RegionId, id: u64) {
+        self.ids.insert(region_id, id);
     }
 
     /// A heartbeat from `store`.
@@ -236,8 +255,10 @@ impl ControlPlane {
             let pending = heartbeat.pending.clone();
             let health = RegionHealth { leader: report.leader_peer_id, pending };
             let operator = self.operators.remove(&region.id);
-            if let Some(step) = self.advance(state, &live, region, &health, operator, false, now) {
-                intake.steps.push(step);
+            match self.advance(state, &live, region, &health, operator, false, now) {
+                Advance::Send(step) => intake.steps.push(step),
+                Advance::NeedsId => intake.need_ids.push(region.id),
+                Advance::Nothing => {}
             }
         }
         intake
@@ -256,7 +277,22 @@ impl ControlPlane {
         let leader = heartbeat.report.leader_peer_id;
         let health = RegionHealth { leader, pending: heartbeat.pending.clone() };
         let operator = self.meta_operator.take();
-        self.advance(state, &live, region, &health, operator, true, now)
+        match self.advance(state, &live, region, &health, operator, true, now) {
+            Advance::Send(step) => Some(step),
+            Advance::NeedsId => {
+                self.meta_needs_id = true;
+                None
+            }
+            Advance::Nothing => None,
+        }
+    }
+
+    /// Whether the placement group's own operator waits for an id ([`supply_id`] it
+    /// under [`META_ID`]).
+    ///
+    /// [`supply_id`]: ControlPlane::supply_id
+    pub fn meta_needs_id(&mut self) -> bool {
+        std::mem::take(&mut self.meta_needs_id)
     }
 
     /// Advances the Region's operator (or starts one), keeping it if it goes on. One that
@@ -271,21 +307,28 @@ impl ControlPlane {
         operator: Option<Operator>,
         is_meta: bool,
         now: Now,
-    ) -> Option<OperatorStep> {
+    ) -> Advance {
         let (mut operator, fresh) = match operator {
             Some(operator) => (operator, false),
             None => {
                 let config = &self.config.scheduler;
-                let decision = scheduler::decide(state, live, config, region, health, is_meta)?;
-                (self.operator_for(region, health, decision, now)?, true)
+                let Some(decision) =
+                    scheduler::decide(state, live, config, region, health, is_meta)
+                else {
+                    return Advance::Nothing;
+                };
+                match self.operator_for(region, health, decision, is_meta, now) {
+                    Ok(operator) => (operator, true),
+                    Err(advance) => return advance,
+                }
             }
         };
         let (leader, pending) = (health.leader, &health.pending);
         let timeouts = self.config.timeouts;
         let progress = operator.observe(region, leader, pending, now.monotonic_ms, timeouts);
         let step = match progress {
-            Progress::Send(step) => Some(step),
-            Progress::Wait => None,
+            Progress::Send(step) => Advance::Send(step),
+            Progress::Wait => Advance::Nothing,
             Progress::Ended(ended) => {
                 match ended {
                     Ended::Finished => self.counts.finished += 1,
@@ -293,7 +336,7 @@ impl ControlPlane {
                     Ended::Cancelled => self.counts.cancelled += 1,
                 }
                 return match fresh {
-                    true => None,
+                    true => Advance::Nothing,
                     false => self.advance(state, live, region, health, None, is_meta, now),
                 };
             }
@@ -307,18 +350,20 @@ impl ControlPlane {
         step
     }
 
-    /// The operator that carries out `decision`; `None` if it needs an id none is left of.
+    /// The operator that carries out `decision`, or why there is none yet.
     fn operator_for(
         &mut self,
         region: &Region,
         health: &RegionHealth,
         decision: Decision,
+        is_meta: bool,
         now: Now,
-    ) -> Option<Operator> {
+    ) -> Result<Operator, Advance> {
         let at = now.monotonic_ms;
+        let key = if is_meta { META_ID } else { region.id };
         let operator = match decision {
             Decision::AddLearner(store) => {
-                let id = self.ids.pop_front()?;
+                let id = self.ids.remove(&key).ok_or(Advance::NeedsId)?;
                 Operator::add_replica(region, store, id, at)
             }
             Decision::Promote(peers) => Operator::new(
@@ -330,12 +375,14 @@ impl ControlPlane {
             Decision::Remove(peer) => Operator::remove_replica(region, peer, None, at),
             // The leader's own replica must go: leadership moves first.
             Decision::TransferLeader(successor) => {
-                let victim = region.peer(health.leader)?.clone();
+                let victim = region.peer(health.leader).ok_or(Advance::Nothing)?.clone();
                 Operator::remove_replica(region, victim, Some(successor), at)
             }
         };
+        // An id supplied for another decision is not kept: the next one gets a fresh one.
+        self.ids.remove(&key);
         self.counts.started += 1;
-        Some(operator)
+        Ok(operator)
     }
 
     /// Work on the leader's own clock: the placement commands to propose now (the stores'

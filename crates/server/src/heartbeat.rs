@@ -157,27 +157,33 @@ pub async fn handle(
             report.region.is_some().then(|| Heartbeat { report, pending: h.pending_peers.clone() })
         })
         .collect();
-    let (intake, wants_ids) = {
+    let intake = {
         let mut control = node.control.lock();
         let now = now();
         control.store_heartbeat(request.store_id, now);
-        let intake = control.region_heartbeats(&node.placement.read(), &heartbeats, now);
-        (intake, control.wants_ids())
+        control.region_heartbeats(&node.placement.read(), &heartbeats, now)
     };
     if !intake.changed.is_empty() {
         node.placement.report_regions(intake.changed).await?;
     }
-    if wants_ids {
-        supply_ids(node).await;
-    }
+    supply_ids(node, &intake.need_ids).await;
     Ok(intake.steps.iter().map(operator_of).collect())
 }
 
-async fn supply_ids(node: &NodeContext) {
-    let count = scandium_placement::control::ID_BATCH;
-    match node.placement.alloc_ids(count).await {
-        Ok(first) => node.control.lock().supply_ids(first, count),
-        Err(error) => tracing::debug!(%error, "cannot reserve ids for new replicas yet"),
+/// Allocates a peer id for each Region that needs a new replica (see
+/// `ControlPlane::supply_id`); their operators start at their next heartbeat.
+async fn supply_ids(node: &NodeContext, regions: &[u64]) {
+    if regions.is_empty() {
+        return;
+    }
+    match node.placement.alloc_ids(regions.len() as u64).await {
+        Ok(first) => {
+            let mut control = node.control.lock();
+            for (i, &region) in regions.iter().enumerate() {
+                control.supply_id(region, first + i as u64);
+            }
+        }
+        Err(error) => tracing::debug!(%error, "cannot allocate ids for new replicas yet"),
     }
 }
 
@@ -188,14 +194,17 @@ async fn lead(node: &Arc<NodeContext>) {
     if leading_term(node).is_none() {
         return;
     }
-    let (proposals, step) = {
+    let (proposals, step, needs_id) = {
         let mut control = node.control.lock();
         let state = node.placement.read();
         let now = now();
         let proposals = control.tick(&state, &status.region.peers, now);
         let step = control.meta_heartbeat(&state, &heartbeat_of(&status), now);
-        (proposals, step)
+        (proposals, step, control.meta_needs_id())
     };
+    if needs_id {
+        supply_ids(node, &[scandium_placement::control::META_ID]).await;
+    }
     for kind in proposals {
         if let Err(error) = node.placement.propose(kind.clone()).await {
             tracing::debug!(%error, ?kind, "placement record not made yet");

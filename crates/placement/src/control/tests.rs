@@ -74,10 +74,12 @@ fn a_store_that_died_before_the_leader_changed_is_still_marked_down() {
     forgetful.take_over(2, &state, at(5_000));
     assert_eq!(status(&forgetful, at(60_000)), scheduler::StoreStatus::Disconnected);
     // Its replica is replaced: a learner on store 4, then promoted, then store 3's removed.
-    new.supply_ids(200, ID_BATCH);
     for s in [1, 2, 4] {
         new.store_heartbeat(s, at(10_900));
     }
+    let intake = new.region_heartbeats(&state, &[heartbeat(&full, 1, &[])], at(10_950));
+    assert_eq!(intake.need_ids, vec![10], "an id is allocated for it only now");
+    new.supply_id(10, 200);
     let intake = new.region_heartbeats(&state, &[heartbeat(&full, 1, &[])], at(11_000));
     assert_eq!(intake.steps.len(), 1);
     assert_eq!(intake.steps[0].action, StepAction::AddLearner(Peer::learner(200, 4)));
