@@ -232,6 +232,7 @@ impl IndexFollower {
 fn cached<'k>(
     keys: impl IntoIterator<Item = &'k Vec<u8>>,
     cache: &NewestCache,
+    // lookups only
 ) -> HashMap<Vec<u8>, Newest> {
     keys.into_iter().filter_map(|k| Some((k.clone(), cache.get(k)?))).collect()
 }
@@ -243,11 +244,11 @@ fn cached<'k>(
 #[derive(Clone, Debug, Default)]
 pub struct LockHint {
     /// Keys without a lock.
-    unlocked: HashSet<Vec<u8>>,
+    unlocked: HashSet<Vec<u8>>, // lookups only
     /// A range in which only the listed keys may hold locks.
     range: Option<RangeHint>,
     /// Newest records known from the [`NewestCache`], handed to the reader.
-    pub(crate) newest: HashMap<Vec<u8>, Newest>,
+    pub(crate) newest: HashMap<Vec<u8>, Newest>, // lookups only
 }
 
 #[derive(Clone, Debug)]

@@ -23,10 +23,11 @@ pub struct Deadlock {
 
 #[derive(Default)]
 struct LockWaitsInner {
-    /// Commands waiting per locked key.
-    keys: HashMap<Vec<u8>, Vec<u64>>,
+    /// Commands waiting per locked key (ordered: who is woken first must not depend on a
+    /// hash seed, or the simulator's runs would not replay).
+    keys: BTreeMap<Vec<u8>, Vec<u64>>,
     /// Waiting transaction -> the transaction it waits for.
-    waits_for: HashMap<u64, u64>,
+    waits_for: HashMap<u64, u64>, // lookups only
 }
 
 /// Pessimistic lock requests waiting for other transactions' locks, and the graph of
@@ -107,7 +108,8 @@ impl LockWaits {
     /// their Region again and answer `NotLeader` rather than wait for a release that will
     /// not come here).
     pub fn wake_all(&self) {
-        let woken: Vec<u64> = self.lock().keys.drain().flat_map(|(_, cids)| cids).collect();
+        let woken: Vec<u64> =
+            std::mem::take(&mut self.lock().keys).into_values().flatten().collect();
         woken.into_iter().for_each(|cid| self.wake.wake(cid));
     }
 
@@ -148,7 +150,7 @@ impl Drop for LockWait {
 #[derive(Default)]
 struct MaxTsInner {
     /// Region -> the term in which its leader here raised `max_ts`.
-    synced: HashMap<RegionId, u64>,
+    synced: HashMap<RegionId, u64>, // lookups only
     /// Commands waiting for a Region's synchronisation.
     waiting: BTreeMap<RegionId, Vec<u64>>,
 }

@@ -34,7 +34,7 @@ pub struct MvccReader<'a> {
     /// Newest records already looked up. The snapshot never changes, and a write command
     /// asks for a key's newest record several times: its checks, the exact-version checks
     /// (`write_at`), and sealing its changes into the Latest CF.
-    newest: Mutex<HashMap<Vec<u8>, Newest>>,
+    newest: Mutex<HashMap<Vec<u8>, Newest>>, // lookups only
     /// Keys whose Lock CF lookup can be skipped.
     hint: LockHint,
 }
@@ -52,6 +52,7 @@ impl<'a> MvccReader<'a> {
         MvccReader { snapshot, newest, hint }
     }
 
+    // The cache, for lookups only.
     fn newest_cache(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Newest>> {
         self.newest.lock().unwrap_or_else(|e| e.into_inner())
     }
