@@ -11,7 +11,7 @@
 use crate::commands::{InFlight, SimWakes, Sync};
 use rand::rngs::StdRng;
 use rand::Rng;
-use scandium_placement::{Command, Kind, LeaderTso, PlacementState, Response};
+use scandium_placement::{Command, ControlPlane, Kind, LeaderTso, PlacementState, Response};
 use scandium_raftstore::snapshot::{for_each_chunk, SnapshotAssembler, SnapshotHeader};
 use scandium_raftstore::META_GROUP_ID;
 use scandium_raftstore::{
@@ -152,6 +152,16 @@ pub(crate) enum Reply {
         cid: u64,
         result: Result<ApplyOutput, RaftstoreError>,
     },
+    /// A placement proposal of the simulation was applied or failed.
+    Placement {
+        purpose: crate::control::Purpose,
+        result: Result<ApplyOutput, RaftstoreError>,
+    },
+    /// A split was applied or failed.
+    Split {
+        split: u64,
+        result: Result<ApplyOutput, RaftstoreError>,
+    },
 }
 
 type Answers = Arc<Mutex<Vec<Reply>>>;
@@ -185,6 +195,9 @@ pub(crate) struct Node {
     pub(crate) woken: Arc<SimWakes>,
     /// Commands in progress, by id.
     pub(crate) commands: BTreeMap<u64, InFlight>,
+    /// The control plane, running while the node leads placement (memory: new on every
+    /// start).
+    pub(crate) control: ControlPlane,
 }
 
 /// Something scheduled to happen at a simulated time.
@@ -210,6 +223,19 @@ pub(crate) enum Event {
         call: RemoteCall,
         target: crate::commands::Target,
         parent: crate::commands::Parent,
+    },
+    /// A node's heartbeat is due.
+    Heartbeat(u64),
+    /// A heartbeat reaches the node its sender believes leads placement.
+    HeartbeatArrives {
+        to: u64,
+        from: u64,
+        heartbeats: Vec<scandium_placement::RegionHeartbeat>,
+    },
+    /// Operator steps reach the leader of their Regions.
+    Steps {
+        to: u64,
+        steps: Vec<scandium_placement::OperatorStep>,
     },
     /// Asks again for the timestamp a new leader raises `max_ts` to.
     SyncMaxTs {
@@ -244,6 +270,16 @@ pub struct Cluster {
     pub(crate) syncs: BTreeMap<u64, Sync>,
     /// Numbers the `max_ts` synchronisations.
     pub(crate) next_sync: u64,
+    /// A deliberately broken control plane (see `ControlPlane::forgetting_liveness`): a
+    /// new placement leader forgets when stores were last heard from.
+    pub unsafe_liveness: bool,
+    /// Splits in progress, by number.
+    pub(crate) splits: BTreeMap<u64, crate::control::SplitFlow>,
+    pub(crate) next_split: u64,
+    /// Splits applied.
+    pub splits_done: u64,
+    /// Operators the control planes of crashed nodes had finished.
+    operators_lost: u64,
     /// Messages handed to the network and delivered, for the run's statistics.
     pub sent: u64,
     /// Messages delivered.
@@ -280,8 +316,15 @@ impl Cluster {
             state: StoreState::Up as i32,
             ..Default::default()
         };
-        let (_, placement) =
+        let (mut state, mut placement) =
             PlacementState::bootstrap(1, 10_000, store, vec![region.clone()], Vec::new());
+        // Every node's store registered, as each server does on its first start.
+        for id in 2..=n {
+            use prost::Message as _;
+            let store = scandium_types::Store { id, address: "sim".into(), ..Default::default() };
+            let command = Command::new(Kind::PutStore(store)).encode_to_vec();
+            state.apply(&command, &mut placement);
+        }
         let mut timeouts: Vec<usize> = (0..n as usize).map(|i| ELECTION_TICKS + 2 * i).collect();
         for i in (1..timeouts.len()).rev() {
             timeouts.swap(i, rng.gen_range(0..=i));
@@ -325,6 +368,7 @@ impl Cluster {
                     txn: new_txn_node(&txn_engine, breakages, &SimWakes::new()),
                     woken: SimWakes::new(),
                     commands: BTreeMap::new(),
+                    control: crate::control::new_control(false),
                 }
             })
             .collect();
@@ -342,6 +386,11 @@ impl Cluster {
             breakages,
             syncs: BTreeMap::new(),
             next_sync: 0,
+            unsafe_liveness: false,
+            splits: BTreeMap::new(),
+            next_split: 0,
+            splits_done: 0,
+            operators_lost: 0,
             sent: 0,
             delivered: 0,
         };
@@ -350,6 +399,8 @@ impl Cluster {
             // Ticks of different nodes are out of phase, as their timers would be.
             let phase = rng.gen_range(0..TICK_MS);
             cluster.schedule(phase, Event::Tick(id));
+            let phase = rng.gen_range(0..crate::control::HEARTBEAT_MS);
+            cluster.schedule(phase, Event::Heartbeat(id));
         }
         cluster
     }
@@ -460,6 +511,24 @@ impl Cluster {
                     }
                     self.serve_remote(node, call, target, parent, rng);
                 }
+                Event::Heartbeat(id) => self.heartbeat(id, rng),
+                Event::HeartbeatArrives { to, from, heartbeats } => {
+                    if let Some(delay) = self.held_by_pause(to) {
+                        let event = Event::HeartbeatArrives { to, from, heartbeats };
+                        self.schedule(delay + rng.gen_range(0..10), event);
+                        continue;
+                    }
+                    self.take_heartbeat(to, from, heartbeats, rng);
+                }
+                Event::Steps { to, steps } => {
+                    if let Some(delay) = self.held_by_pause(to) {
+                        self.schedule(delay + rng.gen_range(0..10), Event::Steps { to, steps });
+                        continue;
+                    }
+                    for step in steps {
+                        self.execute_step(to, step, rng);
+                    }
+                }
                 Event::SyncMaxTs { node, incarnation, region, term, attempt } => {
                     if self.nodes[node as usize - 1].crashes == incarnation && self.is_up(node) {
                         self.sync_max_ts(node, region, term, attempt, rng);
@@ -544,6 +613,8 @@ impl Cluster {
                             self.on_applied(node, cid, result, rng);
                         }
                     }
+                    Reply::Placement { purpose, result } => self.on_placement(purpose, result, rng),
+                    Reply::Split { split, result } => self.on_split(split, result, rng),
                     Reply::Answer(answer) => out.push(answer),
                 }
             }
@@ -644,7 +715,7 @@ impl Cluster {
 
     fn start(&mut self, id: u64) {
         let now = self.clock(id);
-        let breakages = self.breakages;
+        let (breakages, unsafe_liveness) = (self.breakages, self.unsafe_liveness);
         let node = self.node(id);
         let engine: EngineRef = Arc::new(node.engine.clone());
         let loaded = PlacementState::load(&engine).expect("memory engines read");
@@ -654,6 +725,7 @@ impl Cluster {
         node.woken = SimWakes::new();
         node.txn = new_txn_node(&engine, breakages, &node.woken);
         node.commands.clear();
+        node.control = crate::control::new_control(unsafe_liveness);
         let meta = Box::new(SimMeta { state: node.placement.clone() });
         let mut store =
             Store::open(id, engine.clone(), node.config.clone(), meta, node.registry.clone())
@@ -680,6 +752,14 @@ impl Cluster {
         node.paused_until = 0;
         // Its commands die with it, unanswered (their clients time out).
         node.commands.clear();
+        let finished = node.control.counts().finished;
+        self.operators_lost += finished;
+    }
+
+    /// Operators finished by every control plane of the run.
+    pub fn operators_finished(&self) -> u64 {
+        let running: u64 = self.nodes.iter().map(|n| n.control.counts().finished).sum();
+        self.operators_lost + running
     }
 
     /// Starts a crashed node again on what its disk kept.
@@ -748,15 +828,62 @@ impl Cluster {
         self.blocked.clear();
     }
 
-    /// The first running node that believes it leads the Region and may serve reads.
-    pub fn leader(&self) -> Option<u64> {
+    /// The running node that leads the Region holding `key` and may serve it (what a
+    /// client's placement lookup would name, when placement is up to date).
+    pub fn leader_of(&self, key: &[u8]) -> Option<u64> {
         self.ids().find(|&id| {
             self.is_serving(id)
                 && self.nodes[id as usize - 1]
                     .registry
-                    .get(REGION)
+                    .find_by_key(key)
                     .is_some_and(|s| s.ready_for_reads)
         })
+    }
+
+    /// What each running node's replica of the Region holding `key` knows of it (for
+    /// reading a failure): its Region, the leader it hears, its term.
+    pub fn views_of(&self, key: &[u8]) -> Vec<(u64, String)> {
+        self.ids()
+            .filter(|&id| self.is_up(id))
+            .filter_map(|id| {
+                let status = self.nodes[id as usize - 1].registry.find_by_key(key)?;
+                let view = format!(
+                    "region {} {:?} v{} c{} leader {:?} term {}",
+                    status.region.id,
+                    status
+                        .region
+                        .peers
+                        .iter()
+                        .map(|p| (p.id, p.store_id, p.is_learner()))
+                        .collect::<Vec<_>>(),
+                    status.region.version,
+                    status.region.conf_ver,
+                    status.leader.map(|l| l.id),
+                    status.term
+                );
+                Some((id, view))
+            })
+            .collect()
+    }
+
+    /// Every data Region some running node leads, as its leader sees it, with that
+    /// leader; in key order.
+    pub fn led_regions(&self) -> Vec<(u64, Region)> {
+        let mut led: BTreeMap<Vec<u8>, (u64, Region)> = BTreeMap::new();
+        for id in self.ids().filter(|&id| self.is_serving(id)) {
+            for status in self.nodes[id as usize - 1].registry.all() {
+                if status.ready_for_reads {
+                    let start = status.region.start_key.clone();
+                    let newer = led.get(&start).is_none_or(|(_, r)| {
+                        r.epoch() != status.region.epoch() && r.version <= status.region.version
+                    });
+                    if newer {
+                        led.insert(start, (id, status.region));
+                    }
+                }
+            }
+        }
+        led.into_values().collect()
     }
 
     /// The newest value of `key` on node `id` with every transaction's fate settled as a
@@ -786,13 +913,25 @@ impl Cluster {
         self.nodes[id as usize - 1].txn.clone()
     }
 
-    /// The Region holding `key` as placement knows it, asked of the first running node
-    /// that holds the placement state (as a client asks its PD endpoint).
-    pub fn lookup_region(&self, key: &[u8]) -> Option<Region> {
+    /// The Region holding `key` as placement knows it, and the store it names as its
+    /// leader, asked of the first running node that holds the placement state (as a
+    /// client asks its PD endpoint).
+    pub fn lookup_region(&self, key: &[u8]) -> Option<(Region, Option<u64>)> {
         self.ids().filter(|&id| self.is_serving(id)).find_map(|id| {
             let placement = self.nodes[id as usize - 1].placement.read();
-            placement.unwrap_or_else(|e| e.into_inner()).region_by_key(key).cloned()
+            let placement = placement.unwrap_or_else(|e| e.into_inner());
+            let region = placement.region_by_key(key)?.clone();
+            let leader = placement.leader_of(region.id).map(|p| p.store_id);
+            Some((region, leader))
         })
+    }
+
+    /// Breaks the control plane on purpose from now on (see `unsafe_liveness`).
+    pub fn set_unsafe_liveness(&mut self, unsafe_liveness: bool) {
+        self.unsafe_liveness = unsafe_liveness;
+        for node in &mut self.nodes {
+            node.control = crate::control::new_control(unsafe_liveness);
+        }
     }
 
     /// Until when node `id` is paused (a time in the past if it is not).
@@ -805,48 +944,47 @@ impl Cluster {
         self.is_up(id) && self.nodes[id as usize - 1].paused_until <= self.now
     }
 
-    /// The Region as its leader sees it, if a running node leads it.
-    pub fn leader_region(&self) -> Option<Region> {
-        let leader = self.leader()?;
-        self.nodes[leader as usize - 1].registry.get(REGION).map(|s| s.region)
-    }
-
-    /// Proposes a membership change through the leader `id`; the answer is ignored (the
-    /// next change looks at the Region as it then is).
-    pub fn change_peers(&mut self, id: u64, changes: Vec<PeerChange>, rng: &mut StdRng) {
+    /// Proposes a membership change of `region` through its leader `id`; the answer is
+    /// ignored (the next change looks at the Region as it then is).
+    pub fn change_peers(
+        &mut self,
+        id: u64,
+        region: u64,
+        changes: Vec<PeerChange>,
+        rng: &mut StdRng,
+    ) {
         if !self.is_serving(id) {
             return;
         }
         if let Some(store) = self.node(id).store.as_mut() {
-            store.propose_conf_change(REGION, changes, Box::new(|_| {}));
+            store.propose_conf_change(region, changes, Box::new(|_| {}));
         }
         self.pump(id, rng);
     }
 
-    /// Asks the leader `id` to hand leadership to peer `to`.
-    pub fn transfer_leader(&mut self, id: u64, to: u64, rng: &mut StdRng) {
+    /// Asks the leader `id` of `region` to hand leadership to peer `to`.
+    pub fn transfer_leader(&mut self, id: u64, region: u64, to: u64, rng: &mut StdRng) {
         if !self.is_serving(id) {
             return;
         }
         if let Some(store) = self.node(id).store.as_mut() {
-            let _ = store.transfer_leader(REGION, to);
+            let _ = store.transfer_leader(region, to);
         }
         self.pump(id, rng);
     }
 
-    /// For each replica in the leader's view of the Region: its node, whether it runs a
-    /// replica, its applied index and its data digests (one per column family).
-    /// Replicas removed from the Region are not listed.
-    pub fn replica_states(&self) -> Vec<(u64, Option<ReplicaState>)> {
-        let Some(region) = self.leader_region() else { return Vec::new() };
+    /// For each replica in the leader's view of `region`: its node, and its applied index
+    /// and data digests (one per column family) if it runs one. Replicas removed from the
+    /// Region are not listed.
+    pub fn replica_states(&self, region: &Region) -> Vec<(u64, Option<ReplicaState>)> {
         region
             .peers
             .iter()
             .map(|peer| {
                 let id = peer.store_id;
                 let state = self.nodes[id as usize - 1].store.as_ref().and_then(|store| {
-                    let local = store.status(REGION)?.region;
-                    let applied = store.applied_index(REGION)?;
+                    let local = store.status(region.id)?.region;
+                    let applied = store.applied_index(region.id)?;
                     let digests =
                         scandium_raftstore::snapshot::digests(&local, &*store.engine_snapshot())
                             .expect("memory engines read");
@@ -855,6 +993,13 @@ impl Cluster {
                 (id, state)
             })
             .collect()
+    }
+
+    /// The stores placement's leader holds as drained and retired, if a node leads it.
+    pub fn store_state(&self, store: u64) -> Option<StoreState> {
+        let leader = self.placement_leader()?;
+        let placement = self.nodes[leader as usize - 1].placement.read();
+        placement.unwrap_or_else(|e| e.into_inner()).store(store).map(|s| s.state())
     }
 
     /// Rounds on node `id` until it has nothing left; its messages go to the network.

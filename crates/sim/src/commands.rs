@@ -504,7 +504,7 @@ impl Cluster {
         }
     }
 
-    fn network_delay(&self, rng: &mut StdRng) -> u64 {
+    pub(crate) fn network_delay(&self, rng: &mut StdRng) -> u64 {
         let (low, high) = self.network.delay_ms;
         rng.gen_range(low..=high)
     }

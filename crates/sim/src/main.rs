@@ -32,6 +32,15 @@ struct Args {
     /// Clients running list-append transactions (0 for registers and timestamps only).
     #[arg(long, default_value_t = RunConfig::default().txn_clients)]
     txn_clients: u64,
+    /// Clients of the bank workload (0 for none).
+    #[arg(long, default_value_t = RunConfig::default().bank_clients)]
+    bank_clients: u64,
+    /// Inject no faults (messages are still delayed).
+    #[arg(long)]
+    no_faults: bool,
+    /// Split no Region.
+    #[arg(long)]
+    no_splits: bool,
     /// Print each run's faults and history.
     #[arg(long)]
     verbose: bool,
@@ -50,6 +59,10 @@ struct Args {
     /// Break compare-and-swap on purpose (no linearizable read before the comparison).
     #[arg(long)]
     unsafe_cas: bool,
+    /// Break the control plane on purpose (a new placement leader forgets when stores were
+    /// last heard from).
+    #[arg(long)]
+    unsafe_liveness: bool,
 }
 
 fn main() {
@@ -61,7 +74,11 @@ fn main() {
         unsafe_latches: args.unsafe_latches,
         unsafe_max_ts: args.unsafe_max_ts,
         unsafe_cas: args.unsafe_cas,
+        unsafe_liveness: args.unsafe_liveness,
         txn_clients: args.txn_clients,
+        bank_clients: args.bank_clients,
+        faults: !args.no_faults,
+        splits: !args.no_splits,
         ..RunConfig::default()
     };
     let started = Instant::now();
@@ -73,6 +90,7 @@ fn main() {
     };
     let (mut ran, mut simulated_ms, mut operations) = (0u64, 0u64, 0usize);
     let (mut committed, mut transactions) = (0usize, 0usize);
+    let (mut regions, mut splits, mut operators) = (0u64, 0u64, 0u64);
     let mut failed = Vec::new();
     let mut last_progress = Instant::now();
     for seed in seeds {
@@ -98,6 +116,13 @@ fn main() {
             }
             print!("{}", report.history_text());
         }
+        let verdict = if report.anomalies.is_empty() { "ok" } else { "FAILED" };
+        println!(
+            "seed {seed}: {verdict} regions={} splits={} operators={}",
+            report.regions, report.splits, report.operators
+        );
+        (regions, splits, operators) =
+            (regions + report.regions as u64, splits + report.splits, operators + report.operators);
         if !report.anomalies.is_empty() {
             for anomaly in &report.anomalies {
                 println!("seed {seed} FAILED: {anomaly}");
@@ -115,8 +140,12 @@ fn main() {
         }
     }
     let wall = started.elapsed().as_secs_f64();
+    let per_seed = |n: u64| n as f64 / ran.max(1) as f64;
     println!(
-        "{ran} seeds in {wall:.1} s: {operations} operations, {transactions} transactions ({committed} committed), {:.0} simulated s ({:.0} simulated s per wall-clock minute), {} failed{}",
+        "{ran} seeds in {wall:.1} s: {operations} operations, {transactions} transactions ({committed} committed), regions={:.1} splits={:.1} operators={:.1} per seed, {:.0} simulated s ({:.0} simulated s per wall-clock minute), {} failed{}",
+        per_seed(regions),
+        per_seed(splits),
+        per_seed(operators),
         simulated_ms as f64 / 1000.0,
         simulated_ms as f64 / 1000.0 / wall * 60.0,
         failed.len(),

@@ -9,28 +9,34 @@ use scandium_txn::CommandError;
 use scandium_types::Region;
 use std::collections::BTreeMap;
 
-/// A client's Regions, by start key.
+/// A client's Regions, by start key, and the stores it believes lead them.
 #[derive(Default)]
 pub struct RegionCache {
     regions: BTreeMap<Vec<u8>, Region>,
+    leaders: BTreeMap<u64, u64>,
 }
 
 impl RegionCache {
-    /// The Region holding `key`, as cached or as placement says; `None` if no node can say.
-    pub fn locate(&mut self, cluster: &Cluster, key: &[u8]) -> Option<Region> {
+    /// The Region holding `key`, as cached or as placement says, and the store believed
+    /// to lead it; `None` if no node can say.
+    pub fn locate(&mut self, cluster: &Cluster, key: &[u8]) -> Option<(Region, Option<u64>)> {
         if let Some((_, region)) = self.regions.range(..=key.to_vec()).next_back() {
             if region.contains(key) {
-                return Some(region.clone());
+                return Some((region.clone(), self.leaders.get(&region.id).copied()));
             }
         }
-        let region = cluster.lookup_region(key)?;
+        let (region, leader) = cluster.lookup_region(key)?;
         self.insert(region.clone());
-        Some(region)
+        if let Some(leader) = leader {
+            self.leaders.insert(region.id, leader);
+        }
+        Some((region, leader))
     }
 
-    /// Learns from a failed request: the Regions an `EpochNotMatch` names replace what was
-    /// cached; a Region that is gone, or does not hold the key, is forgotten.
-    pub fn on_failure(&mut self, failure: &Failure) {
+    /// Learns from a failed request to `region_id` on store `store`: the Regions an
+    /// `EpochNotMatch` names replace what was cached; a Region that is gone, or does not
+    /// hold the key, is forgotten; a `NotLeader` names the leader, or the store is not it.
+    pub fn on_failure(&mut self, region_id: u64, store: u64, failure: &Failure) {
         match failure {
             Failure::Refused(RaftstoreError::EpochNotMatch { current }) => {
                 current.iter().for_each(|region| self.insert(region.clone()));
@@ -39,7 +45,16 @@ impl RegionCache {
             Failure::Command(CommandError::KeyNotInRegion { region, .. }) => {
                 self.insert((**region).clone())
             }
+            Failure::Refused(RaftstoreError::NotLeader { leader: Some(leader), .. })
+                if leader.store_id != store =>
+            {
+                self.leaders.insert(region_id, leader.store_id);
+                return;
+            }
             _ => {}
+        }
+        if self.leaders.get(&region_id) == Some(&store) {
+            self.leaders.remove(&region_id);
         }
     }
 
@@ -58,6 +73,7 @@ impl RegionCache {
 
     fn forget(&mut self, id: u64) {
         self.regions.retain(|_, region| region.id != id);
+        self.leaders.remove(&id);
     }
 }
 

@@ -18,6 +18,7 @@
 //! waits until every replica has applied the same log; the replicas' data must then be
 //! equal, and the history linearizable.
 
+use crate::check::bank;
 use crate::check::elle::{self, MicroOp, Outcome};
 use crate::check::history::Timing;
 use crate::check::linearizable::{self, Op, Verdict};
@@ -25,7 +26,7 @@ use crate::check::timestamps::{self, TsObservation};
 use crate::cluster::{Answer, Cluster, NetworkConfig, ELECTION_TICKS, TICK_MS};
 use crate::commands::{Failure, Output, Target};
 use crate::routing::RegionCache;
-use crate::txn::{decode_list, list_key, TxnClients, Wake};
+use crate::txn::{account_key, decode_balance, decode_list, list_key, TxnClients, Wake};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scandium_raftstore::PeerChange;
@@ -54,6 +55,11 @@ pub struct RunConfig {
     pub txn_clients: u64,
     /// Lists the transactions share.
     pub lists: u64,
+    /// Concurrent clients of the bank: transfers between accounts, and audits of every
+    /// account in one snapshot.
+    pub bank_clients: u64,
+    /// Bank accounts.
+    pub accounts: u64,
     /// Simulated milliseconds of load with faults, before healing.
     pub duration_ms: u64,
     /// Whether faults are injected (message loss and delay always are).
@@ -70,6 +76,12 @@ pub struct RunConfig {
     /// Compare-and-swap without a linearizable read first, as the server did before
     /// 2026-12-03: a deposed leader answers a failed swap from its old state.
     pub unsafe_cas: bool,
+    /// A new placement leader forgets when stores were last heard from (see
+    /// `ControlPlane::forgetting_liveness`): a node lost before the change is never
+    /// replaced.
+    pub unsafe_liveness: bool,
+    /// Whether Regions are split during the run (at random points, every 1–2.5 s).
+    pub splits: bool,
 }
 
 impl Default for RunConfig {
@@ -82,6 +94,8 @@ impl Default for RunConfig {
             keys: 3,
             txn_clients: 3,
             lists: 4,
+            bank_clients: 2,
+            accounts: 6,
             duration_ms: 20_000,
             faults: true,
             unsafe_reads: false,
@@ -89,6 +103,8 @@ impl Default for RunConfig {
             unsafe_latches: false,
             unsafe_max_ts: false,
             unsafe_cas: false,
+            unsafe_liveness: false,
+            splits: true,
         }
     }
 }
@@ -164,6 +180,12 @@ pub struct RunReport {
     pub simulated_ms: u64,
     /// Messages sent over the simulated network.
     pub messages: u64,
+    /// Data Regions at the end of the run.
+    pub regions: usize,
+    /// Splits applied.
+    pub splits: u64,
+    /// Operators of the control plane that finished.
+    pub operators: u64,
 }
 
 impl RunReport {
@@ -197,12 +219,14 @@ const TSO_CLIENT: u64 = 4 << 40;
 const TSO_TIMEOUT: u64 = 5 << 40;
 const TXN_CLIENT: u64 = 6 << 40;
 const TXN_TIMEOUT: u64 = 7 << 40;
+const SPLIT: u64 = 8 << 40;
 /// Marks the op ids of timestamp requests in the cluster's answers.
 const TSO_OP: u64 = 1 << 32;
 const KIND: u64 = 0xff << 40;
 
 struct Client {
     pending: Option<usize>,
+    /// The node it sends to.
     node: u64,
     written: u64,
     /// What it last saw each register hold: what it expects in a compare-and-swap.
@@ -211,6 +235,8 @@ struct Client {
     sent_at: Option<u64>,
     /// The Regions it knows of.
     regions: RegionCache,
+    /// The Region its pending operation went to.
+    region: u64,
 }
 
 /// Runs the simulation of `seed`.
@@ -229,6 +255,7 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
     let mut cluster = Cluster::new(config.nodes, config.replicas, network, breakages, &mut rng);
     cluster.unsafe_reads = config.unsafe_reads;
     cluster.unsafe_tso = config.unsafe_tso;
+    cluster.set_unsafe_liveness(config.unsafe_liveness);
     let mut clients: Vec<Client> = (0..config.clients)
         .map(|_| Client {
             pending: None,
@@ -237,6 +264,7 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
             seen: BTreeMap::new(),
             sent_at: None,
             regions: RegionCache::default(),
+            region: 0,
         })
         .collect();
     for c in 0..config.clients {
@@ -251,18 +279,28 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
     for c in 0..config.tso_clients {
         cluster.schedule_external(rng.gen_range(0..50), TSO_CLIENT | c);
     }
-    let mut txns = TxnClients::new(config.txn_clients, config.lists, config.nodes, &mut rng);
-    for c in 0..config.txn_clients {
+    let mut txns = TxnClients::new(
+        config.txn_clients,
+        config.lists,
+        config.bank_clients,
+        config.accounts,
+        config.nodes,
+        &mut rng,
+    );
+    for c in 0..txns.len() as u64 {
         cluster.schedule_external(rng.gen_range(0..50), TXN_CLIENT | c);
     }
     if config.faults {
         cluster.schedule_external(rng.gen_range(500..3_000), FAULT);
     }
+    if config.splits {
+        cluster.schedule_external(rng.gen_range(200..1_500), SPLIT);
+    }
     let mut history: Vec<Operation> = Vec::new();
     let mut faults = Vec::new();
     let mut recovery: Vec<Recovery> = Vec::new();
-    // Peers added by replica moves get ids above every store id.
-    let mut next_peer_id = 1_000;
+    // A node lost for good, or a store removed: at most one per run.
+    let mut departed: Option<Departure> = None;
     let end = config.duration_ms;
     loop {
         let (token, answers) = cluster.next(end, &mut rng);
@@ -301,14 +339,22 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
                 let request = (token & !KIND) as usize;
                 tso.give_up(&mut cluster, request, config, &mut rng);
             }
+            SPLIT => {
+                let key = SPLIT_KEYS[rng.gen_range(0..SPLIT_KEYS.len())];
+                if cluster.split(key.as_bytes(), &mut rng) {
+                    faults.push(format!("{} ms: split at {key}", cluster.now()));
+                }
+                cluster.schedule_external(rng.gen_range(1_000..2_500), SPLIT);
+            }
             FAULT => {
+                insist_on_removal(&mut cluster, departed, &mut rng);
                 let recovered = recovery.iter().position(|r| r.at <= cluster.now());
                 if let Some(i) = recovered {
                     let r = recovery.remove(i);
                     faults.push(format!("{} ms: {}", cluster.now(), r.describe()));
-                    r.apply(&mut cluster);
+                    r.apply(&mut cluster, departed);
                 } else {
-                    let (what, undo) = inject(&mut cluster, &mut next_peer_id, &mut rng);
+                    let (what, undo) = inject(&mut cluster, &mut departed, &mut rng);
                     faults.push(format!("{} ms: {what}", cluster.now()));
                     if let Some(undo) = undo {
                         let at = undo.at;
@@ -323,11 +369,15 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
         schedule_wake(&mut cluster, wake);
     }
 
-    // Heal: every link back, every node up, no more load; wait for the replicas to agree.
+    // Heal: every link back, every node up (but one lost for good), no more load; wait for
+    // every Region's replicas to agree, and for the control plane to have given every
+    // Region its replicas on the stores that remain.
     cluster.heal();
     for id in cluster.ids() {
         cluster.clear_disk_faults(id);
-        cluster.restart(id);
+        if departed != Some(Departure::Lost(id)) {
+            cluster.restart(id);
+        }
     }
     faults.push(format!("{} ms: healed; every node restarted", cluster.now()));
     for c in &mut clients {
@@ -335,16 +385,15 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
     }
     let mut anomalies = Vec::new();
     let deadline = cluster.now() + HEAL_MS;
-    let converged = loop {
-        let states = cluster.replica_states();
-        let first = states.first().and_then(|(_, state)| state.clone());
-        let agreed = first.is_some() && states.iter().all(|(_, state)| *state == first);
-        if agreed {
-            break true;
+    let settled = loop {
+        let unsettled = unsettled(&cluster, config, departed);
+        if unsettled.is_none() {
+            break None;
         }
         if cluster.now() >= deadline {
-            break false;
+            break unsettled;
         }
+        insist_on_removal(&mut cluster, departed, &mut rng);
         let until = cluster.now() + 100;
         while cluster.now() < until {
             let (token, answers) = cluster.next(until, &mut rng);
@@ -363,21 +412,20 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
             }
         }
     };
-    if !converged {
-        let states = cluster.replica_states();
-        anomalies.push(format!(
-            "replicas did not converge within {HEAL_MS} ms of healing: (node, (applied index, digests)) {states:?}"
-        ));
+    let converged = settled.is_none();
+    if let Some(why) = settled {
+        anomalies.push(format!("the cluster did not settle within {HEAL_MS} ms of healing: {why}"));
     }
     // Writes still pending never got an answer: they stay indeterminate.
     anomalies.extend(check_history(&history));
     anomalies.extend(check_timestamps(&tso.requests));
     txns.finish();
-    let mut transactions = txns.history;
+    let mut transactions = std::mem::take(&mut txns.history);
     if converged {
-        let leader = cluster.leader().expect("a converged cluster has a leader");
         let ops = (0..config.lists.max(2))
             .map(|key| {
+                let leader =
+                    cluster.leader_of(&list_key(key)).expect("a settled Region has a leader");
                 let value = cluster.txn_final_value(leader, &list_key(key));
                 let value = value.expect("the leader is up");
                 MicroOp::Read { key, list: decode_list(value.as_deref()) }
@@ -385,7 +433,18 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
             .collect();
         transactions.push(elle::Txn { ops, outcome: Outcome::Committed });
         anomalies.extend(check_transactions(&transactions));
+        // The bank's final balances, every transfer's fate settled, must add up too.
+        let final_read: bank::Snapshot = (0..config.accounts)
+            .map(|account| {
+                let key = account_key(account);
+                let leader = cluster.leader_of(&key).expect("a settled Region has a leader");
+                let value = cluster.txn_final_value(leader, &key).expect("the leader is up");
+                (account, decode_balance(value.as_deref()))
+            })
+            .collect();
+        txns.audits.push(final_read);
     }
+    anomalies.extend(check_bank(config.accounts, &txns.audits));
     RunReport {
         seed,
         history,
@@ -395,7 +454,87 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
         faults,
         simulated_ms: cluster.now(),
         messages: cluster.sent,
+        regions: cluster.led_regions().len(),
+        splits: cluster.splits_done,
+        operators: cluster.operators_finished(),
     }
+}
+
+/// Keys the run splits at, drawn at random: between and among the registers (`k0`..),
+/// the lists (`list0`..) and elsewhere, so that requests and transactions span Regions.
+const SPLIT_KEYS: [&str; 16] = [
+    "a", "acct2", "acct5", "f", "k", "k1", "k2", "l", "list1", "list2", "list3", "m", "r", "s",
+    "t", "x",
+];
+
+/// A node gone from the cluster for the rest of the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Departure {
+    /// Crashed, its disk lost: never restarted.
+    Lost(u64),
+    /// Removed by the operator (`scandium ctl store remove`): drained, then retired.
+    Removed(u64),
+}
+
+/// A store removal whose proposal was lost (the placement leader changed before it
+/// committed) is asked for again, as an operator would run `ctl store remove` again.
+fn insist_on_removal(cluster: &mut Cluster, departed: Option<Departure>, rng: &mut StdRng) {
+    let Some(Departure::Removed(store)) = departed else { return };
+    if cluster.store_state(store) == Some(scandium_types::StoreState::Up) {
+        cluster.remove_store(store, rng);
+    }
+}
+
+/// Why the cluster has not settled yet after healing, if it has not: a Region whose
+/// replicas disagree, or that does not have the replicas it should (all voters, on the
+/// stores that remain), or a removed store not yet retired.
+fn unsettled(cluster: &Cluster, config: &RunConfig, departed: Option<Departure>) -> Option<String> {
+    let gone = |store: u64| matches!(departed, Some(Departure::Lost(s) | Departure::Removed(s)) if s == store);
+    let remaining = cluster.ids().filter(|&id| !gone(id)).count() as u64;
+    let wanted = config.replicas.min(remaining) as usize;
+    let regions = cluster.led_regions();
+    // Led Regions must tile the key space: a gap is keys no one serves.
+    let mut next_start: &[u8] = b"";
+    for (_, region) in &regions {
+        if region.start_key != next_start {
+            let from = next_start.escape_ascii().to_string();
+            let views = cluster.views_of(next_start);
+            return Some(format!("no Region is led from {from:?}: replicas {views:?}"));
+        }
+        next_start = &region.end_key;
+        if next_start.is_empty() {
+            break;
+        }
+    }
+    if regions.is_empty() || !next_start.is_empty() {
+        let from = next_start.escape_ascii().to_string();
+        let views = cluster.views_of(next_start);
+        return Some(format!("no Region is led from {from:?} to the end: replicas {views:?}"));
+    }
+    for (_, region) in &regions {
+        let states = cluster.replica_states(region);
+        let first = states.first().and_then(|(_, state)| state.clone());
+        if first.is_none() || states.iter().any(|(_, state)| *state != first) {
+            return Some(format!(
+                "region {} ({:?})'s replicas disagree: (node, (applied index, digests)) {states:?}",
+                region.id, region.peers
+            ));
+        }
+        let voters = region.voters().filter(|p| !gone(p.store_id)).count();
+        if voters != wanted || region.peers.len() != wanted {
+            return Some(format!(
+                "region {} has {:?}, not {wanted} voters on the stores that remain",
+                region.id, region.peers
+            ));
+        }
+    }
+    if let Some(Departure::Removed(store)) = departed {
+        let state = cluster.store_state(store);
+        if state != Some(scandium_types::StoreState::Tombstone) {
+            return Some(format!("removed store {store} is {state:?}, not retired"));
+        }
+    }
+    None
 }
 
 fn key_of(k: u64) -> Vec<u8> {
@@ -413,6 +552,15 @@ fn send_next(
     let client = &mut clients[c as usize];
     if client.pending.is_some() {
         return;
+    }
+    let key = rng.gen_range(0..config.keys);
+    let Some((region, leader)) = client.regions.locate(cluster, &key_of(key)) else {
+        return retry_elsewhere(cluster, client, c, key, config, rng);
+    };
+    // To the store believed to lead the key's Region, as tikv-client routes a request
+    // (the same node again when it waited for a paused one).
+    if let (Some(leader), None) = (leader, client.sent_at) {
+        client.node = leader;
     }
     let node = client.node;
     let paused_until = cluster.paused_until(node);
@@ -434,7 +582,6 @@ fn send_next(
         }
         return;
     }
-    let key = rng.gen_range(0..config.keys);
     let op = history.len();
     let now = client.sent_at.take().unwrap_or(cluster.now());
     let request = match rng.gen_range(0..20) {
@@ -470,11 +617,9 @@ fn send_next(
             raw::compare_and_swap(&txn, target, key_of(key), expected, new, 0).map(Output::Swapped)
         }
     };
-    let Some(region) = client.regions.locate(cluster, &key_of(key)) else {
-        return retry_elsewhere(cluster, client, c, config, rng);
-    };
     history.push(sent);
     client.pending = Some(op);
+    client.region = region.id;
     let region = Target::Request { region_id: region.id, epoch: region.epoch() };
     cluster.submit(node, op as u64, region, command, rng);
     cluster.schedule_external(CLIENT_TIMEOUT_MS, TIMEOUT | op as u64);
@@ -489,16 +634,18 @@ impl Client {
 }
 
 /// The node refused or is gone: try another one soon, as a client does when its cached
-/// leader fails it: the one placement names (a node that believes it leads), or any.
+/// leader fails it: the node leading register `key`'s Region (as placement would name
+/// it), or any.
 fn retry_elsewhere(
     cluster: &mut Cluster,
     client: &mut Client,
     c: u64,
+    key: u64,
     config: &RunConfig,
     rng: &mut StdRng,
 ) {
     let failed = client.node;
-    client.node = match cluster.leader() {
+    client.node = match cluster.leader_of(&key_of(key)) {
         Some(leader) if leader != failed && rng.gen_bool(0.8) => leader,
         _ => rng.gen_range(1..=config.nodes),
     };
@@ -516,7 +663,7 @@ fn give_up(
     rng: &mut StdRng,
 ) {
     client.pending = None;
-    retry_elsewhere(cluster, client, history[op].client, config, rng);
+    retry_elsewhere(cluster, client, history[op].client, history[op].key, config, rng);
 }
 
 fn on_answer(
@@ -565,11 +712,11 @@ fn on_answer(
         // Nothing happened: left out of the check, and the client goes elsewhere.
         Err(failure) => {
             history[op].refused = history[op].request != Request::Get;
-            client.regions.on_failure(&failure);
+            client.regions.on_failure(client.region, history[op].node, &failure);
             if matches!(failure, Failure::Proposal(_)) {
                 cluster.schedule_external(rng.gen_range(1..10), CLIENT | c);
             } else {
-                retry_elsewhere(cluster, client, c, config, rng);
+                retry_elsewhere(cluster, client, c, key, config, rng);
             }
         }
     }
@@ -688,6 +835,15 @@ pub fn check_transactions(transactions: &[elle::Txn]) -> Vec<String> {
     anomalies
 }
 
+/// Every audit of the bank (the last one, the balances after healing) adds up to the
+/// money the accounts started with, and no balance is negative.
+fn check_bank(accounts: u64, audits: &[bank::Snapshot]) -> Vec<String> {
+    let names: Vec<u64> = (0..accounts).collect();
+    let total = crate::txn::INITIAL_BALANCE * accounts as i64;
+    let report = bank::check(&names, total, audits);
+    report.anomalies.iter().take(5).map(|a| format!("bank: {a}")).collect()
+}
+
 /// Timestamps unique and increasing in real time.
 fn check_timestamps(requests: &[(u64, Option<(u64, u64)>)]) -> Vec<String> {
     let observations: Vec<TsObservation> = requests
@@ -716,6 +872,7 @@ struct Recovery {
     action: Undo,
 }
 
+#[derive(Clone, Copy)]
 enum Undo {
     Restart(u64),
     Heal,
@@ -733,7 +890,14 @@ impl Recovery {
         }
     }
 
-    fn apply(&self, cluster: &mut Cluster) {
+    fn apply(&self, cluster: &mut Cluster, departed: Option<Departure>) {
+        if let (Undo::Restart(id) | Undo::FreeSpace(id), Some(Departure::Lost(lost))) =
+            (self.action, departed)
+        {
+            if id == lost {
+                return;
+            }
+        }
         match self.action {
             Undo::Restart(id) => cluster.restart(id),
             Undo::Heal => cluster.heal(),
@@ -752,24 +916,46 @@ impl Recovery {
 /// a voter) and transferring leadership.
 fn inject(
     cluster: &mut Cluster,
-    next_peer_id: &mut u64,
+    departed: &mut Option<Departure>,
     rng: &mut StdRng,
 ) -> (String, Option<Recovery>) {
     let n = cluster.ids().count() as u64;
     let now = cluster.now();
-    let target = match (rng.gen_bool(0.6), cluster.leader()) {
-        (true, Some(leader)) => leader,
+    let regions = cluster.led_regions();
+    let led = (!regions.is_empty()).then(|| regions[rng.gen_range(0..regions.len())].clone());
+    let lost = match departed {
+        Some(Departure::Lost(id)) => Some(*id),
+        _ => None,
+    };
+    let target = match (rng.gen_bool(0.6), &led) {
+        (true, Some((leader, _))) => *leader,
         _ => rng.gen_range(1..=n),
     };
+    if Some(target) == lost {
+        return (format!("node {target} is gone"), None);
+    }
     let later = |rng: &mut StdRng, low: u64, high: u64| now + rng.gen_range(low..high);
-    match rng.gen_range(0..10) {
+    match rng.gen_range(0..11) {
+        10 if departed.is_none() && n >= 4 && now >= 3_000 => {
+            if rng.gen_bool(0.5) {
+                cluster.crash(target, rng);
+                *departed = Some(Departure::Lost(target));
+                return (format!("node {target} is lost for good"), None);
+            }
+            if !cluster.remove_store(target, rng) {
+                return ("no placement leader to remove a store".into(), None);
+            }
+            *departed = Some(Departure::Removed(target));
+            (format!("store {target} is removed"), None)
+        }
+        10 => ("no departure this time".into(), None),
         9 => {
             let ms = rng.gen_range(100..5_000) * if rng.gen_bool(0.5) { 1 } else { -1 };
             cluster.jump_wall_clock(target, ms);
             (format!("node {target}'s wall clock jumps {ms} ms"), None)
         }
         7 => {
-            let (Some(leader), Some(region)) = (cluster.leader(), cluster.leader_region()) else {
+            let Some((leader, region)) = led else {
                 return ("no leader to move a replica".into(), None);
             };
             if let Some(learner) = region.peers.iter().find(|p| p.is_learner()).cloned() {
@@ -781,30 +967,34 @@ fn inject(
                     learner.id, learner.store_id, victim.id, victim.store_id
                 );
                 let promote = Peer::new(learner.id, learner.store_id);
-                cluster.change_peers(
-                    leader,
-                    vec![PeerChange::AddVoter(promote), PeerChange::Remove(victim)],
-                    rng,
-                );
-                return (what, None);
+                let changes = vec![PeerChange::AddVoter(promote), PeerChange::Remove(victim)];
+                cluster.change_peers(leader, region.id, changes, rng);
+                return (format!("region {}: {what}", region.id), None);
             }
-            let Some(store) = cluster.ids().find(|&id| region.peer_on_store(id).is_none()) else {
+            let free = |id: u64| region.peer_on_store(id).is_none() && Some(id) != lost;
+            let Some(store) = cluster.ids().find(|&id| free(id)) else {
                 return ("no node free for a replica".into(), None);
             };
-            *next_peer_id += 1;
-            let learner = Peer::learner(*next_peer_id, store);
-            cluster.change_peers(leader, vec![PeerChange::AddLearner(learner)], rng);
-            (format!("add learner peer {next_peer_id} on node {store}"), None)
+            // Its id from placement's allocator, as every peer's: a store refuses a peer
+            // below one it once held.
+            cluster.add_learner(leader, region.id, store, rng);
+            (format!("region {}: add a learner on node {store}", region.id), None)
         }
         8 => {
-            let (Some(leader), Some(region)) = (cluster.leader(), cluster.leader_region()) else {
+            let Some((leader, region)) = led else {
                 return ("no leader to transfer from".into(), None);
             };
             let others: Vec<Peer> =
                 region.voters().filter(|p| p.store_id != leader).cloned().collect();
+            if others.is_empty() {
+                return ("no voter to transfer to".into(), None);
+            }
             let to = others[rng.gen_range(0..others.len())].clone();
-            cluster.transfer_leader(leader, to.id, rng);
-            let what = format!("transfer leadership from node {leader} to node {}", to.store_id);
+            cluster.transfer_leader(leader, region.id, to.id, rng);
+            let what = format!(
+                "region {}: transfer leadership from node {leader} to node {}",
+                region.id, to.store_id
+            );
             if rng.gen_bool(0.3) {
                 // The transferee stalls before it hears the leader's TimeoutNow, for about
                 // as long as the leader waits for the transfer: the leader gives up and

@@ -1,38 +1,44 @@
-//! Simulated transactional clients: list-append transactions over Percolator, as
-//! tikv-client runs them, against [`Cluster::txn_write`] and the snapshot read path.
+//! Simulated transactional clients, running Percolator as tikv-client runs it, each step
+//! one of the server's commands, routed to the Region of its keys.
 //!
-//! A transaction takes a start timestamp from the placement leader, reads two lists at
-//! it, prewrites both with an element appended (the first key is the primary), takes a
-//! commit timestamp, commits the primary, then the secondary. A lock in the way of a read
-//! or a prewrite is resolved as the client does: `check_txn_status` at its primary (rolling
-//! back an expired transaction, pushing a live one's `min_commit_ts` past the reader),
-//! then the lock itself committed or rolled back by what the primary says. Some clients
-//! "crash" mid-transaction: after the prewrite (locks left until their TTL runs out and a
-//! reader rolls them back) or after committing the primary (the secondary left for a
-//! reader to roll forward).
+//! Two workloads run side by side:
+//!
+//! * **list-append**: a transaction reads two lists and appends one element to both (the
+//!   histories go to the Elle-style checker);
+//! * **bank**: a transfer reads two accounts and moves money from one to the other if it
+//!   has the funds; an audit reads every account in one snapshot (the total must never
+//!   change, no balance may go negative: the bank checker).
+//!
+//! A transaction takes a start timestamp from the placement leader, reads its keys at it,
+//! prewrites its writes (the first key is the primary; one prewrite per Region its keys
+//! are in, as the client splits them), takes a commit timestamp, commits the primary, then
+//! the secondary. A lock in the way of a read or a prewrite is resolved as the client does:
+//! `check_txn_status` at its primary (rolling back an expired transaction, pushing a live
+//! one's `min_commit_ts` past the reader, deciding an async-commit transaction from its
+//! secondaries), then the lock itself committed or rolled back by what the primary says.
+//! Some clients "crash" mid-transaction: after the prewrite (locks left until their TTL
+//! runs out and a reader rolls them back) or after committing the primary (the secondary
+//! left for a reader to roll forward).
 //!
 //! Half the clients run pessimistic transactions, as tikv-client's `get_for_update` does:
 //! after the start timestamp, a `for_update_ts` from the placement leader, then a
 //! pessimistic lock of each key that returns its latest value (the read the checker
-//! sees; a write conflict takes it again at a newer `for_update_ts`), then a prewrite
-//! that must find those locks. One in 40 of them is abandoned with
-//! its pessimistic locks held, for others to roll back once they expire.
+//! sees; a write conflict takes it again at a newer `for_update_ts`; half of them wait in
+//! the lock waiting queue for a lock in the way), then a prewrite that must find those
+//! locks. One in 40 of them is abandoned with its pessimistic locks held.
 //!
 //! Each transaction commits one of three ways, drawn from the seed: two-phase as above;
-//! async commit (committed once the prewrite is answered, at its `min_commit_ts`; a reader
-//! meeting its lock settles it by `check_secondary_locks`); or one-phase (the prewrite
-//! commits).
-//!
-//! The commands compose the same Percolator actions (`scandium_txn::actions`) as the
-//! server's, the prewrite included; what the simulator does not share with the server is
-//! the glue around them (its own latches and `max_ts` synchronisation, no lock index or
-//! newest-record cache).
+//! async commit (committed once every prewrite is answered, at the largest
+//! `min_commit_ts`; a reader meeting its lock settles it by `check_secondary_locks`); or
+//! one-phase (the prewrite commits; only when every key is in one Region, as the client
+//! does it, else two-phase).
 //!
 //! What a transaction's client learned decides its outcome for the checker: committed
-//! once the primary's commit is answered (async commit and 1PC: the prewrite); aborted if
+//! once the primary's commit is answered (async commit and 1PC: the prewrites); aborted if
 //! it never sent the commit of its primary, or the commit was refused because the
 //! transaction was rolled back; indeterminate when that answer never came.
 
+use crate::check::bank;
 use crate::check::elle::{self, MicroOp, Outcome};
 use crate::cluster::{Answer, Cluster};
 use crate::commands::{Failure, Output, Target};
@@ -67,14 +73,18 @@ const LOCK_BACKOFF_MS: (u64, u64) = (10, 40);
 /// One transaction in this many is abandoned after its prewrite, and one in this many
 /// after its primary's commit, as by a client that crashed.
 const ABANDON_ONE_IN: u32 = 40;
+/// Every bank account starts with this much (an account never written holds it).
+pub const INITIAL_BALANCE: i64 = 100;
+/// One bank transaction in this many is an audit.
+const AUDIT_ONE_IN: u32 = 6;
 
 /// How a transaction commits, drawn for each one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Commit {
     /// Two-phase: a commit timestamp from the oracle, then the primary's commit decides.
     TwoPhase,
-    /// Async commit: committed once both keys are prewritten, at their `min_commit_ts`,
-    /// which the leader chose above every timestamp it served a read at.
+    /// Async commit: committed once every key is prewritten, at their `min_commit_ts`,
+    /// which the leaders chose above every timestamp they served a read at.
     Async,
     /// One-phase: the prewrite commits, at a timestamp chosen as async commit's.
     OnePc,
@@ -110,7 +120,8 @@ enum Step {
         commit_ts: TimeStamp,
         resume: Box<Step>,
     },
-    Prewrite,
+    /// Prewriting the keys of one Region (the `i`th of the transaction's groups).
+    Prewrite(usize),
     CommitTs,
     CommitPrimary,
     CommitSecondary,
@@ -119,27 +130,56 @@ enum Step {
 /// What a client waits for.
 enum Pending {
     Timestamp,
-    /// A command's answer.
-    Command,
+    /// A command's answer, from this Region on this node.
+    Command {
+        region: u64,
+        node: u64,
+    },
+}
+
+/// What a transaction is for.
+#[derive(Clone, Copy, Debug)]
+enum Purpose {
+    /// Appending one element to two lists; its entry in the list-append history.
+    Append(usize),
+    /// Moving `amount` between two accounts (if the first has it).
+    Transfer(i64),
+    /// Reading every account in one snapshot.
+    Audit,
 }
 
 struct Current {
-    /// Index in the history.
-    index: usize,
-    keys: [u64; 2],
+    purpose: Purpose,
+    /// The keys, the primary first, and what each is (a list or an account number).
+    keys: Vec<Vec<u8>>,
+    names: Vec<u64>,
+    /// What was read of each key.
+    reads: Vec<Option<Vec<u8>>>,
     start_ts: TimeStamp,
     /// Pessimistic transactions only; zero for optimistic ones.
     for_update_ts: TimeStamp,
     commit_ts: TimeStamp,
     commit: Commit,
     step: Step,
+    /// The keys to prewrite (indexes into `keys`), grouped by Region, the primary's first.
+    groups: Vec<Vec<usize>>,
+    /// Async commit: the largest `min_commit_ts` the prewrites answered so far.
+    min_commit_ts: u64,
     lock_waits: u32,
     commit_tries: u32,
     /// Set when the next turn should wait (a live lock in the way).
     backoff_ms: u64,
 }
 
+/// Which workload a client runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    ListAppend,
+    Bank,
+}
+
 struct Client {
+    workload: Workload,
     /// The node it sends data requests to, and the one it asks for timestamps.
     node: u64,
     tso_node: u64,
@@ -152,19 +192,27 @@ struct Client {
     txn: Option<Current>,
 }
 
-/// The transactional clients of a run, and the history they record.
+/// The transactional clients of a run, and the histories they record.
 pub struct TxnClients {
     clients: Vec<Client>,
-    /// Every transaction begun, in order, as the checker takes them.
+    /// Every list-append transaction begun, in order, as the checker takes them.
     pub history: Vec<elle::Txn>,
+    /// Every audit that read every account.
+    pub audits: Vec<bank::Snapshot>,
     next_op: u64,
     nodes: u64,
-    keys: u64,
+    lists: u64,
+    accounts: u64,
 }
 
 /// The key of list `k`.
 pub fn list_key(k: u64) -> Vec<u8> {
     format!("list{k}").into_bytes()
+}
+
+/// The key of bank account `a`.
+pub fn account_key(a: u64) -> Vec<u8> {
+    format!("acct{a}").into_bytes()
 }
 
 /// A list's stored form: its elements, comma-separated.
@@ -177,12 +225,30 @@ fn encode_list(list: &[u64]) -> Vec<u8> {
     list.iter().map(u64::to_string).collect::<Vec<_>>().join(",").into_bytes()
 }
 
+/// A balance's stored form; an account never written holds [`INITIAL_BALANCE`].
+pub fn decode_balance(value: Option<&[u8]>) -> i64 {
+    value.map_or(INITIAL_BALANCE, |v| String::from_utf8_lossy(v).parse().unwrap_or(i64::MIN))
+}
+
 impl TxnClients {
-    /// `clients` clients over `keys` lists on a cluster of `nodes`.
-    pub fn new(clients: u64, keys: u64, nodes: u64, rng: &mut StdRng) -> TxnClients {
+    /// `list_clients` list-append clients over `lists` lists and `bank_clients` bank
+    /// clients over `accounts` accounts, on a cluster of `nodes`.
+    pub fn new(
+        list_clients: u64,
+        lists: u64,
+        bank_clients: u64,
+        accounts: u64,
+        nodes: u64,
+        rng: &mut StdRng,
+    ) -> TxnClients {
+        let workloads = (0..list_clients)
+            .map(|_| Workload::ListAppend)
+            .chain((0..bank_clients).map(|_| Workload::Bank));
         TxnClients {
-            clients: (0..clients)
-                .map(|i| Client {
+            clients: workloads
+                .enumerate()
+                .map(|(i, workload)| Client {
+                    workload,
                     node: rng.gen_range(1..=nodes),
                     tso_node: rng.gen_range(1..=nodes),
                     pessimistic: i % 2 == 1,
@@ -192,10 +258,22 @@ impl TxnClients {
                 })
                 .collect(),
             history: Vec::new(),
+            audits: Vec::new(),
             next_op: 0,
             nodes,
-            keys: keys.max(2),
+            lists: lists.max(2),
+            accounts: accounts.max(2),
         }
+    }
+
+    /// How many clients there are.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
     }
 
     /// Client `c`'s turn: it sends its next request (starting a transaction if it has
@@ -222,29 +300,59 @@ impl TxnClients {
             }
             return;
         }
-        let command = self.command(c, &step, cluster, rng);
+        if matches!(step, Step::Prewrite(0)) && !self.group(c, cluster) {
+            return wake.at(rng.gen_range(5..30), c);
+        }
+        let key = self.key_of(c, &step);
+        let Some((region, leader)) = self.clients[c].regions.locate(cluster, &key) else {
+            return wake.at(rng.gen_range(5..30), c);
+        };
         let client = &mut self.clients[c];
-        let key = match &step {
+        if let Some(leader) = leader {
+            client.node = leader;
+        }
+        let node = client.node;
+        let command = self.command(c, &step, cluster, rng);
+        let target = Target::Request { region_id: region.id, epoch: region.epoch() };
+        cluster.submit(node, op, target, command, rng);
+        self.clients[c].waiting = Some((op, Pending::Command { region: region.id, node }));
+        wake.timeout(REQUEST_TIMEOUT_MS, op);
+    }
+
+    /// The key whose Region a step's request goes to.
+    fn key_of(&self, c: usize, step: &Step) -> Vec<u8> {
+        let txn = self.clients[c].txn.as_ref().expect("in a transaction");
+        match step {
             Step::CheckStatus { lock, .. } => lock.primary.clone(),
             Step::CheckSecondaries { primary, .. } => primary.secondaries[0].clone(),
             Step::Resolve { key, .. } => key.clone(),
-            _ => {
-                let txn = client.txn.as_ref().expect("in a transaction");
-                let i = match step {
-                    Step::Read(i) | Step::Lock(i) => i,
-                    Step::CommitSecondary => 1,
-                    _ => 0,
-                };
-                list_key(txn.keys[i])
+            Step::Read(i) | Step::Lock(i) => txn.keys[*i].clone(),
+            Step::Prewrite(g) => txn.keys[txn.groups[*g][0]].clone(),
+            Step::CommitSecondary => txn.keys[1].clone(),
+            _ => txn.keys[0].clone(),
+        }
+    }
+
+    /// Groups the transaction's keys by the Region the client believes holds them, as
+    /// tikv-client splits a prewrite; a transaction whose keys span Regions cannot commit
+    /// in one phase. `false` if some key's Region is unknown now.
+    fn group(&mut self, c: usize, cluster: &Cluster) -> bool {
+        let client = &mut self.clients[c];
+        let txn = client.txn.as_mut().expect("in a transaction");
+        let mut groups: Vec<(u64, Vec<usize>)> = Vec::new();
+        for (i, key) in txn.keys.iter().enumerate() {
+            let Some((region, _)) = client.regions.locate(cluster, key) else { return false };
+            match groups.iter_mut().find(|(id, _)| *id == region.id) {
+                Some((_, keys)) => keys.push(i),
+                None => groups.push((region.id, vec![i])),
             }
-        };
-        let Some(region) = client.regions.locate(cluster, &key) else {
-            return wake.at(rng.gen_range(5..30), c);
-        };
-        let target = Target::Request { region_id: region.id, epoch: region.epoch() };
-        cluster.submit(client.node, op, target, command, rng);
-        client.waiting = Some((op, Pending::Command));
-        wake.timeout(REQUEST_TIMEOUT_MS, op);
+        }
+        if groups.len() > 1 && txn.commit == Commit::OnePc {
+            txn.commit = Commit::TwoPhase;
+        }
+        txn.groups = groups.into_iter().map(|(_, keys)| keys).collect();
+        txn.min_commit_ts = 0;
+        true
     }
 
     /// The command of a transaction's step: what tikv-client sends for it.
@@ -257,21 +365,19 @@ impl TxnClients {
     ) -> Command<Output> {
         let txn = self.clients[c].txn.as_ref().expect("in a transaction");
         let node = cluster.txn_node(self.clients[c].node);
-        let (a, b) = (list_key(txn.keys[0]), list_key(txn.keys[1]));
+        let primary = txn.keys[0].clone();
         let (start_ts, commit_ts, for_update_ts) = (txn.start_ts, txn.commit_ts, txn.for_update_ts);
         match step {
             Step::Read(i) => {
-                let key = if *i == 0 { a } else { b };
-                commands::get(&node, V1, key, start_ts).map(Output::Value)
+                commands::get(&node, V1, txn.keys[*i].clone(), start_ts).map(Output::Value)
             }
             Step::Lock(i) => {
-                let key = if *i == 0 { a.clone() } else { b };
                 // Half the locks wait a little for a lock in the way (the server's lock
                 // waiting queue); the others fail at once and the client resolves it.
                 let wait_timeout_ms = if rng.gen_bool(0.5) { rng.gen_range(50..300) } else { 0 };
                 let request = PessimisticLock {
-                    keys: vec![(key, false)],
-                    primary: a,
+                    keys: vec![(txn.keys[*i].clone(), false)],
+                    primary,
                     start_ts,
                     lock_ttl: LOCK_TTL_MS,
                     for_update_ts,
@@ -300,8 +406,8 @@ impl TxnClients {
                 let fates = vec![(lock.start_ts, fate.0)];
                 commands::resolve_lock(&node, V1, fates, vec![key.clone()]).map(|()| Output::Done)
             }
-            Step::Prewrite => {
-                let request = self.prewrite(c, a, b);
+            Step::Prewrite(g) => {
+                let request = self.prewrite(c, &txn.groups[*g]);
                 commands::prewrite(&node, V1, request).map(|p| Output::Prewritten {
                     errors: p.errors,
                     min_commit_ts: p.min_commit_ts,
@@ -309,7 +415,8 @@ impl TxnClients {
                 })
             }
             Step::CommitPrimary | Step::CommitSecondary => {
-                let key = if matches!(step, Step::CommitPrimary) { a } else { b };
+                let key =
+                    if matches!(step, Step::CommitPrimary) { primary } else { txn.keys[1].clone() };
                 commands::commit(&node, V1, vec![key], start_ts, commit_ts).map(Output::Committed)
             }
             Step::StartTs | Step::ForUpdateTs(_) | Step::CommitTs => {
@@ -318,31 +425,20 @@ impl TxnClients {
         }
     }
 
-    /// The prewrite of client `c`'s transaction: both lists with its element appended.
-    fn prewrite(&self, c: usize, a: Vec<u8>, b: Vec<u8>) -> Prewrite {
+    /// The prewrite of client `c`'s keys `group` (one Region's).
+    fn prewrite(&self, c: usize, group: &[usize]) -> Prewrite {
         let txn = self.clients[c].txn.as_ref().expect("in a transaction");
-        let element = self.history[txn.index].ops.iter().find_map(|op| match op {
-            MicroOp::Append { value, .. } => Some(*value),
-            _ => None,
-        });
-        let element = element.expect("a transaction appends");
-        let lists: Vec<Vec<u64>> = self.history[txn.index]
-            .ops
-            .iter()
-            .filter_map(|op| match op {
-                MicroOp::Read { list, .. } => Some(list.clone()),
-                _ => None,
-            })
-            .collect();
+        let values = self.written(txn);
         let commit = txn.commit;
+        let secondaries = txn.keys[1..].to_vec();
         let props = TxnProps {
             start_ts: txn.start_ts,
-            primary: a.clone(),
+            primary: txn.keys[0].clone(),
             lock_ttl: LOCK_TTL_MS,
-            txn_size: 2,
+            txn_size: txn.keys.len() as u64,
             for_update_ts: txn.for_update_ts,
             use_async_commit: commit == Commit::Async,
-            secondaries: if commit == Commit::Async { vec![b.clone()] } else { Vec::new() },
+            secondaries: if commit == Commit::Async { secondaries } else { Vec::new() },
             ..TxnProps::default()
         };
         let action = if txn.for_update_ts > TimeStamp::ZERO {
@@ -350,20 +446,48 @@ impl TxnClients {
         } else {
             PessimisticAction::SkipPessimisticCheck
         };
-        let mutations = [a, b]
-            .into_iter()
-            .zip(&lists)
-            .map(|(key, list)| {
-                let mut list = list.clone();
-                list.push(element);
-                let value = encode_list(&list);
-                (Mutation { op: MutationOp::Put, key, value }, action)
+        let mutations = group
+            .iter()
+            .map(|&i| {
+                let mutation = Mutation {
+                    op: MutationOp::Put,
+                    key: txn.keys[i].clone(),
+                    value: values[i].clone(),
+                };
+                (mutation, action)
             })
             .collect();
         Prewrite { props, mutations, try_one_pc: commit == Commit::OnePc, max_commit_ts: 0 }
     }
 
-    /// Takes the answer if it is to a transactional request; returns whether it was.
+    /// What a writing transaction writes to each of its keys, from what it read.
+    fn written(&self, txn: &Current) -> Vec<Vec<u8>> {
+        match txn.purpose {
+            Purpose::Append(index) => {
+                let element = self.history[index].ops.iter().find_map(|op| match op {
+                    MicroOp::Append { value, .. } => Some(*value),
+                    _ => None,
+                });
+                let element = element.expect("a transaction appends");
+                txn.reads
+                    .iter()
+                    .map(|read| {
+                        let mut list = decode_list(read.as_deref());
+                        list.push(element);
+                        encode_list(&list)
+                    })
+                    .collect()
+            }
+            Purpose::Transfer(amount) => {
+                let from = decode_balance(txn.reads[0].as_deref());
+                let to = decode_balance(txn.reads[1].as_deref());
+                [from - amount, to + amount].iter().map(|b| b.to_string().into_bytes()).collect()
+            }
+            Purpose::Audit => unreachable!("an audit writes nothing"),
+        }
+    }
+
+    /// Takes the answer if it is to a transactional request; returns it if it was not.
     pub fn on_answer(
         &mut self,
         cluster: &mut Cluster,
@@ -393,31 +517,24 @@ impl TxnClients {
                 }
                 self.on_success(c, None, rng);
             }
-            (Answer::Done { result, .. }, Pending::Command) => {
+            (Answer::Done { result, .. }, Pending::Command { region, node }) => {
                 let reading =
                     matches!(self.clients[c].txn.as_ref().map(|t| &t.step), Some(Step::Read(_)));
                 match result {
-                    Ok(Output::Value(value)) if reading => self.on_read(c, Ok(value)),
+                    Ok(Output::Value(value)) if reading => self.on_read(c, Ok(value), rng),
                     Ok(Output::Prewritten { mut errors, .. }) if !errors.is_empty() => {
                         self.on_refused(c, errors.swap_remove(0))
                     }
                     Ok(output) => self.on_success(c, Some(output), rng),
                     Err(Failure::Command(CommandError::Txn(e))) if reading => {
-                        self.on_read(c, Err(e))
+                        self.on_read(c, Err(e), rng)
                     }
                     Err(Failure::Command(CommandError::Txn(e))) => self.on_refused(c, e),
                     // Nothing happened (the node is down, or not the Region's leader, or
-                    // the client's Region is stale): another node, as a client would.
-                    Err(failure)
-                        if failure.is_region_error()
-                            && !matches!(failure, Failure::Proposal(_)) =>
-                    {
-                        let client = &mut self.clients[c];
-                        client.regions.on_failure(&failure);
-                        client.node = match cluster.leader() {
-                            Some(leader) if leader != client.node && rng.gen_bool(0.8) => leader,
-                            _ => rng.gen_range(1..=self.nodes),
-                        };
+                    // the client's Region is stale, or the Region changed under the
+                    // proposal): another node, as a client would.
+                    Err(failure) if failure.is_region_error() && failure.is_definite() => {
+                        self.on_region_error(c, cluster, region, node, &failure, rng);
                         wake.at(rng.gen_range(5..30), c);
                         return None;
                     }
@@ -429,6 +546,34 @@ impl TxnClients {
         let delay = self.backoff(c).unwrap_or_else(|| rng.gen_range(1..10));
         wake.at(delay, c);
         None
+    }
+
+    /// A request refused before it did anything: the client learns what it can of the
+    /// Regions, goes to another node, and a prewrite groups its keys again (a Region may
+    /// have split).
+    fn on_region_error(
+        &mut self,
+        c: usize,
+        cluster: &Cluster,
+        region: u64,
+        node: u64,
+        failure: &Failure,
+        rng: &mut StdRng,
+    ) {
+        let step = self.clients[c].txn.as_ref().map(|t| t.step.clone());
+        let key = step.as_ref().map(|s| self.key_of(c, s));
+        let client = &mut self.clients[c];
+        client.regions.on_failure(region, node, failure);
+        let leader = key.and_then(|key| cluster.leader_of(&key));
+        client.node = match leader {
+            Some(leader) if leader != node && rng.gen_bool(0.8) => leader,
+            _ => rng.gen_range(1..=self.nodes),
+        };
+        if let Some(txn) = client.txn.as_mut() {
+            if matches!(txn.step, Step::Prewrite(_)) {
+                txn.step = Step::Prewrite(0);
+            }
+        }
     }
 
     /// The wait a live lock asked for before the client's next turn, if any.
@@ -452,71 +597,141 @@ impl TxnClients {
     /// The run is over: a transaction whose primary's commit was sent but not answered
     /// is indeterminate; one that never sent it did not commit.
     pub fn finish(&mut self) {
-        for client in &mut self.clients {
-            let waiting = client.waiting.take();
-            let Some(txn) = client.txn.take() else { continue };
+        for c in 0..self.clients.len() {
+            let waiting = self.clients[c].waiting.take();
+            let Some(txn) = self.clients[c].txn.take() else { continue };
+            let sent = matches!(waiting, Some((_, Pending::Command { .. })));
             let outcome = match txn.step {
                 Step::CommitSecondary => Outcome::Committed,
                 Step::CommitPrimary if txn.commit == Commit::Async => Outcome::Committed,
-                Step::Prewrite
-                    if txn.commit != Commit::TwoPhase
-                        && matches!(waiting, Some((_, Pending::Command))) =>
-                {
+                Step::Prewrite(_) if txn.commit != Commit::TwoPhase && sent => {
                     Outcome::Indeterminate
                 }
-                Step::CommitPrimary
-                    if txn.commit_tries > 0 || matches!(waiting, Some((_, Pending::Command))) =>
-                {
-                    Outcome::Indeterminate
-                }
+                Step::CommitPrimary if txn.commit_tries > 0 || sent => Outcome::Indeterminate,
                 _ => Outcome::Aborted,
             };
-            self.history[txn.index].outcome = outcome;
+            self.record(&txn, outcome);
         }
     }
 
     fn begin(&mut self, c: usize, rng: &mut StdRng) {
-        let first = rng.gen_range(0..self.keys);
-        let second = (first + rng.gen_range(1..self.keys)) % self.keys;
-        let index = self.history.len();
         let commit = match rng.gen_range(0..3) {
             0 => Commit::TwoPhase,
             1 => Commit::Async,
             _ => Commit::OnePc,
         };
-        // Unique per list across the history: the checker names versions by them.
-        let element = index as u64 + 1;
-        self.history.push(elle::Txn {
-            ops: vec![
-                MicroOp::Append { key: first, value: element },
-                MicroOp::Append { key: second, value: element },
-            ],
-            outcome: Outcome::Aborted,
-        });
+        let (purpose, names, keys) = match self.clients[c].workload {
+            Workload::ListAppend => {
+                let first = rng.gen_range(0..self.lists);
+                let second = (first + rng.gen_range(1..self.lists)) % self.lists;
+                let index = self.history.len();
+                // Unique per list across the history: the checker names versions by them.
+                let element = index as u64 + 1;
+                self.history.push(elle::Txn {
+                    ops: vec![
+                        MicroOp::Append { key: first, value: element },
+                        MicroOp::Append { key: second, value: element },
+                    ],
+                    outcome: Outcome::Aborted,
+                });
+                let names = vec![first, second];
+                let keys: Vec<Vec<u8>> = names.iter().map(|&n| list_key(n)).collect();
+                (Purpose::Append(index), names, keys)
+            }
+            Workload::Bank if rng.gen_ratio(1, AUDIT_ONE_IN) => {
+                let names: Vec<u64> = (0..self.accounts).collect();
+                let keys: Vec<Vec<u8>> = names.iter().map(|&n| account_key(n)).collect();
+                (Purpose::Audit, names, keys)
+            }
+            Workload::Bank => {
+                let from = rng.gen_range(0..self.accounts);
+                let to = (from + rng.gen_range(1..self.accounts)) % self.accounts;
+                let names = vec![from, to];
+                let amount = rng.gen_range(1..=INITIAL_BALANCE / 2);
+                let keys: Vec<Vec<u8>> = names.iter().map(|&n| account_key(n)).collect();
+                (Purpose::Transfer(amount), names, keys)
+            }
+        };
+        let reads = vec![None; keys.len()];
         self.clients[c].txn = Some(Current {
-            index,
-            keys: [first, second],
+            purpose,
+            keys,
+            names,
+            reads,
             start_ts: TimeStamp::ZERO,
             for_update_ts: TimeStamp::ZERO,
             commit_ts: TimeStamp::ZERO,
             commit,
             step: Step::StartTs,
+            groups: Vec::new(),
+            min_commit_ts: 0,
             lock_waits: 0,
             commit_tries: 0,
             backoff_ms: 0,
         });
     }
 
-    fn on_read(&mut self, c: usize, read: Result<Option<Vec<u8>>, TxnError>) {
+    /// Whether client `c`'s transaction locks its keys as it reads them (a pessimistic
+    /// client's, but for an audit, which only reads).
+    fn locks(&self, c: usize) -> bool {
+        let audit = matches!(self.clients[c].txn.as_ref().map(|t| t.purpose), Some(Purpose::Audit));
+        self.clients[c].pessimistic && !audit
+    }
+
+    /// Key `i` was read (`value`): recorded, and the transaction moves on.
+    fn read_key(
+        &mut self,
+        c: usize,
+        i: usize,
+        value: Option<Vec<u8>>,
+        rng: &mut StdRng,
+    ) -> Option<Step> {
+        let pessimistic = self.locks(c);
         let txn = self.clients[c].txn.as_mut().expect("reading in a transaction");
+        if let Purpose::Append(index) = txn.purpose {
+            let list = decode_list(value.as_deref());
+            // Reads go before the appends, in the order they ran.
+            self.history[index].ops.insert(i, MicroOp::Read { key: txn.names[i], list });
+        }
+        txn.reads[i] = value;
+        let next = i + 1;
+        if next < txn.keys.len() {
+            return Some(if pessimistic { Step::Lock(next) } else { Step::Read(next) });
+        }
+        match txn.purpose {
+            Purpose::Audit => {
+                let snapshot = txn
+                    .names
+                    .iter()
+                    .zip(&txn.reads)
+                    .map(|(&account, read)| (account, decode_balance(read.as_deref())))
+                    .collect();
+                self.audits.push(snapshot);
+                self.end(c, Outcome::Committed);
+                None
+            }
+            // Not enough money: nothing to write.
+            Purpose::Transfer(amount) if decode_balance(txn.reads[0].as_deref()) < amount => {
+                self.end(c, Outcome::Committed);
+                None
+            }
+            // Gone with every key locked: others wait until the locks expire.
+            _ if pessimistic && rng.gen_ratio(1, ABANDON_ONE_IN) => {
+                self.end(c, Outcome::Aborted);
+                None
+            }
+            _ => Some(Step::Prewrite(0)),
+        }
+    }
+
+    fn on_read(&mut self, c: usize, read: Result<Option<Vec<u8>>, TxnError>, rng: &mut StdRng) {
+        let txn = self.clients[c].txn.as_ref().expect("reading in a transaction");
         let Step::Read(i) = txn.step else { unreachable!("read in Read") };
         match read {
             Ok(value) => {
-                let key = txn.keys[i];
-                let list = decode_list(value.as_deref());
-                // Reads go before the appends, in the order they ran.
-                self.history[txn.index].ops.insert(i, MicroOp::Read { key, list });
-                txn.step = if i == 0 { Step::Read(1) } else { Step::Prewrite };
+                if let Some(step) = self.read_key(c, i, value, rng) {
+                    self.clients[c].txn.as_mut().expect("still running").step = step;
+                }
             }
             Err(e) => self.on_refused(c, e),
         }
@@ -524,10 +739,31 @@ impl TxnClients {
 
     /// A request succeeded: on to the next step.
     fn on_success(&mut self, c: usize, output: Option<Output>, rng: &mut StdRng) {
-        let pessimistic = self.clients[c].pessimistic;
         let txn = self.clients[c].txn.as_mut().expect("a step of a transaction");
-        txn.step = match std::mem::replace(&mut txn.step, Step::StartTs) {
-            Step::StartTs if pessimistic => Step::ForUpdateTs(0),
+        let step = std::mem::replace(&mut txn.step, Step::StartTs);
+        if let Some(next) = self.next_step(c, step, output, rng) {
+            if let Some(txn) = self.clients[c].txn.as_mut() {
+                txn.step = next;
+            }
+        }
+    }
+
+    fn txn_mut(&mut self, c: usize) -> &mut Current {
+        self.clients[c].txn.as_mut().expect("a step of a transaction")
+    }
+
+    /// The step after `step`, which succeeded with `output`; `None` if the transaction
+    /// ended.
+    fn next_step(
+        &mut self,
+        c: usize,
+        step: Step,
+        output: Option<Output>,
+        rng: &mut StdRng,
+    ) -> Option<Step> {
+        let locks = self.locks(c);
+        Some(match step {
+            Step::StartTs if locks => Step::ForUpdateTs(0),
             Step::StartTs => Step::Read(0),
             Step::Read(i) => Step::Read(i), // reads finish in `on_read`
             Step::ForUpdateTs(i) => Step::Lock(i),
@@ -535,18 +771,7 @@ impl TxnClients {
                 let Some(Output::Values(mut values)) = output else {
                     unreachable!("a pessimistic lock answers with the key's value")
                 };
-                let value = values.pop().flatten();
-                let key = txn.keys[i];
-                let list = decode_list(value.as_deref());
-                self.history[txn.index].ops.insert(i, MicroOp::Read { key, list });
-                if i == 0 {
-                    Step::Lock(1)
-                } else if rng.gen_ratio(1, ABANDON_ONE_IN) {
-                    // Gone with both keys locked: others wait until the locks expire.
-                    return self.end(c, Outcome::Aborted);
-                } else {
-                    Step::Prewrite
-                }
+                return self.read_key(c, i, values.pop().flatten(), rng);
             }
             Step::CheckStatus { key, lock, resume } => match output {
                 // Resolved at once, more eagerly than tikv-client (which waits for the
@@ -564,10 +789,12 @@ impl TxnClients {
                 // Alive (its min_commit_ts now above us, so it no longer hides what we
                 // read), or not answered as expected: go back and look again.
                 _ => {
+                    let txn = self.txn_mut(c);
                     txn.lock_waits += 1;
                     txn.backoff_ms = rng.gen_range(LOCK_BACKOFF_MS.0..LOCK_BACKOFF_MS.1);
                     if txn.lock_waits > LOCK_WAITS && !matches!(*resume, Step::CommitPrimary) {
-                        return self.end(c, Outcome::Aborted);
+                        self.end(c, Outcome::Aborted);
+                        return None;
                     }
                     *resume
                 }
@@ -586,44 +813,76 @@ impl TxnClients {
                 Step::Resolve { key, lock, commit_ts, resume }
             }
             Step::Resolve { resume, .. } => *resume,
-            Step::Prewrite => match txn.commit {
-                Commit::TwoPhase if rng.gen_ratio(1, ABANDON_ONE_IN) => {
-                    return self.end(c, Outcome::Aborted);
-                }
-                Commit::TwoPhase => Step::CommitTs,
-                // Committed: both locks are written, and whoever meets them commits them.
-                Commit::Async => {
-                    let Some(Output::Prewritten { min_commit_ts, .. }) = output else {
-                        unreachable!("a prewrite answers with its min_commit_ts")
-                    };
-                    self.history[txn.index].outcome = Outcome::Committed;
-                    if rng.gen_ratio(1, ABANDON_ONE_IN) {
-                        return self.end(c, Outcome::Committed);
-                    }
-                    txn.commit_ts = TimeStamp(min_commit_ts);
-                    Step::CommitPrimary
-                }
-                Commit::OnePc => return self.end(c, Outcome::Committed),
-            },
+            Step::Prewrite(g) => return self.prewritten(c, g, output, rng),
             Step::CommitTs => Step::CommitPrimary,
             Step::CommitPrimary => {
-                self.history[txn.index].outcome = Outcome::Committed;
+                let purpose = self.txn_mut(c).purpose;
+                self.mark_committed(purpose);
                 if rng.gen_ratio(1, ABANDON_ONE_IN) {
-                    return self.end(c, Outcome::Committed);
+                    self.end(c, Outcome::Committed);
+                    return None;
                 }
                 Step::CommitSecondary
             }
-            Step::CommitSecondary => return self.end(c, Outcome::Committed),
-        };
+            Step::CommitSecondary => {
+                self.end(c, Outcome::Committed);
+                return None;
+            }
+        })
     }
 
-    /// A command refused at once: resolve a lock in the way, or end the transaction.
+    /// Group `g`'s prewrite succeeded: the next group's, or the commit.
+    fn prewritten(
+        &mut self,
+        c: usize,
+        g: usize,
+        output: Option<Output>,
+        rng: &mut StdRng,
+    ) -> Option<Step> {
+        let txn = self.txn_mut(c);
+        if let Some(Output::Prewritten { min_commit_ts, .. }) = output {
+            txn.min_commit_ts = txn.min_commit_ts.max(min_commit_ts);
+        }
+        if g + 1 < txn.groups.len() {
+            return Some(Step::Prewrite(g + 1));
+        }
+        match txn.commit {
+            Commit::TwoPhase if rng.gen_ratio(1, ABANDON_ONE_IN) => {
+                self.end(c, Outcome::Aborted);
+                None
+            }
+            Commit::TwoPhase => Some(Step::CommitTs),
+            // Committed: every lock is written, and whoever meets them commits them.
+            Commit::Async => {
+                txn.commit_ts = TimeStamp(txn.min_commit_ts);
+                let purpose = txn.purpose;
+                self.mark_committed(purpose);
+                if rng.gen_ratio(1, ABANDON_ONE_IN) {
+                    self.end(c, Outcome::Committed);
+                    return None;
+                }
+                Some(Step::CommitPrimary)
+            }
+            Commit::OnePc => {
+                self.end(c, Outcome::Committed);
+                None
+            }
+        }
+    }
+
+    /// The transaction is known committed (though the client may still be tidying up).
+    fn mark_committed(&mut self, purpose: Purpose) {
+        if let Purpose::Append(index) = purpose {
+            self.history[index].outcome = Outcome::Committed;
+        }
+    }
+
+    /// A command refused: resolve a lock in the way, or end the transaction.
     fn on_refused(&mut self, c: usize, error: TxnError) {
         let txn = self.clients[c].txn.as_mut().expect("a step of a transaction");
         let step = txn.step.clone();
-
         match (error, step) {
-            // An async-commit transaction committed with its prewrite: its commits only
+            // An async-commit transaction committed with its prewrites: its commits only
             // tidy up, whatever they meet.
             (_, Step::CommitPrimary | Step::CommitSecondary) if txn.commit == Commit::Async => {
                 self.end(c, Outcome::Committed)
@@ -647,8 +906,8 @@ impl TxnClients {
             // check) proves nothing. Found by seed 7582: such a transaction was counted
             // as aborted while readers saw its appends.
             (_, Step::CommitPrimary) if txn.commit_tries > 0 => self.end(c, Outcome::Indeterminate),
-            // Rolled back by a reader (the commit), a write conflict (the prewrite): in
-            // each case the transaction did not commit.
+            // Rolled back by a reader (the commit), a write conflict (a prewrite): in each
+            // case the transaction did not commit.
             (_, _) => self.end(c, Outcome::Aborted),
         }
     }
@@ -661,9 +920,9 @@ impl TxnClients {
         let txn = client.txn.as_mut().expect("a step of a transaction");
         match txn.step {
             // Its locks, if the prewrite took effect, are left for readers to roll back:
-            // it never commits. Unless the prewrite alone commits it.
-            Step::Prewrite if txn.commit == Commit::TwoPhase => self.end(c, Outcome::Aborted),
-            Step::Prewrite => self.end(c, Outcome::Indeterminate),
+            // it never commits. Unless the prewrites alone commit it.
+            Step::Prewrite(_) if txn.commit == Commit::TwoPhase => self.end(c, Outcome::Aborted),
+            Step::Prewrite(_) => self.end(c, Outcome::Indeterminate),
             Step::CommitPrimary if txn.commit == Commit::Async => self.end(c, Outcome::Committed),
             Step::CommitPrimary => {
                 txn.commit_tries += 1;
@@ -679,7 +938,13 @@ impl TxnClients {
 
     fn end(&mut self, c: usize, outcome: Outcome) {
         if let Some(txn) = self.clients[c].txn.take() {
-            self.history[txn.index].outcome = outcome;
+            self.record(&txn, outcome);
+        }
+    }
+
+    fn record(&mut self, txn: &Current, outcome: Outcome) {
+        if let Purpose::Append(index) = txn.purpose {
+            self.history[index].outcome = outcome;
         }
     }
 }

@@ -81,9 +81,10 @@ fn seeds_that_found_bugs_pass() {
 
 #[test]
 fn without_faults_nothing_is_indeterminate_and_every_read_is_served() {
-    // Commits in 5 s vary with the seed's draws of keys and kinds of transaction (34 to
-    // 160 over seeds 0..12 at the time of writing; seed 3, used until the registers
-    // gained deletes and swaps, now gives 34): seed 0 gives 146.
+    // Commits in 5 s vary with the seed's draws of keys and kinds of transaction, and
+    // since Regions split as the run goes, with how many transactions span two of them
+    // (two prewrites, no one-phase commit): 57 a seed over seeds 0..30 at the time of
+    // writing, 91 without splits; seed 0 gives 24 list-append commits.
     let config = RunConfig { faults: false, duration_ms: 5_000, ..RunConfig::default() };
     let report = run(0, &config);
     assert!(report.anomalies.is_empty(), "{:?}", report.anomalies);
@@ -98,7 +99,7 @@ fn without_faults_nothing_is_indeterminate_and_every_read_is_served() {
         report.transactions.iter().filter(|t| t.outcome == Outcome::Indeterminate).count();
     assert_eq!(unknown, 0, "no transaction is indeterminate without faults");
     let aborted = report.transactions.iter().filter(|t| t.outcome == Outcome::Aborted).count();
-    assert!(committed(&report) > 50, "committed {} aborted {aborted}", committed(&report));
+    assert!(committed(&report) > 20, "committed {} aborted {aborted}", committed(&report));
 }
 
 #[test]
@@ -115,10 +116,10 @@ fn async_commit_without_max_ts_sync_is_caught() {
     // A new leader that does not raise max_ts before an async-commit or 1PC prewrite may
     // commit below a snapshot the old leader served without the transaction's locks: a
     // later transaction reading at that snapshot overwrites the list without its append.
-    // Seeds 62 and 71 of 0..400 catch it (6 of the 400 do, since the simulator runs the
-    // server's commands); with the sync, none fails.
+    // Seeds 113 and 151 are the two of 0..400 that catch it since the runs split Regions
+    // (62 and 71 did before); with the sync, none fails.
     let config = RunConfig { unsafe_max_ts: true, ..RunConfig::default() };
-    for seed in [62, 71] {
+    for seed in [113, 151] {
         assert!(!run(seed, &config).anomalies.is_empty(), "seed {seed} missed the broken max_ts");
         assert!(run(seed, &RunConfig::default()).anomalies.is_empty(), "seed {seed}");
     }
@@ -127,13 +128,39 @@ fn async_commit_without_max_ts_sync_is_caught() {
 #[test]
 fn a_compare_and_swap_without_a_linearizable_read_is_caught() {
     // As the server ran it before 2026-12-03: a failed swap is answered from the node's
-    // state without a lease or a ReadIndex round. Seeds 836, 1661, 2268 and 2942 are the
-    // four of 0..3200 that catch it since the simulator runs the server's commands (the
-    // window is a request served by a paused leader as it resumes); seed 633 found it
-    // first, and 507 and 540 caught it before.
+    // state without a lease or a ReadIndex round. Seed 145 is the first of the eight of
+    // 0..1500 that catch it since the runs split Regions (the window is a request served
+    // by a paused leader as it resumes); seed 633 found it first, then 507 and 836.
     let config = RunConfig { unsafe_cas: true, ..RunConfig::default() };
-    assert!(!run(836, &config).anomalies.is_empty(), "seed 836 missed the stale swap");
-    assert!(run(836, &RunConfig::default()).anomalies.is_empty(), "seed 836");
+    assert!(!run(145, &config).anomalies.is_empty(), "seed 145 missed the stale swap");
+    assert!(run(145, &RunConfig::default()).anomalies.is_empty(), "seed 145");
+}
+
+#[test]
+fn a_control_plane_that_forgets_liveness_is_caught() {
+    // A new placement leader that forgets when stores were last heard from counts a store
+    // it never heard as never seen, not down: a node lost for good before the leader
+    // changed keeps its replicas for ever, and the cluster never settles with three on
+    // the nodes that remain. Seed 19 loses node 3 at 6.4 s (15 of seeds 0..100 catch it).
+    let config = RunConfig { unsafe_liveness: true, ..RunConfig::default() };
+    let report = run(19, &config);
+    assert!(
+        report.anomalies.iter().any(|a| a.contains("did not settle")),
+        "seed 19 missed the forgotten liveness: {:?}",
+        report.anomalies
+    );
+    assert!(run(19, &RunConfig::default()).anomalies.is_empty(), "seed 19");
+}
+
+#[test]
+fn many_regions_splits_and_operators_are_exercised() {
+    // What a typical run covers besides the faults: Regions split as it goes, and the
+    // control plane repairs and moves replicas.
+    let report = run(0, &RunConfig::default());
+    assert!(report.anomalies.is_empty(), "{:?}", report.anomalies);
+    assert!(report.regions >= 8, "{} Regions at the end", report.regions);
+    assert!(report.splits >= 7, "{} splits", report.splits);
+    assert!(report.operators >= 1, "{} operators", report.operators);
 }
 
 #[test]
@@ -170,8 +197,8 @@ fn a_read_path_without_leases_is_caught() {
     // Reads served by whichever node believes it leads, without a lease or a ReadIndex
     // round: a deposed leader answers from its old state. Some seed must show it.
     // The window is narrow (a request queued at a paused leader, served on resuming
-    // before the messages that depose it): at the time of writing seed 43 is the one of
-    // the first 300 to show it (7 did before the simulator ran the server's commands).
+    // before the messages that depose it): at the time of writing seed 71 is the first of
+    // the three of the first 300 to show it.
     let config = RunConfig { unsafe_reads: true, ..RunConfig::default() };
     let caught = (0..300).find(|&seed| !run(seed, &config).anomalies.is_empty());
     assert!(caught.is_some(), "no seed of 300 caught stale reads");

@@ -1,0 +1,390 @@
+//! The simulator's driver of the control plane (`scandium_placement::control`), as the
+//! server's `heartbeat.rs` drives it, and of splits, as the server's `split.rs` runs them.
+//!
+//! * Every node heartbeats once a simulated second: its store, and the Regions it leads.
+//!   The heartbeat crosses the network to the node it believes leads placement; there, if
+//!   it does, the node's [`ControlPlane`] takes it: changed reports are proposed to the
+//!   placement group (`ReportRegions`), ids for new replicas allocated when the pool runs
+//!   low (`AllocIds`), and the operator steps go back over the network to the Region's
+//!   leader, which carries each out only if its Region is still at the step's epoch.
+//! * The placement leader's own beat runs the control plane's clock (the stores' last
+//!   heartbeats recorded, drained stores retired) and the placement group's operator.
+//! * A split allocates ids from placement, proposes the split to the Region's leader, then
+//!   records both halves in placement, in one command.
+//!
+//! A node's control plane is memory: a crash loses it, and a new placement leader takes
+//! over from what the placement log records.
+
+use crate::cluster::{Cluster, Event, Reply};
+use rand::rngs::StdRng;
+use scandium_placement::{
+    Command, ControlConfig, ControlPlane, Kind, Now, OperatorStep, RegionHeartbeat, RegionReport,
+    Regions, Reports, Response, StepAction, StoreStateChange,
+};
+use scandium_raftstore::{
+    ApplyOutput, EncodedCommand, PeerChange, RaftCommand, RaftstoreError, RegionStatus,
+    SplitRequest, META_GROUP_ID,
+};
+use scandium_types::{Region, StoreState};
+
+/// How often each node heartbeats, in simulated milliseconds.
+pub const HEARTBEAT_MS: u64 = 1_000;
+
+/// The control plane's settings in a run: stores are down after 5 s without a
+/// heartbeat, so that a node lost for good is replaced within a run, and crashes of a few
+/// seconds cost a replica now and then (more operators, more to check).
+pub fn control_config(replicas_meta: usize) -> ControlConfig {
+    let scheduler = scandium_placement::scheduler::SchedulerConfig {
+        meta_voters: replicas_meta,
+        disconnect_ms: 2 * HEARTBEAT_MS + 500,
+        down_ms: 5_000,
+    };
+    let timeouts =
+        scandium_placement::operator::OperatorTimeouts { step_ms: 10_000, resend_ms: 2_000 };
+    ControlConfig { scheduler, timeouts, record_liveness_ms: 2 * HEARTBEAT_MS }
+}
+
+/// What a placement proposal of the simulation is for.
+#[derive(Clone, Debug)]
+pub(crate) enum Purpose {
+    /// Nothing to do with the answer (records, retirements).
+    Record,
+    /// Ids for the control plane of `node` (at `incarnation`), one per Region.
+    Ids { node: u64, incarnation: u64, regions: Vec<u64> },
+    /// Ids for split `split`.
+    SplitIds { split: u64 },
+    /// An id for a learner of `region` on `store`, added through its leader `node` (a
+    /// fault: a replica moved by hand).
+    LearnerId { node: u64, region: u64, store: u64 },
+}
+
+/// A split in progress.
+#[derive(Clone, Debug)]
+pub(crate) struct SplitFlow {
+    key: Vec<u8>,
+    /// The node leading the Region, and the Region when the split began.
+    node: u64,
+    incarnation: u64,
+    region: Region,
+}
+
+impl Cluster {
+    /// A node's heartbeat: to the placement leader it knows, or handled here if it leads.
+    pub(crate) fn heartbeat(&mut self, id: u64, rng: &mut StdRng) {
+        self.schedule(HEARTBEAT_MS, Event::Heartbeat(id));
+        if !self.is_serving(id) {
+            return;
+        }
+        let node = &self.nodes[id as usize - 1];
+        let heartbeats: Vec<RegionHeartbeat> =
+            node.registry.all().iter().filter(|s| s.ready_for_reads).map(heartbeat_of).collect();
+        let meta = node.registry.meta();
+        if meta.ready_for_reads {
+            self.take_heartbeat(id, id, heartbeats, rng);
+            return self.lead(id, rng);
+        }
+        // The leader its own replica of the placement group hears from; else (it has no
+        // replica, as a node that joined or was removed from the group) the one another
+        // node it can reach names, as the server's `wait_leader` asks them.
+        let known = meta.status.filter(|s| s.leader_alive).and_then(|s| s.leader);
+        let known = known.map(|p| p.store_id).or_else(|| self.leader_named_to(id));
+        let Some(leader) = known.filter(|&l| l != id) else { return };
+        if self.blocked.contains(&(id, leader)) {
+            return;
+        }
+        let delay = self.network_delay(rng);
+        self.schedule(delay, Event::HeartbeatArrives { to: leader, from: id, heartbeats });
+    }
+
+    /// The placement leader another running node that `id` can reach names.
+    fn leader_named_to(&self, id: u64) -> Option<u64> {
+        self.ids().filter(|&other| other != id).find_map(|other| {
+            if !self.is_serving(other) || self.blocked.contains(&(id, other)) {
+                return None;
+            }
+            let meta = self.nodes[other as usize - 1].registry.meta();
+            meta.status.filter(|s| s.leader_alive).and_then(|s| s.leader).map(|p| p.store_id)
+        })
+    }
+
+    /// The placement leader `id` takes `from`'s heartbeat (dropped if it does not lead).
+    pub(crate) fn take_heartbeat(
+        &mut self,
+        id: u64,
+        from: u64,
+        heartbeats: Vec<RegionHeartbeat>,
+        rng: &mut StdRng,
+    ) {
+        if !self.is_serving(id) || !self.take_over_if_leading(id) {
+            return;
+        }
+        let now = self.control_now(id);
+        let node = &mut self.nodes[id as usize - 1];
+        let state = node.placement.read().unwrap_or_else(|e| e.into_inner()).clone();
+        node.control.store_heartbeat(from, now);
+        let intake = node.control.region_heartbeats(&state, &heartbeats, now);
+        if !intake.changed.is_empty() {
+            let reports = Kind::ReportRegions(Reports { reports: intake.changed });
+            self.propose_placement(id, reports, Purpose::Record, rng);
+        }
+        self.supply_ids(id, intake.need_ids, rng);
+        if intake.steps.is_empty() {
+            return;
+        }
+        if from == id {
+            return intake.steps.into_iter().for_each(|step| self.execute_step(id, step, rng));
+        }
+        if !self.blocked.contains(&(id, from)) {
+            let delay = self.network_delay(rng);
+            self.schedule(delay, Event::Steps { to: from, steps: intake.steps });
+        }
+    }
+
+    /// Starts the control plane on placement leader `id` if it has not yet in this term;
+    /// whether `id` leads placement.
+    fn take_over_if_leading(&mut self, id: u64) -> bool {
+        let now = self.control_now(id);
+        let node = &mut self.nodes[id as usize - 1];
+        let Some(status) = node.registry.meta().status.filter(|s| s.ready_for_reads) else {
+            node.control.step_down();
+            return false;
+        };
+        if !node.control.leads(status.term) {
+            let state = node.placement.read().unwrap_or_else(|e| e.into_inner()).clone();
+            node.control.take_over(status.term, &state, now);
+        }
+        true
+    }
+
+    /// The placement leader's own beat: the control plane's clock and the placement
+    /// group's operator.
+    fn lead(&mut self, id: u64, rng: &mut StdRng) {
+        let now = self.control_now(id);
+        let node = &mut self.nodes[id as usize - 1];
+        let Some(status) = node.registry.meta().status.filter(|s| s.ready_for_reads) else {
+            return;
+        };
+        let state = node.placement.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let proposals = node.control.tick(&state, &status.region.peers, now);
+        let step = node.control.meta_heartbeat(&state, &heartbeat_of(&status), now);
+        if node.control.meta_needs_id() {
+            self.supply_ids(id, vec![scandium_placement::control::META_ID], rng);
+        }
+        for kind in proposals {
+            self.propose_placement(id, kind, Purpose::Record, rng);
+        }
+        if let Some(step) = step {
+            self.execute_step(id, step, rng);
+        }
+    }
+
+    /// Allocates a peer id for each Region in `regions` (their new replicas' operators start
+    /// at their next heartbeat), through placement leader `id`.
+    fn supply_ids(&mut self, id: u64, regions: Vec<u64>, rng: &mut StdRng) {
+        if regions.is_empty() {
+            return;
+        }
+        let incarnation = self.crashes(id);
+        let count = regions.len() as u64;
+        let purpose = Purpose::Ids { node: id, incarnation, regions };
+        self.propose_placement(id, Kind::AllocIds(count), purpose, rng);
+    }
+
+    /// Carries out an operator step on node `id`, which should lead the Region, if the
+    /// Region is still at the epoch the step was planned against.
+    pub(crate) fn execute_step(&mut self, id: u64, step: OperatorStep, rng: &mut StdRng) {
+        if !self.is_serving(id) {
+            return;
+        }
+        let region_id = step.region_id;
+        let node = &self.nodes[id as usize - 1];
+        let status = match region_id {
+            META_GROUP_ID => node.registry.meta().status,
+            id => node.registry.get(id),
+        };
+        let Some(status) = status else { return };
+        if !step.applies_to(&status.region) {
+            return;
+        }
+        match step.action {
+            StepAction::TransferLeader(peer) => {
+                let store = self.node(id).store.as_mut().expect("a serving node has a store");
+                let _ = store.transfer_leader(region_id, peer.id);
+            }
+            action => {
+                let changes = match action {
+                    StepAction::AddLearner(peer) => vec![PeerChange::AddLearner(peer)],
+                    StepAction::Promote(peers) => {
+                        peers.into_iter().map(PeerChange::AddVoter).collect()
+                    }
+                    StepAction::Remove(peer) => vec![PeerChange::Remove(peer)],
+                    StepAction::TransferLeader(_) => unreachable!("matched above"),
+                };
+                // The operator sees the change in the Region's next heartbeat.
+                let store = self.node(id).store.as_mut().expect("a serving node has a store");
+                store.propose_conf_change(region_id, changes, Box::new(|_| {}));
+            }
+        }
+        self.pump(id, rng);
+    }
+
+    /// Proposes a placement command on node `id`, which must lead the placement group;
+    /// its answer is taken as `purpose` says. `false` if it cannot be proposed there.
+    pub(crate) fn propose_placement(
+        &mut self,
+        id: u64,
+        kind: Kind,
+        purpose: Purpose,
+        rng: &mut StdRng,
+    ) -> bool {
+        use prost::Message as _;
+        if !self.is_serving(id) {
+            return false;
+        }
+        let command = Command::new(kind).encode_to_vec();
+        let answers = self.answers.clone();
+        let callback: scandium_raftstore::Callback = Box::new(move |result| {
+            let reply = Reply::Placement { purpose, result };
+            answers.lock().unwrap_or_else(|e| e.into_inner()).push(reply);
+        });
+        let store = self.node(id).store.as_mut().expect("a serving node has a store");
+        store.propose(META_GROUP_ID, command, callback);
+        self.pump(id, rng);
+        true
+    }
+
+    /// A placement proposal's answer.
+    pub(crate) fn on_placement(
+        &mut self,
+        purpose: Purpose,
+        result: Result<ApplyOutput, RaftstoreError>,
+        rng: &mut StdRng,
+    ) {
+        let response = match result {
+            Ok(ApplyOutput::Meta(any)) => any.downcast::<Response>().ok().map(|r| *r),
+            _ => None,
+        };
+        match purpose {
+            Purpose::Record => {}
+            Purpose::Ids { node, incarnation, regions } => {
+                if self.crashes(node) != incarnation {
+                    return;
+                }
+                if let Some(Response::Ids { first }) = response {
+                    let control = &mut self.node(node).control;
+                    for (i, region) in regions.into_iter().enumerate() {
+                        control.supply_id(region, first + i as u64);
+                    }
+                }
+            }
+            Purpose::LearnerId { node, region, store } => {
+                if let Some(Response::Ids { first }) = response {
+                    let learner = scandium_types::Peer::learner(first, store);
+                    self.change_peers(node, region, vec![PeerChange::AddLearner(learner)], rng);
+                }
+            }
+            Purpose::SplitIds { split } => {
+                let Some(flow) = self.splits.remove(&split) else { return };
+                if let Some(Response::Ids { first }) = response {
+                    self.propose_split(split, flow, first, rng);
+                }
+            }
+        }
+    }
+
+    /// Splits the Region holding `key` at `key`, through its leader (nothing if no node
+    /// leads it now, or `key` is already a boundary).
+    pub fn split(&mut self, key: &[u8], rng: &mut StdRng) -> bool {
+        let leader = self.ids().find_map(|id| {
+            let status = self.nodes[id as usize - 1].registry.find_by_key(key)?;
+            (self.is_serving(id) && status.ready_for_reads).then_some((id, status.region))
+        });
+        let Some((node, region)) = leader else { return false };
+        if region.start_key == key {
+            return false;
+        }
+        let Some(placement) = self.placement_leader() else { return false };
+        let split = self.next_split;
+        self.next_split += 1;
+        let incarnation = self.crashes(node);
+        let flow = SplitFlow { key: key.to_vec(), node, incarnation, region: region.clone() };
+        self.splits.insert(split, flow);
+        let count = 1 + region.peers.len() as u64;
+        self.propose_placement(placement, Kind::AllocIds(count), Purpose::SplitIds { split }, rng)
+    }
+
+    fn propose_split(&mut self, split: u64, flow: SplitFlow, first_id: u64, rng: &mut StdRng) {
+        let node = flow.node;
+        if self.crashes(node) != flow.incarnation || !self.is_serving(node) {
+            return;
+        }
+        let request = SplitRequest {
+            split_key: flow.key.clone(),
+            new_region_id: first_id,
+            new_peer_ids: (1..=flow.region.peers.len() as u64).map(|i| first_id + i).collect(),
+        };
+        let command = EncodedCommand::new(RaftCommand::split(&flow.region, request));
+        let answers = self.answers.clone();
+        let callback: scandium_raftstore::Callback = Box::new(move |result| {
+            let reply = Reply::Split { split, result };
+            answers.lock().unwrap_or_else(|e| e.into_inner()).push(reply);
+        });
+        let store = self.node(node).store.as_mut().expect("a serving node has a store");
+        store.propose_command(flow.region.id, command, callback);
+        self.splits.insert(split, flow);
+        self.pump(node, rng);
+    }
+
+    /// A split was applied (or refused): both halves go to placement in one command.
+    pub(crate) fn on_split(
+        &mut self,
+        split: u64,
+        result: Result<ApplyOutput, RaftstoreError>,
+        rng: &mut StdRng,
+    ) {
+        let Some(_flow) = self.splits.remove(&split) else { return };
+        let Ok(ApplyOutput::Split { left, right }) = result else { return };
+        self.splits_done += 1;
+        if let Some(placement) = self.placement_leader() {
+            let regions = Kind::PutRegions(Regions { regions: vec![right, left] });
+            self.propose_placement(placement, regions, Purpose::Record, rng);
+        }
+    }
+
+    /// Adds a learner of `region` on `store` through its leader `node`, with an id from
+    /// placement's allocator (a replica moved by hand, beside the control plane).
+    pub fn add_learner(&mut self, node: u64, region: u64, store: u64, rng: &mut StdRng) {
+        let Some(placement) = self.placement_leader() else { return };
+        let purpose = Purpose::LearnerId { node, region, store };
+        self.propose_placement(placement, Kind::AllocIds(1), purpose, rng);
+    }
+
+    /// Marks store `id` for removal (`scandium ctl store remove`): its replicas drain away
+    /// and it is retired. `false` if no placement leader took it.
+    pub fn remove_store(&mut self, id: u64, rng: &mut StdRng) -> bool {
+        let Some(placement) = self.placement_leader() else { return false };
+        let change = StoreStateChange { store_id: id, state: StoreState::Offline as i32 };
+        self.propose_placement(placement, Kind::SetStoreState(change), Purpose::Record, rng)
+    }
+
+    fn control_now(&self, id: u64) -> Now {
+        Now { monotonic_ms: self.clock(id), wall_ms: self.wall(id) }
+    }
+}
+
+fn heartbeat_of(status: &RegionStatus) -> RegionHeartbeat {
+    let report = RegionReport {
+        region: Some(status.region.clone()),
+        leader_peer_id: status.peer.id,
+        term: status.term,
+    };
+    RegionHeartbeat { report, pending: status.pending_peers.iter().map(|p| p.id).collect() }
+}
+
+/// A control plane for a node of a run, broken as the run asks.
+pub(crate) fn new_control(forget_liveness: bool) -> ControlPlane {
+    match forget_liveness {
+        true => ControlPlane::forgetting_liveness(control_config(3)),
+        false => ControlPlane::new(control_config(3)),
+    }
+}
