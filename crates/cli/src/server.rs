@@ -38,21 +38,21 @@ pub async fn run(args: ServerArgs, log_format: crate::LogFormat) -> Result<(), S
     let data_dir = config.data_dir.clone();
     let started = std::time::Instant::now();
     let node = Node::start(config).await.map_err(|e| e.to_string())?;
-    let (addr, context) = (node.advertise_addr(), node.context());
+    let (addr, store_id, cluster_id) = (node.advertise_addr(), node.store_id(), node.cluster_id());
     let elapsed_ms = started.elapsed().as_millis() as u64;
     // The node's one line at start; `playground` and the end-to-end tests read the text
     // form's address.
     match log_format {
         crate::LogFormat::Text => eprintln!(
             "scandium serving on {addr} (PD endpoint and store address): store {} of cluster {}, data in {}, started in {elapsed_ms} ms",
-            context.store_id,
-            context.cluster_id,
+            store_id,
+            cluster_id,
             data_dir.display()
         ),
         crate::LogFormat::Json => tracing::info!(
             addr,
-            store_id = context.store_id,
-            cluster_id = context.cluster_id,
+            store_id,
+            cluster_id,
             data_dir = %data_dir.display(),
             elapsed_ms,
             "scandium serving"

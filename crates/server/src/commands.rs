@@ -4,30 +4,44 @@
 //! A command asks for effects one at a time; this module carries each out with the
 //! node's real parts and resumes the command with the outcome:
 //!
-//! * a gate: the Region checks of [`NodeContext::check_context`] (or, for the node's own
-//!   work on a Region, that it is led here), then a ReadIndex round when the command needs
-//!   a linearizable state and the lease does not cover it, then the disk's reserve;
+//! * a gate: the Region checks of [`Storage::check_context`] (or, for the node's own work
+//!   on a Region, that it is led here), then a ReadIndex round when the command needs a
+//!   linearizable state and the lease does not cover it, then the disk's reserve;
 //! * a wait: until [`Wakers`] hears the command's id (a latch or lock released, `max_ts`
 //!   synchronised) or its deadline passes;
 //! * a proposal: to the Raft thread, whose callback runs the proposal's completion where
 //!   the write is applied;
-//! * a remote call: on the key's Region's leader, here or over the network (`remote.rs`).
+//! * a remote call: on the key's Region's leader: through the same command here when this
+//!   node leads it, otherwise over the network (`remote.rs`), retried on Region errors as
+//!   a client would.
 //!
 //! A failed effect answers the request with the effect's error and drops the command,
 //! whose guards release whatever it held.
 
-use crate::context::NodeContext;
-use crate::error::RequestError;
-use crate::txn_error::Failure;
+use crate::disk::DiskSpace;
+use crate::error::{store_not_match, RequestError};
+use crate::identity::Identity;
+use crate::network::{Clients, Directory};
+use crate::placement::Placement;
+use crate::raft_driver::RaftHandle;
+use crate::remote::{self, Route};
+use crate::txn_error::{Failure, TxnResult};
 use scandium_protocol::kvrpcpb;
-use scandium_raftstore::{Led, RaftCommand, RaftstoreError};
+use scandium_raftstore::{Led, RaftCommand, RaftstoreError, Registry};
+use scandium_txn::command::resolve::local_call;
 use scandium_txn::command::{Clock, Gate, Proposal, RemoteCall, RemoteReply, Scope};
-use scandium_txn::{Command, CommandError, Effect, Input, Next, Wake};
+use scandium_txn::{Command, CommandError, Effect, Input, Next, TxnNode, Wake};
+use scandium_types::keyspace::ApiVersion;
+use scandium_types::RegionEpoch;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// Attempts of a remote call (each may wait out an election).
+const REMOTE_ATTEMPTS: u32 = 12;
 
 /// Where a command runs.
 #[derive(Clone, Copy, Debug)]
@@ -192,7 +206,107 @@ pub fn clock() -> Clock {
     Clock { monotonic_ms: crate::clock::monotonic_ms(), wall_ms: crate::clock::now_ms() }
 }
 
-impl NodeContext {
+/// The storage layer of this node: runs the commands of requests and of the node's own
+/// work (GC, TTL sweeps, lock resolution) against the Regions led here. Holds exactly what
+/// carrying out a command's effects takes.
+pub struct Storage {
+    identity: Identity,
+    txn: Arc<TxnNode>,
+    wakers: Arc<Wakers>,
+    registry: Registry,
+    raft: RaftHandle,
+    disk: Arc<DiskSpace>,
+    placement: Arc<Placement>,
+    directory: Arc<Directory>,
+    clients: Arc<Clients>,
+}
+
+/// What [`Storage`] is built from.
+pub struct StorageParts {
+    /// Who this node is.
+    pub identity: Identity,
+    /// The node's transactional state, which every command reads and keeps (latches,
+    /// `max_ts`, the lock index, the newest-record cache, lock waits).
+    pub txn: Arc<TxnNode>,
+    /// The wake-ups of waiting commands (the same [`Wake`] `txn` was built with).
+    pub wakers: Arc<Wakers>,
+    /// Regions with a replica here.
+    pub registry: Registry,
+    /// Proposals to the Raft thread.
+    pub raft: RaftHandle,
+    /// The free space of the data directory, against its reserve.
+    pub disk: Arc<DiskSpace>,
+    /// The placement group (where other Regions are led, for remote calls).
+    pub placement: Arc<Placement>,
+    /// Where other stores are.
+    pub directory: Arc<Directory>,
+    /// Channels to other nodes.
+    pub clients: Arc<Clients>,
+}
+
+/// A request's context and the API version it speaks: a request without a context, or
+/// with a version this node does not know, is refused before anything else.
+pub fn request_context(
+    context: Option<&kvrpcpb::Context>,
+) -> Result<(&kvrpcpb::Context, ApiVersion), RequestError> {
+    let context = context.ok_or_else(|| RequestError::invalid("request has no context"))?;
+    let api_version = ApiVersion::from_wire(context.api_version).ok_or_else(|| {
+        RequestError::invalid(format!("unknown API version {}", context.api_version))
+    })?;
+    Ok((context, api_version))
+}
+
+impl Storage {
+    /// Storage over these parts.
+    pub fn new(parts: StorageParts) -> Storage {
+        let StorageParts {
+            identity,
+            txn,
+            wakers,
+            registry,
+            raft,
+            disk,
+            placement,
+            directory,
+            clients,
+        } = parts;
+        Storage { identity, txn, wakers, registry, raft, disk, placement, directory, clients }
+    }
+
+    /// The node's transactional state.
+    pub fn txn(&self) -> &Arc<TxnNode> {
+        &self.txn
+    }
+
+    /// The Regions with a replica here.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Checks a request's context: the peer it names is on this store, the Region exists
+    /// here, the epoch is current, and this peer leads and has caught up.
+    pub fn check_context(&self, context: &kvrpcpb::Context) -> Result<Led, RequestError> {
+        let store_id = self.identity.store_id;
+        if let Some(peer) = &context.peer {
+            if peer.store_id != 0 && peer.store_id != store_id {
+                return Err(store_not_match(peer.store_id, store_id));
+            }
+        }
+        // A request without an epoch matches none.
+        let epoch = context.region_epoch.as_ref().map_or(
+            RegionEpoch { conf_ver: u64::MAX, version: u64::MAX },
+            |e| RegionEpoch { conf_ver: e.conf_ver, version: e.version },
+        );
+        let now = crate::clock::monotonic_ms();
+        Ok(self.registry.check_led(context.region_id, Some(epoch), now)?)
+    }
+
+    /// Checks that Region `region_id` is led here and caught up (the node's own work on
+    /// it: the Region is taken as it is now).
+    pub fn check_led(&self, region_id: u64) -> Result<Led, RequestError> {
+        Ok(self.registry.check_led(region_id, None, crate::clock::monotonic_ms())?)
+    }
+
     /// Runs `command` against `target` to its answer.
     pub async fn run<T: Send + 'static>(
         &self,
@@ -234,7 +348,7 @@ impl NodeContext {
             self.raft.read_index(region.id).await?;
         }
         if gate.needs_space {
-            self.disk.check_write(self.store_id)?;
+            self.disk.check_write(self.identity.store_id)?;
         }
         Ok(Scope { region, term })
     }
@@ -247,10 +361,49 @@ impl NodeContext {
 
     /// Carries out `call` on the leader of its key's Region: here, through the same
     /// command the storage service runs for it, or on another node (`remote.rs`).
-    pub fn remote(
+    fn remote(
         &self,
         call: RemoteCall,
     ) -> Pin<Box<dyn Future<Output = Result<RemoteReply, Failure>> + Send + '_>> {
+        // Boxed: a local call runs a command, whose own remote calls recurse.
         Box::pin(self.remote_call(call))
+    }
+
+    /// [`Storage::remote`], retrying on Region errors and routing failures with backoff,
+    /// as a client would. Never from the local engine of a follower, whose state may lag
+    /// the leader's.
+    async fn remote_call(&self, call: RemoteCall) -> TxnResult<RemoteReply> {
+        let mut last: Option<Failure> = None;
+        for attempt in 0..REMOTE_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis((10u64 << attempt.min(5)).min(300))).await;
+            }
+            let route = remote::route(
+                call.key(),
+                self.identity.store_id,
+                &self.registry,
+                &self.placement,
+                &self.directory,
+            );
+            let result = match route {
+                Ok(Route::Local(region)) => {
+                    let command = local_call(&self.txn, call.clone());
+                    self.run(Target::Region(region.id), command).await.map_err(Failure::from)
+                }
+                Ok(Route::Remote(leader)) => {
+                    remote::call_leader(&self.clients, self.identity.cluster_id, &call, &leader)
+                        .await
+                }
+                Err(e) => {
+                    last = Some(e.into());
+                    continue;
+                }
+            };
+            match result {
+                Err(Failure::Region(e)) => last = Some(Failure::Region(e)),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| RequestError::Internal("no route".into()).into()))
     }
 }

@@ -34,6 +34,14 @@ impl RequestError {
         RequestError::Invalid(message.into())
     }
 
+    /// How a request answered with this error ended, for its metrics.
+    pub fn outcome(&self) -> crate::metrics::Outcome {
+        match self {
+            RequestError::Region(_) => crate::metrics::Outcome::RegionError,
+            _ => crate::metrics::Outcome::Error,
+        }
+    }
+
     /// Writes the error into a response's `region_error` and `error` fields.
     pub fn fill(self, region_error: &mut Option<errorpb::Error>, error: &mut String) {
         match self {

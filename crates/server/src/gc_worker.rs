@@ -7,25 +7,25 @@
 //! transaction's primary (and, for async commit, its secondaries) on their Regions'
 //! leaders. Locks of transactions still alive are left for their owners.
 
-use crate::commands::Target;
-use crate::context::NodeContext;
-use crate::txn::TxnResult;
+use crate::commands::{Storage, Target};
+use crate::placement::Placement;
+use crate::txn_error::TxnResult;
 use scandium_txn::command::txn::gc_region;
 use scandium_types::TimeStamp;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs forever: every `interval`, collects garbage if the safe point moved.
-pub async fn run(node: Arc<NodeContext>, interval: Duration) {
+pub async fn run(storage: Arc<Storage>, placement: Arc<Placement>, interval: Duration) {
     let mut done = TimeStamp::ZERO;
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
-        let safe_point = TimeStamp(node.placement.read().gc_safe_point());
+        let safe_point = TimeStamp(placement.read().gc_safe_point());
         if safe_point <= done {
             continue;
         }
-        match collect(&node, safe_point).await {
+        match collect(&storage, safe_point).await {
             Ok(deleted) => {
                 tracing::debug!(safe_point = safe_point.0, deleted, "garbage collected");
                 crate::metrics::METRICS.gc_deleted.inc_by(deleted as u64);
@@ -37,11 +37,11 @@ pub async fn run(node: Arc<NodeContext>, interval: Duration) {
 }
 
 /// One pass over every Region led here; returns how many versions were deleted.
-pub async fn collect(node: &NodeContext, safe_point: TimeStamp) -> TxnResult<usize> {
+pub async fn collect(storage: &Storage, safe_point: TimeStamp) -> TxnResult<usize> {
     let mut deleted = 0;
-    for status in node.registry.all().into_iter().filter(|s| s.ready_for_reads) {
-        let command = gc_region(&node.txn, safe_point);
-        deleted += node.run(Target::Region(status.region.id), command).await?;
+    for status in storage.registry().all().into_iter().filter(|s| s.ready_for_reads) {
+        let command = gc_region(storage.txn(), safe_point);
+        deleted += storage.run(Target::Region(status.region.id), command).await?;
     }
     Ok(deleted)
 }

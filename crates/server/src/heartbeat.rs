@@ -11,17 +11,22 @@
 //! and proposes what the control plane's clock wants (the stores' last heartbeats, drained
 //! stores retired).
 
-use crate::context::NodeContext;
 use crate::error::RequestError;
+use crate::identity::Identity;
+use crate::network::Clients;
+use crate::placement::Placement;
+use crate::raft_driver::RaftHandle;
+use crate::tasks::Tasks;
 use prost::Message as _;
 use scandium_placement::{
     ControlPlane, Kind, Now, OperatorStep, RegionHeartbeat as Heartbeat, RegionReport, StepAction,
 };
-use scandium_protocol::scandium::{HeartbeatRequest, Operator, RegionHeartbeat};
-use scandium_raftstore::{PeerChange, RegionStatus, META_GROUP_ID};
+use scandium_protocol::scandium::{HeartbeatRequest, Operator, RegionHeartbeat, StoreLiveness};
+use scandium_raftstore::{PeerChange, RegionStatus, Registry, META_GROUP_ID};
 use scandium_types::{Peer, RegionEpoch};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Operator step kinds on the wire.
 const ADD_LEARNER: u32 = 1;
@@ -29,88 +34,286 @@ const PROMOTE: u32 = 2;
 const REMOVE: u32 = 3;
 const TRANSFER_LEADER: u32 = 4;
 
-/// The placement leader's control plane on this node (idle unless it leads).
+/// This node's side of the control plane: its heartbeats and the operator steps they bring
+/// back, and, while it leads the placement group, the control plane itself.
 pub struct Control {
+    /// The placement leader's state (idle unless this node leads).
     plane: Mutex<ControlPlane>,
+    identity: Identity,
+    placement: Arc<Placement>,
+    registry: Registry,
+    raft: RaftHandle,
+    clients: Arc<Clients>,
+    tasks: Tasks,
+    beat_now: Arc<Notify>,
 }
 
-impl Control {
-    /// A control plane judging by `plane`'s settings.
-    pub fn new(plane: ControlPlane) -> Control {
-        Control { plane: Mutex::new(plane) }
-    }
-
-    /// The control plane, locked (never across an await).
-    pub fn lock(&self) -> MutexGuard<'_, ControlPlane> {
-        self.plane.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// What [`Control`] is built from.
+pub struct ControlParts {
+    /// Who this node is.
+    pub identity: Identity,
+    /// The placement group.
+    pub placement: Arc<Placement>,
+    /// Regions with a replica here (those led here are reported).
+    pub registry: Registry,
+    /// Membership changes and leader transfers, to the Raft thread.
+    pub raft: RaftHandle,
+    /// Channels to the placement leader.
+    pub clients: Arc<Clients>,
+    /// Where operator steps run.
+    pub tasks: Tasks,
+    /// Notified to send a heartbeat now (leadership or a Region changed here).
+    pub beat_now: Arc<Notify>,
 }
 
 /// The placement leader's clocks.
-pub fn now() -> Now {
+fn now() -> Now {
     Now { monotonic_ms: crate::clock::monotonic_ms(), wall_ms: crate::clock::now_ms() }
 }
 
-/// Sends heartbeats forever: every `interval`, and soon after `node.heartbeat_now` is
-/// notified.
-pub async fn run(node: Arc<NodeContext>, interval: Duration) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = node.heartbeat_now.notified() => {
-                // Let a burst of changes (a node's Regions all changing leader) go together.
-                tokio::time::sleep(Duration::from_millis(5)).await;
+impl Control {
+    /// The control plane of this node, judging by `plane`'s settings.
+    pub fn new(plane: ControlPlane, parts: ControlParts) -> Control {
+        let ControlParts { identity, placement, registry, raft, clients, tasks, beat_now } = parts;
+        Control {
+            plane: Mutex::new(plane),
+            identity,
+            placement,
+            registry,
+            raft,
+            clients,
+            tasks,
+            beat_now,
+        }
+    }
+
+    /// The control plane, locked (never across an await).
+    fn lock(&self) -> MutexGuard<'_, ControlPlane> {
+        self.plane.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends heartbeats forever: every `interval`, and soon after `beat_now` is notified.
+    pub async fn run(self: Arc<Self>, interval: Duration) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.beat_now.notified() => {
+                    // Let a burst of changes (a node's Regions all changing leader) go
+                    // together.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            self.placement.cut_off();
+            if let Err(error) = self.beat().await {
+                tracing::debug!(%error, "heartbeat failed");
             }
         }
-        node.placement.cut_off();
-        if let Err(error) = beat(&node).await {
-            tracing::debug!(%error, "heartbeat failed");
-        }
     }
-}
 
-/// One heartbeat: report the Regions led here, carry out the answer.
-pub async fn beat(node: &Arc<NodeContext>) -> Result<(), RequestError> {
-    let regions: Vec<RegionHeartbeat> = node
-        .registry
-        .all()
-        .into_iter()
-        .filter(|s| s.ready_for_reads)
-        .map(|status| RegionHeartbeat {
-            report: report_of(&status).encode_to_vec(),
-            pending_peers: status.pending_peers.iter().map(|p| p.id).collect(),
-        })
-        .collect();
-    let request =
-        HeartbeatRequest { cluster_id: node.cluster_id(), store_id: node.store_id, regions };
-    let operators = if node.placement.is_serving() {
-        let operators = handle(node, request).await?;
-        lead(node).await;
-        operators
-    } else {
-        node.control.lock().step_down();
-        let address = node.placement.wait_leader().await?;
-        let mut client = node.clients.cluster(&address).map_err(RequestError::Internal)?;
-        let call = tokio::time::timeout(Duration::from_secs(2), client.heartbeat(request));
-        let reply = call
-            .await
-            .map_err(|_| RequestError::Internal("heartbeat timed out".into()))?
-            .map_err(|s| RequestError::Internal(s.message().to_string()))?
-            .into_inner();
-        if !reply.error.is_empty() {
-            return Err(RequestError::Internal(reply.error));
-        }
-        reply.operators
-    };
-    for operator in operators {
-        let Some(step) = step_of(&operator) else {
-            tracing::warn!(region = operator.region_id, kind = operator.kind, "malformed operator");
-            continue;
+    /// One heartbeat: report the Regions led here, carry out the answer.
+    pub async fn beat(self: &Arc<Self>) -> Result<(), RequestError> {
+        let regions: Vec<RegionHeartbeat> = self
+            .registry
+            .all()
+            .into_iter()
+            .filter(|s| s.ready_for_reads)
+            .map(|status| RegionHeartbeat {
+                report: report_of(&status).encode_to_vec(),
+                pending_peers: status.pending_peers.iter().map(|p| p.id).collect(),
+            })
+            .collect();
+        let request = HeartbeatRequest {
+            cluster_id: self.identity.cluster_id,
+            store_id: self.identity.store_id,
+            regions,
         };
-        let node = node.clone();
-        node.clone().tasks.spawn(async move { execute(&node, step).await });
+        let operators = if self.placement.is_serving() {
+            let operators = self.handle(request).await?;
+            self.lead().await;
+            operators
+        } else {
+            self.lock().step_down();
+            let address = self.placement.wait_leader().await?;
+            let mut client = self.clients.cluster(&address).map_err(RequestError::Internal)?;
+            let call = tokio::time::timeout(Duration::from_secs(2), client.heartbeat(request));
+            let reply = call
+                .await
+                .map_err(|_| RequestError::Internal("heartbeat timed out".into()))?
+                .map_err(|s| RequestError::Internal(s.message().to_string()))?
+                .into_inner();
+            if !reply.error.is_empty() {
+                return Err(RequestError::Internal(reply.error));
+            }
+            reply.operators
+        };
+        for operator in operators {
+            let Some(step) = step_of(&operator) else {
+                tracing::warn!(
+                    region = operator.region_id,
+                    kind = operator.kind,
+                    "malformed operator"
+                );
+                continue;
+            };
+            let control = self.clone();
+            self.tasks.spawn(async move { control.execute(step).await });
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Makes sure the control plane runs for the placement term this node leads now (a
+    /// new leader takes over from what the log records). `None` if it does not lead.
+    fn leading_term(&self) -> Option<u64> {
+        let status = self.registry.meta().status.filter(|s| s.ready_for_reads)?;
+        let mut plane = self.lock();
+        if !plane.leads(status.term) {
+            plane.take_over(status.term, &self.placement.read(), now());
+            tracing::debug!(term = status.term, "the control plane runs here now");
+        }
+        Some(status.term)
+    }
+
+    /// The placement leader's side of a heartbeat: note the store alive, record what
+    /// changed, answer with the steps of the Regions' operators.
+    pub async fn handle(&self, request: HeartbeatRequest) -> Result<Vec<Operator>, RequestError> {
+        if self.leading_term().is_none() {
+            return Err(RequestError::Internal("this node does not lead placement".into()));
+        }
+        let heartbeats: Vec<Heartbeat> = request
+            .regions
+            .iter()
+            .filter_map(|h| {
+                let report = RegionReport::decode(h.report.as_slice()).ok()?;
+                report
+                    .region
+                    .is_some()
+                    .then(|| Heartbeat { report, pending: h.pending_peers.clone() })
+            })
+            .collect();
+        let intake = {
+            let mut plane = self.lock();
+            let now = now();
+            plane.store_heartbeat(request.store_id, now);
+            plane.region_heartbeats(&self.placement.read(), &heartbeats, now)
+        };
+        if !intake.changed.is_empty() {
+            self.placement.report_regions(intake.changed).await?;
+        }
+        self.supply_ids(&intake.need_ids).await;
+        Ok(intake.steps.iter().map(operator_of).collect())
+    }
+
+    /// What this node, as placement leader, knows of each store's heartbeats.
+    pub fn store_liveness(&self) -> Vec<StoreLiveness> {
+        let plane = self.lock();
+        let live = plane.liveness(now());
+        self.placement
+            .read()
+            .stores()
+            .map(|store| {
+                let status = scandium_placement::scheduler::store_status(
+                    store,
+                    &live,
+                    &plane.config().scheduler,
+                );
+                StoreLiveness {
+                    store_id: store.id,
+                    last_heartbeat_ms_ago: live
+                        .last_heartbeat_ms
+                        .get(&store.id)
+                        .map_or(-1, |at| live.now_ms.saturating_sub(*at) as i64),
+                    status: status.name().to_string(),
+                }
+            })
+            .collect()
+    }
+
+    /// Allocates a peer id for each Region that needs a new replica (see
+    /// `ControlPlane::supply_id`); their operators start at their next heartbeat.
+    async fn supply_ids(&self, regions: &[u64]) {
+        if regions.is_empty() {
+            return;
+        }
+        match self.placement.alloc_ids(regions.len() as u64).await {
+            Ok(first) => {
+                let mut plane = self.lock();
+                for (i, &region) in regions.iter().enumerate() {
+                    plane.supply_id(region, first + i as u64);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "cannot allocate ids for new replicas yet"),
+        }
+    }
+
+    /// The placement leader's own beat: what the control plane's clock wants proposed,
+    /// and the placement group's own operator.
+    async fn lead(&self) {
+        let Some(status) = self.registry.meta().status.filter(|s| s.ready_for_reads) else {
+            return;
+        };
+        if self.leading_term().is_none() {
+            return;
+        }
+        let (proposals, step, needs_id) = {
+            let mut plane = self.lock();
+            let state = self.placement.read();
+            let now = now();
+            let proposals = plane.tick(&state, &status.region.peers, now);
+            let step = plane.meta_heartbeat(&state, &heartbeat_of(&status), now);
+            (proposals, step, plane.meta_needs_id())
+        };
+        if needs_id {
+            self.supply_ids(&[scandium_placement::control::META_ID]).await;
+        }
+        for kind in proposals {
+            if let Err(error) = self.placement.propose(kind.clone()).await {
+                tracing::debug!(%error, ?kind, "placement record not made yet");
+            } else if let Kind::SetStoreState(change) = kind {
+                tracing::info!(
+                    store_id = change.store_id,
+                    "a drained store holds no replica any more: it is now a tombstone"
+                );
+            }
+        }
+        if let Some(step) = step {
+            self.execute(step).await;
+        }
+    }
+
+    /// Carries out an operator step on the Region's local leader, if the Region is still
+    /// at the epoch the step was planned against.
+    async fn execute(&self, step: OperatorStep) {
+        let region_id = step.region_id;
+        let status = match region_id {
+            META_GROUP_ID => self.registry.meta().status,
+            id => self.registry.get(id),
+        };
+        let Some(status) = status else { return };
+        if !step.applies_to(&status.region) {
+            tracing::debug!(
+                region_id,
+                ?step,
+                "operator step planned against another epoch: refused"
+            );
+            return;
+        }
+        let result = match &step.action {
+            StepAction::TransferLeader(peer) => {
+                let peer_id = peer.id;
+                let transfer =
+                    self.raft.with_store(move |store| store.transfer_leader(region_id, peer_id));
+                transfer.await.and_then(|r| r)
+            }
+            action => self.raft.change_peers(region_id, peer_changes(action)).await.map(|_| ()),
+        };
+        match result {
+            Ok(_) => {
+                tracing::info!(region_id, action = ?step.action, "carried out an operator step");
+                self.beat_now.notify_one();
+            }
+            Err(error) => tracing::debug!(region_id, %error, "operator step not carried out"),
+        }
+    }
 }
 
 fn report_of(status: &RegionStatus) -> RegionReport {
@@ -125,129 +328,6 @@ fn heartbeat_of(status: &RegionStatus) -> Heartbeat {
     Heartbeat {
         report: report_of(status),
         pending: status.pending_peers.iter().map(|p| p.id).collect(),
-    }
-}
-
-/// Makes sure the control plane runs for the placement term this node leads now (a new
-/// leader takes over from what the log records). `None` if it does not lead.
-fn leading_term(node: &NodeContext) -> Option<u64> {
-    let status = node.registry.meta().status.filter(|s| s.ready_for_reads)?;
-    let mut control = node.control.lock();
-    if !control.leads(status.term) {
-        control.take_over(status.term, &node.placement.read(), now());
-        tracing::debug!(term = status.term, "the control plane runs here now");
-    }
-    Some(status.term)
-}
-
-/// The placement leader's side of a heartbeat: note the store alive, record what changed,
-/// answer with the steps of the Regions' operators.
-pub async fn handle(
-    node: &Arc<NodeContext>,
-    request: HeartbeatRequest,
-) -> Result<Vec<Operator>, RequestError> {
-    if leading_term(node).is_none() {
-        return Err(RequestError::Internal("this node does not lead placement".into()));
-    }
-    let heartbeats: Vec<Heartbeat> = request
-        .regions
-        .iter()
-        .filter_map(|h| {
-            let report = RegionReport::decode(h.report.as_slice()).ok()?;
-            report.region.is_some().then(|| Heartbeat { report, pending: h.pending_peers.clone() })
-        })
-        .collect();
-    let intake = {
-        let mut control = node.control.lock();
-        let now = now();
-        control.store_heartbeat(request.store_id, now);
-        control.region_heartbeats(&node.placement.read(), &heartbeats, now)
-    };
-    if !intake.changed.is_empty() {
-        node.placement.report_regions(intake.changed).await?;
-    }
-    supply_ids(node, &intake.need_ids).await;
-    Ok(intake.steps.iter().map(operator_of).collect())
-}
-
-/// Allocates a peer id for each Region that needs a new replica (see
-/// `ControlPlane::supply_id`); their operators start at their next heartbeat.
-async fn supply_ids(node: &NodeContext, regions: &[u64]) {
-    if regions.is_empty() {
-        return;
-    }
-    match node.placement.alloc_ids(regions.len() as u64).await {
-        Ok(first) => {
-            let mut control = node.control.lock();
-            for (i, &region) in regions.iter().enumerate() {
-                control.supply_id(region, first + i as u64);
-            }
-        }
-        Err(error) => tracing::debug!(%error, "cannot allocate ids for new replicas yet"),
-    }
-}
-
-/// The placement leader's own beat: what the control plane's clock wants proposed, and
-/// the placement group's own operator.
-async fn lead(node: &Arc<NodeContext>) {
-    let Some(status) = node.registry.meta().status.filter(|s| s.ready_for_reads) else { return };
-    if leading_term(node).is_none() {
-        return;
-    }
-    let (proposals, step, needs_id) = {
-        let mut control = node.control.lock();
-        let state = node.placement.read();
-        let now = now();
-        let proposals = control.tick(&state, &status.region.peers, now);
-        let step = control.meta_heartbeat(&state, &heartbeat_of(&status), now);
-        (proposals, step, control.meta_needs_id())
-    };
-    if needs_id {
-        supply_ids(node, &[scandium_placement::control::META_ID]).await;
-    }
-    for kind in proposals {
-        if let Err(error) = node.placement.propose(kind.clone()).await {
-            tracing::debug!(%error, ?kind, "placement record not made yet");
-        } else if let Kind::SetStoreState(change) = kind {
-            tracing::info!(
-                store_id = change.store_id,
-                "a drained store holds no replica any more: it is now a tombstone"
-            );
-        }
-    }
-    if let Some(step) = step {
-        execute(node, step).await;
-    }
-}
-
-/// Carries out an operator step on the Region's local leader, if the Region is still at
-/// the epoch the step was planned against.
-async fn execute(node: &Arc<NodeContext>, step: OperatorStep) {
-    let region_id = step.region_id;
-    let status = match region_id {
-        META_GROUP_ID => node.registry.meta().status,
-        id => node.registry.get(id),
-    };
-    let Some(status) = status else { return };
-    if !step.applies_to(&status.region) {
-        tracing::debug!(region_id, ?step, "operator step planned against another epoch: refused");
-        return;
-    }
-    let result = match &step.action {
-        StepAction::TransferLeader(peer) => {
-            let peer_id = peer.id;
-            let transfer =
-                node.raft.with_store(move |store| store.transfer_leader(region_id, peer_id));
-            transfer.await.and_then(|r| r)
-        }
-        action => node.raft.change_peers(region_id, peer_changes(action)).await.map(|_| ()),
-    };
-    match result {
-        Ok(_) => {
-            tracing::info!(region_id, action = ?step.action, "carried out an operator step");
-            node.heartbeat_now.notify_one();
-        }
-        Err(error) => tracing::debug!(region_id, %error, "operator step not carried out"),
     }
 }
 

@@ -2,17 +2,51 @@
 //! that tools use, a health check, and the replicas' digests that `scandium ctl
 //! check-consistency` compares.
 
-use crate::context::NodeContext;
 use crate::convert::encode_boundary;
+use crate::disk::DiskSpace;
+use crate::heartbeat::Control;
+use crate::identity::Identity;
+use crate::network::Clients;
+use crate::placement::Placement;
+use crate::transport::Transport;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use prometheus::{IntCounter, IntGauge, Opts};
+use scandium_raftstore::Registry;
+use scandium_storage::EngineRef;
+use scandium_txn::TxnNode;
 use scandium_types::Region;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// What the HTTP API reads.
+pub struct HttpState {
+    /// Who this node is.
+    pub identity: Identity,
+    /// The node's storage (its size, its statistics, the replicas' digests).
+    pub engine: EngineRef,
+    /// Regions with a replica here.
+    pub registry: Registry,
+    /// The placement group's state.
+    pub placement: Arc<Placement>,
+    /// The control plane (store liveness, when this node leads placement).
+    pub control: Arc<Control>,
+    /// Channels to the placement leader (store liveness, when another node leads).
+    pub clients: Arc<Clients>,
+    /// The data directory's free space.
+    pub disk: Arc<DiskSpace>,
+    /// The Raft transport's counters.
+    pub transport: Transport,
+    /// Messages and requests refused (see `grpc/cluster.rs`).
+    pub refused: Arc<AtomicU64>,
+    /// The node's transactional state (lock waits, resolved locks).
+    pub txn: Arc<TxnNode>,
+}
+
 /// Adds the HTTP routes to `router`.
-pub fn routes(router: Router, node: Arc<NodeContext>) -> Router {
+pub fn routes(router: Router, node: Arc<HttpState>) -> Router {
     let http = Router::new()
         .route("/pd/api/v1/regions", get(regions))
         .route("/pd/api/v1/stores", get(stores))
@@ -33,7 +67,7 @@ fn hex(key: &[u8]) -> String {
     encode_boundary(key).iter().map(|b| format!("{b:02X}")).collect()
 }
 
-fn region_json(node: &NodeContext, region: &Region) -> Value {
+fn region_json(node: &HttpState, region: &Region) -> Value {
     let leader = node
         .registry
         .get(region.id)
@@ -54,13 +88,13 @@ fn region_json(node: &NodeContext, region: &Region) -> Value {
     })
 }
 
-async fn regions(State(node): State<Arc<NodeContext>>) -> Json<Value> {
+async fn regions(State(node): State<Arc<HttpState>>) -> Json<Value> {
     let regions: Vec<Region> = node.placement.read().regions().cloned().collect();
     let list: Vec<Value> = regions.iter().map(|r| region_json(&node, r)).collect();
     Json(json!({ "count": list.len(), "regions": list }))
 }
 
-async fn stores(State(node): State<Arc<NodeContext>>) -> Json<Value> {
+async fn stores(State(node): State<Arc<HttpState>>) -> Json<Value> {
     let liveness = liveness(&node).await;
     let placement = node.placement.read();
     let list: Vec<Value> = placement
@@ -100,9 +134,9 @@ async fn stores(State(node): State<Arc<NodeContext>>) -> Json<Value> {
 
 /// What the placement leader knows of stores' heartbeats (asked of it when it is another
 /// node; nothing if it cannot be reached).
-async fn liveness(node: &NodeContext) -> Vec<scandium_protocol::scandium::StoreLiveness> {
+async fn liveness(node: &HttpState) -> Vec<scandium_protocol::scandium::StoreLiveness> {
     if node.placement.is_serving() {
-        return node.store_liveness();
+        return node.control.store_liveness();
     }
     let Some(address) = node.placement.leader_address() else { return Vec::new() };
     let Ok(mut client) = node.clients.cluster(&address) else { return Vec::new() };
@@ -124,7 +158,7 @@ fn member_json(id: u64, address: &str) -> Value {
 }
 
 /// `GET /pd/api/v1/members`, as PD answers it.
-async fn members(State(node): State<Arc<NodeContext>>) -> Json<Value> {
+async fn members(State(node): State<Arc<HttpState>>) -> Json<Value> {
     let placement = node.placement.read();
     let members: Vec<Value> = placement
         .stores()
@@ -139,9 +173,7 @@ async fn members(State(node): State<Arc<NodeContext>>) -> Json<Value> {
 }
 
 /// `GET /pd/api/v1/leader`: the placement leader, as PD answers it.
-async fn leader(
-    State(node): State<Arc<NodeContext>>,
-) -> Result<Json<Value>, axum::http::StatusCode> {
+async fn leader(State(node): State<Arc<HttpState>>) -> Result<Json<Value>, axum::http::StatusCode> {
     let placement = node.placement.read();
     node.placement
         .live_leader_store()
@@ -149,7 +181,7 @@ async fn leader(
         .ok_or(axum::http::StatusCode::SERVICE_UNAVAILABLE)
 }
 
-async fn members_health(State(node): State<Arc<NodeContext>>) -> Json<Value> {
+async fn members_health(State(node): State<Arc<HttpState>>) -> Json<Value> {
     let placement = node.placement.read();
     let leader = node.placement.live_leader_store();
     let list: Vec<Value> = placement
@@ -157,7 +189,7 @@ async fn members_health(State(node): State<Arc<NodeContext>>) -> Json<Value> {
         .filter(|s| s.state() != scandium_types::StoreState::Tombstone)
         .map(|s| {
             let mut member = member_json(s.id, &s.address);
-            member["health"] = json!(Some(s.id) == leader || s.id == node.store_id);
+            member["health"] = json!(Some(s.id) == leader || s.id == node.identity.store_id);
             member
         })
         .collect();
@@ -187,7 +219,7 @@ const MAX_PAGE: usize = 1000;
 /// them, a page at a time, or the one holding key K. Keys are shown as text, bytes that
 /// are not printable escaped.
 async fn regions_page(
-    State(node): State<Arc<NodeContext>>,
+    State(node): State<Arc<HttpState>>,
     axum::extract::Query(query): axum::extract::Query<RegionsQuery>,
 ) -> Json<Value> {
     let placement = node.placement.read();
@@ -225,19 +257,19 @@ async fn regions_page(
 }
 
 async fn health(
-    State(node): State<Arc<NodeContext>>,
+    State(node): State<Arc<HttpState>>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], Json<Value>) {
     // The status page of any node reads every node's /health.
     let cors = [(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")];
     (cors, health_json(&node))
 }
 
-fn health_json(node: &NodeContext) -> Json<Value> {
+fn health_json(node: &HttpState) -> Json<Value> {
     let regions = node.registry.all();
     let serving = regions.iter().filter(|s| s.ready_for_reads).count();
     Json(json!({
         "status": if serving == regions.len() && node.placement.is_serving() { "ok" } else { "degraded" },
-        "store_id": node.store_id,
+        "store_id": node.identity.store_id,
         "regions": regions.len(),
         "regions_serving": serving,
         "placement_leader": node.placement.is_serving(),
@@ -252,17 +284,17 @@ fn health_json(node: &NodeContext) -> Json<Value> {
 }
 
 /// `GET /metrics`: Prometheus' text format (see `metrics.rs`).
-async fn metrics(State(node): State<Arc<NodeContext>>) -> impl axum::response::IntoResponse {
-    let text = crate::metrics::render(&node);
+async fn metrics(State(node): State<Arc<HttpState>>) -> impl axum::response::IntoResponse {
+    let text = crate::metrics::render(&node_state(&node));
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// Every local replica's applied index and per-column-family digests, from one engine
 /// snapshot. Reads all of each Region's data: a tool's request, not a monitoring one.
-async fn digests(State(node): State<Arc<NodeContext>>) -> Json<Value> {
+async fn digests(State(node): State<Arc<HttpState>>) -> Json<Value> {
     let engine = node.engine.clone();
     let regions: Vec<Region> = node.registry.all().into_iter().map(|s| s.region).collect();
-    let store_id = node.store_id;
+    let store_id = node.identity.store_id;
     let computed = tokio::task::spawn_blocking(move || {
         let snapshot = engine.snapshot();
         regions
@@ -280,4 +312,145 @@ async fn digests(State(node): State<Arc<NodeContext>>) -> Json<Value> {
     .await
     .unwrap_or_default();
     Json(json!({ "store_id": store_id, "replicas": computed }))
+}
+
+/// The node's state as gauges and counters, read now.
+fn node_state(node: &HttpState) -> prometheus::Registry {
+    let registry = prometheus::Registry::new();
+    let gauge = |name: &str, help: &str, value: i64| {
+        let metric = IntGauge::new(name, help).expect("valid metric");
+        metric.set(value);
+        registry.register(Box::new(metric)).expect("registered once");
+    };
+    let counter = |name: &str, help: &str, value: u64| {
+        let metric = IntCounter::new(name, help).expect("valid metric");
+        metric.inc_by(value);
+        registry.register(Box::new(metric)).expect("registered once");
+    };
+    let regions = node.registry.all();
+    let leaders = regions.iter().filter(|s| s.ready_for_reads).count();
+    let pending: usize = regions.iter().map(|s| s.pending_peers.len()).sum();
+    let down: usize = regions.iter().map(|s| s.down_peers.len()).sum();
+    gauge("scandium_regions", "Regions with a replica on this node.", regions.len() as i64);
+    gauge("scandium_region_leaders", "Regions this node leads and serves.", leaders as i64);
+    gauge("scandium_pending_peers", "Lagging peers of Regions led here.", pending as i64);
+    gauge("scandium_down_peers", "Unresponsive peers of Regions led here.", down as i64);
+    gauge(
+        "scandium_placement_leader",
+        "1 if this node leads the placement group.",
+        i64::from(node.placement.is_serving()),
+    );
+    gauge("scandium_store_id", "This node's store id.", node.identity.store_id as i64);
+    gauge(
+        "scandium_storage_disk_bytes",
+        "Bytes the storage engine uses on disk.",
+        node.engine.disk_size() as i64,
+    );
+    let free = node.disk.free();
+    if free != u64::MAX {
+        gauge(
+            "scandium_storage_free_bytes",
+            "Free space of the data directory's file system.",
+            free as i64,
+        );
+    }
+    gauge(
+        "scandium_storage_disk_full",
+        "1 while writes are refused for lack of free space.",
+        i64::from(node.disk.is_full()),
+    );
+    let engine = node.engine.stats();
+    let cf_bytes = prometheus::IntGaugeVec::new(
+        Opts::new("scandium_storage_cf_disk_bytes", "Bytes on disk, per column family."),
+        &["cf"],
+    )
+    .expect("valid metric");
+    for (cf, bytes) in &engine.cf_disk_bytes {
+        cf_bytes.with_label_values(&[cf.name()]).set(*bytes as i64);
+    }
+    registry.register(Box::new(cf_bytes)).expect("registered once");
+    gauge(
+        "scandium_storage_memtable_bytes",
+        "Bytes in memtables, active and sealed.",
+        engine.memtable_bytes as i64,
+    );
+    gauge("scandium_storage_cache_bytes", "Bytes in the block cache.", engine.cache_bytes as i64);
+    gauge(
+        "scandium_storage_cache_capacity_bytes",
+        "Capacity of the block cache.",
+        engine.cache_capacity_bytes as i64,
+    );
+    counter(
+        "scandium_storage_compactions_total",
+        "Compactions finished since the node started.",
+        engine.compactions_completed,
+    );
+    gauge(
+        "scandium_storage_active_compactions",
+        "Compactions running now.",
+        engine.active_compactions as i64,
+    );
+    gauge(
+        "scandium_storage_pending_flushes",
+        "Sealed memtables waiting to be flushed.",
+        engine.pending_flushes as i64,
+    );
+    gauge(
+        "scandium_storage_journals",
+        "Journal files (many: flushes are behind).",
+        engine.journals as i64,
+    );
+    counter(
+        "scandium_storage_slow_writes_total",
+        "Engine writes that took 50 ms or more (write stalls while flushes catch up, or a slow disk).",
+        engine.slow_writes,
+    );
+    let stats = node.transport.stats();
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    counter(
+        "scandium_raft_messages_sent_total",
+        "Raft messages sent to other nodes.",
+        load(&stats.sent),
+    );
+    counter(
+        "scandium_raft_messages_dropped_total",
+        "Raft messages dropped (queue full, peer unreachable).",
+        load(&stats.dropped),
+    );
+    counter(
+        "scandium_raft_snapshots_sent_total",
+        "Snapshots sent to other nodes.",
+        load(&stats.snapshots_sent),
+    );
+    counter(
+        "scandium_raft_snapshots_failed_total",
+        "Snapshot transfers that failed.",
+        load(&stats.snapshots_failed),
+    );
+    counter(
+        "scandium_refused_total",
+        "Messages and requests refused (other cluster, other store, malformed, saturated).",
+        node.refused.load(Ordering::Relaxed),
+    );
+    counter(
+        "scandium_lock_waits_total",
+        "Pessimistic lock requests that waited for another transaction.",
+        node.txn.lock_waits.waited(),
+    );
+    counter(
+        "scandium_deadlocks_total",
+        "Lock waits that found a deadlock.",
+        node.txn.lock_waits.deadlocks(),
+    );
+    counter(
+        "scandium_resolved_locks_total",
+        "Locks committed or rolled back for their transactions (resolve-lock, GC).",
+        node.txn.resolved_locks(),
+    );
+    gauge(
+        "scandium_gc_safe_point",
+        "The cluster's GC safe point (a timestamp), as this node's placement replica holds it.",
+        node.placement.read().gc_safe_point() as i64,
+    );
+    registry
 }

@@ -9,7 +9,6 @@
 pub mod clock;
 pub mod commands;
 pub mod config;
-pub mod context;
 pub mod convert;
 pub mod disk;
 pub mod error;
@@ -17,6 +16,7 @@ pub mod gc_worker;
 pub mod grpc;
 pub mod heartbeat;
 pub mod http;
+pub mod identity;
 pub mod metrics;
 pub mod network;
 pub mod node;

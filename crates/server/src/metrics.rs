@@ -1,23 +1,21 @@
 //! Prometheus metrics, served at `GET /metrics` in the text exposition format.
 //!
 //! Two kinds, gathered into one answer:
-//! * **Events** (requests, Raft rounds, timestamps, transaction errors, lock waits) are
-//!   counted where they happen, in the process-wide [`METRICS`] (a node is one process;
-//!   several in-process test nodes share it).
+//! * **Events** (requests, Raft rounds, timestamps, transaction errors) are counted where
+//!   they happen, in the process-wide [`METRICS`] (a node is one process; several
+//!   in-process test nodes share it).
 //! * **State** (Regions and leaders here, pending peers, disk use, transport counters,
-//!   the GC safe point) is read from the node when it is scraped, so it is always this
-//!   node's.
+//!   lock waits, the GC safe point) is read from the node's parts when it is scraped
+//!   (`http.rs`), so it is always this node's; [`render`] adds it to the events.
 //!
 //! Labels are bounded by the code, never by what a client sends: request kinds are the
 //! handlers' names, error reasons the protocol's error kinds. No key and no Region id is
 //! ever a label.
 
-use crate::context::NodeContext;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
 };
-use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
 use std::time::Instant;
 
@@ -323,14 +321,6 @@ impl RequestTimer {
         self.set(Outcome::Error);
         status
     }
-
-    /// Records the outcome a request error stands for.
-    pub fn failed(&self, error: &crate::error::RequestError) {
-        self.set(match error {
-            crate::error::RequestError::Region(_) => Outcome::RegionError,
-            _ => Outcome::Error,
-        });
-    }
 }
 
 impl Drop for RequestTimer {
@@ -342,151 +332,11 @@ impl Drop for RequestTimer {
     }
 }
 
-/// The node's state as gauges and counters, read now.
-fn node_state(node: &NodeContext) -> Registry {
-    let registry = Registry::new();
-    let gauge = |name: &str, help: &str, value: i64| {
-        let metric = IntGauge::new(name, help).expect("valid metric");
-        metric.set(value);
-        registry.register(Box::new(metric)).expect("registered once");
-    };
-    let counter = |name: &str, help: &str, value: u64| {
-        let metric = IntCounter::new(name, help).expect("valid metric");
-        metric.inc_by(value);
-        registry.register(Box::new(metric)).expect("registered once");
-    };
-    let regions = node.registry.all();
-    let leaders = regions.iter().filter(|s| s.ready_for_reads).count();
-    let pending: usize = regions.iter().map(|s| s.pending_peers.len()).sum();
-    let down: usize = regions.iter().map(|s| s.down_peers.len()).sum();
-    gauge("scandium_regions", "Regions with a replica on this node.", regions.len() as i64);
-    gauge("scandium_region_leaders", "Regions this node leads and serves.", leaders as i64);
-    gauge("scandium_pending_peers", "Lagging peers of Regions led here.", pending as i64);
-    gauge("scandium_down_peers", "Unresponsive peers of Regions led here.", down as i64);
-    gauge(
-        "scandium_placement_leader",
-        "1 if this node leads the placement group.",
-        i64::from(node.placement.is_serving()),
-    );
-    gauge("scandium_store_id", "This node's store id.", node.store_id as i64);
-    gauge(
-        "scandium_storage_disk_bytes",
-        "Bytes the storage engine uses on disk.",
-        node.engine.disk_size() as i64,
-    );
-    let free = node.disk.free();
-    if free != u64::MAX {
-        gauge(
-            "scandium_storage_free_bytes",
-            "Free space of the data directory's file system.",
-            free as i64,
-        );
-    }
-    gauge(
-        "scandium_storage_disk_full",
-        "1 while writes are refused for lack of free space.",
-        i64::from(node.disk.is_full()),
-    );
-    let engine = node.engine.stats();
-    let cf_bytes = prometheus::IntGaugeVec::new(
-        Opts::new("scandium_storage_cf_disk_bytes", "Bytes on disk, per column family."),
-        &["cf"],
-    )
-    .expect("valid metric");
-    for (cf, bytes) in &engine.cf_disk_bytes {
-        cf_bytes.with_label_values(&[cf.name()]).set(*bytes as i64);
-    }
-    registry.register(Box::new(cf_bytes)).expect("registered once");
-    gauge(
-        "scandium_storage_memtable_bytes",
-        "Bytes in memtables, active and sealed.",
-        engine.memtable_bytes as i64,
-    );
-    gauge("scandium_storage_cache_bytes", "Bytes in the block cache.", engine.cache_bytes as i64);
-    gauge(
-        "scandium_storage_cache_capacity_bytes",
-        "Capacity of the block cache.",
-        engine.cache_capacity_bytes as i64,
-    );
-    counter(
-        "scandium_storage_compactions_total",
-        "Compactions finished since the node started.",
-        engine.compactions_completed,
-    );
-    gauge(
-        "scandium_storage_active_compactions",
-        "Compactions running now.",
-        engine.active_compactions as i64,
-    );
-    gauge(
-        "scandium_storage_pending_flushes",
-        "Sealed memtables waiting to be flushed.",
-        engine.pending_flushes as i64,
-    );
-    gauge(
-        "scandium_storage_journals",
-        "Journal files (many: flushes are behind).",
-        engine.journals as i64,
-    );
-    counter(
-        "scandium_storage_slow_writes_total",
-        "Engine writes that took 50 ms or more (write stalls while flushes catch up, or a slow disk).",
-        engine.slow_writes,
-    );
-    let stats = node.transport.stats();
-    let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
-    counter(
-        "scandium_raft_messages_sent_total",
-        "Raft messages sent to other nodes.",
-        load(&stats.sent),
-    );
-    counter(
-        "scandium_raft_messages_dropped_total",
-        "Raft messages dropped (queue full, peer unreachable).",
-        load(&stats.dropped),
-    );
-    counter(
-        "scandium_raft_snapshots_sent_total",
-        "Snapshots sent to other nodes.",
-        load(&stats.snapshots_sent),
-    );
-    counter(
-        "scandium_raft_snapshots_failed_total",
-        "Snapshot transfers that failed.",
-        load(&stats.snapshots_failed),
-    );
-    counter(
-        "scandium_refused_total",
-        "Messages and requests refused (other cluster, other store, malformed, saturated).",
-        node.refused.load(Ordering::Relaxed),
-    );
-    counter(
-        "scandium_lock_waits_total",
-        "Pessimistic lock requests that waited for another transaction.",
-        node.txn.lock_waits.waited(),
-    );
-    counter(
-        "scandium_deadlocks_total",
-        "Lock waits that found a deadlock.",
-        node.txn.lock_waits.deadlocks(),
-    );
-    counter(
-        "scandium_resolved_locks_total",
-        "Locks committed or rolled back for their transactions (resolve-lock, GC).",
-        node.txn.resolved_locks(),
-    );
-    gauge(
-        "scandium_gc_safe_point",
-        "The cluster's GC safe point (a timestamp), as this node's placement replica holds it.",
-        node.placement.read().gc_safe_point() as i64,
-    );
-    registry
-}
-
-/// The text exposition of every metric, for `GET /metrics`.
-pub fn render(node: &NodeContext) -> String {
+/// The text exposition of every event metric and of `state` (the node's state, read
+/// now), for `GET /metrics`.
+pub fn render(state: &Registry) -> String {
     let mut families = METRICS.registry.gather();
-    families.extend(node_state(node).gather());
+    families.extend(state.gather());
     let mut text = Vec::new();
     if TextEncoder::new().encode(&families, &mut text).is_err() {
         return String::new();

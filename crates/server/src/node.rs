@@ -2,14 +2,22 @@
 //! thread, wait until every group can serve, then serve gRPC and HTTP on one port.
 
 use crate::clock::now_ms;
+use crate::commands::{Storage, StorageParts, Wakers};
 use crate::config::{Config, ConfigError};
-use crate::context::NodeContext;
-use crate::grpc::{keyspace::KeyspaceService, pd::PdService, tikv::TikvService};
+use crate::error::RequestError;
+use crate::grpc::cluster::{ClusterParts, ClusterService};
+use crate::grpc::pd::{PdParts, PdService};
+use crate::grpc::{keyspace::KeyspaceService, tikv::TikvService};
+use crate::heartbeat::{Control, ControlParts};
+use crate::http::HttpState;
+use crate::identity::Identity;
 use crate::network::{Clients, Directory, Links};
 use crate::placement::{MetaApplier, Placement, PlacementNetwork};
-use crate::raft_driver::{Outputs, RaftDriver};
-use crate::replica::ReplicaObserver;
-use crate::transport::{Transport, TransportConfig};
+use crate::raft_driver::{Outputs, RaftDriver, RaftHandle};
+use crate::replica::{ReplicaObserver, Replicas};
+use crate::split::Splitter;
+use crate::tasks::Tasks;
+use crate::transport::{Transport, TransportConfig, TransportStats};
 use prost::Message as _;
 use scandium_placement::scheduler::SchedulerConfig;
 use scandium_placement::Kind;
@@ -18,20 +26,20 @@ use scandium_placement::{KeyspaceMeta, PlacementState};
 use scandium_protocol::keyspacepb::keyspace_server::KeyspaceServer;
 use scandium_protocol::pdpb::pd_server::PdServer;
 use scandium_protocol::scandium::cluster_server::ClusterServer;
-use scandium_protocol::scandium::{InfoRequest, JoinRequest};
+use scandium_protocol::scandium::{InfoRequest, JoinRequest, RegionDigest};
 use scandium_protocol::tikvpb::tikv_server::TikvServer;
 use scandium_raftstore::bootstrap::write_initial_group;
 use scandium_raftstore::{RaftConfig, Registry, Store, META_GROUP_ID};
 use scandium_storage::{Cf, EngineRef, FjallEngine, FjallOptions, WriteBatch};
 use scandium_txn::{Breakages, NodeSettings, TxnNode};
 use scandium_types::keyspace::{keyspace_edges, DEFAULT_KEYSPACE_ID, DEFAULT_KEYSPACE_NAME};
-use scandium_types::{Peer, Region, Store as StoreMeta, StoreState};
+use scandium_types::{Peer, Region, Store as StoreMeta, StoreId, StoreState};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 /// How long a starting node waits for its Raft groups to elect and catch up.
@@ -79,9 +87,20 @@ pub enum NodeError {
     NotReady(String),
 }
 
-/// A running node.
+/// A running node: its parts, each shared with the services and tasks that use it.
 pub struct Node {
-    context: Arc<NodeContext>,
+    identity: Identity,
+    engine: EngineRef,
+    registry: Registry,
+    raft: RaftHandle,
+    placement: Arc<Placement>,
+    storage: Arc<Storage>,
+    splitter: Arc<Splitter>,
+    links: Arc<Links>,
+    transport: Transport,
+    refused: Arc<AtomicU64>,
+    /// Every task the node runs, ended when it stops.
+    tasks: Tasks,
     local_addr: SocketAddr,
     driver: Option<RaftDriver>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -165,6 +184,11 @@ impl Node {
         )));
         let directory = Arc::new(Directory::new(state.clone()));
         let tasks = crate::tasks::Tasks::new();
+        let identity = Identity {
+            cluster_id: ident.cluster_id,
+            store_id: ident.store_id,
+            address: advertise_addr.clone(),
+        };
         let transport = Transport::new(
             TransportConfig {
                 cluster_id: ident.cluster_id,
@@ -178,7 +202,7 @@ impl Node {
             tasks.clone(),
         );
         let (events, event_receiver) = tokio::sync::mpsc::unbounded_channel();
-        let outputs = Outputs { transport: transport.clone(), events };
+        let outputs = Outputs { outbox: Box::new(transport.clone()), events };
         let (driver, raft) = RaftDriver::start(store, config.raft_tick(), outputs)
             .map_err(|e| NodeError::NotReady(format!("cannot start the raft thread: {e}")))?;
         transport.set_raft(raft.clone());
@@ -197,7 +221,7 @@ impl Node {
             disconnect_ms: (5 * config.heartbeat_interval_ms).max(2_000),
             down_ms: config.store_down_secs * 1000,
         };
-        let control = ControlConfig {
+        let control_config = ControlConfig {
             scheduler,
             // The stores' last heartbeats go into the log every ten beats.
             record_liveness_ms: 10 * config.heartbeat_interval_ms,
@@ -206,89 +230,151 @@ impl Node {
         let disk =
             Arc::new(crate::disk::DiskSpace::new(&config.data_dir, config.reserve_space_bytes));
         tasks.spawn(crate::disk::run(disk.clone()));
-        let wakers = Arc::new(crate::commands::Wakers::default());
+        let wakers = Arc::new(Wakers::default());
         let settings = NodeSettings {
             latch_slots: config.latch_slots,
             max_response_bytes: config.max_response_bytes,
             max_scan_limit: config.max_scan_limit,
             breakages: Breakages::default(),
         };
-        let txn = TxnNode::new(engine.clone(), lock_index, newest, settings, wakers.clone());
-        let context = Arc::new(NodeContext {
-            disk,
-            txn: Arc::new(txn),
+        let txn =
+            Arc::new(TxnNode::new(engine.clone(), lock_index, newest, settings, wakers.clone()));
+        let storage = Arc::new(Storage::new(StorageParts {
+            identity: identity.clone(),
+            txn: txn.clone(),
             wakers,
-            config,
-            store_id: ident.store_id,
-            advertise_addr,
+            registry: registry.clone(),
+            raft: raft.clone(),
+            disk: disk.clone(),
+            placement: placement.clone(),
+            directory: directory.clone(),
+            clients: clients.clone(),
+        }));
+        let beat_now = Arc::new(Notify::new());
+        let control = Arc::new(Control::new(
+            ControlPlane::new(control_config),
+            ControlParts {
+                identity: identity.clone(),
+                placement: placement.clone(),
+                registry: registry.clone(),
+                raft: raft.clone(),
+                clients: clients.clone(),
+                tasks: tasks.clone(),
+                beat_now: beat_now.clone(),
+            },
+        ));
+        let splitter = Arc::new(Splitter::new(
+            identity.clone(),
+            registry.clone(),
+            placement.clone(),
+            raft.clone(),
+            directory.clone(),
+            clients.clone(),
+        ));
+        let refused = Arc::new(AtomicU64::new(0));
+        let services = Services {
+            tikv: TikvService::new(storage.clone(), splitter.clone(), tasks.clone()),
+            pd: PdService::new(PdParts {
+                identity: identity.clone(),
+                placement: placement.clone(),
+                registry: registry.clone(),
+                clients: clients.clone(),
+                tasks: tasks.clone(),
+                splitter: splitter.clone(),
+            }),
+            cluster: ClusterService::new(ClusterParts {
+                identity: identity.clone(),
+                placement: placement.clone(),
+                raft: raft.clone(),
+                registry: registry.clone(),
+                directory,
+                links: links.clone(),
+                refused: refused.clone(),
+                control: control.clone(),
+                storage: storage.clone(),
+                max_snapshot_bytes: config.max_snapshot_bytes as usize,
+            }),
+            http: Arc::new(HttpState {
+                identity: identity.clone(),
+                engine: engine.clone(),
+                registry: registry.clone(),
+                placement: placement.clone(),
+                control: control.clone(),
+                clients,
+                disk,
+                transport: transport.clone(),
+                refused: refused.clone(),
+                txn: txn.clone(),
+            }),
+        };
+        // Serve at once: other nodes' Raft messages (the placement group's snapshot for a
+        // node that just joined) are what makes this one ready.
+        let (shutdown, server) = serve(services, &tasks, &config, listener)?;
+        let replicas = Replicas {
+            txn: txn.clone(),
+            registry: registry.clone(),
+            placement: placement.clone(),
+            tasks: tasks.clone(),
+            beat_now,
+        };
+        let events = tasks.spawn(Arc::new(replicas).run(event_receiver));
+        let heartbeat_interval = Duration::from_millis(config.heartbeat_interval_ms);
+        let heartbeats = tasks.spawn(control.clone().run(heartbeat_interval));
+        let mut node = Node {
+            identity,
             engine,
             registry,
             raft,
             placement,
-            cluster_id: ident.cluster_id,
-            directory,
-            clients,
+            storage,
+            splitter,
             links,
             transport,
-            control: crate::heartbeat::Control::new(ControlPlane::new(control)),
-            heartbeat_now: tokio::sync::Notify::new(),
+            refused,
             tasks,
-            refused: AtomicU64::new(0),
-        });
-        // Serve at once: other nodes' Raft messages (the placement group's snapshot for a
-        // node that just joined) are what makes this one ready.
-        let (shutdown, server) = serve(context.clone(), listener)?;
-        let events =
-            context.tasks.spawn(crate::replica::on_events(context.clone(), event_receiver));
-        let heartbeat_interval = Duration::from_millis(context.config.heartbeat_interval_ms);
-        let heartbeats =
-            context.tasks.spawn(crate::heartbeat::run(context.clone(), heartbeat_interval));
-        let mut background = vec![events, heartbeats];
-        if let Err(error) = wait_until_ready(&context).await {
-            context.tasks.abort_all();
-            let _ = shutdown.send(());
-            driver.stop(&context.raft);
-            let _ = tokio::task::spawn_blocking(move || driver.join()).await;
-            return Err(error);
-        }
-        ensure_latest_index(&context.engine, &context.config)?;
-        // Reads before a restart used timestamps below the oracle's current value; starting
-        // max_ts there keeps async-commit transactions above them (each Region led here
-        // also takes one when it gains leadership).
-        if let Ok(Ok(now)) =
-            tokio::time::timeout(Duration::from_secs(5), context.placement.timestamp(1)).await
-        {
-            context.txn.concurrency.update_max_ts(now);
-        }
-        // Record this node's (possibly new) address before serving, if the placement leader
-        // answers soon; otherwise keep trying in the background.
-        let (registered, done) = oneshot::channel();
-        let registering = context.clone();
-        background.push(context.tasks.spawn(async move {
-            register(registering).await;
-            let _ = registered.send(());
-        }));
-        let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
-        let interval = Duration::from_secs(context.config.ttl_sweep_interval_secs);
-        background.push(context.tasks.spawn(crate::ttl::run(context.clone(), interval)));
-        let gc_interval = Duration::from_secs(context.config.gc_interval_secs);
-        background.push(context.tasks.spawn(crate::gc_worker::run(context.clone(), gc_interval)));
-        // `scandium server` announces it at info, in its own words.
-        tracing::debug!(
-            addr = %context.advertise_addr,
-            store_id = context.store_id,
-            cluster_id = ident.cluster_id,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "scandium node serving"
-        );
-        Ok(Node {
-            context,
             local_addr,
             driver: Some(driver),
             shutdown: Some(shutdown),
             server: Some(server),
-            background,
-        })
+            background: vec![events, heartbeats],
+        };
+        if let Err(error) = node.wait_until_ready().await {
+            node.shutdown_now().await;
+            return Err(error);
+        }
+        ensure_latest_index(&node.engine, &config)?;
+        // Reads before a restart used timestamps below the oracle's current value; starting
+        // max_ts there keeps async-commit transactions above them (each Region led here
+        // also takes one when it gains leadership).
+        if let Ok(Ok(now)) =
+            tokio::time::timeout(Duration::from_secs(5), node.placement.timestamp(1)).await
+        {
+            txn.concurrency.update_max_ts(now);
+        }
+        // Record this node's (possibly new) address before serving, if the placement leader
+        // answers soon; otherwise keep trying in the background.
+        let (registered, done) = oneshot::channel();
+        let (identity, placement, registry) =
+            (node.identity.clone(), node.placement.clone(), node.registry.clone());
+        node.background.push(node.tasks.spawn(async move {
+            register(&identity, &placement, &registry).await;
+            let _ = registered.send(());
+        }));
+        let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
+        let interval = Duration::from_secs(config.ttl_sweep_interval_secs);
+        node.background.push(node.tasks.spawn(crate::ttl::run(node.storage.clone(), interval)));
+        let gc_interval = Duration::from_secs(config.gc_interval_secs);
+        let gc = crate::gc_worker::run(node.storage.clone(), node.placement.clone(), gc_interval);
+        node.background.push(node.tasks.spawn(gc));
+        // `scandium server` announces it at info, in its own words.
+        tracing::debug!(
+            addr = %node.identity.address,
+            store_id = node.identity.store_id,
+            cluster_id = node.identity.cluster_id,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "scandium node serving"
+        );
+        Ok(node)
     }
 
     /// The address the node listens on.
@@ -298,12 +384,70 @@ impl Node {
 
     /// The address the node advertises to clients.
     pub fn advertise_addr(&self) -> &str {
-        &self.context.advertise_addr
+        &self.identity.address
     }
 
-    /// The shared request context (for tests and tools in the same process).
-    pub fn context(&self) -> &Arc<NodeContext> {
-        &self.context
+    /// This node's store.
+    pub fn store_id(&self) -> StoreId {
+        self.identity.store_id
+    }
+
+    /// The cluster this node belongs to.
+    pub fn cluster_id(&self) -> u64 {
+        self.identity.cluster_id
+    }
+
+    /// The node's storage engine (for tests and tools in the same process).
+    pub fn engine(&self) -> &EngineRef {
+        &self.engine
+    }
+
+    /// The Regions with a replica here.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The placement group as this node holds it.
+    pub fn placement(&self) -> &Arc<Placement> {
+        &self.placement
+    }
+
+    /// The storage layer: the raw and transactional API without gRPC (for tests and tools
+    /// in the same process).
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// Splits Regions on request.
+    pub fn splitter(&self) -> &Arc<Splitter> {
+        &self.splitter
+    }
+
+    /// The links to other nodes (tests cut them).
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
+    /// What the Raft transport has done so far.
+    pub fn transport_stats(&self) -> &TransportStats {
+        self.transport.stats()
+    }
+
+    /// Messages and requests refused so far: from another cluster, for another store,
+    /// malformed, or dropped because the Raft thread was saturated.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Hands leadership of a Region led here to its replica on `to_store`.
+    pub async fn transfer_leader(&self, region_id: u64, to_store: u64) -> Result<(), RequestError> {
+        crate::grpc::cluster::transfer_leader(&self.registry, &self.raft, region_id, to_store).await
+    }
+
+    /// A digest of every data column family of each Region held here, with the index it
+    /// was taken at (replicas of a Region at the same index must agree).
+    pub async fn region_digests(&self) -> Result<Vec<RegionDigest>, RequestError> {
+        crate::grpc::cluster::region_digests(&self.raft).await
     }
 
     /// Stops serving, stops the Raft thread and closes storage.
@@ -319,17 +463,17 @@ impl Node {
     }
 
     async fn transfer_leaders_away(&self, within: Duration) {
-        let node = &self.context;
         let mut led: Vec<scandium_raftstore::RegionStatus> =
-            node.registry.all().into_iter().filter(|s| s.ready_for_reads).collect();
-        led.extend(node.registry.meta().status.filter(|s| s.ready_for_reads));
+            self.registry.all().into_iter().filter(|s| s.ready_for_reads).collect();
+        led.extend(self.registry.meta().status.filter(|s| s.ready_for_reads));
         let mut moving = Vec::new();
         for status in led {
-            let target = status.region.voters().find(|p| p.store_id != node.store_id).cloned();
+            let store_id = self.identity.store_id;
+            let target = status.region.voters().find(|p| p.store_id != store_id).cloned();
             let Some(target) = target else { continue };
             let (region, peer) = (status.region.id, target.id);
             let moved =
-                node.raft.with_store(move |store| store.transfer_leader(region, peer)).await;
+                self.raft.with_store(move |store| store.transfer_leader(region, peer)).await;
             if matches!(moved, Ok(Ok(()))) {
                 moving.push(region);
             }
@@ -338,9 +482,9 @@ impl Node {
         while Instant::now() < deadline {
             let still = moving.iter().any(|&id| {
                 if id == META_GROUP_ID {
-                    node.registry.meta().is_leader
+                    self.registry.meta().is_leader
                 } else {
-                    node.registry.get(id).is_some_and(|s| s.ready_for_reads)
+                    self.registry.get(id).is_some_and(|s| s.ready_for_reads)
                 }
             });
             if !still {
@@ -369,9 +513,9 @@ impl Node {
         }
         // Connections, their streams, transport connections, background work: all of it
         // holds the node's state, storage included.
-        self.context.tasks.abort_all();
+        self.tasks.abort_all();
         if let Some(driver) = self.driver.take() {
-            driver.stop(&self.context.raft);
+            driver.stop(&self.raft);
             let _ = tokio::task::spawn_blocking(move || driver.join()).await;
         }
     }
@@ -384,9 +528,9 @@ impl Drop for Node {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        self.context.tasks.abort_all();
+        self.tasks.abort_all();
         if let Some(driver) = self.driver.take() {
-            driver.stop(&self.context.raft);
+            driver.stop(&self.raft);
         }
     }
 }
@@ -600,56 +744,58 @@ fn ensure_latest_index(engine: &EngineRef, config: &Config) -> Result<(), NodeEr
 /// node of a larger cluster once it holds the placement state and knows a placement
 /// leader. A node whose peers are down still starts after `READY_TIMEOUT` (it serves what
 /// it can, and says so).
-async fn wait_until_ready(node: &NodeContext) -> Result<(), NodeError> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut warned = false;
-    loop {
-        let meta = node.registry.meta();
-        // This node is the cluster's only voter: it serves once it leads everything here.
-        let sole = meta.status.as_ref().is_some_and(|s| {
-            s.region.voters().map(|p| p.store_id).eq(std::iter::once(node.store_id))
-        });
-        if sole {
-            let regions = node.registry.all();
-            if meta.ready_for_reads && regions.iter().all(|s| s.ready_for_reads) {
-                return Ok(());
-            }
-        } else if node.placement.has_state() && node.placement.leader_address().is_some() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            if !node.placement.has_state() {
-                if !warned {
-                    tracing::warn!(
-                        "still waiting for the placement group's data from the cluster; \
-                         is its placement leader reachable?"
-                    );
-                    warned = true;
+impl Node {
+    async fn wait_until_ready(&self) -> Result<(), NodeError> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut warned = false;
+        loop {
+            let meta = self.registry.meta();
+            // This node is the cluster's only voter: it serves once it leads everything here.
+            let sole = meta.status.as_ref().is_some_and(|s| {
+                s.region.voters().map(|p| p.store_id).eq(std::iter::once(self.identity.store_id))
+            });
+            if sole {
+                let regions = self.registry.all();
+                if meta.ready_for_reads && regions.iter().all(|s| s.ready_for_reads) {
+                    return Ok(());
                 }
-            } else if sole {
-                return Err(NodeError::NotReady(
-                    "raft groups did not elect a leader in time".into(),
-                ));
-            } else {
-                tracing::warn!(
-                    "no placement leader after {}s: serving what this node can (a majority of \
-                     the placement group may be down)",
-                    READY_TIMEOUT.as_secs()
-                );
+            } else if self.placement.has_state() && self.placement.leader_address().is_some() {
                 return Ok(());
             }
+            if Instant::now() > deadline {
+                if !self.placement.has_state() {
+                    if !warned {
+                        tracing::warn!(
+                            "still waiting for the placement group's data from the cluster; \
+                         is its placement leader reachable?"
+                        );
+                        warned = true;
+                    }
+                } else if sole {
+                    return Err(NodeError::NotReady(
+                        "raft groups did not elect a leader in time".into(),
+                    ));
+                } else {
+                    tracing::warn!(
+                        "no placement leader after {}s: serving what this node can (a majority of \
+                     the placement group may be down)",
+                        READY_TIMEOUT.as_secs()
+                    );
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
 /// Records this store's address and version, and makes placement's view of the Regions
 /// led here at least as new as the Regions themselves (a crash may have come between a
 /// split and its report). Retries until the placement leader answers.
-async fn register(node: Arc<NodeContext>) {
+async fn register(identity: &Identity, placement: &Placement, registry: &Registry) {
     let store = StoreMeta {
-        id: node.store_id,
-        address: node.advertise_addr.clone(),
+        id: identity.store_id,
+        address: identity.address.clone(),
         state: StoreState::Up as i32,
         version: env!("CARGO_PKG_VERSION").into(),
         start_timestamp: (now_ms() / 1000) as i64,
@@ -658,11 +804,11 @@ async fn register(node: Arc<NodeContext>) {
     };
     let mut backoff = Duration::from_millis(100);
     loop {
-        match node.placement.propose(Kind::PutStore(store.clone())).await {
+        match placement.propose(Kind::PutStore(store.clone())).await {
             Ok(_) => break,
             Err(error) if error.to_string().contains("removed from the cluster") => {
                 tracing::error!(
-                    store_id = node.store_id,
+                    store_id = identity.store_id,
                     "this store was removed from the cluster (tombstone); it serves nothing. \
                      Start a node with an empty data directory to add capacity."
                 );
@@ -676,17 +822,17 @@ async fn register(node: Arc<NodeContext>) {
         }
     }
     let unknown: Vec<_> = {
-        let placement = node.placement.read();
-        node.registry
+        let state = placement.read();
+        registry
             .all()
             .into_iter()
             .filter(|status| status.ready_for_reads)
             .map(|status| status.region)
-            .filter(|region| placement.region(region.id).map(|r| r.epoch()) != Some(region.epoch()))
+            .filter(|region| state.region(region.id).map(|r| r.epoch()) != Some(region.epoch()))
             .collect()
     };
     if !unknown.is_empty() {
-        if let Err(error) = node.placement.put_regions(unknown).await {
+        if let Err(error) = placement.put_regions(unknown).await {
             tracing::warn!(%error, "could not report this node's Regions");
         }
     }
@@ -694,16 +840,27 @@ async fn register(node: Arc<NodeContext>) {
 
 type ServeResult = Result<(oneshot::Sender<()>, JoinHandle<()>), NodeError>;
 
-fn serve(node: Arc<NodeContext>, listener: std::net::TcpListener) -> ServeResult {
-    let limit = node.config.max_grpc_message_bytes;
-    let tikv = TikvServer::new(TikvService::new(node.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let pd = PdServer::new(PdService::new(node.clone()))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    let keyspace = KeyspaceServer::new(KeyspaceService::new(PdService::new(node.clone())));
-    let cluster = ClusterServer::new(crate::grpc::cluster::ClusterService::new(node.clone()))
+/// The services a node serves on its one port.
+struct Services {
+    tikv: TikvService,
+    pd: PdService,
+    cluster: ClusterService,
+    http: Arc<HttpState>,
+}
+
+fn serve(
+    services: Services,
+    tasks: &Tasks,
+    config: &Config,
+    listener: std::net::TcpListener,
+) -> ServeResult {
+    let Services { tikv, pd, cluster, http } = services;
+    let limit = config.max_grpc_message_bytes;
+    let keyspace = KeyspaceServer::new(KeyspaceService::new(pd.clone()));
+    let tikv =
+        TikvServer::new(tikv).max_decoding_message_size(limit).max_encoding_message_size(limit);
+    let pd = PdServer::new(pd).max_decoding_message_size(limit).max_encoding_message_size(limit);
+    let cluster = ClusterServer::new(cluster)
         .max_decoding_message_size(crate::network::MAX_NODE_MESSAGE_BYTES)
         .max_encoding_message_size(crate::network::MAX_NODE_MESSAGE_BYTES);
     let grpc = tonic::transport::server::Routes::new(tikv)
@@ -711,7 +868,7 @@ fn serve(node: Arc<NodeContext>, listener: std::net::TcpListener) -> ServeResult
         .add_service(keyspace)
         .add_service(cluster)
         .into_router();
-    let app = crate::http::routes(grpc, node.clone());
+    let app = crate::http::routes(grpc, http);
 
     let addr = listener.local_addr().ok();
     let listen_error = |source| NodeError::Listen { addr: format!("{addr:?}"), source };
@@ -724,12 +881,12 @@ fn serve(node: Arc<NodeContext>, listener: std::net::TcpListener) -> ServeResult
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
     let server = hyper::Server::builder(incoming)
         .http2_max_concurrent_streams(1024)
-        .executor(node.tasks.clone())
+        .executor(tasks.clone())
         .serve(app.into_make_service())
         .with_graceful_shutdown(async {
             let _ = shutdown_signal.await;
         });
-    let handle = node.tasks.spawn(async move {
+    let handle = tasks.spawn(async move {
         if let Err(error) = server.await {
             tracing::error!(%error, "server failed");
         }

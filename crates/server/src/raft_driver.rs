@@ -7,10 +7,9 @@
 //! from other nodes never wait: when the channel is full they are dropped, as a lossy
 //! network would (Raft retransmits).
 //!
-//! A round's Raft messages go to the [`Transport`]; its events (leadership and Region
-//! changes) to the node's event handler.
+//! A round's Raft messages go to an [`Outbox`] (the node's transport); its events
+//! (leadership and Region changes) to the node's event handler.
 
-use crate::transport::Transport;
 use scandium_raftstore::{
     ApplyOutput, Callback, EncodedCommand, Event, PeerChange, PeerMessage, RaftCommand,
     RaftstoreError, ReadCallback, SnapshotData, StepError, Store,
@@ -226,10 +225,16 @@ pub struct RaftDriver {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Where Raft messages for other nodes go. Called on the Raft thread: must not block.
+pub trait Outbox: Send + 'static {
+    /// Queues `messages` for their stores.
+    fn send(&self, messages: Vec<PeerMessage>);
+}
+
 /// Where a round's output goes.
 pub struct Outputs {
     /// Raft messages for other nodes.
-    pub transport: Transport,
+    pub outbox: Box<dyn Outbox>,
     /// Leadership and Region changes, for the node's event handler.
     pub events: mpsc::UnboundedSender<Vec<Event>>,
 }
@@ -319,7 +324,7 @@ fn round(
     outputs: &Outputs,
 ) -> Result<scandium_raftstore::RoundOutput, scandium_raftstore::RaftstoreError> {
     let started = Instant::now();
-    let output = store.handle_ready_sending(&mut |messages| outputs.transport.send(messages));
+    let output = store.handle_ready_sending(&mut |messages| outputs.outbox.send(messages));
     let metrics = &crate::metrics::METRICS;
     metrics.raft_round_seconds.observe(started.elapsed().as_secs_f64());
     if let Ok(output) = &output {
@@ -339,7 +344,7 @@ fn round(
 
 fn deliver(outputs: &Outputs, output: scandium_raftstore::RoundOutput) {
     if !output.messages.is_empty() {
-        outputs.transport.send(output.messages);
+        outputs.outbox.send(output.messages);
     }
     if !output.events.is_empty() {
         let _ = outputs.events.send(output.events);

@@ -1,8 +1,7 @@
 //! The raw key-value API on this node: each request decoded into its command
-//! (`scandium_txn::command::raw`), which [`NodeContext::run`] carries out.
+//! (`scandium_txn::command::raw`), which [`Storage::run`] carries out.
 
-use crate::commands::Target;
-use crate::context::{request_context, NodeContext};
+use crate::commands::{request_context, Storage, Target};
 use crate::error::RequestError;
 use scandium_protocol::kvrpcpb;
 use scandium_storage::{Cf, KvPair};
@@ -37,14 +36,14 @@ fn raw_target<'a>(
     Ok((Target::Request(context), RawTarget { api, cf: raw_cf(cf, api)? }))
 }
 
-impl NodeContext {
+impl Storage {
     /// `RawGet`.
     pub async fn raw_get(
         &self,
         req: &kvrpcpb::RawGetRequest,
     ) -> Result<Option<Vec<u8>>, RequestError> {
         let (target, raw) = raw_target(req.context.as_ref(), &req.cf)?;
-        Ok(self.run(target, raw::get(&self.txn, raw, req.key.clone())).await?)
+        Ok(self.run(target, raw::get(self.txn(), raw, req.key.clone())).await?)
     }
 
     /// `RawBatchGet`: found pairs in request order; missing keys are omitted.
@@ -53,7 +52,7 @@ impl NodeContext {
         req: &kvrpcpb::RawBatchGetRequest,
     ) -> Result<Vec<KvPair>, RequestError> {
         let (target, raw) = raw_target(req.context.as_ref(), &req.cf)?;
-        Ok(self.run(target, raw::batch_get(&self.txn, raw, req.keys.clone())).await?)
+        Ok(self.run(target, raw::batch_get(self.txn(), raw, req.keys.clone())).await?)
     }
 
     /// `RawGetKeyTTL`: remaining seconds (0 = no TTL), `None` if absent.
@@ -62,14 +61,14 @@ impl NodeContext {
         req: &kvrpcpb::RawGetKeyTtlRequest,
     ) -> Result<Option<u64>, RequestError> {
         let (target, raw) = raw_target(req.context.as_ref(), &req.cf)?;
-        Ok(self.run(target, raw::get_key_ttl(&self.txn, raw, req.key.clone())).await?)
+        Ok(self.run(target, raw::get_key_ttl(self.txn(), raw, req.key.clone())).await?)
     }
 
     /// `RawPut`.
     pub async fn raw_put(&self, req: kvrpcpb::RawPutRequest) -> Result<(), RequestError> {
         let (target, raw) = raw_target(req.context.as_ref(), &req.cf)?;
         let pairs = vec![(req.key, req.value, req.ttl)];
-        Ok(self.run(target, raw::put(&self.txn, raw, pairs)).await?)
+        Ok(self.run(target, raw::put(self.txn(), raw, pairs)).await?)
     }
 
     /// `RawBatchPut`. `ttls` holds one TTL per pair, or one for every pair (as the Python
@@ -93,13 +92,13 @@ impl NodeContext {
         for (i, pair) in req.pairs.iter().enumerate() {
             pairs.push((pair.key.clone(), pair.value.clone(), ttl_of(i)?));
         }
-        Ok(self.run(target, raw::put(&self.txn, raw, pairs)).await?)
+        Ok(self.run(target, raw::put(self.txn(), raw, pairs)).await?)
     }
 
     /// `RawDelete`.
     pub async fn raw_delete(&self, req: kvrpcpb::RawDeleteRequest) -> Result<(), RequestError> {
         let (target, raw) = raw_target(req.context.as_ref(), &req.cf)?;
-        Ok(self.run(target, raw::delete(&self.txn, raw, vec![req.key])).await?)
+        Ok(self.run(target, raw::delete(self.txn(), raw, vec![req.key])).await?)
     }
 
     /// `RawBatchDelete`.
@@ -108,7 +107,7 @@ impl NodeContext {
         req: kvrpcpb::RawBatchDeleteRequest,
     ) -> Result<(), RequestError> {
         let (target, raw) = raw_target(req.context.as_ref(), &req.cf)?;
-        Ok(self.run(target, raw::delete(&self.txn, raw, req.keys)).await?)
+        Ok(self.run(target, raw::delete(self.txn(), raw, req.keys)).await?)
     }
 
     /// `RawScan`.
@@ -120,7 +119,7 @@ impl NodeContext {
         let range = KeyRange { start: req.start_key.clone(), end: req.end_key.clone() };
         let options =
             ScanOptions { limit: req.limit, key_only: req.key_only, reverse: req.reverse };
-        Ok(self.run(target, raw::scan(&self.txn, raw, range, options)).await?)
+        Ok(self.run(target, raw::scan(self.txn(), raw, range, options)).await?)
     }
 
     /// `RawBatchScan`.
@@ -136,7 +135,7 @@ impl NodeContext {
             .collect();
         let options =
             ScanOptions { limit: req.each_limit, key_only: req.key_only, reverse: req.reverse };
-        Ok(self.run(target, raw::batch_scan(&self.txn, raw, ranges, options)).await?)
+        Ok(self.run(target, raw::batch_scan(self.txn(), raw, ranges, options)).await?)
     }
 
     /// `RawDeleteRange`.
@@ -146,7 +145,7 @@ impl NodeContext {
     ) -> Result<(), RequestError> {
         let (target, raw) = raw_target(req.context.as_ref(), &req.cf)?;
         let range = KeyRange { start: req.start_key.clone(), end: req.end_key.clone() };
-        Ok(self.run(target, raw::delete_range(&self.txn, raw, range)).await?)
+        Ok(self.run(target, raw::delete_range(self.txn(), raw, range)).await?)
     }
 
     /// `RawCompareAndSwap`.
@@ -156,7 +155,7 @@ impl NodeContext {
     ) -> Result<CasOutcome, RequestError> {
         let (target, raw) = raw_target(req.context.as_ref(), &req.cf)?;
         let expected = (!req.previous_not_exist).then_some(req.previous_value);
-        let command = raw::compare_and_swap(&self.txn, raw, req.key, expected, req.value, req.ttl);
+        let command = raw::compare_and_swap(self.txn(), raw, req.key, expected, req.value, req.ttl);
         Ok(self.run(target, command).await?)
     }
 
@@ -171,6 +170,6 @@ impl NodeContext {
             .iter()
             .map(|r| KeyRange { start: r.start_key.clone(), end: r.end_key.clone() })
             .collect();
-        Ok(self.run(Target::Request(context), raw::checksum(&self.txn, api, ranges)).await?)
+        Ok(self.run(Target::Request(context), raw::checksum(self.txn(), api, ranges)).await?)
     }
 }

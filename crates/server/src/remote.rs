@@ -1,179 +1,155 @@
 //! Remote calls of commands (`scandium_txn::command::RemoteCall`: lock resolution of
-//! abandoned transactions, GC deciding a lock's fate) on keys whose Region this node may
-//! not lead: run locally through the same command when it leads the Region, otherwise sent
-//! to the leader (the storage service for writes, `scandium.Cluster/ReadTxnKeys` for
-//! read-only looks), with the retries a client would do on Region errors. Never from the
-//! local engine of a follower, whose state may lag the leader's.
+//! abandoned transactions, GC deciding a lock's fate) on the wire: where a key's Region is
+//! led, and the call sent to that leader as a client would send it (the storage service
+//! for writes, `scandium.Cluster/ReadTxnKeys` for read-only looks). The retries, and
+//! running the call here when this node leads, are the command driver's
+//! (`commands.rs`).
 
-use crate::commands::Target;
-use crate::context::NodeContext;
 use crate::error::RequestError;
-use crate::txn::TxnResult;
-use crate::txn_error::Failure;
+use crate::network::{Clients, Directory};
+use crate::placement::Placement;
+use crate::txn_error::{Failure, TxnResult};
 use scandium_protocol::kvrpcpb::{self, Context};
 use scandium_protocol::metapb;
 use scandium_protocol::scandium::{ReadTxnKeysRequest, TxnKeyState};
-use scandium_raftstore::RaftstoreError;
+use scandium_raftstore::{RaftstoreError, Registry};
 use scandium_txn::actions::cleanup::TxnStatus;
-use scandium_txn::command::resolve::local_call;
 use scandium_txn::command::{KeyState, RemoteCall, RemoteReply, SecondaryFate};
 use scandium_txn::mvcc::{Lock, LockType};
-use scandium_types::{Region, TimeStamp};
+use scandium_types::{Peer, Region, StoreId, TimeStamp};
 use std::time::Duration;
 
-/// Attempts per operation (each may wait out an election).
-const ATTEMPTS: u32 = 12;
 /// How long one call to another node may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where a key's Region is led.
-enum Route {
+pub enum Route {
     /// Here, ready.
     Local(Region),
-    /// Elsewhere: the Region as placement knows it, its leader, the leader's address.
-    Remote { region: Region, leader: scandium_types::Peer, address: String },
+    /// On another node.
+    Remote(Leader),
 }
 
-impl NodeContext {
-    fn route(&self, key: &[u8]) -> Result<Route, RequestError> {
-        if let Some(status) = self.registry.find_by_key(key).filter(|s| s.ready_for_reads) {
-            return Ok(Route::Local(status.region));
-        }
-        let placement = self.placement.read();
-        let region = placement.region_by_key(key).cloned().ok_or_else(|| {
-            RequestError::Internal(format!("no region holds {}", key.escape_ascii()))
-        })?;
-        let leader = placement.leader_of(region.id).cloned().ok_or_else(|| {
-            RequestError::Internal(format!("region {} has no known leader yet", region.id))
-        })?;
-        drop(placement);
-        if leader.store_id == self.store_id {
-            return Err(RequestError::Internal(format!(
-                "region {} is not ready here yet",
-                region.id
-            )));
-        }
-        let address = self.directory.address(leader.store_id).ok_or_else(|| {
-            RequestError::Internal(format!("no address for store {}", leader.store_id))
-        })?;
-        Ok(Route::Remote { region, leader, address })
-    }
+/// A Region led elsewhere: the Region as placement knows it, its leader, the leader's
+/// address.
+pub struct Leader {
+    region: Region,
+    peer: Peer,
+    address: String,
+}
 
-    /// Carries out `call` on its key's Region's leader, retrying on Region errors and
-    /// routing failures with backoff, as a client would.
-    pub(crate) async fn remote_call(&self, call: RemoteCall) -> TxnResult<RemoteReply> {
-        let mut last: Option<Failure> = None;
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis((10u64 << attempt.min(5)).min(300))).await;
-            }
-            let route = match self.route(call.key()) {
-                Ok(route) => route,
-                Err(e) => {
-                    last = Some(e.into());
-                    continue;
-                }
-            };
-            let result = match route {
-                Route::Local(region) => {
-                    let command = local_call(&self.txn, call.clone());
-                    self.run(Target::Region(region.id), command).await.map_err(Failure::from)
-                }
-                Route::Remote { region, leader, address } => {
-                    self.call_leader(&call, &region, &leader, &address).await
-                }
-            };
-            match result {
-                Err(Failure::Region(e)) => last = Some(Failure::Region(e)),
-                other => return other,
-            }
-        }
-        Err(last.unwrap_or_else(|| RequestError::Internal("no route".into()).into()))
+/// Where the Region of `key` is led: here if a replica here leads it and has caught up,
+/// otherwise where placement last heard its leader.
+pub fn route(
+    key: &[u8],
+    store_id: StoreId,
+    registry: &Registry,
+    placement: &Placement,
+    directory: &Directory,
+) -> Result<Route, RequestError> {
+    if let Some(status) = registry.find_by_key(key).filter(|s| s.ready_for_reads) {
+        return Ok(Route::Local(status.region));
     }
+    let state = placement.read();
+    let region = state
+        .region_by_key(key)
+        .cloned()
+        .ok_or_else(|| RequestError::Internal(format!("no region holds {}", key.escape_ascii())))?;
+    let peer = state.leader_of(region.id).cloned().ok_or_else(|| {
+        RequestError::Internal(format!("region {} has no known leader yet", region.id))
+    })?;
+    drop(state);
+    if peer.store_id == store_id {
+        return Err(RequestError::Internal(format!("region {} is not ready here yet", region.id)));
+    }
+    let address = directory
+        .address(peer.store_id)
+        .ok_or_else(|| RequestError::Internal(format!("no address for store {}", peer.store_id)))?;
+    Ok(Route::Remote(Leader { region, peer, address }))
+}
 
-    /// `call` sent to the leader of `region` on another node, as a client would send it.
-    async fn call_leader(
-        &self,
-        call: &RemoteCall,
-        region: &Region,
-        leader: &scandium_types::Peer,
-        address: &str,
-    ) -> TxnResult<RemoteReply> {
-        let context = Some(context(region, leader));
-        if let RemoteCall::ReadTxnKey { key, start_ts } = call {
-            let mut client = self.clients.cluster(address).map_err(RequestError::Internal)?;
-            let request = ReadTxnKeysRequest {
-                cluster_id: self.cluster_id(),
-                region_id: region.id,
-                keys: vec![key.clone()],
-                start_ts: start_ts.0,
+/// `call` sent to a Region's leader on another node, as a client would send it.
+pub async fn call_leader(
+    clients: &Clients,
+    cluster_id: u64,
+    call: &RemoteCall,
+    leader: &Leader,
+) -> TxnResult<RemoteReply> {
+    let Leader { region, peer, address } = leader;
+    let context = Some(context(region, peer));
+    if let RemoteCall::ReadTxnKey { key, start_ts } = call {
+        let mut client = clients.cluster(address).map_err(RequestError::Internal)?;
+        let request = ReadTxnKeysRequest {
+            cluster_id,
+            region_id: region.id,
+            keys: vec![key.clone()],
+            start_ts: start_ts.0,
+        };
+        let reply = timed(client.read_txn_keys(request)).await?;
+        if reply.not_leader {
+            let not_leader = RaftstoreError::NotLeader { region_id: region.id, leader: None };
+            return Err(not_leader.into());
+        }
+        if !reply.error.is_empty() {
+            return Err(RequestError::Internal(reply.error).into());
+        }
+        let state = reply.keys.first().map_or(KeyState::None, key_state_of);
+        return Ok(RemoteReply::KeyState(state));
+    }
+    let mut client = clients.tikv(address).map_err(RequestError::Internal)?;
+    match call.clone() {
+        RemoteCall::CheckSecondary { key, start_ts } => {
+            let request = kvrpcpb::CheckSecondaryLocksRequest {
+                context,
+                keys: vec![key],
+                start_version: start_ts.0,
             };
-            let reply = timed(client.read_txn_keys(request)).await?;
-            if reply.not_leader {
-                let not_leader = RaftstoreError::NotLeader { region_id: region.id, leader: None };
-                return Err(not_leader.into());
-            }
-            if !reply.error.is_empty() {
-                return Err(RequestError::Internal(reply.error).into());
-            }
-            let state = reply.keys.first().map_or(KeyState::None, key_state_of);
-            return Ok(RemoteReply::KeyState(state));
+            let reply = timed(client.kv_check_secondary_locks(request)).await?;
+            region_or_key_error(reply.region_error, reply.error)?;
+            Ok(RemoteReply::Secondary(if reply.commit_ts > 0 {
+                SecondaryFate::Committed(TimeStamp(reply.commit_ts))
+            } else if let Some(lock) = reply.locks.first() {
+                SecondaryFate::Locked(lock.min_commit_ts)
+            } else {
+                SecondaryFate::RolledBack
+            }))
         }
-        let mut client = self.clients.tikv(address).map_err(RequestError::Internal)?;
-        match call.clone() {
-            RemoteCall::CheckSecondary { key, start_ts } => {
-                let request = kvrpcpb::CheckSecondaryLocksRequest {
-                    context,
-                    keys: vec![key],
-                    start_version: start_ts.0,
-                };
-                let reply = timed(client.kv_check_secondary_locks(request)).await?;
-                region_or_key_error(reply.region_error, reply.error)?;
-                Ok(RemoteReply::Secondary(if reply.commit_ts > 0 {
-                    SecondaryFate::Committed(TimeStamp(reply.commit_ts))
-                } else if let Some(lock) = reply.locks.first() {
-                    SecondaryFate::Locked(lock.min_commit_ts)
-                } else {
-                    SecondaryFate::RolledBack
-                }))
-            }
-            RemoteCall::ResolveKey { key, start_ts, commit_ts } => {
-                let request = kvrpcpb::ResolveLockRequest {
-                    context,
-                    start_version: start_ts.0,
-                    commit_version: commit_ts.0,
-                    keys: vec![key],
-                    ..Default::default()
-                };
-                let reply = timed(client.kv_resolve_lock(request)).await?;
-                region_or_key_error(reply.region_error, reply.error)?;
-                Ok(RemoteReply::Resolved)
-            }
-            RemoteCall::CheckTxnStatus(status) => {
-                let request = kvrpcpb::CheckTxnStatusRequest {
-                    context,
-                    primary_key: status.primary,
-                    lock_ts: status.lock_ts.0,
-                    caller_start_ts: status.caller_start_ts.0,
-                    current_ts: status.current_ts.0,
-                    rollback_if_not_exist: status.rollback_if_not_exist,
-                    force_sync_commit: status.force_sync_commit,
-                    resolving_pessimistic_lock: status.resolving_pessimistic_lock,
-                    verify_is_primary: status.verify_is_primary,
-                    ..Default::default()
-                };
-                let reply = timed(client.kv_check_txn_status(request)).await?;
-                region_or_key_error(reply.region_error, reply.error)?;
-                Ok(RemoteReply::Status(if reply.commit_version > 0 {
-                    TxnStatus::Committed(TimeStamp(reply.commit_version))
-                } else if let Some(info) = reply.lock_info.filter(|_| reply.lock_ttl > 0) {
-                    TxnStatus::Locked(Box::new(lock_of(&info)))
-                } else {
-                    TxnStatus::RolledBack
-                }))
-            }
-            RemoteCall::ReadTxnKey { .. } => unreachable!("answered above"),
+        RemoteCall::ResolveKey { key, start_ts, commit_ts } => {
+            let request = kvrpcpb::ResolveLockRequest {
+                context,
+                start_version: start_ts.0,
+                commit_version: commit_ts.0,
+                keys: vec![key],
+                ..Default::default()
+            };
+            let reply = timed(client.kv_resolve_lock(request)).await?;
+            region_or_key_error(reply.region_error, reply.error)?;
+            Ok(RemoteReply::Resolved)
         }
+        RemoteCall::CheckTxnStatus(status) => {
+            let request = kvrpcpb::CheckTxnStatusRequest {
+                context,
+                primary_key: status.primary,
+                lock_ts: status.lock_ts.0,
+                caller_start_ts: status.caller_start_ts.0,
+                current_ts: status.current_ts.0,
+                rollback_if_not_exist: status.rollback_if_not_exist,
+                force_sync_commit: status.force_sync_commit,
+                resolving_pessimistic_lock: status.resolving_pessimistic_lock,
+                verify_is_primary: status.verify_is_primary,
+                ..Default::default()
+            };
+            let reply = timed(client.kv_check_txn_status(request)).await?;
+            region_or_key_error(reply.region_error, reply.error)?;
+            Ok(RemoteReply::Status(if reply.commit_version > 0 {
+                TxnStatus::Committed(TimeStamp(reply.commit_version))
+            } else if let Some(info) = reply.lock_info.filter(|_| reply.lock_ttl > 0) {
+                TxnStatus::Locked(Box::new(lock_of(&info)))
+            } else {
+                TxnStatus::RolledBack
+            }))
+        }
+        RemoteCall::ReadTxnKey { .. } => unreachable!("answered above"),
     }
 }
 
@@ -199,7 +175,7 @@ fn key_state_of(state: &TxnKeyState) -> KeyState {
     }
 }
 
-fn context(region: &Region, leader: &scandium_types::Peer) -> Context {
+fn context(region: &Region, leader: &Peer) -> Context {
     Context {
         region_id: region.id,
         region_epoch: Some(metapb::RegionEpoch {

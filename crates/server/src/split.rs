@@ -6,129 +6,166 @@
 //! that a client asking placement right after sees the new layout, and one asking during
 //! the report sees the old or the new layout, never a gap.
 
-use crate::context::NodeContext;
 use crate::error::RequestError;
-use scandium_raftstore::{ApplyOutput, RaftCommand, RaftstoreError, SplitRequest};
+use crate::identity::Identity;
+use crate::network::{Clients, Directory};
+use crate::placement::Placement;
+use crate::raft_driver::RaftHandle;
+use scandium_raftstore::{ApplyOutput, RaftCommand, RaftstoreError, Registry, SplitRequest};
 use scandium_types::Region;
+use std::sync::Arc;
 
 /// Attempts per key when a concurrent split changes the Region under us.
 const ATTEMPTS: usize = 5;
 
-/// Splits at each key in turn; returns the Regions that now start at the keys. A key that
-/// already is a Region boundary is left as it is.
-pub async fn split_at_keys(
-    node: &NodeContext,
-    mut keys: Vec<Vec<u8>>,
-) -> Result<Vec<Region>, RequestError> {
-    keys.sort();
-    keys.dedup();
-    let mut regions = Vec::with_capacity(keys.len());
-    for key in keys {
-        regions.push(split_at(node, key).await?);
-    }
-    Ok(regions)
+/// Splits Regions on request: on this node for the Regions it leads, by asking the leader
+/// for the others.
+pub struct Splitter {
+    identity: Identity,
+    registry: Registry,
+    placement: Arc<Placement>,
+    raft: RaftHandle,
+    directory: Arc<Directory>,
+    clients: Arc<Clients>,
 }
 
-/// Splits the Region containing `key` so that a Region starts at `key`.
-pub async fn split_at(node: &NodeContext, key: Vec<u8>) -> Result<Region, RequestError> {
-    if key.is_empty() {
-        return Err(RequestError::invalid("cannot split at the empty key"));
+impl Splitter {
+    /// A splitter proposing to `raft`, taking ids from and reporting to `placement`.
+    pub fn new(
+        identity: Identity,
+        registry: Registry,
+        placement: Arc<Placement>,
+        raft: RaftHandle,
+        directory: Arc<Directory>,
+        clients: Arc<Clients>,
+    ) -> Splitter {
+        Splitter { identity, registry, placement, raft, directory, clients }
     }
-    if key.len() > scandium_types::MAX_KEY_SIZE {
-        return Err(RequestError::invalid("split key is longer than the key size limit"));
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    let mut attempts = 0;
-    while attempts < ATTEMPTS {
-        let status = match node.registry.find_by_key(&key) {
-            Some(status) if status.ready_for_reads => status,
-            // The Region is led elsewhere: its leader splits it.
-            Some(status) if status.leader.as_ref().is_some_and(|l| l.store_id != node.store_id) => {
-                return split_elsewhere(node, &key).await;
-            }
-            None if node.placement.read().region_by_key(&key).is_some() => {
-                return split_elsewhere(node, &key).await;
-            }
-            // An election is under way here (a Region just split off): wait for it.
-            _ if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-            _ => {
-                return Err(RequestError::Internal(format!("the region of {key:?} has no leader")))
-            }
-        };
-        attempts += 1;
-        if status.region.start_key == key {
-            return Ok(status.region);
-        }
-        let first_id = node.placement.alloc_ids(1 + status.region.peers.len() as u64).await?;
-        let request = SplitRequest {
-            split_key: key.clone(),
-            new_region_id: first_id,
-            new_peer_ids: (1..=status.region.peers.len() as u64).map(|i| first_id + i).collect(),
-        };
-        let command = RaftCommand::split(&status.region, request);
-        match node.raft.propose_command(status.region.id, command).await {
-            Ok(ApplyOutput::Split { left, right }) => {
-                node.placement.put_regions(vec![right.clone(), left]).await?;
-                tracing::info!(region = right.id, key = ?key, "split region");
-                return Ok(right);
-            }
-            Ok(other) => {
-                return Err(RequestError::Internal(format!("unexpected split result {other:?}")))
-            }
-            Err(RaftstoreError::EpochNotMatch { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(RequestError::Internal(format!("region of {key:?} kept changing; split not done")))
-}
 
-/// Asks the node leading the Region of `key` to split it there.
-async fn split_elsewhere(node: &NodeContext, key: &[u8]) -> Result<Region, RequestError> {
-    let (region, leader) = {
-        let placement = node.placement.read();
-        let region = placement
-            .region_by_key(key)
-            .cloned()
-            .ok_or_else(|| RequestError::Internal(format!("no region holds {key:?}")))?;
-        let leader = placement.leader_of(region.id).cloned();
-        (region, leader)
-    };
-    if region.start_key == key {
-        return Ok(region);
+    /// Splits at each key in turn; returns the Regions that now start at the keys. A key
+    /// that already is a Region boundary is left as it is.
+    pub async fn split_at_keys(&self, mut keys: Vec<Vec<u8>>) -> Result<Vec<Region>, RequestError> {
+        keys.sort();
+        keys.dedup();
+        let mut regions = Vec::with_capacity(keys.len());
+        for key in keys {
+            regions.push(self.split_at(key).await?);
+        }
+        Ok(regions)
     }
-    let leader = leader.filter(|l| l.store_id != node.store_id).ok_or_else(|| {
-        RequestError::Internal(format!("region {} has no known leader", region.id))
-    })?;
-    let address = node.directory.address(leader.store_id).ok_or_else(|| {
-        RequestError::Internal(format!("no address for store {}", leader.store_id))
-    })?;
-    let channel = node.clients.channel(&address).map_err(RequestError::Internal)?;
-    let mut pd = scandium_protocol::pdpb::pd_client::PdClient::new(channel);
-    let request = scandium_protocol::pdpb::SplitRegionsRequest {
-        header: Some(scandium_protocol::pdpb::RequestHeader {
-            cluster_id: node.cluster_id(),
-            sender_id: 0,
-        }),
-        // Encoded, so the leader reads it back as exactly this key.
-        split_keys: vec![scandium_types::codec::encode_bytes(key)],
-        retry_limit: 0,
-    };
-    let reply = pd
-        .split_regions(request)
-        .await
-        .map_err(|s| RequestError::Internal(s.message().to_string()))?
-        .into_inner();
-    if let Some(error) = reply.header.and_then(|h| h.error) {
-        return Err(RequestError::Internal(error.message));
+
+    /// Splits the Region containing `key` so that a Region starts at `key`.
+    pub async fn split_at(&self, key: Vec<u8>) -> Result<Region, RequestError> {
+        if key.is_empty() {
+            return Err(RequestError::invalid("cannot split at the empty key"));
+        }
+        if key.len() > scandium_types::MAX_KEY_SIZE {
+            return Err(RequestError::invalid("split key is longer than the key size limit"));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let mut attempts = 0;
+        while attempts < ATTEMPTS {
+            let status = match self.registry.find_by_key(&key) {
+                Some(status) if status.ready_for_reads => status,
+                // The Region is led elsewhere: its leader splits it.
+                Some(status)
+                    if status
+                        .leader
+                        .as_ref()
+                        .is_some_and(|l| l.store_id != self.identity.store_id) =>
+                {
+                    return self.split_elsewhere(&key).await;
+                }
+                None if self.placement.read().region_by_key(&key).is_some() => {
+                    return self.split_elsewhere(&key).await;
+                }
+                // An election is under way here (a Region just split off): wait for it.
+                _ if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+                _ => {
+                    return Err(RequestError::Internal(format!(
+                        "the region of {key:?} has no leader"
+                    )))
+                }
+            };
+            attempts += 1;
+            if status.region.start_key == key {
+                return Ok(status.region);
+            }
+            let first_id = self.placement.alloc_ids(1 + status.region.peers.len() as u64).await?;
+            let request = SplitRequest {
+                split_key: key.clone(),
+                new_region_id: first_id,
+                new_peer_ids: (1..=status.region.peers.len() as u64)
+                    .map(|i| first_id + i)
+                    .collect(),
+            };
+            let command = RaftCommand::split(&status.region, request);
+            match self.raft.propose_command(status.region.id, command).await {
+                Ok(ApplyOutput::Split { left, right }) => {
+                    self.placement.put_regions(vec![right.clone(), left]).await?;
+                    tracing::info!(region = right.id, key = ?key, "split region");
+                    return Ok(right);
+                }
+                Ok(other) => {
+                    return Err(RequestError::Internal(format!(
+                        "unexpected split result {other:?}"
+                    )))
+                }
+                Err(RaftstoreError::EpochNotMatch { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RequestError::Internal(format!("region of {key:?} kept changing; split not done")))
     }
-    let id = reply.regions_id.first().copied().unwrap_or(0);
-    let placement = node.placement.read();
-    Ok(placement.region(id).cloned().unwrap_or_else(|| Region {
-        id,
-        start_key: key.to_vec(),
-        ..Default::default()
-    }))
+
+    /// Asks the node leading the Region of `key` to split it there.
+    async fn split_elsewhere(&self, key: &[u8]) -> Result<Region, RequestError> {
+        let (region, leader) = {
+            let placement = self.placement.read();
+            let region = placement
+                .region_by_key(key)
+                .cloned()
+                .ok_or_else(|| RequestError::Internal(format!("no region holds {key:?}")))?;
+            let leader = placement.leader_of(region.id).cloned();
+            (region, leader)
+        };
+        if region.start_key == key {
+            return Ok(region);
+        }
+        let leader = leader.filter(|l| l.store_id != self.identity.store_id).ok_or_else(|| {
+            RequestError::Internal(format!("region {} has no known leader", region.id))
+        })?;
+        let address = self.directory.address(leader.store_id).ok_or_else(|| {
+            RequestError::Internal(format!("no address for store {}", leader.store_id))
+        })?;
+        let channel = self.clients.channel(&address).map_err(RequestError::Internal)?;
+        let mut pd = scandium_protocol::pdpb::pd_client::PdClient::new(channel);
+        let request = scandium_protocol::pdpb::SplitRegionsRequest {
+            header: Some(scandium_protocol::pdpb::RequestHeader {
+                cluster_id: self.identity.cluster_id,
+                sender_id: 0,
+            }),
+            // Encoded, so the leader reads it back as exactly this key.
+            split_keys: vec![scandium_types::codec::encode_bytes(key)],
+            retry_limit: 0,
+        };
+        let reply = pd
+            .split_regions(request)
+            .await
+            .map_err(|s| RequestError::Internal(s.message().to_string()))?
+            .into_inner();
+        if let Some(error) = reply.header.and_then(|h| h.error) {
+            return Err(RequestError::Internal(error.message));
+        }
+        let id = reply.regions_id.first().copied().unwrap_or(0);
+        let placement = self.placement.read();
+        Ok(placement.region(id).cloned().unwrap_or_else(|| Region {
+            id,
+            start_key: key.to_vec(),
+            ..Default::default()
+        }))
+    }
 }

@@ -9,7 +9,7 @@
 //! outcome is reported back to raft-rs.
 
 use crate::network::{Clients, Directory, Links};
-use crate::raft_driver::RaftHandle;
+use crate::raft_driver::{Outbox, RaftHandle};
 use crate::tasks::Tasks;
 use prost::Message as _;
 use scandium_protocol::scandium::{RaftBatch, SnapshotChunk};
@@ -196,6 +196,12 @@ impl Transport {
                 raft.report_snapshot(region, peer, delivered).await;
             }
         }));
+    }
+}
+
+impl Outbox for Transport {
+    fn send(&self, messages: Vec<PeerMessage>) {
+        Transport::send(self, messages);
     }
 }
 

@@ -1,12 +1,13 @@
 //! The transactional API on this node: each `Kv*` request decoded into its command
-//! (`scandium_txn::command::txn`), which [`NodeContext::run`] carries out, and the answer
+//! (`scandium_txn::command::txn`), which [`Storage::run`] carries out, and the answer
 //! encoded as kvproto expects it.
 
-use crate::commands::{RunError, Target};
-use crate::context::{request_context, NodeContext};
+use crate::commands::{request_context, RunError, Storage, Target};
 use crate::error::RequestError;
-use crate::txn_error::{key_error, lock_info, Failure};
+use crate::remote::key_state_record;
+use crate::txn_error::{key_error, lock_info, Failure, TxnResult};
 use scandium_protocol::kvrpcpb;
+use scandium_protocol::scandium::TxnKeyState;
 use scandium_txn::actions::cleanup::{CheckTxnStatus, SecondaryStatus, StatusAction, TxnStatus};
 use scandium_txn::actions::prewrite::{
     Mutation, MutationOp, PessimisticAction, Prewritten, TxnProps,
@@ -14,9 +15,6 @@ use scandium_txn::actions::prewrite::{
 use scandium_txn::command::txn::{self, Pairs, PessimisticLock, Prewrite, Scan, ScanLock};
 use scandium_txn::{CommandError, TxnError};
 use scandium_types::TimeStamp;
-
-/// Result of a transactional command.
-pub type TxnResult<T> = Result<T, Failure>;
 
 /// A transactional request's target and API version.
 fn txn_target(
@@ -37,11 +35,11 @@ fn kv_pairs(pairs: Pairs) -> Vec<kvrpcpb::KvPair> {
         .collect()
 }
 
-impl NodeContext {
+impl Storage {
     /// `KvGet`.
     pub async fn kv_get(&self, req: &kvrpcpb::GetRequest) -> TxnResult<Option<Vec<u8>>> {
         let (target, api) = txn_target(req.context.as_ref())?;
-        let command = txn::get(&self.txn, api, req.key.clone(), TimeStamp(req.version));
+        let command = txn::get(self.txn(), api, req.key.clone(), TimeStamp(req.version));
         Ok(self.run(target, command).await?)
     }
 
@@ -51,7 +49,7 @@ impl NodeContext {
         req: &kvrpcpb::BatchGetRequest,
     ) -> TxnResult<Vec<kvrpcpb::KvPair>> {
         let (target, api) = txn_target(req.context.as_ref())?;
-        let command = txn::batch_get(&self.txn, api, req.keys.clone(), TimeStamp(req.version));
+        let command = txn::batch_get(self.txn(), api, req.keys.clone(), TimeStamp(req.version));
         Ok(kv_pairs(self.run(target, command).await?))
     }
 
@@ -66,7 +64,7 @@ impl NodeContext {
             key_only: req.key_only,
             reverse: req.reverse,
         };
-        Ok(kv_pairs(self.run(target, txn::scan(&self.txn, api, scan)).await?))
+        Ok(kv_pairs(self.run(target, txn::scan(self.txn(), api, scan)).await?))
     }
 
     /// `KvPrewrite`.
@@ -90,7 +88,7 @@ impl NodeContext {
             try_one_pc: req.try_one_pc,
             max_commit_ts: req.max_commit_ts,
         };
-        Ok(self.run(target, txn::prewrite(&self.txn, api, prewrite)).await?)
+        Ok(self.run(target, txn::prewrite(self.txn(), api, prewrite)).await?)
     }
 
     /// `KvCommit`.
@@ -102,14 +100,14 @@ impl NodeContext {
         ));
         let (target, api) = txn_target(req.context.as_ref())?;
         let (start_ts, commit_ts) = (TimeStamp(req.start_version), TimeStamp(req.commit_version));
-        let command = txn::commit(&self.txn, api, req.keys, start_ts, commit_ts);
+        let command = txn::commit(self.txn(), api, req.keys, start_ts, commit_ts);
         Ok(self.run(target, command).await?)
     }
 
     /// `KvBatchRollback`.
     pub async fn kv_batch_rollback(&self, req: kvrpcpb::BatchRollbackRequest) -> TxnResult<()> {
         let (target, api) = txn_target(req.context.as_ref())?;
-        let command = txn::batch_rollback(&self.txn, api, req.keys, TimeStamp(req.start_version));
+        let command = txn::batch_rollback(self.txn(), api, req.keys, TimeStamp(req.start_version));
         Ok(self.run(target, command).await?)
     }
 
@@ -117,7 +115,7 @@ impl NodeContext {
     pub async fn kv_cleanup(&self, req: kvrpcpb::CleanupRequest) -> Result<(), (Failure, u64)> {
         let (target, api) = txn_target(req.context.as_ref()).map_err(|e| (e, 0))?;
         let (start_ts, current_ts) = (TimeStamp(req.start_version), TimeStamp(req.current_ts));
-        let command = txn::cleanup(&self.txn, api, req.key, start_ts, current_ts);
+        let command = txn::cleanup(self.txn(), api, req.key, start_ts, current_ts);
         self.run(target, command).await.map_err(|e| {
             let committed_at = match &e {
                 RunError::Command(CommandError::Txn(TxnError::Committed { commit_ts, .. })) => {
@@ -145,7 +143,7 @@ impl NodeContext {
             resolving_pessimistic_lock: req.resolving_pessimistic_lock,
             verify_is_primary: req.verify_is_primary,
         };
-        Ok(self.run(target, txn::check_txn_status(&self.txn, api, status)).await?)
+        Ok(self.run(target, txn::check_txn_status(self.txn(), api, status)).await?)
     }
 
     /// `KvCheckSecondaryLocks`.
@@ -155,7 +153,7 @@ impl NodeContext {
     ) -> TxnResult<SecondaryStatus> {
         let (target, api) = txn_target(req.context.as_ref())?;
         let start_ts = TimeStamp(req.start_version);
-        let command = txn::check_secondary_locks(&self.txn, api, req.keys, start_ts);
+        let command = txn::check_secondary_locks(self.txn(), api, req.keys, start_ts);
         Ok(self.run(target, command).await?)
     }
 
@@ -164,7 +162,7 @@ impl NodeContext {
         let (target, api) = txn_target(req.context.as_ref())?;
         let start_ts = TimeStamp(req.start_version);
         let command =
-            txn::txn_heart_beat(&self.txn, api, req.primary_lock, start_ts, req.advise_lock_ttl);
+            txn::txn_heart_beat(self.txn(), api, req.primary_lock, start_ts, req.advise_lock_ttl);
         Ok(self.run(target, command).await?)
     }
 
@@ -176,7 +174,7 @@ impl NodeContext {
         let (target, api) = txn_target(req.context.as_ref())?;
         let (start_ts, for_update_ts) =
             (TimeStamp(req.start_version), TimeStamp(req.for_update_ts));
-        let command = txn::pessimistic_rollback(&self.txn, api, req.keys, start_ts, for_update_ts);
+        let command = txn::pessimistic_rollback(self.txn(), api, req.keys, start_ts, for_update_ts);
         Ok(self.run(target, command).await?)
     }
 
@@ -200,7 +198,7 @@ impl NodeContext {
             min_commit_ts: TimeStamp(req.min_commit_ts),
             wait_timeout_ms: req.wait_timeout,
         };
-        Ok(self.run(target, txn::pessimistic_lock(&self.txn, api, request)).await?)
+        Ok(self.run(target, txn::pessimistic_lock(self.txn(), api, request)).await?)
     }
 
     /// `KvResolveLock`: commits or rolls back the locks of one transaction (or of each in
@@ -211,7 +209,7 @@ impl NodeContext {
         if fates.is_empty() {
             fates.push((req.start_version, req.commit_version));
         }
-        Ok(self.run(target, txn::resolve_lock(&self.txn, api, fates, req.keys)).await?)
+        Ok(self.run(target, txn::resolve_lock(self.txn(), api, fates, req.keys)).await?)
     }
 
     /// `KvScanLock`: locks with `start_ts <= max_version` in the range, in key order; a
@@ -227,14 +225,14 @@ impl NodeContext {
             limit: req.limit,
             max_version: req.max_version,
         };
-        let locks = self.run(target, txn::scan_lock(&self.txn, api, request)).await?;
+        let locks = self.run(target, txn::scan_lock(self.txn(), api, request)).await?;
         Ok(locks.iter().map(|(key, lock)| lock_info(key, lock)).collect())
     }
 
     /// `KvGC`: removes versions of the Region's keys invisible at or above `safe_point`.
     pub async fn kv_gc(&self, req: &kvrpcpb::GcRequest) -> TxnResult<usize> {
         let (target, _) = txn_target(req.context.as_ref())?;
-        Ok(self.run(target, txn::gc(&self.txn, TimeStamp(req.safe_point))).await?)
+        Ok(self.run(target, txn::gc(self.txn(), TimeStamp(req.safe_point))).await?)
     }
 
     /// `KvDeleteRange`: deletes every transactional record in the range (within the
@@ -242,7 +240,7 @@ impl NodeContext {
     pub async fn kv_delete_range(&self, req: &kvrpcpb::DeleteRangeRequest) -> TxnResult<()> {
         let (target, api) = txn_target(req.context.as_ref())?;
         let (start, end) = (req.start_key.clone(), req.end_key.clone());
-        let command = txn::delete_range(&self.txn, api, start, end, req.notify_only);
+        let command = txn::delete_range(self.txn(), api, start, end, req.notify_only);
         Ok(self.run(target, command).await?)
     }
 
@@ -259,12 +257,27 @@ impl NodeContext {
         }
         // Every store receives the request; each destroys what it leads.
         for status in
-            self.registry.overlapping(start, end).into_iter().filter(|s| s.ready_for_reads)
+            self.registry().overlapping(start, end).into_iter().filter(|s| s.ready_for_reads)
         {
-            let command = txn::destroy_range(&self.txn, start.to_vec(), end.to_vec());
+            let command = txn::destroy_range(self.txn(), start.to_vec(), end.to_vec());
             self.run(Target::Region(status.region.id), command).await?;
         }
         Ok(())
+    }
+
+    /// Reads, as the Region's leader, the state of `keys` for transaction `start_ts`,
+    /// without changing anything (`scandium.Cluster/ReadTxnKeys`: another node resolving
+    /// a lock asks the leader of the lock's primary).
+    pub async fn read_txn_keys(
+        &self,
+        region_id: u64,
+        keys: &[Vec<u8>],
+        start_ts: TimeStamp,
+    ) -> Result<Vec<TxnKeyState>, RequestError> {
+        let command = txn::read_txn_keys(self.txn(), keys.to_vec(), start_ts);
+        let states = self.run(Target::Region(region_id), command).await?;
+        let records = keys.iter().zip(states);
+        Ok(records.map(|(key, state)| key_state_record(key.clone(), state)).collect())
     }
 }
 

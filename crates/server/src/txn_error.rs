@@ -6,6 +6,9 @@ use scandium_protocol::{errorpb, kvrpcpb};
 use scandium_txn::mvcc::{Lock, LockType};
 use scandium_txn::TxnError;
 
+/// Result of a transactional command.
+pub type TxnResult<T> = Result<T, Failure>;
+
 /// Why a transactional request failed.
 #[derive(Debug)]
 pub enum Failure {

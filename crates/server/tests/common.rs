@@ -73,7 +73,7 @@ pub async fn pd_grpc(
 
 /// The request context `tikv-client` would send for the Region holding `key`.
 pub fn context_for(node: &Node, key: &[u8]) -> scandium_protocol::kvrpcpb::Context {
-    let status = node.context().registry.find_by_key(key).expect("a region holds every key");
+    let status = node.registry().find_by_key(key).expect("a region holds every key");
     scandium_protocol::kvrpcpb::Context {
         region_id: status.region.id,
         region_epoch: Some(scandium_protocol::metapb::RegionEpoch {

@@ -61,7 +61,7 @@ async fn commit_then_lose_the_leader(
     txn.put(k("fb"), k(value)).await.unwrap();
     let committed = txn.commit().await.is_ok();
     fail::cfg("kv_commit", "off").unwrap();
-    let engine = &cluster.node(leader).context().engine;
+    let engine = &cluster.node(leader).engine();
     let locked = [b"fa", b"fb"]
         .iter()
         .any(|key| engine.get(scandium_storage::Cf::Lock, *key).unwrap().is_some());
@@ -107,14 +107,14 @@ async fn a_split_held_on_one_follower_is_caught_up_after() {
     let leader = cluster.wait_leader(region, Duration::from_secs(5)).await;
     let follower = (0..3).find(|&i| i != leader && Some(i) != cluster.meta_leader());
     let follower = follower.unwrap_or((leader + 1) % 3);
-    let store = cluster.node(follower).context().store_id;
+    let store = cluster.node(follower).store_id();
     for i in 0..20 {
         raw.put(format!("s{i:02}").into_bytes(), k("before")).await.unwrap();
     }
 
     let failpoint = format!("apply_split_{store}");
     fail::cfg(&failpoint, "pause").unwrap();
-    scandium_server::split::split_at(cluster.node(leader).context(), k("s10")).await.unwrap();
+    cluster.node(leader).splitter().split_at(k("s10")).await.unwrap();
     let left = cluster.region_of(b"s00");
     let right = cluster.region_of(b"s15");
     assert_ne!(left, right, "split");
@@ -123,7 +123,7 @@ async fn a_split_held_on_one_follower_is_caught_up_after() {
     }
     // Stored raw values carry a trailing TTL flag byte.
     let value_of = |key: &[u8]| {
-        let engine = &cluster.node(follower).context().engine;
+        let engine = &cluster.node(follower).engine();
         engine.get(scandium_storage::Cf::Raw, key).unwrap().unwrap_or_default()
     };
     assert!(value_of(b"s15").starts_with(b"before"), "the follower's apply is held");
@@ -134,7 +134,7 @@ async fn a_split_held_on_one_follower_is_caught_up_after() {
         assert!(Instant::now() < deadline, "the follower did not catch up: {}", cluster.describe());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(cluster.node(follower).context().registry.get(right).is_some(), "right half here");
+    assert!(cluster.node(follower).registry().get(right).is_some(), "right half here");
     assert_replicas_agree(&cluster).await;
     cluster.shutdown().await;
     scenario.teardown();
@@ -163,7 +163,7 @@ async fn a_snapshot_cut_off_mid_transfer_is_refused_and_sent_again() {
     cluster.heal();
 
     let deadline = Instant::now() + Duration::from_secs(20);
-    let engine = cluster.node(lagging).context().engine.clone();
+    let engine = cluster.node(lagging).engine().clone();
     while engine.get(scandium_storage::Cf::Raw, b"snap039").unwrap().is_none() {
         assert!(Instant::now() < deadline, "the follower did not catch up: {}", cluster.describe());
         tokio::time::sleep(Duration::from_millis(20)).await;

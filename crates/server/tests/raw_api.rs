@@ -147,7 +147,7 @@ async fn a_cancelled_put_is_seen_by_the_next_compare_and_swap() {
     use scandium_protocol::kvrpcpb;
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(dir.path()).await;
-    let context = node.context().clone();
+    let storage = node.storage().clone();
     for round in 0..50u32 {
         let key = b"cas-after-cancel".to_vec();
         let value = round.to_be_bytes().to_vec();
@@ -160,7 +160,7 @@ async fn a_cancelled_put_is_seen_by_the_next_compare_and_swap() {
         // Polled once (latch, batch, proposal), then dropped.
         tokio::select! {
             biased;
-            _ = context.raw_put(put) => {}
+            _ = storage.raw_put(put) => {}
             _ = std::future::ready(()) => {}
         }
         let cas = kvrpcpb::RawCasRequest {
@@ -170,7 +170,7 @@ async fn a_cancelled_put_is_seen_by_the_next_compare_and_swap() {
             previous_value: value.clone(),
             ..Default::default()
         };
-        let outcome = context.raw_compare_and_swap(cas).await.unwrap();
+        let outcome = storage.raw_compare_and_swap(cas).await.unwrap();
         assert!(outcome.succeeded, "round {round}: the CAS saw {:?}", outcome.previous);
     }
     node.stop().await;

@@ -26,7 +26,7 @@ async fn clients_keep_working_across_splits() {
         for split_at in [key(50), key(25)] {
             let mut wire = prefix.to_vec();
             wire.extend_from_slice(&split_at);
-            scandium_server::split::split_at(node.context(), wire).await.unwrap();
+            node.splitter().split_at(wire).await.unwrap();
         }
         // Old cached Regions now answer EpochNotMatch; the client refreshes and carries on.
         assert_eq!(client.get(key(75)).await.unwrap(), Some(b"v".to_vec()));
@@ -42,7 +42,7 @@ async fn clients_keep_working_across_splits() {
         client.delete_range(key(0)..key(100)).await.unwrap();
         assert!(client.batch_get((0..100).map(key).collect::<Vec<_>>()).await.unwrap().is_empty());
     }
-    assert_eq!(node.context().registry.all().len(), 9, "5 initial Regions, 4 splits");
+    assert_eq!(node.registry().all().len(), 9, "5 initial Regions, 4 splits");
     node.stop().await;
 }
 
@@ -51,7 +51,7 @@ async fn split_through_the_placement_and_storage_apis() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(dir.path()).await;
     let mut pd = pd_grpc(&node).await;
-    let before = node.context().registry.find_by_key(b"m").unwrap().region;
+    let before = node.registry().find_by_key(b"m").unwrap().region;
     let resp = pd
         .split_regions(pdpb::SplitRegionsRequest {
             split_keys: vec![b"m".to_vec()],
@@ -62,13 +62,13 @@ async fn split_through_the_placement_and_storage_apis() {
         .into_inner();
     assert!(resp.header.unwrap().error.is_none());
     assert_eq!(resp.finished_percentage, 100);
-    let right = node.context().registry.find_by_key(b"m").unwrap().region;
+    let right = node.registry().find_by_key(b"m").unwrap().region;
     assert_eq!(resp.regions_id, vec![right.id]);
     assert_eq!(right.start_key, b"m");
-    let left = node.context().registry.get(before.id).unwrap().region;
+    let left = node.registry().get(before.id).unwrap().region;
     assert_eq!((left.end_key.as_slice(), left.version), (&b"m"[..], before.version + 1));
     assert_eq!(
-        node.context().placement.read().region_by_key(b"m").unwrap().id,
+        node.placement().read().region_by_key(b"m").unwrap().id,
         right.id,
         "placement knows"
     );
@@ -89,11 +89,11 @@ async fn split_through_the_placement_and_storage_apis() {
     assert_eq!(resp.regions.len(), 2);
 
     // Splits survive a restart.
-    let regions = node.context().registry.all().len();
+    let regions = node.registry().all().len();
     node.stop().await;
     let node = start_node(dir.path()).await;
-    assert_eq!(node.context().registry.all().len(), regions);
-    assert_eq!(node.context().placement.read().regions().count(), regions);
+    assert_eq!(node.registry().all().len(), regions);
+    assert_eq!(node.placement().read().regions().count(), regions);
     node.stop().await;
 }
 
@@ -104,7 +104,7 @@ async fn expired_values_are_removed_from_disk() {
     let client = raw_client(&node, false).await;
     client.put_with_ttl(b"short".to_vec(), b"v".to_vec(), 1).await.unwrap();
     client.put(b"long".to_vec(), b"v".to_vec()).await.unwrap();
-    let engine = node.context().engine.clone();
+    let engine = node.engine().clone();
     assert!(engine.get(Cf::Raw, b"short").unwrap().is_some());
     wait_for("the sweeper to delete the expired value", Duration::from_secs(10), || {
         engine.get(Cf::Raw, b"short").unwrap().is_none()

@@ -58,7 +58,7 @@ async fn the_status_page_shows_the_cluster_and_finds_a_region_by_key() {
     let raw = cluster.raw_client().await;
     raw.put(b"status".to_vec(), b"page".to_vec()).await.unwrap();
     let leader = cluster.wait_leader(cluster.region_of(b"k5"), Duration::from_secs(5)).await;
-    scandium_server::split::split_at(cluster.node(leader).context(), b"k5".to_vec()).await.unwrap();
+    cluster.node(leader).splitter().split_at(b"k5".to_vec()).await.unwrap();
     let region = cluster.region_of(b"k7");
     let addr = cluster.addrs[1].clone();
 
@@ -86,7 +86,7 @@ async fn the_page_and_its_api_are_small_and_paged() {
     let cluster = Cluster::start(1).await;
     let leader = cluster.wait_leader(cluster.region_of(b"p"), Duration::from_secs(5)).await;
     let keys: Vec<Vec<u8>> = (0..30).map(|i| format!("p{i:02}").into_bytes()).collect();
-    scandium_server::split::split_at_keys(cluster.node(leader).context(), keys).await.unwrap();
+    cluster.node(leader).splitter().split_at_keys(keys).await.unwrap();
     let get = |path: &str| {
         let uri: hyper::Uri = format!("http://{}{path}", cluster.addrs[0]).parse().unwrap();
         async move {

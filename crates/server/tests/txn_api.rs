@@ -148,7 +148,7 @@ async fn scans_cross_regions_and_transactions_span_them() {
     for split in ["k10", "k20"] {
         let mut wire = b"x\0\0\0".to_vec();
         wire.extend_from_slice(split.as_bytes());
-        scandium_server::split::split_at(node.context(), wire).await.unwrap();
+        node.splitter().split_at(wire).await.unwrap();
     }
     // Transactions of every kind writing into three Regions. A pessimistic prewrite split
     // by Region carries the whole transaction's action list in each shard.
@@ -341,7 +341,7 @@ async fn data_written_before_the_latest_index_is_indexed_at_start() {
     drop(engine);
 
     let node = start_node(dir.path()).await;
-    scandium_txn::mvcc::latest::verify(&*node.context().engine.snapshot()).unwrap();
+    scandium_txn::mvcc::latest::verify(&*node.engine().snapshot()).unwrap();
     let txns = client(&node, false).await;
     let mut txn = txns.begin_optimistic().await.unwrap();
     assert_eq!(txn.get(k("kept")).await.unwrap(), Some(k("newer")));

@@ -104,7 +104,7 @@ async fn bank(split_while_running: bool) {
         }));
     }
     let splitter = split_while_running.then(|| {
-        let (context, committed) = (node.context().clone(), committed.clone());
+        let (splitter, committed) = (node.splitter().clone(), committed.clone());
         tokio::spawn(async move {
             // Each split waits for ten more transfers, so every split lands among them.
             for (n, i) in [4, 2, 6, 1, 3, 5, 7].into_iter().enumerate() {
@@ -113,7 +113,7 @@ async fn bank(split_while_running: bool) {
                     committed.load(Ordering::Relaxed) >= after
                 })
                 .await;
-                scandium_server::split::split_at(&context, account(i)).await.expect("split");
+                splitter.split_at(account(i)).await.expect("split");
             }
         })
     });
@@ -166,7 +166,7 @@ async fn bank(split_while_running: bool) {
     }
     if let Some(splitter) = splitter {
         splitter.await.unwrap();
-        let regions = node.context().registry.overlapping(&account(0), &account(ACCOUNTS));
+        let regions = node.registry().overlapping(&account(0), &account(ACCOUNTS));
         assert_eq!(regions.len(), ACCOUNTS, "every account ended up in its own Region");
     }
     let done = committed.load(Ordering::Relaxed);
@@ -234,7 +234,7 @@ async fn lock_waits_and_deadlocks() {
         tokio::spawn(
             async move { waiter.kv_pessimistic_lock(request).await.unwrap().into_inner() },
         );
-    let waits = node.context().txn.lock_waits.clone();
+    let waits = node.storage().txn().lock_waits.clone();
     wait_for("20 to wait for ka", Duration::from_secs(5), || {
         waits.is_waiting(scandium_types::TimeStamp(20))
     })
@@ -289,7 +289,7 @@ async fn gc_stops_versions_from_piling_up() {
         let (from, to) = scandium_types::mvcc::versions_range(b"hot");
         engine.snapshot().scan(Cf::Write, &from, &to, false).count()
     };
-    let engine = node.context().engine.clone();
+    let engine = node.engine().clone();
     assert_eq!(versions(&engine), 50);
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert!(client.gc(client.current_timestamp().await.unwrap()).await.unwrap());
@@ -317,7 +317,8 @@ async fn cancelled_requests_leave_the_indexes_true() {
     use rand::{Rng, SeedableRng};
     let dir = tempfile::tempdir().unwrap();
     let node = start_with(dir.path(), |_| {}).await;
-    let context = node.context().clone();
+    let storage = node.storage().clone();
+    let engine = node.engine().clone();
     let seed: u64 = match std::env::var("CANCEL_SEED") {
         Ok(seed) => seed.parse().expect("CANCEL_SEED is a number"),
         Err(_) => rand::random(),
@@ -360,12 +361,12 @@ async fn cancelled_requests_leave_the_indexes_true() {
         };
         tokio::select! {
             biased;
-            _ = context.kv_prewrite(prewrite) => {}
+            _ = storage.kv_prewrite(prewrite) => {}
             _ = turns(patience(&mut rng)) => cancelled += 1,
         }
         tokio::select! {
             biased;
-            _ = context.kv_commit(commit) => {}
+            _ = storage.kv_commit(commit) => {}
             _ = turns(patience(&mut rng)) => cancelled += 1,
         }
         // A rollback record below the commit: written from a snapshot that missed a
@@ -376,19 +377,19 @@ async fn cancelled_requests_leave_the_indexes_true() {
             keys: vec![key.clone()],
             ..Default::default()
         };
-        context.kv_batch_rollback(rollback).await.expect("rollback");
+        storage.kv_batch_rollback(rollback).await.expect("rollback");
     }
     eprintln!("{cancelled} of 600 prewrites and commits cancelled");
     assert!(cancelled > 0, "the test cancels some requests (seed {seed})");
     let indexes_true = || {
-        let snapshot = context.engine.snapshot();
+        let snapshot = engine.snapshot();
         let stored_locks: Vec<Vec<u8>> =
             snapshot.scan(Cf::Lock, b"", b"", false).map(|item| item.unwrap().0).collect();
-        let indexed = context.txn.lock_index.keys(b"", b"", usize::MAX, |_| true);
+        let indexed = storage.txn().lock_index.keys(b"", b"", usize::MAX, |_| true);
         let reader = scandium_txn::mvcc::MvccReader::new(&*snapshot);
         stored_locks.iter().all(|key| indexed.contains(key))
             && keys.iter().all(|key| {
-                context.txn.newest.get(key).is_none_or(|cached| {
+                storage.txn().newest.get(key).is_none_or(|cached| {
                     cached == reader.newest_write(key).expect("stored newest record")
                 })
             })
@@ -405,11 +406,11 @@ async fn cancelled_requests_leave_the_indexes_true() {
 async fn cancelled_async_prewrites_are_never_read_past() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_with(dir.path(), |_| {}).await;
-    let context = node.context().clone();
+    let (storage, placement) = (node.storage().clone(), node.placement().clone());
     for round in 0..40u64 {
         let key = format!("async-cancel{round:02}").into_bytes();
         let one_pc = round % 2 == 1;
-        let start = context.placement.timestamp(1).await.unwrap();
+        let start = placement.timestamp(1).await.unwrap();
         let prewrite = kvrpcpb::PrewriteRequest {
             context: Some(context_for(&node, &key)),
             mutations: vec![kvrpcpb::Mutation {
@@ -428,16 +429,16 @@ async fn cancelled_async_prewrites_are_never_read_past() {
         // Polled once (latches, memory locks, proposal), then dropped.
         tokio::select! {
             biased;
-            _ = context.kv_prewrite(prewrite) => {}
+            _ = storage.kv_prewrite(prewrite) => {}
             _ = std::future::ready(()) => {}
         }
-        let read_ts = context.placement.timestamp(1).await.unwrap();
+        let read_ts = placement.timestamp(1).await.unwrap();
         let get = kvrpcpb::GetRequest {
             context: Some(context_for(&node, &key)),
             key: key.clone(),
             version: read_ts.0,
         };
-        match context.kv_get(&get).await {
+        match storage.kv_get(&get).await {
             Err(scandium_server::txn_error::Failure::Key(e)) if e.locked.is_some() => {}
             Ok(Some(value)) if one_pc => assert_eq!(value, b"new"),
             other => panic!("round {round} (1PC: {one_pc}): read past the prewrite: {other:?}"),

@@ -5,7 +5,7 @@
 //! the transport: one HTTP/2 message, one set of frames and one syscall carry many commands
 //! instead of one each.
 
-use super::tikv::TikvService;
+use crate::tasks::Tasks;
 use futures::{Stream, StreamExt};
 use scandium_protocol::tikvpb::batch_commands_request::request::Cmd as Req;
 use scandium_protocol::tikvpb::batch_commands_response::response::Cmd as Resp;
@@ -39,18 +39,19 @@ type Answer = Result<(u64, batch_commands_response::Response), Status>;
 /// Serves one `BatchCommands` stream. A malformed message or a command this server does
 /// not serve ends the stream with that status; commands already running still finish
 /// (their effects stand) but their answers are not sent.
-pub fn serve(
-    service: TikvService,
+pub fn serve<S: Tikv + Clone>(
+    service: S,
+    tasks: &Tasks,
     inbound: Streaming<BatchCommandsRequest>,
 ) -> BatchCommandsStream {
     let (answers, received) = mpsc::channel::<Answer>(MAX_IN_FLIGHT);
-    let tasks = service.node().tasks.clone();
-    tasks.spawn(read_commands(service, inbound, answers));
+    tasks.spawn(read_commands(service, tasks.clone(), inbound, answers));
     Box::pin(futures::stream::unfold(Outbound { received, failed: false }, Outbound::next))
 }
 
-async fn read_commands(
-    service: TikvService,
+async fn read_commands<S: Tikv + Clone>(
+    service: S,
+    tasks: Tasks,
     mut inbound: Streaming<BatchCommandsRequest>,
     answers: mpsc::Sender<Answer>,
 ) {
@@ -71,7 +72,6 @@ async fn read_commands(
                 return;
             }
             let (service, answers) = (service.clone(), answers.clone());
-            let tasks = service.node().tasks.clone();
             tasks.spawn(async move {
                 let answer = execute(&service, request.cmd).await;
                 let answer =
@@ -123,7 +123,7 @@ impl Outbound {
 }
 
 /// Runs one command through the handler of its unary RPC.
-async fn execute(service: &TikvService, cmd: Option<Req>) -> Result<Resp, Status> {
+async fn execute<S: Tikv>(service: &S, cmd: Option<Req>) -> Result<Resp, Status> {
     macro_rules! route {
         ($cmd:expr, $($variant:ident => $method:ident),* $(,)?) => {
             match $cmd {

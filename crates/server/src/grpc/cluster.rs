@@ -2,16 +2,21 @@
 //! the placement leader, heartbeats). Requests naming another cluster are refused and
 //! counted, never acted on.
 
-use crate::context::NodeContext;
+use crate::commands::Storage;
 use crate::error::RequestError;
+use crate::heartbeat::Control;
+use crate::identity::Identity;
+use crate::network::{Directory, Links};
+use crate::placement::Placement;
+use crate::raft_driver::RaftHandle;
 use prost::Message as _;
 use scandium_placement::{Command, Kind, Response as PlacementResponse, ResponseRecord};
 use scandium_protocol::scandium::cluster_server::Cluster;
 use scandium_protocol::scandium::*;
 use scandium_raftstore::snapshot::{SnapshotAssembler, SnapshotChunk as DataChunk};
-use scandium_raftstore::PeerMessage;
+use scandium_raftstore::{PeerMessage, RaftstoreError, RegionStatus, Registry, META_GROUP_ID};
 use scandium_types::{Store, StoreState, TimeStamp};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
@@ -21,22 +26,47 @@ const CONCURRENT_SNAPSHOTS: usize = 2;
 
 /// The node-to-node service of one node.
 pub struct ClusterService {
-    node: Arc<NodeContext>,
+    parts: ClusterParts,
     snapshots: Arc<Semaphore>,
 }
 
+/// What [`ClusterService`] serves with.
+pub struct ClusterParts {
+    /// Who this node is.
+    pub identity: Identity,
+    /// The placement group (joins, forwarded proposals and timestamps).
+    pub placement: Arc<Placement>,
+    /// The Raft thread, which other nodes' messages and snapshots are stepped into.
+    pub raft: RaftHandle,
+    /// Regions with a replica here (leader transfers).
+    pub registry: Registry,
+    /// Where other stores are: learned from who sends here.
+    pub directory: Arc<Directory>,
+    /// Links to other nodes (tests cut them).
+    pub links: Arc<Links>,
+    /// Messages and requests refused: from another cluster, for another store,
+    /// malformed, or dropped because the Raft thread was saturated.
+    pub refused: Arc<AtomicU64>,
+    /// The control plane, for heartbeats and store liveness.
+    pub control: Arc<Control>,
+    /// Reads of transactions' keys for lock resolution on other nodes.
+    pub storage: Arc<Storage>,
+    /// The largest snapshot this node accepts.
+    pub max_snapshot_bytes: usize,
+}
+
 impl ClusterService {
-    /// Serves `node`.
-    pub fn new(node: Arc<NodeContext>) -> ClusterService {
-        ClusterService { node, snapshots: Arc::new(Semaphore::new(CONCURRENT_SNAPSHOTS)) }
+    /// Serves with `parts`.
+    pub fn new(parts: ClusterParts) -> ClusterService {
+        ClusterService { parts, snapshots: Arc::new(Semaphore::new(CONCURRENT_SNAPSHOTS)) }
     }
 
     fn check_cluster(&self, cluster_id: u64) -> Result<(), Box<Status>> {
-        let ours = self.node.cluster_id();
+        let ours = self.parts.identity.cluster_id;
         if cluster_id == ours {
             return Ok(());
         }
-        self.node.refused.fetch_add(1, Ordering::Relaxed);
+        self.parts.refused.fetch_add(1, Ordering::Relaxed);
         Err(Box::new(Status::failed_precondition(format!(
             "request for cluster {cluster_id} reached a node of cluster {ours}"
         ))))
@@ -45,9 +75,9 @@ impl ClusterService {
     /// Decodes a message from `from_store` and checks it is for this store.
     fn accept(&self, bytes: &[u8]) -> Option<PeerMessage> {
         match PeerMessage::decode(bytes) {
-            Ok(message) if message.to.store_id == self.node.store_id => Some(message),
+            Ok(message) if message.to.store_id == self.parts.identity.store_id => Some(message),
             Ok(message) => {
-                self.node.refused.fetch_add(1, Ordering::Relaxed);
+                self.parts.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     to = message.to.store_id,
                     "refused a raft message for another store"
@@ -55,7 +85,7 @@ impl ClusterService {
                 None
             }
             Err(error) => {
-                self.node.refused.fetch_add(1, Ordering::Relaxed);
+                self.parts.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%error, "refused a malformed raft message");
                 None
             }
@@ -63,7 +93,7 @@ impl ClusterService {
     }
 
     fn not_leader(&self) -> String {
-        self.node.placement.leader_address().unwrap_or_default()
+        self.parts.placement.leader_address().unwrap_or_default()
     }
 }
 
@@ -76,14 +106,14 @@ impl Cluster for ClusterService {
         let mut batches = request.into_inner();
         while let Some(batch) = batches.message().await? {
             self.check_cluster(batch.cluster_id).map_err(|e| *e)?;
-            if !self.node.links.allows(batch.from_store) {
+            if !self.parts.links.allows(batch.from_store) {
                 continue;
             }
-            self.node.directory.heard_from(batch.from_store, &batch.from_address);
+            self.parts.directory.heard_from(batch.from_store, &batch.from_address);
             for bytes in &batch.messages {
                 if let Some(message) = self.accept(bytes) {
-                    if !self.node.raft.step(message) {
-                        self.node.refused.fetch_add(1, Ordering::Relaxed);
+                    if !self.parts.raft.step(message) {
+                        self.parts.refused.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -101,15 +131,15 @@ impl Cluster for ClusterService {
         let first =
             chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot"))?;
         self.check_cluster(first.cluster_id).map_err(|e| *e)?;
-        if !self.node.links.allows(first.from_store) {
+        if !self.parts.links.allows(first.from_store) {
             return Err(Status::unavailable("link cut"));
         }
-        self.node.directory.heard_from(first.from_store, &first.from_address);
+        self.parts.directory.heard_from(first.from_store, &first.from_address);
         let message =
             self.accept(&first.message).filter(PeerMessage::is_snapshot).ok_or_else(|| {
                 Status::invalid_argument("the first chunk carries no snapshot for this store")
             })?;
-        let mut assembler = SnapshotAssembler::new(self.node.config.max_snapshot_bytes as usize);
+        let mut assembler = SnapshotAssembler::new(self.parts.max_snapshot_bytes);
         let mut announced = None;
         while let Some(chunk) = chunks.message().await? {
             if chunk.end {
@@ -129,7 +159,7 @@ impl Cluster for ClusterService {
                 return Ok(Response::new(SnapshotDone { error: error.to_string() }));
             }
         };
-        let error = match self.node.raft.step_snapshot(message, data).await {
+        let error = match self.parts.raft.step_snapshot(message, data).await {
             Ok(()) => String::new(),
             Err(error) => error,
         };
@@ -151,11 +181,11 @@ impl Cluster for ClusterService {
             start_timestamp: (crate::clock::now_ms() / 1000) as i64,
             ..Default::default()
         };
-        let response = match self.node.placement.propose(Kind::JoinStore(store)).await {
+        let response = match self.parts.placement.propose(Kind::JoinStore(store)).await {
             Ok(PlacementResponse::Ids { first }) => {
                 tracing::info!(store_id = first, address = %req.address, "a node joined the cluster");
                 JoinResponse {
-                    cluster_id: self.node.cluster_id(),
+                    cluster_id: self.parts.identity.cluster_id,
                     store_id: first,
                     error: String::new(),
                 }
@@ -169,14 +199,14 @@ impl Cluster for ClusterService {
     }
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
-        let node = &self.node;
-        let stores = node.placement.read().stores().map(|s| s.encode_to_vec()).collect();
-        let liveness = if node.placement.is_serving() { node.store_liveness() } else { Vec::new() };
+        let ClusterParts { identity, placement, control, .. } = &self.parts;
+        let stores = placement.read().stores().map(|s| s.encode_to_vec()).collect();
+        let liveness = if placement.is_serving() { control.store_liveness() } else { Vec::new() };
         Ok(Response::new(InfoResponse {
-            cluster_id: node.cluster_id(),
-            store_id: node.store_id,
-            leader_store: node.placement.leader_store().unwrap_or(0),
-            leader_address: node.placement.leader_address().unwrap_or_default(),
+            cluster_id: identity.cluster_id,
+            store_id: identity.store_id,
+            leader_store: placement.leader_store().unwrap_or(0),
+            leader_address: placement.leader_address().unwrap_or_default(),
             stores,
             liveness,
         }))
@@ -191,7 +221,7 @@ impl Cluster for ClusterService {
         if Command::decode(req.command.as_slice()).is_err() {
             return Err(Status::invalid_argument("not a placement command"));
         }
-        if !self.node.placement.is_serving() {
+        if !self.parts.placement.is_serving() {
             let leader_address = self.not_leader();
             return Ok(Response::new(ProposeMetaResponse {
                 error: "not the placement leader".into(),
@@ -199,7 +229,7 @@ impl Cluster for ClusterService {
                 ..Default::default()
             }));
         }
-        let response = match self.node.placement.propose_local(req.command).await {
+        let response = match self.parts.placement.propose_local(req.command).await {
             Ok(response) => ProposeMetaResponse {
                 response: ResponseRecord::from(&response).encode_to_vec(),
                 ..Default::default()
@@ -220,14 +250,14 @@ impl Cluster for ClusterService {
     ) -> Result<Response<TimestampResponse>, Status> {
         let req = request.into_inner();
         self.check_cluster(req.cluster_id).map_err(|e| *e)?;
-        let response = if !self.node.placement.is_serving() {
+        let response = if !self.parts.placement.is_serving() {
             TimestampResponse {
                 error: "not the placement leader".into(),
                 leader_address: self.not_leader(),
                 ..Default::default()
             }
         } else {
-            match self.node.placement.timestamp_local(req.count).await {
+            match self.parts.placement.timestamp_local(req.count).await {
                 Ok(ts) => TimestampResponse { timestamp: ts.0, ..Default::default() },
                 Err(RequestError::Region(_)) => TimestampResponse {
                     error: "not the placement leader".into(),
@@ -246,14 +276,14 @@ impl Cluster for ClusterService {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let req = request.into_inner();
         self.check_cluster(req.cluster_id).map_err(|e| *e)?;
-        if !self.node.placement.is_serving() {
+        if !self.parts.placement.is_serving() {
             return Ok(Response::new(HeartbeatResponse {
                 error: "not the placement leader".into(),
                 leader_address: self.not_leader(),
                 ..Default::default()
             }));
         }
-        let response = match crate::heartbeat::handle(&self.node, req).await {
+        let response = match self.parts.control.handle(req).await {
             Ok(operators) => HeartbeatResponse { operators, ..Default::default() },
             Err(e) => HeartbeatResponse { error: e.to_string(), ..Default::default() },
         };
@@ -266,7 +296,14 @@ impl Cluster for ClusterService {
     ) -> Result<Response<TransferLeaderResponse>, Status> {
         let req = request.into_inner();
         self.check_cluster(req.cluster_id).map_err(|e| *e)?;
-        let error = match self.node.transfer_leader_here(req.region_id, req.to_store).await {
+        let error = match transfer_leader(
+            &self.parts.registry,
+            &self.parts.raft,
+            req.region_id,
+            req.to_store,
+        )
+        .await
+        {
             Ok(()) => String::new(),
             Err(e) => e.to_string(),
         };
@@ -280,8 +317,9 @@ impl Cluster for ClusterService {
         let req = request.into_inner();
         self.check_cluster(req.cluster_id).map_err(|e| *e)?;
         let response = match self
-            .node
-            .read_txn_keys_here(req.region_id, &req.keys, TimeStamp(req.start_ts))
+            .parts
+            .storage
+            .read_txn_keys(req.region_id, &req.keys, TimeStamp(req.start_ts))
             .await
         {
             Ok(keys) => ReadTxnKeysResponse { keys, ..Default::default() },
@@ -298,50 +336,65 @@ impl Cluster for ClusterService {
         _request: Request<RegionDigestsRequest>,
     ) -> Result<Response<RegionDigestsResponse>, Status> {
         let regions =
-            self.node.region_digests().await.map_err(|e| Status::internal(e.to_string()))?;
+            region_digests(&self.parts.raft).await.map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(RegionDigestsResponse { regions }))
     }
 }
 
-impl NodeContext {
-    /// Hands leadership of a Region led here to its replica on `to_store`.
-    pub async fn transfer_leader_here(
-        &self,
-        region_id: u64,
-        to_store: u64,
-    ) -> Result<(), RequestError> {
-        let status = self.registry.get(region_id).or_else(|| {
-            (region_id == scandium_raftstore::META_GROUP_ID)
-                .then(|| self.registry.meta().status)
-                .flatten()
-        });
-        let status = status.ok_or(scandium_raftstore::RaftstoreError::RegionNotFound(region_id))?;
-        let target = status
-            .region
-            .peer_on_store(to_store)
-            .ok_or_else(|| {
-                RequestError::invalid(format!(
-                    "region {region_id} has no replica on store {to_store}"
-                ))
-            })?
-            .id;
-        self.raft.with_store(move |store| store.transfer_leader(region_id, target)).await??;
-        Ok(())
-    }
+/// Hands leadership of a Region led here (or of the placement group) to its replica on
+/// `to_store`.
+pub async fn transfer_leader(
+    registry: &Registry,
+    raft: &RaftHandle,
+    region_id: u64,
+    to_store: u64,
+) -> Result<(), RequestError> {
+    let status = registry
+        .get(region_id)
+        .or_else(|| (region_id == META_GROUP_ID).then(|| registry.meta().status).flatten());
+    let status = status.ok_or(RaftstoreError::RegionNotFound(region_id))?;
+    let target = status
+        .region
+        .peer_on_store(to_store)
+        .ok_or_else(|| {
+            RequestError::invalid(format!("region {region_id} has no replica on store {to_store}"))
+        })?
+        .id;
+    raft.with_store(move |store| store.transfer_leader(region_id, target)).await??;
+    Ok(())
+}
 
-    /// Reads, as the Region's leader, the state of `keys` for transaction `start_ts`,
-    /// without changing anything.
-    pub async fn read_txn_keys_here(
-        &self,
-        region_id: u64,
-        keys: &[Vec<u8>],
-        start_ts: TimeStamp,
-    ) -> Result<Vec<TxnKeyState>, RequestError> {
-        let command = scandium_txn::command::txn::read_txn_keys(&self.txn, keys.to_vec(), start_ts);
-        let states = self.run(crate::commands::Target::Region(region_id), command).await?;
-        let records = keys.iter().zip(states);
-        Ok(records
-            .map(|(key, state)| crate::remote::key_state_record(key.clone(), state))
-            .collect())
-    }
+/// A digest of every data column family of each Region held here, with the index it was
+/// taken at (replicas of a Region at the same index must agree).
+pub async fn region_digests(raft: &RaftHandle) -> Result<Vec<RegionDigest>, RequestError> {
+    let taken = raft
+        .with_store(|store| {
+            let snapshot = store.engine_snapshot();
+            let regions: Vec<(RegionStatus, u64)> = store
+                .group_ids()
+                .into_iter()
+                .filter(|id| *id != META_GROUP_ID)
+                .filter_map(|id| store.status(id).zip(store.applied_index(id)))
+                .collect();
+            (snapshot, regions)
+        })
+        .await?;
+    let (snapshot, regions) = taken;
+    tokio::task::spawn_blocking(move || {
+        regions
+            .into_iter()
+            .map(|(status, applied_index)| {
+                let digests = scandium_raftstore::snapshot::digests(&status.region, &*snapshot)?;
+                Ok(RegionDigest {
+                    region_id: status.region.id,
+                    applied_index,
+                    is_leader: status.leader.as_ref().is_some_and(|l| l.id == status.peer.id),
+                    digests,
+                })
+            })
+            .collect::<Result<Vec<_>, scandium_storage::StorageError>>()
+    })
+    .await
+    .map_err(|e| RequestError::Internal(e.to_string()))?
+    .map_err(RequestError::from)
 }

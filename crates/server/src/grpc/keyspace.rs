@@ -36,7 +36,7 @@ impl Keyspace for KeyspaceService {
         request: Request<keyspacepb::LoadKeyspaceRequest>,
     ) -> Result<Response<keyspacepb::LoadKeyspaceResponse>, Status> {
         let name = &request.get_ref().name;
-        let keyspace = self.pd.node().placement.read().keyspace_by_name(name).map(to_meta);
+        let keyspace = self.pd.placement().read().keyspace_by_name(name).map(to_meta);
         let header = match keyspace {
             Some(_) => self.pd.ok_header(),
             None => self.pd.error_header(
@@ -55,8 +55,7 @@ impl Keyspace for KeyspaceService {
         let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
         let keyspaces = self
             .pd
-            .node()
-            .placement
+            .placement()
             .read()
             .keyspaces()
             .filter(|k| k.id >= req.start_id)

@@ -2,11 +2,16 @@
 //! header with the cluster id; failures go into the header's error (clients unwrap the
 //! header and would crash without one).
 
-use crate::context::NodeContext;
 use crate::convert::{decode_client_key, peer_to_meta, region_to_meta_as, store_to_meta};
 use crate::error::RequestError;
+use crate::identity::Identity;
+use crate::network::Clients;
+use crate::placement::Placement;
+use crate::split::Splitter;
+use crate::tasks::Tasks;
 use futures::Stream;
 use scandium_protocol::pdpb::{self, pd_server::Pd};
+use scandium_raftstore::Registry;
 use scandium_types::Region;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,23 +19,46 @@ use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The placement service of one node.
+#[derive(Clone)]
 pub struct PdService {
-    node: Arc<NodeContext>,
+    identity: Identity,
+    placement: Arc<Placement>,
+    registry: Registry,
+    clients: Arc<Clients>,
+    tasks: Tasks,
+    splitter: Arc<Splitter>,
+}
+
+/// What [`PdService`] is built from.
+pub struct PdParts {
+    /// Who this node is (it answers as a PD member).
+    pub identity: Identity,
+    /// The placement group, which answers most calls.
+    pub placement: Arc<Placement>,
+    /// Regions with a replica here (their leaders as this node sees them).
+    pub registry: Registry,
+    /// Channels to the placement leader, for forwarded calls.
+    pub clients: Arc<Clients>,
+    /// Where timestamp streams run.
+    pub tasks: Tasks,
+    /// `SplitRegions`.
+    pub splitter: Arc<Splitter>,
 }
 
 impl PdService {
-    /// Serves placement requests from `node`.
-    pub fn new(node: Arc<NodeContext>) -> PdService {
-        PdService { node }
+    /// Serves placement requests with these parts.
+    pub fn new(parts: PdParts) -> PdService {
+        let PdParts { identity, placement, registry, clients, tasks, splitter } = parts;
+        PdService { identity, placement, registry, clients, tasks, splitter }
     }
 
-    /// The node served.
-    pub fn node(&self) -> &NodeContext {
-        &self.node
+    /// The placement group served.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     fn cluster_id(&self) -> u64 {
-        self.node.placement.read().cluster_id()
+        self.placement.read().cluster_id()
     }
 
     /// A header for a successful response.
@@ -82,12 +110,12 @@ impl PdService {
     /// local replica sees it; none while unknown (the client then backs off and asks
     /// again, where a wrong guess could send it to a dead store).
     fn leader_of(&self, region: &Region) -> Option<scandium_protocol::metapb::Peer> {
-        let leader = match self.node.registry.get(region.id) {
+        let leader = match self.registry.get(region.id) {
             // A local replica knows best: the leader it hears from now, or none while it
             // hears none (an election: better no answer than a dead store).
             Some(local) if local.leader_alive => local.leader,
             Some(_) => None,
-            None => self.node.placement.read().leader_of(region.id).cloned(),
+            None => self.placement.read().leader_of(region.id).cloned(),
         };
         leader.map(|p| peer_to_meta(&p))
     }
@@ -118,14 +146,14 @@ impl PdService {
         F: FnOnce(pdpb::pd_client::PdClient<tonic::transport::Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
-        if self.node.registry.meta().status.is_some() {
+        if self.registry.meta().status.is_some() {
             return None;
         }
-        let address = self.node.placement.wait_leader().await.ok()?;
-        if address == self.node.advertise_addr {
+        let address = self.placement.wait_leader().await.ok()?;
+        if address == self.identity.address {
             return None;
         }
-        let channel = self.node.clients.channel(&address).ok()?;
+        let channel = self.clients.channel(&address).ok()?;
         let call = call(pdpb::pd_client::PdClient::new(channel));
         tokio::time::timeout(std::time::Duration::from_secs(2), call).await.ok()?.ok()
     }
@@ -137,16 +165,15 @@ impl Pd for PdService {
         &self,
         _request: Request<pdpb::GetMembersRequest>,
     ) -> Result<Response<pdpb::GetMembersResponse>, Status> {
-        let node = &self.node;
-        let mut members: Vec<pdpb::Member> = node
+        let mut members: Vec<pdpb::Member> = self
             .placement
             .read()
             .stores()
             .filter(|s| s.state() != scandium_types::StoreState::Tombstone)
             .map(|s| member(s.id, &s.address))
             .collect();
-        let own = member(node.store_id, &node.advertise_addr);
-        if !members.iter().any(|m| m.member_id == node.store_id) {
+        let own = member(self.identity.store_id, &self.identity.address);
+        if !members.iter().any(|m| m.member_id == self.identity.store_id) {
             members.push(own.clone());
         }
         // The placement leader if this node hears it; otherwise this node, which forwards
@@ -154,9 +181,9 @@ impl Pd for PdService {
         // tikv-client sleep a second per retry) -- unless this node has been cut off from
         // the placement group for a while: then a header error sends the client to
         // another member.
-        let leader = match node.placement.live_leader_store() {
+        let leader = match self.placement.live_leader_store() {
             Some(id) => members.iter().find(|m| m.member_id == id).cloned().unwrap_or(own),
-            None if node.placement.cut_off() => {
+            None if self.placement.cut_off() => {
                 return Ok(Response::new(pdpb::GetMembersResponse {
                     header: self.error_header(
                         pdpb::ErrorType::Unknown,
@@ -182,10 +209,10 @@ impl Pd for PdService {
         request: Request<Streaming<pdpb::TsoRequest>>,
     ) -> Result<Response<TsoStream>, Status> {
         let mut requests = request.into_inner();
-        let placement = self.node.placement.clone();
+        let placement = self.placement.clone();
         let cluster_id = self.cluster_id();
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
-        self.node.tasks.spawn(async move {
+        self.tasks.spawn(async move {
             // One request at a time, in order: the client matches responses to requests FIFO.
             while let Some(Ok(request)) = requests.next().await {
                 let response = match placement.timestamp(request.count).await {
@@ -230,7 +257,7 @@ impl Pd for PdService {
         if let Err(header) = self.check_header(request.get_ref().header.as_ref()) {
             return Ok(Response::new(pdpb::AllocIdResponse { header, id: 0 }));
         }
-        let response = match self.node.placement.alloc_ids(1).await {
+        let response = match self.placement.alloc_ids(1).await {
             Ok(id) => pdpb::AllocIdResponse { header: self.ok_header(), id },
             Err(e) => pdpb::AllocIdResponse {
                 header: self.error_header(pdpb::ErrorType::Unknown, e.to_string()),
@@ -254,7 +281,7 @@ impl Pd for PdService {
         if let Err(header) = self.check_header(req.header.as_ref()) {
             return Ok(Response::new(pdpb::GetStoreResponse { header, store: None }));
         }
-        let store = self.node.placement.read().store(req.store_id).map(store_to_meta);
+        let store = self.placement.read().store(req.store_id).map(store_to_meta);
         let header = match store {
             Some(_) => self.ok_header(),
             None => self.error_header(
@@ -277,7 +304,6 @@ impl Pd for PdService {
         }
         let exclude_tombstones = request.get_ref().exclude_tombstone_stores;
         let stores = self
-            .node
             .placement
             .read()
             .stores()
@@ -301,7 +327,7 @@ impl Pd for PdService {
             return Ok(answer);
         }
         let key = decode_client_key(&request.get_ref().region_key);
-        let region = self.node.placement.read().region_by_key(&key.key).cloned();
+        let region = self.placement.read().region_by_key(&key.key).cloned();
         Ok(Response::new(self.region_response(region, key.encoded)))
     }
 
@@ -316,7 +342,7 @@ impl Pd for PdService {
             return Ok(answer);
         }
         let key = decode_client_key(&request.get_ref().region_key);
-        let region = self.node.placement.read().prev_region(&key.key).cloned();
+        let region = self.placement.read().prev_region(&key.key).cloned();
         Ok(Response::new(self.region_response(region, key.encoded)))
     }
 
@@ -332,7 +358,7 @@ impl Pd for PdService {
         }
         // No key tells how this client reads boundaries; encoding clients are the ones that
         // look Regions up by id (API V1 raw clients only on a cache miss during scans).
-        let region = self.node.placement.read().region(request.get_ref().region_id).cloned();
+        let region = self.placement.read().region(request.get_ref().region_id).cloned();
         Ok(Response::new(self.region_response(region, true)))
     }
 
@@ -352,7 +378,6 @@ impl Pd for PdService {
         let encoded = start.encoded || end.encoded;
         let limit = usize::try_from(req.limit.max(0)).unwrap_or(0);
         let found: Vec<Region> = self
-            .node
             .placement
             .read()
             .scan_regions(&start.key, &end.key, limit)
@@ -385,7 +410,7 @@ impl Pd for PdService {
         {
             return Ok(answer);
         }
-        let safe_point = self.node.placement.read().gc_safe_point();
+        let safe_point = self.placement.read().gc_safe_point();
         Ok(Response::new(pdpb::GetGcSafePointResponse { header: self.ok_header(), safe_point }))
     }
 
@@ -400,7 +425,7 @@ impl Pd for PdService {
                 new_safe_point: 0,
             }));
         }
-        let response = match self.node.placement.update_gc_safe_point(req.safe_point).await {
+        let response = match self.placement.update_gc_safe_point(req.safe_point).await {
             Ok(new_safe_point) => {
                 pdpb::UpdateGcSafePointResponse { header: self.ok_header(), new_safe_point }
             }
@@ -421,7 +446,7 @@ impl Pd for PdService {
             return Ok(Response::new(pdpb::SplitRegionsResponse { header, ..Default::default() }));
         }
         let keys = req.split_keys.iter().map(|k| decode_client_key(k).key).collect();
-        let response = match crate::split::split_at_keys(&self.node, keys).await {
+        let response = match self.splitter.split_at_keys(keys).await {
             Ok(regions) => pdpb::SplitRegionsResponse {
                 header: self.ok_header(),
                 finished_percentage: 100,

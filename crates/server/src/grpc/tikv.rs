@@ -2,10 +2,12 @@
 //! kvproto and the node's commands (`raw.rs`, `txn.rs`); failures go into the response's
 //! error fields, never into the gRPC status (except where a response has no error field).
 
-use crate::context::NodeContext;
+use crate::commands::Storage;
 use crate::convert::region_to_meta;
 use crate::error::RequestError;
 use crate::metrics::{Outcome, METRICS};
+use crate::split::Splitter;
+use crate::tasks::Tasks;
 use crate::txn_error::{key_error, lock_info, Failure};
 use scandium_protocol::kvrpcpb::{self, KvPair};
 use scandium_protocol::tikvpb;
@@ -18,18 +20,16 @@ use tonic::{Request, Response, Status};
 /// on its own task with a clone.
 #[derive(Clone)]
 pub struct TikvService {
-    node: Arc<NodeContext>,
+    storage: Arc<Storage>,
+    splitter: Arc<Splitter>,
+    tasks: Tasks,
 }
 
 impl TikvService {
-    /// Serves requests against `node`.
-    pub fn new(node: Arc<NodeContext>) -> TikvService {
-        TikvService { node }
-    }
-
-    /// The node served.
-    pub fn node(&self) -> &Arc<NodeContext> {
-        &self.node
+    /// Serves requests with `storage`, and `SplitRegion` with `splitter`; `BatchCommands`
+    /// streams run on `tasks`.
+    pub fn new(storage: Arc<Storage>, splitter: Arc<Splitter>, tasks: Tasks) -> TikvService {
+        TikvService { storage, splitter, tasks }
     }
 }
 
@@ -45,7 +45,7 @@ macro_rules! respond {
         match $result {
             Ok($value) => $fill,
             Err(e) => {
-                $timer.failed(&e);
+                $timer.set(e.outcome());
                 RequestError::fill(e, &mut $resp.region_error, &mut $resp.error)
             }
         }
@@ -92,7 +92,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawGetRequest>,
     ) -> Result<Response<kvrpcpb::RawGetResponse>, Status> {
         let timer = METRICS.request("raw_get");
-        let result = self.node.raw_get(request.get_ref()).await;
+        let result = self.storage.raw_get(request.get_ref()).await;
         respond!(timer, kvrpcpb::RawGetResponse, result, |resp, value| match value {
             Some(value) => resp.value = value,
             None => resp.not_found = true,
@@ -104,7 +104,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawBatchGetRequest>,
     ) -> Result<Response<kvrpcpb::RawBatchGetResponse>, Status> {
         let timer = METRICS.request("raw_batch_get");
-        let result = self.node.raw_batch_get(request.get_ref()).await;
+        let result = self.storage.raw_batch_get(request.get_ref()).await;
         let mut resp = kvrpcpb::RawBatchGetResponse::default();
         match result {
             Ok(found) => resp.pairs = pairs(found),
@@ -121,7 +121,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawPutRequest>,
     ) -> Result<Response<kvrpcpb::RawPutResponse>, Status> {
         let timer = METRICS.request("raw_put");
-        let result = self.node.raw_put(request.into_inner()).await;
+        let result = self.storage.raw_put(request.into_inner()).await;
         respond!(timer, kvrpcpb::RawPutResponse, result, |_resp, _unit| ())
     }
 
@@ -130,7 +130,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawBatchPutRequest>,
     ) -> Result<Response<kvrpcpb::RawBatchPutResponse>, Status> {
         let timer = METRICS.request("raw_batch_put");
-        let result = self.node.raw_batch_put(request.into_inner()).await;
+        let result = self.storage.raw_batch_put(request.into_inner()).await;
         respond!(timer, kvrpcpb::RawBatchPutResponse, result, |_resp, _unit| ())
     }
 
@@ -139,7 +139,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawDeleteRequest>,
     ) -> Result<Response<kvrpcpb::RawDeleteResponse>, Status> {
         let timer = METRICS.request("raw_delete");
-        let result = self.node.raw_delete(request.into_inner()).await;
+        let result = self.storage.raw_delete(request.into_inner()).await;
         respond!(timer, kvrpcpb::RawDeleteResponse, result, |_resp, _unit| ())
     }
 
@@ -148,7 +148,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawBatchDeleteRequest>,
     ) -> Result<Response<kvrpcpb::RawBatchDeleteResponse>, Status> {
         let timer = METRICS.request("raw_batch_delete");
-        let result = self.node.raw_batch_delete(request.into_inner()).await;
+        let result = self.storage.raw_batch_delete(request.into_inner()).await;
         respond!(timer, kvrpcpb::RawBatchDeleteResponse, result, |_resp, _unit| ())
     }
 
@@ -157,7 +157,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawScanRequest>,
     ) -> Result<Response<kvrpcpb::RawScanResponse>, Status> {
         let timer = METRICS.request("raw_scan");
-        let result = self.node.raw_scan(request.get_ref()).await;
+        let result = self.storage.raw_scan(request.get_ref()).await;
         let mut resp = kvrpcpb::RawScanResponse::default();
         match result {
             Ok(found) => resp.kvs = pairs(found),
@@ -172,7 +172,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawBatchScanRequest>,
     ) -> Result<Response<kvrpcpb::RawBatchScanResponse>, Status> {
         let timer = METRICS.request("raw_batch_scan");
-        let result = self.node.raw_batch_scan(request.get_ref()).await;
+        let result = self.storage.raw_batch_scan(request.get_ref()).await;
         let mut resp = kvrpcpb::RawBatchScanResponse::default();
         match result {
             Ok(found) => resp.kvs = pairs(found),
@@ -187,7 +187,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawDeleteRangeRequest>,
     ) -> Result<Response<kvrpcpb::RawDeleteRangeResponse>, Status> {
         let timer = METRICS.request("raw_delete_range");
-        let result = self.node.raw_delete_range(request.get_ref()).await;
+        let result = self.storage.raw_delete_range(request.get_ref()).await;
         respond!(timer, kvrpcpb::RawDeleteRangeResponse, result, |_resp, _unit| ())
     }
 
@@ -196,7 +196,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawGetKeyTtlRequest>,
     ) -> Result<Response<kvrpcpb::RawGetKeyTtlResponse>, Status> {
         let timer = METRICS.request("raw_get_key_ttl");
-        let result = self.node.raw_get_key_ttl(request.get_ref()).await;
+        let result = self.storage.raw_get_key_ttl(request.get_ref()).await;
         respond!(timer, kvrpcpb::RawGetKeyTtlResponse, result, |resp, ttl| match ttl {
             Some(ttl) => resp.ttl = ttl,
             None => resp.not_found = true,
@@ -208,7 +208,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawCasRequest>,
     ) -> Result<Response<kvrpcpb::RawCasResponse>, Status> {
         let timer = METRICS.request("raw_compare_and_swap");
-        let result = self.node.raw_compare_and_swap(request.into_inner()).await;
+        let result = self.storage.raw_compare_and_swap(request.into_inner()).await;
         respond!(timer, kvrpcpb::RawCasResponse, result, |resp, outcome| {
             resp.succeed = outcome.succeeded;
             match outcome.previous {
@@ -223,7 +223,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawChecksumRequest>,
     ) -> Result<Response<kvrpcpb::RawChecksumResponse>, Status> {
         let timer = METRICS.request("raw_checksum");
-        let result = self.node.raw_checksum(request.get_ref()).await;
+        let result = self.storage.raw_checksum(request.get_ref()).await;
         respond!(timer, kvrpcpb::RawChecksumResponse, result, |resp, sum| {
             resp.checksum = sum.crc64_xor;
             resp.total_kvs = sum.total_kvs;
@@ -242,7 +242,7 @@ impl Tikv for TikvService {
             keys.push(req.split_key);
         }
         let mut resp = kvrpcpb::SplitRegionResponse::default();
-        match crate::split::split_at_keys(&self.node, keys).await {
+        match self.splitter.split_at_keys(keys).await {
             Ok(regions) => resp.regions = regions.iter().map(region_to_meta).collect(),
             Err(RequestError::Region(e)) => resp.region_error = Some(timer.region_error(*e)),
             Err(e) => return Err(timer.refused(Status::invalid_argument(e.to_string()))),
@@ -255,7 +255,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::GetRequest>,
     ) -> Result<Response<kvrpcpb::GetResponse>, Status> {
         let timer = METRICS.request("kv_get");
-        let result = self.node.kv_get(request.get_ref()).await;
+        let result = self.storage.kv_get(request.get_ref()).await;
         txn_respond!(timer, kvrpcpb::GetResponse, result, |resp, value| match value {
             Some(value) => resp.value = value,
             None => resp.not_found = true,
@@ -269,7 +269,7 @@ impl Tikv for TikvService {
         let timer = METRICS.request("kv_batch_get");
         let req = request.into_inner();
         let mut resp = kvrpcpb::BatchGetResponse::default();
-        match self.node.kv_batch_get(&req).await {
+        match self.storage.kv_batch_get(&req).await {
             Ok(pairs) => resp.pairs = pairs,
             Err(Failure::Region(e)) => resp.region_error = Some(timer.region_error(*e)),
             Err(Failure::Key(e)) => {
@@ -288,7 +288,7 @@ impl Tikv for TikvService {
         let timer = METRICS.request("kv_scan");
         let req = request.into_inner();
         let mut resp = kvrpcpb::ScanResponse::default();
-        match self.node.kv_scan(&req).await {
+        match self.storage.kv_scan(&req).await {
             Ok(pairs) => resp.pairs = pairs,
             Err(Failure::Region(e)) => resp.region_error = Some(timer.region_error(*e)),
             Err(Failure::Key(e)) => {
@@ -306,7 +306,7 @@ impl Tikv for TikvService {
     ) -> Result<Response<kvrpcpb::PrewriteResponse>, Status> {
         let timer = METRICS.request("kv_prewrite");
         let mut resp = kvrpcpb::PrewriteResponse::default();
-        match self.node.kv_prewrite(request.into_inner()).await {
+        match self.storage.kv_prewrite(request.into_inner()).await {
             Ok(result) => {
                 resp.errors = result.errors.iter().map(key_error).collect();
                 if !resp.errors.is_empty() {
@@ -329,7 +329,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::CommitRequest>,
     ) -> Result<Response<kvrpcpb::CommitResponse>, Status> {
         let timer = METRICS.request("kv_commit");
-        let result = self.node.kv_commit(request.into_inner()).await;
+        let result = self.storage.kv_commit(request.into_inner()).await;
         txn_respond!(timer, kvrpcpb::CommitResponse, result, |resp, commit_ts| resp
             .commit_version =
             commit_ts)
@@ -340,7 +340,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::BatchRollbackRequest>,
     ) -> Result<Response<kvrpcpb::BatchRollbackResponse>, Status> {
         let timer = METRICS.request("kv_batch_rollback");
-        let result = self.node.kv_batch_rollback(request.into_inner()).await;
+        let result = self.storage.kv_batch_rollback(request.into_inner()).await;
         txn_respond!(timer, kvrpcpb::BatchRollbackResponse, result, |_resp, _unit| ())
     }
 
@@ -350,7 +350,7 @@ impl Tikv for TikvService {
     ) -> Result<Response<kvrpcpb::CleanupResponse>, Status> {
         let timer = METRICS.request("kv_cleanup");
         let mut resp = kvrpcpb::CleanupResponse::default();
-        match self.node.kv_cleanup(request.into_inner()).await {
+        match self.storage.kv_cleanup(request.into_inner()).await {
             Ok(()) => {}
             Err((Failure::Region(e), _)) => resp.region_error = Some(timer.region_error(*e)),
             Err((Failure::Key(e), commit_ts)) => {
@@ -367,7 +367,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::CheckTxnStatusRequest>,
     ) -> Result<Response<kvrpcpb::CheckTxnStatusResponse>, Status> {
         let timer = METRICS.request("kv_check_txn_status");
-        let result = self.node.kv_check_txn_status(request.into_inner()).await;
+        let result = self.storage.kv_check_txn_status(request.into_inner()).await;
         txn_respond!(timer, kvrpcpb::CheckTxnStatusResponse, result, |resp, outcome| {
             let (status, action) = outcome;
             resp.action = match action {
@@ -397,7 +397,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::CheckSecondaryLocksRequest>,
     ) -> Result<Response<kvrpcpb::CheckSecondaryLocksResponse>, Status> {
         let timer = METRICS.request("kv_check_secondary_locks");
-        let result = self.node.kv_check_secondary_locks(request.into_inner()).await;
+        let result = self.storage.kv_check_secondary_locks(request.into_inner()).await;
         txn_respond!(timer, kvrpcpb::CheckSecondaryLocksResponse, result, |resp, status| {
             match status {
                 SecondaryStatus::Locked(locks) => resp.locks = lock_infos(&locks),
@@ -412,7 +412,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::TxnHeartBeatRequest>,
     ) -> Result<Response<kvrpcpb::TxnHeartBeatResponse>, Status> {
         let timer = METRICS.request("kv_txn_heart_beat");
-        let result = self.node.kv_txn_heart_beat(request.into_inner()).await;
+        let result = self.storage.kv_txn_heart_beat(request.into_inner()).await;
         txn_respond!(timer, kvrpcpb::TxnHeartBeatResponse, result, |resp, ttl| resp.lock_ttl = ttl)
     }
 
@@ -422,7 +422,7 @@ impl Tikv for TikvService {
     ) -> Result<Response<kvrpcpb::PessimisticRollbackResponse>, Status> {
         let timer = METRICS.request("kv_pessimistic_rollback");
         let mut resp = kvrpcpb::PessimisticRollbackResponse::default();
-        match self.node.kv_pessimistic_rollback(request.into_inner()).await {
+        match self.storage.kv_pessimistic_rollback(request.into_inner()).await {
             Ok(()) => {}
             Err(Failure::Region(e)) => resp.region_error = Some(timer.region_error(*e)),
             Err(Failure::Key(e)) => {
@@ -441,7 +441,7 @@ impl Tikv for TikvService {
         let req = request.into_inner();
         let return_values = req.return_values;
         let mut resp = kvrpcpb::PessimisticLockResponse::default();
-        match self.node.kv_pessimistic_lock(req).await {
+        match self.storage.kv_pessimistic_lock(req).await {
             // Values only when asked, then exactly one per key, with not_founds alongside.
             Ok(values) if return_values => {
                 resp.not_founds = values.iter().map(Option::is_none).collect();
@@ -462,7 +462,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::ResolveLockRequest>,
     ) -> Result<Response<kvrpcpb::ResolveLockResponse>, Status> {
         let timer = METRICS.request("kv_resolve_lock");
-        let result = self.node.kv_resolve_lock(request.into_inner()).await;
+        let result = self.storage.kv_resolve_lock(request.into_inner()).await;
         txn_respond!(timer, kvrpcpb::ResolveLockResponse, result, |_resp, _unit| ())
     }
 
@@ -471,7 +471,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::ScanLockRequest>,
     ) -> Result<Response<kvrpcpb::ScanLockResponse>, Status> {
         let timer = METRICS.request("kv_scan_lock");
-        let result = self.node.kv_scan_lock(request.get_ref()).await;
+        let result = self.storage.kv_scan_lock(request.get_ref()).await;
         txn_respond!(timer, kvrpcpb::ScanLockResponse, result, |resp, locks| resp.locks = locks)
     }
 
@@ -480,7 +480,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::GcRequest>,
     ) -> Result<Response<kvrpcpb::GcResponse>, Status> {
         let timer = METRICS.request("kv_gc");
-        let result = self.node.kv_gc(request.get_ref()).await;
+        let result = self.storage.kv_gc(request.get_ref()).await;
         txn_respond!(timer, kvrpcpb::GcResponse, result, |_resp, _deleted| ())
     }
 
@@ -490,7 +490,7 @@ impl Tikv for TikvService {
     ) -> Result<Response<kvrpcpb::DeleteRangeResponse>, Status> {
         let timer = METRICS.request("kv_delete_range");
         let mut resp = kvrpcpb::DeleteRangeResponse::default();
-        match self.node.kv_delete_range(request.get_ref()).await {
+        match self.storage.kv_delete_range(request.get_ref()).await {
             Ok(()) => {}
             Err(Failure::Region(e)) => resp.region_error = Some(timer.region_error(*e)),
             Err(Failure::Key(e)) => {
@@ -508,7 +508,7 @@ impl Tikv for TikvService {
         let timer = METRICS.request("unsafe_destroy_range");
         let req = request.into_inner();
         let mut resp = kvrpcpb::UnsafeDestroyRangeResponse::default();
-        if let Err(e) = self.node.unsafe_destroy_range(&req.start_key, &req.end_key).await {
+        if let Err(e) = self.storage.unsafe_destroy_range(&req.start_key, &req.end_key).await {
             timer.set(Outcome::Error);
             resp.error = match e {
                 Failure::Region(e) => e.message,
@@ -522,6 +522,6 @@ impl Tikv for TikvService {
         &self,
         request: Request<tonic::Streaming<tikvpb::BatchCommandsRequest>>,
     ) -> Result<Response<super::batch::BatchCommandsStream>, Status> {
-        Ok(Response::new(super::batch::serve(self.clone(), request.into_inner())))
+        Ok(Response::new(super::batch::serve(self.clone(), &self.tasks, request.into_inner())))
     }
 }

@@ -129,7 +129,7 @@ impl Cluster {
 
     fn replicated(&self, voters: usize) -> bool {
         let (_, any) = self.running().next().unwrap();
-        let placement = any.context().placement.read();
+        let placement = any.placement().read();
         let regions: Vec<_> = placement.regions().cloned().collect();
         drop(placement);
         let full = |peers: &[scandium_types::Peer]| {
@@ -137,18 +137,13 @@ impl Cluster {
                 && peers.iter().filter(|p| p.role() == PeerRole::Voter).count() == voters
         };
         let meta_ok = self.running().any(|(_, n)| {
-            n.context()
-                .registry
-                .meta()
-                .status
-                .is_some_and(|s| s.ready_for_reads && full(&s.region.peers))
+            n.registry().meta().status.is_some_and(|s| s.ready_for_reads && full(&s.region.peers))
         });
         meta_ok
             && regions.iter().all(|region| {
                 full(&region.peers)
                     && self.running().any(|(_, n)| {
-                        n.context()
-                            .registry
+                        n.registry()
                             .get(region.id)
                             .is_some_and(|s| s.ready_for_reads && full(&s.region.peers))
                     })
@@ -158,13 +153,12 @@ impl Cluster {
     pub fn describe(&self) -> String {
         let mut out = String::new();
         for (i, node) in self.running() {
-            let ctx = node.context();
             out.push_str(&format!(
                 "\nnode {i} (store {}): meta {:?}",
-                ctx.store_id,
-                ctx.registry.meta().status.map(|s| (s.ready_for_reads, s.region.peers))
+                node.store_id(),
+                node.registry().meta().status.map(|s| (s.ready_for_reads, s.region.peers))
             ));
-            for s in ctx.registry.all() {
+            for s in node.registry().all() {
                 out.push_str(&format!(
                     "\n  region {} leader={} peers={:?}",
                     s.region.id, s.ready_for_reads, s.region.peers
@@ -176,7 +170,7 @@ impl Cluster {
 
     /// The index of the node leading the placement group.
     pub fn meta_leader(&self) -> Option<usize> {
-        self.running().find(|(_, n)| n.context().registry.meta().ready_for_reads).map(|(i, _)| i)
+        self.running().find(|(_, n)| n.registry().meta().ready_for_reads).map(|(i, _)| i)
     }
 
     /// The index of the node leading Region `id`.
@@ -185,14 +179,14 @@ impl Cluster {
             return self.meta_leader();
         }
         self.running()
-            .find(|(_, n)| n.context().registry.get(id).is_some_and(|s| s.ready_for_reads))
+            .find(|(_, n)| n.registry().get(id).is_some_and(|s| s.ready_for_reads))
             .map(|(i, _)| i)
     }
 
     /// The id of the Region holding `key` (unencoded).
     pub fn region_of(&self, key: &[u8]) -> u64 {
         let (_, node) = self.running().next().unwrap();
-        node.context().placement.read().region_by_key(key).unwrap().id
+        node.placement().read().region_by_key(key).unwrap().id
     }
 
     pub async fn wait_leader(&self, id: u64, timeout: Duration) -> usize {
@@ -246,11 +240,11 @@ impl Cluster {
 
     /// Moves leadership of Region `id` to node `to`, and waits until it leads.
     pub async fn transfer_leader(&self, id: u64, to: usize) {
-        let target = self.node(to).context().store_id;
+        let target = self.node(to).store_id();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while self.leader_of(id) != Some(to) {
             if let Some(from) = self.leader_of(id) {
-                let _ = self.node(from).context().transfer_leader_here(id, target).await;
+                let _ = self.node(from).transfer_leader(id, target).await;
             }
             assert!(tokio::time::Instant::now() < deadline, "leadership of {id} did not move");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -272,7 +266,7 @@ impl Cluster {
 
     /// The request context node `i` would accept for Region `id` (its local view).
     pub fn context(&self, i: usize, id: u64) -> scandium_protocol::kvrpcpb::Context {
-        let status = self.node(i).context().registry.get(id).expect("a replica here");
+        let status = self.node(i).registry().get(id).expect("a replica here");
         scandium_protocol::kvrpcpb::Context {
             region_id: id,
             region_epoch: Some(scandium_protocol::metapb::RegionEpoch {
@@ -300,26 +294,26 @@ impl Cluster {
             group
                 .iter()
                 .filter_map(|&j| {
-                    self.nodes[j].as_ref().map(|n| (n.context().store_id, self.addrs[j].clone()))
+                    self.nodes[j].as_ref().map(|n| (n.store_id(), self.addrs[j].clone()))
                 })
                 .collect()
         };
         let (to_b, to_a) = (target(b), target(a));
         for &i in a {
             if let Some(node) = &self.nodes[i] {
-                node.context().links.block(&to_b);
+                node.links().block(&to_b);
             }
         }
         for &j in b {
             if let Some(node) = &self.nodes[j] {
-                node.context().links.block(&to_a);
+                node.links().block(&to_a);
             }
         }
     }
 
     pub fn heal(&self) {
         for (_, node) in self.running() {
-            node.context().links.heal();
+            node.links().heal();
         }
     }
 
@@ -339,13 +333,13 @@ impl Cluster {
 
     /// Snapshots every running node's transport has sent.
     pub fn snapshots_sent(&self) -> u64 {
-        let stats = self.running().map(|(_, n)| n.context().transport.stats());
+        let stats = self.running().map(|(_, n)| n.transport_stats());
         stats.map(|s| s.snapshots_sent.load(std::sync::atomic::Ordering::Relaxed)).sum()
     }
 
     /// Snapshot transfers every running node's transport saw fail.
     pub fn snapshots_failed(&self) -> u64 {
-        let stats = self.running().map(|(_, n)| n.context().transport.stats());
+        let stats = self.running().map(|(_, n)| n.transport_stats());
         stats.map(|s| s.snapshots_failed.load(std::sync::atomic::Ordering::Relaxed)).sum()
     }
 
@@ -362,7 +356,7 @@ pub async fn assert_replicas_agree(cluster: &Cluster) {
     loop {
         let mut by_region: HashMap<u64, Vec<(u64, Vec<u64>)>> = HashMap::new();
         for (_, node) in cluster.running() {
-            for digest in node.context().region_digests().await.unwrap() {
+            for digest in node.region_digests().await.unwrap() {
                 by_region
                     .entry(digest.region_id)
                     .or_default()

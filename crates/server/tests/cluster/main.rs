@@ -40,7 +40,7 @@ async fn three_nodes_join_and_replicate_every_region() {
         let members = pd.get_members(request).await.unwrap().into_inner();
         assert_eq!(members.members.len(), 3, "node {i}");
         let leader = members.leader.expect("a leader").member_id;
-        assert_eq!(Some(leader), cluster.meta_leader().map(|j| cluster.node(j).context().store_id));
+        assert_eq!(Some(leader), cluster.meta_leader().map(|j| cluster.node(j).store_id()));
     }
     cluster.shutdown().await;
 }
@@ -153,8 +153,7 @@ async fn a_minority_serves_nothing_while_the_majority_goes_on() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while cluster
         .node(old)
-        .context()
-        .engine
+        .engine()
         .get(scandium_storage::Cf::Raw, b"k")
         .unwrap()
         .is_none_or(|v| !v.starts_with(b"v2"))
@@ -187,8 +186,7 @@ async fn a_lagging_follower_is_caught_up_by_snapshot() {
     let deadline = Instant::now() + Duration::from_secs(15);
     while cluster
         .node(lagging)
-        .context()
-        .engine
+        .engine()
         .get(scandium_storage::Cf::Raw, b"lag099")
         .unwrap()
         .is_none()
@@ -210,7 +208,7 @@ async fn timestamps_increase_across_placement_leader_kills() {
     for _ in 0..2 {
         let leader = cluster.meta_leader().unwrap();
         let survivor = (0..3).find(|&i| i != leader && cluster.nodes[i].is_some()).unwrap();
-        let placement = cluster.node(survivor).context().placement.clone();
+        let placement = cluster.node(survivor).placement().clone();
         let ts = placement.timestamp(10).await.unwrap().0;
         assert!(ts > last);
         last = ts;
@@ -248,7 +246,7 @@ async fn a_lock_taken_under_the_old_leader_binds_the_new_one() {
     let cluster = Cluster::start(3).await;
     let region = cluster.region_of(b"locked");
     let old = cluster.wait_leader(region, Duration::from_secs(5)).await;
-    let placement = cluster.node(old).context().placement.clone();
+    let placement = cluster.node(old).placement().clone();
     let start_ts = placement.timestamp(1).await.unwrap().0;
     let mut client = cluster.tikv(old).await;
     let prewrite = kvrpcpb::PrewriteRequest {
@@ -305,7 +303,7 @@ async fn async_commit_on_a_new_leader_commits_above_reads_served_by_the_old_one(
     let cluster = Cluster::start(3).await;
     let region = cluster.region_of(b"ac");
     let old = cluster.wait_leader(region, Duration::from_secs(5)).await;
-    let placement = cluster.node(old).context().placement.clone();
+    let placement = cluster.node(old).placement().clone();
     let start_ts = placement.timestamp(1).await.unwrap().0;
     // A read far in the future of start_ts, on the old leader (as a reader that took a
     // timestamp just now would make).
@@ -349,14 +347,14 @@ async fn an_abandoned_async_commit_transaction_is_resolved_across_nodes() {
     let txns = cluster.txn_client().await;
     // Two Regions, led by different nodes.
     let leader = cluster.wait_leader(cluster.region_of(b"pa"), Duration::from_secs(5)).await;
-    scandium_server::split::split_at(cluster.node(leader).context(), k("pm")).await.unwrap();
+    cluster.node(leader).splitter().split_at(k("pm")).await.unwrap();
     let primary_region = cluster.region_of(b"pa");
     let secondary_region = cluster.region_of(b"pz");
     assert_ne!(primary_region, secondary_region);
     let p_leader = cluster.wait_leader(primary_region, Duration::from_secs(5)).await;
     let s_leader = (0..3).find(|&i| i != p_leader).unwrap();
     cluster.transfer_leader(secondary_region, s_leader).await;
-    let placement = cluster.node(p_leader).context().placement.clone();
+    let placement = cluster.node(p_leader).placement().clone();
     let start_ts = placement.timestamp(1).await.unwrap().0;
     // The client prewrites both keys with async commit and vanishes before committing.
     for (node, region, key) in
@@ -418,14 +416,13 @@ async fn replicas_move_off_a_retired_store_under_load() {
         })
     };
     let victim = cluster.leader_of(cluster.region_of(b"load")).unwrap();
-    let victim_store = cluster.node(victim).context().store_id;
+    let victim_store = cluster.node(victim).store_id();
     let change = StoreStateChange { store_id: victim_store, state: StoreState::Offline as i32 };
     let other = (0..4).find(|&i| i != victim).unwrap();
-    cluster.node(other).context().placement.propose(Kind::SetStoreState(change)).await.unwrap();
+    cluster.node(other).placement().propose(Kind::SetStoreState(change)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let state =
-            cluster.node(other).context().placement.read().store(victim_store).map(|s| s.state());
+        let state = cluster.node(other).placement().read().store(victim_store).map(|s| s.state());
         if state == Some(StoreState::Tombstone) {
             break;
         }
@@ -448,8 +445,7 @@ async fn replicas_move_off_a_retired_store_under_load() {
     for key in &acknowledged {
         assert_eq!(raw.get(key.clone()).await.unwrap(), Some(k("v")), "{}", key.escape_ascii());
     }
-    let regions: Vec<_> =
-        cluster.node(other).context().placement.read().regions().cloned().collect();
+    let regions: Vec<_> = cluster.node(other).placement().read().regions().cloned().collect();
     for region in regions {
         assert!(region.peer_on_store(victim_store).is_none(), "{region:?}");
         assert_eq!(region.peers.len(), 3, "{region:?}");
@@ -492,7 +488,7 @@ async fn another_cluster_is_refused() {
         .await
         .unwrap();
     let mut client = ClusterClient::new(channel);
-    let refused_before = a.node(0).context().refused.load(std::sync::atomic::Ordering::Relaxed);
+    let refused_before = a.node(0).refused();
     let batch = RaftBatch {
         cluster_id: 42,
         from_store: 99,
@@ -505,7 +501,7 @@ async fn another_cluster_is_refused() {
         JoinRequest { cluster_id: 42, address: "127.0.0.1:1".into(), version: String::new() };
     assert!(client.join(join).await.is_err());
     // Malformed messages of the right cluster are refused too.
-    let cluster_id = a.node(0).context().cluster_id;
+    let cluster_id = a.node(0).cluster_id();
     let batch = RaftBatch {
         cluster_id,
         from_store: 99,
@@ -513,10 +509,10 @@ async fn another_cluster_is_refused() {
         messages: vec![vec![0xff; 5]],
     };
     client.raft(tokio_stream::iter(vec![batch])).await.unwrap();
-    let refused = a.node(0).context().refused.load(std::sync::atomic::Ordering::Relaxed);
+    let refused = a.node(0).refused();
     assert!(refused >= refused_before + 3, "{refused} refused");
     // A's placement never heard of store 99.
-    assert!(a.node(0).context().placement.read().store(99).is_none());
+    assert!(a.node(0).placement().read().store(99).is_none());
     a.shutdown().await;
 }
 
@@ -533,20 +529,19 @@ async fn a_node_that_lost_its_data_rejoins_as_a_new_store_and_the_old_one_is_ret
         raw.put(format!("kept{i:02}").into_bytes(), k("v")).await.unwrap();
     }
     let victim = (0..3).find(|&i| Some(i) != cluster.meta_leader()).unwrap();
-    let old_store = cluster.node(victim).context().store_id;
+    let old_store = cluster.node(victim).store_id();
     cluster.stop(victim).await;
     // The disk is gone: an empty directory, the same address.
     cluster.dirs[victim] = tempfile::tempdir().unwrap();
     cluster.restart(victim).await;
-    let new_store = cluster.node(victim).context().store_id;
+    let new_store = cluster.node(victim).store_id();
     assert_ne!(new_store, old_store, "a new store");
     let leader = cluster.meta_leader().unwrap();
     let change = StoreStateChange { store_id: old_store, state: StoreState::Offline as i32 };
-    cluster.node(leader).context().placement.propose(Kind::SetStoreState(change)).await.unwrap();
+    cluster.node(leader).placement().propose(Kind::SetStoreState(change)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let state =
-            cluster.node(leader).context().placement.read().store(old_store).map(|s| s.state());
+        let state = cluster.node(leader).placement().read().store(old_store).map(|s| s.state());
         if state == Some(StoreState::Tombstone) {
             break;
         }
@@ -580,7 +575,7 @@ async fn timestamps_increase_when_clocks_disagree() {
         let to = round % 3;
         cluster.transfer_leader(META_GROUP_ID, to).await;
         for (_, node) in cluster.running() {
-            let ts = node.context().placement.timestamp(3).await.unwrap().0;
+            let ts = node.placement().timestamp(3).await.unwrap().0;
             assert!(ts > last, "round {round}: {ts} after {last}");
             last = ts;
         }
