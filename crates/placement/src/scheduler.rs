@@ -12,9 +12,12 @@
 //!    (`Offline`) or retired, moving leadership away first if the leader is one of them;
 //! 4. remove surplus voters, and (data Regions) learners nobody needs.
 //!
-//! Data Regions want `replicas` voters (fewer while fewer stores are up). The placement
-//! group wants 3 voters once 3 stores are up (5 at 5 with `meta_voters = 5`), 1 before, and
-//! a learner on every other store, so that every node holds the placement state.
+//! Data Regions want `replicas` voters (fewer while the cluster has fewer stores). The
+//! placement group wants 3 voters once the cluster has 3 stores (5 at 5 with
+//! `meta_voters = 5`), 1 before, and a learner on every other store, so that every node
+//! holds the placement state. Only stores leaving the cluster (drained or retired) lower
+//! these counts: a Down store's replicas are replaced where a new one can go, never
+//! removed without a replacement (as PD does).
 
 use crate::state::PlacementState;
 use scandium_types::{Peer, PeerId, PeerRole, Region, Store, StoreId, StoreState};
@@ -133,19 +136,25 @@ pub fn decide(
         matches!(status(store), StoreStatus::Down | StoreStatus::Offline | StoreStatus::Tombstone)
     };
     let bad = |p: &Peer| bad_store(p.store_id);
-    // New replicas go only to stores heard from lately; but only stores known to be gone
-    // lower the number of replicas wanted (a store that missed a few heartbeats must not
-    // make the scheduler remove voters).
+    // New replicas go only to stores heard from lately; but only stores leaving the
+    // cluster (drained or retired) lower the number of voters wanted. A Down store may come
+    // back: its replicas are replaced where a new one can go, and kept otherwise, since
+    // removing them would leave fewer voters to lose (a 3-voter Region cut to 2 by one Down
+    // store dies with the next store for good; with the Down voter kept, it comes back
+    // when that store does).
     let usable: Vec<&Store> = state.stores().filter(|s| status(s.id) == StoreStatus::Up).collect();
-    let alive = state.stores().filter(|s| !bad_store(s.id)).count();
+    let staying = state
+        .stores()
+        .filter(|s| !matches!(status(s.id), StoreStatus::Offline | StoreStatus::Tombstone))
+        .count();
     let target = if is_meta {
-        match alive {
+        match staying {
             n if n >= 5 && config.meta_voters >= 5 => 5,
             n if n >= 3 => 3,
             _ => 1,
         }
     } else {
-        (state.replicas() as usize).min(alive).max(1)
+        (state.replicas() as usize).min(staying).max(1)
     };
     let good_voters: Vec<&Peer> = region.voters().filter(|p| !bad(p)).collect();
     let good_learners: Vec<&Peer> =
@@ -316,6 +325,48 @@ mod tests {
             run(&state, &Liveness::default(), &full, &[]),
             None,
             "a new leader knows nobody"
+        );
+    }
+
+    #[test]
+    fn a_down_store_costs_no_voter_without_a_replacement() {
+        // Found by the simulator (seed 637): a Region cut to two voters by one Down store
+        // died with the next store lost for good, though the Down one came back.
+        let config = SchedulerConfig { down_ms: 10_000, ..Default::default() };
+        let now = 1_000_000;
+        let heard = |stores: &[u64]| Liveness {
+            last_heartbeat_ms: [(1, now), (2, now), (3, now - 20_000), (4, now - 20_000)]
+                .into_iter()
+                .filter(|(s, _)| stores.contains(s))
+                .collect(),
+            now_ms: now,
+        };
+        let full = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
+        let health = RegionHealth { leader: 1, pending: vec![] };
+        // Three stores, store 3 Down: nowhere to put a replacement, so nothing changes.
+        let state = cluster(3, full.clone());
+        let live = heard(&[1, 2, 3]);
+        assert_eq!(decide(&state, &live, &config, &full, &health, false), None);
+        // The placement group keeps its three voters too.
+        assert_eq!(decide(&state, &live, &config, &full, &health, true), None);
+        // Four stores, 3 and 4 Down: still nowhere.
+        let state = cluster(4, full.clone());
+        let live = heard(&[1, 2, 3, 4]);
+        assert_eq!(decide(&state, &live, &config, &full, &health, false), None);
+        // Four stores, only 3 Down: replaced first, then removed.
+        let live = heard(&[1, 2, 3]);
+        let live = Liveness {
+            last_heartbeat_ms: live.last_heartbeat_ms.into_iter().chain([(4, now)]).collect(),
+            now_ms: now,
+        };
+        assert_eq!(
+            decide(&state, &live, &config, &full, &health, false),
+            Some(Decision::AddLearner(4))
+        );
+        let four = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3), Peer::new(4, 4)]);
+        assert_eq!(
+            decide(&state, &live, &config, &four, &health, false),
+            Some(Decision::Remove(Peer::new(3, 3)))
         );
     }
 

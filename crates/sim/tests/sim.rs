@@ -70,9 +70,16 @@ fn seeds_that_found_bugs_pass() {
     // The server compared after `check_context` alone; it now waits for a linearizable
     // read (lease or ReadIndex) first, as a get does.
     //
+    // 637: the scheduler removed a voter on a Down store with nowhere to put a
+    // replacement, leaving the Region two voters; losing one more store for good left it
+    // with no quorum for ever, though the Down store had come back. A Down store no
+    // longer lowers the number of voters wanted. Seeds 781, 1345, 10402, 10671, 10674,
+    // 10779, 11384 and 11516 failed the same way (11169, whose replicas disagreed after
+    // healing because one never caught up, passes since, maybe only as another run).
+    //
     // (The workload has changed since the older seeds failed, so they no longer steer a
     // run into the same corner; they stay as seeds that must pass.)
-    let seeds: &[u64] = &[7582, 16303, 26948, 27383, 66, 633];
+    let seeds: &[u64] = &[7582, 16303, 26948, 27383, 66, 633, 637];
     for &seed in seeds {
         let report = run(seed, &RunConfig::default());
         assert!(report.anomalies.is_empty(), "seed {seed}: {:#?}", report.anomalies);
@@ -116,10 +123,11 @@ fn async_commit_without_max_ts_sync_is_caught() {
     // A new leader that does not raise max_ts before an async-commit or 1PC prewrite may
     // commit below a snapshot the old leader served without the transaction's locks: a
     // later transaction reading at that snapshot overwrites the list without its append.
-    // Seeds 113 and 151 are the two of 0..400 that catch it since the runs split Regions
-    // (62 and 71 did before); with the sync, none fails.
+    // Seeds 149 and 151 are the two of 0..400 that catch it since a Down store stopped
+    // costing voters (113 and 151 before that, 62 and 71 before the runs split Regions);
+    // with the sync, none fails.
     let config = RunConfig { unsafe_max_ts: true, ..RunConfig::default() };
-    for seed in [113, 151] {
+    for seed in [149, 151] {
         assert!(!run(seed, &config).anomalies.is_empty(), "seed {seed} missed the broken max_ts");
         assert!(run(seed, &RunConfig::default()).anomalies.is_empty(), "seed {seed}");
     }
@@ -128,12 +136,13 @@ fn async_commit_without_max_ts_sync_is_caught() {
 #[test]
 fn a_compare_and_swap_without_a_linearizable_read_is_caught() {
     // As the server ran it before 2026-12-03: a failed swap is answered from the node's
-    // state without a lease or a ReadIndex round. Seed 145 is the first of the eight of
-    // 0..1500 that catch it since the runs split Regions (the window is a request served
-    // by a paused leader as it resumes); seed 633 found it first, then 507 and 836.
+    // state without a lease or a ReadIndex round. Seed 284 is the first of 0..535 that
+    // catches it since a Down store stopped costing voters (the window is a request
+    // served by a paused leader as it resumes); seed 633 found it first, then 507, 836
+    // and 145 as the runs changed.
     let config = RunConfig { unsafe_cas: true, ..RunConfig::default() };
-    assert!(!run(145, &config).anomalies.is_empty(), "seed 145 missed the stale swap");
-    assert!(run(145, &RunConfig::default()).anomalies.is_empty(), "seed 145");
+    assert!(!run(284, &config).anomalies.is_empty(), "seed 284 missed the stale swap");
+    assert!(run(284, &RunConfig::default()).anomalies.is_empty(), "seed 284");
 }
 
 #[test]
