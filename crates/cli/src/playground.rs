@@ -70,11 +70,12 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), String> {
         children.push(child);
     }
     let endpoints = addrs.join(",");
+    let shutdown = crate::server::shutdown_signal();
     println!("playground of {} nodes serving", args.nodes);
     println!("  PD endpoints (give any or all to a TiKV client): {endpoints}");
     println!("  try: scandium kv --pd {} put hello world", addrs[0]);
     println!("  Ctrl-C stops every node");
-    crate::server::wait_for_signal().await;
+    shutdown.await;
     eprintln!("stopping {} nodes", children.len());
     for child in &children {
         if let Some(pid) = child.id() {

@@ -40,6 +40,7 @@ pub async fn run(args: ServerArgs, log_format: crate::LogFormat) -> Result<(), S
     let node = Node::start(config).await.map_err(|e| e.to_string())?;
     let (addr, store_id, cluster_id) = (node.advertise_addr(), node.store_id(), node.cluster_id());
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    let shutdown = shutdown_signal();
     // The node's one line at start; `playground` and the end-to-end tests read the text
     // form's address.
     match log_format {
@@ -58,31 +59,37 @@ pub async fn run(args: ServerArgs, log_format: crate::LogFormat) -> Result<(), S
             "scandium serving"
         ),
     }
-    wait_for_signal().await;
+    shutdown.await;
     tracing::info!("shutting down: leadership moves to other nodes first");
     // Leadership moves to other nodes first, so clients see no election.
     node.stop_gracefully().await;
     Ok(())
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-pub async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Ctrl-C or SIGTERM. Listening starts when this is called, not when the future is first
+/// polled: a signal sent right after the node says it serves (as scripts, playground and
+/// the end-to-end tests do) must stop it gracefully, not kill it by the default action.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
+        use tokio::signal::unix::{signal, SignalKind};
+        let streams = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+        async move {
+            match streams {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
