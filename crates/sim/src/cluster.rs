@@ -890,7 +890,9 @@ impl Cluster {
     /// reader resolving its lock would settle it: committed if its primary committed, or
     /// if it is an async-commit transaction whose every key is prewritten (or any key
     /// committed); rolled back otherwise (for the final check, after the run; `None` if
-    /// the node is down).
+    /// the node is down). The primary's and the secondaries' state is read on the leaders
+    /// of their own Regions, as a resolving reader asks them: node `id` may hold no
+    /// replica of those Regions, or an old one.
     pub fn txn_final_value(&self, id: u64, key: &[u8]) -> Option<Option<Vec<u8>>> {
         use scandium_txn::mvcc::{Write, WriteType};
         let store = self.nodes[id as usize - 1].store.as_ref()?;
@@ -898,7 +900,7 @@ impl Cluster {
         let reader = MvccReader::new(&*snapshot);
         let read = || -> Result<Option<Vec<u8>>, TxnError> {
             if let Some(lock) = reader.load_lock(key)? {
-                if lock.kind() == LockType::Put && lock_committed(&reader, &lock)? {
+                if lock.kind() == LockType::Put && self.lock_committed(&lock)? {
                     let write = Write::new(WriteType::Put, lock.ts(), lock.short_value.clone());
                     return reader.load_data(key, write).map(Some);
                 }
@@ -906,6 +908,39 @@ impl Cluster {
             reader.get_value(key, TimeStamp::MAX)
         };
         Some(read().expect("memory engines read"))
+    }
+
+    /// Whether the transaction holding `lock` committed, or would be found committed by a
+    /// reader resolving it: asked of the leaders of its primary's (and, for async commit,
+    /// its secondaries') Regions.
+    fn lock_committed(&self, lock: &scandium_txn::mvcc::Lock) -> Result<bool, TxnError> {
+        use scandium_txn::mvcc::TxnCommitRecord;
+        let on_leader = |key: &[u8]| {
+            let leader = self.leader_of(key).expect("a settled Region has a leader");
+            let store = self.nodes[leader as usize - 1].store.as_ref();
+            store.expect("a leader is up").engine_snapshot()
+        };
+        let committed = |key: &[u8]| -> Result<bool, TxnError> {
+            let snapshot = on_leader(key);
+            let record = MvccReader::new(&*snapshot).get_txn_commit_record(key, lock.ts())?;
+            Ok(matches!(record, TxnCommitRecord::Committed(..)))
+        };
+        let ours = |l: &scandium_txn::mvcc::Lock| l.start_ts == lock.start_ts;
+        let snapshot = on_leader(&lock.primary);
+        match MvccReader::new(&*snapshot).load_lock(&lock.primary)?.filter(ours) {
+            Some(primary) if primary.use_async_commit => {
+                for secondary in &primary.secondaries {
+                    let snapshot = on_leader(secondary);
+                    let held = MvccReader::new(&*snapshot).load_lock(secondary)?;
+                    if !held.is_some_and(|l| ours(&l) && l.kind() != LockType::Pessimistic) {
+                        return committed(secondary);
+                    }
+                }
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+            None => committed(&lock.primary),
+        }
     }
 
     /// Node `id`'s transactional state, which its commands run against.
@@ -1102,32 +1137,6 @@ impl Cluster {
                 store.report_snapshot(report.0, report.1, accepted);
             }
         }
-    }
-}
-
-/// Whether the transaction holding `lock` committed (see [`Cluster::txn_final_value`]).
-fn lock_committed(
-    reader: &MvccReader<'_>,
-    lock: &scandium_txn::mvcc::Lock,
-) -> Result<bool, TxnError> {
-    use scandium_txn::mvcc::TxnCommitRecord;
-    let committed = |key: &[u8]| -> Result<bool, TxnError> {
-        let record = reader.get_txn_commit_record(key, lock.ts())?;
-        Ok(matches!(record, TxnCommitRecord::Committed(..)))
-    };
-    let ours = |l: &scandium_txn::mvcc::Lock| l.start_ts == lock.start_ts;
-    match reader.load_lock(&lock.primary)?.filter(ours) {
-        Some(primary) if primary.use_async_commit => {
-            for secondary in &primary.secondaries {
-                let held = reader.load_lock(secondary)?;
-                if !held.is_some_and(|l| ours(&l) && l.kind() != LockType::Pessimistic) {
-                    return committed(secondary);
-                }
-            }
-            Ok(true)
-        }
-        Some(_) => Ok(false),
-        None => committed(&lock.primary),
     }
 }
 
