@@ -13,7 +13,7 @@
 //! wake-up is a hint to look again, never a grant: a command that finds its slot still
 //! taken simply waits once more.
 
-use crate::command::Wake;
+use crate::wake::Wake;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
@@ -148,7 +148,7 @@ impl Drop for LatchGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::Recorded;
+    use crate::wake::Recorded;
 
     fn latches(slots: usize) -> (Latches, Arc<Recorded>) {
         let woken = Arc::new(Recorded::default());

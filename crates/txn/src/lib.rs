@@ -29,6 +29,7 @@ pub mod newest_cache;
 pub mod node;
 pub mod raw;
 pub mod waits;
+pub mod wake;
 
 pub use command::{Command, CommandError, Effect, Input, Next, Wake};
 pub use concurrency::ConcurrencyManager;

@@ -5,9 +5,9 @@
 //! and by [`IndexFollower`](crate::IndexFollower) for everyone else's; `max_ts`, latches and
 //! waits belong to the running process and start empty.
 
-use crate::command::Wake;
 use crate::latches::Latches;
 use crate::waits::{LockWaits, MaxTsSync};
+use crate::wake::Wake;
 use crate::{ConcurrencyManager, LockIndex, NewestCache};
 use scandium_storage::EngineRef;
 use scandium_types::{RegionId, TimeStamp};

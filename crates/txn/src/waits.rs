@@ -6,7 +6,7 @@
 //! hint, never a promise). How long a command waits at most is part of its wait effect:
 //! the driver's clock, not these tables, ends a wait that nobody ends.
 
-use crate::command::Wake;
+use crate::wake::Wake;
 use scandium_types::{RegionId, TimeStamp};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
@@ -216,7 +216,7 @@ impl MaxTsSync {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::Recorded;
+    use crate::wake::Recorded;
 
     #[test]
     fn a_cycle_is_refused() {

@@ -57,12 +57,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use thiserror::Error;
 
-/// Ends waits: the driver's way of resuming command `cid`, called by whoever releases what
-/// it waits for (on any thread, possibly the Raft thread applying a release).
-pub trait Wake: Send + Sync {
-    /// Command `cid` should look again at what it waits for.
-    fn wake(&self, cid: u64);
-}
+#[cfg(test)]
+pub(crate) use crate::wake::Recorded;
+pub use crate::wake::Wake;
 
 /// The two clocks a command may read, as its driver gives them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -602,25 +599,6 @@ impl Sealed {
         }
         let (batch, newest) = txn.seal(reader)?;
         Ok(Sealed { batch: Some(batch), released, lock_changes, newest })
-    }
-}
-
-/// Wake-ups recorded, in order, for tests of what waits.
-#[cfg(test)]
-#[derive(Default)]
-pub(crate) struct Recorded(pub(crate) Mutex<Vec<u64>>);
-
-#[cfg(test)]
-impl Recorded {
-    pub(crate) fn take(&self) -> Vec<u64> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
-#[cfg(test)]
-impl Wake for Recorded {
-    fn wake(&self, cid: u64) {
-        self.0.lock().unwrap().push(cid);
     }
 }
 

@@ -1,0 +1,29 @@
+//! How a waiting command is resumed: the one thing the latches, the lock waits and the
+//! node need from whoever drives commands, kept apart so that they depend on it and not
+//! on the command layer.
+
+/// Ends waits: the driver's way of resuming command `cid`, called by whoever releases what
+/// it waits for (on any thread, possibly the Raft thread applying a release).
+pub trait Wake: Send + Sync {
+    /// Command `cid` should look again at what it waits for.
+    fn wake(&self, cid: u64);
+}
+
+/// Wake-ups recorded, in order, for tests of what waits.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Recorded(pub(crate) std::sync::Mutex<Vec<u64>>);
+
+#[cfg(test)]
+impl Recorded {
+    pub(crate) fn take(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+#[cfg(test)]
+impl Wake for Recorded {
+    fn wake(&self, cid: u64) {
+        self.0.lock().unwrap().push(cid);
+    }
+}
