@@ -28,7 +28,7 @@ use crate::remote::{self, Route};
 use crate::txn_error::{Failure, TxnResult};
 use scandium_protocol::kvrpcpb;
 use scandium_raftstore::{Led, RaftCommand, RaftstoreError, Registry};
-use scandium_txn::command::resolve::local_call;
+use scandium_txn::command::local::local_call;
 use scandium_txn::command::{Clock, Gate, Proposal, RemoteCall, RemoteReply, Scope};
 use scandium_txn::{Command, CommandError, Effect, Input, Next, TxnNode, Wake};
 use scandium_types::keyspace::ApiVersion;

@@ -27,7 +27,7 @@ use scandium_raftstore::{
     ApplyOutput, EncodedCommand, Event as StoreEvent, RaftCommand, RaftstoreError, META_GROUP_ID,
 };
 use scandium_txn::actions::cleanup::{SecondaryStatus, TxnStatus};
-use scandium_txn::command::resolve::local_call;
+use scandium_txn::command::local::local_call;
 use scandium_txn::command::{Clock, Gate, Proposal, RemoteCall, RemoteReply, Scope};
 use scandium_txn::raw::CasOutcome;
 use scandium_txn::{Command, CommandError, Effect, Input, Next, TxnError, Wake};

@@ -36,6 +36,7 @@
 //! server's tasks and the simulator's event queue run the very same code.
 
 mod checks;
+pub mod local;
 pub mod raw;
 pub mod resolve;
 pub mod txn;
@@ -46,6 +47,7 @@ use crate::actions::cleanup::{CheckTxnStatus, TxnStatus};
 use crate::concurrency::MemoryLockGuard;
 use crate::latches::{LatchGuard, LatchLock};
 use crate::mvcc::Newest;
+use crate::mvcc::{MvccReader, MvccTxn};
 use crate::node::TxnNode;
 use crate::raw::RawError;
 use crate::TxnError;
@@ -600,6 +602,33 @@ impl Sealed {
         let (batch, newest) = txn.seal(reader)?;
         Ok(Sealed { batch: Some(batch), released, lock_changes, newest })
     }
+}
+
+/// Runs `action` under the latches of `keys` on a snapshot taken after them, and proposes
+/// its changes.
+pub(crate) async fn write_keys<T>(
+    cx: &Cx,
+    scope: &Scope,
+    keys: &[Vec<u8>],
+    action: impl FnOnce(&MvccReader<'_>, &mut MvccTxn) -> CommandResult<T>,
+) -> CommandResult<T> {
+    let latches = cx.latch(keys).await?;
+    let (output, sealed) = run_action(&cx.node, keys, action)?;
+    cx.propose(scope, sealed, Held { latches: Some(latches), memory_locks: None }).await?;
+    Ok(output)
+}
+
+fn run_action<T>(
+    node: &TxnNode,
+    keys: &[Vec<u8>],
+    action: impl FnOnce(&MvccReader<'_>, &mut MvccTxn) -> CommandResult<T>,
+) -> CommandResult<(T, Sealed)> {
+    let hint = node.lock_index.hint_for_write(keys, &node.newest);
+    let snapshot = node.engine.snapshot();
+    let reader = MvccReader::with_hint(&*snapshot, hint);
+    let mut txn = MvccTxn::new();
+    let output = action(&reader, &mut txn)?;
+    Ok((output, Sealed::new(&reader, txn)?))
 }
 
 #[cfg(test)]

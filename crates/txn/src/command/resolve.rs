@@ -12,17 +12,13 @@
 //!
 //! Secondaries live in other Regions, led anywhere: each question is an
 //! [`Effect::Remote`](super::Effect::Remote), which the driver carries out on the key's
-//! Region's leader (locally through [`local_call`] when that is here). Never from the
+//! Region's leader (locally through `local::local_call` when that is here). Never from the
 //! local engine of a follower, whose state may lag the leader's.
 
-use super::txn::{self as commands, resolve_keys};
-use super::{Command, CommandResult, Cx, KeyState, RemoteCall, RemoteReply, Scope, SecondaryFate};
-use crate::actions::cleanup::{CheckTxnStatus, SecondaryStatus, TxnStatus};
+use super::{CommandResult, Cx, KeyState, RemoteCall, RemoteReply, Scope, SecondaryFate};
+use crate::actions::cleanup::{CheckTxnStatus, TxnStatus};
 use crate::mvcc::{Lock, MvccReader};
-use crate::node::TxnNode;
-use scandium_types::keyspace::ApiVersion;
 use scandium_types::TimeStamp;
-use std::sync::Arc;
 
 /// Decides and carries out the fate of the async-commit transaction whose (expired) primary
 /// lock is `primary`: returns its commit timestamp, or zero if rolled back.
@@ -155,38 +151,36 @@ async fn fate(cx: &Cx, lock: &Lock, now: TimeStamp) -> CommandResult<Option<Time
     }
 }
 
-fn mismatched(reply: RemoteReply) -> super::CommandError {
-    super::CommandError::Internal(format!("a remote call was answered with {reply:?}"))
+/// Resolves the locks on `keys` whose transactions `fate_of` knows.
+pub(crate) async fn resolve_keys(
+    cx: &Cx,
+    scope: &Scope,
+    keys: &[Vec<u8>],
+    fate_of: &(impl Fn(u64) -> Option<u64> + Sync),
+) -> CommandResult<()> {
+    let resolved = super::write_keys(cx, scope, keys, |reader, txn| {
+        let mut resolved = 0;
+        for key in keys {
+            // Re-read under the latch: the lock may have been resolved meanwhile.
+            let Some(lock) = reader.load_lock(key)? else { continue };
+            if let Some(commit_ts) = fate_of(lock.start_ts) {
+                crate::actions::cleanup::resolve_lock(
+                    reader,
+                    txn,
+                    key,
+                    lock,
+                    TimeStamp(commit_ts),
+                )?;
+                resolved += 1;
+            }
+        }
+        Ok(resolved)
+    })
+    .await?;
+    cx.node.count_resolved(resolved);
+    Ok(())
 }
 
-/// The command that answers `call` on the key's Region's leader, for a driver that finds
-/// the Region led where it runs (the server's storage service runs the same commands for
-/// calls that come over the network).
-pub fn local_call(node: &Arc<TxnNode>, call: RemoteCall) -> Command<RemoteReply> {
-    // Keys reach here already encoded as stored: no API V2 prefix rules apply.
-    let api = ApiVersion::V1;
-    match call {
-        RemoteCall::CheckSecondary { key, start_ts } => {
-            commands::check_secondary_locks(node, api, vec![key], start_ts).map(|status| {
-                RemoteReply::Secondary(match status {
-                    SecondaryStatus::Locked(locks) => SecondaryFate::Locked(
-                        locks.iter().map(|(_, l)| l.min_commit_ts).max().unwrap_or(0),
-                    ),
-                    SecondaryStatus::Committed(ts) => SecondaryFate::Committed(ts),
-                    SecondaryStatus::RolledBack => SecondaryFate::RolledBack,
-                })
-            })
-        }
-        RemoteCall::ReadTxnKey { key, start_ts } => {
-            commands::read_txn_keys(node, vec![key], start_ts).map(|states| {
-                RemoteReply::KeyState(states.first().copied().unwrap_or(KeyState::None))
-            })
-        }
-        RemoteCall::ResolveKey { key, start_ts, commit_ts } => {
-            commands::resolve_lock(node, api, vec![(start_ts.0, commit_ts.0)], vec![key])
-                .map(|()| RemoteReply::Resolved)
-        }
-        RemoteCall::CheckTxnStatus(status) => commands::check_txn_status(node, api, status)
-            .map(|(status, _)| RemoteReply::Status(status)),
-    }
+fn mismatched(reply: RemoteReply) -> super::CommandError {
+    super::CommandError::Internal(format!("a remote call was answered with {reply:?}"))
 }

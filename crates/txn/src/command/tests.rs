@@ -69,7 +69,7 @@ impl Driver {
                     Input::Applied
                 }
                 Next::Effect(Effect::Remote(call)) => {
-                    let reply = self.done(super::resolve::local_call(&self.node, call));
+                    let reply = self.done(super::local::local_call(&self.node, call));
                     Input::Remote(reply.unwrap())
                 }
             };

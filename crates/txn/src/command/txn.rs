@@ -14,7 +14,8 @@
 //! Reads raise `max_ts` and check in-flight async-commit locks before their snapshot.
 
 use super::checks::{check_keys, check_read_key, clamp_range, KeyMode};
-use super::resolve::{commit_async_if_complete, resolve_async_commit};
+use super::resolve::{commit_async_if_complete, resolve_async_commit, resolve_keys};
+use super::write_keys;
 use super::{
     Command, CommandError, CommandResult, Cx, Gate, Held, KeyState, ResponseBudget, Scope, Sealed,
 };
@@ -607,30 +608,6 @@ pub fn resolve_lock(
     })
 }
 
-/// Resolves the locks on `keys` whose transactions `fate_of` knows.
-pub(crate) async fn resolve_keys(
-    cx: &Cx,
-    scope: &Scope,
-    keys: &[Vec<u8>],
-    fate_of: &(impl Fn(u64) -> Option<u64> + Sync),
-) -> CommandResult<()> {
-    let resolved = write_keys(cx, scope, keys, |reader, txn| {
-        let mut resolved = 0;
-        for key in keys {
-            // Re-read under the latch: the lock may have been resolved meanwhile.
-            let Some(lock) = reader.load_lock(key)? else { continue };
-            if let Some(commit_ts) = fate_of(lock.start_ts) {
-                cleanup::resolve_lock(reader, txn, key, lock, TimeStamp(commit_ts))?;
-                resolved += 1;
-            }
-        }
-        Ok(resolved)
-    })
-    .await?;
-    cx.node.count_resolved(resolved);
-    Ok(())
-}
-
 /// `KvScanLock`'s request.
 #[derive(Clone, Debug)]
 pub struct ScanLock {
@@ -810,31 +787,4 @@ fn key_state(reader: &MvccReader<'_>, key: &[u8], start_ts: TimeStamp) -> Comman
             TxnCommitRecord::None => KeyState::None,
         },
     })
-}
-
-/// Runs `action` under the latches of `keys` on a snapshot taken after them, and proposes
-/// its changes.
-pub(crate) async fn write_keys<T>(
-    cx: &Cx,
-    scope: &Scope,
-    keys: &[Vec<u8>],
-    action: impl FnOnce(&MvccReader<'_>, &mut MvccTxn) -> CommandResult<T>,
-) -> CommandResult<T> {
-    let latches = cx.latch(keys).await?;
-    let (output, sealed) = run_action(&cx.node, keys, action)?;
-    cx.propose(scope, sealed, Held { latches: Some(latches), memory_locks: None }).await?;
-    Ok(output)
-}
-
-fn run_action<T>(
-    node: &TxnNode,
-    keys: &[Vec<u8>],
-    action: impl FnOnce(&MvccReader<'_>, &mut MvccTxn) -> CommandResult<T>,
-) -> CommandResult<(T, Sealed)> {
-    let hint = node.lock_index.hint_for_write(keys, &node.newest);
-    let snapshot = node.engine.snapshot();
-    let reader = MvccReader::with_hint(&*snapshot, hint);
-    let mut txn = MvccTxn::new();
-    let output = action(&reader, &mut txn)?;
-    Ok((output, Sealed::new(&reader, txn)?))
 }
