@@ -8,7 +8,7 @@
 //! nothing is left, its messages leaving as the round hands them out. A round that fails
 //! (a failed fsync, a full disk) stops the node, as `raft_driver` exits the process.
 
-use crate::commands::{InFlight, SimWakes, Sync};
+use crate::flows::{self, InFlight, SimWakes, Sync};
 use rand::rngs::StdRng;
 use rand::Rng;
 use scandium_placement::{Command, ControlPlane, Kind, LeaderTso, PlacementState, Response};
@@ -110,7 +110,7 @@ pub enum Answer {
         /// The operation that submitted it.
         op: u64,
         /// Its output, or why it has none.
-        result: Result<crate::commands::Output, crate::commands::Failure>,
+        result: Result<flows::Output, flows::Failure>,
     },
     /// A timestamp request finished: the timestamp, or `None` if it failed.
     Timestamp {
@@ -154,7 +154,7 @@ pub(crate) enum Reply {
     },
     /// A placement proposal of the simulation was applied or failed.
     Placement {
-        purpose: crate::control::Purpose,
+        purpose: flows::Purpose,
         result: Result<ApplyOutput, RaftstoreError>,
     },
     /// A split was applied or failed.
@@ -215,14 +215,14 @@ pub(crate) enum Event {
         node: u64,
         incarnation: u64,
         cid: u64,
-        step: crate::commands::Step,
+        step: flows::Step,
     },
     /// A remote call arrives at the node leading its key's Region.
     RemoteCall {
         node: u64,
         call: RemoteCall,
-        target: crate::commands::Target,
-        parent: crate::commands::Parent,
+        target: flows::Target,
+        parent: flows::Parent,
     },
     /// A node's heartbeat is due.
     Heartbeat(u64),
@@ -274,7 +274,7 @@ pub struct Cluster {
     /// new placement leader forgets when stores were last heard from.
     pub unsafe_liveness: bool,
     /// Splits in progress, by number.
-    pub(crate) splits: BTreeMap<u64, crate::control::SplitFlow>,
+    pub(crate) splits: BTreeMap<u64, flows::SplitFlow>,
     pub(crate) next_split: u64,
     /// Splits applied.
     pub splits_done: u64,
@@ -368,7 +368,7 @@ impl Cluster {
                     txn: new_txn_node(&txn_engine, breakages, &SimWakes::new()),
                     woken: SimWakes::new(),
                     commands: BTreeMap::new(),
-                    control: crate::control::new_control(false),
+                    control: flows::new_control(false),
                 }
             })
             .collect();
@@ -399,7 +399,7 @@ impl Cluster {
             // Ticks of different nodes are out of phase, as their timers would be.
             let phase = rng.gen_range(0..TICK_MS);
             cluster.schedule(phase, Event::Tick(id));
-            let phase = rng.gen_range(0..crate::control::HEARTBEAT_MS);
+            let phase = rng.gen_range(0..flows::HEARTBEAT_MS);
             cluster.schedule(phase, Event::Heartbeat(id));
         }
         cluster
@@ -725,7 +725,7 @@ impl Cluster {
         node.woken = SimWakes::new();
         node.txn = new_txn_node(&engine, breakages, &node.woken);
         node.commands.clear();
-        node.control = crate::control::new_control(unsafe_liveness);
+        node.control = flows::new_control(unsafe_liveness);
         let meta = Box::new(SimMeta { state: node.placement.clone() });
         let mut store =
             Store::open(id, engine.clone(), node.config.clone(), meta, node.registry.clone())
@@ -965,7 +965,7 @@ impl Cluster {
     pub fn set_unsafe_liveness(&mut self, unsafe_liveness: bool) {
         self.unsafe_liveness = unsafe_liveness;
         for node in &mut self.nodes {
-            node.control = crate::control::new_control(unsafe_liveness);
+            node.control = flows::new_control(unsafe_liveness);
         }
     }
 

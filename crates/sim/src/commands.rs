@@ -21,18 +21,16 @@
 //! of a Region, it asks the placement leader for a timestamp.
 
 use crate::cluster::{Answer, Cluster, Event, Reply};
+use crate::flows::{Failure, InFlight, Output, Parent, ReplyTo, Step, Sync, Target, Waiting};
 use rand::rngs::StdRng;
 use rand::Rng;
 use scandium_raftstore::{
     ApplyOutput, EncodedCommand, Event as StoreEvent, RaftCommand, RaftstoreError, META_GROUP_ID,
 };
-use scandium_txn::actions::cleanup::{SecondaryStatus, TxnStatus};
 use scandium_txn::command::local::local_call;
-use scandium_txn::command::{Clock, Gate, Proposal, RemoteCall, RemoteReply, Scope};
-use scandium_txn::raw::CasOutcome;
-use scandium_txn::{Command, CommandError, Effect, Input, Next, TxnError, Wake};
-use scandium_types::{RegionEpoch, TimeStamp};
-use std::sync::{Arc, Mutex};
+use scandium_txn::command::{Clock, Gate, Proposal, RemoteCall, Scope};
+use scandium_txn::{Command, Effect, Input, Next};
+use scandium_types::TimeStamp;
 
 /// Marks the timestamp requests a new leader makes to raise `max_ts`.
 pub(crate) const SYNC_OP: u64 = 1 << 34;
@@ -44,145 +42,6 @@ const REMOTE_ATTEMPTS: u32 = 12;
 /// `CALL_TIMEOUT`).
 const REMOTE_TIMEOUT_MS: u64 = 2_000;
 
-/// Where a command runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// The Region a client's request names, at the epoch it knows.
-    Request {
-        /// The Region.
-        region_id: u64,
-        /// Its epoch, as the client's cache has it.
-        epoch: RegionEpoch,
-    },
-    /// A Region led here, as it is now (a remote call found it led where it runs).
-    Region(u64),
-}
-
-/// What a command answered.
-#[derive(Debug)]
-pub enum Output {
-    /// A read of one value (raw or transactional).
-    Value(Option<Vec<u8>>),
-    /// A compare-and-swap.
-    Swapped(CasOutcome),
-    /// A write, rollback or resolution that answers nothing more.
-    Done,
-    /// A prewrite: per-key errors (nothing written if any), else its timestamps.
-    Prewritten {
-        /// Why keys were refused.
-        errors: Vec<TxnError>,
-        /// Async commit: the transaction commits at or above this.
-        min_commit_ts: u64,
-        /// One-phase commit: the commit timestamp (0: not done).
-        one_pc_commit_ts: u64,
-    },
-    /// A commit, at this timestamp.
-    Committed(u64),
-    /// A transaction's status.
-    Status(TxnStatus),
-    /// A transaction's secondaries.
-    Secondaries(SecondaryStatus),
-    /// A pessimistic lock's values, one per key.
-    Values(Vec<Option<Vec<u8>>>),
-    /// A remote call's answer.
-    Remote(RemoteReply),
-}
-
-/// Why a command has no output.
-#[derive(Debug)]
-pub enum Failure {
-    /// The node is down: nothing was done.
-    Unavailable,
-    /// The gate refused it (region not here, stale epoch, not the leader, a ReadIndex
-    /// round that failed): nothing was done.
-    Refused(RaftstoreError),
-    /// The command itself failed.
-    Command(CommandError),
-    /// Its proposal failed: nothing was done if the error is definite, else it may still
-    /// be.
-    Proposal(RaftstoreError),
-    /// A call on another Region's leader failed.
-    Remote(String),
-}
-
-impl Failure {
-    /// Whether nothing the command would have changed can have taken effect (a client may
-    /// send it again without applying it twice).
-    pub fn is_definite(&self) -> bool {
-        match self {
-            Failure::Proposal(e) => e.is_definite(),
-            Failure::Unavailable | Failure::Refused(_) => true,
-            // A command that failed may have applied earlier steps (a sweep); the
-            // clients' commands have one step.
-            Failure::Command(_) => true,
-            Failure::Remote(_) => false,
-        }
-    }
-
-    /// Whether a client (or a remote call) should look the Region up again and retry, as
-    /// for a Region error.
-    pub fn is_region_error(&self) -> bool {
-        match self {
-            Failure::Unavailable | Failure::Refused(_) | Failure::Proposal(_) => true,
-            Failure::Command(CommandError::KeyNotInRegion { .. } | CommandError::NotReady) => true,
-            Failure::Command(_) | Failure::Remote(_) => false,
-        }
-    }
-}
-
-/// Ends commands' waits: what the node's [`Wake`] hears, for the cluster to take.
-#[derive(Default)]
-pub struct SimWakes(Mutex<Vec<u64>>);
-
-impl SimWakes {
-    pub(crate) fn new() -> Arc<SimWakes> {
-        Arc::default()
-    }
-
-    pub(crate) fn take(&self) -> Vec<u64> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl Wake for SimWakes {
-    fn wake(&self, cid: u64) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(cid);
-    }
-}
-
-/// A command in progress on a node.
-pub(crate) struct InFlight {
-    command: Command<Output>,
-    target: Target,
-    waiting: Waiting,
-    reply_to: ReplyTo,
-    /// Woken while not waiting: its next wait ends at once (the server's `Woken` mark).
-    woken_early: bool,
-    /// Numbers its waits, so that a deadline of an earlier one is ignored.
-    wait_seq: u64,
-}
-
-enum Waiting {
-    /// Not started: held in a paused node's socket.
-    Held,
-    /// For its ReadIndex round, with what the gate found.
-    Gate(Scope),
-    /// For a wake-up or the deadline of wait `seq`.
-    Wake(u64),
-    /// For its proposal.
-    Proposal,
-    /// For remote call attempt `attempt`.
-    Remote { call: RemoteCall, attempt: u32 },
-}
-
-/// Who is told a command's answer.
-enum ReplyTo {
-    /// The client operation that submitted it.
-    Client(u64),
-    /// A command on node `parent.node` whose remote call this is, run on node `from`.
-    Parent { parent: Parent, from: u64 },
-}
-
 /// How a gate went.
 enum Gated {
     /// Passed at once.
@@ -191,39 +50,6 @@ enum Gated {
     Waiting(Scope),
     /// Refused.
     Refused(RaftstoreError),
-}
-
-/// The command a remote call answers.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Parent {
-    node: u64,
-    incarnation: u64,
-    cid: u64,
-    attempt: u32,
-}
-
-/// What a command's event brings.
-#[derive(Debug)]
-pub(crate) enum Step {
-    /// A paused node resumed: the command held in its socket starts.
-    Start,
-    /// Wait `seq` reached its deadline.
-    Deadline(u64),
-    /// Attempt `attempt` of a remote call is answered.
-    RemoteDone { attempt: u32, result: Result<Output, Failure> },
-    /// Attempt `attempt` of a remote call got no answer in time.
-    RemoteTimeout(u32),
-    /// The next attempt of a remote call.
-    RemoteRetry(u32),
-}
-
-/// A `max_ts` synchronisation waiting for its timestamp.
-pub(crate) struct Sync {
-    node: u64,
-    incarnation: u64,
-    region: u64,
-    term: u64,
-    attempt: u32,
 }
 
 impl Cluster {

@@ -16,57 +16,17 @@
 //! over from what the placement log records.
 
 use crate::cluster::{Cluster, Event, Reply};
+use crate::flows::{Purpose, SplitFlow, HEARTBEAT_MS};
 use rand::rngs::StdRng;
 use scandium_placement::{
-    Command, ControlConfig, ControlPlane, Kind, Now, OperatorStep, RegionHeartbeat, RegionReport,
-    Regions, Reports, Response, StepAction, StoreStateChange,
+    Command, Kind, Now, OperatorStep, RegionHeartbeat, RegionReport, Regions, Reports, Response,
+    StepAction, StoreStateChange,
 };
 use scandium_raftstore::{
     ApplyOutput, EncodedCommand, PeerChange, RaftCommand, RaftstoreError, RegionStatus,
     SplitRequest, META_GROUP_ID,
 };
-use scandium_types::{Region, StoreState};
-
-/// How often each node heartbeats, in simulated milliseconds.
-pub const HEARTBEAT_MS: u64 = 1_000;
-
-/// The control plane's settings in a run: stores are down after 5 s without a
-/// heartbeat, so that a node lost for good is replaced within a run, and crashes of a few
-/// seconds cost a replica now and then (more operators, more to check).
-pub fn control_config(replicas_meta: usize) -> ControlConfig {
-    let scheduler = scandium_placement::scheduler::SchedulerConfig {
-        meta_voters: replicas_meta,
-        disconnect_ms: 2 * HEARTBEAT_MS + 500,
-        down_ms: 5_000,
-    };
-    let timeouts =
-        scandium_placement::operator::OperatorTimeouts { step_ms: 10_000, resend_ms: 2_000 };
-    ControlConfig { scheduler, timeouts, record_liveness_ms: 2 * HEARTBEAT_MS }
-}
-
-/// What a placement proposal of the simulation is for.
-#[derive(Clone, Debug)]
-pub(crate) enum Purpose {
-    /// Nothing to do with the answer (records, retirements).
-    Record,
-    /// Ids for the control plane of `node` (at `incarnation`), one per Region.
-    Ids { node: u64, incarnation: u64, regions: Vec<u64> },
-    /// Ids for split `split`.
-    SplitIds { split: u64 },
-    /// An id for a learner of `region` on `store`, added through its leader `node` (a
-    /// fault: a replica moved by hand).
-    LearnerId { node: u64, region: u64, store: u64 },
-}
-
-/// A split in progress.
-#[derive(Clone, Debug)]
-pub(crate) struct SplitFlow {
-    key: Vec<u8>,
-    /// The node leading the Region, and the Region when the split began.
-    node: u64,
-    incarnation: u64,
-    region: Region,
-}
+use scandium_types::StoreState;
 
 impl Cluster {
     /// A node's heartbeat: to the placement leader it knows, or handled here if it leads.
@@ -379,12 +339,4 @@ fn heartbeat_of(status: &RegionStatus) -> RegionHeartbeat {
         term: status.term,
     };
     RegionHeartbeat { report, pending: status.pending_peers.iter().map(|p| p.id).collect() }
-}
-
-/// A control plane for a node of a run, broken as the run asks.
-pub(crate) fn new_control(forget_liveness: bool) -> ControlPlane {
-    match forget_liveness {
-        true => ControlPlane::forgetting_liveness(control_config(3)),
-        false => ControlPlane::new(control_config(3)),
-    }
 }

@@ -13,6 +13,7 @@ pub mod check;
 pub mod cluster;
 pub mod commands;
 pub mod control;
+pub mod flows;
 pub mod routing;
 pub mod run;
 pub mod txn;

@@ -3,7 +3,7 @@
 //! corrected by the Region errors its requests meet.
 
 use crate::cluster::Cluster;
-use crate::commands::Failure;
+use crate::flows::Failure;
 use scandium_raftstore::RaftstoreError;
 use scandium_txn::CommandError;
 use scandium_types::Region;

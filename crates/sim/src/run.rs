@@ -24,7 +24,7 @@ use crate::check::history::Timing;
 use crate::check::linearizable::{self, Op, Verdict};
 use crate::check::timestamps::{self, TsObservation};
 use crate::cluster::{Answer, Cluster, NetworkConfig, ELECTION_TICKS, TICK_MS};
-use crate::commands::{Failure, Output, Target};
+use crate::flows::{Failure, Output, Target};
 use crate::routing::RegionCache;
 use crate::txn::{account_key, decode_balance, decode_list, list_key, TxnClients, Wake};
 use rand::rngs::StdRng;

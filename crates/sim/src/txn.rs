@@ -41,7 +41,7 @@
 use crate::check::bank;
 use crate::check::elle::{self, MicroOp, Outcome};
 use crate::cluster::{Answer, Cluster};
-use crate::commands::{Failure, Output, Target};
+use crate::flows::{Failure, Output, Target};
 use crate::routing::RegionCache;
 use rand::rngs::StdRng;
 use rand::Rng;
