@@ -7,7 +7,7 @@
 //! that raced a split never lands outside its Region.
 
 use scandium_storage::{Cf, WriteBatch};
-use scandium_types::Region;
+use scandium_types::{Region, RegionEpoch};
 
 /// One change to a data column family.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -64,6 +64,12 @@ pub struct RaftCommand {
 impl RaftCommand {
     /// A command writing `batch` to `region`. The batch may only touch data column families.
     pub fn write(region: &Region, batch: WriteBatch) -> RaftCommand {
+        RaftCommand::write_at(region.id, region.epoch(), batch)
+    }
+
+    /// A command writing `batch` to Region `region_id`, refused at apply unless the
+    /// Region is still at `epoch`.
+    pub fn write_at(region_id: u64, epoch: RegionEpoch, batch: WriteBatch) -> RaftCommand {
         let writes = batch
             .into_mutations()
             .into_iter()
@@ -77,9 +83,9 @@ impl RaftCommand {
             })
             .collect();
         RaftCommand {
-            region_id: region.id,
-            conf_ver: region.conf_ver,
-            version: region.version,
+            region_id,
+            conf_ver: epoch.conf_ver,
+            version: epoch.version,
             writes,
             split: None,
         }

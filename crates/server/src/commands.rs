@@ -29,7 +29,7 @@ use crate::txn_error::{Failure, TxnResult};
 use scandium_protocol::kvrpcpb;
 use scandium_raftstore::{Led, RaftCommand, RaftstoreError, Registry};
 use scandium_txn::command::local::local_call;
-use scandium_txn::command::{Clock, Gate, Proposal, RemoteCall, RemoteReply, Scope};
+use scandium_txn::command::{Clock, Gate, Now, Proposal, RemoteCall, RemoteReply, Scope};
 use scandium_txn::{Command, CommandError, Effect, Input, Next, TxnNode, Wake};
 use scandium_types::keyspace::ApiVersion;
 use scandium_types::RegionEpoch;
@@ -314,7 +314,7 @@ impl Storage {
         mut command: Command<T>,
     ) -> Result<T, RunError> {
         let mut forget = Forget { wakers: &self.wakers, cid: command.cid(), waited: false };
-        let mut next = command.start(clock());
+        let mut next = command.start(Now::Read(clock));
         loop {
             let input = match next {
                 Next::Done(result) => return result.map_err(RunError::Command),
@@ -332,7 +332,7 @@ impl Storage {
                     Input::Remote(self.remote(call).await.map_err(RunError::Remote)?)
                 }
             };
-            next = command.resume(input, clock());
+            next = command.resume(input, Now::Read(clock));
         }
     }
 
@@ -354,9 +354,9 @@ impl Storage {
     }
 
     async fn propose(&self, proposal: Box<Proposal>) -> Result<(), RaftstoreError> {
-        let Proposal { region, batch, completion } = *proposal;
-        let command = RaftCommand::write(&region, batch);
-        self.raft.propose_completing(region.id, command, move || completion.applied()).await
+        let Proposal { region_id, epoch, batch, completion } = *proposal;
+        let command = RaftCommand::write_at(region_id, epoch, batch);
+        self.raft.propose_completing(region_id, command, move || completion.applied()).await
     }
 
     /// Carries out `call` on the leader of its key's Region: here, through the same

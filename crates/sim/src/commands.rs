@@ -196,13 +196,13 @@ impl Cluster {
     }
 
     fn propose(&mut self, id: u64, cid: u64, proposal: Proposal) {
-        let Proposal { region, batch, completion } = proposal;
-        let command = EncodedCommand::new(RaftCommand::write(&region, batch));
+        let Proposal { region_id, epoch, batch, completion } = proposal;
+        let command = EncodedCommand::new(RaftCommand::write_at(region_id, epoch, batch));
         let answers = self.answers.clone();
         let incarnation = self.crashes(id);
         let store = self.node(id).store.as_mut().expect("a running node has a store");
         store.propose_command(
-            region.id,
+            region_id,
             command,
             // As the server's `propose_completing`: on the apply path, in log order.
             Box::new(move |result: Result<ApplyOutput, RaftstoreError>| {

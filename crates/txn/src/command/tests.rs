@@ -115,6 +115,41 @@ fn raw_writes_and_reads() {
 }
 
 #[test]
+fn a_clock_to_read_is_read_only_when_a_step_asks_and_once_per_step() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static READS: AtomicU64 = AtomicU64::new(0);
+    fn read() -> Clock {
+        READS.fetch_add(1, Ordering::SeqCst);
+        Clock { monotonic_ms: 5, wall_ms: 7_000 }
+    }
+    let d = Driver::new();
+    let mut put = raw::put(&d.node, raw_default(), vec![(b"k".to_vec(), b"v".to_vec(), 60)]);
+    let Next::Effect(Effect::Gate(_)) = put.start(Now::Read(read)) else { panic!("gate first") };
+    assert_eq!(READS.load(Ordering::SeqCst), 0, "passing the gate reads no clock");
+    let scope = Scope { region: Region::default(), term: 1 };
+    let Next::Effect(Effect::Propose(proposal)) = put.resume(Input::Gated(scope), Now::Read(read))
+    else {
+        panic!("then the proposal")
+    };
+    assert_eq!(READS.load(Ordering::SeqCst), 1, "the TTL's time is read once");
+    d.engine.write(proposal.batch).unwrap();
+    proposal.completion.applied();
+    let Next::Done(result) = put.resume(Input::Applied, Now::Read(read)) else { panic!("done") };
+    result.unwrap();
+    assert_eq!(READS.load(Ordering::SeqCst), 1, "answering reads no clock");
+    // The value expires 60 s after the time read: alive at 66 s, gone at 67 s.
+    let at = |secs: u64| Clock { monotonic_ms: 0, wall_ms: secs * 1_000 };
+    let mut get = raw::get_key_ttl(&d.node, raw_default(), b"k".to_vec());
+    let _ = get.start(at(66));
+    let Next::Done(ttl) =
+        get.resume(Input::Gated(Scope { region: Region::default(), term: 1 }), at(66))
+    else {
+        panic!("a read answers at once")
+    };
+    assert_eq!(ttl.unwrap(), Some(1));
+}
+
+#[test]
 fn a_write_waits_for_the_latch_of_a_write_in_flight_and_a_dropped_one_passes_it_on() {
     let d = Driver::new();
     // A write whose proposal is outstanding holds its latch.
