@@ -173,6 +173,7 @@ impl ControlPlane {
         self.term = Some(term);
         self.operators.clear();
         self.meta_operator = None;
+        self.forget_ids();
         self.unrecorded.clear();
         self.recorded_ms = now.monotonic_ms;
         self.heard = state
@@ -195,8 +196,23 @@ impl ControlPlane {
         self.term = None;
         self.operators.clear();
         self.meta_operator = None;
+        self.forget_ids();
         self.heard.clear();
         self.unrecorded.clear();
+    }
+
+    /// Ids supplied in an earlier term are not used in a later one: another leader may
+    /// have given a store a higher id of the same Region meanwhile (see
+    /// [`ControlPlane::supply_id`]).
+    fn forget_ids(&mut self) {
+        self.ids.clear();
+        self.meta_needs_id = false;
+    }
+
+    /// The placement term this node leads in, if it does: what [`ControlPlane::supply_id`]
+    /// wants to know the ids were asked for in.
+    pub fn term(&self) -> Option<u64> {
+        self.term
     }
 
     /// The stores' liveness as of `now`.
@@ -222,9 +238,15 @@ impl ControlPlane {
     /// lower id than one it once held and removed (how a stale message is told from a
     /// new replica, as in TiKV). An id allocated before a split gave that store a peer of
     /// the new Region with a higher id would be refused there for ever; one allocated
-    /// after the decision is above every id the Region's replicas ever had.
-    pub fn supply_id(&mut self, region_id: RegionId, id: u64) {
-        self.ids.insert(region_id, id);
+    /// after the decision is above every id the Region's replicas ever had. So an id asked
+    /// for in another `term` than the one this node leads in now is dropped: another
+    /// leader may have used higher ones in between (the simulator found a placement
+    /// group whose new learner was refused for ever, with an id its leader had been
+    /// holding since an earlier term).
+    pub fn supply_id(&mut self, region_id: RegionId, id: u64, term: u64) {
+        if self.term == Some(term) {
+            self.ids.insert(region_id, id);
+        }
     }
 
     /// A heartbeat from `store`.

@@ -234,11 +234,12 @@ impl Control {
         if regions.is_empty() {
             return;
         }
+        let Some(term) = self.lock().term() else { return };
         match self.placement.alloc_ids(regions.len() as u64).await {
             Ok(first) => {
                 let mut plane = self.lock();
                 for (i, &region) in regions.iter().enumerate() {
-                    plane.supply_id(region, first + i as u64);
+                    plane.supply_id(region, first + i as u64, term);
                 }
             }
             Err(error) => tracing::debug!(%error, "cannot allocate ids for new replicas yet"),

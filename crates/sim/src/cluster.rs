@@ -1037,6 +1037,22 @@ impl Cluster {
         placement.unwrap_or_else(|e| e.into_inner()).store(store).map(|s| s.state())
     }
 
+    /// What keeps a drained store from being retired, as the placement leader sees it: the
+    /// Regions its records place a replica on the store, and the placement group's members
+    /// there.
+    pub fn holding(&self, store: u64) -> String {
+        let Some(leader) = self.placement_leader() else { return "no placement leader".into() };
+        let node = &self.nodes[leader as usize - 1];
+        let placement = node.placement.read().unwrap_or_else(|e| e.into_inner());
+        let regions: Vec<String> = placement
+            .regions()
+            .filter(|r| r.peer_on_store(store).is_some())
+            .map(|r| format!("{} {:?} (v{} c{})", r.id, r.peers, r.version, r.conf_ver))
+            .collect();
+        let meta = node.registry.meta().status.map(|s| s.region.peers).unwrap_or_default();
+        format!("placement leader {leader}; regions there {regions:?}; placement group {meta:?}")
+    }
+
     /// Rounds on node `id` until it has nothing left; its messages go to the network.
     pub(crate) fn pump(&mut self, id: u64, rng: &mut StdRng) {
         let mut outgoing = Vec::new();

@@ -145,8 +145,9 @@ impl Cluster {
             return;
         }
         let incarnation = self.crashes(id);
+        let Some(term) = self.nodes[id as usize - 1].control.term() else { return };
         let count = regions.len() as u64;
-        let purpose = Purpose::Ids { node: id, incarnation, regions };
+        let purpose = Purpose::Ids { node: id, incarnation, term, regions };
         self.propose_placement(id, Kind::AllocIds(count), purpose, rng);
     }
 
@@ -226,14 +227,14 @@ impl Cluster {
         };
         match purpose {
             Purpose::Record => {}
-            Purpose::Ids { node, incarnation, regions } => {
+            Purpose::Ids { node, incarnation, term, regions } => {
                 if self.crashes(node) != incarnation {
                     return;
                 }
                 if let Some(Response::Ids { first }) = response {
                     let control = &mut self.node(node).control;
                     for (i, region) in regions.into_iter().enumerate() {
-                        control.supply_id(region, first + i as u64);
+                        control.supply_id(region, first + i as u64, term);
                     }
                 }
             }

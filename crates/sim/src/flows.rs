@@ -210,8 +210,9 @@ pub fn control_config(replicas_meta: usize) -> ControlConfig {
 pub(crate) enum Purpose {
     /// Nothing to do with the answer (records, retirements).
     Record,
-    /// Ids for the control plane of `node` (at `incarnation`), one per Region.
-    Ids { node: u64, incarnation: u64, regions: Vec<u64> },
+    /// Ids for the control plane of `node` (at `incarnation`, leading placement in
+    /// `term`), one per Region.
+    Ids { node: u64, incarnation: u64, term: u64, regions: Vec<u64> },
     /// Ids for split `split`.
     SplitIds { split: u64 },
     /// An id for a learner of `region` on `store`, added through its leader `node` (a

@@ -531,7 +531,8 @@ fn unsettled(cluster: &Cluster, config: &RunConfig, departed: Option<Departure>)
     if let Some(Departure::Removed(store)) = departed {
         let state = cluster.store_state(store);
         if state != Some(scandium_types::StoreState::Tombstone) {
-            return Some(format!("removed store {store} is {state:?}, not retired"));
+            let holding = cluster.holding(store);
+            return Some(format!("removed store {store} is {state:?}, not retired: {holding}"));
         }
     }
     None

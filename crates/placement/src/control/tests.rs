@@ -79,7 +79,7 @@ fn a_store_that_died_before_the_leader_changed_is_still_marked_down() {
     }
     let intake = new.region_heartbeats(&state, &[heartbeat(&full, 1, &[])], at(10_950));
     assert_eq!(intake.need_ids, vec![10], "an id is allocated for it only now");
-    new.supply_id(10, 200);
+    new.supply_id(10, 200, 2);
     let intake = new.region_heartbeats(&state, &[heartbeat(&full, 1, &[])], at(11_000));
     assert_eq!(intake.steps.len(), 1);
     assert_eq!(intake.steps[0].action, StepAction::AddLearner(Peer::learner(200, 4)));
@@ -122,4 +122,45 @@ fn drained_stores_with_no_replica_are_retired() {
     let proposals = plane.tick(&state, &[Peer::new(101, 1)], at(20));
     let tombstone = StoreStateChange { store_id: 2, state: StoreState::Tombstone as i32 };
     assert_eq!(proposals, vec![Kind::SetStoreState(tombstone)]);
+}
+
+/// An id asked for in one placement term is never used in another: between the two,
+/// another leader may have given the store a higher id of the same Region, and the store
+/// would refuse the new replica for ever (found by the simulator, seed 11631, where the
+/// placement group's new learner waited for good and a drained store was never retired).
+#[test]
+fn an_id_from_an_earlier_term_is_not_used() {
+    let full = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)], 3);
+    let state = cluster(4, full.clone());
+    let mut plane = ControlPlane::new(config());
+    plane.take_over(2, &state, at(0));
+    for s in [1, 2, 4] {
+        plane.store_heartbeat(s, at(10_900));
+    }
+    let intake = plane.region_heartbeats(&state, &[heartbeat(&full, 1, &[])], at(10_950));
+    assert_eq!(intake.need_ids, vec![10], "store 3 is down: a replacement needs an id");
+    // The id was asked for in term 2; it comes back after the node led again in term 4
+    // (which judges store 3 afresh: down 10 s after taking over).
+    plane.step_down();
+    plane.take_over(4, &state, at(11_000));
+    plane.supply_id(10, 200, 2);
+    for s in [1, 2, 4] {
+        plane.store_heartbeat(s, at(21_100));
+    }
+    let intake = plane.region_heartbeats(&state, &[heartbeat(&full, 1, &[])], at(21_200));
+    assert!(intake.steps.is_empty(), "no step with the old id: {:?}", intake.steps);
+    assert_eq!(intake.need_ids, vec![10], "a fresh id is asked for");
+    // Nor is one supplied in a term and kept past a change of leadership.
+    plane.supply_id(10, 300, 4);
+    plane.step_down();
+    plane.take_over(5, &state, at(21_300));
+    for s in [1, 2, 4] {
+        plane.store_heartbeat(s, at(31_400));
+    }
+    let intake = plane.region_heartbeats(&state, &[heartbeat(&full, 1, &[])], at(31_500));
+    assert!(intake.steps.is_empty(), "{:?}", intake.steps);
+    assert_eq!(intake.need_ids, vec![10]);
+    plane.supply_id(10, 400, 5);
+    let intake = plane.region_heartbeats(&state, &[heartbeat(&full, 1, &[])], at(31_600));
+    assert_eq!(intake.steps[0].action, StepAction::AddLearner(Peer::learner(400, 4)));
 }
