@@ -8,7 +8,7 @@
 //! nothing is left, its messages leaving as the round hands them out. A round that fails
 //! (a failed fsync, a full disk) stops the node, as `raft_driver` exits the process.
 
-use crate::flows::{self, InFlight, SimWakes, Sync};
+use crate::flows::{self, InFlight, Sync};
 use rand::rngs::StdRng;
 use rand::Rng;
 use scandium_placement::{Command, ControlPlane, Kind, LeaderTso, PlacementState, Response};
@@ -21,6 +21,7 @@ use scandium_raftstore::{
 use scandium_storage::{Engine, EngineRef, FaultEngine, Faults, WriteBatch};
 use scandium_txn::command::RemoteCall;
 use scandium_txn::mvcc::{LockType, MvccReader};
+use scandium_txn::wake::Recorded;
 use scandium_txn::{
     Breakages, IndexFollower, LockIndex, NewestCache, NodeSettings, TxnError, TxnNode,
 };
@@ -79,7 +80,7 @@ impl ApplyObserver for SimObserver {
 
 /// A node's transactional state on `engine`, as the server builds it (its lock index
 /// loaded from the disk, an empty cache), broken as `breakages` says.
-fn new_txn_node(engine: &EngineRef, breakages: Breakages, woken: &Arc<SimWakes>) -> Arc<TxnNode> {
+fn new_txn_node(engine: &EngineRef, breakages: Breakages, woken: &Arc<Recorded>) -> Arc<TxnNode> {
     let engine = engine.clone();
     let lock_index = Arc::new(LockIndex::load(&engine).expect("memory engines read"));
     let newest = Arc::new(NewestCache::new(NEWEST_CACHE_BYTES));
@@ -192,7 +193,7 @@ pub(crate) struct Node {
     /// rebuilt from the disk and kept by the node's commands and by [`SimObserver`].
     pub(crate) txn: Arc<TxnNode>,
     /// Commands whose waits ended, for the cluster to resume.
-    pub(crate) woken: Arc<SimWakes>,
+    pub(crate) woken: Arc<Recorded>,
     /// Commands in progress, by id.
     pub(crate) commands: BTreeMap<u64, InFlight>,
     /// The control plane, running while the node leads placement (memory: new on every
@@ -365,8 +366,8 @@ impl Cluster {
                     raising: false,
                     wall_offset_ms: 0,
                     // Replaced by `start`.
-                    txn: new_txn_node(&txn_engine, breakages, &SimWakes::new()),
-                    woken: SimWakes::new(),
+                    txn: new_txn_node(&txn_engine, breakages, &Arc::default()),
+                    woken: Arc::default(),
                     commands: BTreeMap::new(),
                     control: flows::new_control(false),
                 }
@@ -722,7 +723,7 @@ impl Cluster {
         node.placement = Arc::new(RwLock::new(loaded.unwrap_or_default()));
         node.tso = LeaderTso::default();
         node.raising = false;
-        node.woken = SimWakes::new();
+        node.woken = Arc::default();
         node.txn = new_txn_node(&engine, breakages, &node.woken);
         node.commands.clear();
         node.control = flows::new_control(unsafe_liveness);
@@ -1040,7 +1041,7 @@ impl Cluster {
     /// What keeps a drained store from being retired, as the placement leader sees it: the
     /// Regions its records place a replica on the store, and the placement group's members
     /// there.
-    pub fn holding(&self, store: u64) -> String {
+    pub(crate) fn holding(&self, store: u64) -> String {
         let Some(leader) = self.placement_leader() else { return "no placement leader".into() };
         let node = &self.nodes[leader as usize - 1];
         let placement = node.placement.read().unwrap_or_else(|e| e.into_inner());

@@ -9,7 +9,7 @@
 //! * a gate: the Region checks every request passes (`Registry::check_led`, shared with
 //!   the server), then, when the command needs a linearizable state the lease does not
 //!   cover, a ReadIndex round on the node's store;
-//! * a wait: until the node's [`SimWakes`] hears the command's id, or its deadline (an
+//! * a wait: until the node's `Recorded` wake list hears the command's id, or its deadline (an
 //!   event on the node's own clock);
 //! * a proposal: to the node's store, whose callback runs the proposal's completion where
 //!   the write is applied, in log order;

@@ -12,9 +12,8 @@ use scandium_raftstore::RaftstoreError;
 use scandium_txn::actions::cleanup::{SecondaryStatus, TxnStatus};
 use scandium_txn::command::{RemoteCall, RemoteReply, Scope};
 use scandium_txn::raw::CasOutcome;
-use scandium_txn::{Command, CommandError, TxnError, Wake};
+use scandium_txn::{Command, CommandError, TxnError};
 use scandium_types::{Region, RegionEpoch};
-use std::sync::{Arc, Mutex};
 
 /// Where a command runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,26 +98,6 @@ impl Failure {
             Failure::Command(CommandError::KeyNotInRegion { .. } | CommandError::NotReady) => true,
             Failure::Command(_) | Failure::Remote(_) => false,
         }
-    }
-}
-
-/// Ends commands' waits: what the node's [`Wake`] hears, for the cluster to take.
-#[derive(Default)]
-pub struct SimWakes(Mutex<Vec<u64>>);
-
-impl SimWakes {
-    pub(crate) fn new() -> Arc<SimWakes> {
-        Arc::default()
-    }
-
-    pub(crate) fn take(&self) -> Vec<u64> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl Wake for SimWakes {
-    fn wake(&self, cid: u64) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(cid);
     }
 }
 

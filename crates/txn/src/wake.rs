@@ -9,21 +9,20 @@ pub trait Wake: Send + Sync {
     fn wake(&self, cid: u64);
 }
 
-/// Wake-ups recorded, in order, for tests of what waits.
-#[cfg(test)]
+/// Wake-ups recorded, in order, for a driver that resumes the commands itself when it
+/// next looks (the simulator's event loop) and for tests of what waits.
 #[derive(Default)]
-pub(crate) struct Recorded(pub(crate) std::sync::Mutex<Vec<u64>>);
+pub struct Recorded(std::sync::Mutex<Vec<u64>>);
 
-#[cfg(test)]
 impl Recorded {
-    pub(crate) fn take(&self) -> Vec<u64> {
-        std::mem::take(&mut *self.0.lock().unwrap())
+    /// The ids woken since the last call, in order.
+    pub fn take(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
-#[cfg(test)]
 impl Wake for Recorded {
     fn wake(&self, cid: u64) {
-        self.0.lock().unwrap().push(cid);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(cid);
     }
 }
