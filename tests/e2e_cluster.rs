@@ -353,17 +353,42 @@ fn run_bank(
     reads
 }
 
+/// Runs `read` until it succeeds: after faults, a transaction its client gave up on (a
+/// commit that failed, or one abandoned on purpose) may still hold locks whose TTL has not
+/// run out, and a read of a locked key then fails with `ResolveLockError` until they
+/// expire and can be resolved. Gives up after a minute.
+async fn read_once_unlocked<T, F: std::future::Future<Output = tikv_client::Result<T>>>(
+    read: impl Fn() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match read().await {
+            Ok(value) => return value,
+            Err(error) => assert!(Instant::now() < deadline, "still unreadable: {error:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Checks the bank after the faults, with a fresh client: the total is what it was, in a
 /// snapshot read now and in every one taken meanwhile (the simulator's bank checker).
 /// Returns how many were taken meanwhile. `context` goes into failure messages.
 async fn check_bank(cluster: &Cluster, reads: &BankReads, context: &str) -> usize {
     let txns = TransactionClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
-    let mut snapshot = txns.snapshot(txns.current_timestamp().await.unwrap(), Default::default());
-    let mut total = 0u64;
-    for i in 0..ACCOUNTS {
-        let value = snapshot.get(format!("acct{i}").into_bytes()).await.unwrap().expect("account");
-        total += u64::from_be_bytes(value.try_into().unwrap());
-    }
+    // Transfers the faults left undecided may hold live locks for a while yet.
+    let values = read_once_unlocked(|| async {
+        let mut snapshot = txns.snapshot(txns.current_timestamp().await?, Default::default());
+        let mut values = Vec::new();
+        for i in 0..ACCOUNTS {
+            values.push(snapshot.get(format!("acct{i}").into_bytes()).await?);
+        }
+        Ok(values)
+    })
+    .await;
+    let total: u64 = values
+        .into_iter()
+        .map(|value| u64::from_be_bytes(value.expect("account").try_into().unwrap()))
+        .sum();
     assert_eq!(total, 100 * u64::from(ACCOUNTS), "the bank's total changed{context}");
     let reads = std::mem::take(&mut *reads.lock().unwrap());
     let accounts: Vec<u64> = (0..u64::from(ACCOUNTS)).collect();
@@ -1005,14 +1030,19 @@ async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable()
     }
     cluster.wait_replicated().await;
 
-    // The final state of every list, read in one transaction after the faults.
-    let mut last = txns.begin_optimistic().await.unwrap();
-    let mut final_read = Vec::new();
-    for key in 0..APPEND_KEYS {
-        let list = decode_list(last.get(append_key(key)).await.unwrap());
-        final_read.push(MicroOp::Read { key, list });
-    }
-    last.rollback().await.unwrap();
+    // The final state of every list, read in one transaction after the faults (a
+    // chaos run of 2026-12-05 found a lock of an undecided transaction still alive here).
+    let final_read = read_once_unlocked(|| async {
+        let mut last = txns.begin_optimistic().await?;
+        let mut final_read = Vec::new();
+        for key in 0..APPEND_KEYS {
+            let list = decode_list(last.get(append_key(key)).await?);
+            final_read.push(MicroOp::Read { key, list });
+        }
+        last.rollback().await?;
+        Ok(final_read)
+    })
+    .await;
     let mut history = std::mem::take(&mut *txn_history.lock().unwrap());
     let committed = history.iter().filter(|t| t.outcome == Outcome::Committed).count();
     assert!(committed > 20, "only {committed} transactions committed; faults: {faults:?}");
