@@ -248,6 +248,10 @@ async fn zero_config_server_and_cli() {
     assert!(ok && out.contains("6 Region(s)"), "{out}");
     let (ok, out) = cli(&["ctl", "regions", "--key", "greeting"]);
     assert!(ok && out.contains("1 Region(s)") && out.contains("greeting  "), "{out}");
+    let (ok, out) = cli(&["ctl", "split", "s1", "s2", "s3"]);
+    assert!(ok && out.contains("split: new Region"), "several keys in one call: {out}");
+    let (ok, out) = cli(&["ctl", "regions"]);
+    assert!(ok && out.contains("9 Region(s)"), "{out}");
     let (ok, out) = cli(&["kv", "get", "greeting"]);
     assert!(ok && out.contains("hello"), "reads work across the split: {out}");
     let (ok, out) = cli(&["kv", "get", "absent"]);

@@ -49,10 +49,11 @@ enum CtlCommand {
     /// hold the same data (a digest per column family, as TiKV's consistency check
     /// compares). Exits non-zero if any differ.
     CheckConsistency,
-    /// Splits the Region containing KEY so that a Region starts at KEY.
+    /// Splits Regions so that a Region starts at each KEY (one request for all of them).
     Split {
-        /// The split key, as text; with --hex, as hexadecimal bytes.
-        key: String,
+        /// The split keys, as text; with --hex, as hexadecimal bytes.
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
         #[arg(long)]
         hex: bool,
     },
@@ -297,11 +298,14 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             }
             output
         }
-        CtlCommand::Split { key, hex } => {
-            let key = if hex { parse_hex(&key)? } else { key.into_bytes() };
+        CtlCommand::Split { keys, hex } => {
+            let keys = keys
+                .into_iter()
+                .map(|key| if hex { parse_hex(&key) } else { Ok(key.into_bytes()) })
+                .collect::<Result<Vec<_>, _>>()?;
             let request = pdpb::SplitRegionsRequest {
                 header: header(cluster_id),
-                split_keys: vec![key],
+                split_keys: keys,
                 retry_limit: 0,
             };
             let response = pd.split_regions(request).await.map_err(|e| e.to_string())?.into_inner();

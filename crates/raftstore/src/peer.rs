@@ -130,6 +130,9 @@ pub struct Peer {
     /// resets for every follower once per election timeout, so that right after each
     /// reset a healthy group looks unreachable until the next answers arrive.
     pub(crate) heard_ms: HashMap<u64, u64>, // lookups only
+    /// A split proposed by this leader and not yet applied here, by its index: until then
+    /// every commit-index advance is sent to the followers at once.
+    broadcast_commit_until: Option<u64>,
 }
 
 impl Peer {
@@ -165,8 +168,11 @@ impl Peer {
             .map_err(|e| RaftstoreError::InvalidCommand(format!("cannot start raft peer: {e}")))?;
         // No message of its own for every commit-index advance: followers learn it from
         // the next append or heartbeat (as TiKV runs raft-rs). Halves a leader's messages
-        // under load; only followers' apply, which nothing waits on, is later.
-        raw.skip_bcast_commit(true);
+        // under load; only followers' apply, which nothing waits on, is later. Except in the
+        // placement group, whose every replica answers placement questions from its own
+        // state (a client may ask any node where a new Region is) and whose commands are
+        // few.
+        raw.skip_bcast_commit(quiet_commits(region.id));
         // Entries proposed while an append is queued for a follower join that append.
         raw.set_batch_append(true);
         Ok(Peer {
@@ -185,6 +191,7 @@ impl Peer {
             votes_refused_until_ms: 0,
             known_peers: HashMap::new(),
             heard_ms: HashMap::new(),
+            broadcast_commit_until: None,
         })
     }
 
@@ -278,7 +285,22 @@ impl Peer {
             return callback(Err(self.not_leader()));
         }
         let term = self.raw.raft.term;
+        if command.as_ref().is_some_and(|c| c.split.is_some()) {
+            // The followers must apply a split before the new Region's leader can replicate
+            // anything to them: tell them of its commit at once, not at the next heartbeat.
+            self.raw.skip_bcast_commit(false);
+            self.broadcast_commit_until = Some(index);
+        }
         self.proposals.push_back(Proposal { index, term, callback, command, proposed_ms: now_ms });
+    }
+
+    /// Back to learning commits from the next append or heartbeat once the split that
+    /// needed them broadcast is applied here.
+    pub(crate) fn after_apply(&mut self, applied: u64) {
+        if self.broadcast_commit_until.is_some_and(|index| applied >= index) {
+            self.broadcast_commit_until = None;
+            self.raw.skip_bcast_commit(quiet_commits(self.region.id));
+        }
     }
 
     /// Takes the proposal of entry `(index, term)`, which has just been committed and is
@@ -431,4 +453,9 @@ impl Peer {
     pub(crate) fn has_pending_work(&self) -> bool {
         !self.read_batch.is_empty()
     }
+}
+
+/// Whether a group's followers learn of commits only from the next append or heartbeat.
+fn quiet_commits(group_id: u64) -> bool {
+    group_id != crate::META_GROUP_ID
 }

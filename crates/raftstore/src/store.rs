@@ -765,6 +765,7 @@ impl Store {
             let peer = self.peers.get_mut(id).expect("touched peer exists");
             let applied = peer.raw.store().apply_state().applied_index;
             peer.raw.advance_apply_to(applied);
+            peer.after_apply(applied);
             peer.complete_reads(lease_ms);
             if peer.is_leader() && !peer.raw.store().conf_state().voters_outgoing.is_empty() {
                 // Entered a joint configuration: leave it as soon as possible.
@@ -823,15 +824,42 @@ impl Store {
             return Ok(());
         }
         match self.peers.get(&region.id) {
-            // A leader of the new Region reached this store before the split applied here.
+            // A leader or candidate of the new Region reached this store before the split
+            // applied here.
             Some(existing) if !existing.initialized => {
+                let (term, vote) = (existing.raw.raft.term, existing.raw.raft.vote);
+                let same_replica = existing.meta.id == local.id;
                 self.peers.remove(&region.id);
+                if same_replica {
+                    self.keep_vote(region.id, term, vote)?;
+                }
             }
             Some(_) => return Ok(()),
             None => {}
         }
         let conf_state = ConfStateRecord::of_region(&region);
         self.start_peer(region, &conf_state, campaign)?;
+        Ok(())
+    }
+
+    /// Carries the term and vote of a replica that existed before its split applied into
+    /// the replica the split creates (whose Raft state the split wrote afresh, at the
+    /// initial term with no vote). It may have voted in the new Region's first election:
+    /// forgetting that vote would let it vote again in the same term, for another
+    /// candidate, and elect two leaders of one term.
+    fn keep_vote(&mut self, group_id: u64, term: u64, vote: u64) -> Result<(), RaftstoreError> {
+        let key = keys::raft_state_key(group_id);
+        let Some(bytes) = self.engine.get(Cf::RaftState, &key)? else { return Ok(()) };
+        let mut state = crate::state::RaftLocalState::decode(bytes.as_slice())
+            .map_err(|e| RaftstoreError::InvalidCommand(format!("raft state: {e}")))?;
+        if term <= state.term {
+            return Ok(());
+        }
+        state.term = term;
+        state.vote = vote;
+        let mut batch = WriteBatch::new();
+        batch.put(Cf::RaftState, key, state.encode_to_vec());
+        self.engine.write(batch)?;
         Ok(())
     }
 

@@ -69,6 +69,8 @@ struct Cluster {
     events: Vec<(u64, Event)>,
     /// Snapshots delivered to each store.
     snapshots: Vec<usize>,
+    /// `(store, group)`: the group's messages to the store are lost.
+    lost_groups: HashSet<(u64, u64)>,
 }
 
 impl Cluster {
@@ -93,6 +95,7 @@ impl Cluster {
             held: Vec::new(),
             events: Vec::new(),
             snapshots: vec![0; n as usize + 1],
+            lost_groups: HashSet::new(),
         };
         for id in 1..=n {
             cluster.start(id);
@@ -192,6 +195,9 @@ impl Cluster {
     fn deliver(&mut self, from: u64, message: PeerMessage) {
         let to = message.to.store_id;
         let (region, peer) = (message.region_id, message.to.id);
+        if self.lost_groups.contains(&(to, region)) {
+            return;
+        }
         if self.cut.contains(&(from, to)) || self.node(to).store.is_none() {
             if let Some(sender) = self.node(from).store.as_mut() {
                 if message.is_snapshot() {
@@ -748,6 +754,49 @@ fn a_store_partitioned_during_a_split_catches_up() {
             && c.region(lagging).is_some_and(|r| r.end_key == b"m")
     });
     assert_eq!(cluster.value(lagging, b"x"), Some(b"2".to_vec()));
+}
+
+/// A replica that votes in a new Region's first election before it has applied the split
+/// creating the Region (its candidate's request created it, uninitialized) keeps that vote
+/// once the split applies: the split's fresh Raft state must not let it vote again in the
+/// same term for another candidate.
+#[test]
+fn a_vote_cast_before_the_split_applied_is_kept() {
+    use scandium_raftstore::state::RaftLocalState;
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    cluster.put(b"a", b"1").unwrap();
+    let leader = cluster.wait_leader();
+    let lagging = (1..=3).find(|&s| s != leader).unwrap();
+    // The lagging store hears nothing of the parent Region: it cannot apply the split.
+    cluster.lost_groups.insert((lagging, REGION));
+    let region = cluster.region(leader).unwrap();
+    let split = SplitRequest {
+        split_key: b"m".to_vec(),
+        new_region_id: 100,
+        new_peer_ids: vec![101, 102, 103],
+    };
+    cluster.propose_on(leader, RaftCommand::split(&region, split)).unwrap();
+    cluster.tick_until(300, "the new Region has a leader", |c| {
+        (1..=3).any(|s| c.node(s).registry.get(100).is_some_and(|st| st.ready_for_reads))
+    });
+    let raft_state = |c: &mut Cluster| {
+        let key = scandium_raftstore::keys::raft_state_key(100);
+        let bytes = c.node(lagging).engine.get(Cf::RaftState, &key).unwrap().unwrap();
+        RaftLocalState::decode(bytes.as_slice()).unwrap()
+    };
+    let voted = raft_state(&mut cluster);
+    assert_ne!(voted.vote, 0, "the lagging store voted through an uninitialized replica");
+    cluster.lost_groups.clear();
+    cluster.tick_until(300, "the lagging store applies the split", |c| {
+        c.node(lagging).registry.get(100).is_some_and(|st| st.region.start_key == b"m")
+    });
+    cluster.tick(20);
+    let now = raft_state(&mut cluster);
+    assert!(now.term >= voted.term, "{now:?} after {voted:?}");
+    if now.term == voted.term {
+        assert_eq!(now.vote, voted.vote, "the vote of term {} is kept", now.term);
+    }
 }
 
 /// A leader hands its appends to the transport before writing them itself, so followers

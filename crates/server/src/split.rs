@@ -5,18 +5,34 @@
 //! Raft group, and reports both halves to placement in one command before answering, so
 //! that a client asking placement right after sees the new layout, and one asking during
 //! the report sees the old or the new layout, never a gap.
+//!
+//! The new Region is led at once: this node's replica of it campaigns as the split
+//! applies (the raftstore's `start_split_peer`), and the report waits (boundedly) for it to
+//! lead, so that placement names both halves' leaders from the start. Otherwise a request
+//! for the new Region (a client's, or the next split of it asked of another node) would
+//! find no leader until the next heartbeat.
 
 use crate::error::RequestError;
 use crate::identity::Identity;
 use crate::network::{Clients, Directory};
 use crate::placement::Placement;
 use crate::raft_driver::RaftHandle;
+use scandium_placement::RegionReport;
 use scandium_raftstore::{ApplyOutput, RaftCommand, RaftstoreError, Registry, SplitRequest};
 use scandium_types::Region;
 use std::sync::Arc;
 
 /// Attempts per key when a concurrent split changes the Region under us.
 const ATTEMPTS: usize = 5;
+
+/// Split keys one request may name: each is a Raft round and a placement record.
+pub const MAX_SPLIT_KEYS: usize = 10_000;
+
+/// How long a split waits for its new Region's leader before reporting the new Region
+/// without one (its first heartbeat names it then), and how long a split asked of a node
+/// that does not lead the Region waits for placement to learn who does. An election on a
+/// healthy group takes one round trip; this covers an election timeout.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Splits Regions on request: on this node for the Regions it leads, by asking the leader
 /// for the others.
@@ -45,6 +61,12 @@ impl Splitter {
     /// Splits at each key in turn; returns the Regions that now start at the keys. A key
     /// that already is a Region boundary is left as it is.
     pub async fn split_at_keys(&self, mut keys: Vec<Vec<u8>>) -> Result<Vec<Region>, RequestError> {
+        if keys.len() > MAX_SPLIT_KEYS {
+            return Err(RequestError::invalid(format!(
+                "{} split keys in one request; at most {MAX_SPLIT_KEYS}",
+                keys.len()
+            )));
+        }
         keys.sort();
         keys.dedup();
         let mut regions = Vec::with_capacity(keys.len());
@@ -105,7 +127,10 @@ impl Splitter {
             let command = RaftCommand::split(&status.region, request);
             match self.raft.propose_command(status.region.id, command).await {
                 Ok(ApplyOutput::Split { left, right }) => {
-                    self.placement.put_regions(vec![right.clone(), left]).await?;
+                    let shape = RegionReport { region: Some(right.clone()), ..Default::default() };
+                    let reports = vec![shape, self.report(&left)];
+                    self.placement.report_regions(reports).await?;
+                    self.record_leader(&right).await;
                     tracing::info!(region = right.id, key = ?key, "split region");
                     return Ok(right);
                 }
@@ -121,23 +146,73 @@ impl Splitter {
         Err(RequestError::Internal(format!("region of {key:?} kept changing; split not done")))
     }
 
+    /// What placement records of a half of a split: its shape, and its leader if this node
+    /// leads it.
+    fn report(&self, half: &Region) -> RegionReport {
+        let led = self.registry.get(half.id).filter(|s| s.ready_for_reads);
+        let (leader_peer_id, term) = led.map_or((0, 0), |s| (s.peer.id, s.term));
+        RegionReport { region: Some(half.clone()), leader_peer_id, term }
+    }
+
+    /// Waits (up to [`LEADER_WAIT`]) for this node's replica of the new Region to win the
+    /// election it started as the split applied, and records it as the leader unless a
+    /// heartbeat already did. Best effort: the split is done either way, and the leader's
+    /// heartbeats name it later.
+    async fn record_leader(&self, new: &Region) {
+        let deadline = std::time::Instant::now() + LEADER_WAIT;
+        let status = loop {
+            match self.registry.get(new.id) {
+                Some(status) if status.ready_for_reads => break status,
+                _ if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                _ => return,
+            }
+        };
+        let known = self.placement.read().leader_record(new.id);
+        if known.is_some_and(|l| l.term >= status.term) {
+            return;
+        }
+        let report = RegionReport {
+            region: Some(status.region.clone()),
+            leader_peer_id: status.peer.id,
+            term: status.term,
+        };
+        if let Err(e) = self.placement.report_regions(vec![report]).await {
+            tracing::debug!(region = new.id, error = %e, "new region's leader not recorded");
+        }
+    }
+
     /// Asks the node leading the Region of `key` to split it there.
     async fn split_elsewhere(&self, key: &[u8]) -> Result<Region, RequestError> {
-        let (region, leader) = {
-            let placement = self.placement.read();
-            let region = placement
-                .region_by_key(key)
-                .cloned()
-                .ok_or_else(|| RequestError::Internal(format!("no region holds {key:?}")))?;
-            let leader = placement.leader_of(region.id).cloned();
-            (region, leader)
+        let deadline = std::time::Instant::now() + LEADER_WAIT;
+        let leader = loop {
+            let (region, leader) = {
+                let placement = self.placement.read();
+                let region = placement.region_by_key(key).cloned();
+                let leader = region.as_ref().and_then(|r| placement.leader_of(r.id).cloned());
+                (region, leader)
+            };
+            if let Some(region) = region.as_ref().filter(|r| r.start_key == key) {
+                return Ok(region.clone());
+            }
+            match (region, leader.filter(|l| l.store_id != self.identity.store_id)) {
+                (Some(_), Some(leader)) => break leader,
+                // A split's halves or a new Region's leader are not recorded yet.
+                _ if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                (None, _) => {
+                    return Err(RequestError::Internal(format!("no region holds {key:?}")))
+                }
+                (Some(region), None) => {
+                    return Err(RequestError::Internal(format!(
+                        "region {} has no known leader",
+                        region.id
+                    )))
+                }
+            }
         };
-        if region.start_key == key {
-            return Ok(region);
-        }
-        let leader = leader.filter(|l| l.store_id != self.identity.store_id).ok_or_else(|| {
-            RequestError::Internal(format!("region {} has no known leader", region.id))
-        })?;
         let address = self.directory.address(leader.store_id).ok_or_else(|| {
             RequestError::Internal(format!("no address for store {}", leader.store_id))
         })?;

@@ -88,6 +88,27 @@ async fn split_through_the_placement_and_storage_apis() {
     let resp = tikv.split_region(request).await.unwrap().into_inner();
     assert_eq!(resp.regions.len(), 2);
 
+    // Many keys in one request, up to a limit; past it, a clear refusal and no split.
+    let keys: Vec<Vec<u8>> = (0..20).map(|i| format!("t{i:02}").into_bytes()).collect();
+    let resp = pd.split_regions(pdpb::SplitRegionsRequest {
+        split_keys: keys.clone(),
+        ..Default::default()
+    });
+    let resp = resp.await.unwrap().into_inner();
+    assert_eq!(resp.regions_id.len(), 20, "{resp:?}");
+    for key in &keys {
+        assert_eq!(&node.registry().find_by_key(key).unwrap().region.start_key, key);
+    }
+    let too_many = scandium_server::split::MAX_SPLIT_KEYS + 1;
+    let before = node.registry().all().len();
+    let resp = pd.split_regions(pdpb::SplitRegionsRequest {
+        split_keys: (0..too_many).map(|i| format!("u{i:06}").into_bytes()).collect(),
+        ..Default::default()
+    });
+    let error = resp.await.unwrap().into_inner().header.unwrap().error.unwrap();
+    assert!(error.message.contains("at most"), "{error:?}");
+    assert_eq!(node.registry().all().len(), before, "nothing split");
+
     // Splits survive a restart.
     let regions = node.registry().all().len();
     node.stop().await;

@@ -19,8 +19,8 @@ use crate::cluster::{Cluster, Event, Reply};
 use crate::flows::{Purpose, SplitFlow, HEARTBEAT_MS};
 use rand::rngs::StdRng;
 use scandium_placement::{
-    Command, Kind, Now, OperatorStep, RegionHeartbeat, RegionReport, Regions, Reports, Response,
-    StepAction, StoreStateChange,
+    Command, Kind, Now, OperatorStep, RegionHeartbeat, RegionReport, Reports, Response, StepAction,
+    StoreStateChange,
 };
 use scandium_raftstore::{
     ApplyOutput, EncodedCommand, PeerChange, RaftCommand, RaftstoreError, RegionStatus,
@@ -296,19 +296,28 @@ impl Cluster {
         self.pump(node, rng);
     }
 
-    /// A split was applied (or refused): both halves go to placement in one command.
+    /// A split was applied (or refused): both halves go to placement in one command, the
+    /// left one with its leader if the node still leads it (as the server's `split.rs`
+    /// reports them; the new Region's leader is learnt from its first heartbeat here).
     pub(crate) fn on_split(
         &mut self,
         split: u64,
         result: Result<ApplyOutput, RaftstoreError>,
         rng: &mut StdRng,
     ) {
-        let Some(_flow) = self.splits.remove(&split) else { return };
+        let Some(flow) = self.splits.remove(&split) else { return };
         let Ok(ApplyOutput::Split { left, right }) = result else { return };
         self.splits_done += 1;
+        let led = self.nodes[flow.node as usize - 1].registry.get(left.id);
+        let led = led.filter(|s| s.ready_for_reads);
+        let (leader_peer_id, term) = led.map_or((0, 0), |s| (s.peer.id, s.term));
         if let Some(placement) = self.placement_leader() {
-            let regions = Kind::PutRegions(Regions { regions: vec![right, left] });
-            self.propose_placement(placement, regions, Purpose::Record, rng);
+            let reports = vec![
+                RegionReport { region: Some(right), ..Default::default() },
+                RegionReport { region: Some(left), leader_peer_id, term },
+            ];
+            let reports = Kind::ReportRegions(Reports { reports });
+            self.propose_placement(placement, reports, Purpose::Record, rng);
         }
     }
 

@@ -20,7 +20,7 @@ fn a_seed_replays_byte_for_byte() {
     let second = run(7, &config);
     assert!(first.history.len() > 100, "the run did something: {} operations", first.history.len());
     assert!(first.timestamps.len() > 100, "timestamps were asked for");
-    assert!(committed(&first) > 50, "transactions committed: {}", committed(&first));
+    assert!(committed(&first) > 30, "transactions committed: {}", committed(&first));
     assert_eq!(first.faults, second.faults);
     assert_eq!(first.history_text(), second.history_text());
     assert_eq!(first.messages, second.messages);
@@ -129,11 +129,12 @@ fn async_commit_without_max_ts_sync_is_caught() {
     // A new leader that does not raise max_ts before an async-commit or 1PC prewrite may
     // commit below a snapshot the old leader served without the transaction's locks: a
     // later transaction reading at that snapshot overwrites the list without its append.
-    // Seeds 149 and 151 are the two of 0..400 that catch it since a Down store stopped
-    // costing voters (113 and 151 before that, 62 and 71 before the runs split Regions);
-    // with the sync, none fails.
+    // Seeds 13 and 32 are the first two of the five of 0..400 that catch it since splits
+    // tell followers of their commit at once (149 and 151 before, 113 and 151 before a
+    // Down store stopped costing voters, 62 and 71 before the runs split Regions); with
+    // the sync, none fails.
     let config = RunConfig { unsafe_max_ts: true, ..RunConfig::default() };
-    for seed in [149, 151] {
+    for seed in [13, 32] {
         assert!(!run(seed, &config).anomalies.is_empty(), "seed {seed} missed the broken max_ts");
         assert!(run(seed, &RunConfig::default()).anomalies.is_empty(), "seed {seed}");
     }
@@ -156,15 +157,16 @@ fn a_control_plane_that_forgets_liveness_is_caught() {
     // A new placement leader that forgets when stores were last heard from counts a store
     // it never heard as never seen, not down: a node lost for good before the leader
     // changed keeps its replicas for ever, and the cluster never settles with three on
-    // the nodes that remain. Seed 19 loses node 3 at 6.4 s (15 of seeds 0..100 catch it).
+    // the nodes that remain. Seed 9 is the first of 19 in 0..100 that catch it since
+    // splits tell followers of their commit at once (seed 19 before).
     let config = RunConfig { unsafe_liveness: true, ..RunConfig::default() };
-    let report = run(19, &config);
+    let report = run(9, &config);
     assert!(
         report.anomalies.iter().any(|a| a.contains("did not settle")),
-        "seed 19 missed the forgotten liveness: {:?}",
+        "seed 9 missed the forgotten liveness: {:?}",
         report.anomalies
     );
-    assert!(run(19, &RunConfig::default()).anomalies.is_empty(), "seed 19");
+    assert!(run(9, &RunConfig::default()).anomalies.is_empty(), "seed 9");
 }
 
 #[test]

@@ -607,3 +607,38 @@ async fn a_graceful_stop_hands_leadership_away_first() {
     eprintln!("20 writes during a graceful stop took {:?}", started.elapsed());
     cluster.shutdown().await;
 }
+
+/// Back-to-back splits, each of the Region the previous one created, asked of a node that
+/// leads none of them, with the default election timeout: a new Region is led at once
+/// (the parent's leader's replica campaigns as the split applies) and placement learns its
+/// leader at once, so no split is refused for want of a leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_splits_of_new_regions_all_succeed() {
+    let cluster = Cluster::start_with(3, |settings| {
+        let defaults = scandium_server::Config::default();
+        settings.raft_tick_ms = defaults.raft_tick_ms;
+        settings.election_ticks = defaults.election_ticks;
+        settings.max_election_ticks = defaults.max_election_ticks;
+    })
+    .await;
+    let region = cluster.region_of(b"s");
+    let leader = cluster.wait_leader(region, Duration::from_secs(10)).await;
+    let asker = (0..3).find(|&i| i != leader).unwrap();
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    for i in 0..20 {
+        let key = format!("s{i:02}");
+        if let Err(e) = cluster.node(asker).splitter().split_at(k(&key)).await {
+            failures.push(format!("{key}: {e}"));
+        }
+    }
+    println!("20 splits in {:?}", started.elapsed());
+    assert!(failures.is_empty(), "failed splits: {failures:?}");
+    for i in 0..20 {
+        let key = format!("s{i:02}");
+        let id = cluster.region_of(key.as_bytes());
+        let node = cluster.node(asker).placement().read();
+        assert_eq!(node.region(id).unwrap().start_key, k(&key), "a Region starts at {key}");
+    }
+    cluster.shutdown().await;
+}
