@@ -143,13 +143,13 @@ fn async_commit_without_max_ts_sync_is_caught() {
 #[test]
 fn a_compare_and_swap_without_a_linearizable_read_is_caught() {
     // As the server ran it before 2026-12-03: a failed swap is answered from the node's
-    // state without a lease or a ReadIndex round. Seed 284 is the first of 0..535 that
-    // catches it since a Down store stopped costing voters (the window is a request
-    // served by a paused leader as it resumes); seed 633 found it first, then 507, 836
-    // and 145 as the runs changed.
+    // state without a lease or a ReadIndex round. Seed 1315 is the only one of 0..2600
+    // that catches it since new Regions are led at once (the window is a request served
+    // by a paused leader as it resumes, and fewer leaderless moments leave fewer of
+    // them); seed 633 found it first, then 507, 836, 145 and 284 as the runs changed.
     let config = RunConfig { unsafe_cas: true, ..RunConfig::default() };
-    assert!(!run(284, &config).anomalies.is_empty(), "seed 284 missed the stale swap");
-    assert!(run(284, &RunConfig::default()).anomalies.is_empty(), "seed 284");
+    assert!(!run(1315, &config).anomalies.is_empty(), "seed 1315 missed the stale swap");
+    assert!(run(1315, &RunConfig::default()).anomalies.is_empty(), "seed 1315");
 }
 
 #[test]
