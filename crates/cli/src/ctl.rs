@@ -98,6 +98,35 @@ fn show(key: &[u8], empty: &str) -> String {
     }
 }
 
+/// Bytes in the largest unit that keeps them at least 1.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
+}
+
+/// Each Region's approximate bytes and keys, as the node's HTTP API shows what the
+/// placement leader last heard (empty if it cannot be asked).
+async fn region_sizes(pd: &str) -> BTreeMap<u64, (u64, u64)> {
+    let url = format!("http://{}/pd/api/v1/regions", pd.trim_start_matches("http://"));
+    let Some(reply) = crate::bench::get_json(&url).await else { return BTreeMap::new() };
+    let regions = reply["regions"].as_array().into_iter().flatten();
+    regions
+        .filter_map(|r| {
+            let size = r["approximate_size_bytes"].as_u64()?;
+            Some((r["id"].as_u64()?, (size, r["approximate_keys"].as_u64()?)))
+        })
+        .collect()
+}
+
 fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
     if !text.len().is_multiple_of(2) {
         return Err("hex key needs an even number of digits".into());
@@ -137,6 +166,7 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             if let (Some(key), true) = (&wanted, regions.is_empty()) {
                 return Err(format!("no Region holds key {}", key.escape_ascii()));
             }
+            let sizes = region_sizes(&args.pd).await;
             let rows = regions.iter().map(|r| {
                 let peers: Vec<String> =
                     r.peers.iter().map(|(id, store)| format!("{id}@{store}")).collect();
@@ -147,10 +177,13 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                     r.leader_store.map_or("none".into(), |s| format!("store {s}")),
                     peers.join(" "),
                     format!("{}/{}", r.conf_ver, r.version),
+                    sizes.get(&r.id).map_or("?".into(), |(bytes, _)| human_bytes(*bytes)),
+                    sizes.get(&r.id).map_or("?".into(), |(_, keys)| keys.to_string()),
                 ]
             });
-            let text = table(&["ID", "START", "END", "LEADER", "PEERS (id@store)", "EPOCH"], rows)
-                + &format!("{} Region(s)\n", regions.len());
+            let header =
+                ["ID", "START", "END", "LEADER", "PEERS (id@store)", "EPOCH", "SIZE", "KEYS"];
+            let text = table(&header, rows) + &format!("{} Region(s)\n", regions.len());
             let regions: Vec<_> = regions
                 .iter()
                 .map(|r| {
@@ -161,6 +194,8 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                         "epoch": { "conf_ver": r.conf_ver, "version": r.version },
                         "peers": r.peers.iter().map(|(id, store)| json!({ "id": id, "store_id": store })).collect::<Vec<_>>(),
                         "leader": r.leader_peer,
+                        "approximate_size_bytes": sizes.get(&r.id).map(|s| s.0),
+                        "approximate_keys": sizes.get(&r.id).map(|s| s.1),
                     })
                 })
                 .collect();

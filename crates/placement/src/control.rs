@@ -66,6 +66,29 @@ pub struct RegionHeartbeat {
     pub report: RegionReport,
     /// Peers that are behind (learners not caught up, lagging voters).
     pub pending: Vec<PeerId>,
+    /// The Region's size and traffic.
+    pub load: RegionLoad,
+}
+
+/// A Region's size and traffic as its leader last reported them (PD's approximate size
+/// and keys, and bytes and keys written and read). Kept in memory by the placement leader
+/// only: a new leader has them again within one heartbeat interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegionLoad {
+    /// Bytes of the Region's records.
+    pub approximate_size: u64,
+    /// The Region's user records (raw keys, versions of transactional keys).
+    pub approximate_keys: u64,
+    /// Bytes written over the last `interval_ms`.
+    pub written_bytes: u64,
+    /// User records written over the last `interval_ms`.
+    pub written_keys: u64,
+    /// Bytes read over the last `interval_ms`.
+    pub read_bytes: u64,
+    /// Records read over the last `interval_ms`.
+    pub read_keys: u64,
+    /// How long the traffic figures cover, in milliseconds (0: none yet).
+    pub interval_ms: u64,
 }
 
 /// What the driver must do with a batch of Region heartbeats.
@@ -112,6 +135,8 @@ pub struct ControlPlane {
     counts: OperatorCounts,
     /// The placement group's own operator waits for an id.
     meta_needs_id: bool,
+    /// The Regions' size and traffic, as their leaders last reported them.
+    loads: BTreeMap<RegionId, RegionLoad>,
     /// Deliberately broken (the simulator proves its checks catch it): a new leader
     /// forgets the recorded heartbeats and counts stores it has not heard from as never
     /// seen, so a store that died before the change is never marked down.
@@ -147,6 +172,7 @@ impl ControlPlane {
             ids: BTreeMap::new(),
             counts: OperatorCounts::default(),
             meta_needs_id: false,
+            loads: BTreeMap::new(),
             forget_liveness: false,
         }
     }
@@ -171,6 +197,7 @@ impl ControlPlane {
     /// monotonic clock), operators start afresh.
     pub fn take_over(&mut self, term: u64, state: &PlacementState, now: Now) {
         self.term = Some(term);
+        self.loads.clear();
         self.operators.clear();
         self.meta_operator = None;
         self.forget_ids();
@@ -199,6 +226,7 @@ impl ControlPlane {
         self.forget_ids();
         self.heard.clear();
         self.unrecorded.clear();
+        self.loads.clear();
     }
 
     /// Ids supplied in an earlier term are not used in a later one: another leader may
@@ -218,6 +246,13 @@ impl ControlPlane {
     /// The stores' liveness as of `now`.
     pub fn liveness(&self, now: Now) -> Liveness {
         Liveness { last_heartbeat_ms: self.heard.clone(), now_ms: now.monotonic_ms }
+    }
+
+    /// The Regions' size and traffic, as their leaders last reported them to this
+    /// placement leader (none unless it leads). A Region that split or merged since may
+    /// linger until its next heartbeat: look up the Regions placement records.
+    pub fn loads(&self) -> &BTreeMap<RegionId, RegionLoad> {
+        &self.loads
     }
 
     /// Operators started and ended under this leader.
@@ -274,6 +309,7 @@ impl ControlPlane {
             {
                 intake.changed.push(report.clone());
             }
+            self.loads.insert(region.id, heartbeat.load);
             let pending = heartbeat.pending.clone();
             let health = RegionHealth { leader: report.leader_peer_id, pending };
             let operator = self.operators.remove(&region.id);

@@ -26,7 +26,9 @@ pub use command::{
     Command, Kind, RegionReport, Regions, Reports, Response, ResponseRecord, StoreSeen,
     StoreStateChange, StoresSeen,
 };
-pub use control::{ControlConfig, ControlPlane, Intake, Now, OperatorCounts, RegionHeartbeat};
+pub use control::{
+    ControlConfig, ControlPlane, Intake, Now, OperatorCounts, RegionHeartbeat, RegionLoad,
+};
 pub use operator::{OperatorStep, StepAction};
 pub use state::{ApplyError, KeyspaceMeta, PlacementState};
 pub use tso::{Allocation, LeaderTso, TsoAllocator, TsoError};

@@ -2,6 +2,7 @@
 
 use crate::command::{cf_from_code, RaftCommand};
 use crate::error::RaftstoreError;
+use crate::stats::Footprint;
 use scandium_storage::{Cf, WriteBatch};
 use scandium_types::mvcc::split_versioned_key;
 use scandium_types::{Peer, Region};
@@ -10,7 +11,7 @@ use std::borrow::Cow;
 /// What applying one command did.
 pub(crate) enum Applied {
     /// The writes were added to the batch.
-    Written,
+    Written(Footprint),
     /// The Region was split; the left part keeps the id.
     Split {
         /// The original Region, now ending at the split key.
@@ -45,6 +46,7 @@ fn apply_writes(
     batch: &mut WriteBatch,
 ) -> Result<Applied, RaftstoreError> {
     let mut writes = WriteBatch::new();
+    let mut footprint = Footprint::default();
     for op in command.writes {
         let cf = cf_from_code(op.cf).ok_or_else(|| {
             RaftstoreError::InvalidCommand(format!("unknown column family {}", op.cf))
@@ -61,13 +63,15 @@ fn apply_writes(
             });
         }
         if op.delete {
+            footprint.delete(cf, &op.key);
             writes.delete(cf, op.key);
         } else {
+            footprint.put(cf, &op.key, &op.value);
             writes.put(cf, op.key, op.value);
         }
     }
     batch.extend(writes);
-    Ok(Applied::Written)
+    Ok(Applied::Written(footprint))
 }
 
 /// The key that decides which Region a record belongs to: the user key inside a versioned
@@ -159,7 +163,7 @@ mod tests {
         batch.put(Cf::Raw, b"c".to_vec(), b"v".to_vec());
         let mut out = WriteBatch::new();
         let applied = apply_command(&region(), RaftCommand::write(&region(), batch), &mut out);
-        assert!(matches!(applied, Ok(Applied::Written)));
+        assert!(matches!(applied, Ok(Applied::Written(_))));
         assert_eq!(out.len(), 1);
     }
 
@@ -187,7 +191,7 @@ mod tests {
             apply_command(&region(), RaftCommand::write(&region(), batch), &mut WriteBatch::new())
         };
         let inside = scandium_types::mvcc::versioned_key(b"c", scandium_types::TimeStamp(9));
-        assert!(matches!(apply(Cf::Write, inside), Ok(Applied::Written)));
+        assert!(matches!(apply(Cf::Write, inside), Ok(Applied::Written(_))));
         let outside = scandium_types::mvcc::versioned_key(b"x", scandium_types::TimeStamp(9));
         assert!(
             matches!(apply(Cf::Default, outside), Err(RaftstoreError::KeyNotInRegion { key, .. }) if key == b"x")

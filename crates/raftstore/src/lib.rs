@@ -33,6 +33,7 @@ pub mod peer;
 pub mod registry;
 pub mod snapshot;
 pub mod state;
+pub mod stats;
 pub mod storage;
 pub mod store;
 
@@ -43,6 +44,7 @@ pub use message::PeerMessage;
 pub use peer::{RaftConfig, ReadCallback};
 pub use registry::{GroupStatus, Led, RegionStatus, Registry};
 pub use snapshot::{SnapshotData, SnapshotSources};
+pub use stats::{measure, Measurement, RegionStats, SplitPolicy};
 pub use store::{Event, RoundOutput, StepError, Store};
 
 use scandium_storage::{EngineRef, WriteBatch};

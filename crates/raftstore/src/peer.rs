@@ -133,6 +133,8 @@ pub struct Peer {
     /// A split proposed by this leader and not yet applied here, by its index: until then
     /// every commit-index advance is sent to the followers at once.
     broadcast_commit_until: Option<u64>,
+    /// The Region's size and write traffic as this replica applied it.
+    pub(crate) stats: crate::stats::RegionStats,
 }
 
 impl Peer {
@@ -192,6 +194,7 @@ impl Peer {
             known_peers: HashMap::new(),
             heard_ms: HashMap::new(),
             broadcast_commit_until: None,
+            stats: crate::stats::RegionStats::default(),
         })
     }
 

@@ -36,6 +36,8 @@ pub struct RegionStatus {
     pub pending_peers: Vec<Peer>,
     /// For a leader: peers it has not heard from within an election timeout.
     pub down_peers: Vec<Peer>,
+    /// The Region's size and write traffic as the local replica applied them.
+    pub stats: crate::stats::RegionStats,
 }
 
 impl RegionStatus {

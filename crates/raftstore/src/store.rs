@@ -27,6 +27,7 @@ use crate::peer::{Peer, RaftConfig, ReadCallback};
 use crate::registry::{GroupStatus, RegionStatus, Registry};
 use crate::snapshot::{self, SnapshotData, SnapshotHeader, SnapshotSources};
 use crate::state::{ConfStateRecord, PeerState, RegionLocalState};
+use crate::stats::RegionStats;
 use crate::storage::{PeerStorage, StorageContext};
 use crate::{ApplyObserver, ApplyOutput, Callback, MetaStateMachine, NoObserver, META_GROUP_ID};
 use prost::Message as _;
@@ -736,7 +737,9 @@ impl Store {
                 };
                 match &result {
                     Ok(ApplyOutput::Split { left, right }) => {
-                        new_regions.push((right.clone(), peer.is_leader()));
+                        let (kept, given) = peer.stats.split();
+                        peer.stats = kept;
+                        new_regions.push((right.clone(), peer.is_leader(), given));
                         events.push(Event::RegionChanged(left.clone()));
                     }
                     Ok(ApplyOutput::ConfChanged(region)) => {
@@ -783,9 +786,9 @@ impl Store {
         for id in removed {
             self.destroy_peer(id)?;
         }
-        for (region, campaign) in new_regions {
+        for (region, campaign, stats) in new_regions {
             let id = region.id;
-            self.start_split_peer(region, campaign)?;
+            self.start_split_peer(region, campaign, stats)?;
             touched.push(id);
         }
         for id in touched {
@@ -813,12 +816,27 @@ impl Store {
             self.meta.restore(&self.engine);
         } else {
             self.observer.on_replaced(&region);
+            if let Some(peer) = self.peers.get_mut(&region.id) {
+                // Whatever was counted is gone: measure the data the snapshot brought.
+                let written = peer.stats;
+                peer.stats = RegionStats {
+                    measured: false,
+                    approximate_size: 0,
+                    approximate_keys: 0,
+                    ..written
+                };
+            }
         }
         tracing::info!(group = region.id, "installed a snapshot");
         self.events.push(Event::RegionChanged(region));
     }
 
-    fn start_split_peer(&mut self, region: Region, campaign: bool) -> Result<(), RaftstoreError> {
+    fn start_split_peer(
+        &mut self,
+        region: Region,
+        campaign: bool,
+        stats: RegionStats,
+    ) -> Result<(), RaftstoreError> {
         let Some(local) = region.peer_on_store(self.store_id).cloned() else { return Ok(()) };
         if self.tombstones.get(&region.id).is_some_and(|&removed| removed >= local.id) {
             return Ok(());
@@ -838,7 +856,9 @@ impl Store {
             None => {}
         }
         let conf_state = ConfStateRecord::of_region(&region);
-        self.start_peer(region, &conf_state, campaign)?;
+        if let Some(peer) = self.start_peer(region, &conf_state, campaign)? {
+            peer.stats = stats;
+        }
         Ok(())
     }
 
@@ -913,6 +933,42 @@ impl Store {
     pub fn status(&self, id: u64) -> Option<RegionStatus> {
         let (config, now) = (&self.config, self.now_ms);
         self.peers.get(&id).filter(|p| p.initialized).map(|p| status_of(p, config, now))
+    }
+
+    /// The Regions led here that are due for a measurement (see [`crate::stats`]), each
+    /// with its figures now (the mark to correct against), and one view of the engine
+    /// consistent with those figures: every round's writes are in the engine, and its
+    /// figures counted, before the next begins.
+    pub fn due_for_measuring(
+        &self,
+        policy: &crate::stats::SplitPolicy,
+    ) -> (Vec<(Region, RegionStats)>, Box<dyn scandium_storage::Snapshot>) {
+        let due = self
+            .peers
+            .values()
+            .filter(|p| p.initialized && p.region.id != META_GROUP_ID && p.is_leader())
+            .filter(|p| p.stats.wants_measuring(policy))
+            .map(|p| (p.region.clone(), p.stats))
+            .collect();
+        (due, self.engine.snapshot())
+    }
+
+    /// Corrects a Region's figures with a measurement of `region` taken when they were
+    /// `mark`. Ignored if the Region changed shape since (a split: its halves are measured
+    /// afresh) or the replica is gone.
+    pub fn record_measurement(
+        &mut self,
+        region: &Region,
+        mark: &RegionStats,
+        size: u64,
+        keys: u64,
+    ) {
+        let Some(peer) = self.peers.get_mut(&region.id) else { return };
+        if peer.region.version != region.version || !peer.initialized {
+            return;
+        }
+        peer.stats.correct(mark, size, keys);
+        self.publish(region.id);
     }
 
     /// A consistent view of the engine as of the last round: every group's applied state.
@@ -991,6 +1047,7 @@ fn status_of(peer: &Peer, config: &RaftConfig, now_ms: u64) -> RegionStatus {
         lease_until_ms: peer.lease_until_ms(),
         pending_peers,
         down_peers,
+        stats: peer.stats,
     }
 }
 
@@ -1186,7 +1243,10 @@ fn apply_entry(
         fail::fail_point!(&format!("apply_split_{}", peer.meta.store_id));
     }
     match apply_command(&peer.region, command, batch)? {
-        Applied::Written => Ok(Outcome::Data(kept)),
+        Applied::Written(footprint) => {
+            peer.stats.apply(&footprint);
+            Ok(Outcome::Data(kept))
+        }
         Applied::Split { left, right } => {
             let conf_state = ConfStateRecord::from(peer.raw.store().conf_state());
             write_region_state(batch, &left, &conf_state);

@@ -20,6 +20,7 @@
 
 use crate::disk::DiskSpace;
 use crate::error::{store_not_match, RequestError};
+use crate::flow::ReadFlow;
 use crate::identity::Identity;
 use crate::network::{Clients, Directory};
 use crate::placement::Placement;
@@ -219,6 +220,7 @@ pub struct Storage {
     placement: Arc<Placement>,
     directory: Arc<Directory>,
     clients: Arc<Clients>,
+    reads: Arc<ReadFlow>,
 }
 
 /// What [`Storage`] is built from.
@@ -242,6 +244,8 @@ pub struct StorageParts {
     pub directory: Arc<Directory>,
     /// Channels to other nodes.
     pub clients: Arc<Clients>,
+    /// Reads served, per Region (for heartbeats).
+    pub reads: Arc<ReadFlow>,
 }
 
 /// A request's context and the API version it speaks: a request without a context, or
@@ -269,8 +273,35 @@ impl Storage {
             placement,
             directory,
             clients,
+            reads,
         } = parts;
-        Storage { identity, txn, wakers, registry, raft, disk, placement, directory, clients }
+        Storage {
+            identity,
+            txn,
+            wakers,
+            registry,
+            raft,
+            disk,
+            placement,
+            directory,
+            clients,
+            reads,
+        }
+    }
+
+    /// Counts a read of the Region `context` names, for its traffic in heartbeats.
+    pub fn count_read<'a>(
+        &self,
+        context: Option<&kvrpcpb::Context>,
+        pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) {
+        let Some(context) = context else { return };
+        let (mut keys, mut bytes) = (0, 0);
+        for (key, value) in pairs {
+            keys += 1;
+            bytes += (key.len() + value.len()) as u64;
+        }
+        self.reads.record(context.region_id, keys, bytes);
     }
 
     /// The node's transactional state.

@@ -67,6 +67,19 @@ pub struct Config {
     /// Free space, in bytes, below which writes that add data are refused, so that Raft's
     /// own writes never meet a full disk (see `disk`); 0 turns the guard off.
     pub reserve_space_bytes: u64,
+    /// Bytes of each Region an automatic split leaves (see `docs/architecture/split.md`
+    /// for the defaults' reasons).
+    pub region_split_size: u64,
+    /// Bytes past which a Region is split.
+    pub region_max_size: u64,
+    /// User records (raw keys, versions of transactional keys) of each Region an
+    /// automatic split leaves.
+    pub region_split_keys: u64,
+    /// User records past which a Region is split.
+    pub region_max_keys: u64,
+    /// Milliseconds between checks of the Regions led here for a split (a check reads
+    /// only Regions written to since their last one).
+    pub split_check_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -96,6 +109,11 @@ impl Default for Config {
             latch_slots: 4096,
             newest_cache_bytes: 32 << 20,
             reserve_space_bytes: 100 << 20,
+            region_split_size: 64 << 20,
+            region_max_size: 96 << 20,
+            region_split_keys: 640_000,
+            region_max_keys: 960_000,
+            split_check_interval_ms: 10_000,
         }
     }
 }
@@ -223,7 +241,32 @@ impl Config {
         in_range("memtable_size_bytes", self.memtable_size_bytes, MIB, GIB)?;
         in_range("latch_slots", self.latch_slots as u64, 1, 1 << 24)?;
         in_range("newest_cache_bytes", self.newest_cache_bytes, 0, 64 * GIB)?;
+        in_range("region_split_size", self.region_split_size, 4 * KIB, 64 * GIB)?;
+        in_range(
+            "region_max_size",
+            self.region_max_size,
+            self.region_split_size,
+            self.max_snapshot_bytes,
+        )
+        .map_err(|e| {
+            e.because("it must be at least region_split_size, and a Region must fit in a snapshot (max_snapshot_bytes)")
+        })?;
+        in_range("region_split_keys", self.region_split_keys, 16, 1 << 40)?;
+        in_range("region_max_keys", self.region_max_keys, self.region_split_keys, 1 << 40)
+            .map_err(|e| e.because("it must be at least region_split_keys"))?;
+        in_range("split_check_interval_ms", self.split_check_interval_ms, 10, 3_600_000)?;
         Ok(())
+    }
+
+    /// When and where Regions are split by size.
+    pub fn split_policy(&self) -> scandium_raftstore::SplitPolicy {
+        scandium_raftstore::SplitPolicy {
+            split_size: self.region_split_size,
+            max_size: self.region_max_size,
+            split_keys: self.region_split_keys,
+            max_keys: self.region_max_keys,
+            max_split_keys: crate::split_check::MAX_SPLIT_KEYS_PER_CHECK,
+        }
     }
 
     /// Duration of one Raft tick.
@@ -286,6 +329,12 @@ mod tests {
             ("memtable_size_bytes", |c| c.memtable_size_bytes = 10),
             ("latch_slots", |c| c.latch_slots = 0),
             ("newest_cache_bytes", |c| c.newest_cache_bytes = u64::MAX),
+            ("region_split_size", |c| c.region_split_size = 1),
+            ("region_max_size", |c| c.region_max_size = c.region_split_size - 1),
+            ("region_max_size", |c| c.region_max_size = c.max_snapshot_bytes + 1),
+            ("region_split_keys", |c| c.region_split_keys = 0),
+            ("region_max_keys", |c| c.region_max_keys = c.region_split_keys - 1),
+            ("split_check_interval_ms", |c| c.split_check_interval_ms = 0),
         ];
         Config::default().validate().expect("the defaults are valid");
         for (name, spoil) in bad {

@@ -2,7 +2,8 @@
 //!
 //! Every node sends one heartbeat a second (and at once after a leadership or Region
 //! change here) to the placement leader: its store, and the Regions it leads (shape,
-//! leader, term, lagging peers). The placement leader hands them to its
+//! leader, term, lagging peers, size and the bytes and keys written and read since the
+//! last heartbeat). The placement leader hands them to its
 //! [`ControlPlane`], records in the placement group's log what changed (in one
 //! `ReportRegions`), allocates ids for new replicas when it runs low, and answers with the
 //! operator steps for the sender's Regions, which the sender carries out as membership
@@ -12,6 +13,7 @@
 //! stores retired).
 
 use crate::error::RequestError;
+use crate::flow::ReadFlow;
 use crate::identity::Identity;
 use crate::network::Clients;
 use crate::placement::Placement;
@@ -19,11 +21,15 @@ use crate::raft_driver::RaftHandle;
 use crate::tasks::Tasks;
 use prost::Message as _;
 use scandium_placement::{
-    ControlPlane, Kind, Now, OperatorStep, RegionHeartbeat as Heartbeat, RegionReport, StepAction,
+    ControlPlane, Kind, Now, OperatorStep, RegionHeartbeat as Heartbeat, RegionLoad, RegionReport,
+    StepAction,
 };
-use scandium_protocol::scandium::{HeartbeatRequest, Operator, RegionHeartbeat, StoreLiveness};
+use scandium_protocol::scandium::{
+    self as wire, HeartbeatRequest, Operator, RegionHeartbeat, RegionLoadsRequest, StoreLiveness,
+};
 use scandium_raftstore::{PeerChange, RegionStatus, Registry, META_GROUP_ID};
 use scandium_types::{Peer, RegionEpoch};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -46,6 +52,16 @@ pub struct Control {
     clients: Arc<Clients>,
     tasks: Tasks,
     beat_now: Arc<Notify>,
+    reads: Arc<ReadFlow>,
+    /// What the last heartbeat reported, to send differences.
+    traffic: Mutex<Traffic>,
+}
+
+/// The write counters of the Regions led here at the last heartbeat, and when it was.
+#[derive(Default)]
+struct Traffic {
+    at_ms: u64,
+    written: HashMap<u64, (u64, u64)>, // lookups only
 }
 
 /// What [`Control`] is built from.
@@ -64,6 +80,8 @@ pub struct ControlParts {
     pub tasks: Tasks,
     /// Notified to send a heartbeat now (leadership or a Region changed here).
     pub beat_now: Arc<Notify>,
+    /// Reads served here per Region, taken by each heartbeat.
+    pub reads: Arc<ReadFlow>,
 }
 
 /// The placement leader's clocks.
@@ -74,7 +92,8 @@ fn now() -> Now {
 impl Control {
     /// The control plane of this node, judging by `plane`'s settings.
     pub fn new(plane: ControlPlane, parts: ControlParts) -> Control {
-        let ControlParts { identity, placement, registry, raft, clients, tasks, beat_now } = parts;
+        let ControlParts { identity, placement, registry, raft, clients, tasks, beat_now, reads } =
+            parts;
         Control {
             plane: Mutex::new(plane),
             identity,
@@ -84,6 +103,8 @@ impl Control {
             clients,
             tasks,
             beat_now,
+            reads,
+            traffic: Mutex::new(Traffic::default()),
         }
     }
 
@@ -112,14 +133,16 @@ impl Control {
 
     /// One heartbeat: report the Regions led here, carry out the answer.
     pub async fn beat(self: &Arc<Self>) -> Result<(), RequestError> {
-        let regions: Vec<RegionHeartbeat> = self
-            .registry
-            .all()
-            .into_iter()
-            .filter(|s| s.ready_for_reads)
-            .map(|status| RegionHeartbeat {
-                report: report_of(&status).encode_to_vec(),
+        let led: Vec<RegionStatus> =
+            self.registry.all().into_iter().filter(|s| s.ready_for_reads).collect();
+        let loads = self.loads_since_last_beat(&led);
+        let regions: Vec<RegionHeartbeat> = led
+            .iter()
+            .zip(loads)
+            .map(|(status, load)| RegionHeartbeat {
+                report: report_of(status).encode_to_vec(),
                 pending_peers: status.pending_peers.iter().map(|p| p.id).collect(),
+                load: Some(wire_load(0, &load)),
             })
             .collect();
         let request = HeartbeatRequest {
@@ -161,6 +184,76 @@ impl Control {
         Ok(())
     }
 
+    /// Each led Region's size, and what was written to and read from it since the last
+    /// heartbeat (a Region that changed leader or split here counts from now).
+    fn loads_since_last_beat(&self, led: &[RegionStatus]) -> Vec<RegionLoad> {
+        let now_ms = crate::clock::monotonic_ms();
+        let mut reads = self.reads.take();
+        let mut traffic = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
+        let interval_ms = now_ms.saturating_sub(traffic.at_ms);
+        let mut written = HashMap::with_capacity(led.len());
+        let loads = led
+            .iter()
+            .map(|status| {
+                let stats = &status.stats;
+                let id = status.region.id;
+                let counters = (stats.written_bytes, stats.written_keys);
+                written.insert(id, counters);
+                let (written_bytes, written_keys) = match traffic.written.get(&id) {
+                    Some(&(bytes, keys)) if traffic.at_ms > 0 => {
+                        (counters.0.saturating_sub(bytes), counters.1.saturating_sub(keys))
+                    }
+                    _ => (0, 0),
+                };
+                let (read_keys, read_bytes) = reads.remove(&id).unwrap_or_default();
+                RegionLoad {
+                    approximate_size: stats.approximate_size,
+                    approximate_keys: stats.approximate_keys,
+                    written_bytes,
+                    written_keys,
+                    read_bytes,
+                    read_keys,
+                    interval_ms: if traffic.at_ms > 0 { interval_ms } else { 0 },
+                }
+            })
+            .collect();
+        *traffic = Traffic { at_ms: now_ms, written };
+        loads
+    }
+
+    /// Reads served here.
+    pub fn reads(&self) -> &ReadFlow {
+        &self.reads
+    }
+
+    /// The Regions' size and traffic as the placement leader knows them: from this
+    /// node's control plane if it leads, else asked of the leader (empty if it cannot be
+    /// reached).
+    pub async fn region_loads(&self) -> BTreeMap<u64, RegionLoad> {
+        if self.placement.is_serving() {
+            return self.lock().loads().clone();
+        }
+        let Some(address) = self.placement.leader_address() else { return BTreeMap::new() };
+        let Ok(mut client) = self.clients.cluster(&address) else { return BTreeMap::new() };
+        let request = RegionLoadsRequest { cluster_id: self.identity.cluster_id };
+        let call = tokio::time::timeout(Duration::from_secs(2), client.region_loads(request));
+        match call.await {
+            Ok(Ok(reply)) => {
+                reply.into_inner().loads.iter().map(|l| (l.region_id, load_of(l))).collect()
+            }
+            _ => BTreeMap::new(),
+        }
+    }
+
+    /// The Regions' size and traffic, answered to another node; `None` if this node does
+    /// not lead placement.
+    pub fn local_region_loads(&self) -> Option<Vec<wire::RegionLoad>> {
+        if !self.placement.is_serving() {
+            return None;
+        }
+        Some(self.lock().loads().iter().map(|(&id, load)| wire_load(id, load)).collect())
+    }
+
     /// Makes sure the control plane runs for the placement term this node leads now (a
     /// new leader takes over from what the log records). `None` if it does not lead.
     fn leading_term(&self) -> Option<u64> {
@@ -184,10 +277,12 @@ impl Control {
             .iter()
             .filter_map(|h| {
                 let report = RegionReport::decode(h.report.as_slice()).ok()?;
-                report
-                    .region
-                    .is_some()
-                    .then(|| Heartbeat { report, pending: h.pending_peers.clone() })
+                let load = h.load.as_ref().map(load_of).unwrap_or_default();
+                report.region.is_some().then(|| Heartbeat {
+                    report,
+                    pending: h.pending_peers.clone(),
+                    load,
+                })
             })
             .collect();
         let intake = {
@@ -329,6 +424,32 @@ fn heartbeat_of(status: &RegionStatus) -> Heartbeat {
     Heartbeat {
         report: report_of(status),
         pending: status.pending_peers.iter().map(|p| p.id).collect(),
+        load: RegionLoad::default(),
+    }
+}
+
+fn wire_load(region_id: u64, load: &RegionLoad) -> wire::RegionLoad {
+    wire::RegionLoad {
+        region_id,
+        approximate_size: load.approximate_size,
+        approximate_keys: load.approximate_keys,
+        written_bytes: load.written_bytes,
+        written_keys: load.written_keys,
+        read_bytes: load.read_bytes,
+        read_keys: load.read_keys,
+        interval_ms: load.interval_ms,
+    }
+}
+
+fn load_of(load: &wire::RegionLoad) -> RegionLoad {
+    RegionLoad {
+        approximate_size: load.approximate_size,
+        approximate_keys: load.approximate_keys,
+        written_bytes: load.written_bytes,
+        written_keys: load.written_keys,
+        read_bytes: load.read_bytes,
+        read_keys: load.read_keys,
+        interval_ms: load.interval_ms,
     }
 }
 

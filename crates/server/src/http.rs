@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use prometheus::{IntCounter, IntGauge, Opts};
+use scandium_placement::RegionLoad;
 use scandium_raftstore::Registry;
 use scandium_storage::EngineRef;
 use scandium_txn::TxnNode;
@@ -67,14 +68,39 @@ fn hex(key: &[u8]) -> String {
     encode_boundary(key).iter().map(|b| format!("{b:02X}")).collect()
 }
 
-fn region_json(node: &HttpState, region: &Region) -> Value {
+/// A Region's size and traffic as PD's HTTP API shows them: `approximate_size` in MiB
+/// (at least 1 when the Region holds anything, as PD rounds), the rest in bytes and keys
+/// over the last heartbeat interval; and, not in PD, the size in bytes.
+fn load_json(load: Option<&RegionLoad>) -> Value {
+    let load = load.copied().unwrap_or_default();
+    let mib = load.approximate_size.div_ceil(1 << 20);
+    json!({
+        "approximate_size": mib,
+        "approximate_size_bytes": load.approximate_size,
+        "approximate_keys": load.approximate_keys,
+        "written_bytes": load.written_bytes,
+        "written_keys": load.written_keys,
+        "read_bytes": load.read_bytes,
+        "read_keys": load.read_keys,
+    })
+}
+
+/// Adds the fields of `extra` (an object) to `value` (an object).
+fn merge(mut value: Value, extra: Value) -> Value {
+    if let (Some(fields), Value::Object(extra)) = (value.as_object_mut(), extra) {
+        fields.extend(extra);
+    }
+    value
+}
+
+fn region_json(node: &HttpState, region: &Region, load: Option<&RegionLoad>) -> Value {
     let leader = node
         .registry
         .get(region.id)
         .filter(|s| s.leader_alive)
         .and_then(|s| s.leader)
         .or_else(|| node.placement.read().leader_of(region.id).cloned());
-    json!({
+    let shape = json!({
         "id": region.id,
         "start_key": hex(&region.start_key),
         "end_key": hex(&region.end_key),
@@ -85,12 +111,15 @@ fn region_json(node: &HttpState, region: &Region) -> Value {
             "role_name": format!("{:?}", p.role()),
         })).collect::<Vec<_>>(),
         "leader": leader.map(|p| json!({ "id": p.id, "store_id": p.store_id })),
-    })
+    });
+    merge(shape, load_json(load))
 }
 
 async fn regions(State(node): State<Arc<HttpState>>) -> Json<Value> {
+    let loads = node.control.region_loads().await;
     let regions: Vec<Region> = node.placement.read().regions().cloned().collect();
-    let list: Vec<Value> = regions.iter().map(|r| region_json(&node, r)).collect();
+    let list: Vec<Value> =
+        regions.iter().map(|r| region_json(&node, r, loads.get(&r.id))).collect();
     Json(json!({ "count": list.len(), "regions": list }))
 }
 
@@ -222,6 +251,7 @@ async fn regions_page(
     State(node): State<Arc<HttpState>>,
     axum::extract::Query(query): axum::extract::Query<RegionsQuery>,
 ) -> Json<Value> {
+    let loads = node.control.region_loads().await;
     let placement = node.placement.read();
     let mut regions: Vec<&Region> = placement.regions().collect();
     regions.sort_by(|a, b| a.start_key.cmp(&b.start_key));
@@ -239,7 +269,7 @@ async fn regions_page(
         .take(limit)
         .map(|region| {
             let leader = placement.leader_of(region.id);
-            json!({
+            let shape = json!({
                 "id": region.id,
                 "start_key": region.start_key.escape_ascii().to_string(),
                 "end_key": region.end_key.escape_ascii().to_string(),
@@ -250,7 +280,17 @@ async fn regions_page(
                     "store_id": p.store_id,
                     "role": format!("{:?}", p.role()),
                 })).collect::<Vec<_>>(),
-            })
+            });
+            let load = loads.get(&region.id).copied().unwrap_or_default();
+            merge(
+                shape,
+                json!({
+                    "approximate_size_bytes": load.approximate_size,
+                    "approximate_keys": load.approximate_keys,
+                    "written_bytes": load.written_bytes,
+                    "read_bytes": load.read_bytes,
+                }),
+            )
         })
         .collect();
     Json(json!({ "total": total, "offset": query.offset, "regions": page }))
@@ -335,6 +375,41 @@ fn node_state(node: &HttpState) -> prometheus::Registry {
     gauge("scandium_region_leaders", "Regions this node leads and serves.", leaders as i64);
     gauge("scandium_pending_peers", "Lagging peers of Regions led here.", pending as i64);
     gauge("scandium_down_peers", "Unresponsive peers of Regions led here.", down as i64);
+    let sum = |led: bool, of: fn(&scandium_raftstore::RegionStats) -> u64| {
+        let statuses = regions.iter().filter(|s| !led || s.ready_for_reads);
+        statuses.map(|s| of(&s.stats)).sum::<u64>() as i64
+    };
+    gauge(
+        "scandium_region_bytes",
+        "Approximate bytes of the Regions with a replica here (keys and values).",
+        sum(false, |s| s.approximate_size),
+    );
+    gauge(
+        "scandium_region_keys",
+        "Approximate user records of the Regions with a replica here.",
+        sum(false, |s| s.approximate_keys),
+    );
+    gauge(
+        "scandium_leader_region_bytes",
+        "Approximate bytes of the Regions led here.",
+        sum(true, |s| s.approximate_size),
+    );
+    gauge(
+        "scandium_leader_region_keys",
+        "Approximate user records of the Regions led here.",
+        sum(true, |s| s.approximate_keys),
+    );
+    let (read_keys, read_bytes) = node.control.reads().totals();
+    counter(
+        "scandium_read_keys_total",
+        "Records read by clients from Regions led here.",
+        read_keys,
+    );
+    counter(
+        "scandium_read_bytes_total",
+        "Bytes read by clients from Regions led here.",
+        read_bytes,
+    );
     gauge(
         "scandium_placement_leader",
         "1 if this node leads the placement group.",

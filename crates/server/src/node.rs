@@ -5,6 +5,7 @@ use crate::clock::now_ms;
 use crate::commands::{Storage, StorageParts, Wakers};
 use crate::config::{Config, ConfigError};
 use crate::error::RequestError;
+use crate::flow::ReadFlow;
 use crate::grpc::cluster::{ClusterParts, ClusterService};
 use crate::grpc::pd::{PdParts, PdService};
 use crate::grpc::{keyspace::KeyspaceService, tikv::TikvService};
@@ -16,6 +17,7 @@ use crate::placement::{MetaApplier, Placement, PlacementNetwork};
 use crate::raft_driver::{Outputs, RaftDriver, RaftHandle};
 use crate::replica::{ReplicaObserver, Replicas};
 use crate::split::Splitter;
+use crate::split_check::SplitChecker;
 use crate::tasks::Tasks;
 use crate::transport::{Transport, TransportConfig, TransportStats};
 use prost::Message as _;
@@ -96,6 +98,7 @@ pub struct Node {
     placement: Arc<Placement>,
     storage: Arc<Storage>,
     splitter: Arc<Splitter>,
+    control: Arc<Control>,
     links: Arc<Links>,
     transport: Transport,
     refused: Arc<AtomicU64>,
@@ -239,6 +242,7 @@ impl Node {
         };
         let txn =
             Arc::new(TxnNode::new(engine.clone(), lock_index, newest, settings, wakers.clone()));
+        let reads = Arc::new(ReadFlow::default());
         let storage = Arc::new(Storage::new(StorageParts {
             identity: identity.clone(),
             txn: txn.clone(),
@@ -249,6 +253,7 @@ impl Node {
             placement: placement.clone(),
             directory: directory.clone(),
             clients: clients.clone(),
+            reads: reads.clone(),
         }));
         let beat_now = Arc::new(Notify::new());
         let control = Arc::new(Control::new(
@@ -261,6 +266,7 @@ impl Node {
                 clients: clients.clone(),
                 tasks: tasks.clone(),
                 beat_now: beat_now.clone(),
+                reads,
             },
         ));
         let splitter = Arc::new(Splitter::new(
@@ -328,6 +334,7 @@ impl Node {
             placement,
             storage,
             splitter,
+            control,
             links,
             transport,
             refused,
@@ -366,6 +373,10 @@ impl Node {
         let gc_interval = Duration::from_secs(config.gc_interval_secs);
         let gc = crate::gc_worker::run(node.storage.clone(), node.placement.clone(), gc_interval);
         node.background.push(node.tasks.spawn(gc));
+        let checker =
+            SplitChecker::new(node.raft.clone(), node.splitter.clone(), config.split_policy());
+        let interval = Duration::from_millis(config.split_check_interval_ms);
+        node.background.push(node.tasks.spawn(Arc::new(checker).run(interval)));
         // `scandium server` announces it at info, in its own words.
         tracing::debug!(
             addr = %node.identity.address,
@@ -421,6 +432,12 @@ impl Node {
     /// Splits Regions on request.
     pub fn splitter(&self) -> &Arc<Splitter> {
         &self.splitter
+    }
+
+    /// This node's side of the control plane (heartbeats; Region sizes and traffic as the
+    /// placement leader knows them).
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     /// The links to other nodes (tests cut them).

@@ -36,6 +36,11 @@ fn raw_target<'a>(
     Ok((Target::Request(context), RawTarget { api, cf: raw_cf(cf, api)? }))
 }
 
+/// Pairs read, as [`Storage::count_read`] counts them.
+fn read_pairs(pairs: &[KvPair]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+}
+
 impl Storage {
     /// `RawGet`.
     pub async fn raw_get(
@@ -43,7 +48,10 @@ impl Storage {
         req: &kvrpcpb::RawGetRequest,
     ) -> Result<Option<Vec<u8>>, RequestError> {
         let (target, raw) = raw_target(req.context.as_ref(), &req.cf)?;
-        Ok(self.run(target, raw::get(self.txn(), raw, req.key.clone())).await?)
+        let value = self.run(target, raw::get(self.txn(), raw, req.key.clone())).await?;
+        let pair = value.as_ref().map(|v| (req.key.as_slice(), v.as_slice()));
+        self.count_read(req.context.as_ref(), pair);
+        Ok(value)
     }
 
     /// `RawBatchGet`: found pairs in request order; missing keys are omitted.
@@ -52,7 +60,9 @@ impl Storage {
         req: &kvrpcpb::RawBatchGetRequest,
     ) -> Result<Vec<KvPair>, RequestError> {
         let (target, raw) = raw_target(req.context.as_ref(), &req.cf)?;
-        Ok(self.run(target, raw::batch_get(self.txn(), raw, req.keys.clone())).await?)
+        let pairs = self.run(target, raw::batch_get(self.txn(), raw, req.keys.clone())).await?;
+        self.count_read(req.context.as_ref(), read_pairs(&pairs));
+        Ok(pairs)
     }
 
     /// `RawGetKeyTTL`: remaining seconds (0 = no TTL), `None` if absent.
@@ -119,7 +129,9 @@ impl Storage {
         let range = KeyRange { start: req.start_key.clone(), end: req.end_key.clone() };
         let options =
             ScanOptions { limit: req.limit, key_only: req.key_only, reverse: req.reverse };
-        Ok(self.run(target, raw::scan(self.txn(), raw, range, options)).await?)
+        let pairs = self.run(target, raw::scan(self.txn(), raw, range, options)).await?;
+        self.count_read(req.context.as_ref(), read_pairs(&pairs));
+        Ok(pairs)
     }
 
     /// `RawBatchScan`.
@@ -135,7 +147,9 @@ impl Storage {
             .collect();
         let options =
             ScanOptions { limit: req.each_limit, key_only: req.key_only, reverse: req.reverse };
-        Ok(self.run(target, raw::batch_scan(self.txn(), raw, ranges, options)).await?)
+        let pairs = self.run(target, raw::batch_scan(self.txn(), raw, ranges, options)).await?;
+        self.count_read(req.context.as_ref(), read_pairs(&pairs));
+        Ok(pairs)
     }
 
     /// `RawDeleteRange`.

@@ -35,12 +35,20 @@ fn kv_pairs(pairs: Pairs) -> Vec<kvrpcpb::KvPair> {
         .collect()
 }
 
+/// Pairs read, as [`Storage::count_read`] counts them.
+fn read_pairs(pairs: &[kvrpcpb::KvPair]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    pairs.iter().map(|p| (p.key.as_slice(), p.value.as_slice()))
+}
+
 impl Storage {
     /// `KvGet`.
     pub async fn kv_get(&self, req: &kvrpcpb::GetRequest) -> TxnResult<Option<Vec<u8>>> {
         let (target, api) = txn_target(req.context.as_ref())?;
         let command = txn::get(self.txn(), api, req.key.clone(), TimeStamp(req.version));
-        Ok(self.run(target, command).await?)
+        let value = self.run(target, command).await?;
+        let pair = value.as_ref().map(|v| (req.key.as_slice(), v.as_slice()));
+        self.count_read(req.context.as_ref(), pair);
+        Ok(value)
     }
 
     /// `KvBatchGet`: found pairs, and a locked key as a pair carrying its error.
@@ -50,7 +58,9 @@ impl Storage {
     ) -> TxnResult<Vec<kvrpcpb::KvPair>> {
         let (target, api) = txn_target(req.context.as_ref())?;
         let command = txn::batch_get(self.txn(), api, req.keys.clone(), TimeStamp(req.version));
-        Ok(kv_pairs(self.run(target, command).await?))
+        let pairs = kv_pairs(self.run(target, command).await?);
+        self.count_read(req.context.as_ref(), read_pairs(&pairs));
+        Ok(pairs)
     }
 
     /// `KvScan`, with the client's swapped bounds for reverse scans.
@@ -64,7 +74,9 @@ impl Storage {
             key_only: req.key_only,
             reverse: req.reverse,
         };
-        Ok(kv_pairs(self.run(target, txn::scan(self.txn(), api, scan)).await?))
+        let pairs = kv_pairs(self.run(target, txn::scan(self.txn(), api, scan)).await?);
+        self.count_read(req.context.as_ref(), read_pairs(&pairs));
+        Ok(pairs)
     }
 
     /// `KvPrewrite`.

@@ -19,8 +19,8 @@ use crate::cluster::{Cluster, Event, Reply};
 use crate::flows::{Purpose, SplitFlow, HEARTBEAT_MS};
 use rand::rngs::StdRng;
 use scandium_placement::{
-    Command, Kind, Now, OperatorStep, RegionHeartbeat, RegionReport, Reports, Response, StepAction,
-    StoreStateChange,
+    Command, Kind, Now, OperatorStep, RegionHeartbeat, RegionLoad, RegionReport, Reports, Response,
+    StepAction, StoreStateChange,
 };
 use scandium_raftstore::{
     ApplyOutput, EncodedCommand, PeerChange, RaftCommand, RaftstoreError, RegionStatus,
@@ -348,5 +348,12 @@ fn heartbeat_of(status: &RegionStatus) -> RegionHeartbeat {
         leader_peer_id: status.peer.id,
         term: status.term,
     };
-    RegionHeartbeat { report, pending: status.pending_peers.iter().map(|p| p.id).collect() }
+    // Size only: the simulator's checks do not look at traffic.
+    let load = RegionLoad {
+        approximate_size: status.stats.approximate_size,
+        approximate_keys: status.stats.approximate_keys,
+        ..RegionLoad::default()
+    };
+    let pending = status.pending_peers.iter().map(|p| p.id).collect();
+    RegionHeartbeat { report, pending, load }
 }

@@ -38,7 +38,7 @@ fn at(ms: u64) -> Now {
 
 fn heartbeat(region: &Region, leader: u64, pending: &[u64]) -> RegionHeartbeat {
     let report = RegionReport { region: Some(region.clone()), leader_peer_id: leader, term: 5 };
-    RegionHeartbeat { report, pending: pending.to_vec() }
+    RegionHeartbeat { report, pending: pending.to_vec(), load: RegionLoad::default() }
 }
 
 #[test]

@@ -339,6 +339,22 @@ impl Cluster for ClusterService {
             region_digests(&self.parts.raft).await.map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(RegionDigestsResponse { regions }))
     }
+
+    async fn region_loads(
+        &self,
+        request: Request<RegionLoadsRequest>,
+    ) -> Result<Response<RegionLoadsResponse>, Status> {
+        self.check_cluster(request.into_inner().cluster_id).map_err(|e| *e)?;
+        let response = match self.parts.control.local_region_loads() {
+            Some(loads) => RegionLoadsResponse { loads, ..Default::default() },
+            None => RegionLoadsResponse {
+                error: "not the placement leader".into(),
+                leader_address: self.not_leader(),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(response))
+    }
 }
 
 /// Hands leadership of a Region led here (or of the placement group) to its replica on

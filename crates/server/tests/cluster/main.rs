@@ -642,3 +642,84 @@ async fn back_to_back_splits_of_new_regions_all_succeed() {
     }
     cluster.shutdown().await;
 }
+
+/// Regions split by themselves as data is written, at keys that leave pieces of about the
+/// split size; every key stays readable; and the placement leader learns each Region's
+/// size, keys and read traffic from its leader's heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regions_split_by_size_as_they_grow_and_report_their_size() {
+    const KEYS: usize = 600;
+    const VALUE: usize = 1024;
+    let cluster = Cluster::start_with(3, |settings| {
+        settings.region_split_size = 64 << 10;
+        settings.region_max_size = 96 << 10;
+        settings.split_check_interval_ms = 100;
+    })
+    .await;
+    let client = cluster.raw_client().await;
+    for batch in 0..KEYS / 50 {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = (batch * 50..(batch + 1) * 50)
+            .map(|i| (format!("big{i:04}").into_bytes(), vec![b'v'; VALUE]))
+            .collect();
+        client.batch_put(pairs).await.expect("batch put");
+    }
+    let written = (KEYS * (7 + VALUE)) as u64;
+    // Pieces of 32 to 96 KiB: at least six Regions over the keys once the checks caught up,
+    // and the placement leader knows every Region's size from a measurement.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (pieces, size, keys) = loop {
+        let leader = cluster.meta_leader().expect("a placement leader");
+        let loads = cluster.node(leader).control().region_loads().await;
+        let over: Vec<u64> = {
+            let placement = cluster.node(leader).placement().read();
+            let over = placement.regions().filter(|r| r.end_key.is_empty() || r.end_key > k("big"));
+            over.filter(|r| r.start_key < k("big9")).map(|r| r.id).collect()
+        };
+        let size: u64 =
+            over.iter().filter_map(|id| loads.get(id)).map(|l| l.approximate_size).sum();
+        let keys: u64 =
+            over.iter().filter_map(|id| loads.get(id)).map(|l| l.approximate_keys).sum();
+        let small = loads.values().all(|l| l.approximate_size <= 96 << 10);
+        let done = over.len() >= 6 && keys == KEYS as u64 && small;
+        if done || Instant::now() > deadline {
+            break (over.len(), size, keys);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("{pieces} Regions over the keys, {size} bytes, {keys} keys (written {written} bytes)");
+    assert!(
+        pieces >= 6,
+        "{pieces} Regions hold {written} bytes; expected pieces of at most 96 KiB"
+    );
+    assert_eq!(keys, KEYS as u64, "the Regions' measured keys add up to the keys written");
+    assert!(
+        size >= written && size < written + written / 10,
+        "{size} bytes reported for {written} written"
+    );
+    // No Region is past the max once the checks caught up.
+    let leader = cluster.meta_leader().expect("a placement leader");
+    let loads = cluster.node(leader).control().region_loads().await;
+    for (id, load) in &loads {
+        assert!(load.approximate_size <= 96 << 10, "region {id}: {load:?}");
+    }
+    // Every key is still there.
+    let all = client.scan(k("big")..k("big9"), KEYS as u32 + 10).await.expect("scan");
+    assert_eq!(all.len(), KEYS);
+    // Reads are counted and reported: read while waiting for a heartbeat to carry them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let read_reported = loop {
+        client.get(k("big0001")).await.expect("get").expect("the key is there");
+        let leader = cluster.meta_leader().unwrap();
+        let loads = cluster.node(leader).control().region_loads().await;
+        let region = cluster.region_of(b"big0001");
+        if loads.get(&region).is_some_and(|l| l.read_keys > 0 && l.read_bytes >= 1031) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(read_reported, "reads of a Region show in its heartbeats");
+    cluster.shutdown().await;
+}
