@@ -45,11 +45,12 @@ impl SplitChecker {
         SplitChecker { raft, splitter, policy }
     }
 
-    /// Checks every `interval`, for ever.
+    /// Checks now (a node that restarted has every Region to measure) and then every
+    /// `interval`, for ever.
     pub async fn run(self: Arc<Self>, interval: Duration) {
         loop {
-            tokio::time::sleep(interval).await;
             self.check().await;
+            tokio::time::sleep(interval).await;
         }
     }
 
