@@ -24,7 +24,7 @@
 //! returns: records to propose, steps to send, ids to allocate.
 
 use crate::operator::{Ended, Operator, OperatorKind, OperatorStep, OperatorTimeouts, Progress};
-use crate::scheduler::{self, Decision, Liveness, RegionHealth, SchedulerConfig};
+use crate::scheduler::{self, Balance, Decision, Liveness, RegionHealth, SchedulerConfig};
 use crate::{Kind, PlacementState, RegionReport, StoreSeen, StoreStateChange, StoresSeen};
 use scandium_types::{PeerId, Region, RegionId, StoreId, StoreState};
 use std::collections::BTreeMap;
@@ -137,6 +137,9 @@ pub struct ControlPlane {
     meta_needs_id: bool,
     /// The Regions' size and traffic, as their leaders last reported them.
     loads: BTreeMap<RegionId, RegionLoad>,
+    /// The stores' replica and leader counts, for balancing, while a batch of heartbeats
+    /// is handled (counted when first needed, then kept up to date with its moves).
+    balance: Option<Balance>,
     /// Deliberately broken (the simulator proves its checks catch it): a new leader
     /// forgets the recorded heartbeats and counts stores it has not heard from as never
     /// seen, so a store that died before the change is never marked down.
@@ -173,6 +176,7 @@ impl ControlPlane {
             counts: OperatorCounts::default(),
             meta_needs_id: false,
             loads: BTreeMap::new(),
+            balance: None,
             forget_liveness: false,
         }
     }
@@ -300,6 +304,7 @@ impl ControlPlane {
     ) -> Intake {
         let mut intake = Intake::default();
         let live = self.liveness(now);
+        self.balance = None;
         for heartbeat in heartbeats {
             let Some(region) = heartbeat.report.region.as_ref() else { continue };
             let known = state.region(region.id).map(|r| r.epoch());
@@ -319,6 +324,7 @@ impl ControlPlane {
                 Advance::Nothing => {}
             }
         }
+        self.balance = None;
         intake
     }
 
@@ -370,9 +376,13 @@ impl ControlPlane {
             Some(operator) => (operator, false),
             None => {
                 let config = &self.config.scheduler;
-                let Some(decision) =
-                    scheduler::decide(state, live, config, region, health, is_meta)
-                else {
+                let decision = scheduler::decide(state, live, config, region, health, is_meta);
+                let decision = match decision {
+                    Some(decision) => Some(decision),
+                    None if !is_meta => self.rebalance(state, live, region, health),
+                    None => None,
+                };
+                let Some(decision) = decision else {
                     return Advance::Nothing;
                 };
                 match self.operator_for(region, health, decision, is_meta, now) {
@@ -408,6 +418,27 @@ impl ControlPlane {
         step
     }
 
+    /// A move that evens out the stores, if `region` may make one and fewer than
+    /// `balance_limit` are under way.
+    fn rebalance(
+        &mut self,
+        state: &PlacementState,
+        live: &Liveness,
+        region: &Region,
+        health: &RegionHealth,
+    ) -> Option<Decision> {
+        let config = &self.config.scheduler;
+        let running = self.operators.values().filter(|o| o.kind().balances()).count();
+        if running >= config.balance_limit {
+            return None;
+        }
+        let balance = self.balance.get_or_insert_with(|| Balance::of(state, live, config));
+        let decision = scheduler::rebalance(region, health, balance)?;
+        let leader_store = region.peer(health.leader).map_or(0, |p| p.store_id);
+        balance.record(&decision, leader_store);
+        Some(decision)
+    }
+
     /// The operator that carries out `decision`, or why there is none yet.
     fn operator_for(
         &mut self,
@@ -431,6 +462,11 @@ impl ControlPlane {
                 at,
             ),
             Decision::Remove(peer) => Operator::remove_replica(region, peer, None, at),
+            Decision::MoveReplica { from, to } => {
+                let id = self.ids.remove(&key).ok_or(Advance::NeedsId)?;
+                Operator::move_replica(region, from, to, id, at)
+            }
+            Decision::MoveLeader(to) => Operator::transfer_leader(region, to, at),
             // The leader's own replica must go: leadership moves first.
             Decision::TransferLeader(successor) => {
                 let victim = region.peer(health.leader).ok_or(Advance::Nothing)?.clone();

@@ -11,6 +11,11 @@
 //! | promote learners | promote them (together: one joint change) |
 //! | remove a replica | (move leadership away first, if it leads) remove it |
 //! | transfer leadership | hand it to the peer |
+//! | move a replica (balance) | add a learner on the new store; promote it once caught up; remove the old one |
+//!
+//! A step that removes the Region's leader is sent as a leader transfer to another voter
+//! (a caught-up one if any) until leadership has moved: a leader cannot remove itself, and
+//! leadership may have moved onto the victim since the operator began.
 //!
 //! A step goes to the Region's leader with the epoch it was planned against; the leader
 //! carries it out only if its Region is still at that epoch ([`OperatorStep::applies_to`]),
@@ -65,6 +70,20 @@ pub enum OperatorKind {
     RemoveReplica(Peer),
     /// Leadership moved to this peer.
     TransferLeader(Peer),
+    /// A replica moved to another store, to balance the stores.
+    MoveReplica {
+        /// The replica that goes.
+        from: Peer,
+        /// Where it goes.
+        to: StoreId,
+    },
+}
+
+impl OperatorKind {
+    /// Whether it balances the stores (the placement leader limits how many run at once).
+    pub fn balances(&self) -> bool {
+        matches!(self, OperatorKind::MoveReplica { .. } | OperatorKind::TransferLeader(_))
+    }
 }
 
 /// How an operator ended.
@@ -115,8 +134,8 @@ pub struct Operator {
     /// The Region's version when the operator began: a split or merge cancels it.
     version: u64,
     step_started_ms: u64,
-    /// When the current step was last sent, and at which epoch.
-    sent: Option<(u64, RegionEpoch)>,
+    /// When the current step was last sent, at which epoch, and as what.
+    sent: Option<(u64, RegionEpoch, StepAction)>,
 }
 
 impl Operator {
@@ -152,6 +171,32 @@ impl Operator {
             successor.into_iter().map(StepAction::TransferLeader).collect();
         steps.push(StepAction::Remove(victim.clone()));
         Operator::new(region, OperatorKind::RemoveReplica(victim), steps, now)
+    }
+
+    /// Moves `from` to `store` (as the new peer `peer_id`): a learner added there and
+    /// promoted once caught up, then `from` removed (its leadership moved first if it
+    /// leads by then).
+    pub fn move_replica(
+        region: &Region,
+        from: Peer,
+        store: StoreId,
+        peer_id: PeerId,
+        now_ms: u64,
+    ) -> Self {
+        let learner = Peer::learner(peer_id, store);
+        let voter = Peer::new(peer_id, store);
+        let steps = vec![
+            StepAction::AddLearner(learner),
+            StepAction::Promote(vec![voter]),
+            StepAction::Remove(from.clone()),
+        ];
+        Operator::new(region, OperatorKind::MoveReplica { from, to: store }, steps, now_ms)
+    }
+
+    /// Hands leadership to `to`.
+    pub fn transfer_leader(region: &Region, to: Peer, now_ms: u64) -> Self {
+        let steps = vec![StepAction::TransferLeader(to.clone())];
+        Operator::new(region, OperatorKind::TransferLeader(to), steps, now_ms)
     }
 
     /// The Region it changes.
@@ -203,18 +248,31 @@ impl Operator {
         if in_joint || catching_up {
             return Progress::Wait;
         }
+        let action = match step {
+            StepAction::Remove(victim) if victim.id == leader => {
+                let others: Vec<&Peer> = region.voters().filter(|p| p.id != victim.id).collect();
+                let successor = others.iter().find(|p| !pending.contains(&p.id)).or(others.first());
+                match successor {
+                    Some(successor) => StepAction::TransferLeader((*successor).clone()),
+                    None => return Progress::Wait,
+                }
+            }
+            step => step.clone(),
+        };
         let epoch = region.epoch();
-        let due = match self.sent {
+        let due = match &self.sent {
             None => true,
-            Some((at, sent_epoch)) => {
-                sent_epoch != epoch || now_ms.saturating_sub(at) >= timeouts.resend_ms
+            Some((at, sent_epoch, sent_action)) => {
+                *sent_epoch != epoch
+                    || *sent_action != action
+                    || now_ms.saturating_sub(*at) >= timeouts.resend_ms
             }
         };
         if !due {
             return Progress::Wait;
         }
-        self.sent = Some((now_ms, epoch));
-        Progress::Send(OperatorStep { region_id: self.region_id, epoch, action: step.clone() })
+        self.sent = Some((now_ms, epoch, action.clone()));
+        Progress::Send(OperatorStep { region_id: self.region_id, epoch, action })
     }
 }
 
@@ -269,6 +327,33 @@ mod tests {
         assert_eq!(step.action, StepAction::Remove(Peer::new(1, 1)));
         let left = region(vec![Peer::new(2, 2), Peer::new(3, 3)], 3);
         assert_eq!(op.observe(&left, 2, &[], 20, T), Progress::Ended(Ended::Finished));
+    }
+
+    #[test]
+    fn a_moved_replica_is_added_promoted_then_the_old_one_removed_leader_last() {
+        let start = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)], 2);
+        let mut op = Operator::move_replica(&start, Peer::new(1, 1), 4, 40, 0);
+        assert!(op.kind().balances());
+        let Progress::Send(step) = op.observe(&start, 1, &[], 0, T) else { panic!("add") };
+        assert_eq!(step.action, StepAction::AddLearner(Peer::learner(40, 4)));
+        let learner = region(
+            vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3), Peer::learner(40, 4)],
+            3,
+        );
+        assert_eq!(op.observe(&learner, 1, &[40], 10, T), Progress::Wait, "catching up");
+        let Progress::Send(step) = op.observe(&learner, 1, &[], 20, T) else { panic!("promote") };
+        assert_eq!(step.action, StepAction::Promote(vec![Peer::new(40, 4)]));
+        let four =
+            region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3), Peer::new(40, 4)], 4);
+        // The replica to remove leads: leadership moves first, to a caught-up voter.
+        let Progress::Send(step) = op.observe(&four, 1, &[2], 30, T) else { panic!("move") };
+        assert_eq!(step.action, StepAction::TransferLeader(Peer::new(3, 3)));
+        assert_eq!(op.observe(&four, 1, &[2], 40, T), Progress::Wait, "sent, not yet due");
+        // Once it has moved, the removal goes at once.
+        let Progress::Send(step) = op.observe(&four, 3, &[], 50, T) else { panic!("remove") };
+        assert_eq!(step.action, StepAction::Remove(Peer::new(1, 1)));
+        let moved = region(vec![Peer::new(2, 2), Peer::new(3, 3), Peer::new(40, 4)], 5);
+        assert_eq!(op.observe(&moved, 3, &[], 60, T), Progress::Ended(Ended::Finished));
     }
 
     #[test]

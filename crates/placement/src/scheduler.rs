@@ -12,6 +12,11 @@
 //!    (`Offline`) or retired, moving leadership away first if the leader is one of them;
 //! 4. remove surplus voters, and (data Regions) learners nobody needs.
 //!
+//! When a Region needs none of these, [`rebalance`] evens out the stores: its replica on a
+//! store holding more than others moves to the emptiest, or its leadership to the voter
+//! whose store leads the fewest Regions (the placement leader limits how many such moves
+//! run at once).
+//!
 //! Data Regions want `replicas` voters (fewer while the cluster has fewer stores). The
 //! placement group wants 3 voters once the cluster has 3 stores (5 at 5 with
 //! `meta_voters = 5`), 1 before, and a learner on every other store, so that every node
@@ -32,11 +37,19 @@ pub struct SchedulerConfig {
     pub disconnect_ms: u64,
     /// A store not heard from for this long is down: its replicas are replaced.
     pub down_ms: u64,
+    /// Balancing moves (of a replica or a leader) under way at once at most; 0 turns
+    /// balancing off.
+    pub balance_limit: usize,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { meta_voters: 3, disconnect_ms: 5_000, down_ms: 30 * 60_000 }
+        SchedulerConfig {
+            meta_voters: 3,
+            disconnect_ms: 5_000,
+            down_ms: 30 * 60_000,
+            balance_limit: 4,
+        }
     }
 }
 
@@ -111,6 +124,16 @@ pub enum Decision {
     Remove(Peer),
     /// Hand leadership to this voter first.
     TransferLeader(Peer),
+    /// Balance: move this replica to the store (add a learner there, promote it, remove
+    /// this one).
+    MoveReplica {
+        /// The replica that goes.
+        from: Peer,
+        /// Where it goes.
+        to: StoreId,
+    },
+    /// Balance: hand leadership to this voter.
+    MoveLeader(Peer),
 }
 
 /// The next step for `region`, if any. `is_meta` selects the placement group's rules.
@@ -201,6 +224,105 @@ pub fn decide(
         }
     }
     None
+}
+
+/// How many replicas and leaders each store that can take more holds, for balancing;
+/// counted once per batch of heartbeats (one pass over the Regions), and kept up to date
+/// as the batch starts moves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Balance {
+    /// Replicas per `Up` store.
+    pub replicas: BTreeMap<StoreId, usize>,
+    /// Leaders per `Up` store.
+    pub leaders: BTreeMap<StoreId, usize>,
+}
+
+/// Replica counts further apart than this are evened out: a move takes one from the
+/// fuller store and gives one to the emptier, so with a gap of 2 or more it never makes
+/// the pair uneven the other way, and the stores never trade a replica back and forth.
+pub const BALANCE_GAP: usize = 2;
+
+impl Balance {
+    /// The counts of the stores that are `Up` now.
+    pub fn of(state: &PlacementState, live: &Liveness, config: &SchedulerConfig) -> Balance {
+        let up: Vec<StoreId> = state
+            .stores()
+            .filter(|s| store_status(s, live, config) == StoreStatus::Up)
+            .map(|s| s.id)
+            .collect();
+        let mut balance = Balance {
+            replicas: up.iter().map(|&s| (s, 0)).collect(),
+            leaders: up.iter().map(|&s| (s, 0)).collect(),
+        };
+        for region in state.regions() {
+            for peer in &region.peers {
+                if let Some(count) = balance.replicas.get_mut(&peer.store_id) {
+                    *count += 1;
+                }
+            }
+            if let Some(leader) = state.leader_of(region.id) {
+                if let Some(count) = balance.leaders.get_mut(&leader.store_id) {
+                    *count += 1;
+                }
+            }
+        }
+        balance
+    }
+
+    /// Counts a decision taken: a replica or a leader moves.
+    pub fn record(&mut self, decision: &Decision, leader_store: StoreId) {
+        let shift = |counts: &mut BTreeMap<StoreId, usize>, from: StoreId, to: StoreId| {
+            if let Some(count) = counts.get_mut(&from) {
+                *count = count.saturating_sub(1);
+            }
+            if let Some(count) = counts.get_mut(&to) {
+                *count += 1;
+            }
+        };
+        match decision {
+            Decision::MoveReplica { from, to } => shift(&mut self.replicas, from.store_id, *to),
+            Decision::MoveLeader(to) => shift(&mut self.leaders, leader_store, to.store_id),
+            _ => {}
+        }
+    }
+}
+
+/// The move that evens out replicas or leaders, if `region` may take part: a healthy data
+/// Region (every peer on an `Up` store, none lagging, no learner, not changing).
+///
+/// 1. Replicas: its replica on the fullest of its stores goes to the emptiest `Up` store
+///    without one, if they are at least [`BALANCE_GAP`] apart.
+/// 2. Leaders: leadership goes to the voter whose store leads the fewest Regions, if at
+///    least [`BALANCE_GAP`] fewer than the leader's store.
+pub fn rebalance(region: &Region, health: &RegionHealth, balance: &Balance) -> Option<Decision> {
+    let healthy = health.pending.is_empty()
+        && region
+            .peers
+            .iter()
+            .all(|p| p.role() == PeerRole::Voter && balance.replicas.contains_key(&p.store_id));
+    let leader = region.peer(health.leader)?;
+    if !healthy {
+        return None;
+    }
+    let count = |store: StoreId| balance.replicas.get(&store).copied().unwrap_or(0);
+    let fullest = region.peers.iter().max_by_key(|p| (count(p.store_id), p.store_id))?;
+    let emptiest = balance
+        .replicas
+        .iter()
+        .filter(|(store, _)| region.peer_on_store(**store).is_none())
+        .min_by_key(|(store, count)| (**count, **store));
+    if let Some((&to, &to_count)) = emptiest {
+        if count(fullest.store_id) >= to_count + BALANCE_GAP {
+            return Some(Decision::MoveReplica { from: fullest.clone(), to });
+        }
+    }
+    let leaders = |store: StoreId| balance.leaders.get(&store).copied().unwrap_or(0);
+    let successor = region
+        .voters()
+        .filter(|p| p.id != leader.id)
+        .min_by_key(|p| (leaders(p.store_id), p.store_id))?;
+    (leaders(leader.store_id) >= leaders(successor.store_id) + BALANCE_GAP)
+        .then(|| Decision::MoveLeader(successor.clone()))
 }
 
 /// Removes `victim`, or, if it leads, first hands leadership to another voter (a leader
@@ -428,5 +550,55 @@ mod tests {
         assert_eq!(store_status(&s, &live(12_000), &config), StoreStatus::Disconnected);
         assert_eq!(store_status(&s, &live(5_000), &config), StoreStatus::Down);
         assert_eq!(store_status(&s, &Liveness::default(), &config), StoreStatus::Disconnected);
+    }
+
+    fn counts(replicas: &[(u64, usize)], leaders: &[(u64, usize)]) -> Balance {
+        Balance {
+            replicas: replicas.iter().copied().collect(),
+            leaders: leaders.iter().copied().collect(),
+        }
+    }
+
+    fn led(leader: u64, pending: &[u64]) -> RegionHealth {
+        RegionHealth { leader, pending: pending.to_vec() }
+    }
+
+    #[test]
+    fn a_replica_moves_from_the_fullest_store_to_the_emptiest() {
+        let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
+        let balance = counts(&[(1, 10), (2, 10), (3, 9), (4, 0)], &[(1, 3), (2, 3), (3, 3)]);
+        let decision = rebalance(&r, &led(1, &[]), &balance);
+        let expected = Decision::MoveReplica { from: Peer::new(2, 2), to: 4 };
+        assert_eq!(decision, Some(expected.clone()), "ties go to the higher store id");
+        // Counted as it is decided, so the next Region of the batch sees it.
+        let mut balance = balance;
+        balance.record(&expected, 1);
+        assert_eq!(balance.replicas[&2], 9);
+        assert_eq!(balance.replicas[&4], 1);
+    }
+
+    #[test]
+    fn leadership_moves_to_the_voter_leading_fewest() {
+        let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
+        let balance = counts(&[(1, 5), (2, 5), (3, 5)], &[(1, 4), (2, 2), (3, 1)]);
+        let decision = rebalance(&r, &led(1, &[]), &balance);
+        assert_eq!(decision, Some(Decision::MoveLeader(Peer::new(3, 3))));
+        let mut balance = balance;
+        balance.record(&Decision::MoveLeader(Peer::new(3, 3)), 1);
+        assert_eq!((balance.leaders[&1], balance.leaders[&3]), (3, 2));
+    }
+
+    #[test]
+    fn nothing_moves_within_the_gap_or_while_a_region_is_unsettled() {
+        let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
+        let even = counts(&[(1, 5), (2, 5), (3, 5), (4, 4)], &[(1, 2), (2, 1), (3, 1)]);
+        assert_eq!(rebalance(&r, &led(1, &[]), &even), None, "gaps of 1 stay");
+        let uneven = counts(&[(1, 5), (2, 5), (3, 5), (4, 0)], &[(1, 5), (2, 0), (3, 0)]);
+        assert_eq!(rebalance(&r, &led(1, &[2]), &uneven), None, "a peer lags");
+        let with_learner =
+            region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3), Peer::learner(4, 4)]);
+        assert_eq!(rebalance(&with_learner, &led(1, &[]), &uneven), None);
+        let on_a_store_not_up = counts(&[(1, 5), (2, 5), (4, 0)], &[(1, 5), (2, 0)]);
+        assert_eq!(rebalance(&r, &led(1, &[]), &on_a_store_not_up), None, "store 3 is not up");
     }
 }

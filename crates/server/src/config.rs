@@ -80,6 +80,9 @@ pub struct Config {
     /// Milliseconds between checks of the Regions led here for a split (a check reads
     /// only Regions written to since their last one).
     pub split_check_interval_ms: u64,
+    /// Moves that even out the stores (a replica to a store holding fewer, a leader to a
+    /// store leading fewer) under way at once; 0 turns balancing off.
+    pub balance_limit: usize,
 }
 
 impl Default for Config {
@@ -114,6 +117,7 @@ impl Default for Config {
             region_split_keys: 640_000,
             region_max_keys: 960_000,
             split_check_interval_ms: 10_000,
+            balance_limit: 4,
         }
     }
 }
@@ -255,6 +259,7 @@ impl Config {
         in_range("region_max_keys", self.region_max_keys, self.region_split_keys, 1 << 40)
             .map_err(|e| e.because("it must be at least region_split_keys"))?;
         in_range("split_check_interval_ms", self.split_check_interval_ms, 10, 3_600_000)?;
+        in_range("balance_limit", self.balance_limit as u64, 0, 1024)?;
         Ok(())
     }
 
@@ -335,6 +340,7 @@ mod tests {
             ("region_split_keys", |c| c.region_split_keys = 0),
             ("region_max_keys", |c| c.region_max_keys = c.region_split_keys - 1),
             ("split_check_interval_ms", |c| c.split_check_interval_ms = 0),
+            ("balance_limit", |c| c.balance_limit = 5000),
         ];
         Config::default().validate().expect("the defaults are valid");
         for (name, spoil) in bad {

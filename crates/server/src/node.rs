@@ -223,6 +223,7 @@ impl Node {
             meta_voters: config.meta_voters,
             disconnect_ms: (5 * config.heartbeat_interval_ms).max(2_000),
             down_ms: config.store_down_secs * 1000,
+            balance_limit: config.balance_limit,
         };
         let control_config = ControlConfig {
             scheduler,

@@ -178,6 +178,7 @@ pub fn control_config(replicas_meta: usize) -> ControlConfig {
         meta_voters: replicas_meta,
         disconnect_ms: 2 * HEARTBEAT_MS + 500,
         down_ms: 5_000,
+        balance_limit: 4,
     };
     let timeouts =
         scandium_placement::operator::OperatorTimeouts { step_ms: 10_000, resend_ms: 2_000 };

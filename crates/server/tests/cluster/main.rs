@@ -723,3 +723,49 @@ async fn regions_split_by_size_as_they_grow_and_report_their_size() {
     assert!(read_reported, "reads of a Region show in its heartbeats");
     cluster.shutdown().await;
 }
+
+/// Replicas and leaders spread over every store: with a dozen Regions on three stores,
+/// a fourth that joins takes a share of the replicas, and every store ends up leading some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_store_takes_a_share_of_replicas_and_leaders_spread() {
+    let mut cluster = Cluster::start(3).await;
+    let asker = cluster.meta_leader().expect("a placement leader");
+    let keys: Vec<Vec<u8>> = (0..8).map(|i| k(&format!("spread{i}"))).collect();
+    cluster.node(asker).splitter().split_at_keys(keys).await.expect("splits");
+    let added = cluster.add_node().await;
+    let store = cluster.node(added).store_id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (replicas, leaders) = loop {
+        let (replicas, leaders, total) = {
+            let placement = cluster.node(asker).placement().read();
+            let mut replicas = std::collections::BTreeMap::<u64, usize>::new();
+            let mut leaders = std::collections::BTreeMap::<u64, usize>::new();
+            for region in placement.regions() {
+                for peer in &region.peers {
+                    *replicas.entry(peer.store_id).or_default() += 1;
+                }
+                if let Some(leader) = placement.leader_of(region.id) {
+                    *leaders.entry(leader.store_id).or_default() += 1;
+                }
+            }
+            (replicas, leaders, placement.regions().count())
+        };
+        // 13 Regions of 3 replicas over 4 stores: 9 or 10 each once even.
+        let fair = replicas.get(&store).is_some_and(|&n| n + 2 >= 3 * total / 4)
+            && replicas.values().all(|&n| n <= 3 * total / 4 + 2);
+        let led_everywhere = leaders.len() == 4 && leaders.values().all(|&n| n >= 2);
+        if (fair && led_everywhere) || Instant::now() > deadline {
+            break (replicas, leaders);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("replicas per store {replicas:?}, leaders per store {leaders:?}");
+    assert!(replicas.get(&store).is_some_and(|&n| n >= 7), "the new store holds {replicas:?}");
+    assert!(leaders.len() == 4 && leaders.values().all(|&n| n >= 2), "leaders: {leaders:?}");
+    // Every key still reads, and the replicas agree.
+    let client = cluster.raw_client().await;
+    client.put(k("spread3x"), k("v")).await.expect("put after the moves");
+    assert_eq!(client.get(k("spread3x")).await.expect("get"), Some(k("v")));
+    assert_replicas_agree(&cluster).await;
+    cluster.shutdown().await;
+}
