@@ -178,7 +178,9 @@ pub fn control_config(replicas_meta: usize) -> ControlConfig {
         meta_voters: replicas_meta,
         disconnect_ms: 2 * HEARTBEAT_MS + 500,
         down_ms: 5_000,
-        balance_limit: 4,
+        // Not yet: balancing moves shift every run, and the breakage seeds must be found
+        // again for it (151 seeds with it on found no anomaly).
+        balance_limit: 0,
     };
     let timeouts =
         scandium_placement::operator::OperatorTimeouts { step_ms: 10_000, resend_ms: 2_000 };
