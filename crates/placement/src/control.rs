@@ -150,6 +150,26 @@ pub struct ControlPlane {
 /// has no Region id of its own here).
 pub const META_ID: RegionId = RegionId::MAX;
 
+/// Whether every store holding `region` and, for a move, the store it moves to, is up.
+fn involves_only_up_stores(
+    state: &PlacementState,
+    live: &Liveness,
+    config: &SchedulerConfig,
+    region: &Region,
+    operator: &Operator,
+) -> bool {
+    let up = |store: u64| {
+        state
+            .store(store)
+            .is_some_and(|s| scheduler::store_status(s, live, config) == scheduler::StoreStatus::Up)
+    };
+    let target_up = match operator.kind() {
+        OperatorKind::MoveReplica { to, .. } => up(*to),
+        _ => true,
+    };
+    target_up && region.peers.iter().all(|p| up(p.store_id))
+}
+
 /// What advancing a Region's operator came to.
 #[derive(Debug)]
 enum Advance {
@@ -373,6 +393,21 @@ impl ControlPlane {
         now: Now,
     ) -> Advance {
         let (mut operator, fresh) = match operator {
+            // A balancing move gives way once a store it involves is not up: the Region
+            // may need repair, which it would otherwise hold up.
+            Some(operator)
+                if operator.kind().balances()
+                    && !involves_only_up_stores(
+                        state,
+                        live,
+                        &self.config.scheduler,
+                        region,
+                        &operator,
+                    ) =>
+            {
+                self.counts.cancelled += 1;
+                return self.advance(state, live, region, health, None, is_meta, now);
+            }
             Some(operator) => (operator, false),
             None => {
                 let config = &self.config.scheduler;

@@ -39,6 +39,9 @@ pub enum StepAction {
     TransferLeader(Peer),
 }
 
+/// Longest a leader transfer step may take.
+pub const TRANSFER_STEP_MS: u64 = 10_000;
+
 /// A step addressed to a Region's leader.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperatorStep {
@@ -234,7 +237,13 @@ impl Operator {
         let Some(step) = self.steps.get(self.current) else {
             return Progress::Ended(Ended::Finished);
         };
-        if now_ms.saturating_sub(self.step_started_ms) > timeouts.step_ms {
+        // A leader transfer is done within an election timeout or not at all (its target
+        // died, or lags too far): it does not hold the Region for a data step's minutes.
+        let limit = match step {
+            StepAction::TransferLeader(_) => timeouts.step_ms.min(TRANSFER_STEP_MS),
+            _ => timeouts.step_ms,
+        };
+        if now_ms.saturating_sub(self.step_started_ms) > limit {
             return Progress::Ended(Ended::TimedOut);
         }
         let in_joint = region
@@ -354,6 +363,16 @@ mod tests {
         assert_eq!(step.action, StepAction::Remove(Peer::new(1, 1)));
         let moved = region(vec![Peer::new(2, 2), Peer::new(3, 3), Peer::new(40, 4)], 5);
         assert_eq!(op.observe(&moved, 3, &[], 60, T), Progress::Ended(Ended::Finished));
+    }
+
+    #[test]
+    fn a_leader_transfer_is_given_up_sooner_than_a_data_step() {
+        let start = region(vec![Peer::new(1, 1), Peer::new(2, 2)], 2);
+        let slow = OperatorTimeouts { step_ms: 600_000, resend_ms: 1_000 };
+        let mut op = Operator::transfer_leader(&start, Peer::new(2, 2), 0);
+        assert!(matches!(op.observe(&start, 1, &[], 0, slow), Progress::Send(_)));
+        let late = TRANSFER_STEP_MS + 1;
+        assert_eq!(op.observe(&start, 1, &[], late, slow), Progress::Ended(Ended::TimedOut));
     }
 
     #[test]

@@ -34,6 +34,20 @@ pub const MAX_SPLIT_KEYS: usize = 10_000;
 /// healthy group takes one round trip; this covers an election timeout.
 const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How long a split is tried again after Region errors (a leader moving is done within an
+/// election timeout).
+const RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether a split failed on a Region error, here or as another node answered it (whose
+/// error comes back as text).
+fn is_region_error(error: &RequestError) -> bool {
+    match error {
+        RequestError::Region(_) => true,
+        RequestError::Internal(message) => message.starts_with("region error:"),
+        RequestError::Invalid(_) => false,
+    }
+}
+
 /// Splits Regions on request: on this node for the Regions it leads, by asking the leader
 /// for the others.
 pub struct Splitter {
@@ -76,8 +90,25 @@ impl Splitter {
         Ok(regions)
     }
 
-    /// Splits the Region containing `key` so that a Region starts at `key`.
+    /// Splits the Region containing `key` so that a Region starts at `key`. A Region
+    /// error on the way (its leadership moved, by a balancing transfer or an election, or
+    /// it changed shape) means "look again": the split is tried again, for up to
+    /// [`RETRY_WAIT`].
     pub async fn split_at(&self, key: Vec<u8>) -> Result<Region, RequestError> {
+        let deadline = std::time::Instant::now() + RETRY_WAIT;
+        loop {
+            match self.split_once(key.clone()).await {
+                Err(error) if is_region_error(&error) && std::time::Instant::now() < deadline => {
+                    tracing::debug!(%error, key = ?key, "split tried again");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One try of [`Splitter::split_at`].
+    async fn split_once(&self, key: Vec<u8>) -> Result<Region, RequestError> {
         if key.is_empty() {
             return Err(RequestError::invalid("cannot split at the empty key"));
         }

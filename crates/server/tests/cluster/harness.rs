@@ -41,6 +41,8 @@ pub fn config(dir: PathBuf, addr: &str, join: Vec<String>) -> Config {
         max_election_ticks: 16,
         heartbeat_interval_ms: 100,
         gc_interval_secs: 3600,
+        // Tests that name a Region's leader keep it: balancing is on where a test says so.
+        balance_limit: 0,
         ..Config::default()
     }
 }
