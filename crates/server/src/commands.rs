@@ -22,6 +22,7 @@ use crate::disk::DiskSpace;
 use crate::error::{store_not_match, RequestError};
 use crate::flow::ReadFlow;
 use crate::identity::Identity;
+use crate::load_split::LoadSamples;
 use crate::network::{Clients, Directory};
 use crate::placement::Placement;
 use crate::raft_driver::RaftHandle;
@@ -221,6 +222,7 @@ pub struct Storage {
     directory: Arc<Directory>,
     clients: Arc<Clients>,
     reads: Arc<ReadFlow>,
+    load: Arc<LoadSamples>,
 }
 
 /// What [`Storage`] is built from.
@@ -246,6 +248,8 @@ pub struct StorageParts {
     pub clients: Arc<Clients>,
     /// Reads served, per Region (for heartbeats).
     pub reads: Arc<ReadFlow>,
+    /// Requests' keys, per Region (for load-based split).
+    pub load: Arc<LoadSamples>,
 }
 
 /// A request's context and the API version it speaks: a request without a context, or
@@ -274,6 +278,7 @@ impl Storage {
             directory,
             clients,
             reads,
+            load,
         } = parts;
         Storage {
             identity,
@@ -286,6 +291,19 @@ impl Storage {
             directory,
             clients,
             reads,
+            load,
+        }
+    }
+
+    /// Counts a request for `keys` of the Region `context` names, for load-based split.
+    pub fn sample_load<'a>(
+        &self,
+        context: Option<&kvrpcpb::Context>,
+        keys: impl IntoIterator<Item = &'a [u8]>,
+    ) {
+        let Some(context) = context else { return };
+        for key in keys {
+            self.load.record(context.region_id, key);
         }
     }
 

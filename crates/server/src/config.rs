@@ -83,6 +83,11 @@ pub struct Config {
     /// Moves that even out the stores (a replica to a store holding fewer, a leader to a
     /// store leading fewer) under way at once; 0 turns balancing off.
     pub balance_limit: usize,
+    /// Requests a second past which a Region led here counts as hot; a Region hot for
+    /// `load_split_secs` in a row is split where its load divides (0 turns it off).
+    pub load_split_qps: u64,
+    /// Seconds in a row a Region must be hot before it is split by load.
+    pub load_split_secs: u64,
 }
 
 impl Default for Config {
@@ -118,6 +123,8 @@ impl Default for Config {
             region_max_keys: 960_000,
             split_check_interval_ms: 10_000,
             balance_limit: 4,
+            load_split_qps: 3_000,
+            load_split_secs: 10,
         }
     }
 }
@@ -260,6 +267,8 @@ impl Config {
             .map_err(|e| e.because("it must be at least region_split_keys"))?;
         in_range("split_check_interval_ms", self.split_check_interval_ms, 10, 3_600_000)?;
         in_range("balance_limit", self.balance_limit as u64, 0, 1024)?;
+        in_range("load_split_qps", self.load_split_qps, 0, 10_000_000)?;
+        in_range("load_split_secs", self.load_split_secs, 1, 600)?;
         Ok(())
     }
 
@@ -341,6 +350,8 @@ mod tests {
             ("region_max_keys", |c| c.region_max_keys = c.region_split_keys - 1),
             ("split_check_interval_ms", |c| c.split_check_interval_ms = 0),
             ("balance_limit", |c| c.balance_limit = 5000),
+            ("load_split_qps", |c| c.load_split_qps = u64::MAX),
+            ("load_split_secs", |c| c.load_split_secs = 0),
         ];
         Config::default().validate().expect("the defaults are valid");
         for (name, spoil) in bad {

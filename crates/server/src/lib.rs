@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod heartbeat;
 pub mod http;
 pub mod identity;
+pub mod load_split;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -12,6 +12,7 @@ use crate::grpc::{keyspace::KeyspaceService, tikv::TikvService};
 use crate::heartbeat::{Control, ControlParts};
 use crate::http::HttpState;
 use crate::identity::Identity;
+use crate::load_split::{LoadSamples, LoadSplitConfig};
 use crate::network::{Clients, Directory, Links};
 use crate::placement::{MetaApplier, Placement, PlacementNetwork};
 use crate::raft_driver::{Outputs, RaftDriver, RaftHandle};
@@ -244,6 +245,7 @@ impl Node {
         let txn =
             Arc::new(TxnNode::new(engine.clone(), lock_index, newest, settings, wakers.clone()));
         let reads = Arc::new(ReadFlow::default());
+        let load = Arc::new(LoadSamples::default());
         let storage = Arc::new(Storage::new(StorageParts {
             identity: identity.clone(),
             txn: txn.clone(),
@@ -255,6 +257,7 @@ impl Node {
             directory: directory.clone(),
             clients: clients.clone(),
             reads: reads.clone(),
+            load: load.clone(),
         }));
         let beat_now = Arc::new(Notify::new());
         let control = Arc::new(Control::new(
@@ -378,6 +381,9 @@ impl Node {
             SplitChecker::new(node.raft.clone(), node.splitter.clone(), config.split_policy());
         let interval = Duration::from_millis(config.split_check_interval_ms);
         node.background.push(node.tasks.spawn(Arc::new(checker).run(interval)));
+        let hot = LoadSplitConfig { qps: config.load_split_qps, secs: config.load_split_secs };
+        let load_split = crate::load_split::run(load, node.splitter.clone(), hot);
+        node.background.push(node.tasks.spawn(load_split));
         // `scandium server` announces it at info, in its own words.
         tracing::debug!(
             addr = %node.identity.address,

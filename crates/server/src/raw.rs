@@ -48,6 +48,7 @@ impl Storage {
         req: &kvrpcpb::RawGetRequest,
     ) -> Result<Option<Vec<u8>>, RequestError> {
         let (target, raw) = raw_target(req.context.as_ref(), &req.cf)?;
+        self.sample_load(req.context.as_ref(), [req.key.as_slice()]);
         let value = self.run(target, raw::get(self.txn(), raw, req.key.clone())).await?;
         let pair = value.as_ref().map(|v| (req.key.as_slice(), v.as_slice()));
         self.count_read(req.context.as_ref(), pair);
@@ -60,6 +61,7 @@ impl Storage {
         req: &kvrpcpb::RawBatchGetRequest,
     ) -> Result<Vec<KvPair>, RequestError> {
         let (target, raw) = raw_target(req.context.as_ref(), &req.cf)?;
+        self.sample_load(req.context.as_ref(), req.keys.iter().map(Vec::as_slice));
         let pairs = self.run(target, raw::batch_get(self.txn(), raw, req.keys.clone())).await?;
         self.count_read(req.context.as_ref(), read_pairs(&pairs));
         Ok(pairs)
@@ -77,6 +79,7 @@ impl Storage {
     /// `RawPut`.
     pub async fn raw_put(&self, req: kvrpcpb::RawPutRequest) -> Result<(), RequestError> {
         let (target, raw) = raw_target(req.context.as_ref(), &req.cf)?;
+        self.sample_load(req.context.as_ref(), [req.key.as_slice()]);
         let pairs = vec![(req.key, req.value, req.ttl)];
         Ok(self.run(target, raw::put(self.txn(), raw, pairs)).await?)
     }
@@ -98,6 +101,7 @@ impl Storage {
             ))),
         };
         ttl_of(0)?;
+        self.sample_load(req.context.as_ref(), req.pairs.iter().map(|p| p.key.as_slice()));
         let mut pairs = Vec::with_capacity(req.pairs.len());
         for (i, pair) in req.pairs.iter().enumerate() {
             pairs.push((pair.key.clone(), pair.value.clone(), ttl_of(i)?));
@@ -108,6 +112,7 @@ impl Storage {
     /// `RawDelete`.
     pub async fn raw_delete(&self, req: kvrpcpb::RawDeleteRequest) -> Result<(), RequestError> {
         let (target, raw) = raw_target(req.context.as_ref(), &req.cf)?;
+        self.sample_load(req.context.as_ref(), [req.key.as_slice()]);
         Ok(self.run(target, raw::delete(self.txn(), raw, vec![req.key])).await?)
     }
 
@@ -129,6 +134,7 @@ impl Storage {
         let range = KeyRange { start: req.start_key.clone(), end: req.end_key.clone() };
         let options =
             ScanOptions { limit: req.limit, key_only: req.key_only, reverse: req.reverse };
+        self.sample_load(req.context.as_ref(), [req.start_key.as_slice()]);
         let pairs = self.run(target, raw::scan(self.txn(), raw, range, options)).await?;
         self.count_read(req.context.as_ref(), read_pairs(&pairs));
         Ok(pairs)
@@ -168,6 +174,7 @@ impl Storage {
         req: kvrpcpb::RawCasRequest,
     ) -> Result<CasOutcome, RequestError> {
         let (target, raw) = raw_target(req.context.as_ref(), &req.cf)?;
+        self.sample_load(req.context.as_ref(), [req.key.as_slice()]);
         let expected = (!req.previous_not_exist).then_some(req.previous_value);
         let command = raw::compare_and_swap(self.txn(), raw, req.key, expected, req.value, req.ttl);
         Ok(self.run(target, command).await?)

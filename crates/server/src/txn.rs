@@ -44,6 +44,7 @@ impl Storage {
     /// `KvGet`.
     pub async fn kv_get(&self, req: &kvrpcpb::GetRequest) -> TxnResult<Option<Vec<u8>>> {
         let (target, api) = txn_target(req.context.as_ref())?;
+        self.sample_load(req.context.as_ref(), [req.key.as_slice()]);
         let command = txn::get(self.txn(), api, req.key.clone(), TimeStamp(req.version));
         let value = self.run(target, command).await?;
         let pair = value.as_ref().map(|v| (req.key.as_slice(), v.as_slice()));
@@ -57,6 +58,7 @@ impl Storage {
         req: &kvrpcpb::BatchGetRequest,
     ) -> TxnResult<Vec<kvrpcpb::KvPair>> {
         let (target, api) = txn_target(req.context.as_ref())?;
+        self.sample_load(req.context.as_ref(), req.keys.iter().map(Vec::as_slice));
         let command = txn::batch_get(self.txn(), api, req.keys.clone(), TimeStamp(req.version));
         let pairs = kv_pairs(self.run(target, command).await?);
         self.count_read(req.context.as_ref(), read_pairs(&pairs));
@@ -74,6 +76,7 @@ impl Storage {
             key_only: req.key_only,
             reverse: req.reverse,
         };
+        self.sample_load(req.context.as_ref(), [req.start_key.as_slice()]);
         let pairs = kv_pairs(self.run(target, txn::scan(self.txn(), api, scan)).await?);
         self.count_read(req.context.as_ref(), read_pairs(&pairs));
         Ok(pairs)
@@ -82,6 +85,7 @@ impl Storage {
     /// `KvPrewrite`.
     pub async fn kv_prewrite(&self, req: kvrpcpb::PrewriteRequest) -> TxnResult<Prewritten> {
         let (target, api) = txn_target(req.context.as_ref())?;
+        self.sample_load(req.context.as_ref(), req.mutations.iter().map(|m| m.key.as_slice()));
         let mutations = mutations(&req.mutations)?;
         let actions = pessimistic_actions(&req, mutations.len())?;
         let props = TxnProps {

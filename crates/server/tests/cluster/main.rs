@@ -728,7 +728,7 @@ async fn regions_split_by_size_as_they_grow_and_report_their_size() {
 /// a fourth that joins takes a share of the replicas, and every store ends up leading some.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_store_takes_a_share_of_replicas_and_leaders_spread() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start_with(3, |settings| settings.balance_limit = 4).await;
     let asker = cluster.meta_leader().expect("a placement leader");
     let keys: Vec<Vec<u8>> = (0..8).map(|i| k(&format!("spread{i}"))).collect();
     cluster.node(asker).splitter().split_at_keys(keys).await.expect("splits");
@@ -767,5 +767,44 @@ async fn a_joining_store_takes_a_share_of_replicas_and_leaders_spread() {
     client.put(k("spread3x"), k("v")).await.expect("put after the moves");
     assert_eq!(client.get(k("spread3x")).await.expect("get"), Some(k("v")));
     assert_replicas_agree(&cluster).await;
+    cluster.shutdown().await;
+}
+
+/// A Region that stays hot is split where its load divides: reads spread over its keys,
+/// past `load_split_qps` for `load_split_secs`, split it; the keys all still read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_region_is_split_where_its_load_divides() {
+    let cluster = Cluster::start_with(3, |settings| {
+        settings.load_split_qps = 20;
+        settings.load_split_secs = 2;
+    })
+    .await;
+    let client = cluster.raw_client().await;
+    let keys: Vec<Vec<u8>> = (0..40).map(|i| k(&format!("hot{i:02}"))).collect();
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = keys.iter().map(|key| (key.clone(), k("v"))).collect();
+    client.batch_put(pairs).await.expect("batch put");
+    let before = cluster.region_of(b"hot00");
+    assert_eq!(cluster.region_of(b"hot39"), before, "the keys start in one Region");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut reads = 0u64;
+    while cluster.region_of(b"hot00") == cluster.region_of(b"hot39") {
+        assert!(Instant::now() < deadline, "not split after {reads} reads");
+        for key in &keys {
+            assert_eq!(client.get(key.clone()).await.expect("get"), Some(k("v")));
+            reads += 1;
+        }
+    }
+    // Split inside the hot keys, not at their edge.
+    let left = cluster.region_of(b"hot00");
+    let boundary = {
+        let leader = cluster.meta_leader().expect("a placement leader");
+        let placement = cluster.node(leader).placement().read();
+        placement.region(left).expect("the left half").end_key.clone()
+    };
+    println!("split at {:?} after {reads} reads", String::from_utf8_lossy(&boundary));
+    assert!(boundary.as_slice() > b"hot05".as_slice() && boundary.as_slice() < b"hot35".as_slice());
+    for key in &keys {
+        assert_eq!(client.get(key.clone()).await.expect("get"), Some(k("v")));
+    }
     cluster.shutdown().await;
 }
