@@ -179,7 +179,12 @@ fn start_node_in(
 ) -> Server {
     let data = dir.join("data");
     let data = data.to_str().unwrap().to_string();
-    let mut args = vec!["--data-dir", &data, "--addr", addr];
+    // These tests name leaders and watch them fail over: balancing, which moves leaders
+    // by itself, is off (the in-process cluster tests cover it).
+    let settings = dir.join("scandium.toml");
+    std::fs::write(&settings, "balance_limit = 0\n").unwrap();
+    let settings = settings.to_str().unwrap().to_string();
+    let mut args = vec!["--config", &settings, "--data-dir", &data, "--addr", addr];
     if let Some(join) = join {
         args.extend(["--join", join]);
     }
