@@ -179,7 +179,12 @@ impl BatchClient {
         request: R,
     ) -> Result<R::Answer, String> {
         let mut last = String::new();
-        for _ in 0..3 {
+        // A split (by size or load) or a leader move answers with a Region error until
+        // the new layout is learnt and led: a few tries, a little apart.
+        for attempt in 0..5u64 {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+            }
             let region = self.region(key).await?;
             let answer = self.call(request.clone().into_cmd(region.context.clone())).await?;
             let answer = R::answer(answer).ok_or("an answer of another kind")?;
