@@ -35,6 +35,9 @@ pub struct RegionStats {
     pub deleted_keys: u64,
     /// Bytes written or deleted since the last measurement.
     pub unmeasured_bytes: u64,
+    /// How many times the replica's data was replaced (a snapshot installed): a
+    /// measurement taken before a replacement says nothing of the data after it.
+    pub replaced: u64,
 }
 
 /// What one applied write command changed, for [`RegionStats`].
@@ -106,9 +109,21 @@ impl RegionStats {
         !self.measured || self.unmeasured_bytes >= (policy.split_size / 16).max(1)
     }
 
+    /// The data was replaced wholesale (a snapshot): nothing is known of it until it is
+    /// measured. Traffic counters run on.
+    pub fn replace(&mut self) {
+        self.approximate_size = 0;
+        self.approximate_keys = 0;
+        self.measured = false;
+        self.replaced += 1;
+    }
+
     /// Replaces the figures with a measurement taken when the stats were `mark`, plus what
-    /// was applied since.
+    /// was applied since; ignored if the data was replaced since the mark.
     pub fn correct(&mut self, mark: &RegionStats, size: u64, keys: u64) {
+        if self.replaced != mark.replaced {
+            return;
+        }
         let written_bytes = self.written_bytes.saturating_sub(mark.written_bytes);
         let written_keys = self.written_keys.saturating_sub(mark.written_keys);
         let deleted_keys = self.deleted_keys.saturating_sub(mark.deleted_keys);
@@ -358,6 +373,12 @@ mod tests {
         assert!(!stats.wants_measuring(&policy), "113 bytes since: under a sixteenth (200)");
         stats.apply(&footprint);
         assert!(stats.wants_measuring(&policy), "226 bytes since");
+        // A measurement from before a snapshot replaced the data is not used.
+        let mut replaced = stats;
+        let before = replaced;
+        replaced.replace();
+        replaced.correct(&before, 1, 1);
+        assert!(!replaced.measured && replaced.approximate_size == 0);
         let (left, right) = stats.split();
         assert_eq!(left.approximate_size + right.approximate_size, stats.approximate_size);
         assert_eq!(left.written_bytes, stats.written_bytes, "the left half keeps counting");

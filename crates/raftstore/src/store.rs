@@ -818,13 +818,7 @@ impl Store {
             self.observer.on_replaced(&region);
             if let Some(peer) = self.peers.get_mut(&region.id) {
                 // Whatever was counted is gone: measure the data the snapshot brought.
-                let written = peer.stats;
-                peer.stats = RegionStats {
-                    measured: false,
-                    approximate_size: 0,
-                    approximate_keys: 0,
-                    ..written
-                };
+                peer.stats.replace();
             }
         }
         tracing::info!(group = region.id, "installed a snapshot");
