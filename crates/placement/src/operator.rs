@@ -136,6 +136,9 @@ pub struct Operator {
     current: usize,
     /// The Region's version when the operator began: a split or merge cancels it.
     version: u64,
+    /// Voters the Region had when the operator began: a move removes its old replica only
+    /// while the Region has more (its new one promoted, nothing else removed meanwhile).
+    voters: usize,
     step_started_ms: u64,
     /// When the current step was last sent, at which epoch, and as what.
     sent: Option<(u64, RegionEpoch, StepAction)>,
@@ -150,6 +153,7 @@ impl Operator {
             steps,
             current: 0,
             version: region.version,
+            voters: region.voters().count(),
             step_started_ms: now_ms,
             sent: None,
         }
@@ -257,6 +261,14 @@ impl Operator {
         if in_joint || catching_up {
             return Progress::Wait;
         }
+        let moving = matches!(self.kind, OperatorKind::MoveReplica { .. });
+        if moving && matches!(step, StepAction::Remove(_)) && region.voters().count() <= self.voters
+        {
+            // Something else removed a voter meanwhile (a manual change, another node's
+            // view): removing the old replica too would leave the Region short, and one
+            // more loss from losing its quorum for good. The scheduler looks again.
+            return Progress::Ended(Ended::Cancelled);
+        }
         let action = match step {
             StepAction::Remove(victim) if victim.id == leader => {
                 let others: Vec<&Peer> = region.voters().filter(|p| p.id != victim.id).collect();
@@ -363,6 +375,21 @@ mod tests {
         assert_eq!(step.action, StepAction::Remove(Peer::new(1, 1)));
         let moved = region(vec![Peer::new(2, 2), Peer::new(3, 3), Peer::new(40, 4)], 5);
         assert_eq!(op.observe(&moved, 3, &[], 60, T), Progress::Ended(Ended::Finished));
+    }
+
+    #[test]
+    fn a_move_does_not_remove_its_old_replica_once_the_region_lost_a_voter_otherwise() {
+        let start = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)], 2);
+        let mut op = Operator::move_replica(&start, Peer::new(2, 2), 4, 40, 0);
+        let learner = region(
+            vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3), Peer::learner(40, 4)],
+            3,
+        );
+        assert!(matches!(op.observe(&start, 1, &[], 0, T), Progress::Send(_)));
+        assert!(matches!(op.observe(&learner, 1, &[], 10, T), Progress::Send(_)), "promote");
+        // Promoted while another change removed store 3's voter (a joint change did both).
+        let short = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(40, 4)], 5);
+        assert_eq!(op.observe(&short, 1, &[], 20, T), Progress::Ended(Ended::Cancelled));
     }
 
     #[test]
