@@ -48,7 +48,7 @@ impl Default for SchedulerConfig {
             meta_voters: 3,
             disconnect_ms: 5_000,
             down_ms: 30 * 60_000,
-            balance_limit: 4,
+            balance_limit: 0,
         }
     }
 }
