@@ -301,9 +301,8 @@ impl Storage {
         context: Option<&kvrpcpb::Context>,
         keys: impl IntoIterator<Item = &'a [u8]>,
     ) {
-        let Some(context) = context else { return };
-        for key in keys {
-            self.load.record(context.region_id, key);
+        if let Some(context) = context {
+            self.load.record(context.region_id, keys);
         }
     }
 

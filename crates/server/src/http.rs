@@ -281,16 +281,7 @@ async fn regions_page(
                     "role": format!("{:?}", p.role()),
                 })).collect::<Vec<_>>(),
             });
-            let load = loads.get(&region.id).copied().unwrap_or_default();
-            merge(
-                shape,
-                json!({
-                    "approximate_size_bytes": load.approximate_size,
-                    "approximate_keys": load.approximate_keys,
-                    "written_bytes": load.written_bytes,
-                    "read_bytes": load.read_bytes,
-                }),
-            )
+            merge(shape, load_json(loads.get(&region.id)))
         })
         .collect();
     Json(json!({ "total": total, "offset": query.offset, "regions": page }))

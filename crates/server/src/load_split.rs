@@ -38,19 +38,22 @@ pub struct LoadSamples {
 }
 
 impl LoadSamples {
-    /// Counts a request for `key` in Region `region_id`.
-    pub fn record(&self, region_id: u64, key: &[u8]) {
+    /// Counts a request for each of `keys` in Region `region_id` (one lock for them all:
+    /// this is on every request's path).
+    pub fn record<'a>(&self, region_id: u64, keys: impl IntoIterator<Item = &'a [u8]>) {
         let mut regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
         let window = regions.entry(region_id).or_default();
-        window.requests += 1;
-        if window.samples.len() < SAMPLES {
-            window.samples.push(key.to_vec());
-            return;
-        }
-        // Reservoir sampling: each request's key stays with probability SAMPLES/requests.
-        let slot = rand::thread_rng().gen_range(0..window.requests);
-        if let Some(sample) = window.samples.get_mut(slot as usize) {
-            *sample = key.to_vec();
+        for key in keys {
+            window.requests += 1;
+            if window.samples.len() < SAMPLES {
+                window.samples.push(key.to_vec());
+                continue;
+            }
+            // Reservoir sampling: each key stays with probability SAMPLES/requests.
+            let slot = rand::thread_rng().gen_range(0..window.requests);
+            if let Some(sample) = window.samples.get_mut(slot as usize) {
+                *sample = key.to_vec();
+            }
         }
     }
 
@@ -222,7 +225,7 @@ mod tests {
     fn samples_stay_bounded_and_every_request_counts() {
         let samples = LoadSamples::default();
         for i in 0..10_000u32 {
-            samples.record(9, &i.to_be_bytes());
+            samples.record(9, [i.to_be_bytes().as_slice()]);
         }
         let windows = samples.take();
         assert_eq!(windows[&9].requests, 10_000);

@@ -18,11 +18,11 @@ use crate::network::{Clients, Directory};
 use crate::placement::Placement;
 use crate::raft_driver::RaftHandle;
 use scandium_placement::RegionReport;
-use scandium_raftstore::{ApplyOutput, RaftCommand, RaftstoreError, Registry, SplitRequest};
+use scandium_raftstore::{ApplyOutput, RaftCommand, Registry, SplitRequest};
 use scandium_types::Region;
 use std::sync::Arc;
 
-/// Attempts per key when a concurrent split changes the Region under us.
+/// Proposals per key when concurrent splits change the Region under us.
 const ATTEMPTS: usize = 5;
 
 /// Split keys one request may name: each is a Raft round and a placement record.
@@ -34,13 +34,13 @@ pub const MAX_SPLIT_KEYS: usize = 10_000;
 /// healthy group takes one round trip; this covers an election timeout.
 const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// How long a split is tried again after Region errors (a leader moving is done within an
-/// election timeout).
+/// How long a split is tried again after Region errors, or waits while its Region has no
+/// leader (a leader moving, or an election, is done within an election timeout).
 const RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Whether a split failed on a Region error, here or as another node answered it (whose
-/// error comes back as text).
-fn is_region_error(error: &RequestError) -> bool {
+/// Whether a split that failed so may succeed if tried again: a Region error, here or as
+/// another node answered it (whose error comes back as text).
+fn retryable(error: &RequestError) -> bool {
     match error {
         RequestError::Region(_) => true,
         RequestError::Internal(message) => message.starts_with("region error:"),
@@ -90,36 +90,31 @@ impl Splitter {
         Ok(regions)
     }
 
-    /// Splits the Region containing `key` so that a Region starts at `key`. A Region
-    /// error on the way (its leadership moved, by a balancing transfer or an election, or
-    /// it changed shape) means "look again": the split is tried again, for up to
-    /// [`RETRY_WAIT`].
+    /// Splits the Region containing `key` so that a Region starts at `key`: here if this
+    /// node leads it, else by asking its leader. A Region error on the way (its leadership
+    /// moved, by an election or a transfer, or a concurrent split changed it) means "look
+    /// again", as does a Region with no leader yet (an election under way): the split is
+    /// tried again for up to [`RETRY_WAIT`], proposed here at most [`ATTEMPTS`] times.
     pub async fn split_at(&self, key: Vec<u8>) -> Result<Region, RequestError> {
-        let deadline = std::time::Instant::now() + RETRY_WAIT;
-        loop {
-            match self.split_once(key.clone()).await {
-                Err(error) if is_region_error(&error) && std::time::Instant::now() < deadline => {
-                    tracing::debug!(%error, key = ?key, "split tried again");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                result => return result,
-            }
-        }
-    }
-
-    /// One try of [`Splitter::split_at`].
-    async fn split_once(&self, key: Vec<u8>) -> Result<Region, RequestError> {
         if key.is_empty() {
             return Err(RequestError::invalid("cannot split at the empty key"));
         }
         if key.len() > scandium_types::MAX_KEY_SIZE {
             return Err(RequestError::invalid("split key is longer than the key size limit"));
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        let mut attempts = 0;
-        while attempts < ATTEMPTS {
-            let status = match self.registry.find_by_key(&key) {
-                Some(status) if status.ready_for_reads => status,
+        let deadline = std::time::Instant::now() + RETRY_WAIT;
+        let mut proposals = 0;
+        loop {
+            let outcome = match self.registry.find_by_key(&key) {
+                Some(status) if status.ready_for_reads => {
+                    if proposals == ATTEMPTS {
+                        return Err(RequestError::Internal(format!(
+                            "region of {key:?} kept changing; split not done"
+                        )));
+                    }
+                    proposals += 1;
+                    self.split_here(status.region, &key).await
+                }
                 // The Region is led elsewhere: its leader splits it.
                 Some(status)
                     if status
@@ -127,10 +122,10 @@ impl Splitter {
                         .as_ref()
                         .is_some_and(|l| l.store_id != self.identity.store_id) =>
                 {
-                    return self.split_elsewhere(&key).await;
+                    self.split_elsewhere(&key).await
                 }
                 None if self.placement.read().region_by_key(&key).is_some() => {
-                    return self.split_elsewhere(&key).await;
+                    self.split_elsewhere(&key).await
                 }
                 // An election is under way here (a Region just split off): wait for it.
                 _ if std::time::Instant::now() < deadline => {
@@ -143,38 +138,39 @@ impl Splitter {
                     )))
                 }
             };
-            attempts += 1;
-            if status.region.start_key == key {
-                return Ok(status.region);
-            }
-            let first_id = self.placement.alloc_ids(1 + status.region.peers.len() as u64).await?;
-            let request = SplitRequest {
-                split_key: key.clone(),
-                new_region_id: first_id,
-                new_peer_ids: (1..=status.region.peers.len() as u64)
-                    .map(|i| first_id + i)
-                    .collect(),
-            };
-            let command = RaftCommand::split(&status.region, request);
-            match self.raft.propose_command(status.region.id, command).await {
-                Ok(ApplyOutput::Split { left, right }) => {
-                    let shape = RegionReport { region: Some(right.clone()), ..Default::default() };
-                    let reports = vec![shape, self.report(&left)];
-                    self.placement.report_regions(reports).await?;
-                    self.record_leader(&right).await;
-                    tracing::info!(region = right.id, key = ?key, "split region");
-                    return Ok(right);
+            match outcome {
+                Err(error) if retryable(&error) && std::time::Instant::now() < deadline => {
+                    tracing::debug!(%error, key = ?key, "split tried again");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
-                Ok(other) => {
-                    return Err(RequestError::Internal(format!(
-                        "unexpected split result {other:?}"
-                    )))
-                }
-                Err(RaftstoreError::EpochNotMatch { .. }) => continue,
-                Err(e) => return Err(e.into()),
+                result => return result,
             }
         }
-        Err(RequestError::Internal(format!("region of {key:?} kept changing; split not done")))
+    }
+
+    /// Splits `region`, led here, at `key`, and records both halves in placement.
+    async fn split_here(&self, region: Region, key: &[u8]) -> Result<Region, RequestError> {
+        if region.start_key == key {
+            return Ok(region);
+        }
+        let first_id = self.placement.alloc_ids(1 + region.peers.len() as u64).await?;
+        let request = SplitRequest {
+            split_key: key.to_vec(),
+            new_region_id: first_id,
+            new_peer_ids: (1..=region.peers.len() as u64).map(|i| first_id + i).collect(),
+        };
+        let command = RaftCommand::split(&region, request);
+        match self.raft.propose_command(region.id, command).await? {
+            ApplyOutput::Split { left, right } => {
+                let shape = RegionReport { region: Some(right.clone()), ..Default::default() };
+                let reports = vec![shape, self.report(&left)];
+                self.placement.report_regions(reports).await?;
+                self.record_leader(&right).await;
+                tracing::info!(region = right.id, key = ?key, "split region");
+                Ok(right)
+            }
+            other => Err(RequestError::Internal(format!("unexpected split result {other:?}"))),
+        }
     }
 
     /// What placement records of a half of a split: its shape, and its leader if this node

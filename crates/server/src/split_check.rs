@@ -30,15 +30,6 @@ pub struct SplitChecker {
     policy: SplitPolicy,
 }
 
-/// What one check did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CheckOutcome {
-    /// Regions measured.
-    pub measured: usize,
-    /// New Regions made by splits.
-    pub splits: usize,
-}
-
 impl SplitChecker {
     /// A checker splitting by `policy` through `splitter`.
     pub fn new(raft: RaftHandle, splitter: Arc<Splitter>, policy: SplitPolicy) -> SplitChecker {
@@ -55,16 +46,16 @@ impl SplitChecker {
     }
 
     /// One check: measure the Regions due, correct their figures, split the big ones.
-    pub async fn check(&self) -> CheckOutcome {
+    pub async fn check(&self) {
         let policy = self.policy;
         let Ok((mut due, snapshot)) =
             self.raft.with_store(move |store| store.due_for_measuring(&policy)).await
         else {
-            return CheckOutcome::default();
+            return;
         };
         due.truncate(MAX_MEASURED_PER_CHECK);
         if due.is_empty() {
-            return CheckOutcome::default();
+            return;
         }
         let measuring = tokio::task::spawn_blocking(move || {
             due.into_iter()
@@ -74,8 +65,7 @@ impl SplitChecker {
                 })
                 .collect::<Vec<_>>()
         });
-        let Ok(measured) = measuring.await else { return CheckOutcome::default() };
-        let mut outcome = CheckOutcome::default();
+        let Ok(measured) = measuring.await else { return };
         for (region, mark, found) in measured {
             let found = match found {
                 Ok(found) => found,
@@ -84,7 +74,6 @@ impl SplitChecker {
                     continue;
                 }
             };
-            outcome.measured += 1;
             let (size, keys) = (found.size, found.keys);
             let recorded = self
                 .raft
@@ -95,13 +84,9 @@ impl SplitChecker {
             }
             let pieces = found.split_keys.len();
             match self.splitter.split_at_keys(found.split_keys).await {
-                Ok(_) => {
-                    tracing::info!(size, keys, pieces = pieces + 1, "split a region by size");
-                    outcome.splits += pieces;
-                }
+                Ok(_) => tracing::info!(size, keys, pieces = pieces + 1, "split a region by size"),
                 Err(error) => tracing::info!(%error, "a split by size was not done"),
             }
         }
-        outcome
     }
 }
