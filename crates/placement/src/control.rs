@@ -467,7 +467,10 @@ impl ControlPlane {
         if running >= config.balance_limit {
             return None;
         }
-        let balance = self.balance.get_or_insert_with(|| Balance::of(state, live, config));
+        let operators = &self.operators;
+        let balance = self
+            .balance
+            .get_or_insert_with(|| Balance::of(state, live, config, operators.values()));
         let decision = scheduler::rebalance(region, health, balance)?;
         let leader_store = region.peer(health.leader).map_or(0, |p| p.store_id);
         balance.record(&decision, leader_store);

@@ -24,9 +24,10 @@
 //! these counts: a Down store's replicas are replaced where a new one can go, never
 //! removed without a replacement (as PD does).
 
+use crate::operator::{Operator, OperatorKind};
 use crate::state::PlacementState;
-use scandium_types::{Peer, PeerId, PeerRole, Region, Store, StoreId, StoreState};
-use std::collections::BTreeMap;
+use scandium_types::{Peer, PeerId, PeerRole, Region, RegionId, Store, StoreId, StoreState};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How stores' heartbeats are judged, and how many replicas are wanted.
 #[derive(Clone, Debug)]
@@ -243,8 +244,17 @@ pub struct Balance {
 pub const BALANCE_GAP: usize = 2;
 
 impl Balance {
-    /// The counts of the stores that are `Up` now.
-    pub fn of(state: &PlacementState, live: &Liveness, config: &SchedulerConfig) -> Balance {
+    /// The counts of the stores that are `Up` now, with every balancing move in `running`
+    /// counted as done: a move started by an earlier batch of heartbeats has not reached
+    /// the recorded state yet, and counted as not done it would make every batch start
+    /// the same move again (the simulator saw batches from different stores overshoot
+    /// together, then move the replicas back, for as long as it ran).
+    pub fn of<'a>(
+        state: &PlacementState,
+        live: &Liveness,
+        config: &SchedulerConfig,
+        running: impl IntoIterator<Item = &'a Operator>,
+    ) -> Balance {
         let up: Vec<StoreId> = state
             .stores()
             .filter(|s| store_status(s, live, config) == StoreStatus::Up)
@@ -254,16 +264,26 @@ impl Balance {
             replicas: up.iter().map(|&s| (s, 0)).collect(),
             leaders: up.iter().map(|&s| (s, 0)).collect(),
         };
+        let moves: BTreeMap<RegionId, &OperatorKind> =
+            running.into_iter().map(|o| (o.region_id(), o.kind())).collect();
         for region in state.regions() {
-            for peer in &region.peers {
-                if let Some(count) = balance.replicas.get_mut(&peer.store_id) {
+            let mut stores: BTreeSet<StoreId> = region.peers.iter().map(|p| p.store_id).collect();
+            let mut leader = state.leader_of(region.id).map(|p| p.store_id);
+            match moves.get(&region.id) {
+                Some(OperatorKind::MoveReplica { from, to }) => {
+                    stores.remove(&from.store_id);
+                    stores.insert(*to);
+                }
+                Some(OperatorKind::TransferLeader(to)) => leader = Some(to.store_id),
+                _ => {}
+            }
+            for store in stores {
+                if let Some(count) = balance.replicas.get_mut(&store) {
                     *count += 1;
                 }
             }
-            if let Some(leader) = state.leader_of(region.id) {
-                if let Some(count) = balance.leaders.get_mut(&leader.store_id) {
-                    *count += 1;
-                }
+            if let Some(count) = leader.and_then(|l| balance.leaders.get_mut(&l)) {
+                *count += 1;
             }
         }
         balance
