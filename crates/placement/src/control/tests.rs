@@ -179,7 +179,6 @@ fn a_move_under_way_counts_in_the_next_batch() {
         peers: (1..=3).map(|s| Peer::new(id * 10 + s, s)).collect(),
         conf_ver: 3,
         version: 1,
-        ..Default::default()
     };
     let regions = vec![on_123(10, b"", b"b"), on_123(11, b"b", b"c"), on_123(12, b"c", b"")];
     let keyspace = KeyspaceMeta { id: 0, name: "DEFAULT".into(), state: 0, created_at: 0 };
