@@ -140,7 +140,7 @@ pub fn cf_code(cf: Cf) -> u32 {
         Cf::Latest => 5,
         Cf::RawLock => 6,
         Cf::RawWrite => 7,
-        Cf::RaftLog | Cf::RaftState | Cf::Placement => {
+        Cf::RaftLog | Cf::RaftState | Cf::Placement | Cf::Staging => {
             panic!("{cf:?} is not a data column family and is never written by commands")
         }
     }

@@ -5,6 +5,8 @@
 //! RaftState: b'h' | group_id                             -> RaftLocalState (hard state, last index)
 //!            b'a' | group_id                             -> ApplyState
 //!            b'r' | group_id                             -> RegionLocalState
+//!            b's' | group_id                             -> PendingInstall (a snapshot
+//!                                                           whose data is not all in)
 //! ```
 //!
 //! Big-endian integers make a group's log one contiguous, index-ordered range.
@@ -45,6 +47,15 @@ pub fn apply_state_key(group_id: u64) -> Vec<u8> {
 pub fn region_state_key(group_id: u64) -> Vec<u8> {
     state_key(b'r', group_id)
 }
+
+/// Key of a group's pending install record (the snapshot module's `PendingInstall`): a
+/// snapshot whose data is not all in yet.
+pub fn install_key(group_id: u64) -> Vec<u8> {
+    state_key(INSTALL_PREFIX, group_id)
+}
+
+/// Prefix of every [`install_key`].
+pub const INSTALL_PREFIX: u8 = b's';
 
 /// Prefix of every Region state key, for enumerating the groups on this node.
 pub const REGION_STATE_PREFIX: u8 = b'r';

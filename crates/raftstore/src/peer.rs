@@ -119,6 +119,12 @@ pub struct Peer {
     pub(crate) next_read_context: u64,
     /// The data of a snapshot being delivered, for the Ready that installs it.
     pub(crate) pending_snapshot: Option<SnapshotData>,
+    /// A snapshot whose Raft state is installed and whose data is going in, step by step:
+    /// until it is all in, the replica takes no message, tick or read.
+    pub(crate) installing: Option<crate::snapshot::Install>,
+    /// Entries committed in the round that installed a snapshot's Raft state, applied
+    /// once its data is in.
+    pub(crate) deferred: Vec<raft::prelude::Entry>,
     /// Votes are refused until the store's clock reaches this (a restarted replica may
     /// have forgotten that it heard from a leader, whose lease it must still respect).
     pub(crate) votes_refused_until_ms: u64,
@@ -190,6 +196,8 @@ impl Peer {
             reads: VecDeque::new(),
             next_read_context: 0,
             pending_snapshot: None,
+            installing: None,
+            deferred: Vec::new(),
             votes_refused_until_ms: 0,
             known_peers: HashMap::new(),
             heard_ms: HashMap::new(),

@@ -7,15 +7,21 @@
 //! at that moment (the engine then holds exactly the applied state), registered in
 //! [`SnapshotSources`] under the token. The transport takes it from there and streams the
 //! Region's records in bounded [`SnapshotChunk`]s ([`for_each_chunk`]); the receiver
-//! assembles them ([`SnapshotAssembler`]) and hands them to its store with the Raft
-//! message, and the store installs data, log position, configuration and Region in one
-//! write batch, so a crash leaves the replica either as it was or fully installed.
+//! stages each chunk in its engine as it arrives ([`Stager`]), and hands the store the
+//! Raft message with a [`SnapshotData`] naming the staged chunks. The store writes the
+//! snapshot's Raft state with a [`PendingInstall`] record in one synced batch, then the
+//! data in bounded steps ([`Install`]), and serves the Region once the last step is
+//! durable. Neither side ever holds more than a few chunks of a Region in memory, and a
+//! crash leaves a replica either as it was, or installed, or with its install recorded,
+//! to be started over at restart.
 
 use crate::command::{cf_code, cf_from_code};
-use scandium_storage::{Cf, Snapshot, StorageError, WriteBatch};
+use prost::Message as _;
+use scandium_storage::{Cf, Engine, EngineRef, Snapshot, StorageError, WriteBatch};
 use scandium_types::codec::encode_bytes;
 use scandium_types::Region;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What a Raft snapshot's `data` holds.
@@ -120,22 +126,19 @@ pub fn for_each_chunk(
     Ok(send(chunk))
 }
 
-/// A snapshot's records as received, ready to install.
-#[derive(Debug, Default)]
+/// A received snapshot: its records staged in the receiver's engine ([`Staging`]) under
+/// `staging_id`, as `chunks` chunks, until the Raft round that installs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotData {
-    /// Records, in the order they were sent.
-    pub entries: Vec<(Cf, Vec<u8>, Vec<u8>)>,
+    /// Key prefix of its chunks in [`Cf::Staging`].
+    pub staging_id: u64,
+    /// How many chunks were staged.
+    pub chunks: u64,
 }
 
 /// Why a received snapshot was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SnapshotError {
-    /// The snapshot is larger than the receiver accepts.
-    #[error("snapshot exceeds {limit} bytes")]
-    TooLarge {
-        /// The limit.
-        limit: usize,
-    },
     /// A record names a column family that snapshots do not carry.
     #[error("snapshot record in unknown column family {0}")]
     UnknownCf(u32),
@@ -147,77 +150,243 @@ pub enum SnapshotError {
     })]
     Incomplete {
         /// Records that arrived.
-        received: usize,
+        received: u64,
         /// Records the sender's end marker announced, if one came.
         announced: Option<u64>,
     },
+    /// The receiver could not stage it.
+    #[error("snapshot not staged: {0}")]
+    Storage(String),
 }
 
-/// Collects chunks into [`SnapshotData`], refusing more than `limit` bytes in all.
-pub struct SnapshotAssembler {
-    data: SnapshotData,
-    bytes: usize,
-    limit: usize,
+/// Key of chunk `seq` of staged snapshot `id` in [`Cf::Staging`].
+fn staging_key(id: u64, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16);
+    key.extend_from_slice(&id.to_be_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
 }
 
-impl SnapshotAssembler {
-    /// An empty assembly accepting up to `limit` bytes.
-    pub fn new(limit: usize) -> SnapshotAssembler {
-        SnapshotAssembler { data: SnapshotData::default(), bytes: 0, limit }
-    }
+/// Where received snapshots are staged: one per store, shared by the store (which
+/// installs and cleans up) and the transport (which receives).
+#[derive(Clone)]
+pub struct Stager {
+    engine: EngineRef,
+    next_id: Arc<AtomicU64>,
+}
 
-    /// Adds a chunk.
-    pub fn push(&mut self, chunk: SnapshotChunk) -> Result<(), SnapshotError> {
-        for entry in chunk.entries {
-            let cf = snapshot_cf(entry.cf).ok_or(SnapshotError::UnknownCf(entry.cf))?;
-            self.bytes += entry.key.len() + entry.value.len();
-            if self.bytes > self.limit {
-                return Err(SnapshotError::TooLarge { limit: self.limit });
+impl Stager {
+    /// The stager of `engine`. Every staged snapshot no replica still waits for
+    /// (`keep`) is deleted: transfers cut short by a crash, or refused.
+    pub fn open(engine: EngineRef, keep: &[u64]) -> Result<Stager, StorageError> {
+        let snapshot = engine.snapshot();
+        let mut highest = 0;
+        let mut batch = WriteBatch::new();
+        for item in snapshot.scan(Cf::Staging, &[], &[], false) {
+            let (key, _) = item?;
+            let id = key.get(..8).map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8")));
+            highest = highest.max(id);
+            if !keep.contains(&id) {
+                batch.delete(Cf::Staging, key);
             }
-            self.data.entries.push((cf, entry.key, entry.value));
+            if batch.len() >= 4096 {
+                engine.write(std::mem::take(&mut batch))?;
+            }
         }
-        Ok(())
+        if !batch.is_empty() {
+            engine.write(batch)?;
+        }
+        Ok(Stager { engine, next_id: Arc::new(AtomicU64::new(highest + 1)) })
     }
 
-    /// The assembled records.
-    pub fn finish(self) -> SnapshotData {
-        self.data
+    /// Starts staging a snapshot as it arrives.
+    pub fn begin(&self) -> Staging {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Staging { engine: self.engine.clone(), id, chunks: 0, records: 0, finished: false }
     }
 
-    /// The assembled records, if they are all the sender announced in its end marker
-    /// (`None` when no marker came).
-    pub fn finish_complete(self, announced: Option<u64>) -> Result<SnapshotData, SnapshotError> {
-        let received = self.data.entries.len();
-        match announced {
-            Some(n) if n == received as u64 => Ok(self.data),
-            _ => Err(SnapshotError::Incomplete { received, announced }),
+    /// Deletes a staged snapshot nobody will install.
+    pub fn discard(&self, data: SnapshotData) {
+        let mut batch = WriteBatch::new();
+        for seq in 0..data.chunks {
+            batch.delete(Cf::Staging, staging_key(data.staging_id, seq));
+        }
+        if let Err(error) = self.engine.write(batch) {
+            tracing::warn!(%error, "could not delete a staged snapshot; it goes at the next start");
         }
     }
 }
 
-/// Adds to `batch` what replaces the records of `old` (if it is initialized) and `new`'s
-/// range in `local` with `data`: deletes of every record there, then the snapshot's
-/// records.
-pub fn install(
-    local: &dyn Snapshot,
-    old: Option<&Region>,
-    new: &Region,
-    data: SnapshotData,
-    batch: &mut WriteBatch,
-) -> Result<(), StorageError> {
-    let mut ranges = data_ranges(new);
-    if let Some(old) = old {
-        ranges.extend(data_ranges(old));
+/// A snapshot being received: each chunk is written to the engine as it arrives, so the
+/// receiver holds one chunk in memory whatever the Region's size. Dropped unfinished, it
+/// deletes what it staged.
+pub struct Staging {
+    engine: EngineRef,
+    id: u64,
+    chunks: u64,
+    records: u64,
+    finished: bool,
+}
+
+impl Staging {
+    /// Stages a chunk (not synced: the batch that records the install is, and the engine
+    /// has one journal, so the chunks written before it are durable with it).
+    pub fn push(&mut self, chunk: SnapshotChunk) -> Result<(), SnapshotError> {
+        if let Some(bad) = chunk.entries.iter().find(|e| snapshot_cf(e.cf).is_none()) {
+            return Err(SnapshotError::UnknownCf(bad.cf));
+        }
+        if chunk.entries.is_empty() {
+            return Ok(());
+        }
+        self.records += chunk.entries.len() as u64;
+        let mut batch = WriteBatch::new();
+        batch.put(Cf::Staging, staging_key(self.id, self.chunks), chunk.encode_to_vec());
+        self.chunks += 1;
+        self.engine.write(batch).map_err(|e| SnapshotError::Storage(e.to_string()))
     }
-    for (cf, start, end) in ranges {
-        for item in local.scan(cf, &start, &end, false) {
-            batch.delete(cf, item?.0);
+
+    /// The staged snapshot, if it holds every record the sender announced in its end
+    /// marker (`None` when no marker came).
+    pub fn finish(mut self, announced: Option<u64>) -> Result<SnapshotData, SnapshotError> {
+        match announced {
+            Some(n) if n == self.records => {
+                self.finished = true;
+                Ok(SnapshotData { staging_id: self.id, chunks: self.chunks })
+            }
+            _ => Err(SnapshotError::Incomplete { received: self.records, announced }),
         }
     }
-    for (cf, key, value) in data.entries {
-        batch.put(cf, key, value);
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.finished {
+            let data = SnapshotData { staging_id: self.id, chunks: self.chunks };
+            Stager { engine: self.engine.clone(), next_id: Arc::default() }.discard(data);
+        }
     }
-    Ok(())
+}
+
+/// A snapshot being installed, as recorded in the batch that installed its Raft state:
+/// the replica serves nothing until its data is in, and a restart finds this record and
+/// installs the data again from the start.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PendingInstall {
+    /// The Region as of the snapshot.
+    #[prost(message, optional, tag = "1")]
+    pub region: Option<Region>,
+    /// The Region as the replica held it before, if it held one: its records go too.
+    #[prost(message, optional, tag = "2")]
+    pub old: Option<Region>,
+    /// Where the records are staged.
+    #[prost(uint64, tag = "3")]
+    pub staging_id: u64,
+    /// How many chunks.
+    #[prost(uint64, tag = "4")]
+    pub chunks: u64,
+}
+
+/// Installs a staged snapshot in steps of bounded size, so that neither memory nor any
+/// one Raft round grows with the Region: first every record in the old and new ranges is
+/// deleted, then the staged chunks are written, then the staged chunks and the
+/// [`PendingInstall`] record go in the last step.
+pub struct Install {
+    pending: PendingInstall,
+    /// Ranges still to clear; the first one's start advances as it is cleared.
+    clear: Vec<(Cf, Vec<u8>, Vec<u8>)>,
+    next_chunk: u64,
+}
+
+impl Install {
+    /// Starts (or, after a restart, starts again) the install `pending` describes.
+    pub fn new(pending: PendingInstall) -> Install {
+        let region = pending.region.clone().unwrap_or_default();
+        let mut clear = data_ranges(&region);
+        if let Some(old) = &pending.old {
+            clear.extend(data_ranges(old));
+        }
+        clear.reverse(); // taken from the back
+        Install { pending, clear, next_chunk: 0 }
+    }
+
+    /// The record to write with the snapshot's Raft state.
+    pub fn pending(&self) -> &PendingInstall {
+        &self.pending
+    }
+
+    /// The Region being installed.
+    pub fn region(&self) -> Region {
+        self.pending.region.clone().unwrap_or_default()
+    }
+
+    /// Writes the next step, of about `budget` bytes; `true` once the last is written (the
+    /// caller syncs it).
+    pub fn step(&mut self, engine: &dyn Engine, budget: usize) -> Result<bool, StorageError> {
+        let mut batch = WriteBatch::new();
+        let mut bytes = 0;
+        let snapshot = engine.snapshot();
+        while let Some((cf, start, end)) = self.clear.last_mut() {
+            let mut cleared_to = None;
+            for item in snapshot.scan(*cf, start, end, false) {
+                let (key, _) = item?;
+                bytes += key.len() + 16;
+                batch.delete(*cf, key.clone());
+                if bytes >= budget {
+                    cleared_to = Some(key);
+                    break;
+                }
+            }
+            match cleared_to {
+                Some(mut last) => {
+                    last.push(0); // the next key after it
+                    *start = last;
+                    engine.write(batch)?;
+                    return Ok(false);
+                }
+                None => {
+                    self.clear.pop();
+                }
+            }
+        }
+        let id = self.pending.staging_id;
+        while self.next_chunk < self.pending.chunks && bytes < budget {
+            let key = staging_key(id, self.next_chunk);
+            let corrupted = |reason: String| StorageError::Corrupted { cf: Cf::Staging, reason };
+            let value = snapshot.get(Cf::Staging, &key)?.ok_or_else(|| {
+                corrupted(format!("chunk {} of {id} is missing", self.next_chunk))
+            })?;
+            let chunk =
+                SnapshotChunk::decode(value.as_slice()).map_err(|e| corrupted(e.to_string()))?;
+            for entry in chunk.entries {
+                let cf =
+                    snapshot_cf(entry.cf).ok_or_else(|| corrupted(format!("cf {}", entry.cf)))?;
+                bytes += entry.key.len() + entry.value.len();
+                batch.put(cf, entry.key, entry.value);
+            }
+            self.next_chunk += 1;
+        }
+        let done = self.next_chunk == self.pending.chunks;
+        if done {
+            for seq in 0..self.pending.chunks {
+                batch.delete(Cf::Staging, staging_key(id, seq));
+            }
+            let region_id = self.pending.region.as_ref().map_or(0, |r| r.id);
+            batch.delete(Cf::RaftState, crate::keys::install_key(region_id));
+        }
+        engine.write(batch)?;
+        Ok(done)
+    }
+
+    /// Adds to `batch` the deletes of what this install left (its replica is destroyed
+    /// before it finished): the staged chunks and the record. The caller clears the
+    /// Region's ranges.
+    pub fn abandon(&self, batch: &mut WriteBatch) {
+        for seq in 0..self.pending.chunks {
+            batch.delete(Cf::Staging, staging_key(self.pending.staging_id, seq));
+        }
+        let region_id = self.pending.region.as_ref().map_or(0, |r| r.id);
+        batch.delete(Cf::RaftState, crate::keys::install_key(region_id));
+    }
 }
 
 /// Adds to `batch` the deletes of every record of `region` in `local` (a destroyed replica).
@@ -360,38 +529,69 @@ mod tests {
         engine
     }
 
-    #[test]
-    fn a_transfer_cut_short_is_refused() {
-        let keys: Vec<(Cf, Vec<u8>)> =
-            (0..10).map(|i| (Cf::Raw, format!("k{i}").into_bytes())).collect();
-        let engine = engine_with(&keys);
-        let region = region(b"", b"");
-        let mut chunks = Vec::new();
-        for_each_chunk(&region, &*engine.snapshot(), 1, |chunk| {
-            chunks.push(chunk);
-            true
-        })
-        .unwrap();
-        let sent: usize = chunks.iter().map(|c| c.entries.len()).sum();
-        assert_eq!(sent, 10);
-        let assemble = |chunks: &[SnapshotChunk]| {
-            let mut assembler = SnapshotAssembler::new(1 << 20);
-            for chunk in chunks {
-                assembler.push(chunk.clone()).unwrap();
-            }
-            assembler
-        };
-        assert_eq!(assemble(&chunks).finish_complete(Some(10)).unwrap().entries.len(), 10);
-        // No end marker: the stream stopped, whatever arrived.
-        let error = assemble(&chunks).finish_complete(None).unwrap_err();
-        assert_eq!(error, SnapshotError::Incomplete { received: 10, announced: None });
-        assert!(error.to_string().contains("no end marker"), "{error}");
-        let error = assemble(&chunks[..3]).finish_complete(Some(10)).unwrap_err();
-        assert!(error.to_string().contains("3 records received, 10 announced"), "{error}");
+    fn staged(engine: &MemoryEngine) -> Vec<Vec<u8>> {
+        engine.snapshot().scan(Cf::Staging, &[], &[], false).map(|i| i.unwrap().0).collect()
+    }
+
+    /// Stages `region` of `from` in `to`, in chunks of about `chunk_bytes`.
+    fn transfer(from: &MemoryEngine, region: &Region, to: &Stager, chunk_bytes: usize) -> Staging {
+        let mut staging = to.begin();
+        for_each_chunk(region, &*from.snapshot(), chunk_bytes, |chunk| staging.push(chunk).is_ok())
+            .unwrap();
+        staging
+    }
+
+    fn install_all(engine: &MemoryEngine, install: &mut Install, budget: usize) -> usize {
+        let mut steps = 1;
+        while !install.step(engine, budget).unwrap() {
+            steps += 1;
+        }
+        steps
     }
 
     #[test]
-    fn chunks_carry_exactly_the_region_and_reassemble() {
+    fn a_transfer_cut_short_is_refused_and_leaves_nothing_staged() {
+        let keys: Vec<(Cf, Vec<u8>)> =
+            (0..10).map(|i| (Cf::Raw, format!("k{i}").into_bytes())).collect();
+        let source = engine_with(&keys);
+        let receiver = Arc::new(MemoryEngine::new());
+        let stager = Stager::open(receiver.clone(), &[]).unwrap();
+        let region = region(b"", b"");
+        let data = transfer(&source, &region, &stager, 1).finish(Some(10)).unwrap();
+        assert_eq!(data.chunks, 10);
+        assert_eq!(staged(&receiver).len(), 10);
+        stager.discard(data);
+        assert!(staged(&receiver).is_empty());
+        // No end marker: the stream stopped, whatever arrived.
+        let error = transfer(&source, &region, &stager, 1).finish(None).unwrap_err();
+        assert_eq!(error, SnapshotError::Incomplete { received: 10, announced: None });
+        assert!(error.to_string().contains("no end marker"), "{error}");
+        let mut short = stager.begin();
+        short
+            .push(SnapshotChunk { entries: vec![SnapshotEntry { cf: 1, ..Default::default() }] })
+            .unwrap();
+        let error = short.finish(Some(10)).unwrap_err();
+        assert!(error.to_string().contains("1 records received, 10 announced"), "{error}");
+        assert!(staged(&receiver).is_empty(), "a refused transfer deletes what it staged");
+        let bad = SnapshotChunk { entries: vec![SnapshotEntry { cf: 42, ..Default::default() }] };
+        assert_eq!(stager.begin().push(bad), Err(SnapshotError::UnknownCf(42)));
+    }
+
+    #[test]
+    fn a_restart_deletes_staged_snapshots_nobody_waits_for() {
+        let source = engine_with(&[(Cf::Raw, b"a".to_vec()), (Cf::Raw, b"b".to_vec())]);
+        let receiver = Arc::new(MemoryEngine::new());
+        let stager = Stager::open(receiver.clone(), &[]).unwrap();
+        let kept = transfer(&source, &region(b"", b""), &stager, 1).finish(Some(2)).unwrap();
+        let lost = transfer(&source, &region(b"", b""), &stager, 1).finish(Some(2)).unwrap();
+        assert_eq!(staged(&receiver).len(), 4);
+        let reopened = Stager::open(receiver.clone(), &[kept.staging_id]).unwrap();
+        assert_eq!(staged(&receiver).len(), 2, "only the one a replica waits for stays");
+        assert!(reopened.begin().id > lost.staging_id, "ids are not reused");
+    }
+
+    #[test]
+    fn chunks_carry_exactly_the_region_and_install_in_bounded_steps() {
         let inside = [
             (Cf::Raw, b"c".to_vec()),
             (Cf::RawLock, b"d".to_vec()),
@@ -407,50 +607,57 @@ mod tests {
             (Cf::Write, versioned_key(b"b", TimeStamp(5))),
             (Cf::Placement, b"c".to_vec()),
         ];
-        let engine = engine_with(&[&inside[..], &outside[..]].concat());
+        let source = engine_with(&[&inside[..], &outside[..]].concat());
         let region = region(b"c", b"e");
-        let mut assembler = SnapshotAssembler::new(1 << 20);
-        let mut chunks = 0;
-        let done = for_each_chunk(&region, &*engine.snapshot(), 16, |chunk| {
-            chunks += 1;
-            assembler.push(chunk).is_ok()
-        })
-        .unwrap();
-        assert!(done);
-        assert!(chunks > 1, "small chunks");
-        let mut got: Vec<(Cf, Vec<u8>)> =
-            assembler.finish().entries.into_iter().map(|(cf, k, _)| (cf, k)).collect();
+        let receiver = Arc::new(MemoryEngine::new());
+        let stager = Stager::open(receiver.clone(), &[]).unwrap();
+        let data = transfer(&source, &region, &stager, 16).finish(Some(6)).unwrap();
+        assert!(data.chunks > 1, "small chunks");
+        let pending = PendingInstall {
+            region: Some(region.clone()),
+            old: None,
+            staging_id: data.staging_id,
+            chunks: data.chunks,
+        };
+        let steps = install_all(&receiver, &mut Install::new(pending), 1);
+        assert!(steps > 2, "one chunk a step at most: {steps} steps");
+        let mut got = Vec::new();
+        for cf in Cf::ALL {
+            for item in receiver.snapshot().scan(cf, &[], &[], false) {
+                got.push((cf, item.unwrap().0));
+            }
+        }
         got.sort();
         let mut want = inside.to_vec();
         want.sort();
-        assert_eq!(got, want);
+        assert_eq!(got, want, "the Region's records and nothing staged is left");
     }
 
     #[test]
-    fn install_replaces_what_the_range_held() {
-        let engine = engine_with(&[(Cf::Raw, b"c".to_vec()), (Cf::Raw, b"x".to_vec())]);
-        let data = SnapshotData { entries: vec![(Cf::Raw, b"d".to_vec(), b"new".to_vec())] };
-        let mut batch = WriteBatch::new();
-        install(&*engine.snapshot(), None, &region(b"c", b"e"), data, &mut batch).unwrap();
-        engine.write(batch).unwrap();
-        assert_eq!(engine.get(Cf::Raw, b"c").unwrap(), None);
-        assert_eq!(engine.get(Cf::Raw, b"d").unwrap(), Some(b"new".to_vec()));
-        assert_eq!(engine.get(Cf::Raw, b"x").unwrap(), Some(b"v".to_vec()), "outside the range");
-    }
-
-    #[test]
-    fn assembly_is_bounded() {
-        let mut assembler = SnapshotAssembler::new(10);
-        let chunk = SnapshotChunk {
-            entries: vec![SnapshotEntry {
-                cf: cf_code(Cf::Raw),
-                key: vec![1; 8],
-                value: vec![2; 8],
-            }],
+    fn install_replaces_what_the_ranges_held_and_starts_again_after_a_restart() {
+        let source = engine_with(&[(Cf::Raw, b"d".to_vec()), (Cf::Raw, b"d2".to_vec())]);
+        let old_keys: Vec<(Cf, Vec<u8>)> =
+            (0..50).map(|i| (Cf::Raw, format!("b{i:02}").into_bytes())).collect();
+        let receiver =
+            Arc::new(engine_with(&[&old_keys[..], &[(Cf::Raw, b"x".to_vec())]].concat()));
+        let stager = Stager::open(receiver.clone(), &[]).unwrap();
+        let data = transfer(&source, &region(b"c", b"e"), &stager, 1).finish(Some(2)).unwrap();
+        let pending = PendingInstall {
+            region: Some(region(b"c", b"e")),
+            old: Some(region(b"b", b"c")),
+            staging_id: data.staging_id,
+            chunks: data.chunks,
         };
-        assert_eq!(assembler.push(chunk), Err(SnapshotError::TooLarge { limit: 10 }));
-        let bad = SnapshotChunk { entries: vec![SnapshotEntry { cf: 42, ..Default::default() }] };
-        assert_eq!(SnapshotAssembler::new(10).push(bad), Err(SnapshotError::UnknownCf(42)));
+        // A crash after a few steps: the install starts again from its record.
+        let mut first = Install::new(pending.clone());
+        for _ in 0..3 {
+            assert!(!first.step(&*receiver, 40).unwrap());
+        }
+        assert!(install_all(&receiver, &mut Install::new(pending), 40) > 3, "bounded steps");
+        let raw: Vec<Vec<u8>> =
+            receiver.snapshot().scan(Cf::Raw, &[], &[], false).map(|i| i.unwrap().0).collect();
+        assert_eq!(raw, vec![b"d".to_vec(), b"d2".to_vec(), b"x".to_vec()], "x is outside");
+        assert!(staged(&receiver).is_empty());
     }
 
     #[test]

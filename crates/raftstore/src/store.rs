@@ -25,7 +25,9 @@ use crate::logger::raft_logger;
 use crate::message::PeerMessage;
 use crate::peer::{Peer, RaftConfig, ReadCallback};
 use crate::registry::{GroupStatus, RegionStatus, Registry};
-use crate::snapshot::{self, SnapshotData, SnapshotHeader, SnapshotSources};
+use crate::snapshot::{
+    self, Install, PendingInstall, SnapshotData, SnapshotHeader, SnapshotSources, Stager,
+};
 use crate::state::{ConfStateRecord, PeerState, RegionLocalState};
 use crate::stats::RegionStats;
 use crate::storage::{PeerStorage, StorageContext};
@@ -96,7 +98,15 @@ pub enum StepError {
     /// what it holds, or without its data).
     #[error("snapshot refused: {0}")]
     SnapshotRefused(String),
+    /// For a replica still writing a snapshot's data: it takes nothing until done (its
+    /// leader sends again, as after a lost message).
+    #[error("the replica is installing a snapshot")]
+    Installing,
 }
+
+/// Bytes of a snapshot's data written in one step of its install (one step a round), so
+/// that installing a large Region holds up the other Regions' rounds only briefly.
+const INSTALL_STEP_BYTES: usize = 1 << 20;
 
 /// Every Raft group replica on one node.
 pub struct Store {
@@ -114,6 +124,7 @@ pub struct Store {
     observer: Box<dyn ApplyObserver>,
     registry: Registry,
     storage: StorageContext,
+    stager: Stager,
     now_ms: u64,
     ticks: u64,
     /// Messages produced outside rounds (answers to stale replicas).
@@ -151,6 +162,10 @@ impl Store {
             snapshots: SnapshotSources::default(),
             clock: Arc::new(AtomicU64::new(0)),
         };
+        let snapshot = engine.snapshot();
+        let installs = pending_installs(&*snapshot)?;
+        let keep: Vec<u64> = installs.values().map(|p| p.staging_id).collect();
+        let stager = Stager::open(engine.clone(), &keep)?;
         let mut store = Store {
             store_id,
             engine,
@@ -162,12 +177,12 @@ impl Store {
             observer: Box::new(NoObserver),
             registry,
             storage,
+            stager,
             now_ms: 0,
             ticks: 0,
             outbox: Vec::new(),
             events: Vec::new(),
         };
-        let snapshot = store.engine.snapshot();
         let prefix = [keys::REGION_STATE_PREFIX];
         let end = [keys::REGION_STATE_PREFIX + 1];
         for item in snapshot.scan(Cf::RaftState, &prefix, &end, false) {
@@ -191,6 +206,10 @@ impl Store {
                 // down; it must not help elect another one until that leader's lease has
                 // surely run out (the deadline is set by the first clock reading).
                 peer.votes_refused_until_ms = u64::MAX;
+                if let Some(pending) = installs.get(&group_id) {
+                    tracing::info!(group = group_id, "installing a snapshot's data again");
+                    peer.installing = Some(Install::new(pending.clone()));
+                }
             }
         }
         for id in store.peers.keys().copied().collect::<Vec<_>>() {
@@ -207,6 +226,11 @@ impl Store {
     /// Where outgoing snapshots' data waits for the transport.
     pub fn snapshot_sources(&self) -> SnapshotSources {
         self.storage.snapshots.clone()
+    }
+
+    /// Where received snapshots are staged until installed.
+    pub fn snapshot_stager(&self) -> Stager {
+        self.stager.clone()
     }
 
     /// This store's id.
@@ -364,12 +388,32 @@ impl Store {
         message: PeerMessage,
         snapshot: Option<SnapshotData>,
     ) -> Result<(), StepError> {
+        let region_id = message.region_id;
+        let result = self.step_message(message, snapshot);
+        if let Some(data) = snapshot {
+            // Staged data that no replica waits for is deleted now.
+            let kept = self.peers.get(&region_id).and_then(|p| p.pending_snapshot);
+            if kept != Some(data) {
+                self.stager.discard(data);
+            }
+        }
+        result
+    }
+
+    fn step_message(
+        &mut self,
+        message: PeerMessage,
+        snapshot: Option<SnapshotData>,
+    ) -> Result<(), StepError> {
         if message.to.store_id != self.store_id {
             return Err(StepError::WrongStore(message.to.store_id));
         }
         let region_id = message.region_id;
         if message.is_tombstone {
             return self.on_tombstone(message);
+        }
+        if self.peers.get(&region_id).is_some_and(|p| p.installing.is_some()) {
+            return Err(StepError::Installing);
         }
         let local_id = self.peers.get(&region_id).map(|p| p.meta.id);
         match local_id {
@@ -462,9 +506,16 @@ impl Store {
         }
         peer.known_peers.insert(message.from.id, message.from.clone());
         if let Some(data) = snapshot {
-            peer.pending_snapshot = Some(data);
+            if let Some(replaced) = peer.pending_snapshot.replace(data) {
+                self.stager.discard(replaced);
+            }
         }
-        match peer.raw.step(message.message) {
+        let result = peer.raw.step(message.message);
+        if snapshot.is_some() && peer.raw.raft.raft_log.unstable.snapshot.is_none() {
+            // raft-rs did not take it (older than what the replica has): its data goes.
+            peer.pending_snapshot = None;
+        }
+        match result {
             Ok(()) | Err(raft::Error::StepPeerNotFound) => Ok(()),
             Err(e) => {
                 tracing::debug!(group = region_id, error = %e, "raft refused a message");
@@ -540,7 +591,7 @@ impl Store {
         self.set_time(now_ms);
         self.ticks += 1;
         let timeout = 2 * self.config.election_ms();
-        for peer in self.peers.values_mut() {
+        for peer in self.peers.values_mut().filter(|p| p.installing.is_none()) {
             peer.raw.tick();
             peer.expire_reads(now_ms, timeout);
             // Long enough for a replica deposed without a successor (check-quorum) to
@@ -579,8 +630,15 @@ impl Store {
         }
     }
 
-    /// Whether any group has work for [`Store::handle_ready`].
+    /// Whether any group has work for [`Store::handle_ready`] (a snapshot's data still
+    /// going in included).
     pub fn has_ready(&self) -> bool {
+        self.has_raft_work() || self.peers.values().any(|p| p.installing.is_some())
+    }
+
+    /// Whether any group has Raft work for [`Store::handle_ready`]: what a stopping node
+    /// finishes. (A snapshot's data still going in is not: it goes on after a restart.)
+    pub fn has_raft_work(&self) -> bool {
         !self.outbox.is_empty()
             || !self.events.is_empty()
             || self.peers.values().any(|p| p.has_pending_work() || p.raw.has_ready())
@@ -608,6 +666,7 @@ impl Store {
         send: &mut dyn FnMut(Vec<PeerMessage>),
     ) -> Result<RoundOutput, RaftstoreError> {
         let now = self.now_ms;
+        let installed = self.advance_install()?;
         let mut output = RoundOutput {
             messages: std::mem::take(&mut self.outbox),
             events: std::mem::take(&mut self.events),
@@ -619,12 +678,11 @@ impl Store {
         let mut log_batch = WriteBatch::new();
         let mut must_sync = false;
         let mut readies = Vec::new();
-        let mut installed = Vec::new();
         let mut handing_over = Vec::new();
         let ids: Vec<u64> = self.peers.keys().copied().collect();
         for id in ids {
             let peer = self.peers.get_mut(&id).expect("listed peer exists");
-            if !peer.raw.has_ready() {
+            if peer.installing.is_some() || !peer.raw.has_ready() {
                 continue;
             }
             let mut ready = peer.raw.ready();
@@ -635,19 +693,25 @@ impl Store {
             }
             output.messages.extend(to_peer_messages(peer, messages));
             if !ready.snapshot().is_empty() {
-                let region =
-                    install_snapshot(peer, ready.snapshot(), &*self.engine, &mut log_batch)?;
-                installed.push(region);
+                install_snapshot(peer, ready.snapshot(), &mut log_batch)?;
                 must_sync = true;
             }
-            let committed = ready.take_committed_entries();
+            // Entries held back while a snapshot's data went in come first.
+            let mut committed = std::mem::take(&mut peer.deferred);
+            committed.extend(ready.take_committed_entries());
             peer.raw.mut_store().append(ready.entries(), &mut log_batch);
             if let Some(hs) = ready.hs() {
                 peer.raw.mut_store().set_hard_state(hs, &mut log_batch);
             }
             must_sync |= ready.must_sync();
             peer.on_read_states(ready.take_read_states());
-            readies.push((id, ready, committed, role));
+            readies.push((id, Some(ready), committed, role));
+        }
+        for id in installed {
+            let peer = self.peers.get_mut(&id).expect("an installed peer exists");
+            if !peer.deferred.is_empty() {
+                readies.push((id, None, std::mem::take(&mut peer.deferred), None));
+            }
         }
         for (id, _, _, role) in &readies {
             if let Some(role) = role {
@@ -678,14 +742,12 @@ impl Store {
         let applying = std::time::Instant::now();
         let mut persisted = Vec::new();
         for (id, ready, _, _) in &mut readies {
+            let Some(ready) = ready else { continue };
             let peer = self.peers.get(id).expect("peer of a ready exists");
             persisted.extend(to_peer_messages(peer, ready.take_persisted_messages()));
         }
         if !persisted.is_empty() {
             send(persisted);
-        }
-        for region in installed {
-            self.after_snapshot(region);
         }
 
         let mut apply_batch = WriteBatch::new();
@@ -698,7 +760,10 @@ impl Store {
             let Store { peers, meta, config, events, store_id, now_ms, .. } = self;
             let now_ms = *now_ms;
             let peer = peers.get_mut(&id).expect("peer of a ready exists");
-            let mut light = peer.raw.advance(ready);
+            let mut light = match ready {
+                Some(ready) => peer.raw.advance(ready),
+                None => raft::LightReady::default(),
+            };
             if let Some(commit) = light.commit_index() {
                 peer.raw.mut_store().set_commit(commit, &mut apply_batch);
             }
@@ -707,6 +772,12 @@ impl Store {
             peer.note_outgoing(&messages);
             output.messages.extend(to_peer_messages(peer, messages));
             entries.extend(light.take_committed_entries());
+            if peer.installing.is_some() {
+                // Committed with the snapshot: applied once its data is in.
+                peer.deferred = entries;
+                touched.push(id);
+                continue;
+            }
             if entries.is_empty() {
                 touched.push(id);
                 continue;
@@ -810,7 +881,26 @@ impl Store {
         }
     }
 
-    /// After a snapshot's batch is durable: the replica serves its new Region.
+    /// Writes the next step of the first snapshot install under way, if any; the groups
+    /// whose install it finished (durably), which serve their new Region from now on.
+    fn advance_install(&mut self) -> Result<Vec<u64>, RaftstoreError> {
+        let Some(peer) = self.peers.values_mut().find(|p| p.installing.is_some()) else {
+            return Ok(Vec::new());
+        };
+        let install = peer.installing.as_mut().expect("found installing");
+        if !install.step(&*self.engine, INSTALL_STEP_BYTES)? {
+            return Ok(Vec::new());
+        }
+        self.engine.sync()?;
+        peer.installing = None;
+        let region = peer.region.clone();
+        let id = region.id;
+        self.after_snapshot(region);
+        self.publish(id);
+        Ok(vec![id])
+    }
+
+    /// After a snapshot's data is in, durably: the replica serves its new Region.
     fn after_snapshot(&mut self, region: Region) {
         if region.id == META_GROUP_ID {
             self.meta.restore(&self.engine);
@@ -884,6 +974,15 @@ impl Store {
         let Some(mut peer) = self.peers.remove(&id) else { return Ok(()) };
         let mut batch = WriteBatch::new();
         peer.raw.mut_store().destroy(&mut batch);
+        if let Some(install) = peer.installing.take() {
+            install.abandon(&mut batch);
+            if let Some(old) = &install.pending().old {
+                snapshot::clear(&*self.engine.snapshot(), old, &mut batch)?;
+            }
+        }
+        if let Some(data) = peer.pending_snapshot.take() {
+            self.stager.discard(data);
+        }
         if peer.initialized && id != META_GROUP_ID {
             snapshot::clear(&*self.engine.snapshot(), &peer.region, &mut batch)?;
         }
@@ -908,7 +1007,7 @@ impl Store {
     /// Publishes a group's status to the registry.
     fn publish(&self, id: u64) {
         let Some(peer) = self.peers.get(&id) else { return };
-        if !peer.initialized {
+        if !peer.initialized || peer.installing.is_some() {
             return;
         }
         let status = status_of(peer, &self.config, self.now_ms);
@@ -926,7 +1025,8 @@ impl Store {
     /// The current status of a group's local replica (for tests and tools).
     pub fn status(&self, id: u64) -> Option<RegionStatus> {
         let (config, now) = (&self.config, self.now_ms);
-        self.peers.get(&id).filter(|p| p.initialized).map(|p| status_of(p, config, now))
+        let serving = |p: &&Peer| p.initialized && p.installing.is_none();
+        self.peers.get(&id).filter(serving).map(|p| status_of(p, config, now))
     }
 
     /// The Regions led here that are due for a measurement (see [`crate::stats`]), each
@@ -940,7 +1040,8 @@ impl Store {
         let due = self
             .peers
             .values()
-            .filter(|p| p.initialized && p.region.id != META_GROUP_ID && p.is_leader())
+            .filter(|p| p.initialized && p.installing.is_none())
+            .filter(|p| p.region.id != META_GROUP_ID && p.is_leader())
             .filter(|p| p.stats.wants_measuring(policy))
             .map(|p| (p.region.clone(), p.stats))
             .collect();
@@ -1159,14 +1260,14 @@ fn to_peer_messages(peer: &Peer, messages: Vec<Message>) -> Vec<PeerMessage> {
         .collect()
 }
 
-/// Installs a received snapshot into `batch` (data, log position, configuration, Region),
-/// returning the Region it describes.
+/// Installs a received snapshot's Raft state into `batch` (log position, configuration,
+/// Region) with the record of its data to install ([`PendingInstall`]); the data goes in
+/// over the next rounds ([`Store::advance_install`]).
 fn install_snapshot(
     peer: &mut Peer,
     snapshot: &raft::prelude::Snapshot,
-    engine: &dyn scandium_storage::Engine,
     batch: &mut WriteBatch,
-) -> Result<Region, RaftstoreError> {
+) -> Result<(), RaftstoreError> {
     let header = SnapshotHeader::decode(snapshot.data.as_ref())
         .map_err(|e| RaftstoreError::InvalidCommand(format!("snapshot header: {e}")))?;
     let region = header.region.unwrap_or_default();
@@ -1176,12 +1277,15 @@ fn install_snapshot(
             region.id
         ))
     })?;
-    let old = peer.initialized.then(|| peer.region.clone());
-    if region.id == META_GROUP_ID {
-        snapshot::install(&*engine.snapshot(), None, &region, data, batch)?;
-    } else {
-        snapshot::install(&*engine.snapshot(), old.as_ref(), &region, data, batch)?;
-    }
+    let old = (peer.initialized && region.id != META_GROUP_ID).then(|| peer.region.clone());
+    let pending = PendingInstall {
+        region: Some(region.clone()),
+        old,
+        staging_id: data.staging_id,
+        chunks: data.chunks,
+    };
+    batch.put(Cf::RaftState, keys::install_key(region.id), pending.encode_to_vec());
+    peer.installing = Some(Install::new(pending));
     let conf_state = ConfStateRecord::from(snapshot.get_metadata().get_conf_state());
     peer.raw.mut_store().apply_snapshot(snapshot, region.clone(), batch);
     write_region_state(batch, &region, &conf_state);
@@ -1192,7 +1296,25 @@ fn install_snapshot(
     peer.initialized = true;
     let metadata = snapshot.get_metadata();
     peer.on_snapshot_installed(metadata.index, metadata.term);
-    Ok(region)
+    Ok(())
+}
+
+/// The snapshots whose data was not all in when the node stopped, by group.
+fn pending_installs(
+    snapshot: &dyn scandium_storage::Snapshot,
+) -> Result<BTreeMap<u64, PendingInstall>, RaftstoreError> {
+    let mut installs = BTreeMap::new();
+    let prefix = keys::INSTALL_PREFIX;
+    for item in snapshot.scan(Cf::RaftState, &[prefix], &[prefix + 1], false) {
+        let (key, value) = item?;
+        let pending = PendingInstall::decode(value.as_slice()).map_err(|e| {
+            scandium_storage::StorageError::Corrupted { cf: Cf::RaftState, reason: e.to_string() }
+        })?;
+        let group = pending.region.as_ref().map_or(0, |r| r.id);
+        debug_assert_eq!(keys::install_key(group), key);
+        installs.insert(group, pending);
+    }
+    Ok(installs)
 }
 
 /// What applying one entry produced.

@@ -7,7 +7,7 @@
 
 use prost::Message as _;
 use scandium_raftstore::bootstrap::write_initial_group;
-use scandium_raftstore::snapshot::{for_each_chunk, SnapshotAssembler, SnapshotHeader};
+use scandium_raftstore::snapshot::{for_each_chunk, SnapshotHeader};
 use scandium_raftstore::{
     ApplyOutput, Event, MetaStateMachine, PeerChange, PeerMessage, RaftCommand, RaftConfig,
     RaftstoreError, Registry, SplitRequest, Store,
@@ -214,10 +214,14 @@ impl Cluster {
             let sender = self.store(from);
             let (region, engine_snapshot) =
                 sender.snapshot_sources().take(header.token).expect("snapshot registered");
-            let mut assembler = SnapshotAssembler::new(64 << 20);
-            for_each_chunk(&region, &*engine_snapshot, 1024, |c| assembler.push(c).is_ok())
-                .unwrap();
-            Some(assembler.finish())
+            let mut staging = self.store(to).snapshot_stager().begin();
+            let mut records = 0;
+            for_each_chunk(&region, &*engine_snapshot, 1024, |c| {
+                records += c.entries.len() as u64;
+                staging.push(c).is_ok()
+            })
+            .unwrap();
+            Some(staging.finish(Some(records)).expect("every record staged"))
         } else {
             None
         };

@@ -36,8 +36,15 @@ pub struct Config {
     /// Seconds without a heartbeat after which a store counts as down and its replicas
     /// are re-created elsewhere.
     pub store_down_secs: u64,
-    /// Largest snapshot a node accepts, in bytes (held in memory until installed).
+    /// Largest snapshot a node receives, in bytes. It is staged on disk as it arrives
+    /// (memory holds a chunk of it at a time), so this guards disk space only; Regions are
+    /// kept small by `region_max_size`.
     pub max_snapshot_bytes: u64,
+    /// Snapshots a node sends at once at most, and receives at once at most.
+    pub snapshot_max_concurrent: u32,
+    /// Bytes per second a node sends snapshots at, all together, at most (0: no limit),
+    /// so that copying Regions to a new node leaves room for client traffic.
+    pub snapshot_max_bytes_per_sec: u64,
     /// Log entries a Region's leader keeps for lagging followers at most; past it, they
     /// are caught up by a snapshot instead.
     pub raft_log_max_entries: u64,
@@ -104,7 +111,9 @@ impl Default for Config {
             max_election_ticks: 16,
             heartbeat_interval_ms: 1000,
             store_down_secs: 1800,
-            max_snapshot_bytes: 1 << 30,
+            max_snapshot_bytes: 1 << 40,
+            snapshot_max_concurrent: 2,
+            snapshot_max_bytes_per_sec: 100 << 20,
             raft_log_max_entries: 8192,
             wall_clock_offset_ms: 0,
             max_raft_entry_bytes: 8 << 20,
@@ -233,7 +242,12 @@ impl Config {
         .map_err(|e| e.because("it must exceed election_ticks"))?;
         in_range("heartbeat_interval_ms", self.heartbeat_interval_ms, 10, 60_000)?;
         in_range("store_down_secs", self.store_down_secs, 1, 30 * DAY_SECS)?;
-        in_range("max_snapshot_bytes", self.max_snapshot_bytes, MIB, 1 << 40)?;
+        in_range("max_snapshot_bytes", self.max_snapshot_bytes, MIB, 1 << 50)?;
+        in_range("snapshot_max_concurrent", u64::from(self.snapshot_max_concurrent), 1, 64)?;
+        if self.snapshot_max_bytes_per_sec != 0 {
+            in_range("snapshot_max_bytes_per_sec", self.snapshot_max_bytes_per_sec, MIB, 1 << 40)
+                .map_err(|e| e.because("0 means no limit"))?;
+        }
         in_range("raft_log_max_entries", self.raft_log_max_entries, 16, 1 << 24)?;
         in_range(
             "wall_clock_offset_ms",
@@ -254,15 +268,8 @@ impl Config {
         in_range("latch_slots", self.latch_slots as u64, 1, 1 << 24)?;
         in_range("newest_cache_bytes", self.newest_cache_bytes, 0, 64 * GIB)?;
         in_range("region_split_size", self.region_split_size, 4 * KIB, 64 * GIB)?;
-        in_range(
-            "region_max_size",
-            self.region_max_size,
-            self.region_split_size,
-            self.max_snapshot_bytes,
-        )
-        .map_err(|e| {
-            e.because("it must be at least region_split_size, and a Region must fit in a snapshot (max_snapshot_bytes)")
-        })?;
+        in_range("region_max_size", self.region_max_size, self.region_split_size, 1 << 50)
+            .map_err(|e| e.because("it must be at least region_split_size"))?;
         in_range("region_split_keys", self.region_split_keys, 16, 1 << 40)?;
         in_range("region_max_keys", self.region_max_keys, self.region_split_keys, 1 << 40)
             .map_err(|e| e.because("it must be at least region_split_keys"))?;
@@ -346,7 +353,8 @@ mod tests {
             ("newest_cache_bytes", |c| c.newest_cache_bytes = u64::MAX),
             ("region_split_size", |c| c.region_split_size = 1),
             ("region_max_size", |c| c.region_max_size = c.region_split_size - 1),
-            ("region_max_size", |c| c.region_max_size = c.max_snapshot_bytes + 1),
+            ("snapshot_max_concurrent", |c| c.snapshot_max_concurrent = 0),
+            ("snapshot_max_bytes_per_sec", |c| c.snapshot_max_bytes_per_sec = 1000),
             ("region_split_keys", |c| c.region_split_keys = 0),
             ("region_max_keys", |c| c.region_max_keys = c.region_split_keys - 1),
             ("split_check_interval_ms", |c| c.split_check_interval_ms = 0),

@@ -193,11 +193,14 @@ impl Node {
             store_id: ident.store_id,
             address: advertise_addr.clone(),
         };
+        let stager = store.snapshot_stager();
         let transport = Transport::new(
             TransportConfig {
                 cluster_id: ident.cluster_id,
                 store_id: ident.store_id,
                 address: advertise_addr.clone(),
+                max_concurrent_snapshots: config.snapshot_max_concurrent as usize,
+                snapshot_bytes_per_sec: config.snapshot_max_bytes_per_sec,
             },
             directory.clone(),
             clients.clone(),
@@ -302,7 +305,9 @@ impl Node {
                 refused: refused.clone(),
                 control: control.clone(),
                 storage: storage.clone(),
-                max_snapshot_bytes: config.max_snapshot_bytes as usize,
+                max_snapshot_bytes: config.max_snapshot_bytes,
+                stager: stager.clone(),
+                max_concurrent_snapshots: config.snapshot_max_concurrent as usize,
             }),
             http: Arc::new(HttpState {
                 identity: identity.clone(),

@@ -284,8 +284,9 @@ fn run(mut store: Store, receiver: flume::Receiver<RaftMessage>, tick: Duration,
                     stop |= handle(&mut store, message);
                 }
                 if stop {
-                    // Finish what was proposed, then drop the store (failing anything left).
-                    while store.has_ready() {
+                    // Finish what was proposed, then drop the store (failing anything left;
+                    // a snapshot's data still going in resumes after the restart).
+                    while store.has_raft_work() {
                         match round(&mut store, &outputs) {
                             Ok(output) => deliver(&outputs, output),
                             Err(_) => break,

@@ -31,8 +31,6 @@ const BATCH_MESSAGES: usize = 512;
 const BATCH_BYTES: usize = 4 << 20;
 /// Bytes of records per snapshot chunk, about.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
-/// Snapshots sent at once at most.
-const CONCURRENT_SNAPSHOTS: usize = 4;
 /// Longest a snapshot transfer may take.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -63,6 +61,7 @@ struct Inner {
     tasks: Tasks,
     queues: Mutex<HashMap<StoreId, mpsc::Sender<PeerMessage>>>,
     snapshots: Arc<Semaphore>,
+    pacer: Arc<Pacer>,
     stats: TransportStats,
 }
 
@@ -80,6 +79,37 @@ pub struct TransportConfig {
     pub store_id: StoreId,
     /// Where this node is reached.
     pub address: String,
+    /// Snapshots sent at once at most.
+    pub max_concurrent_snapshots: usize,
+    /// Bytes per second of snapshots sent, all together, at most (0: no limit).
+    pub snapshot_bytes_per_sec: u64,
+}
+
+/// Paces the snapshots a node sends to a rate shared by all of them: each chunk reserves
+/// its share of time after those before it, and its sender sleeps until its turn.
+struct Pacer {
+    bytes_per_sec: u64,
+    next: Mutex<std::time::Instant>,
+}
+
+impl Pacer {
+    /// Waits (blocking: called on the snapshot reader's thread) for `bytes` to be sent.
+    fn pace(&self, bytes: usize) {
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        let share = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        let wait = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            let start = (*next).max(now);
+            *next = start + share;
+            start - now
+        };
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
 }
 
 impl Transport {
@@ -105,7 +135,11 @@ impl Transport {
                 raft: OnceLock::new(),
                 tasks,
                 queues: Mutex::default(),
-                snapshots: Arc::new(Semaphore::new(CONCURRENT_SNAPSHOTS)),
+                snapshots: Arc::new(Semaphore::new(config.max_concurrent_snapshots)),
+                pacer: Arc::new(Pacer {
+                    bytes_per_sec: config.snapshot_bytes_per_sec,
+                    next: Mutex::new(std::time::Instant::now()),
+                }),
                 stats: TransportStats::default(),
             }),
         }
@@ -311,6 +345,7 @@ async fn transfer_snapshot(inner: &Arc<Inner>, message: PeerMessage) -> Result<(
         ..Default::default()
     };
     chunks.send(first).await.map_err(|_| "stream closed")?;
+    let pacer = inner.pacer.clone();
     let reader = tokio::task::spawn_blocking(move || {
         let mut records = 0u64;
         let complete = for_each_chunk(&region, &*engine_snapshot, SNAPSHOT_CHUNK_BYTES, |chunk| {
@@ -318,6 +353,7 @@ async fn transfer_snapshot(inner: &Arc<Inner>, message: PeerMessage) -> Result<(
             fail::fail_point!("snapshot_cut_after_first_chunk", records > 0, |_| false);
             records += chunk.entries.len() as u64;
             let chunk = SnapshotChunk { data: chunk.encode_to_vec(), ..Default::default() };
+            pacer.pace(chunk.data.len());
             chunks.blocking_send(chunk).is_ok()
         })?;
         // Without this marker the receiver refuses what it got: a stream that simply

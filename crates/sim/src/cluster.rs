@@ -12,11 +12,11 @@ use crate::flows::{self, InFlight, Sync};
 use rand::rngs::StdRng;
 use rand::Rng;
 use scandium_placement::{Command, ControlPlane, Kind, LeaderTso, PlacementState, Response};
-use scandium_raftstore::snapshot::{for_each_chunk, SnapshotAssembler, SnapshotHeader};
+use scandium_raftstore::snapshot::{for_each_chunk, SnapshotChunk, SnapshotHeader};
 use scandium_raftstore::META_GROUP_ID;
 use scandium_raftstore::{
     ApplyObserver, ApplyOutput, MetaStateMachine, PeerChange, PeerMessage, RaftCommand, RaftConfig,
-    RaftstoreError, ReadCallback, Registry, SnapshotData, Store,
+    RaftstoreError, ReadCallback, Registry, Store,
 };
 use scandium_storage::{Engine, EngineRef, FaultEngine, Faults, WriteBatch};
 use scandium_txn::command::RemoteCall;
@@ -207,7 +207,7 @@ pub(crate) enum Event {
     Deliver {
         from: u64,
         message: Box<PeerMessage>,
-        snapshot: Option<Arc<SnapshotData>>,
+        snapshot: Option<Arc<Vec<SnapshotChunk>>>,
     },
     /// Hands the event to the caller of [`Cluster::next`] (client and fault events).
     External(u64),
@@ -1112,18 +1112,25 @@ impl Cluster {
         }
     }
 
-    /// The data of an outgoing snapshot, streamed out of the sender's engine snapshot at
-    /// once (the real transport streams it in chunks; the receiver sees the same data).
-    fn take_snapshot(&mut self, from: u64, message: &PeerMessage) -> Option<Arc<SnapshotData>> {
+    /// The data of an outgoing snapshot, read out of the sender's engine snapshot at once
+    /// (the real transport streams it in chunks; the receiver stages the same chunks).
+    fn take_snapshot(
+        &mut self,
+        from: u64,
+        message: &PeerMessage,
+    ) -> Option<Arc<Vec<SnapshotChunk>>> {
         use prost::Message as _;
         let data = message.message.snapshot.as_ref()?.data.as_ref();
         let header = SnapshotHeader::decode(data).ok()?;
         let store = self.node(from).store.as_ref()?;
         let (region, engine_snapshot) = store.snapshot_sources().take(header.token)?;
-        let mut assembler = SnapshotAssembler::new(64 << 20);
-        for_each_chunk(&region, &*engine_snapshot, 4096, |chunk| assembler.push(chunk).is_ok())
-            .ok()?;
-        Some(Arc::new(assembler.finish()))
+        let mut chunks = Vec::new();
+        for_each_chunk(&region, &*engine_snapshot, 4096, |chunk| {
+            chunks.push(chunk);
+            true
+        })
+        .ok()?;
+        Some(Arc::new(chunks))
     }
 
     fn report_snapshot(&mut self, from: u64, message: &PeerMessage, delivered: bool) {
@@ -1132,7 +1139,12 @@ impl Cluster {
         }
     }
 
-    fn deliver(&mut self, from: u64, message: PeerMessage, snapshot: Option<Arc<SnapshotData>>) {
+    fn deliver(
+        &mut self,
+        from: u64,
+        message: PeerMessage,
+        snapshot: Option<Arc<Vec<SnapshotChunk>>>,
+    ) {
         let to = message.to.store_id;
         if self.blocked.contains(&(from, to)) || !self.is_up(to) {
             if let Some(store) = self.node(from).store.as_mut() {
@@ -1145,10 +1157,29 @@ impl Cluster {
         }
         self.delivered += 1;
         let is_snapshot = message.is_snapshot();
-        let data = snapshot.map(|s| SnapshotData { entries: s.entries.clone() });
         let report = (message.region_id, message.to.id);
-        let accepted =
-            self.node(to).store.as_mut().expect("checked up").step(message, data).is_ok();
+        let store = self.node(to).store.as_mut().expect("checked up");
+        let data = match snapshot {
+            Some(chunks) => {
+                // Staged as the server's transport stages what it receives.
+                let mut staging = store.snapshot_stager().begin();
+                let records = chunks.iter().map(|c| c.entries.len() as u64).sum();
+                let staged = chunks.iter().all(|chunk| staging.push(chunk.clone()).is_ok());
+                match staged.then(|| staging.finish(Some(records))) {
+                    Some(Ok(data)) => Some(data),
+                    // The receiver's disk failed: as a transfer that did not arrive.
+                    _ => {
+                        if let Some(sender) = self.node(from).store.as_mut() {
+                            sender.report_snapshot(report.0, report.1, false);
+                        }
+                        return;
+                    }
+                }
+            }
+            None => None,
+        };
+        let store = self.node(to).store.as_mut().expect("checked up");
+        let accepted = store.step(message, data).is_ok();
         if is_snapshot {
             if let Some(store) = self.node(from).store.as_mut() {
                 store.report_snapshot(report.0, report.1, accepted);

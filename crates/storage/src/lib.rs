@@ -54,11 +54,14 @@ pub enum Cf {
     RawLock,
     /// Raw data a V1 client wrote with column family `write`; see [`Cf::RawLock`].
     RawWrite,
+    /// Received snapshots, chunk by chunk, until their Region's replica installs them:
+    /// staged on disk so that a Region of any size arrives in bounded memory.
+    Staging,
 }
 
 impl Cf {
     /// Every column family, in a fixed order.
-    pub const ALL: [Cf; 10] = [
+    pub const ALL: [Cf; 11] = [
         Cf::Raw,
         Cf::Default,
         Cf::Lock,
@@ -69,6 +72,7 @@ impl Cf {
         Cf::Latest,
         Cf::RawLock,
         Cf::RawWrite,
+        Cf::Staging,
     ];
 
     /// The column families holding a Region's data (everything but Raft and placement
@@ -89,6 +93,7 @@ impl Cf {
             Cf::Latest => "latest",
             Cf::RawLock => "raw_lock",
             Cf::RawWrite => "raw_write",
+            Cf::Staging => "snapshot_staging",
         }
     }
 

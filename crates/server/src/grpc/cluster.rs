@@ -13,16 +13,13 @@ use prost::Message as _;
 use scandium_placement::{Command, Kind, Response as PlacementResponse, ResponseRecord};
 use scandium_protocol::scandium::cluster_server::Cluster;
 use scandium_protocol::scandium::*;
-use scandium_raftstore::snapshot::{SnapshotAssembler, SnapshotChunk as DataChunk};
+use scandium_raftstore::snapshot::{SnapshotChunk as DataChunk, SnapshotError, Stager, Staging};
 use scandium_raftstore::{PeerMessage, RaftstoreError, RegionStatus, Registry, META_GROUP_ID};
 use scandium_types::{Store, StoreState, TimeStamp};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
-
-/// Snapshots received at once at most (each is held in memory until installed).
-const CONCURRENT_SNAPSHOTS: usize = 2;
 
 /// The node-to-node service of one node.
 pub struct ClusterService {
@@ -52,13 +49,18 @@ pub struct ClusterParts {
     /// Reads of transactions' keys for lock resolution on other nodes.
     pub storage: Arc<Storage>,
     /// The largest snapshot this node accepts.
-    pub max_snapshot_bytes: usize,
+    pub max_snapshot_bytes: u64,
+    /// Where received snapshots are staged on disk until installed.
+    pub stager: Stager,
+    /// Snapshots received at once at most.
+    pub max_concurrent_snapshots: usize,
 }
 
 impl ClusterService {
     /// Serves with `parts`.
     pub fn new(parts: ClusterParts) -> ClusterService {
-        ClusterService { parts, snapshots: Arc::new(Semaphore::new(CONCURRENT_SNAPSHOTS)) }
+        let snapshots = Arc::new(Semaphore::new(parts.max_concurrent_snapshots));
+        ClusterService { parts, snapshots }
     }
 
     fn check_cluster(&self, cluster_id: u64) -> Result<(), Box<Status>> {
@@ -139,20 +141,40 @@ impl Cluster for ClusterService {
             self.accept(&first.message).filter(PeerMessage::is_snapshot).ok_or_else(|| {
                 Status::invalid_argument("the first chunk carries no snapshot for this store")
             })?;
-        let mut assembler = SnapshotAssembler::new(self.parts.max_snapshot_bytes);
+        // Each chunk goes to disk as it arrives: a Region of any size is received in the
+        // memory of one chunk.
+        let mut staging = Some(self.parts.stager.begin());
         let mut announced = None;
+        let mut bytes = 0u64;
         while let Some(chunk) = chunks.message().await? {
             if chunk.end {
                 announced = Some(chunk.records);
                 break;
             }
+            bytes += chunk.data.len() as u64;
+            if bytes > self.parts.max_snapshot_bytes {
+                let limit = self.parts.max_snapshot_bytes;
+                let error = format!("snapshot exceeds {limit} bytes (max_snapshot_bytes)");
+                tracing::warn!(%error, from = first.from_store, "refused a snapshot");
+                return Ok(Response::new(SnapshotDone { error }));
+            }
             let data = DataChunk::decode(chunk.data.as_slice())
                 .map_err(|e| Status::invalid_argument(format!("malformed snapshot chunk: {e}")))?;
-            if let Err(error) = assembler.push(data) {
+            let mut held = staging.take().expect("put back after every chunk");
+            let (held, pushed) = tokio::task::spawn_blocking(move || {
+                let pushed = held.push(data);
+                (held, pushed)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("staging a snapshot chunk: {e}")))?;
+            if let Err(error) = pushed {
+                tracing::warn!(%error, from = first.from_store, "refused a snapshot");
                 return Ok(Response::new(SnapshotDone { error: error.to_string() }));
             }
+            staging = Some(held);
         }
-        let data = match assembler.finish_complete(announced) {
+        let staged = staging.take().expect("put back after every chunk");
+        let data = match finish_staging(staged, announced).await {
             Ok(data) => data,
             Err(error) => {
                 tracing::warn!(%error, from = first.from_store, "refused a snapshot");
@@ -413,4 +435,14 @@ pub async fn region_digests(raft: &RaftHandle) -> Result<Vec<RegionDigest>, Requ
     .await
     .map_err(|e| RequestError::Internal(e.to_string()))?
     .map_err(RequestError::from)
+}
+
+/// Finishes a staged snapshot off the async threads (a refused one is deleted).
+async fn finish_staging(
+    staging: Staging,
+    announced: Option<u64>,
+) -> Result<scandium_raftstore::SnapshotData, SnapshotError> {
+    tokio::task::spawn_blocking(move || staging.finish(announced))
+        .await
+        .unwrap_or_else(|e| Err(SnapshotError::Storage(e.to_string())))
 }
