@@ -1022,6 +1022,12 @@ impl Store {
         self.registry.publish(status);
     }
 
+    /// Whether a group's replica here is still writing a snapshot's data (it serves
+    /// nothing until done).
+    pub fn is_installing(&self, id: u64) -> bool {
+        self.peers.get(&id).is_some_and(|p| p.installing.is_some())
+    }
+
     /// The current status of a group's local replica (for tests and tools).
     pub fn status(&self, id: u64) -> Option<RegionStatus> {
         let (config, now) = (&self.config, self.now_ms);

@@ -161,6 +161,13 @@ impl Cluster {
 
     /// Runs rounds and delivers messages until nothing moves.
     fn run(&mut self) {
+        self.run_until_installing(None);
+    }
+
+    /// Runs rounds and delivers messages until nothing moves, or until store `crash_at`
+    /// has begun installing a snapshot's data and not finished it (then it is stopped, as
+    /// by a crash, right after that round): whether it was.
+    fn run_until_installing(&mut self, crash_at: Option<u64>) -> bool {
         for _ in 0..1000 {
             let mut moved = false;
             let mut outbox: Vec<(u64, PeerMessage)> = Vec::new();
@@ -175,6 +182,10 @@ impl Cluster {
                     let out = store.handle_ready().unwrap();
                     outbox.extend(out.messages.into_iter().map(|m| (id, m)));
                     self.events.extend(out.events.into_iter().map(|e| (id, e)));
+                    if crash_at == Some(id) && store.is_installing(REGION) {
+                        self.nodes[i].store = None;
+                        return true;
+                    }
                 }
             }
             for (from, message) in outbox {
@@ -186,7 +197,7 @@ impl Cluster {
                 }
             }
             if !moved {
-                return;
+                return false;
             }
         }
         panic!("the cluster never settled");
@@ -565,6 +576,55 @@ fn a_lagging_follower_is_caught_up_by_snapshot_after_log_truncation() {
         assert_eq!(cluster.value(lagging, &[b'g', i]), Some(vec![i]));
     }
     assert_eq!(cluster.snapshots[lagging as usize], before + 1, "caught up by a snapshot");
+}
+
+#[test]
+fn a_snapshot_goes_in_over_several_rounds_and_a_crash_midway_starts_it_over() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    let leader = cluster.wait_leader();
+    let lagging = (1..=3).find(|&s| s != leader).unwrap();
+    cluster.isolate(lagging);
+    // 6 MiB, past `max_log_entries`: a snapshot of several 1 MiB install steps.
+    let value = vec![7u8; 100 << 10];
+    for i in 0..60u8 {
+        cluster.put(&[b'g', i], &value).unwrap();
+    }
+    let before = cluster.snapshots[lagging as usize];
+    cluster.heal();
+    let mut crashed = false;
+    for _ in 0..300 {
+        cluster.now += TICK_MS;
+        let now = cluster.now;
+        for node in cluster.nodes.iter_mut() {
+            if let Some(store) = node.store.as_mut() {
+                store.tick(now);
+            }
+        }
+        if cluster.run_until_installing(Some(lagging)) {
+            crashed = true;
+            break;
+        }
+    }
+    assert!(crashed, "the lagging store began installing a snapshot");
+    assert_eq!(cluster.snapshots[lagging as usize], before + 1);
+    assert!(cluster.nodes[lagging as usize - 1]
+        .engine
+        .get(Cf::Raw, &[b'g', 59])
+        .unwrap()
+        .is_none());
+    // At restart the install starts over from its record and finishes.
+    cluster.start(lagging);
+    assert!(cluster.store(lagging).is_installing(REGION), "the record survived the crash");
+    cluster.run();
+    assert!(!cluster.store(lagging).is_installing(REGION));
+    for i in 0..60u8 {
+        assert_eq!(cluster.value(lagging, &[b'g', i]).as_deref(), Some(&value[..]), "key {i}");
+    }
+    let staged = cluster.nodes[lagging as usize - 1].engine.snapshot();
+    assert_eq!(staged.scan(Cf::Staging, &[], &[], false).count(), 0, "nothing left staged");
+    cluster.put(b"after", b"v").unwrap();
+    cluster.tick_until(300, "serving again", |c| c.value(lagging, b"after").is_some());
 }
 
 #[test]
