@@ -373,6 +373,8 @@ struct Io {
     effect: Option<Effect>,
     input: Option<Input>,
     now: Now,
+    /// The gate the command last passed, passed again after a latch wait.
+    gate: Option<Gate>,
 }
 
 impl<T: Send + 'static> Command<T> {
@@ -483,6 +485,7 @@ impl Cx {
 
     /// Passes the gate: the Region as it is now, led here.
     pub(crate) async fn gate(&self, gate: Gate) -> CommandResult<Scope> {
+        lock(&self.io).gate = Some(gate);
         match self.perform(Effect::Gate(gate)).await {
             Some(Input::Gated(scope)) => Ok(scope),
             other => Err(unexpected("a gate", other)),
@@ -497,18 +500,33 @@ impl Cx {
         }
     }
 
-    /// Takes the latches of `keys`, waiting for them as long as it takes.
+    /// Takes the latches of `keys`, waiting for them as long as it takes. After a wait,
+    /// the gate the command passed before is passed again: meanwhile this node may have
+    /// stopped leading, or lost its replica and the replica's data, and what the command
+    /// reads next must be as current as a read gated now (the simulator, seed 424 with
+    /// balancing on: a compare-and-swap queued behind a write on a leader that was then
+    /// removed read its emptied range and answered "not swapped, the key is absent").
+    /// The gate checks the request's epoch, so a Region that changed meanwhile fails it.
     pub(crate) async fn latch<K: AsRef<[u8]>>(
         &self,
         keys: impl IntoIterator<Item = K>,
     ) -> CommandResult<LatchGuard> {
         let latches = &self.node.latches;
         let mut lock = latches.lock_for(self.cid, keys);
+        let mut waited = false;
         loop {
             match latches.acquire(lock) {
-                Ok(guard) => return Ok(guard),
+                Ok(guard) => {
+                    let gate = crate::command::lock(&self.io).gate;
+                    if let Some(gate) = gate.filter(|_| waited) {
+                        // Dropped on failure: the latches go with it.
+                        self.gate(gate).await?;
+                    }
+                    return Ok(guard);
+                }
                 Err(waiting) => lock = waiting,
             }
+            waited = true;
             // Dropped while waiting (the driver gave up on the command): leave the queue.
             let abandon = Abandon { latches: latches.clone(), lock: Some(lock) };
             self.wait(None).await?;

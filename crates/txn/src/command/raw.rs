@@ -240,14 +240,11 @@ pub fn delete_range(node: &Arc<TxnNode>, target: RawTarget, range: KeyRange) -> 
 }
 
 /// `RawCompareAndSwap`: `value` (with `ttl`) if the key's live value is `expected`
-/// (`None`: absent). The comparison reads this node's state, so it must be a linearizable
-/// read: a swap that fails proposes nothing, and a deposed leader would otherwise answer
-/// it from stale state ("not swapped, the value is still the old one"). The gate is passed
-/// again once the latch is held, right before the read: the latch may have been waited
-/// for while this node stopped leading, or lost its replica and its data (the simulator,
-/// seed 424 with balancing on: a swap queued behind a write on a leader that was then
-/// removed read the emptied range and answered "not swapped, the key is absent"). A swap
-/// that succeeds is proposed and takes effect only if this node still leads.
+/// (`None`: absent). The comparison reads this node's state, so the gate makes it a
+/// linearizable read first (then the latch, which passes the gate again if it had to
+/// wait): a swap that fails proposes nothing, and a deposed leader would otherwise answer
+/// it from stale state ("not swapped, the value is still the old one"). A swap that
+/// succeeds is proposed and takes effect only if this node still leads.
 pub fn compare_and_swap(
     node: &Arc<TxnNode>,
     target: RawTarget,
@@ -258,15 +255,9 @@ pub fn compare_and_swap(
 ) -> Command<CasOutcome> {
     Command::new(node, move |cx| async move {
         let linearizable = !cx.node.settings().breakages.unsafe_cas;
-        let gate = Gate { linearizable, needs_space: true };
-        let scope = cx.gate(gate).await?;
+        let scope = cx.gate(Gate { linearizable, needs_space: true }).await?;
         check_key(&scope, target.api, KeyMode::Raw, &key)?;
         let latches = cx.latch([&key]).await?;
-        let scope = match linearizable {
-            true => cx.gate(gate).await?,
-            false => scope,
-        };
-        check_key(&scope, target.api, KeyMode::Raw, &key)?;
         let mut batch = WriteBatch::new();
         let snapshot = cx.node.engine.snapshot();
         let now = cx.now().wall_secs();

@@ -176,6 +176,44 @@ fn a_write_waits_for_the_latch_of_a_write_in_flight_and_a_dropped_one_passes_it_
     assert_eq!(got, Some(b"3".to_vec()));
 }
 
+/// A command that waited for a latch passes its gate again before it reads: the node may
+/// have stopped leading, or lost the Region's data, while it waited (the simulator found
+/// a compare-and-swap answering from a removed replica's emptied range).
+#[test]
+fn a_command_that_waited_for_a_latch_passes_its_gate_again() {
+    let d = Driver::new();
+    let mut put = raw::put(&d.node, raw_default(), vec![(b"k".to_vec(), b"1".to_vec(), 0)]);
+    let Next::Effect(Effect::Gate(_)) = put.start(d.now) else { panic!("gate first") };
+    let scope = Scope { region: Region::default(), term: 1 };
+    let Next::Effect(Effect::Propose(proposal)) = put.resume(Input::Gated(scope), d.now) else {
+        panic!("then the proposal")
+    };
+    let cas = raw::compare_and_swap(&d.node, raw_default(), b"k".to_vec(), None, b"2".to_vec(), 0);
+    let Stopped::Waiting(mut cas) = d.run(cas) else { panic!("the swap waits for the latch") };
+    d.engine.write(proposal.batch).unwrap();
+    proposal.completion.applied();
+    assert_eq!(d.woken(), BTreeSet::from([cas.cid()]));
+    let Next::Effect(Effect::Gate(gate)) = cas.resume(Input::Woken, d.now) else {
+        panic!("the swap passes its gate again before it reads")
+    };
+    assert!(gate.linearizable);
+    // A driver whose gate fails drops the command: the latch goes with it.
+    drop(cas);
+    let again = raw::put(&d.node, raw_default(), vec![(b"k".to_vec(), b"3".to_vec(), 0)]);
+    d.done(again).unwrap();
+    // Without a wait, a command passes its gate once.
+    let cas = raw::compare_and_swap(
+        &d.node,
+        raw_default(),
+        b"k".to_vec(),
+        Some(b"3".to_vec()),
+        b"4".to_vec(),
+        0,
+    );
+    let outcome = d.done(cas).unwrap();
+    assert!(outcome.succeeded, "{outcome:?}");
+}
+
 fn put_mutation(key: &[u8], value: &[u8]) -> (Mutation, PessimisticAction) {
     let mutation = Mutation { op: MutationOp::Put, key: key.to_vec(), value: value.to_vec() };
     (mutation, PessimisticAction::SkipPessimisticCheck)
