@@ -238,6 +238,11 @@ async fn zero_config_server_and_cli() {
     assert!(ok && out.contains("\"state\": \"Up\""), "{out}");
     let (ok, out) = cli(&["ctl", "members"]);
     assert!(ok && out.contains("leader"), "{out}");
+    // One node: nothing to repair or balance.
+    let (ok, out) = cli(&["ctl", "operators"]);
+    assert!(ok && out.contains("0 operator(s)") && out.contains("OPERATOR"), "{out}");
+    let (ok, out) = cli(&["ctl", "--json", "operators"]);
+    assert!(ok && out.contains("\"count\": 0"), "{out}");
     let (ok, out) = cli(&["ctl", "regions"]);
     assert!(ok && out.contains("5 Region(s)"), "{out}");
     let (ok, out) = cli(&["ctl", "--json", "regions"]);

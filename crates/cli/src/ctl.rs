@@ -33,6 +33,9 @@ enum CtlCommand {
     Stores,
     /// Lists the cluster's members (every node) and which leads placement.
     Members,
+    /// Lists the operators the placement leader runs (replicas added, moved and removed,
+    /// leaders moved), each with the step it is at.
+    Operators,
     /// Moves leadership of a Region (or of the placement group) to its replica on STORE.
     TransferLeader {
         /// The Region's id, or `placement` for the placement group.
@@ -234,6 +237,24 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 .map(|s| json!({ "id": s.id, "address": s.address, "state": state(s), "version": s.version, "regions": count(s.id, false), "leaders": count(s.id, true) }))
                 .collect();
             Output { json: json!({ "count": stores.len(), "stores": stores }), text }
+        }
+        CtlCommand::Operators => {
+            let operators = placement_operators(&args.pd, cluster_id).await?;
+            let rows = operators.iter().map(|o| {
+                vec![
+                    o.region_id.to_string(),
+                    o.kind.clone(),
+                    format!("{}/{} {}", o.step_number, o.steps, o.step),
+                    format!("{:.1} s", o.step_age_ms as f64 / 1000.0),
+                ]
+            });
+            let text = table(&["REGION", "OPERATOR", "STEP", "FOR"], rows)
+                + &format!("{} operator(s)\n", operators.len());
+            let list: Vec<_> = operators
+                .iter()
+                .map(|o| json!({ "region_id": o.region_id, "kind": o.kind, "step": o.step, "step_number": o.step_number, "steps": o.steps, "step_age_ms": o.step_age_ms }))
+                .collect();
+            Output { json: json!({ "count": list.len(), "operators": list }), text }
         }
         CtlCommand::Members => {
             let leader = members.leader.as_ref().map(|l| l.member_id);
@@ -493,6 +514,29 @@ async fn cluster_client(
         .await
         .map_err(|e| format!("cannot connect to {address}: {e}"))?;
     Ok(scandium_protocol::scandium::cluster_client::ClusterClient::new(channel))
+}
+
+/// The operators the placement leader runs: asked of the node at `address`, which
+/// names the leader if it is not it.
+async fn placement_operators(
+    address: &str,
+    cluster_id: u64,
+) -> Result<Vec<scandium_protocol::scandium::OperatorInfo>, String> {
+    let request = scandium_protocol::scandium::OperatorsRequest { cluster_id };
+    let mut address = address.trim_start_matches("http://").to_string();
+    for _ in 0..2 {
+        let mut client = cluster_client(&address).await?;
+        let reply = client.operators(request.clone()).await.map_err(|e| e.message().to_string())?;
+        let reply = reply.into_inner();
+        if reply.error.is_empty() {
+            return Ok(reply.operators);
+        }
+        if reply.leader_address.is_empty() {
+            return Err(format!("{address}: {}", reply.error));
+        }
+        address = reply.leader_address;
+    }
+    Err("the placement leader moved while it was asked; try again".into())
 }
 
 /// One replica's answer: its store, applied index and digests.

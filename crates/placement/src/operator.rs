@@ -39,6 +39,21 @@ pub enum StepAction {
     TransferLeader(Peer),
 }
 
+impl std::fmt::Display for StepAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let peer = |p: &Peer| format!("{}@{}", p.id, p.store_id);
+        match self {
+            StepAction::AddLearner(p) => write!(f, "add learner {}", peer(p)),
+            StepAction::Promote(peers) => {
+                let peers: Vec<String> = peers.iter().map(peer).collect();
+                write!(f, "promote {}", peers.join(" "))
+            }
+            StepAction::Remove(p) => write!(f, "remove {}", peer(p)),
+            StepAction::TransferLeader(p) => write!(f, "transfer leader to {}", peer(p)),
+        }
+    }
+}
+
 /// Longest a leader transfer step may take.
 pub const TRANSFER_STEP_MS: u64 = 10_000;
 
@@ -80,6 +95,24 @@ pub enum OperatorKind {
         /// Where it goes.
         to: StoreId,
     },
+}
+
+impl std::fmt::Display for OperatorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OperatorKind::AddReplica(store) => write!(f, "add a replica on store {store}"),
+            OperatorKind::PromoteLearners => write!(f, "promote learners"),
+            OperatorKind::RemoveReplica(p) => {
+                write!(f, "remove replica {} of store {}", p.id, p.store_id)
+            }
+            OperatorKind::TransferLeader(p) => {
+                write!(f, "move leadership to {} (store {})", p.id, p.store_id)
+            }
+            OperatorKind::MoveReplica { from, to } => {
+                write!(f, "move replica {} from store {} to store {to}", from.id, from.store_id)
+            }
+        }
+    }
 }
 
 impl OperatorKind {
@@ -214,6 +247,17 @@ impl Operator {
     /// What it is for.
     pub fn kind(&self) -> &OperatorKind {
         &self.kind
+    }
+
+    /// The step under way (none once all are done), its number from 1, and how many
+    /// there are.
+    pub fn step(&self) -> (Option<&StepAction>, usize, usize) {
+        (self.steps.get(self.current), self.current + 1, self.steps.len())
+    }
+
+    /// When the step under way began (the placement leader's monotonic clock).
+    pub fn step_started_ms(&self) -> u64 {
+        self.step_started_ms
     }
 
     /// Looks at the Region as its leader (`leader`) reports it, with its lagging peers

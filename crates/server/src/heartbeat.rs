@@ -254,6 +254,43 @@ impl Control {
         Some(self.lock().loads().iter().map(|(&id, load)| wire_load(id, load)).collect())
     }
 
+    /// The operators the placement leader runs: this node's if it leads, else asked of the
+    /// leader. `None` if no leader answers.
+    pub async fn operators(&self) -> Option<Vec<wire::OperatorInfo>> {
+        if let Some(operators) = self.local_operators() {
+            return Some(operators);
+        }
+        let address = self.placement.leader_address()?;
+        let mut client = self.clients.cluster(&address).ok()?;
+        let request = wire::OperatorsRequest { cluster_id: self.identity.cluster_id };
+        let call = tokio::time::timeout(Duration::from_secs(2), client.operators(request));
+        match call.await {
+            Ok(Ok(reply)) if reply.get_ref().error.is_empty() => Some(reply.into_inner().operators),
+            _ => None,
+        }
+    }
+
+    /// The operators this node runs, if it leads placement.
+    pub fn local_operators(&self) -> Option<Vec<wire::OperatorInfo>> {
+        if !self.placement.is_serving() {
+            return None;
+        }
+        let now_ms = now().monotonic_ms;
+        let plane = self.lock();
+        let operators = plane.operators().map(|operator| {
+            let (step, number, steps) = operator.step();
+            wire::OperatorInfo {
+                region_id: operator.region_id(),
+                kind: operator.kind().to_string(),
+                step: step.map(|s| s.to_string()).unwrap_or_default(),
+                step_number: number as u32,
+                steps: steps as u32,
+                step_age_ms: now_ms.saturating_sub(operator.step_started_ms()),
+            }
+        });
+        Some(operators.collect())
+    }
+
     /// Makes sure the control plane runs for the placement term this node leads now (a
     /// new leader takes over from what the log records). `None` if it does not lead.
     fn leading_term(&self) -> Option<u64> {

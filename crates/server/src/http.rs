@@ -51,6 +51,7 @@ pub fn routes(router: Router, node: Arc<HttpState>) -> Router {
     let http = Router::new()
         .route("/pd/api/v1/regions", get(regions))
         .route("/pd/api/v1/stores", get(stores))
+        .route("/pd/api/v1/operators", get(operators))
         .route("/pd/api/v1/health", get(members_health))
         .route("/pd/api/v1/members", get(members))
         .route("/pd/api/v1/leader", get(leader))
@@ -121,6 +122,29 @@ async fn regions(State(node): State<Arc<HttpState>>) -> Json<Value> {
     let list: Vec<Value> =
         regions.iter().map(|r| region_json(&node, r, loads.get(&r.id))).collect();
     Json(json!({ "count": list.len(), "regions": list }))
+}
+
+/// The operators the placement leader runs (PD's route; PD's fields differ: ours say in
+/// words what each does and which step it is at). 503 if no placement leader answers.
+async fn operators(
+    State(node): State<Arc<HttpState>>,
+) -> Result<Json<Value>, axum::http::StatusCode> {
+    let unavailable = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    let operators = node.control.operators().await.ok_or(unavailable)?;
+    let list: Vec<Value> = operators
+        .iter()
+        .map(|o| {
+            json!({
+                "region_id": o.region_id,
+                "kind": o.kind,
+                "step": o.step,
+                "step_number": o.step_number,
+                "steps": o.steps,
+                "step_age_ms": o.step_age_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "count": list.len(), "operators": list })))
 }
 
 async fn stores(State(node): State<Arc<HttpState>>) -> Json<Value> {

@@ -377,6 +377,22 @@ impl Cluster for ClusterService {
         };
         Ok(Response::new(response))
     }
+
+    async fn operators(
+        &self,
+        request: Request<OperatorsRequest>,
+    ) -> Result<Response<OperatorsResponse>, Status> {
+        self.check_cluster(request.into_inner().cluster_id).map_err(|e| *e)?;
+        let response = match self.parts.control.local_operators() {
+            Some(operators) => OperatorsResponse { operators, ..Default::default() },
+            None => OperatorsResponse {
+                error: "not the placement leader".into(),
+                leader_address: self.not_leader(),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(response))
+    }
 }
 
 /// Hands leadership of a Region led here (or of the placement group) to its replica on

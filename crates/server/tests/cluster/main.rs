@@ -735,7 +735,14 @@ async fn a_joining_store_takes_a_share_of_replicas_and_leaders_spread() {
     let added = cluster.add_node().await;
     let store = cluster.node(added).store_id();
     let deadline = Instant::now() + Duration::from_secs(60);
+    // The moves show as operators, on any node (a node that does not lead placement asks
+    // the one that does).
+    let asked = (0..4).find(|&i| i != asker).expect("another node");
+    let mut operators_seen = Vec::new();
     let (replicas, leaders) = loop {
+        if let Some(operators) = cluster.node(asked).control().operators().await {
+            operators_seen.extend(operators.into_iter().map(|o| format!("{} {}", o.kind, o.step)));
+        }
         let (replicas, leaders, total) = {
             let placement = cluster.node(asker).placement().read();
             let mut replicas = std::collections::BTreeMap::<u64, usize>::new();
@@ -760,6 +767,11 @@ async fn a_joining_store_takes_a_share_of_replicas_and_leaders_spread() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     println!("replicas per store {replicas:?}, leaders per store {leaders:?}");
+    let moves = format!("to store {store}");
+    assert!(
+        operators_seen.iter().any(|o| o.starts_with("move replica") && o.contains(&moves)),
+        "the moves to the new store were listed as operators: {operators_seen:?}"
+    );
     assert!(replicas.get(&store).is_some_and(|&n| n >= 7), "the new store holds {replicas:?}");
     assert!(leaders.len() == 4 && leaders.values().all(|&n| n >= 2), "leaders: {leaders:?}");
     // Every key still reads, and the replicas agree.
