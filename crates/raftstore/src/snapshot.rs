@@ -217,6 +217,12 @@ impl Stager {
     }
 }
 
+/// Memtable bytes past which a chunk being staged waits for the engine's flushes.
+const STAGING_MAX_WRITE_BUFFER: u64 = 64 << 20;
+
+/// Longest a chunk waits for them (a node with other writes keeps its memtables full).
+const STAGING_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A snapshot being received: each chunk is written to the engine as it arrives, so the
 /// receiver holds one chunk in memory whatever the Region's size. Dropped unfinished, it
 /// deletes what it staged.
@@ -239,6 +245,14 @@ impl Staging {
             return Ok(());
         }
         self.records += chunk.entries.len() as u64;
+        // Received faster than the engine flushes, chunks would pile up in memtables:
+        // wait for the flushes (the sender waits too, through the stream's flow control).
+        let started = std::time::Instant::now();
+        while self.engine.write_buffer_bytes() > STAGING_MAX_WRITE_BUFFER
+            && started.elapsed() < STAGING_MAX_WAIT
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let mut batch = WriteBatch::new();
         batch.put(Cf::Staging, staging_key(self.id, self.chunks), chunk.encode_to_vec());
         self.chunks += 1;

@@ -111,6 +111,10 @@ impl Engine for FjallEngine {
         self.inner.db.disk_space().unwrap_or(0)
     }
 
+    fn write_buffer_bytes(&self) -> u64 {
+        self.inner.db.write_buffer_size()
+    }
+
     fn stats(&self) -> EngineStats {
         let db = &self.inner.db;
         EngineStats {

@@ -153,6 +153,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Bytes the engine occupies on disk (approximate; 0 for memory engines).
     fn disk_size(&self) -> u64;
 
+    /// Bytes in memtables, active and sealed (0 for engines without them). A writer that
+    /// can go faster than the flushes (a snapshot's install) waits while this is high.
+    fn write_buffer_bytes(&self) -> u64 {
+        0
+    }
+
     /// What the engine reports of itself, for metrics (empty for memory engines).
     fn stats(&self) -> EngineStats {
         EngineStats::default()
