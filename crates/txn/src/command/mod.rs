@@ -501,12 +501,14 @@ impl Cx {
     }
 
     /// Takes the latches of `keys`, waiting for them as long as it takes. After a wait,
-    /// the gate the command passed before is passed again: meanwhile this node may have
-    /// stopped leading, or lost its replica and the replica's data, and what the command
-    /// reads next must be as current as a read gated now (the simulator, seed 424 with
-    /// balancing on: a compare-and-swap queued behind a write on a leader that was then
-    /// removed read its emptied range and answered "not swapped, the key is absent").
-    /// The gate checks the request's epoch, so a Region that changed meanwhile fails it.
+    /// a linearizable gate the command passed before is passed again: meanwhile this node
+    /// may have stopped leading, or lost its replica and the replica's data, and what the
+    /// command reads next must be as current as a read gated now (the simulator, seed 424
+    /// with balancing on: a compare-and-swap queued behind a write on a leader that was
+    /// then removed read its emptied range and answered "not swapped, the key is
+    /// absent"). The gate checks the request's epoch, so a Region that changed meanwhile
+    /// fails it. A command that reads nothing it answers from (a plain write) needs no
+    /// second gate: its proposal commits through a quorum or fails.
     pub(crate) async fn latch<K: AsRef<[u8]>>(
         &self,
         keys: impl IntoIterator<Item = K>,
@@ -518,7 +520,7 @@ impl Cx {
             match latches.acquire(lock) {
                 Ok(guard) => {
                     let gate = crate::command::lock(&self.io).gate;
-                    if let Some(gate) = gate.filter(|_| waited) {
+                    if let Some(gate) = gate.filter(|g| waited && g.linearizable) {
                         // Dropped on failure: the latches go with it.
                         self.gate(gate).await?;
                     }
