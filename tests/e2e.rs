@@ -232,7 +232,7 @@ async fn zero_config_server_and_cli() {
     let (ok, out) = cli(&["kv", "--keyspace", "DEFAULT", "scan"]);
     assert!(ok && out.contains("v2key\tv2value"), "{out}");
     let (ok, out) = cli(&["ctl", "stores"]);
-    assert!(ok && out.contains("127.0.0.1:2379") && out.contains("STATE"), "{out}");
+    assert!(ok && out.contains("127.0.0.1:2379") && out.contains("LABELS"), "{out}");
     assert!(out.lines().nth(1).is_some_and(|row| row.contains("Up")), "a table: {out}");
     let (ok, out) = cli(&["ctl", "--json", "stores"]);
     assert!(ok && out.contains("\"state\": \"Up\""), "{out}");

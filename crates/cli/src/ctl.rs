@@ -221,6 +221,11 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 1 => "Offline",
                 _ => "Tombstone",
             };
+            let labels = |s: &scandium_protocol::metapb::Store| {
+                let pairs: Vec<String> =
+                    s.labels.iter().map(|l| format!("{}={}", l.key, l.value)).collect();
+                pairs.join(",")
+            };
             let rows = stores.iter().map(|s| {
                 vec![
                     s.id.to_string(),
@@ -229,12 +234,18 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                     count(s.id, false).to_string(),
                     count(s.id, true).to_string(),
                     s.version.clone(),
+                    labels(s),
                 ]
             });
-            let text = table(&["ID", "ADDRESS", "STATE", "REGIONS", "LEADERS", "VERSION"], rows);
+            let header = ["ID", "ADDRESS", "STATE", "REGIONS", "LEADERS", "VERSION", "LABELS"];
+            let text = table(&header, rows);
             let stores: Vec<_> = stores
                 .iter()
-                .map(|s| json!({ "id": s.id, "address": s.address, "state": state(s), "version": s.version, "regions": count(s.id, false), "leaders": count(s.id, true) }))
+                .map(|s| {
+                    let labels: serde_json::Map<String, serde_json::Value> =
+                        s.labels.iter().map(|l| (l.key.clone(), json!(l.value))).collect();
+                    json!({ "id": s.id, "address": s.address, "state": state(s), "version": s.version, "regions": count(s.id, false), "leaders": count(s.id, true), "labels": labels })
+                })
                 .collect();
             Output { json: json!({ "count": stores.len(), "stores": stores }), text }
         }

@@ -16,6 +16,10 @@ pub struct ServerArgs {
     /// the first time (a node that belongs to a cluster resumes it).
     #[arg(long, value_delimiter = ',')]
     join: Vec<String>,
+    /// Where this node is, NAME=VALUE[,NAME=VALUE...] (`zone=z1,host=h1`): a Region's
+    /// replicas go to distinct values of the cluster's `location_labels`.
+    #[arg(long)]
+    labels: Option<String>,
     /// TOML file with settings; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -34,6 +38,9 @@ pub async fn run(args: ServerArgs, log_format: crate::LogFormat) -> Result<(), S
     }
     if !args.join.is_empty() {
         config.join = args.join;
+    }
+    if let Some(labels) = &args.labels {
+        config.labels = scandium_server::config::parse_labels(labels)?;
     }
     let data_dir = config.data_dir.clone();
     let started = std::time::Instant::now();

@@ -41,6 +41,9 @@ pub struct SchedulerConfig {
     /// Balancing moves (of a replica or a leader) under way at once at most; 0 turns
     /// balancing off.
     pub balance_limit: usize,
+    /// The isolation levels, outermost first (`zone`, `host`): the store labels a
+    /// Region's replicas are spread over, distinct zones first, then distinct hosts.
+    pub location_labels: Vec<String>,
 }
 
 impl Default for SchedulerConfig {
@@ -49,9 +52,26 @@ impl Default for SchedulerConfig {
             meta_voters: 3,
             disconnect_ms: 5_000,
             down_ms: 30 * 60_000,
-            balance_limit: 0,
+            balance_limit: 4,
+            location_labels: Vec::new(),
         }
     }
+}
+
+/// A store's values of the isolation levels, outermost first.
+pub type Location = Vec<String>;
+
+fn location(store: &Store, config: &SchedulerConfig) -> Location {
+    config.location_labels.iter().map(|key| store.label(key).to_string()).collect()
+}
+
+/// How much `location` shares with `others`, level by level: at each depth, how many of
+/// them have the same values down to it. Compared as a whole, lower is better isolated
+/// (a distinct zone beats a distinct host in a shared zone).
+fn overlap(location: &Location, others: &[&Location]) -> Vec<usize> {
+    (1..=location.len())
+        .map(|depth| others.iter().filter(|o| o[..depth] == location[..depth]).count())
+        .collect()
 }
 
 /// When each store was last heard from (the placement leader's clock), and the time now.
@@ -199,7 +219,9 @@ pub fn decide(
     let placed = good_voters.len() + good_learners.len();
     let meta_missing = is_meta && usable.iter().any(|s| region.peer_on_store(s.id).is_none());
     if placed < target || meta_missing {
-        if let Some(store) = pick_store(state, &usable, region) {
+        let placed: Vec<StoreId> =
+            good_voters.iter().chain(&good_learners).map(|p| p.store_id).collect();
+        if let Some(store) = pick_store(state, config, &usable, region, &placed) {
             return Some(Decision::AddLearner(store));
         }
     }
@@ -213,10 +235,15 @@ pub fn decide(
     }
     // 4. Surplus voters; learners of data Regions that nobody will promote.
     if good_voters.len() > target {
-        let victim = good_voters
-            .iter()
-            .filter(|p| p.id != health.leader)
-            .max_by_key(|p| (replica_count(state, p.store_id), p.store_id))?;
+        // The one whose location the others share most goes; then the fullest store's.
+        let located = |p: &Peer| state.store(p.store_id).map(|s| location(s, config));
+        let victim = good_voters.iter().filter(|p| p.id != health.leader).max_by_key(|p| {
+            let mine = located(p).unwrap_or_default();
+            let others: Vec<Location> =
+                good_voters.iter().filter(|o| o.id != p.id).filter_map(|o| located(o)).collect();
+            let others: Vec<&Location> = others.iter().collect();
+            (overlap(&mine, &others), replica_count(state, p.store_id), p.store_id)
+        })?;
         return Some(Decision::Remove((*victim).clone()));
     }
     if !is_meta && good_voters.len() >= target {
@@ -236,6 +263,9 @@ pub struct Balance {
     pub replicas: BTreeMap<StoreId, usize>,
     /// Leaders per `Up` store.
     pub leaders: BTreeMap<StoreId, usize>,
+    /// Where each store is, at the isolation levels (every store's; empty without
+    /// `location_labels`).
+    pub locations: BTreeMap<StoreId, Location>,
 }
 
 /// Replica counts further apart than this are evened out: a move takes one from the
@@ -263,6 +293,7 @@ impl Balance {
         let mut balance = Balance {
             replicas: up.iter().map(|&s| (s, 0)).collect(),
             leaders: up.iter().map(|&s| (s, 0)).collect(),
+            locations: state.stores().map(|s| (s.id, location(s, config))).collect(),
         };
         let moves: BTreeMap<RegionId, &OperatorKind> =
             running.into_iter().map(|o| (o.region_id(), o.kind())).collect();
@@ -325,15 +356,42 @@ pub fn rebalance(region: &Region, health: &RegionHealth, balance: &Balance) -> O
         return None;
     }
     let count = |store: StoreId| balance.replicas.get(&store).copied().unwrap_or(0);
-    let fullest = region.peers.iter().max_by_key(|p| (count(p.store_id), p.store_id))?;
-    let emptiest = balance
-        .replicas
-        .iter()
-        .filter(|(store, _)| region.peer_on_store(**store).is_none())
-        .min_by_key(|(store, count)| (**count, **store));
-    if let Some((&to, &to_count)) = emptiest {
-        if count(fullest.store_id) >= to_count + BALANCE_GAP {
-            return Some(Decision::MoveReplica { from: fullest.clone(), to });
+    let nowhere = Location::new();
+    let located = |store: StoreId| balance.locations.get(&store).unwrap_or(&nowhere);
+    // How `store` would overlap the Region's other replicas if it took `from`'s place.
+    let overlap_without = |from: &Peer, store: StoreId| {
+        let others: Vec<&Location> =
+            region.peers.iter().filter(|p| p.id != from.id).map(|p| located(p.store_id)).collect();
+        overlap(located(store), &others)
+    };
+    let free = || balance.replicas.keys().copied().filter(|&s| region.peer_on_store(s).is_none());
+    // 1. Isolation: a replica sharing a location with another goes to a store that
+    //    shares less, whatever the counts (the cluster gained a zone or a host).
+    for from in &region.peers {
+        let now = overlap_without(from, from.store_id);
+        if now.iter().all(|&n| n == 0) {
+            continue;
+        }
+        let better = free()
+            .map(|s| (overlap_without(from, s), count(s), s))
+            .filter(|(o, _, _)| *o < now)
+            .min();
+        if let Some((_, _, to)) = better {
+            return Some(Decision::MoveReplica { from: from.clone(), to });
+        }
+    }
+    // 2. Counts: the replica on the fullest of its stores that can go anywhere as well
+    //    isolated from the others goes to the emptiest such store.
+    let mut by_count: Vec<&Peer> = region.peers.iter().collect();
+    by_count.sort_by_key(|p| std::cmp::Reverse((count(p.store_id), p.store_id)));
+    for from in by_count {
+        let here = overlap_without(from, from.store_id);
+        let emptiest =
+            free().filter(|&s| overlap_without(from, s) <= here).min_by_key(|&s| (count(s), s));
+        if let Some(to) = emptiest {
+            if count(from.store_id) >= count(to) + BALANCE_GAP {
+                return Some(Decision::MoveReplica { from: from.clone(), to });
+            }
         }
     }
     let leaders = |store: StoreId| balance.leaders.get(&store).copied().unwrap_or(0);
@@ -367,11 +425,23 @@ fn remove_or_move_leader(
 
 /// The usable store without a replica of `region` holding the fewest replicas (lowest id
 /// on ties).
-fn pick_store(state: &PlacementState, usable: &[&Store], region: &Region) -> Option<StoreId> {
+/// Where a new replica of `region` goes: the usable store without one that is best
+/// isolated from the stores in `placed` (the Region's healthy replicas), then the one
+/// holding the fewest replicas.
+fn pick_store(
+    state: &PlacementState,
+    config: &SchedulerConfig,
+    usable: &[&Store],
+    region: &Region,
+    placed: &[StoreId],
+) -> Option<StoreId> {
+    let others: Vec<Location> =
+        placed.iter().filter_map(|&id| state.store(id)).map(|s| location(s, config)).collect();
+    let others: Vec<&Location> = others.iter().collect();
     usable
         .iter()
         .filter(|s| region.peer_on_store(s.id).is_none())
-        .min_by_key(|s| (replica_count(state, s.id), s.id))
+        .min_by_key(|s| (overlap(&location(s, config), &others), replica_count(state, s.id), s.id))
         .map(|s| s.id)
 }
 
@@ -576,6 +646,7 @@ mod tests {
         Balance {
             replicas: replicas.iter().copied().collect(),
             leaders: leaders.iter().copied().collect(),
+            locations: BTreeMap::new(),
         }
     }
 
@@ -620,5 +691,79 @@ mod tests {
         assert_eq!(rebalance(&with_learner, &led(1, &[]), &uneven), None);
         let on_a_store_not_up = counts(&[(1, 5), (2, 5), (4, 0)], &[(1, 5), (2, 0)]);
         assert_eq!(rebalance(&r, &led(1, &[]), &on_a_store_not_up), None, "store 3 is not up");
+    }
+
+    fn zoned(id: u64, zone: &str, host: &str) -> Store {
+        let label = |key: &str, value: &str| scandium_types::StoreLabel {
+            key: key.into(),
+            value: value.into(),
+        };
+        Store { labels: vec![label("zone", zone), label("host", host)], ..store(id) }
+    }
+
+    fn zones_config() -> SchedulerConfig {
+        SchedulerConfig {
+            location_labels: vec!["zone".into(), "host".into()],
+            ..Default::default()
+        }
+    }
+
+    /// Stores 1..=5: 1 and 2 in zone a (hosts a1, a2), 3 in b, 4 in c, 5 in a (host a1).
+    fn zoned_cluster(region: Region) -> PlacementState {
+        let mut state = cluster(1, region);
+        let stores =
+            [(1, "a", "a1"), (2, "a", "a2"), (3, "b", "b1"), (4, "c", "c1"), (5, "a", "a1")];
+        for (id, zone, host) in stores {
+            let command = Command::new(Kind::PutStore(zoned(id, zone, host)));
+            state.apply(&prost::Message::encode_to_vec(&command), &mut WriteBatch::new());
+        }
+        state
+    }
+
+    #[test]
+    fn a_new_replica_goes_to_another_zone_then_another_host() {
+        let config = zones_config();
+        let live =
+            Liveness { last_heartbeat_ms: (1..=5).map(|s| (s, 1_000)).collect(), now_ms: 1_000 };
+        let r = region(vec![Peer::new(1, 1), Peer::new(2, 3)]);
+        let state = zoned_cluster(r.clone());
+        let health = RegionHealth { leader: 1, pending: vec![] };
+        // Zones a and b hold it: zone c (store 4) before anything in zone a.
+        let decision = decide(&state, &live, &config, &r, &health, false);
+        assert_eq!(decision, Some(Decision::AddLearner(4)));
+        // Without zone c, another host of zone a (store 2) before store 1's host (5).
+        let r = region(vec![Peer::new(1, 1), Peer::new(2, 3), Peer::new(3, 4)]);
+        let mut state = zoned_cluster(r.clone());
+        let command = Command::new(Kind::PutStore(zoned(4, "b", "b2")));
+        state.apply(&prost::Message::encode_to_vec(&command), &mut WriteBatch::new());
+        let unplaced = region(vec![Peer::new(1, 1), Peer::new(2, 3)]);
+        let decision = decide(&state, &live, &config, &unplaced, &health, false);
+        assert_eq!(decision, Some(Decision::AddLearner(2)), "host a2, not a1 again");
+    }
+
+    #[test]
+    fn replicas_move_to_zones_they_are_missing_and_counts_never_undo_it() {
+        let config = zones_config();
+        let live =
+            Liveness { last_heartbeat_ms: (1..=5).map(|s| (s, 1_000)).collect(), now_ms: 1_000 };
+        // Three replicas in zones a, a, b: one of zone a goes to zone c.
+        let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
+        let state = zoned_cluster(r.clone());
+        let balance = Balance::of(&state, &live, &config, []);
+        let decision = rebalance(&r, &led(1, &[]), &balance);
+        assert_eq!(decision, Some(Decision::MoveReplica { from: Peer::new(1, 1), to: 4 }));
+        // Spread over a, b, c: however uneven the counts, a replica does not move to a
+        // store sharing a zone with another of its replicas.
+        let spread = region(vec![Peer::new(1, 1), Peer::new(2, 3), Peer::new(3, 4)]);
+        let mut balance = Balance::of(&zoned_cluster(spread.clone()), &live, &config, []);
+        balance.replicas.insert(3, 50);
+        balance.replicas.insert(4, 50);
+        balance.replicas.insert(1, 50);
+        let decision = rebalance(&spread, &led(1, &[]), &balance);
+        assert_eq!(
+            decision,
+            Some(Decision::MoveReplica { from: Peer::new(1, 1), to: 2 }),
+            "only within zone a, to its emptier store"
+        );
     }
 }

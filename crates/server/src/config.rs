@@ -19,6 +19,14 @@ pub struct Config {
     /// directory is empty. Ignored once the node belongs to a cluster (it is checked to be
     /// the same cluster, if reachable).
     pub join: Vec<String>,
+    /// Where this node is: labels such as `zone = "z1"`, `host = "h1"` (a `[labels]`
+    /// table in the TOML, `--labels zone=z1,host=h1` on the command line), recorded with
+    /// its store at every start.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The isolation levels, outermost first (`["zone", "host"]`): a Region's replicas go
+    /// to distinct zones, then distinct hosts, whenever enough exist. The placement
+    /// leader's setting is the one in force, so give every node the same.
+    pub location_labels: Vec<String>,
     /// Voters each data Region should have, recorded when a new cluster is created
     /// (fewer while fewer nodes exist).
     pub replicas: u64,
@@ -88,8 +96,7 @@ pub struct Config {
     /// only Regions written to since their last one).
     pub split_check_interval_ms: u64,
     /// Moves that even out the stores (a replica to a store holding fewer, a leader to a
-    /// store leading fewer) under way at once; 0 (the default, until the simulator runs
-    /// clean with it: see `docs/architecture/placement.md`) turns balancing off.
+    /// store leading fewer) under way at once; 0 turns balancing off.
     pub balance_limit: usize,
     /// Requests a second past which a Region led here counts as hot; a Region hot for
     /// `load_split_secs` in a row is split where its load divides (0 turns it off).
@@ -104,6 +111,8 @@ impl Default for Config {
             data_dir: PathBuf::from("scandium-data"),
             addr: "127.0.0.1:2379".into(),
             join: Vec::new(),
+            labels: Default::default(),
+            location_labels: Vec::new(),
             replicas: 3,
             meta_voters: 3,
             raft_tick_ms: 50,
@@ -132,7 +141,7 @@ impl Default for Config {
             region_split_keys: 640_000,
             region_max_keys: 960_000,
             split_check_interval_ms: 10_000,
-            balance_limit: 0,
+            balance_limit: 4,
             load_split_qps: 3_000,
             load_split_secs: 10,
         }
@@ -185,6 +194,49 @@ fn in_range(name: &'static str, value: u64, min: u64, max: u64) -> Result<(), Co
     Err(invalid(name, format!("must be between {min} and {max}, not {value}")))
 }
 
+/// Labels and isolation levels: names and values of letters, digits, `-`, `_` and `.`,
+/// at most 64 bytes each; 16 labels and 8 levels at most, no level named twice.
+fn check_labels(
+    labels: &std::collections::BTreeMap<String, String>,
+    levels: &[String],
+) -> Result<(), ConfigError> {
+    let word = |text: &str| {
+        !text.is_empty()
+            && text.len() <= 64
+            && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if labels.len() > 16 {
+        return Err(invalid("labels", format!("must be at most 16, not {}", labels.len())));
+    }
+    if let Some((key, value)) = labels.iter().find(|(k, v)| !word(k) || !word(v)) {
+        let why = "names and values must be 1 to 64 letters, digits, '-', '_' or '.'";
+        return Err(invalid("labels", format!("{key:?} = {value:?}: {why}")));
+    }
+    if levels.len() > 8 {
+        let count = levels.len();
+        return Err(invalid("location_labels", format!("must be at most 8, not {count}")));
+    }
+    if let Some(bad) = levels.iter().find(|l| !word(l)) {
+        return Err(invalid("location_labels", format!("{bad:?}: must be a label name")));
+    }
+    let distinct: std::collections::BTreeSet<&String> = levels.iter().collect();
+    if distinct.len() != levels.len() {
+        return Err(invalid("location_labels", "must not name a level twice".to_string()));
+    }
+    Ok(())
+}
+
+/// Parses `--labels zone=z1,host=h1`.
+pub fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    text.split(',')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) => Ok((key.trim().to_string(), value.trim().to_string())),
+            None => Err(format!("label {pair:?} is not NAME=VALUE")),
+        })
+        .collect()
+}
+
 impl ConfigError {
     /// Adds why the range is what it is.
     fn because(self, why: &str) -> ConfigError {
@@ -231,6 +283,7 @@ impl Config {
                 format!("must be 3 or 5, not {}", self.meta_voters),
             ));
         }
+        check_labels(&self.labels, &self.location_labels)?;
         in_range("raft_tick_ms", self.raft_tick_ms, 1, 10_000)?;
         in_range("election_ticks", self.election_ticks as u64, 5, 1_000)?;
         in_range(
@@ -354,6 +407,10 @@ mod tests {
             ("region_split_size", |c| c.region_split_size = 1),
             ("region_max_size", |c| c.region_max_size = c.region_split_size - 1),
             ("snapshot_max_concurrent", |c| c.snapshot_max_concurrent = 0),
+            ("labels", |c| c.labels = [("zone".into(), String::new())].into()),
+            ("labels", |c| c.labels = [("zo ne".into(), "z1".into())].into()),
+            ("location_labels", |c| c.location_labels = vec!["zone".into(), "zone".into()]),
+            ("location_labels", |c| c.location_labels = vec![String::new()]),
             ("snapshot_max_bytes_per_sec", |c| c.snapshot_max_bytes_per_sec = 1000),
             ("region_split_keys", |c| c.region_split_keys = 0),
             ("region_max_keys", |c| c.region_max_keys = c.region_split_keys - 1),
@@ -386,5 +443,17 @@ mod tests {
             error.to_string(),
             "invalid setting gc_interval_secs: must be between 1 and 86400, not 0"
         );
+    }
+
+    #[test]
+    fn labels_parse_from_the_command_line() {
+        let labels = parse_labels("zone=z1,host=h1").unwrap();
+        assert_eq!(labels.get("zone").map(String::as_str), Some("z1"));
+        assert_eq!(labels.get("host").map(String::as_str), Some("h1"));
+        assert!(parse_labels("zone").unwrap_err().contains("NAME=VALUE"));
+        let config: Config =
+            toml::from_str("location_labels = [\"zone\"]\n[labels]\nzone = \"z2\"\n").unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.labels.get("zone").map(String::as_str), Some("z2"));
     }
 }

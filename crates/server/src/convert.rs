@@ -83,6 +83,11 @@ pub fn store_to_meta(store: &Store) -> metapb::Store {
         version: store.version.clone(),
         status_address: store.address.clone(),
         start_timestamp: store.start_timestamp,
+        labels: store
+            .labels
+            .iter()
+            .map(|l| metapb::StoreLabel { key: l.key.clone(), value: l.value.clone() })
+            .collect(),
         ..Default::default()
     }
 }

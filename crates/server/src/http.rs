@@ -173,6 +173,7 @@ async fn stores(State(node): State<Arc<HttpState>>) -> Json<Value> {
                     "state_name": state,
                     "version": store.version,
                     "start_timestamp": store.start_timestamp,
+                    "labels": store.labels.iter().map(|l| json!({ "key": l.key, "value": l.value })).collect::<Vec<_>>(),
                 },
                 "status": {
                     "region_count": regions,

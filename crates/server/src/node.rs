@@ -36,7 +36,7 @@ use scandium_raftstore::{RaftConfig, Registry, Store, META_GROUP_ID};
 use scandium_storage::{Cf, EngineRef, FjallEngine, FjallOptions, WriteBatch};
 use scandium_txn::{Breakages, NodeSettings, TxnNode};
 use scandium_types::keyspace::{keyspace_edges, DEFAULT_KEYSPACE_ID, DEFAULT_KEYSPACE_NAME};
-use scandium_types::{Peer, Region, Store as StoreMeta, StoreId, StoreState};
+use scandium_types::{Peer, Region, Store as StoreMeta, StoreId, StoreLabel, StoreState};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -228,6 +228,7 @@ impl Node {
             disconnect_ms: (5 * config.heartbeat_interval_ms).max(2_000),
             down_ms: config.store_down_secs * 1000,
             balance_limit: config.balance_limit,
+            location_labels: config.location_labels.clone(),
         };
         let control_config = ControlConfig {
             scheduler,
@@ -372,8 +373,9 @@ impl Node {
         let (registered, done) = oneshot::channel();
         let (identity, placement, registry) =
             (node.identity.clone(), node.placement.clone(), node.registry.clone());
+        let labels = config.labels.clone();
         node.background.push(node.tasks.spawn(async move {
-            register(&identity, &placement, &registry).await;
+            register(&identity, &labels, &placement, &registry).await;
             let _ = registered.send(());
         }));
         let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
@@ -821,7 +823,16 @@ impl Node {
 /// Records this store's address and version, and makes placement's view of the Regions
 /// led here at least as new as the Regions themselves (a crash may have come between a
 /// split and its report). Retries until the placement leader answers.
-async fn register(identity: &Identity, placement: &Placement, registry: &Registry) {
+async fn register(
+    identity: &Identity,
+    labels: &std::collections::BTreeMap<String, String>,
+    placement: &Placement,
+    registry: &Registry,
+) {
+    let labels = labels
+        .iter()
+        .map(|(key, value)| StoreLabel { key: key.clone(), value: value.clone() })
+        .collect();
     let store = StoreMeta {
         id: identity.store_id,
         address: identity.address.clone(),
@@ -830,6 +841,7 @@ async fn register(identity: &Identity, placement: &Placement, registry: &Registr
         start_timestamp: (now_ms() / 1000) as i64,
         // Placement keeps what it recorded.
         last_heartbeat_ms: 0,
+        labels,
     };
     let mut backoff = Duration::from_millis(100);
     loop {

@@ -178,9 +178,10 @@ pub fn control_config(replicas_meta: usize) -> ControlConfig {
         meta_voters: replicas_meta,
         disconnect_ms: 2 * HEARTBEAT_MS + 500,
         down_ms: 5_000,
-        // Not yet: balancing moves shift every run, and the breakage seeds must be found
-        // again for it (151 seeds with it on found no anomaly).
-        balance_limit: 0,
+        // As the server's default: replicas and leaders move to even out the stores.
+        balance_limit: 4,
+        // Stores have no labels here (the scheduler's unit tests cover them).
+        location_labels: Vec::new(),
     };
     let timeouts =
         scandium_placement::operator::OperatorTimeouts { step_ms: 10_000, resend_ms: 2_000 };

@@ -11,7 +11,7 @@ pub mod meta;
 pub mod mvcc;
 pub mod timestamp;
 
-pub use meta::{Peer, PeerRole, Region, RegionEpoch, Store, StoreState};
+pub use meta::{Peer, PeerRole, Region, RegionEpoch, Store, StoreLabel, StoreState};
 pub use timestamp::TimeStamp;
 
 /// Identifies a Region: a contiguous key range and the Raft group that replicates it.

@@ -173,6 +173,28 @@ pub struct Store {
     /// comes to count as down.
     #[prost(uint64, tag = "6")]
     pub last_heartbeat_ms: u64,
+    /// Where the store is (`zone`, `rack`, `host`...), as its node was started with
+    /// (`--labels`): placement spreads a Region's replicas over distinct values.
+    #[prost(message, repeated, tag = "7")]
+    pub labels: Vec<StoreLabel>,
+}
+
+/// One label of a store.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct StoreLabel {
+    /// The label's name (`zone`).
+    #[prost(string, tag = "1")]
+    pub key: String,
+    /// Its value for this store (`z1`).
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+impl Store {
+    /// The value of label `key` (empty if the store has none).
+    pub fn label(&self, key: &str) -> &str {
+        self.labels.iter().find(|l| l.key == key).map_or("", |l| l.value.as_str())
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ fn cluster(stores: u64, region: Region) -> PlacementState {
 
 fn config() -> ControlConfig {
     let scheduler =
-        SchedulerConfig { meta_voters: 3, disconnect_ms: 2_000, down_ms: 10_000, balance_limit: 4 };
+        SchedulerConfig { disconnect_ms: 2_000, down_ms: 10_000, ..SchedulerConfig::default() };
     ControlConfig { scheduler, record_liveness_ms: 1_000, ..ControlConfig::default() }
 }
 

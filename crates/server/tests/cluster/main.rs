@@ -820,3 +820,54 @@ async fn a_hot_region_is_split_where_its_load_divides() {
     }
     cluster.shutdown().await;
 }
+
+/// Labels are honoured: with `location_labels = ["zone"]`, three nodes in zones a, a and b
+/// hold every Region in two zones; a fourth node in zone c takes one of the zone-a
+/// replicas of every Region, so each has one replica per zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_spread_over_zones_as_zones_join() {
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cluster_started = started.clone();
+    let mut cluster = Cluster::start_with(3, move |settings| {
+        let i = cluster_started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let zone = ["a", "a", "b", "c"].get(i).copied().unwrap_or("d");
+        settings.labels = [("zone".to_string(), zone.to_string())].into();
+        settings.location_labels = vec!["zone".into()];
+        settings.balance_limit = 4;
+    })
+    .await;
+    let asker = cluster.meta_leader().expect("a placement leader");
+    let keys: Vec<Vec<u8>> = (0..4).map(|i| k(&format!("zoned{i}"))).collect();
+    cluster.node(asker).splitter().split_at_keys(keys).await.expect("splits");
+    let added = cluster.add_node().await;
+    let zone_c = cluster.node(added).store_id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let unspread: Vec<String> = {
+            let placement = cluster.node(asker).placement().read();
+            let zone = |store: u64| placement.store(store).map(|s| s.label("zone").to_string());
+            placement
+                .regions()
+                .filter(|r| {
+                    let zones: std::collections::BTreeSet<_> =
+                        r.peers.iter().map(|p| zone(p.store_id)).collect();
+                    zones.len() != 3 || r.peers.len() != 3
+                })
+                .map(|r| format!("{} {:?}", r.id, r.peers))
+                .collect()
+        };
+        if unspread.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Regions not one replica per zone: {unspread:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let placement = cluster.node(asker).placement().read().clone();
+    assert_eq!(placement.store(zone_c).map(|s| s.label("zone")), Some("c"), "labels recorded");
+    drop(placement);
+    let client = cluster.raw_client().await;
+    client.put(k("zoned2x"), k("v")).await.expect("put after the moves");
+    assert_eq!(client.get(k("zoned2x")).await.expect("get"), Some(k("v")));
+    assert_replicas_agree(&cluster).await;
+    cluster.shutdown().await;
+}
