@@ -137,6 +137,9 @@ pub struct Store {
     stager: Stager,
     /// Installs wait until the store's clock reaches this (memtables to flush first).
     install_paused_until_ms: u64,
+    /// Groups whose replica is installing a snapshot's data, so that rounds need not look
+    /// through every replica for them.
+    installing: std::collections::BTreeSet<u64>,
     now_ms: u64,
     ticks: u64,
     /// Messages produced outside rounds (answers to stale replicas).
@@ -191,6 +194,7 @@ impl Store {
             storage,
             stager,
             install_paused_until_ms: 0,
+            installing: Default::default(),
             now_ms: 0,
             ticks: 0,
             outbox: Vec::new(),
@@ -222,6 +226,7 @@ impl Store {
                 if let Some(pending) = installs.get(&group_id) {
                     tracing::info!(group = group_id, "installing a snapshot's data again");
                     peer.installing = Some(Install::new(pending.clone()));
+                    store.installing.insert(group_id);
                 }
             }
         }
@@ -647,7 +652,7 @@ impl Store {
     /// going in included).
     pub fn has_ready(&self) -> bool {
         let installs = self.now_ms >= self.install_paused_until_ms;
-        self.has_raft_work() || (installs && self.peers.values().any(|p| p.installing.is_some()))
+        self.has_raft_work() || (installs && !self.installing.is_empty())
     }
 
     /// Whether any group has Raft work for [`Store::handle_ready`]: what a stopping node
@@ -708,6 +713,7 @@ impl Store {
             output.messages.extend(to_peer_messages(peer, messages));
             if !ready.snapshot().is_empty() {
                 install_snapshot(peer, ready.snapshot(), &mut log_batch)?;
+                self.installing.insert(id);
                 must_sync = true;
             }
             // Entries held back while a snapshot's data went in come first.
@@ -901,7 +907,7 @@ impl Store {
         if self.now_ms < self.install_paused_until_ms {
             return Ok(Vec::new());
         }
-        let Some(peer) = self.peers.values_mut().find(|p| p.installing.is_some()) else {
+        let Some(peer) = self.installing.first().and_then(|id| self.peers.get_mut(id)) else {
             return Ok(Vec::new());
         };
         if self.engine.write_buffer_bytes() > INSTALL_MAX_WRITE_BUFFER {
@@ -916,6 +922,7 @@ impl Store {
         peer.installing = None;
         let region = peer.region.clone();
         let id = region.id;
+        self.installing.remove(&id);
         self.after_snapshot(region);
         self.publish(id);
         Ok(vec![id])
@@ -995,6 +1002,7 @@ impl Store {
         let Some(mut peer) = self.peers.remove(&id) else { return Ok(()) };
         let mut batch = WriteBatch::new();
         peer.raw.mut_store().destroy(&mut batch);
+        self.installing.remove(&id);
         if let Some(install) = peer.installing.take() {
             install.abandon(&mut batch);
             if let Some(old) = &install.pending().old {
