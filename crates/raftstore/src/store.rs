@@ -523,15 +523,23 @@ impl Store {
             return Ok(());
         }
         peer.known_peers.insert(message.from.id, message.from.clone());
-        if let Some(data) = snapshot {
-            if let Some(replaced) = peer.pending_snapshot.replace(data) {
-                self.stager.discard(replaced);
-            }
-        }
+        let position =
+            |s: &raft::prelude::Snapshot| (s.get_metadata().index, s.get_metadata().term);
+        let incoming = message.message.snapshot.as_ref().map(position);
         let result = peer.raw.step(message.message);
-        if snapshot.is_some() && peer.raw.raft.raft_log.unstable.snapshot.is_none() {
-            // raft-rs did not take it (older than what the replica has): its data goes.
-            peer.pending_snapshot = None;
+        if let Some(data) = snapshot {
+            // The data goes with the snapshot raft-rs now holds, only if that is this one:
+            // one it refused (older than what the replica has) must not replace the data
+            // of another it took before this round (the data would not match the
+            // snapshot's index); `step` deletes what is not kept.
+            let held = peer.raw.raft.raft_log.unstable.snapshot.as_ref().map(position);
+            if held.is_some() && held == incoming {
+                if let Some(replaced) = peer.pending_snapshot.replace(data) {
+                    if replaced != data {
+                        self.stager.discard(replaced);
+                    }
+                }
+            }
         }
         match result {
             Ok(()) | Err(raft::Error::StepPeerNotFound) => Ok(()),

@@ -936,3 +936,69 @@ fn a_leader_sends_its_appends_before_persisting_them() {
     cluster.run_until_answered(&slot).unwrap();
     assert_eq!(cluster.value(leader, b"early"), Some(b"v".to_vec()));
 }
+
+/// Builds a snapshot message from store 1 to a new replica (peer 2) on store 2 of
+/// Region 7, at `index`. (raft-rs's rust-protobuf messages are built field by field.)
+#[allow(clippy::field_reassign_with_default)]
+fn snapshot_message(index: u64) -> PeerMessage {
+    use raft::prelude::{ConfState, Message, MessageType, Snapshot, SnapshotMetadata};
+    let region = Region {
+        id: 7,
+        peers: vec![Peer::new(1, 1), Peer::new(2, 2)],
+        conf_ver: 2,
+        version: 1,
+        ..Default::default()
+    };
+    let header = SnapshotHeader { region: Some(region.clone()), token: index };
+    let mut conf_state = ConfState::default();
+    conf_state.voters = vec![1, 2];
+    let mut metadata = SnapshotMetadata::default();
+    metadata.index = index;
+    metadata.term = 3;
+    metadata.set_conf_state(conf_state);
+    let mut snapshot = Snapshot::default();
+    snapshot.data = header.encode_to_vec().into();
+    snapshot.set_metadata(metadata);
+    let mut message = Message::default();
+    message.set_msg_type(MessageType::MsgSnapshot);
+    message.to = 2;
+    message.from = 1;
+    message.term = 3;
+    message.set_snapshot(snapshot);
+    PeerMessage {
+        region_id: 7,
+        from: Peer::new(1, 1),
+        to: Peer::new(2, 2),
+        epoch: region.epoch(),
+        is_tombstone: false,
+        message,
+    }
+}
+
+/// Two snapshots for one replica before its round: raft-rs takes the newer and refuses
+/// the older; the data installed is the one of the snapshot it took, whatever the order
+/// they came in (the older one's data must not replace the newer's).
+#[test]
+fn an_older_snapshot_refused_by_raft_does_not_replace_the_data_of_the_one_taken() {
+    use scandium_raftstore::snapshot::{SnapshotChunk, SnapshotEntry};
+    let engine: EngineRef = Arc::new(MemoryEngine::new());
+    let mut store =
+        Store::open(2, engine.clone(), config(2), Box::new(NoMeta), Registry::new()).unwrap();
+    store.set_time(1_000);
+    let stage = |store: &Store, value: &[u8]| {
+        let mut staging = store.snapshot_stager().begin();
+        let entry = SnapshotEntry { cf: 1, key: b"a".to_vec(), value: value.to_vec() };
+        staging.push(SnapshotChunk { entries: vec![entry] }).unwrap();
+        staging.finish(Some(1)).unwrap()
+    };
+    let newer = stage(&store, b"newer");
+    store.step(snapshot_message(10), Some(newer)).unwrap();
+    let older = stage(&store, b"older");
+    store.step(snapshot_message(5), Some(older)).unwrap();
+    while store.has_ready() {
+        store.handle_ready().unwrap();
+    }
+    assert_eq!(engine.get(Cf::Raw, b"a").unwrap().as_deref(), Some(&b"newer"[..]));
+    let staged = engine.snapshot().scan(Cf::Staging, &[], &[], false).count();
+    assert_eq!(staged, 0, "the refused snapshot's data was deleted");
+}
