@@ -243,6 +243,20 @@ async fn zero_config_server_and_cli() {
     assert!(ok && out.contains("0 operator(s)") && out.contains("OPERATOR"), "{out}");
     let (ok, out) = cli(&["ctl", "--json", "operators"]);
     assert!(ok && out.contains("\"count\": 0"), "{out}");
+    // The scheduler's settings: shown, changed, and kept in placement's log.
+    let (ok, out) = cli(&["ctl", "scheduler"]);
+    assert!(ok && out.contains("replica balancing: running"), "{out}");
+    let (ok, out) = cli(&["ctl", "scheduler", "pause", "replicas"]);
+    assert!(ok && out.contains("replica balancing: paused"), "{out}");
+    assert!(out.contains("leader balancing: running"), "{out}");
+    let (ok, out) = cli(&["ctl", "scheduler", "limit", "2"]);
+    assert!(ok && out.contains("at most: 2") && out.contains("replica balancing: paused"), "{out}");
+    let (ok, out) = cli(&["ctl", "--json", "scheduler"]);
+    assert!(ok && out.contains("\"replicas_paused\": true"), "read back: {out}");
+    let (ok, out) = cli(&["ctl", "scheduler", "resume", "all"]);
+    assert!(ok && out.contains("replica balancing: running"), "{out}");
+    let (ok, out) = cli(&["ctl", "scheduler", "limit", "5000"]);
+    assert!(!ok && out.contains("at most 1024"), "refused: {out}");
     let (ok, out) = cli(&["ctl", "regions"]);
     assert!(ok && out.contains("5 Region(s)"), "{out}");
     let (ok, out) = cli(&["ctl", "--json", "regions"]);

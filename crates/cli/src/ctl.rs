@@ -36,6 +36,11 @@ enum CtlCommand {
     /// Lists the operators the placement leader runs (replicas added, moved and removed,
     /// leaders moved), each with the step it is at.
     Operators,
+    /// Shows the scheduler's settings for the whole cluster, or changes one.
+    Scheduler {
+        #[command(subcommand)]
+        command: Option<SchedulerCommand>,
+    },
     /// Moves leadership of a Region (or of the placement group) to its replica on STORE.
     TransferLeader {
         /// The Region's id, or `placement` for the placement group.
@@ -60,6 +65,36 @@ enum CtlCommand {
         #[arg(long)]
         hex: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum SchedulerCommand {
+    /// Stops balancing moves of a kind (repair of missing replicas goes on).
+    Pause {
+        #[arg(value_enum)]
+        what: Balancing,
+    },
+    /// Lets them go on again.
+    Resume {
+        #[arg(value_enum)]
+        what: Balancing,
+    },
+    /// Balancing moves under way at once at most (0: each node's `balance_limit`).
+    Limit {
+        /// The number of moves.
+        moves: u32,
+    },
+}
+
+/// Kinds of balancing moves.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Balancing {
+    /// Replicas moved between stores.
+    Replicas,
+    /// Leaders moved between replicas.
+    Leaders,
+    /// Both.
+    All,
 }
 
 #[derive(Subcommand)]
@@ -153,7 +188,7 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?
         .into_inner();
-    let cluster_id = members.header.map(|h| h.cluster_id).unwrap_or_default();
+    let cluster_id = members.header.as_ref().map(|h| h.cluster_id).unwrap_or_default();
     let output = match args.command {
         CtlCommand::Regions { key, hex } => {
             let wanted = match key {
@@ -267,6 +302,52 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 .collect();
             Output { json: json!({ "count": list.len(), "operators": list }), text }
         }
+        CtlCommand::Scheduler { command } => {
+            use scandium_placement::SchedulerSettings;
+            let url = format!("http://{}/api/v1/scheduler", args.pd.trim_start_matches("http://"));
+            let shown = crate::bench::get_json(&url)
+                .await
+                .ok_or_else(|| format!("{}: no answer to {url}", args.pd))?;
+            let flag = |name: &str| shown[name].as_bool().unwrap_or(false);
+            let mut settings = SchedulerSettings {
+                replicas_paused: flag("replicas_paused"),
+                leaders_paused: flag("leaders_paused"),
+                balance_limit: shown["balance_limit"].as_u64().unwrap_or(0) as u32,
+            };
+            if let Some(command) = command {
+                let set = |settings: &mut SchedulerSettings, what: Balancing, paused: bool| {
+                    if matches!(what, Balancing::Replicas | Balancing::All) {
+                        settings.replicas_paused = paused;
+                    }
+                    if matches!(what, Balancing::Leaders | Balancing::All) {
+                        settings.leaders_paused = paused;
+                    }
+                };
+                match command {
+                    SchedulerCommand::Pause { what } => set(&mut settings, what, true),
+                    SchedulerCommand::Resume { what } => set(&mut settings, what, false),
+                    SchedulerCommand::Limit { moves } => settings.balance_limit = moves,
+                }
+                let kind = scandium_placement::Kind::SetScheduler(settings);
+                propose_placement(&members, cluster_id, kind).await?;
+            }
+            let state = |paused: bool| if paused { "paused" } else { "running" };
+            let limit = match settings.balance_limit {
+                0 => "each node's balance_limit".to_string(),
+                n => n.to_string(),
+            };
+            let text = format!(
+                "replica balancing: {}\nleader balancing: {}\nmoves at once at most: {limit}\n",
+                state(settings.replicas_paused),
+                state(settings.leaders_paused)
+            );
+            let json = json!({
+                "replicas_paused": settings.replicas_paused,
+                "leaders_paused": settings.leaders_paused,
+                "balance_limit": settings.balance_limit,
+            });
+            Output { json, text }
+        }
         CtlCommand::Members => {
             let leader = members.leader.as_ref().map(|l| l.member_id);
             let rows = members.members.iter().map(|m| {
@@ -325,24 +406,12 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             )
         }
         CtlCommand::Store { command: StoreCommand::Remove { id } } => {
-            use prost::Message as _;
-            use scandium_placement::{Command, Kind, StoreStateChange};
+            use scandium_placement::{Kind, StoreStateChange};
             let change = StoreStateChange {
                 store_id: id,
                 state: scandium_types::StoreState::Offline as i32,
             };
-            let leader = members.leader.as_ref().and_then(|l| l.client_urls.first().cloned());
-            let leader = leader.ok_or("no placement leader is known")?;
-            let mut cluster = cluster_client(leader.trim_start_matches("http://")).await?;
-            let request = scandium_protocol::scandium::ProposeMetaRequest {
-                cluster_id,
-                command: Command::new(Kind::SetStoreState(change)).encode_to_vec(),
-            };
-            let reply =
-                cluster.propose_meta(request).await.map_err(|e| e.to_string())?.into_inner();
-            if !reply.error.is_empty() {
-                return Err(reply.error);
-            }
+            propose_placement(&members, cluster_id, Kind::SetStoreState(change)).await?;
             Output::new(
                 json!({ "store": id, "state": "Offline", "note": "its replicas move to other stores, then it becomes a Tombstone" }),
                 format!("store {id} is Offline: its replicas move to other stores, then it becomes a Tombstone (see `scandium ctl stores`)"),
@@ -525,6 +594,27 @@ async fn cluster_client(
         .await
         .map_err(|e| format!("cannot connect to {address}: {e}"))?;
     Ok(scandium_protocol::scandium::cluster_client::ClusterClient::new(channel))
+}
+
+/// Proposes a placement command through the placement leader `members` names.
+async fn propose_placement(
+    members: &pdpb::GetMembersResponse,
+    cluster_id: u64,
+    kind: scandium_placement::Kind,
+) -> Result<(), String> {
+    use prost::Message as _;
+    let leader = members.leader.as_ref().and_then(|l| l.client_urls.first().cloned());
+    let leader = leader.ok_or("no placement leader is known")?;
+    let mut cluster = cluster_client(leader.trim_start_matches("http://")).await?;
+    let request = scandium_protocol::scandium::ProposeMetaRequest {
+        cluster_id,
+        command: scandium_placement::Command::new(kind).encode_to_vec(),
+    };
+    let reply = cluster.propose_meta(request).await.map_err(|e| e.to_string())?.into_inner();
+    match reply.error.is_empty() {
+        true => Ok(()),
+        false => Err(reply.error),
+    }
 }
 
 /// The operators the placement leader runs: asked of the node at `address`, which

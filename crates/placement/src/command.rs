@@ -39,7 +39,7 @@ pub struct StoreStateChange {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
     /// The change.
-    #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
+    #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
     pub kind: Option<Kind>,
 }
 
@@ -84,6 +84,25 @@ pub enum Kind {
     /// Records when stores were last heard from (never moving a time back).
     #[prost(message, tag = "11")]
     StoresSeen(StoresSeen),
+    /// Sets the scheduler's settings for the whole cluster (`scandium ctl scheduler`).
+    #[prost(message, tag = "12")]
+    SetScheduler(SchedulerSettings),
+}
+
+/// The scheduler's settings for the whole cluster, changed at runtime: each placement
+/// leader schedules by the ones in the log, so they survive a change of leader.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct SchedulerSettings {
+    /// Replicas are not moved to even out the stores (repair goes on).
+    #[prost(bool, tag = "1")]
+    pub replicas_paused: bool,
+    /// Leaders are not moved to even out the stores.
+    #[prost(bool, tag = "2")]
+    pub leaders_paused: bool,
+    /// Balancing moves under way at once at most; 0: the placement leader's own
+    /// `balance_limit` setting.
+    #[prost(uint32, tag = "3")]
+    pub balance_limit: u32,
 }
 
 /// When stores were last heard from, by the placement leader's wall clock.

@@ -463,15 +463,24 @@ impl ControlPlane {
         health: &RegionHealth,
     ) -> Option<Decision> {
         let config = &self.config.scheduler;
+        let settings = state.scheduler_settings();
+        let limit = match settings.balance_limit {
+            0 => config.balance_limit,
+            cluster => cluster as usize,
+        };
         let running = self.operators.values().filter(|o| o.kind().balances()).count();
-        if running >= config.balance_limit {
+        if running >= limit {
             return None;
         }
         let operators = &self.operators;
         let balance = self
             .balance
             .get_or_insert_with(|| Balance::of(state, live, config, operators.values()));
-        let decision = scheduler::rebalance(region, health, balance)?;
+        let allowed = scheduler::Allowed {
+            replicas: !settings.replicas_paused,
+            leaders: !settings.leaders_paused,
+        };
+        let decision = scheduler::rebalance(region, health, balance, allowed)?;
         let leader_store = region.peer(health.leader).map_or(0, |p| p.store_id);
         balance.record(&decision, leader_store);
         Some(decision)

@@ -338,6 +338,20 @@ impl Balance {
     }
 }
 
+/// Which kinds of balancing moves may be made (`scandium ctl scheduler` pauses each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allowed {
+    /// Replica moves.
+    pub replicas: bool,
+    /// Leader moves.
+    pub leaders: bool,
+}
+
+impl Allowed {
+    /// Every kind.
+    pub const ALL: Allowed = Allowed { replicas: true, leaders: true };
+}
+
 /// The move that evens out replicas or leaders, if `region` may take part: a healthy data
 /// Region (every peer on an `Up` store, none lagging, no learner, not changing).
 ///
@@ -345,7 +359,12 @@ impl Balance {
 ///    without one, if they are at least [`BALANCE_GAP`] apart.
 /// 2. Leaders: leadership goes to the voter whose store leads the fewest Regions, if at
 ///    least [`BALANCE_GAP`] fewer than the leader's store.
-pub fn rebalance(region: &Region, health: &RegionHealth, balance: &Balance) -> Option<Decision> {
+pub fn rebalance(
+    region: &Region,
+    health: &RegionHealth,
+    balance: &Balance,
+    allowed: Allowed,
+) -> Option<Decision> {
     let healthy = health.pending.is_empty()
         && region
             .peers
@@ -365,9 +384,10 @@ pub fn rebalance(region: &Region, health: &RegionHealth, balance: &Balance) -> O
         overlap(located(store), &others)
     };
     let free = || balance.replicas.keys().copied().filter(|&s| region.peer_on_store(s).is_none());
+    let movable: &[Peer] = if allowed.replicas { &region.peers } else { &[] };
     // 1. Isolation: a replica sharing a location with another goes to a store that
     //    shares less, whatever the counts (the cluster gained a zone or a host).
-    for from in &region.peers {
+    for from in movable {
         let now = overlap_without(from, from.store_id);
         if now.iter().all(|&n| n == 0) {
             continue;
@@ -382,7 +402,7 @@ pub fn rebalance(region: &Region, health: &RegionHealth, balance: &Balance) -> O
     }
     // 2. Counts: the replica on the fullest of its stores that can go anywhere as well
     //    isolated from the others goes to the emptiest such store.
-    let mut by_count: Vec<&Peer> = region.peers.iter().collect();
+    let mut by_count: Vec<&Peer> = movable.iter().collect();
     by_count.sort_by_key(|p| std::cmp::Reverse((count(p.store_id), p.store_id)));
     for from in by_count {
         let here = overlap_without(from, from.store_id);
@@ -393,6 +413,9 @@ pub fn rebalance(region: &Region, health: &RegionHealth, balance: &Balance) -> O
                 return Some(Decision::MoveReplica { from: from.clone(), to });
             }
         }
+    }
+    if !allowed.leaders {
+        return None;
     }
     let leaders = |store: StoreId| balance.leaders.get(&store).copied().unwrap_or(0);
     let successor = region
@@ -658,7 +681,7 @@ mod tests {
     fn a_replica_moves_from_the_fullest_store_to_the_emptiest() {
         let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
         let balance = counts(&[(1, 10), (2, 10), (3, 9), (4, 0)], &[(1, 3), (2, 3), (3, 3)]);
-        let decision = rebalance(&r, &led(1, &[]), &balance);
+        let decision = rebalance(&r, &led(1, &[]), &balance, Allowed::ALL);
         let expected = Decision::MoveReplica { from: Peer::new(2, 2), to: 4 };
         assert_eq!(decision, Some(expected.clone()), "ties go to the higher store id");
         // Counted as it is decided, so the next Region of the batch sees it.
@@ -672,7 +695,7 @@ mod tests {
     fn leadership_moves_to_the_voter_leading_fewest() {
         let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
         let balance = counts(&[(1, 5), (2, 5), (3, 5)], &[(1, 4), (2, 2), (3, 1)]);
-        let decision = rebalance(&r, &led(1, &[]), &balance);
+        let decision = rebalance(&r, &led(1, &[]), &balance, Allowed::ALL);
         assert_eq!(decision, Some(Decision::MoveLeader(Peer::new(3, 3))));
         let mut balance = balance;
         balance.record(&Decision::MoveLeader(Peer::new(3, 3)), 1);
@@ -683,14 +706,18 @@ mod tests {
     fn nothing_moves_within_the_gap_or_while_a_region_is_unsettled() {
         let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
         let even = counts(&[(1, 5), (2, 5), (3, 5), (4, 4)], &[(1, 2), (2, 1), (3, 1)]);
-        assert_eq!(rebalance(&r, &led(1, &[]), &even), None, "gaps of 1 stay");
+        assert_eq!(rebalance(&r, &led(1, &[]), &even, Allowed::ALL), None, "gaps of 1 stay");
         let uneven = counts(&[(1, 5), (2, 5), (3, 5), (4, 0)], &[(1, 5), (2, 0), (3, 0)]);
-        assert_eq!(rebalance(&r, &led(1, &[2]), &uneven), None, "a peer lags");
+        assert_eq!(rebalance(&r, &led(1, &[2]), &uneven, Allowed::ALL), None, "a peer lags");
         let with_learner =
             region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3), Peer::learner(4, 4)]);
-        assert_eq!(rebalance(&with_learner, &led(1, &[]), &uneven), None);
+        assert_eq!(rebalance(&with_learner, &led(1, &[]), &uneven, Allowed::ALL), None);
         let on_a_store_not_up = counts(&[(1, 5), (2, 5), (4, 0)], &[(1, 5), (2, 0)]);
-        assert_eq!(rebalance(&r, &led(1, &[]), &on_a_store_not_up), None, "store 3 is not up");
+        assert_eq!(
+            rebalance(&r, &led(1, &[]), &on_a_store_not_up, Allowed::ALL),
+            None,
+            "store 3 is not up"
+        );
     }
 
     fn zoned(id: u64, zone: &str, host: &str) -> Store {
@@ -750,7 +777,7 @@ mod tests {
         let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
         let state = zoned_cluster(r.clone());
         let balance = Balance::of(&state, &live, &config, []);
-        let decision = rebalance(&r, &led(1, &[]), &balance);
+        let decision = rebalance(&r, &led(1, &[]), &balance, Allowed::ALL);
         assert_eq!(decision, Some(Decision::MoveReplica { from: Peer::new(1, 1), to: 4 }));
         // Spread over a, b, c: however uneven the counts, a replica does not move to a
         // store sharing a zone with another of its replicas.
@@ -759,7 +786,7 @@ mod tests {
         balance.replicas.insert(3, 50);
         balance.replicas.insert(4, 50);
         balance.replicas.insert(1, 50);
-        let decision = rebalance(&spread, &led(1, &[]), &balance);
+        let decision = rebalance(&spread, &led(1, &[]), &balance, Allowed::ALL);
         assert_eq!(
             decision,
             Some(Decision::MoveReplica { from: Peer::new(1, 1), to: 2 }),

@@ -11,7 +11,8 @@
 //! ```
 
 use crate::command::{
-    Command, Kind, RegionReport, Regions, Reports, Response, StoreSeen, StoresSeen,
+    Command, Kind, RegionReport, Regions, Reports, Response, SchedulerSettings, StoreSeen,
+    StoresSeen,
 };
 use prost::Message as _;
 use scandium_storage::{Cf, EngineRef, StorageError, WriteBatch};
@@ -53,6 +54,9 @@ struct ClusterRecord {
     /// Voters per data Region (0 = [`DEFAULT_REPLICAS`]).
     #[prost(uint64, tag = "5")]
     replicas: u64,
+    /// The scheduler's settings (absent: the defaults).
+    #[prost(message, optional, tag = "6")]
+    scheduler: Option<SchedulerSettings>,
 }
 
 /// A keyspace: a named, isolated part of the API V2 key space.
@@ -100,6 +104,7 @@ struct ClusterRecordView {
     tso_limit_ms: u64,
     gc_safe_point: u64,
     replicas: u64,
+    scheduler: SchedulerSettings,
 }
 
 impl PlacementState {
@@ -119,6 +124,7 @@ impl PlacementState {
                 tso_limit_ms: 0,
                 gc_safe_point: 0,
                 replicas: 0,
+                scheduler: SchedulerSettings::default(),
             },
             ..Default::default()
         };
@@ -157,6 +163,7 @@ impl PlacementState {
                 tso_limit_ms: cluster.tso_limit_ms,
                 gc_safe_point: cluster.gc_safe_point,
                 replicas: cluster.replicas,
+                scheduler: cluster.scheduler.unwrap_or_default(),
             },
             ..Default::default()
         };
@@ -241,6 +248,17 @@ impl PlacementState {
                 self.put_store(store, batch);
                 Response::Done
             }
+            Kind::SetScheduler(settings) => {
+                if settings.balance_limit > 1024 {
+                    let limit = settings.balance_limit;
+                    return Response::Invalid(format!(
+                        "balance_limit must be at most 1024, not {limit}"
+                    ));
+                }
+                self.cluster.scheduler = settings;
+                self.write_cluster(batch);
+                Response::Done
+            }
             Kind::SetReplicas(replicas) => {
                 if !(1..=7).contains(&replicas) {
                     return Response::Invalid(format!(
@@ -298,6 +316,11 @@ impl PlacementState {
     /// The persisted timestamp high-water mark (milliseconds).
     pub fn tso_limit_ms(&self) -> u64 {
         self.cluster.tso_limit_ms
+    }
+
+    /// The scheduler's settings for the whole cluster.
+    pub fn scheduler_settings(&self) -> SchedulerSettings {
+        self.cluster.scheduler
     }
 
     /// The GC safe point.
@@ -479,6 +502,8 @@ impl PlacementState {
             tso_limit_ms: self.cluster.tso_limit_ms,
             gc_safe_point: self.cluster.gc_safe_point,
             replicas: self.cluster.replicas,
+            scheduler: (self.cluster.scheduler != SchedulerSettings::default())
+                .then_some(self.cluster.scheduler),
         };
         batch.put(Cf::Placement, CLUSTER_KEY.to_vec(), record.encode_to_vec());
     }

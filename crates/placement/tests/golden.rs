@@ -4,7 +4,7 @@
 
 use prost::Message as _;
 use scandium_placement::{
-    Command, KeyspaceMeta, Kind, PlacementState, Response, StoreSeen, StoresSeen,
+    Command, KeyspaceMeta, Kind, PlacementState, Response, SchedulerSettings, StoreSeen, StoresSeen,
 };
 use scandium_storage::{Cf, EngineRef, MemoryEngine, WriteBatch};
 use scandium_types::{Peer, Region, Store};
@@ -52,6 +52,11 @@ fn placement_records() {
         Kind::StoresSeen(StoresSeen {
             seen: vec![StoreSeen { store_id: 1, wall_ms: 1_700_000_004_000 }],
         }),
+        Kind::SetScheduler(SchedulerSettings {
+            replicas_paused: true,
+            leaders_paused: false,
+            balance_limit: 2,
+        }),
     ] {
         responses.push(state.apply(&Command::new(kind).encode_to_vec(), &mut batch));
     }
@@ -73,10 +78,11 @@ fn placement_records() {
     let loaded = PlacementState::load(&engine).unwrap().unwrap();
     writeln!(
         dump,
-        "loaded: cluster {} tso_limit {} gc {}",
+        "loaded: cluster {} tso_limit {} gc {} scheduler {:?}",
         loaded.cluster_id(),
         loaded.tso_limit_ms(),
-        loaded.gc_safe_point()
+        loaded.gc_safe_point(),
+        loaded.scheduler_settings()
     )
     .unwrap();
 

@@ -52,6 +52,7 @@ pub fn routes(router: Router, node: Arc<HttpState>) -> Router {
         .route("/pd/api/v1/regions", get(regions))
         .route("/pd/api/v1/stores", get(stores))
         .route("/pd/api/v1/operators", get(operators))
+        .route("/api/v1/scheduler", get(scheduler))
         .route("/pd/api/v1/health", get(members_health))
         .route("/pd/api/v1/members", get(members))
         .route("/pd/api/v1/leader", get(leader))
@@ -145,6 +146,17 @@ async fn operators(
         })
         .collect();
     Ok(Json(json!({ "count": list.len(), "operators": list })))
+}
+
+/// The scheduler's settings for the whole cluster, as this node's placement state has
+/// them (`balance_limit` 0: each placement leader's own setting).
+async fn scheduler(State(node): State<Arc<HttpState>>) -> Json<Value> {
+    let settings = node.placement.read().scheduler_settings();
+    Json(json!({
+        "replicas_paused": settings.replicas_paused,
+        "leaders_paused": settings.leaders_paused,
+        "balance_limit": settings.balance_limit,
+    }))
 }
 
 async fn stores(State(node): State<Arc<HttpState>>) -> Json<Value> {

@@ -209,3 +209,41 @@ fn a_move_under_way_counts_in_the_next_batch() {
     }
     assert_eq!(moved, vec![10, 11], "two moves even 3, 3, 3, 0 out; a third would overshoot");
 }
+
+/// The cluster's scheduler settings, in the log, pause balancing for every placement
+/// leader: no replica moves while replicas are paused.
+#[test]
+fn paused_replica_balancing_moves_nothing() {
+    let on_123 = |id: u64, start: &[u8], end: &[u8]| Region {
+        id,
+        start_key: start.to_vec(),
+        end_key: end.to_vec(),
+        peers: (1..=3).map(|s| Peer::new(id * 10 + s, s)).collect(),
+        conf_ver: 3,
+        version: 1,
+    };
+    let regions = vec![on_123(10, b"", b"b"), on_123(11, b"b", b"")];
+    let keyspace = KeyspaceMeta { id: 0, name: "DEFAULT".into(), state: 0, created_at: 0 };
+    let (mut state, _) =
+        PlacementState::bootstrap(1, 1_000, store(1), regions.clone(), vec![keyspace]);
+    for id in 2..=4 {
+        apply(&mut state, Kind::PutStore(store(id)));
+    }
+    let paused = crate::SchedulerSettings { replicas_paused: true, ..Default::default() };
+    apply(&mut state, Kind::SetScheduler(paused));
+    let mut plane = ControlPlane::new(config());
+    plane.take_over(1, &state, at(0));
+    for s in 1..=4 {
+        plane.store_heartbeat(s, at(100));
+    }
+    for region in &regions {
+        let leader = region.peers[0].id;
+        let intake = plane.region_heartbeats(&state, &[heartbeat(region, leader, &[])], at(200));
+        assert!(intake.need_ids.is_empty() && intake.steps.is_empty(), "{intake:?}");
+    }
+    // Resumed: the first Region moves a replica to the empty store 4.
+    apply(&mut state, Kind::SetScheduler(crate::SchedulerSettings::default()));
+    let region = &regions[0];
+    let intake = plane.region_heartbeats(&state, &[heartbeat(region, 101, &[])], at(300));
+    assert_eq!(intake.need_ids, vec![10], "a move to store 4 asks for an id");
+}
