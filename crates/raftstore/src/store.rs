@@ -506,12 +506,14 @@ impl Store {
             return Ok(());
         }
         let from_member = peer.region.peer(message.from.id).is_some();
-        if !from_member
-            && peer.initialized
-            && peer.is_leader()
-            && message.epoch.conf_ver < peer.region.conf_ver
-        {
-            // A replica that missed its own removal: tell it, so it destroys itself.
+        if !from_member && peer.initialized && message.epoch.conf_ver < peer.region.conf_ver {
+            // A replica that missed its own removal: tell it, so it destroys itself. Any
+            // member does, not only the leader: the removed replica knows only the members
+            // of its own old configuration, and the leader may have joined since (the
+            // simulator, seed 21237: a replica removed while partitioned kept asking two
+            // followers for votes, and its stale range blocked the snapshots of the
+            // Regions split from it there, for ever). Its epoch is older and it is not in
+            // this newer configuration, so it was removed: a peer id is never re-added.
             self.outbox.push(PeerMessage {
                 region_id,
                 from: peer.meta.clone(),

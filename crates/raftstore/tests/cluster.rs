@@ -664,6 +664,29 @@ fn a_replica_that_missed_its_removal_learns_it_from_the_leader() {
     cluster.tick_until(300, "stale replica destroyed", |c| c.region(victim).is_none());
 }
 
+/// A replica removed while partitioned, whose Region is led by a member it never knew,
+/// learns of its removal from a follower: its pre-votes reach only the members of its old
+/// configuration (the simulator, seed 21237: such a replica lived on, and its stale range
+/// kept the Regions split from it from installing their snapshots there, for ever).
+#[test]
+fn a_removed_replica_learns_it_from_a_follower_when_the_leader_is_new() {
+    let mut cluster = Cluster::new(4);
+    cluster.replicate(3);
+    let leader = cluster.wait_leader();
+    let victim = (1..=3).find(|&s| s != leader).unwrap();
+    cluster.isolate(victim);
+    cluster.change(vec![PeerChange::AddLearner(Peer::learner(4, 4))]).unwrap();
+    cluster.tick_until(200, "learner caught up", |c| c.region(4).is_some());
+    cluster.change(vec![PeerChange::AddVoter(Peer::new(4, 4))]).unwrap();
+    cluster.change(vec![PeerChange::Remove(Peer::new(victim, victim))]).unwrap();
+    let leader = cluster.wait_leader();
+    cluster.store(leader).transfer_leader(REGION, 4).unwrap();
+    cluster.tick_until(100, "store 4 leads", |c| c.leader() == Some(4));
+    assert!(cluster.region(victim).is_some(), "it does not know yet");
+    cluster.heal();
+    cluster.tick_until(300, "stale replica destroyed", |c| c.region(victim).is_none());
+}
+
 #[test]
 fn leadership_moves_on_request_and_the_old_leader_drops_its_lease_at_once() {
     let mut cluster = Cluster::new(3);
