@@ -207,13 +207,17 @@ impl Stager {
 
     /// Deletes a staged snapshot nobody will install.
     pub fn discard(&self, data: SnapshotData) {
-        let mut batch = WriteBatch::new();
-        for seq in 0..data.chunks {
-            batch.delete(Cf::Staging, staging_key(data.staging_id, seq));
-        }
-        if let Err(error) = self.engine.write(batch) {
-            tracing::warn!(%error, "could not delete a staged snapshot; it goes at the next start");
-        }
+        discard(&*self.engine, data);
+    }
+}
+
+fn discard(engine: &dyn Engine, data: SnapshotData) {
+    let mut batch = WriteBatch::new();
+    for seq in 0..data.chunks {
+        batch.delete(Cf::Staging, staging_key(data.staging_id, seq));
+    }
+    if let Err(error) = engine.write(batch) {
+        tracing::warn!(%error, "could not delete a staged snapshot; it goes at the next start");
     }
 }
 
@@ -275,8 +279,7 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.finished {
-            let data = SnapshotData { staging_id: self.id, chunks: self.chunks };
-            Stager { engine: self.engine.clone(), next_id: Arc::default() }.discard(data);
+            discard(&*self.engine, SnapshotData { staging_id: self.id, chunks: self.chunks });
         }
     }
 }

@@ -233,8 +233,7 @@ impl Control {
         if self.placement.is_serving() {
             return self.lock().loads().clone();
         }
-        let Some(address) = self.placement.leader_address() else { return BTreeMap::new() };
-        let Ok(mut client) = self.clients.cluster(&address) else { return BTreeMap::new() };
+        let Some(mut client) = self.leader_client() else { return BTreeMap::new() };
         let request = RegionLoadsRequest { cluster_id: self.identity.cluster_id };
         let call = tokio::time::timeout(Duration::from_secs(2), client.region_loads(request));
         match call.await {
@@ -243,6 +242,15 @@ impl Control {
             }
             _ => BTreeMap::new(),
         }
+    }
+
+    /// A client of the placement leader's node, if one is known.
+    fn leader_client(
+        &self,
+    ) -> Option<scandium_protocol::scandium::cluster_client::ClusterClient<tonic::transport::Channel>>
+    {
+        let address = self.placement.leader_address()?;
+        self.clients.cluster(&address).ok()
     }
 
     /// The Regions' size and traffic, answered to another node; `None` if this node does
@@ -260,8 +268,7 @@ impl Control {
         if let Some(operators) = self.local_operators() {
             return Some(operators);
         }
-        let address = self.placement.leader_address()?;
-        let mut client = self.clients.cluster(&address).ok()?;
+        let mut client = self.leader_client()?;
         let request = wire::OperatorsRequest { cluster_id: self.identity.cluster_id };
         let call = tokio::time::timeout(Duration::from_secs(2), client.operators(request));
         match call.await {

@@ -166,32 +166,48 @@ fn an_id_from_an_earlier_term_is_not_used() {
     assert_eq!(intake.steps[0].action, StepAction::AddLearner(Peer::learner(400, 4)));
 }
 
-/// A move started by one batch of heartbeats counts in the next batch's balance before
-/// the Region's new peers are recorded: otherwise every store's batch sees the same
-/// imbalance and starts the same move (the simulator, seed 581 with balancing on, had
-/// replicas trade between two stores for as long as it ran).
-#[test]
-fn a_move_under_way_counts_in_the_next_batch() {
-    let on_123 = |id: u64, start: &[u8], end: &[u8]| Region {
-        id,
-        start_key: start.to_vec(),
-        end_key: end.to_vec(),
-        peers: (1..=3).map(|s| Peer::new(id * 10 + s, s)).collect(),
-        conf_ver: 3,
-        version: 1,
-    };
-    let regions = vec![on_123(10, b"", b"b"), on_123(11, b"b", b"c"), on_123(12, b"c", b"")];
+/// Stores 1..=4, and Regions 10, 11, ... between consecutive `bounds`, each with replicas
+/// on stores 1, 2 and 3 (peer ids region * 10 + store): store 4 holds none.
+fn three_full_stores_and_an_empty_one(bounds: &[&[u8]]) -> (PlacementState, Vec<Region>) {
+    let regions: Vec<Region> = bounds
+        .windows(2)
+        .zip(10..)
+        .map(|(range, id)| Region {
+            id,
+            start_key: range[0].to_vec(),
+            end_key: range[1].to_vec(),
+            peers: (1..=3).map(|s| Peer::new(id * 10 + s, s)).collect(),
+            conf_ver: 3,
+            version: 1,
+        })
+        .collect();
     let keyspace = KeyspaceMeta { id: 0, name: "DEFAULT".into(), state: 0, created_at: 0 };
     let (mut state, _) =
         PlacementState::bootstrap(1, 1_000, store(1), regions.clone(), vec![keyspace]);
     for id in 2..=4 {
         apply(&mut state, Kind::PutStore(store(id)));
     }
+    (state, regions)
+}
+
+/// A control plane leading `state`'s cluster, every store heard from at 100 ms.
+fn leading(state: &PlacementState) -> ControlPlane {
     let mut plane = ControlPlane::new(config());
-    plane.take_over(1, &state, at(0));
-    for s in 1..=4 {
+    plane.take_over(1, state, at(0));
+    for s in state.stores().map(|s| s.id) {
         plane.store_heartbeat(s, at(100));
     }
+    plane
+}
+
+/// A move started by one batch of heartbeats counts in the next batch's balance before
+/// the Region's new peers are recorded: otherwise every store's batch sees the same
+/// imbalance and starts the same move (the simulator, seed 581 with balancing on, had
+/// replicas trade between two stores for as long as it ran).
+#[test]
+fn a_move_under_way_counts_in_the_next_batch() {
+    let (state, regions) = three_full_stores_and_an_empty_one(&[b"", b"b", b"c", b""]);
+    let mut plane = leading(&state);
     // Replicas 3, 3, 3, 0: each batch (one Region each, as if led from different stores)
     // moves a replica to store 4 while the gap allows; the third finds 3, 2, 2, 2.
     let mut moved = Vec::new();
@@ -214,28 +230,10 @@ fn a_move_under_way_counts_in_the_next_batch() {
 /// leader: no replica moves while replicas are paused.
 #[test]
 fn paused_replica_balancing_moves_nothing() {
-    let on_123 = |id: u64, start: &[u8], end: &[u8]| Region {
-        id,
-        start_key: start.to_vec(),
-        end_key: end.to_vec(),
-        peers: (1..=3).map(|s| Peer::new(id * 10 + s, s)).collect(),
-        conf_ver: 3,
-        version: 1,
-    };
-    let regions = vec![on_123(10, b"", b"b"), on_123(11, b"b", b"")];
-    let keyspace = KeyspaceMeta { id: 0, name: "DEFAULT".into(), state: 0, created_at: 0 };
-    let (mut state, _) =
-        PlacementState::bootstrap(1, 1_000, store(1), regions.clone(), vec![keyspace]);
-    for id in 2..=4 {
-        apply(&mut state, Kind::PutStore(store(id)));
-    }
+    let (mut state, regions) = three_full_stores_and_an_empty_one(&[b"", b"b", b""]);
     let paused = crate::SchedulerSettings { replicas_paused: true, ..Default::default() };
     apply(&mut state, Kind::SetScheduler(paused));
-    let mut plane = ControlPlane::new(config());
-    plane.take_over(1, &state, at(0));
-    for s in 1..=4 {
-        plane.store_heartbeat(s, at(100));
-    }
+    let mut plane = leading(&state);
     for region in &regions {
         let leader = region.peers[0].id;
         let intake = plane.region_heartbeats(&state, &[heartbeat(region, leader, &[])], at(200));

@@ -519,8 +519,9 @@ impl Cx {
         loop {
             match latches.acquire(lock) {
                 Ok(guard) => {
-                    let gate = crate::command::lock(&self.io).gate;
-                    if let Some(gate) = gate.filter(|g| waited && g.linearizable) {
+                    // Looked up only after a wait: most latches are free at once.
+                    let gate = waited.then(|| crate::command::lock(&self.io).gate).flatten();
+                    if let Some(gate) = gate.filter(|g| g.linearizable) {
                         // Dropped on failure: the latches go with it.
                         self.gate(gate).await?;
                     }
