@@ -26,24 +26,38 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 struct Cluster {
     nodes: Vec<Node>,
+    /// Every node's settings file.
+    settings: &'static str,
     /// When the nodes run in network namespaces (one each), which can be cut apart.
     netns: Option<Netns>,
     _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Cluster {
-    /// Three nodes: the first creates the cluster, the others join it.
+    /// Three nodes: the first creates the cluster, the others join it. Balancing is off.
     fn start() -> Cluster {
+        Cluster::start_with(FIXED)
+    }
+
+    /// Three nodes with `settings` as their settings file.
+    fn start_with(settings: &'static str) -> Cluster {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let mut nodes: Vec<Node> = Vec::new();
-        for i in 0..3 {
-            let dir = tempfile::tempdir().unwrap();
-            let addr = free_addr();
-            let join = (i > 0).then(|| nodes[0].addr.clone());
-            let server = start_node(dir.path(), &addr, join.as_deref());
-            nodes.push(Node { dir, addr, server: Some(server) });
+        let mut cluster = Cluster { nodes: Vec::new(), settings, netns: None, _turn: turn };
+        for _ in 0..3 {
+            cluster.add_node();
         }
-        Cluster { nodes, netns: None, _turn: turn }
+        cluster
+    }
+
+    /// Starts one more node on loopback, joining the first (which creates the cluster);
+    /// returns its index.
+    fn add_node(&mut self) -> usize {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = free_addr();
+        let join = self.nodes.first().map(|n| n.addr.clone());
+        let server = start_node_in(None, dir.path(), &addr, join.as_deref(), self.settings);
+        self.nodes.push(Node { dir, addr, server: Some(server) });
+        self.nodes.len() - 1
     }
 
     /// Three nodes, each in its own network namespace (see [`Netns`]) if they can be
@@ -61,10 +75,10 @@ impl Cluster {
             let dir = tempfile::tempdir().unwrap();
             let addr = format!("{}:20160", Netns::address(i));
             let join = (i > 0).then_some(first.as_str());
-            let server = start_node_in(Some(&netns.names[i]), dir.path(), &addr, join);
+            let server = start_node_in(Some(&netns.names[i]), dir.path(), &addr, join, FIXED);
             nodes.push(Node { dir, addr, server: Some(server) });
         }
-        Cluster { nodes, netns: Some(netns), _turn: turn }
+        Cluster { nodes, settings: FIXED, netns: Some(netns), _turn: turn }
     }
 
     fn endpoints(&self) -> Vec<String> {
@@ -88,10 +102,28 @@ impl Cluster {
             .map(|(_, n)| n.addr.clone())
             .collect();
         let netns = self.netns.as_ref().map(|n| n.names[i].clone());
+        let settings = self.settings;
         let node = &mut self.nodes[i];
         let join = others.join(",");
-        node.server =
-            Some(start_node_in(netns.as_deref(), node.dir.path(), &node.addr, Some(&join)));
+        node.server = Some(start_node_in(
+            netns.as_deref(),
+            node.dir.path(),
+            &node.addr,
+            Some(&join),
+            settings,
+        ));
+    }
+
+    /// Once every Region is replicated: clients of every node, with the bank's accounts
+    /// open.
+    async fn bank_clients(&self) -> (RawClient, TransactionClient) {
+        self.wait_replicated().await;
+        let raw = RawClient::new_with_config(self.endpoints(), config()).await.unwrap();
+        let txns = TransactionClient::new_with_config(self.endpoints(), config()).await.unwrap();
+        open_accounts(&txns).await;
+        // tikv-client reconnects to PD at most once a second: let the connection age.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        (raw, txns)
     }
 
     /// The node holding store `id`.
@@ -166,23 +198,24 @@ impl Cluster {
     }
 }
 
-fn start_node(dir: &std::path::Path, addr: &str, join: Option<&str>) -> Server {
-    start_node_in(None, dir, addr, join)
-}
+/// The settings of most of these tests: they name leaders and watch them fail over, so
+/// balancing, which moves leaders by itself, is off.
+const FIXED: &str = "balance_limit = 0\n";
 
-/// Starts a node, inside network namespace `netns` if one is given.
+/// Starts a node with `settings` as its settings file, inside network namespace `netns`
+/// if one is given.
 fn start_node_in(
     netns: Option<&str>,
     dir: &std::path::Path,
     addr: &str,
     join: Option<&str>,
+    settings: &str,
 ) -> Server {
     let data = dir.join("data");
     let data = data.to_str().unwrap().to_string();
-    // These tests name leaders and watch them fail over: balancing, which moves leaders
-    // by itself, is off (the in-process cluster tests cover it).
+    let settings_text = settings;
     let settings = dir.join("scandium.toml");
-    std::fs::write(&settings, "balance_limit = 0\n").unwrap();
+    std::fs::write(&settings, settings_text).unwrap();
     let settings = settings.to_str().unwrap().to_string();
     let mut args = vec!["--config", &settings, "--data-dir", &data, "--addr", addr];
     if let Some(join) = join {
@@ -221,43 +254,13 @@ fn config() -> tikv_client::Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_survives_sigkill_of_a_leader_and_of_the_placement_leader() {
     let mut cluster = Cluster::start();
-    cluster.wait_replicated().await;
-    let raw = RawClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
-    let txns = TransactionClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
-    open_accounts(&txns).await;
-    // tikv-client reconnects to PD at most once a second: let the connection age.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (raw, txns) = cluster.bank_clients().await;
 
-    let acked: Arc<Acks> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for writer in 0..4u32 {
-        let (raw, acked, stop) = (raw.clone(), acked.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            for seq in 0u32.. {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let key = format!("w{writer}-{seq:06}").into_bytes();
-                if raw.put(key.clone(), b"v".to_vec()).await.is_ok() {
-                    acked.lock().unwrap().push((key, Instant::now()));
-                } else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }));
-    }
+    let acked = run_writers(&raw, &stop, 4, 1, &mut tasks);
     let bank_reads = run_bank(&txns, &stop, &mut tasks);
-    let wait_acks = |count: usize| {
-        let acked = acked.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while acked.lock().unwrap().len() < count {
-                assert!(Instant::now() < deadline, "writers made too little progress");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
+    let wait_acks = |count: usize| wait_acks(&acked, count, "");
     wait_acks(200).await;
 
     let victim = cluster.leader_of_key("w0-000000").await;
@@ -294,18 +297,7 @@ async fn a_cluster_survives_sigkill_of_a_leader_and_of_the_placement_leader() {
     for task in tasks {
         task.await.unwrap();
     }
-    // Checked with a fresh client, against what the servers hold.
-    let raw = RawClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
-    let acked: Vec<Vec<u8>> = acked.lock().unwrap().iter().map(|(k, _)| k.clone()).collect();
-    let found: HashSet<Vec<u8>> = raw
-        .scan(b"w".to_vec()..b"x".to_vec(), 10_240)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|pair| pair.0.into())
-        .collect();
-    let lost: Vec<_> = acked.iter().filter(|k| !found.contains(*k)).collect();
-    assert!(lost.is_empty(), "{} of {} acknowledged writes lost", lost.len(), acked.len());
+    check_acked(&cluster, &acked).await;
     let reads = check_bank(&cluster, &bank_reads, "").await;
     assert!(reads > 0, "no bank read succeeded during the kills");
 }
@@ -319,6 +311,64 @@ async fn open_accounts(txns: &TransactionClient) {
         setup.put(format!("acct{i}").into_bytes(), 100u64.to_be_bytes().to_vec()).await.unwrap();
     }
     setup.commit().await.unwrap();
+}
+
+/// Raw writers until `stop`: each puts its own keys (`w{writer}-{seq}`, values of
+/// `value_kib` KiB) one after another; the keys answered as written, with when.
+fn run_writers(
+    raw: &RawClient,
+    stop: &Arc<AtomicBool>,
+    writers: u32,
+    value_kib: usize,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Arc<Acks> {
+    let acked: Arc<Acks> = Arc::default();
+    for writer in 0..writers {
+        let (raw, acked, stop) = (raw.clone(), acked.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let value = vec![b'v'; value_kib * 1024];
+            for seq in 0u32.. {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let key = format!("w{writer}-{seq:06}").into_bytes();
+                if raw.put(key.clone(), value.clone()).await.is_ok() {
+                    acked.lock().unwrap().push((key, Instant::now()));
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    acked
+}
+
+/// Waits (up to a minute) until `count` writes were acknowledged.
+async fn wait_acks(acked: &Acks, count: usize, when: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < count {
+        assert!(Instant::now() < deadline, "writers made too little progress{when}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Checks, with a fresh client and against what the servers hold, that every write
+/// [`run_writers`] saw acknowledged is there.
+async fn check_acked(cluster: &Cluster, acked: &Acks) {
+    let raw = RawClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
+    let acked: Vec<Vec<u8>> = acked.lock().unwrap().iter().map(|(k, _)| k.clone()).collect();
+    // Page by page: a scan returns at most 10,240 keys.
+    let mut found: HashSet<Vec<u8>> = HashSet::new();
+    let mut from = b"w".to_vec();
+    loop {
+        let page = raw.scan(from.clone()..b"x".to_vec(), 10_240).await.unwrap();
+        let Some(last) = page.last() else { break };
+        from = Vec::from(last.0.clone());
+        from.push(0);
+        found.extend(page.into_iter().map(|pair| Vec::from(pair.0)));
+    }
+    let lost: Vec<_> = acked.iter().filter(|k| !found.contains(*k)).collect();
+    assert!(lost.is_empty(), "{} of {} acknowledged writes lost", lost.len(), acked.len());
 }
 
 /// Snapshot reads of every account, taken while the bank workload runs.
@@ -783,6 +833,24 @@ async fn append_txn(
     Txn { ops, outcome }
 }
 
+/// Two [`register_client`]s of three registers `{prefix}0..2`, writing every other
+/// operation; their shared history.
+fn run_registers(
+    raw: &RawClient,
+    stop: &Arc<AtomicBool>,
+    started: Instant,
+    prefix: &'static str,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Arc<Mutex<Vec<scandium_sim::check::linearizable::Operation>>> {
+    let history: Arc<Mutex<Vec<_>>> = Arc::default();
+    for client in 0..2u64 {
+        let history = history.clone();
+        let writes = |_, seq: u64| seq.is_multiple_of(2);
+        tasks.push(register_client(raw, stop, history, started, prefix, 3, client, writes));
+    }
+    history
+}
+
 /// A client of raw registers `{prefix}0` .. `{prefix}{keys - 1}` until `stop`: writes
 /// where `writes(client, seq)` (in turn three puts of unique values, a delete, and a
 /// compare-and-swap from the value the client last saw to a unique one, all in atomic
@@ -918,19 +986,14 @@ fn not_applied(error: &tikv_client::Error) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable() {
     use scandium_sim::check::elle::{self, MicroOp, Outcome, Txn};
-    use scandium_sim::check::linearizable::{self, Operation};
+    use scandium_sim::check::linearizable;
     use scandium_sim::check::timestamps::{self, TsObservation};
     let mut cluster = Cluster::start_in_namespaces();
-    cluster.wait_replicated().await;
-    let raw = RawClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
-    let txns = TransactionClient::new_with_config(cluster.endpoints(), config()).await.unwrap();
-    open_accounts(&txns).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (raw, txns) = cluster.bank_clients().await;
     let started = Instant::now();
     let clock = move || started.elapsed().as_micros() as u64;
     let stop = Arc::new(AtomicBool::new(false));
     let txn_history: Arc<Mutex<Vec<Txn>>> = Arc::default();
-    let raw_history: Arc<Mutex<Vec<Operation>>> = Arc::default();
     let ts_history: Arc<Mutex<Vec<TsObservation>>> = Arc::default();
     let mut tasks = Vec::new();
     {
@@ -982,14 +1045,7 @@ async fn chaos_keeps_transactions_snapshot_isolated_and_registers_linearizable()
             }
         }));
     }
-    for client in 0..2u64 {
-        let history = raw_history.clone();
-        let task =
-            register_client(&raw, &stop, history, started, "chaos-reg-", 3, client, |_, seq| {
-                seq % 2 == 0
-            });
-        tasks.push(task);
-    }
+    let raw_history = run_registers(&raw, &stop, started, "chaos-reg-", &mut tasks);
     let bank_reads = run_bank(&txns, &stop, &mut tasks);
 
     // Faults: the leader of a list's Region, or of placement, killed and restarted, or
@@ -1274,4 +1330,161 @@ async fn a_leader_cut_off_by_a_network_partition_serves_nothing_stale() {
     let (ok, output) =
         support::cli(&["ctl", "--json", "--pd", &cluster.nodes[0].addr, "check-consistency"]);
     assert!(ok && !output.contains("unsettled"), "{output}");
+}
+
+/// Settings of the scale-out test: Regions split past 96 KiB into pieces of 64 KiB, so a
+/// few MB of load make dozens of them; balancing is on, as by default.
+const SMALL_REGIONS: &str =
+    "region_split_size = 65536\nregion_max_size = 98304\nsplit_check_interval_ms = 500\n";
+
+impl Cluster {
+    /// Each store's state, replica count and leader count, by store id.
+    async fn store_counts(&self) -> std::collections::BTreeMap<u64, (String, u64, u64)> {
+        let stores = get_json(&self.live().addr, "/pd/api/v1/stores").await;
+        stores["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let id = s["store"]["id"].as_u64().unwrap();
+                let state = s["store"]["state_name"].as_str().unwrap_or_default().to_string();
+                let regions = s["status"]["region_count"].as_u64().unwrap_or(0);
+                let leaders = s["status"]["leader_count"].as_u64().unwrap_or(0);
+                (id, (state, regions, leaders))
+            })
+            .collect()
+    }
+
+    /// The store id of node `i`.
+    async fn store_of_node(&self, i: usize) -> u64 {
+        let stores = get_json(&self.live().addr, "/pd/api/v1/stores").await;
+        let address = &self.nodes[i].addr;
+        stores["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["store"]["address"].as_str() == Some(address))
+            .and_then(|s| s["store"]["id"].as_u64())
+            .expect("the node's store is registered")
+    }
+
+    async fn region_count(&self) -> usize {
+        let regions = get_json(&self.live().addr, "/pd/api/v1/regions").await;
+        regions["regions"].as_array().map_or(0, Vec::len)
+    }
+
+    /// Waits (up to `secs`) until `done` holds for the stores' counts.
+    async fn wait_stores(
+        &self,
+        secs: u64,
+        what: &str,
+        done: impl Fn(&std::collections::BTreeMap<u64, (String, u64, u64)>) -> bool,
+    ) {
+        let begun = Instant::now();
+        let deadline = begun + Duration::from_secs(secs);
+        loop {
+            let counts = self.store_counts().await;
+            if done(&counts) {
+                eprintln!("scale-out: {what} in {:?}: {counts:?}", begun.elapsed());
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: not within {secs} s: {counts:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Scale-out with real processes under load: three nodes split their Regions as raw
+/// writers fill them, two more join and fill (replicas and leaders move to them), one is
+/// removed and drains to a Tombstone, then another is killed with SIGKILL and restarted.
+/// Raw writers, raw registers (puts, deletes, compare-and-swaps) and bank transfers run
+/// throughout through `tikv-client`. Afterwards: every acknowledged write is there, the
+/// registers' history is linearizable, the bank's total never changed, and every Region's
+/// replicas agree (`ctl check-consistency`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_grows_drains_and_loses_a_node_under_load_and_keeps_every_promise() {
+    use scandium_sim::check::linearizable;
+    let mut cluster = Cluster::start_with(SMALL_REGIONS);
+    let (raw, txns) = cluster.bank_clients().await;
+
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let acked = run_writers(&raw, &stop, 3, 1, &mut tasks);
+    let registers = run_registers(&raw, &stop, started, "scale-reg-", &mut tasks);
+    let bank_reads = run_bank(&txns, &stop, &mut tasks);
+    let wait_acks = |count: usize, when: &'static str| wait_acks(&acked, count, when);
+
+    // 1. The Regions split as the writers fill them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.region_count().await < 12 {
+        assert!(Instant::now() < deadline, "Regions did not split under load");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("scale-out: {} Regions after {:?}", cluster.region_count().await, started.elapsed());
+
+    // 2. Two nodes join and fill: each holds about its share of the replicas and leads
+    //    Regions.
+    let joined = [cluster.add_node(), cluster.add_node()];
+    let new_stores =
+        [cluster.store_of_node(joined[0]).await, cluster.store_of_node(joined[1]).await];
+    cluster
+        .wait_stores(120, "the joined stores filled", |counts| {
+            let up: Vec<&(String, u64, u64)> = counts.values().filter(|c| c.0 == "Up").collect();
+            let mean = up.iter().map(|c| c.1).sum::<u64>() / up.len().max(1) as u64;
+            up.len() == 5
+                && new_stores
+                    .iter()
+                    .all(|s| counts.get(s).is_some_and(|c| c.1 + 3 >= mean && c.2 >= 1))
+        })
+        .await;
+
+    // 3. One of the first nodes is removed: its replicas move away, it becomes a
+    //    Tombstone, and it can be stopped.
+    let removed = 1;
+    let removed_store = cluster.store_of_node(removed).await;
+    let addr = cluster.nodes[0].addr.clone();
+    let (ok, output) =
+        support::cli(&["ctl", "--pd", &addr, "store", "remove", &removed_store.to_string()]);
+    assert!(ok, "{output}");
+    cluster
+        .wait_stores(120, "the removed store drained", |counts| {
+            counts.get(&removed_store).is_some_and(|c| c.0 == "Tombstone" && c.1 == 0)
+        })
+        .await;
+    cluster.nodes[removed].server.take().unwrap().terminate();
+
+    // 4. Another is killed and restarted; writes go on meanwhile.
+    let victim = 2;
+    let before = acked.lock().unwrap().len();
+    cluster.kill(victim);
+    wait_acks(before + 50, " after the kill").await;
+    cluster.restart(victim);
+    cluster.wait_replicated().await;
+    let before = acked.lock().unwrap().len();
+    wait_acks(before + 50, " after the restart").await;
+
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    check_acked(&cluster, &acked).await;
+    let regions = cluster.region_count().await;
+    eprintln!(
+        "scale-out: {} acknowledged writes, {regions} Regions at the end",
+        acked.lock().unwrap().len()
+    );
+
+    let registers = std::mem::take(&mut *registers.lock().unwrap());
+    assert!(registers.len() > 50, "only {} register operations", registers.len());
+    let verdict = linearizable::check(&registers);
+    assert!(verdict.is_ok(), "{verdict:?}");
+    let bank = check_bank(&cluster, &bank_reads, "").await;
+    assert!(bank > 0, "no bank read succeeded");
+    eprintln!("scale-out: {} register operations, {bank} bank snapshots", registers.len());
+
+    let addr = cluster.live().addr.clone();
+    let (ok, output) = support::cli(&["ctl", "--json", "--pd", &addr, "check-consistency"]);
+    assert!(ok, "{output}");
+    assert!(output.contains("\"consistent\"") && !output.contains("unsettled"), "{output}");
 }
