@@ -257,6 +257,20 @@ async fn zero_config_server_and_cli() {
     assert!(ok && out.contains("replica balancing: running"), "{out}");
     let (ok, out) = cli(&["ctl", "scheduler", "limit", "5000"]);
     assert!(!ok && out.contains("at most 1024"), "refused: {out}");
+    let (ok, out) = cli(&["ctl", "scheduler", "pause", "hot"]);
+    assert!(ok && out.contains("hot Region balancing: paused"), "{out}");
+    assert!(out.contains("leader balancing: running"), "only hot Regions' leaders: {out}");
+    let (ok, out) = cli(&["ctl", "scheduler", "store-limit", "7"]);
+    assert!(ok && out.contains("a minute at most: 7"), "{out}");
+    let (ok, out) = cli(&["ctl", "--json", "scheduler"]);
+    assert!(
+        ok && out.contains("\"store_limit\": 7") && out.contains("\"hot_paused\": true"),
+        "{out}"
+    );
+    let (ok, out) = cli(&["ctl", "scheduler", "store-limit", "200000"]);
+    assert!(!ok && out.contains("at most 100000"), "refused: {out}");
+    let (ok, out) = cli(&["ctl", "scheduler", "resume", "all"]);
+    assert!(ok && out.contains("hot Region balancing: running"), "{out}");
     let (ok, out) = cli(&["ctl", "regions"]);
     assert!(ok && out.contains("5 Region(s)"), "{out}");
     let (ok, out) = cli(&["ctl", "--json", "regions"]);

@@ -84,6 +84,12 @@ enum SchedulerCommand {
         /// The number of moves.
         moves: u32,
     },
+    /// Replica moves for balance each store may take part in a minute (0: each node's
+    /// `store_limit_per_minute`).
+    StoreLimit {
+        /// Moves a minute.
+        moves_per_minute: u32,
+    },
 }
 
 /// Kinds of balancing moves.
@@ -91,9 +97,11 @@ enum SchedulerCommand {
 enum Balancing {
     /// Replicas moved between stores.
     Replicas,
-    /// Leaders moved between replicas.
+    /// Leaders moved between replicas, to even out the stores' leader counts.
     Leaders,
-    /// Both.
+    /// Leaders of hot Regions moved, to even out the stores' traffic.
+    Hot,
+    /// All of these.
     All,
 }
 
@@ -313,6 +321,8 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 replicas_paused: flag("replicas_paused"),
                 leaders_paused: flag("leaders_paused"),
                 balance_limit: shown["balance_limit"].as_u64().unwrap_or(0) as u32,
+                hot_paused: flag("hot_paused"),
+                store_limit: shown["store_limit"].as_u64().unwrap_or(0) as u32,
             };
             if let Some(command) = command {
                 let set = |settings: &mut SchedulerSettings, what: Balancing, paused: bool| {
@@ -322,11 +332,17 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                     if matches!(what, Balancing::Leaders | Balancing::All) {
                         settings.leaders_paused = paused;
                     }
+                    if matches!(what, Balancing::Hot | Balancing::All) {
+                        settings.hot_paused = paused;
+                    }
                 };
                 match command {
                     SchedulerCommand::Pause { what } => set(&mut settings, what, true),
                     SchedulerCommand::Resume { what } => set(&mut settings, what, false),
                     SchedulerCommand::Limit { moves } => settings.balance_limit = moves,
+                    SchedulerCommand::StoreLimit { moves_per_minute } => {
+                        settings.store_limit = moves_per_minute
+                    }
                 }
                 let kind = scandium_placement::Kind::SetScheduler(settings);
                 propose_placement(&members, cluster_id, kind).await?;
@@ -336,15 +352,22 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 0 => "each node's balance_limit".to_string(),
                 n => n.to_string(),
             };
+            let store_limit = match settings.store_limit {
+                0 => "each node's store_limit_per_minute".to_string(),
+                n => n.to_string(),
+            };
             let text = format!(
-                "replica balancing: {}\nleader balancing: {}\nmoves at once at most: {limit}\n",
+                "replica balancing: {}\nleader balancing: {}\nhot Region balancing: {}\nmoves at once at most: {limit}\nreplica moves per store a minute at most: {store_limit}\n",
                 state(settings.replicas_paused),
-                state(settings.leaders_paused)
+                state(settings.leaders_paused),
+                state(settings.hot_paused),
             );
             let json = json!({
                 "replicas_paused": settings.replicas_paused,
                 "leaders_paused": settings.leaders_paused,
+                "hot_paused": settings.hot_paused,
                 "balance_limit": settings.balance_limit,
+                "store_limit": settings.store_limit,
             });
             Output { json, text }
         }

@@ -103,6 +103,13 @@ pub struct SchedulerSettings {
     /// `balance_limit` setting.
     #[prost(uint32, tag = "3")]
     pub balance_limit: u32,
+    /// Hot Regions' leaders are not moved to even out the stores' traffic.
+    #[prost(bool, tag = "4")]
+    pub hot_paused: bool,
+    /// Replica moves each store may take part in a minute; 0: the placement leader's own
+    /// `store_limit_per_minute` setting.
+    #[prost(uint32, tag = "5")]
+    pub store_limit: u32,
 }
 
 /// When stores were last heard from, by the placement leader's wall clock.

@@ -24,10 +24,11 @@
 //! returns: records to propose, steps to send, ids to allocate.
 
 use crate::operator::{Ended, Operator, OperatorKind, OperatorStep, OperatorTimeouts, Progress};
+pub use crate::scheduler::RegionLoad;
 use crate::scheduler::{self, Balance, Decision, Liveness, RegionHealth, SchedulerConfig};
 use crate::{Kind, PlacementState, RegionReport, StoreSeen, StoreStateChange, StoresSeen};
 use scandium_types::{PeerId, Region, RegionId, StoreId, StoreState};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// How the control plane judges and acts.
 #[derive(Clone, Debug)]
@@ -68,27 +69,6 @@ pub struct RegionHeartbeat {
     pub pending: Vec<PeerId>,
     /// The Region's size and traffic.
     pub load: RegionLoad,
-}
-
-/// A Region's size and traffic as its leader last reported them (PD's approximate size
-/// and keys, and bytes and keys written and read). Kept in memory by the placement leader
-/// only: a new leader has them again within one heartbeat interval.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RegionLoad {
-    /// Bytes of the Region's records.
-    pub approximate_size: u64,
-    /// The Region's user records (raw keys, versions of transactional keys).
-    pub approximate_keys: u64,
-    /// Bytes written over the last `interval_ms`.
-    pub written_bytes: u64,
-    /// User records written over the last `interval_ms`.
-    pub written_keys: u64,
-    /// Bytes read over the last `interval_ms`.
-    pub read_bytes: u64,
-    /// Records read over the last `interval_ms`.
-    pub read_keys: u64,
-    /// How long the traffic figures cover, in milliseconds (0: none yet).
-    pub interval_ms: u64,
 }
 
 /// What the driver must do with a batch of Region heartbeats.
@@ -140,6 +120,9 @@ pub struct ControlPlane {
     /// The stores' replica and leader counts, for balancing, while a batch of heartbeats
     /// is handled (counted when first needed, then kept up to date with its moves).
     balance: Option<Balance>,
+    /// When each store last took part in balancing replica moves (as source or target),
+    /// within the last minute, oldest first: the store limit.
+    replica_moves: BTreeMap<StoreId, VecDeque<u64>>,
     /// Deliberately broken (the simulator proves its checks catch it): a new leader
     /// forgets the recorded heartbeats and counts stores it has not heard from as never
     /// seen, so a store that died before the change is never marked down.
@@ -197,6 +180,7 @@ impl ControlPlane {
             meta_needs_id: false,
             loads: BTreeMap::new(),
             balance: None,
+            replica_moves: BTreeMap::new(),
             forget_liveness: false,
         }
     }
@@ -222,6 +206,7 @@ impl ControlPlane {
     pub fn take_over(&mut self, term: u64, state: &PlacementState, now: Now) {
         self.term = Some(term);
         self.loads.clear();
+        self.replica_moves.clear();
         self.operators.clear();
         self.meta_operator = None;
         self.forget_ids();
@@ -414,7 +399,7 @@ impl ControlPlane {
                 let decision = scheduler::decide(state, live, config, region, health, is_meta);
                 let decision = match decision {
                     Some(decision) => Some(decision),
-                    None if !is_meta => self.rebalance(state, live, region, health),
+                    None if !is_meta => self.rebalance(state, live, region, health, now),
                     None => None,
                 };
                 let Some(decision) = decision else {
@@ -453,14 +438,15 @@ impl ControlPlane {
         step
     }
 
-    /// A move that evens out the stores, if `region` may make one and fewer than
-    /// `balance_limit` are under way.
+    /// A move that evens out the stores, if `region` may make one, fewer than
+    /// `balance_limit` are under way, and the stores it involves are within their limit.
     fn rebalance(
         &mut self,
         state: &PlacementState,
         live: &Liveness,
         region: &Region,
         health: &RegionHealth,
+        now: Now,
     ) -> Option<Decision> {
         let config = &self.config.scheduler;
         let settings = state.scheduler_settings();
@@ -472,17 +458,34 @@ impl ControlPlane {
         if running >= limit {
             return None;
         }
-        let operators = &self.operators;
+        let store_limit = match settings.store_limit {
+            0 => config.store_limit_per_min,
+            cluster => cluster as usize,
+        };
+        let (operators, loads) = (&self.operators, &self.loads);
         let balance = self
             .balance
-            .get_or_insert_with(|| Balance::of(state, live, config, operators.values()));
+            .get_or_insert_with(|| Balance::of(state, live, config, operators.values(), loads));
+        let minute_ago = now.monotonic_ms.saturating_sub(60_000);
+        let mut saturated = std::collections::BTreeSet::new();
+        for (&store, moves) in &mut self.replica_moves {
+            while moves.front().is_some_and(|&at| at <= minute_ago) {
+                moves.pop_front();
+            }
+            if store_limit > 0 && moves.len() >= store_limit {
+                saturated.insert(store);
+            }
+        }
         let allowed = scheduler::Allowed {
             replicas: !settings.replicas_paused,
             leaders: !settings.leaders_paused,
+            hot: !settings.hot_paused,
+            saturated,
         };
-        let decision = scheduler::rebalance(region, health, balance, allowed)?;
+        let load = loads.get(&region.id);
+        let decision = scheduler::rebalance(region, health, load, balance, &allowed)?;
         let leader_store = region.peer(health.leader).map_or(0, |p| p.store_id);
-        balance.record(&decision, leader_store);
+        balance.record(&decision, leader_store, load);
         Some(decision)
     }
 
@@ -511,6 +514,9 @@ impl ControlPlane {
             Decision::Remove(peer) => Operator::remove_replica(region, peer, None, at),
             Decision::MoveReplica { from, to } => {
                 let id = self.ids.remove(&key).ok_or(Advance::NeedsId)?;
+                for store in [from.store_id, to] {
+                    self.replica_moves.entry(store).or_default().push_back(at);
+                }
                 Operator::move_replica(region, from, to, id, at)
             }
             Decision::MoveLeader(to) => Operator::transfer_leader(region, to, at),

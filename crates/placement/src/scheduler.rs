@@ -13,9 +13,11 @@
 //! 4. remove surplus voters, and (data Regions) learners nobody needs.
 //!
 //! When a Region needs none of these, [`rebalance`] evens out the stores: its replica on a
-//! store holding more than others moves to the emptiest, or its leadership to the voter
-//! whose store leads the fewest Regions (the placement leader limits how many such moves
-//! run at once).
+//! store holding more than others (by weight: size, and at least [`REGION_WEIGHT_FLOOR`]
+//! for each Region) moves to the lightest; a hot Region's leadership moves to the voter
+//! whose store leads the least traffic; a cold one's to the voter whose store leads the
+//! fewest Regions. The placement leader limits how many such moves run at once, and how
+//! many each store takes part in a minute.
 //!
 //! Data Regions want `replicas` voters (fewer while the cluster has fewer stores). The
 //! placement group wants 3 voters once the cluster has 3 stores (5 at 5 with
@@ -44,6 +46,12 @@ pub struct SchedulerConfig {
     /// The isolation levels, outermost first (`zone`, `host`): the store labels a
     /// Region's replicas are spread over, distinct zones first, then distinct hosts.
     pub location_labels: Vec<String>,
+    /// Replica moves each store may take part in (as source or target) in any minute;
+    /// 0: no limit. Repair is not limited.
+    pub store_limit_per_min: usize,
+    /// Bytes a second read and written past which a Region is hot: its leadership is
+    /// balanced by traffic, not by count, and its replicas are not moved for counts.
+    pub hot_region_bytes_per_sec: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -54,6 +62,8 @@ impl Default for SchedulerConfig {
             down_ms: 30 * 60_000,
             balance_limit: 4,
             location_labels: Vec::new(),
+            store_limit_per_min: 20,
+            hot_region_bytes_per_sec: 128 << 10,
         }
     }
 }
@@ -254,18 +264,67 @@ pub fn decide(
     None
 }
 
-/// How many replicas and leaders each store that can take more holds, for balancing;
-/// counted once per batch of heartbeats (one pass over the Regions), and kept up to date
-/// as the batch starts moves.
+/// A Region's size and traffic as its leader last reported them (PD's approximate size
+/// and keys, and bytes and keys written and read). Kept in memory by the placement leader
+/// only: a new leader has them again within one heartbeat interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegionLoad {
+    /// Bytes of the Region's records.
+    pub approximate_size: u64,
+    /// The Region's user records (raw keys, versions of transactional keys).
+    pub approximate_keys: u64,
+    /// Bytes written over the last `interval_ms`.
+    pub written_bytes: u64,
+    /// User records written over the last `interval_ms`.
+    pub written_keys: u64,
+    /// Bytes read over the last `interval_ms`.
+    pub read_bytes: u64,
+    /// Records read over the last `interval_ms`.
+    pub read_keys: u64,
+    /// How long the traffic figures cover, in milliseconds (0: none yet).
+    pub interval_ms: u64,
+}
+
+impl RegionLoad {
+    /// Bytes a second read and written (0 before the first interval).
+    pub fn bytes_per_sec(&self) -> u64 {
+        let bytes = self.read_bytes.saturating_add(self.written_bytes);
+        match self.interval_ms {
+            0 => 0,
+            ms => bytes.saturating_mul(1_000) / ms,
+        }
+    }
+}
+
+/// The least a Region weighs in replica balance, whatever its size: an empty Region
+/// still costs its store a Raft group, and Regions of unknown size (no report yet, a new
+/// placement leader) weigh this much, so balancing by weight is balancing by count while
+/// the Regions are small.
+pub const REGION_WEIGHT_FLOOR: u64 = 1 << 20;
+
+/// What a Region weighs in replica balance: its size, at least [`REGION_WEIGHT_FLOOR`].
+pub fn region_weight(load: Option<&RegionLoad>) -> u64 {
+    load.map_or(0, |l| l.approximate_size).max(REGION_WEIGHT_FLOOR)
+}
+
+/// What each store that can take more holds and leads (replicas, their weight, leaders,
+/// their traffic), for balancing; counted once per batch of heartbeats (one pass over
+/// the Regions), and kept up to date as the batch starts moves.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Balance {
     /// Replicas per `Up` store.
     pub replicas: BTreeMap<StoreId, usize>,
+    /// The weight of the replicas per `Up` store ([`region_weight`]).
+    pub weights: BTreeMap<StoreId, u64>,
     /// Leaders per `Up` store.
     pub leaders: BTreeMap<StoreId, usize>,
+    /// Bytes a second read and written in the Regions each `Up` store leads.
+    pub traffic: BTreeMap<StoreId, u64>,
     /// Where each store is, at the isolation levels (every store's; empty without
     /// `location_labels`).
     pub locations: BTreeMap<StoreId, Location>,
+    /// Traffic past which a Region is hot (`hot_region_bytes_per_sec`; 0: none is).
+    pub hot_threshold: u64,
 }
 
 /// Replica counts further apart than this are evened out: a move takes one from the
@@ -284,6 +343,7 @@ impl Balance {
         live: &Liveness,
         config: &SchedulerConfig,
         running: impl IntoIterator<Item = &'a Operator>,
+        loads: &BTreeMap<RegionId, RegionLoad>,
     ) -> Balance {
         let up: Vec<StoreId> = state
             .stores()
@@ -292,8 +352,11 @@ impl Balance {
             .collect();
         let mut balance = Balance {
             replicas: up.iter().map(|&s| (s, 0)).collect(),
+            weights: up.iter().map(|&s| (s, 0)).collect(),
             leaders: up.iter().map(|&s| (s, 0)).collect(),
+            traffic: up.iter().map(|&s| (s, 0)).collect(),
             locations: state.stores().map(|s| (s.id, location(s, config))).collect(),
+            hot_threshold: config.hot_region_bytes_per_sec,
         };
         let moves: BTreeMap<RegionId, &OperatorKind> =
             running.into_iter().map(|o| (o.region_id(), o.kind())).collect();
@@ -308,62 +371,108 @@ impl Balance {
                 Some(OperatorKind::TransferLeader(to)) => leader = Some(to.store_id),
                 _ => {}
             }
+            let load = loads.get(&region.id);
+            let (weight, traffic) = (region_weight(load), load.map_or(0, |l| l.bytes_per_sec()));
             for store in stores {
-                if let Some(count) = balance.replicas.get_mut(&store) {
-                    *count += 1;
-                }
+                add(&mut balance.replicas, store, 1);
+                add(&mut balance.weights, store, weight);
             }
-            if let Some(count) = leader.and_then(|l| balance.leaders.get_mut(&l)) {
-                *count += 1;
+            if let Some(leader) = leader {
+                add(&mut balance.leaders, leader, 1);
+                add(&mut balance.traffic, leader, traffic);
             }
         }
         balance
     }
 
-    /// Counts a decision taken: a replica or a leader moves.
-    pub fn record(&mut self, decision: &Decision, leader_store: StoreId) {
-        let shift = |counts: &mut BTreeMap<StoreId, usize>, from: StoreId, to: StoreId| {
+    /// Counts a decision taken for a Region with `load`: a replica or a leader moves.
+    pub fn record(
+        &mut self,
+        decision: &Decision,
+        leader_store: StoreId,
+        load: Option<&RegionLoad>,
+    ) {
+        let shift = |counts: &mut BTreeMap<StoreId, u64>, from: StoreId, to: StoreId, by: u64| {
             if let Some(count) = counts.get_mut(&from) {
-                *count = count.saturating_sub(1);
+                *count = count.saturating_sub(by);
             }
-            if let Some(count) = counts.get_mut(&to) {
-                *count += 1;
-            }
+            add(counts, to, by);
         };
         match decision {
-            Decision::MoveReplica { from, to } => shift(&mut self.replicas, from.store_id, *to),
-            Decision::MoveLeader(to) => shift(&mut self.leaders, leader_store, to.store_id),
+            Decision::MoveReplica { from, to } => {
+                let (from, to) = (from.store_id, *to);
+                if let Some(count) = self.replicas.get_mut(&from) {
+                    *count = count.saturating_sub(1);
+                }
+                add(&mut self.replicas, to, 1);
+                shift(&mut self.weights, from, to, region_weight(load));
+            }
+            Decision::MoveLeader(to) => {
+                if let Some(count) = self.leaders.get_mut(&leader_store) {
+                    *count = count.saturating_sub(1);
+                }
+                add(&mut self.leaders, to.store_id, 1);
+                let traffic = load.map_or(0, |l| l.bytes_per_sec());
+                shift(&mut self.traffic, leader_store, to.store_id, traffic);
+            }
             _ => {}
         }
     }
+
+    /// Whether a Region with `load` is hot.
+    fn is_hot(&self, load: Option<&RegionLoad>) -> bool {
+        self.hot_threshold > 0 && load.is_some_and(|l| l.bytes_per_sec() >= self.hot_threshold)
+    }
 }
 
-/// Which kinds of balancing moves may be made (`scandium ctl scheduler` pauses each).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Adds `by` to `store`'s figure, if the store is counted (`Up`).
+fn add<T: std::ops::AddAssign>(figures: &mut BTreeMap<StoreId, T>, store: StoreId, by: T) {
+    if let Some(figure) = figures.get_mut(&store) {
+        *figure += by;
+    }
+}
+
+/// Which balancing moves may be made (`scandium ctl scheduler` pauses each kind).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Allowed {
     /// Replica moves.
     pub replicas: bool,
-    /// Leader moves.
+    /// Leader moves for counts.
     pub leaders: bool,
+    /// Leader moves of hot Regions, for traffic.
+    pub hot: bool,
+    /// Stores that took part in as many replica moves in the last minute as they may:
+    /// no replica moves to or from them.
+    pub saturated: BTreeSet<StoreId>,
 }
 
 impl Allowed {
-    /// Every kind.
-    pub const ALL: Allowed = Allowed { replicas: true, leaders: true };
+    /// Every move.
+    pub const ALL: Allowed =
+        Allowed { replicas: true, leaders: true, hot: true, saturated: BTreeSet::new() };
 }
 
 /// The move that evens out replicas or leaders, if `region` may take part: a healthy data
 /// Region (every peer on an `Up` store, none lagging, no learner, not changing).
 ///
-/// 1. Replicas: its replica on the fullest of its stores goes to the emptiest `Up` store
-///    without one, if they are at least [`BALANCE_GAP`] apart.
-/// 2. Leaders: leadership goes to the voter whose store leads the fewest Regions, if at
-///    least [`BALANCE_GAP`] fewer than the leader's store.
+/// 1. Isolation: a replica sharing a location with another of the Region's moves to a
+///    store that shares less, whatever the counts.
+/// 2. Weight (cold Regions only: moving a hot one would cost more than it gives): its
+///    replica on the heaviest of its stores goes to the lightest `Up` store without one,
+///    if they are at least twice the Region's weight apart (so the move never makes the
+///    pair uneven the other way, and stores never trade a replica back and forth).
+/// 3. A hot Region's leadership goes to the voter whose store leads the least traffic,
+///    if the two stores' traffic is at least 1¼ times the Region's apart (the quarter
+///    keeps changing traffic from moving it back and forth); a store that leads one
+///    Region of nearly all the traffic keeps it, as moving it would only move the load.
+/// 4. A cold Region's leadership goes to the voter whose store leads the fewest Regions,
+///    if at least [`BALANCE_GAP`] fewer than the leader's store.
 pub fn rebalance(
     region: &Region,
     health: &RegionHealth,
+    load: Option<&RegionLoad>,
     balance: &Balance,
-    allowed: Allowed,
+    allowed: &Allowed,
 ) -> Option<Decision> {
     let healthy = health.pending.is_empty()
         && region
@@ -374,7 +483,9 @@ pub fn rebalance(
     if !healthy {
         return None;
     }
+    let hot = balance.is_hot(load);
     let count = |store: StoreId| balance.replicas.get(&store).copied().unwrap_or(0);
+    let weight = |store: StoreId| balance.weights.get(&store).copied().unwrap_or(0);
     let nowhere = Location::new();
     let located = |store: StoreId| balance.locations.get(&store).unwrap_or(&nowhere);
     // How `store` would overlap the Region's other replicas if it took `from`'s place.
@@ -383,11 +494,20 @@ pub fn rebalance(
             region.peers.iter().filter(|p| p.id != from.id).map(|p| located(p.store_id)).collect();
         overlap(located(store), &others)
     };
-    let free = || balance.replicas.keys().copied().filter(|&s| region.peer_on_store(s).is_none());
-    let movable: &[Peer] = if allowed.replicas { &region.peers } else { &[] };
+    let free = || {
+        balance
+            .replicas
+            .keys()
+            .copied()
+            .filter(|&s| region.peer_on_store(s).is_none() && !allowed.saturated.contains(&s))
+    };
+    let movable: Vec<&Peer> = match allowed.replicas {
+        true => region.peers.iter().filter(|p| !allowed.saturated.contains(&p.store_id)).collect(),
+        false => Vec::new(),
+    };
     // 1. Isolation: a replica sharing a location with another goes to a store that
     //    shares less, whatever the counts (the cluster gained a zone or a host).
-    for from in movable {
+    for &from in &movable {
         let now = overlap_without(from, from.store_id);
         if now.iter().all(|&n| n == 0) {
             continue;
@@ -400,28 +520,37 @@ pub fn rebalance(
             return Some(Decision::MoveReplica { from: from.clone(), to });
         }
     }
-    // 2. Counts: the replica on the fullest of its stores that can go anywhere as well
-    //    isolated from the others goes to the emptiest such store.
-    let mut by_count: Vec<&Peer> = movable.iter().collect();
-    by_count.sort_by_key(|p| std::cmp::Reverse((count(p.store_id), p.store_id)));
-    for from in by_count {
+    // 2. Weight: the replica on the heaviest of its stores that can go anywhere as well
+    //    isolated from the others goes to the lightest such store.
+    let mut by_weight = if hot { Vec::new() } else { movable };
+    by_weight.sort_by_key(|p| std::cmp::Reverse((weight(p.store_id), p.store_id)));
+    let moved = region_weight(load);
+    for from in by_weight {
         let here = overlap_without(from, from.store_id);
-        let emptiest =
-            free().filter(|&s| overlap_without(from, s) <= here).min_by_key(|&s| (count(s), s));
-        if let Some(to) = emptiest {
-            if count(from.store_id) >= count(to) + BALANCE_GAP {
+        let lightest =
+            free().filter(|&s| overlap_without(from, s) <= here).min_by_key(|&s| (weight(s), s));
+        if let Some(to) = lightest {
+            if weight(from.store_id) >= weight(to).saturating_add(moved.saturating_mul(2)) {
                 return Some(Decision::MoveReplica { from: from.clone(), to });
             }
         }
     }
+    let others = || region.voters().filter(|p| p.id != leader.id);
+    if hot {
+        // 3. Traffic.
+        let traffic = |store: StoreId| balance.traffic.get(&store).copied().unwrap_or(0);
+        let successor = others().min_by_key(|p| (traffic(p.store_id), p.store_id))?;
+        let moved = load.map_or(0, |l| l.bytes_per_sec());
+        let apart = traffic(leader.store_id).saturating_sub(traffic(successor.store_id));
+        return (allowed.hot && apart >= moved.saturating_add(moved / 4))
+            .then(|| Decision::MoveLeader(successor.clone()));
+    }
+    // 4. Counts.
     if !allowed.leaders {
         return None;
     }
     let leaders = |store: StoreId| balance.leaders.get(&store).copied().unwrap_or(0);
-    let successor = region
-        .voters()
-        .filter(|p| p.id != leader.id)
-        .min_by_key(|p| (leaders(p.store_id), p.store_id))?;
+    let successor = others().min_by_key(|p| (leaders(p.store_id), p.store_id))?;
     (leaders(leader.store_id) >= leaders(successor.store_id) + BALANCE_GAP)
         .then(|| Decision::MoveLeader(successor.clone()))
 }
@@ -665,11 +794,17 @@ mod tests {
         assert_eq!(store_status(&s, &Liveness::default(), &config), StoreStatus::Disconnected);
     }
 
+    /// Stores holding `replicas` (Regions of [`REGION_WEIGHT_FLOOR`] each) and leading
+    /// `leaders`, with no traffic.
     fn counts(replicas: &[(u64, usize)], leaders: &[(u64, usize)]) -> Balance {
+        let weight = |n: usize| n as u64 * REGION_WEIGHT_FLOOR;
         Balance {
             replicas: replicas.iter().copied().collect(),
+            weights: replicas.iter().map(|&(s, n)| (s, weight(n))).collect(),
             leaders: leaders.iter().copied().collect(),
+            traffic: leaders.iter().map(|&(s, _)| (s, 0)).collect(),
             locations: BTreeMap::new(),
+            hot_threshold: SchedulerConfig::default().hot_region_bytes_per_sec,
         }
     }
 
@@ -681,24 +816,24 @@ mod tests {
     fn a_replica_moves_from_the_fullest_store_to_the_emptiest() {
         let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
         let balance = counts(&[(1, 10), (2, 10), (3, 9), (4, 0)], &[(1, 3), (2, 3), (3, 3)]);
-        let decision = rebalance(&r, &led(1, &[]), &balance, Allowed::ALL);
+        let decision = rebalance(&r, &led(1, &[]), None, &balance, &Allowed::ALL);
         let expected = Decision::MoveReplica { from: Peer::new(2, 2), to: 4 };
         assert_eq!(decision, Some(expected.clone()), "ties go to the higher store id");
         // Counted as it is decided, so the next Region of the batch sees it.
         let mut balance = balance;
-        balance.record(&expected, 1);
-        assert_eq!(balance.replicas[&2], 9);
-        assert_eq!(balance.replicas[&4], 1);
+        balance.record(&expected, 1, None);
+        assert_eq!((balance.replicas[&2], balance.replicas[&4]), (9, 1));
+        assert_eq!(balance.weights[&4], REGION_WEIGHT_FLOOR);
     }
 
     #[test]
     fn leadership_moves_to_the_voter_leading_fewest() {
         let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
         let balance = counts(&[(1, 5), (2, 5), (3, 5)], &[(1, 4), (2, 2), (3, 1)]);
-        let decision = rebalance(&r, &led(1, &[]), &balance, Allowed::ALL);
+        let decision = rebalance(&r, &led(1, &[]), None, &balance, &Allowed::ALL);
         assert_eq!(decision, Some(Decision::MoveLeader(Peer::new(3, 3))));
         let mut balance = balance;
-        balance.record(&Decision::MoveLeader(Peer::new(3, 3)), 1);
+        balance.record(&Decision::MoveLeader(Peer::new(3, 3)), 1, None);
         assert_eq!((balance.leaders[&1], balance.leaders[&3]), (3, 2));
     }
 
@@ -706,18 +841,90 @@ mod tests {
     fn nothing_moves_within_the_gap_or_while_a_region_is_unsettled() {
         let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
         let even = counts(&[(1, 5), (2, 5), (3, 5), (4, 4)], &[(1, 2), (2, 1), (3, 1)]);
-        assert_eq!(rebalance(&r, &led(1, &[]), &even, Allowed::ALL), None, "gaps of 1 stay");
+        assert_eq!(rebalance(&r, &led(1, &[]), None, &even, &Allowed::ALL), None, "gaps of 1 stay");
         let uneven = counts(&[(1, 5), (2, 5), (3, 5), (4, 0)], &[(1, 5), (2, 0), (3, 0)]);
-        assert_eq!(rebalance(&r, &led(1, &[2]), &uneven, Allowed::ALL), None, "a peer lags");
+        assert_eq!(rebalance(&r, &led(1, &[2]), None, &uneven, &Allowed::ALL), None, "a peer lags");
         let with_learner =
             region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3), Peer::learner(4, 4)]);
-        assert_eq!(rebalance(&with_learner, &led(1, &[]), &uneven, Allowed::ALL), None);
+        assert_eq!(rebalance(&with_learner, &led(1, &[]), None, &uneven, &Allowed::ALL), None);
         let on_a_store_not_up = counts(&[(1, 5), (2, 5), (4, 0)], &[(1, 5), (2, 0)]);
         assert_eq!(
-            rebalance(&r, &led(1, &[]), &on_a_store_not_up, Allowed::ALL),
+            rebalance(&r, &led(1, &[]), None, &on_a_store_not_up, &Allowed::ALL),
             None,
             "store 3 is not up"
         );
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    /// Traffic of `bytes_per_sec` over the last second, on a Region of `size` bytes.
+    fn load(size: u64, bytes_per_sec: u64) -> RegionLoad {
+        RegionLoad {
+            approximate_size: size,
+            read_bytes: bytes_per_sec,
+            interval_ms: 1_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn replicas_are_balanced_by_size_not_only_by_count() {
+        let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
+        // Store 1 holds three large Regions, the others twenty small ones each: by count
+        // store 1 is the emptiest, by size the fullest.
+        let mut balance = counts(&[(1, 3), (2, 20), (3, 20), (4, 20)], &[(1, 1), (2, 1), (3, 1)]);
+        balance.weights.insert(1, 300 * MIB);
+        let decision =
+            rebalance(&r, &led(2, &[]), Some(&load(64 * MIB, 0)), &balance, &Allowed::ALL);
+        assert_eq!(decision, Some(Decision::MoveReplica { from: Peer::new(1, 1), to: 4 }));
+        let mut after = balance.clone();
+        after.record(&decision.unwrap(), 2, Some(&load(64 * MIB, 0)));
+        assert_eq!((after.weights[&1], after.weights[&4]), (236 * MIB, 84 * MIB));
+        // A Region too large for the gap would only make store 4 the fullest.
+        let decision =
+            rebalance(&r, &led(2, &[]), Some(&load(200 * MIB, 0)), &balance, &Allowed::ALL);
+        assert_eq!(decision, None);
+    }
+
+    #[test]
+    fn a_hot_region_s_leadership_goes_where_it_evens_out_traffic() {
+        let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
+        let hot = load(MIB, MIB);
+        let mut balance = counts(&[(1, 5), (2, 5), (3, 5)], &[(1, 2), (2, 2), (3, 2)]);
+        balance.traffic = [(1, 3 * MIB), (2, 2 * MIB), (3, MIB / 2)].into();
+        let decision = rebalance(&r, &led(1, &[]), Some(&hot), &balance, &Allowed::ALL);
+        assert_eq!(decision, Some(Decision::MoveLeader(Peer::new(3, 3))), "to the least traffic");
+        let mut after = balance.clone();
+        after.record(&decision.unwrap(), 1, Some(&hot));
+        assert_eq!((after.traffic[&1], after.traffic[&3]), (2 * MIB, MIB * 3 / 2));
+        let paused = Allowed { hot: false, ..Allowed::ALL };
+        assert_eq!(rebalance(&r, &led(1, &[]), Some(&hot), &balance, &paused), None, "paused");
+        // A store whose traffic is nearly all this Region's keeps it: moving it would
+        // only move the load (and back again, at the next change).
+        balance.traffic = [(1, MIB + MIB / 8), (2, 0), (3, 0)].into();
+        assert_eq!(rebalance(&r, &led(1, &[]), Some(&hot), &balance, &Allowed::ALL), None);
+        // Nor is a hot Region's leadership or replica moved for counts.
+        let mut uneven = counts(&[(1, 9), (2, 9), (3, 9), (4, 0)], &[(1, 9), (2, 0), (3, 0)]);
+        uneven.traffic = [(1, MIB), (2, MIB), (3, MIB), (4, 0)].into();
+        assert_eq!(rebalance(&r, &led(1, &[]), Some(&hot), &uneven, &Allowed::ALL), None);
+        let cold = load(MIB, 1024);
+        let decision = rebalance(&r, &led(1, &[]), Some(&cold), &uneven, &Allowed::ALL);
+        assert!(matches!(decision, Some(Decision::MoveReplica { to: 4, .. })), "{decision:?}");
+    }
+
+    #[test]
+    fn a_store_at_its_limit_neither_gives_nor_takes_a_replica() {
+        let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
+        let balance =
+            counts(&[(1, 10), (2, 10), (3, 9), (4, 0), (5, 1)], &[(1, 3), (2, 3), (3, 3)]);
+        let limited = |stores: &[u64]| Allowed {
+            saturated: stores.iter().copied().collect(),
+            ..Allowed::ALL
+        };
+        let decision = rebalance(&r, &led(1, &[]), None, &balance, &limited(&[4]));
+        assert_eq!(decision, Some(Decision::MoveReplica { from: Peer::new(2, 2), to: 5 }));
+        let decision = rebalance(&r, &led(1, &[]), None, &balance, &limited(&[2, 4]));
+        assert_eq!(decision, Some(Decision::MoveReplica { from: Peer::new(1, 1), to: 5 }));
     }
 
     fn zoned(id: u64, zone: &str, host: &str) -> Store {
@@ -776,17 +983,19 @@ mod tests {
         // Three replicas in zones a, a, b: one of zone a goes to zone c.
         let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
         let state = zoned_cluster(r.clone());
-        let balance = Balance::of(&state, &live, &config, []);
-        let decision = rebalance(&r, &led(1, &[]), &balance, Allowed::ALL);
+        let balance = Balance::of(&state, &live, &config, [], &BTreeMap::new());
+        let decision = rebalance(&r, &led(1, &[]), None, &balance, &Allowed::ALL);
         assert_eq!(decision, Some(Decision::MoveReplica { from: Peer::new(1, 1), to: 4 }));
         // Spread over a, b, c: however uneven the counts, a replica does not move to a
         // store sharing a zone with another of its replicas.
         let spread = region(vec![Peer::new(1, 1), Peer::new(2, 3), Peer::new(3, 4)]);
-        let mut balance = Balance::of(&zoned_cluster(spread.clone()), &live, &config, []);
-        balance.replicas.insert(3, 50);
-        balance.replicas.insert(4, 50);
-        balance.replicas.insert(1, 50);
-        let decision = rebalance(&spread, &led(1, &[]), &balance, Allowed::ALL);
+        let mut balance =
+            Balance::of(&zoned_cluster(spread.clone()), &live, &config, [], &BTreeMap::new());
+        for store in [1, 3, 4] {
+            balance.replicas.insert(store, 50);
+            balance.weights.insert(store, 50 * REGION_WEIGHT_FLOOR);
+        }
+        let decision = rebalance(&spread, &led(1, &[]), None, &balance, &Allowed::ALL);
         assert_eq!(
             decision,
             Some(Decision::MoveReplica { from: Peer::new(1, 1), to: 2 }),

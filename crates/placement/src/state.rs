@@ -255,6 +255,12 @@ impl PlacementState {
                         "balance_limit must be at most 1024, not {limit}"
                     ));
                 }
+                if settings.store_limit > 100_000 {
+                    let limit = settings.store_limit;
+                    return Response::Invalid(format!(
+                        "store_limit must be at most 100000 moves a minute, not {limit}"
+                    ));
+                }
                 self.cluster.scheduler = settings;
                 self.write_cluster(batch);
                 Response::Done

@@ -56,6 +56,8 @@ fn placement_records() {
             replicas_paused: true,
             leaders_paused: false,
             balance_limit: 2,
+            hot_paused: true,
+            store_limit: 9,
         }),
     ] {
         responses.push(state.apply(&Command::new(kind).encode_to_vec(), &mut batch));

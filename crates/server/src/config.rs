@@ -98,6 +98,12 @@ pub struct Config {
     /// Moves that even out the stores (a replica to a store holding fewer, a leader to a
     /// store leading fewer) under way at once; 0 turns balancing off.
     pub balance_limit: usize,
+    /// Replica moves for balance each store may take part in (as source or target) in
+    /// any minute; 0: no limit. Repair of missing replicas is not limited.
+    pub store_limit_per_minute: u64,
+    /// Bytes a second read and written past which a Region counts as hot: its leader is
+    /// moved to even out the stores' traffic instead of their leader counts.
+    pub hot_region_bytes_per_sec: u64,
     /// Requests a second past which a Region led here counts as hot; a Region hot for
     /// `load_split_secs` in a row is split where its load divides (0 turns it off).
     pub load_split_qps: u64,
@@ -142,6 +148,8 @@ impl Default for Config {
             region_max_keys: 960_000,
             split_check_interval_ms: 10_000,
             balance_limit: 4,
+            store_limit_per_minute: 20,
+            hot_region_bytes_per_sec: 128 << 10,
             load_split_qps: 3_000,
             load_split_secs: 10,
         }
@@ -328,6 +336,8 @@ impl Config {
             .map_err(|e| e.because("it must be at least region_split_keys"))?;
         in_range("split_check_interval_ms", self.split_check_interval_ms, 10, 3_600_000)?;
         in_range("balance_limit", self.balance_limit as u64, 0, 1024)?;
+        in_range("store_limit_per_minute", self.store_limit_per_minute, 0, 100_000)?;
+        in_range("hot_region_bytes_per_sec", self.hot_region_bytes_per_sec, 1024, 1 << 40)?;
         in_range("load_split_qps", self.load_split_qps, 0, 10_000_000)?;
         in_range("load_split_secs", self.load_split_secs, 1, 600)?;
         Ok(())
@@ -416,6 +426,8 @@ mod tests {
             ("region_max_keys", |c| c.region_max_keys = c.region_split_keys - 1),
             ("split_check_interval_ms", |c| c.split_check_interval_ms = 0),
             ("balance_limit", |c| c.balance_limit = 5000),
+            ("store_limit_per_minute", |c| c.store_limit_per_minute = 1_000_000),
+            ("hot_region_bytes_per_sec", |c| c.hot_region_bytes_per_sec = 0),
             ("load_split_qps", |c| c.load_split_qps = u64::MAX),
             ("load_split_secs", |c| c.load_split_secs = 0),
         ];

@@ -149,13 +149,15 @@ async fn operators(
 }
 
 /// The scheduler's settings for the whole cluster, as this node's placement state has
-/// them (`balance_limit` 0: each placement leader's own setting).
+/// them (`balance_limit` and `store_limit` 0: each placement leader's own setting).
 async fn scheduler(State(node): State<Arc<HttpState>>) -> Json<Value> {
     let settings = node.placement.read().scheduler_settings();
     Json(json!({
         "replicas_paused": settings.replicas_paused,
         "leaders_paused": settings.leaders_paused,
         "balance_limit": settings.balance_limit,
+        "hot_paused": settings.hot_paused,
+        "store_limit": settings.store_limit,
     }))
 }
 

@@ -229,6 +229,8 @@ impl Node {
             down_ms: config.store_down_secs * 1000,
             balance_limit: config.balance_limit,
             location_labels: config.location_labels.clone(),
+            store_limit_per_min: config.store_limit_per_minute as usize,
+            hot_region_bytes_per_sec: config.hot_region_bytes_per_sec,
         };
         let control_config = ControlConfig {
             scheduler,

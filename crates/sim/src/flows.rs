@@ -182,6 +182,8 @@ pub fn control_config(replicas_meta: usize) -> ControlConfig {
         balance_limit: 4,
         // Stores have no labels here (the scheduler's unit tests cover them).
         location_labels: Vec::new(),
+        // As the server's defaults (the simulator reports no traffic: no Region is hot).
+        ..Default::default()
     };
     let timeouts =
         scandium_placement::operator::OperatorTimeouts { step_ms: 10_000, resend_ms: 2_000 };

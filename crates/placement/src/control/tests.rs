@@ -245,3 +245,26 @@ fn paused_replica_balancing_moves_nothing() {
     let intake = plane.region_heartbeats(&state, &[heartbeat(region, 101, &[])], at(300));
     assert_eq!(intake.need_ids, vec![10], "a move to store 4 asks for an id");
 }
+
+/// The store limit: a store takes part in at most `store_limit` replica moves a minute,
+/// as the cluster's settings say; once a minute has passed since its last, it takes more.
+#[test]
+fn a_store_takes_part_in_no_more_replica_moves_a_minute_than_its_limit() {
+    let (mut state, regions) = three_full_stores_and_an_empty_one(&[b"", b"b", b"c", b""]);
+    let limited = crate::SchedulerSettings { store_limit: 1, ..Default::default() };
+    apply(&mut state, Kind::SetScheduler(limited));
+    let mut plane = leading(&state);
+    let (first, second) = (&regions[0], &regions[1]);
+    let intake = plane.region_heartbeats(&state, &[heartbeat(first, 101, &[])], at(200));
+    assert_eq!(intake.need_ids, vec![10], "the first move, to store 4");
+    plane.supply_id(10, 500, 1);
+    let intake = plane.region_heartbeats(&state, &[heartbeat(first, 101, &[])], at(300));
+    assert_eq!(intake.steps.len(), 1, "{intake:?}");
+    let intake = plane.region_heartbeats(&state, &[heartbeat(second, 111, &[])], at(400));
+    assert!(intake.need_ids.is_empty() && intake.steps.is_empty(), "store 4 is at its limit");
+    for s in 1..=4 {
+        plane.store_heartbeat(s, at(60_350));
+    }
+    let intake = plane.region_heartbeats(&state, &[heartbeat(second, 111, &[])], at(60_400));
+    assert_eq!(intake.need_ids, vec![11], "a minute later, store 4 takes another");
+}

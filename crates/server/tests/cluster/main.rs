@@ -821,6 +821,54 @@ async fn a_hot_region_is_split_where_its_load_divides() {
     cluster.shutdown().await;
 }
 
+/// Hot Regions' leaders spread by traffic: three Regions read hard, all led from one
+/// store (with balancing by counts paused, so that only traffic moves leaders), end up
+/// led from three different stores; a cold Region's leader stays where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_regions_leaders_spread_over_the_stores_by_traffic() {
+    use scandium_placement::{Kind, SchedulerSettings};
+    let cluster = Cluster::start_with(3, |settings| {
+        settings.balance_limit = 4;
+        settings.hot_region_bytes_per_sec = 4 << 10;
+    })
+    .await;
+    let asker = cluster.meta_leader().expect("a placement leader");
+    let by_traffic_only =
+        SchedulerSettings { replicas_paused: true, leaders_paused: true, ..Default::default() };
+    let placement = cluster.node(asker).placement();
+    placement.propose(Kind::SetScheduler(by_traffic_only)).await.expect("settings recorded");
+    let bounds: Vec<Vec<u8>> = ["hot1", "hot2", "hot3", "hot4"].iter().map(|b| k(b)).collect();
+    cluster.node(asker).splitter().split_at_keys(bounds).await.expect("splits");
+    let keys = ["hot1x", "hot2x", "hot3x", "cold"];
+    let regions: Vec<u64> = keys.iter().map(|key| cluster.region_of(key.as_bytes())).collect();
+    for &id in &regions {
+        cluster.wait_leader(id, Duration::from_secs(10)).await;
+        cluster.transfer_leader(id, 0).await;
+    }
+    let client = cluster.raw_client().await;
+    for key in keys {
+        client.put(k(key), vec![b'v'; 1024]).await.expect("put");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut reads = 0u64;
+    let leaders = loop {
+        let leaders: Vec<Option<usize>> = regions.iter().map(|&id| cluster.leader_of(id)).collect();
+        let hot: std::collections::BTreeSet<_> = leaders[..3].iter().flatten().collect();
+        if hot.len() == 3 || Instant::now() > deadline {
+            break leaders;
+        }
+        for key in &keys[..3] {
+            assert!(client.get(k(key)).await.expect("get").is_some());
+            reads += 1;
+        }
+    };
+    println!("hot Regions led from nodes {:?} after {reads} reads", &leaders[..3]);
+    let hot: std::collections::BTreeSet<_> = leaders[..3].iter().flatten().collect();
+    assert_eq!(hot.len(), 3, "the hot Regions are led from {leaders:?}");
+    assert_eq!(leaders[3], Some(0), "the cold Region's leader did not move");
+    cluster.shutdown().await;
+}
+
 /// Labels are honoured: with `location_labels = ["zone"]`, three nodes in zones a, a and b
 /// hold every Region in two zones; a fourth node in zone c takes one of the zone-a
 /// replicas of every Region, so each has one replica per zone.
