@@ -277,6 +277,12 @@ impl Control {
         }
     }
 
+    /// How many operators this node started and ended since it took over placement's
+    /// leadership, if it leads placement.
+    pub fn operator_counts(&self) -> Option<scandium_placement::OperatorCounts> {
+        self.placement.is_serving().then(|| self.lock().counts())
+    }
+
     /// The operators this node runs, if it leads placement.
     pub fn local_operators(&self) -> Option<Vec<wire::OperatorInfo>> {
         if !self.placement.is_serving() {

@@ -821,6 +821,46 @@ async fn a_hot_region_is_split_where_its_load_divides() {
     cluster.shutdown().await;
 }
 
+/// Scheduling resumes within about a heartbeat interval of a change of placement leader
+/// (PD may wait up to 5 minutes): while a joining store fills, placement's leadership
+/// moves, and the new leader starts its first operator soon after it leads, from the
+/// liveness in the log and the first heartbeats it hears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_resumes_within_a_heartbeat_of_a_placement_leader_change() {
+    use scandium_raftstore::META_GROUP_ID;
+    // One move at a time, so that the fill is still going on when leadership moves.
+    let mut cluster = Cluster::start_with(3, |settings| settings.balance_limit = 1).await;
+    let old = cluster.meta_leader().expect("a placement leader");
+    let keys: Vec<Vec<u8>> = (0..12).map(|i| k(&format!("resume{i:02}"))).collect();
+    cluster.node(old).splitter().split_at_keys(keys).await.expect("splits");
+    cluster.add_node().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let started = |i: usize| cluster.node(i).control().operator_counts().map_or(0, |c| c.started);
+    while started(old) < 2 {
+        assert!(Instant::now() < deadline, "the fill did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let new = (0..3).find(|&i| i != old).expect("another voter of placement");
+    // Measured from the request to move leadership (so it includes the handover).
+    let asked = Instant::now();
+    let target = cluster.node(new).store_id();
+    cluster.node(old).transfer_leader(META_GROUP_ID, target).await.expect("transfer asked");
+    while started(new) == 0 {
+        assert!(Instant::now() < deadline, "the new placement leader scheduled nothing");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let resumed = asked.elapsed();
+    let interval = harness::config(std::path::PathBuf::new(), "", Vec::new()).heartbeat_interval_ms;
+    println!(
+        "the new placement leader started an operator {resumed:?} after leadership was asked \
+         to move ({interval} ms heartbeats)"
+    );
+    // One interval (plus the time a heartbeat takes) is the design; ten keeps a busy
+    // 2-core machine from failing it.
+    assert!(resumed < Duration::from_millis(10 * interval), "resumed after {resumed:?}");
+    cluster.shutdown().await;
+}
+
 /// Hot Regions' leaders spread by traffic: three Regions read hard, all led from one
 /// store (with balancing by counts paused, so that only traffic moves leaders), end up
 /// led from three different stores; a cold Region's leader stays where it is.
