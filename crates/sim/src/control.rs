@@ -274,6 +274,33 @@ impl Cluster {
         self.propose_placement(placement, Kind::AllocIds(count), Purpose::SplitIds { split }, rng)
     }
 
+    /// The server's split check (`split_check.rs`) on node `id`: measures the Regions it
+    /// leads that are due, corrects their figures, and splits each one past `policy` at
+    /// the first key the measurement picked (the next check cuts the rest: the split
+    /// flow takes one key). Returns the keys it splits at.
+    pub fn check_split(
+        &mut self,
+        id: u64,
+        policy: &scandium_raftstore::SplitPolicy,
+        rng: &mut StdRng,
+    ) -> Vec<Vec<u8>> {
+        if !self.is_serving(id) {
+            return Vec::new();
+        }
+        let Some(store) = self.node(id).store.as_mut() else { return Vec::new() };
+        let (due, snapshot) = store.due_for_measuring(policy);
+        let mut keys = Vec::new();
+        for (region, mark) in due {
+            let Ok(found) = scandium_raftstore::measure(&region, &*snapshot, policy) else {
+                continue;
+            };
+            store.record_measurement(&region, &mark, found.size, found.keys);
+            keys.extend(found.split_keys.into_iter().next());
+        }
+        keys.retain(|key| self.split(key, rng));
+        keys
+    }
+
     fn propose_split(&mut self, split: u64, flow: SplitFlow, first_id: u64, rng: &mut StdRng) {
         let node = flow.node;
         if self.crashes(node) != flow.incarnation || !self.is_serving(node) {

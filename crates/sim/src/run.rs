@@ -339,10 +339,19 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
                 let request = (token & !KIND) as usize;
                 tso.give_up(&mut cluster, request, config, &mut rng);
             }
+            // A split at a random point (as `scandium ctl split`), then every node's
+            // split check by size and records (as the server's, with tiny Regions: see
+            // `SIZE_SPLITS`).
             SPLIT => {
                 let key = SPLIT_KEYS[rng.gen_range(0..SPLIT_KEYS.len())];
                 if cluster.split(key.as_bytes(), &mut rng) {
                     faults.push(format!("{} ms: split at {key}", cluster.now()));
+                }
+                for id in 1..=config.nodes {
+                    for key in cluster.check_split(id, &SIZE_SPLITS, &mut rng) {
+                        let (now, key) = (cluster.now(), String::from_utf8_lossy(&key));
+                        faults.push(format!("{now} ms: node {id} split by size at {key}"));
+                    }
                 }
                 cluster.schedule_external(rng.gen_range(1_000..2_500), SPLIT);
             }
@@ -459,6 +468,17 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
         operators: cluster.operators_finished(),
     }
 }
+
+/// The split policy of the simulated split checks: Regions of a few KiB, so that the
+/// runs' registers, accounts and lists (whose versions pile up) are split by size and
+/// record count as a server's Regions are at 96 MiB.
+const SIZE_SPLITS: scandium_raftstore::SplitPolicy = scandium_raftstore::SplitPolicy {
+    split_size: 2 << 10,
+    max_size: 4 << 10,
+    split_keys: 48,
+    max_keys: 96,
+    max_split_keys: 4,
+};
 
 /// Keys the run splits at, drawn at random: between and among the registers (`k0`..),
 /// the lists (`list0`..) and elsewhere, so that requests and transactions span Regions.
