@@ -136,6 +136,10 @@ pub struct Peer {
     /// resets for every follower once per election timeout, so that right after each
     /// reset a healthy group looks unreachable until the next answers arrive.
     pub(crate) heard_ms: HashMap<u64, u64>, // lookups only
+    /// Snapshots this leader delivered to followers: the snapshot's index and when it was
+    /// delivered (store clock). A follower answers nothing while it installs one, so the
+    /// leader keeps the log after the index for a while though it does not hear from it.
+    pub(crate) snapshots_delivered: HashMap<u64, (u64, u64)>, // lookups only
     /// A split proposed by this leader and not yet applied here, by its index: until then
     /// every commit-index advance is sent to the followers at once.
     broadcast_commit_until: Option<u64>,
@@ -201,6 +205,7 @@ impl Peer {
             votes_refused_until_ms: 0,
             known_peers: HashMap::new(),
             heard_ms: HashMap::new(),
+            snapshots_delivered: HashMap::new(),
             broadcast_commit_until: None,
             stats: crate::stats::RegionStats::default(),
         })

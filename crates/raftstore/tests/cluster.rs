@@ -57,6 +57,17 @@ type Slot<T> = Arc<Mutex<Option<T>>>;
 
 /// A cluster of stores 1..=n; store 1 starts with the only replica (peer 1) of Region 1,
 /// covering every key.
+/// Where [`Cluster::run_until`] stops early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Until {
+    /// Nowhere: it runs until nothing moves.
+    Settled,
+    /// Once this store has begun installing a snapshot (it is stopped, as by a crash).
+    Installing(u64),
+    /// Once a snapshot was delivered to this store (stepped in, not yet installed).
+    SnapshotDelivered(u64),
+}
+
 struct Cluster {
     nodes: Vec<Node>,
     now: u64,
@@ -161,13 +172,34 @@ impl Cluster {
 
     /// Runs rounds and delivers messages until nothing moves.
     fn run(&mut self) {
-        self.run_until_installing(None);
+        self.run_until(Until::Settled);
     }
 
-    /// Runs rounds and delivers messages until nothing moves, or until store `crash_at`
-    /// has begun installing a snapshot's data and not finished it (then it is stopped, as
-    /// by a crash, right after that round): whether it was.
-    fn run_until_installing(&mut self, crash_at: Option<u64>) -> bool {
+    /// Ticks every store and runs, at most `ticks` times, until `until` happens: whether
+    /// it did.
+    fn tick_until_it_happens(&mut self, ticks: usize, until: Until) -> bool {
+        for _ in 0..ticks {
+            self.now += TICK_MS;
+            let now = self.now;
+            for node in self.nodes.iter_mut() {
+                if let Some(store) = node.store.as_mut() {
+                    store.tick(now);
+                }
+            }
+            if self.run_until(until) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Runs rounds and delivers messages until nothing moves or `until` happens: whether
+    /// it did.
+    fn run_until(&mut self, until: Until) -> bool {
+        let crash_at = match until {
+            Until::Installing(id) => Some(id),
+            _ => None,
+        };
         for _ in 0..1000 {
             let mut moved = false;
             let mut outbox: Vec<(u64, PeerMessage)> = Vec::new();
@@ -190,10 +222,15 @@ impl Cluster {
             }
             for (from, message) in outbox {
                 moved = true;
-                if self.paused.contains(&message.to.store_id) {
+                let to = message.to.store_id;
+                if self.paused.contains(&to) {
                     self.held.push((from, message));
                 } else {
+                    let snapshot = message.is_snapshot();
                     self.deliver(from, message);
+                    if snapshot && until == Until::SnapshotDelivered(to) {
+                        return true;
+                    }
                 }
             }
             if !moved {
@@ -203,6 +240,7 @@ impl Cluster {
         panic!("the cluster never settled");
     }
 
+    /// Sends `message` to its store now.
     fn deliver(&mut self, from: u64, message: PeerMessage) {
         let to = message.to.store_id;
         let (region, peer) = (message.region_id, message.to.id);
@@ -558,18 +596,25 @@ fn a_deposed_leader_caught_up_by_snapshot_reports_an_unknown_outcome() {
     assert_eq!(cluster.value(old, b"k"), Some(b"once".to_vec()));
 }
 
-#[test]
-fn a_lagging_follower_is_caught_up_by_snapshot_after_log_truncation() {
+/// Three replicas, one of them (returned) cut off while `g0`..`g59` are written with
+/// `value(i)`: more than `max_log_entries` (20), so the leader truncates past what the
+/// cut-off follower has.
+fn a_follower_behind_the_log(value: impl Fn(u8) -> Vec<u8>) -> (Cluster, u64) {
     let mut cluster = Cluster::new(3);
     cluster.replicate(3);
     let leader = cluster.wait_leader();
     let lagging = (1..=3).find(|&s| s != leader).unwrap();
     cluster.isolate(lagging);
-    let before = cluster.snapshots[lagging as usize];
-    // More than `max_log_entries` (20): the leader truncates past what the follower has.
     for i in 0..60u8 {
-        cluster.put(&[b'g', i], &[i]).unwrap();
+        cluster.put(&[b'g', i], &value(i)).unwrap();
     }
+    (cluster, lagging)
+}
+
+#[test]
+fn a_lagging_follower_is_caught_up_by_snapshot_after_log_truncation() {
+    let (mut cluster, lagging) = a_follower_behind_the_log(|i| vec![i]);
+    let before = cluster.snapshots[lagging as usize];
     cluster.heal();
     cluster.tick_until(300, "follower caught up", |c| c.value(lagging, &[b'g', 59]).is_some());
     for i in 0..60u8 {
@@ -578,34 +623,38 @@ fn a_lagging_follower_is_caught_up_by_snapshot_after_log_truncation() {
     assert_eq!(cluster.snapshots[lagging as usize], before + 1, "caught up by a snapshot");
 }
 
+/// A follower that is being sent a snapshot answers nothing until it has installed it:
+/// the leader keeps the log from the snapshot on, though it does not hear from the
+/// follower, so that one snapshot catches it up (before, the leader truncated past it
+/// meanwhile and had to send another: a node restarted under load took three in a row).
+#[test]
+fn a_follower_taking_a_snapshot_needs_only_one() {
+    let (mut cluster, lagging) = a_follower_behind_the_log(|i| vec![i]);
+    let before = cluster.snapshots[lagging as usize];
+    // The follower is slow to install it (paused once it has it): the leader has not
+    // heard from it for longer than an election when it writes again, its log past the
+    // truncation threshold (8) but within the cap.
+    cluster.heal();
+    let delivered = cluster.tick_until_it_happens(100, Until::SnapshotDelivered(lagging));
+    assert!(delivered, "the leader sent a snapshot");
+    cluster.pause(lagging);
+    cluster.tick(30);
+    for i in 60..62u8 {
+        cluster.put(&[b'g', i], &[i]).unwrap();
+    }
+    cluster.resume(lagging);
+    cluster.tick_until(300, "follower caught up", |c| c.value(lagging, &[b'g', 61]).is_some());
+    assert_eq!(cluster.snapshots[lagging as usize], before + 1, "one snapshot");
+}
+
 #[test]
 fn a_snapshot_goes_in_over_several_rounds_and_a_crash_midway_starts_it_over() {
-    let mut cluster = Cluster::new(3);
-    cluster.replicate(3);
-    let leader = cluster.wait_leader();
-    let lagging = (1..=3).find(|&s| s != leader).unwrap();
-    cluster.isolate(lagging);
-    // 6 MiB, past `max_log_entries`: a snapshot of several 1 MiB install steps.
+    // 6 MiB: a snapshot of several 1 MiB install steps.
     let value = vec![7u8; 100 << 10];
-    for i in 0..60u8 {
-        cluster.put(&[b'g', i], &value).unwrap();
-    }
+    let (mut cluster, lagging) = a_follower_behind_the_log(|_| value.clone());
     let before = cluster.snapshots[lagging as usize];
     cluster.heal();
-    let mut crashed = false;
-    for _ in 0..300 {
-        cluster.now += TICK_MS;
-        let now = cluster.now;
-        for node in cluster.nodes.iter_mut() {
-            if let Some(store) = node.store.as_mut() {
-                store.tick(now);
-            }
-        }
-        if cluster.run_until_installing(Some(lagging)) {
-            crashed = true;
-            break;
-        }
-    }
+    let crashed = cluster.tick_until_it_happens(300, Until::Installing(lagging));
     assert!(crashed, "the lagging store began installing a snapshot");
     assert_eq!(cluster.snapshots[lagging as usize], before + 1);
     assert!(cluster.nodes[lagging as usize - 1]
