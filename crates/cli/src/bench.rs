@@ -49,7 +49,8 @@ enum ClientKind {
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Address of any node (the PD endpoint).
+    /// Address of any node (the PD endpoint); several, separated by commas, for clients
+    /// that go on when one node is down (the first is asked for the server's figures).
     #[arg(long, default_value = "127.0.0.1:2379")]
     pd: String,
     /// Use API V2 with this keyspace; without it, API V1.
@@ -136,7 +137,7 @@ async fn connect_driver(args: &BenchArgs) -> Result<Driver, String> {
     if let Some(keyspace) = &args.keyspace {
         config = config.with_keyspace(keyspace);
     }
-    let client = TransactionClient::new_with_config(vec![args.pd.clone()], config)
+    let client = TransactionClient::new_with_config(crate::kv::endpoints(&args.pd), config)
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", args.pd))?;
     let mut options = if args.pessimistic {
@@ -422,7 +423,8 @@ async fn server_stats(args: &BenchArgs) -> Option<Vec<NodeStats>> {
             })
             .collect();
     }
-    let pd = args.pd.trim_start_matches("http://");
+    let first = args.pd.split(',').next().unwrap_or_default();
+    let pd = first.trim_start_matches("http://");
     let members = get_json(&format!("http://{pd}/pd/api/v1/members")).await;
     let mut addresses: Vec<String> = members
         .as_ref()

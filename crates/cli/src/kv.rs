@@ -125,12 +125,18 @@ fn parse_batch(input: impl BufRead) -> Result<Vec<Op>, String> {
     Ok(ops)
 }
 
+/// The PD endpoints in `pd`: one address, or several separated by commas (the client
+/// tries the others when one is down).
+pub fn endpoints(pd: &str) -> Vec<String> {
+    pd.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect()
+}
+
 pub async fn connect(pd: &str, keyspace: Option<&str>) -> Result<RawClient, String> {
     let mut config = Config::default();
     if let Some(keyspace) = keyspace {
         config = config.with_keyspace(keyspace);
     }
-    RawClient::new_with_config(vec![pd.to_string()], config)
+    RawClient::new_with_config(endpoints(pd), config)
         .await
         .map_err(|e| format!("cannot connect to {pd}: {}", tidy(e)))
 }
