@@ -863,6 +863,16 @@ impl Store {
             let storage = peer.raw.mut_store();
             storage.persist_apply_state(&mut apply_batch);
             if let Some(index) = compact_target(peer, config, now_ms) {
+                if peer.is_leader() {
+                    let behind: Vec<u64> = (peer.raw.raft.prs().iter())
+                        .filter(|(_, pr)| pr.matched < index)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    if !behind.is_empty() {
+                        let group = peer.region.id;
+                        tracing::debug!(group, index, ?behind, "log truncated past followers");
+                    }
+                }
                 peer.raw.mut_store().compact_to(index, &mut apply_batch);
             }
             touched.push(id);
@@ -1287,13 +1297,13 @@ fn compact_target(peer: &Peer, config: &RaftConfig, now_ms: u64) -> Option<u64> 
             .filter_map(|(id, pr)| match pr.state {
                 ProgressState::Snapshot => Some(pr.pending_snapshot),
                 _ if reachable(peer, *id, config, now_ms) => Some(pr.matched),
+                // It may have acknowledged the snapshot as its install began (the answer
+                // goes once the snapshot's Raft state is written), and then gone silent.
                 _ => peer
                     .snapshots_delivered
                     .get(id)
-                    .filter(|&&(index, at)| {
-                        index > pr.matched && now_ms.saturating_sub(at) <= SNAPSHOT_INSTALL_GRACE_MS
-                    })
-                    .map(|&(index, _)| index),
+                    .filter(|&&(_, at)| now_ms.saturating_sub(at) <= SNAPSHOT_INSTALL_GRACE_MS)
+                    .map(|&(index, _)| index.max(pr.matched)),
             })
             .min()
             .unwrap_or(applied);
