@@ -505,6 +505,10 @@ impl ControlPlane {
                 let id = self.ids.remove(&key).ok_or(Advance::NeedsId)?;
                 Operator::add_replica(region, store, id, at)
             }
+            Decision::AddExtraLearner(store) => {
+                let id = self.ids.remove(&key).ok_or(Advance::NeedsId)?;
+                Operator::add_learner(region, store, id, at)
+            }
             Decision::Promote(peers) => Operator::new(
                 region,
                 OperatorKind::PromoteLearners,

@@ -200,6 +200,12 @@ impl Operator {
         Operator::new(region, OperatorKind::AddReplica(store), steps, now_ms)
     }
 
+    /// Adds a learner on `store` (as the new peer `peer_id`) that stays a learner.
+    pub fn add_learner(region: &Region, store: StoreId, peer_id: PeerId, now_ms: u64) -> Self {
+        let steps = vec![StepAction::AddLearner(Peer::learner(peer_id, store))];
+        Operator::new(region, OperatorKind::AddReplica(store), steps, now_ms)
+    }
+
     /// Removes `victim`, moving leadership to `successor` first if the victim leads.
     pub fn remove_replica(
         region: &Region,

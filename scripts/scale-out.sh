@@ -1,0 +1,79 @@
+#!/bin/bash
+# 3 -> 5 nodes with GiB of data under load (docs/scale-out.md): loads GIB GiB into three
+# nodes (default settings: Regions split past 96 MiB into 64 MiB pieces), measures raw put
+# latency through tikv-client in steady state, then starts two more nodes while the same
+# load runs, and reports how long until every Up store's replica and leader counts are
+# within one of the mean, whether any operator runs in the two minutes after, and the
+# load's latency and errors during the moves. Usage:
+#   scripts/scale-out.sh [GiB]
+# Needs target/release/scandium (cargo build --release -p scandium-cli). Uses
+# 127.0.0.1:23690-23694 and /tmp/scale-out.
+set -euo pipefail
+GIB=${1:-2}
+BIN=${BIN:-target/release/scandium}
+DIR=/tmp/scale-out
+VALUE=16384
+KEYS=$((GIB * 1024 * 1024 * 1024 / VALUE))
+rm -rf $DIR; mkdir -p $DIR
+ADDRS=(127.0.0.1:23690 127.0.0.1:23691 127.0.0.1:23692 127.0.0.1:23693 127.0.0.1:23694)
+PIDS=()
+start() {
+  local i=$1 join=""
+  [ "$i" -gt 0 ] && join="--join ${ADDRS[0]}"
+  $BIN server --data-dir $DIR/d$i --addr ${ADDRS[$i]} $join >>$DIR/n$i.log 2>&1 &
+  PIDS[$i]=$!
+  for t in $(seq 1 100); do curl -s ${ADDRS[$i]}/health >/dev/null && break; sleep 0.1; done
+}
+trap 'kill ${PIDS[*]} 2>/dev/null || true' EXIT
+for i in 0 1 2; do start $i; done
+counts() {
+  curl -s ${ADDRS[0]}/pd/api/v1/stores | python3 -c "import json,sys
+s=[x for x in json.load(sys.stdin)['stores'] if x['store']['state_name']=='Up']
+print(' '.join(f\"{x['store']['id']}:{x['status']['region_count']}/{x['status']['leader_count']}\" for x in s))"
+}
+balanced() {
+  curl -s ${ADDRS[0]}/pd/api/v1/stores | python3 -c "import json,sys
+s=[x for x in json.load(sys.stdin)['stores'] if x['store']['state_name']=='Up']
+r=[x['status']['region_count'] for x in s]; l=[x['status']['leader_count'] for x in s]
+ok=lambda v: all(abs(x-sum(v)/len(v))<=1 for x in v)
+sys.exit(0 if len(s)==$1 and ok(r) and ok(l) else 1)"
+}
+operators() { $BIN ctl --json --pd ${ADDRS[0]} operators | python3 -c "import json,sys; print(json.load(sys.stdin)['count'])"; }
+echo "loading $KEYS keys of $VALUE bytes ($GIB GiB)"
+S=$(date +%s)
+$BIN bench --pd ${ADDRS[0]} --workload get --keys $KEYS --value-size $VALUE --clients 16 --duration 1 >$DIR/load.txt 2>&1
+echo "loaded in $(( $(date +%s) - S )) s; waiting for splits and balance on three nodes"
+for t in $(seq 1 600); do
+  REGIONS=$(curl -s ${ADDRS[0]}/pd/api/v1/regions | python3 -c "import json,sys
+r=json.load(sys.stdin)['regions']
+big=[x for x in r if x.get('approximate_size_bytes',0) > 96*1048576]
+print(len(r), len(big), max(x.get('approximate_size_bytes',0) for x in r)//1048576)")
+  set -- $REGIONS
+  [ "$2" = 0 ] && balanced 3 && break
+  sleep 2
+done
+echo "Regions: $1, past region_max_size: $2, largest: $3 MiB; stores (id:replicas/leaders): $(counts)"
+du -sh $DIR/d0
+PD=${ADDRS[0]},${ADDRS[1]},${ADDRS[2]}
+$BIN bench --pd $PD --workload put --value-size 1024 --clients 16 --duration 30 >$DIR/steady.txt 2>&1
+echo "steady: $(grep -E '^(ops|latency)' $DIR/steady.txt | tr '\n' ' ')"
+$BIN bench --pd $PD --workload put --value-size 1024 --clients 16 --duration 420 >$DIR/moving.txt 2>&1 &
+BENCH=$!
+sleep 5
+S=$(date +%s)
+start 3; start 4
+echo "two nodes joined"
+until balanced 5; do
+  [ $(( $(date +%s) - S )) -gt 400 ] && { echo "not balanced within 400 s: $(counts)"; break; }
+  sleep 2
+done
+echo "balanced after $(( $(date +%s) - S )) s: $(counts)"
+Q=$(date +%s); MOVES=0
+while [ $(( $(date +%s) - Q )) -lt 120 ]; do
+  N=$(operators); [ "$N" != 0 ] && MOVES=$((MOVES + 1)) && echo "  operators running: $N at +$(( $(date +%s) - Q )) s"
+  sleep 5
+done
+echo "samples with operators running in the 120 s after: $MOVES; stores: $(counts)"
+echo "waiting for the load to end (420 s from the join)"
+wait $BENCH || true
+echo "during the moves: $(grep -E '^(ops|latency)' $DIR/moving.txt | tr '\n' ' ')"
