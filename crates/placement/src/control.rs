@@ -319,7 +319,19 @@ impl ControlPlane {
             {
                 intake.changed.push(report.clone());
             }
-            self.loads.insert(region.id, heartbeat.load);
+            let mut load = heartbeat.load;
+            if load.approximate_size == 0 {
+                // A replica that took a snapshot knows nothing of its size until it is
+                // measured (up to a split-check interval): a new leader reports 0 for a
+                // Region full of data, and balancing by weight took such Regions for
+                // empty and piled them onto the new stores (3 -> 5 nodes ended 16/16/12/9/9).
+                // The last size known stands until a real one comes.
+                if let Some(known) = self.loads.get(&region.id) {
+                    load.approximate_size = known.approximate_size;
+                    load.approximate_keys = known.approximate_keys;
+                }
+            }
+            self.loads.insert(region.id, load);
             let pending = heartbeat.pending.clone();
             let health = RegionHealth { leader: report.leader_peer_id, pending };
             let operator = self.operators.remove(&region.id);
