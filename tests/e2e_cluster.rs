@@ -1,8 +1,9 @@
 //! End-to-end tests of a replicated cluster of real `scandium` processes: three nodes
 //! started with `--join`, raw and transactional load through `tikv-client` with every node
 //! given as the PD endpoint, SIGKILL of a Region's leader and of the placement leader,
-//! SIGSTOP of a leader, restarts; and a short chaos run whose histories go through the
-//! simulator's checkers. Acknowledgements are checked against what the servers answer
+//! SIGSTOP of a leader, restarts; a short chaos run whose histories go through the
+//! simulator's checkers; and scale-out under load (two nodes join, one drains, one is
+//! killed). Acknowledgements are checked against what the servers answer
 //! afterwards, not taken as proof.
 
 mod support;
