@@ -153,6 +153,15 @@ fn involves_only_up_stores(
     target_up && region.peers.iter().all(|p| up(p.store_id))
 }
 
+/// A limit set for the whole cluster (`scandium ctl scheduler`), or, where it is 0, this
+/// node's own setting.
+fn cluster_or_own(cluster: u32, own: usize) -> usize {
+    match cluster {
+        0 => own,
+        cluster => cluster as usize,
+    }
+}
+
 /// What advancing a Region's operator came to.
 #[derive(Debug)]
 enum Advance {
@@ -319,19 +328,7 @@ impl ControlPlane {
             {
                 intake.changed.push(report.clone());
             }
-            let mut load = heartbeat.load;
-            if load.approximate_size == 0 {
-                // A replica that took a snapshot knows nothing of its size until it is
-                // measured (up to a split-check interval): a new leader reports 0 for a
-                // Region full of data, and balancing by weight took such Regions for
-                // empty and piled them onto the new stores (3 -> 5 nodes ended 16/16/12/9/9).
-                // The last size known stands until a real one comes.
-                if let Some(known) = self.loads.get(&region.id) {
-                    load.approximate_size = known.approximate_size;
-                    load.approximate_keys = known.approximate_keys;
-                }
-            }
-            self.loads.insert(region.id, load);
+            self.loads.insert(region.id, heartbeat.load);
             let pending = heartbeat.pending.clone();
             let health = RegionHealth { leader: report.leader_peer_id, pending };
             let operator = self.operators.remove(&region.id);
@@ -462,18 +459,12 @@ impl ControlPlane {
     ) -> Option<Decision> {
         let config = &self.config.scheduler;
         let settings = state.scheduler_settings();
-        let limit = match settings.balance_limit {
-            0 => config.balance_limit,
-            cluster => cluster as usize,
-        };
+        let limit = cluster_or_own(settings.balance_limit, config.balance_limit);
         let running = self.operators.values().filter(|o| o.kind().balances()).count();
         if running >= limit {
             return None;
         }
-        let store_limit = match settings.store_limit {
-            0 => config.store_limit_per_min,
-            cluster => cluster as usize,
-        };
+        let store_limit = cluster_or_own(settings.store_limit, config.store_limit_per_min);
         let (operators, loads) = (&self.operators, &self.loads);
         let balance = self
             .balance

@@ -312,6 +312,8 @@ pub struct Install {
     /// Ranges still to clear; the first one's start advances as it is cleared.
     clear: Vec<(Cf, Vec<u8>, Vec<u8>)>,
     next_chunk: u64,
+    /// What the records written so far add up to: the Region's figures once it is in.
+    written: crate::stats::Footprint,
 }
 
 impl Install {
@@ -323,7 +325,13 @@ impl Install {
             clear.extend(data_ranges(old));
         }
         clear.reverse(); // taken from the back
-        Install { pending, clear, next_chunk: 0 }
+        Install { pending, clear, next_chunk: 0, written: Default::default() }
+    }
+
+    /// What the snapshot's records written so far add up to (all of them once
+    /// [`Install::step`] says it is done).
+    pub fn written(&self) -> crate::stats::Footprint {
+        self.written
     }
 
     /// The record to write with the snapshot's Raft state.
@@ -378,6 +386,7 @@ impl Install {
                 let cf =
                     snapshot_cf(entry.cf).ok_or_else(|| corrupted(format!("cf {}", entry.cf)))?;
                 bytes += entry.key.len() + entry.value.len();
+                self.written.put(cf, &entry.key, &entry.value);
                 batch.put(cf, entry.key, entry.value);
             }
             self.next_chunk += 1;

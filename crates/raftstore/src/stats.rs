@@ -109,11 +109,12 @@ impl RegionStats {
         !self.measured || self.unmeasured_bytes >= (policy.split_size / 16).max(1)
     }
 
-    /// The data was replaced wholesale (a snapshot): nothing is known of it until it is
-    /// measured. Traffic counters run on.
-    pub fn replace(&mut self) {
-        self.approximate_size = 0;
-        self.approximate_keys = 0;
+    /// The data was replaced wholesale by a snapshot's records, which add up to `brought`:
+    /// the figures are theirs until a measurement (counted as records are applied, and
+    /// the leader measures soon). Traffic counters run on.
+    pub fn replace(&mut self, brought: &Footprint) {
+        self.approximate_size = brought.put_bytes;
+        self.approximate_keys = brought.put_keys;
         self.measured = false;
         self.replaced += 1;
     }
@@ -373,12 +374,14 @@ mod tests {
         assert!(!stats.wants_measuring(&policy), "113 bytes since: under a sixteenth (200)");
         stats.apply(&footprint);
         assert!(stats.wants_measuring(&policy), "226 bytes since");
-        // A measurement from before a snapshot replaced the data is not used.
+        // A snapshot's records stand for the data it replaced, and a measurement from
+        // before it is not used.
         let mut replaced = stats;
         let before = replaced;
-        replaced.replace();
+        replaced.replace(&footprint);
+        assert_eq!((replaced.approximate_size, replaced.approximate_keys), (110, 1));
         replaced.correct(&before, 1, 1);
-        assert!(!replaced.measured && replaced.approximate_size == 0);
+        assert!(!replaced.measured && replaced.approximate_size == 110);
         let (left, right) = stats.split();
         assert_eq!(left.approximate_size + right.approximate_size, stats.approximate_size);
         assert_eq!(left.written_bytes, stats.written_bytes, "the left half keeps counting");

@@ -863,7 +863,7 @@ impl Store {
             let storage = peer.raw.mut_store();
             storage.persist_apply_state(&mut apply_batch);
             if let Some(index) = compact_target(peer, config, now_ms) {
-                if peer.is_leader() {
+                if peer.is_leader() && tracing::enabled!(tracing::Level::DEBUG) {
                     let behind: Vec<u64> = (peer.raw.raft.prs().iter())
                         .filter(|(_, pr)| pr.matched < index)
                         .map(|(id, _)| *id)
@@ -942,25 +942,31 @@ impl Store {
         if !install.step(&*self.engine, INSTALL_STEP_BYTES)? {
             return Ok(Vec::new());
         }
+        let brought = install.written();
         self.engine.sync()?;
         peer.installing = None;
         let region = peer.region.clone();
         let id = region.id;
         self.installing.remove(&id);
-        self.after_snapshot(region);
+        self.after_snapshot(region, &brought);
         self.publish(id);
         Ok(vec![id])
     }
 
-    /// After a snapshot's data is in, durably: the replica serves its new Region.
-    fn after_snapshot(&mut self, region: Region) {
+    /// After a snapshot's data is in, durably: the replica serves its new Region, whose
+    /// records add up to `brought`.
+    fn after_snapshot(&mut self, region: Region, brought: &crate::stats::Footprint) {
         if region.id == META_GROUP_ID {
             self.meta.restore(&self.engine);
         } else {
             self.observer.on_replaced(&region);
             if let Some(peer) = self.peers.get_mut(&region.id) {
-                // Whatever was counted is gone: measure the data the snapshot brought.
-                peer.stats.replace();
+                // Whatever was counted is gone; the snapshot's records stand for the
+                // Region until it is measured. Counted as nothing, a new leader reported a
+                // full Region as empty for up to a split-check interval, and balancing by
+                // size piled such Regions onto new stores (3 -> 5 nodes ended with
+                // replicas 16/16/12/9/9).
+                peer.stats.replace(brought);
             }
         }
         tracing::info!(group = region.id, "installed a snapshot");

@@ -621,6 +621,16 @@ fn a_lagging_follower_is_caught_up_by_snapshot_after_log_truncation() {
         assert_eq!(cluster.value(lagging, &[b'g', i]), Some(vec![i]));
     }
     assert_eq!(cluster.snapshots[lagging as usize], before + 1, "caught up by a snapshot");
+    // Its figures are the snapshot's records, not nothing: it may lead next, and
+    // placement balances by what leaders report.
+    let leader = cluster.wait_leader();
+    let figures = |c: &mut Cluster, s: u64| {
+        let stats = c.store(s).status(REGION).expect("a replica").stats;
+        (stats.approximate_size, stats.approximate_keys)
+    };
+    let (size, keys) = figures(&mut cluster, lagging);
+    assert!(size > 0 && keys >= 60, "the snapshot's figures: {size} bytes, {keys} keys");
+    assert_eq!((size, keys), figures(&mut cluster, leader), "as the leader counts them");
 }
 
 /// A follower that is being sent a snapshot answers nothing until it has installed it:

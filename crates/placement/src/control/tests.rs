@@ -268,25 +268,3 @@ fn a_store_takes_part_in_no_more_replica_moves_a_minute_than_its_limit() {
     let intake = plane.region_heartbeats(&state, &[heartbeat(second, 111, &[])], at(60_400));
     assert_eq!(intake.need_ids, vec![11], "a minute later, store 4 takes another");
 }
-
-/// A leader that has just taken a snapshot reports a size of 0 until it measures the
-/// Region: the last size known stands, so that balancing by weight does not take a full
-/// Region for an empty one.
-#[test]
-fn a_size_of_zero_does_not_replace_the_last_size_known() {
-    let (state, regions) = three_full_stores_and_an_empty_one(&[b"", b""]);
-    let mut plane = leading(&state);
-    let region = &regions[0];
-    let mut beat = heartbeat(region, 101, &[]);
-    beat.load.approximate_size = 64 << 20;
-    beat.load.approximate_keys = 1_000;
-    plane.region_heartbeats(&state, &[beat.clone()], at(200));
-    beat.load = RegionLoad { written_bytes: 10, interval_ms: 1_000, ..RegionLoad::default() };
-    plane.region_heartbeats(&state, &[beat.clone()], at(300));
-    let load = plane.loads()[&region.id];
-    assert_eq!((load.approximate_size, load.approximate_keys), (64 << 20, 1_000));
-    assert_eq!(load.written_bytes, 10, "the traffic is the new report's");
-    beat.load.approximate_size = 1 << 20;
-    plane.region_heartbeats(&state, &[beat], at(400));
-    assert_eq!(plane.loads()[&region.id].approximate_size, 1 << 20, "a real size replaces it");
-}
