@@ -9,7 +9,12 @@
 //!                                                           whose data is not all in)
 //! ```
 //!
-//! Big-endian integers make a group's log one contiguous, index-ordered range.
+//! Big-endian integers make a group's log one contiguous, index-ordered range. A Region's
+//! own records lie in the ranges [`data_ranges`] names.
+
+use scandium_storage::Cf;
+use scandium_types::codec::encode_bytes;
+use scandium_types::Region;
 
 /// Key of log entry `index` of group `group_id`.
 pub fn log_key(group_id: u64, index: u64) -> Vec<u8> {
@@ -68,6 +73,29 @@ pub fn decode_region_state_key(key: &[u8]) -> Option<u64> {
         }
         _ => None,
     }
+}
+
+/// The key ranges, per column family, that hold a Region's records: the data column
+/// families over its range (versioned column families over the encoded range), or for the
+/// placement group the whole placement column family.
+pub fn data_ranges(region: &Region) -> Vec<(Cf, Vec<u8>, Vec<u8>)> {
+    if region.id == crate::META_GROUP_ID {
+        return vec![(Cf::Placement, Vec::new(), Vec::new())];
+    }
+    Cf::DATA
+        .iter()
+        .map(|&cf| match cf {
+            Cf::Write | Cf::Default => {
+                let end = if region.end_key.is_empty() {
+                    Vec::new()
+                } else {
+                    encode_bytes(&region.end_key)
+                };
+                (cf, encode_bytes(&region.start_key), end)
+            }
+            _ => (cf, region.start_key.clone(), region.end_key.clone()),
+        })
+        .collect()
 }
 
 #[cfg(test)]

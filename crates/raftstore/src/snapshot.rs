@@ -16,9 +16,9 @@
 //! to be started over at restart.
 
 use crate::command::{cf_code, cf_from_code};
+use crate::keys::data_ranges;
 use prost::Message as _;
 use scandium_storage::{Cf, Engine, EngineRef, Snapshot, StorageError, WriteBatch};
-use scandium_types::codec::encode_bytes;
 use scandium_types::Region;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,29 +75,6 @@ fn snapshot_cf(code: u32) -> Option<Cf> {
     } else {
         cf_from_code(code)
     }
-}
-
-/// The key ranges, per column family, that hold a Region's records: the data column
-/// families over its range (versioned column families over the encoded range), or for the
-/// placement group the whole placement column family.
-pub fn data_ranges(region: &Region) -> Vec<(Cf, Vec<u8>, Vec<u8>)> {
-    if region.id == crate::META_GROUP_ID {
-        return vec![(Cf::Placement, Vec::new(), Vec::new())];
-    }
-    Cf::DATA
-        .iter()
-        .map(|&cf| match cf {
-            Cf::Write | Cf::Default => {
-                let end = if region.end_key.is_empty() {
-                    Vec::new()
-                } else {
-                    encode_bytes(&region.end_key)
-                };
-                (cf, encode_bytes(&region.start_key), end)
-            }
-            _ => (cf, region.start_key.clone(), region.end_key.clone()),
-        })
-        .collect()
 }
 
 /// Reads `region`'s records from `snapshot` in chunks of about `max_chunk_bytes`, handing

@@ -10,7 +10,7 @@
 //! figures were never measured or enough was written since the last one (a sixteenth of the
 //! split size, as TiKV's `region-split-check-diff`), so an idle Region is never read.
 
-use crate::snapshot::data_ranges;
+use crate::keys::data_ranges;
 use scandium_storage::{Cf, KvIter, Snapshot, StorageError};
 use scandium_types::mvcc::split_versioned_key;
 use scandium_types::Region;
