@@ -97,7 +97,8 @@ impl Registry {
     /// The checks every request on a Region passes before it touches data: the Region has
     /// a peer here (`RegionNotFound`), at the request's epoch if it names one
     /// (`EpochNotMatch`, with the Region as it is now), and that peer leads and has
-    /// applied every entry of earlier terms (`NotLeader`, with the leader if known).
+    /// applied every entry of earlier terms (`NotLeader`, with the leader if it is known
+    /// and alive).
     pub fn check_led(
         &self,
         region_id: RegionId,
@@ -109,8 +110,13 @@ impl Registry {
             return Err(RaftstoreError::EpochNotMatch { current: vec![status.region] });
         }
         let lease_valid = status.lease_valid(now_ms);
-        let RegionStatus { region, leader, ready_for_reads, term, .. } = status;
+        let RegionStatus { region, leader, leader_alive, ready_for_reads, term, .. } = status;
         if !ready_for_reads {
+            // A leader this replica has not heard from lately is likely dead: naming it
+            // sends the client there at once (tikv-client retries a hint without backing
+            // off), and a few such hops exhaust its attempts before the election ends.
+            // Without a hint it backs off and asks placement again.
+            let leader = leader.filter(|_| leader_alive);
             return Err(RaftstoreError::NotLeader { region_id: region.id, leader });
         }
         Ok(Led { region, term, lease_valid })
