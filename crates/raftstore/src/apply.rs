@@ -14,10 +14,10 @@ pub(crate) enum Applied {
     Written(Footprint),
     /// The Region was split; the left part keeps the id.
     Split {
-        /// The original Region, now ending at the split key.
+        /// The original Region, now ending at the first cut.
         left: Region,
-        /// The new Region, starting at the split key.
-        right: Region,
+        /// The new Regions, one starting at each cut, in key order.
+        new: Vec<Region>,
     },
 }
 
@@ -34,10 +34,11 @@ pub(crate) fn apply_command(
             command.region_id, region.id
         )));
     }
-    match command.split.take() {
-        Some(split) => apply_split(region, &command, split),
-        None => apply_writes(region, command, batch),
+    if command.is_split() {
+        let cuts = std::mem::take(&mut command.splits);
+        return apply_split(region, &command, cuts);
     }
+    apply_writes(region, command, batch)
 }
 
 fn apply_writes(
@@ -87,10 +88,13 @@ fn user_key_of(cf: Cf, key: &[u8]) -> Result<Cow<'_, [u8]>, RaftstoreError> {
     }
 }
 
+/// Cuts `region` at each of `cuts`. Every piece's version is the original's plus the
+/// number of new Regions (as TiKV counts a batch split), so any request addressed to the
+/// Region before the split is refused by every piece.
 fn apply_split(
     region: &Region,
     command: &RaftCommand,
-    split: crate::command::SplitRequest,
+    cuts: Vec<crate::command::SplitRequest>,
 ) -> Result<Applied, RaftstoreError> {
     if command.version != region.version || command.conf_ver != region.conf_ver {
         return Err(RaftstoreError::EpochNotMatch { current: vec![region.clone()] });
@@ -107,38 +111,48 @@ fn apply_split(
             region.id
         )));
     }
-    let key = split.split_key;
-    if key.is_empty() || key <= region.start_key || !region.contains(&key) {
-        return Err(RaftstoreError::InvalidCommand(format!(
-            "split key {key:?} is not strictly inside region {}",
-            region.id
-        )));
+    let mut previous = &region.start_key;
+    for cut in &cuts {
+        let key = &cut.split_key;
+        if key.is_empty() || key <= previous || !region.contains(key) {
+            return Err(RaftstoreError::InvalidCommand(format!(
+                "split key {key:?} is not strictly inside region {} after the previous cut",
+                region.id
+            )));
+        }
+        if cut.new_peer_ids.len() != region.peers.len() {
+            return Err(RaftstoreError::InvalidCommand(format!(
+                "split of region {} names {} new peers for {} peers",
+                region.id,
+                cut.new_peer_ids.len(),
+                region.peers.len()
+            )));
+        }
+        previous = key;
     }
-    if split.new_peer_ids.len() != region.peers.len() {
-        return Err(RaftstoreError::InvalidCommand(format!(
-            "split of region {} names {} new peers for {} peers",
-            region.id,
-            split.new_peer_ids.len(),
-            region.peers.len()
-        )));
-    }
+    let version = region.version + cuts.len() as u64;
     let mut left = region.clone();
-    left.end_key = key.clone();
-    left.version += 1;
-    let right = Region {
-        id: split.new_region_id,
-        start_key: key,
-        end_key: region.end_key.clone(),
-        conf_ver: region.conf_ver,
-        version: region.version + 1,
-        peers: region
-            .peers
-            .iter()
-            .zip(&split.new_peer_ids)
-            .map(|(p, &id)| Peer { id, store_id: p.store_id, role: p.role })
-            .collect(),
-    };
-    Ok(Applied::Split { left, right })
+    left.end_key = cuts[0].split_key.clone();
+    left.version = version;
+    let ends = cuts.iter().skip(1).map(|c| c.split_key.clone()).chain([region.end_key.clone()]);
+    let new = cuts
+        .iter()
+        .zip(ends)
+        .map(|(cut, end_key)| Region {
+            id: cut.new_region_id,
+            start_key: cut.split_key.clone(),
+            end_key,
+            conf_ver: region.conf_ver,
+            version,
+            peers: region
+                .peers
+                .iter()
+                .zip(&cut.new_peer_ids)
+                .map(|(p, &id)| Peer { id, store_id: p.store_id, role: p.role })
+                .collect(),
+        })
+        .collect();
+    Ok(Applied::Split { left, new })
 }
 
 #[cfg(test)]
@@ -202,35 +216,69 @@ mod tests {
         ));
     }
 
+    fn cut(key: &[u8], new_region_id: u64) -> SplitRequest {
+        SplitRequest {
+            split_key: key.to_vec(),
+            new_region_id,
+            new_peer_ids: vec![new_region_id + 1],
+        }
+    }
+
+    fn split(cuts: Vec<SplitRequest>) -> Result<Applied, RaftstoreError> {
+        apply_command(&region(), RaftCommand::split(&region(), cuts), &mut WriteBatch::new())
+    }
+
     #[test]
     fn split_bumps_both_versions() {
-        let split =
-            SplitRequest { split_key: b"d".to_vec(), new_region_id: 7, new_peer_ids: vec![11] };
-        let command = RaftCommand::split(&region(), split);
-        let Ok(Applied::Split { left, right }) =
-            apply_command(&region(), command, &mut WriteBatch::new())
-        else {
+        let Ok(Applied::Split { left, new }) = split(vec![cut(b"d", 7)]) else {
             panic!("split must succeed")
         };
         assert_eq!((left.end_key.as_slice(), left.version), (&b"d"[..], 4));
+        let [right] = new.as_slice() else { panic!("one new region: {new:?}") };
         assert_eq!(
             (right.start_key.as_slice(), right.end_key.as_slice(), right.version),
             (&b"d"[..], &b"f"[..], 4)
         );
-        assert_eq!(right.peers, vec![Peer::new(11, 1)]);
+        assert_eq!(right.peers, vec![Peer::new(8, 1)]);
+    }
+
+    #[test]
+    fn a_split_at_many_keys_cuts_every_piece_in_one_step() {
+        let Ok(Applied::Split { left, new }) =
+            split(vec![cut(b"c", 7), cut(b"d", 9), cut(b"e", 11)])
+        else {
+            panic!("split must succeed")
+        };
+        assert_eq!((left.start_key.as_slice(), left.end_key.as_slice()), (&b"b"[..], &b"c"[..]));
+        let pieces: Vec<_> = new
+            .iter()
+            .map(|r| (r.id, r.start_key.as_slice(), r.end_key.as_slice(), r.peers[0].id))
+            .collect();
+        assert_eq!(
+            pieces,
+            [(7, &b"c"[..], &b"d"[..], 8), (9, b"d", b"e", 10), (11, b"e", b"f", 12)]
+        );
+        // Every piece is newer than the Region was, by the number of new Regions.
+        assert!(new.iter().chain([&left]).all(|r| r.version == 6 && r.conf_ver == 1));
     }
 
     #[test]
     fn split_at_the_edge_is_refused() {
         for key in [&b"b"[..], b"f", b"a", b""] {
-            let split =
-                SplitRequest { split_key: key.to_vec(), new_region_id: 7, new_peer_ids: vec![11] };
-            let result = apply_command(
-                &region(),
-                RaftCommand::split(&region(), split),
-                &mut WriteBatch::new(),
-            );
+            let result = split(vec![cut(key, 7)]);
             assert!(matches!(result, Err(RaftstoreError::InvalidCommand(_))), "{key:?}");
         }
+    }
+
+    #[test]
+    fn cuts_out_of_order_or_repeated_are_refused() {
+        for keys in [[&b"d"[..], b"c"], [b"c", b"c"], [b"c", b"f"]] {
+            let result = split(vec![cut(keys[0], 7), cut(keys[1], 9)]);
+            assert!(matches!(result, Err(RaftstoreError::InvalidCommand(_))), "{keys:?}");
+        }
+        let mut wrong_peers = cut(b"c", 7);
+        wrong_peers.new_peer_ids.push(99);
+        let result = split(vec![wrong_peers]);
+        assert!(matches!(result, Err(RaftstoreError::InvalidCommand(_))));
     }
 }

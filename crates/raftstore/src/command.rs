@@ -26,8 +26,8 @@ pub struct WriteOp {
     pub value: Vec<u8>,
 }
 
-/// Splits a Region at `split_key`: the original keeps `[start, split_key)`, the new Region
-/// gets `[split_key, end)`.
+/// One cut of a split: the Region is cut at `split_key`, and the piece from there to the
+/// next cut (or the Region's end) becomes a new Region.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SplitRequest {
     /// First key of the new Region (unencoded).
@@ -39,6 +39,30 @@ pub struct SplitRequest {
     /// Peer ids of the new Region, one per existing peer, in the order of the peers.
     #[prost(uint64, repeated, tag = "3")]
     pub new_peer_ids: Vec<u64>,
+}
+
+impl SplitRequest {
+    /// Ids a split of a Region of `peers` replicas at `cuts` keys takes from placement's
+    /// allocator: a Region id and one id per replica for each new Region.
+    pub fn ids_needed(cuts: usize, peers: usize) -> u64 {
+        cuts as u64 * (1 + peers as u64)
+    }
+
+    /// The cuts at `keys` of a Region of `peers` replicas, numbered from `first_id` (the
+    /// first of [`SplitRequest::ids_needed`] ids placement allocated).
+    pub fn cuts(keys: &[Vec<u8>], peers: usize, first_id: u64) -> Vec<SplitRequest> {
+        let per_cut = SplitRequest::ids_needed(1, peers);
+        (keys.iter().zip(0..))
+            .map(|(key, i)| {
+                let new_region_id = first_id + i * per_cut;
+                SplitRequest {
+                    split_key: key.clone(),
+                    new_region_id,
+                    new_peer_ids: (1..per_cut).map(|p| new_region_id + p).collect(),
+                }
+            })
+            .collect()
+    }
 }
 
 /// An entry in a data Region's log.
@@ -56,9 +80,12 @@ pub struct RaftCommand {
     /// Data writes, applied atomically.
     #[prost(message, repeated, tag = "4")]
     pub writes: Vec<WriteOp>,
-    /// Admin command; when set, `writes` is empty.
-    #[prost(message, optional, tag = "5")]
-    pub split: Option<SplitRequest>,
+    /// Admin command splitting the Region at each cut, in ascending key order, in one
+    /// step: the original keeps `[start, first cut)`, each cut starts a new Region. When
+    /// set, `writes` is empty. (The field held one optional cut before splits took many;
+    /// as a repeated field it reads such entries back as a list of one.)
+    #[prost(message, repeated, tag = "5")]
+    pub splits: Vec<SplitRequest>,
 }
 
 impl RaftCommand {
@@ -87,19 +114,24 @@ impl RaftCommand {
             conf_ver: epoch.conf_ver,
             version: epoch.version,
             writes,
-            split: None,
+            splits: Vec::new(),
         }
     }
 
-    /// A command splitting `region`.
-    pub fn split(region: &Region, split: SplitRequest) -> RaftCommand {
+    /// A command splitting `region` at each of `cuts` (in ascending key order).
+    pub fn split(region: &Region, cuts: Vec<SplitRequest>) -> RaftCommand {
         RaftCommand {
             region_id: region.id,
             conf_ver: region.conf_ver,
             version: region.version,
             writes: Vec::new(),
-            split: Some(split),
+            splits: cuts,
         }
+    }
+
+    /// Whether this is a split (rather than a write).
+    pub fn is_split(&self) -> bool {
+        !self.splits.is_empty()
     }
 
     /// The command's writes as (column family, key, value, delete), for observers of

@@ -61,10 +61,10 @@ pub enum ApplyOutput {
     Written,
     /// A Region was split.
     Split {
-        /// The original Region, now ending at the split key.
+        /// The original Region, now ending at the first cut.
         left: Region,
-        /// The new Region.
-        right: Region,
+        /// The new Regions, one starting at each cut, in key order.
+        new: Vec<Region>,
     },
     /// The placement state machine's answer to a placement command.
     Meta(Box<dyn Any + Send>),
@@ -76,7 +76,10 @@ impl std::fmt::Debug for ApplyOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ApplyOutput::Written => write!(f, "Written"),
-            ApplyOutput::Split { left, right } => write!(f, "Split({}, {})", left.id, right.id),
+            ApplyOutput::Split { left, new } => {
+                let ids: Vec<u64> = new.iter().map(|r| r.id).collect();
+                write!(f, "Split({}, {ids:?})", left.id)
+            }
             ApplyOutput::Meta(_) => write!(f, "Meta"),
             ApplyOutput::ConfChanged(region) => write!(f, "ConfChanged({})", region.id),
         }

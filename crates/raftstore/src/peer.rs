@@ -301,7 +301,7 @@ impl Peer {
             return callback(Err(self.not_leader()));
         }
         let term = self.raw.raft.term;
-        if command.as_ref().is_some_and(|c| c.split.is_some()) {
+        if command.as_ref().is_some_and(|c| c.is_split()) {
             // The followers must apply a split before the new Region's leader can replicate
             // anything to them: tell them of its commit at once, not at the next heartbeat.
             self.raw.skip_bcast_commit(false);

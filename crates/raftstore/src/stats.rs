@@ -85,22 +85,27 @@ impl RegionStats {
         self.unmeasured_bytes += footprint.put_bytes + footprint.deleted_bytes;
     }
 
-    /// The figures of the two halves of a split, a half each (the split key divides the
-    /// data unevenly in general: both halves are measured soon). Traffic counters restart.
-    pub fn split(&self) -> (RegionStats, RegionStats) {
-        let half = RegionStats {
-            approximate_size: self.approximate_size / 2,
-            approximate_keys: self.approximate_keys / 2,
+    /// The figures of the pieces of a split into the original and `new` new Regions: an
+    /// equal share each (the cuts divide the data unevenly in general: every piece is
+    /// measured soon). Returns the original's figures, whose traffic counters run on, and
+    /// each new Region's, whose counters start at zero.
+    pub fn split(&self, new: u64) -> (RegionStats, RegionStats) {
+        let pieces = new + 1;
+        let share = RegionStats {
+            approximate_size: self.approximate_size / pieces,
+            approximate_keys: self.approximate_keys / pieces,
             ..RegionStats::default()
         };
-        // The left half keeps the Region's id, and its counters run on.
-        let left = RegionStats {
+        // The original keeps the Region's id, its counters, and what the shares leave over.
+        let kept = RegionStats {
+            approximate_size: self.approximate_size - new * share.approximate_size,
+            approximate_keys: self.approximate_keys - new * share.approximate_keys,
             written_bytes: self.written_bytes,
             written_keys: self.written_keys,
             deleted_keys: self.deleted_keys,
-            ..half
+            ..share
         };
-        (left, half)
+        (kept, share)
     }
 
     /// Whether a measurement is due: never measured, or a sixteenth of the split size
@@ -382,8 +387,11 @@ mod tests {
         assert_eq!((replaced.approximate_size, replaced.approximate_keys), (110, 1));
         replaced.correct(&before, 1, 1);
         assert!(!replaced.measured && replaced.approximate_size == 110);
-        let (left, right) = stats.split();
+        let (left, right) = stats.split(1);
         assert_eq!(left.approximate_size + right.approximate_size, stats.approximate_size);
+        let (kept, share) = stats.split(4);
+        assert_eq!(kept.approximate_size + 4 * share.approximate_size, stats.approximate_size);
+        assert_eq!(kept.approximate_keys + 4 * share.approximate_keys, stats.approximate_keys);
         assert_eq!(left.written_bytes, stats.written_bytes, "the left half keeps counting");
         assert_eq!(right.written_bytes, 0);
         assert!(!left.measured && !right.measured);

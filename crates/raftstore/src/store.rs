@@ -841,10 +841,11 @@ impl Store {
                     Err(e) => Err(e),
                 };
                 match &result {
-                    Ok(ApplyOutput::Split { left, right }) => {
-                        let (kept, given) = peer.stats.split();
+                    Ok(ApplyOutput::Split { left, new }) => {
+                        let (kept, share) = peer.stats.split(new.len() as u64);
                         peer.stats = kept;
-                        new_regions.push((right.clone(), peer.is_leader(), given));
+                        let led = peer.is_leader();
+                        new_regions.extend(new.iter().map(|r| (r.clone(), led, share)));
                         events.push(Event::RegionChanged(left.clone()));
                     }
                     Ok(ApplyOutput::ConfChanged(region)) => {
@@ -1437,8 +1438,8 @@ fn apply_entry(
         None => RaftCommand::decode(entry.data.as_ref())
             .map_err(|e| RaftstoreError::InvalidCommand(format!("undecodable command: {e}")))?,
     };
-    let kept = (observe && command.split.is_none()).then(|| command.clone());
-    if command.split.is_some() {
+    let kept = (observe && !command.is_split()).then(|| command.clone());
+    if command.is_split() {
         // Tests hold one store's apply of a split (`apply_split_<store id>` = "pause")
         // while the rest of the cluster moves on.
         fail::fail_point!(&format!("apply_split_{}", peer.meta.store_id));
@@ -1448,13 +1449,15 @@ fn apply_entry(
             peer.stats.apply(&footprint);
             Ok(Outcome::Data(kept))
         }
-        Applied::Split { left, right } => {
+        Applied::Split { left, new } => {
             let conf_state = ConfStateRecord::from(peer.raw.store().conf_state());
             write_region_state(batch, &left, &conf_state);
-            write_initial_group(batch, &right);
+            for right in &new {
+                write_initial_group(batch, right);
+            }
             peer.region = left.clone();
             peer.raw.mut_store().set_region(left.clone(), None);
-            Ok(Outcome::Done(ApplyOutput::Split { left, right }))
+            Ok(Outcome::Done(ApplyOutput::Split { left, new }))
         }
     }
 }

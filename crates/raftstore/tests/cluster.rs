@@ -858,8 +858,9 @@ fn a_replicated_region_splits_on_every_store() {
         new_region_id: 100,
         new_peer_ids: vec![101, 102, 103],
     };
-    let output = cluster.propose_on(leader, RaftCommand::split(&region, split)).unwrap();
-    let ApplyOutput::Split { right, .. } = output else { panic!("{output:?}") };
+    let output = cluster.propose_on(leader, RaftCommand::split(&region, vec![split])).unwrap();
+    let ApplyOutput::Split { new, .. } = output else { panic!("{output:?}") };
+    let [right] = new.as_slice() else { panic!("one new region: {new:?}") };
     assert_eq!(right.peers.len(), 3);
     cluster.tick_until(300, "the new Region has a leader", |c| {
         (1..=3).any(|s| c.node(s).registry.get(100).is_some_and(|st| st.ready_for_reads))
@@ -888,7 +889,7 @@ fn a_store_partitioned_during_a_split_catches_up() {
         new_region_id: 100,
         new_peer_ids: vec![101, 102, 103],
     };
-    cluster.propose_on(leader, RaftCommand::split(&region, split)).unwrap();
+    cluster.propose_on(leader, RaftCommand::split(&region, vec![split])).unwrap();
     cluster.tick_until(300, "the new Region has a leader", |c| {
         (1..=3).any(|s| {
             s != lagging && c.node(s).registry.get(100).is_some_and(|st| st.ready_for_reads)
@@ -922,7 +923,7 @@ fn a_vote_cast_before_the_split_applied_is_kept() {
         new_region_id: 100,
         new_peer_ids: vec![101, 102, 103],
     };
-    cluster.propose_on(leader, RaftCommand::split(&region, split)).unwrap();
+    cluster.propose_on(leader, RaftCommand::split(&region, vec![split])).unwrap();
     cluster.tick_until(300, "the new Region has a leader", |c| {
         (1..=3).any(|s| c.node(s).registry.get(100).is_some_and(|st| st.ready_for_reads))
     });

@@ -81,7 +81,7 @@ fn store_layout() {
         SplitRequest { split_key: b"m".to_vec(), new_region_id: 10, new_peer_ids: vec![11] };
     store.propose(
         1,
-        RaftCommand::split(&region, split).encode_to_vec(),
+        RaftCommand::split(&region, vec![split]).encode_to_vec(),
         Box::new(|r| assert!(matches!(r, Ok(ApplyOutput::Split { .. })))),
     );
     while store.has_ready() {

@@ -146,42 +146,50 @@ fn one_round_syncs_once_for_all_waiting_proposals() {
 }
 
 #[test]
-fn split_creates_a_serving_region_and_survives_restart() {
+fn a_split_at_two_keys_creates_two_serving_regions_that_survive_restart() {
     let engine: EngineRef = Arc::new(MemoryEngine::new());
     bootstrap(&engine);
     let registry = Registry::new();
     let mut store = open(&engine, &registry);
     let region = registry.get(1).unwrap().region;
     let results = Results::default();
-    let split =
-        SplitRequest { split_key: b"m".to_vec(), new_region_id: 10, new_peer_ids: vec![11] };
-    propose(&mut store, 1, RaftCommand::split(&region, split).encode_to_vec(), &results);
-    // A write proposed under the old epoch for a key that moves to the new Region.
+    let cuts = vec![
+        SplitRequest { split_key: b"m".to_vec(), new_region_id: 10, new_peer_ids: vec![11] },
+        SplitRequest { split_key: b"t".to_vec(), new_region_id: 12, new_peer_ids: vec![13] },
+    ];
+    propose(&mut store, 1, RaftCommand::split(&region, cuts).encode_to_vec(), &results);
+    // A write proposed under the old epoch for a key that moves to a new Region.
     propose(&mut store, 1, put_command(&region, b"x"), &results);
     drive(&mut store);
     {
         let results = results.lock().unwrap();
-        assert!(matches!(&results[0], Ok(ApplyOutput::Split { left, right })
-            if left.end_key == b"m" && right.start_key == b"m" && right.id == 10));
+        assert!(matches!(&results[0], Ok(ApplyOutput::Split { left, new })
+            if left.end_key == b"m" && new.len() == 2
+                && (new[0].id, &new[0].start_key[..], &new[0].end_key[..]) == (10, b"m", b"t")
+                && (new[1].id, &new[1].start_key[..]) == (12, b"t")));
         assert!(matches!(&results[1], Err(RaftstoreError::EpochNotMatch { .. })));
     }
     assert_eq!(engine.get(Cf::Raw, b"x").unwrap(), None, "refused write left no trace");
-    let right = registry.get(10).expect("new region published");
+    let middle = registry.get(10).expect("new region published");
+    assert!(middle.ready_for_reads);
+    let right = registry.get(12).expect("new region published");
     assert!(right.ready_for_reads);
-    assert_eq!(registry.find_by_key(b"z").unwrap().region.id, 10);
+    assert_eq!(registry.find_by_key(b"z").unwrap().region.id, 12);
+    assert_eq!(registry.find_by_key(b"p").unwrap().region.id, 10);
     assert_eq!(registry.find_by_key(b"a").unwrap().region.id, 1);
 
     let results = Results::default();
-    propose(&mut store, 10, put_command(&right.region, b"x"), &results);
+    propose(&mut store, 12, put_command(&right.region, b"x"), &results);
     drive(&mut store);
     assert!(matches!(results.lock().unwrap()[0], Ok(ApplyOutput::Written)));
     drop(store);
 
     let registry = Registry::new();
     let _store = open(&engine, &registry);
-    assert_eq!(registry.all().len(), 2);
-    assert_eq!(registry.get(1).unwrap().region.version, 1);
+    assert_eq!(registry.all().len(), 3);
+    assert_eq!(registry.get(1).unwrap().region.version, 2, "one version per new region");
     assert!(registry.get(10).unwrap().ready_for_reads);
+    assert!(registry.get(12).unwrap().ready_for_reads);
     assert_eq!(engine.get(Cf::Raw, b"x").unwrap(), Some(b"value".to_vec()));
 }
 

@@ -1,16 +1,17 @@
 //! Splitting Regions on request (`scandium ctl split`, PD `SplitRegions`, Tikv
-//! `SplitRegion`).
+//! `SplitRegion`, and the automatic splits by size and by load).
 //!
-//! A split allocates the new Region's ids from placement, proposes the split to the Region's
-//! Raft group, and reports both halves to placement in one command before answering, so
-//! that a client asking placement right after sees the new layout, and one asking during
-//! the report sees the old or the new layout, never a gap.
+//! The keys a Region holds are cut in one step: the split allocates the new Regions' ids
+//! from placement, proposes one Raft command that cuts the Region at every key (at most
+//! [`MAX_CUTS_PER_COMMAND`]), and reports every piece to placement in one command before
+//! answering, so that a client asking placement right after sees the new layout, and one
+//! asking during the report sees the old or the new layout, never a gap.
 //!
-//! The new Region is led at once: this node's replica of it campaigns as the split
-//! applies (the raftstore's `start_split_peer`), and the report waits (boundedly) for it to
-//! lead, so that placement names both halves' leaders from the start. Otherwise a request
-//! for the new Region (a client's, or the next split of it asked of another node) would
-//! find no leader until the next heartbeat.
+//! The new Regions are led at once: this node's replicas of them campaign as the split
+//! applies (the raftstore's `start_split_peer`), and the report waits (boundedly) for them
+//! to lead, so that placement names every piece's leader from the start. Otherwise a
+//! request for a new Region (a client's, or the next split of it asked of another node)
+//! would find no leader until the next heartbeat.
 
 use crate::error::RequestError;
 use crate::identity::Identity;
@@ -27,6 +28,11 @@ const ATTEMPTS: usize = 5;
 
 /// Split keys one request may name: each is a Raft round and a placement record.
 pub const MAX_SPLIT_KEYS: usize = 10_000;
+
+/// Cuts one Raft command makes at most: each is a record in the command and, as it
+/// applies, a new Raft group on every replica's store, all in one round; more keys take
+/// more commands.
+pub const MAX_CUTS_PER_COMMAND: usize = 1_000;
 
 /// How long a split waits for its new Region's leader before reporting the new Region
 /// without one (its first heartbeat names it then), and how long a split asked of a node
@@ -72,8 +78,9 @@ impl Splitter {
         Splitter { identity, registry, placement, raft, directory, clients }
     }
 
-    /// Splits at each key in turn; returns the Regions that now start at the keys. A key
-    /// that already is a Region boundary is left as it is.
+    /// Splits so that a Region starts at each of `keys`; returns those Regions, in key
+    /// order. A key that already is a Region boundary is left as it is. The keys a Region
+    /// holds are cut in one Raft command (up to [`MAX_CUTS_PER_COMMAND`] at a time).
     pub async fn split_at_keys(&self, mut keys: Vec<Vec<u8>>) -> Result<Vec<Region>, RequestError> {
         if keys.len() > MAX_SPLIT_KEYS {
             return Err(RequestError::invalid(format!(
@@ -81,31 +88,45 @@ impl Splitter {
                 keys.len()
             )));
         }
+        for key in &keys {
+            if key.is_empty() {
+                return Err(RequestError::invalid("cannot split at the empty key"));
+            }
+            if key.len() > scandium_types::MAX_KEY_SIZE {
+                return Err(RequestError::invalid("split key is longer than the key size limit"));
+            }
+        }
         keys.sort();
         keys.dedup();
         let mut regions = Vec::with_capacity(keys.len());
-        for key in keys {
-            regions.push(self.split_at(key).await?);
+        let mut rest = keys.as_slice();
+        while !rest.is_empty() {
+            let done = self.split_group(rest).await?;
+            rest = &rest[done.len()..];
+            regions.extend(done);
         }
         Ok(regions)
     }
 
-    /// Splits the Region containing `key` so that a Region starts at `key`: here if this
-    /// node leads it, else by asking its leader. A Region error on the way (its leadership
-    /// moved, by an election or a transfer, or a concurrent split changed it) means "look
-    /// again", as does a Region with no leader yet (an election under way): the split is
-    /// tried again for up to [`RETRY_WAIT`], proposed here at most [`ATTEMPTS`] times.
+    /// Splits so that a Region starts at `key` (see [`Splitter::split_at_keys`]).
     pub async fn split_at(&self, key: Vec<u8>) -> Result<Region, RequestError> {
-        if key.is_empty() {
-            return Err(RequestError::invalid("cannot split at the empty key"));
-        }
-        if key.len() > scandium_types::MAX_KEY_SIZE {
-            return Err(RequestError::invalid("split key is longer than the key size limit"));
-        }
+        let mut regions = self.split_at_keys(vec![key]).await?;
+        regions.pop().ok_or_else(|| RequestError::Internal("a split answered no region".into()))
+    }
+
+    /// Splits the Region containing `keys[0]` at it and at the keys after it that the
+    /// same Region holds (`keys` sorted and distinct): here if this node leads it, else
+    /// by asking its leader. Returns the Regions that now start at those keys (one at
+    /// least, a prefix of `keys`). A Region error on the way (its leadership moved, by
+    /// an election or a transfer, or a concurrent split changed it) means "look again",
+    /// as does a Region with no leader yet (an election under way): the split is tried
+    /// again for up to [`RETRY_WAIT`], proposed here at most [`ATTEMPTS`] times.
+    async fn split_group(&self, keys: &[Vec<u8>]) -> Result<Vec<Region>, RequestError> {
+        let key = &keys[0];
         let deadline = std::time::Instant::now() + RETRY_WAIT;
         let mut proposals = 0;
         loop {
-            let outcome = match self.registry.find_by_key(&key) {
+            let outcome = match self.registry.find_by_key(key) {
                 Some(status) if status.ready_for_reads => {
                     if proposals == ATTEMPTS {
                         return Err(RequestError::Internal(format!(
@@ -113,7 +134,8 @@ impl Splitter {
                         )));
                     }
                     proposals += 1;
-                    self.split_here(status.region, &key).await
+                    let group = &keys[..held_by(&status.region, keys)];
+                    self.split_here(status.region, group).await
                 }
                 // The Region is led elsewhere: its leader splits it.
                 Some(status)
@@ -122,10 +144,10 @@ impl Splitter {
                         .as_ref()
                         .is_some_and(|l| l.store_id != self.identity.store_id) =>
                 {
-                    self.split_elsewhere(&key).await
+                    self.split_elsewhere(keys).await
                 }
-                None if self.placement.read().region_by_key(&key).is_some() => {
-                    self.split_elsewhere(&key).await
+                None if self.placement.read().region_by_key(key).is_some() => {
+                    self.split_elsewhere(keys).await
                 }
                 // An election is under way here (a Region just split off): wait for it.
                 _ if std::time::Instant::now() < deadline => {
@@ -148,83 +170,98 @@ impl Splitter {
         }
     }
 
-    /// Splits `region`, led here, at `key`, and records both halves in placement.
-    async fn split_here(&self, region: Region, key: &[u8]) -> Result<Region, RequestError> {
-        if region.start_key == key {
-            return Ok(region);
+    /// Cuts `region`, led here, at `keys` (all inside it) in one Raft command, and records
+    /// every piece in placement.
+    async fn split_here(
+        &self,
+        region: Region,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Region>, RequestError> {
+        // Only the first key can be the Region's start: the Region itself starts there.
+        let at_start = keys[0] == region.start_key;
+        let cuts = &keys[usize::from(at_start)..];
+        if cuts.is_empty() {
+            return Ok(vec![region]);
         }
-        let first_id = self.placement.alloc_ids(1 + region.peers.len() as u64).await?;
-        let request = SplitRequest {
-            split_key: key.to_vec(),
-            new_region_id: first_id,
-            new_peer_ids: (1..=region.peers.len() as u64).map(|i| first_id + i).collect(),
-        };
-        let command = RaftCommand::split(&region, request);
+        let peers = region.peers.len();
+        let first_id =
+            self.placement.alloc_ids(SplitRequest::ids_needed(cuts.len(), peers)).await?;
+        let requests = SplitRequest::cuts(cuts, peers, first_id);
+        let command = RaftCommand::split(&region, requests);
         match self.raft.propose_command(region.id, command).await? {
-            ApplyOutput::Split { left, right } => {
-                let shape = RegionReport { region: Some(right.clone()), ..Default::default() };
-                let reports = vec![shape, self.report(&left)];
+            ApplyOutput::Split { left, new } => {
+                let shapes = new
+                    .iter()
+                    .map(|r| RegionReport { region: Some(r.clone()), ..Default::default() });
+                let reports = shapes.chain([self.report(&left)]).collect();
                 self.placement.report_regions(reports).await?;
-                self.record_leader(&right).await;
-                tracing::info!(region = right.id, key = ?key, "split region");
-                Ok(right)
+                self.record_leaders(&new).await;
+                tracing::info!(region = left.id, pieces = new.len() + 1, first = ?cuts[0], "split region");
+                Ok(at_start.then_some(left).into_iter().chain(new).collect())
             }
             other => Err(RequestError::Internal(format!("unexpected split result {other:?}"))),
         }
     }
 
-    /// What placement records of a half of a split: its shape, and its leader if this node
-    /// leads it.
+    /// What placement records of a piece of a split: its shape, and its leader if this
+    /// node leads it.
     fn report(&self, half: &Region) -> RegionReport {
         let led = self.registry.get(half.id).filter(|s| s.ready_for_reads);
         let (leader_peer_id, term) = led.map_or((0, 0), |s| (s.peer.id, s.term));
         RegionReport { region: Some(half.clone()), leader_peer_id, term }
     }
 
-    /// Waits (up to [`LEADER_WAIT`]) for this node's replica of the new Region to win the
-    /// election it started as the split applied, and records it as the leader unless a
-    /// heartbeat already did. Best effort: the split is done either way, and the leader's
-    /// heartbeats name it later.
-    async fn record_leader(&self, new: &Region) {
+    /// Waits (up to [`LEADER_WAIT`]) for this node's replicas of the new Regions to win
+    /// the elections they started as the split applied, and records them as the leaders
+    /// unless heartbeats already did. Best effort: the split is done either way, and the
+    /// leaders' heartbeats name them later.
+    async fn record_leaders(&self, new: &[Region]) {
         let deadline = std::time::Instant::now() + LEADER_WAIT;
-        let status = loop {
-            match self.registry.get(new.id) {
-                Some(status) if status.ready_for_reads => break status,
-                _ if std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-                }
-                _ => return,
+        let led = loop {
+            let led: Vec<_> = (new.iter())
+                .filter_map(|r| self.registry.get(r.id).filter(|s| s.ready_for_reads))
+                .collect();
+            if led.len() == new.len() || std::time::Instant::now() >= deadline {
+                break led;
             }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         };
-        let known = self.placement.read().leader_record(new.id);
-        if known.is_some_and(|l| l.term >= status.term) {
+        let reports: Vec<_> = {
+            let placement = self.placement.read();
+            led.into_iter()
+                .filter(|s| placement.leader_record(s.region.id).is_none_or(|l| l.term < s.term))
+                .map(|s| RegionReport {
+                    region: Some(s.region),
+                    leader_peer_id: s.peer.id,
+                    term: s.term,
+                })
+                .collect()
+        };
+        if reports.is_empty() {
             return;
         }
-        let report = RegionReport {
-            region: Some(status.region.clone()),
-            leader_peer_id: status.peer.id,
-            term: status.term,
-        };
-        if let Err(e) = self.placement.report_regions(vec![report]).await {
-            tracing::debug!(region = new.id, error = %e, "new region's leader not recorded");
+        if let Err(e) = self.placement.report_regions(reports).await {
+            tracing::debug!(first = new[0].id, error = %e, "new regions' leaders not recorded");
         }
     }
 
-    /// Asks the node leading the Region of `key` to split it there.
-    async fn split_elsewhere(&self, key: &[u8]) -> Result<Region, RequestError> {
+    /// Asks the node leading the Region of `keys[0]` to split it there and at the keys
+    /// after it that the Region holds, as placement knows the Region.
+    async fn split_elsewhere(&self, keys: &[Vec<u8>]) -> Result<Vec<Region>, RequestError> {
+        let key = &keys[0];
         let deadline = std::time::Instant::now() + LEADER_WAIT;
-        let leader = loop {
+        let (group, leader) = loop {
             let (region, leader) = {
                 let placement = self.placement.read();
                 let region = placement.region_by_key(key).cloned();
                 let leader = region.as_ref().and_then(|r| placement.leader_of(r.id).cloned());
                 (region, leader)
             };
-            if let Some(region) = region.as_ref().filter(|r| r.start_key == key) {
-                return Ok(region.clone());
+            if let Some(region) = region.as_ref().filter(|r| r.start_key == *key) {
+                return Ok(vec![region.clone()]);
             }
             match (region, leader.filter(|l| l.store_id != self.identity.store_id)) {
-                (Some(_), Some(leader)) => break leader,
+                (Some(region), Some(leader)) => break (&keys[..held_by(&region, keys)], leader),
                 // A split's halves or a new Region's leader are not recorded yet.
                 _ if std::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -250,8 +287,8 @@ impl Splitter {
                 cluster_id: self.identity.cluster_id,
                 sender_id: 0,
             }),
-            // Encoded, so the leader reads it back as exactly this key.
-            split_keys: vec![scandium_types::codec::encode_bytes(key)],
+            // Encoded, so the leader reads them back as exactly these keys.
+            split_keys: group.iter().map(|k| scandium_types::codec::encode_bytes(k)).collect(),
             retry_limit: 0,
         };
         let reply = pd
@@ -262,12 +299,30 @@ impl Splitter {
         if let Some(error) = reply.header.and_then(|h| h.error) {
             return Err(RequestError::Internal(error.message));
         }
-        let id = reply.regions_id.first().copied().unwrap_or(0);
+        if reply.regions_id.len() != group.len() {
+            return Err(RequestError::Internal(format!(
+                "store {} answered {} regions for {} split keys",
+                leader.store_id,
+                reply.regions_id.len(),
+                group.len()
+            )));
+        }
         let placement = self.placement.read();
-        Ok(placement.region(id).cloned().unwrap_or_else(|| Region {
-            id,
-            start_key: key.to_vec(),
-            ..Default::default()
-        }))
+        let regions = (reply.regions_id.iter().zip(group))
+            .map(|(&id, key)| {
+                placement.region(id).cloned().unwrap_or_else(|| Region {
+                    id,
+                    start_key: key.clone(),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        Ok(regions)
     }
+}
+
+/// How many of `keys` (sorted, the first inside `region`) one split of `region` cuts at:
+/// those inside it, up to [`MAX_CUTS_PER_COMMAND`].
+fn held_by(region: &Region, keys: &[Vec<u8>]) -> usize {
+    keys.iter().take(MAX_CUTS_PER_COMMAND).take_while(|k| region.contains(k)).count().max(1)
 }

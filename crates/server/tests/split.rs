@@ -89,16 +89,32 @@ async fn split_through_the_placement_and_storage_apis() {
     assert_eq!(resp.regions.len(), 2);
 
     // Many keys in one request, up to a limit; past it, a clear refusal and no split.
-    let keys: Vec<Vec<u8>> = (0..20).map(|i| format!("t{i:02}").into_bytes()).collect();
+    // The keys one Region holds are cut in one Raft command (every piece's version is the
+    // parent's plus the number of new Regions), at most `MAX_CUTS_PER_COMMAND` at a time.
+    let per_command = scandium_server::split::MAX_CUTS_PER_COMMAND;
+    let keys: Vec<Vec<u8>> =
+        (0..per_command + 20).map(|i| format!("t{i:05}").into_bytes()).collect();
+    let parent = node.registry().find_by_key(&keys[0]).unwrap().region;
+    let before = node.registry().all().len();
     let resp = pd.split_regions(pdpb::SplitRegionsRequest {
         split_keys: keys.clone(),
         ..Default::default()
     });
     let resp = resp.await.unwrap().into_inner();
-    assert_eq!(resp.regions_id.len(), 20, "{resp:?}");
-    for key in &keys {
-        assert_eq!(&node.registry().find_by_key(key).unwrap().region.start_key, key);
+    assert_eq!(resp.regions_id.len(), keys.len(), "{:?}", resp.header);
+    assert_eq!(node.registry().all().len(), before + keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        let region = node.registry().find_by_key(key).unwrap().region;
+        assert_eq!(&region.start_key, key);
+        let cut_by = if i < per_command - 1 { per_command } else { per_command + 20 };
+        assert_eq!(region.version, parent.version + cut_by as u64, "{key:?}");
     }
+    let led = {
+        let placement = node.placement().read();
+        let regions = keys.iter().filter_map(|k| placement.region_by_key(k));
+        regions.filter(|r| placement.leader_of(r.id).is_some()).count()
+    };
+    assert_eq!(led, keys.len(), "placement names every new Region's leader");
     let too_many = scandium_server::split::MAX_SPLIT_KEYS + 1;
     let before = node.registry().all().len();
     let resp = pd.split_regions(pdpb::SplitRegionsRequest {

@@ -256,28 +256,35 @@ impl Cluster {
     /// Splits the Region holding `key` at `key`, through its leader (nothing if no node
     /// leads it now, or `key` is already a boundary).
     pub fn split(&mut self, key: &[u8], rng: &mut StdRng) -> bool {
+        self.split_at_keys(vec![key.to_vec()], rng)
+    }
+
+    /// Cuts the Region holding `keys[0]` at each of `keys` (sorted) in one command,
+    /// through its leader (as the server's `split.rs` cuts the keys a Region holds);
+    /// nothing if no node leads it now, or a key is already a boundary or outside it.
+    fn split_at_keys(&mut self, keys: Vec<Vec<u8>>, rng: &mut StdRng) -> bool {
+        let Some(first) = keys.first() else { return false };
         let leader = self.ids().find_map(|id| {
-            let status = self.nodes[id as usize - 1].registry.find_by_key(key)?;
+            let status = self.nodes[id as usize - 1].registry.find_by_key(first)?;
             (self.is_serving(id) && status.ready_for_reads).then_some((id, status.region))
         });
         let Some((node, region)) = leader else { return false };
-        if region.start_key == key {
+        if keys.iter().any(|key| region.start_key == *key || !region.contains(key)) {
             return false;
         }
         let Some(placement) = self.placement_leader() else { return false };
         let split = self.next_split;
         self.next_split += 1;
         let incarnation = self.crashes(node);
-        let flow = SplitFlow { key: key.to_vec(), node, incarnation, region: region.clone() };
+        let count = SplitRequest::ids_needed(keys.len(), region.peers.len());
+        let flow = SplitFlow { keys, node, incarnation, region };
         self.splits.insert(split, flow);
-        let count = 1 + region.peers.len() as u64;
         self.propose_placement(placement, Kind::AllocIds(count), Purpose::SplitIds { split }, rng)
     }
 
     /// The server's split check (`split_check.rs`) on node `id`: measures the Regions it
-    /// leads that are due, corrects their figures, and splits each one past `policy` at
-    /// the first key the measurement picked (the next check cuts the rest: the split
-    /// flow takes one key). Returns the keys it splits at.
+    /// leads that are due, corrects their figures, and cuts each one past `policy` at
+    /// every key the measurement picked, in one command. Returns the keys it splits at.
     pub fn check_split(
         &mut self,
         id: u64,
@@ -295,10 +302,12 @@ impl Cluster {
                 continue;
             };
             store.record_measurement(&region, &mark, found.size, found.keys);
-            keys.extend(found.split_keys.into_iter().next());
+            if !found.split_keys.is_empty() {
+                keys.push(found.split_keys);
+            }
         }
-        keys.retain(|key| self.split(key, rng));
-        keys
+        keys.retain(|keys| self.split_at_keys(keys.clone(), rng));
+        keys.concat()
     }
 
     fn propose_split(&mut self, split: u64, flow: SplitFlow, first_id: u64, rng: &mut StdRng) {
@@ -306,12 +315,8 @@ impl Cluster {
         if self.crashes(node) != flow.incarnation || !self.is_serving(node) {
             return;
         }
-        let request = SplitRequest {
-            split_key: flow.key.clone(),
-            new_region_id: first_id,
-            new_peer_ids: (1..=flow.region.peers.len() as u64).map(|i| first_id + i).collect(),
-        };
-        let command = EncodedCommand::new(RaftCommand::split(&flow.region, request));
+        let requests = SplitRequest::cuts(&flow.keys, flow.region.peers.len(), first_id);
+        let command = EncodedCommand::new(RaftCommand::split(&flow.region, requests));
         let answers = self.answers.clone();
         let callback: scandium_raftstore::Callback = Box::new(move |result| {
             let reply = Reply::Split { split, result };
@@ -323,9 +328,10 @@ impl Cluster {
         self.pump(node, rng);
     }
 
-    /// A split was applied (or refused): both halves go to placement in one command, the
-    /// left one with its leader if the node still leads it (as the server's `split.rs`
-    /// reports them; the new Region's leader is learnt from its first heartbeat here).
+    /// A split was applied (or refused): every piece goes to placement in one command,
+    /// the original with its leader if the node still leads it (as the server's
+    /// `split.rs` reports them; the new Regions' leaders are learnt from their first
+    /// heartbeats here).
     pub(crate) fn on_split(
         &mut self,
         split: u64,
@@ -333,16 +339,16 @@ impl Cluster {
         rng: &mut StdRng,
     ) {
         let Some(flow) = self.splits.remove(&split) else { return };
-        let Ok(ApplyOutput::Split { left, right }) = result else { return };
+        let Ok(ApplyOutput::Split { left, new }) = result else { return };
         self.splits_done += 1;
         let led = self.nodes[flow.node as usize - 1].registry.get(left.id);
         let led = led.filter(|s| s.ready_for_reads);
         let (leader_peer_id, term) = led.map_or((0, 0), |s| (s.peer.id, s.term));
         if let Some(placement) = self.placement_leader() {
-            let reports = vec![
-                RegionReport { region: Some(right), ..Default::default() },
-                RegionReport { region: Some(left), leader_peer_id, term },
-            ];
+            let shapes =
+                new.into_iter().map(|r| RegionReport { region: Some(r), ..Default::default() });
+            let left = RegionReport { region: Some(left), leader_peer_id, term };
+            let reports = shapes.chain([left]).collect();
             let reports = Kind::ReportRegions(Reports { reports });
             self.propose_placement(placement, reports, Purpose::Record, rng);
         }

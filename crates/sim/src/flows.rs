@@ -208,7 +208,8 @@ pub(crate) enum Purpose {
 /// A split in progress.
 #[derive(Clone, Debug)]
 pub(crate) struct SplitFlow {
-    pub(crate) key: Vec<u8>,
+    /// Where the Region is cut, in key order, in one command.
+    pub(crate) keys: Vec<Vec<u8>>,
     /// The node leading the Region, and the Region when the split began.
     pub(crate) node: u64,
     pub(crate) incarnation: u64,
