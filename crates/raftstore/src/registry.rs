@@ -185,3 +185,37 @@ impl Registry {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scandium_types::Peer;
+
+    #[test]
+    fn a_follower_names_only_a_leader_it_still_hears_from() {
+        let registry = Registry::new();
+        let leader = Peer::new(2, 2);
+        let mut status = RegionStatus {
+            region: Region {
+                id: 7,
+                peers: vec![Peer::new(1, 1), leader.clone()],
+                ..Default::default()
+            },
+            peer: Peer::new(1, 1),
+            leader: Some(leader.clone()),
+            leader_alive: true,
+            ..Default::default()
+        };
+        registry.publish(status.clone());
+        let hint = |registry: &Registry| match registry.check_led(7, None, 0) {
+            Err(RaftstoreError::NotLeader { leader, .. }) => leader,
+            other => panic!("a follower must answer NotLeader: {other:?}"),
+        };
+        assert_eq!(hint(&registry), Some(leader));
+        // Silent for a few heartbeats: maybe dead. No hint, so the client backs off and
+        // asks placement rather than hurry to a dead store.
+        status.leader_alive = false;
+        registry.publish(status);
+        assert_eq!(hint(&registry), None);
+    }
+}
