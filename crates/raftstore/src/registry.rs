@@ -97,8 +97,8 @@ impl Registry {
     /// The checks every request on a Region passes before it touches data: the Region has
     /// a peer here (`RegionNotFound`), at the request's epoch if it names one
     /// (`EpochNotMatch`, with the Region as it is now), and that peer leads and has
-    /// applied every entry of earlier terms (`NotLeader`, with the leader if it is known
-    /// and alive).
+    /// applied every entry of earlier terms (`NotLeader`, with the leader if it is known,
+    /// alive, and another replica).
     pub fn check_led(
         &self,
         region_id: RegionId,
@@ -110,13 +110,16 @@ impl Registry {
             return Err(RaftstoreError::EpochNotMatch { current: vec![status.region] });
         }
         let lease_valid = status.lease_valid(now_ms);
-        let RegionStatus { region, leader, leader_alive, ready_for_reads, term, .. } = status;
+        let RegionStatus { region, peer, leader, leader_alive, ready_for_reads, term, .. } = status;
         if !ready_for_reads {
-            // A leader this replica has not heard from lately is likely dead: naming it
-            // sends the client there at once (tikv-client retries a hint without backing
-            // off), and a few such hops exhaust its attempts before the election ends.
-            // Without a hint it backs off and asks placement again.
-            let leader = leader.filter(|_| leader_alive);
+            // tikv-client follows a hint at once, without sleeping, but spends one of its
+            // ten attempts on each hop. A leader this replica has not heard from lately is
+            // likely dead, and a new leader that has not applied its term's first entry
+            // yet would only send the client back to itself: a few such hops spent every
+            // attempt in milliseconds, before the election or that apply was done (raw
+            // puts failed by hundreds in each failover). Without a hint the client backs
+            // off and asks placement again.
+            let leader = leader.filter(|l| leader_alive && l.id != peer.id);
             return Err(RaftstoreError::NotLeader { region_id: region.id, leader });
         }
         Ok(Led { region, term, lease_valid })
@@ -192,7 +195,7 @@ mod tests {
     use scandium_types::Peer;
 
     #[test]
-    fn a_follower_names_only_a_leader_it_still_hears_from() {
+    fn not_leader_names_only_another_replica_that_leads_and_is_heard_from() {
         let registry = Registry::new();
         let leader = Peer::new(2, 2);
         let mut status = RegionStatus {
@@ -215,6 +218,12 @@ mod tests {
         // Silent for a few heartbeats: maybe dead. No hint, so the client backs off and
         // asks placement rather than hurry to a dead store.
         status.leader_alive = false;
+        registry.publish(status.clone());
+        assert_eq!(hint(&registry), None);
+        // Elected but not ready for reads yet (its term's first entry is not applied):
+        // not a hint at itself either.
+        status.leader = Some(status.peer.clone());
+        status.leader_alive = true;
         registry.publish(status);
         assert_eq!(hint(&registry), None);
     }
