@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tonic::transport::{Channel, Endpoint};
 
 /// How long a connection attempt to another node may take.
@@ -80,15 +81,18 @@ impl Links {
 pub struct Directory {
     placement: Arc<RwLock<PlacementState>>,
     heard: Mutex<HashMap<StoreId, String>>,
+    /// Per store, what wakes a connection to it waiting out a backoff.
+    wakes: Mutex<HashMap<StoreId, Arc<Notify>>>,
 }
 
 impl Directory {
     /// A directory over the shared placement state.
     pub fn new(placement: Arc<RwLock<PlacementState>>) -> Directory {
-        Directory { placement, heard: Mutex::default() }
+        Directory { placement, heard: Mutex::default(), wakes: Mutex::default() }
     }
 
-    /// Notes that `store` says it is at `address`.
+    /// Notes that `store` says it is at `address`. It is up, so a connection to it
+    /// waiting out a backoff tries again now ([`Directory::wake_of`]).
     pub fn heard_from(&self, store: StoreId, address: &str) {
         if store == 0 || address.is_empty() {
             return;
@@ -97,6 +101,18 @@ impl Directory {
         if heard.get(&store).is_none_or(|known| known != address) {
             heard.insert(store, address.to_string());
         }
+        drop(heard);
+        if let Some(wake) = self.wakes.lock().unwrap_or_else(|e| e.into_inner()).get(&store) {
+            wake.notify_one();
+        }
+    }
+
+    /// What is notified when `store` is heard from: a node back from a restart should
+    /// not wait out a backoff its peers grew while it was down (up to seconds) before
+    /// they talk to it again.
+    pub fn wake_of(&self, store: StoreId) -> Arc<Notify> {
+        let mut wakes = self.wakes.lock().unwrap_or_else(|e| e.into_inner());
+        wakes.entry(store).or_default().clone()
     }
 
     /// The address of `store`, if known.

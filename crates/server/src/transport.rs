@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
 /// Messages queued per destination store at most.
@@ -242,6 +242,7 @@ impl Outbox for Transport {
 /// The connection to one store: batches its queue onto a client stream, reconnecting
 /// with backoff.
 async fn connection(inner: Arc<Inner>, store: StoreId, mut queue: mpsc::Receiver<PeerMessage>) {
+    let wake = inner.directory.wake_of(store);
     let mut backoff = MIN_BACKOFF;
     let mut pending: Option<PeerMessage> = None;
     loop {
@@ -255,8 +256,7 @@ async fn connection(inner: Arc<Inner>, store: StoreId, mut queue: mpsc::Receiver
         let Some(address) = inner.directory.address(store) else {
             tracing::debug!(store, "no address known for store; dropping a raft message");
             inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff = back_off(&wake, backoff).await;
             continue;
         };
         let mut client = match inner.clients.cluster(&address) {
@@ -315,14 +315,25 @@ async fn connection(inner: Arc<Inner>, store: StoreId, mut queue: mpsc::Receiver
         if connected_at.elapsed() > Duration::from_secs(1) {
             backoff = MIN_BACKOFF;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        backoff = back_off(&wake, backoff).await;
         // Messages queued while disconnected are stale by now; Raft will resend what
         // matters.
         while let Ok(stale) = queue.try_recv() {
             inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
             pending = Some(stale);
         }
+    }
+}
+
+/// Waits out `backoff` before a connection tries again, or only [`MIN_BACKOFF`] once the
+/// store is heard from (`wake`): it is up. Returns the next backoff.
+async fn back_off(wake: &Notify, backoff: Duration) -> Duration {
+    tokio::select! {
+        () = tokio::time::sleep(backoff) => (backoff * 2).min(MAX_BACKOFF),
+        () = async {
+            wake.notified().await;
+            tokio::time::sleep(MIN_BACKOFF).await;
+        } => MIN_BACKOFF,
     }
 }
 
@@ -369,5 +380,30 @@ async fn transfer_snapshot(inner: &Arc<Inner>, message: PeerMessage) -> Result<(
         Ok(false) => Err("the receiver stopped reading".into()),
         Ok(true) if done.error.is_empty() => Ok(()),
         Ok(true) => Err(done.error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_store_heard_from_cuts_the_backoff_short() {
+        let wake = Arc::new(Notify::new());
+        let waiting = tokio::spawn({
+            let wake = wake.clone();
+            async move {
+                let begun = Instant::now();
+                (back_off(&wake, MAX_BACKOFF).await, begun.elapsed())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        wake.notify_one();
+        let (next, waited) = waiting.await.unwrap();
+        assert_eq!(next, MIN_BACKOFF, "the backoff starts over");
+        assert!(waited < MAX_BACKOFF / 4, "woken after {waited:?}");
+        // Not heard from: the backoff runs out and doubles.
+        let quiet = Notify::new();
+        assert_eq!(back_off(&quiet, MIN_BACKOFF).await, 2 * MIN_BACKOFF);
     }
 }
