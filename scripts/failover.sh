@@ -43,6 +43,9 @@ sys.exit(0 if len(s)==3 and all(x['status']['leader_count']>0 for x in s) else 1
 done
 curl -s ${ADDRS[0]}/pd/api/v1/stores | python3 -c "import json,sys
 print('leaders per store:', [(x['store']['id'], x['status']['leader_count']) for x in json.load(sys.stdin)['stores']])"
+# PAUSE_LEADERS=1 stops leader balancing once the leaders are spread, to tell the
+# failover's own errors from those of leaders moved back to a restarted node.
+[ "${PAUSE_LEADERS:-0}" = 1 ] && $BIN ctl --pd ${ADDRS[0]} scheduler pause leaders
 DURATION=$((EVERY * 3 + 5))
 $BIN bench --pd ${ADDRS[0]},${ADDRS[1]},${ADDRS[2]} --workload $WORKLOAD --clients 16 --duration $DURATION >$DIR/bench.txt 2>&1 &
 BENCH=$!
@@ -55,7 +58,7 @@ for i in 0 1 2; do
   S=$(date +%s.%N)
   until up $i $(((i + 1) % 3)); do sleep 0.05; done
   E=$(date +%s.%N)
-  echo "node $i restarted, Up again after $(python3 -c "print(f'{$E-$S:.2f}')") s"
+  echo "$(date +%T.%N | cut -c1-12) node $i restarted at $(date -d @$S +%T), Up again after $(python3 -c "print(f'{$E-$S:.2f}')") s"
 done
 wait $BENCH || true
 cat $DIR/bench.txt | grep -v "^server\[" 

@@ -118,6 +118,9 @@ struct ClientResult {
     histogram: Histogram<u64>,
     errors: u64,
     first_error: Option<String>,
+    /// Errors per second of the wall clock (seconds since the epoch), to line them up with
+    /// the faults of a run (`scripts/failover.sh` prints when it kills and restarts).
+    errors_at: std::collections::BTreeMap<u64, u64>,
 }
 
 async fn connect_driver(args: &BenchArgs) -> Result<Driver, String> {
@@ -357,11 +360,15 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let progress = tokio::spawn(show_progress(args.duration));
     let mut histogram = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let (mut errors, mut first_error) = (0, None);
+    let mut errors_at = std::collections::BTreeMap::<u64, u64>::new();
     for task in tasks {
         let result = task.await.map_err(|e| e.to_string())?;
         histogram.add(&result.histogram).map_err(|e| e.to_string())?;
         errors += result.errors;
         first_error = first_error.or(result.first_error);
+        for (second, count) in result.errors_at {
+            *errors_at.entry(second).or_default() += count;
+        }
     }
     progress.abort();
     let elapsed = started.elapsed().as_secs_f64();
@@ -372,6 +379,14 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     report(&args, &histogram, errors, elapsed, before.zip(after), client_cpu);
     if let Some(error) = first_error {
         eprintln!("first error: {error}");
+        let when: Vec<String> = (errors_at.iter())
+            .map(|(second, count)| {
+                let of_day = second % 86_400;
+                let (h, m, s) = (of_day / 3600, of_day / 60 % 60, of_day % 60);
+                format!("{h:02}:{m:02}:{s:02} UTC x{count}")
+            })
+            .collect();
+        eprintln!("errors by second: {}", when.join(", "));
     }
     Ok(())
 }
@@ -390,6 +405,7 @@ async fn client_loop(
         histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
         errors: 0,
         first_error: None,
+        errors_at: Default::default(),
     };
     while Instant::now() < deadline {
         let begin = Instant::now();
@@ -401,6 +417,9 @@ async fn client_loop(
             Err(e) => {
                 result.errors += 1;
                 result.first_error.get_or_insert(e);
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                let second = now.map_or(0, |d| d.as_secs());
+                *result.errors_at.entry(second).or_default() += 1;
             }
         }
     }
