@@ -277,8 +277,14 @@ impl Peer {
         handing_over
     }
 
+    /// The answer to a request this replica cannot take as leader. It names the leader
+    /// if that is another replica, never itself: a leader that drops a proposal (raft-rs
+    /// does while it hands leadership over) would send tikv-client straight back, which
+    /// follows a hint without sleeping and spent all its attempts in a few milliseconds
+    /// (hundreds of failed puts each time the balancer moved a leader).
     pub(crate) fn not_leader(&self) -> RaftstoreError {
-        RaftstoreError::NotLeader { region_id: self.region.id, leader: self.leader() }
+        let leader = self.leader().filter(|l| l.id != self.meta.id);
+        RaftstoreError::NotLeader { region_id: self.region.id, leader }
     }
 
     pub(crate) fn propose(

@@ -158,6 +158,9 @@ enum PostApply {
 /// Entries a follower may be behind the commit index and still count as caught up.
 const PENDING_LAG: u64 = 64;
 
+/// Entries a follower may be behind the leader's log and still be handed leadership.
+const TRANSFER_MAX_LAG: u64 = 128;
+
 /// Ticks between publications of every replica's status (lease, lagging peers, whether
 /// the leader is heard).
 const PUBLISH_EVERY_TICKS: u64 = 5;
@@ -377,6 +380,19 @@ impl Store {
         if target.as_ref().is_none_or(|t| t.is_learner()) {
             return Err(RaftstoreError::ChangeRefused(format!(
                 "peer {peer_id} is not a voter of group {group_id}"
+            )));
+        }
+        // raft-rs drops every proposal until the transferee has the whole log and takes
+        // over, or an election timeout passes: a transferee far behind (or not yet heard
+        // from) would stall writes that long. TiKV's leader_transfer_max_log_lag, 128.
+        let last = peer.raw.raft.raft_log.last_index();
+        let caught_up = peer.raw.raft.prs().get(peer_id).is_some_and(|pr| {
+            pr.state == ProgressState::Replicate && pr.matched + TRANSFER_MAX_LAG >= last
+        });
+        if !caught_up {
+            return Err(RaftstoreError::ChangeRefused(format!(
+                "peer {peer_id} of group {group_id} is behind the leader's log; \
+                 leadership moves to it once it has caught up"
             )));
         }
         peer.lease_until_ms = 0;

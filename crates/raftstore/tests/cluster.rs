@@ -759,6 +759,39 @@ fn leadership_moves_on_request_and_the_old_leader_drops_its_lease_at_once() {
     cluster.put(b"k2", b"v").unwrap();
 }
 
+/// raft-rs drops proposals while it hands leadership over, until the transferee takes
+/// over or an election timeout passes. Leadership goes only to a follower whose log is
+/// nearly whole (so writes stop for a round trip, not an election timeout), and a dropped
+/// proposal is answered NotLeader without naming the leader itself: tikv-client follows
+/// a hint at once, without sleeping, and spent all its attempts in milliseconds.
+#[test]
+fn leadership_goes_only_to_a_follower_nearly_caught_up_and_writes_meanwhile_get_no_hint() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    let leader = cluster.wait_leader();
+    let target = (1..=3).find(|&s| s != leader).unwrap();
+    cluster.isolate(target);
+    for i in 0..200 {
+        cluster.put_on(leader, format!("k{i}").as_bytes(), b"v").unwrap();
+    }
+    let refused = cluster.store(leader).transfer_leader(REGION, target);
+    assert!(matches!(refused, Err(RaftstoreError::ChangeRefused(_))), "{refused:?}");
+    cluster.heal();
+    cluster.tick_until(100, "the follower catches up", |c| {
+        c.node(target).engine.get(Cf::Raw, b"k199").unwrap().is_some()
+    });
+    cluster.tick(2);
+    cluster.pause(target);
+    cluster.store(leader).transfer_leader(REGION, target).unwrap();
+    let region = cluster.region(leader).unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put(Cf::Raw, b"during".to_vec(), b"v".to_vec());
+    let dropped = cluster.propose_on(leader, RaftCommand::write(&region, batch));
+    assert!(matches!(dropped, Err(RaftstoreError::NotLeader { leader: None, .. })), "{dropped:?}");
+    cluster.resume(target);
+    cluster.tick_until(100, "the transfer", |c| c.leader() == Some(target));
+}
+
 /// raft-rs hands leadership over with a TimeoutNow message, which lets its receiver win
 /// an election at once: voters grant it even though they hear from the leader. If the
 /// message arrives late (the transferee was stopped), the leader has meanwhile given up
