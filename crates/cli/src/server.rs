@@ -47,12 +47,14 @@ pub async fn run(args: ServerArgs, log_format: crate::LogFormat) -> Result<(), S
     let node = Node::start(config).await.map_err(|e| e.to_string())?;
     let (addr, store_id, cluster_id) = (node.advertise_addr(), node.store_id(), node.cluster_id());
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    let timings = node.start_timings();
+    let (storage_ms, joined_ms) = (timings.storage_ms, timings.registered_ms);
     let shutdown = shutdown_signal();
     // The node's one line at start; `playground` and the end-to-end tests read the text
     // form's address.
     match log_format {
         crate::LogFormat::Text => eprintln!(
-            "scandium serving on {addr} (PD endpoint and store address): store {} of cluster {}, data in {}, started in {elapsed_ms} ms",
+            "scandium serving on {addr} (PD endpoint and store address): store {} of cluster {}, data in {}, started in {elapsed_ms} ms (storage {storage_ms} ms, cluster {joined_ms} ms)",
             store_id,
             cluster_id,
             data_dir.display()
@@ -63,6 +65,8 @@ pub async fn run(args: ServerArgs, log_format: crate::LogFormat) -> Result<(), S
             cluster_id,
             data_dir = %data_dir.display(),
             elapsed_ms,
+            storage_ms,
+            joined_ms,
             "scandium serving"
         ),
     }

@@ -111,6 +111,23 @@ pub struct Node {
     server: Option<JoinHandle<()>>,
     /// The TTL sweeper and the GC worker.
     background: Vec<JoinHandle<()>>,
+    start_timings: StartTimings,
+}
+
+/// Where a start's time went, milliseconds from the call: a restart after a crash spends
+/// it replaying the storage journal and catching up with the cluster, and operators
+/// (and `scripts/failover.sh`) want to know which.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StartTimings {
+    /// The storage engine opened (its journal replayed).
+    pub storage_ms: u64,
+    /// In touch with placement (its state loaded and a leader known), from the storage
+    /// being open.
+    pub ready_ms: u64,
+    /// Holding a timestamp from the oracle, from the storage being open.
+    pub timestamp_ms: u64,
+    /// The store's address and labels recorded, from the storage being open.
+    pub registered_ms: u64,
 }
 
 impl Node {
@@ -120,10 +137,10 @@ impl Node {
         config.validate()?;
         let opening = Instant::now();
         let engine = open_engine(&config)?;
-        // The journal's replay after a crash is most of a restart's time.
-        let elapsed_ms = opening.elapsed().as_millis() as u64;
-        tracing::info!(elapsed_ms, data_dir = %config.data_dir.display(), "storage opened");
-        Node::start_on(config, engine).await
+        let storage_ms = opening.elapsed().as_millis() as u64;
+        let mut node = Node::start_on(config, engine).await?;
+        node.start_timings.storage_ms = storage_ms;
+        Ok(node)
     }
 
     /// [`Node::start`] on `engine` instead of the fjall engine in `config.data_dir`: for
@@ -332,6 +349,11 @@ impl Node {
         // Serve at once: other nodes' Raft messages (the placement group's snapshot for a
         // node that just joined) are what makes this one ready.
         let (shutdown, server) = serve(services, &tasks, &config, listener)?;
+        let others = (placement.read().stores())
+            .filter(|s| s.id != identity.store_id && s.state() != StoreState::Tombstone)
+            .map(|s| (s.id, s.address.clone()))
+            .collect();
+        transport.announce(others);
         let replicas = Replicas {
             txn: txn.clone(),
             registry: registry.clone(),
@@ -360,6 +382,7 @@ impl Node {
             shutdown: Some(shutdown),
             server: Some(server),
             background: vec![events, heartbeats],
+            start_timings: StartTimings::default(),
         };
         if let Err(error) = node.wait_until_ready().await {
             node.shutdown_now().await;
@@ -400,18 +423,20 @@ impl Node {
         let hot = LoadSplitConfig { qps: config.load_split_qps, secs: config.load_split_secs };
         let load_split = crate::load_split::run(load, node.splitter.clone(), hot);
         node.background.push(node.tasks.spawn(load_split));
-        // `scandium server` announces it in its own words; this says where the time went
-        // (from the storage being open: caught up with placement, holding a timestamp
-        // from the oracle, the store's address recorded).
-        tracing::info!(
+        node.start_timings = StartTimings { storage_ms: 0, ready_ms, timestamp_ms, registered_ms };
+        // `scandium server` announces it at info, in its own words.
+        tracing::debug!(
             addr = %node.identity.address,
             store_id = node.identity.store_id,
-            ready_ms,
-            timestamp_ms,
-            registered_ms,
-            "node serving"
+            timings = ?node.start_timings,
+            "scandium node serving"
         );
         Ok(node)
+    }
+
+    /// Where the start's time went.
+    pub fn start_timings(&self) -> StartTimings {
+        self.start_timings
     }
 
     /// The address the node listens on.
@@ -512,13 +537,16 @@ impl Node {
         let mut moving = Vec::new();
         for status in led {
             let store_id = self.identity.store_id;
-            let target = status.region.voters().find(|p| p.store_id != store_id).cloned();
-            let Some(target) = target else { continue };
-            let (region, peer) = (status.region.id, target.id);
-            let moved =
-                self.raft.with_store(move |store| store.transfer_leader(region, peer)).await;
-            if matches!(moved, Ok(Ok(()))) {
-                moving.push(region);
+            let region = status.region.id;
+            // The first voter elsewhere that is caught up enough to take over.
+            for target in status.region.voters().filter(|p| p.store_id != store_id) {
+                let peer = target.id;
+                let moved =
+                    self.raft.with_store(move |store| store.transfer_leader(region, peer)).await;
+                if matches!(moved, Ok(Ok(()))) {
+                    moving.push(region);
+                    break;
+                }
             }
         }
         let deadline = Instant::now() + within;

@@ -176,6 +176,32 @@ impl Transport {
         }
     }
 
+    /// Tells each of `stores` (id, address) that this node is up, with an empty batch on
+    /// the Raft stream: their connections to it, backed off while it was down (up to
+    /// [`MAX_BACKOFF`]), try again at once (`Directory::wake_of`), rather than leave a
+    /// restarted node without word from its leaders, the placement leader's among them,
+    /// until their backoffs run out.
+    pub fn announce(&self, stores: Vec<(StoreId, String)>) {
+        for (store, address) in stores {
+            let inner = self.inner.clone();
+            drop(self.inner.tasks.spawn(async move {
+                let Ok(mut client) = inner.clients.cluster(&address) else { return };
+                let hello = RaftBatch {
+                    cluster_id: inner.cluster_id,
+                    from_store: inner.store_id,
+                    from_address: inner.address.clone(),
+                    messages: Vec::new(),
+                };
+                let call = client.raft(tokio_stream::iter([hello]));
+                match tokio::time::timeout(MAX_BACKOFF, call).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(status)) => tracing::debug!(store, %status, "store not told we are up"),
+                    Err(_) => tracing::debug!(store, "store not told we are up in time"),
+                }
+            }));
+        }
+    }
+
     fn dropped(&self, message: &PeerMessage) {
         self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
         if let Some(raft) = self.inner.raft.get() {
