@@ -383,11 +383,12 @@ impl Store {
             )));
         }
         // raft-rs drops every proposal until the transferee has the whole log and takes
-        // over, or an election timeout passes: a transferee far behind (or not yet heard
-        // from) would stall writes that long. TiKV's leader_transfer_max_log_lag, 128.
+        // over, or an election timeout passes: a transferee far behind (or taking a
+        // snapshot) would stall writes that long. TiKV's leader_transfer_max_log_lag, 128.
+        // (Not "replicating": an idle group leaves a caught-up follower probing for ever.)
         let last = peer.raw.raft.raft_log.last_index();
         let caught_up = peer.raw.raft.prs().get(peer_id).is_some_and(|pr| {
-            pr.state == ProgressState::Replicate && pr.matched + TRANSFER_MAX_LAG >= last
+            pr.state != ProgressState::Snapshot && pr.matched + TRANSFER_MAX_LAG >= last
         });
         if !caught_up {
             return Err(RaftstoreError::ChangeRefused(format!(
