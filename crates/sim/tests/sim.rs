@@ -226,15 +226,15 @@ fn a_stale_read_in_a_real_history_is_caught() {
 #[test]
 fn a_read_path_without_leases_is_caught() {
     // Reads served by whichever node believes it leads, without a lease or a ReadIndex
-    // round: a deposed leader answers from its old state. Some seed must show it.
-    // The window is narrow (a request queued at a paused leader, served on resuming
-    // before the messages that depose it): at the time of writing seed 47 is the only one
-    // of the first 300 to show it (still, since the runs split by size as well) (71 of three before the runs balanced replicas and
-    // leaders; a command that waited for a latch passing its gate again closed some of
-    // the windows).
+    // round: a deposed leader answers from its old state. The window is narrow (a
+    // request queued at a paused leader, served on resuming before the messages that
+    // depose it): seeds 205 and 258 are the two of 0..300 that show it since leaders
+    // stopped naming themselves in NotLeader (47 before, since the runs split by size; 71
+    // of three before the runs balanced replicas and leaders). A search from seed 0 ran
+    // 15 minutes in a debug build once the seed moved: the test runs the known seed.
     let config = RunConfig { unsafe_reads: true, ..RunConfig::default() };
-    let caught = (0..300).find(|&seed| !run(seed, &config).anomalies.is_empty());
-    assert!(caught.is_some(), "no seed of 300 caught stale reads");
+    assert!(!run(205, &config).anomalies.is_empty(), "seed 205 missed the stale reads");
+    assert!(run(205, &RunConfig::default()).anomalies.is_empty(), "seed 205");
 }
 
 #[test]
