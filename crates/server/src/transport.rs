@@ -33,6 +33,10 @@ const BATCH_BYTES: usize = 4 << 20;
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Longest a snapshot transfer may take.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// A transfer whose receiver takes no chunk for this long is given up (its permits go to
+/// the transfers waiting), rather than hold out to [`SNAPSHOT_TIMEOUT`]. A receiver
+/// pauses only while its memtables wait to be flushed: seconds.
+pub(crate) const SNAPSHOT_STALL: Duration = Duration::from_secs(60);
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -383,7 +387,20 @@ async fn transfer_snapshot(inner: &Arc<Inner>, message: PeerMessage) -> Result<(
     };
     chunks.send(first).await.map_err(|_| "stream closed")?;
     let pacer = inner.pacer.clone();
+    let runtime = tokio::runtime::Handle::current();
     let reader = tokio::task::spawn_blocking(move || {
+        // Whether the receiver took `chunk` within SNAPSHOT_STALL.
+        let send = |chunk: SnapshotChunk| {
+            let taken = runtime.block_on(tokio::time::timeout(SNAPSHOT_STALL, chunks.send(chunk)));
+            if taken.is_err() {
+                tracing::warn!(
+                    store,
+                    ?SNAPSHOT_STALL,
+                    "a snapshot's receiver stopped taking chunks"
+                );
+            }
+            matches!(taken, Ok(Ok(())))
+        };
         let mut records = 0u64;
         let complete = for_each_chunk(&region, &*engine_snapshot, SNAPSHOT_CHUNK_BYTES, |chunk| {
             // Tests cut a transfer short after its first chunk, as a failed read would.
@@ -391,12 +408,12 @@ async fn transfer_snapshot(inner: &Arc<Inner>, message: PeerMessage) -> Result<(
             records += chunk.entries.len() as u64;
             let chunk = SnapshotChunk { data: chunk.encode_to_vec(), ..Default::default() };
             pacer.pace(chunk.data.len());
-            chunks.blocking_send(chunk).is_ok()
+            send(chunk)
         })?;
         // Without this marker the receiver refuses what it got: a stream that simply
         // stops looks, to it, like one that ended.
         let end = SnapshotChunk { end: true, records, ..Default::default() };
-        Ok::<_, scandium_storage::StorageError>(complete && chunks.blocking_send(end).is_ok())
+        Ok::<_, scandium_storage::StorageError>(complete && send(end))
     });
     let response = client.snapshot(ReceiverStream::new(receiver)).await;
     let read = reader.await.map_err(|e| e.to_string())?;

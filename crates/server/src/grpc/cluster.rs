@@ -9,6 +9,7 @@ use crate::identity::Identity;
 use crate::network::{Directory, Links};
 use crate::placement::Placement;
 use crate::raft_driver::RaftHandle;
+use crate::transport::SNAPSHOT_STALL;
 use prost::Message as _;
 use scandium_placement::{Command, Kind, Response as PlacementResponse, ResponseRecord};
 use scandium_protocol::scandium::cluster_server::Cluster;
@@ -146,7 +147,14 @@ impl Cluster for ClusterService {
         let mut staging = Some(self.parts.stager.begin());
         let mut announced = None;
         let mut bytes = 0u64;
-        while let Some(chunk) = chunks.message().await? {
+        loop {
+            let next = tokio::time::timeout(SNAPSHOT_STALL, chunks.message()).await;
+            let Ok(next) = next else {
+                let error = format!("no snapshot chunk for {SNAPSHOT_STALL:?}: the sender stalled");
+                tracing::warn!(%error, from = first.from_store, "refused a snapshot");
+                return Ok(Response::new(SnapshotDone { error }));
+            };
+            let Some(chunk) = next? else { break };
             if chunk.end {
                 announced = Some(chunk.records);
                 break;
