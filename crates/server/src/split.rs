@@ -26,7 +26,8 @@ use std::sync::Arc;
 /// Proposals per key when concurrent splits change the Region under us.
 const ATTEMPTS: usize = 5;
 
-/// Split keys one request may name: each is a Raft round and a placement record.
+/// Split keys one request may name: each is a new Region, a Raft group on every replica's
+/// store.
 pub const MAX_SPLIT_KEYS: usize = 10_000;
 
 /// Cuts one Raft command makes at most: each is a record in the command and, as it
