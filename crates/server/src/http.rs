@@ -334,15 +334,24 @@ async fn health(
     (cors, health_json(&node))
 }
 
+/// `ok` when every Region with a replica here has a leader this replica hears from (or
+/// is it), placement has a leader, and the disk takes writes: what a node can say of the
+/// cluster from where it stands. (It said `degraded` unless it led everything itself,
+/// which in a cluster is never.)
 fn health_json(node: &HttpState) -> Json<Value> {
     let regions = node.registry.all();
     let serving = regions.iter().filter(|s| s.ready_for_reads).count();
+    let leaderless = regions.iter().filter(|s| !s.leader_alive).count();
+    let placement_led = node.placement.leader_address().is_some();
+    let healthy = leaderless == 0 && placement_led && !node.disk.is_full();
     Json(json!({
-        "status": if serving == regions.len() && node.placement.is_serving() { "ok" } else { "degraded" },
+        "status": if healthy { "ok" } else { "degraded" },
         "store_id": node.identity.store_id,
         "regions": regions.len(),
         "regions_serving": serving,
+        "regions_without_leader": leaderless,
         "placement_leader": node.placement.is_serving(),
+        "placement_leader_known": placement_led,
         "disk_bytes": node.engine.disk_size(),
         "disk_free_bytes": Some(node.disk.free()).filter(|&free| free != u64::MAX),
         "disk_full": node.disk.is_full(),

@@ -41,6 +41,13 @@ async fn three_nodes_join_and_replicate_every_region() {
         assert_eq!(members.members.len(), 3, "node {i}");
         let leader = members.leader.expect("a leader").member_id;
         assert_eq!(Some(leader), cluster.meta_leader().map(|j| cluster.node(j).store_id()));
+        // A healthy cluster's nodes say so (each said "degraded" unless it led every
+        // Region and placement itself).
+        let uri: hyper::Uri = format!("http://{}/health", cluster.addrs[i]).parse().unwrap();
+        let response = hyper::Client::new().get(uri).await.unwrap();
+        let body = hyper::body::to_bytes(response.into_body()).await.unwrap();
+        let health: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(health["status"], "ok", "node {i}: {health}");
     }
     cluster.shutdown().await;
 }
