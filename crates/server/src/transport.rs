@@ -36,7 +36,15 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// A transfer whose receiver takes no chunk for this long is given up (its permits go to
 /// the transfers waiting), rather than hold out to [`SNAPSHOT_TIMEOUT`]. A receiver
 /// pauses only while its memtables wait to be flushed: seconds.
-pub(crate) const SNAPSHOT_STALL: Duration = Duration::from_secs(60);
+const SNAPSHOT_STALL: Duration = Duration::from_secs(60);
+
+/// [`SNAPSHOT_STALL`], or what a test sets with the `snapshot_stall_ms` failpoint.
+pub(crate) fn snapshot_stall() -> Duration {
+    fail::fail_point!("snapshot_stall_ms", |ms| {
+        Duration::from_millis(ms.and_then(|ms| ms.parse().ok()).unwrap_or(0))
+    });
+    SNAPSHOT_STALL
+}
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -388,16 +396,13 @@ async fn transfer_snapshot(inner: &Arc<Inner>, message: PeerMessage) -> Result<(
     chunks.send(first).await.map_err(|_| "stream closed")?;
     let pacer = inner.pacer.clone();
     let runtime = tokio::runtime::Handle::current();
+    let stall = snapshot_stall();
     let reader = tokio::task::spawn_blocking(move || {
-        // Whether the receiver took `chunk` within SNAPSHOT_STALL.
+        // Whether the receiver took `chunk` within `stall`.
         let send = |chunk: SnapshotChunk| {
-            let taken = runtime.block_on(tokio::time::timeout(SNAPSHOT_STALL, chunks.send(chunk)));
+            let taken = runtime.block_on(tokio::time::timeout(stall, chunks.send(chunk)));
             if taken.is_err() {
-                tracing::warn!(
-                    store,
-                    ?SNAPSHOT_STALL,
-                    "a snapshot's receiver stopped taking chunks"
-                );
+                tracing::warn!(store, ?stall, "a snapshot's receiver stopped taking chunks");
             }
             matches!(taken, Ok(Ok(())))
         };
@@ -405,6 +410,10 @@ async fn transfer_snapshot(inner: &Arc<Inner>, message: PeerMessage) -> Result<(
         let complete = for_each_chunk(&region, &*engine_snapshot, SNAPSHOT_CHUNK_BYTES, |chunk| {
             // Tests cut a transfer short after its first chunk, as a failed read would.
             fail::fail_point!("snapshot_cut_after_first_chunk", records > 0, |_| false);
+            // And stall it there (`sleep(ms)`), as a sender starved of CPU or disk would.
+            if records > 0 {
+                fail::fail_point!("snapshot_sender_stalls");
+            }
             records += chunk.entries.len() as u64;
             let chunk = SnapshotChunk { data: chunk.encode_to_vec(), ..Default::default() };
             pacer.pace(chunk.data.len());

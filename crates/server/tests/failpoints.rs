@@ -173,3 +173,37 @@ async fn a_snapshot_cut_off_mid_transfer_is_refused_and_sent_again() {
     cluster.shutdown().await;
     scenario.teardown();
 }
+
+/// A snapshot's sender stalls after its first chunk (starved of CPU or disk). The
+/// receiver gives the transfer up once no chunk came for the stall bound (60 s; 300 ms
+/// here), so that both sides' permits go to other transfers rather than wait out the
+/// 600 s timeout, and the next transfer catches the follower up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_transfer_that_stalls_is_given_up_and_sent_again() {
+    let scenario = fail::FailScenario::setup();
+    let cluster = Cluster::start_with(3, |c| c.raft_log_max_entries = 16).await;
+    let raw = cluster.raw_client().await;
+    let region = cluster.region_of(b"stall");
+    let leader = cluster.wait_leader(region, Duration::from_secs(5)).await;
+    let lagging = (0..3).find(|&i| i != leader && Some(i) != cluster.meta_leader());
+    let lagging = lagging.unwrap_or((leader + 1) % 3);
+    let failed_before = cluster.snapshots_failed();
+    cluster.isolate(lagging);
+    for i in 0..40 {
+        raw.put(format!("stall{i:03}").into_bytes(), vec![i as u8; 64 << 10]).await.unwrap();
+    }
+    fail::cfg("snapshot_stall_ms", "return(300)").unwrap();
+    fail::cfg("snapshot_sender_stalls", "1*sleep(2000)->off").unwrap();
+    cluster.heal();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let engine = cluster.node(lagging).engine().clone();
+    while engine.get(scandium_storage::Cf::Raw, b"stall039").unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the follower did not catch up: {}", cluster.describe());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cluster.snapshots_failed() > failed_before, "the stalled transfer counted as failed");
+    assert_replicas_agree(&cluster).await;
+    cluster.shutdown().await;
+    scenario.teardown();
+}

@@ -9,7 +9,7 @@ use crate::identity::Identity;
 use crate::network::{Directory, Links};
 use crate::placement::Placement;
 use crate::raft_driver::RaftHandle;
-use crate::transport::SNAPSHOT_STALL;
+use crate::transport::snapshot_stall;
 use prost::Message as _;
 use scandium_placement::{Command, Kind, Response as PlacementResponse, ResponseRecord};
 use scandium_protocol::scandium::cluster_server::Cluster;
@@ -147,10 +147,11 @@ impl Cluster for ClusterService {
         let mut staging = Some(self.parts.stager.begin());
         let mut announced = None;
         let mut bytes = 0u64;
+        let stall = snapshot_stall();
         loop {
-            let next = tokio::time::timeout(SNAPSHOT_STALL, chunks.message()).await;
+            let next = tokio::time::timeout(stall, chunks.message()).await;
             let Ok(next) = next else {
-                let error = format!("no snapshot chunk for {SNAPSHOT_STALL:?}: the sender stalled");
+                let error = format!("no snapshot chunk for {stall:?}: the sender stalled");
                 tracing::warn!(%error, from = first.from_store, "refused a snapshot");
                 return Ok(Response::new(SnapshotDone { error }));
             };
