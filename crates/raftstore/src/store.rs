@@ -1203,11 +1203,15 @@ fn status_of(peer: &Peer, config: &RaftConfig, now_ms: u64) -> RegionStatus {
             if !reachable(peer, *id, config, now_ms) {
                 down_peers.push(member.clone());
             }
-            // Receiving a snapshot, or well behind the commit index. (Not "any entry
-            // behind": under load a healthy follower always has appends in flight. Nor
-            // "not replicating": an idle group leaves a caught-up follower probing for
-            // ever, as raft-rs sends it nothing new.)
-            if pr.state == ProgressState::Snapshot || pr.matched + PENDING_LAG < commit {
+            // Receiving a snapshot, or well behind the commit index, or not known to
+            // hold anything: a new replica acknowledges nothing until its snapshot is
+            // in, and in a young group (commit index under PENDING_LAG) counted as
+            // caught up, so a learner was promoted with no data (simulator seed
+            // 300896). (Not "any entry behind": under load a healthy follower always
+            // has appends in flight. Nor "not replicating": an idle group leaves a
+            // caught-up follower probing for ever, as raft-rs sends it nothing new.)
+            let behind = pr.matched == 0 || pr.matched + PENDING_LAG < commit;
+            if pr.state == ProgressState::Snapshot || behind {
                 pending_peers.push(member.clone());
             }
         }

@@ -727,6 +727,24 @@ fn a_replica_that_missed_its_removal_learns_it_from_the_leader() {
 /// learns of its removal from a follower: its pre-votes reach only the members of its old
 /// configuration (the simulator, seed 21237: such a replica lived on, and its stale range
 /// kept the Regions split from it from installing their snapshots there, for ever).
+/// A learner that has acknowledged nothing is pending however young its group: with a
+/// commit index under the lag a follower may have, it counted as caught up, and the
+/// scheduler promoted a learner that had no data (simulator seed 300896).
+#[test]
+fn a_learner_without_data_is_pending_even_in_a_young_group() {
+    let mut cluster = Cluster::new(4);
+    cluster.replicate(3);
+    let leader = cluster.wait_leader();
+    cluster.pause(4);
+    cluster.change(vec![PeerChange::AddLearner(Peer::learner(4, 4))]).unwrap();
+    let status = cluster.node(leader).registry.get(REGION).unwrap();
+    assert!(status.pending_peers.iter().any(|p| p.id == 4), "{:?}", status.pending_peers);
+    cluster.resume(4);
+    cluster.tick_until(200, "the learner catches up", |c| {
+        c.node(leader).registry.get(REGION).is_some_and(|s| s.pending_peers.is_empty())
+    });
+}
+
 #[test]
 fn a_removed_replica_learns_it_from_a_follower_when_the_leader_is_new() {
     let mut cluster = Cluster::new(4);
