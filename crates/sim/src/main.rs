@@ -66,6 +66,13 @@ struct Args {
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init();
+    }
     let args = Args::parse();
     let config = RunConfig {
         duration_ms: args.duration_ms,
