@@ -24,6 +24,8 @@ struct Envelope {
     is_tombstone: bool,
     #[prost(bytes = "vec", tag = "7")]
     message: Vec<u8>,
+    #[prost(bool, tag = "8")]
+    is_stale_check: bool,
 }
 
 /// A Raft message for one replica.
@@ -40,6 +42,12 @@ pub struct PeerMessage {
     /// Set by a leader answering a replica that is no longer a member: the receiver, if
     /// its epoch is older, destroys itself. `message` is then empty.
     pub is_tombstone: bool,
+    /// Set by a replica that has not heard from a leader for a long while, to each member
+    /// of its configuration: one that is newer and no longer has it answers with a
+    /// tombstone. A learner never campaigns, so without this a learner removed while its
+    /// node was down kept its old range for ever, and that node refused every snapshot
+    /// of a Region split from the range since. `message` is then empty, and not stepped.
+    pub is_stale_check: bool,
     /// raft-rs's message.
     pub message: Message,
 }
@@ -59,6 +67,7 @@ impl PeerMessage {
             conf_ver: self.epoch.conf_ver,
             version: self.epoch.version,
             is_tombstone: self.is_tombstone,
+            is_stale_check: self.is_stale_check,
             message: self.message.write_to_bytes().expect("encoding a raft message cannot fail"),
         };
         prost::Message::encode_to_vec(&envelope)
@@ -79,6 +88,7 @@ impl PeerMessage {
             to,
             epoch: RegionEpoch { conf_ver: envelope.conf_ver, version: envelope.version },
             is_tombstone: envelope.is_tombstone,
+            is_stale_check: envelope.is_stale_check,
             message,
         })
     }
@@ -114,6 +124,7 @@ mod tests {
             to: Peer::learner(11, 2),
             epoch: RegionEpoch { conf_ver: 4, version: 5 },
             is_tombstone: false,
+            is_stale_check: false,
             message,
         };
         let decoded = PeerMessage::decode(&original.encode()).unwrap();

@@ -158,6 +158,10 @@ enum PostApply {
 /// Entries a follower may be behind the commit index and still count as caught up.
 const PENDING_LAG: u64 = 64;
 
+/// Longest election timeouts without word from a leader before a replica asks the members
+/// of its configuration whether it still is one.
+const STALE_CHECK_ELECTIONS: usize = 5;
+
 /// Entries a follower may be behind the leader's log and still be handed leadership.
 const TRANSFER_MAX_LAG: u64 = 128;
 
@@ -537,8 +541,13 @@ impl Store {
                 to: message.from,
                 epoch: peer.region.epoch(),
                 is_tombstone: true,
+                is_stale_check: false,
                 message: Message::default(),
             });
+            return Ok(());
+        }
+        if message.is_stale_check {
+            // From a member (or from a replica newer than this one): nothing to say.
             return Ok(());
         }
         peer.known_peers.insert(message.from.id, message.from.clone());
@@ -654,6 +663,7 @@ impl Store {
                 }
             }
         }
+        self.check_stale_replicas();
         if self.ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
             // Leases, lagging peers and whether followers still hear their leader change
             // without rounds.
@@ -661,6 +671,31 @@ impl Store {
             for id in ids {
                 self.publish(id);
             }
+        }
+    }
+
+    /// Each replica that has heard from no leader for [`STALE_CHECK_ELECTIONS`] longest
+    /// election timeouts asks the members of its configuration, once per such period,
+    /// whether it is still one (see `PeerMessage::is_stale_check`). A voter that hears
+    /// no leader campaigns, and the members answer its requests the same way; a learner
+    /// never campaigns, and only this reaches them.
+    fn check_stale_replicas(&mut self) {
+        let period = STALE_CHECK_ELECTIONS * self.config.max_election_ticks.max(1);
+        for peer in self.peers.values().filter(|p| p.initialized && !p.is_leader()) {
+            let elapsed = peer.raw.raft.election_elapsed;
+            if elapsed == 0 || !elapsed.is_multiple_of(period) {
+                continue;
+            }
+            let members = peer.region.peers.iter().filter(|m| m.id != peer.meta.id);
+            self.outbox.extend(members.map(|member| PeerMessage {
+                region_id: peer.region.id,
+                from: peer.meta.clone(),
+                to: member.clone(),
+                epoch: peer.region.epoch(),
+                is_tombstone: false,
+                is_stale_check: true,
+                message: Message::default(),
+            }));
         }
     }
 
@@ -1361,6 +1396,7 @@ fn to_peer_messages(peer: &Peer, messages: Vec<Message>) -> Vec<PeerMessage> {
                 to,
                 epoch: peer.region.epoch(),
                 is_tombstone: false,
+                is_stale_check: false,
                 message,
             })
         })

@@ -745,6 +745,23 @@ fn a_learner_without_data_is_pending_even_in_a_young_group() {
     });
 }
 
+/// A learner removed while cut off never campaigns, so no member heard from it to tell
+/// it; it kept its old range for ever, and its store refused every snapshot of a Region
+/// split from that range since (simulator seed 300896). After a few election timeouts
+/// without a leader it asks the members, which answer that it was removed.
+#[test]
+fn a_learner_removed_while_cut_off_learns_it_and_goes() {
+    let mut cluster = Cluster::new(4);
+    cluster.replicate(3);
+    cluster.change(vec![PeerChange::AddLearner(Peer::learner(4, 4))]).unwrap();
+    cluster.tick_until(200, "learner caught up", |c| c.region(4).is_some());
+    cluster.isolate(4);
+    cluster.change(vec![PeerChange::Remove(Peer::learner(4, 4))]).unwrap();
+    cluster.heal();
+    // The leader no longer sends it anything: only its own question reaches the members.
+    cluster.tick_until(1_000, "the removed learner destroyed", |c| c.region(4).is_none());
+}
+
 #[test]
 fn a_removed_replica_learns_it_from_a_follower_when_the_leader_is_new() {
     let mut cluster = Cluster::new(4);
@@ -1105,6 +1122,7 @@ fn snapshot_message(index: u64) -> PeerMessage {
         to: Peer::new(2, 2),
         epoch: region.epoch(),
         is_tombstone: false,
+        is_stale_check: false,
         message,
     }
 }
