@@ -146,32 +146,11 @@ async fn a_split_held_on_one_follower_is_caught_up_after() {
 /// and the next transfer catches it up with all the data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_cut_off_mid_transfer_is_refused_and_sent_again() {
-    let scenario = fail::FailScenario::setup();
-    let cluster = Cluster::start_with(3, |c| c.raft_log_max_entries = 16).await;
-    let raw = cluster.raw_client().await;
-    let region = cluster.region_of(b"snap");
-    let leader = cluster.wait_leader(region, Duration::from_secs(5)).await;
-    let lagging = (0..3).find(|&i| i != leader && Some(i) != cluster.meta_leader());
-    let lagging = lagging.unwrap_or((leader + 1) % 3);
-    let failed_before = cluster.snapshots_failed();
-    cluster.isolate(lagging);
-    // Over 2 MiB, so that the snapshot takes several 1 MiB chunks.
-    for i in 0..40 {
-        raw.put(format!("snap{i:03}").into_bytes(), vec![i as u8; 64 << 10]).await.unwrap();
-    }
-    fail::cfg("snapshot_cut_after_first_chunk", "1*return->off").unwrap();
-    cluster.heal();
-
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let engine = cluster.node(lagging).engine().clone();
-    while engine.get(scandium_storage::Cf::Raw, b"snap039").unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the follower did not catch up: {}", cluster.describe());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(cluster.snapshots_failed() > failed_before, "the cut transfer counted as failed");
-    assert_replicas_agree(&cluster).await;
-    cluster.shutdown().await;
-    scenario.teardown();
+    snapshot_fails_once_and_is_sent_again(
+        "snap",
+        &[("snapshot_cut_after_first_chunk", "1*return->off")],
+    )
+    .await;
 }
 
 /// A snapshot's sender stalls after its first chunk (starved of CPU or disk). The
@@ -180,29 +159,40 @@ async fn a_snapshot_cut_off_mid_transfer_is_refused_and_sent_again() {
 /// 600 s timeout, and the next transfer catches the follower up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_transfer_that_stalls_is_given_up_and_sent_again() {
+    let failpoints =
+        [("snapshot_stall_ms", "return(300)"), ("snapshot_sender_stalls", "1*sleep(2000)->off")];
+    snapshot_fails_once_and_is_sent_again("stall", &failpoints).await;
+}
+
+/// A follower falls behind past the log (over 2 MiB under keys starting `prefix`, so the
+/// snapshot takes several 1 MiB chunks); `failpoints` spoil the first transfer to it.
+/// That transfer must count as failed, and a later one catch the follower up.
+async fn snapshot_fails_once_and_is_sent_again(prefix: &str, failpoints: &[(&str, &str)]) {
     let scenario = fail::FailScenario::setup();
     let cluster = Cluster::start_with(3, |c| c.raft_log_max_entries = 16).await;
     let raw = cluster.raw_client().await;
-    let region = cluster.region_of(b"stall");
+    let region = cluster.region_of(prefix.as_bytes());
     let leader = cluster.wait_leader(region, Duration::from_secs(5)).await;
     let lagging = (0..3).find(|&i| i != leader && Some(i) != cluster.meta_leader());
     let lagging = lagging.unwrap_or((leader + 1) % 3);
     let failed_before = cluster.snapshots_failed();
     cluster.isolate(lagging);
     for i in 0..40 {
-        raw.put(format!("stall{i:03}").into_bytes(), vec![i as u8; 64 << 10]).await.unwrap();
+        raw.put(format!("{prefix}{i:03}").into_bytes(), vec![i as u8; 64 << 10]).await.unwrap();
     }
-    fail::cfg("snapshot_stall_ms", "return(300)").unwrap();
-    fail::cfg("snapshot_sender_stalls", "1*sleep(2000)->off").unwrap();
+    for (name, action) in failpoints {
+        fail::cfg(*name, action).unwrap();
+    }
     cluster.heal();
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let engine = cluster.node(lagging).engine().clone();
-    while engine.get(scandium_storage::Cf::Raw, b"stall039").unwrap().is_none() {
+    let last = format!("{prefix}039").into_bytes();
+    while engine.get(scandium_storage::Cf::Raw, &last).unwrap().is_none() {
         assert!(Instant::now() < deadline, "the follower did not catch up: {}", cluster.describe());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(cluster.snapshots_failed() > failed_before, "the stalled transfer counted as failed");
+    assert!(cluster.snapshots_failed() > failed_before, "the spoiled transfer counted as failed");
     assert_replicas_agree(&cluster).await;
     cluster.shutdown().await;
     scenario.teardown();
