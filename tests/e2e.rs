@@ -269,6 +269,25 @@ async fn zero_config_server_and_cli() {
     );
     let (ok, out) = cli(&["ctl", "scheduler", "store-limit", "200000"]);
     assert!(!ok && out.contains("at most 100000"), "refused: {out}");
+    // A store's own limit, and the cluster's isolation levels.
+    let (ok, out) = cli(&["ctl", "scheduler", "store-limit", "0", "--store", "1"]);
+    assert!(ok && out.contains("limit of their own: 1: 0"), "{out}");
+    assert!(out.contains("a minute at most: 7"), "the cluster's limit stays: {out}");
+    let (ok, out) = cli(&["ctl", "scheduler", "store-limit", "3", "--store", "99"]);
+    assert!(!ok && out.contains("store 99 not found"), "refused: {out}");
+    let (ok, out) = cli(&["ctl", "scheduler", "location-labels", "zone", "host"]);
+    assert!(ok && out.contains("isolation levels: zone, host"), "{out}");
+    let (ok, out) = cli(&["ctl", "scheduler", "location-labels", "zone", "zone"]);
+    assert!(!ok && out.contains("named twice"), "refused: {out}");
+    let (ok, out) = cli(&["ctl", "--json", "scheduler"]);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    assert!(ok && shown["location_labels"] == serde_json::json!(["zone", "host"]), "{out}");
+    let own = serde_json::json!([{ "store_id": 1, "moves_per_minute": 0 }]);
+    assert!(shown["store_limits"] == own && shown["store_limit"] == 7, "{out}");
+    let (ok, out) = cli(&["ctl", "scheduler", "location-labels", "--default"]);
+    assert!(ok && out.contains("isolation levels: each node's location_labels"), "{out}");
+    let (ok, out) = cli(&["ctl", "scheduler", "store-limit", "default", "--store", "1"]);
+    assert!(ok && out.contains("limit of their own: none"), "{out}");
     let (ok, out) = cli(&["ctl", "scheduler", "resume", "all"]);
     assert!(ok && out.contains("hot Region balancing: running"), "{out}");
     let (ok, out) = cli(&["ctl", "regions"]);

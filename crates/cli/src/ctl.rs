@@ -84,12 +84,38 @@ enum SchedulerCommand {
         /// The number of moves.
         moves: u32,
     },
-    /// Replica moves for balance each store may take part in a minute (0: each node's
-    /// `store_limit_per_minute`).
+    /// Replica moves for balance each store may take part in a minute; with --store,
+    /// that store's own limit (0: none at all).
     StoreLimit {
-        /// Moves a minute.
-        moves_per_minute: u32,
+        /// Moves a minute, or `default`: each node's `store_limit_per_minute` for the
+        /// cluster, the cluster's limit for a store.
+        #[arg(value_parser = parse_limit)]
+        moves_per_minute: Limit,
+        /// The store with a limit of its own.
+        #[arg(long)]
+        store: Option<u64>,
     },
+    /// The isolation levels, outermost first (`zone host`): a Region's replicas go to
+    /// distinct values of the first, then of the next. None: labels are not considered.
+    LocationLabels {
+        /// Label names.
+        levels: Vec<String>,
+        /// Forget the cluster's levels: each placement leader uses its own
+        /// `location_labels` setting.
+        #[arg(long, conflicts_with = "levels")]
+        default: bool,
+    },
+}
+
+/// A limit, or none of its own (`default`).
+#[derive(Clone, Copy, Debug)]
+struct Limit(Option<u32>);
+
+fn parse_limit(text: &str) -> Result<Limit, String> {
+    match text {
+        "default" => Ok(Limit(None)),
+        number => number.parse().map(|n| Limit(Some(n))).map_err(|e| format!("{number:?}: {e}")),
+    }
 }
 
 /// Kinds of balancing moves.
@@ -311,18 +337,31 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             Output { json: json!({ "count": list.len(), "operators": list }), text }
         }
         CtlCommand::Scheduler { command } => {
-            use scandium_placement::SchedulerSettings;
+            use scandium_placement::{LocationLabels, SchedulerSettings, StoreLimit};
             let url = format!("http://{}/api/v1/scheduler", args.pd.trim_start_matches("http://"));
             let shown = crate::bench::get_json(&url)
                 .await
                 .ok_or_else(|| format!("{}: no answer to {url}", args.pd))?;
             let flag = |name: &str| shown[name].as_bool().unwrap_or(false);
+            let number = |value: &serde_json::Value| value.as_u64().unwrap_or(0);
+            let store_limits = (shown["store_limits"].as_array().into_iter().flatten())
+                .map(|l| StoreLimit {
+                    store_id: number(&l["store_id"]),
+                    moves_per_minute: number(&l["moves_per_minute"]) as u32,
+                })
+                .collect();
+            let location_labels = shown["location_labels"].as_array().map(|levels| {
+                let levels = levels.iter().filter_map(|l| l.as_str().map(String::from));
+                LocationLabels { levels: levels.collect() }
+            });
             let mut settings = SchedulerSettings {
                 replicas_paused: flag("replicas_paused"),
                 leaders_paused: flag("leaders_paused"),
-                balance_limit: shown["balance_limit"].as_u64().unwrap_or(0) as u32,
+                balance_limit: number(&shown["balance_limit"]) as u32,
                 hot_paused: flag("hot_paused"),
-                store_limit: shown["store_limit"].as_u64().unwrap_or(0) as u32,
+                store_limit: number(&shown["store_limit"]) as u32,
+                store_limits,
+                location_labels,
             };
             if let Some(command) = command {
                 let set = |settings: &mut SchedulerSettings, what: Balancing, paused: bool| {
@@ -340,11 +379,20 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                     SchedulerCommand::Pause { what } => set(&mut settings, what, true),
                     SchedulerCommand::Resume { what } => set(&mut settings, what, false),
                     SchedulerCommand::Limit { moves } => settings.balance_limit = moves,
-                    SchedulerCommand::StoreLimit { moves_per_minute } => {
-                        settings.store_limit = moves_per_minute
+                    SchedulerCommand::StoreLimit { moves_per_minute, store: None } => {
+                        settings.store_limit = moves_per_minute.0.unwrap_or(0)
+                    }
+                    SchedulerCommand::StoreLimit { moves_per_minute, store: Some(store_id) } => {
+                        settings.store_limits.retain(|l| l.store_id != store_id);
+                        if let Limit(Some(moves_per_minute)) = moves_per_minute {
+                            settings.store_limits.push(StoreLimit { store_id, moves_per_minute });
+                        }
+                    }
+                    SchedulerCommand::LocationLabels { levels, default } => {
+                        settings.location_labels = (!default).then_some(LocationLabels { levels });
                     }
                 }
-                let kind = scandium_placement::Kind::SetScheduler(settings);
+                let kind = scandium_placement::Kind::SetScheduler(settings.clone());
                 propose_placement(&members, cluster_id, kind).await?;
             }
             let state = |paused: bool| if paused { "paused" } else { "running" };
@@ -356,18 +404,36 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 0 => "each node's store_limit_per_minute".to_string(),
                 n => n.to_string(),
             };
+            let own_limits = match &settings.store_limits[..] {
+                [] => "none".to_string(),
+                limits => {
+                    let each =
+                        limits.iter().map(|l| format!("{}: {}", l.store_id, l.moves_per_minute));
+                    each.collect::<Vec<_>>().join(", ")
+                }
+            };
+            let levels = match &settings.location_labels {
+                None => "each node's location_labels".to_string(),
+                Some(l) if l.levels.is_empty() => "none (labels are not considered)".to_string(),
+                Some(l) => l.levels.join(", "),
+            };
             let text = format!(
-                "replica balancing: {}\nleader balancing: {}\nhot Region balancing: {}\nmoves at once at most: {limit}\nreplica moves per store a minute at most: {store_limit}\n",
+                "replica balancing: {}\nleader balancing: {}\nhot Region balancing: {}\nmoves at once at most: {limit}\nreplica moves per store a minute at most: {store_limit}\nstores with a limit of their own: {own_limits}\nisolation levels: {levels}\n",
                 state(settings.replicas_paused),
                 state(settings.leaders_paused),
                 state(settings.hot_paused),
             );
+            let store_limits: Vec<_> = (settings.store_limits.iter())
+                .map(|l| json!({ "store_id": l.store_id, "moves_per_minute": l.moves_per_minute }))
+                .collect();
             let json = json!({
                 "replicas_paused": settings.replicas_paused,
                 "leaders_paused": settings.leaders_paused,
                 "hot_paused": settings.hot_paused,
                 "balance_limit": settings.balance_limit,
                 "store_limit": settings.store_limit,
+                "store_limits": store_limits,
+                "location_labels": settings.location_labels.as_ref().map(|l| &l.levels),
             });
             Output { json, text }
         }

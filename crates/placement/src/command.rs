@@ -91,7 +91,7 @@ pub enum Kind {
 
 /// The scheduler's settings for the whole cluster, changed at runtime: each placement
 /// leader schedules by the ones in the log, so they survive a change of leader.
-#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+#[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct SchedulerSettings {
     /// Replicas are not moved to even out the stores (repair goes on).
     #[prost(bool, tag = "1")]
@@ -110,6 +110,45 @@ pub struct SchedulerSettings {
     /// `store_limit_per_minute` setting.
     #[prost(uint32, tag = "5")]
     pub store_limit: u32,
+    /// The isolation levels, outermost first; unset: the placement leader's own
+    /// `location_labels`. One list for the cluster, so that a change of placement leader
+    /// never changes where replicas belong.
+    #[prost(message, optional, tag = "6")]
+    pub location_labels: Option<LocationLabels>,
+    /// Stores with a limit of their own on replica moves a minute, in place of
+    /// `store_limit` (PD's `store limit STORE RATE`): a slow or busy store takes fewer.
+    #[prost(message, repeated, tag = "7")]
+    pub store_limits: Vec<StoreLimit>,
+}
+
+impl SchedulerSettings {
+    /// The most stores with a limit of their own.
+    pub const MAX_STORE_LIMITS: usize = 1024;
+
+    /// The limit `store` has of its own, if it has one.
+    pub fn limit_of(&self, store: u64) -> Option<u32> {
+        self.store_limits.iter().find(|l| l.store_id == store).map(|l| l.moves_per_minute)
+    }
+}
+
+/// The isolation levels of the whole cluster (`zone`, `host`).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct LocationLabels {
+    /// Label names, outermost first; empty: replicas are placed without regard to labels.
+    #[prost(string, repeated, tag = "1")]
+    pub levels: Vec<String>,
+}
+
+/// One store's own limit on balancing replica moves.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct StoreLimit {
+    /// The store.
+    #[prost(uint64, tag = "1")]
+    pub store_id: u64,
+    /// Replica moves it may take part in (as source or target) a minute; 0: none, so
+    /// balancing leaves the store alone (repair does not).
+    #[prost(uint32, tag = "2")]
+    pub moves_per_minute: u32,
 }
 
 /// When stores were last heard from, by the placement leader's wall clock.

@@ -100,6 +100,9 @@ pub struct OperatorCounts {
 #[derive(Debug)]
 pub struct ControlPlane {
     config: ControlConfig,
+    /// `config.scheduler` under the cluster's settings, as of the batch of heartbeats
+    /// being handled.
+    effective: SchedulerConfig,
     /// The placement term this node leads in, if it does.
     term: Option<u64>,
     /// Each store's last heartbeat, monotonic milliseconds.
@@ -153,15 +156,6 @@ fn involves_only_up_stores(
     target_up && region.peers.iter().all(|p| up(p.store_id))
 }
 
-/// A limit set for the whole cluster (`scandium ctl scheduler`), or, where it is 0, this
-/// node's own setting.
-fn cluster_or_own(cluster: u32, own: usize) -> usize {
-    match cluster {
-        0 => own,
-        cluster => cluster as usize,
-    }
-}
-
 /// What advancing a Region's operator came to.
 #[derive(Debug)]
 enum Advance {
@@ -177,6 +171,7 @@ impl ControlPlane {
     /// An idle control plane.
     pub fn new(config: ControlConfig) -> ControlPlane {
         ControlPlane {
+            effective: config.scheduler.clone(),
             config,
             term: None,
             heard: BTreeMap::new(),
@@ -318,6 +313,7 @@ impl ControlPlane {
     ) -> Intake {
         let mut intake = Intake::default();
         let live = self.liveness(now);
+        self.effective = self.config.scheduler.under(state.scheduler_settings());
         self.balance = None;
         for heartbeat in heartbeats {
             let Some(region) = heartbeat.report.region.as_ref() else { continue };
@@ -352,6 +348,7 @@ impl ControlPlane {
     ) -> Option<OperatorStep> {
         let region = heartbeat.report.region.as_ref()?;
         let live = self.liveness(now);
+        self.effective = self.config.scheduler.under(state.scheduler_settings());
         let leader = heartbeat.report.leader_peer_id;
         let health = RegionHealth { leader, pending: heartbeat.pending.clone() };
         let operator = self.meta_operator.take();
@@ -394,7 +391,7 @@ impl ControlPlane {
                     && !involves_only_up_stores(
                         state,
                         live,
-                        &self.config.scheduler,
+                        &self.effective,
                         region,
                         &operator,
                     ) =>
@@ -404,7 +401,7 @@ impl ControlPlane {
             }
             Some(operator) => (operator, false),
             None => {
-                let config = &self.config.scheduler;
+                let config = &self.effective;
                 let decision = scheduler::decide(state, live, config, region, health, is_meta);
                 let decision = match decision {
                     Some(decision) => Some(decision),
@@ -457,28 +454,27 @@ impl ControlPlane {
         health: &RegionHealth,
         now: Now,
     ) -> Option<Decision> {
-        let config = &self.config.scheduler;
+        let config = &self.effective;
         let settings = state.scheduler_settings();
-        let limit = cluster_or_own(settings.balance_limit, config.balance_limit);
         let running = self.operators.values().filter(|o| o.kind().balances()).count();
-        if running >= limit {
+        if running >= config.balance_limit {
             return None;
         }
-        let store_limit = cluster_or_own(settings.store_limit, config.store_limit_per_min);
         let (operators, loads) = (&self.operators, &self.loads);
         let balance = self
             .balance
             .get_or_insert_with(|| Balance::of(state, live, config, operators.values(), loads));
         let minute_ago = now.monotonic_ms.saturating_sub(60_000);
-        let mut saturated = std::collections::BTreeSet::new();
-        for (&store, moves) in &mut self.replica_moves {
+        for moves in self.replica_moves.values_mut() {
             while moves.front().is_some_and(|&at| at <= minute_ago) {
                 moves.pop_front();
             }
-            if store_limit > 0 && moves.len() >= store_limit {
-                saturated.insert(store);
-            }
         }
+        let moved = |store: &StoreId| self.replica_moves.get(store).map_or(0, VecDeque::len);
+        let saturated = (balance.replicas.keys())
+            .filter(|store| config.store_limit(**store).is_some_and(|limit| moved(store) >= limit))
+            .copied()
+            .collect();
         let allowed = scheduler::Allowed {
             replicas: !settings.replicas_paused,
             leaders: !settings.leaders_paused,

@@ -23,8 +23,8 @@ pub mod state;
 pub mod tso;
 
 pub use command::{
-    Command, Kind, RegionReport, Regions, Reports, Response, ResponseRecord, SchedulerSettings,
-    StoreSeen, StoreStateChange, StoresSeen,
+    Command, Kind, LocationLabels, RegionReport, Regions, Reports, Response, ResponseRecord,
+    SchedulerSettings, StoreLimit, StoreSeen, StoreStateChange, StoresSeen,
 };
 pub use control::{
     ControlConfig, ControlPlane, Intake, Now, OperatorCounts, RegionHeartbeat, RegionLoad,

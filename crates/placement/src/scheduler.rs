@@ -28,6 +28,7 @@
 
 use crate::operator::{Operator, OperatorKind};
 use crate::state::PlacementState;
+use crate::SchedulerSettings;
 use scandium_types::{Peer, PeerId, PeerRole, Region, RegionId, Store, StoreId, StoreState};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -49,6 +50,8 @@ pub struct SchedulerConfig {
     /// Replica moves each store may take part in (as source or target) in any minute;
     /// 0: no limit. Repair is not limited.
     pub store_limit_per_min: usize,
+    /// Stores with a limit of their own in place of `store_limit_per_min` (0: no moves).
+    pub store_limits: BTreeMap<StoreId, usize>,
     /// Bytes a second read and written past which a Region is hot: its leadership is
     /// balanced by traffic, not by count, and its replicas are not moved for counts.
     pub hot_region_bytes_per_sec: u64,
@@ -63,7 +66,40 @@ impl Default for SchedulerConfig {
             balance_limit: 4,
             location_labels: Vec::new(),
             store_limit_per_min: 20,
+            store_limits: BTreeMap::new(),
             hot_region_bytes_per_sec: 128 << 10,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// This node's settings overridden by the cluster's (`scandium ctl scheduler`) where
+    /// the cluster has one: what the placement leader schedules by, so that a change of
+    /// leader changes nothing but who decides.
+    pub fn under(&self, cluster: &SchedulerSettings) -> SchedulerConfig {
+        let or_own = |cluster: u32, own: usize| match cluster {
+            0 => own,
+            cluster => cluster as usize,
+        };
+        SchedulerConfig {
+            balance_limit: or_own(cluster.balance_limit, self.balance_limit),
+            store_limit_per_min: or_own(cluster.store_limit, self.store_limit_per_min),
+            store_limits: (cluster.store_limits.iter())
+                .map(|l| (l.store_id, l.moves_per_minute as usize))
+                .collect(),
+            location_labels: match &cluster.location_labels {
+                Some(labels) => labels.levels.clone(),
+                None => self.location_labels.clone(),
+            },
+            ..self.clone()
+        }
+    }
+
+    /// The replica moves `store` may take part in a minute (`None`: no limit).
+    pub fn store_limit(&self, store: StoreId) -> Option<usize> {
+        match self.store_limits.get(&store) {
+            Some(&own) => Some(own),
+            None => (self.store_limit_per_min > 0).then_some(self.store_limit_per_min),
         }
     }
 }
@@ -299,7 +335,16 @@ pub struct RegionLoad {
 impl RegionLoad {
     /// Bytes a second read and written (0 before the first interval).
     pub fn bytes_per_sec(&self) -> u64 {
-        let bytes = self.read_bytes.saturating_add(self.written_bytes);
+        self.per_sec(self.read_bytes.saturating_add(self.written_bytes))
+    }
+
+    /// Bytes a second written (0 before the first interval): what every replica applies,
+    /// where reads cost only the leader.
+    pub fn written_bytes_per_sec(&self) -> u64 {
+        self.per_sec(self.written_bytes)
+    }
+
+    fn per_sec(&self, bytes: u64) -> u64 {
         match self.interval_ms {
             0 => 0,
             ms => bytes.saturating_mul(1_000) / ms,
@@ -331,6 +376,8 @@ pub struct Balance {
     pub leaders: BTreeMap<StoreId, usize>,
     /// Bytes a second read and written in the Regions each `Up` store leads.
     pub traffic: BTreeMap<StoreId, u64>,
+    /// Bytes a second written in the Regions each `Up` store holds a replica of.
+    pub writes: BTreeMap<StoreId, u64>,
     /// Where each store is, at the isolation levels (every store's; empty without
     /// `location_labels`).
     pub locations: BTreeMap<StoreId, Location>,
@@ -366,6 +413,7 @@ impl Balance {
             weights: up.iter().map(|&s| (s, 0)).collect(),
             leaders: up.iter().map(|&s| (s, 0)).collect(),
             traffic: up.iter().map(|&s| (s, 0)).collect(),
+            writes: up.iter().map(|&s| (s, 0)).collect(),
             locations: state.stores().map(|s| (s.id, location(s, config))).collect(),
             hot_threshold: config.hot_region_bytes_per_sec,
         };
@@ -384,9 +432,11 @@ impl Balance {
             }
             let load = loads.get(&region.id);
             let (weight, traffic) = (region_weight(load), load.map_or(0, |l| l.bytes_per_sec()));
+            let written = load.map_or(0, |l| l.written_bytes_per_sec());
             for store in stores {
                 add(&mut balance.replicas, store, 1);
                 add(&mut balance.weights, store, weight);
+                add(&mut balance.writes, store, written);
             }
             if let Some(leader) = leader {
                 add(&mut balance.leaders, leader, 1);
@@ -417,6 +467,8 @@ impl Balance {
                 }
                 add(&mut self.replicas, to, 1);
                 shift(&mut self.weights, from, to, region_weight(load));
+                let written = load.map_or(0, |l| l.written_bytes_per_sec());
+                shift(&mut self.writes, from, to, written);
             }
             Decision::MoveLeader(to) => {
                 if let Some(count) = self.leaders.get_mut(&leader_store) {
@@ -434,6 +486,12 @@ impl Balance {
     fn is_hot(&self, load: Option<&RegionLoad>) -> bool {
         self.hot_threshold > 0 && load.is_some_and(|l| l.bytes_per_sec() >= self.hot_threshold)
     }
+
+    /// Whether a Region with `load` is hot by its writes alone.
+    fn is_write_hot(&self, load: Option<&RegionLoad>) -> bool {
+        self.hot_threshold > 0
+            && load.is_some_and(|l| l.written_bytes_per_sec() >= self.hot_threshold)
+    }
 }
 
 /// Adds `by` to `store`'s figure, if the store is counted (`Up`).
@@ -450,7 +508,7 @@ pub struct Allowed {
     pub replicas: bool,
     /// Leader moves for counts.
     pub leaders: bool,
-    /// Leader moves of hot Regions, for traffic.
+    /// Moves of hot Regions' leaders and write-hot Regions' replicas, for traffic.
     pub hot: bool,
     /// Stores that took part in as many replica moves in the last minute as they may:
     /// no replica moves to or from them.
@@ -472,11 +530,15 @@ impl Allowed {
 ///    replica on the heaviest of its stores goes to the lightest `Up` store without one,
 ///    if they are at least twice the Region's weight apart (so the move never makes the
 ///    pair uneven the other way, and stores never trade a replica back and forth).
-/// 3. A hot Region's leadership goes to the voter whose store leads the least traffic,
+/// 3. Writes: every replica applies a write-hot Region's writes, so its replica on the
+///    store writing the most (over all the replicas it holds) goes to the `Up` store
+///    writing the least, as well isolated, if the two are at least 1¼ times the Region's
+///    writes apart (PD's hot-write peer moves; the same quarter as below).
+/// 4. A hot Region's leadership goes to the voter whose store leads the least traffic,
 ///    if the two stores' traffic is at least 1¼ times the Region's apart (the quarter
 ///    keeps changing traffic from moving it back and forth); a store that leads one
 ///    Region of nearly all the traffic keeps it, as moving it would only move the load.
-/// 4. A cold Region's leadership goes to the voter whose store leads the fewest Regions,
+/// 5. A cold Region's leadership goes to the voter whose store leads the fewest Regions,
 ///    if at least [`BALANCE_GAP`] fewer than the leader's store.
 pub fn rebalance(
     region: &Region,
@@ -546,9 +608,28 @@ pub fn rebalance(
             }
         }
     }
+    // 3. Writes.
+    if allowed.hot && balance.is_write_hot(load) {
+        let written = load.map_or(0, |l| l.written_bytes_per_sec());
+        let writes = |store: StoreId| balance.writes.get(&store).copied().unwrap_or(0);
+        let mut by_writes: Vec<&Peer> =
+            region.peers.iter().filter(|p| !allowed.saturated.contains(&p.store_id)).collect();
+        by_writes.sort_by_key(|p| std::cmp::Reverse((writes(p.store_id), p.store_id)));
+        for from in by_writes {
+            let here = overlap_without(from, from.store_id);
+            let coldest = free()
+                .filter(|&s| overlap_without(from, s) <= here)
+                .min_by_key(|&s| (writes(s), s));
+            let apart = |to: StoreId| writes(from.store_id).saturating_sub(writes(to));
+            if let Some(to) = coldest.filter(|&to| apart(to) >= written.saturating_add(written / 4))
+            {
+                return Some(Decision::MoveReplica { from: from.clone(), to });
+            }
+        }
+    }
     let others = || region.voters().filter(|p| p.id != leader.id);
     if hot {
-        // 3. Traffic.
+        // 4. Traffic.
         let traffic = |store: StoreId| balance.traffic.get(&store).copied().unwrap_or(0);
         let successor = others().min_by_key(|p| (traffic(p.store_id), p.store_id))?;
         let moved = load.map_or(0, |l| l.bytes_per_sec());
@@ -556,7 +637,7 @@ pub fn rebalance(
         return (allowed.hot && apart >= moved.saturating_add(moved / 4))
             .then(|| Decision::MoveLeader(successor.clone()));
     }
-    // 4. Counts.
+    // 5. Counts.
     if !allowed.leaders {
         return None;
     }
@@ -586,8 +667,6 @@ fn remove_or_move_leader(
         .map(|p| Decision::TransferLeader((*p).clone()))
 }
 
-/// The usable store without a replica of `region` holding the fewest replicas (lowest id
-/// on ties).
 /// Where a new replica of `region` goes: the usable store without one that is best
 /// isolated from the stores in `placed` (the Region's healthy replicas), then the one
 /// holding the fewest replicas.
@@ -816,6 +895,7 @@ mod tests {
             weights: replicas.iter().map(|&(s, n)| (s, weight(n))).collect(),
             leaders: leaders.iter().copied().collect(),
             traffic: leaders.iter().map(|&(s, _)| (s, 0)).collect(),
+            writes: replicas.iter().map(|&(s, _)| (s, 0)).collect(),
             locations: BTreeMap::new(),
             hot_threshold: SchedulerConfig::default().hot_region_bytes_per_sec,
         }
@@ -938,6 +1018,36 @@ mod tests {
         assert_eq!(decision, Some(Decision::MoveReplica { from: Peer::new(2, 2), to: 5 }));
         let decision = rebalance(&r, &led(1, &[]), None, &balance, &limited(&[2, 4]));
         assert_eq!(decision, Some(Decision::MoveReplica { from: Peer::new(1, 1), to: 5 }));
+    }
+
+    /// Every replica applies a Region's writes: a write-hot Region's replica on the store
+    /// writing the most goes to the one writing the least, once they are far enough apart
+    /// that the move does not invite one back.
+    #[test]
+    fn a_write_hot_region_s_replica_goes_to_the_store_writing_least() {
+        let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
+        let hot = RegionLoad { written_bytes: MIB, ..load(MIB, 0) };
+        let mut balance =
+            counts(&[(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)], &[(1, 1), (2, 1), (3, 1)]);
+        balance.writes = [(1, 4 * MIB), (2, MIB), (3, MIB), (4, 0), (5, MIB / 2)].into();
+        let decision = rebalance(&r, &led(2, &[]), Some(&hot), &balance, &Allowed::ALL);
+        assert_eq!(decision, Some(Decision::MoveReplica { from: Peer::new(1, 1), to: 4 }));
+        let mut after = balance.clone();
+        after.record(&decision.unwrap(), 2, Some(&hot));
+        assert_eq!((after.writes[&1], after.writes[&4]), (3 * MIB, MIB));
+        // Store 4 at its limit: store 5, the next coldest.
+        let limited = Allowed { saturated: [4].into(), ..Allowed::ALL };
+        let decision = rebalance(&r, &led(2, &[]), Some(&hot), &balance, &limited);
+        assert_eq!(decision, Some(Decision::MoveReplica { from: Peer::new(1, 1), to: 5 }));
+        // Hot balancing paused, or the stores within 1¼ times the Region's writes: stays.
+        let paused = Allowed { hot: false, ..Allowed::ALL };
+        assert_eq!(rebalance(&r, &led(2, &[]), Some(&hot), &balance, &paused), None);
+        balance.writes = [(1, 2 * MIB), (2, MIB), (3, MIB), (4, MIB), (5, MIB)].into();
+        assert_eq!(rebalance(&r, &led(2, &[]), Some(&hot), &balance, &Allowed::ALL), None);
+        // Read traffic costs only the leader: a read-hot Region's replicas stay.
+        balance.writes = [(1, 4 * MIB), (2, MIB), (3, MIB), (4, 0), (5, 0)].into();
+        let read_hot = load(MIB, MIB);
+        assert_eq!(rebalance(&r, &led(2, &[]), Some(&read_hot), &balance, &Allowed::ALL), None);
     }
 
     fn zoned(id: u64, zone: &str, host: &str) -> Store {

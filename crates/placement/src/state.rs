@@ -17,7 +17,7 @@ use crate::command::{
 use prost::Message as _;
 use scandium_storage::{Cf, EngineRef, StorageError, WriteBatch};
 use scandium_types::{Region, RegionId, Store, StoreId, StoreState};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use thiserror::Error;
 
@@ -97,7 +97,7 @@ pub struct PlacementState {
     leaders: BTreeMap<RegionId, RegionLeader>,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct ClusterRecordView {
     cluster_id: u64,
     next_id: u64,
@@ -261,6 +261,9 @@ impl PlacementState {
                         "store_limit must be at most 100000 moves a minute, not {limit}"
                     ));
                 }
+                if let Err(invalid) = self.check_scheduler(&settings) {
+                    return Response::Invalid(invalid);
+                }
                 self.cluster.scheduler = settings;
                 self.write_cluster(batch);
                 Response::Done
@@ -325,8 +328,8 @@ impl PlacementState {
     }
 
     /// The scheduler's settings for the whole cluster.
-    pub fn scheduler_settings(&self) -> SchedulerSettings {
-        self.cluster.scheduler
+    pub fn scheduler_settings(&self) -> &SchedulerSettings {
+        &self.cluster.scheduler
     }
 
     /// The GC safe point.
@@ -501,6 +504,51 @@ impl PlacementState {
         }
     }
 
+    /// What `SetScheduler` checks beyond the limits' ranges: isolation levels that are
+    /// label names, each once; limits of stores that exist, each once.
+    fn check_scheduler(&self, settings: &SchedulerSettings) -> Result<(), String> {
+        if let Some(labels) = &settings.location_labels {
+            let levels = &labels.levels;
+            if levels.len() > 8 {
+                return Err(format!("location_labels: at most 8 levels, not {}", levels.len()));
+            }
+            let name = |l: &String| {
+                !l.is_empty()
+                    && l.len() <= 64
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            };
+            if let Some(bad) = levels.iter().find(|l| !name(l)) {
+                return Err(format!("location_labels: {bad:?} is not a label name"));
+            }
+            let distinct: BTreeSet<&String> = levels.iter().collect();
+            if distinct.len() != levels.len() {
+                return Err("location_labels: a level is named twice".to_string());
+            }
+        }
+        let limits = &settings.store_limits;
+        if limits.len() > SchedulerSettings::MAX_STORE_LIMITS {
+            let most = SchedulerSettings::MAX_STORE_LIMITS;
+            return Err(format!("at most {most} stores may have a limit of their own"));
+        }
+        let mut seen = BTreeSet::new();
+        for limit in limits {
+            let store = limit.store_id;
+            if !seen.insert(store) {
+                return Err(format!("store {store} has two limits"));
+            }
+            if !self.stores.contains_key(&store) {
+                return Err(format!("store {store} not found"));
+            }
+            if limit.moves_per_minute > 100_000 {
+                let moves = limit.moves_per_minute;
+                return Err(format!(
+                    "store {store}'s limit must be at most 100000 moves a minute, not {moves}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn write_cluster(&self, batch: &mut WriteBatch) {
         let record = ClusterRecord {
             cluster_id: self.cluster.cluster_id,
@@ -509,7 +557,7 @@ impl PlacementState {
             gc_safe_point: self.cluster.gc_safe_point,
             replicas: self.cluster.replicas,
             scheduler: (self.cluster.scheduler != SchedulerSettings::default())
-                .then_some(self.cluster.scheduler),
+                .then(|| self.cluster.scheduler.clone()),
         };
         batch.put(Cf::Placement, CLUSTER_KEY.to_vec(), record.encode_to_vec());
     }

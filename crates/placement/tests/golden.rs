@@ -4,7 +4,8 @@
 
 use prost::Message as _;
 use scandium_placement::{
-    Command, KeyspaceMeta, Kind, PlacementState, Response, SchedulerSettings, StoreSeen, StoresSeen,
+    Command, KeyspaceMeta, Kind, LocationLabels, PlacementState, Response, SchedulerSettings,
+    StoreLimit, StoreSeen, StoresSeen,
 };
 use scandium_storage::{Cf, EngineRef, MemoryEngine, WriteBatch};
 use scandium_types::{Peer, Region, Store};
@@ -58,6 +59,8 @@ fn placement_records() {
             balance_limit: 2,
             hot_paused: true,
             store_limit: 9,
+            location_labels: Some(LocationLabels { levels: vec!["zone".into(), "host".into()] }),
+            store_limits: vec![StoreLimit { store_id: 1, moves_per_minute: 3 }],
         }),
     ] {
         responses.push(state.apply(&Command::new(kind).encode_to_vec(), &mut batch));

@@ -149,15 +149,21 @@ async fn operators(
 }
 
 /// The scheduler's settings for the whole cluster, as this node's placement state has
-/// them (`balance_limit` and `store_limit` 0: each placement leader's own setting).
+/// them (`balance_limit` and `store_limit` 0, `location_labels` null: each placement
+/// leader's own setting).
 async fn scheduler(State(node): State<Arc<HttpState>>) -> Json<Value> {
-    let settings = node.placement.read().scheduler_settings();
+    let settings = node.placement.read().scheduler_settings().clone();
+    let store_limits: Vec<Value> = (settings.store_limits.iter())
+        .map(|l| json!({ "store_id": l.store_id, "moves_per_minute": l.moves_per_minute }))
+        .collect();
     Json(json!({
         "replicas_paused": settings.replicas_paused,
         "leaders_paused": settings.leaders_paused,
         "balance_limit": settings.balance_limit,
         "hot_paused": settings.hot_paused,
         "store_limit": settings.store_limit,
+        "store_limits": store_limits,
+        "location_labels": settings.location_labels.map(|l| l.levels),
     }))
 }
 

@@ -251,6 +251,7 @@ impl Node {
             balance_limit: config.balance_limit,
             location_labels: config.location_labels.clone(),
             store_limit_per_min: config.store_limit_per_minute as usize,
+            store_limits: Default::default(),
             hot_region_bytes_per_sec: config.hot_region_bytes_per_sec,
         };
         let control_config = ControlConfig {

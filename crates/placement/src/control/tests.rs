@@ -268,3 +268,60 @@ fn a_store_takes_part_in_no_more_replica_moves_a_minute_than_its_limit() {
     let intake = plane.region_heartbeats(&state, &[heartbeat(second, 111, &[])], at(60_400));
     assert_eq!(intake.need_ids, vec![11], "a minute later, store 4 takes another");
 }
+
+/// A store with a limit of its own: 0 keeps balancing away from it, while the others
+/// take their moves under the cluster's limit.
+#[test]
+fn a_store_s_own_limit_replaces_the_cluster_s() {
+    let (mut state, regions) = three_full_stores_and_an_empty_one(&[b"", b"b", b""]);
+    let own = crate::StoreLimit { store_id: 4, moves_per_minute: 0 };
+    let settings = crate::SchedulerSettings { store_limits: vec![own], ..Default::default() };
+    apply(&mut state, Kind::SetScheduler(settings));
+    let mut plane = leading(&state);
+    for region in &regions {
+        let leader = region.peers[0].id;
+        let intake = plane.region_heartbeats(&state, &[heartbeat(region, leader, &[])], at(200));
+        assert!(intake.need_ids.is_empty() && intake.steps.is_empty(), "{intake:?}");
+    }
+    let own = crate::StoreLimit { store_id: 4, moves_per_minute: 5 };
+    let settings = crate::SchedulerSettings { store_limits: vec![own], ..Default::default() };
+    apply(&mut state, Kind::SetScheduler(settings));
+    let intake = plane.region_heartbeats(&state, &[heartbeat(&regions[0], 101, &[])], at(300));
+    assert_eq!(intake.need_ids, vec![10], "store 4 takes moves again");
+}
+
+/// The isolation levels recorded for the cluster are what every placement leader places
+/// by, whatever its own `location_labels` (none here).
+#[test]
+fn the_cluster_s_isolation_levels_replace_the_leader_s_own() {
+    let r = region(vec![Peer::new(1, 1), Peer::new(2, 2)], 2);
+    let mut state = cluster(1, r.clone());
+    let label =
+        |value: &str| scandium_types::StoreLabel { key: "zone".into(), value: value.into() };
+    for (id, zone) in [(1, "a"), (2, "a"), (3, "a"), (4, "b")] {
+        apply(&mut state, Kind::PutStore(Store { labels: vec![label(zone)], ..store(id) }));
+    }
+    let new_replica_goes_to = |state: &PlacementState| {
+        let mut plane = ControlPlane::new(config());
+        plane.take_over(1, state, at(0));
+        for s in 1..=4 {
+            plane.store_heartbeat(s, at(100));
+        }
+        let intake = plane.region_heartbeats(state, &[heartbeat(&r, 1, &[])], at(200));
+        assert_eq!(intake.need_ids, vec![10]);
+        plane.supply_id(10, 500, 1);
+        let intake = plane.region_heartbeats(state, &[heartbeat(&r, 1, &[])], at(300));
+        match &intake.steps[..] {
+            [step] => match &step.action {
+                StepAction::AddLearner(peer) => peer.store_id,
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(new_replica_goes_to(&state), 3, "without levels: the fewest replicas, lowest id");
+    let levels = crate::LocationLabels { levels: vec!["zone".into()] };
+    let zoned = crate::SchedulerSettings { location_labels: Some(levels), ..Default::default() };
+    apply(&mut state, Kind::SetScheduler(zoned));
+    assert_eq!(new_replica_goes_to(&state), 4, "zone b, the one the Region is missing");
+}

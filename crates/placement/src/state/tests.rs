@@ -177,3 +177,35 @@ fn reported_leaders_follow_the_newest_term_and_survive_a_reload() {
     assert_eq!(reloaded.leader_record(1).map(|l| (l.peer_id, l.term)), Some((101, 6)));
     assert_eq!(reloaded.leader_of(2), None);
 }
+
+#[test]
+fn scheduler_settings_are_checked_before_they_are_recorded() {
+    let mut state = bootstrapped();
+    let levels = |levels: &[&str]| {
+        Some(crate::LocationLabels { levels: levels.iter().map(|l| l.to_string()).collect() })
+    };
+    let limit = |store_id, moves_per_minute| crate::StoreLimit { store_id, moves_per_minute };
+    let refused = [
+        SchedulerSettings { balance_limit: 1025, ..Default::default() },
+        SchedulerSettings { store_limit: 100_001, ..Default::default() },
+        SchedulerSettings { location_labels: levels(&["zone", "zone"]), ..Default::default() },
+        SchedulerSettings { location_labels: levels(&["zone", ""]), ..Default::default() },
+        SchedulerSettings { location_labels: levels(&["a b"]), ..Default::default() },
+        SchedulerSettings { location_labels: levels(&["l"; 9]), ..Default::default() },
+        SchedulerSettings { store_limits: vec![limit(99, 1)], ..Default::default() },
+        SchedulerSettings { store_limits: vec![limit(1, 100_001)], ..Default::default() },
+        SchedulerSettings { store_limits: vec![limit(1, 1), limit(1, 2)], ..Default::default() },
+    ];
+    for settings in refused {
+        let response = apply(&mut state, Kind::SetScheduler(settings.clone()));
+        assert!(matches!(response, Response::Invalid(_)), "{settings:?}: {response:?}");
+        assert_eq!(state.scheduler_settings(), &SchedulerSettings::default(), "unchanged");
+    }
+    let good = SchedulerSettings {
+        location_labels: levels(&["zone", "rack", "host"]),
+        store_limits: vec![limit(1, 0)],
+        ..Default::default()
+    };
+    assert_eq!(apply(&mut state, Kind::SetScheduler(good.clone())), Response::Done);
+    assert_eq!(state.scheduler_settings(), &good);
+}
