@@ -657,6 +657,64 @@ fn a_follower_taking_a_snapshot_needs_only_one() {
     assert_eq!(cluster.snapshots[lagging as usize], before + 1, "one snapshot");
 }
 
+/// An engine whose memtables hold 32 MiB (past what an install waits for) until it is
+/// asked to flush them.
+struct FullMemtables {
+    inner: EngineRef,
+    full: std::sync::atomic::AtomicBool,
+    flushes: std::sync::atomic::AtomicUsize,
+}
+
+impl scandium_storage::Engine for FullMemtables {
+    fn write(&self, batch: WriteBatch) -> scandium_storage::Result<()> {
+        self.inner.write(batch)
+    }
+    fn sync(&self) -> scandium_storage::Result<()> {
+        self.inner.sync()
+    }
+    fn get(&self, cf: Cf, key: &[u8]) -> scandium_storage::Result<Option<Vec<u8>>> {
+        self.inner.get(cf, key)
+    }
+    fn snapshot(&self) -> Box<dyn scandium_storage::Snapshot> {
+        self.inner.snapshot()
+    }
+    fn disk_size(&self) -> u64 {
+        0
+    }
+    fn write_buffer_bytes(&self) -> u64 {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            32 << 20
+        } else {
+            0
+        }
+    }
+    fn flush_memtables(&self) -> scandium_storage::Result<()> {
+        self.flushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.full.store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// An install waits while the engine's memtables are full, and asks for them to be
+/// flushed: memtables below their own size limit are flushed only when the journal grows
+/// long, so a node with a little of each column family in memory would otherwise hold
+/// every install up until its clients wrote enough.
+#[test]
+fn an_install_held_up_by_memtables_asks_for_them_to_be_flushed() {
+    let (mut cluster, lagging) = a_follower_behind_the_log(|i| vec![i]);
+    cluster.stop(lagging);
+    let engine = Arc::new(FullMemtables {
+        inner: cluster.nodes[lagging as usize - 1].engine.clone(),
+        full: true.into(),
+        flushes: 0.into(),
+    });
+    cluster.nodes[lagging as usize - 1].engine = engine.clone();
+    cluster.start(lagging);
+    cluster.heal();
+    cluster.tick_until(300, "follower caught up", |c| c.value(lagging, &[b'g', 59]).is_some());
+    assert_eq!(engine.flushes.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 #[test]
 fn a_snapshot_goes_in_over_several_rounds_and_a_crash_midway_starts_it_over() {
     // 6 MiB: a snapshot of several 1 MiB install steps.

@@ -127,6 +127,13 @@ impl Engine for FjallEngine {
         self.inner.db.write_buffer_size()
     }
 
+    fn flush_memtables(&self) -> Result<()> {
+        for keyspace in &self.inner.keyspaces {
+            keyspace.rotate_memtable()?;
+        }
+        Ok(())
+    }
+
     fn stats(&self) -> EngineStats {
         let db = &self.inner.db;
         EngineStats {

@@ -77,6 +77,26 @@ fn fjall_data_survives_reopen() {
     assert_eq!(engine.get(Cf::RaftLog, b"e1").unwrap(), Some(b"entry".to_vec()));
 }
 
+/// Memtables asked to flush are flushed, whatever their size, and nothing is lost.
+#[test]
+fn fjall_flushes_memtables_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = FjallEngine::open(dir.path(), &FjallOptions::default()).unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put(Cf::Raw, b"k".to_vec(), vec![1; 64 << 10]);
+    batch.put(Cf::Default, b"d".to_vec(), vec![2; 64 << 10]);
+    engine.write(batch).unwrap();
+    assert!(engine.write_buffer_bytes() >= 128 << 10);
+    engine.flush_memtables().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while engine.write_buffer_bytes() > 0 {
+        assert!(std::time::Instant::now() < deadline, "not flushed within 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(engine.get(Cf::Raw, b"k").unwrap(), Some(vec![1; 64 << 10]));
+    assert_eq!(engine.get(Cf::Default, b"d").unwrap(), Some(vec![2; 64 << 10]));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
     /// Random puts and deletes leave fjall with exactly the contents of the memory engine.
