@@ -40,6 +40,9 @@ pub struct RaftConfig {
     pub max_log_entries: u64,
     /// Bytes a leader keeps for lagging followers at most; see `max_log_entries`.
     pub max_log_bytes: u64,
+    /// Where received snapshots wait to be installed, one file each; `None`: in the
+    /// engine (in-memory engines have no directory). See [`crate::snapshot::Stager`].
+    pub snapshot_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RaftConfig {
@@ -54,6 +57,7 @@ impl Default for RaftConfig {
             log_gc_threshold: 256,
             max_log_entries: 8192,
             max_log_bytes: 64 << 20,
+            snapshot_dir: None,
         }
     }
 }

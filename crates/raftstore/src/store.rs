@@ -194,7 +194,7 @@ impl Store {
         let snapshot = engine.snapshot();
         let installs = pending_installs(&*snapshot)?;
         let keep: Vec<u64> = installs.values().map(|p| p.staging_id).collect();
-        let stager = Stager::open(engine.clone(), &keep)?;
+        let stager = Stager::open(engine.clone(), config.snapshot_dir.as_deref(), &keep)?;
         let mut store = Store {
             store_id,
             engine,
@@ -1004,11 +1004,12 @@ impl Store {
             return Ok(Vec::new());
         }
         let install = peer.installing.as_mut().expect("found installing");
-        if !install.step(&*self.engine, INSTALL_STEP_BYTES)? {
+        if !install.step(&*self.engine, &self.stager, INSTALL_STEP_BYTES)? {
             return Ok(Vec::new());
         }
         let brought = install.written();
         self.engine.sync()?;
+        self.stager.release(install.data());
         peer.installing = None;
         let region = peer.region.clone();
         let id = region.id;
@@ -1098,7 +1099,8 @@ impl Store {
         let mut batch = WriteBatch::new();
         peer.raw.mut_store().destroy(&mut batch);
         self.installing.remove(&id);
-        if let Some(install) = peer.installing.take() {
+        let abandoned = peer.installing.take();
+        if let Some(install) = &abandoned {
             install.abandon(&mut batch);
             if let Some(old) = &install.pending().old {
                 snapshot::clear(&*self.engine.snapshot(), old, &mut batch)?;
@@ -1112,6 +1114,10 @@ impl Store {
         }
         write_tombstone(&mut batch, &peer.region, peer.meta.id);
         self.engine.write(batch)?;
+        if let Some(install) = abandoned {
+            self.engine.sync()?;
+            self.stager.release(install.data());
+        }
         let region_id = peer.region.id;
         peer.fail_all(|| RaftstoreError::OutcomeUnknown { region_id });
         self.tombstones.insert(id, peer.meta.id);

@@ -50,6 +50,8 @@ struct Node {
     store: Option<Store>,
     engine: EngineRef,
     registry: Registry,
+    /// Where the store stages received snapshots, if in files.
+    snapshot_dir: Option<std::path::PathBuf>,
 }
 
 type Result<T> = std::result::Result<T, RaftstoreError>;
@@ -96,7 +98,7 @@ impl Cluster {
                 write_initial_group(&mut batch, &region);
                 engine.write(batch).unwrap();
             }
-            nodes.push(Node { store: None, engine, registry: Registry::new() });
+            nodes.push(Node { store: None, engine, registry: Registry::new(), snapshot_dir: None });
         }
         let mut cluster = Cluster {
             nodes,
@@ -129,7 +131,7 @@ impl Cluster {
         let mut store = Store::open(
             id,
             node.engine.clone(),
-            config(id),
+            RaftConfig { snapshot_dir: node.snapshot_dir.clone(), ..config(id) },
             Box::new(NoMeta),
             node.registry.clone(),
         )
@@ -742,6 +744,34 @@ fn a_snapshot_goes_in_over_several_rounds_and_a_crash_midway_starts_it_over() {
     assert_eq!(staged.scan(Cf::Staging, &[], &[], false).count(), 0, "nothing left staged");
     cluster.put(b"after", b"v").unwrap();
     cluster.tick_until(300, "serving again", |c| c.value(lagging, b"after").is_some());
+}
+
+/// The same with snapshots staged in files: the file outlives the crash, the install
+/// starts over from it, and it goes once the install is in.
+#[test]
+fn a_snapshot_staged_in_a_file_survives_a_crash_midway_and_goes_once_installed() {
+    let value = vec![7u8; 100 << 10];
+    let (mut cluster, lagging) = a_follower_behind_the_log(|_| value.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let files = || std::fs::read_dir(dir.path()).unwrap().count();
+    cluster.stop(lagging);
+    cluster.node(lagging).snapshot_dir = Some(dir.path().to_path_buf());
+    cluster.start(lagging);
+    cluster.heal();
+    let crashed = cluster.tick_until_it_happens(300, Until::Installing(lagging));
+    assert!(crashed, "the lagging store began installing a snapshot");
+    assert_eq!(files(), 1, "staged in a file");
+    let engine = cluster.node(lagging).engine.clone();
+    assert_eq!(engine.snapshot().scan(Cf::Staging, &[], &[], false).count(), 0);
+    cluster.start(lagging);
+    assert!(cluster.store(lagging).is_installing(REGION), "the record survived the crash");
+    assert_eq!(files(), 1, "and so did the file it installs from");
+    cluster.run();
+    assert!(!cluster.store(lagging).is_installing(REGION));
+    for i in 0..60u8 {
+        assert_eq!(cluster.value(lagging, &[b'g', i]).as_deref(), Some(&value[..]), "key {i}");
+    }
+    assert_eq!(files(), 0, "the file goes once the install is in");
 }
 
 #[test]

@@ -138,7 +138,8 @@ impl Node {
         let opening = Instant::now();
         let engine = open_engine(&config)?;
         let storage_ms = opening.elapsed().as_millis() as u64;
-        let mut node = Node::start_on(config, engine).await?;
+        let snapshots = Some(config.data_dir.join("snapshots"));
+        let mut node = Node::start_with(config, engine, snapshots).await?;
         node.start_timings.storage_ms = storage_ms;
         Ok(node)
     }
@@ -147,6 +148,16 @@ impl Node {
     /// an in-process test node on an in-memory engine (`scandium::testing`), which starts
     /// without a single fsync.
     pub async fn start_on(config: Config, engine: EngineRef) -> Result<Node, NodeError> {
+        Node::start_with(config, engine, None).await
+    }
+
+    /// Starts a node on `engine`, staging received snapshots in files in `snapshot_dir`
+    /// if given, else in the engine.
+    async fn start_with(
+        config: Config,
+        engine: EngineRef,
+        snapshot_dir: Option<std::path::PathBuf>,
+    ) -> Result<Node, NodeError> {
         config.validate()?;
         let started = Instant::now();
         let listener = std::net::TcpListener::bind(&config.addr)
@@ -192,6 +203,7 @@ impl Node {
             max_entry_bytes: config.max_raft_entry_bytes,
             max_log_entries: config.raft_log_max_entries,
             log_gc_threshold: (config.raft_log_max_entries / 4).clamp(4, 256),
+            snapshot_dir,
             ..RaftConfig::default()
         };
         let mut store = Store::open(

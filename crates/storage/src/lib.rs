@@ -124,6 +124,14 @@ pub enum StorageError {
     /// A fault [`FaultEngine`] was set to produce: a failed fsync or write, a full disk.
     #[error("{0} (injected)")]
     Injected(&'static str),
+    /// A file kept beside the engine (a staged snapshot) could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file or directory.
+        path: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
 }
 
 /// Result of storage operations.
