@@ -45,10 +45,17 @@ print(sum(1 for p in r['peers'] if p['role_name']=='Voter'))")
   [ "$VOTERS" = 2 ] && break
   sleep 0.2
 done
+VOTER=$(date +%s.%N)
+# Promotion follows the snapshot's Raft state, not its data: the move is done when the
+# receiver has installed the data and deleted the staged file.
+while ls $DIR/d2/snapshots/*.snap >/dev/null 2>&1; do sleep 0.1; done
 END=$(date +%s.%N)
+echo "a voter after $(python3 -c "print(f'{$VOTER-$START:.1f}')") s, the data in after $(python3 -c "print(f'{$END-$START:.1f}')") s"
 PEAK=$(awk '/VmHWM/ {print $2}' /proc/$N2/status)
 SECS=$(python3 -c "print(f'{$END-$START:.1f}')")
 BYTES=${BIG#* }; BYTES=${BYTES%% *}
-echo "Region $ID on the new node, a voter, after $SECS s: $(python3 -c "print(f'{$BYTES/1048576/($END-$START):.0f}')") MiB/s of its approximate size"
+echo "Region $ID on the new node, installed after $SECS s: $(python3 -c "print(f'{$BYTES/1048576/($END-$START):.0f}')") MiB/s of its approximate size"
 echo "receiver RSS peak: $((PEAK / 1024)) MiB (+$(((PEAK - BASE) / 1024)) MiB over its start)"
 du -sh $DIR/d1 $DIR/d2
+# The new replica must hold exactly what the leader holds.
+$BIN ctl --pd 127.0.0.1:23790 check-consistency | awk -v id=$ID '$1 == id || NR == 1'

@@ -277,6 +277,32 @@ fn remove_staged_file(path: &std::path::Path) {
     }
 }
 
+/// Reads chunk `seq`, the next one, of the staged file `reader` reads.
+fn read_staged(
+    reader: &mut std::io::BufReader<std::fs::File>,
+    path: &std::path::Path,
+    seq: u64,
+) -> Result<SnapshotChunk, StorageError> {
+    use std::io::Read as _;
+    let corrupted = |what: String| StorageError::Corrupted {
+        cf: Cf::Staging,
+        reason: format!("{}: chunk {seq}: {what}", path.display()),
+    };
+    let mut header = [0u8; 8];
+    reader.read_exact(&mut header).map_err(|e| corrupted(e.to_string()))?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if len > MAX_STAGED_CHUNK {
+        return Err(corrupted(format!("{len} bytes")));
+    }
+    let mut bytes = vec![0; len];
+    reader.read_exact(&mut bytes).map_err(|e| corrupted(e.to_string()))?;
+    if STAGED_CRC.checksum(&bytes) != crc {
+        return Err(corrupted("bad checksum".to_string()));
+    }
+    SnapshotChunk::decode(bytes.as_slice()).map_err(|e| corrupted(e.to_string()))
+}
+
 /// Where an install reads a staged snapshot's chunks, in order.
 pub enum StagedChunks {
     /// Its file, read from the start.
@@ -302,30 +328,7 @@ impl StagedChunks {
             StagedChunks::Engine { id } => snapshot
                 .get(Cf::Staging, &staging_key(*id, seq))?
                 .ok_or_else(|| corrupted(format!("chunk {seq} of {id} is missing")))?,
-            StagedChunks::File { reader, path } => {
-                use std::io::Read as _;
-                let at =
-                    |e: std::io::Error| corrupted(format!("{}: chunk {seq}: {e}", path.display()));
-                let mut header = [0u8; 8];
-                reader.read_exact(&mut header).map_err(at)?;
-                let len = u32::from_le_bytes(header[..4].try_into().expect("4")) as usize;
-                let crc = u32::from_le_bytes(header[4..].try_into().expect("4"));
-                if len > MAX_STAGED_CHUNK {
-                    return Err(corrupted(format!(
-                        "{}: chunk {seq} of {len} bytes",
-                        path.display()
-                    )));
-                }
-                let mut bytes = vec![0; len];
-                reader.read_exact(&mut bytes).map_err(at)?;
-                if STAGED_CRC.checksum(&bytes) != crc {
-                    return Err(corrupted(format!(
-                        "{}: chunk {seq}: bad checksum",
-                        path.display()
-                    )));
-                }
-                bytes
-            }
+            StagedChunks::File { reader, path } => return read_staged(reader, path, seq),
         };
         SnapshotChunk::decode(bytes.as_slice()).map_err(|e| corrupted(e.to_string()))
     }
@@ -473,6 +476,8 @@ pub struct Install {
     pending: PendingInstall,
     /// Where the chunks are read from (opened at the first step that reads one).
     chunks: Option<StagedChunks>,
+    /// A staged file's records going into the engine on a thread of their own.
+    ingesting: Option<Ingesting>,
     /// Ranges still to clear; the first one's start advances as it is cleared.
     clear: Vec<(Cf, Vec<u8>, Vec<u8>)>,
     next_chunk: u64,
@@ -489,7 +494,8 @@ impl Install {
             clear.extend(data_ranges(old));
         }
         clear.reverse(); // taken from the back
-        Install { pending, chunks: None, clear, next_chunk: 0, written: Default::default() }
+        let written = Default::default();
+        Install { pending, chunks: None, ingesting: None, clear, next_chunk: 0, written }
     }
 
     /// What the snapshot's records written so far add up to (all of them once
@@ -518,7 +524,7 @@ impl Install {
     /// [releases](Stager::release) the staged data).
     pub fn step(
         &mut self,
-        engine: &dyn Engine,
+        engine: &EngineRef,
         stager: &Stager,
         budget: usize,
     ) -> Result<bool, StorageError> {
@@ -549,9 +555,14 @@ impl Install {
             }
         }
         let id = self.pending.staging_id;
-        let chunks = match &mut self.chunks {
-            Some(chunks) => chunks,
-            None => self.chunks.insert(stager.chunks(self.data())?),
+        if self.chunks.is_none() && self.ingesting.is_none() {
+            self.chunks = Some(stager.chunks(self.data())?);
+        }
+        if self.ingesting.is_some() || self.chunks.as_ref().is_some_and(|c| !c.in_engine()) {
+            return self.ingest(engine);
+        }
+        let Some(chunks) = &mut self.chunks else {
+            unreachable!("opened above, and taken only to ingest")
         };
         while self.next_chunk < self.pending.chunks && bytes < budget {
             let corrupted = |reason: String| StorageError::Corrupted { cf: Cf::Staging, reason };
@@ -579,6 +590,47 @@ impl Install {
         Ok(done)
     }
 
+    /// Whether the records are going into the engine on a thread of their own (the
+    /// caller need not call [`Install::step`] again at once).
+    pub fn in_thread(&self) -> bool {
+        self.ingesting.is_some()
+    }
+
+    /// The staged file's records go into the engine through [`Engine::ingest`], written
+    /// once, straight into its files, instead of through memtables and the journal in
+    /// steps. An ingestion cannot be cut into the Raft loop's steps, so it runs on a
+    /// thread of its own, which each step looks in on; the last step then deletes the
+    /// install's record. An ingestion stopped or failed leaves nothing visible, and the
+    /// install, started over, clears the ranges again first.
+    fn ingest(&mut self, engine: &EngineRef) -> Result<bool, StorageError> {
+        let Some(ingesting) = &mut self.ingesting else {
+            let Some(StagedChunks::File { reader, path }) = self.chunks.take() else {
+                unreachable!("called for a staged file only")
+            };
+            self.ingesting = Some(Ingesting::start(engine.clone(), reader, path, self.data())?);
+            return Ok(false);
+        };
+        let Some(written) = ingesting.finished()? else {
+            return Ok(false);
+        };
+        self.ingesting = None;
+        self.written = written;
+        self.next_chunk = self.pending.chunks;
+        let mut batch = WriteBatch::new();
+        let region_id = self.pending.region.as_ref().map_or(0, |r| r.id);
+        batch.delete(Cf::RaftState, crate::keys::install_key(region_id));
+        engine.write(batch)?;
+        Ok(true)
+    }
+
+    /// Stops a thread ingesting the records, if one is, and waits for it: it writes
+    /// nothing after, so the caller may clear the ranges (a destroyed replica).
+    pub fn stop(&mut self) {
+        if let Some(ingesting) = self.ingesting.take() {
+            ingesting.stop();
+        }
+    }
+
     /// Adds to `batch` the deletes of what this install left (its replica is destroyed
     /// before it finished): the staged chunks and the record. The caller clears the
     /// Region's ranges, and [releases](Stager::release) a staged file once the batch is
@@ -589,6 +641,85 @@ impl Install {
         }
         let region_id = self.pending.region.as_ref().map_or(0, |r| r.id);
         batch.delete(Cf::RaftState, crate::keys::install_key(region_id));
+    }
+}
+
+impl Drop for Install {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A thread ingesting a staged file's records ([`Install::ingest`]).
+struct Ingesting {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<crate::stats::Footprint, StorageError>>>,
+}
+
+impl Ingesting {
+    fn start(
+        engine: EngineRef,
+        mut reader: std::io::BufReader<std::fs::File>,
+        path: std::path::PathBuf,
+        data: SnapshotData,
+    ) -> Result<Ingesting, StorageError> {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let file = path.clone();
+        let run = move || {
+            let mut written = crate::stats::Footprint::default();
+            let mut entries = Vec::new().into_iter();
+            let mut seq = 0;
+            let mut next = || -> Result<Option<scandium_storage::Record>, StorageError> {
+                loop {
+                    if stopped.load(Ordering::Relaxed) {
+                        return Err(StorageError::Stopped);
+                    }
+                    if let Some(entry) = entries.next() {
+                        let SnapshotEntry { cf, key, value } = entry;
+                        let cf = snapshot_cf(cf).ok_or_else(|| StorageError::Corrupted {
+                            cf: Cf::Staging,
+                            reason: format!("{}: column family {cf}", path.display()),
+                        })?;
+                        written.put(cf, &key, &value);
+                        return Ok(Some((cf, key, value)));
+                    }
+                    if seq == data.chunks {
+                        return Ok(None);
+                    }
+                    entries = read_staged(&mut reader, &path, seq)?.entries.into_iter();
+                    seq += 1;
+                }
+            };
+            let mut records = std::iter::from_fn(|| next().transpose());
+            engine.ingest(&mut records)?;
+            Ok(written)
+        };
+        let thread = std::thread::Builder::new()
+            .name("snapshot-ingest".to_string())
+            .spawn(run)
+            .map_err(|source| StorageError::File { path: format!("{}", file.display()), source })?;
+        Ok(Ingesting { stop, thread: Some(thread) })
+    }
+
+    /// What the records added up to, once the thread is done; `None` while it runs.
+    fn finished(&mut self) -> Result<Option<crate::stats::Footprint>, StorageError> {
+        if !self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            return Ok(None);
+        }
+        let thread = self.thread.take().expect("checked above");
+        let panicked = |_| StorageError::Corrupted {
+            cf: Cf::Staging,
+            reason: "the thread ingesting a snapshot panicked".to_string(),
+        };
+        thread.join().map_err(panicked)?.map(Some)
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -744,17 +875,39 @@ mod tests {
         staging
     }
 
+    /// Steps `install` until it is done; the steps that wrote (not those that found
+    /// the ingesting thread still at work).
     fn install_all(
-        engine: &MemoryEngine,
+        engine: &Arc<MemoryEngine>,
         stager: &Stager,
         install: &mut Install,
         budget: usize,
     ) -> usize {
+        let engine: EngineRef = engine.clone();
         let mut steps = 1;
-        while !install.step(engine, stager, budget).unwrap() {
-            steps += 1;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !install.step(&engine, stager, budget).unwrap() {
+            assert!(std::time::Instant::now() < deadline, "not installed in 30 s");
+            match install.in_thread() {
+                true => std::thread::sleep(std::time::Duration::from_millis(1)),
+                false => steps += 1,
+            }
         }
         steps
+    }
+
+    /// Steps `install` until it fails.
+    fn install_error(engine: &Arc<MemoryEngine>, stager: &Stager, install: &mut Install) -> String {
+        let engine: EngineRef = engine.clone();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match install.step(&engine, stager, 1 << 20) {
+                Ok(done) => assert!(!done, "installed"),
+                Err(error) => return error.to_string(),
+            }
+            assert!(std::time::Instant::now() < deadline, "no error in 30 s");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     fn pending(region: &Region, data: SnapshotData) -> PendingInstall {
@@ -796,8 +949,12 @@ mod tests {
         assert_eq!(files(dir.path()), vec![format!("{}.snap", data.staging_id)]);
         assert!(staged(&receiver).is_empty() && raw_keys(&receiver).is_empty());
         let mut install = Install::new(pending(&region, data));
-        assert!(install_all(&receiver, &stager, &mut install, 8) > 2, "bounded steps");
+        let engine: EngineRef = receiver.clone();
+        assert!(!install.step(&engine, &stager, 8).unwrap());
+        assert!(install.in_thread(), "ingested on a thread of its own, not in steps");
+        install_all(&receiver, &stager, &mut install, 8);
         assert_eq!(raw_keys(&receiver).len(), 20);
+        assert_eq!(install.written().put_keys, 20, "what it wrote is counted");
         assert_eq!(files(dir.path()).len(), 1, "kept until released");
         stager.release(install.data());
         assert!(files(dir.path()).is_empty());
@@ -852,8 +1009,7 @@ mod tests {
             damage(&mut bytes);
             std::fs::write(&path, bytes).unwrap();
             let mut install = Install::new(pending(&region, data));
-            let error = install.step(&*receiver, &stager, 1 << 20).unwrap_err();
-            let text = error.to_string();
+            let text = install_error(&receiver, &stager, &mut install);
             assert!(text.contains(expected) && text.contains(".snap"), "{expected}: {text}");
             stager.discard(data);
         }
@@ -973,7 +1129,7 @@ mod tests {
         // A crash after a few steps: the install starts again from its record.
         let mut first = Install::new(pending.clone());
         for _ in 0..3 {
-            assert!(!first.step(&*receiver, &stager, 40).unwrap());
+            assert!(!first.step(&(receiver.clone() as EngineRef), &stager, 40).unwrap());
         }
         let steps = install_all(&receiver, &stager, &mut Install::new(pending), 40);
         assert!(steps > 3, "bounded steps");

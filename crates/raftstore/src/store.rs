@@ -995,7 +995,8 @@ impl Store {
         let Some(peer) = self.installing.first().and_then(|id| self.peers.get_mut(id)) else {
             return Ok(Vec::new());
         };
-        if self.engine.write_buffer_bytes() > INSTALL_MAX_WRITE_BUFFER {
+        let in_thread = peer.installing.as_ref().is_some_and(|i| i.in_thread());
+        if !in_thread && self.engine.write_buffer_bytes() > INSTALL_MAX_WRITE_BUFFER {
             if self.now_ms >= self.install_flush_after_ms {
                 self.engine.flush_memtables()?;
                 self.install_flush_after_ms = self.now_ms + INSTALL_FLUSH_EVERY_MS;
@@ -1004,7 +1005,11 @@ impl Store {
             return Ok(Vec::new());
         }
         let install = peer.installing.as_mut().expect("found installing");
-        if !install.step(&*self.engine, &self.stager, INSTALL_STEP_BYTES)? {
+        if !install.step(&self.engine, &self.stager, INSTALL_STEP_BYTES)? {
+            if install.in_thread() {
+                // Looked in on again in a while, not at once.
+                self.install_paused_until_ms = self.now_ms + INSTALL_PAUSE_MS;
+            }
             return Ok(Vec::new());
         }
         let brought = install.written();
@@ -1099,8 +1104,10 @@ impl Store {
         let mut batch = WriteBatch::new();
         peer.raw.mut_store().destroy(&mut batch);
         self.installing.remove(&id);
-        let abandoned = peer.installing.take();
-        if let Some(install) = &abandoned {
+        let mut abandoned = peer.installing.take();
+        if let Some(install) = &mut abandoned {
+            // Before the ranges are cleared: nothing the thread writes shows after this.
+            install.stop();
             install.abandon(&mut batch);
             if let Some(old) = &install.pending().old {
                 snapshot::clear(&*self.engine.snapshot(), old, &mut batch)?;

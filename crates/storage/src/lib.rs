@@ -124,6 +124,12 @@ pub enum StorageError {
     /// A fault [`FaultEngine`] was set to produce: a failed fsync or write, a full disk.
     #[error("{0} (injected)")]
     Injected(&'static str),
+    /// An ingestion was stopped before it finished (nothing of it is visible).
+    #[error("stopped before it finished")]
+    Stopped,
+    /// Records to ingest were not in ascending key order within a column family.
+    #[error("records to ingest into {0:?} out of order")]
+    Unsorted(Cf),
     /// A file kept beside the engine (a staged snapshot) could not be read or written.
     #[error("{path}: {source}")]
     File {
@@ -136,6 +142,28 @@ pub enum StorageError {
 
 /// Result of storage operations.
 pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// One record to [ingest](Engine::ingest): column family, key, value.
+pub type Record = (Cf, Vec<u8>, Vec<u8>);
+
+/// Checks that `key` of `cf` may follow the record `last` was in an ingestion (strictly
+/// above it within a run of one column family), and makes it `last`.
+fn check_order(last: &mut Option<(Cf, Vec<u8>)>, cf: Cf, key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(StorageError::EmptyKey(cf));
+    }
+    match last {
+        Some((last_cf, last_key)) if *last_cf == cf => {
+            if key <= last_key.as_slice() {
+                return Err(StorageError::Unsorted(cf));
+            }
+            last_key.clear();
+            last_key.extend_from_slice(key);
+        }
+        _ => *last = Some((cf, key.to_vec())),
+    }
+    Ok(())
+}
 
 /// A key-value pair read from the engine.
 pub type KvPair = (Vec<u8>, Vec<u8>);
@@ -172,6 +200,32 @@ pub trait Engine: Send + Sync + 'static {
     /// memtables below their size limit are flushed only when the journal grows long.
     fn flush_memtables(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// Writes `records` straight into the engine's files, past memtables and the journal
+    /// (fjall's ingestion; TiKV ingests SST files the same way), for a snapshot's
+    /// install, whose records would otherwise go through both. The records come in runs
+    /// of one column family each, keys strictly ascending within a run
+    /// ([`StorageError::Unsorted`] otherwise). Durable when it returns, and newer than
+    /// every write before it. fjall makes each run visible once written whole (an error
+    /// leaves the unfinished run invisible); the default writes batches, visible as they
+    /// go, and syncs at the end.
+    fn ingest(&self, records: &mut dyn Iterator<Item = Result<Record>>) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        let mut bytes = 0;
+        let mut last: Option<(Cf, Vec<u8>)> = None;
+        for record in records {
+            let (cf, key, value) = record?;
+            check_order(&mut last, cf, &key)?;
+            bytes += key.len() + value.len();
+            batch.put(cf, key, value);
+            if bytes >= 1 << 20 {
+                self.write(std::mem::take(&mut batch))?;
+                bytes = 0;
+            }
+        }
+        self.write(batch)?;
+        self.sync()
     }
 
     /// What the engine reports of itself, for metrics (empty for memory engines).
