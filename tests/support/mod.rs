@@ -30,19 +30,31 @@ impl Server {
         Server::spawn(command, cwd, args)
     }
 
+    /// With `SCANDIUM_TEST_LOG_DIR` set, each server's log (at `info`) goes to a file
+    /// there named after its process id, to read after a failure.
     fn spawn(mut command: Command, cwd: &Path, args: &[&str]) -> Server {
+        let log_dir = std::env::var_os("SCANDIUM_TEST_LOG_DIR").map(std::path::PathBuf::from);
+        let level = if log_dir.is_some() { "info" } else { "warn" };
         let mut child = command
             .arg("server")
             .args(args)
             .current_dir(cwd)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stderr(Stdio::piped())
             .spawn()
             .expect("scandium starts");
         let stderr = child.stderr.take().expect("stderr is piped");
+        let mut log = log_dir.map(|dir| {
+            let path = dir.join(format!("{}.log", child.id()));
+            std::fs::File::create(path).expect("log file created")
+        });
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(log) = log.as_mut() {
+                    use std::io::Write as _;
+                    let _ = writeln!(log, "{line}");
+                }
                 if let Some(addr) = line.strip_prefix("scandium serving on ") {
                     let addr = addr.split_whitespace().next().unwrap_or_default().to_string();
                     let _ = sender.send(addr);

@@ -478,6 +478,8 @@ pub struct Install {
     chunks: Option<StagedChunks>,
     /// A staged file's records going into the engine on a thread of their own.
     ingesting: Option<Ingesting>,
+    /// When it began (or began again), for the log.
+    began: std::time::Instant,
     /// Ranges still to clear; the first one's start advances as it is cleared.
     clear: Vec<(Cf, Vec<u8>, Vec<u8>)>,
     next_chunk: u64,
@@ -495,7 +497,8 @@ impl Install {
         }
         clear.reverse(); // taken from the back
         let written = Default::default();
-        Install { pending, chunks: None, ingesting: None, clear, next_chunk: 0, written }
+        let began = std::time::Instant::now();
+        Install { pending, chunks: None, ingesting: None, began, clear, next_chunk: 0, written }
     }
 
     /// What the snapshot's records written so far add up to (all of them once
@@ -512,6 +515,11 @@ impl Install {
     /// The Region being installed.
     pub fn region(&self) -> Region {
         self.pending.region.clone().unwrap_or_default()
+    }
+
+    /// How long since it began (or began again, after a restart).
+    pub fn took(&self) -> std::time::Duration {
+        self.began.elapsed()
     }
 
     /// The staged snapshot it installs.
@@ -610,8 +618,14 @@ impl Install {
             self.ingesting = Some(Ingesting::start(engine.clone(), reader, path, self.data())?);
             return Ok(false);
         };
-        let Some(written) = ingesting.finished()? else {
-            return Ok(false);
+        let written = match ingesting.finished() {
+            Ok(Some(written)) => written,
+            Ok(None) => return Ok(false),
+            Err(error) => {
+                // Called again, the install reads the file from the start.
+                self.ingesting = None;
+                return Err(error);
+            }
         };
         self.ingesting = None;
         self.written = written;
@@ -1011,6 +1025,8 @@ mod tests {
             let mut install = Install::new(pending(&region, data));
             let text = install_error(&receiver, &stager, &mut install);
             assert!(text.contains(expected) && text.contains(".snap"), "{expected}: {text}");
+            // Stepped again, it fails again rather than wait for ever.
+            assert_eq!(install_error(&receiver, &stager, &mut install), text);
             stager.discard(data);
         }
     }

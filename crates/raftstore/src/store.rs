@@ -1015,6 +1015,8 @@ impl Store {
         let brought = install.written();
         self.engine.sync()?;
         self.stager.release(install.data());
+        let (ms, records) = (install.took().as_millis() as u64, brought.put_keys);
+        tracing::info!(group = peer.region.id, ms, records, "wrote a snapshot's data");
         peer.installing = None;
         let region = peer.region.clone();
         let id = region.id;

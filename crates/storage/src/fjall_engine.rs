@@ -49,6 +49,10 @@ struct Inner {
 /// A write this slow counts as stalled (see [`EngineStats::slow_writes`]).
 const SLOW_WRITE: Duration = Duration::from_millis(50);
 
+/// How long an ingestion waits, at most, for the background worker to flush the
+/// keyspace's memtables before it finishes (see [`Engine::ingest`] there).
+const INGEST_FLUSH_WAIT: Duration = Duration::from_secs(1);
+
 impl FjallEngine {
     /// Opens (or creates) the engine in `dir`.
     pub fn open(dir: &Path, options: &FjallOptions) -> Result<FjallEngine> {
@@ -154,10 +158,17 @@ impl Engine for FjallEngine {
                 ingestion.write(key, value)?;
             }
             // fjall's `finish` holds the journal's lock (every write of the node waits)
-            // while it flushes the keyspace's active memtable: flush it first, without the
-            // lock, so that little is left for then. Hidden from fjall's documentation like
-            // `rotate_memtable` (see `flush_memtables`).
-            keyspace.rotate_memtable_and_wait()?;
+            // while it flushes the keyspace's memtables: have the background worker flush
+            // them first, without the lock, so that little is left for then. Not for
+            // long, though: the worker may be in a long compaction, and the replica
+            // installing answers nothing meanwhile. `sealed_memtable_count` is hidden
+            // from fjall's documentation like `rotate_memtable` (see `flush_memtables`).
+            if keyspace.rotate_memtable()? {
+                let deadline = Instant::now() + INGEST_FLUSH_WAIT;
+                while keyspace.sealed_memtable_count() > 0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
             ingestion.finish()?;
         }
         Ok(())
