@@ -742,13 +742,18 @@ async fn a_joining_store_takes_a_share_of_replicas_and_leaders_spread() {
     let added = cluster.add_node().await;
     let store = cluster.node(added).store_id();
     let deadline = Instant::now() + Duration::from_secs(60);
-    // The moves show as operators, on any node (a node that does not lead placement asks
-    // the one that does).
-    let asked = (0..4).find(|&i| i != asker).expect("another node");
-    let mut operators_seen = Vec::new();
+    // The moves are operators of the placement leader, which any node lists (one that
+    // does not lead placement asks the one that does). A small Region's move, its
+    // snapshot ingested, is over in tens of milliseconds, and a listing through another
+    // node takes about as long: seeing a move listed is likely, not certain (it missed
+    // them all in three runs of five), so the leader's counts are what is asserted.
+    let asked = (0..4)
+        .find(|&i| i != asker && cluster.node(i).control().operator_counts().is_none())
+        .expect("a node that does not lead placement");
+    let mut seen = Vec::new();
     let (replicas, leaders) = loop {
         if let Some(operators) = cluster.node(asked).control().operators().await {
-            operators_seen.extend(operators.into_iter().map(|o| format!("{} {}", o.kind, o.step)));
+            seen.extend(operators.into_iter().map(|o| format!("{} {}", o.kind, o.step)));
         }
         let (replicas, leaders, total) = {
             let placement = cluster.node(asker).placement().read();
@@ -771,14 +776,16 @@ async fn a_joining_store_takes_a_share_of_replicas_and_leaders_spread() {
         if (fair && led_everywhere) || Instant::now() > deadline {
             break (replicas, leaders);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     };
     println!("replicas per store {replicas:?}, leaders per store {leaders:?}");
-    let moves = format!("to store {store}");
-    assert!(
-        operators_seen.iter().any(|o| o.starts_with("move replica") && o.contains(&moves)),
-        "the moves to the new store were listed as operators: {operators_seen:?}"
-    );
+    println!("operators seen listed: {seen:?}");
+    let leader = (0..4).find_map(|i| cluster.node(i).control().operator_counts());
+    let counts = leader.expect("a placement leader");
+    let moved = replicas.get(&store).copied().unwrap_or(0) as u64;
+    assert!(counts.started >= moved && counts.finished >= moved, "{counts:?}, {moved} moved");
+    let listed = cluster.node(asked).control().operators().await;
+    assert!(listed.is_some(), "a node that does not lead placement lists the leader's");
     assert!(replicas.get(&store).is_some_and(|&n| n >= 7), "the new store holds {replicas:?}");
     assert!(leaders.len() == 4 && leaders.values().all(|&n| n >= 2), "leaders: {leaders:?}");
     // Every key still reads, and the replicas agree.
