@@ -410,19 +410,20 @@ impl Staging {
     pub fn finish(mut self, announced: Option<u64>) -> Result<SnapshotData, SnapshotError> {
         match announced {
             Some(n) if n == self.records => {
-                if let Some((path, writer)) = self.file.take() {
+                if let Some((path, writer)) = &mut self.file {
                     // Durable before the batch that records its install: the file's data,
-                    // then its name in the directory.
+                    // then its name in the directory. On failure the file stays in
+                    // `self.file`, and dropping `self` deletes it.
+                    use std::io::Write as _;
                     let failed =
                         |e: String| SnapshotError::Storage(format!("{}: {e}", path.display()));
-                    let file =
-                        writer.map_err(&failed)?.into_inner().map_err(|e| failed(e.to_string()))?;
-                    file.sync_all().map_err(|e| failed(e.to_string()))?;
+                    let writer = writer.as_mut().map_err(|e| failed(e.clone()))?;
+                    writer.flush().map_err(|e| failed(e.to_string()))?;
+                    writer.get_ref().sync_all().map_err(|e| failed(e.to_string()))?;
                     if let Some(dir) = path.parent() {
                         let synced = std::fs::File::open(dir).and_then(|d| d.sync_all());
                         synced.map_err(|e| failed(e.to_string()))?;
                     }
-                    self.file = Some((path, Err("finished".to_string())));
                 }
                 self.finished = true;
                 Ok(SnapshotData { staging_id: self.id, chunks: self.chunks })
@@ -536,6 +537,10 @@ impl Install {
         stager: &Stager,
         budget: usize,
     ) -> Result<bool, StorageError> {
+        if self.ingesting.is_some() {
+            // Looked in on every few milliseconds: no engine snapshot for that.
+            return self.ingest(engine);
+        }
         let mut batch = WriteBatch::new();
         let mut bytes = 0;
         let snapshot = engine.snapshot();
@@ -563,10 +568,10 @@ impl Install {
             }
         }
         let id = self.pending.staging_id;
-        if self.chunks.is_none() && self.ingesting.is_none() {
+        if self.chunks.is_none() {
             self.chunks = Some(stager.chunks(self.data())?);
         }
-        if self.ingesting.is_some() || self.chunks.as_ref().is_some_and(|c| !c.in_engine()) {
+        if self.chunks.as_ref().is_some_and(|c| !c.in_engine()) {
             return self.ingest(engine);
         }
         let Some(chunks) = &mut self.chunks else {
