@@ -311,11 +311,10 @@ impl Operator {
         if in_joint || catching_up {
             return Progress::Wait;
         }
-        let moving = matches!(self.kind, OperatorKind::MoveReplica { .. });
-        if moving && matches!(step, StepAction::Remove(_)) && region.voters().count() <= self.voters
-        {
-            // Something else removed a voter meanwhile (a manual change, another node's
-            // view): removing the old replica too would leave the Region short, and one
+        if !self.still_fits(step, region) {
+            // The membership changed under the operator (a manual change, an earlier
+            // placement leader's operator): the step was planned for a Region that is no
+            // more, and carried out now it could leave the Region short of voters, one
             // more loss from losing its quorum for good. The scheduler looks again.
             return Progress::Ended(Ended::Cancelled);
         }
@@ -344,6 +343,34 @@ impl Operator {
         }
         self.sent = Some((now_ms, epoch, action.clone()));
         Progress::Send(OperatorStep { region_id: self.region_id, epoch, action })
+    }
+}
+
+impl Operator {
+    /// Whether the current step, not yet done, still means what it meant when planned:
+    /// a replica to remove has the role it was planned with (a learner removed must not
+    /// be a voter by now), a voter is removed only while the Region has every voter the
+    /// operator counted on (those it began with and those it promoted), and a learner to
+    /// promote is still there (promoting a peer that is not would add an empty voter).
+    fn still_fits(&self, step: &StepAction, region: &Region) -> bool {
+        match step {
+            StepAction::Remove(victim) => {
+                let Some(now) = region.peer(victim.id) else { return true };
+                if now.is_learner() != victim.is_learner() {
+                    return false;
+                }
+                let promoted: usize = self.steps[..self.current]
+                    .iter()
+                    .map(|s| match s {
+                        StepAction::Promote(peers) => peers.len(),
+                        _ => 0,
+                    })
+                    .sum();
+                victim.is_learner() || region.voters().count() >= self.voters + promoted
+            }
+            StepAction::Promote(peers) => peers.iter().all(|p| region.peer(p.id).is_some()),
+            StepAction::AddLearner(_) | StepAction::TransferLeader(_) => true,
+        }
     }
 }
 
@@ -440,6 +467,42 @@ mod tests {
         // Promoted while another change removed store 3's voter (a joint change did both).
         let short = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(40, 4)], 5);
         assert_eq!(op.observe(&short, 1, &[], 20, T), Progress::Ended(Ended::Cancelled));
+    }
+
+    #[test]
+    fn a_learner_s_removal_is_given_up_once_something_else_made_it_a_voter() {
+        // Simulator seed 2007310: a stray learner's removal was planned; an admin's joint
+        // change then promoted that learner and removed another voter; the removal, sent
+        // again at the new epoch, left the Region two voters, and one node's loss later
+        // took its quorum for good.
+        let learner =
+            region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3), Peer::learner(5, 4)], 1);
+        let mut op = Operator::remove_replica(&learner, Peer::learner(5, 4), None, 0);
+        assert!(matches!(op.observe(&learner, 1, &[], 0, T), Progress::Send(_)));
+        let promoted = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(5, 4)], 3);
+        assert_eq!(op.observe(&promoted, 2, &[], 10, T), Progress::Ended(Ended::Cancelled));
+    }
+
+    #[test]
+    fn a_voter_s_removal_is_given_up_once_another_voter_went() {
+        let four =
+            region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3), Peer::new(4, 4)], 4);
+        let mut op = Operator::remove_replica(&four, Peer::new(4, 4), None, 0);
+        assert!(matches!(op.observe(&four, 1, &[], 0, T), Progress::Send(_)));
+        let three = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(4, 4)], 5);
+        assert_eq!(op.observe(&three, 1, &[], 10, T), Progress::Ended(Ended::Cancelled));
+    }
+
+    #[test]
+    fn a_learner_removed_by_something_else_is_not_promoted() {
+        let start = region(vec![Peer::new(1, 1), Peer::new(2, 2)], 2);
+        let mut op = Operator::add_replica(&start, 3, 30, 0);
+        assert!(matches!(op.observe(&start, 1, &[], 0, T), Progress::Send(_)));
+        let with_learner = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::learner(30, 3)], 3);
+        assert!(matches!(op.observe(&with_learner, 1, &[], 10, T), Progress::Send(_)));
+        // The learner is removed before the promotion lands: an empty voter would follow.
+        let gone = region(vec![Peer::new(1, 1), Peer::new(2, 2)], 4);
+        assert_eq!(op.observe(&gone, 1, &[], 20, T), Progress::Ended(Ended::Cancelled));
     }
 
     #[test]

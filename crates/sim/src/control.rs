@@ -167,6 +167,7 @@ impl Cluster {
         if !step.applies_to(&status.region) {
             return;
         }
+        tracing::info!(node = id, region = region_id, step = %step.action, "operator step");
         match step.action {
             StepAction::TransferLeader(peer) => {
                 let store = self.node(id).store.as_mut().expect("a serving node has a store");
