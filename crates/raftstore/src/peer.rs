@@ -43,6 +43,11 @@ pub struct RaftConfig {
     /// Where received snapshots wait to be installed, one file each; `None`: in the
     /// engine (in-memory engines have no directory). See [`crate::snapshot::Stager`].
     pub snapshot_dir: Option<std::path::PathBuf>,
+    /// Whether a snapshot staged in a file is ingested on the Raft loop's own thread, in
+    /// one step, instead of on a thread of its own that the loop looks in on. The
+    /// simulator's choice: it runs every node on one thread, so that a seed replays the
+    /// same; a server leaves it off, and its other Regions' rounds go on meanwhile.
+    pub ingest_inline: bool,
 }
 
 impl Default for RaftConfig {
@@ -58,6 +63,7 @@ impl Default for RaftConfig {
             max_log_entries: 8192,
             max_log_bytes: 64 << 20,
             snapshot_dir: None,
+            ingest_inline: false,
         }
     }
 }

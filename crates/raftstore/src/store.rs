@@ -194,7 +194,8 @@ impl Store {
         let snapshot = engine.snapshot();
         let installs = pending_installs(&*snapshot)?;
         let keep: Vec<u64> = installs.values().map(|p| p.staging_id).collect();
-        let stager = Stager::open(engine.clone(), config.snapshot_dir.as_deref(), &keep)?;
+        let stager = Stager::open(engine.clone(), config.snapshot_dir.as_deref(), &keep)?
+            .ingest_inline(config.ingest_inline);
         let mut store = Store {
             store_id,
             engine,
