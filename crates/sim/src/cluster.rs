@@ -285,6 +285,8 @@ pub struct Cluster {
     pub sent: u64,
     /// Messages delivered.
     pub delivered: u64,
+    /// The nodes' directories for snapshots staged in files (deleted with the cluster).
+    _snapshots: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -330,8 +332,18 @@ impl Cluster {
         for i in (1..timeouts.len()).rev() {
             timeouts.swap(i, rng.gen_range(0..=i));
         }
+        // About half the nodes stage received snapshots in files and ingest them, as a
+        // server does; the others in the engine, as a node of an earlier version did, or
+        // one on an in-memory engine does. A node keeps its choice across restarts.
+        let snapshots = tempfile::Builder::new()
+            .prefix("scandium-sim-")
+            .tempdir()
+            .expect("the simulator needs a temporary directory for staged snapshots");
+        let in_files: Vec<bool> = (0..n).map(|_| rng.gen_bool(0.5)).collect();
         let nodes = (1..=n)
             .map(|id| {
+                let snapshot_dir =
+                    in_files[id as usize - 1].then(|| snapshots.path().join(format!("node-{id}")));
                 let engine = FaultEngine::new();
                 if region.peer_on_store(id).is_some() {
                     let mut batch = WriteBatch::new();
@@ -355,6 +367,8 @@ impl Cluster {
                         heartbeat_ticks: 2,
                         log_gc_threshold: 16,
                         max_log_entries: 64,
+                        snapshot_dir,
+                        ingest_inline: true,
                         ..RaftConfig::default()
                     },
                     clock_offset_ms: 0,
@@ -394,6 +408,7 @@ impl Cluster {
             operators_lost: 0,
             sent: 0,
             delivered: 0,
+            _snapshots: snapshots,
         };
         for id in 1..=n {
             cluster.start(id);

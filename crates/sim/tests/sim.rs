@@ -172,19 +172,20 @@ fn a_control_plane_that_forgets_liveness_is_caught() {
     // A new placement leader that forgets when stores were last heard from counts a store
     // it never heard as never seen, not down: a node lost for good before the leader
     // changed keeps its replicas for ever, and the cluster never settles with three on
-    // the nodes that remain. Seed 5 is the first of 0..40 that catches it since a
-    // replica that acknowledged nothing counts as pending (9 since leaders stopped naming
+    // the nodes that remain. Seed 2 is the first of 0..40 that catches it since about
+    // half the nodes stage snapshots in files (5 since a replica that acknowledged
+    // nothing counts as pending, 9 since leaders stopped naming
     // themselves in NotLeader, 5 since the placement group's extra learners stay
     // learners, 4 since the runs split by size, 9 since they balance replicas and
     // leaders, 19 before splits told followers of their commit at once).
     let config = RunConfig { unsafe_liveness: true, ..RunConfig::default() };
-    let report = run(5, &config);
+    let report = run(2, &config);
     assert!(
         report.anomalies.iter().any(|a| a.contains("did not settle")),
-        "seed 5 missed the forgotten liveness: {:?}",
+        "seed 2 missed the forgotten liveness: {:?}",
         report.anomalies
     );
-    assert!(run(5, &RunConfig::default()).anomalies.is_empty(), "seed 5");
+    assert!(run(2, &RunConfig::default()).anomalies.is_empty(), "seed 2");
 }
 
 #[test]
