@@ -4,12 +4,18 @@
 # latency through tikv-client in steady state, then starts two more nodes while the same
 # load runs, and reports how long until every Up store's replica and leader counts are
 # within one of the mean, whether any operator runs in the two minutes after, and the
-# load's latency and errors during the moves. Usage:
+# load's latency and errors during the moves. Then it removes the fifth node's store and
+# reports the same for the four left (drained to a tombstone, counts within one of the
+# mean, two quiet minutes). Usage:
 #   scripts/scale-out.sh [GiB]
+# REMOVE=0 skips the removal.
 # Needs target/release/scandium (cargo build --release -p scandium-cli). Uses
 # 127.0.0.1:23690-23694 and /tmp/scale-out.
 set -euo pipefail
 GIB=${1:-2}
+REMOVE=${REMOVE:-1}
+# The load during the moves lasts this long from the join: through the removal too.
+MOVING=$([ "$REMOVE" = 1 ] && echo 900 || echo 420)
 BIN=${BIN:-target/release/scandium}
 DIR=/tmp/scale-out
 VALUE=16384
@@ -69,7 +75,7 @@ PD=${ADDRS[0]},${ADDRS[1]},${ADDRS[2]}
 # version of this script ended with 646 MiB of its 2 GiB).
 $BIN bench --pd $PD --keyspace DEFAULT --workload put --value-size 1024 --clients 16 --duration 30 >$DIR/steady.txt 2>&1
 echo "steady: $(grep -E '^(ops|latency)' $DIR/steady.txt | tr '\n' ' ')"
-$BIN bench --pd $PD --keyspace DEFAULT --workload put --value-size 1024 --clients 16 --duration 420 >$DIR/moving.txt 2>&1 &
+$BIN bench --pd $PD --keyspace DEFAULT --workload put --value-size 1024 --clients 16 --duration $MOVING >$DIR/moving.txt 2>&1 &
 BENCH=$!
 sleep 5
 S=$(date +%s)
@@ -80,12 +86,33 @@ until balanced 5; do
   sleep 2
 done
 echo "balanced after $(( $(date +%s) - S )) s: $(counts); MiB per store: $(weights)"
-Q=$(date +%s); MOVES=0
-while [ $(( $(date +%s) - Q )) -lt 120 ]; do
-  N=$(operators); [ "$N" != 0 ] && MOVES=$((MOVES + 1)) && echo "  operators running: $N at +$(( $(date +%s) - Q )) s"
-  sleep 5
-done
-echo "samples with operators running in the 120 s after: $MOVES; stores: $(counts); MiB per store: $(weights)"
-echo "waiting for the load to end (420 s from the join)"
+quiet() {
+  local Q=$(date +%s) MOVES=0 N
+  while [ $(( $(date +%s) - Q )) -lt 120 ]; do
+    N=$(operators); [ "$N" != 0 ] && MOVES=$((MOVES + 1)) && echo "  operators running: $N at +$(( $(date +%s) - Q )) s"
+    sleep 5
+  done
+  echo "samples with operators running in the 120 s after: $MOVES; stores: $(counts); MiB per store: $(weights)"
+}
+quiet
+if [ "$REMOVE" = 1 ]; then
+  SID=$(curl -s ${ADDRS[0]}/pd/api/v1/stores | python3 -c "import json,sys
+print([x['store']['id'] for x in json.load(sys.stdin)['stores'] if x['store']['address']=='${ADDRS[4]}'][0])")
+  tombstone() {
+    curl -s ${ADDRS[0]}/pd/api/v1/stores | python3 -c "import json,sys
+s=[x for x in json.load(sys.stdin)['stores'] if x['store']['id']==$SID]
+sys.exit(0 if s and s[0]['store']['state_name']=='Tombstone' else 1)"
+  }
+  S=$(date +%s)
+  $BIN ctl --pd ${ADDRS[0]} store remove $SID >/dev/null
+  echo "store $SID (${ADDRS[4]}) removed"
+  until tombstone && balanced 4; do
+    [ $(( $(date +%s) - S )) -gt 400 ] && { echo "not drained and balanced within 400 s: $(counts)"; break; }
+    sleep 2
+  done
+  echo "drained to a tombstone and balanced after $(( $(date +%s) - S )) s: $(counts); MiB per store: $(weights)"
+  quiet
+fi
+echo "waiting for the load to end ($MOVING s from the join)"
 wait $BENCH || true
 echo "during the moves: $(grep -E '^(ops|latency)' $DIR/moving.txt | tr '\n' ' ')"

@@ -120,6 +120,12 @@ pub struct ControlPlane {
     meta_needs_id: bool,
     /// The Regions' size and traffic, as their leaders last reported them.
     loads: BTreeMap<RegionId, RegionLoad>,
+    /// The same with their traffic smoothed over the heartbeats ([`smoothed`]): what
+    /// balancing goes by, so that a second's burst or lull does not move a replica.
+    rates: BTreeMap<RegionId, RegionLoad>,
+    /// The Regions' shape and leader, as their leaders last reported them: newer than the
+    /// record until the report is applied, for balancing ([`Balance::of`]).
+    reported: BTreeMap<RegionId, RegionReport>,
     /// The stores' replica and leader counts, for balancing, while a batch of heartbeats
     /// is handled (counted when first needed, then kept up to date with its moves).
     balance: Option<Balance>,
@@ -156,6 +162,32 @@ fn involves_only_up_stores(
     target_up && region.peers.iter().all(|p| up(p.store_id))
 }
 
+/// `now`'s figures with its traffic blended into `before`'s, a quarter of the way: an
+/// average over about the last four heartbeats, in which a Region's traffic as measured
+/// in one interval swung between a quarter and the whole of it under a steady load.
+fn smoothed(before: &RegionLoad, now: &RegionLoad) -> RegionLoad {
+    if now.interval_ms == 0 {
+        return RegionLoad { interval_ms: before.interval_ms, ..*now };
+    }
+    let per_sec = |bytes: u64, ms: u64| bytes.saturating_mul(1_000) / ms.max(1);
+    let mix = |old: u64, new: u64| {
+        let old = per_sec(old, before.interval_ms);
+        let new = per_sec(new, now.interval_ms);
+        match before.interval_ms {
+            0 => new,
+            _ => old.saturating_mul(3).saturating_add(new) / 4,
+        }
+    };
+    RegionLoad {
+        written_bytes: mix(before.written_bytes, now.written_bytes),
+        written_keys: mix(before.written_keys, now.written_keys),
+        read_bytes: mix(before.read_bytes, now.read_bytes),
+        read_keys: mix(before.read_keys, now.read_keys),
+        interval_ms: 1_000,
+        ..*now
+    }
+}
+
 /// What advancing a Region's operator came to.
 #[derive(Debug)]
 enum Advance {
@@ -183,6 +215,8 @@ impl ControlPlane {
             counts: OperatorCounts::default(),
             meta_needs_id: false,
             loads: BTreeMap::new(),
+            rates: BTreeMap::new(),
+            reported: BTreeMap::new(),
             balance: None,
             replica_moves: BTreeMap::new(),
             forget_liveness: false,
@@ -210,6 +244,8 @@ impl ControlPlane {
     pub fn take_over(&mut self, term: u64, state: &PlacementState, now: Now) {
         self.term = Some(term);
         self.loads.clear();
+        self.rates.clear();
+        self.reported.clear();
         self.replica_moves.clear();
         self.operators.clear();
         self.meta_operator = None;
@@ -240,6 +276,8 @@ impl ControlPlane {
         self.heard.clear();
         self.unrecorded.clear();
         self.loads.clear();
+        self.rates.clear();
+        self.reported.clear();
     }
 
     /// Ids supplied in an earlier term are not used in a later one: another leader may
@@ -325,6 +363,12 @@ impl ControlPlane {
                 intake.changed.push(report.clone());
             }
             self.loads.insert(region.id, heartbeat.load);
+            let rate = match self.rates.get(&region.id) {
+                Some(before) => smoothed(before, &heartbeat.load),
+                None => heartbeat.load,
+            };
+            self.rates.insert(region.id, rate);
+            self.reported.insert(region.id, report.clone());
             let pending = heartbeat.pending.clone();
             let health = RegionHealth { leader: report.leader_peer_id, pending };
             let operator = self.operators.remove(&region.id);
@@ -456,14 +500,18 @@ impl ControlPlane {
     ) -> Option<Decision> {
         let config = &self.effective;
         let settings = state.scheduler_settings();
-        let running = self.operators.values().filter(|o| o.kind().balances()).count();
-        if running >= config.balance_limit {
+        if config.balance_limit == 0 {
             return None;
         }
-        let (operators, loads) = (&self.operators, &self.loads);
-        let balance = self
-            .balance
-            .get_or_insert_with(|| Balance::of(state, live, config, operators.values(), loads));
+        let balancing = self.operators.values().filter(|o| o.kind().balances());
+        let leader_moves =
+            balancing.clone().filter(|o| matches!(o.kind(), OperatorKind::TransferLeader(_)));
+        let leader_moves = leader_moves.count();
+        let replica_moves = balancing.count() - leader_moves;
+        let (operators, loads, reported) = (&self.operators, &self.rates, &self.reported);
+        let balance = self.balance.get_or_insert_with(|| {
+            Balance::of(state, live, config, operators.values(), loads, reported)
+        });
         let minute_ago = now.monotonic_ms.saturating_sub(60_000);
         for moves in self.replica_moves.values_mut() {
             while moves.front().is_some_and(|&at| at <= minute_ago) {
@@ -471,8 +519,12 @@ impl ControlPlane {
             }
         }
         let moved = |store: &StoreId| self.replica_moves.get(store).map_or(0, VecDeque::len);
+        // Replica moves and leader moves have `balance_limit` each.
+        let full = replica_moves >= config.balance_limit;
         let saturated = (balance.replicas.keys())
-            .filter(|store| config.store_limit(**store).is_some_and(|limit| moved(store) >= limit))
+            .filter(|store| {
+                full || config.store_limit(**store).is_some_and(|limit| moved(store) >= limit)
+            })
             .copied()
             .collect();
         let allowed = scheduler::Allowed {
@@ -480,10 +532,36 @@ impl ControlPlane {
             leaders: !settings.leaders_paused,
             hot: !settings.hot_paused,
             saturated,
+            leader_slots: leader_moves < config.balance_limit,
         };
         let load = loads.get(&region.id);
         let decision = scheduler::rebalance(region, health, load, balance, &allowed)?;
         let leader_store = region.peer(health.leader).map_or(0, |p| p.store_id);
+        // What the decision was taken on, to tell afterwards which rule moved what.
+        let (from, to) = match &decision {
+            Decision::MoveReplica { from, to } => (from.store_id, *to),
+            Decision::MoveLeader(to) => (leader_store, to.store_id),
+            _ => (0, 0),
+        };
+        let figures = |store: StoreId| {
+            let get = |m: &BTreeMap<StoreId, u64>| m.get(&store).copied().unwrap_or(0);
+            let replicas = balance.replicas.get(&store).copied().unwrap_or(0);
+            let leaders = balance.leaders.get(&store).copied().unwrap_or(0);
+            let (mib, writes, traffic) =
+                (get(&balance.weights) >> 20, get(&balance.writes), get(&balance.traffic));
+            format!("{replicas} replicas {mib} MiB {leaders} leaders {traffic} B/s led {writes} B/s written")
+        };
+        tracing::info!(
+            region = region.id,
+            ?decision,
+            size_mib = load.map_or(0, |l| l.approximate_size >> 20),
+            bytes_per_sec = load.map_or(0, |l| l.bytes_per_sec()),
+            written_per_sec = load.map_or(0, |l| l.written_bytes_per_sec()),
+            from = %figures(from),
+            to = %figures(to),
+            tolerance_mib = balance.tolerance >> 20,
+            "balancing move"
+        );
         balance.record(&decision, leader_store, load);
         Some(decision)
     }

@@ -26,6 +26,7 @@
 //! these counts: a Down store's replicas are replaced where a new one can go, never
 //! removed without a replacement (as PD does).
 
+use crate::command::RegionReport;
 use crate::operator::{Operator, OperatorKind};
 use crate::state::PlacementState;
 use crate::SchedulerSettings;
@@ -41,8 +42,8 @@ pub struct SchedulerConfig {
     pub disconnect_ms: u64,
     /// A store not heard from for this long is down: its replicas are replaced.
     pub down_ms: u64,
-    /// Balancing moves (of a replica or a leader) under way at once at most; 0 turns
-    /// balancing off.
+    /// Balancing moves under way at once at most, of replicas and of leaders each; 0
+    /// turns balancing off.
     pub balance_limit: usize,
     /// The isolation levels, outermost first (`zone`, `host`): the store labels a
     /// Region's replicas are spread over, distinct zones first, then distinct hosts.
@@ -383,7 +384,16 @@ pub struct Balance {
     pub locations: BTreeMap<StoreId, Location>,
     /// Traffic past which a Region is hot (`hot_region_bytes_per_sec`; 0: none is).
     pub hot_threshold: u64,
+    /// Weight by which stores may differ without a replica moving between them (a
+    /// twentieth of the mean store's, [`BALANCE_TOLERANCE_DIVISOR`]): without it, small
+    /// Regions moved back and forth for ever to even out what the large ones leave, and
+    /// what the load adds.
+    pub tolerance: u64,
 }
+
+/// Stores' weights within the mean's share `1 / BALANCE_TOLERANCE_DIVISOR` of each other
+/// are even enough (see [`Balance::tolerance`]).
+pub const BALANCE_TOLERANCE_DIVISOR: u64 = 20;
 
 /// Replica counts further apart than this are evened out: a move takes one from the
 /// fuller store and gives one to the emptier, so with a gap of 2 or more it never makes
@@ -395,13 +405,18 @@ impl Balance {
     /// counted as done: a move started by an earlier batch of heartbeats has not reached
     /// the recorded state yet, and counted as not done it would make every batch start
     /// the same move again (the simulator saw batches from different stores overshoot
-    /// together, then move the replicas back, for as long as it ran).
+    /// together, then move the replicas back, for as long as it ran). For the same reason
+    /// a Region's latest report to this placement leader (`reported`) stands for it where
+    /// it is no older than the record: a move that finished has not always reached the
+    /// record either, and counted where it was, leaders of a 3 -> 5 cluster went back and
+    /// forth between stores every few seconds.
     pub fn of<'a>(
         state: &PlacementState,
         live: &Liveness,
         config: &SchedulerConfig,
         running: impl IntoIterator<Item = &'a Operator>,
         loads: &BTreeMap<RegionId, RegionLoad>,
+        reported: &BTreeMap<RegionId, RegionReport>,
     ) -> Balance {
         let up: Vec<StoreId> = state
             .stores()
@@ -416,12 +431,22 @@ impl Balance {
             writes: up.iter().map(|&s| (s, 0)).collect(),
             locations: state.stores().map(|s| (s.id, location(s, config))).collect(),
             hot_threshold: config.hot_region_bytes_per_sec,
+            tolerance: 0,
         };
         let moves: BTreeMap<RegionId, &OperatorKind> =
             running.into_iter().map(|o| (o.region_id(), o.kind())).collect();
-        for region in state.regions() {
+        for recorded in state.regions() {
+            let epoch = |r: &Region| (r.version, r.conf_ver);
+            let report = reported.get(&recorded.id).filter(|report| {
+                report.region.as_ref().is_some_and(|r| epoch(r) >= epoch(recorded))
+            });
+            let (region, mut leader) = match report.and_then(|r| Some((r.region.as_ref()?, r))) {
+                Some((region, report)) => {
+                    (region, region.peer(report.leader_peer_id).map(|p| p.store_id))
+                }
+                None => (recorded, state.leader_of(recorded.id).map(|p| p.store_id)),
+            };
             let mut stores: BTreeSet<StoreId> = region.peers.iter().map(|p| p.store_id).collect();
-            let mut leader = state.leader_of(region.id).map(|p| p.store_id);
             match moves.get(&region.id) {
                 Some(OperatorKind::MoveReplica { from, to }) => {
                     stores.remove(&from.store_id);
@@ -443,6 +468,9 @@ impl Balance {
                 add(&mut balance.traffic, leader, traffic);
             }
         }
+        let total: u64 = balance.weights.values().sum();
+        let mean = total / (balance.weights.len() as u64).max(1);
+        balance.tolerance = mean / BALANCE_TOLERANCE_DIVISOR;
         balance
     }
 
@@ -513,12 +541,21 @@ pub struct Allowed {
     /// Stores that took part in as many replica moves in the last minute as they may:
     /// no replica moves to or from them.
     pub saturated: BTreeSet<StoreId>,
+    /// Whether another leader move may start (fewer than `balance_limit` under way: they
+    /// have a limit of their own, so that they do not wait behind replica moves, each of
+    /// which may copy a Region).
+    pub leader_slots: bool,
 }
 
 impl Allowed {
     /// Every move.
-    pub const ALL: Allowed =
-        Allowed { replicas: true, leaders: true, hot: true, saturated: BTreeSet::new() };
+    pub const ALL: Allowed = Allowed {
+        replicas: true,
+        leaders: true,
+        hot: true,
+        saturated: BTreeSet::new(),
+        leader_slots: true,
+    };
 }
 
 /// The move that evens out replicas or leaders, if `region` may take part: a healthy data
@@ -529,11 +566,20 @@ impl Allowed {
 /// 2. Weight (cold Regions only: moving a hot one would cost more than it gives): its
 ///    replica on the heaviest of its stores goes to the lightest `Up` store without one,
 ///    if they are at least twice the Region's weight apart (so the move never makes the
-///    pair uneven the other way, and stores never trade a replica back and forth).
+///    pair uneven the other way, and stores never trade a replica back and forth), and
+///    more than the [tolerance](Balance::tolerance) apart; a Region of a quarter of the
+///    tolerance or less moves for counts only.
+///    Then counts: its replica on the store holding the most replicas goes to the `Up`
+///    store without one holding the fewest, if at least [`BALANCE_GAP`] fewer and the
+///    move leaves the two within half the tolerance by weight (so rule 2 never moves it
+///    back): among Regions of a size, weight is count; a few small Regions settle where
+///    they even out the counts.
 /// 3. Writes: every replica applies a write-hot Region's writes, so its replica on the
 ///    store writing the most (over all the replicas it holds) goes to the `Up` store
-///    writing the least, as well isolated, if the two are at least 1¼ times the Region's
-///    writes apart (PD's hot-write peer moves; the same quarter as below).
+///    writing the least, as well isolated, if the two are at least twice the Region's
+///    writes apart (PD's hot-write peer moves), so that the target never ends writing
+///    more than the source did: with 1¼, a write load spread over a few Regions moved
+///    their replicas back and forth every few seconds, as each Region's rate swung.
 /// 4. A hot Region's leadership goes to the voter whose store leads the least traffic,
 ///    if the two stores' traffic is at least 1¼ times the Region's apart (the quarter
 ///    keeps changing traffic from moving it back and forth); a store that leads one
@@ -595,15 +641,36 @@ pub fn rebalance(
     }
     // 2. Weight: the replica on the heaviest of its stores that can go anywhere as well
     //    isolated from the others goes to the lightest such store.
-    let mut by_weight = if hot { Vec::new() } else { movable };
-    by_weight.sort_by_key(|p| std::cmp::Reverse((weight(p.store_id), p.store_id)));
+    let cold = if hot { Vec::new() } else { movable };
     let moved = region_weight(load);
+    // A small Region (a quarter of the tolerance at most) moves for counts only: moved
+    // for weight, it cannot even out what large Regions leave, and the stores' weights
+    // change under load for ever (five stores kept moving their few small Regions).
+    let small = moved <= balance.tolerance / 4;
+    let mut by_weight = if small { Vec::new() } else { cold.clone() };
+    by_weight.sort_by_key(|p| std::cmp::Reverse((weight(p.store_id), p.store_id)));
+    let gap = moved.saturating_mul(2).max(balance.tolerance.saturating_add(1));
     for from in by_weight {
         let here = overlap_without(from, from.store_id);
         let lightest =
             free().filter(|&s| overlap_without(from, s) <= here).min_by_key(|&s| (weight(s), s));
         if let Some(to) = lightest {
-            if weight(from.store_id) >= weight(to).saturating_add(moved.saturating_mul(2)) {
+            if weight(from.store_id) >= weight(to).saturating_add(gap) {
+                return Some(Decision::MoveReplica { from: from.clone(), to });
+            }
+        }
+    }
+    //    Then counts, within the tolerance by weight.
+    let mut by_count = cold;
+    by_count.sort_by_key(|p| std::cmp::Reverse((count(p.store_id), p.store_id)));
+    for from in by_count {
+        let here = overlap_without(from, from.store_id);
+        let fewest =
+            free().filter(|&s| overlap_without(from, s) <= here).min_by_key(|&s| (count(s), s));
+        if let Some(to) = fewest {
+            let evens = count(from.store_id) >= count(to) + BALANCE_GAP;
+            let after = weight(to).saturating_add(moved.saturating_mul(2));
+            if evens && after <= weight(from.store_id).saturating_add(balance.tolerance / 2) {
                 return Some(Decision::MoveReplica { from: from.clone(), to });
             }
         }
@@ -621,8 +688,7 @@ pub fn rebalance(
                 .filter(|&s| overlap_without(from, s) <= here)
                 .min_by_key(|&s| (writes(s), s));
             let apart = |to: StoreId| writes(from.store_id).saturating_sub(writes(to));
-            if let Some(to) = coldest.filter(|&to| apart(to) >= written.saturating_add(written / 4))
-            {
+            if let Some(to) = coldest.filter(|&to| apart(to) >= written.saturating_mul(2)) {
                 return Some(Decision::MoveReplica { from: from.clone(), to });
             }
         }
@@ -634,11 +700,11 @@ pub fn rebalance(
         let successor = others().min_by_key(|p| (traffic(p.store_id), p.store_id))?;
         let moved = load.map_or(0, |l| l.bytes_per_sec());
         let apart = traffic(leader.store_id).saturating_sub(traffic(successor.store_id));
-        return (allowed.hot && apart >= moved.saturating_add(moved / 4))
+        return (allowed.hot && allowed.leader_slots && apart >= moved.saturating_add(moved / 4))
             .then(|| Decision::MoveLeader(successor.clone()));
     }
     // 5. Counts.
-    if !allowed.leaders {
+    if !allowed.leaders || !allowed.leader_slots {
         return None;
     }
     let leaders = |store: StoreId| balance.leaders.get(&store).copied().unwrap_or(0);
@@ -898,6 +964,7 @@ mod tests {
             writes: replicas.iter().map(|&(s, _)| (s, 0)).collect(),
             locations: BTreeMap::new(),
             hot_threshold: SchedulerConfig::default().hot_region_bytes_per_sec,
+            tolerance: 0,
         }
     }
 
@@ -928,6 +995,74 @@ mod tests {
         let mut balance = balance;
         balance.record(&Decision::MoveLeader(Peer::new(3, 3)), 1, None);
         assert_eq!((balance.leaders[&1], balance.leaders[&3]), (3, 2));
+    }
+
+    /// A Region's latest report to the placement leader stands for it until it is
+    /// recorded (a move that finished has not always reached the record); an older one
+    /// does not.
+    #[test]
+    fn a_region_counts_as_last_reported_unless_the_record_is_newer() {
+        let recorded = Region { conf_ver: 2, ..region(vec![Peer::new(1, 1), Peer::new(2, 2)]) };
+        let state = cluster(3, recorded.clone());
+        let live = alive(&[1, 2, 3]);
+        let config = SchedulerConfig::default();
+        let moved = Region { conf_ver: 4, ..region(vec![Peer::new(1, 1), Peer::new(5, 3)]) };
+        let report = |region: &Region, leader| RegionReport {
+            region: Some(region.clone()),
+            leader_peer_id: leader,
+            term: 7,
+        };
+        let reported = BTreeMap::from([(10, report(&moved, 5))]);
+        let balance = Balance::of(&state, &live, &config, [], &BTreeMap::new(), &reported);
+        assert_eq!(balance.replicas, BTreeMap::from([(1, 1), (2, 0), (3, 1)]));
+        assert_eq!(balance.leaders, BTreeMap::from([(1, 0), (2, 0), (3, 1)]));
+        let stale = Region { conf_ver: 1, ..region(vec![Peer::new(1, 1), Peer::new(5, 3)]) };
+        let reported = BTreeMap::from([(10, report(&stale, 5))]);
+        let balance = Balance::of(&state, &live, &config, [], &BTreeMap::new(), &reported);
+        assert_eq!(balance.replicas, BTreeMap::from([(1, 1), (2, 1), (3, 0)]), "the record");
+    }
+
+    /// Stores within the tolerance by weight keep their replicas, and small Regions do
+    /// not move for weight at all (they moved for ever to even out what large ones
+    /// left); within it, counts two apart are evened out.
+    #[test]
+    fn small_regions_move_for_counts_not_for_weight_within_the_tolerance() {
+        let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
+        let small = load(0, 0);
+        let mut balance = counts(&[(1, 10), (2, 10), (3, 10), (4, 10)], &[(1, 1)]);
+        for (store, mib) in [(1, 700), (2, 690), (3, 690), (4, 670)] {
+            balance.weights.insert(store, mib * MIB);
+        }
+        balance.tolerance = 34 * MIB; // a twentieth of 690 MiB
+        let decision = rebalance(&r, &led(2, &[]), Some(&small), &balance, &Allowed::ALL);
+        assert_eq!(decision, None, "30 MiB apart, within the tolerance");
+        balance.weights.insert(4, 650 * MIB);
+        let decision = rebalance(&r, &led(2, &[]), Some(&small), &balance, &Allowed::ALL);
+        assert_eq!(decision, None, "50 MiB apart, but a small Region cannot even that out");
+        let medium = load(16 * MIB, 0);
+        let decision = rebalance(&r, &led(2, &[]), Some(&medium), &balance, &Allowed::ALL);
+        assert_eq!(decision, Some(Decision::MoveReplica { from: Peer::new(1, 1), to: 4 }));
+        // Even by weight, two replicas apart by count: the small Region evens them out,
+        // unless it would leave the stores more than half the tolerance apart by weight.
+        let mut balance = counts(&[(1, 12), (2, 11), (3, 11), (4, 10)], &[(1, 1)]);
+        balance.tolerance = 34 * MIB;
+        let decision = rebalance(&r, &led(2, &[]), Some(&small), &balance, &Allowed::ALL);
+        assert_eq!(decision, Some(Decision::MoveReplica { from: Peer::new(1, 1), to: 4 }));
+        balance.weights.insert(4, balance.weights[&1] + 16 * MIB);
+        let decision = rebalance(&r, &led(2, &[]), Some(&small), &balance, &Allowed::ALL);
+        assert_eq!(decision, None, "store 4 would end 18 MiB heavier");
+    }
+
+    /// Leader moves have slots of their own: they go on while replica moves are full.
+    #[test]
+    fn leaders_move_while_replica_moves_are_full_and_not_once_their_own_are() {
+        let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
+        let balance = counts(&[(1, 5), (2, 5), (3, 5), (4, 0)], &[(1, 4), (2, 2), (3, 1)]);
+        let full = Allowed { saturated: [1, 2, 3, 4].into(), ..Allowed::ALL };
+        let decision = rebalance(&r, &led(1, &[]), None, &balance, &full);
+        assert_eq!(decision, Some(Decision::MoveLeader(Peer::new(3, 3))));
+        let no_slot = Allowed { leader_slots: false, ..full };
+        assert_eq!(rebalance(&r, &led(1, &[]), None, &balance, &no_slot), None);
     }
 
     #[test]
@@ -1106,14 +1241,20 @@ mod tests {
         // Three replicas in zones a, a, b: one of zone a goes to zone c.
         let r = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
         let state = zoned_cluster(r.clone());
-        let balance = Balance::of(&state, &live, &config, [], &BTreeMap::new());
+        let balance = Balance::of(&state, &live, &config, [], &BTreeMap::new(), &BTreeMap::new());
         let decision = rebalance(&r, &led(1, &[]), None, &balance, &Allowed::ALL);
         assert_eq!(decision, Some(Decision::MoveReplica { from: Peer::new(1, 1), to: 4 }));
         // Spread over a, b, c: however uneven the counts, a replica does not move to a
         // store sharing a zone with another of its replicas.
         let spread = region(vec![Peer::new(1, 1), Peer::new(2, 3), Peer::new(3, 4)]);
-        let mut balance =
-            Balance::of(&zoned_cluster(spread.clone()), &live, &config, [], &BTreeMap::new());
+        let mut balance = Balance::of(
+            &zoned_cluster(spread.clone()),
+            &live,
+            &config,
+            [],
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
         for store in [1, 3, 4] {
             balance.replicas.insert(store, 50);
             balance.weights.insert(store, 50 * REGION_WEIGHT_FLOOR);

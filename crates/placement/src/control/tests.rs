@@ -190,6 +190,12 @@ fn three_full_stores_and_an_empty_one(bounds: &[&[u8]]) -> (PlacementState, Vec<
     (state, regions)
 }
 
+/// Replica balancing only: the heartbeats of these tests all name the first store's
+/// replica leader, which leader balancing would then move.
+fn replicas_only() -> crate::SchedulerSettings {
+    crate::SchedulerSettings { leaders_paused: true, ..Default::default() }
+}
+
 /// A control plane leading `state`'s cluster, every store heard from at 100 ms.
 fn leading(state: &PlacementState) -> ControlPlane {
     let mut plane = ControlPlane::new(config());
@@ -206,7 +212,8 @@ fn leading(state: &PlacementState) -> ControlPlane {
 /// replicas trade between two stores for as long as it ran).
 #[test]
 fn a_move_under_way_counts_in_the_next_batch() {
-    let (state, regions) = three_full_stores_and_an_empty_one(&[b"", b"b", b"c", b""]);
+    let (mut state, regions) = three_full_stores_and_an_empty_one(&[b"", b"b", b"c", b""]);
+    apply(&mut state, Kind::SetScheduler(replicas_only()));
     let mut plane = leading(&state);
     // Replicas 3, 3, 3, 0: each batch (one Region each, as if led from different stores)
     // moves a replica to store 4 while the gap allows; the third finds 3, 2, 2, 2.
@@ -231,7 +238,7 @@ fn a_move_under_way_counts_in_the_next_batch() {
 #[test]
 fn paused_replica_balancing_moves_nothing() {
     let (mut state, regions) = three_full_stores_and_an_empty_one(&[b"", b"b", b""]);
-    let paused = crate::SchedulerSettings { replicas_paused: true, ..Default::default() };
+    let paused = crate::SchedulerSettings { replicas_paused: true, ..replicas_only() };
     apply(&mut state, Kind::SetScheduler(paused));
     let mut plane = leading(&state);
     for region in &regions {
@@ -240,7 +247,7 @@ fn paused_replica_balancing_moves_nothing() {
         assert!(intake.need_ids.is_empty() && intake.steps.is_empty(), "{intake:?}");
     }
     // Resumed: the first Region moves a replica to the empty store 4.
-    apply(&mut state, Kind::SetScheduler(crate::SchedulerSettings::default()));
+    apply(&mut state, Kind::SetScheduler(replicas_only()));
     let region = &regions[0];
     let intake = plane.region_heartbeats(&state, &[heartbeat(region, 101, &[])], at(300));
     assert_eq!(intake.need_ids, vec![10], "a move to store 4 asks for an id");
@@ -251,7 +258,7 @@ fn paused_replica_balancing_moves_nothing() {
 #[test]
 fn a_store_takes_part_in_no_more_replica_moves_a_minute_than_its_limit() {
     let (mut state, regions) = three_full_stores_and_an_empty_one(&[b"", b"b", b"c", b""]);
-    let limited = crate::SchedulerSettings { store_limit: 1, ..Default::default() };
+    let limited = crate::SchedulerSettings { store_limit: 1, ..replicas_only() };
     apply(&mut state, Kind::SetScheduler(limited));
     let mut plane = leading(&state);
     let (first, second) = (&regions[0], &regions[1]);
@@ -275,7 +282,7 @@ fn a_store_takes_part_in_no_more_replica_moves_a_minute_than_its_limit() {
 fn a_store_s_own_limit_replaces_the_cluster_s() {
     let (mut state, regions) = three_full_stores_and_an_empty_one(&[b"", b"b", b""]);
     let own = crate::StoreLimit { store_id: 4, moves_per_minute: 0 };
-    let settings = crate::SchedulerSettings { store_limits: vec![own], ..Default::default() };
+    let settings = crate::SchedulerSettings { store_limits: vec![own], ..replicas_only() };
     apply(&mut state, Kind::SetScheduler(settings));
     let mut plane = leading(&state);
     for region in &regions {
@@ -284,7 +291,7 @@ fn a_store_s_own_limit_replaces_the_cluster_s() {
         assert!(intake.need_ids.is_empty() && intake.steps.is_empty(), "{intake:?}");
     }
     let own = crate::StoreLimit { store_id: 4, moves_per_minute: 5 };
-    let settings = crate::SchedulerSettings { store_limits: vec![own], ..Default::default() };
+    let settings = crate::SchedulerSettings { store_limits: vec![own], ..replicas_only() };
     apply(&mut state, Kind::SetScheduler(settings));
     let intake = plane.region_heartbeats(&state, &[heartbeat(&regions[0], 101, &[])], at(300));
     assert_eq!(intake.need_ids, vec![10], "store 4 takes moves again");
@@ -324,4 +331,21 @@ fn the_cluster_s_isolation_levels_replace_the_leader_s_own() {
     let zoned = crate::SchedulerSettings { location_labels: Some(levels), ..Default::default() };
     apply(&mut state, Kind::SetScheduler(zoned));
     assert_eq!(new_replica_goes_to(&state), 4, "zone b, the one the Region is missing");
+}
+
+/// Balancing goes by traffic averaged over the heartbeats: one interval's swing moves the
+/// figure a quarter of the way.
+#[test]
+fn traffic_is_smoothed_for_balancing() {
+    let second = |written: u64, ms: u64| RegionLoad {
+        approximate_size: 7,
+        written_bytes: written,
+        interval_ms: ms,
+        ..Default::default()
+    };
+    let before = second(4_000, 1_000);
+    let now = smoothed(&before, &second(500, 500)); // 1,000 a second
+    assert_eq!(now.written_bytes_per_sec(), 3_250);
+    assert_eq!(now.approximate_size, 7);
+    assert_eq!(smoothed(&second(0, 0), &second(500, 500)).written_bytes_per_sec(), 1_000);
 }
