@@ -522,6 +522,24 @@ impl Balance {
     }
 }
 
+/// Stores within this share of the mean traffic (or writes), a tenth, above or below
+/// it, are even enough for traffic balancing: with only a Region's traffic as the band,
+/// three stores under a uniform load over 36 hot Regions moved 100 to 190 leaders a
+/// minute, as each Region's measured rate swung.
+pub const TRAFFIC_BAND_DIVISOR: u64 = 10;
+
+/// The mean of the figures (0 for none).
+fn mean_of(figures: &BTreeMap<StoreId, u64>) -> u64 {
+    figures.values().sum::<u64>() / (figures.len() as u64).max(1)
+}
+
+/// Whether a move from a store at `from` to one at `to` is worth making for traffic: the
+/// first above the mean's band and the second below it.
+fn outside_band(from: u64, to: u64, mean: u64) -> bool {
+    let band = mean / TRAFFIC_BAND_DIVISOR;
+    from > mean.saturating_add(band) && to < mean.saturating_sub(band)
+}
+
 /// Adds `by` to `store`'s figure, if the store is counted (`Up`).
 fn add<T: std::ops::AddAssign>(figures: &mut BTreeMap<StoreId, T>, store: StoreId, by: T) {
     if let Some(figure) = figures.get_mut(&store) {
@@ -576,12 +594,15 @@ impl Allowed {
 ///    they even out the counts.
 /// 3. Writes: every replica applies a write-hot Region's writes, so its replica on the
 ///    store writing the most (over all the replicas it holds) goes to the `Up` store
-///    writing the least, as well isolated, if the two are at least twice the Region's
+///    writing the least, as well isolated, if the first writes more than a tenth above
+///    the stores' mean and the second more than a tenth below it
+///    ([`TRAFFIC_BAND_DIVISOR`]) and the two are at least twice the Region's
 ///    writes apart (PD's hot-write peer moves), so that the target never ends writing
 ///    more than the source did: with 1¼, a write load spread over a few Regions moved
 ///    their replicas back and forth every few seconds, as each Region's rate swung.
 /// 4. A hot Region's leadership goes to the voter whose store leads the least traffic,
-///    if the two stores' traffic is at least 1¼ times the Region's apart (the quarter
+///    if its store leads more than a tenth above the stores' mean and the other more
+///    than a tenth below it, and the two are at least 1¼ times the Region's apart (the quarter
 ///    keeps changing traffic from moving it back and forth); a store that leads one
 ///    Region of nearly all the traffic keeps it, as moving it would only move the load.
 /// 5. A cold Region's leadership goes to the voter whose store leads the fewest Regions,
@@ -682,13 +703,17 @@ pub fn rebalance(
         let mut by_writes: Vec<&Peer> =
             region.peers.iter().filter(|p| !allowed.saturated.contains(&p.store_id)).collect();
         by_writes.sort_by_key(|p| std::cmp::Reverse((writes(p.store_id), p.store_id)));
+        let mean = mean_of(&balance.writes);
         for from in by_writes {
             let here = overlap_without(from, from.store_id);
             let coldest = free()
                 .filter(|&s| overlap_without(from, s) <= here)
                 .min_by_key(|&s| (writes(s), s));
             let apart = |to: StoreId| writes(from.store_id).saturating_sub(writes(to));
-            if let Some(to) = coldest.filter(|&to| apart(to) >= written.saturating_mul(2)) {
+            let uneven = |to: StoreId| outside_band(writes(from.store_id), writes(to), mean);
+            if let Some(to) =
+                coldest.filter(|&to| apart(to) >= written.saturating_mul(2) && uneven(to))
+            {
                 return Some(Decision::MoveReplica { from: from.clone(), to });
             }
         }
@@ -700,8 +725,16 @@ pub fn rebalance(
         let successor = others().min_by_key(|p| (traffic(p.store_id), p.store_id))?;
         let moved = load.map_or(0, |l| l.bytes_per_sec());
         let apart = traffic(leader.store_id).saturating_sub(traffic(successor.store_id));
-        return (allowed.hot && allowed.leader_slots && apart >= moved.saturating_add(moved / 4))
-            .then(|| Decision::MoveLeader(successor.clone()));
+        let uneven = outside_band(
+            traffic(leader.store_id),
+            traffic(successor.store_id),
+            mean_of(&balance.traffic),
+        );
+        return (allowed.hot
+            && allowed.leader_slots
+            && uneven
+            && apart >= moved.saturating_add(moved / 4))
+        .then(|| Decision::MoveLeader(successor.clone()));
     }
     // 5. Counts.
     if !allowed.leaders || !allowed.leader_slots {
@@ -1131,6 +1164,13 @@ mod tests {
         // only move the load (and back again, at the next change).
         balance.traffic = [(1, MIB + MIB / 8), (2, 0), (3, 0)].into();
         assert_eq!(rebalance(&r, &led(1, &[]), Some(&hot), &balance, &Allowed::ALL), None);
+        // Stores within a tenth of the mean are even enough, however far apart by this
+        // Region's traffic: many hot Regions' swings moved leaders for ever.
+        balance.traffic = [(1, 21 * MIB), (2, 20 * MIB), (3, 19 * MIB)].into();
+        assert_eq!(rebalance(&r, &led(1, &[]), Some(&hot), &balance, &Allowed::ALL), None);
+        balance.traffic = [(1, 23 * MIB), (2, 20 * MIB), (3, 17 * MIB)].into();
+        let decision = rebalance(&r, &led(1, &[]), Some(&hot), &balance, &Allowed::ALL);
+        assert_eq!(decision, Some(Decision::MoveLeader(Peer::new(3, 3))), "past the band");
         // Nor is a hot Region's leadership or replica moved for counts.
         let mut uneven = counts(&[(1, 9), (2, 9), (3, 9), (4, 0)], &[(1, 9), (2, 0), (3, 0)]);
         uneven.traffic = [(1, MIB), (2, MIB), (3, MIB), (4, 0)].into();
