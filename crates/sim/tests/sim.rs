@@ -236,13 +236,15 @@ fn a_read_path_without_leases_is_caught() {
     // Reads served by whichever node believes it leads, without a lease or a ReadIndex
     // round: a deposed leader answers from its old state. The window is narrow (a
     // request queued at a paused leader, served on resuming before the messages that
-    // depose it): seeds 205 and 258 are the two of 0..300 that show it since leaders
-    // stopped naming themselves in NotLeader (47 before, since the runs split by size; 71
+    // depose it): seed 648 is the first of 0..1,700 that shows it since balancing goes
+    // by each Region's last report and half the nodes ingest snapshots from files (734
+    // and 950 too; 205 and 258 since leaders
+    // stopped naming themselves in NotLeader, 47 before, since the runs split by size; 71
     // of three before the runs balanced replicas and leaders). A search from seed 0 ran
     // 15 minutes in a debug build once the seed moved: the test runs the known seed.
     let config = RunConfig { unsafe_reads: true, ..RunConfig::default() };
-    assert!(!run(205, &config).anomalies.is_empty(), "seed 205 missed the stale reads");
-    assert!(run(205, &RunConfig::default()).anomalies.is_empty(), "seed 205");
+    assert!(!run(648, &config).anomalies.is_empty(), "seed 648 missed the stale reads");
+    assert!(run(648, &RunConfig::default()).anomalies.is_empty(), "seed 648");
 }
 
 #[test]
