@@ -167,7 +167,9 @@ fn involves_only_up_stores(
 /// in one interval swung between a quarter and the whole of it under a steady load.
 fn smoothed(before: &RegionLoad, now: &RegionLoad) -> RegionLoad {
     if now.interval_ms == 0 {
-        return RegionLoad { interval_ms: before.interval_ms, ..*now };
+        // No traffic figures this time (a new leader's first report): the average stands.
+        let RegionLoad { approximate_size, approximate_keys, .. } = *now;
+        return RegionLoad { approximate_size, approximate_keys, ..*before };
     }
     let per_sec = |bytes: u64, ms: u64| bytes.saturating_mul(1_000) / ms.max(1);
     let mix = |old: u64, new: u64| {

@@ -348,4 +348,8 @@ fn traffic_is_smoothed_for_balancing() {
     assert_eq!(now.written_bytes_per_sec(), 3_250);
     assert_eq!(now.approximate_size, 7);
     assert_eq!(smoothed(&second(0, 0), &second(500, 500)).written_bytes_per_sec(), 1_000);
+    // A report without figures (a new leader's first) leaves the average as it was.
+    let unmeasured = RegionLoad { approximate_size: 9, ..second(0, 0) };
+    let kept = smoothed(&now, &unmeasured);
+    assert_eq!((kept.written_bytes_per_sec(), kept.approximate_size), (3_250, 9));
 }
