@@ -231,7 +231,16 @@ impl Engine for FjallEngine {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
+            // Every write of the node waits while `finish` holds the journal's lock: a
+            // long one stalls every Region's Raft rounds here (suspected of leaders losing
+            // their quorum during a drain's burst of snapshots; see docs/scale-out.md).
+            let finishing = Instant::now();
             ingestion.finish()?;
+            let held = finishing.elapsed();
+            if held >= SLOW_WRITE {
+                let ms = held.as_millis() as u64;
+                tracing::warn!(cf = cf.name(), ms, "an ingestion held the journal's lock");
+            }
         }
         Ok(())
     }
