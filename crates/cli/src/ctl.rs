@@ -79,7 +79,8 @@ enum SchedulerCommand {
         #[arg(value_enum)]
         what: Balancing,
     },
-    /// Balancing moves under way at once at most (0: each node's `balance_limit`).
+    /// Balancing moves under way at once at most, of replicas and of leaders each (0:
+    /// each node's `balance_limit`).
     Limit {
         /// The number of moves.
         moves: u32,

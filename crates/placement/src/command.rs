@@ -99,8 +99,8 @@ pub struct SchedulerSettings {
     /// Leaders are not moved to even out the stores.
     #[prost(bool, tag = "2")]
     pub leaders_paused: bool,
-    /// Balancing moves under way at once at most; 0: the placement leader's own
-    /// `balance_limit` setting.
+    /// Balancing moves under way at once at most, of replicas and of leaders each; 0: the
+    /// placement leader's own `balance_limit` setting.
     #[prost(uint32, tag = "3")]
     pub balance_limit: u32,
     /// Hot Regions' leaders are not moved to even out the stores' traffic.

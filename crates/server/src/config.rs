@@ -95,8 +95,8 @@ pub struct Config {
     /// Milliseconds between checks of the Regions led here for a split (a check reads
     /// only Regions written to since their last one).
     pub split_check_interval_ms: u64,
-    /// Moves that even out the stores (a replica to a store holding fewer, a leader to a
-    /// store leading fewer) under way at once; 0 turns balancing off.
+    /// Moves that even out the stores under way at once, of replicas (to a store holding
+    /// fewer) and of leaders (to a store leading fewer) each; 0 turns balancing off.
     pub balance_limit: usize,
     /// Replica moves for balance each store may take part in (as source or target) in
     /// any minute; 0: no limit. Repair of missing replicas is not limited.
