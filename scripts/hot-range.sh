@@ -17,22 +17,11 @@ DIR=/tmp/hot-range
 rm -rf $DIR; mkdir -p $DIR
 ADDRS=(127.0.0.1:23790 127.0.0.1:23791 127.0.0.1:23792)
 PIDS=()
-start() {
-  local i=$1 join=""
-  [ "$i" -gt 0 ] && join="--join ${ADDRS[0]}"
-  $BIN server --data-dir $DIR/d$i --addr ${ADDRS[$i]} $join >>$DIR/n$i.log 2>&1 &
-  PIDS[$i]=$!
-  for t in $(seq 1 100); do curl -s ${ADDRS[$i]}/health >/dev/null && break; sleep 0.1; done
-}
+. "$(dirname "$0")/cluster.sh"
 trap 'kill ${PIDS[*]} 2>/dev/null || true' EXIT
 for i in 0 1 2; do start $i; done
 # CPU ticks (user + system) a process has used.
 ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
-counts() {
-  curl -s ${ADDRS[0]}/pd/api/v1/stores | python3 -c "import json,sys
-s=[x for x in json.load(sys.stdin)['stores'] if x['store']['state_name']=='Up']
-print(' '.join(f\"{x['store']['id']}:{x['status']['region_count']}/{x['status']['leader_count']}\" for x in s))"
-}
 # Wait for three voters everywhere (the first node's Regions replicated).
 for t in $(seq 1 300); do
   curl -s ${ADDRS[0]}/pd/api/v1/stores | python3 -c "import json,sys

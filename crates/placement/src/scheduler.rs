@@ -468,9 +468,7 @@ impl Balance {
                 add(&mut balance.traffic, leader, traffic);
             }
         }
-        let total: u64 = balance.weights.values().sum();
-        let mean = total / (balance.weights.len() as u64).max(1);
-        balance.tolerance = mean / BALANCE_TOLERANCE_DIVISOR;
+        balance.tolerance = mean_of(&balance.weights) / BALANCE_TOLERANCE_DIVISOR;
         balance
     }
 

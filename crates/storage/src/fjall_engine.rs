@@ -21,8 +21,8 @@ pub struct FjallOptions {
     /// ten seconds and more, since column families written rarely keep old journal files
     /// alive until this bound forces their flush. fjall takes no bound below 64 MiB
     /// (replayed in up to 2.7 s under a transaction load); below that, the engine keeps
-    /// the bound itself, looking at the journal's size at most every
-    /// [`JOURNAL_CHECK_EVERY`] when it syncs, and flushing every memtable once it is past.
+    /// the bound itself: a sync that finds more written since every memtable was last
+    /// flushed flushes them all.
     pub max_journal_bytes: u64,
 }
 
@@ -47,9 +47,6 @@ struct Inner {
     keyspaces: Vec<Keyspace>,
     /// The journal bound the engine keeps itself (0: fjall's own, at 64 MiB or more).
     journal_limit: u64,
-    /// When the journal's size was last looked at (ms since `opened`).
-    journal_checked_ms: AtomicU64,
-    opened: Instant,
     /// Bytes written since every memtable was last flushed: about what a start would
     /// replay of the journal (fjall's own size for it counts the space its files take
     /// ahead, 64 MiB from the first write).
@@ -63,10 +60,6 @@ const SLOW_WRITE: Duration = Duration::from_millis(50);
 
 /// fjall's lowest journal bound.
 const FJALL_JOURNAL_FLOOR: u64 = 64 << 20;
-
-/// How often, at most, a sync looks at the journal's size (see
-/// [`FjallOptions::max_journal_bytes`]).
-pub const JOURNAL_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// How long an ingestion waits, at most, for the background worker to flush the
 /// keyspace's memtables before it finishes (see [`Engine::ingest`] there).
@@ -101,8 +94,6 @@ impl FjallEngine {
             db,
             keyspaces,
             journal_limit,
-            journal_checked_ms: AtomicU64::new(0),
-            opened: Instant::now(),
             unflushed: AtomicU64::new(0),
             slow_writes: AtomicU64::new(0),
         };
@@ -110,22 +101,16 @@ impl FjallEngine {
     }
 
     /// Flushes every memtable if the journal is past the bound the engine keeps
-    /// ([`FjallOptions::max_journal_bytes`]), looking at most every
-    /// [`JOURNAL_CHECK_EVERY`], and not while an earlier flush is still under way (its
-    /// journal goes once it is done).
+    /// ([`FjallOptions::max_journal_bytes`]), and not while an earlier flush is still
+    /// under way (its journal goes once it is done). Two counters read: cheap enough for
+    /// every sync.
     fn keep_journal_short(&self) -> Result<()> {
         let inner = &self.inner;
         if inner.journal_limit == 0 {
             return Ok(());
         }
-        let now = inner.opened.elapsed().as_millis() as u64;
-        let last = inner.journal_checked_ms.load(Ordering::Relaxed);
-        if now < last + JOURNAL_CHECK_EVERY.as_millis() as u64 {
-            return Ok(());
-        }
-        inner.journal_checked_ms.store(now, Ordering::Relaxed);
-        if inner.db.outstanding_flushes() > 0
-            || inner.unflushed.load(Ordering::Relaxed) <= inner.journal_limit
+        if inner.unflushed.load(Ordering::Relaxed) <= inner.journal_limit
+            || inner.db.outstanding_flushes() > 0
         {
             return Ok(());
         }
