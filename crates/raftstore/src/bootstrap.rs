@@ -30,6 +30,7 @@ pub fn write_region_state(batch: &mut WriteBatch, region: &Region, conf_state: &
         state: PeerState::Normal as i32,
         conf_state: Some(conf_state.clone()),
         removed_peer_id: 0,
+        lingering: None,
     };
     batch.put(Cf::RaftState, keys::region_state_key(region.id), state.encode_to_vec());
 }
@@ -42,6 +43,26 @@ pub fn write_tombstone(batch: &mut WriteBatch, region: &Region, peer_id: u64) {
         state: PeerState::Tombstone as i32,
         conf_state: None,
         removed_peer_id: peer_id,
+        lingering: None,
+    };
+    batch.put(Cf::RaftState, keys::region_state_key(region.id), state.encode_to_vec());
+}
+
+/// Writes the state of lingering replica `peer_id` (see [`crate::linger`]): its Region
+/// and configuration as applied, and what it waits for.
+pub fn write_lingering(
+    batch: &mut WriteBatch,
+    region: &Region,
+    conf_state: &ConfStateRecord,
+    peer_id: u64,
+    lingering: &crate::linger::Lingering,
+) {
+    let state = RegionLocalState {
+        region: Some(region.clone()),
+        state: PeerState::Lingering as i32,
+        conf_state: Some(conf_state.clone()),
+        removed_peer_id: peer_id,
+        lingering: Some(lingering.clone()),
     };
     batch.put(Cf::RaftState, keys::region_state_key(region.id), state.encode_to_vec());
 }

@@ -27,6 +27,7 @@ pub mod command;
 pub mod conf_change;
 pub mod error;
 pub mod keys;
+pub mod linger;
 pub mod logger;
 pub mod message;
 pub mod peer;

@@ -26,6 +26,8 @@ struct Envelope {
     message: Vec<u8>,
     #[prost(bool, tag = "8")]
     is_stale_check: bool,
+    #[prost(message, repeated, tag = "9")]
+    members: Vec<Peer>,
 }
 
 /// A Raft message for one replica.
@@ -48,6 +50,9 @@ pub struct PeerMessage {
     /// node was down kept its old range for ever, and that node refused every snapshot
     /// of a Region split from the range since. `message` is then empty, and not stepped.
     pub is_stale_check: bool,
+    /// In a tombstone: the sender's members, so that a removed replica knows whose word it
+    /// still waits for before it stops voting (see [`crate::linger`]). Empty otherwise.
+    pub members: Vec<Peer>,
     /// raft-rs's message.
     pub message: Message,
 }
@@ -68,6 +73,7 @@ impl PeerMessage {
             version: self.epoch.version,
             is_tombstone: self.is_tombstone,
             is_stale_check: self.is_stale_check,
+            members: self.members.clone(),
             message: self.message.write_to_bytes().expect("encoding a raft message cannot fail"),
         };
         prost::Message::encode_to_vec(&envelope)
@@ -89,6 +95,7 @@ impl PeerMessage {
             epoch: RegionEpoch { conf_ver: envelope.conf_ver, version: envelope.version },
             is_tombstone: envelope.is_tombstone,
             is_stale_check: envelope.is_stale_check,
+            members: envelope.members,
             message,
         })
     }
@@ -125,11 +132,13 @@ mod tests {
             epoch: RegionEpoch { conf_ver: 4, version: 5 },
             is_tombstone: false,
             is_stale_check: false,
+            members: vec![Peer::new(10, 1)],
             message,
         };
         let decoded = PeerMessage::decode(&original.encode()).unwrap();
         assert_eq!((decoded.region_id, decoded.from, decoded.to), (3, original.from, original.to));
         assert_eq!(decoded.epoch, original.epoch);
+        assert_eq!(decoded.members, original.members);
         assert_eq!(decoded.message, original.message);
         assert!(PeerMessage::decode(b"\xff\xff").is_err());
         assert!(PeerMessage::decode(&[]).is_err(), "no peers");

@@ -155,6 +155,9 @@ pub struct Peer {
     broadcast_commit_until: Option<u64>,
     /// The Region's size and write traffic as this replica applied it.
     pub(crate) stats: crate::stats::RegionStats,
+    /// Set once the replica is removed from its Region but still votes (see
+    /// [`crate::linger`]); it is then not `initialized`: it holds no data and serves nothing.
+    pub(crate) lingering: Option<crate::linger::Lingering>,
 }
 
 impl Peer {
@@ -218,6 +221,7 @@ impl Peer {
             snapshots_delivered: HashMap::new(),
             broadcast_commit_until: None,
             stats: crate::stats::RegionStats::default(),
+            lingering: None,
         })
     }
 

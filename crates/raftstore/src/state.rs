@@ -65,6 +65,9 @@ pub enum PeerState {
     Normal = 0,
     /// The peer was removed; its data is gone or going.
     Tombstone = 1,
+    /// The peer was removed and its data is gone, but it still votes until every voter
+    /// of its Region has applied the removal (see [`crate::linger`]).
+    Lingering = 2,
 }
 
 /// A peer's view of its own Region (range, epoch, members).
@@ -84,6 +87,9 @@ pub struct RegionLocalState {
     /// are stale.
     #[prost(uint64, tag = "4")]
     pub removed_peer_id: u64,
+    /// For a lingering replica (whose id is `removed_peer_id`): what it waits for.
+    #[prost(message, optional, tag = "5")]
+    pub lingering: Option<crate::linger::Lingering>,
 }
 
 /// raft-rs's `ConfState`, persisted with the Region it describes: raft-rs rebuilds its

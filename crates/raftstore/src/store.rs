@@ -16,11 +16,12 @@
 //! its Raft thread and passes the time in ([`Store::tick`]).
 
 use crate::apply::{apply_command, Applied};
-use crate::bootstrap::{write_initial_group, write_region_state, write_tombstone};
+use crate::bootstrap::{write_initial_group, write_lingering, write_region_state, write_tombstone};
 use crate::command::{EncodedCommand, RaftCommand};
 use crate::conf_change::{self, PeerChange};
 use crate::error::RaftstoreError;
 use crate::keys;
+use crate::linger::Lingering;
 use crate::logger::raft_logger;
 use crate::message::PeerMessage;
 use crate::peer::{Peer, RaftConfig, ReadCallback};
@@ -36,7 +37,7 @@ use prost::Message as _;
 use raft::prelude::{Entry, EntryType, Message, MessageType};
 use raft::{ProgressState, SnapshotStatus, StateRole};
 use scandium_storage::{Cf, EngineRef, WriteBatch};
-use scandium_types::{Region, StoreId};
+use scandium_types::{Region, RegionEpoch, StoreId};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -231,6 +232,10 @@ impl Store {
                 store.tombstones.insert(group_id, state.removed_peer_id);
                 continue;
             }
+            if state.state == PeerState::Lingering as i32 {
+                store.restart_lingering(state)?;
+                continue;
+            }
             let conf_state = state.conf_state();
             let region = state.region.unwrap_or_default();
             debug_assert_eq!(region.id, group_id);
@@ -292,7 +297,8 @@ impl Store {
         Ok(self.peers.get_mut(&id))
     }
 
-    /// Ids of the groups with a replica here (including the placement group).
+    /// Ids of the groups with a replica here (including the placement group, and removed
+    /// replicas that still vote: see [`crate::linger`]).
     pub fn group_ids(&self) -> Vec<u64> {
         self.peers.keys().copied().collect()
     }
@@ -463,7 +469,17 @@ impl Store {
         if self.peers.get(&region_id).is_some_and(|p| p.installing.is_some()) {
             return Err(StepError::Installing);
         }
-        let local_id = self.peers.get(&region_id).map(|p| p.meta.id);
+        let local = self.peers.get(&region_id);
+        if local.is_some_and(|p| p.lingering.is_some() && p.meta.id == message.to.id) {
+            match message.message.get_msg_type() {
+                // Its data is gone for good: it takes none back.
+                MessageType::MsgSnapshot => return Err(StepError::StaleReplica),
+                // It never campaigns.
+                MessageType::MsgTimeoutNow => return Ok(()),
+                _ => {}
+            }
+        }
+        let local_id = local.map(|p| p.meta.id);
         match local_id {
             Some(id) if id == message.to.id => {}
             Some(id) if id > message.to.id => return Err(StepError::StaleReplica),
@@ -551,6 +567,7 @@ impl Store {
                 epoch: peer.region.epoch(),
                 is_tombstone: true,
                 is_stale_check: false,
+                members: peer.region.peers.clone(),
                 message: Message::default(),
             });
             return Ok(());
@@ -619,18 +636,139 @@ impl Store {
     }
 
     fn on_tombstone(&mut self, message: PeerMessage) -> Result<(), StepError> {
-        let Some(peer) = self.peers.get(&message.region_id) else { return Ok(()) };
-        let obsolete = peer.meta.id == message.to.id
-            && (!peer.initialized || peer.region.epoch().conf_ver < message.epoch.conf_ver);
-        if obsolete {
-            tracing::info!(
-                group = message.region_id,
-                peer = peer.meta.id,
-                "removed from its Region"
-            );
-            self.destroy_peer(message.region_id).map_err(|_| StepError::StaleReplica)?;
+        let id = message.region_id;
+        let Some(peer) = self.peers.get_mut(&id) else { return Ok(()) };
+        if peer.meta.id != message.to.id {
+            return Ok(());
         }
+        let (me, from, conf_ver) = (peer.meta.id, message.from.id, message.epoch.conf_ver);
+        let result = if let Some(lingering) = &mut peer.lingering {
+            if lingering.on_answer(me, from, conf_ver, &message.members) {
+                if lingering.done() {
+                    tracing::info!(group = id, peer = me, "every voter has applied the removal");
+                    self.destroy_peer(id)
+                } else {
+                    let lingering = lingering.clone();
+                    self.persist_lingering(id, &lingering)
+                }
+            } else {
+                Ok(())
+            }
+        } else if !peer.initialized {
+            tracing::info!(group = id, peer = me, "removed from its Region");
+            self.destroy_peer(id)
+        } else if peer.region.conf_ver < conf_ver {
+            let member_conf_ver = peer.region.conf_ver;
+            let newest = (conf_ver, message.members.as_slice());
+            self.linger(id, member_conf_ver, newest, Some(from))
+        } else {
+            Ok(())
+        };
+        result.map_err(|_| StepError::StaleReplica)
+    }
+
+    /// Makes the local replica of a group, removed from it, a lingering one (see
+    /// [`crate::linger`]): its data and whatever waits on it go, its Raft log and state
+    /// stay, and it asks the voters that stay whether they have applied its removal.
+    /// `member_conf_ver` is the version of the last configuration that had it, `newest`
+    /// the newest configuration known (version, members), `answered` a member that has
+    /// already said it applied the removal. A replica with no data of its own yet (or
+    /// still writing a snapshot's) is destroyed at once.
+    fn linger(
+        &mut self,
+        id: u64,
+        member_conf_ver: u64,
+        newest: (u64, &[scandium_types::Peer]),
+        answered: Option<u64>,
+    ) -> Result<(), RaftstoreError> {
+        let Some(peer) = self.peers.get_mut(&id) else { return Ok(()) };
+        let me = peer.meta.id;
+        let mut lingering = Lingering::new(me, member_conf_ver, newest.0, newest.1);
+        if let Some(from) = answered {
+            lingering.on_answer(me, from, newest.0, newest.1);
+        }
+        if !peer.initialized || peer.installing.is_some() || lingering.done() {
+            tracing::info!(group = id, peer = me, "removed from its Region");
+            return self.destroy_peer(id);
+        }
+        let mut batch = WriteBatch::new();
+        if id != META_GROUP_ID {
+            snapshot::clear(&*self.engine.snapshot(), &peer.region, &mut batch)?;
+        }
+        if let Some(data) = peer.pending_snapshot.take() {
+            self.stager.discard(data);
+        }
+        if peer.is_leader() {
+            let term = peer.raw.raft.term;
+            peer.raw.raft.become_follower(term, raft::INVALID_ID);
+            self.events.push(Event::Role { region_id: id, is_leader: false, term });
+        }
+        let region_id = peer.region.id;
+        peer.fail_all(|| RaftstoreError::OutcomeUnknown { region_id });
+        peer.lease_until_ms = 0;
+        peer.initialized = false;
+        let conf_state = ConfStateRecord::from(peer.raw.store().conf_state());
+        write_lingering(&mut batch, &peer.region, &conf_state, me, &lingering);
+        peer.lingering = Some(lingering);
+        self.engine.write(batch)?;
+        let region = peer.region.clone();
+        if id == META_GROUP_ID {
+            self.registry.publish_meta(GroupStatus::default());
+        } else {
+            self.registry.remove(id);
+            self.observer.on_replaced(&region);
+        }
+        self.events.push(Event::Destroyed(id));
+        tracing::info!(
+            group = id,
+            peer = me,
+            "removed from its Region; it votes on until the voters that stay have applied that"
+        );
+        self.ask_lingering(id);
         Ok(())
+    }
+
+    /// Persists what a lingering replica waits for, after an answer changed it.
+    fn persist_lingering(&mut self, id: u64, lingering: &Lingering) -> Result<(), RaftstoreError> {
+        let Some(peer) = self.peers.get(&id) else { return Ok(()) };
+        let conf_state = ConfStateRecord::from(peer.raw.store().conf_state());
+        let mut batch = WriteBatch::new();
+        write_lingering(&mut batch, &peer.region, &conf_state, peer.meta.id, lingering);
+        self.engine.write(batch)?;
+        Ok(())
+    }
+
+    /// Restarts a replica that was lingering when the node stopped.
+    fn restart_lingering(&mut self, state: RegionLocalState) -> Result<(), RaftstoreError> {
+        let conf_state = state.conf_state();
+        let region = state.region.unwrap_or_default();
+        let meta = scandium_types::Peer::new(state.removed_peer_id, self.store_id);
+        let storage = PeerStorage::load(&self.storage, region.clone(), &conf_state)?;
+        let mut peer = Peer::new(storage, region, meta, false, &self.config, &self.logger)?;
+        peer.lingering = state.lingering;
+        // As for any restarted replica (see `open`).
+        peer.votes_refused_until_ms = u64::MAX;
+        self.peers.insert(peer.region.id, peer);
+        Ok(())
+    }
+
+    /// Asks each voter a lingering replica still waits for whether it has applied the
+    /// replica's removal: one past it answers with a tombstone.
+    fn ask_lingering(&mut self, id: u64) {
+        let Some(peer) = self.peers.get(&id) else { return };
+        let Some(lingering) = &peer.lingering else { return };
+        let epoch =
+            RegionEpoch { conf_ver: lingering.member_conf_ver, version: peer.region.version };
+        self.outbox.extend(lingering.unconfirmed().map(|voter| PeerMessage {
+            region_id: id,
+            from: peer.meta.clone(),
+            to: voter.clone(),
+            epoch,
+            is_tombstone: false,
+            is_stale_check: true,
+            members: Vec::new(),
+            message: Message::default(),
+        }));
     }
 
     /// The transport could not deliver a message to `peer_id` of a group.
@@ -658,7 +796,15 @@ impl Store {
         self.set_time(now_ms);
         self.ticks += 1;
         let timeout = 2 * self.config.election_ms();
-        for peer in self.peers.values_mut().filter(|p| p.installing.is_none()) {
+        let mut lingering = Vec::new();
+        for (id, peer) in self.peers.iter_mut().filter(|(_, p)| p.installing.is_none()) {
+            if peer.lingering.is_some() {
+                // Time passes for its leader's lease, after which it votes again, but it
+                // never campaigns.
+                peer.raw.raft.election_elapsed += 1;
+                lingering.push(*id);
+                continue;
+            }
             peer.raw.tick();
             peer.expire_reads(now_ms, timeout);
             // Long enough for a replica deposed without a successor (check-quorum) to
@@ -673,6 +819,12 @@ impl Store {
             }
         }
         self.check_stale_replicas();
+        let ask_every = 2 * self.config.election_ticks.max(1) as u64;
+        if self.ticks.is_multiple_of(ask_every) {
+            for id in lingering {
+                self.ask_lingering(id);
+            }
+        }
         if self.ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
             // Leases, lagging peers and whether followers still hear their leader change
             // without rounds.
@@ -703,6 +855,7 @@ impl Store {
                 epoch: peer.region.epoch(),
                 is_tombstone: false,
                 is_stale_check: true,
+                members: Vec::new(),
                 message: Message::default(),
             }));
         }
@@ -873,6 +1026,11 @@ impl Store {
                 touched.push(id);
                 continue;
             }
+            if peer.lingering.is_some() {
+                // Removed: it keeps its log for its votes and applies nothing more.
+                touched.push(id);
+                continue;
+            }
             if entries.is_empty() {
                 touched.push(id);
                 continue;
@@ -912,7 +1070,9 @@ impl Store {
                     Ok(ApplyOutput::ConfChanged(region)) => {
                         events.push(Event::RegionChanged(region.clone()));
                         if region.peer_on_store(*store_id).is_none_or(|p| p.id != peer.meta.id) {
-                            removed.push(id);
+                            // Each change moves the version on by one.
+                            let member_conf_ver = region.conf_ver - 1;
+                            removed.push((id, member_conf_ver, region.clone()));
                         }
                     }
                     _ => {}
@@ -943,6 +1103,10 @@ impl Store {
         output.timings.apply = Some(applying.elapsed());
         for id in &touched {
             let peer = self.peers.get_mut(id).expect("touched peer exists");
+            if peer.lingering.is_some() {
+                // raft-rs counts what it handed out as applied; nothing else is to do.
+                continue;
+            }
             let applied = peer.raw.store().apply_state().applied_index;
             peer.raw.advance_apply_to(applied);
             peer.after_apply(applied);
@@ -960,8 +1124,8 @@ impl Store {
                 PostApply::Observe(region, command) => self.observer.on_applied(&region, &command),
             }
         }
-        for id in removed {
-            self.destroy_peer(id)?;
+        for (id, member_conf_ver, region) in removed {
+            self.linger(id, member_conf_ver, (region.conf_ver, &region.peers), None)?;
         }
         for (region, campaign, stats) in new_regions {
             let id = region.id;
@@ -1425,6 +1589,7 @@ fn to_peer_messages(peer: &Peer, messages: Vec<Message>) -> Vec<PeerMessage> {
                 epoch: peer.region.epoch(),
                 is_tombstone: false,
                 is_stale_check: false,
+                members: Vec::new(),
                 message,
             })
         })

@@ -419,6 +419,10 @@ impl Cluster {
 
     fn change(&mut self, changes: Vec<PeerChange>) -> Result<Region> {
         let leader = self.wait_leader();
+        self.change_on(leader, changes)
+    }
+
+    fn change_on(&mut self, leader: u64, changes: Vec<PeerChange>) -> Result<Region> {
         let slot: Slot<Result<ApplyOutput>> = Arc::default();
         let answer = slot.clone();
         self.store(leader).propose_conf_change(
@@ -789,7 +793,9 @@ fn a_removed_replica_is_destroyed_and_its_data_deleted() {
     let victim = (1..=3).find(|&s| s != leader).unwrap();
     let region = cluster.change(vec![PeerChange::Remove(Peer::new(victim, victim))]).unwrap();
     assert!(region.peer_on_store(victim).is_none());
-    cluster.tick_until(100, "replica destroyed", |c| c.region(victim).is_none());
+    cluster
+        .tick_until(100, "replica destroyed", |c| !c.store(victim).group_ids().contains(&REGION));
+    assert!(cluster.region(victim).is_none());
     assert_eq!(cluster.value(victim, b"k"), None, "its data is gone");
     assert!(cluster
         .events
@@ -801,6 +807,62 @@ fn a_removed_replica_is_destroyed_and_its_data_deleted() {
     let leader = cluster.wait_leader();
     let result = cluster.change(vec![PeerChange::Remove(Peer::new(leader, leader))]);
     assert!(matches!(result, Err(RaftstoreError::ChangeRefused(_))), "{result:?}");
+}
+
+/// A removed voter keeps voting until every voter that stays has applied its removal
+/// (simulator seeds 7007776 and 7010532). Four voters; the removal of one commits with the
+/// acknowledgements of the leader, the victim and one more, which never hears that it
+/// committed; the fourth never sees it; the victim applies it, then the leader dies. The
+/// two that stay are still in the four-voter configuration (neither applied the removal)
+/// and need three votes: the victim's is the third. Destroyed at once, it left them
+/// without a leader for good.
+#[test]
+fn a_removed_voter_votes_on_until_the_voters_that_stay_have_applied_its_removal() {
+    let mut cluster = Cluster::new(4);
+    cluster.replicate(4);
+    cluster.put(b"k", b"v").unwrap();
+    let leader = cluster.wait_leader();
+    let others: Vec<u64> = (1..=4).filter(|&s| s != leader).collect();
+    let (victim, knows, never) = (others[0], others[1], others[2]);
+    cluster.pause(never);
+    let slot: Slot<Result<ApplyOutput>> = Arc::default();
+    let answer = slot.clone();
+    let removal = vec![PeerChange::Remove(Peer::new(victim, victim))];
+    let callback = Box::new(move |r| *answer.lock().unwrap() = Some(r));
+    cluster.store(leader).propose_conf_change(REGION, removal, callback);
+    // `knows` gets the entry, but not the news that it is committed.
+    let appends = cluster.store(leader).handle_ready().unwrap().messages;
+    for append in appends.into_iter().filter(|m| m.to.store_id != never) {
+        cluster.deliver(leader, append);
+    }
+    cluster.cut.insert((leader, knows));
+    cluster.run_until_answered(&slot).unwrap();
+    cluster.tick_until(300, "the victim gone", |c| c.region(victim).is_none());
+    assert!(cluster.store(victim).group_ids().contains(&REGION), "it lingers");
+    assert_eq!(cluster.value(victim, b"k"), None, "its data is gone at once");
+    // What it waits for survives a restart.
+    cluster.stop(victim);
+    cluster.start(victim);
+    assert!(cluster.store(victim).group_ids().contains(&REGION));
+    assert!(cluster.region(victim).is_none(), "it serves nothing");
+
+    cluster.stop(leader);
+    cluster.held.clear();
+    cluster.resume(never);
+    cluster.heal();
+    let next = cluster.wait_leader_besides(leader);
+    assert_ne!(next, victim);
+    cluster.put_on(next, b"k2", b"v").unwrap();
+    assert!(cluster.store(victim).group_ids().contains(&REGION), "the dead leader never said");
+    // Once the dead member is removed, each voter that stays has applied the removal.
+    cluster.change_on(next, vec![PeerChange::Remove(Peer::new(leader, leader))]).unwrap();
+    cluster.tick_until(300, "the victim destroyed", |c| {
+        !c.store(victim).group_ids().contains(&REGION)
+    });
+    assert!(cluster
+        .events
+        .iter()
+        .any(|(s, e)| *s == victim && matches!(e, Event::Destroyed(REGION))));
 }
 
 #[test]
@@ -1217,6 +1279,7 @@ fn snapshot_message(index: u64) -> PeerMessage {
         epoch: region.epoch(),
         is_tombstone: false,
         is_stale_check: false,
+        members: Vec::new(),
         message,
     }
 }
