@@ -28,7 +28,7 @@ use scandium_txn::{
 use scandium_types::{Peer, Region, StoreState, TimeStamp};
 use std::any::Any;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::RwLock;
 use std::sync::{Arc, Mutex};
 
@@ -253,7 +253,9 @@ pub struct Cluster {
     pub(crate) nodes: Vec<Node>,
     now: u64,
     queue: BinaryHeap<Reverse<(u64, u64)>>,
-    events: BTreeMap<u64, Event>,
+    /// By sequence number; only looked up, never iterated, so a hash map keeps runs
+    /// deterministic (a B-tree moved the large events around on every removal).
+    events: HashMap<u64, Event>,
     next_seq: u64,
     /// Links `(from, to)` that lose every message.
     pub(crate) blocked: BTreeSet<(u64, u64)>,
@@ -391,7 +393,7 @@ impl Cluster {
             nodes,
             now: 0,
             queue: BinaryHeap::new(),
-            events: BTreeMap::new(),
+            events: HashMap::new(),
             next_seq: 0,
             blocked: BTreeSet::new(),
             network,
