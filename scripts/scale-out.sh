@@ -105,3 +105,18 @@ fi
 echo "waiting for the load to end ($MOVING s from the join)"
 wait $BENCH || true
 echo "during the moves: $(grep -E '^(ops|latency)' $DIR/moving.txt | tr '\n' ' ')"
+# What the nodes saw while the load ran: leaders that lost their quorum, slow fsyncs of
+# the Raft log, ingestions that held fjall's journal lock, and stalled writes.
+for i in 0 1 2 3 4; do
+  M=$(curl -s ${ADDRS[$i]}/metrics || true)
+  FSYNC=$(echo "$M" | python3 -c "import sys,re
+b={}
+for l in sys.stdin:
+  m=re.match(r'scandium_raft_fsync_duration_seconds_bucket\{le=\"([^\"]+)\"\} (\S+)',l)
+  if m: b[m.group(1)]=float(m.group(2))
+tot=b.get('+Inf',0); fast=max([v for k,v in b.items() if k!='+Inf' and float(k)<=0.1] or [0])
+print(f'{int(tot)} fsyncs, {int(tot-fast)} over 100 ms')" 2>/dev/null || echo "no metrics")
+  echo "node $i: quorum lost $(grep -c 'quorum is not active' $DIR/n$i.log || true) times;" \
+    "journal lock held $(grep -c "held the journal" $DIR/n$i.log || true) times; $FSYNC;" \
+    "$(echo "$M" | grep -E '^scandium_storage_slow_writes_total' | tr '\n' ' ')"
+done

@@ -135,6 +135,13 @@ pub struct Peer {
     /// Entries committed in the round that installed a snapshot's Raft state, applied
     /// once its data is in.
     pub(crate) deferred: Vec<raft::prelude::Entry>,
+    /// This replica's answers from the round that installed a snapshot's Raft state, sent
+    /// once its data is in: raft-rs acknowledges a snapshot as soon as its Raft state is
+    /// persisted, and a leader that heard it counted a new learner as caught up and had
+    /// it promoted while it still wrote the data for seconds, answering nothing; with
+    /// one more member slow, the leader lost its quorum (3 -> 5 nodes under load, a
+    /// removal's drain: 7.5 s installs, leaders stepping down, client errors).
+    pub(crate) held_answers: Vec<raft::prelude::Message>,
     /// Votes are refused until the store's clock reaches this (a restarted replica may
     /// have forgotten that it heard from a leader, whose lease it must still respect).
     pub(crate) votes_refused_until_ms: u64,
@@ -215,6 +222,7 @@ impl Peer {
             pending_snapshot: None,
             installing: None,
             deferred: Vec::new(),
+            held_answers: Vec::new(),
             votes_refused_until_ms: 0,
             known_peers: HashMap::new(),
             heard_ms: HashMap::new(),

@@ -957,6 +957,8 @@ impl Store {
         }
         for id in installed {
             let peer = self.peers.get_mut(&id).expect("an installed peer exists");
+            let held = std::mem::take(&mut peer.held_answers);
+            output.messages.extend(to_peer_messages(peer, held));
             if !peer.deferred.is_empty() {
                 readies.push((id, None, std::mem::take(&mut peer.deferred), None));
             }
@@ -991,8 +993,15 @@ impl Store {
         let mut persisted = Vec::new();
         for (id, ready, _, _) in &mut readies {
             let Some(ready) = ready else { continue };
-            let peer = self.peers.get(id).expect("peer of a ready exists");
-            persisted.extend(to_peer_messages(peer, ready.take_persisted_messages()));
+            let peer = self.peers.get_mut(id).expect("peer of a ready exists");
+            let messages = ready.take_persisted_messages();
+            if peer.installing.is_some() {
+                // This round installed a snapshot's Raft state: its acknowledgement goes
+                // once the data is in (see `Peer::held_answers`).
+                peer.held_answers.extend(messages);
+                continue;
+            }
+            persisted.extend(to_peer_messages(peer, messages));
         }
         if !persisted.is_empty() {
             send(persisted);

@@ -901,6 +901,34 @@ fn a_learner_without_data_is_pending_even_in_a_young_group() {
     });
 }
 
+/// A learner acknowledges its snapshot only once the data is in: acknowledged when its
+/// Raft state was persisted, it counted as caught up while it wrote the data, answering
+/// nothing, and was promoted; with one more member slow, the leader lost its quorum
+/// (`scripts/scale-out.sh`, a removal's drain: installs of 7.5 s, client errors).
+#[test]
+fn a_learner_writing_its_snapshot_s_data_is_pending() {
+    let mut cluster = Cluster::new(4);
+    cluster.replicate(3);
+    let value = vec![7u8; 100 << 10];
+    for i in 0..30u8 {
+        cluster.put(&[b'g', i], &value).unwrap();
+    }
+    let leader = cluster.wait_leader();
+    let learner = vec![PeerChange::AddLearner(Peer::learner(4, 4))];
+    cluster.store(leader).propose_conf_change(REGION, learner, Box::new(|_| {}));
+    assert!(cluster.run_until(Until::SnapshotDelivered(4)));
+    let answers = cluster.store(4).handle_ready().unwrap().messages;
+    assert!(cluster.store(4).is_installing(REGION), "3 MiB go in over several rounds");
+    for answer in answers {
+        cluster.deliver(4, answer);
+    }
+    let pending = |c: &mut Cluster| c.store(leader).status(REGION).unwrap().pending_peers;
+    assert!(pending(&mut cluster).iter().any(|p| p.id == 4), "caught up before its data is in");
+    cluster.run();
+    assert!(!cluster.store(4).is_installing(REGION));
+    cluster.tick_until(50, "the learner caught up", |c| pending(c).is_empty());
+}
+
 /// A learner removed while cut off never campaigns, so no member heard from it to tell
 /// it; it kept its old range for ever, and its store refused every snapshot of a Region
 /// split from that range since (simulator seed 300896). After a few election timeouts
