@@ -118,5 +118,6 @@ tot=b.get('+Inf',0); fast=max([v for k,v in b.items() if k!='+Inf' and float(k)<
 print(f'{int(tot)} fsyncs, {int(tot-fast)} over 100 ms')" 2>/dev/null || echo "no metrics")
   echo "node $i: quorum lost $(grep -c 'quorum is not active' $DIR/n$i.log || true) times;" \
     "journal lock held $(grep -c "held the journal" $DIR/n$i.log || true) times; $FSYNC;" \
-    "$(echo "$M" | grep -E '^scandium_storage_slow_writes_total' | tr '\n' ' ')"
+    "$(echo "$M" | grep -E '^scandium_(storage_slow_writes_total|raft_messages_dropped_total)' | tr '\n' ' ')";
+  echo "  snapshots installed: $(grep -c 'wrote a snapshot' $DIR/n$i.log || true)"
 done

@@ -36,7 +36,9 @@ pub struct RaftConfig {
     /// Applied entries kept in the log before it is truncated.
     pub log_gc_threshold: u64,
     /// Entries a leader keeps for lagging followers at most; past it (or past
-    /// `max_log_bytes`) it truncates anyway and sends them a snapshot.
+    /// `max_log_bytes`) it truncates anyway and sends them a snapshot. Large enough that
+    /// a busy Region's log outlasts a snapshot's install (see the server's
+    /// `raft_log_max_entries`).
     pub max_log_entries: u64,
     /// Bytes a leader keeps for lagging followers at most; see `max_log_entries`.
     pub max_log_bytes: u64,
@@ -60,7 +62,7 @@ impl Default for RaftConfig {
             heartbeat_ticks: 2,
             max_entry_bytes: 8 << 20,
             log_gc_threshold: 256,
-            max_log_entries: 8192,
+            max_log_entries: 65_536,
             max_log_bytes: 64 << 20,
             snapshot_dir: None,
             ingest_inline: false,

@@ -1561,8 +1561,8 @@ fn compact_target(peer: &Peer, config: &RaftConfig, now_ms: u64) -> Option<u64> 
             .filter_map(|(id, pr)| match pr.state {
                 ProgressState::Snapshot => Some(pr.pending_snapshot),
                 _ if reachable(peer, *id, config, now_ms) => Some(pr.matched),
-                // It may have acknowledged the snapshot as its install began (the answer
-                // goes once the snapshot's Raft state is written), and then gone silent.
+                // It answers nothing while it writes the snapshot's data (its answer to
+                // the snapshot goes once the data is in: `Peer::held_answers`).
                 _ => peer
                     .snapshots_delivered
                     .get(id)
