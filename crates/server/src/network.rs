@@ -126,24 +126,37 @@ impl Directory {
     }
 }
 
-/// One lazily connected channel per address, shared by every call to that node.
+/// One lazily connected channel per address, shared by every call to that node, and one
+/// more for the snapshots sent to it.
 pub struct Clients {
     channels: Mutex<HashMap<String, Channel>>,
+    /// Snapshots go on connections of their own: a Region's megabytes in flight on the
+    /// connection that carries Raft messages hold up heartbeats and appends behind them
+    /// (TCP and HTTP/2 flow control are per connection), and leaders lose their quorum.
+    snapshot_channels: Mutex<HashMap<String, Channel>>,
     links: Arc<Links>,
 }
 
 impl Clients {
     /// Clients whose calls pass only where `links` allow.
     pub fn new(links: Arc<Links>) -> Clients {
-        Clients { channels: Mutex::default(), links }
+        Clients { channels: Mutex::default(), snapshot_channels: Mutex::default(), links }
     }
 
     /// The channel to `address` (connected on first use, reconnected by tonic as needed).
     pub fn channel(&self, address: &str) -> Result<Channel, String> {
+        self.channel_in(&self.channels, address)
+    }
+
+    fn channel_in(
+        &self,
+        channels: &Mutex<HashMap<String, Channel>>,
+        address: &str,
+    ) -> Result<Channel, String> {
         if !self.links.allows_address(address) {
             return Err(format!("the link to {address} is cut"));
         }
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut channels = channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
@@ -161,6 +174,14 @@ impl Clients {
     /// A client of the node-to-node service at `address`.
     pub fn cluster(&self, address: &str) -> Result<ClusterClient<Channel>, String> {
         Ok(ClusterClient::new(self.channel(address)?)
+            .max_decoding_message_size(MAX_NODE_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_NODE_MESSAGE_BYTES))
+    }
+
+    /// A client of the node-to-node service at `address` for sending snapshots, on a
+    /// connection of its own.
+    pub fn snapshots(&self, address: &str) -> Result<ClusterClient<Channel>, String> {
+        Ok(ClusterClient::new(self.channel_in(&self.snapshot_channels, address)?)
             .max_decoding_message_size(MAX_NODE_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_NODE_MESSAGE_BYTES))
     }

@@ -31,6 +31,14 @@ const BATCH_MESSAGES: usize = 512;
 const BATCH_BYTES: usize = 4 << 20;
 /// Bytes of records per snapshot chunk, about.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// What a receiver with every snapshot slot taken answers (see the `snapshot` handler in
+/// `grpc/cluster.rs`).
+pub(crate) const RECEIVER_BUSY: &str = "the receiver is busy with other snapshots";
+
+/// How long a sender waits, after a busy receiver, before it tells raft-rs the snapshot
+/// failed (which makes it try again at its next chance): a slot frees in seconds.
+const BUSY_BACKOFF: Duration = Duration::from_millis(500);
+
 /// Longest a snapshot transfer may take.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// A transfer whose receiver takes no chunk for this long is given up (its permits go to
@@ -259,6 +267,10 @@ impl Transport {
                     inner.stats.snapshots_sent.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(region, peer, "sent a snapshot");
                 }
+                Err(error) if error == RECEIVER_BUSY => {
+                    tracing::debug!(region, peer, "the receiver is busy; the snapshot waits");
+                    tokio::time::sleep(BUSY_BACKOFF).await;
+                }
                 Err(error) => {
                     inner.stats.snapshots_failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(region, peer, %error, "could not send a snapshot; raft will retry");
@@ -384,7 +396,7 @@ async fn transfer_snapshot(inner: &Arc<Inner>, message: PeerMessage) -> Result<(
         .ok_or("the snapshot's engine snapshot expired before it was sent")?;
     let store = message.to.store_id;
     let address = inner.directory.address(store).ok_or(format!("no address for store {store}"))?;
-    let mut client = inner.clients.cluster(&address)?;
+    let mut client = inner.clients.snapshots(&address)?;
     let (chunks, receiver) = mpsc::channel::<SnapshotChunk>(4);
     let first = SnapshotChunk {
         cluster_id: inner.cluster_id,

@@ -9,7 +9,7 @@ use crate::identity::Identity;
 use crate::network::{Directory, Links};
 use crate::placement::Placement;
 use crate::raft_driver::RaftHandle;
-use crate::transport::snapshot_stall;
+use crate::transport::{snapshot_stall, RECEIVER_BUSY};
 use prost::Message as _;
 use scandium_placement::{Command, Kind, Response as PlacementResponse, ResponseRecord};
 use scandium_protocol::scandium::cluster_server::Cluster;
@@ -128,11 +128,22 @@ impl Cluster for ClusterService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SnapshotDone>, Status> {
-        let _permit =
-            self.snapshots.acquire().await.map_err(|_| Status::unavailable("stopping"))?;
+        // A receiver with every slot taken says so at once rather than wait for one:
+        // waiting, it would leave this stream's chunks unread, and unread data holds the
+        // flow-control window of the HTTP/2 connection it came on, which the sender's
+        // other streams share. With more snapshots arriving than slots, the transfers
+        // holding the slots starved and stalled to their 60 s timeout, and so did every
+        // Raft message on those connections: a node heard nothing for a minute at a time
+        // (`scripts/scale-out.sh`, a removal's drain). The sender tries again later.
+        let Ok(_permit) = self.snapshots.try_acquire() else {
+            return Ok(Response::new(SnapshotDone { error: RECEIVER_BUSY.into() }));
+        };
         let mut chunks = request.into_inner();
-        let first =
-            chunks.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot"))?;
+        let stall = snapshot_stall();
+        let first = match tokio::time::timeout(stall, chunks.message()).await {
+            Ok(first) => first?.ok_or_else(|| Status::invalid_argument("empty snapshot"))?,
+            Err(_) => return Err(Status::deadline_exceeded("no snapshot chunk in time")),
+        };
         self.check_cluster(first.cluster_id).map_err(|e| *e)?;
         if !self.parts.links.allows(first.from_store) {
             return Err(Status::unavailable("link cut"));
@@ -147,7 +158,6 @@ impl Cluster for ClusterService {
         let mut staging = Some(self.parts.stager.begin());
         let mut announced = None;
         let mut bytes = 0u64;
-        let stall = snapshot_stall();
         loop {
             let next = tokio::time::timeout(stall, chunks.message()).await;
             let Ok(next) = next else {

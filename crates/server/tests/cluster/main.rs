@@ -973,3 +973,43 @@ async fn replicas_spread_over_zones_as_zones_join() {
     assert_replicas_agree(&cluster).await;
     cluster.shutdown().await;
 }
+
+/// A node whose snapshot slots are all taken answers another snapshot "busy" at once,
+/// without reading it: waiting for a slot left the stream's chunks unread, holding the
+/// flow-control window of the connection the sender's other transfers shared, and those
+/// holding the slots stalled to their timeout (`scripts/scale-out.sh`, a removal's drain:
+/// a node heard nothing for a minute at a time). A transfer that never sends its first
+/// chunk holds its slot only until the stall timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_snapshot_receiver_says_so_at_once() {
+    use scandium_protocol::scandium::{cluster_client::ClusterClient, SnapshotChunk};
+    let cluster = Cluster::start_with(1, |c| c.snapshot_max_concurrent = 1).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", cluster.addrs[0]))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let client = ClusterClient::new(channel);
+    // A transfer that sends nothing yet holds the only slot.
+    let (hold, held) = tokio::sync::mpsc::channel::<SnapshotChunk>(1);
+    let mut holder = client.clone();
+    let holding = tokio::spawn(async move {
+        holder.snapshot(tokio_stream::wrappers::ReceiverStream::new(held)).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // An empty transfer: refused as empty while the slot is free, "busy" once held.
+        let empty = tokio_stream::iter(Vec::<SnapshotChunk>::new());
+        let answer = tokio::time::timeout(Duration::from_secs(5), client.clone().snapshot(empty))
+            .await
+            .expect("answered at once, not after waiting for a slot");
+        if answer.as_ref().is_ok_and(|done| done.get_ref().error.contains("busy")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never answered busy: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(hold);
+    let _ = holding.await;
+    cluster.shutdown().await;
+}
