@@ -439,6 +439,10 @@ async fn transfer_snapshot(inner: &Arc<Inner>, message: PeerMessage) -> Result<(
     let response = client.snapshot(ReceiverStream::new(receiver)).await;
     let read = reader.await.map_err(|e| e.to_string())?;
     let done = response.map_err(|status| status.message().to_string())?.into_inner();
+    if done.error == RECEIVER_BUSY {
+        // It answered without reading, so the reader found the stream closed.
+        return Err(done.error);
+    }
     match read {
         Err(error) => Err(format!("reading the snapshot failed: {error}")),
         Ok(false) => Err("the receiver stopped reading".into()),
