@@ -14,7 +14,10 @@
 //! Raft log and state stay and it answers votes and appends as before, never campaigning.
 //! It asks the voters of the newest configuration it knows whether they have applied its
 //! removal (a stale check: a member past the removal answers with a tombstone that names
-//! its own members), and it is destroyed once every one of them has. A voter that applied
+//! its own members), and it is destroyed once every one of them has, or is gone itself (a
+//! store answers for a replica of its that is destroyed or lingering: it will never count
+//! votes again, and it may be all that is left of the configuration the replica knew,
+//! if the Region moved on entirely meanwhile). A voter that applied
 //! the removal never counts votes in a configuration with the replica again, and a voter
 //! added since applied the removal before it could vote.
 
@@ -71,6 +74,17 @@ impl Lingering {
         changed
     }
 
+    /// A store's word that voter `from` is destroyed or lingering itself: it will never
+    /// count votes again, in a configuration with this replica or any other. Whether
+    /// anything to persist changed.
+    pub fn on_gone(&mut self, from: PeerId) -> bool {
+        if self.confirmed.contains(&from) {
+            return false;
+        }
+        self.confirmed.push(from);
+        true
+    }
+
     /// The voters still to confirm.
     pub fn unconfirmed(&self) -> impl Iterator<Item = &Peer> {
         self.voters.iter().filter(|p| !self.confirmed.contains(&p.id))
@@ -105,5 +119,9 @@ mod tests {
         assert_eq!(l.unconfirmed().map(|p| p.id).collect::<Vec<_>>(), vec![5]);
         assert!(l.on_answer(2, 5, 9, &[]), "no members named: the answer still counts");
         assert!(l.done());
+        // A voter whose store says it is gone counts too.
+        let mut l = Lingering::new(2, 6, 7, &members);
+        assert!(l.on_gone(3) && !l.on_gone(3));
+        assert_eq!(l.unconfirmed().map(|p| p.id).collect::<Vec<_>>(), vec![1]);
     }
 }

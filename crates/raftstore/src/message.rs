@@ -28,6 +28,8 @@ struct Envelope {
     is_stale_check: bool,
     #[prost(message, repeated, tag = "9")]
     members: Vec<Peer>,
+    #[prost(bool, tag = "10")]
+    gone: bool,
 }
 
 /// A Raft message for one replica.
@@ -53,6 +55,11 @@ pub struct PeerMessage {
     /// In a tombstone: the sender's members, so that a removed replica knows whose word it
     /// still waits for before it stops voting (see [`crate::linger`]). Empty otherwise.
     pub members: Vec<Peer>,
+    /// With `is_tombstone`: the answer of a store to a stale check for a replica of its
+    /// that is destroyed or lingering (`from`), which will never count votes again. A
+    /// lingering replica counts it as that voter having applied its removal; any other
+    /// replica ignores it (it says nothing of the receiver's own membership).
+    pub gone: bool,
     /// raft-rs's message.
     pub message: Message,
 }
@@ -74,6 +81,7 @@ impl PeerMessage {
             is_tombstone: self.is_tombstone,
             is_stale_check: self.is_stale_check,
             members: self.members.clone(),
+            gone: self.gone,
             message: self.message.write_to_bytes().expect("encoding a raft message cannot fail"),
         };
         prost::Message::encode_to_vec(&envelope)
@@ -96,6 +104,7 @@ impl PeerMessage {
             is_tombstone: envelope.is_tombstone,
             is_stale_check: envelope.is_stale_check,
             members: envelope.members,
+            gone: envelope.gone,
             message,
         })
     }
@@ -133,12 +142,14 @@ mod tests {
             is_tombstone: false,
             is_stale_check: false,
             members: vec![Peer::new(10, 1)],
+            gone: true,
             message,
         };
         let decoded = PeerMessage::decode(&original.encode()).unwrap();
         assert_eq!((decoded.region_id, decoded.from, decoded.to), (3, original.from, original.to));
         assert_eq!(decoded.epoch, original.epoch);
         assert_eq!(decoded.members, original.members);
+        assert!(decoded.gone);
         assert_eq!(decoded.message, original.message);
         assert!(PeerMessage::decode(b"\xff\xff").is_err());
         assert!(PeerMessage::decode(&[]).is_err(), "no peers");

@@ -470,6 +470,18 @@ impl Store {
             return Err(StepError::Installing);
         }
         let local = self.peers.get(&region_id);
+        let gone = match local {
+            Some(p) => {
+                p.meta.id > message.to.id || p.lingering.is_some() && p.meta.id == message.to.id
+            }
+            None => {
+                self.tombstones.get(&region_id).is_some_and(|&removed| removed >= message.to.id)
+            }
+        };
+        if gone && message.is_stale_check {
+            self.answer_gone(&message);
+        }
+        let local = self.peers.get(&region_id);
         if local.is_some_and(|p| p.lingering.is_some() && p.meta.id == message.to.id) {
             match message.message.get_msg_type() {
                 // Its data is gone for good: it takes none back.
@@ -568,6 +580,7 @@ impl Store {
                 is_tombstone: true,
                 is_stale_check: false,
                 members: peer.region.peers.clone(),
+                gone: false,
                 message: Message::default(),
             });
             return Ok(());
@@ -635,6 +648,22 @@ impl Store {
         Ok(())
     }
 
+    /// Tells a replica asking whether it is still a member (`message`, a stale check)
+    /// that the replica it asked is destroyed or lingering here: it never votes again.
+    fn answer_gone(&mut self, message: &PeerMessage) {
+        self.outbox.push(PeerMessage {
+            region_id: message.region_id,
+            from: message.to.clone(),
+            to: message.from.clone(),
+            epoch: RegionEpoch::default(),
+            is_tombstone: true,
+            is_stale_check: false,
+            members: Vec::new(),
+            gone: true,
+            message: Message::default(),
+        });
+    }
+
     fn on_tombstone(&mut self, message: PeerMessage) -> Result<(), StepError> {
         let id = message.region_id;
         let Some(peer) = self.peers.get_mut(&id) else { return Ok(()) };
@@ -642,7 +671,26 @@ impl Store {
             return Ok(());
         }
         let (me, from, conf_ver) = (peer.meta.id, message.from.id, message.epoch.conf_ver);
-        let result = if let Some(lingering) = &mut peer.lingering {
+        let result = if message.gone {
+            // Says nothing of this replica's own membership: only a lingering one cares.
+            match &mut peer.lingering {
+                Some(lingering) if !lingering.confirmed.contains(&from) => {
+                    lingering.on_gone(from);
+                    if lingering.done() {
+                        tracing::info!(
+                            group = id,
+                            peer = me,
+                            "every voter has applied the removal or is gone"
+                        );
+                        self.destroy_peer(id)
+                    } else {
+                        let lingering = lingering.clone();
+                        self.persist_lingering(id, &lingering)
+                    }
+                }
+                _ => Ok(()),
+            }
+        } else if let Some(lingering) = &mut peer.lingering {
             if lingering.on_answer(me, from, conf_ver, &message.members) {
                 if lingering.done() {
                     tracing::info!(group = id, peer = me, "every voter has applied the removal");
@@ -742,6 +790,15 @@ impl Store {
     fn restart_lingering(&mut self, state: RegionLocalState) -> Result<(), RaftstoreError> {
         let conf_state = state.conf_state();
         let region = state.region.unwrap_or_default();
+        if state.lingering.is_none() {
+            // Written with it every time: a damaged record. Counted as destroyed.
+            tracing::warn!(
+                group = region.id,
+                "a lingering replica's record lacks what it waits for"
+            );
+            self.tombstones.insert(region.id, state.removed_peer_id);
+            return Ok(());
+        }
         let meta = scandium_types::Peer::new(state.removed_peer_id, self.store_id);
         let storage = PeerStorage::load(&self.storage, region.clone(), &conf_state)?;
         let mut peer = Peer::new(storage, region, meta, false, &self.config, &self.logger)?;
@@ -767,6 +824,7 @@ impl Store {
             is_tombstone: false,
             is_stale_check: true,
             members: Vec::new(),
+            gone: false,
             message: Message::default(),
         }));
     }
@@ -856,6 +914,7 @@ impl Store {
                 is_tombstone: false,
                 is_stale_check: true,
                 members: Vec::new(),
+                gone: false,
                 message: Message::default(),
             }));
         }
@@ -1599,6 +1658,7 @@ fn to_peer_messages(peer: &Peer, messages: Vec<Message>) -> Vec<PeerMessage> {
                 is_tombstone: false,
                 is_stale_check: false,
                 members: Vec::new(),
+                gone: false,
                 message,
             })
         })

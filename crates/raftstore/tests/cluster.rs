@@ -865,6 +865,41 @@ fn a_removed_voter_votes_on_until_the_voters_that_stay_have_applied_its_removal(
         .any(|(s, e)| *s == victim && matches!(e, Event::Destroyed(REGION))));
 }
 
+/// A lingering replica whose Region moved on without it, so that a voter it waits for was
+/// removed and destroyed before answering, hears from that voter's store that it is gone
+/// (it will never count votes again) and goes; before, it asked for ever.
+#[test]
+fn a_lingering_replica_goes_when_a_voter_it_waits_for_is_gone() {
+    let mut cluster = Cluster::new(4);
+    cluster.replicate(3);
+    cluster.isolate(3);
+    cluster.change(vec![PeerChange::Remove(Peer::new(3, 3))]).unwrap();
+    cluster.change(vec![PeerChange::AddLearner(Peer::learner(4, 4))]).unwrap();
+    cluster.tick_until(200, "learner caught up", |c| c.region(4).is_some());
+    cluster.change(vec![PeerChange::AddVoter(Peer::new(4, 4))]).unwrap();
+    // Store 2 hears nothing for a while: 3, told of its removal by 1 or 4, waits for 2.
+    let leader = cluster.wait_leader();
+    if leader == 2 {
+        cluster.store(2).transfer_leader(REGION, 1).unwrap();
+        cluster.tick_until(100, "store 1 leads", |c| c.leader() == Some(1));
+    }
+    cluster.pause(2);
+    cluster.heal();
+    cluster.tick_until(300, "3 lingers", |c| {
+        c.region(3).is_none() && c.store(3).group_ids().contains(&REGION)
+    });
+    // 2 goes while 3 cannot reach it: removed, and destroyed once it hears of it.
+    let leader = cluster.wait_leader();
+    cluster.change_on(leader, vec![PeerChange::Remove(Peer::new(2, 2))]).unwrap();
+    cluster.isolate(3);
+    cluster.held.clear();
+    cluster.resume(2);
+    cluster.tick_until(1_000, "2 destroyed", |c| !c.store(2).group_ids().contains(&REGION));
+    assert!(cluster.store(3).group_ids().contains(&REGION), "3 still waits for 2");
+    cluster.heal();
+    cluster.tick_until(1_000, "3 destroyed", |c| !c.store(3).group_ids().contains(&REGION));
+}
+
 #[test]
 fn a_replica_that_missed_its_removal_learns_it_from_the_leader() {
     let mut cluster = Cluster::new(3);
@@ -1308,6 +1343,7 @@ fn snapshot_message(index: u64) -> PeerMessage {
         is_tombstone: false,
         is_stale_check: false,
         members: Vec::new(),
+        gone: false,
         message,
     }
 }
