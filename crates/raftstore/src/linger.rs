@@ -12,7 +12,7 @@
 //!
 //! So a removed replica lingers: its data goes at once and it serves nothing, but its
 //! Raft log and state stay and it answers votes and appends as before, never campaigning.
-//! It asks the voters of the newest configuration it knows whether they have applied its
+//! It asks every voter of the newest configuration it knows whether they have applied its
 //! removal (a stale check: a member past the removal answers with a tombstone that names
 //! its own members), and it is destroyed once every one of them has, or is gone itself (a
 //! store answers for a replica of its that is destroyed or lingering: it will never count

@@ -816,7 +816,9 @@ impl Store {
         let Some(lingering) = &peer.lingering else { return };
         let epoch =
             RegionEpoch { conf_ver: lingering.member_conf_ver, version: peer.region.version };
-        self.outbox.extend(lingering.unconfirmed().map(|voter| PeerMessage {
+        // Every voter, not only those still to answer: their answers name the members,
+        // so a configuration that replaced a voter dead for good is learnt.
+        self.outbox.extend(lingering.voters.iter().map(|voter| PeerMessage {
             region_id: id,
             from: peer.meta.clone(),
             to: voter.clone(),

@@ -853,9 +853,8 @@ fn a_removed_voter_votes_on_until_the_voters_that_stay_have_applied_its_removal(
     let next = cluster.wait_leader_besides(leader);
     assert_ne!(next, victim);
     cluster.put_on(next, b"k2", b"v").unwrap();
-    assert!(cluster.store(victim).group_ids().contains(&REGION), "the dead leader never said");
-    // Once the dead member is removed, each voter that stays has applied the removal.
-    cluster.change_on(next, vec![PeerChange::Remove(Peer::new(leader, leader))]).unwrap();
+    // The leader said it had applied the removal before it died; once the two that stay
+    // have applied it too, the victim goes.
     cluster.tick_until(300, "the victim destroyed", |c| {
         !c.store(victim).group_ids().contains(&REGION)
     });
@@ -898,6 +897,36 @@ fn a_lingering_replica_goes_when_a_voter_it_waits_for_is_gone() {
     assert!(cluster.store(3).group_ids().contains(&REGION), "3 still waits for 2");
     cluster.heal();
     cluster.tick_until(1_000, "3 destroyed", |c| !c.store(3).group_ids().contains(&REGION));
+}
+
+/// A lingering replica waiting for a voter that is dead for good learns the configuration
+/// that replaced it from the others' answers, and goes: it asks every voter each time,
+/// not only those still to answer.
+#[test]
+fn a_lingering_replica_learns_the_configuration_that_replaced_a_dead_voter() {
+    let mut cluster = Cluster::new(4);
+    cluster.replicate(3);
+    let leader = cluster.wait_leader();
+    if leader == 3 {
+        cluster.store(3).transfer_leader(REGION, 1).unwrap();
+        cluster.tick_until(100, "store 1 leads", |c| c.leader() == Some(1));
+    }
+    let dead = if cluster.wait_leader() == 1 { 2 } else { 1 };
+    cluster.isolate(3);
+    cluster.change(vec![PeerChange::Remove(Peer::new(3, 3))]).unwrap();
+    cluster.change(vec![PeerChange::AddLearner(Peer::learner(4, 4))]).unwrap();
+    cluster.tick_until(200, "learner caught up", |c| c.region(4).is_some());
+    cluster.change(vec![PeerChange::AddVoter(Peer::new(4, 4))]).unwrap();
+    cluster.stop(dead);
+    cluster.heal();
+    cluster.tick_until(300, "3 lingers", |c| {
+        c.region(3).is_none() && c.store(3).group_ids().contains(&REGION)
+    });
+    cluster.tick(100);
+    assert!(cluster.store(3).group_ids().contains(&REGION), "3 waits for the dead voter");
+    let leader = cluster.wait_leader();
+    cluster.change_on(leader, vec![PeerChange::Remove(Peer::new(dead, dead))]).unwrap();
+    cluster.tick_until(300, "3 destroyed", |c| !c.store(3).group_ids().contains(&REGION));
 }
 
 #[test]
