@@ -255,7 +255,7 @@ pub struct Cluster {
     queue: BinaryHeap<Reverse<(u64, u64)>>,
     /// By sequence number; only looked up, never iterated, so a hash map keeps runs
     /// deterministic (a B-tree moved the large events around on every removal).
-    events: HashMap<u64, Event>,
+    events: HashMap<u64, Event>, // lookups only
     next_seq: u64,
     /// Links `(from, to)` that lose every message.
     pub(crate) blocked: BTreeSet<(u64, u64)>,
