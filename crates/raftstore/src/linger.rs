@@ -37,7 +37,8 @@ pub struct Lingering {
     /// That configuration's voters (of either half of a joint one), this replica aside.
     #[prost(message, repeated, tag = "3")]
     pub voters: Vec<Peer>,
-    /// Peers that answered they have applied the removal.
+    /// Peers that answered they have applied the removal, or whose stores said they are
+    /// gone.
     #[prost(uint64, repeated, tag = "4")]
     pub confirmed: Vec<PeerId>,
 }

@@ -56,7 +56,8 @@ pub enum Event {
     },
     /// A group's Region changed shape (membership, split, snapshot) on this replica.
     RegionChanged(Region),
-    /// The local replica of a group was destroyed.
+    /// The local replica of a group serves no more: destroyed, or removed and lingering
+    /// (see [`crate::linger`]), once either way.
     Destroyed(u64),
 }
 
@@ -469,16 +470,7 @@ impl Store {
         if self.peers.get(&region_id).is_some_and(|p| p.installing.is_some()) {
             return Err(StepError::Installing);
         }
-        let local = self.peers.get(&region_id);
-        let gone = match local {
-            Some(p) => {
-                p.meta.id > message.to.id || p.lingering.is_some() && p.meta.id == message.to.id
-            }
-            None => {
-                self.tombstones.get(&region_id).is_some_and(|&removed| removed >= message.to.id)
-            }
-        };
-        if gone && message.is_stale_check {
+        if message.is_stale_check && self.gone_here(region_id, message.to.id) {
             self.answer_gone(&message);
         }
         let local = self.peers.get(&region_id);
@@ -648,6 +640,15 @@ impl Store {
         Ok(())
     }
 
+    /// Whether replica `peer_id` of a group is destroyed here (a tombstone, or replaced by
+    /// a newer replica of the group) or lingering: it never counts votes again.
+    fn gone_here(&self, group_id: u64, peer_id: u64) -> bool {
+        match self.peers.get(&group_id) {
+            Some(p) => p.meta.id > peer_id || p.meta.id == peer_id && p.lingering.is_some(),
+            None => self.tombstones.get(&group_id).is_some_and(|&removed| removed >= peer_id),
+        }
+    }
+
     /// Tells a replica asking whether it is still a member (`message`, a stale check)
     /// that the replica it asked is destroyed or lingering here: it never votes again.
     fn answer_gone(&mut self, message: &PeerMessage) {
@@ -671,46 +672,27 @@ impl Store {
             return Ok(());
         }
         let (me, from, conf_ver) = (peer.meta.id, message.from.id, message.epoch.conf_ver);
-        let result = if message.gone {
+        let result = match (&mut peer.lingering, message.gone) {
+            (Some(lingering), true) => {
+                let changed = lingering.on_gone(from);
+                self.after_answer(id, changed)
+            }
+            (Some(lingering), false) => {
+                let changed = lingering.on_answer(me, from, conf_ver, &message.members);
+                self.after_answer(id, changed)
+            }
             // Says nothing of this replica's own membership: only a lingering one cares.
-            match &mut peer.lingering {
-                Some(lingering) if !lingering.confirmed.contains(&from) => {
-                    lingering.on_gone(from);
-                    if lingering.done() {
-                        tracing::info!(
-                            group = id,
-                            peer = me,
-                            "every voter has applied the removal or is gone"
-                        );
-                        self.destroy_peer(id)
-                    } else {
-                        let lingering = lingering.clone();
-                        self.persist_lingering(id, &lingering)
-                    }
-                }
-                _ => Ok(()),
+            (None, true) => Ok(()),
+            (None, false) if !peer.initialized => {
+                tracing::info!(group = id, peer = me, "removed from its Region");
+                self.destroy_peer(id)
             }
-        } else if let Some(lingering) = &mut peer.lingering {
-            if lingering.on_answer(me, from, conf_ver, &message.members) {
-                if lingering.done() {
-                    tracing::info!(group = id, peer = me, "every voter has applied the removal");
-                    self.destroy_peer(id)
-                } else {
-                    let lingering = lingering.clone();
-                    self.persist_lingering(id, &lingering)
-                }
-            } else {
-                Ok(())
+            (None, false) if peer.region.conf_ver < conf_ver => {
+                let member_conf_ver = peer.region.conf_ver;
+                let newest = (conf_ver, message.members.as_slice());
+                self.linger(id, member_conf_ver, newest, Some(from))
             }
-        } else if !peer.initialized {
-            tracing::info!(group = id, peer = me, "removed from its Region");
-            self.destroy_peer(id)
-        } else if peer.region.conf_ver < conf_ver {
-            let member_conf_ver = peer.region.conf_ver;
-            let newest = (conf_ver, message.members.as_slice());
-            self.linger(id, member_conf_ver, newest, Some(from))
-        } else {
-            Ok(())
+            (None, false) => Ok(()),
         };
         result.map_err(|_| StepError::StaleReplica)
     }
@@ -760,13 +742,7 @@ impl Store {
         peer.lingering = Some(lingering);
         self.engine.write(batch)?;
         let region = peer.region.clone();
-        if id == META_GROUP_ID {
-            self.registry.publish_meta(GroupStatus::default());
-        } else {
-            self.registry.remove(id);
-            self.observer.on_replaced(&region);
-        }
-        self.events.push(Event::Destroyed(id));
+        self.stop_serving(id, Some(&region));
         tracing::info!(
             group = id,
             peer = me,
@@ -776,9 +752,17 @@ impl Store {
         Ok(())
     }
 
-    /// Persists what a lingering replica waits for, after an answer changed it.
-    fn persist_lingering(&mut self, id: u64, lingering: &Lingering) -> Result<(), RaftstoreError> {
+    /// After an answer to a lingering replica (`changed`: it changed what the replica
+    /// waits for): the replica goes once nothing is left to wait for, and what is left is
+    /// persisted otherwise.
+    fn after_answer(&mut self, id: u64, changed: bool) -> Result<(), RaftstoreError> {
         let Some(peer) = self.peers.get(&id) else { return Ok(()) };
+        let Some(lingering) = peer.lingering.as_ref().filter(|_| changed) else { return Ok(()) };
+        if lingering.done() {
+            let me = peer.meta.id;
+            tracing::info!(group = id, peer = me, "every voter has applied the removal or is gone");
+            return self.destroy_peer(id);
+        }
         let conf_state = ConfStateRecord::from(peer.raw.store().conf_state());
         let mut batch = WriteBatch::new();
         write_lingering(&mut batch, &peer.region, &conf_state, peer.meta.id, lingering);
@@ -809,8 +793,8 @@ impl Store {
         Ok(())
     }
 
-    /// Asks each voter a lingering replica still waits for whether it has applied the
-    /// replica's removal: one past it answers with a tombstone.
+    /// Asks every voter of the newest configuration a lingering replica knows whether it
+    /// has applied the replica's removal: one past it answers with a tombstone.
     fn ask_lingering(&mut self, id: u64) {
         let Some(peer) = self.peers.get(&id) else { return };
         let Some(lingering) = &peer.lingering else { return };
@@ -1365,17 +1349,27 @@ impl Store {
         let region_id = peer.region.id;
         peer.fail_all(|| RaftstoreError::OutcomeUnknown { region_id });
         self.tombstones.insert(id, peer.meta.id);
+        if peer.lingering.is_none() {
+            // A lingering replica stopped serving when it began to linger.
+            self.stop_serving(id, peer.initialized.then_some(&peer.region));
+        }
+        tracing::info!(group = id, peer = peer.meta.id, "destroyed a replica");
+        Ok(())
+    }
+
+    /// The local replica of a group serves no more (destroyed, or lingering): its status
+    /// goes, the observer hears that the data of `region` (if it had any) is gone, and
+    /// the server gets [`Event::Destroyed`].
+    fn stop_serving(&mut self, id: u64, region: Option<&Region>) {
         if id == META_GROUP_ID {
             self.registry.publish_meta(GroupStatus::default());
         } else {
             self.registry.remove(id);
-            if peer.initialized {
-                self.observer.on_replaced(&peer.region);
+            if let Some(region) = region {
+                self.observer.on_replaced(region);
             }
         }
         self.events.push(Event::Destroyed(id));
-        tracing::info!(group = id, peer = peer.meta.id, "destroyed a replica");
-        Ok(())
     }
 
     /// Publishes a group's status to the registry.

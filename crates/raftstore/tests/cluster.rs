@@ -440,6 +440,16 @@ impl Cluster {
         self.node(store).engine.get(Cf::Raw, key).unwrap()
     }
 
+    /// Removes store 3's replica while it is cut off (it does not know), then adds a
+    /// voter on store 4: the Region ends on 1, 2 and 4.
+    fn remove_3_unseen_and_add_4(&mut self) {
+        self.isolate(3);
+        self.change(vec![PeerChange::Remove(Peer::new(3, 3))]).unwrap();
+        self.change(vec![PeerChange::AddLearner(Peer::learner(4, 4))]).unwrap();
+        self.tick_until(200, "learner caught up", |c| c.region(4).is_some());
+        self.change(vec![PeerChange::AddVoter(Peer::new(4, 4))]).unwrap();
+    }
+
     /// Grows Region 1 to voters on stores 1..=n (learners first, one joint promotion).
     fn replicate(&mut self, n: u64) {
         for id in 2..=n {
@@ -871,11 +881,7 @@ fn a_removed_voter_votes_on_until_the_voters_that_stay_have_applied_its_removal(
 fn a_lingering_replica_goes_when_a_voter_it_waits_for_is_gone() {
     let mut cluster = Cluster::new(4);
     cluster.replicate(3);
-    cluster.isolate(3);
-    cluster.change(vec![PeerChange::Remove(Peer::new(3, 3))]).unwrap();
-    cluster.change(vec![PeerChange::AddLearner(Peer::learner(4, 4))]).unwrap();
-    cluster.tick_until(200, "learner caught up", |c| c.region(4).is_some());
-    cluster.change(vec![PeerChange::AddVoter(Peer::new(4, 4))]).unwrap();
+    cluster.remove_3_unseen_and_add_4();
     // Store 2 hears nothing for a while: 3, told of its removal by 1 or 4, waits for 2.
     let leader = cluster.wait_leader();
     if leader == 2 {
@@ -912,11 +918,7 @@ fn a_lingering_replica_learns_the_configuration_that_replaced_a_dead_voter() {
         cluster.tick_until(100, "store 1 leads", |c| c.leader() == Some(1));
     }
     let dead = if cluster.wait_leader() == 1 { 2 } else { 1 };
-    cluster.isolate(3);
-    cluster.change(vec![PeerChange::Remove(Peer::new(3, 3))]).unwrap();
-    cluster.change(vec![PeerChange::AddLearner(Peer::learner(4, 4))]).unwrap();
-    cluster.tick_until(200, "learner caught up", |c| c.region(4).is_some());
-    cluster.change(vec![PeerChange::AddVoter(Peer::new(4, 4))]).unwrap();
+    cluster.remove_3_unseen_and_add_4();
     cluster.stop(dead);
     cluster.heal();
     cluster.tick_until(300, "3 lingers", |c| {
