@@ -3,7 +3,7 @@
 # nodes (default settings: Regions split past 96 MiB into 64 MiB pieces), measures raw put
 # latency through tikv-client in steady state, then starts two more nodes while the same
 # load runs, and reports how long until every Up store's replica and leader counts are
-# within one of the mean, whether any operator runs in the two minutes after, and the
+# within one of the mean, when the last operator runs and whether two quiet minutes follow, and the
 # load's latency and errors during the moves. Then it removes the fifth node's store and
 # reports the same for the four left (drained to a tombstone, counts within one of the
 # mean, two quiet minutes). Usage:
@@ -75,15 +75,24 @@ until balanced 5; do
   sleep 2
 done
 echo "balanced after $(( $(date +%s) - S )) s: $(counts); MiB per store: $(weights)"
+# Samples the operators every 5 s until none has run for 120 s (at most 300 s): the
+# target asks for counts within one of the mean and then two minutes with no operator,
+# so this reports when the last operator was seen and whether the counts were still even
+# after the quiet two minutes.
 quiet() {
-  local Q=$(date +%s) MOVES=0 N
-  while [ $(( $(date +%s) - Q )) -lt 120 ]; do
-    N=$(operators); [ "$N" != 0 ] && MOVES=$((MOVES + 1)) && echo "  operators running: $N at +$(( $(date +%s) - Q )) s"
+  local Q=$(date +%s) LAST=$(date +%s) MOVES=0 N
+  while [ $(( $(date +%s) - LAST )) -lt 120 ] && [ $(( $(date +%s) - Q )) -lt 300 ]; do
+    N=$(operators)
+    if [ "$N" != 0 ]; then
+      MOVES=$((MOVES + 1)); LAST=$(date +%s); echo "  operators running: $N at +$(( LAST - Q )) s"
+    fi
     sleep 5
   done
-  echo "samples with operators running in the 120 s after: $MOVES; stores: $(counts); MiB per store: $(weights)"
+  echo "samples with operators running: $MOVES, the last at +$(( LAST - Q )) s; none in the" \
+    "$(( $(date +%s) - LAST )) s after; still within one of the mean: $(balanced $1 && echo yes || echo NO);" \
+    "stores: $(counts); MiB per store: $(weights)"
 }
-quiet
+quiet 5
 if [ "$REMOVE" = 1 ]; then
   SID=$(curl -s ${ADDRS[0]}/pd/api/v1/stores | python3 -c "import json,sys
 print([x['store']['id'] for x in json.load(sys.stdin)['stores'] if x['store']['address']=='${ADDRS[4]}'][0])")
@@ -100,7 +109,7 @@ sys.exit(0 if s and s[0]['store']['state_name']=='Tombstone' else 1)"
     sleep 2
   done
   echo "drained to a tombstone and balanced after $(( $(date +%s) - S )) s: $(counts); MiB per store: $(weights)"
-  quiet
+  quiet 4
 fi
 echo "waiting for the load to end ($MOVING s from the join)"
 wait $BENCH || true
