@@ -6,7 +6,9 @@
 # each restarted node took to be `Up` again in placement's view (asked of another node:
 # the store heartbeats again; the issue measured a node still `Disconnected` 7 s after
 # it came back). Usage:
-#   scripts/failover.sh [put|txn] [seconds between kills]
+#   scripts/failover.sh [put|txn|tso] [seconds between kills]
+# (tso: clients only ask for timestamps; bench's longest_gap_us is the longest time a
+# client went without one.)
 # Needs target/release/scandium (cargo build --release -p scandium-cli). Uses
 # 127.0.0.1:23890-23892 and /tmp/failover.
 set -euo pipefail

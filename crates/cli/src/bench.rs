@@ -6,7 +6,8 @@
 //!
 //! Raw workloads (put, get, mixed) use `RawClient`; the transactional workload (`txn`) runs
 //! read-modify-write transactions of `--txn-keys` keys with `TransactionClient`, optimistic
-//! or pessimistic, optionally with async commit or one-phase commit, and counts aborts.
+//! or pessimistic, optionally with async commit or one-phase commit, and counts aborts;
+//! `tso` only asks for timestamps, to measure the timestamp oracle through a failover.
 //!
 //! Reports throughput, latency percentiles (from an HDR histogram), and the server's CPU
 //! time per operation and RSS. Server figures come from `--server-pid` (any server on this
@@ -32,6 +33,10 @@ enum Workload {
     Mixed,
     /// Read-modify-write transactions over preloaded keys.
     Txn,
+    /// Every operation asks for a timestamp (tikv-client's `current_timestamp`, which the
+    /// client batches over one stream to the placement leader): what a failover costs
+    /// the timestamp oracle, apart from storage.
+    Tso,
 }
 
 /// Which client drives the workload.
@@ -112,6 +117,7 @@ enum Driver {
     Txn { client: TransactionClient, options: TransactionOptions, keys: usize, pessimistic: bool },
     Batch { client: Arc<BatchClient>, keys: usize, mode: TxnMode },
     Etcd(EtcdClient),
+    Tso(TransactionClient),
 }
 
 struct ClientResult {
@@ -121,19 +127,23 @@ struct ClientResult {
     /// Errors per second of the wall clock (seconds since the epoch), to line them up with
     /// the faults of a run (`scripts/failover.sh` prints when it kills and restarts).
     errors_at: std::collections::BTreeMap<u64, u64>,
+    /// The longest time from one success to the next (or from the start to the first),
+    /// failed attempts included: the longest stall the client saw, which the longest
+    /// request understates when a request fails fast and is tried again.
+    longest_gap: Duration,
 }
 
 async fn connect_driver(args: &BenchArgs) -> Result<Driver, String> {
     if args.client == ClientKind::Etcd {
-        if args.workload == Workload::Txn || args.keyspace.is_some() {
+        if matches!(args.workload, Workload::Txn | Workload::Tso) || args.keyspace.is_some() {
             return Err("--client etcd runs the raw workloads only, without --keyspace".into());
         }
         return Ok(Driver::Etcd(EtcdClient::connect(&args.pd).await?));
     }
-    if args.workload != Workload::Txn {
+    if !matches!(args.workload, Workload::Txn | Workload::Tso) {
         return Ok(Driver::Raw(connect(&args.pd, args.keyspace.as_deref()).await?));
     }
-    if args.txn_keys == 0 || args.txn_keys as u64 > args.keys {
+    if args.workload == Workload::Txn && (args.txn_keys == 0 || args.txn_keys as u64 > args.keys) {
         return Err("--txn-keys must be between 1 and --keys".into());
     }
     let mut config = tikv_client::Config::default();
@@ -143,6 +153,9 @@ async fn connect_driver(args: &BenchArgs) -> Result<Driver, String> {
     let client = TransactionClient::new_with_config(crate::kv::endpoints(&args.pd), config)
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", args.pd))?;
+    if args.workload == Workload::Tso {
+        return Ok(Driver::Tso(client));
+    }
     let mut options = if args.pessimistic {
         TransactionOptions::new_pessimistic()
     } else {
@@ -170,7 +183,7 @@ impl Driver {
             let end = (start + batch).min(args.keys);
             let pairs: Vec<_> = (start..end).map(|i| (key(i), value.clone())).collect();
             let result = match self {
-                Driver::Batch { .. } | Driver::Etcd(_) => {
+                Driver::Batch { .. } | Driver::Etcd(_) | Driver::Tso(_) => {
                     return Err("preloading goes through tikv-client".into())
                 }
                 Driver::Raw(client) => client.batch_put(pairs).await,
@@ -230,6 +243,7 @@ impl Driver {
                     client.get(k).await.map(|_| ()).map_err(fail)
                 }
             }
+            Driver::Tso(client) => client.current_timestamp().await.map(|_| ()).map_err(fail),
             Driver::Txn { client, options, keys: count, pessimistic } => {
                 let chosen = choose_keys(rng, keys, *count);
                 let mut txn = client.begin_with_options(options.clone()).await.map_err(fail)?;
@@ -282,7 +296,7 @@ fn raw_op(workload: Workload, rng: &mut impl Rng, keys: u64) -> (Vec<u8>, bool) 
     let k = key(rng.gen_range(0..keys));
     let write = match workload {
         Workload::Put => true,
-        Workload::Get | Workload::Txn => false,
+        Workload::Get | Workload::Txn | Workload::Tso => false,
         Workload::Mixed => rng.gen_bool(0.5),
     };
     (k, write)
@@ -319,7 +333,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         return Err("clients, keys and duration must be positive".into());
     }
     let driver = connect_driver(&args).await?;
-    if args.workload != Workload::Put {
+    if !matches!(args.workload, Workload::Put | Workload::Tso) {
         let began = Instant::now();
         eprintln!("bench: preloading {} keys", args.keys);
         driver.preload(&args).await?;
@@ -330,6 +344,9 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         ClientKind::Batch => {
             if args.keyspace.is_some() {
                 return Err("--client batch speaks API V1 only; drop --keyspace".into());
+            }
+            if args.workload == Workload::Tso {
+                return Err("--workload tso goes through tikv-client; drop --client".into());
             }
             let txn = args.workload == Workload::Txn;
             let client = BatchClient::connect(&args.pd, txn).await?;
@@ -361,11 +378,13 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let mut histogram = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let (mut errors, mut first_error) = (0, None);
     let mut errors_at = std::collections::BTreeMap::<u64, u64>::new();
+    let mut longest_gap = Duration::ZERO;
     for task in tasks {
         let result = task.await.map_err(|e| e.to_string())?;
         histogram.add(&result.histogram).map_err(|e| e.to_string())?;
         errors += result.errors;
         first_error = first_error.or(result.first_error);
+        longest_gap = longest_gap.max(result.longest_gap);
         for (second, count) in result.errors_at {
             *errors_at.entry(second).or_default() += count;
         }
@@ -377,6 +396,10 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         .zip(client_before)
         .map(|(after, before)| after.cpu_seconds - before.cpu_seconds);
     report(&args, &histogram, errors, elapsed, before.zip(after), client_cpu);
+    println!(
+        "longest_gap_us={} (from one success to the next, in any client)",
+        longest_gap.as_micros()
+    );
     if let Some(error) = first_error {
         eprintln!("first error: {error}");
         let when: Vec<String> = (errors_at.iter())
@@ -406,13 +429,17 @@ async fn client_loop(
         errors: 0,
         first_error: None,
         errors_at: Default::default(),
+        longest_gap: Duration::ZERO,
     };
+    let mut last_success = Instant::now();
     while Instant::now() < deadline {
         let begin = Instant::now();
         match driver.operate(workload, &mut rng, keys, &value).await {
             Ok(()) => {
                 let micros = begin.elapsed().as_micros() as u64;
                 let _ = result.histogram.record(micros.max(1));
+                result.longest_gap = result.longest_gap.max(last_success.elapsed());
+                last_success = Instant::now();
             }
             Err(e) => {
                 result.errors += 1;

@@ -37,6 +37,10 @@ const LEADER_WAIT: Duration = Duration::from_secs(3);
 const CUT_OFF_MS: u64 = 3_000;
 /// How long one forwarded call may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// What a node that does not lead the placement group answers a forwarded call.
+pub(crate) const NOT_PLACEMENT_LEADER: &str = "not the placement leader";
+/// How long [`Placement::answers`] waits for the placement leader's node.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// The placement state machine as the Raft thread applies it; readers share the state.
 pub struct MetaApplier {
@@ -191,6 +195,18 @@ impl Placement {
         meta.status.filter(|s| s.leader_alive).and_then(|s| s.leader).map(|p| p.store_id)
     }
 
+    /// Whether `store`'s node answers a call now (within [`PROBE_TIMEOUT`]). A follower
+    /// counts its leader alive until an election timeout passes without word from it,
+    /// but a killed node's connections are refused at once: `GetMembers` asks this
+    /// before it names the leader, because tikv-client, given a leader it cannot
+    /// connect to, sleeps a second before it asks again.
+    pub async fn answers(&self, store: StoreId) -> bool {
+        let Some(address) = self.directory.address(store) else { return false };
+        let Ok(mut client) = self.clients.cluster(&address) else { return false };
+        let call = tokio::time::timeout(PROBE_TIMEOUT, client.info(InfoRequest {}));
+        matches!(call.await, Ok(Ok(_)))
+    }
+
     /// Where the placement leader is, as this node's replica knows it.
     pub fn leader_address(&self) -> Option<String> {
         match self.leader_store()? {
@@ -341,8 +357,13 @@ impl Placement {
     }
 
     async fn timestamp_anywhere(self: &Arc<Self>, count: u32) -> Result<TimeStamp, RequestError> {
+        // Until a leader hands one out or LEADER_WAIT passes: the old leader's node may be
+        // gone (its connection refused at once, many times) until the election ends,
+        // and an error ends tikv-client's timestamp stream, which it opens again only a
+        // second later.
+        let deadline = Instant::now() + LEADER_WAIT;
         let mut hint: Option<String> = None;
-        for _ in 0..4 {
+        while Instant::now() < deadline {
             if self.registry.meta().is_leader {
                 match self.timestamp_local(count).await {
                     Err(RequestError::Region(_)) => {}
@@ -365,11 +386,14 @@ impl Placement {
                     if reply.error.is_empty() {
                         return Ok(TimeStamp(reply.timestamp));
                     }
-                    if reply.leader_address.is_empty() {
+                    if !reply.leader_address.is_empty() {
+                        hint = Some(reply.leader_address);
+                        continue;
+                    }
+                    // A node that knows no leader either (an election): ask again.
+                    if reply.error != NOT_PLACEMENT_LEADER {
                         return Err(RequestError::Internal(reply.error));
                     }
-                    hint = Some(reply.leader_address);
-                    continue;
                 }
                 Ok(Err(status)) => tracing::debug!(%status, "timestamp from the leader failed"),
                 Err(_) => tracing::debug!("timestamp from the leader timed out"),

@@ -7,7 +7,7 @@ use crate::error::RequestError;
 use crate::heartbeat::Control;
 use crate::identity::Identity;
 use crate::network::{Directory, Links};
-use crate::placement::Placement;
+use crate::placement::{Placement, NOT_PLACEMENT_LEADER};
 use crate::raft_driver::RaftHandle;
 use crate::transport::{snapshot_stall, RECEIVER_BUSY};
 use prost::Message as _;
@@ -265,7 +265,7 @@ impl Cluster for ClusterService {
         if !self.parts.placement.is_serving() {
             let leader_address = self.not_leader();
             return Ok(Response::new(ProposeMetaResponse {
-                error: "not the placement leader".into(),
+                error: NOT_PLACEMENT_LEADER.into(),
                 leader_address,
                 ..Default::default()
             }));
@@ -276,7 +276,7 @@ impl Cluster for ClusterService {
                 ..Default::default()
             },
             Err(RequestError::Region(_)) => ProposeMetaResponse {
-                error: "not the placement leader".into(),
+                error: NOT_PLACEMENT_LEADER.into(),
                 leader_address: self.not_leader(),
                 ..Default::default()
             },
@@ -293,7 +293,7 @@ impl Cluster for ClusterService {
         self.check_cluster(req.cluster_id).map_err(|e| *e)?;
         let response = if !self.parts.placement.is_serving() {
             TimestampResponse {
-                error: "not the placement leader".into(),
+                error: NOT_PLACEMENT_LEADER.into(),
                 leader_address: self.not_leader(),
                 ..Default::default()
             }
@@ -301,7 +301,7 @@ impl Cluster for ClusterService {
             match self.parts.placement.timestamp_local(req.count).await {
                 Ok(ts) => TimestampResponse { timestamp: ts.0, ..Default::default() },
                 Err(RequestError::Region(_)) => TimestampResponse {
-                    error: "not the placement leader".into(),
+                    error: NOT_PLACEMENT_LEADER.into(),
                     leader_address: self.not_leader(),
                     ..Default::default()
                 },
@@ -319,7 +319,7 @@ impl Cluster for ClusterService {
         self.check_cluster(req.cluster_id).map_err(|e| *e)?;
         if !self.parts.placement.is_serving() {
             return Ok(Response::new(HeartbeatResponse {
-                error: "not the placement leader".into(),
+                error: NOT_PLACEMENT_LEADER.into(),
                 leader_address: self.not_leader(),
                 ..Default::default()
             }));
@@ -389,7 +389,7 @@ impl Cluster for ClusterService {
         let response = match self.parts.control.local_region_loads() {
             Some(loads) => RegionLoadsResponse { loads, ..Default::default() },
             None => RegionLoadsResponse {
-                error: "not the placement leader".into(),
+                error: NOT_PLACEMENT_LEADER.into(),
                 leader_address: self.not_leader(),
                 ..Default::default()
             },
@@ -405,7 +405,7 @@ impl Cluster for ClusterService {
         let response = match self.parts.control.local_operators() {
             Some(operators) => OperatorsResponse { operators, ..Default::default() },
             None => OperatorsResponse {
-                error: "not the placement leader".into(),
+                error: NOT_PLACEMENT_LEADER.into(),
                 leader_address: self.not_leader(),
                 ..Default::default()
             },

@@ -136,6 +136,24 @@ fn member(id: u64, address: &str) -> pdpb::Member {
 
 type TsoStream = Pin<Box<dyn Stream<Item = Result<pdpb::TsoResponse, Status>> + Send>>;
 
+/// A timestamp stream this node serves by forwarding is ended (looked at every
+/// [`REDIRECT_AFTER`]) once another node leads the placement group and answers, so that
+/// its client, which opens a new stream to the leader `GetMembers` names, stops paying a
+/// second hop per batch. tikv-client opens streams only on errors, and a node named while
+/// the old leader was gone (see `get_members`) would otherwise keep its clients for good.
+/// The wait matters too: tikv-client reconnects at most once a second, and its requests
+/// fail if the stream ends sooner after the last reconnect.
+const REDIRECT_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The store a timestamp stream on `store` should go to instead.
+async fn redirect_to(
+    placement: &Placement,
+    store: scandium_types::StoreId,
+) -> Option<scandium_types::StoreId> {
+    let leader = placement.live_leader_store().filter(|&leader| leader != store)?;
+    placement.answers(leader).await.then_some(leader)
+}
+
 impl PdService {
     /// On a node holding no replica of the placement group (being drained, or joined a
     /// moment ago), whose state is not kept up to date, a placement read is answered by
@@ -181,8 +199,15 @@ impl Pd for PdService {
         // tikv-client sleep a second per retry) -- unless this node has been cut off from
         // the placement group for a while: then a header error sends the client to
         // another member.
+        // A leader heard lately whose node does not answer now (killed: this node notices
+        // only an election timeout later) is not named either: this node is, and
+        // forwards to the next leader once there is one.
         let leader = match self.placement.live_leader_store() {
-            Some(id) => members.iter().find(|m| m.member_id == id).cloned().unwrap_or(own),
+            Some(id) if id == self.identity.store_id => own,
+            Some(id) if self.placement.answers(id).await => {
+                members.iter().find(|m| m.member_id == id).cloned().unwrap_or(own)
+            }
+            Some(_) => own,
             None if self.placement.cut_off() => {
                 return Ok(Response::new(pdpb::GetMembersResponse {
                     header: self.error_header(
@@ -212,9 +237,19 @@ impl Pd for PdService {
         let placement = self.placement.clone();
         let cluster_id = self.cluster_id();
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let store = self.identity.store_id;
+        let mut next_check = std::time::Instant::now() + REDIRECT_AFTER;
         self.tasks.spawn(async move {
             // One request at a time, in order: the client matches responses to requests FIFO.
             while let Some(Ok(request)) = requests.next().await {
+                if std::time::Instant::now() >= next_check {
+                    next_check = std::time::Instant::now() + REDIRECT_AFTER;
+                    if let Some(leader) = redirect_to(&placement, store).await {
+                        let message = format!("the placement leader is store {leader}: ask it");
+                        let _ = sender.send(Err(Status::unavailable(message))).await;
+                        break;
+                    }
+                }
                 let response = match placement.timestamp(request.count).await {
                     Ok(ts) => Ok(pdpb::TsoResponse {
                         header: Some(pdpb::ResponseHeader { cluster_id, error: None }),

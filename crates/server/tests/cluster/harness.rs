@@ -253,17 +253,29 @@ impl Cluster {
         }
     }
 
+    /// A connection to node `i`'s one port.
+    pub async fn channel(&self, i: usize) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(format!("http://{}", self.addrs[i]))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     /// A gRPC client of node `i`'s storage service.
     pub async fn tikv(
         &self,
         i: usize,
     ) -> scandium_protocol::tikvpb::tikv_client::TikvClient<tonic::transport::Channel> {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.addrs[i]))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        scandium_protocol::tikvpb::tikv_client::TikvClient::new(channel)
+        scandium_protocol::tikvpb::tikv_client::TikvClient::new(self.channel(i).await)
+    }
+
+    /// A gRPC client of node `i`'s placement service, as PD clients call it.
+    pub async fn pd(
+        &self,
+        i: usize,
+    ) -> scandium_protocol::pdpb::pd_client::PdClient<tonic::transport::Channel> {
+        scandium_protocol::pdpb::pd_client::PdClient::new(self.channel(i).await)
     }
 
     /// The request context node `i` would accept for Region `id` (its local view).

@@ -29,13 +29,7 @@ async fn three_nodes_join_and_replicate_every_region() {
     assert_replicas_agree(&cluster).await;
     // Every node answers placement: the members, one leader, every store.
     for (i, _) in cluster.running() {
-        let channel =
-            tonic::transport::Channel::from_shared(format!("http://{}", cluster.addrs[i]))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-        let mut pd = scandium_protocol::pdpb::pd_client::PdClient::new(channel);
+        let mut pd = cluster.pd(i).await;
         let request = scandium_protocol::pdpb::GetMembersRequest::default();
         let members = pd.get_members(request).await.unwrap().into_inner();
         assert_eq!(members.members.len(), 3, "node {i}");
@@ -232,6 +226,84 @@ async fn timestamps_increase_across_placement_leader_kills() {
         cluster.restart(leader).await;
         cluster.wait_replicated(3, Duration::from_secs(30)).await;
     }
+    cluster.shutdown().await;
+}
+
+/// Killing the placement leader costs a timestamp client no error and not the second
+/// tikv-client sleeps when the leader `GetMembers` named cannot be reached: a survivor
+/// names the dead leader to no one (it asks that node first), serves timestamp streams
+/// through the election (waiting for a leader rather than failing), and once another
+/// node leads and answers, ends a stream it serves by forwarding, with a message naming
+/// the leader, so that the client moves there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placement_leader_kill_costs_timestamp_clients_no_error() {
+    use scandium_protocol::pdpb;
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.meta_leader().unwrap();
+    let dead = cluster.node(leader).store_id();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    // A timestamp stream on a survivor, opened before the kill: served by forwarding.
+    let (requests, stream) = tokio::sync::mpsc::channel(1);
+    let stream = tokio_stream::wrappers::ReceiverStream::new(stream);
+    let mut responses = cluster.pd(survivors[0]).await.tso(stream).await.unwrap().into_inner();
+    let request = pdpb::TsoRequest { count: 1, ..Default::default() };
+    requests.send(request.clone()).await.unwrap();
+    let first = responses.message().await.unwrap().unwrap().timestamp.unwrap();
+    let mut last = (first.physical, first.logical);
+    // tikv-client, asking for timestamps throughout (past its reconnect window first).
+    let txns = cluster.txn_client().await;
+    txns.current_timestamp().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asking = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut asked = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                txns.current_timestamp().await.expect("no timestamp error across the kill");
+                asked += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            asked
+        }
+    });
+    cluster.stop(leader).await;
+    let killed = Instant::now();
+    // At once, well inside the survivors' election timeout: no one names the dead leader.
+    for &i in &survivors {
+        let members = cluster.pd(i).await.get_members(pdpb::GetMembersRequest::default()).await;
+        let named = members.unwrap().into_inner().leader.expect("a leader named").member_id;
+        assert_ne!(named, dead, "node {i} named the killed placement leader");
+    }
+    // The survivor's stream answers through the election, each timestamp past the last,
+    // until it sends its client to another leader.
+    let redirected = loop {
+        assert!(killed.elapsed() < Duration::from_secs(20), "{}", cluster.describe());
+        requests.send(request.clone()).await.unwrap();
+        match responses.message().await {
+            Ok(Some(response)) => {
+                let ts = response.timestamp.unwrap();
+                assert!((ts.physical, ts.logical) > last, "{ts:?} after {last:?}");
+                last = (ts.physical, ts.logical);
+            }
+            Ok(None) => panic!("the stream ended without a word"),
+            Err(status) => break status,
+        }
+        let new_leader = cluster.meta_leader();
+        if new_leader == Some(survivors[0]) && killed.elapsed() > Duration::from_secs(8) {
+            // This node leads now: it serves the stream itself, for good.
+            break tonic::Status::ok("");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    if cluster.meta_leader() != Some(survivors[0]) {
+        let now_leading = cluster.node(survivors[1]).store_id();
+        assert_eq!(redirected.code(), tonic::Code::Unavailable, "{redirected}");
+        let expected = format!("the placement leader is store {now_leading}");
+        assert!(redirected.message().contains(&expected), "{redirected}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(asking.await.expect("the client asked without an error") > 0);
     cluster.shutdown().await;
 }
 
@@ -489,11 +561,7 @@ async fn another_cluster_is_refused() {
     };
     assert!(error.to_string().contains("belongs to cluster"), "{error}");
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", a.addrs[0]))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = a.channel(0).await;
     let mut client = ClusterClient::new(channel);
     let refused_before = a.node(0).refused();
     let batch = RaftBatch {
@@ -984,11 +1052,7 @@ async fn replicas_spread_over_zones_as_zones_join() {
 async fn a_busy_snapshot_receiver_says_so_at_once() {
     use scandium_protocol::scandium::{cluster_client::ClusterClient, SnapshotChunk};
     let cluster = Cluster::start_with(1, |c| c.snapshot_max_concurrent = 1).await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", cluster.addrs[0]))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = cluster.channel(0).await;
     let client = ClusterClient::new(channel);
     // A transfer that sends nothing yet holds the only slot.
     let (hold, held) = tokio::sync::mpsc::channel::<SnapshotChunk>(1);
