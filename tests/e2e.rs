@@ -366,7 +366,8 @@ async fn zero_config_server_and_cli() {
     drop(server);
 }
 
-/// `scandium bench` runs every workload with both clients; afterwards every key still
+/// `scandium bench` runs every workload with both clients (timestamps with tikv-client
+/// only); afterwards every key still
 /// reads back through `tikv-client` (so no run left the store unreadable) and holds the
 /// value shape the workload writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,6 +404,15 @@ async fn bench_runs_every_workload_with_both_clients() {
             }
         }
     }
+    // Timestamps only, through tikv-client (the batch client does not ask for them).
+    let args = ["bench", "--pd", &server.addr, "--workload", "tso", "--duration", "1"];
+    let (ok, out) = cli(&args);
+    let field = |name: &str| out.split_whitespace().find_map(|w| w.strip_prefix(name));
+    let ops: u64 = field("ops=").and_then(|n| n.parse().ok()).unwrap_or_default();
+    assert!(ok && ops > 0 && field("errors=") == Some("0"), "{out}");
+    assert!(field("longest_gap_us=").is_some(), "{out}");
+    let (ok, out) = cli(&["bench", "--pd", &server.addr, "--workload", "tso", "--client", "batch"]);
+    assert!(!ok && out.contains("--workload tso goes through tikv-client"), "{out}");
     let config = tikv_client::Config::default().with_timeout(Duration::from_secs(10));
     let txn_client =
         tikv_client::TransactionClient::new_with_config(vec![server.addr.clone()], config)
