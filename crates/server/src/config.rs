@@ -112,6 +112,9 @@ pub struct Config {
     pub load_split_qps: u64,
     /// Seconds in a row a Region must be hot before it is split by load.
     pub load_split_secs: u64,
+    /// TLS: the `[security]` table, with TiKV's names (`ca-path`, `cert-path`,
+    /// `key-path`; `cacert-path` as PD spells it). Unset: plaintext.
+    pub security: crate::tls::SecurityConfig,
 }
 
 impl Default for Config {
@@ -155,6 +158,7 @@ impl Default for Config {
             hot_region_bytes_per_sec: 128 << 10,
             load_split_qps: 3_000,
             load_split_secs: 10,
+            security: Default::default(),
         }
     }
 }
@@ -343,6 +347,7 @@ impl Config {
         in_range("hot_region_bytes_per_sec", self.hot_region_bytes_per_sec, 1024, 1 << 40)?;
         in_range("load_split_qps", self.load_split_qps, 0, 10_000_000)?;
         in_range("load_split_secs", self.load_split_secs, 1, 600)?;
+        self.security.paths().map_err(|reason| invalid("security", reason))?;
         Ok(())
     }
 
@@ -433,6 +438,11 @@ mod tests {
             ("hot_region_bytes_per_sec", |c| c.hot_region_bytes_per_sec = 0),
             ("load_split_qps", |c| c.load_split_qps = u64::MAX),
             ("load_split_secs", |c| c.load_split_secs = 0),
+            ("security", |c| c.security.ca_path = Some("ca.pem".into())),
+            ("security", |c| {
+                c.security.cert_path = Some("node.pem".into());
+                c.security.key_path = Some("node.key".into());
+            }),
         ];
         Config::default().validate().expect("the defaults are valid");
         for (name, spoil) in bad {
@@ -458,6 +468,26 @@ mod tests {
             error.to_string(),
             "invalid setting gc_interval_secs: must be between 1 and 86400, not 0"
         );
+    }
+
+    /// TiKV's `[security]` names, and PD's `cacert-path` for the CA.
+    #[test]
+    fn tls_settings_take_tikv_s_and_pd_s_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tls.toml");
+        for ca in ["ca-path", "cacert-path"] {
+            let text = format!(
+                "[security]\n{ca} = \"ca.pem\"\ncert-path = \"node.pem\"\nkey-path = \"node.key\"\n"
+            );
+            std::fs::write(&path, text).unwrap();
+            let config = Config::from_file(&path).unwrap();
+            config.validate().unwrap();
+            assert_eq!(config.security.ca_path, Some(PathBuf::from("ca.pem")), "{ca}");
+            assert_eq!(config.security.key_path, Some(PathBuf::from("node.key")));
+        }
+        std::fs::write(&path, "[security]\nca-path = \"ca.pem\"\n").unwrap();
+        let error = Config::from_file(&path).unwrap().validate().unwrap_err().to_string();
+        assert!(error.contains("cert-path and key-path missing"), "{error}");
     }
 
     #[test]

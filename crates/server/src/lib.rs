@@ -31,6 +31,7 @@ pub mod replica;
 pub mod split;
 pub mod split_check;
 pub mod tasks;
+pub mod tls;
 pub mod transport;
 pub mod ttl;
 pub mod txn;

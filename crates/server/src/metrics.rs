@@ -114,6 +114,9 @@ pub struct Metrics {
     pub raft_sync_seconds: Histogram,
     /// Applying a round's committed entries.
     pub raft_apply_seconds: Histogram,
+    /// TLS handshakes refused or timed out (plaintext to a TLS port, an unknown CA, no
+    /// client certificate, a client that never finished).
+    pub tls_handshakes_failed: IntCounter,
 }
 
 /// The process's event metrics.
@@ -175,6 +178,10 @@ impl Metrics {
                 latency_buckets(),
             ),
             raft_proposals: counter("scandium_raft_proposals_total", "Proposals to Raft groups."),
+            tls_handshakes_failed: counter(
+                "scandium_tls_handshakes_failed_total",
+                "TLS handshakes refused or timed out.",
+            ),
             tso_requests: counter("scandium_tso_requests_total", "Timestamp requests served."),
             tso_batch: histogram(
                 "scandium_tso_batch_size",

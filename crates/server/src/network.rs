@@ -135,12 +135,14 @@ pub struct Clients {
     /// (TCP and HTTP/2 flow control are per connection), and leaders lose their quorum.
     snapshot_channels: Mutex<HashMap<String, Channel>>,
     links: Arc<Links>,
+    /// With TLS on, other nodes are dialled over it, with this node's certificate.
+    tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Clients {
-    /// Clients whose calls pass only where `links` allow.
-    pub fn new(links: Arc<Links>) -> Clients {
-        Clients { channels: Mutex::default(), snapshot_channels: Mutex::default(), links }
+    /// Clients whose calls pass only where `links` allow, over TLS if `tls` is given.
+    pub fn new(links: Arc<Links>, tls: Option<Arc<crate::tls::Tls>>) -> Clients {
+        Clients { channels: Mutex::default(), snapshot_channels: Mutex::default(), links, tls }
     }
 
     /// The channel to `address` (connected on first use, reconnected by tonic as needed).
@@ -160,8 +162,15 @@ impl Clients {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| format!("bad address {address}: {e}"))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|e| format!("bad address {address}: {e}"))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.client_config())
+                .map_err(|e| format!("TLS to {address}: {e}"))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

@@ -88,6 +88,9 @@ pub enum NodeError {
     /// The Raft groups did not become ready.
     #[error("node did not become ready: {0}")]
     NotReady(String),
+    /// The TLS material cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running node: its parts, each shared with the services and tasks that use it.
@@ -159,6 +162,7 @@ impl Node {
         snapshot_dir: Option<std::path::PathBuf>,
     ) -> Result<Node, NodeError> {
         config.validate()?;
+        let tls = crate::tls::Tls::load(&config.security)?;
         let started = Instant::now();
         let listener = std::net::TcpListener::bind(&config.addr)
             .map_err(|source| NodeError::Listen { addr: config.addr.clone(), source })?;
@@ -166,8 +170,16 @@ impl Node {
             .local_addr()
             .map_err(|source| NodeError::Listen { addr: config.addr.clone(), source })?;
         let advertise_addr = advertised(&config.addr, local_addr);
+        if tls.is_none() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                addr = %local_addr,
+                "serving plaintext on a non-loopback address: anyone who reaches it can read \
+                 and change every key and join the cluster; set ca-path, cert-path and \
+                 key-path (--ca, --cert, --key) for TLS"
+            );
+        }
         let links = Arc::new(Links::default());
-        let clients = Arc::new(Clients::new(links.clone()));
+        let clients = Arc::new(Clients::new(links.clone(), tls.clone()));
         let ident = match load_ident(&engine, &config)? {
             Some(ident) => {
                 if !config.join.is_empty() {
@@ -361,7 +373,7 @@ impl Node {
         };
         // Serve at once: other nodes' Raft messages (the placement group's snapshot for a
         // node that just joined) are what makes this one ready.
-        let (shutdown, server) = serve(services, &tasks, &config, listener)?;
+        let (shutdown, server) = serve(services, &tasks, &config, listener, tls)?;
         let others = (placement.read().stores())
             .filter(|s| s.id != identity.store_id && s.state() != StoreState::Tombstone)
             .map(|s| (s.id, s.address.clone()))
@@ -935,6 +947,62 @@ async fn register(
 
 type ServeResult = Result<(oneshot::Sender<()>, JoinHandle<()>), NodeError>;
 
+/// Serves `app` over TLS: each connection's handshake in a task of its own, under
+/// [`crate::tls::HANDSHAKE_TIMEOUT`] (a client that never finishes one holds up no one
+/// else), then HTTP/2 or HTTP/1.1 as ALPN chose.
+fn serve_tls(
+    app: axum::Router,
+    tasks: &Tasks,
+    listener: tokio::net::TcpListener,
+    tls: Arc<crate::tls::Tls>,
+) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let (shutdown, mut shutdown_signal) = oneshot::channel::<()>();
+    let acceptor = tls.acceptor();
+    let connections = tasks.clone();
+    let handle = tasks.spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // Out of file descriptors, most likely: wait rather than spin.
+                        tracing::warn!(%error, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown_signal => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let (acceptor, app, executor) = (acceptor.clone(), app.clone(), connections.clone());
+            drop(connections.spawn(async move {
+                let handshake = acceptor.accept(stream);
+                let stream =
+                    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, handshake).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            crate::metrics::METRICS.tls_handshakes_failed.inc();
+                            tracing::debug!(%error, "a TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            crate::metrics::METRICS.tls_handshakes_failed.inc();
+                            tracing::debug!("a TLS handshake timed out");
+                            return;
+                        }
+                    };
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let mut http = hyper::server::conn::Http::new().with_executor(executor);
+                http.http2_only(h2).http1_only(!h2).http2_max_concurrent_streams(1024);
+                if let Err(error) = http.serve_connection(stream, app).await {
+                    tracing::debug!(%error, "a TLS connection ended");
+                }
+            }));
+        }
+    });
+    (shutdown, handle)
+}
+
 /// The services a node serves on its one port.
 struct Services {
     tikv: TikvService,
@@ -948,6 +1016,7 @@ fn serve(
     tasks: &Tasks,
     config: &Config,
     listener: std::net::TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
 ) -> ServeResult {
     let Services { tikv, pd, cluster, http } = services;
     let limit = config.max_grpc_message_bytes;
@@ -969,6 +1038,9 @@ fn serve(
     let listen_error = |source| NodeError::Listen { addr: format!("{addr:?}"), source };
     listener.set_nonblocking(true).map_err(listen_error)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(listen_error)?;
+    if let Some(tls) = tls {
+        return Ok(serve_tls(app, tasks, listener, tls));
+    }
     let mut incoming = hyper::server::conn::AddrIncoming::from_listener(listener).map_err(|e| {
         NodeError::Listen { addr: format!("{addr:?}"), source: std::io::Error::other(e) }
     })?;

@@ -3,6 +3,7 @@
 //! changes, through the real `tikv-client` with every node given as the PD endpoint.
 
 mod harness;
+mod tls;
 
 use harness::{assert_replicas_agree, Cluster};
 use std::time::{Duration, Instant};

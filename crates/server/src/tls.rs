@@ -1,0 +1,285 @@
+//! TLS on the one port: the node's certificate and key, and the CA that every peer's
+//! certificate must chain to (docs/security.md).
+//!
+//! With TLS on, a node serves gRPC and HTTP over TLS only, offering ALPN `h2` (which
+//! tikv-client requires the server to select) and `http/1.1` (browsers, curl), and asks
+//! every connection for a client certificate from the CA: TiKV and PD require one on
+//! every connection too, and tikv-client always sends one. Nodes dial each other with
+//! the same certificate, so a node certificate carries both `serverAuth` and
+//! `clientAuth`, and a SAN for every address anyone dials.
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// How long a connection may take to finish its TLS handshake: a client that connects
+/// and says nothing holds a socket and a task for this long at most.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a node's TLS material is (TiKV's `[security]` names; `cacert-path` as PD
+/// spells it). All three or none.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// PEM file of the CA certificates that peers' and clients' certificates must chain to.
+    #[serde(rename = "ca-path", alias = "cacert-path")]
+    pub ca_path: Option<PathBuf>,
+    /// PEM file of this node's certificate (and any intermediates after it).
+    #[serde(rename = "cert-path")]
+    pub cert_path: Option<PathBuf>,
+    /// PEM file of this node's private key (PKCS#8, PKCS#1 or SEC1, unencrypted).
+    #[serde(rename = "key-path")]
+    pub key_path: Option<PathBuf>,
+}
+
+impl SecurityConfig {
+    /// The three paths, if TLS is on; an error naming what is missing if only some are
+    /// set (a node that quietly served plaintext would be worse than one that stops).
+    pub fn paths(&self) -> Result<Option<(&Path, &Path, &Path)>, String> {
+        if let (Some(ca), Some(cert), Some(key)) = (&self.ca_path, &self.cert_path, &self.key_path)
+        {
+            return Ok(Some((ca, cert, key)));
+        }
+        let named = [("ca-path", &self.ca_path), ("cert-path", &self.cert_path)];
+        let missing: Vec<&str> = (named.into_iter().chain([("key-path", &self.key_path)]))
+            .filter(|(_, path)| path.is_none())
+            .map(|(name, _)| name)
+            .collect();
+        if missing.len() == 3 {
+            return Ok(None);
+        }
+        Err(format!(
+            "ca-path, cert-path and key-path (--ca, --cert, --key) must be set together, or \
+             none for plaintext; {} missing",
+            missing.join(" and ")
+        ))
+    }
+}
+
+/// TLS material that cannot be used.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        /// Which file it is.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file holds nothing usable.
+    #[error("{what} {path}: {reason}")]
+    Invalid {
+        /// Which file it is.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A node's TLS material, loaded and checked: what its listener accepts with and what it
+/// dials other nodes with.
+pub struct Tls {
+    server: Arc<rustls::ServerConfig>,
+    ca_pem: Vec<u8>,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls { .. }")
+    }
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.to_owned(), source })
+}
+
+fn pem_items(
+    what: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<rustls_pemfile::Item>, TlsError> {
+    let invalid = |reason: String| TlsError::Invalid { what, path: path.to_owned(), reason };
+    rustls_pemfile::read_all(&mut BufReader::new(pem)).map_err(|e| invalid(format!("not PEM: {e}")))
+}
+
+fn certificates(
+    what: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<rustls::Certificate>, TlsError> {
+    let certs: Vec<rustls::Certificate> = pem_items(what, path, pem)?
+        .into_iter()
+        .filter_map(|item| match item {
+            rustls_pemfile::Item::X509Certificate(der) => Some(rustls::Certificate(der)),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        let reason = "holds no certificate (a PEM \"CERTIFICATE\" block)".to_string();
+        return Err(TlsError::Invalid { what, path: path.to_owned(), reason });
+    }
+    Ok(certs)
+}
+
+fn private_key(path: &Path, pem: &[u8]) -> Result<rustls::PrivateKey, TlsError> {
+    let what = "key file";
+    let mut keys = pem_items(what, path, pem)?.into_iter().filter_map(|item| match item {
+        rustls_pemfile::Item::PKCS8Key(der)
+        | rustls_pemfile::Item::RSAKey(der)
+        | rustls_pemfile::Item::ECKey(der) => Some(rustls::PrivateKey(der)),
+        _ => None,
+    });
+    let key = keys.next().ok_or_else(|| TlsError::Invalid {
+        what,
+        path: path.to_owned(),
+        reason: "holds no unencrypted private key (PKCS#8, PKCS#1 or SEC1)".into(),
+    })?;
+    if keys.next().is_some() {
+        let reason = "holds more than one private key".to_string();
+        return Err(TlsError::Invalid { what, path: path.to_owned(), reason });
+    }
+    Ok(key)
+}
+
+/// Whether `key` is the private key of `cert`: a signature made with it verifies with
+/// the certificate's public key. rustls takes a key that does not fit and fails every
+/// handshake later; a node must refuse it at start (and a reload must keep the old one).
+fn key_fits(cert: &rustls::Certificate, key: &rustls::PrivateKey) -> Result<(), String> {
+    use rustls::SignatureScheme as Scheme;
+    let signing = rustls::sign::any_supported_type(key)
+        .map_err(|_| "is not a key type TLS can use (ECDSA P-256/P-384, Ed25519, RSA)")?;
+    let schemes = [
+        Scheme::ECDSA_NISTP256_SHA256,
+        Scheme::ECDSA_NISTP384_SHA384,
+        Scheme::ED25519,
+        Scheme::RSA_PSS_SHA256,
+        Scheme::RSA_PKCS1_SHA256,
+    ];
+    let signer = signing.choose_scheme(&schemes).ok_or("signs with no scheme TLS offers")?;
+    let algorithm = match signer.scheme() {
+        Scheme::ECDSA_NISTP256_SHA256 => &webpki::ECDSA_P256_SHA256,
+        Scheme::ECDSA_NISTP384_SHA384 => &webpki::ECDSA_P384_SHA384,
+        Scheme::ED25519 => &webpki::ED25519,
+        Scheme::RSA_PSS_SHA256 => &webpki::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+        _ => &webpki::RSA_PKCS1_2048_8192_SHA256,
+    };
+    let message = b"does this key fit its certificate?";
+    let signature = signer.sign(message).map_err(|e| format!("cannot sign: {e}"))?;
+    let cert = webpki::EndEntityCert::try_from(cert.0.as_slice())
+        .map_err(|e| format!("the certificate cannot be parsed: {e:?}"))?;
+    cert.verify_signature(algorithm, message, &signature)
+        .map_err(|_| "does not fit the certificate".to_string())
+}
+
+impl Tls {
+    /// Loads and checks the material `config` names: `None` if TLS is off.
+    pub fn load(config: &SecurityConfig) -> Result<Option<Arc<Tls>>, TlsError> {
+        let Some((ca_path, cert_path, key_path)) = config.paths().map_err(|reason| {
+            TlsError::Invalid { what: "security settings", path: PathBuf::new(), reason }
+        })?
+        else {
+            return Ok(None);
+        };
+        let (ca_pem, cert_pem, key_pem) = (
+            read("CA file", ca_path)?,
+            read("certificate file", cert_path)?,
+            read("key file", key_path)?,
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in certificates("CA file", ca_path, &ca_pem)? {
+            roots.add(&ca).map_err(|e| TlsError::Invalid {
+                what: "CA file",
+                path: ca_path.to_owned(),
+                reason: format!("a certificate that cannot be a trust anchor: {e}"),
+            })?;
+        }
+        let chain = certificates("certificate file", cert_path, &cert_pem)?;
+        let key = private_key(key_path, &key_pem)?;
+        key_fits(&chain[0], &key).map_err(|reason| TlsError::Invalid {
+            what: "key file",
+            path: key_path.to_owned(),
+            reason: format!("{reason} (the certificate in {})", cert_path.display()),
+        })?;
+        let verifier = rustls::server::AllowAnyAuthenticatedClient::new(roots).boxed();
+        let mut server = rustls::ServerConfig::builder()
+            .with_safe_defaults()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| TlsError::Invalid {
+                what: "key file",
+                path: key_path.to_owned(),
+                reason: format!("cannot serve with {}: {e}", cert_path.display()),
+            })?;
+        // `h2` first: gRPC clients abort unless the server selects it.
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Some(Arc::new(Tls { server: Arc::new(server), ca_pem, cert_pem, key_pem })))
+    }
+
+    /// What the listener accepts connections with.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.server.clone())
+    }
+
+    /// What this node dials other nodes with: their certificates must chain to the CA
+    /// and name the address dialled; this node presents its own.
+    pub fn client_config(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .identity(tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert_path, key_path) =
+            (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        std::fs::write(&cert_path, cert.serialize_pem().unwrap()).unwrap();
+        std::fs::write(&key_path, cert.serialize_private_key_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
+    fn settings(ca: &Path, cert: &Path, key: &Path) -> SecurityConfig {
+        SecurityConfig {
+            ca_path: Some(ca.to_owned()),
+            cert_path: Some(cert.to_owned()),
+            key_path: Some(key.to_owned()),
+        }
+    }
+
+    /// A node with unusable TLS files stops at start, with the file and the reason.
+    #[test]
+    fn unusable_files_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_cert(dir.path(), "node");
+        let (_, other_key) = write_cert(dir.path(), "other");
+        assert!(Tls::load(&SecurityConfig::default()).unwrap().is_none(), "no TLS");
+        Tls::load(&settings(&cert, &cert, &key)).unwrap().expect("TLS on");
+        let missing = dir.path().join("missing.pem");
+        let error = Tls::load(&settings(&missing, &cert, &key)).unwrap_err().to_string();
+        assert!(
+            error.starts_with("cannot read CA file") && error.contains("missing.pem"),
+            "{error}"
+        );
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let error = Tls::load(&settings(&cert, &garbage, &key)).unwrap_err().to_string();
+        assert!(error.contains("holds no certificate"), "{error}");
+        let error = Tls::load(&settings(&cert, &cert, &cert)).unwrap_err().to_string();
+        assert!(error.contains("holds no unencrypted private key"), "{error}");
+        let error = Tls::load(&settings(&cert, &cert, &other_key)).unwrap_err().to_string();
+        assert!(error.contains("does not fit the certificate"), "{error}");
+    }
+}

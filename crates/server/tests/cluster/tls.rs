@@ -1,0 +1,126 @@
+//! TLS on the one port: a cluster whose nodes dial each other over TLS serves unmodified
+//! tikv-client configured with `with_security`, and refuses plaintext, a certificate from
+//! another CA and a connection without a client certificate.
+
+use crate::harness::Cluster;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A CA and certificates it signed, written as PEM files for the nodes and clients.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+}
+
+fn ca(name: &str) -> rcgen::Certificate {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new());
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    rcgen::Certificate::from_params(params).unwrap()
+}
+
+impl Certs {
+    pub fn new() -> Certs {
+        let certs = Certs { dir: tempfile::tempdir().unwrap(), ca: ca("scandium test CA") };
+        std::fs::write(certs.ca_path(), certs.ca.serialize_pem().unwrap()).unwrap();
+        certs
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Writes a certificate for `name` (SANs `localhost` and 127.0.0.1; server and client
+    /// use) and its key; returns their paths.
+    pub fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
+        issue(&self.ca, self.dir.path(), name)
+    }
+}
+
+fn issue(ca: &rcgen::Certificate, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]);
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = rcgen::Certificate::from_params(params).unwrap();
+    let (cert_path, key_path) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert_path, cert.serialize_pem_with_signer(ca).unwrap()).unwrap();
+    std::fs::write(&key_path, cert.serialize_private_key_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+async fn raw_client(
+    cluster: &Cluster,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<tikv_client::RawClient, tikv_client::Error> {
+    let config = tikv_client::Config::default()
+        .with_security(ca, cert, key)
+        .with_timeout(Duration::from_secs(3));
+    tikv_client::RawClient::new_with_config(cluster.addrs.clone(), config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_serves_tikv_client_and_refuses_plaintext() {
+    let certs = Certs::new();
+    let (node_cert, node_key) = certs.issue("node");
+    let (ca_path, cert, key) = (certs.ca_path(), node_cert.clone(), node_key.clone());
+    let cluster = Cluster::start_with(3, move |c| {
+        c.security.ca_path = Some(ca_path.clone());
+        c.security.cert_path = Some(cert.clone());
+        c.security.key_path = Some(key.clone());
+    })
+    .await;
+    // Nodes joined and replicate over TLS; an unmodified client works through any node.
+    let (client_cert, client_key) = certs.issue("client");
+    let raw = raw_client(&cluster, &certs.ca_path(), &client_cert, &client_key).await.unwrap();
+    for i in 0..20u8 {
+        raw.put(vec![b'k', i], vec![i; 64]).await.unwrap();
+    }
+    assert_eq!(raw.get(vec![b'k', 7]).await.unwrap(), Some(vec![7; 64]));
+    let config = tikv_client::Config::default()
+        .with_security(certs.ca_path(), &client_cert, &client_key)
+        .with_timeout(Duration::from_secs(3));
+    let txns = tikv_client::TransactionClient::new_with_config(cluster.addrs.clone(), config)
+        .await
+        .unwrap();
+    let mut txn = txns.begin_optimistic().await.unwrap();
+    txn.put(b"t".to_vec(), b"v".to_vec()).await.unwrap();
+    txn.commit().await.unwrap();
+
+    // Every node of the test shares the process's metrics.
+    let handshakes_failed = || scandium_server::metrics::METRICS.tls_handshakes_failed.get();
+    let failed_before = handshakes_failed();
+    // Plaintext to the TLS port: tikv-client without security cannot connect.
+    let plain = tikv_client::Config::default().with_timeout(Duration::from_secs(2));
+    let refused = tikv_client::RawClient::new_with_config(cluster.addrs.clone(), plain).await;
+    assert!(refused.is_err(), "a plaintext client connected to a TLS cluster");
+    // A certificate from another CA, with the cluster's CA trusted: refused by the server.
+    let other = tempfile::tempdir().unwrap();
+    let (foreign_cert, foreign_key) = issue(&ca("another CA"), other.path(), "intruder");
+    let refused = raw_client(&cluster, &certs.ca_path(), &foreign_cert, &foreign_key).await;
+    assert!(refused.is_err(), "a client certificate from another CA was accepted");
+    // No client certificate at all (a TLS client that offers none): refused.
+    let channel = tonic::transport::Channel::from_shared(format!("https://{}", cluster.addrs[0]))
+        .unwrap()
+        .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(std::fs::read(certs.ca_path()).unwrap()),
+        ))
+        .unwrap()
+        .connect()
+        .await;
+    let answered = match channel {
+        Err(_) => false,
+        Ok(channel) => {
+            let mut pd = scandium_protocol::pdpb::pd_client::PdClient::new(channel);
+            pd.get_members(scandium_protocol::pdpb::GetMembersRequest::default()).await.is_ok()
+        }
+    };
+    assert!(!answered, "a connection without a client certificate was served");
+    assert!(handshakes_failed() > failed_before, "refusals are counted");
+    cluster.shutdown().await;
+}
