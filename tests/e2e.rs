@@ -298,7 +298,7 @@ async fn zero_config_server_and_cli() {
     assert!(ok && out.contains("split: new Region"), "{out}");
     let (ok, out) = cli(&["ctl", "regions"]);
     assert!(ok && out.contains("6 Region(s)"), "{out}");
-    let (ok, out) = cli(&["ctl", "regions", "--key", "greeting"]);
+    let (ok, out) = cli(&["ctl", "regions", "--containing", "greeting"]);
     assert!(ok && out.contains("1 Region(s)") && out.contains("greeting  "), "{out}");
     let (ok, out) = cli(&["ctl", "split", "s1", "s2", "s3"]);
     assert!(ok && out.contains("split: new Region"), "several keys in one call: {out}");
@@ -309,7 +309,7 @@ async fn zero_config_server_and_cli() {
     // The Region's size reaches `ctl regions` with its leader's next heartbeat.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (ok, out) = cli(&["ctl", "--json", "regions", "--key", "greeting"]);
+        let (ok, out) = cli(&["ctl", "--json", "regions", "--containing", "greeting"]);
         assert!(ok, "{out}");
         if out.contains("\"approximate_keys\": 1") {
             break;
@@ -569,4 +569,56 @@ fn logs_are_quiet_by_default_and_json_on_request() {
 
     let debug = server_stderr(dir.path(), &["--log-level", "debug"]);
     assert!(debug.len() > text.len(), "debug shows more: {debug:#?}");
+}
+
+/// `scandium cert` makes a CA and node and client certificates; a node started with them
+/// serves TLS only: the tools with the same flags and tikv-client with `with_security`
+/// work through it, and the tools without them are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_node_serves_the_tools_and_tikv_client_with_certificates_from_scandium_cert() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs = certs.to_str().unwrap();
+    let (ok, out) = cli(&["cert", "create-ca", "--dir", certs]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["cert", "create-ca", "--dir", certs]);
+    assert!(!ok && out.contains("exists; pass --overwrite"), "a CA is not replaced: {out}");
+    let (ok, out) = cli(&["cert", "create-node", "--dir", certs, "127.0.0.1", "localhost"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["cert", "create-client", "--dir", certs, "root"]);
+    assert!(ok, "{out}");
+    let path = |file: &str| format!("{certs}/{file}");
+    let (ca, node_cert, node_key) = (path("ca.pem"), path("node.pem"), path("node.key"));
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let tls = ["--ca", &ca, "--cert", &node_cert, "--key", &node_key];
+    let args = [&["--data-dir", data, "--addr", "127.0.0.1:0"][..], &tls[..]].concat();
+    let server = Server::start(dir.path(), &args);
+    let addr = server.addr.as_str();
+    let (client_cert, client_key) = (path("client.root.pem"), path("client.root.key"));
+    let with_tls = |args: &[&str]| -> (bool, String) {
+        let flags = ["--pd", addr, "--ca", &ca, "--cert", &client_cert, "--key", &client_key];
+        cli(&[&args[..1], &flags[..], &args[1..]].concat())
+    };
+    let (ok, out) = with_tls(&["kv", "put", "secret", "value"]);
+    assert!(ok, "{out}");
+    let (ok, out) = with_tls(&["kv", "get", "secret"]);
+    assert!(ok && out.contains("value"), "{out}");
+    let (ok, out) = with_tls(&["ctl", "stores"]);
+    assert!(ok && out.contains("Up"), "{out}");
+    // bench reads the nodes' /health over HTTPS for the server's figures.
+    let (ok, out) = with_tls(&["bench", "--duration", "1", "--clients", "2"]);
+    assert!(ok && out.contains("errors=0") && out.contains("server cpu="), "{out}");
+    let (ok, out) = cli(&["kv", "--pd", addr, "get", "secret"]);
+    assert!(!ok, "a plaintext client was served: {out}");
+    let config = tikv_client::Config::default()
+        .with_security(&ca, &client_cert, &client_key)
+        .with_timeout(Duration::from_secs(5));
+    let raw =
+        tikv_client::RawClient::new_with_config(vec![server.addr.clone()], config).await.unwrap();
+    assert_eq!(raw.get(b"secret".to_vec()).await.unwrap(), Some(b"value".to_vec()));
+    // Given only some of the three, a node refuses to start and says why.
+    let (ok, out) = cli(&["server", "--data-dir", data, "--addr", "127.0.0.1:0", "--ca", &ca]);
+    assert!(!ok && out.contains("must be set together"), "{out}");
+    drop(server);
 }

@@ -66,12 +66,7 @@ pub struct BatchClient {
 impl BatchClient {
     /// Connects to the node at `addr` (host:port).
     pub async fn connect(addr: &str, encode_keys: bool) -> Result<Arc<BatchClient>, String> {
-        let endpoint = format!("http://{}", addr.trim_start_matches("http://"));
-        let channel = Channel::from_shared(endpoint)
-            .map_err(|e| e.to_string())?
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let channel = crate::tls::channel(addr).await?;
         let mut pd = PdClient::new(channel.clone());
         let members = pd
             .get_members(pdpb::GetMembersRequest::default())

@@ -150,6 +150,7 @@ async fn connect_driver(args: &BenchArgs) -> Result<Driver, String> {
     if let Some(keyspace) = &args.keyspace {
         config = config.with_keyspace(keyspace);
     }
+    let config = crate::tls::tikv_config(config);
     let client = TransactionClient::new_with_config(crate::kv::endpoints(&args.pd), config)
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", args.pd))?;
@@ -469,36 +470,28 @@ async fn server_stats(args: &BenchArgs) -> Option<Vec<NodeStats>> {
             })
             .collect();
     }
-    let first = args.pd.split(',').next().unwrap_or_default();
-    let pd = first.trim_start_matches("http://");
-    let members = get_json(&format!("http://{pd}/pd/api/v1/members")).await;
+    let pd = crate::tls::bare(args.pd.split(',').next().unwrap_or_default());
+    let members = crate::tls::get_json(pd, "/pd/api/v1/members").await;
     let mut addresses: Vec<String> = members
         .as_ref()
         .and_then(|m| m.get("members")?.as_array().cloned())
         .unwrap_or_default()
         .iter()
-        .filter_map(|m| m.get("client_urls")?.get(0)?.as_str().map(str::to_string))
+        .filter_map(|m| m.get("client_urls")?.get(0)?.as_str())
+        .map(|url| crate::tls::bare(url).to_string())
         .collect();
     if addresses.is_empty() {
-        addresses.push(format!("http://{pd}"));
+        addresses.push(pd.to_string());
     }
     let mut stats = Vec::new();
     for address in addresses {
-        let health = get_json(&format!("{address}/health")).await?;
+        let health = crate::tls::get_json(&address, "/health").await?;
         let process = health.get("process")?;
         let (cpu, rss) =
             (process.get("cpu_seconds")?.as_f64()?, process.get("rss_bytes")?.as_u64()?);
-        stats.push((address.trim_start_matches("http://").to_string(), cpu, rss));
+        stats.push((address, cpu, rss));
     }
     Some(stats)
-}
-
-/// GETs `url` and parses its body as JSON; `None` on any failure.
-pub(crate) async fn get_json(url: &str) -> Option<serde_json::Value> {
-    let url: hyper::Uri = url.parse().ok()?;
-    let response = hyper::Client::new().get(url).await.ok()?;
-    let body = hyper::body::to_bytes(response.into_body()).await.ok()?;
-    serde_json::from_slice(&body).ok()
 }
 
 fn report(

@@ -24,9 +24,10 @@ enum CtlCommand {
     /// Lists Regions: range, leader, replicas.
     Regions {
         /// Only the Region holding this key (as text; with --hex, hexadecimal bytes).
+        /// (Not `--key`: that is the TLS key file every command takes.)
         #[arg(long)]
-        key: Option<String>,
-        #[arg(long, requires = "key")]
+        containing: Option<String>,
+        #[arg(long, requires = "containing")]
         hex: bool,
     },
     /// Lists stores: address, state, Regions and leaders on each.
@@ -189,8 +190,8 @@ fn human_bytes(bytes: u64) -> String {
 /// Each Region's approximate bytes and keys, as the node's HTTP API shows what the
 /// placement leader last heard (empty if it cannot be asked).
 async fn region_sizes(pd: &str) -> BTreeMap<u64, (u64, u64)> {
-    let url = format!("http://{}/pd/api/v1/regions", pd.trim_start_matches("http://"));
-    let Some(reply) = crate::bench::get_json(&url).await else { return BTreeMap::new() };
+    let reply = crate::tls::get_json(pd, "/pd/api/v1/regions").await;
+    let Some(reply) = reply else { return BTreeMap::new() };
     let regions = reply["regions"].as_array().into_iter().flatten();
     regions
         .filter_map(|r| {
@@ -211,13 +212,7 @@ fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
 }
 
 pub async fn run(args: CtlArgs) -> Result<(), String> {
-    let endpoint = format!("http://{}", args.pd.trim_start_matches("http://"));
-    let channel = Channel::from_shared(endpoint)
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", args.pd))?;
-    let mut pd = PdClient::new(channel);
+    let mut pd = PdClient::new(crate::tls::channel(&args.pd).await?);
     let members = pd
         .get_members(pdpb::GetMembersRequest::default())
         .await
@@ -225,7 +220,7 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
         .into_inner();
     let cluster_id = members.header.as_ref().map(|h| h.cluster_id).unwrap_or_default();
     let output = match args.command {
-        CtlCommand::Regions { key, hex } => {
+        CtlCommand::Regions { containing: key, hex } => {
             let wanted = match key {
                 Some(key) if hex => Some(parse_hex(&key)?),
                 Some(key) => Some(key.into_bytes()),
@@ -339,10 +334,9 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
         }
         CtlCommand::Scheduler { command } => {
             use scandium_placement::{LocationLabels, SchedulerSettings, StoreLimit};
-            let url = format!("http://{}/api/v1/scheduler", args.pd.trim_start_matches("http://"));
-            let shown = crate::bench::get_json(&url)
+            let shown = crate::tls::get_json(&args.pd, "/api/v1/scheduler")
                 .await
-                .ok_or_else(|| format!("{}: no answer to {url}", args.pd))?;
+                .ok_or_else(|| format!("{}: no answer to /api/v1/scheduler", args.pd))?;
             let flag = |name: &str| shown[name].as_bool().unwrap_or(false);
             let number = |value: &serde_json::Value| value.as_u64().unwrap_or(0);
             let store_limits = (shown["store_limits"].as_array().into_iter().flatten())
@@ -460,7 +454,7 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             let (region, address) = if region == "placement" {
                 let leader = members.leader.as_ref().and_then(|l| l.client_urls.first().cloned());
                 let leader = leader.ok_or("no placement leader is known")?;
-                (u64::MAX, leader.trim_start_matches("http://").to_string())
+                (u64::MAX, crate::tls::bare(&leader).to_string())
             } else {
                 let region: u64 = region
                     .parse()
@@ -678,11 +672,7 @@ async fn store_address(
 async fn cluster_client(
     address: &str,
 ) -> Result<scandium_protocol::scandium::cluster_client::ClusterClient<Channel>, String> {
-    let channel = Channel::from_shared(format!("http://{address}"))
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    let channel = crate::tls::channel(address).await?;
     Ok(scandium_protocol::scandium::cluster_client::ClusterClient::new(channel))
 }
 
@@ -695,7 +685,7 @@ async fn propose_placement(
     use prost::Message as _;
     let leader = members.leader.as_ref().and_then(|l| l.client_urls.first().cloned());
     let leader = leader.ok_or("no placement leader is known")?;
-    let mut cluster = cluster_client(leader.trim_start_matches("http://")).await?;
+    let mut cluster = cluster_client(&leader).await?;
     let request = scandium_protocol::scandium::ProposeMetaRequest {
         cluster_id,
         command: scandium_placement::Command::new(kind).encode_to_vec(),
@@ -714,7 +704,7 @@ async fn placement_operators(
     cluster_id: u64,
 ) -> Result<Vec<scandium_protocol::scandium::OperatorInfo>, String> {
     let request = scandium_protocol::scandium::OperatorsRequest { cluster_id };
-    let mut address = address.trim_start_matches("http://").to_string();
+    let mut address = crate::tls::bare(address).to_string();
     for _ in 0..2 {
         let mut client = cluster_client(&address).await?;
         let reply = client.operators(request.clone()).await.map_err(|e| e.message().to_string())?;
@@ -787,8 +777,9 @@ async fn check_consistency(stores: &[(u64, String)]) -> BTreeMap<u64, Verdict> {
     for attempt in 0..20 {
         let (mut answers, mut regions) = (Vec::new(), Vec::new());
         for (store, address) in stores {
-            let url = format!("http://{address}/debug/digests");
-            let Some(reply) = crate::bench::get_json(&url).await else { continue };
+            let Some(reply) = crate::tls::get_json(address, "/debug/digests").await else {
+                continue;
+            };
             for replica in reply["replicas"].as_array().into_iter().flatten() {
                 let digests: Option<Vec<u64>> = replica["digests"]
                     .as_array()

@@ -136,7 +136,7 @@ pub async fn connect(pd: &str, keyspace: Option<&str>) -> Result<RawClient, Stri
     if let Some(keyspace) = keyspace {
         config = config.with_keyspace(keyspace);
     }
-    RawClient::new_with_config(endpoints(pd), config)
+    RawClient::new_with_config(endpoints(pd), crate::tls::tikv_config(config))
         .await
         .map_err(|e| format!("cannot connect to {pd}: {}", tidy(e)))
 }
@@ -253,6 +253,7 @@ async fn run_txn(pd: &str, keyspace: Option<&str>, ops: Vec<Op>) -> Result<(), S
     if let Some(keyspace) = keyspace {
         config = config.with_keyspace(keyspace);
     }
+    let config = crate::tls::tikv_config(config);
     let client = TransactionClient::new_with_config(vec![pd.to_string()], config)
         .await
         .map_err(|e| format!("cannot connect to {pd}: {e}"))?;

@@ -6,14 +6,17 @@
 //! * `scandium kv` reads and writes keys through the TiKV client, like an application would.
 //! * `scandium ctl` inspects and operates the cluster through the placement API.
 //! * `scandium bench` measures throughput and latency against any cluster.
+//! * `scandium cert` creates a development CA and certificates for TLS.
 
 mod batch_client;
 mod bench;
+mod cert;
 mod ctl;
 mod etcd_client;
 mod kv;
 mod playground;
 mod server;
+mod tls;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -35,6 +38,8 @@ struct Cli {
     /// Log lines as text or as JSON objects (one per line, on stderr).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 }
 
 /// How log lines are written.
@@ -87,6 +92,8 @@ enum Command {
     Ctl(ctl::CtlArgs),
     /// Measures throughput and latency.
     Bench(bench::BenchArgs),
+    /// Creates a development CA, and node and client certificates signed by it.
+    Cert(cert::CertArgs),
 }
 
 /// mimalloc rather than glibc's allocator. The node allocates and frees many small buffers
@@ -121,12 +128,16 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        if !matches!(cli.command, Command::Server(_) | Command::Playground(_)) {
+            tls::init(&cli.tls)?;
+        }
         match cli.command {
-            Command::Server(args) => server::run(args, cli.log_format).await,
+            Command::Server(args) => server::run(args, &cli.tls, cli.log_format).await,
             Command::Playground(args) => playground::run(args).await,
             Command::Kv(args) => kv::run(args).await,
             Command::Ctl(args) => ctl::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Cert(args) => cert::run(args),
         }
     });
     match result {

@@ -24,6 +24,10 @@ pub struct PlaygroundArgs {
     /// Host to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// Serve TLS only, with a CA and certificates made in `DIR/certs` (a node certificate
+    /// for the host, `localhost` and 127.0.0.1, and a client certificate `root`).
+    #[arg(long)]
+    secure: bool,
 }
 
 /// How long a node may take to start serving.
@@ -42,6 +46,10 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), String> {
                 .ok_or_else(|| "ports run past 65535".to_string())
         })
         .collect::<Result<_, _>>()?;
+    let certs = args.dir.join("certs");
+    if args.secure {
+        make_certs(&binary, &certs, &args.host)?;
+    }
     let mut children: Vec<Child> = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
         let data_dir = args.dir.join(format!("node-{}", i + 1));
@@ -58,6 +66,14 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), String> {
         if i > 0 {
             command.arg("--join").arg(addrs[..i].join(","));
         }
+        if args.secure {
+            command.arg("--ca").arg(certs.join("ca.pem"));
+            command
+                .arg("--cert")
+                .arg(certs.join("node.pem"))
+                .arg("--key")
+                .arg(certs.join("node.key"));
+        }
         eprintln!("starting node {} on {addr} (data in {})", i + 1, data_dir.display());
         let mut child = command.spawn().map_err(|e| format!("cannot start node {}: {e}", i + 1))?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
@@ -73,7 +89,22 @@ pub async fn run(args: PlaygroundArgs) -> Result<(), String> {
     let shutdown = crate::server::shutdown_signal();
     println!("playground of {} nodes serving", args.nodes);
     println!("  PD endpoints (give any or all to a TiKV client): {endpoints}");
-    println!("  try: scandium kv --pd {} put hello world", addrs[0]);
+    if args.secure {
+        let (ca, cert, key) =
+            (certs.join("ca.pem"), certs.join("client.root.pem"), certs.join("client.root.key"));
+        let flags =
+            format!("--ca {} --cert {} --key {}", ca.display(), cert.display(), key.display());
+        println!("  TLS only; clients present a certificate from the playground's CA:");
+        println!("  try: scandium kv --pd {} {flags} put hello world", addrs[0]);
+        println!(
+            "  tikv-client: Config::default().with_security({:?}, {:?}, {:?})",
+            ca.display().to_string(),
+            cert.display().to_string(),
+            key.display().to_string()
+        );
+    } else {
+        println!("  try: scandium kv --pd {} put hello world", addrs[0]);
+    }
     println!("  Ctrl-C stops every node");
     shutdown.await;
     eprintln!("stopping {} nodes", children.len());
@@ -125,4 +156,34 @@ async fn wait_serving(node: usize, stderr: tokio::process::ChildStderr) -> Resul
             Err(e) => return Err(format!("cannot read node {node}'s output: {e}")),
         }
     }
+}
+
+/// Makes the playground's CA, node certificate and client certificate `root` in `dir`
+/// with `scandium cert`, unless they are there from a run before.
+fn make_certs(binary: &std::path::Path, dir: &std::path::Path, host: &str) -> Result<(), String> {
+    let mut hosts = vec![host.to_string(), "localhost".into(), "127.0.0.1".into()];
+    hosts.sort();
+    hosts.dedup();
+    let steps: [(&str, Vec<String>); 3] = [
+        ("ca.pem", vec!["create-ca".into()]),
+        ("node.pem", [vec!["create-node".to_string()], hosts].concat()),
+        ("client.root.pem", vec!["create-client".into(), "root".into()]),
+    ];
+    for (file, command) in steps {
+        if dir.join(file).exists() {
+            continue;
+        }
+        let status = std::process::Command::new(binary)
+            .arg("cert")
+            .args(&command)
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run `scandium cert`: {e}"))?;
+        if !status.success() {
+            return Err(format!("`scandium cert {}` failed", command.join(" ")));
+        }
+    }
+    Ok(())
 }

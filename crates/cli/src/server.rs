@@ -20,24 +20,16 @@ pub struct ServerArgs {
     /// replicas go to distinct values of the cluster's `location_labels`.
     #[arg(long)]
     labels: Option<String>,
-    /// PEM file of the CA that every node's and client's certificate must chain to. With
-    /// --cert and --key (all three or none), the node serves TLS only and asks every
-    /// connection for a certificate (`ca-path` in the TOML's `[security]`).
-    #[arg(long)]
-    ca: Option<PathBuf>,
-    /// PEM file of this node's certificate: SANs for every address it is dialled by,
-    /// `serverAuth` and `clientAuth` (`cert-path`).
-    #[arg(long)]
-    cert: Option<PathBuf>,
-    /// PEM file of this node's private key (`key-path`).
-    #[arg(long)]
-    key: Option<PathBuf>,
     /// TOML file with settings; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
 }
 
-pub async fn run(args: ServerArgs, log_format: crate::LogFormat) -> Result<(), String> {
+pub async fn run(
+    args: ServerArgs,
+    tls: &crate::tls::TlsArgs,
+    log_format: crate::LogFormat,
+) -> Result<(), String> {
     let mut config = match &args.config {
         Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
         None => Config::default(),
@@ -54,15 +46,12 @@ pub async fn run(args: ServerArgs, log_format: crate::LogFormat) -> Result<(), S
     if let Some(labels) = &args.labels {
         config.labels = scandium_server::config::parse_labels(labels)?;
     }
+    // The TLS flags, each over the TOML's setting.
+    let flags = tls.security();
     let security = &mut config.security;
-    for (flag, setting) in [(args.ca, &mut security.ca_path), (args.cert, &mut security.cert_path)]
-        .into_iter()
-        .chain([(args.key, &mut security.key_path)])
-    {
-        if flag.is_some() {
-            *setting = flag;
-        }
-    }
+    security.ca_path = flags.ca_path.or(security.ca_path.take());
+    security.cert_path = flags.cert_path.or(security.cert_path.take());
+    security.key_path = flags.key_path.or(security.key_path.take());
     let data_dir = config.data_dir.clone();
     let started = std::time::Instant::now();
     let node = Node::start(config).await.map_err(|e| e.to_string())?;

@@ -87,6 +87,8 @@ pub enum TlsError {
 /// dials other nodes with.
 pub struct Tls {
     server: Arc<rustls::ServerConfig>,
+    /// For HTTP/1.1 over TLS (the tools' HTTP calls).
+    http_client: Arc<rustls::ClientConfig>,
     ca_pem: Vec<u8>,
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
@@ -209,6 +211,16 @@ impl Tls {
             path: key_path.to_owned(),
             reason: format!("{reason} (the certificate in {})", cert_path.display()),
         })?;
+        let mut http_client = rustls::ClientConfig::builder()
+            .with_safe_defaults()
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(chain.clone(), key.clone())
+            .map_err(|e| TlsError::Invalid {
+                what: "key file",
+                path: key_path.to_owned(),
+                reason: format!("cannot be a client with {}: {e}", cert_path.display()),
+            })?;
+        http_client.alpn_protocols = vec![b"http/1.1".to_vec()];
         let verifier = rustls::server::AllowAnyAuthenticatedClient::new(roots).boxed();
         let mut server = rustls::ServerConfig::builder()
             .with_safe_defaults()
@@ -221,12 +233,19 @@ impl Tls {
             })?;
         // `h2` first: gRPC clients abort unless the server selects it.
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Some(Arc::new(Tls { server: Arc::new(server), ca_pem, cert_pem, key_pem })))
+        let (server, http_client) = (Arc::new(server), Arc::new(http_client));
+        Ok(Some(Arc::new(Tls { server, http_client, ca_pem, cert_pem, key_pem })))
     }
 
     /// What the listener accepts connections with.
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.server.clone())
+    }
+
+    /// What HTTP/1.1 calls over TLS connect with (the tools' `GET`s of `/health` and
+    /// the PD HTTP API), presenting the same certificate.
+    pub fn http_connector(&self) -> tokio_rustls::TlsConnector {
+        tokio_rustls::TlsConnector::from(self.http_client.clone())
     }
 
     /// What this node dials other nodes with: their certificates must chain to the CA
