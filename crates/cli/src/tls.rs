@@ -31,6 +31,7 @@ impl TlsArgs {
             ca_path: self.ca.clone(),
             cert_path: self.cert.clone(),
             key_path: self.key.clone(),
+            ..SecurityConfig::default()
         }
     }
 }

@@ -348,6 +348,10 @@ impl Config {
         in_range("load_split_qps", self.load_split_qps, 0, 10_000_000)?;
         in_range("load_split_secs", self.load_split_secs, 1, 600)?;
         self.security.paths().map_err(|reason| invalid("security", reason))?;
+        if self.security.reload_interval_ms != 0 {
+            in_range("reload-interval-ms", self.security.reload_interval_ms, 10, 3_600_000)
+                .map_err(|e| e.because("0 never looks again"))?;
+        }
         Ok(())
     }
 
@@ -439,6 +443,7 @@ mod tests {
             ("load_split_qps", |c| c.load_split_qps = u64::MAX),
             ("load_split_secs", |c| c.load_split_secs = 0),
             ("security", |c| c.security.ca_path = Some("ca.pem".into())),
+            ("reload-interval-ms", |c| c.security.reload_interval_ms = 1),
             ("security", |c| {
                 c.security.cert_path = Some("node.pem".into());
                 c.security.key_path = Some("node.key".into());

@@ -13,8 +13,8 @@
 //! ever a label.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -117,6 +117,11 @@ pub struct Metrics {
     /// TLS handshakes refused or timed out (plaintext to a TLS port, an unknown CA, no
     /// client certificate, a client that never finished).
     pub tls_handshakes_failed: IntCounter,
+    /// Looks at changed TLS files, by outcome (`reloaded`, `refused`).
+    pub tls_reloads: IntCounterVec,
+    /// Seconds until the certificate in use (`node`) and the CA's first-expiring
+    /// certificate (`ca`) expire.
+    pub tls_expiry_seconds: IntGaugeVec,
 }
 
 /// The process's event metrics.
@@ -182,6 +187,20 @@ impl Metrics {
                 "scandium_tls_handshakes_failed_total",
                 "TLS handshakes refused or timed out.",
             ),
+            tls_reloads: counter_vec(
+                "scandium_tls_reloads_total",
+                "Changed TLS certificate files, by outcome (reloaded, refused).",
+                &["outcome"],
+            ),
+            tls_expiry_seconds: {
+                let opts = Opts::new(
+                    "scandium_tls_certificate_expiry_seconds",
+                    "Seconds until a certificate in use expires (node: this node's; ca: the CA file's first to expire).",
+                );
+                let metric = IntGaugeVec::new(opts, &["certificate"]).expect("valid metric");
+                registry.register(Box::new(metric.clone())).expect("registered once");
+                metric
+            },
             tso_requests: counter("scandium_tso_requests_total", "Timestamp requests served."),
             tso_batch: histogram(
                 "scandium_tso_batch_size",

@@ -136,12 +136,12 @@ pub struct Clients {
     snapshot_channels: Mutex<HashMap<String, Channel>>,
     links: Arc<Links>,
     /// With TLS on, other nodes are dialled over it, with this node's certificate.
-    tls: Option<Arc<crate::tls::Tls>>,
+    tls: Option<Arc<crate::tls::Reloadable>>,
 }
 
 impl Clients {
     /// Clients whose calls pass only where `links` allow, over TLS if `tls` is given.
-    pub fn new(links: Arc<Links>, tls: Option<Arc<crate::tls::Tls>>) -> Clients {
+    pub fn new(links: Arc<Links>, tls: Option<Arc<crate::tls::Reloadable>>) -> Clients {
         Clients { channels: Mutex::default(), snapshot_channels: Mutex::default(), links, tls }
     }
 
@@ -167,7 +167,7 @@ impl Clients {
             .map_err(|e| format!("bad address {address}: {e}"))?;
         if let Some(tls) = &self.tls {
             endpoint = endpoint
-                .tls_config(tls.client_config())
+                .tls_config(tls.current().client_config())
                 .map_err(|e| format!("TLS to {address}: {e}"))?;
         }
         let endpoint = endpoint
@@ -178,6 +178,13 @@ impl Clients {
         let channel = endpoint.connect_lazy();
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
+    }
+
+    /// Forgets every connection, so that the next call to each node connects anew
+    /// (after a reload of the TLS material: calls under way finish on the old ones).
+    pub fn forget_connections(&self) {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.snapshot_channels.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// A client of the node-to-node service at `address`.

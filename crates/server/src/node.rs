@@ -162,7 +162,7 @@ impl Node {
         snapshot_dir: Option<std::path::PathBuf>,
     ) -> Result<Node, NodeError> {
         config.validate()?;
-        let tls = crate::tls::Tls::load(&config.security)?;
+        let tls = crate::tls::Reloadable::load(&config.security)?;
         let started = Instant::now();
         let listener = std::net::TcpListener::bind(&config.addr)
             .map_err(|source| NodeError::Listen { addr: config.addr.clone(), source })?;
@@ -364,7 +364,7 @@ impl Node {
                 registry: registry.clone(),
                 placement: placement.clone(),
                 control: control.clone(),
-                clients,
+                clients: clients.clone(),
                 disk,
                 transport: transport.clone(),
                 refused: refused.clone(),
@@ -373,6 +373,9 @@ impl Node {
         };
         // Serve at once: other nodes' Raft messages (the placement group's snapshot for a
         // node that just joined) are what makes this one ready.
+        if let Some(tls) = &tls {
+            watch_tls_files(tls.clone(), clients.clone(), &tasks);
+        }
         let (shutdown, server) = serve(services, &tasks, &config, listener, tls)?;
         let others = (placement.read().stores())
             .filter(|s| s.id != identity.store_id && s.state() != StoreState::Tombstone)
@@ -947,6 +950,22 @@ async fn register(
 
 type ServeResult = Result<(oneshot::Sender<()>, JoinHandle<()>), NodeError>;
 
+/// Looks at the TLS files every `reload-interval-ms` and, once new material is in use,
+/// has the next call to every node connect anew with it.
+fn watch_tls_files(tls: Arc<crate::tls::Reloadable>, clients: Arc<Clients>, tasks: &Tasks) {
+    let Some(interval) = tls.interval() else { return };
+    drop(tasks.spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let tls = tls.clone();
+            let reload = tokio::task::spawn_blocking(move || tls.reload()).await;
+            if let Ok(crate::tls::Reload::Reloaded) = reload {
+                clients.forget_connections();
+            }
+        }
+    }));
+}
+
 /// Serves `app` over TLS: each connection's handshake in a task of its own, under
 /// [`crate::tls::HANDSHAKE_TIMEOUT`] (a client that never finishes one holds up no one
 /// else), then HTTP/2 or HTTP/1.1 as ALPN chose.
@@ -954,10 +973,9 @@ fn serve_tls(
     app: axum::Router,
     tasks: &Tasks,
     listener: tokio::net::TcpListener,
-    tls: Arc<crate::tls::Tls>,
+    tls: Arc<crate::tls::Reloadable>,
 ) -> (oneshot::Sender<()>, JoinHandle<()>) {
     let (shutdown, mut shutdown_signal) = oneshot::channel::<()>();
-    let acceptor = tls.acceptor();
     let connections = tasks.clone();
     let handle = tasks.spawn(async move {
         loop {
@@ -974,7 +992,9 @@ fn serve_tls(
                 _ = &mut shutdown_signal => return,
             };
             let _ = stream.set_nodelay(true);
-            let (acceptor, app, executor) = (acceptor.clone(), app.clone(), connections.clone());
+            // The material in use now: a reload changes what the next connection gets.
+            let acceptor = tls.current().acceptor();
+            let (app, executor) = (app.clone(), connections.clone());
             drop(connections.spawn(async move {
                 let handshake = acceptor.accept(stream);
                 let stream =
@@ -1016,7 +1036,7 @@ fn serve(
     tasks: &Tasks,
     config: &Config,
     listener: std::net::TcpListener,
-    tls: Option<Arc<crate::tls::Tls>>,
+    tls: Option<Arc<crate::tls::Reloadable>>,
 ) -> ServeResult {
     let Services { tikv, pd, cluster, http } = services;
     let limit = config.max_grpc_message_bytes;

@@ -20,7 +20,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a node's TLS material is (TiKV's `[security]` names; `cacert-path` as PD
 /// spells it). All three or none.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
     /// PEM file of the CA certificates that peers' and clients' certificates must chain to.
@@ -32,6 +32,16 @@ pub struct SecurityConfig {
     /// PEM file of this node's private key (PKCS#8, PKCS#1 or SEC1, unencrypted).
     #[serde(rename = "key-path")]
     pub key_path: Option<PathBuf>,
+    /// Milliseconds between looks at the three files: changed contents are loaded,
+    /// checked and put in use for new connections, without a restart (0: never).
+    #[serde(rename = "reload-interval-ms")]
+    pub reload_interval_ms: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig { ca_path: None, cert_path: None, key_path: None, reload_interval_ms: 5_000 }
+    }
 }
 
 impl SecurityConfig {
@@ -86,6 +96,12 @@ pub enum TlsError {
 /// A node's TLS material, loaded and checked: what its listener accepts with and what it
 /// dials other nodes with.
 pub struct Tls {
+    /// The three files' contents, hashed: what a reload compares.
+    files: u64,
+    /// When this node's certificate and the CA file's first-expiring certificate expire
+    /// (seconds since the Unix epoch).
+    cert_expires: i64,
+    ca_expires: i64,
     server: Arc<rustls::ServerConfig>,
     /// For HTTP/1.1 over TLS (the tools' HTTP calls).
     http_client: Arc<rustls::ClientConfig>,
@@ -182,6 +198,58 @@ fn key_fits(cert: &rustls::Certificate, key: &rustls::PrivateKey) -> Result<(), 
         .map_err(|_| "does not fit the certificate".to_string())
 }
 
+/// When `cert` expires (seconds since the Unix epoch); an error if it is not valid now
+/// (expired, or not yet valid: a clock far behind, or a certificate made for later).
+fn expiry(what: &'static str, path: &Path, cert: &rustls::Certificate) -> Result<i64, TlsError> {
+    let invalid = |reason: String| TlsError::Invalid { what, path: path.to_owned(), reason };
+    let (_, parsed) = x509_parser::parse_x509_certificate(&cert.0)
+        .map_err(|e| invalid(format!("a certificate that cannot be parsed: {e}")))?;
+    let validity = parsed.validity();
+    if !validity.is_valid() {
+        return Err(invalid(format!(
+            "a certificate valid only from {} to {}, not now",
+            validity.not_before, validity.not_after
+        )));
+    }
+    Ok(validity.not_after.timestamp())
+}
+
+/// Whether `chain` (a certificate and its intermediates) chains to one of `cas`, as a
+/// client certificate: a peer checks it so, and a certificate from another CA would fail
+/// every handshake (a reload must refuse it).
+fn chains_to(chain: &[rustls::Certificate], cas: &[rustls::Certificate]) -> Result<(), String> {
+    let anchors: Vec<webpki::TrustAnchor> =
+        cas.iter().filter_map(|ca| webpki::TrustAnchor::try_from_cert_der(&ca.0).ok()).collect();
+    let intermediates: Vec<&[u8]> = chain[1..].iter().map(|c| c.0.as_slice()).collect();
+    let cert = webpki::EndEntityCert::try_from(chain[0].0.as_slice())
+        .map_err(|e| format!("the certificate cannot be parsed: {e:?}"))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let now = webpki::Time::from_seconds_since_unix_epoch(now.map_or(0, |d| d.as_secs()));
+    let algorithms = [
+        &webpki::ECDSA_P256_SHA256,
+        &webpki::ECDSA_P256_SHA384,
+        &webpki::ECDSA_P384_SHA256,
+        &webpki::ECDSA_P384_SHA384,
+        &webpki::ED25519,
+        &webpki::RSA_PKCS1_2048_8192_SHA256,
+        &webpki::RSA_PKCS1_2048_8192_SHA384,
+        &webpki::RSA_PKCS1_2048_8192_SHA512,
+        &webpki::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+        &webpki::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+        &webpki::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+    ];
+    let usage = webpki::KeyUsage::client_auth();
+    cert.verify_for_usage(&algorithms, &anchors, &intermediates, now, usage, &[])
+        .map_err(|e| format!("is not signed by the CA, or not for client use: {e:?}"))
+}
+
+fn hash_files(ca: &[u8], cert: &[u8], key: &[u8]) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (ca, cert, key).hash(&mut hasher);
+    hasher.finish()
+}
+
 impl Tls {
     /// Loads and checks the material `config` names: `None` if TLS is off.
     pub fn load(config: &SecurityConfig) -> Result<Option<Arc<Tls>>, TlsError> {
@@ -206,6 +274,17 @@ impl Tls {
         }
         let chain = certificates("certificate file", cert_path, &cert_pem)?;
         let key = private_key(key_path, &key_pem)?;
+        let cas = certificates("CA file", ca_path, &ca_pem)?;
+        let (cert_expires, ca_expires) = (
+            expiry("certificate file", cert_path, &chain[0])?,
+            (cas.iter().map(|ca| expiry("CA file", ca_path, ca)))
+                .try_fold(i64::MAX, |soonest, expires| Ok(soonest.min(expires?)))?,
+        );
+        chains_to(&chain, &cas).map_err(|reason| TlsError::Invalid {
+            what: "certificate file",
+            path: cert_path.to_owned(),
+            reason: format!("{reason} (the CA file {})", ca_path.display()),
+        })?;
         key_fits(&chain[0], &key).map_err(|reason| TlsError::Invalid {
             what: "key file",
             path: key_path.to_owned(),
@@ -234,7 +313,17 @@ impl Tls {
         // `h2` first: gRPC clients abort unless the server selects it.
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let (server, http_client) = (Arc::new(server), Arc::new(http_client));
-        Ok(Some(Arc::new(Tls { server, http_client, ca_pem, cert_pem, key_pem })))
+        let files = hash_files(&ca_pem, &cert_pem, &key_pem);
+        Ok(Some(Arc::new(Tls {
+            files,
+            cert_expires,
+            ca_expires,
+            server,
+            http_client,
+            ca_pem,
+            cert_pem,
+            key_pem,
+        })))
     }
 
     /// What the listener accepts connections with.
@@ -257,6 +346,105 @@ impl Tls {
     }
 }
 
+/// What a look at the TLS files found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// The files hold what is in use (or what was refused last time).
+    Unchanged,
+    /// New material passed every check and is in use for new connections.
+    Reloaded,
+    /// New material failed a check; the old stays in use.
+    Refused(String),
+}
+
+/// A node's TLS material, re-read when its files change (see [`Reloadable::reload`]).
+/// New connections, accepted and dialled, take the material in use when they start;
+/// established ones keep the session they have.
+pub struct Reloadable {
+    config: SecurityConfig,
+    current: std::sync::RwLock<Arc<Tls>>,
+    /// The contents last refused, so that a bad file is logged once, not at every look.
+    refused: std::sync::Mutex<Option<u64>>,
+}
+
+impl Reloadable {
+    /// TLS as `config` names it, if on, loaded now (an error if unusable).
+    pub fn load(config: &SecurityConfig) -> Result<Option<Arc<Reloadable>>, TlsError> {
+        let Some(tls) = Tls::load(config)? else { return Ok(None) };
+        let reloadable = Reloadable {
+            config: config.clone(),
+            current: std::sync::RwLock::new(tls),
+            refused: std::sync::Mutex::new(None),
+        };
+        reloadable.export_expiry();
+        Ok(Some(Arc::new(reloadable)))
+    }
+
+    /// The material in use.
+    pub fn current(&self) -> Arc<Tls> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How often [`Reloadable::reload`] should run (`None`: never).
+    pub fn interval(&self) -> Option<Duration> {
+        (self.config.reload_interval_ms > 0)
+            .then(|| Duration::from_millis(self.config.reload_interval_ms))
+    }
+
+    /// Reads the three files; if they hold anything but the material in use, loads and
+    /// checks it (every file parses, the key fits the certificate, which chains to the
+    /// CA and is valid now) and puts it in use, or refuses it with a log line and a
+    /// metric, keeping the old. Files written one at a time pass once the last is in:
+    /// the looks between are refused, harmlessly.
+    pub fn reload(&self) -> Reload {
+        let metrics = &crate::metrics::METRICS;
+        let files = match self.config.paths() {
+            Ok(Some((ca, cert, key))) => {
+                (std::fs::read(ca), std::fs::read(cert), std::fs::read(key))
+            }
+            _ => return Reload::Unchanged,
+        };
+        let seen = match &files {
+            (Ok(ca), Ok(cert), Ok(key)) => hash_files(ca, cert, key),
+            // A file missing for a moment (replaced by a rename): look again later.
+            _ => return Reload::Unchanged,
+        };
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if seen == self.current().files || *refused == Some(seen) {
+            return Reload::Unchanged;
+        }
+        let outcome = match Tls::load(&self.config) {
+            Ok(Some(tls)) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = tls;
+                *refused = None;
+                tracing::info!("TLS certificate files changed: new connections use them");
+                metrics.tls_reloads.with_label_values(&["reloaded"]).inc();
+                Reload::Reloaded
+            }
+            Ok(None) => Reload::Unchanged,
+            Err(error) => {
+                *refused = Some(seen);
+                tracing::warn!(%error, "TLS certificate files changed but cannot be used; the old ones stay in use");
+                metrics.tls_reloads.with_label_values(&["refused"]).inc();
+                Reload::Refused(error.to_string())
+            }
+        };
+        drop(refused);
+        self.export_expiry();
+        outcome
+    }
+
+    /// Seconds until this node's certificate and the CA expire, as metrics.
+    pub fn export_expiry(&self) {
+        let tls = self.current();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let now = now.map_or(0, |d| d.as_secs() as i64);
+        let expiry = &crate::metrics::METRICS.tls_expiry_seconds;
+        expiry.with_label_values(&["node"]).set(tls.cert_expires.saturating_sub(now));
+        expiry.with_label_values(&["ca"]).set(tls.ca_expires.saturating_sub(now));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +463,7 @@ mod tests {
             ca_path: Some(ca.to_owned()),
             cert_path: Some(cert.to_owned()),
             key_path: Some(key.to_owned()),
+            ..SecurityConfig::default()
         }
     }
 
@@ -300,5 +489,42 @@ mod tests {
         assert!(error.contains("holds no unencrypted private key"), "{error}");
         let error = Tls::load(&settings(&cert, &cert, &other_key)).unwrap_err().to_string();
         assert!(error.contains("does not fit the certificate"), "{error}");
+        // A certificate from another CA than the CA file's.
+        let (other_cert, _) = write_cert(dir.path(), "another");
+        let error = Tls::load(&settings(&other_cert, &cert, &key)).unwrap_err().to_string();
+        assert!(error.contains("is not signed by the CA"), "{error}");
+        // Expired, and not valid yet.
+        for (name, from, to) in [("expired", -30, -1), ("future", 1, 30)] {
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]);
+            let now = time::OffsetDateTime::now_utc();
+            params.not_before = now + time::Duration::days(from);
+            params.not_after = now + time::Duration::days(to);
+            let dated = rcgen::Certificate::from_params(params).unwrap();
+            let (cert, key) = (dir.path().join(name), dir.path().join(format!("{name}.key")));
+            std::fs::write(&cert, dated.serialize_pem().unwrap()).unwrap();
+            std::fs::write(&key, dated.serialize_private_key_pem()).unwrap();
+            let error = Tls::load(&settings(&cert, &cert, &key)).unwrap_err().to_string();
+            assert!(error.contains("not now"), "{name}: {error}");
+        }
+    }
+
+    /// A look at unchanged files changes nothing; a broken file is refused once (not at
+    /// every look) and the material in use stays; good files are taken.
+    #[test]
+    fn a_reload_takes_good_files_and_refuses_broken_ones_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_cert(dir.path(), "node");
+        let tls = Reloadable::load(&settings(&cert, &cert, &key)).unwrap().unwrap();
+        assert_eq!(tls.reload(), Reload::Unchanged);
+        let before = Arc::as_ptr(&tls.current());
+        std::fs::write(&key, "garbage").unwrap();
+        assert!(matches!(tls.reload(), Reload::Refused(e) if e.contains("private key")));
+        assert_eq!(tls.reload(), Reload::Unchanged, "refused once");
+        assert_eq!(Arc::as_ptr(&tls.current()), before, "the old material stays");
+        let (new_cert, new_key) = write_cert(dir.path(), "renewed");
+        std::fs::copy(new_cert, &cert).unwrap();
+        std::fs::copy(new_key, &key).unwrap();
+        assert_eq!(tls.reload(), Reload::Reloaded);
+        assert_ne!(Arc::as_ptr(&tls.current()), before);
     }
 }

@@ -124,3 +124,105 @@ async fn a_tls_cluster_serves_tikv_client_and_refuses_plaintext() {
     assert!(handshakes_failed() > failed_before, "refusals are counted");
     cluster.shutdown().await;
 }
+
+/// Certificates are rotated without a restart, as a CA rotation goes (the CA file first
+/// holds both CAs, then the nodes' certificates come from the new one), under a write
+/// load that sees no error; a broken file is refused and the material in use stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_and_the_ca_are_rotated_under_load_without_a_restart() {
+    let files = tempfile::tempdir().unwrap();
+    let (old_ca, new_ca) = (ca("old CA"), ca("new CA"));
+    let pem = |ca: &rcgen::Certificate| ca.serialize_pem().unwrap();
+    let path = |name: &str| files.path().join(name);
+    let (ca_file, both_cas, new_ca_only) = (path("ca.pem"), path("both.pem"), path("new.pem"));
+    std::fs::write(&ca_file, pem(&old_ca)).unwrap();
+    std::fs::write(&both_cas, pem(&old_ca) + &pem(&new_ca)).unwrap();
+    std::fs::write(&new_ca_only, pem(&new_ca)).unwrap();
+    let old_dir = tempfile::tempdir().unwrap();
+    let new_dir = tempfile::tempdir().unwrap();
+    let (old_node_cert, old_node_key) = issue(&old_ca, old_dir.path(), "node");
+    let (node_cert, node_key) = (path("node.pem"), path("node.key"));
+    std::fs::copy(&old_node_cert, &node_cert).unwrap();
+    std::fs::copy(&old_node_key, &node_key).unwrap();
+    let settings = (ca_file.clone(), node_cert.clone(), node_key.clone());
+    let cluster = Cluster::start_with(3, move |c| {
+        c.security.ca_path = Some(settings.0.clone());
+        c.security.cert_path = Some(settings.1.clone());
+        c.security.key_path = Some(settings.2.clone());
+        c.security.reload_interval_ms = 100;
+    })
+    .await;
+    // A client that trusts both CAs from the start, with a certificate from the old one.
+    let (old_client_cert, old_client_key) = issue(&old_ca, old_dir.path(), "app");
+    let raw = raw_client(&cluster, &both_cas, &old_client_cert, &old_client_key).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut written, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match raw.put(format!("k{written}").into_bytes(), b"v".to_vec()).await {
+                    Ok(()) => written += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (written, failed)
+        }
+    });
+    let (new_client_cert, new_client_key) = issue(&new_ca, new_dir.path(), "app");
+    let connects = |ca: PathBuf| {
+        let (cert, key, addrs) =
+            (new_client_cert.clone(), new_client_key.clone(), cluster.addrs.clone());
+        async move {
+            let config = tikv_client::Config::default()
+                .with_security(ca, cert, key)
+                .with_timeout(Duration::from_secs(2));
+            match tikv_client::RawClient::new_with_config(addrs, config).await {
+                Ok(client) => client.put(b"probe".to_vec(), b"v".to_vec()).await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    };
+    let eventually = |what: &str, ca: PathBuf| {
+        let what = what.to_string();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while !connects(ca.clone()).await {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // Before: a client with a certificate from the new CA is refused.
+    assert!(!connects(ca_file.clone()).await, "the new CA was trusted before it was given");
+    // Step 1: the CA file holds both; the nodes take clients of the new CA.
+    std::fs::write(&ca_file, pem(&old_ca) + &pem(&new_ca)).unwrap();
+    eventually("the nodes did not take the CA bundle", ca_file.clone()).await;
+    // Step 2: the nodes' certificates come from the new CA (key first, then the
+    // certificate: the look in between is refused, harmlessly).
+    let (new_node_cert, new_node_key) = issue(&new_ca, new_dir.path(), "node");
+    std::fs::copy(&new_node_key, &node_key).unwrap();
+    std::fs::copy(&new_node_cert, &node_cert).unwrap();
+    eventually("the nodes did not take their new certificates", new_ca_only.clone()).await;
+    // A broken certificate file is refused; the material in use stays.
+    let refused = || {
+        let reloads = &scandium_server::metrics::METRICS.tls_reloads;
+        reloads.with_label_values(&["refused"]).get()
+    };
+    let refused_before = refused();
+    std::fs::write(&node_cert, "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while refused() < refused_before + 3 {
+        assert!(std::time::Instant::now() < deadline, "the broken file was not refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(connects(new_ca_only.clone()).await, "the material in use was dropped");
+    let expiry = &scandium_server::metrics::METRICS.tls_expiry_seconds;
+    let node_expiry = expiry.with_label_values(&["node"]).get();
+    assert!(node_expiry > 86_400, "seconds to expiry are exported: {node_expiry}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (written, failed) = writer.await.unwrap();
+    assert!(failed.is_empty() && written > 0, "{written} writes, failures: {failed:?}");
+    cluster.shutdown().await;
+}
