@@ -117,6 +117,9 @@ pub struct Metrics {
     /// TLS handshakes refused or timed out (plaintext to a TLS port, an unknown CA, no
     /// client certificate, a client that never finished).
     pub tls_handshakes_failed: IntCounter,
+    /// Requests refused for their caller's identity (a name not allowed, a client
+    /// calling the inter-node service, a node speaking for another's address).
+    pub refused_calls: IntCounter,
     /// Looks at changed TLS files, by outcome (`reloaded`, `refused`).
     pub tls_reloads: IntCounterVec,
     /// Seconds until the certificate in use (`node`) and the CA's first-expiring
@@ -186,6 +189,10 @@ impl Metrics {
             tls_handshakes_failed: counter(
                 "scandium_tls_handshakes_failed_total",
                 "TLS handshakes refused or timed out.",
+            ),
+            refused_calls: counter(
+                "scandium_refused_calls_total",
+                "Requests refused for their caller's identity.",
             ),
             tls_reloads: counter_vec(
                 "scandium_tls_reloads_total",

@@ -950,6 +950,52 @@ async fn register(
 
 type ServeResult = Result<(oneshot::Sender<()>, JoinHandle<()>), NodeError>;
 
+/// `app` for one TLS connection from `identity`: every request is checked
+/// ([`crate::tls::check_call`]) before it reaches a handler, which finds the identity
+/// among the request's extensions (the inter-node service checks who sends what).
+fn checked(
+    app: axum::Router,
+    identity: crate::tls::PeerIdentity,
+    tls: Arc<crate::tls::Reloadable>,
+) -> impl tower::Service<
+    hyper::Request<hyper::Body>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<
+        Output = Result<axum::response::Response, std::convert::Infallible>,
+    > + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut request: hyper::Request<hyper::Body>| {
+        let (app, identity, tls) = (app.clone(), identity.clone(), tls.clone());
+        async move {
+            let path = request.uri().path().to_string();
+            if let Err(status) = crate::tls::check_call(tls.config(), &identity, &path) {
+                crate::metrics::METRICS.refused_calls.inc();
+                tracing::debug!(%status, path, "refused a call");
+                let grpc = request
+                    .headers()
+                    .get(hyper::header::CONTENT_TYPE)
+                    .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+                return Ok(match grpc {
+                    true => (*status).to_http().map(axum::body::boxed),
+                    false => {
+                        let code = match status.code() {
+                            tonic::Code::Unauthenticated => hyper::StatusCode::UNAUTHORIZED,
+                            _ => hyper::StatusCode::FORBIDDEN,
+                        };
+                        axum::response::IntoResponse::into_response((
+                            code,
+                            status.message().to_string(),
+                        ))
+                    }
+                });
+            }
+            request.extensions_mut().insert(identity);
+            tower::ServiceExt::oneshot(app, request).await
+        }
+    })
+}
+
 /// Looks at the TLS files every `reload-interval-ms` and, once new material is in use,
 /// has the next call to every node connect anew with it.
 fn watch_tls_files(tls: Arc<crate::tls::Reloadable>, clients: Arc<Clients>, tasks: &Tasks) {
@@ -994,7 +1040,7 @@ fn serve_tls(
             let _ = stream.set_nodelay(true);
             // The material in use now: a reload changes what the next connection gets.
             let acceptor = tls.current().acceptor();
-            let (app, executor) = (app.clone(), connections.clone());
+            let (app, executor, tls) = (app.clone(), connections.clone(), tls.clone());
             drop(connections.spawn(async move {
                 let handshake = acceptor.accept(stream);
                 let stream =
@@ -1011,10 +1057,20 @@ fn serve_tls(
                             return;
                         }
                     };
+                let certs = stream.get_ref().1.peer_certificates();
+                let identity = match crate::tls::PeerIdentity::of(certs, tls.config()) {
+                    Ok(identity) => identity,
+                    Err(error) => {
+                        crate::metrics::METRICS.tls_handshakes_failed.inc();
+                        tracing::debug!(%error, "refused a TLS connection");
+                        return;
+                    }
+                };
+                let service = checked(app, identity, tls.clone());
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 let mut http = hyper::server::conn::Http::new().with_executor(executor);
                 http.http2_only(h2).http1_only(!h2).http2_max_concurrent_streams(1024);
-                if let Err(error) = http.serve_connection(stream, app).await {
+                if let Err(error) = http.serve_connection(stream, service).await {
                     tracing::debug!(%error, "a TLS connection ended");
                 }
             }));

@@ -36,11 +36,32 @@ pub struct SecurityConfig {
     /// checked and put in use for new connections, without a restart (0: never).
     #[serde(rename = "reload-interval-ms")]
     pub reload_interval_ms: u64,
+    /// Common names of node certificates (exact match): only they may join, send Raft
+    /// messages and snapshots, and call the inter-node service. `scandium cert
+    /// create-node` names its certificates `node`.
+    #[serde(rename = "node-cn")]
+    pub node_cn: Vec<String>,
+    /// Common names of the client certificates allowed (exact match; TiKV's name, not its
+    /// substring match); empty: any client certificate from the CA.
+    #[serde(rename = "cert-allowed-cn")]
+    pub cert_allowed_cn: Vec<String>,
+    /// Common names of the clients allowed cluster operations through `scandium ctl`
+    /// (leader transfers, store removal, scheduler settings).
+    #[serde(rename = "admin-cn")]
+    pub admin_cn: Vec<String>,
 }
 
 impl Default for SecurityConfig {
     fn default() -> Self {
-        SecurityConfig { ca_path: None, cert_path: None, key_path: None, reload_interval_ms: 5_000 }
+        SecurityConfig {
+            ca_path: None,
+            cert_path: None,
+            key_path: None,
+            reload_interval_ms: 5_000,
+            node_cn: vec!["node".into()],
+            cert_allowed_cn: Vec::new(),
+            admin_cn: vec!["root".into()],
+        }
     }
 }
 
@@ -346,6 +367,103 @@ impl Tls {
     }
 }
 
+/// Who is at the other end of a TLS connection, by the certificate it presented.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The certificate's common name.
+    pub name: String,
+    /// A node certificate (its name is in `node-cn`).
+    pub node: bool,
+    /// The certificate's DNS and IP subject alternative names, as text.
+    pub hosts: Vec<String>,
+}
+
+impl PeerIdentity {
+    /// The identity of the certificate chain a peer presented (its first certificate);
+    /// an error if it has none or its name cannot be trusted to compare (not UTF-8, or
+    /// holding a NUL: such a name has been used to pass substring and C-string checks).
+    pub fn of(
+        certs: Option<&[rustls::Certificate]>,
+        config: &SecurityConfig,
+    ) -> Result<PeerIdentity, String> {
+        let cert = certs.and_then(|c| c.first()).ok_or("no client certificate")?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert.0)
+            .map_err(|e| format!("a certificate that cannot be parsed: {e}"))?;
+        let mut names = parsed.subject().iter_common_name();
+        let name = match (names.next().map(|n| n.as_str()), names.next()) {
+            (Some(Ok(name)), None) if !name.contains('\0') => name.to_string(),
+            (None, _) => String::new(),
+            _ => return Err("a certificate whose common name cannot be compared".into()),
+        };
+        let mut hosts = Vec::new();
+        if let Ok(Some(san)) = parsed.subject_alternative_name() {
+            for general in &san.value.general_names {
+                match general {
+                    x509_parser::extensions::GeneralName::DNSName(dns) => {
+                        hosts.push(dns.to_string())
+                    }
+                    x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                        let ip = match bytes.len() {
+                            4 => <[u8; 4]>::try_from(*bytes).map(std::net::IpAddr::from).ok(),
+                            16 => <[u8; 16]>::try_from(*bytes).map(std::net::IpAddr::from).ok(),
+                            _ => None,
+                        };
+                        hosts.extend(ip.map(|ip| ip.to_string()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let node = config.node_cn.contains(&name);
+        Ok(PeerIdentity { name, node, hosts })
+    }
+
+    /// Whether this certificate names the host of `address` (`HOST:PORT`): a node
+    /// speaks for the store at an address only with a certificate for that address.
+    pub fn covers(&self, address: &str) -> bool {
+        let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
+}
+
+/// Methods of the inter-node service an admin client may call (`scandium ctl`); every
+/// other one is for nodes only.
+const ADMIN_METHODS: [&str; 3] = ["TransferLeader", "ProposeMeta", "Operators"];
+
+/// May `identity` call `path` (`/package.Service/Method`, or an HTTP path)? Checked
+/// for every request before its handler runs; a refusal names the identity and the
+/// call (gRPC `UNAUTHENTICATED` for a name not allowed at all, `PERMISSION_DENIED` for
+/// a call not allowed to it).
+pub fn check_call(
+    config: &SecurityConfig,
+    identity: &PeerIdentity,
+    path: &str,
+) -> Result<(), Box<tonic::Status>> {
+    if identity.node {
+        return Ok(());
+    }
+    let allowed = &config.cert_allowed_cn;
+    if !allowed.is_empty() && !allowed.contains(&identity.name) {
+        return Err(Box::new(tonic::Status::unauthenticated(format!(
+            "client certificate {:?} is not in cert-allowed-cn",
+            identity.name
+        ))));
+    }
+    if let Some(method) = path.strip_prefix("/scandium.Cluster/") {
+        let admin = config.admin_cn.contains(&identity.name);
+        if !(admin && ADMIN_METHODS.contains(&method)) {
+            return Err(Box::new(tonic::Status::permission_denied(format!(
+                "client {:?} may not call scandium.Cluster/{method}: only nodes (node-cn) \
+                 may, and admins (admin-cn) only {}",
+                identity.name,
+                ADMIN_METHODS.join(", ")
+            ))));
+        }
+    }
+    Ok(())
+}
+
 /// What a look at the TLS files found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reload {
@@ -378,6 +496,11 @@ impl Reloadable {
         };
         reloadable.export_expiry();
         Ok(Some(Arc::new(reloadable)))
+    }
+
+    /// The settings it was loaded with (names allowed, reload interval).
+    pub fn config(&self) -> &SecurityConfig {
+        &self.config
     }
 
     /// The material in use.

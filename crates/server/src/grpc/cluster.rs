@@ -9,6 +9,7 @@ use crate::identity::Identity;
 use crate::network::{Directory, Links};
 use crate::placement::{Placement, NOT_PLACEMENT_LEADER};
 use crate::raft_driver::RaftHandle;
+use crate::tls::PeerIdentity;
 use crate::transport::{snapshot_stall, RECEIVER_BUSY};
 use prost::Message as _;
 use scandium_placement::{Command, Kind, Response as PlacementResponse, ResponseRecord};
@@ -75,9 +76,43 @@ impl ClusterService {
         ))))
     }
 
-    /// Decodes a message from `from_store` and checks it is for this store.
-    fn accept(&self, bytes: &[u8]) -> Option<PeerMessage> {
+    /// Refuses (and counts) a call whose certificate does not name `address`, the
+    /// address it speaks for: with TLS on, a node sends Raft messages and snapshots, and
+    /// joins or records a store, only for the address its certificate covers, so one
+    /// node's certificate cannot impersonate another store.
+    fn speaks_for(
+        &self,
+        identity: Option<&PeerIdentity>,
+        address: &str,
+    ) -> Result<(), Box<Status>> {
+        match identity {
+            Some(identity) if !identity.covers(address) => {
+                self.parts.refused.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::METRICS.refused_calls.inc();
+                let names = identity.hosts.join(", ");
+                Err(Box::new(Status::permission_denied(format!(
+                    "certificate {:?} (for {names}) does not name {address}, the address it \
+                     speaks for",
+                    identity.name
+                ))))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Decodes a message sent by `from_store` and checks it is from that store and for
+    /// this one.
+    fn accept(&self, bytes: &[u8], from_store: u64) -> Option<PeerMessage> {
         match PeerMessage::decode(bytes) {
+            Ok(message) if message.from.store_id != from_store => {
+                self.parts.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    from = message.from.store_id,
+                    sender = from_store,
+                    "refused a raft message sent for another store"
+                );
+                None
+            }
             Ok(message) if message.to.store_id == self.parts.identity.store_id => Some(message),
             Ok(message) => {
                 self.parts.refused.fetch_add(1, Ordering::Relaxed);
@@ -95,6 +130,26 @@ impl ClusterService {
         }
     }
 
+    /// With TLS on: an admin client proposes only what `scandium ctl` does (scheduler
+    /// settings, store states), and a node records only the store at an address its
+    /// certificate covers.
+    fn may_propose(&self, identity: &PeerIdentity, command: &Command) -> Result<(), Box<Status>> {
+        match &command.kind {
+            Some(Kind::PutStore(store) | Kind::JoinStore(store)) if identity.node => {
+                self.speaks_for(Some(identity), &store.address)
+            }
+            _ if identity.node => Ok(()),
+            Some(Kind::SetScheduler(_) | Kind::SetStoreState(_)) => Ok(()),
+            _ => {
+                crate::metrics::METRICS.refused_calls.inc();
+                Err(Box::new(Status::permission_denied(format!(
+                    "client {:?} may change only scheduler settings and store states",
+                    identity.name
+                ))))
+            }
+        }
+    }
+
     fn not_leader(&self) -> String {
         self.parts.placement.leader_address().unwrap_or_default()
     }
@@ -106,15 +161,17 @@ impl Cluster for ClusterService {
         &self,
         request: Request<Streaming<RaftBatch>>,
     ) -> Result<Response<RaftDone>, Status> {
+        let identity = request.extensions().get::<PeerIdentity>().cloned();
         let mut batches = request.into_inner();
         while let Some(batch) = batches.message().await? {
             self.check_cluster(batch.cluster_id).map_err(|e| *e)?;
+            self.speaks_for(identity.as_ref(), &batch.from_address).map_err(|e| *e)?;
             if !self.parts.links.allows(batch.from_store) {
                 continue;
             }
             self.parts.directory.heard_from(batch.from_store, &batch.from_address);
             for bytes in &batch.messages {
-                if let Some(message) = self.accept(bytes) {
+                if let Some(message) = self.accept(bytes, batch.from_store) {
                     if !self.parts.raft.step(message) {
                         self.parts.refused.fetch_add(1, Ordering::Relaxed);
                     }
@@ -138,6 +195,7 @@ impl Cluster for ClusterService {
         let Ok(_permit) = self.snapshots.try_acquire() else {
             return Ok(Response::new(SnapshotDone { error: RECEIVER_BUSY.into() }));
         };
+        let identity = request.extensions().get::<PeerIdentity>().cloned();
         let mut chunks = request.into_inner();
         let stall = snapshot_stall();
         let first = match tokio::time::timeout(stall, chunks.message()).await {
@@ -145,12 +203,15 @@ impl Cluster for ClusterService {
             Err(_) => return Err(Status::deadline_exceeded("no snapshot chunk in time")),
         };
         self.check_cluster(first.cluster_id).map_err(|e| *e)?;
+        self.speaks_for(identity.as_ref(), &first.from_address).map_err(|e| *e)?;
         if !self.parts.links.allows(first.from_store) {
             return Err(Status::unavailable("link cut"));
         }
         self.parts.directory.heard_from(first.from_store, &first.from_address);
-        let message =
-            self.accept(&first.message).filter(PeerMessage::is_snapshot).ok_or_else(|| {
+        let message = self
+            .accept(&first.message, first.from_store)
+            .filter(PeerMessage::is_snapshot)
+            .ok_or_else(|| {
                 Status::invalid_argument("the first chunk carries no snapshot for this store")
             })?;
         // Each chunk goes to disk as it arrives: a Region of any size is received in the
@@ -208,10 +269,12 @@ impl Cluster for ClusterService {
     }
 
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let identity = request.extensions().get::<PeerIdentity>().cloned();
         let req = request.into_inner();
         if req.cluster_id != 0 {
             self.check_cluster(req.cluster_id).map_err(|e| *e)?;
         }
+        self.speaks_for(identity.as_ref(), &req.address).map_err(|e| *e)?;
         if req.address.is_empty() {
             return Err(Status::invalid_argument("a joining node must give its address"));
         }
@@ -257,10 +320,14 @@ impl Cluster for ClusterService {
         &self,
         request: Request<ProposeMetaRequest>,
     ) -> Result<Response<ProposeMetaResponse>, Status> {
+        let identity = request.extensions().get::<PeerIdentity>().cloned();
         let req = request.into_inner();
         self.check_cluster(req.cluster_id).map_err(|e| *e)?;
-        if Command::decode(req.command.as_slice()).is_err() {
+        let Ok(command) = Command::decode(req.command.as_slice()) else {
             return Err(Status::invalid_argument("not a placement command"));
+        };
+        if let Some(identity) = &identity {
+            self.may_propose(identity, &command).map_err(|e| *e)?;
         }
         if !self.parts.placement.is_serving() {
             let leader_address = self.not_leader();

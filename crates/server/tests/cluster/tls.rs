@@ -9,7 +9,7 @@ use std::time::Duration;
 /// A CA and certificates it signed, written as PEM files for the nodes and clients.
 pub struct Certs {
     pub dir: tempfile::TempDir,
-    ca: rcgen::Certificate,
+    pub ca: rcgen::Certificate,
 }
 
 fn ca(name: &str) -> rcgen::Certificate {
@@ -39,7 +39,18 @@ impl Certs {
 }
 
 fn issue(ca: &rcgen::Certificate, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]);
+    issue_for(ca, dir, name, &["localhost", "127.0.0.1"])
+}
+
+/// A certificate for `name` naming `hosts`.
+fn issue_for(
+    ca: &rcgen::Certificate,
+    dir: &Path,
+    name: &str,
+    hosts: &[&str],
+) -> (PathBuf, PathBuf) {
+    let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(hosts);
     params.distinguished_name.push(rcgen::DnType::CommonName, name);
     params.extended_key_usages = vec![
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
@@ -64,17 +75,27 @@ async fn raw_client(
     tikv_client::RawClient::new_with_config(cluster.addrs.clone(), config).await
 }
 
+/// Three nodes serving TLS with a node certificate from `certs`, their other security
+/// settings adjusted by `adjust`.
+async fn tls_cluster(
+    certs: &Certs,
+    adjust: impl Fn(&mut scandium_server::tls::SecurityConfig) + Send + Sync + 'static,
+) -> Cluster {
+    let (cert, key) = certs.issue("node");
+    let ca = certs.ca_path();
+    Cluster::start_with(3, move |c| {
+        c.security.ca_path = Some(ca.clone());
+        c.security.cert_path = Some(cert.clone());
+        c.security.key_path = Some(key.clone());
+        adjust(&mut c.security);
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_serves_tikv_client_and_refuses_plaintext() {
     let certs = Certs::new();
-    let (node_cert, node_key) = certs.issue("node");
-    let (ca_path, cert, key) = (certs.ca_path(), node_cert.clone(), node_key.clone());
-    let cluster = Cluster::start_with(3, move |c| {
-        c.security.ca_path = Some(ca_path.clone());
-        c.security.cert_path = Some(cert.clone());
-        c.security.key_path = Some(key.clone());
-    })
-    .await;
+    let cluster = tls_cluster(&certs, |_| {}).await;
     // Nodes joined and replicate over TLS; an unmodified client works through any node.
     let (client_cert, client_key) = certs.issue("client");
     let raw = raw_client(&cluster, &certs.ca_path(), &client_cert, &client_key).await.unwrap();
@@ -225,4 +246,140 @@ async fn certificates_and_the_ca_are_rotated_under_load_without_a_restart() {
     let (written, failed) = writer.await.unwrap();
     assert!(failed.is_empty() && written > 0, "{written} writes, failures: {failed:?}");
     cluster.shutdown().await;
+}
+
+/// A gRPC connection to node `i` presenting `cert`.
+async fn channel_as(
+    cluster: &Cluster,
+    i: usize,
+    ca: &Path,
+    (cert, key): &(PathBuf, PathBuf),
+) -> tonic::transport::Channel {
+    let (ca, cert, key) =
+        (std::fs::read(ca).unwrap(), std::fs::read(cert).unwrap(), std::fs::read(key).unwrap());
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .identity(tonic::transport::Identity::from_pem(cert, key));
+    tonic::transport::Channel::from_shared(format!("https://{}", cluster.addrs[i]))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// With TLS on, who may call what: clients not on the inter-node service (admins only
+/// the calls `scandium ctl` makes, proposing only scheduler settings and store states),
+/// nodes only for the address their certificate names, a message only from the store
+/// that sends it, and with `cert-allowed-cn` only the names listed. Each refusal names
+/// the identity and the call, is counted, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_are_checked_before_any_call_runs() {
+    use scandium_protocol::scandium::{cluster_client::ClusterClient, *};
+    let certs = Certs::new();
+    let cluster = tls_cluster(&certs, |security| {
+        security.cert_allowed_cn = vec!["app".into(), "root".into()];
+    })
+    .await;
+    let ca = certs.ca_path();
+    let (app, root, stranger) = (certs.issue("app"), certs.issue("root"), certs.issue("stranger"));
+    let elsewhere = issue_for(&certs.ca, certs.dir.path(), "node", &["10.9.9.9"]);
+    let cluster_id = cluster.node(0).cluster_id();
+    let refused = || scandium_server::metrics::METRICS.refused_calls.get();
+    let before = refused();
+    let stores_before = cluster.node(0).placement().read().stores().count();
+
+    // A client on the inter-node service: Raft messages, a join, the cluster's id.
+    let mut client = ClusterClient::new(channel_as(&cluster, 0, &ca, &app).await);
+    let batch = RaftBatch {
+        cluster_id,
+        from_store: 1,
+        from_address: cluster.addrs[1].clone(),
+        messages: vec![],
+    };
+    denied(
+        client.raft(tokio_stream::iter([batch.clone()])).await,
+        tonic::Code::PermissionDenied,
+        "client \"app\" may not call scandium.Cluster/Raft",
+    );
+    let join = JoinRequest { cluster_id, address: "127.0.0.1:1".into(), ..Default::default() };
+    denied(client.join(join.clone()).await, tonic::Code::PermissionDenied, "scandium.Cluster/Join");
+    denied(
+        client.info(InfoRequest {}).await,
+        tonic::Code::PermissionDenied,
+        "scandium.Cluster/Info",
+    );
+    denied(
+        client.operators(OperatorsRequest { cluster_id }).await,
+        tonic::Code::PermissionDenied,
+        "Operators",
+    );
+
+    // An admin: the calls `scandium ctl` makes, and only scheduler and store-state changes.
+    let mut admin = ClusterClient::new(channel_as(&cluster, 0, &ca, &root).await);
+    admin.operators(OperatorsRequest { cluster_id }).await.expect("an admin lists operators");
+    denied(
+        admin.raft(tokio_stream::iter([batch.clone()])).await,
+        tonic::Code::PermissionDenied,
+        "Raft",
+    );
+    let put_store = |address: &str| {
+        use prost::Message as _;
+        let store = scandium_types::Store { id: 1, address: address.into(), ..Default::default() };
+        let command = scandium_placement::Command::new(scandium_placement::Kind::PutStore(store));
+        ProposeMetaRequest { cluster_id, command: command.encode_to_vec() }
+    };
+    denied(
+        admin.propose_meta(put_store("10.9.9.9:1")).await,
+        tonic::Code::PermissionDenied,
+        "only scheduler settings and store states",
+    );
+
+    // A node certificate for another address speaks for no store here.
+    let mut impostor = ClusterClient::new(channel_as(&cluster, 0, &ca, &elsewhere).await);
+    denied(
+        impostor.raft(tokio_stream::iter([batch.clone()])).await,
+        tonic::Code::PermissionDenied,
+        "does not name",
+    );
+    denied(impostor.join(join).await, tonic::Code::PermissionDenied, "does not name");
+    denied(
+        impostor.propose_meta(put_store(&cluster.addrs[0])).await,
+        tonic::Code::PermissionDenied,
+        "does not name",
+    );
+
+    // A name not in cert-allowed-cn is refused everything, storage included.
+    let mut tikv = scandium_protocol::tikvpb::tikv_client::TikvClient::new(
+        channel_as(&cluster, 0, &ca, &stranger).await,
+    );
+    let get =
+        scandium_protocol::kvrpcpb::RawGetRequest { key: b"k".to_vec(), ..Default::default() };
+    denied(
+        tikv.raw_get(get).await,
+        tonic::Code::Unauthenticated,
+        "\"stranger\" is not in cert-allowed-cn",
+    );
+
+    assert!(refused() >= before + 10, "every refusal is counted");
+    assert_eq!(
+        cluster.node(0).placement().read().stores().count(),
+        stores_before,
+        "nothing joined"
+    );
+    let addresses: Vec<String> =
+        cluster.node(0).placement().read().stores().map(|s| s.address.clone()).collect();
+    assert!(
+        !addresses.iter().any(|a| a.starts_with("10.9.9.9")),
+        "no address rewritten: {addresses:?}"
+    );
+    cluster.shutdown().await;
+}
+
+/// Asserts that `result` is a refusal with `code` whose message holds `needle`.
+fn denied<T>(result: Result<tonic::Response<T>, tonic::Status>, code: tonic::Code, needle: &str) {
+    let status = result.err().expect("refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(needle), "{status:?}");
 }
