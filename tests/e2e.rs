@@ -617,8 +617,134 @@ async fn a_tls_node_serves_the_tools_and_tikv_client_with_certificates_from_scan
     let raw =
         tikv_client::RawClient::new_with_config(vec![server.addr.clone()], config).await.unwrap();
     assert_eq!(raw.get(b"secret".to_vec()).await.unwrap(), Some(b"value".to_vec()));
+    // By DNS name too: the node certificate names `localhost`.
+    let port = server.addr.rsplit_once(':').unwrap().1;
+    let config = tikv_client::Config::default()
+        .with_security(&ca, &client_cert, &client_key)
+        .with_timeout(Duration::from_secs(5));
+    let by_name =
+        tikv_client::RawClient::new_with_config(vec![format!("localhost:{port}")], config)
+            .await
+            .unwrap();
+    assert_eq!(by_name.get(b"secret".to_vec()).await.unwrap(), Some(b"value".to_vec()));
+    let (ok, out) = with_tls(&["ctl", "members"]);
+    assert!(ok && out.contains(&format!("https://{addr}")), "members say https: {out}");
     // Given only some of the three, a node refuses to start and says why.
     let (ok, out) = cli(&["server", "--data-dir", data, "--addr", "127.0.0.1:0", "--ca", &ca]);
     assert!(!ok && out.contains("must be set together"), "{out}");
     drop(server);
+}
+
+/// A TLS node under hostile connections: plaintext HTTP and plaintext gRPC to its port
+/// are closed at once, TLS to a plaintext port fails in bounded time, a handshake that
+/// never finishes is cut off after the handshake timeout, and 10,000 connections that
+/// never say a word do not stop a new client from being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_node_shrugs_off_plaintext_and_idle_connections() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs = certs.to_str().unwrap();
+    for args in [&["create-ca"][..], &["create-node", "127.0.0.1"], &["create-client", "app"]] {
+        let (ok, out) = cli(&[&["cert"][..], args, &["--dir", certs]].concat());
+        assert!(ok, "{out}");
+    }
+    let path = |file: &str| format!("{certs}/{file}");
+    let (ca, cert, key) = (path("ca.pem"), path("client.app.pem"), path("client.app.key"));
+    // Room for the idle connections (the server, a child, inherits the limit).
+    let idle = raise_open_file_limit(10_000);
+    let data = dir.path().join("data");
+    // A handshake timeout past the time it takes to open the idle connections (seconds,
+    // on a busy machine): they must all be waiting while the new client is served.
+    let settings = dir.path().join("scandium.toml");
+    std::fs::write(&settings, "[security]\nhandshake-timeout-ms = 20000\n").unwrap();
+    let settings = settings.to_str().unwrap();
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--config",
+        settings,
+        "--ca",
+        &ca,
+    ];
+    let node = [path("node.pem"), path("node.key")];
+    let server =
+        Server::start(dir.path(), &[&args[..], &["--cert", &node[0], "--key", &node[1]]].concat());
+    let addr = server.addr.clone();
+    let closed_within = |mut stream: std::net::TcpStream, limit: Duration| {
+        stream.set_read_timeout(Some(limit)).unwrap();
+        let mut buffer = [0u8; 1024];
+        // Whatever the server sends first (an alert), then the end of the connection.
+        loop {
+            match stream.read(&mut buffer) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    };
+    // Plaintext HTTP/1.1 and the HTTP/2 preface (gRPC without TLS).
+    for hello in
+        [&b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]
+    {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream.write_all(hello).unwrap();
+        assert!(closed_within(stream, Duration::from_secs(2)), "plaintext was not cut off");
+    }
+    let (ok, out) = cli(&["kv", "--pd", &addr, "get", "k"]);
+    assert!(!ok, "a plaintext client was served: {out}");
+    // TLS to a plaintext port fails, and does not hang.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain_data = plain_dir.path().join("data");
+    let plain = Server::start(
+        plain_dir.path(),
+        &["--data-dir", plain_data.to_str().unwrap(), "--addr", "127.0.0.1:0"],
+    );
+    let began = Instant::now();
+    let (ok, out) =
+        cli(&["kv", "--pd", &plain.addr, "--ca", &ca, "--cert", &cert, "--key", &key, "get", "k"]);
+    let refused_in = began.elapsed();
+    assert!(!ok && refused_in < Duration::from_secs(30), "TLS to a plaintext port: {out}");
+    drop(plain);
+    // Connections that never start a handshake.
+    let opening = Instant::now();
+    let silent: Vec<std::net::TcpStream> =
+        (0..idle).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    let opened_in = opening.elapsed();
+    // All of them still waiting, or the test below shows nothing.
+    assert!(opened_in < Duration::from_secs(15), "{idle} connections took {opened_in:?} to open");
+    let began = Instant::now();
+    let config = tikv_client::Config::default()
+        .with_security(&ca, &cert, &key)
+        .with_timeout(Duration::from_secs(5));
+    let raw = tikv_client::RawClient::new_with_config(vec![addr.clone()], config).await.unwrap();
+    raw.put(b"k".to_vec(), b"v".to_vec()).await.unwrap();
+    let served = began.elapsed();
+    assert!(
+        served < Duration::from_secs(5),
+        "a client waited {served:?} behind {idle} idle connections"
+    );
+    // The server cuts them off once the handshake timeout has passed.
+    let first = silent.into_iter().next().unwrap();
+    assert!(closed_within(first, Duration::from_secs(30)), "an idle connection was kept");
+    eprintln!(
+        "TLS to plaintext refused in {refused_in:?}; {idle} idle connections opened in \
+         {opened_in:?}; a new client served in {served:?}"
+    );
+    drop(server);
+}
+
+/// Raises this process's soft limit on open files to fit `wanted` connections (and the
+/// server's, a child that inherits it), up to the hard limit; returns how many fit.
+fn raise_open_file_limit(wanted: u64) -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    limit.current = Some(hard.min(wanted + 2_000));
+    let _ = setrlimit(Resource::Nofile, limit);
+    let current = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    wanted.min(current.saturating_sub(2_000))
 }

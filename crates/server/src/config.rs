@@ -352,6 +352,7 @@ impl Config {
             in_range("reload-interval-ms", self.security.reload_interval_ms, 10, 3_600_000)
                 .map_err(|e| e.because("0 never looks again"))?;
         }
+        in_range("handshake-timeout-ms", self.security.handshake_timeout_ms, 100, 600_000)?;
         Ok(())
     }
 
@@ -444,6 +445,7 @@ mod tests {
             ("load_split_secs", |c| c.load_split_secs = 0),
             ("security", |c| c.security.ca_path = Some("ca.pem".into())),
             ("reload-interval-ms", |c| c.security.reload_interval_ms = 1),
+            ("handshake-timeout-ms", |c| c.security.handshake_timeout_ms = 0),
             ("security", |c| {
                 c.security.cert_path = Some("node.pem".into());
                 c.security.key_path = Some("node.key".into());

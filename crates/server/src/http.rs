@@ -221,8 +221,8 @@ async fn liveness(node: &HttpState) -> Vec<scandium_protocol::scandium::StoreLiv
     }
 }
 
-fn member_json(id: u64, address: &str) -> Value {
-    let url = format!("http://{address}");
+fn member_json(identity: &Identity, id: u64, address: &str) -> Value {
+    let url = identity.url_of(address);
     json!({
         "name": format!("scandium-{id}"),
         "member_id": id,
@@ -237,12 +237,12 @@ async fn members(State(node): State<Arc<HttpState>>) -> Json<Value> {
     let members: Vec<Value> = placement
         .stores()
         .filter(|s| s.state() != scandium_types::StoreState::Tombstone)
-        .map(|s| member_json(s.id, &s.address))
+        .map(|s| member_json(&node.identity, s.id, &s.address))
         .collect();
     let leader = node
         .placement
         .live_leader_store()
-        .and_then(|id| placement.store(id).map(|s| member_json(s.id, &s.address)));
+        .and_then(|id| placement.store(id).map(|s| member_json(&node.identity, s.id, &s.address)));
     Json(json!({ "members": members, "leader": leader, "etcd_leader": leader }))
 }
 
@@ -251,7 +251,9 @@ async fn leader(State(node): State<Arc<HttpState>>) -> Result<Json<Value>, axum:
     let placement = node.placement.read();
     node.placement
         .live_leader_store()
-        .and_then(|id| placement.store(id).map(|s| Json(member_json(s.id, &s.address))))
+        .and_then(|id| {
+            placement.store(id).map(|s| Json(member_json(&node.identity, s.id, &s.address)))
+        })
         .ok_or(axum::http::StatusCode::SERVICE_UNAVAILABLE)
 }
 
@@ -262,7 +264,7 @@ async fn members_health(State(node): State<Arc<HttpState>>) -> Json<Value> {
         .stores()
         .filter(|s| s.state() != scandium_types::StoreState::Tombstone)
         .map(|s| {
-            let mut member = member_json(s.id, &s.address);
+            let mut member = member_json(&node.identity, s.id, &s.address);
             member["health"] = json!(Some(s.id) == leader || s.id == node.identity.store_id);
             member
         })

@@ -12,4 +12,15 @@ pub struct Identity {
     pub store_id: StoreId,
     /// The address clients and other nodes reach this node at.
     pub address: String,
+    /// `https` if the node serves TLS, else `http`: the scheme of the URLs it gives
+    /// (PD members' `client_urls`; Go clients prefer `https` ones).
+    pub scheme: &'static str,
+}
+
+impl Identity {
+    /// The URL a node at `address` is reached at, with this node's scheme (every node of
+    /// a cluster serves TLS or none does).
+    pub fn url_of(&self, address: &str) -> String {
+        format!("{}://{address}", self.scheme)
+    }
 }

@@ -164,7 +164,7 @@ impl Node {
         config.validate()?;
         let tls = crate::tls::Reloadable::load(&config.security)?;
         let started = Instant::now();
-        let listener = std::net::TcpListener::bind(&config.addr)
+        let listener = listen(&config.addr)
             .map_err(|source| NodeError::Listen { addr: config.addr.clone(), source })?;
         let local_addr = listener
             .local_addr()
@@ -237,6 +237,7 @@ impl Node {
             cluster_id: ident.cluster_id,
             store_id: ident.store_id,
             address: advertise_addr.clone(),
+            scheme: if tls.is_some() { "https" } else { "http" },
         };
         let stager = store.snapshot_stager();
         let transport = Transport::new(
@@ -950,6 +951,33 @@ async fn register(
 
 type ServeResult = Result<(oneshot::Sender<()>, JoinHandle<()>), NodeError>;
 
+/// Connections the kernel holds for the node before it accepts them. The standard
+/// library's 128 fills in a few milliseconds of a burst (clients reconnecting after a
+/// restart, or many opened at once) whenever the accept loop is busy for a moment, and
+/// a connection refused so waits a second for its SYN to be sent again.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listener on `addr` (`HOST:PORT`, the first address the host resolves to that can be
+/// bound), with [`LISTEN_BACKLOG`].
+fn listen(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    use std::net::ToSocketAddrs as _;
+    let mut last = std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind");
+    for address in addr.to_socket_addrs()? {
+        let socket = match address {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As the standard library's `bind` does: a restarted node takes its port back at
+        // once, past connections still in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(address).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return listener.into_std(),
+            Err(error) => last = error,
+        }
+    }
+    Err(last)
+}
+
 /// `app` for one TLS connection from `identity`: every request is checked
 /// ([`crate::tls::check_call`]) before it reaches a handler, which finds the identity
 /// among the request's extensions (the inter-node service checks who sends what).
@@ -1013,7 +1041,7 @@ fn watch_tls_files(tls: Arc<crate::tls::Reloadable>, clients: Arc<Clients>, task
 }
 
 /// Serves `app` over TLS: each connection's handshake in a task of its own, under
-/// [`crate::tls::HANDSHAKE_TIMEOUT`] (a client that never finishes one holds up no one
+/// `handshake-timeout-ms` (a client that never finishes one holds up no one
 /// else), then HTTP/2 or HTTP/1.1 as ALPN chose.
 fn serve_tls(
     app: axum::Router,
@@ -1043,20 +1071,19 @@ fn serve_tls(
             let (app, executor, tls) = (app.clone(), connections.clone(), tls.clone());
             drop(connections.spawn(async move {
                 let handshake = acceptor.accept(stream);
-                let stream =
-                    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, handshake).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            crate::metrics::METRICS.tls_handshakes_failed.inc();
-                            tracing::debug!(%error, "a TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            crate::metrics::METRICS.tls_handshakes_failed.inc();
-                            tracing::debug!("a TLS handshake timed out");
-                            return;
-                        }
-                    };
+                let stream = match tokio::time::timeout(tls.handshake_timeout(), handshake).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        crate::metrics::METRICS.tls_handshakes_failed.inc();
+                        tracing::debug!(%error, "a TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        crate::metrics::METRICS.tls_handshakes_failed.inc();
+                        tracing::debug!("a TLS handshake timed out");
+                        return;
+                    }
+                };
                 let certs = stream.get_ref().1.peer_certificates();
                 let identity = match crate::tls::PeerIdentity::of(certs, tls.config()) {
                     Ok(identity) => identity,

@@ -14,10 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
-/// How long a connection may take to finish its TLS handshake: a client that connects
-/// and says nothing holds a socket and a task for this long at most.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Where a node's TLS material is (TiKV's `[security]` names; `cacert-path` as PD
 /// spells it). All three or none.
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -36,6 +32,10 @@ pub struct SecurityConfig {
     /// checked and put in use for new connections, without a restart (0: never).
     #[serde(rename = "reload-interval-ms")]
     pub reload_interval_ms: u64,
+    /// Milliseconds a connection may take to finish its TLS handshake: one that connects
+    /// and says nothing holds a socket and a task this long at most.
+    #[serde(rename = "handshake-timeout-ms")]
+    pub handshake_timeout_ms: u64,
     /// Common names of node certificates (exact match): only they may join, send Raft
     /// messages and snapshots, and call the inter-node service. `scandium cert
     /// create-node` names its certificates `node`.
@@ -58,6 +58,7 @@ impl Default for SecurityConfig {
             cert_path: None,
             key_path: None,
             reload_interval_ms: 5_000,
+            handshake_timeout_ms: 10_000,
             node_cn: vec!["node".into()],
             cert_allowed_cn: Vec::new(),
             admin_cn: vec!["root".into()],
@@ -506,6 +507,11 @@ impl Reloadable {
     /// The material in use.
     pub fn current(&self) -> Arc<Tls> {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How long a connection may take to finish its handshake.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.handshake_timeout_ms)
     }
 
     /// How often [`Reloadable::reload`] should run (`None`: never).

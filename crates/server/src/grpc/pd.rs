@@ -122,8 +122,8 @@ impl PdService {
 }
 
 /// A store as a PD member: every node serves the PD API.
-fn member(id: u64, address: &str) -> pdpb::Member {
-    let url = format!("http://{address}");
+fn member(identity: &Identity, id: u64, address: &str) -> pdpb::Member {
+    let url = identity.url_of(address);
     pdpb::Member {
         name: format!("scandium-{id}"),
         member_id: id,
@@ -188,9 +188,9 @@ impl Pd for PdService {
             .read()
             .stores()
             .filter(|s| s.state() != scandium_types::StoreState::Tombstone)
-            .map(|s| member(s.id, &s.address))
+            .map(|s| member(&self.identity, s.id, &s.address))
             .collect();
-        let own = member(self.identity.store_id, &self.identity.address);
+        let own = member(&self.identity, self.identity.store_id, &self.identity.address);
         if !members.iter().any(|m| m.member_id == self.identity.store_id) {
             members.push(own.clone());
         }
