@@ -161,11 +161,11 @@ impl Cluster for ClusterService {
         &self,
         request: Request<Streaming<RaftBatch>>,
     ) -> Result<Response<RaftDone>, Status> {
-        let identity = request.extensions().get::<PeerIdentity>().cloned();
+        let identity = request.extensions().get::<Arc<PeerIdentity>>().cloned();
         let mut batches = request.into_inner();
         while let Some(batch) = batches.message().await? {
             self.check_cluster(batch.cluster_id).map_err(|e| *e)?;
-            self.speaks_for(identity.as_ref(), &batch.from_address).map_err(|e| *e)?;
+            self.speaks_for(identity.as_deref(), &batch.from_address).map_err(|e| *e)?;
             if !self.parts.links.allows(batch.from_store) {
                 continue;
             }
@@ -195,7 +195,7 @@ impl Cluster for ClusterService {
         let Ok(_permit) = self.snapshots.try_acquire() else {
             return Ok(Response::new(SnapshotDone { error: RECEIVER_BUSY.into() }));
         };
-        let identity = request.extensions().get::<PeerIdentity>().cloned();
+        let identity = request.extensions().get::<Arc<PeerIdentity>>().cloned();
         let mut chunks = request.into_inner();
         let stall = snapshot_stall();
         let first = match tokio::time::timeout(stall, chunks.message()).await {
@@ -203,7 +203,7 @@ impl Cluster for ClusterService {
             Err(_) => return Err(Status::deadline_exceeded("no snapshot chunk in time")),
         };
         self.check_cluster(first.cluster_id).map_err(|e| *e)?;
-        self.speaks_for(identity.as_ref(), &first.from_address).map_err(|e| *e)?;
+        self.speaks_for(identity.as_deref(), &first.from_address).map_err(|e| *e)?;
         if !self.parts.links.allows(first.from_store) {
             return Err(Status::unavailable("link cut"));
         }
@@ -269,12 +269,12 @@ impl Cluster for ClusterService {
     }
 
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        let identity = request.extensions().get::<PeerIdentity>().cloned();
+        let identity = request.extensions().get::<Arc<PeerIdentity>>().cloned();
         let req = request.into_inner();
         if req.cluster_id != 0 {
             self.check_cluster(req.cluster_id).map_err(|e| *e)?;
         }
-        self.speaks_for(identity.as_ref(), &req.address).map_err(|e| *e)?;
+        self.speaks_for(identity.as_deref(), &req.address).map_err(|e| *e)?;
         if req.address.is_empty() {
             return Err(Status::invalid_argument("a joining node must give its address"));
         }
@@ -320,7 +320,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<ProposeMetaRequest>,
     ) -> Result<Response<ProposeMetaResponse>, Status> {
-        let identity = request.extensions().get::<PeerIdentity>().cloned();
+        let identity = request.extensions().get::<Arc<PeerIdentity>>().cloned();
         let req = request.into_inner();
         self.check_cluster(req.cluster_id).map_err(|e| *e)?;
         let Ok(command) = Command::decode(req.command.as_slice()) else {
