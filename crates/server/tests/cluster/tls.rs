@@ -142,6 +142,20 @@ async fn a_tls_cluster_serves_tikv_client_and_refuses_plaintext() {
         }
     };
     assert!(!answered, "a connection without a client certificate was served");
+    // Expired, and not valid yet: refused at the handshake.
+    for (name, from, to) in [("expired", -30, -1), ("future", 1, 30)] {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now + time::Duration::days(from);
+        params.not_after = now + time::Duration::days(to);
+        let dated = rcgen::Certificate::from_params(params).unwrap();
+        let (cert, key) = (other.path().join(name), other.path().join(format!("{name}.key")));
+        std::fs::write(&cert, dated.serialize_pem_with_signer(&certs.ca).unwrap()).unwrap();
+        std::fs::write(&key, dated.serialize_private_key_pem()).unwrap();
+        let refused = raw_client(&cluster, &certs.ca_path(), &cert, &key).await;
+        assert!(refused.is_err(), "a client certificate {name} was accepted");
+    }
     assert!(handshakes_failed() > failed_before, "refusals are counted");
     cluster.shutdown().await;
 }
