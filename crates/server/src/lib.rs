@@ -26,6 +26,7 @@ pub mod placement;
 pub mod process;
 pub mod raft_driver;
 pub mod raw;
+pub mod redact;
 pub mod remote;
 pub mod replica;
 pub mod split;

@@ -139,7 +139,12 @@ pub async fn run(samples: Arc<LoadSamples>, splitter: Arc<Splitter>, config: Loa
         for (region_id, key) in judge.observe(samples.take(), interval_ms) {
             match splitter.split_at(key.clone()).await {
                 Ok(region) if region.id != region_id => {
-                    tracing::info!(region_id, new = region.id, key = ?key, "split a hot region");
+                    tracing::info!(
+                        region_id,
+                        new = region.id,
+                        key = %crate::redact::key(&key),
+                        "split a hot region"
+                    );
                 }
                 Ok(_) => {}
                 Err(error) => tracing::info!(region_id, %error, "a split by load was not done"),

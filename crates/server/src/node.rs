@@ -162,6 +162,7 @@ impl Node {
         snapshot_dir: Option<std::path::PathBuf>,
     ) -> Result<Node, NodeError> {
         config.validate()?;
+        crate::redact::set(config.security.redact_info_log);
         let tls = crate::tls::Reloadable::load(&config.security)?;
         let started = Instant::now();
         let listener = listen(&config.addr)

@@ -51,10 +51,9 @@ pub fn route(
         return Ok(Route::Local(status.region));
     }
     let state = placement.read();
-    let region = state
-        .region_by_key(key)
-        .cloned()
-        .ok_or_else(|| RequestError::Internal(format!("no region holds {}", key.escape_ascii())))?;
+    let region = state.region_by_key(key).cloned().ok_or_else(|| {
+        RequestError::Internal(format!("no region holds {}", crate::redact::key(key)))
+    })?;
     let peer = state.leader_of(region.id).cloned().ok_or_else(|| {
         RequestError::Internal(format!("region {} has no known leader yet", region.id))
     })?;

@@ -163,7 +163,7 @@ impl Splitter {
             };
             match outcome {
                 Err(error) if retryable(&error) && std::time::Instant::now() < deadline => {
-                    tracing::debug!(%error, key = ?key, "split tried again");
+                    tracing::debug!(%error, key = %crate::redact::key(key), "split tried again");
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
                 result => return result,
@@ -197,7 +197,7 @@ impl Splitter {
                 let reports = shapes.chain([self.report(&left)]).collect();
                 self.placement.report_regions(reports).await?;
                 self.record_leaders(&new).await;
-                tracing::info!(region = left.id, pieces = new.len() + 1, first = ?cuts[0], "split region");
+                tracing::info!(region = left.id, pieces = new.len() + 1, first = %crate::redact::key(&cuts[0]), "split region");
                 Ok(at_start.then_some(left).into_iter().chain(new).collect())
             }
             other => Err(RequestError::Internal(format!("unexpected split result {other:?}"))),
@@ -268,7 +268,10 @@ impl Splitter {
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
                 (None, _) => {
-                    return Err(RequestError::Internal(format!("no region holds {key:?}")))
+                    return Err(RequestError::Internal(format!(
+                        "no region holds {}",
+                        crate::redact::key(key)
+                    )))
                 }
                 (Some(region), None) => {
                     return Err(RequestError::Internal(format!(

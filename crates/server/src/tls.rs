@@ -49,6 +49,10 @@ pub struct SecurityConfig {
     /// (leader transfers, store removal, scheduler settings).
     #[serde(rename = "admin-cn")]
     pub admin_cn: Vec<String>,
+    /// User keys in log lines and error messages: `false` as they are, `true` as `?`,
+    /// `"marker"` between `‹` and `›` (TiKV's setting).
+    #[serde(rename = "redact-info-log")]
+    pub redact_info_log: crate::redact::Redact,
 }
 
 impl Default for SecurityConfig {
@@ -62,6 +66,7 @@ impl Default for SecurityConfig {
             node_cn: vec!["node".into()],
             cert_allowed_cn: Vec::new(),
             admin_cn: vec!["root".into()],
+            redact_info_log: crate::redact::Redact::Off,
         }
     }
 }
