@@ -53,6 +53,10 @@ pub struct SecurityConfig {
     /// `"marker"` between `‹` and `›` (TiKV's setting).
     #[serde(rename = "redact-info-log")]
     pub redact_info_log: crate::redact::Redact,
+    /// Serve `GET /metrics` to connections without a client certificate (a Prometheus
+    /// that has none); everything else still needs one.
+    #[serde(rename = "metrics-without-client-cert")]
+    pub metrics_without_client_cert: bool,
 }
 
 impl Default for SecurityConfig {
@@ -67,6 +71,7 @@ impl Default for SecurityConfig {
             cert_allowed_cn: Vec::new(),
             admin_cn: vec!["root".into()],
             redact_info_log: crate::redact::Redact::Off,
+            metrics_without_client_cert: false,
         }
     }
 }
@@ -327,7 +332,10 @@ impl Tls {
                 reason: format!("cannot be a client with {}: {e}", cert_path.display()),
             })?;
         http_client.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let verifier = rustls::server::AllowAnyAuthenticatedClient::new(roots).boxed();
+        let verifier = match config.metrics_without_client_cert {
+            true => rustls::server::AllowAnyAnonymousOrAuthenticatedClient::new(roots).boxed(),
+            false => rustls::server::AllowAnyAuthenticatedClient::new(roots).boxed(),
+        };
         let mut server = rustls::ServerConfig::builder()
             .with_safe_defaults()
             .with_client_cert_verifier(verifier)
@@ -382,6 +390,9 @@ pub struct PeerIdentity {
     pub node: bool,
     /// The certificate's DNS and IP subject alternative names, as text.
     pub hosts: Vec<String>,
+    /// Whether it presented a certificate at all (without one, with
+    /// `metrics-without-client-cert`, only `GET /metrics` is served).
+    pub certified: bool,
 }
 
 impl PeerIdentity {
@@ -392,7 +403,18 @@ impl PeerIdentity {
         certs: Option<&[rustls::Certificate]>,
         config: &SecurityConfig,
     ) -> Result<PeerIdentity, String> {
-        let cert = certs.and_then(|c| c.first()).ok_or("no client certificate")?;
+        let Some(cert) = certs.and_then(|c| c.first()) else {
+            if config.metrics_without_client_cert {
+                let anonymous = PeerIdentity {
+                    name: String::new(),
+                    node: false,
+                    hosts: Vec::new(),
+                    certified: false,
+                };
+                return Ok(anonymous);
+            }
+            return Err("no client certificate".into());
+        };
         let (_, parsed) = x509_parser::parse_x509_certificate(&cert.0)
             .map_err(|e| format!("a certificate that cannot be parsed: {e}"))?;
         let mut names = parsed.subject().iter_common_name();
@@ -421,7 +443,7 @@ impl PeerIdentity {
             }
         }
         let node = config.node_cn.contains(&name);
-        Ok(PeerIdentity { name, node, hosts })
+        Ok(PeerIdentity { name, node, hosts, certified: true })
     }
 
     /// Whether this certificate names the host of `address` (`HOST:PORT`): a node
@@ -432,6 +454,10 @@ impl PeerIdentity {
         self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
     }
 }
+
+/// HTTP paths that show user keys (Region boundaries, replicas' digests): for nodes and
+/// admins only.
+const SHOWS_KEYS: [&str; 3] = ["/pd/api/v1/regions", "/api/v1/regions", "/debug/"];
 
 /// Methods of the inter-node service an admin client may call (`scandium ctl`); every
 /// other one is for nodes only.
@@ -449,6 +475,14 @@ pub fn check_call(
     if identity.node {
         return Ok(());
     }
+    if !identity.certified {
+        return match path {
+            "/metrics" => Ok(()),
+            _ => Err(Box::new(tonic::Status::unauthenticated(format!(
+                "{path} needs a client certificate (only /metrics is served without one)"
+            )))),
+        };
+    }
     let allowed = &config.cert_allowed_cn;
     if !allowed.is_empty() && !allowed.contains(&identity.name) {
         return Err(Box::new(tonic::Status::unauthenticated(format!(
@@ -456,8 +490,15 @@ pub fn check_call(
             identity.name
         ))));
     }
+    let admin = config.admin_cn.contains(&identity.name);
+    if !admin && SHOWS_KEYS.iter().any(|prefix| path.starts_with(prefix)) {
+        return Err(Box::new(tonic::Status::permission_denied(format!(
+            "client {:?} may not read {path}: it shows user keys (Region boundaries), for \
+             admins (admin-cn) only",
+            identity.name
+        ))));
+    }
     if let Some(method) = path.strip_prefix("/scandium.Cluster/") {
-        let admin = config.admin_cn.contains(&identity.name);
         if !(admin && ADMIN_METHODS.contains(&method)) {
             return Err(Box::new(tonic::Status::permission_denied(format!(
                 "client {:?} may not call scandium.Cluster/{method}: only nodes (node-cn) \

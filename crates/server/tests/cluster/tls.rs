@@ -397,3 +397,82 @@ fn denied<T>(result: Result<tonic::Response<T>, tonic::Status>, code: tonic::Cod
     assert_eq!(status.code(), code, "{status:?}");
     assert!(status.message().contains(needle), "{status:?}");
 }
+
+/// The HTTP status of `GET path` on node `i` over TLS, with `client` (a certificate and
+/// its key) or none.
+async fn https_get(
+    cluster: &Cluster,
+    i: usize,
+    ca: &Path,
+    client: Option<&(PathBuf, PathBuf)>,
+    path: &str,
+) -> u16 {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_pem = std::fs::read(ca).unwrap();
+    for der in rustls_pemfile::certs(&mut ca_pem.as_slice()).unwrap() {
+        roots.add(&rustls::Certificate(der)).unwrap();
+    }
+    let builder =
+        rustls::ClientConfig::builder().with_safe_defaults().with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let cert = rustls_pemfile::certs(&mut std::fs::read(cert).unwrap().as_slice()).unwrap();
+            let key =
+                rustls_pemfile::pkcs8_private_keys(&mut std::fs::read(key).unwrap().as_slice())
+                    .unwrap();
+            let chain = cert.into_iter().map(rustls::Certificate).collect();
+            builder.with_client_auth_cert(chain, rustls::PrivateKey(key[0].clone())).unwrap()
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(&cluster.addrs[i]).await.unwrap();
+    let name = rustls::ServerName::try_from("127.0.0.1").unwrap();
+    let Ok(stream) = connector.connect(name, tcp).await else { return 0 };
+    let Ok((mut sender, connection)) = hyper::client::conn::handshake(stream).await else {
+        return 0;
+    };
+    tokio::spawn(connection);
+    let request =
+        hyper::Request::get(path).header("host", "127.0.0.1").body(hyper::Body::empty()).unwrap();
+    match sender.send_request(request).await {
+        Ok(response) => response.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// HTTP with TLS: `/metrics` may be served without a client certificate (a setting, for
+/// Prometheus), nothing else is; the pages that show user keys (Region boundaries) only
+/// to admins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_follows_the_same_rules_and_metrics_may_go_without_a_certificate() {
+    let certs = Certs::new();
+    let cluster = tls_cluster(&certs, |security| security.metrics_without_client_cert = true).await;
+    let ca = certs.ca_path();
+    let (app, root) = (certs.issue("app"), certs.issue("root"));
+    assert_eq!(https_get(&cluster, 0, &ca, None, "/metrics").await, 200);
+    assert_eq!(https_get(&cluster, 0, &ca, None, "/health").await, 401);
+    assert_eq!(https_get(&cluster, 0, &ca, None, "/pd/api/v1/regions").await, 401);
+    assert_eq!(https_get(&cluster, 0, &ca, Some(&app), "/health").await, 200);
+    assert_eq!(https_get(&cluster, 0, &ca, Some(&app), "/pd/api/v1/stores").await, 200);
+    for shows_keys in ["/pd/api/v1/regions", "/api/v1/regions", "/debug/digests"] {
+        assert_eq!(https_get(&cluster, 0, &ca, Some(&app), shows_keys).await, 403, "{shows_keys}");
+        assert_eq!(https_get(&cluster, 0, &ca, Some(&root), shows_keys).await, 200, "{shows_keys}");
+    }
+    // gRPC without a certificate: refused, by name.
+    let channel =
+        tonic::transport::Channel::from_shared(format!("https://{}", cluster.addrs[0]))
+            .unwrap()
+            .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(
+                tonic::transport::Certificate::from_pem(std::fs::read(&ca).unwrap()),
+            ))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut pd = scandium_protocol::pdpb::pd_client::PdClient::new(channel);
+    let members = pd.get_members(scandium_protocol::pdpb::GetMembersRequest::default()).await;
+    denied(members, tonic::Code::Unauthenticated, "needs a client certificate");
+    cluster.shutdown().await;
+}
