@@ -748,3 +748,74 @@ fn raise_open_file_limit(wanted: u64) -> u64 {
     let current = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
     wanted.min(current.saturating_sub(2_000))
 }
+
+/// tikv-python (`TLSConfig`) against a TLS node, addressed by IP and by DNS name. Needs
+/// Python with `tikv-python` (`.ci/run` installs it); skipped without, unless
+/// `SCANDIUM_REQUIRE_TIKV_PYTHON` is set.
+#[test]
+fn tikv_python_works_over_tls_by_ip_and_by_name() {
+    let python_has_tikv = std::process::Command::new("python3")
+        .args(["-c", "import tikv"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !python_has_tikv {
+        assert!(
+            std::env::var_os("SCANDIUM_REQUIRE_TIKV_PYTHON").is_none(),
+            "tikv-python is required but python3 cannot import tikv"
+        );
+        eprintln!("skipped: python3 cannot import tikv (pip install tikv-python)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs = certs.to_str().unwrap();
+    for args in
+        [&["create-ca"][..], &["create-node", "127.0.0.1", "localhost"], &["create-client", "py"]]
+    {
+        let (ok, out) = cli(&[&["cert"][..], args, &["--dir", certs]].concat());
+        assert!(ok, "{out}");
+    }
+    let path = |file: &str| format!("{certs}/{file}");
+    let data = dir.path().join("data");
+    let (node_cert, node_key, ca) = (path("node.pem"), path("node.key"), path("ca.pem"));
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+            "--ca",
+            &ca,
+            "--cert",
+            &node_cert,
+            "--key",
+            &node_key,
+        ],
+    );
+    let port = server.addr.rsplit_once(':').unwrap().1;
+    let script = r#"
+import sys, tikv
+ca, cert, key, port = sys.argv[1:5]
+tls = tikv.TLSConfig(ca=ca, cert=cert, key=key)
+for host in ("127.0.0.1", "localhost"):
+    with tikv.RawClient([f"{host}:{port}"], tls=tls, timeout=10) as client:
+        client.put(b"py-" + host.encode(), b"over tls")
+        assert client.get(b"py-" + host.encode()) == b"over tls", host
+try:
+    with tikv.RawClient([f"127.0.0.1:{port}"], timeout=3) as client:
+        client.get(b"py-localhost")
+    print("PLAINTEXT SERVED")
+except Exception:
+    print("plaintext refused")
+print("ok")
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script, &ca, &path("client.py.pem"), &path("client.py.key"), port])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && text.contains("plaintext refused\nok"), "{text}");
+    drop(server);
+}
