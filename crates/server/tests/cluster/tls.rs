@@ -103,6 +103,10 @@ async fn a_tls_cluster_serves_tikv_client_and_refuses_plaintext() {
         raw.put(vec![b'k', i], vec![i; 64]).await.unwrap();
     }
     assert_eq!(raw.get(vec![b'k', 7]).await.unwrap(), Some(vec![7; 64]));
+    // An oversized message over TLS is refused as over plaintext, and nothing breaks.
+    let oversized = raw.put(b"big".to_vec(), vec![0; 11 << 20]).await;
+    assert!(oversized.is_err(), "an 11 MiB put past the 10 MiB message limit was taken");
+    assert_eq!(raw.get(vec![b'k', 7]).await.unwrap(), Some(vec![7; 64]));
     let config = tikv_client::Config::default()
         .with_security(certs.ca_path(), &client_cert, &client_key)
         .with_timeout(Duration::from_secs(3));
