@@ -353,6 +353,25 @@ impl Config {
                 .map_err(|e| e.because("0 never looks again"))?;
         }
         in_range("handshake-timeout-ms", self.security.handshake_timeout_ms, 100, 600_000)?;
+        let security = &self.security;
+        let lists = [("node-cn", &security.node_cn), ("admin-cn", &security.admin_cn)];
+        for (name, list) in
+            lists.into_iter().chain([("cert-allowed-cn", &security.cert_allowed_cn)])
+        {
+            // A certificate's common name is at most 64 characters (RFC 5280).
+            if let Some(bad) = list
+                .iter()
+                .find(|n| n.is_empty() || n.len() > 64 || n.chars().any(char::is_control))
+            {
+                return Err(invalid(
+                    name,
+                    format!("names must be 1 to 64 printable characters, not {bad:?}"),
+                ));
+            }
+        }
+        if security.node_cn.is_empty() {
+            return Err(invalid("node-cn", "must name at least one node certificate".into()));
+        }
         Ok(())
     }
 
@@ -446,6 +465,10 @@ mod tests {
             ("security", |c| c.security.ca_path = Some("ca.pem".into())),
             ("reload-interval-ms", |c| c.security.reload_interval_ms = 1),
             ("handshake-timeout-ms", |c| c.security.handshake_timeout_ms = 0),
+            ("node-cn", |c| c.security.node_cn = Vec::new()),
+            ("node-cn", |c| c.security.node_cn = vec!["no\0de".into()]),
+            ("admin-cn", |c| c.security.admin_cn = vec![String::new()]),
+            ("cert-allowed-cn", |c| c.security.cert_allowed_cn = vec!["x".repeat(65)]),
             ("security", |c| {
                 c.security.cert_path = Some("node.pem".into());
                 c.security.key_path = Some("node.key".into());
