@@ -78,6 +78,11 @@ pub struct Config {
     pub cache_size_bytes: u64,
     /// Memtable size per column family, in bytes.
     pub memtable_size_bytes: u64,
+    /// Storage journal kept before every memtable is flushed to let it go, in bytes: a
+    /// restart after a crash replays all of it. Below 64 MiB the node keeps the bound
+    /// itself (a flush of every memtable each time it is passed); from 64 MiB, fjall
+    /// does (docs/performance.md has what each costs).
+    pub journal_max_bytes: u64,
     /// Number of latch slots serialising writes to the same keys.
     pub latch_slots: usize,
     /// Memory for recently written keys' newest records, in bytes (0 disables the cache).
@@ -145,6 +150,7 @@ impl Default for Config {
             gc_interval_secs: 10,
             cache_size_bytes: 64 << 20,
             memtable_size_bytes: 16 << 20,
+            journal_max_bytes: 24 << 20,
             latch_slots: 4096,
             newest_cache_bytes: 32 << 20,
             reserve_space_bytes: 100 << 20,
@@ -333,6 +339,7 @@ impl Config {
         in_range("gc_interval_secs", self.gc_interval_secs, 1, DAY_SECS)?;
         in_range("cache_size_bytes", self.cache_size_bytes, MIB, 1 << 40)?;
         in_range("memtable_size_bytes", self.memtable_size_bytes, MIB, GIB)?;
+        in_range("journal_max_bytes", self.journal_max_bytes, MIB, 4 * GIB)?;
         in_range("latch_slots", self.latch_slots as u64, 1, 1 << 24)?;
         in_range("newest_cache_bytes", self.newest_cache_bytes, 0, 64 * GIB)?;
         in_range("region_split_size", self.region_split_size, 4 * KIB, 64 * GIB)?;
@@ -444,6 +451,7 @@ mod tests {
             ("gc_interval_secs", |c| c.gc_interval_secs = 0),
             ("cache_size_bytes", |c| c.cache_size_bytes = 0),
             ("memtable_size_bytes", |c| c.memtable_size_bytes = 10),
+            ("journal_max_bytes", |c| c.journal_max_bytes = 0),
             ("latch_slots", |c| c.latch_slots = 0),
             ("newest_cache_bytes", |c| c.newest_cache_bytes = u64::MAX),
             ("region_split_size", |c| c.region_split_size = 1),

@@ -656,7 +656,7 @@ fn open_engine(config: &Config) -> Result<EngineRef, NodeError> {
     let options = FjallOptions {
         cache_size_bytes: config.cache_size_bytes,
         memtable_size_bytes: config.memtable_size_bytes,
-        ..FjallOptions::default()
+        max_journal_bytes: config.journal_max_bytes,
     };
     let engine = FjallEngine::open(&config.data_dir.join("db"), &options)
         .map_err(|e| data_dir_error(config, e))?;
