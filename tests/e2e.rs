@@ -367,9 +367,8 @@ async fn zero_config_server_and_cli() {
 }
 
 /// `scandium bench` runs every workload with both clients (timestamps with tikv-client
-/// only); afterwards every key still
-/// reads back through `tikv-client` (so no run left the store unreadable) and holds the
-/// value shape the workload writes.
+/// only); afterwards every key still reads back through `tikv-client` (so no run left
+/// the store unreadable) and holds the value shape the workload writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_runs_every_workload_with_both_clients() {
     let dir = tempfile::tempdir().unwrap();
@@ -577,16 +576,9 @@ fn logs_are_quiet_by_default_and_json_on_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_node_serves_the_tools_and_tikv_client_with_certificates_from_scandium_cert() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let certs = certs.to_str().unwrap();
-    let (ok, out) = cli(&["cert", "create-ca", "--dir", certs]);
-    assert!(ok, "{out}");
-    let (ok, out) = cli(&["cert", "create-ca", "--dir", certs]);
+    let certs = scandium_certs(dir.path(), &["127.0.0.1", "localhost"], "root");
+    let (ok, out) = cli(&["cert", "create-ca", "--dir", &certs]);
     assert!(!ok && out.contains("exists; pass --overwrite"), "a CA is not replaced: {out}");
-    let (ok, out) = cli(&["cert", "create-node", "--dir", certs, "127.0.0.1", "localhost"]);
-    assert!(ok, "{out}");
-    let (ok, out) = cli(&["cert", "create-client", "--dir", certs, "root"]);
-    assert!(ok, "{out}");
     let path = |file: &str| format!("{certs}/{file}");
     let (ca, node_cert, node_key) = (path("ca.pem"), path("node.pem"), path("node.key"));
     let data = dir.path().join("data");
@@ -643,12 +635,7 @@ async fn a_tls_node_serves_the_tools_and_tikv_client_with_certificates_from_scan
 async fn a_tls_node_shrugs_off_plaintext_and_idle_connections() {
     use std::io::{Read as _, Write as _};
     let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let certs = certs.to_str().unwrap();
-    for args in [&["create-ca"][..], &["create-node", "127.0.0.1"], &["create-client", "app"]] {
-        let (ok, out) = cli(&[&["cert"][..], args, &["--dir", certs]].concat());
-        assert!(ok, "{out}");
-    }
+    let certs = scandium_certs(dir.path(), &["127.0.0.1"], "app");
     let path = |file: &str| format!("{certs}/{file}");
     let (ca, cert, key) = (path("ca.pem"), path("client.app.pem"), path("client.app.key"));
     // Room for the idle connections (the server, a child, inherits the limit).
@@ -737,6 +724,18 @@ async fn a_tls_node_shrugs_off_plaintext_and_idle_connections() {
     drop(server);
 }
 
+/// A CA, a node certificate for `hosts` and a client certificate `client`, made with
+/// `scandium cert` in `dir/certs`, which it returns.
+fn scandium_certs(dir: &std::path::Path, hosts: &[&str], client: &str) -> String {
+    let certs = dir.join("certs").to_str().unwrap().to_string();
+    let node = [&["create-node"][..], hosts].concat();
+    for args in [&["create-ca"][..], &node, &["create-client", client]] {
+        let (ok, out) = cli(&[&["cert"][..], args, &["--dir", &certs]].concat());
+        assert!(ok, "{out}");
+    }
+    certs
+}
+
 /// Raises this process's soft limit on open files to fit `wanted` connections (and the
 /// server's, a child that inherits it), up to the hard limit; returns how many fit.
 fn raise_open_file_limit(wanted: u64) -> u64 {
@@ -767,14 +766,7 @@ fn tikv_python_works_over_tls_by_ip_and_by_name() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let certs = certs.to_str().unwrap();
-    for args in
-        [&["create-ca"][..], &["create-node", "127.0.0.1", "localhost"], &["create-client", "py"]]
-    {
-        let (ok, out) = cli(&[&["cert"][..], args, &["--dir", certs]].concat());
-        assert!(ok, "{out}");
-    }
+    let certs = scandium_certs(dir.path(), &["127.0.0.1", "localhost"], "py");
     let path = |file: &str| format!("{certs}/{file}");
     let data = dir.path().join("data");
     let (node_cert, node_key, ca) = (path("node.pem"), path("node.key"), path("ca.pem"));

@@ -36,9 +36,10 @@ impl TlsArgs {
     }
 }
 
-/// The tools' TLS material, if they connect over TLS.
+/// The tools' TLS material, if they connect over TLS: the three files (tikv-client
+/// reads them itself) and what they hold, checked.
 struct ClientTls {
-    args: TlsArgs,
+    files: (PathBuf, PathBuf, PathBuf),
     tls: Arc<Tls>,
 }
 
@@ -46,8 +47,12 @@ static CLIENT_TLS: OnceLock<Option<ClientTls>> = OnceLock::new();
 
 /// Loads the tools' TLS material from `args` (nothing if no flag is given).
 pub fn init(args: &TlsArgs) -> Result<(), String> {
-    let tls = Tls::load(&args.security()).map_err(|e| e.to_string())?;
-    let tls = tls.map(|tls| ClientTls { args: args.clone(), tls });
+    let security = args.security();
+    let tls = Tls::load(&security).map_err(|e| e.to_string())?;
+    let tls = tls.and_then(|tls| {
+        let (ca, cert, key) = security.paths().ok()??;
+        Some(ClientTls { files: (ca.into(), cert.into(), key.into()), tls })
+    });
     let _ = CLIENT_TLS.set(tls);
     Ok(())
 }
@@ -73,10 +78,7 @@ pub fn bare(address: &str) -> &str {
 /// tikv-client's settings, with the certificate if the tools use TLS.
 pub fn tikv_config(config: tikv_client::Config) -> tikv_client::Config {
     match client_tls() {
-        Some(tls) => match (&tls.args.ca, &tls.args.cert, &tls.args.key) {
-            (Some(ca), Some(cert), Some(key)) => config.with_security(ca, cert, key),
-            _ => config,
-        },
+        Some(ClientTls { files: (ca, cert, key), .. }) => config.with_security(ca, cert, key),
         None => config,
     }
 }

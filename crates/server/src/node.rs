@@ -1077,23 +1077,18 @@ fn serve_tls(
             let acceptor = tls.current().acceptor();
             let (app, executor, tls) = (app.clone(), connections.clone(), tls.clone());
             drop(connections.spawn(async move {
-                let handshake = acceptor.accept(stream);
-                let stream = match tokio::time::timeout(tls.handshake_timeout(), handshake).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        crate::metrics::METRICS.tls_handshakes_failed.inc();
-                        tracing::debug!(%error, "a TLS handshake failed");
-                        return;
+                let handshake =
+                    tokio::time::timeout(tls.handshake_timeout(), acceptor.accept(stream));
+                let accepted = match handshake.await {
+                    Ok(Ok(stream)) => {
+                        let certs = stream.get_ref().1.peer_certificates();
+                        crate::tls::PeerIdentity::of(certs, tls.config()).map(|id| (stream, id))
                     }
-                    Err(_) => {
-                        crate::metrics::METRICS.tls_handshakes_failed.inc();
-                        tracing::debug!("a TLS handshake timed out");
-                        return;
-                    }
+                    Ok(Err(error)) => Err(format!("the handshake failed: {error}")),
+                    Err(_) => Err("the handshake timed out".to_string()),
                 };
-                let certs = stream.get_ref().1.peer_certificates();
-                let identity = match crate::tls::PeerIdentity::of(certs, tls.config()) {
-                    Ok(identity) => identity,
+                let (stream, identity) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(error) => {
                         crate::metrics::METRICS.tls_handshakes_failed.inc();
                         tracing::debug!(%error, "refused a TLS connection");

@@ -362,7 +362,7 @@ impl Placement {
         // and an error ends tikv-client's timestamp stream, which it opens again only a
         // second later.
         let deadline = Instant::now() + LEADER_WAIT;
-        let mut hint: Option<String> = None;
+        let (mut hint, mut hints): (Option<String>, u32) = (None, 0);
         while Instant::now() < deadline {
             if self.registry.meta().is_leader {
                 match self.timestamp_local(count).await {
@@ -387,6 +387,12 @@ impl Placement {
                         return Ok(TimeStamp(reply.timestamp));
                     }
                     if !reply.leader_address.is_empty() {
+                        // The first hint at once; hints that lead on (views of a
+                        // leadership change that disagree) after a pause.
+                        hints += 1;
+                        if hints > 1 {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
                         hint = Some(reply.leader_address);
                         continue;
                     }

@@ -275,30 +275,50 @@ fn chains_to(chain: &[rustls::Certificate], cas: &[rustls::Certificate]) -> Resu
         .map_err(|e| format!("is not signed by the CA, or not for client use: {e:?}"))
 }
 
-fn hash_files(ca: &[u8], cert: &[u8], key: &[u8]) -> u64 {
+fn hash_files(files: &Files) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (ca, cert, key).hash(&mut hasher);
+    files.hash(&mut hasher);
     hasher.finish()
+}
+
+/// The three files' paths: CA, certificate, key.
+type Paths<'a> = (&'a Path, &'a Path, &'a Path);
+
+/// The three files' contents, in the order of [`Paths`].
+type Files = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+fn read_files((ca, cert, key): Paths<'_>) -> Result<Files, TlsError> {
+    Ok((read("CA file", ca)?, read("certificate file", cert)?, read("key file", key)?))
 }
 
 impl Tls {
     /// Loads and checks the material `config` names: `None` if TLS is off.
     pub fn load(config: &SecurityConfig) -> Result<Option<Arc<Tls>>, TlsError> {
-        let Some((ca_path, cert_path, key_path)) = config.paths().map_err(|reason| {
-            TlsError::Invalid { what: "security settings", path: PathBuf::new(), reason }
+        let Some(paths) = config.paths().map_err(|reason| TlsError::Invalid {
+            what: "security settings",
+            path: PathBuf::new(),
+            reason,
         })?
         else {
             return Ok(None);
         };
-        let (ca_pem, cert_pem, key_pem) = (
-            read("CA file", ca_path)?,
-            read("certificate file", cert_path)?,
-            read("key file", key_path)?,
-        );
+        let files = read_files(paths)?;
+        Tls::from_files(config, paths, files).map(Some)
+    }
+
+    /// Checks `files`, read from `paths`, and builds what serves and dials with them.
+    fn from_files(
+        config: &SecurityConfig,
+        (ca_path, cert_path, key_path): Paths<'_>,
+        files: Files,
+    ) -> Result<Arc<Tls>, TlsError> {
+        let hash = hash_files(&files);
+        let (ca_pem, cert_pem, key_pem) = files;
+        let cas = certificates("CA file", ca_path, &ca_pem)?;
         let mut roots = rustls::RootCertStore::empty();
-        for ca in certificates("CA file", ca_path, &ca_pem)? {
-            roots.add(&ca).map_err(|e| TlsError::Invalid {
+        for ca in &cas {
+            roots.add(ca).map_err(|e| TlsError::Invalid {
                 what: "CA file",
                 path: ca_path.to_owned(),
                 reason: format!("a certificate that cannot be a trust anchor: {e}"),
@@ -306,7 +326,6 @@ impl Tls {
         }
         let chain = certificates("certificate file", cert_path, &cert_pem)?;
         let key = private_key(key_path, &key_pem)?;
-        let cas = certificates("CA file", ca_path, &ca_pem)?;
         let (cert_expires, ca_expires) = (
             expiry("certificate file", cert_path, &chain[0])?,
             (cas.iter().map(|ca| expiry("CA file", ca_path, ca)))
@@ -348,9 +367,8 @@ impl Tls {
         // `h2` first: gRPC clients abort unless the server selects it.
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let (server, http_client) = (Arc::new(server), Arc::new(http_client));
-        let files = hash_files(&ca_pem, &cert_pem, &key_pem);
-        Ok(Some(Arc::new(Tls {
-            files,
+        Ok(Arc::new(Tls {
+            files: hash,
             cert_expires,
             ca_expires,
             server,
@@ -358,7 +376,7 @@ impl Tls {
             ca_pem,
             cert_pem,
             key_pem,
-        })))
+        }))
     }
 
     /// What the listener accepts connections with.
@@ -572,41 +590,37 @@ impl Reloadable {
     /// metric, keeping the old. Files written one at a time pass once the last is in:
     /// the looks between are refused, harmlessly.
     pub fn reload(&self) -> Reload {
+        let outcome = self.look();
+        // At every look, not only on a change: the seconds left run down meanwhile.
+        self.export_expiry();
+        outcome
+    }
+
+    fn look(&self) -> Reload {
         let metrics = &crate::metrics::METRICS;
-        let files = match self.config.paths() {
-            Ok(Some((ca, cert, key))) => {
-                (std::fs::read(ca), std::fs::read(cert), std::fs::read(key))
-            }
-            _ => return Reload::Unchanged,
-        };
-        let seen = match &files {
-            (Ok(ca), Ok(cert), Ok(key)) => hash_files(ca, cert, key),
-            // A file missing for a moment (replaced by a rename): look again later.
-            _ => return Reload::Unchanged,
-        };
+        let Ok(Some(paths)) = self.config.paths() else { return Reload::Unchanged };
+        // A file missing for a moment (replaced by a rename): look again later.
+        let Ok(files) = read_files(paths) else { return Reload::Unchanged };
+        let seen = hash_files(&files);
         let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         if seen == self.current().files || *refused == Some(seen) {
             return Reload::Unchanged;
         }
-        let outcome = match Tls::load(&self.config) {
-            Ok(Some(tls)) => {
+        match Tls::from_files(&self.config, paths, files) {
+            Ok(tls) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = tls;
                 *refused = None;
                 tracing::info!("TLS certificate files changed: new connections use them");
                 metrics.tls_reloads.with_label_values(&["reloaded"]).inc();
                 Reload::Reloaded
             }
-            Ok(None) => Reload::Unchanged,
             Err(error) => {
                 *refused = Some(seen);
                 tracing::warn!(%error, "TLS certificate files changed but cannot be used; the old ones stay in use");
                 metrics.tls_reloads.with_label_values(&["refused"]).inc();
                 Reload::Refused(error.to_string())
             }
-        };
-        drop(refused);
-        self.export_expiry();
-        outcome
+        }
     }
 
     /// Seconds until this node's certificate and the CA expire, as metrics.
