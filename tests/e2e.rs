@@ -621,6 +621,35 @@ async fn a_tls_node_serves_the_tools_and_tikv_client_with_certificates_from_scan
     assert_eq!(by_name.get(b"secret".to_vec()).await.unwrap(), Some(b"value".to_vec()));
     let (ok, out) = with_tls(&["ctl", "members"]);
     assert!(ok && out.contains(&format!("https://{addr}")), "members say https: {out}");
+    // Grants: the admin lets `app` read V1 raw keys and turns authorisation on; `app`
+    // reads, may not write, and may not see the grants; revoked, it may not read.
+    let (ok, out) = cli(&["cert", "create-client", "app", "--dir", &certs]);
+    assert!(ok, "{out}");
+    let (app_cert, app_key) = (path("client.app.pem"), path("client.app.key"));
+    let as_app = |args: &[&str]| -> (bool, String) {
+        let flags = ["--pd", addr, "--ca", &ca, "--cert", &app_cert, "--key", &app_key];
+        cli(&[&args[..1], &flags[..], &args[1..]].concat())
+    };
+    let (ok, out) = with_tls(&["ctl", "grant", "app", "--raw-v1", "read"]);
+    assert!(ok && out.contains("app: V1 raw: read"), "{out}");
+    let (ok, out) = with_tls(&["ctl", "grant", "app", "--keyspace", "nope=read"]);
+    assert!(!ok && out.contains("keyspace \"nope\" does not exist"), "{out}");
+    let (ok, out) = with_tls(&["ctl", "authorization", "on"]);
+    assert!(ok, "{out}");
+    let (ok, out) = as_app(&["kv", "get", "secret"]);
+    assert!(ok && out.contains("value"), "{out}");
+    let (ok, out) = as_app(&["kv", "put", "secret", "stolen"]);
+    assert!(!ok && out.contains("PERMISSION_DENIED"), "{out}");
+    let (ok, out) = as_app(&["ctl", "grants"]);
+    assert!(!ok, "a client read the grants: {out}");
+    let (ok, out) = with_tls(&["ctl", "grants"]);
+    assert!(ok && out.contains("authorization: on") && out.contains("app: V1 raw: read"), "{out}");
+    let (ok, out) = with_tls(&["ctl", "revoke", "app"]);
+    assert!(ok, "{out}");
+    let (ok, out) = as_app(&["kv", "get", "secret"]);
+    assert!(!ok && out.contains("no grant"), "{out}");
+    let (ok, out) = with_tls(&["kv", "get", "secret"]);
+    assert!(ok && out.contains("value"), "the admin reads, and nothing was overwritten: {out}");
     // Given only some of the three, a node refuses to start and says why.
     let (ok, out) = cli(&["server", "--data-dir", data, "--addr", "127.0.0.1:0", "--ca", &ca]);
     assert!(!ok && out.contains("must be set together"), "{out}");

@@ -58,6 +58,39 @@ enum CtlCommand {
     /// hold the same data (a digest per column family, as TiKV's consistency check
     /// compares). Exits non-zero if any differ.
     CheckConsistency,
+    /// Lists the grants: what each client identity may do once authorisation is on.
+    Grants,
+    /// Changes what the client identity NAME (a certificate's common name) may do; what
+    /// is not named stays as it was. Admin only.
+    Grant {
+        /// The identity.
+        name: String,
+        /// Cluster operations and every key (`--admin=false` takes it away).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        admin: Option<bool>,
+        /// The API V1 raw key space: `read`, `write` (read-write) or `none`.
+        #[arg(long, value_parser = parse_access)]
+        raw_v1: Option<Access>,
+        /// The API V1 transactional key space: `read`, `write` or `none`.
+        #[arg(long, value_parser = parse_access)]
+        txn_v1: Option<Access>,
+        /// A keyspace and what the identity may do there, as `NAME=read`, `NAME=write`
+        /// or `NAME=none`; repeat for more.
+        #[arg(long = "keyspace", value_name = "NAME=ACCESS")]
+        keyspaces: Vec<String>,
+    },
+    /// Takes every grant away from the client identity NAME. Admin only.
+    Revoke {
+        /// The identity.
+        name: String,
+    },
+    /// Turns authorisation by grants on or off for the whole cluster. Off (the default),
+    /// every client the certificate settings let in may read and write everything. Admin
+    /// only; it needs TLS, since only certificates name clients.
+    Authorization {
+        #[arg(value_enum)]
+        switch: Switch,
+    },
     /// Splits Regions so that a Region starts at each KEY (one request for all of them).
     Split {
         /// The split keys, as text; with --hex, as hexadecimal bytes.
@@ -107,6 +140,87 @@ enum SchedulerCommand {
         #[arg(long, conflicts_with = "levels")]
         default: bool,
     },
+}
+
+/// On or off.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    /// Requests are checked against the grants.
+    On,
+    /// Every admitted client may do everything.
+    Off,
+}
+
+use scandium_placement::Access;
+
+fn parse_access(text: &str) -> Result<Access, String> {
+    match text {
+        "none" => Ok(Access::None),
+        "read" => Ok(Access::Read),
+        "write" | "read-write" => Ok(Access::ReadWrite),
+        other => Err(format!("{other:?}: expected read, write or none")),
+    }
+}
+
+/// The grants as `/api/v1/grants` shows them, with the keyspaces' ids by name.
+struct Grants {
+    json: serde_json::Value,
+}
+
+impl Grants {
+    async fn fetch(address: &str) -> Result<Grants, String> {
+        let json = crate::tls::get_json(address, "/api/v1/grants")
+            .await
+            .ok_or_else(|| format!("{address}: no answer to /api/v1/grants (admins only)"))?;
+        Ok(Grants { json })
+    }
+
+    fn keyspace_id(&self, name: &str) -> Result<u32, String> {
+        let keyspaces = self.json["keyspaces"].as_array().into_iter().flatten();
+        let found = keyspaces.into_iter().find(|k| k["name"].as_str() == Some(name));
+        found
+            .and_then(|k| k["id"].as_u64())
+            .map(|id| id as u32)
+            .ok_or_else(|| format!("keyspace {name:?} does not exist"))
+    }
+
+    /// The grant of `name` as it stands (nothing, if it has none).
+    fn grant(&self, name: &str) -> Result<scandium_placement::Grant, String> {
+        let mut grant = scandium_placement::Grant { name: name.to_string(), ..Default::default() };
+        let grants = self.json["grants"].as_array().into_iter().flatten();
+        let Some(shown) = grants.into_iter().find(|g| g["name"].as_str() == Some(name)) else {
+            return Ok(grant);
+        };
+        let access = |value: &serde_json::Value| parse_access(value.as_str().unwrap_or("none"));
+        grant.admin = shown["admin"].as_bool().unwrap_or(false);
+        grant.raw_v1 = access(&shown["raw_v1"])? as i32;
+        grant.txn_v1 = access(&shown["txn_v1"])? as i32;
+        for keyspace in shown["keyspaces"].as_array().into_iter().flatten() {
+            grant.keyspaces.push(scandium_placement::KeyspaceAccess {
+                keyspace_id: keyspace["id"].as_u64().unwrap_or(0) as u32,
+                access: access(&keyspace["access"])? as i32,
+            });
+        }
+        Ok(grant)
+    }
+}
+
+/// One line per grant, as `ctl grants` prints it.
+fn grant_line(grant: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+    let mut parts = Vec::new();
+    if grant["admin"].as_bool() == Some(true) {
+        parts.push("admin".to_string());
+    }
+    for (field, label) in [("raw_v1", "V1 raw"), ("txn_v1", "V1 transactional")] {
+        if grant[field].as_str() != Some("none") {
+            parts.push(format!("{label}: {}", text(&grant[field])));
+        }
+    }
+    for keyspace in grant["keyspaces"].as_array().into_iter().flatten() {
+        parts.push(format!("keyspace {}: {}", text(&keyspace["name"]), text(&keyspace["access"])));
+    }
+    format!("{}: {}", text(&grant["name"]), parts.join(", "))
 }
 
 /// A limit, or none of its own (`default`).
@@ -518,6 +632,76 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             }
             output
         }
+        CtlCommand::Grants => {
+            let grants = Grants::fetch(&args.pd).await?;
+            let on = grants.json["authorization"].as_bool().unwrap_or(false);
+            let mut text = format!(
+                "authorization: {}\n",
+                if on { "on" } else { "off (every admitted client may do everything)" }
+            );
+            for grant in grants.json["grants"].as_array().into_iter().flatten() {
+                text.push_str(&grant_line(grant));
+                text.push('\n');
+            }
+            Output { json: grants.json, text }
+        }
+        CtlCommand::Grant { name, admin, raw_v1, txn_v1, keyspaces } => {
+            let grants = Grants::fetch(&args.pd).await?;
+            let mut grant = grants.grant(&name)?;
+            if let Some(admin) = admin {
+                grant.admin = admin;
+            }
+            if let Some(access) = raw_v1 {
+                grant.raw_v1 = access as i32;
+            }
+            if let Some(access) = txn_v1 {
+                grant.txn_v1 = access as i32;
+            }
+            for keyspace in keyspaces {
+                let (keyspace, access) = keyspace.split_once('=').ok_or_else(|| {
+                    format!("--keyspace {keyspace:?}: expected NAME=read, NAME=write or NAME=none")
+                })?;
+                let id = grants.keyspace_id(keyspace)?;
+                grant.keyspaces.retain(|k| k.keyspace_id != id);
+                let access = parse_access(access)?;
+                if access != Access::None {
+                    let entry = scandium_placement::KeyspaceAccess {
+                        keyspace_id: id,
+                        access: access as i32,
+                    };
+                    grant.keyspaces.push(entry);
+                }
+            }
+            propose_placement(&members, cluster_id, scandium_placement::Kind::SetGrant(grant))
+                .await?;
+            let shown = Grants::fetch(&args.pd).await?;
+            let now = shown.json["grants"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|g| g["name"].as_str() == Some(&name))
+                .cloned();
+            match now {
+                Some(grant) => Output::new(grant.clone(), grant_line(&grant)),
+                None => Output::new(json!({ "name": name }), format!("{name}: no grant")),
+            }
+        }
+        CtlCommand::Revoke { name } => {
+            let grant = scandium_placement::Grant { name: name.clone(), ..Default::default() };
+            propose_placement(&members, cluster_id, scandium_placement::Kind::SetGrant(grant))
+                .await?;
+            Output::new(json!({ "name": name, "revoked": true }), format!("{name}: no grant"))
+        }
+        CtlCommand::Authorization { switch } => {
+            let on = switch == Switch::On;
+            propose_placement(&members, cluster_id, scandium_placement::Kind::SetAuthorization(on))
+                .await?;
+            let text = match on {
+                true => "authorization: on (clients may do only what their grants say; see `scandium ctl grants`)",
+                false => "authorization: off (every admitted client may do everything)",
+            };
+            Output::new(json!({ "authorization": on }), text.to_string())
+        }
         CtlCommand::Split { keys, hex } => {
             let keys = keys
                 .into_iter()
@@ -690,10 +874,16 @@ async fn propose_placement(
         cluster_id,
         command: scandium_placement::Command::new(kind).encode_to_vec(),
     };
-    let reply = cluster.propose_meta(request).await.map_err(|e| e.to_string())?.into_inner();
-    match reply.error.is_empty() {
-        true => Ok(()),
-        false => Err(reply.error),
+    let reply = cluster.propose_meta(request).await.map_err(|e| e.message().to_string())?;
+    let reply = reply.into_inner();
+    if !reply.error.is_empty() {
+        return Err(reply.error);
+    }
+    let record = scandium_placement::ResponseRecord::decode(reply.response.as_slice())
+        .map_err(|e| format!("an answer that cannot be read: {e}"))?;
+    match scandium_placement::Response::from(record) {
+        scandium_placement::Response::Invalid(reason) => Err(reason),
+        _ => Ok(()),
     }
 }
 

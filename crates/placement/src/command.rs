@@ -39,7 +39,7 @@ pub struct StoreStateChange {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
     /// The change.
-    #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
+    #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
     pub kind: Option<Kind>,
 }
 
@@ -87,6 +87,102 @@ pub enum Kind {
     /// Sets the scheduler's settings for the whole cluster (`scandium ctl scheduler`).
     #[prost(message, tag = "12")]
     SetScheduler(SchedulerSettings),
+    /// Replaces what one client identity may do (`scandium ctl grant`); a grant of
+    /// nothing removes the identity's entry.
+    #[prost(message, tag = "13")]
+    SetGrant(Grant),
+    /// Turns authorisation by grants on or off for the whole cluster.
+    #[prost(bool, tag = "14")]
+    SetAuthorization(bool),
+}
+
+/// What a client may do with one key space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, prost::Enumeration)]
+#[repr(i32)]
+pub enum Access {
+    /// Nothing: requests touching the space are refused.
+    None = 0,
+    /// Reads only.
+    Read = 1,
+    /// Reads and writes.
+    ReadWrite = 2,
+}
+
+impl Access {
+    /// Whether this access allows a request that reads (`write` false) or writes.
+    pub fn allows(self, write: bool) -> bool {
+        match self {
+            Access::None => false,
+            Access::Read => !write,
+            Access::ReadWrite => true,
+        }
+    }
+
+    /// The name `scandium ctl` shows and takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::None => "none",
+            Access::Read => "read",
+            Access::ReadWrite => "write",
+        }
+    }
+}
+
+/// What one client identity (a certificate's common name) may do once authorisation is
+/// on. Kept in the placement state, so every node checks the same grants, and a change
+/// is a command of the placement group's log like any other.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Grant {
+    /// The identity: a client certificate's common name, compared exactly.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Cluster operations (splits, leader transfers, store states, the GC safe point,
+    /// scheduler settings, grants) and every key space.
+    #[prost(bool, tag = "2")]
+    pub admin: bool,
+    /// The API V1 raw key space: raw keys outside every keyspace's range.
+    #[prost(enumeration = "Access", tag = "3")]
+    pub raw_v1: i32,
+    /// The API V1 transactional key space: transactional keys outside every keyspace's
+    /// range.
+    #[prost(enumeration = "Access", tag = "4")]
+    pub txn_v1: i32,
+    /// Keyspaces (API V2), each with both its raw and its transactional keys.
+    #[prost(message, repeated, tag = "5")]
+    pub keyspaces: Vec<KeyspaceAccess>,
+}
+
+impl Grant {
+    /// The most identities with a grant.
+    pub const MAX_GRANTS: usize = 4096;
+    /// The most keyspaces one grant names.
+    pub const MAX_KEYSPACES: usize = 1024;
+    /// The longest identity name.
+    pub const MAX_NAME_LEN: usize = 64;
+
+    /// Whether the grant allows nothing at all (setting it removes the identity's entry).
+    pub fn is_empty(&self) -> bool {
+        !self.admin
+            && self.raw_v1() == Access::None
+            && self.txn_v1() == Access::None
+            && self.keyspaces.iter().all(|k| k.access() == Access::None)
+    }
+
+    /// What it allows on keyspace `id`.
+    pub fn keyspace(&self, id: u32) -> Access {
+        self.keyspaces.iter().find(|k| k.keyspace_id == id).map_or(Access::None, |k| k.access())
+    }
+}
+
+/// A grant's access to one keyspace.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct KeyspaceAccess {
+    /// The keyspace's id.
+    #[prost(uint32, tag = "1")]
+    pub keyspace_id: u32,
+    /// What the grant allows there.
+    #[prost(enumeration = "Access", tag = "2")]
+    pub access: i32,
 }
 
 /// The scheduler's settings for the whole cluster, changed at runtime: each placement

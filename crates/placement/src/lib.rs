@@ -23,8 +23,9 @@ pub mod state;
 pub mod tso;
 
 pub use command::{
-    Command, Kind, LocationLabels, RegionReport, Regions, Reports, Response, ResponseRecord,
-    SchedulerSettings, StoreLimit, StoreSeen, StoreStateChange, StoresSeen,
+    Access, Command, Grant, KeyspaceAccess, Kind, LocationLabels, RegionReport, Regions, Reports,
+    Response, ResponseRecord, SchedulerSettings, StoreLimit, StoreSeen, StoreStateChange,
+    StoresSeen,
 };
 pub use control::{
     ControlConfig, ControlPlane, Intake, Now, OperatorCounts, RegionHeartbeat, RegionLoad,

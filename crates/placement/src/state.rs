@@ -8,11 +8,12 @@
 //! b"g" | region id  -> Region
 //! b"k" | keyspace   -> KeyspaceMeta
 //! b"l" | region id  -> RegionLeader (who leads the Region, at which term)
+//! b"a" | name       -> Grant (what one client identity may do)
 //! ```
 
 use crate::command::{
-    Command, Kind, RegionReport, Regions, Reports, Response, SchedulerSettings, StoreSeen,
-    StoresSeen,
+    Access, Command, Grant, Kind, RegionReport, Regions, Reports, Response, SchedulerSettings,
+    StoreSeen, StoresSeen,
 };
 use prost::Message as _;
 use scandium_storage::{Cf, EngineRef, StorageError, WriteBatch};
@@ -26,6 +27,7 @@ const STORE_TAG: u8 = b's';
 const REGION_TAG: u8 = b'g';
 const KEYSPACE_TAG: u8 = b'k';
 const LEADER_TAG: u8 = b'l';
+const GRANT_TAG: u8 = b'a';
 /// Voters of every data Region when the cluster does not say.
 pub const DEFAULT_REPLICAS: u64 = 3;
 
@@ -57,6 +59,9 @@ struct ClusterRecord {
     /// The scheduler's settings (absent: the defaults).
     #[prost(message, optional, tag = "6")]
     scheduler: Option<SchedulerSettings>,
+    /// Requests are checked against the grants.
+    #[prost(bool, tag = "7")]
+    authorization: bool,
 }
 
 /// A keyspace: a named, isolated part of the API V2 key space.
@@ -95,6 +100,10 @@ pub struct PlacementState {
     by_start: BTreeMap<Vec<u8>, RegionId>,
     keyspaces: BTreeMap<u32, KeyspaceMeta>,
     leaders: BTreeMap<RegionId, RegionLeader>,
+    grants: BTreeMap<String, Grant>,
+    /// Counts changes of the grants and of the authorisation switch since this state was
+    /// loaded, so the node republishes its lookup only when they change.
+    authorization_changes: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -105,6 +114,7 @@ struct ClusterRecordView {
     gc_safe_point: u64,
     replicas: u64,
     scheduler: SchedulerSettings,
+    authorization: bool,
 }
 
 impl PlacementState {
@@ -125,6 +135,7 @@ impl PlacementState {
                 gc_safe_point: 0,
                 replicas: 0,
                 scheduler: SchedulerSettings::default(),
+                authorization: false,
             },
             ..Default::default()
         };
@@ -164,6 +175,7 @@ impl PlacementState {
                 gc_safe_point: cluster.gc_safe_point,
                 replicas: cluster.replicas,
                 scheduler: cluster.scheduler.unwrap_or_default(),
+                authorization: cluster.authorization,
             },
             ..Default::default()
         };
@@ -186,6 +198,10 @@ impl PlacementState {
                 Some(&LEADER_TAG) if key.len() == 9 => {
                     let id = u64::from_be_bytes(key[1..9].try_into().expect("nine bytes"));
                     state.leaders.insert(id, decode(&value)?);
+                }
+                Some(&GRANT_TAG) => {
+                    let grant: Grant = decode(&value)?;
+                    state.grants.insert(grant.name.clone(), grant);
                 }
                 _ => {}
             }
@@ -268,6 +284,27 @@ impl PlacementState {
                 self.write_cluster(batch);
                 Response::Done
             }
+            Kind::SetGrant(grant) => {
+                if let Err(invalid) = self.check_grant(&grant) {
+                    return Response::Invalid(invalid);
+                }
+                let key = grant_key(&grant.name);
+                if grant.is_empty() {
+                    self.grants.remove(&grant.name);
+                    batch.delete(Cf::Placement, key);
+                } else {
+                    batch.put(Cf::Placement, key, grant.encode_to_vec());
+                    self.grants.insert(grant.name.clone(), grant);
+                }
+                self.authorization_changes += 1;
+                Response::Done
+            }
+            Kind::SetAuthorization(on) => {
+                self.cluster.authorization = on;
+                self.write_cluster(batch);
+                self.authorization_changes += 1;
+                Response::Done
+            }
             Kind::SetReplicas(replicas) => {
                 if !(1..=7).contains(&replicas) {
                     return Response::Invalid(format!(
@@ -330,6 +367,22 @@ impl PlacementState {
     /// The scheduler's settings for the whole cluster.
     pub fn scheduler_settings(&self) -> &SchedulerSettings {
         &self.cluster.scheduler
+    }
+
+    /// Whether requests are checked against the grants.
+    pub fn authorization(&self) -> bool {
+        self.cluster.authorization
+    }
+
+    /// Every grant, by identity.
+    pub fn grants(&self) -> &BTreeMap<String, Grant> {
+        &self.grants
+    }
+
+    /// How many times the grants or the authorisation switch changed since this state
+    /// was loaded (a count, not a version: it restarts at every load).
+    pub fn authorization_changes(&self) -> u64 {
+        self.authorization_changes
     }
 
     /// The GC safe point.
@@ -549,6 +602,53 @@ impl PlacementState {
         Ok(())
     }
 
+    /// What `SetGrant` checks: a name that can be compared, within the limits, naming
+    /// keyspaces that exist, each once, with access levels this version knows.
+    fn check_grant(&self, grant: &Grant) -> Result<(), String> {
+        let name = &grant.name;
+        let printable = !name.is_empty()
+            && name.chars().count() <= Grant::MAX_NAME_LEN
+            && !name.chars().any(char::is_control);
+        if !printable {
+            let most = Grant::MAX_NAME_LEN;
+            return Err(format!(
+                "grant: {name:?} is not a name (1 to {most} printable characters)"
+            ));
+        }
+        let known = |access: i32| Access::try_from(access).is_ok();
+        if !known(grant.raw_v1) || !known(grant.txn_v1) {
+            return Err(format!("grant for {name:?}: unknown access level"));
+        }
+        if grant.keyspaces.len() > Grant::MAX_KEYSPACES {
+            let most = Grant::MAX_KEYSPACES;
+            return Err(format!(
+                "grant for {name:?}: at most {most} keyspaces, not {}",
+                grant.keyspaces.len()
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for keyspace in &grant.keyspaces {
+            let id = keyspace.keyspace_id;
+            if !known(keyspace.access) {
+                return Err(format!("grant for {name:?}: unknown access level for keyspace {id}"));
+            }
+            if !seen.insert(id) {
+                return Err(format!("grant for {name:?}: keyspace {id} is named twice"));
+            }
+            if !self.keyspaces.contains_key(&id) {
+                return Err(format!("grant for {name:?}: keyspace {id} does not exist"));
+            }
+        }
+        if !grant.is_empty()
+            && !self.grants.contains_key(name)
+            && self.grants.len() >= Grant::MAX_GRANTS
+        {
+            let most = Grant::MAX_GRANTS;
+            return Err(format!("at most {most} identities may have grants"));
+        }
+        Ok(())
+    }
+
     fn write_cluster(&self, batch: &mut WriteBatch) {
         let record = ClusterRecord {
             cluster_id: self.cluster.cluster_id,
@@ -558,6 +658,7 @@ impl PlacementState {
             replicas: self.cluster.replicas,
             scheduler: (self.cluster.scheduler != SchedulerSettings::default())
                 .then(|| self.cluster.scheduler.clone()),
+            authorization: self.cluster.authorization,
         };
         batch.put(Cf::Placement, CLUSTER_KEY.to_vec(), record.encode_to_vec());
     }
@@ -573,6 +674,13 @@ fn tagged(tag: u8, id: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(9);
     key.push(tag);
     key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn grant_key(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(GRANT_TAG);
+    key.extend_from_slice(name.as_bytes());
     key
 }
 

@@ -321,6 +321,14 @@ impl Storage {
         self.reads.record(context.region_id, keys, bytes);
     }
 
+    /// The range `[start, end)` of the Region `context` names, as placement last
+    /// recorded it (authorisation narrows "the whole Region" to it).
+    pub fn region_range(&self, context: Option<&kvrpcpb::Context>) -> Option<(Vec<u8>, Vec<u8>)> {
+        let id = context?.region_id;
+        let state = self.placement.read();
+        state.region(id).map(|r| (r.start_key.clone(), r.end_key.clone()))
+    }
+
     /// The node's transactional state.
     pub fn txn(&self) -> &Arc<TxnNode> {
         &self.txn

@@ -53,6 +53,7 @@ pub fn routes(router: Router, node: Arc<HttpState>) -> Router {
         .route("/pd/api/v1/stores", get(stores))
         .route("/pd/api/v1/operators", get(operators))
         .route("/api/v1/scheduler", get(scheduler))
+        .route("/api/v1/grants", get(grants))
         .route("/pd/api/v1/health", get(members_health))
         .route("/pd/api/v1/members", get(members))
         .route("/pd/api/v1/leader", get(leader))
@@ -164,6 +165,38 @@ async fn scheduler(State(node): State<Arc<HttpState>>) -> Json<Value> {
         "store_limit": settings.store_limit,
         "store_limits": store_limits,
         "location_labels": settings.location_labels.map(|l| l.levels),
+    }))
+}
+
+/// The grants and the authorisation switch, with the keyspaces' names (what `scandium
+/// ctl grants` shows and `ctl grant` starts from). For admins only, with TLS on.
+async fn grants(State(node): State<Arc<HttpState>>) -> Json<Value> {
+    let state = node.placement.read();
+    let names: std::collections::BTreeMap<u32, &str> =
+        state.keyspaces().map(|k| (k.id, k.name.as_str())).collect();
+    let grants: Vec<Value> = (state.grants().values())
+        .map(|g| {
+            let keyspaces: Vec<Value> = (g.keyspaces.iter())
+                .map(|k| {
+                    let name = names.get(&k.keyspace_id).copied().unwrap_or("");
+                    json!({ "id": k.keyspace_id, "name": name, "access": k.access().name() })
+                })
+                .collect();
+            json!({
+                "name": g.name,
+                "admin": g.admin,
+                "raw_v1": g.raw_v1().name(),
+                "txn_v1": g.txn_v1().name(),
+                "keyspaces": keyspaces,
+            })
+        })
+        .collect();
+    let keyspaces: Vec<Value> =
+        names.iter().map(|(id, name)| json!({ "id": id, "name": name })).collect();
+    Json(json!({
+        "authorization": state.authorization(),
+        "grants": grants,
+        "keyspaces": keyspaces,
     }))
 }
 

@@ -6,6 +6,7 @@
 //! port. Request handlers validate against the Region registry, take latches, read a
 //! snapshot, and propose write batches to Raft.
 
+pub mod authz;
 pub mod clock;
 pub mod commands;
 pub mod config;

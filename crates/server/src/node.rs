@@ -202,6 +202,8 @@ impl Node {
             // Joined, and the placement group's snapshot has not arrived yet.
             None => PlacementState::empty(ident.cluster_id),
         };
+        let authz = Arc::new(crate::authz::Authz::new(config.security.admin_cn.clone()));
+        authz.republish(&state);
         let state = Arc::new(RwLock::new(state));
         let registry = Registry::new();
         // Before the Raft thread applies anything: the index then follows every apply.
@@ -223,7 +225,7 @@ impl Node {
             ident.store_id,
             engine.clone(),
             raft_config,
-            Box::new(MetaApplier::new(state.clone())),
+            Box::new(MetaApplier::new(state.clone(), authz.clone())),
             registry.clone(),
         )
         .map_err(|e| data_dir_error(&config, e))?;
@@ -372,6 +374,7 @@ impl Node {
                 refused: refused.clone(),
                 txn: txn.clone(),
             }),
+            authz,
         };
         // Serve at once: other nodes' Raft messages (the placement group's snapshot for a
         // node that just joined) are what makes this one ready.
@@ -989,6 +992,7 @@ struct Checked {
     app: axum::Router,
     identity: Arc<crate::tls::PeerIdentity>,
     tls: Arc<crate::tls::Reloadable>,
+    authz: Arc<crate::authz::Authz>,
 }
 
 impl tower::Service<hyper::Request<hyper::Body>> for Checked {
@@ -1008,7 +1012,9 @@ impl tower::Service<hyper::Request<hyper::Body>> for Checked {
 
     fn call(&mut self, mut request: hyper::Request<hyper::Body>) -> Self::Future {
         let path = request.uri().path();
-        if let Err(status) = crate::tls::check_call(self.tls.config(), &self.identity, path) {
+        let admin = || self.authz.is_admin(&self.identity);
+        if let Err(status) = crate::tls::check_call(self.tls.config(), &self.identity, admin, path)
+        {
             crate::metrics::METRICS.refused_calls.inc();
             tracing::debug!(%status, path, "refused a call");
             let grpc = (request.headers().get(hyper::header::CONTENT_TYPE))
@@ -1027,6 +1033,7 @@ impl tower::Service<hyper::Request<hyper::Body>> for Checked {
             return futures::future::Either::Left(std::future::ready(Ok(response)));
         }
         request.extensions_mut().insert(self.identity.clone());
+        request.extensions_mut().insert(self.authz.clone());
         futures::future::Either::Right(tower::Service::call(&mut self.app, request))
     }
 }
@@ -1055,6 +1062,7 @@ fn serve_tls(
     tasks: &Tasks,
     listener: tokio::net::TcpListener,
     tls: Arc<crate::tls::Reloadable>,
+    authz: Arc<crate::authz::Authz>,
 ) -> (oneshot::Sender<()>, JoinHandle<()>) {
     let (shutdown, mut shutdown_signal) = oneshot::channel::<()>();
     let connections = tasks.clone();
@@ -1076,6 +1084,7 @@ fn serve_tls(
             // The material in use now: a reload changes what the next connection gets.
             let acceptor = tls.current().acceptor();
             let (app, executor, tls) = (app.clone(), connections.clone(), tls.clone());
+            let authz = authz.clone();
             drop(connections.spawn(async move {
                 let handshake =
                     tokio::time::timeout(tls.handshake_timeout(), acceptor.accept(stream));
@@ -1095,7 +1104,8 @@ fn serve_tls(
                         return;
                     }
                 };
-                let service = Checked { app, identity: Arc::new(identity), tls: tls.clone() };
+                let identity = Arc::new(identity);
+                let service = Checked { app, identity, tls: tls.clone(), authz };
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 let mut http = hyper::server::conn::Http::new().with_executor(executor);
                 http.http2_only(h2).http1_only(!h2).http2_max_concurrent_streams(1024);
@@ -1114,6 +1124,8 @@ struct Services {
     pd: PdService,
     cluster: ClusterService,
     http: Arc<HttpState>,
+    /// The grants, as the placement applier publishes them.
+    authz: Arc<crate::authz::Authz>,
 }
 
 fn serve(
@@ -1123,7 +1135,7 @@ fn serve(
     listener: std::net::TcpListener,
     tls: Option<Arc<crate::tls::Reloadable>>,
 ) -> ServeResult {
-    let Services { tikv, pd, cluster, http } = services;
+    let Services { tikv, pd, cluster, http, authz } = services;
     let limit = config.max_grpc_message_bytes;
     let keyspace = KeyspaceServer::new(KeyspaceService::new(pd.clone()));
     let tikv =
@@ -1144,7 +1156,7 @@ fn serve(
     listener.set_nonblocking(true).map_err(listen_error)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(listen_error)?;
     if let Some(tls) = tls {
-        return Ok(serve_tls(app, tasks, listener, tls));
+        return Ok(serve_tls(app, tasks, listener, tls, authz));
     }
     let mut incoming = hyper::server::conn::AddrIncoming::from_listener(listener).map_err(|e| {
         NodeError::Listen { addr: format!("{addr:?}"), source: std::io::Error::other(e) }

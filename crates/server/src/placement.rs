@@ -45,12 +45,13 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// The placement state machine as the Raft thread applies it; readers share the state.
 pub struct MetaApplier {
     state: Arc<RwLock<PlacementState>>,
+    authz: Arc<crate::authz::Authz>,
 }
 
 impl MetaApplier {
-    /// Applies to `state`.
-    pub fn new(state: Arc<RwLock<PlacementState>>) -> MetaApplier {
-        MetaApplier { state }
+    /// Applies to `state`, and publishes its grants to `authz` whenever they change.
+    pub fn new(state: Arc<RwLock<PlacementState>>, authz: Arc<crate::authz::Authz>) -> MetaApplier {
+        MetaApplier { state, authz }
     }
 }
 
@@ -62,12 +63,17 @@ impl MetaStateMachine for MetaApplier {
         batch: &mut WriteBatch,
     ) -> Box<dyn Any + Send> {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        Box::new(state.apply(command, batch))
+        let response = state.apply(command, batch);
+        self.authz.publish(&state);
+        Box::new(response)
     }
 
     fn restore(&mut self, engine: &EngineRef) {
         match PlacementState::load(engine) {
-            Ok(Some(loaded)) => *self.state.write().unwrap_or_else(|e| e.into_inner()) = loaded,
+            Ok(Some(loaded)) => {
+                self.authz.republish(&loaded);
+                *self.state.write().unwrap_or_else(|e| e.into_inner()) = loaded;
+            }
             Ok(None) => tracing::error!("a placement snapshot left no placement state"),
             Err(error) => tracing::error!(%error, "cannot load the placement state of a snapshot"),
         }

@@ -473,9 +473,10 @@ impl PeerIdentity {
     }
 }
 
-/// HTTP paths that show user keys (Region boundaries, replicas' digests): for nodes and
-/// admins only.
-const SHOWS_KEYS: [&str; 3] = ["/pd/api/v1/regions", "/api/v1/regions", "/debug/"];
+/// HTTP paths for nodes and admins only: those that show user keys (Region boundaries,
+/// replicas' digests), and the grants.
+const SHOWS_KEYS: [&str; 4] =
+    ["/pd/api/v1/regions", "/api/v1/regions", "/debug/", "/api/v1/grants"];
 
 /// Methods of the inter-node service an admin client may call (`scandium ctl`); every
 /// other one is for nodes only.
@@ -488,6 +489,7 @@ const ADMIN_METHODS: [&str; 3] = ["TransferLeader", "ProposeMeta", "Operators"];
 pub fn check_call(
     config: &SecurityConfig,
     identity: &PeerIdentity,
+    admin: impl FnOnce() -> bool,
     path: &str,
 ) -> Result<(), Box<tonic::Status>> {
     if identity.node {
@@ -508,11 +510,11 @@ pub fn check_call(
             identity.name
         ))));
     }
-    let admin = config.admin_cn.contains(&identity.name);
+    let admin = admin();
     if !admin && SHOWS_KEYS.iter().any(|prefix| path.starts_with(prefix)) {
         return Err(Box::new(tonic::Status::permission_denied(format!(
-            "client {:?} may not read {path}: it shows user keys (Region boundaries), for \
-             admins (admin-cn) only",
+            "client {:?} may not read {path}: it shows user keys or grants, for admins \
+             only",
             identity.name
         ))));
     }

@@ -209,3 +209,69 @@ fn scheduler_settings_are_checked_before_they_are_recorded() {
     assert_eq!(apply(&mut state, Kind::SetScheduler(good.clone())), Response::Done);
     assert_eq!(state.scheduler_settings(), &good);
 }
+
+#[test]
+fn grants_are_checked_recorded_removed_and_survive_a_reload() {
+    use crate::command::{Access, Grant, KeyspaceAccess};
+    let engine: scandium_storage::EngineRef = Arc::new(MemoryEngine::new());
+    let (mut state, batch) = PlacementState::bootstrap(
+        7,
+        10,
+        store(),
+        vec![region(1, b"", b"", 1)],
+        vec![KeyspaceMeta { id: 0, name: "DEFAULT".into(), state: 0, created_at: 0 }],
+    );
+    engine.write(batch).unwrap();
+    let keyspace = |id, access: Access| KeyspaceAccess { keyspace_id: id, access: access as i32 };
+    let alice = Grant {
+        name: "alice".into(),
+        raw_v1: Access::Read as i32,
+        keyspaces: vec![keyspace(0, Access::ReadWrite)],
+        ..Default::default()
+    };
+    let mut batch = WriteBatch::new();
+    let mut run = |state: &mut PlacementState, kind| {
+        state.apply(&prost::Message::encode_to_vec(&Command::new(kind)), &mut batch)
+    };
+    let refused = [
+        Grant { name: String::new(), admin: true, ..Default::default() },
+        Grant { name: "a\u{0}b".into(), admin: true, ..Default::default() },
+        Grant { name: "x".repeat(65), admin: true, ..Default::default() },
+        Grant { name: "bob".into(), raw_v1: 7, ..Default::default() },
+        Grant {
+            name: "bob".into(),
+            keyspaces: vec![keyspace(9, Access::Read)],
+            ..Default::default()
+        },
+        Grant {
+            name: "bob".into(),
+            keyspaces: vec![keyspace(0, Access::Read), keyspace(0, Access::ReadWrite)],
+            ..Default::default()
+        },
+    ];
+    for grant in refused {
+        let response = run(&mut state, Kind::SetGrant(grant.clone()));
+        assert!(matches!(response, Response::Invalid(_)), "{grant:?} gave {response:?}");
+    }
+    assert!(state.grants().is_empty());
+    assert_eq!(state.authorization_changes(), 0, "a refused grant changes nothing");
+
+    assert_eq!(run(&mut state, Kind::SetGrant(alice.clone())), Response::Done);
+    assert_eq!(run(&mut state, Kind::SetAuthorization(true)), Response::Done);
+    let admin = Grant { name: "ops".into(), admin: true, ..Default::default() };
+    assert_eq!(run(&mut state, Kind::SetGrant(admin.clone())), Response::Done);
+    assert_eq!(state.grants().get("alice"), Some(&alice));
+    assert_eq!(state.grants()["alice"].keyspace(0), Access::ReadWrite);
+    assert!(state.authorization());
+    assert_eq!(state.authorization_changes(), 3);
+    // A grant of nothing removes the identity.
+    let nothing = Grant { name: "ops".into(), ..Default::default() };
+    assert_eq!(run(&mut state, Kind::SetGrant(nothing)), Response::Done);
+    assert!(!state.grants().contains_key("ops"));
+    engine.write(batch).unwrap();
+
+    let reloaded = PlacementState::load(&engine).unwrap().unwrap();
+    assert!(reloaded.authorization());
+    assert_eq!(reloaded.grants().len(), 1);
+    assert_eq!(reloaded.grants().get("alice"), Some(&alice));
+}

@@ -131,19 +131,25 @@ impl ClusterService {
     }
 
     /// With TLS on: an admin client proposes only what `scandium ctl` does (scheduler
-    /// settings, store states), and a node records only the store at an address its
-    /// certificate covers.
+    /// settings, store states, grants and the authorisation switch), and a node records
+    /// only the store at an address its certificate covers.
     fn may_propose(&self, identity: &PeerIdentity, command: &Command) -> Result<(), Box<Status>> {
         match &command.kind {
             Some(Kind::PutStore(store) | Kind::JoinStore(store)) if identity.node => {
                 self.speaks_for(Some(identity), &store.address)
             }
             _ if identity.node => Ok(()),
-            Some(Kind::SetScheduler(_) | Kind::SetStoreState(_)) => Ok(()),
+            Some(
+                Kind::SetScheduler(_)
+                | Kind::SetStoreState(_)
+                | Kind::SetGrant(_)
+                | Kind::SetAuthorization(_),
+            ) => Ok(()),
             _ => {
                 crate::metrics::METRICS.refused_calls.inc();
                 Err(Box::new(Status::permission_denied(format!(
-                    "client {:?} may change only scheduler settings and store states",
+                    "client {:?} may change only scheduler settings, store states, grants and \
+                     the authorisation switch",
                     identity.name
                 ))))
             }

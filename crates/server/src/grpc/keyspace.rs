@@ -1,5 +1,6 @@
 //! `keyspacepb.Keyspace`: keyspace lookup for API V2 clients.
 
+use crate::authz;
 use crate::grpc::pd::PdService;
 use scandium_placement::KeyspaceMeta;
 use scandium_protocol::keyspacepb::{self, keyspace_server::Keyspace};
@@ -37,6 +38,16 @@ impl Keyspace for KeyspaceService {
     ) -> Result<Response<keyspacepb::LoadKeyspaceResponse>, Status> {
         let name = &request.get_ref().name;
         let keyspace = self.pd.placement().read().keyspace_by_name(name).map(to_meta);
+        if let (Some((identity, authz)), Some(keyspace)) = (authz::caller(&request), &keyspace) {
+            if !authz.may_see_keyspace(&identity, keyspace.id) {
+                crate::metrics::METRICS.refused_calls.inc();
+                return Err(Status::permission_denied(format!(
+                    "PERMISSION_DENIED: client {:?} may not load keyspace {name:?} (LoadKeyspace): \
+                     it has no grant there",
+                    identity.name
+                )));
+            }
+        }
         let header = match keyspace {
             Some(_) => self.pd.ok_header(),
             None => self.pd.error_header(
@@ -51,6 +62,9 @@ impl Keyspace for KeyspaceService {
         &self,
         request: Request<keyspacepb::GetAllKeyspacesRequest>,
     ) -> Result<Response<keyspacepb::GetAllKeyspacesResponse>, Status> {
+        let caller = authz::caller(&request);
+        let visible =
+            |id| caller.as_ref().is_none_or(|(who, authz)| authz.may_see_keyspace(who, id));
         let req = request.get_ref();
         let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
         let keyspaces = self
@@ -58,7 +72,7 @@ impl Keyspace for KeyspaceService {
             .placement()
             .read()
             .keyspaces()
-            .filter(|k| k.id >= req.start_id)
+            .filter(|k| k.id >= req.start_id && visible(k.id))
             .take(limit)
             .map(to_meta)
             .collect();

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod cluster;
+pub mod guard;
 pub mod keyspace;
 pub mod pd;
 pub mod tikv;

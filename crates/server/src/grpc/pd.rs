@@ -2,6 +2,7 @@
 //! header with the cluster id; failures go into the header's error (clients unwrap the
 //! header and would crash without one).
 
+use crate::authz::{self, Need, Space};
 use crate::convert::{decode_client_key, peer_to_meta, region_to_meta_as, store_to_meta};
 use crate::error::RequestError;
 use crate::identity::Identity;
@@ -355,57 +356,64 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetRegionRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
+        let caller = authz::caller(&request);
         let forwarded = request.get_ref().clone();
         if let Some(answer) =
             self.forwarded(|mut pd| async move { pd.get_region(forwarded).await }).await
         {
-            return Ok(answer);
+            return shown_to(&caller, "GetRegion", answer).map_err(|e| *e);
         }
         let key = decode_client_key(&request.get_ref().region_key);
         let region = self.placement.read().region_by_key(&key.key).cloned();
-        Ok(Response::new(self.region_response(region, key.encoded)))
+        shown_to(&caller, "GetRegion", Response::new(self.region_response(region, key.encoded)))
+            .map_err(|e| *e)
     }
 
     async fn get_prev_region(
         &self,
         request: Request<pdpb::GetRegionRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
+        let caller = authz::caller(&request);
         let forwarded = request.get_ref().clone();
         if let Some(answer) =
             self.forwarded(|mut pd| async move { pd.get_prev_region(forwarded).await }).await
         {
-            return Ok(answer);
+            return shown_to(&caller, "GetPrevRegion", answer).map_err(|e| *e);
         }
         let key = decode_client_key(&request.get_ref().region_key);
         let region = self.placement.read().prev_region(&key.key).cloned();
-        Ok(Response::new(self.region_response(region, key.encoded)))
+        let response = Response::new(self.region_response(region, key.encoded));
+        shown_to(&caller, "GetPrevRegion", response).map_err(|e| *e)
     }
 
     async fn get_region_by_id(
         &self,
         request: Request<pdpb::GetRegionByIdRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
+        let caller = authz::caller(&request);
         let forwarded = request.get_ref().clone();
         if let Some(answer) =
             self.forwarded(|mut pd| async move { pd.get_region_by_id(forwarded).await }).await
         {
-            return Ok(answer);
+            return shown_to(&caller, "GetRegionByID", answer).map_err(|e| *e);
         }
         // No key tells how this client reads boundaries; encoding clients are the ones that
         // look Regions up by id (API V1 raw clients only on a cache miss during scans).
         let region = self.placement.read().region(request.get_ref().region_id).cloned();
-        Ok(Response::new(self.region_response(region, true)))
+        shown_to(&caller, "GetRegionByID", Response::new(self.region_response(region, true)))
+            .map_err(|e| *e)
     }
 
     async fn scan_regions(
         &self,
         request: Request<pdpb::ScanRegionsRequest>,
     ) -> Result<Response<pdpb::ScanRegionsResponse>, Status> {
+        let caller = authz::caller(&request);
         let forwarded = request.get_ref().clone();
         if let Some(answer) =
             self.forwarded(|mut pd| async move { pd.scan_regions(forwarded).await }).await
         {
-            return Ok(answer);
+            return regions_shown_to(&caller, answer).map_err(|e| *e);
         }
         let req = request.into_inner();
         let start = decode_client_key(&req.start_key);
@@ -432,7 +440,7 @@ impl Pd for PdService {
                 ..Default::default()
             });
         }
-        Ok(Response::new(response))
+        regions_shown_to(&caller, Response::new(response)).map_err(|e| *e)
     }
 
     async fn get_gc_safe_point(
@@ -453,6 +461,8 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::UpdateGcSafePointRequest>,
     ) -> Result<Response<pdpb::UpdateGcSafePointResponse>, Status> {
+        authz::check_status(&authz::caller(&request), "UpdateGCSafePoint", &Need::Admin)
+            .map_err(|e| *e)?;
         let req = request.into_inner();
         if let Err(header) = self.check_header(req.header.as_ref()) {
             return Ok(Response::new(pdpb::UpdateGcSafePointResponse {
@@ -476,6 +486,8 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::SplitRegionsRequest>,
     ) -> Result<Response<pdpb::SplitRegionsResponse>, Status> {
+        authz::check_status(&authz::caller(&request), "SplitRegions", &Need::Admin)
+            .map_err(|e| *e)?;
         let req = request.into_inner();
         if let Err(header) = self.check_header(req.header.as_ref()) {
             return Ok(Response::new(pdpb::SplitRegionsResponse { header, ..Default::default() }));
@@ -494,6 +506,48 @@ impl Pd for PdService {
         };
         Ok(Response::new(response))
     }
+}
+
+/// A Region lookup's answer, if the caller may read the whole range of the Region it
+/// shows: boundaries are user keys, and Regions sit at keyspace edges, so a client sees
+/// the Regions of its own keyspaces and no other.
+fn shown_to(
+    caller: &Caller,
+    operation: &str,
+    response: Response<pdpb::GetRegionResponse>,
+) -> Result<Response<pdpb::GetRegionResponse>, Box<Status>> {
+    if let Some(region) = &response.get_ref().region {
+        may_see(caller, operation, region)?;
+    }
+    Ok(response)
+}
+
+/// `ScanRegions`' answer, if the caller may see every Region in it (else refused whole).
+fn regions_shown_to(
+    caller: &Caller,
+    response: Response<pdpb::ScanRegionsResponse>,
+) -> Result<Response<pdpb::ScanRegionsResponse>, Box<Status>> {
+    let answer = response.get_ref();
+    let regions = answer.regions.iter().filter_map(|r| r.region.as_ref());
+    for region in answer.region_metas.iter().chain(regions) {
+        may_see(caller, "ScanRegions", region)?;
+    }
+    Ok(response)
+}
+
+type Caller = Option<(std::sync::Arc<crate::tls::PeerIdentity>, std::sync::Arc<authz::Authz>)>;
+
+fn may_see(
+    caller: &Caller,
+    operation: &str,
+    region: &scandium_protocol::metapb::Region,
+) -> Result<(), Box<Status>> {
+    if caller.is_none() {
+        return Ok(());
+    }
+    let start = decode_client_key(&region.start_key).key;
+    let end = decode_client_key(&region.end_key).key;
+    authz::check_status(caller, operation, &Need::range(Space::Any, false, &start, &end))
 }
 
 fn error_type(error: &RequestError) -> pdpb::ErrorType {

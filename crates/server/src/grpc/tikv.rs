@@ -2,12 +2,15 @@
 //! kvproto and the node's commands (`raw.rs`, `txn.rs`); failures go into the response's
 //! error fields, never into the gRPC status (except where a response has no error field).
 
+use super::guard::{first_key, Guarded, Refusal};
+use crate::authz::{Authz, Need};
 use crate::commands::Storage;
 use crate::convert::region_to_meta;
 use crate::error::RequestError;
 use crate::metrics::{Outcome, METRICS};
 use crate::split::Splitter;
 use crate::tasks::Tasks;
+use crate::tls::PeerIdentity;
 use crate::txn_error::{key_error, lock_info, Failure};
 use scandium_protocol::kvrpcpb::{self, KvPair};
 use scandium_protocol::tikvpb;
@@ -31,6 +34,112 @@ impl TikvService {
     pub fn new(storage: Arc<Storage>, splitter: Arc<Splitter>, tasks: Tasks) -> TikvService {
         TikvService { storage, splitter, tasks }
     }
+}
+
+/// Context of requests that name one Region.
+trait HasContext {
+    fn context(&self) -> Option<&kvrpcpb::Context>;
+}
+
+macro_rules! has_context {
+    ($($request:ident),* $(,)?) => {$(
+        impl HasContext for kvrpcpb::$request {
+            fn context(&self) -> Option<&kvrpcpb::Context> {
+                self.context.as_ref()
+            }
+        }
+    )*};
+}
+
+has_context!(
+    RawGetRequest,
+    RawBatchGetRequest,
+    RawPutRequest,
+    RawBatchPutRequest,
+    RawDeleteRequest,
+    RawBatchDeleteRequest,
+    RawScanRequest,
+    RawBatchScanRequest,
+    RawDeleteRangeRequest,
+    RawGetKeyTtlRequest,
+    RawCasRequest,
+    RawChecksumRequest,
+    GetRequest,
+    BatchGetRequest,
+    ScanRequest,
+    PrewriteRequest,
+    CommitRequest,
+    BatchRollbackRequest,
+    CleanupRequest,
+    CheckTxnStatusRequest,
+    CheckSecondaryLocksRequest,
+    TxnHeartBeatRequest,
+    PessimisticRollbackRequest,
+    PessimisticLockRequest,
+    ResolveLockRequest,
+    ScanLockRequest,
+    GcRequest,
+    DeleteRangeRequest,
+    UnsafeDestroyRangeRequest,
+);
+
+/// Answers a request the caller's grants do not allow, before anything else is done
+/// with it (so nothing of it reaches Raft).
+macro_rules! guard {
+    ($self:ident, $request:ident, $timer:ident, $operation:literal) => {
+        if let Some(refused) = $self.refusal(&$request, $operation) {
+            $timer.set(Outcome::Error);
+            return Ok(Response::new(refused));
+        }
+    };
+}
+
+impl TikvService {
+    /// The answer to a request the caller may not make, if it may not. Requests over
+    /// plaintext, and from nodes, carry no grants to check.
+    fn refusal<Q: Guarded + HasContext, R: Refusal>(
+        &self,
+        request: &Request<Q>,
+        operation: &str,
+    ) -> Option<R> {
+        let identity = request.extensions().get::<Arc<PeerIdentity>>()?;
+        let authz = request.extensions().get::<Arc<Authz>>()?;
+        if identity.node {
+            return None;
+        }
+        let req = request.get_ref();
+        let need = req.need();
+        let region;
+        let need = match need {
+            Need::Region { space, write, from } => {
+                region = self.storage.region_range(req.context());
+                match &region {
+                    Some((start, end)) => {
+                        let from = from.max(start.as_slice());
+                        Need::range(space, write, from, end)
+                    }
+                    None => need,
+                }
+            }
+            need => need,
+        };
+        let message = authz.check(identity, operation, &need).err()?;
+        crate::metrics::METRICS.refused_calls.inc();
+        tracing::debug!(%message, "refused a request");
+        let mut response = R::default();
+        response.refuse(message, first_key(&need));
+        Some(response)
+    }
+}
+
+/// PERMISSION_DENIED for a caller who is not an admin, once authorisation is on: for
+/// calls whose response has no error field of its own.
+pub(crate) fn admin_only<Q>(request: &Request<Q>, operation: &str) -> Option<Status> {
+    let identity = request.extensions().get::<Arc<PeerIdentity>>()?;
+    let authz = request.extensions().get::<Arc<Authz>>()?;
+    let message = authz.check(identity, operation, &Need::Admin).err()?;
+    crate::metrics::METRICS.refused_calls.inc();
+    Some(Status::permission_denied(message))
 }
 
 fn pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<KvPair> {
@@ -92,6 +201,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawGetRequest>,
     ) -> Result<Response<kvrpcpb::RawGetResponse>, Status> {
         let timer = METRICS.request("raw_get");
+        guard!(self, request, timer, "RawGet");
         let result = self.storage.raw_get(request.get_ref()).await;
         respond!(timer, kvrpcpb::RawGetResponse, result, |resp, value| match value {
             Some(value) => resp.value = value,
@@ -104,6 +214,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawBatchGetRequest>,
     ) -> Result<Response<kvrpcpb::RawBatchGetResponse>, Status> {
         let timer = METRICS.request("raw_batch_get");
+        guard!(self, request, timer, "RawBatchGet");
         let result = self.storage.raw_batch_get(request.get_ref()).await;
         let mut resp = kvrpcpb::RawBatchGetResponse::default();
         match result {
@@ -121,6 +232,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawPutRequest>,
     ) -> Result<Response<kvrpcpb::RawPutResponse>, Status> {
         let timer = METRICS.request("raw_put");
+        guard!(self, request, timer, "RawPut");
         let result = self.storage.raw_put(request.into_inner()).await;
         respond!(timer, kvrpcpb::RawPutResponse, result, |_resp, _unit| ())
     }
@@ -130,6 +242,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawBatchPutRequest>,
     ) -> Result<Response<kvrpcpb::RawBatchPutResponse>, Status> {
         let timer = METRICS.request("raw_batch_put");
+        guard!(self, request, timer, "RawBatchPut");
         let result = self.storage.raw_batch_put(request.into_inner()).await;
         respond!(timer, kvrpcpb::RawBatchPutResponse, result, |_resp, _unit| ())
     }
@@ -139,6 +252,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawDeleteRequest>,
     ) -> Result<Response<kvrpcpb::RawDeleteResponse>, Status> {
         let timer = METRICS.request("raw_delete");
+        guard!(self, request, timer, "RawDelete");
         let result = self.storage.raw_delete(request.into_inner()).await;
         respond!(timer, kvrpcpb::RawDeleteResponse, result, |_resp, _unit| ())
     }
@@ -148,6 +262,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawBatchDeleteRequest>,
     ) -> Result<Response<kvrpcpb::RawBatchDeleteResponse>, Status> {
         let timer = METRICS.request("raw_batch_delete");
+        guard!(self, request, timer, "RawBatchDelete");
         let result = self.storage.raw_batch_delete(request.into_inner()).await;
         respond!(timer, kvrpcpb::RawBatchDeleteResponse, result, |_resp, _unit| ())
     }
@@ -157,6 +272,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawScanRequest>,
     ) -> Result<Response<kvrpcpb::RawScanResponse>, Status> {
         let timer = METRICS.request("raw_scan");
+        guard!(self, request, timer, "RawScan");
         let result = self.storage.raw_scan(request.get_ref()).await;
         let mut resp = kvrpcpb::RawScanResponse::default();
         match result {
@@ -172,6 +288,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawBatchScanRequest>,
     ) -> Result<Response<kvrpcpb::RawBatchScanResponse>, Status> {
         let timer = METRICS.request("raw_batch_scan");
+        guard!(self, request, timer, "RawBatchScan");
         let result = self.storage.raw_batch_scan(request.get_ref()).await;
         let mut resp = kvrpcpb::RawBatchScanResponse::default();
         match result {
@@ -187,6 +304,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawDeleteRangeRequest>,
     ) -> Result<Response<kvrpcpb::RawDeleteRangeResponse>, Status> {
         let timer = METRICS.request("raw_delete_range");
+        guard!(self, request, timer, "RawDeleteRange");
         let result = self.storage.raw_delete_range(request.get_ref()).await;
         respond!(timer, kvrpcpb::RawDeleteRangeResponse, result, |_resp, _unit| ())
     }
@@ -196,6 +314,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawGetKeyTtlRequest>,
     ) -> Result<Response<kvrpcpb::RawGetKeyTtlResponse>, Status> {
         let timer = METRICS.request("raw_get_key_ttl");
+        guard!(self, request, timer, "RawGetKeyTtl");
         let result = self.storage.raw_get_key_ttl(request.get_ref()).await;
         respond!(timer, kvrpcpb::RawGetKeyTtlResponse, result, |resp, ttl| match ttl {
             Some(ttl) => resp.ttl = ttl,
@@ -208,6 +327,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawCasRequest>,
     ) -> Result<Response<kvrpcpb::RawCasResponse>, Status> {
         let timer = METRICS.request("raw_compare_and_swap");
+        guard!(self, request, timer, "RawCompareAndSwap");
         let result = self.storage.raw_compare_and_swap(request.into_inner()).await;
         respond!(timer, kvrpcpb::RawCasResponse, result, |resp, outcome| {
             resp.succeed = outcome.succeeded;
@@ -223,6 +343,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::RawChecksumRequest>,
     ) -> Result<Response<kvrpcpb::RawChecksumResponse>, Status> {
         let timer = METRICS.request("raw_checksum");
+        guard!(self, request, timer, "RawChecksum");
         let result = self.storage.raw_checksum(request.get_ref()).await;
         respond!(timer, kvrpcpb::RawChecksumResponse, result, |resp, sum| {
             resp.checksum = sum.crc64_xor;
@@ -236,6 +357,9 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::SplitRegionRequest>,
     ) -> Result<Response<kvrpcpb::SplitRegionResponse>, Status> {
         let timer = METRICS.request("split_region");
+        if let Some(denied) = admin_only(&request, "SplitRegion") {
+            return Err(timer.refused(denied));
+        }
         let req = request.into_inner();
         let mut keys = req.split_keys;
         if !req.split_key.is_empty() {
@@ -255,6 +379,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::GetRequest>,
     ) -> Result<Response<kvrpcpb::GetResponse>, Status> {
         let timer = METRICS.request("kv_get");
+        guard!(self, request, timer, "KvGet");
         let result = self.storage.kv_get(request.get_ref()).await;
         txn_respond!(timer, kvrpcpb::GetResponse, result, |resp, value| match value {
             Some(value) => resp.value = value,
@@ -267,6 +392,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::BatchGetRequest>,
     ) -> Result<Response<kvrpcpb::BatchGetResponse>, Status> {
         let timer = METRICS.request("kv_batch_get");
+        guard!(self, request, timer, "KvBatchGet");
         let req = request.into_inner();
         let mut resp = kvrpcpb::BatchGetResponse::default();
         match self.storage.kv_batch_get(&req).await {
@@ -286,6 +412,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::ScanRequest>,
     ) -> Result<Response<kvrpcpb::ScanResponse>, Status> {
         let timer = METRICS.request("kv_scan");
+        guard!(self, request, timer, "KvScan");
         let req = request.into_inner();
         let mut resp = kvrpcpb::ScanResponse::default();
         match self.storage.kv_scan(&req).await {
@@ -305,6 +432,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::PrewriteRequest>,
     ) -> Result<Response<kvrpcpb::PrewriteResponse>, Status> {
         let timer = METRICS.request("kv_prewrite");
+        guard!(self, request, timer, "KvPrewrite");
         let mut resp = kvrpcpb::PrewriteResponse::default();
         match self.storage.kv_prewrite(request.into_inner()).await {
             Ok(result) => {
@@ -329,6 +457,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::CommitRequest>,
     ) -> Result<Response<kvrpcpb::CommitResponse>, Status> {
         let timer = METRICS.request("kv_commit");
+        guard!(self, request, timer, "KvCommit");
         let result = self.storage.kv_commit(request.into_inner()).await;
         txn_respond!(timer, kvrpcpb::CommitResponse, result, |resp, commit_ts| resp
             .commit_version =
@@ -340,6 +469,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::BatchRollbackRequest>,
     ) -> Result<Response<kvrpcpb::BatchRollbackResponse>, Status> {
         let timer = METRICS.request("kv_batch_rollback");
+        guard!(self, request, timer, "KvBatchRollback");
         let result = self.storage.kv_batch_rollback(request.into_inner()).await;
         txn_respond!(timer, kvrpcpb::BatchRollbackResponse, result, |_resp, _unit| ())
     }
@@ -349,6 +479,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::CleanupRequest>,
     ) -> Result<Response<kvrpcpb::CleanupResponse>, Status> {
         let timer = METRICS.request("kv_cleanup");
+        guard!(self, request, timer, "KvCleanup");
         let mut resp = kvrpcpb::CleanupResponse::default();
         match self.storage.kv_cleanup(request.into_inner()).await {
             Ok(()) => {}
@@ -367,6 +498,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::CheckTxnStatusRequest>,
     ) -> Result<Response<kvrpcpb::CheckTxnStatusResponse>, Status> {
         let timer = METRICS.request("kv_check_txn_status");
+        guard!(self, request, timer, "KvCheckTxnStatus");
         let result = self.storage.kv_check_txn_status(request.into_inner()).await;
         txn_respond!(timer, kvrpcpb::CheckTxnStatusResponse, result, |resp, outcome| {
             let (status, action) = outcome;
@@ -397,6 +529,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::CheckSecondaryLocksRequest>,
     ) -> Result<Response<kvrpcpb::CheckSecondaryLocksResponse>, Status> {
         let timer = METRICS.request("kv_check_secondary_locks");
+        guard!(self, request, timer, "KvCheckSecondaryLocks");
         let result = self.storage.kv_check_secondary_locks(request.into_inner()).await;
         txn_respond!(timer, kvrpcpb::CheckSecondaryLocksResponse, result, |resp, status| {
             match status {
@@ -412,6 +545,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::TxnHeartBeatRequest>,
     ) -> Result<Response<kvrpcpb::TxnHeartBeatResponse>, Status> {
         let timer = METRICS.request("kv_txn_heart_beat");
+        guard!(self, request, timer, "KvTxnHeartBeat");
         let result = self.storage.kv_txn_heart_beat(request.into_inner()).await;
         txn_respond!(timer, kvrpcpb::TxnHeartBeatResponse, result, |resp, ttl| resp.lock_ttl = ttl)
     }
@@ -421,6 +555,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::PessimisticRollbackRequest>,
     ) -> Result<Response<kvrpcpb::PessimisticRollbackResponse>, Status> {
         let timer = METRICS.request("kv_pessimistic_rollback");
+        guard!(self, request, timer, "KvPessimisticRollback");
         let mut resp = kvrpcpb::PessimisticRollbackResponse::default();
         match self.storage.kv_pessimistic_rollback(request.into_inner()).await {
             Ok(()) => {}
@@ -438,6 +573,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::PessimisticLockRequest>,
     ) -> Result<Response<kvrpcpb::PessimisticLockResponse>, Status> {
         let timer = METRICS.request("kv_pessimistic_lock");
+        guard!(self, request, timer, "KvPessimisticLock");
         let req = request.into_inner();
         let return_values = req.return_values;
         let mut resp = kvrpcpb::PessimisticLockResponse::default();
@@ -462,6 +598,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::ResolveLockRequest>,
     ) -> Result<Response<kvrpcpb::ResolveLockResponse>, Status> {
         let timer = METRICS.request("kv_resolve_lock");
+        guard!(self, request, timer, "KvResolveLock");
         let result = self.storage.kv_resolve_lock(request.into_inner()).await;
         txn_respond!(timer, kvrpcpb::ResolveLockResponse, result, |_resp, _unit| ())
     }
@@ -471,6 +608,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::ScanLockRequest>,
     ) -> Result<Response<kvrpcpb::ScanLockResponse>, Status> {
         let timer = METRICS.request("kv_scan_lock");
+        guard!(self, request, timer, "KvScanLock");
         let result = self.storage.kv_scan_lock(request.get_ref()).await;
         txn_respond!(timer, kvrpcpb::ScanLockResponse, result, |resp, locks| resp.locks = locks)
     }
@@ -480,6 +618,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::GcRequest>,
     ) -> Result<Response<kvrpcpb::GcResponse>, Status> {
         let timer = METRICS.request("kv_gc");
+        guard!(self, request, timer, "KvGc");
         let result = self.storage.kv_gc(request.get_ref()).await;
         txn_respond!(timer, kvrpcpb::GcResponse, result, |_resp, _deleted| ())
     }
@@ -489,6 +628,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::DeleteRangeRequest>,
     ) -> Result<Response<kvrpcpb::DeleteRangeResponse>, Status> {
         let timer = METRICS.request("kv_delete_range");
+        guard!(self, request, timer, "KvDeleteRange");
         let mut resp = kvrpcpb::DeleteRangeResponse::default();
         match self.storage.kv_delete_range(request.get_ref()).await {
             Ok(()) => {}
@@ -506,6 +646,7 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::UnsafeDestroyRangeRequest>,
     ) -> Result<Response<kvrpcpb::UnsafeDestroyRangeResponse>, Status> {
         let timer = METRICS.request("unsafe_destroy_range");
+        guard!(self, request, timer, "UnsafeDestroyRange");
         let req = request.into_inner();
         let mut resp = kvrpcpb::UnsafeDestroyRangeResponse::default();
         if let Err(e) = self.storage.unsafe_destroy_range(&req.start_key, &req.end_key).await {
@@ -522,6 +663,8 @@ impl Tikv for TikvService {
         &self,
         request: Request<tonic::Streaming<tikvpb::BatchCommandsRequest>>,
     ) -> Result<Response<super::batch::BatchCommandsStream>, Status> {
-        Ok(Response::new(super::batch::serve(self.clone(), &self.tasks, request.into_inner())))
+        let caller = super::batch::Caller::of(&request);
+        let stream = super::batch::serve(self.clone(), &self.tasks, caller, request.into_inner());
+        Ok(Response::new(stream))
     }
 }

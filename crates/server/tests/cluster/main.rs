@@ -2,6 +2,7 @@
 //! partitions, lagging replicas, membership changes, and transactions across leader
 //! changes, through the real `tikv-client` with every node given as the PD endpoint.
 
+mod grants;
 mod harness;
 mod tls;
 

@@ -77,7 +77,7 @@ async fn raw_client(
 
 /// Three nodes serving TLS with a node certificate from `certs`, their other security
 /// settings adjusted by `adjust`.
-async fn tls_cluster(
+pub(crate) async fn tls_cluster(
     certs: &Certs,
     adjust: impl Fn(&mut scandium_server::tls::SecurityConfig) + Send + Sync + 'static,
 ) -> Cluster {
@@ -267,7 +267,7 @@ async fn certificates_and_the_ca_are_rotated_under_load_without_a_restart() {
 }
 
 /// A gRPC connection to node `i` presenting `cert`.
-async fn channel_as(
+pub(crate) async fn channel_as(
     cluster: &Cluster,
     i: usize,
     ca: &Path,
@@ -351,7 +351,7 @@ async fn identities_are_checked_before_any_call_runs() {
     denied(
         admin.propose_meta(put_store("10.9.9.9:1")).await,
         tonic::Code::PermissionDenied,
-        "only scheduler settings and store states",
+        "may change only scheduler settings",
     );
 
     // A node certificate for another address speaks for no store here.
