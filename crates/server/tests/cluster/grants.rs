@@ -513,3 +513,80 @@ async fn tikv_client_sees_a_refusal_at_once_and_does_not_retry_it() {
     assert!(refused.contains("PERMISSION_DENIED") || refused.contains("permission"), "{refused}");
     cluster.shutdown().await;
 }
+
+/// Grants change while a client writes (etcd checked grants at apply time, against each
+/// replica's own view, and its replicas diverged: etcd-io/etcd#11651). Here a write is
+/// judged once, before it is proposed: every acknowledged write is on every replica,
+/// every refused one on none, and the replicas agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_changing_under_writes_leave_the_replicas_identical() {
+    let certs = Certs::new();
+    let cluster = tls_cluster(&certs, |_| {}).await;
+    for who in ["root", "rw"] {
+        certs.issue(who);
+    }
+    let grant = |access: Access| Grant {
+        name: "rw".into(),
+        keyspaces: vec![KeyspaceAccess { keyspace_id: 0, access: access as i32 }],
+        ..Default::default()
+    };
+    propose_as_root(&cluster, &certs, Kind::SetGrant(grant(Access::ReadWrite))).await;
+    propose_as_root(&cluster, &certs, Kind::SetAuthorization(true)).await;
+    wait_for_grants(&cluster, true, 1).await;
+    let dir = certs.dir.path();
+    let client = |who: &str| {
+        let config = tikv_client::Config::default()
+            .with_security(
+                certs.ca_path(),
+                dir.join(format!("{who}.pem")),
+                dir.join(format!("{who}.key")),
+            )
+            .with_keyspace("DEFAULT")
+            .with_timeout(Duration::from_secs(3));
+        tikv_client::RawClient::new_with_config(cluster.addrs.clone(), config)
+    };
+    let writer = client("rw").await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut acknowledged, mut refused) = (Vec::new(), Vec::new());
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("race{i:06}").into_bytes();
+                match writer.put(key.clone(), b"v".to_vec()).await {
+                    Ok(()) => acknowledged.push(key),
+                    Err(e) if e.to_string().contains("PERMISSION_DENIED") => refused.push(key),
+                    Err(e) => panic!("a write failed for another reason: {e}"),
+                }
+                i += 1;
+            }
+            (acknowledged, refused)
+        }
+    });
+    for round in 0..10 {
+        let access = if round % 2 == 0 { Access::Read } else { Access::ReadWrite };
+        propose_as_root(&cluster, &certs, Kind::SetGrant(grant(access))).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !cluster
+            .running()
+            .all(|(_, node)| node.placement().read().grants()["rw"].keyspace(0) == access)
+        {
+            assert!(tokio::time::Instant::now() < deadline, "grant not applied everywhere");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acknowledged, refused) = writing.await.unwrap();
+    assert!(!acknowledged.is_empty() && !refused.is_empty(), "{acknowledged:?} {refused:?}");
+    let root = client("root").await.unwrap();
+    for key in &acknowledged {
+        assert!(root.get(key.clone()).await.unwrap().is_some(), "acknowledged {key:?} lost");
+    }
+    for key in &refused {
+        assert!(root.get(key.clone()).await.unwrap().is_none(), "refused {key:?} written");
+    }
+    crate::harness::assert_replicas_agree(&cluster).await;
+    cluster.shutdown().await;
+}
