@@ -59,9 +59,12 @@ keys! {
     BatchGetRequest: Txn false |r| r.keys.iter().map(Vec::as_slice);
     CommitRequest: Txn true |r| r.keys.iter().map(Vec::as_slice);
     BatchRollbackRequest: Txn true |r| r.keys.iter().map(Vec::as_slice);
-    CleanupRequest: Txn true |r| [r.key.as_slice()];
-    CheckTxnStatusRequest: Txn true |r| [r.primary_key.as_slice()];
-    CheckSecondaryLocksRequest: Txn true |r| r.keys.iter().map(Vec::as_slice);
+    // Lock resolution: a reader that meets another transaction's lock must settle it
+    // (roll it back once expired, or finish its commit) to read at all, so read access
+    // suffices; it writes nothing a transaction did not prewrite.
+    CleanupRequest: Txn false |r| [r.key.as_slice()];
+    CheckTxnStatusRequest: Txn false |r| [r.primary_key.as_slice()];
+    CheckSecondaryLocksRequest: Txn false |r| r.keys.iter().map(Vec::as_slice);
     TxnHeartBeatRequest: Txn true |r| [r.primary_lock.as_slice()];
     PessimisticRollbackRequest: Txn true |r| r.keys.iter().map(Vec::as_slice);
     PrewriteRequest: Txn true |r| r.mutations.iter().map(|m| m.key.as_slice())
@@ -121,12 +124,13 @@ impl Guarded for kvrpcpb::ScanLockRequest {
     }
 }
 
+/// Lock resolution needs read access only (see `CleanupRequest` above).
 impl Guarded for kvrpcpb::ResolveLockRequest {
     fn need(&self) -> Need<'_> {
         match self.keys.is_empty() {
             // Every lock of the transactions in the Region the request names.
-            true => Need::Region { space: Space::Txn, write: true, from: b"" },
-            false => Need::keys(Space::Txn, true, self.keys.iter().map(Vec::as_slice)),
+            true => Need::Region { space: Space::Txn, write: false, from: b"" },
+            false => Need::keys(Space::Txn, false, self.keys.iter().map(Vec::as_slice)),
         }
     }
 }

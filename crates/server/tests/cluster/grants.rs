@@ -37,7 +37,7 @@ fn grants() -> Vec<Grant> {
 
 /// The operations, and who may make each: one letter per identity of [`WHO`], `y`
 /// allowed and `n` refused.
-const MATRIX: [(&str, &str); 20] = [
+const MATRIX: [(&str, &str); 22] = [
     ("RawGet V1", "yynnyn"),
     ("RawPut V1", "yynnyn"),
     ("RawScan V1", "yynnyn"),
@@ -52,7 +52,9 @@ const MATRIX: [(&str, &str); 20] = [
     ("KvGet keyspace", "yyyynn"),
     ("KvPrewrite keyspace", "yyynnn"),
     ("KvScan keyspace", "yyyynn"),
-    ("KvResolveLock keyspace Region", "yyynnn"),
+    ("KvResolveLock keyspace Region", "yyyynn"),
+    ("KvCheckTxnStatus V1", "yynnyn"),
+    ("KvTxnHeartBeat keyspace", "yyynnn"),
     ("GetRegion keyspace", "yyyynn"),
     ("LoadKeyspace DEFAULT", "yyyynn"),
     ("UpdateGCSafePoint", "yynnnn"),
@@ -223,6 +225,25 @@ impl Matrix<'_> {
                     context: Some(ctx),
                     start_version: 999_999,
                     commit_version: 0,
+                    ..Default::default()
+                })
+            }
+            "KvCheckTxnStatus V1" => {
+                tikv!(v1_key(who), kv_check_txn_status, |ctx| kvrpcpb::CheckTxnStatusRequest {
+                    context: Some(ctx),
+                    primary_key: v1_key("nothing"),
+                    lock_ts: 5,
+                    caller_start_ts: 6,
+                    current_ts: 6,
+                    ..Default::default()
+                })
+            }
+            "KvTxnHeartBeat keyspace" => {
+                tikv!(txn_key(who), kv_txn_heart_beat, |ctx| kvrpcpb::TxnHeartBeatRequest {
+                    context: Some(ctx),
+                    primary_lock: txn_key("nothing"),
+                    start_version: 5,
+                    advise_lock_ttl: 3_000,
                     ..Default::default()
                 })
             }
@@ -507,6 +528,36 @@ async fn tikv_client_sees_a_refusal_at_once_and_does_not_retry_it() {
     let refused = txn.commit().await.unwrap_err().to_string();
     assert!(refused.contains("PERMISSION_DENIED"), "{refused}");
     assert_eq!(writer.get(b"shared".to_vec()).await.unwrap(), Some(b"1".to_vec()));
+
+    // A reader meets a lock another transaction left behind and settles it (checks the
+    // primary's status, rolls the expired lock back) with read access alone.
+    let orphan = b"x\0\0\0orphan".to_vec();
+    let matrix = Matrix { cluster: &cluster, certs: &certs };
+    let (channel, ctx) = matrix.at("rw", &orphan).await;
+    let start = {
+        use tikv_client::TimestampExt as _;
+        transactions.current_timestamp().await.unwrap().version()
+    };
+    let prewrite = kvrpcpb::PrewriteRequest {
+        context: Some(ctx),
+        mutations: vec![kvrpcpb::Mutation {
+            op: kvrpcpb::Op::Put as i32,
+            key: orphan.clone(),
+            value: b"never committed".to_vec(),
+            ..Default::default()
+        }],
+        primary_lock: orphan.clone(),
+        start_version: start,
+        lock_ttl: 1,
+        ..Default::default()
+    };
+    let written = TikvClient::new(channel).kv_prewrite(prewrite).await.unwrap().into_inner();
+    assert!(written.errors.is_empty() && written.region_error.is_none(), "{written:?}");
+    let now = transactions.current_timestamp().await.unwrap();
+    let mut snapshot =
+        transactions.snapshot(now, tikv_client::TransactionOptions::new_optimistic());
+    assert_eq!(snapshot.get(b"orphan".to_vec()).await.unwrap(), None);
+    assert!(!matrix.locked(&orphan).await, "the reader rolled the expired lock back");
 
     let nobody = client("nobody").await;
     let refused = nobody.err().expect("a client with no grant loaded the keyspace").to_string();
