@@ -777,7 +777,8 @@ fn raise_open_file_limit(wanted: u64) -> u64 {
     wanted.min(current.saturating_sub(2_000))
 }
 
-/// tikv-python (`TLSConfig`) against a TLS node, addressed by IP and by DNS name. Needs
+/// tikv-python (`TLSConfig`) against a 3-node TLS cluster, addressed by IP and by DNS
+/// name. Needs
 /// Python with `tikv-python` (`.ci/run` installs it); skipped without, unless
 /// `SCANDIUM_REQUIRE_TIKV_PYTHON` is set.
 #[test]
@@ -797,34 +798,37 @@ fn tikv_python_works_over_tls_by_ip_and_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let certs = scandium_certs(dir.path(), &["127.0.0.1", "localhost"], "py");
     let path = |file: &str| format!("{certs}/{file}");
-    let data = dir.path().join("data");
     let (node_cert, node_key, ca) = (path("node.pem"), path("node.key"), path("ca.pem"));
-    let server = Server::start(
-        dir.path(),
-        &[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--addr",
-            "127.0.0.1:0",
-            "--ca",
-            &ca,
-            "--cert",
-            &node_cert,
-            "--key",
-            &node_key,
-        ],
-    );
-    let port = server.addr.rsplit_once(':').unwrap().1;
+    let tls = ["--ca", ca.as_str(), "--cert", &node_cert, "--key", &node_key];
+    let mut servers: Vec<Server> = Vec::new();
+    for i in 0..3 {
+        let data = dir.path().join(format!("data{i}"));
+        let mut args = vec!["--data-dir", data.to_str().unwrap(), "--addr", "127.0.0.1:0"];
+        let first = servers.first().map(|s| s.addr.clone());
+        if let Some(first) = &first {
+            args.extend(["--join", first.as_str()]);
+        }
+        servers.push(Server::start(dir.path(), &[&args[..], &tls[..]].concat()));
+    }
+    let ports: Vec<&str> = servers.iter().map(|s| s.addr.rsplit_once(':').unwrap().1).collect();
+    let ports = ports.join(",");
     let script = r#"
 import sys, tikv
-ca, cert, key, port = sys.argv[1:5]
+ca, cert, key, ports = sys.argv[1:5]
+ports = ports.split(",")
 tls = tikv.TLSConfig(ca=ca, cert=cert, key=key)
 for host in ("127.0.0.1", "localhost"):
-    with tikv.RawClient([f"{host}:{port}"], tls=tls, timeout=10) as client:
-        client.put(b"py-" + host.encode(), b"over tls")
-        assert client.get(b"py-" + host.encode()) == b"over tls", host
+    with tikv.RawClient([f"{host}:{port}" for port in ports], tls=tls, timeout=10) as client:
+        for i in range(20):
+            client.put(b"py-%s-%d" % (host.encode(), i), b"over tls")
+        for i in range(20):
+            assert client.get(b"py-%s-%d" % (host.encode(), i)) == b"over tls", host
+# Each node alone, by name: any node answers as the placement endpoint.
+for port in ports:
+    with tikv.RawClient([f"localhost:{port}"], tls=tls, timeout=10) as client:
+        assert client.get(b"py-127.0.0.1-7") == b"over tls", port
 try:
-    with tikv.RawClient([f"127.0.0.1:{port}"], timeout=3) as client:
+    with tikv.RawClient([f"127.0.0.1:{ports[0]}"], timeout=3) as client:
         client.get(b"py-localhost")
     print("PLAINTEXT SERVED")
 except Exception:
@@ -832,11 +836,11 @@ except Exception:
 print("ok")
 "#;
     let output = std::process::Command::new("python3")
-        .args(["-c", script, &ca, &path("client.py.pem"), &path("client.py.key"), port])
+        .args(["-c", script, &ca, &path("client.py.pem"), &path("client.py.key"), &ports])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout).to_string()
         + &String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && text.contains("plaintext refused\nok"), "{text}");
-    drop(server);
+    drop(servers);
 }
