@@ -58,6 +58,7 @@ fn with_authorisation_off_every_client_may_do_everything() {
     assert!(authz.check(&stranger, "split_region", &Need::Admin).is_ok());
     assert!(authz.may_see_keyspace(&stranger, 1));
     assert!(!authz.is_admin(&stranger), "admins come from admin-cn and grants only");
+    assert!(!authz.checks(&stranger), "nothing to check with authorisation off");
 }
 
 #[test]
@@ -65,6 +66,7 @@ fn a_grant_allows_its_keyspaces_and_nothing_else() {
     let authz = authz(true, vec![app_writer()]);
     let app = identity("app");
     let check = |need: Need| authz.check(&app, "op", &need);
+    assert!(authz.checks(&app) && !authz.checks(&identity("root")));
     assert!(check(Need::keys(Space::Raw, true, [APP_RAW])).is_ok());
     assert!(check(Need::keys(Space::Txn, true, [APP_TXN])).is_ok());
     assert!(check(Need::range(Space::Raw, false, b"r\0\0\x01", b"r\0\0\x02")).is_ok());

@@ -104,7 +104,7 @@ impl TikvService {
     ) -> Option<R> {
         let identity = request.extensions().get::<Arc<PeerIdentity>>()?;
         let authz = request.extensions().get::<Arc<Authz>>()?;
-        if identity.node {
+        if !authz.checks(identity) {
             return None;
         }
         let req = request.get_ref();
