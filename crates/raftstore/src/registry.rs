@@ -69,18 +69,34 @@ pub struct GroupStatus {
     pub status: Option<RegionStatus>,
 }
 
+/// Which Regions there are: written only when a Region appears or goes, or its start key
+/// changes, so that a status update of one Region does not hold up requests on others.
 #[derive(Default)]
-struct Inner {
-    meta: GroupStatus,
-    by_id: HashMap<RegionId, RegionStatus>, // lookups only
+struct Index {
+    by_id: HashMap<RegionId, Arc<Slot>>,
     /// Start key to Region id, for routing by key.
     by_start: BTreeMap<Vec<u8>, RegionId>,
 }
 
-/// Shared, cheaply cloned view of the Regions on this node.
+/// One Region's latest status, replaced whole at each publication.
+struct Slot {
+    status: RwLock<Arc<RegionStatus>>,
+}
+
+impl Slot {
+    fn load(&self) -> Arc<RegionStatus> {
+        self.status.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Shared, cheaply cloned view of the Regions on this node. A request's checks take the
+/// index's read lock and then its Region's own: the Raft thread's publications of other
+/// Regions never make them wait (one lock for all once did, thousands of writes every
+/// few hundred milliseconds at rest).
 #[derive(Clone, Default)]
 pub struct Registry {
-    inner: Arc<RwLock<Inner>>,
+    index: Arc<RwLock<Index>>,
+    meta: Arc<RwLock<GroupStatus>>,
 }
 
 impl Registry {
@@ -91,7 +107,13 @@ impl Registry {
 
     /// The status of Region `id`.
     pub fn get(&self, id: RegionId) -> Option<RegionStatus> {
-        self.read().by_id.get(&id).cloned()
+        self.status(id).map(|status| (*status).clone())
+    }
+
+    /// The status of Region `id`, shared (no copy of its peers and statistics).
+    pub fn status(&self, id: RegionId) -> Option<Arc<RegionStatus>> {
+        let slot = self.read().by_id.get(&id).cloned()?;
+        Some(slot.load())
     }
 
     /// The checks every request on a Region passes before it touches data: the Region has
@@ -105,13 +127,11 @@ impl Registry {
         epoch: Option<RegionEpoch>,
         now_ms: u64,
     ) -> Result<Led, RaftstoreError> {
-        let status = self.get(region_id).ok_or(RaftstoreError::RegionNotFound(region_id))?;
+        let status = self.status(region_id).ok_or(RaftstoreError::RegionNotFound(region_id))?;
         if epoch.is_some_and(|epoch| epoch != status.region.epoch()) {
-            return Err(RaftstoreError::EpochNotMatch { current: vec![status.region] });
+            return Err(RaftstoreError::EpochNotMatch { current: vec![status.region.clone()] });
         }
-        let lease_valid = status.lease_valid(now_ms);
-        let RegionStatus { region, peer, leader, leader_alive, ready_for_reads, term, .. } = status;
-        if !ready_for_reads {
+        if !status.ready_for_reads {
             // tikv-client follows a hint at once, without sleeping, but spends one of its
             // ten attempts on each hop. A leader this replica has not heard from lately is
             // likely dead, and a new leader that has not applied its term's first entry
@@ -119,24 +139,32 @@ impl Registry {
             // attempt in milliseconds, before the election or that apply was done (raw
             // puts failed by hundreds in each failover). Without a hint the client backs
             // off and asks placement again.
-            let leader = leader.filter(|l| leader_alive && l.id != peer.id);
-            return Err(RaftstoreError::NotLeader { region_id: region.id, leader });
+            let leader =
+                (status.leader.clone()).filter(|l| status.leader_alive && l.id != status.peer.id);
+            return Err(RaftstoreError::NotLeader { region_id: status.region.id, leader });
         }
-        Ok(Led { region, term, lease_valid })
+        let lease_valid = status.lease_valid(now_ms);
+        Ok(Led { region: status.region.clone(), term: status.term, lease_valid })
     }
 
     /// The Region containing `key`.
     pub fn find_by_key(&self, key: &[u8]) -> Option<RegionStatus> {
-        let inner = self.read();
-        let (_, id) = inner.by_start.range(..=key.to_vec()).next_back()?;
-        let status = inner.by_id.get(id)?;
-        status.region.contains(key).then(|| status.clone())
+        let slot = {
+            let index = self.read();
+            let (_, id) = index.by_start.range(..=key.to_vec()).next_back()?;
+            index.by_id.get(id)?.clone()
+        };
+        let status = slot.load();
+        status.region.contains(key).then(|| (*status).clone())
     }
 
     /// Every Region, in key order.
     pub fn all(&self) -> Vec<RegionStatus> {
-        let inner = self.read();
-        inner.by_start.values().filter_map(|id| inner.by_id.get(id).cloned()).collect()
+        let slots: Vec<Arc<Slot>> = {
+            let index = self.read();
+            index.by_start.values().filter_map(|id| index.by_id.get(id).cloned()).collect()
+        };
+        slots.iter().map(|slot| (*slot.load()).clone()).collect()
     }
 
     /// Regions overlapping `[start, end)` (empty `end` = unbounded), in key order.
@@ -150,42 +178,55 @@ impl Registry {
             .collect()
     }
 
-    /// Publishes a Region's status, replacing what was known of it.
+    /// Publishes a Region's status, replacing what was known of it. Only a new Region,
+    /// or one whose start key moved, takes the index's write lock.
     pub fn publish(&self, status: RegionStatus) {
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        Self::unindex(&mut inner, status.region.id);
-        inner.by_start.insert(status.region.start_key.clone(), status.region.id);
-        inner.by_id.insert(status.region.id, status);
+        let id = status.region.id;
+        {
+            let index = self.read();
+            if let Some(slot) = index.by_id.get(&id) {
+                let mut current = slot.status.write().unwrap_or_else(|e| e.into_inner());
+                if current.region.start_key == status.region.start_key {
+                    *current = Arc::new(status);
+                    return;
+                }
+            }
+        }
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        Self::unindex(&mut index, id);
+        index.by_start.insert(status.region.start_key.clone(), id);
+        let slot = Slot { status: RwLock::new(Arc::new(status)) };
+        index.by_id.insert(id, Arc::new(slot));
     }
 
     /// Forgets a Region whose local replica was destroyed.
     pub fn remove(&self, id: RegionId) {
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        Self::unindex(&mut inner, id);
-        inner.by_id.remove(&id);
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        Self::unindex(&mut index, id);
+        index.by_id.remove(&id);
     }
 
-    fn unindex(inner: &mut Inner, id: RegionId) {
-        if let Some(old) = inner.by_id.get(&id) {
-            let old_start = old.region.start_key.clone();
-            if inner.by_start.get(&old_start) == Some(&id) {
-                inner.by_start.remove(&old_start);
+    fn unindex(index: &mut Index, id: RegionId) {
+        if let Some(old) = index.by_id.get(&id) {
+            let old_start = old.load().region.start_key.clone();
+            if index.by_start.get(&old_start) == Some(&id) {
+                index.by_start.remove(&old_start);
             }
         }
     }
 
     /// Leadership of the local placement peer.
     pub fn meta(&self) -> GroupStatus {
-        self.read().meta.clone()
+        self.meta.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Publishes the local placement peer's leadership.
     pub fn publish_meta(&self, status: GroupStatus) {
-        self.inner.write().unwrap_or_else(|e| e.into_inner()).meta = status;
+        *self.meta.write().unwrap_or_else(|e| e.into_inner()) = status;
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -226,5 +267,34 @@ mod tests {
         status.leader_alive = true;
         registry.publish(status);
         assert_eq!(hint(&registry), None);
+    }
+
+    #[test]
+    fn a_region_is_found_by_its_current_start_and_shared_until_it_changes() {
+        let registry = Registry::new();
+        let region = |start: &[u8], version| Region {
+            id: 7,
+            start_key: start.to_vec(),
+            version,
+            ..Default::default()
+        };
+        let status = |start: &[u8], version| RegionStatus {
+            region: region(start, version),
+            ..Default::default()
+        };
+        registry.publish(status(b"a", 1));
+        let first = registry.status(7).unwrap();
+        assert!(Arc::ptr_eq(&first, &registry.status(7).unwrap()), "no copy per look");
+        // Same start: the slot is replaced, the index kept.
+        registry.publish(status(b"a", 2));
+        assert_eq!(registry.find_by_key(b"b").unwrap().region.version, 2);
+        assert_eq!(first.region.version, 1, "a reader's status stays as it was");
+        // The start moved: the index follows.
+        registry.publish(status(b"c", 3));
+        assert!(registry.find_by_key(b"b").is_none());
+        assert_eq!(registry.find_by_key(b"d").unwrap().region.version, 3);
+        assert_eq!(registry.all().len(), 1);
+        registry.remove(7);
+        assert!(registry.status(7).is_none() && registry.find_by_key(b"d").is_none());
     }
 }
