@@ -275,3 +275,55 @@ fn grants_are_checked_recorded_removed_and_survive_a_reload() {
     assert_eq!(reloaded.grants().len(), 1);
     assert_eq!(reloaded.grants().get("alice"), Some(&alice));
 }
+
+proptest::proptest! {
+    /// The start-key lookup of overlapping Regions finds what a scan of every Region
+    /// finds, through splits reported child first, parent first, together, and stale.
+    #[test]
+    fn overlaps_are_found_by_start_key_as_by_a_scan(
+        ops in proptest::collection::vec((0u8..4, 0u8..=255, 0usize..64), 1..80),
+        probes in proptest::collection::vec((0u8..=255, 0u8..=255, 0u64..40), 8),
+    ) {
+        let mut state = PlacementState::bootstrap(7, 10, store(), vec![region(1, b"", b"", 1)], vec![]).0;
+        let mut history: Vec<Region> = Vec::new();
+        let mut next_id = 2;
+        for (kind, key, pick) in ops {
+            let regions: Vec<Region> = state.regions().cloned().collect();
+            let parent = regions[pick % regions.len()].clone();
+            let cut = vec![key];
+            let inside = cut > parent.start_key && (parent.end_key.is_empty() || cut < parent.end_key);
+            let command = match kind {
+                // A stale report of an earlier shape.
+                3 if !history.is_empty() => Kind::PutRegion(history[pick % history.len()].clone()),
+                _ if inside => {
+                    let version = parent.version + 1;
+                    let left = Region { end_key: cut.clone(), version, ..parent.clone() };
+                    let right = region(next_id, &cut, &parent.end_key, version);
+                    next_id += 1;
+                    history.push(parent.clone());
+                    match kind {
+                        0 => Kind::PutRegions(Regions { regions: vec![left, right] }),
+                        1 => Kind::PutRegion(right),
+                        _ => Kind::PutRegion(left),
+                    }
+                }
+                _ => continue,
+            };
+            apply(&mut state, command);
+            for (a, b, id) in &probes {
+                let (start, end) = (vec![*a.min(b)], if a == b { Vec::new() } else { vec![*a.max(b)] });
+                let probe = region(*id, &start, &end, 1);
+                let mut found = state.overlapping(&probe);
+                let mut scanned: Vec<RegionId> = state
+                    .regions
+                    .values()
+                    .filter(|r| r.id != probe.id && overlaps(r, &probe))
+                    .map(|r| r.id)
+                    .collect();
+                found.sort();
+                scanned.sort();
+                proptest::prop_assert_eq!(found, scanned);
+            }
+        }
+    }
+}
