@@ -73,7 +73,7 @@ pub struct GroupStatus {
 /// changes, so that a status update of one Region does not hold up requests on others.
 #[derive(Default)]
 struct Index {
-    by_id: HashMap<RegionId, Arc<Slot>>,
+    by_id: HashMap<RegionId, Arc<Slot>>, // lookups only
     /// Start key to Region id, for routing by key.
     by_start: BTreeMap<Vec<u8>, RegionId>,
 }
