@@ -103,6 +103,14 @@ async fn a_tls_cluster_serves_tikv_client_and_refuses_plaintext() {
         raw.put(vec![b'k', i], vec![i; 64]).await.unwrap();
     }
     assert_eq!(raw.get(vec![b'k', 7]).await.unwrap(), Some(vec![7; 64]));
+    // By DNS name too: the nodes' certificate names `localhost` as well as the address.
+    let by_name: Vec<String> =
+        cluster.addrs.iter().map(|a| a.replace("127.0.0.1", "localhost")).collect();
+    let config = tikv_client::Config::default()
+        .with_security(certs.ca_path(), &client_cert, &client_key)
+        .with_timeout(Duration::from_secs(3));
+    let named = tikv_client::RawClient::new_with_config(by_name, config).await.unwrap();
+    assert_eq!(named.get(vec![b'k', 7]).await.unwrap(), Some(vec![7; 64]));
     // An oversized message over TLS is refused as over plaintext, and nothing breaks.
     let oversized = raw.put(b"big".to_vec(), vec![0; 11 << 20]).await;
     assert!(oversized.is_err(), "an 11 MiB put past the 10 MiB message limit was taken");
