@@ -5,6 +5,8 @@
 # so the pairs share the machine's state. Prints every run and the TLS/plaintext ratio of
 # each pair. Usage:
 #   scripts/tls-bench.sh [ROUNDS] [SECONDS] [CLIENTS]
+# With AUTHZ=1 the TLS node checks grants: the bench client's certificate is granted
+# read-write on V1 raw keys and authorisation is turned on, so every request is judged.
 # Needs target/release/scandium (cargo build --release -p scandium-cli). Uses
 # 127.0.0.1:24700-24701 and /tmp/tls-bench.
 set -euo pipefail
@@ -26,6 +28,13 @@ $BIN server --data-dir $DIR/tls --addr 127.0.0.1:24701 $TLS_SERVER >$DIR/tls.log
 SECURE=$!
 trap 'kill $PLAIN $SECURE 2>/dev/null || true' EXIT
 sleep 3
+if [ "${AUTHZ:-0}" = 1 ]; then
+  $BIN cert create-client --dir $DIR/certs root >/dev/null
+  ROOT="--pd 127.0.0.1:24701 --ca $C/ca.pem --cert $C/client.root.pem --key $C/client.root.key"
+  $BIN ctl $ROOT grant bench --raw-v1 write >/dev/null
+  $BIN ctl $ROOT authorization on >/dev/null
+  echo "TLS node: authorization on, bench granted V1 raw read-write"
+fi
 ops() { grep -oE '^ops=[0-9]+' | cut -d= -f2; }
 run() { # ADDR WORKLOAD [TLS flags]
   local addr=$1 workload=$2; shift 2
