@@ -1,0 +1,44 @@
+#!/bin/bash
+# What many Regions cost at rest (issue 24; docs/design/hibernation.md): NODES local nodes,
+# REGIONS Regions made by one `ctl split` call (timed), then with no client at all, over
+# SECONDS, each node's CPU (utime+stime from /proc/PID/stat, in % of one core) and RSS.
+# Usage:
+#   scripts/idle-regions.sh [NODES] [REGIONS] [SECONDS]
+# Needs target/release/scandium (cargo build --release -p scandium-cli). Uses
+# 127.0.0.1:24900-24904 and /tmp/idle-regions.
+set -euo pipefail
+NODES=${1:-3}
+REGIONS=${2:-1000}
+SECONDS_IDLE=${3:-60}
+BIN=${BIN:-target/release/scandium}
+DIR=/tmp/idle-regions
+rm -rf $DIR; mkdir -p $DIR
+ADDRS=(); PIDS=()
+for i in $(seq 0 $((NODES - 1))); do ADDRS[$i]=127.0.0.1:$((24900 + i)); done
+. "$(dirname "$0")/cluster.sh"
+trap 'kill ${PIDS[*]} 2>/dev/null || true' EXIT
+for i in $(seq 0 $((NODES - 1))); do start $i; done
+regions() { curl -s ${ADDRS[0]}/pd/api/v1/regions | python3 -c "import json,sys; print(json.load(sys.stdin)['count'])"; }
+# Wait until every Region has its replicas (the initial ones and the placement group).
+sleep 5
+BEFORE=$(regions)
+# Split keys inside the V1 space before keyspace DEFAULT's edges: k00000001, ...
+KEYS=$(python3 -c "print(' '.join(f'k{i:08d}' for i in range(1, $REGIONS - $BEFORE + 1)))")
+START=$(date +%s.%N)
+$BIN ctl --pd ${ADDRS[0]} split $KEYS >/dev/null
+END=$(date +%s.%N)
+echo "split into $((REGIONS - BEFORE)) more Regions in $(python3 -c "print(f'{$END - $START:.2f}')") s"
+for t in $(seq 1 120); do [ "$(regions)" -ge "$REGIONS" ] && break; sleep 1; done
+echo "Regions: $(regions); stores (id:regions/leaders): $(counts)"
+# Let elections, replication of the new Regions and balancing settle.
+sleep 20
+ticks=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' /proc/$1/stat; }
+declare -A FIRST
+for i in $(seq 0 $((NODES - 1))); do FIRST[$i]=$(cpu ${PIDS[$i]}); done
+sleep $SECONDS_IDLE
+for i in $(seq 0 $((NODES - 1))); do
+  used=$(( $(cpu ${PIDS[$i]}) - ${FIRST[$i]} ))
+  rss=$(awk '/VmRSS/ {print $2}' /proc/${PIDS[$i]}/status)
+  echo "node $i: cpu $(python3 -c "print(f'{100 * $used / $ticks / $SECONDS_IDLE:.2f}')")% of a core, rss $((rss / 1024)) MB"
+done
