@@ -203,6 +203,28 @@ impl Grants {
         }
         Ok(grant)
     }
+
+    /// `grant` in the shape `/api/v1/grants` shows grants, keyspaces named.
+    fn json_of(&self, grant: &scandium_placement::Grant) -> serde_json::Value {
+        let keyspaces = self.json["keyspaces"].as_array().into_iter().flatten();
+        let name_of = |id: u32| {
+            let mut found = keyspaces.clone().filter(|k| k["id"].as_u64() == Some(u64::from(id)));
+            found.next().and_then(|k| k["name"].as_str()).unwrap_or("").to_string()
+        };
+        let keyspaces: Vec<serde_json::Value> = (grant.keyspaces.iter())
+            .map(|k| {
+                let (id, access) = (k.keyspace_id, k.access().name());
+                json!({ "id": id, "name": name_of(id), "access": access })
+            })
+            .collect();
+        json!({
+            "name": grant.name,
+            "admin": grant.admin,
+            "raw_v1": grant.raw_v1().name(),
+            "txn_v1": grant.txn_v1().name(),
+            "keyspaces": keyspaces,
+        })
+    }
 }
 
 /// One line per grant, as `ctl grants` prints it.
@@ -672,19 +694,16 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                     grant.keyspaces.push(entry);
                 }
             }
+            // What was proposed is what the placement state now holds (a grant it refuses
+            // is an error above), whatever the node at --pd has applied yet.
+            let shown = grants.json_of(&grant);
+            let line = match grant.is_empty() {
+                true => format!("{name}: no grant"),
+                false => grant_line(&shown),
+            };
             propose_placement(&members, cluster_id, scandium_placement::Kind::SetGrant(grant))
                 .await?;
-            let shown = Grants::fetch(&args.pd).await?;
-            let now = shown.json["grants"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|g| g["name"].as_str() == Some(&name))
-                .cloned();
-            match now {
-                Some(grant) => Output::new(grant.clone(), grant_line(&grant)),
-                None => Output::new(json!({ "name": name }), format!("{name}: no grant")),
-            }
+            Output::new(shown, line)
         }
         CtlCommand::Revoke { name } => {
             let grant = scandium_placement::Grant { name: name.clone(), ..Default::default() };

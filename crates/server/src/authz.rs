@@ -20,7 +20,7 @@
 
 use crate::tls::PeerIdentity;
 use scandium_placement::{Access, Grant, PlacementState};
-use scandium_types::keyspace::{prefix, prefix_end, MAX_KEYSPACE_ID, RAW_MODE, TXN_MODE};
+use scandium_types::keyspace::{prefix, prefix_end, RAW_MODE, TXN_MODE};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
@@ -131,6 +131,8 @@ impl Authz {
     }
 
     /// Publishes the grants of `state` (a state loaded whole: from disk or a snapshot).
+    /// The keyspaces come along; no command changes them after bootstrap, so the change
+    /// count of the grants is enough to tell when to publish again.
     pub fn republish(&self, state: &PlacementState) {
         let policy = Policy {
             on: state.authorization(),
@@ -146,19 +148,21 @@ impl Authz {
         self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Whether `identity` is an admin: a node, a name in `admin-cn`, or a grant's admin.
-    pub fn is_admin(&self, identity: &PeerIdentity) -> bool {
-        identity.node
-            || self.admin_cn.contains(&identity.name)
-            || self.policy().grants.get(&identity.name).is_some_and(|g| g.admin)
+    /// Nodes and `admin-cn` names may do everything, whatever the grants say.
+    fn exempt(&self, identity: &PeerIdentity) -> bool {
+        identity.node || self.admin_cn.contains(&identity.name)
     }
 
-    /// Whether requests of `identity` are checked at all: not a node's, not an
-    /// `admin-cn` name's, and only with authorisation on. Handlers ask this before they
-    /// work out what a request needs, so that with authorisation off a request costs one
-    /// look at the published grants.
+    /// Whether `identity` is an admin: a node, a name in `admin-cn`, or a grant's admin.
+    pub fn is_admin(&self, identity: &PeerIdentity) -> bool {
+        self.exempt(identity) || self.policy().grants.get(&identity.name).is_some_and(|g| g.admin)
+    }
+
+    /// Whether requests of `identity` are checked at all: not exempt, and only with
+    /// authorisation on. Handlers ask this before they work out what a request needs, so
+    /// that with authorisation off a request costs one look at the published grants.
     pub fn checks(&self, identity: &PeerIdentity) -> bool {
-        !identity.node && !self.admin_cn.contains(&identity.name) && self.policy().on
+        !self.exempt(identity) && self.policy().on
     }
 
     /// Whether `identity` may do what `need` says; the refusal names the identity, the
@@ -169,11 +173,8 @@ impl Authz {
         operation: &str,
         need: &Need,
     ) -> Result<(), String> {
-        if identity.node || self.admin_cn.contains(&identity.name) {
-            return Ok(());
-        }
         let policy = self.policy();
-        if !policy.on {
+        if self.exempt(identity) || !policy.on {
             return Ok(());
         }
         let name = &identity.name;
@@ -230,11 +231,9 @@ impl Authz {
     /// Whether `identity` may see keyspace `id` at all (`LoadKeyspace`): with any
     /// grant on it.
     pub fn may_see_keyspace(&self, identity: &PeerIdentity, id: u32) -> bool {
-        if identity.node || self.admin_cn.contains(&identity.name) {
-            return true;
-        }
         let policy = self.policy();
-        !policy.on
+        self.exempt(identity)
+            || !policy.on
             || policy
                 .grants
                 .get(&identity.name)
@@ -242,26 +241,52 @@ impl Authz {
     }
 }
 
-/// Who made `request` and the grants to judge it by: `None` over plaintext.
-pub fn caller<T>(request: &tonic::Request<T>) -> Option<(Arc<PeerIdentity>, Arc<Authz>)> {
-    let identity = request.extensions().get::<Arc<PeerIdentity>>()?.clone();
-    let authz = request.extensions().get::<Arc<Authz>>()?.clone();
-    Some((identity, authz))
+/// Who made a request, with the grants to judge it by: what the TLS listener puts in
+/// every request's extensions (none over plaintext, where nothing is checked).
+#[derive(Clone)]
+pub struct Caller {
+    /// The certificate's identity.
+    pub identity: Arc<PeerIdentity>,
+    /// The grants in force.
+    pub authz: Arc<Authz>,
 }
 
-/// Checks `need` for the caller `caller` ([`caller`]), as a gRPC status: for calls whose
-/// responses have no error field of their own (placement calls, whose every error
-/// tikv-client 0.4 retries alike).
+impl Caller {
+    /// The caller of `request`; `None` over plaintext.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<Caller> {
+        let identity = request.extensions().get::<Arc<PeerIdentity>>()?.clone();
+        let authz = request.extensions().get::<Arc<Authz>>()?.clone();
+        Some(Caller { identity, authz })
+    }
+
+    /// Puts the caller in `request`'s extensions, as the listener does (for the
+    /// commands `BatchCommands` runs through the unary handlers).
+    pub fn attach<T>(&self, request: &mut tonic::Request<T>) {
+        request.extensions_mut().insert(self.identity.clone());
+        request.extensions_mut().insert(self.authz.clone());
+    }
+
+    /// [`Authz::check`], counted in `scandium_refused_calls_total` when refused.
+    pub fn check(&self, operation: &str, need: &Need) -> Result<(), String> {
+        self.authz.check(&self.identity, operation, need).inspect_err(|message| {
+            crate::metrics::METRICS.refused_calls.inc();
+            tracing::debug!(%message, "refused a request");
+        })
+    }
+}
+
+/// Checks `need` for `caller` ([`Caller::of`]) as a gRPC status: for calls whose responses
+/// have no error field of their own (placement calls, whose every error tikv-client 0.4
+/// retries alike, and `SplitRegion`).
 pub fn check_status(
-    caller: &Option<(Arc<PeerIdentity>, Arc<Authz>)>,
+    caller: &Option<Caller>,
     operation: &str,
     need: &Need,
 ) -> Result<(), Box<tonic::Status>> {
-    let Some((identity, authz)) = caller else { return Ok(()) };
-    authz.check(identity, operation, need).map_err(|message| {
-        crate::metrics::METRICS.refused_calls.inc();
-        Box::new(tonic::Status::permission_denied(message))
-    })
+    let Some(caller) = caller else { return Ok(()) };
+    caller
+        .check(operation, need)
+        .map_err(|message| Box::new(tonic::Status::permission_denied(message)))
 }
 
 impl Policy {
@@ -282,9 +307,6 @@ impl Policy {
         let mut inside_one = false;
         for &mode in space.modes() {
             for &id in &self.keyspaces {
-                if id > MAX_KEYSPACE_ID {
-                    continue;
-                }
                 let (low, high) = (prefix(mode, id), prefix_end(mode, id));
                 let overlaps = (end.is_empty() || low.as_slice() < end) && start < high.as_slice();
                 if overlaps {

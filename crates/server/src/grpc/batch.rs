@@ -5,9 +5,8 @@
 //! the transport: one HTTP/2 message, one set of frames and one syscall carry many commands
 //! instead of one each.
 
-use crate::authz::Authz;
+use crate::authz::Caller;
 use crate::tasks::Tasks;
-use crate::tls::PeerIdentity;
 use futures::{Stream, StreamExt};
 use scandium_protocol::tikvpb::batch_commands_request::request::Cmd as Req;
 use scandium_protocol::tikvpb::batch_commands_response::response::Cmd as Resp;
@@ -38,42 +37,13 @@ pub type BatchCommandsStream =
 
 type Answer = Result<(u64, batch_commands_response::Response), Status>;
 
-/// Who opened the stream (with TLS): each command carries it to its handler, which
-/// checks the caller's grants as for the unary call.
-#[derive(Clone, Default)]
-pub struct Caller {
-    identity: Option<Arc<PeerIdentity>>,
-    authz: Option<Arc<Authz>>,
-}
-
-impl Caller {
-    /// The caller of `request`.
-    pub fn of<T>(request: &Request<T>) -> Caller {
-        Caller {
-            identity: request.extensions().get::<Arc<PeerIdentity>>().cloned(),
-            authz: request.extensions().get::<Arc<Authz>>().cloned(),
-        }
-    }
-
-    fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        if let Some(identity) = &self.identity {
-            request.extensions_mut().insert(identity.clone());
-        }
-        if let Some(authz) = &self.authz {
-            request.extensions_mut().insert(authz.clone());
-        }
-        request
-    }
-}
-
 /// Serves one `BatchCommands` stream. A malformed message or a command this server does
 /// not serve ends the stream with that status; commands already running still finish
 /// (their effects stand) but their answers are not sent.
 pub fn serve<S: Tikv + Clone>(
     service: S,
     tasks: &Tasks,
-    caller: Caller,
+    caller: Option<Caller>,
     inbound: Streaming<BatchCommandsRequest>,
 ) -> BatchCommandsStream {
     let (answers, received) = mpsc::channel::<Answer>(MAX_IN_FLIGHT);
@@ -84,7 +54,7 @@ pub fn serve<S: Tikv + Clone>(
 async fn read_commands<S: Tikv + Clone>(
     service: S,
     tasks: Tasks,
-    caller: Caller,
+    caller: Option<Caller>,
     mut inbound: Streaming<BatchCommandsRequest>,
     answers: mpsc::Sender<Answer>,
 ) {
@@ -156,12 +126,25 @@ impl Outbound {
 }
 
 /// Runs one command through the handler of its unary RPC.
-async fn execute<S: Tikv>(service: &S, caller: &Caller, cmd: Option<Req>) -> Result<Resp, Status> {
+/// The stream's caller (with TLS) goes with each command, whose handler checks its
+/// grants as for the unary call.
+async fn execute<S: Tikv>(
+    service: &S,
+    caller: &Option<Caller>,
+    cmd: Option<Req>,
+) -> Result<Resp, Status> {
+    fn request<T>(caller: &Option<Caller>, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(caller) = caller {
+            caller.attach(&mut request);
+        }
+        request
+    }
     macro_rules! route {
         ($cmd:expr, $($variant:ident => $method:ident),* $(,)?) => {
             match $cmd {
                 $(Some(Req::$variant(r)) => {
-                    Ok(Resp::$variant(service.$method(caller.request(r)).await?.into_inner()))
+                    Ok(Resp::$variant(service.$method(request(caller, r)).await?.into_inner()))
                 })*
                 Some(Req::Empty(r)) => {
                     tokio::time::sleep(Duration::from_millis(r.delay_time).min(MAX_EMPTY_DELAY)).await;

@@ -8,6 +8,7 @@
 
 use crate::authz::{Need, Space};
 use scandium_protocol::kvrpcpb::{self, KeyError, KvPair};
+use scandium_txn::command::{batch_range_end, scan_bounds};
 
 /// A request whose keys the grants are checked against.
 pub trait Guarded {
@@ -20,15 +21,6 @@ pub trait Refusal: Default {
     /// Fills in the refusal; `key` is a key of the request, for responses whose only
     /// error fields are their pairs' (API V2 clients strip a prefix from every pair's key).
     fn refuse(&mut self, message: String, key: Vec<u8>);
-}
-
-/// `[lower, upper)` of a scan: reverse scans send the exclusive upper bound as the start.
-fn scan_range<'a>(start: &'a [u8], end: &'a [u8], reverse: bool) -> (&'a [u8], &'a [u8]) {
-    if reverse {
-        (end, start)
-    } else {
-        (start, end)
-    }
 }
 
 fn ranges<'a>(space: Space, write: bool, ranges: Vec<(&'a [u8], &'a [u8])>) -> Need<'a> {
@@ -76,14 +68,19 @@ keys! {
 
 impl Guarded for kvrpcpb::RawScanRequest {
     fn need(&self) -> Need<'_> {
-        let (lower, upper) = scan_range(&self.start_key, &self.end_key, self.reverse);
+        let (lower, upper) = scan_bounds(&self.start_key, &self.end_key, self.reverse);
         Need::range(Space::Raw, false, lower, upper)
     }
 }
 
 impl Guarded for kvrpcpb::RawBatchScanRequest {
     fn need(&self) -> Need<'_> {
-        let each = self.ranges.iter().map(|r| scan_range(&r.start_key, &r.end_key, self.reverse));
+        // As the scan reads them: an empty end is the next range's start.
+        let each = self.ranges.iter().enumerate().map(|(i, r)| {
+            let next_start = self.ranges.get(i + 1).map(|next| next.start_key.as_slice());
+            let end = batch_range_end(&r.end_key, next_start);
+            scan_bounds(&r.start_key, end, self.reverse)
+        });
         ranges(Space::Raw, false, each.collect())
     }
 }
@@ -103,7 +100,7 @@ impl Guarded for kvrpcpb::RawDeleteRangeRequest {
 
 impl Guarded for kvrpcpb::ScanRequest {
     fn need(&self) -> Need<'_> {
-        let (lower, upper) = scan_range(&self.start_key, &self.end_key, self.reverse);
+        let (lower, upper) = scan_bounds(&self.start_key, &self.end_key, self.reverse);
         Need::range(Space::Txn, false, lower, upper)
     }
 }

@@ -1,6 +1,6 @@
 //! `keyspacepb.Keyspace`: keyspace lookup for API V2 clients.
 
-use crate::authz;
+use crate::authz::Caller;
 use crate::grpc::pd::PdService;
 use scandium_placement::KeyspaceMeta;
 use scandium_protocol::keyspacepb::{self, keyspace_server::Keyspace};
@@ -38,7 +38,9 @@ impl Keyspace for KeyspaceService {
     ) -> Result<Response<keyspacepb::LoadKeyspaceResponse>, Status> {
         let name = &request.get_ref().name;
         let keyspace = self.pd.placement().read().keyspace_by_name(name).map(to_meta);
-        if let (Some((identity, authz)), Some(keyspace)) = (authz::caller(&request), &keyspace) {
+        if let (Some(Caller { identity, authz }), Some(keyspace)) =
+            (Caller::of(&request), &keyspace)
+        {
             if !authz.may_see_keyspace(&identity, keyspace.id) {
                 crate::metrics::METRICS.refused_calls.inc();
                 return Err(Status::permission_denied(format!(
@@ -62,9 +64,9 @@ impl Keyspace for KeyspaceService {
         &self,
         request: Request<keyspacepb::GetAllKeyspacesRequest>,
     ) -> Result<Response<keyspacepb::GetAllKeyspacesResponse>, Status> {
-        let caller = authz::caller(&request);
+        let caller = Caller::of(&request);
         let visible =
-            |id| caller.as_ref().is_none_or(|(who, authz)| authz.may_see_keyspace(who, id));
+            |id| caller.as_ref().is_none_or(|c| c.authz.may_see_keyspace(&c.identity, id));
         let req = request.get_ref();
         let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
         let keyspaces = self

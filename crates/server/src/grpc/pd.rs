@@ -2,7 +2,7 @@
 //! header with the cluster id; failures go into the header's error (clients unwrap the
 //! header and would crash without one).
 
-use crate::authz::{self, Need, Space};
+use crate::authz::{self, Caller, Need, Space};
 use crate::convert::{decode_client_key, peer_to_meta, region_to_meta_as, store_to_meta};
 use crate::error::RequestError;
 use crate::identity::Identity;
@@ -356,7 +356,7 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetRegionRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
-        let caller = authz::caller(&request);
+        let caller = Caller::of(&request);
         let forwarded = request.get_ref().clone();
         if let Some(answer) =
             self.forwarded(|mut pd| async move { pd.get_region(forwarded).await }).await
@@ -373,7 +373,7 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetRegionRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
-        let caller = authz::caller(&request);
+        let caller = Caller::of(&request);
         let forwarded = request.get_ref().clone();
         if let Some(answer) =
             self.forwarded(|mut pd| async move { pd.get_prev_region(forwarded).await }).await
@@ -390,7 +390,7 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetRegionByIdRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
-        let caller = authz::caller(&request);
+        let caller = Caller::of(&request);
         let forwarded = request.get_ref().clone();
         if let Some(answer) =
             self.forwarded(|mut pd| async move { pd.get_region_by_id(forwarded).await }).await
@@ -408,7 +408,7 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::ScanRegionsRequest>,
     ) -> Result<Response<pdpb::ScanRegionsResponse>, Status> {
-        let caller = authz::caller(&request);
+        let caller = Caller::of(&request);
         let forwarded = request.get_ref().clone();
         if let Some(answer) =
             self.forwarded(|mut pd| async move { pd.scan_regions(forwarded).await }).await
@@ -461,7 +461,7 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::UpdateGcSafePointRequest>,
     ) -> Result<Response<pdpb::UpdateGcSafePointResponse>, Status> {
-        authz::check_status(&authz::caller(&request), "UpdateGCSafePoint", &Need::Admin)
+        authz::check_status(&Caller::of(&request), "UpdateGCSafePoint", &Need::Admin)
             .map_err(|e| *e)?;
         let req = request.into_inner();
         if let Err(header) = self.check_header(req.header.as_ref()) {
@@ -486,8 +486,7 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::SplitRegionsRequest>,
     ) -> Result<Response<pdpb::SplitRegionsResponse>, Status> {
-        authz::check_status(&authz::caller(&request), "SplitRegions", &Need::Admin)
-            .map_err(|e| *e)?;
+        authz::check_status(&Caller::of(&request), "SplitRegions", &Need::Admin).map_err(|e| *e)?;
         let req = request.into_inner();
         if let Err(header) = self.check_header(req.header.as_ref()) {
             return Ok(Response::new(pdpb::SplitRegionsResponse { header, ..Default::default() }));
@@ -512,7 +511,7 @@ impl Pd for PdService {
 /// shows: boundaries are user keys, and Regions sit at keyspace edges, so a client sees
 /// the Regions of its own keyspaces and no other.
 fn shown_to(
-    caller: &Caller,
+    caller: &Option<Caller>,
     operation: &str,
     response: Response<pdpb::GetRegionResponse>,
 ) -> Result<Response<pdpb::GetRegionResponse>, Box<Status>> {
@@ -524,7 +523,7 @@ fn shown_to(
 
 /// `ScanRegions`' answer, if the caller may see every Region in it (else refused whole).
 fn regions_shown_to(
-    caller: &Caller,
+    caller: &Option<Caller>,
     response: Response<pdpb::ScanRegionsResponse>,
 ) -> Result<Response<pdpb::ScanRegionsResponse>, Box<Status>> {
     let answer = response.get_ref();
@@ -535,10 +534,8 @@ fn regions_shown_to(
     Ok(response)
 }
 
-type Caller = Option<(std::sync::Arc<crate::tls::PeerIdentity>, std::sync::Arc<authz::Authz>)>;
-
 fn may_see(
-    caller: &Caller,
+    caller: &Option<Caller>,
     operation: &str,
     region: &scandium_protocol::metapb::Region,
 ) -> Result<(), Box<Status>> {

@@ -3,14 +3,13 @@
 //! error fields, never into the gRPC status (except where a response has no error field).
 
 use super::guard::{first_key, Guarded, Refusal};
-use crate::authz::{Authz, Need};
+use crate::authz::{self, Caller, Need};
 use crate::commands::Storage;
 use crate::convert::region_to_meta;
 use crate::error::RequestError;
 use crate::metrics::{Outcome, METRICS};
 use crate::split::Splitter;
 use crate::tasks::Tasks;
-use crate::tls::PeerIdentity;
 use crate::txn_error::{key_error, lock_info, Failure};
 use scandium_protocol::kvrpcpb::{self, KvPair};
 use scandium_protocol::tikvpb;
@@ -102,9 +101,8 @@ impl TikvService {
         request: &Request<Q>,
         operation: &str,
     ) -> Option<R> {
-        let identity = request.extensions().get::<Arc<PeerIdentity>>()?;
-        let authz = request.extensions().get::<Arc<Authz>>()?;
-        if !authz.checks(identity) {
+        let caller = Caller::of(request)?;
+        if !caller.authz.checks(&caller.identity) {
             return None;
         }
         let req = request.get_ref();
@@ -123,23 +121,11 @@ impl TikvService {
             }
             need => need,
         };
-        let message = authz.check(identity, operation, &need).err()?;
-        crate::metrics::METRICS.refused_calls.inc();
-        tracing::debug!(%message, "refused a request");
+        let message = caller.check(operation, &need).err()?;
         let mut response = R::default();
         response.refuse(message, first_key(&need));
         Some(response)
     }
-}
-
-/// PERMISSION_DENIED for a caller who is not an admin, once authorisation is on: for
-/// calls whose response has no error field of its own.
-pub(crate) fn admin_only<Q>(request: &Request<Q>, operation: &str) -> Option<Status> {
-    let identity = request.extensions().get::<Arc<PeerIdentity>>()?;
-    let authz = request.extensions().get::<Arc<Authz>>()?;
-    let message = authz.check(identity, operation, &Need::Admin).err()?;
-    crate::metrics::METRICS.refused_calls.inc();
-    Some(Status::permission_denied(message))
 }
 
 fn pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<KvPair> {
@@ -357,8 +343,9 @@ impl Tikv for TikvService {
         request: Request<kvrpcpb::SplitRegionRequest>,
     ) -> Result<Response<kvrpcpb::SplitRegionResponse>, Status> {
         let timer = METRICS.request("split_region");
-        if let Some(denied) = admin_only(&request, "SplitRegion") {
-            return Err(timer.refused(denied));
+        if let Err(denied) = authz::check_status(&Caller::of(&request), "SplitRegion", &Need::Admin)
+        {
+            return Err(timer.refused(*denied));
         }
         let req = request.into_inner();
         let mut keys = req.split_keys;
@@ -663,7 +650,7 @@ impl Tikv for TikvService {
         &self,
         request: Request<tonic::Streaming<tikvpb::BatchCommandsRequest>>,
     ) -> Result<Response<super::batch::BatchCommandsStream>, Status> {
-        let caller = super::batch::Caller::of(&request);
+        let caller = Caller::of(&request);
         let stream = super::batch::serve(self.clone(), &self.tasks, caller, request.into_inner());
         Ok(Response::new(stream))
     }

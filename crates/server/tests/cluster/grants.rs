@@ -6,11 +6,10 @@
 use crate::harness::Cluster;
 use crate::tls::{channel_as, tls_cluster, Certs};
 use prost::Message as _;
-use scandium_placement::{Access, Grant, KeyspaceAccess, Kind};
+use scandium_placement::{Access, Grant, KeyspaceAccess, Kind, PlacementState};
 use scandium_protocol::kvrpcpb::{self, Context};
 use scandium_protocol::scandium::{cluster_client::ClusterClient, ProposeMetaRequest};
 use scandium_protocol::{keyspacepb, pdpb, tikvpb::tikv_client::TikvClient};
-use std::path::PathBuf;
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -80,17 +79,12 @@ struct Matrix<'a> {
 }
 
 impl Matrix<'_> {
-    fn cert(&self, who: &str) -> (PathBuf, PathBuf) {
-        let dir = self.certs.dir.path();
-        (dir.join(format!("{who}.pem")), dir.join(format!("{who}.key")))
-    }
-
     /// A channel to the node leading the Region of `key`, and the context it accepts.
     async fn at(&self, who: &str, key: &[u8]) -> (Channel, Context) {
         let region = self.cluster.region_of(key);
         let leader = self.cluster.wait_leader(region, Duration::from_secs(10)).await;
         let channel =
-            channel_as(self.cluster, leader, &self.certs.ca_path(), &self.cert(who)).await;
+            channel_as(self.cluster, leader, &self.certs.ca_path(), &self.certs.paths(who)).await;
         (channel, self.cluster.context(leader, region))
     }
 
@@ -344,7 +338,7 @@ impl Matrix<'_> {
 /// Proposes `kind` as the admin `root`, through the placement leader.
 async fn propose_as_root(cluster: &Cluster, certs: &Certs, kind: Kind) {
     let leader = cluster.meta_leader().expect("a placement leader");
-    let root = (certs.dir.path().join("root.pem"), certs.dir.path().join("root.key"));
+    let root = certs.paths("root");
     let mut client = ClusterClient::new(channel_as(cluster, leader, &certs.ca_path(), &root).await);
     let command = scandium_placement::Command::new(kind).encode_to_vec();
     let request = ProposeMetaRequest { cluster_id: cluster.node(0).cluster_id(), command };
@@ -352,20 +346,49 @@ async fn propose_as_root(cluster: &Cluster, certs: &Certs, kind: Kind) {
     assert!(reply.error.is_empty(), "{}", reply.error);
 }
 
+/// A 3-node TLS cluster with certificates for `who` and `root`, `grants` given and
+/// authorisation on, applied on every node.
+async fn authorised_cluster(certs: &Certs, who: &[&str], grants: Vec<Grant>) -> Cluster {
+    let cluster = tls_cluster(certs, |_| {}).await;
+    for who in ["root"].iter().chain(who) {
+        certs.issue(who);
+    }
+    let count = grants.len();
+    for grant in grants {
+        propose_as_root(&cluster, certs, Kind::SetGrant(grant)).await;
+    }
+    propose_as_root(&cluster, certs, Kind::SetAuthorization(true)).await;
+    wait_for_grants(&cluster, true, count).await;
+    cluster
+}
+
+/// tikv-client settings of `who` for keyspace `DEFAULT` (API V2).
+fn keyspace_client(certs: &Certs, who: &str) -> tikv_client::Config {
+    let (cert, key) = certs.paths(who);
+    tikv_client::Config::default()
+        .with_security(certs.ca_path(), cert, key)
+        .with_keyspace("DEFAULT")
+        .with_timeout(Duration::from_secs(3))
+}
+
 /// Waits until every node has applied authorisation `on` and `count` grants.
 async fn wait_for_grants(cluster: &Cluster, on: bool, count: usize) {
+    wait_everywhere(cluster, |state| state.authorization() == on && state.grants().len() == count)
+        .await
+}
+
+/// Waits (at most 10 s) until `applied` holds of every node's placement state.
+async fn wait_everywhere(cluster: &Cluster, applied: impl Fn(&PlacementState) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let applied = cluster.running().all(|(_, node)| {
-            let state = node.placement().read();
-            state.authorization() == on && state.grants().len() == count
-        });
-        if applied {
-            return;
-        }
+    while !cluster.running().all(|(_, node)| applied(&node.placement().read())) {
         assert!(tokio::time::Instant::now() < deadline, "grants not applied everywhere");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// What `name`'s grant allows on keyspace 0, as `state` has it.
+fn on_default(state: &PlacementState, name: &str) -> Access {
+    state.grants().get(name).map_or(Access::None, |g| g.keyspace(0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,13 +478,7 @@ async fn grants_decide_every_call_of_every_identity() {
         ..Default::default()
     };
     propose_as_root(&cluster, &certs, Kind::SetGrant(upgraded)).await;
-    wait_for_grants(&cluster, true, 4).await;
-    let ro_writes = || async {
-        cluster.running().all(|(_, node)| {
-            node.placement().read().grants()["ro"].keyspace(0) == Access::ReadWrite
-        })
-    };
-    assert!(ro_writes().await);
+    wait_everywhere(&cluster, |state| on_default(state, "ro") == Access::ReadWrite).await;
     assert!(matrix.run("RawPut keyspace", "ro").await.is_ok());
     propose_as_root(
         &cluster,
@@ -481,27 +498,11 @@ async fn grants_decide_every_call_of_every_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tikv_client_sees_a_refusal_at_once_and_does_not_retry_it() {
     let certs = Certs::new();
-    let cluster = tls_cluster(&certs, |_| {}).await;
-    for who in ["root", "rw", "ro", "nobody"] {
-        certs.issue(who);
-    }
-    for grant in grants().into_iter().filter(|g| g.name == "rw" || g.name == "ro") {
-        propose_as_root(&cluster, &certs, Kind::SetGrant(grant)).await;
-    }
-    propose_as_root(&cluster, &certs, Kind::SetAuthorization(true)).await;
-    wait_for_grants(&cluster, true, 2).await;
-    let dir = certs.dir.path();
+    let granted = grants().into_iter().filter(|g| g.name == "rw" || g.name == "ro").collect();
+    let cluster = authorised_cluster(&certs, &["rw", "ro", "nobody"], granted).await;
     let client = |who: &str| {
-        let config = tikv_client::Config::default()
-            .with_security(
-                certs.ca_path(),
-                dir.join(format!("{who}.pem")),
-                dir.join(format!("{who}.key")),
-            )
-            .with_keyspace("DEFAULT")
-            .with_timeout(Duration::from_secs(3));
-        let addrs = cluster.addrs.clone();
-        async move { tikv_client::RawClient::new_with_config(addrs, config).await }
+        let config = keyspace_client(&certs, who);
+        tikv_client::RawClient::new_with_config(cluster.addrs.clone(), config)
     };
     let writer = client("rw").await.unwrap();
     writer.put(b"shared".to_vec(), b"1".to_vec()).await.unwrap();
@@ -514,15 +515,11 @@ async fn tikv_client_sees_a_refusal_at_once_and_does_not_retry_it() {
     assert!(refused.contains("PERMISSION_DENIED") && refused.contains("RawPut"), "{refused}");
     let tries = scandium_server::metrics::METRICS.refused_calls.get() - before;
     assert_eq!(tries, 1, "the refusal was retried");
-    let transactions = {
-        let config = tikv_client::Config::default()
-            .with_security(certs.ca_path(), dir.join("ro.pem"), dir.join("ro.key"))
-            .with_keyspace("DEFAULT")
-            .with_timeout(Duration::from_secs(3));
+    let config = keyspace_client(&certs, "ro");
+    let transactions =
         tikv_client::TransactionClient::new_with_config(cluster.addrs.clone(), config)
             .await
-            .unwrap()
-    };
+            .unwrap();
     let mut txn = transactions.begin_optimistic().await.unwrap();
     txn.put(b"t".to_vec(), b"v".to_vec()).await.unwrap();
     let refused = txn.commit().await.unwrap_err().to_string();
@@ -572,34 +569,20 @@ async fn tikv_client_sees_a_refusal_at_once_and_does_not_retry_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_changing_under_writes_leave_the_replicas_identical() {
     let certs = Certs::new();
-    let cluster = tls_cluster(&certs, |_| {}).await;
-    for who in ["root", "rw"] {
-        certs.issue(who);
-    }
     let grant = |access: Access| Grant {
         name: "rw".into(),
         keyspaces: vec![KeyspaceAccess { keyspace_id: 0, access: access as i32 }],
         ..Default::default()
     };
-    propose_as_root(&cluster, &certs, Kind::SetGrant(grant(Access::ReadWrite))).await;
-    propose_as_root(&cluster, &certs, Kind::SetAuthorization(true)).await;
-    wait_for_grants(&cluster, true, 1).await;
-    let dir = certs.dir.path();
+    let cluster = authorised_cluster(&certs, &["rw"], vec![grant(Access::ReadWrite)]).await;
     let client = |who: &str| {
-        let config = tikv_client::Config::default()
-            .with_security(
-                certs.ca_path(),
-                dir.join(format!("{who}.pem")),
-                dir.join(format!("{who}.key")),
-            )
-            .with_keyspace("DEFAULT")
-            .with_timeout(Duration::from_secs(3));
-        tikv_client::RawClient::new_with_config(cluster.addrs.clone(), config)
+        tikv_client::RawClient::new_with_config(cluster.addrs.clone(), keyspace_client(&certs, who))
     };
     let writer = client("rw").await.unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writing = tokio::spawn({
-        let stop = stop.clone();
+        let (stop, answered) = (stop.clone(), answered.clone());
         async move {
             let (mut acknowledged, mut refused) = (Vec::new(), Vec::new());
             let mut i = 0u32;
@@ -610,6 +593,7 @@ async fn grants_changing_under_writes_leave_the_replicas_identical() {
                     Err(e) if e.to_string().contains("PERMISSION_DENIED") => refused.push(key),
                     Err(e) => panic!("a write failed for another reason: {e}"),
                 }
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 i += 1;
             }
             (acknowledged, refused)
@@ -618,15 +602,14 @@ async fn grants_changing_under_writes_leave_the_replicas_identical() {
     for round in 0..10 {
         let access = if round % 2 == 0 { Access::Read } else { Access::ReadWrite };
         propose_as_root(&cluster, &certs, Kind::SetGrant(grant(access))).await;
+        wait_everywhere(&cluster, |state| on_default(state, "rw") == access).await;
+        // Some writes under each grant before the next change.
+        let seen = answered.load(std::sync::atomic::Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !cluster
-            .running()
-            .all(|(_, node)| node.placement().read().grants()["rw"].keyspace(0) == access)
-        {
-            assert!(tokio::time::Instant::now() < deadline, "grant not applied everywhere");
+        while answered.load(std::sync::atomic::Ordering::Relaxed) < seen + 20 {
+            assert!(tokio::time::Instant::now() < deadline, "the writer stalled");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (acknowledged, refused) = writing.await.unwrap();

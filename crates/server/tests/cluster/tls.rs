@@ -36,6 +36,12 @@ impl Certs {
     pub fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
         issue(&self.ca, self.dir.path(), name)
     }
+
+    /// The certificate and key `issue(name)` wrote.
+    pub fn paths(&self, name: &str) -> (PathBuf, PathBuf) {
+        let dir = self.dir.path();
+        (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")))
+    }
 }
 
 fn issue(ca: &rcgen::Certificate, dir: &Path, name: &str) -> (PathBuf, PathBuf) {

@@ -94,6 +94,25 @@ pub(crate) fn check_read_key(
     Ok(true)
 }
 
+/// The lower and upper bound of a scan's range as the client sent it: a reverse scan
+/// sends its exclusive upper bound as the start and its inclusive lower bound as the end.
+pub fn scan_bounds<'a>(start: &'a [u8], end: &'a [u8], reverse: bool) -> (&'a [u8], &'a [u8]) {
+    if reverse {
+        (end, start)
+    } else {
+        (start, end)
+    }
+}
+
+/// Where a range of a batch scan ends: as in TiKV, a range with an empty end key ends
+/// where the next range starts (the last one is unbounded).
+pub fn batch_range_end<'a>(end: &'a [u8], next_start: Option<&'a [u8]>) -> &'a [u8] {
+    match next_start {
+        Some(next) if end.is_empty() => next,
+        _ => end,
+    }
+}
+
 /// Checks the starting key of a range request and clamps `[start, end)` (empty `end` =
 /// unbounded) to the Region. An inverted range is no error: as in TiKV, it holds nothing,
 /// and the clamped range is inverted or empty too.

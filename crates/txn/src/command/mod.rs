@@ -41,7 +41,9 @@ pub mod raw;
 pub mod resolve;
 pub mod txn;
 
-pub use checks::{check_key_shape, clamp_to_region, KeyMode, ResponseBudget};
+pub use checks::{
+    batch_range_end, check_key_shape, clamp_to_region, scan_bounds, KeyMode, ResponseBudget,
+};
 
 use crate::actions::cleanup::{CheckTxnStatus, TxnStatus};
 use crate::concurrency::MemoryLockGuard;

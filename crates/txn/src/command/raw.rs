@@ -6,7 +6,9 @@
 //! latches once it is applied. Taking latches for plain puts too is what makes `for_cas`
 //! ("atomic mode") writes atomic with respect to compare-and-swap.
 
-use super::checks::{check_key, check_read_key, clamp_range, KeyMode};
+use super::checks::{
+    batch_range_end, check_key, check_read_key, clamp_range, scan_bounds, KeyMode,
+};
 use super::{Command, CommandError, CommandResult, Cx, Gate, ResponseBudget, Scope};
 use crate::node::TxnNode;
 use crate::raw::{self, CasOutcome, Checksum, KeyPage};
@@ -155,7 +157,7 @@ pub fn scan(
     Command::new(node, move |cx| async move {
         let scope = cx.gate(READ).await?;
         let limit = check_limit(&cx, options.limit)?;
-        let (lower, upper) = ordered(&range.start, &range.end, options.reverse);
+        let (lower, upper) = scan_bounds(&range.start, &range.end, options.reverse);
         let (start, end) = clamp_range(&scope, target.api, KeyMode::Raw, lower, upper)?;
         let snapshot = cx.node.engine.snapshot();
         let now = cx.now().wall_secs();
@@ -184,11 +186,9 @@ pub fn batch_scan(
         let mut budget = budget(&cx);
         let mut pairs = Vec::new();
         for (i, range) in ranges.iter().enumerate() {
-            let end_key = match ranges.get(i + 1) {
-                Some(next) if range.end.is_empty() => &next.start,
-                _ => &range.end,
-            };
-            let (lower, upper) = ordered(&range.start, end_key, options.reverse);
+            let next_start = ranges.get(i + 1).map(|next| next.start.as_slice());
+            let end_key = batch_range_end(&range.end, next_start);
+            let (lower, upper) = scan_bounds(&range.start, end_key, options.reverse);
             if !upper.is_empty() && lower > upper {
                 return Err(CommandError::invalid(format!(
                     "invalid range {i}: its lower bound {lower:?} is above its upper bound {upper:?}"
@@ -361,13 +361,4 @@ fn check_limit(cx: &Cx, limit: u32) -> CommandResult<usize> {
         )));
     }
     Ok(limit as usize)
-}
-
-/// The lower and upper bound of a range as the client sent it (swapped for reverse scans).
-fn ordered<'a>(start: &'a Vec<u8>, end: &'a Vec<u8>, reverse: bool) -> (&'a Vec<u8>, &'a Vec<u8>) {
-    if reverse {
-        (end, start)
-    } else {
-        (start, end)
-    }
 }

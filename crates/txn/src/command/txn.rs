@@ -13,7 +13,7 @@
 //! indexes, wakes lock waiters of every key whose lock it removed and releases the latches.
 //! Reads raise `max_ts` and check in-flight async-commit locks before their snapshot.
 
-use super::checks::{check_keys, check_read_key, clamp_range, KeyMode};
+use super::checks::{check_keys, check_read_key, clamp_range, scan_bounds, KeyMode};
 use super::resolve::{commit_async_if_complete, resolve_async_commit, resolve_keys};
 use super::write_keys;
 use super::{
@@ -137,10 +137,7 @@ pub struct Scan {
 pub fn scan(node: &Arc<TxnNode>, api: ApiVersion, request: Scan) -> Command<Pairs> {
     Command::new(node, move |cx| async move {
         let scope = cx.gate(READ).await?;
-        let (lower, upper) = match request.reverse {
-            true => (&request.end, &request.start),
-            false => (&request.start, &request.end),
-        };
+        let (lower, upper) = scan_bounds(&request.start, &request.end, request.reverse);
         let (start, end) = clamp_range(&scope, api, KeyMode::Txn, lower, upper)?;
         let node = &cx.node;
         // In this order: max_ts, then the lock index, then the snapshot (see LockHint).
