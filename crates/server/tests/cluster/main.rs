@@ -1054,14 +1054,19 @@ async fn replicas_spread_over_zones_as_zones_join() {
 async fn a_busy_snapshot_receiver_says_so_at_once() {
     use scandium_protocol::scandium::{cluster_client::ClusterClient, SnapshotChunk};
     let cluster = Cluster::start_with(1, |c| c.snapshot_max_concurrent = 1).await;
-    let channel = cluster.channel(0).await;
-    let client = ClusterClient::new(channel);
-    // A transfer that sends nothing yet holds the only slot.
-    let (hold, held) = tokio::sync::mpsc::channel::<SnapshotChunk>(1);
-    let mut holder = client.clone();
-    let holding = tokio::spawn(async move {
-        holder.snapshot(tokio_stream::wrappers::ReceiverStream::new(held)).await
-    });
+    let client = ClusterClient::new(cluster.channel(0).await);
+    // A transfer that sends nothing yet holds the only slot. It has a connection of its
+    // own, as a sender's snapshots do, so nothing the probes do can end it.
+    let own = ClusterClient::new(cluster.channel(0).await);
+    let start_holder = || {
+        let (hold, held) = tokio::sync::mpsc::channel::<SnapshotChunk>(1);
+        let mut holder = own.clone();
+        let holding = tokio::spawn(async move {
+            holder.snapshot(tokio_stream::wrappers::ReceiverStream::new(held)).await
+        });
+        (hold, holding)
+    };
+    let (mut hold, mut holding) = start_holder();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         // An empty transfer: refused as empty while the slot is free, "busy" once held.
@@ -1073,6 +1078,16 @@ async fn a_busy_snapshot_receiver_says_so_at_once() {
             break;
         }
         assert!(Instant::now() < deadline, "never answered busy: {answer:?}");
+        if holding.is_finished() {
+            // The holder came while a probe had the slot, and was itself told "busy"
+            // (which is the behaviour under test): it tries again, as a sender would.
+            let ended = (&mut holding).await.expect("the holder ran");
+            assert!(
+                ended.as_ref().is_ok_and(|done| done.get_ref().error.contains("busy")),
+                "the holding transfer ended otherwise: {ended:?}"
+            );
+            (hold, holding) = start_holder();
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(hold);
