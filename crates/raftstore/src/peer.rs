@@ -50,6 +50,10 @@ pub struct RaftConfig {
     /// simulator's choice: it runs every node on one thread, so that a seed replays the
     /// same; a server leaves it off, and its other Regions' rounds go on meanwhile.
     pub ingest_inline: bool,
+    /// Whether the store checks, each time it is asked for work, that every replica
+    /// with work is one it will visit (an O(replicas) walk): on in debug builds and in
+    /// the simulator, where a missed mark fails the run that made it.
+    pub check_invariants: bool,
 }
 
 impl Default for RaftConfig {
@@ -66,6 +70,7 @@ impl Default for RaftConfig {
             max_log_bytes: 64 << 20,
             snapshot_dir: None,
             ingest_inline: false,
+            check_invariants: cfg!(debug_assertions),
         }
     }
 }

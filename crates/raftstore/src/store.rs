@@ -38,7 +38,7 @@ use raft::prelude::{Entry, EntryType, Message, MessageType};
 use raft::{ProgressState, SnapshotStatus, StateRole};
 use scandium_storage::{Cf, EngineRef, WriteBatch};
 use scandium_types::{Region, RegionEpoch, StoreId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -70,6 +70,9 @@ pub struct RoundOutput {
     pub events: Vec<Event>,
     /// How long the round's steps took, for metrics (`None`: the step had nothing to do).
     pub timings: RoundTimings,
+    /// How many groups the round looked at: those marked as maybe having work, not
+    /// every replica (for tests of what a round costs).
+    pub visited: usize,
 }
 
 /// The time of each step of a round that had work.
@@ -148,7 +151,12 @@ pub struct Store {
     install_flush_after_ms: u64,
     /// Groups whose replica is installing a snapshot's data, so that rounds need not look
     /// through every replica for them.
-    installing: std::collections::BTreeSet<u64>,
+    installing: BTreeSet<u64>,
+    /// Groups that may have Raft work: a `Ready`, or reads to batch. Every change to a
+    /// replica from outside a round marks it, and a round leaves marked those it did not
+    /// finish with, so that a round, and the question whether one is due, cost what is
+    /// active rather than every replica here. A group marked without work costs one look.
+    dirty: BTreeSet<u64>,
     now_ms: u64,
     ticks: u64,
     /// Messages produced outside rounds (answers to stale replicas).
@@ -213,6 +221,7 @@ impl Store {
             install_paused_until_ms: 0,
             install_flush_after_ms: 0,
             installing: Default::default(),
+            dirty: BTreeSet::new(),
             now_ms: 0,
             ticks: 0,
             outbox: Vec::new(),
@@ -295,7 +304,7 @@ impl Store {
         }
         let id = peer.region.id;
         self.peers.insert(id, peer);
-        Ok(self.peers.get_mut(&id))
+        Ok(self.peer_mut(id))
     }
 
     /// Ids of the groups with a replica here (including the placement group, and removed
@@ -335,7 +344,7 @@ impl Store {
             }));
         }
         let now = self.now_ms;
-        match self.peers.get_mut(&group_id) {
+        match self.peer_mut(group_id) {
             Some(peer) if peer.initialized => peer.propose(data, command, callback, now),
             _ => callback(Err(RaftstoreError::RegionNotFound(group_id))),
         }
@@ -353,6 +362,7 @@ impl Store {
         callback: Callback,
     ) {
         let now = self.now_ms;
+        self.dirty.insert(group_id);
         let Some(peer) = self.peers.get_mut(&group_id).filter(|p| p.initialized) else {
             return callback(Err(RaftstoreError::RegionNotFound(group_id)));
         };
@@ -386,8 +396,7 @@ impl Store {
     /// have run out.
     pub fn transfer_leader(&mut self, group_id: u64, peer_id: u64) -> Result<(), RaftstoreError> {
         let peer = self
-            .peers
-            .get_mut(&group_id)
+            .peer_mut(group_id)
             .filter(|p| p.initialized)
             .ok_or(RaftstoreError::RegionNotFound(group_id))?;
         if !peer.is_leader() {
@@ -427,7 +436,7 @@ impl Store {
     /// before the request (a ReadIndex round), or with an error. Reads queued in one round
     /// share one ReadIndex round.
     pub fn read_index(&mut self, group_id: u64, callback: ReadCallback) {
-        match self.peers.get_mut(&group_id).filter(|p| p.initialized) {
+        match self.peer_mut(group_id).filter(|p| p.initialized) {
             Some(peer) if peer.ready_for_reads() => peer.read_batch.push(callback),
             Some(peer) => callback(Err(peer.not_leader())),
             None => callback(Err(RaftstoreError::RegionNotFound(group_id))),
@@ -445,6 +454,9 @@ impl Store {
     ) -> Result<(), StepError> {
         let region_id = message.region_id;
         let result = self.step_message(message, snapshot);
+        // Most messages (a heartbeat's answer, say) make no work: marking only those that
+        // did keeps a round from looking at every group that merely heard something.
+        self.mark_if_busy(region_id);
         if let Some(data) = snapshot {
             // Staged data that no replica waits for is deleted now.
             let kept = self.peers.get(&region_id).and_then(|p| p.pending_snapshot);
@@ -534,6 +546,7 @@ impl Store {
         );
         self.tombstones.remove(&message.region_id);
         self.peers.insert(message.region_id, peer);
+        self.dirty.insert(message.region_id);
         Ok(())
     }
 
@@ -667,7 +680,7 @@ impl Store {
 
     fn on_tombstone(&mut self, message: PeerMessage) -> Result<(), StepError> {
         let id = message.region_id;
-        let Some(peer) = self.peers.get_mut(&id) else { return Ok(()) };
+        let Some(peer) = self.peer_mut(id) else { return Ok(()) };
         if peer.meta.id != message.to.id {
             return Ok(());
         }
@@ -711,6 +724,7 @@ impl Store {
         newest: (u64, &[scandium_types::Peer]),
         answered: Option<u64>,
     ) -> Result<(), RaftstoreError> {
+        self.dirty.insert(id);
         let Some(peer) = self.peers.get_mut(&id) else { return Ok(()) };
         let me = peer.meta.id;
         let mut lingering = Lingering::new(me, member_conf_ver, newest.0, newest.1);
@@ -789,6 +803,7 @@ impl Store {
         peer.lingering = state.lingering;
         // As for any restarted replica (see `open`).
         peer.votes_refused_until_ms = u64::MAX;
+        self.dirty.insert(peer.region.id);
         self.peers.insert(peer.region.id, peer);
         Ok(())
     }
@@ -819,18 +834,21 @@ impl Store {
     pub fn report_unreachable(&mut self, group_id: u64, peer_id: u64) {
         if let Some(peer) = self.peers.get_mut(&group_id) {
             peer.raw.report_unreachable(peer_id);
+            self.mark_if_busy(group_id);
         }
     }
 
     /// The transport finished (or failed) sending a snapshot to `peer_id` of a group.
     pub fn report_snapshot(&mut self, group_id: u64, peer_id: u64, delivered: bool) {
+        let now = self.now_ms;
         if let Some(peer) = self.peers.get_mut(&group_id) {
             let status = if delivered { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
             let index = peer.raw.raft.prs().get(peer_id).map_or(0, |pr| pr.pending_snapshot);
             if delivered && index > 0 {
-                peer.snapshots_delivered.insert(peer_id, (index, self.now_ms));
+                peer.snapshots_delivered.insert(peer_id, (index, now));
             }
             peer.raw.report_snapshot(peer_id, status);
+            self.mark_if_busy(group_id);
         }
     }
 
@@ -849,7 +867,10 @@ impl Store {
                 lingering.push(*id);
                 continue;
             }
-            peer.raw.tick();
+            // raft-rs says whether the tick made work (a heartbeat, a campaign, a
+            // check-quorum); nothing else a tick does here makes any but the proposal
+            // below. `check_invariants` holds it to that.
+            let mut work = peer.raw.tick();
             peer.expire_reads(now_ms, timeout);
             // Long enough for a replica deposed without a successor (check-quorum) to
             // hear the next leader, elected after its own election timeout.
@@ -859,7 +880,11 @@ impl Store {
                 if !cs.voters_outgoing.is_empty() {
                     // A joint configuration whose leave was lost (a leader change).
                     let _ = peer.raw.propose_conf_change(Vec::new(), conf_change::leave_joint());
+                    work = true;
                 }
+            }
+            if work {
+                self.dirty.insert(*id);
             }
         }
         self.check_stale_replicas();
@@ -931,9 +956,32 @@ impl Store {
     /// Whether any group has Raft work for [`Store::handle_ready`]: what a stopping node
     /// finishes. (A snapshot's data still going in is not: it goes on after a restart.)
     pub fn has_raft_work(&self) -> bool {
+        if self.config.check_invariants {
+            self.check_dirty();
+        }
         !self.outbox.is_empty()
             || !self.events.is_empty()
-            || self.peers.values().any(|p| p.has_pending_work() || p.raw.has_ready())
+            || self.dirty.iter().any(|id| self.peers.get(id).is_some_and(has_work))
+    }
+
+    /// The local replica of a group, marked as one that may have work: every change to a
+    /// replica outside a round goes through here (see `dirty`).
+    fn peer_mut(&mut self, id: u64) -> Option<&mut Peer> {
+        let peer = self.peers.get_mut(&id)?;
+        self.dirty.insert(id);
+        Some(peer)
+    }
+
+    /// Panics if a group with work is not marked: it would wait for an unrelated change
+    /// to be noticed. Checks every replica: for tests and the simulator.
+    fn check_dirty(&self) {
+        for (id, peer) in &self.peers {
+            assert!(
+                !has_work(peer) || self.dirty.contains(id),
+                "store {}: group {id} has Raft work but is not marked",
+                self.store_id
+            );
+        }
     }
 
     /// Runs one round: persist (one fsync), apply, answer proposers. See the module docs.
@@ -963,17 +1011,23 @@ impl Store {
             messages: std::mem::take(&mut self.outbox),
             events: std::mem::take(&mut self.events),
             timings: RoundTimings::default(),
+            visited: 0,
         };
-        for peer in self.peers.values_mut() {
-            peer.flush_reads(now);
+        // Only the marked groups can have work; the rest are not looked at. In group
+        // order, as before: the simulator replays a seed only if rounds are the same.
+        let visiting = std::mem::take(&mut self.dirty);
+        output.visited = visiting.len();
+        for id in &visiting {
+            if let Some(peer) = self.peers.get_mut(id) {
+                peer.flush_reads(now);
+            }
         }
         let mut log_batch = WriteBatch::new();
         let mut must_sync = false;
         let mut readies = Vec::new();
         let mut handing_over = Vec::new();
-        let ids: Vec<u64> = self.peers.keys().copied().collect();
-        for id in ids {
-            let peer = self.peers.get_mut(&id).expect("listed peer exists");
+        for &id in &visiting {
+            let Some(peer) = self.peers.get_mut(&id) else { continue };
             if peer.installing.is_some() || !peer.raw.has_ready() {
                 continue;
             }
@@ -1000,7 +1054,7 @@ impl Store {
             peer.on_read_states(ready.take_read_states());
             readies.push((id, Some(ready), committed, role));
         }
-        for id in installed {
+        for &id in &installed {
             let peer = self.peers.get_mut(&id).expect("an installed peer exists");
             let held = std::mem::take(&mut peer.held_answers);
             output.messages.extend(to_peer_messages(peer, held));
@@ -1014,6 +1068,7 @@ impl Store {
             }
         }
         if readies.is_empty() {
+            self.remark(visiting.iter().chain(&installed));
             output.events.append(&mut self.events);
             return Ok(output);
         }
@@ -1186,12 +1241,29 @@ impl Store {
             self.start_split_peer(region, campaign, stats)?;
             touched.push(id);
         }
-        for id in touched {
+        for &id in &touched {
             self.publish(id);
         }
+        self.remark(visiting.iter().chain(&installed).chain(&touched));
         output.events.append(&mut self.events);
         output.messages.append(&mut self.outbox);
         Ok(output)
+    }
+
+    /// Marks again, after a round, the groups it looked at that still have work: a
+    /// replica installing a snapshot's data keeps its `Ready` for later, and applying
+    /// may make more (a joint configuration's leave, a new Region's campaign).
+    fn remark<'a>(&mut self, ids: impl Iterator<Item = &'a u64>) {
+        for &id in ids {
+            self.mark_if_busy(id);
+        }
+    }
+
+    /// Marks a group if it has work now: for changes that often make none.
+    fn mark_if_busy(&mut self, id: u64) {
+        if self.peers.get(&id).is_some_and(has_work) {
+            self.dirty.insert(id);
+        }
     }
 
     fn on_role_change(&mut self, id: u64, role: StateRole) {
@@ -1322,6 +1394,7 @@ impl Store {
     /// them without this replica.
     fn destroy_peer(&mut self, id: u64) -> Result<(), RaftstoreError> {
         let Some(mut peer) = self.peers.remove(&id) else { return Ok(()) };
+        self.dirty.remove(&id);
         let mut batch = WriteBatch::new();
         peer.raw.mut_store().destroy(&mut batch);
         self.installing.remove(&id);
@@ -1466,6 +1539,11 @@ impl Drop for Store {
             peer.fail_all(|| RaftstoreError::OutcomeUnknown { region_id });
         }
     }
+}
+
+/// Whether a replica has work for a round: a `Ready`, or reads to batch.
+fn has_work(peer: &Peer) -> bool {
+    peer.has_pending_work() || peer.raw.has_ready()
 }
 
 fn overlaps(a: &Region, b: &Region) -> bool {

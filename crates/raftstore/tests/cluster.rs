@@ -1406,3 +1406,74 @@ fn an_older_snapshot_refused_by_raft_does_not_replace_the_data_of_the_one_taken(
     let staged = engine.snapshot().scan(Cf::Staging, &[], &[], false).count();
     assert_eq!(staged, 0, "the refused snapshot's data was deleted");
 }
+
+/// Rounds look only at groups with work. With 1,000 settled Regions on three stores no
+/// store has work, and one write's rounds visit the one Region written, on every store
+/// (before, every round and every question whether one was due walked every replica,
+/// which is most of what thousands of idle Regions cost).
+#[test]
+fn a_round_visits_only_the_groups_with_work() {
+    const REGIONS: u64 = 1_000;
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    let leader = cluster.wait_leader();
+    let region = cluster.region(leader).unwrap();
+    let splits = (1..REGIONS)
+        .map(|i| SplitRequest {
+            split_key: format!("k{i:05}").into_bytes(),
+            new_region_id: 1_000 + i,
+            new_peer_ids: (1..=3).map(|s| (1_000 + i) * 10 + s).collect(),
+        })
+        .collect();
+    cluster.propose_on(leader, RaftCommand::split(&region, splits)).unwrap();
+    let led = |c: &mut Cluster, id: u64| {
+        (1..=3).find(|&s| c.node(s).registry.get(id).is_some_and(|st| st.ready_for_reads))
+    };
+    cluster.tick_until(300, "every new Region has a leader", |c| {
+        (1..REGIONS).all(|i| led(c, 1_000 + i).is_some())
+    });
+    for s in 1..=3 {
+        assert_eq!(cluster.store(s).group_ids().len() as u64, REGIONS);
+        assert!(!cluster.store(s).has_ready(), "store {s} has work while nothing happens");
+    }
+
+    let target = 1_000 + REGIONS / 2;
+    let on = led(&mut cluster, target).unwrap();
+    let region = cluster.node(on).registry.get(target).unwrap().region.clone();
+    let mut batch = WriteBatch::new();
+    batch.put(Cf::Raw, region.start_key.clone(), b"v".to_vec());
+    let slot: Slot<Result<ApplyOutput>> = Arc::default();
+    let answer = slot.clone();
+    cluster.store(on).propose_command(
+        target,
+        scandium_raftstore::EncodedCommand::new(RaftCommand::write(&region, batch)),
+        Box::new(move |r| *answer.lock().unwrap() = Some(r)),
+    );
+    let mut visited = Vec::new();
+    for _ in 0..10 {
+        let mut outbox = Vec::new();
+        for s in 1..=3 {
+            let store = cluster.store(s);
+            while store.has_ready() {
+                let out = store.handle_ready().unwrap();
+                visited.push((s, out.visited));
+                outbox.extend(out.messages.into_iter().map(|m| (s, m)));
+            }
+        }
+        if outbox.is_empty() {
+            break;
+        }
+        for (from, message) in outbox {
+            assert_eq!(message.region_id, target, "only the written Region speaks");
+            cluster.deliver(from, message);
+        }
+    }
+    assert!(slot.lock().unwrap().take().is_some_and(|r| r.is_ok()), "the write was applied");
+    assert!(visited.iter().all(|&(_, n)| n == 1), "rounds visited other groups: {visited:?}");
+    assert!((1..=3).all(|s| visited.iter().any(|&(v, _)| v == s)), "every store: {visited:?}");
+    assert_eq!(cluster.value(on, &region.start_key), Some(b"v".to_vec()));
+    // The followers learn of the commit from the next heartbeat.
+    cluster.tick_until(10, "the write applied on every store", |c| {
+        (1..=3).all(|s| c.value(s, &region.start_key).is_some())
+    });
+}

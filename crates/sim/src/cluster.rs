@@ -371,6 +371,7 @@ impl Cluster {
                         max_log_entries: 64,
                         snapshot_dir,
                         ingest_inline: true,
+                        check_invariants: true,
                         ..RaftConfig::default()
                     },
                     clock_offset_ms: 0,
