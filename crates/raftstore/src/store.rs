@@ -901,6 +901,12 @@ impl Store {
             for id in ids {
                 self.publish(id);
             }
+            // A leader's window of appends in flight to a follower (2 KiB each) stays
+            // allocated after the last one is acknowledged, until a role or progress
+            // state change: an idle leader gives it back until it sends again.
+            for peer in self.peers.values_mut() {
+                peer.raw.raft.maybe_free_inflight_buffers();
+            }
         }
     }
 
