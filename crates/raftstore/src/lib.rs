@@ -28,6 +28,7 @@ pub mod conf_change;
 pub mod error;
 pub mod keys;
 pub mod linger;
+pub mod liveness;
 pub mod logger;
 pub mod message;
 pub mod peer;

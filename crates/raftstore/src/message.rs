@@ -30,10 +30,12 @@ struct Envelope {
     members: Vec<Peer>,
     #[prost(bool, tag = "10")]
     gone: bool,
+    #[prost(uint64, tag = "14")]
+    store_beat: u64,
 }
 
-/// A Raft message for one replica.
-#[derive(Clone, Debug)]
+/// A Raft message for one replica, or a store's beat (see [`PeerMessage::beat`]).
+#[derive(Clone, Debug, Default)]
 pub struct PeerMessage {
     /// The Raft group (Region id, or [`crate::META_GROUP_ID`]).
     pub region_id: u64,
@@ -60,6 +62,10 @@ pub struct PeerMessage {
     /// lingering replica counts it as that voter having applied its removal; any other
     /// replica ignores it (it says nothing of the receiver's own membership).
     pub gone: bool,
+    /// Not 0: a store's beat (see [`crate::liveness`]), carrying the sender's incarnation;
+    /// it is for no group (`region_id` 0, peers 0) and nothing else in it is read. A node
+    /// that predates beats steps it as an empty message for an unknown group, and drops it.
+    pub store_beat: u64,
     /// raft-rs's message.
     pub message: Message,
 }
@@ -70,6 +76,16 @@ pub struct PeerMessage {
 pub struct DecodeError(String);
 
 impl PeerMessage {
+    /// A beat from store `from` to store `to`, from the incarnation `incarnation` (not 0).
+    pub fn beat(from: u64, to: u64, incarnation: u64) -> PeerMessage {
+        PeerMessage {
+            from: Peer::new(0, from),
+            to: Peer::new(0, to),
+            store_beat: incarnation,
+            ..PeerMessage::default()
+        }
+    }
+
     /// The wire encoding.
     pub fn encode(&self) -> Vec<u8> {
         let envelope = Envelope {
@@ -82,6 +98,7 @@ impl PeerMessage {
             is_stale_check: self.is_stale_check,
             members: self.members.clone(),
             gone: self.gone,
+            store_beat: self.store_beat,
             message: self.message.write_to_bytes().expect("encoding a raft message cannot fail"),
         };
         prost::Message::encode_to_vec(&envelope)
@@ -105,6 +122,7 @@ impl PeerMessage {
             is_stale_check: envelope.is_stale_check,
             members: envelope.members,
             gone: envelope.gone,
+            store_beat: envelope.store_beat,
             message,
         })
     }
@@ -143,6 +161,7 @@ mod tests {
             is_stale_check: false,
             members: vec![Peer::new(10, 1)],
             gone: true,
+            store_beat: 0,
             message,
         };
         let decoded = PeerMessage::decode(&original.encode()).unwrap();
@@ -153,5 +172,9 @@ mod tests {
         assert_eq!(decoded.message, original.message);
         assert!(PeerMessage::decode(b"\xff\xff").is_err());
         assert!(PeerMessage::decode(&[]).is_err(), "no peers");
+        let beat = PeerMessage::decode(&PeerMessage::beat(4, 5, 77).encode()).unwrap();
+        assert_eq!((beat.from.store_id, beat.to.store_id, beat.store_beat), (4, 5, 77));
+        assert_eq!((beat.region_id, beat.from.id, beat.to.id), (0, 0, 0));
+        assert_eq!(decoded.store_beat, 0);
     }
 }

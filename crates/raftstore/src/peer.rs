@@ -54,6 +54,10 @@ pub struct RaftConfig {
     /// with work is one it will visit (an O(replicas) walk): on in debug builds and in
     /// the simulator, where a missed mark fails the run that made it.
     pub check_invariants: bool,
+    /// Not 0: the store beats (see [`crate::liveness`]) with this number, which must
+    /// change when the node restarts (the server uses the wall-clock millisecond it
+    /// started at). 0: no beats, and other stores' beats are only counted.
+    pub incarnation: u64,
 }
 
 impl Default for RaftConfig {
@@ -71,6 +75,7 @@ impl Default for RaftConfig {
             snapshot_dir: None,
             ingest_inline: false,
             check_invariants: cfg!(debug_assertions),
+            incarnation: 0,
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::conf_change::{self, PeerChange};
 use crate::error::RaftstoreError;
 use crate::keys;
 use crate::linger::Lingering;
+use crate::liveness::{StoreLiveness, Transition};
 use crate::logger::raft_logger;
 use crate::message::PeerMessage;
 use crate::peer::{Peer, RaftConfig, ReadCallback};
@@ -54,6 +55,8 @@ pub enum Event {
         /// Its term.
         term: u64,
     },
+    /// Another store's liveness changed (see [`crate::liveness`]).
+    Store(Transition),
     /// A group's Region changed shape (membership, split, snapshot) on this replica.
     RegionChanged(Region),
     /// The local replica of a group serves no more: destroyed, or removed and lingering
@@ -157,6 +160,11 @@ pub struct Store {
     /// finish with, so that a round, and the question whether one is due, cost what is
     /// active rather than every replica here. A group marked without work costs one look.
     dirty: BTreeSet<u64>,
+    /// Which of the stores holding replicas of this store's groups are heard.
+    liveness: StoreLiveness,
+    /// The stores this one beats: every store with a replica of one of its groups, as of
+    /// the last count (every [`BEAT_TARGETS_EVERY_TICKS`]) and every group started since.
+    beat_targets: BTreeSet<u64>,
     now_ms: u64,
     ticks: u64,
     /// Messages produced outside rounds (answers to stale replicas).
@@ -186,6 +194,10 @@ const TRANSFER_MAX_LAG: u64 = 128;
 /// the leader is heard).
 const PUBLISH_EVERY_TICKS: u64 = 5;
 
+/// Ticks between counts of the stores to beat (one look at every replica here); groups
+/// started in between add theirs at once.
+const BEAT_TARGETS_EVERY_TICKS: u64 = 20;
+
 impl Store {
     /// Loads every group with a replica on `store_id` from the engine and starts it.
     /// Groups with a single voter elect themselves at once.
@@ -206,6 +218,7 @@ impl Store {
         let keep: Vec<u64> = installs.values().map(|p| p.staging_id).collect();
         let stager = Stager::open(engine.clone(), config.snapshot_dir.as_deref(), &keep)?
             .ingest_inline(config.ingest_inline);
+        let liveness = StoreLiveness::new(config.heartbeat_ticks, config.election_ticks);
         let mut store = Store {
             store_id,
             engine,
@@ -222,6 +235,8 @@ impl Store {
             install_flush_after_ms: 0,
             installing: Default::default(),
             dirty: BTreeSet::new(),
+            liveness,
+            beat_targets: BTreeSet::new(),
             now_ms: 0,
             ticks: 0,
             outbox: Vec::new(),
@@ -303,6 +318,7 @@ impl Store {
             peer.raw.campaign().map_err(|e| RaftstoreError::InvalidCommand(e.to_string()))?;
         }
         let id = peer.region.id;
+        self.beat_targets.extend(peer.region.peers.iter().map(|p| p.store_id));
         self.peers.insert(id, peer);
         Ok(self.peer_mut(id))
     }
@@ -475,6 +491,17 @@ impl Store {
         if message.to.store_id != self.store_id {
             return Err(StepError::WrongStore(message.to.store_id));
         }
+        let from = message.from.store_id;
+        let changed = match message.store_beat {
+            0 => self.liveness.heard(from),
+            incarnation => self.liveness.beat(from, incarnation),
+        };
+        if let Some(transition) = changed {
+            self.on_store_transition(transition);
+        }
+        if message.store_beat != 0 {
+            return Ok(());
+        }
         let region_id = message.region_id;
         if message.is_tombstone {
             return self.on_tombstone(message);
@@ -545,6 +572,7 @@ impl Store {
             "created a replica for a leader's or candidate's message; it waits for a snapshot"
         );
         self.tombstones.remove(&message.region_id);
+        self.beat_targets.insert(message.from.store_id);
         self.peers.insert(message.region_id, peer);
         self.dirty.insert(message.region_id);
         Ok(())
@@ -586,6 +614,7 @@ impl Store {
                 is_stale_check: false,
                 members: peer.region.peers.clone(),
                 gone: false,
+                store_beat: 0,
                 message: Message::default(),
             });
             return Ok(());
@@ -674,6 +703,7 @@ impl Store {
             is_stale_check: false,
             members: Vec::new(),
             gone: true,
+            store_beat: 0,
             message: Message::default(),
         });
     }
@@ -826,6 +856,7 @@ impl Store {
             is_stale_check: true,
             members: Vec::new(),
             gone: false,
+            store_beat: 0,
             message: Message::default(),
         }));
     }
@@ -857,6 +888,7 @@ impl Store {
     pub fn tick(&mut self, now_ms: u64) {
         self.set_time(now_ms);
         self.ticks += 1;
+        self.tick_liveness();
         let timeout = 2 * self.config.election_ms();
         let mut lingering = Vec::new();
         for (id, peer) in self.peers.iter_mut().filter(|(_, p)| p.installing.is_none()) {
@@ -910,6 +942,44 @@ impl Store {
         }
     }
 
+    /// Counts a tick of every other store's silence, and beats when due.
+    fn tick_liveness(&mut self) {
+        let (changed, beat_due) = self.liveness.tick();
+        for transition in changed {
+            self.on_store_transition(transition);
+        }
+        if self.ticks.is_multiple_of(BEAT_TARGETS_EVERY_TICKS) {
+            let mut targets = BTreeSet::new();
+            for peer in self.peers.values() {
+                targets.extend(peer.region.peers.iter().map(|p| p.store_id));
+                targets.extend(peer.known_peers.values().map(|p| p.store_id));
+            }
+            for &gone in self.beat_targets.difference(&targets) {
+                self.liveness.forget(gone);
+            }
+            self.beat_targets = targets;
+        }
+        let incarnation = self.config.incarnation;
+        if beat_due && incarnation != 0 {
+            let me = self.store_id;
+            let others = self.beat_targets.iter().filter(|&&s| s != me && s != 0);
+            self.outbox.extend(others.map(|&to| PeerMessage::beat(me, to, incarnation)));
+        }
+    }
+
+    /// Another store's liveness changed. Nothing depends on it yet but the event:
+    /// hibernating groups will wake on it.
+    fn on_store_transition(&mut self, transition: Transition) {
+        tracing::debug!(store = self.store_id, ?transition, "a store's liveness changed");
+        self.events.push(Event::Store(transition));
+    }
+
+    /// Whether another store is suspect: silent for an election timeout. `None` for a
+    /// store that has never beaten (not judged).
+    pub fn is_store_suspect(&self, store: u64) -> Option<bool> {
+        self.liveness.is_suspect(store)
+    }
+
     /// Each replica that has heard from no leader for [`STALE_CHECK_ELECTIONS`] longest
     /// election timeouts asks the members of its configuration, once per such period,
     /// whether it is still one (see `PeerMessage::is_stale_check`). A voter that hears
@@ -932,6 +1002,7 @@ impl Store {
                 is_stale_check: true,
                 members: Vec::new(),
                 gone: false,
+                store_beat: 0,
                 message: Message::default(),
             }));
         }
@@ -1120,7 +1191,7 @@ impl Store {
         let mut touched = Vec::with_capacity(readies.len());
         let lease_ms = self.config.lease_ms();
         for (id, ready, mut entries, _) in readies {
-            let Store { peers, meta, config, events, store_id, now_ms, .. } = self;
+            let Store { peers, meta, config, events, store_id, now_ms, beat_targets, .. } = self;
             let now_ms = *now_ms;
             let peer = peers.get_mut(&id).expect("peer of a ready exists");
             let mut light = match ready {
@@ -1183,6 +1254,7 @@ impl Store {
                         events.push(Event::RegionChanged(left.clone()));
                     }
                     Ok(ApplyOutput::ConfChanged(region)) => {
+                        beat_targets.extend(region.peers.iter().map(|p| p.store_id));
                         events.push(Event::RegionChanged(region.clone()));
                         if region.peer_on_store(*store_id).is_none_or(|p| p.id != peer.meta.id) {
                             // Each change moves the version on by one.
@@ -1340,6 +1412,7 @@ impl Store {
             }
         }
         tracing::info!(group = region.id, "installed a snapshot");
+        self.beat_targets.extend(region.peers.iter().map(|p| p.store_id));
         self.events.push(Event::RegionChanged(region));
     }
 
@@ -1739,6 +1812,7 @@ fn to_peer_messages(peer: &Peer, messages: Vec<Message>) -> Vec<PeerMessage> {
                 is_stale_check: false,
                 members: Vec::new(),
                 gone: false,
+                store_beat: 0,
                 message,
             })
         })

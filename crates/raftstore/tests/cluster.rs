@@ -7,6 +7,7 @@
 
 use prost::Message as _;
 use scandium_raftstore::bootstrap::write_initial_group;
+use scandium_raftstore::liveness::Transition;
 use scandium_raftstore::snapshot::{for_each_chunk, SnapshotHeader};
 use scandium_raftstore::{
     ApplyOutput, Event, MetaStateMachine, PeerChange, PeerMessage, RaftCommand, RaftConfig,
@@ -131,7 +132,12 @@ impl Cluster {
         let mut store = Store::open(
             id,
             node.engine.clone(),
-            RaftConfig { snapshot_dir: node.snapshot_dir.clone(), ..config(id) },
+            // A restart is a new incarnation: it starts at a later time.
+            RaftConfig {
+                snapshot_dir: node.snapshot_dir.clone(),
+                incarnation: now + 1,
+                ..config(id)
+            },
             Box::new(NoMeta),
             node.registry.clone(),
         )
@@ -1375,6 +1381,7 @@ fn snapshot_message(index: u64) -> PeerMessage {
         is_stale_check: false,
         members: Vec::new(),
         gone: false,
+        store_beat: 0,
         message,
     }
 }
@@ -1476,4 +1483,93 @@ fn a_round_visits_only_the_groups_with_work() {
     cluster.tick_until(10, "the write applied on every store", |c| {
         (1..=3).all(|s| c.value(s, &region.start_key).is_some())
     });
+}
+
+/// The liveness events store `at` reported about store `about`.
+fn liveness_events(cluster: &Cluster, at: u64, about: u64) -> Vec<Transition> {
+    let about_it = |t: &Transition| match *t {
+        Transition::Suspect(s) | Transition::Alive(s) | Transition::Restarted(s) => s == about,
+    };
+    (cluster.events.iter())
+        .filter(|(store, _)| *store == at)
+        .filter_map(|(_, event)| match event {
+            Event::Store(transition) if about_it(transition) => Some(*transition),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Stores beat each other; one silent for an election timeout, counted in ticks, is
+/// suspect on every other store, and alive again once heard. Whatever the groups do:
+/// the count is of the store.
+#[test]
+fn an_isolated_store_is_suspect_after_an_election_timeout_and_alive_once_heard() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    cluster.tick(4);
+    for (at, about) in [(1, 2), (1, 3), (2, 1), (3, 1), (3, 2)] {
+        assert_eq!(cluster.store(at).is_store_suspect(about), Some(false), "{at} on {about}");
+    }
+    cluster.events.clear();
+    cluster.isolate(3);
+    let mut ticks = 0;
+    while cluster.store(1).is_store_suspect(3) != Some(true) {
+        cluster.tick(1);
+        ticks += 1;
+        assert!(ticks <= 20, "store 3 never suspect");
+    }
+    // An election timeout (10 ticks) after it was last heard: at most a beat's interval
+    // (2 ticks) before the cut.
+    assert!((9..=10).contains(&ticks), "suspect after {ticks} ticks");
+    assert_eq!(cluster.store(2).is_store_suspect(3), Some(true));
+    assert_eq!(cluster.store(3).is_store_suspect(1), Some(true), "the cut-off store, too");
+    assert_eq!(cluster.store(1).is_store_suspect(2), Some(false));
+    assert_eq!(liveness_events(&cluster, 1, 3), vec![Transition::Suspect(3)]);
+    cluster.heal();
+    cluster.tick(2);
+    assert_eq!(cluster.store(1).is_store_suspect(3), Some(false));
+    assert_eq!(liveness_events(&cluster, 1, 3), [Transition::Suspect(3), Transition::Alive(3)]);
+    assert!(liveness_events(&cluster, 1, 2).is_empty(), "store 2 was heard throughout");
+}
+
+/// A store that restarts beats with a new incarnation, which the others report.
+#[test]
+fn a_restarted_store_is_a_new_incarnation() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    cluster.tick(4);
+    cluster.events.clear();
+    cluster.stop(2);
+    cluster.tick(3);
+    cluster.start(2);
+    cluster.tick(3);
+    assert_eq!(liveness_events(&cluster, 1, 2), vec![Transition::Restarted(2)]);
+    assert_eq!(liveness_events(&cluster, 3, 2), vec![Transition::Restarted(2)]);
+    assert_eq!(cluster.store(1).is_store_suspect(2), Some(false));
+}
+
+/// A store that does not beat (a node of an older version) is never judged, however
+/// long it is silent.
+#[test]
+fn a_store_that_never_beats_is_never_judged() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    cluster.stop(3);
+    let engine_3 = cluster.node(3).engine.clone();
+    let store = Store::open(
+        3,
+        engine_3,
+        RaftConfig { incarnation: 0, ..config(3) },
+        Box::new(NoMeta),
+        cluster.node(3).registry.clone(),
+    )
+    .unwrap();
+    cluster.node(3).store = Some(store);
+    cluster.tick(4);
+    assert_eq!(cluster.store(1).is_store_suspect(3), None);
+    assert_eq!(cluster.store(3).is_store_suspect(1), Some(false), "it hears the others' beats");
+    cluster.isolate(3);
+    cluster.tick(30);
+    assert_eq!(cluster.store(1).is_store_suspect(3), None);
+    assert!(liveness_events(&cluster, 1, 3).is_empty());
 }

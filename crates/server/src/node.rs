@@ -219,6 +219,12 @@ impl Node {
             max_log_entries: config.raft_log_max_entries,
             log_gc_threshold: (config.raft_log_max_entries / 4).clamp(4, 256),
             snapshot_dir,
+            // Stores beat each other (see `scandium_raftstore::liveness`); a restart is a
+            // new incarnation. Never 0, which would turn beats off.
+            incarnation: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis() as u64)
+                .max(1),
             ..RaftConfig::default()
         };
         let mut store = Store::open(

@@ -92,6 +92,9 @@ impl Replicas {
                         self.txn.leadership_lost(region_id);
                     }
                     Event::RegionChanged(_) => report = true,
+                    Event::Store(transition) => {
+                        tracing::info!(?transition, "another store's liveness changed")
+                    }
                     Event::Destroyed(region_id) => self.txn.max_ts.forget(region_id),
                 }
             }

@@ -423,7 +423,7 @@ impl Cluster {
                 StoreEvent::Destroyed(region_id) => {
                     self.nodes[id as usize - 1].txn.max_ts.forget(region_id);
                 }
-                StoreEvent::RegionChanged(_) => {}
+                StoreEvent::RegionChanged(_) | StoreEvent::Store(_) => {}
             }
         }
     }
