@@ -26,6 +26,7 @@ pub mod bootstrap;
 pub mod command;
 pub mod conf_change;
 pub mod error;
+pub mod hibernate;
 pub mod keys;
 pub mod linger;
 pub mod liveness;

@@ -2,6 +2,7 @@
 //! raft-rs's own message lacks (which Region, which peers on which stores, the sender's
 //! epoch), and its wire encoding.
 
+use crate::hibernate::Hibernate;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use scandium_types::{Peer, RegionEpoch};
@@ -30,6 +31,13 @@ struct Envelope {
     members: Vec<Peer>,
     #[prost(bool, tag = "10")]
     gone: bool,
+    /// See [`Hibernate`]: 1 request, 2 acknowledgement, 3 refusal, 4 wake; 0 none.
+    #[prost(uint32, tag = "11")]
+    hibernate: u32,
+    #[prost(uint64, tag = "12")]
+    hibernate_term: u64,
+    #[prost(uint64, tag = "13")]
+    hibernate_index: u64,
     #[prost(uint64, tag = "14")]
     store_beat: u64,
 }
@@ -66,6 +74,10 @@ pub struct PeerMessage {
     /// it is for no group (`region_id` 0, peers 0) and nothing else in it is read. A node
     /// that predates beats steps it as an empty message for an unknown group, and drops it.
     pub store_beat: u64,
+    /// A hibernation message (see [`crate::hibernate`]); `message` is then empty and not
+    /// stepped. A node that predates hibernation steps that empty message, which raft-rs
+    /// refuses as a local one, and never answers: the leader stays awake.
+    pub hibernate: Option<Hibernate>,
     /// raft-rs's message.
     pub message: Message,
 }
@@ -88,7 +100,17 @@ impl PeerMessage {
 
     /// The wire encoding.
     pub fn encode(&self) -> Vec<u8> {
+        let (hibernate, hibernate_term, hibernate_index) = match self.hibernate {
+            None => (0, 0, 0),
+            Some(Hibernate::Request { term, index }) => (1, term, index),
+            Some(Hibernate::Ack { term, index }) => (2, term, index),
+            Some(Hibernate::Nack) => (3, 0, 0),
+            Some(Hibernate::Wake) => (4, 0, 0),
+        };
         let envelope = Envelope {
+            hibernate,
+            hibernate_term,
+            hibernate_index,
             region_id: self.region_id,
             from: Some(self.from.clone()),
             to: Some(self.to.clone()),
@@ -113,6 +135,15 @@ impl PeerMessage {
         };
         let message =
             Message::parse_from_bytes(&envelope.message).map_err(|e| DecodeError(e.to_string()))?;
+        let (term, index) = (envelope.hibernate_term, envelope.hibernate_index);
+        let hibernate = match envelope.hibernate {
+            0 => None,
+            1 => Some(Hibernate::Request { term, index }),
+            2 => Some(Hibernate::Ack { term, index }),
+            3 => Some(Hibernate::Nack),
+            4 => Some(Hibernate::Wake),
+            other => return Err(DecodeError(format!("unknown hibernation message {other}"))),
+        };
         Ok(PeerMessage {
             region_id: envelope.region_id,
             from,
@@ -123,6 +154,7 @@ impl PeerMessage {
             members: envelope.members,
             gone: envelope.gone,
             store_beat: envelope.store_beat,
+            hibernate,
             message,
         })
     }
@@ -162,6 +194,7 @@ mod tests {
             members: vec![Peer::new(10, 1)],
             gone: true,
             store_beat: 0,
+            hibernate: Some(Hibernate::Ack { term: 8, index: 12 }),
             message,
         };
         let decoded = PeerMessage::decode(&original.encode()).unwrap();
@@ -176,5 +209,20 @@ mod tests {
         assert_eq!((beat.from.store_id, beat.to.store_id, beat.store_beat), (4, 5, 77));
         assert_eq!((beat.region_id, beat.from.id, beat.to.id), (0, 0, 0));
         assert_eq!(decoded.store_beat, 0);
+        assert_eq!(decoded.hibernate, Some(Hibernate::Ack { term: 8, index: 12 }));
+        for hibernate in [None, Some(Hibernate::Request { term: 3, index: 4 })]
+            .into_iter()
+            .chain([Some(Hibernate::Nack), Some(Hibernate::Wake)])
+        {
+            let message = PeerMessage { hibernate, ..PeerMessage::default() };
+            assert_eq!(PeerMessage::decode(&message.encode()).unwrap().hibernate, hibernate);
+        }
+        let mut unknown = Envelope {
+            from: Some(Peer::new(1, 1)),
+            to: Some(Peer::new(2, 2)),
+            ..Envelope::default()
+        };
+        unknown.hibernate = 9;
+        assert!(PeerMessage::decode(&prost::Message::encode_to_vec(&unknown)).is_err());
     }
 }

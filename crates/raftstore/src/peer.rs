@@ -58,6 +58,10 @@ pub struct RaftConfig {
     /// change when the node restarts (the server uses the wall-clock millisecond it
     /// started at). 0: no beats, and other stores' beats are only counted.
     pub incarnation: u64,
+    /// Ticks a group's leader must be idle for before it asks its followers to hibernate
+    /// (see [`crate::hibernate`]); 0: groups never hibernate. More than `election_ticks`,
+    /// so that every lease has run out first.
+    pub hibernate_after_ticks: usize,
 }
 
 impl Default for RaftConfig {
@@ -76,6 +80,7 @@ impl Default for RaftConfig {
             ingest_inline: false,
             check_invariants: cfg!(debug_assertions),
             incarnation: 0,
+            hibernate_after_ticks: 0,
         }
     }
 }
@@ -177,6 +182,8 @@ pub struct Peer {
     /// Set once the replica is removed from its Region but still votes (see
     /// [`crate::linger`]); it is then not `initialized`: it holds no data and serves nothing.
     pub(crate) lingering: Option<crate::linger::Lingering>,
+    /// Where it is in hibernation (see [`crate::hibernate`]).
+    pub(crate) sleep: crate::hibernate::Sleep,
 }
 
 impl Peer {
@@ -242,6 +249,7 @@ impl Peer {
             broadcast_commit_until: None,
             stats: crate::stats::RegionStats::default(),
             lingering: None,
+            sleep: crate::hibernate::Sleep::default(),
         })
     }
 
@@ -263,6 +271,12 @@ impl Peer {
     }
 
     /// A member (or a peer known from its messages) by Raft id.
+    /// Whether the followers have learnt of every commit a split needs them to (see
+    /// `broadcast_commit_until`).
+    pub(crate) fn broadcast_commit_done(&self) -> bool {
+        self.broadcast_commit_until.is_none()
+    }
+
     pub(crate) fn peer_by_id(&self, id: u64) -> Option<PeerMeta> {
         if id == self.meta.id {
             return Some(self.meta.clone());

@@ -20,6 +20,7 @@ use crate::bootstrap::{write_initial_group, write_lingering, write_region_state,
 use crate::command::{EncodedCommand, RaftCommand};
 use crate::conf_change::{self, PeerChange};
 use crate::error::RaftstoreError;
+use crate::hibernate::{Hibernate, Sleep};
 use crate::keys;
 use crate::linger::Lingering;
 use crate::liveness::{StoreLiveness, Transition};
@@ -378,7 +379,7 @@ impl Store {
         callback: Callback,
     ) {
         let now = self.now_ms;
-        self.dirty.insert(group_id);
+        self.touch(group_id);
         let Some(peer) = self.peers.get_mut(&group_id).filter(|p| p.initialized) else {
             return callback(Err(RaftstoreError::RegionNotFound(group_id)));
         };
@@ -502,6 +503,10 @@ impl Store {
         if message.store_beat != 0 {
             return Ok(());
         }
+        if let Some(what) = message.hibernate {
+            self.on_hibernate(&message, what);
+            return Ok(());
+        }
         let region_id = message.region_id;
         if message.is_tombstone {
             return self.on_tombstone(message);
@@ -615,6 +620,7 @@ impl Store {
                 members: peer.region.peers.clone(),
                 gone: false,
                 store_beat: 0,
+                hibernate: None,
                 message: Message::default(),
             });
             return Ok(());
@@ -624,6 +630,15 @@ impl Store {
             return Ok(());
         }
         peer.known_peers.insert(message.from.id, message.from.clone());
+        // A message wakes a sleeping replica, but for a late answer to a leader's
+        // heartbeat, which wakes it only if it makes work (see below).
+        let late_answer = peer.is_leader() && kind == MessageType::MsgHeartbeatResponse;
+        if !peer.sleep.is_awake() && !late_answer {
+            let from_leader = message.from.id == peer.raw.raft.leader_id;
+            if let Some(wake) = peer.wake(!from_leader, &self.liveness, now) {
+                self.outbox.push(wake);
+            }
+        }
         let position =
             |s: &raft::prelude::Snapshot| (s.get_metadata().index, s.get_metadata().term);
         let incoming = message.message.snapshot.as_ref().map(position);
@@ -640,6 +655,11 @@ impl Store {
                         self.stager.discard(replaced);
                     }
                 }
+            }
+        }
+        if !peer.sleep.is_awake() && peer.raw.has_ready() {
+            if let Some(wake) = peer.wake(true, &self.liveness, now) {
+                self.outbox.push(wake);
             }
         }
         match result {
@@ -704,6 +724,7 @@ impl Store {
             members: Vec::new(),
             gone: true,
             store_beat: 0,
+            hibernate: None,
             message: Message::default(),
         });
     }
@@ -857,12 +878,16 @@ impl Store {
             members: Vec::new(),
             gone: false,
             store_beat: 0,
+            hibernate: None,
             message: Message::default(),
         }));
     }
 
     /// The transport could not deliver a message to `peer_id` of a group.
     pub fn report_unreachable(&mut self, group_id: u64, peer_id: u64) {
+        // Not a request that wakes or keeps awake: an awake leader heartbeating a
+        // follower on a dead store hears this every time, and must still sleep without
+        // it (a sleeping one sends nothing to be told of).
         if let Some(peer) = self.peers.get_mut(&group_id) {
             peer.raw.report_unreachable(peer_id);
             self.mark_if_busy(group_id);
@@ -872,6 +897,7 @@ impl Store {
     /// The transport finished (or failed) sending a snapshot to `peer_id` of a group.
     pub fn report_snapshot(&mut self, group_id: u64, peer_id: u64, delivered: bool) {
         let now = self.now_ms;
+        self.touch(group_id);
         if let Some(peer) = self.peers.get_mut(&group_id) {
             let status = if delivered { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
             let index = peer.raw.raft.prs().get(peer_id).map_or(0, |pr| pr.pending_snapshot);
@@ -891,6 +917,9 @@ impl Store {
         self.tick_liveness();
         let timeout = 2 * self.config.election_ms();
         let mut lingering = Vec::new();
+        let (hibernate_after, ask_ticks) =
+            (self.config.hibernate_after_ticks, crate::hibernate::ask_ticks(&self.config));
+        let (mut idle, mut unanswered) = (Vec::new(), Vec::new());
         for (id, peer) in self.peers.iter_mut().filter(|(_, p)| p.installing.is_none()) {
             if peer.lingering.is_some() {
                 // Time passes for its leader's lease, after which it votes again, but it
@@ -898,6 +927,30 @@ impl Store {
                 peer.raw.raft.election_elapsed += 1;
                 lingering.push(*id);
                 continue;
+            }
+            let (leads, last) = (peer.is_leader(), peer.raw.raft.raft_log.last_index());
+            match &mut peer.sleep {
+                Sleep::Asleep => continue,
+                Sleep::Asking { ticks, .. } => {
+                    // No heartbeat meanwhile, so that followers asleep stay so; not
+                    // every answer came in time: it wakes, and heartbeats.
+                    *ticks += 1;
+                    if *ticks > ask_ticks {
+                        unanswered.push(*id);
+                    }
+                    continue;
+                }
+                Sleep::Awake { idle_ticks, last_index } if hibernate_after > 0 && leads => {
+                    if *last_index == last {
+                        *idle_ticks += 1;
+                    } else {
+                        (*idle_ticks, *last_index) = (0, last);
+                    }
+                    if *idle_ticks >= hibernate_after {
+                        idle.push(*id);
+                    }
+                }
+                Sleep::Awake { .. } => {}
             }
             // raft-rs says whether the tick made work (a heartbeat, a campaign, a
             // check-quorum); nothing else a tick does here makes any but the proposal
@@ -919,6 +972,10 @@ impl Store {
                 self.dirty.insert(*id);
             }
         }
+        for id in unanswered {
+            self.touch(id);
+        }
+        self.ask_to_sleep(idle);
         self.check_stale_replicas();
         let ask_every = 2 * self.config.election_ticks.max(1) as u64;
         if self.ticks.is_multiple_of(ask_every) {
@@ -929,7 +986,9 @@ impl Store {
         if self.ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
             // Leases, lagging peers and whether followers still hear their leader change
             // without rounds.
-            let ids: Vec<u64> = self.peers.keys().copied().collect();
+            // Not a hibernating one's: nothing changes while it sleeps.
+            let awake = self.peers.iter().filter(|(_, p)| p.sleep.is_awake());
+            let ids: Vec<u64> = awake.map(|(&id, _)| id).collect();
             for id in ids {
                 self.publish(id);
             }
@@ -940,6 +999,79 @@ impl Store {
                 peer.raw.raft.maybe_free_inflight_buffers();
             }
         }
+    }
+
+    /// A hibernation message from another replica of a group (see [`crate::hibernate`]).
+    /// From anyone but a member of the group as this replica knows it, it is ignored.
+    fn on_hibernate(&mut self, message: &PeerMessage, what: Hibernate) {
+        let id = message.region_id;
+        let now = self.now_ms;
+        let Some(peer) = self.peers.get_mut(&id) else { return };
+        if peer.meta.id != message.to.id || peer.region.peer(message.from.id).is_none() {
+            return;
+        }
+        let from = message.from.clone();
+        match what {
+            Hibernate::Request { term, index } => {
+                let answer = if peer.may_sleep_for(from.id, term, index) {
+                    peer.sleep = Sleep::Asleep;
+                    // It has just heard from its leader.
+                    peer.raw.raft.election_elapsed = 0;
+                    Hibernate::Ack { term, index }
+                } else {
+                    Hibernate::Nack
+                };
+                self.outbox.push(peer.envelope(from, answer));
+            }
+            Hibernate::Ack { term, index } => {
+                let Sleep::Asking { term: asked_term, index: asked_index, acked, .. } =
+                    &mut peer.sleep
+                else {
+                    return;
+                };
+                if (term, index) != (*asked_term, *asked_index) {
+                    return;
+                }
+                acked.insert(from.id);
+                let acked = acked.clone();
+                let still =
+                    peer.raw.raft.term == term && peer.raw.raft.raft_log.last_index() == index;
+                match peer.followers_to_ask(&self.liveness, now).filter(|_| still) {
+                    Some(asked) if asked.iter().all(|f| acked.contains(f)) => {
+                        peer.sleep = Sleep::Asleep;
+                    }
+                    Some(_) => {}
+                    None => self.touch(id),
+                }
+            }
+            Hibernate::Nack | Hibernate::Wake => self.touch(id),
+        }
+    }
+
+    /// Leaders idle for long enough (see [`crate::hibernate`]): each asks its followers
+    /// to sleep, or sleeps at once with none to ask.
+    fn ask_to_sleep(&mut self, ids: Vec<u64>) {
+        let now = self.now_ms;
+        for id in ids {
+            let Some(peer) = self.peers.get_mut(&id) else { continue };
+            let Some(followers) = peer.followers_to_ask(&self.liveness, now) else { continue };
+            let (term, index) = (peer.raw.raft.term, peer.raw.raft.raft_log.last_index());
+            if followers.is_empty() {
+                peer.sleep = Sleep::Asleep;
+                continue;
+            }
+            for follower in followers {
+                let Some(to) = peer.peer_by_id(follower) else { continue };
+                self.outbox.push(peer.envelope(to, Hibernate::Request { term, index }));
+            }
+            let acked = BTreeSet::new();
+            peer.sleep = Sleep::Asking { term, index, acked, ticks: 0 };
+        }
+    }
+
+    /// Whether a group's replica here hibernates (or, a leader, is asking to).
+    pub fn is_hibernating(&self, id: u64) -> bool {
+        self.peers.get(&id).is_some_and(|p| !p.sleep.is_awake())
     }
 
     /// Counts a tick of every other store's silence, and beats when due.
@@ -967,11 +1099,23 @@ impl Store {
         }
     }
 
-    /// Another store's liveness changed. Nothing depends on it yet but the event:
-    /// hibernating groups will wake on it.
+    /// Another store's liveness changed: every hibernating group with a replica there
+    /// wakes (one look at every replica: it is rare), and only those. A follower whose
+    /// leader's store went silent then times out and campaigns as usual; a leader whose
+    /// follower's store changed heartbeats it, and sleeps again without it if it stays
+    /// silent.
     fn on_store_transition(&mut self, transition: Transition) {
         tracing::debug!(store = self.store_id, ?transition, "a store's liveness changed");
         self.events.push(Event::Store(transition));
+        let (Transition::Suspect(store) | Transition::Alive(store) | Transition::Restarted(store)) =
+            transition;
+        let sleeping: Vec<u64> = (self.peers.iter())
+            .filter(|(_, p)| !p.sleep.is_awake() && p.region.peer_on_store(store).is_some())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in sleeping {
+            self.touch(id);
+        }
     }
 
     /// Whether another store is suspect: silent for an election timeout. `None` for a
@@ -987,7 +1131,8 @@ impl Store {
     /// never campaigns, and only this reaches them.
     fn check_stale_replicas(&mut self) {
         let period = STALE_CHECK_ELECTIONS * self.config.max_election_ticks.max(1);
-        for peer in self.peers.values().filter(|p| p.initialized && !p.is_leader()) {
+        let ticking = |p: &&Peer| p.initialized && !p.is_leader() && p.sleep.is_awake();
+        for peer in self.peers.values().filter(ticking) {
             let elapsed = peer.raw.raft.election_elapsed;
             if elapsed == 0 || !elapsed.is_multiple_of(period) {
                 continue;
@@ -1003,6 +1148,7 @@ impl Store {
                 members: Vec::new(),
                 gone: false,
                 store_beat: 0,
+                hibernate: None,
                 message: Message::default(),
             }));
         }
@@ -1041,12 +1187,21 @@ impl Store {
             || self.dirty.iter().any(|id| self.peers.get(id).is_some_and(has_work))
     }
 
-    /// The local replica of a group, marked as one that may have work: every change to a
-    /// replica outside a round goes through here (see `dirty`).
+    /// The local replica of a group, marked as one that may have work (see `dirty`) and
+    /// woken if it hibernates: every request for a replica from outside a round goes
+    /// through here or [`Store::touch`].
     fn peer_mut(&mut self, id: u64) -> Option<&mut Peer> {
         let peer = self.peers.get_mut(&id)?;
         self.dirty.insert(id);
+        if let Some(message) = peer.wake(true, &self.liveness, self.now_ms) {
+            self.outbox.push(message);
+        }
         Some(peer)
+    }
+
+    /// See [`Store::peer_mut`].
+    fn touch(&mut self, id: u64) {
+        let _ = self.peer_mut(id);
     }
 
     /// Panics if a group with work is not marked: it would wait for an unrelated change
@@ -1813,6 +1968,7 @@ fn to_peer_messages(peer: &Peer, messages: Vec<Message>) -> Vec<PeerMessage> {
                 members: Vec::new(),
                 gone: false,
                 store_beat: 0,
+                hibernate: None,
                 message,
             })
         })

@@ -85,10 +85,19 @@ struct Cluster {
     snapshots: Vec<usize>,
     /// `(store, group)`: the group's messages to the store are lost.
     lost_groups: HashSet<(u64, u64)>,
+    /// `RaftConfig::hibernate_after_ticks` of every store (0: no hibernation).
+    hibernate_after: usize,
+    /// Messages delivered, beats aside.
+    delivered: usize,
 }
 
 impl Cluster {
     fn new(n: u64) -> Cluster {
+        Cluster::with_hibernation(n, 0)
+    }
+
+    /// Groups hibernate after `after` idle ticks.
+    fn with_hibernation(n: u64, after: usize) -> Cluster {
         let mut nodes = Vec::new();
         for id in 1..=n {
             let engine: EngineRef = Arc::new(MemoryEngine::new());
@@ -110,6 +119,8 @@ impl Cluster {
             events: Vec::new(),
             snapshots: vec![0; n as usize + 1],
             lost_groups: HashSet::new(),
+            hibernate_after: after,
+            delivered: 0,
         };
         for id in 1..=n {
             cluster.start(id);
@@ -127,7 +138,7 @@ impl Cluster {
     }
 
     fn start(&mut self, id: u64) {
-        let now = self.now;
+        let (now, hibernate_after) = (self.now, self.hibernate_after);
         let node = self.node(id);
         let mut store = Store::open(
             id,
@@ -136,6 +147,7 @@ impl Cluster {
             RaftConfig {
                 snapshot_dir: node.snapshot_dir.clone(),
                 incarnation: now + 1,
+                hibernate_after_ticks: hibernate_after,
                 ..config(id)
             },
             Box::new(NoMeta),
@@ -251,6 +263,7 @@ impl Cluster {
     /// Sends `message` to its store now.
     fn deliver(&mut self, from: u64, message: PeerMessage) {
         let to = message.to.store_id;
+        self.delivered += usize::from(message.store_beat == 0);
         let (region, peer) = (message.region_id, message.to.id);
         if self.lost_groups.contains(&(to, region)) {
             return;
@@ -421,6 +434,18 @@ impl Cluster {
         let mut batch = WriteBatch::new();
         batch.put(Cf::Raw, key.to_vec(), value.to_vec());
         self.propose_on(leader, RaftCommand::write(&region, batch)).map(|_| ())
+    }
+
+    /// Splits Region 1 through its leader on `store` at `m`; the right half is Region
+    /// 100 with peers 101–103 on stores 1–3.
+    fn split_at_m(&mut self, store: u64) -> ApplyOutput {
+        let region = self.region(store).unwrap();
+        let split = SplitRequest {
+            split_key: b"m".to_vec(),
+            new_region_id: 100,
+            new_peer_ids: vec![101, 102, 103],
+        };
+        self.propose_on(store, RaftCommand::split(&region, vec![split])).unwrap()
     }
 
     fn change(&mut self, changes: Vec<PeerChange>) -> Result<Region> {
@@ -1176,13 +1201,7 @@ fn a_replicated_region_splits_on_every_store() {
     cluster.put(b"a", b"1").unwrap();
     cluster.put(b"x", b"2").unwrap();
     let leader = cluster.wait_leader();
-    let region = cluster.region(leader).unwrap();
-    let split = SplitRequest {
-        split_key: b"m".to_vec(),
-        new_region_id: 100,
-        new_peer_ids: vec![101, 102, 103],
-    };
-    let output = cluster.propose_on(leader, RaftCommand::split(&region, vec![split])).unwrap();
+    let output = cluster.split_at_m(leader);
     let ApplyOutput::Split { new, .. } = output else { panic!("{output:?}") };
     let [right] = new.as_slice() else { panic!("one new region: {new:?}") };
     assert_eq!(right.peers.len(), 3);
@@ -1207,13 +1226,7 @@ fn a_store_partitioned_during_a_split_catches_up() {
     let leader = cluster.wait_leader();
     let lagging = (1..=3).find(|&s| s != leader).unwrap();
     cluster.isolate(lagging);
-    let region = cluster.region(leader).unwrap();
-    let split = SplitRequest {
-        split_key: b"m".to_vec(),
-        new_region_id: 100,
-        new_peer_ids: vec![101, 102, 103],
-    };
-    cluster.propose_on(leader, RaftCommand::split(&region, vec![split])).unwrap();
+    cluster.split_at_m(leader);
     cluster.tick_until(300, "the new Region has a leader", |c| {
         (1..=3).any(|s| {
             s != lagging && c.node(s).registry.get(100).is_some_and(|st| st.ready_for_reads)
@@ -1241,13 +1254,7 @@ fn a_vote_cast_before_the_split_applied_is_kept() {
     let lagging = (1..=3).find(|&s| s != leader).unwrap();
     // The lagging store hears nothing of the parent Region: it cannot apply the split.
     cluster.lost_groups.insert((lagging, REGION));
-    let region = cluster.region(leader).unwrap();
-    let split = SplitRequest {
-        split_key: b"m".to_vec(),
-        new_region_id: 100,
-        new_peer_ids: vec![101, 102, 103],
-    };
-    cluster.propose_on(leader, RaftCommand::split(&region, vec![split])).unwrap();
+    cluster.split_at_m(leader);
     cluster.tick_until(300, "the new Region has a leader", |c| {
         (1..=3).any(|s| c.node(s).registry.get(100).is_some_and(|st| st.ready_for_reads))
     });
@@ -1382,6 +1389,7 @@ fn snapshot_message(index: u64) -> PeerMessage {
         members: Vec::new(),
         gone: false,
         store_beat: 0,
+        hibernate: None,
         message,
     }
 }
@@ -1572,4 +1580,151 @@ fn a_store_that_never_beats_is_never_judged() {
     cluster.tick(30);
     assert_eq!(cluster.store(1).is_store_suspect(3), None);
     assert!(liveness_events(&cluster, 1, 3).is_empty());
+}
+
+/// Idle ticks before a group hibernates in these tests: past the lease (8 ticks).
+const SLEEP_AFTER: usize = 12;
+
+/// Three stores with Region 1 replicated and written, then idle until it hibernates on
+/// every replica; the store that leads it.
+fn sleeping_cluster() -> (Cluster, u64) {
+    sleeping_cluster_of(3)
+}
+
+/// [`sleeping_cluster`] with `stores` stores, of which 1, 2 and 3 hold the group.
+fn sleeping_cluster_of(stores: u64) -> (Cluster, u64) {
+    let mut cluster = Cluster::with_hibernation(stores, SLEEP_AFTER);
+    cluster.replicate(3);
+    cluster.put(b"a", b"1").unwrap();
+    cluster.tick_until(100, "the group asleep on every store", |c| {
+        (1..=3).all(|s| c.store(s).is_hibernating(REGION))
+    });
+    let leader = cluster.leader().expect("the leader that went to sleep");
+    (cluster, leader)
+}
+
+/// An idle group sleeps on every replica, and then no message of it is sent at all
+/// (stores still beat), however long it sleeps.
+#[test]
+fn an_idle_group_sleeps_on_every_replica_and_sends_nothing() {
+    let (mut cluster, _) = sleeping_cluster();
+    let before = cluster.delivered;
+    cluster.tick(200);
+    assert_eq!(cluster.delivered, before, "a sleeping group sent messages");
+    assert!((1..=3).all(|s| cluster.store(s).is_hibernating(REGION)));
+    for s in 1..=3 {
+        assert_eq!(cluster.value(s, b"a"), Some(b"1".to_vec()));
+    }
+}
+
+/// A write wakes a sleeping group and commits in the rounds of an awake one: no tick.
+#[test]
+fn a_write_wakes_a_sleeping_group_and_commits_without_a_tick() {
+    let (mut cluster, leader) = sleeping_cluster();
+    let answer = cluster.propose_later(leader, b"b", b"2");
+    cluster.run();
+    let answer = answer.lock().unwrap().take();
+    assert!(answer.is_some_and(|a| a.is_ok()), "committed with no tick");
+    assert!((1..=3).all(|s| !cluster.store(s).is_hibernating(REGION)), "every replica woke");
+    cluster.tick_until(100, "asleep again", |c| (1..=3).all(|s| c.store(s).is_hibernating(REGION)));
+    for s in 1..=3 {
+        assert_eq!(cluster.value(s, b"b"), Some(b"2".to_vec()));
+    }
+}
+
+/// A sleeping leader holds no lease: a read takes a ReadIndex round, which wakes the
+/// group and completes in its rounds, with no tick.
+#[test]
+fn a_read_of_a_sleeping_group_takes_a_read_index_round_without_a_tick() {
+    let (mut cluster, leader) = sleeping_cluster();
+    let now = cluster.now;
+    let status = cluster.node(leader).registry.get(REGION).unwrap();
+    assert!(!status.lease_valid(now), "a sleeping leader holds no lease");
+    let slot: Slot<Result<()>> = Arc::default();
+    let answer = slot.clone();
+    cluster.store(leader).read_index(REGION, Box::new(move |r| *answer.lock().unwrap() = Some(r)));
+    cluster.run();
+    assert!(slot.lock().unwrap().take().is_some_and(|r| r.is_ok()), "read with no tick");
+}
+
+/// The leader of a sleeping group dies: its store falls silent, which wakes the
+/// followers, and they elect one of them within an election timeout of noticing.
+#[test]
+fn a_sleeping_group_whose_leader_dies_elects_another() {
+    let (mut cluster, leader) = sleeping_cluster();
+    cluster.stop(leader);
+    let mut ticks = 0;
+    while cluster.leader().is_none() {
+        cluster.tick(1);
+        ticks += 1;
+        assert!(ticks <= 60, "no new leader in 60 ticks");
+    }
+    // Silent for an election timeout (10 ticks), then the longest election timeout of
+    // the stores left (14), and the vote: the bound docs/design/hibernation.md gives.
+    assert!(ticks <= 10 + 14 + 4, "a new leader after {ticks} ticks");
+    let survivor = cluster.leader().unwrap();
+    cluster.put_on(survivor, b"c", b"3").unwrap();
+    for s in (1..=3).filter(|&s| s != leader) {
+        assert_eq!(cluster.value(s, b"a"), Some(b"1".to_vec()));
+    }
+}
+
+/// A follower cut off wakes the group (its store falls silent), which then sleeps again
+/// without it; once heard again, it wakes the group, catches up, and all sleep.
+#[test]
+fn a_follower_cut_off_does_not_keep_the_group_awake() {
+    let (mut cluster, leader) = sleeping_cluster();
+    let cut = (1..=3).find(|&s| s != leader).unwrap();
+    let other = (1..=3).find(|&s| s != leader && s != cut).unwrap();
+    cluster.isolate(cut);
+    cluster.tick(12);
+    assert!(cluster.store(leader).is_store_suspect(cut) == Some(true));
+    cluster.tick_until(60, "asleep without the cut-off follower", |c| {
+        c.store(leader).is_hibernating(REGION) && c.store(other).is_hibernating(REGION)
+    });
+    cluster.heal();
+    cluster.tick_until(100, "all asleep again, the follower caught up", |c| {
+        (1..=3).all(|s| c.store(s).is_hibernating(REGION))
+    });
+    assert_eq!(cluster.leader(), Some(leader), "nobody was deposed");
+    assert_eq!(cluster.value(cut, b"a"), Some(b"1".to_vec()));
+}
+
+/// A restarted follower (a new incarnation) wakes its groups on the other stores; they
+/// catch it up and sleep again, with no election.
+#[test]
+fn a_restarted_follower_wakes_its_groups_and_all_sleep_again() {
+    let (mut cluster, leader) = sleeping_cluster();
+    let follower = (1..=3).find(|&s| s != leader).unwrap();
+    cluster.stop(follower);
+    cluster.tick(3);
+    cluster.start(follower);
+    cluster.tick_until(10, "the leader awake", |c| !c.store(leader).is_hibernating(REGION));
+    cluster.tick_until(100, "all asleep again", |c| {
+        (1..=3).all(|s| c.store(s).is_hibernating(REGION))
+    });
+    assert_eq!(cluster.leader(), Some(leader), "nobody was deposed");
+}
+
+/// A membership change asked of a sleeping leader is judged on its followers as they
+/// were when they slept (caught up, on stores still heard), not refused for want of
+/// recent answers, which a sleeping group never gets.
+#[test]
+fn a_conf_change_asked_of_a_sleeping_leader_is_not_refused() {
+    let (mut cluster, leader) = sleeping_cluster_of(4);
+    cluster.tick(50);
+    let region = cluster.change_on(leader, vec![PeerChange::AddLearner(Peer::learner(4, 4))]);
+    assert!(region.is_ok_and(|r| r.peers.len() == 4), "refused after a sleep");
+    cluster.tick_until(200, "the learner caught up", |c| c.value(4, b"a").is_some());
+}
+
+/// A split of a sleeping Region wakes it (a proposal); the new Region elects, and both
+/// sleep again.
+#[test]
+fn a_split_wakes_a_sleeping_region_and_both_halves_sleep_again() {
+    let (mut cluster, leader) = sleeping_cluster();
+    cluster.split_at_m(leader);
+    cluster.tick_until(200, "both halves asleep on every store", |c| {
+        (1..=3).all(|s| c.store(s).is_hibernating(REGION) && c.store(s).is_hibernating(100))
+    });
 }

@@ -1,0 +1,220 @@
+//! Hibernation: a group with nothing to do stops ticking and heartbeating on every
+//! replica, so that thousands of idle Regions cost next to nothing. The design, with the
+//! reasons for each rule, is `docs/design/hibernation.md`; in short:
+//!
+//! - A leader idle for [`RaftConfig::hibernate_after_ticks`] ticks (nothing proposed,
+//!   read or changed; every entry committed and applied; every follower on a store not
+//!   suspect caught up; its lease run out) asks those followers to sleep
+//!   ([`Hibernate::Request`]) and stops ticking. A follower caught up to the same entry
+//!   under the same leader and term sleeps and acknowledges; any other answers no. With
+//!   every acknowledgement the leader sleeps; with a refusal, or none in time, it wakes
+//!   and heartbeats, which wakes whoever slept.
+//! - Asleep, a replica does not tick: no heartbeats, no election timer, no check-quorum.
+//!   Anything that needs the group wakes it: a proposal, a read needing a ReadIndex
+//!   round, a conf change or transfer, a Raft message, and a change in the liveness of a
+//!   store holding one of its replicas ([`crate::liveness`]). A follower that wakes tells
+//!   its leader ([`Hibernate::Wake`]); a leader that wakes heartbeats.
+//! - A sleeping leader holds no lease (it slept only once its lease ran out, and nothing
+//!   renews it while asleep), so every read of a sleeping Region goes through a ReadIndex
+//!   round, which wakes it: reads stay linearizable.
+//! - A sleeping group's leader dying is noticed through store liveness: its store turns
+//!   suspect an election timeout after its last beat, which wakes every group with a
+//!   replica there; their followers then elect as usual.
+//!
+//! Not persisted: a restarted replica starts awake.
+
+use crate::liveness::StoreLiveness;
+use crate::peer::{Peer, RaftConfig};
+use crate::META_GROUP_ID;
+use raft::ProgressState;
+use std::collections::BTreeSet;
+
+/// A hibernation message between the replicas of a group, carried in the envelope of a
+/// [`crate::PeerMessage`] with an empty Raft message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hibernate {
+    /// From a leader: sleep, if you are caught up to `index` under me at `term`.
+    Request {
+        /// The leader's term.
+        term: u64,
+        /// The leader's last index.
+        index: u64,
+    },
+    /// A follower's yes to the request for `term` and `index`: it sleeps now.
+    Ack {
+        /// The term of the request.
+        term: u64,
+        /// The index of the request.
+        index: u64,
+    },
+    /// A follower's no: the leader stays awake.
+    Nack,
+    /// A follower woke: its leader wakes too, and heartbeats.
+    Wake,
+}
+
+/// Where a replica is in hibernation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Sleep {
+    /// Ticking. A leader counts the ticks it has been idle for, and the last index it saw.
+    Awake { idle_ticks: usize, last_index: u64 },
+    /// A leader that asked its followers to sleep at `term` and `index`, `ticks` ago,
+    /// and has the acknowledgements of `acked`. It does not tick meanwhile.
+    Asking { term: u64, index: u64, acked: BTreeSet<u64>, ticks: usize },
+    /// Not ticking, until something wakes it.
+    Asleep,
+}
+
+impl Default for Sleep {
+    fn default() -> Self {
+        Sleep::Awake { idle_ticks: 0, last_index: 0 }
+    }
+}
+
+impl Sleep {
+    /// Whether the replica ticks.
+    pub(crate) fn is_awake(&self) -> bool {
+        matches!(self, Sleep::Awake { .. })
+    }
+}
+
+impl Peer {
+    /// Whether the replica has nothing of its own under way: no proposal, read, snapshot
+    /// or conf change, and its log all committed and applied.
+    fn is_quiet(&self) -> bool {
+        let last = self.raw.raft.raft_log.last_index();
+        self.initialized
+            && self.region.id != META_GROUP_ID
+            && self.lingering.is_none()
+            && self.installing.is_none()
+            && self.pending_snapshot.is_none()
+            && self.deferred.is_empty()
+            && self.held_answers.is_empty()
+            && self.proposals.is_empty()
+            && self.read_batch.is_empty()
+            && self.reads.is_empty()
+            && !self.raw.has_ready()
+            && !self.raw.raft.has_pending_conf()
+            && self.raw.store().conf_state().voters_outgoing.is_empty()
+            && self.raw.raft.raft_log.committed == last
+            && self.raw.store().apply_state().applied_index == last
+    }
+
+    /// The followers (and learners) a leader asks to sleep: those on stores not suspect.
+    /// `None` if the leader may not sleep: a follower there behind or taking a snapshot, or
+    /// too few voters there to make a quorum with the leader.
+    pub(crate) fn followers_to_ask(
+        &self,
+        liveness: &StoreLiveness,
+        now_ms: u64,
+    ) -> Option<Vec<u64>> {
+        if !self.is_quiet()
+            || !self.is_leader()
+            || !self.ready_for_reads()
+            || self.deposed_ms.is_some()
+            || self.raw.raft.lead_transferee.is_some()
+            || !self.broadcast_commit_done()
+        {
+            return None;
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        let me = self.meta.id;
+        let mut asked = Vec::new();
+        let mut here = Vec::new();
+        for (&id, pr) in self.raw.raft.prs().iter() {
+            if id != me {
+                let store = self.peer_by_id(id).map(|p| p.store_id);
+                if store.is_some_and(|s| liveness.is_suspect(s) == Some(true)) {
+                    continue;
+                }
+                // Probing is as good as replicating here: raft-rs leaves a caught-up
+                // follower probing for ever once a send to it failed, as nothing is
+                // left to append, and a probe's first append goes at once as well.
+                if pr.state == ProgressState::Snapshot || pr.matched != last {
+                    return None;
+                }
+                asked.push(id);
+            }
+            here.push(id);
+        }
+        let prs = self.raw.raft.prs();
+        // A sole voter's lease never ends, and it may sleep holding it: no other replica
+        // can be elected.
+        if !prs.has_quorum(&here.into_iter().collect())
+            || (!prs.is_singleton() && self.lease_until_ms > now_ms)
+        {
+            return None;
+        }
+        Some(asked)
+    }
+
+    /// Whether a follower may sleep at a leader's request (from replica `leader`, at
+    /// `term`, with the leader's last index `index`): it is caught up to exactly that
+    /// under that leader, with nothing of its own under way.
+    pub(crate) fn may_sleep_for(&self, leader: u64, term: u64, index: u64) -> bool {
+        self.is_quiet()
+            && !self.is_leader()
+            && self.raw.raft.leader_id == leader
+            && self.raw.raft.term == term
+            && self.raw.raft.raft_log.last_index() == index
+    }
+}
+
+/// Checks the settings hibernation relies on: a leader asking to sleep stops
+/// heartbeating for at most the ask period, which must end, with a heartbeat, before an
+/// awake follower would time out.
+pub(crate) fn ask_ticks(config: &RaftConfig) -> usize {
+    2 * config.heartbeat_ticks.max(1)
+}
+
+impl Peer {
+    /// Wakes the replica if it sleeps (or, a leader, asks to): it ticks again; a leader
+    /// heartbeats, which wakes its followers, and restarts its check-quorum window; a
+    /// follower that `tells_leader` has a message for its leader, to wake it too. An
+    /// awake replica starts counting its idleness again.
+    ///
+    /// A woken leader counts its followers on stores heard within an election timeout
+    /// (`liveness`) as heard from now: they were caught up when they slept, and any
+    /// change in their stores' liveness since would have woken the group. Without it, a
+    /// conf change asked of a sleeping leader was refused for want of recent answers.
+    pub(crate) fn wake(
+        &mut self,
+        tells_leader: bool,
+        liveness: &StoreLiveness,
+        now_ms: u64,
+    ) -> Option<crate::PeerMessage> {
+        if self.sleep.is_awake() {
+            self.sleep = Sleep::default();
+            return None;
+        }
+        self.sleep = Sleep::default();
+        // Frozen while asleep; a leader would otherwise judge its quorum on answers it
+        // never asked for.
+        self.raw.raft.election_elapsed = 0;
+        if self.is_leader() {
+            let me = self.meta.id;
+            for member in self.region.peers.iter().filter(|p| p.id != me) {
+                if liveness.is_suspect(member.store_id) == Some(false) {
+                    self.heard_ms.insert(member.id, now_ms);
+                }
+            }
+            self.raw.ping();
+            return None;
+        }
+        let leader = self.raw.raft.leader_id;
+        let to = self.peer_by_id(leader).filter(|_| tells_leader && leader != 0)?;
+        Some(self.envelope(to, Hibernate::Wake))
+    }
+
+    /// A hibernation message from this replica to `to`.
+    pub(crate) fn envelope(&self, to: scandium_types::Peer, what: Hibernate) -> crate::PeerMessage {
+        crate::PeerMessage {
+            region_id: self.region.id,
+            from: self.meta.clone(),
+            to,
+            epoch: self.region.epoch(),
+            hibernate: Some(what),
+            ..crate::PeerMessage::default()
+        }
+    }
+}
