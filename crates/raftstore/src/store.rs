@@ -166,6 +166,8 @@ pub struct Store {
     /// The stores this one beats: every store with a replica of one of its groups, as of
     /// the last count (every [`BEAT_TARGETS_EVERY_TICKS`]) and every group started since.
     beat_targets: BTreeSet<u64>,
+    /// Groups whose leader here went to sleep, since the store started.
+    slept: u64,
     now_ms: u64,
     ticks: u64,
     /// Messages produced outside rounds (answers to stale replicas).
@@ -238,6 +240,7 @@ impl Store {
             dirty: BTreeSet::new(),
             liveness,
             beat_targets: BTreeSet::new(),
+            slept: 0,
             now_ms: 0,
             ticks: 0,
             outbox: Vec::new(),
@@ -1039,6 +1042,7 @@ impl Store {
                 match peer.followers_to_ask(&self.liveness, now).filter(|_| still) {
                     Some(asked) if asked.iter().all(|f| acked.contains(f)) => {
                         peer.sleep = Sleep::Asleep;
+                        self.slept += 1;
                     }
                     Some(_) => {}
                     None => self.touch(id),
@@ -1058,6 +1062,7 @@ impl Store {
             let (term, index) = (peer.raw.raft.term, peer.raw.raft.raft_log.last_index());
             if followers.is_empty() {
                 peer.sleep = Sleep::Asleep;
+                self.slept += 1;
                 continue;
             }
             for follower in followers {
@@ -1067,6 +1072,11 @@ impl Store {
             let acked = BTreeSet::new();
             peer.sleep = Sleep::Asking { term, index, acked, ticks: 0 };
         }
+    }
+
+    /// How many times a leader here put its group to sleep since the store started.
+    pub fn groups_slept(&self) -> u64 {
+        self.slept
     }
 
     /// Whether a group's replica here hibernates (or, a leader, is asking to).

@@ -180,6 +180,8 @@ pub(crate) struct Node {
     /// How long each round's fsync takes, in milliseconds (a slow disk).
     disk_ms: u64,
     pub(crate) crashes: u64,
+    /// Groups its stores before the last crash put to sleep.
+    slept_before: u64,
     /// The placement state this node has applied.
     pub(crate) placement: Arc<RwLock<PlacementState>>,
     /// The timestamp allocator of its current placement-leader term.
@@ -330,6 +332,9 @@ impl Cluster {
             let command = Command::new(Kind::PutStore(store)).encode_to_vec();
             state.apply(&command, &mut placement);
         }
+        // Three runs in four hibernate idle groups (after somewhat more than a lease).
+        let hibernate_after =
+            if rng.gen_bool(0.75) { ELECTION_TICKS + rng.gen_range(1..=10) } else { 0 };
         let mut timeouts: Vec<usize> = (0..n as usize).map(|i| ELECTION_TICKS + 2 * i).collect();
         for i in (1..timeouts.len()).rev() {
             timeouts.swap(i, rng.gen_range(0..=i));
@@ -372,12 +377,14 @@ impl Cluster {
                         snapshot_dir,
                         ingest_inline: true,
                         check_invariants: true,
+                        hibernate_after_ticks: hibernate_after,
                         ..RaftConfig::default()
                     },
                     clock_offset_ms: 0,
                     paused_until: 0,
                     disk_ms: 0,
                     crashes: 0,
+                    slept_before: 0,
                     placement: Arc::default(),
                     tso: LeaderTso::default(),
                     raising: false,
@@ -746,9 +753,10 @@ impl Cluster {
         node.commands.clear();
         node.control = flows::new_control(unsafe_liveness);
         let meta = Box::new(SimMeta { state: node.placement.clone() });
-        let mut store =
-            Store::open(id, engine.clone(), node.config.clone(), meta, node.registry.clone())
-                .expect("a simulated node's disk always opens");
+        // Stores beat each other; each start is a new incarnation.
+        let config = RaftConfig { incarnation: node.crashes + 1, ..node.config.clone() };
+        let mut store = Store::open(id, engine.clone(), config, meta, node.registry.clone())
+            .expect("a simulated node's disk always opens");
         let txn = &node.txn;
         let follower = IndexFollower::new(txn.lock_index.clone(), txn.newest.clone());
         store.set_observer(Box::new(SimObserver { engine: engine.clone(), follower }));
@@ -761,9 +769,8 @@ impl Cluster {
     /// a dead node time out.
     pub fn crash(&mut self, id: u64, rng: &mut StdRng) {
         let node = self.node(id);
-        if node.store.take().is_none() {
-            return;
-        }
+        let Some(store) = node.store.take() else { return };
+        node.slept_before += store.groups_slept();
         node.crashes += 1;
         let kept = rng.gen_range(0..=node.engine.unsynced_batches());
         node.engine = node.engine.crash(kept);
@@ -773,6 +780,12 @@ impl Cluster {
         node.commands.clear();
         let finished = node.control.counts().finished;
         self.operators_lost += finished;
+    }
+
+    /// How many times a leader put its group to sleep, over the run and every node.
+    pub fn groups_slept(&self) -> u64 {
+        let running = self.nodes.iter().filter_map(|n| n.store.as_ref()).map(Store::groups_slept);
+        self.nodes.iter().map(|n| n.slept_before).sum::<u64>() + running.sum::<u64>()
     }
 
     /// Operators finished by every control plane of the run.

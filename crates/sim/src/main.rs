@@ -125,8 +125,8 @@ fn main() {
         }
         let verdict = if report.anomalies.is_empty() { "ok" } else { "FAILED" };
         println!(
-            "seed {seed}: {verdict} regions={} splits={} operators={}",
-            report.regions, report.splits, report.operators
+            "seed {seed}: {verdict} regions={} splits={} operators={} slept={}",
+            report.regions, report.splits, report.operators, report.slept
         );
         (regions, splits, operators) =
             (regions + report.regions as u64, splits + report.splits, operators + report.operators);

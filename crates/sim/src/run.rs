@@ -186,6 +186,8 @@ pub struct RunReport {
     pub splits: u64,
     /// Operators of the control plane that finished.
     pub operators: u64,
+    /// How many times a group went to sleep (see `scandium_raftstore::hibernate`).
+    pub slept: u64,
 }
 
 impl RunReport {
@@ -296,6 +298,14 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
     if config.splits {
         cluster.schedule_external(rng.gen_range(200..1_500), SPLIT);
     }
+    // Quiet spells: every client holds its next request, so that groups go idle and
+    // hibernate, and the faults of the spell meet sleeping groups.
+    let quiet: Vec<(u64, u64)> = (0..rng.gen_range(1..=3))
+        .map(|_| {
+            let start = rng.gen_range(1_000..config.duration_ms.max(2_001) - 1_000);
+            (start, start + rng.gen_range(500..3_000))
+        })
+        .collect();
     let mut history: Vec<Operation> = Vec::new();
     let mut faults = Vec::new();
     let mut recovery: Vec<Recovery> = Vec::new();
@@ -320,6 +330,15 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
             }
             continue;
         };
+        let now = cluster.now();
+        if let Some(&(_, until)) = (quiet.iter())
+            .find(|(from, until)| (*from..*until).contains(&now))
+            .filter(|_| matches!(token & KIND, CLIENT | TSO_CLIENT | TXN_CLIENT))
+        {
+            cluster.schedule_external(until - now + rng.gen_range(0..50), token);
+            schedule_wake(&mut cluster, wake);
+            continue;
+        }
         match token & KIND {
             CLIENT => {
                 let c = token & !KIND;
@@ -466,6 +485,7 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
         regions: cluster.led_regions().len(),
         splits: cluster.splits_done,
         operators: cluster.operators_finished(),
+        slept: cluster.groups_slept(),
     }
 }
 
