@@ -38,6 +38,9 @@ pub struct RegionStatus {
     pub down_peers: Vec<Peer>,
     /// The Region's size and write traffic as the local replica applied them.
     pub stats: crate::stats::RegionStats,
+    /// Whether the local replica hibernates (see [`crate::hibernate`]): published as it
+    /// goes to sleep, and with its first round awake.
+    pub hibernating: bool,
 }
 
 impl RegionStatus {

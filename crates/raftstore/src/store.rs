@@ -1016,7 +1016,8 @@ impl Store {
         let from = message.from.clone();
         match what {
             Hibernate::Request { term, index } => {
-                let answer = if peer.may_sleep_for(from.id, term, index) {
+                let sleeps = peer.may_sleep_for(from.id, term, index);
+                let answer = if sleeps {
                     peer.sleep = Sleep::Asleep;
                     // It has just heard from its leader.
                     peer.raw.raft.election_elapsed = 0;
@@ -1025,6 +1026,9 @@ impl Store {
                     Hibernate::Nack
                 };
                 self.outbox.push(peer.envelope(from, answer));
+                if sleeps {
+                    self.publish(id);
+                }
             }
             Hibernate::Ack { term, index } => {
                 let Sleep::Asking { term: asked_term, index: asked_index, acked, .. } =
@@ -1043,6 +1047,7 @@ impl Store {
                     Some(asked) if asked.iter().all(|f| acked.contains(f)) => {
                         peer.sleep = Sleep::Asleep;
                         self.slept += 1;
+                        self.publish(id);
                     }
                     Some(_) => {}
                     None => self.touch(id),
@@ -1063,6 +1068,7 @@ impl Store {
             if followers.is_empty() {
                 peer.sleep = Sleep::Asleep;
                 self.slept += 1;
+                self.publish(id);
                 continue;
             }
             for follower in followers {
@@ -1077,6 +1083,12 @@ impl Store {
     /// How many times a leader here put its group to sleep since the store started.
     pub fn groups_slept(&self) -> u64 {
         self.slept
+    }
+
+    /// Groups with a replica here, and how many of them hibernate (one look at each).
+    pub fn count_hibernating(&self) -> (usize, usize) {
+        let asleep = self.peers.values().filter(|p| !p.sleep.is_awake()).count();
+        (self.peers.len(), asleep)
     }
 
     /// Whether a group's replica here hibernates (or, a leader, is asking to).
@@ -1843,6 +1855,7 @@ fn status_of(peer: &Peer, config: &RaftConfig, now_ms: u64) -> RegionStatus {
         pending_peers,
         down_peers,
         stats: peer.stats,
+        hibernating: !peer.sleep.is_awake(),
     }
 }
 

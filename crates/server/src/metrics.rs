@@ -125,6 +125,8 @@ pub struct Metrics {
     /// Seconds until the certificate in use (`node`) and the CA's first-expiring
     /// certificate (`ca`) expire.
     pub tls_expiry_seconds: IntGaugeVec,
+    /// Raft groups with a replica here, by state (`awake`, `hibernating`).
+    pub raft_groups: IntGaugeVec,
 }
 
 /// The process's event metrics.
@@ -205,6 +207,15 @@ impl Metrics {
                     "Seconds until a certificate in use expires (node: this node's; ca: the CA file's first to expire).",
                 );
                 let metric = IntGaugeVec::new(opts, &["certificate"]).expect("valid metric");
+                registry.register(Box::new(metric.clone())).expect("registered once");
+                metric
+            },
+            raft_groups: {
+                let opts = Opts::new(
+                    "scandium_raft_groups",
+                    "Raft groups with a replica here, by state (awake, hibernating).",
+                );
+                let metric = IntGaugeVec::new(opts, &["state"]).expect("valid metric");
                 registry.register(Box::new(metric.clone())).expect("registered once");
                 metric
             },

@@ -225,6 +225,11 @@ impl Node {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_millis() as u64)
                 .max(1),
+            hibernate_after_ticks: if config.hibernate_regions {
+                2 * config.election_ticks
+            } else {
+                0
+            },
             ..RaftConfig::default()
         };
         let mut store = Store::open(

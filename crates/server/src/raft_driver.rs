@@ -268,6 +268,7 @@ impl RaftDriver {
 
 fn run(mut store: Store, receiver: flume::Receiver<RaftMessage>, tick: Duration, outputs: Outputs) {
     let mut next_tick = Instant::now() + tick;
+    let mut ticks = 0u64;
     store.set_time(crate::clock::monotonic_ms());
     loop {
         // Work already waiting (a sole voter's election at start, a round that left more)
@@ -301,6 +302,13 @@ fn run(mut store: Store, receiver: flume::Receiver<RaftMessage>, tick: Duration,
         if Instant::now() >= next_tick {
             store.tick(crate::clock::monotonic_ms());
             next_tick = Instant::now() + tick;
+            ticks += 1;
+            if ticks.is_multiple_of(COUNT_GROUPS_EVERY_TICKS) {
+                let (groups, asleep) = store.count_hibernating();
+                let gauge = &crate::metrics::METRICS.raft_groups;
+                gauge.with_label_values(&["awake"]).set((groups - asleep) as i64);
+                gauge.with_label_values(&["hibernating"]).set(asleep as i64);
+            }
         }
         if store.has_ready() {
             match round(&mut store, &outputs) {
@@ -317,6 +325,10 @@ fn run(mut store: Store, receiver: flume::Receiver<RaftMessage>, tick: Duration,
     }
     tracing::debug!("raft thread stopped");
 }
+
+/// Ticks between counts of the groups that hibernate, for the `scandium_raft_groups`
+/// gauge (a look at every replica).
+const COUNT_GROUPS_EVERY_TICKS: u64 = 20;
 
 /// One round, its messages leaving as soon as the store lets them (see
 /// `Store::handle_ready_sending`).

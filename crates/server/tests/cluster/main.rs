@@ -4,6 +4,7 @@
 
 mod grants;
 mod harness;
+mod hibernation;
 mod tls;
 
 use harness::{assert_replicas_agree, Cluster};
