@@ -62,6 +62,10 @@ pub struct RaftConfig {
     /// (see [`crate::hibernate`]); 0: groups never hibernate. More than `election_ticks`,
     /// so that every lease has run out first.
     pub hibernate_after_ticks: usize,
+    /// Breaks hibernation on purpose, for the simulator to show that it catches it: a
+    /// leader going to sleep grants itself a lease that never ends, and serves reads from
+    /// it while another leader may have been elected.
+    pub unsafe_sleeping_lease: bool,
 }
 
 impl Default for RaftConfig {
@@ -81,6 +85,7 @@ impl Default for RaftConfig {
             check_invariants: cfg!(debug_assertions),
             incarnation: 0,
             hibernate_after_ticks: 0,
+            unsafe_sleeping_lease: false,
         }
     }
 }

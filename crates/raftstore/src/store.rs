@@ -1046,6 +1046,9 @@ impl Store {
                 match peer.followers_to_ask(&self.liveness, now).filter(|_| still) {
                     Some(asked) if asked.iter().all(|f| acked.contains(f)) => {
                         peer.sleep = Sleep::Asleep;
+                        if self.config.unsafe_sleeping_lease {
+                            peer.lease_until_ms = u64::MAX;
+                        }
                         self.slept += 1;
                         self.publish(id);
                     }

@@ -993,6 +993,22 @@ impl Cluster {
         })
     }
 
+    /// Breaks hibernation on purpose (see `RaftConfig::unsafe_sleeping_lease`); a run
+    /// that drew no hibernation hibernates. Called before the run begins: the stores are
+    /// opened again with it.
+    pub fn set_unsafe_sleeping_lease(&mut self) {
+        for id in self.ids() {
+            let node = self.node(id);
+            node.config.unsafe_sleeping_lease = true;
+            if node.config.hibernate_after_ticks == 0 {
+                node.config.hibernate_after_ticks = ELECTION_TICKS + 1;
+            }
+            if node.store.take().is_some() {
+                self.start(id);
+            }
+        }
+    }
+
     /// Breaks the control plane on purpose from now on (see `unsafe_liveness`).
     pub fn set_unsafe_liveness(&mut self, unsafe_liveness: bool) {
         self.unsafe_liveness = unsafe_liveness;

@@ -63,6 +63,9 @@ struct Args {
     /// last heard from).
     #[arg(long)]
     unsafe_liveness: bool,
+    /// Break hibernation on purpose (a sleeping leader grants itself an endless lease).
+    #[arg(long)]
+    unsafe_sleeping_lease: bool,
 }
 
 fn main() {
@@ -82,6 +85,7 @@ fn main() {
         unsafe_max_ts: args.unsafe_max_ts,
         unsafe_cas: args.unsafe_cas,
         unsafe_liveness: args.unsafe_liveness,
+        unsafe_sleeping_lease: args.unsafe_sleeping_lease,
         txn_clients: args.txn_clients,
         bank_clients: args.bank_clients,
         faults: !args.no_faults,

@@ -80,6 +80,9 @@ pub struct RunConfig {
     /// `ControlPlane::forgetting_liveness`): a node lost before the change is never
     /// replaced.
     pub unsafe_liveness: bool,
+    /// Breaks hibernation on purpose (see `RaftConfig::unsafe_sleeping_lease`); every run
+    /// then hibernates.
+    pub unsafe_sleeping_lease: bool,
     /// Whether Regions are split during the run (at random points, every 1–2.5 s).
     pub splits: bool,
 }
@@ -104,6 +107,7 @@ impl Default for RunConfig {
             unsafe_max_ts: false,
             unsafe_cas: false,
             unsafe_liveness: false,
+            unsafe_sleeping_lease: false,
             splits: true,
         }
     }
@@ -258,6 +262,9 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
     cluster.unsafe_reads = config.unsafe_reads;
     cluster.unsafe_tso = config.unsafe_tso;
     cluster.set_unsafe_liveness(config.unsafe_liveness);
+    if config.unsafe_sleeping_lease {
+        cluster.set_unsafe_sleeping_lease();
+    }
     let mut clients: Vec<Client> = (0..config.clients)
         .map(|_| Client {
             pending: None,
