@@ -4,6 +4,8 @@
 # SECONDS, each node's CPU (utime+stime from /proc/PID/stat, in % of one core) and RSS.
 # Usage:
 #   scripts/idle-regions.sh [NODES] [REGIONS] [SECONDS]
+# BALANCE=off pauses balancing before the split, so that the sample is of Regions at
+# rest rather than of leaders still moving (10,000 leaders take many minutes to spread).
 # Needs target/release/scandium (cargo build --release -p scandium-cli). Uses
 # 127.0.0.1:24900-24904 and /tmp/idle-regions.
 set -euo pipefail
@@ -24,6 +26,7 @@ sleep 5
 BEFORE=$(regions)
 # Split keys inside the V1 space before keyspace DEFAULT's edges: k00000001, ...
 KEYS=$(python3 -c "print(' '.join(f'k{i:08d}' for i in range(1, $REGIONS - $BEFORE + 1)))")
+if [ "${BALANCE:-on}" = off ]; then $BIN ctl --pd ${ADDRS[0]} scheduler pause all >/dev/null; fi
 START=$(date +%s.%N)
 $BIN ctl --pd ${ADDRS[0]} split $KEYS >/dev/null
 END=$(date +%s.%N)
@@ -40,5 +43,6 @@ sleep $SECONDS_IDLE
 for i in $(seq 0 $((NODES - 1))); do
   used=$(( $(cpu ${PIDS[$i]}) - ${FIRST[$i]} ))
   rss=$(awk '/VmRSS/ {print $2}' /proc/${PIDS[$i]}/status)
-  echo "node $i: cpu $(python3 -c "print(f'{100 * $used / $ticks / $SECONDS_IDLE:.2f}')")% of a core, rss $((rss / 1024)) MB"
+  raft=$(cat /proc/${PIDS[$i]}/task/*/stat | awk '$2 == "(raft)" {print $14 + $15}')
+  echo "node $i: cpu $(python3 -c "print(f'{100 * $used / $ticks / $SECONDS_IDLE:.2f}')")% of a core, rss $((rss / 1024)) MB; raft thread $raft ticks in all"
 done
