@@ -168,6 +168,14 @@ pub(crate) fn ask_ticks(config: &RaftConfig) -> usize {
 }
 
 impl Peer {
+    /// Puts the replica to sleep, giving back what it holds only to be quick while
+    /// awake: its entry cache and raft-rs's windows of appends in flight.
+    pub(crate) fn fall_asleep(&mut self) {
+        self.sleep = Sleep::Asleep;
+        self.raw.mut_store().release_cache();
+        self.raw.raft.maybe_free_inflight_buffers();
+    }
+
     /// Wakes the replica if it sleeps (or, a leader, asks to): it ticks again; a leader
     /// heartbeats, which wakes its followers, and restarts its check-quorum window; a
     /// follower that `tells_leader` has a message for its leader, to wake it too. An

@@ -155,6 +155,13 @@ impl PeerStorage {
         self.cache.clear();
     }
 
+    /// Gives back the memory of the entry cache (a hibernating replica's): entries are
+    /// read from the engine until appends fill it again.
+    pub fn release_cache(&mut self) {
+        self.cache.clear();
+        self.cache.shrink_to_fit();
+    }
+
     /// Estimated bytes held by the untruncated log.
     pub fn log_bytes(&self) -> u64 {
         self.log_bytes

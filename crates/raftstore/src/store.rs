@@ -1018,7 +1018,7 @@ impl Store {
             Hibernate::Request { term, index } => {
                 let sleeps = peer.may_sleep_for(from.id, term, index);
                 let answer = if sleeps {
-                    peer.sleep = Sleep::Asleep;
+                    peer.fall_asleep();
                     // It has just heard from its leader.
                     peer.raw.raft.election_elapsed = 0;
                     Hibernate::Ack { term, index }
@@ -1045,7 +1045,7 @@ impl Store {
                     peer.raw.raft.term == term && peer.raw.raft.raft_log.last_index() == index;
                 match peer.followers_to_ask(&self.liveness, now).filter(|_| still) {
                     Some(asked) if asked.iter().all(|f| acked.contains(f)) => {
-                        peer.sleep = Sleep::Asleep;
+                        peer.fall_asleep();
                         if self.config.unsafe_sleeping_lease {
                             peer.lease_until_ms = u64::MAX;
                         }
@@ -1069,7 +1069,7 @@ impl Store {
             let Some(followers) = peer.followers_to_ask(&self.liveness, now) else { continue };
             let (term, index) = (peer.raw.raft.term, peer.raw.raft.raft_log.last_index());
             if followers.is_empty() {
-                peer.sleep = Sleep::Asleep;
+                peer.fall_asleep();
                 self.slept += 1;
                 self.publish(id);
                 continue;
