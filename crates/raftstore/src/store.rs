@@ -161,6 +161,10 @@ pub struct Store {
     /// finish with, so that a round, and the question whether one is due, cost what is
     /// active rather than every replica here. A group marked without work costs one look.
     dirty: BTreeSet<u64>,
+    /// Groups whose replica here ticks: all but the hibernating ones (a leader asking
+    /// to sleep counts its ticks). Ticks, publications and stale checks look only at
+    /// these, so ten thousand sleeping groups cost nothing per tick.
+    ticking: BTreeSet<u64>,
     /// Which of the stores holding replicas of this store's groups are heard.
     liveness: StoreLiveness,
     /// The stores this one beats: every store with a replica of one of its groups, as of
@@ -238,6 +242,7 @@ impl Store {
             install_flush_after_ms: 0,
             installing: Default::default(),
             dirty: BTreeSet::new(),
+            ticking: BTreeSet::new(),
             liveness,
             beat_targets: BTreeSet::new(),
             slept: 0,
@@ -324,6 +329,7 @@ impl Store {
         let id = peer.region.id;
         self.beat_targets.extend(peer.region.peers.iter().map(|p| p.store_id));
         self.peers.insert(id, peer);
+        self.ticking.insert(id);
         Ok(self.peer_mut(id))
     }
 
@@ -582,6 +588,7 @@ impl Store {
         self.tombstones.remove(&message.region_id);
         self.beat_targets.insert(message.from.store_id);
         self.peers.insert(message.region_id, peer);
+        self.ticking.insert(message.region_id);
         self.dirty.insert(message.region_id);
         Ok(())
     }
@@ -641,6 +648,7 @@ impl Store {
             if let Some(wake) = peer.wake(!from_leader, &self.liveness, now) {
                 self.outbox.push(wake);
             }
+            self.ticking.insert(region_id);
         }
         let position =
             |s: &raft::prelude::Snapshot| (s.get_metadata().index, s.get_metadata().term);
@@ -664,6 +672,7 @@ impl Store {
             if let Some(wake) = peer.wake(true, &self.liveness, now) {
                 self.outbox.push(wake);
             }
+            self.ticking.insert(region_id);
         }
         match result {
             Ok(()) | Err(raft::Error::StepPeerNotFound) => Ok(()),
@@ -858,6 +867,7 @@ impl Store {
         // As for any restarted replica (see `open`).
         peer.votes_refused_until_ms = u64::MAX;
         self.dirty.insert(peer.region.id);
+        self.ticking.insert(peer.region.id);
         self.peers.insert(peer.region.id, peer);
         Ok(())
     }
@@ -923,7 +933,10 @@ impl Store {
         let (hibernate_after, ask_ticks) =
             (self.config.hibernate_after_ticks, crate::hibernate::ask_ticks(&self.config));
         let (mut idle, mut unanswered) = (Vec::new(), Vec::new());
-        for (id, peer) in self.peers.iter_mut().filter(|(_, p)| p.installing.is_none()) {
+        for id in &self.ticking {
+            let Some(peer) = self.peers.get_mut(id).filter(|p| p.installing.is_none()) else {
+                continue;
+            };
             if peer.lingering.is_some() {
                 // Time passes for its leader's lease, after which it votes again, but it
                 // never campaigns.
@@ -990,16 +1003,19 @@ impl Store {
             // Leases, lagging peers and whether followers still hear their leader change
             // without rounds.
             // Not a hibernating one's: nothing changes while it sleeps.
-            let awake = self.peers.iter().filter(|(_, p)| p.sleep.is_awake());
-            let ids: Vec<u64> = awake.map(|(&id, _)| id).collect();
+            let awake = (self.ticking.iter())
+                .filter(|id| self.peers.get(id).is_some_and(|p| p.sleep.is_awake()));
+            let ids: Vec<u64> = awake.copied().collect();
             for id in ids {
                 self.publish(id);
             }
             // A leader's window of appends in flight to a follower (2 KiB each) stays
             // allocated after the last one is acknowledged, until a role or progress
             // state change: an idle leader gives it back until it sends again.
-            for peer in self.peers.values_mut() {
-                peer.raw.raft.maybe_free_inflight_buffers();
+            for id in &self.ticking {
+                if let Some(peer) = self.peers.get_mut(id) {
+                    peer.raw.raft.maybe_free_inflight_buffers();
+                }
             }
         }
     }
@@ -1019,6 +1035,7 @@ impl Store {
                 let sleeps = peer.may_sleep_for(from.id, term, index);
                 let answer = if sleeps {
                     peer.fall_asleep();
+                    self.ticking.remove(&id);
                     // It has just heard from its leader.
                     peer.raw.raft.election_elapsed = 0;
                     Hibernate::Ack { term, index }
@@ -1046,6 +1063,7 @@ impl Store {
                 match peer.followers_to_ask(&self.liveness, now).filter(|_| still) {
                     Some(asked) if asked.iter().all(|f| acked.contains(f)) => {
                         peer.fall_asleep();
+                        self.ticking.remove(&id);
                         if self.config.unsafe_sleeping_lease {
                             peer.lease_until_ms = u64::MAX;
                         }
@@ -1070,6 +1088,7 @@ impl Store {
             let (term, index) = (peer.raw.raft.term, peer.raw.raft.raft_log.last_index());
             if followers.is_empty() {
                 peer.fall_asleep();
+                self.ticking.remove(&id);
                 self.slept += 1;
                 self.publish(id);
                 continue;
@@ -1157,7 +1176,7 @@ impl Store {
     fn check_stale_replicas(&mut self) {
         let period = STALE_CHECK_ELECTIONS * self.config.max_election_ticks.max(1);
         let ticking = |p: &&Peer| p.initialized && !p.is_leader() && p.sleep.is_awake();
-        for peer in self.peers.values().filter(ticking) {
+        for peer in self.ticking.iter().filter_map(|id| self.peers.get(id)).filter(ticking) {
             let elapsed = peer.raw.raft.election_elapsed;
             if elapsed == 0 || !elapsed.is_multiple_of(period) {
                 continue;
@@ -1221,6 +1240,7 @@ impl Store {
         if let Some(message) = peer.wake(true, &self.liveness, self.now_ms) {
             self.outbox.push(message);
         }
+        self.ticking.insert(id);
         Some(peer)
     }
 
@@ -1238,7 +1258,14 @@ impl Store {
                 "store {}: group {id} has Raft work but is not marked",
                 self.store_id
             );
+            assert_eq!(
+                peer.sleep != Sleep::Asleep,
+                self.ticking.contains(id),
+                "store {}: group {id} ticks only if awake",
+                self.store_id
+            );
         }
+        assert!(self.ticking.iter().all(|id| self.peers.contains_key(id)));
     }
 
     /// Runs one round: persist (one fsync), apply, answer proposers. See the module docs.
@@ -1654,6 +1681,7 @@ impl Store {
     fn destroy_peer(&mut self, id: u64) -> Result<(), RaftstoreError> {
         let Some(mut peer) = self.peers.remove(&id) else { return Ok(()) };
         self.dirty.remove(&id);
+        self.ticking.remove(&id);
         let mut batch = WriteBatch::new();
         peer.raw.mut_store().destroy(&mut batch);
         self.installing.remove(&id);
