@@ -24,59 +24,10 @@
 //! Not persisted: a restarted replica starts awake.
 
 use crate::liveness::StoreLiveness;
-use crate::peer::{Peer, RaftConfig};
+pub use crate::message::Hibernate;
+use crate::peer::{Peer, RaftConfig, Sleep};
 use crate::META_GROUP_ID;
 use raft::ProgressState;
-use std::collections::BTreeSet;
-
-/// A hibernation message between the replicas of a group, carried in the envelope of a
-/// [`crate::PeerMessage`] with an empty Raft message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hibernate {
-    /// From a leader: sleep, if you are caught up to `index` under me at `term`.
-    Request {
-        /// The leader's term.
-        term: u64,
-        /// The leader's last index.
-        index: u64,
-    },
-    /// A follower's yes to the request for `term` and `index`: it sleeps now.
-    Ack {
-        /// The term of the request.
-        term: u64,
-        /// The index of the request.
-        index: u64,
-    },
-    /// A follower's no: the leader stays awake.
-    Nack,
-    /// A follower woke: its leader wakes too, and heartbeats.
-    Wake,
-}
-
-/// Where a replica is in hibernation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Sleep {
-    /// Ticking. A leader counts the ticks it has been idle for, and the last index it saw.
-    Awake { idle_ticks: usize, last_index: u64 },
-    /// A leader that asked its followers to sleep at `term` and `index`, `ticks` ago,
-    /// and has the acknowledgements of `acked`. It does not tick meanwhile.
-    Asking { term: u64, index: u64, acked: BTreeSet<u64>, ticks: usize },
-    /// Not ticking, until something wakes it.
-    Asleep,
-}
-
-impl Default for Sleep {
-    fn default() -> Self {
-        Sleep::Awake { idle_ticks: 0, last_index: 0 }
-    }
-}
-
-impl Sleep {
-    /// Whether the replica ticks.
-    pub(crate) fn is_awake(&self) -> bool {
-        matches!(self, Sleep::Awake { .. })
-    }
-}
 
 impl Peer {
     /// Whether the replica has nothing of its own under way: no proposal, read, snapshot

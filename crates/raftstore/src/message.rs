@@ -2,7 +2,6 @@
 //! raft-rs's own message lacks (which Region, which peers on which stores, the sender's
 //! epoch), and its wire encoding.
 
-use crate::hibernate::Hibernate;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use scandium_types::{Peer, RegionEpoch};
@@ -74,12 +73,36 @@ pub struct PeerMessage {
     /// it is for no group (`region_id` 0, peers 0) and nothing else in it is read. A node
     /// that predates beats steps it as an empty message for an unknown group, and drops it.
     pub store_beat: u64,
-    /// A hibernation message (see [`crate::hibernate`]); `message` is then empty and not
+    /// A hibernation message (see the `hibernate` module); `message` is then empty and not
     /// stepped. A node that predates hibernation steps that empty message, which raft-rs
     /// refuses as a local one, and never answers: the leader stays awake.
     pub hibernate: Option<Hibernate>,
     /// raft-rs's message.
     pub message: Message,
+}
+
+/// A hibernation message between the replicas of a group, carried in the envelope of a
+/// [`PeerMessage`] with an empty Raft message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hibernate {
+    /// From a leader: sleep, if you are caught up to `index` under me at `term`.
+    Request {
+        /// The leader's term.
+        term: u64,
+        /// The leader's last index.
+        index: u64,
+    },
+    /// A follower's yes to the request for `term` and `index`: it sleeps now.
+    Ack {
+        /// The term of the request.
+        term: u64,
+        /// The index of the request.
+        index: u64,
+    },
+    /// A follower's no: the leader stays awake.
+    Nack,
+    /// A follower woke: its leader wakes too, and heartbeats.
+    Wake,
 }
 
 /// Why bytes are not a [`PeerMessage`].

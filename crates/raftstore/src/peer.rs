@@ -9,7 +9,7 @@ use crate::storage::PeerStorage;
 use crate::Callback;
 use raft::{RawNode, StateRole};
 use scandium_types::{Peer as PeerMeta, Region};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// Raft timing and size settings shared by every group.
 #[derive(Clone, Debug)]
@@ -59,7 +59,7 @@ pub struct RaftConfig {
     /// started at). 0: no beats, and other stores' beats are only counted.
     pub incarnation: u64,
     /// Ticks a group's leader must be idle for before it asks its followers to hibernate
-    /// (see [`crate::hibernate`]); 0: groups never hibernate. More than `election_ticks`,
+    /// (see the `hibernate` module); 0: groups never hibernate. More than `election_ticks`,
     /// so that every lease has run out first.
     pub hibernate_after_ticks: usize,
     /// Breaks hibernation on purpose, for the simulator to show that it catches it: a
@@ -187,8 +187,8 @@ pub struct Peer {
     /// Set once the replica is removed from its Region but still votes (see
     /// [`crate::linger`]); it is then not `initialized`: it holds no data and serves nothing.
     pub(crate) lingering: Option<crate::linger::Lingering>,
-    /// Where it is in hibernation (see [`crate::hibernate`]).
-    pub(crate) sleep: crate::hibernate::Sleep,
+    /// Where it is in hibernation (see the `hibernate` module).
+    pub(crate) sleep: Sleep,
 }
 
 impl Peer {
@@ -254,7 +254,7 @@ impl Peer {
             broadcast_commit_until: None,
             stats: crate::stats::RegionStats::default(),
             lingering: None,
-            sleep: crate::hibernate::Sleep::default(),
+            sleep: Sleep::default(),
         })
     }
 
@@ -533,4 +533,29 @@ impl Peer {
 /// Whether a group's followers learn of commits only from the next append or heartbeat.
 fn quiet_commits(group_id: u64) -> bool {
     group_id != crate::META_GROUP_ID
+}
+
+/// Where a replica is in hibernation (see the `hibernate` module).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Sleep {
+    /// Ticking. A leader counts the ticks it has been idle for, and the last index it saw.
+    Awake { idle_ticks: usize, last_index: u64 },
+    /// A leader that asked its followers to sleep at `term` and `index`, `ticks` ago,
+    /// and has the acknowledgements of `acked`. It does not tick meanwhile.
+    Asking { term: u64, index: u64, acked: BTreeSet<u64>, ticks: usize },
+    /// Not ticking, until something wakes it.
+    Asleep,
+}
+
+impl Default for Sleep {
+    fn default() -> Self {
+        Sleep::Awake { idle_ticks: 0, last_index: 0 }
+    }
+}
+
+impl Sleep {
+    /// Whether the replica ticks.
+    pub(crate) fn is_awake(&self) -> bool {
+        matches!(self, Sleep::Awake { .. })
+    }
 }

@@ -20,13 +20,13 @@ use crate::bootstrap::{write_initial_group, write_lingering, write_region_state,
 use crate::command::{EncodedCommand, RaftCommand};
 use crate::conf_change::{self, PeerChange};
 use crate::error::RaftstoreError;
-use crate::hibernate::{Hibernate, Sleep};
+use crate::hibernate::Hibernate;
 use crate::keys;
 use crate::linger::Lingering;
 use crate::liveness::{StoreLiveness, Transition};
 use crate::logger::raft_logger;
 use crate::message::PeerMessage;
-use crate::peer::{Peer, RaftConfig, ReadCallback};
+use crate::peer::{Peer, RaftConfig, ReadCallback, Sleep};
 use crate::registry::{GroupStatus, RegionStatus, Registry};
 use crate::snapshot::{
     self, Install, PendingInstall, SnapshotData, SnapshotHeader, SnapshotSources, Stager,
