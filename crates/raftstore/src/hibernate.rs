@@ -111,9 +111,10 @@ impl Peer {
     }
 }
 
-/// Checks the settings hibernation relies on: a leader asking to sleep stops
-/// heartbeating for at most the ask period, which must end, with a heartbeat, before an
-/// awake follower would time out.
+/// Ticks a leader waits for every follower's answer after asking them to sleep: two
+/// heartbeat periods. It sends no heartbeat meanwhile, so this must end (with a
+/// heartbeat) well before an awake follower's election timeout; nothing checks that,
+/// and with the default 2-tick heartbeat and 10-tick election it is 4 of 10.
 pub(crate) fn ask_ticks(config: &RaftConfig) -> usize {
     2 * config.heartbeat_ticks.max(1)
 }
