@@ -20,7 +20,7 @@ for i in $(seq 0 $((NODES - 1))); do ADDRS[$i]=127.0.0.1:$((24900 + i)); done
 . "$(dirname "$0")/cluster.sh"
 trap 'kill ${PIDS[*]} 2>/dev/null || true' EXIT
 for i in $(seq 0 $((NODES - 1))); do start $i; done
-regions() { curl -s ${ADDRS[0]}/pd/api/v1/regions | python3 -c "import json,sys; print(json.load(sys.stdin)['count'])"; }
+regions() { curl -s "${ADDRS[0]}/pd/api/v1/regions?limit=1" | python3 -c "import json,sys; print(json.load(sys.stdin)['total'])"; }
 # Wait until every Region has its replicas (the initial ones and the placement group).
 sleep 5
 BEFORE=$(regions)
@@ -44,5 +44,6 @@ for i in $(seq 0 $((NODES - 1))); do
   used=$(( $(cpu ${PIDS[$i]}) - ${FIRST[$i]} ))
   rss=$(awk '/VmRSS/ {print $2}' /proc/${PIDS[$i]}/status)
   raft=$(cat /proc/${PIDS[$i]}/task/*/stat | awk '$2 == "(raft)" {print $14 + $15}')
-  echo "node $i: cpu $(python3 -c "print(f'{100 * $used / $ticks / $SECONDS_IDLE:.2f}')")% of a core, rss $((rss / 1024)) MB; raft thread $raft ticks in all"
+  engine=$(curl -s ${ADDRS[$i]}/metrics | awk '/^scandium_storage_(memtable|cache)_bytes / {sub("scandium_storage_", "", $1); printf " %s %d MB", $1, $2/1048576}')
+  echo "node $i: cpu $(python3 -c "print(f'{100 * $used / $ticks / $SECONDS_IDLE:.2f}')")% of a core, rss $((rss / 1024)) MB ($engine ); raft thread $raft ticks in all"
 done

@@ -36,7 +36,7 @@ sys.exit(0 if len(s)==$1 and ok(r) and ok(l) else 1)"
 # MiB of Regions each Up store holds (their leaders' approximate sizes): what replica
 # balance evens out, with counts.
 weights() {
-  curl -s ${ADDRS[0]}/pd/api/v1/regions | python3 -c "import json,sys
+  curl -s "${ADDRS[0]}/pd/api/v1/regions?limit=10000" | python3 -c "import json,sys
 w={}
 for r in json.load(sys.stdin)['regions']:
   for p in r['peers']: w[p['store_id']]=w.get(p['store_id'],0)+r.get('approximate_size_bytes',0)
@@ -48,7 +48,7 @@ S=$(date +%s)
 $BIN bench --pd ${ADDRS[0]} --workload get --keys $KEYS --value-size $VALUE --clients 16 --duration 1 >$DIR/load.txt 2>&1
 echo "loaded in $(( $(date +%s) - S )) s; waiting for splits and balance on three nodes"
 for t in $(seq 1 600); do
-  REGIONS=$(curl -s ${ADDRS[0]}/pd/api/v1/regions | python3 -c "import json,sys
+  REGIONS=$(curl -s "${ADDRS[0]}/pd/api/v1/regions?limit=10000" | python3 -c "import json,sys
 r=json.load(sys.stdin)['regions']
 big=[x for x in r if x.get('approximate_size_bytes',0) > 96*1048576]
 print(len(r), len(big), max(x.get('approximate_size_bytes',0) for x in r)//1048576)")

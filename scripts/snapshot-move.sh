@@ -24,7 +24,7 @@ trap 'kill $N1 ${N2:-} 2>/dev/null || true' EXIT
 for i in $(seq 1 100); do curl -s 127.0.0.1:23790/health >/dev/null && break; sleep 0.1; done
 echo "loading $KEYS keys of $VALUE bytes ($GIB GiB) into one Region"
 $BIN bench --pd 127.0.0.1:23790 --workload get --keys $KEYS --value-size $VALUE --clients 16 --duration 1 >$DIR/load.txt 2>&1
-region_json() { curl -s 127.0.0.1:23790/pd/api/v1/regions; }
+region_json() { curl -s '127.0.0.1:23790/pd/api/v1/regions?limit=10000'; }
 BIG=$(region_json | python3 -c 'import json,sys; r=max(json.load(sys.stdin)["regions"], key=lambda r: r["approximate_size_bytes"]); print(r["id"], r["approximate_size_bytes"], r["approximate_keys"])')
 echo "largest Region (id, bytes, keys): $BIG"
 ID=${BIG%% *}

@@ -326,15 +326,22 @@ fn human_bytes(bytes: u64) -> String {
 /// Each Region's approximate bytes and keys, as the node's HTTP API shows what the
 /// placement leader last heard (empty if it cannot be asked).
 async fn region_sizes(pd: &str) -> BTreeMap<u64, (u64, u64)> {
-    let reply = crate::tls::get_json(pd, "/pd/api/v1/regions").await;
-    let Some(reply) = reply else { return BTreeMap::new() };
-    let regions = reply["regions"].as_array().into_iter().flatten();
-    regions
-        .filter_map(|r| {
+    let mut sizes = BTreeMap::new();
+    let mut key = String::new();
+    // A page at a time (the API's largest), until no page follows.
+    loop {
+        let path = format!("/pd/api/v1/regions?limit=10000&key={key}");
+        let Some(reply) = crate::tls::get_json(pd, &path).await else { return sizes };
+        let regions = reply["regions"].as_array().into_iter().flatten();
+        sizes.extend(regions.filter_map(|r| {
             let size = r["approximate_size_bytes"].as_u64()?;
             Some((r["id"].as_u64()?, (size, r["approximate_keys"].as_u64()?)))
-        })
-        .collect()
+        }));
+        match reply["next_key"].as_str() {
+            Some(next) if !next.is_empty() => key = next.to_string(),
+            _ => return sizes,
+        }
+    }
 }
 
 fn parse_hex(text: &str) -> Result<Vec<u8>, String> {

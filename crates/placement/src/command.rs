@@ -16,6 +16,14 @@ pub struct RegionReport {
     pub term: u64,
 }
 
+impl RegionReport {
+    /// The store of the reporting leader (0 if it is not among the Region's peers).
+    pub fn leader_store(&self) -> scandium_types::StoreId {
+        let leader = self.region.as_ref().and_then(|r| r.peer(self.leader_peer_id));
+        leader.map_or(0, |p| p.store_id)
+    }
+}
+
 /// Regions' shapes and leaders, reported together.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Reports {

@@ -83,6 +83,37 @@ pub struct Intake {
     pub need_ids: Vec<RegionId>,
 }
 
+/// What the placement leader wants in a store's next heartbeat
+/// (the sender's `HeartbeatFilter`, in `filter.rs`, picks the Regions by it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Wants {
+    /// Every Region the store leads: the leader has not had them all since it took over
+    /// or since the stores or the settings changed, or it is scheduling (an operator runs
+    /// or ended within [`SETTLE_MS`]) and looks at every Region for its next move.
+    pub all: bool,
+    /// Regions to report at every beat: those with an operator in progress, and those
+    /// whose last report is not in placement's record yet (its proposal may be lost).
+    pub watch: Vec<RegionId>,
+}
+
+/// How long after an operator ends the placement leader still wants every Region at
+/// every beat: long enough for the next move of a balancing run to be found at once.
+pub const SETTLE_MS: u64 = 3_000;
+
+/// The longest the stores' counts for balancing ([`Balance`]) are kept without a count
+/// over every Region, while no report changes: the traffic figures in them drift.
+pub const BALANCE_REFRESH_MS: u64 = 3_000;
+
+/// What about the stores and settings, changed, makes the placement leader want every
+/// Region again: a store joined, went down, came back, was drained or relabelled, or the
+/// scheduler's settings changed.
+#[derive(Clone, Debug, PartialEq)]
+struct Outlook {
+    stores: Vec<(StoreId, scheduler::StoreStatus, i32, Vec<scandium_types::StoreLabel>)>,
+    settings: crate::SchedulerSettings,
+    replicas: u64,
+}
+
 /// Operators started and ended since the leader took over.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OperatorCounts {
@@ -123,15 +154,31 @@ pub struct ControlPlane {
     /// The same with their traffic smoothed over the heartbeats ([`smoothed`]): what
     /// balancing goes by, so that a second's burst or lull does not move a replica.
     rates: BTreeMap<RegionId, RegionLoad>,
-    /// The Regions' shape and leader, as their leaders last reported them: newer than the
-    /// record until the report is applied, for balancing ([`Balance::of`]).
+    /// The Regions' shape and leader as their leaders last reported them, where placement's
+    /// record does not say the same yet: newer than the record until the report is
+    /// applied, for balancing ([`Balance::of`]), and followed ([`Wants::watch`]) so that a
+    /// lost proposal is made again. Pruned once the record has them: a second copy of
+    /// every Region cost the placement leader 300 bytes a Region.
     reported: BTreeMap<RegionId, RegionReport>,
-    /// The stores' replica and leader counts, for balancing, while a batch of heartbeats
-    /// is handled (counted when first needed, then kept up to date with its moves).
+    /// The stores' replica and leader counts, for balancing: counted when first needed,
+    /// then kept up to date with the moves started, across batches of heartbeats until
+    /// something they were counted from changes (see `region_heartbeats`).
     balance: Option<Balance>,
     /// When each store last took part in balancing replica moves (as source or target),
     /// within the last minute, oldest first: the store limit.
     replica_moves: BTreeMap<StoreId, VecDeque<u64>>,
+    /// When `balance` was counted (monotonic milliseconds).
+    balance_at_ms: u64,
+    /// `balance` counts a decision that started no operator (it waits for an id).
+    balance_tentative: bool,
+    /// The stores and settings as of the last heartbeat, and how many times they changed.
+    outlook: Option<Outlook>,
+    outlook_changes: u64,
+    /// For each store, `outlook_changes` as of its last heartbeat with every Region it
+    /// leads.
+    full_at: BTreeMap<StoreId, u64>,
+    /// Until when every Region is wanted after an operator ended (monotonic ms).
+    settle_until_ms: u64,
     /// Deliberately broken (the simulator proves its checks catch it): a new leader
     /// forgets the recorded heartbeats and counts stores it has not heard from as never
     /// seen, so a store that died before the change is never marked down.
@@ -190,6 +237,14 @@ fn smoothed(before: &RegionLoad, now: &RegionLoad) -> RegionLoad {
     }
 }
 
+/// Whether placement's record has `report`'s shape and leader.
+fn is_recorded(state: &PlacementState, report: &RegionReport) -> bool {
+    let Some(region) = report.region.as_ref() else { return true };
+    let known = state.region(region.id).map(|r| r.epoch());
+    let leader = state.leader_record(region.id).map(|l| (l.peer_id, l.term));
+    known == Some(region.epoch()) && leader == Some((report.leader_peer_id, report.term))
+}
+
 /// What advancing a Region's operator came to.
 #[derive(Debug)]
 enum Advance {
@@ -220,6 +275,12 @@ impl ControlPlane {
             rates: BTreeMap::new(),
             reported: BTreeMap::new(),
             balance: None,
+            balance_at_ms: 0,
+            balance_tentative: false,
+            outlook: None,
+            outlook_changes: 0,
+            full_at: BTreeMap::new(),
+            settle_until_ms: 0,
             replica_moves: BTreeMap::new(),
             forget_liveness: false,
         }
@@ -252,6 +313,7 @@ impl ControlPlane {
         self.operators.clear();
         self.meta_operator = None;
         self.forget_ids();
+        self.forget_reports();
         self.unrecorded.clear();
         self.recorded_ms = now.monotonic_ms;
         self.heard = state
@@ -280,6 +342,16 @@ impl ControlPlane {
         self.loads.clear();
         self.rates.clear();
         self.reported.clear();
+        self.forget_reports();
+    }
+
+    /// What this leader knew of the stores' reports goes with its term: the next leader
+    /// wants every Region from every store again.
+    fn forget_reports(&mut self) {
+        self.balance = None;
+        self.outlook = None;
+        self.full_at.clear();
+        self.settle_until_ms = 0;
     }
 
     /// Ids supplied in an earlier term are not used in a later one: another leader may
@@ -354,23 +426,40 @@ impl ControlPlane {
         let mut intake = Intake::default();
         let live = self.liveness(now);
         self.effective = self.config.scheduler.under(state.scheduler_settings());
-        self.balance = None;
+        self.look_out(state, &live);
+        // The stores' counts stand while nothing they were counted from changed: no
+        // report in this batch differs from the last, no operator ended, no store or
+        // setting changed (`look_out`), and they are not older than `BALANCE_REFRESH_MS`.
+        let changed = heartbeats.iter().any(|h| {
+            let id = h.report.region.as_ref().map_or(0, |r| r.id);
+            match self.reported.get(&id) {
+                Some(report) => *report != h.report,
+                None => !is_recorded(state, &h.report),
+            }
+        });
+        if changed || now.monotonic_ms >= self.balance_at_ms.saturating_add(BALANCE_REFRESH_MS) {
+            self.balance = None;
+        }
         for heartbeat in heartbeats {
             let Some(region) = heartbeat.report.region.as_ref() else { continue };
-            let known = state.region(region.id).map(|r| r.epoch());
-            let leader = state.leader_record(region.id).map(|l| (l.peer_id, l.term));
             let report = &heartbeat.report;
-            if known != Some(region.epoch()) || leader != Some((report.leader_peer_id, report.term))
-            {
+            if is_recorded(state, report) {
+                self.reported.remove(&region.id);
+            } else {
                 intake.changed.push(report.clone());
+                self.reported.insert(region.id, report.clone());
             }
-            self.loads.insert(region.id, heartbeat.load);
+            let load = heartbeat.load;
+            let before = self.loads.insert(region.id, load);
             let rate = match self.rates.get(&region.id) {
-                Some(before) => smoothed(before, &heartbeat.load),
-                None => heartbeat.load,
+                // A second quiet interval in a row: the Region went quiet, and its
+                // leader stops reporting it (the filter's `QUIET_REPORTS`); what traffic it
+                // had must not stay counted.
+                Some(_) if load.is_quiet() && before.is_some_and(|b| b.is_quiet()) => load,
+                Some(before) => smoothed(before, &load),
+                None => load,
             };
             self.rates.insert(region.id, rate);
-            self.reported.insert(region.id, report.clone());
             let pending = heartbeat.pending.clone();
             let health = RegionHealth { leader: report.leader_peer_id, pending };
             let operator = self.operators.remove(&region.id);
@@ -380,8 +469,53 @@ impl ControlPlane {
                 Advance::Nothing => {}
             }
         }
-        self.balance = None;
+        if std::mem::take(&mut self.balance_tentative) {
+            self.balance = None;
+        }
         intake
+    }
+
+    /// What the placement leader wants in `store`'s next heartbeat, this one having
+    /// carried every Region the store leads if `full` (see [`Wants`]).
+    pub fn wants(&mut self, state: &PlacementState, store: StoreId, full: bool, now: Now) -> Wants {
+        let live = self.liveness(now);
+        self.look_out(state, &live);
+        if full {
+            self.full_at.insert(store, self.outlook_changes);
+        }
+        let scheduling = !self.operators.is_empty() || now.monotonic_ms < self.settle_until_ms;
+        let all = scheduling || self.full_at.get(&store) != Some(&self.outlook_changes);
+        self.reported.retain(|_, report| !is_recorded(state, report));
+        let leader_store = |id: &RegionId| match self.reported.get(id) {
+            Some(report) => report.leader_store(),
+            None => state.leader_of(*id).map_or(0, |p| p.store_id),
+        };
+        let operated = self.operators.keys().filter(|id| leader_store(id) == store);
+        let unrecorded = self.reported.iter().filter(|(_, r)| r.leader_store() == store);
+        let unrecorded = unrecorded.map(|(id, _)| id);
+        let mut watch: Vec<RegionId> = operated.chain(unrecorded).copied().collect();
+        watch.sort_unstable();
+        watch.dedup();
+        Wants { all, watch }
+    }
+
+    /// Notes a change of the stores or the settings ([`Outlook`]): every store is asked
+    /// for every Region again, and the stores' counts are counted again.
+    fn look_out(&mut self, state: &PlacementState, live: &Liveness) {
+        let stores = state.stores().map(|s| {
+            let status = scheduler::store_status(s, live, &self.effective);
+            (s.id, status, s.state, s.labels.clone())
+        });
+        let outlook = Outlook {
+            stores: stores.collect(),
+            settings: state.scheduler_settings().clone(),
+            replicas: state.replicas(),
+        };
+        if self.outlook.as_ref() != Some(&outlook) {
+            self.outlook = Some(outlook);
+            self.outlook_changes += 1;
+            self.balance = None;
+        }
     }
 
     /// The placement group as its leader (this node) sees it: the step its own operator
@@ -459,7 +593,13 @@ impl ControlPlane {
                 };
                 match self.operator_for(region, health, decision, is_meta, now) {
                     Ok(operator) => (operator, true),
-                    Err(advance) => return advance,
+                    Err(advance) => {
+                        // The stores' counts took the decision as made: they stand for
+                        // the rest of this batch (the batch starts no second move for
+                        // the same imbalance), not beyond.
+                        self.balance_tentative = true;
+                        return advance;
+                    }
                 }
             }
         };
@@ -470,6 +610,10 @@ impl ControlPlane {
             Progress::Send(step) => Advance::Send(step),
             Progress::Wait => Advance::Nothing,
             Progress::Ended(ended) => {
+                // Where the operator went is news for the stores' counts, and the next
+                // move is looked for among every Region.
+                self.balance = None;
+                self.settle_until_ms = now.monotonic_ms.saturating_add(SETTLE_MS);
                 match ended {
                     Ended::Finished => self.counts.finished += 1,
                     Ended::TimedOut => self.counts.timed_out += 1,
@@ -511,6 +655,9 @@ impl ControlPlane {
         let leader_moves = leader_moves.count();
         let replica_moves = balancing.count() - leader_moves;
         let (operators, loads, reported) = (&self.operators, &self.rates, &self.reported);
+        if self.balance.is_none() {
+            self.balance_at_ms = now.monotonic_ms;
+        }
         let balance = self.balance.get_or_insert_with(|| {
             Balance::of(state, live, config, operators.values(), loads, reported)
         });
@@ -636,7 +783,7 @@ impl ControlPlane {
             proposals.push(Kind::StoresSeen(StoresSeen { seen }));
         }
         for store in state.stores().filter(|s| s.state() == StoreState::Offline) {
-            let holds = state.regions().any(|r| r.peer_on_store(store.id).is_some())
+            let holds = state.replica_count(store.id) > 0
                 || meta_peers.iter().any(|p| p.store_id == store.id);
             if !holds {
                 let tombstone = StoreState::Tombstone as i32;

@@ -12,11 +12,15 @@
 //!   that survives a change of leader, one [`operator`] per Region advanced by its
 //!   heartbeats, the [`scheduler`] that decides what each Region should become next.
 //!
+//! * [`HeartbeatFilter`] is the other end: which Regions a node's heartbeat carries,
+//!   so that the placement leader hears of what changed, not of every idle Region.
+//!
 //! All are pure: no threads, no clock. The server (and the simulator) supply the time,
 //! carry heartbeats and steps over their network, and drive the group.
 
 pub mod command;
 pub mod control;
+pub mod filter;
 pub mod operator;
 pub mod scheduler;
 pub mod state;
@@ -28,8 +32,9 @@ pub use command::{
     StoresSeen,
 };
 pub use control::{
-    ControlConfig, ControlPlane, Intake, Now, OperatorCounts, RegionHeartbeat, RegionLoad,
+    ControlConfig, ControlPlane, Intake, Now, OperatorCounts, RegionHeartbeat, RegionLoad, Wants,
 };
+pub use filter::{Facts, HeartbeatFilter, Selection};
 pub use operator::{OperatorStep, StepAction};
 pub use state::{ApplyError, KeyspaceMeta, PlacementState};
 pub use tso::{Allocation, LeaderTso, TsoAllocator, TsoError};

@@ -345,6 +345,16 @@ impl RegionLoad {
         self.per_sec(self.written_bytes)
     }
 
+    /// Whether anything was read or written over the interval.
+    pub fn has_traffic(&self) -> bool {
+        self.written_bytes > 0 || self.written_keys > 0 || self.read_bytes > 0 || self.read_keys > 0
+    }
+
+    /// An interval measured without traffic.
+    pub fn is_quiet(&self) -> bool {
+        self.interval_ms > 0 && !self.has_traffic()
+    }
+
     fn per_sec(&self, bytes: u64) -> u64 {
         match self.interval_ms {
             0 => 0,
@@ -785,7 +795,7 @@ fn pick_store(
 }
 
 fn replica_count(state: &PlacementState, store: StoreId) -> usize {
-    state.regions().filter(|r| r.peer_on_store(store).is_some()).count()
+    state.replica_count(store)
 }
 
 #[cfg(test)]

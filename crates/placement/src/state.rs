@@ -98,6 +98,10 @@ pub struct PlacementState {
     regions: BTreeMap<RegionId, Region>,
     /// Start key to Region id.
     by_start: BTreeMap<Vec<u8>, RegionId>,
+    /// How many Regions have a replica on each store: what the scheduler weighs stores
+    /// by, kept as Regions come and go rather than counted over every Region per decision
+    /// (O(n) each, O(n²) for a store's worth of repairs).
+    replicas_by_store: BTreeMap<StoreId, usize>,
     keyspaces: BTreeMap<u32, KeyspaceMeta>,
     leaders: BTreeMap<RegionId, RegionLeader>,
     grants: BTreeMap<String, Grant>,
@@ -189,6 +193,7 @@ impl PlacementState {
                 Some(&REGION_TAG) if key.len() == 9 => {
                     let region: Region = decode(&value)?;
                     state.by_start.insert(region.start_key.clone(), region.id);
+                    state.count_replicas(&region, true);
                     state.regions.insert(region.id, region);
                 }
                 Some(&KEYSPACE_TAG) if key.len() == 9 => {
@@ -476,6 +481,16 @@ impl PlacementState {
             .collect()
     }
 
+    /// How many Regions have a replica on `store` (O(log stores)).
+    pub fn replica_count(&self, store: StoreId) -> usize {
+        self.replicas_by_store.get(&store).copied().unwrap_or(0)
+    }
+
+    /// How many Regions there are.
+    pub fn region_count(&self) -> usize {
+        self.regions.len()
+    }
+
     /// Every Region, in key order.
     pub fn regions(&self) -> impl Iterator<Item = &Region> {
         self.by_start.values().filter_map(|id| self.regions.get(id))
@@ -554,14 +569,31 @@ impl PlacementState {
         }
     }
 
+    /// Counts `region`'s replicas in (`add`) or out of [`PlacementState::replica_count`].
+    fn count_replicas(&mut self, region: &Region, add: bool) {
+        let stores: BTreeSet<StoreId> = region.peers.iter().map(|p| p.store_id).collect();
+        for store in stores {
+            let count = self.replicas_by_store.entry(store).or_default();
+            match add {
+                true => *count += 1,
+                false => *count = count.saturating_sub(1),
+            }
+            if *count == 0 {
+                self.replicas_by_store.remove(&store);
+            }
+        }
+    }
+
     fn insert_region(&mut self, region: Region, batch: &mut WriteBatch) {
         batch.put(Cf::Placement, tagged(REGION_TAG, region.id), region.encode_to_vec());
         self.by_start.insert(region.start_key.clone(), region.id);
+        self.count_replicas(&region, true);
         self.regions.insert(region.id, region);
     }
 
     fn remove_region(&mut self, id: RegionId, batch: &mut WriteBatch) {
         if let Some(old) = self.regions.remove(&id) {
+            self.count_replicas(&old, false);
             if self.by_start.get(&old.start_key) == Some(&id) {
                 self.by_start.remove(&old.start_key);
             }

@@ -163,11 +163,17 @@ impl Registry {
 
     /// Every Region, in key order.
     pub fn all(&self) -> Vec<RegionStatus> {
+        self.statuses().iter().map(|status| (**status).clone()).collect()
+    }
+
+    /// Every Region, in key order, shared: what a heartbeat looks through once a second,
+    /// without a copy of each Region's peers and keys.
+    pub fn statuses(&self) -> Vec<Arc<RegionStatus>> {
         let slots: Vec<Arc<Slot>> = {
             let index = self.read();
             index.by_start.values().filter_map(|id| index.by_id.get(id).cloned()).collect()
         };
-        slots.iter().map(|slot| (*slot.load()).clone()).collect()
+        slots.iter().map(|slot| slot.load()).collect()
     }
 
     /// Regions overlapping `[start, end)` (empty `end` = unbounded), in key order.

@@ -1,9 +1,10 @@
 //! Heartbeats: the server's driver of the control plane (`scandium_placement::control`).
 //!
 //! Every node sends one heartbeat a second (and at once after a leadership or Region
-//! change here) to the placement leader: its store, and the Regions it leads (shape,
-//! leader, term, lagging peers, size and the bytes and keys written and read since the
-//! last heartbeat). The placement leader hands them to its
+//! change here) to the placement leader: its store, and of the Regions it leads those the
+//! placement leader needs (`scandium_placement::filter`: what changed, has traffic, is
+//! watched or takes its turn; shape, leader, term, lagging peers, size and the bytes and
+//! keys written and read since the last heartbeat). The placement leader hands them to its
 //! [`ControlPlane`], records in the placement group's log what changed (in one
 //! `ReportRegions`), allocates ids for new replicas when it runs low, and answers with the
 //! operator steps for the sender's Regions, which the sender carries out as membership
@@ -21,8 +22,8 @@ use crate::raft_driver::RaftHandle;
 use crate::tasks::Tasks;
 use prost::Message as _;
 use scandium_placement::{
-    ControlPlane, Kind, Now, OperatorStep, RegionHeartbeat as Heartbeat, RegionLoad, RegionReport,
-    StepAction,
+    ControlPlane, Facts, HeartbeatFilter, Kind, Now, OperatorStep, RegionHeartbeat as Heartbeat,
+    RegionLoad, RegionReport, StepAction, Wants,
 };
 use scandium_protocol::scandium::{
     self as wire, HeartbeatRequest, Operator, RegionHeartbeat, RegionLoadsRequest, StoreLiveness,
@@ -33,6 +34,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// The most Regions whose loads one call asks for: a page of `/pd/api/v1/regions` at most.
+pub const MAX_LOADS_ASKED: usize = 10_000;
 
 /// Operator step kinds on the wire.
 const ADD_LEARNER: u32 = 1;
@@ -55,6 +59,16 @@ pub struct Control {
     reads: Arc<ReadFlow>,
     /// What the last heartbeat reported, to send differences.
     traffic: Mutex<Traffic>,
+    /// Which Regions the next heartbeat reports.
+    reporting: Mutex<Reporting>,
+}
+
+/// What this node told which placement leader.
+#[derive(Default)]
+struct Reporting {
+    filter: HeartbeatFilter,
+    /// The placement leader's address, or `None` for this node.
+    target: Option<String>,
 }
 
 /// The write counters of the Regions led here at the last heartbeat, and when it was.
@@ -105,6 +119,7 @@ impl Control {
             beat_now,
             reads,
             traffic: Mutex::new(Traffic::default()),
+            reporting: Mutex::new(Reporting::default()),
         }
     }
 
@@ -131,44 +146,81 @@ impl Control {
         }
     }
 
-    /// One heartbeat: report the Regions led here, carry out the answer.
+    /// One heartbeat: report the Regions led here that the placement leader needs
+    /// (`scandium_placement::filter`), carry out the answer.
     pub async fn beat(self: &Arc<Self>) -> Result<(), RequestError> {
-        let led: Vec<RegionStatus> =
-            self.registry.all().into_iter().filter(|s| s.ready_for_reads).collect();
+        let mut led = self.registry.statuses();
+        led.retain(|s| s.ready_for_reads);
         let loads = self.loads_since_last_beat(&led);
-        let regions: Vec<RegionHeartbeat> = led
+        let led = led.into_iter().zip(loads).map(|(status, load)| {
+            let facts = Facts {
+                id: status.region.id,
+                version: status.region.version,
+                conf_ver: status.region.conf_ver,
+                leader: status.peer.id,
+                term: status.term,
+                pending: status.pending_peers.iter().map(|p| p.id).collect(),
+                size: load.approximate_size,
+                keys: load.approximate_keys,
+                traffic: load.has_traffic(),
+            };
+            (facts, (status, load))
+        });
+        let target = match self.placement.is_serving() {
+            true => None,
+            false => {
+                self.lock().step_down();
+                Some(self.placement.wait_leader().await?)
+            }
+        };
+        let selection = {
+            let mut reporting = self.reporting.lock().unwrap_or_else(|e| e.into_inner());
+            if reporting.target != target {
+                reporting.filter.reset();
+                reporting.target = target.clone();
+            }
+            reporting.filter.select_by(led)
+        };
+        let regions = selection
+            .heartbeats
             .iter()
-            .zip(loads)
             .map(|(status, load)| RegionHeartbeat {
                 report: report_of(status).encode_to_vec(),
                 pending_peers: status.pending_peers.iter().map(|p| p.id).collect(),
-                load: Some(wire_load(0, &load)),
+                load: Some(wire_load(0, load)),
             })
             .collect();
         let request = HeartbeatRequest {
             cluster_id: self.identity.cluster_id,
             store_id: self.identity.store_id,
             regions,
+            full: selection.full,
         };
-        let operators = if self.placement.is_serving() {
-            let operators = self.handle(request).await?;
-            self.lead().await;
-            operators
-        } else {
-            self.lock().step_down();
-            let address = self.placement.wait_leader().await?;
-            let mut client = self.clients.cluster(&address).map_err(RequestError::Internal)?;
-            let call = tokio::time::timeout(Duration::from_secs(2), client.heartbeat(request));
-            let reply = call
-                .await
-                .map_err(|_| RequestError::Internal("heartbeat timed out".into()))?
-                .map_err(|s| RequestError::Internal(s.message().to_string()))?
-                .into_inner();
-            if !reply.error.is_empty() {
-                return Err(RequestError::Internal(reply.error));
+        let (operators, wants) = match target {
+            None => {
+                let answer = self.handle(request).await?;
+                self.lead().await;
+                answer
             }
-            reply.operators
+            Some(address) => {
+                let mut client = self.clients.cluster(&address).map_err(RequestError::Internal)?;
+                let call = tokio::time::timeout(Duration::from_secs(2), client.heartbeat(request));
+                let reply = call
+                    .await
+                    .map_err(|_| RequestError::Internal("heartbeat timed out".into()))?
+                    .map_err(|s| RequestError::Internal(s.message().to_string()))?
+                    .into_inner();
+                if !reply.error.is_empty() {
+                    return Err(RequestError::Internal(reply.error));
+                }
+                // A placement leader from before the filter wants every Region each time.
+                let all = reply.send_all || !reply.filters;
+                (reply.operators, Wants { all, watch: reply.watch })
+            }
         };
+        let mut reporting = self.reporting.lock().unwrap_or_else(|e| e.into_inner());
+        reporting.filter.answered(selection.seq, wants);
+        drop(reporting);
         for operator in operators {
             let Some(step) = step_of(&operator) else {
                 tracing::warn!(
@@ -186,7 +238,7 @@ impl Control {
 
     /// Each led Region's size, and what was written to and read from it since the last
     /// heartbeat (a Region that changed leader or split here counts from now).
-    fn loads_since_last_beat(&self, led: &[RegionStatus]) -> Vec<RegionLoad> {
+    fn loads_since_last_beat(&self, led: &[Arc<RegionStatus>]) -> Vec<RegionLoad> {
         let now_ms = crate::clock::monotonic_ms();
         let mut reads = self.reads.take();
         let mut traffic = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
@@ -226,21 +278,32 @@ impl Control {
         &self.reads
     }
 
-    /// The Regions' size and traffic as the placement leader knows them: from this
-    /// node's control plane if it leads, else asked of the leader (empty if it cannot be
-    /// reached).
-    pub async fn region_loads(&self) -> BTreeMap<u64, RegionLoad> {
+    /// The Regions' size and traffic as the placement leader knows them (only `ids`'
+    /// if given): from this node's control plane if it leads, else asked of the leader
+    /// (empty if it cannot be reached).
+    pub async fn region_loads(&self, ids: Option<&[u64]>) -> BTreeMap<u64, RegionLoad> {
         if self.placement.is_serving() {
-            return self.lock().loads().clone();
+            return self.local_loads(ids);
         }
         let Some(mut client) = self.leader_client() else { return BTreeMap::new() };
-        let request = RegionLoadsRequest { cluster_id: self.identity.cluster_id };
+        let region_ids = ids.map(<[u64]>::to_vec).unwrap_or_default();
+        let request = RegionLoadsRequest { cluster_id: self.identity.cluster_id, region_ids };
         let call = tokio::time::timeout(Duration::from_secs(2), client.region_loads(request));
         match call.await {
             Ok(Ok(reply)) => {
                 reply.into_inner().loads.iter().map(|l| (l.region_id, load_of(l))).collect()
             }
             _ => BTreeMap::new(),
+        }
+    }
+
+    /// This node's control plane's loads, of `ids` or of every Region.
+    fn local_loads(&self, ids: Option<&[u64]>) -> BTreeMap<u64, RegionLoad> {
+        let plane = self.lock();
+        let loads = plane.loads();
+        match ids {
+            None => loads.clone(),
+            Some(ids) => ids.iter().filter_map(|id| Some((*id, *loads.get(id)?))).collect(),
         }
     }
 
@@ -253,13 +316,14 @@ impl Control {
         self.clients.cluster(&address).ok()
     }
 
-    /// The Regions' size and traffic, answered to another node; `None` if this node does
-    /// not lead placement.
-    pub fn local_region_loads(&self) -> Option<Vec<wire::RegionLoad>> {
+    /// The Regions' size and traffic (of `ids`, or all if empty), answered to another
+    /// node; `None` if this node does not lead placement.
+    pub fn local_region_loads(&self, ids: &[u64]) -> Option<Vec<wire::RegionLoad>> {
         if !self.placement.is_serving() {
             return None;
         }
-        Some(self.lock().loads().iter().map(|(&id, load)| wire_load(id, load)).collect())
+        let ids = (!ids.is_empty()).then_some(ids);
+        Some(self.local_loads(ids).iter().map(|(&id, load)| wire_load(id, load)).collect())
     }
 
     /// The operators the placement leader runs: this node's if it leads, else asked of the
@@ -318,7 +382,10 @@ impl Control {
 
     /// The placement leader's side of a heartbeat: note the store alive, record what
     /// changed, answer with the steps of the Regions' operators.
-    pub async fn handle(&self, request: HeartbeatRequest) -> Result<Vec<Operator>, RequestError> {
+    pub async fn handle(
+        &self,
+        request: HeartbeatRequest,
+    ) -> Result<(Vec<Operator>, Wants), RequestError> {
         if self.leading_term().is_none() {
             return Err(RequestError::Internal("this node does not lead placement".into()));
         }
@@ -335,17 +402,19 @@ impl Control {
                 })
             })
             .collect();
-        let intake = {
+        let (intake, wants) = {
             let mut plane = self.lock();
             let now = now();
+            let state = self.placement.read();
             plane.store_heartbeat(request.store_id, now);
-            plane.region_heartbeats(&self.placement.read(), &heartbeats, now)
+            let intake = plane.region_heartbeats(&state, &heartbeats, now);
+            (intake, plane.wants(&state, request.store_id, request.full, now))
         };
         if !intake.changed.is_empty() {
             self.placement.report_regions(intake.changed).await?;
         }
         self.supply_ids(&intake.need_ids).await;
-        Ok(intake.steps.iter().map(operator_of).collect())
+        Ok((intake.steps.iter().map(operator_of).collect(), wants))
     }
 
     /// What this node, as placement leader, knows of each store's heartbeats.

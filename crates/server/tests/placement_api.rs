@@ -138,6 +138,28 @@ async fn placement_reads_and_writes() {
     let regions = http_get(&node, "/pd/api/v1/regions").await;
     assert_eq!(regions["count"], 5);
     assert_eq!(regions["regions"].as_array().unwrap().len(), 5);
+    assert!(regions.get("next_key").is_none(), "one page holds them all");
+    // Two at a time: each page says where the next starts, and the pages cover every
+    // Region once, in key order.
+    let (mut key, mut paged) = (String::new(), Vec::new());
+    loop {
+        let page = http_get(&node, &format!("/pd/api/v1/regions?limit=2&key={key}")).await;
+        assert_eq!(page["total"], 5);
+        assert!(page["count"].as_u64().unwrap() <= 2);
+        paged.extend(page["regions"].as_array().unwrap().iter().map(|r| r["id"].clone()));
+        match page["next_key"].as_str() {
+            Some(next) => key = next.to_string(),
+            None => break,
+        }
+    }
+    let all: Vec<_> =
+        regions["regions"].as_array().unwrap().iter().map(|r| r["id"].clone()).collect();
+    assert_eq!(paged, all);
+    for bad in ["/pd/api/v1/regions?key=abc", "/pd/api/v1/regions?key=zz"] {
+        let uri: hyper::Uri = format!("http://{}{bad}", node.advertise_addr()).parse().unwrap();
+        let response = hyper::Client::new().get(uri).await.unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+    }
     let stores = http_get(&node, "/pd/api/v1/stores").await;
     assert_eq!(stores["count"], 1);
     assert_eq!(stores["stores"][0]["store"]["state_name"], "Up");

@@ -11,7 +11,9 @@
 use crate::flows::{self, InFlight, Sync};
 use rand::rngs::StdRng;
 use rand::Rng;
-use scandium_placement::{Command, ControlPlane, Kind, LeaderTso, PlacementState, Response};
+use scandium_placement::{
+    Command, ControlPlane, HeartbeatFilter, Kind, LeaderTso, PlacementState, Response,
+};
 use scandium_raftstore::snapshot::{for_each_chunk, SnapshotChunk, SnapshotHeader};
 use scandium_raftstore::META_GROUP_ID;
 use scandium_raftstore::{
@@ -201,6 +203,9 @@ pub(crate) struct Node {
     /// The control plane, running while the node leads placement (memory: new on every
     /// start).
     pub(crate) control: ControlPlane,
+    /// Which Regions the node's next heartbeat reports, and to which placement leader it
+    /// sent the last (memory: forgotten on every start, but for the beats' numbering).
+    pub(crate) reporting: (HeartbeatFilter, u64),
 }
 
 /// Something scheduled to happen at a simulated time.
@@ -233,12 +238,15 @@ pub(crate) enum Event {
     HeartbeatArrives {
         to: u64,
         from: u64,
-        heartbeats: Vec<scandium_placement::RegionHeartbeat>,
+        heartbeats: scandium_placement::Selection,
     },
-    /// Operator steps reach the leader of their Regions.
+    /// The answer to heartbeat `seq` reaches its sender: operator steps for the Regions it
+    /// leads, and what the placement leader wants in its next heartbeat.
     Steps {
         to: u64,
         steps: Vec<scandium_placement::OperatorStep>,
+        seq: u64,
+        wants: scandium_placement::Wants,
     },
     /// Asks again for the timestamp a new leader raises `max_ts` to.
     SyncMaxTs {
@@ -394,6 +402,7 @@ impl Cluster {
                     woken: Arc::default(),
                     commands: BTreeMap::new(),
                     control: flows::new_control(false),
+                    reporting: Default::default(),
                 }
             })
             .collect();
@@ -546,14 +555,13 @@ impl Cluster {
                     }
                     self.take_heartbeat(to, from, heartbeats, rng);
                 }
-                Event::Steps { to, steps } => {
+                Event::Steps { to, steps, seq, wants } => {
                     if let Some(delay) = self.held_by_pause(to) {
-                        self.schedule(delay + rng.gen_range(0..10), Event::Steps { to, steps });
+                        let event = Event::Steps { to, steps, seq, wants };
+                        self.schedule(delay + rng.gen_range(0..10), event);
                         continue;
                     }
-                    for step in steps {
-                        self.execute_step(to, step, rng);
-                    }
+                    self.take_answer(to, steps, seq, wants, rng);
                 }
                 Event::SyncMaxTs { node, incarnation, region, term, attempt } => {
                     if self.nodes[node as usize - 1].crashes == incarnation && self.is_up(node) {
@@ -752,6 +760,10 @@ impl Cluster {
         node.txn = new_txn_node(&engine, breakages, &node.woken);
         node.commands.clear();
         node.control = flows::new_control(unsafe_liveness);
+        // What the node reported is forgotten; its beats' numbering goes on, so that an
+        // answer to a beat from before the crash is never taken for one to a new beat.
+        node.reporting.0.reset();
+        node.reporting.1 = 0;
         let meta = Box::new(SimMeta { state: node.placement.clone() });
         // Stores beat each other; each start is a new incarnation.
         let config = RaftConfig { incarnation: node.crashes + 1, ..node.config.clone() };

@@ -1,8 +1,10 @@
 //! The simulator's driver of the control plane (`scandium_placement::control`), as the
 //! server's `heartbeat.rs` drives it, and of splits, as the server's `split.rs` runs them.
 //!
-//! * Every node heartbeats once a simulated second: its store, and the Regions it leads.
-//!   The heartbeat crosses the network to the node it believes leads placement; there, if
+//! * Every node heartbeats once a simulated second: its store, and those of the Regions it
+//!   leads that the server's filter picks (`scandium_placement::filter`: what changed,
+//!   what the placement leader follows or asks for, each Region in its turn; the answer
+//!   comes back even without steps, as the server's does). The heartbeat crosses the network to the node it believes leads placement; there, if
 //!   it does, the node's [`ControlPlane`] takes it: changed reports are proposed to the
 //!   placement group (`ReportRegions`), ids for new replicas allocated when the pool runs
 //!   low (`AllocIds`), and the operator steps go back over the network to the Region's
@@ -20,7 +22,7 @@ use crate::flows::{Purpose, SplitFlow, HEARTBEAT_MS};
 use rand::rngs::StdRng;
 use scandium_placement::{
     Command, Kind, Now, OperatorStep, RegionHeartbeat, RegionLoad, RegionReport, Reports, Response,
-    StepAction, StoreStateChange,
+    StepAction, StoreStateChange, Wants,
 };
 use scandium_raftstore::{
     ApplyOutput, EncodedCommand, PeerChange, RaftCommand, RaftstoreError, RegionStatus,
@@ -36,10 +38,11 @@ impl Cluster {
             return;
         }
         let node = &self.nodes[id as usize - 1];
-        let heartbeats: Vec<RegionHeartbeat> =
+        let led: Vec<RegionHeartbeat> =
             node.registry.all().iter().filter(|s| s.ready_for_reads).map(heartbeat_of).collect();
         let meta = node.registry.meta();
         if meta.ready_for_reads {
+            let heartbeats = self.select(id, id, led);
             self.take_heartbeat(id, id, heartbeats, rng);
             return self.lead(id, rng);
         }
@@ -49,11 +52,46 @@ impl Cluster {
         let known = meta.status.filter(|s| s.leader_alive).and_then(|s| s.leader);
         let known = known.map(|p| p.store_id).or_else(|| self.leader_named_to(id));
         let Some(leader) = known.filter(|&l| l != id) else { return };
+        let heartbeats = self.select(id, leader, led);
         if self.blocked.contains(&(id, leader)) {
             return;
         }
         let delay = self.network_delay(rng);
         self.schedule(delay, Event::HeartbeatArrives { to: leader, from: id, heartbeats });
+    }
+
+    /// What node `id`'s heartbeat to placement leader `leader` reports, of the Regions
+    /// it leads (`led`), as the server's filter picks them.
+    fn select(
+        &mut self,
+        id: u64,
+        leader: u64,
+        led: Vec<RegionHeartbeat>,
+    ) -> scandium_placement::Selection {
+        let (filter, target) = &mut self.nodes[id as usize - 1].reporting;
+        if *target != leader {
+            filter.reset();
+            *target = leader;
+        }
+        filter.select(led)
+    }
+
+    /// The placement leader's answer to node `id`'s heartbeat `seq`.
+    pub(crate) fn take_answer(
+        &mut self,
+        id: u64,
+        steps: Vec<OperatorStep>,
+        seq: u64,
+        wants: Wants,
+        rng: &mut StdRng,
+    ) {
+        if !self.is_serving(id) {
+            return;
+        }
+        self.nodes[id as usize - 1].reporting.0.answered(seq, wants);
+        for step in steps {
+            self.execute_step(id, step, rng);
+        }
     }
 
     /// The placement leader another running node that `id` can reach names.
@@ -72,7 +110,7 @@ impl Cluster {
         &mut self,
         id: u64,
         from: u64,
-        heartbeats: Vec<RegionHeartbeat>,
+        heartbeats: scandium_placement::Selection,
         rng: &mut StdRng,
     ) {
         if !self.is_serving(id) || !self.take_over_if_leading(id) {
@@ -82,21 +120,20 @@ impl Cluster {
         let node = &mut self.nodes[id as usize - 1];
         let state = node.placement.read().unwrap_or_else(|e| e.into_inner()).clone();
         node.control.store_heartbeat(from, now);
-        let intake = node.control.region_heartbeats(&state, &heartbeats, now);
+        let intake = node.control.region_heartbeats(&state, &heartbeats.heartbeats, now);
+        let wants = node.control.wants(&state, from, heartbeats.full, now);
         if !intake.changed.is_empty() {
             let reports = Kind::ReportRegions(Reports { reports: intake.changed });
             self.propose_placement(id, reports, Purpose::Record, rng);
         }
         self.supply_ids(id, intake.need_ids, rng);
-        if intake.steps.is_empty() {
-            return;
-        }
+        let (steps, seq) = (intake.steps, heartbeats.seq);
         if from == id {
-            return intake.steps.into_iter().for_each(|step| self.execute_step(id, step, rng));
+            return self.take_answer(id, steps, seq, wants, rng);
         }
         if !self.blocked.contains(&(id, from)) {
             let delay = self.network_delay(rng);
-            self.schedule(delay, Event::Steps { to: from, steps: intake.steps });
+            self.schedule(delay, Event::Steps { to: from, steps, seq, wants });
         }
     }
 

@@ -144,17 +144,18 @@ fn async_commit_without_max_ts_sync_is_caught() {
     // A new leader that does not raise max_ts before an async-commit or 1PC prewrite may
     // commit below a snapshot the old leader served without the transaction's locks: a
     // later transaction reading at that snapshot overwrites the list without its append.
-    // Seeds 15 and 92 are the first two of 0..800 that catch it since groups hibernate
-    // and the runs have quiet spells (37 and 46, the first two of the five of 0..200,
+    // Seeds 17 and 48 are the first two of 0..800 that catch it since heartbeats carry
+    // only what changed (15 and 92 since groups hibernate and the runs have quiet spells
+    // (37 and 46, the first two of the five of 0..200,
     // since a lingering replica asks every voter; 8 and 37 since removed replicas linger;
     // 46 and 136 before, since the
     // placement group's extra learners stay learners; 2 and 32 before, since the runs
     // balance replicas and leaders and a command passes its gate again after a latch
     // wait; 13 and 32 before, 149 and 151 before that, 113 and 151 before a Down store stopped
-    // costing voters, 62 and 71 before the runs split Regions); with the sync, none
+    // costing voters, 62 and 71 before the runs split Regions)); with the sync, none
     // fails.
     let config = RunConfig { unsafe_max_ts: true, ..RunConfig::default() };
-    for seed in [15, 92] {
+    for seed in [17, 48] {
         assert!(!run(seed, &config).anomalies.is_empty(), "seed {seed} missed the broken max_ts");
         assert!(run(seed, &RunConfig::default()).anomalies.is_empty(), "seed {seed}");
     }
@@ -210,8 +211,9 @@ fn a_control_plane_that_forgets_liveness_is_caught() {
 fn many_regions_splits_and_operators_are_exercised() {
     // What a typical run covers besides the faults: Regions split as it goes (at random
     // points, and by size through the server's split check), and the control plane
-    // repairs and moves replicas.
-    let report = run(0, &RunConfig::default());
+    // repairs and moves replicas. Seed 1 (0 until heartbeats carried only what changed,
+    // when it stopped splitting by size).
+    let report = run(1, &RunConfig::default());
     assert!(report.anomalies.is_empty(), "{:?}", report.anomalies);
     let by_size = report.faults.iter().filter(|f| f.contains("split by size")).count();
     assert!(by_size >= 1, "no split by size: {:?}", report.faults);
@@ -254,18 +256,19 @@ fn a_read_path_without_leases_is_caught() {
     // Reads served by whichever node believes it leads, without a lease or a ReadIndex
     // round: a deposed leader answers from its old state. The window is narrow (a
     // request queued at a paused leader, served on resuming before the messages that
-    // depose it): seed 786 is the first of 0..800 that shows it since groups hibernate
+    // depose it): seed 119 is the first of 0..1,500 that shows it since heartbeats carry
+    // only what changed (786, the first of 0..800, since groups hibernate
     // and the runs have quiet spells (506, the first of 0..814, since a lingering replica
     // asks every voter (374 since removed replicas linger; 648 before, the first of
     // 0..1,700, since balancing goes
     // by each Region's last report and half the nodes ingest snapshots from files, with
     // 734 and 950; 205 and 258 since leaders
     // stopped naming themselves in NotLeader, 47 before, since the runs split by size; 71
-    // of three before the runs balanced replicas and leaders)). A search from seed 0 ran
+    // of three before the runs balanced replicas and leaders))). A search from seed 0 ran
     // 15 minutes in a debug build once the seed moved: the test runs the known seed.
     let config = RunConfig { unsafe_reads: true, ..RunConfig::default() };
-    assert!(!run(786, &config).anomalies.is_empty(), "seed 786 missed the stale reads");
-    assert!(run(786, &RunConfig::default()).anomalies.is_empty(), "seed 786");
+    assert!(!run(119, &config).anomalies.is_empty(), "seed 119 missed the stale reads");
+    assert!(run(119, &RunConfig::default()).anomalies.is_empty(), "seed 119");
 }
 
 #[test]

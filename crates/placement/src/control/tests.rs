@@ -353,3 +353,93 @@ fn traffic_is_smoothed_for_balancing() {
     let kept = smoothed(&now, &unmeasured);
     assert_eq!((kept.written_bytes_per_sec(), kept.approximate_size), (3_250, 9));
 }
+
+/// A Region that goes quiet is reported twice without traffic, then not at all
+/// (`filter::QUIET_REPORTS`): the second quiet interval in a row counts its traffic as
+/// none, or what it had would stay counted for as long as it is not reported.
+#[test]
+fn a_region_gone_quiet_counts_no_traffic() {
+    let full = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)], 3);
+    let state = cluster(3, full.clone());
+    let mut plane = leading(&state);
+    let load = |written: u64| RegionLoad {
+        written_bytes: written,
+        interval_ms: 1_000,
+        ..Default::default()
+    };
+    let mut send = |written: u64, ms: u64| {
+        let beat = RegionHeartbeat { load: load(written), ..heartbeat(&full, 11, &[]) };
+        plane.region_heartbeats(&state, &[beat], at(ms));
+        plane.rates[&10].written_bytes_per_sec()
+    };
+    assert_eq!(send(4_000, 1_000), 4_000);
+    assert_eq!(send(0, 2_000), 3_000, "one quiet second is blended in");
+    assert_eq!(send(4_000, 3_000), 3_250, "and a burst after it too");
+    assert_eq!(send(0, 4_000), 2_437);
+    assert_eq!(send(0, 5_000), 0, "two in a row: the Region went quiet");
+}
+
+/// What the placement leader asks of a store's next heartbeat: every Region until the
+/// store has sent them all to this leader, again once the stores change, and while it
+/// schedules; and, at every beat, the Regions it runs an operator on or has not seen
+/// recorded yet.
+#[test]
+fn the_leader_asks_for_every_region_when_it_needs_them_and_follows_the_rest() {
+    let (mut state, regions) = three_full_stores_and_an_empty_one(&[b"", b"b", b""]);
+    apply(&mut state, Kind::SetScheduler(replicas_only()));
+    let mut plane = leading(&state);
+    let beats = |regions: &[Region]| -> Vec<RegionHeartbeat> {
+        regions.iter().map(|r| heartbeat(r, r.peers[0].id, &[])).collect()
+    };
+    let everything = |wants: &Wants| wants.all;
+    // A new leader wants everything from store 1 until a full heartbeat.
+    plane.store_heartbeat(1, at(200));
+    plane.region_heartbeats(&state, &[], at(200));
+    assert!(everything(&plane.wants(&state, 1, false, at(200))));
+    // Store 1's full heartbeat: a replica of Region 10 moves to store 4 (an id first).
+    let intake = plane.region_heartbeats(&state, &beats(&regions), at(300));
+    assert_eq!(intake.need_ids, vec![10]);
+    assert_eq!(intake.changed.len(), 2, "no leader recorded yet");
+    let wants = plane.wants(&state, 1, true, at(300));
+    assert_eq!(wants.watch, vec![10, 11], "their reports are not recorded yet");
+    for report in intake.changed {
+        apply(&mut state, Kind::ReportRegions(crate::Reports { reports: vec![report] }));
+    }
+    plane.supply_id(10, 500, 1);
+    let intake = plane.region_heartbeats(&state, &beats(&regions[..1]), at(400));
+    assert_eq!(intake.steps.len(), 1, "{intake:?}");
+    let wants = plane.wants(&state, 1, false, at(400));
+    assert_eq!(wants, Wants { all: true, watch: vec![10] }, "an operator runs on Region 10");
+    assert_eq!(plane.wants(&state, 2, false, at(400)).watch, Vec::<u64>::new(), "not 2's");
+    // The move ends (it times out here); SETTLE_MS later the leader is content with
+    // changes.
+    let later = config().timeouts.step_ms + 1_000;
+    for s in 1..=4 {
+        plane.store_heartbeat(s, at(later));
+    }
+    plane.region_heartbeats(&state, &beats(&regions[..1]), at(later));
+    assert_eq!(plane.counts().timed_out, 1);
+    assert!(plane.wants(&state, 1, false, at(later)).all, "it settles first");
+    let settled = later + SETTLE_MS;
+    for s in 1..=4 {
+        plane.store_heartbeat(s, at(settled));
+    }
+    plane.region_heartbeats(&state, &[], at(settled));
+    // Balancing is paused, so nothing starts again: a full heartbeat leaves it content.
+    apply(
+        &mut state,
+        Kind::SetScheduler(crate::SchedulerSettings { replicas_paused: true, ..replicas_only() }),
+    );
+    let wants = plane.wants(&state, 1, false, at(settled));
+    assert!(wants.all, "the settings changed");
+    let wants = plane.wants(&state, 1, true, at(settled));
+    assert_eq!(wants, Wants::default());
+    // Store 4 stops beating: once it is disconnected, every store is asked again.
+    let gone = settled + config().scheduler.disconnect_ms + 1;
+    for s in 1..=3 {
+        plane.store_heartbeat(s, at(gone));
+    }
+    assert!(plane.wants(&state, 1, false, at(gone)).all);
+    assert!(!plane.wants(&state, 1, true, at(gone)).all);
+    assert!(plane.wants(&state, 2, false, at(gone)).all, "store 2 has not sent all since");
+}

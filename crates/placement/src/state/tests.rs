@@ -278,7 +278,8 @@ fn grants_are_checked_recorded_removed_and_survive_a_reload() {
 
 proptest::proptest! {
     /// The start-key lookup of overlapping Regions finds what a scan of every Region
-    /// finds, through splits reported child first, parent first, together, and stale.
+    /// finds, through splits reported child first, parent first, together, and stale;
+    /// and so do the replica counts per store.
     #[test]
     fn overlaps_are_found_by_start_key_as_by_a_scan(
         ops in proptest::collection::vec((0u8..4, 0u8..=255, 0usize..64), 1..80),
@@ -298,7 +299,12 @@ proptest::proptest! {
                 _ if inside => {
                     let version = parent.version + 1;
                     let left = Region { end_key: cut.clone(), version, ..parent.clone() };
-                    let right = region(next_id, &cut, &parent.end_key, version);
+                    // On stores that vary, so that the replica counts are put to the test.
+                    let peers = (0..2).map(|i| Peer::new(next_id * 10 + i, 1 + (next_id + i) % 4));
+                    let right = Region {
+                        peers: peers.collect(),
+                        ..region(next_id, &cut, &parent.end_key, version)
+                    };
                     next_id += 1;
                     history.push(parent.clone());
                     match kind {
@@ -310,6 +316,10 @@ proptest::proptest! {
                 _ => continue,
             };
             apply(&mut state, command);
+            for store in 1..=5 {
+                let scanned = state.regions().filter(|r| r.peer_on_store(store).is_some()).count();
+                proptest::prop_assert_eq!(state.replica_count(store), scanned, "store {}", store);
+            }
             for (a, b, id) in &probes {
                 let (start, end) = (vec![*a.min(b)], if a == b { Vec::new() } else { vec![*a.max(b)] });
                 let probe = region(*id, &start, &end, 1);

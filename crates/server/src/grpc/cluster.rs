@@ -4,7 +4,7 @@
 
 use crate::commands::Storage;
 use crate::error::RequestError;
-use crate::heartbeat::Control;
+use crate::heartbeat::{Control, MAX_LOADS_ASKED};
 use crate::identity::Identity;
 use crate::network::{Directory, Links};
 use crate::placement::{Placement, NOT_PLACEMENT_LEADER};
@@ -398,7 +398,13 @@ impl Cluster for ClusterService {
             }));
         }
         let response = match self.parts.control.handle(req).await {
-            Ok(operators) => HeartbeatResponse { operators, ..Default::default() },
+            Ok((operators, wants)) => HeartbeatResponse {
+                operators,
+                send_all: wants.all,
+                watch: wants.watch,
+                filters: true,
+                ..Default::default()
+            },
             Err(e) => HeartbeatResponse { error: e.to_string(), ..Default::default() },
         };
         Ok(Response::new(response))
@@ -458,8 +464,14 @@ impl Cluster for ClusterService {
         &self,
         request: Request<RegionLoadsRequest>,
     ) -> Result<Response<RegionLoadsResponse>, Status> {
-        self.check_cluster(request.into_inner().cluster_id).map_err(|e| *e)?;
-        let response = match self.parts.control.local_region_loads() {
+        let request = request.into_inner();
+        self.check_cluster(request.cluster_id).map_err(|e| *e)?;
+        if request.region_ids.len() > MAX_LOADS_ASKED {
+            let asked = request.region_ids.len();
+            let limit = format!("at most {MAX_LOADS_ASKED} Regions' loads a call, not {asked}");
+            return Err(Status::invalid_argument(limit));
+        }
+        let response = match self.parts.control.local_region_loads(&request.region_ids) {
             Some(loads) => RegionLoadsResponse { loads, ..Default::default() },
             None => RegionLoadsResponse {
                 error: NOT_PLACEMENT_LEADER.into(),

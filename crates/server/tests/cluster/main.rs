@@ -747,7 +747,7 @@ async fn regions_split_by_size_as_they_grow_and_report_their_size() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let (pieces, size, keys) = loop {
         let leader = cluster.meta_leader().expect("a placement leader");
-        let loads = cluster.node(leader).control().region_loads().await;
+        let loads = cluster.node(leader).control().region_loads(None).await;
         let over: Vec<u64> = {
             let placement = cluster.node(leader).placement().read();
             let over = placement.regions().filter(|r| r.end_key.is_empty() || r.end_key > k("big"));
@@ -776,7 +776,7 @@ async fn regions_split_by_size_as_they_grow_and_report_their_size() {
     );
     // No Region is past the max once the checks caught up.
     let leader = cluster.meta_leader().expect("a placement leader");
-    let loads = cluster.node(leader).control().region_loads().await;
+    let loads = cluster.node(leader).control().region_loads(None).await;
     for (id, load) in &loads {
         assert!(load.approximate_size <= 96 << 10, "region {id}: {load:?}");
     }
@@ -788,7 +788,7 @@ async fn regions_split_by_size_as_they_grow_and_report_their_size() {
     let read_reported = loop {
         client.get(k("big0001")).await.expect("get").expect("the key is there");
         let leader = cluster.meta_leader().unwrap();
-        let loads = cluster.node(leader).control().region_loads().await;
+        let loads = cluster.node(leader).control().region_loads(None).await;
         let region = cluster.region_of(b"big0001");
         if loads.get(&region).is_some_and(|l| l.read_keys > 0 && l.read_bytes >= 1031) {
             break true;
