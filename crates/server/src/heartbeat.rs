@@ -61,6 +61,8 @@ pub struct Control {
     traffic: Mutex<Traffic>,
     /// Which Regions the next heartbeat reports.
     reporting: Mutex<Reporting>,
+    /// Region reports taken as placement leader (the metric is the process's).
+    reports_taken: std::sync::atomic::AtomicU64,
 }
 
 /// What this node told which placement leader.
@@ -120,6 +122,7 @@ impl Control {
             reads,
             traffic: Mutex::new(Traffic::default()),
             reporting: Mutex::new(Reporting::default()),
+            reports_taken: Default::default(),
         }
     }
 
@@ -273,6 +276,11 @@ impl Control {
         loads
     }
 
+    /// How many Region reports this node took from heartbeats while it led placement.
+    pub fn reports_taken(&self) -> u64 {
+        self.reports_taken.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Reads served here.
     pub fn reads(&self) -> &ReadFlow {
         &self.reads
@@ -408,6 +416,9 @@ impl Control {
             let state = self.placement.read();
             plane.store_heartbeat(request.store_id, now);
             let intake = plane.region_heartbeats(&state, &heartbeats, now);
+            let taken = heartbeats.len() as u64;
+            crate::metrics::METRICS.region_reports.inc_by(taken);
+            self.reports_taken.fetch_add(taken, std::sync::atomic::Ordering::Relaxed);
             (intake, plane.wants(&state, request.store_id, request.full, now))
         };
         if !intake.changed.is_empty() {

@@ -108,6 +108,9 @@ pub struct Metrics {
     pub tso_seconds: Histogram,
     /// Versions deleted by garbage collection.
     pub gc_deleted: IntCounter,
+    /// Region reports the placement leader took from heartbeats: what filtering them
+    /// (`scandium_placement::filter`) keeps down.
+    pub region_reports: IntCounter,
     /// Writing a round's new log entries (every group's, one batch).
     pub raft_append_seconds: Histogram,
     /// The fsync that makes a round's log writes durable.
@@ -233,6 +236,10 @@ impl Metrics {
             gc_deleted: counter(
                 "scandium_gc_deleted_versions_total",
                 "Old versions deleted by garbage collection.",
+            ),
+            region_reports: counter(
+                "scandium_region_reports_total",
+                "Region reports taken from heartbeats (on the placement leader).",
             ),
             raft_append_seconds: histogram(
                 "scandium_raft_append_duration_seconds",

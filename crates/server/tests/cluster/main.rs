@@ -1095,3 +1095,49 @@ async fn a_busy_snapshot_receiver_says_so_at_once() {
     let _ = holding.await;
     cluster.shutdown().await;
 }
+
+/// Heartbeats carry only what changed (`scandium_placement::filter`): with 40 idle Regions
+/// and 100 ms heartbeats, the placement leader takes each Region about once every 30
+/// beats, not at every beat; a write brings its Region's report at the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_regions_are_reported_now_and_then_and_a_written_one_at_once() {
+    let cluster = Cluster::start(3).await;
+    let asker = cluster.meta_leader().expect("a placement leader");
+    let bounds: Vec<Vec<u8>> = (1..40).map(|i| k(&format!("idle{i:02}"))).collect();
+    cluster.node(asker).splitter().split_at_keys(bounds).await.expect("splits");
+    cluster.wait_replicated(3, Duration::from_secs(20)).await;
+    let leader = cluster.meta_leader().expect("a placement leader");
+    let regions = cluster.node(leader).placement().read().region_count() as u64;
+    assert!(regions >= 40, "{regions} Regions");
+    // Every store has sent everything once, and nothing changes any more: over 30 beats,
+    // at most a few reports per Region (each in its turn, and what elections or wakings
+    // change), where every beat reporting all would be 30 per Region.
+    let control = cluster.node(leader).control();
+    let settled = Instant::now() + Duration::from_secs(20);
+    let (before, taken) = loop {
+        let before = control.reports_taken();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let taken = control.reports_taken() - before;
+        if taken <= 5 * regions || Instant::now() > settled {
+            break (before, taken);
+        }
+    };
+    println!("{taken} reports of {regions} idle Regions in 30 beats");
+    assert!(taken <= 5 * regions, "{taken} reports of {regions} Regions in 30 beats");
+    assert!(taken >= regions / 2, "each Region takes its turn: only {taken} reports");
+    // A write: its Region's report (with its traffic) comes at once.
+    let client = cluster.raw_client().await;
+    client.put(k("idle20x"), vec![b'v'; 4096]).await.expect("put");
+    let id = cluster.region_of(&k("idle20x"));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let loads = control.region_loads(Some(&[id])).await;
+        if loads.get(&id).is_some_and(|l| l.written_bytes > 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the written Region was not reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(control.reports_taken() > before + taken);
+    cluster.shutdown().await;
+}
