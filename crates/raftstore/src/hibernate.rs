@@ -121,11 +121,19 @@ pub(crate) fn ask_ticks(config: &RaftConfig) -> usize {
 
 impl Peer {
     /// Puts the replica to sleep, giving back what it holds only to be quick while
-    /// awake: its entry cache and raft-rs's windows of appends in flight.
+    /// awake: its entry cache, raft-rs's windows of appends in flight, and the room kept
+    /// in queues that are empty now (raft-rs's unpersisted entries, the proposals).
     pub(crate) fn fall_asleep(&mut self) {
         self.sleep = Sleep::Asleep;
         self.raw.mut_store().release_cache();
         self.raw.raft.maybe_free_inflight_buffers();
+        let unstable = &mut self.raw.raft.raft_log.unstable.entries;
+        if unstable.is_empty() {
+            *unstable = Vec::new();
+        }
+        if self.proposals.is_empty() {
+            self.proposals = Default::default();
+        }
     }
 
     /// Wakes the replica if it sleeps (or, a leader, asks to): it ticks again; a leader

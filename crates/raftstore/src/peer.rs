@@ -153,7 +153,7 @@ pub struct Peer {
     pub(crate) pending_snapshot: Option<SnapshotData>,
     /// A snapshot whose Raft state is installed and whose data is going in, step by step:
     /// until it is all in, the replica takes no message, tick or read.
-    pub(crate) installing: Option<crate::snapshot::Install>,
+    pub(crate) installing: Option<Box<crate::snapshot::Install>>,
     /// Entries committed in the round that installed a snapshot's Raft state, applied
     /// once its data is in.
     pub(crate) deferred: Vec<raft::prelude::Entry>,

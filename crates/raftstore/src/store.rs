@@ -141,7 +141,7 @@ pub struct Store {
     /// By group id, in order: rounds visit groups in this order, so that the batches
     /// written and the messages sent are the same from one run to the next (the simulator
     /// depends on it).
-    peers: BTreeMap<u64, Peer>,
+    peers: BTreeMap<u64, Box<Peer>>,
     /// Destroyed replicas: group id to the replica's id.
     tombstones: BTreeMap<u64, u64>,
     meta: Box<dyn MetaStateMachine>,
@@ -280,7 +280,7 @@ impl Store {
                 peer.votes_refused_until_ms = u64::MAX;
                 if let Some(pending) = installs.get(&group_id) {
                     tracing::info!(group = group_id, "installing a snapshot's data again");
-                    peer.installing = Some(Install::new(pending.clone()));
+                    peer.installing = Some(Box::new(Install::new(pending.clone())));
                     store.installing.insert(group_id);
                 }
             }
@@ -328,7 +328,7 @@ impl Store {
         }
         let id = peer.region.id;
         self.beat_targets.extend(peer.region.peers.iter().map(|p| p.store_id));
-        self.peers.insert(id, peer);
+        self.peers.insert(id, Box::new(peer));
         self.ticking.insert(id);
         Ok(self.peer_mut(id))
     }
@@ -587,7 +587,7 @@ impl Store {
         );
         self.tombstones.remove(&message.region_id);
         self.beat_targets.insert(message.from.store_id);
-        self.peers.insert(message.region_id, peer);
+        self.peers.insert(message.region_id, Box::new(peer));
         self.ticking.insert(message.region_id);
         self.dirty.insert(message.region_id);
         Ok(())
@@ -868,7 +868,7 @@ impl Store {
         peer.votes_refused_until_ms = u64::MAX;
         self.dirty.insert(peer.region.id);
         self.ticking.insert(peer.region.id);
-        self.peers.insert(peer.region.id, peer);
+        self.peers.insert(peer.region.id, Box::new(peer));
         Ok(())
     }
 
@@ -1176,7 +1176,8 @@ impl Store {
     fn check_stale_replicas(&mut self) {
         let period = STALE_CHECK_ELECTIONS * self.config.max_election_ticks.max(1);
         let ticking = |p: &&Peer| p.initialized && !p.is_leader() && p.sleep.is_awake();
-        for peer in self.ticking.iter().filter_map(|id| self.peers.get(id)).filter(ticking) {
+        let peers = self.ticking.iter().filter_map(|id| self.peers.get(id).map(|p| &**p));
+        for peer in peers.filter(ticking) {
             let elapsed = peer.raw.raft.election_elapsed;
             if elapsed == 0 || !elapsed.is_multiple_of(period) {
                 continue;
@@ -1228,7 +1229,7 @@ impl Store {
         }
         !self.outbox.is_empty()
             || !self.events.is_empty()
-            || self.dirty.iter().any(|id| self.peers.get(id).is_some_and(has_work))
+            || self.dirty.iter().any(|id| self.peers.get(id).is_some_and(|p| has_work(p)))
     }
 
     /// The local replica of a group, marked as one that may have work (see `dirty`) and
@@ -1546,7 +1547,7 @@ impl Store {
 
     /// Marks a group if it has work now: for changes that often make none.
     fn mark_if_busy(&mut self, id: u64) {
-        if self.peers.get(&id).is_some_and(has_work) {
+        if self.peers.get(&id).is_some_and(|p| has_work(p)) {
             self.dirty.insert(id);
         }
     }
@@ -1760,7 +1761,7 @@ impl Store {
     pub fn status(&self, id: u64) -> Option<RegionStatus> {
         let (config, now) = (&self.config, self.now_ms);
         let serving = |p: &&Peer| p.initialized && p.installing.is_none();
-        self.peers.get(&id).filter(serving).map(|p| status_of(p, config, now))
+        self.peers.get(&id).map(|p| &**p).filter(serving).map(|p| status_of(p, config, now))
     }
 
     /// The Regions led here that are due for a measurement (see [`crate::stats`]), each
@@ -2054,7 +2055,7 @@ fn install_snapshot(
         chunks: data.chunks,
     };
     batch.put(Cf::RaftState, keys::install_key(region.id), pending.encode_to_vec());
-    peer.installing = Some(Install::new(pending));
+    peer.installing = Some(Box::new(Install::new(pending)));
     let conf_state = ConfStateRecord::from(snapshot.get_metadata().get_conf_state());
     peer.raw.mut_store().apply_snapshot(snapshot, region.clone(), batch);
     write_region_state(batch, &region, &conf_state);
