@@ -179,10 +179,13 @@ fn a_compare_and_swap_without_a_linearizable_read_is_caught() {
     // is c3.87", a second after another node's client wrote c3.89. Seed 544 since removed
     // replicas linger (the first of 0..630); 1401 since a lingering replica asks every
     // voter (the only one of 0..1,566 and 2,000..2,530); 810 since groups hibernate and
-    // the runs have quiet spells (the first of 0..850).
-    let config = RunConfig { unsafe_cas: true, ..RunConfig::default() };
-    assert!(!run(810, &config).anomalies.is_empty(), "seed 810 missed the stale swap");
-    assert!(run(810, &RunConfig::default()).anomalies.is_empty(), "seed 810");
+    // the runs have quiet spells (the first of 0..850). Since heartbeats carry only what
+    // changed, no seed of 0..2,000 (20 s runs) or 0..1,000 (registers only) caught it;
+    // seed 24 of 60 s runs does (the first of 0..24).
+    let long = RunConfig { duration_ms: 60_000, ..RunConfig::default() };
+    let config = RunConfig { unsafe_cas: true, ..long.clone() };
+    assert!(!run(24, &config).anomalies.is_empty(), "seed 24 missed the stale swap");
+    assert!(run(24, &long).anomalies.is_empty(), "seed 24");
 }
 
 #[test]
@@ -275,12 +278,15 @@ fn a_read_path_without_leases_is_caught() {
 fn a_sleeping_leader_that_keeps_a_lease_is_caught() {
     // A leader that grants itself a lease as it goes to sleep (and keeps it once woken,
     // until it learns it was deposed) serves reads while a new leader, elected when its
-    // node fell silent, takes writes: the checker finds the stale read. Seed 81 is the
-    // first of 0..100 that shows it; so hibernation's rule (a leader sleeps only once its
-    // lease has run out, and nothing renews it asleep) is one the runs would catch.
-    let config = RunConfig { unsafe_sleeping_lease: true, ..RunConfig::default() };
-    assert!(!run(81, &config).anomalies.is_empty(), "seed 81 missed the sleeping lease");
-    assert!(run(81, &RunConfig::default()).anomalies.is_empty(), "seed 81");
+    // node fell silent, takes writes: the checker finds the stale read. Seed 268 of 60 s
+    // runs is the first of 0..268 that shows it since heartbeats carry only what changed
+    // (no seed of 0..2,000 in 20 s runs did; seed 81 was the first of 0..100 before); so
+    // hibernation's rule (a leader sleeps only once its lease has run out, and nothing
+    // renews it asleep) is one the runs would catch.
+    let long = RunConfig { duration_ms: 60_000, ..RunConfig::default() };
+    let config = RunConfig { unsafe_sleeping_lease: true, ..long.clone() };
+    assert!(!run(268, &config).anomalies.is_empty(), "seed 268 missed the sleeping lease");
+    assert!(run(268, &long).anomalies.is_empty(), "seed 268");
 }
 
 #[test]
