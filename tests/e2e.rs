@@ -366,7 +366,7 @@ async fn zero_config_server_and_cli() {
     drop(server);
 }
 
-/// `scandium bench` runs every workload with both clients (timestamps with tikv-client
+/// `scandium bench` runs every workload with both clients (timestamps and wake-ups with tikv-client
 /// only); afterwards every key still reads back through `tikv-client` (so no run left
 /// the store unreadable) and holds the value shape the workload writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,6 +412,10 @@ async fn bench_runs_every_workload_with_both_clients() {
     assert!(field("longest_gap_us=").is_some(), "{out}");
     let (ok, out) = cli(&["bench", "--pd", &server.addr, "--workload", "tso", "--client", "batch"]);
     assert!(!ok && out.contains("--workload tso goes through tikv-client"), "{out}");
+    // Writes to sleeping Regions: three rounds over five Regions, each once all sleep.
+    let (ok, out) = cli(&["bench", "--pd", &server.addr, "--workload", "wake", "--keys", "5"]);
+    assert!(ok && out.contains("first write, Region asleep: n=15 "), "{out}");
+    assert!(out.contains("waking costs p50_us="), "{out}");
     let config = tikv_client::Config::default().with_timeout(Duration::from_secs(10));
     let txn_client =
         tikv_client::TransactionClient::new_with_config(vec![server.addr.clone()], config)

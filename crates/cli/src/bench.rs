@@ -37,6 +37,9 @@ enum Workload {
     /// client batches over one stream to the placement leader): what a failover costs
     /// the timestamp oracle, apart from storage.
     Tso,
+    /// A write to each of `--keys` sleeping Regions (at most 1,000), then a second one to
+    /// the same Region, awake: what hibernation costs a Region's first write (`wake.rs`).
+    Wake,
 }
 
 /// Which client drives the workload.
@@ -296,7 +299,7 @@ async fn preload_etcd(client: &EtcdClient, keys: u64, value: &[u8]) -> Result<()
 fn raw_op(workload: Workload, rng: &mut impl Rng, keys: u64) -> (Vec<u8>, bool) {
     let k = key(rng.gen_range(0..keys));
     let write = match workload {
-        Workload::Put => true,
+        Workload::Put | Workload::Wake => true,
         Workload::Get | Workload::Txn | Workload::Tso => false,
         Workload::Mixed => rng.gen_bool(0.5),
     };
@@ -332,6 +335,12 @@ async fn show_progress(duration: u64) {
 pub async fn run(args: BenchArgs) -> Result<(), String> {
     if args.clients == 0 || args.keys == 0 || args.duration == 0 {
         return Err("clients, keys and duration must be positive".into());
+    }
+    if args.workload == Workload::Wake {
+        if args.client != ClientKind::Tikv || args.keyspace.is_some() {
+            return Err("--workload wake goes through tikv-client, API V1".into());
+        }
+        return crate::wake::run(&args.pd, args.keys, args.value_size).await;
     }
     let driver = connect_driver(&args).await?;
     if !matches!(args.workload, Workload::Put | Workload::Tso) {

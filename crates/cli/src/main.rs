@@ -17,6 +17,7 @@ mod kv;
 mod playground;
 mod server;
 mod tls;
+mod wake;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -97,6 +97,16 @@ pub async fn channel(address: &str) -> Result<Channel, String> {
 /// GETs `path` from the node at `address` (over TLS if the tools use it) and parses the
 /// body as JSON; `None` on any failure.
 pub async fn get_json(address: &str, path: &str) -> Option<serde_json::Value> {
+    serde_json::from_slice(&get(address, path).await?).ok()
+}
+
+/// The same, the body as text.
+pub async fn get_text(address: &str, path: &str) -> Option<String> {
+    String::from_utf8(get(address, path).await?.to_vec()).ok()
+}
+
+/// GETs `path` from the node at `address`: the body, `None` on any failure.
+async fn get(address: &str, path: &str) -> Option<hyper::body::Bytes> {
     let address = bare(address).trim_end_matches('/');
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, address)
@@ -112,8 +122,7 @@ pub async fn get_json(address: &str, path: &str) -> Option<serde_json::Value> {
         }
         None => send(tcp, request).await?,
     };
-    let body = hyper::body::to_bytes(response.into_body()).await.ok()?;
-    serde_json::from_slice(&body).ok()
+    hyper::body::to_bytes(response.into_body()).await.ok()
 }
 
 /// One HTTP/1.1 request on `stream`.
