@@ -344,16 +344,6 @@ async fn region_sizes(pd: &str) -> BTreeMap<u64, (u64, u64)> {
     }
 }
 
-fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
-    if !text.len().is_multiple_of(2) {
-        return Err("hex key needs an even number of digits".into());
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|e| format!("bad hex key: {e}")))
-        .collect()
-}
-
 pub async fn run(args: CtlArgs) -> Result<(), String> {
     let mut pd = PdClient::new(crate::tls::channel(&args.pd).await?);
     let members = pd
@@ -365,7 +355,7 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
     let output = match args.command {
         CtlCommand::Regions { containing: key, hex } => {
             let wanted = match key {
-                Some(key) if hex => Some(parse_hex(&key)?),
+                Some(key) if hex => Some(scandium_types::codec::decode_hex(&key)?),
                 Some(key) => Some(key.into_bytes()),
                 None => None,
             };
@@ -731,7 +721,13 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
         CtlCommand::Split { keys, hex } => {
             let keys = keys
                 .into_iter()
-                .map(|key| if hex { parse_hex(&key) } else { Ok(key.into_bytes()) })
+                .map(|key| {
+                    if hex {
+                        scandium_types::codec::decode_hex(&key)
+                    } else {
+                        Ok(key.into_bytes())
+                    }
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let request = pdpb::SplitRegionsRequest {
                 header: header(cluster_id),

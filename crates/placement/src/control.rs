@@ -109,7 +109,7 @@ pub const BALANCE_REFRESH_MS: u64 = 3_000;
 /// scheduler's settings changed.
 #[derive(Clone, Debug, PartialEq)]
 struct Outlook {
-    stores: Vec<(StoreId, scheduler::StoreStatus, i32, Vec<scandium_types::StoreLabel>)>,
+    stores: Vec<(StoreId, scheduler::StoreStatus, Vec<scandium_types::StoreLabel>)>,
     settings: crate::SchedulerSettings,
     replicas: u64,
 }
@@ -504,7 +504,7 @@ impl ControlPlane {
     fn look_out(&mut self, state: &PlacementState, live: &Liveness) {
         let stores = state.stores().map(|s| {
             let status = scheduler::store_status(s, live, &self.effective);
-            (s.id, status, s.state, s.labels.clone())
+            (s.id, status, s.labels.clone())
         });
         let outlook = Outlook {
             stores: stores.collect(),

@@ -168,8 +168,10 @@ impl HeartbeatFilter {
     pub fn select_by<T>(&mut self, led: impl IntoIterator<Item = (Facts, T)>) -> Selection<T> {
         self.beats += 1;
         let beat = self.beats;
-        let full =
-            std::mem::take(&mut self.send_all) || std::mem::replace(&mut self.awaiting, true);
+        // Every beat awaits its answer, a full one too (`||` would skip the mark: a lost
+        // answer to a full beat then went unnoticed).
+        let unanswered = std::mem::replace(&mut self.awaiting, true);
+        let full = std::mem::take(&mut self.send_all) || unanswered;
         let turn = beat % self.full_every;
         let mut heartbeats = Vec::new();
         for (facts, heartbeat) in led {
@@ -294,6 +296,13 @@ mod tests {
         // The leader asks for everything.
         let selection = filter.select(led());
         filter.answered(selection.seq, Wants { all: true, watch: Vec::new() });
-        assert!(filter.select(led()).full);
+        let asked = filter.select(led());
+        assert!(asked.full);
+        // The answer to that full beat is lost: the next is full again.
+        assert!(filter.select(led()).full, "a full beat awaits its answer too");
+        // So is the answer to a new filter's first beat.
+        let mut fresh = HeartbeatFilter::new(1_000);
+        assert!(fresh.select(led()).full);
+        assert!(fresh.select(led()).full, "the first beat's answer never came");
     }
 }

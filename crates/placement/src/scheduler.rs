@@ -300,7 +300,7 @@ pub fn decide(
             let others: Vec<Location> =
                 good_voters.iter().filter(|o| o.id != p.id).filter_map(|o| located(o)).collect();
             let others: Vec<&Location> = others.iter().collect();
-            (overlap(&mine, &others), replica_count(state, p.store_id), p.store_id)
+            (overlap(&mine, &others), state.replica_count(p.store_id), p.store_id)
         })?;
         return Some(Decision::Remove((*victim).clone()));
     }
@@ -790,12 +790,8 @@ fn pick_store(
     usable
         .iter()
         .filter(|s| region.peer_on_store(s.id).is_none())
-        .min_by_key(|s| (overlap(&location(s, config), &others), replica_count(state, s.id), s.id))
+        .min_by_key(|s| (overlap(&location(s, config), &others), state.replica_count(s.id), s.id))
         .map(|s| s.id)
-}
-
-fn replica_count(state: &PlacementState, store: StoreId) -> usize {
-    state.replica_count(store)
 }
 
 #[cfg(test)]

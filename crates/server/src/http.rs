@@ -140,7 +140,8 @@ async fn regions(
     axum::extract::Query(query): axum::extract::Query<PdRegionsQuery>,
 ) -> Result<Json<Value>, (axum::http::StatusCode, String)> {
     let bad = |message: String| (axum::http::StatusCode::BAD_REQUEST, message);
-    let key = parse_hex_key(&query.key).map_err(bad)?;
+    let key =
+        scandium_types::codec::decode_hex(&query.key).map_err(|e| bad(format!("key: {e}")))?;
     let limit = query.limit.unwrap_or(PD_PAGE).clamp(1, MAX_LOADS_ASKED);
     let (regions, next_key, total) = {
         let placement = node.placement.read();
@@ -158,20 +159,6 @@ async fn regions(
         answer["next_key"] = json!(next_key);
     }
     Ok(Json(answer))
-}
-
-/// A key given in hex (`key=` of the HTTP API).
-fn parse_hex_key(text: &str) -> Result<Vec<u8>, String> {
-    if !text.len().is_multiple_of(2) {
-        return Err("key: an even number of hex digits".into());
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            let digits = text.get(i..i + 2).ok_or("key: hex digits only")?;
-            u8::from_str_radix(digits, 16).map_err(|_| "key: hex digits only".to_string())
-        })
-        .collect()
 }
 
 /// The operators the placement leader runs (PD's route; PD's fields differ: ours say in

@@ -65,10 +65,34 @@ pub fn decode_bytes(encoded: &[u8]) -> Result<Vec<u8>, DecodeError> {
     }
 }
 
+/// Bytes written as hexadecimal digits, two a byte (keys given on a command line or in a
+/// URL): an error, not a panic, for any other text.
+pub fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
+    if !text.len().is_multiple_of(2) {
+        return Err("hex: an even number of digits is needed".into());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            let digits = text.get(i..i + 2).ok_or("hex: digits 0-9 and a-f only")?;
+            u8::from_str_radix(digits, 16).map_err(|_| "hex: digits 0-9 and a-f only".into())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn hex_is_read_or_refused() {
+        assert_eq!(decode_hex("00ff7A"), Ok(vec![0, 255, 122]));
+        assert_eq!(decode_hex(""), Ok(vec![]));
+        for bad in ["abc", "zz", "é1", "1é"] {
+            assert!(decode_hex(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn known_encodings() {
