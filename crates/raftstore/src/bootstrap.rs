@@ -25,12 +25,24 @@ pub fn write_initial_group(batch: &mut WriteBatch, region: &Region) {
 
 /// Writes a peer's view of its Region and configuration into `batch`.
 pub fn write_region_state(batch: &mut WriteBatch, region: &Region, conf_state: &ConfStateRecord) {
+    write_merging_state(batch, region, conf_state, None);
+}
+
+/// Writes a peer's view of its Region, configuration and the merge it is frozen for, if
+/// any (see [`crate::merge`]), into `batch`.
+pub fn write_merging_state(
+    batch: &mut WriteBatch,
+    region: &Region,
+    conf_state: &ConfStateRecord,
+    merge_state: Option<&crate::merge::MergeState>,
+) {
     let state = RegionLocalState {
         region: Some(region.clone()),
         state: PeerState::Normal as i32,
         conf_state: Some(conf_state.clone()),
         removed_peer_id: 0,
         lingering: None,
+        merge_state: merge_state.cloned(),
     };
     batch.put(Cf::RaftState, keys::region_state_key(region.id), state.encode_to_vec());
 }
@@ -44,6 +56,7 @@ pub fn write_tombstone(batch: &mut WriteBatch, region: &Region, peer_id: u64) {
         conf_state: None,
         removed_peer_id: peer_id,
         lingering: None,
+        merge_state: None,
     };
     batch.put(Cf::RaftState, keys::region_state_key(region.id), state.encode_to_vec());
 }
@@ -63,6 +76,7 @@ pub fn write_lingering(
         conf_state: Some(conf_state.clone()),
         removed_peer_id: peer_id,
         lingering: Some(lingering.clone()),
+        merge_state: None,
     };
     batch.put(Cf::RaftState, keys::region_state_key(region.id), state.encode_to_vec());
 }

@@ -2,9 +2,10 @@
 //! applied here.
 //!
 //! A command is either a batch of writes to the data column families, computed by the
-//! caller against a snapshot while it held latches on the keys, or an admin command (split).
-//! Commands carry the Region epoch they were proposed under; apply re-checks them so a write
-//! that raced a split never lands outside its Region.
+//! caller against a snapshot while it held latches on the keys, or an admin command (a
+//! split, or one of the three steps of a merge: see [`crate::merge`]). Commands carry the
+//! Region epoch they were proposed under; apply re-checks them so a write that raced a
+//! split or a merge never lands outside its Region.
 
 use scandium_storage::{Cf, WriteBatch};
 use scandium_types::{Region, RegionEpoch};
@@ -86,6 +87,16 @@ pub struct RaftCommand {
     /// as a repeated field it reads such entries back as a list of one.)
     #[prost(message, repeated, tag = "5")]
     pub splits: Vec<SplitRequest>,
+    /// Admin command freezing the Region (the source) to merge it into a neighbour.
+    #[prost(message, optional, boxed, tag = "6")]
+    pub prepare_merge: Option<Box<crate::merge::PrepareMerge>>,
+    /// Admin command, in the target's log, absorbing a source frozen by its
+    /// `prepare_merge`; the command's epoch is the target's.
+    #[prost(message, optional, boxed, tag = "7")]
+    pub commit_merge: Option<Box<crate::merge::CommitMerge>>,
+    /// Admin command, in the source's log, thawing it: the merge cannot commit any more.
+    #[prost(message, optional, boxed, tag = "8")]
+    pub rollback_merge: Option<Box<crate::merge::RollbackMerge>>,
 }
 
 impl RaftCommand {
@@ -114,7 +125,7 @@ impl RaftCommand {
             conf_ver: epoch.conf_ver,
             version: epoch.version,
             writes,
-            splits: Vec::new(),
+            ..Default::default()
         }
     }
 
@@ -124,14 +135,22 @@ impl RaftCommand {
             region_id: region.id,
             conf_ver: region.conf_ver,
             version: region.version,
-            writes: Vec::new(),
             splits: cuts,
+            ..Default::default()
         }
     }
 
     /// Whether this is a split (rather than a write).
     pub fn is_split(&self) -> bool {
         !self.splits.is_empty()
+    }
+
+    /// Whether this is an admin command (a split or a merge step) rather than a write.
+    pub fn is_admin(&self) -> bool {
+        self.is_split()
+            || self.prepare_merge.is_some()
+            || self.commit_merge.is_some()
+            || self.rollback_merge.is_some()
     }
 
     /// The command's writes as (column family, key, value, delete), for observers of

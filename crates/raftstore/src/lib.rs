@@ -9,8 +9,8 @@
 //!
 //! * [`Store`] owns every peer on the node and runs rounds of Ready handling.
 //! * [`PeerStorage`](storage::PeerStorage) is raft-rs's `Storage` on the engine.
-//! * Data Regions carry [`RaftCommand`]s: write batches computed by the layers above, or a
-//!   split. The placement group carries opaque commands that a [`MetaStateMachine`]
+//! * Data Regions carry [`RaftCommand`]s: write batches computed by the layers above, a
+//!   split, or a step of a merge ([`merge`]). The placement group carries opaque commands that a [`MetaStateMachine`]
 //!   supplied by the server applies.
 //! * [`Registry`] publishes each Region's range, epoch, leadership and lease to request
 //!   handlers.
@@ -31,6 +31,7 @@ pub mod keys;
 pub mod linger;
 pub mod liveness;
 pub mod logger;
+pub mod merge;
 pub mod message;
 pub mod peer;
 pub mod registry;
@@ -73,6 +74,9 @@ pub enum ApplyOutput {
     Meta(Box<dyn Any + Send>),
     /// The membership changed; the Region as it is now.
     ConfChanged(Region),
+    /// A step of a merge took effect; the Region as it is now (the source frozen or
+    /// thawed, or the target widened).
+    Merge(Region),
 }
 
 impl std::fmt::Debug for ApplyOutput {
@@ -85,6 +89,7 @@ impl std::fmt::Debug for ApplyOutput {
             }
             ApplyOutput::Meta(_) => write!(f, "Meta"),
             ApplyOutput::ConfChanged(region) => write!(f, "ConfChanged({})", region.id),
+            ApplyOutput::Merge(region) => write!(f, "Merge({})", region.id),
         }
     }
 }

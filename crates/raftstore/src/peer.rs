@@ -189,6 +189,9 @@ pub struct Peer {
     pub(crate) lingering: Option<crate::linger::Lingering>,
     /// Where it is in hibernation (see the `hibernate` module).
     pub(crate) sleep: Sleep,
+    /// Set while the Region is frozen to merge into a neighbour (see [`crate::merge`]):
+    /// it takes no proposal and serves no read.
+    pub(crate) merging: Option<Box<crate::merge::MergeState>>,
 }
 
 impl Peer {
@@ -255,6 +258,7 @@ impl Peer {
             stats: crate::stats::RegionStats::default(),
             lingering: None,
             sleep: Sleep::default(),
+            merging: None,
         })
     }
 
@@ -265,9 +269,12 @@ impl Peer {
 
     /// Whether the leader has applied an entry of its own term, and therefore everything
     /// committed before it: only then do reads from its state machine see every
-    /// acknowledged write.
+    /// acknowledged write. A Region frozen for a merge serves none: once the target has
+    /// absorbed it, its keys are written there.
     pub fn ready_for_reads(&self) -> bool {
-        self.is_leader() && self.raw.store().apply_state().applied_term == self.raw.raft.term
+        self.is_leader()
+            && self.raw.store().apply_state().applied_term == self.raw.raft.term
+            && self.merging.is_none()
     }
 
     /// The leader's peer, if known.
@@ -347,11 +354,23 @@ impl Peer {
         callback: Callback,
         now_ms: u64,
     ) {
+        self.propose_with_context(Vec::new(), data, command, callback, now_ms)
+    }
+
+    /// Proposes an entry whose context is `context` (see [`crate::merge`]).
+    pub(crate) fn propose_with_context(
+        &mut self,
+        context: Vec<u8>,
+        data: Vec<u8>,
+        command: Option<RaftCommand>,
+        callback: Callback,
+        now_ms: u64,
+    ) {
         if !self.is_leader() {
             return callback(Err(self.not_leader()));
         }
         let before = self.raw.raft.raft_log.last_index();
-        if let Err(e) = self.raw.propose(Vec::new(), data) {
+        if let Err(e) = self.raw.propose(context, data) {
             tracing::debug!(group = self.region.id, error = %e, "proposal dropped");
             return callback(Err(self.not_leader()));
         }
@@ -360,9 +379,11 @@ impl Peer {
             return callback(Err(self.not_leader()));
         }
         let term = self.raw.raft.term;
-        if command.as_ref().is_some_and(|c| c.is_split()) {
+        if command.as_ref().is_some_and(|c| c.is_split() || c.prepare_merge.is_some()) {
             // The followers must apply a split before the new Region's leader can replicate
             // anything to them: tell them of its commit at once, not at the next heartbeat.
+            // Likewise a merge's prepare: its leader may be absorbed before it heartbeats
+            // again, and a follower that learns of the freeze itself needs no catching up.
             self.raw.skip_bcast_commit(false);
             self.broadcast_commit_until = Some(index);
         }

@@ -90,6 +90,10 @@ pub struct RegionLocalState {
     /// For a lingering replica (whose id is `removed_peer_id`): what it waits for.
     #[prost(message, optional, tag = "5")]
     pub lingering: Option<crate::linger::Lingering>,
+    /// For a Region frozen to merge into a neighbour (see [`crate::merge`]): the merge
+    /// under way. For a tombstone: the merge that absorbed it.
+    #[prost(message, optional, tag = "6")]
+    pub merge_state: Option<crate::merge::MergeState>,
 }
 
 /// raft-rs's `ConfState`, persisted with the Region it describes: raft-rs rebuilds its

@@ -108,6 +108,15 @@ impl RegionStats {
         (kept, share)
     }
 
+    /// The figures of a target that absorbed a merged source whose figures were `source`:
+    /// both added up, unmeasured (the leader measures the union soon). Traffic counters
+    /// run on.
+    pub fn absorb(&mut self, source: &RegionStats) {
+        self.approximate_size += source.approximate_size;
+        self.approximate_keys += source.approximate_keys;
+        self.measured = false;
+    }
+
     /// Whether a measurement is due: never measured, or a sixteenth of the split size
     /// written since the last one.
     pub fn wants_measuring(&self, policy: &SplitPolicy) -> bool {

@@ -16,7 +16,9 @@
 //! its Raft thread and passes the time in ([`Store::tick`]).
 
 use crate::apply::{apply_command, Applied};
-use crate::bootstrap::{write_initial_group, write_lingering, write_region_state, write_tombstone};
+use crate::bootstrap::{
+    write_initial_group, write_lingering, write_merging_state, write_region_state, write_tombstone,
+};
 use crate::command::{EncodedCommand, RaftCommand};
 use crate::conf_change::{self, PeerChange};
 use crate::error::RaftstoreError;
@@ -25,6 +27,7 @@ use crate::keys;
 use crate::linger::Lingering;
 use crate::liveness::{StoreLiveness, Transition};
 use crate::logger::raft_logger;
+use crate::merge::{self, MergeState};
 use crate::message::PeerMessage;
 use crate::peer::{Peer, RaftConfig, ReadCallback, Sleep};
 use crate::registry::{GroupStatus, RegionStatus, Registry};
@@ -172,6 +175,15 @@ pub struct Store {
     beat_targets: BTreeSet<u64>,
     /// Groups whose leader here went to sleep, since the store started.
     slept: u64,
+    /// Regions whose replica here is frozen to merge into a neighbour (see
+    /// [`crate::merge`]): each looks at its target every [`merge::MERGE_CHECK_TICKS`].
+    merging: BTreeSet<u64>,
+    /// When a commit of each frozen source was last proposed from here (store clock).
+    commits_proposed: BTreeMap<u64, u64>,
+    /// Targets whose apply waits at a commit of a merge for their source replica here.
+    merge_waiting: BTreeSet<u64>,
+    /// Targets to look at again in the next round (taken from `merge_waiting` each tick).
+    merge_retry: BTreeSet<u64>,
     now_ms: u64,
     ticks: u64,
     /// Messages produced outside rounds (answers to stale replicas).
@@ -246,6 +258,10 @@ impl Store {
             liveness,
             beat_targets: BTreeSet::new(),
             slept: 0,
+            merging: BTreeSet::new(),
+            commits_proposed: BTreeMap::new(),
+            merge_waiting: BTreeSet::new(),
+            merge_retry: BTreeSet::new(),
             now_ms: 0,
             ticks: 0,
             outbox: Vec::new(),
@@ -271,9 +287,11 @@ impl Store {
                 continue;
             }
             let conf_state = state.conf_state();
+            let merge_state = state.merge_state;
             let region = state.region.unwrap_or_default();
             debug_assert_eq!(region.id, group_id);
             if let Some(peer) = store.start_peer(region, &conf_state, false)? {
+                peer.merging = merge_state.map(Box::new);
                 // A restarted replica may have heard from a leader just before it went
                 // down; it must not help elect another one until that leader's lease has
                 // surely run out (the deadline is set by the first clock reading).
@@ -285,6 +303,8 @@ impl Store {
                 }
             }
         }
+        let frozen = store.peers.iter().filter(|(_, p)| p.merging.is_some());
+        store.merging = frozen.map(|(id, _)| *id).collect();
         for id in store.peers.keys().copied().collect::<Vec<_>>() {
             store.publish(id);
         }
@@ -371,9 +391,63 @@ impl Store {
         }
         let now = self.now_ms;
         match self.peer_mut(group_id) {
+            // Frozen for a merge: the client asks placement again, and finds the target
+            // once the merge is done (or this Region again, thawed).
+            Some(peer) if peer.merging.is_some() => {
+                callback(Err(RaftstoreError::NotLeader { region_id: group_id, leader: None }))
+            }
             Some(peer) if peer.initialized => peer.propose(data, command, callback, now),
             _ => callback(Err(RaftstoreError::RegionNotFound(group_id))),
         }
+    }
+
+    /// Proposes to freeze the local leader's Region (the source) to merge it into its
+    /// neighbour `target`, as placement last saw it; `callback` gets
+    /// [`ApplyOutput::Merge`] with the frozen source once applied. The rest follows by
+    /// itself (see [`crate::merge`]): the target absorbs it, or, if the target changed
+    /// first, the source is thawed. Refused ([`RaftstoreError::ChangeRefused`]) unless the
+    /// two are neighbours with replicas on the same stores, the target's replica here is
+    /// at `target`'s epoch, and every follower has the log nearly up to the leader's.
+    pub fn propose_prepare_merge(&mut self, source_id: u64, target: Region, callback: Callback) {
+        let now = self.now_ms;
+        self.touch(source_id);
+        let local_target = self.peers.get(&target.id).filter(|p| p.initialized);
+        let target_check = match local_target {
+            None => Err(format!("no replica of region {} here", target.id)),
+            Some(t) if t.region.epoch() != target.epoch() => Err(format!(
+                "region {} is at {:?} here, not {:?}",
+                target.id,
+                t.region.epoch(),
+                target.epoch()
+            )),
+            Some(t) if t.merging.is_some() => {
+                Err(format!("region {} is itself being merged", target.id))
+            }
+            Some(_) => Ok(()),
+        };
+        let config = &self.config;
+        let Some(peer) = self.peers.get_mut(&source_id).filter(|p| p.initialized) else {
+            return callback(Err(RaftstoreError::RegionNotFound(source_id)));
+        };
+        if !peer.is_leader() {
+            return callback(Err(peer.not_leader()));
+        }
+        let checked = target_check
+            .and_then(|()| merge::check_shapes(&peer.region, &target))
+            .and_then(|()| check_prepare(peer, config));
+        let min_index = match checked {
+            Ok(min_index) => min_index,
+            Err(reason) => return callback(Err(RaftstoreError::ChangeRefused(reason))),
+        };
+        let command = RaftCommand {
+            region_id: source_id,
+            conf_ver: peer.region.conf_ver,
+            version: peer.region.version,
+            prepare_merge: Some(Box::new(merge::PrepareMerge { target: Some(target), min_index })),
+            ..Default::default()
+        };
+        let data = command.encode_to_vec();
+        peer.propose(data, Some(command), callback, now);
     }
 
     /// Proposes a membership change of a group; `callback` gets
@@ -394,6 +468,10 @@ impl Store {
         };
         if !peer.is_leader() {
             return callback(Err(peer.not_leader()));
+        }
+        if peer.merging.is_some() {
+            let reason = format!("region {group_id} is frozen for a merge");
+            return callback(Err(RaftstoreError::ChangeRefused(reason)));
         }
         if let Err(reason) = check_conf_change(peer, &changes, &self.config, now) {
             return callback(Err(RaftstoreError::ChangeRefused(reason)));
@@ -702,10 +780,13 @@ impl Store {
         if local.initialized && region.epoch().is_stale_against(&local.region.epoch()) {
             return refuse("older than the Region here");
         }
+        // A replica frozen to merge into this Region is not in the way: the snapshot
+        // covering it is from after the merge, and replaces it (see `crate::merge`).
         let overlapping = self.peers.values().any(|p| {
             p.initialized
                 && p.region.id != region.id
                 && p.region.id != META_GROUP_ID
+                && p.merging.as_ref().is_none_or(|s| s.target_id() != region.id)
                 && overlaps(&p.region, &region)
         });
         if region.id != META_GROUP_ID && overlapping {
@@ -993,6 +1074,14 @@ impl Store {
         }
         self.ask_to_sleep(idle);
         self.check_stale_replicas();
+        if self.ticks.is_multiple_of(merge::MERGE_CHECK_TICKS) {
+            let frozen: Vec<u64> = self.merging.iter().copied().collect();
+            self.check_merges(frozen);
+        }
+        // Targets waiting at a commit for their source replica look again.
+        for id in std::mem::take(&mut self.merge_waiting) {
+            self.merge_retry.insert(id);
+        }
         let ask_every = 2 * self.config.election_ticks.max(1) as u64;
         if self.ticks.is_multiple_of(ask_every) {
             for id in lingering {
@@ -1017,6 +1106,62 @@ impl Store {
                     peer.raw.raft.maybe_free_inflight_buffers();
                 }
             }
+        }
+    }
+
+    /// Looks at the target of each Region frozen here for a merge (`ids`; see
+    /// [`crate::merge`]): where the target's replica here leads, at the epoch the source
+    /// recorded, it proposes the commit; where the source's replica here leads and the
+    /// target's replica here shows a newer epoch, the rollback. Each at most every
+    /// [`merge::COMMIT_RESEND_MS`].
+    fn check_merges(&mut self, ids: Vec<u64>) {
+        let now = self.now_ms;
+        for id in ids {
+            let Some(state) = self.peers.get(&id).and_then(|p| p.merging.as_deref().cloned())
+            else {
+                self.merging.remove(&id);
+                self.commits_proposed.remove(&id);
+                continue;
+            };
+            if self.commits_proposed.get(&id).is_some_and(|&at| now < at + merge::COMMIT_RESEND_MS)
+            {
+                continue;
+            }
+            let serving = |p: &Peer| p.initialized && p.installing.is_none();
+            let Some(source) = self.peers.get(&id).filter(|p| serving(p)) else { continue };
+            let target_id = state.target_id();
+            let Some(target) = self.peers.get(&target_id).filter(|p| serving(p)) else { continue };
+            let proposal = if merge::moved_on(target.region.epoch(), state.target_epoch()) {
+                if !source.is_leader() {
+                    continue;
+                }
+                tracing::info!(
+                    source = id,
+                    target = target_id,
+                    "the target changed before absorbing the source: rolling the merge back"
+                );
+                let command = RaftCommand {
+                    region_id: id,
+                    conf_ver: source.region.conf_ver,
+                    version: source.region.version,
+                    rollback_merge: Some(Box::new(merge::RollbackMerge { commit: state.commit })),
+                    ..Default::default()
+                };
+                (id, Vec::new(), command)
+            } else if target.is_leader() && target.region.epoch() == state.target_epoch() {
+                let Some(command) = commit_command(source, &state) else {
+                    tracing::warn!(source = id, "the source's log lacks entries to carry");
+                    continue;
+                };
+                (target_id, merge::commit_context(id), command)
+            } else {
+                continue;
+            };
+            let (group, context, command) = proposal;
+            self.commits_proposed.insert(id, now);
+            let data = command.encode_to_vec();
+            let peer = self.peer_mut(group).expect("found above");
+            peer.propose_with_context(context, data, Some(command), Box::new(|_| {}), now);
         }
     }
 
@@ -1229,6 +1374,7 @@ impl Store {
         }
         !self.outbox.is_empty()
             || !self.events.is_empty()
+            || !self.merge_retry.is_empty()
             || self.dirty.iter().any(|id| self.peers.get(id).is_some_and(|p| has_work(p)))
     }
 
@@ -1311,6 +1457,8 @@ impl Store {
         let mut must_sync = false;
         let mut readies = Vec::new();
         let mut handing_over = Vec::new();
+        // Snapshots installed this round, by group, with their Regions.
+        let mut covering = Vec::new();
         for &id in &visiting {
             let Some(peer) = self.peers.get_mut(&id) else { continue };
             if peer.installing.is_some() || !peer.raw.has_ready() {
@@ -1327,6 +1475,7 @@ impl Store {
                 install_snapshot(peer, ready.snapshot(), &mut log_batch)?;
                 self.installing.insert(id);
                 must_sync = true;
+                covering.push((id, peer.region.clone()));
             }
             // Entries held back while a snapshot's data went in come first.
             let mut committed = std::mem::take(&mut peer.deferred);
@@ -1345,6 +1494,33 @@ impl Store {
             output.messages.extend(to_peer_messages(peer, held));
             if !peer.deferred.is_empty() {
                 readies.push((id, None, std::mem::take(&mut peer.deferred), None));
+            }
+        }
+        // Targets whose apply waited at a commit of a merge try again (unless a Ready of
+        // theirs above took the waiting entries already).
+        for id in std::mem::take(&mut self.merge_retry) {
+            let Some(peer) = self.peers.get_mut(&id) else { continue };
+            if peer.installing.is_none() && !peer.deferred.is_empty() {
+                readies.push((id, None, std::mem::take(&mut peer.deferred), None));
+            }
+        }
+        // A target's snapshot from after a merge covers the frozen source's replica here:
+        // the source goes in the same batch as the snapshot's Raft state.
+        // (Destroyed before the batch is written: if the node stops in between, the
+        // snapshot comes again, and the merge that made the source obsolete committed.)
+        for (target_id, region) in covering {
+            let covered: Vec<u64> = (self.peers.iter())
+                .filter(|(_, p)| p.merging.as_ref().is_some_and(|s| s.target_id() == target_id))
+                .filter(|(_, p)| overlaps(&p.region, &region))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in covered {
+                tracing::info!(
+                    group = id,
+                    target = target_id,
+                    "merged: the target's snapshot covers it"
+                );
+                self.destroy_peer(id)?;
             }
         }
         for (id, _, _, role) in &readies {
@@ -1378,7 +1554,8 @@ impl Store {
         let mut persisted = Vec::new();
         for (id, ready, _, _) in &mut readies {
             let Some(ready) = ready else { continue };
-            let peer = self.peers.get_mut(id).expect("peer of a ready exists");
+            // (A source superseded by its target's snapshot above: gone.)
+            let Some(peer) = self.peers.get_mut(id) else { continue };
             let messages = ready.take_persisted_messages();
             if peer.installing.is_some() {
                 // This round installed a snapshot's Raft state: its acknowledgement goes
@@ -1398,10 +1575,24 @@ impl Store {
         let mut removed = Vec::new();
         let mut touched = Vec::with_capacity(readies.len());
         let lease_ms = self.config.lease_ms();
+        // Sources absorbed by their targets this round, and sources frozen this round.
+        let (mut absorbed, mut frozen) = (Vec::new(), Vec::new());
         for (id, ready, mut entries, _) in readies {
-            let Store { peers, meta, config, events, store_id, now_ms, beat_targets, .. } = self;
+            let Store {
+                peers,
+                meta,
+                config,
+                events,
+                store_id,
+                now_ms,
+                beat_targets,
+                merging,
+                merge_waiting,
+                ..
+            } = self;
             let now_ms = *now_ms;
-            let peer = peers.get_mut(&id).expect("peer of a ready exists");
+            // Absorbed by its target earlier in this round: its entries were applied then.
+            let Some(peer) = peers.get_mut(&id) else { continue };
             let mut light = match ready {
                 Some(ready) => peer.raw.advance(ready),
                 None => raft::LightReady::default(),
@@ -1429,7 +1620,47 @@ impl Store {
                 touched.push(id);
                 continue;
             }
-            for entry in entries {
+            // A commit of a merge needs the source's replica here beside the target's:
+            // taken aside now, and put back below unless the merge absorbed it.
+            let mut source = (entries.iter().find_map(merge::commit_source))
+                .filter(|source| *source != id)
+                .and_then(|source| peers.remove(&source));
+            let peer = peers.get_mut(&id).expect("peer of a ready exists");
+            let mut pending = entries.into_iter();
+            while let Some(entry) = pending.next() {
+                if entry.index <= peer.raw.store().apply_state().applied_index {
+                    // Applied already, by a merge's catch-up that its target then refused.
+                    continue;
+                }
+                let mut committed = None;
+                if let Some(source_id) = merge::commit_source(&entry) {
+                    let meta = meta.as_mut();
+                    let batch = &mut apply_batch;
+                    let absorbed = &mut absorbed;
+                    match commit_merge(
+                        peer,
+                        &mut source,
+                        source_id,
+                        meta,
+                        &entry,
+                        batch,
+                        &mut post,
+                        absorbed,
+                    ) {
+                        CommitStep::Wait(why) => {
+                            tracing::info!(
+                                group = id,
+                                source = source_id,
+                                why,
+                                "a commit of a merge waits for the source's replica"
+                            );
+                            peer.deferred = std::iter::once(entry).chain(pending).collect();
+                            merge_waiting.insert(id);
+                            break;
+                        }
+                        CommitStep::Done(result) => committed = Some(result),
+                    }
+                }
                 let proposal = peer.take_proposal(entry.index, entry.term);
                 let (callback, command) = match proposal {
                     Some(p) => {
@@ -1441,19 +1672,25 @@ impl Store {
                     None => (None, None),
                 };
                 let observe = callback.is_none();
-                let applied =
-                    apply_entry(peer, meta.as_mut(), &entry, command, observe, &mut apply_batch);
-                let result = match applied {
-                    Ok(Outcome::Data(command)) => {
-                        if let Some(command) = command {
-                            post.push(PostApply::Observe(peer.region.clone(), command));
-                        }
-                        Ok(ApplyOutput::Written)
+                let result = match committed {
+                    Some(result) => result,
+                    None => {
+                        let meta = meta.as_mut();
+                        let applied =
+                            apply_entry(peer, meta, &entry, command, observe, &mut apply_batch);
+                        outcome(peer, applied, &mut post)
                     }
-                    Ok(Outcome::Done(output)) => Ok(output),
-                    Err(e) => Err(e),
                 };
                 match &result {
+                    Ok(ApplyOutput::Merge(region)) => {
+                        events.push(Event::RegionChanged(region.clone()));
+                        if peer.merging.is_some() {
+                            merging.insert(id);
+                            frozen.push(id);
+                        } else {
+                            merging.remove(&id);
+                        }
+                    }
                     Ok(ApplyOutput::Split { left, new }) => {
                         let (kept, share) = peer.stats.split(new.len() as u64);
                         peer.stats = kept;
@@ -1477,6 +1714,10 @@ impl Store {
                     post.push(PostApply::Reply((callback, result)));
                 }
             }
+            if let Some(source) = source.take() {
+                peers.insert(source.region.id, source);
+            }
+            let peer = peers.get_mut(&id).expect("peer of a ready exists");
             let storage = peer.raw.mut_store();
             storage.persist_apply_state(&mut apply_batch);
             if let Some(index) = compact_target(peer, config, now_ms) {
@@ -1496,8 +1737,12 @@ impl Store {
         }
         self.engine.write(apply_batch)?;
         output.timings.apply = Some(applying.elapsed());
+        for source in absorbed {
+            self.forget_absorbed(source);
+        }
         for id in &touched {
-            let peer = self.peers.get_mut(id).expect("touched peer exists");
+            // (Absorbed by its target: gone.)
+            let Some(peer) = self.peers.get_mut(id) else { continue };
             if peer.lingering.is_some() {
                 // raft-rs counts what it handed out as applied; nothing else is to do.
                 continue;
@@ -1530,6 +1775,8 @@ impl Store {
         for &id in &touched {
             self.publish(id);
         }
+        // A source frozen here whose target's replica here leads is committed at once.
+        self.check_merges(frozen);
         self.remark(visiting.iter().chain(&installed).chain(&touched));
         output.events.append(&mut self.events);
         output.messages.append(&mut self.outbox);
@@ -1683,6 +1930,8 @@ impl Store {
         let Some(mut peer) = self.peers.remove(&id) else { return Ok(()) };
         self.dirty.remove(&id);
         self.ticking.remove(&id);
+        self.merging.remove(&id);
+        self.commits_proposed.remove(&id);
         let mut batch = WriteBatch::new();
         peer.raw.mut_store().destroy(&mut batch);
         self.installing.remove(&id);
@@ -1716,6 +1965,24 @@ impl Store {
         }
         tracing::info!(group = id, peer = peer.meta.id, "destroyed a replica");
         Ok(())
+    }
+
+    /// Lets go of a source replica its target absorbed in this round's apply batch (which
+    /// wrote its tombstone and kept its data, now the target's).
+    fn forget_absorbed(&mut self, mut peer: Peer) {
+        let id = peer.region.id;
+        for set in [&mut self.dirty, &mut self.ticking, &mut self.merging, &mut self.installing] {
+            set.remove(&id);
+        }
+        self.commits_proposed.remove(&id);
+        if let Some(data) = peer.pending_snapshot.take() {
+            self.stager.discard(data);
+        }
+        peer.fail_all(|| RaftstoreError::OutcomeUnknown { region_id: id });
+        self.tombstones.insert(id, peer.meta.id);
+        self.registry.remove(id);
+        self.events.push(Event::Destroyed(id));
+        tracing::info!(group = id, peer = peer.meta.id, "absorbed by a merge");
     }
 
     /// The local replica of a group serves no more (destroyed, or lingering): its status
@@ -1966,6 +2233,10 @@ const SNAPSHOT_INSTALL_GRACE_MS: u64 = 60_000;
 /// had to send it another once it was done (a node restarted under load took three in
 /// a row before it caught up, in `scripts/failover.sh`).
 fn compact_target(peer: &Peer, config: &RaftConfig, now_ms: u64) -> Option<u64> {
+    if peer.merging.is_some() {
+        // Its log after the least matched index travels in the merge's commit.
+        return None;
+    }
     let storage = peer.raw.store();
     if storage.log_len() <= config.log_gc_threshold {
         return None;
@@ -2002,6 +2273,88 @@ fn compact_target(peer: &Peer, config: &RaftConfig, now_ms: u64) -> Option<u64> 
         applied.saturating_sub(config.log_gc_threshold / 2)
     };
     (target > storage.apply_state().truncated_index).then_some(target)
+}
+
+/// Whether the leader `peer` may freeze its Region for a merge now (see
+/// [`crate::merge`]), and if so the least index every follower's log holds: every
+/// follower within [`merge::MERGE_MAX_LAG`] entries of the leader's log, which still holds
+/// them, and no split, merge step or membership change among the entries some follower
+/// may not have applied (a replica caught up from carried entries applies writes only).
+fn check_prepare(peer: &Peer, config: &RaftConfig) -> Result<u64, String> {
+    if peer.merging.is_some() {
+        return Err(format!("region {} is already frozen for a merge", peer.region.id));
+    }
+    let raft = &peer.raw.raft;
+    if raft.has_pending_conf() || !peer.raw.store().conf_state().voters_outgoing.is_empty() {
+        return Err("a membership change is under way".into());
+    }
+    let last = raft.raft_log.last_index();
+    let (mut min_matched, mut min_committed) = (last, raft.raft_log.committed);
+    for (id, pr) in raft.prs().iter().filter(|(id, _)| **id != peer.meta.id) {
+        if pr.state == ProgressState::Snapshot {
+            return Err(format!("peer {id} is taking a snapshot"));
+        }
+        min_matched = min_matched.min(pr.matched);
+        min_committed = min_committed.min(pr.committed_index);
+    }
+    let max_lag = merge::MERGE_MAX_LAG.min(config.log_gc_threshold / 2).max(1);
+    if last - min_matched > max_lag {
+        return Err(format!("a follower is {} entries behind", last - min_matched));
+    }
+    let first = raft.raft_log.first_index();
+    if min_matched + 1 < first {
+        return Err("the log is truncated past a follower".into());
+    }
+    let low = min_matched.min(min_committed).max(first - 1);
+    let entries = raft
+        .raft_log
+        .entries(low + 1, None, raft::GetEntriesContext::empty(false))
+        .map_err(|e| format!("cannot read the log: {e}"))?;
+    let mut carried = 0;
+    for entry in &entries {
+        if entry.get_entry_type() != EntryType::EntryNormal {
+            return Err("a membership change is not applied everywhere yet".into());
+        }
+        if !entry.data.is_empty() {
+            let command = RaftCommand::decode(entry.data.as_ref())
+                .map_err(|e| format!("undecodable entry {}: {e}", entry.index))?;
+            if command.is_admin() {
+                return Err("a split or merge step is not applied everywhere yet".into());
+            }
+        }
+        if entry.index > min_matched {
+            carried += entry.data.len() as u64;
+        }
+    }
+    if carried > config.max_entry_bytes / 10 * 9 {
+        return Err(format!("the {carried} bytes of log to carry are too many"));
+    }
+    Ok(min_matched)
+}
+
+/// The commit of the merge `state` records, proposed to the target: the frozen source and
+/// its log after `min_index`, from `source`'s replica here (`None` if it lacks some).
+fn commit_command(source: &Peer, state: &MergeState) -> Option<RaftCommand> {
+    let storage = source.raw.store();
+    let context = raft::GetEntriesContext::empty(false);
+    let range = (state.min_index + 1, state.commit + 1);
+    let entries = raft::Storage::entries(storage, range.0, range.1, None, context).ok()?;
+    let entries = entries
+        .into_iter()
+        .map(|e| merge::MergeEntry { index: e.index, term: e.term, data: e.data.to_vec() })
+        .collect();
+    let target = state.target.as_ref()?;
+    Some(RaftCommand {
+        region_id: target.id,
+        conf_ver: target.conf_ver,
+        version: target.version,
+        commit_merge: Some(Box::new(merge::CommitMerge {
+            source: Some(source.region.clone()),
+            commit: state.commit,
+            entries,
+        })),
+        ..Default::default()
+    })
 }
 
 /// Wraps raft-rs messages for the transport, addressed by peer and store.
@@ -2122,7 +2475,21 @@ fn apply_entry(
         None => RaftCommand::decode(entry.data.as_ref())
             .map_err(|e| RaftstoreError::InvalidCommand(format!("undecodable command: {e}")))?,
     };
-    let kept = (observe && !command.is_split()).then(|| command.clone());
+    let kept = (observe && !command.is_admin()).then(|| command.clone());
+    if let Some(prepare) = &command.prepare_merge {
+        return apply_prepare_merge(peer, &command, prepare, entry.index, batch);
+    }
+    if let Some(rollback) = &command.rollback_merge {
+        return apply_rollback_merge(peer, rollback, batch);
+    }
+    if command.commit_merge.is_some() {
+        // Applied as such only where its context marks it (see `commit_merge`).
+        return Err(RaftstoreError::InvalidCommand("an unmarked commit of a merge".into()));
+    }
+    if peer.merging.is_some() {
+        // Frozen: a write or split proposed before the prepare and committed after it.
+        return Err(RaftstoreError::EpochNotMatch { current: vec![peer.region.clone()] });
+    }
     if command.is_split() {
         // Tests hold one store's apply of a split (`apply_split_<store id>` = "pause")
         // while the rest of the cluster moves on.
@@ -2144,6 +2511,184 @@ fn apply_entry(
             Ok(Outcome::Done(ApplyOutput::Split { left, new }))
         }
     }
+}
+
+/// The result of an applied entry for its proposer; a write's command goes to the
+/// observers.
+fn outcome(
+    peer: &Peer,
+    applied: Result<Outcome, RaftstoreError>,
+    post: &mut Vec<PostApply>,
+) -> Result<ApplyOutput, RaftstoreError> {
+    match applied {
+        Ok(Outcome::Data(command)) => {
+            if let Some(command) = command {
+                post.push(PostApply::Observe(peer.region.clone(), command));
+            }
+            Ok(ApplyOutput::Written)
+        }
+        Ok(Outcome::Done(output)) => Ok(output),
+        Err(e) => Err(e),
+    }
+}
+
+/// Freezes a source Region for a merge (see [`crate::merge`]).
+fn apply_prepare_merge(
+    peer: &mut Peer,
+    command: &RaftCommand,
+    prepare: &merge::PrepareMerge,
+    index: u64,
+    batch: &mut WriteBatch,
+) -> Result<Outcome, RaftstoreError> {
+    if peer.merging.is_some() {
+        return Err(RaftstoreError::EpochNotMatch { current: vec![peer.region.clone()] });
+    }
+    let conf_state = ConfStateRecord::from(peer.raw.store().conf_state());
+    if conf_state.is_joint() {
+        let reason = format!("region {} is changing its membership", peer.region.id);
+        return Err(RaftstoreError::ChangeRefused(reason));
+    }
+    let (frozen, state) = merge::apply_prepare(&peer.region, command, prepare, index)?;
+    write_merging_state(batch, &frozen, &conf_state, Some(&state));
+    peer.region = frozen.clone();
+    peer.raw.mut_store().set_region(frozen.clone(), None);
+    peer.merging = Some(Box::new(state));
+    peer.lease_until_ms = 0;
+    tracing::info!(
+        group = frozen.id,
+        target = peer.merging.as_ref().map_or(0, |s| s.target_id()),
+        index,
+        "frozen to merge into its neighbour"
+    );
+    Ok(Outcome::Done(ApplyOutput::Merge(frozen)))
+}
+
+/// Thaws a source Region whose merge can no longer commit (see [`crate::merge`]).
+fn apply_rollback_merge(
+    peer: &mut Peer,
+    rollback: &merge::RollbackMerge,
+    batch: &mut WriteBatch,
+) -> Result<Outcome, RaftstoreError> {
+    if peer.merging.as_ref().is_none_or(|state| state.commit != rollback.commit) {
+        let reason = format!("region {} has no such merge under way", peer.region.id);
+        return Err(RaftstoreError::ChangeRefused(reason));
+    }
+    let conf_state = ConfStateRecord::from(peer.raw.store().conf_state());
+    let mut region = peer.region.clone();
+    region.version += 1;
+    write_region_state(batch, &region, &conf_state);
+    peer.region = region.clone();
+    peer.raw.mut_store().set_region(region.clone(), None);
+    peer.merging = None;
+    tracing::info!(group = region.id, "merge rolled back: the Region serves again");
+    Ok(Outcome::Done(ApplyOutput::Merge(region)))
+}
+
+/// What applying a commit of a merge came to.
+enum CommitStep {
+    /// The source's replica here is not ready (installing a snapshot, or lacking entries
+    /// it cannot be caught up from): the target's apply holds at this entry.
+    Wait(&'static str),
+    /// Applied or refused, as every replica does.
+    Done(Result<ApplyOutput, RaftstoreError>),
+}
+
+/// Applies a commit of a merge (`entry`, marked as absorbing `source_id`) to the target
+/// `target`, with the source's replica here taken aside (`source`): the source is
+/// brought to its prepare, then the target takes its range and the source becomes a
+/// tombstone, all in `batch`; on success the source's replica moves to `absorbed`.
+#[allow(clippy::too_many_arguments)]
+fn commit_merge(
+    target: &mut Peer,
+    source: &mut Option<Box<Peer>>,
+    source_id: u64,
+    meta: &mut dyn MetaStateMachine,
+    entry: &Entry,
+    batch: &mut WriteBatch,
+    post: &mut Vec<PostApply>,
+    absorbed: &mut Vec<Peer>,
+) -> CommitStep {
+    let command = match RaftCommand::decode(entry.data.as_ref()) {
+        Ok(command) => command,
+        Err(e) => {
+            let error = RaftstoreError::InvalidCommand(format!("undecodable command: {e}"));
+            return CommitStep::Done(Err(error));
+        }
+    };
+    let Some(commit) = command.commit_merge.as_ref() else {
+        let error = RaftstoreError::InvalidCommand("marked as a commit of a merge".into());
+        return CommitStep::Done(Err(error));
+    };
+    let source_region = match merge::check_commit(&target.region, &command, commit) {
+        Ok(region) => region,
+        Err(e) => return CommitStep::Done(Err(e)),
+    };
+    if source_region.id != source_id {
+        let error = RaftstoreError::InvalidCommand("the mark names another source".into());
+        return CommitStep::Done(Err(error));
+    }
+    let Some(src) = source.as_deref_mut() else {
+        return CommitStep::Wait("the source's replica is not at hand");
+    };
+    if !src.initialized || src.installing.is_some() || src.lingering.is_some() {
+        return CommitStep::Wait("the source's replica has no data, or is installing a snapshot");
+    }
+    let applied = src.raw.store().apply_state().applied_index;
+    if applied < commit.commit {
+        let storage = src.raw.store();
+        let own = |index: u64| {
+            let context = raft::GetEntriesContext::empty(false);
+            let found = raft::Storage::entries(storage, index, index + 1, None, context);
+            found.ok().and_then(|mut entries| entries.pop())
+        };
+        let Some(entries) = merge::catch_up_entries(applied, commit, own) else {
+            return CommitStep::Wait("the source's replica lacks entries, or must apply a change");
+        };
+        for entry in entries {
+            let proposal = src.take_proposal(entry.index, entry.term);
+            let (callback, local) = match proposal {
+                Some(p) => (Some(p.callback), p.command),
+                None => (None, None),
+            };
+            let applied = apply_entry(src, meta, &entry, local, callback.is_none(), batch);
+            let result = outcome(src, applied, post);
+            src.raw.mut_store().set_applied(entry.index, entry.term);
+            if let Some(callback) = callback {
+                post.push(PostApply::Reply((callback, result)));
+            }
+        }
+        src.raw.mut_store().persist_apply_state(batch);
+        tracing::info!(
+            group = source_id,
+            from = applied,
+            to = commit.commit,
+            "caught the source's replica up for its merge"
+        );
+    }
+    let target_id = target.region.id;
+    let frozen = (src.merging.as_deref())
+        .is_some_and(|state| state.commit == commit.commit && state.target_id() == target_id);
+    if !frozen {
+        let reason = format!("region {source_id} is not frozen to merge into {target_id}");
+        return CommitStep::Done(Err(RaftstoreError::ChangeRefused(reason)));
+    }
+    let region = merge::merged(&target.region, &src.region);
+    let conf_state = ConfStateRecord::from(target.raw.store().conf_state());
+    write_region_state(batch, &region, &conf_state);
+    target.region = region.clone();
+    target.raw.mut_store().set_region(region.clone(), None);
+    target.stats.absorb(&src.stats);
+    let mut src = source.take().expect("checked above");
+    src.raw.mut_store().destroy(batch);
+    write_tombstone(batch, &src.region, src.meta.id);
+    absorbed.push(*src);
+    tracing::info!(
+        group = target_id,
+        source = source_id,
+        version = region.version,
+        "absorbed its neighbour"
+    );
+    CommitStep::Done(Ok(ApplyOutput::Merge(region)))
 }
 
 fn apply_conf_change(
