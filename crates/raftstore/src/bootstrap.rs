@@ -50,13 +50,25 @@ pub fn write_merging_state(
 /// Writes the tombstone of destroyed replica `peer_id`: it remembers the Region as last
 /// known and the replica's id, so that stale messages to it are recognised and dropped.
 pub fn write_tombstone(batch: &mut WriteBatch, region: &Region, peer_id: u64) {
+    write_absorbed_tombstone(batch, region, peer_id, None);
+}
+
+/// Writes the tombstone of replica `peer_id`, with the merge that absorbed its Region
+/// (`merge`, if any): the store tells replicas that slept through the merge (see
+/// [`crate::merge`]).
+pub fn write_absorbed_tombstone(
+    batch: &mut WriteBatch,
+    region: &Region,
+    peer_id: u64,
+    merge: Option<&crate::merge::MergeState>,
+) {
     let state = RegionLocalState {
         region: Some(region.clone()),
         state: PeerState::Tombstone as i32,
         conf_state: None,
         removed_peer_id: peer_id,
         lingering: None,
-        merge_state: None,
+        merge_state: merge.cloned(),
     };
     batch.put(Cf::RaftState, keys::region_state_key(region.id), state.encode_to_vec());
 }

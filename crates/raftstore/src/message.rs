@@ -39,6 +39,9 @@ struct Envelope {
     hibernate_index: u64,
     #[prost(uint64, tag = "14")]
     store_beat: u64,
+    /// See [`PeerMessage::merged_into`].
+    #[prost(uint64, tag = "15")]
+    merged_into: u64,
 }
 
 /// A Raft message for one replica, or a store's beat (see [`PeerMessage::beat`]).
@@ -69,6 +72,10 @@ pub struct PeerMessage {
     /// lingering replica counts it as that voter having applied its removal; any other
     /// replica ignores it (it says nothing of the receiver's own membership).
     pub gone: bool,
+    /// With `gone`: the Region that absorbed the sender's Region in a merge (0: none).
+    /// The merge committed, so the receiver's replica, which slept through it, is
+    /// obsolete: a snapshot of that target replaces it (see [`crate::merge`]).
+    pub merged_into: u64,
     /// Not 0: a store's beat (see [`crate::liveness`]), carrying the sender's incarnation;
     /// it is for no group (`region_id` 0, peers 0) and nothing else in it is read. A node
     /// that predates beats steps it as an empty message for an unknown group, and drops it.
@@ -143,6 +150,7 @@ impl PeerMessage {
             is_stale_check: self.is_stale_check,
             members: self.members.clone(),
             gone: self.gone,
+            merged_into: self.merged_into,
             store_beat: self.store_beat,
             message: self.message.write_to_bytes().expect("encoding a raft message cannot fail"),
         };
@@ -176,6 +184,7 @@ impl PeerMessage {
             is_stale_check: envelope.is_stale_check,
             members: envelope.members,
             gone: envelope.gone,
+            merged_into: envelope.merged_into,
             store_beat: envelope.store_beat,
             hibernate,
             message,
@@ -216,6 +225,7 @@ mod tests {
             is_stale_check: false,
             members: vec![Peer::new(10, 1)],
             gone: true,
+            merged_into: 0,
             store_beat: 0,
             hibernate: Some(Hibernate::Ack { term: 8, index: 12 }),
             message,

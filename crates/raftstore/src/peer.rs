@@ -192,6 +192,9 @@ pub struct Peer {
     /// Set while the Region is frozen to merge into a neighbour (see [`crate::merge`]):
     /// it takes no proposal and serves no read.
     pub(crate) merging: Option<Box<crate::merge::MergeState>>,
+    /// Not 0: the Region that absorbed this replica's Region in a merge it slept through,
+    /// as a member that was absorbed told it: a snapshot of that Region replaces it.
+    pub(crate) absorbed_by: u64,
 }
 
 impl Peer {
@@ -259,6 +262,7 @@ impl Peer {
             lingering: None,
             sleep: Sleep::default(),
             merging: None,
+            absorbed_by: 0,
         })
     }
 

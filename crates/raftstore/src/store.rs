@@ -17,7 +17,8 @@
 
 use crate::apply::{apply_command, Applied};
 use crate::bootstrap::{
-    write_initial_group, write_lingering, write_merging_state, write_region_state, write_tombstone,
+    write_absorbed_tombstone, write_initial_group, write_lingering, write_merging_state,
+    write_region_state,
 };
 use crate::command::{EncodedCommand, RaftCommand};
 use crate::conf_change::{self, PeerChange};
@@ -147,6 +148,8 @@ pub struct Store {
     peers: BTreeMap<u64, Box<Peer>>,
     /// Destroyed replicas: group id to the replica's id.
     tombstones: BTreeMap<u64, u64>,
+    /// Destroyed replicas whose Region was absorbed by a merge: group id to the target's.
+    absorbed_into: BTreeMap<u64, u64>,
     meta: Box<dyn MetaStateMachine>,
     observer: Box<dyn ApplyObserver>,
     registry: Registry,
@@ -245,6 +248,7 @@ impl Store {
             logger: raft_logger(),
             peers: BTreeMap::new(),
             tombstones: BTreeMap::new(),
+            absorbed_into: BTreeMap::new(),
             meta,
             observer: Box::new(NoObserver),
             registry,
@@ -280,6 +284,9 @@ impl Store {
             })?;
             if state.state == PeerState::Tombstone as i32 {
                 store.tombstones.insert(group_id, state.removed_peer_id);
+                if let Some(merge) = &state.merge_state {
+                    store.absorbed_into.insert(group_id, merge.target_id());
+                }
                 continue;
             }
             if state.state == PeerState::Lingering as i32 {
@@ -601,7 +608,11 @@ impl Store {
         if self.peers.get(&region_id).is_some_and(|p| p.installing.is_some()) {
             return Err(StepError::Installing);
         }
-        if message.is_stale_check && self.gone_here(region_id, message.to.id) {
+        // A replica asking whether it is still a member is told that the one it asked is
+        // gone; so is any replica of a Region absorbed by a merge (a voter that slept
+        // through it campaigns, and never asks).
+        let asks = message.is_stale_check || self.absorbed_into.contains_key(&region_id);
+        if asks && self.gone_here(region_id, message.to.id) {
             self.answer_gone(&message);
         }
         let local = self.peers.get(&region_id);
@@ -707,6 +718,7 @@ impl Store {
                 is_stale_check: false,
                 members: peer.region.peers.clone(),
                 gone: false,
+                merged_into: 0,
                 store_beat: 0,
                 hibernate: None,
                 message: Message::default(),
@@ -786,7 +798,7 @@ impl Store {
             p.initialized
                 && p.region.id != region.id
                 && p.region.id != META_GROUP_ID
-                && p.merging.as_ref().is_none_or(|s| s.target_id() != region.id)
+                && !absorbed_by(p, region.id)
                 && overlaps(&p.region, &region)
         });
         if region.id != META_GROUP_ID && overlapping {
@@ -816,6 +828,7 @@ impl Store {
             is_stale_check: false,
             members: Vec::new(),
             gone: true,
+            merged_into: self.absorbed_into.get(&message.region_id).copied().unwrap_or(0),
             store_beat: 0,
             hibernate: None,
             message: Message::default(),
@@ -838,6 +851,10 @@ impl Store {
                 let changed = lingering.on_answer(me, from, conf_ver, &message.members);
                 self.after_answer(id, changed)
             }
+            // A member absorbed by a merge: this replica slept through it.
+            (None, true) if message.merged_into != 0 => {
+                self.learn_absorbed(id, message.merged_into)
+            }
             // Says nothing of this replica's own membership: only a lingering one cares.
             (None, true) => Ok(()),
             (None, false) if !peer.initialized => {
@@ -852,6 +869,28 @@ impl Store {
             (None, false) => Ok(()),
         };
         result.map_err(|_| StepError::StaleReplica)
+    }
+
+    /// The local replica of a group learnt that its Region was absorbed into `target` by
+    /// a merge it slept through (see [`crate::merge`]). Its data is obsolete; it stays
+    /// only while the target's replica here may still absorb it by applying the merge
+    /// from its log, and otherwise goes at once. A snapshot of the target from after the
+    /// merge replaces it.
+    fn learn_absorbed(&mut self, id: u64, target: u64) -> Result<(), RaftstoreError> {
+        let Some(peer) = self.peers.get_mut(&id) else { return Ok(()) };
+        if peer.absorbed_by == target {
+            return Ok(());
+        }
+        peer.absorbed_by = target;
+        let may_absorb = self
+            .peers
+            .get(&target)
+            .is_some_and(|t| t.initialized && !overlaps(&t.region, &self.peers[&id].region));
+        tracing::info!(group = id, target, may_absorb, "absorbed by a merge it slept through");
+        if may_absorb {
+            return Ok(());
+        }
+        self.destroy_peer(id)
     }
 
     /// Makes the local replica of a group, removed from it, a lingering one (see
@@ -971,6 +1010,7 @@ impl Store {
             is_stale_check: true,
             members: Vec::new(),
             gone: false,
+            merged_into: 0,
             store_beat: 0,
             hibernate: None,
             message: Message::default(),
@@ -1337,6 +1377,7 @@ impl Store {
                 is_stale_check: true,
                 members: Vec::new(),
                 gone: false,
+                merged_into: 0,
                 store_beat: 0,
                 hibernate: None,
                 message: Message::default(),
@@ -1510,8 +1551,7 @@ impl Store {
         // snapshot comes again, and the merge that made the source obsolete committed.)
         for (target_id, region) in covering {
             let covered: Vec<u64> = (self.peers.iter())
-                .filter(|(_, p)| p.merging.as_ref().is_some_and(|s| s.target_id() == target_id))
-                .filter(|(_, p)| overlaps(&p.region, &region))
+                .filter(|(_, p)| absorbed_by(p, target_id) && overlaps(&p.region, &region))
                 .map(|(id, _)| *id)
                 .collect();
             for id in covered {
@@ -1520,6 +1560,9 @@ impl Store {
                     target = target_id,
                     "merged: the target's snapshot covers it"
                 );
+                if let Some(source) = self.peers.get_mut(&id) {
+                    source.absorbed_by = target_id;
+                }
                 self.destroy_peer(id)?;
             }
         }
@@ -1950,7 +1993,16 @@ impl Store {
         if peer.initialized && id != META_GROUP_ID {
             snapshot::clear(&*self.engine.snapshot(), &peer.region, &mut batch)?;
         }
-        write_tombstone(&mut batch, &peer.region, peer.meta.id);
+        // Set only once the merge is known to have committed: a target's snapshot covers
+        // the frozen source, or an absorbed member said so.
+        let merge = (peer.absorbed_by != 0).then(|| MergeState {
+            target: Some(Region { id: peer.absorbed_by, ..Default::default() }),
+            ..Default::default()
+        });
+        if let Some(merge) = &merge {
+            self.absorbed_into.insert(id, merge.target_id());
+        }
+        write_absorbed_tombstone(&mut batch, &peer.region, peer.meta.id, merge.as_ref());
         self.engine.write(batch)?;
         if let Some(install) = abandoned {
             self.engine.sync()?;
@@ -1980,6 +2032,8 @@ impl Store {
         }
         peer.fail_all(|| RaftstoreError::OutcomeUnknown { region_id: id });
         self.tombstones.insert(id, peer.meta.id);
+        let target = peer.merging.as_ref().map_or(0, |state| state.target_id());
+        self.absorbed_into.insert(id, target);
         self.registry.remove(id);
         self.events.push(Event::Destroyed(id));
         tracing::info!(group = id, peer = peer.meta.id, "absorbed by a merge");
@@ -2099,6 +2153,12 @@ impl Drop for Store {
 /// Whether a replica has work for a round: a `Ready`, or reads to batch.
 fn has_work(peer: &Peer) -> bool {
     peer.has_pending_work() || peer.raw.has_ready()
+}
+
+/// Whether `peer`'s Region is frozen to merge into `target`, or known to have been
+/// absorbed by it: a snapshot of `target` overlapping it is from after the merge.
+fn absorbed_by(peer: &Peer, target: u64) -> bool {
+    peer.absorbed_by == target || peer.merging.as_ref().is_some_and(|s| s.target_id() == target)
 }
 
 fn overlaps(a: &Region, b: &Region) -> bool {
@@ -2375,6 +2435,7 @@ fn to_peer_messages(peer: &Peer, messages: Vec<Message>) -> Vec<PeerMessage> {
                 is_stale_check: false,
                 members: Vec::new(),
                 gone: false,
+                merged_into: 0,
                 store_beat: 0,
                 hibernate: None,
                 message,
@@ -2680,7 +2741,7 @@ fn commit_merge(
     target.stats.absorb(&src.stats);
     let mut src = source.take().expect("checked above");
     src.raw.mut_store().destroy(batch);
-    write_tombstone(batch, &src.region, src.meta.id);
+    write_absorbed_tombstone(batch, &src.region, src.meta.id, src.merging.as_deref());
     absorbed.push(*src);
     tracing::info!(
         group = target_id,

@@ -906,6 +906,7 @@ fn snapshot_message(index: u64) -> PeerMessage {
         is_stale_check: false,
         members: Vec::new(),
         gone: false,
+        merged_into: 0,
         store_beat: 0,
         hibernate: None,
         message,

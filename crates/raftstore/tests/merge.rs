@@ -234,6 +234,33 @@ fn a_target_snapshot_from_after_the_merge_replaces_the_frozen_source() {
     assert_holds(&mut cluster, lagging, &[b"a", b"n", b"x", b"r0", b"r9"]);
 }
 
+/// A store cut off from before the prepare until the merged Region's log has moved on
+/// holds the source unfrozen, which overlaps the target's snapshot: a member absorbed by
+/// the merge tells it so, and the snapshot replaces it.
+#[test]
+fn a_replica_that_slept_through_the_merge_is_replaced_by_the_target_snapshot() {
+    let mut cluster = two_neighbours();
+    let leader = leader_of(&mut cluster, RIGHT).unwrap();
+    let target_leader = leader_of(&mut cluster, REGION).unwrap();
+    let lagging = (1..=3).find(|&s| s != leader && s != target_leader).unwrap();
+    let right = status(&mut cluster, lagging, RIGHT).unwrap().region;
+    cluster.isolate(lagging);
+    prepare(&mut cluster, leader, RIGHT, REGION).unwrap();
+    let others: Vec<u64> = (1..=3).filter(|&s| s != lagging).collect();
+    wait_merged(&mut cluster, &others);
+    cluster.tick(30);
+    let leader = cluster.wait_leader();
+    for i in 0..30u8 {
+        write(&mut cluster, leader, REGION, &[b'r', b'0' + i]).unwrap();
+    }
+    assert_eq!(status(&mut cluster, lagging, RIGHT).unwrap().region, right, "slept through");
+    let snapshots = cluster.snapshots[lagging as usize];
+    cluster.heal();
+    wait_merged(&mut cluster, &[lagging]);
+    assert!(cluster.snapshots[lagging as usize] > snapshots, "caught up by a snapshot");
+    assert_holds(&mut cluster, lagging, &[b"a", b"n", b"x", b"r0", b"r9"]);
+}
+
 /// The target splits before it absorbs the source: the commit can never apply, and the
 /// source is thawed, and serves again.
 #[test]
