@@ -130,6 +130,21 @@ enum SchedulerCommand {
         #[arg(long)]
         store: Option<u64>,
     },
+    /// Which small Regions merge with a neighbour: no larger than --max-size bytes, with
+    /// at most --max-keys records, their shape unchanged for --after-ms (a split, say).
+    /// 0 (or leaving one out): each placement leader's own `merge_max_size`,
+    /// `merge_max_keys`, `split_merge_interval_ms`.
+    Merge {
+        /// Bytes, at most.
+        #[arg(long)]
+        max_size: Option<u64>,
+        /// User records, at most.
+        #[arg(long)]
+        max_keys: Option<u64>,
+        /// Milliseconds a Region's shape must stand first.
+        #[arg(long)]
+        after_ms: Option<u64>,
+    },
     /// The isolation levels, outermost first (`zone host`): a Region's replicas go to
     /// distinct values of the first, then of the next. None: labels are not considered.
     LocationLabels {
@@ -265,6 +280,8 @@ enum Balancing {
     Leaders,
     /// Leaders of hot Regions moved, to even out the stores' traffic.
     Hot,
+    /// Small neighbouring Regions merged.
+    Merges,
     /// All of these.
     All,
 }
@@ -490,6 +507,10 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 store_limit: number(&shown["store_limit"]) as u32,
                 store_limits,
                 location_labels,
+                merge_max_size: number(&shown["merge_max_size"]),
+                merge_max_keys: number(&shown["merge_max_keys"]),
+                split_merge_interval_ms: number(&shown["split_merge_interval_ms"]),
+                merges_paused: flag("merges_paused"),
             };
             if let Some(command) = command {
                 let set = |settings: &mut SchedulerSettings, what: Balancing, paused: bool| {
@@ -501,6 +522,9 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                     }
                     if matches!(what, Balancing::Hot | Balancing::All) {
                         settings.hot_paused = paused;
+                    }
+                    if matches!(what, Balancing::Merges | Balancing::All) {
+                        settings.merges_paused = paused;
                     }
                 };
                 match command {
@@ -515,6 +539,11 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                         if let Limit(Some(moves_per_minute)) = moves_per_minute {
                             settings.store_limits.push(StoreLimit { store_id, moves_per_minute });
                         }
+                    }
+                    SchedulerCommand::Merge { max_size, max_keys, after_ms } => {
+                        settings.merge_max_size = max_size.unwrap_or(0);
+                        settings.merge_max_keys = max_keys.unwrap_or(0);
+                        settings.split_merge_interval_ms = after_ms.unwrap_or(0);
                     }
                     SchedulerCommand::LocationLabels { levels, default } => {
                         settings.location_labels = (!default).then_some(LocationLabels { levels });
@@ -545,11 +574,19 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 Some(l) if l.levels.is_empty() => "none (labels are not considered)".to_string(),
                 Some(l) => l.levels.join(", "),
             };
+            let own = |value: u64, setting: &str| match value {
+                0 => format!("each node's {setting}"),
+                n => n.to_string(),
+            };
+            let merge_size = own(settings.merge_max_size, "merge_max_size");
+            let merge_keys = own(settings.merge_max_keys, "merge_max_keys");
+            let merge_after = own(settings.split_merge_interval_ms, "split_merge_interval_ms");
             let text = format!(
-                "replica balancing: {}\nleader balancing: {}\nhot Region balancing: {}\nmoves at once at most: {limit}\nreplica moves per store a minute at most: {store_limit}\nstores with a limit of their own: {own_limits}\nisolation levels: {levels}\n",
+                "replica balancing: {}\nleader balancing: {}\nhot Region balancing: {}\nmerges: {}\nmoves at once at most: {limit}\nreplica moves per store a minute at most: {store_limit}\nstores with a limit of their own: {own_limits}\nisolation levels: {levels}\nmerge Regions of bytes at most: {merge_size}\nmerge Regions of records at most: {merge_keys}\nmerge Regions whose shape stood for ms: {merge_after}\n",
                 state(settings.replicas_paused),
                 state(settings.leaders_paused),
                 state(settings.hot_paused),
+                state(settings.merges_paused),
             );
             let store_limits: Vec<_> = (settings.store_limits.iter())
                 .map(|l| json!({ "store_id": l.store_id, "moves_per_minute": l.moves_per_minute }))
@@ -562,6 +599,10 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                 "store_limit": settings.store_limit,
                 "store_limits": store_limits,
                 "location_labels": settings.location_labels.as_ref().map(|l| &l.levels),
+                "merges_paused": settings.merges_paused,
+                "merge_max_size": settings.merge_max_size,
+                "merge_max_keys": settings.merge_max_keys,
+                "split_merge_interval_ms": settings.split_merge_interval_ms,
             });
             Output { json, text }
         }

@@ -223,6 +223,21 @@ pub struct SchedulerSettings {
     /// `store_limit` (PD's `store limit STORE RATE`): a slow or busy store takes fewer.
     #[prost(message, repeated, tag = "7")]
     pub store_limits: Vec<StoreLimit>,
+    /// Regions no larger than this (bytes) merge with a neighbour as small; 0: the
+    /// placement leader's own `merge_max_size`.
+    #[prost(uint64, tag = "8")]
+    pub merge_max_size: u64,
+    /// Regions with no more user records than this merge; 0: the placement leader's own
+    /// `merge_max_keys`.
+    #[prost(uint64, tag = "9")]
+    pub merge_max_keys: u64,
+    /// Milliseconds a Region's shape must stand (after a split, say) before it merges;
+    /// 0: the placement leader's own `split_merge_interval`.
+    #[prost(uint64, tag = "10")]
+    pub split_merge_interval_ms: u64,
+    /// No merge starts.
+    #[prost(bool, tag = "11")]
+    pub merges_paused: bool,
 }
 
 impl SchedulerSettings {

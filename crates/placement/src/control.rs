@@ -179,6 +179,11 @@ pub struct ControlPlane {
     full_at: BTreeMap<StoreId, u64>,
     /// Until when every Region is wanted after an operator ended (monotonic ms).
     settle_until_ms: u64,
+    /// Each Region's version as last reported, and since when (monotonic ms): a Region
+    /// merges only once its shape has stood `split_merge_interval_ms` (see
+    /// [`crate::merge`]). Empty after a change of leader, so nothing merges in the
+    /// interval after one (as PD after it starts).
+    shapes: BTreeMap<RegionId, (u64, u64)>,
     /// Deliberately broken (the simulator proves its checks catch it): a new leader
     /// forgets the recorded heartbeats and counts stores it has not heard from as never
     /// seen, so a store that died before the change is never marked down.
@@ -282,6 +287,7 @@ impl ControlPlane {
             full_at: BTreeMap::new(),
             settle_until_ms: 0,
             replica_moves: BTreeMap::new(),
+            shapes: BTreeMap::new(),
             forget_liveness: false,
         }
     }
@@ -306,6 +312,7 @@ impl ControlPlane {
     /// monotonic clock), operators start afresh.
     pub fn take_over(&mut self, term: u64, state: &PlacementState, now: Now) {
         self.term = Some(term);
+        self.shapes.clear();
         self.loads.clear();
         self.rates.clear();
         self.reported.clear();
@@ -339,6 +346,7 @@ impl ControlPlane {
         self.forget_ids();
         self.heard.clear();
         self.unrecorded.clear();
+        self.shapes.clear();
         self.loads.clear();
         self.rates.clear();
         self.reported.clear();
@@ -440,8 +448,15 @@ impl ControlPlane {
         if changed || now.monotonic_ms >= self.balance_at_ms.saturating_add(BALANCE_REFRESH_MS) {
             self.balance = None;
         }
+        self.end_merges(state, now);
         for heartbeat in heartbeats {
             let Some(region) = heartbeat.report.region.as_ref() else { continue };
+            match self.shapes.get(&region.id) {
+                Some(&(version, _)) if version == region.version => {}
+                _ => {
+                    self.shapes.insert(region.id, (region.version, now.monotonic_ms));
+                }
+            }
             let report = &heartbeat.report;
             if is_recorded(state, report) {
                 self.reported.remove(&region.id);
@@ -583,9 +598,14 @@ impl ControlPlane {
             None => {
                 let config = &self.effective;
                 let decision = scheduler::decide(state, live, config, region, health, is_meta);
+                // The target of a merge under way only gets repaired: a change of its
+                // shape would roll the merge back.
+                let free = !is_meta && !self.merge_targets().any(|t| t == region.id);
                 let decision = match decision {
                     Some(decision) => Some(decision),
-                    None if !is_meta => self.rebalance(state, live, region, health, now),
+                    None if free => self
+                        .rebalance(state, live, region, health, now)
+                        .or_else(|| self.merge(state, live, region, health, now)),
                     None => None,
                 };
                 let Some(decision) = decision else {
@@ -715,6 +735,79 @@ impl ControlPlane {
         Some(decision)
     }
 
+    /// The targets of the merges under way.
+    fn merge_targets(&self) -> impl Iterator<Item = RegionId> + '_ {
+        self.operators.values().filter_map(|o| match o.kind() {
+            OperatorKind::Merge(target) => Some(*target),
+            _ => None,
+        })
+    }
+
+    /// Merges whose source is gone from placement's record (the target absorbed it, and
+    /// its report is recorded) are done: the source sends no more heartbeats to end them.
+    fn end_merges(&mut self, state: &PlacementState, now: Now) {
+        let done: Vec<RegionId> = (self.operators.iter())
+            .filter(|(id, o)| {
+                matches!(o.kind(), OperatorKind::Merge(_)) && state.region(**id).is_none()
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            self.operators.remove(&id);
+            self.shapes.remove(&id);
+            self.counts.finished += 1;
+            self.balance = None;
+            self.settle_until_ms = now.monotonic_ms.saturating_add(SETTLE_MS);
+        }
+    }
+
+    /// A merge of `region` into a neighbour, or a move of one of its replicas towards it,
+    /// if it may make one (see [`crate::merge`]) and fewer than the limit are under way.
+    fn merge(
+        &mut self,
+        state: &PlacementState,
+        live: &Liveness,
+        region: &Region,
+        health: &RegionHealth,
+        now: Now,
+    ) -> Option<Decision> {
+        let config = &self.effective;
+        let merges = self.merge_targets().count();
+        if config.merge.max_size == 0 || merges >= config.merge.limit {
+            return None;
+        }
+        let targets: Vec<RegionId> = self.merge_targets().collect();
+        let busy = |id: RegionId| self.operators.contains_key(&id) || targets.contains(&id);
+        let interval = config.merge.split_merge_interval_ms;
+        let settled = |id: RegionId| {
+            let version = state.region(id).map(|r| r.version);
+            self.shapes.get(&id).is_some_and(|&(v, since)| {
+                Some(v) == version && now.monotonic_ms.saturating_sub(since) >= interval
+            })
+        };
+        let up = |store: StoreId| {
+            state.store(store).is_some_and(|s| {
+                scheduler::store_status(s, live, config) == scheduler::StoreStatus::Up
+            })
+        };
+        let view = crate::merge::MergeView {
+            state,
+            config,
+            loads: &self.rates,
+            busy: &busy,
+            settled: &settled,
+            up: &up,
+        };
+        let decision = crate::merge::merge_decision(&view, region, health.leader, &health.pending)?;
+        tracing::info!(region = region.id, ?decision, "merge");
+        Some(match decision {
+            crate::merge::MergeDecision::Merge(target) => Decision::Merge(target),
+            crate::merge::MergeDecision::Colocate { from, to } => {
+                Decision::MoveReplica { from, to }
+            }
+        })
+    }
+
     /// The operator that carries out `decision`, or why there is none yet.
     fn operator_for(
         &mut self,
@@ -750,6 +843,7 @@ impl ControlPlane {
                 Operator::move_replica(region, from, to, id, at)
             }
             Decision::MoveLeader(to) => Operator::transfer_leader(region, to, at),
+            Decision::Merge(target) => Operator::merge(region, &target, at),
             // The leader's own replica must go: leadership moves first.
             Decision::TransferLeader(successor) => {
                 let victim = region.peer(health.leader).ok_or(Advance::Nothing)?.clone();

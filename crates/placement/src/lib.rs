@@ -21,6 +21,7 @@
 pub mod command;
 pub mod control;
 pub mod filter;
+pub mod merge;
 pub mod operator;
 pub mod scheduler;
 pub mod state;

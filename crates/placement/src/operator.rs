@@ -12,6 +12,7 @@
 //! | remove a replica | (move leadership away first, if it leads) remove it |
 //! | transfer leadership | hand it to the peer |
 //! | move a replica (balance) | add a learner on the new store; promote it once caught up; remove the old one |
+//! | merge into a neighbour | freeze the Region to merge it into the target (the target absorbs it by itself) |
 //!
 //! A step that removes the Region's leader is sent as a leader transfer to another voter
 //! (a caught-up one if any) until leadership has moved: a leader cannot remove itself, and
@@ -37,6 +38,9 @@ pub enum StepAction {
     Remove(Peer),
     /// Hand leadership to this voter.
     TransferLeader(Peer),
+    /// Freeze the Region to merge it into this neighbour (as planned: the merge applies
+    /// only at this epoch of the target).
+    Merge(Region),
 }
 
 impl std::fmt::Display for StepAction {
@@ -50,6 +54,7 @@ impl std::fmt::Display for StepAction {
             }
             StepAction::Remove(p) => write!(f, "remove {}", peer(p)),
             StepAction::TransferLeader(p) => write!(f, "transfer leader to {}", peer(p)),
+            StepAction::Merge(target) => write!(f, "merge into region {}", target.id),
         }
     }
 }
@@ -95,6 +100,8 @@ pub enum OperatorKind {
         /// Where it goes.
         to: StoreId,
     },
+    /// The Region merged into this neighbour.
+    Merge(RegionId),
 }
 
 impl std::fmt::Display for OperatorKind {
@@ -111,6 +118,7 @@ impl std::fmt::Display for OperatorKind {
             OperatorKind::MoveReplica { from, to } => {
                 write!(f, "move replica {} from store {} to store {to}", from.id, from.store_id)
             }
+            OperatorKind::Merge(target) => write!(f, "merge into region {target}"),
         }
     }
 }
@@ -169,6 +177,9 @@ pub struct Operator {
     current: usize,
     /// The Region's version when the operator began: a split or merge cancels it.
     version: u64,
+    /// The Region's `conf_ver` when the operator began: with the version one above each,
+    /// a merge's source is frozen.
+    conf_ver: u64,
     /// Voters the Region had when the operator began: a move removes its old replica only
     /// while the Region has more (its new one promoted, nothing else removed meanwhile).
     voters: usize,
@@ -186,6 +197,7 @@ impl Operator {
             steps,
             current: 0,
             version: region.version,
+            conf_ver: region.conf_ver,
             voters: region.voters().count(),
             step_started_ms: now_ms,
             sent: None,
@@ -239,6 +251,21 @@ impl Operator {
         Operator::new(region, OperatorKind::MoveReplica { from, to: store }, steps, now_ms)
     }
 
+    /// Merges the Region into its neighbour `target` (with replicas on the same stores).
+    pub fn merge(region: &Region, target: &Region, now_ms: u64) -> Self {
+        let steps = vec![StepAction::Merge(target.clone())];
+        Operator::new(region, OperatorKind::Merge(target.id), steps, now_ms)
+    }
+
+    /// Whether the Region, as reported, is frozen by this operator's merge step: the
+    /// target absorbs it by itself (the operator ends once it is gone from placement's
+    /// record), or the merge is rolled back (its version moves again).
+    fn frozen(&self, region: &Region) -> bool {
+        matches!(self.kind, OperatorKind::Merge(_))
+            && region.version == self.version + 1
+            && region.conf_ver == self.conf_ver + 1
+    }
+
     /// Hands leadership to `to`.
     pub fn transfer_leader(region: &Region, to: Peer, now_ms: u64) -> Self {
         let steps = vec![StepAction::TransferLeader(to.clone())];
@@ -277,6 +304,12 @@ impl Operator {
         now_ms: u64,
         timeouts: OperatorTimeouts,
     ) -> Progress {
+        if self.frozen(region) {
+            if now_ms.saturating_sub(self.step_started_ms) > timeouts.step_ms {
+                return Progress::Ended(Ended::TimedOut);
+            }
+            return Progress::Wait;
+        }
         if region.version != self.version {
             return Progress::Ended(Ended::Cancelled);
         }
@@ -369,7 +402,9 @@ impl Operator {
                 victim.is_learner() || region.voters().count() >= self.voters + promoted
             }
             StepAction::Promote(peers) => peers.iter().all(|p| region.peer(p.id).is_some()),
-            StepAction::AddLearner(_) | StepAction::TransferLeader(_) => true,
+            StepAction::AddLearner(_) | StepAction::TransferLeader(_) | StepAction::Merge(_) => {
+                true
+            }
         }
     }
 }
@@ -383,6 +418,8 @@ fn done(step: &StepAction, region: &Region, leader: PeerId) -> bool {
         }
         StepAction::Remove(peer) => region.peer(peer.id).is_none(),
         StepAction::TransferLeader(peer) => leader == peer.id,
+        // Shows as the Region frozen (see `Operator::frozen`), or gone.
+        StepAction::Merge(_) => false,
     }
 }
 

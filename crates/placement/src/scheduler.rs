@@ -56,6 +56,8 @@ pub struct SchedulerConfig {
     /// Bytes a second read and written past which a Region is hot: its leadership is
     /// balanced by traffic, not by count, and its replicas are not moved for counts.
     pub hot_region_bytes_per_sec: u64,
+    /// How small Regions merge (see [`crate::merge`]).
+    pub merge: crate::merge::MergeConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -69,6 +71,7 @@ impl Default for SchedulerConfig {
             store_limit_per_min: 20,
             store_limits: BTreeMap::new(),
             hot_region_bytes_per_sec: 128 << 10,
+            merge: crate::merge::MergeConfig::default(),
         }
     }
 }
@@ -92,6 +95,7 @@ impl SchedulerConfig {
                 Some(labels) => labels.levels.clone(),
                 None => self.location_labels.clone(),
             },
+            merge: self.merge.under(cluster),
             ..self.clone()
         }
     }
@@ -206,6 +210,8 @@ pub enum Decision {
     },
     /// Balance: hand leadership to this voter.
     MoveLeader(Peer),
+    /// Merge the Region into this neighbour (see [`crate::merge`]).
+    Merge(Region),
 }
 
 /// The next step for `region`, if any. `is_meta` selects the placement group's rules.

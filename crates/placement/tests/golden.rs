@@ -61,6 +61,10 @@ fn placement_records() {
             store_limit: 9,
             location_labels: Some(LocationLabels { levels: vec!["zone".into(), "host".into()] }),
             store_limits: vec![StoreLimit { store_id: 1, moves_per_minute: 3 }],
+            merge_max_size: 1 << 20,
+            merge_max_keys: 10_000,
+            split_merge_interval_ms: 60_000,
+            merges_paused: true,
         }),
     ] {
         responses.push(state.apply(&Command::new(kind).encode_to_vec(), &mut batch));

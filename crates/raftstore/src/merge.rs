@@ -127,6 +127,26 @@ impl MergeState {
     }
 }
 
+/// The first byte of an entry's context marking a prepare: the next eight are its
+/// `min_index`, below which no replica truncates its log until the prepare is applied
+/// (the commit carries the entries after it).
+const PREPARE_CONTEXT: u8 = b'P';
+
+/// The context of a prepare entry.
+pub(crate) fn prepare_context(min_index: u64) -> Vec<u8> {
+    let mut context = vec![PREPARE_CONTEXT];
+    context.extend_from_slice(&min_index.to_be_bytes());
+    context
+}
+
+/// The `min_index` of a prepare entry, from its context alone.
+pub(crate) fn prepare_min_index(entry: &Entry) -> Option<u64> {
+    match entry.context.as_ref() {
+        [PREPARE_CONTEXT, index @ ..] => Some(u64::from_be_bytes(index.try_into().ok()?)),
+        _ => None,
+    }
+}
+
 /// The context of a commit entry absorbing `source_id`.
 pub(crate) fn commit_context(source_id: u64) -> Vec<u8> {
     let mut context = vec![COMMIT_CONTEXT];
@@ -355,6 +375,8 @@ mod tests {
         assert_eq!(commit_source(&entry), Some(77));
         entry.context = b"other".to_vec().into();
         assert_eq!(commit_source(&entry), None);
+        entry.context = prepare_context(12).into();
+        assert_eq!((prepare_min_index(&entry), commit_source(&entry)), (Some(12), None));
         assert_eq!(commit_source(&Entry::default()), None);
     }
 

@@ -155,6 +155,22 @@ impl PeerStorage {
         self.cache.clear();
     }
 
+    /// The least of `f` over the persisted entries after the applied index (the cache
+    /// holds them but after a gap or a release; the engine is read then).
+    pub fn min_after_applied(&self, f: impl Fn(&Entry) -> Option<u64>) -> Option<u64> {
+        let from = self.apply_state.applied_index + 1;
+        let last = self.raft_state.last_index;
+        if from > last {
+            return None;
+        }
+        if self.cache.front().is_some_and(|e| e.index <= from) {
+            return self.cache.iter().filter(|e| e.index >= from).filter_map(f).min();
+        }
+        let context = GetEntriesContext::empty(false);
+        let entries = raft::Storage::entries(self, from, last + 1, None, context);
+        entries.unwrap_or_default().iter().filter_map(f).min()
+    }
+
     /// Gives back the memory of the entry cache (a hibernating replica's): entries are
     /// read from the engine until appends fill it again.
     pub fn release_cache(&mut self) {

@@ -67,6 +67,20 @@ pub enum Event {
     /// The local replica of a group serves no more: destroyed, or removed and lingering
     /// (see [`crate::linger`]), once either way.
     Destroyed(u64),
+    /// The local replica of `target` absorbed its neighbour `source` (see
+    /// [`crate::merge`]). If it leads (in `term`), requests the source's leader served
+    /// were not seen here: the transaction layer raises `max_ts` again before it takes
+    /// async-commit or one-phase prewrites, as after gaining leadership.
+    Merged {
+        /// The Region that grew.
+        target: u64,
+        /// The Region it absorbed.
+        source: u64,
+        /// Whether the local replica of the target leads.
+        is_leader: bool,
+        /// Its term.
+        term: u64,
+    },
 }
 
 /// What a round produced for the server to act on.
@@ -454,7 +468,8 @@ impl Store {
             ..Default::default()
         };
         let data = command.encode_to_vec();
-        peer.propose(data, Some(command), callback, now);
+        let context = merge::prepare_context(min_index);
+        peer.propose_with_context(context, data, Some(command), callback, now);
     }
 
     /// Proposes a membership change of a group; `callback` gets
@@ -1190,7 +1205,15 @@ impl Store {
                 (id, Vec::new(), command)
             } else if target.is_leader() && target.region.epoch() == state.target_epoch() {
                 let Some(command) = commit_command(source, &state) else {
-                    tracing::warn!(source = id, "the source's log lacks entries to carry");
+                    let storage = source.raw.store();
+                    tracing::warn!(
+                        source = id,
+                        min_index = state.min_index,
+                        commit = state.commit,
+                        truncated = storage.apply_state().truncated_index,
+                        last = storage.last_index_value(),
+                        "the source's log lacks entries to carry"
+                    );
                     continue;
                 };
                 (target_id, merge::commit_context(id), command)
@@ -1727,6 +1750,10 @@ impl Store {
                 match &result {
                     Ok(ApplyOutput::Merge(region)) => {
                         events.push(Event::RegionChanged(region.clone()));
+                        if let Some(source) = merge::commit_source(&entry) {
+                            let (is_leader, term) = (peer.is_leader(), peer.raw.raft.term);
+                            events.push(Event::Merged { target: id, source, is_leader, term });
+                        }
                         if peer.merging.is_some() {
                             merging.insert(id);
                             frozen.push(id);
@@ -2031,6 +2058,10 @@ impl Store {
             self.stager.discard(data);
         }
         peer.fail_all(|| RaftstoreError::OutcomeUnknown { region_id: id });
+        if peer.is_leader() {
+            let term = peer.raw.raft.term;
+            self.events.push(Event::Role { region_id: id, is_leader: false, term });
+        }
         self.tombstones.insert(id, peer.meta.id);
         let target = peer.merging.as_ref().map_or(0, |state| state.target_id());
         self.absorbed_into.insert(id, target);
@@ -2331,6 +2362,12 @@ fn compact_target(peer: &Peer, config: &RaftConfig, now_ms: u64) -> Option<u64> 
         }
     } else {
         applied.saturating_sub(config.log_gc_threshold / 2)
+    };
+    // A prepare not applied yet (its proposer's, or any leader's since): the commit it
+    // leads to carries the entries after its `min_index`, from whichever replica's log.
+    let target = match storage.min_after_applied(merge::prepare_min_index) {
+        Some(min_index) => target.min(min_index),
+        None => target,
     };
     (target > storage.apply_state().truncated_index).then_some(target)
 }

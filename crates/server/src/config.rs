@@ -119,6 +119,16 @@ pub struct Config {
     /// Bytes a second read and written past which a Region counts as hot: its leader is
     /// moved to even out the stores' traffic instead of their leader counts.
     pub hot_region_bytes_per_sec: u64,
+    /// Bytes a Region may hold, at most, to merge with a neighbour as small (see
+    /// `docs/architecture/merge.md`); 0 turns merges off. `ctl scheduler merge` sets the
+    /// cluster's, which wins.
+    pub merge_max_size: u64,
+    /// User records a Region may hold, at most, to merge.
+    pub merge_max_keys: u64,
+    /// Milliseconds a Region's shape must stand (after a split, say) before it merges.
+    pub split_merge_interval_ms: u64,
+    /// Merges under way at once, at most.
+    pub merge_limit: usize,
     /// Requests a second past which a Region led here counts as hot; a Region hot for
     /// `load_split_secs` in a row is split where its load divides (0 turns it off).
     pub load_split_qps: u64,
@@ -170,6 +180,10 @@ impl Default for Config {
             balance_limit: 4,
             store_limit_per_minute: 20,
             hot_region_bytes_per_sec: 128 << 10,
+            merge_max_size: 32 << 20,
+            merge_max_keys: 320_000,
+            split_merge_interval_ms: 5 * 60_000,
+            merge_limit: 8,
             load_split_qps: 3_000,
             load_split_secs: 10,
             security: Default::default(),
@@ -360,6 +374,12 @@ impl Config {
         in_range("balance_limit", self.balance_limit as u64, 0, 1024)?;
         in_range("store_limit_per_minute", self.store_limit_per_minute, 0, 100_000)?;
         in_range("hot_region_bytes_per_sec", self.hot_region_bytes_per_sec, 1024, 1 << 40)?;
+        in_range("merge_max_size", self.merge_max_size, 0, self.region_max_size)
+            .map_err(|e| e.because("a merged Region must not be split again at once"))?;
+        in_range("merge_max_keys", self.merge_max_keys, 0, self.region_max_keys)
+            .map_err(|e| e.because("a merged Region must not be split again at once"))?;
+        in_range("split_merge_interval_ms", self.split_merge_interval_ms, 0, 7 * 86_400_000)?;
+        in_range("merge_limit", self.merge_limit as u64, 0, 1024)?;
         in_range("load_split_qps", self.load_split_qps, 0, 10_000_000)?;
         in_range("load_split_secs", self.load_split_secs, 1, 600)?;
         self.security.paths().map_err(|reason| invalid("security", reason))?;
@@ -476,6 +496,9 @@ mod tests {
             ("balance_limit", |c| c.balance_limit = 5000),
             ("store_limit_per_minute", |c| c.store_limit_per_minute = 1_000_000),
             ("hot_region_bytes_per_sec", |c| c.hot_region_bytes_per_sec = 0),
+            ("merge_max_size", |c| c.merge_max_size = c.region_max_size + 1),
+            ("merge_max_keys", |c| c.merge_max_keys = c.region_max_keys + 1),
+            ("merge_limit", |c| c.merge_limit = 5000),
             ("load_split_qps", |c| c.load_split_qps = u64::MAX),
             ("load_split_secs", |c| c.load_split_secs = 0),
             ("security", |c| c.security.ca_path = Some("ca.pem".into())),

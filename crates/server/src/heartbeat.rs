@@ -43,6 +43,8 @@ const ADD_LEARNER: u32 = 1;
 const PROMOTE: u32 = 2;
 const REMOVE: u32 = 3;
 const TRANSFER_LEADER: u32 = 4;
+/// `peers` holds the target Region, encoded.
+const MERGE: u32 = 5;
 
 /// This node's side of the control plane: its heartbeats and the operator steps they bring
 /// back, and, while it leads the placement group, the control plane itself.
@@ -530,6 +532,21 @@ impl Control {
                     self.raft.with_store(move |store| store.transfer_leader(region_id, peer_id));
                 transfer.await.and_then(|r| r)
             }
+            StepAction::Merge(target) => {
+                // Answered once the freeze applies; the operator sees it in the Region's
+                // next heartbeat.
+                let target = target.clone();
+                let prepare = move |store: &mut scandium_raftstore::Store| {
+                    let callback =
+                        Box::new(move |result: Result<_, scandium_raftstore::RaftstoreError>| {
+                            if let Err(error) = result {
+                                tracing::debug!(region_id, %error, "merge not prepared");
+                            }
+                        });
+                    store.propose_prepare_merge(region_id, target, callback)
+                };
+                self.raft.with_store(prepare).await
+            }
             action => self.raft.change_peers(region_id, peer_changes(action)).await.map(|_| ()),
         };
         match result {
@@ -591,7 +608,7 @@ fn peer_changes(action: &StepAction) -> Vec<PeerChange> {
             peers.iter().map(|p| PeerChange::AddVoter(p.clone())).collect()
         }
         StepAction::Remove(peer) => vec![PeerChange::Remove(peer.clone())],
-        StepAction::TransferLeader(_) => Vec::new(),
+        StepAction::TransferLeader(_) | StepAction::Merge(_) => Vec::new(),
     }
 }
 
@@ -602,6 +619,7 @@ fn operator_of(step: &OperatorStep) -> Operator {
         StepAction::Promote(peers) => (PROMOTE, encode(peers)),
         StepAction::Remove(peer) => (REMOVE, encode(std::slice::from_ref(peer))),
         StepAction::TransferLeader(peer) => (TRANSFER_LEADER, encode(std::slice::from_ref(peer))),
+        StepAction::Merge(target) => (MERGE, vec![target.encode_to_vec()]),
     };
     Operator {
         region_id: step.region_id,
@@ -613,6 +631,12 @@ fn operator_of(step: &OperatorStep) -> Operator {
 }
 
 fn step_of(operator: &Operator) -> Option<OperatorStep> {
+    let epoch = RegionEpoch { conf_ver: operator.conf_ver, version: operator.version };
+    if operator.kind == MERGE {
+        let target = scandium_types::Region::decode(operator.peers.first()?.as_slice()).ok()?;
+        let action = StepAction::Merge(target);
+        return Some(OperatorStep { region_id: operator.region_id, epoch, action });
+    }
     let peers: Vec<Peer> =
         operator.peers.iter().filter_map(|bytes| Peer::decode(bytes.as_slice()).ok()).collect();
     let action = match (operator.kind, peers.as_slice()) {
@@ -622,6 +646,5 @@ fn step_of(operator: &Operator) -> Option<OperatorStep> {
         (TRANSFER_LEADER, [peer]) => StepAction::TransferLeader(peer.clone()),
         _ => return None,
     };
-    let epoch = RegionEpoch { conf_ver: operator.conf_ver, version: operator.version };
     Some(OperatorStep { region_id: operator.region_id, epoch, action })
 }

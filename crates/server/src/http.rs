@@ -200,6 +200,10 @@ async fn scheduler(State(node): State<Arc<HttpState>>) -> Json<Value> {
         "store_limit": settings.store_limit,
         "store_limits": store_limits,
         "location_labels": settings.location_labels.map(|l| l.levels),
+        "merges_paused": settings.merges_paused,
+        "merge_max_size": settings.merge_max_size,
+        "merge_max_keys": settings.merge_max_keys,
+        "split_merge_interval_ms": settings.split_merge_interval_ms,
     }))
 }
 

@@ -292,6 +292,13 @@ impl Node {
             store_limit_per_min: config.store_limit_per_minute as usize,
             store_limits: Default::default(),
             hot_region_bytes_per_sec: config.hot_region_bytes_per_sec,
+            merge: scandium_placement::merge::MergeConfig {
+                max_size: config.merge_max_size,
+                max_keys: config.merge_max_keys,
+                split_merge_interval_ms: config.split_merge_interval_ms,
+                limit: config.merge_limit,
+                paused: false,
+            },
         };
         let control_config = ControlConfig {
             scheduler,

@@ -96,6 +96,18 @@ impl Replicas {
                         tracing::info!(?transition, "another store's liveness changed")
                     }
                     Event::Destroyed(region_id) => self.txn.max_ts.forget(region_id),
+                    Event::Merged { target, source, is_leader, term } => {
+                        tracing::info!(target, source, "a Region absorbed its neighbour");
+                        report = true;
+                        if is_leader {
+                            // Reads of the source were served elsewhere: `max_ts` is raised
+                            // again before async commit takes the union's keys.
+                            self.txn.max_ts.forget(target);
+                            let replicas = self.clone();
+                            self.tasks
+                                .spawn(async move { replicas.sync_max_ts(target, term).await });
+                        }
+                    }
                 }
             }
             if report {

@@ -291,6 +291,8 @@ pub struct Cluster {
     pub(crate) next_split: u64,
     /// Splits applied.
     pub splits_done: u64,
+    /// Regions absorbed by a merge.
+    pub merged: BTreeSet<u64>,
     /// Operators the control planes of crashed nodes had finished.
     operators_lost: u64,
     /// Messages handed to the network and delivered, for the run's statistics.
@@ -424,6 +426,7 @@ impl Cluster {
             splits: BTreeMap::new(),
             next_split: 0,
             splits_done: 0,
+            merged: BTreeSet::new(),
             operators_lost: 0,
             sent: 0,
             delivered: 0,

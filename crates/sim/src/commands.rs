@@ -423,6 +423,14 @@ impl Cluster {
                 StoreEvent::Destroyed(region_id) => {
                     self.nodes[id as usize - 1].txn.max_ts.forget(region_id);
                 }
+                StoreEvent::Merged { target, source, is_leader, term } => {
+                    self.merged.insert(source);
+                    if is_leader {
+                        // As the server's `replica.rs`: `max_ts` is raised again.
+                        self.nodes[id as usize - 1].txn.max_ts.forget(target);
+                        self.sync_max_ts(id, target, term, 0, rng);
+                    }
+                }
                 StoreEvent::RegionChanged(_) | StoreEvent::Store(_) => {}
             }
         }

@@ -210,6 +210,11 @@ impl Cluster {
                 let store = self.node(id).store.as_mut().expect("a serving node has a store");
                 let _ = store.transfer_leader(region_id, peer.id);
             }
+            StepAction::Merge(target) => {
+                // The operator sees the source frozen in its next heartbeat.
+                let store = self.node(id).store.as_mut().expect("a serving node has a store");
+                store.propose_prepare_merge(region_id, target, Box::new(|_| {}));
+            }
             action => {
                 let changes = match action {
                     StepAction::AddLearner(peer) => vec![PeerChange::AddLearner(peer)],
@@ -217,7 +222,9 @@ impl Cluster {
                         peers.into_iter().map(PeerChange::AddVoter).collect()
                     }
                     StepAction::Remove(peer) => vec![PeerChange::Remove(peer)],
-                    StepAction::TransferLeader(_) => unreachable!("matched above"),
+                    StepAction::TransferLeader(_) | StepAction::Merge(_) => {
+                        unreachable!("matched above")
+                    }
                 };
                 // The operator sees the change in the Region's next heartbeat.
                 let store = self.node(id).store.as_mut().expect("a serving node has a store");

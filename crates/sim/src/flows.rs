@@ -182,6 +182,16 @@ pub fn control_config(replicas_meta: usize) -> ControlConfig {
         balance_limit: 4,
         // Stores have no labels here (the scheduler's unit tests cover them).
         location_labels: Vec::new(),
+        // Small Regions merge (up to the size at which the simulated checks split,
+        // `run::SIZE_SPLITS`, so that a union may be split again), once their shape
+        // stood 2 s: split and merged again within a run, racing the splits, moves,
+        // transfers and snapshots of every fault.
+        merge: scandium_placement::merge::MergeConfig {
+            max_size: 2 << 10,
+            max_keys: 48,
+            split_merge_interval_ms: 2 * HEARTBEAT_MS,
+            ..Default::default()
+        },
         // As the server's defaults (the simulator reports no traffic: no Region is hot).
         ..Default::default()
     };

@@ -101,7 +101,7 @@ fn main() {
     };
     let (mut ran, mut simulated_ms, mut operations) = (0u64, 0u64, 0usize);
     let (mut committed, mut transactions) = (0usize, 0usize);
-    let (mut regions, mut splits, mut operators) = (0u64, 0u64, 0u64);
+    let (mut regions, mut splits, mut operators, mut merges) = (0u64, 0u64, 0u64, 0u64);
     let mut failed = Vec::new();
     let mut last_progress = Instant::now();
     for seed in seeds {
@@ -129,11 +129,12 @@ fn main() {
         }
         let verdict = if report.anomalies.is_empty() { "ok" } else { "FAILED" };
         println!(
-            "seed {seed}: {verdict} regions={} splits={} operators={} slept={}",
-            report.regions, report.splits, report.operators, report.slept
+            "seed {seed}: {verdict} regions={} splits={} merges={} operators={} slept={}",
+            report.regions, report.splits, report.merges, report.operators, report.slept
         );
         (regions, splits, operators) =
             (regions + report.regions as u64, splits + report.splits, operators + report.operators);
+        merges += report.merges;
         if !report.anomalies.is_empty() {
             for anomaly in &report.anomalies {
                 println!("seed {seed} FAILED: {anomaly}");
@@ -153,9 +154,10 @@ fn main() {
     let wall = started.elapsed().as_secs_f64();
     let per_seed = |n: u64| n as f64 / ran.max(1) as f64;
     println!(
-        "{ran} seeds in {wall:.1} s: {operations} operations, {transactions} transactions ({committed} committed), regions={:.1} splits={:.1} operators={:.1} per seed, {:.0} simulated s ({:.0} simulated s per wall-clock minute), {} failed{}",
+        "{ran} seeds in {wall:.1} s: {operations} operations, {transactions} transactions ({committed} committed), regions={:.1} splits={:.1} merges={:.1} operators={:.1} per seed, {:.0} simulated s ({:.0} simulated s per wall-clock minute), {} failed{}",
         per_seed(regions),
         per_seed(splits),
+        per_seed(merges),
         per_seed(operators),
         simulated_ms as f64 / 1000.0,
         simulated_ms as f64 / 1000.0 / wall * 60.0,

@@ -188,6 +188,8 @@ pub struct RunReport {
     pub regions: usize,
     /// Splits applied.
     pub splits: u64,
+    /// Merges applied (Regions absorbed).
+    pub merges: u64,
     /// Operators of the control plane that finished.
     pub operators: u64,
     /// How many times a group went to sleep (see `scandium_raftstore::hibernate`).
@@ -491,6 +493,7 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
         messages: cluster.sent,
         regions: cluster.led_regions().len(),
         splits: cluster.splits_done,
+        merges: cluster.merged.len() as u64,
         operators: cluster.operators_finished(),
         slept: cluster.groups_slept(),
     }

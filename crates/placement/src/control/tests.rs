@@ -443,3 +443,72 @@ fn the_leader_asks_for_every_region_when_it_needs_them_and_follows_the_rest() {
     assert!(!plane.wants(&state, 1, true, at(gone)).all);
     assert!(plane.wants(&state, 2, false, at(gone)).all, "store 2 has not sent all since");
 }
+
+/// Two small neighbours on the same stores, quiet past the interval: the left one is
+/// frozen to merge into the right; the operator waits while it is frozen, and ends once
+/// placement records the target covering both.
+#[test]
+fn small_neighbours_merge_once_their_shapes_have_stood() {
+    let peers = |base| (1..=3).map(|s| Peer::new(base + s, s)).collect::<Vec<_>>();
+    let left = Region {
+        id: 10,
+        end_key: b"m".to_vec(),
+        peers: peers(10),
+        conf_ver: 3,
+        version: 2,
+        ..Default::default()
+    };
+    let right = Region {
+        id: 20,
+        start_key: b"m".to_vec(),
+        peers: peers(20),
+        conf_ver: 3,
+        version: 2,
+        ..Default::default()
+    };
+    let keyspace = KeyspaceMeta { id: 0, name: "DEFAULT".into(), state: 0, created_at: 0 };
+    let regions = vec![left.clone(), right.clone()];
+    let (mut state, _) = PlacementState::bootstrap(1, 100, store(1), regions, vec![keyspace]);
+    for id in 2..=3 {
+        apply(&mut state, Kind::PutStore(store(id)));
+    }
+    apply(&mut state, Kind::SetReplicas(3));
+    let mut config = config();
+    config.scheduler.balance_limit = 0;
+    config.scheduler.merge.split_merge_interval_ms = 10_000;
+    let mut plane = ControlPlane::new(config);
+    plane.take_over(1, &state, at(0));
+    let small =
+        RegionLoad { approximate_size: 1 << 20, approximate_keys: 10, ..Default::default() };
+    let beat = |region: &Region| RegionHeartbeat {
+        load: small,
+        ..heartbeat(region, region.peers[0].id, &[])
+    };
+    let mut sent = Vec::new();
+    for ms in (0..=12_000).step_by(1_000) {
+        for s in 1..=3 {
+            plane.store_heartbeat(s, at(ms));
+        }
+        let intake = plane.region_heartbeats(&state, &[beat(&left), beat(&right)], at(ms));
+        let reports = crate::Reports { reports: intake.changed };
+        apply(&mut state, Kind::ReportRegions(reports));
+        sent.extend(intake.steps.into_iter().map(|step| (ms, step)));
+    }
+    let [(ms, step)] = sent.as_slice() else { panic!("one step: {sent:?}") };
+    assert!(*ms >= 10_000, "not before the shapes stood 10 s: {ms}");
+    assert_eq!((step.region_id, &step.action), (10, &StepAction::Merge(right.clone())));
+    // Frozen: nothing more is sent, nor started for the target.
+    let frozen = Region { version: 3, conf_ver: 4, ..left.clone() };
+    let intake = plane.region_heartbeats(&state, &[beat(&frozen), beat(&right)], at(13_000));
+    assert!(intake.steps.is_empty(), "{intake:?}");
+    assert_eq!(plane.operators().count(), 1);
+    // The target's report covering both is recorded: the merge is done.
+    let merged = Region { id: 20, start_key: Vec::new(), version: 4, ..right.clone() };
+    let report = RegionReport { region: Some(merged.clone()), leader_peer_id: 21, term: 5 };
+    apply(&mut state, Kind::ReportRegions(crate::Reports { reports: vec![report] }));
+    assert!(state.region(10).is_none());
+    plane.region_heartbeats(&state, &[beat(&merged)], at(14_000));
+    assert_eq!(plane.operators().count(), 0);
+    let counts = plane.counts();
+    assert_eq!((counts.started, counts.finished), (1, 1));
+}

@@ -1,0 +1,255 @@
+//! Which small Regions merge into which neighbour (the raftstore carries merges out: see
+//! `scandium_raftstore::merge`).
+//!
+//! A Region is a candidate, as PD's merge checker has it, when it is small (no larger
+//! than [`MergeConfig::max_size`] and holding no more than [`MergeConfig::max_keys`]
+//! records, as its leader last reported), not hot, healthy (a leader, no lagging peer,
+//! voters only, as many as placement wants), and its shape has stood for
+//! [`MergeConfig::split_merge_interval_ms`] (a Region split a moment ago, by size or by
+//! hand, is not merged back at once). Its neighbour qualifies by the same rules, with no
+//! operator of its own; of the two neighbours the smaller goes first (the next one on a
+//! tie). The union is then below twice the limit, under the split size with the defaults,
+//! so it is not split again.
+//!
+//! Both must have replicas on the same stores: otherwise the source's replicas move to the
+//! target's stores first, one move at a time (a balancing move), and the merge follows
+//! at a later heartbeat.
+
+use crate::scheduler::{RegionLoad, SchedulerConfig};
+use crate::{PlacementState, SchedulerSettings};
+use scandium_types::{Peer, PeerRole, Region, RegionId, StoreId};
+use std::collections::BTreeMap;
+
+/// How small Regions merge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeConfig {
+    /// Bytes a Region may hold, at most, to merge; 0 turns merges off.
+    pub max_size: u64,
+    /// User records a Region may hold, at most, to merge.
+    pub max_keys: u64,
+    /// How long a Region's shape must stand before it merges (milliseconds).
+    pub split_merge_interval_ms: u64,
+    /// Merges under way at once, at most (PD: 8).
+    pub limit: usize,
+    /// No merge starts (the cluster's setting).
+    pub paused: bool,
+}
+
+impl Default for MergeConfig {
+    fn default() -> Self {
+        // Half the default split size (64 MiB) and its records: two such Regions merged
+        // stay below the split size.
+        MergeConfig {
+            max_size: 32 << 20,
+            max_keys: 320_000,
+            split_merge_interval_ms: 5 * 60_000,
+            limit: 8,
+            paused: false,
+        }
+    }
+}
+
+impl MergeConfig {
+    /// This node's settings overridden by the cluster's where it has one.
+    pub fn under(&self, cluster: &SchedulerSettings) -> MergeConfig {
+        let or_own = |cluster: u64, own: u64| if cluster == 0 { own } else { cluster };
+        MergeConfig {
+            max_size: or_own(cluster.merge_max_size, self.max_size),
+            max_keys: or_own(cluster.merge_max_keys, self.max_keys),
+            split_merge_interval_ms: or_own(
+                cluster.split_merge_interval_ms,
+                self.split_merge_interval_ms,
+            ),
+            limit: self.limit,
+            paused: cluster.merges_paused,
+        }
+    }
+}
+
+/// What the scheduler wants of a small Region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MergeDecision {
+    /// Merge it into this neighbour, whose replicas are on the same stores.
+    Merge(Region),
+    /// First move this replica of it to this store, where the neighbour has one.
+    Colocate {
+        /// The replica that moves.
+        from: Peer,
+        /// Where it goes.
+        to: StoreId,
+    },
+}
+
+/// What the control plane knows that the merge checker asks about.
+pub struct MergeView<'a> {
+    /// Placement's record.
+    pub state: &'a PlacementState,
+    /// How it schedules.
+    pub config: &'a SchedulerConfig,
+    /// Each Region's size and traffic, smoothed, as last reported.
+    pub loads: &'a BTreeMap<RegionId, RegionLoad>,
+    /// Whether a Region has an operator, or is the target of another Region's merge.
+    pub busy: &'a dyn Fn(RegionId) -> bool,
+    /// Whether a Region's shape has stood for the interval.
+    pub settled: &'a dyn Fn(RegionId) -> bool,
+    /// Whether a store is up.
+    pub up: &'a dyn Fn(StoreId) -> bool,
+}
+
+impl MergeView<'_> {
+    /// Whether `region` is small, cool, settled and healthy enough to take part.
+    fn fits(&self, region: &Region) -> bool {
+        let merge = &self.config.merge;
+        let Some(load) = self.loads.get(&region.id) else { return false };
+        let voters_only = region.peers.iter().all(|p| p.role() == PeerRole::Voter);
+        load.approximate_size <= merge.max_size
+            && load.approximate_keys <= merge.max_keys
+            && load.bytes_per_sec() < self.config.hot_region_bytes_per_sec
+            && voters_only
+            && region.peers.len() as u64 == self.state.replicas()
+            && region.peers.iter().all(|p| (self.up)(p.store_id))
+            && (self.settled)(region.id)
+    }
+}
+
+fn stores(region: &Region) -> Vec<StoreId> {
+    let mut stores: Vec<StoreId> = region.peers.iter().map(|p| p.store_id).collect();
+    stores.sort_unstable();
+    stores
+}
+
+/// What `region` (led by `leader`, with `pending` peers behind) should do about merging,
+/// if anything.
+pub fn merge_decision(
+    view: &MergeView,
+    region: &Region,
+    leader: u64,
+    pending: &[u64],
+) -> Option<MergeDecision> {
+    let merge = &view.config.merge;
+    if merge.max_size == 0 || merge.paused || leader == 0 || !pending.is_empty() {
+        return None;
+    }
+    if (view.busy)(region.id) || !view.fits(region) {
+        return None;
+    }
+    let next =
+        (!region.end_key.is_empty()).then(|| view.state.region_by_key(&region.end_key)).flatten();
+    let prev = view.state.prev_region(&region.start_key);
+    let candidate = |target: &&Region| {
+        target.id != region.id
+            && !(view.busy)(target.id)
+            && view.state.leader_of(target.id).is_some()
+            && target.peers.len() == region.peers.len()
+            && view.fits(target)
+    };
+    let size = |r: &Region| view.loads.get(&r.id).map_or(u64::MAX, |l| l.approximate_size);
+    let target = match (next.filter(candidate), prev.filter(candidate)) {
+        (Some(next), Some(prev)) if size(prev) < size(next) => prev,
+        (Some(next), _) => next,
+        (None, Some(prev)) => prev,
+        (None, None) => return None,
+    };
+    let (mine, theirs) = (stores(region), stores(target));
+    if mine == theirs {
+        return Some(MergeDecision::Merge(target.clone()));
+    }
+    // Moved one at a time: a replica of the source on a store the target is not on (not
+    // the leader's, if there is another), to one of the target's stores it lacks.
+    let to = theirs.iter().find(|s| !mine.contains(s) && (view.up)(**s))?;
+    let strays = region.peers.iter().filter(|p| !theirs.contains(&p.store_id));
+    let mut strays: Vec<&Peer> = strays.collect();
+    strays.sort_by_key(|p| p.id == leader);
+    let from = strays.first()?;
+    Some(MergeDecision::Colocate { from: (*from).clone(), to: *to })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Kind;
+    use scandium_types::Store;
+
+    fn state(regions: &[Region]) -> PlacementState {
+        let store = |id| Store { id, address: format!("s{id}"), ..Default::default() };
+        let (mut state, _) = PlacementState::bootstrap(1, 100, store(1), regions.to_vec(), vec![]);
+        let apply = |state: &mut PlacementState, kind| {
+            let command = prost::Message::encode_to_vec(&crate::Command::new(kind));
+            state.apply(&command, &mut scandium_storage::WriteBatch::new());
+        };
+        for id in 2..=4 {
+            apply(&mut state, Kind::PutStore(store(id)));
+        }
+        let reports = regions.iter().map(|r| crate::RegionReport {
+            region: Some(r.clone()),
+            leader_peer_id: r.peers[0].id,
+            term: 1,
+        });
+        apply(&mut state, Kind::ReportRegions(crate::Reports { reports: reports.collect() }));
+        apply(&mut state, Kind::SetReplicas(3));
+        state
+    }
+
+    fn region(id: u64, start: &[u8], end: &[u8], stores: [u64; 3]) -> Region {
+        Region {
+            id,
+            start_key: start.to_vec(),
+            end_key: end.to_vec(),
+            conf_ver: 1,
+            version: 1,
+            peers: stores.iter().map(|&s| Peer::new(id * 10 + s, s)).collect(),
+        }
+    }
+
+    fn load(size: u64) -> RegionLoad {
+        RegionLoad { approximate_size: size, approximate_keys: size / 100, ..Default::default() }
+    }
+
+    fn decide(
+        regions: &[Region],
+        sizes: &[(u64, u64)],
+        busy: &[u64],
+        source: &Region,
+    ) -> Option<MergeDecision> {
+        let state = state(regions);
+        let config = SchedulerConfig::default();
+        let loads = sizes.iter().map(|&(id, size)| (id, load(size))).collect();
+        let view = MergeView {
+            state: &state,
+            config: &config,
+            loads: &loads,
+            busy: &|id| busy.contains(&id),
+            settled: &|_| true,
+            up: &|_| true,
+        };
+        merge_decision(&view, source, source.peers[0].id, &[])
+    }
+
+    #[test]
+    fn a_small_region_merges_into_its_smaller_small_neighbour() {
+        let a = region(1, b"", b"g", [1, 2, 3]);
+        let b = region(2, b"g", b"p", [1, 2, 3]);
+        let c = region(3, b"p", b"", [1, 2, 3]);
+        let all = [a.clone(), b.clone(), c.clone()];
+        let small = [(1, 2 << 20), (2, 1 << 20), (3, 1 << 20)];
+        assert_eq!(decide(&all, &small, &[], &b), Some(MergeDecision::Merge(c.clone())));
+        let smaller_before = [(1, 1 << 10), (2, 1 << 20), (3, 1 << 20)];
+        assert_eq!(decide(&all, &smaller_before, &[], &b), Some(MergeDecision::Merge(a.clone())));
+        // A big neighbour, a busy one, or a big source: no merge there.
+        let big_next = [(1, 1 << 20), (2, 1 << 20), (3, 1 << 30)];
+        assert_eq!(decide(&all, &big_next, &[], &b), Some(MergeDecision::Merge(a.clone())));
+        assert_eq!(decide(&all, &small, &[1, 3], &b), None);
+        assert_eq!(decide(&all, &[(1, 1 << 20), (2, 1 << 30), (3, 1 << 20)], &[], &b), None);
+        // Unknown figures: no merge.
+        assert_eq!(decide(&all, &[(2, 1 << 20)], &[], &b), None);
+    }
+
+    #[test]
+    fn replicas_on_other_stores_move_first() {
+        let a = region(1, b"", b"g", [1, 2, 3]);
+        let b = region(2, b"g", b"", [1, 2, 4]);
+        let sizes = [(1, 1 << 20), (2, 1 << 20)];
+        let decision = decide(&[a.clone(), b.clone()], &sizes, &[], &a);
+        assert_eq!(decision, Some(MergeDecision::Colocate { from: a.peers[2].clone(), to: 4 }));
+    }
+}
