@@ -25,16 +25,17 @@ pub fn write_initial_group(batch: &mut WriteBatch, region: &Region) {
 
 /// Writes a peer's view of its Region and configuration into `batch`.
 pub fn write_region_state(batch: &mut WriteBatch, region: &Region, conf_state: &ConfStateRecord) {
-    write_merging_state(batch, region, conf_state, None);
+    write_merging_state(batch, region, conf_state, None, &[]);
 }
 
-/// Writes a peer's view of its Region, configuration and the merge it is frozen for, if
-/// any (see [`crate::merge`]), into `batch`.
+/// Writes a peer's view of its Region, configuration, the merge it is frozen for, if
+/// any, and the merges it absorbed (see [`crate::merge`]), into `batch`.
 pub fn write_merging_state(
     batch: &mut WriteBatch,
     region: &Region,
     conf_state: &ConfStateRecord,
     merge_state: Option<&crate::merge::MergeState>,
+    absorbed: &[crate::merge::AbsorbedSource],
 ) {
     let state = RegionLocalState {
         region: Some(region.clone()),
@@ -43,6 +44,7 @@ pub fn write_merging_state(
         removed_peer_id: 0,
         lingering: None,
         merge_state: merge_state.cloned(),
+        absorbed: absorbed.to_vec(),
     };
     batch.put(Cf::RaftState, keys::region_state_key(region.id), state.encode_to_vec());
 }
@@ -69,6 +71,7 @@ pub fn write_absorbed_tombstone(
         removed_peer_id: peer_id,
         lingering: None,
         merge_state: merge.cloned(),
+        absorbed: Vec::new(),
     };
     batch.put(Cf::RaftState, keys::region_state_key(region.id), state.encode_to_vec());
 }
@@ -89,6 +92,7 @@ pub fn write_lingering(
         removed_peer_id: peer_id,
         lingering: Some(lingering.clone()),
         merge_state: None,
+        absorbed: Vec::new(),
     };
     batch.put(Cf::RaftState, keys::region_state_key(region.id), state.encode_to_vec());
 }

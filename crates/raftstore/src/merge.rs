@@ -101,6 +101,34 @@ pub struct RollbackMerge {
     pub commit: u64,
 }
 
+/// A merge a Region applied as the target: kept in its Region state and carried in its
+/// snapshots, so that a replica of the target, however it got its state, knows which
+/// sources it has absorbed. A frozen source whose target moved on rolls back only if its
+/// target's record lacks it (otherwise the merge committed, and a rollback would lose
+/// writes the target took since); a source replica that slept through its merge is
+/// obsolete once the target's replica here has it (TiKV's raftstore-v2 merged records).
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct AbsorbedSource {
+    /// The source's id.
+    #[prost(uint64, tag = "1")]
+    pub source_id: u64,
+    /// The index of the source's prepare.
+    #[prost(uint64, tag = "2")]
+    pub commit: u64,
+}
+
+/// Merges a Region records, at most (the oldest go first): a frozen source is committed
+/// or rolled back within seconds, long before this many more merges into its target.
+pub const MAX_ABSORBED: usize = 128;
+
+/// `absorbed` with `source` added (and the oldest dropped past [`MAX_ABSORBED`]).
+pub(crate) fn record_absorbed(absorbed: &mut Vec<AbsorbedSource>, source: AbsorbedSource) {
+    absorbed.push(source);
+    if absorbed.len() > MAX_ABSORBED {
+        absorbed.remove(0);
+    }
+}
+
 /// What a source replica records when it applies a prepare, with its Region state.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MergeState {

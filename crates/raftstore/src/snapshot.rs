@@ -33,6 +33,9 @@ pub struct SnapshotHeader {
     /// Key of the engine snapshot in the sender's [`SnapshotSources`].
     #[prost(uint64, tag = "2")]
     pub token: u64,
+    /// The merges the Region absorbed as of the snapshot's index.
+    #[prost(message, repeated, tag = "3")]
+    pub absorbed: Vec<crate::merge::AbsorbedSource>,
 }
 
 /// One record of a snapshot.

@@ -94,6 +94,10 @@ pub struct RegionLocalState {
     /// under way. For a tombstone: the merge that absorbed it.
     #[prost(message, optional, tag = "6")]
     pub merge_state: Option<crate::merge::MergeState>,
+    /// The merges this Region absorbed as the target (see
+    /// [`crate::merge::AbsorbedSource`]).
+    #[prost(message, repeated, tag = "7")]
+    pub absorbed: Vec<crate::merge::AbsorbedSource>,
 }
 
 /// raft-rs's `ConfState`, persisted with the Region it describes: raft-rs rebuilds its

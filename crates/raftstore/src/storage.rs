@@ -38,6 +38,13 @@ pub struct PeerStorage {
     clock: Arc<AtomicU64>,
     /// Bytes appended to the log since it was last truncated (an estimate).
     log_bytes: u64,
+    /// The merges the Region absorbed as of the applied index (see
+    /// [`crate::merge::AbsorbedSource`]): what a snapshot taken now carries.
+    absorbed: Vec<crate::merge::AbsorbedSource>,
+    /// The Region is frozen for a merge (see [`crate::merge`]): it gives no snapshot, as
+    /// a replica taking one would not be frozen. None needs one: the prepare waits for
+    /// every follower to hold the log (and nothing truncates it while frozen).
+    frozen: bool,
 }
 
 /// What a [`PeerStorage`] is built from, besides its own records.
@@ -76,6 +83,8 @@ impl PeerStorage {
             snapshots: context.snapshots.clone(),
             clock: context.clock.clone(),
             log_bytes: 0,
+            absorbed: Vec::new(),
+            frozen: false,
         };
         // The commit index is persisted lazily; applied entries are certainly committed.
         storage.raft_state.commit =
@@ -98,7 +107,35 @@ impl PeerStorage {
             snapshots: context.snapshots.clone(),
             clock: context.clock.clone(),
             log_bytes: 0,
+            absorbed: Vec::new(),
+            frozen: false,
         }
+    }
+
+    /// The merges the Region absorbed as the target, as of the applied index.
+    pub fn absorbed(&self) -> &[crate::merge::AbsorbedSource] {
+        &self.absorbed
+    }
+
+    /// Whether the Region absorbed Region `source` in a merge (as far as its record
+    /// reaches: see [`crate::merge::MAX_ABSORBED`]).
+    pub fn has_absorbed(&self, source: u64) -> bool {
+        self.absorbed.iter().any(|a| a.source_id == source)
+    }
+
+    /// Replaces the record of absorbed merges (persisted by the caller).
+    pub fn set_absorbed(&mut self, absorbed: Vec<crate::merge::AbsorbedSource>) {
+        self.absorbed = absorbed;
+    }
+
+    /// Freezes or thaws the Region for snapshots (see `frozen`).
+    pub fn set_frozen(&mut self, frozen: bool) {
+        self.frozen = frozen;
+    }
+
+    /// Records one more absorbed merge (persisted by the caller).
+    pub fn add_absorbed(&mut self, source: crate::merge::AbsorbedSource) {
+        crate::merge::record_absorbed(&mut self.absorbed, source);
     }
 
     /// The persisted apply state.
@@ -378,12 +415,16 @@ impl raft::Storage for PeerStorage {
     /// [`SnapshotSources`] for the transport, and the Raft snapshot names it by token.
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let applied = &self.apply_state;
-        if applied.applied_index < request_index {
+        if applied.applied_index < request_index || self.frozen {
             return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
         }
         let now = self.clock.load(Ordering::Relaxed);
         let token = self.snapshots.register(self.region.clone(), self.engine.snapshot(), now);
-        let header = SnapshotHeader { region: Some(self.region.clone()), token };
+        let header = SnapshotHeader {
+            region: Some(self.region.clone()),
+            token,
+            absorbed: self.absorbed.clone(),
+        };
         let mut snapshot =
             Snapshot { data: prost::Message::encode_to_vec(&header).into(), ..Default::default() };
         let mut meta = SnapshotMetadata {

@@ -18,7 +18,6 @@
 use crate::apply::{apply_command, Applied};
 use crate::bootstrap::{
     write_absorbed_tombstone, write_initial_group, write_lingering, write_merging_state,
-    write_region_state,
 };
 use crate::command::{EncodedCommand, RaftCommand};
 use crate::conf_change::{self, PeerChange};
@@ -312,7 +311,9 @@ impl Store {
             let region = state.region.unwrap_or_default();
             debug_assert_eq!(region.id, group_id);
             if let Some(peer) = store.start_peer(region, &conf_state, false)? {
+                peer.raw.mut_store().set_frozen(merge_state.is_some());
                 peer.merging = merge_state.map(Box::new);
+                peer.raw.mut_store().set_absorbed(state.absorbed);
                 // A restarted replica may have heard from a leader just before it went
                 // down; it must not help elect another one until that leader's lease has
                 // surely run out (the deadline is set by the first clock reading).
@@ -814,6 +815,7 @@ impl Store {
                 && p.region.id != region.id
                 && p.region.id != META_GROUP_ID
                 && !absorbed_by(p, region.id)
+                && !self.obsolete(p)
                 && overlaps(&p.region, &region)
         });
         if region.id != META_GROUP_ID && overlapping {
@@ -897,15 +899,37 @@ impl Store {
             return Ok(());
         }
         peer.absorbed_by = target;
-        let may_absorb = self
-            .peers
-            .get(&target)
-            .is_some_and(|t| t.initialized && !overlaps(&t.region, &self.peers[&id].region));
+        let may_absorb = self.may_absorb(target, &self.peers[&id].region);
         tracing::info!(group = id, target, may_absorb, "absorbed by a merge it slept through");
         if may_absorb {
             return Ok(());
         }
         self.destroy_peer(id)
+    }
+
+    /// Whether the local replica of `target` may still absorb a source replica of
+    /// `source` here, by applying the merge from its log: it serves, and neither covers
+    /// the source yet nor is itself frozen or absorbed.
+    fn may_absorb(&self, target: u64, source: &Region) -> bool {
+        self.peers.get(&target).is_some_and(|t| {
+            t.initialized
+                && t.merging.is_none()
+                && t.absorbed_by == 0
+                && !t.raw.store().has_absorbed(source.id)
+                && !overlaps(&t.region, source)
+        })
+    }
+
+    /// Whether `peer` is a source whose merge committed, and no replica here can absorb
+    /// it any more: the target's replica here records the merge (it got past it by a
+    /// snapshot that does not cover the source), or the source is known to have been
+    /// absorbed and the target here cannot take it. Any Region's snapshot over its range
+    /// (from after that merge, and whatever followed it) replaces it.
+    fn obsolete(&self, peer: &Peer) -> bool {
+        let target = peer.merging.as_ref().map_or(peer.absorbed_by, |s| s.target_id());
+        let recorded = (self.peers.get(&target))
+            .is_some_and(|t| t.initialized && t.raw.store().has_absorbed(peer.region.id));
+        recorded || (peer.absorbed_by != 0 && !self.may_absorb(peer.absorbed_by, &peer.region))
     }
 
     /// Makes the local replica of a group, removed from it, a lingering one (see
@@ -1171,6 +1195,7 @@ impl Store {
     /// [`merge::COMMIT_RESEND_MS`].
     fn check_merges(&mut self, ids: Vec<u64>) {
         let now = self.now_ms;
+        let mut obsolete = Vec::new();
         for id in ids {
             let Some(state) = self.peers.get(&id).and_then(|p| p.merging.as_deref().cloned())
             else {
@@ -1186,7 +1211,15 @@ impl Store {
             let Some(source) = self.peers.get(&id).filter(|p| serving(p)) else { continue };
             let target_id = state.target_id();
             let Some(target) = self.peers.get(&target_id).filter(|p| serving(p)) else { continue };
+            if target.raw.store().has_absorbed(id) {
+                // The target here is past the merge (a snapshot from after it that does
+                // not cover this source, say): this replica is obsolete.
+                obsolete.push((id, target_id));
+                continue;
+            }
             let proposal = if merge::moved_on(target.region.epoch(), state.target_epoch()) {
+                // The target here moved on without absorbing this source: its log holds a
+                // change before any commit of this merge, which every replica refuses.
                 if !source.is_leader() {
                     continue;
                 }
@@ -1225,6 +1258,15 @@ impl Store {
             let data = command.encode_to_vec();
             let peer = self.peer_mut(group).expect("found above");
             peer.propose_with_context(context, data, Some(command), Box::new(|_| {}), now);
+        }
+        for (id, target) in obsolete {
+            tracing::info!(group = id, target, "merged: the target here is past the merge");
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.absorbed_by = target;
+            }
+            if let Err(error) = self.destroy_peer(id) {
+                tracing::warn!(group = id, %error, "could not destroy an absorbed source");
+            }
         }
     }
 
@@ -1574,7 +1616,8 @@ impl Store {
         // snapshot comes again, and the merge that made the source obsolete committed.)
         for (target_id, region) in covering {
             let covered: Vec<u64> = (self.peers.iter())
-                .filter(|(_, p)| absorbed_by(p, target_id) && overlaps(&p.region, &region))
+                .filter(|(_, p)| absorbed_by(p, target_id) || self.obsolete(p))
+                .filter(|(_, p)| overlaps(&p.region, &region))
                 .map(|(id, _)| *id)
                 .collect();
             for id in covered {
@@ -2109,6 +2152,47 @@ impl Store {
         self.peers.get(&id).is_some_and(|p| p.installing.is_some())
     }
 
+    /// What the local replica of a group is doing, in a line, for the simulator's and
+    /// tests' failure reports: its shape, and what it may be waiting for.
+    pub fn describe(&self, id: u64) -> Option<String> {
+        let p = self.peers.get(&id)?;
+        let state = p.raw.store().apply_state();
+        Some(format!(
+            "peer {} v{} c{} [{:?}, {:?}) initialized={} installing={} lingering={} \
+             leader={} term={} applied={} truncated={} last={} deferred={} frozen_into={:?} \
+             absorbed_by={} waiting_merge={} asleep={}",
+            p.meta.id,
+            p.region.version,
+            p.region.conf_ver,
+            p.region.start_key.escape_ascii().to_string(),
+            p.region.end_key.escape_ascii().to_string(),
+            p.initialized,
+            p.installing.is_some(),
+            p.lingering.is_some(),
+            p.raw.raft.leader_id,
+            p.raw.raft.term,
+            state.applied_index,
+            state.truncated_index,
+            p.raw.store().last_index_value(),
+            p.deferred.len(),
+            p.merging.as_ref().map(|s| (s.target_id(), s.commit)),
+            p.absorbed_by,
+            self.merge_waiting.contains(&id),
+            !p.sleep.is_awake(),
+        ))
+    }
+
+    /// The local replicas overlapping `region` (other than its own), described.
+    pub fn describe_overlapping(&self, region: &Region) -> Vec<(u64, String)> {
+        (self.peers.iter())
+            .filter(|(id, p)| {
+                **id != region.id && **id != META_GROUP_ID && overlaps(&p.region, region)
+            })
+            .flat_map(|(id, p)| [*id, p.absorbed_by])
+            .filter_map(|id| Some((id, self.describe(id)?)))
+            .collect()
+    }
+
     /// The current status of a group's local replica (for tests and tools).
     pub fn status(&self, id: u64) -> Option<RegionStatus> {
         let (config, now) = (&self.config, self.now_ms);
@@ -2509,7 +2593,12 @@ fn install_snapshot(
     peer.installing = Some(Box::new(Install::new(pending)));
     let conf_state = ConfStateRecord::from(snapshot.get_metadata().get_conf_state());
     peer.raw.mut_store().apply_snapshot(snapshot, region.clone(), batch);
-    write_region_state(batch, &region, &conf_state);
+    write_merging_state(batch, &region, &conf_state, None, &header.absorbed);
+    peer.raw.mut_store().set_absorbed(header.absorbed);
+    // A frozen Region gives no snapshot: this one is of a Region thawed since, or of
+    // another that absorbed it.
+    peer.merging = None;
+    peer.raw.mut_store().set_frozen(false);
     peer.region = region.clone();
     if let Some(local) = region.peer(peer.meta.id) {
         peer.meta = local.clone();
@@ -2600,7 +2689,8 @@ fn apply_entry(
         }
         Applied::Split { left, new } => {
             let conf_state = ConfStateRecord::from(peer.raw.store().conf_state());
-            write_region_state(batch, &left, &conf_state);
+            let absorbed = peer.raw.store().absorbed();
+            write_merging_state(batch, &left, &conf_state, None, absorbed);
             for right in &new {
                 write_initial_group(batch, right);
             }
@@ -2647,9 +2737,10 @@ fn apply_prepare_merge(
         return Err(RaftstoreError::ChangeRefused(reason));
     }
     let (frozen, state) = merge::apply_prepare(&peer.region, command, prepare, index)?;
-    write_merging_state(batch, &frozen, &conf_state, Some(&state));
+    write_merging_state(batch, &frozen, &conf_state, Some(&state), peer.raw.store().absorbed());
     peer.region = frozen.clone();
     peer.raw.mut_store().set_region(frozen.clone(), None);
+    peer.raw.mut_store().set_frozen(true);
     peer.merging = Some(Box::new(state));
     peer.lease_until_ms = 0;
     tracing::info!(
@@ -2674,9 +2765,10 @@ fn apply_rollback_merge(
     let conf_state = ConfStateRecord::from(peer.raw.store().conf_state());
     let mut region = peer.region.clone();
     region.version += 1;
-    write_region_state(batch, &region, &conf_state);
+    write_merging_state(batch, &region, &conf_state, None, peer.raw.store().absorbed());
     peer.region = region.clone();
     peer.raw.mut_store().set_region(region.clone(), None);
+    peer.raw.mut_store().set_frozen(false);
     peer.merging = None;
     tracing::info!(group = region.id, "merge rolled back: the Region serves again");
     Ok(Outcome::Done(ApplyOutput::Merge(region)))
@@ -2772,7 +2864,9 @@ fn commit_merge(
     }
     let region = merge::merged(&target.region, &src.region);
     let conf_state = ConfStateRecord::from(target.raw.store().conf_state());
-    write_region_state(batch, &region, &conf_state);
+    let record = merge::AbsorbedSource { source_id, commit: commit.commit };
+    target.raw.mut_store().add_absorbed(record);
+    write_merging_state(batch, &region, &conf_state, None, target.raw.store().absorbed());
     target.region = region.clone();
     target.raw.mut_store().set_region(region.clone(), None);
     target.stats.absorb(&src.stats);
@@ -2801,7 +2895,8 @@ fn apply_conf_change(
         .map_err(|e| RaftstoreError::ChangeRefused(e.to_string()))?;
     let record = ConfStateRecord::from(&conf_state);
     let region = conf_change::apply_to_region(&peer.region, &cc, &record);
-    write_region_state(batch, &region, &record);
+    let merging = peer.merging.as_deref();
+    write_merging_state(batch, &region, &record, merging, peer.raw.store().absorbed());
     peer.region = region.clone();
     peer.raw.mut_store().set_region(region.clone(), Some(&record));
     if let Some(local) = region.peer(peer.meta.id) {

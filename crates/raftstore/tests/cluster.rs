@@ -881,7 +881,8 @@ fn snapshot_message(index: u64) -> PeerMessage {
         version: 1,
         ..Default::default()
     };
-    let header = SnapshotHeader { region: Some(region.clone()), token: index };
+    let header =
+        SnapshotHeader { region: Some(region.clone()), token: index, absorbed: Vec::new() };
     let mut conf_state = ConfState::default();
     conf_state.voters = vec![1, 2];
     let mut metadata = SnapshotMetadata::default();

@@ -1093,6 +1093,20 @@ impl Cluster {
             .collect()
     }
 
+    /// What each node holding a replica of `region` has of it, and of the Regions that
+    /// overlap it there (`Store::describe`), for failure reports.
+    pub fn describe(&self, region: &Region) -> Vec<NodeView> {
+        (region.peers.iter())
+            .map(|peer| {
+                let id = peer.store_id;
+                let store = self.nodes[id as usize - 1].store.as_ref();
+                let own = store.and_then(|s| s.describe(region.id));
+                let overlapping = store.map(|s| s.describe_overlapping(region)).unwrap_or_default();
+                (id, own, overlapping)
+            })
+            .collect()
+    }
+
     /// The stores placement's leader holds as drained and retired, if a node leads it.
     pub fn store_state(&self, store: u64) -> Option<StoreState> {
         let leader = self.placement_leader()?;
@@ -1259,3 +1273,7 @@ pub type ReplicaState = (u64, Vec<u64>);
 fn lock(answers: &Answers) -> std::sync::MutexGuard<'_, Vec<Reply>> {
     answers.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// A node's replica of a Region and the Regions overlapping it there, described
+/// (`Store::describe`): the node, its replica's line, and the overlapping ones' lines.
+pub type NodeView = (u64, Option<String>, Vec<(u64, String)>);

@@ -565,8 +565,10 @@ fn unsettled(cluster: &Cluster, config: &RunConfig, departed: Option<Departure>)
         let states = cluster.replica_states(region);
         let first = states.first().and_then(|(_, state)| state.clone());
         if first.is_none() || states.iter().any(|(_, state)| *state != first) {
+            let locals = cluster.describe(region);
             return Some(format!(
-                "region {} ({:?})'s replicas disagree: (node, (applied index, digests)) {states:?}",
+                "region {} ({:?})'s replicas disagree: (node, (applied index, digests)) \
+                 {states:?}; as each node holds it and what overlaps it: {locals:?}",
                 region.id, region.peers
             ));
         }
