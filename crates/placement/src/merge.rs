@@ -11,6 +11,9 @@
 //! tie). The union is then below twice the limit, under the split size with the defaults,
 //! so it is not split again.
 //!
+//! Never across a keyspace's edge (`scandium_types::keyspace::is_keyspace_edge`): the
+//! Rust client's scans end only at a Region boundary there.
+//!
 //! Both must have replicas on the same stores: otherwise the source's replicas move to the
 //! target's stores first, one move at a time (a balancing move), and the merge follows
 //! at a later heartbeat.
@@ -137,7 +140,10 @@ pub fn merge_decision(
         (!region.end_key.is_empty()).then(|| view.state.region_by_key(&region.end_key)).flatten();
     let prev = view.state.prev_region(&region.start_key);
     let candidate = |target: &&Region| {
+        let boundary =
+            if target.start_key == region.end_key { &target.start_key } else { &region.start_key };
         target.id != region.id
+            && !scandium_types::keyspace::is_keyspace_edge(boundary)
             && !(view.busy)(target.id)
             && view.state.leader_of(target.id).is_some()
             && target.peers.len() == region.peers.len()
@@ -242,6 +248,18 @@ mod tests {
         assert_eq!(decide(&all, &[(1, 1 << 20), (2, 1 << 30), (3, 1 << 20)], &[], &b), None);
         // Unknown figures: no merge.
         assert_eq!(decide(&all, &[(2, 1 << 20)], &[], &b), None);
+    }
+
+    #[test]
+    fn no_merge_across_a_keyspace_edge() {
+        let a = region(1, b"", b"r\0\0\0", [1, 2, 3]);
+        let b = region(2, b"r\0\0\0", b"r\0\0\x01", [1, 2, 3]);
+        let c = region(3, b"r\0\0\x01", b"", [1, 2, 3]);
+        let all = [a.clone(), b.clone(), c.clone()];
+        let small = [(1, 1 << 20), (2, 1 << 20), (3, 1 << 20)];
+        for source in [&a, &b, &c] {
+            assert_eq!(decide(&all, &small, &[], source), None, "{}", source.id);
+        }
     }
 
     #[test]

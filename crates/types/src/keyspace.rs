@@ -63,6 +63,17 @@ pub fn prefix_end(mode: u8, id: u32) -> Vec<u8> {
     }
 }
 
+/// Whether `key` is an edge of some keyspace (a 4-byte raw or transactional prefix, or
+/// the end of either mode's range): a Region boundary there stays, whether or not the
+/// keyspace exists yet, so merges never join Regions across one.
+pub fn is_keyspace_edge(key: &[u8]) -> bool {
+    match key {
+        [mode, _, _, _] => *mode == RAW_MODE || *mode == TXN_MODE,
+        [mode] => *mode == RAW_MODE + 1 || *mode == TXN_MODE + 1,
+        _ => false,
+    }
+}
+
 /// The Region boundaries a keyspace needs: both ends of its raw and transactional ranges.
 pub fn keyspace_edges(id: u32) -> [Vec<u8>; 4] {
     [
@@ -76,6 +87,16 @@ pub fn keyspace_edges(id: u32) -> [Vec<u8>; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_keyspace_edge_is_known_as_one() {
+        for id in [0, 1, 77, MAX_KEYSPACE_ID] {
+            assert!(keyspace_edges(id).iter().all(|edge| is_keyspace_edge(edge)), "{id}");
+        }
+        for key in [&b""[..], b"r", b"r\0\0", b"r\0\0\0\0", b"k\0\0\0", b"a", b"t"] {
+            assert!(!is_keyspace_edge(key), "{key:?}");
+        }
+    }
 
     #[test]
     fn default_keyspace_edges() {

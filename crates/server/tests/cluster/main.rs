@@ -1141,3 +1141,55 @@ async fn idle_regions_are_reported_now_and_then_and_a_written_one_at_once() {
     assert!(control.reports_taken() > before + taken);
     cluster.shutdown().await;
 }
+
+/// Regions split by hand, small and quiet, merge back once their shapes have
+/// stood the interval, while a client goes on writing across them: every write it was
+/// answered for is there at the end, and it saw no error (a frozen or absorbed Region
+/// sends it back to placement, and it retries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_regions_merge_back_and_clients_carry_on() {
+    let cluster = Cluster::start_with(3, |settings| {
+        settings.split_merge_interval_ms = 1_000;
+    })
+    .await;
+    let count = |cluster: &Cluster| {
+        let leader = cluster.meta_leader().expect("a placement leader");
+        let placement = cluster.node(leader).placement().read();
+        placement.region_count()
+    };
+    // Regions start at the default keyspace's edges, which stay (the Rust client's scans
+    // of a keyspace end only at a Region boundary there).
+    let before = count(&cluster);
+    let splits = ["c", "f", "j", "m", "q", "u"];
+    let asker = cluster.meta_leader().expect("a placement leader");
+    for key in splits {
+        cluster.node(asker).splitter().split_at(k(key)).await.expect("split");
+    }
+    let split = count(&cluster);
+    assert_eq!(split, before + splits.len());
+    let client = cluster.raw_client().await;
+    let mut written = Vec::new();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    let merged = loop {
+        let key = format!("{}{:04}", (b'a' + (written.len() % 26) as u8) as char, written.len());
+        client.put(k(&key), k(&key)).await.unwrap_or_else(|e| panic!("put {key}: {e}"));
+        written.push(key);
+        let now = count(&cluster);
+        if now == before || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!(
+        "{split} Regions merged into {merged} in {:?}, {} writes",
+        started.elapsed(),
+        written.len()
+    );
+    assert_eq!(merged, before, "every split merged back");
+    for key in &written {
+        let value = client.get(k(key)).await.expect("get");
+        assert_eq!(value, Some(k(key)), "{key}");
+    }
+    cluster.shutdown().await;
+}
