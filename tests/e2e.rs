@@ -269,6 +269,21 @@ async fn zero_config_server_and_cli() {
     );
     let (ok, out) = cli(&["ctl", "scheduler", "store-limit", "200000"]);
     assert!(!ok && out.contains("at most 100000"), "refused: {out}");
+    // Which Regions merge, and whether merges run.
+    let (ok, out) = cli(&["ctl", "scheduler"]);
+    assert!(ok && out.contains("merges: running"), "{out}");
+    assert!(out.contains("records at most: each node's merge_max_keys"), "{out}");
+    let args = ["ctl", "scheduler", "merge", "--max-size", "1048576", "--after-ms", "60000"];
+    let (ok, out) = cli(&args);
+    assert!(ok && out.contains("bytes at most: 1048576"), "{out}");
+    assert!(out.contains("stood for ms: 60000"), "{out}");
+    let (ok, out) = cli(&["ctl", "scheduler", "pause", "merges"]);
+    assert!(ok && out.contains("merges: paused") && out.contains("leader balancing"), "{out}");
+    let (ok, out) = cli(&["ctl", "--json", "scheduler"]);
+    assert!(ok && out.contains("\"merges_paused\": true"), "{out}");
+    assert!(out.contains("\"merge_max_size\": 1048576"), "{out}");
+    let (ok, out) = cli(&["ctl", "scheduler", "resume", "merges"]);
+    assert!(ok && out.contains("merges: running"), "{out}");
     // A store's own limit, and the cluster's isolation levels.
     let (ok, out) = cli(&["ctl", "scheduler", "store-limit", "0", "--store", "1"]);
     assert!(ok && out.contains("limit of their own: 1: 0"), "{out}");

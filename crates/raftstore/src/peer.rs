@@ -66,6 +66,10 @@ pub struct RaftConfig {
     /// leader going to sleep grants itself a lease that never ends, and serves reads from
     /// it while another leader may have been elected.
     pub unsafe_sleeping_lease: bool,
+    /// Breaks merges on purpose, for the simulator to show that it catches it: a Region
+    /// frozen for a merge goes on serving reads (from its lease), while the target that
+    /// absorbs it may already take writes of its keys.
+    pub unsafe_frozen_reads: bool,
 }
 
 impl Default for RaftConfig {
@@ -86,6 +90,7 @@ impl Default for RaftConfig {
             incarnation: 0,
             hibernate_after_ticks: 0,
             unsafe_sleeping_lease: false,
+            unsafe_frozen_reads: false,
         }
     }
 }
@@ -195,6 +200,8 @@ pub struct Peer {
     /// Not 0: the Region that absorbed this replica's Region in a merge it slept through,
     /// as a member that was absorbed told it: a snapshot of that Region replaces it.
     pub(crate) absorbed_by: u64,
+    /// `RaftConfig::unsafe_frozen_reads`.
+    serves_frozen: bool,
 }
 
 impl Peer {
@@ -263,6 +270,7 @@ impl Peer {
             sleep: Sleep::default(),
             merging: None,
             absorbed_by: 0,
+            serves_frozen: config.unsafe_frozen_reads,
         })
     }
 
@@ -278,7 +286,13 @@ impl Peer {
     pub fn ready_for_reads(&self) -> bool {
         self.is_leader()
             && self.raw.store().apply_state().applied_term == self.raw.raft.term
-            && self.merging.is_none()
+            && (self.merging.is_none() || self.serves_frozen)
+    }
+
+    /// Whether it serves reads while frozen for a merge (a breakage: see
+    /// `RaftConfig::unsafe_frozen_reads`).
+    pub(crate) fn serves_frozen(&self) -> bool {
+        self.serves_frozen
     }
 
     /// The leader's peer, if known.

@@ -2742,7 +2742,9 @@ fn apply_prepare_merge(
     peer.raw.mut_store().set_region(frozen.clone(), None);
     peer.raw.mut_store().set_frozen(true);
     peer.merging = Some(Box::new(state));
-    peer.lease_until_ms = 0;
+    if !peer.serves_frozen() {
+        peer.lease_until_ms = 0;
+    }
     tracing::info!(
         group = frozen.id,
         target = peer.merging.as_ref().map_or(0, |s| s.target_id()),

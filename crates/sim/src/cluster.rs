@@ -1008,6 +1008,18 @@ impl Cluster {
         })
     }
 
+    /// Breaks merges on purpose (see `RaftConfig::unsafe_frozen_reads`). Called before
+    /// the run begins: the stores are opened again with it.
+    pub fn set_unsafe_frozen_reads(&mut self) {
+        for id in self.ids() {
+            let node = self.node(id);
+            node.config.unsafe_frozen_reads = true;
+            if node.store.take().is_some() {
+                self.start(id);
+            }
+        }
+    }
+
     /// Breaks hibernation on purpose (see `RaftConfig::unsafe_sleeping_lease`); a run
     /// that drew no hibernation hibernates. Called before the run begins: the stores are
     /// opened again with it.

@@ -66,6 +66,9 @@ struct Args {
     /// Break hibernation on purpose (a sleeping leader grants itself an endless lease).
     #[arg(long)]
     unsafe_sleeping_lease: bool,
+    /// Break merges on purpose (a Region frozen for a merge goes on serving reads).
+    #[arg(long)]
+    unsafe_frozen_reads: bool,
 }
 
 fn main() {
@@ -86,6 +89,7 @@ fn main() {
         unsafe_cas: args.unsafe_cas,
         unsafe_liveness: args.unsafe_liveness,
         unsafe_sleeping_lease: args.unsafe_sleeping_lease,
+        unsafe_frozen_reads: args.unsafe_frozen_reads,
         txn_clients: args.txn_clients,
         bank_clients: args.bank_clients,
         faults: !args.no_faults,

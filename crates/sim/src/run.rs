@@ -83,6 +83,9 @@ pub struct RunConfig {
     /// Breaks hibernation on purpose (see `RaftConfig::unsafe_sleeping_lease`); every run
     /// then hibernates.
     pub unsafe_sleeping_lease: bool,
+    /// Breaks merges on purpose (see `RaftConfig::unsafe_frozen_reads`): a frozen source
+    /// goes on serving reads.
+    pub unsafe_frozen_reads: bool,
     /// Whether Regions are split during the run (at random points, every 1–2.5 s).
     pub splits: bool,
 }
@@ -108,6 +111,7 @@ impl Default for RunConfig {
             unsafe_cas: false,
             unsafe_liveness: false,
             unsafe_sleeping_lease: false,
+            unsafe_frozen_reads: false,
             splits: true,
         }
     }
@@ -266,6 +270,9 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
     cluster.set_unsafe_liveness(config.unsafe_liveness);
     if config.unsafe_sleeping_lease {
         cluster.set_unsafe_sleeping_lease();
+    }
+    if config.unsafe_frozen_reads {
+        cluster.set_unsafe_frozen_reads();
     }
     let mut clients: Vec<Client> = (0..config.clients)
         .map(|_| Client {
