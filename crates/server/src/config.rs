@@ -120,10 +120,12 @@ pub struct Config {
     /// moved to even out the stores' traffic instead of their leader counts.
     pub hot_region_bytes_per_sec: u64,
     /// Bytes a Region may hold, at most, to merge with a neighbour as small (see
-    /// `docs/architecture/merge.md`); 0 turns merges off. `ctl scheduler merge` sets the
-    /// cluster's, which wins.
+    /// `docs/architecture/placement.md`); 0 turns merges off. Counted as at most half
+    /// `region_split_size`, so that two merged Regions are not split again at once.
+    /// `ctl scheduler merge` sets the cluster's, which wins.
     pub merge_max_size: u64,
-    /// User records a Region may hold, at most, to merge.
+    /// User records a Region may hold, at most, to merge; counted as at most half
+    /// `region_split_keys`.
     pub merge_max_keys: u64,
     /// Milliseconds a Region's shape must stand (after a split, say) before it merges.
     pub split_merge_interval_ms: u64,
@@ -374,10 +376,8 @@ impl Config {
         in_range("balance_limit", self.balance_limit as u64, 0, 1024)?;
         in_range("store_limit_per_minute", self.store_limit_per_minute, 0, 100_000)?;
         in_range("hot_region_bytes_per_sec", self.hot_region_bytes_per_sec, 1024, 1 << 40)?;
-        in_range("merge_max_size", self.merge_max_size, 0, self.region_max_size)
-            .map_err(|e| e.because("a merged Region must not be split again at once"))?;
-        in_range("merge_max_keys", self.merge_max_keys, 0, self.region_max_keys)
-            .map_err(|e| e.because("a merged Region must not be split again at once"))?;
+        in_range("merge_max_size", self.merge_max_size, 0, 1 << 50)?;
+        in_range("merge_max_keys", self.merge_max_keys, 0, 1 << 40)?;
         in_range("split_merge_interval_ms", self.split_merge_interval_ms, 0, 7 * 86_400_000)?;
         in_range("merge_limit", self.merge_limit as u64, 0, 1024)?;
         in_range("load_split_qps", self.load_split_qps, 0, 10_000_000)?;
@@ -496,8 +496,8 @@ mod tests {
             ("balance_limit", |c| c.balance_limit = 5000),
             ("store_limit_per_minute", |c| c.store_limit_per_minute = 1_000_000),
             ("hot_region_bytes_per_sec", |c| c.hot_region_bytes_per_sec = 0),
-            ("merge_max_size", |c| c.merge_max_size = c.region_max_size + 1),
-            ("merge_max_keys", |c| c.merge_max_keys = c.region_max_keys + 1),
+            ("merge_max_size", |c| c.merge_max_size = u64::MAX),
+            ("merge_max_keys", |c| c.merge_max_keys = u64::MAX),
             ("merge_limit", |c| c.merge_limit = 5000),
             ("load_split_qps", |c| c.load_split_qps = u64::MAX),
             ("load_split_secs", |c| c.load_split_secs = 0),

@@ -293,8 +293,10 @@ impl Node {
             store_limits: Default::default(),
             hot_region_bytes_per_sec: config.hot_region_bytes_per_sec,
             merge: scandium_placement::merge::MergeConfig {
-                max_size: config.merge_max_size,
-                max_keys: config.merge_max_keys,
+                // Two merged Regions stay below the split size: a smaller split size (a
+                // test's, say) lowers the defaults with it.
+                max_size: config.merge_max_size.min(config.region_split_size / 2),
+                max_keys: config.merge_max_keys.min(config.region_split_keys / 2),
                 split_merge_interval_ms: config.split_merge_interval_ms,
                 limit: config.merge_limit,
                 paused: false,
