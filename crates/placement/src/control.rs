@@ -183,6 +183,10 @@ pub struct ControlPlane {
     /// merges only once its shape has stood `split_merge_interval_ms` (see
     /// [`crate::merge`]). Empty after a change of leader, so nothing merges in the
     /// interval after one (as PD after it starts).
+    /// A merge's target keeps its time (a new version with a wider range than the record's):
+    /// a split keeps a Region from merging for the interval (as PD's
+    /// `split-merge-interval`), a merge does not, so that a run of small Regions merges
+    /// pair by pair without waiting the interval at every step.
     shapes: BTreeMap<RegionId, (u64, u64)>,
     /// Deliberately broken (the simulator proves its checks catch it): a new leader
     /// forgets the recorded heartbeats and counts stores it has not heard from as never
@@ -240,6 +244,15 @@ fn smoothed(before: &RegionLoad, now: &RegionLoad) -> RegionLoad {
         interval_ms: 1_000,
         ..*now
     }
+}
+
+/// Whether `now` covers more than `before` and all of it (a merge's target).
+fn widened(before: &Region, now: &Region) -> bool {
+    let starts_before = now.start_key <= before.start_key;
+    let ends_after =
+        now.end_key.is_empty() || (!before.end_key.is_empty() && now.end_key >= before.end_key);
+    let same = now.start_key == before.start_key && now.end_key == before.end_key;
+    starts_before && ends_after && !same
 }
 
 /// Whether placement's record has `report`'s shape and leader.
@@ -453,6 +466,11 @@ impl ControlPlane {
             let Some(region) = heartbeat.report.region.as_ref() else { continue };
             match self.shapes.get(&region.id) {
                 Some(&(version, _)) if version == region.version => {}
+                Some(&(_, since))
+                    if state.region(region.id).is_some_and(|r| widened(r, region)) =>
+                {
+                    self.shapes.insert(region.id, (region.version, since));
+                }
                 _ => {
                     self.shapes.insert(region.id, (region.version, now.monotonic_ms));
                 }

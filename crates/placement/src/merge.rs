@@ -6,7 +6,8 @@
 //! records, as its leader last reported), not hot, healthy (a leader, no lagging peer,
 //! voters only, as many as placement wants), and its shape has stood for
 //! [`MergeConfig::split_merge_interval_ms`] (a Region split a moment ago, by size or by
-//! hand, is not merged back at once). Its neighbour qualifies by the same rules, with no
+//! hand, is not merged back at once; a merge's target does not wait again, so a run of
+//! small Regions merges pair by pair). Its neighbour qualifies by the same rules, with no
 //! operator of its own; of the two neighbours the smaller goes first (the next one on a
 //! tie). The union is then below twice the limit, under the split size with the defaults,
 //! so it is not split again.
@@ -18,56 +19,11 @@
 //! target's stores first, one move at a time (a balancing move), and the merge follows
 //! at a later heartbeat.
 
+pub use crate::scheduler::MergeConfig;
 use crate::scheduler::{RegionLoad, SchedulerConfig};
-use crate::{PlacementState, SchedulerSettings};
+use crate::PlacementState;
 use scandium_types::{Peer, PeerRole, Region, RegionId, StoreId};
 use std::collections::BTreeMap;
-
-/// How small Regions merge.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MergeConfig {
-    /// Bytes a Region may hold, at most, to merge; 0 turns merges off.
-    pub max_size: u64,
-    /// User records a Region may hold, at most, to merge.
-    pub max_keys: u64,
-    /// How long a Region's shape must stand before it merges (milliseconds).
-    pub split_merge_interval_ms: u64,
-    /// Merges under way at once, at most (PD: 8).
-    pub limit: usize,
-    /// No merge starts (the cluster's setting).
-    pub paused: bool,
-}
-
-impl Default for MergeConfig {
-    fn default() -> Self {
-        // Half the default split size (64 MiB) and its records: two such Regions merged
-        // stay below the split size.
-        MergeConfig {
-            max_size: 32 << 20,
-            max_keys: 320_000,
-            split_merge_interval_ms: 5 * 60_000,
-            limit: 8,
-            paused: false,
-        }
-    }
-}
-
-impl MergeConfig {
-    /// This node's settings overridden by the cluster's where it has one.
-    pub fn under(&self, cluster: &SchedulerSettings) -> MergeConfig {
-        let or_own = |cluster: u64, own: u64| if cluster == 0 { own } else { cluster };
-        MergeConfig {
-            max_size: or_own(cluster.merge_max_size, self.max_size),
-            max_keys: or_own(cluster.merge_max_keys, self.max_keys),
-            split_merge_interval_ms: or_own(
-                cluster.split_merge_interval_ms,
-                self.split_merge_interval_ms,
-            ),
-            limit: self.limit,
-            paused: cluster.merges_paused,
-        }
-    }
-}
 
 /// What the scheduler wants of a small Region.
 #[derive(Clone, Debug, PartialEq, Eq)]

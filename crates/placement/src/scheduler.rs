@@ -56,8 +56,8 @@ pub struct SchedulerConfig {
     /// Bytes a second read and written past which a Region is hot: its leadership is
     /// balanced by traffic, not by count, and its replicas are not moved for counts.
     pub hot_region_bytes_per_sec: u64,
-    /// How small Regions merge (see [`crate::merge`]).
-    pub merge: crate::merge::MergeConfig,
+    /// How small Regions merge (see the `merge` module).
+    pub merge: MergeConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -71,7 +71,7 @@ impl Default for SchedulerConfig {
             store_limit_per_min: 20,
             store_limits: BTreeMap::new(),
             hot_region_bytes_per_sec: 128 << 10,
-            merge: crate::merge::MergeConfig::default(),
+            merge: MergeConfig::default(),
         }
     }
 }
@@ -105,6 +105,52 @@ impl SchedulerConfig {
         match self.store_limits.get(&store) {
             Some(&own) => Some(own),
             None => (self.store_limit_per_min > 0).then_some(self.store_limit_per_min),
+        }
+    }
+}
+
+/// How small Regions merge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeConfig {
+    /// Bytes a Region may hold, at most, to merge; 0 turns merges off.
+    pub max_size: u64,
+    /// User records a Region may hold, at most, to merge.
+    pub max_keys: u64,
+    /// How long a Region's shape must stand before it merges (milliseconds).
+    pub split_merge_interval_ms: u64,
+    /// Merges under way at once, at most (PD: 8).
+    pub limit: usize,
+    /// No merge starts (the cluster's setting).
+    pub paused: bool,
+}
+
+impl Default for MergeConfig {
+    fn default() -> Self {
+        // Half the default split size (64 MiB) and its records: two such Regions merged
+        // stay below the split size.
+        MergeConfig {
+            max_size: 32 << 20,
+            max_keys: 320_000,
+            split_merge_interval_ms: 5 * 60_000,
+            limit: 8,
+            paused: false,
+        }
+    }
+}
+
+impl MergeConfig {
+    /// This node's settings overridden by the cluster's where it has one.
+    pub fn under(&self, cluster: &SchedulerSettings) -> MergeConfig {
+        let or_own = |cluster: u64, own: u64| if cluster == 0 { own } else { cluster };
+        MergeConfig {
+            max_size: or_own(cluster.merge_max_size, self.max_size),
+            max_keys: or_own(cluster.merge_max_keys, self.max_keys),
+            split_merge_interval_ms: or_own(
+                cluster.split_merge_interval_ms,
+                self.split_merge_interval_ms,
+            ),
+            limit: self.limit,
+            paused: cluster.merges_paused,
         }
     }
 }
@@ -210,7 +256,7 @@ pub enum Decision {
     },
     /// Balance: hand leadership to this voter.
     MoveLeader(Peer),
-    /// Merge the Region into this neighbour (see [`crate::merge`]).
+    /// Merge the Region into this neighbour (see the `merge` module).
     Merge(Region),
 }
 

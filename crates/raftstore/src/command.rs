@@ -3,9 +3,9 @@
 //!
 //! A command is either a batch of writes to the data column families, computed by the
 //! caller against a snapshot while it held latches on the keys, or an admin command (a
-//! split, or one of the three steps of a merge: see [`crate::merge`]). Commands carry the
-//! Region epoch they were proposed under; apply re-checks them so a write that raced a
-//! split or a merge never lands outside its Region.
+//! split, or one of the three steps of a merge, which the `merge` module carries out).
+//! Commands carry the Region epoch they were proposed under; apply re-checks them so a
+//! write that raced a split or a merge never lands outside its Region.
 
 use scandium_storage::{Cf, WriteBatch};
 use scandium_types::{Region, RegionEpoch};
@@ -66,6 +66,53 @@ impl SplitRequest {
     }
 }
 
+/// Freezes the source to merge it into `target`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PrepareMerge {
+    /// The target as the leader saw it: the commit applies only at this epoch.
+    #[prost(message, optional, tag = "1")]
+    pub target: Option<Region>,
+    /// Every source replica's log holds the entries up to here (the least matched index).
+    #[prost(uint64, tag = "2")]
+    pub min_index: u64,
+}
+
+/// A normal entry of the source's log, carried in a commit for replicas that lack it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MergeEntry {
+    /// Its index.
+    #[prost(uint64, tag = "1")]
+    pub index: u64,
+    /// Its term.
+    #[prost(uint64, tag = "2")]
+    pub term: u64,
+    /// Its data (a [`RaftCommand`], or empty).
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: Vec<u8>,
+}
+
+/// Absorbs a frozen source into the target (in the target's log).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CommitMerge {
+    /// The source as frozen by its prepare.
+    #[prost(message, optional, tag = "1")]
+    pub source: Option<Region>,
+    /// The index of the source's prepare.
+    #[prost(uint64, tag = "2")]
+    pub commit: u64,
+    /// The source's entries after its `min_index`, up to `commit`.
+    #[prost(message, repeated, tag = "3")]
+    pub entries: Vec<MergeEntry>,
+}
+
+/// Thaws a frozen source (in its own log).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RollbackMerge {
+    /// The index of the prepare it undoes.
+    #[prost(uint64, tag = "1")]
+    pub commit: u64,
+}
+
 /// An entry in a data Region's log.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RaftCommand {
@@ -89,14 +136,14 @@ pub struct RaftCommand {
     pub splits: Vec<SplitRequest>,
     /// Admin command freezing the Region (the source) to merge it into a neighbour.
     #[prost(message, optional, boxed, tag = "6")]
-    pub prepare_merge: Option<Box<crate::merge::PrepareMerge>>,
+    pub prepare_merge: Option<Box<PrepareMerge>>,
     /// Admin command, in the target's log, absorbing a source frozen by its
     /// `prepare_merge`; the command's epoch is the target's.
     #[prost(message, optional, boxed, tag = "7")]
-    pub commit_merge: Option<Box<crate::merge::CommitMerge>>,
+    pub commit_merge: Option<Box<CommitMerge>>,
     /// Admin command, in the source's log, thawing it: the merge cannot commit any more.
     #[prost(message, optional, boxed, tag = "8")]
-    pub rollback_merge: Option<Box<crate::merge::RollbackMerge>>,
+    pub rollback_merge: Option<Box<RollbackMerge>>,
 }
 
 impl RaftCommand {

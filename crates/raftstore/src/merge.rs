@@ -33,6 +33,7 @@
 //! in the batch that installs the snapshot's Raft state.
 
 use crate::command::RaftCommand;
+pub use crate::command::{CommitMerge, MergeEntry, PrepareMerge, RollbackMerge};
 use crate::error::RaftstoreError;
 use raft::prelude::{Entry, EntryType};
 use scandium_types::{Region, RegionEpoch};
@@ -53,53 +54,6 @@ pub const COMMIT_RESEND_MS: u64 = 2_000;
 /// the source's id. Apply reads it without decoding the entry, to take the source
 /// replica aside before the target's entries are applied.
 const COMMIT_CONTEXT: u8 = b'M';
-
-/// Freezes the source to merge it into `target`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PrepareMerge {
-    /// The target as the leader saw it: the commit applies only at this epoch.
-    #[prost(message, optional, tag = "1")]
-    pub target: Option<Region>,
-    /// Every source replica's log holds the entries up to here (the least matched index).
-    #[prost(uint64, tag = "2")]
-    pub min_index: u64,
-}
-
-/// A normal entry of the source's log, carried in a commit for replicas that lack it.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct MergeEntry {
-    /// Its index.
-    #[prost(uint64, tag = "1")]
-    pub index: u64,
-    /// Its term.
-    #[prost(uint64, tag = "2")]
-    pub term: u64,
-    /// Its data (a [`RaftCommand`], or empty).
-    #[prost(bytes = "vec", tag = "3")]
-    pub data: Vec<u8>,
-}
-
-/// Absorbs a frozen source into the target (in the target's log).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct CommitMerge {
-    /// The source as frozen by its prepare.
-    #[prost(message, optional, tag = "1")]
-    pub source: Option<Region>,
-    /// The index of the source's prepare.
-    #[prost(uint64, tag = "2")]
-    pub commit: u64,
-    /// The source's entries after its `min_index`, up to `commit`.
-    #[prost(message, repeated, tag = "3")]
-    pub entries: Vec<MergeEntry>,
-}
-
-/// Thaws a frozen source (in its own log).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RollbackMerge {
-    /// The index of the prepare it undoes.
-    #[prost(uint64, tag = "1")]
-    pub commit: u64,
-}
 
 /// A merge a Region applied as the target: kept in its Region state and carried in its
 /// snapshots, so that a replica of the target, however it got its state, knows which

@@ -35,6 +35,10 @@ pub struct RegionStats {
     pub deleted_keys: u64,
     /// Bytes written or deleted since the last measurement.
     pub unmeasured_bytes: u64,
+    /// User records written or deleted since the last measurement: a delete counts only
+    /// its key's bytes above, so a Region emptied by deletes is measured again by these
+    /// (and then merged, once small).
+    pub unmeasured_keys: u64,
     /// How many times the replica's data was replaced (a snapshot installed): a
     /// measurement taken before a replacement says nothing of the data after it.
     pub replaced: u64,
@@ -83,6 +87,7 @@ impl RegionStats {
         self.written_keys += footprint.put_keys;
         self.deleted_keys += footprint.deleted_keys;
         self.unmeasured_bytes += footprint.put_bytes + footprint.deleted_bytes;
+        self.unmeasured_keys += footprint.put_keys + footprint.deleted_keys;
     }
 
     /// The figures of the pieces of a split into the original and `new` new Regions: an
@@ -120,7 +125,9 @@ impl RegionStats {
     /// Whether a measurement is due: never measured, or a sixteenth of the split size
     /// written since the last one.
     pub fn wants_measuring(&self, policy: &SplitPolicy) -> bool {
-        !self.measured || self.unmeasured_bytes >= (policy.split_size / 16).max(1)
+        !self.measured
+            || self.unmeasured_bytes >= (policy.split_size / 16).max(1)
+            || self.unmeasured_keys >= (policy.split_keys / 16).max(1)
     }
 
     /// The data was replaced wholesale by a snapshot's records, which add up to `brought`:
@@ -145,6 +152,7 @@ impl RegionStats {
         self.approximate_size = size + written_bytes;
         self.approximate_keys = (keys + written_keys).saturating_sub(deleted_keys);
         self.unmeasured_bytes = self.unmeasured_bytes.saturating_sub(mark.unmeasured_bytes);
+        self.unmeasured_keys = self.unmeasured_keys.saturating_sub(mark.unmeasured_keys);
         self.measured = true;
     }
 }
