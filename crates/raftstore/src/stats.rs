@@ -35,9 +35,8 @@ pub struct RegionStats {
     pub deleted_keys: u64,
     /// Bytes written or deleted since the last measurement.
     pub unmeasured_bytes: u64,
-    /// User records written or deleted since the last measurement: a delete counts only
-    /// its key's bytes above, so a Region emptied by deletes is measured again by these
-    /// (and then merged, once small).
+    /// User records written or deleted since the last measurement: a sixteenth of the
+    /// split keys makes a measurement due as well.
     pub unmeasured_keys: u64,
     /// How many times the replica's data was replaced (a snapshot installed): a
     /// measurement taken before a replacement says nothing of the data after it.
@@ -80,13 +79,18 @@ fn is_user_record(cf: Cf) -> bool {
 impl RegionStats {
     /// Adds what an applied command wrote.
     pub fn apply(&mut self, footprint: &Footprint) {
-        self.approximate_size += footprint.put_bytes;
+        // A delete frees about a record's average size (the Region's bytes over its
+        // records, as counted): counted by its key's bytes alone, a Region emptied by
+        // deletes went on reporting its old size, was not measured again, and never merged.
+        let average = self.approximate_size.checked_div(self.approximate_keys).unwrap_or(0);
+        let freed = (average.saturating_mul(footprint.deleted_keys)).min(self.approximate_size);
+        self.approximate_size = self.approximate_size - freed + footprint.put_bytes;
         self.approximate_keys =
             (self.approximate_keys + footprint.put_keys).saturating_sub(footprint.deleted_keys);
         self.written_bytes += footprint.put_bytes;
         self.written_keys += footprint.put_keys;
         self.deleted_keys += footprint.deleted_keys;
-        self.unmeasured_bytes += footprint.put_bytes + footprint.deleted_bytes;
+        self.unmeasured_bytes += footprint.put_bytes + freed.max(footprint.deleted_bytes);
         self.unmeasured_keys += footprint.put_keys + footprint.deleted_keys;
     }
 
@@ -298,6 +302,32 @@ mod tests {
         }
         engine.write(batch).unwrap();
         engine
+    }
+
+    #[test]
+    fn deletes_free_about_their_records_average_size() {
+        let mut stats = RegionStats {
+            approximate_size: 64 << 20,
+            approximate_keys: 16_384,
+            ..Default::default()
+        };
+        let deletes =
+            Footprint { deleted_bytes: 17 * 15_000, deleted_keys: 15_000, ..Default::default() };
+        stats.apply(&deletes);
+        assert_eq!(stats.approximate_keys, 1_384);
+        assert_eq!(stats.approximate_size, (64 << 20) - 15_000 * 4_096);
+        let policy = SplitPolicy {
+            split_size: 64 << 20,
+            max_size: 96 << 20,
+            split_keys: 640_000,
+            max_keys: 960_000,
+            max_split_keys: 64,
+        };
+        stats.measured = true;
+        assert!(stats.wants_measuring(&policy), "{} bytes unmeasured", stats.unmeasured_bytes);
+        // Deleting more than it counts frees no more than it holds.
+        stats.apply(&Footprint { deleted_keys: 99_999, ..Default::default() });
+        assert_eq!((stats.approximate_size, stats.approximate_keys), (0, 0));
     }
 
     #[test]
