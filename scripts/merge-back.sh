@@ -28,7 +28,7 @@ for i in $(seq 0 $((NODES - 1))); do start $i; done
 regions() {
   curl -s "${ADDRS[0]}/pd/api/v1/regions?limit=10000" | python3 -c "import json,sys
 d=json.load(sys.stdin); r=d['regions']
-print(d['total'], sum(x.get('approximate_size', 0) for x in r) >> 20)"
+print(d['total'], sum(x.get('approximate_size', 0) for x in r))"
 }
 sleep 5
 START=$(date +%s)
