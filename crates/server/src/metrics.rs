@@ -111,6 +111,8 @@ pub struct Metrics {
     /// Region reports the placement leader took from heartbeats: what filtering them
     /// (`scandium_placement::filter`) keeps down.
     pub region_reports: IntCounter,
+    /// Merges whose target this node led as it absorbed the source.
+    pub region_merges: IntCounter,
     /// Writing a round's new log entries (every group's, one batch).
     pub raft_append_seconds: Histogram,
     /// The fsync that makes a round's log writes durable.
@@ -240,6 +242,10 @@ impl Metrics {
             region_reports: counter(
                 "scandium_region_reports_total",
                 "Region reports taken from heartbeats (on the placement leader).",
+            ),
+            region_merges: counter(
+                "scandium_region_merges_total",
+                "Regions absorbed by a neighbour this node led (merges).",
             ),
             raft_append_seconds: histogram(
                 "scandium_raft_append_duration_seconds",

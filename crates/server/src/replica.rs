@@ -100,6 +100,7 @@ impl Replicas {
                         tracing::info!(target, source, "a Region absorbed its neighbour");
                         report = true;
                         if is_leader {
+                            crate::metrics::METRICS.region_merges.inc();
                             // Reads of the source were served elsewhere: `max_ts` is raised
                             // again before async commit takes the union's keys.
                             self.txn.max_ts.forget(target);

@@ -1187,6 +1187,10 @@ async fn small_regions_merge_back_and_clients_carry_on() {
         written.len()
     );
     assert_eq!(merged, before, "every split merged back");
+    // Counted where each target led (the metrics are the process's: no other test of
+    // this binary merges, their Regions never stand the default interval).
+    let merges = scandium_server::metrics::METRICS.region_merges.get();
+    assert!(merges >= splits.len() as u64, "{merges} merges counted");
     for key in &written {
         let value = client.get(k(key)).await.expect("get");
         assert_eq!(value, Some(k(key)), "{key}");
