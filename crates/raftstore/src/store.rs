@@ -1757,7 +1757,8 @@ impl Store {
                         absorbed,
                     ) {
                         CommitStep::Wait(why) => {
-                            tracing::info!(
+                            // Looked at again every tick while it waits: not at info.
+                            tracing::debug!(
                                 group = id,
                                 source = source_id,
                                 why,
