@@ -206,16 +206,24 @@ fn involves_only_up_stores(
     region: &Region,
     operator: &Operator,
 ) -> bool {
-    let up = |store: u64| {
-        state
-            .store(store)
-            .is_some_and(|s| scheduler::store_status(s, live, config) == scheduler::StoreStatus::Up)
-    };
+    let up = |store: u64| is_up(state, live, config, store);
     let target_up = match operator.kind() {
         OperatorKind::MoveReplica { to, .. } => up(*to),
         _ => true,
     };
     target_up && region.peers.iter().all(|p| up(p.store_id))
+}
+
+/// Whether `store` is known and up.
+fn is_up(
+    state: &PlacementState,
+    live: &Liveness,
+    config: &SchedulerConfig,
+    store: StoreId,
+) -> bool {
+    state
+        .store(store)
+        .is_some_and(|s| scheduler::store_status(s, live, config) == scheduler::StoreStatus::Up)
 }
 
 /// `now`'s figures with its traffic blended into `before`'s, a quarter of the way: an
@@ -790,11 +798,10 @@ impl ControlPlane {
         now: Now,
     ) -> Option<Decision> {
         let config = &self.effective;
-        let merges = self.merge_targets().count();
-        if config.merge.max_size == 0 || merges >= config.merge.limit {
+        let targets: Vec<RegionId> = self.merge_targets().collect();
+        if config.merge.max_size == 0 || targets.len() >= config.merge.limit {
             return None;
         }
-        let targets: Vec<RegionId> = self.merge_targets().collect();
         let busy = |id: RegionId| self.operators.contains_key(&id) || targets.contains(&id);
         let interval = config.merge.split_merge_interval_ms;
         let settled = |id: RegionId| {
@@ -803,11 +810,7 @@ impl ControlPlane {
                 Some(v) == version && now.monotonic_ms.saturating_sub(since) >= interval
             })
         };
-        let up = |store: StoreId| {
-            state.store(store).is_some_and(|s| {
-                scheduler::store_status(s, live, config) == scheduler::StoreStatus::Up
-            })
-        };
+        let up = |store: StoreId| is_up(state, live, config, store);
         let view = crate::merge::MergeView {
             state,
             config,
