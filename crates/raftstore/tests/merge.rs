@@ -2,13 +2,19 @@
 //! and absorbed on every store; writes racing the prepare; a replica that missed the
 //! source's last writes caught up from the entries the commit carries; a target's
 //! snapshot from after the merge replacing a frozen source; a rollback when the target
-//! changed first; a restart while frozen.
+//! changed first; restarts while frozen and after either outcome; leader transfers of
+//! both Regions; merges in a row; and the TiKV merge bugs of
+//! `research/scale-out.md` §4: a failed merge then a successful one on a slow replica
+//! (#6460), a crash as a snapshot replaces a stale source (#7027), two snapshots to one
+//! cut-off follower, before the merge and after it (#4198).
 
 mod common;
 
 use common::*;
 use scandium_raftstore::registry::RegionStatus;
-use scandium_raftstore::{ApplyOutput, EncodedCommand, RaftCommand, RaftstoreError, SplitRequest};
+use scandium_raftstore::{
+    ApplyOutput, EncodedCommand, Event, RaftCommand, RaftstoreError, SplitRequest,
+};
 use scandium_storage::{Cf, WriteBatch};
 use scandium_types::Region;
 use std::sync::Arc;
@@ -100,6 +106,33 @@ fn assert_holds(cluster: &mut Cluster, store: u64, keys: &[&[u8]]) {
     }
 }
 
+/// The source's leader, and a store that leads neither Region (the one the scenarios cut
+/// off).
+fn leader_and_bystander(cluster: &mut Cluster) -> (u64, u64) {
+    let leader = leader_of(cluster, RIGHT).unwrap();
+    let target_leader = leader_of(cluster, REGION).unwrap();
+    (leader, (1..=3).find(|&s| s != leader && s != target_leader).unwrap())
+}
+
+fn all_but(store: u64) -> Vec<u64> {
+    (1..=3).filter(|&s| s != store).collect()
+}
+
+/// Writes `prefix0`..`prefix9` and on, 30 keys, to `group` through `store`.
+fn write_30(cluster: &mut Cluster, store: u64, group: u64, prefix: u8) {
+    for i in 0..30u8 {
+        write(cluster, store, group, &[prefix, b'0' + i]).unwrap();
+    }
+}
+
+/// Moves the merged Region's log past what a cut-off store holds: once its leader counts
+/// the store unreachable, 30 writes (`r0`, `r1`, …).
+fn move_merged_log_on(cluster: &mut Cluster) {
+    cluster.tick(30);
+    let leader = cluster.wait_leader();
+    write_30(cluster, leader, REGION, b'r');
+}
+
 #[test]
 fn a_merge_joins_two_neighbours_on_every_store_and_keeps_their_data() {
     let mut cluster = two_neighbours();
@@ -184,14 +217,12 @@ fn a_frozen_source_takes_no_write_and_serves_no_read() {
 #[test]
 fn a_replica_that_missed_the_last_writes_is_caught_up_from_the_commit() {
     let mut cluster = two_neighbours();
-    let leader = leader_of(&mut cluster, RIGHT).unwrap();
-    let lagging = (1..=3).find(|&s| s != leader && Some(s) != leader_of(&mut cluster, REGION));
-    let lagging = lagging.unwrap();
+    let (leader, lagging) = leader_and_bystander(&mut cluster);
     cluster.isolate(lagging);
     write(&mut cluster, leader, RIGHT, b"o").unwrap();
     write(&mut cluster, leader, RIGHT, b"p").unwrap();
     prepare(&mut cluster, leader, RIGHT, REGION).unwrap();
-    let others: Vec<u64> = (1..=3).filter(|&s| s != lagging).collect();
+    let others = all_but(lagging);
     wait_merged(&mut cluster, &others);
     let snapshots = cluster.snapshots[lagging as usize];
     assert_eq!(cluster.value(lagging, b"o"), None, "cut off before the writes");
@@ -207,9 +238,7 @@ fn a_replica_that_missed_the_last_writes_is_caught_up_from_the_commit() {
 #[test]
 fn a_target_snapshot_from_after_the_merge_replaces_the_frozen_source() {
     let mut cluster = two_neighbours();
-    let leader = leader_of(&mut cluster, RIGHT).unwrap();
-    let target_leader = leader_of(&mut cluster, REGION).unwrap();
-    let lagging = (1..=3).find(|&s| s != leader && s != target_leader).unwrap();
+    let (leader, lagging) = leader_and_bystander(&mut cluster);
     let right = status(&mut cluster, lagging, RIGHT).unwrap().region;
     cluster.lost_groups.insert((lagging, REGION));
     prepare(&mut cluster, leader, RIGHT, REGION).unwrap();
@@ -217,15 +246,9 @@ fn a_target_snapshot_from_after_the_merge_replaces_the_frozen_source() {
         status(c, lagging, RIGHT).is_some_and(|st| st.region.version == right.version + 1)
     });
     cluster.isolate(lagging);
-    let others: Vec<u64> = (1..=3).filter(|&s| s != lagging).collect();
+    let others = all_but(lagging);
     wait_merged(&mut cluster, &others);
-    // The merged Region's log moves past what the lagging store has, once the leader
-    // counts it as unreachable.
-    cluster.tick(30);
-    let leader = cluster.wait_leader();
-    for i in 0..30u8 {
-        write(&mut cluster, leader, REGION, &[b'r', b'0' + i]).unwrap();
-    }
+    move_merged_log_on(&mut cluster);
     cluster.heal();
     let snapshots = cluster.snapshots[lagging as usize];
     cluster.lost_groups.clear();
@@ -240,19 +263,13 @@ fn a_target_snapshot_from_after_the_merge_replaces_the_frozen_source() {
 #[test]
 fn a_replica_that_slept_through_the_merge_is_replaced_by_the_target_snapshot() {
     let mut cluster = two_neighbours();
-    let leader = leader_of(&mut cluster, RIGHT).unwrap();
-    let target_leader = leader_of(&mut cluster, REGION).unwrap();
-    let lagging = (1..=3).find(|&s| s != leader && s != target_leader).unwrap();
+    let (leader, lagging) = leader_and_bystander(&mut cluster);
     let right = status(&mut cluster, lagging, RIGHT).unwrap().region;
     cluster.isolate(lagging);
     prepare(&mut cluster, leader, RIGHT, REGION).unwrap();
-    let others: Vec<u64> = (1..=3).filter(|&s| s != lagging).collect();
+    let others = all_but(lagging);
     wait_merged(&mut cluster, &others);
-    cluster.tick(30);
-    let leader = cluster.wait_leader();
-    for i in 0..30u8 {
-        write(&mut cluster, leader, REGION, &[b'r', b'0' + i]).unwrap();
-    }
+    move_merged_log_on(&mut cluster);
     assert_eq!(status(&mut cluster, lagging, RIGHT).unwrap().region, right, "slept through");
     let snapshots = cluster.snapshots[lagging as usize];
     cluster.heal();
@@ -301,9 +318,7 @@ fn a_merge_rolls_back_when_the_target_changed_first() {
 #[test]
 fn a_store_restarted_while_frozen_completes_the_merge() {
     let mut cluster = two_neighbours();
-    let leader = leader_of(&mut cluster, RIGHT).unwrap();
-    let target_leader = leader_of(&mut cluster, REGION).unwrap();
-    let restarted = (1..=3).find(|&s| s != leader && s != target_leader).unwrap();
+    let (leader, restarted) = leader_and_bystander(&mut cluster);
     cluster.lost_groups.insert((restarted, REGION));
     prepare(&mut cluster, leader, RIGHT, REGION).unwrap();
     cluster.tick_until(100, "the source frozen on the store", |c| {
@@ -343,4 +358,261 @@ fn a_prepare_is_refused_for_regions_that_cannot_merge() {
     cluster.tick(30);
     assert!(prepare(&mut cluster, leader, RIGHT, REGION).is_ok());
     wait_merged(&mut cluster, &[1, 2, 3]);
+}
+
+/// The left half of [`two_neighbours`] split off at `c`, from `[, m)`: Region 1 keeps
+/// `[, c)`, and the new Region is `[c, m)`, with peers 201–203 on stores 1–3.
+const MIDDLE: u64 = 200;
+
+/// Proposes to split Region 1 at `c` through its leader on `store`, without running.
+fn split_left_later(cluster: &mut Cluster, store: u64) {
+    let target = status(cluster, store, REGION).unwrap().region;
+    let split = SplitRequest {
+        split_key: b"c".to_vec(),
+        new_region_id: MIDDLE,
+        new_peer_ids: vec![201, 202, 203],
+    };
+    let split = EncodedCommand::new(RaftCommand::split(&target, vec![split]));
+    cluster.store(store).propose_command(REGION, split, Box::new(|r| assert!(r.is_ok(), "{r:?}")));
+}
+
+/// Runs until `target` covers `[start, ..)` on each of `stores`, and `source` is gone.
+fn wait_absorbed(cluster: &mut Cluster, stores: &[u64], source: u64, target: u64, start: &[u8]) {
+    cluster.tick_until(600, "the merge on every store", |c| {
+        stores.iter().all(|&s| {
+            status(c, s, source).is_none()
+                && status(c, s, target)
+                    .is_some_and(|st| st.region.start_key == start && st.region.end_key.is_empty())
+        })
+    });
+}
+
+/// TiKV #6460: a failed merge followed by a successful one lost data on a replica slow
+/// to apply the first one's rollback. Here the second prepare waits until every replica
+/// has applied the rollback; a replica that then misses the second prepare and the write
+/// before it is caught up from the entries the commit carries.
+#[test]
+fn a_failed_merge_then_a_successful_one_loses_nothing_on_a_slow_replica() {
+    let mut cluster = two_neighbours();
+    let leader = leader_of(&mut cluster, RIGHT).unwrap();
+    assert_eq!(leader_of(&mut cluster, REGION), Some(leader), "one store leads both halves");
+    let slow = (1..=3).find(|&s| s != leader).unwrap();
+    let right = status(&mut cluster, leader, RIGHT).unwrap().region;
+    // The first merge fails: its target splits before the commit can apply.
+    let target = status(&mut cluster, leader, REGION).unwrap().region;
+    let prepared = prepare_later(&mut cluster, leader, RIGHT, target);
+    split_left_later(&mut cluster, leader);
+    assert!(matches!(cluster.run_until_answered(&prepared), Ok(ApplyOutput::Merge(_))));
+    cluster.tick_until(20, "the slow store froze the source", |c| {
+        status(c, slow, RIGHT).is_some_and(|st| st.region.version == right.version + 1)
+    });
+    cluster.lost_groups.insert((slow, RIGHT));
+    let others = all_but(slow);
+    cluster.tick_until(600, "the source thawed elsewhere", |c| {
+        others
+            .iter()
+            .all(|&s| status(c, s, RIGHT).is_some_and(|st| st.region.version == right.version + 2))
+    });
+    cluster.tick_until(300, "the source leads again", |c| leader_of(c, RIGHT).is_some());
+    cluster.tick_until(300, "the middle Region leads", |c| leader_of(c, MIDDLE).is_some());
+    let leader = leader_of(&mut cluster, RIGHT).unwrap();
+    let frozen = status(&mut cluster, slow, RIGHT).unwrap().region;
+    assert_eq!(frozen.version, right.version + 1, "the slow store is still frozen");
+    // The second merge waits for the slow store to apply the rollback.
+    let refused = prepare(&mut cluster, leader, RIGHT, MIDDLE);
+    assert!(matches!(refused, Err(RaftstoreError::ChangeRefused(_))), "{refused:?}");
+    cluster.lost_groups.clear();
+    cluster.tick_until(100, "the slow store thawed", |c| {
+        status(c, slow, RIGHT).is_some_and(|st| st.region.version == right.version + 2)
+    });
+    // It misses the last write and the second prepare.
+    cluster.tick(5);
+    cluster.lost_groups.insert((slow, RIGHT));
+    write(&mut cluster, leader, RIGHT, b"o").unwrap();
+    prepare(&mut cluster, leader, RIGHT, MIDDLE).unwrap();
+    let snapshots = cluster.snapshots[slow as usize];
+    wait_absorbed(&mut cluster, &[1, 2, 3], RIGHT, MIDDLE, b"c");
+    assert_eq!(cluster.snapshots[slow as usize], snapshots, "caught up through the commit");
+    for store in 1..=3 {
+        assert_holds(&mut cluster, store, &[b"n", b"x", b"o"]);
+    }
+    cluster.lost_groups.clear();
+    let leader = leader_of(&mut cluster, MIDDLE).unwrap();
+    write(&mut cluster, leader, MIDDLE, b"p").unwrap();
+    cluster.tick(5);
+    for store in 1..=3 {
+        assert_holds(&mut cluster, store, &[b"o", b"p"]);
+    }
+}
+
+/// A leader transfer of the source right behind its prepare, and of the target while
+/// the commit is on its way: the merge completes on every store.
+#[test]
+fn a_merge_completes_across_leader_transfers_of_both_regions() {
+    let mut cluster = two_neighbours();
+    let leader = leader_of(&mut cluster, RIGHT).unwrap();
+    let next = (1..=3).find(|&s| s != leader).unwrap();
+    let target = status(&mut cluster, leader, REGION).unwrap().region;
+    let prepared = prepare_later(&mut cluster, leader, RIGHT, target);
+    cluster.store(leader).transfer_leader(RIGHT, 100 + next).unwrap();
+    let outcome = cluster.run_until_answered(&prepared);
+    assert!(matches!(outcome, Ok(ApplyOutput::Merge(_))), "{outcome:?}");
+    // The target's leadership moves while the stores propose the commit.
+    let target_leader = leader_of(&mut cluster, REGION).unwrap();
+    let elsewhere = (1..=3).find(|&s| s != target_leader).unwrap();
+    cluster.store(target_leader).transfer_leader(REGION, elsewhere).unwrap();
+    wait_merged(&mut cluster, &[1, 2, 3]);
+    let led = |cluster: &Cluster, store: u64, group: u64| {
+        cluster.events.iter().any(|(s, e)| {
+            *s == store
+                && matches!(e, Event::Role { region_id, is_leader: true, .. } if *region_id == group)
+        })
+    };
+    assert!(led(&cluster, next, RIGHT), "the source's leadership moved");
+    assert!(led(&cluster, elsewhere, REGION), "the target's leadership moved");
+    let merged_where = |cluster: &Cluster, store: u64| {
+        cluster
+            .events
+            .iter()
+            .any(|(s, e)| *s == store && matches!(e, Event::Merged { is_leader: true, .. }))
+    };
+    assert!(merged_where(&cluster, elsewhere), "the target's new leader committed the merge");
+    for store in 1..=3 {
+        assert_holds(&mut cluster, store, &[b"a", b"k", b"n", b"x"]);
+    }
+}
+
+/// Two merges in a row, `[m, )` into `[c, m)` and the union into `[, c)`, with one store
+/// cut off through each: the second waits until that store has applied the first, and
+/// the store ends with one Region holding every key.
+#[test]
+fn cascading_merges_reach_a_store_cut_off_through_each() {
+    let mut cluster = two_neighbours();
+    let leader = leader_of(&mut cluster, REGION).unwrap();
+    split_left_later(&mut cluster, leader);
+    cluster.tick_until(300, "the middle Region leads", |c| leader_of(c, MIDDLE).is_some());
+    let leader = leader_of(&mut cluster, RIGHT).unwrap();
+    let away = (1..=3).find(|&s| s != leader && Some(s) != leader_of(&mut cluster, MIDDLE));
+    let away = away.unwrap();
+    cluster.isolate(away);
+    prepare(&mut cluster, leader, RIGHT, MIDDLE).unwrap();
+    let others = all_but(away);
+    wait_absorbed(&mut cluster, &others, RIGHT, MIDDLE, b"c");
+    let leader = leader_of(&mut cluster, MIDDLE).unwrap();
+    write(&mut cluster, leader, MIDDLE, b"o").unwrap();
+    let refused = prepare(&mut cluster, leader, MIDDLE, REGION);
+    assert!(matches!(refused, Err(RaftstoreError::ChangeRefused(_))), "{refused:?}");
+    cluster.heal();
+    wait_absorbed(&mut cluster, &[away], RIGHT, MIDDLE, b"c");
+    cluster.tick(5);
+    cluster.isolate(away);
+    let leader = leader_of(&mut cluster, MIDDLE).unwrap();
+    prepare(&mut cluster, leader, MIDDLE, REGION).unwrap();
+    wait_absorbed(&mut cluster, &others, MIDDLE, REGION, b"");
+    cluster.heal();
+    wait_absorbed(&mut cluster, &[away], MIDDLE, REGION, b"");
+    let leader = cluster.wait_leader();
+    write(&mut cluster, leader, REGION, b"z").unwrap();
+    cluster.tick(5);
+    for store in 1..=3 {
+        assert_holds(&mut cluster, store, &[b"a", b"k", b"n", b"x", b"o", b"z"]);
+    }
+}
+
+/// A merge's outcome is in each store's engine: restarted after the commit, a store has
+/// the union and no source; restarted after a rollback, the thawed source.
+#[test]
+fn a_store_restarted_after_the_commit_or_the_rollback_keeps_the_outcome() {
+    let mut cluster = two_neighbours();
+    let leader = leader_of(&mut cluster, RIGHT).unwrap();
+    let right = status(&mut cluster, leader, RIGHT).unwrap().region;
+    // A rollback, as in `a_merge_rolls_back_when_the_target_changed_first`.
+    let target = status(&mut cluster, leader, REGION).unwrap().region;
+    let prepared = prepare_later(&mut cluster, leader, RIGHT, target);
+    split_left_later(&mut cluster, leader);
+    assert!(matches!(cluster.run_until_answered(&prepared), Ok(ApplyOutput::Merge(_))));
+    let thawed = |c: &mut Cluster, s| {
+        status(c, s, RIGHT).is_some_and(|st| st.region.version == right.version + 2)
+    };
+    cluster.tick_until(600, "the source thawed", |c| (1..=3).all(|s| thawed(c, s)));
+    let restarted = (1..=3).find(|&s| s != leader).unwrap();
+    cluster.stop(restarted);
+    cluster.start(restarted);
+    assert!(thawed(&mut cluster, restarted), "thawed after the restart");
+    cluster.tick_until(300, "the source leads again", |c| leader_of(c, RIGHT).is_some());
+    // Then a merge into the middle Region, and a restart after its commit.
+    let leader = leader_of(&mut cluster, RIGHT).unwrap();
+    cluster.tick_until(300, "the middle Region leads", |c| leader_of(c, MIDDLE).is_some());
+    prepare(&mut cluster, leader, RIGHT, MIDDLE).unwrap();
+    wait_absorbed(&mut cluster, &[1, 2, 3], RIGHT, MIDDLE, b"c");
+    for store in 1..=3 {
+        cluster.stop(store);
+        cluster.start(store);
+        assert!(status(&mut cluster, store, RIGHT).is_none(), "no source on store {store}");
+        let merged = status(&mut cluster, store, MIDDLE).expect("the union").region;
+        assert_eq!((merged.start_key.as_slice(), merged.end_key.as_slice()), (&b"c"[..], &b""[..]));
+    }
+    cluster.tick_until(300, "the union leads", |c| leader_of(c, MIDDLE).is_some());
+    let leader = leader_of(&mut cluster, MIDDLE).unwrap();
+    write(&mut cluster, leader, MIDDLE, b"z").unwrap();
+    cluster.tick(5);
+    for store in 1..=3 {
+        assert_holds(&mut cluster, store, &[b"k", b"n", b"x", b"z"]);
+    }
+}
+
+/// TiKV #7027: a store that slept through a merge crashes as it begins installing the
+/// target's snapshot, which replaces its stale source replica. At restart the install
+/// starts over, the source stays gone, and nothing is lost.
+#[test]
+fn a_crash_while_a_target_snapshot_replaces_the_source_loses_nothing() {
+    let mut cluster = two_neighbours();
+    let (leader, lagging) = leader_and_bystander(&mut cluster);
+    cluster.isolate(lagging);
+    prepare(&mut cluster, leader, RIGHT, REGION).unwrap();
+    let others = all_but(lagging);
+    wait_merged(&mut cluster, &others);
+    move_merged_log_on(&mut cluster);
+    cluster.heal();
+    let crashed = cluster.tick_until_it_happens(600, Until::Installing(lagging));
+    assert!(crashed, "the lagging store began installing the target's snapshot");
+    cluster.start(lagging);
+    assert!(cluster.store(lagging).is_installing(REGION), "the install survived the crash");
+    cluster.run();
+    wait_merged(&mut cluster, &[lagging]);
+    assert_holds(&mut cluster, lagging, &[b"a", b"k", b"n", b"x", b"r0", b"r9"]);
+    // Once more, from the top: nothing of the source comes back.
+    cluster.stop(lagging);
+    cluster.start(lagging);
+    assert!(status(&mut cluster, lagging, RIGHT).is_none());
+    assert_holds(&mut cluster, lagging, &[b"n", b"x", b"r9"]);
+}
+
+/// TiKV #4198: one follower gets two snapshots, one of the source before the merge and
+/// one of the target after it, cut off in between.
+#[test]
+fn a_follower_given_a_snapshot_before_the_merge_and_one_after_it_ends_consistent() {
+    let mut cluster = two_neighbours();
+    let (leader, lagging) = leader_and_bystander(&mut cluster);
+    cluster.isolate(lagging);
+    // The source's log moves past what the store has, once its leader counts it as
+    // unreachable.
+    cluster.tick(30);
+    write_30(&mut cluster, leader, RIGHT, b's');
+    let before = cluster.snapshots[lagging as usize];
+    cluster.heal();
+    cluster.tick_until(300, "the source's snapshot went in", |c| {
+        c.snapshots[lagging as usize] > before && c.value(lagging, b"s9").is_some()
+    });
+    cluster.tick(5);
+    cluster.isolate(lagging);
+    prepare(&mut cluster, leader, RIGHT, REGION).unwrap();
+    let others = all_but(lagging);
+    wait_merged(&mut cluster, &others);
+    move_merged_log_on(&mut cluster);
+    let between = cluster.snapshots[lagging as usize];
+    cluster.heal();
+    wait_merged(&mut cluster, &[lagging]);
+    assert!(cluster.snapshots[lagging as usize] > between, "the target's snapshot");
+    assert_holds(&mut cluster, lagging, &[b"a", b"n", b"x", b"s0", b"s9", b"r0", b"r9"]);
 }
