@@ -340,23 +340,32 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// Each Region's approximate bytes and keys, as the node's HTTP API shows what the
-/// placement leader last heard (empty if it cannot be asked).
-async fn region_sizes(pd: &str) -> BTreeMap<u64, (u64, u64)> {
-    let mut sizes = BTreeMap::new();
+/// What the node's HTTP API adds to a Region's shape.
+struct RegionDetails {
+    /// Approximate bytes and keys, as the placement leader last heard them.
+    size: Option<(u64, u64)>,
+    /// The merge target, while the asked node's replica is frozen for a merge.
+    merging_into: Option<u64>,
+}
+
+/// Each Region's details as the node's HTTP API shows them (empty if it cannot be asked).
+async fn region_details(pd: &str) -> BTreeMap<u64, RegionDetails> {
+    let mut details = BTreeMap::new();
     let mut key = String::new();
     // A page at a time (the API's largest), until no page follows.
     loop {
         let path = format!("/pd/api/v1/regions?limit=10000&key={key}");
-        let Some(reply) = crate::tls::get_json(pd, &path).await else { return sizes };
+        let Some(reply) = crate::tls::get_json(pd, &path).await else { return details };
         let regions = reply["regions"].as_array().into_iter().flatten();
-        sizes.extend(regions.filter_map(|r| {
-            let size = r["approximate_size_bytes"].as_u64()?;
-            Some((r["id"].as_u64()?, (size, r["approximate_keys"].as_u64()?)))
+        details.extend(regions.filter_map(|r| {
+            let size = r["approximate_size_bytes"].as_u64();
+            let size = size.zip(r["approximate_keys"].as_u64());
+            let merging_into = r["merging_into"].as_u64();
+            Some((r["id"].as_u64()?, RegionDetails { size, merging_into }))
         }));
         match reply["next_key"].as_str() {
             Some(next) if !next.is_empty() => key = next.to_string(),
-            _ => return sizes,
+            _ => return details,
         }
     }
 }
@@ -384,7 +393,9 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
             if let (Some(key), true) = (&wanted, regions.is_empty()) {
                 return Err(format!("no Region holds key {}", key.escape_ascii()));
             }
-            let sizes = region_sizes(&args.pd).await;
+            let details = region_details(&args.pd).await;
+            let size = |id: u64| details.get(&id).and_then(|d| d.size);
+            let merging_into = |id: u64| details.get(&id).and_then(|d| d.merging_into);
             let rows = regions.iter().map(|r| {
                 let peers: Vec<String> =
                     r.peers.iter().map(|(id, store)| format!("{id}@{store}")).collect();
@@ -395,13 +406,21 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                     r.leader_store.map_or("none".into(), |s| format!("store {s}")),
                     peers.join(" "),
                     format!("{}/{}", r.conf_ver, r.version),
-                    sizes.get(&r.id).map_or("?".into(), |(bytes, _)| human_bytes(*bytes)),
-                    sizes.get(&r.id).map_or("?".into(), |(_, keys)| keys.to_string()),
+                    size(r.id).map_or("?".into(), |(bytes, _)| human_bytes(bytes)),
+                    size(r.id).map_or("?".into(), |(_, keys)| keys.to_string()),
                 ]
             });
             let header =
                 ["ID", "START", "END", "LEADER", "PEERS (id@store)", "EPOCH", "SIZE", "KEYS"];
-            let text = table(&header, rows) + &format!("{} Region(s)\n", regions.len());
+            let mut text = table(&header, rows) + &format!("{} Region(s)\n", regions.len());
+            for r in &regions {
+                if let Some(target) = merging_into(r.id) {
+                    text += &format!(
+                        "Region {} is frozen for a merge into Region {target} (on the node asked)\n",
+                        r.id
+                    );
+                }
+            }
             let regions: Vec<_> = regions
                 .iter()
                 .map(|r| {
@@ -412,8 +431,9 @@ pub async fn run(args: CtlArgs) -> Result<(), String> {
                         "epoch": { "conf_ver": r.conf_ver, "version": r.version },
                         "peers": r.peers.iter().map(|(id, store)| json!({ "id": id, "store_id": store })).collect::<Vec<_>>(),
                         "leader": r.leader_peer,
-                        "approximate_size_bytes": sizes.get(&r.id).map(|s| s.0),
-                        "approximate_keys": sizes.get(&r.id).map(|s| s.1),
+                        "approximate_size_bytes": size(r.id).map(|s| s.0),
+                        "approximate_keys": size(r.id).map(|s| s.1),
+                        "merging_into": merging_into(r.id),
                     })
                 })
                 .collect();

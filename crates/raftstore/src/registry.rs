@@ -41,6 +41,10 @@ pub struct RegionStatus {
     /// Whether the local replica hibernates (see [`crate::hibernate`]): published as it
     /// goes to sleep, and with its first round awake.
     pub hibernating: bool,
+    /// The Region the local replica is frozen to merge into (see [`crate::merge`]), while
+    /// it is: it serves nothing until the merge commits or rolls back, which an operator
+    /// looking at a Region refusing requests needs to know.
+    pub merging_into: Option<u64>,
 }
 
 impl RegionStatus {

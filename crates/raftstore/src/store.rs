@@ -2331,6 +2331,7 @@ fn status_of(peer: &Peer, config: &RaftConfig, now_ms: u64) -> RegionStatus {
         down_peers,
         stats: peer.stats,
         hibernating: !peer.sleep.is_awake(),
+        merging_into: peer.merging.as_ref().map(|m| m.target_id()),
     }
 }
 

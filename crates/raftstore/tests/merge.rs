@@ -201,6 +201,10 @@ fn a_frozen_source_takes_no_write_and_serves_no_read() {
         cluster.lost_groups.insert((target_leader, RIGHT));
     }
     prepare(&mut cluster, leader, RIGHT, REGION).unwrap();
+    for store in 1..=3 {
+        let frozen = status(&mut cluster, store, RIGHT).unwrap();
+        assert_eq!(frozen.merging_into, Some(REGION), "published as frozen on store {store}");
+    }
     let status = status(&mut cluster, leader, RIGHT).unwrap();
     assert!(!status.ready_for_reads && status.lease_until_ms == 0);
     let refused = write(&mut cluster, leader, RIGHT, b"z");
@@ -307,6 +311,7 @@ fn a_merge_rolls_back_when_the_target_changed_first() {
     write(&mut cluster, leader, RIGHT, b"z").unwrap();
     cluster.tick(5);
     for store in 1..=3 {
+        assert_eq!(status(&mut cluster, store, RIGHT).unwrap().merging_into, None);
         assert_holds(&mut cluster, store, &[b"n", b"x", b"z"]);
         let left = status(&mut cluster, store, REGION).unwrap().region;
         assert_eq!(left.end_key, b"c", "the target split, and absorbed nothing");

@@ -96,6 +96,15 @@ fn merge(mut value: Value, extra: Value) -> Value {
     value
 }
 
+/// `{"merging_into": N}` if this node's replica of Region `id` is frozen for a merge into
+/// Region N (it serves nothing until the merge commits or rolls back), else nothing.
+fn merging_json(node: &HttpState, id: u64) -> Value {
+    match node.registry.get(id).and_then(|s| s.merging_into) {
+        Some(target) => json!({ "merging_into": target }),
+        None => json!({}),
+    }
+}
+
 fn region_json(node: &HttpState, region: &Region, load: Option<&RegionLoad>) -> Value {
     let leader = node
         .registry
@@ -115,7 +124,7 @@ fn region_json(node: &HttpState, region: &Region, load: Option<&RegionLoad>) -> 
         })).collect::<Vec<_>>(),
         "leader": leader.map(|p| json!({ "id": p.id, "store_id": p.store_id })),
     });
-    merge(shape, load_json(load))
+    merge(merge(shape, load_json(load)), merging_json(node, region.id))
 }
 
 /// Paging of `GET /pd/api/v1/regions`.
@@ -404,7 +413,7 @@ async fn regions_page(
                     "role": format!("{:?}", p.role()),
                 })).collect::<Vec<_>>(),
             });
-            merge(shape, load_json(loads.get(&region.id)))
+            merge(merge(shape, load_json(loads.get(&region.id))), merging_json(&node, region.id))
         })
         .collect();
     Json(json!({ "total": total, "offset": query.offset, "regions": page }))
