@@ -293,6 +293,9 @@ pub struct Cluster {
     pub splits_done: u64,
     /// Regions absorbed by a merge.
     pub merged: BTreeSet<u64>,
+    /// Merges whose prepare the control plane proposed since the run last took them
+    /// (source, target), for faults aimed at them.
+    pub prepares: Vec<(u64, u64)>,
     /// Operators the control planes of crashed nodes had finished.
     operators_lost: u64,
     /// Messages handed to the network and delivered, for the run's statistics.
@@ -427,6 +430,7 @@ impl Cluster {
             next_split: 0,
             splits_done: 0,
             merged: BTreeSet::new(),
+            prepares: Vec::new(),
             operators_lost: 0,
             sent: 0,
             delivered: 0,
@@ -911,6 +915,19 @@ impl Cluster {
                 Some((id, view))
             })
             .collect()
+    }
+
+    /// The running node whose replica of group `id` leads it (in the highest term, if
+    /// several think so), with the Region as that replica sees it: frozen or not.
+    pub fn group_leader(&self, id: u64) -> Option<(u64, Region)> {
+        (self.ids().filter(|&node| self.is_serving(node)))
+            .filter_map(|node| {
+                let status = self.nodes[node as usize - 1].registry.get(id)?;
+                let leads = status.leader.as_ref().is_some_and(|l| l.id == status.peer.id);
+                leads.then_some((status.term, node, status.region))
+            })
+            .max_by_key(|(term, ..)| *term)
+            .map(|(_, node, region)| (node, region))
     }
 
     /// Every data Region some running node leads, as its leader sees it, with that

@@ -212,6 +212,7 @@ impl Cluster {
             }
             StepAction::Merge(target) => {
                 // The operator sees the source frozen in its next heartbeat.
+                self.prepares.push((region_id, target.id));
                 let store = self.node(id).store.as_mut().expect("a serving node has a store");
                 store.propose_prepare_merge(region_id, target, Box::new(|_| {}));
             }

@@ -34,7 +34,7 @@ use scandium_storage::Cf;
 use scandium_txn::command::raw::{self, RawTarget};
 use scandium_txn::{Breakages, Command};
 use scandium_types::keyspace::ApiVersion;
-use scandium_types::Peer;
+use scandium_types::{Peer, Region};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -232,6 +232,8 @@ const TSO_TIMEOUT: u64 = 5 << 40;
 const TXN_CLIENT: u64 = 6 << 40;
 const TXN_TIMEOUT: u64 = 7 << 40;
 const SPLIT: u64 = 8 << 40;
+/// A fault aimed at a merge under way: the low bits index the run's `aims`.
+const MERGE_FAULT: u64 = 9 << 40;
 /// Marks the op ids of timestamp requests in the cluster's answers.
 const TSO_OP: u64 = 1 << 32;
 const KIND: u64 = 0xff << 40;
@@ -327,9 +329,18 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
     let mut recovery: Vec<Recovery> = Vec::new();
     // A node lost for good, or a store removed: at most one per run.
     let mut departed: Option<Departure> = None;
+    // Merges proposed: half of them meet a fault aimed at one of their Regions within
+    // 40 ms, while the source is frozen or the commit on its way.
+    let mut aims: Vec<(u64, u64)> = Vec::new();
     let end = config.duration_ms;
     loop {
         let (token, answers) = cluster.next(end, &mut rng);
+        for merge in std::mem::take(&mut cluster.prepares) {
+            if config.faults && rng.gen_bool(0.5) {
+                cluster.schedule_external(rng.gen_range(0..40), MERGE_FAULT | aims.len() as u64);
+                aims.push(merge);
+            }
+        }
         let mut wake = Wake::default();
         for answer in answers {
             let Some(answer) = txns.on_answer(&mut cluster, answer, &mut rng, &mut wake) else {
@@ -398,7 +409,7 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
                     faults.push(format!("{} ms: {}", cluster.now(), r.describe()));
                     r.apply(&mut cluster, departed);
                 } else {
-                    let (what, undo) = inject(&mut cluster, &mut departed, &mut rng);
+                    let (what, undo) = inject(&mut cluster, &mut departed, None, &mut rng);
                     faults.push(format!("{} ms: {what}", cluster.now()));
                     if let Some(undo) = undo {
                         let at = undo.at;
@@ -406,6 +417,17 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
                         cluster.schedule_external(at - cluster.now(), FAULT);
                     }
                     cluster.schedule_external(rng.gen_range(1_000..4_000), FAULT);
+                }
+            }
+            MERGE_FAULT => {
+                let (source, target) = aims[(token & !KIND) as usize];
+                let (what, undo) =
+                    aim_at_merge(&mut cluster, &mut departed, source, target, &mut rng);
+                faults.push(format!("{now} ms: merge of region {source} into {target}: {what}"));
+                if let Some(undo) = undo {
+                    let at = undo.at;
+                    recovery.push(undo);
+                    cluster.schedule_external(at - now, FAULT);
                 }
             }
             _ => unreachable!("only the run schedules external events"),
@@ -970,19 +992,57 @@ impl Recovery {
     }
 }
 
-/// Injects one fault chosen by the seed; returns what it was and how it ends. Besides
-/// failures, the "faults" include what a scheduler does under load: moving a replica to
-/// the node without one (a learner first, then one joint change promoting it and removing
-/// a voter) and transferring leadership.
+/// A fault aimed at the merge of `source` into `target`, proposed a moment ago: one in
+/// five times the target is split (the commit, if it comes after, finds the target
+/// changed, and the source rolls back), else one of [`inject`]'s faults aimed at the
+/// leader of either Region, the source's even while frozen.
+fn aim_at_merge(
+    cluster: &mut Cluster,
+    departed: &mut Option<Departure>,
+    source: u64,
+    target: u64,
+    rng: &mut StdRng,
+) -> (String, Option<Recovery>) {
+    if rng.gen_bool(0.2) {
+        let Some((_, region)) = cluster.group_leader(target) else {
+            return ("no leader of the target to split".into(), None);
+        };
+        let inside =
+            |key: &&str| region.contains(key.as_bytes()) && region.start_key != key.as_bytes();
+        let keys: Vec<&str> = SPLIT_KEYS.iter().copied().filter(inside).collect();
+        if keys.is_empty() {
+            return ("no key to split the target at".into(), None);
+        }
+        let key = keys[rng.gen_range(0..keys.len())];
+        if !cluster.split(key.as_bytes(), rng) {
+            return ("the target could not be split".into(), None);
+        }
+        return (format!("split the target at {key}"), None);
+    }
+    let group = if rng.gen_bool(0.5) { source } else { target };
+    match cluster.group_leader(group) {
+        Some(aim) => inject(cluster, departed, Some(aim), rng),
+        None => (format!("no leader of region {group}"), None),
+    }
+}
+
+/// Injects one fault chosen by the seed, mostly aimed at `aim` (a leader and its Region)
+/// if given, else at a led Region drawn at random; returns what it was and how it ends.
+/// Besides failures, the "faults" include what a scheduler does under load: moving a
+/// replica to the node without one (a learner first, then one joint change promoting it
+/// and removing a voter) and transferring leadership.
 fn inject(
     cluster: &mut Cluster,
     departed: &mut Option<Departure>,
+    aim: Option<(u64, Region)>,
     rng: &mut StdRng,
 ) -> (String, Option<Recovery>) {
     let n = cluster.ids().count() as u64;
     let now = cluster.now();
-    let regions = cluster.led_regions();
-    let led = (!regions.is_empty()).then(|| regions[rng.gen_range(0..regions.len())].clone());
+    let led = aim.or_else(|| {
+        let regions = cluster.led_regions();
+        (!regions.is_empty()).then(|| regions[rng.gen_range(0..regions.len())].clone())
+    });
     let lost = match departed {
         Some(Departure::Lost(id)) => Some(*id),
         _ => None,
