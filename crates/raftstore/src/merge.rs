@@ -244,8 +244,11 @@ pub(crate) fn check_commit(
 
 /// The entries a source replica applied up to `applied` needs to reach the prepare at
 /// `state.commit`: from its own log (`own`, for indexes it holds) or the carried ones.
-/// `None` if one is missing, or is not a plain write (a source replica catches up only
-/// through writes and the prepare itself; anything else it must apply on its own).
+/// Membership changes are among them: the prepare was proposed at the epoch they made
+/// (simulator seed 1498: a crash lost a replica's apply of a promotion, and its group was
+/// absorbed before anyone told it the commit again). `None` if one is missing, or is a
+/// split or a merge step other than the prepare itself, which the replica must apply on
+/// its own.
 pub(crate) fn catch_up_entries(
     applied: u64,
     commit: &CommitMerge,
@@ -261,7 +264,8 @@ pub(crate) fn catch_up_entries(
         });
         let entry = carried.or_else(|| own(index))?;
         if entry.get_entry_type() != EntryType::EntryNormal {
-            return None;
+            entries.push(entry);
+            continue;
         }
         if !entry.data.is_empty() {
             let command: RaftCommand = prost::Message::decode(entry.data.as_ref()).ok()?;
@@ -363,7 +367,7 @@ mod tests {
     }
 
     #[test]
-    fn catching_up_takes_carried_entries_and_refuses_gaps_and_admin_commands() {
+    fn catching_up_takes_carried_entries_and_membership_changes_and_refuses_gaps_and_splits() {
         let write = |key: &[u8]| {
             let mut batch = scandium_storage::WriteBatch::new();
             batch.put(scandium_storage::Cf::Raw, key.to_vec(), b"v".to_vec());
@@ -394,6 +398,17 @@ mod tests {
         ));
         let with_split = CommitMerge { entries: vec![carried(7, split)], ..commit.clone() };
         assert!(catch_up_entries(6, &with_split, own).is_none());
+        // A membership change is applied on the way: the prepare was proposed at the epoch
+        // it made.
+        let promotion = |index: u64| Entry {
+            index,
+            entry_type: EntryType::EntryConfChangeV2,
+            ..Default::default()
+        };
+        let own_with_promotion =
+            |index: u64| if index == 6 { Some(promotion(6)) } else { own(index) };
+        let entries = catch_up_entries(4, &commit, own_with_promotion).expect("at hand");
+        assert_eq!(entries[1].get_entry_type(), EntryType::EntryConfChangeV2);
         assert!(catch_up_entries(8, &commit, own).is_some_and(|e| e.is_empty()));
     }
 }
