@@ -1364,10 +1364,13 @@ impl Store {
         self.slept
     }
 
-    /// Groups with a replica here, and how many of them hibernate (one look at each).
+    /// Groups with a replica here, and how many of them hibernate (asleep, or a leader
+    /// asking to sleep): a look at each awake one only, as only those tick.
     pub fn count_hibernating(&self) -> (usize, usize) {
-        let asleep = self.peers.values().filter(|p| !p.sleep.is_awake()).count();
-        (self.peers.len(), asleep)
+        let asking = (self.ticking.iter())
+            .filter(|id| self.peers.get(id).is_some_and(|p| !p.sleep.is_awake()))
+            .count();
+        (self.peers.len(), self.peers.len() - self.ticking.len() + asking)
     }
 
     /// Whether a group's replica here hibernates (or, a leader, is asking to).
@@ -1526,6 +1529,8 @@ impl Store {
             );
         }
         assert!(self.ticking.iter().all(|id| self.peers.contains_key(id)));
+        let hibernating = self.peers.values().filter(|p| !p.sleep.is_awake()).count();
+        assert_eq!(self.count_hibernating().1, hibernating, "store {}", self.store_id);
     }
 
     /// Runs one round: persist (one fsync), apply, answer proposers. See the module docs.
