@@ -19,6 +19,7 @@ pub mod grpc;
 pub mod heartbeat;
 pub mod http;
 pub mod identity;
+pub mod idle_flush;
 pub mod load_split;
 pub mod metrics;
 pub mod network;

@@ -466,6 +466,8 @@ impl Node {
         let registered_ms = started.elapsed().as_millis() as u64;
         let interval = Duration::from_secs(config.ttl_sweep_interval_secs);
         node.background.push(node.tasks.spawn(crate::ttl::run(node.storage.clone(), interval)));
+        let flush = crate::idle_flush::run(node.engine.clone(), crate::idle_flush::CHECK_EVERY);
+        node.background.push(node.tasks.spawn(flush));
         let gc_interval = Duration::from_secs(config.gc_interval_secs);
         let gc = crate::gc_worker::run(node.storage.clone(), node.placement.clone(), gc_interval);
         node.background.push(node.tasks.spawn(gc));
