@@ -3,7 +3,8 @@
 //! source's last writes caught up from the entries the commit carries; a target's
 //! snapshot from after the merge replacing a frozen source; a rollback when the target
 //! changed first; restarts while frozen and after either outcome; leader transfers of
-//! both Regions; merges in a row; and the TiKV merge bugs of
+//! both Regions; merges in a row; a source waiting for a target's replica still to come
+//! from a split; and the TiKV merge bugs of
 //! `research/scale-out.md` §4: a failed merge then a successful one on a slow replica
 //! (#6460), a crash as a snapshot replaces a stale source (#7027), two snapshots to one
 //! cut-off follower, before the merge and after it (#4198).
@@ -620,4 +621,42 @@ fn a_follower_given_a_snapshot_before_the_merge_and_one_after_it_ends_consistent
     wait_merged(&mut cluster, &[lagging]);
     assert!(cluster.snapshots[lagging as usize] > between, "the target's snapshot");
     assert_holds(&mut cluster, lagging, &[b"a", b"n", b"x", b"s0", b"s9", b"r0", b"r9"]);
+}
+
+/// A store whose replica of the target's parent has not applied the split that made the
+/// target holds the source frozen with no target's replica beside it, and learns from
+/// the others that the merge went through. It keeps the source: once the split applies
+/// there, the new target's replica applies the commit from its log, which needs it
+/// (simulator seed 426 of 60 s runs with registers only and `--unsafe-frozen-reads`: the
+/// source went, and the target's replica, the Region's leader, waited for it for ever).
+#[test]
+fn a_source_waits_for_a_target_replica_still_to_come_from_a_split() {
+    let mut cluster = two_neighbours();
+    let leader = leader_of(&mut cluster, REGION).unwrap();
+    let behind = (1..=3).find(|&s| s != leader && Some(s) != leader_of(&mut cluster, RIGHT));
+    let behind = behind.unwrap();
+    // The split that makes the target never reaches the store behind.
+    cluster.lost_groups.insert((behind, REGION));
+    split_left_later(&mut cluster, leader);
+    cluster.tick_until(300, "the middle Region leads", |c| leader_of(c, MIDDLE).is_some());
+    assert!(status(&mut cluster, behind, MIDDLE).is_none(), "no target's replica there yet");
+    // The merge of `[m, )` into `[c, m)` goes through on the other stores.
+    let leader = leader_of(&mut cluster, RIGHT).unwrap();
+    prepare(&mut cluster, leader, RIGHT, MIDDLE).unwrap();
+    wait_absorbed(&mut cluster, &all_but(behind), RIGHT, MIDDLE, b"c");
+    cluster.tick_until(300, "the store behind learnt of the merge", |c| {
+        c.store(behind)
+            .describe(RIGHT)
+            .is_some_and(|d| d.contains(&format!("absorbed_by={MIDDLE}")))
+    });
+    assert!(status(&mut cluster, behind, RIGHT).is_some(), "the source stays");
+    // The split applies there at last, and the target's replica absorbs the source.
+    cluster.lost_groups.clear();
+    wait_absorbed(&mut cluster, &[behind], RIGHT, MIDDLE, b"c");
+    assert_holds(&mut cluster, behind, &[b"n", b"x"]);
+    cluster.tick_until(300, "the union leads", |c| leader_of(c, MIDDLE).is_some());
+    let leader = leader_of(&mut cluster, MIDDLE).unwrap();
+    write(&mut cluster, leader, MIDDLE, b"z").unwrap();
+    cluster.tick(5);
+    assert_holds(&mut cluster, behind, &[b"z"]);
 }
