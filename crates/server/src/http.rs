@@ -14,6 +14,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use prometheus::{IntCounter, IntGauge, Opts};
 use scandium_placement::RegionLoad;
+use scandium_raftstore::registry::RegionStatus;
 use scandium_raftstore::Registry;
 use scandium_storage::EngineRef;
 use scandium_txn::TxnNode;
@@ -96,21 +97,20 @@ fn merge(mut value: Value, extra: Value) -> Value {
     value
 }
 
-/// `{"merging_into": N}` if this node's replica of Region `id` is frozen for a merge into
+/// `{"merging_into": N}` if this node's replica (`status`) is frozen for a merge into
 /// Region N (it serves nothing until the merge commits or rolls back), else nothing.
-fn merging_json(node: &HttpState, id: u64) -> Value {
-    match node.registry.get(id).and_then(|s| s.merging_into) {
+fn merging_json(status: Option<&RegionStatus>) -> Value {
+    match status.and_then(|s| s.merging_into) {
         Some(target) => json!({ "merging_into": target }),
         None => json!({}),
     }
 }
 
 fn region_json(node: &HttpState, region: &Region, load: Option<&RegionLoad>) -> Value {
-    let leader = node
-        .registry
-        .get(region.id)
+    let status = node.registry.status(region.id);
+    let leader = (status.as_ref())
         .filter(|s| s.leader_alive)
-        .and_then(|s| s.leader)
+        .and_then(|s| s.leader.clone())
         .or_else(|| node.placement.read().leader_of(region.id).cloned());
     let shape = json!({
         "id": region.id,
@@ -124,7 +124,7 @@ fn region_json(node: &HttpState, region: &Region, load: Option<&RegionLoad>) -> 
         })).collect::<Vec<_>>(),
         "leader": leader.map(|p| json!({ "id": p.id, "store_id": p.store_id })),
     });
-    merge(merge(shape, load_json(load)), merging_json(node, region.id))
+    merge(merge(shape, load_json(load)), merging_json(status.as_deref()))
 }
 
 /// Paging of `GET /pd/api/v1/regions`.
@@ -413,7 +413,8 @@ async fn regions_page(
                     "role": format!("{:?}", p.role()),
                 })).collect::<Vec<_>>(),
             });
-            merge(merge(shape, load_json(loads.get(&region.id))), merging_json(&node, region.id))
+            let status = node.registry.status(region.id);
+            merge(merge(shape, load_json(loads.get(&region.id))), merging_json(status.as_deref()))
         })
         .collect();
     Json(json!({ "total": total, "offset": query.offset, "regions": page }))

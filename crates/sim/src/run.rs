@@ -411,11 +411,7 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
                 } else {
                     let (what, undo) = inject(&mut cluster, &mut departed, None, &mut rng);
                     faults.push(format!("{} ms: {what}", cluster.now()));
-                    if let Some(undo) = undo {
-                        let at = undo.at;
-                        recovery.push(undo);
-                        cluster.schedule_external(at - cluster.now(), FAULT);
-                    }
+                    expect_recovery(&mut cluster, &mut recovery, undo);
                     cluster.schedule_external(rng.gen_range(1_000..4_000), FAULT);
                 }
             }
@@ -424,11 +420,7 @@ pub fn run(seed: u64, config: &RunConfig) -> RunReport {
                 let (what, undo) =
                     aim_at_merge(&mut cluster, &mut departed, source, target, &mut rng);
                 faults.push(format!("{now} ms: merge of region {source} into {target}: {what}"));
-                if let Some(undo) = undo {
-                    let at = undo.at;
-                    recovery.push(undo);
-                    cluster.schedule_external(at - now, FAULT);
-                }
+                expect_recovery(&mut cluster, &mut recovery, undo);
             }
             _ => unreachable!("only the run schedules external events"),
         }
@@ -946,6 +938,14 @@ fn check_timestamps(requests: &[(u64, Option<(u64, u64)>)]) -> Vec<String> {
         summary.push_str(&format!("; and {more} more"));
     }
     vec![summary]
+}
+
+/// Keeps a fault's undoing, if it has one, and wakes the fault flow when it is due.
+fn expect_recovery(cluster: &mut Cluster, recovery: &mut Vec<Recovery>, undo: Option<Recovery>) {
+    if let Some(undo) = undo {
+        cluster.schedule_external(undo.at - cluster.now(), FAULT);
+        recovery.push(undo);
+    }
 }
 
 /// Undoing a fault, due at a time.
