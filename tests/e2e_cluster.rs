@@ -780,6 +780,34 @@ async fn playground_starts_a_cluster_and_stops_it() {
     }
 }
 
+/// `scandium bench --client batch` given a node that leads nothing sends each command to
+/// the node that leads its Region (it used to send all to the node it was given, whose
+/// every answer was then StoreNotMatch once leaders spread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_benchmark_client_follows_leaders_to_other_nodes() {
+    let cluster = Cluster::start();
+    cluster.wait_replicated().await;
+    let leader = cluster.leader_of_key("bench").await;
+    let other = &cluster.nodes[(leader + 1) % cluster.nodes.len()].addr;
+    for run in [&["--workload", "put"][..], &["--workload", "txn", "--txn-keys", "1", "--one-pc"]] {
+        let mut args = vec!["bench", "--pd", other, "--client", "batch"];
+        args.extend_from_slice(&["--clients", "8", "--duration", "1", "--keys", "300"]);
+        args.extend_from_slice(run);
+        let (ok, out) = support::cli(&args);
+        assert!(ok, "{args:?}: {out}");
+        let count = |name: &str| -> u64 {
+            let field = out.split_whitespace().find_map(|w| w.strip_prefix(name));
+            field.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{name} in {out}"))
+        };
+        // (Transactions over 300 keys from 8 clients conflict now and then.)
+        let fine = match run[1] {
+            "txn" => count("commits=") > 2 * count("aborts="),
+            _ => count("ops=") > 0 && count("errors=") == 0,
+        };
+        assert!(fine, "{args:?}: {out}");
+    }
+}
+
 /// A node that cannot reach any node it was told to join keeps trying, and says so.
 #[test]
 fn a_node_that_cannot_join_retries_and_says_so() {

@@ -7,9 +7,10 @@
 //!
 //! It runs the same transactions as the `tikv-client` driver, in the same sequence of
 //! requests (read or lock each key, prewrite, commit primary, secondaries in the
-//! background), but it only knows what a benchmark needs: it talks to the node given as
-//! `--pd` for every Region, backs off briefly on a lock instead of resolving it, and on
-//! any other failure rolls back what it may have written and reports an abort.
+//! background), but it only knows what a benchmark needs: it asks the node given as `--pd`
+//! where each Region is led, keeps one stream to each node that leads any, backs off
+//! briefly on a lock instead of resolving it, and on any other failure rolls back what it
+//! may have written and reports an abort.
 
 use futures::StreamExt;
 use scandium_protocol::kvrpcpb::{self, Context};
@@ -51,9 +52,14 @@ struct Region {
     context: Context,
 }
 
-/// A connection to one node: a `BatchCommands` stream, a `Tso` stream and a Region cache.
+/// Commands to one node's `BatchCommands` stream.
+type Commands = mpsc::Sender<(Req, Reply<Resp>)>;
+
+/// A connection to a cluster: a `Tso` stream and a Region cache from the node it was
+/// given, and a `BatchCommands` stream to each node that leads a Region it used.
 pub struct BatchClient {
-    commands: mpsc::Sender<(Req, Reply<Resp>)>,
+    /// By store id; a stream that failed is opened again on the next command.
+    commands: tokio::sync::Mutex<HashMap<u64, Commands>>,
     timestamps: mpsc::Sender<Reply<u64>>,
     pd: PdClient<Channel>,
     header: pdpb::RequestHeader,
@@ -76,15 +82,10 @@ impl BatchClient {
         let cluster_id = members.header.map(|h| h.cluster_id).unwrap_or_default();
         let header = pdpb::RequestHeader { cluster_id, ..Default::default() };
 
-        let (commands, queue) = mpsc::channel(4 * MAX_BATCH);
-        let tikv = TikvClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
-        start_command_stream(tikv, queue).await?;
         let (timestamps, waiting) = mpsc::channel(4 * MAX_BATCH);
         start_oracle(pd.clone(), header.clone(), waiting).await?;
         Ok(Arc::new(BatchClient {
-            commands,
+            commands: Default::default(),
             timestamps,
             pd,
             header,
@@ -100,9 +101,33 @@ impl BatchClient {
         answer.await.map_err(|_| "the Tso stream is closed".to_string())?
     }
 
-    async fn call(&self, cmd: Req) -> Result<Resp, String> {
+    /// The stream to `store`'s node, opened if there is none or it was closed.
+    async fn commands(&self, store: u64) -> Result<Commands, String> {
+        let mut streams = self.commands.lock().await;
+        if let Some(commands) = streams.get(&store).filter(|c| !c.is_closed()) {
+            return Ok(commands.clone());
+        }
+        let request = pdpb::GetStoreRequest { header: Some(self.header.clone()), store_id: store };
+        let answer = self.pd.clone().get_store(request).await;
+        let answer = answer.map_err(|e| format!("GetStore {store}: {e}"))?.into_inner();
+        let address = answer.store.map(|s| s.address).unwrap_or_default();
+        if address.is_empty() {
+            return Err(format!("GetStore {store}: no address"));
+        }
+        let tikv = TikvClient::new(crate::tls::channel(&address).await?)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let (commands, queue) = mpsc::channel(4 * MAX_BATCH);
+        start_command_stream(tikv, queue).await?;
+        streams.insert(store, commands.clone());
+        Ok(commands)
+    }
+
+    /// Sends `cmd` to `store`'s node and waits for its answer.
+    async fn call(&self, store: u64, cmd: Req) -> Result<Resp, String> {
         let (reply, answer) = oneshot::channel();
-        self.commands
+        self.commands(store)
+            .await?
             .send((cmd, reply))
             .await
             .map_err(|_| "the BatchCommands stream is closed".to_string())?;
@@ -181,7 +206,8 @@ impl BatchClient {
                 tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
             }
             let region = self.region(key).await?;
-            let answer = self.call(request.clone().into_cmd(region.context.clone())).await?;
+            let store = region.context.peer.as_ref().map_or(0, |p| p.store_id);
+            let answer = self.call(store, request.clone().into_cmd(region.context.clone())).await?;
             let answer = R::answer(answer).ok_or("an answer of another kind")?;
             match R::region_error(&answer) {
                 Some(error) => {
