@@ -23,7 +23,7 @@ use crate::tasks::Tasks;
 use prost::Message as _;
 use scandium_placement::{
     ControlPlane, Facts, HeartbeatFilter, Kind, Now, OperatorStep, RegionHeartbeat as Heartbeat,
-    RegionLoad, RegionReport, StepAction, Wants,
+    RegionLoad, RegionReport, Selection, StepAction, Wants,
 };
 use scandium_protocol::scandium::{
     self as wire, HeartbeatRequest, Operator, RegionHeartbeat, RegionLoadsRequest, StoreLiveness,
@@ -76,10 +76,84 @@ struct Reporting {
 }
 
 /// The write counters of the Regions led here at the last heartbeat, and when it was.
+/// Kept from beat to beat rather than built anew: at 10,000 led Regions, a new map and a
+/// list of loads each second were a megabyte allocated and freed a second, at rest.
 #[derive(Default)]
 struct Traffic {
+    /// When the last heartbeat was (0: there was none).
     at_ms: u64,
-    written: HashMap<u64, (u64, u64)>, // lookups only
+    /// Heartbeats reckoned so far.
+    beat: u64,
+    written: HashMap<u64, Written>, // lookups only
+}
+
+/// A Region's write counters at a heartbeat that it was led at.
+#[derive(Clone, Copy)]
+struct Written {
+    bytes: u64,
+    keys: u64,
+    beat: u64,
+}
+
+/// One heartbeat's reckoning of the loads of the Regions led here (see
+/// [`Control::reckon`]), Region by Region as the heartbeat filter looks at them.
+struct Reckoning<'a> {
+    traffic: MutexGuard<'a, Traffic>,
+    /// What was read per Region since the last heartbeat.
+    reads: HashMap<u64, (u64, u64)>, // lookups only
+    now_ms: u64,
+    /// Since the last heartbeat; `None` for the first.
+    interval_ms: Option<u64>,
+    /// Regions reckoned so far.
+    led: usize,
+}
+
+impl<'a> Reckoning<'a> {
+    /// The reckoning of the heartbeat at `now_ms`.
+    fn start(
+        mut traffic: MutexGuard<'a, Traffic>,
+        reads: HashMap<u64, (u64, u64)>,
+        now_ms: u64,
+    ) -> Reckoning<'a> {
+        traffic.beat += 1;
+        let interval_ms = (traffic.at_ms > 0).then(|| now_ms.saturating_sub(traffic.at_ms));
+        Reckoning { traffic, reads, now_ms, interval_ms, led: 0 }
+    }
+
+    /// The Region's size, and what was written to and read from it since the last
+    /// heartbeat (a Region that was not led here then counts from now).
+    fn load(&mut self, status: &RegionStatus) -> RegionLoad {
+        let (stats, id, beat) = (&status.stats, status.region.id, self.traffic.beat);
+        self.led += 1;
+        let now = Written { bytes: stats.written_bytes, keys: stats.written_keys, beat };
+        let (written_bytes, written_keys) = match self.traffic.written.insert(id, now) {
+            Some(last) if last.beat + 1 == beat && self.interval_ms.is_some() => {
+                (now.bytes.saturating_sub(last.bytes), now.keys.saturating_sub(last.keys))
+            }
+            _ => (0, 0),
+        };
+        let (read_keys, read_bytes) = self.reads.remove(&id).unwrap_or_default();
+        RegionLoad {
+            approximate_size: stats.approximate_size,
+            approximate_keys: stats.approximate_keys,
+            written_bytes,
+            written_keys,
+            read_bytes,
+            read_keys,
+            interval_ms: self.interval_ms.unwrap_or(0),
+        }
+    }
+}
+
+impl Drop for Reckoning<'_> {
+    /// The heartbeat is reckoned: Regions no longer led here are forgotten.
+    fn drop(&mut self) {
+        let beat = self.traffic.beat;
+        if self.traffic.written.len() > self.led {
+            self.traffic.written.retain(|_, written| written.beat == beat);
+        }
+        self.traffic.at_ms = self.now_ms;
+    }
 }
 
 /// What [`Control`] is built from.
@@ -154,23 +228,6 @@ impl Control {
     /// One heartbeat: report the Regions led here that the placement leader needs
     /// (`scandium_placement::filter`), carry out the answer.
     pub async fn beat(self: &Arc<Self>) -> Result<(), RequestError> {
-        let mut led = self.registry.statuses();
-        led.retain(|s| s.ready_for_reads);
-        let loads = self.loads_since_last_beat(&led);
-        let led = led.into_iter().zip(loads).map(|(status, load)| {
-            let facts = Facts {
-                id: status.region.id,
-                version: status.region.version,
-                conf_ver: status.region.conf_ver,
-                leader: status.peer.id,
-                term: status.term,
-                pending: status.pending_peers.iter().map(|p| p.id).collect(),
-                size: load.approximate_size,
-                keys: load.approximate_keys,
-                traffic: load.has_traffic(),
-            };
-            (facts, (status, load))
-        });
         let target = match self.placement.is_serving() {
             true => None,
             false => {
@@ -178,14 +235,7 @@ impl Control {
                 Some(self.placement.wait_leader().await?)
             }
         };
-        let selection = {
-            let mut reporting = self.reporting.lock().unwrap_or_else(|e| e.into_inner());
-            if reporting.target != target {
-                reporting.filter.reset();
-                reporting.target = target.clone();
-            }
-            reporting.filter.select_by(led)
-        };
+        let selection = self.select(&target);
         let regions = selection
             .heartbeats
             .iter()
@@ -241,41 +291,46 @@ impl Control {
         Ok(())
     }
 
-    /// Each led Region's size, and what was written to and read from it since the last
-    /// heartbeat (a Region that changed leader or split here counts from now).
-    fn loads_since_last_beat(&self, led: &[Arc<RegionStatus>]) -> Vec<RegionLoad> {
-        let now_ms = crate::clock::monotonic_ms();
-        let mut reads = self.reads.take();
-        let mut traffic = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
-        let interval_ms = now_ms.saturating_sub(traffic.at_ms);
-        let mut written = HashMap::with_capacity(led.len());
-        let loads = led
-            .iter()
-            .map(|status| {
-                let stats = &status.stats;
-                let id = status.region.id;
-                let counters = (stats.written_bytes, stats.written_keys);
-                written.insert(id, counters);
-                let (written_bytes, written_keys) = match traffic.written.get(&id) {
-                    Some(&(bytes, keys)) if traffic.at_ms > 0 => {
-                        (counters.0.saturating_sub(bytes), counters.1.saturating_sub(keys))
-                    }
-                    _ => (0, 0),
-                };
-                let (read_keys, read_bytes) = reads.remove(&id).unwrap_or_default();
-                RegionLoad {
-                    approximate_size: stats.approximate_size,
-                    approximate_keys: stats.approximate_keys,
-                    written_bytes,
-                    written_keys,
-                    read_bytes,
-                    read_keys,
-                    interval_ms: if traffic.at_ms > 0 { interval_ms } else { 0 },
-                }
-            })
-            .collect();
-        *traffic = Traffic { at_ms: now_ms, written };
-        loads
+    /// The led Regions this heartbeat reports to `target` (`None`: this node), each with
+    /// its load since the last heartbeat.
+    fn select(&self, target: &Option<String>) -> Selection<(Arc<RegionStatus>, RegionLoad)> {
+        let mut led = self.registry.statuses();
+        led.retain(|s| s.ready_for_reads);
+        let mut reckoning = self.reckon();
+        let led = led.into_iter().map(|status| {
+            let load = reckoning.load(&status);
+            let facts = Facts {
+                id: status.region.id,
+                version: status.region.version,
+                conf_ver: status.region.conf_ver,
+                leader: status.peer.id,
+                term: status.term,
+                pending: status.pending_peers.iter().map(|p| p.id).collect(),
+                size: load.approximate_size,
+                keys: load.approximate_keys,
+                traffic: load.has_traffic(),
+            };
+            (facts, (status, load))
+        });
+        let selection = {
+            let mut reporting = self.reporting.lock().unwrap_or_else(|e| e.into_inner());
+            if reporting.target != *target {
+                reporting.filter.reset();
+                reporting.target = target.clone();
+            }
+            reporting.filter.select_by(led)
+        };
+        // The Regions no longer led here are forgotten once every led one was looked at.
+        drop(reckoning);
+        selection
+    }
+
+    /// Starts this heartbeat's reckoning of the led Regions' loads (the traffic stays
+    /// locked until it is dropped).
+    fn reckon(&self) -> Reckoning<'_> {
+        let reads = self.reads.take();
+        let traffic = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
+        Reckoning::start(traffic, reads, crate::clock::monotonic_ms())
     }
 
     /// How many Region reports this node took from heartbeats while it led placement.
@@ -647,4 +702,42 @@ fn step_of(operator: &Operator) -> Option<OperatorStep> {
         _ => return None,
     };
     Some(OperatorStep { region_id: operator.region_id, epoch, action })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Region `id` led here, having had `written` bytes (and as many keys) written.
+    fn led(id: u64, written: u64) -> RegionStatus {
+        let mut status = RegionStatus::default();
+        status.region.id = id;
+        status.stats.written_bytes = written;
+        status.stats.written_keys = written;
+        status
+    }
+
+    /// One heartbeat at `now_ms` over `regions`: each one's bytes written and interval.
+    fn beat(traffic: &Mutex<Traffic>, now_ms: u64, regions: &[RegionStatus]) -> Vec<(u64, u64)> {
+        let reads = HashMap::new();
+        let mut reckoning = Reckoning::start(traffic.lock().unwrap(), reads, now_ms);
+        regions
+            .iter()
+            .map(|s| reckoning.load(s))
+            .map(|l| (l.written_bytes, l.interval_ms))
+            .collect()
+    }
+
+    #[test]
+    fn each_heartbeat_reports_what_was_written_since_the_last_one_a_region_was_led_at() {
+        let traffic = Mutex::new(Traffic::default());
+        // The first heartbeat has no interval: nothing counts as written.
+        assert_eq!(beat(&traffic, 1_000, &[led(1, 50), led(2, 70)]), [(0, 0), (0, 0)]);
+        assert_eq!(beat(&traffic, 2_000, &[led(1, 80), led(2, 70)]), [(30, 1_000), (0, 1_000)]);
+        // Region 2 is not led here for a beat: it is forgotten, and counts afresh.
+        assert_eq!(beat(&traffic, 3_000, &[led(1, 80)]), [(0, 1_000)]);
+        assert_eq!(traffic.lock().unwrap().written.len(), 1);
+        assert_eq!(beat(&traffic, 4_000, &[led(1, 81), led(2, 90)]), [(1, 1_000), (0, 1_000)]);
+        assert_eq!(beat(&traffic, 5_000, &[led(1, 81), led(2, 95)]), [(0, 1_000), (5, 1_000)]);
+    }
 }
