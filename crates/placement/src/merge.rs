@@ -36,6 +36,8 @@ pub enum MergeDecision {
         from: Peer,
         /// Where it goes.
         to: StoreId,
+        /// The neighbour it is to merge into.
+        target: RegionId,
     },
 }
 
@@ -123,7 +125,7 @@ pub fn merge_decision(
     let mut strays: Vec<&Peer> = strays.collect();
     strays.sort_by_key(|p| p.id == leader);
     let from = strays.first()?;
-    Some(MergeDecision::Colocate { from: (*from).clone(), to: *to })
+    Some(MergeDecision::Colocate { from: (*from).clone(), to: *to, target: target.id })
 }
 
 #[cfg(test)]
@@ -224,6 +226,7 @@ mod tests {
         let b = region(2, b"g", b"", [1, 2, 4]);
         let sizes = [(1, 1 << 20), (2, 1 << 20)];
         let decision = decide(&[a.clone(), b.clone()], &sizes, &[], &a);
-        assert_eq!(decision, Some(MergeDecision::Colocate { from: a.peers[2].clone(), to: 4 }));
+        let colocate = MergeDecision::Colocate { from: a.peers[2].clone(), to: 4, target: 2 };
+        assert_eq!(decision, Some(colocate));
     }
 }

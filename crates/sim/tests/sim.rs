@@ -134,10 +134,17 @@ fn seeds_that_found_bugs_pass() {
     // created by its split there afterwards, then found the merge's commit in its log and
     // waited for the source for ever, as the leader. A source replica with no target's
     // replica beside it now stays until one absorbs it or a snapshot replaces it.
+    //
+    // 621 of the same runs (thirteenth session): a source moved a replica to its
+    // neighbour's store and the balancer moved it back, over and over, for two sources
+    // at once, and the cluster did not settle with a Region of four voters. A merge now
+    // comes before balancing, and a Region a neighbour is joining is left alone.
     let config = RunConfig { unsafe_frozen_reads: true, duration_ms: 60_000, ..registers_only() };
-    let report = run(426, &config);
-    let stuck = report.anomalies.iter().find(|a| a.contains("did not settle"));
-    assert!(stuck.is_none(), "seed 426: {stuck:?}");
+    for seed in [426, 621] {
+        let report = run(seed, &config);
+        let stuck = report.anomalies.iter().find(|a| a.contains("did not settle"));
+        assert!(stuck.is_none(), "seed {seed}: {stuck:?}");
+    }
 }
 
 #[test]
@@ -217,11 +224,11 @@ fn a_compare_and_swap_without_a_linearizable_read_is_caught() {
     // seed 24 of 60 s runs did (the first of 0..24); seed 253 since Regions merge (the
     // first of 0..253 to fail with it and pass without; 0 and 81 found merge bugs);
     // seed 191 of 60 s runs with registers only since faults are aimed at merges (the
-    // first of 0..191).
+    // first of 0..191); 78 since a merge comes before balancing (the first of 0..78).
     let long = RunConfig { duration_ms: 60_000, ..registers_only() };
     let config = RunConfig { unsafe_cas: true, ..long.clone() };
-    assert!(!run(191, &config).anomalies.is_empty(), "seed 191 missed the stale swap");
-    assert!(run(191, &long).anomalies.is_empty(), "seed 191");
+    assert!(!run(78, &config).anomalies.is_empty(), "seed 78 missed the stale swap");
+    assert!(run(78, &long).anomalies.is_empty(), "seed 78");
 }
 
 /// Runs with register clients only (no transactions, no bank): cheaper, and the
@@ -303,19 +310,19 @@ fn a_read_path_without_leases_is_caught() {
     // Reads served by whichever node believes it leads, without a lease or a ReadIndex
     // round: a deposed leader answers from its old state. The window is narrow (a
     // request queued at a paused leader, served on resuming before the messages that
-    // depose it): seed 119 is the first of 0..1,500 that shows it since heartbeats carry
-    // only what changed (786, the first of 0..800, since groups hibernate
+    // depose it): seed 232 is the first of 0..700 that shows it since a merge comes before
+    // balancing (119, the first of 0..1,500, since heartbeats carry only what changed (786, the first of 0..800, since groups hibernate
     // and the runs have quiet spells (506, the first of 0..814, since a lingering replica
     // asks every voter (374 since removed replicas linger; 648 before, the first of
     // 0..1,700, since balancing goes
     // by each Region's last report and half the nodes ingest snapshots from files, with
     // 734 and 950; 205 and 258 since leaders
     // stopped naming themselves in NotLeader, 47 before, since the runs split by size; 71
-    // of three before the runs balanced replicas and leaders))). A search from seed 0 ran
+    // of three before the runs balanced replicas and leaders)))). A search from seed 0 ran
     // 15 minutes in a debug build once the seed moved: the test runs the known seed.
     let config = RunConfig { unsafe_reads: true, ..RunConfig::default() };
-    assert!(!run(119, &config).anomalies.is_empty(), "seed 119 missed the stale reads");
-    assert!(run(119, &RunConfig::default()).anomalies.is_empty(), "seed 119");
+    assert!(!run(232, &config).anomalies.is_empty(), "seed 232 missed the stale reads");
+    assert!(run(232, &RunConfig::default()).anomalies.is_empty(), "seed 232");
 }
 
 #[test]
@@ -326,13 +333,13 @@ fn a_sleeping_leader_that_keeps_a_lease_is_caught() {
     // runs is the first of 0..1,182 that shows it since Regions merge (268 since
     // heartbeats carry only what changed, when no seed of 0..2,000 in 20 s runs did; 81
     // before; with registers only, 109), 175 of 60 s runs with registers only since
-    // faults are aimed at merges (the first of 0..175); so hibernation's rule (a leader
-    // sleeps only once its lease has run out, and nothing renews it asleep) is one the
-    // runs would catch.
+    // faults are aimed at merges (the first of 0..175), 100 since a merge comes before
+    // balancing (the first of 0..100); so hibernation's rule (a leader sleeps only once
+    // its lease has run out, and nothing renews it asleep) is one the runs would catch.
     let long = RunConfig { duration_ms: 60_000, ..registers_only() };
     let config = RunConfig { unsafe_sleeping_lease: true, ..long.clone() };
-    assert!(!run(175, &config).anomalies.is_empty(), "seed 175 missed the sleeping lease");
-    assert!(run(175, &long).anomalies.is_empty(), "seed 175");
+    assert!(!run(100, &config).anomalies.is_empty(), "seed 100 missed the sleeping lease");
+    assert!(run(100, &long).anomalies.is_empty(), "seed 100");
 }
 
 #[test]

@@ -190,10 +190,18 @@ fn three_full_stores_and_an_empty_one(bounds: &[&[u8]]) -> (PlacementState, Vec<
     (state, regions)
 }
 
+/// A heartbeat of a small Region (1 MiB, 10 records) from its first replica, as leader.
+fn small_beat(region: &Region) -> RegionHeartbeat {
+    let small =
+        RegionLoad { approximate_size: 1 << 20, approximate_keys: 10, ..Default::default() };
+    RegionHeartbeat { load: small, ..heartbeat(region, region.peers[0].id, &[]) }
+}
+
 /// Replica balancing only: the heartbeats of these tests all name the first store's
-/// replica leader, which leader balancing would then move.
+/// replica leader, which leader balancing would then move; and their small neighbours
+/// would merge, which comes before balancing.
 fn replicas_only() -> crate::SchedulerSettings {
-    crate::SchedulerSettings { leaders_paused: true, ..Default::default() }
+    crate::SchedulerSettings { leaders_paused: true, merges_paused: true, ..Default::default() }
 }
 
 /// A control plane leading `state`'s cluster, every store heard from at 100 ms.
@@ -478,12 +486,7 @@ fn small_neighbours_merge_once_their_shapes_have_stood() {
     config.scheduler.merge.split_merge_interval_ms = 10_000;
     let mut plane = ControlPlane::new(config);
     plane.take_over(1, &state, at(0));
-    let small =
-        RegionLoad { approximate_size: 1 << 20, approximate_keys: 10, ..Default::default() };
-    let beat = |region: &Region| RegionHeartbeat {
-        load: small,
-        ..heartbeat(region, region.peers[0].id, &[])
-    };
+    let beat = small_beat;
     let mut sent = Vec::new();
     for ms in (0..=12_000).step_by(1_000) {
         for s in 1..=3 {
@@ -511,4 +514,35 @@ fn small_neighbours_merge_once_their_shapes_have_stood() {
     assert_eq!(plane.operators().count(), 0);
     let counts = plane.counts();
     assert_eq!((counts.started, counts.finished), (1, 1));
+}
+
+/// Two small neighbours that may merge do, though an empty store wants replicas: a merge
+/// comes before balancing (the other way, the balancer took back each replica a
+/// colocation brought over, and neither got anywhere).
+#[test]
+fn a_merge_comes_before_balancing() {
+    let (mut state, regions) = three_full_stores_and_an_empty_one(&[b"", b"m", b""]);
+    apply(&mut state, Kind::SetReplicas(3));
+    let mut config = config();
+    // The shapes stand at once: the first decision taken is the one that counts.
+    config.scheduler.merge.split_merge_interval_ms = 0;
+    let mut plane = leading(&state);
+    plane.config = config.clone();
+    plane.effective = config.scheduler.clone();
+    let beat = small_beat;
+    let mut steps = Vec::new();
+    for ms in (200..=5_000).step_by(200) {
+        for s in 1..=4 {
+            plane.store_heartbeat(s, at(ms));
+        }
+        let intake =
+            plane.region_heartbeats(&state, &regions.iter().map(beat).collect::<Vec<_>>(), at(ms));
+        let reports = crate::Reports { reports: intake.changed };
+        apply(&mut state, Kind::ReportRegions(reports));
+        steps.extend(intake.steps.into_iter().map(|step| step.action));
+        for id in intake.need_ids {
+            plane.supply_id(id, 1_000 + ms, 1);
+        }
+    }
+    assert!(matches!(steps.first(), Some(StepAction::Merge(_))), "{steps:?}");
 }
