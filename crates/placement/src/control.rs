@@ -642,7 +642,7 @@ impl ControlPlane {
                 // A merge comes before balancing (as PD's merge checker runs before its
                 // schedulers), and a Region that a neighbour is joining is not balanced:
                 // otherwise the balancer takes back each replica the merge brings over.
-                let joined = self.joined.get(&region.id).is_some_and(|&t| now.monotonic_ms < t);
+                let joined = self.is_joined(region.id, now);
                 let decision = match decision {
                     Some(decision) => Some(decision),
                     None if free => match self.merge(state, live, region, health, now) {
@@ -779,6 +779,12 @@ impl ControlPlane {
         Some(decision)
     }
 
+    /// Whether a neighbour moved a replica towards Region `id` to merge into it within
+    /// the last [`JOINED_HOLD_MS`].
+    fn is_joined(&self, id: RegionId, now: Now) -> bool {
+        self.joined.get(&id).is_some_and(|&until| now.monotonic_ms < until)
+    }
+
     /// The targets of the merges under way.
     fn merge_targets(&self) -> impl Iterator<Item = RegionId> + '_ {
         self.operators.values().filter_map(|o| match o.kind() {
@@ -822,7 +828,7 @@ impl ControlPlane {
         }
         // A Region a neighbour is moving replicas towards waits for it: moving its own
         // towards the neighbour meanwhile would swap their stores, again and again.
-        if self.joined.get(&region.id).is_some_and(|&t| now.monotonic_ms < t) {
+        if self.is_joined(region.id, now) {
             return None;
         }
         let busy = |id: RegionId| self.operators.contains_key(&id) || targets.contains(&id);
