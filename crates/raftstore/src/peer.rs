@@ -172,8 +172,10 @@ pub struct Peer {
     /// Votes are refused until the store's clock reaches this (a restarted replica may
     /// have forgotten that it heard from a leader, whose lease it must still respect).
     pub(crate) votes_refused_until_ms: u64,
-    /// Peers of other stores learnt from their messages, for replicas that do not know
-    /// their Region's members yet.
+    /// Peers of other stores learnt from their messages that are not members as far as
+    /// this replica knows (it has not applied the configuration that added them, or does
+    /// not know its Region yet), so that it can answer them. A configuration change that
+    /// adds or removes one drops it.
     pub(crate) known_peers: HashMap<u64, PeerMeta>, // lookups only
     /// When each other member was last heard from (store clock, milliseconds): how a
     /// leader tells a reachable follower. Not raft-rs's `recent_active`, which check-quorum

@@ -186,9 +186,15 @@ pub struct Store {
     ticking: BTreeSet<u64>,
     /// Which of the stores holding replicas of this store's groups are heard.
     liveness: StoreLiveness,
-    /// The stores this one beats: every store with a replica of one of its groups, as of
-    /// the last count (every [`BEAT_TARGETS_EVERY_TICKS`]) and every group started since.
+    /// The stores this one beats: every store with a replica of one of its groups, or
+    /// that a replica here heard from. Stores are added as they appear (a replica started,
+    /// a configuration applied, a message heard); they are taken out only by a recount.
     beat_targets: BTreeSet<u64>,
+    /// Whether a store may have stopped holding replicas of this store's groups (a
+    /// replica here went, or a configuration changed) since the last recount: only then
+    /// does the next recount look at every replica, so that a store at rest costs nothing
+    /// for it.
+    beat_targets_stale: bool,
     /// Groups whose leader here went to sleep, since the store started.
     slept: u64,
     /// Regions whose replica here is frozen to merge into a neighbour (see
@@ -229,8 +235,9 @@ const TRANSFER_MAX_LAG: u64 = 128;
 /// the leader is heard).
 const PUBLISH_EVERY_TICKS: u64 = 5;
 
-/// Ticks between counts of the stores to beat (one look at every replica here); groups
-/// started in between add theirs at once.
+/// Least ticks between recounts of the stores to beat (one look at every replica here),
+/// made only after a replica went or a configuration changed; stores that appear are added
+/// at once.
 const BEAT_TARGETS_EVERY_TICKS: u64 = 20;
 
 impl Store {
@@ -274,6 +281,7 @@ impl Store {
             ticking: BTreeSet::new(),
             liveness,
             beat_targets: BTreeSet::new(),
+            beat_targets_stale: false,
             slept: 0,
             merging: BTreeSet::new(),
             commits_proposed: BTreeMap::new(),
@@ -745,7 +753,10 @@ impl Store {
             // From a member (or from a replica newer than this one): nothing to say.
             return Ok(());
         }
-        peer.known_peers.insert(message.from.id, message.from.clone());
+        if peer.region.peer(message.from.id).is_none() {
+            peer.known_peers.insert(message.from.id, message.from.clone());
+            self.beat_targets.insert(message.from.store_id);
+        }
         // A message wakes a sleeping replica, but for a late answer to a leader's
         // heartbeat, which wakes it only if it makes work (see below).
         let late_answer = peer.is_leader() && kind == MessageType::MsgHeartbeatResponse;
@@ -1384,7 +1395,8 @@ impl Store {
         for transition in changed {
             self.on_store_transition(transition);
         }
-        if self.ticks.is_multiple_of(BEAT_TARGETS_EVERY_TICKS) {
+        if self.beat_targets_stale && self.ticks.is_multiple_of(BEAT_TARGETS_EVERY_TICKS) {
+            self.beat_targets_stale = false;
             let mut targets = BTreeSet::new();
             for peer in self.peers.values() {
                 targets.extend(peer.region.peers.iter().map(|p| p.store_id));
@@ -1707,6 +1719,7 @@ impl Store {
                 store_id,
                 now_ms,
                 beat_targets,
+                beat_targets_stale,
                 merging,
                 merge_waiting,
                 ..
@@ -1831,6 +1844,7 @@ impl Store {
                     }
                     Ok(ApplyOutput::ConfChanged(region)) => {
                         beat_targets.extend(region.peers.iter().map(|p| p.store_id));
+                        *beat_targets_stale = true;
                         events.push(Event::RegionChanged(region.clone()));
                         if region.peer_on_store(*store_id).is_none_or(|p| p.id != peer.meta.id) {
                             // Each change moves the version on by one.
@@ -2004,6 +2018,7 @@ impl Store {
         }
         tracing::info!(group = region.id, "installed a snapshot");
         self.beat_targets.extend(region.peers.iter().map(|p| p.store_id));
+        self.beat_targets_stale = true;
         self.events.push(Event::RegionChanged(region));
     }
 
@@ -2064,6 +2079,7 @@ impl Store {
     /// them without this replica.
     fn destroy_peer(&mut self, id: u64) -> Result<(), RaftstoreError> {
         let Some(mut peer) = self.peers.remove(&id) else { return Ok(()) };
+        self.beat_targets_stale = true;
         self.dirty.remove(&id);
         self.ticking.remove(&id);
         self.merging.remove(&id);
@@ -2116,6 +2132,7 @@ impl Store {
     /// wrote its tombstone and kept its data, now the target's).
     fn forget_absorbed(&mut self, mut peer: Peer) {
         let id = peer.region.id;
+        self.beat_targets_stale = true;
         for set in [&mut self.dirty, &mut self.ticking, &mut self.merging, &mut self.installing] {
             set.remove(&id);
         }
@@ -2623,6 +2640,7 @@ fn install_snapshot(
     // another that absorbed it.
     peer.merging = None;
     peer.raw.mut_store().set_frozen(false);
+    peer.known_peers.retain(|id, _| region.peer(*id).is_none());
     peer.region = region.clone();
     if let Some(local) = region.peer(peer.meta.id) {
         peer.meta = local.clone();
@@ -2921,6 +2939,10 @@ fn apply_conf_change(
         .map_err(|e| RaftstoreError::ChangeRefused(e.to_string()))?;
     let record = ConfStateRecord::from(&conf_state);
     let region = conf_change::apply_to_region(&peer.region, &cc, &record);
+    // Peers learnt from messages that this configuration settles: members now, or removed
+    // (a peer id is never re-added). Kept, a removed store would be beaten for ever.
+    let settled = |id: &u64| region.peer(*id).is_some() || peer.region.peer(*id).is_some();
+    peer.known_peers.retain(|id, _| !settled(id));
     let merging = peer.merging.as_deref();
     write_merging_state(batch, &region, &record, merging, peer.raw.store().absorbed());
     peer.region = region.clone();

@@ -1076,6 +1076,25 @@ fn a_restarted_store_is_a_new_incarnation() {
     assert_eq!(cluster.store(1).is_store_suspect(2), Some(false));
 }
 
+/// A store that no longer holds a replica of any group here stops being judged (and
+/// beaten): the configuration change that took its replica away makes the next recount
+/// of the stores to beat.
+#[test]
+fn a_store_left_by_every_group_is_forgotten() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    cluster.tick(4);
+    assert_eq!(cluster.store(1).is_store_suspect(3), Some(false));
+    cluster.isolate(3);
+    cluster.change(vec![PeerChange::Remove(Peer::new(3, 3))]).unwrap();
+    cluster.tick_until(60, "store 3 forgotten", |c| {
+        (1..=2).all(|s| c.store(s).is_store_suspect(3).is_none())
+    });
+    cluster.tick(30);
+    assert_eq!(cluster.store(1).is_store_suspect(3), None, "judged again");
+    assert_eq!(cluster.store(1).is_store_suspect(2), Some(false), "a member is still judged");
+}
+
 /// A store that does not beat (a node of an older version) is never judged, however
 /// long it is silent.
 #[test]
