@@ -88,7 +88,8 @@ impl Inner {
 
 /// Prunes the handles every `period` until the node's tasks are gone.
 async fn prune_for_ever(inner: Weak<Mutex<Inner>>, period: Duration) {
-    let mut every = tokio::time::interval(period);
+    // The first prune a period from now: at once, it raced what a test spawned.
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
@@ -121,14 +122,15 @@ mod tests {
     #[tokio::test]
     async fn finished_tasks_are_let_go_of_without_further_spawns() {
         let tasks = Tasks::new();
-        // The node's pruner, sooner.
-        tokio::spawn(prune_for_ever(Arc::downgrade(&tasks.inner), Duration::from_millis(10)));
         let handles: Vec<_> = (0..1_000).map(|_| tasks.spawn(async {})).collect();
         for handle in handles {
             handle.await.unwrap();
         }
         // Spawning pruned only while they had not run yet: all 1,000 are held.
         assert_eq!(tasks.held(), 1_000);
+        // The node's pruner, sooner (started only now: on a busy machine it could run
+        // before the check above).
+        tokio::spawn(prune_for_ever(Arc::downgrade(&tasks.inner), Duration::from_millis(10)));
         let running = tasks.spawn(std::future::pending::<()>());
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while tasks.held() > 1 {
