@@ -17,6 +17,14 @@
 //!   changed state, it is scheduling), or the last heartbeat went unanswered (it may not
 //!   have arrived, and neither have the changes it carried).
 //!
+//! A beat costs what changed, not what is led: it looks only at the Regions whose status
+//! was published since the last beat (a sleeping Region publishes nothing), those read
+//! from, those with traffic lately, those followed, and those whose turn it is
+//! ([`HeartbeatFilter::begin`] names them); a full beat looks at every one. A status that
+//! was not published again is the one the last look saw, so a Region left out has nothing
+//! new to report but its turn. A Region looked at and found not led here (or gone) is
+//! forgotten, which is how the filter learns it lost the lead: losing it publishes.
+//!
 //! The same code runs in the server and in the simulator.
 
 use crate::control::{RegionHeartbeat, Wants};
@@ -90,8 +98,29 @@ struct Sent {
     facts: Facts,
     /// Beats since it last had traffic (at most `QUIET_REPORTS + 1`).
     quiet: u8,
-    /// The beat it was last led here at.
+    /// The beat it was last looked at (and found led here) at.
     beat: u64,
+}
+
+/// Which led Regions a beat looks at, from [`HeartbeatFilter::begin`]; handed back to
+/// [`HeartbeatFilter::select_by`] with what was found of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Look {
+    seq: u64,
+    full: bool,
+    ids: BTreeSet<RegionId>,
+}
+
+impl Look {
+    /// The Regions to look at; `None`: every Region led here (a full beat).
+    pub fn ids(&self) -> Option<&BTreeSet<RegionId>> {
+        (!self.full).then_some(&self.ids)
+    }
+
+    /// Which beat this is (the [`Selection::seq`] it will make).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
 }
 
 /// What one node's heartbeat reports this beat, and whether it is every Region it leads.
@@ -117,7 +146,12 @@ impl<T> Default for Selection<T> {
 #[derive(Clone, Debug)]
 pub struct HeartbeatFilter {
     full_every: u64,
-    sent: BTreeMap<RegionId, Sent>,
+    /// By turn (`id % full_every`) and id, so that a beat finds the Regions of its turn
+    /// without a look at the others.
+    sent: BTreeMap<(u64, RegionId), Sent>,
+    /// Regions that had traffic within the last [`QUIET_REPORTS`] beats: looked at every
+    /// beat until they have been reported quiet.
+    active: BTreeSet<RegionId>,
     beats: u64,
     /// The last beat's answer has not come back.
     awaiting: bool,
@@ -140,6 +174,7 @@ impl HeartbeatFilter {
         HeartbeatFilter {
             full_every: full_every.max(1),
             sent: BTreeMap::new(),
+            active: BTreeSet::new(),
             beats: 0,
             awaiting: false,
             // The first beat reports everything.
@@ -153,51 +188,98 @@ impl HeartbeatFilter {
     pub fn reset(&mut self) {
         self.send_all = true;
         self.sent.clear();
+        self.active.clear();
         self.watch.clear();
     }
 
-    /// Picks, from `led` (every Region this node leads now), what this beat reports, and
-    /// remembers it as sent.
-    pub fn select(&mut self, led: Vec<RegionHeartbeat>) -> Selection {
-        let led = led.into_iter().filter_map(|h| Some((Facts::of(&h)?, h)));
-        self.select_by(led)
-    }
-
-    /// [`select`](HeartbeatFilter::select) for any kind of heartbeat: each comes with its
-    /// [`Facts`], and only those picked need be made into reports.
-    pub fn select_by<T>(&mut self, led: impl IntoIterator<Item = (Facts, T)>) -> Selection<T> {
+    /// Starts a beat: which led Regions it must look at, given those whose status was
+    /// published since the last beat began, or that were read from, or that went
+    /// (`changed`). The others have nothing new to report.
+    pub fn begin(&mut self, changed: impl IntoIterator<Item = RegionId>) -> Look {
         self.beats += 1;
-        let beat = self.beats;
+        let seq = self.beats;
         // Every beat awaits its answer, a full one too (`||` would skip the mark: a lost
         // answer to a full beat then went unnoticed).
         let unanswered = std::mem::replace(&mut self.awaiting, true);
         let full = std::mem::take(&mut self.send_all) || unanswered;
+        if full {
+            return Look { seq, full, ids: BTreeSet::new() };
+        }
+        let turn = seq % self.full_every;
+        let mut ids: BTreeSet<RegionId> = changed.into_iter().collect();
+        ids.extend(self.sent.range((turn, 0)..=(turn, RegionId::MAX)).map(|(&(_, id), _)| id));
+        ids.extend(self.active.iter().chain(&self.watch));
+        Look { seq, full, ids }
+    }
+
+    /// A beat's picks from `led`, every Region this node leads now, each looked at as if
+    /// changed (and every Region remembered and not among them forgotten): what a beat
+    /// costs without knowing what changed.
+    pub fn select(&mut self, led: Vec<RegionHeartbeat>) -> Selection {
+        let led: Vec<(Facts, RegionHeartbeat)> =
+            led.into_iter().filter_map(|h| Some((Facts::of(&h)?, h))).collect();
+        let remembered = self.sent.keys().map(|&(_, id)| id);
+        let changed: Vec<RegionId> =
+            led.iter().map(|(facts, _)| facts.id).chain(remembered).collect();
+        let look = self.begin(changed);
+        let led = led.into_iter().filter(|(f, _)| look.ids().is_none_or(|ids| ids.contains(&f.id)));
+        self.select_by(&look, led)
+    }
+
+    /// Picks what this beat reports from `led`: the Regions of `look` that this node leads
+    /// now (every one it leads, if `look` is full), each with its [`Facts`], so that only
+    /// those picked need be made into reports. It remembers them as sent, and forgets the
+    /// Regions looked at that are not among them.
+    pub fn select_by<T>(
+        &mut self,
+        look: &Look,
+        led: impl IntoIterator<Item = (Facts, T)>,
+    ) -> Selection<T> {
+        let (beat, full) = (look.seq, look.full);
         let turn = beat % self.full_every;
         let mut heartbeats = Vec::new();
         for (facts, heartbeat) in led {
             let id = facts.id;
-            let (changed, quiet) = match self.sent.get(&id) {
+            let key = (id % self.full_every, id);
+            let (changed, quiet) = match self.sent.get(&key) {
                 Some(last) => {
                     let quiet = if facts.traffic { 0 } else { last.quiet.saturating_add(1) };
-                    // Led without a break since it was last sent: else it is news.
-                    let continued = last.beat + 1 == beat;
-                    (!continued || !last.facts.same_report(&facts), quiet)
+                    (!last.facts.same_report(&facts), quiet)
                 }
                 None => (true, if facts.traffic { 0 } else { QUIET_REPORTS + 1 }),
             };
             let quiet = quiet.min(QUIET_REPORTS + 1);
             let send = full
                 || changed
-                || turn == id % self.full_every
+                || turn == key.0
                 || quiet <= QUIET_REPORTS
                 || self.watch.contains(&id);
-            self.sent.insert(id, Sent { facts, quiet, beat });
+            if quiet <= QUIET_REPORTS {
+                self.active.insert(id);
+            } else {
+                self.active.remove(&id);
+            }
+            self.sent.insert(key, Sent { facts, quiet, beat });
             if send {
                 heartbeats.push(heartbeat);
             }
         }
-        // Regions no longer led here are forgotten.
-        self.sent.retain(|_, sent| sent.beat == beat);
+        // The Regions looked at and not led here are forgotten: every one not led here,
+        // after a full beat.
+        if full {
+            self.sent.retain(|_, sent| sent.beat == beat);
+            let sent = &self.sent;
+            let every = self.full_every;
+            self.active.retain(|id| sent.contains_key(&(id % every, *id)));
+        } else {
+            for &id in &look.ids {
+                let key = (id % self.full_every, id);
+                if self.sent.get(&key).is_some_and(|sent| sent.beat != beat) {
+                    self.sent.remove(&key);
+                    self.active.remove(&id);
+                }
+            }
+        }
         Selection { heartbeats, full, seq: beat }
     }
 
@@ -261,6 +343,52 @@ mod tests {
         // A Region no longer led here and led again is reported again.
         quiet(&mut filter, vec![beat(1, 1, 0)]);
         assert_eq!(ids(&quiet(&mut filter, led())), vec![2, 3, 4]);
+    }
+
+    /// A beat told what changed looks only at that, the Regions with recent traffic,
+    /// those followed and those whose turn it is; it forgets a Region looked at and not
+    /// led, and one not looked at keeps what was sent of it.
+    #[test]
+    fn a_beat_looks_only_at_what_changed() {
+        let mut filter = HeartbeatFilter::new(1_000);
+        let answer = |filter: &mut HeartbeatFilter, selection: &Selection| {
+            filter.answered(selection.seq, Wants::default());
+        };
+        let look = filter.begin([]);
+        assert_eq!(look.ids(), None, "the first beat is full");
+        let led = vec![beat(1, 1, 0), beat(2, 1, 0), beat(3, 1, 50)];
+        let selection =
+            filter.select_by(&look, led.into_iter().map(|h| (Facts::of(&h).unwrap(), h)));
+        answer(&mut filter, &selection);
+        // Nothing published: only Region 3 (traffic lately) is looked at.
+        let look = filter.begin([]);
+        assert_eq!(look.ids().unwrap().iter().collect::<Vec<_>>(), vec![&503]);
+        let h = beat(3, 1, 0);
+        let selection = filter.select_by(&look, [(Facts::of(&h).unwrap(), h)]);
+        assert_eq!(ids(&selection), vec![3], "its first quiet interval");
+        answer(&mut filter, &selection);
+        // Region 1 published and is no longer led; Region 2 is not looked at.
+        let look = filter.begin([501]);
+        assert_eq!(look.ids().unwrap().iter().collect::<Vec<_>>(), vec![&501, &503]);
+        let h = beat(3, 1, 0);
+        let selection = filter.select_by(&look, [(Facts::of(&h).unwrap(), h)]);
+        assert_eq!(ids(&selection), vec![3], "its second quiet interval");
+        answer(&mut filter, &selection);
+        let look = filter.begin([]);
+        let h = beat(3, 1, 0);
+        let selection = filter.select_by(&look, [(Facts::of(&h).unwrap(), h)]);
+        assert_eq!(ids(&selection), Vec::<u64>::new(), "quiet: reported no more");
+        answer(&mut filter, &selection);
+        let look = filter.begin([]);
+        assert_eq!(look.ids().unwrap().len(), 0, "nothing to look at");
+        let selection = filter.select_by(&look, Vec::<(Facts, RegionHeartbeat)>::new());
+        answer(&mut filter, &selection);
+        // Region 1 led again is news; Region 2 unchanged is not.
+        let look = filter.begin([501, 502]);
+        let led = vec![beat(1, 1, 0), beat(2, 1, 0)];
+        let selection =
+            filter.select_by(&look, led.into_iter().map(|h| (Facts::of(&h).unwrap(), h)));
+        assert_eq!(ids(&selection), vec![1]);
     }
 
     #[test]

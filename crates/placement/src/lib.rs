@@ -35,7 +35,7 @@ pub use command::{
 pub use control::{
     ControlConfig, ControlPlane, Intake, Now, OperatorCounts, RegionHeartbeat, RegionLoad, Wants,
 };
-pub use filter::{Facts, HeartbeatFilter, Selection};
+pub use filter::{Facts, HeartbeatFilter, Look, Selection};
 pub use operator::{OperatorStep, StepAction};
 pub use state::{ApplyError, KeyspaceMeta, PlacementState};
 pub use tso::{Allocation, LeaderTso, TsoAllocator, TsoError};

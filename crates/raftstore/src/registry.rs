@@ -9,8 +9,8 @@
 
 use crate::RaftstoreError;
 use scandium_types::{Peer, Region, RegionEpoch, RegionId};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A Region as its local peer last saw it.
 #[derive(Clone, Debug, Default)]
@@ -104,6 +104,10 @@ impl Slot {
 pub struct Registry {
     index: Arc<RwLock<Index>>,
     meta: Arc<RwLock<GroupStatus>>,
+    /// Regions published or removed since [`Registry::take_changed`] was last called: a
+    /// heartbeat looks at those, not at every Region (a sleeping one publishes nothing).
+    /// At most one id per Region.
+    changed: Arc<Mutex<BTreeSet<RegionId>>>,
 }
 
 impl Registry {
@@ -170,8 +174,27 @@ impl Registry {
         self.statuses().iter().map(|status| (**status).clone()).collect()
     }
 
-    /// Every Region, in key order, shared: what a heartbeat looks through once a second,
-    /// without a copy of each Region's peers and keys.
+    /// The Regions published or removed since the last call: the ones the node's
+    /// heartbeat must look at again (`scandium_placement::HeartbeatFilter`; there is one
+    /// caller).
+    pub fn take_changed(&self) -> BTreeSet<RegionId> {
+        std::mem::take(&mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The statuses of the Regions `ids` that are here, shared.
+    pub fn statuses_of<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a RegionId>,
+    ) -> Vec<Arc<RegionStatus>> {
+        let slots: Vec<Arc<Slot>> = {
+            let index = self.read();
+            ids.into_iter().filter_map(|id| index.by_id.get(id).cloned()).collect()
+        };
+        slots.iter().map(|slot| slot.load()).collect()
+    }
+
+    /// Every Region, in key order, shared: what a full heartbeat looks through, without
+    /// a copy of each Region's peers and keys.
     pub fn statuses(&self) -> Vec<Arc<RegionStatus>> {
         let slots: Vec<Arc<Slot>> = {
             let index = self.read();
@@ -195,6 +218,7 @@ impl Registry {
     /// or one whose start key moved, takes the index's write lock.
     pub fn publish(&self, status: RegionStatus) {
         let id = status.region.id;
+        self.note_changed(id);
         {
             let index = self.read();
             if let Some(slot) = index.by_id.get(&id) {
@@ -214,9 +238,14 @@ impl Registry {
 
     /// Forgets a Region whose local replica was destroyed.
     pub fn remove(&self, id: RegionId) {
+        self.note_changed(id);
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         Self::unindex(&mut index, id);
         index.by_id.remove(&id);
+    }
+
+    fn note_changed(&self, id: RegionId) {
+        self.changed.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
     }
 
     fn unindex(index: &mut Index, id: RegionId) {

@@ -22,8 +22,8 @@ use crate::raft_driver::RaftHandle;
 use crate::tasks::Tasks;
 use prost::Message as _;
 use scandium_placement::{
-    ControlPlane, Facts, HeartbeatFilter, Kind, Now, OperatorStep, RegionHeartbeat as Heartbeat,
-    RegionLoad, RegionReport, Selection, StepAction, Wants,
+    ControlPlane, Facts, HeartbeatFilter, Kind, Look, Now, OperatorStep,
+    RegionHeartbeat as Heartbeat, RegionLoad, RegionReport, Selection, StepAction, Wants,
 };
 use scandium_protocol::scandium::{
     self as wire, HeartbeatRequest, Operator, RegionHeartbeat, RegionLoadsRequest, StoreLiveness,
@@ -96,11 +96,15 @@ struct Written {
 }
 
 /// One heartbeat's reckoning of the loads of the Regions led here (see
-/// [`Control::reckon`]), Region by Region as the heartbeat filter looks at them.
+/// [`Control::reckon`]), Region by Region as the heartbeat filter looks at them. A Region
+/// the beat does not look at published nothing since it was last looked at: it wrote
+/// nothing, and its counters stay as they were.
 struct Reckoning<'a> {
     traffic: MutexGuard<'a, Traffic>,
     /// What was read per Region since the last heartbeat.
     reads: HashMap<u64, (u64, u64)>, // lookups only
+    /// The Regions this beat looks at.
+    look: &'a Look,
     now_ms: u64,
     /// Since the last heartbeat; `None` for the first.
     interval_ms: Option<u64>,
@@ -113,11 +117,12 @@ impl<'a> Reckoning<'a> {
     fn start(
         mut traffic: MutexGuard<'a, Traffic>,
         reads: HashMap<u64, (u64, u64)>,
+        look: &'a Look,
         now_ms: u64,
     ) -> Reckoning<'a> {
         traffic.beat += 1;
         let interval_ms = (traffic.at_ms > 0).then(|| now_ms.saturating_sub(traffic.at_ms));
-        Reckoning { traffic, reads, now_ms, interval_ms, led: 0 }
+        Reckoning { traffic, reads, look, now_ms, interval_ms, led: 0 }
     }
 
     /// The Region's size, and what was written to and read from it since the last
@@ -126,8 +131,10 @@ impl<'a> Reckoning<'a> {
         let (stats, id, beat) = (&status.stats, status.region.id, self.traffic.beat);
         self.led += 1;
         let now = Written { bytes: stats.written_bytes, keys: stats.written_keys, beat };
+        // Counted since the last look, which was the last beat if it wrote (writing
+        // publishes); a Region not led here then was forgotten when it was looked at.
         let (written_bytes, written_keys) = match self.traffic.written.insert(id, now) {
-            Some(last) if last.beat + 1 == beat && self.interval_ms.is_some() => {
+            Some(last) if self.interval_ms.is_some() => {
                 (now.bytes.saturating_sub(last.bytes), now.keys.saturating_sub(last.keys))
             }
             _ => (0, 0),
@@ -146,13 +153,25 @@ impl<'a> Reckoning<'a> {
 }
 
 impl Drop for Reckoning<'_> {
-    /// The heartbeat is reckoned: Regions no longer led here are forgotten.
+    /// The heartbeat is reckoned: the Regions it looked at and found no longer led here
+    /// are forgotten (after a full beat, every one not led here).
     fn drop(&mut self) {
         let beat = self.traffic.beat;
-        if self.traffic.written.len() > self.led {
-            self.traffic.written.retain(|_, written| written.beat == beat);
+        let traffic = &mut *self.traffic;
+        match self.look.ids() {
+            Some(ids) => {
+                for id in ids {
+                    if traffic.written.get(id).is_some_and(|written| written.beat != beat) {
+                        traffic.written.remove(id);
+                    }
+                }
+            }
+            None if traffic.written.len() > self.led => {
+                traffic.written.retain(|_, written| written.beat == beat);
+            }
+            None => {}
         }
-        self.traffic.at_ms = self.now_ms;
+        traffic.at_ms = self.now_ms;
     }
 }
 
@@ -294,9 +313,21 @@ impl Control {
     /// The led Regions this heartbeat reports to `target` (`None`: this node), each with
     /// its load since the last heartbeat.
     fn select(&self, target: &Option<String>) -> Selection<(Arc<RegionStatus>, RegionLoad)> {
-        let mut led = self.registry.statuses();
+        let reads = self.reads.take();
+        let mut reporting = self.reporting.lock().unwrap_or_else(|e| e.into_inner());
+        if reporting.target != *target {
+            reporting.filter.reset();
+            reporting.target = target.clone();
+        }
+        // What was published since the last beat, or read: the others have nothing new.
+        let changed = self.registry.take_changed().into_iter().chain(reads.keys().copied());
+        let look = reporting.filter.begin(changed);
+        let mut led = match look.ids() {
+            Some(ids) => self.registry.statuses_of(ids),
+            None => self.registry.statuses(),
+        };
         led.retain(|s| s.ready_for_reads);
-        let mut reckoning = self.reckon();
+        let mut reckoning = self.reckon(reads, &look);
         let led = led.into_iter().map(|status| {
             let load = reckoning.load(&status);
             let facts = Facts {
@@ -312,25 +343,18 @@ impl Control {
             };
             (facts, (status, load))
         });
-        let selection = {
-            let mut reporting = self.reporting.lock().unwrap_or_else(|e| e.into_inner());
-            if reporting.target != *target {
-                reporting.filter.reset();
-                reporting.target = target.clone();
-            }
-            reporting.filter.select_by(led)
-        };
-        // The Regions no longer led here are forgotten once every led one was looked at.
+        let selection = reporting.filter.select_by(&look, led);
+        // The Regions looked at and no longer led here are forgotten once every led one
+        // was reckoned.
         drop(reckoning);
         selection
     }
 
-    /// Starts this heartbeat's reckoning of the led Regions' loads (the traffic stays
-    /// locked until it is dropped).
-    fn reckon(&self) -> Reckoning<'_> {
-        let reads = self.reads.take();
+    /// Starts this heartbeat's reckoning of the loads of the led Regions it looks at (the
+    /// traffic stays locked until it is dropped).
+    fn reckon<'a>(&'a self, reads: HashMap<u64, (u64, u64)>, look: &'a Look) -> Reckoning<'a> {
         let traffic = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
-        Reckoning::start(traffic, reads, crate::clock::monotonic_ms())
+        Reckoning::start(traffic, reads, look, crate::clock::monotonic_ms())
     }
 
     /// How many Region reports this node took from heartbeats while it led placement.
@@ -717,10 +741,26 @@ mod tests {
         status
     }
 
-    /// One heartbeat at `now_ms` over `regions`: each one's bytes written and interval.
-    fn beat(traffic: &Mutex<Traffic>, now_ms: u64, regions: &[RegionStatus]) -> Vec<(u64, u64)> {
-        let reads = HashMap::new();
-        let mut reckoning = Reckoning::start(traffic.lock().unwrap(), reads, now_ms);
+    /// A beat's look: at `ids` only, or (`None`) at every led Region.
+    fn look(ids: Option<&[u64]>) -> Look {
+        let mut filter = HeartbeatFilter::new(1_000);
+        let Some(ids) = ids else { return filter.begin([]) };
+        let first = filter.begin([]);
+        filter.select_by(&first, Vec::<(Facts, ())>::new());
+        filter.answered(first.seq(), Wants::default());
+        filter.begin(ids.iter().copied())
+    }
+
+    /// One heartbeat at `now_ms` that looks at `ids` (`None`: all), over the Regions led
+    /// here among them: each one's bytes written and interval.
+    fn beat(
+        traffic: &Mutex<Traffic>,
+        now_ms: u64,
+        ids: Option<&[u64]>,
+        regions: &[RegionStatus],
+    ) -> Vec<(u64, u64)> {
+        let (reads, look) = (HashMap::new(), look(ids));
+        let mut reckoning = Reckoning::start(traffic.lock().unwrap(), reads, &look, now_ms);
         regions
             .iter()
             .map(|s| reckoning.load(s))
@@ -731,13 +771,35 @@ mod tests {
     #[test]
     fn each_heartbeat_reports_what_was_written_since_the_last_one_a_region_was_led_at() {
         let traffic = Mutex::new(Traffic::default());
+        let all = None;
         // The first heartbeat has no interval: nothing counts as written.
-        assert_eq!(beat(&traffic, 1_000, &[led(1, 50), led(2, 70)]), [(0, 0), (0, 0)]);
-        assert_eq!(beat(&traffic, 2_000, &[led(1, 80), led(2, 70)]), [(30, 1_000), (0, 1_000)]);
+        assert_eq!(beat(&traffic, 1_000, all, &[led(1, 50), led(2, 70)]), [(0, 0), (0, 0)]);
+        let regions = [led(1, 80), led(2, 70)];
+        assert_eq!(beat(&traffic, 2_000, all, &regions), [(30, 1_000), (0, 1_000)]);
         // Region 2 is not led here for a beat: it is forgotten, and counts afresh.
-        assert_eq!(beat(&traffic, 3_000, &[led(1, 80)]), [(0, 1_000)]);
+        assert_eq!(beat(&traffic, 3_000, all, &[led(1, 80)]), [(0, 1_000)]);
         assert_eq!(traffic.lock().unwrap().written.len(), 1);
-        assert_eq!(beat(&traffic, 4_000, &[led(1, 81), led(2, 90)]), [(1, 1_000), (0, 1_000)]);
-        assert_eq!(beat(&traffic, 5_000, &[led(1, 81), led(2, 95)]), [(0, 1_000), (5, 1_000)]);
+        let regions = [led(1, 81), led(2, 90)];
+        assert_eq!(beat(&traffic, 4_000, all, &regions), [(1, 1_000), (0, 1_000)]);
+        let regions = [led(1, 81), led(2, 95)];
+        assert_eq!(beat(&traffic, 5_000, all, &regions), [(0, 1_000), (5, 1_000)]);
+    }
+
+    /// A beat that looks only at what changed counts a Region's writes from the last look
+    /// at it (it published nothing in between, so wrote nothing), and forgets one it
+    /// looked at and found not led.
+    #[test]
+    fn a_region_left_out_of_beats_counts_from_its_last_look() {
+        let traffic = Mutex::new(Traffic::default());
+        beat(&traffic, 1_000, None, &[led(1, 50), led(2, 70)]);
+        assert_eq!(beat(&traffic, 2_000, Some(&[1]), &[led(1, 60)]), [(10, 1_000)]);
+        assert_eq!(beat(&traffic, 3_000, Some(&[]), &[]), []);
+        // Region 2 wrote, and published: looked at again, two beats after the last look.
+        assert_eq!(beat(&traffic, 4_000, Some(&[2]), &[led(2, 75)]), [(5, 1_000)]);
+        // Region 1 is looked at and not led: forgotten; Region 2 is kept.
+        assert_eq!(beat(&traffic, 5_000, Some(&[1]), &[]), []);
+        assert!(!traffic.lock().unwrap().written.contains_key(&1));
+        assert!(traffic.lock().unwrap().written.contains_key(&2));
+        assert_eq!(beat(&traffic, 6_000, Some(&[1]), &[led(1, 90)]), [(0, 1_000)], "afresh");
     }
 }

@@ -21,8 +21,8 @@ use crate::cluster::{Cluster, Event, Reply};
 use crate::flows::{Purpose, SplitFlow, HEARTBEAT_MS};
 use rand::rngs::StdRng;
 use scandium_placement::{
-    Command, Kind, Now, OperatorStep, RegionHeartbeat, RegionLoad, RegionReport, Reports, Response,
-    StepAction, StoreStateChange, Wants,
+    Command, Facts, Kind, Now, OperatorStep, RegionHeartbeat, RegionLoad, RegionReport, Reports,
+    Response, StepAction, StoreStateChange, Wants,
 };
 use scandium_raftstore::{
     ApplyOutput, EncodedCommand, PeerChange, RaftCommand, RaftstoreError, RegionStatus,
@@ -37,12 +37,9 @@ impl Cluster {
         if !self.is_serving(id) {
             return;
         }
-        let node = &self.nodes[id as usize - 1];
-        let led: Vec<RegionHeartbeat> =
-            node.registry.all().iter().filter(|s| s.ready_for_reads).map(heartbeat_of).collect();
-        let meta = node.registry.meta();
+        let meta = self.nodes[id as usize - 1].registry.meta();
         if meta.ready_for_reads {
-            let heartbeats = self.select(id, id, led);
+            let heartbeats = self.select(id, id);
             self.take_heartbeat(id, id, heartbeats, rng);
             return self.lead(id, rng);
         }
@@ -52,7 +49,7 @@ impl Cluster {
         let known = meta.status.filter(|s| s.leader_alive).and_then(|s| s.leader);
         let known = known.map(|p| p.store_id).or_else(|| self.leader_named_to(id));
         let Some(leader) = known.filter(|&l| l != id) else { return };
-        let heartbeats = self.select(id, leader, led);
+        let heartbeats = self.select(id, leader);
         if self.blocked.contains(&(id, leader)) {
             return;
         }
@@ -61,19 +58,23 @@ impl Cluster {
     }
 
     /// What node `id`'s heartbeat to placement leader `leader` reports, of the Regions
-    /// it leads (`led`), as the server's filter picks them.
-    fn select(
-        &mut self,
-        id: u64,
-        leader: u64,
-        led: Vec<RegionHeartbeat>,
-    ) -> scandium_placement::Selection {
-        let (filter, target) = &mut self.nodes[id as usize - 1].reporting;
+    /// it leads, as the server's filter picks them: looking at those published since the
+    /// last beat and those the filter names, as the server's heartbeat does.
+    fn select(&mut self, id: u64, leader: u64) -> scandium_placement::Selection {
+        let node = &mut self.nodes[id as usize - 1];
+        let (filter, target) = &mut node.reporting;
         if *target != leader {
             filter.reset();
             *target = leader;
         }
-        filter.select(led)
+        let look = filter.begin(node.registry.take_changed());
+        let statuses = match look.ids() {
+            Some(ids) => node.registry.statuses_of(ids),
+            None => node.registry.statuses(),
+        };
+        let led = statuses.iter().filter(|s| s.ready_for_reads).map(|s| heartbeat_of(s));
+        let led = led.filter_map(|h| Some((Facts::of(&h)?, h)));
+        filter.select_by(&look, led)
     }
 
     /// The placement leader's answer to node `id`'s heartbeat `seq`.
