@@ -18,7 +18,8 @@ rm -rf $DIR; mkdir -p $DIR
 ADDRS=(); PIDS=()
 for i in $(seq 0 $((NODES - 1))); do ADDRS[$i]=127.0.0.1:$((24900 + i)); done
 . "$(dirname "$0")/cluster.sh"
-trap 'kill ${PIDS[*]} 2>/dev/null || true' EXIT
+# Waits for the nodes to go, so that a run straight after finds the ports free.
+trap 'kill ${PIDS[*]} 2>/dev/null || true; wait' EXIT
 for i in $(seq 0 $((NODES - 1))); do start $i; done
 regions() { curl -s "${ADDRS[0]}/pd/api/v1/regions?limit=1" | python3 -c "import json,sys; print(json.load(sys.stdin)['total'])"; }
 # Wait until every Region has its replicas (the initial ones and the placement group).
