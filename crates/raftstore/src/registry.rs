@@ -218,7 +218,14 @@ impl Registry {
     /// or one whose start key moved, takes the index's write lock.
     pub fn publish(&self, status: RegionStatus) {
         let id = status.region.id;
+        self.replace(status);
+        // Noted once the status is in: noted before, a heartbeat could take the note and
+        // read the status this replaces, and then not look at the Region again.
         self.note_changed(id);
+    }
+
+    fn replace(&self, status: RegionStatus) {
+        let id = status.region.id;
         {
             let index = self.read();
             if let Some(slot) = index.by_id.get(&id) {
@@ -238,10 +245,12 @@ impl Registry {
 
     /// Forgets a Region whose local replica was destroyed.
     pub fn remove(&self, id: RegionId) {
+        {
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            Self::unindex(&mut index, id);
+            index.by_id.remove(&id);
+        }
         self.note_changed(id);
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        Self::unindex(&mut index, id);
-        index.by_id.remove(&id);
     }
 
     fn note_changed(&self, id: RegionId) {
@@ -338,5 +347,30 @@ mod tests {
         assert_eq!(registry.all().len(), 1);
         registry.remove(7);
         assert!(registry.status(7).is_none() && registry.find_by_key(b"d").is_none());
+    }
+
+    /// What a heartbeat must look at again: each Region published or removed since it
+    /// last asked, once however often, and the status it then reads is the published one.
+    #[test]
+    fn published_and_removed_regions_are_noted_once_until_taken() {
+        let registry = Registry::new();
+        let status = |id: u64, term: u64| RegionStatus {
+            region: Region { id, start_key: vec![id as u8], ..Default::default() },
+            term,
+            ..Default::default()
+        };
+        registry.publish(status(1, 1));
+        registry.publish(status(2, 1));
+        registry.publish(status(1, 2));
+        assert_eq!(registry.take_changed().into_iter().collect::<Vec<_>>(), vec![1, 2]);
+        assert!(registry.take_changed().is_empty());
+        registry.publish(status(2, 3));
+        let changed = registry.take_changed();
+        let seen = registry.statuses_of(&changed);
+        assert_eq!(seen.iter().map(|s| (s.region.id, s.term)).collect::<Vec<_>>(), [(2, 3)]);
+        registry.remove(1);
+        let changed = registry.take_changed();
+        assert_eq!(changed.iter().copied().collect::<Vec<_>>(), vec![1]);
+        assert!(registry.statuses_of(&changed).is_empty(), "gone: the beat forgets it");
     }
 }
