@@ -212,20 +212,6 @@ impl HeartbeatFilter {
         Look { seq, full, ids }
     }
 
-    /// A beat's picks from `led`, every Region this node leads now, each looked at as if
-    /// changed (and every Region remembered and not among them forgotten): what a beat
-    /// costs without knowing what changed.
-    pub fn select(&mut self, led: Vec<RegionHeartbeat>) -> Selection {
-        let led: Vec<(Facts, RegionHeartbeat)> =
-            led.into_iter().filter_map(|h| Some((Facts::of(&h)?, h))).collect();
-        let remembered = self.sent.keys().map(|&(_, id)| id);
-        let changed: Vec<RegionId> =
-            led.iter().map(|(facts, _)| facts.id).chain(remembered).collect();
-        let look = self.begin(changed);
-        let led = led.into_iter().filter(|(f, _)| look.ids().is_none_or(|ids| ids.contains(&f.id)));
-        self.select_by(&look, led)
-    }
-
     /// Picks what this beat reports from `led`: the Regions of `look` that this node leads
     /// now (every one it leads, if `look` is full), each with its [`Facts`], so that only
     /// those picked need be made into reports. It remembers them as sent, and forgets the
@@ -318,9 +304,22 @@ mod tests {
             .collect()
     }
 
+    /// A beat's picks from `led`, every Region the node leads now, each looked at as if
+    /// changed (and every Region remembered and not among them forgotten): a beat that
+    /// does not know what changed.
+    fn select(filter: &mut HeartbeatFilter, led: Vec<RegionHeartbeat>) -> Selection {
+        let led: Vec<(Facts, RegionHeartbeat)> =
+            led.into_iter().filter_map(|h| Some((Facts::of(&h)?, h))).collect();
+        let remembered = filter.sent.keys().map(|&(_, id)| id);
+        let changed: Vec<RegionId> = led.iter().map(|(f, _)| f.id).chain(remembered).collect();
+        let look = filter.begin(changed);
+        let led = led.into_iter().filter(|(f, _)| look.ids().is_none_or(|ids| ids.contains(&f.id)));
+        filter.select_by(&look, led)
+    }
+
     /// Answers every beat with nothing wanted.
     fn quiet(filter: &mut HeartbeatFilter, led: Vec<RegionHeartbeat>) -> Selection {
-        let selection = filter.select(led);
+        let selection = select(filter, led);
         filter.answered(selection.seq, Wants::default());
         selection
     }
@@ -412,25 +411,25 @@ mod tests {
         let led = || vec![beat(1, 1, 0), beat(2, 1, 0), beat(3, 1, 0)];
         quiet(&mut filter, led());
         // The placement leader follows Region 2.
-        let selection = filter.select(led());
+        let selection = select(&mut filter, led());
         filter.answered(selection.seq, Wants { all: false, watch: vec![502] });
-        assert_eq!(ids(&filter.select(led())), vec![2]);
+        assert_eq!(ids(&select(&mut filter, led())), vec![2]);
         // That beat's answer never came: the next reports everything.
-        let selection = filter.select(led());
+        let selection = select(&mut filter, led());
         assert_eq!((ids(&selection), selection.full), (vec![1, 2, 3], true));
         // A late answer to an older beat does not count for the newest.
         filter.answered(selection.seq - 1, Wants::default());
-        assert!(filter.select(led()).full);
+        assert!(select(&mut filter, led()).full);
         // The leader asks for everything.
-        let selection = filter.select(led());
+        let selection = select(&mut filter, led());
         filter.answered(selection.seq, Wants { all: true, watch: Vec::new() });
-        let asked = filter.select(led());
+        let asked = select(&mut filter, led());
         assert!(asked.full);
         // The answer to that full beat is lost: the next is full again.
-        assert!(filter.select(led()).full, "a full beat awaits its answer too");
+        assert!(select(&mut filter, led()).full, "a full beat awaits its answer too");
         // So is the answer to a new filter's first beat.
         let mut fresh = HeartbeatFilter::new(1_000);
-        assert!(fresh.select(led()).full);
-        assert!(fresh.select(led()).full, "the first beat's answer never came");
+        assert!(select(&mut fresh, led()).full);
+        assert!(select(&mut fresh, led()).full, "the first beat's answer never came");
     }
 }
