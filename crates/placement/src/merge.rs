@@ -7,10 +7,14 @@
 //! voters only, as many as placement wants), and its shape has stood for
 //! [`MergeConfig::split_merge_interval_ms`] (a Region split a moment ago, by size or by
 //! hand, is not merged back at once; a merge's target does not wait again, so a run of
-//! small Regions merges pair by pair). Its neighbour qualifies by the same rules, with no
-//! operator of its own; of the two neighbours the smaller goes first (the next one on a
-//! tie). The union is then below twice the limit, under the split size with the defaults,
-//! so it is not split again.
+//! small Regions merges pair by pair). Its neighbour qualifies by the same rules; of the
+//! two neighbours, the one with replicas on more of its stores goes first (fewer moves;
+//! and once a replica moved towards one, that one stays the choice), then the smaller,
+//! then the next one. If the neighbour so chosen has an operator of its own (or is
+//! another's target), the Region waits for it rather than turn to the other, unless the
+//! other is on as many of its stores: a source that turned each time its choice was busy
+//! would move its replicas one way and back. The union is then below twice the limit,
+//! under the split size with the defaults, so it is not split again.
 //!
 //! Never across a keyspace's edge (`scandium_types::keyspace::is_keyspace_edge`): the
 //! Rust client's scans end only at a Region boundary there.
@@ -102,19 +106,20 @@ pub fn merge_decision(
             if target.start_key == region.end_key { &target.start_key } else { &region.start_key };
         target.id != region.id
             && !scandium_types::keyspace::is_keyspace_edge(boundary)
-            && !(view.busy)(target.id)
             && view.state.leader_of(target.id).is_some()
             && target.peers.len() == region.peers.len()
             && view.fits(target)
     };
+    let mine = stores(region);
+    let shared = |r: &Region| r.peers.iter().filter(|p| mine.contains(&p.store_id)).count();
     let size = |r: &Region| view.loads.get(&r.id).map_or(u64::MAX, |l| l.approximate_size);
-    let target = match (next.filter(candidate), prev.filter(candidate)) {
-        (Some(next), Some(prev)) if size(prev) < size(next) => prev,
-        (Some(next), _) => next,
-        (None, Some(prev)) => prev,
-        (None, None) => return None,
-    };
-    let (mine, theirs) = (stores(region), stores(target));
+    // Next before previous on a tie: `min_by_key` keeps the first of equals.
+    let neighbours: Vec<&Region> = [next, prev].into_iter().flatten().filter(candidate).collect();
+    let most_shared = neighbours.iter().map(|r| shared(r)).max()?;
+    let target = (neighbours.into_iter())
+        .filter(|r| shared(r) == most_shared && !(view.busy)(r.id))
+        .min_by_key(|r| size(r))?;
+    let theirs = stores(target);
     if mine == theirs {
         return Some(MergeDecision::Merge(target.clone()));
     }
@@ -189,12 +194,20 @@ mod tests {
         merge_decision(&view, source, source.peers[0].id, &[])
     }
 
+    /// Regions 1, 2 and 3 in a row, the first two on stores 1, 2 and 3, the last on
+    /// `last`.
+    fn three(last: [u64; 3]) -> [Region; 3] {
+        [
+            region(1, b"", b"g", [1, 2, 3]),
+            region(2, b"g", b"p", [1, 2, 3]),
+            region(3, b"p", b"", last),
+        ]
+    }
+
     #[test]
     fn a_small_region_merges_into_its_smaller_small_neighbour() {
-        let a = region(1, b"", b"g", [1, 2, 3]);
-        let b = region(2, b"g", b"p", [1, 2, 3]);
-        let c = region(3, b"p", b"", [1, 2, 3]);
-        let all = [a.clone(), b.clone(), c.clone()];
+        let all = three([1, 2, 3]);
+        let [a, b, c] = all.clone();
         let small = [(1, 2 << 20), (2, 1 << 20), (3, 1 << 20)];
         assert_eq!(decide(&all, &small, &[], &b), Some(MergeDecision::Merge(c.clone())));
         let smaller_before = [(1, 1 << 10), (2, 1 << 20), (3, 1 << 20)];
@@ -218,6 +231,22 @@ mod tests {
         for source in [&a, &b, &c] {
             assert_eq!(decide(&all, &small, &[], source), None, "{}", source.id);
         }
+    }
+
+    /// Of two small neighbours, the one already on the source's stores is chosen over a
+    /// smaller one elsewhere, and waited for while it is busy (turning to the other would
+    /// move a replica that would later move back).
+    #[test]
+    fn the_neighbour_on_more_of_its_stores_is_chosen_and_waited_for() {
+        let all = three([1, 2, 4]);
+        let [a, b, _] = all.clone();
+        let sizes = [(1, 2 << 20), (2, 1 << 20), (3, 1 << 10)];
+        assert_eq!(decide(&all, &sizes, &[], &b), Some(MergeDecision::Merge(a.clone())));
+        assert_eq!(decide(&all, &sizes, &[1], &b), None, "waits for its neighbour");
+        // The other neighbour on as many of its stores: no reason to wait.
+        let all = three([1, 2, 3]);
+        let c = all[2].clone();
+        assert_eq!(decide(&all, &sizes, &[1], &b), Some(MergeDecision::Merge(c.clone())));
     }
 
     #[test]
