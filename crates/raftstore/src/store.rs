@@ -613,7 +613,13 @@ impl Store {
         let from = message.from.store_id;
         let changed = match message.store_beat {
             0 => self.liveness.heard(from),
-            incarnation => self.liveness.beat(from, incarnation),
+            // Only the stores this one beats are judged: one holding none of its groups
+            // (any more, as a removed replica lingering there; or yet, as a peer added by
+            // a change not applied here) would stay judged, suspect once silent.
+            incarnation if self.beat_targets.contains(&from) => {
+                self.liveness.beat(from, incarnation)
+            }
+            _ => None,
         };
         if let Some(transition) = changed {
             self.on_store_transition(transition);
@@ -753,7 +759,11 @@ impl Store {
             // From a member (or from a replica newer than this one): nothing to say.
             return Ok(());
         }
-        if peer.region.peer(message.from.id).is_none() {
+        // A peer of a newer configuration than this replica's (one of the same version
+        // that is not a member was removed, and lingers): answered until this replica
+        // applies the change that added it.
+        let newer = !peer.initialized || message.epoch.conf_ver > peer.region.conf_ver;
+        if !from_member && newer {
             peer.known_peers.insert(message.from.id, message.from.clone());
             self.beat_targets.insert(message.from.store_id);
         }

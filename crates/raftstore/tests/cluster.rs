@@ -1095,6 +1095,26 @@ fn a_store_left_by_every_group_is_forgotten() {
     assert_eq!(cluster.store(1).is_store_suspect(2), Some(false), "a member is still judged");
 }
 
+/// The same with the removed replica's store reachable: its replica may linger, and
+/// beat, after the others recounted; a beat from a store that holds none of a store's
+/// groups does not take it back into that store's judgement (it would be judged suspect
+/// for ever once silent).
+#[test]
+fn a_store_left_by_every_group_is_forgotten_though_it_beats() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    cluster.tick(4);
+    cluster.change(vec![PeerChange::Remove(Peer::new(3, 3))]).unwrap();
+    cluster.tick_until(200, "store 3's replica gone", |c| c.store(3).status(REGION).is_none());
+    cluster.tick_until(60, "store 3 forgotten", |c| {
+        (1..=2).all(|s| c.store(s).is_store_suspect(3).is_none())
+    });
+    cluster.deliver(3, PeerMessage::beat(3, 1, 7));
+    cluster.tick(100);
+    assert_eq!(cluster.store(1).is_store_suspect(3), None, "judged again");
+    assert_eq!(cluster.store(2).is_store_suspect(3), None, "judged again");
+}
+
 /// A store that does not beat (a node of an older version) is never judged, however
 /// long it is silent.
 #[test]

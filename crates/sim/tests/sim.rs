@@ -225,11 +225,12 @@ fn a_compare_and_swap_without_a_linearizable_read_is_caught() {
     // first of 0..253 to fail with it and pass without; 0 and 81 found merge bugs);
     // seed 191 of 60 s runs with registers only since faults are aimed at merges (the
     // first of 0..191); 78 since a merge comes before balancing (the first of 0..78); 12
-    // since a beat looks only at what changed (the first of 0..12).
+    // since a beat looks only at what changed (the first of 0..12); 1291 since only the
+    // stores a store beats are judged (the first of 0..1,291).
     let long = RunConfig { duration_ms: 60_000, ..registers_only() };
     let config = RunConfig { unsafe_cas: true, ..long.clone() };
-    assert!(!run(12, &config).anomalies.is_empty(), "seed 12 missed the stale swap");
-    assert!(run(12, &long).anomalies.is_empty(), "seed 12");
+    assert!(!run(1291, &config).anomalies.is_empty(), "seed 1291 missed the stale swap");
+    assert!(run(1291, &long).anomalies.is_empty(), "seed 1291");
 }
 
 /// Runs with register clients only (no transactions, no bank): cheaper, and the
@@ -337,12 +338,13 @@ fn a_sleeping_leader_that_keeps_a_lease_is_caught() {
     // faults are aimed at merges (the first of 0..175), 100 since a merge comes before
     // balancing (the first of 0..100), 158 since a beat looks only at what changed (the
     // first of 0..158), 357 since a merge waits for the neighbour on more of its stores
-    // (the first of 0..357); so hibernation's rule (a leader sleeps only once its lease
-    // has run out, and nothing renews it asleep) is one the runs would catch.
+    // (the first of 0..357), 552 since only the stores a store beats are judged (the first
+    // of 0..552); so hibernation's rule (a leader sleeps only once its lease has run out,
+    // and nothing renews it asleep) is one the runs would catch.
     let long = RunConfig { duration_ms: 60_000, ..registers_only() };
     let config = RunConfig { unsafe_sleeping_lease: true, ..long.clone() };
-    assert!(!run(357, &config).anomalies.is_empty(), "seed 357 missed the sleeping lease");
-    assert!(run(357, &long).anomalies.is_empty(), "seed 357");
+    assert!(!run(552, &config).anomalies.is_empty(), "seed 552 missed the sleeping lease");
+    assert!(run(552, &long).anomalies.is_empty(), "seed 552");
 }
 
 #[test]
