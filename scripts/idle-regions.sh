@@ -21,23 +21,20 @@ for i in $(seq 0 $((NODES - 1))); do ADDRS[$i]=127.0.0.1:$((24900 + i)); done
 # Waits for the nodes to go, so that a run straight after finds the ports free.
 trap 'kill ${PIDS[*]} 2>/dev/null || true; wait' EXIT
 for i in $(seq 0 $((NODES - 1))); do start $i; done
-regions() { curl -s "${ADDRS[0]}/pd/api/v1/regions?limit=1" | python3 -c "import json,sys; print(json.load(sys.stdin)['total'])"; }
 # Wait until every Region has its replicas (the initial ones and the placement group).
 sleep 5
-BEFORE=$(regions)
-# Split keys inside the V1 space before keyspace DEFAULT's edges: k00000001, ...
-KEYS=$(python3 -c "print(' '.join(f'k{i:08d}' for i in range(1, $REGIONS - $BEFORE + 1)))")
+BEFORE=$(region_total)
+KEYS=$(split_keys $((REGIONS - BEFORE)))
 if [ "${BALANCE:-on}" = off ]; then $BIN ctl --pd ${ADDRS[0]} scheduler pause all >/dev/null; fi
 START=$(date +%s.%N)
 $BIN ctl --pd ${ADDRS[0]} split $KEYS >/dev/null
 END=$(date +%s.%N)
 echo "split into $((REGIONS - BEFORE)) more Regions in $(python3 -c "print(f'{$END - $START:.2f}')") s"
-for t in $(seq 1 120); do [ "$(regions)" -ge "$REGIONS" ] && break; sleep 1; done
-echo "Regions: $(regions); stores (id:regions/leaders): $(counts)"
+for t in $(seq 1 120); do [ "$(region_total)" -ge "$REGIONS" ] && break; sleep 1; done
+echo "Regions: $(region_total); stores (id:regions/leaders): $(counts)"
 # Let elections, replication of the new Regions and balancing settle.
 sleep 20
 ticks=$(getconf CLK_TCK)
-cpu() { awk '{print $14 + $15}' /proc/$1/stat; }
 declare -A FIRST
 for i in $(seq 0 $((NODES - 1))); do FIRST[$i]=$(cpu ${PIDS[$i]}); done
 sleep $SECONDS_IDLE

@@ -19,10 +19,9 @@ for i in 0 1 2; do ADDRS[$i]=127.0.0.1:$((24900 + i)); done
 # Waits for the nodes to go, so that a run straight after finds the ports free.
 trap 'kill ${PIDS[*]} 2>/dev/null || true; wait' EXIT
 for i in 0 1 2; do start $i; done
+# Wait until every Region has its replicas (the initial ones and the placement group).
 sleep 5
-KEYS=$(python3 -c "print(' '.join(f'k{i:08d}' for i in range(1, $REGIONS - 5 + 1)))")
-$BIN ctl --pd ${ADDRS[0]} split $KEYS >/dev/null
-cpu() { awk '{print $14 + $15}' /proc/$1/stat; }
+$BIN ctl --pd ${ADDRS[0]} split $(split_keys $((REGIONS - $(region_total)))) >/dev/null
 ticks=$(getconf CLK_TCK)
 # The operators, as the node that leads placement lists them (the others answer nothing).
 operators() {

@@ -85,6 +85,12 @@ struct Index {
     by_start: BTreeMap<Vec<u8>, RegionId>,
 }
 
+impl Index {
+    fn slot(&self, id: &RegionId) -> Option<Arc<Slot>> {
+        self.by_id.get(id).cloned()
+    }
+}
+
 /// One Region's latest status, replaced whole at each publication.
 struct Slot {
     status: RwLock<Arc<RegionStatus>>,
@@ -123,7 +129,7 @@ impl Registry {
 
     /// The status of Region `id`, shared (no copy of its peers and statistics).
     pub fn status(&self, id: RegionId) -> Option<Arc<RegionStatus>> {
-        let slot = self.read().by_id.get(&id).cloned()?;
+        let slot = self.read().slot(&id)?;
         Some(slot.load())
     }
 
@@ -163,7 +169,7 @@ impl Registry {
         let slot = {
             let index = self.read();
             let (_, id) = index.by_start.range(..=key.to_vec()).next_back()?;
-            index.by_id.get(id)?.clone()
+            index.slot(id)?
         };
         let status = slot.load();
         status.region.contains(key).then(|| (*status).clone())
@@ -181,25 +187,27 @@ impl Registry {
         std::mem::take(&mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// The statuses of the Regions `ids` that are here, shared.
-    pub fn statuses_of<'a>(
-        &self,
-        ids: impl IntoIterator<Item = &'a RegionId>,
-    ) -> Vec<Arc<RegionStatus>> {
-        let slots: Vec<Arc<Slot>> = {
-            let index = self.read();
-            ids.into_iter().filter_map(|id| index.by_id.get(id).cloned()).collect()
+    /// The Regions led here and ready for reads, of `ids` (`None`: of every Region),
+    /// shared: what a heartbeat looks through (`scandium_placement::Look::ids`), in the
+    /// server and the simulator alike.
+    pub fn led(&self, ids: Option<&BTreeSet<RegionId>>) -> Vec<Arc<RegionStatus>> {
+        let mut led = match ids {
+            Some(ids) => self.load(|index| ids.iter().filter_map(|id| index.slot(id)).collect()),
+            None => self.statuses(),
         };
-        slots.iter().map(|slot| slot.load()).collect()
+        led.retain(|status| status.ready_for_reads);
+        led
     }
 
-    /// Every Region, in key order, shared: what a full heartbeat looks through, without
-    /// a copy of each Region's peers and keys.
+    /// Every Region, in key order, shared: without a copy of each Region's peers and keys.
     pub fn statuses(&self) -> Vec<Arc<RegionStatus>> {
-        let slots: Vec<Arc<Slot>> = {
-            let index = self.read();
-            index.by_start.values().filter_map(|id| index.by_id.get(id).cloned()).collect()
-        };
+        self.load(|index| index.by_start.values().filter_map(|id| index.slot(id)).collect())
+    }
+
+    /// The statuses of the slots `pick` finds in the index (its lock is let go of before
+    /// any slot's is taken).
+    fn load(&self, pick: impl FnOnce(&Index) -> Vec<Arc<Slot>>) -> Vec<Arc<RegionStatus>> {
+        let slots = pick(&self.read());
         slots.iter().map(|slot| slot.load()).collect()
     }
 
@@ -357,6 +365,7 @@ mod tests {
         let status = |id: u64, term: u64| RegionStatus {
             region: Region { id, start_key: vec![id as u8], ..Default::default() },
             term,
+            ready_for_reads: true,
             ..Default::default()
         };
         registry.publish(status(1, 1));
@@ -366,11 +375,11 @@ mod tests {
         assert!(registry.take_changed().is_empty());
         registry.publish(status(2, 3));
         let changed = registry.take_changed();
-        let seen = registry.statuses_of(&changed);
+        let seen = registry.led(Some(&changed));
         assert_eq!(seen.iter().map(|s| (s.region.id, s.term)).collect::<Vec<_>>(), [(2, 3)]);
         registry.remove(1);
         let changed = registry.take_changed();
         assert_eq!(changed.iter().copied().collect::<Vec<_>>(), vec![1]);
-        assert!(registry.statuses_of(&changed).is_empty(), "gone: the beat forgets it");
+        assert!(registry.led(Some(&changed)).is_empty(), "gone: the beat forgets it");
     }
 }

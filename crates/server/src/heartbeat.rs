@@ -322,11 +322,7 @@ impl Control {
         // What was published since the last beat, or read: the others have nothing new.
         let changed = self.registry.take_changed().into_iter().chain(reads.keys().copied());
         let look = reporting.filter.begin(changed);
-        let mut led = match look.ids() {
-            Some(ids) => self.registry.statuses_of(ids),
-            None => self.registry.statuses(),
-        };
-        led.retain(|s| s.ready_for_reads);
+        let led = self.registry.led(look.ids());
         let mut reckoning = self.reckon(reads, &look);
         let led = led.into_iter().map(|status| {
             let load = reckoning.load(&status);

@@ -68,11 +68,7 @@ impl Cluster {
             *target = leader;
         }
         let look = filter.begin(node.registry.take_changed());
-        let statuses = match look.ids() {
-            Some(ids) => node.registry.statuses_of(ids),
-            None => node.registry.statuses(),
-        };
-        let led = statuses.iter().filter(|s| s.ready_for_reads).map(|s| heartbeat_of(s));
+        let led = node.registry.led(look.ids()).into_iter().map(|s| heartbeat_of(&s));
         let led = led.filter_map(|h| Some((Facts::of(&h)?, h)));
         filter.select_by(&look, led)
     }

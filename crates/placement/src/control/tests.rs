@@ -486,13 +486,13 @@ fn small_neighbours_merge_once_their_shapes_have_stood() {
     config.scheduler.merge.split_merge_interval_ms = 10_000;
     let mut plane = ControlPlane::new(config);
     plane.take_over(1, &state, at(0));
-    let beat = small_beat;
     let mut sent = Vec::new();
     for ms in (0..=12_000).step_by(1_000) {
         for s in 1..=3 {
             plane.store_heartbeat(s, at(ms));
         }
-        let intake = plane.region_heartbeats(&state, &[beat(&left), beat(&right)], at(ms));
+        let intake =
+            plane.region_heartbeats(&state, &[small_beat(&left), small_beat(&right)], at(ms));
         let reports = crate::Reports { reports: intake.changed };
         apply(&mut state, Kind::ReportRegions(reports));
         sent.extend(intake.steps.into_iter().map(|step| (ms, step)));
@@ -502,7 +502,8 @@ fn small_neighbours_merge_once_their_shapes_have_stood() {
     assert_eq!((step.region_id, &step.action), (10, &StepAction::Merge(right.clone())));
     // Frozen: nothing more is sent, nor started for the target.
     let frozen = Region { version: 3, conf_ver: 4, ..left.clone() };
-    let intake = plane.region_heartbeats(&state, &[beat(&frozen), beat(&right)], at(13_000));
+    let intake =
+        plane.region_heartbeats(&state, &[small_beat(&frozen), small_beat(&right)], at(13_000));
     assert!(intake.steps.is_empty(), "{intake:?}");
     assert_eq!(plane.operators().count(), 1);
     // The target's report covering both is recorded: the merge is done.
@@ -510,7 +511,7 @@ fn small_neighbours_merge_once_their_shapes_have_stood() {
     let report = RegionReport { region: Some(merged.clone()), leader_peer_id: 21, term: 5 };
     apply(&mut state, Kind::ReportRegions(crate::Reports { reports: vec![report] }));
     assert!(state.region(10).is_none());
-    plane.region_heartbeats(&state, &[beat(&merged)], at(14_000));
+    plane.region_heartbeats(&state, &[small_beat(&merged)], at(14_000));
     assert_eq!(plane.operators().count(), 0);
     let counts = plane.counts();
     assert_eq!((counts.started, counts.finished), (1, 1));
@@ -529,14 +530,16 @@ fn a_merge_comes_before_balancing() {
     let mut plane = leading(&state);
     plane.config = config.clone();
     plane.effective = config.scheduler.clone();
-    let beat = small_beat;
     let mut steps = Vec::new();
     for ms in (200..=5_000).step_by(200) {
         for s in 1..=4 {
             plane.store_heartbeat(s, at(ms));
         }
-        let intake =
-            plane.region_heartbeats(&state, &regions.iter().map(beat).collect::<Vec<_>>(), at(ms));
+        let intake = plane.region_heartbeats(
+            &state,
+            &regions.iter().map(small_beat).collect::<Vec<_>>(),
+            at(ms),
+        );
         let reports = crate::Reports { reports: intake.changed };
         apply(&mut state, Kind::ReportRegions(reports));
         steps.extend(intake.steps.into_iter().map(|step| step.action));
