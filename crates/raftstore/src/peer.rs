@@ -410,6 +410,16 @@ impl Peer {
         self.proposals.push_back(Proposal { index, term, callback, command, proposed_ms: now_ms });
     }
 
+    /// Hands a proposal to the group's leader through this follower: raft-rs forwards it
+    /// in a message, which may be lost, and nothing answers. For the commit of a merge
+    /// only, whose outcome shows in the target's epoch and which is proposed again until
+    /// then.
+    pub(crate) fn forward_proposal(&mut self, context: Vec<u8>, data: Vec<u8>) {
+        if let Err(e) = self.raw.propose(context, data) {
+            tracing::debug!(group = self.region.id, error = %e, "forwarded proposal dropped");
+        }
+    }
+
     /// Back to learning commits from the next append or heartbeat once the split that
     /// needed them broadcast is applied here.
     pub(crate) fn after_apply(&mut self, applied: u64) {

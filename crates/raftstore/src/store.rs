@@ -200,8 +200,8 @@ pub struct Store {
     /// Regions whose replica here is frozen to merge into a neighbour (see
     /// [`crate::merge`]): each looks at its target every [`merge::MERGE_CHECK_TICKS`].
     merging: BTreeSet<u64>,
-    /// When a commit of each frozen source was last proposed from here (store clock).
-    commits_proposed: BTreeMap<u64, u64>,
+    /// This store's looks at the commit of each frozen source.
+    merge_looks: BTreeMap<u64, MergeLook>,
     /// Targets whose apply waits at a commit of a merge for their source replica here.
     merge_waiting: BTreeSet<u64>,
     /// Targets to look at again in the next round (taken from `merge_waiting` each tick).
@@ -284,7 +284,7 @@ impl Store {
             beat_targets_stale: false,
             slept: 0,
             merging: BTreeSet::new(),
-            commits_proposed: BTreeMap::new(),
+            merge_looks: BTreeMap::new(),
             merge_waiting: BTreeSet::new(),
             merge_retry: BTreeSet::new(),
             now_ms: 0,
@@ -759,6 +759,9 @@ impl Store {
             // From a member (or from a replica newer than this one): nothing to say.
             return Ok(());
         }
+        if stale_rejection(peer, &message.message) {
+            return Ok(());
+        }
         // A peer of a newer configuration than this replica's (one of the same version
         // that is not a member was removed, and lingers): answered until this replica
         // applies the change that added it.
@@ -1228,11 +1231,14 @@ impl Store {
             let Some(state) = self.peers.get(&id).and_then(|p| p.merging.as_deref().cloned())
             else {
                 self.merging.remove(&id);
-                self.commits_proposed.remove(&id);
+                self.merge_looks.remove(&id);
                 continue;
             };
-            if self.commits_proposed.get(&id).is_some_and(|&at| now < at + merge::COMMIT_RESEND_MS)
-            {
+            let look = *self
+                .merge_looks
+                .entry(id)
+                .or_insert(MergeLook { first_ms: now, proposed_ms: None });
+            if look.proposed_ms.is_some_and(|at| now < at + merge::COMMIT_RESEND_MS) {
                 continue;
             }
             let serving = |p: &Peer| p.initialized && p.installing.is_none();
@@ -1264,16 +1270,26 @@ impl Store {
                     ..Default::default()
                 };
                 (id, Vec::new(), command)
-            } else if target.is_leader() && target.region.epoch() == state.target_epoch() {
+            } else if target.region.epoch() == state.target_epoch() {
+                // Where the target's replica here leads, the source's replica here proposes
+                // the commit at once. Elsewhere too, once the merge has waited a resend
+                // period, through the target's replica here, which raft-rs forwards to the
+                // leader: the source's replica beside the leader may lack entries to carry
+                // (one caught up by a snapshot past `min_index`), and any replica whose log
+                // holds them will do. A commit that comes second is refused at apply, by
+                // the target's epoch.
+                if !target.is_leader() && now < look.first_ms + merge::COMMIT_RESEND_MS {
+                    continue;
+                }
                 let Some(command) = commit_command(source, &state) else {
                     let storage = source.raw.store();
-                    tracing::warn!(
+                    tracing::debug!(
                         source = id,
                         min_index = state.min_index,
                         commit = state.commit,
                         truncated = storage.apply_state().truncated_index,
                         last = storage.last_index_value(),
-                        "the source's log lacks entries to carry"
+                        "the source's log here lacks entries to carry: left to another store"
                     );
                     continue;
                 };
@@ -1282,10 +1298,21 @@ impl Store {
                 continue;
             };
             let (group, context, command) = proposal;
-            self.commits_proposed.insert(id, now);
+            if let Some(look) = self.merge_looks.get_mut(&id) {
+                look.proposed_ms = Some(now);
+            }
             let data = command.encode_to_vec();
             let peer = self.peer_mut(group).expect("found above");
-            peer.propose_with_context(context, data, Some(command), Box::new(|_| {}), now);
+            if peer.is_leader() {
+                peer.propose_with_context(context, data, Some(command), Box::new(|_| {}), now);
+            } else {
+                tracing::info!(
+                    source = id,
+                    target = group,
+                    "proposing the merge's commit through a follower of the target"
+                );
+                peer.forward_proposal(context, data);
+            }
         }
         for (id, target) in obsolete {
             tracing::info!(group = id, target, "merged: the target here is past the merge");
@@ -2093,7 +2120,7 @@ impl Store {
         self.dirty.remove(&id);
         self.ticking.remove(&id);
         self.merging.remove(&id);
-        self.commits_proposed.remove(&id);
+        self.merge_looks.remove(&id);
         let mut batch = WriteBatch::new();
         peer.raw.mut_store().destroy(&mut batch);
         self.installing.remove(&id);
@@ -2146,7 +2173,7 @@ impl Store {
         for set in [&mut self.dirty, &mut self.ticking, &mut self.merging, &mut self.installing] {
             set.remove(&id);
         }
-        self.commits_proposed.remove(&id);
+        self.merge_looks.remove(&id);
         if let Some(data) = peer.pending_snapshot.take() {
             self.stager.discard(data);
         }
@@ -2318,6 +2345,32 @@ impl Drop for Store {
 /// Whether a replica has work for a round: a `Ready`, or reads to batch.
 fn has_work(peer: &Peer) -> bool {
     peer.has_pending_work() || peer.raw.has_ready()
+}
+
+/// A store's looks at the commit of one frozen source (store clock).
+#[derive(Clone, Copy, Debug)]
+struct MergeLook {
+    /// When the store first looked at it.
+    first_ms: u64,
+    /// When the store last proposed it.
+    proposed_ms: Option<u64>,
+}
+
+/// Whether `message` is a follower's refusal of an append at or below the index it has
+/// already acknowledged to this leader, in this term: an answer overtaken by later ones,
+/// which says nothing new. raft-rs 0.7 takes one in probe state and moves the follower's
+/// next index below its match (etcd's raft keeps it above), and if the log is truncated
+/// there, sends a snapshot the follower does not need. Simulator seed 95007903: a merge's
+/// source replica caught up by such a snapshot lost the entries after the prepare's
+/// `min_index`, which its store was to carry in the commit.
+fn stale_rejection(peer: &Peer, message: &Message) -> bool {
+    let raft = &peer.raw.raft;
+    message.get_msg_type() == MessageType::MsgAppendResponse
+        && message.reject
+        && message.request_snapshot == 0
+        && message.term == raft.term
+        && peer.is_leader()
+        && raft.prs().get(message.from).is_some_and(|pr| message.index <= pr.matched)
 }
 
 /// Whether `peer`'s Region is frozen to merge into `target`, or known to have been

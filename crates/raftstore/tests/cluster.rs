@@ -869,6 +869,81 @@ fn a_leader_sends_its_appends_before_persisting_them() {
     assert_eq!(cluster.value(leader, b"early"), Some(b"v".to_vec()));
 }
 
+/// A follower's refusal of an append at or below what it has acknowledged since (an
+/// answer overtaken by later ones) changes nothing. raft-rs 0.7 alone took one in probe
+/// state, moved the follower's next index below its match, and with the log truncated
+/// there sent it a snapshot it did not need (simulator seed 95007903, where the snapshot
+/// cost a merge's source replica the entries its commit was to carry).
+#[test]
+fn a_stale_refusal_of_an_append_sends_no_snapshot() {
+    let mut cluster = Cluster::new(3);
+    cluster.replicate(3);
+    for i in 0..30u8 {
+        cluster.put(&[b'k', i], b"v").unwrap();
+    }
+    cluster.tick(5);
+    let leader = cluster.wait_leader();
+    let follower = (1..=3).find(|&s| s != leader).unwrap();
+    let status = cluster.node(leader).registry.get(REGION).unwrap();
+    let (progress, last) = cluster.store(leader).progress(REGION).unwrap();
+    let matched = progress.iter().find(|(id, _)| *id == follower).unwrap().1;
+    assert_eq!(matched, last, "the follower is caught up");
+    let before = cluster.snapshots[follower as usize];
+    // A refusal above the match, as after a lost append, puts the follower in probe; then
+    // one at the match, from before it (a hint of 0: the whole log, truncated long since).
+    for (index, hint) in [(matched + 1, matched), (matched, 0)] {
+        let refusal = append_refusal(&status.region, follower, leader, status.term, index, hint);
+        cluster.deliver(follower, refusal);
+    }
+    cluster.put(b"after", b"v").unwrap();
+    cluster.tick(10);
+    assert_eq!(cluster.snapshots[follower as usize], before, "no snapshot sent");
+    assert_eq!(cluster.value(follower, b"after"), Some(b"v".to_vec()));
+}
+
+/// A refusal from peer `from` (on store `from`) of an append after `index`, with the
+/// follower's last index as `hint`, to the leader `to` of Region 1.
+#[allow(clippy::field_reassign_with_default)]
+fn append_refusal(
+    region: &Region,
+    from: u64,
+    to: u64,
+    term: u64,
+    index: u64,
+    hint: u64,
+) -> PeerMessage {
+    use raft::prelude::{Message, MessageType};
+    let mut message = Message::default();
+    message.set_msg_type(MessageType::MsgAppendResponse);
+    (message.from, message.to, message.term) = (from, to, term);
+    (message.index, message.reject, message.reject_hint) = (index, true, hint);
+    message.log_term = term;
+    raft_message(region, Peer::new(from, from), Peer::new(to, to), message)
+}
+
+/// raft-rs's `message` from `from` to `to`, replicas of `region`.
+fn raft_message(
+    region: &Region,
+    from: Peer,
+    to: Peer,
+    message: raft::prelude::Message,
+) -> PeerMessage {
+    PeerMessage {
+        region_id: region.id,
+        from,
+        to,
+        epoch: region.epoch(),
+        is_tombstone: false,
+        is_stale_check: false,
+        members: Vec::new(),
+        gone: false,
+        merged_into: 0,
+        store_beat: 0,
+        hibernate: None,
+        message,
+    }
+}
+
 /// Builds a snapshot message from store 1 to a new replica (peer 2) on store 2 of
 /// Region 7, at `index`. (raft-rs's rust-protobuf messages are built field by field.)
 #[allow(clippy::field_reassign_with_default)]
@@ -898,20 +973,7 @@ fn snapshot_message(index: u64) -> PeerMessage {
     message.from = 1;
     message.term = 3;
     message.set_snapshot(snapshot);
-    PeerMessage {
-        region_id: 7,
-        from: Peer::new(1, 1),
-        to: Peer::new(2, 2),
-        epoch: region.epoch(),
-        is_tombstone: false,
-        is_stale_check: false,
-        members: Vec::new(),
-        gone: false,
-        merged_into: 0,
-        store_beat: 0,
-        hibernate: None,
-        message,
-    }
+    raft_message(&region, Peer::new(1, 1), Peer::new(2, 2), message)
 }
 
 /// Two snapshots for one replica before its round: raft-rs takes the newer and refuses

@@ -660,3 +660,58 @@ fn a_source_waits_for_a_target_replica_still_to_come_from_a_split() {
     cluster.tick(5);
     assert_holds(&mut cluster, behind, &[b"z"]);
 }
+
+/// The source's replica beside the target's leader lacks entries the commit must carry:
+/// it was caught up by a snapshot past the prepare's `min_index`, which a lagging
+/// follower held down. Another store, whose source replica holds them, proposes the
+/// commit through its follower of the target, which forwards it to the leader
+/// (simulator seed 95007903 froze a source for good: only the leader's store proposed).
+#[test]
+fn a_commit_the_target_leaders_store_cannot_carry_comes_from_another_store() {
+    let mut cluster = Cluster::new(5);
+    cluster.replicate(5);
+    for key in [b"a", b"n"] {
+        cluster.put(key, key).unwrap();
+    }
+    let leader = cluster.wait_leader();
+    let region = cluster.region(leader).unwrap();
+    let split = SplitRequest {
+        split_key: b"m".to_vec(),
+        new_region_id: RIGHT,
+        new_peer_ids: (101..=105).collect(),
+    };
+    cluster.propose_on(leader, RaftCommand::split(&region, vec![split])).unwrap();
+    let leads = |c: &mut Cluster, group| {
+        (1..=5).find(|&s| status(c, s, group).is_some_and(|st| st.ready_for_reads))
+    };
+    cluster.tick_until(300, "the new Region has a leader", |c| leads(c, RIGHT).is_some());
+    let source_leader = leads(&mut cluster, RIGHT).unwrap();
+    let others: Vec<u64> = (1..=5).filter(|&s| s != source_leader).collect();
+    let (short, lagging) = (others[0], others[1]);
+    // `short` misses the source's writes, and is caught up by a snapshot taken after three
+    // more, which `lagging` misses.
+    cluster.isolate(short);
+    cluster.tick(30);
+    write_30(&mut cluster, source_leader, RIGHT, b's');
+    cluster.pause(lagging);
+    for key in [b"t0", b"t1", b"t2"] {
+        write(&mut cluster, source_leader, RIGHT, key).unwrap();
+    }
+    let before = cluster.snapshots[short as usize];
+    cluster.heal();
+    cluster.tick_until(20, "the source's snapshot went in", |c| {
+        c.snapshots[short as usize] > before && c.value(short, b"t2").is_some()
+    });
+    let target_leader = leads(&mut cluster, REGION).unwrap();
+    if target_leader != short {
+        cluster.store(target_leader).transfer_leader(REGION, short).unwrap();
+    }
+    cluster.tick_until(20, "the target led from `short`", |c| leads(c, REGION) == Some(short));
+    prepare(&mut cluster, source_leader, RIGHT, REGION).unwrap();
+    cluster.resume(lagging);
+    let stores: Vec<u64> = (1..=5).collect();
+    wait_merged(&mut cluster, &stores);
+    for store in stores {
+        assert_holds(&mut cluster, store, &[b"a", b"n", b"s0", b"s9", b"t0", b"t2"]);
+    }
+}
