@@ -28,7 +28,7 @@ pub use crate::scheduler::RegionLoad;
 use crate::scheduler::{self, Balance, Decision, Liveness, RegionHealth, SchedulerConfig};
 use crate::{Kind, PlacementState, RegionReport, StoreSeen, StoreStateChange, StoresSeen};
 use scandium_types::{PeerId, Region, RegionId, StoreId, StoreState};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// How the control plane judges and acts.
 #[derive(Clone, Debug)]
@@ -88,21 +88,29 @@ pub struct Intake {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Wants {
     /// Every Region the store leads: the leader has not had them all since it took over
-    /// or since the stores or the settings changed, or it is scheduling (an operator runs
-    /// or ended within [`SETTLE_MS`]) and looks at every Region for its next move.
+    /// or since the stores or the settings changed. (Not while it schedules: it finds its
+    /// next move in its own record, [`ControlPlane::patrol`].)
     pub all: bool,
-    /// Regions to report at every beat: those with an operator in progress, and those
-    /// whose last report is not in placement's record yet (its proposal may be lost).
+    /// Regions to report at every beat: those with an operator in progress, those whose
+    /// last report is not in placement's record yet (its proposal may be lost), and those
+    /// waiting for a peer id for a new replica.
     pub watch: Vec<RegionId>,
 }
 
-/// How long after an operator ends the placement leader still wants every Region at
-/// every beat: long enough for the next move of a balancing run to be found at once.
-pub const SETTLE_MS: u64 = 3_000;
-
 /// The longest the stores' counts for balancing ([`Balance`]) are kept without a count
-/// over every Region, while no report changes: the traffic figures in them drift.
+/// over every Region: the traffic figures in them drift.
 pub const BALANCE_REFRESH_MS: u64 = 3_000;
+
+/// The shortest time between two counts over every Region for balancing, however much
+/// changed: moves decided in between are counted into the kept figures
+/// ([`Balance::record`]), and what else changed (an election, a split) waits at most this
+/// long. Counted after every changed report, a balancing run at 10,000 Regions counted
+/// over all of them at every heartbeat.
+pub const BALANCE_RECOUNT_MS: u64 = 1_000;
+
+/// How many of the Regions a store leads [`ControlPlane::patrol`] looks at per heartbeat
+/// of that store, from where it left off.
+pub const PATROL_BATCH: usize = 64;
 
 /// What about the stores and settings, changed, makes the placement leader want every
 /// Region again: a store joined, went down, came back, was drained or relabelled, or the
@@ -171,14 +179,24 @@ pub struct ControlPlane {
     balance_at_ms: u64,
     /// `balance` counts a decision that started no operator (it waits for an id).
     balance_tentative: bool,
+    /// Something `balance` was counted from changed since (a report, an operator's end).
+    balance_stale: bool,
+    /// The Regions each store leads, as last reported (or recorded, at takeover): where
+    /// [`ControlPlane::patrol`] looks for moves. A Region that changed leader stays in its
+    /// old store's set until the patrol there finds it led elsewhere.
+    led: BTreeMap<StoreId, BTreeSet<RegionId>>,
+    /// Where the patrol of each store's Regions left off.
+    patrolled: BTreeMap<StoreId, RegionId>,
+    /// The lagging peers of each Region whose last report named some.
+    pending: BTreeMap<RegionId, Vec<PeerId>>,
+    /// Regions whose next move waits for a peer id: followed until it starts.
+    wanting_id: BTreeSet<RegionId>,
     /// The stores and settings as of the last heartbeat, and how many times they changed.
     outlook: Option<Outlook>,
     outlook_changes: u64,
     /// For each store, `outlook_changes` as of its last heartbeat with every Region it
     /// leads.
     full_at: BTreeMap<StoreId, u64>,
-    /// Until when every Region is wanted after an operator ended (monotonic ms).
-    settle_until_ms: u64,
     /// Each Region's version as last reported, and since when (monotonic ms): a Region
     /// merges only once its shape has stood `split_merge_interval_ms` (see
     /// [`crate::merge`]). Empty after a change of leader, so nothing merges in the
@@ -312,10 +330,14 @@ impl ControlPlane {
             balance: None,
             balance_at_ms: 0,
             balance_tentative: false,
+            balance_stale: false,
+            led: BTreeMap::new(),
+            patrolled: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            wanting_id: BTreeSet::new(),
             outlook: None,
             outlook_changes: 0,
             full_at: BTreeMap::new(),
-            settle_until_ms: 0,
             replica_moves: BTreeMap::new(),
             shapes: BTreeMap::new(),
             joined: BTreeMap::new(),
@@ -355,6 +377,11 @@ impl ControlPlane {
         self.forget_reports();
         self.unrecorded.clear();
         self.recorded_ms = now.monotonic_ms;
+        for region in state.regions() {
+            if let Some(leader) = state.leader_of(region.id) {
+                self.led.entry(leader.store_id).or_default().insert(region.id);
+            }
+        }
         self.heard = state
             .stores()
             .filter(|_| !self.forget_liveness)
@@ -392,7 +419,10 @@ impl ControlPlane {
         self.balance = None;
         self.outlook = None;
         self.full_at.clear();
-        self.settle_until_ms = 0;
+        self.led.clear();
+        self.patrolled.clear();
+        self.pending.clear();
+        self.wanting_id.clear();
     }
 
     /// Ids supplied in an earlier term are not used in a later one: another leader may
@@ -456,6 +486,26 @@ impl ControlPlane {
         self.unrecorded.insert(store, now.wall_ms);
     }
 
+    /// A store's heartbeat, as the server and the simulator take it: the store is alive,
+    /// the Regions it carried are taken in ([`ControlPlane::region_heartbeats`]), the
+    /// Regions it leads are patrolled for moves ([`ControlPlane::patrol`]), and what the
+    /// placement leader wants in its next heartbeat is said ([`ControlPlane::wants`]);
+    /// `full` if the heartbeat carried every Region the store leads.
+    pub fn heartbeat(
+        &mut self,
+        state: &PlacementState,
+        store: StoreId,
+        heartbeats: &[RegionHeartbeat],
+        full: bool,
+        now: Now,
+    ) -> (Intake, Wants) {
+        self.store_heartbeat(store, now);
+        let mut intake = self.region_heartbeats(state, heartbeats, now);
+        self.patrol(state, store, now, &mut intake);
+        let wants = self.wants(state, store, full, now);
+        (intake, wants)
+    }
+
     /// The Regions `store` leads, as it reports them: what placement must record, and the
     /// steps of their operators for the store to carry out.
     pub fn region_heartbeats(
@@ -468,9 +518,10 @@ impl ControlPlane {
         let live = self.liveness(now);
         self.effective = self.config.scheduler.under(state.scheduler_settings());
         self.look_out(state, &live);
-        // The stores' counts stand while nothing they were counted from changed: no
-        // report in this batch differs from the last, no operator ended, no store or
-        // setting changed (`look_out`), and they are not older than `BALANCE_REFRESH_MS`.
+        // The stores' counts stand while nothing they were counted from changed (no
+        // report in this batch differs from the last, no operator ended), or for
+        // `BALANCE_RECOUNT_MS` if something did; never longer than `BALANCE_REFRESH_MS`;
+        // and a change of the stores or settings counts them again at once (`look_out`).
         let changed = heartbeats.iter().any(|h| {
             let id = h.report.region.as_ref().map_or(0, |r| r.id);
             match self.reported.get(&id) {
@@ -478,10 +529,9 @@ impl ControlPlane {
                 None => !is_recorded(state, &h.report),
             }
         });
-        if changed || now.monotonic_ms >= self.balance_at_ms.saturating_add(BALANCE_REFRESH_MS) {
-            self.balance = None;
-        }
-        self.end_merges(state, now);
+        self.balance_stale |= changed;
+        self.end_merges(state);
+        self.expire_balance(now);
         for heartbeat in heartbeats {
             let Some(region) = heartbeat.report.region.as_ref() else { continue };
             match self.shapes.get(&region.id) {
@@ -496,6 +546,12 @@ impl ControlPlane {
                 }
             }
             let report = &heartbeat.report;
+            self.led.entry(report.leader_store()).or_default().insert(region.id);
+            match heartbeat.pending.is_empty() {
+                true => self.pending.remove(&region.id),
+                false => self.pending.insert(region.id, heartbeat.pending.clone()),
+            };
+            self.wanting_id.remove(&region.id);
             if is_recorded(state, report) {
                 self.reported.remove(&region.id);
             } else {
@@ -516,16 +572,100 @@ impl ControlPlane {
             let pending = heartbeat.pending.clone();
             let health = RegionHealth { leader: report.leader_peer_id, pending };
             let operator = self.operators.remove(&region.id);
-            match self.advance(state, &live, region, &health, operator, false, now) {
-                Advance::Send(step) => intake.steps.push(step),
-                Advance::NeedsId => intake.need_ids.push(region.id),
-                Advance::Nothing => {}
-            }
+            let advance = self.advance(state, &live, region, &health, operator, false, now);
+            self.take(region.id, advance, &mut intake);
         }
         if std::mem::take(&mut self.balance_tentative) {
             self.balance = None;
         }
         intake
+    }
+
+    /// Looks for moves among the Regions `store` leads, after the store's heartbeat
+    /// (`intake`, which the steps join): [`PATROL_BATCH`] of them a beat, round and
+    /// round, each as placement last knew it (its latest report, or the record). So the
+    /// next move of a balancing or merging run is found without a report of every Region
+    /// at every beat, as PD's checkers patrol its Region cache. A Region with a move
+    /// decided this way is then followed ([`Wants::watch`]): its report at the store's
+    /// next beat carries the operator on.
+    pub fn patrol(
+        &mut self,
+        state: &PlacementState,
+        store: StoreId,
+        now: Now,
+        intake: &mut Intake,
+    ) {
+        let live = self.liveness(now);
+        self.effective = self.config.scheduler.under(state.scheduler_settings());
+        self.look_out(state, &live);
+        self.expire_balance(now);
+        let Some(led) = self.led.get(&store) else { return };
+        let from = self.patrolled.get(&store).copied().unwrap_or(0);
+        let after = led.range(from.saturating_add(1)..);
+        let ids: Vec<RegionId> =
+            after.chain(led.range(..=from)).take(PATROL_BATCH).copied().collect();
+        let mut elsewhere = Vec::new();
+        for &id in &ids {
+            if self.operators.contains_key(&id) {
+                continue;
+            }
+            let Some((region, leader)) = self.known(state, id) else {
+                elsewhere.push(id);
+                continue;
+            };
+            if region.peer(leader).map(|p| p.store_id) != Some(store) {
+                elsewhere.push(id);
+                continue;
+            }
+            let pending = self.pending.get(&id).cloned().unwrap_or_default();
+            let health = RegionHealth { leader, pending };
+            let advance = self.advance(state, &live, &region, &health, None, false, now);
+            self.take(id, advance, intake);
+        }
+        if let Some(&last) = ids.last() {
+            self.patrolled.insert(store, last);
+        }
+        if let Some(led) = self.led.get_mut(&store) {
+            for id in elsewhere {
+                led.remove(&id);
+            }
+        }
+        if std::mem::take(&mut self.balance_tentative) {
+            self.balance = None;
+        }
+    }
+
+    /// Region `id` as placement last knew it, and its leader's peer id: its latest report
+    /// where no older than the record (see [`Balance::of`]), or the record.
+    fn known(&self, state: &PlacementState, id: RegionId) -> Option<(Region, PeerId)> {
+        let recorded = state.region(id)?;
+        let epoch = |r: &Region| (r.version, r.conf_ver);
+        let report = self.reported.get(&id).and_then(|r| Some((r.region.as_ref()?, r)));
+        match report.filter(|(region, _)| epoch(region) >= epoch(recorded)) {
+            Some((region, report)) => Some((region.clone(), report.leader_peer_id)),
+            None => Some((recorded.clone(), state.leader_of(id)?.id)),
+        }
+    }
+
+    /// Hands what advancing Region `id` came to over to the driver.
+    fn take(&mut self, id: RegionId, advance: Advance, intake: &mut Intake) {
+        match advance {
+            Advance::Send(step) => intake.steps.push(step),
+            Advance::NeedsId => {
+                self.wanting_id.insert(id);
+                intake.need_ids.push(id);
+            }
+            Advance::Nothing => {}
+        }
+    }
+
+    /// Drops the stores' counts for balancing once they are due a recount (see
+    /// `region_heartbeats`).
+    fn expire_balance(&mut self, now: Now) {
+        let age = now.monotonic_ms.saturating_sub(self.balance_at_ms);
+        if age >= BALANCE_REFRESH_MS || (self.balance_stale && age >= BALANCE_RECOUNT_MS) {
+            self.balance = None;
+        }
     }
 
     /// What the placement leader wants in `store`'s next heartbeat, this one having
@@ -536,8 +676,7 @@ impl ControlPlane {
         if full {
             self.full_at.insert(store, self.outlook_changes);
         }
-        let scheduling = !self.operators.is_empty() || now.monotonic_ms < self.settle_until_ms;
-        let all = scheduling || self.full_at.get(&store) != Some(&self.outlook_changes);
+        let all = self.full_at.get(&store) != Some(&self.outlook_changes);
         self.reported.retain(|_, report| !is_recorded(state, report));
         let leader_store = |id: &RegionId| match self.reported.get(id) {
             Some(report) => report.leader_store(),
@@ -546,7 +685,8 @@ impl ControlPlane {
         let operated = self.operators.keys().filter(|id| leader_store(id) == store);
         let unrecorded = self.reported.iter().filter(|(_, r)| r.leader_store() == store);
         let unrecorded = unrecorded.map(|(id, _)| id);
-        let mut watch: Vec<RegionId> = operated.chain(unrecorded).copied().collect();
+        let waiting = self.wanting_id.iter().filter(|id| leader_store(id) == store);
+        let mut watch: Vec<RegionId> = operated.chain(unrecorded).chain(waiting).copied().collect();
         watch.sort_unstable();
         watch.dedup();
         Wants { all, watch }
@@ -674,10 +814,8 @@ impl ControlPlane {
             Progress::Send(step) => Advance::Send(step),
             Progress::Wait => Advance::Nothing,
             Progress::Ended(ended) => {
-                // Where the operator went is news for the stores' counts, and the next
-                // move is looked for among every Region.
-                self.balance = None;
-                self.settle_until_ms = now.monotonic_ms.saturating_add(SETTLE_MS);
+                // Where the operator went is news for the stores' counts.
+                self.balance_stale = true;
                 match ended {
                     Ended::Finished => self.counts.finished += 1,
                     Ended::TimedOut => self.counts.timed_out += 1,
@@ -721,6 +859,7 @@ impl ControlPlane {
         let (operators, loads, reported) = (&self.operators, &self.rates, &self.reported);
         if self.balance.is_none() {
             self.balance_at_ms = now.monotonic_ms;
+            self.balance_stale = false;
         }
         let balance = self.balance.get_or_insert_with(|| {
             Balance::of(state, live, config, operators.values(), loads, reported)
@@ -795,7 +934,7 @@ impl ControlPlane {
 
     /// Merges whose source is gone from placement's record (the target absorbed it, and
     /// its report is recorded) are done: the source sends no more heartbeats to end them.
-    fn end_merges(&mut self, state: &PlacementState, now: Now) {
+    fn end_merges(&mut self, state: &PlacementState) {
         let done: Vec<RegionId> = (self.operators.iter())
             .filter(|(id, o)| {
                 matches!(o.kind(), OperatorKind::Merge(_)) && state.region(**id).is_none()
@@ -806,8 +945,7 @@ impl ControlPlane {
             self.operators.remove(&id);
             self.shapes.remove(&id);
             self.counts.finished += 1;
-            self.balance = None;
-            self.settle_until_ms = now.monotonic_ms.saturating_add(SETTLE_MS);
+            self.balance_stale = true;
         }
     }
 

@@ -14,7 +14,7 @@
 //! * its turn came: every Region is reported at least every `full_every` beats,
 //!   staggered by Region id, so no report can stay lost for longer;
 //! * the placement leader asked for every Region ([`Wants::all`]: it took over, a store
-//!   changed state, it is scheduling), or the last heartbeat went unanswered (it may not
+//!   changed state or the settings changed), or the last heartbeat went unanswered (it may not
 //!   have arrived, and neither have the changes it carried).
 //!
 //! A beat costs what changed, not what is led: it looks only at the Regions whose status

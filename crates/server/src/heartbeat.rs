@@ -491,12 +491,10 @@ impl Control {
             let mut plane = self.lock();
             let now = now();
             let state = self.placement.read();
-            plane.store_heartbeat(request.store_id, now);
-            let intake = plane.region_heartbeats(&state, &heartbeats, now);
             let taken = heartbeats.len() as u64;
             crate::metrics::METRICS.region_reports.inc_by(taken);
             self.reports_taken.fetch_add(taken, std::sync::atomic::Ordering::Relaxed);
-            (intake, plane.wants(&state, request.store_id, request.full, now))
+            plane.heartbeat(&state, request.store_id, &heartbeats, request.full, now)
         };
         if !intake.changed.is_empty() {
             self.placement.report_regions(intake.changed).await?;

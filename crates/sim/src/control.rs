@@ -116,9 +116,8 @@ impl Cluster {
         let now = self.control_now(id);
         let node = &mut self.nodes[id as usize - 1];
         let state = node.placement.read().unwrap_or_else(|e| e.into_inner()).clone();
-        node.control.store_heartbeat(from, now);
-        let intake = node.control.region_heartbeats(&state, &heartbeats.heartbeats, now);
-        let wants = node.control.wants(&state, from, heartbeats.full, now);
+        let (intake, wants) =
+            node.control.heartbeat(&state, from, &heartbeats.heartbeats, heartbeats.full, now);
         if !intake.changed.is_empty() {
             let reports = Kind::ReportRegions(Reports { reports: intake.changed });
             self.propose_placement(id, reports, Purpose::Record, rng);
