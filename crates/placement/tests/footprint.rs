@@ -1,11 +1,14 @@
 //! What placement holds per Region: the state machine with 100,000 Regions, and the
 //! placement leader's control plane once every Region has reported, every allocation
-//! counted; and how long the state takes to load from the engine (printed, not judged:
+//! counted; how long the state takes to load from the engine; and what a balancing run
+//! costs the leader: a count of the stores over every Region, and a heartbeat that
+//! carries nothing, patrolled (times printed, not judged:
 //! `cargo test --release -p scandium-placement --test footprint -- --nocapture`).
 //!
 //! A binary of its own: the count is of the whole process, so nothing may run beside it.
 
 use prost::Message as _;
+use scandium_placement::scheduler::Balance;
 use scandium_placement::{
     Command, ControlConfig, ControlPlane, KeyspaceMeta, Kind, Now, PlacementState, RegionHeartbeat,
     RegionLoad, RegionReport, Reports,
@@ -14,6 +17,7 @@ use scandium_storage::{EngineRef, MemoryEngine, WriteBatch};
 use scandium_types::{Peer, Region, Store};
 use stats_alloc::{Region as Counted, StatsAlloc, INSTRUMENTED_SYSTEM};
 use std::alloc::System;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -106,13 +110,28 @@ fn placement_state_and_control_plane_per_region() {
     // Every Region has its replicas; leaders, all on store 1, start to move (four at a
     // time).
     assert!(plane.operators().count() <= 4);
+    // A count of the stores over every Region, as a balancing run makes at most once a
+    // second (`BALANCE_RECOUNT_MS`), and store 1's heartbeat with no Region in it: its
+    // patrol looks at 64 of the Regions it leads.
+    let started = Instant::now();
+    let live = plane.liveness(now);
+    let (running, config) = (plane.operators(), &plane.config().scheduler);
+    let balance = Balance::of(&state, &live, config, running, &BTreeMap::new(), &BTreeMap::new());
+    let count_ms = started.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(balance.leaders.values().sum::<usize>() as u64, REGIONS);
+    let started = Instant::now();
+    for _ in 0..100 {
+        plane.heartbeat(&state, 1, &[], false, now);
+    }
+    let beat_us = started.elapsed().as_secs_f64() * 1e6 / 100.0;
     let with_plane = held(&counted);
     drop(plane);
     let plane_bytes = with_plane - held(&counted);
     let per = |bytes: i64| bytes / REGIONS as i64;
     println!(
         "{REGIONS} Regions: state {} MB ({} B a Region) as built, {} MB loaded in {load_ms:.0} \
-         ms; control plane {} MB ({} B a Region), leaders recorded",
+         ms; control plane {} MB ({} B a Region), leaders recorded; a count of the stores \
+         {count_ms:.1} ms, an empty heartbeat patrolled {beat_us:.0} µs",
         state_bytes >> 20,
         per(state_bytes),
         loaded_bytes >> 20,
