@@ -2237,7 +2237,7 @@ impl Store {
         Some(format!(
             "peer {} v{} c{} [{:?}, {:?}) initialized={} installing={} lingering={} \
              leader={} term={} applied={} truncated={} last={} deferred={} frozen_into={:?} \
-             absorbed_by={} waiting_merge={} asleep={}",
+             absorbed_by={} waiting_merge={} asleep={} heard={}",
             p.meta.id,
             p.region.version,
             p.region.conf_ver,
@@ -2256,6 +2256,7 @@ impl Store {
             p.absorbed_by,
             self.merge_waiting.contains(&id),
             !p.sleep.is_awake(),
+            p.heard_ms.len(),
         ))
     }
 
@@ -3006,6 +3007,10 @@ fn apply_conf_change(
     // (a peer id is never re-added). Kept, a removed store would be beaten for ever.
     let settled = |id: &u64| region.peer(*id).is_some() || peer.region.peer(*id).is_some();
     peer.known_peers.retain(|id, _| !settled(id));
+    // When removed peers were last heard from is asked no more: each balancing move left
+    // one behind for the replica's life.
+    let asked = |id: &u64| region.peer(*id).is_some() || peer.raw.raft.prs().get(*id).is_some();
+    peer.heard_ms.retain(|id, _| asked(id));
     let merging = peer.merging.as_deref();
     write_merging_state(batch, &region, &record, merging, peer.raw.store().absorbed());
     peer.region = region.clone();

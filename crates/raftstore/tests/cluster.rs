@@ -1155,6 +1155,11 @@ fn a_store_left_by_every_group_is_forgotten() {
     cluster.tick(30);
     assert_eq!(cluster.store(1).is_store_suspect(3), None, "judged again");
     assert_eq!(cluster.store(1).is_store_suspect(2), Some(false), "a member is still judged");
+    // Nor is the removed peer kept among those the replicas heard from.
+    for s in 1..=2 {
+        let described = cluster.store(s).describe(REGION).unwrap();
+        assert!(described.ends_with("heard=1"), "store {s}: {described}");
+    }
 }
 
 /// The same with the removed replica's store reachable: its replica may linger, and
