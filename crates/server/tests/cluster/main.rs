@@ -1142,6 +1142,66 @@ async fn idle_regions_are_reported_now_and_then_and_a_written_one_at_once() {
     cluster.shutdown().await;
 }
 
+/// A balancing run finds its moves by patrolling placement's record, not in a report of
+/// every Region at every beat (`ControlPlane::patrol`): spreading the leaders of 60
+/// Regions, all on one node, costs a few reports per Region (those it moves, the full
+/// beats the resumed setting asks for once, the turns), where every beat carrying all
+/// while an operator ran and for 3 s after, as before the fifteenth session, was dozens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancing_run_takes_a_few_reports_per_region() {
+    use scandium_placement::{Kind, SchedulerSettings};
+    let cluster = Cluster::start_with(3, |settings| settings.balance_limit = 4).await;
+    let asker = cluster.meta_leader().expect("a placement leader");
+    let held =
+        SchedulerSettings { leaders_paused: true, merges_paused: true, ..Default::default() };
+    let placement = cluster.node(asker).placement();
+    placement.propose(Kind::SetScheduler(held)).await.expect("settings recorded");
+    let bounds: Vec<Vec<u8>> = (1..60).map(|i| k(&format!("run{i:02}"))).collect();
+    cluster.node(asker).splitter().split_at_keys(bounds).await.expect("splits");
+    cluster.wait_replicated(3, Duration::from_secs(20)).await;
+    let ids: Vec<u64> = {
+        let state = cluster.node(asker).placement().read();
+        let data = state.regions().filter(|r| r.start_key.starts_with(&k("run")));
+        data.map(|r| r.id).collect()
+    };
+    assert_eq!(ids.len(), 59, "the Regions split off");
+    for &id in &ids {
+        cluster.wait_leader(id, Duration::from_secs(10)).await;
+        cluster.transfer_leader(id, 0).await;
+    }
+    let leader = cluster.meta_leader().expect("a placement leader");
+    let control = cluster.node(leader).control();
+    let led_from = |cluster: &Cluster| {
+        let state = cluster.node(leader).placement().read();
+        let mut led = std::collections::BTreeMap::<u64, usize>::new();
+        for id in &ids {
+            if let Some(peer) = state.leader_of(*id) {
+                *led.entry(peer.store_id).or_default() += 1;
+            }
+        }
+        led
+    };
+    let before = control.reports_taken();
+    let resumed = SchedulerSettings { merges_paused: true, ..Default::default() };
+    placement.propose(Kind::SetScheduler(resumed)).await.expect("settings recorded");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let led = loop {
+        let led = led_from(&cluster);
+        if (led.len() == 3 && led.values().all(|&n| n >= 17)) || Instant::now() > deadline {
+            break led;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(led.len() == 3 && led.values().all(|&n| n >= 17), "leaders: {led:?}");
+    // And for 3 s after the run, which would have been full beats too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let taken = control.reports_taken() - before;
+    let regions = cluster.node(leader).placement().read().region_count() as u64;
+    println!("{taken} reports of {regions} Regions while their leaders spread: {led:?}");
+    assert!(taken <= 10 * regions, "{taken} reports of {regions} Regions");
+    cluster.shutdown().await;
+}
+
 /// Regions split by hand, small and quiet, merge back once their shapes have
 /// stood the interval, while a client goes on writing across them: every write it was
 /// answered for is there at the end, and it saw no error (a frozen or absorbed Region
