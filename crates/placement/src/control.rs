@@ -89,7 +89,7 @@ pub struct Intake {
 pub struct Wants {
     /// Every Region the store leads: the leader has not had them all since it took over
     /// or since the stores or the settings changed. (Not while it schedules: it finds its
-    /// next move in its own record, [`ControlPlane::patrol`].)
+    /// next move in its own record: `ControlPlane::patrol`.)
     pub all: bool,
     /// Regions to report at every beat: those with an operator in progress, those whose
     /// last report is not in placement's record yet (its proposal may be lost), and those
@@ -108,7 +108,7 @@ pub const BALANCE_REFRESH_MS: u64 = 3_000;
 /// over all of them at every heartbeat.
 pub const BALANCE_RECOUNT_MS: u64 = 1_000;
 
-/// How many of the Regions a store leads [`ControlPlane::patrol`] looks at per heartbeat
+/// How many of the Regions a store leads `ControlPlane::patrol` looks at per heartbeat
 /// of that store, from where it left off.
 pub const PATROL_BATCH: usize = 64;
 
@@ -182,7 +182,7 @@ pub struct ControlPlane {
     /// Something `balance` was counted from changed since (a report, an operator's end).
     balance_stale: bool,
     /// The Regions each store leads, as last reported (or recorded, at takeover): where
-    /// [`ControlPlane::patrol`] looks for moves. A Region that changed leader stays in its
+    /// `ControlPlane::patrol` looks for moves. A Region that changed leader stays in its
     /// old store's set until the patrol there finds it led elsewhere.
     led: BTreeMap<StoreId, BTreeSet<RegionId>>,
     /// Where the patrol of each store's Regions left off.
@@ -488,7 +488,7 @@ impl ControlPlane {
 
     /// A store's heartbeat, as the server and the simulator take it: the store is alive,
     /// the Regions it carried are taken in ([`ControlPlane::region_heartbeats`]), the
-    /// Regions it leads are patrolled for moves ([`ControlPlane::patrol`]), and what the
+    /// Regions it leads are patrolled for moves (`ControlPlane::patrol`), and what the
     /// placement leader wants in its next heartbeat is said ([`ControlPlane::wants`]);
     /// `full` if the heartbeat carried every Region the store leads.
     pub fn heartbeat(
@@ -500,15 +500,37 @@ impl ControlPlane {
         now: Now,
     ) -> (Intake, Wants) {
         self.store_heartbeat(store, now);
-        let mut intake = self.region_heartbeats(state, heartbeats, now);
+        let mut intake = self.take_reports(state, heartbeats, now);
         self.patrol(state, store, now, &mut intake);
+        self.end_batch();
         let wants = self.wants(state, store, full, now);
         (intake, wants)
     }
 
-    /// The Regions `store` leads, as it reports them: what placement must record, and the
-    /// steps of their operators for the store to carry out.
+    /// The Regions a store leads, as it reports them: what placement must record, and the
+    /// steps of their operators for the store to carry out. (The reports of a heartbeat
+    /// alone, without the patrol: [`ControlPlane::heartbeat`] is the whole of it.)
     pub fn region_heartbeats(
+        &mut self,
+        state: &PlacementState,
+        heartbeats: &[RegionHeartbeat],
+        now: Now,
+    ) -> Intake {
+        let intake = self.take_reports(state, heartbeats, now);
+        self.end_batch();
+        intake
+    }
+
+    /// The counts for balancing took decisions that started no operator (they wait for
+    /// an id) as made, so that the rest of the heartbeat starts no second move for the
+    /// same imbalance: they stand no longer.
+    fn end_batch(&mut self) {
+        if std::mem::take(&mut self.balance_tentative) {
+            self.balance = None;
+        }
+    }
+
+    fn take_reports(
         &mut self,
         state: &PlacementState,
         heartbeats: &[RegionHeartbeat],
@@ -546,7 +568,9 @@ impl ControlPlane {
                 }
             }
             let report = &heartbeat.report;
-            self.led.entry(report.leader_store()).or_default().insert(region.id);
+            if let Some(leader) = region.peer(report.leader_peer_id) {
+                self.led.entry(leader.store_id).or_default().insert(region.id);
+            }
             match heartbeat.pending.is_empty() {
                 true => self.pending.remove(&region.id),
                 false => self.pending.insert(region.id, heartbeat.pending.clone()),
@@ -575,9 +599,6 @@ impl ControlPlane {
             let advance = self.advance(state, &live, region, &health, operator, false, now);
             self.take(region.id, advance, &mut intake);
         }
-        if std::mem::take(&mut self.balance_tentative) {
-            self.balance = None;
-        }
         intake
     }
 
@@ -588,13 +609,7 @@ impl ControlPlane {
     /// at every beat, as PD's checkers patrol its Region cache. A Region with a move
     /// decided this way is then followed ([`Wants::watch`]): its report at the store's
     /// next beat carries the operator on.
-    pub fn patrol(
-        &mut self,
-        state: &PlacementState,
-        store: StoreId,
-        now: Now,
-        intake: &mut Intake,
-    ) {
+    fn patrol(&mut self, state: &PlacementState, store: StoreId, now: Now, intake: &mut Intake) {
         let live = self.liveness(now);
         self.effective = self.config.scheduler.under(state.scheduler_settings());
         self.look_out(state, &live);
@@ -606,10 +621,14 @@ impl ControlPlane {
             after.chain(led.range(..=from)).take(PATROL_BATCH).copied().collect();
         let mut elsewhere = Vec::new();
         for &id in &ids {
-            if self.operators.contains_key(&id) {
+            // One with an operator, or waiting for the id its move asked for (in this
+            // heartbeat, maybe), is carried on by its reports.
+            let waiting = self.wanting_id.contains(&id) && !self.ids.contains_key(&id);
+            if self.operators.contains_key(&id) || waiting {
                 continue;
             }
             let Some((region, leader)) = self.known(state, id) else {
+                self.pending.remove(&id);
                 elsewhere.push(id);
                 continue;
             };
@@ -629,9 +648,6 @@ impl ControlPlane {
             for id in elsewhere {
                 led.remove(&id);
             }
-        }
-        if std::mem::take(&mut self.balance_tentative) {
-            self.balance = None;
         }
     }
 
@@ -944,6 +960,7 @@ impl ControlPlane {
         for id in done {
             self.operators.remove(&id);
             self.shapes.remove(&id);
+            self.pending.remove(&id);
             self.counts.finished += 1;
             self.balance_stale = true;
         }

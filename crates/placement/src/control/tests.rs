@@ -474,6 +474,12 @@ fn a_move_is_found_among_regions_the_heartbeat_did_not_carry() {
     let actions: Vec<_> = intake.steps.iter().map(|s| s.action.clone()).collect();
     assert_eq!(actions, vec![StepAction::AddLearner(Peer::learner(500, 4))]);
     assert_eq!(wants, Wants { all: false, watch: vec![10] }, "followed while it runs");
+    // A Region the heartbeat carried asks for its id once, not again in the patrol.
+    let mut again = leading(&state);
+    let carried: Vec<RegionHeartbeat> =
+        regions.iter().map(|r| heartbeat(r, r.peers[0].id, &[])).collect();
+    let (intake, _) = again.heartbeat(&state, 1, &carried, true, at(200));
+    assert_eq!(intake.need_ids, vec![10]);
 }
 
 /// Two small neighbours on the same stores, quiet past the interval: the left one is
