@@ -45,6 +45,9 @@ pub struct PeerStorage {
     /// a replica taking one would not be frozen. None needs one: the prepare waits for
     /// every follower to hold the log (and nothing truncates it while frozen).
     frozen: bool,
+    /// The replica's data is gone (removed, it lingers for its votes: see
+    /// [`crate::linger`]): it gives no snapshot, which would be empty at its index.
+    dataless: bool,
 }
 
 /// What a [`PeerStorage`] is built from, besides its own records.
@@ -85,6 +88,7 @@ impl PeerStorage {
             log_bytes: 0,
             absorbed: Vec::new(),
             frozen: false,
+            dataless: false,
         };
         // The commit index is persisted lazily; applied entries are certainly committed.
         storage.raft_state.commit =
@@ -109,6 +113,7 @@ impl PeerStorage {
             log_bytes: 0,
             absorbed: Vec::new(),
             frozen: false,
+            dataless: false,
         }
     }
 
@@ -126,6 +131,11 @@ impl PeerStorage {
     /// Replaces the record of absorbed merges (persisted by the caller).
     pub fn set_absorbed(&mut self, absorbed: Vec<crate::merge::AbsorbedSource>) {
         self.absorbed = absorbed;
+    }
+
+    /// Notes that the replica's data is gone (see `dataless`).
+    pub fn set_dataless(&mut self) {
+        self.dataless = true;
     }
 
     /// Freezes or thaws the Region for snapshots (see `frozen`).
@@ -415,7 +425,7 @@ impl raft::Storage for PeerStorage {
     /// [`SnapshotSources`] for the transport, and the Raft snapshot names it by token.
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let applied = &self.apply_state;
-        if applied.applied_index < request_index || self.frozen {
+        if applied.applied_index < request_index || self.frozen || self.dataless {
             return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
         }
         let now = self.clock.load(Ordering::Relaxed);
@@ -458,4 +468,28 @@ fn missing(what: &str, group_id: u64) -> StorageError {
 
 fn to_raft_error(e: StorageError) -> raft::Error {
     raft::Error::Store(RaftStorageError::Other(Box::new(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scandium_storage::MemoryEngine;
+
+    /// A replica whose data is gone (a removed one lingering for its votes) gives no
+    /// snapshot: one taken would be empty at its index (simulator seed 98002613, where a
+    /// removed candidate won its election and a follower installed such a snapshot).
+    #[test]
+    fn a_replica_without_its_data_gives_no_snapshot() {
+        let context = StorageContext {
+            engine: Arc::new(MemoryEngine::new()),
+            snapshots: SnapshotSources::default(),
+            clock: Arc::new(AtomicU64::new(0)),
+        };
+        let mut storage = PeerStorage::uninitialized(&context, 7);
+        assert!(raft::Storage::snapshot(&storage, 0, 2).is_ok());
+        storage.set_dataless();
+        let refused = raft::Storage::snapshot(&storage, 0, 2);
+        let unavailable = raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable);
+        assert_eq!(refused.unwrap_err(), unavailable);
+    }
 }

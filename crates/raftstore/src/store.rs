@@ -995,11 +995,17 @@ impl Store {
         if let Some(data) = peer.pending_snapshot.take() {
             self.stager.discard(data);
         }
-        if peer.is_leader() {
-            let term = peer.raw.raft.term;
+        // Nor does it lead, or stand for election: a candidate that won once removed led
+        // with no data, and its snapshots were empty (simulator seed 98002613: a follower
+        // installed one and lost its Region's older versions).
+        if peer.raw.raft.state != StateRole::Follower {
+            let (term, was_leader) = (peer.raw.raft.term, peer.is_leader());
             peer.raw.raft.become_follower(term, raft::INVALID_ID);
-            self.events.push(Event::Role { region_id: id, is_leader: false, term });
+            if was_leader {
+                self.events.push(Event::Role { region_id: id, is_leader: false, term });
+            }
         }
+        peer.raw.mut_store().set_dataless();
         let region_id = peer.region.id;
         peer.fail_all(|| RaftstoreError::OutcomeUnknown { region_id });
         peer.lease_until_ms = 0;
@@ -1051,7 +1057,8 @@ impl Store {
             return Ok(());
         }
         let meta = scandium_types::Peer::new(state.removed_peer_id, self.store_id);
-        let storage = PeerStorage::load(&self.storage, region.clone(), &conf_state)?;
+        let mut storage = PeerStorage::load(&self.storage, region.clone(), &conf_state)?;
+        storage.set_dataless();
         let mut peer = Peer::new(storage, region, meta, false, &self.config, &self.logger)?;
         peer.lingering = state.lingering;
         // As for any restarted replica (see `open`).
@@ -1988,6 +1995,15 @@ impl Store {
 
     fn on_role_change(&mut self, id: u64, role: StateRole) {
         let Some(peer) = self.peers.get_mut(&id) else { return };
+        if peer.lingering.is_some() && role == StateRole::Leader {
+            // A lingering replica that won an election anyway (one that learnt of its
+            // removal from a tombstone still counts itself a voter): with no data, it
+            // steps down at once and lets the members elect one of their own.
+            let term = peer.raw.raft.term;
+            peer.raw.raft.become_follower(term, raft::INVALID_ID);
+            tracing::info!(group = id, term, "a lingering replica won an election: it steps down");
+            return;
+        }
         let is_leader = role == StateRole::Leader;
         if !is_leader {
             peer.on_deposed(self.now_ms);
