@@ -951,6 +951,22 @@ impl Store {
         })
     }
 
+    /// Whether the frozen source replica `source`, whose merge is known to have committed
+    /// (`absorbed_by`), can never be absorbed here: the target's replica on this store in
+    /// the configuration the prepare recorded is gone for good (a tombstone, a newer
+    /// replica, or lingering). That replica is the only one that could apply the commit
+    /// from its log here, since the commit applies only at the recorded epoch; a later
+    /// one starts from a snapshot past the merge, over the source's range. Without this
+    /// a source whose target's replica left this store before applying the commit stayed
+    /// for good. (A recorded target replica never created here is not covered: it may
+    /// still come, from a split here.)
+    fn never_absorbed(&self, source: &Peer, state: &MergeState) -> bool {
+        let target_id = state.target_id();
+        let recorded = state.target.as_ref().and_then(|t| t.peer_on_store(self.store_id));
+        source.absorbed_by == target_id
+            && recorded.is_some_and(|replica| self.gone_here(target_id, replica.id))
+    }
+
     /// Whether `peer` is a source whose merge committed, and no replica here can absorb
     /// it any more: the target's replica here records the merge (it got past it by a
     /// snapshot that does not cover the source), or the source is known to have been
@@ -1251,11 +1267,16 @@ impl Store {
             let serving = |p: &Peer| p.initialized && p.installing.is_none();
             let Some(source) = self.peers.get(&id).filter(|p| serving(p)) else { continue };
             let target_id = state.target_id();
-            let Some(target) = self.peers.get(&target_id).filter(|p| serving(p)) else { continue };
+            let Some(target) = self.peers.get(&target_id).filter(|p| serving(p)) else {
+                if self.never_absorbed(source, &state) {
+                    obsolete.push((id, target_id, "no replica of the target here can take it"));
+                }
+                continue;
+            };
             if target.raw.store().has_absorbed(id) {
                 // The target here is past the merge (a snapshot from after it that does
                 // not cover this source, say): this replica is obsolete.
-                obsolete.push((id, target_id));
+                obsolete.push((id, target_id, "the target here is past the merge"));
                 continue;
             }
             let proposal = if merge::moved_on(target.region.epoch(), state.target_epoch()) {
@@ -1321,8 +1342,8 @@ impl Store {
                 peer.forward_proposal(context, data);
             }
         }
-        for (id, target) in obsolete {
-            tracing::info!(group = id, target, "merged: the target here is past the merge");
+        for (id, target, why) in obsolete {
+            tracing::info!(group = id, target, "merged: {why}");
             if let Some(peer) = self.peers.get_mut(&id) {
                 peer.absorbed_by = target;
             }

@@ -4,7 +4,8 @@
 //! snapshot from after the merge replacing a frozen source; a rollback when the target
 //! changed first; restarts while frozen and after either outcome; leader transfers of
 //! both Regions; merges in a row; a source waiting for a target's replica still to come
-//! from a split; and the TiKV merge bugs of
+//! from a split; a source whose target's replica left its store before the commit
+//! collected; and the TiKV merge bugs of
 //! `research/scale-out.md` §4: a failed merge then a successful one on a slow replica
 //! (#6460), a crash as a snapshot replaces a stale source (#7027), two snapshots to one
 //! cut-off follower, before the merge and after it (#4198).
@@ -14,10 +15,10 @@ mod common;
 use common::*;
 use scandium_raftstore::registry::RegionStatus;
 use scandium_raftstore::{
-    ApplyOutput, EncodedCommand, Event, RaftCommand, RaftstoreError, SplitRequest,
+    ApplyOutput, EncodedCommand, Event, PeerChange, RaftCommand, RaftstoreError, SplitRequest,
 };
 use scandium_storage::{Cf, WriteBatch};
-use scandium_types::Region;
+use scandium_types::{Peer, Region};
 use std::sync::Arc;
 
 /// The Region split off at `m` by [`Cluster::split_at_m`].
@@ -237,22 +238,29 @@ fn a_replica_that_missed_the_last_writes_is_caught_up_from_the_commit() {
     assert_holds(&mut cluster, lagging, &[b"a", b"k", b"n", b"x", b"o", b"p"]);
 }
 
+/// Freezes the source on every store, but loses the target's messages to a store that
+/// leads neither Region (returned), and runs until the merge has gone through on the
+/// other stores.
+fn merge_behind_one_target_replica(cluster: &mut Cluster) -> u64 {
+    let (leader, lagging) = leader_and_bystander(cluster);
+    let right = status(cluster, lagging, RIGHT).unwrap().region;
+    cluster.lost_groups.insert((lagging, REGION));
+    prepare(cluster, leader, RIGHT, REGION).unwrap();
+    cluster.tick_until(100, "the lagging store froze its source", |c| {
+        status(c, lagging, RIGHT).is_some_and(|st| st.region.version == right.version + 1)
+    });
+    wait_merged(cluster, &all_but(lagging));
+    lagging
+}
+
 /// A store that froze its source replica but lost the target's messages until the
 /// target's log had moved on gets a snapshot of the merged target, which replaces the
 /// frozen source.
 #[test]
 fn a_target_snapshot_from_after_the_merge_replaces_the_frozen_source() {
     let mut cluster = two_neighbours();
-    let (leader, lagging) = leader_and_bystander(&mut cluster);
-    let right = status(&mut cluster, lagging, RIGHT).unwrap().region;
-    cluster.lost_groups.insert((lagging, REGION));
-    prepare(&mut cluster, leader, RIGHT, REGION).unwrap();
-    cluster.tick_until(100, "the lagging store froze its source", |c| {
-        status(c, lagging, RIGHT).is_some_and(|st| st.region.version == right.version + 1)
-    });
+    let lagging = merge_behind_one_target_replica(&mut cluster);
     cluster.isolate(lagging);
-    let others = all_but(lagging);
-    wait_merged(&mut cluster, &others);
     move_merged_log_on(&mut cluster);
     cluster.heal();
     let snapshots = cluster.snapshots[lagging as usize];
@@ -659,6 +667,33 @@ fn a_source_waits_for_a_target_replica_still_to_come_from_a_split() {
     write(&mut cluster, leader, MIDDLE, b"z").unwrap();
     cluster.tick(5);
     assert_holds(&mut cluster, behind, &[b"z"]);
+}
+
+/// The target's replica on a store leaves before it applies the commit (removed while
+/// the target's messages to that store were lost): the frozen source's replica there,
+/// told by its members that the merge committed, can never be absorbed, and goes with
+/// its data. Before, it stayed for good.
+#[test]
+fn a_source_whose_target_replica_left_before_the_commit_goes() {
+    let mut cluster = two_neighbours();
+    let lagging = merge_behind_one_target_replica(&mut cluster);
+    let others = all_but(lagging);
+    let target_leader = leader_of(&mut cluster, REGION).unwrap();
+    let removal = vec![PeerChange::Remove(Peer::new(lagging, lagging))];
+    cluster.change_on(target_leader, removal).unwrap();
+    cluster.lost_groups.clear();
+    cluster.tick_until(600, "the source's replica on the lagging store went", |c| {
+        status(c, lagging, RIGHT).is_none() && status(c, lagging, REGION).is_none()
+    });
+    for key in [b"n", b"x"] {
+        assert_eq!(cluster.value(lagging, key), None, "the source's data went with it");
+    }
+    let target_leader = leader_of(&mut cluster, REGION).unwrap();
+    write(&mut cluster, target_leader, REGION, b"z").unwrap();
+    cluster.tick(5);
+    for store in others {
+        assert_holds(&mut cluster, store, &[b"a", b"n", b"x", b"z"]);
+    }
 }
 
 /// The source's replica beside the target's leader lacks entries the commit must carry:
