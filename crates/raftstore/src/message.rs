@@ -4,7 +4,7 @@
 
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
-use scandium_types::{Peer, RegionEpoch};
+use scandium_types::{Peer, Region, RegionEpoch};
 
 /// The wire form of a [`PeerMessage`]. The raft-rs message inside is protobuf-encoded by
 /// raft-rs's own codec.
@@ -124,6 +124,18 @@ impl PeerMessage {
             from: Peer::new(0, from),
             to: Peer::new(0, to),
             store_beat: incarnation,
+            ..PeerMessage::default()
+        }
+    }
+
+    /// raft-rs's `message` between two replicas of `region`, stamped with its epoch.
+    pub fn raft(region: &Region, from: Peer, to: Peer, message: Message) -> PeerMessage {
+        PeerMessage {
+            region_id: region.id,
+            from,
+            to,
+            epoch: region.epoch(),
+            message,
             ..PeerMessage::default()
         }
     }

@@ -745,13 +745,8 @@ impl Store {
                 to: message.from,
                 epoch: peer.region.epoch(),
                 is_tombstone: true,
-                is_stale_check: false,
                 members: peer.region.peers.clone(),
-                gone: false,
-                merged_into: 0,
-                store_beat: 0,
-                hibernate: None,
-                message: Message::default(),
+                ..PeerMessage::default()
             });
             return Ok(());
         }
@@ -864,15 +859,10 @@ impl Store {
             region_id: message.region_id,
             from: message.to.clone(),
             to: message.from.clone(),
-            epoch: RegionEpoch::default(),
             is_tombstone: true,
-            is_stale_check: false,
-            members: Vec::new(),
             gone: true,
             merged_into: self.absorbed_into.get(&message.region_id).copied().unwrap_or(0),
-            store_beat: 0,
-            hibernate: None,
-            message: Message::default(),
+            ..PeerMessage::default()
         });
     }
 
@@ -1099,14 +1089,8 @@ impl Store {
             from: peer.meta.clone(),
             to: voter.clone(),
             epoch,
-            is_tombstone: false,
             is_stale_check: true,
-            members: Vec::new(),
-            gone: false,
-            merged_into: 0,
-            store_beat: 0,
-            hibernate: None,
-            message: Message::default(),
+            ..PeerMessage::default()
         }));
     }
 
@@ -1525,14 +1509,8 @@ impl Store {
                 from: peer.meta.clone(),
                 to: member.clone(),
                 epoch: peer.region.epoch(),
-                is_tombstone: false,
                 is_stale_check: true,
-                members: Vec::new(),
-                gone: false,
-                merged_into: 0,
-                store_beat: 0,
-                hibernate: None,
-                message: Message::default(),
+                ..PeerMessage::default()
             }));
         }
     }
@@ -2689,20 +2667,7 @@ fn to_peer_messages(peer: &Peer, messages: Vec<Message>) -> Vec<PeerMessage> {
                 tracing::debug!(group = peer.region.id, to = message.to, "no store known for peer");
                 return None;
             };
-            Some(PeerMessage {
-                region_id: peer.region.id,
-                from: peer.meta.clone(),
-                to,
-                epoch: peer.region.epoch(),
-                is_tombstone: false,
-                is_stale_check: false,
-                members: Vec::new(),
-                gone: false,
-                merged_into: 0,
-                store_beat: 0,
-                hibernate: None,
-                message,
-            })
+            Some(PeerMessage::raft(&peer.region, peer.meta.clone(), to, message))
         })
         .collect()
 }

@@ -918,30 +918,7 @@ fn append_refusal(
     (message.from, message.to, message.term) = (from, to, term);
     (message.index, message.reject, message.reject_hint) = (index, true, hint);
     message.log_term = term;
-    raft_message(region, Peer::new(from, from), Peer::new(to, to), message)
-}
-
-/// raft-rs's `message` from `from` to `to`, replicas of `region`.
-fn raft_message(
-    region: &Region,
-    from: Peer,
-    to: Peer,
-    message: raft::prelude::Message,
-) -> PeerMessage {
-    PeerMessage {
-        region_id: region.id,
-        from,
-        to,
-        epoch: region.epoch(),
-        is_tombstone: false,
-        is_stale_check: false,
-        members: Vec::new(),
-        gone: false,
-        merged_into: 0,
-        store_beat: 0,
-        hibernate: None,
-        message,
-    }
+    PeerMessage::raft(region, Peer::new(from, from), Peer::new(to, to), message)
 }
 
 /// Builds a snapshot message from store 1 to a new replica (peer 2) on store 2 of
@@ -973,7 +950,7 @@ fn snapshot_message(index: u64) -> PeerMessage {
     message.from = 1;
     message.term = 3;
     message.set_snapshot(snapshot);
-    raft_message(&region, Peer::new(1, 1), Peer::new(2, 2), message)
+    PeerMessage::raft(&region, Peer::new(1, 1), Peer::new(2, 2), message)
 }
 
 /// Two snapshots for one replica before its round: raft-rs takes the newer and refuses
