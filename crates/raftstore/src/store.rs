@@ -946,14 +946,22 @@ impl Store {
     /// the configuration the prepare recorded is gone for good (a tombstone, a newer
     /// replica, or lingering). That replica is the only one that could apply the commit
     /// from its log here, since the commit applies only at the recorded epoch; a later
-    /// one starts from a snapshot past the merge, over the source's range. Without this
-    /// a source whose target's replica left this store before applying the commit stayed
-    /// for good. (A recorded target replica never created here is not covered: it may
-    /// still come, from a split here.)
+    /// one starts from a snapshot past the merge, over the source's range. The source
+    /// must have applied all it knows committed: should the prepare recorded here have
+    /// been rolled back and the source merged by a second one, that second prepare
+    /// waited until every follower knew the rollback committed, so a replica that
+    /// applied all it knows committed and still holds the first record was no member at
+    /// the second (and the target's configuration at its commit had no replica here).
+    /// Without this a source whose target's replica left this store before applying
+    /// the commit stayed for good. (A recorded target replica never created here is not
+    /// covered: it may still come, from a split here.)
     fn never_absorbed(&self, source: &Peer, state: &MergeState) -> bool {
         let target_id = state.target_id();
         let recorded = state.target.as_ref().and_then(|t| t.peer_on_store(self.store_id));
+        let caught_up =
+            source.raw.store().apply_state().applied_index >= source.raw.raft.raft_log.committed;
         source.absorbed_by == target_id
+            && caught_up
             && recorded.is_some_and(|replica| self.gone_here(target_id, replica.id))
     }
 
