@@ -12,8 +12,15 @@ use scandium_types::Region;
 /// [`INIT_INDEX`], already committed and applied, with the Region's voters and learners as
 /// its configuration.
 pub fn write_initial_group(batch: &mut WriteBatch, region: &Region) {
-    let raft_state =
-        RaftLocalState { term: INIT_TERM, vote: 0, commit: INIT_INDEX, last_index: INIT_INDEX };
+    write_split_group(batch, region, INIT_TERM, 0);
+}
+
+/// Writes the state of a new group for `region`, as [`write_initial_group`] does, at
+/// `term` and `vote` where `term` is past the initial one: a replica of the group may have
+/// voted before its split wrote the group here, and that vote stays.
+pub fn write_split_group(batch: &mut WriteBatch, region: &Region, term: u64, vote: u64) {
+    let (term, vote) = if term > INIT_TERM { (term, vote) } else { (INIT_TERM, 0) };
+    let raft_state = RaftLocalState { term, vote, commit: INIT_INDEX, last_index: INIT_INDEX };
     batch.put(Cf::RaftState, keys::raft_state_key(region.id), raft_state.encode_to_vec());
     batch.put(
         Cf::RaftState,

@@ -96,14 +96,24 @@ impl PeerStorage {
         Ok(storage)
     }
 
-    /// The storage of a replica that exists only because a leader wrote to it: an empty
-    /// log (first index 1, last 0), no configuration, nothing persisted. It can only be
-    /// initialized by a snapshot (or replaced by a split creating it).
-    pub fn uninitialized(context: &StorageContext, region_id: u64) -> PeerStorage {
-        PeerStorage {
+    /// The storage of a replica that exists only because a leader or candidate wrote to
+    /// it: an empty log (first index 1, last 0), no configuration; of its state only its
+    /// term and vote are ever persisted. It can only be initialized by a snapshot (or
+    /// replaced by a split creating it).
+    pub fn uninitialized(
+        context: &StorageContext,
+        region_id: u64,
+    ) -> Result<PeerStorage, StorageError> {
+        // Such a replica may have voted before this node restarted (its Raft state is
+        // persisted, its Region state not, so the restart did not start it): its term and
+        // vote stay, or it could vote twice in one term and elect two leaders of it.
+        let persisted: Option<RaftLocalState> =
+            read_record(&context.engine, &keys::raft_state_key(region_id))?;
+        let (term, vote) = persisted.map_or((0, 0), |state| (state.term, state.vote));
+        Ok(PeerStorage {
             engine: context.engine.clone(),
             group_id: region_id,
-            raft_state: RaftLocalState::default(),
+            raft_state: RaftLocalState { term, vote, ..RaftLocalState::default() },
             apply_state: ApplyState::default(),
             conf_state: ConfState::default(),
             region: Region { id: region_id, ..Default::default() },
@@ -114,7 +124,7 @@ impl PeerStorage {
             absorbed: Vec::new(),
             frozen: false,
             dataless: false,
-        }
+        })
     }
 
     /// The merges the Region absorbed as the target, as of the applied index.
@@ -485,7 +495,7 @@ mod tests {
             snapshots: SnapshotSources::default(),
             clock: Arc::new(AtomicU64::new(0)),
         };
-        let mut storage = PeerStorage::uninitialized(&context, 7);
+        let mut storage = PeerStorage::uninitialized(&context, 7).unwrap();
         assert!(raft::Storage::snapshot(&storage, 0, 2).is_ok());
         storage.set_dataless();
         let refused = raft::Storage::snapshot(&storage, 0, 2);

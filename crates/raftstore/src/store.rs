@@ -17,7 +17,7 @@
 
 use crate::apply::{apply_command, Applied};
 use crate::bootstrap::{
-    write_absorbed_tombstone, write_initial_group, write_lingering, write_merging_state,
+    write_absorbed_tombstone, write_lingering, write_merging_state, write_split_group,
 };
 use crate::command::{EncodedCommand, RaftCommand};
 use crate::conf_change::{self, PeerChange};
@@ -694,7 +694,8 @@ impl Store {
         if !initial {
             return Err(StepError::UnknownGroup);
         }
-        let storage = PeerStorage::uninitialized(&self.storage, message.region_id);
+        let storage = PeerStorage::uninitialized(&self.storage, message.region_id)
+            .map_err(|_| StepError::UnknownGroup)?;
         let region = Region { id: message.region_id, ..Default::default() };
         let peer =
             Peer::new(storage, region, message.to.clone(), false, &self.config, &self.logger)
@@ -827,20 +828,31 @@ impl Store {
         if local.initialized && region.epoch().is_stale_against(&local.region.epoch()) {
             return refuse("older than the Region here");
         }
-        // A replica frozen to merge into this Region is not in the way: the snapshot
-        // covering it is from after the merge, and replaces it (see `crate::merge`).
+        // A source replica the snapshot's Region absorbed, or an obsolete one, is not in
+        // the way: the snapshot replaces it (see `crate::merge`).
         let overlapping = self.peers.values().any(|p| {
             p.initialized
                 && p.region.id != region.id
                 && p.region.id != META_GROUP_ID
-                && !absorbed_by(p, region.id)
-                && !self.obsolete(p)
+                && !self.gives_way(p, &region)
                 && overlaps(&p.region, &region)
         });
         if region.id != META_GROUP_ID && overlapping {
             return refuse("overlaps another Region here (a split not applied here yet)");
         }
         Ok(())
+    }
+
+    /// Whether `peer`, a source replica frozen to merge into `region`'s Region or known to
+    /// have been absorbed by it, or an obsolete one, gives way to a snapshot of `region`
+    /// over its range. Only to one from after the merge: a Region's version only grows
+    /// along splits and merges, and the merge leaves the target above the source's, so a
+    /// snapshot at or below the source's version is from before the source was split off
+    /// (a delayed one, to a replica with no data yet). Taken, it would bring back the
+    /// range without this source, whose merge that replica could then never apply.
+    fn gives_way(&self, peer: &Peer, region: &Region) -> bool {
+        (absorbed_by(peer, region.id) || self.obsolete(peer))
+            && region.version > peer.region.version
     }
 
     /// Whether replica `peer_id` of a group is destroyed here (a tombstone, or replaced by
@@ -946,22 +958,23 @@ impl Store {
     /// the configuration the prepare recorded is gone for good (a tombstone, a newer
     /// replica, or lingering). That replica is the only one that could apply the commit
     /// from its log here, since the commit applies only at the recorded epoch; a later
-    /// one starts from a snapshot past the merge, over the source's range. The source
-    /// must have applied all it knows committed: should the prepare recorded here have
-    /// been rolled back and the source merged by a second one, that second prepare
-    /// waited until every follower knew the rollback committed, so a replica that
-    /// applied all it knows committed and still holds the first record was no member at
-    /// the second (and the target's configuration at its commit had no replica here).
-    /// Without this a source whose target's replica left this store before applying
-    /// the commit stayed for good. (A recorded target replica never created here is not
-    /// covered: it may still come, from a split here.)
+    /// one starts from a snapshot past the merge, over the source's range.
+    ///
+    /// Not while the source's log holds a rollback it has not applied: the record may
+    /// then be of a prepare rolled back, the source merged by a second prepare whose
+    /// target configuration had another replica here, which needs this source. A second
+    /// prepare waits for every follower's log to hold the rollback (`check_prepare`), and
+    /// a replica that has applied the rollback holds the second record or none, so a
+    /// record with no rollback after it is the one that committed, or this store was no
+    /// member at the second prepare (and the target then had no replica here). Without
+    /// this a source whose target's replica left this store before applying the commit
+    /// stayed for good. (A recorded target replica never created here is not covered: it
+    /// may still come, from a split here.)
     fn never_absorbed(&self, source: &Peer, state: &MergeState) -> bool {
         let target_id = state.target_id();
         let recorded = state.target.as_ref().and_then(|t| t.peer_on_store(self.store_id));
-        let caught_up =
-            source.raw.store().apply_state().applied_index >= source.raw.raft.raft_log.committed;
         source.absorbed_by == target_id
-            && caught_up
+            && !holds_unapplied_rollback(source)
             && recorded.is_some_and(|replica| self.gone_here(target_id, replica.id))
     }
 
@@ -1691,7 +1704,7 @@ impl Store {
         // snapshot comes again, and the merge that made the source obsolete committed.)
         for (target_id, region) in covering {
             let covered: Vec<u64> = (self.peers.iter())
-                .filter(|(_, p)| absorbed_by(p, target_id) || self.obsolete(p))
+                .filter(|(_, p)| self.gives_way(p, &region))
                 .filter(|(_, p)| overlaps(&p.region, &region))
                 .map(|(id, _)| *id)
                 .collect();
@@ -1931,6 +1944,14 @@ impl Store {
             }
             touched.push(id);
         }
+        let mut starts = Vec::with_capacity(new_regions.len());
+        for (region, _, _) in &new_regions {
+            let start = self.split_start(region)?;
+            if let SplitStart::Start { term, vote, .. } = start {
+                write_split_group(&mut apply_batch, region, term, vote);
+            }
+            starts.push(start);
+        }
         self.engine.write(apply_batch)?;
         output.timings.apply = Some(applying.elapsed());
         for source in absorbed {
@@ -1968,9 +1989,9 @@ impl Store {
         for (id, member_conf_ver, region) in removed {
             self.linger(id, member_conf_ver, (region.conf_ver, &region.peers), None)?;
         }
-        for (region, campaign, stats) in new_regions {
+        for ((region, campaign, stats), start) in new_regions.into_iter().zip(starts) {
             let id = region.id;
-            self.start_split_peer(region, campaign, stats)?;
+            self.start_split_peer(region, start, campaign, stats)?;
             touched.push(id);
         }
         for &id in &touched {
@@ -2082,29 +2103,22 @@ impl Store {
         self.events.push(Event::RegionChanged(region));
     }
 
+    /// Starts the replica on this store of a Region a split applied here created, as
+    /// [`Store::split_start`] decided before the split's batch was written.
     fn start_split_peer(
         &mut self,
         region: Region,
+        start: SplitStart,
         campaign: bool,
         stats: RegionStats,
     ) -> Result<(), RaftstoreError> {
-        let Some(local) = region.peer_on_store(self.store_id).cloned() else { return Ok(()) };
-        if self.tombstones.get(&region.id).is_some_and(|&removed| removed >= local.id) {
-            return Ok(());
-        }
-        match self.peers.get(&region.id) {
-            // A leader or candidate of the new Region reached this store before the split
-            // applied here.
-            Some(existing) if !existing.initialized => {
-                let (term, vote) = (existing.raw.raft.term, existing.raw.raft.vote);
-                let same_replica = existing.meta.id == local.id;
-                self.peers.remove(&region.id);
-                if same_replica {
-                    self.keep_vote(region.id, term, vote)?;
+        match start {
+            SplitStart::Skip => return Ok(()),
+            SplitStart::Start { replaces, .. } => {
+                if replaces {
+                    self.peers.remove(&region.id);
                 }
             }
-            Some(_) => return Ok(()),
-            None => {}
         }
         let conf_state = ConfStateRecord::of_region(&region);
         if let Some(peer) = self.start_peer(region, &conf_state, campaign)? {
@@ -2113,25 +2127,43 @@ impl Store {
         Ok(())
     }
 
-    /// Carries the term and vote of a replica that existed before its split applied into
-    /// the replica the split creates (whose Raft state the split wrote afresh, at the
-    /// initial term with no vote). It may have voted in the new Region's first election:
-    /// forgetting that vote would let it vote again in the same term, for another
-    /// candidate, and elect two leaders of one term.
-    fn keep_vote(&mut self, group_id: u64, term: u64, vote: u64) -> Result<(), RaftstoreError> {
-        let key = keys::raft_state_key(group_id);
-        let Some(bytes) = self.engine.get(Cf::RaftState, &key)? else { return Ok(()) };
-        let mut state = crate::state::RaftLocalState::decode(bytes.as_slice())
-            .map_err(|e| RaftstoreError::InvalidCommand(format!("raft state: {e}")))?;
-        if term <= state.term {
-            return Ok(());
+    /// Whether the split applied here that created `region` starts its replica on this
+    /// store, and with what term and vote. Decided before the split's batch is written,
+    /// which writes the new group's state only if it starts: a tombstone, a lingering
+    /// replica or a newer one (added since, waiting for its snapshot) of that Region here
+    /// stays as it is, on disk too. A replica created here by the new Region's leader or
+    /// candidate before the split applied (it has no data) is replaced, and its term and
+    /// vote are carried over, from memory or, after a restart, as it persisted them: it
+    /// may have voted in the new Region's first election, and forgetting that vote would
+    /// let it vote again in the same term, for another candidate, and elect two leaders
+    /// of one term.
+    fn split_start(&self, region: &Region) -> Result<SplitStart, RaftstoreError> {
+        let Some(local) = region.peer_on_store(self.store_id) else {
+            return Ok(SplitStart::Skip);
+        };
+        if self.tombstones.get(&region.id).is_some_and(|&removed| removed >= local.id) {
+            return Ok(SplitStart::Skip);
         }
-        state.term = term;
-        state.vote = vote;
-        let mut batch = WriteBatch::new();
-        batch.put(Cf::RaftState, key, state.encode_to_vec());
-        self.engine.write(batch)?;
-        Ok(())
+        match self.peers.get(&region.id) {
+            Some(existing)
+                if existing.initialized
+                    || existing.lingering.is_some()
+                    || existing.meta.id > local.id =>
+            {
+                Ok(SplitStart::Skip)
+            }
+            Some(existing) => {
+                let (term, vote) = (existing.raw.raft.term, existing.raw.raft.vote);
+                Ok(SplitStart::Start { replaces: true, term, vote })
+            }
+            None => {
+                let key = keys::raft_state_key(region.id);
+                let persisted: Option<crate::state::RaftLocalState> =
+                    crate::storage::read_record(&self.engine, &key)?;
+                let (term, vote) = persisted.map_or((0, 0), |state| (state.term, state.vote));
+                Ok(SplitStart::Start { replaces: false, term, vote })
+            }
+        }
     }
 
     /// Destroys the local replica of a group: its log, Raft state and data go, a tombstone
@@ -2614,6 +2646,11 @@ fn check_prepare(peer: &Peer, config: &RaftConfig) -> Result<u64, String> {
     if min_matched + 1 < first {
         return Err("the log is truncated past a follower".into());
     }
+    if min_committed + 1 < first {
+        // The entries it does not know committed are gone from this log: what they hold
+        // (a rollback of an earlier merge, say) cannot be checked below.
+        return Err("a follower does not know yet that the truncated log is committed".into());
+    }
     let low = min_matched.min(min_committed).max(first - 1);
     let entries = raft
         .raft_log
@@ -2806,10 +2843,9 @@ fn apply_entry(
         Applied::Split { left, new } => {
             let conf_state = ConfStateRecord::from(peer.raw.store().conf_state());
             let absorbed = peer.raw.store().absorbed();
+            // The new Regions' state goes into the same batch, once the store has decided
+            // whether to start their replicas here (`Store::split_start`).
             write_merging_state(batch, &left, &conf_state, None, absorbed);
-            for right in &new {
-                write_initial_group(batch, right);
-            }
             peer.region = left.clone();
             peer.raw.mut_store().set_region(left.clone(), None);
             Ok(Outcome::Done(ApplyOutput::Split { left, new }))
@@ -2890,6 +2926,36 @@ fn apply_rollback_merge(
     peer.merging = None;
     tracing::info!(group = region.id, "merge rolled back: the Region serves again");
     Ok(Outcome::Done(ApplyOutput::Merge(region)))
+}
+
+/// Whether `peer`'s log holds, past what it applied, a rollback of a merge, or an entry
+/// it cannot read or decode (counted as one).
+fn holds_unapplied_rollback(peer: &Peer) -> bool {
+    let applied = peer.raw.store().apply_state().applied_index;
+    let log = &peer.raw.raft.raft_log;
+    if log.last_index() <= applied {
+        return false;
+    }
+    let Ok(entries) = log.entries(applied + 1, None, raft::GetEntriesContext::empty(false)) else {
+        return true;
+    };
+    entries.iter().any(|entry| {
+        entry.get_entry_type() != EntryType::EntryNormal
+            || !entry.data.is_empty()
+                && RaftCommand::decode(entry.data.as_ref())
+                    .map_or(true, |command| command.rollback_merge.is_some())
+    })
+}
+
+/// Whether a split applied here starts the replica it names on this store for a new
+/// Region (see [`Store::split_start`]).
+#[derive(Clone, Copy, Debug)]
+enum SplitStart {
+    /// Nothing is written or started: a replica of that Region here stays as it is.
+    Skip,
+    /// The replica starts, at this term and vote (at least the initial term), replacing
+    /// the one with no data that a message created here before the split applied.
+    Start { replaces: bool, term: u64, vote: u64 },
 }
 
 /// What applying a commit of a merge came to.

@@ -758,6 +758,21 @@ fn a_store_partitioned_during_a_split_catches_up() {
     assert_eq!(cluster.value(lagging, b"x"), Some(b"2".to_vec()));
 }
 
+/// Three stores holding `a` and `n`, Region 1 split at `m` while one store, returned
+/// with the store that leads the new Region 100, hears nothing of Region 1 (it has not
+/// applied the split, and goes on losing Region 1's messages).
+fn split_behind_one_store(cluster: &mut Cluster) -> (u64, u64) {
+    cluster.replicate(3);
+    cluster.put(b"a", b"1").unwrap();
+    cluster.put(b"n", b"1").unwrap();
+    let leader = cluster.wait_leader();
+    let lagging = (1..=3).find(|&s| s != leader).unwrap();
+    cluster.lost_groups.insert((lagging, REGION));
+    cluster.split_at_m(leader);
+    cluster.tick_until(300, "the new Region has a leader", |c| (1..=3).any(|s| c_leads(c, s, 100)));
+    (lagging, (1..=3).find(|&s| c_leads(cluster, s, 100)).unwrap())
+}
+
 /// A replica that votes in a new Region's first election before it has applied the split
 /// creating the Region (its candidate's request created it, uninitialized) keeps that vote
 /// once the split applies: the split's fresh Raft state must not let it vote again in the
@@ -766,16 +781,7 @@ fn a_store_partitioned_during_a_split_catches_up() {
 fn a_vote_cast_before_the_split_applied_is_kept() {
     use scandium_raftstore::state::RaftLocalState;
     let mut cluster = Cluster::new(3);
-    cluster.replicate(3);
-    cluster.put(b"a", b"1").unwrap();
-    let leader = cluster.wait_leader();
-    let lagging = (1..=3).find(|&s| s != leader).unwrap();
-    // The lagging store hears nothing of the parent Region: it cannot apply the split.
-    cluster.lost_groups.insert((lagging, REGION));
-    cluster.split_at_m(leader);
-    cluster.tick_until(300, "the new Region has a leader", |c| {
-        (1..=3).any(|s| c.node(s).registry.get(100).is_some_and(|st| st.ready_for_reads))
-    });
+    let (lagging, _) = split_behind_one_store(&mut cluster);
     let raft_state = |c: &mut Cluster| {
         let key = scandium_raftstore::keys::raft_state_key(100);
         let bytes = c.node(lagging).engine.get(Cf::RaftState, &key).unwrap().unwrap();
@@ -793,6 +799,112 @@ fn a_vote_cast_before_the_split_applied_is_kept() {
     if now.term == voted.term {
         assert_eq!(now.vote, voted.vote, "the vote of term {} is kept", now.term);
     }
+}
+
+/// A request for store 2's vote in group 7 at `term`, from peer `from` on store `from`.
+#[allow(clippy::field_reassign_with_default)]
+fn vote_request(from: u64, term: u64) -> PeerMessage {
+    use raft::prelude::{Message, MessageType};
+    let mut message = Message::default();
+    message.set_msg_type(MessageType::MsgRequestVote);
+    (message.from, message.to, message.term) = (from, 2, term);
+    let region = Region { id: 7, ..Default::default() };
+    PeerMessage::raft(&region, Peer::new(from, from), Peer::new(2, 2), message)
+}
+
+/// A replica with no data, created here by a candidate's request, votes, and the store
+/// restarts: the replica is not started again (it has no Region state), but the vote it
+/// persisted is kept when another candidate's request of the same term creates it anew.
+/// Forgotten, the second candidate would get a second vote in one term, and a group of
+/// three could elect two leaders of that term.
+#[test]
+fn a_vote_cast_by_a_replica_without_data_survives_a_restart() {
+    use scandium_raftstore::state::RaftLocalState;
+    let mut cluster = Cluster::new(3);
+    let vote_of = |c: &mut Cluster| {
+        let key = scandium_raftstore::keys::raft_state_key(7);
+        let bytes = c.node(2).engine.get(Cf::RaftState, &key).unwrap().unwrap();
+        let state = RaftLocalState::decode(bytes.as_slice()).unwrap();
+        (state.term, state.vote)
+    };
+    cluster.deliver(1, vote_request(1, 9));
+    cluster.run();
+    assert_eq!(vote_of(&mut cluster), (9, 1), "store 2 voted for peer 1 in term 9");
+    cluster.stop(2);
+    cluster.start(2);
+    assert!(cluster.node(2).registry.get(7).is_none(), "a replica with no data is not started");
+    cluster.deliver(3, vote_request(3, 9));
+    cluster.run();
+    assert_eq!(vote_of(&mut cluster), (9, 1), "no second vote in term 9");
+}
+
+/// The new Region's replica on a store that has not applied the split yet is removed,
+/// and destroyed there (a tombstone); the split then applies there. It must leave the
+/// tombstone as it is: written over with the new Region's first state, as it was, the
+/// replica came back at the next restart.
+#[test]
+fn a_split_applied_after_the_new_regions_replica_went_does_not_bring_it_back() {
+    let mut cluster = Cluster::new(3);
+    let (lagging, new_leader) = split_behind_one_store(&mut cluster);
+    let removal = vec![PeerChange::Remove(Peer::new(100 + lagging, lagging))];
+    let region = cluster.change_group_on(new_leader, 100, removal).unwrap();
+    // The replica there, created by the new Region's messages, has no data and no
+    // configuration: it asks no one, and learns of its removal when a member tells it.
+    assert!(cluster.store(lagging).describe(100).is_some(), "a replica with no data there");
+    let told = PeerMessage {
+        region_id: 100,
+        from: Peer::new(100 + new_leader, new_leader),
+        to: Peer::new(100 + lagging, lagging),
+        epoch: region.epoch(),
+        is_tombstone: true,
+        members: region.peers.clone(),
+        ..PeerMessage::default()
+    };
+    cluster.deliver(new_leader, told);
+    assert!(cluster.store(lagging).describe(100).is_none(), "destroyed: a tombstone");
+    cluster.lost_groups.clear();
+    cluster.tick_until(300, "the lagging store applies the split", |c| {
+        c.node(lagging).registry.get(REGION).is_some_and(|st| st.region.end_key == b"m")
+    });
+    assert!(cluster.store(lagging).describe(100).is_none(), "not started by the split");
+    cluster.stop(lagging);
+    cluster.start(lagging);
+    cluster.tick(5);
+    assert!(cluster.store(lagging).describe(100).is_none(), "nor by a restart");
+}
+
+/// The new Region's replica on a store that has not applied the split yet is replaced by
+/// a newer one (removed, then added again), which waits there for a snapshot the
+/// parent's range refuses; the split then applies there. It leaves the newer replica as
+/// it is (before, it put the split's older one in its place, which had to be destroyed
+/// again), and that one then takes its snapshot.
+#[test]
+fn a_split_applied_after_the_new_regions_replica_was_replaced_keeps_the_newer_one() {
+    let mut cluster = Cluster::new(3);
+    let (lagging, new_leader) = split_behind_one_store(&mut cluster);
+    let (old, newer) = (100 + lagging, 200 + lagging);
+    let removal = vec![PeerChange::Remove(Peer::new(old, lagging))];
+    cluster.change_group_on(new_leader, 100, removal).unwrap();
+    let addition = vec![PeerChange::AddLearner(Peer::learner(newer, lagging))];
+    cluster.change_group_on(new_leader, 100, addition).unwrap();
+    let peer_there = |c: &mut Cluster| {
+        let described = c.store(lagging).describe(100).unwrap_or_default();
+        described.split(' ').nth(1).and_then(|id| id.parse::<u64>().ok())
+    };
+    cluster.tick_until(100, "the newer replica is there", |c| peer_there(c) == Some(newer));
+    cluster.lost_groups.clear();
+    cluster.tick_until(300, "the lagging store applies the split", |c| {
+        c.node(lagging).registry.get(REGION).is_some_and(|st| st.region.end_key == b"m")
+    });
+    assert_eq!(peer_there(&mut cluster), Some(newer), "the split left the newer replica");
+    cluster.tick_until(300, "the newer replica took its snapshot", |c| {
+        c.node(lagging).registry.get(100).is_some_and(|st| st.region.peer(newer).is_some())
+            && c.value(lagging, b"n").is_some()
+    });
+}
+
+fn c_leads(cluster: &mut Cluster, store: u64, group: u64) -> bool {
+    cluster.node(store).registry.get(group).is_some_and(|st| st.ready_for_reads)
 }
 
 /// A leader hands its appends to the transport before writing them itself, so followers

@@ -696,6 +696,105 @@ fn a_source_whose_target_replica_left_before_the_commit_goes() {
     }
 }
 
+/// A snapshot of the target's Region for a replica here with no data yet, over a source
+/// frozen here to merge into it, replaces the source only if it is from after the merge
+/// (its version above the source's). One from before the source was split off (delayed
+/// on the way) is refused: taken, it would bring back the range without the source,
+/// whose merge that replica could then never apply from its log.
+#[test]
+fn only_a_target_snapshot_from_after_the_merge_replaces_a_frozen_source() {
+    use scandium_raftstore::bootstrap::{write_initial_group, write_merging_state};
+    use scandium_raftstore::merge::MergeState;
+    use scandium_raftstore::snapshot::{SnapshotChunk, SnapshotEntry, SnapshotHeader};
+    use scandium_raftstore::state::ConfStateRecord;
+    use scandium_raftstore::{Registry, StepError, Store};
+    use scandium_storage::{EngineRef, MemoryEngine};
+    let engine: EngineRef = Arc::new(MemoryEngine::new());
+    let peers = |id: u64| (1..=3).map(|s| Peer::new(id * 10 + s, s)).collect::<Vec<_>>();
+    // Region 1 was `[, )` at version 1; its split made `[, m)` and Region 100 `[m, )`
+    // at version 2; Region 100 froze to merge into Region 1 (version 3).
+    let target = Region {
+        id: 1,
+        end_key: b"m".to_vec(),
+        version: 2,
+        conf_ver: 1,
+        peers: peers(1),
+        ..Default::default()
+    };
+    let source = Region {
+        id: RIGHT,
+        start_key: b"m".to_vec(),
+        version: 3,
+        conf_ver: 2,
+        peers: peers(RIGHT),
+        ..Default::default()
+    };
+    let mut batch = WriteBatch::new();
+    write_initial_group(&mut batch, &source);
+    let state = MergeState { target: Some(target.clone()), min_index: 5, commit: 5 };
+    write_merging_state(
+        &mut batch,
+        &source,
+        &ConfStateRecord::of_region(&source),
+        Some(&state),
+        &[],
+    );
+    batch.put(Cf::Raw, b"n".to_vec(), b"source".to_vec());
+    engine.write(batch).unwrap();
+    let mut store =
+        Store::open(2, engine.clone(), config(2), Box::new(NoMeta), Registry::new()).unwrap();
+    store.set_time(1_000);
+    let snapshot_of = |store: &Store, version: u64| {
+        let region = Region { id: 1, version, conf_ver: 1, peers: peers(1), ..Default::default() };
+        let mut staging = store.snapshot_stager().begin();
+        let entry = SnapshotEntry { cf: 1, key: b"a".to_vec(), value: b"t".to_vec() };
+        staging.push(SnapshotChunk { entries: vec![entry] }).unwrap();
+        let data = staging.finish(Some(1)).unwrap();
+        let header =
+            SnapshotHeader { region: Some(region.clone()), token: 1, absorbed: Vec::new() };
+        (snapshot_to_2(&region, header, 9), data)
+    };
+    // From before the split: version 1 covers the source.
+    let (message, data) = snapshot_of(&store, 1);
+    let refused = store.step(message, Some(data));
+    assert!(matches!(refused, Err(StepError::SnapshotRefused(_))), "{refused:?}");
+    assert!(store.describe(RIGHT).is_some(), "the frozen source stays");
+    // From after the merge: version 4.
+    let (message, data) = snapshot_of(&store, 4);
+    store.step(message, Some(data)).unwrap();
+    while store.has_ready() {
+        store.handle_ready().unwrap();
+    }
+    assert!(store.describe(RIGHT).is_none(), "the source gave way");
+}
+
+/// A snapshot message of `region`'s replica on store 1 to its replica on store 2, at
+/// `index`, with `header` as its data.
+#[allow(clippy::field_reassign_with_default)]
+fn snapshot_to_2(
+    region: &Region,
+    header: scandium_raftstore::snapshot::SnapshotHeader,
+    index: u64,
+) -> scandium_raftstore::PeerMessage {
+    use prost::Message as _;
+    use raft::prelude::{ConfState, Message, MessageType, Snapshot, SnapshotMetadata};
+    let mut conf_state = ConfState::default();
+    conf_state.voters = region.peers.iter().map(|p| p.id).collect();
+    let mut metadata = SnapshotMetadata::default();
+    (metadata.index, metadata.term) = (index, 6);
+    metadata.set_conf_state(conf_state);
+    let mut snapshot = Snapshot::default();
+    snapshot.data = header.encode_to_vec().into();
+    snapshot.set_metadata(metadata);
+    let from = region.peer_on_store(1).unwrap().clone();
+    let to = region.peer_on_store(2).unwrap().clone();
+    let mut message = Message::default();
+    message.set_msg_type(MessageType::MsgSnapshot);
+    (message.from, message.to, message.term) = (from.id, to.id, 6);
+    message.set_snapshot(snapshot);
+    scandium_raftstore::PeerMessage::raft(region, from, to, message)
+}
+
 /// The source's replica beside the target's leader lacks entries the commit must carry:
 /// it was caught up by a snapshot past the prepare's `min_index`, which a lagging
 /// follower held down. Another store, whose source replica holds them, proposes the

@@ -451,10 +451,21 @@ impl Cluster {
     }
 
     pub fn change_on(&mut self, leader: u64, changes: Vec<PeerChange>) -> Result<Region> {
+        self.change_group_on(leader, REGION, changes)
+    }
+
+    /// Changes the membership of `group` through its leader on store `leader`, and runs
+    /// until that is applied there: the Region as it then is.
+    pub fn change_group_on(
+        &mut self,
+        leader: u64,
+        group: u64,
+        changes: Vec<PeerChange>,
+    ) -> Result<Region> {
         let slot: Slot<Result<ApplyOutput>> = Arc::default();
         let answer = slot.clone();
         self.store(leader).propose_conf_change(
-            REGION,
+            group,
             changes,
             Box::new(move |r| *answer.lock().unwrap() = Some(r)),
         );
