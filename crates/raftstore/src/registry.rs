@@ -63,6 +63,10 @@ pub struct Led {
     pub term: u64,
     /// Whether the leader's lease covers reads at the time of the check.
     pub lease_valid: bool,
+    /// Until when (monotonic milliseconds) the lease covers reads: a read served under it
+    /// must also have taken its state before then (a pause after the check can outlast
+    /// the lease).
+    pub lease_until_ms: u64,
 }
 
 /// Leadership of the placement group's local peer.
@@ -161,7 +165,8 @@ impl Registry {
             return Err(RaftstoreError::NotLeader { region_id: status.region.id, leader });
         }
         let lease_valid = status.lease_valid(now_ms);
-        Ok(Led { region: status.region.clone(), term: status.term, lease_valid })
+        let lease_until_ms = status.lease_until_ms;
+        Ok(Led { region: status.region.clone(), term: status.term, lease_valid, lease_until_ms })
     }
 
     /// The Region containing `key`.

@@ -372,9 +372,17 @@ impl Storage {
         let mut forget = Forget { wakers: &self.wakers, cid: command.cid(), waited: false };
         let mut next = command.start(Now::Read(clock));
         loop {
+            // A read under the leader's lease takes its state as the command resumes: it
+            // stands only if that was still within the lease (a pause between the check
+            // and the read can outlast it, and a new leader may have written meanwhile).
+            let mut under_lease = None;
             let input = match next {
                 Next::Done(result) => return result.map_err(RunError::Command),
-                Next::Effect(Effect::Gate(gate)) => Input::Gated(self.gate(target, gate).await?),
+                Next::Effect(Effect::Gate(gate)) => {
+                    let (scope, lease_until_ms) = self.gate(target, gate).await?;
+                    under_lease = lease_until_ms.map(|until| (scope.region.id, until));
+                    Input::Gated(scope)
+                }
                 Next::Effect(Effect::Wait { cid, deadline_ms }) => {
                     forget.waited = true;
                     self.wakers.wait(cid, deadline_ms).await;
@@ -389,24 +397,40 @@ impl Storage {
                 }
             };
             next = command.resume(input, Now::Read(clock));
+            if let Some((region_id, until)) = under_lease {
+                if crate::clock::monotonic_ms() >= until {
+                    let error = RaftstoreError::NotLeader { region_id, leader: None };
+                    return Err(RunError::Request(error.into()));
+                }
+            }
         }
     }
 
     /// Carries out a gate: the Region here, current and led here; then, if asked, a
-    /// linearizable state and room on the disk.
-    async fn gate(&self, target: Target<'_>, gate: Gate) -> Result<Scope, RequestError> {
+    /// linearizable state and room on the disk. With the end of the lease a linearizable
+    /// state relies on, if it does (not after a ReadIndex round).
+    async fn gate(
+        &self,
+        target: Target<'_>,
+        gate: Gate,
+    ) -> Result<(Scope, Option<u64>), RequestError> {
         let checked = match target {
             Target::Request(context) => self.check_context(context)?,
             Target::Region(region_id) => self.check_led(region_id)?,
         };
-        let Led { region, term, lease_valid } = checked;
-        if gate.linearizable && !lease_valid {
-            self.raft.read_index(region.id).await?;
+        let Led { region, term, lease_valid, lease_until_ms } = checked;
+        let mut under_lease = None;
+        if gate.linearizable {
+            if lease_valid {
+                under_lease = Some(lease_until_ms);
+            } else {
+                self.raft.read_index(region.id).await?;
+            }
         }
         if gate.needs_space {
             self.disk.check_write(self.identity.store_id)?;
         }
-        Ok(Scope { region, term })
+        Ok((Scope { region, term }, under_lease))
     }
 
     async fn propose(&self, proposal: Box<Proposal>) -> Result<(), RaftstoreError> {

@@ -428,10 +428,14 @@ impl Placement {
             }
             .into());
         };
-        if !status.lease_valid(monotonic_ms()) {
+        let under_lease = status.lease_valid(monotonic_ms());
+        if !under_lease {
             // Confirm leadership with a quorum (which renews the lease).
             self.raft.read_index(META_GROUP_ID).await?;
         }
+        // Timestamps handed out under the lease stand only if they were taken within it:
+        // a pause after the check can outlast it, and a newer leader pass them.
+        let within_lease = || !under_lease || monotonic_ms() < status.lease_until_ms;
         for _ in 0..3 {
             let Allocation { result, wanted_limit: wanted } = {
                 let mut tso = self.tso.lock().unwrap_or_else(|e| e.into_inner());
@@ -442,6 +446,13 @@ impl Placement {
                 Ok(ts) => {
                     if let Some(limit) = wanted {
                         self.raise_limit_in_background(limit);
+                    }
+                    if !within_lease() {
+                        let error = scandium_raftstore::RaftstoreError::NotLeader {
+                            region_id: META_GROUP_ID,
+                            leader: None,
+                        };
+                        return Err(error.into());
                     }
                     return Ok(ts);
                 }
