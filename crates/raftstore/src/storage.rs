@@ -202,12 +202,21 @@ impl PeerStorage {
     }
 
     /// Deletes the group's log and Raft records into `batch` (the replica is destroyed;
-    /// the caller writes its tombstone).
+    /// the caller writes its tombstone), all but its term and vote: a newer replica of
+    /// the group created here later (by a message, or a split replaying the group's
+    /// creation after a restart) starts from them, so that this store never votes twice
+    /// in one term of the group.
     pub fn destroy(&mut self, batch: &mut WriteBatch) {
         for index in self.apply_state.truncated_index + 1..=self.raft_state.last_index {
             batch.delete(Cf::RaftLog, keys::log_key(self.group_id, index));
         }
-        batch.delete(Cf::RaftState, keys::raft_state_key(self.group_id));
+        let (term, vote) = (self.raft_state.term, self.raft_state.vote);
+        let kept = RaftLocalState { term, vote, ..RaftLocalState::default() };
+        batch.put(
+            Cf::RaftState,
+            keys::raft_state_key(self.group_id),
+            prost::Message::encode_to_vec(&kept),
+        );
         batch.delete(Cf::RaftState, keys::apply_state_key(self.group_id));
         self.cache.clear();
     }

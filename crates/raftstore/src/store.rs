@@ -208,6 +208,12 @@ pub struct Store {
     merge_retry: BTreeSet<u64>,
     now_ms: u64,
     ticks: u64,
+    /// Until when a replica of this incarnation refuses votes (an election timeout from
+    /// the first clock reading; `u64::MAX` before it): one restarted may have heard from
+    /// a leader just before it went down, and helped it to a lease (see `set_time`). So
+    /// does a replica with no data that a message creates again after the restart (its
+    /// term was persisted): it answered heartbeats too, which count for a lease.
+    votes_refused_until_ms: u64,
     /// Messages produced outside rounds (answers to stale replicas).
     outbox: Vec<PeerMessage>,
     events: Vec<Event>,
@@ -289,6 +295,7 @@ impl Store {
             merge_retry: BTreeSet::new(),
             now_ms: 0,
             ticks: 0,
+            votes_refused_until_ms: u64::MAX,
             outbox: Vec::new(),
             events: Vec::new(),
         };
@@ -335,10 +342,38 @@ impl Store {
         }
         let frozen = store.peers.iter().filter(|(_, p)| p.merging.is_some());
         store.merging = frozen.map(|(id, _)| *id).collect();
+        store.clear_lingering_data()?;
         for id in store.peers.keys().copied().collect::<Vec<_>>() {
             store.publish(id);
         }
         Ok(store)
+    }
+
+    /// Clears the data of lingering replicas (at open): the record of one goes with the
+    /// batch that applies its removal, and `linger` clears the data only after it, so a
+    /// crash in between left it. Not where another replica here owns the range since.
+    fn clear_lingering_data(&mut self) -> Result<(), RaftstoreError> {
+        let mut batch = WriteBatch::new();
+        let engine_snapshot = self.engine.snapshot();
+        for peer in self.peers.values().filter(|p| p.lingering.is_some()) {
+            let owned = self.peers.values().any(|other| {
+                other.initialized
+                    && other.region.id != peer.region.id
+                    && other.region.id != META_GROUP_ID
+                    && overlaps(&other.region, &peer.region)
+            });
+            if !owned && peer.region.id != META_GROUP_ID {
+                snapshot::clear(&*engine_snapshot, &peer.region, &mut batch)?;
+            }
+        }
+        if !batch.is_empty() {
+            // Left for now if the disk refuses it (full, say): the data is unreachable
+            // (no replica here owns its range), and a snapshot over the range clears it.
+            if let Err(error) = self.engine.write(batch) {
+                tracing::warn!(%error, "could not clear the data of lingering replicas");
+            }
+        }
+        Ok(())
     }
 
     /// Replaces the observer of applied commands (none by default).
@@ -697,9 +732,13 @@ impl Store {
         let storage = PeerStorage::uninitialized(&self.storage, message.region_id)
             .map_err(|_| StepError::UnknownGroup)?;
         let region = Region { id: message.region_id, ..Default::default() };
-        let peer =
+        let mut peer =
             Peer::new(storage, region, message.to.clone(), false, &self.config, &self.logger)
                 .map_err(|_| StepError::UnknownGroup)?;
+        if peer.raw.raft.term > 0 {
+            // It existed before this store restarted (its term was persisted).
+            peer.votes_refused_until_ms = self.votes_refused_until_ms;
+        }
         tracing::info!(
             group = message.region_id,
             peer = message.to.id,
@@ -1004,6 +1043,8 @@ impl Store {
         newest: (u64, &[scandium_types::Peer]),
         answered: Option<u64>,
     ) -> Result<(), RaftstoreError> {
+        // Tests stop a store here, as a crash after the batch that applied the removal.
+        fail::fail_point!(&format!("linger_{}", self.store_id), |_| Ok(()));
         self.dirty.insert(id);
         let Some(peer) = self.peers.get_mut(&id) else { return Ok(()) };
         let me = peer.meta.id;
@@ -1543,6 +1584,7 @@ impl Store {
         self.storage.clock.store(self.now_ms, Ordering::Relaxed);
         if first {
             let until = self.now_ms + self.config.election_ms();
+            self.votes_refused_until_ms = until;
             for peer in self.peers.values_mut() {
                 if peer.votes_refused_until_ms == u64::MAX {
                     peer.votes_refused_until_ms = until;
@@ -1699,9 +1741,12 @@ impl Store {
             }
         }
         // A target's snapshot from after a merge covers the frozen source's replica here:
-        // the source goes in the same batch as the snapshot's Raft state.
-        // (Destroyed before the batch is written: if the node stops in between, the
-        // snapshot comes again, and the merge that made the source obsolete committed.)
+        // the source goes in the same batch as the snapshot's Raft state (its data is
+        // cleared before the snapshot's goes in). Apart, a crash in between could leave
+        // the target's replica before the merge with the source gone, and the merge
+        // unappliable here should the target's leader send entries rather than the
+        // snapshot again.
+        let mut covered_gone = Vec::new();
         for (target_id, region) in covering {
             let covered: Vec<u64> = (self.peers.iter())
                 .filter(|(_, p)| self.gives_way(p, &region))
@@ -1717,7 +1762,7 @@ impl Store {
                 if let Some(source) = self.peers.get_mut(&id) {
                     source.absorbed_by = target_id;
                 }
-                self.destroy_peer(id)?;
+                covered_gone.extend(self.destroy_into(id, &mut log_batch)?);
             }
         }
         for (id, _, _, role) in &readies {
@@ -1746,6 +1791,9 @@ impl Store {
             let started = std::time::Instant::now();
             self.engine.sync()?;
             output.timings.sync = Some(started.elapsed());
+        }
+        for destroyed in covered_gone {
+            self.after_destroy(destroyed)?;
         }
         let applying = std::time::Instant::now();
         let mut persisted = Vec::new();
@@ -1927,6 +1975,16 @@ impl Store {
                 peers.insert(source.region.id, source);
             }
             let peer = peers.get_mut(&id).expect("peer of a ready exists");
+            if let Some((_, member_conf_ver, region)) = removed.iter().rfind(|(r, ..)| *r == id) {
+                // Removed: it lingers (`linger`, after this batch, clears its data). Its
+                // record goes in the batch that applies the removal, which writes a
+                // Region without it: a crash between the two left a replica a restart
+                // did not start, whose next vote came from an empty log.
+                let lingering =
+                    Lingering::new(peer.meta.id, *member_conf_ver, region.conf_ver, &region.peers);
+                let conf_state = ConfStateRecord::from(peer.raw.store().conf_state());
+                write_lingering(&mut apply_batch, region, &conf_state, peer.meta.id, &lingering);
+            }
             let storage = peer.raw.mut_store();
             storage.persist_apply_state(&mut apply_batch);
             if let Some(index) = compact_target(peer, config, now_ms) {
@@ -2112,17 +2170,23 @@ impl Store {
         campaign: bool,
         stats: RegionStats,
     ) -> Result<(), RaftstoreError> {
-        match start {
+        let replaces = match start {
             SplitStart::Skip => return Ok(()),
-            SplitStart::Start { replaces, .. } => {
-                if replaces {
-                    self.peers.remove(&region.id);
-                }
-            }
+            SplitStart::Start { replaces, .. } => replaces,
+        };
+        if replaces {
+            self.peers.remove(&region.id);
         }
         let conf_state = ConfStateRecord::of_region(&region);
+        let refuse_until = self.now_ms + self.config.election_ms();
         if let Some(peer) = self.start_peer(region, &conf_state, campaign)? {
             peer.stats = stats;
+            if replaces {
+                // The replica it replaces may have answered a leader's heartbeats, which
+                // count for that leader's lease; the new one has forgotten that leader,
+                // and must not help elect another before the lease has surely run out.
+                peer.votes_refused_until_ms = refuse_until;
+            }
         }
         Ok(())
     }
@@ -2170,29 +2234,42 @@ impl Store {
     /// stays. Its pending proposals fail with an unknown outcome: the group may commit
     /// them without this replica.
     fn destroy_peer(&mut self, id: u64) -> Result<(), RaftstoreError> {
-        let Some(mut peer) = self.peers.remove(&id) else { return Ok(()) };
+        let mut batch = WriteBatch::new();
+        let Some(destroyed) = self.destroy_into(id, &mut batch)? else { return Ok(()) };
+        self.engine.write(batch)?;
+        self.after_destroy(destroyed)
+    }
+
+    /// Takes the local replica of a group out and writes its destruction into `batch`
+    /// (see [`Store::destroy_peer`]); [`Store::after_destroy`] finishes once that batch is
+    /// written.
+    fn destroy_into(
+        &mut self,
+        id: u64,
+        batch: &mut WriteBatch,
+    ) -> Result<Option<Destroyed>, RaftstoreError> {
+        let Some(mut peer) = self.peers.remove(&id) else { return Ok(None) };
         self.beat_targets_stale = true;
         self.dirty.remove(&id);
         self.ticking.remove(&id);
         self.merging.remove(&id);
         self.merge_looks.remove(&id);
-        let mut batch = WriteBatch::new();
-        peer.raw.mut_store().destroy(&mut batch);
+        peer.raw.mut_store().destroy(batch);
         self.installing.remove(&id);
         let mut abandoned = peer.installing.take();
         if let Some(install) = &mut abandoned {
             // Before the ranges are cleared: nothing the thread writes shows after this.
             install.stop();
-            install.abandon(&mut batch);
+            install.abandon(batch);
             if let Some(old) = &install.pending().old {
-                snapshot::clear(&*self.engine.snapshot(), old, &mut batch)?;
+                snapshot::clear(&*self.engine.snapshot(), old, batch)?;
             }
         }
         if let Some(data) = peer.pending_snapshot.take() {
             self.stager.discard(data);
         }
         if peer.initialized && id != META_GROUP_ID {
-            snapshot::clear(&*self.engine.snapshot(), &peer.region, &mut batch)?;
+            snapshot::clear(&*self.engine.snapshot(), &peer.region, batch)?;
         }
         // Set only once the merge is known to have committed: a target's snapshot covers
         // the frozen source, or an absorbed member said so.
@@ -2203,8 +2280,15 @@ impl Store {
         if let Some(merge) = &merge {
             self.absorbed_into.insert(id, merge.target_id());
         }
-        write_absorbed_tombstone(&mut batch, &peer.region, peer.meta.id, merge.as_ref());
-        self.engine.write(batch)?;
+        write_absorbed_tombstone(batch, &peer.region, peer.meta.id, merge.as_ref());
+        Ok(Some(Destroyed { peer, abandoned }))
+    }
+
+    /// Finishes a destruction once its batch is written: the replica's proposals fail,
+    /// its tombstone is known, and it stops serving.
+    fn after_destroy(&mut self, destroyed: Destroyed) -> Result<(), RaftstoreError> {
+        let Destroyed { mut peer, abandoned } = destroyed;
+        let id = peer.region.id;
         if let Some(install) = abandoned {
             self.engine.sync()?;
             self.stager.release(install.data());
@@ -2945,6 +3029,14 @@ fn holds_unapplied_rollback(peer: &Peer) -> bool {
                 && RaftCommand::decode(entry.data.as_ref())
                     .map_or(true, |command| command.rollback_merge.is_some())
     })
+}
+
+/// A replica taken out by [`Store::destroy_into`], until its batch is written.
+struct Destroyed {
+    peer: Box<Peer>,
+    /// The snapshot it was installing, abandoned: its staged data goes once the
+    /// abandonment is synced.
+    abandoned: Option<Box<Install>>,
 }
 
 /// Whether a split applied here starts the replica it names on this store for a new

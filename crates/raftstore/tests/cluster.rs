@@ -833,6 +833,8 @@ fn a_vote_cast_by_a_replica_without_data_survives_a_restart() {
     cluster.stop(2);
     cluster.start(2);
     assert!(cluster.node(2).registry.get(7).is_none(), "a replica with no data is not started");
+    // Past the election timeout in which a restarted store's replicas refuse every vote.
+    cluster.tick(40);
     cluster.deliver(3, vote_request(3, 9));
     cluster.run();
     assert_eq!(vote_of(&mut cluster), (9, 1), "no second vote in term 9");
