@@ -553,9 +553,16 @@ impl ControlPlane {
         });
         self.balance_stale |= changed;
         self.end_merges(state);
+        self.end_timed_out(now);
         self.expire_balance(now);
         for heartbeat in heartbeats {
             let Some(region) = heartbeat.report.region.as_ref() else { continue };
+            // A report older than the record (a former leader's, delayed) says nothing
+            // new, and planned from, it would undo or repeat steps that took effect.
+            if state.region(region.id).is_some_and(|r| region.epoch().is_stale_against(&r.epoch()))
+            {
+                continue;
+            }
             match self.shapes.get(&region.id) {
                 Some(&(version, _)) if version == region.version => {}
                 Some(&(_, since))
@@ -823,9 +830,14 @@ impl ControlPlane {
                 }
             }
         };
-        let (leader, pending) = (health.leader, &health.pending);
-        let timeouts = self.config.timeouts;
-        let progress = operator.observe(region, leader, pending, now.monotonic_ms, timeouts);
+        // Voters on stores not up are passed over as lagging ones are, for leadership
+        // handed on before a leader's removal (an idle dead voter does not show as lagging).
+        let mut pending = health.pending.clone();
+        let config = &self.effective;
+        let down = region.voters().filter(|p| !is_up(state, live, config, p.store_id));
+        pending.extend(down.map(|p| p.id).filter(|id| !health.pending.contains(id)));
+        let (leader, timeouts) = (health.leader, self.config.timeouts);
+        let progress = operator.observe(region, leader, &pending, now.monotonic_ms, timeouts);
         let step = match progress {
             Progress::Send(step) => Advance::Send(step),
             Progress::Wait => Advance::Nothing,
@@ -966,6 +978,20 @@ impl ControlPlane {
         }
     }
 
+    /// Operators whose step has run past its time, whether their Region reports or not:
+    /// one whose Region no longer does (merged away while a move on it waited, say) would
+    /// otherwise stay for the term, counted against the balancing limits.
+    fn end_timed_out(&mut self, now: Now) {
+        let timeouts = self.config.timeouts;
+        let before = self.operators.len();
+        self.operators.retain(|_, operator| !operator.timed_out(now.monotonic_ms, timeouts));
+        let ended = (before - self.operators.len()) as u64;
+        if ended > 0 {
+            self.counts.timed_out += ended;
+            self.balance_stale = true;
+        }
+    }
+
     /// A merge of `region` into a neighbour, or a move of one of its replicas towards it,
     /// if it may make one (see [`crate::merge`]) and fewer than the limit are under way.
     fn merge(
@@ -1085,8 +1111,15 @@ impl ControlPlane {
             proposals.push(Kind::StoresSeen(StoresSeen { seen }));
         }
         for store in state.stores().filter(|s| s.state() == StoreState::Offline) {
+            // Nor while an operator is putting a replica there, or a report not yet
+            // recorded shows one: the record alone lags both.
             let holds = state.replica_count(store.id) > 0
-                || meta_peers.iter().any(|p| p.store_id == store.id);
+                || meta_peers.iter().any(|p| p.store_id == store.id)
+                || self.operators.values().any(|o| o.adds_to(store.id))
+                || self.meta_operator.as_ref().is_some_and(|o| o.adds_to(store.id))
+                || (self.reported.values()).any(|r| {
+                    r.region.as_ref().is_some_and(|r| r.peer_on_store(store.id).is_some())
+                });
             if !holds {
                 let tombstone = StoreState::Tombstone as i32;
                 let change = StoreStateChange { store_id: store.id, state: tombstone };

@@ -293,6 +293,27 @@ impl Operator {
         self.step_started_ms
     }
 
+    /// Whether the step under way has run past its time at `now_ms`, reported or not
+    /// (an operator ends by time even when its Region no longer reports: one merged
+    /// away, say).
+    pub fn timed_out(&self, now_ms: u64, timeouts: OperatorTimeouts) -> bool {
+        let limit = match self.steps.get(self.current) {
+            Some(StepAction::TransferLeader(_)) => timeouts.step_ms.min(TRANSFER_STEP_MS),
+            _ => timeouts.step_ms,
+        };
+        now_ms.saturating_sub(self.step_started_ms) > limit
+    }
+
+    /// Whether a step still to come puts a replica on `store` (an added learner, or one
+    /// promoted there).
+    pub fn adds_to(&self, store: StoreId) -> bool {
+        self.steps[self.current.min(self.steps.len())..].iter().any(|step| match step {
+            StepAction::AddLearner(peer) => peer.store_id == store,
+            StepAction::Promote(peers) => peers.iter().any(|p| p.store_id == store),
+            _ => false,
+        })
+    }
+
     /// Looks at the Region as its leader (`leader`) reports it, with its lagging peers
     /// (`pending`): steps that took effect are passed, and the current one is sent when
     /// it is due.
@@ -328,6 +349,10 @@ impl Operator {
         // died, or lags too far): it does not hold the Region for a data step's minutes.
         let limit = match step {
             StepAction::TransferLeader(_) => timeouts.step_ms.min(TRANSFER_STEP_MS),
+            // Leadership goes first (below): a transfer's time.
+            StepAction::Remove(victim) if victim.id == leader => {
+                timeouts.step_ms.min(TRANSFER_STEP_MS)
+            }
             _ => timeouts.step_ms,
         };
         if now_ms.saturating_sub(self.step_started_ms) > limit {

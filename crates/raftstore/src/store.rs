@@ -2621,6 +2621,13 @@ fn check_conf_change(
                     ));
                 }
                 if matches!(change, PeerChange::AddVoter(_)) && !voters.contains(&id) {
+                    let learner = cs.learners.contains(&id);
+                    if learner && !caught_up(peer, id) {
+                        // Promoted before its snapshot is in, it would count towards every
+                        // quorum with nothing to give (placement may ask so, after a
+                        // change of its leader forgot which learners lag).
+                        return Err(format!("learner {id} has not caught up"));
+                    }
                     voters.push(id);
                 }
             }
@@ -2636,6 +2643,19 @@ fn check_conf_change(
         ));
     }
     Ok(())
+}
+
+/// How far behind the leader's log a learner may be and still be promoted.
+const PROMOTE_MAX_LAG: u64 = 64;
+
+/// Whether follower `id` of the group `peer` leads takes its log as it comes (not probed,
+/// not waiting for a snapshot) and holds it nearly to the end.
+fn caught_up(peer: &Peer, id: u64) -> bool {
+    let raft = &peer.raw.raft;
+    let last = raft.raft_log.last_index();
+    raft.prs().get(id).is_some_and(|pr| {
+        pr.state == ProgressState::Replicate && pr.matched + PROMOTE_MAX_LAG >= last
+    })
 }
 
 /// How long a leader keeps the log after a snapshot it delivered for a follower it does

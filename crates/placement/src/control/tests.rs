@@ -579,3 +579,53 @@ fn a_merge_comes_before_balancing() {
     }
     assert!(matches!(steps.first(), Some(StepAction::Merge(_))), "{steps:?}");
 }
+
+/// Region 10 on store 1 alone, store 2 up: placement adds a learner there (the first
+/// heartbeat asks for an id, the second starts the operator).
+fn adding_to_store_2() -> (PlacementState, ControlPlane, Region) {
+    let only_on_1 = region(vec![Peer::new(1, 1)], 1);
+    let state = cluster(2, only_on_1.clone());
+    let mut plane = leading(&state);
+    let intake = plane.region_heartbeats(&state, &[heartbeat(&only_on_1, 1, &[])], at(200));
+    assert_eq!(intake.need_ids, vec![10]);
+    plane.supply_id(10, 300, 1);
+    let intake = plane.region_heartbeats(&state, &[heartbeat(&only_on_1, 1, &[])], at(300));
+    assert_eq!(intake.steps[0].action, StepAction::AddLearner(Peer::learner(300, 2)));
+    (state, plane, only_on_1)
+}
+
+/// An operator whose Region stops reporting (merged away while the step waited, say)
+/// ends by its step's time all the same: before, it stayed for the term, counted against
+/// the balancing limits.
+#[test]
+fn an_operator_whose_region_no_longer_reports_ends_by_time() {
+    let (state, mut plane, _) = adding_to_store_2();
+    let step_ms = plane.config().timeouts.step_ms;
+    plane.region_heartbeats(&state, &[], at(300 + step_ms));
+    assert_eq!(plane.counts().timed_out, 0, "not past its time yet");
+    plane.region_heartbeats(&state, &[], at(301 + step_ms));
+    assert_eq!(plane.counts().timed_out, 1);
+}
+
+/// A drained store is not retired while an operator puts a replica there: the record
+/// shows none yet, but the learner is on its way.
+#[test]
+fn a_drained_store_an_operator_adds_to_is_not_retired() {
+    let (mut state, mut plane, _) = adding_to_store_2();
+    let offline = StoreStateChange { store_id: 2, state: StoreState::Offline as i32 };
+    apply(&mut state, Kind::SetStoreState(offline));
+    let proposals = plane.tick(&state, &[Peer::new(101, 1)], at(400));
+    assert!(proposals.is_empty(), "{proposals:?}");
+}
+
+/// A report older than the record (a former leader's, delayed) is not taken: planned
+/// from, it would repeat a step that already took effect.
+#[test]
+fn a_report_older_than_the_record_is_not_taken() {
+    let (mut state, mut plane, only_on_1) = adding_to_store_2();
+    let with_learner = region(vec![Peer::new(1, 1), Peer::learner(300, 2)], 2);
+    let report = RegionReport { region: Some(with_learner), leader_peer_id: 1, term: 5 };
+    apply(&mut state, Kind::ReportRegions(crate::Reports { reports: vec![report] }));
+    let intake = plane.region_heartbeats(&state, &[heartbeat(&only_on_1, 1, &[])], at(400));
+    assert!(intake.changed.is_empty() && intake.steps.is_empty(), "{intake:?}");
+}
