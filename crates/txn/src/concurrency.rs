@@ -17,6 +17,10 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// How far past this node's wall clock a timestamp from a client may be (see
+/// [`ConcurrencyManager::update_max_ts_from_client`]).
+pub const MAX_TS_DRIFT_MS: u64 = 60 * 60_000;
+
 /// Highest read timestamp and the in-memory locks of in-flight async-commit prewrites.
 #[derive(Default)]
 pub struct ConcurrencyManager {
@@ -24,10 +28,12 @@ pub struct ConcurrencyManager {
     memory_locks: Mutex<BTreeMap<Vec<u8>, Lock>>,
 }
 
-/// Keeps a prewrite's in-memory locks until the locks are on disk; dropping it removes them.
+/// Keeps a prewrite's in-memory locks until the locks are on disk; dropping it removes them
+/// (each only while it is still this prewrite's: the next transaction's lock on the key,
+/// published once the key's latch was free, stays).
 pub struct MemoryLockGuard {
     manager: Arc<ConcurrencyManager>,
-    keys: Vec<Vec<u8>>,
+    keys: Vec<(Vec<u8>, u64)>,
 }
 
 impl std::fmt::Debug for MemoryLockGuard {
@@ -39,8 +45,10 @@ impl std::fmt::Debug for MemoryLockGuard {
 impl Drop for MemoryLockGuard {
     fn drop(&mut self) {
         let mut table = self.manager.table();
-        for key in &self.keys {
-            table.remove(key);
+        for (key, start_ts) in &self.keys {
+            if table.get(key).is_some_and(|lock| lock.start_ts == *start_ts) {
+                table.remove(key);
+            }
         }
     }
 }
@@ -72,9 +80,31 @@ impl ConcurrencyManager {
         }
     }
 
+    /// Records a timestamp a client sent (a read's, a status check's caller's, a lock's
+    /// `for_update_ts`), refusing one far past this node's clock: taken, one near 2^64
+    /// would put every later async-commit or 1PC transaction here above any real read
+    /// timestamp, for good. The allowance ([`MAX_TS_DRIFT_MS`]) is wide, as the clock
+    /// compared with is this node's, not the timestamp oracle's.
+    pub fn update_max_ts_from_client(&self, ts: TimeStamp) -> Result<()> {
+        if ts != TimeStamp::MAX {
+            let wall_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            if ts.physical() > wall_ms.saturating_add(MAX_TS_DRIFT_MS) {
+                return Err(TxnError::Invalid(format!(
+                    "timestamp {} is more than {} minutes past this node's clock",
+                    ts.0,
+                    MAX_TS_DRIFT_MS / 60_000
+                )));
+            }
+        }
+        self.update_max_ts(ts);
+        Ok(())
+    }
+
     /// Raises `max_ts` to `ts` and fails if an in-flight prewrite's lock hides `key` at `ts`.
     pub fn read_key_check(&self, key: &[u8], ts: TimeStamp) -> Result<()> {
-        self.update_max_ts(ts);
+        self.update_max_ts_from_client(ts)?;
         match self.table().get(key) {
             Some(lock) if lock_blocks_read(lock, ts) => {
                 Err(TxnError::KeyIsLocked { key: key.to_vec(), lock: Box::new(lock.clone()) })
@@ -86,7 +116,7 @@ impl ConcurrencyManager {
     /// Like [`ConcurrencyManager::read_key_check`] for every key in `[start, end)` (empty
     /// `end` = unbounded).
     pub fn read_range_check(&self, start: &[u8], end: &[u8], ts: TimeStamp) -> Result<()> {
-        self.update_max_ts(ts);
+        self.update_max_ts_from_client(ts)?;
         let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end.to_vec()) };
         let table = self.table();
         let blocking = table
@@ -115,7 +145,7 @@ impl ConcurrencyManager {
         }
         MemoryLockGuard {
             manager: self.clone(),
-            keys: locks.iter().map(|(k, _)| k.clone()).collect(),
+            keys: locks.iter().map(|(k, lock)| (k.clone(), lock.start_ts)).collect(),
         }
     }
 
@@ -155,6 +185,36 @@ mod tests {
         assert!(manager.read_range_check(b"a", b"z", TimeStamp(50)).is_err());
         drop(guard);
         assert!(manager.read_key_check(b"k", TimeStamp(60)).is_ok(), "released with the guard");
+    }
+
+    /// A timestamp far past the clock is refused, and `max_ts` stays where it was.
+    #[test]
+    fn a_timestamp_far_past_the_clock_is_refused() {
+        let manager = Arc::new(ConcurrencyManager::new(TimeStamp(5)));
+        let absurd = TimeStamp(u64::MAX - 1);
+        assert!(manager.read_key_check(b"k", absurd).is_err());
+        assert!(manager.update_max_ts_from_client(absurd).is_err());
+        assert_eq!(manager.max_ts(), TimeStamp(5));
+        let wall_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+                as u64;
+        let now = TimeStamp::compose(wall_ms, 0);
+        manager.read_key_check(b"k", now).unwrap();
+        assert_eq!(manager.max_ts(), now);
+    }
+
+    /// A guard dropped after the next transaction published its own lock on the key
+    /// leaves that lock: removed, a reader would miss a write committing below its
+    /// timestamp.
+    #[test]
+    fn a_guard_removes_only_its_own_locks() {
+        let manager = Arc::new(ConcurrencyManager::new(TimeStamp(5)));
+        let mut first = vec![(b"k".to_vec(), put_lock(10, 11))];
+        let old = manager.lock_for_commit_ts(&mut first, |_, _| {});
+        let mut second = vec![(b"k".to_vec(), put_lock(20, 21))];
+        let _new = manager.lock_for_commit_ts(&mut second, |_, _| {});
+        drop(old);
+        assert!(manager.read_key_check(b"k", TimeStamp(30)).is_err(), "the second lock stays");
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub fn check_txn_status(
     cm: &ConcurrencyManager,
     req: &CheckTxnStatus,
 ) -> Result<(TxnStatus, StatusAction)> {
-    cm.update_max_ts(req.caller_start_ts);
+    cm.update_max_ts_from_client(req.caller_start_ts)?;
     let key = &req.primary;
     if let Some(mut lock) = reader.load_lock(key)?.filter(|l| l.start_ts == req.lock_ts.0) {
         if req.verify_is_primary && lock.primary != *key {

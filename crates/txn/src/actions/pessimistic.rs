@@ -60,6 +60,16 @@ pub fn acquire_pessimistic_lock(
             }
             continue;
         }
+        // Another transaction's commit at our start, marked with our rollback (the two
+        // share one record): this transaction was rolled back, as if by a record of its
+        // own. Passed over, a lock taken again let a commit of the primary follow the
+        // rollback of its secondaries.
+        if commit_ts == req.start_ts && write.has_overlapped_rollback {
+            return Err(TxnError::PessimisticLockRolledBack {
+                start_ts: req.start_ts,
+                key: key.clone(),
+            });
+        }
         if write.start_ts == req.start_ts.0 {
             if write.kind() == WriteType::Rollback {
                 return Err(TxnError::PessimisticLockRolledBack {

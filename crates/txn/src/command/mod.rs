@@ -339,13 +339,16 @@ pub struct Completion {
     released: Vec<Vec<u8>>,
 }
 
-/// What a command holds from its snapshot until its write is applied.
+/// What a command holds from its snapshot until its write is applied. Dropped in the
+/// order of its fields: the in-memory locks before the latches, so that the next command
+/// on a key, which waits for its latch, finds them gone (dropped after, they could remove
+/// that command's own in-memory lock).
 #[derive(Debug, Default)]
 pub struct Held {
-    /// Its latches.
-    pub latches: Option<LatchGuard>,
     /// A prewrite's in-memory locks (async commit, 1PC).
     pub memory_locks: Option<MemoryLockGuard>,
+    /// Its latches.
+    pub latches: Option<LatchGuard>,
 }
 
 impl Completion {

@@ -506,7 +506,7 @@ pub fn pessimistic_lock(
         let keys: Vec<Vec<u8>> = request.keys.iter().map(|(key, _)| key.clone()).collect();
         check_keys(&scope, api, KeyMode::Txn, &keys)?;
         let start_ts = request.start_ts;
-        cx.node.concurrency.update_max_ts(request.for_update_ts);
+        cx.node.concurrency.update_max_ts_from_client(request.for_update_ts)?;
         let wait_ms = u64::try_from(request.wait_timeout_ms).unwrap_or(0).min(MAX_LOCK_WAIT_MS);
         let deadline = cx.now().monotonic_ms + wait_ms;
         loop {
