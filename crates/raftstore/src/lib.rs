@@ -120,6 +120,12 @@ pub trait ApplyObserver: Send {
     /// `region`'s data was replaced wholesale (a snapshot installed, or the replica
     /// destroyed and its data deleted).
     fn on_replaced(&mut self, region: &Region);
+
+    /// `region` (the target) absorbed a neighbour: called on the Raft thread before the
+    /// merged Region is published, so that whatever must not serve the union's keys
+    /// before it catches up (async commit's `max_ts`) is told before any request can
+    /// see the union.
+    fn on_merged(&mut self, _region: &Region) {}
 }
 
 /// An observer that ignores everything.

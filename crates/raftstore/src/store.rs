@@ -225,6 +225,9 @@ type PendingReply = (Callback, Result<ApplyOutput, RaftstoreError>);
 enum PostApply {
     Reply(PendingReply),
     Observe(Region, RaftCommand),
+    /// A target absorbed its neighbour: the observer hears it before the union is
+    /// published.
+    Merged(Region),
 }
 
 /// Entries a follower may be behind the commit index and still count as caught up.
@@ -1937,6 +1940,7 @@ impl Store {
                     Ok(ApplyOutput::Merge(region)) => {
                         events.push(Event::RegionChanged(region.clone()));
                         if let Some(source) = merge::commit_source(&entry) {
+                            post.push(PostApply::Merged(region.clone()));
                             let (is_leader, term) = (peer.is_leader(), peer.raw.raft.term);
                             events.push(Event::Merged { target: id, source, is_leader, term });
                         }
@@ -2042,6 +2046,7 @@ impl Store {
             match item {
                 PostApply::Reply((callback, result)) => callback(result),
                 PostApply::Observe(region, command) => self.observer.on_applied(&region, &command),
+                PostApply::Merged(region) => self.observer.on_merged(&region),
             }
         }
         for (id, member_conf_ver, region) in removed {

@@ -170,6 +170,48 @@ fn a_merge_joins_two_neighbours_on_every_store_and_keeps_their_data() {
     assert!(matches!(gone, Err(RaftstoreError::RegionNotFound(RIGHT))), "{gone:?}");
 }
 
+/// What a store's observer saw of a merge: the union it was told of, and the Region
+/// the registry published for the target at that moment.
+type SeenMerges = Arc<std::sync::Mutex<Vec<(Region, Region)>>>;
+
+struct MergeWatcher {
+    registry: scandium_raftstore::Registry,
+    seen: SeenMerges,
+}
+
+impl scandium_raftstore::ApplyObserver for MergeWatcher {
+    fn on_applied(&mut self, _: &Region, _: &RaftCommand) {}
+    fn on_replaced(&mut self, _: &Region) {}
+    fn on_merged(&mut self, region: &Region) {
+        let published = self.registry.get(region.id).map(|st| st.region).unwrap_or_default();
+        self.seen.lock().unwrap().push((region.clone(), published));
+    }
+}
+
+/// The observer hears of a merge before the union is published: the server forgets
+/// there that the target's `max_ts` was synchronised, and a prewrite that saw the union
+/// (its new epoch) must find that already done.
+#[test]
+fn the_observer_hears_of_a_merge_before_the_union_is_published() {
+    let mut cluster = two_neighbours();
+    let left = status(&mut cluster, 1, REGION).unwrap().region;
+    let seen: SeenMerges = Arc::default();
+    for store in 1..=3 {
+        let registry = cluster.node(store).registry.clone();
+        let watcher = MergeWatcher { registry, seen: seen.clone() };
+        cluster.store(store).set_observer(Box::new(watcher));
+    }
+    let leader = leader_of(&mut cluster, RIGHT).unwrap();
+    prepare(&mut cluster, leader, RIGHT, REGION).unwrap();
+    wait_merged(&mut cluster, &[1, 2, 3]);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3, "once on every store");
+    for (union, published) in seen.iter() {
+        assert!(union.end_key.is_empty(), "told of the union: {union:?}");
+        assert_eq!(published, &left, "the target as it was still published");
+    }
+}
+
 #[test]
 fn a_write_behind_the_prepare_in_the_log_is_refused_and_one_before_it_kept() {
     let mut cluster = two_neighbours();

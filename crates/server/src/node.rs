@@ -240,11 +240,16 @@ impl Node {
             registry.clone(),
         )
         .map_err(|e| data_dir_error(&config, e))?;
-        store.set_observer(Box::new(ReplicaObserver::new(
-            engine.clone(),
-            lock_index.clone(),
-            newest.clone(),
-        )));
+        let wakers = Arc::new(Wakers::default());
+        let settings = NodeSettings {
+            latch_slots: config.latch_slots,
+            max_response_bytes: config.max_response_bytes,
+            max_scan_limit: config.max_scan_limit,
+            breakages: Breakages::default(),
+        };
+        let txn =
+            Arc::new(TxnNode::new(engine.clone(), lock_index, newest, settings, wakers.clone()));
+        store.set_observer(Box::new(ReplicaObserver::new(engine.clone(), txn.clone())));
         let directory = Arc::new(Directory::new(state.clone()));
         let tasks = crate::tasks::Tasks::new();
         let identity = Identity {
@@ -311,15 +316,6 @@ impl Node {
         let disk =
             Arc::new(crate::disk::DiskSpace::new(&config.data_dir, config.reserve_space_bytes));
         tasks.spawn(crate::disk::run(disk.clone()));
-        let wakers = Arc::new(Wakers::default());
-        let settings = NodeSettings {
-            latch_slots: config.latch_slots,
-            max_response_bytes: config.max_response_bytes,
-            max_scan_limit: config.max_scan_limit,
-            breakages: Breakages::default(),
-        };
-        let txn =
-            Arc::new(TxnNode::new(engine.clone(), lock_index, newest, settings, wakers.clone()));
         let reads = Arc::new(ReadFlow::default());
         let load = Arc::new(LoadSamples::default());
         let storage = Arc::new(Storage::new(StorageParts {

@@ -17,7 +17,7 @@ use crate::placement::Placement;
 use crate::tasks::Tasks;
 use scandium_raftstore::{ApplyObserver, Event, RaftCommand, Registry, META_GROUP_ID};
 use scandium_storage::EngineRef;
-use scandium_txn::{IndexFollower, LockIndex, NewestCache, TxnNode};
+use scandium_txn::{IndexFollower, TxnNode};
 use scandium_types::Region;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,12 +27,14 @@ use tokio::sync::{mpsc, Notify};
 pub struct ReplicaObserver {
     engine: EngineRef,
     follower: IndexFollower,
+    txn: Arc<TxnNode>,
 }
 
 impl ReplicaObserver {
-    /// An observer updating these indexes.
-    pub fn new(engine: EngineRef, lock_index: Arc<LockIndex>, newest: Arc<NewestCache>) -> Self {
-        ReplicaObserver { engine, follower: IndexFollower::new(lock_index, newest) }
+    /// An observer updating `txn`'s indexes.
+    pub fn new(engine: EngineRef, txn: Arc<TxnNode>) -> Self {
+        let follower = IndexFollower::new(txn.lock_index.clone(), txn.newest.clone());
+        ReplicaObserver { engine, follower, txn }
     }
 }
 
@@ -48,6 +50,14 @@ impl ApplyObserver for ReplicaObserver {
         if let Err(error) = self.follower.replaced(&*snapshot, &region.start_key, &region.end_key) {
             tracing::error!(%error, region = region.id, "cannot reload the lock index");
         }
+    }
+
+    fn on_merged(&mut self, region: &Region) {
+        // Reads of the source were served on another node: no async-commit or 1PC
+        // prewrite takes the union's keys until `max_ts` is raised again (on
+        // `Event::Merged`). Here, before the union is published: a prewrite carrying its
+        // new epoch could otherwise come before that event is handled.
+        self.txn.max_ts.forget(region.id);
     }
 }
 
