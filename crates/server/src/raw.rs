@@ -9,6 +9,9 @@ use scandium_txn::command::raw::{self, KeyRange, RawTarget, ScanOptions};
 use scandium_txn::raw::{CasOutcome, Checksum};
 use scandium_types::keyspace::ApiVersion;
 
+/// The most ranges one `RawChecksum` may name.
+pub const MAX_CHECKSUM_RANGES: usize = 64;
+
 /// The column family a raw request names. As in TiKV, API V1 has a raw namespace per
 /// column family (`tikv-client`'s `with_cf`): none or `default`, `lock` and `write`. API V2
 /// has only the default one (TiKV refuses any name there; `default` is accepted here).
@@ -180,11 +183,18 @@ impl Storage {
         Ok(self.run(target, command).await?)
     }
 
-    /// `RawChecksum` over the given ranges, each clamped to the Region.
+    /// `RawChecksum` over the given ranges, each clamped to the Region (at most
+    /// [`MAX_CHECKSUM_RANGES`]: each is a scan of up to the whole Region on a shared
+    /// worker, and millions of them held the node for hours).
     pub async fn raw_checksum(
         &self,
         req: &kvrpcpb::RawChecksumRequest,
     ) -> Result<Checksum, RequestError> {
+        if req.ranges.len() > MAX_CHECKSUM_RANGES {
+            let count = req.ranges.len();
+            let why = format!("RawChecksum names {count} ranges; at most {MAX_CHECKSUM_RANGES}");
+            return Err(RequestError::invalid(why));
+        }
         let (context, api) = request_context(req.context.as_ref())?;
         let ranges = req
             .ranges

@@ -89,7 +89,8 @@ async fn zero_limits_and_inverted_ranges_find_nothing() {
                 start_key: stored(b'x', v2, b"z0"),
                 end_key: stored(b'x', v2, b"z9"),
                 limit: 0,
-                version: u64::MAX >> 2,
+                // Now (a timestamp far past the node's clock is refused).
+                version: scandium_types::TimeStamp::compose(now_ms(), 0).0,
                 ..Default::default()
             })
             .await
@@ -344,4 +345,10 @@ async fn destroy_range_and_timestamp_edge_cases() {
     let status = stream.message().await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     node.stop().await;
+}
+
+/// The wall clock in milliseconds, as a timestamp's physical part.
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.unwrap().as_millis() as u64
 }

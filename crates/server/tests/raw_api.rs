@@ -136,6 +136,17 @@ async fn raw_checksum_over_a_region() {
     assert!(resp.error.is_empty() && resp.region_error.is_none(), "{resp:?}");
     assert_eq!((resp.total_kvs, resp.total_bytes), (2, 9));
     assert_ne!(resp.checksum, 0);
+    // Each range is a scan of up to the Region: a request naming too many is refused.
+    let too_many = scandium_server::raw::MAX_CHECKSUM_RANGES + 1;
+    let request = RawChecksumRequest {
+        context: Some(common::context_for(&node, b"c1")),
+        ranges: vec![KeyRange { start_key: Vec::new(), end_key: Vec::new() }; too_many],
+        ..Default::default()
+    };
+    match tikv.raw_checksum(request).await {
+        Err(status) => assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}"),
+        Ok(resp) => assert!(!resp.into_inner().error.is_empty(), "refused"),
+    }
     node.stop().await;
 }
 

@@ -188,7 +188,7 @@ impl Matrix<'_> {
             "KvGet V1" => tikv!(v1_key(who), kv_get, |ctx| kvrpcpb::GetRequest {
                 context: Some(ctx),
                 key: v1_key(who),
-                version: u64::MAX >> 2,
+                version: u64::MAX,
             }),
             "KvPrewrite V1" | "KvPrewrite keyspace" => {
                 let key = if operation.ends_with("V1") { v1_key(who) } else { txn_key(who) };
@@ -320,7 +320,7 @@ impl Matrix<'_> {
         let (channel, ctx) = self.at("root", key).await;
         let request = kvrpcpb::ScanLockRequest {
             context: Some(ctx),
-            max_version: u64::MAX >> 2,
+            max_version: u64::MAX,
             start_key: key.to_vec(),
             end_key: [key, &[0]].concat(),
             limit: 10,
