@@ -484,7 +484,7 @@ macro_rules! batch_commands {
             type Answer = $answer;
             fn into_cmd(mut self, context: Context) -> Req {
                 self.context = Some(context);
-                Req::$variant(self)
+                Req::$variant(Box::new(self))
             }
             fn answer(resp: Resp) -> Option<$answer> {
                 match resp {

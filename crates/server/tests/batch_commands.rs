@@ -71,12 +71,12 @@ async fn raw_and_transactional_commands_over_one_stream() {
     // 200 raw puts in one message, answered once each.
     let puts: Vec<_> = (0..200u64)
         .map(|i| {
-            request(Req::RawPut(kvrpcpb::RawPutRequest {
+            request(Req::RawPut(Box::new(kvrpcpb::RawPutRequest {
                 context: context.clone(),
                 key: format!("b{i:03}").into_bytes(),
                 value: format!("v{i}").into_bytes(),
                 ..Default::default()
-            }))
+            })))
         })
         .collect();
     sender
@@ -97,11 +97,11 @@ async fn raw_and_transactional_commands_over_one_stream() {
     let gets: Vec<_> = [7u64, 150, 999]
         .iter()
         .map(|i| {
-            request(Req::RawGet(kvrpcpb::RawGetRequest {
+            request(Req::RawGet(Box::new(kvrpcpb::RawGetRequest {
                 context: context.clone(),
                 key: format!("b{i:03}").into_bytes(),
                 ..Default::default()
-            }))
+            })))
         })
         .collect();
     sender
@@ -123,7 +123,7 @@ async fn raw_and_transactional_commands_over_one_stream() {
         tikv_client::TransactionClient::new(vec![node.advertise_addr().to_string()]).await.unwrap();
     let timestamp = || async { oracle.current_timestamp().await.unwrap().version() };
     let start = timestamp().await;
-    let prewrite = request(Req::Prewrite(kvrpcpb::PrewriteRequest {
+    let prewrite = request(Req::Prewrite(Box::new(kvrpcpb::PrewriteRequest {
         context: context.clone(),
         mutations: vec![kvrpcpb::Mutation {
             op: kvrpcpb::Op::Put as i32,
@@ -136,7 +136,7 @@ async fn raw_and_transactional_commands_over_one_stream() {
         lock_ttl: 3000,
         txn_size: 1,
         ..Default::default()
-    }));
+    })));
     sender
         .send(BatchCommandsRequest { requests: vec![prewrite], request_ids: vec![1] })
         .await
@@ -148,11 +148,11 @@ async fn raw_and_transactional_commands_over_one_stream() {
     }
     let read_at = timestamp().await;
     let get = |version: u64| {
-        request(Req::Get(kvrpcpb::GetRequest {
+        request(Req::Get(Box::new(kvrpcpb::GetRequest {
             context: context.clone(),
             key: b"a1".to_vec(),
             version,
-        }))
+        })))
     };
     sender
         .send(BatchCommandsRequest { requests: vec![get(read_at)], request_ids: vec![2] })
@@ -167,13 +167,13 @@ async fn raw_and_transactional_commands_over_one_stream() {
         other => panic!("unexpected {other:?}"),
     }
     let commit_ts = timestamp().await;
-    let commit = request(Req::Commit(kvrpcpb::CommitRequest {
+    let commit = request(Req::Commit(Box::new(kvrpcpb::CommitRequest {
         context: context.clone(),
         start_version: start,
         keys: vec![b"a1".to_vec()],
         commit_version: commit_ts,
         ..Default::default()
-    }));
+    })));
     sender
         .send(BatchCommandsRequest { requests: vec![commit], request_ids: vec![3] })
         .await
@@ -191,12 +191,13 @@ async fn raw_and_transactional_commands_over_one_stream() {
     }
 
     // Answers come back as commands finish, not in request order.
-    let slow = request(Req::Empty(BatchCommandsEmptyRequest { test_id: 77, delay_time: 300 }));
-    let fast = request(Req::RawGet(kvrpcpb::RawGetRequest {
+    let slow =
+        request(Req::Empty(Box::new(BatchCommandsEmptyRequest { test_id: 77, delay_time: 300 })));
+    let fast = request(Req::RawGet(Box::new(kvrpcpb::RawGetRequest {
         context: context.clone(),
         key: b"b007".to_vec(),
         ..Default::default()
-    }));
+    })));
     sender
         .send(BatchCommandsRequest { requests: vec![slow, fast], request_ids: vec![10, 11] })
         .await
@@ -219,7 +220,8 @@ async fn malformed_streams_end_with_a_status() {
 
     // More ids than requests.
     let (sender, mut answers) = open(&node).await;
-    let ping = request(Req::Empty(BatchCommandsEmptyRequest { test_id: 1, delay_time: 0 }));
+    let ping =
+        request(Req::Empty(Box::new(BatchCommandsEmptyRequest { test_id: 1, delay_time: 0 })));
     sender
         .send(BatchCommandsRequest { requests: vec![ping], request_ids: vec![1, 2] })
         .await
@@ -242,7 +244,8 @@ async fn malformed_streams_end_with_a_status() {
 
     // The node keeps serving other streams.
     let (sender, mut answers) = open(&node).await;
-    let ping = request(Req::Empty(BatchCommandsEmptyRequest { test_id: 9, delay_time: 0 }));
+    let ping =
+        request(Req::Empty(Box::new(BatchCommandsEmptyRequest { test_id: 9, delay_time: 0 })));
     sender.send(BatchCommandsRequest { requests: vec![ping], request_ids: vec![9] }).await.unwrap();
     let (answered, _) = collect(&mut answers, 1).await;
     assert!(matches!(&answered[&9], Resp::Empty(e) if e.test_id == 9));

@@ -144,7 +144,7 @@ async fn execute<S: Tikv>(
         ($cmd:expr, $($variant:ident => $method:ident),* $(,)?) => {
             match $cmd {
                 $(Some(Req::$variant(r)) => {
-                    Ok(Resp::$variant(service.$method(request(caller, r)).await?.into_inner()))
+                    Ok(Resp::$variant(service.$method(request(caller, *r)).await?.into_inner()))
                 })*
                 Some(Req::Empty(r)) => {
                     tokio::time::sleep(Duration::from_millis(r.delay_time).min(MAX_EMPTY_DELAY)).await;

@@ -1225,8 +1225,11 @@ async fn small_regions_merge_back_and_clients_carry_on() {
     for key in splits {
         cluster.node(asker).splitter().split_at(k(key)).await.expect("split");
     }
+    // The first pieces may already be merging back: they stand the 1 s interval while
+    // the last splits are made, on a loaded machine (the workspace's tests and a
+    // simulator sweep beside them once left 9 of 11).
     let split = count(&cluster);
-    assert_eq!(split, before + splits.len());
+    assert!(split > before && split <= before + splits.len(), "{split} Regions after splits");
     let client = cluster.raw_client().await;
     let mut written = Vec::new();
     let started = Instant::now();
