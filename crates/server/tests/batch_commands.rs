@@ -214,7 +214,7 @@ async fn raw_and_transactional_commands_over_one_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_streams_end_with_a_status() {
+async fn malformed_streams_end_with_a_status_and_unknown_commands_get_empty_answers() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(dir.path()).await;
 
@@ -230,7 +230,8 @@ async fn malformed_streams_end_with_a_status() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("request ids"), "{status:?}");
 
-    // A command this server does not serve (or none at all).
+    // A command this server does not serve (or none at all) gets an empty answer of its
+    // own, as TiKV gives, and the stream goes on: ended, it failed every other command.
     let (sender, mut answers) = open(&node).await;
     sender
         .send(BatchCommandsRequest {
@@ -239,8 +240,14 @@ async fn malformed_streams_end_with_a_status() {
         })
         .await
         .unwrap();
-    let status = answers.next().await.expect("an item").expect_err("an error status");
-    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    let message = answers.next().await.expect("an item").expect("no error status");
+    assert_eq!(message.request_ids, vec![5]);
+    assert!(message.responses[0].cmd.is_none(), "{message:?}");
+    let ping =
+        request(Req::Empty(Box::new(BatchCommandsEmptyRequest { test_id: 6, delay_time: 0 })));
+    sender.send(BatchCommandsRequest { requests: vec![ping], request_ids: vec![6] }).await.unwrap();
+    let (answered, _) = collect(&mut answers, 1).await;
+    assert!(matches!(&answered[&6], Resp::Empty(e) if e.test_id == 6));
 
     // The node keeps serving other streams.
     let (sender, mut answers) = open(&node).await;

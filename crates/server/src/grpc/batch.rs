@@ -76,9 +76,17 @@ async fn read_commands<S: Tikv + Clone>(
             }
             let (service, answers, caller) = (service.clone(), answers.clone(), caller.clone());
             tasks.spawn(async move {
-                let answer = execute(&service, &caller, request.cmd).await;
-                let answer =
-                    answer.map(|cmd| (id, batch_commands_response::Response { cmd: Some(cmd) }));
+                // A command that fails, or that this node does not serve, gets an empty
+                // answer of its own (as TiKV answers an unknown command): ending the
+                // stream would fail every other command on it (client-go fails them all).
+                let cmd = match execute(&service, &caller, request.cmd).await {
+                    Ok(cmd) => Some(cmd),
+                    Err(status) => {
+                        tracing::debug!(id, %status, "a batched command failed");
+                        None
+                    }
+                };
+                let answer = Ok((id, batch_commands_response::Response { cmd }));
                 let _ = answers.send(answer).await;
                 drop(permit);
             });
