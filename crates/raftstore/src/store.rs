@@ -2661,8 +2661,13 @@ const PROMOTE_MAX_LAG: u64 = 64;
 fn caught_up(peer: &Peer, id: u64) -> bool {
     let raft = &peer.raw.raft;
     let last = raft.raft_log.last_index();
+    // It has taken the data (its match reaches the log the leader still holds) and most
+    // of the log since.
+    let first = raft.raft_log.first_index();
     raft.prs().get(id).is_some_and(|pr| {
-        pr.state != ProgressState::Snapshot && pr.matched + PROMOTE_MAX_LAG >= last
+        pr.state != ProgressState::Snapshot
+            && pr.matched + 1 >= first
+            && pr.matched + PROMOTE_MAX_LAG >= last
     })
 }
 
