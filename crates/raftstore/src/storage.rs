@@ -107,9 +107,7 @@ impl PeerStorage {
         // Such a replica may have voted before this node restarted (its Raft state is
         // persisted, its Region state not, so the restart did not start it): its term and
         // vote stay, or it could vote twice in one term and elect two leaders of it.
-        let persisted: Option<RaftLocalState> =
-            read_record(&context.engine, &keys::raft_state_key(region_id))?;
-        let (term, vote) = persisted.map_or((0, 0), |state| (state.term, state.vote));
+        let (term, vote) = persisted_vote(&context.engine, region_id)?;
         Ok(PeerStorage {
             engine: context.engine.clone(),
             group_id: region_id,
@@ -476,6 +474,16 @@ pub fn read_record<M: prost::Message + Default>(
     M::decode(bytes.as_slice())
         .map(Some)
         .map_err(|e| StorageError::Corrupted { cf: Cf::RaftState, reason: e.to_string() })
+}
+
+/// The term and vote persisted for a group here, if any (`(0, 0)` if none): what a
+/// replica created here again, by a message or a split, starts from.
+pub(crate) fn persisted_vote(
+    engine: &EngineRef,
+    group_id: u64,
+) -> Result<(u64, u64), StorageError> {
+    let persisted: Option<RaftLocalState> = read_record(engine, &keys::raft_state_key(group_id))?;
+    Ok(persisted.map_or((0, 0), |state| (state.term, state.vote)))
 }
 
 fn missing(what: &str, group_id: u64) -> StorageError {

@@ -2226,10 +2226,7 @@ impl Store {
                 Ok(SplitStart::Start { replaces: true, term, vote })
             }
             None => {
-                let key = keys::raft_state_key(region.id);
-                let persisted: Option<crate::state::RaftLocalState> =
-                    crate::storage::read_record(&self.engine, &key)?;
-                let (term, vote) = persisted.map_or((0, 0), |state| (state.term, state.vote));
+                let (term, vote) = crate::storage::persisted_vote(&self.engine, region.id)?;
                 Ok(SplitStart::Start { replaces: false, term, vote })
             }
         }
