@@ -9,7 +9,7 @@
 use crate::wake::Wake;
 use scandium_types::{RegionId, TimeStamp};
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,8 +26,28 @@ struct LockWaitsInner {
     /// Commands waiting per locked key (ordered: who is woken first must not depend on a
     /// hash seed, or the simulator's runs would not replay).
     keys: BTreeMap<Vec<u8>, Vec<u64>>,
-    /// Waiting transaction -> the transaction it waits for.
-    waits_for: HashMap<u64, u64>, // lookups only
+    /// Waiting transaction -> each of its waits: (command, the transaction it waits
+    /// for). One transaction may wait in several Regions at once, each wait an edge.
+    waits_for: HashMap<u64, Vec<(u64, u64)>>, // lookups only
+}
+
+impl LockWaitsInner {
+    /// Whether `from` waits, through any chain of waits, for `to`.
+    fn reaches(&self, from: u64, to: u64) -> bool {
+        let mut seen = HashSet::new();
+        let mut next = vec![from];
+        while let Some(txn) = next.pop() {
+            if txn == to {
+                return true;
+            }
+            if seen.insert(txn) {
+                if let Some(waits) = self.waits_for.get(&txn) {
+                    next.extend(waits.iter().map(|&(_, holder)| holder));
+                }
+            }
+        }
+        false
+    }
 }
 
 /// Pessimistic lock requests waiting for other transactions' locks, and the graph of
@@ -70,20 +90,13 @@ impl LockWaits {
         key: &[u8],
     ) -> Result<LockWait, Deadlock> {
         let mut inner = self.lock();
-        let mut next = holder.0;
-        for _ in 0..=inner.waits_for.len() {
-            if next == waiter.0 {
-                let mut hasher = DefaultHasher::new();
-                key.hash(&mut hasher);
-                self.deadlocks.fetch_add(1, Ordering::Relaxed);
-                return Err(Deadlock { key_hash: hasher.finish() });
-            }
-            match inner.waits_for.get(&next) {
-                Some(&further) => next = further,
-                None => break,
-            }
+        if inner.reaches(holder.0, waiter.0) {
+            let mut hasher = DefaultHasher::new();
+            key.hash(&mut hasher);
+            self.deadlocks.fetch_add(1, Ordering::Relaxed);
+            return Err(Deadlock { key_hash: hasher.finish() });
         }
-        inner.waits_for.insert(waiter.0, holder.0);
+        inner.waits_for.entry(waiter.0).or_default().push((cid, holder.0));
         inner.keys.entry(key.to_vec()).or_default().push(cid);
         self.waited.fetch_add(1, Ordering::Relaxed);
         Ok(LockWait { waits: self.clone(), waiter: waiter.0, cid, key: key.to_vec() })
@@ -137,7 +150,12 @@ impl LockWaits {
 impl Drop for LockWait {
     fn drop(&mut self) {
         let mut inner = self.waits.lock();
-        inner.waits_for.remove(&self.waiter);
+        if let Some(waits) = inner.waits_for.get_mut(&self.waiter) {
+            waits.retain(|&(cid, _)| cid != self.cid);
+            if waits.is_empty() {
+                inner.waits_for.remove(&self.waiter);
+            }
+        }
         if let Some(cids) = inner.keys.get_mut(&self.key) {
             cids.retain(|&c| c != self.cid);
             if cids.is_empty() {
@@ -228,6 +246,23 @@ mod tests {
         drop(b);
         assert!(waits.register(3, TimeStamp(3), TimeStamp(1), b"k1").is_ok(), "the cycle is gone");
         drop(a);
+    }
+
+    #[test]
+    fn a_transaction_waiting_twice_keeps_both_edges_until_each_ends() {
+        let waits = LockWaits::new(Arc::new(Recorded::default()));
+        // Transaction 1 waits for 2 in one Region and for 3 in another.
+        let on_two = waits.register(1, TimeStamp(1), TimeStamp(2), b"a").unwrap();
+        let on_three = waits.register(2, TimeStamp(1), TimeStamp(3), b"z").unwrap();
+        assert!(waits.register(3, TimeStamp(2), TimeStamp(1), b"b").is_err(), "2 -> 1 -> 2");
+        assert!(waits.register(4, TimeStamp(3), TimeStamp(1), b"c").is_err(), "3 -> 1 -> 3");
+        drop(on_two);
+        assert!(waits.is_waiting(TimeStamp(1)), "the other wait goes on");
+        assert!(waits.register(5, TimeStamp(3), TimeStamp(1), b"c").is_err(), "3 -> 1 -> 3");
+        let two_on_one = waits.register(6, TimeStamp(2), TimeStamp(1), b"b").unwrap();
+        drop(on_three);
+        assert!(!waits.is_waiting(TimeStamp(1)));
+        drop(two_on_one);
     }
 
     #[test]

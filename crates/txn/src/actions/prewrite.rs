@@ -89,7 +89,7 @@ pub fn prewrite_key(
     action: PessimisticAction,
 ) -> Result<PrewriteOutcome> {
     let key = &mutation.key;
-    let own_pessimistic_lock = match reader.load_lock(key)? {
+    let pessimistic_lock = match reader.load_lock(key)? {
         Some(lock) if lock.start_ts != props.start_ts.0 => {
             return Err(TxnError::KeyIsLocked { key: key.clone(), lock: Box::new(lock) });
         }
@@ -97,12 +97,12 @@ pub fn prewrite_key(
             if action != PessimisticAction::DoPessimisticCheck {
                 return Err(TxnError::Invalid(format!("key {key:?} holds a pessimistic lock but is prewritten without a pessimistic check")));
             }
-            true
+            Some(lock)
         }
         Some(lock) => return Ok(PrewriteOutcome::AlreadyLocked(lock)),
-        None => false,
+        None => None,
     };
-    if !own_pessimistic_lock {
+    if pessimistic_lock.is_none() {
         if action == PessimisticAction::DoPessimisticCheck {
             // The lock is gone: committed already (a retry), or lost/rolled back.
             return match reader.get_txn_commit_record(key, props.start_ts)? {
@@ -135,15 +135,20 @@ pub fn prewrite_key(
         _ => None,
     };
     let is_primary = *key == props.primary;
+    // The pessimistic lock may carry a longer life (heartbeats extend it) and a higher
+    // commit floor than this request: neither goes down (as in TiKV), or another
+    // transaction could roll back a live primary early.
+    let (held_ttl, held_min_commit_ts) =
+        pessimistic_lock.map_or((0, 0), |lock| (lock.ttl, lock.min_commit_ts));
     Ok(PrewriteOutcome::Lock(Lock {
         lock_type: lock_type as i32,
         primary: props.primary.clone(),
         start_ts: props.start_ts.0,
-        ttl: props.lock_ttl,
+        ttl: props.lock_ttl.max(held_ttl),
         short_value,
         for_update_ts: props.for_update_ts.0,
         txn_size: props.txn_size,
-        min_commit_ts: props.min_commit_ts.0,
+        min_commit_ts: props.min_commit_ts.0.max(held_min_commit_ts),
         use_async_commit: props.use_async_commit,
         secondaries: if props.use_async_commit && is_primary {
             props.secondaries.clone()

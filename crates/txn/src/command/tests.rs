@@ -246,6 +246,28 @@ fn a_transaction_commits_and_a_reader_sees_it() {
 }
 
 #[test]
+fn a_scan_lock_page_is_full_while_locks_remain_past_stale_index_entries() {
+    let d = Driver::new();
+    let props = TxnProps {
+        start_ts: TimeStamp(10),
+        primary: b"b".to_vec(),
+        lock_ttl: 3000,
+        ..TxnProps::default()
+    };
+    let mutations = vec![put_mutation(b"b", b"1"), put_mutation(b"d", b"2")];
+    let request = Prewrite { props, mutations, try_one_pc: false, max_commit_ts: 0 };
+    assert!(d.done(txn::prewrite(&d.node, V1, request)).unwrap().errors.is_empty());
+    // Locks whose proposals never applied: the index names them, storage has none.
+    d.node.lock_index.add_proposed(&[(b"a".to_vec(), Some(10)), (b"c".to_vec(), Some(10))]);
+    let scan = |limit| txn::ScanLock { start: Vec::new(), end: Vec::new(), limit, max_version: 10 };
+    let page = d.done(txn::scan_lock(&d.node, V1, scan(2))).unwrap();
+    let keys: Vec<&[u8]> = page.iter().map(|(key, _)| key.as_slice()).collect();
+    assert_eq!(keys, [b"b".as_slice(), b"d"], "two locks exist: a page of two has both");
+    let page = d.done(txn::scan_lock(&d.node, V1, scan(1))).unwrap();
+    assert_eq!(page.len(), 1);
+}
+
+#[test]
 fn an_async_commit_prewrite_waits_for_max_ts_and_answers_not_ready_after() {
     let d = Driver::new();
     let props = TxnProps {

@@ -630,16 +630,30 @@ pub fn scan_lock(
         let limit = if request.limit == 0 { usize::MAX } else { request.limit as usize };
         let max = request.max_version;
         let node = &cx.node;
-        let keys = node.lock_index.keys(&start, &end, limit, |ts| ts <= max);
         let snapshot = node.engine.snapshot();
         let reader = MvccReader::new(&*snapshot);
         let mut budget = ResponseBudget::new(node.settings().max_response_bytes);
-        let mut locks = Vec::with_capacity(keys.len());
-        for key in keys {
-            // The index narrows the search; storage has the lock itself.
-            if let Some(lock) = reader.load_lock(&key)?.filter(|l| l.start_ts <= max) {
-                budget.charge(key.len() + prost::Message::encoded_len(&lock) + 16)?;
-                locks.push((key, lock));
+        let mut locks = Vec::new();
+        let mut from = start;
+        // The index may name locks storage no longer has (removed since it was read):
+        // ask it again for what those left short, or a page would end early and the
+        // client would take the range for free of locks.
+        while locks.len() < limit {
+            let want = limit - locks.len();
+            let keys = node.lock_index.keys(&from, &end, want, |ts| ts <= max);
+            let exhausted = keys.len() < want;
+            let Some(last) = keys.last() else { break };
+            from = last.clone();
+            from.push(0);
+            for key in keys {
+                // The index narrows the search; storage has the lock itself.
+                if let Some(lock) = reader.load_lock(&key)?.filter(|l| l.start_ts <= max) {
+                    budget.charge(key.len() + prost::Message::encoded_len(&lock) + 16)?;
+                    locks.push((key, lock));
+                }
+            }
+            if exhausted {
+                break;
             }
         }
         Ok(locks)
