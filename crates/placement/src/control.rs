@@ -187,8 +187,9 @@ pub struct ControlPlane {
     led: BTreeMap<StoreId, BTreeSet<RegionId>>,
     /// Where the patrol of each store's Regions left off.
     patrolled: BTreeMap<StoreId, RegionId>,
-    /// The lagging peers of each Region whose last report named some.
-    pending: BTreeMap<RegionId, Vec<PeerId>>,
+    /// The lagging peers of each Region whose last report named some, each with the time
+    /// (monotonic ms) since when its reports have named it.
+    pending: BTreeMap<RegionId, Vec<(PeerId, u64)>>,
     /// Regions whose next move waits for a peer id: followed until it starts.
     wanting_id: BTreeSet<RegionId>,
     /// The stores and settings as of the last heartbeat, and how many times they changed.
@@ -211,6 +212,8 @@ pub struct ControlPlane {
     /// step of a colocation as it was made, and neither merge nor balance got anywhere
     /// (simulator seed 621 of 60 s registers-only runs with `--unsafe-frozen-reads`).
     joined: BTreeMap<RegionId, u64>,
+    /// When [`ControlPlane::sweep`] last ran (monotonic ms).
+    swept_ms: u64,
     /// Deliberately broken (the simulator proves its checks catch it): a new leader
     /// forgets the recorded heartbeats and counts stores it has not heard from as never
     /// seen, so a store that died before the change is never marked down.
@@ -341,6 +344,7 @@ impl ControlPlane {
             replica_moves: BTreeMap::new(),
             shapes: BTreeMap::new(),
             joined: BTreeMap::new(),
+            swept_ms: 0,
             forget_liveness: false,
         }
     }
@@ -578,10 +582,8 @@ impl ControlPlane {
             if let Some(leader) = region.peer(report.leader_peer_id) {
                 self.led.entry(leader.store_id).or_default().insert(region.id);
             }
-            match heartbeat.pending.is_empty() {
-                true => self.pending.remove(&region.id),
-                false => self.pending.insert(region.id, heartbeat.pending.clone()),
-            };
+            let health =
+                self.note_pending(region.id, report.leader_peer_id, &heartbeat.pending, now);
             self.wanting_id.remove(&region.id);
             if is_recorded(state, report) {
                 self.reported.remove(&region.id);
@@ -600,8 +602,6 @@ impl ControlPlane {
                 None => load,
             };
             self.rates.insert(region.id, rate);
-            let pending = heartbeat.pending.clone();
-            let health = RegionHealth { leader: report.leader_peer_id, pending };
             let operator = self.operators.remove(&region.id);
             let advance = self.advance(state, &live, region, &health, operator, false, now);
             self.take(region.id, advance, &mut intake);
@@ -643,8 +643,7 @@ impl ControlPlane {
                 elsewhere.push(id);
                 continue;
             }
-            let pending = self.pending.get(&id).cloned().unwrap_or_default();
-            let health = RegionHealth { leader, pending };
+            let health = self.health_at(id, leader, now);
             let advance = self.advance(state, &live, &region, &health, None, false, now);
             self.take(id, advance, intake);
         }
@@ -655,6 +654,64 @@ impl ControlPlane {
             for id in elsewhere {
                 led.remove(&id);
             }
+        }
+    }
+
+    /// Drops what this leader keeps of Regions that split or merged away: their reports
+    /// stop, and without a sweep their loads, rates, shapes and lagging peers stayed
+    /// until the next change of leader. A Region is kept while recorded, or while its
+    /// report is not recorded yet (a new Region from a split); such a report goes once a
+    /// newer recorded Region covers its start (it merged away).
+    fn sweep(&mut self, state: &PlacementState, now: Now) {
+        self.reported.retain(|id, report| {
+            let Some(region) = report.region.as_ref() else { return false };
+            state.region(*id).is_some()
+                || state
+                    .region_by_key(&region.start_key)
+                    .is_none_or(|r| r.version <= region.version)
+        });
+        let (reported, alive) = (&self.reported, |id: &RegionId| state.region(*id).is_some());
+        let keep = |id: &RegionId| alive(id) || reported.contains_key(id);
+        self.loads.retain(|id, _| keep(id));
+        self.rates.retain(|id, _| keep(id));
+        self.shapes.retain(|id, _| keep(id));
+        self.pending.retain(|id, _| keep(id));
+        self.joined.retain(|id, until| keep(id) && now.monotonic_ms < *until);
+    }
+
+    /// Notes the lagging peers a report of Region `id` names, and what that makes of its
+    /// health.
+    fn note_pending(
+        &mut self,
+        id: RegionId,
+        leader: PeerId,
+        pending: &[PeerId],
+        now: Now,
+    ) -> RegionHealth {
+        if pending.is_empty() {
+            self.pending.remove(&id);
+        } else {
+            let before = self.pending.get(&id);
+            let since = |peer: PeerId| {
+                let known = before.and_then(|b| b.iter().find(|(p, _)| *p == peer));
+                known.map_or(now.monotonic_ms, |&(_, since)| since)
+            };
+            let lagging = pending.iter().map(|&p| (p, since(p))).collect();
+            self.pending.insert(id, lagging);
+        }
+        self.health_at(id, leader, now)
+    }
+
+    /// Region `id`'s health as its reports have told it, led by `leader`.
+    fn health_at(&self, id: RegionId, leader: PeerId, now: Now) -> RegionHealth {
+        let lagging = self.pending.get(&id).map_or(&[][..], Vec::as_slice);
+        let step_ms = self.config.timeouts.step_ms;
+        let stuck =
+            lagging.iter().filter(|(_, since)| now.monotonic_ms.saturating_sub(*since) > step_ms);
+        RegionHealth {
+            leader,
+            pending: lagging.iter().map(|&(p, _)| p).collect(),
+            stuck: stuck.map(|&(p, _)| p).collect(),
         }
     }
 
@@ -746,7 +803,8 @@ impl ControlPlane {
         let live = self.liveness(now);
         self.effective = self.config.scheduler.under(state.scheduler_settings());
         let leader = heartbeat.report.leader_peer_id;
-        let health = RegionHealth { leader, pending: heartbeat.pending.clone() };
+        let pending = heartbeat.pending.clone();
+        let health = RegionHealth { leader, pending, stuck: Vec::new() };
         let operator = self.meta_operator.take();
         match self.advance(state, &live, region, &health, operator, true, now) {
             Advance::Send(step) => Some(step),
@@ -1100,6 +1158,10 @@ impl ControlPlane {
         now: Now,
     ) -> Vec<Kind> {
         let mut proposals = Vec::new();
+        if now.monotonic_ms.saturating_sub(self.swept_ms) >= self.config.record_liveness_ms {
+            self.swept_ms = now.monotonic_ms;
+            self.sweep(state, now);
+        }
         let since = now.monotonic_ms.saturating_sub(self.recorded_ms);
         let due = since >= self.config.record_liveness_ms;
         if due && !self.unrecorded.is_empty() {

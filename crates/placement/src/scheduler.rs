@@ -229,6 +229,11 @@ pub struct RegionHealth {
     pub leader: PeerId,
     /// Peers that are behind (learners not caught up, lagging voters).
     pub pending: Vec<PeerId>,
+    /// Those of `pending` behind for longer than a step may take: a learner among them
+    /// (its store cannot install the snapshot, or cannot reach the Region's peers while it
+    /// beats) is not counted as a replica placed, so another is added elsewhere, and it is
+    /// removed once the Region has its voters.
+    pub stuck: Vec<PeerId>,
 }
 
 /// One step of a Region's membership.
@@ -319,11 +324,12 @@ pub fn decide(
         return Some(Decision::Promote(promoted));
     }
     // 2. Add a learner where one is missing.
-    let placed = good_voters.len() + good_learners.len();
+    let coming = good_learners.iter().filter(|p| !health.stuck.contains(&p.id));
+    let placed = good_voters.len() + coming.count();
     let meta_missing = is_meta && usable.iter().any(|s| region.peer_on_store(s.id).is_none());
     if placed < target || meta_missing {
-        let placed: Vec<StoreId> =
-            good_voters.iter().chain(&good_learners).map(|p| p.store_id).collect();
+        let coming = good_learners.iter().filter(|p| !health.stuck.contains(&p.id));
+        let placed: Vec<StoreId> = good_voters.iter().chain(coming).map(|p| p.store_id).collect();
         if let Some(store) = pick_store(state, config, &usable, region, &placed) {
             // Promoted, a learner the placement group does not need as a voter made one
             // voter too many, which step 4 removed, leaving a store without a copy, which
@@ -889,7 +895,8 @@ mod tests {
         r: &Region,
         pending: &[u64],
     ) -> Option<Decision> {
-        let health = RegionHealth { leader: r.peers[0].id, pending: pending.to_vec() };
+        let health =
+            RegionHealth { leader: r.peers[0].id, pending: pending.to_vec(), stuck: vec![] };
         decide(state, live, &SchedulerConfig::default(), r, &health, false)
     }
 
@@ -951,7 +958,7 @@ mod tests {
             now_ms: now,
         };
         let full = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3)]);
-        let health = RegionHealth { leader: 1, pending: vec![] };
+        let health = RegionHealth { leader: 1, ..RegionHealth::default() };
         // Three stores, store 3 Down: nowhere to put a replacement, so nothing changes.
         let state = cluster(3, full.clone());
         let live = heard(&[1, 2, 3]);
@@ -998,7 +1005,7 @@ mod tests {
         let four = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::new(3, 3), Peer::new(4, 4)]);
         assert_eq!(run(&state, &live, &four, &[]), Some(Decision::Remove(Peer::new(3, 3))));
         // If the drained store leads, leadership moves first.
-        let led_by_3 = RegionHealth { leader: 3, pending: vec![] };
+        let led_by_3 = RegionHealth { leader: 3, ..RegionHealth::default() };
         let decision = decide(&state, &live, &SchedulerConfig::default(), &four, &led_by_3, false);
         assert_eq!(decision, Some(Decision::TransferLeader(Peer::new(1, 1))));
     }
@@ -1009,7 +1016,7 @@ mod tests {
         let state = cluster(4, meta.clone());
         let live = alive(&[1, 2, 3, 4]);
         let decide_meta = |r: &Region, pending: &[u64]| {
-            let health = RegionHealth { leader: 1, pending: pending.to_vec() };
+            let health = RegionHealth { leader: 1, pending: pending.to_vec(), stuck: vec![] };
             decide(&state, &live, &SchedulerConfig::default(), r, &health, true)
         };
         assert_eq!(decide_meta(&meta, &[]), Some(Decision::AddLearner(2)));
@@ -1058,7 +1065,7 @@ mod tests {
     }
 
     fn led(leader: u64, pending: &[u64]) -> RegionHealth {
-        RegionHealth { leader, pending: pending.to_vec() }
+        RegionHealth { leader, pending: pending.to_vec(), stuck: vec![] }
     }
 
     #[test]
@@ -1315,7 +1322,7 @@ mod tests {
             Liveness { last_heartbeat_ms: (1..=5).map(|s| (s, 1_000)).collect(), now_ms: 1_000 };
         let r = region(vec![Peer::new(1, 1), Peer::new(2, 3)]);
         let state = zoned_cluster(r.clone());
-        let health = RegionHealth { leader: 1, pending: vec![] };
+        let health = RegionHealth { leader: 1, ..RegionHealth::default() };
         // Zones a and b hold it: zone c (store 4) before anything in zone a.
         let decision = decide(&state, &live, &config, &r, &health, false);
         assert_eq!(decision, Some(Decision::AddLearner(4)));

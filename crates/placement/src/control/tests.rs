@@ -545,6 +545,10 @@ fn small_neighbours_merge_once_their_shapes_have_stood() {
     assert_eq!(plane.operators().count(), 0);
     let counts = plane.counts();
     assert_eq!((counts.started, counts.finished), (1, 1));
+    // What the leader kept of the source goes at the next sweep, not the next term.
+    assert!(plane.loads().contains_key(&10));
+    plane.tick(&state, &[], at(14_000));
+    assert_eq!(plane.loads().keys().collect::<Vec<_>>(), [&20]);
 }
 
 /// Two small neighbours that may merge do, though an empty store wants replicas: a merge
@@ -628,4 +632,32 @@ fn a_report_older_than_the_record_is_not_taken() {
     apply(&mut state, Kind::ReportRegions(crate::Reports { reports: vec![report] }));
     let intake = plane.region_heartbeats(&state, &[heartbeat(&only_on_1, 1, &[])], at(400));
     assert!(intake.changed.is_empty() && intake.steps.is_empty(), "{intake:?}");
+}
+
+/// A learner that lags for longer than a step may take (its store cannot install the
+/// snapshot, say) stops counting as placed: another is added elsewhere. Before, its
+/// operator timed out and the Region stayed a voter short while that store was up.
+#[test]
+fn a_learner_that_never_catches_up_is_replaced() {
+    let lagging = region(vec![Peer::new(1, 1), Peer::new(2, 2), Peer::learner(3, 3)], 3);
+    let mut state = cluster(4, lagging.clone());
+    let settings = crate::SchedulerSettings { replicas_paused: true, ..replicas_only() };
+    apply(&mut state, Kind::SetScheduler(settings));
+    let mut plane = leading(&state);
+    let beat = |plane: &mut ControlPlane, ms: u64| {
+        for s in 1..=4 {
+            plane.store_heartbeat(s, at(ms));
+        }
+        plane.region_heartbeats(&state, &[heartbeat(&lagging, 1, &[3])], at(ms))
+    };
+    let intake = beat(&mut plane, 200);
+    assert!(intake.need_ids.is_empty() && intake.steps.is_empty(), "{intake:?}");
+    let step_ms = plane.config().timeouts.step_ms;
+    let intake = beat(&mut plane, 200 + step_ms);
+    assert!(intake.need_ids.is_empty(), "not lagging longer than a step yet: {intake:?}");
+    let intake = beat(&mut plane, 201 + step_ms);
+    assert_eq!(intake.need_ids, vec![10]);
+    plane.supply_id(10, 400, 1);
+    let intake = beat(&mut plane, 202 + step_ms);
+    assert_eq!(intake.steps[0].action, StepAction::AddLearner(Peer::learner(400, 4)));
 }
