@@ -42,6 +42,8 @@ struct Envelope {
     /// See [`PeerMessage::merged_into`].
     #[prost(uint64, tag = "15")]
     merged_into: u64,
+    #[prost(uint64, tag = "16")]
+    hibernate_round: u64,
 }
 
 /// A Raft message for one replica, or a store's beat (see [`PeerMessage::beat`]).
@@ -98,13 +100,19 @@ pub enum Hibernate {
         term: u64,
         /// The leader's last index.
         index: u64,
+        /// Which of the leader's requests this is: an acknowledgement of an earlier one at
+        /// the same term and index (delayed on the way, from a follower awake since) must
+        /// not count.
+        round: u64,
     },
-    /// A follower's yes to the request for `term` and `index`: it sleeps now.
+    /// A follower's yes to the request for `term`, `index` and `round`: it sleeps now.
     Ack {
         /// The term of the request.
         term: u64,
         /// The index of the request.
         index: u64,
+        /// The round of the request.
+        round: u64,
     },
     /// A follower's no: the leader stays awake.
     Nack,
@@ -142,17 +150,18 @@ impl PeerMessage {
 
     /// The wire encoding.
     pub fn encode(&self) -> Vec<u8> {
-        let (hibernate, hibernate_term, hibernate_index) = match self.hibernate {
-            None => (0, 0, 0),
-            Some(Hibernate::Request { term, index }) => (1, term, index),
-            Some(Hibernate::Ack { term, index }) => (2, term, index),
-            Some(Hibernate::Nack) => (3, 0, 0),
-            Some(Hibernate::Wake) => (4, 0, 0),
+        let (hibernate, hibernate_term, hibernate_index, hibernate_round) = match self.hibernate {
+            None => (0, 0, 0, 0),
+            Some(Hibernate::Request { term, index, round }) => (1, term, index, round),
+            Some(Hibernate::Ack { term, index, round }) => (2, term, index, round),
+            Some(Hibernate::Nack) => (3, 0, 0, 0),
+            Some(Hibernate::Wake) => (4, 0, 0, 0),
         };
         let envelope = Envelope {
             hibernate,
             hibernate_term,
             hibernate_index,
+            hibernate_round,
             region_id: self.region_id,
             from: Some(self.from.clone()),
             to: Some(self.to.clone()),
@@ -179,10 +188,11 @@ impl PeerMessage {
         let message =
             Message::parse_from_bytes(&envelope.message).map_err(|e| DecodeError(e.to_string()))?;
         let (term, index) = (envelope.hibernate_term, envelope.hibernate_index);
+        let round = envelope.hibernate_round;
         let hibernate = match envelope.hibernate {
             0 => None,
-            1 => Some(Hibernate::Request { term, index }),
-            2 => Some(Hibernate::Ack { term, index }),
+            1 => Some(Hibernate::Request { term, index, round }),
+            2 => Some(Hibernate::Ack { term, index, round }),
             3 => Some(Hibernate::Nack),
             4 => Some(Hibernate::Wake),
             other => return Err(DecodeError(format!("unknown hibernation message {other}"))),
@@ -239,7 +249,7 @@ mod tests {
             gone: true,
             merged_into: 0,
             store_beat: 0,
-            hibernate: Some(Hibernate::Ack { term: 8, index: 12 }),
+            hibernate: Some(Hibernate::Ack { term: 8, index: 12, round: 5 }),
             message,
         };
         let decoded = PeerMessage::decode(&original.encode()).unwrap();
@@ -254,8 +264,8 @@ mod tests {
         assert_eq!((beat.from.store_id, beat.to.store_id, beat.store_beat), (4, 5, 77));
         assert_eq!((beat.region_id, beat.from.id, beat.to.id), (0, 0, 0));
         assert_eq!(decoded.store_beat, 0);
-        assert_eq!(decoded.hibernate, Some(Hibernate::Ack { term: 8, index: 12 }));
-        for hibernate in [None, Some(Hibernate::Request { term: 3, index: 4 })]
+        assert_eq!(decoded.hibernate, Some(Hibernate::Ack { term: 8, index: 12, round: 5 }));
+        for hibernate in [None, Some(Hibernate::Request { term: 3, index: 4, round: 6 })]
             .into_iter()
             .chain([Some(Hibernate::Nack), Some(Hibernate::Wake)])
         {

@@ -591,9 +591,10 @@ fn quiet_commits(group_id: u64) -> bool {
 pub(crate) enum Sleep {
     /// Ticking. A leader counts the ticks it has been idle for, and the last index it saw.
     Awake { idle_ticks: usize, last_index: u64 },
-    /// A leader that asked its followers to sleep at `term` and `index`, `ticks` ago,
-    /// and has the acknowledgements of `acked`. It does not tick meanwhile.
-    Asking { term: u64, index: u64, acked: BTreeSet<u64>, ticks: usize },
+    /// A leader that asked its followers to sleep at `term` and `index`, in its store's
+    /// request `round`, `ticks` ago, and has the acknowledgements of `acked`. It does not
+    /// tick meanwhile.
+    Asking { term: u64, index: u64, round: u64, acked: BTreeSet<u64>, ticks: usize },
     /// Not ticking, until something wakes it.
     Asleep,
 }

@@ -197,6 +197,9 @@ pub struct Store {
     beat_targets_stale: bool,
     /// Groups whose leader here went to sleep, since the store started.
     slept: u64,
+    /// Requests to sleep sent by leaders here, each round numbered by it (see
+    /// [`Hibernate::Request`]).
+    sleep_rounds: u64,
     /// Regions whose replica here is frozen to merge into a neighbour (see
     /// [`crate::merge`]): each looks at its target every [`merge::MERGE_CHECK_TICKS`].
     merging: BTreeSet<u64>,
@@ -292,6 +295,7 @@ impl Store {
             beat_targets: BTreeSet::new(),
             beat_targets_stale: false,
             slept: 0,
+            sleep_rounds: 0,
             merging: BTreeSet::new(),
             merge_looks: BTreeMap::new(),
             merge_waiting: BTreeSet::new(),
@@ -523,11 +527,16 @@ impl Store {
     /// [`ApplyOutput::ConfChanged`] once it is applied. Refused (with
     /// [`RaftstoreError::ChangeRefused`]) while another change is in progress, if it would
     /// remove the leader, or if the new configuration would lack a quorum of replicas the
-    /// leader has heard from recently.
+    /// leader has heard from recently. With `planned`, refused unless the group is still
+    /// at that epoch: a step planned against one configuration must not apply to the next
+    /// (two placement leaders, or one step sent twice, could otherwise both apply a step
+    /// planned at one epoch). As no change is proposed while another is in flight, the
+    /// epoch checked here is the one the change applies at.
     pub fn propose_conf_change(
         &mut self,
         group_id: u64,
         changes: Vec<PeerChange>,
+        planned: Option<RegionEpoch>,
         callback: Callback,
     ) {
         let now = self.now_ms;
@@ -540,6 +549,13 @@ impl Store {
         }
         if peer.merging.is_some() {
             let reason = format!("region {group_id} is frozen for a merge");
+            return callback(Err(RaftstoreError::ChangeRefused(reason)));
+        }
+        if let Some(planned) = planned.filter(|e| *e != peer.region.epoch()) {
+            let reason = format!(
+                "planned against epoch {planned:?}; region {group_id} is at {:?}",
+                peer.region.epoch()
+            );
             return callback(Err(RaftstoreError::ChangeRefused(reason)));
         }
         if let Err(reason) = check_conf_change(peer, &changes, &self.config, now) {
@@ -870,6 +886,9 @@ impl Store {
         if local.initialized && region.epoch().is_stale_against(&local.region.epoch()) {
             return refuse("older than the Region here");
         }
+        if self.predates_a_merge_here(&region, &header.absorbed) {
+            return refuse("from before a merge whose source here is gone");
+        }
         // A source replica the snapshot's Region absorbed, or an obsolete one, is not in
         // the way: the snapshot replaces it (see `crate::merge`).
         let overlapping = self.peers.values().any(|p| {
@@ -895,6 +914,20 @@ impl Store {
     fn gives_way(&self, peer: &Peer, region: &Region) -> bool {
         (absorbed_by(peer, region.id) || self.obsolete(peer))
             && region.version > peer.region.version
+    }
+
+    /// Whether a snapshot of `region`, recording the merges it had `absorbed`, is from
+    /// before a merge into it whose source's replica here is destroyed. Taken (by a
+    /// replica with no data yet, its snapshot delayed on the way), its log would reach the
+    /// commit and wait for that source for ever: the source gave way to a later snapshot
+    /// of another Region over its range (a piece of the union split off since). The
+    /// leader sends a newer snapshot instead. The record keeps the last
+    /// [`merge::MAX_ABSORBED`] merges: a full one that lacks the source proves nothing.
+    fn predates_a_merge_here(&self, region: &Region, absorbed: &[merge::AbsorbedSource]) -> bool {
+        let lacks = |source: u64| {
+            absorbed.len() < merge::MAX_ABSORBED && absorbed.iter().all(|a| a.source_id != source)
+        };
+        (self.absorbed_into.iter()).any(|(&source, &target)| target == region.id && lacks(source))
     }
 
     /// Whether replica `peer_id` of a group is destroyed here (a tombstone, or replaced by
@@ -1413,14 +1446,14 @@ impl Store {
         }
         let from = message.from.clone();
         match what {
-            Hibernate::Request { term, index } => {
+            Hibernate::Request { term, index, round } => {
                 let sleeps = peer.may_sleep_for(from.id, term, index);
                 let answer = if sleeps {
                     peer.fall_asleep();
                     self.ticking.remove(&id);
                     // It has just heard from its leader.
                     peer.raw.raft.election_elapsed = 0;
-                    Hibernate::Ack { term, index }
+                    Hibernate::Ack { term, index, round }
                 } else {
                     Hibernate::Nack
                 };
@@ -1429,13 +1462,12 @@ impl Store {
                     self.publish(id);
                 }
             }
-            Hibernate::Ack { term, index } => {
-                let Sleep::Asking { term: asked_term, index: asked_index, acked, .. } =
-                    &mut peer.sleep
+            Hibernate::Ack { term, index, round } => {
+                let Sleep::Asking { term: t, index: i, round: r, acked, .. } = &mut peer.sleep
                 else {
                     return;
                 };
-                if (term, index) != (*asked_term, *asked_index) {
+                if (term, index, round) != (*t, *i, *r) {
                     return;
                 }
                 acked.insert(from.id);
@@ -1475,12 +1507,14 @@ impl Store {
                 self.publish(id);
                 continue;
             }
+            self.sleep_rounds += 1;
+            let round = self.sleep_rounds;
             for follower in followers {
                 let Some(to) = peer.peer_by_id(follower) else { continue };
-                self.outbox.push(peer.envelope(to, Hibernate::Request { term, index }));
+                self.outbox.push(peer.envelope(to, Hibernate::Request { term, index, round }));
             }
             let acked = BTreeSet::new();
-            peer.sleep = Sleep::Asking { term, index, acked, ticks: 0 };
+            peer.sleep = Sleep::Asking { term, index, round, acked, ticks: 0 };
         }
     }
 

@@ -388,7 +388,7 @@ fn a_removed_voter_votes_on_until_the_voters_that_stay_have_applied_its_removal(
     let answer = slot.clone();
     let removal = vec![PeerChange::Remove(Peer::new(victim, victim))];
     let callback = Box::new(move |r| *answer.lock().unwrap() = Some(r));
-    cluster.store(leader).propose_conf_change(REGION, removal, callback);
+    cluster.store(leader).propose_conf_change(REGION, removal, None, callback);
     // `knows` gets the entry, but not the news that it is committed.
     let appends = cluster.store(leader).handle_ready().unwrap().messages;
     for append in appends.into_iter().filter(|m| m.to.store_id != never) {
@@ -530,7 +530,7 @@ fn a_learner_writing_its_snapshot_s_data_is_pending() {
     }
     let leader = cluster.wait_leader();
     let learner = vec![PeerChange::AddLearner(Peer::learner(4, 4))];
-    cluster.store(leader).propose_conf_change(REGION, learner, Box::new(|_| {}));
+    cluster.store(leader).propose_conf_change(REGION, learner, None, Box::new(|_| {}));
     assert!(cluster.run_until(Until::SnapshotDelivered(4)));
     let answers = cluster.store(4).handle_ready().unwrap().messages;
     assert!(cluster.store(4).is_installing(REGION), "3 MiB go in over several rounds");
@@ -1320,6 +1320,80 @@ fn sleeping_cluster_of(stores: u64) -> (Cluster, u64) {
     (cluster, leader)
 }
 
+/// Ticks every store once and runs by hand: every message is delivered, but those
+/// `aside` picks, which it keeps.
+fn tick_by_hand(
+    cluster: &mut Cluster,
+    mut aside: impl FnMut(&PeerMessage) -> bool,
+) -> Vec<(u64, PeerMessage)> {
+    cluster.now += TICK_MS;
+    let now = cluster.now;
+    for id in 1..=3 {
+        cluster.store(id).tick(now);
+    }
+    let mut kept = Vec::new();
+    loop {
+        let mut sent = Vec::new();
+        for id in 1..=3 {
+            while cluster.store(id).has_ready() {
+                let out = cluster.store(id).handle_ready().unwrap();
+                sent.extend(out.messages.into_iter().map(|m| (id, m)));
+            }
+        }
+        if sent.is_empty() {
+            return kept;
+        }
+        for (from, message) in sent {
+            match aside(&message) {
+                true => kept.push((from, message)),
+                false => cluster.deliver(from, message),
+            }
+        }
+    }
+}
+
+/// An acknowledgement of an earlier request to sleep, delayed on the way, does not count
+/// for a later request at the same term and index: its sender may be awake by then, and
+/// a leader asleep beside an awake follower is woken by that follower's election.
+#[test]
+fn an_old_acknowledgement_does_not_put_the_leader_to_sleep() {
+    use scandium_raftstore::hibernate::Hibernate;
+    let mut cluster = Cluster::with_hibernation(3, SLEEP_AFTER);
+    cluster.replicate(3);
+    cluster.put(b"a", b"1").unwrap();
+    let leader = cluster.leader().unwrap();
+    let follower = (1..=3).find(|&s| s != leader).unwrap();
+    let is_ack = |m: &PeerMessage| matches!(m.hibernate, Some(Hibernate::Ack { .. }));
+    let from_follower = |m: &PeerMessage| m.from.store_id == follower;
+    // The first round: the follower's acknowledgement is held back.
+    let mut old_ack = Vec::new();
+    for _ in 0..100 {
+        old_ack = tick_by_hand(&mut cluster, |m| is_ack(m) && from_follower(m));
+        if !old_ack.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(old_ack.len(), 1, "the follower acknowledged the first request");
+    let slept = cluster.store(leader).groups_slept();
+    // Unanswered, the leader wakes and heartbeats, which wakes the follower; idle again,
+    // it asks again at the same term and index. The request to the follower is lost.
+    let is_request = |m: &PeerMessage| matches!(m.hibernate, Some(Hibernate::Request { .. }));
+    let mut asked_again = false;
+    for _ in 0..100 {
+        let lost = tick_by_hand(&mut cluster, |m| is_request(m) && m.to.store_id == follower);
+        if !lost.is_empty() {
+            asked_again = true;
+            break;
+        }
+    }
+    assert!(asked_again, "the leader asked again");
+    assert!(!cluster.store(follower).is_hibernating(REGION), "the follower is awake");
+    let (from, ack) = old_ack.pop().unwrap();
+    cluster.deliver(from, ack);
+    cluster.run();
+    assert_eq!(cluster.store(leader).groups_slept(), slept, "the leader slept on an old ack");
+}
+
 /// An idle group sleeps on every replica, and then no message of it is sent at all
 /// (stores still beat), however long it sleeps.
 #[test]
@@ -1465,4 +1539,26 @@ fn a_learner_is_promoted_only_once_caught_up() {
     cluster.tick_until(200, "the learner caught up", |c| c.value(4, b"k").is_some());
     cluster.tick(5);
     cluster.change(vec![PeerChange::AddVoter(Peer::new(4, 4))]).unwrap();
+}
+
+/// A membership step planned against one configuration is refused once the group has
+/// another: two steps planned at one epoch (by an old and a new placement leader, or one
+/// step sent twice) cannot both apply.
+#[test]
+fn a_change_planned_against_an_older_epoch_is_refused() {
+    let mut cluster = Cluster::new(4);
+    cluster.replicate(3);
+    let leader = cluster.wait_leader();
+    let planned = cluster.region(leader).unwrap().epoch();
+    let victim = if leader == 3 { 2 } else { 3 };
+    let removal = vec![PeerChange::Remove(Peer::new(victim, victim))];
+    let region = cluster.change_planned(planned, removal).unwrap();
+    assert_eq!(region.conf_ver, planned.conf_ver + 1);
+    let learner = vec![PeerChange::AddLearner(Peer::learner(4, 4))];
+    let refused = cluster.change_planned(planned, learner.clone());
+    assert!(
+        matches!(&refused, Err(RaftstoreError::ChangeRefused(why)) if why.contains("planned")),
+        "{refused:?}"
+    );
+    cluster.change_planned(region.epoch(), learner).unwrap();
 }

@@ -752,7 +752,7 @@ fn only_a_target_snapshot_from_after_the_merge_replaces_a_frozen_source() {
     use scandium_raftstore::{Registry, StepError, Store};
     use scandium_storage::{EngineRef, MemoryEngine};
     let engine: EngineRef = Arc::new(MemoryEngine::new());
-    let peers = |id: u64| (1..=3).map(|s| Peer::new(id * 10 + s, s)).collect::<Vec<_>>();
+    let peers = peers_of;
     // Region 1 was `[, )` at version 1; its split made `[, m)` and Region 100 `[m, )`
     // at version 2; Region 100 froze to merge into Region 1 (version 3).
     let target = Region {
@@ -763,14 +763,7 @@ fn only_a_target_snapshot_from_after_the_merge_replaces_a_frozen_source() {
         peers: peers(1),
         ..Default::default()
     };
-    let source = Region {
-        id: RIGHT,
-        start_key: b"m".to_vec(),
-        version: 3,
-        conf_ver: 2,
-        peers: peers(RIGHT),
-        ..Default::default()
-    };
+    let source = right_split_off_at_version_3();
     let mut batch = WriteBatch::new();
     write_initial_group(&mut batch, &source);
     let state = MergeState { target: Some(target.clone()), min_index: 5, commit: 5 };
@@ -808,6 +801,76 @@ fn only_a_target_snapshot_from_after_the_merge_replaces_a_frozen_source() {
         store.handle_ready().unwrap();
     }
     assert!(store.describe(RIGHT).is_none(), "the source gave way");
+}
+
+/// A target's snapshot from before a merge, delayed to a store whose replica of the
+/// source is destroyed (it gave way to a later snapshot of another Region over its range:
+/// a piece of the union split off since), is refused: its log would reach the commit and
+/// wait for that source for ever. One from after the merge, which records it, is taken.
+#[test]
+fn a_target_snapshot_from_before_a_merge_whose_source_here_is_gone_is_refused() {
+    use scandium_raftstore::bootstrap::write_absorbed_tombstone;
+    use scandium_raftstore::merge::{AbsorbedSource, MergeState};
+    use scandium_raftstore::snapshot::{SnapshotChunk, SnapshotEntry, SnapshotHeader};
+    use scandium_raftstore::{Registry, StepError, Store};
+    use scandium_storage::{EngineRef, MemoryEngine};
+    let engine: EngineRef = Arc::new(MemoryEngine::new());
+    let peers = peers_of;
+    // Region 100 `[m, )` merged into Region 1 `[, m)`; its replica here is a tombstone
+    // that knows it.
+    let source = right_split_off_at_version_3();
+    let target = Region { id: 1, ..Default::default() };
+    let merged = MergeState { target: Some(target), ..Default::default() };
+    let mut batch = WriteBatch::new();
+    write_absorbed_tombstone(&mut batch, &source, RIGHT * 10 + 2, Some(&merged));
+    engine.write(batch).unwrap();
+    let mut store =
+        Store::open(2, engine.clone(), config(2), Box::new(NoMeta), Registry::new()).unwrap();
+    store.set_time(1_000);
+    let snapshot_of = |store: &Store, version: u64, absorbed: Vec<AbsorbedSource>| {
+        let region = Region {
+            id: 1,
+            end_key: b"m".to_vec(),
+            version,
+            conf_ver: 1,
+            peers: peers(1),
+            ..Default::default()
+        };
+        let mut staging = store.snapshot_stager().begin();
+        let entry = SnapshotEntry { cf: 1, key: b"a".to_vec(), value: b"t".to_vec() };
+        staging.push(SnapshotChunk { entries: vec![entry] }).unwrap();
+        let data = staging.finish(Some(1)).unwrap();
+        let header = SnapshotHeader { region: Some(region.clone()), token: 1, absorbed };
+        (snapshot_to_2(&region, header, 9), data)
+    };
+    let (message, data) = snapshot_of(&store, 2, Vec::new());
+    let refused = store.step(message, Some(data));
+    assert!(matches!(refused, Err(StepError::SnapshotRefused(_))), "{refused:?}");
+    // After the merge and a split that took the source's range away again.
+    let absorbed = vec![AbsorbedSource { source_id: RIGHT, commit: 5 }];
+    let (message, data) = snapshot_of(&store, 5, absorbed);
+    store.step(message, Some(data)).unwrap();
+    while store.has_ready() {
+        store.handle_ready().unwrap();
+    }
+    assert!(store.describe(1).is_some_and(|d| d.contains("initialized=true")), "taken");
+}
+
+/// The replicas of Region `id` on stores 1 to 3 of the hand-built stores below.
+fn peers_of(id: u64) -> Vec<Peer> {
+    (1..=3).map(|s| Peer::new(id * 10 + s, s)).collect()
+}
+
+/// Region 100 `[m, )` as split off Region 1 and frozen to merge back into it.
+fn right_split_off_at_version_3() -> Region {
+    Region {
+        id: RIGHT,
+        start_key: b"m".to_vec(),
+        version: 3,
+        conf_ver: 2,
+        peers: peers_of(RIGHT),
+        ..Default::default()
+    }
 }
 
 /// A snapshot message of `region`'s replica on store 1 to its replica on store 2, at

@@ -620,7 +620,10 @@ impl Control {
                 };
                 self.raft.with_store(prepare).await
             }
-            action => self.raft.change_peers(region_id, peer_changes(action)).await.map(|_| ()),
+            action => {
+                let changes = peer_changes(action);
+                self.raft.change_peers(region_id, changes, step.epoch).await.map(|_| ())
+            }
         };
         match result {
             Ok(_) => {

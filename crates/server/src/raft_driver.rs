@@ -14,6 +14,7 @@ use scandium_raftstore::{
     ApplyOutput, Callback, EncodedCommand, Event, PeerChange, PeerMessage, RaftCommand,
     RaftstoreError, ReadCallback, SnapshotData, StepError, Store,
 };
+use scandium_types::RegionEpoch;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +40,7 @@ enum RaftMessage {
     ConfChange {
         group_id: u64,
         changes: Vec<PeerChange>,
+        planned: Option<RegionEpoch>,
         callback: Callback,
     },
     ReadIndex {
@@ -125,14 +127,22 @@ impl RaftHandle {
         receiver.await.unwrap_or(Err(RaftstoreError::OutcomeUnknown { region_id }))
     }
 
-    /// Proposes a membership change and waits until it is applied (or refused).
+    /// Proposes a membership change planned against the group's epoch `planned`, and
+    /// waits until it is applied (or refused: the group is at another epoch meanwhile).
     pub async fn change_peers(
         &self,
         group_id: u64,
         changes: Vec<PeerChange>,
+        planned: RegionEpoch,
     ) -> Result<ApplyOutput, RaftstoreError> {
-        self.send(group_id, |callback| RaftMessage::ConfChange { group_id, changes, callback })
-            .await
+        let planned = Some(planned);
+        self.send(group_id, |callback| RaftMessage::ConfChange {
+            group_id,
+            changes,
+            planned,
+            callback,
+        })
+        .await
     }
 
     /// Waits until the local leader of `group_id` has confirmed with a quorum that it
@@ -375,8 +385,8 @@ fn handle(store: &mut Store, message: RaftMessage) -> bool {
             crate::metrics::METRICS.raft_proposals.inc();
             store.propose_command(group_id, command, callback)
         }
-        RaftMessage::ConfChange { group_id, changes, callback } => {
-            store.propose_conf_change(group_id, changes, callback)
+        RaftMessage::ConfChange { group_id, changes, planned, callback } => {
+            store.propose_conf_change(group_id, changes, planned, callback)
         }
         RaftMessage::ReadIndex { group_id, callback } => store.read_index(group_id, callback),
         RaftMessage::Step { message, snapshot, reply } => {

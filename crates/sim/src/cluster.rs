@@ -1084,7 +1084,7 @@ impl Cluster {
             return;
         }
         if let Some(store) = self.node(id).store.as_mut() {
-            store.propose_conf_change(region, changes, Box::new(|_| {}));
+            store.propose_conf_change(region, changes, None, Box::new(|_| {}));
         }
         self.pump(id, rng);
     }

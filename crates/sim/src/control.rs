@@ -225,7 +225,7 @@ impl Cluster {
                 };
                 // The operator sees the change in the Region's next heartbeat.
                 let store = self.node(id).store.as_mut().expect("a serving node has a store");
-                store.propose_conf_change(region_id, changes, Box::new(|_| {}));
+                store.propose_conf_change(region_id, changes, Some(step.epoch), Box::new(|_| {}));
             }
         }
         self.pump(id, rng);

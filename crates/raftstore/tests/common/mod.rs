@@ -11,7 +11,7 @@ use scandium_raftstore::{
     RaftstoreError, Registry, SplitRequest, Store,
 };
 use scandium_storage::{Cf, EngineRef, MemoryEngine, WriteBatch};
-use scandium_types::{Peer, PeerRole, Region};
+use scandium_types::{Peer, PeerRole, Region, RegionEpoch};
 use std::any::Any;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -454,6 +454,16 @@ impl Cluster {
         self.change_group_on(leader, REGION, changes)
     }
 
+    /// [`Cluster::change`] planned against the Region's epoch `planned`.
+    pub fn change_planned(
+        &mut self,
+        planned: RegionEpoch,
+        changes: Vec<PeerChange>,
+    ) -> Result<Region> {
+        let leader = self.wait_leader();
+        self.change_with(leader, REGION, changes, Some(planned))
+    }
+
     /// Changes the membership of `group` through its leader on store `leader`, and runs
     /// until that is applied there: the Region as it then is.
     pub fn change_group_on(
@@ -462,11 +472,22 @@ impl Cluster {
         group: u64,
         changes: Vec<PeerChange>,
     ) -> Result<Region> {
+        self.change_with(leader, group, changes, None)
+    }
+
+    fn change_with(
+        &mut self,
+        leader: u64,
+        group: u64,
+        changes: Vec<PeerChange>,
+        planned: Option<RegionEpoch>,
+    ) -> Result<Region> {
         let slot: Slot<Result<ApplyOutput>> = Arc::default();
         let answer = slot.clone();
         self.store(leader).propose_conf_change(
             group,
             changes,
+            planned,
             Box::new(move |r| *answer.lock().unwrap() = Some(r)),
         );
         match self.run_until_answered(&slot)? {
