@@ -100,6 +100,17 @@ impl<'a> Need<'a> {
     pub fn range(space: Space, write: bool, start: &'a [u8], end: &'a [u8]) -> Self {
         Need::Keys { space, write, keys: Vec::new(), ranges: vec![(start, end)] }
     }
+
+    /// The same keys, written.
+    pub fn written(self) -> Self {
+        match self {
+            Need::Keys { space, keys, ranges, .. } => {
+                Need::Keys { space, write: true, keys, ranges }
+            }
+            Need::Region { space, from, .. } => Need::Region { space, write: true, from },
+            Need::Admin => Need::Admin,
+        }
+    }
 }
 
 /// One part of the key space a grant speaks of.

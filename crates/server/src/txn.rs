@@ -143,17 +143,24 @@ impl Storage {
         })
     }
 
-    /// `KvCheckTxnStatus`.
+    /// `KvCheckTxnStatus`. For a caller that may only read (`as_reader`), the lock's
+    /// expiry is judged at this node's clock at the latest: a `current_ts` far ahead
+    /// (tikv-client's lock clean-up sends `u64::MAX`) would roll back live transactions.
     pub async fn kv_check_txn_status(
         &self,
         req: kvrpcpb::CheckTxnStatusRequest,
+        as_reader: bool,
     ) -> TxnResult<(TxnStatus, StatusAction)> {
         let (target, api) = txn_target(req.context.as_ref())?;
+        let current_ts = match as_reader {
+            true => req.current_ts.min(TimeStamp::compose(crate::clock::now_ms(), 0).0),
+            false => req.current_ts,
+        };
         let status = CheckTxnStatus {
             primary: req.primary_key,
             lock_ts: TimeStamp(req.lock_ts),
             caller_start_ts: TimeStamp(req.caller_start_ts),
-            current_ts: TimeStamp(req.current_ts),
+            current_ts: TimeStamp(current_ts),
             rollback_if_not_exist: req.rollback_if_not_exist,
             force_sync_commit: req.force_sync_commit,
             resolving_pessimistic_lock: req.resolving_pessimistic_lock,
@@ -219,13 +226,25 @@ impl Storage {
 
     /// `KvResolveLock`: commits or rolls back the locks of one transaction (or of each in
     /// `txn_infos`), on the given keys or on the whole Region.
-    pub async fn kv_resolve_lock(&self, req: kvrpcpb::ResolveLockRequest) -> TxnResult<()> {
+    ///
+    /// For a caller that may only read the keys (`as_reader`), each lock is resolved as
+    /// the node finds its transaction's fate from the primary, and only where that is
+    /// the outcome named (`txn::resolve_lock_as_reader`).
+    pub async fn kv_resolve_lock(
+        &self,
+        req: kvrpcpb::ResolveLockRequest,
+        as_reader: bool,
+    ) -> TxnResult<()> {
         let (target, api) = txn_target(req.context.as_ref())?;
         let mut fates: Vec<(u64, u64)> = req.txn_infos.iter().map(|t| (t.txn, t.status)).collect();
         if fates.is_empty() {
             fates.push((req.start_version, req.commit_version));
         }
-        Ok(self.run(target, txn::resolve_lock(self.txn(), api, fates, req.keys)).await?)
+        let command = match as_reader {
+            true => txn::resolve_lock_as_reader(self.txn(), api, fates, req.keys),
+            false => txn::resolve_lock(self.txn(), api, fates, req.keys),
+        };
+        Ok(self.run(target, command).await?)
     }
 
     /// `KvScanLock`: locks with `start_ts <= max_version` in the range, in key order; a

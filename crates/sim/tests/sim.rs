@@ -209,7 +209,7 @@ fn async_commit_without_max_ts_sync_is_caught() {
     // commit below a snapshot the old leader served without the transaction's locks: a
     // later transaction reading at that snapshot overwrites the list without its append.
     // Seeds 35 and 46 are the first two that catch it since the sixteenth session's
-    // review fixes; with the sync, neither fails. They move whenever the
+    // review fixes (still so after the seventeenth's); with the sync, neither fails. They move whenever the
     // simulated code changes (`scripts/breakage-seed.sh --unsafe-max-ts 0 3000`, then
     // again from the seed after; git log has the earlier ones).
     let config = RunConfig { unsafe_max_ts: true, ..RunConfig::default() };
@@ -225,15 +225,15 @@ fn a_compare_and_swap_without_a_linearizable_read_is_caught() {
     // state without a lease or a ReadIndex round. Typically a swap queued behind a write
     // on a leader that is then removed or deposed reads a state another leader has moved
     // past. The same schedule once found a real bug: the swap's gate was passed before its
-    // latch wait and not after. Seed 120 of 60 s registers-only runs is the first of
-    // 0..120 that catches it since the sixteenth session's review fixes. The
+    // latch wait and not after. Seed 391 of 60 s registers-only runs is the first of
+    // 0..391 that catches it since the seventeenth session's review fixes. The
     // seed moves whenever the simulated code changes:
     // `scripts/breakage-seed.sh --unsafe-cas 0 4000 --duration-ms 60000 --txn-clients 0
     // --bank-clients 0` finds the next, and git log has the earlier ones.
     let long = RunConfig { duration_ms: 60_000, ..registers_only() };
     let config = RunConfig { unsafe_cas: true, ..long.clone() };
-    assert!(!run(120, &config).anomalies.is_empty(), "seed 120 missed the stale swap");
-    assert!(run(120, &long).anomalies.is_empty(), "seed 120");
+    assert!(!run(391, &config).anomalies.is_empty(), "seed 391 missed the stale swap");
+    assert!(run(391, &long).anomalies.is_empty(), "seed 391");
 }
 
 /// Runs with register clients only (no transactions, no bank): cheaper, and the
@@ -248,7 +248,7 @@ fn a_control_plane_that_forgets_liveness_is_caught() {
     // it never heard as never seen, not down: a node lost for good before the leader
     // changed keeps its replicas for ever, and the cluster never settles with three on
     // the nodes that remain. Seed 0 is the first that catches it since the sixteenth
-    // session's review fixes (5 before). It moves whenever the
+    // session's review fixes (still so after the seventeenth's; 5 before). It moves whenever the
     // simulated code changes (`scripts/breakage-seed.sh --unsafe-liveness 0 500`; git log
     // has the earlier ones).
     let config = RunConfig { unsafe_liveness: true, ..RunConfig::default() };
@@ -313,7 +313,7 @@ fn a_read_path_without_leases_is_caught() {
     // round: a deposed leader answers from its old state. The window is narrow (a
     // request queued at a paused leader, served on resuming before the messages that
     // depose it): seed 38 is the first of 0..38 that shows it since the sixteenth
-    // session's review fixes. It moves whenever the simulated code
+    // session's review fixes (still so after the seventeenth's). It moves whenever the simulated code
     // changes (`scripts/breakage-seed.sh --unsafe-reads 0 3000`; git log has the earlier
     // ones); a search from seed 0 in a debug build once ran 15 minutes, so the test runs
     // the known seed.

@@ -53,8 +53,10 @@ keys! {
     BatchRollbackRequest: Txn true |r| r.keys.iter().map(Vec::as_slice);
     // Lock resolution: a reader that meets another transaction's lock must settle it
     // (roll it back once expired, or finish its commit) to read at all, so read access
-    // suffices; it writes nothing a transaction did not prewrite.
-    CleanupRequest: Txn false |r| [r.key.as_slice()];
+    // suffices, with the outcome checked against the primary for a reader (see
+    // `Storage::kv_resolve_lock` and `kv_check_txn_status`). `Cleanup` rolls a key's lock
+    // back without asking its primary (tikv-client 0.4 never sends it): writers only.
+    CleanupRequest: Txn true |r| [r.key.as_slice()];
     CheckTxnStatusRequest: Txn false |r| [r.primary_key.as_slice()];
     CheckSecondaryLocksRequest: Txn false |r| r.keys.iter().map(Vec::as_slice);
     TxnHeartBeatRequest: Txn true |r| [r.primary_lock.as_slice()];

@@ -101,12 +101,35 @@ impl TikvService {
         request: &Request<Q>,
         operation: &str,
     ) -> Option<R> {
+        let (message, key) = self.refused(request, operation, false)?;
+        let mut response = R::default();
+        response.refuse(message, key);
+        Some(response)
+    }
+
+    /// Whether the caller may write what `request` names (lock resolution, which needs
+    /// read access only, is then taken as the caller names it; see
+    /// `Storage::kv_resolve_lock`).
+    fn may_write<Q: Guarded + HasContext>(&self, request: &Request<Q>) -> bool {
+        self.refused(request, "", true).is_none()
+    }
+
+    /// Why the caller may not make `request` (writing, if `write`), and a key of it.
+    fn refused<Q: Guarded + HasContext>(
+        &self,
+        request: &Request<Q>,
+        operation: &str,
+        write: bool,
+    ) -> Option<(String, Vec<u8>)> {
         let caller = Caller::of(request)?;
         if !caller.authz.checks(&caller.identity) {
             return None;
         }
         let req = request.get_ref();
-        let need = req.need();
+        let need = match write {
+            true => req.need().written(),
+            false => req.need(),
+        };
         let region;
         let need = match need {
             Need::Region { space, write, from } => {
@@ -122,9 +145,7 @@ impl TikvService {
             need => need,
         };
         let message = caller.check(operation, &need).err()?;
-        let mut response = R::default();
-        response.refuse(message, first_key(&need));
-        Some(response)
+        Some((message, first_key(&need)))
     }
 }
 
@@ -486,7 +507,8 @@ impl Tikv for TikvService {
     ) -> Result<Response<kvrpcpb::CheckTxnStatusResponse>, Status> {
         let timer = METRICS.request("kv_check_txn_status");
         guard!(self, request, timer, "KvCheckTxnStatus");
-        let result = self.storage.kv_check_txn_status(request.into_inner()).await;
+        let as_reader = !self.may_write(&request);
+        let result = self.storage.kv_check_txn_status(request.into_inner(), as_reader).await;
         txn_respond!(timer, kvrpcpb::CheckTxnStatusResponse, result, |resp, outcome| {
             let (status, action) = outcome;
             resp.action = match action {
@@ -586,7 +608,8 @@ impl Tikv for TikvService {
     ) -> Result<Response<kvrpcpb::ResolveLockResponse>, Status> {
         let timer = METRICS.request("kv_resolve_lock");
         guard!(self, request, timer, "KvResolveLock");
-        let result = self.storage.kv_resolve_lock(request.into_inner()).await;
+        let as_reader = !self.may_write(&request);
+        let result = self.storage.kv_resolve_lock(request.into_inner(), as_reader).await;
         txn_respond!(timer, kvrpcpb::ResolveLockResponse, result, |_resp, _unit| ())
     }
 

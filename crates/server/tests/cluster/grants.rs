@@ -36,7 +36,7 @@ fn grants() -> Vec<Grant> {
 
 /// The operations, and who may make each: one letter per identity of [`WHO`], `y`
 /// allowed and `n` refused.
-const MATRIX: [(&str, &str); 22] = [
+const MATRIX: [(&str, &str); 23] = [
     ("RawGet V1", "yynnyn"),
     ("RawPut V1", "yynnyn"),
     ("RawScan V1", "yynnyn"),
@@ -52,6 +52,7 @@ const MATRIX: [(&str, &str); 22] = [
     ("KvPrewrite keyspace", "yyynnn"),
     ("KvScan keyspace", "yyyynn"),
     ("KvResolveLock keyspace Region", "yyyynn"),
+    ("KvCleanup keyspace", "yyynnn"),
     ("KvCheckTxnStatus V1", "yynnyn"),
     ("KvTxnHeartBeat keyspace", "yyynnn"),
     ("GetRegion keyspace", "yyyynn"),
@@ -220,6 +221,14 @@ impl Matrix<'_> {
                     start_version: 999_999,
                     commit_version: 0,
                     ..Default::default()
+                })
+            }
+            "KvCleanup keyspace" => {
+                tikv!(txn_key(who), kv_cleanup, |ctx| kvrpcpb::CleanupRequest {
+                    context: Some(ctx),
+                    key: txn_key("nothing"),
+                    start_version: 5,
+                    current_ts: 6,
                 })
             }
             "KvCheckTxnStatus V1" => {
@@ -559,6 +568,114 @@ async fn tikv_client_sees_a_refusal_at_once_and_does_not_retry_it() {
     let nobody = client("nobody").await;
     let refused = nobody.err().expect("a client with no grant loaded the keyspace").to_string();
     assert!(refused.contains("PERMISSION_DENIED") || refused.contains("permission"), "{refused}");
+    cluster.shutdown().await;
+}
+
+/// A caller that may only read settles a lock only as its primary decided: it cannot roll
+/// back a secondary of a committed transaction (breaking its atomicity), nor expire a
+/// live transaction by naming a time far ahead; named rightly, the resolution goes
+/// through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_settles_a_lock_only_as_its_primary_decided() {
+    let certs = Certs::new();
+    let granted = grants().into_iter().filter(|g| g.name == "rw" || g.name == "ro").collect();
+    let cluster = authorised_cluster(&certs, &["rw", "ro"], granted).await;
+    let matrix = Matrix { cluster: &cluster, certs: &certs };
+    let config = keyspace_client(&certs, "rw");
+    let transactions =
+        tikv_client::TransactionClient::new_with_config(cluster.addrs.clone(), config)
+            .await
+            .unwrap();
+    let timestamp = || async {
+        use tikv_client::TimestampExt as _;
+        transactions.current_timestamp().await.unwrap().version()
+    };
+    let (primary, secondary, live) =
+        (b"x\0\0\0p".to_vec(), b"x\0\0\0s".to_vec(), b"x\0\0\0q".to_vec());
+    let prewrite = |keys: Vec<Vec<u8>>, start: u64| {
+        let mutations = keys.iter().map(|key| kvrpcpb::Mutation {
+            op: kvrpcpb::Op::Put as i32,
+            key: key.clone(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        });
+        kvrpcpb::PrewriteRequest {
+            mutations: mutations.collect(),
+            primary_lock: keys[0].clone(),
+            start_version: start,
+            lock_ttl: 60_000,
+            ..Default::default()
+        }
+    };
+    let as_who = |who: &'static str, key: Vec<u8>| {
+        let matrix = &matrix;
+        async move { matrix.at(who, &key).await }
+    };
+    // A transaction committed at its primary only; another still running.
+    let start = timestamp().await;
+    let (channel, ctx) = as_who("rw", primary.clone()).await;
+    let mut rw = TikvClient::new(channel);
+    let request = kvrpcpb::PrewriteRequest {
+        context: Some(ctx.clone()),
+        ..prewrite(vec![primary.clone(), secondary.clone()], start)
+    };
+    let written = rw.kv_prewrite(request).await.unwrap().into_inner();
+    assert!(written.errors.is_empty() && written.region_error.is_none(), "{written:?}");
+    let commit_ts = timestamp().await;
+    let commit = kvrpcpb::CommitRequest {
+        context: Some(ctx.clone()),
+        start_version: start,
+        keys: vec![primary.clone()],
+        commit_version: commit_ts,
+        ..Default::default()
+    };
+    let committed = rw.kv_commit(commit).await.unwrap().into_inner();
+    assert!(committed.error.is_none() && committed.region_error.is_none(), "{committed:?}");
+    let running = timestamp().await;
+    let request =
+        kvrpcpb::PrewriteRequest { context: Some(ctx), ..prewrite(vec![live.clone()], running) };
+    let written = rw.kv_prewrite(request).await.unwrap().into_inner();
+    assert!(written.errors.is_empty(), "{written:?}");
+
+    let (channel, ctx) = as_who("ro", secondary.clone()).await;
+    let mut ro = TikvClient::new(channel);
+    let resolve = |commit_version: u64| kvrpcpb::ResolveLockRequest {
+        context: Some(ctx.clone()),
+        start_version: start,
+        commit_version,
+        keys: vec![secondary.clone()],
+        ..Default::default()
+    };
+    let refused = ro.kv_resolve_lock(resolve(0)).await.unwrap().into_inner();
+    let error = format!("{:?}", refused.error.expect("a reader rolled back a committed secondary"));
+    assert!(error.contains("committed at"), "{error}");
+    assert!(matrix.locked(&secondary).await, "the secondary's lock stays");
+    // A time far ahead does not expire the running transaction for a reader.
+    let status = kvrpcpb::CheckTxnStatusRequest {
+        context: Some(ctx.clone()),
+        primary_key: live.clone(),
+        lock_ts: running,
+        caller_start_ts: timestamp().await,
+        current_ts: u64::MAX,
+        rollback_if_not_exist: true,
+        ..Default::default()
+    };
+    let status = ro.kv_check_txn_status(status).await.unwrap().into_inner();
+    assert!(status.lock_ttl > 0 && status.error.is_none(), "{status:?}");
+    assert!(matrix.locked(&live).await, "the running transaction keeps its lock");
+    // Named as the primary decided, the reader's resolution goes through.
+    let settled = ro.kv_resolve_lock(resolve(commit_ts)).await.unwrap().into_inner();
+    assert!(settled.error.is_none() && settled.region_error.is_none(), "{settled:?}");
+    assert!(!matrix.locked(&secondary).await);
+    let reader = tikv_client::TransactionClient::new_with_config(
+        cluster.addrs.clone(),
+        keyspace_client(&certs, "ro"),
+    )
+    .await
+    .unwrap();
+    let now = reader.current_timestamp().await.unwrap();
+    let mut snapshot = reader.snapshot(now, tikv_client::TransactionOptions::new_optimistic());
+    assert_eq!(snapshot.get(b"s".to_vec()).await.unwrap(), Some(b"v".to_vec()));
     cluster.shutdown().await;
 }
 

@@ -129,7 +129,7 @@ pub(crate) async fn resolve_old_locks(
 
 /// The commit timestamp (0 = rolled back) of the transaction owning `lock`, or `None` if
 /// it is still running.
-async fn fate(cx: &Cx, lock: &Lock, now: TimeStamp) -> CommandResult<Option<TimeStamp>> {
+pub(crate) async fn fate(cx: &Cx, lock: &Lock, now: TimeStamp) -> CommandResult<Option<TimeStamp>> {
     let status = CheckTxnStatus {
         primary: lock.primary.clone(),
         lock_ts: lock.ts(),

@@ -581,8 +581,7 @@ pub fn resolve_lock(
 ) -> Command<()> {
     Command::new(node, move |cx| async move {
         let scope = cx.gate(READ).await?;
-        let fate_of =
-            |start_ts: u64| fates.iter().find(|(ts, _)| *ts == start_ts).map(|(_, commit)| *commit);
+        let fate_of = |start_ts: u64| named(&fates, start_ts);
         if !keys.is_empty() {
             check_keys(&scope, api, KeyMode::Txn, &keys)?;
             return resolve_keys(&cx, &scope, &keys, &fate_of).await;
@@ -603,6 +602,104 @@ pub fn resolve_lock(
             start.push(0);
         }
     })
+}
+
+/// `KvResolveLock` for a caller that may only read the keys: it must be able to settle a
+/// lock it meets to read past it, but not to decide a transaction's outcome. Each lock is
+/// resolved as the node itself finds its transaction's fate from the primary (as the GC
+/// worker does, rolling back an expired one), and only where that is the outcome the
+/// caller names. A named outcome the primary contradicts is refused (a reader rolling back
+/// a secondary of a committed transaction would break its atomicity), and so is a lock
+/// whose transaction is still running (the caller checks its status again later).
+pub fn resolve_lock_as_reader(
+    node: &Arc<TxnNode>,
+    api: ApiVersion,
+    fates: Vec<(u64, u64)>,
+    keys: Vec<Vec<u8>>,
+) -> Command<()> {
+    Command::new(node, move |cx| async move {
+        let scope = cx.gate(READ).await?;
+        let claimed = |start_ts: u64| named(&fates, start_ts);
+        if !keys.is_empty() {
+            check_keys(&scope, api, KeyMode::Txn, &keys)?;
+        }
+        let region = &scope.region;
+        let mut start = region.start_key.clone();
+        // The fates found so far, by start timestamp: one primary asked per transaction.
+        let mut found: Vec<(u64, TimeStamp)> = Vec::new();
+        loop {
+            // Given keys are looked at once; a Region's locks a batch at a time.
+            let batch = match keys.is_empty() {
+                true => (cx.node.lock_index)
+                    .keys(&start, &region.end_key, SWEEP_BATCH, |ts| claimed(ts).is_some()),
+                false => keys.clone(),
+            };
+            let locks: Vec<(Vec<u8>, Lock)> = {
+                let snapshot = cx.node.engine.snapshot();
+                let reader = MvccReader::new(&*snapshot);
+                let mut locks = Vec::with_capacity(batch.len());
+                for key in &batch {
+                    match reader.load_lock(key)? {
+                        Some(lock) if claimed(lock.start_ts).is_some() => {
+                            locks.push((key.clone(), lock))
+                        }
+                        _ => {}
+                    }
+                }
+                locks
+            };
+            for (key, lock) in locks {
+                let known = found.iter().find(|(ts, _)| *ts == lock.start_ts).map(|(_, f)| *f);
+                let fate = match known {
+                    Some(fate) => fate,
+                    None => {
+                        let now = TimeStamp::compose(cx.now().wall_ms, 0);
+                        let Some(fate) = super::resolve::fate(&cx, &lock, now).await? else {
+                            return Err(TxnError::Invalid(format!(
+                                "transaction {} is still running: a caller that may only read cannot resolve its locks",
+                                lock.start_ts
+                            ))
+                            .into());
+                        };
+                        found.push((lock.start_ts, fate));
+                        fate
+                    }
+                };
+                let named = claimed(lock.start_ts).unwrap_or_default();
+                if fate.0 != named {
+                    return Err(TxnError::Invalid(format!(
+                        "transaction {} is {} by its primary, not {}: a caller that may only read cannot decide it",
+                        lock.start_ts,
+                        outcome(fate.0),
+                        outcome(named)
+                    ))
+                    .into());
+                }
+                let start_ts = lock.start_ts;
+                resolve_keys(&cx, &scope, &[key], &|ts| (ts == start_ts).then_some(fate.0)).await?;
+            }
+            if !keys.is_empty() || batch.len() < SWEEP_BATCH {
+                return Ok(());
+            }
+            let Some(last) = batch.last() else { return Ok(()) };
+            start = last.clone();
+            start.push(0);
+        }
+    })
+}
+
+/// The commit timestamp (0 = rolled back) `fates` names for the transaction started at
+/// `start_ts`.
+fn named(fates: &[(u64, u64)], start_ts: u64) -> Option<u64> {
+    fates.iter().find(|(ts, _)| *ts == start_ts).map(|(_, commit)| *commit)
+}
+
+/// A resolution's outcome, for messages.
+fn outcome(commit_ts: u64) -> String {
+    match commit_ts {
+        0 => "rolled back".to_string(),
+        ts => format!("committed at {ts}"),
+    }
 }
 
 /// `KvScanLock`'s request.
