@@ -329,7 +329,8 @@ fn a_sleeping_leader_that_keeps_a_lease_is_caught() {
     // node fell silent, takes writes: the checker finds the stale read. So hibernation's
     // rule (a leader sleeps only once its lease has run out, and nothing renews it asleep)
     // is one the runs would catch. Seed 22 of 60 s registers-only runs is the first of
-    // 0..22 that shows it since the sixteenth session's review fixes; it
+    // 0..22 that shows it since the sixteenth session's review fixes (still so after
+    // the seventeenth's); it
     // moves whenever the simulated code changes
     // (`scripts/breakage-seed.sh --unsafe-sleeping-lease 0 4000 --duration-ms 60000
     // --txn-clients 0 --bank-clients 0`; git log has the earlier ones).
