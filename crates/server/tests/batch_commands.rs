@@ -258,3 +258,40 @@ async fn malformed_streams_end_with_a_status_and_unknown_commands_get_empty_answ
     assert!(matches!(&answered[&9], Resp::Empty(e) if e.test_id == 9));
     node.stop().await;
 }
+
+/// Commands running at once are bounded per node, not only per stream: past the node's
+/// limit a command waits for another to finish, whichever stream it came on. Five streams
+/// fill the node with commands that take 2 s; a quick one on a sixth waits for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_in_flight_are_bounded_per_node() {
+    use scandium_server::grpc::batch::{MAX_IN_FLIGHT, MAX_IN_FLIGHT_PER_NODE};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let slow = |id: u64| {
+        request(Req::Empty(Box::new(BatchCommandsEmptyRequest { test_id: id, delay_time: 2_000 })))
+    };
+    let started = std::time::Instant::now();
+    let mut streams = Vec::new();
+    let mut sent = 0;
+    while sent <= MAX_IN_FLIGHT_PER_NODE {
+        let (sender, answers) = open(&node).await;
+        let ids: Vec<u64> = (sent as u64..(sent + MAX_IN_FLIGHT) as u64).collect();
+        let requests = ids.iter().map(|&id| slow(id)).collect();
+        sender.send(BatchCommandsRequest { requests, request_ids: ids }).await.unwrap();
+        sent += MAX_IN_FLIGHT;
+        streams.push((sender, answers));
+    }
+    let (sender, mut answers) = open(&node).await;
+    let ping =
+        request(Req::Empty(Box::new(BatchCommandsEmptyRequest { test_id: 1, delay_time: 0 })));
+    sender.send(BatchCommandsRequest { requests: vec![ping], request_ids: vec![1] }).await.unwrap();
+    let (answered, _) = collect(&mut answers, 1).await;
+    assert!(matches!(&answered[&1], Resp::Empty(_)));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1_500),
+        "answered in {waited:?}: past the node's limit"
+    );
+    drop(streams);
+    node.stop().await;
+}

@@ -25,6 +25,13 @@ use tonic::{Request, Status, Streaming};
 /// flow control pushes back on the client instead of tasks piling up here.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
+/// Batched commands executing at once on a node, over all its streams: a client opening
+/// stream after stream would otherwise have `MAX_IN_FLIGHT` tasks running for each. Past
+/// it every stream waits for a command to finish before reading on. (A command whose
+/// stream ends still runs to its end, its effects standing, and holds its place until
+/// then.)
+pub const MAX_IN_FLIGHT_PER_NODE: usize = 4 * MAX_IN_FLIGHT;
+
 /// Most answers packed into one response message.
 pub const MAX_RESPONSES_PER_MESSAGE: usize = 256;
 
@@ -40,25 +47,35 @@ type Answer = Result<(u64, batch_commands_response::Response), Status>;
 /// Serves one `BatchCommands` stream. A malformed message or a command this server does
 /// not serve ends the stream with that status; commands already running still finish
 /// (their effects stand) but their answers are not sent.
+/// `node_permits` bounds the commands running on the node ([`MAX_IN_FLIGHT_PER_NODE`]).
 pub fn serve<S: Tikv + Clone>(
     service: S,
     tasks: &Tasks,
+    node_permits: &Arc<Semaphore>,
     caller: Option<Caller>,
     inbound: Streaming<BatchCommandsRequest>,
 ) -> BatchCommandsStream {
     let (answers, received) = mpsc::channel::<Answer>(MAX_IN_FLIGHT);
-    tasks.spawn(read_commands(service, tasks.clone(), caller, inbound, answers));
+    let permits =
+        Permits { stream: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), node: node_permits.clone() };
+    tasks.spawn(read_commands(service, tasks.clone(), permits, caller, inbound, answers));
     Box::pin(futures::stream::unfold(Outbound { received, failed: false }, Outbound::next))
+}
+
+/// The places a batched command takes: one of its stream's, one of its node's.
+struct Permits {
+    stream: Arc<Semaphore>,
+    node: Arc<Semaphore>,
 }
 
 async fn read_commands<S: Tikv + Clone>(
     service: S,
     tasks: Tasks,
+    permits: Permits,
     caller: Option<Caller>,
     mut inbound: Streaming<BatchCommandsRequest>,
     answers: mpsc::Sender<Answer>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(Ok(batch)) = inbound.next().await {
         if batch.requests.len() != batch.request_ids.len() {
             let status = Status::invalid_argument(format!(
@@ -70,7 +87,8 @@ async fn read_commands<S: Tikv + Clone>(
             return;
         }
         for (request, id) in batch.requests.into_iter().zip(batch.request_ids) {
-            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let Ok(permit) = permits.stream.clone().acquire_owned().await else { return };
+            let Ok(node_permit) = permits.node.clone().acquire_owned().await else { return };
             if answers.is_closed() {
                 return;
             }
@@ -86,6 +104,9 @@ async fn read_commands<S: Tikv + Clone>(
                         None
                     }
                 };
+                // Done with the node's work: a client slow to read its answers holds up
+                // its own stream only.
+                drop(node_permit);
                 let answer = Ok((id, batch_commands_response::Response { cmd }));
                 let _ = answers.send(answer).await;
                 drop(permit);

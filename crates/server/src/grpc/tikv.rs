@@ -25,13 +25,17 @@ pub struct TikvService {
     storage: Arc<Storage>,
     splitter: Arc<Splitter>,
     tasks: Tasks,
+    /// Batched commands running on this node, over all its streams
+    /// ([`super::batch::MAX_IN_FLIGHT_PER_NODE`]).
+    batched: Arc<tokio::sync::Semaphore>,
 }
 
 impl TikvService {
     /// Serves requests with `storage`, and `SplitRegion` with `splitter`; `BatchCommands`
     /// streams run on `tasks`.
     pub fn new(storage: Arc<Storage>, splitter: Arc<Splitter>, tasks: Tasks) -> TikvService {
-        TikvService { storage, splitter, tasks }
+        let batched = Arc::new(tokio::sync::Semaphore::new(super::batch::MAX_IN_FLIGHT_PER_NODE));
+        TikvService { storage, splitter, tasks, batched }
     }
 }
 
@@ -674,7 +678,8 @@ impl Tikv for TikvService {
         request: Request<tonic::Streaming<tikvpb::BatchCommandsRequest>>,
     ) -> Result<Response<super::batch::BatchCommandsStream>, Status> {
         let caller = Caller::of(&request);
-        let stream = super::batch::serve(self.clone(), &self.tasks, caller, request.into_inner());
+        let inbound = request.into_inner();
+        let stream = super::batch::serve(self.clone(), &self.tasks, &self.batched, caller, inbound);
         Ok(Response::new(stream))
     }
 }
