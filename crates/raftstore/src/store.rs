@@ -1797,7 +1797,15 @@ impl Store {
                     "merged: the target's snapshot covers it"
                 );
                 if let Some(source) = self.peers.get_mut(&id) {
-                    source.absorbed_by = target_id;
+                    // The Region that absorbed it: the snapshot's, or (an obsolete source
+                    // covered by a piece split off its target since) the one its prepare
+                    // named. Recorded as the snapshot's, a later snapshot of that piece,
+                    // which never absorbed it, was refused here for good
+                    // (`predates_a_merge_here`; simulator seed 131000190).
+                    if source.absorbed_by == 0 {
+                        let named = source.merging.as_ref().map(|state| state.target_id());
+                        source.absorbed_by = named.unwrap_or(target_id);
+                    }
                 }
                 covered_gone.extend(self.destroy_into(id, &mut log_batch)?);
             }

@@ -856,6 +856,78 @@ fn a_target_snapshot_from_before_a_merge_whose_source_here_is_gone_is_refused() 
     assert!(store.describe(1).is_some_and(|d| d.contains("initialized=true")), "taken");
 }
 
+/// A source frozen here to merge into Region 1, which absorbed it elsewhere and then had
+/// a piece split off over the source's range: that piece's snapshot replaces the source,
+/// whose tombstone records Region 1 as what absorbed it, not the piece. Recorded as the
+/// piece, every later snapshot of the piece (which absorbed nothing) was refused here as
+/// one from before a merge into it (simulator seed 131000190: a Region's only other live
+/// voter could never be caught up).
+#[test]
+fn a_source_replaced_by_a_piece_of_its_target_records_the_target() {
+    use scandium_raftstore::bootstrap::{write_initial_group, write_merging_state};
+    use scandium_raftstore::merge::MergeState;
+    use scandium_raftstore::snapshot::{SnapshotChunk, SnapshotEntry, SnapshotHeader};
+    use scandium_raftstore::state::ConfStateRecord;
+    use scandium_raftstore::{PeerMessage, Registry, Store};
+    use scandium_storage::{EngineRef, MemoryEngine};
+    let engine: EngineRef = Arc::new(MemoryEngine::new());
+    let source = right_split_off_at_version_3();
+    let target = Region {
+        id: 1,
+        end_key: b"m".to_vec(),
+        version: 2,
+        conf_ver: 1,
+        peers: peers_of(1),
+        ..Default::default()
+    };
+    let mut batch = WriteBatch::new();
+    write_initial_group(&mut batch, &source);
+    let state = MergeState { target: Some(target), min_index: 5, commit: 5 };
+    let conf_state = ConfStateRecord::of_region(&source);
+    write_merging_state(&mut batch, &source, &conf_state, Some(&state), &[]);
+    engine.write(batch).unwrap();
+    let mut store =
+        Store::open(2, engine.clone(), config(2), Box::new(NoMeta), Registry::new()).unwrap();
+    store.set_time(1_000);
+    // A member tells the source here that Region 1 absorbed it.
+    let told = PeerMessage {
+        region_id: RIGHT,
+        from: source.peer_on_store(1).unwrap().clone(),
+        to: source.peer_on_store(2).unwrap().clone(),
+        epoch: source.epoch(),
+        is_tombstone: true,
+        gone: true,
+        merged_into: 1,
+        ..PeerMessage::default()
+    };
+    store.step(told, None).unwrap();
+    // Region 200 `[m, )`, split off Region 1 since.
+    const PIECE: u64 = 200;
+    let piece = Region {
+        id: PIECE,
+        start_key: b"m".to_vec(),
+        version: 6,
+        conf_ver: 1,
+        peers: peers_of(PIECE),
+        ..Default::default()
+    };
+    let snapshot_at = |store: &mut Store, index: u64| {
+        let mut staging = store.snapshot_stager().begin();
+        let entry = SnapshotEntry { cf: 1, key: b"n".to_vec(), value: b"p".to_vec() };
+        staging.push(SnapshotChunk { entries: vec![entry] }).unwrap();
+        let data = staging.finish(Some(1)).unwrap();
+        let header = SnapshotHeader { region: Some(piece.clone()), token: 1, absorbed: Vec::new() };
+        let taken = store.step(snapshot_to_2(&piece, header, index), Some(data));
+        while store.has_ready() {
+            store.handle_ready().unwrap();
+        }
+        taken
+    };
+    snapshot_at(&mut store, 9).unwrap();
+    assert!(store.describe(RIGHT).is_none(), "the source gave way");
+    snapshot_at(&mut store, 30).expect("a later snapshot of the piece is taken");
+}
+
 /// The replicas of Region `id` on stores 1 to 3 of the hand-built stores below.
 fn peers_of(id: u64) -> Vec<Peer> {
     (1..=3).map(|s| Peer::new(id * 10 + s, s)).collect()
