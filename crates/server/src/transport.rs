@@ -46,6 +46,17 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 /// pauses only while its memtables wait to be flushed: seconds.
 const SNAPSHOT_STALL: Duration = Duration::from_secs(60);
 
+/// How long a receiver takes a snapshot transfer for at most: the sender gives up at
+/// [`SNAPSHOT_TIMEOUT`], and a sender trickling chunks just inside [`SNAPSHOT_STALL`]
+/// would otherwise hold one of the receiver's few slots for as long as it liked. Or what
+/// a test sets with the `snapshot_receive_deadline_ms` failpoint.
+pub(crate) fn snapshot_receive_deadline() -> Duration {
+    fail::fail_point!("snapshot_receive_deadline_ms", |ms| {
+        Duration::from_millis(ms.and_then(|ms| ms.parse().ok()).unwrap_or(0))
+    });
+    SNAPSHOT_TIMEOUT
+}
+
 /// [`SNAPSHOT_STALL`], or what a test sets with the `snapshot_stall_ms` failpoint.
 pub(crate) fn snapshot_stall() -> Duration {
     fail::fail_point!("snapshot_stall_ms", |ms| {

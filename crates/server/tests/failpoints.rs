@@ -164,6 +164,18 @@ async fn a_snapshot_transfer_that_stalls_is_given_up_and_sent_again() {
     snapshot_fails_once_and_is_sent_again("stall", &failpoints).await;
 }
 
+/// A snapshot's sender sends each chunk in time but the whole transfer takes too long
+/// (600 s; 500 ms here): the receiver gives it up, so that a trickle cannot hold one of
+/// its few slots for ever, and the next transfer catches the follower up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_transfer_past_its_deadline_is_given_up_and_sent_again() {
+    let failpoints = [
+        ("snapshot_receive_deadline_ms", "return(500)"),
+        ("snapshot_sender_stalls", "3*sleep(250)->off"),
+    ];
+    snapshot_fails_once_and_is_sent_again("slow", &failpoints).await;
+}
+
 /// A follower falls behind past the log (over 2 MiB under keys starting `prefix`, so the
 /// snapshot takes several 1 MiB chunks); `failpoints` spoil the first transfer to it.
 /// That transfer must count as failed, and a later one catch the follower up.

@@ -10,7 +10,7 @@ use crate::network::{Directory, Links};
 use crate::placement::{Placement, NOT_PLACEMENT_LEADER};
 use crate::raft_driver::RaftHandle;
 use crate::tls::PeerIdentity;
-use crate::transport::{snapshot_stall, RECEIVER_BUSY};
+use crate::transport::{snapshot_receive_deadline, snapshot_stall, RECEIVER_BUSY};
 use prost::Message as _;
 use scandium_placement::{Command, Kind, Response as PlacementResponse, ResponseRecord};
 use scandium_protocol::scandium::cluster_server::Cluster;
@@ -204,6 +204,7 @@ impl Cluster for ClusterService {
         let identity = request.extensions().get::<Arc<PeerIdentity>>().cloned();
         let mut chunks = request.into_inner();
         let stall = snapshot_stall();
+        let deadline = tokio::time::Instant::now() + snapshot_receive_deadline();
         let first = match tokio::time::timeout(stall, chunks.message()).await {
             Ok(first) => first?.ok_or_else(|| Status::invalid_argument("empty snapshot"))?,
             Err(_) => return Err(Status::deadline_exceeded("no snapshot chunk in time")),
@@ -226,9 +227,14 @@ impl Cluster for ClusterService {
         let mut announced = None;
         let mut bytes = 0u64;
         loop {
-            let next = tokio::time::timeout(stall, chunks.message()).await;
+            let now = tokio::time::Instant::now();
+            let wait = stall.min(deadline.saturating_duration_since(now));
+            let next = tokio::time::timeout(wait, chunks.message()).await;
             let Ok(next) = next else {
-                let error = format!("no snapshot chunk for {stall:?}: the sender stalled");
+                let error = match wait < stall {
+                    true => "the snapshot transfer outlasted its deadline".to_string(),
+                    false => format!("no snapshot chunk for {stall:?}: the sender stalled"),
+                };
                 tracing::warn!(%error, from = first.from_store, "refused a snapshot");
                 return Ok(Response::new(SnapshotDone { error }));
             };
