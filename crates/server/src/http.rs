@@ -465,6 +465,9 @@ async fn metrics(State(node): State<Arc<HttpState>>) -> impl axum::response::Int
 /// Every local replica's applied index and per-column-family digests, from one engine
 /// snapshot. Reads all of each Region's data: a tool's request, not a monitoring one.
 async fn digests(State(node): State<Arc<HttpState>>) -> Json<Value> {
+    let Ok(_turn) = crate::grpc::cluster::DIGESTS.acquire().await else {
+        return Json(json!({ "error": "digests are shut down" }));
+    };
     let engine = node.engine.clone();
     let regions: Vec<Region> = node.registry.all().into_iter().map(|s| s.region).collect();
     let store_id = node.identity.store_id;

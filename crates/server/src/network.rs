@@ -75,6 +75,10 @@ impl Links {
     }
 }
 
+/// Most stores the placement state does not know that a [`Directory`] keeps the
+/// addresses of: nodes that joined since this node's placement state was last applied.
+pub const MAX_UNKNOWN_STORES: usize = 1024;
+
 /// Where each store is reached: the placement state's store table, and what other
 /// nodes said of themselves when they sent us messages (a node that just joined has no
 /// placement state yet, and answers its first messages from that).
@@ -92,16 +96,27 @@ impl Directory {
     }
 
     /// Notes that `store` says it is at `address`. It is up, so a connection to it
-    /// waiting out a backoff tries again now ([`Directory::wake_of`]).
+    /// waiting out a backoff tries again now ([`Directory::wake_of`]). Only stores the
+    /// placement state does not know yet are kept (its record is what
+    /// [`Directory::address`] answers for the others), at most [`MAX_UNKNOWN_STORES`]:
+    /// a sender naming a new store id in every batch grew the table without bound.
     pub fn heard_from(&self, store: StoreId, address: &str) {
         if store == 0 || address.is_empty() {
             return;
         }
+        let placement = self.placement.read().unwrap_or_else(|e| e.into_inner());
         let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
-        if heard.get(&store).is_none_or(|known| known != address) {
-            heard.insert(store, address.to_string());
+        if placement.store(store).is_some() {
+            heard.remove(&store);
+        } else if heard.get(&store).is_none_or(|known| known != address) {
+            if heard.len() >= MAX_UNKNOWN_STORES && !heard.contains_key(&store) {
+                heard.retain(|id, _| placement.store(*id).is_none());
+            }
+            if heard.len() < MAX_UNKNOWN_STORES || heard.contains_key(&store) {
+                heard.insert(store, address.to_string());
+            }
         }
-        drop(heard);
+        drop((heard, placement));
         if let Some(wake) = self.wakes.lock().unwrap_or_else(|e| e.into_inner()).get(&store) {
             wake.notify_one();
         }
@@ -207,5 +222,25 @@ impl Clients {
         Ok(TikvClient::new(self.channel(address)?)
             .max_decoding_message_size(MAX_NODE_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_NODE_MESSAGE_BYTES))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_directory_keeps_a_bounded_number_of_stores_placement_does_not_know() {
+        let placement = Arc::new(RwLock::new(PlacementState::empty(1)));
+        let directory = Directory::new(placement);
+        for store in 1..=(MAX_UNKNOWN_STORES as u64 + 10) {
+            directory.heard_from(store, &format!("10.0.0.1:{store}"));
+        }
+        assert_eq!(directory.address(1).as_deref(), Some("10.0.0.1:1"));
+        let last = MAX_UNKNOWN_STORES as u64 + 10;
+        assert_eq!(directory.address(last), None, "past the bound");
+        assert_eq!(directory.heard.lock().unwrap().len(), MAX_UNKNOWN_STORES);
+        directory.heard_from(1, "10.0.0.2:1");
+        assert_eq!(directory.address(1).as_deref(), Some("10.0.0.2:1"), "a known one moves");
     }
 }

@@ -528,9 +528,15 @@ pub async fn transfer_leader(
     Ok(())
 }
 
+/// Digests read every record a node holds: one computation at a time in the process
+/// (over `RegionDigests` and `/debug/digests` alike), the others waiting their turn, so
+/// that callers repeating them cannot take every core.
+pub(crate) static DIGESTS: Semaphore = Semaphore::const_new(1);
+
 /// A digest of every data column family of each Region held here, with the index it was
 /// taken at (replicas of a Region at the same index must agree).
 pub async fn region_digests(raft: &RaftHandle) -> Result<Vec<RegionDigest>, RequestError> {
+    let _turn = DIGESTS.acquire().await.map_err(|e| RequestError::Internal(e.to_string()))?;
     let taken = raft
         .with_store(|store| {
             let snapshot = store.engine_snapshot();
