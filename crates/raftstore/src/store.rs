@@ -895,7 +895,7 @@ impl Store {
             p.initialized
                 && p.region.id != region.id
                 && p.region.id != META_GROUP_ID
-                && !self.gives_way(p, &region)
+                && !self.gives_way(p, &region, &header.absorbed)
                 && overlaps(&p.region, &region)
         });
         if region.id != META_GROUP_ID && overlapping {
@@ -911,9 +911,21 @@ impl Store {
     /// snapshot at or below the source's version is from before the source was split off
     /// (a delayed one, to a replica with no data yet). Taken, it would bring back the
     /// range without this source, whose merge that replica could then never apply.
-    fn gives_way(&self, peer: &Peer, region: &Region) -> bool {
-        (absorbed_by(peer, region.id) || self.obsolete(peer))
-            && region.version > peer.region.version
+    ///
+    /// A source frozen to merge into `region`'s Region gives way only if the snapshot's
+    /// record of the merges it `absorbed` names it (or is full: [`merge::MAX_ABSORBED`]):
+    /// a prepare proves nothing of the commit. A replica that slept through its Region's
+    /// rollback, a split and a merge of the other piece into the same target, then met
+    /// the target's snapshot, gave way and recorded a merge that never happened, which
+    /// refused the target's later snapshots here and, told to its members, could destroy
+    /// live replicas of the source (found by review).
+    fn gives_way(&self, peer: &Peer, region: &Region, absorbed: &[merge::AbsorbedSource]) -> bool {
+        let records = |source: u64| {
+            absorbed.len() >= merge::MAX_ABSORBED || absorbed.iter().any(|a| a.source_id == source)
+        };
+        let frozen_into = peer.merging.as_ref().is_some_and(|s| s.target_id() == region.id);
+        let absorbed_here = peer.absorbed_by == region.id || frozen_into && records(peer.region.id);
+        (absorbed_here || self.obsolete(peer)) && region.version > peer.region.version
     }
 
     /// Whether a snapshot of `region`, recording the merges it had `absorbed`, is from
@@ -1785,8 +1797,9 @@ impl Store {
         // snapshot again.
         let mut covered_gone = Vec::new();
         for (target_id, region) in covering {
+            let absorbed = self.peers[&target_id].raw.store().absorbed().to_vec();
             let covered: Vec<u64> = (self.peers.iter())
-                .filter(|(_, p)| self.gives_way(p, &region))
+                .filter(|(_, p)| self.gives_way(p, &region, &absorbed))
                 .filter(|(_, p)| overlaps(&p.region, &region))
                 .map(|(id, _)| *id)
                 .collect();
@@ -1797,11 +1810,12 @@ impl Store {
                     "merged: the target's snapshot covers it"
                 );
                 if let Some(source) = self.peers.get_mut(&id) {
-                    // The Region that absorbed it: the snapshot's, or (an obsolete source
-                    // covered by a piece split off its target since) the one its prepare
-                    // named. Recorded as the snapshot's, a later snapshot of that piece,
-                    // which never absorbed it, was refused here for good
-                    // (`predates_a_merge_here`; simulator seed 131000190).
+                    // The Region that absorbed it (`gives_way` asked for proof): the
+                    // snapshot's, or (an obsolete source covered by a piece split off its
+                    // target since) the one its prepare named. Recorded as the
+                    // snapshot's, a later snapshot of that piece, which never absorbed it,
+                    // was refused here for good (`predates_a_merge_here`; simulator seed
+                    // 131000190).
                     if source.absorbed_by == 0 {
                         let named = source.merging.as_ref().map(|state| state.target_id());
                         source.absorbed_by = named.unwrap_or(target_id);
@@ -2555,12 +2569,6 @@ fn stale_rejection(peer: &Peer, message: &Message) -> bool {
         && message.term == raft.term
         && peer.is_leader()
         && raft.prs().get(message.from).is_some_and(|pr| message.index <= pr.matched)
-}
-
-/// Whether `peer`'s Region is frozen to merge into `target`, or known to have been
-/// absorbed by it: a snapshot of `target` overlapping it is from after the merge.
-fn absorbed_by(peer: &Peer, target: u64) -> bool {
-    peer.absorbed_by == target || peer.merging.as_ref().is_some_and(|s| s.target_id() == target)
 }
 
 fn overlaps(a: &Region, b: &Region) -> bool {

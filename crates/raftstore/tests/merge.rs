@@ -740,13 +740,16 @@ fn a_source_whose_target_replica_left_before_the_commit_goes() {
 
 /// A snapshot of the target's Region for a replica here with no data yet, over a source
 /// frozen here to merge into it, replaces the source only if it is from after the merge
-/// (its version above the source's). One from before the source was split off (delayed
-/// on the way) is refused: taken, it would bring back the range without the source,
-/// whose merge that replica could then never apply from its log.
+/// (its version above the source's, and its record of absorbed merges naming the
+/// source). One from before the source was split off (delayed on the way) is refused:
+/// taken, it would bring back the range without the source, whose merge that replica
+/// could then never apply from its log. So is a later one that does not name the source:
+/// the prepare may have been rolled back while this replica slept, and giving way would
+/// record a merge that never happened.
 #[test]
 fn only_a_target_snapshot_from_after_the_merge_replaces_a_frozen_source() {
     use scandium_raftstore::bootstrap::{write_initial_group, write_merging_state};
-    use scandium_raftstore::merge::MergeState;
+    use scandium_raftstore::merge::{AbsorbedSource, MergeState};
     use scandium_raftstore::snapshot::{SnapshotChunk, SnapshotEntry, SnapshotHeader};
     use scandium_raftstore::state::ConfStateRecord;
     use scandium_raftstore::{Registry, StepError, Store};
@@ -779,23 +782,28 @@ fn only_a_target_snapshot_from_after_the_merge_replaces_a_frozen_source() {
     let mut store =
         Store::open(2, engine.clone(), config(2), Box::new(NoMeta), Registry::new()).unwrap();
     store.set_time(1_000);
-    let snapshot_of = |store: &Store, version: u64| {
+    let snapshot_of = |store: &Store, version: u64, absorbed: Vec<AbsorbedSource>| {
         let region = Region { id: 1, version, conf_ver: 1, peers: peers(1), ..Default::default() };
         let mut staging = store.snapshot_stager().begin();
         let entry = SnapshotEntry { cf: 1, key: b"a".to_vec(), value: b"t".to_vec() };
         staging.push(SnapshotChunk { entries: vec![entry] }).unwrap();
         let data = staging.finish(Some(1)).unwrap();
-        let header =
-            SnapshotHeader { region: Some(region.clone()), token: 1, absorbed: Vec::new() };
+        let header = SnapshotHeader { region: Some(region.clone()), token: 1, absorbed };
         (snapshot_to_2(&region, header, 9), data)
     };
     // From before the split: version 1 covers the source.
-    let (message, data) = snapshot_of(&store, 1);
+    let (message, data) = snapshot_of(&store, 1, Vec::new());
     let refused = store.step(message, Some(data));
     assert!(matches!(refused, Err(StepError::SnapshotRefused(_))), "{refused:?}");
     assert!(store.describe(RIGHT).is_some(), "the frozen source stays");
-    // From after the merge: version 4.
-    let (message, data) = snapshot_of(&store, 4);
+    // Later, but without the merge of the source.
+    let (message, data) = snapshot_of(&store, 4, Vec::new());
+    let refused = store.step(message, Some(data));
+    assert!(matches!(refused, Err(StepError::SnapshotRefused(_))), "{refused:?}");
+    assert!(store.describe(RIGHT).is_some(), "the frozen source stays");
+    // From after the merge: version 4, the merge recorded.
+    let merged = vec![AbsorbedSource { source_id: RIGHT, commit: 5 }];
+    let (message, data) = snapshot_of(&store, 4, merged);
     store.step(message, Some(data)).unwrap();
     while store.has_ready() {
         store.handle_ready().unwrap();
