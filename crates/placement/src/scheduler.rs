@@ -231,8 +231,7 @@ pub struct RegionHealth {
     pub pending: Vec<PeerId>,
     /// Those of `pending` behind for longer than a step may take: a learner among them
     /// (its store cannot install the snapshot, or cannot reach the Region's peers while it
-    /// beats) is not counted as a replica placed, so another is added elsewhere, and it is
-    /// removed once the Region has its voters.
+    /// beats) is removed, and a learner is then added where the scheduler likes best.
     pub stuck: Vec<PeerId>,
 }
 
@@ -323,13 +322,17 @@ pub fn decide(
         let promoted = caught_up.iter().take(wanted).map(|p| Peer::new(p.id, p.store_id)).collect();
         return Some(Decision::Promote(promoted));
     }
-    // 2. Add a learner where one is missing.
-    let coming = good_learners.iter().filter(|p| !health.stuck.contains(&p.id));
-    let placed = good_voters.len() + coming.count();
+    // 2. Add a learner where one is missing; a learner stuck behind goes first, to make
+    // room (kept while another was added, each replacement stuck in turn, as when the
+    // leader cannot send a snapshot at all, added a learner on every store).
+    if let Some(stuck) = good_learners.iter().find(|p| health.stuck.contains(&p.id)) {
+        return Some(Decision::Remove((*stuck).clone()));
+    }
+    let placed = good_voters.len() + good_learners.len();
     let meta_missing = is_meta && usable.iter().any(|s| region.peer_on_store(s.id).is_none());
     if placed < target || meta_missing {
-        let coming = good_learners.iter().filter(|p| !health.stuck.contains(&p.id));
-        let placed: Vec<StoreId> = good_voters.iter().chain(coming).map(|p| p.store_id).collect();
+        let placed: Vec<StoreId> =
+            good_voters.iter().chain(&good_learners).map(|p| p.store_id).collect();
         if let Some(store) = pick_store(state, config, &usable, region, &placed) {
             // Promoted, a learner the placement group does not need as a voter made one
             // voter too many, which step 4 removed, leaving a store without a copy, which
