@@ -32,6 +32,17 @@ struct LockWaitsInner {
 }
 
 impl LockWaitsInner {
+    /// Drops the edges of the waits of commands `woken`.
+    fn forget(&mut self, woken: &[u64]) {
+        if woken.is_empty() {
+            return;
+        }
+        self.waits_for.retain(|_, waits| {
+            waits.retain(|(cid, _)| !woken.contains(cid));
+            !waits.is_empty()
+        });
+    }
+
     /// Whether `from` waits, through any chain of waits, for `to`.
     fn reaches(&self, from: u64, to: u64) -> bool {
         let mut seen = HashSet::new();
@@ -102,7 +113,9 @@ impl LockWaits {
         Ok(LockWait { waits: self.clone(), waiter: waiter.0, cid, key: key.to_vec() })
     }
 
-    /// Wakes every waiter of `keys` (their locks were removed).
+    /// Wakes every waiter of `keys` (their locks were removed). Their edges go at once:
+    /// kept until each woken command dropped its wait, the holder, waiting in turn for a
+    /// woken transaction, met a cycle that no longer was.
     pub fn wake(&self, keys: &[Vec<u8>]) {
         if keys.is_empty() {
             return;
@@ -112,7 +125,10 @@ impl LockWaits {
             if inner.keys.is_empty() {
                 return;
             }
-            keys.iter().filter_map(|key| inner.keys.remove(key)).flatten().collect()
+            let woken: Vec<u64> =
+                keys.iter().filter_map(|key| inner.keys.remove(key)).flatten().collect();
+            inner.forget(&woken);
+            woken
         };
         woken.into_iter().for_each(|cid| self.wake.wake(cid));
     }
@@ -121,8 +137,11 @@ impl LockWaits {
     /// their Region again and answer `NotLeader` rather than wait for a release that will
     /// not come here).
     pub fn wake_all(&self) {
-        let woken: Vec<u64> =
-            std::mem::take(&mut self.lock().keys).into_values().flatten().collect();
+        let woken: Vec<u64> = {
+            let mut inner = self.lock();
+            inner.waits_for.clear();
+            std::mem::take(&mut inner.keys).into_values().flatten().collect()
+        };
         woken.into_iter().for_each(|cid| self.wake.wake(cid));
     }
 
@@ -263,6 +282,19 @@ mod tests {
         drop(on_three);
         assert!(!waits.is_waiting(TimeStamp(1)));
         drop(two_on_one);
+    }
+
+    #[test]
+    fn a_woken_wait_is_no_edge_even_before_its_command_drops_it() {
+        let waits = LockWaits::new(Arc::new(Recorded::default()));
+        // 1 waits for 2's lock on k; 2 releases it, and 1 is woken.
+        let woken = waits.register(1, TimeStamp(1), TimeStamp(2), b"k").unwrap();
+        waits.wake(&[b"k".to_vec()]);
+        // 2 now waits for 1 before 1's command ran again: no cycle.
+        let two_on_one = waits.register(2, TimeStamp(2), TimeStamp(1), b"j");
+        assert!(two_on_one.is_ok(), "a cycle through a wait already over");
+        drop(woken);
+        assert!(waits.is_waiting(TimeStamp(2)), "dropping the woken wait leaves the others");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! scan [from=K] [to=K] ts=N limit=N [reverse] [key_only]
 //! status primary=K lock_ts=N [caller=N] [current=N] [rollback_if_not_exist] [force_sync] [resolving_pessimistic]
 //! secondaries start=N KEYS...            resolve start=N commit=N
-//! lock start=N primary=K for_update=N [ttl=N] [not_exist] KEYS...
+//! lock start=N primary=K for_update=N [ttl=N] [min_commit=N] [not_exist] KEYS...
 //! pessimistic_rollback start=N for_update=N KEYS...
 //! heartbeat primary=K start=N ttl=N      gc safe=N      max_ts N      dump
 //! ```
@@ -250,7 +250,7 @@ impl Runner {
                             lock_ttl: args.num("ttl", 3000),
                             for_update_ts: args.ts("for_update"),
                             should_not_exist: args.has("not_exist"),
-                            min_commit_ts: TimeStamp::ZERO,
+                            min_commit_ts: args.ts("min_commit"),
                         };
                         let value = pessimistic::acquire_pessimistic_lock(r, t, &req)?;
                         values.push(format!(

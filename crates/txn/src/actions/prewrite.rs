@@ -286,7 +286,10 @@ pub fn prewrite(
     let mut commit_ts = decided;
     if (props.use_async_commit || request.try_one_pc) && fresh {
         result.memory_locks = Some(concurrency.lock_for_commit_ts(&mut locks, |max_ts, locks| {
-            commit_ts = async_min_commit_ts(props, max_ts).max(decided);
+            // Each lock's own floor counts too (a pessimistic lock's may be higher).
+            let floor = locks.iter().map(|(_, lock)| TimeStamp(lock.min_commit_ts)).max();
+            commit_ts =
+                async_min_commit_ts(props, max_ts).max(decided).max(floor.unwrap_or_default());
             for (_, lock) in locks.iter_mut() {
                 lock.min_commit_ts = commit_ts.0;
             }

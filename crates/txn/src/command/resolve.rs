@@ -119,7 +119,7 @@ pub(crate) async fn resolve_old_locks(
     };
     let now = TimeStamp::compose(cx.now().wall_ms, 0);
     for (key, lock) in locks {
-        if let Some(commit_ts) = fate(cx, &lock, now).await? {
+        if let Some(commit_ts) = fate(cx, &lock, now, true).await? {
             let start_ts = lock.start_ts;
             resolve_keys(cx, scope, &[key], &|ts| (ts == start_ts).then_some(commit_ts.0)).await?;
         }
@@ -128,13 +128,19 @@ pub(crate) async fn resolve_old_locks(
 }
 
 /// The commit timestamp (0 = rolled back) of the transaction owning `lock`, or `None` if
-/// it is still running.
-pub(crate) async fn fate(cx: &Cx, lock: &Lock, now: TimeStamp) -> CommandResult<Option<TimeStamp>> {
+/// it is still running. A primary with no lock and no record is rolled back (so that its
+/// late prewrite fails) if `rollback_if_not_exist`, and reported running otherwise.
+pub(crate) async fn fate(
+    cx: &Cx,
+    lock: &Lock,
+    now: TimeStamp,
+    rollback_if_not_exist: bool,
+) -> CommandResult<Option<TimeStamp>> {
     let status = CheckTxnStatus {
         primary: lock.primary.clone(),
         lock_ts: lock.ts(),
         current_ts: now,
-        rollback_if_not_exist: true,
+        rollback_if_not_exist,
         verify_is_primary: true,
         ..Default::default()
     };

@@ -654,7 +654,10 @@ pub fn resolve_lock_as_reader(
                     Some(fate) => fate,
                     None => {
                         let now = TimeStamp::compose(cx.now().wall_ms, 0);
-                        let Some(fate) = super::resolve::fate(&cx, &lock, now).await? else {
+                        // A primary not written yet is reported running while its
+                        // transaction's locks may live, and rolled back only after.
+                        let asked = super::resolve::fate(&cx, &lock, now, false).await?;
+                        let Some(fate) = asked else {
                             return Err(TxnError::Invalid(format!(
                                 "transaction {} is still running: a caller that may only read cannot resolve its locks",
                                 lock.start_ts
