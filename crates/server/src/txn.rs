@@ -143,26 +143,34 @@ impl Storage {
         })
     }
 
-    /// `KvCheckTxnStatus`. For a caller that may only read (`as_reader`), the lock's
-    /// expiry is judged at this node's clock at the latest: a `current_ts` far ahead
-    /// (tikv-client's lock clean-up sends `u64::MAX`) would roll back live transactions.
+    /// `KvCheckTxnStatus`. A caller that may only read (`as_reader`) cannot decide more
+    /// than the primary's state and this node's clock do: the lock's expiry is judged at
+    /// the node's clock at the latest (a `current_ts` far ahead, as tikv-client's lock
+    /// clean-up sends, would roll back live transactions); `force_sync_commit` is ignored
+    /// (it would roll back an async-commit transaction that committed); and so is
+    /// `rollback_if_not_exist`: a primary with no lock and no record is reported running
+    /// while its transaction's locks may live, and rolled back only after
+    /// (`txn::check_txn_status`), not at once, which aborted a transaction whose primary's
+    /// prewrite was merely on its way.
     pub async fn kv_check_txn_status(
         &self,
         req: kvrpcpb::CheckTxnStatusRequest,
         as_reader: bool,
     ) -> TxnResult<(TxnStatus, StatusAction)> {
         let (target, api) = txn_target(req.context.as_ref())?;
-        let current_ts = match as_reader {
-            true => req.current_ts.min(TimeStamp::compose(crate::clock::now_ms(), 0).0),
-            false => req.current_ts,
+        let (current_ts, force_sync_commit, rollback_if_not_exist) = match as_reader {
+            true => {
+                (req.current_ts.min(TimeStamp::compose(crate::clock::now_ms(), 0).0), false, false)
+            }
+            false => (req.current_ts, req.force_sync_commit, req.rollback_if_not_exist),
         };
         let status = CheckTxnStatus {
             primary: req.primary_key,
             lock_ts: TimeStamp(req.lock_ts),
             caller_start_ts: TimeStamp(req.caller_start_ts),
             current_ts: TimeStamp(current_ts),
-            rollback_if_not_exist: req.rollback_if_not_exist,
-            force_sync_commit: req.force_sync_commit,
+            rollback_if_not_exist,
+            force_sync_commit,
             resolving_pessimistic_lock: req.resolving_pessimistic_lock,
             verify_is_primary: req.verify_is_primary,
         };

@@ -29,7 +29,8 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 /// stream after stream would otherwise have `MAX_IN_FLIGHT` tasks running for each. Past
 /// it every stream waits for a command to finish before reading on. (A command whose
 /// stream ends still runs to its end, its effects standing, and holds its place until
-/// then.)
+/// then.) `PessimisticLock`, which may spend its time waiting for another transaction,
+/// is bounded per stream only.
 pub const MAX_IN_FLIGHT_PER_NODE: usize = 4 * MAX_IN_FLIGHT;
 
 /// Most answers packed into one response message.
@@ -88,7 +89,17 @@ async fn read_commands<S: Tikv + Clone>(
         }
         for (request, id) in batch.requests.into_iter().zip(batch.request_ids) {
             let Ok(permit) = permits.stream.clone().acquire_owned().await else { return };
-            let Ok(node_permit) = permits.node.clone().acquire_owned().await else { return };
+            // A pessimistic lock may spend its time waiting for another transaction's
+            // lock: it holds no node-wide place, or a hot key's waiters could fill them
+            // all and the holder's commit queue behind its own waiters.
+            let waits = matches!(&request.cmd, Some(Req::PessimisticLock(_)));
+            let node_permit = match waits {
+                true => None,
+                false => match permits.node.clone().acquire_owned().await {
+                    Ok(node_permit) => Some(node_permit),
+                    Err(_) => return,
+                },
+            };
             if answers.is_closed() {
                 return;
             }

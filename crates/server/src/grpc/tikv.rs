@@ -106,6 +106,8 @@ impl TikvService {
         operation: &str,
     ) -> Option<R> {
         let (message, key) = self.refused(request, operation, false)?;
+        crate::metrics::METRICS.refused_calls.inc();
+        tracing::debug!(%message, "refused a request");
         let mut response = R::default();
         response.refuse(message, key);
         Some(response)
@@ -118,7 +120,8 @@ impl TikvService {
         self.refused(request, "", true).is_none()
     }
 
-    /// Why the caller may not make `request` (writing, if `write`), and a key of it.
+    /// Why the caller may not make `request` (writing, if `write`), and a key of it;
+    /// neither counted nor logged (asking is not refusing).
     fn refused<Q: Guarded + HasContext>(
         &self,
         request: &Request<Q>,
@@ -148,7 +151,7 @@ impl TikvService {
             }
             need => need,
         };
-        let message = caller.check(operation, &need).err()?;
+        let message = caller.authz.check(&caller.identity, operation, &need).err()?;
         Some((message, first_key(&need)))
     }
 }

@@ -592,6 +592,7 @@ async fn a_reader_settles_a_lock_only_as_its_primary_decided() {
     };
     let (primary, secondary, live) =
         (b"x\0\0\0p".to_vec(), b"x\0\0\0s".to_vec(), b"x\0\0\0q".to_vec());
+    let late = b"x\0\0\0u".to_vec();
     let prewrite = |keys: Vec<Vec<u8>>, start: u64| {
         let mutations = keys.iter().map(|key| kvrpcpb::Mutation {
             op: kvrpcpb::Op::Put as i32,
@@ -663,6 +664,54 @@ async fn a_reader_settles_a_lock_only_as_its_primary_decided() {
     let status = ro.kv_check_txn_status(status).await.unwrap().into_inner();
     assert!(status.lock_ttl > 0 && status.error.is_none(), "{status:?}");
     assert!(matrix.locked(&live).await, "the running transaction keeps its lock");
+    // Nor can a reader roll back a transaction whose primary's prewrite is on its way.
+    let unwritten = timestamp().await;
+    let status = kvrpcpb::CheckTxnStatusRequest {
+        context: Some(ctx.clone()),
+        primary_key: late.clone(),
+        lock_ts: unwritten,
+        caller_start_ts: timestamp().await,
+        current_ts: timestamp().await,
+        rollback_if_not_exist: true,
+        ..Default::default()
+    };
+    let status = ro.kv_check_txn_status(status).await.unwrap().into_inner();
+    assert!(status.lock_ttl > 0, "a reader rolled back an unwritten primary: {status:?}");
+    let (channel, writer_ctx) = as_who("rw", late.clone()).await;
+    let request = kvrpcpb::PrewriteRequest {
+        context: Some(writer_ctx),
+        ..prewrite(vec![late.clone()], unwritten)
+    };
+    let written = TikvClient::new(channel).kv_prewrite(request).await.unwrap().into_inner();
+    assert!(written.errors.is_empty(), "the late prewrite is refused: {written:?}");
+    // An async-commit transaction is committed once its locks are all written: a reader
+    // asking for the old protocol (`force_sync_commit`) cannot roll it back.
+    let (async_primary, async_secondary) = (b"x\0\0\0v".to_vec(), b"x\0\0\0w".to_vec());
+    let async_start = timestamp().await;
+    let (channel, writer_ctx) = as_who("rw", async_primary.clone()).await;
+    let request = kvrpcpb::PrewriteRequest {
+        context: Some(writer_ctx),
+        use_async_commit: true,
+        secondaries: vec![async_secondary.clone()],
+        lock_ttl: 1,
+        ..prewrite(vec![async_primary.clone(), async_secondary.clone()], async_start)
+    };
+    let written = TikvClient::new(channel).kv_prewrite(request).await.unwrap().into_inner();
+    assert!(written.errors.is_empty() && written.min_commit_ts > 0, "{written:?}");
+    tokio::time::sleep(Duration::from_millis(5)).await; // the 1 ms lock expires
+    let (channel, reader_ctx) = as_who("ro", async_primary.clone()).await;
+    let status = kvrpcpb::CheckTxnStatusRequest {
+        context: Some(reader_ctx),
+        primary_key: async_primary.clone(),
+        lock_ts: async_start,
+        caller_start_ts: timestamp().await,
+        current_ts: timestamp().await,
+        force_sync_commit: true,
+        ..Default::default()
+    };
+    let status = TikvClient::new(channel).kv_check_txn_status(status).await.unwrap();
+    let status = status.into_inner();
+    assert!(status.commit_version >= written.min_commit_ts, "rolled back: {status:?}");
     // Named as the primary decided, the reader's resolution goes through.
     let settled = ro.kv_resolve_lock(resolve(commit_ts)).await.unwrap().into_inner();
     assert!(settled.error.is_none() && settled.region_error.is_none(), "{settled:?}");
