@@ -47,6 +47,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// Longest chain of merges [`Store::may_absorb`] follows (each absorbed by the next).
+const MAX_CASCADE: usize = 16;
+
 /// Something the server should react to, produced by a round.
 #[derive(Clone, Debug)]
 pub enum Event {
@@ -1028,16 +1031,32 @@ impl Store {
     }
 
     /// Whether the local replica of `target` may still absorb a source replica of
-    /// `source` here, by applying the merge from its log: it serves, and neither covers
-    /// the source yet nor is itself frozen or absorbed.
+    /// `source` here, by applying the merge from its log: it serves, neither covers the
+    /// source yet nor is itself frozen, and, if it slept through a merge of its own, may
+    /// still be caught up to it ([`Store::may_be_caught_up`]): the entries that catch it
+    /// up hold the commit of this source (merges in a cascade; simulator seed 135000619:
+    /// a source learnt of its merge after its target learnt of the target's own, and went,
+    /// and the target's catch-up then waited for it for ever).
     fn may_absorb(&self, target: u64, source: &Region) -> bool {
+        self.may_absorb_within(target, source, MAX_CASCADE)
+    }
+
+    fn may_absorb_within(&self, target: u64, source: &Region, depth: usize) -> bool {
         self.peers.get(&target).is_some_and(|t| {
             t.initialized
                 && t.merging.is_none()
-                && t.absorbed_by == 0
                 && !t.raw.store().has_absorbed(source.id)
                 && !overlaps(&t.region, source)
+                && (t.absorbed_by == 0 || depth > 0 && self.may_be_caught_up(t, depth - 1))
         })
+    }
+
+    /// Whether `peer`, absorbed by a merge it slept through, may still be caught up here
+    /// (its absorber's replica applying the merge carries its log to the prepare): that
+    /// replica may absorb it, or there is none here yet (it may come from a split).
+    fn may_be_caught_up(&self, peer: &Peer, depth: usize) -> bool {
+        let absorber_here = self.peers.get(&peer.absorbed_by).is_some_and(|a| a.initialized);
+        !absorber_here || self.may_absorb_within(peer.absorbed_by, &peer.region, depth)
     }
 
     /// Whether the frozen source replica `source`, whose merge is known to have committed
@@ -1881,6 +1900,8 @@ impl Store {
         let lease_ms = self.config.lease_ms();
         // Sources absorbed by their targets this round, and sources frozen this round.
         let (mut absorbed, mut frozen) = (Vec::new(), Vec::new());
+        // Sources a waiting commit looked at: they may have entries of their own to apply.
+        let mut nudged = Vec::new();
         for (id, ready, mut entries, _) in readies {
             let Store {
                 peers,
@@ -1967,6 +1988,8 @@ impl Store {
                             );
                             peer.deferred = std::iter::once(entry).chain(pending).collect();
                             merge_waiting.insert(id);
+                            // It may have been given entries to apply by itself.
+                            nudged.push(source_id);
                             break;
                         }
                         CommitStep::Done(result) => committed = Some(result),
@@ -2074,6 +2097,11 @@ impl Store {
         output.timings.apply = Some(applying.elapsed());
         for source in absorbed {
             self.forget_absorbed(source);
+        }
+        for source in nudged {
+            if self.peers.get(&source).is_some_and(|p| p.raw.has_ready()) {
+                self.dirty.insert(source);
+            }
         }
         for id in &touched {
             // (Absorbed by its target: gone.)
@@ -3188,6 +3216,21 @@ fn commit_merge(
             found.ok().and_then(|mut entries| entries.pop())
         };
         let Some(entries) = merge::catch_up_entries(applied, commit, own) else {
+            // Its own log holds an entry a catch-up cannot apply (a split, or a merge of
+            // its own waiting for its source here). The commit proves the source's log
+            // committed through the prepare, and the replica's own entries up to the
+            // first carried one are those (its leader had them matched when it froze): it
+            // applies them itself, the usual way, and the commit is tried again (as TiKV's
+            // catch-up commits the source's log). Simulator seed 135000619: a replica that
+            // had not learnt its own merge's commit waited for ever.
+            let raft_log = &mut src.raw.raft.raft_log;
+            let carried = commit.entries.iter().map(|e| e.index).min();
+            let own_end = carried.unwrap_or(commit.commit + 1).saturating_sub(1);
+            let own_end = own_end.min(raft_log.last_index());
+            if own_end > raft_log.committed {
+                raft_log.commit_to(own_end);
+                return CommitStep::Wait("the source's replica applies its own log first");
+            }
             return CommitStep::Wait("the source's replica lacks entries, or must apply a change");
         };
         for entry in entries {
