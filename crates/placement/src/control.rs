@@ -212,6 +212,10 @@ pub struct ControlPlane {
     /// step of a colocation as it was made, and neither merge nor balance got anywhere
     /// (simulator seed 621 of 60 s registers-only runs with `--unsafe-frozen-reads`).
     joined: BTreeMap<RegionId, u64>,
+    /// Regions moving replicas towards a neighbour to merge into it, and until when
+    /// (monotonic ms) no balancing move takes theirs elsewhere between those moves (the
+    /// balancer moved a replica back off the store a colocation had just brought it to).
+    colocating: BTreeMap<RegionId, u64>,
     /// When [`ControlPlane::sweep`] last ran (monotonic ms).
     swept_ms: u64,
     /// Deliberately broken (the simulator proves its checks catch it): a new leader
@@ -228,6 +232,14 @@ pub const JOINED_HOLD_MS: u64 = 60_000;
 /// has no Region id of its own here).
 pub const META_ID: RegionId = RegionId::MAX;
 
+/// Whether `region`, as some report shows it, is gone from placement's record and a newer
+/// recorded Region covers its start: it merged away (a late report of it planned moves
+/// for a Region that is no more).
+fn superseded(state: &PlacementState, region: &Region) -> bool {
+    state.region(region.id).is_none()
+        && state.region_by_key(&region.start_key).is_some_and(|r| r.version > region.version)
+}
+
 /// Whether every store holding `region` and, for a move, the store it moves to, is up.
 fn involves_only_up_stores(
     state: &PlacementState,
@@ -237,10 +249,7 @@ fn involves_only_up_stores(
     operator: &Operator,
 ) -> bool {
     let up = |store: u64| is_up(state, live, config, store);
-    let target_up = match operator.kind() {
-        OperatorKind::MoveReplica { to, .. } => up(*to),
-        _ => true,
-    };
+    let target_up = operator.kind().moves().is_none_or(|(_, to)| up(to));
     target_up && region.peers.iter().all(|p| up(p.store_id))
 }
 
@@ -344,6 +353,7 @@ impl ControlPlane {
             replica_moves: BTreeMap::new(),
             shapes: BTreeMap::new(),
             joined: BTreeMap::new(),
+            colocating: BTreeMap::new(),
             swept_ms: 0,
             forget_liveness: false,
         }
@@ -371,6 +381,7 @@ impl ControlPlane {
         self.term = Some(term);
         self.shapes.clear();
         self.joined.clear();
+        self.colocating.clear();
         self.loads.clear();
         self.rates.clear();
         self.reported.clear();
@@ -411,6 +422,7 @@ impl ControlPlane {
         self.unrecorded.clear();
         self.shapes.clear();
         self.joined.clear();
+        self.colocating.clear();
         self.loads.clear();
         self.rates.clear();
         self.reported.clear();
@@ -564,6 +576,7 @@ impl ControlPlane {
             // A report older than the record (a former leader's, delayed) says nothing
             // new, and planned from, it would undo or repeat steps that took effect.
             if state.region(region.id).is_some_and(|r| region.epoch().is_stale_against(&r.epoch()))
+                || superseded(state, region)
             {
                 continue;
             }
@@ -663,13 +676,8 @@ impl ControlPlane {
     /// report is not recorded yet (a new Region from a split); such a report goes once a
     /// newer recorded Region covers its start (it merged away).
     fn sweep(&mut self, state: &PlacementState, now: Now) {
-        self.reported.retain(|id, report| {
-            let Some(region) = report.region.as_ref() else { return false };
-            state.region(*id).is_some()
-                || state
-                    .region_by_key(&region.start_key)
-                    .is_none_or(|r| r.version <= region.version)
-        });
+        self.reported
+            .retain(|_, report| report.region.as_ref().is_some_and(|r| !superseded(state, r)));
         let (reported, alive) = (&self.reported, |id: &RegionId| state.region(*id).is_some());
         let keep = |id: &RegionId| alive(id) || reported.contains_key(id);
         self.loads.retain(|id, _| keep(id));
@@ -677,6 +685,7 @@ impl ControlPlane {
         self.shapes.retain(|id, _| keep(id));
         self.pending.retain(|id, _| keep(id));
         self.joined.retain(|id, until| keep(id) && now.monotonic_ms < *until);
+        self.colocating.retain(|id, until| keep(id) && now.monotonic_ms < *until);
     }
 
     /// Notes the lagging peers a report of Region `id` names, and what that makes of its
@@ -853,6 +862,14 @@ impl ControlPlane {
                 self.counts.cancelled += 1;
                 return self.advance(state, live, region, health, None, is_meta, now);
             }
+            Some(operator)
+                if (operator.kind().merge_target())
+                    .and_then(|target| self.known(state, target))
+                    .is_some_and(|(target, _)| operator.merge_target_moved(region, &target)) =>
+            {
+                self.counts.cancelled += 1;
+                return self.advance(state, live, region, health, None, is_meta, now);
+            }
             Some(operator) => (operator, false),
             None => {
                 let config = &self.effective;
@@ -863,7 +880,8 @@ impl ControlPlane {
                 // A merge comes before balancing (as PD's merge checker runs before its
                 // schedulers), and a Region that a neighbour is joining is not balanced:
                 // otherwise the balancer takes back each replica the merge brings over.
-                let joined = self.is_joined(region.id, now);
+                let joined = self.is_joined(region.id, now)
+                    || self.colocating.get(&region.id).is_some_and(|&t| now.monotonic_ms < t);
                 let decision = match decision {
                     Some(decision) => Some(decision),
                     None if free => match self.merge(state, live, region, health, now) {
@@ -1011,11 +1029,11 @@ impl ControlPlane {
     }
 
     /// The targets of the merges under way.
+    /// The neighbours Regions merge into, or move replicas beside to merge into: each
+    /// counts against the merge limit, and only gets repaired meanwhile (a colocation's
+    /// target balanced away while the move ran took the point out of it).
     fn merge_targets(&self) -> impl Iterator<Item = RegionId> + '_ {
-        self.operators.values().filter_map(|o| match o.kind() {
-            OperatorKind::Merge(target) => Some(*target),
-            _ => None,
-        })
+        self.operators.values().filter_map(|o| o.kind().merge_target())
     }
 
     /// Merges whose source is gone from placement's record (the target absorbed it, and
@@ -1095,7 +1113,16 @@ impl ControlPlane {
                 let until = now.monotonic_ms.saturating_add(JOINED_HOLD_MS);
                 self.joined.retain(|_, &mut t| t > now.monotonic_ms);
                 self.joined.insert(target, until);
-                Decision::MoveReplica { from, to }
+                self.colocating.retain(|_, &mut t| t > now.monotonic_ms);
+                self.colocating.insert(region.id, until);
+                let decision = Decision::Colocate { from, to, target };
+                // Counted into the kept figures as a balancing move is, or the next batch
+                // balances against counts that miss it.
+                if let Some(balance) = self.balance.as_mut() {
+                    let leader_store = region.peer(health.leader).map_or(0, |p| p.store_id);
+                    balance.record(&decision, leader_store, self.rates.get(&region.id));
+                }
+                decision
             }
         })
     }
@@ -1133,6 +1160,13 @@ impl ControlPlane {
                     self.replica_moves.entry(store).or_default().push_back(at);
                 }
                 Operator::move_replica(region, from, to, id, at)
+            }
+            Decision::Colocate { from, to, target } => {
+                let id = self.ids.remove(&key).ok_or(Advance::NeedsId)?;
+                for store in [from.store_id, to] {
+                    self.replica_moves.entry(store).or_default().push_back(at);
+                }
+                Operator::colocate(region, from, to, target, id, at)
             }
             Decision::MoveLeader(to) => Operator::transfer_leader(region, to, at),
             Decision::Merge(target) => Operator::merge(region, &target, at),

@@ -100,6 +100,16 @@ pub enum OperatorKind {
         /// Where it goes.
         to: StoreId,
     },
+    /// A replica moved to the store of a neighbour's replica, so that the Region can merge
+    /// into that neighbour (`target`).
+    Colocate {
+        /// The replica that goes.
+        from: Peer,
+        /// Where it goes.
+        to: StoreId,
+        /// The neighbour it joins.
+        target: RegionId,
+    },
     /// The Region merged into this neighbour.
     Merge(RegionId),
 }
@@ -118,6 +128,11 @@ impl std::fmt::Display for OperatorKind {
             OperatorKind::MoveReplica { from, to } => {
                 write!(f, "move replica {} from store {} to store {to}", from.id, from.store_id)
             }
+            OperatorKind::Colocate { from, to, target } => write!(
+                f,
+                "move replica {} from store {} to store {to}, beside region {target}",
+                from.id, from.store_id
+            ),
             OperatorKind::Merge(target) => write!(f, "merge into region {target}"),
         }
     }
@@ -127,6 +142,25 @@ impl OperatorKind {
     /// Whether it balances the stores (the placement leader limits how many run at once).
     pub fn balances(&self) -> bool {
         matches!(self, OperatorKind::MoveReplica { .. } | OperatorKind::TransferLeader(_))
+    }
+
+    /// The replica it moves, and where, for a move (to balance or to merge).
+    pub fn moves(&self) -> Option<(&Peer, StoreId)> {
+        match self {
+            OperatorKind::MoveReplica { from, to } | OperatorKind::Colocate { from, to, .. } => {
+                Some((from, *to))
+            }
+            _ => None,
+        }
+    }
+
+    /// The neighbour it merges into or moves a replica beside, for a merge's steps: that
+    /// Region only gets repaired meanwhile, and counts against the merge limit.
+    pub fn merge_target(&self) -> Option<RegionId> {
+        match self {
+            OperatorKind::Merge(target) | OperatorKind::Colocate { target, .. } => Some(*target),
+            _ => None,
+        }
     }
 }
 
@@ -249,6 +283,32 @@ impl Operator {
             StepAction::Remove(from.clone()),
         ];
         Operator::new(region, OperatorKind::MoveReplica { from, to: store }, steps, now_ms)
+    }
+
+    /// [`Operator::move_replica`] towards neighbour `target`'s stores, to merge into it.
+    pub fn colocate(
+        region: &Region,
+        from: Peer,
+        store: StoreId,
+        target: RegionId,
+        peer_id: PeerId,
+        now_ms: u64,
+    ) -> Self {
+        let mut operator = Operator::move_replica(region, from.clone(), store, peer_id, now_ms);
+        operator.kind = OperatorKind::Colocate { from, to: store, target };
+        operator
+    }
+
+    /// Whether the Region's merge step, not taken yet, was planned against a shape of the
+    /// target (`target_now`, as placement knows it) that has changed since: the target's
+    /// replicas refuse such a prepare, and every resend with it, until the step's time
+    /// ran out (ten minutes, with both Regions held).
+    pub fn merge_target_moved(&self, region: &Region, target_now: &Region) -> bool {
+        let planned = match self.steps.get(self.current) {
+            Some(StepAction::Merge(planned)) if planned.id == target_now.id => planned,
+            _ => return false,
+        };
+        !self.frozen(region) && planned.epoch() != target_now.epoch()
     }
 
     /// Merges the Region into its neighbour `target` (with replicas on the same stores).
@@ -587,5 +647,17 @@ mod tests {
         let mut op = Operator::add_replica(&start, 3, 30, 0);
         let split = Region { version: 2, ..start };
         assert_eq!(op.observe(&split, 1, &[], 5, T), Progress::Ended(Ended::Cancelled));
+    }
+
+    #[test]
+    fn a_merge_planned_against_an_older_target_is_known_as_such_until_frozen() {
+        let source = region(vec![Peer::new(1, 1)], 1);
+        let target = Region { id: 8, conf_ver: 1, version: 1, ..Default::default() };
+        let op = Operator::merge(&source, &target, 0);
+        assert!(!op.merge_target_moved(&source, &target));
+        let repaired = Region { conf_ver: 2, ..target.clone() };
+        assert!(op.merge_target_moved(&source, &repaired), "the target's replicas changed");
+        let frozen = Region { version: 2, conf_ver: 2, ..source.clone() };
+        assert!(!op.merge_target_moved(&frozen, &repaired), "frozen: the raftstore decides");
     }
 }

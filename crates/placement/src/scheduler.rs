@@ -258,6 +258,15 @@ pub enum Decision {
         /// Where it goes.
         to: StoreId,
     },
+    /// Merge: move this replica to the store, beside neighbour `target`'s.
+    Colocate {
+        /// The replica that goes.
+        from: Peer,
+        /// Where it goes.
+        to: StoreId,
+        /// The neighbour the Region will merge into.
+        target: RegionId,
+    },
     /// Balance: hand leadership to this voter.
     MoveLeader(Peer),
     /// Merge the Region into this neighbour (see the `merge` module).
@@ -519,12 +528,14 @@ impl Balance {
             };
             let mut stores: BTreeSet<StoreId> = region.peers.iter().map(|p| p.store_id).collect();
             match moves.get(&region.id) {
-                Some(OperatorKind::MoveReplica { from, to }) => {
-                    stores.remove(&from.store_id);
-                    stores.insert(*to);
-                }
                 Some(OperatorKind::TransferLeader(to)) => leader = Some(to.store_id),
-                _ => {}
+                Some(kind) => {
+                    if let Some((from, to)) = kind.moves() {
+                        stores.remove(&from.store_id);
+                        stores.insert(to);
+                    }
+                }
+                None => {}
             }
             let load = loads.get(&region.id);
             let (weight, traffic) = (region_weight(load), load.map_or(0, |l| l.bytes_per_sec()));
@@ -557,7 +568,7 @@ impl Balance {
             add(counts, to, by);
         };
         match decision {
-            Decision::MoveReplica { from, to } => {
+            Decision::MoveReplica { from, to } | Decision::Colocate { from, to, .. } => {
                 let (from, to) = (from.store_id, *to);
                 if let Some(count) = self.replicas.get_mut(&from) {
                     *count = count.saturating_sub(1);

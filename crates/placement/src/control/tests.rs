@@ -658,3 +658,57 @@ fn a_learner_that_never_catches_up_is_replaced() {
     let intake = beat(&mut plane, 201 + step_ms);
     assert_eq!(intake.steps[0].action, StepAction::Remove(Peer::learner(3, 3)), "{intake:?}");
 }
+
+/// Two small neighbours on different stores: the first step towards their merge is a
+/// colocation, an operator of its own kind that names the neighbour (so that the merge
+/// limit counts it and the neighbour is only repaired meanwhile), not a balancing move.
+#[test]
+fn a_colocation_is_a_step_of_a_merge() {
+    let on = |id: u64, stores: [u64; 3]| stores.iter().map(|&s| Peer::new(id + s, s)).collect();
+    let left = Region {
+        id: 10,
+        end_key: b"m".to_vec(),
+        peers: on(10, [1, 2, 3]),
+        conf_ver: 3,
+        version: 2,
+        ..Default::default()
+    };
+    let right = Region {
+        id: 20,
+        start_key: b"m".to_vec(),
+        peers: on(20, [1, 2, 4]),
+        conf_ver: 3,
+        version: 2,
+        ..Default::default()
+    };
+    let keyspace = KeyspaceMeta { id: 0, name: "DEFAULT".into(), state: 0, created_at: 0 };
+    let regions = vec![left.clone(), right.clone()];
+    let (mut state, _) = PlacementState::bootstrap(1, 100, store(1), regions, vec![keyspace]);
+    for id in 2..=4 {
+        apply(&mut state, Kind::PutStore(store(id)));
+    }
+    apply(&mut state, Kind::SetReplicas(3));
+    let mut config = config();
+    config.scheduler.merge.split_merge_interval_ms = 0;
+    let mut plane = ControlPlane::new(config);
+    plane.take_over(1, &state, at(0));
+    for ms in (0..=2_000).step_by(200) {
+        for s in 1..=4 {
+            plane.store_heartbeat(s, at(ms));
+        }
+        let intake =
+            plane.region_heartbeats(&state, &[small_beat(&left), small_beat(&right)], at(ms));
+        apply(&mut state, Kind::ReportRegions(crate::Reports { reports: intake.changed }));
+        for id in intake.need_ids {
+            plane.supply_id(id, 1_000 + ms, 1);
+        }
+        if plane.operators().next().is_some() {
+            break;
+        }
+    }
+    let kinds: Vec<OperatorKind> = plane.operators().map(|o| o.kind().clone()).collect();
+    let [OperatorKind::Colocate { target, .. }] = kinds.as_slice() else {
+        panic!("one colocation: {kinds:?}")
+    };
+    assert!([10, 20].contains(target), "{kinds:?}");
+}
