@@ -141,10 +141,13 @@ impl Peer {
     /// follower that `tells_leader` has a message for its leader, to wake it too. An
     /// awake replica starts counting its idleness again.
     ///
-    /// A woken leader counts its followers on stores heard within an election timeout
-    /// (`liveness`) as heard from now: they were caught up when they slept, and any
-    /// change in their stores' liveness since would have woken the group. Without it, a
-    /// conf change asked of a sleeping leader was refused for want of recent answers.
+    /// A woken leader counts the followers that slept with it (`slept_with`), on stores
+    /// heard within an election timeout (`liveness`), as heard from now: they were caught
+    /// up when they slept, and any change in their stores' liveness since would have
+    /// woken the group. Without it, a conf change asked of a sleeping leader was refused
+    /// for want of recent answers. Only those: a follower left out of the sleep (its store
+    /// was suspect then) may be far behind, and vouched for, it made a removal of a
+    /// caught-up voter look safe (found by review).
     pub(crate) fn wake(
         &mut self,
         tells_leader: bool,
@@ -159,11 +162,12 @@ impl Peer {
         // Frozen while asleep; a leader would otherwise judge its quorum on answers it
         // never asked for.
         self.raw.raft.election_elapsed = 0;
+        let slept_with = std::mem::take(&mut self.slept_with);
         if self.is_leader() {
-            let me = self.meta.id;
-            for member in self.region.peers.iter().filter(|p| p.id != me) {
-                if liveness.is_suspect(member.store_id) == Some(false) {
-                    self.heard_ms.insert(member.id, now_ms);
+            for id in slept_with {
+                let store = self.region.peer(id).map(|p| p.store_id);
+                if store.is_some_and(|store| liveness.is_suspect(store) == Some(false)) {
+                    self.heard_ms.insert(id, now_ms);
                 }
             }
             self.raw.ping();

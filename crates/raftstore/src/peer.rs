@@ -182,6 +182,9 @@ pub struct Peer {
     /// resets for every follower once per election timeout, so that right after each
     /// reset a healthy group looks unreachable until the next answers arrive.
     pub(crate) heard_ms: HashMap<u64, u64>, // lookups only
+    /// A sleeping leader's followers that acknowledged its last request to sleep: caught
+    /// up when they slept, they count as heard from when it wakes (see `Peer::wake`).
+    pub(crate) slept_with: std::collections::BTreeSet<u64>,
     /// Snapshots this leader delivered to followers: the snapshot's index and when it was
     /// delivered (store clock). A follower answers nothing while it installs one, so the
     /// leader keeps the log after the index for a while though it does not hear from it.
@@ -265,6 +268,7 @@ impl Peer {
             votes_refused_until_ms: 0,
             known_peers: HashMap::new(),
             heard_ms: HashMap::new(),
+            slept_with: Default::default(),
             snapshots_delivered: HashMap::new(),
             broadcast_commit_until: None,
             stats: crate::stats::RegionStats::default(),

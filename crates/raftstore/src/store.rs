@@ -1508,6 +1508,7 @@ impl Store {
                 match peer.followers_to_ask(&self.liveness, now).filter(|_| still) {
                     Some(asked) if asked.iter().all(|f| acked.contains(f)) => {
                         peer.fall_asleep();
+                        peer.slept_with = acked;
                         self.ticking.remove(&id);
                         if self.config.unsafe_sleeping_lease {
                             peer.lease_until_ms = u64::MAX;
