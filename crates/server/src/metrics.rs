@@ -13,8 +13,8 @@
 //! ever a label.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -132,6 +132,9 @@ pub struct Metrics {
     pub tls_expiry_seconds: IntGaugeVec,
     /// Raft groups with a replica here, by state (`awake`, `hibernating`).
     pub raft_groups: IntGaugeVec,
+    /// `BatchCommands` commands holding a node-wide place now (at most
+    /// `grpc::batch::MAX_IN_FLIGHT_PER_NODE` per node).
+    pub batch_commands_running: IntGauge,
 }
 
 /// The process's event metrics.
@@ -221,6 +224,15 @@ impl Metrics {
                     "Raft groups with a replica here, by state (awake, hibernating).",
                 );
                 let metric = IntGaugeVec::new(opts, &["state"]).expect("valid metric");
+                registry.register(Box::new(metric.clone())).expect("registered once");
+                metric
+            },
+            batch_commands_running: {
+                let metric = IntGauge::new(
+                    "scandium_batch_commands_running",
+                    "BatchCommands commands running and holding a node-wide place.",
+                )
+                .expect("valid metric");
                 registry.register(Box::new(metric.clone())).expect("registered once");
                 metric
             },

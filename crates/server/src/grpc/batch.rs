@@ -63,6 +63,24 @@ pub fn serve<S: Tikv + Clone>(
     Box::pin(futures::stream::unfold(Outbound { received, failed: false }, Outbound::next))
 }
 
+/// A node-wide place taken, counted in `scandium_batch_commands_running` while held.
+struct Running {
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Running {
+    fn new(place: tokio::sync::OwnedSemaphorePermit) -> Running {
+        crate::metrics::METRICS.batch_commands_running.inc();
+        Running { _place: place }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        crate::metrics::METRICS.batch_commands_running.dec();
+    }
+}
+
 /// The places a batched command takes: one of its stream's, one of its node's.
 struct Permits {
     stream: Arc<Semaphore>,
@@ -96,7 +114,7 @@ async fn read_commands<S: Tikv + Clone>(
             let node_permit = match waits {
                 true => None,
                 false => match permits.node.clone().acquire_owned().await {
-                    Ok(node_permit) => Some(node_permit),
+                    Ok(node_permit) => Some(Running::new(node_permit)),
                     Err(_) => return,
                 },
             };
