@@ -13,6 +13,7 @@ use scandium_txn::actions::prewrite::{
     Mutation, MutationOp, PessimisticAction, Prewritten, TxnProps,
 };
 use scandium_txn::command::txn::{self, Pairs, PessimisticLock, Prewrite, Scan, ScanLock};
+use scandium_txn::command::{check_key_shape, KeyMode};
 use scandium_txn::{CommandError, TxnError};
 use scandium_types::TimeStamp;
 
@@ -87,6 +88,8 @@ impl Storage {
         let (target, api) = txn_target(req.context.as_ref())?;
         self.sample_load(req.context.as_ref(), req.mutations.iter().map(|m| m.key.as_slice()));
         let mutations = mutations(&req.mutations)?;
+        let first = mutations.first().map(|m| m.key.as_slice());
+        check_lock_keys(api, first, &req.primary_lock, &req.secondaries)?;
         let actions = pessimistic_actions(&req, mutations.len())?;
         let props = TxnProps {
             start_ts: TimeStamp(req.start_version),
@@ -219,6 +222,8 @@ impl Storage {
             let message = "pessimistic lock mutations must be PessimisticLock";
             return Err(RequestError::invalid(message).into());
         }
+        let first = req.mutations.first().map(|m| m.key.as_slice());
+        check_lock_keys(api, first, &req.primary_lock, &[])?;
         let not_exist = kvrpcpb::Assertion::NotExist as i32;
         let request = PessimisticLock {
             keys: req.mutations.into_iter().map(|m| (m.key, m.assertion == not_exist)).collect(),
@@ -322,6 +327,29 @@ impl Storage {
         let records = keys.iter().zip(states);
         Ok(records.map(|(key, state)| key_state_record(key.clone(), state)).collect())
     }
+}
+
+/// The other keys a lock names, its primary and (an async-commit primary's) secondaries,
+/// must be keys of the request's API and, in API V2, of its keys' keyspace: a V2 lock
+/// whose primary lacked the prefix made every tikv-client reader that met it panic (the
+/// client strips the prefix from it).
+fn check_lock_keys(
+    api: scandium_types::keyspace::ApiVersion,
+    first_key: Option<&[u8]>,
+    primary: &[u8],
+    secondaries: &[Vec<u8>],
+) -> TxnResult<()> {
+    let prefix = |key: &[u8]| key.get(..4).map(<[u8]>::to_vec);
+    for key in std::iter::once(primary).chain(secondaries.iter().map(Vec::as_slice)) {
+        check_key_shape(api, KeyMode::Txn, key)
+            .map_err(|e| RequestError::invalid(e.to_string()))?;
+        let other_keyspace = first_key.is_some_and(|first| prefix(first) != prefix(key));
+        if api == scandium_types::keyspace::ApiVersion::V2 && other_keyspace {
+            let message = "a lock's primary and secondaries must be in its keys' keyspace";
+            return Err(RequestError::invalid(message).into());
+        }
+    }
+    Ok(())
 }
 
 fn mutations(raw: &[kvrpcpb::Mutation]) -> TxnResult<Vec<Mutation>> {

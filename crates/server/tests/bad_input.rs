@@ -146,6 +146,14 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     assert!(resp.errors[0].abort.contains("1 pessimistic actions for 2 mutations"), "{resp:?}");
     let resp = tikv.kv_prewrite(prewrite(vec![skip; 3])).await.unwrap().into_inner();
     assert!(resp.errors.is_empty() && resp.region_error.is_none(), "{resp:?}");
+    // A lock naming an empty primary: readers that met it could not resolve it.
+    let no_primary = kvrpcpb::PrewriteRequest {
+        primary_lock: Vec::new(),
+        start_version: 20,
+        ..prewrite(vec![skip; 2])
+    };
+    let resp = tikv.kv_prewrite(no_primary).await.unwrap().into_inner();
+    assert!(resp.errors[0].abort.contains("must not be empty"), "{resp:?}");
 
     // Missing context.
     let request = RawGetRequest { context: None, key: b"k".to_vec(), cf: String::new() };

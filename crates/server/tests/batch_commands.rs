@@ -302,3 +302,46 @@ async fn commands_in_flight_are_bounded_per_node() {
     drop(streams);
     node.stop().await;
 }
+
+/// Large answers finishing together go in as many messages as they need: packed into
+/// one, four scans of 3 MiB each went over the 10 MiB encoding limit, which ended the
+/// stream and failed every command on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_answers_are_spread_over_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let context = Some(context_for(&node, b"big"));
+    let (sender, mut answers) = open(&node).await;
+    let puts: Vec<_> = (0..3u64)
+        .map(|i| {
+            request(Req::RawPut(Box::new(kvrpcpb::RawPutRequest {
+                context: context.clone(),
+                key: format!("big{i}").into_bytes(),
+                value: vec![i as u8; 1 << 20],
+                ..Default::default()
+            })))
+        })
+        .collect();
+    sender.send(BatchCommandsRequest { requests: puts, request_ids: vec![0, 1, 2] }).await.unwrap();
+    collect(&mut answers, 3).await;
+    let scan = || {
+        request(Req::RawScan(Box::new(kvrpcpb::RawScanRequest {
+            context: context.clone(),
+            start_key: b"big".to_vec(),
+            end_key: b"bih".to_vec(),
+            limit: 10,
+            ..Default::default()
+        })))
+    };
+    let scans = (0..4).map(|_| scan()).collect();
+    sender
+        .send(BatchCommandsRequest { requests: scans, request_ids: vec![10, 11, 12, 13] })
+        .await
+        .unwrap();
+    let (answered, _) = collect(&mut answers, 4).await;
+    for id in 10..14 {
+        let Resp::RawScan(scan) = &answered[&id] else { panic!("{id}: not a scan") };
+        assert_eq!(scan.kvs.len(), 3, "{id}");
+    }
+    node.stop().await;
+}

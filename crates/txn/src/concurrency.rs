@@ -117,6 +117,9 @@ impl ConcurrencyManager {
     /// `end` = unbounded).
     pub fn read_range_check(&self, start: &[u8], end: &[u8], ts: TimeStamp) -> Result<()> {
         self.update_max_ts_from_client(ts)?;
+        if crate::inverted(start, end) {
+            return Ok(());
+        }
         let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end.to_vec()) };
         let table = self.table();
         let blocking = table

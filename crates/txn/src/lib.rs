@@ -32,6 +32,13 @@ pub mod waits;
 pub mod wake;
 
 pub use command::{Command, CommandError, Effect, Input, Next, Wake};
+
+/// Whether `[start, end)` (empty `end` = unbounded) is inverted: it holds nothing, and a
+/// `BTreeMap` range over it panics (a client's `KvScan` from "c" to "b" did, whenever any
+/// lock was held on the node).
+pub(crate) fn inverted(start: &[u8], end: &[u8]) -> bool {
+    !end.is_empty() && start > end
+}
 pub use concurrency::ConcurrencyManager;
 pub use error::{Result, TxnError};
 pub use latches::{LatchGuard, Latches};

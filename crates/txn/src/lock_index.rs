@@ -88,6 +88,9 @@ impl LockIndex {
                 .map_err(|e| StorageError::Corrupted { cf: Cf::Lock, reason: e.to_string() })?;
             fresh.push((key, lock.start_ts));
         }
+        if crate::inverted(start, end) {
+            return Ok(());
+        }
         let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end.to_vec()) };
         let mut locks = self.lock();
         let stale: Vec<Vec<u8>> =
@@ -108,6 +111,9 @@ impl LockIndex {
         limit: usize,
         keep: impl Fn(u64) -> bool,
     ) -> Vec<Vec<u8>> {
+        if crate::inverted(start, end) {
+            return Vec::new();
+        }
         let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end.to_vec()) };
         self.lock()
             .range((Bound::Included(start.to_vec()), upper))
@@ -281,6 +287,9 @@ impl LockHint {
     /// key order, if the hint covers that range.
     pub fn maybe_locked_in(&self, start: &[u8], end: &[u8]) -> Option<Vec<&[u8]>> {
         let range = self.range.as_ref().filter(|r| r.covers(start, end))?;
+        if crate::inverted(start, end) {
+            return Some(Vec::new());
+        }
         let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end) };
         let keys = range.locked.range::<[u8], _>((Bound::Included(start), upper));
         Some(keys.map(Vec::as_slice).collect())

@@ -36,6 +36,11 @@ pub const MAX_IN_FLIGHT_PER_NODE: usize = 4 * MAX_IN_FLIGHT;
 /// Most answers packed into one response message.
 pub const MAX_RESPONSES_PER_MESSAGE: usize = 256;
 
+/// Most bytes of answers packed into one response message, beyond its first answer:
+/// three large scans finishing together made a message over the encoding limit, which
+/// ended the stream and failed every command on it.
+pub const MAX_BYTES_PER_MESSAGE: usize = 4 << 20;
+
 /// Longest delay an `Empty` test command may ask for.
 pub const MAX_EMPTY_DELAY: Duration = Duration::from_secs(10);
 
@@ -60,7 +65,8 @@ pub fn serve<S: Tikv + Clone>(
     let permits =
         Permits { stream: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), node: node_permits.clone() };
     tasks.spawn(read_commands(service, tasks.clone(), permits, caller, inbound, answers));
-    Box::pin(futures::stream::unfold(Outbound { received, failed: false }, Outbound::next))
+    let outbound = Outbound { received, held: None, failed: false };
+    Box::pin(futures::stream::unfold(outbound, Outbound::next))
 }
 
 /// A node-wide place taken, counted in `scandium_batch_commands_running` while held.
@@ -148,6 +154,8 @@ async fn read_commands<S: Tikv + Clone>(
 /// finished into the same message.
 struct Outbound {
     received: mpsc::Receiver<Answer>,
+    /// An answer that did not fit in the last message: the next one starts with it.
+    held: Option<Answer>,
     failed: bool,
 }
 
@@ -157,10 +165,20 @@ impl Outbound {
             return None;
         }
         let mut message = BatchCommandsResponse::default();
-        let mut answer = self.received.recv().await?;
+        let mut answer = match self.held.take() {
+            Some(answer) => answer,
+            None => self.received.recv().await?,
+        };
+        let mut bytes = 0;
         loop {
             match answer {
                 Ok((id, response)) => {
+                    let size = prost::Message::encoded_len(&response);
+                    if !message.responses.is_empty() && bytes + size > MAX_BYTES_PER_MESSAGE {
+                        self.held = Some(Ok((id, response)));
+                        break;
+                    }
+                    bytes += size;
                     message.request_ids.push(id);
                     message.responses.push(response);
                 }
@@ -241,4 +259,37 @@ async fn execute<S: Tikv>(
         TxnHeartBeat => kv_txn_heart_beat,
         CheckSecondaryLocks => kv_check_secondary_locks,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scandium_protocol::kvrpcpb::{KvPair, RawScanResponse};
+
+    #[allow(clippy::result_large_err)] // `Answer` is the channel's item, as in the server
+    fn scan_answer(id: u64, bytes: usize) -> Answer {
+        let kvs = vec![KvPair { key: b"k".to_vec(), value: vec![0; bytes], error: None }];
+        let cmd = Some(Resp::RawScan(RawScanResponse { kvs, ..Default::default() }));
+        Ok((id, batch_commands_response::Response { cmd }))
+    }
+
+    #[tokio::test]
+    async fn answers_waiting_together_are_packed_within_the_byte_bound() {
+        let (sender, received) = mpsc::channel(16);
+        for id in 0..4 {
+            sender.send(scan_answer(id, 3 << 20)).await.unwrap();
+        }
+        drop(sender);
+        let mut outbound = Outbound { received, held: None, failed: false };
+        let mut ids = Vec::new();
+        while let Some((message, next)) = outbound.next().await {
+            let message = message.unwrap();
+            let size = prost::Message::encoded_len(&message);
+            // Within the default encoding limit (`max_grpc_message_bytes`, 10 MiB).
+            assert!(size < 10 << 20, "{size} bytes");
+            ids.extend(message.request_ids);
+            outbound = next;
+        }
+        assert_eq!(ids, [0, 1, 2, 3], "each answer once, in order");
+    }
 }

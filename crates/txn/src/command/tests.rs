@@ -219,6 +219,19 @@ fn put_mutation(key: &[u8], value: &[u8]) -> (Mutation, PessimisticAction) {
     (mutation, PessimisticAction::SkipPessimisticCheck)
 }
 
+/// Prewrites `puts` as transaction `start` with `primary`, which must succeed.
+fn prewrite_puts(d: &Driver, start: u64, primary: &[u8], puts: &[(&[u8], &[u8])]) {
+    let props = TxnProps {
+        start_ts: TimeStamp(start),
+        primary: primary.to_vec(),
+        lock_ttl: 3000,
+        ..TxnProps::default()
+    };
+    let mutations = puts.iter().map(|(key, value)| put_mutation(key, value)).collect();
+    let request = Prewrite { props, mutations, try_one_pc: false, max_commit_ts: 0 };
+    assert!(d.done(txn::prewrite(&d.node, V1, request)).unwrap().errors.is_empty());
+}
+
 #[test]
 fn a_transaction_commits_and_a_reader_sees_it() {
     let d = Driver::new();
@@ -248,15 +261,7 @@ fn a_transaction_commits_and_a_reader_sees_it() {
 #[test]
 fn a_scan_lock_page_is_full_while_locks_remain_past_stale_index_entries() {
     let d = Driver::new();
-    let props = TxnProps {
-        start_ts: TimeStamp(10),
-        primary: b"b".to_vec(),
-        lock_ttl: 3000,
-        ..TxnProps::default()
-    };
-    let mutations = vec![put_mutation(b"b", b"1"), put_mutation(b"d", b"2")];
-    let request = Prewrite { props, mutations, try_one_pc: false, max_commit_ts: 0 };
-    assert!(d.done(txn::prewrite(&d.node, V1, request)).unwrap().errors.is_empty());
+    prewrite_puts(&d, 10, b"b", &[(b"b", b"1"), (b"d", b"2")]);
     // Locks whose proposals never applied: the index names them, storage has none.
     d.node.lock_index.add_proposed(&[(b"a".to_vec(), Some(10)), (b"c".to_vec(), Some(10))]);
     let scan = |limit| txn::ScanLock { start: Vec::new(), end: Vec::new(), limit, max_version: 10 };
@@ -265,6 +270,27 @@ fn a_scan_lock_page_is_full_while_locks_remain_past_stale_index_entries() {
     assert_eq!(keys, [b"b".as_slice(), b"d"], "two locks exist: a page of two has both");
     let page = d.done(txn::scan_lock(&d.node, V1, scan(1))).unwrap();
     assert_eq!(page.len(), 1);
+}
+
+#[test]
+fn an_inverted_range_holds_nothing_while_locks_are_held() {
+    let d = Driver::new();
+    prewrite_puts(&d, 10, b"b", &[(b"b", b"1")]);
+    // Forward from "c" to "a", and reverse from below "a" down to "c": both inverted.
+    for (start, end, reverse) in [(b"c", b"a", false), (b"a", b"c", true)] {
+        let scan = txn::Scan {
+            start: start.to_vec(),
+            end: end.to_vec(),
+            limit: 10,
+            ts: TimeStamp(20),
+            key_only: false,
+            reverse,
+        };
+        assert_eq!(d.done(txn::scan(&d.node, V1, scan)).unwrap().len(), 0);
+    }
+    let scan =
+        txn::ScanLock { start: b"c".to_vec(), end: b"a".to_vec(), limit: 0, max_version: 20 };
+    assert!(d.done(txn::scan_lock(&d.node, V1, scan)).unwrap().is_empty());
 }
 
 #[test]

@@ -99,12 +99,21 @@ pub fn batch_get(
         let hint = node.lock_index.hint_for_read(&readable, &node.newest);
         let snapshot = node.engine.snapshot();
         let reader = MvccReader::with_hint(&*snapshot, hint);
+        // Bounded by size as scans are: a key named a million times over a large value
+        // asked for a terabyte.
+        let mut budget = ResponseBudget::new(node.settings().max_response_bytes);
         let mut pairs = Vec::new();
         for (key, check) in readable.into_iter().zip(checks) {
             match check.and_then(|()| read::point_get(&reader, &key, ts)) {
-                Ok(Some(value)) => pairs.push((key, Ok(value))),
+                Ok(Some(value)) => {
+                    budget.charge_pair(&key, &value)?;
+                    pairs.push((key, Ok(value)));
+                }
                 Ok(None) => {}
-                Err(e @ TxnError::KeyIsLocked { .. }) => pairs.push((key, Err(e))),
+                Err(TxnError::KeyIsLocked { key: locked, lock }) => {
+                    budget.charge(key.len() + prost::Message::encoded_len(&*lock) + 16)?;
+                    pairs.push((key, Err(TxnError::KeyIsLocked { key: locked, lock })));
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -139,6 +148,9 @@ pub fn scan(node: &Arc<TxnNode>, api: ApiVersion, request: Scan) -> Command<Pair
         let scope = cx.gate(READ).await?;
         let (lower, upper) = scan_bounds(&request.start, &request.end, request.reverse);
         let (start, end) = clamp_range(&scope, api, KeyMode::Txn, lower, upper)?;
+        if crate::inverted(&start, &end) {
+            return Ok(Vec::new());
+        }
         let node = &cx.node;
         // In this order: max_ts, then the lock index, then the snapshot (see LockHint).
         node.concurrency.read_range_check(&start, &end, request.ts)?;
@@ -425,6 +437,10 @@ pub fn check_secondary_locks(
     Command::new(node, move |cx| async move {
         let scope = cx.gate(READ).await?;
         check_keys(&scope, api, KeyMode::Txn, &keys)?;
+        // Each key once: the answer holds a copy of each key's lock, and a primary's
+        // (with its list of secondaries) named a million times was a copy each.
+        let mut seen = std::collections::HashSet::new(); // lookups only
+        let keys: Vec<Vec<u8>> = keys.into_iter().filter(|key| seen.insert(key.clone())).collect();
         write_keys(&cx, &scope, &keys, |reader, txn| {
             Ok(cleanup::check_secondary_locks(reader, txn, &keys, start_ts)?)
         })
@@ -727,6 +743,9 @@ pub fn scan_lock(
     Command::new(node, move |cx| async move {
         let scope = cx.gate(READ).await?;
         let (start, end) = clamp_range(&scope, api, KeyMode::Txn, &request.start, &request.end)?;
+        if crate::inverted(&start, &end) {
+            return Ok(Vec::new());
+        }
         let limit = if request.limit == 0 { usize::MAX } else { request.limit as usize };
         let max = request.max_version;
         let node = &cx.node;
