@@ -88,6 +88,8 @@ impl Storage {
         let (target, api) = txn_target(req.context.as_ref())?;
         self.sample_load(req.context.as_ref(), req.mutations.iter().map(|m| m.key.as_slice()));
         let mutations = mutations(&req.mutations)?;
+        let stamps = [req.start_version, req.for_update_ts, req.min_commit_ts, req.max_commit_ts];
+        check_not_far_ahead(&stamps.map(TimeStamp))?;
         let first = mutations.first().map(|m| m.key.as_slice());
         check_lock_keys(api, first, &req.primary_lock, &req.secondaries)?;
         let actions = pessimistic_actions(&req, mutations.len())?;
@@ -119,6 +121,7 @@ impl Storage {
         ));
         let (target, api) = txn_target(req.context.as_ref())?;
         let (start_ts, commit_ts) = (TimeStamp(req.start_version), TimeStamp(req.commit_version));
+        check_not_far_ahead(&[start_ts, commit_ts])?;
         let command = txn::commit(self.txn(), api, req.keys, start_ts, commit_ts);
         Ok(self.run(target, command).await?)
     }
@@ -224,6 +227,7 @@ impl Storage {
         }
         let first = req.mutations.first().map(|m| m.key.as_slice());
         check_lock_keys(api, first, &req.primary_lock, &[])?;
+        check_not_far_ahead(&[TimeStamp(req.start_version), TimeStamp(req.for_update_ts)])?;
         let not_exist = kvrpcpb::Assertion::NotExist as i32;
         let request = PessimisticLock {
             keys: req.mutations.into_iter().map(|m| (m.key, m.assertion == not_exist)).collect(),
@@ -326,6 +330,22 @@ impl Storage {
         let states = self.run(Target::Region(region_id), command).await?;
         let records = keys.iter().zip(states);
         Ok(records.map(|(key, state)| key_state_record(key.clone(), state)).collect())
+    }
+}
+
+/// Refuses timestamps more than [`MAX_TS_DRIFT_MS`] past this node's clock, as reads' are
+/// (`ConcurrencyManager::update_max_ts_from_client`): a version written near the end of
+/// time would make every later write of its key a conflict, for good.
+///
+/// [`MAX_TS_DRIFT_MS`]: scandium_txn::concurrency::MAX_TS_DRIFT_MS
+fn check_not_far_ahead(stamps: &[TimeStamp]) -> TxnResult<()> {
+    let bound = crate::clock::now_ms().saturating_add(scandium_txn::concurrency::MAX_TS_DRIFT_MS);
+    match stamps.iter().find(|ts| ts.physical() > bound) {
+        Some(ts) => {
+            let message = format!("timestamp {} is more than an hour past this node's clock", ts.0);
+            Err(RequestError::invalid(message).into())
+        }
+        None => Ok(()),
     }
 }
 

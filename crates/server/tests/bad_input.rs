@@ -154,6 +154,10 @@ async fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     };
     let resp = tikv.kv_prewrite(no_primary).await.unwrap().into_inner();
     assert!(resp.errors[0].abort.contains("must not be empty"), "{resp:?}");
+    // A version near the end of time would make every later write of its keys conflict.
+    let far = kvrpcpb::PrewriteRequest { start_version: u64::MAX - 1, ..prewrite(vec![skip; 2]) };
+    let resp = tikv.kv_prewrite(far).await.unwrap().into_inner();
+    assert!(resp.errors[0].abort.contains("past this node's clock"), "{resp:?}");
 
     // Missing context.
     let request = RawGetRequest { context: None, key: b"k".to_vec(), cf: String::new() };
