@@ -165,13 +165,14 @@ async fn a_snapshot_transfer_that_stalls_is_given_up_and_sent_again() {
 }
 
 /// A snapshot's sender sends each chunk in time but the whole transfer takes too long
-/// (600 s; 500 ms here): the receiver gives it up, so that a trickle cannot hold one of
+/// (600 s; 300 ms here): the receiver gives it up, so that a trickle cannot hold one of
 /// its few slots for ever, and the next transfer catches the follower up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_transfer_past_its_deadline_is_given_up_and_sent_again() {
     let failpoints = [
-        ("snapshot_receive_deadline_ms", "return(500)"),
-        ("snapshot_sender_stalls", "3*sleep(250)->off"),
+        ("snapshot_receive_deadline_ms", "return(300)"),
+        // One stall makes a transfer of two chunks or more outlast the deadline.
+        ("snapshot_sender_stalls", "2*sleep(400)->off"),
     ];
     snapshot_fails_once_and_is_sent_again("slow", &failpoints).await;
 }
