@@ -110,7 +110,9 @@ pub fn get_ttl(snapshot: &dyn Snapshot, cf: Cf, key: &[u8], now_secs: u64) -> Re
 }
 
 /// Up to `limit` live pairs in `[start, end)` (empty `end` = unbounded), ascending, or
-/// descending when `reverse`. With `key_only`, values are empty.
+/// descending when `reverse`. With `key_only`, values are empty. Reading stops once the
+/// pairs take more than `max_bytes` (counted as a response counts them): the caller,
+/// which refuses such an answer, then holds one pair more than that, not a Region.
 #[allow(clippy::too_many_arguments)]
 pub fn scan(
     snapshot: &dyn Snapshot,
@@ -121,17 +123,20 @@ pub fn scan(
     key_only: bool,
     reverse: bool,
     now_secs: u64,
+    max_bytes: usize,
 ) -> Result<Vec<KvPair>> {
     let mut pairs = Vec::new();
     if limit == 0 {
         return Ok(pairs);
     }
+    let mut bytes = 0;
     for item in snapshot.scan(cf, start, end, reverse) {
         let (key, stored) = item?;
         let Some(value) = live(&key, &stored, now_secs)? else { continue };
         let value = if key_only { Vec::new() } else { value.value.to_vec() };
+        bytes += key.len() + value.len() + 8;
         pairs.push((key, value));
-        if pairs.len() >= limit {
+        if pairs.len() >= limit || bytes > max_bytes {
             break;
         }
     }

@@ -162,7 +162,9 @@ pub fn scan(
         let snapshot = cx.node.engine.snapshot();
         let now = cx.now().wall_secs();
         let (key_only, reverse) = (options.key_only, options.reverse);
-        let pairs = raw::scan(&*snapshot, target.cf, &start, &end, limit, key_only, reverse, now)?;
+        let max = cx.node.settings().max_response_bytes;
+        let pairs =
+            raw::scan(&*snapshot, target.cf, &start, &end, limit, key_only, reverse, now, max)?;
         let mut budget = budget(&cx);
         pairs.iter().try_for_each(|(key, value)| budget.charge_pair(key, value))?;
         Ok(pairs)
@@ -196,8 +198,9 @@ pub fn batch_scan(
             }
             let (start, end) = clamp_range(&scope, target.api, KeyMode::Raw, lower, upper)?;
             let (key_only, reverse) = (options.key_only, options.reverse);
+            let max = cx.node.settings().max_response_bytes;
             for (key, value) in
-                raw::scan(&*snapshot, target.cf, &start, &end, limit, key_only, reverse, now)?
+                raw::scan(&*snapshot, target.cf, &start, &end, limit, key_only, reverse, now, max)?
             {
                 budget.charge_pair(&key, &value)?;
                 pairs.push((key, value));

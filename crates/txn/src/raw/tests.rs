@@ -23,7 +23,7 @@ fn expired_values_are_invisible_to_every_read() {
     assert_eq!(get_ttl(&*snap, Cf::Raw, b"b", 110).unwrap(), None);
     let keys = |pairs: Vec<KvPair>| pairs.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
     assert_eq!(
-        keys(scan(&*snap, Cf::Raw, b"", b"", 10, false, false, 110).unwrap()),
+        keys(scan(&*snap, Cf::Raw, b"", b"", 10, false, false, 110, usize::MAX).unwrap()),
         vec![b"a".to_vec(), b"c".to_vec()]
     );
     assert_eq!(checksum(&*snap, &[(vec![], vec![])], 110).unwrap().total_kvs, 2);
@@ -34,10 +34,12 @@ fn expired_values_are_invisible_to_every_read() {
 fn scans_honour_limit_direction_and_key_only() {
     let engine = engine_with(&[(b"a", b"1", 0), (b"b", b"2", 0), (b"c", b"3", 0)], 0);
     let snap = engine.snapshot();
-    let pairs = scan(&*snap, Cf::Raw, b"", b"c", 10, true, true, 0).unwrap();
+    let pairs = scan(&*snap, Cf::Raw, b"", b"c", 10, true, true, 0, usize::MAX).unwrap();
     assert_eq!(pairs, vec![(b"b".to_vec(), vec![]), (b"a".to_vec(), vec![])]);
-    assert!(scan(&*snap, Cf::Raw, b"", b"", 0, false, false, 0).unwrap().is_empty());
-    assert_eq!(scan(&*snap, Cf::Raw, b"", b"", 2, false, false, 0).unwrap().len(), 2);
+    assert!(scan(&*snap, Cf::Raw, b"", b"", 0, false, false, 0, usize::MAX).unwrap().is_empty());
+    assert_eq!(scan(&*snap, Cf::Raw, b"", b"", 2, false, false, 0, usize::MAX).unwrap().len(), 2);
+    // Reading stops once past the byte bound, one pair over it.
+    assert_eq!(scan(&*snap, Cf::Raw, b"", b"", 10, false, false, 0, 1).unwrap().len(), 1);
 }
 
 #[test]
