@@ -750,7 +750,6 @@ fn a_source_whose_target_replica_left_before_the_commit_goes() {
 fn only_a_target_snapshot_from_after_the_merge_replaces_a_frozen_source() {
     use scandium_raftstore::bootstrap::{write_initial_group, write_merging_state};
     use scandium_raftstore::merge::{AbsorbedSource, MergeState};
-    use scandium_raftstore::snapshot::{SnapshotChunk, SnapshotEntry, SnapshotHeader};
     use scandium_raftstore::state::ConfStateRecord;
     use scandium_raftstore::{Registry, StepError, Store};
     use scandium_storage::{EngineRef, MemoryEngine};
@@ -784,12 +783,7 @@ fn only_a_target_snapshot_from_after_the_merge_replaces_a_frozen_source() {
     store.set_time(1_000);
     let snapshot_of = |store: &Store, version: u64, absorbed: Vec<AbsorbedSource>| {
         let region = Region { id: 1, version, conf_ver: 1, peers: peers(1), ..Default::default() };
-        let mut staging = store.snapshot_stager().begin();
-        let entry = SnapshotEntry { cf: 1, key: b"a".to_vec(), value: b"t".to_vec() };
-        staging.push(SnapshotChunk { entries: vec![entry] }).unwrap();
-        let data = staging.finish(Some(1)).unwrap();
-        let header = SnapshotHeader { region: Some(region.clone()), token: 1, absorbed };
-        (snapshot_to_2(&region, header, 9), data)
+        staged_snapshot_to_2(store, &region, absorbed, (b"a", b"t"), 9)
     };
     // From before the split: version 1 covers the source.
     let (message, data) = snapshot_of(&store, 1, Vec::new());
@@ -819,7 +813,6 @@ fn only_a_target_snapshot_from_after_the_merge_replaces_a_frozen_source() {
 fn a_target_snapshot_from_before_a_merge_whose_source_here_is_gone_is_refused() {
     use scandium_raftstore::bootstrap::write_absorbed_tombstone;
     use scandium_raftstore::merge::{AbsorbedSource, MergeState};
-    use scandium_raftstore::snapshot::{SnapshotChunk, SnapshotEntry, SnapshotHeader};
     use scandium_raftstore::{Registry, StepError, Store};
     use scandium_storage::{EngineRef, MemoryEngine};
     let engine: EngineRef = Arc::new(MemoryEngine::new());
@@ -844,12 +837,7 @@ fn a_target_snapshot_from_before_a_merge_whose_source_here_is_gone_is_refused() 
             peers: peers(1),
             ..Default::default()
         };
-        let mut staging = store.snapshot_stager().begin();
-        let entry = SnapshotEntry { cf: 1, key: b"a".to_vec(), value: b"t".to_vec() };
-        staging.push(SnapshotChunk { entries: vec![entry] }).unwrap();
-        let data = staging.finish(Some(1)).unwrap();
-        let header = SnapshotHeader { region: Some(region.clone()), token: 1, absorbed };
-        (snapshot_to_2(&region, header, 9), data)
+        staged_snapshot_to_2(store, &region, absorbed, (b"a", b"t"), 9)
     };
     let (message, data) = snapshot_of(&store, 2, Vec::new());
     let refused = store.step(message, Some(data));
@@ -874,7 +862,6 @@ fn a_target_snapshot_from_before_a_merge_whose_source_here_is_gone_is_refused() 
 fn a_source_replaced_by_a_piece_of_its_target_records_the_target() {
     use scandium_raftstore::bootstrap::{write_initial_group, write_merging_state};
     use scandium_raftstore::merge::MergeState;
-    use scandium_raftstore::snapshot::{SnapshotChunk, SnapshotEntry, SnapshotHeader};
     use scandium_raftstore::state::ConfStateRecord;
     use scandium_raftstore::{PeerMessage, Registry, Store};
     use scandium_storage::{EngineRef, MemoryEngine};
@@ -920,12 +907,8 @@ fn a_source_replaced_by_a_piece_of_its_target_records_the_target() {
         ..Default::default()
     };
     let snapshot_at = |store: &mut Store, index: u64| {
-        let mut staging = store.snapshot_stager().begin();
-        let entry = SnapshotEntry { cf: 1, key: b"n".to_vec(), value: b"p".to_vec() };
-        staging.push(SnapshotChunk { entries: vec![entry] }).unwrap();
-        let data = staging.finish(Some(1)).unwrap();
-        let header = SnapshotHeader { region: Some(piece.clone()), token: 1, absorbed: Vec::new() };
-        let taken = store.step(snapshot_to_2(&piece, header, index), Some(data));
+        let (message, data) = staged_snapshot_to_2(store, &piece, Vec::new(), (b"n", b"p"), index);
+        let taken = store.step(message, Some(data));
         while store.has_ready() {
             store.handle_ready().unwrap();
         }
@@ -951,6 +934,24 @@ fn right_split_off_at_version_3() -> Region {
         peers: peers_of(RIGHT),
         ..Default::default()
     }
+}
+
+/// A snapshot of `region` at `index` for its replica on store 2, with one `record` staged
+/// in `store` as its data and `absorbed` as its record of merges.
+fn staged_snapshot_to_2(
+    store: &scandium_raftstore::Store,
+    region: &Region,
+    absorbed: Vec<scandium_raftstore::merge::AbsorbedSource>,
+    record: (&[u8], &[u8]),
+    index: u64,
+) -> (scandium_raftstore::PeerMessage, scandium_raftstore::SnapshotData) {
+    use scandium_raftstore::snapshot::{SnapshotChunk, SnapshotEntry, SnapshotHeader};
+    let mut staging = store.snapshot_stager().begin();
+    let entry = SnapshotEntry { cf: 1, key: record.0.to_vec(), value: record.1.to_vec() };
+    staging.push(SnapshotChunk { entries: vec![entry] }).unwrap();
+    let data = staging.finish(Some(1)).unwrap();
+    let header = SnapshotHeader { region: Some(region.clone()), token: 1, absorbed };
+    (snapshot_to_2(region, header, index), data)
 }
 
 /// A snapshot message of `region`'s replica on store 1 to its replica on store 2, at

@@ -485,32 +485,33 @@ fn a_move_is_found_among_regions_the_heartbeat_did_not_carry() {
 /// Two small neighbours on the same stores, quiet past the interval: the left one is
 /// frozen to merge into the right; the operator waits while it is frozen, and ends once
 /// placement records the target covering both.
-#[test]
-fn small_neighbours_merge_once_their_shapes_have_stood() {
-    let peers = |base| (1..=3).map(|s| Peer::new(base + s, s)).collect::<Vec<_>>();
-    let left = Region {
-        id: 10,
-        end_key: b"m".to_vec(),
-        peers: peers(10),
+/// Two small neighbours, Region 10 `[, m)` and Region 20 `[m, )`, with replicas on the
+/// stores given (peer ids: the Region's id plus the store's), in a cluster of `stores`
+/// stores that wants three replicas.
+fn neighbours(left: [u64; 3], right: [u64; 3], stores: u64) -> (PlacementState, Region, Region) {
+    let on = |id: u64, at: [u64; 3]| at.iter().map(|&s| Peer::new(id + s, s)).collect();
+    let shape = |id: u64, at: [u64; 3]| Region {
+        id,
+        peers: on(id, at),
         conf_ver: 3,
         version: 2,
         ..Default::default()
     };
-    let right = Region {
-        id: 20,
-        start_key: b"m".to_vec(),
-        peers: peers(20),
-        conf_ver: 3,
-        version: 2,
-        ..Default::default()
-    };
+    let left = Region { end_key: b"m".to_vec(), ..shape(10, left) };
+    let right = Region { start_key: b"m".to_vec(), ..shape(20, right) };
     let keyspace = KeyspaceMeta { id: 0, name: "DEFAULT".into(), state: 0, created_at: 0 };
     let regions = vec![left.clone(), right.clone()];
     let (mut state, _) = PlacementState::bootstrap(1, 100, store(1), regions, vec![keyspace]);
-    for id in 2..=3 {
+    for id in 2..=stores {
         apply(&mut state, Kind::PutStore(store(id)));
     }
     apply(&mut state, Kind::SetReplicas(3));
+    (state, left, right)
+}
+
+#[test]
+fn small_neighbours_merge_once_their_shapes_have_stood() {
+    let (mut state, left, right) = neighbours([1, 2, 3], [1, 2, 3], 3);
     let mut config = config();
     config.scheduler.balance_limit = 0;
     config.scheduler.merge.split_merge_interval_ms = 10_000;
@@ -664,30 +665,7 @@ fn a_learner_that_never_catches_up_is_replaced() {
 /// limit counts it and the neighbour is only repaired meanwhile), not a balancing move.
 #[test]
 fn a_colocation_is_a_step_of_a_merge() {
-    let on = |id: u64, stores: [u64; 3]| stores.iter().map(|&s| Peer::new(id + s, s)).collect();
-    let left = Region {
-        id: 10,
-        end_key: b"m".to_vec(),
-        peers: on(10, [1, 2, 3]),
-        conf_ver: 3,
-        version: 2,
-        ..Default::default()
-    };
-    let right = Region {
-        id: 20,
-        start_key: b"m".to_vec(),
-        peers: on(20, [1, 2, 4]),
-        conf_ver: 3,
-        version: 2,
-        ..Default::default()
-    };
-    let keyspace = KeyspaceMeta { id: 0, name: "DEFAULT".into(), state: 0, created_at: 0 };
-    let regions = vec![left.clone(), right.clone()];
-    let (mut state, _) = PlacementState::bootstrap(1, 100, store(1), regions, vec![keyspace]);
-    for id in 2..=4 {
-        apply(&mut state, Kind::PutStore(store(id)));
-    }
-    apply(&mut state, Kind::SetReplicas(3));
+    let (mut state, left, right) = neighbours([1, 2, 3], [1, 2, 4], 4);
     let mut config = config();
     config.scheduler.merge.split_merge_interval_ms = 0;
     let mut plane = ControlPlane::new(config);
